@@ -1,0 +1,551 @@
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/taskworker/taskworker/client"
+)
+
+// clientCommands returns the commands that drive a cluster through any node's
+// HTTP API. Exit status 2 means a usage or request error; what 1 means depends
+// on the command (see CONTRACT.md).
+func clientCommands() []*cli.Command {
+	return []*cli.Command{
+		execCommand(),
+		submitCommand(),
+		{
+			Name:  "task",
+			Usage: "inspect and control tasks",
+			Subcommands: []*cli.Command{
+				taskGetCommand(), taskListCommand(), taskCancelCommand(), taskLogsCommand(),
+			},
+		},
+		statusCommand(),
+		leaveCommand(),
+		typesCommand(),
+	}
+}
+
+const inputHelp = `INPUT is JSON text; @FILE reads it from a file and - from stdin; absent means null.`
+
+func execCommand() *cli.Command {
+	return clientCommand(&cli.Command{
+		Name:        "exec",
+		Usage:       "submit a task, stream its output and print its result",
+		ArgsUsage:   "TYPE [INPUT]",
+		Description: inputHelp + "\nExit status: 0 succeeded, 1 failed or cancelled, 2 usage or request error.",
+		Flags:       submitFlags(),
+	}, 1, 2, func(c *cli.Context, api *client.Client, args []string) error {
+		req, err := submitRequest(c, args)
+		if err != nil {
+			return usageError(c, "%v", err)
+		}
+		task, err := api.Exec(c.Context, req, func(l client.LogLine) { printLog(c, l) })
+		if err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		switch task.State {
+		case client.StateSucceeded:
+			fmt.Fprintln(c.App.Writer, resultText(task.Result))
+			return nil
+		case client.StateFailed:
+			return cli.Exit(fmt.Sprintf("task %s failed: %s", task.ID, describeError(task.Error)), 1)
+		default:
+			return cli.Exit(fmt.Sprintf("task %s %s", task.ID, task.State), 1)
+		}
+	})
+}
+
+func submitCommand() *cli.Command {
+	return clientCommand(&cli.Command{
+		Name:        "submit",
+		Usage:       "submit a task and print its ID",
+		ArgsUsage:   "TYPE [INPUT]",
+		Description: inputHelp,
+		Flags:       submitFlags(),
+	}, 1, 2, func(c *cli.Context, api *client.Client, args []string) error {
+		req, err := submitRequest(c, args)
+		if err != nil {
+			return usageError(c, "%v", err)
+		}
+		task, _, err := api.Submit(c.Context, req)
+		if err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		fmt.Fprintln(c.App.Writer, task.ID)
+		return nil
+	})
+}
+
+func taskGetCommand() *cli.Command {
+	return clientCommand(&cli.Command{
+		Name:      "get",
+		Usage:     "show a task",
+		ArgsUsage: "ID",
+		Flags:     []cli.Flag{jsonFlag()},
+	}, 1, 1, func(c *cli.Context, api *client.Client, args []string) error {
+		task, err := api.Get(c.Context, args[0])
+		if err != nil {
+			return taskError(err)
+		}
+		if c.Bool("json") {
+			return printJSON(c, task)
+		}
+		if err := printTask(c.App.Writer, task); err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		return nil
+	})
+}
+
+func taskListCommand() *cli.Command {
+	return clientCommand(&cli.Command{
+		Name:  "list",
+		Usage: "list tasks, newest first",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "state", Usage: "only tasks in this state"},
+			&cli.StringFlag{Name: "type", Usage: "only tasks of this type"},
+			&cli.StringFlag{Name: "node", Usage: "only tasks on this node"},
+			&cli.StringFlag{Name: "execution", Usage: "only tasks of this execution"},
+			&cli.IntFlag{Name: "limit", Usage: "at most this many tasks (0: the server's default)"},
+			&cli.StringFlag{Name: "after", Usage: "start after this task ID, to page"},
+			jsonFlag(),
+		},
+	}, 0, 0, func(c *cli.Context, api *client.Client, _ []string) error {
+		tasks, err := api.List(c.Context, client.ListOptions{
+			State: c.String("state"), Type: c.String("type"), Node: c.String("node"),
+			Execution: c.String("execution"), Limit: c.Int("limit"), After: c.String("after"),
+		})
+		if err != nil {
+			return taskError(err)
+		}
+		if c.Bool("json") {
+			if tasks == nil {
+				tasks = []client.Task{} // [], not null
+			}
+			return printJSON(c, tasks)
+		}
+		tw := table(c.App.Writer, "ID", "TYPE", "STATE", "NODE", "ATTEMPT", "CREATED")
+		for _, t := range tasks {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n",
+				t.ID, t.Type, t.State, cmp.Or(t.Node, "-"), t.Attempt, t.MaxAttempts, formatTime(t.CreatedAt))
+		}
+		return tw.Flush()
+	})
+}
+
+func taskCancelCommand() *cli.Command {
+	return clientCommand(&cli.Command{
+		Name:      "cancel",
+		Usage:     "cancel a task: a pending one never runs, a running one is stopped",
+		ArgsUsage: "ID",
+	}, 1, 1, func(c *cli.Context, api *client.Client, args []string) error {
+		if err := api.Cancel(c.Context, args[0]); err != nil {
+			return taskError(err)
+		}
+		fmt.Fprintf(c.App.Writer, "Cancel requested for task %s\n", args[0])
+		return nil
+	})
+}
+
+func taskLogsCommand() *cli.Command {
+	return clientCommand(&cli.Command{
+		Name:      "logs",
+		Usage:     "print a task's output: stdout to stdout, stderr and log lines to stderr",
+		ArgsUsage: "ID",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "stream until the task ends"}},
+	}, 1, 1, func(c *cli.Context, api *client.Client, args []string) error {
+		err := api.Logs(c.Context, args[0], c.Bool("follow"), func(l client.LogLine) error {
+			printLog(c, l)
+			return nil
+		})
+		if err != nil {
+			return taskError(err)
+		}
+		return nil
+	})
+}
+
+func statusCommand() *cli.Command {
+	return clientCommand(&cli.Command{
+		Name:        "status",
+		Usage:       "show the cluster: leader, nodes and task counts",
+		Description: "Exit status: 0 when the cluster has a leader, 1 otherwise.",
+		Flags:       []cli.Flag{jsonFlag()},
+	}, 0, 0, func(c *cli.Context, api *client.Client, _ []string) error {
+		cl, err := api.Cluster(c.Context)
+		if err != nil {
+			return cli.Exit(err.Error(), 1)
+		}
+		if c.Bool("json") {
+			err = printJSON(c, cl)
+		} else {
+			err = printCluster(c.App.Writer, cl)
+		}
+		if err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		if cl.Leader == "" {
+			return cli.Exit("no leader", 1)
+		}
+		return nil
+	})
+}
+
+// leavePoll is how often leave asks whether the node has stopped.
+const leavePoll = 200 * time.Millisecond
+
+func leaveCommand() *cli.Command {
+	return clientCommand(&cli.Command{
+		Name:  "leave",
+		Usage: "ask the node at --addr to leave the cluster gracefully, and wait until it has",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "force", Usage: "leave without draining running tasks"},
+			&cli.DurationFlag{Name: "wait", Value: 5 * time.Minute, Usage: "how long to wait for the node to stop (0: do not wait)"},
+		},
+	}, 0, 0, func(c *cli.Context, api *client.Client, _ []string) error {
+		if err := api.Leave(c.Context, c.Bool("force")); err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		if c.Duration("wait") == 0 {
+			fmt.Fprintln(c.App.Writer, "Leave requested")
+			return nil
+		}
+		fmt.Fprintf(c.App.ErrWriter, "Leave requested; waiting for the node at %s to drain and stop\n", c.String("addr"))
+		if err := waitGone(c.Context, api, c.Duration("wait")); err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		fmt.Fprintln(c.App.Writer, "Node left the cluster")
+		return nil
+	})
+}
+
+func typesCommand() *cli.Command {
+	return clientCommand(&cli.Command{
+		Name:  "types",
+		Usage: "list the task types the cluster can run",
+	}, 0, 0, func(c *cli.Context, api *client.Client, _ []string) error {
+		types, err := api.Types(c.Context)
+		if err != nil {
+			return cli.Exit(err.Error(), 2)
+		}
+		slices.SortFunc(types, func(a, b client.TypeInfo) int {
+			return cmp.Or(cmp.Compare(a.Type, b.Type), cmp.Compare(a.Version, b.Version))
+		})
+		tw := table(c.App.Writer, "TYPE", "VERSION", "NODES", "DESCRIPTION", "EXAMPLE")
+		for _, t := range types {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Type, t.Version, strings.Join(t.Nodes, ","),
+				t.Description, compactJSON(t.ExampleInput))
+		}
+		return tw.Flush()
+	})
+}
+
+// runFunc is the body of a client command: api talks to the node at --addr,
+// args are the positional arguments, already counted.
+type runFunc func(c *cli.Context, api *client.Client, args []string) error
+
+// clientCommand completes cmd with the connection flags, exit status 2 for
+// usage errors, and flags accepted after positional arguments.
+func clientCommand(cmd *cli.Command, minArgs, maxArgs int, run runFunc) *cli.Command {
+	cmd.Flags = append(cmd.Flags,
+		&cli.StringFlag{Name: "addr", EnvVars: []string{"TASKWORKER_ADDR"}, Value: "http://127.0.0.1:7948", Usage: "HTTP address of any node"},
+		&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"}, Usage: "access token, when the cluster has access control on"},
+	)
+	cmd.OnUsageError = func(c *cli.Context, err error, _ bool) error { return usageError(c, "%v", err) }
+	cmd.Action = func(c *cli.Context) error {
+		args, err := positional(c)
+		if err != nil {
+			return usageError(c, "%v", err)
+		}
+		if len(args) < minArgs || len(args) > maxArgs {
+			return usageError(c, "got arguments %q, want %s", args, cmp.Or(c.Command.ArgsUsage, "none"))
+		}
+		var opts []client.Option
+		if token := c.String("token"); token != "" {
+			opts = append(opts, client.WithToken(token))
+		}
+		return run(c, client.New(c.String("addr"), opts...), args)
+	}
+	return cmd
+}
+
+func usageError(c *cli.Context, format string, a ...any) error {
+	return cli.Exit(fmt.Sprintf("Incorrect Usage: %s\nUsage: %s [options] %s",
+		fmt.Sprintf(format, a...), c.Command.HelpName, c.Command.ArgsUsage), 2)
+}
+
+// taskError is the exit status of a task command that failed: 1 when the task
+// does not exist, 2 for any other error.
+func taskError(err error) error {
+	if client.IsNotFound(err) {
+		return cli.Exit(err.Error(), 1)
+	}
+	return cli.Exit(err.Error(), 2)
+}
+
+// positional returns c's positional arguments and applies the command's flags
+// found among them: urfave/cli stops parsing flags at the first argument, but
+// users write `task logs ID --follow`. Arguments that name no flag of the
+// command ("-", "-3") stay positional, and "--" ends the flags.
+func positional(c *cli.Context) ([]string, error) {
+	set := flag.NewFlagSet(c.Command.Name, flag.ContinueOnError)
+	set.SetOutput(io.Discard)
+	for _, f := range c.Command.Flags {
+		if err := f.Apply(set); err != nil {
+			return nil, err
+		}
+	}
+	var args []string
+	for rest := c.Args().Slice(); len(rest) > 0; {
+		if rest[0] == "--" {
+			args = append(args, rest[1:]...)
+			break
+		}
+		name, _, hasValue := strings.Cut(strings.TrimLeft(rest[0], "-"), "=")
+		f := set.Lookup(name)
+		if !strings.HasPrefix(rest[0], "-") || f == nil {
+			args, rest = append(args, rest[0]), rest[1:]
+			continue
+		}
+		n := 2 // the flag and its value
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); hasValue || ok && b.IsBoolFlag() {
+			n = 1
+		}
+		n = min(n, len(rest))
+		if err := set.Parse(rest[:n]); err != nil {
+			return nil, err
+		}
+		rest = rest[n:]
+	}
+	var err error
+	set.Visit(func(f *flag.Flag) { err = errors.Join(err, c.Set(f.Name, f.Value.String())) })
+	return args, err
+}
+
+func submitFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "version", Usage: "run this version of the type (default: the newest any node offers)"},
+		&cli.StringFlag{Name: "idempotency-key", Usage: "submit at most once per key; a repeat returns the first task"},
+		&cli.IntFlag{Name: "max-attempts", Usage: "how many failed executions before the task fails (0: the server's default)"},
+		&cli.DurationFlag{Name: "timeout", Usage: "limit on one execution (0: the server's default)"},
+	}
+}
+
+func jsonFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "json", Usage: "print the HTTP API's JSON"}
+}
+
+func submitRequest(c *cli.Context, args []string) (client.SubmitRequest, error) {
+	input, err := readInput(c.App.Reader, args[1:])
+	if err != nil {
+		return client.SubmitRequest{}, err
+	}
+	req := client.SubmitRequest{
+		Type:           args[0],
+		Input:          input,
+		Version:        c.String("version"),
+		IdempotencyKey: c.String("idempotency-key"),
+		MaxAttempts:    c.Int("max-attempts"),
+	}
+	if d := c.Duration("timeout"); d > 0 {
+		req.Timeout = d.String()
+	}
+	return req, nil
+}
+
+// readInput returns the task input named by the optional INPUT argument:
+// JSON text, @FILE, - for stdin, or null when absent.
+func readInput(stdin io.Reader, args []string) (json.RawMessage, error) {
+	if len(args) == 0 {
+		return json.RawMessage("null"), nil
+	}
+	arg, text := args[0], []byte(args[0])
+	var err error
+	switch {
+	case arg == "-":
+		text, err = io.ReadAll(stdin)
+	case strings.HasPrefix(arg, "@"):
+		text, err = os.ReadFile(arg[1:])
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read input: %w", err)
+	}
+	var v any
+	if err := json.Unmarshal(text, &v); err != nil {
+		return nil, fmt.Errorf("input is not JSON (a string needs quotes: '\"text\"'): %w", err)
+	}
+	return json.RawMessage(bytes.TrimSpace(text)), nil
+}
+
+// printLog writes a task's output line where the task wrote it; log lines go
+// to stderr, led by their level.
+func printLog(c *cli.Context, l client.LogLine) {
+	line := strings.TrimSuffix(l.Line, "\n")
+	switch l.Stream {
+	case "stdout":
+		fmt.Fprintln(c.App.Writer, line)
+	case "stderr":
+		fmt.Fprintln(c.App.ErrWriter, line)
+	default:
+		fmt.Fprintf(c.App.ErrWriter, "%-5s %s\n", strings.ToUpper(cmp.Or(l.Level, "info")), line)
+	}
+}
+
+func describeError(e *client.TaskError) string {
+	switch {
+	case e == nil:
+		return "no error recorded"
+	case e.Type == "":
+		return e.Message
+	default:
+		return fmt.Sprintf("%s (%s)", e.Message, e.Type)
+	}
+}
+
+// waitGone polls the node until it no longer answers, which is when it has
+// left and shut down; any answer, a 503 included, means it is still draining.
+func waitGone(ctx context.Context, api *client.Client, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	tick := time.NewTicker(leavePoll)
+	defer tick.Stop()
+	for {
+		_, err := api.Health(ctx)
+		var apiErr *client.APIError
+		if ctx.Err() != nil {
+			return fmt.Errorf("node still answering after %v: %w", limit, ctx.Err())
+		}
+		if err != nil && !errors.As(err, &apiErr) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+		}
+	}
+}
+
+func printJSON(c *cli.Context, v any) error {
+	enc := json.NewEncoder(c.App.Writer)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return cli.Exit(fmt.Sprintf("print JSON: %v", err), 2)
+	}
+	return nil
+}
+
+func table(w io.Writer, header ...string) *tabwriter.Writer {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	return tw
+}
+
+func printCluster(w io.Writer, cl *client.Cluster) error {
+	fmt.Fprintf(w, "Leader: %s\n\n", cmp.Or(cl.Leader, "(none)"))
+	nodes := slices.Clone(cl.Nodes)
+	slices.SortFunc(nodes, func(a, b client.NodeInfo) int { return cmp.Compare(a.Name, b.Name) })
+	tw := table(w, "NAME", "GOSSIP", "RAFT", "HTTP", "STATE", "ROLE", "RUNNING/CAPACITY", "DRAINING")
+	for _, n := range nodes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\n", n.Name, n.GossipAddr, n.RaftAddr, n.HTTPAddr,
+			n.State, n.RaftRole, n.Running, n.Capacity, map[bool]string{true: "yes", false: "no"}[n.Draining])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	// The contract's states in life order, then any others the server reports.
+	states := []string{client.StatePending, client.StateAssigned, client.StateRunning,
+		client.StateSucceeded, client.StateFailed, client.StateCancelled}
+	var others []string
+	for s := range cl.Tasks {
+		if !slices.Contains(states, s) {
+			others = append(others, s)
+		}
+	}
+	slices.Sort(others)
+	tw = table(w, "TASKS", "COUNT")
+	for _, s := range append(states, others...) {
+		fmt.Fprintf(tw, "%s\t%d\n", s, cl.Tasks[s])
+	}
+	return tw.Flush()
+}
+
+func printTask(w io.Writer, t *client.Task) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(key, value string) {
+		if value != "" {
+			fmt.Fprintf(tw, "%s\t%s\n", key, value)
+		}
+	}
+	row("ID", t.ID)
+	row("Type", fmt.Sprintf("%s (version %s)", t.Type, t.Version))
+	row("State", t.State)
+	row("Node", cmp.Or(t.Node, "-"))
+	row("Attempt", fmt.Sprintf("%d of %d", t.Attempt, t.MaxAttempts))
+	row("Timeout", t.Timeout)
+	row("Idempotency key", t.IdempotencyKey)
+	row("Execution", t.ExecutionID)
+	row("Parent", t.ParentID)
+	row("Created", formatTime(t.CreatedAt))
+	if t.StartedAt != nil {
+		row("Started", formatTime(*t.StartedAt))
+	}
+	if t.FinishedAt != nil {
+		row("Finished", formatTime(*t.FinishedAt))
+	}
+	row("Input", compactJSON(t.Input))
+	if t.State == client.StateSucceeded {
+		row("Result", resultText(t.Result))
+	}
+	if t.Error != nil {
+		row("Error", describeError(t.Error))
+	}
+	if err := tw.Flush(); err != nil || len(t.History) == 0 {
+		return err
+	}
+	fmt.Fprintln(w, "\nHistory")
+	tw = table(w, "ATTEMPT", "NODE", "EVENT", "AT", "ERROR")
+	for _, h := range t.History {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", h.Attempt, h.Node, h.Event, formatTime(h.At), h.Error)
+	}
+	return tw.Flush()
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format(time.RFC3339)
+}
+
+// resultText is a task's result as one line of JSON; a missing one is null.
+func resultText(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return "null"
+	}
+	return compactJSON(raw)
+}
+
+// compactJSON returns raw on one line, so it fits a table cell.
+func compactJSON(raw json.RawMessage) string {
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		return string(raw)
+	}
+	return b.String()
+}

@@ -1,0 +1,469 @@
+// Package client is the taskworker HTTP API as typed Go calls. It owns the
+// JSON shapes of the outside contract (the task record, cluster view, types and
+// log lines) as its own types, so Go callers and the CLI need not know the
+// server's packages; it knows nothing of raft, gossip or the FSM.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Task states. A task ends in one of the last three; see IsTerminal.
+const (
+	StatePending   = "pending"
+	StateAssigned  = "assigned"
+	StateRunning   = "running"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+	StateCancelled = "cancelled"
+)
+
+// Task is the task record.
+type Task struct {
+	ID             string          `json:"id"`
+	Type           string          `json:"type"`
+	Version        string          `json:"version"`
+	Input          json.RawMessage `json:"input"`
+	State          string          `json:"state"`
+	Node           string          `json:"node"`
+	Attempt        int             `json:"attempt"`
+	MaxAttempts    int             `json:"max_attempts"`
+	Timeout        string          `json:"timeout"`
+	Result         json.RawMessage `json:"result"`
+	Error          *TaskError      `json:"error"`
+	IdempotencyKey string          `json:"idempotency_key"`
+	ExecutionID    string          `json:"execution_id,omitempty"`
+	ParentID       string          `json:"parent_id,omitempty"`
+	CreatedAt      time.Time       `json:"created_at"`
+	StartedAt      *time.Time      `json:"started_at,omitempty"`
+	FinishedAt     *time.Time      `json:"finished_at,omitempty"`
+	ModifyIndex    uint64          `json:"modify_index"`
+	History        []HistoryEntry  `json:"history"`
+}
+
+// TaskError is why a task failed.
+type TaskError struct {
+	Type    string `json:"type"`
+	Message string `json:"message"`
+}
+
+// HistoryEntry is one event in a task's life.
+type HistoryEntry struct {
+	Attempt int       `json:"attempt"`
+	Node    string    `json:"node"`
+	Event   string    `json:"event"`
+	At      time.Time `json:"at"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// SubmitRequest is the body of POST /v1/tasks; only Type is required.
+type SubmitRequest struct {
+	Type           string          `json:"type"`
+	Input          json.RawMessage `json:"input,omitempty"`
+	Version        string          `json:"version,omitempty"`
+	IdempotencyKey string          `json:"idempotency_key,omitempty"`
+	MaxAttempts    int             `json:"max_attempts,omitempty"`
+	Timeout        string          `json:"timeout,omitempty"`
+}
+
+// Cluster is the cluster at a glance.
+type Cluster struct {
+	Leader string         `json:"leader"`
+	Nodes  []NodeInfo     `json:"nodes"`
+	Tasks  map[string]int `json:"tasks"`
+}
+
+// NodeInfo is one node as the cluster sees it.
+type NodeInfo struct {
+	Name       string        `json:"name"`
+	GossipAddr string        `json:"gossip_addr"`
+	RaftAddr   string        `json:"raft_addr"`
+	HTTPAddr   string        `json:"http_addr"`
+	State      string        `json:"state"`
+	Draining   bool          `json:"draining"`
+	RaftRole   string        `json:"raft_role"`
+	Capacity   int           `json:"capacity"`
+	Running    int           `json:"running"`
+	Version    string        `json:"version"`
+	TaskTypes  []TypeVersion `json:"task_types"`
+}
+
+// TypeVersion names one version of a task type.
+type TypeVersion struct {
+	Type    string `json:"type"`
+	Version string `json:"version"`
+}
+
+// TypeInfo is a task type the cluster can run.
+type TypeInfo struct {
+	Type         string          `json:"type"`
+	Version      string          `json:"version"`
+	Description  string          `json:"description"`
+	ExampleInput json.RawMessage `json:"example_input"`
+	Nodes        []string        `json:"nodes"`
+}
+
+// LogLine is one line of a task's output.
+type LogLine struct {
+	TS      time.Time `json:"ts"`
+	Attempt int       `json:"attempt"`
+	Node    string    `json:"node"`
+	Stream  string    `json:"stream"` // stdout, stderr or log
+	Level   string    `json:"level"`
+	Line    string    `json:"line"`
+}
+
+// ListOptions filter and page GET /v1/tasks; zero fields are left out.
+type ListOptions struct {
+	State     string
+	Type      string
+	Node      string
+	Execution string
+	Limit     int
+	After     string // the last ID of the previous page
+}
+
+// APIError is a non-2xx answer from the API.
+type APIError struct {
+	StatusCode int    `json:"-"`
+	Message    string `json:"error"`
+	Code       string `json:"code"`
+}
+
+func (e *APIError) Error() string {
+	if e.Code == "" {
+		return fmt.Sprintf("%s (%d)", e.Message, e.StatusCode)
+	}
+	return fmt.Sprintf("%s (%d %s)", e.Message, e.StatusCode, e.Code)
+}
+
+// IsNotFound reports whether err is the API's 404.
+func IsNotFound(err error) bool {
+	var apiErr *APIError
+	return errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusNotFound
+}
+
+// IsTerminal reports whether a task in state will not change any more.
+func IsTerminal(state string) bool {
+	return state == StateSucceeded || state == StateFailed || state == StateCancelled
+}
+
+// Client calls one node's HTTP API; any node answers every request.
+type Client struct {
+	base  string
+	token string
+	hc    *http.Client
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithToken sends token as a bearer token on every request.
+func WithToken(token string) Option { return func(c *Client) { c.token = token } }
+
+// WithHTTPClient uses hc instead of a default client. Blocking queries and log
+// streams last long, so bound requests with contexts rather than hc.Timeout.
+func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
+
+// New returns a client for the node at addr, a URL like http://127.0.0.1:7948
+// or a bare host:port.
+func New(addr string, opts ...Option) *Client {
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	c := &Client{base: strings.TrimRight(addr, "/"), hc: &http.Client{}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// Submit submits a task. created is false when the idempotency key was seen
+// before and the existing record is returned.
+func (c *Client) Submit(ctx context.Context, req SubmitRequest) (task *Task, created bool, err error) {
+	task = new(Task)
+	status, err := c.do(ctx, http.MethodPost, "/v1/tasks", nil, req, task)
+	if err != nil {
+		return nil, false, err
+	}
+	return task, status == http.StatusCreated, nil
+}
+
+// SubmitWait submits a task and holds the reply until the task ends or wait
+// elapses; the returned record may still be in progress.
+func (c *Client) SubmitWait(ctx context.Context, req SubmitRequest, wait time.Duration) (*Task, error) {
+	task := new(Task)
+	q := url.Values{"wait": {wait.String()}}
+	if _, err := c.do(ctx, http.MethodPost, "/v1/tasks", q, req, task); err != nil {
+		return nil, err
+	}
+	return task, nil
+}
+
+// Get returns a task record.
+func (c *Client) Get(ctx context.Context, id string) (*Task, error) {
+	return c.Wait(ctx, id, 0, 0)
+}
+
+// Wait is a blocking query: it returns the task once its modify index exceeds
+// index, or as it is when wait elapses. A zero wait does not block.
+func (c *Client) Wait(ctx context.Context, id string, index uint64, wait time.Duration) (*Task, error) {
+	var q url.Values
+	if wait > 0 {
+		q = url.Values{"wait": {wait.String()}, "index": {strconv.FormatUint(index, 10)}}
+	}
+	task := new(Task)
+	if _, err := c.do(ctx, http.MethodGet, taskPath(id), q, nil, task); err != nil {
+		return nil, err
+	}
+	return task, nil
+}
+
+// How long one blocking query of WaitDone lasts, and how long it pauses before
+// asking again after an unchanged answer or a 503 (say, during an election).
+const (
+	waitChunk  = time.Minute
+	retryPause = 250 * time.Millisecond
+)
+
+// WaitDone blocks until the task has ended or ctx is done.
+func (c *Client) WaitDone(ctx context.Context, id string) (*Task, error) {
+	var index uint64
+	for {
+		task, err := c.Wait(ctx, id, index, waitChunk)
+		var apiErr *APIError
+		switch {
+		case err == nil && IsTerminal(task.State):
+			return task, nil
+		case err == nil && task.ModifyIndex > index:
+			index = task.ModifyIndex
+			continue
+		case err != nil && !(errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusServiceUnavailable):
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for task %s: %w", id, ctx.Err())
+		case <-time.After(retryPause):
+		}
+	}
+}
+
+// List returns tasks, newest first.
+func (c *Client) List(ctx context.Context, opts ListOptions) ([]Task, error) {
+	q := url.Values{}
+	for k, v := range map[string]string{
+		"state": opts.State, "type": opts.Type, "node": opts.Node,
+		"execution": opts.Execution, "after": opts.After,
+	} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if opts.Limit > 0 {
+		q.Set("limit", strconv.Itoa(opts.Limit))
+	}
+	var raw json.RawMessage
+	if _, err := c.do(ctx, http.MethodGet, "/v1/tasks", q, nil, &raw); err != nil {
+		return nil, err
+	}
+	// The contract leaves the list's envelope open: accept a bare array or {"tasks": [...]}.
+	var tasks []Task
+	if raw = bytes.TrimSpace(raw); len(raw) > 0 && raw[0] == '{' {
+		var page struct {
+			Tasks []Task `json:"tasks"`
+		}
+		err := json.Unmarshal(raw, &page)
+		return page.Tasks, wrapDecode("GET /v1/tasks", err)
+	}
+	return tasks, wrapDecode("GET /v1/tasks", json.Unmarshal(raw, &tasks))
+}
+
+// Cancel cancels a task: a pending one never runs, a running one has its
+// context cancelled.
+func (c *Client) Cancel(ctx context.Context, id string) error {
+	_, err := c.do(ctx, http.MethodPost, taskPath(id)+"/cancel", nil, nil, nil)
+	return err
+}
+
+// Logs calls fn with each line of a task's output as it arrives. With follow
+// it streams until the task ends. An error from fn stops the stream and is returned.
+func (c *Client) Logs(ctx context.Context, id string, follow bool, fn func(LogLine) error) error {
+	var q url.Values
+	if follow {
+		q = url.Values{"follow": {"true"}}
+	}
+	path := taskPath(id) + "/logs"
+	resp, err := c.send(ctx, http.MethodGet, path, q, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var line LogLine
+		if err := dec.Decode(&line); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("GET %s: read: %w", path, err)
+		}
+		if err := fn(line); err != nil {
+			return err
+		}
+	}
+}
+
+// Exec submits a task, passes its output to onLog as it happens (when onLog
+// is not nil) and returns the record once the task has ended. Output cannot
+// fail the call: when the log stream breaks, the lines it missed are fetched
+// once the task has ended.
+func (c *Client) Exec(ctx context.Context, req SubmitRequest, onLog func(LogLine)) (*Task, error) {
+	task, _, err := c.Submit(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	seen := 0
+	var logErr error
+	if onLog != nil {
+		logErr = c.Logs(ctx, task.ID, true, func(l LogLine) error {
+			seen++
+			onLog(l)
+			return nil
+		})
+	}
+	done, err := c.WaitDone(ctx, task.ID)
+	if err != nil {
+		return nil, err
+	}
+	if logErr != nil {
+		// Best effort: the record, not its output, is what Exec returns.
+		_ = c.Logs(ctx, task.ID, false, func(l LogLine) error {
+			if seen > 0 {
+				seen--
+				return nil
+			}
+			onLog(l)
+			return nil
+		})
+	}
+	return done, nil
+}
+
+// Cluster returns the leader, every node and the task counts by state.
+func (c *Client) Cluster(ctx context.Context) (*Cluster, error) {
+	cl := new(Cluster)
+	if _, err := c.do(ctx, http.MethodGet, "/v1/cluster", nil, nil, cl); err != nil {
+		return nil, err
+	}
+	return cl, nil
+}
+
+// Types returns the task types the cluster can run.
+func (c *Client) Types(ctx context.Context) ([]TypeInfo, error) {
+	var types []TypeInfo
+	if _, err := c.do(ctx, http.MethodGet, "/v1/types", nil, nil, &types); err != nil {
+		return nil, err
+	}
+	return types, nil
+}
+
+// Health returns the leader's name when the node is a member and a leader is
+// known; otherwise an *APIError with status 503.
+func (c *Client) Health(ctx context.Context) (leader string, err error) {
+	var h struct {
+		Leader string `json:"leader"`
+	}
+	if _, err := c.do(ctx, http.MethodGet, "/v1/health", nil, nil, &h); err != nil {
+		return "", err
+	}
+	return h.Leader, nil
+}
+
+// Leave asks the node to leave the cluster gracefully; it answers at once and
+// then drains. force asks it to skip the drain.
+func (c *Client) Leave(ctx context.Context, force bool) error {
+	var q url.Values
+	if force {
+		q = url.Values{"force": {"true"}}
+	}
+	_, err := c.do(ctx, http.MethodPost, "/v1/agent/leave", q, nil, nil)
+	return err
+}
+
+func taskPath(id string) string { return "/v1/tasks/" + url.PathEscape(id) }
+
+// do sends a request with body (when not nil) as JSON and decodes the answer
+// into out (when not nil).
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, body, out any) (int, error) {
+	resp, err := c.send(ctx, method, path, q, body)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body) // lets the connection be reused
+		return resp.StatusCode, nil
+	}
+	return resp.StatusCode, wrapDecode(method+" "+path, json.NewDecoder(resp.Body).Decode(out))
+}
+
+// send returns the response to a request when its status is 2xx, and an
+// *APIError otherwise. The caller closes the body.
+func (c *Client) send(ctx context.Context, method, path string, q url.Values, body any) (*http.Response, error) {
+	u := c.base + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: encode body: %w", method, path, err)
+		}
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, r)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	apiErr := &APIError{StatusCode: resp.StatusCode}
+	if b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10)); err == nil {
+		_ = json.Unmarshal(b, apiErr) // not JSON: fall back to the status text below
+	}
+	if apiErr.Message == "" {
+		apiErr.Message = http.StatusText(resp.StatusCode)
+	}
+	return nil, fmt.Errorf("%s %s: %w", method, path, apiErr)
+}
+
+func wrapDecode(what string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: decode answer: %w", what, err)
+	}
+	return nil
+}

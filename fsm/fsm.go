@@ -1,0 +1,412 @@
+package fsm
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// FSM is the replicated state machine. It is safe for concurrent readers while raft applies.
+type FSM struct {
+	mu      sync.RWMutex
+	tasks   map[string]*Task
+	order   []string // task IDs by CreateIndex, oldest first (may hold removed IDs until compacted)
+	removed int      // removed IDs still in order
+	idem    map[string]string
+	nodes   map[string]*Node
+	index   uint64
+	changed chan struct{}
+}
+
+// New returns an empty FSM.
+func New() *FSM {
+	return &FSM{
+		tasks:   map[string]*Task{},
+		idem:    map[string]string{},
+		nodes:   map[string]*Node{},
+		changed: make(chan struct{}),
+	}
+}
+
+// Apply implements raft.FSM.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	cmd, err := Decode(l.Data)
+	if err != nil {
+		f.mu.Lock()
+		f.bump(l.Index)
+		f.mu.Unlock()
+		return &Result{Index: l.Index, Err: fmt.Errorf("%w: %v", ErrBadCommand, err)}
+	}
+	return f.ApplyCommand(l.Index, cmd)
+}
+
+// ApplyCommand applies a decoded command at a log index. Apply calls it; tests call it directly.
+func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := &Result{Index: index}
+	switch c.Type {
+	case CmdSubmit:
+		for i := range c.Submits {
+			r.Items = append(r.Items, f.submit(index, c.Now, &c.Submits[i]))
+		}
+	case CmdAssign:
+		for _, a := range c.Assigns {
+			r.Items = append(r.Items, f.assign(index, c.Now, a))
+		}
+	case CmdReport:
+		for i := range c.Reports {
+			r.Items = append(r.Items, f.report(index, c.Now, &c.Reports[i]))
+		}
+	case CmdRegister:
+		r.Err = f.register(index, c.Now, c.Node)
+	case CmdNodeDown:
+		r.Err = f.nodeDown(index, c.Now, c.NodeName, c.Left, c.Reason)
+	case CmdDrain:
+		r.Err = f.drain(index, c.NodeName, c.Draining)
+	case CmdCancel:
+		for _, id := range c.TaskIDs {
+			r.Items = append(r.Items, f.cancel(index, c.Now, id))
+		}
+	case CmdRemove:
+		for _, id := range c.TaskIDs {
+			r.Items = append(r.Items, f.remove(id))
+		}
+	default:
+		r.Err = fmt.Errorf("%w: unknown type %d", ErrBadCommand, c.Type)
+	}
+	f.bump(index)
+	return r
+}
+
+// bump records the applied index and wakes watchers. Callers hold f.mu.
+func (f *FSM) bump(index uint64) {
+	if index > f.index {
+		f.index = index
+	}
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
+	if s.IdempotencyKey != "" {
+		if id, ok := f.idem[s.IdempotencyKey]; ok {
+			return ItemResult{ID: id, Existing: true}
+		}
+	}
+	if s.ID == "" || s.Type == "" {
+		return ItemResult{ID: s.ID, Err: fmt.Errorf("%w: submit needs id and type", ErrBadCommand)}
+	}
+	if _, ok := f.tasks[s.ID]; ok {
+		return ItemResult{ID: s.ID, Err: ErrDuplicateID}
+	}
+	maxAttempts := s.MaxAttempts
+	if maxAttempts < 1 {
+		maxAttempts = 1
+	}
+	t := &Task{
+		ID: s.ID, Type: s.Type, Version: s.Version, Input: s.Input,
+		State: Pending, MaxAttempts: maxAttempts, Timeout: s.Timeout,
+		IdempotencyKey: s.IdempotencyKey, ExecutionID: s.ExecutionID, ParentID: s.ParentID,
+		CreatedAt: now, CreateIndex: index, ModifyIndex: index,
+	}
+	if t.ExecutionID == "" {
+		t.ExecutionID = t.ID
+	}
+	f.tasks[t.ID] = t
+	f.order = append(f.order, t.ID)
+	if t.IdempotencyKey != "" {
+		f.idem[t.IdempotencyKey] = t.ID
+	}
+	return ItemResult{ID: t.ID}
+}
+
+func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
+	t, ok := f.tasks[a.TaskID]
+	if !ok {
+		return ItemResult{ID: a.TaskID, Err: ErrNotFound}
+	}
+	n, ok := f.nodes[a.Node]
+	if t.State != Pending || t.CancelRequested || !ok || n.Status != NodeUp || n.Draining || n.BootID != a.BootID {
+		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
+	}
+	t.State = Assigned
+	t.Node, t.BootID = a.Node, a.BootID
+	t.Attempt++
+	t.NotBefore = nil
+	t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: a.Node, Event: EventAssigned, At: now})
+	t.ModifyIndex = index
+	return ItemResult{ID: t.ID}
+}
+
+func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
+	t, ok := f.tasks[r.TaskID]
+	if !ok {
+		return ItemResult{ID: r.TaskID, Err: ErrNotFound}
+	}
+	if !t.State.Active() || t.Node != r.Node || t.BootID != r.BootID || t.Attempt != r.Attempt {
+		return ItemResult{ID: r.TaskID, Err: ErrStale}
+	}
+	entry := HistoryEntry{Attempt: t.Attempt, Node: t.Node, At: now}
+	switch r.Kind {
+	case ReportStarted:
+		if t.State == Running {
+			return ItemResult{ID: t.ID}
+		}
+		t.State = Running
+		at := now
+		t.StartedAt = &at
+		entry.Event = EventStarted
+	case ReportCheckpoint:
+		t.Checkpoint = r.Checkpoint
+		t.ModifyIndex = index
+		return ItemResult{ID: t.ID}
+	case ReportSucceeded:
+		t.State = Succeeded
+		t.Result = r.Result
+		t.Error = nil
+		t.finish(now)
+		entry.Event = EventSucceeded
+	case ReportFailed:
+		if r.Error == nil {
+			r.Error = &TaskError{Type: "task_error", Message: "failed"}
+		}
+		t.Failures++
+		t.Error = r.Error
+		entry.Event, entry.Error = EventFailed, r.Error.Message
+		if t.Failures >= t.MaxAttempts || t.CancelRequested {
+			t.State = Failed
+			if t.CancelRequested {
+				t.State = Cancelled
+			}
+			t.finish(now)
+		} else {
+			t.requeue()
+			t.NotBefore = r.NotBefore
+		}
+	case ReportCancelled:
+		t.State = Cancelled
+		t.finish(now)
+		entry.Event = EventCancelled
+	case ReportInterrupted:
+		entry.Event = EventInterrupted
+		if r.Error != nil {
+			entry.Error = r.Error.Message
+		}
+		f.interrupt(t, now)
+	default:
+		return ItemResult{ID: t.ID, Err: fmt.Errorf("%w: kind %d", ErrInvalidReport, r.Kind)}
+	}
+	t.History = append(t.History, entry)
+	t.ModifyIndex = index
+	return ItemResult{ID: t.ID}
+}
+
+// interrupt takes an active task back: pending again, or cancelled if a cancel was asked for.
+func (f *FSM) interrupt(t *Task, now time.Time) {
+	if t.CancelRequested {
+		t.State = Cancelled
+		t.finish(now)
+		return
+	}
+	t.requeue()
+}
+
+func (t *Task) requeue() {
+	t.State = Pending
+	t.Node, t.BootID = "", ""
+}
+
+func (t *Task) finish(now time.Time) {
+	at := now
+	t.FinishedAt = &at
+	t.NotBefore = nil
+}
+
+func (f *FSM) register(index uint64, now time.Time, n *Node) error {
+	if n == nil || n.Name == "" || n.BootID == "" {
+		return fmt.Errorf("%w: register needs a node with name and boot id", ErrBadCommand)
+	}
+	if old, ok := f.nodes[n.Name]; ok && old.BootID != n.BootID {
+		// The node restarted: whatever it held under its old incarnation is gone.
+		f.takeBack(index, now, n.Name, "node "+n.Name+" restarted")
+	}
+	c := n.clone()
+	c.Status = NodeUp
+	c.RegisteredAt = now
+	c.ModifyIndex = index
+	f.nodes[n.Name] = &c
+	return nil
+}
+
+func (f *FSM) nodeDown(index uint64, now time.Time, name string, left bool, reason string) error {
+	n, ok := f.nodes[name]
+	if !ok {
+		return ErrUnknownNode
+	}
+	n.Status = NodeDown
+	if left {
+		n.Status = NodeLeft
+	}
+	n.ModifyIndex = index
+	if reason == "" {
+		reason = "node " + name + " " + string(n.Status)
+	}
+	f.takeBack(index, now, name, reason)
+	return nil
+}
+
+// takeBack interrupts every active task held by the named node (any incarnation).
+func (f *FSM) takeBack(index uint64, now time.Time, name, reason string) {
+	for _, id := range f.order {
+		t, ok := f.tasks[id]
+		if !ok || !t.State.Active() || t.Node != name {
+			continue
+		}
+		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: name, Event: EventInterrupted, At: now, Error: reason})
+		f.interrupt(t, now)
+		if t.State == Cancelled {
+			t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: name, Event: EventCancelled, At: now})
+		}
+		t.ModifyIndex = index
+	}
+}
+
+func (f *FSM) drain(index uint64, name string, draining bool) error {
+	n, ok := f.nodes[name]
+	if !ok {
+		return ErrUnknownNode
+	}
+	n.Draining = draining
+	n.ModifyIndex = index
+	return nil
+}
+
+func (f *FSM) cancel(index uint64, now time.Time, id string) ItemResult {
+	t, ok := f.tasks[id]
+	if !ok {
+		return ItemResult{ID: id, Err: ErrNotFound}
+	}
+	switch {
+	case t.State.Terminal():
+		return ItemResult{ID: id, Err: ErrFinished}
+	case t.State == Pending:
+		t.State = Cancelled
+		t.finish(now)
+		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Event: EventCancelled, At: now})
+	default:
+		// The executor holding it sees the flag, cancels the run and reports cancelled.
+		t.CancelRequested = true
+	}
+	t.ModifyIndex = index
+	return ItemResult{ID: id}
+}
+
+func (f *FSM) remove(id string) ItemResult {
+	t, ok := f.tasks[id]
+	if !ok {
+		return ItemResult{ID: id, Err: ErrNotFound}
+	}
+	if !t.State.Terminal() {
+		return ItemResult{ID: id, Err: fmt.Errorf("%w: task is %s", ErrBadCommand, t.State)}
+	}
+	delete(f.tasks, id)
+	if t.IdempotencyKey != "" && f.idem[t.IdempotencyKey] == id {
+		delete(f.idem, t.IdempotencyKey)
+	}
+	f.removed++
+	if f.removed > len(f.order)/2 {
+		f.compact()
+	}
+	return ItemResult{ID: id}
+}
+
+func (f *FSM) compact() {
+	f.order = slices.DeleteFunc(f.order, func(id string) bool { _, ok := f.tasks[id]; return !ok })
+	f.removed = 0
+}
+
+// snapshotState is the msgpack form of a snapshot.
+type snapshotState struct {
+	Index uint64 `msgpack:"index"`
+	Tasks []Task `msgpack:"tasks"`
+	Nodes []Node `msgpack:"nodes"`
+}
+
+// Snapshot implements raft.FSM. It copies the state under the lock; encoding happens in Persist.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := &snapshotState{Index: f.index, Tasks: make([]Task, 0, len(f.tasks)), Nodes: make([]Node, 0, len(f.nodes))}
+	for _, id := range f.order {
+		if t, ok := f.tasks[id]; ok {
+			s.Tasks = append(s.Tasks, t.clone())
+		}
+	}
+	for _, name := range sortedKeys(f.nodes) {
+		s.Nodes = append(s.Nodes, f.nodes[name].clone())
+	}
+	return s, nil
+}
+
+// Persist writes the snapshot.
+func (s *snapshotState) Persist(sink raft.SnapshotSink) error {
+	if err := msgpack.NewEncoder(sink).Encode(s); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+// Release implements raft.FSMSnapshot.
+func (s *snapshotState) Release() {}
+
+// Restore implements raft.FSM: it replaces the whole state with the snapshot's.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	var s snapshotState
+	if err := msgpack.NewDecoder(rc).Decode(&s); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tasks = make(map[string]*Task, len(s.Tasks))
+	f.order = make([]string, 0, len(s.Tasks))
+	f.idem = map[string]string{}
+	f.removed = 0
+	sort.SliceStable(s.Tasks, func(i, j int) bool { return s.Tasks[i].CreateIndex < s.Tasks[j].CreateIndex })
+	for i := range s.Tasks {
+		t := &s.Tasks[i]
+		f.tasks[t.ID] = t
+		f.order = append(f.order, t.ID)
+		if t.IdempotencyKey != "" {
+			f.idem[t.IdempotencyKey] = t.ID
+		}
+	}
+	f.nodes = make(map[string]*Node, len(s.Nodes))
+	for i := range s.Nodes {
+		f.nodes[s.Nodes[i].Name] = &s.Nodes[i]
+	}
+	f.index = s.Index
+	close(f.changed)
+	f.changed = make(chan struct{})
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,376 @@
+// Package membership owns gossip membership: joining a cluster, leaving it, the metadata each node
+// gossips about itself, and a stream of join/update/leave/fail events. It is a thin layer over
+// hashicorp/memberlist and must know nothing of raft, tasks or HTTP: what the metadata means and
+// what to do when a node fails is the caller's business.
+package membership
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// ErrShutdown is returned by calls made after Shutdown.
+var ErrShutdown = errors.New("membership shut down")
+
+// State is a member's liveness as seen by this node.
+type State string
+
+const (
+	StateAlive State = "alive"
+	// StateSuspect is never reported with memberlist v0.7.0: it keeps suspicion in a private field
+	// (Node.State is shadowed and never written, the cause of hashicorp/memberlist#293), so a
+	// suspect member reads alive until it is declared dead or refutes.
+	StateSuspect State = "suspect"
+	StateDead    State = "dead" // failed without saying goodbye
+	StateLeft    State = "left" // left gracefully (it was draining)
+)
+
+// Member is one node as seen by this node.
+type Member struct {
+	Name       string
+	GossipAddr string // host:port
+	Meta       Meta
+	State      State
+}
+
+// EventType says what happened to a member.
+type EventType int
+
+const (
+	EventJoin   EventType = iota // first seen, or back after leaving or failing
+	EventUpdate                  // meta changed
+	EventLeave                   // gone gracefully: its meta said Draining
+	EventFail                    // gone without draining: crashed or cut off
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventJoin:
+		return "join"
+	case EventUpdate:
+		return "update"
+	case EventLeave:
+		return "leave"
+	case EventFail:
+		return "fail"
+	}
+	return fmt.Sprintf("EventType(%d)", int(t))
+}
+
+// Event is a change of one member; Member is its state after the change.
+type Event struct {
+	Type   EventType
+	Member Member
+}
+
+// Config configures New. Zero durations and multipliers mean the defaults of DefaultConfig.
+type Config struct {
+	Name          string
+	BindAddr      string // host
+	BindPort      int    // 0 = pick a free port (GossipAddr reports it)
+	AdvertiseAddr string // optional
+	AdvertisePort int
+	Meta          Meta
+
+	// Failure detection. The defaults detect a crashed node in about a second on a LAN.
+	ProbeInterval  time.Duration
+	ProbeTimeout   time.Duration
+	SuspicionMult  int
+	GossipInterval time.Duration
+
+	// ReconnectInterval is how often this node tries to reach members it saw fail, so that
+	// both sides of a healed partition find each other again (memberlist never probes dead nodes).
+	ReconnectInterval time.Duration
+
+	Logger    *slog.Logger                  // nil = slog.Default()
+	Transport memberlist.NodeAwareTransport // nil = UDP/TCP on BindAddr:BindPort; memnet in tests
+}
+
+// DefaultConfig returns a Config named after the host, bound to 0.0.0.0:7946.
+func DefaultConfig() Config {
+	name, _ := os.Hostname()
+	return Config{
+		Name:     name,
+		BindAddr: "0.0.0.0",
+		BindPort: 7946,
+		// A probe every 250ms reaches a dead peer within (n-1)*250ms; 100ms is ample for an ack.
+		ProbeInterval: 250 * time.Millisecond,
+		ProbeTimeout:  100 * time.Millisecond,
+		// Suspicion lasts SuspicionMult*max(1, log10(n))*ProbeInterval, 500ms below ten nodes. With
+		// 2, memberlist expects no confirmations (k = mult-2), so the timeout never starts at its
+		// 6x maximum waiting for peers that a small cluster does not have.
+		SuspicionMult:     2,
+		GossipInterval:    100 * time.Millisecond,
+		ReconnectInterval: time.Second,
+		Logger:            slog.Default(),
+	}
+}
+
+// broadcastTimeout bounds how long a meta update or leave waits for memberlist to send it.
+const broadcastTimeout = 5 * time.Second
+
+// Membership is this node's membership in the gossip cluster. Its methods are safe for concurrent use.
+type Membership struct {
+	name string
+	log  *slog.Logger
+	list *memberlist.Memberlist
+
+	opMu sync.Mutex // serializes UpdateMeta, Leave and Shutdown; memberlist panics on Leave after Shutdown
+
+	mu       sync.Mutex
+	meta     []byte            // encoded local meta, served to memberlist
+	local    Meta              // decoded local meta
+	known    map[string]Member // every member ever seen, by name
+	left     bool              // Leave was called: stop reconnecting
+	shutdown bool
+
+	queue  eventQueue
+	events chan Event
+	done   chan struct{}
+	wg     sync.WaitGroup
+}
+
+// New starts gossiping on the configured address. The node is alone until Join.
+func New(cfg Config) (*Membership, error) {
+	cfg = cfg.withDefaults()
+	if cfg.Name == "" {
+		return nil, errors.New("new membership: empty node name")
+	}
+	meta, err := cfg.Meta.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("new membership %s: %w", cfg.Name, err)
+	}
+	m := &Membership{
+		name:   cfg.Name,
+		log:    cfg.Logger,
+		meta:   meta,
+		local:  cfg.Meta,
+		known:  make(map[string]Member),
+		queue:  eventQueue{wake: make(chan struct{}, 1)},
+		events: make(chan Event, 64),
+		done:   make(chan struct{}),
+	}
+
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	mc.BindAddr = cfg.BindAddr
+	mc.BindPort = cfg.BindPort
+	mc.AdvertiseAddr = cfg.AdvertiseAddr
+	mc.AdvertisePort = cfg.AdvertisePort
+	mc.ProbeInterval = cfg.ProbeInterval
+	mc.ProbeTimeout = cfg.ProbeTimeout
+	mc.SuspicionMult = cfg.SuspicionMult
+	mc.GossipInterval = cfg.GossipInterval
+	// A node restarted on a new port must be accepted as soon as its old self is dead, not after
+	// memberlist forgets the dead one (GossipToTheDeadTime, 30s).
+	mc.DeadNodeReclaimTime = time.Nanosecond
+	mc.Delegate = (*delegate)(m)
+	mc.Events = (*delegate)(m)
+	mc.Logger = log.New(logWriter{cfg.Logger.With("component", "memberlist")}, "", 0)
+	if cfg.Transport != nil {
+		mc.Transport = cfg.Transport
+	}
+
+	m.list, err = memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("new membership %s: start memberlist: %w", cfg.Name, err)
+	}
+	m.wg.Add(2)
+	go m.pump()
+	go m.reconnect(cfg.ReconnectInterval)
+	return m, nil
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = d.ProbeInterval
+	}
+	if c.ProbeTimeout == 0 {
+		c.ProbeTimeout = d.ProbeTimeout
+	}
+	if c.SuspicionMult == 0 {
+		c.SuspicionMult = d.SuspicionMult
+	}
+	if c.GossipInterval == 0 {
+		c.GossipInterval = d.GossipInterval
+	}
+	if c.ReconnectInterval == 0 {
+		c.ReconnectInterval = d.ReconnectInterval
+	}
+	if c.Logger == nil {
+		c.Logger = d.Logger
+	}
+	return c
+}
+
+// Join contacts addrs (host:port) until at least one answers or ctx is done, backing off from
+// 200ms to 2s between rounds. This node's own address is skipped, so every node can be given the
+// same seed list; with nothing left to contact, Join returns nil at once (the first node).
+func (m *Membership) Join(ctx context.Context, addrs []string) error {
+	self := m.GossipAddr()
+	addrs = slices.DeleteFunc(slices.Clone(addrs), func(a string) bool { return a == self })
+	if len(addrs) == 0 {
+		return nil
+	}
+	backoff := 200 * time.Millisecond
+	for {
+		n, err := m.list.Join(addrs)
+		if n > 0 {
+			m.log.Debug("joined cluster", "contacted", n, "seeds", addrs)
+			return nil
+		}
+		m.log.Debug("join failed, retrying", "seeds", addrs, "err", err, "backoff", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("join %s: %w (last attempt: %w)", strings.Join(addrs, ","), ctx.Err(), err)
+		case <-m.done:
+			t.Stop()
+			return fmt.Errorf("join %s: %w", strings.Join(addrs, ","), ErrShutdown)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// Events delivers member changes in order, including this node's own join, updates and leave. It
+// is closed by Shutdown. Events queue up without bound while nobody reads, so gossip never waits
+// for a slow consumer.
+func (m *Membership) Events() <-chan Event { return m.events }
+
+// Members returns every node this node has seen, sorted by name: alive ones, and dead or left ones
+// until they come back.
+func (m *Membership) Members() []Member {
+	m.mu.Lock()
+	out := make([]Member, 0, len(m.known))
+	for _, mem := range m.known {
+		out = append(out, mem)
+	}
+	m.mu.Unlock()
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Local returns this node as the cluster sees it.
+func (m *Membership) Local() Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.known[m.name] // memberlist announces the local node during Create
+}
+
+// GossipAddr is the host:port other nodes reach this one at.
+func (m *Membership) GossipAddr() string { return m.list.LocalNode().Address() }
+
+// UpdateMeta changes the local meta with fn and gossips it, waiting until it has been sent. If the
+// result does not encode (ErrMetaTooLarge), nothing changes.
+func (m *Membership) UpdateMeta(fn func(*Meta)) error {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	return m.updateMeta(fn, broadcastTimeout)
+}
+
+func (m *Membership) updateMeta(fn func(*Meta), timeout time.Duration) error {
+	m.mu.Lock()
+	if m.shutdown {
+		m.mu.Unlock()
+		return fmt.Errorf("update meta: %w", ErrShutdown)
+	}
+	meta := m.local
+	fn(&meta)
+	b, err := meta.Encode()
+	if err != nil {
+		m.mu.Unlock()
+		return fmt.Errorf("update meta: %w", err)
+	}
+	m.local, m.meta = meta, b
+	m.mu.Unlock()
+	// UpdateNode reads the meta back through the delegate, so m.mu must be free.
+	if err := m.list.UpdateNode(timeout); err != nil {
+		return fmt.Errorf("update meta: gossip: %w", err)
+	}
+	return nil
+}
+
+// Leave marks this node Draining, gossips that, then announces its departure, so peers report it
+// as left (EventLeave) rather than failed. Shutdown must still be called.
+func (m *Membership) Leave(timeout time.Duration) error {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	m.mu.Lock()
+	left := m.left
+	m.mu.Unlock()
+	if left {
+		return nil
+	}
+	deadline := time.Now().Add(timeout)
+	if err := m.updateMeta(func(meta *Meta) { meta.Draining = true }, timeout); err != nil {
+		return fmt.Errorf("leave: %w", err)
+	}
+	m.mu.Lock()
+	m.left = true
+	m.mu.Unlock()
+	if err := m.list.Leave(max(time.Until(deadline), time.Millisecond)); err != nil {
+		return fmt.Errorf("leave: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops gossiping without saying goodbye: to peers it looks like a crash unless Leave
+// came first. It closes Events. Calling it again does nothing.
+func (m *Membership) Shutdown() error {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	m.mu.Lock()
+	was := m.shutdown
+	m.shutdown = true
+	m.mu.Unlock()
+	if was {
+		return nil
+	}
+	close(m.done)
+	m.wg.Wait()
+	if err := m.list.Shutdown(); err != nil {
+		return fmt.Errorf("shutdown memberlist: %w", err)
+	}
+	return nil
+}
+
+// reconnect periodically joins members that failed. Once a partition heals, memberlist alone would
+// never notice: it only probes nodes it believes alive.
+func (m *Membership) reconnect(every time.Duration) {
+	defer m.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-t.C:
+		}
+		var addrs []string
+		m.mu.Lock()
+		for _, mem := range m.known {
+			if mem.State == StateDead && !m.left {
+				addrs = append(addrs, mem.GossipAddr)
+			}
+		}
+		m.mu.Unlock()
+		if len(addrs) > 0 {
+			if n, _ := m.list.Join(addrs); n > 0 {
+				m.log.Info("reconnected to failed members", "contacted", n)
+			}
+		}
+	}
+}

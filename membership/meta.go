@@ -1,0 +1,49 @@
+package membership
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// ErrMetaTooLarge is returned when encoded Meta would not fit memberlist's limit (memberlist itself
+// would panic).
+var ErrMetaTooLarge = errors.New("node meta too large")
+
+// Meta is what a node gossips about itself. Short msgpack keys keep it far below the 512-byte limit;
+// unknown keys are ignored so nodes of different versions understand each other.
+type Meta struct {
+	RaftAddr string `msgpack:"r,omitempty"`
+	HTTPAddr string `msgpack:"h,omitempty"`
+	BootID   string `msgpack:"b,omitempty"`
+	Capacity int    `msgpack:"c,omitempty"`
+	Draining bool   `msgpack:"d,omitempty"`
+	Version  string `msgpack:"v,omitempty"` // taskworker build version
+}
+
+// Encode returns the wire form of m, or ErrMetaTooLarge past memberlist.MetaMaxSize bytes.
+func (m Meta) Encode() ([]byte, error) {
+	b, err := msgpack.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode meta: %w", err)
+	}
+	if len(b) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("encode meta: %d bytes, limit %d: %w", len(b), memberlist.MetaMaxSize, ErrMetaTooLarge)
+	}
+	return b, nil
+}
+
+// DecodeMeta parses what a peer gossiped. On error it returns the zero Meta: a peer's garbage must
+// not stop this node from tracking that peer's liveness.
+func DecodeMeta(b []byte) (Meta, error) {
+	if len(b) > memberlist.MetaMaxSize {
+		return Meta{}, fmt.Errorf("decode meta: %d bytes, limit %d: %w", len(b), memberlist.MetaMaxSize, ErrMetaTooLarge)
+	}
+	var m Meta
+	if err := msgpack.Unmarshal(b, &m); err != nil {
+		return Meta{}, fmt.Errorf("decode meta: %w", err)
+	}
+	return m, nil
+}

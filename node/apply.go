@@ -1,0 +1,259 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/scheduler"
+)
+
+// Errors the HTTP layer branches on.
+var (
+	ErrNoLeader     = errors.New("no cluster leader")
+	ErrShuttingDown = errors.New("node is shutting down")
+)
+
+// forwardable lists the commands a follower may hand to the leader; the leader decides the rest.
+var forwardable = map[fsm.CommandType]bool{
+	fsm.CmdSubmit: true, fsm.CmdReport: true, fsm.CmdRegister: true, fsm.CmdDrain: true, fsm.CmdCancel: true,
+}
+
+// propose gets a command applied by the leader, wherever it is, retrying across leader changes
+// until ctx ends. Followers forward over HTTP; raft has no forwarding of its own.
+func (n *Node) propose(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
+	backoff := 20 * time.Millisecond
+	for {
+		res, err := n.proposeOnce(ctx, c)
+		if err == nil || !retryable(err) {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%s: %w (last error: %v)", c.Type, ctx.Err(), err)
+		case <-n.ctx.Done():
+			return nil, ErrShuttingDown
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 250*time.Millisecond)
+	}
+}
+
+func retryable(err error) bool {
+	return errors.Is(err, ErrNoLeader) || errors.Is(err, raft.ErrNotLeader) ||
+		errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) ||
+		errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, errForward)
+}
+
+var errForward = errors.New("forward to leader")
+
+func (n *Node) proposeOnce(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
+	if n.raft.State() == raft.Leader {
+		return n.applyLocal(ctx, c)
+	}
+	addr := n.leaderHTTP()
+	if addr == "" {
+		return nil, ErrNoLeader
+	}
+	return n.forward(ctx, addr, c)
+}
+
+// applyLocal applies a command on the leader. The leader's clock stamps it and the leader
+// computes retry backoff, so Apply stays deterministic.
+func (n *Node) applyLocal(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
+	c.Now = time.Now().UTC()
+	if c.Type == fsm.CmdReport {
+		for i := range c.Reports {
+			r := &c.Reports[i]
+			if r.Kind != fsm.ReportFailed {
+				continue
+			}
+			failures := 1
+			if t, ok := n.fsm.Task(r.TaskID); ok {
+				failures = t.Failures + 1
+			}
+			nb := c.Now.Add(scheduler.DefaultBackoff.Delay(failures, scheduler.Jitter))
+			r.NotBefore = &nb
+		}
+	}
+	b, err := fsm.Encode(c)
+	if err != nil {
+		return nil, err
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	f := n.raft.Apply(b, timeout)
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("apply %s: %w", c.Type, err)
+	}
+	res, _ := f.Response().(*fsm.Result)
+	if res == nil {
+		return nil, fmt.Errorf("apply %s: no result", c.Type)
+	}
+	return res, res.Err
+}
+
+// leaderHTTP returns the leader's HTTP address from gossip metadata, or the FSM's node record.
+func (n *Node) leaderHTTP() string {
+	_, id := n.raft.LeaderWithID()
+	if id == "" {
+		return ""
+	}
+	for _, m := range n.members.Members() {
+		if m.Name == string(id) && m.Meta.HTTPAddr != "" {
+			return m.Meta.HTTPAddr
+		}
+	}
+	if nd, ok := n.fsm.Node(string(id)); ok {
+		return nd.HTTPAddr
+	}
+	return ""
+}
+
+// wireResult is fsm.Result on the wire between a follower and the leader.
+type wireResult struct {
+	Index uint64     `msgpack:"index"`
+	Items []wireItem `msgpack:"items"`
+	Err   string     `msgpack:"err"`
+}
+
+type wireItem struct {
+	ID       string `msgpack:"id"`
+	Existing bool   `msgpack:"existing"`
+	Err      string `msgpack:"err"`
+}
+
+var wireErrors = []error{
+	fsm.ErrNotFound, fsm.ErrStale, fsm.ErrFinished, fsm.ErrDuplicateID, fsm.ErrUnknownNode,
+	fsm.ErrNotPlaceable, fsm.ErrBadCommand, fsm.ErrInvalidReport,
+}
+
+func encodeErr(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// decodeErr restores sentinel errors so callers can branch on them after a forward.
+func decodeErr(s string) error {
+	if s == "" {
+		return nil
+	}
+	for _, e := range wireErrors {
+		if s == e.Error() || bytes.HasPrefix([]byte(s), []byte(e.Error()+":")) {
+			return fmt.Errorf("%w%s", e, s[len(e.Error()):])
+		}
+	}
+	return errors.New(s)
+}
+
+func toWire(r *fsm.Result) *wireResult {
+	w := &wireResult{Index: r.Index, Err: encodeErr(r.Err)}
+	for _, it := range r.Items {
+		w.Items = append(w.Items, wireItem{ID: it.ID, Existing: it.Existing, Err: encodeErr(it.Err)})
+	}
+	return w
+}
+
+func fromWire(w *wireResult) *fsm.Result {
+	r := &fsm.Result{Index: w.Index, Err: decodeErr(w.Err)}
+	for _, it := range w.Items {
+		r.Items = append(r.Items, fsm.ItemResult{ID: it.ID, Existing: it.Existing, Err: decodeErr(it.Err)})
+	}
+	return r
+}
+
+const internalApplyPath = "/v1/internal/apply"
+
+func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.Result, error) {
+	b, err := fsm.Encode(c)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+internalApplyPath, bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/msgpack")
+	resp, err := n.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w %s: %v", errForward, addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%w %s: %v", errForward, addr, err)
+	}
+	if resp.StatusCode == http.StatusServiceUnavailable {
+		return nil, fmt.Errorf("%w %s: leader unavailable", errForward, addr)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("forward %s to %s: %s: %s", c.Type, addr, resp.Status, bytes.TrimSpace(body))
+	}
+	var w wireResult
+	if err := msgpack.Unmarshal(body, &w); err != nil {
+		return nil, fmt.Errorf("forward %s: decode reply: %w", c.Type, err)
+	}
+	r := fromWire(&w)
+	return r, r.Err
+}
+
+// handleInternalApply is the leader's side of forwarding.
+func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<20))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "command too large")
+		return
+	}
+	c, err := fsm.Decode(body)
+	if err != nil || !forwardable[c.Type] {
+		writeError(w, http.StatusBadRequest, "bad_command", "not a forwardable command")
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
+		return
+	}
+	res, err := n.applyLocal(r.Context(), c)
+	if res == nil {
+		if retryable(err) {
+			writeError(w, http.StatusServiceUnavailable, "not_leader", err.Error())
+			return
+		}
+		writeError(w, http.StatusInternalServerError, "apply_failed", err.Error())
+		return
+	}
+	out, err := msgpack.Marshal(toWire(res))
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "encode", err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/msgpack")
+	_, _ = w.Write(out)
+}
+
+// waitIndex blocks until the local FSM has applied index, so a follower reads its own writes.
+func (n *Node) waitIndex(ctx context.Context, index uint64) error {
+	for {
+		ch := n.fsm.Changed()
+		if n.fsm.Index() >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,116 @@
+package node
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+
+	"github.com/taskworker/taskworker/tasks"
+)
+
+// Config is everything a node needs. main.go fills it from flags; tests fill it directly.
+type Config struct {
+	Name         string
+	DataDir      string // raft state and local task logs; required unless InmemRaft
+	GossipAddr   string // bind host:port (port 0 picks one)
+	RaftAddr     string // bind host:port (port 0 picks one)
+	HTTPAddr     string // bind host:port (port 0 picks one)
+	Advertise    string // host peers use to reach this node
+	Join         []string
+	Capacity     int
+	DrainTimeout time.Duration
+	Voters       int
+	Registry     *tasks.Registry
+	Logger       *slog.Logger
+	LogLevel     slog.Level
+	Version      string // build version shown in status
+
+	MaxBodyBytes    int64         // request body cap, default 1 MiB
+	Retention       time.Duration // finished tasks kept this long, default 24h
+	DeadServerGrace time.Duration // a crashed raft server is removed after this, default 3s
+
+	// Failure detection and election speed; zero values take fast LAN defaults.
+	ProbeInterval time.Duration
+	ProbeTimeout  time.Duration
+	RaftHeartbeat time.Duration
+	RaftElection  time.Duration
+
+	// Test twins: in-memory raft stores and transport, and an in-memory gossip network.
+	InmemRaft       bool
+	RaftTransport   raft.Transport
+	GossipTransport memberlist.NodeAwareTransport
+}
+
+func (c *Config) setDefaults() error {
+	if c.Name == "" {
+		return fmt.Errorf("config: name is required")
+	}
+	if c.DataDir == "" && !c.InmemRaft {
+		return fmt.Errorf("config: data dir is required")
+	}
+	if c.Capacity <= 0 {
+		c.Capacity = runtime.NumCPU()
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.Voters <= 0 {
+		c.Voters = 3
+	}
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = 1 << 20
+	}
+	if c.Retention <= 0 {
+		c.Retention = 24 * time.Hour
+	}
+	if c.DeadServerGrace <= 0 {
+		c.DeadServerGrace = 3 * time.Second
+	}
+	if c.RaftHeartbeat <= 0 {
+		c.RaftHeartbeat = 500 * time.Millisecond
+	}
+	if c.RaftElection <= 0 {
+		c.RaftElection = 500 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Logger = c.Logger.With("node", c.Name)
+	if c.Registry == nil {
+		return fmt.Errorf("config: a task registry is required")
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	return nil
+}
+
+// advertiseHost picks the host peers should use: the explicit advertise address, the bind host
+// when it is specific, or the first private IP of this machine.
+func advertiseHost(advertise, bind string) (string, error) {
+	if advertise != "" {
+		return advertise, nil
+	}
+	host, _, err := net.SplitHostPort(bind)
+	if err != nil {
+		return "", fmt.Errorf("bind address %q: %w", bind, err)
+	}
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		return host, nil
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", fmt.Errorf("list interface addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.IsPrivate() {
+			return ipn.IP.String(), nil
+		}
+	}
+	return "", fmt.Errorf("no private IP found to advertise; set --advertise")
+}

@@ -1,0 +1,251 @@
+package node
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/membership"
+	"github.com/taskworker/taskworker/scheduler"
+)
+
+// leadershipLoop runs the leader's duties for as long as this node leads.
+func (n *Node) leadershipLoop(ctx context.Context) {
+	obs := make(chan raft.Observation, 16)
+	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	n.raft.RegisterObserver(observer)
+	defer n.raft.DeregisterObserver(observer)
+	var (
+		stop context.CancelFunc
+		done chan struct{}
+	)
+	check := time.NewTicker(time.Second)
+	defer check.Stop()
+	for {
+		leader := n.raft.State() == raft.Leader
+		switch {
+		case leader && stop == nil:
+			var lctx context.Context
+			lctx, stop = context.WithCancel(ctx)
+			done = make(chan struct{})
+			go func() {
+				defer close(done)
+				n.lead(lctx)
+			}()
+		case !leader && stop != nil:
+			stop()
+			<-done
+			stop = nil
+		}
+		select {
+		case <-ctx.Done():
+			if stop != nil {
+				stop()
+				<-done
+			}
+			return
+		case <-obs:
+		case <-check.C:
+		}
+	}
+}
+
+// lead is the leader's work: catch up, reconcile membership, schedule.
+func (n *Node) lead(ctx context.Context) {
+	n.log.Info("gained leadership")
+	defer n.log.Info("leadership ended")
+	// The FSM must hold every committed entry before we judge which nodes hold which tasks.
+	if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
+		n.log.Warn("barrier after election", "err", err)
+		return
+	}
+	loop := &scheduler.Loop{
+		FSM:       n.fsm,
+		Apply:     n.applyLocal,
+		Alive:     n.aliveNames,
+		Retention: n.cfg.Retention,
+		Logger:    n.log.With("component", "scheduler"),
+	}
+	go loop.Run(ctx)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n.reconcileNodes(ctx)
+		n.reconcileRaft()
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.kick:
+		case <-tick.C:
+		}
+	}
+}
+
+// aliveNames returns the names gossip currently sees alive.
+func (n *Node) aliveNames() map[string]bool {
+	alive := map[string]bool{}
+	for _, m := range n.members.Members() {
+		if m.State == membership.StateAlive {
+			alive[m.Name] = true
+		}
+	}
+	return alive
+}
+
+// registerGrace is how long a freshly registered node may be unknown to the leader's gossip
+// before it counts as gone (registration can overtake the gossip that announces the node).
+const registerGrace = 5 * time.Second
+
+// reconcileNodes applies NodeDown for every FSM node that gossip sees dead, left or not at all.
+func (n *Node) reconcileNodes(ctx context.Context) {
+	states := map[string]membership.Member{}
+	for _, m := range n.members.Members() {
+		states[m.Name] = m
+	}
+	now := time.Now()
+	for _, nd := range n.fsm.Nodes() {
+		if nd.Status != fsm.NodeUp {
+			continue
+		}
+		m, seen := states[nd.Name]
+		var left bool
+		switch {
+		case !seen:
+			if now.Sub(nd.RegisteredAt) < registerGrace {
+				continue
+			}
+		case m.State == membership.StateDead:
+		case m.State == membership.StateLeft:
+			left = true
+		default:
+			continue
+		}
+		reason := "node " + nd.Name + " failed"
+		if left {
+			reason = "node " + nd.Name + " left"
+		}
+		n.log.Warn("taking back tasks of a gone node", "member", nd.Name, "left", left)
+		c := &fsm.Command{Type: fsm.CmdNodeDown, NodeName: nd.Name, Left: left || nd.Draining, Reason: reason}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if _, err := n.applyLocal(cctx, c); err != nil {
+			n.log.Warn("apply node down", "member", nd.Name, "err", err)
+		}
+		cancel()
+	}
+}
+
+// reconcileRaft keeps raft's configuration in step with gossip: alive members are added (as
+// voters up to the voter target, non-voters beyond), moved addresses are updated, voters that
+// died are replaced by promoting a non-voter, and gone servers are removed after a grace period.
+func (n *Node) reconcileRaft() {
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return
+	}
+	servers := map[raft.ServerID]raft.Server{}
+	for _, s := range cf.Configuration().Servers {
+		servers[s.ID] = s
+	}
+	members := n.members.Members()
+	alive := map[raft.ServerID]membership.Member{}
+	for _, m := range members {
+		if m.State == membership.StateAlive && !m.Meta.Draining && m.Meta.RaftAddr != "" {
+			alive[raft.ServerID(m.Name)] = m
+		}
+	}
+	self := raft.ServerID(n.cfg.Name)
+	aliveVoters := 0
+	for id, s := range servers {
+		if _, ok := alive[id]; (ok || id == self) && s.Suffrage == raft.Voter {
+			aliveVoters++
+		}
+	}
+	want := min(n.cfg.Voters, len(alive))
+
+	// Remove servers that are gone: at once when they left, after a grace when they crashed.
+	n.deadMu.Lock()
+	for id := range servers {
+		if id == self {
+			continue
+		}
+		if _, ok := alive[id]; ok {
+			continue
+		}
+		state, _ := memberState(members, string(id))
+		if state == membership.StateAlive || state == membership.StateSuspect {
+			continue // alive but draining, or only suspected: keep
+		}
+		if _, ok := n.deadSince[string(id)]; !ok {
+			n.deadSince[string(id)] = time.Now()
+		}
+		if state == membership.StateLeft || time.Since(n.deadSince[string(id)]) > n.cfg.DeadServerGrace {
+			n.log.Info("removing raft server", "server", id, "gossip", state)
+			if err := n.raft.RemoveServer(id, 0, 5*time.Second).Error(); err != nil {
+				n.log.Warn("remove raft server", "server", id, "err", err)
+			}
+			delete(servers, id)
+		}
+	}
+	n.deadMu.Unlock()
+
+	names := make([]raft.ServerID, 0, len(alive))
+	for id := range alive {
+		names = append(names, id)
+	}
+	sort.Slice(names, func(i, j int) bool { return names[i] < names[j] })
+	// First promote existing non-voters (they are caught up), then add newcomers.
+	for _, id := range names {
+		s, in := servers[id]
+		if in && s.Suffrage != raft.Voter && aliveVoters < want {
+			n.log.Info("promoting raft non-voter", "server", id)
+			if err := n.raft.AddVoter(id, s.Address, 0, 5*time.Second).Error(); err != nil {
+				n.log.Warn("promote", "server", id, "err", err)
+				continue
+			}
+			aliveVoters++
+		}
+	}
+	for _, id := range names {
+		m := alive[id]
+		addr := raft.ServerAddress(m.Meta.RaftAddr)
+		s, in := servers[id]
+		if in && s.Address == addr {
+			continue
+		}
+		var err error
+		switch {
+		case in && s.Suffrage == raft.Voter:
+			n.log.Info("updating raft voter address", "server", id, "addr", addr)
+			err = n.raft.AddVoter(id, addr, 0, 5*time.Second).Error()
+		case in:
+			n.log.Info("updating raft non-voter address", "server", id, "addr", addr)
+			err = n.raft.AddNonvoter(id, addr, 0, 5*time.Second).Error()
+		case aliveVoters < want:
+			n.log.Info("adding raft voter", "server", id, "addr", addr)
+			if err = n.raft.AddVoter(id, addr, 0, 5*time.Second).Error(); err == nil {
+				aliveVoters++
+			}
+		default:
+			n.log.Info("adding raft non-voter", "server", id, "addr", addr)
+			err = n.raft.AddNonvoter(id, addr, 0, 5*time.Second).Error()
+		}
+		if err != nil {
+			n.log.Warn("change raft configuration", "server", id, "err", err)
+		}
+	}
+}
+
+func memberState(members []membership.Member, name string) (membership.State, bool) {
+	for _, m := range members {
+		if m.Name == name {
+			return m.State, true
+		}
+	}
+	return "", false
+}

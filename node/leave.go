@@ -1,0 +1,209 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/membership"
+	"github.com/taskworker/taskworker/tasks"
+)
+
+// ErrLeaveRefused is returned when a leave would leave the cluster without a node or a quorum.
+var ErrLeaveRefused = errors.New("leave refused")
+
+// checkLeave refuses the leave of the last node, or of a voter whose removal breaks quorum.
+func (n *Node) checkLeave() error {
+	alive := n.aliveNames()
+	delete(alive, n.cfg.Name)
+	if len(alive) == 0 {
+		return fmt.Errorf("%w: %s is the last node of the cluster (use force to stop it anyway)", ErrLeaveRefused, n.cfg.Name)
+	}
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return fmt.Errorf("read raft configuration: %w", err)
+	}
+	voters, aliveVoters, selfVoter := 0, 0, false
+	for _, s := range cf.Configuration().Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		if string(s.ID) == n.cfg.Name {
+			selfVoter = true
+			continue
+		}
+		voters++
+		if alive[string(s.ID)] {
+			aliveVoters++
+		}
+	}
+	// Non-voters are promoted as voters go, so count alive non-voters as future voters.
+	spare := len(alive) - aliveVoters
+	if selfVoter && aliveVoters+min(spare, 1) < voters/2+1 {
+		return fmt.Errorf("%w: removing %s would leave %d of %d voters alive, below quorum (use force to stop it anyway)",
+			ErrLeaveRefused, n.cfg.Name, aliveVoters, voters)
+	}
+	return nil
+}
+
+// Leave drains this node and removes it from the cluster: no new tasks land here, running tasks
+// get up to the drain timeout to finish, the rest are handed back to run elsewhere, leadership
+// moves away, the node leaves raft and gossip, and it shuts down. Without force, a leave that
+// would remove the last node or break quorum is refused; with force it drains and stops anyway.
+func (n *Node) Leave(ctx context.Context, force bool) error {
+	n.leaveMu.Lock()
+	defer n.leaveMu.Unlock()
+	if n.leaveStarted {
+		return nil
+	}
+	if err := n.checkLeave(); err != nil && !force {
+		return err
+	}
+	n.leaveStarted = true
+	close(n.leaving)
+	go func() {
+		if err := n.leave(ctx); err != nil {
+			n.log.Error("leave", "err", err)
+		}
+		close(n.leaveDone)
+	}()
+	return nil
+}
+
+func (n *Node) leave(ctx context.Context) error {
+	log := n.log.With("phase", "leave")
+	log.Info("draining: no new tasks will be placed here", "drain_timeout", n.cfg.DrainTimeout)
+	if err := n.members.UpdateMeta(func(m *membership.Meta) { m.Draining = true }); err != nil {
+		log.Warn("gossip draining flag", "err", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if _, err := n.propose(cctx, &fsm.Command{Type: fsm.CmdDrain, NodeName: n.cfg.Name, Draining: true}); err != nil {
+		log.Warn("record drain", "err", err)
+	}
+	cancel()
+
+	n.drainTasks(ctx, log)
+
+	if n.IsLeader() {
+		log.Info("transferring leadership")
+		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			log.Warn("leadership transfer", "err", err)
+		}
+	}
+	if err := n.checkLeave(); err != nil {
+		log.Warn("staying in the raft configuration", "reason", err)
+	} else {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := n.askLeaderRemove(cctx); err != nil {
+			log.Warn("removal from raft", "err", err)
+		}
+		cancel()
+	}
+	log.Info("leaving gossip")
+	if err := n.members.Leave(5 * time.Second); err != nil {
+		log.Warn("gossip leave", "err", err)
+	}
+	log.Info("left the cluster")
+	return n.shutdown(true)
+}
+
+// drainTasks lets running tasks finish within the drain timeout, then hands the rest back.
+func (n *Node) drainTasks(ctx context.Context, log *slog.Logger) {
+	deadline := time.Now().Add(n.cfg.DrainTimeout)
+	for {
+		running := n.exec.Running()
+		assigned := n.fsm.Active(n.cfg.Name)
+		if len(running) == 0 && len(assigned) == 0 {
+			log.Info("drained: no tasks left on this node")
+			return
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		log.Info("waiting for tasks to finish", "running", len(running), "held", len(assigned), "left", time.Until(deadline).Round(time.Second))
+		wctx, cancel := context.WithTimeout(ctx, min(time.Until(deadline), 2*time.Second))
+		_ = n.exec.Wait(wctx)
+		cancel()
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	log.Warn("drain timeout: handing back tasks still running", "count", len(n.exec.Running()))
+	n.exec.StopAll(tasks.StopDrain)
+	wctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_ = n.exec.Wait(wctx)
+	// Assignments that never started here go back too.
+	for _, t := range n.fsm.Active(n.cfg.Name) {
+		if t.BootID != n.bootID {
+			continue
+		}
+		err := reporter{n}.Finished(wctx, tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}, tasks.OutcomeInterrupted, nil,
+			&tasks.TaskError{Type: "interrupted", Message: "node " + n.cfg.Name + " drained"})
+		if err != nil {
+			log.Warn("hand back task", "task", t.ID, "err", err)
+		}
+	}
+}
+
+const internalRemovePath = "/v1/internal/remove/{name}"
+
+// askLeaderRemove has the leader drop this node from raft's configuration.
+func (n *Node) askLeaderRemove(ctx context.Context) error {
+	for {
+		addr := n.leaderHTTP()
+		if addr != "" && n.Leader() != n.cfg.Name {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/internal/remove/"+n.cfg.Name, nil)
+			resp, err := n.client.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// handleInternalRemove is the leader's side of a graceful leave: remove the server from raft.
+func (n *Node) handleInternalRemove(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !n.IsLeader() {
+		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
+		return
+	}
+	if name == n.cfg.Name {
+		writeError(w, http.StatusConflict, "is_leader", "the leader cannot remove itself")
+		return
+	}
+	if err := n.raft.RemoveServer(raft.ServerID(name), 0, 5*time.Second).Error(); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "remove_failed", err.Error())
+		return
+	}
+	n.log.Info("removed leaving node from raft", "server", name)
+	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
+}
+
+func (n *Node) handleLeave(w http.ResponseWriter, r *http.Request) {
+	force := r.URL.Query().Get("force") == "true"
+	if err := n.Leave(context.Background(), force); err != nil {
+		if errors.Is(err, ErrLeaveRefused) {
+			writeError(w, http.StatusConflict, "leave_refused", err.Error())
+			return
+		}
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "leaving", "node": n.cfg.Name})
+}

@@ -1,0 +1,411 @@
+// Package node wires one taskworker node together: gossip membership, raft with its stores, the
+// FSM, the scheduler loop while leader, the executor, and the HTTP API that forwards writes to the
+// leader. It reconciles gossip members with raft servers and FSM nodes.
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/membership"
+	"github.com/taskworker/taskworker/tasks"
+)
+
+// Node is one running taskworker node.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	bootID string
+
+	fsm      *fsm.FSM
+	raft     *raft.Raft
+	trans    raft.Transport
+	closers  []func() error
+	members  *membership.Membership
+	exec     *tasks.Executor
+	logs     *tasks.LogStore
+	http     *http.Server
+	httpAddr string
+	client   *http.Client
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	kick         chan struct{} // gossip membership changed: wake the leader's reconciler
+	leaving      chan struct{} // closed when a graceful leave starts
+	leaveMu      sync.Mutex
+	leaveStarted bool
+	leaveDone    chan struct{}
+	deadMu       sync.Mutex
+	deadSince    map[string]time.Time
+	shutdownMu   sync.Mutex
+	shut         bool
+}
+
+// Start opens the node's stores and starts raft, gossip, the executor and the HTTP API.
+func Start(cfg Config) (*Node, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg: cfg, log: cfg.Logger, bootID: newBootID(), fsm: fsm.New(),
+		kick: make(chan struct{}, 1), leaving: make(chan struct{}), leaveDone: make(chan struct{}),
+		deadSince: map[string]time.Time{},
+		client:    &http.Client{Timeout: 15 * time.Second},
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	if err := n.start(); err != nil {
+		n.cancel()
+		n.closeAll()
+		return nil, err
+	}
+	return n, nil
+}
+
+func newBootID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (n *Node) start() error {
+	cfg := &n.cfg
+	var logDir string
+	if cfg.DataDir != "" {
+		if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+			return fmt.Errorf("create data dir: %w", err)
+		}
+		logDir = filepath.Join(cfg.DataDir, "tasklogs")
+	} else {
+		dir, err := os.MkdirTemp("", "taskworker-logs-")
+		if err != nil {
+			return fmt.Errorf("temp log dir: %w", err)
+		}
+		logDir = dir
+		n.closers = append(n.closers, func() error { return os.RemoveAll(dir) })
+	}
+	logs, err := tasks.OpenLogStore(logDir, 1<<20)
+	if err != nil {
+		return fmt.Errorf("open task logs: %w", err)
+	}
+	n.logs = logs
+	n.closers = append(n.closers, logs.Close)
+
+	// HTTP first: its address goes into gossip metadata.
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen http %s: %w", cfg.HTTPAddr, err)
+	}
+	n.httpAddr, err = n.advertised(ln.Addr().String())
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	n.http = &http.Server{Handler: n.routes(), ReadHeaderTimeout: 10 * time.Second}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("http server", "err", err)
+		}
+	}()
+
+	if err := n.startRaft(); err != nil {
+		return err
+	}
+
+	n.exec = tasks.NewExecutor(tasks.ExecutorConfig{
+		Registry: cfg.Registry, Reporter: reporter{n}, Logs: n.logs, NodeName: cfg.Name,
+		Logger: n.log.With("component", "executor"),
+	})
+
+	if err := n.startMembership(); err != nil {
+		return err
+	}
+	n.goLoop(n.joinLoop)
+	n.goLoop(n.registerLoop)
+	n.goLoop(n.workLoop)
+	n.goLoop(n.leadershipLoop)
+	n.log.Info("node started", "http", n.httpAddr, "raft", string(n.trans.LocalAddr()),
+		"gossip", n.members.GossipAddr(), "boot_id", n.bootID, "capacity", cfg.Capacity)
+	return nil
+}
+
+func (n *Node) goLoop(f func(ctx context.Context)) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f(n.ctx)
+	}()
+}
+
+// advertised rewrites a bound address to use the advertise host.
+func (n *Node) advertised(bound string) (string, error) {
+	_, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return "", err
+	}
+	host, err := advertiseHost(n.cfg.Advertise, bound)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+func (n *Node) startRaft() error {
+	cfg := &n.cfg
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.Name)
+	rc.HeartbeatTimeout = cfg.RaftHeartbeat
+	rc.ElectionTimeout = cfg.RaftElection
+	rc.LeaderLeaseTimeout = cfg.RaftHeartbeat / 2
+	rc.Logger = newHCLogger(n.log, "raft", cfg.LogLevel)
+
+	var (
+		logs   raft.LogStore
+		stable raft.StableStore
+		snaps  raft.SnapshotStore
+	)
+	if cfg.InmemRaft {
+		store := raft.NewInmemStore()
+		logs, stable, snaps = store, store, raft.NewInmemSnapshotStore()
+	} else {
+		raftDir := filepath.Join(cfg.DataDir, "raft")
+		if err := os.MkdirAll(raftDir, 0o755); err != nil {
+			return fmt.Errorf("create raft dir: %w", err)
+		}
+		store, err := raftboltdb.New(raftboltdb.Options{
+			Path:        filepath.Join(raftDir, "raft.db"),
+			BoltOptions: &bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
+		})
+		if err != nil {
+			return fmt.Errorf("open raft store (is another node using %s?): %w", cfg.DataDir, err)
+		}
+		n.closers = append(n.closers, store.Close)
+		fss, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, newHCLogger(n.log, "snapshot", cfg.LogLevel))
+		if err != nil {
+			return fmt.Errorf("open snapshot store: %w", err)
+		}
+		logs, stable, snaps = store, store, fss
+	}
+
+	trans := cfg.RaftTransport
+	if trans == nil {
+		host, err := advertiseHost(cfg.Advertise, cfg.RaftAddr)
+		if err != nil {
+			return err
+		}
+		_, port, _ := net.SplitHostPort(cfg.RaftAddr)
+		var adv net.Addr
+		if p, _ := strconv.Atoi(port); p != 0 {
+			adv = &net.TCPAddr{IP: net.ParseIP(host), Port: p}
+		}
+		// With port 0 the listener's own address is advertised, which needs a specific bind host.
+		t, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 3, 10*time.Second, newHCLogger(n.log, "raft-net", cfg.LogLevel))
+		if err != nil {
+			return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
+		}
+		trans = t
+		n.closers = append(n.closers, t.Close)
+	}
+	n.trans = trans
+
+	existing, err := raft.HasExistingState(logs, stable, snaps)
+	if err != nil {
+		return fmt.Errorf("check raft state: %w", err)
+	}
+	r, err := raft.NewRaft(rc, n.fsm, logs, stable, snaps, trans)
+	if err != nil {
+		return fmt.Errorf("start raft: %w", err)
+	}
+	n.raft = r
+	switch {
+	case existing:
+		n.log.Info("resuming raft state", "dir", cfg.DataDir)
+	case len(cfg.Join) == 0:
+		n.log.Info("bootstrapping a new cluster")
+		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
+			ID: rc.LocalID, Address: trans.LocalAddr(), Suffrage: raft.Voter,
+		}}})
+		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+	default:
+		n.log.Info("waiting to be added to the cluster", "join", cfg.Join)
+	}
+	return nil
+}
+
+func (n *Node) startMembership() error {
+	cfg := &n.cfg
+	mc := membership.DefaultConfig()
+	mc.Name = cfg.Name
+	if cfg.GossipTransport == nil {
+		host, port, err := net.SplitHostPort(cfg.GossipAddr)
+		if err != nil {
+			return fmt.Errorf("gossip address %q: %w", cfg.GossipAddr, err)
+		}
+		mc.BindAddr = host
+		mc.BindPort, _ = strconv.Atoi(port)
+		if adv, err := advertiseHost(cfg.Advertise, cfg.GossipAddr); err == nil && adv != host {
+			mc.AdvertiseAddr = adv
+			mc.AdvertisePort = mc.BindPort
+		}
+	}
+	mc.Transport = cfg.GossipTransport
+	if cfg.ProbeInterval > 0 {
+		mc.ProbeInterval = cfg.ProbeInterval
+	}
+	if cfg.ProbeTimeout > 0 {
+		mc.ProbeTimeout = cfg.ProbeTimeout
+	}
+	mc.Logger = n.log.With("component", "gossip")
+	mc.Meta = membership.Meta{
+		RaftAddr: string(n.trans.LocalAddr()), HTTPAddr: n.httpAddr, BootID: n.bootID,
+		Capacity: cfg.Capacity, Version: cfg.Version,
+	}
+	m, err := membership.New(mc)
+	if err != nil {
+		return fmt.Errorf("start gossip: %w", err)
+	}
+	n.members = m
+	n.goLoop(n.eventLoop)
+	return nil
+}
+
+// joinLoop joins the gossip pool through any of the configured peers, retrying until one answers.
+func (n *Node) joinLoop(ctx context.Context) {
+	if len(n.cfg.Join) == 0 {
+		return
+	}
+	if err := n.members.Join(ctx, n.cfg.Join); err != nil {
+		if ctx.Err() == nil {
+			n.log.Error("join gossip", "err", err)
+		}
+		return
+	}
+	n.log.Info("joined gossip", "via", n.cfg.Join)
+}
+
+// eventLoop tracks when members died (for raft removal grace) and wakes the leader's reconciler.
+func (n *Node) eventLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-n.members.Events():
+			if !ok {
+				return
+			}
+			n.deadMu.Lock()
+			switch ev.Type {
+			case membership.EventFail, membership.EventLeave:
+				if _, ok := n.deadSince[ev.Member.Name]; !ok {
+					n.deadSince[ev.Member.Name] = time.Now()
+				}
+			case membership.EventJoin:
+				delete(n.deadSince, ev.Member.Name)
+			}
+			n.deadMu.Unlock()
+			n.log.Debug("membership event", "type", ev.Type, "member", ev.Member.Name, "state", ev.Member.State)
+			select {
+			case n.kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// Name is the node's name.
+func (n *Node) Name() string { return n.cfg.Name }
+
+// HTTPAddr is the node's advertised HTTP host:port.
+func (n *Node) HTTPAddr() string { return n.httpAddr }
+
+// GossipAddr is the node's gossip host:port.
+func (n *Node) GossipAddr() string { return n.members.GossipAddr() }
+
+// RaftAddr is the node's raft address.
+func (n *Node) RaftAddr() string { return string(n.trans.LocalAddr()) }
+
+// BootID identifies this process's incarnation of the node.
+func (n *Node) BootID() string { return n.bootID }
+
+// FSM exposes the replicated state (read-only use).
+func (n *Node) FSM() *fsm.FSM { return n.fsm }
+
+// IsLeader reports whether this node is the raft leader.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Leader returns the leader's name, or "".
+func (n *Node) Leader() string {
+	_, id := n.raft.LeaderWithID()
+	return string(id)
+}
+
+// Done is closed when the node has shut down after a graceful leave.
+func (n *Node) Done() <-chan struct{} { return n.leaveDone }
+
+// Kill stops the node abruptly, as a crash would: no leave, no reports, no handback.
+func (n *Node) Kill() error {
+	return n.shutdown(false)
+}
+
+// Shutdown stops the node without a graceful leave (its tasks are recovered as after a crash).
+func (n *Node) Shutdown() error { return n.shutdown(false) }
+
+func (n *Node) shutdown(leftGossip bool) error {
+	n.shutdownMu.Lock()
+	defer n.shutdownMu.Unlock()
+	if n.shut {
+		return nil
+	}
+	n.shut = true
+	n.cancel()
+	if n.exec != nil {
+		n.exec.Close()
+	}
+	var errs []error
+	if n.members != nil {
+		errs = append(errs, n.members.Shutdown())
+	}
+	if n.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = n.http.Shutdown(ctx)
+		cancel()
+		_ = n.http.Close()
+	}
+	if n.raft != nil {
+		errs = append(errs, n.raft.Shutdown().Error())
+	}
+	n.wg.Wait()
+	errs = append(errs, n.closeAll())
+	_ = leftGossip
+	return errors.Join(errs...)
+}
+
+func (n *Node) closeAll() error {
+	var errs []error
+	for i := len(n.closers) - 1; i >= 0; i-- {
+		errs = append(errs, n.closers[i]())
+	}
+	n.closers = nil
+	return errors.Join(errs...)
+}

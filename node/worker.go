@@ -1,0 +1,144 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/tasks"
+)
+
+// registerLoop keeps this node's FSM record in step with this incarnation: registered under its
+// boot ID, with its addresses, capacity and task types, and up. It re-registers after a false
+// death verdict (gossip saw it again) and after a restart.
+func (n *Node) registerLoop(ctx context.Context) {
+	want := n.nodeRecord()
+	for {
+		changed := n.fsm.Changed()
+		if cur, ok := n.fsm.Node(n.cfg.Name); !ok || !sameRegistration(cur, want) {
+			if n.draining() {
+				return
+			}
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := n.propose(cctx, &fsm.Command{Type: fsm.CmdRegister, Node: &want})
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				n.log.Debug("register", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+func (n *Node) draining() bool { return n.members.Local().Meta.Draining }
+
+func (n *Node) nodeRecord() fsm.Node {
+	rec := fsm.Node{
+		Name: n.cfg.Name, GossipAddr: n.members.GossipAddr(), RaftAddr: string(n.trans.LocalAddr()),
+		HTTPAddr: n.httpAddr, BootID: n.bootID, Capacity: n.cfg.Capacity, Version: n.cfg.Version,
+	}
+	for _, d := range n.cfg.Registry.Definitions() {
+		rec.Types = append(rec.Types, fsm.TypeInfo{Type: d.Name, Version: d.Version, Description: d.Description, ExampleInput: d.ExampleInput})
+	}
+	return rec
+}
+
+func sameRegistration(cur, want fsm.Node) bool {
+	return cur.Status == fsm.NodeUp && cur.BootID == want.BootID && cur.HTTPAddr == want.HTTPAddr &&
+		cur.RaftAddr == want.RaftAddr && cur.GossipAddr == want.GossipAddr && cur.Capacity == want.Capacity &&
+		slices.EqualFunc(cur.Types, want.Types, func(a, b fsm.TypeInfo) bool { return a.Type == b.Type && a.Version == b.Version })
+}
+
+// workLoop runs what the FSM assigns to this incarnation and stops runs that were taken away
+// (reassigned, fenced) or cancelled.
+func (n *Node) workLoop(ctx context.Context) {
+	for {
+		changed := n.fsm.Changed()
+		mine := map[tasks.RunRef]bool{}
+		for _, t := range n.fsm.Active(n.cfg.Name) {
+			if t.BootID != n.bootID {
+				continue
+			}
+			ref := tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}
+			mine[ref] = true
+			if t.CancelRequested {
+				n.exec.Stop(t.ID, t.Attempt, tasks.StopCancel)
+				continue
+			}
+			n.exec.Start(tasks.Assignment{
+				TaskID: t.ID, Type: t.Type, Version: t.Version, ExecutionID: t.ExecutionID,
+				Input: t.Input, Attempt: t.Attempt, Timeout: time.Duration(t.Timeout), Checkpoint: t.Checkpoint,
+			})
+		}
+		for _, ref := range n.exec.Running() {
+			if !mine[ref] {
+				n.log.Warn("task taken away from this node; stopping its run", "task", ref.TaskID, "attempt", ref.Attempt)
+				n.exec.Stop(ref.TaskID, ref.Attempt, tasks.StopRevoke)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+// reporter sends executor reports to the leader, fenced by attempt and boot ID.
+type reporter struct{ n *Node }
+
+func (r reporter) send(ctx context.Context, rep fsm.Report) error {
+	rep.Node, rep.BootID = r.n.cfg.Name, r.n.bootID
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := r.n.propose(cctx, &fsm.Command{Type: fsm.CmdReport, Reports: []fsm.Report{rep}})
+	if err != nil {
+		return err
+	}
+	if len(res.Items) == 1 && res.Items[0].Err != nil {
+		if errors.Is(res.Items[0].Err, fsm.ErrStale) || errors.Is(res.Items[0].Err, fsm.ErrNotFound) {
+			return errors.Join(tasks.ErrFenced, res.Items[0].Err)
+		}
+		return res.Items[0].Err
+	}
+	return nil
+}
+
+func (r reporter) Started(ctx context.Context, run tasks.RunRef) error {
+	return r.send(ctx, fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Kind: fsm.ReportStarted})
+}
+
+func (r reporter) Checkpoint(ctx context.Context, run tasks.RunRef, data json.RawMessage) error {
+	return r.send(ctx, fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Kind: fsm.ReportCheckpoint, Checkpoint: data})
+}
+
+func (r reporter) Finished(ctx context.Context, run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) error {
+	rep := fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Result: result}
+	if terr != nil {
+		rep.Error = &fsm.TaskError{Type: terr.Type, Message: terr.Message}
+	}
+	switch outcome {
+	case tasks.OutcomeSucceeded:
+		rep.Kind = fsm.ReportSucceeded
+	case tasks.OutcomeFailed:
+		rep.Kind = fsm.ReportFailed
+	case tasks.OutcomeCancelled:
+		rep.Kind = fsm.ReportCancelled
+	default:
+		rep.Kind = fsm.ReportInterrupted
+	}
+	return r.send(ctx, rep)
+}

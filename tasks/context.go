@@ -1,0 +1,220 @@
+package tasks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// MaxCheckpointBytes bounds one encoded checkpoint: it travels through raft.
+const MaxCheckpointBytes = 64 << 10
+
+// ErrCheckpointTooLarge is returned by Context.Checkpoint for values over MaxCheckpointBytes.
+var ErrCheckpointTooLarge = errors.New("checkpoint too large")
+
+// Context is what a running task sees. The embedded context.Context is
+// cancelled on user cancel, timeout, drain handback, or fencing.
+type Context struct {
+	context.Context
+	TaskID      string
+	ExecutionID string
+	Attempt     int
+	Logger      *slog.Logger // lines go into the task's log stream "log", with their level
+	Stdout      io.Writer    // line-split into stream "stdout"
+	Stderr      io.Writer    // line-split into stream "stderr"
+
+	checkpoint func(json.RawMessage) error // nil: checkpoints are only kept in memory
+
+	mu   sync.Mutex
+	last json.RawMessage
+}
+
+// Checkpoint records v (JSON-encoded) as the run's progress, so that a later
+// attempt can resume from it. It returns once the checkpoint is reported.
+func (c *Context) Checkpoint(v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	if len(data) > MaxCheckpointBytes {
+		return fmt.Errorf("checkpoint of %d bytes, limit %d: %w", len(data), MaxCheckpointBytes, ErrCheckpointTooLarge)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.checkpoint != nil {
+		if err := c.checkpoint(data); err != nil {
+			return err
+		}
+	}
+	c.last = data
+	return nil
+}
+
+// LastCheckpoint decodes the last checkpoint (from an earlier attempt or this
+// one) into v. It reports false when there is none.
+func (c *Context) LastCheckpoint(v any) (bool, error) {
+	c.mu.Lock()
+	data := c.last
+	c.mu.Unlock()
+	if len(data) == 0 || bytes.Equal(data, []byte("null")) {
+		return false, nil
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return false, fmt.Errorf("decode checkpoint: %w", err)
+	}
+	return true, nil
+}
+
+// maxLineBytes splits output that never ends a line, so a run cannot buffer unbounded memory.
+const maxLineBytes = 64 << 10
+
+// runOutput turns one run's stdout, stderr and log records into LogLines.
+// One mutex serialises all three streams so their relative order survives.
+type runOutput struct {
+	store   *LogStore // nil: output is dropped
+	taskID  string
+	attempt int
+	node    string
+	onErr   func(error)
+
+	mu      sync.Mutex
+	partial map[string][]byte // stream -> bytes not yet ended by a newline
+	failed  bool
+}
+
+func (o *runOutput) emitLocked(stream, level, line string) {
+	if o.store == nil || o.failed {
+		return
+	}
+	err := o.store.Append(o.taskID, LogLine{
+		TS: time.Now().UTC(), Attempt: o.attempt, Node: o.node,
+		Stream: stream, Level: level, Line: line,
+	})
+	if err != nil {
+		// Report once and drop the rest: a broken log disk must not fail the task.
+		o.failed = true
+		if o.onErr != nil {
+			o.onErr(err)
+		}
+	}
+}
+
+func (o *runOutput) emit(stream, level, line string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.emitLocked(stream, level, line)
+}
+
+func (o *runOutput) write(stream string, p []byte) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	buf := append(o.partial[stream], p...)
+	for {
+		i := bytes.IndexByte(buf, '\n')
+		if i < 0 {
+			break
+		}
+		o.emitLocked(stream, "", string(bytes.TrimSuffix(buf[:i], []byte("\r"))))
+		buf = buf[i+1:]
+	}
+	for len(buf) >= maxLineBytes {
+		o.emitLocked(stream, "", string(buf[:maxLineBytes]))
+		buf = buf[maxLineBytes:]
+	}
+	if o.partial == nil {
+		o.partial = make(map[string][]byte)
+	}
+	o.partial[stream] = bytes.Clone(buf)
+}
+
+// flush emits the unterminated last line of each stream, stdout first.
+func (o *runOutput) flush() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, stream := range []string{"stdout", "stderr"} {
+		if buf := o.partial[stream]; len(buf) > 0 {
+			o.emitLocked(stream, "", string(buf))
+		}
+	}
+	o.partial = nil
+}
+
+// streamWriter is the io.Writer a task sees as Stdout or Stderr.
+type streamWriter struct {
+	out    *runOutput
+	stream string
+}
+
+func (w streamWriter) Write(p []byte) (int, error) {
+	w.out.write(w.stream, p)
+	return len(p), nil
+}
+
+// logHandler writes each slog record as one line "message key=value ..." into stream "log".
+type logHandler struct {
+	out    *runOutput
+	prefix string // open groups, as "a.b."
+	attrs  string // attributes from WithAttrs, already formatted
+}
+
+func (h *logHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *logHandler) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	b.WriteString(r.Message)
+	b.WriteString(h.attrs)
+	r.Attrs(func(a slog.Attr) bool {
+		appendAttr(&b, h.prefix, a)
+		return true
+	})
+	h.out.emit("log", strings.ToLower(r.Level.String()), b.String())
+	return nil
+}
+
+func (h *logHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	var b strings.Builder
+	b.WriteString(h.attrs)
+	for _, a := range attrs {
+		appendAttr(&b, h.prefix, a)
+	}
+	return &logHandler{out: h.out, prefix: h.prefix, attrs: b.String()}
+}
+
+func (h *logHandler) WithGroup(name string) slog.Handler {
+	if name == "" {
+		return h
+	}
+	return &logHandler{out: h.out, prefix: h.prefix + name + ".", attrs: h.attrs}
+}
+
+func appendAttr(b *strings.Builder, prefix string, a slog.Attr) {
+	a.Value = a.Value.Resolve()
+	if a.Equal(slog.Attr{}) {
+		return
+	}
+	if a.Value.Kind() == slog.KindGroup {
+		if a.Key != "" {
+			prefix += a.Key + "."
+		}
+		for _, ga := range a.Value.Group() {
+			appendAttr(b, prefix, ga)
+		}
+		return
+	}
+	s := a.Value.String()
+	if s == "" || strings.ContainsAny(s, " \t\n\r\"=") {
+		s = strconv.Quote(s)
+	}
+	b.WriteByte(' ')
+	b.WriteString(prefix + a.Key)
+	b.WriteByte('=')
+	b.WriteString(s)
+}

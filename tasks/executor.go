@@ -1,0 +1,435 @@
+package tasks
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrFenced is wrapped by a Reporter error when the FSM rejected the report
+// because the attempt is stale: the executor stops retrying and stops the run
+// without reporting anything more.
+var ErrFenced = errors.New("stale attempt")
+
+// TaskError is the error shape of the task record.
+type TaskError struct {
+	Type    string `json:"type" msgpack:"type"`
+	Message string `json:"message" msgpack:"message"`
+}
+
+// Error types of TaskError set by the executor.
+const (
+	ErrTypeTaskError   = "task_error"        // the task returned an error
+	ErrTypeTimeout     = "timeout"           // the attempt timed out
+	ErrTypePanic       = "panic"             // the task panicked
+	ErrTypeCancelled   = "cancelled"         // a user cancelled the task
+	ErrTypeUnknownType = "unknown_task_type" // this node lacks the type or version
+)
+
+// Assignment is one attempt the node must run.
+type Assignment struct {
+	TaskID      string
+	Type        string
+	Version     string // "" accepts whatever version is registered
+	ExecutionID string
+	Input       json.RawMessage
+	Attempt     int
+	Timeout     time.Duration   // 0 = none
+	Checkpoint  json.RawMessage // last checkpoint, may be nil
+}
+
+// RunRef names one attempt of a task.
+type RunRef struct {
+	TaskID  string
+	Attempt int
+}
+
+// Outcome is how an attempt ended.
+type Outcome int
+
+// Outcomes reported through Reporter.Finished.
+const (
+	OutcomeSucceeded Outcome = iota
+	OutcomeFailed
+	OutcomeCancelled
+	OutcomeInterrupted
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeSucceeded:
+		return "succeeded"
+	case OutcomeFailed:
+		return "failed"
+	case OutcomeCancelled:
+		return "cancelled"
+	case OutcomeInterrupted:
+		return "interrupted"
+	}
+	return fmt.Sprintf("Outcome(%d)", int(o))
+}
+
+// Reporter carries a run's progress to the cluster. Calls block until the
+// report is accepted or fails; an error wrapping ErrFenced means the attempt
+// is stale.
+type Reporter interface {
+	// Started reports that the attempt began running.
+	Started(ctx context.Context, run RunRef) error
+	// Checkpoint records the attempt's progress.
+	Checkpoint(ctx context.Context, run RunRef, data json.RawMessage) error
+	// Finished reports how the attempt ended; terr is nil on success.
+	Finished(ctx context.Context, run RunRef, outcome Outcome, result json.RawMessage, terr *TaskError) error
+}
+
+// StopReason says why a run is stopped, which decides what is reported.
+type StopReason int
+
+const (
+	// StopCancel is a user cancel: the run is reported OutcomeCancelled.
+	StopCancel StopReason = iota
+	// StopDrain hands the task back: the run is reported OutcomeInterrupted.
+	StopDrain
+	// StopRevoke means the task now belongs elsewhere: nothing more is reported.
+	StopRevoke
+)
+
+func (r StopReason) String() string {
+	switch r {
+	case StopCancel:
+		return "cancel"
+	case StopDrain:
+		return "drain"
+	case StopRevoke:
+		return "revoke"
+	}
+	return fmt.Sprintf("StopReason(%d)", int(r))
+}
+
+// ExecutorConfig configures an Executor.
+type ExecutorConfig struct {
+	Registry    *Registry
+	Reporter    Reporter
+	Logs        *LogStore // may be nil: task output is dropped
+	NodeName    string
+	Logger      *slog.Logger  // default slog.Default()
+	ReportRetry time.Duration // pause between report retries, default 200ms
+}
+
+// rememberFinished is how many finished runs Start recognises as already done.
+const rememberFinished = 16384
+
+// Executor runs assigned attempts in goroutines and reports their progress.
+type Executor struct {
+	cfg ExecutorConfig
+
+	mu       sync.Mutex
+	runs     map[RunRef]*run
+	idle     chan struct{} // closed while no run is active
+	finished map[RunRef]struct{}
+	order    []RunRef // finished runs, oldest first, to bound the map
+	closed   bool
+	wg       sync.WaitGroup
+}
+
+type run struct {
+	ref RunRef
+	// stopRun cancels the task's context; stopReports also ends report retries.
+	stopRun     context.CancelFunc
+	stopReports context.CancelFunc
+	runCtx      context.Context
+	reportCtx   context.Context
+
+	// Guarded by Executor.mu.
+	stopped bool
+	reason  StopReason
+}
+
+// NewExecutor returns an executor with no runs.
+func NewExecutor(cfg ExecutorConfig) *Executor {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ReportRetry <= 0 {
+		cfg.ReportRetry = 200 * time.Millisecond
+	}
+	idle := make(chan struct{})
+	close(idle)
+	return &Executor{cfg: cfg, runs: make(map[RunRef]*run), idle: idle, finished: make(map[RunRef]struct{})}
+}
+
+// Start runs the attempt in a new goroutine. It returns false, doing nothing,
+// if that attempt is already running here, recently finished here, or the
+// executor is closed. An attempt of a type or version not registered here is
+// reported failed with TaskError type "unknown_task_type".
+func (e *Executor) Start(a Assignment) bool {
+	ref := RunRef{TaskID: a.TaskID, Attempt: a.Attempt}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	if _, ok := e.runs[ref]; ok {
+		return false
+	}
+	if _, ok := e.finished[ref]; ok {
+		return false
+	}
+	reportCtx, stopReports := context.WithCancel(context.Background())
+	runCtx, stopRun := context.WithCancel(reportCtx)
+	r := &run{ref: ref, runCtx: runCtx, stopRun: stopRun, reportCtx: reportCtx, stopReports: stopReports}
+	if len(e.runs) == 0 {
+		e.idle = make(chan struct{})
+	}
+	e.runs[ref] = r
+	e.wg.Add(1)
+	go e.execute(r, a)
+	return true
+}
+
+// Stop cancels the run's context; reason decides what is reported. A revoke
+// overrides an earlier reason; otherwise the first reason stands.
+func (e *Executor) Stop(taskID string, attempt int, reason StopReason) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if r, ok := e.runs[RunRef{TaskID: taskID, Attempt: attempt}]; ok {
+		e.stopLocked(r, reason)
+	}
+}
+
+// StopAll stops every run with the same reason.
+func (e *Executor) StopAll(reason StopReason) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, r := range e.runs {
+		e.stopLocked(r, reason)
+	}
+}
+
+func (e *Executor) stopLocked(r *run, reason StopReason) {
+	if !r.stopped || reason == StopRevoke {
+		r.stopped, r.reason = true, reason
+	}
+	r.stopRun()
+	if reason == StopRevoke {
+		r.stopReports()
+	}
+}
+
+// Running lists the active runs, sorted by task ID then attempt.
+func (e *Executor) Running() []RunRef {
+	e.mu.Lock()
+	refs := make([]RunRef, 0, len(e.runs))
+	for ref := range e.runs {
+		refs = append(refs, ref)
+	}
+	e.mu.Unlock()
+	slices.SortFunc(refs, func(a, b RunRef) int {
+		return cmp.Or(strings.Compare(a.TaskID, b.TaskID), cmp.Compare(a.Attempt, b.Attempt))
+	})
+	return refs
+}
+
+// Wait blocks until no run is active or ctx is done.
+func (e *Executor) Wait(ctx context.Context) error {
+	e.mu.Lock()
+	idle := e.idle
+	e.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close stops every run without reporting (process shutdown) and waits for
+// their goroutines. Later Starts are refused.
+func (e *Executor) Close() {
+	e.mu.Lock()
+	e.closed = true
+	for _, r := range e.runs {
+		e.stopLocked(r, StopRevoke)
+	}
+	e.mu.Unlock()
+	e.wg.Wait()
+}
+
+func (e *Executor) execute(r *run, a Assignment) {
+	defer e.wg.Done()
+	log := e.cfg.Logger.With("task", a.TaskID, "attempt", a.Attempt, "type", a.Type)
+	defer e.finish(r)
+
+	h, err := e.cfg.Registry.Lookup(a.Type)
+	if err == nil && a.Version != "" && h.Definition().Version != a.Version {
+		err = fmt.Errorf("%w %q version %q on node %s", ErrUnknownType, a.Type, a.Version, e.cfg.NodeName)
+	}
+	if err != nil {
+		terr := &TaskError{Type: ErrTypeUnknownType, Message: err.Error()}
+		e.report(r.reportCtx, r, log, "finished", func(ctx context.Context) error {
+			return e.cfg.Reporter.Finished(ctx, r.ref, OutcomeFailed, nil, terr)
+		})
+		return
+	}
+
+	// Started is retried only while the run is wanted; a run stopped before
+	// it began still reports its cancel or handback below.
+	started := e.report(r.runCtx, r, log, "started", func(ctx context.Context) error {
+		return e.cfg.Reporter.Started(ctx, r.ref)
+	})
+	var (
+		outcome = OutcomeFailed
+		result  json.RawMessage
+		terr    *TaskError
+	)
+	if started {
+		outcome, result, terr = e.attempt(r, a, h, log)
+	}
+	e.mu.Lock()
+	stopped, reason := r.stopped, r.reason
+	e.mu.Unlock()
+	switch {
+	case stopped && reason == StopRevoke:
+		return // revoked, fenced or closed: the attempt is no longer ours to report
+	case stopped && (!started || outcome != OutcomeSucceeded):
+		// A result that made it despite the stop is still reported as a result.
+		if reason == StopCancel {
+			outcome, result, terr = OutcomeCancelled, nil, &TaskError{Type: ErrTypeCancelled, Message: "task cancelled"}
+		} else {
+			outcome, result, terr = OutcomeInterrupted, nil, nil
+		}
+	}
+	if e.report(r.reportCtx, r, log, "finished", func(ctx context.Context) error {
+		return e.cfg.Reporter.Finished(ctx, r.ref, outcome, result, terr)
+	}) {
+		log.Debug("task attempt finished", "outcome", outcome)
+	}
+}
+
+// attempt runs the handler once and classifies how it ended.
+func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger) (Outcome, json.RawMessage, *TaskError) {
+	ctx := r.runCtx
+	if a.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, a.Timeout)
+		defer cancel()
+	}
+	out := &runOutput{
+		store: e.cfg.Logs, taskID: a.TaskID, attempt: a.Attempt, node: e.cfg.NodeName,
+		onErr: func(err error) { log.Warn("task output dropped", "err", err) },
+	}
+	tc := &Context{
+		Context:     ctx,
+		TaskID:      a.TaskID,
+		ExecutionID: a.ExecutionID,
+		Attempt:     a.Attempt,
+		Logger:      slog.New(&logHandler{out: out}),
+		Stdout:      streamWriter{out: out, stream: "stdout"},
+		Stderr:      streamWriter{out: out, stream: "stderr"},
+		last:        a.Checkpoint,
+		checkpoint: func(data json.RawMessage) error {
+			err := e.cfg.Reporter.Checkpoint(ctx, r.ref, data)
+			if errors.Is(err, ErrFenced) {
+				e.fence(r, log)
+			}
+			if err != nil {
+				return fmt.Errorf("report checkpoint: %w", err)
+			}
+			return nil
+		},
+	}
+
+	result, err := runHandler(h, tc, a.Input, out)
+	out.flush()
+
+	var perr *panicError
+	switch {
+	case err == nil && !json.Valid(result):
+		return OutcomeFailed, nil, &TaskError{Type: ErrTypeTaskError, Message: "task returned invalid JSON as its result"}
+	case err == nil:
+		return OutcomeSucceeded, result, nil
+	case errors.As(err, &perr):
+		log.Error("task panicked", "panic", perr.value)
+		return OutcomeFailed, nil, &TaskError{Type: ErrTypePanic, Message: fmt.Sprint(perr.value)}
+	case r.runCtx.Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return OutcomeFailed, nil, &TaskError{Type: ErrTypeTimeout, Message: "attempt timed out after " + a.Timeout.String()}
+	}
+	return OutcomeFailed, nil, &TaskError{Type: ErrTypeTaskError, Message: err.Error()}
+}
+
+type panicError struct{ value any }
+
+func (p *panicError) Error() string { return fmt.Sprintf("panic: %v", p.value) }
+
+// runHandler runs h, turning a panic into a *panicError so a task cannot
+// crash the node; the stack goes to the task's own log.
+func runHandler(h Handler, tc *Context, input json.RawMessage, out *runOutput) (result json.RawMessage, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			out.emit("log", "error", fmt.Sprintf("panic: %v\n%s", v, debug.Stack()))
+			result, err = nil, &panicError{value: v}
+		}
+	}()
+	result, err = h.Run(tc, input)
+	if err == nil && result == nil {
+		result = json.RawMessage("null")
+	}
+	return result, err
+}
+
+// report calls send until it succeeds, every ReportRetry, giving up when ctx
+// is done or the cluster fences the attempt. It reports whether send succeeded.
+func (e *Executor) report(ctx context.Context, r *run, log *slog.Logger, what string, send func(context.Context) error) bool {
+	for failures := 0; ; failures++ {
+		err := send(ctx)
+		switch {
+		case err == nil:
+			return true
+		case errors.Is(err, ErrFenced):
+			e.fence(r, log)
+			return false
+		case ctx.Err() != nil:
+			return false
+		case failures == 0:
+			log.Warn("report failed, retrying", "report", what, "err", err)
+		default:
+			log.Debug("report failed, retrying", "report", what, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(e.cfg.ReportRetry):
+		}
+	}
+}
+
+// fence stops a run whose attempt the cluster no longer accepts.
+func (e *Executor) fence(r *run, log *slog.Logger) {
+	log.Info("attempt is stale, stopping it")
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.stopLocked(r, StopRevoke)
+}
+
+func (e *Executor) finish(r *run) {
+	r.stopReports()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.runs, r.ref)
+	if len(e.runs) == 0 {
+		close(e.idle)
+	}
+	e.finished[r.ref] = struct{}{}
+	e.order = append(e.order, r.ref)
+	if len(e.order) > rememberFinished {
+		delete(e.finished, e.order[0])
+		e.order = e.order[1:]
+	}
+}
