@@ -225,7 +225,7 @@ func TestExec(t *testing.T) {
 		{name: "rejected by the API", args: []string{"exec", "--addr", addr, "nope"}, code: 2, stderrIn: []string{"unknown task type nope"}},
 		{name: "no type", args: []string{"exec", "--addr", addr}, code: 2, stderrIn: []string{"Incorrect Usage"}},
 		{name: "unknown flag", args: []string{"exec", "--addr", addr, "--bogus", "echo"}, code: 2, stderrIn: []string{"Incorrect Usage"}},
-		{name: "node unreachable", args: []string{"exec", "--addr", "127.0.0.1:1", "echo"}, code: 2, stderrIn: []string{"POST /v1/tasks"}},
+		{name: "node unreachable", args: []string{"exec", "--addr", "127.0.0.1:1", "echo"}, code: 2, stderrIn: []string{`Post "http://127.0.0.1:1/v1/tasks"`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -445,7 +445,7 @@ func (c *Client) send(ctx context.Context, method, path string, q url.Values, bo
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, err // a *url.Error, which names the method and URL
 	}
 	if resp.StatusCode/100 == 2 {
 		return resp, nil

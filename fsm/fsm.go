@@ -16,8 +16,7 @@ import (
 type FSM struct {
 	mu      sync.RWMutex
 	tasks   map[string]*Task
-	order   []string // task IDs by CreateIndex, oldest first (may hold removed IDs until compacted)
-	removed int      // removed IDs still in order
+	order   []string // task IDs by CreateIndex, oldest first
 	idem    map[string]string
 	nodes   map[string]*Node
 	index   uint64
@@ -81,6 +80,7 @@ func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
 		for _, id := range c.TaskIDs {
 			r.Items = append(r.Items, f.remove(id))
 		}
+		f.compact()
 	default:
 		r.Err = fmt.Errorf("%w: unknown type %d", ErrBadCommand, c.Type)
 	}
@@ -323,16 +323,12 @@ func (f *FSM) remove(id string) ItemResult {
 	if t.IdempotencyKey != "" && f.idem[t.IdempotencyKey] == id {
 		delete(f.idem, t.IdempotencyKey)
 	}
-	f.removed++
-	if f.removed > len(f.order)/2 {
-		f.compact()
-	}
 	return ItemResult{ID: id}
 }
 
+// compact drops removed tasks from the creation order.
 func (f *FSM) compact() {
 	f.order = slices.DeleteFunc(f.order, func(id string) bool { _, ok := f.tasks[id]; return !ok })
-	f.removed = 0
 }
 
 // snapshotState is the msgpack form of a snapshot.
@@ -382,7 +378,6 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.tasks = make(map[string]*Task, len(s.Tasks))
 	f.order = make([]string, 0, len(s.Tasks))
 	f.idem = map[string]string{}
-	f.removed = 0
 	sort.SliceStable(s.Tasks, func(i, j int) bool { return s.Tasks[i].CreateIndex < s.Tasks[j].CreateIndex })
 	for i := range s.Tasks {
 		t := &s.Tasks[i]

@@ -64,10 +64,12 @@ func (f *FSM) List(q Filter) []Task {
 	var out []Task
 	start := len(f.order) - 1
 	if q.After != "" {
-		if t, ok := f.tasks[q.After]; ok {
-			for start >= 0 && f.order[start] != t.ID {
-				start--
-			}
+		// Tasks older than After: by position when it still exists, else by ID (IDs sort by time).
+		_, exists := f.tasks[q.After]
+		for start >= 0 && (exists && f.order[start] != q.After || !exists && f.order[start] >= q.After) {
+			start--
+		}
+		if exists {
 			start--
 		}
 	}

@@ -73,7 +73,7 @@ type Event struct {
 	Member Member
 }
 
-// Config configures New. Zero durations and multipliers mean the defaults of DefaultConfig.
+// Config configures New. A zero BindAddr, duration or multiplier means the DefaultConfig value.
 type Config struct {
 	Name          string
 	BindAddr      string // host
@@ -193,6 +193,9 @@ func New(cfg Config) (*Membership, error) {
 
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
+	if c.BindAddr == "" {
+		c.BindAddr = d.BindAddr
+	}
 	if c.ProbeInterval == 0 {
 		c.ProbeInterval = d.ProbeInterval
 	}
@@ -362,7 +365,7 @@ func (m *Membership) reconnect(every time.Duration) {
 		var addrs []string
 		m.mu.Lock()
 		for _, mem := range m.known {
-			if mem.State == StateDead && !m.left {
+			if mem.State == StateDead && !m.left { // a node that left wants no one back
 				addrs = append(addrs, mem.GossipAddr)
 			}
 		}

@@ -409,3 +409,9 @@ func (n *Node) closeAll() error {
 	n.closers = nil
 	return errors.Join(errs...)
 }
+
+func (n *Node) stopped() bool {
+	n.shutdownMu.Lock()
+	defer n.shutdownMu.Unlock()
+	return n.shut
+}

@@ -1,0 +1,248 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/taskworker/taskworker/client"
+)
+
+// These tests build the real binary and run clusters of real processes on loopback.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+func binary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("multi-process test skipped in -short mode")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "taskworker-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "taskworker")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// freePort returns a loopback port free for both TCP and UDP (gossip uses both).
+func freePort(t *testing.T) int {
+	t.Helper()
+	for i := 0; i < 50; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+type proc struct {
+	name, dataDir            string
+	gossip, raftAddr, httpAd string
+	cmd                      *exec.Cmd
+	log                      *bytes.Buffer
+	done                     chan error
+}
+
+type procCluster struct {
+	t     *testing.T
+	bin   string
+	procs []*proc
+}
+
+func newProcCluster(t *testing.T) *procCluster {
+	return &procCluster{t: t, bin: binary(t)}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.Buffer.Write(p)
+}
+
+// add creates a node's addresses and data dir, and starts it.
+func (pc *procCluster) add(extra ...string) *proc {
+	pc.t.Helper()
+	p := &proc{
+		name:     fmt.Sprintf("n%d", len(pc.procs)+1),
+		dataDir:  pc.t.TempDir(),
+		gossip:   fmt.Sprintf("127.0.0.1:%d", freePort(pc.t)),
+		raftAddr: fmt.Sprintf("127.0.0.1:%d", freePort(pc.t)),
+		httpAd:   fmt.Sprintf("127.0.0.1:%d", freePort(pc.t)),
+	}
+	pc.procs = append(pc.procs, p)
+	pc.start(p, extra...)
+	return p
+}
+
+func (pc *procCluster) start(p *proc, extra ...string) {
+	pc.t.Helper()
+	args := []string{"agent", "--name", p.name, "--data-dir", p.dataDir, "--gossip-addr", p.gossip,
+		"--raft-addr", p.raftAddr, "--http-addr", p.httpAd, "--capacity", "2", "--drain-timeout", "10s"}
+	if p != pc.procs[0] {
+		args = append(args, "--join", pc.procs[0].gossip)
+	}
+	args = append(args, extra...)
+	p.cmd = exec.Command(pc.bin, args...)
+	var buf syncBuffer
+	p.cmd.Stdout, p.cmd.Stderr = &buf, &buf
+	p.log = &buf.Buffer
+	if err := p.cmd.Start(); err != nil {
+		pc.t.Fatal(err)
+	}
+	cmd, done := p.cmd, make(chan error, 1)
+	p.done = done
+	exited := make(chan struct{})
+	go func() { done <- cmd.Wait(); close(exited) }()
+	pc.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if pc.t.Failed() {
+			buf.mu.Lock()
+			pc.t.Logf("--- log of %s ---\n%s", p.name, buf.String())
+			buf.mu.Unlock()
+		}
+	})
+}
+
+func (pc *procCluster) kill(p *proc) {
+	pc.t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func (p *proc) client() *client.Client { return client.New("http://" + p.httpAd) }
+
+// cli runs the taskworker binary as a client against p and returns stdout, stderr and exit code.
+func (pc *procCluster) cli(p *proc, args ...string) (string, string, int) {
+	pc.t.Helper()
+	cmd := exec.Command(pc.bin, append(args[:1:1], append([]string{"--addr", "http://" + p.httpAd}, args[1:]...)...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		pc.t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func poll(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitCluster waits until p sees a leader and want alive nodes, all registered.
+func (pc *procCluster) waitCluster(p *proc, want int) *client.Cluster {
+	pc.t.Helper()
+	var cl *client.Cluster
+	poll(pc.t, fmt.Sprintf("%d alive nodes seen by %s", want, p.name), 60*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		c, err := p.client().Cluster(ctx)
+		if err != nil || c.Leader == "" {
+			return false
+		}
+		alive := 0
+		for _, n := range c.Nodes {
+			if n.State == "alive" && len(n.TaskTypes) > 0 {
+				alive++
+			}
+		}
+		cl = c
+		return alive == want
+	})
+	return cl
+}
+
+func TestProcessClusterExecStatusAndRestart(t *testing.T) {
+	pc := newProcCluster(t)
+	for i := 0; i < 3; i++ {
+		pc.add()
+	}
+	pc.waitCluster(pc.procs[0], 3)
+
+	for _, p := range pc.procs {
+		out, errOut, code := pc.cli(p, "exec", "calc-square", "12")
+		if code != 0 || strings.TrimSpace(out) != "144" {
+			t.Fatalf("exec on %s: code %d out %q err %q", p.name, code, out, errOut)
+		}
+	}
+	out, _, code := pc.cli(pc.procs[1], "status")
+	if code != 0 || strings.Count(out, "alive") != 3 || strings.Count(out, "leader") < 1 {
+		t.Fatalf("status: code %d\n%s", code, out)
+	}
+	var cl client.Cluster
+	out, _, _ = pc.cli(pc.procs[2], "status", "--json")
+	if err := json.Unmarshal([]byte(out), &cl); err != nil || len(cl.Nodes) != 3 || cl.Leader == "" {
+		t.Fatalf("status --json: %v %q", err, out)
+	}
+
+	// Kill a follower, restart it on its data dir: it rejoins and sees every task.
+	victim := pc.procs[2]
+	if cl.Leader == victim.name {
+		victim = pc.procs[1]
+	}
+	pc.kill(victim)
+	ctx := context.Background()
+	task, _, err := pc.procs[0].client().Submit(ctx, client.SubmitRequest{Type: "echo", Input: json.RawMessage(`{"while":"down"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.start(victim)
+	pc.waitCluster(victim, 3)
+	poll(t, "restarted node sees the task it missed", 30*time.Second, func() bool {
+		got, err := victim.client().Get(ctx, task.ID)
+		return err == nil && got.State == "succeeded"
+	})
+	out, _, code = pc.cli(victim, "exec", "calc-square", "7")
+	if code != 0 || strings.TrimSpace(out) != "49" {
+		t.Fatalf("exec after restart: %d %q", code, out)
+	}
+}

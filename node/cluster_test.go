@@ -1,0 +1,284 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/tasks"
+)
+
+// testCluster is a set of real nodes on loopback ports inside one test process.
+type testCluster struct {
+	t     *testing.T
+	nodes []*Node
+}
+
+type clusterOpts struct {
+	capacity int
+	inmem    bool
+	registry func(i int) *tasks.Registry
+	tweak    func(i int, c *Config)
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("TASKWORKER_TEST_LOGS") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func (o clusterOpts) config(t *testing.T, i int, join []string) Config {
+	reg := tasks.NewRegistry()
+	if o.registry != nil {
+		reg = o.registry(i)
+	} else if err := tasks.RegisterBuiltins(reg, t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	capacity := o.capacity
+	if capacity == 0 {
+		capacity = 2
+	}
+	c := Config{
+		Name: fmt.Sprintf("n%d", i+1), GossipAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		Join: join, Capacity: capacity, Registry: reg, Logger: testLogger(t), DrainTimeout: 5 * time.Second,
+	}
+	if o.inmem {
+		c.InmemRaft = true
+	} else {
+		c.DataDir = t.TempDir()
+	}
+	if o.tweak != nil {
+		o.tweak(i, &c)
+	}
+	return c
+}
+
+// startCluster starts size nodes: the first bootstraps, the others join it.
+func startCluster(t *testing.T, size int, o clusterOpts) *testCluster {
+	t.Helper()
+	tc := &testCluster{t: t}
+	for i := 0; i < size; i++ {
+		var join []string
+		if i > 0 {
+			join = []string{tc.nodes[0].GossipAddr()}
+		}
+		tc.start(o.config(t, i, join))
+	}
+	tc.waitHealthy(size)
+	return tc
+}
+
+func (tc *testCluster) start(c Config) *Node {
+	tc.t.Helper()
+	n, err := Start(c)
+	if err != nil {
+		tc.t.Fatalf("start %s: %v", c.Name, err)
+	}
+	tc.nodes = append(tc.nodes, n)
+	tc.t.Cleanup(func() { _ = n.Shutdown() })
+	return n
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitHealthy waits until one leader sees want nodes registered up, and every node knows it.
+func (tc *testCluster) waitHealthy(want int) {
+	tc.t.Helper()
+	waitFor(tc.t, fmt.Sprintf("%d healthy nodes", want), 30*time.Second, func() bool {
+		l := tc.leader()
+		if l == nil {
+			return false
+		}
+		up := 0
+		for _, nd := range l.FSM().Nodes() {
+			if nd.Status == fsm.NodeUp {
+				up++
+			}
+		}
+		if up != want {
+			return false
+		}
+		for _, n := range tc.live() {
+			if n.Leader() != l.Name() {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func (tc *testCluster) live() []*Node {
+	var out []*Node
+	for _, n := range tc.nodes {
+		if !n.stopped() {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (tc *testCluster) leader() *Node {
+	for _, n := range tc.live() {
+		if n.IsLeader() {
+			return n
+		}
+	}
+	return nil
+}
+
+func (tc *testCluster) follower() *Node {
+	for _, n := range tc.live() {
+		if !n.IsLeader() {
+			return n
+		}
+	}
+	tc.t.Fatal("no follower")
+	return nil
+}
+
+// api sends a JSON request to a node's HTTP API and decodes the reply into out.
+func api(t *testing.T, n *Node, method, path string, body any, out any) int {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://"+n.HTTPAddr()+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			t.Fatalf("%s %s: decode %q: %v", method, path, data, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+func submit(t *testing.T, n *Node, typ string, input any, wait string) fsm.Task {
+	t.Helper()
+	var task fsm.Task
+	path := "/v1/tasks"
+	if wait != "" {
+		path += "?wait=" + wait
+	}
+	body := map[string]any{"type": typ, "input": input}
+	if code := api(t, n, "POST", path, body, &task); code != http.StatusCreated {
+		t.Fatalf("submit %s: status %d", typ, code)
+	}
+	return task
+}
+
+func TestSubmitOnFollowerReturnsResult(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{})
+	f := tc.follower()
+	task := submit(t, f, "calc-square", 12, "20s")
+	if task.State != fsm.Succeeded || string(task.Result) != "144" {
+		t.Fatalf("task = %s %s, want succeeded 144", task.State, task.Result)
+	}
+	var got fsm.Task
+	for _, n := range tc.nodes {
+		waitFor(t, "task replicated to "+n.Name(), 10*time.Second, func() bool {
+			api(t, n, "GET", "/v1/tasks/"+task.ID, nil, &got)
+			return got.State == fsm.Succeeded
+		})
+	}
+}
+
+func TestTasksSpreadOverAllNodes(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{capacity: 2})
+	var ids []string
+	for i := 0; i < 12; i++ {
+		ids = append(ids, submit(t, tc.nodes[i%3], "sleep", map[string]int{"ms": 300}, "").ID)
+	}
+	ran := map[string]int{}
+	for _, id := range ids {
+		var task fsm.Task
+		waitFor(t, "task "+id+" done", 30*time.Second, func() bool {
+			api(t, tc.nodes[0], "GET", "/v1/tasks/"+id+"?wait=5s", nil, &task)
+			return task.State.Terminal()
+		})
+		if task.State != fsm.Succeeded {
+			t.Fatalf("task %s ended %s: %+v", id, task.State, task.Error)
+		}
+		ran[task.Node]++
+	}
+	if len(ran) != 3 {
+		t.Fatalf("tasks ran on %v, want all 3 nodes", ran)
+	}
+}
+
+func TestBadRequestsGetContractErrors(t *testing.T) {
+	tc := startCluster(t, 1, clusterOpts{inmem: true})
+	n := tc.nodes[0]
+	cases := []struct {
+		name   string
+		body   any
+		status int
+		code   string
+	}{
+		{"missing type", map[string]any{"input": 1}, 400, "missing_type"},
+		{"unknown type", map[string]any{"type": "nope"}, 400, "unknown_task_type"},
+		{"wrong input shape", map[string]any{"type": "calc-square", "input": "twelve"}, 400, "invalid_input"},
+		{"bad timeout", map[string]any{"type": "echo", "timeout": "soon"}, 400, "invalid_request"},
+		{"bad max attempts", map[string]any{"type": "echo", "max_attempts": 0}, 400, "invalid_max_attempts"},
+		{"unknown field", map[string]any{"type": "echo", "colour": "red"}, 400, "invalid_request"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var e apiError
+			if code := api(t, n, "POST", "/v1/tasks", c.body, &e); code != c.status || e.Code != c.code || e.Error == "" {
+				t.Fatalf("got %d %+v, want %d %s", code, e, c.status, c.code)
+			}
+		})
+	}
+	var e apiError
+	if code := api(t, n, "GET", "/v1/tasks/nope", nil, &e); code != 404 || e.Code != "not_found" {
+		t.Fatalf("get unknown: %d %+v", code, e)
+	}
+	big := map[string]any{"type": "echo", "input": string(make([]byte, 2<<20))}
+	if code := api(t, n, "POST", "/v1/tasks", big, &e); code != 413 {
+		t.Fatalf("big body: %d %+v", code, e)
+	}
+	req, _ := http.NewRequest("POST", "http://"+n.HTTPAddr()+"/v1/tasks", bytes.NewReader([]byte("type=echo")))
+	req.Header.Set("Content-Type", "text/plain")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 415 {
+		t.Fatalf("text/plain: %d", resp.StatusCode)
+	}
+	if n := len(n.FSM().List(fsm.Filter{})); n != 0 {
+		t.Fatalf("bad requests created %d tasks", n)
+	}
+}
