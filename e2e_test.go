@@ -122,6 +122,7 @@ func (pc *procCluster) start(p *proc, extra ...string) {
 	}
 	args = append(args, extra...)
 	p.cmd = exec.Command(pc.bin, args...)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no orphans if the test binary dies
 	var buf syncBuffer
 	p.cmd.Stdout, p.cmd.Stderr = &buf, &buf
 	p.log = &buf.Buffer

@@ -96,9 +96,12 @@ func (n *Node) leave(ctx context.Context) error {
 			log.Warn("leadership transfer", "err", err)
 		}
 	}
-	if err := n.checkLeave(); err != nil {
+	switch err := n.checkLeave(); {
+	case n.IsLeader():
+		log.Warn("no other node could take leadership; staying in the raft configuration")
+	case err != nil:
 		log.Warn("staying in the raft configuration", "reason", err)
-	} else {
+	default:
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		if err := n.askLeaderRemove(cctx); err != nil {
 			log.Warn("removal from raft", "err", err)
@@ -157,8 +160,10 @@ const internalRemovePath = "/v1/internal/remove/{name}"
 // askLeaderRemove has the leader drop this node from raft's configuration.
 func (n *Node) askLeaderRemove(ctx context.Context) error {
 	for {
-		addr := n.leaderHTTP()
-		if addr != "" && n.Leader() != n.cfg.Name {
+		if n.IsLeader() {
+			return errors.New("this node leads again: nobody to remove it")
+		}
+		if addr := n.leaderHTTP(); addr != "" {
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/internal/remove/"+n.cfg.Name, nil)
 			resp, err := n.client.Do(req)
 			if err == nil {
