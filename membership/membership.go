@@ -174,6 +174,10 @@ func New(cfg Config) (*Membership, error) {
 	// A node restarted on a new port must be accepted as soon as its old self is dead, not after
 	// memberlist forgets the dead one (GossipToTheDeadTime, 30s).
 	mc.DeadNodeReclaimTime = time.Nanosecond
+	// Full state syncs repair what a lost broadcast missed, such as a node that restarted on a new
+	// address before its old self was declared dead; 30s (the LAN default) is too slow for us and
+	// a sync is cheap at our cluster sizes.
+	mc.PushPullInterval = 5 * time.Second
 	mc.Delegate = (*delegate)(m)
 	mc.Events = (*delegate)(m)
 	mc.Logger = log.New(logWriter{cfg.Logger.With("component", "memberlist")}, "", 0)

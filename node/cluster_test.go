@@ -8,10 +8,14 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/membership/memnet"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -19,11 +23,67 @@ import (
 type testCluster struct {
 	t     *testing.T
 	nodes []*Node
+	twin  *twinNet // in-memory gossip and raft networks, when the cluster runs on twins
+}
+
+// twinNet is an in-memory network for gossip (memnet) and raft (InmemTransport) with partitions.
+type twinNet struct {
+	mu     sync.Mutex
+	gossip *memnet.Network
+	raft   map[string]*raft.InmemTransport
+}
+
+func newTwinNet() *twinNet {
+	return &twinNet{gossip: &memnet.Network{}, raft: map[string]*raft.InmemTransport{}}
+}
+
+// attach gives a node config in-memory transports, connected to every other node's raft.
+func (tn *twinNet) attach(c *Config) {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	_, rt := raft.NewInmemTransportWithTimeout(raft.ServerAddress("raft-"+c.Name), time.Second)
+	for _, other := range tn.raft {
+		rt.Connect(other.LocalAddr(), other)
+		other.Connect(rt.LocalAddr(), rt)
+	}
+	tn.raft[c.Name] = rt
+	c.RaftTransport = rt
+	c.GossipTransport = tn.gossip.NewTransport(c.Name)
+	c.InmemRaft = true
+}
+
+// partition cuts a node off from every other node, for gossip and raft.
+func (tn *twinNet) partition(name string) {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	tn.gossip.Isolate(name)
+	me := tn.raft[name]
+	me.DisconnectAll()
+	for _, other := range tn.raft {
+		if other != me {
+			other.Disconnect(me.LocalAddr())
+		}
+	}
+}
+
+// heal reconnects a partitioned node.
+func (tn *twinNet) heal(name string) {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	tn.gossip.Heal(name)
+	me := tn.raft[name]
+	for _, other := range tn.raft {
+		if other != me {
+			me.Connect(other.LocalAddr(), other)
+			other.Connect(me.LocalAddr(), me)
+		}
+	}
 }
 
 type clusterOpts struct {
 	capacity int
-	inmem    bool
+	inmem    bool // in-memory raft stores (with real loopback transports)
+	twin     bool // in-memory raft stores and transports, in-memory gossip
 	registry func(i int) *tasks.Registry
 	tweak    func(i int, c *Config)
 }
@@ -50,7 +110,7 @@ func (o clusterOpts) config(t *testing.T, i int, join []string) Config {
 		Name: fmt.Sprintf("n%d", i+1), GossipAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		Join: join, Capacity: capacity, Registry: reg, Logger: testLogger(t), DrainTimeout: 5 * time.Second,
 	}
-	if o.inmem {
+	if o.inmem || o.twin {
 		c.InmemRaft = true
 	} else {
 		c.DataDir = t.TempDir()
@@ -65,12 +125,19 @@ func (o clusterOpts) config(t *testing.T, i int, join []string) Config {
 func startCluster(t *testing.T, size int, o clusterOpts) *testCluster {
 	t.Helper()
 	tc := &testCluster{t: t}
+	if o.twin {
+		tc.twin = newTwinNet()
+	}
 	for i := 0; i < size; i++ {
 		var join []string
 		if i > 0 {
 			join = []string{tc.nodes[0].GossipAddr()}
 		}
-		tc.start(o.config(t, i, join))
+		c := o.config(t, i, join)
+		if tc.twin != nil {
+			tc.twin.attach(&c)
+		}
+		tc.start(c)
 	}
 	tc.waitHealthy(size)
 	return tc

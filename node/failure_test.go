@@ -1,0 +1,340 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/tasks"
+)
+
+// gate is a task type whose runs block until the test releases them, per node, so a test decides
+// exactly when an attempt finishes. Its result names the node that ran it.
+type gate struct {
+	mu      sync.Mutex
+	release map[string]chan struct{}
+}
+
+func newGate() *gate { return &gate{release: map[string]chan struct{}{}} }
+
+func (g *gate) ch(node string) chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c, ok := g.release[node]
+	if !ok {
+		c = make(chan struct{})
+		g.release[node] = c
+	}
+	return c
+}
+
+func (g *gate) open(node string) { close(g.ch(node)) }
+
+// registry returns a registry with the built-ins and "gate" for node i.
+func (g *gate) registry(t *testing.T) func(i int) *tasks.Registry {
+	return func(i int) *tasks.Registry {
+		name := fmt.Sprintf("n%d", i+1)
+		reg, err := tasks.NewBuiltinRegistry(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := tasks.Func(tasks.Definition{Name: "gate", Version: "1", Description: "blocks until released"},
+			func(ctx *tasks.Context, _ any) (string, error) {
+				select {
+				case <-g.ch(name):
+					return name, nil
+				case <-ctx.Done():
+					return "", ctx.Err()
+				}
+			})
+		if err := reg.Register(h); err != nil {
+			t.Fatal(err)
+		}
+		return reg
+	}
+}
+
+func (tc *testCluster) node(name string) *Node {
+	for _, n := range tc.nodes {
+		if n.Name() == name && !n.stopped() {
+			return n
+		}
+	}
+	tc.t.Fatalf("no live node %s", name)
+	return nil
+}
+
+// task reads a task from the leader's FSM.
+func (tc *testCluster) task(id string) fsm.Task {
+	tc.t.Helper()
+	var l *Node
+	waitFor(tc.t, "a leader", 30*time.Second, func() bool { l = tc.leader(); return l != nil })
+	t, _ := l.FSM().Task(id)
+	return t
+}
+
+func waitState(t *testing.T, tc *testCluster, id string, timeout time.Duration, cond func(fsm.Task) bool) fsm.Task {
+	t.Helper()
+	var got fsm.Task
+	waitFor(t, "task "+id+" condition", timeout, func() bool {
+		if l := tc.leader(); l != nil {
+			got, _ = l.FSM().Task(id)
+			return cond(got)
+		}
+		return false
+	})
+	return got
+}
+
+func hasEvent(t fsm.Task, event string, attempt int) bool {
+	return slices.ContainsFunc(t.History, func(h fsm.HistoryEntry) bool { return h.Event == event && h.Attempt == attempt })
+}
+
+// crashMovesTasks runs two gate tasks on each of three nodes (one slot left free on each),
+// crashes the chosen node, and checks its tasks run again elsewhere without counting a failure.
+func crashMovesTasks(t *testing.T, pickLeader bool) {
+	g := newGate()
+	tc := startCluster(t, 3, clusterOpts{capacity: 3, registry: g.registry(t)})
+	var ids []string
+	for i := 0; i < 6; i++ {
+		ids = append(ids, submit(t, tc.nodes[i%3], "gate", nil, "").ID)
+	}
+	for _, id := range ids {
+		waitState(t, tc, id, 20*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running })
+	}
+	victim := tc.leader()
+	if !pickLeader {
+		victim = tc.follower()
+	}
+	var moved []string
+	for _, id := range ids {
+		if tc.task(id).Node == victim.Name() {
+			moved = append(moved, id)
+		}
+	}
+	if len(moved) == 0 {
+		t.Fatalf("victim %s runs nothing", victim.Name())
+	}
+	if err := victim.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range moved {
+		got := waitState(t, tc, id, 30*time.Second, func(t fsm.Task) bool {
+			return t.State == fsm.Running && t.Node != victim.Name()
+		})
+		if !hasEvent(got, fsm.EventInterrupted, 1) || got.Attempt != 2 || got.Failures != 0 {
+			t.Fatalf("moved task %s: attempt %d failures %d history %+v", id, got.Attempt, got.Failures, got.History)
+		}
+	}
+	for _, n := range tc.live() {
+		g.open(n.Name())
+	}
+	for _, id := range ids {
+		got := waitState(t, tc, id, 30*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
+		if got.State != fsm.Succeeded || got.Node == victim.Name() {
+			t.Fatalf("task %s ended %s on %s", id, got.State, got.Node)
+		}
+	}
+	if n := len(tc.leader().FSM().Active(victim.Name())); n != 0 {
+		t.Fatalf("%d tasks still held by dead node", n)
+	}
+}
+
+func TestCrashedWorkerTasksRunElsewhere(t *testing.T) { crashMovesTasks(t, false) }
+
+func TestCrashedLeaderTasksRunElsewhere(t *testing.T) { crashMovesTasks(t, true) }
+
+func TestPartitionedNodeLateResultIsRejected(t *testing.T) {
+	g := newGate()
+	tc := startCluster(t, 3, clusterOpts{capacity: 1, twin: true, registry: g.registry(t)})
+	task := submit(t, tc.follower(), "gate", nil, "")
+	first := waitState(t, tc, task.ID, 20*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running })
+	x := tc.node(first.Node)
+	tc.twin.partition(x.Name())
+
+	// The majority declares x dead and runs the task again elsewhere.
+	second := waitState(t, tc, task.ID, 30*time.Second, func(t fsm.Task) bool {
+		return t.State == fsm.Running && t.Node != x.Name() && t.Attempt == 2
+	})
+	// x finishes its stale attempt while cut off, then comes back and tries to report it.
+	g.open(x.Name())
+	tc.twin.heal(x.Name())
+	stale := reporter{x}.Finished(context.Background(), tasks.RunRef{TaskID: task.ID, Attempt: 1}, tasks.OutcomeSucceeded, []byte(`"late"`), nil)
+	if stale == nil {
+		t.Fatal("late report of attempt 1 was accepted")
+	}
+	waitFor(t, "x caught up after the partition", 30*time.Second, func() bool {
+		got, _ := x.FSM().Task(task.ID)
+		return got.Attempt == 2
+	})
+	if got := tc.task(task.ID); got.State != fsm.Running || got.Attempt != 2 || got.Node != second.Node {
+		t.Fatalf("after heal: %s attempt %d on %s, want running attempt 2 on %s", got.State, got.Attempt, got.Node, second.Node)
+	}
+	g.open(second.Node)
+	done := waitState(t, tc, task.ID, 30*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
+	if done.State != fsm.Succeeded || string(done.Result) != fmt.Sprintf("%q", second.Node) || hasEvent(done, fsm.EventSucceeded, 1) {
+		t.Fatalf("final: %s result %s history %+v", done.State, done.Result, done.History)
+	}
+}
+
+func TestRestartBeforeDetectionRequeuesOldIncarnation(t *testing.T) {
+	g := newGate()
+	tc := startCluster(t, 3, clusterOpts{capacity: 1, registry: g.registry(t)})
+	var task fsm.Task
+	for i := 0; i < 3; i++ { // one per node; restart a follower that runs one
+		sub := submit(t, tc.leader(), "gate", nil, "")
+		got := waitState(t, tc, sub.ID, 20*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running })
+		if got.Node != tc.leader().Name() {
+			task = got
+		}
+	}
+	x := tc.node(task.Node)
+	cfg := x.cfg
+	oldBoot := x.BootID()
+	if err := x.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Logger = testLogger(t)
+	// Same addresses, as a process restarted by its supervisor has.
+	cfg.GossipAddr, cfg.RaftAddr, cfg.HTTPAddr = x.GossipAddr(), x.RaftAddr(), x.HTTPAddr()
+	y := tc.start(cfg)
+	if y.BootID() == oldBoot {
+		t.Fatal("restart kept the boot ID")
+	}
+	got := waitState(t, tc, task.ID, 30*time.Second, func(t fsm.Task) bool { return t.Attempt >= 2 && t.State == fsm.Running })
+	if !hasEvent(got, fsm.EventInterrupted, 1) || got.Failures != 0 {
+		t.Fatalf("history %+v failures %d", got.History, got.Failures)
+	}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		g.open(n)
+	}
+	if done := waitState(t, tc, task.ID, 30*time.Second, func(t fsm.Task) bool { return t.State.Terminal() }); done.State != fsm.Succeeded {
+		t.Fatalf("ended %s", done.State)
+	}
+}
+
+func raftServers(t *testing.T, n *Node) []raft.Server {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil
+	}
+	return f.Configuration().Servers
+}
+
+func TestFiveNodesSurviveTwoCrashesInARow(t *testing.T) {
+	tc := startCluster(t, 5, clusterOpts{inmem: true})
+	voters := func() (alive, total int) {
+		l := tc.leader()
+		if l == nil {
+			return 0, 0
+		}
+		for _, s := range raftServers(t, l) {
+			if s.Suffrage == raft.Voter {
+				total++
+				if n := tc.find(string(s.ID)); n != nil && !n.stopped() {
+					alive++
+				}
+			}
+		}
+		return alive, total
+	}
+	waitFor(t, "3 voters", 30*time.Second, func() bool { a, n := voters(); return a == 3 && n == 3 })
+	for round := 0; round < 2; round++ {
+		var victim *Node
+		for _, s := range raftServers(t, tc.leader()) {
+			if n := tc.find(string(s.ID)); s.Suffrage == raft.Voter && n != nil && !n.IsLeader() && !n.stopped() {
+				victim = n
+				break
+			}
+		}
+		if err := victim.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "dead voter replaced", 30*time.Second, func() bool { a, n := voters(); return a == 3 && n == 3 })
+	}
+	task := submit(t, tc.live()[0], "calc-square", 9, "20s")
+	if task.State != fsm.Succeeded || string(task.Result) != "81" {
+		t.Fatalf("after two crashes: %s %s", task.State, task.Result)
+	}
+}
+
+func (tc *testCluster) find(name string) *Node {
+	for i := len(tc.nodes) - 1; i >= 0; i-- {
+		if tc.nodes[i].Name() == name {
+			return tc.nodes[i]
+		}
+	}
+	return nil
+}
+
+func TestRetriesBackOffUntilMaxAttempts(t *testing.T) {
+	tc := startCluster(t, 1, clusterOpts{inmem: true})
+	n := tc.nodes[0]
+	var flaky fsm.Task
+	api(t, n, "POST", "/v1/tasks?wait=30s", map[string]any{"type": "flaky", "input": map[string]int{"fail_attempts": 2}, "max_attempts": 3}, &flaky)
+	if flaky.State != fsm.Succeeded || flaky.Attempt != 3 || flaky.Failures != 2 || string(flaky.Result) != `{"attempt":3}` {
+		t.Fatalf("flaky: %s attempt %d failures %d result %s", flaky.State, flaky.Attempt, flaky.Failures, flaky.Result)
+	}
+	// Backoff: the second attempt starts about 1 s (±20 %) after the first failure.
+	var failedAt, secondAt time.Time
+	for _, h := range flaky.History {
+		if h.Event == fsm.EventFailed && h.Attempt == 1 {
+			failedAt = h.At
+		}
+		if h.Event == fsm.EventAssigned && h.Attempt == 2 {
+			secondAt = h.At
+		}
+	}
+	if gap := secondAt.Sub(failedAt); gap < 750*time.Millisecond {
+		t.Fatalf("retry after %s, want >= ~0.8s backoff", gap)
+	}
+	var failing fsm.Task
+	api(t, n, "POST", "/v1/tasks?wait=30s", map[string]any{"type": "fail", "input": "boom", "max_attempts": 2}, &failing)
+	if failing.State != fsm.Failed || failing.Attempt != 2 || failing.Error == nil || failing.Error.Message != "boom" {
+		t.Fatalf("fail: %s attempt %d error %+v", failing.State, failing.Attempt, failing.Error)
+	}
+}
+
+func TestTimeoutFailsTheAttempt(t *testing.T) {
+	tc := startCluster(t, 1, clusterOpts{inmem: true})
+	var task fsm.Task
+	api(t, tc.nodes[0], "POST", "/v1/tasks?wait=30s", map[string]any{"type": "sleep", "input": map[string]int{"ms": 10000}, "timeout": "200ms", "max_attempts": 1}, &task)
+	if task.State != fsm.Failed || task.Error == nil || task.Error.Type != "timeout" {
+		t.Fatalf("got %s %+v", task.State, task.Error)
+	}
+}
+
+func TestCancelPendingAndRunning(t *testing.T) {
+	g := newGate()
+	tc := startCluster(t, 1, clusterOpts{inmem: true, capacity: 1, registry: g.registry(t)})
+	n := tc.nodes[0]
+	running := submit(t, n, "gate", nil, "")
+	waitState(t, tc, running.ID, 20*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running })
+	pending := submit(t, n, "gate", nil, "") // no free slot: stays pending
+
+	var got fsm.Task
+	if code := api(t, n, "POST", "/v1/tasks/"+pending.ID+"/cancel", nil, &got); code != http.StatusAccepted || got.State != fsm.Cancelled {
+		t.Fatalf("cancel pending: %d %s", code, got.State)
+	}
+	if code := api(t, n, "POST", "/v1/tasks/"+running.ID+"/cancel", nil, &got); code != http.StatusAccepted {
+		t.Fatalf("cancel running: %d", code)
+	}
+	done := waitState(t, tc, running.ID, 20*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
+	if done.State != fsm.Cancelled {
+		t.Fatalf("running task ended %s", done.State)
+	}
+	if p := tc.task(pending.ID); p.Attempt != 0 {
+		t.Fatalf("cancelled pending task ran: attempt %d", p.Attempt)
+	}
+	var e apiError
+	if code := api(t, n, "POST", "/v1/tasks/"+running.ID+"/cancel", nil, &e); code != http.StatusConflict {
+		t.Fatalf("cancel finished: %d %+v", code, e)
+	}
+}
