@@ -3,19 +3,13 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"os"
-	"os/signal"
-	"strings"
-	"syscall"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/taskworker/taskworker/client/clicmd"
 	"github.com/taskworker/taskworker/node"
-	"github.com/taskworker/taskworker/tasks"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -26,116 +20,10 @@ func main() {
 		Name:     "taskworker",
 		Usage:    "run tasks on a fault-tolerant cluster of identical nodes",
 		Version:  version,
-		Commands: append([]*cli.Command{agentCommand()}, clientCommands()...),
+		Commands: append([]*cli.Command{node.AgentCommand(node.AgentOptions{Version: version})}, clicmd.Commands()...),
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "taskworker:", err)
 		os.Exit(2)
 	}
-}
-
-func agentCommand() *cli.Command {
-	hostname, _ := os.Hostname()
-	return &cli.Command{
-		Name:  "agent",
-		Usage: "run a node (bootstraps a new cluster, or joins one with --join)",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "name", EnvVars: []string{"TASKWORKER_NAME"}, Value: hostname, Usage: "unique node name; also its raft server ID"},
-			&cli.StringFlag{Name: "data-dir", EnvVars: []string{"TASKWORKER_DATA_DIR"}, Usage: "raft log, snapshots and local task logs (required unless --dev)"},
-			&cli.StringFlag{Name: "gossip-addr", EnvVars: []string{"TASKWORKER_GOSSIP_ADDR"}, Value: "0.0.0.0:7946", Usage: "memberlist bind host:port"},
-			&cli.StringFlag{Name: "raft-addr", EnvVars: []string{"TASKWORKER_RAFT_ADDR"}, Value: "0.0.0.0:7947", Usage: "raft transport bind host:port"},
-			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"TASKWORKER_HTTP_ADDR"}, Value: "127.0.0.1:7948", Usage: "HTTP API bind host:port"},
-			&cli.StringFlag{Name: "advertise", EnvVars: []string{"TASKWORKER_ADVERTISE"}, Usage: "host other nodes use to reach this one (default: first private IP, or the bind host)"},
-			&cli.StringSliceFlag{Name: "join", EnvVars: []string{"TASKWORKER_JOIN"}, Usage: "gossip host:port of an existing member; repeatable or comma separated"},
-			&cli.IntFlag{Name: "capacity", EnvVars: []string{"TASKWORKER_CAPACITY"}, Usage: "tasks this node runs at once (default: number of CPUs)"},
-			&cli.DurationFlag{Name: "drain-timeout", EnvVars: []string{"TASKWORKER_DRAIN_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a graceful leave waits for running tasks"},
-			&cli.IntFlag{Name: "voters", EnvVars: []string{"TASKWORKER_VOTERS"}, Value: 3, Usage: "raft voters; other nodes replicate as non-voters"},
-			&cli.StringFlag{Name: "files-dir", EnvVars: []string{"TASKWORKER_FILES_DIR"}, Usage: "the only directory list-directory may read (default: working directory)"},
-			&cli.DurationFlag{Name: "retention", EnvVars: []string{"TASKWORKER_RETENTION"}, Value: 24 * time.Hour, Usage: "how long finished tasks are kept"},
-			&cli.BoolFlag{Name: "dev", Usage: "single throwaway node on 127.0.0.1 with a temporary data dir"},
-			&cli.StringFlag{Name: "log-level", EnvVars: []string{"TASKWORKER_LOG_LEVEL"}, Value: "info", Usage: "debug|info|warn|error"},
-			&cli.BoolFlag{Name: "log-json", EnvVars: []string{"TASKWORKER_LOG_JSON"}, Usage: "log JSON lines"},
-		},
-		Action: runAgent,
-	}
-}
-
-func runAgent(c *cli.Context) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-		return cli.Exit("invalid --log-level: "+c.String("log-level"), 2)
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	var handler slog.Handler = slog.NewTextHandler(os.Stderr, opts)
-	if c.Bool("log-json") {
-		handler = slog.NewJSONHandler(os.Stderr, opts)
-	}
-	logger := slog.New(handler)
-
-	filesDir := c.String("files-dir")
-	if filesDir == "" {
-		filesDir, _ = os.Getwd()
-	}
-	reg, err := tasks.NewBuiltinRegistry(filesDir)
-	if err != nil {
-		return cli.Exit("register built-in tasks: "+err.Error(), 1)
-	}
-	var join []string
-	for _, j := range c.StringSlice("join") {
-		for _, p := range strings.Split(j, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				join = append(join, p)
-			}
-		}
-	}
-	cfg := node.Config{
-		Name: c.String("name"), DataDir: c.String("data-dir"),
-		GossipAddr: c.String("gossip-addr"), RaftAddr: c.String("raft-addr"), HTTPAddr: c.String("http-addr"),
-		Advertise: c.String("advertise"), Join: join, Capacity: c.Int("capacity"),
-		DrainTimeout: c.Duration("drain-timeout"), Voters: c.Int("voters"), Registry: reg,
-		Retention: c.Duration("retention"), Logger: logger, LogLevel: level, Version: version,
-	}
-	if c.Bool("dev") {
-		dir, err := os.MkdirTemp("", "taskworker-dev-")
-		if err != nil {
-			return cli.Exit("temporary data dir: "+err.Error(), 1)
-		}
-		defer os.RemoveAll(dir)
-		cfg.DataDir = dir
-		if !c.IsSet("gossip-addr") {
-			cfg.GossipAddr = "127.0.0.1:7946"
-		}
-		if !c.IsSet("raft-addr") {
-			cfg.RaftAddr = "127.0.0.1:7947"
-		}
-		cfg.Advertise = "127.0.0.1"
-		cfg.Join = nil
-	}
-	if cfg.DataDir == "" {
-		return cli.Exit("--data-dir is required (or use --dev for a throwaway node)", 2)
-	}
-	n, err := node.Start(cfg)
-	if err != nil {
-		return cli.Exit("start node: "+err.Error(), 1)
-	}
-
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	select {
-	case sig := <-sigs:
-		logger.Info("signal received: leaving gracefully (send again to exit at once)", "signal", sig.String(), "node", cfg.Name)
-		if err := n.Leave(context.Background(), true); err != nil {
-			logger.Error("leave", "err", err)
-		}
-	case <-n.Done():
-	}
-	select {
-	case <-n.Done():
-		logger.Info("node stopped", "node", cfg.Name)
-		return nil
-	case sig := <-sigs:
-		logger.Warn("second signal: exiting now", "signal", sig.String(), "node", cfg.Name)
-		os.Exit(1)
-	}
-	return nil
 }

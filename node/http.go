@@ -15,6 +15,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/tasks"
 )
 
 const (
@@ -136,27 +137,15 @@ func (n *Node) handleSubmit(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	sub, status, code, msg := n.prepareSubmit(&req)
-	if status != 0 {
-		writeError(w, status, code, msg)
-		return
-	}
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 	defer cancel()
-	res, err := n.propose(ctx, &fsm.Command{Type: fsm.CmdSubmit, Submits: []fsm.Submit{sub}})
-	if err != nil {
-		writeProposeError(w, err)
+	item, err := n.submitTask(ctx, &req)
+	var se *submitError
+	switch {
+	case errors.As(err, &se):
+		writeError(w, se.status, se.code, se.msg)
 		return
-	}
-	item := res.Items[0]
-	existing := item.Existing
-	if errors.Is(item.Err, fsm.ErrDuplicateID) {
-		existing = false // our own retry after a lost reply: the task is ours
-	} else if item.Err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request", item.Err.Error())
-		return
-	}
-	if err := n.waitIndex(ctx, res.Index); err != nil {
+	case err != nil:
 		writeProposeError(w, err)
 		return
 	}
@@ -168,11 +157,61 @@ func (n *Node) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "task "+item.ID+" not found")
 		return
 	}
-	status = http.StatusCreated
-	if existing {
+	status := http.StatusCreated
+	if item.Existing {
 		status = http.StatusOK
 	}
 	writeJSON(w, status, t)
+}
+
+// submitError is a submit the client got wrong; it maps to a 4xx.
+type submitError struct {
+	status    int
+	code, msg string
+}
+
+func (e *submitError) Error() string { return e.msg }
+
+// submitTask validates a submit, has the leader apply it, and waits until this node's FSM holds
+// it. item.Existing reports an idempotency key seen before.
+func (n *Node) submitTask(ctx context.Context, req *submitRequest) (fsm.ItemResult, error) {
+	sub, status, code, msg := n.prepareSubmit(req)
+	if status != 0 {
+		return fsm.ItemResult{}, &submitError{status: status, code: code, msg: msg}
+	}
+	res, err := n.propose(ctx, &fsm.Command{Type: fsm.CmdSubmit, Submits: []fsm.Submit{sub}})
+	if err != nil {
+		return fsm.ItemResult{}, err
+	}
+	item := res.Items[0]
+	if errors.Is(item.Err, fsm.ErrDuplicateID) {
+		item = fsm.ItemResult{ID: sub.ID} // our own retry after a lost reply: the task is ours
+	} else if item.Err != nil {
+		return item, &submitError{status: http.StatusBadRequest, code: "invalid_request", msg: item.Err.Error()}
+	}
+	return item, n.waitIndex(ctx, res.Index)
+}
+
+// submitChild is the executor's Submitter: a running task's child joins its execution.
+func (n *Node) submitChild(ctx context.Context, parent tasks.RunRef, executionID string, c tasks.ChildTask) (string, error) {
+	input, err := json.Marshal(c.Input)
+	if err != nil {
+		return "", fmt.Errorf("encode child input: %w", err)
+	}
+	req := submitRequest{Type: c.Type, Input: input, Version: c.Version, IdempotencyKey: c.IdempotencyKey,
+		ExecutionID: executionID, ParentID: parent.TaskID}
+	if c.MaxAttempts > 0 {
+		req.MaxAttempts = &c.MaxAttempts
+	}
+	if c.Timeout > 0 {
+		d := fsm.Duration(c.Timeout)
+		req.Timeout = &d
+	}
+	item, err := n.submitTask(ctx, &req)
+	if err != nil {
+		return "", fmt.Errorf("submit child %s: %w", c.Type, err)
+	}
+	return item.ID, nil
 }
 
 // prepareSubmit validates a submit and turns it into a command item; a non-zero status is a

@@ -133,7 +133,7 @@ func (n *Node) start() error {
 
 	n.exec = tasks.NewExecutor(tasks.ExecutorConfig{
 		Registry: cfg.Registry, Reporter: reporter{n}, Logs: n.logs, NodeName: cfg.Name,
-		Logger: n.log.With("component", "executor"),
+		Logger: n.log.With("component", "executor"), Submit: n.submitChild,
 	})
 
 	if err := n.startMembership(); err != nil {

@@ -32,6 +32,7 @@ type Context struct {
 	Stderr      io.Writer    // line-split into stream "stderr"
 
 	checkpoint func(json.RawMessage) error // nil: checkpoints are only kept in memory
+	submit     Submitter                   // nil: child tasks are not supported here
 
 	mu   sync.Mutex
 	last json.RawMessage
@@ -56,6 +57,31 @@ func (c *Context) Checkpoint(v any) error {
 	}
 	c.last = data
 	return nil
+}
+
+// ChildTask is a task a running task submits. It joins the parent's execution.
+type ChildTask struct {
+	Type           string
+	Input          any
+	Version        string // "" = newest offered
+	IdempotencyKey string // a retried parent that resubmits with the same key gets the same child
+	MaxAttempts    int    // 0 = cluster default
+	Timeout        time.Duration
+}
+
+// Submitter hands a child task to the cluster and returns its ID. The node provides it.
+type Submitter func(ctx context.Context, parent RunRef, executionID string, child ChildTask) (string, error)
+
+// ErrNoSubmitter is returned by Submit where the executor was given no Submitter.
+var ErrNoSubmitter = errors.New("child tasks are not supported by this executor")
+
+// Submit submits a child task: it inherits this task's execution ID (its trace) and records this
+// task as its parent. It returns the child's ID once the cluster has accepted it.
+func (c *Context) Submit(child ChildTask) (string, error) {
+	if c.submit == nil {
+		return "", ErrNoSubmitter
+	}
+	return c.submit(c, RunRef{TaskID: c.TaskID, Attempt: c.Attempt}, c.ExecutionID, child)
 }
 
 // LastCheckpoint decodes the last checkpoint (from an earlier attempt or this

@@ -121,6 +121,7 @@ type ExecutorConfig struct {
 	NodeName    string
 	Logger      *slog.Logger  // default slog.Default()
 	ReportRetry time.Duration // pause between report retries, default 200ms
+	Submit      Submitter     // lets tasks submit child tasks; may be nil
 }
 
 // rememberFinished is how many finished runs Start recognises as already done.
@@ -334,6 +335,7 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger) (O
 		Stdout:      streamWriter{out: out, stream: "stdout"},
 		Stderr:      streamWriter{out: out, stream: "stderr"},
 		last:        a.Checkpoint,
+		submit:      e.cfg.Submit,
 		checkpoint: func(data json.RawMessage) error {
 			err := e.cfg.Reporter.Checkpoint(ctx, r.ref, data)
 			if errors.Is(err, ErrFenced) {

@@ -1,4 +1,4 @@
-package main
+package clicmd
 
 import (
 	"bytes"
@@ -152,7 +152,7 @@ func run(t *testing.T, stdin string, args ...string) (stdout, stderr string, cod
 	var out, errOut bytes.Buffer
 	app := &cli.App{
 		Name:           "taskworker",
-		Commands:       clientCommands(),
+		Commands:       Commands(),
 		Reader:         strings.NewReader(stdin),
 		Writer:         &out,
 		ErrWriter:      &errOut,

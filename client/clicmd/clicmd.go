@@ -1,4 +1,6 @@
-package main
+// Package clicmd holds taskworker's client commands (exec, submit, task, status, leave, types)
+// for urfave/cli, built on package client. main.go and custom binaries mount them beside the agent.
+package clicmd
 
 import (
 	"bytes"
@@ -20,10 +22,10 @@ import (
 	"github.com/taskworker/taskworker/client"
 )
 
-// clientCommands returns the commands that drive a cluster through any node's
+// Commands returns the commands that drive a cluster through any node's
 // HTTP API. Exit status 2 means a usage or request error; what 1 means depends
 // on the command (see CONTRACT.md).
-func clientCommands() []*cli.Command {
+func Commands() []*cli.Command {
 	return []*cli.Command{
 		execCommand(),
 		submitCommand(),
