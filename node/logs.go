@@ -9,9 +9,11 @@ import (
 	"net/url"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/scheduler"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -32,7 +34,7 @@ func (n *Node) handleLogs(w http.ResponseWriter, r *http.Request) {
 	if !follow {
 		var all []tasks.LogLine
 		for _, name := range attemptNodes(&t) {
-			lines, err := n.nodeLogs(r.Context(), name, id, false, nil)
+			lines, err := n.nodeLogs(r.Context(), name, id)
 			if err != nil {
 				n.log.Warn("read task logs", "task", id, "from", name, "err", err)
 			}
@@ -52,28 +54,28 @@ func (n *Node) handleLogs(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// followLogs streams lines from each node that runs an attempt, one source after another as the
-// task moves, until the task has ended and every source has drained.
+// followLogs streams each attempt's lines from the node that runs it, one source after another
+// as the task moves, until the task has ended and every source has drained.
 func (n *Node) followLogs(ctx context.Context, id string, emit func(tasks.LogLine)) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	lines := make(chan tasks.LogLine, 256)
 	ended := make(chan struct{}, 16)
-	started := map[string]bool{}
+	started := map[int]bool{}
 	active := 0
 	for {
 		t, ok, changed := n.fsm.TaskWatch(id)
 		if !ok {
 			return
 		}
-		for _, name := range attemptNodes(&t) {
-			if started[name] {
+		for _, h := range t.History {
+			if h.Event != fsm.EventAssigned || started[h.Attempt] {
 				continue
 			}
-			started[name] = true
+			started[h.Attempt] = true
 			active++
-			go func(name string) {
-				_, err := n.nodeLogs(ctx, name, id, true, func(l tasks.LogLine) {
+			go func(name string, attempt int) {
+				err := n.followAttempt(ctx, name, id, attempt, func(l tasks.LogLine) {
 					select {
 					case lines <- l:
 					case <-ctx.Done():
@@ -83,7 +85,7 @@ func (n *Node) followLogs(ctx context.Context, id string, emit func(tasks.LogLin
 					n.log.Debug("follow task logs", "task", id, "from", name, "err", err)
 				}
 				ended <- struct{}{}
-			}(name)
+			}(h.Node, h.Attempt)
 		}
 		if t.State.Terminal() && active == 0 {
 			for {
@@ -118,67 +120,73 @@ func attemptNodes(t *fsm.Task) []string {
 	return names
 }
 
-// nodeLogs reads a task's lines held by one node: this one directly, others over HTTP. With
-// follow, fn receives lines until that node's part of the task is over.
-func (n *Node) nodeLogs(ctx context.Context, name, id string, follow bool, fn func(tasks.LogLine)) ([]tasks.LogLine, error) {
+// nodeLogs reads the lines one node holds for a task: this node directly, others over HTTP.
+func (n *Node) nodeLogs(ctx context.Context, name, id string) ([]tasks.LogLine, error) {
 	if name == n.cfg.Name {
-		if !follow {
-			return n.logs.Read(id)
-		}
-		n.followLocal(ctx, id, fn)
-		return nil, nil
+		return n.logs.Read(id)
 	}
+	var out []tasks.LogLine
+	err := n.remoteLogs(ctx, n.client, name, "/v1/internal/logs/"+url.PathEscape(id), func(l tasks.LogLine) { out = append(out, l) })
+	return out, err
+}
+
+// followAttempt streams one attempt's lines from the node that runs it until that attempt is over.
+func (n *Node) followAttempt(ctx context.Context, name, id string, attempt int, fn func(tasks.LogLine)) error {
+	if name == n.cfg.Name {
+		n.followLocal(ctx, id, attempt, fn)
+		return nil
+	}
+	path := fmt.Sprintf("/v1/internal/logs/%s?follow=true&attempt=%d", url.PathEscape(id), attempt)
+	return n.remoteLogs(ctx, &http.Client{}, name, path, fn) // no timeout: it lasts as long as the attempt
+}
+
+// remoteLogs reads JSON log lines from another node's internal logs endpoint.
+func (n *Node) remoteLogs(ctx context.Context, client *http.Client, name, path string, fn func(tasks.LogLine)) error {
 	nd, ok := n.fsm.Node(name)
 	if !ok || nd.HTTPAddr == "" {
-		return nil, fmt.Errorf("node %s unknown", name)
+		return fmt.Errorf("node %s unknown", name)
 	}
-	u := "http://" + nd.HTTPAddr + "/v1/internal/logs/" + url.PathEscape(id)
-	if follow {
-		u += "?follow=true"
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+nd.HTTPAddr+path, nil)
 	if err != nil {
-		return nil, err
-	}
-	client := n.client
-	if follow {
-		client = &http.Client{} // a follow lasts as long as the task
+		return err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("logs from %s: %w", name, err)
+		return fmt.Errorf("logs from %s: %w", name, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("logs from %s: %s", name, resp.Status)
+		return fmt.Errorf("logs from %s: %s", name, resp.Status)
 	}
-	var out []tasks.LogLine
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
 		var l tasks.LogLine
-		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			continue
-		}
-		if fn != nil {
+		if json.Unmarshal(sc.Bytes(), &l) == nil {
 			fn(l)
-		} else {
-			out = append(out, l)
 		}
 	}
-	return out, sc.Err()
+	return sc.Err()
 }
 
-// followLocal streams this node's lines of a task until the task is no longer running here.
-func (n *Node) followLocal(ctx context.Context, id string, fn func(tasks.LogLine)) {
+// followLocal streams this node's lines of one attempt until the attempt is over here. It waits
+// while this node's FSM has not yet caught up with the attempt's assignment.
+func (n *Node) followLocal(ctx context.Context, id string, attempt int, fn func(tasks.LogLine)) {
 	old, ch, cancel := n.logs.Subscribe(id)
 	defer cancel()
+	emit := func(l tasks.LogLine) {
+		if l.Attempt == attempt {
+			fn(l)
+		}
+	}
 	for _, l := range old {
-		fn(l)
+		emit(l)
 	}
 	for {
 		t, ok, changed := n.fsm.TaskWatch(id)
-		if !ok || !(t.State.Active() && t.Node == n.cfg.Name) {
+		over := !ok || t.State.Terminal() || t.Attempt > attempt ||
+			(t.Attempt == attempt && !(t.State.Active() && t.Node == n.cfg.Name))
+		if over {
 			// Lines are written before the outcome is reported: what is queued now is all there is.
 			for {
 				select {
@@ -186,7 +194,7 @@ func (n *Node) followLocal(ctx context.Context, id string, fn func(tasks.LogLine
 					if !ok {
 						return
 					}
-					fn(l)
+					emit(l)
 				default:
 					return
 				}
@@ -199,15 +207,14 @@ func (n *Node) followLocal(ctx context.Context, id string, fn func(tasks.LogLine
 			if !ok {
 				return
 			}
-			fn(l)
+			emit(l)
 		case <-changed:
-		case <-time.After(time.Second):
 		}
 	}
 }
 
-// handleLocalLogs serves the lines this node holds for a task as JSON lines; follow=true streams
-// until the task no longer runs here.
+// handleLocalLogs serves the lines this node holds for a task as JSON lines; with follow=true and
+// attempt=N it streams that attempt's lines until the attempt is over here.
 func (n *Node) handleLocalLogs(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	w.Header().Set("Content-Type", "application/x-ndjson")
@@ -223,12 +230,43 @@ func (n *Node) handleLocalLogs(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	attempt, err := strconv.Atoi(r.URL.Query().Get("attempt"))
+	if err != nil || attempt < 1 {
+		writeError(w, http.StatusBadRequest, "invalid_attempt", "follow needs attempt=N")
+		return
+	}
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
-	n.followLocal(r.Context(), id, func(l tasks.LogLine) {
+	n.followLocal(r.Context(), id, attempt, func(l tasks.LogLine) {
 		_ = enc.Encode(l)
 		if flusher != nil {
 			flusher.Flush()
 		}
 	})
+}
+
+// logSweepLoop deletes the local output of tasks the cluster has removed (retention), so task
+// logs do not outlive their records.
+func (n *Node) logSweepLoop(ctx context.Context) {
+	tick := time.NewTicker(scheduler.GCInterval(n.cfg.Retention))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		ids, err := n.logs.Tasks()
+		if err != nil {
+			n.log.Warn("sweep task logs", "err", err)
+			continue
+		}
+		for _, id := range ids {
+			if _, ok := n.fsm.Task(id); !ok {
+				if err := n.logs.Delete(id); err != nil {
+					n.log.Warn("delete task log", "task", id, "err", err)
+				}
+			}
+		}
+	}
 }

@@ -143,6 +143,7 @@ func (n *Node) start() error {
 	n.goLoop(n.registerLoop)
 	n.goLoop(n.workLoop)
 	n.goLoop(n.leadershipLoop)
+	n.goLoop(n.logSweepLoop)
 	n.log.Info("node started", "http", n.httpAddr, "raft", string(n.trans.LocalAddr()),
 		"gossip", n.members.GossipAddr(), "boot_id", n.bootID, "capacity", cfg.Capacity)
 	return nil

@@ -26,7 +26,7 @@ func (l *Loop) Run(ctx context.Context) {
 	if now == nil {
 		now = time.Now
 	}
-	gc := time.NewTicker(time.Minute)
+	gc := time.NewTicker(GCInterval(l.Retention))
 	defer gc.Stop()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -64,6 +64,12 @@ func (l *Loop) Run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// GCInterval is how often finished tasks past a retention are looked for: a quarter of the
+// retention, between 1 s and 1 min.
+func GCInterval(retention time.Duration) time.Duration {
+	return min(max(retention/4, time.Second), time.Minute)
 }
 
 // collect removes finished tasks past retention, in bounded batches.
