@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -100,5 +101,28 @@ func TestProcessCountResumesFromCheckpointAfterSIGKILL(t *testing.T) {
 	}
 	if !interrupted {
 		t.Fatalf("history has no interruption on %s: %+v", victim.name, done.History)
+	}
+}
+
+func TestProcessCommandTaskFromTasksFileStreamsOutput(t *testing.T) {
+	pc := newProcCluster(t)
+	file, err := filepath.Abs("tasks/testdata/example-tasks.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		pc.add("--tasks-file", file)
+	}
+	pc.waitCluster(pc.procs[0], 2)
+	for _, p := range pc.procs {
+		out, errOut, code := pc.cli(p, "exec", "countdown", "3")
+		want := "3...\n2...\n1...\n{\"counted_from\":3}\n"
+		if code != 0 || out != want {
+			t.Fatalf("exec countdown via %s: code %d stdout %q (want %q) stderr %q", p.name, code, out, want, errOut)
+		}
+	}
+	_, errOut, code := pc.cli(pc.procs[1], "exec", "countdown", `"x"`, "--max-attempts", "1")
+	if code != 1 || !strings.Contains(errOut, "input must be a non-negative integer") {
+		t.Fatalf("bad countdown: code %d stderr %q", code, errOut)
 	}
 }

@@ -49,9 +49,18 @@ func binary(t *testing.T) string {
 	return binPath
 }
 
+// Ports freePort has handed out: a node started a moment ago may not have bound its ports yet, so
+// the kernel can offer the same one again; never hand one out twice.
+var (
+	usedPortsMu sync.Mutex
+	usedPorts   = map[int]bool{}
+)
+
 // freePort returns a loopback port free for both TCP and UDP (gossip uses both).
 func freePort(t *testing.T) int {
 	t.Helper()
+	usedPortsMu.Lock()
+	defer usedPortsMu.Unlock()
 	for i := 0; i < 50; i++ {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -62,6 +71,10 @@ func freePort(t *testing.T) int {
 		l.Close()
 		if err == nil {
 			u.Close()
+			if usedPorts[port] {
+				continue
+			}
+			usedPorts[port] = true
 			return port
 		}
 	}

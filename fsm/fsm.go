@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"slices"
@@ -16,7 +17,9 @@ import (
 type FSM struct {
 	mu      sync.RWMutex
 	tasks   map[string]*Task
-	order   []string // task IDs by CreateIndex, oldest first
+	order   []string         // task IDs by CreateIndex, oldest first
+	live    map[string]*Task // tasks not yet finished: the hot set every watcher scans
+	done    map[State]int    // how many finished tasks are in each terminal state
 	idem    map[string]string
 	nodes   map[string]*Node
 	index   uint64
@@ -27,6 +30,8 @@ type FSM struct {
 func New() *FSM {
 	return &FSM{
 		tasks:   map[string]*Task{},
+		live:    map[string]*Task{},
+		done:    map[State]int{},
 		idem:    map[string]string{},
 		nodes:   map[string]*Node{},
 		changed: make(chan struct{}),
@@ -65,6 +70,7 @@ func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
 	case CmdReport:
 		for i := range c.Reports {
 			r.Items = append(r.Items, f.report(index, c.Now, &c.Reports[i]))
+			f.reindex(c.Reports[i].TaskID)
 		}
 	case CmdRegister:
 		r.Err = f.register(index, c.Now, c.Node)
@@ -75,6 +81,7 @@ func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
 	case CmdCancel:
 		for _, id := range c.TaskIDs {
 			r.Items = append(r.Items, f.cancel(index, c.Now, id))
+			f.reindex(id)
 		}
 	case CmdRemove:
 		for _, id := range c.TaskIDs {
@@ -123,6 +130,7 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 		t.ExecutionID = t.ID
 	}
 	f.tasks[t.ID] = t
+	f.live[t.ID] = t
 	f.order = append(f.order, t.ID)
 	if t.IdempotencyKey != "" {
 		f.idem[t.IdempotencyKey] = t.ID
@@ -267,9 +275,8 @@ func (f *FSM) nodeDown(index uint64, now time.Time, name string, left bool, reas
 
 // takeBack interrupts every active task held by the named node (any incarnation).
 func (f *FSM) takeBack(index uint64, now time.Time, name, reason string) {
-	for _, id := range f.order {
-		t, ok := f.tasks[id]
-		if !ok || !t.State.Active() || t.Node != name {
+	for _, t := range f.liveSorted() {
+		if !t.State.Active() || t.Node != name {
 			continue
 		}
 		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: name, Event: EventInterrupted, At: now, Error: reason})
@@ -278,7 +285,29 @@ func (f *FSM) takeBack(index uint64, now time.Time, name, reason string) {
 			t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: name, Event: EventCancelled, At: now})
 		}
 		t.ModifyIndex = index
+		f.reindex(t.ID)
 	}
+}
+
+// reindex moves a task out of the live set once it has finished.
+func (f *FSM) reindex(id string) {
+	t, ok := f.live[id]
+	if ok && t.State.Terminal() {
+		delete(f.live, id)
+		f.done[t.State]++
+	}
+}
+
+// liveSorted returns the unfinished tasks, oldest first.
+func (f *FSM) liveSorted() []*Task {
+	out := make([]*Task, 0, len(f.live))
+	for _, t := range f.live {
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b *Task) int {
+		return cmp.Or(cmp.Compare(a.CreateIndex, b.CreateIndex), cmp.Compare(a.ID, b.ID))
+	})
+	return out
 }
 
 func (f *FSM) drain(index uint64, name string, draining bool) error {
@@ -320,6 +349,7 @@ func (f *FSM) remove(id string) ItemResult {
 		return ItemResult{ID: id, Err: fmt.Errorf("%w: task is %s", ErrBadCommand, t.State)}
 	}
 	delete(f.tasks, id)
+	f.done[t.State]--
 	if t.IdempotencyKey != "" && f.idem[t.IdempotencyKey] == id {
 		delete(f.idem, t.IdempotencyKey)
 	}
@@ -378,11 +408,18 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.tasks = make(map[string]*Task, len(s.Tasks))
 	f.order = make([]string, 0, len(s.Tasks))
 	f.idem = map[string]string{}
+	f.live = map[string]*Task{}
+	f.done = map[State]int{}
 	sort.SliceStable(s.Tasks, func(i, j int) bool { return s.Tasks[i].CreateIndex < s.Tasks[j].CreateIndex })
 	for i := range s.Tasks {
 		t := &s.Tasks[i]
 		f.tasks[t.ID] = t
 		f.order = append(f.order, t.ID)
+		if t.State.Terminal() {
+			f.done[t.State]++
+		} else {
+			f.live[t.ID] = t
+		}
 		if t.IdempotencyKey != "" {
 			f.idem[t.IdempotencyKey] = t.ID
 		}

@@ -92,9 +92,9 @@ func (f *FSM) Counts() map[State]int {
 	defer f.mu.RUnlock()
 	c := make(map[State]int, len(States))
 	for _, s := range States {
-		c[s] = 0
+		c[s] = f.done[s]
 	}
-	for _, t := range f.tasks {
+	for _, t := range f.live {
 		c[t.State]++
 	}
 	return c
@@ -131,7 +131,7 @@ func (f *FSM) Load() map[string]int {
 
 func (f *FSM) loadLocked() map[string]int {
 	load := map[string]int{}
-	for _, t := range f.tasks {
+	for _, t := range f.live {
 		if t.State.Active() {
 			load[t.Node]++
 		}
@@ -144,8 +144,8 @@ func (f *FSM) Active(node string) []Task {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var out []Task
-	for _, id := range f.order {
-		if t, ok := f.tasks[id]; ok && t.State.Active() && t.Node == node {
+	for _, t := range f.liveSorted() {
+		if t.State.Active() && t.Node == node {
 			out = append(out, t.clone())
 		}
 	}
@@ -165,8 +165,8 @@ func (f *FSM) SchedulerView() View {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	v := View{Index: f.index, Load: f.loadLocked()}
-	for _, id := range f.order {
-		if t, ok := f.tasks[id]; ok && t.State == Pending {
+	for _, t := range f.liveSorted() {
+		if t.State == Pending {
 			v.Pending = append(v.Pending, t.clone())
 		}
 	}

@@ -40,6 +40,7 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.IntFlag{Name: "capacity", EnvVars: []string{"TASKWORKER_CAPACITY"}, Usage: "tasks this node runs at once (default: number of CPUs)"},
 			&cli.DurationFlag{Name: "drain-timeout", EnvVars: []string{"TASKWORKER_DRAIN_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a graceful leave waits for running tasks"},
 			&cli.IntFlag{Name: "voters", EnvVars: []string{"TASKWORKER_VOTERS"}, Value: 3, Usage: "raft voters; other nodes replicate as non-voters"},
+			&cli.StringFlag{Name: "tasks-file", EnvVars: []string{"TASKWORKER_TASKS_FILE"}, Usage: "YAML file declaring command-backed task types (see README)"},
 			&cli.StringFlag{Name: "files-dir", EnvVars: []string{"TASKWORKER_FILES_DIR"}, Usage: "the only directory list-directory may read (default: working directory)"},
 			&cli.DurationFlag{Name: "retention", EnvVars: []string{"TASKWORKER_RETENTION"}, Value: 24 * time.Hour, Usage: "how long finished tasks are kept"},
 			&cli.BoolFlag{Name: "dev", Usage: "single throwaway node on 127.0.0.1 with a temporary data dir"},
@@ -69,6 +70,11 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 	reg, err := tasks.NewBuiltinRegistry(filesDir)
 	if err != nil {
 		return cli.Exit("register built-in tasks: "+err.Error(), 1)
+	}
+	if f := c.String("tasks-file"); f != "" {
+		if err := tasks.RegisterTaskFile(reg, f); err != nil {
+			return cli.Exit("tasks file: "+err.Error(), 2)
+		}
 	}
 	if opts.Register != nil {
 		if err := opts.Register(reg); err != nil {

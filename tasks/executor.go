@@ -362,6 +362,9 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger) (O
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypePanic, Message: fmt.Sprint(perr.value)}
 	case r.runCtx.Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypeTimeout, Message: "attempt timed out after " + a.Timeout.String()}
+	case r.runCtx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+		// A deadline of the task's own, such as a command type's timeout.
+		return OutcomeFailed, nil, &TaskError{Type: ErrTypeTimeout, Message: err.Error()}
 	}
 	return OutcomeFailed, nil, &TaskError{Type: ErrTypeTaskError, Message: err.Error()}
 }
