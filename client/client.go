@@ -390,7 +390,7 @@ func (c *Client) Health(ctx context.Context) (leader string, err error) {
 }
 
 // Leave asks the node to leave the cluster gracefully; it answers at once and
-// then drains. force asks it to skip the drain.
+// then drains. force makes it leave even as the last node or when its leave would break raft quorum (it still drains).
 func (c *Client) Leave(ctx context.Context, force bool) error {
 	var q url.Values
 	if force {

@@ -220,9 +220,6 @@ func TestNoTasksPlacedOnDrainingNode(t *testing.T) {
 }
 
 func TestNoTasksPlacedOnDrainingNodeRightAfterLeaveAccepted(t *testing.T) {
-	t.Skip("BUG: Node.Leave (node/leave.go) returns, and POST /v1/agent/leave answers 202, before the " +
-		"drain is recorded (gossip meta and CmdDrain happen later on the leave goroutine), so a task " +
-		"submitted right after the 202 can still be placed on the leaving node")
 	testNoPlacementWhileDraining(t, true)
 }
 

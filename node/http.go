@@ -278,7 +278,7 @@ func (n *Node) resolveVersion(typ, pinned string) (version string, known bool) {
 			if newestAny == "" || compareVersions(ti.Version, newestAny) > 0 {
 				newestAny = ti.Version
 			}
-			if nd.Status == fsm.NodeUp && alive[nd.Name] && (newestAlive == "" || compareVersions(ti.Version, newestAlive) > 0) {
+			if nd.Status == fsm.NodeUp && !nd.Draining && alive[nd.Name] && (newestAlive == "" || compareVersions(ti.Version, newestAlive) > 0) {
 				newestAlive = ti.Version
 			}
 		}

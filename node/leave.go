@@ -67,16 +67,7 @@ func (n *Node) Leave(ctx context.Context, force bool) error {
 	}
 	n.leaveStarted = true
 	close(n.leaving)
-	go func() {
-		if err := n.leave(ctx); err != nil {
-			n.log.Error("leave", "err", err)
-		}
-		close(n.leaveDone)
-	}()
-	return nil
-}
-
-func (n *Node) leave(ctx context.Context) error {
+	// Record the drain before answering, so nothing new is placed here once the leave is accepted.
 	log := n.log.With("phase", "leave")
 	log.Info("draining: no new tasks will be placed here", "drain_timeout", n.cfg.DrainTimeout)
 	if err := n.members.UpdateMeta(func(m *membership.Meta) { m.Draining = true }); err != nil {
@@ -87,7 +78,16 @@ func (n *Node) leave(ctx context.Context) error {
 		log.Warn("record drain", "err", err)
 	}
 	cancel()
+	go func() {
+		if err := n.leave(ctx, log); err != nil {
+			n.log.Error("leave", "err", err)
+		}
+		close(n.leaveDone)
+	}()
+	return nil
+}
 
+func (n *Node) leave(ctx context.Context, log *slog.Logger) error {
 	n.drainTasks(ctx, log)
 
 	if n.IsLeader() {
@@ -119,22 +119,27 @@ func (n *Node) leave(ctx context.Context) error {
 // drainTasks lets running tasks finish within the drain timeout, then hands the rest back.
 func (n *Node) drainTasks(ctx context.Context, log *slog.Logger) {
 	deadline := time.Now().Add(n.cfg.DrainTimeout)
+	var logged time.Time
 	for {
-		running := n.exec.Running()
-		assigned := n.fsm.Active(n.cfg.Name)
-		if len(running) == 0 && len(assigned) == 0 {
+		changed := n.fsm.Changed()
+		running, held := n.exec.Running(), n.fsm.Active(n.cfg.Name)
+		if len(running) == 0 && len(held) == 0 {
 			log.Info("drained: no tasks left on this node")
 			return
 		}
-		if time.Now().After(deadline) {
+		left := time.Until(deadline)
+		if left <= 0 || ctx.Err() != nil {
 			break
 		}
-		log.Info("waiting for tasks to finish", "running", len(running), "held", len(assigned), "left", time.Until(deadline).Round(time.Second))
-		wctx, cancel := context.WithTimeout(ctx, min(time.Until(deadline), 2*time.Second))
-		_ = n.exec.Wait(wctx)
-		cancel()
-		if ctx.Err() != nil {
-			break
+		if time.Since(logged) >= 2*time.Second {
+			log.Info("waiting for tasks to finish", "running", len(running), "held", len(held), "left", left.Round(time.Second))
+			logged = time.Now()
+		}
+		// Runs end with a report, which changes the FSM; the timer bounds the wait.
+		select {
+		case <-ctx.Done():
+		case <-changed:
+		case <-time.After(min(left, 250*time.Millisecond)):
 		}
 	}
 	log.Warn("drain timeout: handing back tasks still running", "count", len(n.exec.Running()))

@@ -216,7 +216,7 @@ func leaveCommand() *cli.Command {
 		Name:  "leave",
 		Usage: "ask the node at --addr to leave the cluster gracefully, and wait until it has",
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "force", Usage: "leave without draining running tasks"},
+			&cli.BoolFlag{Name: "force", Usage: "leave even as the last node or when it would break raft quorum (still drains)"},
 			&cli.DurationFlag{Name: "wait", Value: 5 * time.Minute, Usage: "how long to wait for the node to stop (0: do not wait)"},
 		},
 	}, 0, 0, func(c *cli.Context, api *client.Client, _ []string) error {
