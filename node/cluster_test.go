@@ -349,3 +349,44 @@ func TestBadRequestsGetContractErrors(t *testing.T) {
 		t.Fatalf("bad requests created %d tasks", n)
 	}
 }
+
+func TestWholeClusterRestartKeepsEveryTask(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{})
+	var ids []string
+	for i := 0; i < 5; i++ {
+		ids = append(ids, submit(t, tc.nodes[i%3], "calc-square", i, "20s").ID)
+	}
+	var configs []Config
+	for _, n := range tc.nodes {
+		c := n.cfg
+		c.Logger = testLogger(t)
+		// Same addresses: raft's configuration names them.
+		c.GossipAddr, c.RaftAddr, c.HTTPAddr = n.GossipAddr(), n.RaftAddr(), n.HTTPAddr()
+		configs = append(configs, c)
+	}
+	for _, n := range tc.nodes {
+		if err := n.Kill(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, c := range configs {
+		if i > 0 {
+			c.Join = []string{configs[0].GossipAddr}
+		}
+		tc.start(c)
+	}
+	tc.waitHealthy(3)
+	for _, n := range tc.live() {
+		// A restarted follower applies the old log once the new leader tells it the commit index.
+		waitFor(t, n.Name()+" replayed its log", 20*time.Second, func() bool { return n.FSM().Index() >= tc.leader().FSM().Index() })
+		for i, id := range ids {
+			got, ok := n.FSM().Task(id)
+			if !ok || got.State != fsm.Succeeded || string(got.Result) != fmt.Sprint(i*i) {
+				t.Fatalf("after restart %s sees task %s: %v %s %s", n.Name(), id, ok, got.State, got.Result)
+			}
+		}
+	}
+	if task := submit(t, tc.live()[1], "calc-square", 12, "20s"); string(task.Result) != "144" {
+		t.Fatalf("after restart: %s", task.Result)
+	}
+}
