@@ -124,7 +124,7 @@ func TestFollowStreamsAcrossAMoveAndEndsWithTheTask(t *testing.T) {
 		}
 	}
 	expect("attempt 1 on " + first.Node)
-	if err := tc.node(first.Node).Kill(); err != nil {
+	if err := tc.node(first.Node).Shutdown(); err != nil {
 		t.Fatal(err)
 	}
 	second := waitState(t, tc, task.ID, 30*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running && t.Attempt == 2 })

@@ -365,7 +365,7 @@ func TestWholeClusterRestartKeepsEveryTask(t *testing.T) {
 		configs = append(configs, c)
 	}
 	for _, n := range tc.nodes {
-		if err := n.Kill(); err != nil {
+		if err := n.Shutdown(); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -432,7 +432,7 @@ func TestLeaveThatBreaksQuorumIsRefused(t *testing.T) {
 	tc := startCluster(t, 3, clusterOpts{inmem: true,
 		tweak: func(_ int, c *Config) { c.DeadServerGrace = time.Hour }})
 	crashed := tc.follower()
-	if err := crashed.Kill(); err != nil {
+	if err := crashed.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
 	leaver := tc.follower()

@@ -122,7 +122,7 @@ func crashMovesTasks(t *testing.T, pickLeader bool) {
 	if len(moved) == 0 {
 		t.Fatalf("victim %s runs nothing", victim.Name())
 	}
-	if err := victim.Kill(); err != nil {
+	if err := victim.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range moved {
@@ -198,7 +198,7 @@ func TestRestartBeforeDetectionRequeuesOldIncarnation(t *testing.T) {
 	x := tc.node(task.Node)
 	cfg := x.cfg
 	oldBoot := x.BootID()
-	if err := x.Kill(); err != nil {
+	if err := x.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
 	cfg.Logger = testLogger(t)
@@ -254,7 +254,7 @@ func TestFiveNodesSurviveTwoCrashesInARow(t *testing.T) {
 				break
 			}
 		}
-		if err := victim.Kill(); err != nil {
+		if err := victim.Shutdown(); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, "dead voter replaced", 30*time.Second, func() bool { a, n := voters(); return a == 3 && n == 3 })

@@ -66,7 +66,6 @@ func (n *Node) Leave(ctx context.Context, force bool) error {
 		return err
 	}
 	n.leaveStarted = true
-	close(n.leaving)
 	// Record the drain before answering, so nothing new is placed here once the leave is accepted.
 	log := n.log.With("phase", "leave")
 	log.Info("draining: no new tasks will be placed here", "drain_timeout", n.cfg.DrainTimeout)
@@ -113,7 +112,7 @@ func (n *Node) leave(ctx context.Context, log *slog.Logger) error {
 		log.Warn("gossip leave", "err", err)
 	}
 	log.Info("left the cluster")
-	return n.shutdown(true)
+	return n.Shutdown()
 }
 
 // drainTasks lets running tasks finish within the drain timeout, then hands the rest back.

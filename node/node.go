@@ -49,7 +49,6 @@ type Node struct {
 	wg     sync.WaitGroup
 
 	kick         chan struct{} // gossip membership changed: wake the leader's reconciler
-	leaving      chan struct{} // closed when a graceful leave starts
 	leaveMu      sync.Mutex
 	leaveStarted bool
 	leaveDone    chan struct{}
@@ -66,7 +65,7 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), fsm: fsm.New(),
-		kick: make(chan struct{}, 1), leaving: make(chan struct{}), leaveDone: make(chan struct{}),
+		kick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
 		deadSince: map[string]time.Time{},
 		client:    &http.Client{Timeout: 15 * time.Second},
 	}
@@ -367,15 +366,9 @@ func (n *Node) Leader() string {
 // Done is closed when the node has shut down after a graceful leave.
 func (n *Node) Done() <-chan struct{} { return n.leaveDone }
 
-// Kill stops the node abruptly, as a crash would: no leave, no reports, no handback.
-func (n *Node) Kill() error {
-	return n.shutdown(false)
-}
-
-// Shutdown stops the node without a graceful leave (its tasks are recovered as after a crash).
-func (n *Node) Shutdown() error { return n.shutdown(false) }
-
-func (n *Node) shutdown(leftGossip bool) error {
+// Shutdown stops the node abruptly, as a crash would: no leave, no reports, no handback. Its
+// tasks are recovered by the cluster as after a crash. Leave is the graceful way.
+func (n *Node) Shutdown() error {
 	n.shutdownMu.Lock()
 	defer n.shutdownMu.Unlock()
 	if n.shut {
@@ -401,7 +394,6 @@ func (n *Node) shutdown(leftGossip bool) error {
 	}
 	n.wg.Wait()
 	errs = append(errs, n.closeAll())
-	_ = leftGossip
 	return errors.Join(errs...)
 }
 

@@ -84,10 +84,16 @@ func (n *Node) workLoop(ctx context.Context) {
 			})
 		}
 		for _, ref := range n.exec.Running() {
-			if !mine[ref] {
-				n.log.Warn("task taken away from this node; stopping its run", "task", ref.TaskID, "attempt", ref.Attempt)
-				n.exec.Stop(ref.TaskID, ref.Attempt, tasks.StopRevoke)
+			if mine[ref] {
+				continue
 			}
+			// Runs whose outcome the FSM already holds are only wrapping up; any other run was
+			// taken away (reassigned after a false death verdict, or this node was declared dead).
+			if t, ok := n.fsm.Task(ref.TaskID); ok && !attemptEnded(&t, ref.Attempt) {
+				n.log.Warn("task taken away from this node; stopping its run", "task", ref.TaskID, "attempt", ref.Attempt,
+					"now", string(t.State)+" on "+t.Node)
+			}
+			n.exec.Stop(ref.TaskID, ref.Attempt, tasks.StopRevoke)
 		}
 		select {
 		case <-ctx.Done():
@@ -95,6 +101,16 @@ func (n *Node) workLoop(ctx context.Context) {
 		case <-changed:
 		}
 	}
+}
+
+// attemptEnded reports whether the FSM holds an outcome (succeeded, failed, cancelled) for the attempt.
+func attemptEnded(t *fsm.Task, attempt int) bool {
+	for i := len(t.History) - 1; i >= 0; i-- {
+		if h := t.History[i]; h.Attempt == attempt {
+			return h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled
+		}
+	}
+	return false
 }
 
 // reporter sends executor reports to the leader, fenced by attempt and boot ID.
