@@ -338,3 +338,22 @@ func TestCancelPendingAndRunning(t *testing.T) {
 		t.Fatalf("cancel finished: %d %+v", code, e)
 	}
 }
+
+func TestVoterTargetKeepsExtraNodesAsNonVoters(t *testing.T) {
+	for _, tt := range []struct{ nodes, voters int }{{4, 3}, {6, 5}} {
+		t.Run(fmt.Sprintf("%d nodes %d voters", tt.nodes, tt.voters), func(t *testing.T) {
+			tc := startCluster(t, tt.nodes, clusterOpts{inmem: true, tweak: func(_ int, c *Config) { c.Voters = tt.voters }})
+			waitFor(t, "raft configuration settled", 30*time.Second, func() bool {
+				voters, nonvoters := 0, 0
+				for _, s := range raftServers(t, tc.leader()) {
+					if s.Suffrage == raft.Voter {
+						voters++
+					} else {
+						nonvoters++
+					}
+				}
+				return voters == tt.voters && nonvoters == tt.nodes-tt.voters
+			})
+		})
+	}
+}
