@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,11 +12,7 @@ import (
 )
 
 func TestProcessExecStreamsOutputFromAnyNode(t *testing.T) {
-	pc := newProcCluster(t)
-	for i := 0; i < 3; i++ {
-		pc.add()
-	}
-	pc.waitCluster(pc.procs[0], 3)
+	pc := startProcCluster(t, 3)
 	for _, p := range pc.procs {
 		out, errOut, code := pc.cli(p, "exec", "print", `"hi"`)
 		if code != 0 || out != "hi\nnull\n" {
@@ -35,11 +30,7 @@ func TestProcessExecStreamsOutputFromAnyNode(t *testing.T) {
 }
 
 func TestProcessCountResumesFromCheckpointAfterSIGKILL(t *testing.T) {
-	pc := newProcCluster(t)
-	for i := 0; i < 3; i++ {
-		pc.add()
-	}
-	pc.waitCluster(pc.procs[0], 3)
+	pc := startProcCluster(t, 3)
 	ctx := context.Background()
 	task, _, err := pc.procs[0].client().Submit(ctx, client.SubmitRequest{Type: "count", Input: json.RawMessage(`{"to": 50, "step_ms": 100}`)})
 	if err != nil {
@@ -56,12 +47,7 @@ func TestProcessCountResumesFromCheckpointAfterSIGKILL(t *testing.T) {
 				N int `json:"n"`
 			} `json:"checkpoint"`
 		}
-		resp, err := http.Get("http://" + pc.procs[0].httpAd + "/v1/tasks/" + task.ID)
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		if json.NewDecoder(resp.Body).Decode(&rec) != nil || rec.Checkpoint.N < 5 {
+		if pc.procs[0].getJSON("/v1/tasks/"+task.ID, &rec) != nil || rec.Checkpoint.N < 5 {
 			return false
 		}
 		running = got
@@ -105,15 +91,11 @@ func TestProcessCountResumesFromCheckpointAfterSIGKILL(t *testing.T) {
 }
 
 func TestProcessCommandTaskFromTasksFileStreamsOutput(t *testing.T) {
-	pc := newProcCluster(t)
 	file, err := filepath.Abs("tasks/testdata/example-tasks.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 2; i++ {
-		pc.add("--tasks-file", file)
-	}
-	pc.waitCluster(pc.procs[0], 2)
+	pc := startProcCluster(t, 2, "--tasks-file", file)
 	for _, p := range pc.procs {
 		out, errOut, code := pc.cli(p, "exec", "countdown", "3")
 		want := "3...\n2...\n1...\n{\"counted_from\":3}\n"

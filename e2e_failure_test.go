@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -16,57 +14,7 @@ import (
 // Multi-process crash tests: a node running tasks is SIGKILLed, and every task it held must run
 // again elsewhere, counted as an interruption, never as a failure.
 
-// killTaskRec is the task record with the fields the client package does not decode.
-type killTaskRec struct {
-	client.Task
-	Failures int `json:"failures"`
-}
-
-// readKillTask reads one task record from p; ok is false on any error (say, a 503 during an election).
-func readKillTask(p *proc, id string) (killTaskRec, bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.httpAd+"/v1/tasks/"+id, nil)
-	if err != nil {
-		return killTaskRec{}, false
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return killTaskRec{}, false
-	}
-	defer resp.Body.Close()
-	var rec killTaskRec
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&rec) != nil {
-		return killTaskRec{}, false
-	}
-	return rec, true
-}
-
-// readKillTasks reads every task in ids from p, or returns false if any read fails.
-func readKillTasks(p *proc, ids []string) (map[string]killTaskRec, bool) {
-	out := make(map[string]killTaskRec, len(ids))
-	for _, id := range ids {
-		rec, ok := readKillTask(p, id)
-		if !ok {
-			return nil, false
-		}
-		out[id] = rec
-	}
-	return out, true
-}
-
-// clusterView returns p's view of the cluster, or nil on error.
-func (p *proc) clusterView() *client.Cluster {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	c, err := p.client().Cluster(ctx)
-	if err != nil {
-		return nil
-	}
-	return c
-}
-
-func killHistory(t killTaskRec) []string {
+func killHistory(t taskRec) []string {
 	var evs []string
 	for _, h := range t.History {
 		evs = append(evs, fmt.Sprintf("%s@%s#%d", h.Event, h.Node, h.Attempt))
@@ -83,14 +31,10 @@ func TestProcessLeaderKillMovesTasks(t *testing.T) { testKillMovesTasks(t, true)
 // the victim's tasks after one interruption and a second attempt elsewhere, the others untouched.
 func testKillMovesTasks(t *testing.T, killLeader bool) {
 	const nodes, tasks = 5, 10
-	pc := newProcCluster(t)
-	for i := 0; i < nodes; i++ {
-		pc.add()
-	}
-	pc.waitCluster(pc.procs[0], nodes)
+	pc := startProcCluster(t, nodes)
 	// Let raft settle (a leader and two more voters) so that losing any one node keeps quorum.
 	poll(t, "three raft voters", 60*time.Second, func() bool {
-		c := pc.procs[0].clusterView()
+		c := pc.procs[0].view()
 		if c == nil || c.Leader == "" {
 			return false
 		}
@@ -104,37 +48,16 @@ func testKillMovesTasks(t *testing.T, killLeader bool) {
 	})
 
 	ctx := context.Background()
-	var ids []string
-	for i := 0; i < tasks; i++ {
-		task, _, err := pc.procs[i%nodes].client().Submit(ctx, client.SubmitRequest{
-			Type: "sleep", Input: json.RawMessage(`{"ms": 4000}`), Timeout: "60s"})
-		if err != nil {
-			t.Fatalf("submit %d: %v", i, err)
-		}
-		ids = append(ids, task.ID)
-	}
+	ids := submitSleeps(t, tasks, 4000, pc.procs...)
 
 	// All ten running: with ten slots in all, every node (the leader too) runs two.
-	var before map[string]killTaskRec
-	poll(t, "all tasks running", 60*time.Second, func() bool {
-		recs, ok := readKillTasks(pc.procs[0], ids)
-		if !ok {
-			return false
-		}
-		for _, r := range recs {
-			if r.State != client.StateRunning {
-				return false
-			}
-		}
-		before = recs
-		return true
-	})
+	before := waitTasks(t, client.StateRunning, 60*time.Second, ids, pc.procs[0])
 	perNode := map[string][]string{}
 	for id, r := range before {
 		perNode[r.Node] = append(perNode[r.Node], id)
 	}
 
-	c := pc.procs[0].clusterView()
+	c := pc.procs[0].view()
 	if c == nil || c.Leader == "" {
 		t.Fatal("no cluster view or no leader")
 	}
@@ -153,63 +76,41 @@ func testKillMovesTasks(t *testing.T, killLeader bool) {
 	killedAt := time.Now()
 	pc.kill(victim)
 
-	var survivors []*proc
-	for _, p := range pc.procs {
-		if p != victim {
-			survivors = append(survivors, p)
-		}
-	}
+	survivors := pc.others(victim)
 	// Any survivor that answers will do: round-robin over them.
 	turn := 0
 	ask := func() *proc { turn++; return survivors[turn%len(survivors)] }
 
 	if killLeader {
 		poll(t, "a new leader", 60*time.Second, func() bool {
-			c := ask().clusterView()
+			c := ask().view()
 			return c != nil && c.Leader != "" && c.Leader != victim.name
 		})
 		t.Logf("new leader after %s", time.Since(killedAt).Round(time.Millisecond))
 	}
 
-	var after map[string]killTaskRec
-	poll(t, "all tasks succeeded", 60*time.Second, func() bool {
-		recs, ok := readKillTasks(ask(), ids)
-		if !ok {
-			return false
-		}
-		for _, r := range recs {
-			if r.State != client.StateSucceeded {
-				return false
-			}
-		}
-		after = recs
-		return true
-	})
+	after := waitTasks(t, client.StateSucceeded, 60*time.Second, ids, survivors...)
 	t.Logf("all %d tasks succeeded %s after the kill", tasks, time.Since(killedAt).Round(time.Millisecond))
 
 	for _, id := range ids {
 		r := after[id]
 		evs := killHistory(r)
-		if r.Failures != 0 || r.Error != nil || slices.ContainsFunc(r.History, func(h client.HistoryEntry) bool { return h.Event == "failed" }) {
+		if r.Failures != 0 || r.Error != nil || hasHistory(r, "failed", "") {
 			t.Errorf("task %s (was on %s) counts a failure: failures %d error %v history %v", id, before[id].Node, r.Failures, r.Error, evs)
 		}
 		if slices.Contains(moved, id) {
-			interrupted := slices.ContainsFunc(r.History, func(h client.HistoryEntry) bool {
-				return h.Event == "interrupted" && h.Node == victim.name
-			})
-			if !interrupted || r.Node == victim.name || r.Attempt != 2 {
+			if !hasHistory(r, "interrupted", victim.name) || r.Node == victim.name || r.Attempt != 2 {
 				t.Errorf("moved task %s: node %s attempt %d, want another node than %s, attempt 2 and an interruption; history %v",
 					id, r.Node, r.Attempt, victim.name, evs)
 			}
-		} else if r.Node != before[id].Node || r.Attempt != 1 ||
-			slices.ContainsFunc(r.History, func(h client.HistoryEntry) bool { return h.Event == "interrupted" }) {
+		} else if r.Node != before[id].Node || r.Attempt != 1 || hasHistory(r, "interrupted", "") {
 			t.Errorf("task %s on survivor %s was disturbed: now node %s attempt %d history %v", id, before[id].Node, r.Node, r.Attempt, evs)
 		}
 	}
 
 	// Nothing is left held by the dead node, and the survivors agree it is dead.
 	obs := survivors[0]
-	if c := obs.clusterView(); c == nil {
+	if c := obs.view(); c == nil {
 		t.Error("no cluster view from a survivor")
 	} else {
 		for _, n := range c.Nodes {
@@ -234,7 +135,7 @@ func testKillMovesTasks(t *testing.T, killLeader bool) {
 		}
 	}
 	if killLeader {
-		if c := obs.clusterView(); c != nil && (c.Leader == "" || c.Leader == victim.name) {
+		if c := obs.view(); c != nil && (c.Leader == "" || c.Leader == victim.name) {
 			t.Errorf("leader after the run: %q", c.Leader)
 		}
 	}

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -100,6 +102,18 @@ func newProcCluster(t *testing.T) *procCluster {
 	return &procCluster{t: t, bin: binary(t)}
 }
 
+// startProcCluster starts n nodes, each with the extra agent flags, and waits until the first
+// sees all n alive.
+func startProcCluster(t *testing.T, n int, extra ...string) *procCluster {
+	t.Helper()
+	pc := newProcCluster(t)
+	for i := 0; i < n; i++ {
+		pc.add(extra...)
+	}
+	pc.waitCluster(pc.procs[0], n)
+	return pc
+}
+
 type syncBuffer struct {
 	mu sync.Mutex
 	bytes.Buffer
@@ -163,7 +177,149 @@ func (pc *procCluster) kill(p *proc) {
 	<-p.done
 }
 
+// sigtermExits sends SIGTERM and checks the process exits with status 0 in time.
+func (pc *procCluster) sigtermExits(p *proc, timeout time.Duration) {
+	pc.t.Helper()
+	pc.sigterm(p)
+	pc.exitsCleanly(p, timeout)
+}
+
+func (pc *procCluster) sigterm(p *proc) {
+	pc.t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		pc.t.Fatal(err)
+	}
+}
+
+// exitsCleanly checks that p's process exits with status 0 within timeout.
+func (pc *procCluster) exitsCleanly(p *proc, timeout time.Duration) {
+	pc.t.Helper()
+	select {
+	case err := <-p.done:
+		if err != nil {
+			pc.t.Fatalf("%s after SIGTERM: %v, want exit status 0", p.name, err)
+		}
+	case <-time.After(timeout):
+		pc.t.Fatalf("%s still running %s after SIGTERM", p.name, timeout)
+	}
+}
+
+func (pc *procCluster) byName(name string) *proc {
+	for _, p := range pc.procs {
+		if p.name == name {
+			return p
+		}
+	}
+	pc.t.Fatalf("no process %s", name)
+	return nil
+}
+
+// others returns every process but p.
+func (pc *procCluster) others(p *proc) []*proc {
+	var out []*proc
+	for _, q := range pc.procs {
+		if q != p {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
 func (p *proc) client() *client.Client { return client.New("http://" + p.httpAd) }
+
+// view returns p's GET /v1/cluster, or nil on error.
+func (p *proc) view() *client.Cluster {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, err := p.client().Cluster(ctx)
+	if err != nil {
+		return nil
+	}
+	return c
+}
+
+// getJSON decodes the answer to GET path on p into v; a status other than 200 is an error.
+func (p *proc) getJSON(path string, v any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.httpAd+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// taskRec is the task record plus the failure count the client package does not decode.
+type taskRec struct {
+	client.Task
+	Failures int `json:"failures"`
+}
+
+// tasks reads the records of ids from p; ok is false on any error (say, a 503 during an election).
+func (p *proc) tasks(ids []string) (map[string]taskRec, bool) {
+	out := make(map[string]taskRec, len(ids))
+	for _, id := range ids {
+		var rec taskRec
+		if p.getJSON("/v1/tasks/"+id, &rec) != nil {
+			return nil, false
+		}
+		out[id] = rec
+	}
+	return out, true
+}
+
+// hasHistory reports whether r's history holds event on node (on any node when node is "").
+func hasHistory(r taskRec, event, node string) bool {
+	return slices.ContainsFunc(r.History, func(h client.HistoryEntry) bool {
+		return h.Event == event && (node == "" || h.Node == node)
+	})
+}
+
+// submitSleeps submits count sleep tasks of ms milliseconds, round robin to the processes in to.
+func submitSleeps(t *testing.T, count, ms int, to ...*proc) []string {
+	t.Helper()
+	var ids []string
+	for i := 0; i < count; i++ {
+		task, _, err := to[i%len(to)].client().Submit(context.Background(), client.SubmitRequest{
+			Type: "sleep", Input: json.RawMessage(fmt.Sprintf(`{"ms": %d}`, ms)), Timeout: "60s"})
+		if err != nil {
+			t.Fatalf("submit %d: %v", i, err)
+		}
+		ids = append(ids, task.ID)
+	}
+	return ids
+}
+
+// waitTasks waits until every task in ids is in state, reading them from the processes in from
+// in turn (any one that answers will do), and returns their records.
+func waitTasks(t *testing.T, state string, timeout time.Duration, ids []string, from ...*proc) map[string]taskRec {
+	t.Helper()
+	var recs map[string]taskRec
+	turn := 0
+	poll(t, "all tasks "+state, timeout, func() bool {
+		turn++
+		got, ok := from[turn%len(from)].tasks(ids)
+		if !ok {
+			return false
+		}
+		for _, r := range got {
+			if r.State != state {
+				return false
+			}
+		}
+		recs = got
+		return true
+	})
+	return recs
+}
 
 // cli runs the taskworker binary as a client against p and returns stdout, stderr and exit code.
 func (pc *procCluster) cli(p *proc, args ...string) (string, string, int) {
@@ -197,10 +353,8 @@ func (pc *procCluster) waitCluster(p *proc, want int) *client.Cluster {
 	pc.t.Helper()
 	var cl *client.Cluster
 	poll(pc.t, fmt.Sprintf("%d alive nodes seen by %s", want, p.name), 60*time.Second, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		c, err := p.client().Cluster(ctx)
-		if err != nil || c.Leader == "" {
+		c := p.view()
+		if c == nil || c.Leader == "" {
 			return false
 		}
 		alive := 0
@@ -216,11 +370,7 @@ func (pc *procCluster) waitCluster(p *proc, want int) *client.Cluster {
 }
 
 func TestProcessClusterExecStatusAndRestart(t *testing.T) {
-	pc := newProcCluster(t)
-	for i := 0; i < 3; i++ {
-		pc.add()
-	}
-	pc.waitCluster(pc.procs[0], 3)
+	pc := startProcCluster(t, 3)
 
 	for _, p := range pc.procs {
 		out, errOut, code := pc.cli(p, "exec", "calc-square", "12")

@@ -84,13 +84,21 @@ func (n *Node) applyLocal(ctx context.Context, c *fsm.Command) (*fsm.Result, err
 			r.NotBefore = &nb
 		}
 	}
-	b, err := fsm.Encode(c)
-	if err != nil {
-		return nil, err
+	if c.Type == fsm.CmdSubmit || c.Type == fsm.CmdReport {
+		return n.batch.propose(ctx, c)
 	}
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
+	}
+	return n.raftApply(c, timeout)
+}
+
+// raftApply encodes a command, applies it through raft and returns the FSM's result.
+func (n *Node) raftApply(c *fsm.Command, timeout time.Duration) (*fsm.Result, error) {
+	b, err := fsm.Encode(c)
+	if err != nil {
+		return nil, err
 	}
 	f := n.raft.Apply(b, timeout)
 	if err := f.Error(); err != nil {

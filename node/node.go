@@ -43,6 +43,7 @@ type Node struct {
 	http     *http.Server
 	httpAddr string
 	client   *http.Client
+	batch    *batcher
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -70,6 +71,7 @@ func Start(cfg Config) (*Node, error) {
 		client:    &http.Client{Timeout: 15 * time.Second},
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.batch = newBatcher(n)
 	if err := n.start(); err != nil {
 		n.cancel()
 		n.closeAll()
@@ -143,6 +145,7 @@ func (n *Node) start() error {
 	n.goLoop(n.workLoop)
 	n.goLoop(n.leadershipLoop)
 	n.goLoop(n.logSweepLoop)
+	n.goLoop(n.batch.run)
 	n.log.Info("node started", "http", n.httpAddr, "raft", string(n.trans.LocalAddr()),
 		"gossip", n.members.GossipAddr(), "boot_id", n.bootID, "capacity", cfg.Capacity)
 	return nil

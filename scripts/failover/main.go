@@ -16,19 +16,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
-	"sort"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/taskworker/taskworker/client"
+	"github.com/taskworker/taskworker/scripts/internal/localcluster"
 )
 
 var (
@@ -45,61 +40,13 @@ var (
 
 func main() {
 	flag.Parse()
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "failover:", err)
-		cleanup()
-		os.Exit(1)
-	}
-	cleanup()
+	localcluster.Main("failover", *flagKeep, run)
 }
 
-// Every process and directory this program makes, for cleanup on exit or interrupt.
-var (
-	liveMu   sync.Mutex
-	liveCmds = map[*exec.Cmd]bool{}
-	tempDirs []string
-)
-
-func cleanup() {
-	liveMu.Lock()
-	defer liveMu.Unlock()
-	for c := range liveCmds {
-		_ = c.Process.Kill()
-	}
-	if !*flagKeep {
-		for _, d := range tempDirs {
-			_ = os.RemoveAll(d)
-		}
-	} else if len(tempDirs) > 0 {
-		fmt.Fprintln(os.Stderr, "kept:", strings.Join(tempDirs, " "))
-	}
-}
-
-func run() error {
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		<-sig
-		cleanup()
-		os.Exit(130)
-	}()
-
-	root, err := os.MkdirTemp("", "taskworker-failover-")
+func run(root string) error {
+	bin, err := localcluster.Binary(*flagBin, root)
 	if err != nil {
 		return err
-	}
-	liveMu.Lock()
-	tempDirs = append(tempDirs, root)
-	liveMu.Unlock()
-
-	bin := *flagBin
-	if bin == "" {
-		bin = filepath.Join(root, "taskworker")
-		fmt.Fprintln(os.Stderr, "building taskworker ...")
-		out, err := exec.Command("go", "build", "-o", bin, "github.com/taskworker/taskworker").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("go build: %v\n%s", err, out)
-		}
 	}
 	if *flagN < 3 {
 		return errors.New("-n must be at least 3 (a leader kill needs a quorum left)")
@@ -183,17 +130,17 @@ func median(ds []time.Duration) time.Duration {
 
 // measure runs one experiment on a fresh cluster in dir.
 func measure(bin, dir string, killLeader bool) (res result, err error) {
-	c, err := startCluster(bin, dir, *flagN, *flagCapacity)
+	c, err := localcluster.Start(bin, dir, *flagN, *flagCapacity)
 	if err != nil {
 		return res, err
 	}
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("%w\n%s", err, c.logs())
+			err = fmt.Errorf("%w\n%s", err, c.Logs())
 		}
-		c.stop()
+		c.Stop()
 	}()
-	if err := c.waitReady(60 * time.Second); err != nil {
+	if err := c.WaitReady(60 * time.Second); err != nil {
 		return res, err
 	}
 
@@ -202,7 +149,7 @@ func measure(bin, dir string, killLeader bool) (res result, err error) {
 	total := *flagN * *flagPerNode
 	var ids []string
 	for i := 0; i < total; i++ {
-		t, _, err := c.nodes[i%len(c.nodes)].api.Submit(ctx, client.SubmitRequest{
+		t, _, err := c.Nodes[i%len(c.Nodes)].API.Submit(ctx, client.SubmitRequest{
 			Type: "sleep", Input: json.RawMessage(`{"ms": 600000}`), Timeout: "15m"})
 		if err != nil {
 			return res, fmt.Errorf("submit: %w", err)
@@ -210,8 +157,8 @@ func measure(bin, dir string, killLeader bool) (res result, err error) {
 		ids = append(ids, t.ID)
 	}
 	var placed map[string]string // task -> node
-	if err := until(60*time.Second, 50*time.Millisecond, func() bool {
-		m, ok := running(c.nodes[0].api, ids)
+	if err := localcluster.Until(60*time.Second, 50*time.Millisecond, func() bool {
+		m, ok := running(c.Nodes[0].API, ids)
 		placed = m
 		return ok && len(m) == total
 	}); err != nil {
@@ -221,13 +168,13 @@ func measure(bin, dir string, killLeader bool) (res result, err error) {
 	for id, n := range placed {
 		perNode[n] = append(perNode[n], id)
 	}
-	cl, err := c.nodes[0].api.Cluster(ctx)
+	cl, err := c.Nodes[0].API.Cluster(ctx)
 	if err != nil || cl.Leader == "" {
 		return res, fmt.Errorf("cluster view: %v", err)
 	}
-	var victim *node
-	for _, n := range c.nodes {
-		if (n.name == cl.Leader) == killLeader && len(perNode[n.name]) > 0 {
+	var victim *localcluster.Node
+	for _, n := range c.Nodes {
+		if (n.Name == cl.Leader) == killLeader && len(perNode[n.Name]) > 0 {
 			victim = n
 			break
 		}
@@ -235,41 +182,41 @@ func measure(bin, dir string, killLeader bool) (res result, err error) {
 	if victim == nil {
 		return res, fmt.Errorf("no suitable victim (leader %s, placement %v)", cl.Leader, perNode)
 	}
-	moved := perNode[victim.name]
-	var obs *node // a survivor to watch: the first one that is not the victim
-	for _, n := range c.nodes {
+	moved := perNode[victim.Name]
+	var obs *localcluster.Node // a survivor to watch: the first one that is not the victim
+	for _, n := range c.Nodes {
 		if n != victim {
 			obs = n
 			break
 		}
 	}
-	res.victim, res.moved = victim.name, len(moved)
+	res.victim, res.moved = victim.Name, len(moved)
 
 	t0 := time.Now()
-	_ = victim.cmd.Process.Signal(syscall.SIGKILL)
+	_ = victim.Signal(syscall.SIGKILL)
 	deadline := t0.Add(*flagTimeout)
 	for {
 		now := time.Now()
 		if now.After(deadline) {
 			return res, fmt.Errorf("victim %s: after %v: gossip dead %v, new leader %v, moved running %v",
-				victim.name, *flagTimeout, ms(res.detect), ms(res.leader), ms(res.moveDone))
+				victim.Name, *flagTimeout, ms(res.detect), ms(res.leader), ms(res.moveDone))
 		}
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		if cl, err := obs.api.Cluster(rctx); err == nil {
+		if cl, err := obs.API.Cluster(rctx); err == nil {
 			for _, n := range cl.Nodes {
-				if n.Name == victim.name && n.State == "dead" && res.detect == 0 {
+				if n.Name == victim.Name && n.State == "dead" && res.detect == 0 {
 					res.detect = time.Since(t0)
 				}
 			}
-			if killLeader && res.leader == 0 && cl.Leader != "" && cl.Leader != victim.name {
+			if killLeader && res.leader == 0 && cl.Leader != "" && cl.Leader != victim.Name {
 				res.leader = time.Since(t0)
 			}
 		}
 		if res.moveDone == 0 {
-			if m, ok := running(obs.api, moved); ok && len(m) == len(moved) && (!killLeader || res.leader != 0) {
+			if m, ok := running(obs.API, moved); ok && len(m) == len(moved) && (!killLeader || res.leader != 0) {
 				elsewhere := true
 				for _, n := range m {
-					elsewhere = elsewhere && n != victim.name
+					elsewhere = elsewhere && n != victim.Name
 				}
 				if elsewhere {
 					res.moveDone = time.Since(t0)
@@ -284,7 +231,7 @@ func measure(bin, dir string, killLeader bool) (res result, err error) {
 	}
 
 	// Nothing lost: every task is still there, running, none failed.
-	m, ok := running(obs.api, ids)
+	m, ok := running(obs.API, ids)
 	if !ok || len(m) != total {
 		return res, fmt.Errorf("after the move only %d of %d tasks are running", len(m), total)
 	}
@@ -317,165 +264,4 @@ func running(api *client.Client, ids []string) (map[string]string, bool) {
 		}
 		after = page[len(page)-1].ID
 	}
-}
-
-func until(timeout, every time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		time.Sleep(every)
-	}
-	return nil
-}
-
-// --- a cluster of taskworker processes on 127.0.0.1 ---
-
-type node struct {
-	name, http, gossip, raft string
-	cmd                      *exec.Cmd
-	logPath                  string
-	api                      *client.Client
-}
-
-type cluster struct {
-	nodes []*node
-}
-
-// freePorts returns k distinct loopback ports, each free for both TCP and UDP (gossip uses both).
-// All of them are held until the last is found, so no two are the same; a cluster takes all its
-// ports before starting any node, so a starting node cannot take a port another is about to get.
-func freePorts(k int) ([]int, error) {
-	var held []net.Listener
-	defer func() {
-		for _, l := range held {
-			l.Close()
-		}
-	}()
-	var out []int
-	for tries := 0; len(out) < k; tries++ {
-		if tries > 50*k {
-			return nil, errors.New("no free ports")
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		held = append(held, l)
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			u.Close()
-			out = append(out, port)
-		}
-	}
-	return out, nil
-}
-
-func startCluster(bin, dir string, n, capacity int) (*cluster, error) {
-	c := &cluster{}
-	ports, err := freePorts(3 * n)
-	if err != nil {
-		return nil, err
-	}
-	for i := 1; i <= n; i++ {
-		nd := &node{name: fmt.Sprintf("n%d", i)}
-		for j, a := range []*string{&nd.http, &nd.gossip, &nd.raft} {
-			*a = fmt.Sprintf("127.0.0.1:%d", ports[3*(i-1)+j])
-		}
-		data := filepath.Join(dir, nd.name)
-		if err := os.MkdirAll(data, 0o755); err != nil {
-			c.stop()
-			return nil, err
-		}
-		args := []string{"agent", "--name", nd.name, "--data-dir", data, "--advertise", "127.0.0.1",
-			"--gossip-addr", nd.gossip, "--raft-addr", nd.raft, "--http-addr", nd.http,
-			"--capacity", fmt.Sprint(capacity), "--files-dir", data}
-		if i > 1 {
-			args = append(args, "--join", c.nodes[0].gossip)
-		}
-		nd.logPath = filepath.Join(dir, nd.name+".log")
-		f, err := os.Create(nd.logPath)
-		if err != nil {
-			c.stop()
-			return nil, err
-		}
-		nd.cmd = exec.Command(bin, args...)
-		nd.cmd.Stdout, nd.cmd.Stderr = f, f
-		nd.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-		if err := nd.cmd.Start(); err != nil {
-			f.Close()
-			c.stop()
-			return nil, err
-		}
-		f.Close()
-		liveMu.Lock()
-		liveCmds[nd.cmd] = true
-		liveMu.Unlock()
-		go func(cmd *exec.Cmd) {
-			_ = cmd.Wait()
-			liveMu.Lock()
-			delete(liveCmds, cmd)
-			liveMu.Unlock()
-		}(nd.cmd)
-		nd.api = client.New("http://" + nd.http)
-		c.nodes = append(c.nodes, nd)
-	}
-	return c, nil
-}
-
-// waitReady waits for a leader, every node alive with its task types, and min(3, n) raft voters.
-func (c *cluster) waitReady(timeout time.Duration) error {
-	want := len(c.nodes)
-	var last string
-	err := until(timeout, 50*time.Millisecond, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		cl, err := c.nodes[0].api.Cluster(ctx)
-		if err != nil {
-			last = err.Error()
-			return false
-		}
-		alive, voters := 0, 0
-		for _, n := range cl.Nodes {
-			if n.State == "alive" && len(n.TaskTypes) > 0 {
-				alive++
-			}
-			if n.RaftRole == "leader" || n.RaftRole == "voter" {
-				voters++
-			}
-		}
-		last = fmt.Sprintf("leader %q, %d alive, %d voters", cl.Leader, alive, voters)
-		return cl.Leader != "" && alive == want && voters >= min(3, want)
-	})
-	if err != nil {
-		return fmt.Errorf("cluster not ready: %s", last)
-	}
-	return nil
-}
-
-func (c *cluster) stop() {
-	for _, n := range c.nodes {
-		if n.cmd != nil && n.cmd.Process != nil {
-			_ = n.cmd.Process.Kill()
-		}
-	}
-}
-
-// logs returns the tail of every node's log, for a run that went wrong.
-func (c *cluster) logs() string {
-	var b strings.Builder
-	names := make([]*node, len(c.nodes))
-	copy(names, c.nodes)
-	sort.Slice(names, func(i, j int) bool { return names[i].name < names[j].name })
-	for _, n := range names {
-		data, _ := os.ReadFile(n.logPath)
-		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-		if len(lines) > 40 {
-			lines = lines[len(lines)-40:]
-		}
-		fmt.Fprintf(&b, "--- %s (%s) ---\n%s\n", n.name, n.logPath, strings.Join(lines, "\n"))
-	}
-	return b.String()
 }
