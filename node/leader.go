@@ -28,6 +28,14 @@ func (n *Node) leadershipLoop(ctx context.Context) {
 	check := time.NewTicker(time.Second)
 	defer check.Stop()
 	for {
+		if done != nil {
+			select {
+			case <-done: // lead gave up (its barrier failed): start over if still leader
+				stop()
+				stop, done = nil, nil
+			default:
+			}
+		}
 		leader := n.raft.State() == raft.Leader
 		switch {
 		case leader && stop == nil:
@@ -41,7 +49,7 @@ func (n *Node) leadershipLoop(ctx context.Context) {
 		case !leader && stop != nil:
 			stop()
 			<-done
-			stop = nil
+			stop, done = nil, nil
 		}
 		select {
 		case <-ctx.Done():

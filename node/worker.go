@@ -65,17 +65,29 @@ func sameRegistration(cur, want fsm.Node) bool {
 // workLoop runs what the FSM assigns to this incarnation and stops runs that were taken away
 // (reassigned, fenced) or cancelled.
 func (n *Node) workLoop(ctx context.Context) {
+	cancelling := map[tasks.RunRef]bool{} // cancelled before they started: reported without running
 	for {
 		changed := n.fsm.Changed()
 		mine := map[tasks.RunRef]bool{}
+		running := map[tasks.RunRef]bool{}
+		for _, ref := range n.exec.Running() {
+			running[ref] = true
+		}
 		for _, t := range n.fsm.Active(n.cfg.Name) {
 			if t.BootID != n.bootID {
 				continue
 			}
 			ref := tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}
 			mine[ref] = true
-			if t.CancelRequested {
+			switch {
+			case t.CancelRequested && running[ref]:
 				n.exec.Stop(t.ID, t.Attempt, tasks.StopCancel)
+				continue
+			case t.CancelRequested:
+				if !cancelling[ref] {
+					cancelling[ref] = true
+					go n.cancelUnstarted(ctx, ref)
+				}
 				continue
 			}
 			n.exec.Start(tasks.Assignment{
@@ -83,7 +95,12 @@ func (n *Node) workLoop(ctx context.Context) {
 				Input: t.Input, Attempt: t.Attempt, Timeout: time.Duration(t.Timeout), Checkpoint: t.Checkpoint,
 			})
 		}
-		for _, ref := range n.exec.Running() {
+		for ref := range cancelling {
+			if !mine[ref] {
+				delete(cancelling, ref)
+			}
+		}
+		for ref := range running {
 			if mine[ref] {
 				continue
 			}
@@ -99,6 +116,23 @@ func (n *Node) workLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-changed:
+		}
+	}
+}
+
+// cancelUnstarted reports an assignment cancelled before it ever ran here.
+func (n *Node) cancelUnstarted(ctx context.Context, ref tasks.RunRef) {
+	terr := &tasks.TaskError{Type: tasks.ErrTypeCancelled, Message: "task cancelled"}
+	for {
+		err := reporter{n}.Finished(ctx, ref, tasks.OutcomeCancelled, nil, terr)
+		if err == nil || errors.Is(err, tasks.ErrFenced) || ctx.Err() != nil {
+			return
+		}
+		n.log.Warn("report cancel of unstarted task, retrying", "task", ref.TaskID, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
