@@ -118,13 +118,25 @@ func Encode(c *Command) ([]byte, error) {
 	return b, nil
 }
 
-// Decode parses a command from a raft log entry.
+// Decode parses a command from a raft log entry or a forwarded request.
 func Decode(b []byte) (*Command, error) {
 	var c Command
-	if err := msgpack.Unmarshal(b, &c); err != nil {
+	if err := Unmarshal(b, &c); err != nil {
 		return nil, fmt.Errorf("decode command: %w", err)
 	}
 	return &c, nil
+}
+
+// Unmarshal is msgpack.Unmarshal that returns an error instead of panicking: msgpack v5 panics on
+// some malformed input (a nil where a struct such as time.Time is expected), and what we decode
+// comes from peers and clients.
+func Unmarshal(b []byte, v any) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("malformed msgpack: %v", p)
+		}
+	}()
+	return msgpack.Unmarshal(b, v)
 }
 
 // Errors an applied command reports per item; callers branch on them.

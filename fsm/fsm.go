@@ -399,8 +399,12 @@ func (s *snapshotState) Release() {}
 // Restore implements raft.FSM: it replaces the whole state with the snapshot's.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
 	var s snapshotState
-	if err := msgpack.NewDecoder(rc).Decode(&s); err != nil {
+	if err := Unmarshal(data, &s); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	f.mu.Lock()

@@ -210,7 +210,7 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 		return nil, fmt.Errorf("forward %s to %s: %s: %s", c.Type, addr, resp.Status, bytes.TrimSpace(body))
 	}
 	var w wireResult
-	if err := msgpack.Unmarshal(body, &w); err != nil {
+	if err := fsm.Unmarshal(body, &w); err != nil {
 		return nil, fmt.Errorf("forward %s: decode reply: %w", c.Type, err)
 	}
 	r := fromWire(&w)
