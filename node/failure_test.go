@@ -357,3 +357,40 @@ func TestVoterTargetKeepsExtraNodesAsNonVoters(t *testing.T) {
 		})
 	}
 }
+
+func TestNodeBackOnNewAddressesIsReadded(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{capacity: 1})
+	x := tc.follower()
+	cfg := x.cfg
+	oldRaft := x.RaftAddr()
+	if err := x.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "crash noticed", 30*time.Second, func() bool {
+		nd, _ := tc.leader().FSM().Node(cfg.Name)
+		return nd.Status == fsm.NodeDown
+	})
+	cfg.Logger = testLogger(t)
+	cfg.GossipAddr, cfg.RaftAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	y := tc.start(cfg)
+	if y.RaftAddr() == oldRaft {
+		t.Fatal("restart kept the raft address")
+	}
+	waitFor(t, "node back in raft under its new address", 30*time.Second, func() bool {
+		for _, s := range raftServers(t, tc.leader()) {
+			if string(s.ID) == cfg.Name {
+				return string(s.Address) == y.RaftAddr()
+			}
+		}
+		return false
+	})
+	tc.waitHealthy(3)
+	task := submit(t, y, "calc-square", 5, "20s")
+	if task.State != fsm.Succeeded || string(task.Result) != "25" {
+		t.Fatalf("task via returned node: %s %s", task.State, task.Result)
+	}
+	waitFor(t, "returned node replicates", 20*time.Second, func() bool {
+		got, ok := y.FSM().Task(task.ID)
+		return ok && got.State == fsm.Succeeded
+	})
+}
