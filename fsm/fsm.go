@@ -15,10 +15,12 @@ import (
 
 // FSM is the replicated state machine. It is safe for concurrent readers while raft applies.
 type FSM struct {
-	mu      sync.RWMutex
-	tasks   map[string]*Task
-	order   []string         // task IDs by CreateIndex, oldest first
-	live    map[string]*Task // tasks not yet finished: the hot set every watcher scans
+	mu    sync.RWMutex
+	tasks map[string]*Task
+	order []string // task IDs by CreateIndex, oldest first
+	// Indexes over unfinished tasks, the hot set every watcher and the scheduler read.
+	pending []*Task          // pending tasks, oldest first (by CreateIndex, then ID)
+	active  map[string]*Task // assigned or running tasks
 	done    map[State]int    // how many finished tasks are in each terminal state
 	idem    map[string]string
 	nodes   map[string]*Node
@@ -30,7 +32,7 @@ type FSM struct {
 func New() *FSM {
 	return &FSM{
 		tasks:   map[string]*Task{},
-		live:    map[string]*Task{},
+		active:  map[string]*Task{},
 		done:    map[State]int{},
 		idem:    map[string]string{},
 		nodes:   map[string]*Node{},
@@ -65,12 +67,15 @@ func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
 		}
 	case CmdAssign:
 		for _, a := range c.Assigns {
+			prev := f.stateOf(a.TaskID)
 			r.Items = append(r.Items, f.assign(index, c.Now, a))
+			f.reindex(a.TaskID, prev)
 		}
 	case CmdReport:
 		for i := range c.Reports {
+			prev := f.stateOf(c.Reports[i].TaskID)
 			r.Items = append(r.Items, f.report(index, c.Now, &c.Reports[i]))
-			f.reindex(c.Reports[i].TaskID)
+			f.reindex(c.Reports[i].TaskID, prev)
 		}
 	case CmdRegister:
 		r.Err = f.register(index, c.Now, c.Node)
@@ -80,8 +85,9 @@ func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
 		r.Err = f.drain(index, c.NodeName, c.Draining)
 	case CmdCancel:
 		for _, id := range c.TaskIDs {
+			prev := f.stateOf(id)
 			r.Items = append(r.Items, f.cancel(index, c.Now, id))
-			f.reindex(id)
+			f.reindex(id, prev)
 		}
 	case CmdRemove:
 		for _, id := range c.TaskIDs {
@@ -130,7 +136,7 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 		t.ExecutionID = t.ID
 	}
 	f.tasks[t.ID] = t
-	f.live[t.ID] = t
+	f.enter(t)
 	f.order = append(f.order, t.ID)
 	if t.IdempotencyKey != "" {
 		f.idem[t.IdempotencyKey] = t.ID
@@ -275,39 +281,70 @@ func (f *FSM) nodeDown(index uint64, now time.Time, name string, left bool, reas
 
 // takeBack interrupts every active task held by the named node (any incarnation).
 func (f *FSM) takeBack(index uint64, now time.Time, name, reason string) {
-	for _, t := range f.liveSorted() {
-		if !t.State.Active() || t.Node != name {
-			continue
-		}
+	for _, t := range f.activeOn(name) {
+		prev := t.State
 		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: name, Event: EventInterrupted, At: now, Error: reason})
 		f.interrupt(t, now)
 		if t.State == Cancelled {
 			t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: name, Event: EventCancelled, At: now})
 		}
 		t.ModifyIndex = index
-		f.reindex(t.ID)
+		f.reindex(t.ID, prev)
 	}
 }
 
-// reindex moves a task out of the live set once it has finished.
-func (f *FSM) reindex(id string) {
-	t, ok := f.live[id]
-	if ok && t.State.Terminal() {
-		delete(f.live, id)
+// activeOn returns the tasks a node holds, oldest first.
+func (f *FSM) activeOn(node string) []*Task {
+	var out []*Task
+	for _, t := range f.active {
+		if t.Node == node {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, byAge)
+	return out
+}
+
+func byAge(a, b *Task) int {
+	return cmp.Or(cmp.Compare(a.CreateIndex, b.CreateIndex), cmp.Compare(a.ID, b.ID))
+}
+
+func (f *FSM) stateOf(id string) State {
+	if t, ok := f.tasks[id]; ok {
+		return t.State
+	}
+	return ""
+}
+
+// reindex moves a task between the indexes after its state changed from prev.
+func (f *FSM) reindex(id string, prev State) {
+	t, ok := f.tasks[id]
+	if !ok || t.State == prev {
+		return
+	}
+	switch {
+	case prev == Pending:
+		i, found := slices.BinarySearchFunc(f.pending, t, byAge)
+		if found {
+			f.pending = slices.Delete(f.pending, i, i+1)
+		}
+	case prev.Active():
+		delete(f.active, id)
+	}
+	f.enter(t)
+}
+
+// enter adds a task to the index of its current state.
+func (f *FSM) enter(t *Task) {
+	switch {
+	case t.State == Pending:
+		i, _ := slices.BinarySearchFunc(f.pending, t, byAge)
+		f.pending = slices.Insert(f.pending, i, t)
+	case t.State.Active():
+		f.active[t.ID] = t
+	case t.State.Terminal():
 		f.done[t.State]++
 	}
-}
-
-// liveSorted returns the unfinished tasks, oldest first.
-func (f *FSM) liveSorted() []*Task {
-	out := make([]*Task, 0, len(f.live))
-	for _, t := range f.live {
-		out = append(out, t)
-	}
-	slices.SortFunc(out, func(a, b *Task) int {
-		return cmp.Or(cmp.Compare(a.CreateIndex, b.CreateIndex), cmp.Compare(a.ID, b.ID))
-	})
-	return out
 }
 
 func (f *FSM) drain(index uint64, name string, draining bool) error {
@@ -412,18 +449,15 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.tasks = make(map[string]*Task, len(s.Tasks))
 	f.order = make([]string, 0, len(s.Tasks))
 	f.idem = map[string]string{}
-	f.live = map[string]*Task{}
+	f.pending = nil
+	f.active = map[string]*Task{}
 	f.done = map[State]int{}
 	sort.SliceStable(s.Tasks, func(i, j int) bool { return s.Tasks[i].CreateIndex < s.Tasks[j].CreateIndex })
 	for i := range s.Tasks {
 		t := &s.Tasks[i]
 		f.tasks[t.ID] = t
 		f.order = append(f.order, t.ID)
-		if t.State.Terminal() {
-			f.done[t.State]++
-		} else {
-			f.live[t.ID] = t
-		}
+		f.enter(t)
 		if t.IdempotencyKey != "" {
 			f.idem[t.IdempotencyKey] = t.ID
 		}

@@ -94,7 +94,8 @@ func (f *FSM) Counts() map[State]int {
 	for _, s := range States {
 		c[s] = f.done[s]
 	}
-	for _, t := range f.live {
+	c[Pending] = len(f.pending)
+	for _, t := range f.active {
 		c[t.State]++
 	}
 	return c
@@ -131,10 +132,8 @@ func (f *FSM) Load() map[string]int {
 
 func (f *FSM) loadLocked() map[string]int {
 	load := map[string]int{}
-	for _, t := range f.live {
-		if t.State.Active() {
-			load[t.Node]++
-		}
+	for _, t := range f.active {
+		load[t.Node]++
 	}
 	return load
 }
@@ -144,10 +143,8 @@ func (f *FSM) Active(node string) []Task {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var out []Task
-	for _, t := range f.liveSorted() {
-		if t.State.Active() && t.Node == node {
-			out = append(out, t.clone())
-		}
+	for _, t := range f.activeOn(node) {
+		out = append(out, t.clone())
 	}
 	return out
 }
@@ -165,10 +162,10 @@ func (f *FSM) SchedulerView() View {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	v := View{Index: f.index, Load: f.loadLocked()}
-	for _, t := range f.liveSorted() {
-		if t.State == Pending {
-			v.Pending = append(v.Pending, t.clone())
-		}
+	v.Pending = make([]Task, len(f.pending))
+	for i, t := range f.pending {
+		v.Pending[i] = *t
+		v.Pending[i].History = nil // placement needs none of it; skip the copy
 	}
 	for _, name := range sortedKeys(f.nodes) {
 		v.Nodes = append(v.Nodes, f.nodes[name].clone())
