@@ -277,6 +277,32 @@ func (m *Membership) Local() Member {
 	return m.known[m.name] // memberlist announces the local node during Create
 }
 
+// Ping probes a member directly over gossip's own protocol, without the verdicts other members
+// spread: nil if it acked within the probe timeout. Callers use it as a second opinion before
+// acting on a death that may be stale (a healed partition spreads the dead messages it made).
+func (m *Membership) Ping(name string) error {
+	m.mu.Lock()
+	mem, ok := m.known[name]
+	down := m.shutdown
+	m.mu.Unlock()
+	switch {
+	case down:
+		return ErrShutdown
+	case !ok:
+		return fmt.Errorf("ping %s: unknown member", name)
+	}
+	if _, err := m.list.Ping(name, gossipAddr(mem.GossipAddr)); err != nil {
+		return fmt.Errorf("ping %s: %w", name, err)
+	}
+	return nil
+}
+
+// gossipAddr is a host:port as the net.Addr memberlist's Ping takes.
+type gossipAddr string
+
+func (a gossipAddr) Network() string { return "udp" }
+func (a gossipAddr) String() string  { return string(a) }
+
 // GossipAddr is the host:port other nodes reach this one at.
 func (m *Membership) GossipAddr() string { return m.list.LocalNode().Address() }
 

@@ -334,3 +334,21 @@ func freePort(t *testing.T) int {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
+
+func TestPingAnswersForLiveMembersOnly(t *testing.T) {
+	forEachNet(t, func(t *testing.T, c *cluster) {
+		nodes := c.startJoined("a", "b", "c")
+		if err := nodes[0].Ping("b"); err != nil {
+			t.Fatalf("ping live b: %v", err)
+		}
+		if err := nodes[0].Ping("nobody"); err == nil {
+			t.Fatal("ping of an unknown member succeeded")
+		}
+		if err := nodes[1].Shutdown(); err != nil {
+			t.Fatal(err)
+		}
+		if err := nodes[0].Ping("b"); err == nil {
+			t.Fatal("ping of a shut-down member succeeded")
+		}
+	})
+}

@@ -129,6 +129,13 @@ func (n *Node) reconcileNodes(ctx context.Context) {
 				continue
 			}
 		case m.State == membership.StateDead:
+			// A second opinion: a healed partition spreads the stale death verdicts it made
+			// while cut off, and the victim refutes them a moment later. Only a node that does
+			// not answer us either is gone.
+			if err := n.members.Ping(nd.Name); err == nil {
+				n.log.Info("gossip reports a node dead but it answers a direct ping; keeping its tasks", "member", nd.Name)
+				continue
+			}
 		case m.State == membership.StateLeft:
 			left = true
 		default:
