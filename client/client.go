@@ -261,20 +261,8 @@ func (c *Client) WaitDone(ctx context.Context, id string) (*Task, error) {
 
 // List returns tasks, newest first.
 func (c *Client) List(ctx context.Context, opts ListOptions) ([]Task, error) {
-	q := url.Values{}
-	for k, v := range map[string]string{
-		"state": opts.State, "type": opts.Type, "node": opts.Node,
-		"execution": opts.Execution, "after": opts.After,
-	} {
-		if v != "" {
-			q.Set(k, v)
-		}
-	}
-	if opts.Limit > 0 {
-		q.Set("limit", strconv.Itoa(opts.Limit))
-	}
 	var raw json.RawMessage
-	if _, err := c.do(ctx, http.MethodGet, "/v1/tasks", q, nil, &raw); err != nil {
+	if _, err := c.do(ctx, http.MethodGet, "/v1/tasks", opts.Query(), nil, &raw); err != nil {
 		return nil, err
 	}
 	// The contract leaves the list's envelope open: accept a bare array or {"tasks": [...]}.
@@ -400,7 +388,34 @@ func (c *Client) Leave(ctx context.Context, force bool) error {
 	return err
 }
 
-func taskPath(id string) string { return "/v1/tasks/" + url.PathEscape(id) }
+// Query is the list's query string.
+func (opts ListOptions) Query() url.Values {
+	q := url.Values{}
+	for k, v := range map[string]string{
+		"state": opts.State, "type": opts.Type, "node": opts.Node,
+		"execution": opts.Execution, "after": opts.After,
+	} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if opts.Limit > 0 {
+		q.Set("limit", strconv.Itoa(opts.Limit))
+	}
+	return q
+}
+
+// Raw returns the JSON body of a GET as the API sent it, for callers that print it unchanged.
+func (c *Client) Raw(ctx context.Context, path string, q url.Values) (json.RawMessage, error) {
+	var raw json.RawMessage
+	_, err := c.do(ctx, http.MethodGet, path, q, nil, &raw)
+	return raw, err
+}
+
+// TaskPath is the API path of a task.
+func TaskPath(id string) string { return "/v1/tasks/" + url.PathEscape(id) }
+
+func taskPath(id string) string { return TaskPath(id) }
 
 // do sends a request with body (when not nil) as JSON and decodes the answer
 // into out (when not nil).

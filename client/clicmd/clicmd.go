@@ -100,12 +100,16 @@ func taskGetCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     []cli.Flag{jsonFlag()},
 	}, 1, 1, func(c *cli.Context, api *client.Client, args []string) error {
+		if c.Bool("json") {
+			raw, err := api.Raw(c.Context, client.TaskPath(args[0]), nil)
+			if err != nil {
+				return taskError(err)
+			}
+			return printJSON(c, raw)
+		}
 		task, err := api.Get(c.Context, args[0])
 		if err != nil {
 			return taskError(err)
-		}
-		if c.Bool("json") {
-			return printJSON(c, task)
 		}
 		if err := printTask(c.App.Writer, task); err != nil {
 			return cli.Exit(err.Error(), 2)
@@ -128,18 +132,20 @@ func taskListCommand() *cli.Command {
 			jsonFlag(),
 		},
 	}, 0, 0, func(c *cli.Context, api *client.Client, _ []string) error {
-		tasks, err := api.List(c.Context, client.ListOptions{
+		opts := client.ListOptions{
 			State: c.String("state"), Type: c.String("type"), Node: c.String("node"),
 			Execution: c.String("execution"), Limit: c.Int("limit"), After: c.String("after"),
-		})
-		if err != nil {
-			return taskError(err)
 		}
 		if c.Bool("json") {
-			if tasks == nil {
-				tasks = []client.Task{} // [], not null
+			raw, err := api.Raw(c.Context, "/v1/tasks", opts.Query())
+			if err != nil {
+				return taskError(err)
 			}
-			return printJSON(c, tasks)
+			return printJSON(c, raw)
+		}
+		tasks, err := api.List(c.Context, opts)
+		if err != nil {
+			return taskError(err)
 		}
 		tw := table(c.App.Writer, "ID", "TYPE", "STATE", "NODE", "ATTEMPT", "CREATED")
 		for _, t := range tasks {
@@ -189,14 +195,18 @@ func statusCommand() *cli.Command {
 		Description: "Exit status: 0 when the cluster has a leader, 1 otherwise.",
 		Flags:       []cli.Flag{jsonFlag()},
 	}, 0, 0, func(c *cli.Context, api *client.Client, _ []string) error {
-		cl, err := api.Cluster(c.Context)
+		raw, err := api.Raw(c.Context, "/v1/cluster", nil)
 		if err != nil {
 			return cli.Exit(err.Error(), 1)
 		}
+		var cl client.Cluster
+		if err := json.Unmarshal(raw, &cl); err != nil {
+			return cli.Exit("decode /v1/cluster: "+err.Error(), 1)
+		}
 		if c.Bool("json") {
-			err = printJSON(c, cl)
+			err = printJSON(c, raw)
 		} else {
-			err = printCluster(c.App.Writer, cl)
+			err = printCluster(c.App.Writer, &cl)
 		}
 		if err != nil {
 			return cli.Exit(err.Error(), 2)
