@@ -118,7 +118,7 @@ func (n *Node) reconcileNodes(ctx context.Context) {
 	}
 	now := time.Now()
 	for _, nd := range n.fsm.Nodes() {
-		if nd.Status != fsm.NodeUp {
+		if nd.Status != fsm.NodeUp || nd.Name == n.cfg.Name { // a leader that leaves goes last
 			continue
 		}
 		m, seen := states[nd.Name]
