@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -27,7 +28,7 @@ func (w hclogWriter) Write(p []byte) (int, error) {
 				attrs = append(attrs, k, v)
 			}
 		}
-		w.log.Log(nil, slogLevel(lvl), msg, attrs...) //nolint:staticcheck // no context for library logs
+		w.log.Log(context.Background(), slogLevel(lvl), msg, attrs...)
 	}
 	return len(p), nil
 }
