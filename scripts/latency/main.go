@@ -92,6 +92,8 @@ func run(root string) (err error) {
 		return fmt.Errorf("no leader and follower in %+v", cl)
 	}
 
+	idle := memory(c)
+
 	fmt.Printf("\n### Latency: idle %d-node cluster, `echo` submitted serially with `POST /v1/tasks?wait=10s`\n\n", *flagN)
 	fmt.Println("| submitted to | tasks | median | p90 | p99 | max |")
 	fmt.Println("|---|---|---|---|---|---|")
@@ -130,7 +132,36 @@ func run(root string) (err error) {
 			}
 		}
 	}
+
+	fmt.Printf("\n### Memory: resident set of each node (VmRSS)\n\n")
+	fmt.Println("| node | idle | after the runs above |")
+	fmt.Println("|---|---|---|")
+	loaded := memory(c)
+	for i, n := range c.Nodes {
+		fmt.Printf("| %s | %s | %s |\n", n.Name, mib(idle[i]), mib(loaded[i]))
+	}
+	fmt.Println("\nBaselines, idle per node: Nomad ~92 MB, Dkron ~218 MB.")
 	return nil
+}
+
+// memory reads every node's resident memory; -1 where it cannot.
+func memory(c *localcluster.Cluster) []int64 {
+	out := make([]int64, len(c.Nodes))
+	for i, n := range c.Nodes {
+		rss, err := n.RSS()
+		if err != nil {
+			rss = -1
+		}
+		out[i] = rss
+	}
+	return out
+}
+
+func mib(b int64) string {
+	if b < 0 {
+		return "?"
+	}
+	return fmt.Sprintf("%.1f MB", float64(b)/1e6)
 }
 
 // echo runs one echo task through api and returns the time from request to finished record.

@@ -142,6 +142,24 @@ type Node struct {
 	cmd                *exec.Cmd
 }
 
+// RSS is the node process's resident memory, read from /proc.
+func (n *Node) RSS() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err != nil {
+				return 0, fmt.Errorf("parse VmRSS %q: %w", rest, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", n.cmd.Process.Pid)
+}
+
 // Signal sends sig to the node's process.
 func (n *Node) Signal(sig os.Signal) error { return n.cmd.Process.Signal(sig) }
 
