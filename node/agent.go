@@ -40,6 +40,7 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.IntFlag{Name: "capacity", EnvVars: []string{"TASKWORKER_CAPACITY"}, Usage: "tasks this node runs at once (default: number of CPUs)"},
 			&cli.DurationFlag{Name: "drain-timeout", EnvVars: []string{"TASKWORKER_DRAIN_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a graceful leave waits for running tasks"},
 			&cli.IntFlag{Name: "voters", EnvVars: []string{"TASKWORKER_VOTERS"}, Value: 3, Usage: "raft voters; other nodes replicate as non-voters"},
+			&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"}, Usage: "shared secret every API call must carry (Authorization: Bearer); nodes send it to each other"},
 			&cli.StringFlag{Name: "tasks-file", EnvVars: []string{"TASKWORKER_TASKS_FILE"}, Usage: "YAML file declaring command-backed task types (see README)"},
 			&cli.StringFlag{Name: "files-dir", EnvVars: []string{"TASKWORKER_FILES_DIR"}, Usage: "the only directory list-directory may read (default: working directory)"},
 			&cli.DurationFlag{Name: "retention", EnvVars: []string{"TASKWORKER_RETENTION"}, Value: 24 * time.Hour, Usage: "how long finished tasks are kept"},
@@ -94,7 +95,7 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		GossipAddr: c.String("gossip-addr"), RaftAddr: c.String("raft-addr"), HTTPAddr: c.String("http-addr"),
 		Advertise: c.String("advertise"), Join: join, Capacity: c.Int("capacity"),
 		DrainTimeout: c.Duration("drain-timeout"), Voters: c.Int("voters"), Registry: reg,
-		Retention: c.Duration("retention"), Logger: logger, LogLevel: level, Version: opts.Version,
+		Retention: c.Duration("retention"), Token: c.String("token"), Logger: logger, LogLevel: level, Version: opts.Version,
 	}
 	if c.Bool("dev") {
 		dir, err := os.MkdirTemp("", "taskworker-dev-")

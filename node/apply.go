@@ -189,7 +189,7 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+internalApplyPath, bytes.NewReader(b))
+	req, err := n.peerRequest(ctx, http.MethodPost, addr, internalApplyPath, bytes.NewReader(b))
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -388,5 +389,57 @@ func TestWholeClusterRestartKeepsEveryTask(t *testing.T) {
 	}
 	if task := submit(t, tc.live()[1], "calc-square", 12, "20s"); string(task.Result) != "144" {
 		t.Fatalf("after restart: %s", task.Result)
+	}
+}
+
+func TestTokenGuardsTheAPIAndNodesCarryIt(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{inmem: true, tweak: func(_ int, c *Config) { c.Token = "s3cret" }})
+	f := tc.follower()
+	call := func(method, path, token string, body string) (int, apiError) {
+		req, _ := http.NewRequest(method, "http://"+f.HTTPAddr()+path, bytes.NewReader([]byte(body)))
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var e apiError
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		return resp.StatusCode, e
+	}
+	submitBody := `{"type": "print", "input": "hi"}`
+	if code, e := call("POST", "/v1/tasks", "", submitBody); code != http.StatusUnauthorized || e.Code != "unauthorized" {
+		t.Fatalf("no token: %d %+v", code, e)
+	}
+	if code, e := call("POST", "/v1/tasks", "wrong", submitBody); code != http.StatusForbidden || e.Code != "forbidden" {
+		t.Fatalf("wrong token: %d %+v", code, e)
+	}
+	if code, _ := call("POST", "/v1/internal/apply", "", "x"); code != http.StatusUnauthorized {
+		t.Fatalf("internal endpoint without token: %d", code)
+	}
+	if code, _ := call("GET", "/v1/health", "", ""); code != http.StatusOK {
+		t.Fatalf("health without token: %d", code)
+	}
+	// With the token, a follower forwards to the leader and reads logs from whichever node ran it.
+	if code, _ := call("POST", "/v1/tasks?wait=20s", "s3cret", submitBody); code != http.StatusCreated {
+		t.Fatalf("with token: %d", code)
+	}
+	tasksList := f.FSM().List(fsm.Filter{})
+	if len(tasksList) != 1 || tasksList[0].State != fsm.Succeeded {
+		t.Fatalf("tasks after the authorised submit: %+v", tasksList)
+	}
+	req, _ := http.NewRequest("GET", "http://"+f.HTTPAddr()+"/v1/tasks/"+tasksList[0].ID+"/logs", nil)
+	req.Header.Set("Authorization", "Bearer s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `"line":"hi"`) {
+		t.Fatalf("logs through %s: %s", f.Name(), body)
 	}
 }

@@ -29,6 +29,7 @@ type Config struct {
 	Logger       *slog.Logger
 	LogLevel     slog.Level
 	Version      string // build version shown in status
+	Token        string // when set, every API call but health and metrics needs it (Bearer)
 
 	MaxBodyBytes    int64         // request body cap, default 1 MiB
 	Retention       time.Duration // finished tasks kept this long, default 24h

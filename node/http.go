@@ -2,9 +2,11 @@ package node
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net/http"
 	"sort"
@@ -45,7 +47,44 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
-	return mux
+	if n.cfg.Token == "" {
+		return mux
+	}
+	return n.requireToken(mux)
+}
+
+// requireToken guards every endpoint but health and metrics with the cluster's shared token,
+// sent as "Authorization: Bearer TOKEN": 401 without one, 403 with a wrong one. Nodes send it to
+// each other too, so the internal endpoints are closed to anyone without it.
+func (n *Node) requireToken(next http.Handler) http.Handler {
+	want := []byte(n.cfg.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/health" || r.URL.Path == "/metrics" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		switch {
+		case !ok || got == "":
+			writeError(w, http.StatusUnauthorized, "unauthorized", "this cluster needs a token: --token or TASKWORKER_TOKEN")
+		case subtle.ConstantTimeCompare([]byte(got), want) != 1:
+			writeError(w, http.StatusForbidden, "forbidden", "wrong token")
+		default:
+			next.ServeHTTP(w, r)
+		}
+	})
+}
+
+// peerRequest builds a request to another node's HTTP API, carrying the cluster token.
+func (n *Node) peerRequest(ctx context.Context, method, addr, path string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if n.cfg.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+n.cfg.Token)
+	}
+	return req, nil
 }
 
 type apiError struct {

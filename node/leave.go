@@ -168,7 +168,7 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 			return errors.New("this node leads again: nobody to remove it")
 		}
 		if addr := n.leaderHTTP(); addr != "" {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/internal/remove/"+n.cfg.Name, nil)
+			req, _ := n.peerRequest(ctx, http.MethodPost, addr, "/v1/internal/remove/"+n.cfg.Name, nil)
 			resp, err := n.client.Do(req)
 			if err == nil {
 				resp.Body.Close()

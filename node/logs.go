@@ -146,7 +146,7 @@ func (n *Node) remoteLogs(ctx context.Context, client *http.Client, name, path s
 	if !ok || nd.HTTPAddr == "" {
 		return fmt.Errorf("node %s unknown", name)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+nd.HTTPAddr+path, nil)
+	req, err := n.peerRequest(ctx, http.MethodGet, nd.HTTPAddr, path, nil)
 	if err != nil {
 		return err
 	}
