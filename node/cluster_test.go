@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -441,5 +442,48 @@ func TestTokenGuardsTheAPIAndNodesCarryIt(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(body), `"line":"hi"`) {
 		t.Fatalf("logs through %s: %s", f.Name(), body)
+	}
+}
+
+func TestNodeRestartedAfterLeaveWithoutJoinFindsItsCluster(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{})
+	n1 := tc.nodes[0] // bootstrapped the cluster: started without --join
+	if len(n1.cfg.Join) != 0 {
+		t.Fatal("n1 has a join list")
+	}
+	cfg := n1.cfg
+	cfg.Logger = testLogger(t)
+	cfg.GossipAddr, cfg.RaftAddr, cfg.HTTPAddr = n1.GossipAddr(), n1.RaftAddr(), n1.HTTPAddr()
+	if err := n1.Leave(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n1.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("leave did not finish")
+	}
+	waitFor(t, "n1 recorded as left", 30*time.Second, func() bool {
+		l := tc.leader()
+		if l == nil {
+			return false
+		}
+		nd, _ := l.FSM().Node("n1")
+		return nd.Status == fsm.NodeLeft
+	})
+	back := tc.start(cfg) // same data dir, still no --join
+	waitFor(t, "n1 back as an alive raft member", 30*time.Second, func() bool {
+		l := tc.leader()
+		if l == nil {
+			return false
+		}
+		nd, _ := l.FSM().Node("n1")
+		inRaft := false
+		for _, s := range raftServers(t, l) {
+			inRaft = inRaft || s.ID == "n1"
+		}
+		return nd.Status == fsm.NodeUp && nd.BootID == back.BootID() && inRaft
+	})
+	if task := submit(t, back, "calc-square", 4, "20s"); string(task.Result) != "16" {
+		t.Fatalf("via the returned node: %s", task.Result)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -44,6 +46,7 @@ type Node struct {
 	httpAddr string
 	client   *http.Client
 	batch    *batcher
+	resumed  bool // raft state was found on disk at start
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -237,6 +240,7 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("check raft state: %w", err)
 	}
+	n.resumed = existing
 	r, err := raft.NewRaft(rc, n.fsm, logs, stable, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
@@ -296,18 +300,71 @@ func (n *Node) startMembership() error {
 	return nil
 }
 
-// joinLoop joins the gossip pool through any of the configured peers, retrying until one answers.
+// joinLoop joins the gossip pool through the configured peers, and, for a node resuming its
+// raft state, through the peers it knew before it stopped (like Consul's serf snapshot): a node
+// restarted without --join, or after a graceful leave that made the others forget it, finds its
+// cluster again. It retries until one answers.
 func (n *Node) joinLoop(ctx context.Context) {
-	if len(n.cfg.Join) == 0 {
+	addrs := slices.Clone(n.cfg.Join)
+	if n.resumed {
+		for _, a := range n.loadPeers() {
+			if !slices.Contains(addrs, a) {
+				addrs = append(addrs, a)
+			}
+		}
+	}
+	if len(addrs) == 0 {
 		return
 	}
-	if err := n.members.Join(ctx, n.cfg.Join); err != nil {
+	if err := n.members.Join(ctx, addrs); err != nil {
 		if ctx.Err() == nil {
 			n.log.Error("join gossip", "err", err)
 		}
 		return
 	}
-	n.log.Info("joined gossip", "via", n.cfg.Join)
+	n.log.Info("joined gossip", "via", addrs)
+}
+
+// peersFile remembers the gossip addresses of the other members, for joinLoop after a restart.
+func (n *Node) peersFile() string {
+	if n.cfg.DataDir == "" {
+		return ""
+	}
+	return filepath.Join(n.cfg.DataDir, "gossip-peers.json")
+}
+
+func (n *Node) loadPeers() []string {
+	var addrs []string
+	if p := n.peersFile(); p != "" {
+		if b, err := os.ReadFile(p); err == nil {
+			_ = json.Unmarshal(b, &addrs)
+		}
+	}
+	return addrs
+}
+
+// savePeers records the alive members' gossip addresses, atomically.
+func (n *Node) savePeers() {
+	p := n.peersFile()
+	if p == "" {
+		return
+	}
+	var addrs []string
+	for _, m := range n.members.Members() {
+		if m.Name != n.cfg.Name && m.State == membership.StateAlive {
+			addrs = append(addrs, m.GossipAddr)
+		}
+	}
+	if len(addrs) == 0 {
+		return // keep the last known peers: they are the way back
+	}
+	b, _ := json.Marshal(addrs)
+	if err := os.WriteFile(p+".tmp", b, 0o644); err == nil {
+		err = os.Rename(p+".tmp", p)
+		if err != nil {
+			n.log.Warn("save gossip peers", "err", err)
+		}
+	}
 }
 
 // eventLoop tracks when members died (for raft removal grace) and wakes the leader's reconciler.
@@ -331,6 +388,7 @@ func (n *Node) eventLoop(ctx context.Context) {
 			}
 			n.deadMu.Unlock()
 			n.log.Debug("membership event", "type", ev.Type, "member", ev.Member.Name, "state", ev.Member.State)
+			n.savePeers()
 			select {
 			case n.kick <- struct{}{}:
 			default:
