@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -159,7 +160,7 @@ func decodeErr(s string) error {
 		return nil
 	}
 	for _, e := range wireErrors {
-		if s == e.Error() || bytes.HasPrefix([]byte(s), []byte(e.Error()+":")) {
+		if s == e.Error() || strings.HasPrefix(s, e.Error()+":") {
 			return fmt.Errorf("%w%s", e, s[len(e.Error()):])
 		}
 	}

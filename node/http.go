@@ -578,7 +578,7 @@ func (n *Node) handleTypes(w http.ResponseWriter, r *http.Request) {
 			ti.Nodes = append(ti.Nodes, nd.Name)
 		}
 	}
-	for _, t := range n.fsm.List(fsm.Filter{State: fsm.Pending}) {
+	for _, t := range n.fsm.SchedulerView().Pending {
 		add(fsm.TypeInfo{Type: t.Type, Version: t.Version}).Pending++
 	}
 	sort.Strings(keys)

@@ -151,11 +151,8 @@ func (n *Node) drainTasks(ctx context.Context, log *slog.Logger) {
 		if t.BootID != n.bootID {
 			continue
 		}
-		err := reporter{n}.Finished(wctx, tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}, tasks.OutcomeInterrupted, nil,
+		n.finishUnstarted(wctx, tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}, tasks.OutcomeInterrupted,
 			&tasks.TaskError{Type: "interrupted", Message: "node " + n.cfg.Name + " drained"})
-		if err != nil {
-			log.Warn("hand back task", "task", t.ID, "err", err)
-		}
 	}
 }
 

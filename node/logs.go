@@ -88,14 +88,8 @@ func (n *Node) followLogs(ctx context.Context, id string, emit func(tasks.LogLin
 			}(h.Node, h.Attempt)
 		}
 		if t.State.Terminal() && active == 0 {
-			for {
-				select {
-				case l := <-lines:
-					emit(l)
-				default:
-					return
-				}
-			}
+			drainQueued(lines, emit)
+			return
 		}
 		select {
 		case <-ctx.Done():
@@ -105,6 +99,21 @@ func (n *Node) followLogs(ctx context.Context, id string, emit func(tasks.LogLin
 		case <-ended:
 			active--
 		case <-changed:
+		}
+	}
+}
+
+// drainQueued hands emit every value already queued on ch, without waiting for more.
+func drainQueued[T any](ch <-chan T, emit func(T)) {
+	for {
+		select {
+		case v, ok := <-ch:
+			if !ok {
+				return
+			}
+			emit(v)
+		default:
+			return
 		}
 	}
 }
@@ -188,17 +197,8 @@ func (n *Node) followLocal(ctx context.Context, id string, attempt int, fn func(
 			(t.Attempt == attempt && !(t.State.Active() && t.Node == n.cfg.Name))
 		if over {
 			// Lines are written before the outcome is reported: what is queued now is all there is.
-			for {
-				select {
-				case l, ok := <-ch:
-					if !ok {
-						return
-					}
-					emit(l)
-				default:
-					return
-				}
-			}
+			drainQueued(ch, emit)
+			return
 		}
 		select {
 		case <-ctx.Done():

@@ -86,7 +86,7 @@ func (n *Node) workLoop(ctx context.Context) {
 			case t.CancelRequested:
 				if !cancelling[ref] {
 					cancelling[ref] = true
-					go n.cancelUnstarted(ctx, ref)
+					go n.finishUnstarted(ctx, ref, tasks.OutcomeCancelled, &tasks.TaskError{Type: tasks.ErrTypeCancelled, Message: "task cancelled"})
 				}
 				continue
 			}
@@ -120,15 +120,15 @@ func (n *Node) workLoop(ctx context.Context) {
 	}
 }
 
-// cancelUnstarted reports an assignment cancelled before it ever ran here.
-func (n *Node) cancelUnstarted(ctx context.Context, ref tasks.RunRef) {
-	terr := &tasks.TaskError{Type: tasks.ErrTypeCancelled, Message: "task cancelled"}
+// finishUnstarted reports the outcome of an assignment that never ran here (cancelled before it
+// started, or handed back by a drain), retrying until it lands, is fenced, or ctx ends.
+func (n *Node) finishUnstarted(ctx context.Context, ref tasks.RunRef, outcome tasks.Outcome, terr *tasks.TaskError) {
 	for {
-		err := reporter{n}.Finished(ctx, ref, tasks.OutcomeCancelled, nil, terr)
+		err := reporter{n}.Finished(ctx, ref, outcome, nil, terr)
 		if err == nil || errors.Is(err, tasks.ErrFenced) || ctx.Err() != nil {
 			return
 		}
-		n.log.Warn("report cancel of unstarted task, retrying", "task", ref.TaskID, "err", err)
+		n.log.Warn("report unstarted task, retrying", "task", ref.TaskID, "outcome", outcome, "err", err)
 		select {
 		case <-ctx.Done():
 			return
