@@ -140,15 +140,7 @@ func TestBuiltinRun(t *testing.T) {
 			}
 			tc, _ := newTestContext(t, context.Background(), tt.attempt)
 			got, err := h.Run(tc, json.RawMessage(tt.input))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("Run = %s, %v; want error containing %q", got, err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil || string(got) != tt.want {
-				t.Fatalf("Run = %s, %v; want %s", got, err, tt.want)
-			}
+			checkResult(t, got, err, tt.want, tt.wantErr)
 		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -106,4 +107,19 @@ func (f *fakeReporter) kinds() []string {
 		ks = append(ks, c.kind)
 	}
 	return ks
+}
+
+// checkResult checks a handler's Run result: an error containing wantErr when that is set, else the
+// result want.
+func checkResult(t *testing.T, got json.RawMessage, err error, want, wantErr string) {
+	t.Helper()
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("Run = %s, %v; want error containing %q", got, err, wantErr)
+		}
+		return
+	}
+	if err != nil || string(got) != want {
+		t.Fatalf("Run = %s, %v; want %s", got, err, want)
+	}
 }
