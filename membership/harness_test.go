@@ -45,6 +45,7 @@ type node struct {
 	*membership.Membership
 	mu     sync.Mutex
 	events []membership.Event
+	closed chan struct{} // closed once Events is closed and drained
 }
 
 func (c *cluster) config(name string) membership.Config {
@@ -68,8 +69,8 @@ func (c *cluster) startWith(cfg membership.Config) *node {
 	if err != nil {
 		c.tb.Fatalf("start %s: %v", cfg.Name, err)
 	}
-	n := &node{Membership: m}
 	drained := make(chan struct{})
+	n := &node{Membership: m, closed: drained}
 	go func() {
 		defer close(drained)
 		for e := range m.Events() {
