@@ -1,0 +1,330 @@
+// Package api holds taskworker's wire types: the JSON shapes of the HTTP API (task record, submit
+// request, cluster and node info, type info, log lines, list query, error body and codes). The
+// server and the Go client both use these types, so the two cannot drift apart.
+//
+// It imports nothing of taskworker's: no raft, no FSM, no HTTP handlers.
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// Task states. A task ends in one of the last three; see IsTerminal.
+const (
+	StatePending   = "pending"
+	StateAssigned  = "assigned"
+	StateRunning   = "running"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+	StateCancelled = "cancelled"
+)
+
+// States lists every task state, in lifecycle order.
+var States = []string{StatePending, StateAssigned, StateRunning, StateSucceeded, StateFailed, StateCancelled}
+
+// IsTerminal reports whether a task in state will not change any more.
+func IsTerminal(state string) bool {
+	return state == StateSucceeded || state == StateFailed || state == StateCancelled
+}
+
+// History events.
+const (
+	EventAssigned    = "assigned"
+	EventStarted     = "started"
+	EventInterrupted = "interrupted"
+	EventFailed      = "failed"
+	EventSucceeded   = "succeeded"
+	EventCancelled   = "cancelled"
+)
+
+// Task is the task record (GET /v1/tasks/{id}, and every list item).
+type Task struct {
+	ID              string          `json:"id"`
+	Type            string          `json:"type"`
+	Version         string          `json:"version"`
+	Input           json.RawMessage `json:"input"`
+	State           string          `json:"state"`
+	Node            string          `json:"node"`
+	Attempt         int             `json:"attempt"`
+	MaxAttempts     int             `json:"max_attempts"`
+	Failures        int             `json:"failures"`
+	Timeout         string          `json:"timeout"` // Go duration text, "30s"
+	Result          json.RawMessage `json:"result"`
+	Error           *TaskError      `json:"error"`
+	IdempotencyKey  string          `json:"idempotency_key"`
+	ExecutionID     string          `json:"execution_id"`
+	ParentID        string          `json:"parent_id,omitempty"`
+	CreatedAt       time.Time       `json:"created_at"`
+	StartedAt       *time.Time      `json:"started_at"`
+	FinishedAt      *time.Time      `json:"finished_at"`
+	NotBefore       *time.Time      `json:"not_before,omitempty"` // a retry waits until then
+	CancelRequested bool            `json:"cancel_requested,omitempty"`
+	Checkpoint      json.RawMessage `json:"checkpoint,omitempty"`
+	CreateIndex     uint64          `json:"create_index"`
+	ModifyIndex     uint64          `json:"modify_index"`
+	History         []HistoryEntry  `json:"history"`
+}
+
+// TaskError is why an attempt or a task failed.
+type TaskError struct {
+	Type    string `json:"type"`
+	Message string `json:"message"`
+}
+
+// HistoryEntry is one event in a task's life.
+type HistoryEntry struct {
+	Attempt int       `json:"attempt"`
+	Node    string    `json:"node"`
+	Event   string    `json:"event"`
+	At      time.Time `json:"at"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// SubmitRequest is the body of POST /v1/tasks; only Type is required. Zero values take the
+// defaults: the newest version offered, 3 attempts, a 30 s timeout.
+type SubmitRequest struct {
+	Type           string          `json:"type"`
+	Input          json.RawMessage `json:"input,omitempty"`
+	Version        string          `json:"version,omitempty"`
+	IdempotencyKey string          `json:"idempotency_key,omitempty"`
+	MaxAttempts    int             `json:"max_attempts,omitempty"`
+	Timeout        string          `json:"timeout,omitempty"` // Go duration text, "30s"
+	// ExecutionID and ParentID join a child task to its parent's execution (tasks.Context.Submit).
+	ExecutionID string `json:"execution_id,omitempty"`
+	ParentID    string `json:"parent_id,omitempty"`
+}
+
+// Cluster is GET /v1/cluster: the cluster at a glance.
+type Cluster struct {
+	Leader string         `json:"leader"`
+	Nodes  []NodeInfo     `json:"nodes"`
+	Tasks  map[string]int `json:"tasks"` // count by state
+}
+
+// Gossip states of a node in NodeInfo.State.
+const (
+	NodeAlive   = "alive"
+	NodeSuspect = "suspect"
+	NodeDead    = "dead"
+	NodeLeft    = "left"
+)
+
+// Raft roles in NodeInfo.RaftRole.
+const (
+	RoleLeader   = "leader"
+	RoleVoter    = "voter"
+	RoleNonvoter = "nonvoter"
+	RoleNone     = "none"
+)
+
+// NodeInfo is one node as the cluster sees it.
+type NodeInfo struct {
+	Name       string        `json:"name"`
+	GossipAddr string        `json:"gossip_addr"`
+	RaftAddr   string        `json:"raft_addr"`
+	HTTPAddr   string        `json:"http_addr"`
+	State      string        `json:"state"`
+	Draining   bool          `json:"draining"`
+	RaftRole   string        `json:"raft_role"`
+	Capacity   int           `json:"capacity"`
+	Running    int           `json:"running"`
+	Version    string        `json:"version"`
+	TaskTypes  []TypeVersion `json:"task_types"`
+	BootID     string        `json:"boot_id"`
+}
+
+// TypeVersion names one version of a task type.
+type TypeVersion struct {
+	Type    string `json:"type"`
+	Version string `json:"version"`
+}
+
+// TypeInfo is one item of GET /v1/types: a task type and version the cluster can run.
+type TypeInfo struct {
+	Type         string          `json:"type"`
+	Version      string          `json:"version"`
+	Description  string          `json:"description"`
+	ExampleInput json.RawMessage `json:"example_input"`
+	Nodes        []string        `json:"nodes"`   // alive nodes that offer it
+	Pending      int             `json:"pending"` // tasks of this type and version waiting for a slot
+}
+
+// Log streams in LogLine.Stream.
+const (
+	StreamStdout = "stdout"
+	StreamStderr = "stderr"
+	StreamLog    = "log"
+)
+
+// LogLine is one line of a task's output (GET /v1/tasks/{id}/logs, one JSON object per line).
+type LogLine struct {
+	TS      time.Time `json:"ts"`
+	Attempt int       `json:"attempt"`
+	Node    string    `json:"node"`
+	Stream  string    `json:"stream"`
+	Level   string    `json:"level,omitempty"`
+	Line    string    `json:"line"`
+}
+
+// Health is GET /v1/health: Status is "ok" (200) or why the node cannot serve (503).
+type Health struct {
+	Status string `json:"status"`
+	Leader string `json:"leader"`
+}
+
+// LeaveReply is POST /v1/agent/leave's 202.
+type LeaveReply struct {
+	Status string `json:"status"`
+	Node   string `json:"node"`
+}
+
+// List limits.
+const (
+	DefaultListLimit = 100
+	MaxListLimit     = 10000
+)
+
+// ListQuery filters and pages GET /v1/tasks. Empty fields match everything; a list is newest
+// first, and the next page starts After the last ID of this one.
+type ListQuery struct {
+	State     string
+	Type      string
+	Node      string
+	Execution string
+	Limit     int // 0 = DefaultListLimit
+	After     string
+}
+
+// Values encodes the query as URL parameters, leaving out zero fields.
+func (q ListQuery) Values() url.Values {
+	v := url.Values{}
+	for k, s := range map[string]string{"state": q.State, "type": q.Type, "node": q.Node, "execution": q.Execution, "after": q.After} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	return v
+}
+
+// ParseListQuery reads a ListQuery from URL parameters; a bad value is an *Error with its code.
+func ParseListQuery(v url.Values) (ListQuery, error) {
+	q := ListQuery{
+		State: v.Get("state"), Type: v.Get("type"), Node: v.Get("node"),
+		Execution: v.Get("execution"), After: v.Get("after"), Limit: DefaultListLimit,
+	}
+	if q.State != "" && !validState(q.State) {
+		return q, Errorf(CodeInvalidState, "unknown state %q", Truncate(q.State))
+	}
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > MaxListLimit {
+			return q, Errorf(CodeInvalidLimit, "limit must be between 1 and %d", MaxListLimit)
+		}
+		q.Limit = n
+	}
+	return q, nil
+}
+
+func validState(s string) bool {
+	for _, v := range States {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Truncate shortens client-sent text for an error message, so an error never echoes more than a
+// short prefix of what was sent.
+func Truncate(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
+}
+
+// Code is the machine-readable part of an error body; clients branch on it.
+type Code string
+
+// Error codes. The HTTP status for each is Status(code).
+const (
+	CodeInvalidRequest       Code = "invalid_request"
+	CodeMissingType          Code = "missing_type"
+	CodeUnknownTaskType      Code = "unknown_task_type"
+	CodeInvalidInput         Code = "invalid_input"
+	CodeInvalidMaxAttempts   Code = "invalid_max_attempts"
+	CodeInvalidTimeout       Code = "invalid_timeout"
+	CodeInvalidIdempotency   Code = "invalid_idempotency_key"
+	CodeInvalidVersion       Code = "invalid_version"
+	CodeInvalidWait          Code = "invalid_wait"
+	CodeInvalidIndex         Code = "invalid_index"
+	CodeInvalidState         Code = "invalid_state"
+	CodeInvalidLimit         Code = "invalid_limit"
+	CodeInvalidAttempt       Code = "invalid_attempt"
+	CodeUnauthorized         Code = "unauthorized"
+	CodeForbidden            Code = "forbidden"
+	CodeNotFound             Code = "not_found"
+	CodeAlreadyFinished      Code = "already_finished"
+	CodeLeaveRefused         Code = "leave_refused"
+	CodeBodyTooLarge         Code = "body_too_large"
+	CodeUnsupportedMediaType Code = "unsupported_media_type"
+	CodeNoLeader             Code = "no_leader"
+	CodeNotLeader            Code = "not_leader"
+	CodeShuttingDown         Code = "shutting_down"
+	CodeCancelled            Code = "cancelled"
+	CodeInternal             Code = "internal"
+)
+
+var statusOf = map[Code]int{
+	CodeInvalidRequest: 400, CodeMissingType: 400, CodeUnknownTaskType: 400, CodeInvalidInput: 400,
+	CodeInvalidMaxAttempts: 400, CodeInvalidTimeout: 400, CodeInvalidIdempotency: 400, CodeInvalidVersion: 400,
+	CodeInvalidWait: 400, CodeInvalidIndex: 400, CodeInvalidState: 400, CodeInvalidLimit: 400, CodeInvalidAttempt: 400,
+	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
+	CodeAlreadyFinished: 409, CodeLeaveRefused: 409,
+	CodeBodyTooLarge: 413, CodeUnsupportedMediaType: 415,
+	CodeNoLeader: 503, CodeNotLeader: 503, CodeShuttingDown: 503, CodeCancelled: 503,
+	CodeInternal: 500,
+}
+
+// Status is the HTTP status that goes with a code (500 for a code it does not know).
+func Status(c Code) int {
+	if s, ok := statusOf[c]; ok {
+		return s
+	}
+	return 500
+}
+
+// Error is the API's error body, {"error": "human sentence", "code": "snake_case_code"}, and a Go
+// error that carries its code from the server to the client. StatusCode is set by the client from
+// the response; the server derives it from the code.
+type Error struct {
+	Message    string `json:"error"`
+	Code       Code   `json:"code"`
+	StatusCode int    `json:"-"`
+}
+
+// Errorf makes an *Error with a code.
+func Errorf(code Code, format string, a ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, a...), StatusCode: Status(code)}
+}
+
+func (e *Error) Error() string {
+	if e.Code == "" {
+		return fmt.Sprintf("%s (%d)", e.Message, e.StatusCode)
+	}
+	return fmt.Sprintf("%s (%d %s)", e.Message, e.StatusCode, e.Code)
+}
+
+// Is makes errors.Is(err, &api.Error{Code: c}) match any error with code c.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code && t.Message == ""
+}
