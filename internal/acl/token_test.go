@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -211,5 +212,49 @@ func TestMemStore(t *testing.T) {
 	}
 	if _, ok := s.TokenBySecretHash(HashSecret(secret.Reveal())); ok {
 		t.Error("deleted token still found by its secret")
+	}
+}
+
+func TestMemStoreStateRoundTrip(t *testing.T) {
+	s := NewMemStore()
+	if err := s.SetPolicy(Policy{Name: "p", Rules: []Rule{{TaskType: "*", Capabilities: []Capability{CapRead}}}}); err != nil {
+		t.Fatal(err)
+	}
+	tok, secret, _ := NewToken("", []string{"p"}, false, t0, time.Time{})
+	if err := s.CreateToken(tok); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Bootstrap(s, t0); err != nil {
+		t.Fatal(err)
+	}
+	b, err := msgpack.Marshal(s.State())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st State
+	if err := msgpack.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	restored := NewMemStore()
+	if err := restored.Restore(st); err != nil {
+		t.Fatal(err)
+	}
+	if !restored.Bootstrapped() || len(restored.Tokens()) != 2 || len(restored.Policies()) != 1 {
+		t.Fatalf("restored %+v", restored.State())
+	}
+	id, err := NewAuthorizer(restored, nil).Resolve(secret.Reveal(), t0)
+	if err != nil || id.Allow(CapRead, "echo") != nil {
+		t.Fatalf("restored token does not work: %+v %v", id, err)
+	}
+	if _, _, err := Bootstrap(restored, t0); !errors.Is(err, ErrAlreadyBootstrapped) {
+		t.Errorf("bootstrap after restore: %v", err)
+	}
+	bad := st
+	bad.Tokens = append(slices.Clone(st.Tokens), st.Tokens[0]) // a duplicate
+	if err := restored.Restore(bad); !errors.Is(err, ErrExists) {
+		t.Errorf("restore with a duplicate token: %v", err)
+	}
+	if len(restored.Tokens()) != 2 {
+		t.Error("a refused restore changed the store")
 	}
 }
