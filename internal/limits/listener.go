@@ -19,10 +19,13 @@ import (
 // client's connection pool plus its long polls, far below what one host can use up.
 const DefaultMaxConnsPerClient = 200
 
-// DefaultRejectWriteTimeout bounds the write of the refusal. A fresh socket's send buffer is empty,
-// so the few bytes go straight into the kernel; the deadline only matters for a pathological peer,
-// and it is short because the write happens on the accept path.
-const DefaultRejectWriteTimeout = 50 * time.Millisecond
+// DefaultRefuseTimeout bounds the whole exchange with a refused connection: waiting for its
+// request, writing the 429, and waiting for the client to close.
+const DefaultRefuseTimeout = time.Second
+
+// DefaultRefuseConcurrency bounds the refused connections being answered at once, and so the
+// descriptors refusals can hold. Past it, a refused connection is closed without a reply.
+const DefaultRefuseConcurrency = 32
 
 // CodeTooManyConnections is the code in the body of a connection refused by the Listener.
 const CodeTooManyConnections api.Code = "too_many_connections"
@@ -61,8 +64,11 @@ type ListenerConfig struct {
 	// HTTP. By default a refused connection gets a minimal HTTP 429 with Retry-After and
 	// Connection: close.
 	NoHTTPReply bool
-	// RejectWriteTimeout bounds the write of the refusal. 0 means DefaultRejectWriteTimeout.
-	RejectWriteTimeout time.Duration
+	// RefuseTimeout bounds the exchange with one refused connection. 0 means DefaultRefuseTimeout.
+	RefuseTimeout time.Duration
+	// RefuseConcurrency bounds the refused connections answered at once. 0 means
+	// DefaultRefuseConcurrency.
+	RefuseConcurrency int
 }
 
 // ListenerStats is a snapshot of a Listener's counters.
@@ -71,13 +77,14 @@ type ListenerStats struct {
 	Accepted          uint64 // connections admitted since start
 	RejectedPerClient uint64 // refused because their client IP was at its cap
 	RejectedGlobal    uint64 // refused because the listener was at MaxConns
+	Answering         int    // refused connections being answered now (at most RefuseConcurrency)
 }
 
 // Listener wraps a net.Listener and admits a new connection only while its client IP is under
 // MaxConnsPerClient and the listener under MaxConns. A connection over a cap is still accepted (so
 // the kernel's backlog keeps draining and the refusal is visible to the client), answered with a
-// minimal HTTP 429, and closed at once: it holds a file descriptor for the length of one small write, never
-// longer, and the wrapped server never sees it.
+// minimal HTTP 429 and closed; the wrapped server never sees it, and refusals hold at most
+// RefuseConcurrency descriptors for at most RefuseTimeout each (see refuse).
 //
 // Use it under http.Server.Serve (and under tls.NewListener, so refusals cost no handshake).
 type Listener struct {
@@ -86,7 +93,8 @@ type Listener struct {
 	max          int
 	exemptLoop   bool
 	noReply      bool
-	rejectWithin time.Duration
+	refuseWithin time.Duration
+	refusing     chan struct{} // a slot per refusal being answered
 
 	mu     sync.Mutex
 	open   int
@@ -103,7 +111,7 @@ func NewListener(inner net.Listener, cfg ListenerConfig) *Listener {
 		max:          cfg.MaxConns,
 		exemptLoop:   cfg.ExemptLoopback,
 		noReply:      cfg.NoHTTPReply,
-		rejectWithin: cfg.RejectWriteTimeout,
+		refuseWithin: cfg.RefuseTimeout,
 		byAddr:       make(map[netip.Addr]int),
 	}
 	if l.perClient == 0 {
@@ -112,9 +120,14 @@ func NewListener(inner net.Listener, cfg ListenerConfig) *Listener {
 	if l.max == 0 {
 		l.max = DefaultMaxConns()
 	}
-	if l.rejectWithin <= 0 {
-		l.rejectWithin = DefaultRejectWriteTimeout
+	if l.refuseWithin <= 0 {
+		l.refuseWithin = DefaultRefuseTimeout
 	}
+	slots := cfg.RefuseConcurrency
+	if slots <= 0 {
+		slots = DefaultRefuseConcurrency
+	}
+	l.refusing = make(chan struct{}, slots)
 	return l
 }
 
@@ -167,9 +180,14 @@ func (l *Listener) release(ip netip.Addr) {
 	}
 }
 
-// refuse answers c and closes it, synchronously: the write lands in an empty send buffer, so it
-// costs one syscall, and doing it here rather than in a goroutine keeps the number of descriptors
-// held for refusals at one.
+// refuse answers c with a 429 and closes it, off the accept path. It reads the request before it
+// answers: an HTTP client that receives a response before it has sent its request takes it for
+// garbage on an idle connection (Go's Transport does), so a 429 written at accept would often be
+// lost. Then it half-closes and drains until the client closes, so that closing with unread
+// request bytes does not reset the connection under the response. All of it is bounded by
+// RefuseTimeout, and at most RefuseConcurrency refusals are answered at once; the rest, which only
+// a flood produces, are closed at once without a word, so refusals never hold more than a few
+// descriptors.
 func (l *Listener) refuse(c net.Conn, why error) {
 	reply := refusePerClient
 	if why == errGlobal {
@@ -178,13 +196,43 @@ func (l *Listener) refuse(c net.Conn, why error) {
 	} else {
 		l.rejClient.Add(1)
 	}
-	if !l.noReply {
-		// Errors are ignored on purpose: the peer may already be gone, and there is nobody to
-		// report to; the counters record the refusal.
-		_ = c.SetWriteDeadline(time.Now().Add(l.rejectWithin))
-		_, _ = c.Write(reply)
+	if l.noReply {
+		_ = c.Close()
+		return
 	}
-	_ = c.Close()
+	select {
+	case l.refusing <- struct{}{}:
+	default:
+		_ = c.Close()
+		return
+	}
+	go func() {
+		defer func() { <-l.refusing }()
+		answer(c, reply, l.refuseWithin)
+	}()
+}
+
+// answer reads (some of) a request, writes reply, and closes c once the peer has closed or within
+// the time given. Errors are ignored on purpose: the peer may be gone, there is nobody to report
+// them to, and the listener's counters already record the refusal.
+func answer(c net.Conn, reply []byte, within time.Duration) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(within))
+	var buf [512]byte
+	if _, err := c.Read(buf[:]); err != nil {
+		return // silent or gone: no one to answer
+	}
+	if _, err := c.Write(reply); err != nil {
+		return
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	for {
+		if _, err := c.Read(buf[:]); err != nil {
+			return
+		}
+	}
 }
 
 // Stats returns the listener's counters.
@@ -197,6 +245,7 @@ func (l *Listener) Stats() ListenerStats {
 		Accepted:          l.accepted.Load(),
 		RejectedPerClient: l.rejClient.Load(),
 		RejectedGlobal:    l.rejGlobal.Load(),
+		Answering:         len(l.refusing),
 	}
 }
 
