@@ -134,9 +134,9 @@ func TestMaxConnsForLeavesHeadroom(t *testing.T) {
 		limit uint64
 		want  int
 	}{
-		{limit: 256, want: 64},    // tiny limit: still serves someone
-		{limit: 1024, want: 768},  // the common default: a quarter kept back
-		{limit: 800, want: 544},   // minimum headroom of 256
+		{limit: 256, want: 64},   // tiny limit: still serves someone
+		{limit: 1024, want: 768}, // the common default: a quarter kept back
+		{limit: 800, want: 544},  // minimum headroom of 256
 		{limit: 20000, want: 15000},
 		{limit: 1 << 40, want: 1 << 16}, // "unlimited": a sane ceiling
 	} {
