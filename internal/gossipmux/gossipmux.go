@@ -14,12 +14,12 @@
 //	anything else   memberlist stream                          → StreamCh()
 //
 // Why the ranges cannot collide: memberlist v0.7.0 starts every stream with a message-type byte, one of
-// pingMsg(0)..errMsg(13) (pushPull 6, user 8, compress 9, encrypt 10 are what streams actually start
-// with) or hasLabelMsg(244) for a label header. A TLS connection starts with a handshake record, content
-// type 22 (0x16); HTTP/1.x starts with an upper-case method token (GET, POST, ...) and HTTP/2 with prior
-// knowledge with "PRI", all in 65..90. memberlist would need eight more message types before one could
-// reach 22; the memberlist tests here join with every first byte it really sends (plain, compressed,
-// encrypted, labelled) to catch that if it ever happens.
+// pingMsg(0)..errMsg(13) (streams start with ping 0 for a TCP fallback probe, pushPull 6, user 8,
+// compress 9 or encrypt 10) or hasLabelMsg(244) for a label header. A TLS connection starts with a
+// handshake record, content type 22 (0x16); HTTP/1.x starts with an upper-case method token (GET, POST,
+// ...) and HTTP/2 with prior knowledge with "PRI", all in 65..90. memberlist would need nine more
+// message types before one reached 22; TestMemberlistFirstBytesAreGossip pins the first byte of a real
+// push/pull in each setting that changes it (plain, compressed, encrypted, labelled) to catch that.
 //
 // A connection that sends nothing is closed after PeekTimeout, and the peek runs in its own goroutine,
 // so an idle client cannot hold up other connections. UDP is memberlist's alone.
