@@ -17,6 +17,7 @@ import (
 //
 //	TW1::<fingerprint>::<secret>
 //
+// The parts:
 //   - "TW1" names the format and its version.
 //   - <fingerprint> is the SHA-256 fingerprint of the cluster CA certificate, 64 lower-case hex
 //     digits (Fingerprint). The joiner trusts the node it contacts only if that node's chain
