@@ -40,6 +40,10 @@ func InternodeServerConfig(h *Holder, serverName string) *tls.Config {
 				ClientAuth:       tls.RequireAndVerifyClientCert,
 				ClientCAs:        id.Roots,
 				VerifyConnection: requirePeerName(serverName),
+				// A resumed session would not be checked against a CA bundle reloaded since it
+				// began; internode connections are pooled and long-lived, so full handshakes
+				// cost little.
+				SessionTicketsDisabled: true,
 			}, nil
 		},
 	}
