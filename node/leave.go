@@ -156,8 +156,6 @@ func (n *Node) drainTasks(ctx context.Context, log *slog.Logger) {
 	}
 }
 
-const internalRemovePath = "/v1/internal/remove/{name}"
-
 // askLeaderRemove has the leader drop this node from raft's configuration.
 func (n *Node) askLeaderRemove(ctx context.Context) error {
 	for {
@@ -182,34 +180,3 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 	}
 }
 
-// handleInternalRemove is the leader's side of a graceful leave: remove the server from raft.
-func (n *Node) handleInternalRemove(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if !n.IsLeader() {
-		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
-		return
-	}
-	if name == n.cfg.Name {
-		writeError(w, http.StatusConflict, "is_leader", "the leader cannot remove itself")
-		return
-	}
-	if err := n.raft.RemoveServer(raft.ServerID(name), 0, 5*time.Second).Error(); err != nil {
-		writeError(w, http.StatusServiceUnavailable, "remove_failed", err.Error())
-		return
-	}
-	n.log.Info("removed leaving node from raft", "server", name)
-	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
-}
-
-func (n *Node) handleLeave(w http.ResponseWriter, r *http.Request) {
-	force := r.URL.Query().Get("force") == "true"
-	if err := n.Leave(context.Background(), force); err != nil {
-		if errors.Is(err, ErrLeaveRefused) {
-			writeError(w, http.StatusConflict, "leave_refused", err.Error())
-			return
-		}
-		writeError(w, http.StatusInternalServerError, "internal", err.Error())
-		return
-	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"status": "leaving", "node": n.cfg.Name})
-}
