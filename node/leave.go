@@ -179,4 +179,3 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 		}
 	}
 }
-

@@ -206,4 +206,3 @@ func (n *Node) followLocal(ctx context.Context, id string, attempt int, fn func(
 		}
 	}
 }
-
