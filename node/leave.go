@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -163,7 +164,7 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 			return errors.New("this node leads again: nobody to remove it")
 		}
 		if addr := n.leaderHTTP(); addr != "" {
-			req, _ := n.peerRequest(ctx, http.MethodPost, addr, "/v1/internal/remove/"+n.cfg.Name, nil)
+			req, _ := n.peerRequest(ctx, http.MethodPost, addr, removePath(n.cfg.Name), nil)
 			resp, err := n.client.Do(req)
 			if err == nil {
 				resp.Body.Close()
@@ -179,3 +180,7 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 		}
 	}
 }
+
+// removePath is the leader's internal route that removes the named node from raft. The name is
+// escaped: a node name may hold "/", "?" or "%", which would otherwise change the route.
+func removePath(name string) string { return "/v1/internal/remove/" + url.PathEscape(name) }
