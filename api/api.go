@@ -166,7 +166,7 @@ type LogLine struct {
 	Attempt int       `json:"attempt"`
 	Node    string    `json:"node"`
 	Stream  string    `json:"stream"`
-	Level   string    `json:"level,omitempty"`
+	Level   string    `json:"level"` // "" for stdout and stderr; always present, as before api/
 	Line    string    `json:"line"`
 }
 

@@ -1,7 +1,6 @@
-// Package client is the taskworker HTTP API as typed Go calls. It owns the
-// JSON shapes of the outside contract (the task record, cluster view, types and
-// log lines) as its own types, so Go callers and the CLI need not know the
-// server's packages; it knows nothing of raft, gossip or the FSM.
+// Package client is the taskworker HTTP API as typed Go calls. The JSON shapes
+// are the api package's, which the server uses too, so the two cannot drift;
+// it knows nothing of raft, gossip or the FSM.
 package client
 
 import (
@@ -16,136 +15,46 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/taskworker/taskworker/api"
 )
 
 // Task states. A task ends in one of the last three; see IsTerminal.
 const (
-	StatePending   = "pending"
-	StateAssigned  = "assigned"
-	StateRunning   = "running"
-	StateSucceeded = "succeeded"
-	StateFailed    = "failed"
-	StateCancelled = "cancelled"
+	StatePending   = api.StatePending
+	StateAssigned  = api.StateAssigned
+	StateRunning   = api.StateRunning
+	StateSucceeded = api.StateSucceeded
+	StateFailed    = api.StateFailed
+	StateCancelled = api.StateCancelled
 )
 
-// Task is the task record.
-type Task struct {
-	ID             string          `json:"id"`
-	Type           string          `json:"type"`
-	Version        string          `json:"version"`
-	Input          json.RawMessage `json:"input"`
-	State          string          `json:"state"`
-	Node           string          `json:"node"`
-	Attempt        int             `json:"attempt"`
-	MaxAttempts    int             `json:"max_attempts"`
-	Timeout        string          `json:"timeout"`
-	Result         json.RawMessage `json:"result"`
-	Error          *TaskError      `json:"error"`
-	IdempotencyKey string          `json:"idempotency_key"`
-	ExecutionID    string          `json:"execution_id,omitempty"`
-	ParentID       string          `json:"parent_id,omitempty"`
-	CreatedAt      time.Time       `json:"created_at"`
-	StartedAt      *time.Time      `json:"started_at,omitempty"`
-	FinishedAt     *time.Time      `json:"finished_at,omitempty"`
-	ModifyIndex    uint64          `json:"modify_index"`
-	History        []HistoryEntry  `json:"history"`
-}
-
-// TaskError is why a task failed.
-type TaskError struct {
-	Type    string `json:"type"`
-	Message string `json:"message"`
-}
-
-// HistoryEntry is one event in a task's life.
-type HistoryEntry struct {
-	Attempt int       `json:"attempt"`
-	Node    string    `json:"node"`
-	Event   string    `json:"event"`
-	At      time.Time `json:"at"`
-	Error   string    `json:"error,omitempty"`
-}
-
-// SubmitRequest is the body of POST /v1/tasks; only Type is required.
-type SubmitRequest struct {
-	Type           string          `json:"type"`
-	Input          json.RawMessage `json:"input,omitempty"`
-	Version        string          `json:"version,omitempty"`
-	IdempotencyKey string          `json:"idempotency_key,omitempty"`
-	MaxAttempts    int             `json:"max_attempts,omitempty"`
-	Timeout        string          `json:"timeout,omitempty"`
-}
-
-// Cluster is the cluster at a glance.
-type Cluster struct {
-	Leader string         `json:"leader"`
-	Nodes  []NodeInfo     `json:"nodes"`
-	Tasks  map[string]int `json:"tasks"`
-}
-
-// NodeInfo is one node as the cluster sees it.
-type NodeInfo struct {
-	Name       string        `json:"name"`
-	GossipAddr string        `json:"gossip_addr"`
-	RaftAddr   string        `json:"raft_addr"`
-	HTTPAddr   string        `json:"http_addr"`
-	State      string        `json:"state"`
-	Draining   bool          `json:"draining"`
-	RaftRole   string        `json:"raft_role"`
-	Capacity   int           `json:"capacity"`
-	Running    int           `json:"running"`
-	Version    string        `json:"version"`
-	TaskTypes  []TypeVersion `json:"task_types"`
-}
-
-// TypeVersion names one version of a task type.
-type TypeVersion struct {
-	Type    string `json:"type"`
-	Version string `json:"version"`
-}
-
-// TypeInfo is a task type the cluster can run.
-type TypeInfo struct {
-	Type         string          `json:"type"`
-	Version      string          `json:"version"`
-	Description  string          `json:"description"`
-	ExampleInput json.RawMessage `json:"example_input"`
-	Nodes        []string        `json:"nodes"`
-}
-
-// LogLine is one line of a task's output.
-type LogLine struct {
-	TS      time.Time `json:"ts"`
-	Attempt int       `json:"attempt"`
-	Node    string    `json:"node"`
-	Stream  string    `json:"stream"` // stdout, stderr or log
-	Level   string    `json:"level"`
-	Line    string    `json:"line"`
-}
-
-// ListOptions filter and page GET /v1/tasks; zero fields are left out.
-type ListOptions struct {
-	State     string
-	Type      string
-	Node      string
-	Execution string
-	Limit     int
-	After     string // the last ID of the previous page
-}
-
-// APIError is a non-2xx answer from the API.
-type APIError struct {
-	StatusCode int    `json:"-"`
-	Message    string `json:"error"`
-	Code       string `json:"code"`
-}
-
-func (e *APIError) Error() string {
-	if e.Code == "" {
-		return fmt.Sprintf("%s (%d)", e.Message, e.StatusCode)
-	}
-	return fmt.Sprintf("%s (%d %s)", e.Message, e.StatusCode, e.Code)
-}
+// The wire types are the api package's, shared with the server; these names keep client code
+// short and older callers compiling.
+type (
+	// Task is the task record.
+	Task = api.Task
+	// TaskError is why a task failed.
+	TaskError = api.TaskError
+	// HistoryEntry is one event in a task's life.
+	HistoryEntry = api.HistoryEntry
+	// SubmitRequest is the body of POST /v1/tasks; only Type is required.
+	SubmitRequest = api.SubmitRequest
+	// Cluster is the cluster at a glance.
+	Cluster = api.Cluster
+	// NodeInfo is one node as the cluster sees it.
+	NodeInfo = api.NodeInfo
+	// TypeVersion names one version of a task type.
+	TypeVersion = api.TypeVersion
+	// TypeInfo is a task type the cluster can run.
+	TypeInfo = api.TypeInfo
+	// LogLine is one line of a task's output.
+	LogLine = api.LogLine
+	// ListOptions filter and page GET /v1/tasks; zero fields are left out.
+	ListOptions = api.ListQuery
+	// APIError is a non-2xx answer from the API; errors.Is(err, &APIError{Code: c}) matches a code.
+	APIError = api.Error
+)
 
 // IsNotFound reports whether err is the API's 404.
 func IsNotFound(err error) bool {
@@ -154,9 +63,7 @@ func IsNotFound(err error) bool {
 }
 
 // IsTerminal reports whether a task in state will not change any more.
-func IsTerminal(state string) bool {
-	return state == StateSucceeded || state == StateFailed || state == StateCancelled
-}
+func IsTerminal(state string) bool { return api.IsTerminal(state) }
 
 // Client calls one node's HTTP API; any node answers every request.
 type Client struct {
@@ -262,7 +169,7 @@ func (c *Client) WaitDone(ctx context.Context, id string) (*Task, error) {
 // List returns tasks, newest first.
 func (c *Client) List(ctx context.Context, opts ListOptions) ([]Task, error) {
 	var raw json.RawMessage
-	if _, err := c.do(ctx, http.MethodGet, "/v1/tasks", opts.Query(), nil, &raw); err != nil {
+	if _, err := c.do(ctx, http.MethodGet, "/v1/tasks", opts.Values(), nil, &raw); err != nil {
 		return nil, err
 	}
 	// The contract leaves the list's envelope open: accept a bare array or {"tasks": [...]}.
@@ -368,9 +275,7 @@ func (c *Client) Types(ctx context.Context) ([]TypeInfo, error) {
 // Health returns the leader's name when the node is a member and a leader is
 // known; otherwise an *APIError with status 503.
 func (c *Client) Health(ctx context.Context) (leader string, err error) {
-	var h struct {
-		Leader string `json:"leader"`
-	}
+	var h api.Health
 	if _, err := c.do(ctx, http.MethodGet, "/v1/health", nil, nil, &h); err != nil {
 		return "", err
 	}
@@ -386,23 +291,6 @@ func (c *Client) Leave(ctx context.Context, force bool) error {
 	}
 	_, err := c.do(ctx, http.MethodPost, "/v1/agent/leave", q, nil, nil)
 	return err
-}
-
-// Query is the list's query string.
-func (opts ListOptions) Query() url.Values {
-	q := url.Values{}
-	for k, v := range map[string]string{
-		"state": opts.State, "type": opts.Type, "node": opts.Node,
-		"execution": opts.Execution, "after": opts.After,
-	} {
-		if v != "" {
-			q.Set(k, v)
-		}
-	}
-	if opts.Limit > 0 {
-		q.Set("limit", strconv.Itoa(opts.Limit))
-	}
-	return q
 }
 
 // Raw returns the JSON body of a GET as the API sent it, for callers that print it unchanged.

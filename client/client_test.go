@@ -391,10 +391,11 @@ func TestClusterTypesHealthLeave(t *testing.T) {
 }
 
 func TestTaskRecordMatchesContract(t *testing.T) {
+	// The record as the server writes it: the contract's fields plus failures, execution_id and create_index.
 	record := `{"id":"01J","type":"sleep","version":"1","input":{"ms":500},"state":"failed","node":"n2",
-		"attempt":1,"max_attempts":3,"timeout":"30s","result":null,"error":{"type":"task","message":"boom"},
-		"idempotency_key":"k","created_at":"2025-01-02T03:04:05.123456789Z","started_at":"2025-01-02T03:04:06Z",
-		"finished_at":"2025-01-02T03:04:07Z","modify_index":42,
+		"attempt":1,"max_attempts":3,"failures":0,"timeout":"30s","result":null,"error":{"type":"task","message":"boom"},
+		"idempotency_key":"k","execution_id":"","created_at":"2025-01-02T03:04:05.123456789Z","started_at":"2025-01-02T03:04:06Z",
+		"finished_at":"2025-01-02T03:04:07Z","create_index":0,"modify_index":42,
 		"history":[{"attempt":1,"node":"n3","event":"failed","at":"2025-01-02T03:04:07Z","error":"boom"}]}`
 	var task client.Task
 	if err := json.Unmarshal([]byte(record), &task); err != nil {

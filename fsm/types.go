@@ -7,7 +7,6 @@ package fsm
 
 import (
 	"encoding/json"
-	"fmt"
 	"time"
 )
 
@@ -53,93 +52,52 @@ const (
 	EventCancelled   = "cancelled"
 )
 
-// Duration is a time.Duration that reads and writes JSON as Go duration text ("30s").
+// Duration is a task timeout. It has no JSON form of its own: the API writes it as Go duration
+// text (node/convert.go).
 type Duration time.Duration
-
-// MarshalJSON writes the duration as text, "" for zero.
-func (d Duration) MarshalJSON() ([]byte, error) {
-	if d == 0 {
-		return []byte(`""`), nil
-	}
-	return json.Marshal(time.Duration(d).String())
-}
-
-// UnmarshalJSON reads duration text such as "30s" or "1m30s".
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string like \"30s\"")
-	}
-	if s == "" {
-		*d = 0
-		return nil
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("invalid duration %q", s)
-	}
-	*d = Duration(v)
-	return nil
-}
 
 // TaskError is the error of a failed attempt or task.
 type TaskError struct {
-	Type    string `json:"type" msgpack:"type"`
-	Message string `json:"message" msgpack:"message"`
+	Type    string `msgpack:"type"`
+	Message string `msgpack:"message"`
 }
 
 // HistoryEntry records one event in a task's life.
 type HistoryEntry struct {
-	Attempt int       `json:"attempt" msgpack:"attempt"`
-	Node    string    `json:"node" msgpack:"node"`
-	Event   string    `json:"event" msgpack:"event"`
-	At      time.Time `json:"at" msgpack:"at"`
-	Error   string    `json:"error,omitempty" msgpack:"error,omitempty"`
+	Attempt int       `msgpack:"attempt"`
+	Node    string    `msgpack:"node"`
+	Event   string    `msgpack:"event"`
+	At      time.Time `msgpack:"at"`
+	Error   string    `msgpack:"error,omitempty"`
 }
 
-// Task is the task record; its JSON form is the contract's.
+// Task is the task record as the FSM keeps it; its JSON form is api.Task (node/convert.go).
 type Task struct {
-	ID              string          `json:"id" msgpack:"id"`
-	Type            string          `json:"type" msgpack:"type"`
-	Version         string          `json:"version" msgpack:"version"`
-	Input           json.RawMessage `json:"input" msgpack:"input"`
-	State           State           `json:"state" msgpack:"state"`
-	Node            string          `json:"node" msgpack:"node"`
-	BootID          string          `json:"-" msgpack:"boot_id"`
-	Attempt         int             `json:"attempt" msgpack:"attempt"`
-	MaxAttempts     int             `json:"max_attempts" msgpack:"max_attempts"`
-	Failures        int             `json:"failures" msgpack:"failures"`
-	Timeout         Duration        `json:"timeout" msgpack:"timeout"`
-	Result          json.RawMessage `json:"result" msgpack:"result"`
-	Error           *TaskError      `json:"error" msgpack:"error"`
-	IdempotencyKey  string          `json:"idempotency_key" msgpack:"idempotency_key"`
-	ExecutionID     string          `json:"execution_id" msgpack:"execution_id"`
-	ParentID        string          `json:"parent_id,omitempty" msgpack:"parent_id"`
-	CreatedAt       time.Time       `json:"created_at" msgpack:"created_at"`
-	StartedAt       *time.Time      `json:"started_at" msgpack:"started_at"`
-	FinishedAt      *time.Time      `json:"finished_at" msgpack:"finished_at"`
-	NotBefore       *time.Time      `json:"not_before,omitempty" msgpack:"not_before"`
-	CancelRequested bool            `json:"cancel_requested,omitempty" msgpack:"cancel_requested"`
-	Checkpoint      json.RawMessage `json:"checkpoint,omitempty" msgpack:"checkpoint"`
-	CreateIndex     uint64          `json:"create_index" msgpack:"create_index"`
-	ModifyIndex     uint64          `json:"modify_index" msgpack:"modify_index"`
-	History         []HistoryEntry  `json:"history" msgpack:"history"`
-}
-
-// MarshalJSON writes JSON null for an absent input or result, as the contract shows.
-func (t Task) MarshalJSON() ([]byte, error) {
-	type plain Task
-	p := plain(t)
-	if len(p.Input) == 0 {
-		p.Input = json.RawMessage("null")
-	}
-	if len(p.Result) == 0 {
-		p.Result = json.RawMessage("null")
-	}
-	if p.History == nil {
-		p.History = []HistoryEntry{}
-	}
-	return json.Marshal(p)
+	ID              string          `msgpack:"id"`
+	Type            string          `msgpack:"type"`
+	Version         string          `msgpack:"version"`
+	Input           json.RawMessage `msgpack:"input"`
+	State           State           `msgpack:"state"`
+	Node            string          `msgpack:"node"`
+	BootID          string          `msgpack:"boot_id"`
+	Attempt         int             `msgpack:"attempt"`
+	MaxAttempts     int             `msgpack:"max_attempts"`
+	Failures        int             `msgpack:"failures"`
+	Timeout         Duration        `msgpack:"timeout"`
+	Result          json.RawMessage `msgpack:"result"`
+	Error           *TaskError      `msgpack:"error"`
+	IdempotencyKey  string          `msgpack:"idempotency_key"`
+	ExecutionID     string          `msgpack:"execution_id"`
+	ParentID        string          `msgpack:"parent_id"`
+	CreatedAt       time.Time       `msgpack:"created_at"`
+	StartedAt       *time.Time      `msgpack:"started_at"`
+	FinishedAt      *time.Time      `msgpack:"finished_at"`
+	NotBefore       *time.Time      `msgpack:"not_before"`
+	CancelRequested bool            `msgpack:"cancel_requested"`
+	Checkpoint      json.RawMessage `msgpack:"checkpoint"`
+	CreateIndex     uint64          `msgpack:"create_index"`
+	ModifyIndex     uint64          `msgpack:"modify_index"`
+	History         []HistoryEntry  `msgpack:"history"`
 }
 
 // clone returns a copy that shares no mutable memory with t.
@@ -161,26 +119,26 @@ const (
 
 // TypeInfo is one task type and version a node offers.
 type TypeInfo struct {
-	Type         string          `json:"type" msgpack:"type"`
-	Version      string          `json:"version" msgpack:"version"`
-	Description  string          `json:"description,omitempty" msgpack:"description"`
-	ExampleInput json.RawMessage `json:"example_input,omitempty" msgpack:"example_input"`
+	Type         string          `msgpack:"type"`
+	Version      string          `msgpack:"version"`
+	Description  string          `msgpack:"description"`
+	ExampleInput json.RawMessage `msgpack:"example_input"`
 }
 
 // Node is a node as registered in the FSM.
 type Node struct {
-	Name         string     `json:"name" msgpack:"name"`
-	GossipAddr   string     `json:"gossip_addr" msgpack:"gossip_addr"`
-	RaftAddr     string     `json:"raft_addr" msgpack:"raft_addr"`
-	HTTPAddr     string     `json:"http_addr" msgpack:"http_addr"`
-	BootID       string     `json:"boot_id" msgpack:"boot_id"`
-	Capacity     int        `json:"capacity" msgpack:"capacity"`
-	Version      string     `json:"version" msgpack:"version"`
-	Types        []TypeInfo `json:"task_types" msgpack:"types"`
-	Draining     bool       `json:"draining" msgpack:"draining"`
-	Status       NodeStatus `json:"status" msgpack:"status"`
-	RegisteredAt time.Time  `json:"registered_at" msgpack:"registered_at"`
-	ModifyIndex  uint64     `json:"modify_index" msgpack:"modify_index"`
+	Name         string     `msgpack:"name"`
+	GossipAddr   string     `msgpack:"gossip_addr"`
+	RaftAddr     string     `msgpack:"raft_addr"`
+	HTTPAddr     string     `msgpack:"http_addr"`
+	BootID       string     `msgpack:"boot_id"`
+	Capacity     int        `msgpack:"capacity"`
+	Version      string     `msgpack:"version"`
+	Types        []TypeInfo `msgpack:"types"`
+	Draining     bool       `msgpack:"draining"`
+	Status       NodeStatus `msgpack:"status"`
+	RegisteredAt time.Time  `msgpack:"registered_at"`
+	ModifyIndex  uint64     `msgpack:"modify_index"`
 }
 
 // Offers reports whether the node offers typ at version (any version when version is "").

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/scheduler"
@@ -183,8 +182,6 @@ func fromWire(w *wireResult) *fsm.Result {
 	return r
 }
 
-const internalApplyPath = "/v1/internal/apply"
-
 func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.Result, error) {
 	b, err := fsm.Encode(c)
 	if err != nil {
@@ -216,40 +213,6 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 	}
 	r := fromWire(&w)
 	return r, r.Err
-}
-
-// handleInternalApply is the leader's side of forwarding.
-func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<20))
-	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "command too large")
-		return
-	}
-	c, err := fsm.Decode(body)
-	if err != nil || !forwardable[c.Type] {
-		writeError(w, http.StatusBadRequest, "bad_command", "not a forwardable command")
-		return
-	}
-	if n.raft.State() != raft.Leader {
-		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
-		return
-	}
-	res, err := n.applyLocal(r.Context(), c)
-	if res == nil {
-		if retryable(err) {
-			writeError(w, http.StatusServiceUnavailable, "not_leader", err.Error())
-			return
-		}
-		writeError(w, http.StatusInternalServerError, "apply_failed", err.Error())
-		return
-	}
-	out, err := msgpack.Marshal(toWire(res))
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "encode", err.Error())
-		return
-	}
-	w.Header().Set("Content-Type", "application/msgpack")
-	_, _ = w.Write(out)
 }
 
 // waitIndex blocks until the local FSM has applied index, so a follower reads its own writes.

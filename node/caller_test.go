@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -74,7 +75,7 @@ func readLogs(t *testing.T, n *Node, id string, follow bool, fn func(tasks.LogLi
 func TestLogsKeepOrderAndAreServedByAnyNode(t *testing.T) {
 	tc := startCluster(t, 3, clusterOpts{inmem: true, registry: chatterRegistry(t, newGate())})
 	task := submit(t, tc.nodes[0], "chatter", 3, "20s")
-	if task.State != fsm.Succeeded {
+	if task.State != api.StateSucceeded {
 		t.Fatalf("chatter: %s", task.State)
 	}
 	var want []string
@@ -148,8 +149,8 @@ func TestConcurrentSubmitsWithOneKeyCreateOneTask(t *testing.T) {
 			wg.Add(1)
 			go func(i int) {
 				defer wg.Done()
-				var task fsm.Task
-				codes[i] = api(t, tc.nodes[i%3], "POST", "/v1/tasks", map[string]any{"type": "echo", "input": i, "idempotency_key": key}, &task)
+				var task api.Task
+				codes[i] = httpCall(t, tc.nodes[i%3], "POST", "/v1/tasks", map[string]any{"type": "echo", "input": i, "idempotency_key": key}, &task)
 				ids[i] = task.ID
 			}(i)
 		}
@@ -177,20 +178,20 @@ func TestConcurrentSubmitsWithOneKeyCreateOneTask(t *testing.T) {
 func TestRetentionRemovesFinishedTasksAndTheirKeys(t *testing.T) {
 	tc := startCluster(t, 1, clusterOpts{inmem: true, tweak: func(_ int, c *Config) { c.Retention = 2 * time.Second }})
 	n := tc.nodes[0]
-	var task fsm.Task
-	api(t, n, "POST", "/v1/tasks?wait=10s", map[string]any{"type": "print", "input": "bye", "idempotency_key": "k1"}, &task)
-	if task.State != fsm.Succeeded {
+	var task api.Task
+	httpCall(t, n, "POST", "/v1/tasks?wait=10s", map[string]any{"type": "print", "input": "bye", "idempotency_key": "k1"}, &task)
+	if task.State != api.StateSucceeded {
 		t.Fatalf("print: %s", task.State)
 	}
 	waitFor(t, "task removed after retention", 30*time.Second, func() bool {
-		return api(t, n, "GET", "/v1/tasks/"+task.ID, nil, nil) == http.StatusNotFound
+		return httpCall(t, n, "GET", "/v1/tasks/"+task.ID, nil, nil) == http.StatusNotFound
 	})
 	waitFor(t, "its log deleted", 30*time.Second, func() bool {
 		ids, _ := n.logs.Tasks()
 		return len(ids) == 0
 	})
-	var again fsm.Task
-	if code := api(t, n, "POST", "/v1/tasks", map[string]any{"type": "print", "input": "bye", "idempotency_key": "k1"}, &again); code != http.StatusCreated || again.ID == task.ID {
+	var again api.Task
+	if code := httpCall(t, n, "POST", "/v1/tasks", map[string]any{"type": "print", "input": "bye", "idempotency_key": "k1"}, &again); code != http.StatusCreated || again.ID == task.ID {
 		t.Fatalf("key after expiry: %d %s", code, again.ID)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/membership/memnet"
 	"github.com/taskworker/taskworker/tasks"
@@ -225,8 +226,8 @@ func (tc *testCluster) follower() *Node {
 	return nil
 }
 
-// api sends a JSON request to a node's HTTP API and decodes the reply into out.
-func api(t *testing.T, n *Node, method, path string, body any, out any) int {
+// httpCall sends a JSON request to a node's HTTP API and decodes the reply into out.
+func httpCall(t *testing.T, n *Node, method, path string, body any, out any) int {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -254,15 +255,15 @@ func api(t *testing.T, n *Node, method, path string, body any, out any) int {
 	return resp.StatusCode
 }
 
-func submit(t *testing.T, n *Node, typ string, input any, wait string) fsm.Task {
+func submit(t *testing.T, n *Node, typ string, input any, wait string) api.Task {
 	t.Helper()
-	var task fsm.Task
+	var task api.Task
 	path := "/v1/tasks"
 	if wait != "" {
 		path += "?wait=" + wait
 	}
 	body := map[string]any{"type": typ, "input": input}
-	if code := api(t, n, "POST", path, body, &task); code != http.StatusCreated {
+	if code := httpCall(t, n, "POST", path, body, &task); code != http.StatusCreated {
 		t.Fatalf("submit %s: status %d", typ, code)
 	}
 	return task
@@ -272,14 +273,14 @@ func TestSubmitOnFollowerReturnsResult(t *testing.T) {
 	tc := startCluster(t, 3, clusterOpts{})
 	f := tc.follower()
 	task := submit(t, f, "calc-square", 12, "20s")
-	if task.State != fsm.Succeeded || string(task.Result) != "144" {
+	if task.State != api.StateSucceeded || string(task.Result) != "144" {
 		t.Fatalf("task = %s %s, want succeeded 144", task.State, task.Result)
 	}
-	var got fsm.Task
+	var got api.Task
 	for _, n := range tc.nodes {
 		waitFor(t, "task replicated to "+n.Name(), 10*time.Second, func() bool {
-			api(t, n, "GET", "/v1/tasks/"+task.ID, nil, &got)
-			return got.State == fsm.Succeeded
+			httpCall(t, n, "GET", "/v1/tasks/"+task.ID, nil, &got)
+			return got.State == api.StateSucceeded
 		})
 	}
 }
@@ -292,12 +293,12 @@ func TestTasksSpreadOverAllNodes(t *testing.T) {
 	}
 	ran := map[string]int{}
 	for _, id := range ids {
-		var task fsm.Task
+		var task api.Task
 		waitFor(t, "task "+id+" done", 30*time.Second, func() bool {
-			api(t, tc.nodes[0], "GET", "/v1/tasks/"+id+"?wait=5s", nil, &task)
-			return task.State.Terminal()
+			httpCall(t, tc.nodes[0], "GET", "/v1/tasks/"+id+"?wait=5s", nil, &task)
+			return api.IsTerminal(task.State)
 		})
-		if task.State != fsm.Succeeded {
+		if task.State != api.StateSucceeded {
 			t.Fatalf("task %s ended %s: %+v", id, task.State, task.Error)
 		}
 		ran[task.Node]++
@@ -319,24 +320,41 @@ func TestBadRequestsGetContractErrors(t *testing.T) {
 		{"missing type", map[string]any{"input": 1}, 400, "missing_type"},
 		{"unknown type", map[string]any{"type": "nope"}, 400, "unknown_task_type"},
 		{"wrong input shape", map[string]any{"type": "calc-square", "input": "twelve"}, 400, "invalid_input"},
-		{"bad timeout", map[string]any{"type": "echo", "timeout": "soon"}, 400, "invalid_request"},
-		{"bad max attempts", map[string]any{"type": "echo", "max_attempts": 0}, 400, "invalid_max_attempts"},
+		{"bad timeout", map[string]any{"type": "echo", "timeout": "soon"}, 400, "invalid_timeout"},
+		{"timeout not text", map[string]any{"type": "echo", "timeout": 30}, 400, "invalid_request"},
+		{"negative timeout", map[string]any{"type": "echo", "timeout": "-1s"}, 400, "invalid_timeout"},
+		{"timeout over the limit", map[string]any{"type": "echo", "timeout": "10000h"}, 400, "invalid_timeout"},
+		{"negative max attempts", map[string]any{"type": "echo", "max_attempts": -1}, 400, "invalid_max_attempts"},
+		{"max attempts over the limit", map[string]any{"type": "echo", "max_attempts": 101}, 400, "invalid_max_attempts"},
+		{"bad version", map[string]any{"type": "echo", "version": "1 0/.."}, 400, "invalid_version"},
+		{"long idempotency key", map[string]any{"type": "echo", "idempotency_key": strings.Repeat("k", 257)}, 400, "invalid_idempotency_key"},
 		{"unknown field", map[string]any{"type": "echo", "colour": "red"}, 400, "invalid_request"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var e apiError
-			if code := api(t, n, "POST", "/v1/tasks", c.body, &e); code != c.status || e.Code != c.code || e.Error == "" {
+			var e api.Error
+			if code := httpCall(t, n, "POST", "/v1/tasks", c.body, &e); code != c.status || string(e.Code) != c.code || e.Message == "" {
 				t.Fatalf("got %d %+v, want %d %s", code, e, c.status, c.code)
 			}
 		})
 	}
-	var e apiError
-	if code := api(t, n, "GET", "/v1/tasks/nope", nil, &e); code != 404 || e.Code != "not_found" {
+	if n := len(n.FSM().List(fsm.Filter{})); n != 0 {
+		t.Fatalf("bad submits created %d tasks", n)
+	}
+	// Zero values mean the defaults: 3 attempts, 30 s.
+	for _, body := range []map[string]any{{"type": "echo", "max_attempts": 0, "timeout": ""}, {"type": "echo", "timeout": "0s"}} {
+		var task api.Task
+		if code := httpCall(t, n, "POST", "/v1/tasks", body, &task); code != http.StatusCreated || task.MaxAttempts != 3 || task.Timeout != "30s" {
+			t.Fatalf("%v: %d max_attempts %d timeout %q, want 201 3 30s", body, code, task.MaxAttempts, task.Timeout)
+		}
+	}
+	before := len(n.FSM().List(fsm.Filter{}))
+	var e api.Error
+	if code := httpCall(t, n, "GET", "/v1/tasks/nope", nil, &e); code != 404 || e.Code != "not_found" {
 		t.Fatalf("get unknown: %d %+v", code, e)
 	}
 	big := map[string]any{"type": "echo", "input": string(make([]byte, 2<<20))}
-	if code := api(t, n, "POST", "/v1/tasks", big, &e); code != 413 {
+	if code := httpCall(t, n, "POST", "/v1/tasks", big, &e); code != 413 {
 		t.Fatalf("big body: %d %+v", code, e)
 	}
 	req, _ := http.NewRequest("POST", "http://"+n.HTTPAddr()+"/v1/tasks", bytes.NewReader([]byte("type=echo")))
@@ -349,7 +367,7 @@ func TestBadRequestsGetContractErrors(t *testing.T) {
 	if resp.StatusCode != 415 {
 		t.Fatalf("text/plain: %d", resp.StatusCode)
 	}
-	if n := len(n.FSM().List(fsm.Filter{})); n != 0 {
+	if n := len(n.FSM().List(fsm.Filter{})); n != before {
 		t.Fatalf("bad requests created %d tasks", n)
 	}
 }
@@ -398,7 +416,7 @@ func TestWholeClusterRestartKeepsEveryTask(t *testing.T) {
 func TestTokenGuardsTheAPIAndNodesCarryIt(t *testing.T) {
 	tc := startCluster(t, 3, clusterOpts{inmem: true, tweak: func(_ int, c *Config) { c.Token = "s3cret" }})
 	f := tc.follower()
-	call := func(method, path, token string, body string) (int, apiError) {
+	call := func(method, path, token string, body string) (int, api.Error) {
 		req, _ := http.NewRequest(method, "http://"+f.HTTPAddr()+path, bytes.NewReader([]byte(body)))
 		req.Header.Set("Content-Type", "application/json")
 		if token != "" {
@@ -409,7 +427,7 @@ func TestTokenGuardsTheAPIAndNodesCarryIt(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		var e apiError
+		var e api.Error
 		_ = json.NewDecoder(resp.Body).Decode(&e)
 		return resp.StatusCode, e
 	}

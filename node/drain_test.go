@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 )
 
@@ -87,9 +88,9 @@ func checkGone(t *testing.T, tc *testCluster, name string) {
 		return true
 	})
 	for _, n := range tc.live() {
-		var info clusterInfo
+		var info api.Cluster
 		waitFor(t, n.Name()+" shows "+name+" left", 30*time.Second, func() bool {
-			if api(t, n, "GET", "/v1/cluster", nil, &info) != http.StatusOK {
+			if httpCall(t, n, "GET", "/v1/cluster", nil, &info) != http.StatusOK {
 				return false
 			}
 			for _, ni := range info.Nodes {
@@ -239,7 +240,7 @@ func testNoPlacementWhileDraining(t *testing.T, atOnce bool) {
 		t.Fatalf("placement %v, want one task on %s", on, victim.Name())
 	}
 	var accepted map[string]string
-	if code := api(t, victim, "POST", "/v1/agent/leave", nil, &accepted); code != http.StatusAccepted {
+	if code := httpCall(t, victim, "POST", "/v1/agent/leave", nil, &accepted); code != http.StatusAccepted {
 		t.Fatalf("leave: %d %v", code, accepted)
 	}
 	var ids []string
@@ -265,9 +266,9 @@ func testNoPlacementWhileDraining(t *testing.T, atOnce bool) {
 	default:
 	}
 	// Status shows the node draining while it drains.
-	var info clusterInfo
-	api(t, tc.leader(), "GET", "/v1/cluster", nil, &info)
-	if i := slices.IndexFunc(info.Nodes, func(ni nodeInfo) bool { return ni.Name == victim.Name() }); i < 0 || !info.Nodes[i].Draining || info.Nodes[i].State != "alive" {
+	var info api.Cluster
+	httpCall(t, tc.leader(), "GET", "/v1/cluster", nil, &info)
+	if i := slices.IndexFunc(info.Nodes, func(ni api.NodeInfo) bool { return ni.Name == victim.Name() }); i < 0 || !info.Nodes[i].Draining || info.Nodes[i].State != "alive" {
 		t.Fatalf("cluster view of the draining node: %+v", info.Nodes)
 	}
 	o.open(victim.Name())
@@ -391,7 +392,7 @@ func TestLeaderDrainTransfersLeadershipWithoutFailingSubmits(t *testing.T) {
 		t.Fatalf("leader after the leave: %v", l)
 	}
 	checkGone(t, tc, victim.Name())
-	if task := submit(t, survivors[0], "calc-square", 5, "20s"); task.State != fsm.Succeeded || string(task.Result) != "25" {
+	if task := submit(t, survivors[0], "calc-square", 5, "20s"); task.State != api.StateSucceeded || string(task.Result) != "25" {
 		t.Fatalf("after the leave: %s %s", task.State, task.Result)
 	}
 }
@@ -399,8 +400,8 @@ func TestLeaderDrainTransfersLeadershipWithoutFailingSubmits(t *testing.T) {
 func TestLeaveOfLastNodeIsRefusedUnlessForced(t *testing.T) {
 	tc := startCluster(t, 1, clusterOpts{inmem: true})
 	n := tc.nodes[0]
-	var e apiError
-	if code := api(t, n, "POST", "/v1/agent/leave", nil, &e); code != http.StatusConflict || e.Code != "leave_refused" || e.Error == "" {
+	var e api.Error
+	if code := httpCall(t, n, "POST", "/v1/agent/leave", nil, &e); code != http.StatusConflict || e.Code != "leave_refused" || e.Message == "" {
 		t.Fatalf("leave of the last node: %d %+v, want 409 leave_refused", code, e)
 	}
 	// Refused means untouched: it still serves and still takes work.
@@ -412,12 +413,12 @@ func TestLeaveOfLastNodeIsRefusedUnlessForced(t *testing.T) {
 	if nd, _ := n.FSM().Node(n.Name()); nd.Draining {
 		t.Fatal("refused leave marked the node draining")
 	}
-	if task := submit(t, n, "calc-square", 3, "20s"); task.State != fsm.Succeeded {
+	if task := submit(t, n, "calc-square", 3, "20s"); task.State != api.StateSucceeded {
 		t.Fatalf("after a refused leave: %s", task.State)
 	}
 
 	var accepted map[string]string
-	if code := api(t, n, "POST", "/v1/agent/leave?force=true", nil, &accepted); code != http.StatusAccepted {
+	if code := httpCall(t, n, "POST", "/v1/agent/leave?force=true", nil, &accepted); code != http.StatusAccepted {
 		t.Fatalf("forced leave: %d %v", code, accepted)
 	}
 	waitDone(t, n, 30*time.Second)
@@ -439,14 +440,14 @@ func TestLeaveThatBreaksQuorumIsRefused(t *testing.T) {
 	waitFor(t, leaver.Name()+" sees "+crashed.Name()+" gone", 30*time.Second, func() bool {
 		return !leaver.aliveNames()[crashed.Name()]
 	})
-	var e apiError
-	if code := api(t, leaver, "POST", "/v1/agent/leave", nil, &e); code != http.StatusConflict || e.Code != "leave_refused" {
+	var e api.Error
+	if code := httpCall(t, leaver, "POST", "/v1/agent/leave", nil, &e); code != http.StatusConflict || e.Code != "leave_refused" {
 		t.Fatalf("leave breaking quorum: %d %+v, want 409 leave_refused", code, e)
 	}
 	if err := leaver.Leave(context.Background(), false); err == nil {
 		t.Fatal("Leave breaking quorum returned nil")
 	}
-	if task := submit(t, leaver, "calc-square", 4, "20s"); task.State != fsm.Succeeded {
+	if task := submit(t, leaver, "calc-square", 4, "20s"); task.State != api.StateSucceeded {
 		t.Fatalf("after a refused leave: %s", task.State)
 	}
 }

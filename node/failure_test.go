@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -264,7 +265,7 @@ func TestFiveNodesSurviveTwoCrashesInARow(t *testing.T) {
 		waitFor(t, "dead voter replaced", 30*time.Second, func() bool { a, n := voters(); return a == 3 && n == 3 })
 	}
 	task := submit(t, tc.live()[0], "calc-square", 9, "20s")
-	if task.State != fsm.Succeeded || string(task.Result) != "81" {
+	if task.State != api.StateSucceeded || string(task.Result) != "81" {
 		t.Fatalf("after two crashes: %s %s", task.State, task.Result)
 	}
 }
@@ -281,9 +282,9 @@ func (tc *testCluster) find(name string) *Node {
 func TestRetriesBackOffUntilMaxAttempts(t *testing.T) {
 	tc := startCluster(t, 1, clusterOpts{inmem: true})
 	n := tc.nodes[0]
-	var flaky fsm.Task
-	api(t, n, "POST", "/v1/tasks?wait=30s", map[string]any{"type": "flaky", "input": map[string]int{"fail_attempts": 2}, "max_attempts": 3}, &flaky)
-	if flaky.State != fsm.Succeeded || flaky.Attempt != 3 || flaky.Failures != 2 || string(flaky.Result) != `{"attempt":3}` {
+	var flaky api.Task
+	httpCall(t, n, "POST", "/v1/tasks?wait=30s", map[string]any{"type": "flaky", "input": map[string]int{"fail_attempts": 2}, "max_attempts": 3}, &flaky)
+	if flaky.State != api.StateSucceeded || flaky.Attempt != 3 || flaky.Failures != 2 || string(flaky.Result) != `{"attempt":3}` {
 		t.Fatalf("flaky: %s attempt %d failures %d result %s", flaky.State, flaky.Attempt, flaky.Failures, flaky.Result)
 	}
 	// Backoff: the second attempt starts about 1 s (±20 %) after the first failure.
@@ -299,18 +300,18 @@ func TestRetriesBackOffUntilMaxAttempts(t *testing.T) {
 	if gap := secondAt.Sub(failedAt); gap < 750*time.Millisecond {
 		t.Fatalf("retry after %s, want >= ~0.8s backoff", gap)
 	}
-	var failing fsm.Task
-	api(t, n, "POST", "/v1/tasks?wait=30s", map[string]any{"type": "fail", "input": "boom", "max_attempts": 2}, &failing)
-	if failing.State != fsm.Failed || failing.Attempt != 2 || failing.Error == nil || failing.Error.Message != "boom" {
+	var failing api.Task
+	httpCall(t, n, "POST", "/v1/tasks?wait=30s", map[string]any{"type": "fail", "input": "boom", "max_attempts": 2}, &failing)
+	if failing.State != api.StateFailed || failing.Attempt != 2 || failing.Error == nil || failing.Error.Message != "boom" {
 		t.Fatalf("fail: %s attempt %d error %+v", failing.State, failing.Attempt, failing.Error)
 	}
 }
 
 func TestTimeoutFailsTheAttempt(t *testing.T) {
 	tc := startCluster(t, 1, clusterOpts{inmem: true})
-	var task fsm.Task
-	api(t, tc.nodes[0], "POST", "/v1/tasks?wait=30s", map[string]any{"type": "sleep", "input": map[string]int{"ms": 10000}, "timeout": "200ms", "max_attempts": 1}, &task)
-	if task.State != fsm.Failed || task.Error == nil || task.Error.Type != "timeout" {
+	var task api.Task
+	httpCall(t, tc.nodes[0], "POST", "/v1/tasks?wait=30s", map[string]any{"type": "sleep", "input": map[string]int{"ms": 10000}, "timeout": "200ms", "max_attempts": 1}, &task)
+	if task.State != api.StateFailed || task.Error == nil || task.Error.Type != "timeout" {
 		t.Fatalf("got %s %+v", task.State, task.Error)
 	}
 }
@@ -323,11 +324,11 @@ func TestCancelPendingAndRunning(t *testing.T) {
 	waitState(t, tc, running.ID, 20*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running })
 	pending := submit(t, n, "gate", nil, "") // no free slot: stays pending
 
-	var got fsm.Task
-	if code := api(t, n, "POST", "/v1/tasks/"+pending.ID+"/cancel", nil, &got); code != http.StatusAccepted || got.State != fsm.Cancelled {
+	var got api.Task
+	if code := httpCall(t, n, "POST", "/v1/tasks/"+pending.ID+"/cancel", nil, &got); code != http.StatusAccepted || got.State != api.StateCancelled {
 		t.Fatalf("cancel pending: %d %s", code, got.State)
 	}
-	if code := api(t, n, "POST", "/v1/tasks/"+running.ID+"/cancel", nil, &got); code != http.StatusAccepted {
+	if code := httpCall(t, n, "POST", "/v1/tasks/"+running.ID+"/cancel", nil, &got); code != http.StatusAccepted {
 		t.Fatalf("cancel running: %d", code)
 	}
 	done := waitState(t, tc, running.ID, 20*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
@@ -337,8 +338,8 @@ func TestCancelPendingAndRunning(t *testing.T) {
 	if p := tc.task(pending.ID); p.Attempt != 0 {
 		t.Fatalf("cancelled pending task ran: attempt %d", p.Attempt)
 	}
-	var e apiError
-	if code := api(t, n, "POST", "/v1/tasks/"+running.ID+"/cancel", nil, &e); code != http.StatusConflict {
+	var e api.Error
+	if code := httpCall(t, n, "POST", "/v1/tasks/"+running.ID+"/cancel", nil, &e); code != http.StatusConflict {
 		t.Fatalf("cancel finished: %d %+v", code, e)
 	}
 }
@@ -390,7 +391,7 @@ func TestNodeBackOnNewAddressesIsReadded(t *testing.T) {
 	})
 	tc.waitHealthy(3)
 	task := submit(t, y, "calc-square", 5, "20s")
-	if task.State != fsm.Succeeded || string(task.Result) != "25" {
+	if task.State != api.StateSucceeded || string(task.Result) != "25" {
 		t.Fatalf("task via returned node: %s %s", task.State, task.Result)
 	}
 	waitFor(t, "returned node replicates", 20*time.Second, func() bool {

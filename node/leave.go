@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -156,8 +157,6 @@ func (n *Node) drainTasks(ctx context.Context, log *slog.Logger) {
 	}
 }
 
-const internalRemovePath = "/v1/internal/remove/{name}"
-
 // askLeaderRemove has the leader drop this node from raft's configuration.
 func (n *Node) askLeaderRemove(ctx context.Context) error {
 	for {
@@ -165,7 +164,7 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 			return errors.New("this node leads again: nobody to remove it")
 		}
 		if addr := n.leaderHTTP(); addr != "" {
-			req, _ := n.peerRequest(ctx, http.MethodPost, addr, "/v1/internal/remove/"+n.cfg.Name, nil)
+			req, _ := n.peerRequest(ctx, http.MethodPost, addr, removePath(n.cfg.Name), nil)
 			resp, err := n.client.Do(req)
 			if err == nil {
 				resp.Body.Close()
@@ -182,34 +181,6 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 	}
 }
 
-// handleInternalRemove is the leader's side of a graceful leave: remove the server from raft.
-func (n *Node) handleInternalRemove(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if !n.IsLeader() {
-		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
-		return
-	}
-	if name == n.cfg.Name {
-		writeError(w, http.StatusConflict, "is_leader", "the leader cannot remove itself")
-		return
-	}
-	if err := n.raft.RemoveServer(raft.ServerID(name), 0, 5*time.Second).Error(); err != nil {
-		writeError(w, http.StatusServiceUnavailable, "remove_failed", err.Error())
-		return
-	}
-	n.log.Info("removed leaving node from raft", "server", name)
-	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
-}
-
-func (n *Node) handleLeave(w http.ResponseWriter, r *http.Request) {
-	force := r.URL.Query().Get("force") == "true"
-	if err := n.Leave(context.Background(), force); err != nil {
-		if errors.Is(err, ErrLeaveRefused) {
-			writeError(w, http.StatusConflict, "leave_refused", err.Error())
-			return
-		}
-		writeError(w, http.StatusInternalServerError, "internal", err.Error())
-		return
-	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"status": "leaving", "node": n.cfg.Name})
-}
+// removePath is the leader's internal route that removes the named node from raft. The name is
+// escaped: a node name may hold "/", "?" or "%", which would otherwise change the route.
+func removePath(name string) string { return "/v1/internal/remove/" + url.PathEscape(name) }

@@ -9,49 +9,36 @@ import (
 	"net/url"
 	"slices"
 	"sort"
-	"strconv"
-	"time"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
-	"github.com/taskworker/taskworker/scheduler"
 	"github.com/taskworker/taskworker/tasks"
 )
 
-// handleLogs serves a task's output from every node that ran one of its attempts. With
-// follow=true it streams new lines, across moves to other nodes, until the task ends.
-func (n *Node) handleLogs(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
+// taskLogs hands emit a task's output from every node that ran one of its attempts, in time
+// order. With follow it streams new lines, across moves to other nodes, until the task ends.
+func (n *Node) taskLogs(ctx context.Context, id string, follow bool, emit func(api.LogLine)) error {
 	t, ok := n.fsm.Task(id)
 	if !ok {
-		writeError(w, http.StatusNotFound, "not_found", "task "+id+" not found")
-		return
+		return taskNotFound(id)
 	}
-	follow := r.URL.Query().Get("follow") == "true"
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	enc := json.NewEncoder(w)
-	flusher, _ := w.(http.Flusher)
-	if !follow {
-		var all []tasks.LogLine
-		for _, name := range attemptNodes(&t) {
-			lines, err := n.nodeLogs(r.Context(), name, id)
-			if err != nil {
-				n.log.Warn("read task logs", "task", id, "from", name, "err", err)
-			}
-			all = append(all, lines...)
-		}
-		sort.SliceStable(all, func(i, j int) bool { return all[i].TS.Before(all[j].TS) })
-		for _, l := range all {
-			_ = enc.Encode(l)
-		}
-		return
+	if follow {
+		n.followLogs(ctx, id, func(l tasks.LogLine) { emit(toAPILogLine(l)) })
+		return nil
 	}
-	n.followLogs(r.Context(), id, func(l tasks.LogLine) {
-		_ = enc.Encode(l)
-		if flusher != nil {
-			flusher.Flush()
+	var all []tasks.LogLine
+	for _, name := range attemptNodes(&t) {
+		lines, err := n.nodeLogs(ctx, name, id)
+		if err != nil {
+			n.log.Warn("read task logs", "task", id, "from", name, "err", err)
 		}
-	})
+		all = append(all, lines...)
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].TS.Before(all[j].TS) })
+	for _, l := range all {
+		emit(toAPILogLine(l))
+	}
+	return nil
 }
 
 // followLogs streams each attempt's lines from the node that runs it, one source after another
@@ -84,7 +71,11 @@ func (n *Node) followLogs(ctx context.Context, id string, emit func(tasks.LogLin
 				if err != nil && ctx.Err() == nil {
 					n.log.Debug("follow task logs", "task", id, "from", name, "err", err)
 				}
-				ended <- struct{}{}
+				// The reader may have gone (the client dropped the follow): never block on it.
+				select {
+				case ended <- struct{}{}:
+				case <-ctx.Done():
+				}
 			}(h.Node, h.Attempt)
 		}
 		if t.State.Terminal() && active == 0 {
@@ -118,6 +109,9 @@ func drainQueued[T any](ch <-chan T, emit func(T)) {
 	}
 }
 
+// internalLogPath is the path of a task's logs on another node's internal routes.
+func internalLogPath(id string) string { return "/v1/internal/logs/" + url.PathEscape(id) }
+
 // attemptNodes lists the nodes that ran (or run) the task's attempts, in order.
 func attemptNodes(t *fsm.Task) []string {
 	var names []string
@@ -135,7 +129,7 @@ func (n *Node) nodeLogs(ctx context.Context, name, id string) ([]tasks.LogLine, 
 		return n.logs.Read(id)
 	}
 	var out []tasks.LogLine
-	err := n.remoteLogs(ctx, n.client, name, "/v1/internal/logs/"+url.PathEscape(id), func(l tasks.LogLine) { out = append(out, l) })
+	err := n.remoteLogs(ctx, n.client, name, internalLogPath(id), func(l tasks.LogLine) { out = append(out, l) })
 	return out, err
 }
 
@@ -145,7 +139,7 @@ func (n *Node) followAttempt(ctx context.Context, name, id string, attempt int, 
 		n.followLocal(ctx, id, attempt, fn)
 		return nil
 	}
-	path := fmt.Sprintf("/v1/internal/logs/%s?follow=true&attempt=%d", url.PathEscape(id), attempt)
+	path := fmt.Sprintf("%s?follow=true&attempt=%d", internalLogPath(id), attempt)
 	return n.remoteLogs(ctx, &http.Client{}, name, path, fn) // no timeout: it lasts as long as the attempt
 }
 
@@ -209,64 +203,6 @@ func (n *Node) followLocal(ctx context.Context, id string, attempt int, fn func(
 			}
 			emit(l)
 		case <-changed:
-		}
-	}
-}
-
-// handleLocalLogs serves the lines this node holds for a task as JSON lines; with follow=true and
-// attempt=N it streams that attempt's lines until the attempt is over here.
-func (n *Node) handleLocalLogs(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	enc := json.NewEncoder(w)
-	if r.URL.Query().Get("follow") != "true" {
-		lines, err := n.logs.Read(id)
-		if err != nil {
-			writeError(w, http.StatusInternalServerError, "internal", err.Error())
-			return
-		}
-		for _, l := range lines {
-			_ = enc.Encode(l)
-		}
-		return
-	}
-	attempt, err := strconv.Atoi(r.URL.Query().Get("attempt"))
-	if err != nil || attempt < 1 {
-		writeError(w, http.StatusBadRequest, "invalid_attempt", "follow needs attempt=N")
-		return
-	}
-	w.WriteHeader(http.StatusOK)
-	flusher, _ := w.(http.Flusher)
-	n.followLocal(r.Context(), id, attempt, func(l tasks.LogLine) {
-		_ = enc.Encode(l)
-		if flusher != nil {
-			flusher.Flush()
-		}
-	})
-}
-
-// logSweepLoop deletes the local output of tasks the cluster has removed (retention), so task
-// logs do not outlive their records.
-func (n *Node) logSweepLoop(ctx context.Context) {
-	tick := time.NewTicker(scheduler.GCInterval(n.cfg.Retention))
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		ids, err := n.logs.Tasks()
-		if err != nil {
-			n.log.Warn("sweep task logs", "err", err)
-			continue
-		}
-		for _, id := range ids {
-			if _, ok := n.fsm.Task(id); !ok {
-				if err := n.logs.Delete(id); err != nil {
-					n.log.Warn("delete task log", "task", id, "err", err)
-				}
-			}
 		}
 	}
 }

@@ -358,13 +358,53 @@ func (n *Node) savePeers() {
 	if len(addrs) == 0 {
 		return // keep the last known peers: they are the way back
 	}
-	b, _ := json.Marshal(addrs)
-	if err := os.WriteFile(p+".tmp", b, 0o644); err == nil {
-		err = os.Rename(p+".tmp", p)
-		if err != nil {
-			n.log.Warn("save gossip peers", "err", err)
-		}
+	n.storePeers(addrs)
+}
+
+// storePeers writes the peers file. A failure is logged, not fatal: the file is only a way back
+// into the cluster after a restart, and the old one (if any) is left whole.
+func (n *Node) storePeers(addrs []string) {
+	b, err := json.Marshal(addrs)
+	if err == nil {
+		err = writeFileAtomic(n.peersFile(), b, 0o644)
 	}
+	if err != nil {
+		n.log.Warn("save gossip peers", "err", err)
+	}
+}
+
+// writeFileAtomic replaces path with data: it writes and syncs a temporary file beside it, renames
+// it over path and syncs the directory, so a crash leaves the old file or the new one, never a
+// torn one. On failure the temporary file is removed.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp)
+		}
+	}()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync() // makes the rename durable; not every platform can sync a directory
+		d.Close()
+	}
+	return nil
 }
 
 // eventLoop tracks when members died (for raft removal grace) and wakes the leader's reconciler.

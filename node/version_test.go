@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -46,27 +47,27 @@ func greetRegistries(t *testing.T, hold chan struct{}) func(i int) *tasks.Regist
 	}
 }
 
-func submitVersion(t *testing.T, n *Node, version, input string) fsm.Task {
+func submitVersion(t *testing.T, n *Node, version, input string) api.Task {
 	t.Helper()
-	var task fsm.Task
+	var task api.Task
 	body := map[string]any{"type": "greet", "input": input}
 	if version != "" {
 		body["version"] = version
 	}
-	if code := api(t, n, "POST", "/v1/tasks", body, &task); code != http.StatusCreated {
+	if code := httpCall(t, n, "POST", "/v1/tasks", body, &task); code != http.StatusCreated {
 		t.Fatalf("submit greet version %q: status %d", version, code)
 	}
 	return task
 }
 
 // greetTypes returns GET /v1/types from n, the greet entries by version.
-func greetTypes(t *testing.T, n *Node) map[string]typeInfo {
+func greetTypes(t *testing.T, n *Node) map[string]api.TypeInfo {
 	t.Helper()
-	var list []typeInfo
-	if code := api(t, n, "GET", "/v1/types", nil, &list); code != http.StatusOK {
+	var list []api.TypeInfo
+	if code := httpCall(t, n, "GET", "/v1/types", nil, &list); code != http.StatusOK {
 		t.Fatalf("GET /v1/types: %d", code)
 	}
-	out := map[string]typeInfo{}
+	out := map[string]api.TypeInfo{}
 	for _, ti := range list {
 		if ti.Type == "greet" {
 			slices.Sort(ti.Nodes)
@@ -89,7 +90,7 @@ func TestMixedVersionsRunOnNodesOfferingThem(t *testing.T) {
 	// GET /v1/types lists every type and version with the nodes offering it.
 	want := map[string][]string{"1": {"n1"}, "2": {"n2", "n3"}}
 	for _, n := range tc.nodes {
-		var got map[string]typeInfo
+		var got map[string]api.TypeInfo
 		// Each node's view (its FSM replica and gossip) converges on its own.
 		waitFor(t, n.Name()+" lists every greet version", 20*time.Second, func() bool {
 			got = greetTypes(t, n)
@@ -100,9 +101,9 @@ func TestMixedVersionsRunOnNodesOfferingThem(t *testing.T) {
 				t.Fatalf("%s: greet %s = %+v, want nodes %v", n.Name(), v, ti, nodes)
 			}
 		}
-		var all []typeInfo
-		api(t, n, "GET", "/v1/types", nil, &all)
-		if i := slices.IndexFunc(all, func(ti typeInfo) bool { return ti.Type == "echo" }); i < 0 || len(all[i].Nodes) != 3 {
+		var all []api.TypeInfo
+		httpCall(t, n, "GET", "/v1/types", nil, &all)
+		if i := slices.IndexFunc(all, func(ti api.TypeInfo) bool { return ti.Type == "echo" }); i < 0 || len(all[i].Nodes) != 3 {
 			t.Fatalf("%s: echo entry missing or incomplete in %+v", n.Name(), all)
 		}
 	}

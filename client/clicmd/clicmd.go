@@ -137,7 +137,7 @@ func taskListCommand() *cli.Command {
 			Execution: c.String("execution"), Limit: c.Int("limit"), After: c.String("after"),
 		}
 		if c.Bool("json") {
-			raw, err := api.Raw(c.Context, "/v1/tasks", opts.Query())
+			raw, err := api.Raw(c.Context, "/v1/tasks", opts.Values())
 			if err != nil {
 				return taskError(err)
 			}

@@ -1,0 +1,345 @@
+// Package httpapi serves taskworker's public HTTP API: routing, the bearer-token check, request
+// decoding (content type, body cap, unknown fields), query parameters, and the mapping of errors
+// to the contract's status codes and JSON error bodies.
+//
+// It declares the one interface it consumes, Backend, and speaks only api types: it knows nothing
+// of raft, the FSM, gossip or the executor, and it has no route that accepts raw FSM commands (the
+// node serves its internal node-to-node routes itself).
+package httpapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/taskworker/taskworker/api"
+)
+
+// Backend is what the API needs from a node. Errors that are *api.Error carry their code (and so
+// their status); context.DeadlineExceeded means no leader could apply a write in time; anything
+// else is an internal error.
+type Backend interface {
+	// Submit validates req and has the cluster store it; created is false when req's idempotency key was seen before.
+	Submit(ctx context.Context, req api.SubmitRequest) (task api.Task, created bool, err error)
+	// Task returns a task's record, or a not_found *api.Error.
+	Task(ctx context.Context, id string) (api.Task, error)
+	// WaitTask blocks until until(record) holds or ctx ends, then returns the record as it is; not_found when unknown.
+	WaitTask(ctx context.Context, id string, until func(api.Task) bool) (api.Task, error)
+	// List returns the tasks q selects, newest first.
+	List(ctx context.Context, q api.ListQuery) ([]api.Task, error)
+	// Cancel cancels a task (not_found, already_finished) and returns its record once this node has applied the cancel.
+	Cancel(ctx context.Context, id string) (api.Task, error)
+	// Cluster returns the leader, every node and the task counts by state.
+	Cluster(ctx context.Context) (api.Cluster, error)
+	// Types lists the task types and versions alive nodes offer, and those pending tasks wait for.
+	Types(ctx context.Context) ([]api.TypeInfo, error)
+	// Health reports whether this node can serve: Status "ok" when it is a member and a leader is known.
+	Health(ctx context.Context) api.Health
+	// Leave starts a graceful leave of this node (leave_refused without force when it would break the cluster).
+	Leave(ctx context.Context, force bool) (api.LeaveReply, error)
+	// Logs calls emit with a task's output lines in time order; with follow it streams until the task ends or ctx does.
+	Logs(ctx context.Context, id string, follow bool, emit func(api.LogLine)) error
+	// Metrics serves the node's Prometheus metrics.
+	Metrics() http.Handler
+}
+
+// Defaults for Options.
+const (
+	DefaultMaxBodyBytes = 1 << 20
+	DefaultWriteTimeout = 15 * time.Second
+	// MaxWait caps ?wait= on submits and blocking reads.
+	MaxWait = 10 * time.Minute
+)
+
+// Options configure the handler; zero values take the defaults.
+type Options struct {
+	Token        string        // when set, every route but health and metrics needs "Authorization: Bearer Token"
+	MaxBodyBytes int64         // request body cap (413 above it)
+	WriteTimeout time.Duration // how long a submit or cancel may take to reach the leader and apply
+	Logger       *slog.Logger  // for errors after a streaming reply has started
+}
+
+type server struct {
+	b    Backend
+	opts Options
+	log  *slog.Logger
+}
+
+// New returns the public API's handler over b. Routes are the contract's (docs in the README).
+func New(b Backend, opts Options) http.Handler {
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = DefaultWriteTimeout
+	}
+	s := &server{b: b, opts: opts, log: opts.Logger}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/tasks", s.submit)
+	mux.HandleFunc("GET /v1/tasks", s.list)
+	mux.HandleFunc("GET /v1/tasks/{id}", s.get)
+	mux.HandleFunc("POST /v1/tasks/{id}/cancel", s.cancel)
+	mux.HandleFunc("GET /v1/tasks/{id}/logs", s.logs)
+	mux.HandleFunc("GET /v1/cluster", s.cluster)
+	mux.HandleFunc("GET /v1/types", s.types)
+	mux.HandleFunc("GET /v1/health", s.health)
+	mux.HandleFunc("POST /v1/agent/leave", s.leave)
+	mux.Handle("GET /metrics", b.Metrics())
+	mux.HandleFunc("/", NotFound)
+	if opts.Token == "" {
+		return mux
+	}
+	return RequireToken(opts.Token, mux)
+}
+
+// NotFound answers a request for a route that does not exist.
+func NotFound(w http.ResponseWriter, r *http.Request) {
+	WriteError(w, api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", api.Truncate(r.Method), api.Truncate(r.URL.Path)))
+}
+
+// RequireToken guards every route but health and metrics with the cluster's shared token, sent as
+// "Authorization: Bearer TOKEN": 401 without one, 403 with a wrong one. Nodes send it to each
+// other too, so the node wraps its internal routes in it as well.
+func RequireToken(token string, next http.Handler) http.Handler {
+	want := []byte(token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/health" || r.URL.Path == "/metrics" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		switch {
+		case !ok || got == "":
+			WriteError(w, api.Errorf(api.CodeUnauthorized, "this cluster needs a token: --token or TASKWORKER_TOKEN"))
+		case subtle.ConstantTimeCompare([]byte(got), want) != 1:
+			WriteError(w, api.Errorf(api.CodeForbidden, "wrong token"))
+		default:
+			next.ServeHTTP(w, r)
+		}
+	})
+}
+
+// WriteJSON writes v as the JSON reply with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// WriteError writes err as the contract's error body: an *api.Error with the status of its code;
+// a deadline as no_leader (a write found no leader in time); a cancelled request as cancelled;
+// anything else as internal.
+func WriteError(w http.ResponseWriter, err error) {
+	var ae *api.Error
+	switch {
+	case errors.As(err, &ae):
+	case errors.Is(err, context.DeadlineExceeded):
+		ae = api.Errorf(api.CodeNoLeader, "no cluster leader could apply the request: %v", err)
+	case errors.Is(err, context.Canceled):
+		ae = api.Errorf(api.CodeCancelled, "request cancelled")
+	default:
+		ae = api.Errorf(api.CodeInternal, "%v", err)
+	}
+	WriteJSON(w, api.Status(ae.Code), api.Error{Message: ae.Message, Code: ae.Code})
+}
+
+// decodeBody reads a JSON request body into v, enforcing the content type, the size cap, one
+// value, and no unknown fields.
+func (s *server) decodeBody(r *http.Request, w http.ResponseWriter, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			return api.Errorf(api.CodeUnsupportedMediaType, "content type must be application/json, got %s", api.Truncate(ct))
+		}
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return api.Errorf(api.CodeBodyTooLarge, "request body exceeds %d bytes", s.opts.MaxBodyBytes)
+		}
+		return api.Errorf(api.CodeInvalidRequest, "request body is not valid JSON for this endpoint: %s", api.Truncate(err.Error()))
+	}
+	if dec.More() {
+		return api.Errorf(api.CodeInvalidRequest, "request body holds more than one JSON value")
+	}
+	return nil
+}
+
+// waitParam parses ?wait=DURATION: 0 when absent, capped at MaxWait.
+func waitParam(r *http.Request) (time.Duration, error) {
+	s := r.URL.Query().Get("wait")
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, api.Errorf(api.CodeInvalidWait, "wait must be a duration like 30s, got %q", api.Truncate(s))
+	}
+	return min(d, MaxWait), nil
+}
+
+func (s *server) submit(w http.ResponseWriter, r *http.Request) {
+	var req api.SubmitRequest
+	if err := s.decodeBody(r, w, &req); err != nil {
+		WriteError(w, err)
+		return
+	}
+	wait, err := waitParam(r)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.opts.WriteTimeout)
+	t, created, err := s.b.Submit(ctx, req)
+	cancel()
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	if wait > 0 {
+		if t, err = s.waitTask(r.Context(), t.ID, wait, func(t api.Task) bool { return api.IsTerminal(t.State) }); err != nil {
+			WriteError(w, err)
+			return
+		}
+	}
+	status := http.StatusCreated
+	if !created {
+		status = http.StatusOK
+	}
+	WriteJSON(w, status, t)
+}
+
+func (s *server) waitTask(ctx context.Context, id string, wait time.Duration, until func(api.Task) bool) (api.Task, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return s.b.WaitTask(ctx, id, until)
+}
+
+func (s *server) get(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	wait, err := waitParam(r)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	var index uint64
+	if v := r.URL.Query().Get("index"); v != "" {
+		if index, err = strconv.ParseUint(v, 10, 64); err != nil {
+			WriteError(w, api.Errorf(api.CodeInvalidIndex, "index must be a non-negative integer"))
+			return
+		}
+	}
+	var t api.Task
+	if wait > 0 {
+		t, err = s.waitTask(r.Context(), id, wait, func(t api.Task) bool { return t.ModifyIndex > index })
+	} else {
+		t, err = s.b.Task(r.Context(), id)
+	}
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	w.Header().Set("X-Taskworker-Index", strconv.FormatUint(t.ModifyIndex, 10))
+	WriteJSON(w, http.StatusOK, t)
+}
+
+func (s *server) list(w http.ResponseWriter, r *http.Request) {
+	q, err := api.ParseListQuery(r.URL.Query())
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	out, err := s.b.List(r.Context(), q)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	if out == nil {
+		out = []api.Task{}
+	}
+	WriteJSON(w, http.StatusOK, out)
+}
+
+func (s *server) cancel(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), s.opts.WriteTimeout)
+	defer cancel()
+	t, err := s.b.Cancel(ctx, r.PathValue("id"))
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusAccepted, t)
+}
+
+func (s *server) logs(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	// Check the task first: once the stream has begun, the status is 200 whatever happens.
+	if _, err := s.b.Task(r.Context(), id); err != nil {
+		WriteError(w, err)
+		return
+	}
+	follow := r.URL.Query().Get("follow") == "true"
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	flusher, _ := w.(http.Flusher)
+	err := s.b.Logs(r.Context(), id, follow, func(l api.LogLine) {
+		_ = enc.Encode(l)
+		if follow && flusher != nil {
+			flusher.Flush()
+		}
+	})
+	if err != nil && r.Context().Err() == nil {
+		s.log.Warn("task logs", "task", id, "err", err)
+	}
+}
+
+func (s *server) cluster(w http.ResponseWriter, r *http.Request) {
+	c, err := s.b.Cluster(r.Context())
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, c)
+}
+
+func (s *server) types(w http.ResponseWriter, r *http.Request) {
+	out, err := s.b.Types(r.Context())
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	if out == nil {
+		out = []api.TypeInfo{}
+	}
+	WriteJSON(w, http.StatusOK, out)
+}
+
+func (s *server) health(w http.ResponseWriter, r *http.Request) {
+	h := s.b.Health(r.Context())
+	status := http.StatusOK
+	if h.Status != "ok" {
+		status = http.StatusServiceUnavailable
+	}
+	WriteJSON(w, status, h)
+}
+
+func (s *server) leave(w http.ResponseWriter, r *http.Request) {
+	reply, err := s.b.Leave(r.Context(), r.URL.Query().Get("force") == "true")
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusAccepted, reply)
+}

@@ -1,0 +1,275 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/tasks"
+)
+
+// getRaw fetches a route from a node and returns status and body.
+func getRaw(t *testing.T, n *Node, method, path, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+n.HTTPAddr()+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+// decodeExact decodes b into v, failing on any JSON field v's type does not declare.
+func decodeExact(t *testing.T, what string, b []byte, v any) {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		t.Fatalf("%s: %s does not decode exactly into %T: %v", what, b, v, err)
+	}
+}
+
+// coverage collects, per api type, the JSON objects the node sent for it, and checks that every
+// field the type declares appeared in at least one of them (omitempty fields included: the test
+// makes tasks that set them).
+type coverage map[reflect.Type][]any
+
+func (c coverage) add(t *testing.T, typ reflect.Type, b []byte) {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	if arr, ok := v.([]any); ok {
+		c[typ] = append(c[typ], arr...)
+		return
+	}
+	c[typ] = append(c[typ], v)
+}
+
+var (
+	timeType = reflect.TypeOf(time.Time{})
+	rawType  = reflect.TypeOf(json.RawMessage{})
+)
+
+// check reports every field of typ (recursively through nested structs and slices of them)
+// that none of the objects held.
+func (c coverage) check(t *testing.T) {
+	t.Helper()
+	for typ, objs := range c {
+		checkFields(t, typ.Name(), typ, objs)
+	}
+}
+
+func checkFields(t *testing.T, path string, typ reflect.Type, objs []any) {
+	t.Helper()
+	for typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Slice {
+		if typ == rawType {
+			return
+		}
+		typ = typ.Elem()
+	}
+	if typ.Kind() != reflect.Struct || typ == timeType {
+		return
+	}
+	for i := 0; i < typ.NumField(); i++ {
+		f := typ.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		var sub []any
+		seen := false
+		for _, o := range objs {
+			m, ok := o.(map[string]any)
+			if !ok {
+				continue
+			}
+			v, ok := m[name]
+			if !ok {
+				continue
+			}
+			seen = true
+			if arr, ok := v.([]any); ok {
+				sub = append(sub, arr...)
+			} else if v != nil {
+				sub = append(sub, v)
+			}
+		}
+		if !seen {
+			t.Errorf("%s.%s (json %q) never appears in the node's replies: is it filled in node/convert.go?", path, f.Name, name)
+			continue
+		}
+		checkFields(t, path+"."+f.Name, f.Type, sub)
+	}
+}
+
+// parentRegistry adds "parent": it submits an echo child (so parent_id shows) and returns its ID.
+func parentRegistry(t *testing.T) func(int) *tasks.Registry {
+	return func(int) *tasks.Registry {
+		reg, err := tasks.NewBuiltinRegistry(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := tasks.Func(tasks.Definition{Name: "parent", Version: "1"}, func(ctx *tasks.Context, _ any) (string, error) {
+			return ctx.Submit(tasks.ChildTask{Type: "echo", Input: "child", MaxAttempts: 2, Timeout: time.Minute})
+		})
+		if err := reg.Register(h); err != nil {
+			t.Fatal(err)
+		}
+		return reg
+	}
+}
+
+// TestEveryRouteMatchesItsAPIType pins the JSON of every route to its api type, both ways: every
+// field the node sends is declared in the api type (DisallowUnknownFields), and every field the
+// api type declares is sent. A wire field added on one side only fails here.
+func TestEveryRouteMatchesItsAPIType(t *testing.T) {
+	tc := startCluster(t, 1, clusterOpts{inmem: true, registry: parentRegistry(t)})
+	n := tc.nodes[0]
+	cov := coverage{}
+	taskType := reflect.TypeOf(api.Task{})
+
+	// followTask records every version of a task's record through blocking queries until it ends.
+	followTask := func(id string) {
+		var index uint64
+		deadline := time.Now().Add(60 * time.Second)
+		for time.Now().Before(deadline) {
+			code, b := getRaw(t, n, "GET", fmt.Sprintf("/v1/tasks/%s?wait=10s&index=%d", id, index), "")
+			if code != http.StatusOK {
+				t.Fatalf("GET task %s: %d %s", id, code, b)
+			}
+			var task api.Task
+			decodeExact(t, "GET /v1/tasks/{id}", b, &task)
+			cov.add(t, taskType, b)
+			if api.IsTerminal(task.State) {
+				return
+			}
+			index = task.ModifyIndex
+		}
+		t.Fatalf("task %s did not end", id)
+	}
+	submitRaw := func(body string) api.Task {
+		code, b := getRaw(t, n, "POST", "/v1/tasks", body)
+		if code != http.StatusCreated {
+			t.Fatalf("submit %s: %d %s", body, code, b)
+		}
+		var task api.Task
+		decodeExact(t, "POST /v1/tasks", b, &task)
+		cov.add(t, taskType, b)
+		return task
+	}
+
+	// A retried task (not_before, failures, error), a checkpointing one, a parent with a child
+	// (parent_id), and a cancelled running one (cancel_requested).
+	flaky := submitRaw(`{"type":"flaky","input":{"fail_attempts":1},"idempotency_key":"k1"}`)
+	counter := submitRaw(`{"type":"count","input":{"to":3,"step_ms":20}}`)
+	parent := submitRaw(`{"type":"parent","input":null}`)
+	sleeper := submitRaw(`{"type":"sleep","input":{"ms":60000}}`)
+	waitFor(t, "sleep running", 20*time.Second, func() bool {
+		task, _ := n.FSM().Task(sleeper.ID)
+		return task.State == "running"
+	})
+	code, b := getRaw(t, n, "POST", "/v1/tasks/"+sleeper.ID+"/cancel", "")
+	if code != http.StatusAccepted {
+		t.Fatalf("cancel: %d %s", code, b)
+	}
+	decodeExact(t, "POST /v1/tasks/{id}/cancel", b, new(api.Task))
+	cov.add(t, taskType, b)
+	for _, id := range []string{flaky.ID, counter.ID, parent.ID, sleeper.ID} {
+		followTask(id)
+	}
+	code, b = getRaw(t, n, "POST", "/v1/tasks?wait=20s", `{"type":"print","input":"hi","idempotency_key":"k1"}`)
+	if code != http.StatusOK { // the key was seen: the existing record
+		t.Fatalf("idempotent resubmit: %d %s", code, b)
+	}
+	decodeExact(t, "POST /v1/tasks (existing)", b, new(api.Task))
+
+	code, b = getRaw(t, n, "GET", "/v1/tasks", "")
+	var list []api.Task
+	decodeExact(t, "GET /v1/tasks", b, &list)
+	cov.add(t, taskType, b)
+	if code != http.StatusOK || len(list) != 5 {
+		t.Fatalf("list: %d, %d tasks", code, len(list))
+	}
+
+	// Logs: the print task of a fresh submit writes a stdout line, the count task log lines.
+	printed := submitRaw(`{"type":"print","input":"hello"}`)
+	followTask(printed.ID)
+	for _, id := range []string{printed.ID, counter.ID} {
+		code, b = getRaw(t, n, "GET", "/v1/tasks/"+id+"/logs", "")
+		if code != http.StatusOK {
+			t.Fatalf("logs: %d %s", code, b)
+		}
+		for _, line := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+			if len(line) == 0 {
+				continue
+			}
+			decodeExact(t, "GET /v1/tasks/{id}/logs", line, new(api.LogLine))
+			cov.add(t, reflect.TypeOf(api.LogLine{}), line)
+		}
+	}
+
+	for _, r := range []struct {
+		path string
+		into any
+	}{
+		{"/v1/cluster", new(api.Cluster)},
+		{"/v1/types", new([]api.TypeInfo)},
+		{"/v1/health", new(api.Health)},
+	} {
+		code, b := getRaw(t, n, "GET", r.path, "")
+		if code != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", r.path, code, b)
+		}
+		decodeExact(t, "GET "+r.path, b, r.into)
+		cov.add(t, reflect.TypeOf(r.into).Elem(), b)
+	}
+
+	code, b = getRaw(t, n, "GET", "/v1/tasks/nope", "")
+	decodeExact(t, "GET /v1/tasks/{unknown}", b, new(api.Error))
+	cov.add(t, reflect.TypeOf(api.Error{}), b)
+	if code != http.StatusNotFound {
+		t.Fatalf("unknown task: %d", code)
+	}
+
+	// Last: this node leaves (forced, as the only one).
+	code, b = getRaw(t, n, "POST", "/v1/agent/leave?force=true", "")
+	if code != http.StatusAccepted {
+		t.Fatalf("leave: %d %s", code, b)
+	}
+	decodeExact(t, "POST /v1/agent/leave", b, new(api.LeaveReply))
+	cov.add(t, reflect.TypeOf(api.LeaveReply{}), b)
+
+	// []api.TypeInfo and []api.Task were added under their slice types: check their elements.
+	for typ, objs := range cov {
+		if typ.Kind() == reflect.Slice {
+			cov[typ.Elem()] = append(cov[typ.Elem()], objs...)
+			delete(cov, typ)
+		}
+	}
+	cov.check(t)
+	select {
+	case <-n.Done():
+	case <-time.After(60 * time.Second):
+		t.Fatal("leave did not finish")
+	}
+}

@@ -1,0 +1,129 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/httpapi"
+)
+
+// apiBackend is the node as the public HTTP API sees it (httpapi.Backend): reads from this node's
+// FSM, writes through the leader, records converted in convert.go, errors as *api.Error.
+type apiBackend struct{ n *Node }
+
+var _ httpapi.Backend = apiBackend{}
+
+// toAPIError gives a node error its API code: shutting down, or no leader to apply a write.
+// Deadlines, cancellations and other errors are left to httpapi's mapping.
+func toAPIError(err error) error {
+	var ae *api.Error
+	switch {
+	case err == nil, errors.As(err, &ae):
+		return err
+	case errors.Is(err, ErrShuttingDown):
+		return api.Errorf(api.CodeShuttingDown, "this node is shutting down")
+	case retryable(err):
+		return api.Errorf(api.CodeNoLeader, "no cluster leader could apply the request: %v", err)
+	}
+	return err
+}
+
+func taskNotFound(id string) error {
+	return api.Errorf(api.CodeNotFound, "task %s not found", api.Truncate(id))
+}
+
+func (b apiBackend) Submit(ctx context.Context, req api.SubmitRequest) (api.Task, bool, error) {
+	item, err := b.n.submitTask(ctx, req)
+	if err != nil {
+		return api.Task{}, false, toAPIError(err)
+	}
+	t, ok := b.n.fsm.Task(item.ID)
+	if !ok {
+		return api.Task{}, false, taskNotFound(item.ID)
+	}
+	return toAPITask(&t), !item.Existing, nil
+}
+
+func (b apiBackend) Task(_ context.Context, id string) (api.Task, error) {
+	t, ok := b.n.fsm.Task(id)
+	if !ok {
+		return api.Task{}, taskNotFound(id)
+	}
+	return toAPITask(&t), nil
+}
+
+func (b apiBackend) WaitTask(ctx context.Context, id string, until func(api.Task) bool) (api.Task, error) {
+	for {
+		t, ok, changed := b.n.fsm.TaskWatch(id)
+		if !ok {
+			return api.Task{}, taskNotFound(id)
+		}
+		at := toAPITask(&t)
+		if until(at) {
+			return at, nil
+		}
+		select {
+		case <-ctx.Done():
+			return at, nil
+		case <-changed:
+		}
+	}
+}
+
+func (b apiBackend) List(_ context.Context, q api.ListQuery) ([]api.Task, error) {
+	return toAPITasks(b.n.fsm.List(toFilter(q))), nil
+}
+
+func (b apiBackend) Cancel(ctx context.Context, id string) (api.Task, error) {
+	n := b.n
+	if _, ok := n.fsm.Task(id); !ok {
+		return api.Task{}, taskNotFound(id)
+	}
+	res, err := n.propose(ctx, &fsm.Command{Type: fsm.CmdCancel, TaskIDs: []string{id}})
+	if err != nil {
+		return api.Task{}, toAPIError(err)
+	}
+	switch err := res.Items[0].Err; {
+	case errors.Is(err, fsm.ErrNotFound):
+		return api.Task{}, taskNotFound(id)
+	case errors.Is(err, fsm.ErrFinished):
+		return api.Task{}, api.Errorf(api.CodeAlreadyFinished, "task %s has already finished", api.Truncate(id))
+	case err != nil:
+		return api.Task{}, err
+	}
+	_ = n.waitIndex(ctx, res.Index) // answer with what this node knows, even if it lags
+	t, _ := n.fsm.Task(id)
+	return toAPITask(&t), nil
+}
+
+func (b apiBackend) Cluster(context.Context) (api.Cluster, error) { return b.n.clusterInfo(), nil }
+
+func (b apiBackend) Types(context.Context) ([]api.TypeInfo, error) { return b.n.typeInfos(), nil }
+
+func (b apiBackend) Health(context.Context) api.Health {
+	leader := b.n.Leader()
+	if _, registered := b.n.fsm.Node(b.n.cfg.Name); leader == "" || !registered {
+		return api.Health{Status: "unavailable", Leader: leader}
+	}
+	return api.Health{Status: "ok", Leader: leader}
+}
+
+func (b apiBackend) Leave(ctx context.Context, force bool) (api.LeaveReply, error) {
+	// The leave outlives the request: it drains after the reply.
+	if err := b.n.Leave(context.WithoutCancel(ctx), force); err != nil {
+		if errors.Is(err, ErrLeaveRefused) {
+			return api.LeaveReply{}, api.Errorf(api.CodeLeaveRefused, "%v", err)
+		}
+		return api.LeaveReply{}, err
+	}
+	return api.LeaveReply{Status: "leaving", Node: b.n.cfg.Name}, nil
+}
+
+func (b apiBackend) Logs(ctx context.Context, id string, follow bool, emit func(api.LogLine)) error {
+	return b.n.taskLogs(ctx, id, follow, emit)
+}
+
+func (b apiBackend) Metrics() http.Handler { return b.n.metricsHandler() }

@@ -1,0 +1,133 @@
+package node
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/tasks"
+)
+
+// The node-to-node routes: forwarded writes, log reads and a leaving node's removal. They live
+// apart from the public API (internal/httpapi), which has no route that accepts raw FSM commands;
+// for now they share its listener and its token check.
+const (
+	internalPrefix     = "/v1/internal/"
+	internalApplyPath  = "/v1/internal/apply"
+	internalLogsPath   = "/v1/internal/logs/{id}"
+	internalRemovePath = "/v1/internal/remove/{name}"
+)
+
+func (n *Node) peerRoutes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+internalApplyPath, n.handleInternalApply)
+	mux.HandleFunc("GET "+internalLogsPath, n.handleLocalLogs)
+	mux.HandleFunc("POST "+internalRemovePath, n.handleInternalRemove)
+	mux.HandleFunc(internalPrefix, func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+api.Truncate(r.Method+" "+r.URL.Path))
+	})
+	return mux
+}
+
+// writeError writes an error body with the API's shape; the internal routes have codes of their own.
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, api.Error{Message: msg, Code: api.Code(code)})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// handleInternalApply is the leader's side of forwarding.
+func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<20))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "command too large")
+		return
+	}
+	c, err := fsm.Decode(body)
+	if err != nil || !forwardable[c.Type] {
+		writeError(w, http.StatusBadRequest, "bad_command", "not a forwardable command")
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
+		return
+	}
+	res, err := n.applyLocal(r.Context(), c)
+	if res == nil {
+		if retryable(err) {
+			writeError(w, http.StatusServiceUnavailable, "not_leader", err.Error())
+			return
+		}
+		writeError(w, http.StatusInternalServerError, "apply_failed", err.Error())
+		return
+	}
+	out, err := msgpack.Marshal(toWire(res))
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "encode", err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/msgpack")
+	_, _ = w.Write(out)
+}
+
+// handleLocalLogs serves the lines this node holds for a task as JSON lines; with follow=true and
+// attempt=N it streams that attempt's lines until the attempt is over here.
+func (n *Node) handleLocalLogs(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	if r.URL.Query().Get("follow") != "true" {
+		lines, err := n.logs.Read(id)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "internal", err.Error())
+			return
+		}
+		for _, l := range lines {
+			_ = enc.Encode(l)
+		}
+		return
+	}
+	attempt, err := strconv.Atoi(r.URL.Query().Get("attempt"))
+	if err != nil || attempt < 1 {
+		writeError(w, http.StatusBadRequest, "invalid_attempt", "follow needs attempt=N")
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	n.followLocal(r.Context(), id, attempt, func(l tasks.LogLine) {
+		_ = enc.Encode(l)
+		if flusher != nil {
+			flusher.Flush()
+		}
+	})
+}
+
+// handleInternalRemove is the leader's side of a graceful leave: remove the server from raft.
+func (n *Node) handleInternalRemove(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if !n.IsLeader() {
+		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
+		return
+	}
+	if name == n.cfg.Name {
+		writeError(w, http.StatusConflict, "is_leader", "the leader cannot remove itself")
+		return
+	}
+	if err := n.raft.RemoveServer(raft.ServerID(name), 0, 5*time.Second).Error(); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "remove_failed", err.Error())
+		return
+	}
+	n.log.Info("removed leaving node from raft", "server", name)
+	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
+}

@@ -1,0 +1,133 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/scheduler"
+	"github.com/taskworker/taskworker/tasks"
+)
+
+// Submit limits. A zero max_attempts or timeout in a request means the default.
+const (
+	defaultMaxAttempts = 3
+	maxMaxAttempts     = 100
+	defaultTimeout     = 30 * time.Second
+	maxTimeout         = 7 * 24 * time.Hour
+	maxKeyLen          = 256
+)
+
+// submitTask validates a submit, has the leader apply it, and waits until this node's FSM holds
+// it. item.Existing reports an idempotency key seen before. A request the client got wrong is an
+// *api.Error with its code. The API and the executor's child tasks both come through here.
+func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest) (fsm.ItemResult, error) {
+	sub, err := n.prepareSubmit(req)
+	if err != nil {
+		return fsm.ItemResult{}, err
+	}
+	res, err := n.propose(ctx, &fsm.Command{Type: fsm.CmdSubmit, Submits: []fsm.Submit{sub}})
+	if err != nil {
+		return fsm.ItemResult{}, err
+	}
+	item := res.Items[0]
+	if errors.Is(item.Err, fsm.ErrDuplicateID) {
+		item = fsm.ItemResult{ID: sub.ID} // our own retry after a lost reply: the task is ours
+	} else if item.Err != nil {
+		return item, api.Errorf(api.CodeInvalidRequest, "%v", item.Err)
+	}
+	return item, n.waitIndex(ctx, res.Index)
+}
+
+// submitChild is the executor's Submitter: a running task's child joins its execution.
+func (n *Node) submitChild(ctx context.Context, parent tasks.RunRef, executionID string, c tasks.ChildTask) (string, error) {
+	input, err := json.Marshal(c.Input)
+	if err != nil {
+		return "", fmt.Errorf("encode child input: %w", err)
+	}
+	req := api.SubmitRequest{Type: c.Type, Input: input, Version: c.Version, IdempotencyKey: c.IdempotencyKey,
+		MaxAttempts: c.MaxAttempts, ExecutionID: executionID, ParentID: parent.TaskID}
+	if c.Timeout > 0 {
+		req.Timeout = c.Timeout.String()
+	}
+	item, err := n.submitTask(ctx, req)
+	if err != nil {
+		return "", fmt.Errorf("submit child %s: %w", c.Type, err)
+	}
+	return item.ID, nil
+}
+
+// prepareSubmit validates a submit and turns it into a command item.
+func (n *Node) prepareSubmit(req api.SubmitRequest) (fsm.Submit, error) {
+	if req.Type == "" {
+		return fsm.Submit{}, api.Errorf(api.CodeMissingType, "type is required")
+	}
+	if req.Version != "" {
+		if err := scheduler.CheckVersion(req.Version); err != nil {
+			return fsm.Submit{}, api.Errorf(api.CodeInvalidVersion, "invalid version %q: %v", api.Truncate(req.Version), err)
+		}
+	}
+	var local string
+	if h, err := n.cfg.Registry.Lookup(req.Type); err == nil {
+		local = h.Definition().Version
+	}
+	version, known := scheduler.ChooseVersion(req.Type, req.Version, n.fsm.Nodes(), n.aliveNames(), local)
+	if !known {
+		return fsm.Submit{}, api.Errorf(api.CodeUnknownTaskType, "unknown task type %q", api.Truncate(req.Type))
+	}
+	input := req.Input
+	if len(input) == 0 {
+		input = json.RawMessage("null")
+	}
+	if h, err := n.cfg.Registry.Lookup(req.Type); err == nil && h.Definition().Version == version {
+		if err := h.Validate(input); err != nil {
+			return fsm.Submit{}, api.Errorf(api.CodeInvalidInput, "invalid input for %s: %s", api.Truncate(req.Type), api.Truncate(err.Error()))
+		}
+	}
+	maxAttempts := req.MaxAttempts
+	if maxAttempts == 0 {
+		maxAttempts = defaultMaxAttempts
+	}
+	if maxAttempts < 1 || maxAttempts > maxMaxAttempts {
+		return fsm.Submit{}, api.Errorf(api.CodeInvalidMaxAttempts, "max_attempts must be between 1 and %d", maxMaxAttempts)
+	}
+	timeout, err := parseTimeout(req.Timeout)
+	if err != nil {
+		return fsm.Submit{}, err
+	}
+	if len(req.IdempotencyKey) > maxKeyLen {
+		return fsm.Submit{}, api.Errorf(api.CodeInvalidIdempotency, "idempotency_key is longer than %d bytes", maxKeyLen)
+	}
+	id := ulid.Make().String()
+	exec := req.ExecutionID
+	if exec == "" {
+		exec = id
+	}
+	return fsm.Submit{
+		ID: id, Type: req.Type, Version: version, Input: input, MaxAttempts: maxAttempts,
+		Timeout: fsm.Duration(timeout), IdempotencyKey: req.IdempotencyKey, ExecutionID: exec, ParentID: req.ParentID,
+	}, nil
+}
+
+// parseTimeout reads a submit's timeout: "" or zero means the default.
+func parseTimeout(s string) (time.Duration, error) {
+	if s == "" {
+		return defaultTimeout, nil
+	}
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		return 0, api.Errorf(api.CodeInvalidTimeout, "timeout must be a duration like 30s, got %q", api.Truncate(s))
+	case d == 0:
+		return defaultTimeout, nil
+	case d < 0 || d > maxTimeout:
+		return 0, api.Errorf(api.CodeInvalidTimeout, "timeout must be positive and at most %s", maxTimeout)
+	}
+	return d, nil
+}

@@ -1,0 +1,97 @@
+package node
+
+import (
+	"sort"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+)
+
+// clusterInfo is GET /v1/cluster: the FSM's nodes merged with gossip's view and raft's roles.
+func (n *Node) clusterInfo() api.Cluster {
+	roles := map[string]string{}
+	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
+		for _, s := range cf.Configuration().Servers {
+			roles[string(s.ID)] = api.RoleNonvoter
+			if s.Suffrage == raft.Voter {
+				roles[string(s.ID)] = api.RoleVoter
+			}
+		}
+	}
+	leader := n.Leader()
+	if leader != "" {
+		roles[leader] = api.RoleLeader
+	}
+	load := n.fsm.Load()
+	byName := map[string]*api.NodeInfo{}
+	var order []string
+	for _, nd := range n.fsm.Nodes() {
+		ni := toAPINodeInfo(&nd, load[nd.Name])
+		byName[nd.Name] = &ni
+		order = append(order, nd.Name)
+	}
+	for _, m := range n.members.Members() {
+		ni, ok := byName[m.Name]
+		if !ok {
+			ni = &api.NodeInfo{Name: m.Name, RaftAddr: m.Meta.RaftAddr, HTTPAddr: m.Meta.HTTPAddr, Capacity: m.Meta.Capacity,
+				Version: m.Meta.Version, BootID: m.Meta.BootID, TaskTypes: []api.TypeVersion{}}
+			byName[m.Name] = ni
+			order = append(order, m.Name)
+		}
+		ni.GossipAddr = m.GossipAddr
+		ni.State = string(m.State)
+		ni.Draining = ni.Draining || m.Meta.Draining
+	}
+	info := api.Cluster{Leader: leader, Tasks: map[string]int{}}
+	for s, c := range n.fsm.Counts() {
+		info.Tasks[string(s)] = c
+	}
+	sort.Strings(order)
+	for _, name := range order {
+		ni := byName[name]
+		ni.RaftRole = roles[name]
+		if ni.RaftRole == "" {
+			ni.RaftRole = api.RoleNone
+		}
+		info.Nodes = append(info.Nodes, *ni)
+	}
+	return info
+}
+
+// typeInfos is GET /v1/types: every type and version an up, alive node offers, with the nodes
+// that offer it, plus the types pending tasks wait for.
+func (n *Node) typeInfos() []api.TypeInfo {
+	alive := n.aliveNames()
+	byKey := map[string]*api.TypeInfo{}
+	var keys []string
+	add := func(d fsm.TypeInfo) *api.TypeInfo {
+		k := d.Type + "\x00" + d.Version
+		ti, ok := byKey[k]
+		if !ok {
+			ti = &api.TypeInfo{Type: d.Type, Version: d.Version, Description: d.Description, ExampleInput: d.ExampleInput, Nodes: []string{}}
+			byKey[k] = ti
+			keys = append(keys, k)
+		}
+		return ti
+	}
+	for _, nd := range n.fsm.Nodes() {
+		if nd.Status != fsm.NodeUp || !alive[nd.Name] {
+			continue
+		}
+		for _, d := range nd.Types {
+			ti := add(d)
+			ti.Nodes = append(ti.Nodes, nd.Name)
+		}
+	}
+	for _, t := range n.fsm.SchedulerView().Pending {
+		add(fsm.TypeInfo{Type: t.Type, Version: t.Version}).Pending++
+	}
+	sort.Strings(keys)
+	out := make([]api.TypeInfo, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, *byKey[k])
+	}
+	return out
+}
