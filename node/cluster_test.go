@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +28,8 @@ type testCluster struct {
 	t     *testing.T
 	nodes []*Node
 	twin  *twinNet // in-memory gossip and raft networks, when the cluster runs on twins
+
+	verifyOnce sync.Once // the replicas are compared once, before the first node is shut down
 }
 
 // twinNet is an in-memory network for gossip (memnet) and raft (InmemTransport) with partitions.
@@ -153,8 +156,72 @@ func (tc *testCluster) start(c Config) *Node {
 		tc.t.Fatalf("start %s: %v", c.Name, err)
 	}
 	tc.nodes = append(tc.nodes, n)
-	tc.t.Cleanup(func() { _ = n.Shutdown() })
+	// Cleanups run last-registered first, so the newest node's cleanup is the first to run: it
+	// compares the replicas while every node is still up, then each shuts its node down.
+	tc.t.Cleanup(func() {
+		tc.verifyOnce.Do(tc.verifyReplicas)
+		_ = n.Shutdown()
+	})
 	return n
+}
+
+// replicaDeadline is how long verifyReplicas waits for the replicas to reach the same index.
+const replicaDeadline = 30 * time.Second
+
+// verifyReplicas checks that every node still in the cluster (not shut down, not left) holds the
+// same FSM, as hashicorp/raft's fuzzy tests do with VerifyFSM: it waits until they have all
+// applied the same index, then their digests must match. Skipped when the test already failed.
+func (tc *testCluster) verifyReplicas() {
+	t := tc.t
+	if t.Failed() {
+		return
+	}
+	var nodes []*Node
+	for _, n := range tc.live() {
+		select {
+		case <-n.Done():
+		default:
+			nodes = append(nodes, n)
+		}
+	}
+	if len(nodes) < 2 {
+		return
+	}
+	var last string
+	deadline := time.Now().Add(replicaDeadline)
+	for {
+		sums := map[string][]string{} // digest -> node names
+		indexes := make([]string, len(nodes))
+		same := true
+		var first uint64
+		for i, n := range nodes {
+			index, sum := n.FSM().Digest()
+			if i == 0 {
+				first = index
+			}
+			same = same && index == first
+			sums[sum] = append(sums[sum], n.Name())
+			indexes[i] = fmt.Sprintf("%s@%d", n.Name(), index)
+		}
+		last = strings.Join(indexes, " ")
+		if same {
+			if len(sums) == 1 {
+				return
+			}
+			var groups []string
+			for sum, names := range sums {
+				groups = append(groups, fmt.Sprintf("%v: %s", names, sum[:12]))
+			}
+			sort.Strings(groups)
+			t.Errorf("replicas diverge at index %d: %s", first, strings.Join(groups, "; "))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("replicas never reached the same applied index in %s: %s", replicaDeadline, last)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // waitFor polls cond until it holds or the deadline passes.

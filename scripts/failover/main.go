@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"github.com/taskworker/taskworker/client"
-	"github.com/taskworker/taskworker/scripts/internal/localcluster"
+	"github.com/taskworker/taskworker/internal/localcluster"
 )
 
 var (

@@ -26,7 +26,7 @@ import (
 	"time"
 
 	"github.com/taskworker/taskworker/client"
-	"github.com/taskworker/taskworker/scripts/internal/localcluster"
+	"github.com/taskworker/taskworker/internal/localcluster"
 )
 
 var (

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -63,7 +63,7 @@ func testKillMovesTasks(t *testing.T, killLeader bool) {
 	}
 	var victim *proc
 	for _, p := range pc.procs {
-		if (p.name == c.Leader) == killLeader && len(perNode[p.name]) > 0 {
+		if (p.Name == c.Leader) == killLeader && len(perNode[p.Name]) > 0 {
 			victim = p
 			break
 		}
@@ -71,8 +71,8 @@ func testKillMovesTasks(t *testing.T, killLeader bool) {
 	if victim == nil {
 		t.Fatalf("no %s node runs tasks (leader %s, placement %v)", map[bool]string{false: "non-leader", true: "leader"}[killLeader], c.Leader, perNode)
 	}
-	moved := perNode[victim.name]
-	t.Logf("leader %s; killing %s, which runs %d tasks; placement %v", c.Leader, victim.name, len(moved), perNode)
+	moved := perNode[victim.Name]
+	t.Logf("leader %s; killing %s, which runs %d tasks; placement %v", c.Leader, victim.Name, len(moved), perNode)
 	killedAt := time.Now()
 	pc.kill(victim)
 
@@ -84,7 +84,7 @@ func testKillMovesTasks(t *testing.T, killLeader bool) {
 	if killLeader {
 		poll(t, "a new leader", 60*time.Second, func() bool {
 			c := ask().view()
-			return c != nil && c.Leader != "" && c.Leader != victim.name
+			return c != nil && c.Leader != "" && c.Leader != victim.Name
 		})
 		t.Logf("new leader after %s", time.Since(killedAt).Round(time.Millisecond))
 	}
@@ -99,9 +99,9 @@ func testKillMovesTasks(t *testing.T, killLeader bool) {
 			t.Errorf("task %s (was on %s) counts a failure: failures %d error %v history %v", id, before[id].Node, r.Failures, r.Error, evs)
 		}
 		if slices.Contains(moved, id) {
-			if !hasHistory(r, "interrupted", victim.name) || r.Node == victim.name || r.Attempt != 2 {
+			if !hasHistory(r, "interrupted", victim.Name) || r.Node == victim.Name || r.Attempt != 2 {
 				t.Errorf("moved task %s: node %s attempt %d, want another node than %s, attempt 2 and an interruption; history %v",
-					id, r.Node, r.Attempt, victim.name, evs)
+					id, r.Node, r.Attempt, victim.Name, evs)
 			}
 		} else if r.Node != before[id].Node || r.Attempt != 1 || hasHistory(r, "interrupted", "") {
 			t.Errorf("task %s on survivor %s was disturbed: now node %s attempt %d history %v", id, before[id].Node, r.Node, r.Attempt, evs)
@@ -114,7 +114,7 @@ func testKillMovesTasks(t *testing.T, killLeader bool) {
 		t.Error("no cluster view from a survivor")
 	} else {
 		for _, n := range c.Nodes {
-			if n.Name == victim.name && (n.State == "alive" || n.Running != 0) {
+			if n.Name == victim.Name && (n.State == "alive" || n.Running != 0) {
 				t.Errorf("dead node %s still shows state %s running %d", n.Name, n.State, n.Running)
 			}
 		}
@@ -123,19 +123,19 @@ func testKillMovesTasks(t *testing.T, killLeader bool) {
 		}
 	}
 	for _, state := range []string{client.StateRunning, client.StateAssigned} {
-		left, err := obs.client().List(ctx, client.ListOptions{Node: victim.name, State: state})
+		left, err := obs.client().List(ctx, client.ListOptions{Node: victim.Name, State: state})
 		if err != nil {
-			t.Errorf("list %s tasks of %s: %v", state, victim.name, err)
+			t.Errorf("list %s tasks of %s: %v", state, victim.Name, err)
 		} else if len(left) > 0 {
 			var s []string
 			for _, tk := range left {
 				s = append(s, tk.ID)
 			}
-			t.Errorf("%d tasks still %s on dead node %s: %s", len(left), state, victim.name, strings.Join(s, ", "))
+			t.Errorf("%d tasks still %s on dead node %s: %s", len(left), state, victim.Name, strings.Join(s, ", "))
 		}
 	}
 	if killLeader {
-		if c := obs.view(); c != nil && (c.Leader == "" || c.Leader == victim.name) {
+		if c := obs.view(); c != nil && (c.Leader == "" || c.Leader == victim.Name) {
 			t.Errorf("leader after the run: %q", c.Leader)
 		}
 	}

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"encoding/json"
@@ -28,24 +28,24 @@ func nodeIn(c *client.Cluster, name string) (client.NodeInfo, bool) {
 // that nothing is left running on it.
 func (pc *procCluster) checkLeft(obs, gone *proc) {
 	pc.t.Helper()
-	poll(pc.t, obs.name+" sees "+gone.name+" left", 30*time.Second, func() bool {
-		n, ok := nodeIn(obs.view(), gone.name)
+	poll(pc.t, obs.Name+" sees "+gone.Name+" left", 30*time.Second, func() bool {
+		n, ok := nodeIn(obs.view(), gone.Name)
 		if ok && n.State == "dead" {
-			pc.t.Fatalf("%s shows %s dead after a graceful leave", obs.name, gone.name)
+			pc.t.Fatalf("%s shows %s dead after a graceful leave", obs.Name, gone.Name)
 		}
 		return ok && n.State == "left"
 	})
 	var cl client.Cluster
-	poll(pc.t, "status --json on "+obs.name+" shows "+gone.name+" left and out of raft", 30*time.Second, func() bool {
+	poll(pc.t, "status --json on "+obs.Name+" shows "+gone.Name+" left and out of raft", 30*time.Second, func() bool {
 		out, errOut, code := pc.cli(obs, "status", "--json")
 		if err := json.Unmarshal([]byte(out), &cl); err != nil {
 			pc.t.Fatalf("status --json: code %d %v %q %q", code, err, out, errOut)
 		}
-		n, ok := nodeIn(&cl, gone.name)
+		n, ok := nodeIn(&cl, gone.Name)
 		if ok && n.State == "dead" {
-			pc.t.Fatalf("status --json on %s shows %s dead after a graceful leave", obs.name, gone.name)
+			pc.t.Fatalf("status --json on %s shows %s dead after a graceful leave", obs.Name, gone.Name)
 		}
-		return ok && n.State == "left" && n.Running == 0 && n.RaftRole == "none" && cl.Leader != "" && cl.Leader != gone.name
+		return ok && n.State == "left" && n.Running == 0 && n.RaftRole == "none" && cl.Leader != "" && cl.Leader != gone.Name
 	})
 }
 
@@ -73,28 +73,28 @@ func TestProcessSIGTERMDrainsAndLeaves(t *testing.T) {
 	})
 	var mine []string
 	for id, r := range running {
-		if r.Node == victim.name {
+		if r.Node == victim.Name {
 			mine = append(mine, id)
 		}
 	}
 	survivors := pc.others(victim)
-	t.Logf("leader %s; SIGTERM to %s, which runs %d of the tasks", leader, victim.name, len(mine))
+	t.Logf("leader %s; SIGTERM to %s, which runs %d of the tasks", leader, victim.Name, len(mine))
 
 	pc.sigterm(victim)
 	// While it drains (its 3 s tasks keep it busy) the survivors show it draining.
-	poll(t, victim.name+" shown draining", 10*time.Second, func() bool {
-		n, ok := nodeIn(survivors[0].view(), victim.name)
+	poll(t, victim.Name+" shown draining", 10*time.Second, func() bool {
+		n, ok := nodeIn(survivors[0].view(), victim.Name)
 		return ok && n.Draining
 	})
 	pc.exitsCleanly(victim, 30*time.Second)
 
 	after := waitTasks(t, client.StateSucceeded, 30*time.Second, ids, survivors[0])
 	for id, r := range after {
-		if r.Failures != 0 || r.Attempt != 1 || hasHistory(r, "interrupted", r.Node) || hasHistory(r, "interrupted", victim.name) {
+		if r.Failures != 0 || r.Attempt != 1 || hasHistory(r, "interrupted", r.Node) || hasHistory(r, "interrupted", victim.Name) {
 			t.Errorf("task %s: node %s attempt %d failures %d history %+v, want one undisturbed attempt", id, r.Node, r.Attempt, r.Failures, r.History)
 		}
-		if slices.Contains(mine, id) && r.Node != victim.name {
-			t.Errorf("task %s ran on %s, want it finished on the draining %s", id, r.Node, victim.name)
+		if slices.Contains(mine, id) && r.Node != victim.Name {
+			t.Errorf("task %s ran on %s, want it finished on the draining %s", id, r.Node, victim.Name)
 		}
 	}
 	pc.checkLeft(survivors[1], victim)
@@ -115,13 +115,13 @@ func TestProcessSIGTERMHandsBackLongTasks(t *testing.T) {
 	// Least loaded first with ties to the lower name: one task per node, n3 included.
 	ids := submitSleeps(t, 3, 6000, pc.procs[0])
 	var moved string
-	poll(t, "a task running on "+short.name, 20*time.Second, func() bool {
+	poll(t, "a task running on "+short.Name, 20*time.Second, func() bool {
 		recs, ok := pc.procs[0].tasks(ids)
 		if !ok {
 			return false
 		}
 		for id, r := range recs {
-			if r.State == client.StateRunning && r.Node == short.name {
+			if r.State == client.StateRunning && r.Node == short.Name {
 				moved = id
 				return true
 			}
@@ -132,14 +132,14 @@ func TestProcessSIGTERMHandsBackLongTasks(t *testing.T) {
 	pc.sigtermExits(short, 20*time.Second)
 	// Well before the 6 s task could have finished: the 1 s drain timeout applied.
 	if took := time.Since(start); took > 5500*time.Millisecond {
-		t.Errorf("%s took %s to leave; the 1s drain timeout was not applied", short.name, took.Round(time.Millisecond))
+		t.Errorf("%s took %s to leave; the 1s drain timeout was not applied", short.Name, took.Round(time.Millisecond))
 	}
 
 	after := waitTasks(t, client.StateSucceeded, 40*time.Second, ids, pc.procs[0])
 	r := after[moved]
-	if r.Node == short.name || r.Attempt != 2 || r.Failures != 0 || !hasHistory(r, "interrupted", short.name) || hasHistory(r, "failed", short.name) {
+	if r.Node == short.Name || r.Attempt != 2 || r.Failures != 0 || !hasHistory(r, "interrupted", short.Name) || hasHistory(r, "failed", short.Name) {
 		t.Fatalf("handed back task: node %s attempt %d failures %d history %+v, want attempt 2 elsewhere after an interruption on %s",
-			r.Node, r.Attempt, r.Failures, r.History, short.name)
+			r.Node, r.Attempt, r.Failures, r.History, short.Name)
 	}
 	for id, r := range after {
 		if r.Failures != 0 {

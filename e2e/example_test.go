@@ -1,24 +1,24 @@
-package main
+package e2e
 
 import (
 	"context"
 	"encoding/json"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/taskworker/taskworker/client"
+	"github.com/taskworker/taskworker/internal/localcluster"
 )
 
 // The example in examples/custom builds into a binary that runs its own task types on a cluster.
 func TestExampleCustomBinaryRunsItsTasksOnTwoNodes(t *testing.T) {
 	binary(t) // skips in -short mode
-	bin := filepath.Join(t.TempDir(), "custom")
-	if out, err := exec.Command("go", "build", "-o", bin, "./examples/custom").CombinedOutput(); err != nil {
-		t.Fatalf("build example: %v\n%s", err, out)
+	bin, err := localcluster.Build(localcluster.Module+"/examples/custom", filepath.Join(t.TempDir(), "custom"))
+	if err != nil {
+		t.Fatalf("build example: %v", err)
 	}
-	pc := &procCluster{t: t, bin: bin}
+	pc := newProcCluster(t, bin)
 	pc.add()
 	pc.add()
 	pc.waitCluster(pc.procs[0], 2)

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -16,11 +16,11 @@ func TestProcessExecStreamsOutputFromAnyNode(t *testing.T) {
 	for _, p := range pc.procs {
 		out, errOut, code := pc.cli(p, "exec", "print", `"hi"`)
 		if code != 0 || out != "hi\nnull\n" {
-			t.Fatalf("exec print on %s: code %d stdout %q stderr %q", p.name, code, out, errOut)
+			t.Fatalf("exec print on %s: code %d stdout %q stderr %q", p.Name, code, out, errOut)
 		}
 		out, errOut, code = pc.cli(p, "exec", "calc-square", "12")
 		if code != 0 || strings.TrimSpace(out) != "144" || !strings.Contains(errOut, "Calculating square of 12") {
-			t.Fatalf("exec calc-square on %s: code %d stdout %q stderr %q", p.name, code, out, errOut)
+			t.Fatalf("exec calc-square on %s: code %d stdout %q stderr %q", p.Name, code, out, errOut)
 		}
 	}
 	out, errOut, code := pc.cli(pc.procs[1], "exec", "fail", `"boom"`, "--max-attempts", "1")
@@ -55,7 +55,7 @@ func TestProcessCountResumesFromCheckpointAfterSIGKILL(t *testing.T) {
 	})
 	var victim, survivor *proc
 	for _, p := range pc.procs {
-		if p.name == running.Node {
+		if p.Name == running.Node {
 			victim = p
 		} else {
 			survivor = p
@@ -78,20 +78,20 @@ func TestProcessCountResumesFromCheckpointAfterSIGKILL(t *testing.T) {
 	if err := json.Unmarshal(done.Result, &res); err != nil || done.State != "succeeded" {
 		t.Fatalf("count ended %s with %s (%v)", done.State, done.Result, err)
 	}
-	if res.Counted != 50 || res.ResumedFrom < 5 || done.Node == victim.name {
+	if res.Counted != 50 || res.ResumedFrom < 5 || done.Node == victim.Name {
 		t.Fatalf("count result %+v on %s, want counted 50 resumed from >= 5 on a survivor", res, done.Node)
 	}
 	interrupted := false
 	for _, h := range done.History {
-		interrupted = interrupted || (h.Event == "interrupted" && h.Node == victim.name)
+		interrupted = interrupted || (h.Event == "interrupted" && h.Node == victim.Name)
 	}
 	if !interrupted {
-		t.Fatalf("history has no interruption on %s: %+v", victim.name, done.History)
+		t.Fatalf("history has no interruption on %s: %+v", victim.Name, done.History)
 	}
 }
 
 func TestProcessCommandTaskFromTasksFileStreamsOutput(t *testing.T) {
-	file, err := filepath.Abs("tasks/testdata/example-tasks.yaml")
+	file, err := filepath.Abs("../tasks/testdata/example-tasks.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestProcessCommandTaskFromTasksFileStreamsOutput(t *testing.T) {
 		out, errOut, code := pc.cli(p, "exec", "countdown", "3")
 		want := "3...\n2...\n1...\n{\"counted_from\":3}\n"
 		if code != 0 || out != want {
-			t.Fatalf("exec countdown via %s: code %d stdout %q (want %q) stderr %q", p.name, code, out, want, errOut)
+			t.Fatalf("exec countdown via %s: code %d stdout %q (want %q) stderr %q", p.Name, code, out, want, errOut)
 		}
 	}
 	_, errOut, code := pc.cli(pc.procs[1], "exec", "countdown", `"x"`, "--max-attempts", "1")

@@ -1,0 +1,118 @@
+package localcluster
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestFreePortsNeverHandsOutAPortTwice(t *testing.T) {
+	seen := map[int]bool{}
+	for i := 0; i < 20; i++ {
+		ports, err := FreePorts(3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ports {
+			if seen[p] {
+				t.Fatalf("port %d handed out twice", p)
+			}
+			seen[p] = true
+		}
+	}
+}
+
+// agentScript stands in for the taskworker binary: it logs its arguments, exits 0 on SIGTERM
+// and otherwise runs until killed.
+const agentScript = `#!/bin/sh
+trap 'echo "got TERM"; exit 0' TERM
+echo "started $*"
+while :; do sleep 0.05; done
+`
+
+func TestNodeKillSigtermAndRestart(t *testing.T) {
+	if _, err := exec.LookPath("sh"); err != nil {
+		t.Skip("no sh")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "agent.sh")
+	if err := os.WriteFile(bin, []byte(agentScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := New(bin, dir, "--capacity", "2")
+	t.Cleanup(c.Stop)
+	n1, err := c.Add()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := c.Add("--capacity", "5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Join(n2.Args(), " ")
+	if !strings.Contains(args, "--join "+n1.Gossip) || !strings.HasSuffix(args, "--capacity 2 --capacity 5") {
+		t.Fatalf("n2 args %q: want --join n1 and the cluster's flags before its own", args)
+	}
+	if strings.Contains(strings.Join(n1.Args(), " "), "--join") {
+		t.Fatalf("n1 joins: %q", n1.Args())
+	}
+	if err := Until(10*time.Second, 10*time.Millisecond, func() bool { return strings.Contains(n1.Log(), "started") }); err != nil {
+		t.Fatalf("n1 log %q", n1.Log())
+	}
+
+	if err := n1.Wait(100 * time.Millisecond); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("Wait on a running node: %v, want ErrTimeout", err)
+	}
+	if err := n1.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.Wait(10 * time.Second); err != nil {
+		t.Fatalf("after SIGTERM: %v, want a clean exit", err)
+	}
+	if n1.Running() || len(c.Running()) != 1 {
+		t.Fatalf("running after exit: n1 %v, cluster %d", n1.Running(), len(c.Running()))
+	}
+
+	n2.Kill()
+	if err := n2.Wait(time.Second); err == nil {
+		t.Fatal("a SIGKILLed node exited cleanly")
+	}
+	if err := n2.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.Restart(); err == nil {
+		t.Fatal("restart of a running node succeeded")
+	}
+	if err := Until(10*time.Second, 10*time.Millisecond, func() bool { return strings.Count(n2.Log(), "started") == 2 }); err != nil {
+		t.Fatalf("log after restart %q: want both runs", n2.Log())
+	}
+	if !n2.Running() {
+		t.Fatal("restarted node not running")
+	}
+	c.Stop()
+	if len(c.Running()) != 0 {
+		t.Fatal("Stop left processes running")
+	}
+}
+
+func TestCLIReportsExitStatusAndOutput(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "cli.sh")
+	script := "#!/bin/sh\necho \"$*\"\necho oops >&2\nexit 3\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n := &Node{HTTP: "127.0.0.1:1234"}
+	out, errOut, code, err := n.CLI(bin, "task", "get", "X")
+	if err != nil || code != 3 || out != "task --addr http://127.0.0.1:1234 get X\n" || errOut != "oops\n" {
+		t.Fatalf("CLI: %q %q %d %v", out, errOut, code, err)
+	}
+	if _, _, _, err := n.CLI(filepath.Join(dir, "missing"), "status"); err == nil {
+		t.Fatal("CLI of a missing binary: no error")
+	}
+}
