@@ -169,13 +169,15 @@ type TypeInfo struct {
 
 // Node is a node as registered in the FSM.
 type Node struct {
-	Name         string     `json:"name" msgpack:"name"`
-	GossipAddr   string     `json:"gossip_addr" msgpack:"gossip_addr"`
-	RaftAddr     string     `json:"raft_addr" msgpack:"raft_addr"`
-	HTTPAddr     string     `json:"http_addr" msgpack:"http_addr"`
-	BootID       string     `json:"boot_id" msgpack:"boot_id"`
-	Capacity     int        `json:"capacity" msgpack:"capacity"`
-	Version      string     `json:"version" msgpack:"version"`
+	Name       string `json:"name" msgpack:"name"`
+	GossipAddr string `json:"gossip_addr" msgpack:"gossip_addr"`
+	RaftAddr   string `json:"raft_addr" msgpack:"raft_addr"`
+	HTTPAddr   string `json:"http_addr" msgpack:"http_addr"`
+	BootID     string `json:"boot_id" msgpack:"boot_id"`
+	Capacity   int    `json:"capacity" msgpack:"capacity"`
+	Version    string `json:"version" msgpack:"version"`
+	// Protocol is the command protocol the node's build speaks (0: a build before protocols).
+	Protocol     int        `json:"-" msgpack:"protocol,omitempty"`
 	Types        []TypeInfo `json:"task_types" msgpack:"types"`
 	Draining     bool       `json:"draining" msgpack:"draining"`
 	Status       NodeStatus `json:"status" msgpack:"status"`

@@ -218,7 +218,7 @@ func (n *Node) submitTask(ctx context.Context, req *submitRequest) (fsm.ItemResu
 	if status != 0 {
 		return fsm.ItemResult{}, &submitError{status: status, code: code, msg: msg}
 	}
-	res, err := n.propose(ctx, &fsm.Command{Type: fsm.CmdSubmit, Submits: []fsm.Submit{sub}})
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{sub}}})
 	if err != nil {
 		return fsm.ItemResult{}, err
 	}
@@ -435,7 +435,7 @@ func (n *Node) handleCancel(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 	defer cancel()
-	res, err := n.propose(ctx, &fsm.Command{Type: fsm.CmdCancel, TaskIDs: []string{id}})
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.Cancel{IDs: []string{id}}})
 	if err != nil {
 		writeProposeError(w, err)
 		return
@@ -591,6 +591,10 @@ func (n *Node) handleTypes(w http.ResponseWriter, r *http.Request) {
 
 func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) {
 	leader := n.Leader()
+	if err := n.fsm.Halted(); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "halted", "leader": leader, "error": err.Error()})
+		return
+	}
 	_, registered := n.fsm.Node(n.cfg.Name)
 	if leader == "" || !registered {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "leader": leader})
