@@ -77,3 +77,6 @@ type wireError struct {
 
 func (e *wireError) Error() string { return e.msg }
 func (e *wireError) Unwrap() error { return e.sentinel }
+
+// Sentinels lists every sentinel error, each with its code, for layers that map codes further.
+func Sentinels() []*Error { return append([]*Error(nil), sentinels...) }
