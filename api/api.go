@@ -174,6 +174,7 @@ type LogLine struct {
 type Health struct {
 	Status string `json:"status"`
 	Leader string `json:"leader"`
+	Reason string `json:"reason,omitempty"` // why a node that is not "ok" cannot serve
 }
 
 // LeaveReply is POST /v1/agent/leave's 202.

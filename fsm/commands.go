@@ -2,17 +2,15 @@ package fsm
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
+	"reflect"
 	"time"
-
-	"github.com/vmihailenco/msgpack/v5"
 )
 
-// CommandType names what a command does.
+// CommandType names what a command does. It is the first byte of every log entry.
 type CommandType uint8
 
-// Command types. Values are stored in the raft log: never renumber.
+// Command types. Values are stored in the raft log: never renumber, never reuse.
 const (
 	CmdSubmit   CommandType = 1 // add tasks (batch)
 	CmdAssign   CommandType = 2 // place pending tasks on nodes (batch)
@@ -24,43 +22,257 @@ const (
 	CmdRemove   CommandType = 8 // drop finished tasks past retention
 )
 
+// Protocol is the command protocol this build speaks; nodes register it (Node.Protocol). A command
+// type is written to the log only once every up node speaks at least its Since. Protocol 0 is the
+// release before protocol numbers, which reads only the legacy encoding (legacy.go).
+const Protocol = 1
+
+// The command table: one registration per command type, the only place a command is described.
+func init() {
+	register(Spec[SubmitBatch]{Type: CmdSubmit, Name: "submit", Forwardable: true, Apply: (*FSM).applySubmit})
+	register(Spec[AssignBatch]{Type: CmdAssign, Name: "assign", Apply: (*FSM).applyAssign})
+	register(Spec[ReportBatch]{Type: CmdReport, Name: "report", Forwardable: true, Apply: (*FSM).applyReport, Prepare: prepareReport})
+	register(Spec[Register]{Type: CmdRegister, Name: "register", Forwardable: true, Apply: (*FSM).applyRegister})
+	register(Spec[Down]{Type: CmdNodeDown, Name: "node_down", Apply: (*FSM).applyNodeDown})
+	register(Spec[Drain]{Type: CmdDrain, Name: "drain", Forwardable: true, Apply: (*FSM).applyDrain})
+	register(Spec[Cancel]{Type: CmdCancel, Name: "cancel", Forwardable: true, Apply: (*FSM).applyCancel})
+	register(Spec[Remove]{Type: CmdRemove, Name: "remove", Apply: (*FSM).applyRemove})
+}
+
+// Command is one raft log entry. Now is the leader's clock when it built the command; Apply uses
+// it for every timestamp so replicas agree. Body is a pointer to one registered payload type
+// (*SubmitBatch, *Register, ...); it names the command's type.
+type Command struct {
+	Now  time.Time
+	Body Payload
+}
+
+// Payload is the body of a command: a pointer to a payload type registered in the command table.
+type Payload any
+
+// Batch is implemented by payloads the leader's batcher may merge: Len items, each with its own
+// ItemResult in order, and Append adds other's items (other has the same type).
+type Batch interface {
+	Len() int
+	Append(other Payload)
+}
+
+// Type is the command's type from the table, 0 when Body is not a registered payload.
+func (c *Command) Type() CommandType {
+	if s := specOf(c.Body); s != nil {
+		return s.typ
+	}
+	return 0
+}
+
+// Forwardable reports whether a follower may hand c to the leader; the leader decides the rest.
+func (c *Command) Forwardable() bool {
+	s := specOf(c.Body)
+	return s != nil && s.forward
+}
+
+// Batchable reports whether the leader's batcher may merge c with others of its type.
+func (c *Command) Batchable() bool {
+	s := specOf(c.Body)
+	return s != nil && s.batch
+}
+
+// Len is how many items a batch command carries, one ItemResult each; 1 for other commands.
+func (c *Command) Len() int {
+	if b, ok := c.Body.(Batch); ok {
+		return b.Len()
+	}
+	return 1
+}
+
+// Merge returns one command of cs' common type holding every item of cs in order, at now; cs are
+// left untouched (their callers may propose them again). It is for batchable commands only.
+func Merge(now time.Time, cs []*Command) (*Command, error) {
+	if len(cs) == 0 {
+		return nil, fmt.Errorf("merge: no commands")
+	}
+	s := specOf(cs[0].Body)
+	if s == nil || !s.batch {
+		return nil, fmt.Errorf("merge %s: %w: not a batch command", cs[0].Type(), ErrBadCommand)
+	}
+	body := s.newPayload()
+	for _, c := range cs {
+		if specOf(c.Body) != s {
+			return nil, fmt.Errorf("merge %s with %s: %w", s.name, c.Type(), ErrBadCommand)
+		}
+		body.(Batch).Append(c.Body)
+	}
+	return &Command{Now: now, Body: body}, nil
+}
+
 func (c CommandType) String() string {
-	switch c {
-	case CmdSubmit:
-		return "submit"
-	case CmdAssign:
-		return "assign"
-	case CmdReport:
-		return "report"
-	case CmdRegister:
-		return "register"
-	case CmdNodeDown:
-		return "node_down"
-	case CmdDrain:
-		return "drain"
-	case CmdCancel:
-		return "cancel"
-	case CmdRemove:
-		return "remove"
+	if s := commands[c]; s != nil {
+		return s.name
 	}
 	return fmt.Sprintf("command(%d)", uint8(c))
 }
 
-// Command is one raft log entry. Now is the leader's clock when it built the command; Apply uses
-// it for every timestamp so replicas agree.
-type Command struct {
-	Type     CommandType `msgpack:"t"`
-	Now      time.Time   `msgpack:"now"`
-	Submits  []Submit    `msgpack:"submits,omitempty"`
-	Assigns  []Assign    `msgpack:"assigns,omitempty"`
-	Reports  []Report    `msgpack:"reports,omitempty"`
-	Node     *Node       `msgpack:"node,omitempty"`
-	NodeName string      `msgpack:"node_name,omitempty"`
-	Left     bool        `msgpack:"left,omitempty"`
-	Draining bool        `msgpack:"draining,omitempty"`
-	TaskIDs  []string    `msgpack:"task_ids,omitempty"`
-	Reason   string      `msgpack:"reason,omitempty"`
+// Since is the protocol that introduced t: the leader writes t only once every up node speaks it.
+func (c CommandType) Since() int {
+	if s := commands[c]; s != nil {
+		return s.since
+	}
+	return Protocol + 1
 }
+
+// Spec registers one command type in the table.
+type Spec[P any] struct {
+	Type CommandType // stored in the log: new types take the next free number below 0x80
+	Name string
+	// Since is the Protocol that introduced the type (0: the release before protocol numbers).
+	Since int
+	// Forwardable: a follower may hand the command to the leader (node-originated commands).
+	Forwardable bool
+	// Apply changes the state; f.mu is held. Item-wise commands return one ItemResult per item in
+	// order (a Batch payload must), others return their outcome as the error. *P implementing
+	// Batch is what lets the leader's batcher merge the type.
+	Apply func(f *FSM, index uint64, now time.Time, p *P) ([]ItemResult, error)
+	// Prepare, optional, runs on the leader before the command is proposed: it may fill in fields
+	// that must be decided once, by the leader (Apply must not read clocks or randomness).
+	Prepare func(f *FSM, now time.Time, p *P, env PrepareEnv)
+}
+
+// PrepareEnv is what the leader lends Prepare hooks that fsm cannot compute itself.
+type PrepareEnv struct {
+	// Backoff is the delay before retrying a task that has failed this many times.
+	Backoff func(failures int) time.Duration
+}
+
+// spec is a registered command type, with the payload type erased.
+type spec struct {
+	typ        CommandType
+	name       string
+	since      int
+	forward    bool
+	batch      bool
+	payload    reflect.Type // pointer to the payload struct
+	newPayload func() Payload
+	apply      func(f *FSM, index uint64, now time.Time, p Payload) ([]ItemResult, error)
+	prepare    func(f *FSM, now time.Time, p Payload, env PrepareEnv)
+	decode     func(d decoder) (time.Time, Payload, error)
+}
+
+var (
+	commands  = map[CommandType]*spec{}
+	byPayload = map[reflect.Type]*spec{}
+)
+
+// register adds a command type to the table; it panics on a clash, at init.
+func register[P any](s Spec[P]) {
+	if s.Type == 0 || s.Type >= 0x80 {
+		panic(fmt.Sprintf("fsm: command type %d out of range 1..127 (legacy entries start at 0x80)", s.Type))
+	}
+	if commands[s.Type] != nil {
+		panic(fmt.Sprintf("fsm: command type %d registered twice", s.Type))
+	}
+	if s.Apply == nil || s.Name == "" {
+		panic(fmt.Sprintf("fsm: command type %d needs a name and an apply function", s.Type))
+	}
+	pt := reflect.TypeFor[*P]()
+	if byPayload[pt] != nil {
+		panic(fmt.Sprintf("fsm: payload %s registered twice", pt))
+	}
+	_, batch := any((*P)(nil)).(Batch)
+	sp := &spec{
+		typ: s.Type, name: s.Name, since: s.Since, forward: s.Forwardable, batch: batch, payload: pt,
+		newPayload: func() Payload { return new(P) },
+		apply: func(f *FSM, index uint64, now time.Time, p Payload) ([]ItemResult, error) {
+			return s.Apply(f, index, now, p.(*P))
+		},
+		decode: decodeEnvelope[P],
+	}
+	if s.Prepare != nil {
+		sp.prepare = func(f *FSM, now time.Time, p Payload, env PrepareEnv) { s.Prepare(f, now, p.(*P), env) }
+	}
+	commands[s.Type] = sp
+	byPayload[pt] = sp
+}
+
+// unregister drops a type; tests that register their own types clean up with it.
+func unregister(t CommandType) {
+	if s := commands[t]; s != nil {
+		delete(byPayload, s.payload)
+		delete(commands, t)
+	}
+}
+
+func specOf(p Payload) *spec {
+	if p == nil {
+		return nil
+	}
+	return byPayload[reflect.TypeOf(p)]
+}
+
+// Prepare stamps c with the leader's clock and runs its type's Prepare hook. The leader calls it
+// once before proposing; replicas never do.
+func (f *FSM) Prepare(c *Command, now time.Time, env PrepareEnv) {
+	c.Now = now
+	if s := specOf(c.Body); s != nil && s.prepare != nil {
+		s.prepare(f, now, c.Body, env)
+	}
+}
+
+// The payloads, one per command type.
+
+// SubmitBatch adds tasks.
+type SubmitBatch struct {
+	Items []Submit `msgpack:"items"`
+}
+
+// AssignBatch places pending tasks on node incarnations.
+type AssignBatch struct {
+	Items []Assign `msgpack:"items"`
+}
+
+// ReportBatch carries executor reports.
+type ReportBatch struct {
+	Items []Report `msgpack:"items"`
+}
+
+// Register announces a node incarnation.
+type Register struct {
+	Node Node `msgpack:"node"`
+}
+
+// Down marks a node down (crashed) or left, and takes back its tasks.
+type Down struct {
+	Name   string `msgpack:"name"`
+	Left   bool   `msgpack:"left,omitempty"`
+	Reason string `msgpack:"reason,omitempty"`
+}
+
+// Drain sets or clears a node's draining flag.
+type Drain struct {
+	Name     string `msgpack:"name"`
+	Draining bool   `msgpack:"draining,omitempty"`
+}
+
+// Cancel cancels tasks.
+type Cancel struct {
+	IDs []string `msgpack:"ids"`
+}
+
+// Remove drops finished tasks.
+type Remove struct {
+	IDs []string `msgpack:"ids"`
+}
+
+// Len implements Batch.
+func (b *SubmitBatch) Len() int { return len(b.Items) }
+
+// Append implements Batch.
+func (b *SubmitBatch) Append(o Payload) { b.Items = append(b.Items, o.(*SubmitBatch).Items...) }
+
+// Len implements Batch.
+func (b *ReportBatch) Len() int { return len(b.Items) }
+
+// Append implements Batch.
+func (b *ReportBatch) Append(o Payload) { b.Items = append(b.Items, o.(*ReportBatch).Items...) }
 
 // Submit adds one task. ID and ExecutionID are chosen before Apply.
 type Submit struct {
@@ -109,52 +321,30 @@ type Report struct {
 	NotBefore *time.Time `msgpack:"not_before,omitempty"`
 }
 
-// Encode serialises a command for raft.
-func Encode(c *Command) ([]byte, error) {
-	b, err := msgpack.Marshal(c)
-	if err != nil {
-		return nil, fmt.Errorf("encode %s command: %w", c.Type, err)
+// prepareReport stamps each failed report with its retry deadline: the backoff depends on the
+// task's failures so far, which only the leader may read before the command is ordered.
+func prepareReport(f *FSM, now time.Time, p *ReportBatch, env PrepareEnv) {
+	if env.Backoff == nil {
+		return
 	}
-	return b, nil
-}
-
-// Decode parses a command from a raft log entry or a forwarded request.
-func Decode(b []byte) (*Command, error) {
-	var c Command
-	if err := Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("decode command: %w", err)
-	}
-	return &c, nil
-}
-
-// Unmarshal is msgpack.Unmarshal that returns an error instead of panicking: msgpack v5 panics on
-// some malformed input (a nil where a struct such as time.Time is expected), and what we decode
-// comes from peers and clients.
-func Unmarshal(b []byte, v any) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("malformed msgpack: %v", p)
+	for i := range p.Items {
+		r := &p.Items[i]
+		if r.Kind != ReportFailed {
+			continue
 		}
-	}()
-	return msgpack.Unmarshal(b, v)
+		failures := 1
+		if t, ok := f.Task(r.TaskID); ok {
+			failures = t.Failures + 1
+		}
+		nb := now.Add(env.Backoff(failures))
+		r.NotBefore = &nb
+	}
 }
-
-// Errors an applied command reports per item; callers branch on them.
-var (
-	ErrNotFound      = errors.New("task not found")
-	ErrStale         = errors.New("stale attempt")
-	ErrFinished      = errors.New("task already finished")
-	ErrDuplicateID   = errors.New("duplicate task id")
-	ErrUnknownNode   = errors.New("unknown node")
-	ErrNotPlaceable  = errors.New("task or node not placeable")
-	ErrBadCommand    = errors.New("bad command")
-	ErrInvalidReport = errors.New("invalid report")
-)
 
 // Result is what Apply returns for a command: the log index, and one entry per item for batches.
 type Result struct {
 	Index uint64
-	// Items holds, per submit/assign/report/cancel item in order, the task ID it concerns.
+	// Items holds, per submit/assign/report/cancel/remove item in order, the task ID it concerns.
 	Items []ItemResult
 	Err   error
 }

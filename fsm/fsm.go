@@ -26,21 +26,27 @@ type FSM struct {
 	nodes   map[string]*Node
 	index   uint64
 	changed chan struct{}
+	// halt is set when a log entry could not be applied; from then on nothing changes.
+	halt     error
+	haltedCh chan struct{}
 }
 
 // New returns an empty FSM.
 func New() *FSM {
 	return &FSM{
-		tasks:   map[string]*Task{},
-		active:  map[string]*Task{},
-		done:    map[State]int{},
-		idem:    map[string]string{},
-		nodes:   map[string]*Node{},
-		changed: make(chan struct{}),
+		tasks:    map[string]*Task{},
+		active:   map[string]*Task{},
+		done:     map[State]int{},
+		idem:     map[string]string{},
+		nodes:    map[string]*Node{},
+		changed:  make(chan struct{}),
+		haltedCh: make(chan struct{}),
 	}
 }
 
-// Apply implements raft.FSM.
+// Apply implements raft.FSM. An entry this build cannot decode (a command type it does not know, a
+// field it does not know) halts the FSM instead of being skipped: the leader wrote it meaning
+// something, and a replica that skipped it would diverge from those that applied it.
 func (f *FSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
@@ -48,9 +54,12 @@ func (f *FSM) Apply(l *raft.Log) any {
 	cmd, err := Decode(l.Data)
 	if err != nil {
 		f.mu.Lock()
-		f.bump(l.Index)
-		f.mu.Unlock()
-		return &Result{Index: l.Index, Err: fmt.Errorf("%w: %v", ErrBadCommand, err)}
+		defer f.mu.Unlock()
+		if f.halt == nil {
+			f.halt = newHaltError(l.Index, err)
+			close(f.haltedCh)
+		}
+		return &Result{Index: l.Index, Err: f.halt}
 	}
 	return f.ApplyCommand(l.Index, cmd)
 }
@@ -59,46 +68,88 @@ func (f *FSM) Apply(l *raft.Log) any {
 func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.halt != nil {
+		return &Result{Index: index, Err: f.halt}
+	}
 	r := &Result{Index: index}
-	switch c.Type {
-	case CmdSubmit:
-		for i := range c.Submits {
-			r.Items = append(r.Items, f.submit(index, c.Now, &c.Submits[i]))
-		}
-	case CmdAssign:
-		for _, a := range c.Assigns {
-			prev := f.stateOf(a.TaskID)
-			r.Items = append(r.Items, f.assign(index, c.Now, a))
-			f.reindex(a.TaskID, prev)
-		}
-	case CmdReport:
-		for i := range c.Reports {
-			prev := f.stateOf(c.Reports[i].TaskID)
-			r.Items = append(r.Items, f.report(index, c.Now, &c.Reports[i]))
-			f.reindex(c.Reports[i].TaskID, prev)
-		}
-	case CmdRegister:
-		r.Err = f.register(index, c.Now, c.Node)
-	case CmdNodeDown:
-		r.Err = f.nodeDown(index, c.Now, c.NodeName, c.Left, c.Reason)
-	case CmdDrain:
-		r.Err = f.drain(index, c.NodeName, c.Draining)
-	case CmdCancel:
-		for _, id := range c.TaskIDs {
-			prev := f.stateOf(id)
-			r.Items = append(r.Items, f.cancel(index, c.Now, id))
-			f.reindex(id, prev)
-		}
-	case CmdRemove:
-		for _, id := range c.TaskIDs {
-			r.Items = append(r.Items, f.remove(id))
-		}
-		f.compact()
-	default:
-		r.Err = fmt.Errorf("%w: unknown type %d", ErrBadCommand, c.Type)
+	if s := specOf(c.Body); s != nil {
+		r.Items, r.Err = s.apply(f, index, c.Now, c.Body)
+	} else {
+		r.Err = fmt.Errorf("%w: payload %T is not in the command table", ErrBadCommand, c.Body)
 	}
 	f.bump(index)
 	return r
+}
+
+// Halted returns why the FSM stopped applying the log, or nil while it applies.
+func (f *FSM) Halted() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.halt
+}
+
+// HaltedCh is closed when the FSM halts.
+func (f *FSM) HaltedCh() <-chan struct{} { return f.haltedCh }
+
+// The apply functions of the command table (commands.go). f.mu is held.
+
+func (f *FSM) applySubmit(index uint64, now time.Time, p *SubmitBatch) ([]ItemResult, error) {
+	items := make([]ItemResult, 0, len(p.Items))
+	for i := range p.Items {
+		items = append(items, f.submit(index, now, &p.Items[i]))
+	}
+	return items, nil
+}
+
+func (f *FSM) applyAssign(index uint64, now time.Time, p *AssignBatch) ([]ItemResult, error) {
+	items := make([]ItemResult, 0, len(p.Items))
+	for _, a := range p.Items {
+		prev := f.stateOf(a.TaskID)
+		items = append(items, f.assign(index, now, a))
+		f.reindex(a.TaskID, prev)
+	}
+	return items, nil
+}
+
+func (f *FSM) applyReport(index uint64, now time.Time, p *ReportBatch) ([]ItemResult, error) {
+	items := make([]ItemResult, 0, len(p.Items))
+	for i := range p.Items {
+		prev := f.stateOf(p.Items[i].TaskID)
+		items = append(items, f.report(index, now, &p.Items[i]))
+		f.reindex(p.Items[i].TaskID, prev)
+	}
+	return items, nil
+}
+
+func (f *FSM) applyRegister(index uint64, now time.Time, p *Register) ([]ItemResult, error) {
+	return nil, f.register(index, now, &p.Node)
+}
+
+func (f *FSM) applyNodeDown(index uint64, now time.Time, p *Down) ([]ItemResult, error) {
+	return nil, f.nodeDown(index, now, p.Name, p.Left, p.Reason)
+}
+
+func (f *FSM) applyDrain(index uint64, _ time.Time, p *Drain) ([]ItemResult, error) {
+	return nil, f.drain(index, p.Name, p.Draining)
+}
+
+func (f *FSM) applyCancel(index uint64, now time.Time, p *Cancel) ([]ItemResult, error) {
+	items := make([]ItemResult, 0, len(p.IDs))
+	for _, id := range p.IDs {
+		prev := f.stateOf(id)
+		items = append(items, f.cancel(index, now, id))
+		f.reindex(id, prev)
+	}
+	return items, nil
+}
+
+func (f *FSM) applyRemove(_ uint64, _ time.Time, p *Remove) ([]ItemResult, error) {
+	items := make([]ItemResult, 0, len(p.IDs))
+	for _, id := range p.IDs {
+		items = append(items, f.remove(id))
+	}
+	f.compact()
+	return items, nil
 }
 
 // bump records the applied index and wakes watchers. Callers hold f.mu.
@@ -406,9 +457,13 @@ type snapshotState struct {
 }
 
 // Snapshot implements raft.FSM. It copies the state under the lock; encoding happens in Persist.
+// A halted FSM refuses: raft would record its state as that of a later index, which it is not.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if f.halt != nil {
+		return nil, fmt.Errorf("snapshot: %w", f.halt)
+	}
 	s := &snapshotState{Index: f.index, Tasks: make([]Task, 0, len(f.tasks)), Nodes: make([]Node, 0, len(f.nodes))}
 	for _, id := range f.order {
 		if t, ok := f.tasks[id]; ok {
@@ -446,6 +501,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.halt != nil { // the entries after the snapshot would halt it again; restart on a newer build
+		return fmt.Errorf("restore snapshot: %w", f.halt)
+	}
 	f.tasks = make(map[string]*Task, len(s.Tasks))
 	f.order = make([]string, 0, len(s.Tasks))
 	f.idem = map[string]string{}

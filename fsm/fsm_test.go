@@ -44,11 +44,11 @@ func (h *harness) must(c *Command) *Result {
 	h.t.Helper()
 	r := h.apply(c)
 	if r.Err != nil {
-		h.t.Fatalf("apply %s: %v", c.Type, r.Err)
+		h.t.Fatalf("apply %s: %v", c.Type(), r.Err)
 	}
 	for _, it := range r.Items {
 		if it.Err != nil {
-			h.t.Fatalf("apply %s item %s: %v", c.Type, it.ID, it.Err)
+			h.t.Fatalf("apply %s item %s: %v", c.Type(), it.ID, it.Err)
 		}
 	}
 	return r
@@ -77,7 +77,7 @@ func (h *harness) item(c *Command) ItemResult {
 	h.t.Helper()
 	r := h.apply(c)
 	if r.Err != nil || len(r.Items) != 1 {
-		h.t.Fatalf("apply %s: err %v, %d items", c.Type, r.Err, len(r.Items))
+		h.t.Fatalf("apply %s: err %v, %d items", c.Type(), r.Err, len(r.Items))
 	}
 	return r.Items[0]
 }
@@ -86,34 +86,34 @@ func (h *harness) item(c *Command) ItemResult {
 
 func sub(id, typ string) Submit { return Submit{ID: id, Type: typ, MaxAttempts: 3} }
 
-func submitCmd(s ...Submit) *Command { return &Command{Type: CmdSubmit, Submits: s} }
+func submitCmd(s ...Submit) *Command { return &Command{Body: &SubmitBatch{Items: s}} }
 
 func registerCmd(name, boot string, capacity int) *Command {
-	return &Command{Type: CmdRegister, Node: &Node{Name: name, BootID: boot, Capacity: capacity,
-		Types: []TypeInfo{{Type: "echo", Version: "v1"}}}}
+	return &Command{Body: &Register{Node: Node{Name: name, BootID: boot, Capacity: capacity,
+		Types: []TypeInfo{{Type: "echo", Version: "v1"}}}}}
 }
 
 func assignCmd(id, node, boot string) *Command {
-	return &Command{Type: CmdAssign, Assigns: []Assign{{TaskID: id, Node: node, BootID: boot}}}
+	return &Command{Body: &AssignBatch{Items: []Assign{{TaskID: id, Node: node, BootID: boot}}}}
 }
 
 func rep(id string, attempt int, node, boot string, kind ReportKind) Report {
 	return Report{TaskID: id, Attempt: attempt, Node: node, BootID: boot, Kind: kind}
 }
 
-func reportCmd(r ...Report) *Command { return &Command{Type: CmdReport, Reports: r} }
+func reportCmd(r ...Report) *Command { return &Command{Body: &ReportBatch{Items: r}} }
 
 func downCmd(name string, left bool) *Command {
-	return &Command{Type: CmdNodeDown, NodeName: name, Left: left}
+	return &Command{Body: &Down{Name: name, Left: left}}
 }
 
 func drainCmd(name string, on bool) *Command {
-	return &Command{Type: CmdDrain, NodeName: name, Draining: on}
+	return &Command{Body: &Drain{Name: name, Draining: on}}
 }
 
-func cancelCmd(ids ...string) *Command { return &Command{Type: CmdCancel, TaskIDs: ids} }
+func cancelCmd(ids ...string) *Command { return &Command{Body: &Cancel{IDs: ids}} }
 
-func removeCmd(ids ...string) *Command { return &Command{Type: CmdRemove, TaskIDs: ids} }
+func removeCmd(ids ...string) *Command { return &Command{Body: &Remove{IDs: ids}} }
 
 // assigned returns a harness with node n1 (boot b1) up and task "a" (max 3 attempts) assigned to it.
 func assigned(t *testing.T) *harness {
@@ -503,8 +503,8 @@ func TestRegisterNewNodeIsUp(t *testing.T) {
 	if n.Status != NodeUp || n.Draining || !n.Offers("echo", "v1") || n.Offers("echo", "v2") || !n.Offers("echo", "") {
 		t.Errorf("node = %+v", n)
 	}
-	for _, bad := range []*Command{{Type: CmdRegister}, {Type: CmdRegister, Node: &Node{Name: "x"}}, {Type: CmdRegister, Node: &Node{BootID: "b"}}} {
-		if r := h.apply(bad); !errors.Is(r.Err, ErrBadCommand) {
+	for _, bad := range []*Register{{}, {Node: Node{Name: "x"}}, {Node: Node{BootID: "b"}}} {
+		if r := h.apply(&Command{Body: bad}); !errors.Is(r.Err, ErrBadCommand) {
 			t.Errorf("register %+v: err = %v, want ErrBadCommand", bad.Node, r.Err)
 		}
 	}
@@ -566,7 +566,7 @@ func TestNodeDownAndDrainRejectUnknownNode(t *testing.T) {
 	h := newHarness(t)
 	for _, c := range []*Command{downCmd("nx", false), drainCmd("nx", true)} {
 		if r := h.apply(c); !errors.Is(r.Err, ErrUnknownNode) {
-			t.Errorf("%s: err = %v, want ErrUnknownNode", c.Type, r.Err)
+			t.Errorf("%s: err = %v, want ErrUnknownNode", c.Type(), r.Err)
 		}
 	}
 }
@@ -693,9 +693,9 @@ func TestSubmitReusingRemovedIDListsItOnce(t *testing.T) {
 	}
 }
 
-func TestUnknownCommandTypeIsBadCommand(t *testing.T) {
+func TestUnregisteredPayloadIsBadCommand(t *testing.T) {
 	h := newHarness(t)
-	if r := h.apply(&Command{Type: CommandType(42)}); !errors.Is(r.Err, ErrBadCommand) || r.Index != 1 {
+	if r := h.apply(&Command{Body: &struct{ X int }{}}); !errors.Is(r.Err, ErrBadCommand) || r.Index != 1 {
 		t.Fatalf("result = %+v", r)
 	}
 	if got := CommandType(42).String(); got != "command(42)" {
@@ -719,7 +719,7 @@ func TestRaftApplyDecodesCommands(t *testing.T) {
 		c.Now = t0
 		r, ok := f.Apply(raftLog(t, uint64(i+1), c)).(*Result)
 		if !ok || r.Err != nil || r.Index != uint64(i+1) {
-			t.Fatalf("apply %s: %#v", c.Type, r)
+			t.Fatalf("apply %s: %#v", c.Type(), r)
 		}
 	}
 	if tk, _ := f.Task("a"); tk.State != Assigned || tk.Node != "n1" {
@@ -727,22 +727,17 @@ func TestRaftApplyDecodesCommands(t *testing.T) {
 	}
 }
 
-func TestRaftApplyRejectsGarbage(t *testing.T) {
-	for _, data := range [][]byte{nil, []byte("garbage"), {0xc1}, {0x81, 0xa1, 't', 0xa3, 'x', 'y', 'z'}} {
+// Garbage in the log was written by something that meant it: the FSM halts rather than skip it.
+func TestRaftApplyHaltsOnGarbage(t *testing.T) {
+	for _, data := range [][]byte{nil, []byte("garbage"), {0xc1}, {0x81, 0xa1, 't', 0xa3, 'x', 'y', 'z'}, {byte(CmdSubmit), 0xc1}} {
 		f := New()
-		changed := f.Changed()
 		r, ok := f.Apply(&raft.Log{Type: raft.LogCommand, Index: 7, Data: data}).(*Result)
-		if !ok || !errors.Is(r.Err, ErrBadCommand) || r.Index != 7 {
+		if !ok || !errors.Is(r.Err, ErrHalted) || r.Index != 7 {
 			t.Errorf("data %q: result %#v", data, r)
 			continue
 		}
-		if f.Index() != 7 {
-			t.Errorf("data %q: index %d, want 7", data, f.Index())
-		}
-		select {
-		case <-changed:
-		default:
-			t.Errorf("data %q: Changed not closed", data)
+		if f.Index() != 0 || !errors.Is(f.Halted(), ErrHalted) {
+			t.Errorf("data %q: index %d, halted %v; want 0 and halted", data, f.Index(), f.Halted())
 		}
 	}
 }
@@ -764,7 +759,7 @@ func script() []*Command {
 		registerCmd("n1", "b1", 2),
 		registerCmd("n2", "b2", 2),
 		submitCmd(sub("a", "echo"), sub("b", "echo"), Submit{ID: "c", Type: "sleep", IdempotencyKey: "k", Input: json.RawMessage(`{"s":1}`)}),
-		{Type: CmdAssign, Assigns: []Assign{{TaskID: "a", Node: "n1", BootID: "b1"}, {TaskID: "b", Node: "n2", BootID: "b2"}, {TaskID: "c", Node: "n1", BootID: "b1"}}},
+		{Body: &AssignBatch{Items: []Assign{{TaskID: "a", Node: "n1", BootID: "b1"}, {TaskID: "b", Node: "n2", BootID: "b2"}, {TaskID: "c", Node: "n1", BootID: "b1"}}}},
 		reportCmd(rep("a", 1, "n1", "b1", ReportStarted), rep("b", 1, "n2", "b2", ReportStarted)),
 		reportCmd(Report{TaskID: "a", Attempt: 1, Node: "n1", BootID: "b1", Kind: ReportCheckpoint, Checkpoint: json.RawMessage(`[1]`)}),
 		reportCmd(Report{TaskID: "b", Attempt: 1, Node: "n2", BootID: "b2", Kind: ReportFailed, Error: &TaskError{Type: "x", Message: "y"}, NotBefore: &later}),
@@ -922,7 +917,7 @@ func queryFSM(t *testing.T) *harness {
 	h.must(submitCmd(sub("p1", "echo"), sub("p2", "echo")))
 	h.must(submitCmd(Submit{ID: "q1", Type: "other", ExecutionID: "e"}, Submit{ID: "q2", Type: "echo", ExecutionID: "e"}))
 	h.must(submitCmd(sub("q3", "echo")))
-	h.must(&Command{Type: CmdAssign, Assigns: []Assign{{TaskID: "p1", Node: "n1", BootID: "b1"}, {TaskID: "p2", Node: "n1", BootID: "b1"}, {TaskID: "q2", Node: "n2", BootID: "b2"}}})
+	h.must(&Command{Body: &AssignBatch{Items: []Assign{{TaskID: "p1", Node: "n1", BootID: "b1"}, {TaskID: "p2", Node: "n1", BootID: "b1"}, {TaskID: "q2", Node: "n2", BootID: "b2"}}}})
 	h.must(reportCmd(rep("p1", 1, "n1", "b1", ReportStarted), rep("q2", 1, "n2", "b2", ReportSucceeded)))
 	return h
 }
@@ -1017,9 +1012,9 @@ func TestLoadActiveAndSchedulerView(t *testing.T) {
 func TestExpiredReturnsOldFinishedTasks(t *testing.T) {
 	h := newHarness(t)
 	h.must(submitCmd(sub("a", "echo"), sub("b", "echo"), sub("c", "echo"), sub("d", "echo"))) // t0+1s
-	h.must(&Command{Type: CmdCancel, TaskIDs: []string{"a"}, Now: t0.Add(10 * time.Second)})
-	h.must(&Command{Type: CmdCancel, TaskIDs: []string{"c"}, Now: t0.Add(20 * time.Second)})
-	h.must(&Command{Type: CmdCancel, TaskIDs: []string{"b"}, Now: t0.Add(30 * time.Second)})
+	h.must(&Command{Body: &Cancel{IDs: []string{"a"}}, Now: t0.Add(10 * time.Second)})
+	h.must(&Command{Body: &Cancel{IDs: []string{"c"}}, Now: t0.Add(20 * time.Second)})
+	h.must(&Command{Body: &Cancel{IDs: []string{"b"}}, Now: t0.Add(30 * time.Second)})
 	tests := []struct {
 		cutoff time.Duration
 		limit  int

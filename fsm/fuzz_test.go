@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -8,32 +9,42 @@ import (
 )
 
 // FuzzApply feeds arbitrary log entries to an FSM holding a node and tasks in every state: Apply
-// must never panic, whatever a peer or a forwarded request put in the log.
+// must never panic, whatever a peer or a forwarded request put in the log, and an entry it cannot
+// read must halt it without changing state.
 func FuzzApply(f *testing.F) {
 	now := time.Unix(1700000000, 0).UTC()
 	seeds := []*Command{
-		{Type: CmdSubmit, Now: now, Submits: []Submit{{ID: "x", Type: "echo"}}},
-		{Type: CmdAssign, Now: now, Assigns: []Assign{{TaskID: "p", Node: "n1", BootID: "b1"}}},
-		{Type: CmdReport, Now: now, Reports: []Report{{TaskID: "r", Attempt: 1, Node: "n1", BootID: "b1", Kind: ReportFailed}}},
-		{Type: CmdRegister, Now: now, Node: &Node{Name: "n2", BootID: "b2"}},
-		{Type: CmdNodeDown, Now: now, NodeName: "n1"},
-		{Type: CmdCancel, Now: now, TaskIDs: []string{"r", "p", "nope"}},
-		{Type: CmdRemove, Now: now, TaskIDs: []string{"r"}},
+		{Now: now, Body: &SubmitBatch{Items: []Submit{{ID: "x", Type: "echo"}}}},
+		{Now: now, Body: &AssignBatch{Items: []Assign{{TaskID: "p", Node: "n1", BootID: "b1"}}}},
+		{Now: now, Body: &ReportBatch{Items: []Report{{TaskID: "r", Attempt: 1, Node: "n1", BootID: "b1", Kind: ReportFailed}}}},
+		{Now: now, Body: &Register{Node: Node{Name: "n2", BootID: "b2", Protocol: Protocol}}},
+		{Now: now, Body: &Down{Name: "n1"}},
+		{Now: now, Body: &Drain{Name: "n1", Draining: true}},
+		{Now: now, Body: &Cancel{IDs: []string{"r", "p", "nope"}}},
+		{Now: now, Body: &Remove{IDs: []string{"r"}}},
 	}
-	for _, c := range seeds {
-		b, err := Encode(c)
-		if err != nil {
-			f.Fatal(err)
+	// Both encodings: the current one, and the legacy one existing data dirs and old nodes use.
+	for _, encode := range []func(*Command) ([]byte, error){Encode, EncodeLegacy} {
+		for _, c := range seeds {
+			b, err := encode(c)
+			if err != nil {
+				f.Fatal(err)
+			}
+			f.Add(b)
 		}
-		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m := New()
-		m.ApplyCommand(1, &Command{Type: CmdRegister, Now: now, Node: &Node{Name: "n1", BootID: "b1", Capacity: 2}})
-		m.ApplyCommand(2, &Command{Type: CmdSubmit, Now: now, Submits: []Submit{{ID: "p", Type: "echo"}, {ID: "r", Type: "echo"}}})
-		m.ApplyCommand(3, &Command{Type: CmdAssign, Now: now, Assigns: []Assign{{TaskID: "r", Node: "n1", BootID: "b1"}}})
-		m.Apply(&raft.Log{Type: raft.LogCommand, Index: 4, Data: data})
+		m.ApplyCommand(1, &Command{Now: now, Body: &Register{Node: Node{Name: "n1", BootID: "b1", Capacity: 2}}})
+		m.ApplyCommand(2, &Command{Now: now, Body: &SubmitBatch{Items: []Submit{{ID: "p", Type: "echo"}, {ID: "r", Type: "echo"}}}})
+		m.ApplyCommand(3, &Command{Now: now, Body: &AssignBatch{Items: []Assign{{TaskID: "r", Node: "n1", BootID: "b1"}}}})
+		before := m.Index()
+		r, _ := m.Apply(&raft.Log{Type: raft.LogCommand, Index: 4, Data: data}).(*Result)
 		m.Counts()
 		m.SchedulerView()
+		// An entry either applies or halts the FSM with the state untouched; never both, never neither.
+		if halted := m.Halted() != nil; halted != (m.Index() == before) || halted != errors.Is(r.Err, ErrHalted) {
+			t.Fatalf("halted %v, index %d -> %d, result err %v", m.Halted(), before, m.Index(), r.Err)
+		}
 	})
 }

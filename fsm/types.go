@@ -3,6 +3,24 @@
 //
 // It knows nothing of networking or clocks: every timestamp, ID and backoff deadline arrives inside
 // a command, chosen by the leader before Apply, so every replica computes the same state.
+//
+// # Adding a command type
+//
+// Everything about a command type lives in one registration in commands.go's init:
+//
+//  1. Add a CommandType constant with the next free number (below 0x80; never renumber or reuse).
+//  2. Define its payload struct with msgpack tags next to the others; implement Batch (Len,
+//     Append) if the leader's batcher may merge proposals of it.
+//  3. Raise Protocol by one and register the type with Since set to the new Protocol, its Name,
+//     Forwardable if followers may send it to the leader, its Apply (in fsm.go, with the state
+//     changes) and, if the leader must decide something first (a deadline, a backoff), Prepare.
+//
+// Node's forwarding, the leader's apply and the batcher read the table: nothing else changes.
+// The leader emits the type only once every up node has registered a protocol >= Since (Emit
+// returns ErrProtocolTooOld before that), so an older replica never meets it; one that does
+// anyway halts instead of skipping it (Apply, Halted). A field added to an existing payload makes
+// older replicas halt when they meet it, so a field that must be emitted during a rolling upgrade
+// belongs in a new command type. legacy.go is frozen: new types have no legacy form.
 package fsm
 
 import (
@@ -127,13 +145,15 @@ type TypeInfo struct {
 
 // Node is a node as registered in the FSM.
 type Node struct {
-	Name         string     `msgpack:"name"`
-	GossipAddr   string     `msgpack:"gossip_addr"`
-	RaftAddr     string     `msgpack:"raft_addr"`
-	HTTPAddr     string     `msgpack:"http_addr"`
-	BootID       string     `msgpack:"boot_id"`
-	Capacity     int        `msgpack:"capacity"`
-	Version      string     `msgpack:"version"`
+	Name       string `msgpack:"name"`
+	GossipAddr string `msgpack:"gossip_addr"`
+	RaftAddr   string `msgpack:"raft_addr"`
+	HTTPAddr   string `msgpack:"http_addr"`
+	BootID     string `msgpack:"boot_id"`
+	Capacity   int    `msgpack:"capacity"`
+	Version    string `msgpack:"version"`
+	// Protocol is the command protocol the node's build speaks (0: a build before protocols).
+	Protocol     int        `msgpack:"protocol,omitempty"`
 	Types        []TypeInfo `msgpack:"types"`
 	Draining     bool       `msgpack:"draining"`
 	Status       NodeStatus `msgpack:"status"`

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -22,11 +21,6 @@ var (
 	ErrShuttingDown = errors.New("node is shutting down")
 )
 
-// forwardable lists the commands a follower may hand to the leader; the leader decides the rest.
-var forwardable = map[fsm.CommandType]bool{
-	fsm.CmdSubmit: true, fsm.CmdReport: true, fsm.CmdRegister: true, fsm.CmdDrain: true, fsm.CmdCancel: true,
-}
-
 // propose gets a command applied by the leader, wherever it is, retrying across leader changes
 // until ctx ends. Followers forward over HTTP; raft has no forwarding of its own.
 func (n *Node) propose(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
@@ -38,7 +32,7 @@ func (n *Node) propose(ctx context.Context, c *fsm.Command) (*fsm.Result, error)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%s: %w (last error: %v)", c.Type, ctx.Err(), err)
+			return nil, fmt.Errorf("%s: %w (last error: %v)", c.Type(), ctx.Err(), err)
 		case <-n.ctx.Done():
 			return nil, ErrShuttingDown
 		case <-time.After(backoff):
@@ -66,47 +60,38 @@ func (n *Node) proposeOnce(ctx context.Context, c *fsm.Command) (*fsm.Result, er
 	return n.forward(ctx, addr, c)
 }
 
-// applyLocal applies a command on the leader. The leader's clock stamps it and the leader
-// computes retry backoff, so Apply stays deterministic.
+// applyLocal applies a command on the leader. The leader's clock stamps it and the command's
+// Prepare hook decides what must be decided once (retry backoff), so Apply stays deterministic.
 func (n *Node) applyLocal(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
-	c.Now = time.Now().UTC()
-	if c.Type == fsm.CmdReport {
-		for i := range c.Reports {
-			r := &c.Reports[i]
-			if r.Kind != fsm.ReportFailed {
-				continue
-			}
-			failures := 1
-			if t, ok := n.fsm.Task(r.TaskID); ok {
-				failures = t.Failures + 1
-			}
-			nb := c.Now.Add(scheduler.DefaultBackoff.Delay(failures, scheduler.Jitter))
-			r.NotBefore = &nb
-		}
-	}
-	if c.Type == fsm.CmdSubmit || c.Type == fsm.CmdReport {
+	n.fsm.Prepare(c, time.Now().UTC(), fsm.PrepareEnv{Backoff: retryBackoff})
+	if c.Batchable() {
 		return n.batch.propose(ctx, c)
 	}
-	timeout := 10 * time.Second
+	timeout := n.cfg.ApplyTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
 	return n.raftApply(c, timeout)
 }
 
-// raftApply encodes a command, applies it through raft and returns the FSM's result.
+func retryBackoff(failures int) time.Duration {
+	return scheduler.DefaultBackoff.Delay(failures, scheduler.Jitter)
+}
+
+// raftApply encodes a command as every up node can read it, applies it through raft and returns
+// the FSM's result. A command type some up node is too old for fails with fsm.ErrProtocolTooOld.
 func (n *Node) raftApply(c *fsm.Command, timeout time.Duration) (*fsm.Result, error) {
-	b, err := fsm.Encode(c)
+	b, err := n.fsm.Emit(c)
 	if err != nil {
 		return nil, err
 	}
 	f := n.raft.Apply(b, timeout)
 	if err := f.Error(); err != nil {
-		return nil, fmt.Errorf("apply %s: %w", c.Type, err)
+		return nil, fmt.Errorf("apply %s: %w", c.Type(), err)
 	}
 	res, _ := f.Response().(*fsm.Result)
 	if res == nil {
-		return nil, fmt.Errorf("apply %s: no result", c.Type)
+		return nil, fmt.Errorf("apply %s: no result", c.Type())
 	}
 	return res, res.Err
 }
@@ -128,62 +113,51 @@ func (n *Node) leaderHTTP() string {
 	return ""
 }
 
-// wireResult is fsm.Result on the wire between a follower and the leader.
+// wireResult is fsm.Result on the wire between a follower and the leader. Errors travel as fsm's
+// stable code plus the message; a leader of the previous release sends the message alone, and
+// fsm.FromWire matches it by text then.
 type wireResult struct {
 	Index uint64     `msgpack:"index"`
 	Items []wireItem `msgpack:"items"`
 	Err   string     `msgpack:"err"`
+	Code  string     `msgpack:"code,omitempty"`
 }
 
 type wireItem struct {
 	ID       string `msgpack:"id"`
 	Existing bool   `msgpack:"existing"`
 	Err      string `msgpack:"err"`
+	Code     string `msgpack:"code,omitempty"`
 }
 
-var wireErrors = []error{
-	fsm.ErrNotFound, fsm.ErrStale, fsm.ErrFinished, fsm.ErrDuplicateID, fsm.ErrUnknownNode,
-	fsm.ErrNotPlaceable, fsm.ErrBadCommand, fsm.ErrInvalidReport,
-}
-
-func encodeErr(err error) string {
+func encodeErr(err error) (msg, code string) {
 	if err == nil {
-		return ""
+		return "", ""
 	}
-	return err.Error()
-}
-
-// decodeErr restores sentinel errors so callers can branch on them after a forward.
-func decodeErr(s string) error {
-	if s == "" {
-		return nil
-	}
-	for _, e := range wireErrors {
-		if s == e.Error() || strings.HasPrefix(s, e.Error()+":") {
-			return fmt.Errorf("%w%s", e, s[len(e.Error()):])
-		}
-	}
-	return errors.New(s)
+	return err.Error(), fsm.ErrorCode(err)
 }
 
 func toWire(r *fsm.Result) *wireResult {
-	w := &wireResult{Index: r.Index, Err: encodeErr(r.Err)}
+	w := &wireResult{Index: r.Index}
+	w.Err, w.Code = encodeErr(r.Err)
 	for _, it := range r.Items {
-		w.Items = append(w.Items, wireItem{ID: it.ID, Existing: it.Existing, Err: encodeErr(it.Err)})
+		wi := wireItem{ID: it.ID, Existing: it.Existing}
+		wi.Err, wi.Code = encodeErr(it.Err)
+		w.Items = append(w.Items, wi)
 	}
 	return w
 }
 
 func fromWire(w *wireResult) *fsm.Result {
-	r := &fsm.Result{Index: w.Index, Err: decodeErr(w.Err)}
+	r := &fsm.Result{Index: w.Index, Err: fsm.FromWire(w.Code, w.Err)}
 	for _, it := range w.Items {
-		r.Items = append(r.Items, fsm.ItemResult{ID: it.ID, Existing: it.Existing, Err: decodeErr(it.Err)})
+		r.Items = append(r.Items, fsm.ItemResult{ID: it.ID, Existing: it.Existing, Err: fsm.FromWire(it.Code, it.Err)})
 	}
 	return r
 }
 
 func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.Result, error) {
-	b, err := fsm.Encode(c)
+	b, err := n.fsm.Emit(c) // the leader may be a node of an older release
 	if err != nil {
 		return nil, err
 	}
@@ -205,11 +179,11 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 		return nil, fmt.Errorf("%w %s: leader unavailable", errForward, addr)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("forward %s to %s: %s: %s", c.Type, addr, resp.Status, bytes.TrimSpace(body))
+		return nil, fmt.Errorf("forward %s to %s: %s: %s", c.Type(), addr, resp.Status, bytes.TrimSpace(body))
 	}
 	var w wireResult
 	if err := fsm.Unmarshal(body, &w); err != nil {
-		return nil, fmt.Errorf("forward %s: decode reply: %w", c.Type, err)
+		return nil, fmt.Errorf("forward %s: decode reply: %w", c.Type(), err)
 	}
 	r := fromWire(&w)
 	return r, r.Err

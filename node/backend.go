@@ -82,7 +82,7 @@ func (b apiBackend) Cancel(ctx context.Context, id string) (api.Task, error) {
 	if _, ok := n.fsm.Task(id); !ok {
 		return api.Task{}, taskNotFound(id)
 	}
-	res, err := n.propose(ctx, &fsm.Command{Type: fsm.CmdCancel, TaskIDs: []string{id}})
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.Cancel{IDs: []string{id}}})
 	if err != nil {
 		return api.Task{}, toAPIError(err)
 	}
@@ -105,6 +105,9 @@ func (b apiBackend) Types(context.Context) ([]api.TypeInfo, error) { return b.n.
 
 func (b apiBackend) Health(context.Context) api.Health {
 	leader := b.n.Leader()
+	if err := b.n.fsm.Halted(); err != nil {
+		return api.Health{Status: "halted", Leader: leader, Reason: err.Error()}
+	}
 	if _, registered := b.n.fsm.Node(b.n.cfg.Name); leader == "" || !registered {
 		return api.Health{Status: "unavailable", Leader: leader}
 	}

@@ -8,16 +8,18 @@ import (
 	"github.com/taskworker/taskworker/fsm"
 )
 
-// The leader coalesces concurrent submits and executor reports into few raft entries: while a
-// few entries are in flight, new proposals queue and then go out together as one batch command.
-// An idle leader sends each proposal at once, so batching adds no latency; a busy one applies,
-// fsyncs and wakes watchers once per batch instead of once per task.
+// The leader coalesces concurrent batchable commands (submits, executor reports: the command
+// table says which) into few raft entries: while a few entries are in flight, new proposals queue
+// and then go out together as one command per type. An idle leader sends each proposal at once,
+// so batching adds no latency; a busy one applies, fsyncs and wakes watchers once per batch
+// instead of once per task.
 const (
 	maxInFlight   = 2
 	maxBatchItems = 512
 )
 
 type proposal struct {
+	ctx  context.Context // the caller's: a proposal whose caller gave up is not applied
 	c    *fsm.Command
 	done chan proposalResult // buffered: the batcher never blocks on a caller that gave up
 }
@@ -27,21 +29,21 @@ type proposalResult struct {
 	err error
 }
 
-func (p *proposal) items() int { return len(p.c.Submits) + len(p.c.Reports) }
-
 type batcher struct {
-	n     *Node
-	queue chan *proposal
-	slots chan struct{}
+	apply func(c *fsm.Command, timeout time.Duration) (*fsm.Result, error) // raftApply
+	// timeout bounds an apply for callers without a deadline (Config.ApplyTimeout).
+	timeout time.Duration
+	queue   chan *proposal
+	slots   chan struct{}
 }
 
-func newBatcher(n *Node) *batcher {
-	return &batcher{n: n, queue: make(chan *proposal, 4096), slots: make(chan struct{}, maxInFlight)}
+func newBatcher(apply func(*fsm.Command, time.Duration) (*fsm.Result, error), timeout time.Duration) *batcher {
+	return &batcher{apply: apply, timeout: timeout, queue: make(chan *proposal, 4096), slots: make(chan struct{}, maxInFlight)}
 }
 
-// propose queues a submit or report command and waits for its share of the batch's result.
+// propose queues a batchable command and waits for its share of the batch's result.
 func (b *batcher) propose(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
-	p := &proposal{c: c, done: make(chan proposalResult, 1)}
+	p := &proposal{ctx: ctx, c: c, done: make(chan proposalResult, 1)}
 	select {
 	case b.queue <- p:
 	case <-ctx.Done():
@@ -68,47 +70,59 @@ func (b *batcher) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		batch, items := []*proposal{first}, first.items()
+		batch, items := []*proposal{first}, first.c.Len()
 	drain:
 		for items < maxBatchItems {
 			select {
 			case p := <-b.queue:
 				batch = append(batch, p)
-				items += p.items()
+				items += p.c.Len()
 			default:
 				break drain
 			}
 		}
 		go func() {
 			defer func() { <-b.slots }()
-			b.apply(batch)
+			b.applyBatch(batch)
 		}()
 	}
 }
 
-// apply sends one merged command per command type and hands each proposal its items.
-func (b *batcher) apply(batch []*proposal) {
-	for _, typ := range []fsm.CommandType{fsm.CmdSubmit, fsm.CmdReport} {
-		merged := &fsm.Command{Type: typ, Now: time.Now().UTC()}
-		var members []*proposal
-		for _, p := range batch {
-			if p.c.Type == typ {
-				merged.Submits = append(merged.Submits, p.c.Submits...)
-				merged.Reports = append(merged.Reports, p.c.Reports...)
-				members = append(members, p)
-			}
-		}
-		if len(members) == 0 {
+// applyBatch sends one merged command per command type, in the order the types first appear, and
+// hands each proposal its items. Proposals whose callers already gave up are dropped: nobody
+// waits for them, and a caller that retries would apply them twice.
+func (b *batcher) applyBatch(batch []*proposal) {
+	var order []fsm.CommandType
+	groups := map[fsm.CommandType][]*proposal{}
+	for _, p := range batch {
+		if err := p.ctx.Err(); err != nil {
+			p.done <- proposalResult{err: err}
 			continue
 		}
-		res, err := b.n.raftApply(merged, 10*time.Second)
+		t := p.c.Type()
+		if groups[t] == nil {
+			order = append(order, t)
+		}
+		groups[t] = append(groups[t], p)
+	}
+	for _, t := range order {
+		members := groups[t]
+		cmds := make([]*fsm.Command, len(members))
+		for i, p := range members {
+			cmds[i] = p.c
+		}
+		merged, err := fsm.Merge(time.Now().UTC(), cmds)
+		var res *fsm.Result
+		if err == nil {
+			res, err = b.apply(merged, b.timeoutFor(members))
+		}
 		off := 0
 		for _, p := range members {
-			n := p.items()
+			n := p.c.Len()
 			r := proposalResult{err: err}
 			if res != nil {
 				if off+n > len(res.Items) {
-					r.err = fmt.Errorf("apply %s: %d results for %d items", typ, len(res.Items), off+n)
+					r.err = fmt.Errorf("apply %s: %d results for %d items", t, len(res.Items), off+n)
 				} else {
 					r.res = &fsm.Result{Index: res.Index, Items: res.Items[off : off+n], Err: res.Err}
 					r.err = res.Err
@@ -118,4 +132,18 @@ func (b *batcher) apply(batch []*proposal) {
 			p.done <- r
 		}
 	}
+}
+
+// timeoutFor is how long a merged apply may wait: until the latest of its callers' deadlines, and
+// at least the default when one of them set none.
+func (b *batcher) timeoutFor(ps []*proposal) time.Duration {
+	var longest time.Duration
+	for _, p := range ps {
+		d := b.timeout
+		if dl, ok := p.ctx.Deadline(); ok {
+			d = time.Until(dl)
+		}
+		longest = max(longest, d)
+	}
+	return longest
 }

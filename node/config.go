@@ -13,6 +13,16 @@ import (
 	"github.com/taskworker/taskworker/tasks"
 )
 
+// Deadlines of the node's internal steps, named so each is chosen in one place.
+const (
+	defaultApplyTimeout = 10 * time.Second // Config.ApplyTimeout
+	barrierTimeout      = 10 * time.Second // a new leader catching up with the log
+	proposeTimeout      = 10 * time.Second // an executor report or a drain record reaching the leader
+	registerTimeout     = 5 * time.Second  // one attempt to register this node
+	nodeDownTimeout     = 5 * time.Second  // recording a gone node
+	raftChangeTimeout   = 5 * time.Second  // one raft configuration change (add, promote, remove)
+)
+
 // Config is everything a node needs. main.go fills it from flags; tests fill it directly.
 type Config struct {
 	Name         string
@@ -30,6 +40,9 @@ type Config struct {
 	LogLevel     slog.Level
 	Version      string // build version shown in status
 	Token        string // when set, every API call but health and metrics needs it (Bearer)
+
+	// ApplyTimeout bounds a leader's raft apply when no caller set a deadline, default 10s.
+	ApplyTimeout time.Duration
 
 	MaxBodyBytes    int64         // request body cap, default 1 MiB
 	Retention       time.Duration // finished tasks kept this long, default 24h
@@ -68,6 +81,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Retention <= 0 {
 		c.Retention = 24 * time.Hour
+	}
+	if c.ApplyTimeout <= 0 {
+		c.ApplyTimeout = defaultApplyTimeout
 	}
 	if c.DeadServerGrace <= 0 {
 		c.DeadServerGrace = 3 * time.Second

@@ -69,27 +69,51 @@ func (n *Node) lead(ctx context.Context) {
 	n.log.Info("gained leadership")
 	defer n.log.Info("leadership ended")
 	// The FSM must hold every committed entry before we judge which nodes hold which tasks.
-	if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
+	if err := n.raft.Barrier(barrierTimeout).Error(); err != nil {
 		n.log.Warn("barrier after election", "err", err)
 		return
 	}
-	loop := &scheduler.Loop{
+	reconcile := func(ctx context.Context) {
+		n.reconcileNodes(ctx)
+		n.reconcileRaft()
+	}
+	leaderDuties(ctx, n.schedulerLoop().Run, reconcile, n.kick, reconcileInterval)
+}
+
+// reconcileInterval is how often the leader reconciles membership without a gossip event.
+const reconcileInterval = 250 * time.Millisecond
+
+// schedulerLoop is the leader's scheduler, woken by FSM changes and by membership changes:
+// liveness decides placement, and a node seen alive or dead changes no FSM state by itself.
+func (n *Node) schedulerLoop() *scheduler.Loop {
+	return &scheduler.Loop{
 		FSM:       n.fsm,
 		Apply:     n.applyLocal,
 		Alive:     n.aliveNames,
+		Kick:      n.schedKick,
 		Retention: n.cfg.Retention,
 		Logger:    n.log.With("component", "scheduler"),
 	}
-	go loop.Run(ctx)
-	tick := time.NewTicker(250 * time.Millisecond)
+}
+
+// leaderDuties runs schedule, and reconcile on every kick and tick, until ctx ends. It returns
+// only once schedule has returned too: leadershipLoop starts a new term's duties when lead
+// returns, and two scheduler loops would race to place the same tasks.
+func leaderDuties(ctx context.Context, schedule, reconcile func(context.Context), kick <-chan struct{}, every time.Duration) {
+	scheduled := make(chan struct{})
+	go func() {
+		defer close(scheduled)
+		schedule(ctx)
+	}()
+	defer func() { <-scheduled }()
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
-		n.reconcileNodes(ctx)
-		n.reconcileRaft()
+		reconcile(ctx)
 		select {
 		case <-ctx.Done():
 			return
-		case <-n.kick:
+		case <-kick:
 		case <-tick.C:
 		}
 	}
@@ -146,8 +170,8 @@ func (n *Node) reconcileNodes(ctx context.Context) {
 			reason = "node " + nd.Name + " left"
 		}
 		n.log.Warn("taking back tasks of a gone node", "member", nd.Name, "left", left)
-		c := &fsm.Command{Type: fsm.CmdNodeDown, NodeName: nd.Name, Left: left || nd.Draining, Reason: reason}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		c := &fsm.Command{Body: &fsm.Down{Name: nd.Name, Left: left || nd.Draining, Reason: reason}}
+		cctx, cancel := context.WithTimeout(ctx, nodeDownTimeout)
 		if _, err := n.applyLocal(cctx, c); err != nil {
 			n.log.Warn("apply node down", "member", nd.Name, "err", err)
 		}
@@ -201,7 +225,7 @@ func (n *Node) reconcileRaft() {
 		}
 		if state == membership.StateLeft || time.Since(n.deadSince[string(id)]) > n.cfg.DeadServerGrace {
 			n.log.Info("removing raft server", "server", id, "gossip", state)
-			if err := n.raft.RemoveServer(id, 0, 5*time.Second).Error(); err != nil {
+			if err := n.raft.RemoveServer(id, 0, raftChangeTimeout).Error(); err != nil {
 				n.log.Warn("remove raft server", "server", id, "err", err)
 			}
 			delete(servers, id)
@@ -219,7 +243,7 @@ func (n *Node) reconcileRaft() {
 		s, in := servers[id]
 		if in && s.Suffrage != raft.Voter && aliveVoters < want {
 			n.log.Info("promoting raft non-voter", "server", id)
-			if err := n.raft.AddVoter(id, s.Address, 0, 5*time.Second).Error(); err != nil {
+			if err := n.raft.AddVoter(id, s.Address, 0, raftChangeTimeout).Error(); err != nil {
 				n.log.Warn("promote", "server", id, "err", err)
 				continue
 			}
@@ -237,18 +261,18 @@ func (n *Node) reconcileRaft() {
 		switch {
 		case in && s.Suffrage == raft.Voter:
 			n.log.Info("updating raft voter address", "server", id, "addr", addr)
-			err = n.raft.AddVoter(id, addr, 0, 5*time.Second).Error()
+			err = n.raft.AddVoter(id, addr, 0, raftChangeTimeout).Error()
 		case in:
 			n.log.Info("updating raft non-voter address", "server", id, "addr", addr)
-			err = n.raft.AddNonvoter(id, addr, 0, 5*time.Second).Error()
+			err = n.raft.AddNonvoter(id, addr, 0, raftChangeTimeout).Error()
 		case aliveVoters < want:
 			n.log.Info("adding raft voter", "server", id, "addr", addr)
-			if err = n.raft.AddVoter(id, addr, 0, 5*time.Second).Error(); err == nil {
+			if err = n.raft.AddVoter(id, addr, 0, raftChangeTimeout).Error(); err == nil {
 				aliveVoters++
 			}
 		default:
 			n.log.Info("adding raft non-voter", "server", id, "addr", addr)
-			err = n.raft.AddNonvoter(id, addr, 0, 5*time.Second).Error()
+			err = n.raft.AddNonvoter(id, addr, 0, raftChangeTimeout).Error()
 		}
 		if err != nil {
 			n.log.Warn("change raft configuration", "server", id, "err", err)

@@ -73,8 +73,8 @@ func (n *Node) Leave(ctx context.Context, force bool) error {
 	if err := n.members.UpdateMeta(func(m *membership.Meta) { m.Draining = true }); err != nil {
 		log.Warn("gossip draining flag", "err", err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	if _, err := n.propose(cctx, &fsm.Command{Type: fsm.CmdDrain, NodeName: n.cfg.Name, Draining: true}); err != nil {
+	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
+	if _, err := n.propose(cctx, &fsm.Command{Body: &fsm.Drain{Name: n.cfg.Name, Draining: true}}); err != nil {
 		log.Warn("record drain", "err", err)
 	}
 	cancel()

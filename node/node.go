@@ -53,6 +53,7 @@ type Node struct {
 	wg     sync.WaitGroup
 
 	kick         chan struct{} // gossip membership changed: wake the leader's reconciler
+	schedKick    chan struct{} // gossip membership changed: wake the scheduler (liveness decides placement)
 	leaveMu      sync.Mutex
 	leaveStarted bool
 	leaveDone    chan struct{}
@@ -69,12 +70,12 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), fsm: fsm.New(),
-		kick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
+		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
 		deadSince: map[string]time.Time{},
 		client:    &http.Client{Timeout: 15 * time.Second},
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.batch = newBatcher(n)
+	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
 	if err := n.start(); err != nil {
 		n.cancel()
 		n.closeAll()
@@ -149,6 +150,7 @@ func (n *Node) start() error {
 	n.goLoop(n.leadershipLoop)
 	n.goLoop(n.logSweepLoop)
 	n.goLoop(n.batch.run)
+	n.goLoop(n.watchHalt)
 	n.log.Info("node started", "http", n.httpAddr, "raft", string(n.trans.LocalAddr()),
 		"gossip", n.members.GossipAddr(), "boot_id", n.bootID, "capacity", cfg.Capacity)
 	return nil
@@ -429,11 +431,28 @@ func (n *Node) eventLoop(ctx context.Context) {
 			n.deadMu.Unlock()
 			n.log.Debug("membership event", "type", ev.Type, "member", ev.Member.Name, "state", ev.Member.State)
 			n.savePeers()
-			select {
-			case n.kick <- struct{}{}:
-			default:
-			}
+			n.membershipChanged()
 		}
+	}
+}
+
+// membershipChanged wakes the leader's reconciler and its scheduler, without waiting: each holds
+// at most one pending wake-up, and one pass sees every change before it.
+func (n *Node) membershipChanged() {
+	for _, ch := range []chan struct{}{n.kick, n.schedKick} {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// watchHalt reports, once, that the FSM stopped applying the log (health answers 503 from then).
+func (n *Node) watchHalt(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+	case <-n.fsm.HaltedCh():
+		n.log.Error("stopped applying the raft log; this node serves stale state until upgraded", "err", n.fsm.Halted())
 	}
 }
 

@@ -55,7 +55,7 @@ func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, err := fsm.Decode(body)
-	if err != nil || !forwardable[c.Type] {
+	if err != nil || !c.Forwardable() {
 		writeError(w, http.StatusBadRequest, "bad_command", "not a forwardable command")
 		return
 	}

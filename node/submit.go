@@ -32,7 +32,7 @@ func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest) (fsm.ItemR
 	if err != nil {
 		return fsm.ItemResult{}, err
 	}
-	res, err := n.propose(ctx, &fsm.Command{Type: fsm.CmdSubmit, Submits: []fsm.Submit{sub}})
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{sub}}})
 	if err != nil {
 		return fsm.ItemResult{}, err
 	}

@@ -22,8 +22,8 @@ func (n *Node) registerLoop(ctx context.Context) {
 			if n.draining() {
 				return
 			}
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := n.propose(cctx, &fsm.Command{Type: fsm.CmdRegister, Node: &want})
+			cctx, cancel := context.WithTimeout(ctx, registerTimeout)
+			_, err := n.propose(cctx, &fsm.Command{Body: &fsm.Register{Node: want}})
 			cancel()
 			if err != nil && ctx.Err() == nil {
 				n.log.Debug("register", "err", err)
@@ -49,6 +49,7 @@ func (n *Node) nodeRecord() fsm.Node {
 	rec := fsm.Node{
 		Name: n.cfg.Name, GossipAddr: n.members.GossipAddr(), RaftAddr: string(n.trans.LocalAddr()),
 		HTTPAddr: n.httpAddr, BootID: n.bootID, Capacity: n.cfg.Capacity, Version: n.cfg.Version,
+		Protocol: fsm.Protocol,
 	}
 	for _, d := range n.cfg.Registry.Definitions() {
 		rec.Types = append(rec.Types, fsm.TypeInfo{Type: d.Name, Version: d.Version, Description: d.Description, ExampleInput: d.ExampleInput})
@@ -59,6 +60,7 @@ func (n *Node) nodeRecord() fsm.Node {
 func sameRegistration(cur, want fsm.Node) bool {
 	return cur.Status == fsm.NodeUp && cur.BootID == want.BootID && cur.HTTPAddr == want.HTTPAddr &&
 		cur.RaftAddr == want.RaftAddr && cur.GossipAddr == want.GossipAddr && cur.Capacity == want.Capacity &&
+		cur.Protocol == want.Protocol &&
 		slices.EqualFunc(cur.Types, want.Types, func(a, b fsm.TypeInfo) bool { return a.Type == b.Type && a.Version == b.Version })
 }
 
@@ -152,9 +154,9 @@ type reporter struct{ n *Node }
 
 func (r reporter) send(ctx context.Context, rep fsm.Report) error {
 	rep.Node, rep.BootID = r.n.cfg.Name, r.n.bootID
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
 	defer cancel()
-	res, err := r.n.propose(cctx, &fsm.Command{Type: fsm.CmdReport, Reports: []fsm.Report{rep}})
+	res, err := r.n.propose(cctx, &fsm.Command{Body: &fsm.ReportBatch{Items: []fsm.Report{rep}}})
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,7 @@ func (l *Loop) Run(ctx context.Context) {
 		v := l.FSM.SchedulerView()
 		t := now()
 		if as := Place(v, l.Alive(), t); len(as) > 0 {
-			if _, err := l.Apply(ctx, &fsm.Command{Type: fsm.CmdAssign, Now: t, Assigns: as}); err != nil {
+			if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Items: as}}); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -82,7 +82,7 @@ func (l *Loop) collect(ctx context.Context, t time.Time) {
 		if len(ids) == 0 {
 			return
 		}
-		if _, err := l.Apply(ctx, &fsm.Command{Type: fsm.CmdRemove, Now: t, TaskIDs: ids}); err != nil {
+		if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.Remove{IDs: ids}}); err != nil {
 			l.Logger.Warn("remove expired tasks", "count", len(ids), "err", err)
 			return
 		}

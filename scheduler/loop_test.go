@@ -39,11 +39,11 @@ func (c *cluster) must(cmd *fsm.Command) {
 	cmd.Now = c.clock()
 	r, _ := c.apply(context.Background(), cmd)
 	if r.Err != nil {
-		c.t.Fatalf("apply %s: %v", cmd.Type, r.Err)
+		c.t.Fatalf("apply %s: %v", cmd.Type(), r.Err)
 	}
 	for _, it := range r.Items {
 		if it.Err != nil {
-			c.t.Fatalf("apply %s item %s: %v", cmd.Type, it.ID, it.Err)
+			c.t.Fatalf("apply %s item %s: %v", cmd.Type(), it.ID, it.Err)
 		}
 	}
 }
@@ -117,12 +117,12 @@ func (c *cluster) waitFor(id, what string, cond func(fsm.Task) bool) fsm.Task {
 }
 
 func register(name, boot string) *fsm.Command {
-	return &fsm.Command{Type: fsm.CmdRegister, Node: &fsm.Node{Name: name, BootID: boot, Capacity: 2,
-		Types: []fsm.TypeInfo{{Type: "echo", Version: "v1"}}}}
+	return &fsm.Command{Body: &fsm.Register{Node: fsm.Node{Name: name, BootID: boot, Capacity: 2,
+		Types: []fsm.TypeInfo{{Type: "echo", Version: "v1"}}}}}
 }
 
 func submit(id string) *fsm.Command {
-	return &fsm.Command{Type: fsm.CmdSubmit, Submits: []fsm.Submit{{ID: id, Type: "echo", MaxAttempts: 3}}}
+	return &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{{ID: id, Type: "echo", MaxAttempts: 3}}}}
 }
 
 func TestLoopPlacesSubmittedTaskOnceANodeRegisters(t *testing.T) {
@@ -151,8 +151,8 @@ func TestLoopPlacesRetryOnlyAfterNotBefore(t *testing.T) {
 	c.waitFor("a", "assigned", func(tk fsm.Task) bool { return tk.State == fsm.Assigned })
 
 	retry := now0.Add(time.Minute)
-	c.must(&fsm.Command{Type: fsm.CmdReport, Reports: []fsm.Report{{TaskID: "a", Attempt: 1, Node: "n1", BootID: "b1",
-		Kind: fsm.ReportFailed, Error: &fsm.TaskError{Type: "x", Message: "boom"}, NotBefore: &retry}}})
+	c.must(&fsm.Command{Body: &fsm.ReportBatch{Items: []fsm.Report{{TaskID: "a", Attempt: 1, Node: "n1", BootID: "b1",
+		Kind: fsm.ReportFailed, Error: &fsm.TaskError{Type: "x", Message: "boom"}, NotBefore: &retry}}}})
 	c.pass()
 	c.advance(59 * time.Second)
 	c.pass()
@@ -196,7 +196,7 @@ func TestCollectRemovesTasksPastRetention(t *testing.T) {
 			c := newCluster(t)
 			c.must(submit("done"))
 			c.must(submit("live"))
-			c.must(&fsm.Command{Type: fsm.CmdCancel, TaskIDs: []string{"done"}})
+			c.must(&fsm.Command{Body: &fsm.Cancel{IDs: []string{"done"}}})
 			l := &Loop{FSM: c.f, Apply: c.apply, Retention: tc.retention, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 			l.collect(context.Background(), now0.Add(tc.age))
 			if _, ok := c.f.Task("done"); ok == tc.wantGone {

@@ -1,0 +1,163 @@
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// A log entry is one byte of CommandType, then a msgpack map {now, body} with the type's payload.
+// Entries of the previous release are a msgpack map of the old union command (legacy.go); a map's
+// first byte is at least 0x80, and command types stay below it, so the first byte tells them apart.
+
+type decoder = *msgpack.Decoder
+
+// envelope is the msgpack part of an entry, typed per command when decoding.
+type envelope[P any] struct {
+	Now  time.Time `msgpack:"now"`
+	Body *P        `msgpack:"body"`
+}
+
+func decodeEnvelope[P any](d decoder) (time.Time, Payload, error) {
+	e := envelope[P]{Body: new(P)}
+	if err := d.Decode(&e); err != nil {
+		return time.Time{}, nil, err
+	}
+	if e.Body == nil { // a nil body decodes to the zero payload
+		e.Body = new(P)
+	}
+	return e.Now, e.Body, nil
+}
+
+// Encode serialises a command in the current encoding. The leader uses (*FSM).Emit, which picks
+// the encoding every replica can read.
+func Encode(c *Command) ([]byte, error) {
+	s := specOf(c.Body)
+	if s == nil {
+		return nil, fmt.Errorf("encode command: %w: payload %T is not in the command table", ErrBadCommand, c.Body)
+	}
+	var buf bytes.Buffer
+	buf.WriteByte(byte(s.typ))
+	env := struct {
+		Now  time.Time `msgpack:"now"`
+		Body Payload   `msgpack:"body"`
+	}{c.Now, c.Body}
+	if err := msgpack.NewEncoder(&buf).Encode(&env); err != nil {
+		return nil, fmt.Errorf("encode %s command: %w", s.name, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// unknownTypeError is ErrUnknownCommand with the type that was met.
+type unknownTypeError struct{ typ int }
+
+func (e *unknownTypeError) Error() string        { return fmt.Sprintf("unknown command type %d", e.typ) }
+func (e *unknownTypeError) Is(target error) bool { return target == ErrUnknownCommand }
+
+// Decode parses a command from a raft log entry or a forwarded request, in either encoding. A
+// current-encoding entry with a field this build does not know is an error (ErrBadCommand): a
+// newer build meant something by it, and dropping it would let this replica diverge.
+func Decode(b []byte) (c *Command, err error) {
+	defer func() {
+		// msgpack v5 panics on some malformed input (a nil where a struct such as time.Time is
+		// expected), and what we decode comes from peers.
+		if p := recover(); p != nil {
+			c, err = nil, fmt.Errorf("decode command: %w: malformed msgpack: %v", ErrBadCommand, p)
+		}
+	}()
+	if len(b) == 0 {
+		return nil, fmt.Errorf("decode command: %w: empty entry", ErrBadCommand)
+	}
+	if b[0] >= 0x80 {
+		return decodeLegacy(b)
+	}
+	s := commands[CommandType(b[0])]
+	if s == nil {
+		return nil, fmt.Errorf("decode command: %w", &unknownTypeError{typ: int(b[0])})
+	}
+	r := bytes.NewReader(b[1:])
+	d := msgpack.NewDecoder(r)
+	d.DisallowUnknownFields(true)
+	now, body, err := s.decode(d)
+	if err != nil {
+		return nil, fmt.Errorf("decode %s command: %w: %v", s.name, ErrBadCommand, err)
+	}
+	if r.Len() > 0 {
+		return nil, fmt.Errorf("decode %s command: %w: %d trailing bytes", s.name, ErrBadCommand, r.Len())
+	}
+	return &Command{Now: now, Body: body}, nil
+}
+
+// firstTypedProtocol is the first protocol that reads the current encoding.
+const firstTypedProtocol = 1
+
+// Emit encodes c for the log so that every up node can apply it (voters and non-voters both apply
+// the log), as Nomad's ServersMeetMinimumVersion gates new message types: a type newer than some
+// up node's protocol is refused with ErrProtocolTooOld, and while a node of the release before
+// protocol numbers is up, commands are written in the legacy encoding, the only one it reads.
+func (f *FSM) Emit(c *Command) ([]byte, error) {
+	s := specOf(c.Body)
+	if s == nil {
+		return nil, fmt.Errorf("emit command: %w: payload %T is not in the command table", ErrBadCommand, c.Body)
+	}
+	lowest, who := f.lowestProtocol()
+	if s.since > lowest {
+		return nil, fmt.Errorf("emit %s: %w: it needs protocol %d and node %s speaks %d; upgrade that node first",
+			s.name, ErrProtocolTooOld, s.since, who, lowest)
+	}
+	if lowest < firstTypedProtocol {
+		return EncodeLegacy(c)
+	}
+	return Encode(c)
+}
+
+// lowestProtocol is the lowest protocol of the up nodes, and a node that speaks it; with no node
+// up yet (a new cluster before the first registration) it is this build's.
+func (f *FSM) lowestProtocol() (int, string) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	lowest, who := Protocol, ""
+	for _, name := range sortedKeys(f.nodes) {
+		if n := f.nodes[name]; n.Status == NodeUp && (who == "" || n.Protocol < lowest) {
+			lowest, who = n.Protocol, name
+		}
+	}
+	return lowest, who
+}
+
+// Unmarshal is msgpack.Unmarshal that returns an error instead of panicking: msgpack v5 panics on
+// some malformed input, and what we decode comes from peers and clients.
+func Unmarshal(b []byte, v any) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("malformed msgpack: %v", p)
+		}
+	}()
+	return msgpack.Unmarshal(b, v)
+}
+
+// haltError is why the FSM stopped applying the log: it reads as a sentence for the operator,
+// errors.Is ErrHalted, and wraps the decode error that caused it.
+type haltError struct {
+	msg   string
+	cause error
+}
+
+func (e *haltError) Error() string        { return e.msg }
+func (e *haltError) Is(target error) bool { return target == ErrHalted }
+func (e *haltError) Unwrap() error        { return e.cause }
+
+func newHaltError(index uint64, cause error) error {
+	var unknown *unknownTypeError
+	if errors.As(cause, &unknown) {
+		return &haltError{cause: cause, msg: fmt.Sprintf(
+			"fsm: log entry %d has command type %d that this build does not know (protocol %d); upgrade this node",
+			index, unknown.typ, Protocol)}
+	}
+	return &haltError{cause: cause, msg: fmt.Sprintf(
+		"fsm: log entry %d cannot be applied by this build (protocol %d): %v; upgrade this node",
+		index, Protocol, cause)}
+}
