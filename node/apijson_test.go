@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -258,6 +260,16 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 	}
 	decodeExact(t, "POST /v1/agent/leave", b, new(api.LeaveReply))
 	cov.add(t, reflect.TypeOf(api.LeaveReply{}), b)
+
+	// A node whose FSM halted (a log entry this build cannot apply) says why in its health.
+	halted := startCluster(t, 1, clusterOpts{twin: true}).nodes[0]
+	halted.FSM().Apply(&raft.Log{Type: raft.LogCommand, Index: halted.FSM().Index() + 1, Data: []byte{99, 0x80}})
+	code, b = getRaw(t, halted, "GET", "/v1/health", "")
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("health of a halted node: %d %s", code, b)
+	}
+	decodeExact(t, "GET /v1/health (halted)", b, new(api.Health))
+	cov.add(t, reflect.TypeOf(api.Health{}), b)
 
 	// []api.TypeInfo and []api.Task were added under their slice types: check their elements.
 	for typ, objs := range cov {

@@ -123,12 +123,12 @@ func (n *Node) start() error {
 		ln.Close()
 		return err
 	}
-	n.http = &http.Server{Handler: n.routes(), ReadHeaderTimeout: 10 * time.Second}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			n.log.Error("http server", "err", err)
+	// Requests are served only once raft and gossip run (handlers read both); until then the
+	// kernel queues connections. A start that fails before serving closes the listener.
+	serving := false
+	defer func() {
+		if !serving {
+			ln.Close()
 		}
 	}()
 
@@ -151,6 +151,15 @@ func (n *Node) start() error {
 	n.goLoop(n.logSweepLoop)
 	n.goLoop(n.batch.run)
 	n.goLoop(n.watchHalt)
+	n.http = &http.Server{Handler: n.routes(), ReadHeaderTimeout: 10 * time.Second}
+	serving = true
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("http server", "err", err)
+		}
+	}()
 	n.log.Info("node started", "http", n.httpAddr, "raft", string(n.trans.LocalAddr()),
 		"gossip", n.members.GossipAddr(), "boot_id", n.bootID, "capacity", cfg.Capacity)
 	return nil
