@@ -102,14 +102,14 @@ func (n *Node) leave(ctx context.Context, log *slog.Logger) error {
 	case err != nil:
 		log.Warn("staying in the raft configuration", "reason", err)
 	default:
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, removeSelfTimeout)
 		if err := n.askLeaderRemove(cctx); err != nil {
 			log.Warn("removal from raft", "err", err)
 		}
 		cancel()
 	}
 	log.Info("leaving gossip")
-	if err := n.members.Leave(5 * time.Second); err != nil {
+	if err := n.members.Leave(gossipLeaveTimeout); err != nil {
 		log.Warn("gossip leave", "err", err)
 	}
 	log.Info("left the cluster")
@@ -144,7 +144,7 @@ func (n *Node) drainTasks(ctx context.Context, log *slog.Logger) {
 	}
 	log.Warn("drain timeout: handing back tasks still running", "count", len(n.exec.Running()))
 	n.exec.StopAll(tasks.StopDrain)
-	wctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	wctx, cancel := context.WithTimeout(context.Background(), handBackTimeout)
 	defer cancel()
 	_ = n.exec.Wait(wctx)
 	// Assignments that never started here go back too.

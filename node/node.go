@@ -72,7 +72,7 @@ func Start(cfg Config) (*Node, error) {
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
 		deadSince: map[string]time.Time{},
-		client:    &http.Client{Timeout: 15 * time.Second},
+		client:    &http.Client{Timeout: peerRequestTimeout},
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/vmihailenco/msgpack/v5"
@@ -124,7 +123,7 @@ func (n *Node) handleInternalRemove(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "is_leader", "the leader cannot remove itself")
 		return
 	}
-	if err := n.raft.RemoveServer(raft.ServerID(name), 0, 5*time.Second).Error(); err != nil {
+	if err := n.raft.RemoveServer(raft.ServerID(name), 0, raftChangeTimeout).Error(); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "remove_failed", err.Error())
 		return
 	}
