@@ -399,7 +399,7 @@ func (r *commandRun) readStdout(rd io.Reader) {
 			var rest []byte
 			rest, inCheckpoint = bytes.CutPrefix(piece, []byte(CheckpointPrefix))
 			if inCheckpoint {
-				piece, cp, cpSize = rest, cp[:0], 0
+				piece, cp, cpSize = bytes.TrimLeft(rest, " \t"), cp[:0], 0
 			}
 		}
 		if inCheckpoint {

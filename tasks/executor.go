@@ -401,7 +401,10 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger) (O
 	}
 
 	result, err := runHandler(h, tc, a.Input, out)
-	tc.close() // from here on nothing the task left running can checkpoint
+	// Whatever the task left running is told to stop (a cause set before, a timeout or an
+	// oversized checkpoint, stays), and from here on it cannot checkpoint.
+	fail(nil)
+	tc.close()
 	out.flush()
 	e.flushCheckpoint(r, throttle, log)
 
