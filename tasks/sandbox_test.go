@@ -207,11 +207,11 @@ func TestNewCommandChecksTheUserCanRunIt(t *testing.T) {
 }
 
 func TestRegisterTaskFileUserErrorsNameTheLine(t *testing.T) {
-	nobody(t)
+	nb := nobody(t)
 	asAgent(t, 1000, 1000)
 	for _, tt := range []struct{ name, text, want string }{
 		{"root", "tasks:\n  - name: a\n    version: 1\n    command: sh\n    user: root\n", `:5: task type "a": cannot run as the configured user: user "root" is root (uid 0)`},
-		{"non-root agent", "tasks:\n  - name: a\n    version: 1\n    command: sh\n    group: nogroup\n    user: nobody\n",
+		{"non-root agent", "tasks:\n  - name: a\n    version: 1\n    command: sh\n    group: \"" + nb.Gid + "\"\n    user: nobody\n",
 			`:6: task type "a": cannot run as the configured user: the agent runs as uid 1000, not root`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
