@@ -18,7 +18,7 @@ import (
 	"time"
 )
 
-// Environment variables a command-backed task receives on top of the agent's
+// Environment variables a command-backed task receives on top of its clean
 // environment and its spec's Env.
 const (
 	EnvTaskID         = "TASKWORKER_TASK_ID"
@@ -44,8 +44,15 @@ type CommandSpec struct {
 
 	Command string            // a path, or a name looked up in PATH when the type is created
 	Args    []string          // passed as they are, no shell involved
-	Env     map[string]string // added to the agent's environment
-	Dir     string            // working directory; "" is the agent's
+	Env     map[string]string // set in the task's environment, over anything else but TASKWORKER_*
+	Dir     string            // working directory; "" is the agent's, or the run's temp dir with User
+
+	// InheritEnv names variables passed from the agent's environment when set there. Nothing
+	// else of the agent's environment reaches the task; TASKWORKER_* names are refused.
+	InheritEnv []string
+	// User, if set, is the unprivileged user (name or uid) the command runs as; Group (name or
+	// gid) overrides its primary group. Only a root agent can switch users; uid 0 is refused.
+	User, Group string
 
 	// Timeout caps each attempt (0: no cap of its own); a submit's timeout applies as well.
 	Timeout time.Duration
@@ -59,10 +66,20 @@ type CommandSpec struct {
 //
 // An attempt runs like this:
 //
-//   - The command starts in its own process group, in Dir, with the agent's
-//     environment minus the agent's own TASKWORKER_* settings, plus Env, plus
-//     TASKWORKER_TASK_ID, TASKWORKER_TASK_TYPE, TASKWORKER_ATTEMPT,
-//     TASKWORKER_EXECUTION_ID, TASKWORKER_RESULT_FILE and TASKWORKER_CHECKPOINT_FILE.
+//   - The command starts in its own process group, in Dir, with a clean
+//     environment: PATH (the agent's, else a standard one), HOME and TMPDIR
+//     (a temp dir of this run), LANG, LC_ALL and TZ when the agent has them,
+//     the agent's variables named in InheritEnv, then Env (which may override
+//     any of those), then TASKWORKER_TASK_ID, TASKWORKER_TASK_TYPE,
+//     TASKWORKER_ATTEMPT, TASKWORKER_EXECUTION_ID, TASKWORKER_RESULT_FILE and
+//     TASKWORKER_CHECKPOINT_FILE. Nothing else of the agent's environment, its
+//     tokens least of all, reaches the task.
+//   - With User set it runs as that user (and Group), with that user's
+//     supplementary groups; without a Dir its working directory is the run's
+//     temp dir. It then cannot read the agent's /proc/PID/environ or files
+//     private to the agent's user, such as the data dir.
+//   - The run's directory (result file, checkpoint file, temp dir) has mode
+//     0700 and belongs to the task's user.
 //   - The input JSON (null when absent) is written to its stdin, which is then closed.
 //     Validate accepts any JSON: checking its shape is the program's job.
 //   - stdout and stderr reach the task's log streams line by line as they are
@@ -70,11 +87,14 @@ type CommandSpec struct {
 //     independently, so their order relative to each other is not kept.
 //   - A stdout line "::checkpoint:: <json>" records <json> as a checkpoint and
 //     is not shown as output; an invalid one is reported in the task's log.
+//     Checkpoints are rate-limited as the executor's are (only the newest is
+//     kept when they come too fast), and one over the cap fails the attempt.
 //     TASKWORKER_CHECKPOINT_FILE names a file holding the latest checkpoint,
 //     from an earlier attempt or from this one; it does not exist while there is none.
 //   - Result: the content of TASKWORKER_RESULT_FILE when the program wrote a
-//     non-empty one (not valid JSON fails the attempt); otherwise the last
-//     non-empty stdout line when it is valid JSON; otherwise null.
+//     non-empty one (not valid JSON, or more than the executor's result cap,
+//     fails the attempt); otherwise the last non-empty stdout line when it is
+//     valid JSON; otherwise null.
 //   - A non-zero exit fails the attempt with the exit status and the tail of
 //     stderr (last 20 lines, at most 2 KiB) as the message.
 //   - On cancel, drain or timeout the process group gets SIGTERM, then SIGKILL
@@ -82,7 +102,9 @@ type CommandSpec struct {
 //     its process group is killed.
 //
 // NewCommand checks the spec: name, version and command are required, the
-// command must resolve now (exec.LookPath), and Dir must be a directory.
+// command must resolve now (exec.LookPath), Dir must be a directory, and a
+// User must exist, not be root, be one this agent can switch to, and be
+// able to reach the command and Dir.
 func NewCommand(spec CommandSpec) (Handler, error) {
 	if err := spec.check(); err != nil {
 		return nil, err
@@ -94,10 +116,24 @@ func NewCommand(spec CommandSpec) (Handler, error) {
 	if path, err = filepath.Abs(path); err != nil {
 		return nil, fmt.Errorf("task type %q: command: %w", spec.Name, err)
 	}
+	ra, err := lookupRunAs(spec.User, spec.Group)
+	if err != nil {
+		return nil, fmt.Errorf("task type %q: %w", spec.Name, err)
+	}
+	if ra != nil {
+		if err := ra.checkAccess(path, 1); err != nil {
+			return nil, fmt.Errorf("task type %q: command: %w: %w", spec.Name, ErrRunAs, err)
+		}
+		if spec.Dir != "" {
+			if err := ra.checkAccess(spec.Dir, 1); err != nil {
+				return nil, fmt.Errorf("task type %q: dir: %w: %w", spec.Name, ErrRunAs, err)
+			}
+		}
+	}
 	if spec.GracePeriod == 0 {
 		spec.GracePeriod = defaultGracePeriod
 	}
-	return &commandHandler{spec: spec, path: path}, nil
+	return &commandHandler{spec: spec, path: path, runAs: ra}, nil
 }
 
 // check validates everything about spec but the command's resolution.
@@ -115,11 +151,19 @@ func (s CommandSpec) check() error {
 		return fmt.Errorf("task type %q: example input is not valid JSON", s.Name)
 	}
 	for k := range s.Env {
-		if k == "" || strings.ContainsAny(k, "=\x00") {
+		if !validEnvName(k) {
 			return fmt.Errorf("task type %q: env: invalid variable name %q", s.Name, k)
 		}
 		if reservedEnv(k) {
 			return fmt.Errorf("task type %q: env: %s is set by the agent", s.Name, k)
+		}
+	}
+	if err := checkInheritEnv(s.InheritEnv); err != nil {
+		return fmt.Errorf("task type %q: inherit_env: %w", s.Name, err)
+	}
+	for _, k := range s.InheritEnv {
+		if _, ok := s.Env[k]; ok {
+			return fmt.Errorf("task type %q: %s is both in env and in inherit_env", s.Name, k)
 		}
 	}
 	if s.Dir != "" {
@@ -127,6 +171,19 @@ func (s CommandSpec) check() error {
 			return fmt.Errorf("task type %q: dir: %w", s.Name, err)
 		} else if !fi.IsDir() {
 			return fmt.Errorf("task type %q: dir: %s is not a directory", s.Name, s.Dir)
+		}
+	}
+	return nil
+}
+
+// checkInheritEnv refuses names that cannot be variables and any of the agent's own settings.
+func checkInheritEnv(names []string) error {
+	for _, k := range names {
+		switch {
+		case !validEnvName(k):
+			return fmt.Errorf("invalid variable name %q", k)
+		case strings.HasPrefix(strings.ToUpper(k), agentEnvPrefix):
+			return fmt.Errorf("%s is the agent's own setting and never passed to a task (its tokens are %s* variables)", k, agentEnvPrefix)
 		}
 	}
 	return nil
@@ -141,8 +198,9 @@ func reservedEnv(k string) bool {
 }
 
 type commandHandler struct {
-	spec CommandSpec
-	path string // the resolved command
+	spec  CommandSpec
+	path  string // the resolved command
+	runAs *runAs // nil: run as the agent's user
 }
 
 func (h *commandHandler) Definition() Definition {
@@ -166,17 +224,20 @@ func (h *commandHandler) Run(ctx *Context, input json.RawMessage) (json.RawMessa
 	if len(bytes.TrimSpace(input)) == 0 {
 		input = json.RawMessage("null")
 	}
-	dir, err := os.MkdirTemp("", "taskworker-run-")
+	dir, err := newRunDir(h.runAs)
 	if err != nil {
 		return nil, fmt.Errorf("%s: run dir: %w", h.spec.Name, err)
 	}
-	defer os.RemoveAll(dir)
-	r := &commandRun{h: h, ctx: ctx, resultFile: filepath.Join(dir, "result.json"), checkpointFile: filepath.Join(dir, "checkpoint.json")}
+	defer dir.remove()
+	r := &commandRun{h: h, ctx: ctx, dir: dir}
 	var last json.RawMessage
 	if ok, _ := ctx.LastCheckpoint(&last); ok {
-		if err := r.writeCheckpointFile(last); err != nil {
-			return nil, err
+		if err := dir.writeFile(checkpointFileName, last); err != nil {
+			return nil, fmt.Errorf("%s: write checkpoint file: %w", h.spec.Name, err)
 		}
+	}
+	if err := dir.handOver(); err != nil {
+		return nil, fmt.Errorf("%s: run dir: %w", h.spec.Name, err)
 	}
 
 	runCtx := context.Context(ctx)
@@ -205,9 +266,9 @@ func (h *commandHandler) Run(ctx *Context, input json.RawMessage) (json.RawMessa
 
 // commandRun is one attempt's process and what it left behind.
 type commandRun struct {
-	h                          *commandHandler
-	ctx                        *Context
-	resultFile, checkpointFile string
+	h   *commandHandler
+	ctx *Context
+	dir *runDir
 
 	// Written by the output readers, read once they are done.
 	lastStdout []byte
@@ -222,7 +283,14 @@ func (r *commandRun) run(ctx context.Context, input json.RawMessage) (waitErr, e
 	cmd.Dir = spec.Dir
 	cmd.Env = r.env()
 	cmd.Stdin = bytes.NewReader(input)
+	// Its own process group, so cancel and timeout reach everything it started.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if ra := r.h.runAs; ra != nil {
+		cmd.SysProcAttr.Credential = ra.credential()
+		if cmd.Dir == "" {
+			cmd.Dir = r.dir.file(tmpDirName) // the agent's working directory may not be theirs to enter
+		}
+	}
 	// Bounds the wait for the stdin copy should something outlive the group kill below.
 	cmd.WaitDelay = spec.GracePeriod
 
@@ -285,58 +353,81 @@ func (r *commandRun) run(ctx context.Context, input json.RawMessage) (waitErr, e
 }
 
 func (r *commandRun) env() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		// The agent's own settings (its token among them) are not the task's business.
-		if !strings.HasPrefix(kv, "TASKWORKER_") {
-			env = append(env, kv)
-		}
-	}
-	for k, v := range r.h.spec.Env {
-		env = append(env, k+"="+v)
-	}
-	return append(env,
-		EnvTaskID+"="+r.ctx.TaskID,
-		EnvTaskType+"="+r.h.spec.Name,
-		EnvAttempt+"="+strconv.Itoa(r.ctx.Attempt),
-		EnvExecutionID+"="+r.ctx.ExecutionID,
-		EnvResultFile+"="+r.resultFile,
-		EnvCheckpointFile+"="+r.checkpointFile,
-	)
+	return taskEnv(os.LookupEnv, r.dir.file(tmpDirName), r.h.spec.InheritEnv, r.h.spec.Env, map[string]string{
+		EnvTaskID:         r.ctx.TaskID,
+		EnvTaskType:       r.h.spec.Name,
+		EnvAttempt:        strconv.Itoa(r.ctx.Attempt),
+		EnvExecutionID:    r.ctx.ExecutionID,
+		EnvResultFile:     r.dir.file(resultFileName),
+		EnvCheckpointFile: r.dir.file(checkpointFileName),
+	})
 }
 
 // eachLine calls fn with every line of rd, without its line ending. Lines
-// longer than maxLineBytes come in pieces; first is false for all but the first.
-func eachLine(rd io.Reader, fn func(line []byte, first bool)) {
+// longer than maxLineBytes come in pieces: first is false for all but the
+// first piece of a line, more is true for all but its last.
+func eachLine(rd io.Reader, fn func(piece []byte, first, more bool)) {
 	br := bufio.NewReaderSize(rd, maxLineBytes)
 	first := true
 	for {
 		line, err := br.ReadSlice('\n')
+		more := err == bufio.ErrBufferFull
 		if len(line) > 0 {
-			fn(bytes.TrimRight(line, "\r\n"), first)
+			fn(bytes.TrimRight(line, "\r\n"), first, more)
 		}
-		first = err != bufio.ErrBufferFull
-		if err != nil && err != bufio.ErrBufferFull {
+		first = !more
+		if err != nil && !more {
 			return
 		}
 	}
 }
 
 func (r *commandRun) readStdout(rd io.Reader) {
-	eachLine(rd, func(line []byte, first bool) {
-		if rest, ok := bytes.CutPrefix(line, []byte(CheckpointPrefix)); ok && first {
-			r.checkpoint(bytes.TrimSpace(rest))
+	// A checkpoint line may come in pieces when the checkpoint cap is over maxLineBytes: it is put
+	// together again, keeping no more than the cap (plus room for spaces) of it in memory.
+	limit := r.ctx.maxCheckpoint
+	if limit <= 0 {
+		limit = MaxCheckpointBytes
+	}
+	var (
+		inCheckpoint bool
+		cp           []byte
+		cpSize       int
+	)
+	eachLine(rd, func(piece []byte, first, more bool) {
+		if first {
+			var rest []byte
+			rest, inCheckpoint = bytes.CutPrefix(piece, []byte(CheckpointPrefix))
+			if inCheckpoint {
+				piece, cp, cpSize = bytes.TrimLeft(rest, " \t"), cp[:0], 0
+			}
+		}
+		if inCheckpoint {
+			cpSize += len(piece)
+			if keep := limit + maxLineBytes - len(cp); keep > 0 {
+				cp = append(cp, piece[:min(len(piece), keep)]...)
+			}
+			if more {
+				return
+			}
+			inCheckpoint = false
+			if cpSize > len(cp) {
+				// Too large to keep, so too large to record: this fails the attempt.
+				r.ctx.Logger.Warn("checkpoint not recorded", "err", r.ctx.checkCheckpointSize(cpSize))
+				return
+			}
+			r.checkpoint(bytes.TrimSpace(cp))
 			return
 		}
-		writeLine(r.ctx.Stdout, line)
-		if len(bytes.TrimSpace(line)) > 0 {
-			r.lastStdout = append(r.lastStdout[:0], line...)
+		writeLine(r.ctx.Stdout, piece)
+		if len(bytes.TrimSpace(piece)) > 0 {
+			r.lastStdout = append(r.lastStdout[:0], piece...)
 		}
 	})
 }
 
 func (r *commandRun) readStderr(rd io.Reader) {
-	eachLine(rd, func(line []byte, _ bool) {
+	eachLine(rd, func(line []byte, _, _ bool) {
 		writeLine(r.ctx.Stderr, line)
 		if len(r.stderr) == stderrTailLines {
 			r.stderr = r.stderr[1:]
@@ -358,21 +449,9 @@ func (r *commandRun) checkpoint(data []byte) {
 		r.ctx.Logger.Warn("checkpoint not recorded", "err", err)
 		return
 	}
-	if err := r.writeCheckpointFile(data); err != nil {
+	if err := r.dir.writeFile(checkpointFileName, data); err != nil {
 		r.ctx.Logger.Warn("checkpoint file not updated", "err", err)
 	}
-}
-
-// writeCheckpointFile replaces the file whole, so a reader never sees half of it.
-func (r *commandRun) writeCheckpointFile(data []byte) error {
-	tmp := r.checkpointFile + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("write checkpoint file: %w", err)
-	}
-	if err := os.Rename(tmp, r.checkpointFile); err != nil {
-		return fmt.Errorf("write checkpoint file: %w", err)
-	}
-	return nil
 }
 
 // stderrTail is the last lines of stderr, at most stderrTailBytes.
@@ -385,9 +464,9 @@ func (r *commandRun) stderrTail() string {
 }
 
 func (r *commandRun) result() (json.RawMessage, error) {
-	data, err := os.ReadFile(r.resultFile)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%s: read result file: %w", r.h.spec.Name, err)
+	data, err := r.dir.readResult(r.ctx.maxResult)
+	if err != nil {
+		return nil, fmt.Errorf("%s: result file: %w", r.h.spec.Name, err)
 	}
 	var res bytes.Buffer
 	if data = bytes.TrimSpace(data); len(data) > 0 {

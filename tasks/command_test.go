@@ -50,6 +50,12 @@ func streamLines(lines []LogLine, stream string) []string {
 // executorFor runs h through an Executor that records reports and output.
 func executorFor(t *testing.T, h Handler) (*Executor, *fakeReporter, *LogStore) {
 	t.Helper()
+	return executorWith(t, h, nil)
+}
+
+// executorWith is executorFor with changes to the executor's configuration.
+func executorWith(t *testing.T, h Handler, edit func(*ExecutorConfig)) (*Executor, *fakeReporter, *LogStore) {
+	t.Helper()
 	reg := NewRegistry()
 	if err := reg.Register(h); err != nil {
 		t.Fatal(err)
@@ -59,7 +65,11 @@ func executorFor(t *testing.T, h Handler) (*Executor, *fakeReporter, *LogStore) 
 		t.Fatal(err)
 	}
 	rep := &fakeReporter{}
-	e := NewExecutor(ExecutorConfig{Registry: reg, Reporter: rep, Logs: store, NodeName: "n1", ReportRetry: time.Millisecond})
+	cfg := ExecutorConfig{Registry: reg, Reporter: rep, Logs: store, NodeName: "n1", ReportRetry: time.Millisecond}
+	if edit != nil {
+		edit(&cfg)
+	}
+	e := NewExecutor(cfg)
 	t.Cleanup(e.Close)
 	return e, rep, store
 }

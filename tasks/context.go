@@ -12,16 +12,23 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/taskworker/taskworker/internal/limits"
 )
 
-// MaxCheckpointBytes bounds one encoded checkpoint: it travels through raft.
+// MaxCheckpointBytes is the default cap on one encoded checkpoint (ExecutorConfig.MaxCheckpointBytes):
+// every checkpoint travels through raft and replaces the last one in every node's FSM.
 const MaxCheckpointBytes = 64 << 10
 
-// ErrCheckpointTooLarge is returned by Context.Checkpoint for values over MaxCheckpointBytes.
+// ErrCheckpointTooLarge is returned by Context.Checkpoint for values over the cap; the error also
+// wraps a *limits.SizeError with the sizes. The attempt then fails with "checkpoint_too_large".
 var ErrCheckpointTooLarge = errors.New("checkpoint too large")
 
+// PayloadCheckpoint names a checkpoint in a *limits.SizeError.
+const PayloadCheckpoint limits.Payload = "checkpoint"
+
 // Context is what a running task sees. The embedded context.Context is
-// cancelled on user cancel, timeout, drain handback, or fencing.
+// cancelled on user cancel, timeout, drain handback, fencing, or a checkpoint over the cap.
 type Context struct {
 	context.Context
 	TaskID      string
@@ -31,25 +38,40 @@ type Context struct {
 	Stdout      io.Writer    // line-split into stream "stdout"
 	Stderr      io.Writer    // line-split into stream "stderr"
 
-	checkpoint func(json.RawMessage) error // nil: checkpoints are only kept in memory
-	submit     Submitter                   // nil: child tasks are not supported here
+	checkpoint    func(json.RawMessage) error // nil: checkpoints are only kept in memory
+	submit        Submitter                   // nil: child tasks are not supported here
+	maxCheckpoint int                         // 0: MaxCheckpointBytes
+	maxResult     int                         // 0: limits.DefaultMaxPayloadBytes
+	tooLarge      func(error)                 // fails the attempt; nil outside an executor
 
-	mu   sync.Mutex
-	last json.RawMessage
+	mu     sync.Mutex
+	last   json.RawMessage
+	closed bool // the handler returned: later checkpoints are refused
 }
 
-// Checkpoint records v (JSON-encoded) as the run's progress, so that a later
-// attempt can resume from it. It returns once the checkpoint is reported.
+// errRunOver is returned by Checkpoint once the attempt's handler has returned, to a goroutine the
+// task left behind: its progress would arrive after the outcome.
+var errRunOver = errors.New("checkpoint after the attempt ended")
+
+// Checkpoint records v (JSON-encoded) as the run's progress, so that a later attempt can resume
+// from it. Inside an executor checkpoints are rate-limited per run: one within the budget is
+// reported before Checkpoint returns; one over it returns at once and waits, replaced by any newer
+// one, to be reported when the budget allows or when the handler returns (before the outcome). So
+// the newest checkpoint always reaches the cluster, but not every one. A checkpoint over the cap is
+// an error and fails the attempt.
 func (c *Context) Checkpoint(v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode checkpoint: %w", err)
 	}
-	if len(data) > MaxCheckpointBytes {
-		return fmt.Errorf("checkpoint of %d bytes, limit %d: %w", len(data), MaxCheckpointBytes, ErrCheckpointTooLarge)
+	if err := c.checkCheckpointSize(len(data)); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return errRunOver
+	}
 	if c.checkpoint != nil {
 		if err := c.checkpoint(data); err != nil {
 			return err
@@ -57,6 +79,31 @@ func (c *Context) Checkpoint(v any) error {
 	}
 	c.last = data
 	return nil
+}
+
+// checkCheckpointSize returns an error wrapping ErrCheckpointTooLarge and a *limits.SizeError when
+// size is over the cap, and then fails the attempt.
+func (c *Context) checkCheckpointSize(size int) error {
+	limit := c.maxCheckpoint
+	if limit <= 0 {
+		limit = MaxCheckpointBytes
+	}
+	serr := limits.CheckSize(PayloadCheckpoint, size, limit)
+	if serr == nil {
+		return nil
+	}
+	err := fmt.Errorf("%w: %w", ErrCheckpointTooLarge, serr)
+	if c.tooLarge != nil {
+		c.tooLarge(err)
+	}
+	return err
+}
+
+// close refuses checkpoints from now on; it waits for one in progress.
+func (c *Context) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
 }
 
 // ChildTask is a task a running task submits. It joins the parent's execution.

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/taskworker/taskworker/internal/limits"
 )
 
 // ErrFenced is wrapped by a Reporter error when the FSM rejected the report
@@ -32,6 +34,10 @@ const (
 	ErrTypePanic       = "panic"             // the task panicked
 	ErrTypeCancelled   = "cancelled"         // a user cancelled the task
 	ErrTypeUnknownType = "unknown_task_type" // this node lacks the type or version
+	// ErrTypeResultTooLarge: the result is over ExecutorConfig.MaxResultBytes; it is not reported.
+	ErrTypeResultTooLarge = string(limits.CodeResultTooLarge)
+	// ErrTypeCheckpointTooLarge: a checkpoint was over ExecutorConfig.MaxCheckpointBytes.
+	ErrTypeCheckpointTooLarge = "checkpoint_too_large"
 )
 
 // Assignment is one attempt the node must run.
@@ -113,7 +119,7 @@ func (r StopReason) String() string {
 	return fmt.Sprintf("StopReason(%d)", int(r))
 }
 
-// ExecutorConfig configures an Executor.
+// ExecutorConfig configures an Executor. Zero values take the defaults.
 type ExecutorConfig struct {
 	Registry    *Registry
 	Reporter    Reporter
@@ -122,6 +128,21 @@ type ExecutorConfig struct {
 	Logger      *slog.Logger  // default slog.Default()
 	ReportRetry time.Duration // pause between report retries, default 200ms
 	Submit      Submitter     // lets tasks submit child tasks; may be nil
+
+	// MaxResultBytes caps a result (default limits.DefaultMaxPayloadBytes, 256 KiB): a larger one
+	// fails the attempt with error type "result_too_large" instead of being reported, since it
+	// would be stored by raft on every node.
+	MaxResultBytes int
+	// MaxCheckpointBytes caps one checkpoint (default MaxCheckpointBytes, 64 KiB): a larger one
+	// fails the attempt with error type "checkpoint_too_large".
+	MaxCheckpointBytes int
+	// CheckpointsPerSecond and CheckpointBurst are each run's checkpoint budget (defaults
+	// limits.DefaultCheckpointsPerSecond and limits.DefaultCheckpointBurst: 10 a second, burst 5).
+	// Every checkpoint is a raft write, so a task checkpointing in a tight loop would take the
+	// leader from everyone else; over the budget only the newest checkpoint is kept, and it is
+	// reported when the budget allows or when the handler returns, before the outcome.
+	CheckpointsPerSecond float64
+	CheckpointBurst      int
 }
 
 // rememberFinished is how many finished runs Start recognises as already done.
@@ -160,6 +181,18 @@ func NewExecutor(cfg ExecutorConfig) *Executor {
 	}
 	if cfg.ReportRetry <= 0 {
 		cfg.ReportRetry = 200 * time.Millisecond
+	}
+	if cfg.MaxResultBytes <= 0 {
+		cfg.MaxResultBytes = limits.DefaultMaxPayloadBytes
+	}
+	if cfg.MaxCheckpointBytes <= 0 {
+		cfg.MaxCheckpointBytes = MaxCheckpointBytes
+	}
+	if cfg.CheckpointsPerSecond <= 0 {
+		cfg.CheckpointsPerSecond = limits.DefaultCheckpointsPerSecond
+	}
+	if cfg.CheckpointBurst <= 0 {
+		cfg.CheckpointBurst = limits.DefaultCheckpointBurst
 	}
 	idle := make(chan struct{})
 	close(idle)
@@ -322,26 +355,45 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger) (O
 		ctx, cancel = context.WithTimeout(ctx, a.Timeout)
 		defer cancel()
 	}
+	// A checkpoint over the cap ends the attempt: its cause tells the classification below why.
+	ctx, fail := context.WithCancelCause(ctx)
+	defer fail(nil)
+
+	throttle := limits.NewThrottle(
+		limits.NewCoalescer(e.cfg.CheckpointsPerSecond, e.cfg.CheckpointBurst, nil),
+		func(ctx context.Context, data []byte) error {
+			err := e.cfg.Reporter.Checkpoint(ctx, r.ref, data)
+			if errors.Is(err, ErrFenced) {
+				e.fence(r, log)
+			}
+			return err
+		})
+	// The throttle sends waiting checkpoints until the attempt is over, even past a cancel or a
+	// timeout: a drained task's newest progress is what its next attempt resumes from.
+	throttleCtx, stopThrottle := context.WithCancel(r.reportCtx)
+	throttleDone := make(chan struct{})
+	go func() { defer close(throttleDone); throttle.Run(throttleCtx) }()
+	defer func() { stopThrottle(); <-throttleDone }()
+
 	out := &runOutput{
 		store: e.cfg.Logs, taskID: a.TaskID, attempt: a.Attempt, node: e.cfg.NodeName,
 		onErr: func(err error) { log.Warn("task output dropped", "err", err) },
 	}
 	tc := &Context{
-		Context:     ctx,
-		TaskID:      a.TaskID,
-		ExecutionID: a.ExecutionID,
-		Attempt:     a.Attempt,
-		Logger:      slog.New(&logHandler{out: out}),
-		Stdout:      streamWriter{out: out, stream: "stdout"},
-		Stderr:      streamWriter{out: out, stream: "stderr"},
-		last:        a.Checkpoint,
-		submit:      e.cfg.Submit,
+		Context:       ctx,
+		TaskID:        a.TaskID,
+		ExecutionID:   a.ExecutionID,
+		Attempt:       a.Attempt,
+		Logger:        slog.New(&logHandler{out: out}),
+		Stdout:        streamWriter{out: out, stream: "stdout"},
+		Stderr:        streamWriter{out: out, stream: "stderr"},
+		last:          a.Checkpoint,
+		submit:        e.cfg.Submit,
+		maxCheckpoint: e.cfg.MaxCheckpointBytes,
+		maxResult:     e.cfg.MaxResultBytes,
+		tooLarge:      fail,
 		checkpoint: func(data json.RawMessage) error {
-			err := e.cfg.Reporter.Checkpoint(ctx, r.ref, data)
-			if errors.Is(err, ErrFenced) {
-				e.fence(r, log)
-			}
-			if err != nil {
+			if err := throttle.Checkpoint(ctx, data); err != nil {
 				return fmt.Errorf("report checkpoint: %w", err)
 			}
 			return nil
@@ -349,10 +401,28 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger) (O
 	}
 
 	result, err := runHandler(h, tc, a.Input, out)
+	// Whatever the task left running is told to stop (a cause set before, a timeout or an
+	// oversized checkpoint, stays), and from here on it cannot checkpoint.
+	fail(nil)
+	tc.close()
 	out.flush()
+	e.flushCheckpoint(r, throttle, log)
 
-	var perr *panicError
+	var (
+		perr *panicError
+		serr *limits.SizeError
+	)
+	if err == nil && len(result) > e.cfg.MaxResultBytes {
+		err = limits.CheckSize(limits.PayloadResult, len(result), e.cfg.MaxResultBytes)
+	}
+	if cause := context.Cause(ctx); errors.As(cause, &serr) {
+		err = cause // whatever the task made of it, the checkpoint over the cap failed the attempt
+	}
 	switch {
+	case errors.As(err, &serr) && serr.What == limits.PayloadResult:
+		return OutcomeFailed, nil, &TaskError{Type: ErrTypeResultTooLarge, Message: serr.Error()}
+	case errors.As(err, &serr) && serr.What == PayloadCheckpoint:
+		return OutcomeFailed, nil, &TaskError{Type: ErrTypeCheckpointTooLarge, Message: serr.Error()}
 	case err == nil && !json.Valid(result):
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypeTaskError, Message: "task returned invalid JSON as its result"}
 	case err == nil:
@@ -367,6 +437,21 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger) (O
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypeTimeout, Message: err.Error()}
 	}
 	return OutcomeFailed, nil, &TaskError{Type: ErrTypeTaskError, Message: err.Error()}
+}
+
+// flushCheckpoint reports the run's newest checkpoint still held back by its budget, before the
+// outcome, so a later attempt resumes from the newest progress. Once only: a checkpoint is
+// superseded by the outcome anyway.
+func (e *Executor) flushCheckpoint(r *run, throttle *limits.Throttle, log *slog.Logger) {
+	e.mu.Lock()
+	revoked := r.stopped && r.reason == StopRevoke
+	e.mu.Unlock()
+	if revoked {
+		return // fenced or closed: nothing more is ours to report
+	}
+	if err := throttle.Flush(r.reportCtx); err != nil && !errors.Is(err, ErrFenced) && r.reportCtx.Err() == nil {
+		log.Warn("last checkpoint not recorded", "err", err)
+	}
 }
 
 type panicError struct{ value any }

@@ -26,6 +26,9 @@ type taskFileEntry struct {
 	Command      string            `yaml:"command"`
 	Args         []string          `yaml:"args"`
 	Env          map[string]string `yaml:"env"`
+	InheritEnv   []string          `yaml:"inherit_env"`
+	User         string            `yaml:"user"`
+	Group        string            `yaml:"group"`
 	Dir          string            `yaml:"dir"`
 	Timeout      string            `yaml:"timeout"`
 	GracePeriod  string            `yaml:"grace_period"`
@@ -41,14 +44,23 @@ func RegisterTaskFile(r *Registry, path string) error {
 	}
 	for i, spec := range specs {
 		h, err := NewCommand(spec)
+		line := lines[i].item
+		if errors.Is(err, ErrRunAs) && lines[i].user != 0 {
+			line = lines[i].user
+		}
 		if err == nil {
 			err = r.Register(h)
 		}
 		if err != nil {
-			return fmt.Errorf("%s:%d: %w", path, lines[i], err)
+			return fmt.Errorf("%s:%d: %w", path, line, err)
 		}
 	}
 	return nil
+}
+
+// specLines are where a spec and the fields its errors may be about were declared.
+type specLines struct {
+	item, user int
 }
 
 // LoadTaskFile parses the task file at path. A task file declares
@@ -61,21 +73,24 @@ func RegisterTaskFile(r *Registry, path string) error {
 //	    description: Makes a thumbnail of an image.
 //	    command: ./bin/thumbnail   # required; a relative path is relative to this file, a bare name is looked up in PATH
 //	    args: [--quality, "80"]
-//	    env: {THUMB_CACHE: /var/cache/thumbs}
-//	    dir: .                     # relative to this file; default the agent's working directory
+//	    env: {THUMB_CACHE: /var/cache/thumbs}   # the task's environment is otherwise clean
+//	    inherit_env: [HTTPS_PROXY] # passed from the agent's environment when set there; never TASKWORKER_*
+//	    user: thumbs               # run as this unprivileged user (name or uid); needs a root agent
+//	    group: media               # optional; default the user's primary group
+//	    dir: .                     # relative to this file; default the agent's working directory (with user: the run's temp dir)
 //	    timeout: 2m                # per attempt; default none
 //	    grace_period: 10s          # SIGTERM to SIGKILL; default 5s
 //	    example_input: {path: photo.jpg, width: 320}   # any YAML, shown as JSON
 //
 // Unknown fields, duplicate names and bad durations are errors; errors name
-// the file and, where known, the line. Commands are resolved later, by NewCommand.
+// the file and, where known, the line. Commands and users are resolved later, by NewCommand.
 func LoadTaskFile(path string) ([]CommandSpec, error) {
 	specs, _, err := loadTaskFile(path)
 	return specs, err
 }
 
-// loadTaskFile also returns the line each spec was declared on.
-func loadTaskFile(path string) ([]CommandSpec, []int, error) {
+// loadTaskFile also returns the lines each spec was declared on.
+func loadTaskFile(path string) ([]CommandSpec, []specLines, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("task file: %w", err)
@@ -101,11 +116,16 @@ func loadTaskFile(path string) ([]CommandSpec, []int, error) {
 
 	base := filepath.Dir(path)
 	specs := make([]CommandSpec, len(doc.Tasks))
-	lines := make([]int, len(doc.Tasks))
+	lines := make([]specLines, len(doc.Tasks))
 	firstLine := make(map[string]int)
 	for i, e := range doc.Tasks {
 		item := items[i]
-		lines[i] = item.Line
+		lines[i] = specLines{item: item.Line}
+		for _, key := range []string{"group", "user"} { // errors about either name the user line first
+			if v := mappingValue(item, key); v != nil {
+				lines[i].user = v.Line
+			}
+		}
 		fail := func(key, format string, args ...any) error {
 			line := item.Line
 			if v := mappingValue(item, key); v != nil {
@@ -121,6 +141,14 @@ func loadTaskFile(path string) ([]CommandSpec, []int, error) {
 		spec := CommandSpec{
 			Name: e.Name, Version: e.Version, Description: strings.TrimSpace(e.Description),
 			Command: e.Command, Args: e.Args, Env: e.Env, Dir: e.Dir,
+			InheritEnv: e.InheritEnv, User: e.User, Group: e.Group,
+		}
+		if names := mappingValue(item, "inherit_env"); names != nil {
+			for j, k := range e.InheritEnv {
+				if err := checkInheritEnv([]string{k}); err != nil {
+					return nil, nil, fmt.Errorf("%s:%d: task type %q: inherit_env: %w", path, names.Content[j].Line, e.Name, err)
+				}
+			}
 		}
 		if strings.ContainsRune(spec.Command, '/') && !filepath.IsAbs(spec.Command) {
 			spec.Command = filepath.Join(base, spec.Command)

@@ -29,6 +29,9 @@ tasks:
     command: bin/resize
     args: [--fast, 80]
     env: {MODE: quick}
+    inherit_env: [HTTPS_PROXY, NO_PROXY]
+    user: resizer
+    group: media
     dir: work
     timeout: 90s
     grace_period: 1s
@@ -59,6 +62,7 @@ tasks:
 	if got.Name != want.Name || got.Version != want.Version || got.Description != want.Description ||
 		got.Command != want.Command || !slices.Equal(got.Args, want.Args) || got.Env["MODE"] != "quick" ||
 		got.Dir != want.Dir || got.Timeout != want.Timeout || got.GracePeriod != want.GracePeriod ||
+		!slices.Equal(got.InheritEnv, []string{"HTTPS_PROXY", "NO_PROXY"}) || got.User != "resizer" || got.Group != "media" ||
 		string(got.ExampleInput) != string(want.ExampleInput) {
 		t.Fatalf("spec =\n%+v\nwant\n%+v", got, want)
 	}
@@ -82,6 +86,10 @@ func TestLoadTaskFileErrorsNameFileAndLine(t *testing.T) {
 		{"syntax", "tasks:\n  - name: a\n\tversion: 1\n", `tasks.yaml:2: found a tab character that violates indentation`},
 		{"empty", "# nothing\n", `no tasks declared`},
 		{"two documents", "tasks: [{name: a, version: 1, command: sh}]\n---\ntasks: []\n", `one YAML document`},
+		{"inherit_env names an agent setting", "tasks:\n  - name: a\n    version: 1\n    command: sh\n    inherit_env:\n      - HTTPS_PROXY\n      - TASKWORKER_TOKEN\n",
+			`:7: task type "a": inherit_env: TASKWORKER_TOKEN is the agent's own setting and never passed to a task`},
+		{"inherit_env and env name the same", "tasks:\n  - name: a\n    version: 1\n    command: sh\n    env: {X: 1}\n    inherit_env: [X]\n",
+			`:2: task type "a": X is both in env and in inherit_env`},
 		{"example not JSON-able", "tasks:\n  - name: a\n    version: 1\n    command: sh\n    example_input: {x: .inf}\n",
 			`:5: task type "a": example_input: line 5: .inf cannot be written as JSON`},
 	}
