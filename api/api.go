@@ -282,6 +282,10 @@ const (
 	CodeShuttingDown         Code = "shutting_down"
 	CodeCancelled            Code = "cancelled"
 	CodeInternal             Code = "internal"
+	CodeInputTooLarge        Code = "input_too_large"      // a task's input is over the node's cap
+	CodeResultTooLarge       Code = "result_too_large"     // a task's result is over the cap (a task error type)
+	CodeRateLimited          Code = "rate_limited"         // over the client's request rate; see Retry-After
+	CodeTooManyConnections   Code = "too_many_connections" // over the client's open connections
 )
 
 var statusOf = map[Code]int{
@@ -290,7 +294,8 @@ var statusOf = map[Code]int{
 	CodeInvalidWait: 400, CodeInvalidIndex: 400, CodeInvalidState: 400, CodeInvalidLimit: 400, CodeInvalidAttempt: 400,
 	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
 	CodeAlreadyFinished: 409, CodeLeaveRefused: 409,
-	CodeBodyTooLarge: 413, CodeUnsupportedMediaType: 415,
+	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,
+	CodeRateLimited: 429, CodeTooManyConnections: 429,
 	CodeNoLeader: 503, CodeNotLeader: 503, CodeShuttingDown: 503, CodeCancelled: 503,
 	CodeInternal: 500,
 }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -44,6 +46,11 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.StringFlag{Name: "tasks-file", EnvVars: []string{"TASKWORKER_TASKS_FILE"}, Usage: "YAML file declaring command-backed task types (see README)"},
 			&cli.StringFlag{Name: "files-dir", EnvVars: []string{"TASKWORKER_FILES_DIR"}, Usage: "the only directory list-directory may read (default: working directory)"},
 			&cli.DurationFlag{Name: "retention", EnvVars: []string{"TASKWORKER_RETENTION"}, Value: 24 * time.Hour, Usage: "how long finished tasks are kept"},
+			&cli.IntFlag{Name: "max-input-bytes", EnvVars: []string{"TASKWORKER_MAX_INPUT_BYTES"}, Value: limits.DefaultMaxPayloadBytes, Usage: "largest task input accepted (413 input_too_large above it)"},
+			&cli.IntFlag{Name: "max-result-bytes", EnvVars: []string{"TASKWORKER_MAX_RESULT_BYTES"}, Value: limits.DefaultMaxPayloadBytes, Usage: "largest task result kept; a larger one fails the attempt (result_too_large)"},
+			&cli.Float64Flag{Name: "checkpoint-rate", EnvVars: []string{"TASKWORKER_CHECKPOINT_RATE"}, Value: limits.DefaultCheckpointsPerSecond, Usage: "checkpoints per second one run may write; more are coalesced to the newest"},
+			&cli.IntFlag{Name: "http-max-conns-per-client", EnvVars: []string{"TASKWORKER_HTTP_MAX_CONNS_PER_CLIENT"}, Value: limits.DefaultMaxConnsPerClient, Usage: "open API connections one client address may hold (-1: no cap)"},
+			&cli.Float64Flag{Name: "http-rate-limit", EnvVars: []string{"TASKWORKER_HTTP_RATE_LIMIT"}, Value: DefaultRateLimit, Usage: "API requests per second per client address, 429 above it (0: off)"},
 			&cli.BoolFlag{Name: "dev", Usage: "single throwaway node on 127.0.0.1 with a temporary data dir"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"TASKWORKER_LOG_LEVEL"}, Value: "info", Usage: "debug|info|warn|error"},
 			&cli.BoolFlag{Name: "log-json", EnvVars: []string{"TASKWORKER_LOG_JSON"}, Usage: "log JSON lines"},
@@ -95,7 +102,20 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		GossipAddr: c.String("gossip-addr"), RaftAddr: c.String("raft-addr"), HTTPAddr: c.String("http-addr"),
 		Advertise: c.String("advertise"), Join: join, Capacity: c.Int("capacity"),
 		DrainTimeout: c.Duration("drain-timeout"), Voters: c.Int("voters"), Registry: reg,
+		MaxInputBytes: c.Int("max-input-bytes"), MaxResultBytes: c.Int("max-result-bytes"), CheckpointRate: c.Float64("checkpoint-rate"),
+		MaxConnsPerClient: c.Int("http-max-conns-per-client"), RateLimit: c.Float64("http-rate-limit"),
 		Retention: c.Duration("retention"), Token: c.String("token"), Logger: logger, LogLevel: level, Version: opts.Version,
+	}
+	if cfg.RateLimit == 0 {
+		cfg.RateLimit = -1 // the flag's 0 means off
+	}
+	for _, f := range []string{"max-input-bytes", "max-result-bytes"} {
+		if c.Int(f) <= 0 {
+			return cli.Exit(fmt.Sprintf("--%s must be positive, got %d", f, c.Int(f)), 2)
+		}
+	}
+	if cfg.CheckpointRate <= 0 || cfg.RateLimit < -1 {
+		return cli.Exit("--checkpoint-rate must be positive and --http-rate-limit 0 (off) or positive", 2)
 	}
 	if c.Bool("dev") {
 		dir, err := os.MkdirTemp("", "taskworker-dev-")

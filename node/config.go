@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 
+	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -26,6 +27,11 @@ const (
 	handBackTimeout     = 15 * time.Second // a drain's stopped runs wrapping up and reporting back
 	peerRequestTimeout  = 15 * time.Second // one node-to-node HTTP call (log streams use their context)
 )
+
+// DefaultRateLimit is the API's default sustained rate per client address, requests per second:
+// far above what an interactive user or a worker pool sends, low enough that one runaway client
+// cannot take the node's CPU from the others. Benchmarks from one address turn it off.
+const DefaultRateLimit = 1000
 
 // Config is everything a node needs. main.go fills it from flags; tests fill it directly.
 type Config struct {
@@ -48,9 +54,18 @@ type Config struct {
 	// ApplyTimeout bounds a leader's raft apply when no caller set a deadline, default 10s.
 	ApplyTimeout time.Duration
 
-	MaxBodyBytes    int64         // request body cap, default 1 MiB
-	Retention       time.Duration // finished tasks kept this long, default 24h
-	DeadServerGrace time.Duration // a crashed raft server is removed after this, default 3s
+	MaxBodyBytes   int64   // request body cap, default MaxInputBytes + limits.BodyOverheadBytes
+	MaxInputBytes  int     // a task's input cap (413 input_too_large), default 256 KiB
+	MaxResultBytes int     // a task's result cap (the attempt fails, result_too_large), default 256 KiB
+	CheckpointRate float64 // checkpoints per second one run may write, default 10
+
+	// API limits (internal/limits). MaxConnsPerClient 0 means 200, negative no cap; RateLimit is
+	// requests per second per client address, 0 means the default, negative turns it off.
+	MaxConnsPerClient int
+	RateLimit         float64
+	RateBurst         int
+	Retention         time.Duration // finished tasks kept this long, default 24h
+	DeadServerGrace   time.Duration // a crashed raft server is removed after this, default 3s
 
 	// Failure detection and election speed; zero values take fast LAN defaults.
 	ProbeInterval time.Duration
@@ -80,8 +95,23 @@ func (c *Config) setDefaults() error {
 	if c.Voters <= 0 {
 		c.Voters = 3
 	}
+	if c.MaxInputBytes <= 0 {
+		c.MaxInputBytes = limits.DefaultMaxPayloadBytes
+	}
+	if c.MaxResultBytes <= 0 {
+		c.MaxResultBytes = limits.DefaultMaxPayloadBytes
+	}
+	if c.CheckpointRate <= 0 {
+		c.CheckpointRate = limits.DefaultCheckpointsPerSecond
+	}
 	if c.MaxBodyBytes <= 0 {
-		c.MaxBodyBytes = 1 << 20
+		c.MaxBodyBytes = int64(c.MaxInputBytes) + limits.BodyOverheadBytes
+	}
+	if c.RateLimit == 0 {
+		c.RateLimit = DefaultRateLimit
+	}
+	if c.RateBurst <= 0 {
+		c.RateBurst = int(2 * max(c.RateLimit, 1))
 	}
 	if c.Retention <= 0 {
 		c.Retention = 24 * time.Hour

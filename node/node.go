@@ -139,6 +139,7 @@ func (n *Node) start() error {
 	n.exec = tasks.NewExecutor(tasks.ExecutorConfig{
 		Registry: cfg.Registry, Reporter: reporter{n}, Logs: n.logs, NodeName: cfg.Name,
 		Logger: n.log.With("component", "executor"), Submit: n.submitChild,
+		MaxResultBytes: cfg.MaxResultBytes, CheckpointsPerSecond: cfg.CheckpointRate,
 	})
 
 	if err := n.startMembership(); err != nil {
@@ -151,7 +152,8 @@ func (n *Node) start() error {
 	n.goLoop(n.logSweepLoop)
 	n.goLoop(n.batch.run)
 	n.goLoop(n.watchHalt)
-	n.http = &http.Server{Handler: n.routes(), ReadHeaderTimeout: 10 * time.Second}
+	n.http = n.newHTTPServer(n.limitRequests(n.routes()))
+	ln = n.limitConns(ln)
 	serving = true
 	n.wg.Add(1)
 	go func() {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/scheduler"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -84,6 +85,11 @@ func (n *Node) prepareSubmit(req api.SubmitRequest) (fsm.Submit, error) {
 	input := req.Input
 	if len(input) == 0 {
 		input = json.RawMessage("null")
+	}
+	if err := limits.CheckSize(limits.PayloadInput, len(input), n.cfg.MaxInputBytes); err != nil {
+		var se *limits.SizeError
+		errors.As(err, &se)
+		return fsm.Submit{}, se.APIError()
 	}
 	if h, err := n.cfg.Registry.Lookup(req.Type); err == nil && h.Definition().Version == version {
 		if err := h.Validate(input); err != nil {

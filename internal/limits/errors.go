@@ -7,16 +7,11 @@ import (
 	"github.com/taskworker/taskworker/api"
 )
 
-// Error codes introduced by this package; api.Status does not know them yet, so every response
-// written here sets its status explicitly.
+// The error codes this package answers with (declared in api/ with their statuses).
 const (
-	// CodeRateLimited: the client sent more requests than its rate allows (429, with Retry-After).
-	CodeRateLimited api.Code = "rate_limited"
-	// CodeInputTooLarge: a task's input is over the configured cap (413).
-	CodeInputTooLarge api.Code = "input_too_large"
-	// CodeResultTooLarge: a task's result is over the configured cap. It is recorded as the task's
-	// failure rather than sent as a response, but keeps 413 for symmetry with the input cap.
-	CodeResultTooLarge api.Code = "result_too_large"
+	CodeRateLimited    = api.CodeRateLimited    // 429, with Retry-After
+	CodeInputTooLarge  = api.CodeInputTooLarge  // 413
+	CodeResultTooLarge = api.CodeResultTooLarge // recorded as the task's failure
 )
 
 // writeError writes the API's JSON error body with an explicit status.

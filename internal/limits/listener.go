@@ -28,7 +28,7 @@ const DefaultRefuseTimeout = time.Second
 const DefaultRefuseConcurrency = 32
 
 // CodeTooManyConnections is the code in the body of a connection refused by the Listener.
-const CodeTooManyConnections api.Code = "too_many_connections"
+const CodeTooManyConnections = api.CodeTooManyConnections
 
 // httpRefusal is the whole answer to a connection over a cap: a complete, tiny HTTP response that
 // a normal client reports as 429 and retries later. No request is read or parsed for it.

@@ -422,8 +422,10 @@ func (c *Cluster) Add(extra ...string) (*Node, error) {
 
 // Start starts n nodes n1…nN of the taskworker binary bin in dir, each after the first joining the
 // first, each running capacity tasks at once. On an error the nodes started so far are killed.
+// The benchmarks drive a node from one address far above a client's default rate limit, so the
+// API's per-client rate limit is off.
 func Start(bin, dir string, n, capacity int) (*Cluster, error) {
-	c := New(bin, dir, "--capacity", fmt.Sprint(capacity))
+	c := New(bin, dir, "--capacity", fmt.Sprint(capacity), "--http-rate-limit", "0")
 	for i := 0; i < n; i++ {
 		if _, err := c.Add(); err != nil {
 			c.Stop()

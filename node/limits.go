@@ -1,0 +1,40 @@
+package node
+
+import (
+	"net"
+	"net/http"
+
+	"golang.org/x/time/rate"
+
+	"github.com/taskworker/taskworker/internal/limits"
+)
+
+// The public API's protection against one client starving the rest (internal/limits): a cap on
+// open connections per client address and in all, so file descriptors stay for raft, gossip and
+// the data files; a per-client request rate with 429 and Retry-After; server timeouts that close
+// idle keep-alives but still allow long polls and log follows.
+
+// limitConns caps the connections the API listener holds open.
+func (n *Node) limitConns(ln net.Listener) net.Listener {
+	return limits.NewListener(ln, limits.ListenerConfig{MaxConnsPerClient: n.cfg.MaxConnsPerClient})
+}
+
+// limitRequests puts the per-client rate limiter in front of h; health and metrics stay exempt so
+// monitoring keeps working under load. A rate of 0 (Config.RateLimit < 0) turns it off.
+func (n *Node) limitRequests(h http.Handler) http.Handler {
+	if n.cfg.RateLimit < 0 {
+		return h
+	}
+	rl := limits.NewRateLimiter(limits.RateLimitConfig{
+		Rate: rate.Limit(n.cfg.RateLimit), Burst: n.cfg.RateBurst,
+		ExemptPaths: []string{"/v1/health", "/metrics"},
+	})
+	return rl.Middleware(h)
+}
+
+// newHTTPServer is the API's server with the recommended timeouts.
+func (n *Node) newHTTPServer(h http.Handler) *http.Server {
+	s := &http.Server{Handler: h}
+	limits.DefaultServerTimeouts().Apply(s)
+	return s
+}
