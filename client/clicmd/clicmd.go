@@ -320,11 +320,24 @@ func connectionFlags() []cli.Flag {
 	}
 }
 
+// connectionFlag is the value of a connection flag set (on the command line or by its
+// variable) on the command or, failing that, on a parent: `join-token --addr X rotate` must
+// reach X, though urfave/cli gives rotate its own --addr with the default value. "" when unset.
+func connectionFlag(c *cli.Context, name string) string {
+	for _, cc := range c.Lineage() {
+		if cc.Command != nil && slices.ContainsFunc(cc.Command.Flags, func(f cli.Flag) bool { return slices.Contains(f.Names(), name) }) &&
+			cc.IsSet(name) {
+			return cc.String(name)
+		}
+	}
+	return ""
+}
+
 // connect makes the client the connection flags describe. A token from --token wins over
 // --token-file, as Consul's -token wins over -token-file.
 func connect(c *cli.Context) (*client.Client, error) {
-	token := c.String("token")
-	if path := c.String("token-file"); token == "" && path != "" {
+	token := connectionFlag(c, "token")
+	if path := connectionFlag(c, "token-file"); token == "" && path != "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("read --token-file: %w", err)
@@ -337,16 +350,19 @@ func connect(c *cli.Context) (*client.Client, error) {
 	if token != "" {
 		opts = append(opts, client.WithToken(token))
 	}
-	caFile, fingerprint := c.String("ca-file"), c.String("ca-fingerprint")
+	caFile, fingerprint := connectionFlag(c, "ca-file"), connectionFlag(c, "ca-fingerprint")
 	if caFile != "" {
 		opts = append(opts, client.WithCAFile(caFile))
 	}
 	if fingerprint != "" {
 		opts = append(opts, client.WithCAFingerprint(fingerprint))
 	}
-	addr := c.String("addr")
-	if !c.IsSet("addr") && (caFile != "" || fingerprint != "") {
-		addr = defaultHTTPSAddr
+	addr := connectionFlag(c, "addr")
+	if addr == "" {
+		addr = defaultAddr
+		if caFile != "" || fingerprint != "" {
+			addr = defaultHTTPSAddr
+		}
 	}
 	api := client.New(addr, opts...)
 	if err := api.Err(); err != nil {

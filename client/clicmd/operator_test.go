@@ -93,7 +93,8 @@ func TestJoinTokenCommands(t *testing.T) {
 		{name: "extra argument", args: []string{"join-token", "--addr", addr, "now"}, code: 2, stderrIn: "Incorrect Usage"},
 		{name: "node unreachable", args: []string{"join-token", "--addr", "127.0.0.1:1"}, code: 2, stderrIn: "127.0.0.1:1"},
 		{name: "rotate without rights changes nothing", args: []string{"join-token", "rotate", "--addr", addr, "--token", "guest"}, code: 1},
-		{name: "rotate prints the new token", args: []string{"join-token", "rotate", "--addr", addr}, stdout: "TW1::aa::new\n", stderrIn: "no longer works"},
+		{name: "rotate prints the new token, flags before the subcommand", args: []string{"join-token", "--addr", addr, "rotate"},
+			stdout: "TW1::aa::new\n", stderrIn: "no longer works"},
 		{name: "then the new token is shown", args: []string{"join-token", "--addr", addr}, stdout: "TW1::aa::new\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
