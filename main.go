@@ -1,5 +1,6 @@
 // Command taskworker runs a node of a taskworker cluster (`taskworker agent`) and talks to one
-// (`exec`, `submit`, `task`, `status`, `leave`, `types`).
+// (`exec`, `submit`, `task`, `status`, `leave`, `types`, `join-token`, `keyring`), and makes
+// certificates and gossip keys offline (`tls`, `keygen`).
 package main
 
 import (

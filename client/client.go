@@ -70,6 +70,11 @@ type Client struct {
 	base  string
 	token string
 	hc    *http.Client
+	// customHC is set by WithHTTPClient: TLS options then go into a copy of its transport.
+	customHC bool
+	tls      tlsOptions
+	// err is a bad option, found by New; every call returns it (see Err).
+	err error
 }
 
 // Option configures a Client.
@@ -80,20 +85,36 @@ func WithToken(token string) Option { return func(c *Client) { c.token = token }
 
 // WithHTTPClient uses hc instead of a default client. Blocking queries and log
 // streams last long, so bound requests with contexts rather than hc.Timeout.
-func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
+// TLS options apply to a copy of hc's transport, which must then be nil or an *http.Transport.
+func WithHTTPClient(hc *http.Client) Option {
+	return func(c *Client) { c.hc, c.customHC = hc, true }
+}
 
 // New returns a client for the node at addr, a URL like http://127.0.0.1:7948
-// or a bare host:port.
+// or https://node1:7948, or a bare host:port (HTTPS when a TLS option is given,
+// HTTP otherwise). A bad option (an unreadable CA file, a malformed fingerprint,
+// TLS options with an http:// address) does not stop New: every call returns
+// the error instead, and Err reports it at once.
 func New(addr string, opts ...Option) *Client {
-	if !strings.Contains(addr, "://") {
-		addr = "http://" + addr
-	}
-	c := &Client{base: strings.TrimRight(addr, "/"), hc: &http.Client{}}
+	c := &Client{hc: &http.Client{}}
 	for _, o := range opts {
 		o(c)
 	}
+	if !strings.Contains(addr, "://") {
+		scheme := "http://"
+		if c.tls.any() {
+			scheme = "https://"
+		}
+		addr = scheme + addr
+	}
+	c.base = strings.TrimRight(addr, "/")
+	c.err = c.applyTLS()
 	return c
 }
+
+// Err is the error of a bad option given to New, or nil; every call of a client
+// with a bad option fails with it.
+func (c *Client) Err() error { return c.err }
 
 // Submit submits a task. created is false when the idempotency key was seen
 // before and the existing record is returned.
@@ -323,6 +344,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 // send returns the response to a request when its status is 2xx, and an
 // *APIError otherwise. The caller closes the body.
 func (c *Client) send(ctx context.Context, method, path string, q url.Values, body any) (*http.Response, error) {
+	if c.err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, c.err)
+	}
 	u := c.base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()

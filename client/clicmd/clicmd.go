@@ -1,5 +1,6 @@
-// Package clicmd holds taskworker's client commands (exec, submit, task, status, leave, types)
-// for urfave/cli, built on package client. main.go and custom binaries mount them beside the agent.
+// Package clicmd holds taskworker's client commands (exec, submit, task, status, leave, types,
+// join-token, keyring) and its offline tools (tls, keygen) for urfave/cli, built on package
+// client and internal/pki. main.go and custom binaries mount them beside the agent.
 package clicmd
 
 import (
@@ -39,6 +40,10 @@ func Commands() []*cli.Command {
 		statusCommand(),
 		leaveCommand(),
 		typesCommand(),
+		joinTokenCommand(),
+		keyringCommand(),
+		tlsCommand(),
+		keygenCommand(),
 	}
 }
 
@@ -274,10 +279,7 @@ type runFunc func(c *cli.Context, api *client.Client, args []string) error
 // clientCommand completes cmd with the connection flags, exit status 2 for
 // usage errors, and flags accepted after positional arguments.
 func clientCommand(cmd *cli.Command, minArgs, maxArgs int, run runFunc) *cli.Command {
-	cmd.Flags = append(cmd.Flags,
-		&cli.StringFlag{Name: "addr", EnvVars: []string{"TASKWORKER_ADDR"}, Value: "http://127.0.0.1:7948", Usage: "HTTP address of any node"},
-		&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"}, Usage: "access token, when the cluster has access control on"},
-	)
+	cmd.Flags = append(cmd.Flags, connectionFlags()...)
 	cmd.OnUsageError = func(c *cli.Context, err error, _ bool) error { return usageError(c, "%v", err) }
 	cmd.Action = func(c *cli.Context) error {
 		args, err := positional(c)
@@ -287,13 +289,86 @@ func clientCommand(cmd *cli.Command, minArgs, maxArgs int, run runFunc) *cli.Com
 		if len(args) < minArgs || len(args) > maxArgs {
 			return usageError(c, "got arguments %q, want %s", args, cmp.Or(c.Command.ArgsUsage, "none"))
 		}
-		var opts []client.Option
-		if token := c.String("token"); token != "" {
-			opts = append(opts, client.WithToken(token))
+		api, err := connect(c)
+		if err != nil {
+			return cli.Exit(err.Error(), 2)
 		}
-		return run(c, client.New(c.String("addr"), opts...), args)
+		return run(c, api, args)
 	}
 	return cmd
+}
+
+// The default --addr, and what it becomes when --ca-file or --ca-fingerprint asks for TLS.
+const (
+	defaultAddr      = "http://127.0.0.1:7948"
+	defaultHTTPSAddr = "https://127.0.0.1:7948"
+)
+
+// connectionFlags are the flags every client command takes to reach and trust a node.
+func connectionFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "addr", EnvVars: []string{"TASKWORKER_ADDR"}, Value: defaultAddr,
+			Usage: "HTTP address of any node; https://... for a node serving --http-tls (default " + defaultHTTPSAddr + " with --ca-file or --ca-fingerprint)"},
+		&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"},
+			Usage: "access token, when the cluster has access control on (prefer --token-file or the environment: argv is visible in ps)"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"TASKWORKER_TOKEN_FILE"}, TakesFile: true,
+			Usage: "read the access token from this file (surrounding white space ignored); --token wins when both are set"},
+		&cli.StringFlag{Name: "ca-file", EnvVars: []string{"TASKWORKER_CA_FILE"}, TakesFile: true,
+			Usage: "verify the node's HTTPS certificate against the CA certificates in this PEM file"},
+		&cli.StringFlag{Name: "ca-fingerprint", EnvVars: []string{"TASKWORKER_CA_FINGERPRINT"},
+			Usage: "verify the node's HTTPS certificate by the cluster CA's SHA-256 fingerprint (the middle part of a join token)"},
+	}
+}
+
+// connectionFlag is the value of a connection flag set (on the command line or by its
+// variable) on the command or, failing that, on a parent: `join-token --addr X rotate` must
+// reach X, though urfave/cli gives rotate its own --addr with the default value. "" when unset.
+func connectionFlag(c *cli.Context, name string) string {
+	for _, cc := range c.Lineage() {
+		if cc.Command != nil && slices.ContainsFunc(cc.Command.Flags, func(f cli.Flag) bool { return slices.Contains(f.Names(), name) }) &&
+			cc.IsSet(name) {
+			return cc.String(name)
+		}
+	}
+	return ""
+}
+
+// connect makes the client the connection flags describe. A token from --token wins over
+// --token-file, as Consul's -token wins over -token-file.
+func connect(c *cli.Context) (*client.Client, error) {
+	token := connectionFlag(c, "token")
+	if path := connectionFlag(c, "token-file"); token == "" && path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read --token-file: %w", err)
+		}
+		if token = strings.TrimSpace(string(b)); token == "" {
+			return nil, fmt.Errorf("--token-file %s is empty", path)
+		}
+	}
+	var opts []client.Option
+	if token != "" {
+		opts = append(opts, client.WithToken(token))
+	}
+	caFile, fingerprint := connectionFlag(c, "ca-file"), connectionFlag(c, "ca-fingerprint")
+	if caFile != "" {
+		opts = append(opts, client.WithCAFile(caFile))
+	}
+	if fingerprint != "" {
+		opts = append(opts, client.WithCAFingerprint(fingerprint))
+	}
+	addr := connectionFlag(c, "addr")
+	if addr == "" {
+		addr = defaultAddr
+		if caFile != "" || fingerprint != "" {
+			addr = defaultHTTPSAddr
+		}
+	}
+	api := client.New(addr, opts...)
+	if err := api.Err(); err != nil {
+		return nil, err
+	}
+	return api, nil
 }
 
 func usageError(c *cli.Context, format string, a ...any) error {

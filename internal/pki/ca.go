@@ -71,6 +71,15 @@ type CA struct {
 // CreateCA makes a new cluster CA for cluster: an ECDSA P-256 key and a self-signed certificate
 // valid for CAValidity from now. The CA may sign only end-entity certificates (path length 0).
 func CreateCA(cluster string, now time.Time) (*CA, error) {
+	return CreateCAValidFor(cluster, now, CAValidity)
+}
+
+// CreateCAValidFor is CreateCA with the CA's lifetime chosen by the caller (`tls ca create
+// --days`); a validity of zero or less means CAValidity.
+func CreateCAValidFor(cluster string, now time.Time, validity time.Duration) (*CA, error) {
+	if validity <= 0 {
+		validity = CAValidity
+	}
 	if err := ValidateCluster(cluster); err != nil {
 		return nil, err
 	}
@@ -91,7 +100,7 @@ func CreateCA(cluster string, now time.Time) (*CA, error) {
 		},
 		// Backdated so a node whose clock is a little behind still accepts the CA.
 		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(CAValidity),
+		NotAfter:              now.Add(validity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,

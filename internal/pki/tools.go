@@ -32,13 +32,18 @@ type Files struct {
 // taskworker-agent-ca.pem and taskworker-agent-ca-key.pem (0600). It fails, writing nothing,
 // if either exists.
 func CreateCAFiles(dir, cluster string, now time.Time) (Files, error) {
+	return CreateCAFilesValidFor(dir, cluster, now, CAValidity)
+}
+
+// CreateCAFilesValidFor is CreateCAFiles for a CA valid for validity (zero or less: CAValidity).
+func CreateCAFilesValidFor(dir, cluster string, now time.Time, validity time.Duration) (Files, error) {
 	f := Files{Cert: filepath.Join(dir, ToolCACertFile), Key: filepath.Join(dir, ToolCAKeyFile)}
 	for _, p := range []string{f.Cert, f.Key} {
 		if _, err := os.Stat(p); err == nil {
 			return Files{}, fmt.Errorf("create CA: %s: %w", p, fs.ErrExist)
 		}
 	}
-	ca, err := CreateCA(cluster, now)
+	ca, err := CreateCAValidFor(cluster, now, validity)
 	if err != nil {
 		return Files{}, err
 	}

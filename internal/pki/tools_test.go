@@ -79,3 +79,29 @@ func TestToolFilesWorkAsOperatorCertificates(t *testing.T) {
 		t.Fatalf("a --client certificate on the API with verify-incoming: server %v, client %v", serr, cerr)
 	}
 }
+
+// `tls ca create --days N` chooses the CA's lifetime; zero keeps the default.
+func TestCreateCAFilesValidFor(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		validity time.Duration
+		want     time.Duration
+	}{
+		{"two days", 48 * time.Hour, 48 * time.Hour},
+		{"zero means the default", 0, CAValidity},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := CreateCAFilesValidFor(t.TempDir(), "global", testNow, tc.validity)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ca, err := LoadCAFiles(f.Cert, f.Key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ca.Cert.NotAfter; !got.Equal(testNow.Add(tc.want)) {
+				t.Errorf("NotAfter %v, want %v", got, testNow.Add(tc.want))
+			}
+		})
+	}
+}
