@@ -61,9 +61,11 @@ const (
 // ACLSelf is GET /v1/acl/token/self: who the caller is. Principal is what tasks record as
 // submitted_by: a token's accessor ID, a JWT's subject, or "anonymous".
 type ACLSelf struct {
-	Principal  string    `json:"principal"`
-	Kind       string    `json:"kind"`
-	Policies   []string  `json:"policies"`
-	Management bool      `json:"management,omitempty"`
-	Token      *ACLToken `json:"token,omitempty"` // the token, for a token caller
+	Principal  string   `json:"principal"`
+	Kind       string   `json:"kind"`
+	Policies   []string `json:"policies"`
+	Management bool     `json:"management,omitempty"`
+	// Description and ExpirationTime are the token's, for a token caller.
+	Description    string     `json:"description,omitempty"`
+	ExpirationTime *time.Time `json:"expiration_time,omitempty"`
 }

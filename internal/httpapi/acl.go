@@ -276,7 +276,7 @@ func (s *server) aclTokenSelf(w http.ResponseWriter, r *http.Request) {
 	}
 	if id.Kind == acl.KindToken {
 		if tok, ok := s.acl.Token(r.Context(), id.Principal); ok {
-			out.Token = &tok
+			out.Description, out.ExpirationTime = tok.Description, tok.ExpirationTime
 		}
 	}
 	WriteJSON(w, http.StatusOK, out)
