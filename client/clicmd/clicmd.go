@@ -39,6 +39,7 @@ func Commands() []*cli.Command {
 		statusCommand(),
 		leaveCommand(),
 		typesCommand(),
+		aclCommand(),
 	}
 }
 
@@ -276,7 +277,8 @@ type runFunc func(c *cli.Context, api *client.Client, args []string) error
 func clientCommand(cmd *cli.Command, minArgs, maxArgs int, run runFunc) *cli.Command {
 	cmd.Flags = append(cmd.Flags,
 		&cli.StringFlag{Name: "addr", EnvVars: []string{"TASKWORKER_ADDR"}, Value: "http://127.0.0.1:7948", Usage: "HTTP address of any node"},
-		&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"}, Usage: "access token, when the cluster has access control on"},
+		&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"}, Usage: "access token (ACL secret, JWT or the shared --token), when the cluster has access control on; prefer --token-file or the variable to argv"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"TASKWORKER_TOKEN_FILE"}, Usage: "read the access token from this file (its first line)"},
 	)
 	cmd.OnUsageError = func(c *cli.Context, err error, _ bool) error { return usageError(c, "%v", err) }
 	cmd.Action = func(c *cli.Context) error {
@@ -287,13 +289,39 @@ func clientCommand(cmd *cli.Command, minArgs, maxArgs int, run runFunc) *cli.Com
 		if len(args) < minArgs || len(args) > maxArgs {
 			return usageError(c, "got arguments %q, want %s", args, cmp.Or(c.Command.ArgsUsage, "none"))
 		}
+		token, err := tokenOf(c)
+		if err != nil {
+			return usageError(c, "%v", err)
+		}
 		var opts []client.Option
-		if token := c.String("token"); token != "" {
+		if token != "" {
 			opts = append(opts, client.WithToken(token))
 		}
 		return run(c, client.New(c.String("addr"), opts...), args)
 	}
 	return cmd
+}
+
+// tokenOf is the access token: --token (or TASKWORKER_TOKEN), else the first line of
+// --token-file (or TASKWORKER_TOKEN_FILE), so a secret need not be on the command line where ps
+// shows it.
+func tokenOf(c *cli.Context) (string, error) {
+	if t := c.String("token"); t != "" {
+		return t, nil
+	}
+	path := c.String("token-file")
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	if line = strings.TrimSpace(line); line == "" {
+		return "", fmt.Errorf("--token-file %s is empty", path)
+	}
+	return line, nil
 }
 
 func usageError(c *cli.Context, format string, a ...any) error {
@@ -513,6 +541,7 @@ func printTask(w io.Writer, t *client.Task) error {
 	row("Idempotency key", t.IdempotencyKey)
 	row("Execution", t.ExecutionID)
 	row("Parent", t.ParentID)
+	row("Submitted by", t.SubmittedBy)
 	row("Created", formatTime(t.CreatedAt))
 	if t.StartedAt != nil {
 		row("Started", formatTime(*t.StartedAt))
