@@ -265,7 +265,9 @@ func forwardRefusal(status int, body []byte) error {
 	if err := json.Unmarshal(body, &e); err != nil || e.Code == "" {
 		e = api.Error{Code: api.CodeForbidden, Message: "the leader refused the forwarded request"}
 	}
-	return api.Errorf(e.Code, "%s", e.Message)
+	// The prefix tells a refusal of the caller apart from one of this node (a --token mismatch
+	// between nodes answers with the same codes).
+	return api.Errorf(e.Code, "the leader refused the forwarded request: %s", e.Message)
 }
 
 func toAPIPolicy(p acl.Policy) api.ACLPolicy {
