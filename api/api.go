@@ -43,21 +43,24 @@ const (
 
 // Task is the task record (GET /v1/tasks/{id}, and every list item).
 type Task struct {
-	ID              string          `json:"id"`
-	Type            string          `json:"type"`
-	Version         string          `json:"version"`
-	Input           json.RawMessage `json:"input"`
-	State           string          `json:"state"`
-	Node            string          `json:"node"`
-	Attempt         int             `json:"attempt"`
-	MaxAttempts     int             `json:"max_attempts"`
-	Failures        int             `json:"failures"`
-	Timeout         string          `json:"timeout"` // Go duration text, "30s"
-	Result          json.RawMessage `json:"result"`
-	Error           *TaskError      `json:"error"`
-	IdempotencyKey  string          `json:"idempotency_key"`
-	ExecutionID     string          `json:"execution_id"`
-	ParentID        string          `json:"parent_id,omitempty"`
+	ID             string          `json:"id"`
+	Type           string          `json:"type"`
+	Version        string          `json:"version"`
+	Input          json.RawMessage `json:"input"`
+	State          string          `json:"state"`
+	Node           string          `json:"node"`
+	Attempt        int             `json:"attempt"`
+	MaxAttempts    int             `json:"max_attempts"`
+	Failures       int             `json:"failures"`
+	Timeout        string          `json:"timeout"` // Go duration text, "30s"
+	Result         json.RawMessage `json:"result"`
+	Error          *TaskError      `json:"error"`
+	IdempotencyKey string          `json:"idempotency_key"`
+	ExecutionID    string          `json:"execution_id"`
+	ParentID       string          `json:"parent_id,omitempty"`
+	// SubmittedBy is who submitted the task with ACLs on: a token's accessor ID, a JWT's
+	// subject, or "anonymous"; absent without ACLs. A child task records its parent's.
+	SubmittedBy     string          `json:"submitted_by,omitempty"`
 	CreatedAt       time.Time       `json:"created_at"`
 	StartedAt       *time.Time      `json:"started_at"`
 	FinishedAt      *time.Time      `json:"finished_at"`
@@ -286,6 +289,11 @@ const (
 	CodeResultTooLarge       Code = "result_too_large"     // a task's result is over the cap (a task error type)
 	CodeRateLimited          Code = "rate_limited"         // over the client's request rate; see Retry-After
 	CodeTooManyConnections   Code = "too_many_connections" // over the client's open connections
+	// ACL codes (api/acl.go).
+	CodeACLDisabled         Code = "acl_disabled"          // an ACL route on a cluster without --acl
+	CodeACLBootstrapped     Code = "acl_bootstrapped"      // bootstrap was done before
+	CodeInvalidPolicy       Code = "invalid_policy"        // a policy document that does not validate
+	CodeInvalidTokenRequest Code = "invalid_token_request" // a token request that does not validate
 )
 
 var statusOf = map[Code]int{
@@ -297,7 +305,8 @@ var statusOf = map[Code]int{
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,
 	CodeRateLimited: 429, CodeTooManyConnections: 429,
 	CodeNoLeader: 503, CodeNotLeader: 503, CodeShuttingDown: 503, CodeCancelled: 503,
-	CodeInternal: 500,
+	CodeInternal:    500,
+	CodeACLDisabled: 400, CodeACLBootstrapped: 409, CodeInvalidPolicy: 400, CodeInvalidTokenRequest: 400,
 }
 
 // Status is the HTTP status that goes with a code (500 for a code it does not know).

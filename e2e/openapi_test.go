@@ -254,6 +254,7 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 		{method: "GET", path: "/v1/cluster", token: "-", status: 401, code: "unauthorized"},
 		{method: "GET", path: "/v1/types", token: "wrong", status: 403, code: "forbidden"},
 		{method: "POST", path: "/v1/agent/leave", status: 409, code: "leave_refused"},
+		{method: "GET", path: "/v1/acl/policies", status: 400, code: "acl_disabled"},
 	} {
 		s.do(c)
 	}
@@ -279,6 +280,48 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 		return true
 	})
 	s2.do(call{method: "GET", path: "/v1/health", status: 503})
+
+	// ACLs: a node run with --acl, through every ACL route and the refusals they add.
+	aclNode := newProcCluster(t).add("--acl")
+	s3 := loadSpec(t, "http://"+aclNode.HTTP)
+	poll(t, aclNode.Name+" healthy", 60*time.Second, func() bool {
+		resp, err := http.Get("http://" + aclNode.HTTP + "/v1/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	s3.do(call{method: "GET", path: "/v1/cluster", token: "-", status: 401, code: "unauthorized"})
+	var mgmt, team struct {
+		AccessorID string `json:"accessor_id"`
+		SecretID   string `json:"secret_id"`
+	}
+	decode(s3.do(call{method: "POST", path: "/v1/acl/bootstrap", token: "-", status: 200}), &mgmt)
+	s3.token = mgmt.SecretID
+	s3.do(call{method: "POST", path: "/v1/acl/bootstrap", status: 409, code: "acl_bootstrapped"})
+	s3.do(call{method: "PUT", path: "/v1/acl/policy/team", status: 200,
+		body: `{"description": "echo only", "rules": [{"task_type": "echo", "capabilities": ["submit", "read"]}]}`})
+	s3.do(call{method: "PUT", path: "/v1/acl/policy/ops", body: `{"name": "ops", "cluster": ["operator"]}`, status: 200})
+	s3.do(call{method: "PUT", path: "/v1/acl/policy/bad", body: `{"rules": [{"task_type": "echo", "capabilities": ["fly"]}]}`,
+		status: 400, code: "invalid_policy", specRejects: true})
+	s3.do(call{method: "GET", path: "/v1/acl/policies", status: 200})
+	decode(s3.do(call{method: "POST", path: "/v1/acl/tokens", body: `{"policies": ["team"], "description": "team", "ttl": "1h"}`, status: 201}), &team)
+	s3.do(call{method: "POST", path: "/v1/acl/tokens", body: `{"policies": ["nope"]}`, status: 400, code: "invalid_token_request"})
+	s3.do(call{method: "GET", path: "/v1/acl/tokens", status: 200})
+	s3.do(call{method: "GET", path: "/v1/acl/token/self", token: team.SecretID, status: 200})
+	s3.do(call{method: "GET", path: "/v1/acl/tokens", token: team.SecretID, status: 403, code: "forbidden"})
+	s3.do(call{method: "POST", path: "/v1/tasks?wait=20s", token: team.SecretID, body: `{"type": "echo", "input": 1}`, status: 201})
+	s3.do(call{method: "POST", path: "/v1/tasks", token: team.SecretID, body: `{"type": "calc-square", "input": 1}`, status: 403, code: "forbidden"})
+	s3.do(call{method: "GET", path: "/v1/tasks", token: team.SecretID, status: 200})
+	s3.do(call{method: "DELETE", path: "/v1/acl/token/" + team.AccessorID, status: 204})
+	s3.do(call{method: "DELETE", path: "/v1/acl/token/" + team.AccessorID, status: 404, code: "not_found"})
+	s3.do(call{method: "GET", path: "/v1/acl/token/self", token: team.SecretID, status: 401, code: "unauthorized"})
+	s3.do(call{method: "DELETE", path: "/v1/acl/policy/ops", status: 204})
+	s3.do(call{method: "DELETE", path: "/v1/acl/policy/ops", status: 404, code: "not_found"})
+	for k := range s3.seen {
+		s.seen[k] = true
+	}
 
 	if missed := s.uncalled(); len(missed) > 0 {
 		t.Errorf("operations of docs/openapi.yaml this test never called: %v", missed)

@@ -285,6 +285,12 @@ type Submit struct {
 	IdempotencyKey string          `msgpack:"idempotency_key,omitempty"`
 	ExecutionID    string          `msgpack:"execution_id"`
 	ParentID       string          `msgpack:"parent_id,omitempty"`
+	// SubmittedBy is the principal that submitted the task (an ACL token's accessor ID, a JWT
+	// subject, "anonymous"), set by the node that authorized the request. It is only set with
+	// ACLs on, which needs an ACL bootstrap (a protocol 1 command) first: a replica that meets
+	// the field has applied that bootstrap, so it is a build that knows the field. Without ACLs
+	// it is empty and omitted, and entries stay readable by every build.
+	SubmittedBy string `msgpack:"submitted_by,omitempty"`
 }
 
 // Assign places a pending task on a node incarnation.

@@ -8,7 +8,7 @@ import (
 )
 
 // Digest returns the applied index and a hash of the replicated state at that index: every task,
-// node and idempotency key, in a canonical order (tasks by ID, nodes by name, keys sorted), each
+// node, idempotency key and ACL policy and token, in a canonical order (tasks by ID, nodes by name, keys sorted), each
 // in its msgpack form, the encoding the log and snapshots use. Two replicas at the same index
 // must return the same sum; tests compare them across a cluster, as hashicorp/raft's fuzzy tests
 // do with VerifyFSM, to catch an Apply that is not deterministic.
@@ -41,5 +41,7 @@ func (f *FSM) Digest() (index uint64, sum string) {
 		put(key)
 		put(f.idem[key])
 	}
+	put("acl")
+	put(f.acl.State()) // policies by name, tokens by accessor ID, the bootstrap flag
 	return f.index, hex.EncodeToString(h.Sum(nil))
 }

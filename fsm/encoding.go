@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -109,6 +110,11 @@ func (f *FSM) Emit(c *Command) ([]byte, error) {
 			s.name, ErrProtocolTooOld, s.since, who, lowest)
 	}
 	if lowest < firstTypedProtocol {
+		if b, ok := c.Body.(*SubmitBatch); ok && slices.ContainsFunc(b.Items, func(s Submit) bool { return s.SubmittedBy != "" }) {
+			// The release before protocols halts on a field it does not know.
+			return nil, fmt.Errorf("emit submit with submitted_by: %w: node %s speaks %d; upgrade it first",
+				ErrProtocolTooOld, who, lowest)
+		}
 		return EncodeLegacy(c)
 	}
 	return Encode(c)

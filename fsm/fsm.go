@@ -11,6 +11,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/taskworker/taskworker/internal/acl"
 )
 
 // FSM is the replicated state machine. It is safe for concurrent readers while raft applies.
@@ -24,6 +26,7 @@ type FSM struct {
 	done    map[State]int    // how many finished tasks are in each terminal state
 	idem    map[string]string
 	nodes   map[string]*Node
+	acl     *acl.MemStore // policies, tokens, bootstrap flag (acl.go); same pointer for life
 	index   uint64
 	changed chan struct{}
 	// halt is set when a log entry could not be applied; from then on nothing changes.
@@ -39,6 +42,7 @@ func New() *FSM {
 		done:     map[State]int{},
 		idem:     map[string]string{},
 		nodes:    map[string]*Node{},
+		acl:      acl.NewMemStore(),
 		changed:  make(chan struct{}),
 		haltedCh: make(chan struct{}),
 	}
@@ -181,7 +185,7 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 		ID: s.ID, Type: s.Type, Version: s.Version, Input: s.Input,
 		State: Pending, MaxAttempts: maxAttempts, Timeout: s.Timeout,
 		IdempotencyKey: s.IdempotencyKey, ExecutionID: s.ExecutionID, ParentID: s.ParentID,
-		CreatedAt: now, CreateIndex: index, ModifyIndex: index,
+		SubmittedBy: s.SubmittedBy, CreatedAt: now, CreateIndex: index, ModifyIndex: index,
 	}
 	if t.ExecutionID == "" {
 		t.ExecutionID = t.ID
@@ -454,6 +458,8 @@ type snapshotState struct {
 	Index uint64 `msgpack:"index"`
 	Tasks []Task `msgpack:"tasks"`
 	Nodes []Node `msgpack:"nodes"`
+	// ACL is absent in snapshots of builds before ACLs and of clusters that never used them.
+	ACL *acl.State `msgpack:"acl,omitempty"`
 }
 
 // Snapshot implements raft.FSM. It copies the state under the lock; encoding happens in Persist.
@@ -472,6 +478,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	}
 	for _, name := range sortedKeys(f.nodes) {
 		s.Nodes = append(s.Nodes, f.nodes[name].clone())
+	}
+	if st := f.acl.State(); st.Bootstrapped || len(st.Policies) > 0 || len(st.Tokens) > 0 {
+		s.ACL = &st
 	}
 	return s, nil
 }
@@ -499,10 +508,19 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := Unmarshal(data, &s); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
+	var aclState acl.State
+	if s.ACL != nil {
+		aclState = *s.ACL
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.halt != nil { // the entries after the snapshot would halt it again; restart on a newer build
 		return fmt.Errorf("restore snapshot: %w", f.halt)
+	}
+	// First, as it validates everything before it changes anything: a bad ACL state leaves the
+	// whole FSM as it was.
+	if err := f.acl.Restore(aclState); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	f.tasks = make(map[string]*Task, len(s.Tasks))
 	f.order = make([]string, 0, len(s.Tasks))

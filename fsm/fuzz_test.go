@@ -2,10 +2,13 @@ package fsm
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/taskworker/taskworker/internal/acl"
 )
 
 // FuzzApply feeds arbitrary log entries to an FSM holding a node and tasks in every state: Apply
@@ -32,6 +35,21 @@ func FuzzApply(f *testing.F) {
 			}
 			f.Add(b)
 		}
+	}
+	// ACL commands have no legacy form: current encoding only.
+	tok := acl.Token{AccessorID: "00000000-0000-4000-8000-000000000000", SecretHash: strings.Repeat("ab", 32), Policies: []string{"p"}}
+	for _, body := range []Payload{
+		&ACLBootstrap{Token: acl.Token{AccessorID: tok.AccessorID, SecretHash: tok.SecretHash, Management: true}},
+		&ACLPolicySet{Policy: acl.Policy{Name: "p", Rules: []acl.Rule{{TaskType: "echo*", Capabilities: []acl.Capability{acl.CapSubmit}}}}},
+		&ACLPolicyDelete{Name: "p"},
+		&ACLTokenCreate{Token: tok, TTL: Duration(time.Hour)},
+		&ACLTokenDelete{AccessorID: tok.AccessorID},
+	} {
+		b, err := Encode(&Command{Now: now, Body: body})
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m := New()

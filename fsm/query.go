@@ -48,13 +48,17 @@ type Filter struct {
 	ExecutionID string
 	After       string // return tasks older than this ID (paging, newest first)
 	Limit       int    // 0 = no limit
+	// Visible, when set, keeps only tasks of the types it accepts (what an ACL caller may read);
+	// Limit counts visible tasks, so a page is full whenever enough of them exist.
+	Visible func(taskType string) bool
 }
 
 func (q *Filter) match(t *Task) bool {
 	return (q.State == "" || t.State == q.State) &&
 		(q.Type == "" || t.Type == q.Type) &&
 		(q.Node == "" || t.Node == q.Node) &&
-		(q.ExecutionID == "" || t.ExecutionID == q.ExecutionID)
+		(q.ExecutionID == "" || t.ExecutionID == q.ExecutionID) &&
+		(q.Visible == nil || q.Visible(t.Type))
 }
 
 // List returns matching tasks, newest first.

@@ -116,6 +116,8 @@ type Task struct {
 	CreateIndex     uint64          `msgpack:"create_index"`
 	ModifyIndex     uint64          `msgpack:"modify_index"`
 	History         []HistoryEntry  `msgpack:"history"`
+	// SubmittedBy is who submitted the task (Submit.SubmittedBy); empty without ACLs.
+	SubmittedBy string `msgpack:"submitted_by,omitempty"`
 }
 
 // clone returns a copy that shares no mutable memory with t.

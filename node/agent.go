@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/taskworker/taskworker/internal/acl"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -43,6 +44,8 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.DurationFlag{Name: "drain-timeout", EnvVars: []string{"TASKWORKER_DRAIN_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a graceful leave waits for running tasks"},
 			&cli.IntFlag{Name: "voters", EnvVars: []string{"TASKWORKER_VOTERS"}, Value: 3, Usage: "raft voters; other nodes replicate as non-voters"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"}, Usage: "shared secret every API call must carry (Authorization: Bearer); nodes send it to each other"},
+			&cli.BoolFlag{Name: "acl", EnvVars: []string{"TASKWORKER_ACL"}, Usage: "access control by ACL tokens and policies (then `taskworker acl bootstrap`); --token then guards only node-to-node calls"},
+			&cli.StringFlag{Name: "acl-jwt-config", EnvVars: []string{"TASKWORKER_ACL_JWT_CONFIG"}, Usage: "with --acl, a JSON file configuring the JWT auth method (public key or JWKS, issuer, audiences, claim mappings)"},
 			&cli.StringFlag{Name: "tasks-file", EnvVars: []string{"TASKWORKER_TASKS_FILE"}, Usage: "YAML file declaring command-backed task types (see README)"},
 			&cli.StringFlag{Name: "files-dir", EnvVars: []string{"TASKWORKER_FILES_DIR"}, Usage: "the only directory list-directory may read (default: working directory)"},
 			&cli.DurationFlag{Name: "retention", EnvVars: []string{"TASKWORKER_RETENTION"}, Value: 24 * time.Hour, Usage: "how long finished tasks are kept"},
@@ -116,6 +119,17 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 	}
 	if cfg.CheckpointRate <= 0 || cfg.RateLimit < -1 {
 		return cli.Exit("--checkpoint-rate must be positive and --http-rate-limit 0 (off) or positive", 2)
+	}
+	cfg.ACL = c.Bool("acl")
+	if f := c.String("acl-jwt-config"); f != "" {
+		if !cfg.ACL {
+			return cli.Exit("--acl-jwt-config needs --acl", 2)
+		}
+		m, err := acl.LoadJWTMethod(f)
+		if err != nil {
+			return cli.Exit("--acl-jwt-config: "+err.Error(), 2)
+		}
+		cfg.JWT = m
 	}
 	if c.Bool("dev") {
 		dir, err := os.MkdirTemp("", "taskworker-dev-")

@@ -271,6 +271,8 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 	decodeExact(t, "GET /v1/health (halted)", b, new(api.Health))
 	cov.add(t, reflect.TypeOf(api.Health{}), b)
 
+	aclCoverage(t, cov)
+
 	// []api.TypeInfo and []api.Task were added under their slice types: check their elements.
 	for typ, objs := range cov {
 		if typ.Kind() == reflect.Slice {

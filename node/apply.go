@@ -166,6 +166,9 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/msgpack")
+	if cred := callerCredential(ctx); cred != "" {
+		req.Header.Set(callerCredentialHeader, cred.Reveal())
+	}
 	resp, err := n.client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w %s: %v", errForward, addr, err)
@@ -177,6 +180,9 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 	}
 	if resp.StatusCode == http.StatusServiceUnavailable {
 		return nil, fmt.Errorf("%w %s: leader unavailable", errForward, addr)
+	}
+	if err := forwardRefusal(resp.StatusCode, body); err != nil {
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("forward %s to %s: %s: %s", c.Type(), addr, resp.Status, bytes.TrimSpace(body))

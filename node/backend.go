@@ -35,8 +35,8 @@ func taskNotFound(id string) error {
 	return api.Errorf(api.CodeNotFound, "task %s not found", api.Truncate(id))
 }
 
-func (b apiBackend) Submit(ctx context.Context, req api.SubmitRequest) (api.Task, bool, error) {
-	item, err := b.n.submitTask(ctx, req)
+func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.SubmitRequest) (api.Task, bool, error) {
+	item, err := b.n.submitTask(withCaller(ctx, caller), req, caller.Principal())
 	if err != nil {
 		return api.Task{}, false, toAPIError(err)
 	}
@@ -73,16 +73,18 @@ func (b apiBackend) WaitTask(ctx context.Context, id string, until func(api.Task
 	}
 }
 
-func (b apiBackend) List(_ context.Context, q api.ListQuery) ([]api.Task, error) {
-	return toAPITasks(b.n.fsm.List(toFilter(q))), nil
+func (b apiBackend) List(_ context.Context, q api.ListQuery, visible func(taskType string) bool) ([]api.Task, error) {
+	f := toFilter(q)
+	f.Visible = visible
+	return toAPITasks(b.n.fsm.List(f)), nil
 }
 
-func (b apiBackend) Cancel(ctx context.Context, id string) (api.Task, error) {
+func (b apiBackend) Cancel(ctx context.Context, caller httpapi.Caller, id string) (api.Task, error) {
 	n := b.n
 	if _, ok := n.fsm.Task(id); !ok {
 		return api.Task{}, taskNotFound(id)
 	}
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.Cancel{IDs: []string{id}}})
+	res, err := n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.Cancel{IDs: []string{id}}})
 	if err != nil {
 		return api.Task{}, toAPIError(err)
 	}

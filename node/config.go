@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 
+	"github.com/taskworker/taskworker/internal/acl"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -49,7 +50,11 @@ type Config struct {
 	Logger       *slog.Logger
 	LogLevel     slog.Level
 	Version      string // build version shown in status
-	Token        string // when set, every API call but health and metrics needs it (Bearer)
+	Token        string // when set, every API call but health and metrics needs it (Bearer); with ACL, only node-to-node calls
+	// ACL turns on access control by ACL tokens, policies and JWTs (node/acl.go) for the API.
+	ACL bool
+	// JWT, with ACL, accepts JWTs signed for this cluster (--acl-jwt-config); nil accepts none.
+	JWT *acl.JWTMethod
 
 	// ApplyTimeout bounds a leader's raft apply when no caller set a deadline, default 10s.
 	ApplyTimeout time.Duration

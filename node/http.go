@@ -17,9 +17,11 @@ func (n *Node) routes() http.Handler {
 		peer = httpapi.RequireToken(n.cfg.Token, peer)
 	}
 	mux.Handle(internalPrefix, peer)
-	mux.Handle("/", httpapi.New(apiBackend{n}, httpapi.Options{
-		Token: n.cfg.Token, MaxBodyBytes: n.cfg.MaxBodyBytes, Logger: n.log.With("component", "http"),
-	}))
+	opts := httpapi.Options{Token: n.cfg.Token, MaxBodyBytes: n.cfg.MaxBodyBytes, Logger: n.log.With("component", "http")}
+	if n.cfg.ACL {
+		opts.ACL = aclBackend{n}
+	}
+	mux.Handle("/", httpapi.New(apiBackend{n}, opts))
 	return mux
 }
 

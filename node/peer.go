@@ -11,6 +11,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -22,6 +23,9 @@ const (
 	internalApplyPath  = "/v1/internal/apply"
 	internalLogsPath   = "/v1/internal/logs/{id}"
 	internalRemovePath = "/v1/internal/remove/{name}"
+	// callerCredentialHeader carries, beside a forwarded command, the credential of the API
+	// caller it is for, so the leader authorizes that caller again (authorizeForward).
+	callerCredentialHeader = "X-Taskworker-Caller-Credential"
 )
 
 func (n *Node) peerRoutes() http.Handler {
@@ -60,6 +64,10 @@ func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
 	}
 	if n.raft.State() != raft.Leader {
 		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
+		return
+	}
+	if err := n.authorizeForward(c, r.Header.Get(callerCredentialHeader)); err != nil {
+		httpapi.WriteError(w, err)
 		return
 	}
 	res, err := n.applyLocal(r.Context(), c)

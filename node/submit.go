@@ -27,12 +27,14 @@ const (
 
 // submitTask validates a submit, has the leader apply it, and waits until this node's FSM holds
 // it. item.Existing reports an idempotency key seen before. A request the client got wrong is an
-// *api.Error with its code. The API and the executor's child tasks both come through here.
-func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest) (fsm.ItemResult, error) {
+// *api.Error with its code. The API and the executor's child tasks both come through here;
+// submittedBy is the principal the task records ("" without ACLs).
+func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedBy string) (fsm.ItemResult, error) {
 	sub, err := n.prepareSubmit(req)
 	if err != nil {
 		return fsm.ItemResult{}, err
 	}
+	sub.SubmittedBy = submittedBy
 	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{sub}}})
 	if err != nil {
 		return fsm.ItemResult{}, err
@@ -57,7 +59,13 @@ func (n *Node) submitChild(ctx context.Context, parent tasks.RunRef, executionID
 	if c.Timeout > 0 {
 		req.Timeout = c.Timeout.String()
 	}
-	item, err := n.submitTask(ctx, req)
+	// A child runs on behalf of whoever submitted its parent, and records that principal; the
+	// leader accepts it without a credential only while the parent runs (childSubmits).
+	var by string
+	if p, ok := n.fsm.Task(parent.TaskID); ok {
+		by = p.SubmittedBy
+	}
+	item, err := n.submitTask(ctx, req, by)
 	if err != nil {
 		return "", fmt.Errorf("submit child %s: %w", c.Type, err)
 	}

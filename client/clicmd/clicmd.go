@@ -44,6 +44,7 @@ func Commands() []*cli.Command {
 		keyringCommand(),
 		tlsCommand(),
 		keygenCommand(),
+		aclCommand(),
 	}
 }
 
@@ -310,7 +311,7 @@ func connectionFlags() []cli.Flag {
 		&cli.StringFlag{Name: "addr", EnvVars: []string{"TASKWORKER_ADDR"}, Value: defaultAddr,
 			Usage: "HTTP address of any node; https://... for a node serving --http-tls (default " + defaultHTTPSAddr + " with --ca-file or --ca-fingerprint)"},
 		&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"},
-			Usage: "access token, when the cluster has access control on (prefer --token-file or the environment: argv is visible in ps)"},
+			Usage: "access token (an ACL secret, a JWT or the shared --token) when the cluster has access control on (prefer --token-file or the environment: argv is visible in ps)"},
 		&cli.StringFlag{Name: "token-file", EnvVars: []string{"TASKWORKER_TOKEN_FILE"}, TakesFile: true,
 			Usage: "read the access token from this file (surrounding white space ignored); --token wins when both are set"},
 		&cli.StringFlag{Name: "ca-file", EnvVars: []string{"TASKWORKER_CA_FILE"}, TakesFile: true,
@@ -588,6 +589,7 @@ func printTask(w io.Writer, t *client.Task) error {
 	row("Idempotency key", t.IdempotencyKey)
 	row("Execution", t.ExecutionID)
 	row("Parent", t.ParentID)
+	row("Submitted by", t.SubmittedBy)
 	row("Created", formatTime(t.CreatedAt))
 	if t.StartedAt != nil {
 		row("Started", formatTime(*t.StartedAt))

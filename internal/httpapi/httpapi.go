@@ -1,8 +1,9 @@
-// Package httpapi serves taskworker's public HTTP API: routing, the bearer-token check, request
+// Package httpapi serves taskworker's public HTTP API: routing, access control (the shared token,
+// or ACLs: see acl.go), request
 // decoding (content type, body cap, unknown fields), query parameters, and the mapping of errors
 // to the contract's status codes and JSON error bodies.
 //
-// It declares the one interface it consumes, Backend, and speaks only api types: it knows nothing
+// It declares the interfaces it consumes, Backend and ACL, and speaks only api types: it knows nothing
 // of raft, the FSM, gossip or the executor, and it has no route that accepts raw FSM commands (the
 // node serves its internal node-to-node routes itself).
 package httpapi
@@ -20,22 +21,26 @@ import (
 	"time"
 
 	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/internal/acl"
 )
 
 // Backend is what the API needs from a node. Errors that are *api.Error carry their code (and so
 // their status); context.DeadlineExceeded means no leader could apply a write in time; anything
 // else is an internal error.
 type Backend interface {
-	// Submit validates req and has the cluster store it; created is false when req's idempotency key was seen before.
-	Submit(ctx context.Context, req api.SubmitRequest) (task api.Task, created bool, err error)
+	// Submit validates req and has the cluster store it, recording caller's principal as the
+	// submitter; created is false when req's idempotency key was seen before.
+	Submit(ctx context.Context, caller Caller, req api.SubmitRequest) (task api.Task, created bool, err error)
 	// Task returns a task's record, or a not_found *api.Error.
 	Task(ctx context.Context, id string) (api.Task, error)
 	// WaitTask blocks until until(record) holds or ctx ends, then returns the record as it is; not_found when unknown.
 	WaitTask(ctx context.Context, id string, until func(api.Task) bool) (api.Task, error)
-	// List returns the tasks q selects, newest first.
-	List(ctx context.Context, q api.ListQuery) ([]api.Task, error)
-	// Cancel cancels a task (not_found, already_finished) and returns its record once this node has applied the cancel.
-	Cancel(ctx context.Context, id string) (api.Task, error)
+	// List returns the tasks q selects of the types visible accepts, newest first (a page holds
+	// up to q.Limit visible tasks).
+	List(ctx context.Context, q api.ListQuery, visible func(taskType string) bool) ([]api.Task, error)
+	// Cancel cancels a task (not_found, already_finished) for caller and returns its record once
+	// this node has applied the cancel.
+	Cancel(ctx context.Context, caller Caller, id string) (api.Task, error)
 	// Cluster returns the leader, every node and the task counts by state.
 	Cluster(ctx context.Context) (api.Cluster, error)
 	// Types lists the task types and versions alive nodes offer, and those pending tasks wait for.
@@ -60,7 +65,10 @@ const (
 
 // Options configure the handler; zero values take the defaults.
 type Options struct {
-	Token        string        // when set, every route but health and metrics needs "Authorization: Bearer Token"
+	Token string // when set (and ACL is nil), every route but health and metrics needs "Authorization: Bearer Token"
+	// ACL, when set, turns on access control by tokens, policies and JWTs (acl.go) in place of
+	// the shared Token; nil leaves ACLs off, and the /v1/acl/ routes answer acl_disabled.
+	ACL          ACL
 	MaxBodyBytes int64         // request body cap (413 above it)
 	WriteTimeout time.Duration // how long a submit or cancel may take to reach the leader and apply
 	Logger       *slog.Logger  // for errors after a streaming reply has started
@@ -68,6 +76,7 @@ type Options struct {
 
 type server struct {
 	b    Backend
+	acl  ACL
 	opts Options
 	log  *slog.Logger
 }
@@ -80,7 +89,7 @@ func New(b Backend, opts Options) http.Handler {
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = DefaultWriteTimeout
 	}
-	s := &server{b: b, opts: opts, log: opts.Logger}
+	s := &server{b: b, acl: opts.ACL, opts: opts, log: opts.Logger}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -95,7 +104,11 @@ func New(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("GET /v1/health", s.health)
 	mux.HandleFunc("POST /v1/agent/leave", s.leave)
 	mux.Handle("GET /metrics", b.Metrics())
+	s.aclRoutes(mux)
 	mux.HandleFunc("/", NotFound)
+	if s.acl != nil {
+		return s.requireACL(mux)
+	}
 	if opts.Token == "" {
 		return mux
 	}
@@ -200,8 +213,14 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
+	if req.Type != "" { // without one the backend answers missing_type
+		if err := authorize(r, acl.CapSubmit, req.Type); err != nil {
+			WriteError(w, err)
+			return
+		}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.opts.WriteTimeout)
-	t, created, err := s.b.Submit(ctx, req)
+	t, created, err := s.b.Submit(ctx, callerOf(r), req)
 	cancel()
 	if err != nil {
 		WriteError(w, err)
@@ -240,15 +259,20 @@ func (s *server) get(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	var t api.Task
-	if wait > 0 {
-		t, err = s.waitTask(r.Context(), id, wait, func(t api.Task) bool { return t.ModifyIndex > index })
-	} else {
-		t, err = s.b.Task(r.Context(), id)
+	// The type decides who may read the task, and it never changes: check it before waiting.
+	t, err := s.b.Task(r.Context(), id)
+	if err == nil {
+		err = authorize(r, acl.CapRead, t.Type)
 	}
 	if err != nil {
 		WriteError(w, err)
 		return
+	}
+	if wait > 0 {
+		if t, err = s.waitTask(r.Context(), id, wait, func(t api.Task) bool { return t.ModifyIndex > index }); err != nil {
+			WriteError(w, err)
+			return
+		}
 	}
 	w.Header().Set("X-Taskworker-Index", strconv.FormatUint(t.ModifyIndex, 10))
 	WriteJSON(w, http.StatusOK, t)
@@ -260,10 +284,15 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
-	out, err := s.b.List(r.Context(), q)
+	caller := callerOf(r)
+	out, err := s.b.List(r.Context(), q, caller.CanRead)
 	if err != nil {
 		WriteError(w, err)
 		return
+	}
+	// The backend pages over visible tasks; filtering here too means no backend can leak one.
+	if caller.Identity != nil {
+		out = acl.FilterReadable(caller.Identity, out, func(t api.Task) string { return t.Type })
 	}
 	if out == nil {
 		out = []api.Task{}
@@ -272,9 +301,18 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) cancel(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	t, err := s.b.Task(r.Context(), id)
+	if err == nil {
+		err = authorize(r, acl.CapCancel, t.Type)
+	}
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.opts.WriteTimeout)
 	defer cancel()
-	t, err := s.b.Cancel(ctx, r.PathValue("id"))
+	t, err = s.b.Cancel(ctx, callerOf(r), id)
 	if err != nil {
 		WriteError(w, err)
 		return
@@ -285,7 +323,11 @@ func (s *server) cancel(w http.ResponseWriter, r *http.Request) {
 func (s *server) logs(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	// Check the task first: once the stream has begun, the status is 200 whatever happens.
-	if _, err := s.b.Task(r.Context(), id); err != nil {
+	t, err := s.b.Task(r.Context(), id)
+	if err == nil {
+		err = authorize(r, acl.CapLogs, t.Type)
+	}
+	if err != nil {
 		WriteError(w, err)
 		return
 	}
@@ -294,7 +336,7 @@ func (s *server) logs(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
 	flusher, _ := w.(http.Flusher)
-	err := s.b.Logs(r.Context(), id, follow, func(l api.LogLine) {
+	err = s.b.Logs(r.Context(), id, follow, func(l api.LogLine) {
 		_ = enc.Encode(l)
 		if follow && flusher != nil {
 			flusher.Flush()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,6 +33,9 @@ type fakeBackend struct {
 	health    api.Health
 	logs      []api.LogLine
 	gotFollow bool
+	gotCaller Caller
+	leakList  bool // List ignores visible, as a buggy backend would
+	leaves    int
 }
 
 func newFake() *fakeBackend {
@@ -57,15 +61,15 @@ func (f *fakeBackend) get(id string) (api.Task, <-chan struct{}, error) {
 	return t, f.changed, f.err
 }
 
-func (f *fakeBackend) Submit(_ context.Context, req api.SubmitRequest) (api.Task, bool, error) {
+func (f *fakeBackend) Submit(_ context.Context, caller Caller, req api.SubmitRequest) (api.Task, bool, error) {
 	f.mu.Lock()
-	f.gotSubmit = req
+	f.gotSubmit, f.gotCaller = req, caller
 	err, created := f.err, f.created
 	f.mu.Unlock()
 	if err != nil {
 		return api.Task{}, false, err
 	}
-	t := api.Task{ID: "t1", Type: req.Type, State: api.StatePending, ModifyIndex: 1, History: []api.HistoryEntry{}}
+	t := api.Task{ID: "t1", Type: req.Type, State: api.StatePending, ModifyIndex: 1, History: []api.HistoryEntry{}, SubmittedBy: caller.Principal()}
 	f.put(t)
 	return t, created, nil
 }
@@ -92,7 +96,7 @@ func (f *fakeBackend) WaitTask(ctx context.Context, id string, until func(api.Ta
 	}
 }
 
-func (f *fakeBackend) List(_ context.Context, q api.ListQuery) ([]api.Task, error) {
+func (f *fakeBackend) List(_ context.Context, q api.ListQuery, visible func(string) bool) ([]api.Task, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gotQuery = q
@@ -101,12 +105,18 @@ func (f *fakeBackend) List(_ context.Context, q api.ListQuery) ([]api.Task, erro
 	}
 	var out []api.Task
 	for _, t := range f.tasks {
-		out = append(out, t)
+		if f.leakList || visible(t.Type) {
+			out = append(out, t)
+		}
 	}
+	slices.SortFunc(out, func(a, b api.Task) int { return strings.Compare(b.ID, a.ID) })
 	return out, nil
 }
 
-func (f *fakeBackend) Cancel(_ context.Context, id string) (api.Task, error) {
+func (f *fakeBackend) Cancel(_ context.Context, caller Caller, id string) (api.Task, error) {
+	f.mu.Lock()
+	f.gotCaller = caller
+	f.mu.Unlock()
 	t, _, err := f.get(id)
 	if err != nil {
 		return api.Task{}, err
@@ -134,6 +144,7 @@ func (f *fakeBackend) Leave(_ context.Context, force bool) (api.LeaveReply, erro
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gotForce = force
+	f.leaves++
 	return api.LeaveReply{Status: "leaving", Node: "n1"}, f.err
 }
 
@@ -526,7 +537,7 @@ func TestWriteTimeoutBoundsSubmit(t *testing.T) {
 // slowBackend's Submit waits for its context, as a propose does while no leader answers.
 type slowBackend struct{ *fakeBackend }
 
-func (s *slowBackend) Submit(ctx context.Context, _ api.SubmitRequest) (api.Task, bool, error) {
+func (s *slowBackend) Submit(ctx context.Context, _ Caller, _ api.SubmitRequest) (api.Task, bool, error) {
 	<-ctx.Done()
 	return api.Task{}, false, fmt.Errorf("submit: %w", ctx.Err())
 }

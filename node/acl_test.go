@@ -1,0 +1,262 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/acl"
+)
+
+// aclCall sends a request with a credential ("" for none) and returns status and body.
+func aclCall(t *testing.T, n *Node, method, path, secret, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+n.HTTPAddr()+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if secret != "" {
+		req.Header.Set("Authorization", "Bearer "+secret)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func mustJSON(t *testing.T, b []byte, v any) {
+	t.Helper()
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("decode %s: %v", b, err)
+	}
+}
+
+func wantAPIError(t *testing.T, what string, status int, b []byte, wantStatus int, code api.Code, says string) {
+	t.Helper()
+	var e api.Error
+	_ = json.Unmarshal(b, &e)
+	if status != wantStatus || e.Code != code || !strings.Contains(e.Message, says) {
+		t.Fatalf("%s: %d %s, want %d %s saying %q", what, status, b, wantStatus, code, says)
+	}
+}
+
+func aclCluster(t *testing.T) *testCluster {
+	return startCluster(t, 3, clusterOpts{inmem: true, tweak: func(_ int, c *Config) { c.ACL = true }})
+}
+
+// bootstrapACL bootstraps through n and returns the management token.
+func bootstrapACL(t *testing.T, n *Node) api.ACLToken {
+	t.Helper()
+	code, b := aclCall(t, n, "POST", "/v1/acl/bootstrap", "", "")
+	var tok api.ACLToken
+	mustJSON(t, b, &tok)
+	if code != http.StatusOK || tok.SecretID == "" || !tok.Management {
+		t.Fatalf("bootstrap through %s: %d %s", n.Name(), code, b)
+	}
+	return tok
+}
+
+// teamToken applies a policy granting echo (and only echo) and makes a token for it, through n.
+func teamToken(t *testing.T, n *Node, mgmt string) api.ACLToken {
+	t.Helper()
+	code, b := aclCall(t, n, "PUT", "/v1/acl/policy/team", mgmt,
+		`{"description": "the echo team", "rules": [{"task_type": "echo", "capabilities": ["submit", "read", "cancel", "logs"]}]}`)
+	if code != http.StatusOK {
+		t.Fatalf("policy apply: %d %s", code, b)
+	}
+	code, b = aclCall(t, n, "POST", "/v1/acl/tokens", mgmt, `{"policies": ["team"], "description": "team", "ttl": "1h"}`)
+	var tok api.ACLToken
+	mustJSON(t, b, &tok)
+	if code != http.StatusCreated || tok.SecretID == "" || tok.ExpirationTime == nil {
+		t.Fatalf("token create: %d %s", code, b)
+	}
+	return tok
+}
+
+func TestACLClusterAuthorizesThroughFollowers(t *testing.T) {
+	tc := aclCluster(t)
+	f := tc.follower()
+	code, b := aclCall(t, f, "GET", "/v1/cluster", "", "")
+	wantAPIError(t, "before bootstrap", code, b, 401, api.CodeUnauthorized, "no token")
+
+	mgmt := bootstrapACL(t, f)
+	code, b = aclCall(t, f, "POST", "/v1/acl/bootstrap", mgmt.SecretID, "")
+	wantAPIError(t, "second bootstrap", code, b, 409, api.CodeACLBootstrapped, "already")
+	team := teamToken(t, f, mgmt.SecretID)
+
+	// The team token submits its type through a follower, and nothing else.
+	code, b = aclCall(t, f, "POST", "/v1/tasks?wait=20s", team.SecretID, `{"type": "echo", "input": "hi"}`)
+	var echo api.Task
+	mustJSON(t, b, &echo)
+	if code != http.StatusCreated || echo.State != api.StateSucceeded || echo.SubmittedBy != team.AccessorID {
+		t.Fatalf("team submit echo: %d %s", code, b)
+	}
+	code, b = aclCall(t, f, "POST", "/v1/tasks", team.SecretID, `{"type": "calc-square", "input": 3}`)
+	wantAPIError(t, "team submit calc-square", code, b, 403, api.CodeForbidden, `missing capability "submit" on task type "calc-square"`)
+	code, b = aclCall(t, f, "POST", "/v1/tasks?wait=20s", mgmt.SecretID, `{"type": "calc-square", "input": 3}`)
+	var square api.Task
+	mustJSON(t, b, &square)
+	if code != http.StatusCreated || square.SubmittedBy != mgmt.AccessorID {
+		t.Fatalf("management submit: %d %s", code, b)
+	}
+
+	// Lists show the team only its type; reads of another type are refused.
+	code, b = aclCall(t, f, "GET", "/v1/tasks", team.SecretID, "")
+	var list []api.Task
+	mustJSON(t, b, &list)
+	if code != http.StatusOK || len(list) != 1 || list[0].ID != echo.ID {
+		t.Fatalf("team list: %d %s", code, b)
+	}
+	code, b = aclCall(t, f, "GET", "/v1/tasks?limit=1&type=calc-square", mgmt.SecretID, "")
+	mustJSON(t, b, &list)
+	if len(list) != 1 || list[0].ID != square.ID {
+		t.Fatalf("management list: %s", b)
+	}
+	code, b = aclCall(t, f, "GET", "/v1/tasks/"+square.ID, team.SecretID, "")
+	wantAPIError(t, "team get calc-square", code, b, 403, api.CodeForbidden, `"read" on task type "calc-square"`)
+
+	// Every replica records the submitter.
+	for _, n := range tc.nodes {
+		waitFor(t, n.Name()+" has both tasks", 20*time.Second, func() bool {
+			e, ok1 := n.FSM().Task(echo.ID)
+			s, ok2 := n.FSM().Task(square.ID)
+			return ok1 && ok2 && e.SubmittedBy == team.AccessorID && s.SubmittedBy == mgmt.AccessorID
+		})
+	}
+
+	// A deleted token stops working on every node.
+	if code, b := aclCall(t, f, "DELETE", "/v1/acl/token/"+team.AccessorID, mgmt.SecretID, ""); code != http.StatusNoContent {
+		t.Fatalf("token delete: %d %s", code, b)
+	}
+	for _, n := range tc.nodes {
+		waitFor(t, n.Name()+" forgets the team token", 20*time.Second, func() bool {
+			code, _ := aclCall(t, n, "GET", "/v1/acl/token/self", team.SecretID, "")
+			return code == http.StatusUnauthorized
+		})
+	}
+}
+
+// A follower that skipped its own check (or was lied to) cannot get a command past the leader:
+// the leader resolves and authorizes the forwarded credential again.
+func TestLeaderAuthorizesForwardedCommandsAgain(t *testing.T) {
+	tc := aclCluster(t)
+	l, f := tc.leader(), tc.follower()
+	mgmt := bootstrapACL(t, f)
+	team := teamToken(t, f, mgmt.SecretID)
+	code, b := aclCall(t, f, "POST", "/v1/tasks", mgmt.SecretID, `{"type": "sleep", "input": {"ms": 60000}}`)
+	var sleeper api.Task
+	mustJSON(t, b, &sleeper)
+	if code != http.StatusCreated {
+		t.Fatalf("submit sleep: %d %s", code, b)
+	}
+	// Once it runs the cluster is quiet, so the leader's digest changes only if a forward applies.
+	waitFor(t, "sleep running", 20*time.Second, func() bool {
+		tk, _ := l.FSM().Task(sleeper.ID)
+		return tk.State == fsm.Running
+	})
+	forward := func(secret string, body fsm.Payload) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if secret != "" {
+			ctx = context.WithValue(ctx, credentialKey{}, acl.Secret(secret))
+		}
+		_, err := f.forward(ctx, l.HTTPAddr(), &fsm.Command{Body: body})
+		return err
+	}
+	submitSquare := func(by string) *fsm.SubmitBatch {
+		return &fsm.SubmitBatch{Items: []fsm.Submit{{ID: "forged-" + by, Type: "calc-square", Input: json.RawMessage("2"),
+			MaxAttempts: 1, ExecutionID: "forged-" + by, SubmittedBy: by}}}
+	}
+	tests := []struct {
+		name   string
+		secret string
+		body   fsm.Payload
+		code   api.Code
+		says   string
+	}{
+		{"submit of a type the token lacks", team.SecretID, submitSquare(team.AccessorID), api.CodeForbidden, `"submit" on task type "calc-square"`},
+		{"submit claiming the management token's accessor", team.SecretID, submitSquare(mgmt.AccessorID), api.CodeForbidden, `"submit"`},
+		{"submit without a credential", "", submitSquare(mgmt.AccessorID), api.CodeUnauthorized, "no token"},
+		{"submit with an unknown credential", "tws_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", submitSquare("x"), api.CodeUnauthorized, "unknown token"},
+		{"child submit of a parent that does not run", "", &fsm.SubmitBatch{Items: []fsm.Submit{{ID: "child", Type: "echo", ParentID: "nope"}}}, api.CodeUnauthorized, "no token"},
+		{"cancel of a type the token lacks", team.SecretID, &fsm.Cancel{IDs: []string{sleeper.ID}}, api.CodeForbidden, `"cancel" on task type "sleep"`},
+		{"policy write without the acl right", team.SecretID, &fsm.ACLPolicySet{Policy: acl.Policy{Name: "all", Rules: []acl.Rule{{TaskType: "*", Capabilities: []acl.Capability{acl.CapSubmit}}}}}, api.CodeForbidden, `"acl"`},
+		{"token delete without a credential", "", &fsm.ACLTokenDelete{AccessorID: mgmt.AccessorID}, api.CodeUnauthorized, "no token"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, before := l.FSM().Digest()
+			err := forward(tt.secret, tt.body)
+			var ae *api.Error
+			if !errors.As(err, &ae) || ae.Code != tt.code || !strings.Contains(ae.Message, tt.says) {
+				t.Fatalf("forward: %v, want %s saying %q", err, tt.code, tt.says)
+			}
+			if _, after := l.FSM().Digest(); after != before {
+				t.Error("a refused forward changed the leader's state")
+			}
+		})
+	}
+	if _, ok := l.FSM().Task("forged-" + mgmt.AccessorID); ok {
+		t.Fatal("a forged submit was applied")
+	}
+	// The same path works for a credential that may: the leader records whom it resolved, not
+	// what the follower wrote.
+	if err := forward(mgmt.SecretID, submitSquare(team.AccessorID)); err != nil {
+		t.Fatal(err)
+	}
+	if tk, ok := l.FSM().Task("forged-" + team.AccessorID); !ok || tk.SubmittedBy != mgmt.AccessorID {
+		t.Fatalf("allowed forward: %+v", tk)
+	}
+}
+
+// aclCoverage adds the ACL routes' replies, and a task record with submitted_by, to the wire
+// coverage of TestEveryRouteMatchesItsAPIType.
+func aclCoverage(t *testing.T, cov coverage) {
+	n := startCluster(t, 1, clusterOpts{twin: true, tweak: func(_ int, c *Config) { c.ACL = true }}).nodes[0]
+	add := func(what string, code, want int, b []byte, v any) {
+		t.Helper()
+		if code != want {
+			t.Fatalf("%s: %d %s", what, code, b)
+		}
+		decodeExact(t, what, b, v)
+		cov.add(t, reflect.TypeOf(v).Elem(), b)
+	}
+	code, b := aclCall(t, n, "POST", "/v1/acl/bootstrap", "", "")
+	var mgmt api.ACLToken
+	add("POST /v1/acl/bootstrap", code, 200, b, &mgmt)
+	_ = json.Unmarshal(b, &mgmt)
+	team := teamToken(t, n, mgmt.SecretID)
+	if code, b := aclCall(t, n, "PUT", "/v1/acl/policy/ops", mgmt.SecretID, `{"name": "ops", "cluster": ["operator"]}`); code != 200 {
+		t.Fatalf("policy apply: %d %s", code, b)
+	}
+	code, b = aclCall(t, n, "GET", "/v1/acl/policies", mgmt.SecretID, "")
+	add("GET /v1/acl/policies", code, 200, b, new([]api.ACLPolicy))
+	code, b = aclCall(t, n, "GET", "/v1/acl/tokens", mgmt.SecretID, "")
+	add("GET /v1/acl/tokens", code, 200, b, new([]api.ACLToken))
+	if bytes.Contains(b, []byte(team.SecretID)) || bytes.Contains(b, []byte("secret")) {
+		t.Fatalf("token list shows secrets: %s", b)
+	}
+	code, b = aclCall(t, n, "POST", "/v1/acl/tokens", mgmt.SecretID, `{"policies": ["team"], "ttl": "24h"}`)
+	add("POST /v1/acl/tokens", code, 201, b, new(api.ACLToken))
+	for _, secret := range []string{mgmt.SecretID, team.SecretID} {
+		code, b = aclCall(t, n, "GET", "/v1/acl/token/self", secret, "")
+		add("GET /v1/acl/token/self", code, 200, b, new(api.ACLSelf))
+	}
+	code, b = aclCall(t, n, "POST", "/v1/tasks?wait=20s", team.SecretID, `{"type": "echo", "input": 1}`)
+	add("POST /v1/tasks with ACLs", code, 201, b, new(api.Task))
+}
