@@ -335,7 +335,7 @@ func connectionFlag(c *cli.Context, name string) string {
 }
 
 // connect makes the client the connection flags describe. A token from --token wins over
-// --token-file, as Consul's -token wins over -token-file.
+// --token-file (its first non-blank line), as Consul's -token wins over -token-file.
 func connect(c *cli.Context) (*client.Client, error) {
 	token := connectionFlag(c, "token")
 	if path := connectionFlag(c, "token-file"); token == "" && path != "" {
@@ -343,7 +343,8 @@ func connect(c *cli.Context) (*client.Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read --token-file: %w", err)
 		}
-		if token = strings.TrimSpace(string(b)); token == "" {
+		line, _, _ := strings.Cut(strings.TrimLeft(string(b), " \t\r\n"), "\n")
+		if token = strings.TrimSpace(line); token == "" {
 			return nil, fmt.Errorf("--token-file %s is empty", path)
 		}
 	}
