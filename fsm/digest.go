@@ -8,8 +8,8 @@ import (
 )
 
 // Digest returns the applied index and a hash of the replicated state at that index: every task,
-// node and idempotency key, in a canonical order (tasks by ID, nodes by name, keys sorted), each
-// in its msgpack form, the encoding the log and snapshots use. Two replicas at the same index
+// node and idempotency key and the security state, in a canonical order (tasks by ID, nodes by
+// name, keys sorted), each in its msgpack form, the encoding the log and snapshots use. Two replicas at the same index
 // must return the same sum; tests compare them across a cluster, as hashicorp/raft's fuzzy tests
 // do with VerifyFSM, to catch an Apply that is not deterministic.
 func (f *FSM) Digest() (index uint64, sum string) {
@@ -40,6 +40,10 @@ func (f *FSM) Digest() (index uint64, sum string) {
 	for _, key := range sortedKeys(f.idem) {
 		put(key)
 		put(f.idem[key])
+	}
+	if !f.security.zero() { // absent while unused, so sums of clusters without it are unchanged
+		put("security")
+		put(f.security)
 	}
 	return f.index, hex.EncodeToString(h.Sum(nil))
 }

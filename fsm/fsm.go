@@ -24,8 +24,10 @@ type FSM struct {
 	done    map[State]int    // how many finished tasks are in each terminal state
 	idem    map[string]string
 	nodes   map[string]*Node
-	index   uint64
-	changed chan struct{}
+	// security is the join secret and gossip keyring (security.go).
+	security Security
+	index    uint64
+	changed  chan struct{}
 	// halt is set when a log entry could not be applied; from then on nothing changes.
 	halt     error
 	haltedCh chan struct{}
@@ -454,6 +456,8 @@ type snapshotState struct {
 	Index uint64 `msgpack:"index"`
 	Tasks []Task `msgpack:"tasks"`
 	Nodes []Node `msgpack:"nodes"`
+	// Security is absent in snapshots of clusters that never had any (and of older releases).
+	Security *Security `msgpack:"security,omitempty"`
 }
 
 // Snapshot implements raft.FSM. It copies the state under the lock; encoding happens in Persist.
@@ -472,6 +476,10 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	}
 	for _, name := range sortedKeys(f.nodes) {
 		s.Nodes = append(s.Nodes, f.nodes[name].clone())
+	}
+	if !f.security.zero() {
+		sec := f.security.clone()
+		s.Security = &sec
 	}
 	return s, nil
 }
@@ -523,6 +531,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.nodes = make(map[string]*Node, len(s.Nodes))
 	for i := range s.Nodes {
 		f.nodes[s.Nodes[i].Name] = &s.Nodes[i]
+	}
+	f.security = Security{}
+	if s.Security != nil {
+		f.security = *s.Security
 	}
 	f.index = s.Index
 	close(f.changed)
