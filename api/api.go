@@ -135,6 +135,9 @@ type NodeInfo struct {
 	Version    string        `json:"version"`
 	TaskTypes  []TypeVersion `json:"task_types"`
 	BootID     string        `json:"boot_id"`
+	// Insecure: the node runs without encryption and authentication between nodes (--insecure),
+	// as it gossips about itself.
+	Insecure bool `json:"insecure"`
 }
 
 // TypeVersion names one version of a task type.
@@ -282,6 +285,11 @@ const (
 	CodeShuttingDown         Code = "shutting_down"
 	CodeCancelled            Code = "cancelled"
 	CodeInternal             Code = "internal"
+	// CodeNotSecure: an operator route about trust material on a node that has none of that kind
+	// (an --insecure cluster has no join token; operator certificates mean no join token either).
+	CodeNotSecure Code = "not_secure"
+	// CodeKeyringConflict: a keyring change that would break gossip (removing the primary key).
+	CodeKeyringConflict Code = "keyring_conflict"
 )
 
 var statusOf = map[Code]int{
@@ -289,7 +297,7 @@ var statusOf = map[Code]int{
 	CodeInvalidMaxAttempts: 400, CodeInvalidTimeout: 400, CodeInvalidIdempotency: 400, CodeInvalidVersion: 400,
 	CodeInvalidWait: 400, CodeInvalidIndex: 400, CodeInvalidState: 400, CodeInvalidLimit: 400, CodeInvalidAttempt: 400,
 	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
-	CodeAlreadyFinished: 409, CodeLeaveRefused: 409,
+	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
 	CodeBodyTooLarge: 413, CodeUnsupportedMediaType: 415,
 	CodeNoLeader: 503, CodeNotLeader: 503, CodeShuttingDown: 503, CodeCancelled: 503,
 	CodeInternal: 500,

@@ -19,8 +19,8 @@ const (
 )
 
 func init() {
-	register(Spec[JoinSecret]{Type: CmdJoinSecret, Name: "join_secret", Since: 1, Apply: (*FSM).applyJoinSecret})
-	register(Spec[KeyringOp]{Type: CmdKeyring, Name: "keyring", Since: 1, Apply: (*FSM).applyKeyring})
+	register(Spec[JoinSecret]{Type: CmdJoinSecret, Name: "join_secret", Since: 1, Forwardable: true, Apply: (*FSM).applyJoinSecret})
+	register(Spec[KeyringOp]{Type: CmdKeyring, Name: "keyring", Since: 1, Forwardable: true, Apply: (*FSM).applyKeyring})
 }
 
 // JoinSecret sets the secret half of the cluster's join token (the CA fingerprint is the other).
