@@ -22,20 +22,26 @@ func notSecure(n *Node) error {
 }
 
 func (b apiBackend) JoinToken(context.Context) (api.JoinToken, error) {
-	tok, err := b.n.joinToken()
-	if err != nil {
+	if b.n.sec.insecure || b.n.sec.ca == nil {
 		return api.JoinToken{}, notSecure(b.n)
+	}
+	tok, err := b.n.joinToken()
+	if err != nil { // a node that joined a moment ago and has not replicated the secret yet
+		return api.JoinToken{}, api.Errorf(api.CodeNoLeader, "this node does not know the join token yet; retry")
 	}
 	return api.JoinToken{Token: tok.Encode()}, nil
 }
 
 func (b apiBackend) RotateJoinToken(ctx context.Context) (api.JoinToken, error) {
 	n := b.n
-	old, err := n.joinToken()
-	if err != nil {
+	if n.sec.insecure || n.sec.ca == nil {
 		return api.JoinToken{}, notSecure(n)
 	}
-	tok := old.Rotate()
+	// Only the fingerprint is kept: a rotation needs no knowledge of the old secret.
+	tok, err := pki.NewToken(n.sec.ca.Fingerprint())
+	if err != nil {
+		return api.JoinToken{}, err
+	}
 	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.JoinSecret{Secret: tok.Secret}})
 	if err != nil {
 		return api.JoinToken{}, toAPIError(err)
