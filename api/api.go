@@ -138,6 +138,9 @@ type NodeInfo struct {
 	Version    string        `json:"version"`
 	TaskTypes  []TypeVersion `json:"task_types"`
 	BootID     string        `json:"boot_id"`
+	// Insecure: the node runs without encryption and authentication between nodes (--insecure),
+	// as it gossips about itself.
+	Insecure bool `json:"insecure"`
 }
 
 // TypeVersion names one version of a task type.
@@ -294,6 +297,11 @@ const (
 	CodeACLBootstrapped     Code = "acl_bootstrapped"      // bootstrap was done before
 	CodeInvalidPolicy       Code = "invalid_policy"        // a policy document that does not validate
 	CodeInvalidTokenRequest Code = "invalid_token_request" // a token request that does not validate
+	// CodeNotSecure: an operator route about trust material on a node that has none of that kind
+	// (an --insecure cluster has no join token; operator certificates mean no join token either).
+	CodeNotSecure Code = "not_secure"
+	// CodeKeyringConflict: a keyring change that would break gossip (removing the primary key).
+	CodeKeyringConflict Code = "keyring_conflict"
 )
 
 var statusOf = map[Code]int{
@@ -301,7 +309,7 @@ var statusOf = map[Code]int{
 	CodeInvalidMaxAttempts: 400, CodeInvalidTimeout: 400, CodeInvalidIdempotency: 400, CodeInvalidVersion: 400,
 	CodeInvalidWait: 400, CodeInvalidIndex: 400, CodeInvalidState: 400, CodeInvalidLimit: 400, CodeInvalidAttempt: 400,
 	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
-	CodeAlreadyFinished: 409, CodeLeaveRefused: 409,
+	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,
 	CodeRateLimited: 429, CodeTooManyConnections: 429,
 	CodeNoLeader: 503, CodeNotLeader: 503, CodeShuttingDown: 503, CodeCancelled: 503,

@@ -255,6 +255,13 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 		{method: "GET", path: "/v1/types", token: "wrong", status: 403, code: "forbidden"},
 		{method: "POST", path: "/v1/agent/leave", status: 409, code: "leave_refused"},
 		{method: "GET", path: "/v1/acl/policies", status: 400, code: "acl_disabled"},
+		{method: "GET", path: "/v1/operator/join-token", status: 200},
+		{method: "POST", path: "/v1/operator/join-token/rotate", status: 200},
+		{method: "GET", path: "/v1/operator/keyring", status: 200},
+		{method: "POST", path: "/v1/operator/keyring", body: `{"op": "install", "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 200},
+		{method: "POST", path: "/v1/operator/keyring", body: `{"op": "use", "key": "AQECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 400, code: "invalid_request"},
+		{method: "POST", path: "/v1/operator/keyring", body: `{"op": "rotate", "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 400, code: "invalid_request", specRejects: true},
+		{method: "GET", path: "/v1/operator/keyring", token: "-", status: 401, code: "unauthorized"},
 	} {
 		s.do(c)
 	}
@@ -269,7 +276,7 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := lonely.add("--join", fmt.Sprintf("127.0.0.1:%d", ports[0]))
+	m := lonely.add("--insecure", "--join", fmt.Sprintf("127.0.0.1:%d", ports[0]))
 	s2 := loadSpec(t, "http://"+m.HTTP)
 	poll(t, m.Name+" serving HTTP", 60*time.Second, func() bool {
 		resp, err := http.Get("http://" + m.HTTP + "/v1/health")

@@ -8,8 +8,8 @@ import (
 )
 
 // Digest returns the applied index and a hash of the replicated state at that index: every task,
-// node, idempotency key and ACL policy and token, in a canonical order (tasks by ID, nodes by name, keys sorted), each
-// in its msgpack form, the encoding the log and snapshots use. Two replicas at the same index
+// node, idempotency key, ACL policy and token and the security state, in a canonical order (tasks
+// by ID, nodes by name, keys sorted), each in its msgpack form, the encoding the log and snapshots use. Two replicas at the same index
 // must return the same sum; tests compare them across a cluster, as hashicorp/raft's fuzzy tests
 // do with VerifyFSM, to catch an Apply that is not deterministic.
 func (f *FSM) Digest() (index uint64, sum string) {
@@ -42,6 +42,10 @@ func (f *FSM) Digest() (index uint64, sum string) {
 		put(f.idem[key])
 	}
 	put("acl")
-	put(f.acl.State()) // policies by name, tokens by accessor ID, the bootstrap flag
+	put(f.acl.State())      // policies by name, tokens by accessor ID, the bootstrap flag
+	if !f.security.zero() { // absent while unused, so sums of clusters without it are unchanged
+		put("security")
+		put(f.security)
+	}
 	return f.index, hex.EncodeToString(h.Sum(nil))
 }

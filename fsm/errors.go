@@ -40,6 +40,10 @@ var (
 	ErrHalted = newError("halted", "fsm halted")
 	// ErrProtocolTooOld: a command type cannot be written yet because an up node is too old for it.
 	ErrProtocolTooOld = newError("protocol_too_old", "protocol too old")
+	// ErrKeyNotInstalled: a keyring operation names a key the keyring does not hold.
+	ErrKeyNotInstalled = newError("key_not_installed", "gossip key not installed")
+	// ErrKeyring: a keyring operation that would break gossip (removing the primary, too many keys).
+	ErrKeyring = newError("keyring_refused", "keyring change refused")
 )
 
 // ErrorCode is the code of the sentinel err wraps, "" when it wraps none.

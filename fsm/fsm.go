@@ -27,8 +27,10 @@ type FSM struct {
 	idem    map[string]string
 	nodes   map[string]*Node
 	acl     *acl.MemStore // policies, tokens, bootstrap flag (acl.go); same pointer for life
-	index   uint64
-	changed chan struct{}
+	// security is the join secret and gossip keyring (security.go).
+	security Security
+	index    uint64
+	changed  chan struct{}
 	// halt is set when a log entry could not be applied; from then on nothing changes.
 	halt     error
 	haltedCh chan struct{}
@@ -460,6 +462,8 @@ type snapshotState struct {
 	Nodes []Node `msgpack:"nodes"`
 	// ACL is absent in snapshots of builds before ACLs and of clusters that never used them.
 	ACL *acl.State `msgpack:"acl,omitempty"`
+	// Security is absent in snapshots of clusters that never had any (and of older releases).
+	Security *Security `msgpack:"security,omitempty"`
 }
 
 // Snapshot implements raft.FSM. It copies the state under the lock; encoding happens in Persist.
@@ -481,6 +485,10 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	}
 	if st := f.acl.State(); st.Bootstrapped || len(st.Policies) > 0 || len(st.Tokens) > 0 {
 		s.ACL = &st
+	}
+	if !f.security.zero() {
+		sec := f.security.clone()
+		s.Security = &sec
 	}
 	return s, nil
 }
@@ -541,6 +549,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.nodes = make(map[string]*Node, len(s.Nodes))
 	for i := range s.Nodes {
 		f.nodes[s.Nodes[i].Name] = &s.Nodes[i]
+	}
+	f.security = Security{}
+	if s.Security != nil {
+		f.security = *s.Security
 	}
 	f.index = s.Index
 	close(f.changed)

@@ -92,6 +92,11 @@ type Config struct {
 	// both sides of a healed partition find each other again (memberlist never probes dead nodes).
 	ReconnectInterval time.Duration
 
+	// Keyring, when set, encrypts and authenticates every gossip message with its primary key and
+	// accepts any of its keys (memberlist's keyring); the caller keeps it and rotates keys in it.
+	// nil gossips in plain text (--insecure).
+	Keyring *memberlist.Keyring
+
 	Logger    *slog.Logger                  // nil = slog.Default()
 	Transport memberlist.NodeAwareTransport // nil = UDP/TCP on BindAddr:BindPort; memnet in tests
 }
@@ -183,6 +188,12 @@ func New(cfg Config) (*Membership, error) {
 	mc.Logger = log.New(logWriter{cfg.Logger.With("component", "memberlist")}, "", 0)
 	if cfg.Transport != nil {
 		mc.Transport = cfg.Transport
+	}
+	if cfg.Keyring != nil {
+		mc.Keyring = cfg.Keyring
+		// Both on (memberlist's defaults, stated here because they are the point): a plain or
+		// wrongly keyed message is dropped, and this node never sends plain text.
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	}
 
 	m.list, err = memberlist.Create(mc)

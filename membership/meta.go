@@ -21,6 +21,15 @@ type Meta struct {
 	Capacity int    `msgpack:"c,omitempty"`
 	Draining bool   `msgpack:"d,omitempty"`
 	Version  string `msgpack:"v,omitempty"` // taskworker build version
+	// Insecure: this node runs without encryption and authentication between nodes (--insecure).
+	Insecure bool `msgpack:"i,omitempty"`
+	// Internode is where this node takes internode calls when that is not its gossip address
+	// (test twins on an in-memory gossip network); empty means the gossip address.
+	Internode string `msgpack:"n,omitempty"`
+	// Keys are short IDs of the gossip keys this node's keyring holds, comma separated, so the
+	// keyring listing can say how many nodes hold each key before it is used or removed. (A
+	// string keeps Meta comparable.)
+	Keys string `msgpack:"k,omitempty"`
 }
 
 // Encode returns the wire form of m, or ErrMetaTooLarge past memberlist.MetaMaxSize bytes.

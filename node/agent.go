@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/taskworker/taskworker/internal/acl"
 	"github.com/taskworker/taskworker/internal/limits"
+	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -43,8 +45,18 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.IntFlag{Name: "capacity", EnvVars: []string{"TASKWORKER_CAPACITY"}, Usage: "tasks this node runs at once (default: number of CPUs)"},
 			&cli.DurationFlag{Name: "drain-timeout", EnvVars: []string{"TASKWORKER_DRAIN_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a graceful leave waits for running tasks"},
 			&cli.IntFlag{Name: "voters", EnvVars: []string{"TASKWORKER_VOTERS"}, Value: 3, Usage: "raft voters; other nodes replicate as non-voters"},
-			&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"}, Usage: "shared secret every API call must carry (Authorization: Bearer); nodes send it to each other"},
-			&cli.BoolFlag{Name: "acl", EnvVars: []string{"TASKWORKER_ACL"}, Usage: "access control by ACL tokens and policies (then `taskworker acl bootstrap`); --token then guards only node-to-node calls"},
+			&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"}, Usage: "shared secret every API call must carry (Authorization: Bearer); prefer --token-file or the environment: argv is visible in ps"},
+			&cli.StringFlag{Name: "token-file", EnvVars: []string{"TASKWORKER_TOKEN_FILE"}, Usage: "file holding the API token (instead of --token)"},
+			&cli.StringFlag{Name: "join-token", EnvVars: []string{"TASKWORKER_JOIN_TOKEN"}, Usage: "the cluster's join token (from <data-dir>/join-token of the first node); required to join unless the cluster runs --insecure"},
+			&cli.BoolFlag{Name: "insecure", EnvVars: []string{"TASKWORKER_INSECURE"}, Usage: "node-to-node traffic without encryption or authentication (tests; --dev implies it)"},
+			&cli.StringFlag{Name: "tls-cert", EnvVars: []string{"TASKWORKER_TLS_CERT"}, Usage: "operator's node certificate (PEM chain) for raft, internode calls and --http-tls, instead of the cluster CA"},
+			&cli.StringFlag{Name: "tls-key", EnvVars: []string{"TASKWORKER_TLS_KEY"}, Usage: "private key of --tls-cert"},
+			&cli.StringFlag{Name: "tls-ca", EnvVars: []string{"TASKWORKER_TLS_CA"}, Usage: "CA bundle peers' certificates must chain to (with --tls-cert)"},
+			&cli.BoolFlag{Name: "tls-verify-incoming", EnvVars: []string{"TASKWORKER_TLS_VERIFY_INCOMING"}, Usage: "with --http-tls, API clients must present a certificate from the CA"},
+			&cli.BoolFlag{Name: "http-tls", EnvVars: []string{"TASKWORKER_HTTP_TLS"}, Usage: "serve the HTTP API over HTTPS with the node's certificate"},
+			&cli.StringFlag{Name: "encrypt", EnvVars: []string{"TASKWORKER_ENCRYPT"}, Usage: "gossip encryption key, base64 of 16, 24 or 32 bytes (with --tls-cert; or the first key of a new cluster)"},
+			&cli.StringFlag{Name: "encrypt-file", EnvVars: []string{"TASKWORKER_ENCRYPT_FILE"}, Usage: "file holding the gossip encryption key (instead of --encrypt)"},
+			&cli.BoolFlag{Name: "acl", EnvVars: []string{"TASKWORKER_ACL"}, Usage: "access control by ACL tokens and policies (then `taskworker acl bootstrap`); the API then ignores --token"},
 			&cli.StringFlag{Name: "acl-jwt-config", EnvVars: []string{"TASKWORKER_ACL_JWT_CONFIG"}, Usage: "with --acl, a JSON file configuring the JWT auth method (public key or JWKS, issuer, audiences, claim mappings)"},
 			&cli.StringFlag{Name: "tasks-file", EnvVars: []string{"TASKWORKER_TASKS_FILE"}, Usage: "YAML file declaring command-backed task types (see README)"},
 			&cli.StringFlag{Name: "files-dir", EnvVars: []string{"TASKWORKER_FILES_DIR"}, Usage: "the only directory list-directory may read (default: working directory)"},
@@ -100,6 +112,23 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 			}
 		}
 	}
+	token, err := apiToken(c, logger)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	var gossipKey []byte
+	switch {
+	case c.String("encrypt") != "" && c.String("encrypt-file") != "":
+		return cli.Exit("--encrypt and --encrypt-file: pass one", 2)
+	case c.String("encrypt") != "":
+		if gossipKey, err = pki.DecodeGossipKey(c.String("encrypt")); err != nil {
+			return cli.Exit("--encrypt: "+err.Error(), 2)
+		}
+	case c.String("encrypt-file") != "":
+		if gossipKey, err = pki.ReadGossipKeyFile(c.String("encrypt-file")); err != nil {
+			return cli.Exit("--encrypt-file: "+err.Error(), 2)
+		}
+	}
 	cfg := Config{
 		Name: c.String("name"), DataDir: c.String("data-dir"),
 		GossipAddr: c.String("gossip-addr"), RaftAddr: c.String("raft-addr"), HTTPAddr: c.String("http-addr"),
@@ -107,7 +136,10 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		DrainTimeout: c.Duration("drain-timeout"), Voters: c.Int("voters"), Registry: reg,
 		MaxInputBytes: c.Int("max-input-bytes"), MaxResultBytes: c.Int("max-result-bytes"), CheckpointRate: c.Float64("checkpoint-rate"),
 		MaxConnsPerClient: c.Int("http-max-conns-per-client"), RateLimit: c.Float64("http-rate-limit"),
-		Retention: c.Duration("retention"), Token: c.String("token"), Logger: logger, LogLevel: level, Version: opts.Version,
+		Retention: c.Duration("retention"), Token: token, Logger: logger, LogLevel: level, Version: opts.Version,
+		Insecure: c.Bool("insecure"), JoinToken: c.String("join-token"), GossipKey: gossipKey,
+		TLSCertFile: c.String("tls-cert"), TLSKeyFile: c.String("tls-key"), TLSCAFile: c.String("tls-ca"),
+		TLSVerifyIncoming: c.Bool("tls-verify-incoming"), HTTPTLS: c.Bool("http-tls"),
 	}
 	if cfg.RateLimit == 0 {
 		cfg.RateLimit = -1 // the flag's 0 means off
@@ -146,6 +178,8 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		}
 		cfg.Advertise = "127.0.0.1"
 		cfg.Join = nil
+		cfg.Insecure = true // a throwaway single node: nothing to join, nothing to protect between nodes
+		cfg.JoinToken = ""
 	}
 	if cfg.DataDir == "" {
 		return cli.Exit("--data-dir is required (or use --dev for a throwaway node)", 2)
@@ -155,6 +189,15 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		return cli.Exit("start node: "+err.Error(), 1)
 	}
 
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			if err := n.ReloadTLS(); err != nil {
+				logger.Warn("SIGHUP: TLS files not reloaded", "err", err, "node", cfg.Name)
+			}
+		}
+	}()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	select {
@@ -174,4 +217,28 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		os.Exit(1)
 	}
 	return nil
+}
+
+// apiToken is the shared API token from --token-file or --token (TASKWORKER_TOKEN). A token in
+// argv is visible to every user of the machine (ps, /proc), so it gets a warning.
+func apiToken(c *cli.Context, logger *slog.Logger) (string, error) {
+	if f := c.String("token-file"); f != "" {
+		if c.String("token") != "" {
+			return "", errors.New("--token and --token-file: pass one")
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", fmt.Errorf("--token-file: %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return "", fmt.Errorf("--token-file %s is empty", f)
+		}
+		return tok, nil
+	}
+	tok := c.String("token")
+	if tok != "" && os.Getenv("TASKWORKER_TOKEN") == "" {
+		logger.Warn("--token on the command line is visible to every user of this machine (ps, /proc); use --token-file or TASKWORKER_TOKEN")
+	}
+	return tok, nil
 }

@@ -53,9 +53,13 @@ func (n *Node) proposeOnce(ctx context.Context, c *fsm.Command) (*fsm.Result, er
 	if n.raft.State() == raft.Leader {
 		return n.applyLocal(ctx, c)
 	}
-	addr := n.leaderHTTP()
+	addr := n.leaderPeer()
 	if addr == "" {
-		return nil, ErrNoLeader
+		// Not a raft member yet (a joiner registering), or between leaders: any member answers
+		// with the leader's name.
+		if addr = n.anyPeer(); addr == "" {
+			return nil, ErrNoLeader
+		}
 	}
 	return n.forward(ctx, addr, c)
 }
@@ -94,23 +98,6 @@ func (n *Node) raftApply(c *fsm.Command, timeout time.Duration) (*fsm.Result, er
 		return nil, fmt.Errorf("apply %s: no result", c.Type())
 	}
 	return res, res.Err
-}
-
-// leaderHTTP returns the leader's HTTP address from gossip metadata, or the FSM's node record.
-func (n *Node) leaderHTTP() string {
-	_, id := n.raft.LeaderWithID()
-	if id == "" {
-		return ""
-	}
-	for _, m := range n.members.Members() {
-		if m.Name == string(id) && m.Meta.HTTPAddr != "" {
-			return m.Meta.HTTPAddr
-		}
-	}
-	if nd, ok := n.fsm.Node(string(id)); ok {
-		return nd.HTTPAddr
-	}
-	return ""
 }
 
 // wireResult is fsm.Result on the wire between a follower and the leader. Errors travel as fsm's
@@ -161,7 +148,7 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 	if err != nil {
 		return nil, err
 	}
-	req, err := n.peerRequest(ctx, http.MethodPost, addr, internalApplyPath, bytes.NewReader(b))
+	req, err := n.peerRequest(ctx, http.MethodPost, addr, internodeApplyPath, bytes.NewReader(b))
 	if err != nil {
 		return nil, err
 	}
@@ -171,6 +158,7 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 	}
 	resp, err := n.client.Do(req)
 	if err != nil {
+		n.leaderHint.Store("")
 		return nil, fmt.Errorf("%w %s: %v", errForward, addr, err)
 	}
 	defer resp.Body.Close()
@@ -179,6 +167,7 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 		return nil, fmt.Errorf("%w %s: %v", errForward, addr, err)
 	}
 	if resp.StatusCode == http.StatusServiceUnavailable {
+		n.leaderHint.Store(resp.Header.Get(leaderHeader))
 		return nil, fmt.Errorf("%w %s: leader unavailable", errForward, addr)
 	}
 	if err := forwardRefusal(resp.StatusCode, body); err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/taskworker/taskworker/internal/acl"
 	"github.com/taskworker/taskworker/internal/limits"
+	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -50,11 +51,29 @@ type Config struct {
 	Logger       *slog.Logger
 	LogLevel     slog.Level
 	Version      string // build version shown in status
-	Token        string // when set, every API call but health and metrics needs it (Bearer); with ACL, only node-to-node calls
+	Token        string // when set, every API call but health and metrics needs it (Bearer); ignored by the API with ACL
 	// ACL turns on access control by ACL tokens, policies and JWTs (node/acl.go) for the API.
 	ACL bool
 	// JWT, with ACL, accepts JWTs signed for this cluster (--acl-jwt-config); nil accepts none.
 	JWT *acl.JWTMethod
+
+	// Trust between nodes (security.go). Secure is the default: Insecure turns encryption and
+	// authentication between nodes off (tests, --dev).
+	Insecure  bool
+	JoinToken string // the cluster's join token, for a node that joins with no identity yet
+	// Cluster names the cluster in its CA and certificates (pki.DefaultCluster when empty).
+	Cluster string
+	// Operator certificates (--tls-cert, --tls-key, --tls-ca) instead of the cluster CA.
+	TLSCertFile, TLSKeyFile, TLSCAFile string
+	// TLSVerifyIncoming: HTTPS API clients must present a certificate from the CA.
+	TLSVerifyIncoming bool
+	// HTTPTLS serves the public API over HTTPS with the node's certificate.
+	HTTPTLS bool
+	// GossipKey is the operator's gossip key (--encrypt); a new cluster makes one when it is nil.
+	GossipKey []byte
+	// InternodeAddr binds a listener of its own for internode calls when GossipTransport is set
+	// (test twins, whose gossip port is not a socket); "127.0.0.1:0" when empty.
+	InternodeAddr string
 
 	// ApplyTimeout bounds a leader's raft apply when no caller set a deadline, default 10s.
 	ApplyTimeout time.Duration
@@ -142,6 +161,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Version == "" {
 		c.Version = "dev"
+	}
+	if c.Cluster == "" {
+		c.Cluster = pki.DefaultCluster
+	}
+	if c.Insecure && (c.JoinToken != "" || c.TLSCertFile != "" || c.GossipKey != nil || c.HTTPTLS) {
+		return fmt.Errorf("config: --insecure does not go with --join-token, --tls-cert, --encrypt or --http-tls")
+	}
+	if (c.TLSCertFile != "" || c.TLSKeyFile != "" || c.TLSCAFile != "") && (c.TLSCertFile == "" || c.TLSKeyFile == "" || c.TLSCAFile == "") {
+		return fmt.Errorf("config: --tls-cert, --tls-key and --tls-ca go together")
 	}
 	return nil
 }

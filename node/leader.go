@@ -73,6 +73,7 @@ func (n *Node) lead(ctx context.Context) {
 		n.log.Warn("barrier after election", "err", err)
 		return
 	}
+	n.seedSecurity(ctx)
 	reconcile := func(ctx context.Context) {
 		n.reconcileNodes(ctx)
 		n.reconcileRaft()
@@ -182,6 +183,8 @@ func (n *Node) reconcileNodes(ctx context.Context) {
 // reconcileRaft keeps raft's configuration in step with gossip: alive members are added (as
 // voters up to the voter target, non-voters beyond), moved addresses are updated, voters that
 // died are replaced by promoting a non-voter, and gone servers are removed after a grace period.
+// A member is added only once it has registered through the authenticated internode channel (an
+// up FSM record under the boot ID it gossips), never because gossip alone reports it.
 func (n *Node) reconcileRaft() {
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
@@ -257,6 +260,9 @@ func (n *Node) reconcileRaft() {
 		if in && s.Address == addr {
 			continue
 		}
+		if !in && !n.registered(m) {
+			continue
+		}
 		var err error
 		switch {
 		case in && s.Suffrage == raft.Voter:
@@ -287,4 +293,11 @@ func memberState(members []membership.Member, name string) (membership.State, bo
 		}
 	}
 	return "", false
+}
+
+// registered reports whether a gossip member has registered itself, in this incarnation, through
+// the internode channel (where the caller's certificate names it).
+func (n *Node) registered(m membership.Member) bool {
+	nd, ok := n.fsm.Node(m.Name)
+	return ok && nd.Status == fsm.NodeUp && nd.BootID != "" && nd.BootID == m.Meta.BootID
 }

@@ -163,7 +163,7 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 		if n.IsLeader() {
 			return errors.New("this node leads again: nobody to remove it")
 		}
-		if addr := n.leaderHTTP(); addr != "" {
+		if addr := n.leaderPeer(); addr != "" {
 			req, _ := n.peerRequest(ctx, http.MethodPost, addr, removePath(n.cfg.Name), nil)
 			resp, err := n.client.Do(req)
 			if err == nil {
@@ -181,6 +181,6 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 	}
 }
 
-// removePath is the leader's internal route that removes the named node from raft. The name is
+// removePath is the leader's internode route that removes the named node from raft. The name is
 // escaped: a node name may hold "/", "?" or "%", which would otherwise change the route.
-func removePath(name string) string { return "/v1/internal/remove/" + url.PathEscape(name) }
+func removePath(name string) string { return "/v1/internode/remove/" + url.PathEscape(name) }

@@ -109,8 +109,8 @@ func drainQueued[T any](ch <-chan T, emit func(T)) {
 	}
 }
 
-// internalLogPath is the path of a task's logs on another node's internal routes.
-func internalLogPath(id string) string { return "/v1/internal/logs/" + url.PathEscape(id) }
+// internodeLogPath is the path of a task's logs on another node's internode routes.
+func internodeLogPath(id string) string { return "/v1/internode/logs/" + url.PathEscape(id) }
 
 // attemptNodes lists the nodes that ran (or run) the task's attempts, in order.
 func attemptNodes(t *fsm.Task) []string {
@@ -129,7 +129,7 @@ func (n *Node) nodeLogs(ctx context.Context, name, id string) ([]tasks.LogLine, 
 		return n.logs.Read(id)
 	}
 	var out []tasks.LogLine
-	err := n.remoteLogs(ctx, n.client, name, internalLogPath(id), func(l tasks.LogLine) { out = append(out, l) })
+	err := n.remoteLogs(ctx, n.client, name, internodeLogPath(id), func(l tasks.LogLine) { out = append(out, l) })
 	return out, err
 }
 
@@ -139,17 +139,17 @@ func (n *Node) followAttempt(ctx context.Context, name, id string, attempt int, 
 		n.followLocal(ctx, id, attempt, fn)
 		return nil
 	}
-	path := fmt.Sprintf("%s?follow=true&attempt=%d", internalLogPath(id), attempt)
-	return n.remoteLogs(ctx, &http.Client{}, name, path, fn) // no timeout: it lasts as long as the attempt
+	path := fmt.Sprintf("%s?follow=true&attempt=%d", internodeLogPath(id), attempt)
+	return n.remoteLogs(ctx, n.streamClient, name, path, fn) // no timeout: it lasts as long as the attempt
 }
 
-// remoteLogs reads JSON log lines from another node's internal logs endpoint.
+// remoteLogs reads JSON log lines from another node's internode logs route.
 func (n *Node) remoteLogs(ctx context.Context, client *http.Client, name, path string, fn func(tasks.LogLine)) error {
-	nd, ok := n.fsm.Node(name)
-	if !ok || nd.HTTPAddr == "" {
+	addr := n.peerAddr(name)
+	if addr == "" {
 		return fmt.Errorf("node %s unknown", name)
 	}
-	req, err := n.peerRequest(ctx, http.MethodGet, nd.HTTPAddr, path, nil)
+	req, err := n.peerRequest(ctx, http.MethodGet, addr, path, nil)
 	if err != nil {
 		return err
 	}

@@ -6,10 +6,12 @@ package node
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -25,6 +28,9 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/gossipmux"
+	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/internal/raftls"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -44,9 +50,16 @@ type Node struct {
 	logs     *tasks.LogStore
 	http     *http.Server
 	httpAddr string
-	client   *http.Client
 	batch    *batcher
-	resumed  bool // raft state was found on disk at start
+
+	// Trust and the internode channel (security.go, internode.go).
+	sec          *security
+	internodeLn  net.Listener // the gossip port's internode side (or a listener of its own with twins)
+	internode    *http.Server
+	client       *http.Client // internode calls with a deadline
+	streamClient *http.Client // internode log follows
+	leaderHint   atomic.Value // string: the leader a not-leader reply named
+	resumed      bool         // raft state was found on disk at start
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -72,7 +85,6 @@ func Start(cfg Config) (*Node, error) {
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
 		deadSince: map[string]time.Time{},
-		client:    &http.Client{Timeout: peerRequestTimeout},
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
@@ -118,6 +130,10 @@ func (n *Node) start() error {
 	if err != nil {
 		return fmt.Errorf("listen http %s: %w", cfg.HTTPAddr, err)
 	}
+	if host, _, _ := net.SplitHostPort(ln.Addr().String()); !cfg.HTTPTLS && !isLoopback(host) {
+		n.log.Warn("the HTTP API listens beyond loopback without HTTPS: bearer tokens and task data cross the network in the clear; use --http-tls",
+			"http", ln.Addr().String())
+	}
 	n.httpAddr, err = n.advertised(ln.Addr().String())
 	if err != nil {
 		ln.Close()
@@ -145,6 +161,11 @@ func (n *Node) start() error {
 	if err := n.startMembership(); err != nil {
 		return err
 	}
+	n.serveInternode(n.internodeLn)
+	if r := n.renewer(); r != nil {
+		n.goLoop(func(ctx context.Context) { _ = r.Run(ctx) })
+	}
+	n.goLoop(n.securityLoop)
 	n.goLoop(n.joinLoop)
 	n.goLoop(n.registerLoop)
 	n.goLoop(n.workLoop)
@@ -154,6 +175,9 @@ func (n *Node) start() error {
 	n.goLoop(n.watchHalt)
 	n.http = n.newHTTPServer(n.limitRequests(n.routes()))
 	ln = n.limitConns(ln)
+	if cfg.HTTPTLS {
+		ln = tls.NewListener(ln, pki.APIServerConfig(n.sec.holder, cfg.TLSVerifyIncoming))
+	}
 	serving = true
 	n.wg.Add(1)
 	go func() {
@@ -162,9 +186,24 @@ func (n *Node) start() error {
 			n.log.Error("http server", "err", err)
 		}
 	}()
-	n.log.Info("node started", "http", n.httpAddr, "raft", string(n.trans.LocalAddr()),
-		"gossip", n.members.GossipAddr(), "boot_id", n.bootID, "capacity", cfg.Capacity)
+	n.log.Info("node started", "http", n.httpAddr, "https", cfg.HTTPTLS, "raft", string(n.trans.LocalAddr()),
+		"gossip", n.members.GossipAddr(), "boot_id", n.bootID, "capacity", cfg.Capacity, "insecure", cfg.Insecure)
+	if n.sec.announce {
+		if tok, err := n.joinToken(); err == nil {
+			// The one time the token is logged: the operator needs it to add nodes.
+			n.log.Info("new secure cluster: add nodes with --join " + n.members.GossipAddr() + " --join-token " + tok.Encode() +
+				" (the token is also in " + filepath.Join(cfg.DataDir, pki.TokenFile) + "; keep it secret)")
+		}
+	}
 	return nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (n *Node) goLoop(f func(ctx context.Context)) {
@@ -228,6 +267,16 @@ func (n *Node) startRaft() error {
 		logs, stable, snaps = store, store, fss
 	}
 
+	existing, err := raft.HasExistingState(logs, stable, snaps)
+	if err != nil {
+		return fmt.Errorf("check raft state: %w", err)
+	}
+	n.resumed = existing
+	if err := n.setupSecurity(existing); err != nil {
+		return err
+	}
+	n.newPeerClients()
+
 	trans := cfg.RaftTransport
 	if trans == nil {
 		host, err := advertiseHost(cfg.Advertise, cfg.RaftAddr)
@@ -240,20 +289,30 @@ func (n *Node) startRaft() error {
 			adv = &net.TCPAddr{IP: net.ParseIP(host), Port: p}
 		}
 		// With port 0 the listener's own address is advertised, which needs a specific bind host.
-		t, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 3, 10*time.Second, newHCLogger(n.log, "raft-net", cfg.LogLevel))
-		if err != nil {
-			return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
+		if n.sec.insecure {
+			t, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 3, 10*time.Second, newHCLogger(n.log, "raft-net", cfg.LogLevel))
+			if err != nil {
+				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
+			}
+			trans = t
+		} else {
+			// Mutual TLS: a peer without a certificate of the cluster is closed before raft reads a byte.
+			sec := n.sec
+			stream, err := raftls.Listen(cfg.RaftAddr, raftls.Config{
+				Server:    pki.InternodeServerConfig(sec.holder, sec.serverName),
+				Client:    func() *tls.Config { return pki.InternodeClientConfig(sec.holder, sec.serverName) },
+				Advertise: adv,
+				Logger:    n.log.With("component", "raft-tls"),
+			})
+			if err != nil {
+				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
+			}
+			trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, newHCLogger(n.log, "raft-net", cfg.LogLevel))
 		}
-		trans = t
-		n.closers = append(n.closers, t.Close)
+		n.closers = append(n.closers, trans.(io.Closer).Close)
 	}
 	n.trans = trans
 
-	existing, err := raft.HasExistingState(logs, stable, snaps)
-	if err != nil {
-		return fmt.Errorf("check raft state: %w", err)
-	}
-	n.resumed = existing
 	r, err := raft.NewRaft(rc, n.fsm, logs, stable, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
@@ -293,6 +352,34 @@ func (n *Node) startMembership() error {
 		}
 	}
 	mc.Transport = cfg.GossipTransport
+	if cfg.GossipTransport == nil {
+		// One port for gossip, the join exchange and internode calls (gossipmux's doc says why).
+		bind := mc.BindAddr
+		if bind == "" {
+			bind = "0.0.0.0"
+		}
+		mux, err := gossipmux.New(gossipmux.Config{
+			BindAddr: bind, BindPort: mc.BindPort, AllowPlainHTTP: n.sec.insecure,
+			Logger: n.log.With("component", "gossipmux"),
+		})
+		if err != nil {
+			return fmt.Errorf("gossip port %s: %w", cfg.GossipAddr, err)
+		}
+		mc.Transport = mux
+		n.internodeLn = mux.Internode()
+	} else {
+		addr := cfg.InternodeAddr
+		if addr == "" {
+			addr = "127.0.0.1:0"
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("internode listener %s: %w", addr, err)
+		}
+		n.closers = append(n.closers, func() error { _ = ln.Close(); return nil })
+		n.internodeLn = ln
+	}
+	mc.Keyring = n.sec.keyring
 	if cfg.ProbeInterval > 0 {
 		mc.ProbeInterval = cfg.ProbeInterval
 	}
@@ -302,10 +389,19 @@ func (n *Node) startMembership() error {
 	mc.Logger = n.log.With("component", "gossip")
 	mc.Meta = membership.Meta{
 		RaftAddr: string(n.trans.LocalAddr()), HTTPAddr: n.httpAddr, BootID: n.bootID,
-		Capacity: cfg.Capacity, Version: cfg.Version,
+		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.sec.insecure,
+	}
+	if cfg.GossipTransport != nil {
+		mc.Meta.Internode = n.internodeLn.Addr().String()
+	}
+	if n.sec.keyring != nil {
+		mc.Meta.Keys = keyIDs(localKeys(n.sec.keyring))
 	}
 	m, err := membership.New(mc)
 	if err != nil {
+		if mux, ok := mc.Transport.(*gossipmux.Transport); ok && cfg.GossipTransport == nil {
+			_ = mux.Shutdown()
+		}
 		return fmt.Errorf("start gossip: %w", err)
 	}
 	n.members = m
@@ -514,11 +610,13 @@ func (n *Node) Shutdown() error {
 	if n.members != nil {
 		errs = append(errs, n.members.Shutdown())
 	}
-	if n.http != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = n.http.Shutdown(ctx)
-		cancel()
-		_ = n.http.Close()
+	for _, srv := range []*http.Server{n.http, n.internode} {
+		if srv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = srv.Shutdown(ctx)
+			cancel()
+			_ = srv.Close()
+		}
 	}
 	if n.raft != nil {
 		errs = append(errs, n.raft.Shutdown().Error())

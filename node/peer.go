@@ -15,14 +15,18 @@ import (
 	"github.com/taskworker/taskworker/tasks"
 )
 
-// The node-to-node routes: forwarded writes, log reads and a leaving node's removal. They live
-// apart from the public API (internal/httpapi), which has no route that accepts raw FSM commands;
-// for now they share its listener and its token check.
+// The node-to-node routes: forwarded writes, log reads, a leaving node's removal and the join
+// exchange. They are served on the internode listener (the gossip port, internode.go), never on
+// the public API, which has no route that accepts raw FSM commands. In secure mode every route
+// but join needs a cluster node's certificate.
 const (
-	internalPrefix     = "/v1/internal/"
-	internalApplyPath  = "/v1/internal/apply"
-	internalLogsPath   = "/v1/internal/logs/{id}"
-	internalRemovePath = "/v1/internal/remove/{name}"
+	internodeApplyPath  = "/v1/internode/apply"
+	internodeLogsPath   = "/v1/internode/logs/{id}"
+	internodeRemovePath = "/v1/internode/remove/{name}"
+	internodeJoinPath   = "/v1/internode/join"
+	// leaderHeader names the leader in a not-leader reply, so a node that is not yet a raft
+	// member (a joiner registering) finds the leader without raft.
+	leaderHeader = "X-Taskworker-Leader"
 	// callerCredentialHeader carries, beside a forwarded command, the credential of the API
 	// caller it is for, so the leader authorizes that caller again (authorizeForward).
 	callerCredentialHeader = "X-Taskworker-Caller-Credential"
@@ -30,10 +34,11 @@ const (
 
 func (n *Node) peerRoutes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+internalApplyPath, n.handleInternalApply)
-	mux.HandleFunc("GET "+internalLogsPath, n.handleLocalLogs)
-	mux.HandleFunc("POST "+internalRemovePath, n.handleInternalRemove)
-	mux.HandleFunc(internalPrefix, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+internodeApplyPath, n.handleInternalApply)
+	mux.HandleFunc("GET "+internodeLogsPath, n.handleLocalLogs)
+	mux.HandleFunc("POST "+internodeRemovePath, n.handleInternalRemove)
+	mux.HandleFunc("POST "+internodeJoinPath, n.handleJoin)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+api.Truncate(r.Method+" "+r.URL.Path))
 	})
 	return mux
@@ -62,7 +67,13 @@ func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_command", "not a forwardable command")
 		return
 	}
+	if err := checkNodeIdentity(c, callerOf(r.Context())); err != nil {
+		n.log.Warn("refused a forwarded command", "remote", r.RemoteAddr, "command", c.Type().String(), "reason", err)
+		writeError(w, http.StatusForbidden, "forbidden", err.Error())
+		return
+	}
 	if n.raft.State() != raft.Leader {
+		w.Header().Set(leaderHeader, n.Leader())
 		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
 		return
 	}
@@ -123,6 +134,11 @@ func (n *Node) handleLocalLogs(w http.ResponseWriter, r *http.Request) {
 // handleInternalRemove is the leader's side of a graceful leave: remove the server from raft.
 func (n *Node) handleInternalRemove(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if caller := callerOf(r.Context()); !caller.may(name) {
+		n.log.Warn("refused a raft removal asked by another node", "remote", r.RemoteAddr, "caller", caller.name, "server", name)
+		writeError(w, http.StatusForbidden, "forbidden", "a node may only remove itself")
+		return
+	}
 	if !n.IsLeader() {
 		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
 		return

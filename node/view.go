@@ -43,6 +43,7 @@ func (n *Node) clusterInfo() api.Cluster {
 		ni.GossipAddr = m.GossipAddr
 		ni.State = string(m.State)
 		ni.Draining = ni.Draining || m.Meta.Draining
+		ni.Insecure = m.Meta.Insecure
 	}
 	info := api.Cluster{Leader: leader, Tasks: map[string]int{}}
 	for s, c := range n.fsm.Counts() {

@@ -53,6 +53,16 @@ type Backend interface {
 	Logs(ctx context.Context, id string, follow bool, emit func(api.LogLine)) error
 	// Metrics serves the node's Prometheus metrics.
 	Metrics() http.Handler
+
+	// JoinToken returns the cluster's join token (not_secure when the cluster has none).
+	JoinToken(ctx context.Context) (api.JoinToken, error)
+	// RotateJoinToken gives the join token a new secret and returns it; the old one is refused from then on.
+	RotateJoinToken(ctx context.Context) (api.JoinToken, error)
+	// Keyring lists the cluster's gossip keys and how many nodes hold each.
+	Keyring(ctx context.Context) (api.Keyring, error)
+	// ChangeKeyring installs, uses or removes a gossip key on every node (invalid_request for a
+	// bad operation or key, keyring_conflict for removing the primary) and returns the keyring.
+	ChangeKeyring(ctx context.Context, req api.KeyringRequest) (api.Keyring, error)
 }
 
 // Defaults for Options.
@@ -105,6 +115,10 @@ func New(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("POST /v1/agent/leave", s.leave)
 	mux.Handle("GET /metrics", b.Metrics())
 	s.aclRoutes(mux)
+	mux.HandleFunc("GET "+api.PathJoinToken, s.joinToken)
+	mux.HandleFunc("POST "+api.PathJoinTokenRotate, s.rotateJoinToken)
+	mux.HandleFunc("GET "+api.PathKeyring, s.keyring)
+	mux.HandleFunc("POST "+api.PathKeyring, s.changeKeyring)
 	mux.HandleFunc("/", NotFound)
 	if s.acl != nil {
 		return s.requireACL(mux)
@@ -121,8 +135,8 @@ func NotFound(w http.ResponseWriter, r *http.Request) {
 }
 
 // RequireToken guards every route but health and metrics with the cluster's shared token, sent as
-// "Authorization: Bearer TOKEN": 401 without one, 403 with a wrong one. Nodes send it to each
-// other too, so the node wraps its internal routes in it as well.
+// "Authorization: Bearer TOKEN": 401 without one, 403 with a wrong one. It is a user credential
+// only: nodes call each other on their own authenticated channel, never with it.
 func RequireToken(token string, next http.Handler) http.Handler {
 	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -384,4 +398,60 @@ func (s *server) leave(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	WriteJSON(w, http.StatusAccepted, reply)
+}
+
+func (s *server) joinToken(w http.ResponseWriter, r *http.Request) {
+	tok, err := s.b.JoinToken(r.Context())
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, tok)
+}
+
+func (s *server) rotateJoinToken(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), s.opts.WriteTimeout)
+	defer cancel()
+	tok, err := s.b.RotateJoinToken(ctx)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, tok)
+}
+
+func (s *server) keyring(w http.ResponseWriter, r *http.Request) {
+	ring, err := s.b.Keyring(r.Context())
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, ring)
+}
+
+func (s *server) changeKeyring(w http.ResponseWriter, r *http.Request) {
+	var req api.KeyringRequest
+	if err := s.decodeBody(r, w, &req); err != nil {
+		WriteError(w, err)
+		return
+	}
+	switch req.Op {
+	case api.KeyringInstall, api.KeyringUse, api.KeyringRemove:
+	default:
+		WriteError(w, api.Errorf(api.CodeInvalidRequest, "op must be %s, %s or %s, not %q",
+			api.KeyringInstall, api.KeyringUse, api.KeyringRemove, api.Truncate(req.Op)))
+		return
+	}
+	if req.Key == "" {
+		WriteError(w, api.Errorf(api.CodeInvalidRequest, "key is required (base64 of 16, 24 or 32 bytes)"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.opts.WriteTimeout)
+	defer cancel()
+	ring, err := s.b.ChangeKeyring(ctx, req)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, ring)
 }

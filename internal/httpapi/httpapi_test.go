@@ -36,6 +36,7 @@ type fakeBackend struct {
 	gotCaller Caller
 	leakList  bool // List ignores visible, as a buggy backend would
 	leaves    int
+	gotKeyOp  api.KeyringRequest
 }
 
 func newFake() *fakeBackend {
@@ -163,6 +164,25 @@ func (f *fakeBackend) Metrics() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "taskworker_up 1\n") })
 }
 
+func (f *fakeBackend) JoinToken(context.Context) (api.JoinToken, error) {
+	return api.JoinToken{Token: "TW1::fp::secret"}, f.err
+}
+
+func (f *fakeBackend) RotateJoinToken(context.Context) (api.JoinToken, error) {
+	return api.JoinToken{Token: "TW1::fp::new"}, f.err
+}
+
+func (f *fakeBackend) Keyring(context.Context) (api.Keyring, error) {
+	return api.Keyring{Primary: "k", Keys: []string{"k"}}, f.err
+}
+
+func (f *fakeBackend) ChangeKeyring(_ context.Context, req api.KeyringRequest) (api.Keyring, error) {
+	f.mu.Lock()
+	f.gotKeyOp = req
+	f.mu.Unlock()
+	return api.Keyring{Primary: "k", Keys: []string{"k", req.Key}}, f.err
+}
+
 // call sends a request to h and returns the recorded reply.
 func call(h http.Handler, method, target, contentType, body string, header ...string) *httptest.ResponseRecorder {
 	req := httptest.NewRequest(method, target, strings.NewReader(body))
@@ -219,6 +239,10 @@ func TestEveryRouteAnswersWithItsAPIType(t *testing.T) {
 		{"GET", "/v1/types", "", 200, func() any { return new([]api.TypeInfo) }},
 		{"GET", "/v1/health", "", 200, func() any { return new(api.Health) }},
 		{"POST", "/v1/agent/leave", "", 202, func() any { return new(api.LeaveReply) }},
+		{"GET", api.PathJoinToken, "", 200, func() any { return new(api.JoinToken) }},
+		{"POST", api.PathJoinTokenRotate, "", 200, func() any { return new(api.JoinToken) }},
+		{"GET", api.PathKeyring, "", 200, func() any { return new(api.Keyring) }},
+		{"POST", api.PathKeyring, `{"op":"install","key":"a2V5"}`, 200, func() any { return new(api.Keyring) }},
 	}
 	for _, c := range cases {
 		t.Run(c.method+" "+c.target, func(t *testing.T) {
@@ -540,4 +564,42 @@ type slowBackend struct{ *fakeBackend }
 func (s *slowBackend) Submit(ctx context.Context, _ Caller, _ api.SubmitRequest) (api.Task, bool, error) {
 	<-ctx.Done()
 	return api.Task{}, false, fmt.Errorf("submit: %w", ctx.Err())
+}
+
+func TestKeyringChangesAreCheckedBeforeTheBackend(t *testing.T) {
+	cases := []struct {
+		name, body string
+		status     int
+		code       api.Code
+	}{
+		{"unknown op", `{"op":"rotate","key":"a2V5"}`, 400, api.CodeInvalidRequest},
+		{"no key", `{"op":"use"}`, 400, api.CodeInvalidRequest},
+		{"unknown field", `{"op":"use","key":"a2V5","force":true}`, 400, api.CodeInvalidRequest},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFake()
+			wantError(t, call(New(f, Options{}), "POST", api.PathKeyring, "application/json", c.body), c.status, c.code)
+			if f.gotKeyOp != (api.KeyringRequest{}) {
+				t.Errorf("backend called with %+v", f.gotKeyOp)
+			}
+		})
+	}
+	f := newFake()
+	f.err = api.Errorf(api.CodeKeyringConflict, "the primary key cannot be removed")
+	wantError(t, call(New(f, Options{}), "POST", api.PathKeyring, "application/json", `{"op":"remove","key":"a2V5"}`), 409, api.CodeKeyringConflict)
+	f.err = api.Errorf(api.CodeNotSecure, "insecure")
+	wantError(t, call(New(f, Options{}), "GET", api.PathJoinToken, "", ""), 409, api.CodeNotSecure)
+}
+
+func TestOperatorRoutesNeedTheToken(t *testing.T) {
+	h := New(newFake(), Options{Token: "sekrit"})
+	for _, r := range []struct{ method, path string }{
+		{"GET", api.PathJoinToken}, {"POST", api.PathJoinTokenRotate}, {"GET", api.PathKeyring}, {"POST", api.PathKeyring},
+	} {
+		wantError(t, call(h, r.method, r.path, "application/json", `{"op":"use","key":"a2V5"}`), 401, api.CodeUnauthorized)
+	}
+	if rec := call(h, "GET", api.PathJoinToken, "", "", "Authorization", "Bearer sekrit"); rec.Code != 200 {
+		t.Fatalf("with the token: %d %s", rec.Code, rec.Body)
+	}
 }

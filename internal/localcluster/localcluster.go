@@ -205,6 +205,7 @@ type Node struct {
 	API                *client.Client // talks to HTTP
 	bin                string
 	args               []string
+	env                []string // added to this program's environment (the join token)
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -328,6 +329,9 @@ func (n *Node) start() error {
 	defer f.Close()
 	cmd := exec.Command(n.bin, n.args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if len(n.env) > 0 {
+		cmd.Env = append(os.Environ(), n.env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", n.Name, err)
@@ -389,9 +393,14 @@ func New(bin, dir string, args ...string) *Cluster {
 	return &Cluster{Bin: bin, Dir: dir, Args: args}
 }
 
+// JoinTokenTimeout is how long Add waits for the first node to write its join token.
+const JoinTokenTimeout = 30 * time.Second
+
 // Add starts one more node, n<k+1> for a cluster of k, joining the first node (unless it is the
 // first). It advertises 127.0.0.1, uses its data dir as --files-dir, and gets c.Args and then
-// extra (a flag given twice: the last one wins).
+// extra (a flag given twice: the last one wins). As a user would, a node that joins a secure
+// cluster gets the join token the first node wrote to <data-dir>/join-token, in
+// TASKWORKER_JOIN_TOKEN; not with --insecure, nor with operator certificates (--tls-cert).
 func (c *Cluster) Add(extra ...string) (*Node, error) {
 	ports, err := FreePorts(3)
 	if err != nil {
@@ -413,11 +422,42 @@ func (c *Cluster) Add(extra ...string) (*Node, error) {
 		nd.args = append(nd.args, "--join", c.Nodes[0].Gossip)
 	}
 	nd.args = append(append(nd.args, c.Args...), extra...)
+	if len(c.Nodes) > 0 && !hasFlag(nd.args, "--insecure") && !hasFlag(nd.args, "--tls-cert") && !hasFlag(nd.args, "--join-token") {
+		tok, err := c.Nodes[0].JoinToken(JoinTokenTimeout)
+		if err != nil {
+			return nil, err
+		}
+		nd.env = append(nd.env, "TASKWORKER_JOIN_TOKEN="+tok)
+	}
 	if err := nd.start(); err != nil {
 		return nil, err
 	}
 	c.Nodes = append(c.Nodes, nd)
 	return nd, nil
+}
+
+// JoinToken waits up to timeout for the node's <data-dir>/join-token (a secure cluster's first
+// node writes it at start) and returns the token.
+func (n *Node) JoinToken(timeout time.Duration) (string, error) {
+	var tok string
+	err := Until(timeout, 50*time.Millisecond, func() bool {
+		b, err := os.ReadFile(filepath.Join(n.DataDir, "join-token"))
+		tok = strings.TrimSpace(string(b))
+		return err == nil && tok != ""
+	})
+	if err != nil {
+		return "", fmt.Errorf("no join token from %s in %s (is it running --insecure?): %w", n.Name, timeout, err)
+	}
+	return tok, nil
+}
+
+func hasFlag(args []string, flag string) bool {
+	for _, a := range args {
+		if a == flag || strings.HasPrefix(a, flag+"=") {
+			return true
+		}
+	}
+	return false
 }
 
 // Start starts n nodes n1…nN of the taskworker binary bin in dir, each after the first joining the

@@ -27,11 +27,14 @@ func TestFreePortsNeverHandsOutAPortTwice(t *testing.T) {
 	}
 }
 
-// agentScript stands in for the taskworker binary: it logs its arguments, exits 0 on SIGTERM
-// and otherwise runs until killed.
+// agentScript stands in for the taskworker binary: it logs its arguments and the join token it
+// got, writes a join token to its data dir as a first node does, exits 0 on SIGTERM and
+// otherwise runs until killed.
 const agentScript = `#!/bin/sh
 trap 'echo "got TERM"; exit 0' TERM
 echo "started $*"
+echo "join token <$TASKWORKER_JOIN_TOKEN>"
+while [ $# -gt 0 ]; do [ "$1" = --data-dir ] && echo "TW1::fake" > "$2/join-token"; shift; done
 while :; do sleep 0.05; done
 `
 
@@ -61,6 +64,16 @@ func TestNodeKillSigtermAndRestart(t *testing.T) {
 	if strings.Contains(strings.Join(n1.Args(), " "), "--join") {
 		t.Fatalf("n1 joins: %q", n1.Args())
 	}
+	if err := Until(10*time.Second, 10*time.Millisecond, func() bool { return strings.Contains(n2.Log(), "join token <TW1::fake>") }); err != nil {
+		t.Fatalf("n2 did not get n1's join token: %q", n2.Log())
+	}
+	n3, err := c.Add("--insecure")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Until(10*time.Second, 10*time.Millisecond, func() bool { return strings.Contains(n3.Log(), "join token <>") }); err != nil {
+		t.Fatalf("an --insecure node got a join token: %q", n3.Log())
+	}
 	if err := Until(10*time.Second, 10*time.Millisecond, func() bool { return strings.Contains(n1.Log(), "started") }); err != nil {
 		t.Fatalf("n1 log %q", n1.Log())
 	}
@@ -74,7 +87,7 @@ func TestNodeKillSigtermAndRestart(t *testing.T) {
 	if err := n1.Wait(10 * time.Second); err != nil {
 		t.Fatalf("after SIGTERM: %v, want a clean exit", err)
 	}
-	if n1.Running() || len(c.Running()) != 1 {
+	if n1.Running() || len(c.Running()) != 2 {
 		t.Fatalf("running after exit: n1 %v, cluster %d", n1.Running(), len(c.Running()))
 	}
 

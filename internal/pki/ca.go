@@ -219,26 +219,40 @@ func LoadCAFiles(certFile, keyFile string) (*CA, error) {
 	if kerr != nil {
 		return nil, fmt.Errorf("load CA: %w", kerr)
 	}
+	ca, err := ParseCA(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("load CA %s, %s: %w", certFile, keyFile, err)
+	}
+	return ca, nil
+}
+
+// ParseCA builds a CA from its PEM certificate and key (any ECDSA CA); the key must match.
+// Joining nodes get the cluster CA this way, over the authenticated join exchange.
+func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 	certs, err := parseCerts(certPEM)
 	if err != nil {
-		return nil, fmt.Errorf("load CA %s: %w", certFile, err)
+		return nil, err
 	}
 	if len(certs) != 1 || !certs[0].IsCA {
-		return nil, fmt.Errorf("load CA %s: want exactly one CA certificate", certFile)
+		return nil, errors.New("want exactly one CA certificate")
 	}
 	key, err := parseKey(keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("load CA key %s: %w", keyFile, err)
+		return nil, fmt.Errorf("CA key: %w", err)
 	}
 	ecKey, ok := key.(*ecdsa.PrivateKey)
 	if !ok {
-		return nil, fmt.Errorf("load CA key %s: want an ECDSA key, got %T", keyFile, key)
+		return nil, fmt.Errorf("CA key: want an ECDSA key, got %T", key)
 	}
 	if !ecKey.PublicKey.Equal(certs[0].PublicKey) {
-		return nil, fmt.Errorf("load CA %s: the key in %s does not belong to it", certFile, keyFile)
+		return nil, errors.New("the key does not belong to the CA certificate")
 	}
 	return &CA{Cert: certs[0], Key: ecKey}, nil
 }
+
+// KeyPEM is the CA's private key in PEM (PKCS#8), for SaveCA and for handing the CA to a node
+// that joined through the authenticated join exchange.
+func (ca *CA) KeyPEM() ([]byte, error) { return encodeKey(ca.Key) }
 
 func newSerial() (*big.Int, error) {
 	// 128 random bits, as the CA/Browser Forum asks (at least 64); unique without bookkeeping.

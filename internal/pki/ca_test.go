@@ -142,3 +142,26 @@ func TestLoadOrCreateCACreatesOnceThenLoads(t *testing.T) {
 		t.Fatal("a CA for another cluster was accepted")
 	}
 }
+
+func TestParseCARoundTripsKeyPEMAndRefusesAnotherKey(t *testing.T) {
+	ca, err := CreateCA("global", testNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := CreateCA("global", testNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := ca.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseCA(ca.CertPEM(), keyPEM)
+	if err != nil || got.Fingerprint() != ca.Fingerprint() || !got.Key.Equal(ca.Key) {
+		t.Fatalf("ParseCA = %v, %v", got, err)
+	}
+	otherKey, _ := other.KeyPEM()
+	if _, err := ParseCA(ca.CertPEM(), otherKey); err == nil {
+		t.Error("ParseCA accepted the key of another CA")
+	}
+}

@@ -1,0 +1,366 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/membership"
+)
+
+// The internode channel: an HTTP server on the internode listener (the gossip port, through
+// gossipmux) and the client nodes call it with. In secure mode both ends use TLS 1.3 with
+// certificates of the cluster CA (or the operator's); the server asks for a client certificate,
+// and every route but the join exchange refuses a caller without one. The caller's node name is
+// read from its certificate (pki.NodeName), so a forwarded executor report can be checked against
+// the node that sent it. In insecure mode it is plain HTTP and callers are not known.
+
+// peerCaller is who made an internode call.
+type peerCaller struct {
+	name string
+	// anyNode: the call cannot be tied to one node (insecure mode, or an operator certificate
+	// that names no node), so it may act for any.
+	anyNode bool
+}
+
+// may reports whether the caller may act for the named node.
+func (c peerCaller) may(node string) bool { return c.anyNode || (c.name != "" && c.name == node) }
+
+type callerKey struct{}
+
+func callerOf(ctx context.Context) peerCaller {
+	c, _ := ctx.Value(callerKey{}).(peerCaller)
+	return c
+}
+
+// checkNodeIdentity checks that a forwarded command about a node comes from that node: only a
+// node registers, drains or reports for itself. Submits and cancels are users' requests that any
+// node may pass on.
+func checkNodeIdentity(c *fsm.Command, caller peerCaller) error {
+	var names []string
+	switch b := c.Body.(type) {
+	case *fsm.Register:
+		names = []string{b.Node.Name}
+	case *fsm.Drain:
+		names = []string{b.Name}
+	case *fsm.ReportBatch:
+		for _, r := range b.Items {
+			names = append(names, r.Node)
+		}
+	}
+	for _, name := range names {
+		if !caller.may(name) {
+			return fmt.Errorf("node %q may not send a %s command for node %q", api.Truncate(caller.name), c.Type(), api.Truncate(name))
+		}
+	}
+	return nil
+}
+
+// internodeAuth identifies the caller of an internode route and refuses one without a cluster
+// certificate (except on the join route, whose caller has no certificate yet).
+func (n *Node) internodeAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := n.sec
+		if s.insecure {
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, peerCaller{anyNode: true})))
+			return
+		}
+		if r.URL.Path == internodeJoinPath {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+			n.log.Warn("refused an internode call without a node certificate", "remote", r.RemoteAddr, "path", api.Truncate(r.URL.Path))
+			writeError(w, http.StatusUnauthorized, "unauthorized", "internode calls need a node certificate of this cluster")
+			return
+		}
+		// crypto/tls has verified the chain against the cluster's CAs (VerifyClientCertIfGiven).
+		leaf := r.TLS.PeerCertificates[0]
+		if err := leaf.VerifyHostname(s.serverName); err != nil {
+			n.log.Warn("refused an internode call: the certificate does not name a cluster server", "remote", r.RemoteAddr, "err", err)
+			writeError(w, http.StatusForbidden, "forbidden", "the certificate does not name a server of this cluster")
+			return
+		}
+		caller := peerCaller{anyNode: true}
+		if name, ok := pki.NodeName(leaf, s.cluster); ok {
+			caller = peerCaller{name: name}
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller)))
+	})
+}
+
+// internodeServerTLS asks every client for a certificate and verifies one if given; the join
+// route is the only one that serves a client without (internodeAuth).
+func (n *Node) internodeServerTLS() *tls.Config {
+	h := n.sec.holder
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: h.GetCertificate,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			id := h.Identity()
+			if id == nil {
+				return nil, pki.ErrNoIdentity
+			}
+			return &tls.Config{
+				MinVersion:     tls.VersionTLS13,
+				GetCertificate: h.GetCertificate,
+				ClientAuth:     tls.VerifyClientCertIfGiven,
+				ClientCAs:      id.Roots,
+				// See pki.InternodeServerConfig: a resumed session would skip a reloaded CA bundle.
+				SessionTicketsDisabled: true,
+			}, nil
+		},
+	}
+}
+
+// serveInternode serves the internode routes on ln until the node shuts down.
+func (n *Node) serveInternode(ln net.Listener) {
+	if !n.sec.insecure {
+		ln = tls.NewListener(ln, n.internodeServerTLS())
+	}
+	log := n.log.With("component", "internode")
+	n.internode = &http.Server{
+		Handler:           n.internodeAuth(n.peerRoutes()),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		// Refused handshakes (no certificate, another CA) are logged here, one line each.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.internode.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && n.ctx.Err() == nil {
+			log.Error("internode server", "err", err)
+		}
+	}()
+}
+
+// newPeerClients makes the clients for internode calls: n.client for calls with a deadline and
+// n.streamClient for log follows that last as long as a task.
+func (n *Node) newPeerClients() {
+	tr := &http.Transport{MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
+	if s := n.sec; !s.insecure {
+		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			// Made per dial, so a reloaded CA bundle is trusted from the next connection on.
+			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: pki.InternodeClientConfig(s.holder, s.serverName)}
+			return d.DialContext(ctx, network, addr)
+		}
+	}
+	n.client = &http.Client{Timeout: peerRequestTimeout, Transport: tr}
+	n.streamClient = &http.Client{Transport: tr}
+}
+
+// peerRequest builds an internode request to the node at addr (its internode address).
+func (n *Node) peerRequest(ctx context.Context, method, addr, path string, body io.Reader) (*http.Request, error) {
+	scheme := "https://"
+	if n.sec.insecure {
+		scheme = "http://"
+	}
+	return http.NewRequestWithContext(ctx, method, scheme+addr+path, body)
+}
+
+// peerAddr is where the named node takes internode calls: its gossip address (or the address its
+// gossip metadata names), from gossip, else from its FSM record; "" when unknown.
+func (n *Node) peerAddr(name string) string {
+	var members []membership.Member
+	if n.members != nil {
+		members = n.members.Members()
+	}
+	for _, m := range members {
+		if m.Name == name {
+			if m.Meta.Internode != "" {
+				return m.Meta.Internode
+			}
+			return m.GossipAddr
+		}
+	}
+	if nd, ok := n.fsm.Node(name); ok {
+		return nd.GossipAddr
+	}
+	return ""
+}
+
+// leaderPeer is the internode address of the leader raft names, or of the one a not-leader reply
+// named (a node that is not a raft member yet learns the leader that way); "" when unknown.
+func (n *Node) leaderPeer() string {
+	_, id := n.raft.LeaderWithID()
+	name := string(id)
+	if name == "" {
+		name, _ = n.leaderHint.Load().(string)
+	}
+	if name == "" || name == n.cfg.Name {
+		return ""
+	}
+	return n.peerAddr(name)
+}
+
+// anyPeer is the internode address of a random alive member other than this node, to ask who
+// leads; "" when there is none.
+func (n *Node) anyPeer() string {
+	var addrs []string
+	for _, m := range n.members.Members() {
+		if m.Name != n.cfg.Name && m.State == membership.StateAlive {
+			if m.Meta.Internode != "" {
+				addrs = append(addrs, m.Meta.Internode)
+			} else {
+				addrs = append(addrs, m.GossipAddr)
+			}
+		}
+	}
+	if len(addrs) == 0 {
+		return ""
+	}
+	return addrs[rand.IntN(len(addrs))]
+}
+
+// joinReply is the join route's answer: pki's response and the CA key, which every node holds
+// (security.go says why). It travels only over the TLS connection the joiner pinned to the CA.
+type joinReply struct {
+	pki.JoinResponse
+	CAKey string `json:"ca_key"`
+}
+
+// handleJoin is the CA side of the join exchange: it signs a joiner's certificate when the
+// joiner presents the cluster's current join token.
+func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
+	s := n.sec
+	if s.insecure || s.ca == nil {
+		n.log.Warn("refused a join: this node admits no joiners (insecure, or operator certificates)", "remote", r.RemoteAddr)
+		writeError(w, http.StatusConflict, "not_secure", "this node does not admit joiners with a token: the cluster runs --insecure or with operator certificates")
+		return
+	}
+	var req pki.JoinRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, pki.MaxJoinRequestBytes)).Decode(&req); err != nil {
+		n.log.Warn("refused a join: unreadable request", "remote", r.RemoteAddr)
+		writeError(w, http.StatusBadRequest, "bad_join_request", "the join request is not valid JSON")
+		return
+	}
+	tok, err := n.joinToken()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "no_join_token", "this node does not know the join token yet; retry")
+		return
+	}
+	ring := localKeys(s.keyring)
+	resp, err := s.ca.SignJoin(req, pki.SignJoinOptions{Token: tok, GossipKeys: ring, Now: time.Now()})
+	switch {
+	case errors.Is(err, pki.ErrJoinDenied):
+		n.log.Warn("refused a node's join: wrong join token", "remote", r.RemoteAddr, "node", api.Truncate(req.NodeName), "reason", err)
+		writeError(w, http.StatusForbidden, "join_refused", "join refused: "+err.Error())
+		return
+	case err != nil:
+		n.log.Warn("refused a node's join: bad request", "remote", r.RemoteAddr, "node", api.Truncate(req.NodeName), "reason", err)
+		writeError(w, http.StatusBadRequest, "bad_join_request", err.Error())
+		return
+	}
+	keyPEM, err := s.ca.KeyPEM()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "internal", "encode the CA key")
+		return
+	}
+	n.log.Info("admitted a joining node: signed its certificate", "node", req.NodeName, "remote", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, joinReply{JoinResponse: resp, CAKey: string(keyPEM)})
+}
+
+// errJoinRefused: a member refused this node's join token; retrying cannot help.
+var errJoinRefused = errors.New("join refused")
+
+// joinCluster runs the joiner's side of the join exchange against the --join addresses until one
+// answers: a refusal (wrong token, another cluster, an insecure cluster) ends it at once, an
+// unreachable member is retried, as --join is.
+func (n *Node) joinCluster(ctx context.Context, tok pki.Token, ips []net.IP) (*pki.JoinResult, *pki.CA, error) {
+	key, req, err := pki.NewJoinRequest(tok, n.cfg.Name, ips)
+	if err != nil {
+		return nil, nil, fmt.Errorf("join: %w", err)
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("join: %w", err)
+	}
+	hc := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedClientConfig(tok.Fingerprint)}}
+	defer hc.CloseIdleConnections()
+	backoff := 200 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		var lastErr error
+		for _, addr := range n.cfg.Join {
+			res, ca, err := n.joinOnce(ctx, hc, addr, tok, key, body)
+			if err == nil {
+				return res, ca, nil
+			}
+			if errors.Is(err, errJoinRefused) {
+				return nil, nil, err
+			}
+			lastErr = err
+		}
+		if attempt%10 == 0 {
+			n.log.Warn("no member answered the join yet; retrying", "join", n.cfg.Join, "err", lastErr)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("join: %w (last error: %v)", ctx.Err(), lastErr)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func (n *Node) joinOnce(ctx context.Context, hc *http.Client, addr string, tok pki.Token, key *ecdsa.PrivateKey, body []byte) (*pki.JoinResult, *pki.CA, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+internodeJoinPath, bytes.NewReader(body))
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		var rh tls.RecordHeaderError
+		switch {
+		case errors.Is(err, pki.ErrFingerprintMismatch):
+			return nil, nil, fmt.Errorf("%w: the node at %s is not of the cluster the join token names (its CA fingerprint differs)", errJoinRefused, addr)
+		case errors.As(err, &rh):
+			return nil, nil, fmt.Errorf("%w: the node at %s does not speak TLS on its gossip port: if that cluster runs --insecure, start this node with --insecure", errJoinRefused, addr)
+		}
+		return nil, nil, fmt.Errorf("join via %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, nil, fmt.Errorf("join via %s: %w", addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e api.Error
+		_ = json.Unmarshal(b, &e)
+		msg := e.Message
+		if msg == "" {
+			msg = resp.Status
+		}
+		if resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusConflict {
+			return nil, nil, fmt.Errorf("%w by %s (%d): %s", errJoinRefused, addr, resp.StatusCode, msg)
+		}
+		return nil, nil, fmt.Errorf("join via %s: %d %s", addr, resp.StatusCode, msg)
+	}
+	var reply joinReply
+	if err := json.Unmarshal(b, &reply); err != nil {
+		return nil, nil, fmt.Errorf("join via %s: decode the reply: %w", addr, err)
+	}
+	res, err := pki.CompleteJoin(tok, key, n.cfg.Name, reply.JoinResponse, time.Now())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: the reply of %s: %w", errJoinRefused, addr, err)
+	}
+	ca, err := pki.ParseCA([]byte(reply.CA), []byte(reply.CAKey))
+	if err != nil || ca.Fingerprint() != tok.Fingerprint {
+		return nil, nil, fmt.Errorf("%w: the reply of %s holds no usable CA key", errJoinRefused, addr)
+	}
+	return res, ca, nil
+}

@@ -1,0 +1,118 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/membership"
+)
+
+// The operator routes' side of apiBackend: the join token and the gossip keyring, both kept in
+// the FSM (security.go).
+
+func notSecure(n *Node) error {
+	if n.sec.insecure {
+		return api.Errorf(api.CodeNotSecure, "this cluster runs --insecure: it has no join token and no gossip keyring")
+	}
+	return api.Errorf(api.CodeNotSecure, "this cluster uses operator certificates: nodes join with their own certificates, not a token")
+}
+
+func (b apiBackend) JoinToken(context.Context) (api.JoinToken, error) {
+	if b.n.sec.insecure || b.n.sec.ca == nil {
+		return api.JoinToken{}, notSecure(b.n)
+	}
+	tok, err := b.n.joinToken()
+	if err != nil { // a node that joined a moment ago and has not replicated the secret yet
+		return api.JoinToken{}, api.Errorf(api.CodeNoLeader, "this node does not know the join token yet; retry")
+	}
+	return api.JoinToken{Token: tok.Encode()}, nil
+}
+
+func (b apiBackend) RotateJoinToken(ctx context.Context) (api.JoinToken, error) {
+	n := b.n
+	if n.sec.insecure || n.sec.ca == nil {
+		return api.JoinToken{}, notSecure(n)
+	}
+	// Only the fingerprint is kept: a rotation needs no knowledge of the old secret.
+	tok, err := pki.NewToken(n.sec.ca.Fingerprint())
+	if err != nil {
+		return api.JoinToken{}, err
+	}
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.JoinSecret{Secret: tok.Secret}})
+	if err != nil {
+		return api.JoinToken{}, toAPIError(err)
+	}
+	_ = n.waitIndex(ctx, res.Index)
+	if n.cfg.DataDir != "" {
+		if err := pki.WriteTokenFile(n.cfg.DataDir, tok); err != nil {
+			n.log.Warn("the join token was rotated but the join-token file not rewritten", "err", err)
+		}
+	}
+	n.log.Info("rotated the join token: the old one is refused from now on")
+	return api.JoinToken{Token: tok.Encode()}, nil
+}
+
+func (b apiBackend) Keyring(context.Context) (api.Keyring, error) {
+	n := b.n
+	if n.sec.insecure {
+		return api.Keyring{}, notSecure(n)
+	}
+	ring := n.fsm.Security().Keyring
+	if len(ring.Keys) == 0 { // the first leader has not written it yet: this node's own
+		keys := localKeys(n.sec.keyring)
+		ring.Primary = pki.EncodeGossipKey(keys[0])
+		for _, k := range keys {
+			ring.Keys = append(ring.Keys, pki.EncodeGossipKey(k))
+		}
+	}
+	out := api.Keyring{Primary: ring.Primary, Keys: ring.Keys, Nodes: map[string]int{}}
+	byID := map[string]string{}
+	for _, text := range ring.Keys {
+		if k, err := pki.DecodeGossipKey(text); err == nil {
+			byID[keyID(k)] = text
+		}
+		out.Nodes[text] = 0
+	}
+	for _, m := range n.members.Members() {
+		if m.State != membership.StateAlive || m.Meta.Keys == "" {
+			continue
+		}
+		for _, id := range strings.Split(m.Meta.Keys, ",") {
+			if text, ok := byID[id]; ok {
+				out.Nodes[text]++
+			}
+		}
+	}
+	return out, nil
+}
+
+func (b apiBackend) ChangeKeyring(ctx context.Context, req api.KeyringRequest) (api.Keyring, error) {
+	n := b.n
+	if n.sec.insecure {
+		return api.Keyring{}, notSecure(n)
+	}
+	k, err := pki.DecodeGossipKey(req.Key)
+	if err != nil {
+		return api.Keyring{}, api.Errorf(api.CodeInvalidRequest, "%v", err)
+	}
+	op := map[string]string{api.KeyringInstall: fsm.KeyInstall, api.KeyringUse: fsm.KeyUse, api.KeyringRemove: fsm.KeyRemove}[req.Op]
+	if op == "" {
+		return api.Keyring{}, api.Errorf(api.CodeInvalidRequest, "unknown keyring operation %q", api.Truncate(req.Op))
+	}
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.KeyringOp{Op: op, Key: pki.EncodeGossipKey(k)}})
+	switch {
+	case errors.Is(err, fsm.ErrKeyNotInstalled):
+		return api.Keyring{}, api.Errorf(api.CodeInvalidRequest, "that key is not in the keyring; install it first")
+	case errors.Is(err, fsm.ErrKeyring):
+		return api.Keyring{}, api.Errorf(api.CodeKeyringConflict, "%v", err)
+	case err != nil:
+		return api.Keyring{}, toAPIError(err)
+	}
+	_ = n.waitIndex(ctx, res.Index)
+	n.log.Info("gossip keyring operation applied", "op", req.Op, "key_id", keyID(k))
+	return b.Keyring(ctx)
+}

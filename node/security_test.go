@@ -1,0 +1,253 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/membership"
+)
+
+// secureOpts runs nodes secure (the default outside tests) on loopback, with in-memory stores.
+func secureOpts(rec *logRecorder) clusterOpts {
+	return clusterOpts{inmem: true, tweak: func(i int, c *Config) {
+		c.Insecure = false
+		c.Advertise = "127.0.0.1"
+		if rec != nil && i == 0 {
+			c.Logger = slog.New(rec)
+		}
+	}}
+}
+
+// startSecureCluster starts size secure nodes: the first makes the cluster, the others join it
+// with its join token, as a user would.
+func startSecureCluster(t *testing.T, size int, o clusterOpts) *testCluster {
+	t.Helper()
+	tc := &testCluster{t: t}
+	for i := 0; i < size; i++ {
+		c := o.config(t, i, nil)
+		if i > 0 {
+			c.Join = []string{tc.nodes[0].GossipAddr()}
+			c.JoinToken = mustToken(t, tc.nodes[0]).Encode()
+		}
+		tc.start(c)
+	}
+	tc.waitHealthy(size)
+	return tc
+}
+
+func mustToken(t *testing.T, n *Node) pki.Token {
+	t.Helper()
+	tok, err := n.joinToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func raftServerNames(n *Node) []string {
+	var out []string
+	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
+		for _, s := range cf.Configuration().Servers {
+			out = append(out, string(s.ID))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestSecureClusterFormsWithTheJoinTokenAndRunsTasks(t *testing.T) {
+	tc := startSecureCluster(t, 3, secureOpts(nil))
+	if task := submit(t, tc.follower(), "calc-square", 9, "20s"); string(task.Result) != "81" {
+		t.Fatalf("task from a follower: %+v", task)
+	}
+	for _, ni := range tc.leader().clusterInfo().Nodes {
+		if ni.Insecure || ni.State != "alive" {
+			t.Errorf("node %s: insecure %v state %s", ni.Name, ni.Insecure, ni.State)
+		}
+	}
+	if got := raftServerNames(tc.leader()); !slices.Equal(got, []string{"n1", "n2", "n3"}) {
+		t.Errorf("raft servers %v", got)
+	}
+	// Every node follows the FSM's keyring and secret, which the first leader wrote.
+	sec := tc.leader().FSM().Security()
+	if sec.JoinSecret == "" || len(sec.Keyring.Keys) != 1 {
+		t.Fatalf("security state %+v", sec)
+	}
+}
+
+func TestJoinWithoutTokenOrWithAWrongOneIsRefusedAndLogged(t *testing.T) {
+	rec := &logRecorder{}
+	o := secureOpts(rec)
+	tc := startSecureCluster(t, 2, o)
+	n1 := tc.nodes[0]
+
+	c := o.config(t, 5, []string{n1.GossipAddr()})
+	if _, err := Start(c); !errors.Is(err, errNeedJoinToken) {
+		t.Fatalf("join without a token: %v, want errNeedJoinToken", err)
+	}
+	wrong := pki.Token{Fingerprint: mustToken(t, n1).Fingerprint, Secret: strings.Repeat("ab", 32)}
+	c = o.config(t, 6, []string{n1.GossipAddr()})
+	c.JoinToken = wrong.Encode()
+	_, err := Start(c)
+	if !errors.Is(err, errJoinRefused) || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("join with a wrong token: %v, want a 403 refusal", err)
+	}
+	if strings.Contains(err.Error(), wrong.Secret) {
+		t.Fatalf("the refusal echoes the secret: %v", err)
+	}
+	rec.mu.Lock()
+	logged := slices.ContainsFunc(rec.msgs, func(m string) bool { return strings.Contains(m, "wrong join token") })
+	rec.mu.Unlock()
+	if !logged {
+		t.Errorf("the contacted node did not log the refusal")
+	}
+	for _, name := range []string{"n6", "n7"} {
+		if slices.Contains(raftServerNames(tc.leader()), name) {
+			t.Errorf("%s is in raft", name)
+		}
+		if _, ok := memberState(n1.members.Members(), name); ok {
+			t.Errorf("%s is in gossip", name)
+		}
+	}
+}
+
+func TestInternodeCallsNeedANodeCertificateAndReportsMustNameTheirSender(t *testing.T) {
+	tc := startSecureCluster(t, 3, secureOpts(nil))
+	leader := tc.leader()
+	var sender, other *Node
+	for _, n := range tc.nodes {
+		if n == leader {
+			continue
+		}
+		if sender == nil {
+			sender = n
+		} else {
+			other = n
+		}
+	}
+	post := func(hc *http.Client, c *fsm.Command) int {
+		b, err := fsm.Encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := hc.Post("https://"+leader.GossipAddr()+internodeApplyPath, "application/msgpack", bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	report := func(node string) *fsm.Command {
+		return &fsm.Command{Body: &fsm.ReportBatch{Items: []fsm.Report{{TaskID: "x", Attempt: 1, Node: node, BootID: "b", Kind: fsm.ReportSucceeded}}}}
+	}
+	if code := post(sender.client, report(other.Name())); code != http.StatusForbidden {
+		t.Errorf("a report for another node: %d, want 403", code)
+	}
+	if code := post(sender.client, &fsm.Command{Body: &fsm.Drain{Name: other.Name(), Draining: true}}); code != http.StatusForbidden {
+		t.Errorf("a drain for another node: %d, want 403", code)
+	}
+	if code := post(sender.client, report(sender.Name())); code != http.StatusOK {
+		t.Errorf("a report for itself: %d, want 200 (applied, the item itself stale)", code)
+	}
+	// No certificate: the TLS session is set up (the join route needs that) but the route refuses.
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the test's point
+	if code := post(anon, report(sender.Name())); code != http.StatusUnauthorized {
+		t.Errorf("no client certificate: %d, want 401", code)
+	}
+	if d, _ := leader.FSM().Node(other.Name()); d.Draining {
+		t.Error("the forged drain was applied")
+	}
+}
+
+func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
+	o := secureOpts(nil)
+	tc := startSecureCluster(t, 3, o)
+	f := tc.follower()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	old := mustToken(t, f)
+	rotated, err := apiBackend{f}.RotateJoinToken(ctx)
+	if err != nil || rotated.Token == old.Encode() {
+		t.Fatalf("rotate: %v %v", rotated, err)
+	}
+	waitFor(t, "every node knows the new secret", 10*time.Second, func() bool {
+		for _, n := range tc.nodes {
+			if tok, _ := n.joinToken(); tok.Encode() != rotated.Token {
+				return false
+			}
+		}
+		return true
+	})
+	c := o.config(t, 3, []string{tc.nodes[0].GossipAddr()})
+	c.JoinToken = old.Encode()
+	if _, err := Start(c); !errors.Is(err, errJoinRefused) {
+		t.Fatalf("join with the old token: %v", err)
+	}
+	c = o.config(t, 3, []string{tc.nodes[0].GossipAddr()})
+	c.JoinToken = rotated.Token
+	tc.start(c)
+	tc.waitHealthy(4)
+
+	first := pki.EncodeGossipKey(localKeys(tc.nodes[0].sec.keyring)[0])
+	next := pki.EncodeGossipKey(pki.GenerateGossipKey())
+	b := apiBackend{tc.follower()}
+	if _, err := b.ChangeKeyring(ctx, api.KeyringRequest{Op: api.KeyringRemove, Key: first}); !errors.Is(err, &api.Error{Code: api.CodeKeyringConflict}) {
+		t.Fatalf("removing the primary: %v, want keyring_conflict", err)
+	}
+	for _, op := range []string{api.KeyringInstall, api.KeyringUse, api.KeyringRemove} {
+		key := next
+		if op == api.KeyringRemove {
+			key = first
+		}
+		if _, err := b.ChangeKeyring(ctx, api.KeyringRequest{Op: op, Key: key}); err != nil {
+			t.Fatalf("%s: %v", op, err)
+		}
+		waitFor(t, "every node follows "+op, 10*time.Second, func() bool {
+			for _, n := range tc.nodes {
+				keys := localKeys(n.sec.keyring)
+				if pki.EncodeGossipKey(keys[0]) != map[string]string{api.KeyringInstall: first, api.KeyringUse: next, api.KeyringRemove: next}[op] {
+					return false
+				}
+				if op == api.KeyringRemove && len(keys) != 1 {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	ring, err := b.Keyring(ctx)
+	if err != nil || ring.Primary != next || len(ring.Keys) != 1 {
+		t.Fatalf("keyring after rotation: %+v %v", ring, err)
+	}
+	waitFor(t, "gossip reports the new key on every node", 10*time.Second, func() bool {
+		r, _ := b.Keyring(ctx)
+		return r.Nodes[next] == 4
+	})
+	// Gossip still works on the new key: every node sees every other alive.
+	for _, n := range tc.nodes {
+		alive := 0
+		for _, m := range n.members.Members() {
+			if m.State == membership.StateAlive {
+				alive++
+			}
+		}
+		if alive != 4 {
+			t.Errorf("%s sees %d alive", n.Name(), alive)
+		}
+	}
+	if task := submit(t, tc.follower(), "calc-square", 5, "20s"); string(task.Result) != "25" {
+		t.Fatalf("after rotation: %+v", task)
+	}
+}
