@@ -272,7 +272,7 @@ var matrixRoutes = []aclRoute{
 	{"GET", "/v1/cluster", ""},                          // 8
 	{"GET", "/v1/types", ""},                            // 9
 	{"POST", "/v1/agent/leave", ""},                     // 10 operator
-	{"GET", "/v1/operator/join-token", ""},              // 11 (no such route here: 404 once allowed)
+	{"GET", "/v1/operator/join-token", ""},              // 11
 	{"GET", "/v1/acl/policies", ""},                     // 12 acl
 	{"PUT", "/v1/acl/policy/new", `{"rules": [{"task_type": "x", "capabilities": ["read"]}]}`}, // 13
 	{"DELETE", "/v1/acl/policy/ops", ""},                    // 14
@@ -301,9 +301,9 @@ func TestACLMatrixThroughEveryRoute(t *testing.T) {
 		{"reports-no-payroll", false, "201 403 403 200 403 200 403 202 200 200 403 403 403 403 403 403 403 200 404"},
 		{"read-all-no-payroll", false, "403 403 403 200 200 403 403 403 200 200 403 403 403 403 403 403 403 200 404"},
 		{"echo-only", false, "403 201 403 403 403 403 403 403 200 200 403 403 403 403 403 403 403 200 404"},
-		{"ops", false, "403 403 403 403 403 403 403 403 200 200 202 404 403 403 403 403 403 200 404"},
+		{"ops", false, "403 403 403 403 403 403 403 403 200 200 202 200 403 403 403 403 403 200 404"},
 		{"acl-admin", false, "403 403 403 403 403 403 403 403 200 200 403 403 200 200 204 200 201 200 404"},
-		{"management", false, "201 201 201 200 200 200 202 202 200 200 202 404 200 200 204 200 201 200 404"},
+		{"management", false, "201 201 201 200 200 200 202 202 200 200 202 200 200 200 204 200 201 200 404"},
 	}
 	for _, tt := range tests {
 		want := strings.Fields(tt.want)

@@ -155,10 +155,12 @@ func (s *StreamLayer) handshake(c net.Conn) {
 		}
 		return
 	}
+	// Counted before the hand-off: once raft holds the connection, Stats must already show it.
+	s.accepted.Add(1)
 	select {
 	case s.conns <- tc:
-		s.accepted.Add(1)
 	case <-s.ctx.Done():
+		s.accepted.Add(^uint64(0)) // not handed over after all
 		_ = tc.Close()
 	}
 }
