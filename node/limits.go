@@ -1,6 +1,7 @@
 package node
 
 import (
+	"log/slog"
 	"net"
 	"net/http"
 
@@ -34,7 +35,9 @@ func (n *Node) limitRequests(h http.Handler) http.Handler {
 
 // newHTTPServer is the API's server with the recommended timeouts.
 func (n *Node) newHTTPServer(h http.Handler) *http.Server {
-	s := &http.Server{Handler: h}
+	// The server's own complaints (TLS handshakes of plain-HTTP clients, and the like) go to the
+	// node's log at debug level rather than to the standard logger.
+	s := &http.Server{Handler: h, ErrorLog: slog.NewLogLogger(n.log.With("component", "http").Handler(), slog.LevelDebug)}
 	limits.DefaultServerTimeouts().Apply(s)
 	return s
 }
