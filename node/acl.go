@@ -256,9 +256,10 @@ func (n *Node) childSubmits(b *fsm.SubmitBatch) bool {
 	})
 }
 
-// forwardRefusal turns the leader's 401 or 403 answer to a forward into the API error it was.
+// forwardRefusal turns the leader's refusal of a forward (a 4xx with the API's error body: 401, 403,
+// or a submit that failed the leader's own validation) into the API error it was.
 func forwardRefusal(status int, body []byte) error {
-	if status != http.StatusUnauthorized && status != http.StatusForbidden {
+	if status < 400 || status >= 500 || status == http.StatusNotFound {
 		return nil
 	}
 	var e api.Error

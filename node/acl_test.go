@@ -179,8 +179,14 @@ func TestLeaderAuthorizesForwardedCommandsAgain(t *testing.T) {
 		return err
 	}
 	submitSquare := func(by string) *fsm.SubmitBatch {
-		return &fsm.SubmitBatch{Items: []fsm.Submit{{ID: "forged-" + by, Type: "calc-square", Input: json.RawMessage("2"),
-			MaxAttempts: 1, ExecutionID: "forged-" + by, SubmittedBy: by}}}
+		return &fsm.SubmitBatch{Items: []fsm.Submit{{ID: "forged-" + by, Type: "calc-square", Version: "1", Input: json.RawMessage("2"),
+			MaxAttempts: 1, Timeout: fsm.Duration(time.Minute), ExecutionID: "forged-" + by, SubmittedBy: by}}}
+	}
+	// A submit the API would refuse, sent straight to the leader by an authorized caller.
+	badSubmit := func(change func(*fsm.Submit)) *fsm.SubmitBatch {
+		b := submitSquare("bad")
+		change(&b.Items[0])
+		return b
 	}
 	tests := []struct {
 		name   string
@@ -197,6 +203,13 @@ func TestLeaderAuthorizesForwardedCommandsAgain(t *testing.T) {
 		{"cancel of a type the token lacks", team.SecretID, &fsm.Cancel{IDs: []string{sleeper.ID}}, api.CodeForbidden, `"cancel" on task type "sleep"`},
 		{"policy write without the acl right", team.SecretID, &fsm.ACLPolicySet{Policy: acl.Policy{Name: "all", Rules: []acl.Rule{{TaskType: "*", Capabilities: []acl.Capability{acl.CapSubmit}}}}}, api.CodeForbidden, `"acl"`},
 		{"token delete without a credential", "", &fsm.ACLTokenDelete{AccessorID: mgmt.AccessorID}, api.CodeUnauthorized, "no token"},
+		// Validated again on the leader, whatever the follower checked.
+		{"submit with an input of the wrong shape", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.Input = json.RawMessage(`"x"`) }), api.CodeInvalidInput, "calc-square"},
+		{"submit of an unknown type", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.Type = "no-such-type" }), api.CodeUnknownTaskType, "no-such-type"},
+		{"submit with too many attempts", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.MaxAttempts = 1000 }), api.CodeInvalidMaxAttempts, "max_attempts"},
+		{"submit with no timeout", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.Timeout = 0 }), api.CodeInvalidTimeout, "timeout"},
+		{"submit with a bad version", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.Version = "1 2" }), api.CodeInvalidVersion, "version"},
+		{"submit with an oversized input", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.Input = json.RawMessage(strings.Repeat("1", 300<<10)) }), api.CodeInputTooLarge, "input"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -81,6 +81,14 @@ func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, err)
 		return
 	}
+	if b, ok := c.Body.(*fsm.SubmitBatch); ok { // validated again: the follower is not trusted with it
+		for i := range b.Items {
+			if err := n.checkSubmit(&b.Items[i]); err != nil {
+				httpapi.WriteError(w, err)
+				return
+			}
+		}
+	}
 	res, err := n.applyLocal(r.Context(), c)
 	if res == nil {
 		if retryable(err) {

@@ -94,39 +94,77 @@ func (n *Node) prepareSubmit(req api.SubmitRequest) (fsm.Submit, error) {
 	if len(input) == 0 {
 		input = json.RawMessage("null")
 	}
-	if err := limits.CheckSize(limits.PayloadInput, len(input), n.cfg.MaxInputBytes); err != nil {
-		var se *limits.SizeError
-		errors.As(err, &se)
-		return fsm.Submit{}, se.APIError()
-	}
-	if h, err := n.cfg.Registry.Lookup(req.Type); err == nil && h.Definition().Version == version {
-		if err := h.Validate(input); err != nil {
-			return fsm.Submit{}, api.Errorf(api.CodeInvalidInput, "invalid input for %s: %s", api.Truncate(req.Type), api.Truncate(err.Error()))
-		}
-	}
 	maxAttempts := req.MaxAttempts
 	if maxAttempts == 0 {
 		maxAttempts = defaultMaxAttempts
 	}
-	if maxAttempts < 1 || maxAttempts > maxMaxAttempts {
-		return fsm.Submit{}, api.Errorf(api.CodeInvalidMaxAttempts, "max_attempts must be between 1 and %d", maxMaxAttempts)
-	}
 	timeout, err := parseTimeout(req.Timeout)
 	if err != nil {
 		return fsm.Submit{}, err
-	}
-	if len(req.IdempotencyKey) > maxKeyLen {
-		return fsm.Submit{}, api.Errorf(api.CodeInvalidIdempotency, "idempotency_key is longer than %d bytes", maxKeyLen)
 	}
 	id := ulid.Make().String()
 	exec := req.ExecutionID
 	if exec == "" {
 		exec = id
 	}
-	return fsm.Submit{
+	sub := fsm.Submit{
 		ID: id, Type: req.Type, Version: version, Input: input, MaxAttempts: maxAttempts,
 		Timeout: fsm.Duration(timeout), IdempotencyKey: req.IdempotencyKey, ExecutionID: exec, ParentID: req.ParentID,
-	}, nil
+	}
+	return sub, n.checkSubmit(&sub)
+}
+
+// checkSubmit validates a submit item with every field chosen: the node that took the request
+// calls it, and the leader calls it again on a forwarded submit, so a follower (or anything that
+// can reach the internode channel) cannot get a task into the log that the API would refuse.
+func (n *Node) checkSubmit(s *fsm.Submit) error {
+	if s.ID == "" || s.Type == "" || s.ExecutionID == "" {
+		return api.Errorf(api.CodeInvalidRequest, "a submit needs an id, a type and an execution id")
+	}
+	if err := scheduler.CheckVersion(s.Version); err != nil {
+		return api.Errorf(api.CodeInvalidVersion, "invalid version %q: %v", api.Truncate(s.Version), err)
+	}
+	if !n.typeKnown(s.Type) {
+		return api.Errorf(api.CodeUnknownTaskType, "unknown task type %q", api.Truncate(s.Type))
+	}
+	if err := limits.CheckSize(limits.PayloadInput, len(s.Input), n.cfg.MaxInputBytes); err != nil {
+		var se *limits.SizeError
+		errors.As(err, &se)
+		return se.APIError()
+	}
+	if !json.Valid(s.Input) {
+		return api.Errorf(api.CodeInvalidInput, "input is not JSON")
+	}
+	if h, err := n.cfg.Registry.Lookup(s.Type); err == nil && h.Definition().Version == s.Version {
+		if err := h.Validate(s.Input); err != nil {
+			return api.Errorf(api.CodeInvalidInput, "invalid input for %s: %s", api.Truncate(s.Type), api.Truncate(err.Error()))
+		}
+	}
+	if s.MaxAttempts < 1 || s.MaxAttempts > maxMaxAttempts {
+		return api.Errorf(api.CodeInvalidMaxAttempts, "max_attempts must be between 1 and %d", maxMaxAttempts)
+	}
+	if d := time.Duration(s.Timeout); d <= 0 || d > maxTimeout {
+		return api.Errorf(api.CodeInvalidTimeout, "timeout must be positive and at most %s", maxTimeout)
+	}
+	if len(s.IdempotencyKey) > maxKeyLen {
+		return api.Errorf(api.CodeInvalidIdempotency, "idempotency_key is longer than %d bytes", maxKeyLen)
+	}
+	return nil
+}
+
+// typeKnown reports whether some node ever offered the type, or this node runs it.
+func (n *Node) typeKnown(typ string) bool {
+	if _, err := n.cfg.Registry.Lookup(typ); err == nil {
+		return true
+	}
+	for _, nd := range n.fsm.Nodes() {
+		for _, ti := range nd.Types {
+			if ti.Type == typ {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // parseTimeout reads a submit's timeout: "" or zero means the default.
