@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/scheduler"
 )
@@ -170,18 +171,27 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 		n.leaderHint.Store(resp.Header.Get(leaderHeader))
 		return nil, fmt.Errorf("%w %s: leader unavailable", errForward, addr)
 	}
-	if err := forwardRefusal(resp.StatusCode, body); err != nil {
+	r, err := decodeForwardReply(resp.StatusCode, body)
+	if err != nil {
+		return nil, fmt.Errorf("forward %s to %s: %w", c.Type(), addr, err)
+	}
+	return r, r.Err
+}
+
+// decodeForwardReply reads the leader's answer to a forward: the applied result with its per-item
+// errors rebuilt from their codes, or the refusal it was. It is fuzzed (FuzzInternodeEnvelope).
+func decodeForwardReply(status int, body []byte) (*fsm.Result, error) {
+	if err := forwardRefusal(status, body); err != nil {
 		return nil, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("forward %s to %s: %s: %s", c.Type(), addr, resp.Status, bytes.TrimSpace(body))
+	if status != http.StatusOK {
+		return nil, fmt.Errorf("%d: %s", status, api.Truncate(string(bytes.TrimSpace(body))))
 	}
 	var w wireResult
 	if err := fsm.Unmarshal(body, &w); err != nil {
-		return nil, fmt.Errorf("forward %s: decode reply: %w", c.Type(), err)
+		return nil, fmt.Errorf("decode reply: %w", err)
 	}
-	r := fromWire(&w)
-	return r, r.Err
+	return fromWire(&w), nil
 }
 
 // waitIndex blocks until the local FSM has applied index, so a follower reads its own writes.

@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -62,9 +63,9 @@ func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "command too large")
 		return
 	}
-	c, err := fsm.Decode(body)
-	if err != nil || !c.Forwardable() {
-		writeError(w, http.StatusBadRequest, "bad_command", "not a forwardable command")
+	c, err := decodeForwarded(body)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_command", err.Error())
 		return
 	}
 	if err := checkNodeIdentity(c, callerOf(r.Context())); err != nil {
@@ -161,4 +162,17 @@ func (n *Node) handleInternalRemove(w http.ResponseWriter, r *http.Request) {
 	}
 	n.log.Info("removed leaving node from raft", "server", name)
 	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
+}
+
+// decodeForwarded reads the body of a forwarded write: one command of a type followers may
+// forward. What it returns is all the leader acts on, so it is fuzzed (FuzzInternodeEnvelope).
+func decodeForwarded(body []byte) (*fsm.Command, error) {
+	c, err := fsm.Decode(body)
+	if err != nil {
+		return nil, fmt.Errorf("not a forwardable command: %v", api.Truncate(err.Error()))
+	}
+	if !c.Forwardable() {
+		return nil, fmt.Errorf("not a forwardable command: %s", c.Type())
+	}
+	return c, nil
 }
