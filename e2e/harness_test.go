@@ -24,7 +24,12 @@ import (
 // The taskworker binary, built once for the whole suite, from the module root.
 var taskworker = &localcluster.Builder{Pkg: localcluster.Module}
 
+// TestMain runs the suite, or, when the environment says so, makes this binary a flood client of
+// TestOverloadIdleConnectionFloodLeavesNodeServing (see floodChild).
 func TestMain(m *testing.M) {
+	if addr := os.Getenv(floodAddrEnv); addr != "" {
+		os.Exit(floodChild(addr))
+	}
 	flag.Parse()
 	code := m.Run()
 	taskworker.Remove()

@@ -235,6 +235,15 @@ func (n *Node) RSS() (int64, error) {
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
 
+// OpenFDs counts the node process's open file descriptors, read from /proc.
+func (n *Node) OpenFDs() (int, error) {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", n.proc().Pid))
+	if err != nil {
+		return 0, fmt.Errorf("descriptors of %s: %w", n.Name, err)
+	}
+	return len(ents), nil
+}
+
 func (n *Node) proc() *os.Process {
 	n.mu.Lock()
 	defer n.mu.Unlock()

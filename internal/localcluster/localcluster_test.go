@@ -77,6 +77,10 @@ func TestNodeKillSigtermAndRestart(t *testing.T) {
 	if err := Until(10*time.Second, 10*time.Millisecond, func() bool { return strings.Contains(n1.Log(), "started") }); err != nil {
 		t.Fatalf("n1 log %q", n1.Log())
 	}
+	// Its stdin, stdout and stderr at least (the script runs in a shell that may hold more).
+	if fds, err := n1.OpenFDs(); err != nil || fds < 3 {
+		t.Fatalf("n1 OpenFDs = %d, %v; want at least 3", fds, err)
+	}
 
 	if err := n1.Wait(100 * time.Millisecond); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("Wait on a running node: %v, want ErrTimeout", err)
