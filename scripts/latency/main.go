@@ -3,6 +3,7 @@
 //
 //	go run ./scripts/latency -n 3 -count 100 -concurrency 32,64 -total 2000
 //	go run ./scripts/latency -modes secure -concurrency 1,8,32   # one mode: the detailed tables
+//	go run ./scripts/latency -rounds 3 -concurrency 32,64        # medians of 3 interleaved rounds
 //
 // For each mode in -modes it starts a fresh cluster of real taskworker processes on free
 // 127.0.0.1 ports in a temporary directory, and stops it before the next mode starts:
@@ -22,8 +23,11 @@
 // in every mode (the contract's default), so the comparison is the cost of node-to-node security
 // and of the ACL check, not of HTTPS to the client.
 //
-// With one mode it prints the latency, throughput and memory tables; with several, one table
-// comparing the modes, each figure with its ratio to insecure (or to the first mode without it).
+// With one mode and one round it prints the latency, throughput and memory tables; otherwise one
+// table comparing the modes, each figure with its ratio to insecure (or to the first mode without
+// it). On a busy machine the load drifts while modes run one after another, so -rounds R runs
+// every mode R times, rotating which mode goes first, and each figure in the table is the median
+// of its R values.
 package main
 
 import (
@@ -56,6 +60,7 @@ var (
 	flagTotal       = flag.Int("total", 2000, "echo tasks per throughput test")
 	flagCapacity    = flag.Int("capacity", 8, "capacity of each node")
 	flagModes       = flag.String("modes", "insecure,secure,secure+acl", "comma-separated security modes, each on a fresh cluster: insecure, secure, secure+acl")
+	flagRounds      = flag.Int("rounds", 1, "run every mode this many times, the order rotated each round, and report each figure's median")
 	flagBin         = flag.String("bin", "", "taskworker binary (default: build one)")
 	flagKeep        = flag.Bool("keep", false, "keep the temporary directory (data and node logs)")
 )
@@ -139,26 +144,33 @@ func run(root string) error {
 		return err
 	}
 
+	if *flagRounds < 1 {
+		return fmt.Errorf("bad -rounds %d", *flagRounds)
+	}
 	machine := machineNote()
-	var results []*result
-	for _, m := range modes {
-		if len(modes) > 1 {
-			fmt.Fprintf(os.Stderr, "mode %s: fresh %d-node cluster ...\n", m.name, *flagN)
+	runs := make([][]*result, len(modes)) // per mode, one result per round
+	for round := 0; round < *flagRounds; round++ {
+		for k := range modes {
+			i := (k + round) % len(modes) // rotate the order, so no mode always goes first
+			m := modes[i]
+			if len(modes) > 1 || *flagRounds > 1 {
+				fmt.Fprintf(os.Stderr, "round %d/%d, mode %s: fresh %d-node cluster ...\n", round+1, *flagRounds, m.name, *flagN)
+			}
+			r, err := measure(bin, filepath.Join(root, fmt.Sprintf("%s-%d", m.name, round+1)), m, conc)
+			if err != nil {
+				return fmt.Errorf("mode %s: %w", m.name, err)
+			}
+			if len(modes) > 1 || *flagRounds > 1 {
+				fmt.Fprintf(os.Stderr, "round %d/%d, mode %s: %s\n", round+1, *flagRounds, m.name, r.summary())
+			}
+			runs[i] = append(runs[i], r)
 		}
-		r, err := measure(bin, filepath.Join(root, m.name), m, conc)
-		if err != nil {
-			return fmt.Errorf("mode %s: %w", m.name, err)
-		}
-		if len(modes) > 1 {
-			fmt.Fprintf(os.Stderr, "mode %s: %s\n", m.name, r.summary())
-		}
-		results = append(results, r)
 	}
 
-	if len(results) == 1 {
-		printDetail(results[0], conc)
+	if len(modes) == 1 && *flagRounds == 1 {
+		printDetail(runs[0][0], conc)
 	} else {
-		printComparison(results, conc)
+		printComparison(runs, conc)
 	}
 	fmt.Printf("\n%s\n", machine)
 	return nil
@@ -177,11 +189,70 @@ func machineNote() string {
 		runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), load)
 }
 
+// setUp starts mode m's cluster in dir and waits until it is ready; with ACLs it also returns
+// the echo token, every node's API client then carrying it. cl is the cluster as the first node
+// saw it once ready. On an error the cluster is stopped and the error carries its logs.
+func setUp(bin, dir string, m mode) (c *localcluster.Cluster, token string, cl *client.Cluster, err error) {
+	c, err = localcluster.Start(bin, dir, *flagN, *flagCapacity, m.args...)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("%w\n%s", err, c.Logs())
+			c.Stop()
+		}
+	}()
+	if m.acl {
+		if token, err = setupACL(c); err != nil {
+			return nil, "", nil, err
+		}
+	}
+	if err := c.WaitReady(60 * time.Second); err != nil {
+		return nil, "", nil, err
+	}
+	if cl, err = c.Nodes[0].API.Cluster(context.Background()); err != nil {
+		return nil, "", nil, err
+	}
+	if m.acl {
+		// The echo token is a raft entry: wait until every node can check it locally, so no
+		// measured request fails because its node has not caught up.
+		if err := waitTokenEverywhere(c, token); err != nil {
+			return nil, "", nil, err
+		}
+		// Proof that the check is on: the same submit without a token is refused.
+		_, err := client.New("http://"+c.Nodes[0].HTTP).SubmitWait(context.Background(),
+			client.SubmitRequest{Type: "echo", Input: json.RawMessage(`1`)}, time.Second)
+		if !errors.Is(err, &client.APIError{Code: api.CodeUnauthorized}) {
+			return nil, "", nil, fmt.Errorf("a submit without a token on an --acl cluster: %v, want unauthorized", err)
+		}
+		for _, n := range c.Nodes {
+			n.API = client.New("http://"+n.HTTP, client.WithToken(token))
+		}
+	}
+	return c, token, cl, nil
+}
+
+// setupAttempts is how often measure tries to bring a mode's cluster up. On a shared machine
+// another process can take a port between FreePorts finding it free and the node binding it; a
+// fresh cluster on fresh ports is the cure. The measurements themselves are never retried.
+const setupAttempts = 3
+
 // measure runs every measurement of one mode on a fresh cluster in dir, and stops the cluster.
 func measure(bin, dir string, m mode, conc []int) (_ *result, err error) {
-	c, err := localcluster.Start(bin, dir, *flagN, *flagCapacity, m.args...)
-	if err != nil {
-		return nil, err
+	var c *localcluster.Cluster
+	var token string
+	var cl *client.Cluster
+	for attempt := 1; ; attempt++ {
+		c, token, cl, err = setUp(bin, fmt.Sprintf("%s-try%d", dir, attempt), m)
+		if err == nil {
+			break
+		}
+		if attempt == setupAttempts {
+			return nil, err
+		}
+		first, _, _ := strings.Cut(err.Error(), "\n")
+		fmt.Fprintf(os.Stderr, "mode %s: cluster set-up failed (%s); again on fresh ports\n", m.name, first)
 	}
 	defer func() {
 		if err != nil {
@@ -190,35 +261,6 @@ func measure(bin, dir string, m mode, conc []int) (_ *result, err error) {
 		c.Stop()
 	}()
 
-	token := ""
-	if m.acl {
-		if token, err = setupACL(c); err != nil {
-			return nil, err
-		}
-	}
-	if err := c.WaitReady(60 * time.Second); err != nil {
-		return nil, err
-	}
-	cl, err := c.Nodes[0].API.Cluster(context.Background())
-	if err != nil {
-		return nil, err
-	}
-	if m.acl {
-		// The echo token is a raft entry: wait until every node can check it locally, so no
-		// measured request fails because its node has not caught up.
-		if err := waitTokenEverywhere(c, token); err != nil {
-			return nil, err
-		}
-		// Proof that the check is on: the same submit without a token is refused.
-		_, err := client.New("http://"+c.Nodes[0].HTTP).SubmitWait(context.Background(),
-			client.SubmitRequest{Type: "echo", Input: json.RawMessage(`1`)}, time.Second)
-		if !errors.Is(err, &client.APIError{Code: api.CodeUnauthorized}) {
-			return nil, fmt.Errorf("a submit without a token on an --acl cluster: %v, want unauthorized", err)
-		}
-		for _, n := range c.Nodes {
-			n.API = client.New("http://"+n.HTTP, client.WithToken(token))
-		}
-	}
 	var leader, follower *localcluster.Node
 	for _, n := range c.Nodes {
 		if n.Name == cl.Leader {
@@ -370,18 +412,71 @@ func printDetail(r *result, conc []int) {
 	fmt.Println("\nBaselines, idle per node: Nomad ~92 MB, Dkron ~218 MB.")
 }
 
+// figures is one mode's row of the comparison: each the median over the mode's rounds.
+type figures struct {
+	mode                   string
+	fp50, fp99, lp50, lp99 time.Duration
+	rates                  []float64 // per -concurrency
+	idle, loaded           int64     // mean RSS per node
+	errs                   int       // throughput errors, summed over rounds
+}
+
+func summarize(rs []*result, conc []int) figures {
+	f := figures{mode: rs[0].mode.name}
+	var fp50, fp99, lp50, lp99 []time.Duration
+	var idle, loaded []int64
+	rates := make([][]float64, len(conc))
+	for _, r := range rs {
+		fp50, fp99 = append(fp50, pct(r.follower, 50)), append(fp99, pct(r.follower, 99))
+		lp50, lp99 = append(lp50, pct(r.leader, 50)), append(lp99, pct(r.leader, 99))
+		idle, loaded = append(idle, mean(r.idle)), append(loaded, mean(r.loaded))
+		for i, t := range r.tput {
+			rates[i] = append(rates[i], t.rate())
+			f.errs += t.errs
+		}
+	}
+	f.fp50, f.fp99, f.lp50, f.lp99 = median(fp50), median(fp99), median(lp50), median(lp99)
+	f.idle, f.loaded = median(idle), median(loaded)
+	for _, rs := range rates {
+		f.rates = append(f.rates, median(rs))
+	}
+	return f
+}
+
+// median of v (the mean of the middle two for an even count); zero for none.
+func median[T int64 | float64 | time.Duration](v []T) T {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
 // printComparison prints one table of every mode's figures, each with its ratio to the baseline
 // mode (insecure when measured, else the first): above 1× is slower for latency, and faster for
 // tasks/s.
-func printComparison(rs []*result, conc []int) {
-	base := rs[0]
-	for _, r := range rs {
-		if r.mode.name == "insecure" {
-			base = r
+func printComparison(runs [][]*result, conc []int) {
+	var fs []figures
+	for _, rs := range runs {
+		fs = append(fs, summarize(rs, conc))
+	}
+	base := 0
+	for i, f := range fs {
+		if f.mode == "insecure" {
+			base = i
 		}
 	}
-	fmt.Printf("\n### Cost of security: idle %d-node cluster per mode (capacity %d each); latency of %d `echo` tasks submitted serially, throughput of %d `echo` tasks per column sent round robin to every node, each `POST /v1/tasks?wait=10s`; (×N) is the ratio to %s\n\n",
-		*flagN, *flagCapacity, *flagCount, *flagTotal, base.mode.name)
+	b := fs[base]
+	rounds := ""
+	if *flagRounds > 1 {
+		rounds = fmt.Sprintf("; each figure the median of %d rounds, the mode order rotated each round", *flagRounds)
+	}
+	fmt.Printf("\n### Cost of security: a fresh %d-node cluster per mode (capacity %d each); latency of %d `echo` tasks submitted serially, throughput of %d `echo` tasks per column sent round robin to every node, each `POST /v1/tasks?wait=10s`%s; (N×) is the ratio to %s\n\n",
+		*flagN, *flagCapacity, *flagCount, *flagTotal, rounds, b.mode)
 	head := "| mode | follower p50 | follower p99 | leader p50 | leader p99 |"
 	sep := "|---|---|---|---|---|"
 	for _, cc := range conc {
@@ -392,27 +487,23 @@ func printComparison(rs []*result, conc []int) {
 	sep += "---|---|"
 	fmt.Println(head)
 	fmt.Println(sep)
-	for _, r := range rs {
-		lat := func(ds, baseDs []time.Duration, p int) string {
-			v, b := pct(ds, p), pct(baseDs, p)
-			if r == base || b <= 0 {
+	for i, f := range fs {
+		lat := func(v, bv time.Duration) string {
+			if i == base || bv <= 0 {
 				return ms(v)
 			}
-			return fmt.Sprintf("%s (%s)", ms(v), ratio(float64(v)/float64(b)))
+			return fmt.Sprintf("%s (%s)", ms(v), ratio(float64(v)/float64(bv)))
 		}
-		row := fmt.Sprintf("| %s | %s | %s | %s | %s |", r.mode.name,
-			lat(r.follower, base.follower, 50), lat(r.follower, base.follower, 99),
-			lat(r.leader, base.leader, 50), lat(r.leader, base.leader, 99))
-		errs := 0
-		for i, t := range r.tput {
-			errs += t.errs
-			if b := base.tput[i].rate(); r != base && b > 0 {
-				row += fmt.Sprintf(" %.0f (%s) |", t.rate(), ratio(t.rate()/b))
+		row := fmt.Sprintf("| %s | %s | %s | %s | %s |", f.mode,
+			lat(f.fp50, b.fp50), lat(f.fp99, b.fp99), lat(f.lp50, b.lp50), lat(f.lp99, b.lp99))
+		for j, rate := range f.rates {
+			if i != base && b.rates[j] > 0 {
+				row += fmt.Sprintf(" %.0f (%s) |", rate, ratio(rate/b.rates[j]))
 			} else {
-				row += fmt.Sprintf(" %.0f |", t.rate())
+				row += fmt.Sprintf(" %.0f |", rate)
 			}
 		}
-		row += fmt.Sprintf(" %s → %s | %d |", mib(mean(r.idle)), mib(mean(r.loaded)), errs)
+		row += fmt.Sprintf(" %s → %s | %d |", mib(f.idle), mib(f.loaded), f.errs)
 		fmt.Println(row)
 	}
 }
