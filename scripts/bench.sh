@@ -16,6 +16,7 @@ COUNT=${COUNT:-100}               # serial echo tasks per target node
 CONCURRENCY=${CONCURRENCY:-8,32,64} # parallel submitters for the throughput rows (serial latency is the table above)
 TOTAL=${TOTAL:-2000}              # echo tasks per throughput row
 MODES=${MODES:-insecure,secure,secure+acl} # --insecure; the default (mutual TLS, encrypted gossip); that and --acl with an echo-only token
+ROUNDS=${ROUNDS:-1}                # rounds per mode, order rotated, medians reported (more rounds on a busy machine)
 
 tmp=$(mktemp -d -t taskworker-bench-XXXX)
 trap 'rm -rf "$tmp"' EXIT
@@ -25,4 +26,4 @@ go build -o "$tmp/latency" ./scripts/latency
 
 echo "## taskworker benchmarks ($(date -u +%Y-%m-%d), $(go version | cut -d' ' -f3), $(nproc) CPUs, $(uname -sr))"
 "$tmp/failover" -bin "$tmp/taskworker" -n "$NODES" -runs "$RUNS"
-"$tmp/latency" -bin "$tmp/taskworker" -n "$LAT_NODES" -count "$COUNT" -concurrency "$CONCURRENCY" -total "$TOTAL" -modes "$MODES"
+"$tmp/latency" -bin "$tmp/taskworker" -n "$LAT_NODES" -count "$COUNT" -concurrency "$CONCURRENCY" -total "$TOTAL" -modes "$MODES" -rounds "$ROUNDS"
