@@ -133,3 +133,51 @@ func TestCLIReportsExitStatusAndOutput(t *testing.T) {
 		t.Fatal("CLI of a missing binary: no error")
 	}
 }
+
+// Every benchmark mode runs with the API's per-client rate limit off, on every node, and the
+// mode's own flags after it; a mode cannot switch the limiter back on.
+func TestStartKeepsRateLimitOffInEveryMode(t *testing.T) {
+	if _, err := exec.LookPath("sh"); err != nil {
+		t.Skip("no sh")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "agent.sh")
+	if err := os.WriteFile(bin, []byte(agentScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		mode      string
+		args      []string
+		wantToken bool // joiners get the first node's join token
+	}{
+		{"insecure", []string{"--insecure"}, false},
+		{"secure", nil, true},
+		{"secure+acl", []string{"--acl"}, true},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			c, err := Start(bin, filepath.Join(dir, tc.mode), 2, 4, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c.Stop)
+			for _, n := range c.Nodes {
+				args := strings.Join(n.Args(), " ")
+				want := strings.TrimSpace("--capacity 4 --http-rate-limit 0 " + strings.Join(tc.args, " "))
+				if !strings.HasSuffix(args, want) {
+					t.Errorf("%s args %q: want them to end in %q", n.Name, args, want)
+				}
+			}
+			want := "join token <>"
+			if tc.wantToken {
+				want = "join token <TW1::fake>"
+			}
+			n2 := c.Nodes[1]
+			if err := Until(10*time.Second, 10*time.Millisecond, func() bool { return strings.Contains(n2.Log(), want) }); err != nil {
+				t.Fatalf("n2 log %q: want %q", n2.Log(), want)
+			}
+		})
+	}
+	if _, err := Start(bin, filepath.Join(dir, "limited"), 1, 4, "--http-rate-limit", "100"); err == nil {
+		t.Fatal("Start with --http-rate-limit in the mode's args: no error")
+	}
+}
