@@ -71,6 +71,9 @@ type Config struct {
 	HTTPTLS bool
 	// GossipKey is the operator's gossip key (--encrypt); a new cluster makes one when it is nil.
 	GossipKey []byte
+	// CertValidity is how long the node certificates this node issues itself are valid (renewed at
+	// two thirds); 0 means pki.DefaultNodeValidity (30 days). Tests shorten it to watch a renewal.
+	CertValidity time.Duration
 	// InternodeAddr binds a listener of its own for internode calls when GossipTransport is set
 	// (test twins, whose gossip port is not a socket); "127.0.0.1:0" when empty.
 	InternodeAddr string

@@ -161,7 +161,7 @@ func (n *Node) setupSecurity(resumed bool) error {
 		if err != nil {
 			return err
 		}
-		id, err := ca.IssueIdentity(pki.NodeSpec{Name: cfg.Name, Role: pki.RoleServer, IPs: ips}, now)
+		id, err := ca.IssueIdentity(pki.NodeSpec{Name: cfg.Name, Role: pki.RoleServer, IPs: ips, Validity: cfg.CertValidity}, now)
 		if err != nil {
 			return err
 		}
@@ -488,7 +488,7 @@ func (n *Node) renewer() *pki.Renewer {
 	ips, _ := n.advertiseIPs()
 	return &pki.Renewer{
 		Holder: s.holder, Issuer: pki.LocalIssuer{CA: s.ca},
-		Spec:    pki.NodeSpec{Name: n.cfg.Name, Role: pki.RoleServer, IPs: ips},
+		Spec:    pki.NodeSpec{Name: n.cfg.Name, Role: pki.RoleServer, IPs: ips, Validity: n.cfg.CertValidity},
 		OnRenew: func(id *pki.Identity) error { return pki.SaveIdentity(s.dir, id) },
 		Logger:  n.log.With("component", "tls"),
 	}

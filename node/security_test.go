@@ -251,3 +251,30 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 		t.Fatalf("after rotation: %+v", task)
 	}
 }
+
+func TestNodeCertificateRenewsItselfBeforeItExpires(t *testing.T) {
+	o := secureOpts(nil)
+	tweak := o.tweak
+	o.tweak = func(i int, c *Config) { tweak(i, c); c.CertValidity = 3 * time.Second }
+	tc := startSecureCluster(t, 1, o)
+	n := tc.nodes[0]
+	first := n.sec.holder.Identity().Leaf()
+	if life := first.NotAfter.Sub(first.NotBefore); life > time.Minute {
+		t.Fatalf("certificate valid for %s, want the configured 3s", life)
+	}
+	waitFor(t, "a renewed node certificate", 30*time.Second, func() bool {
+		return n.sec.holder.Identity().Leaf().SerialNumber.Cmp(first.SerialNumber) != 0
+	})
+	renewed := n.sec.holder.Identity().Leaf()
+	if !renewed.NotAfter.After(first.NotAfter) {
+		t.Fatalf("renewed certificate expires %s, not after the first one's %s", renewed.NotAfter, first.NotAfter)
+	}
+	// Saved for a restart, and the node keeps serving on it.
+	waitFor(t, "the renewed certificate saved in the data dir", 10*time.Second, func() bool {
+		saved, err := pki.DirSource(n.sec.dir).Load()
+		return err == nil && saved.Leaf().SerialNumber.Cmp(first.SerialNumber) != 0
+	})
+	if task := submit(t, n, "calc-square", 4, "20s"); string(task.Result) != "16" {
+		t.Fatalf("task after the renewal: %+v", task)
+	}
+}
