@@ -193,14 +193,6 @@ func register[P any](s Spec[P]) {
 	byPayload[pt] = sp
 }
 
-// unregister drops a type; tests that register their own types clean up with it.
-func unregister(t CommandType) {
-	if s := commands[t]; s != nil {
-		delete(byPayload, s.payload)
-		delete(commands, t)
-	}
-}
-
 func specOf(p Payload) *spec {
 	if p == nil {
 		return nil

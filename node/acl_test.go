@@ -124,7 +124,7 @@ func TestACLClusterAuthorizesThroughFollowers(t *testing.T) {
 	}
 	code, b = aclCall(t, f, "GET", "/v1/tasks?limit=1&type=calc-square", mgmt.SecretID, "")
 	mustJSON(t, b, &list)
-	if len(list) != 1 || list[0].ID != square.ID {
+	if code != http.StatusOK || len(list) != 1 || list[0].ID != square.ID {
 		t.Fatalf("management list: %s", b)
 	}
 	code, b = aclCall(t, f, "GET", "/v1/tasks/"+square.ID, team.SecretID, "")

@@ -2,7 +2,6 @@ package pki
 
 import (
 	"crypto/tls"
-	"errors"
 	"io"
 	"net"
 	"testing"
@@ -76,5 +75,3 @@ func handshake(t *testing.T, server, client *tls.Config) (serverErr, clientErr e
 	serverErr = <-done
 	return serverErr, clientErr
 }
-
-func errIs(err, target error) bool { return errors.Is(err, target) }

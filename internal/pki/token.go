@@ -98,7 +98,7 @@ func ParseToken(s string) (Token, error) {
 		return Token{}, fmt.Errorf("%w: want %s::<CA fingerprint>::<secret>", ErrMalformedToken, tokenPrefix)
 	}
 	if parts[0] != tokenPrefix {
-		return Token{}, fmt.Errorf("%w: it does not start with %s::", ErrMalformedToken, tokenPrefix)
+		return Token{}, fmt.Errorf("%w: it does not start with %q", ErrMalformedToken, tokenPrefix+"::")
 	}
 	fp := strings.ToLower(parts[1])
 	if !isLowerHex(fp, 64) {
