@@ -51,6 +51,7 @@ type Node struct {
 	http     *http.Server
 	httpAddr string
 	batch    *batcher
+	metrics  *nodeMetrics
 
 	// Trust and the internode channel (security.go, internode.go).
 	sec          *security
@@ -84,8 +85,10 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
-		deadSince: map[string]time.Time{},
+		deadSince: map[string]time.Time{}, metrics: newNodeMetrics(),
 	}
+	// Before raft starts, so that no applied entry is missed (metrics.go says why every node counts).
+	n.fsm.SetObserver(n.metrics.observe)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
 	if err := n.start(); err != nil {
