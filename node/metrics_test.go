@@ -138,3 +138,19 @@ func TestMetricsMoveWithWork(t *testing.T) {
 		t.Errorf("%s did not grow on the leader", k)
 	}
 }
+
+// A crashed peer is probed without answer: the survivors count probe failures and see it leave
+// the alive members.
+func TestMetricsCountGossipProbeFailures(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{inmem: true})
+	victim, watcher := tc.follower(), tc.leader()
+	before := scrape(t, watcher)
+	if err := victim.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "probe failures counted and the victim no longer alive", 20*time.Second, func() bool {
+		m := scrape(t, watcher)
+		return m["taskworker_gossip_probe_failures_total"] > before["taskworker_gossip_probe_failures_total"] &&
+			m[`taskworker_nodes{state="alive"}`] == 2
+	})
+}
