@@ -102,3 +102,14 @@ func TestObserverDoesNotChangeState(t *testing.T) {
 		t.Fatalf("digest with observer %v, without %v", b, a)
 	}
 }
+
+func TestPendingByTypeCountsOnlyPending(t *testing.T) {
+	h := newHarness(t)
+	h.must(registerCmd("n1", "b1", 4))
+	h.must(submitCmd(sub("a", "echo"), sub("b", "echo"), sub("c", "fail"), sub("d", "fail")))
+	h.must(assignCmd("a", "n1", "b1"))
+	h.must(cancelCmd("c"))
+	if got, want := h.f.PendingByType(), map[string]int{"echo": 1, "fail": 1}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("PendingByType = %v, want %v", got, want)
+	}
+}
