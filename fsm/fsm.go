@@ -34,6 +34,10 @@ type FSM struct {
 	// halt is set when a log entry could not be applied; from then on nothing changes.
 	halt     error
 	haltedCh chan struct{}
+	// observer and the transitions of the entry being applied (observe.go): scratch for metrics,
+	// never part of the replicated state.
+	observer    Observer
+	transitions []Transition
 }
 
 // New returns an empty FSM.
@@ -72,10 +76,20 @@ func (f *FSM) Apply(l *raft.Log) any {
 
 // ApplyCommand applies a decoded command at a log index. Apply calls it; tests call it directly.
 func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
+	r, obs, ts := f.applyCommand(index, c)
+	if obs != nil && len(ts) > 0 {
+		obs(index, ts)
+	}
+	return r
+}
+
+// applyCommand applies c under the lock and hands back the observer with the entry's transitions,
+// to be called once the lock is released.
+func (f *FSM) applyCommand(index uint64, c *Command) (*Result, Observer, []Transition) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.halt != nil {
-		return &Result{Index: index, Err: f.halt}
+		return &Result{Index: index, Err: f.halt}, nil, nil
 	}
 	r := &Result{Index: index}
 	if s := specOf(c.Body); s != nil {
@@ -84,7 +98,9 @@ func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
 		r.Err = fmt.Errorf("%w: payload %T is not in the command table", ErrBadCommand, c.Body)
 	}
 	f.bump(index)
-	return r
+	ts := f.transitions
+	f.transitions = nil
+	return r, f.observer, ts
 }
 
 // Halted returns why the FSM stopped applying the log, or nil while it applies.
@@ -194,6 +210,7 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	}
 	f.tasks[t.ID] = t
 	f.enter(t)
+	f.note(Transition{Kind: KindSubmitted, TaskID: t.ID, Type: t.Type})
 	f.order = append(f.order, t.ID)
 	if t.IdempotencyKey != "" {
 		f.idem[t.IdempotencyKey] = t.ID
@@ -228,11 +245,13 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 		return ItemResult{ID: r.TaskID, Err: ErrStale}
 	}
 	entry := HistoryEntry{Attempt: t.Attempt, Node: t.Node, At: now}
+	wasRunning, node := t.State == Running, t.Node
 	switch r.Kind {
 	case ReportStarted:
 		if t.State == Running {
 			return ItemResult{ID: t.ID}
 		}
+		f.note(Transition{Kind: KindStarted, TaskID: t.ID, Type: t.Type, Node: t.Node, Waited: now.Sub(pendingSince(t))})
 		t.State = Running
 		at := now
 		t.StartedAt = &at
@@ -247,6 +266,7 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 		t.Error = nil
 		t.finish(now)
 		entry.Event = EventSucceeded
+		f.noteFinish(KindSucceeded, t, node, wasRunning, now)
 	case ReportFailed:
 		if r.Error == nil {
 			r.Error = &TaskError{Type: "task_error", Message: "failed"}
@@ -254,26 +274,33 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 		t.Failures++
 		t.Error = r.Error
 		entry.Event, entry.Error = EventFailed, r.Error.Message
+		kind := KindRetried
 		if t.Failures >= t.MaxAttempts || t.CancelRequested {
-			t.State = Failed
+			t.State, kind = Failed, KindFailed
 			if t.CancelRequested {
-				t.State = Cancelled
+				t.State, kind = Cancelled, KindCancelled
 			}
 			t.finish(now)
 		} else {
 			t.requeue()
 			t.NotBefore = r.NotBefore
 		}
+		f.noteFinish(kind, t, node, wasRunning, now)
 	case ReportCancelled:
 		t.State = Cancelled
 		t.finish(now)
 		entry.Event = EventCancelled
+		f.noteFinish(KindCancelled, t, node, wasRunning, now)
 	case ReportInterrupted:
 		entry.Event = EventInterrupted
 		if r.Error != nil {
 			entry.Error = r.Error.Message
 		}
+		f.noteFinish(KindInterrupted, t, node, wasRunning, now)
 		f.interrupt(t, now)
+		if t.State == Cancelled {
+			f.note(Transition{Kind: KindCancelled, TaskID: t.ID, Type: t.Type, Node: node})
+		}
 	default:
 		return ItemResult{ID: t.ID, Err: fmt.Errorf("%w: kind %d", ErrInvalidReport, r.Kind)}
 	}
@@ -341,9 +368,11 @@ func (f *FSM) takeBack(index uint64, now time.Time, name, reason string) {
 	for _, t := range f.activeOn(name) {
 		prev := t.State
 		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: name, Event: EventInterrupted, At: now, Error: reason})
+		f.noteFinish(KindInterrupted, t, name, prev == Running, now)
 		f.interrupt(t, now)
 		if t.State == Cancelled {
 			t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: name, Event: EventCancelled, At: now})
+			f.note(Transition{Kind: KindCancelled, TaskID: t.ID, Type: t.Type, Node: name})
 		}
 		t.ModifyIndex = index
 		f.reindex(t.ID, prev)
@@ -426,6 +455,7 @@ func (f *FSM) cancel(index uint64, now time.Time, id string) ItemResult {
 		t.State = Cancelled
 		t.finish(now)
 		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Event: EventCancelled, At: now})
+		f.note(Transition{Kind: KindCancelled, TaskID: t.ID, Type: t.Type})
 	default:
 		// The executor holding it sees the flag, cancels the run and reports cancelled.
 		t.CancelRequested = true

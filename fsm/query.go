@@ -193,3 +193,14 @@ func (f *FSM) Expired(cutoff time.Time, limit int) []string {
 	}
 	return out
 }
+
+// PendingByType returns how many tasks wait in pending, by task type.
+func (f *FSM) PendingByType() map[string]int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	c := make(map[string]int)
+	for _, t := range f.pending {
+		c[t.Type]++
+	}
+	return c
+}

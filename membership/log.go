@@ -2,9 +2,18 @@ package membership
 
 import (
 	"context"
+	"log"
 	"log/slog"
 	"strings"
 )
+
+// memberlistLogger is the *log.Logger memberlist writes to, feeding l. It marks memberlist's own
+// lines with lib=memberlist rather than a second "component": the caller's logger usually has a
+// component already (the node's says gossip), and a record with the key twice is ambiguous to
+// every log processor that reads it as a map.
+func memberlistLogger(l *slog.Logger) *log.Logger {
+	return log.New(logWriter{l.With("lib", "memberlist")}, "", 0)
+}
 
 // logWriter turns memberlist's "[LEVEL] memberlist: msg" lines (it only takes a *log.Logger) into slog
 // records.

@@ -1,7 +1,9 @@
 package membership
 
 import (
+	"bytes"
 	"log/slog"
+	"strings"
 	"testing"
 )
 
@@ -21,6 +23,21 @@ func TestParseLogLineMapsMemberlistLevels(t *testing.T) {
 		level, msg := parseLogLine(tc.line)
 		if level != tc.level || msg != tc.msg {
 			t.Errorf("parseLogLine(%q) = %v, %q; want %v, %q", tc.line, level, msg, tc.level, tc.msg)
+		}
+	}
+}
+
+func TestMemberlistLinesCarryEachKeyOnce(t *testing.T) {
+	var buf bytes.Buffer
+	l := slog.New(slog.NewJSONHandler(&buf, nil)).With("component", "gossip")
+	memberlistLogger(l).Printf("[WARN] memberlist: Refuting a suspect message (from: a)")
+	line := buf.String()
+	if n := strings.Count(line, `"component":`); n != 1 {
+		t.Fatalf("component appears %d times in %s", n, line)
+	}
+	for _, want := range []string{`"component":"gossip"`, `"lib":"memberlist"`, `"level":"WARN"`, `"msg":"Refuting a suspect message (from: a)"`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("line %s lacks %s", line, want)
 		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log"
 	"log/slog"
 	"os"
 	"slices"
@@ -185,7 +184,7 @@ func New(cfg Config) (*Membership, error) {
 	mc.PushPullInterval = 5 * time.Second
 	mc.Delegate = (*delegate)(m)
 	mc.Events = (*delegate)(m)
-	mc.Logger = log.New(logWriter{cfg.Logger.With("component", "memberlist")}, "", 0)
+	mc.Logger = memberlistLogger(cfg.Logger)
 	if cfg.Transport != nil {
 		mc.Transport = cfg.Transport
 	}

@@ -90,10 +90,12 @@ func (n *Node) raftApply(c *fsm.Command, timeout time.Duration) (*fsm.Result, er
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	f := n.raft.Apply(b, timeout)
 	if err := f.Error(); err != nil {
 		return nil, fmt.Errorf("apply %s: %w", c.Type(), err)
 	}
+	n.metrics.apply.Observe(time.Since(start).Seconds())
 	res, _ := f.Response().(*fsm.Result)
 	if res == nil {
 		return nil, fmt.Errorf("apply %s: no result", c.Type())

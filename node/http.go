@@ -9,7 +9,8 @@ import (
 // routes is the public API (internal/httpapi over apiBackend), behind the API token when one is
 // set. Node-to-node routes are not here: they live on the internode listener (internode.go).
 func (n *Node) routes() http.Handler {
-	opts := httpapi.Options{Token: n.cfg.Token, MaxBodyBytes: n.cfg.MaxBodyBytes, Logger: n.log.With("component", "http")}
+	opts := httpapi.Options{Token: n.cfg.Token, MaxBodyBytes: n.cfg.MaxBodyBytes, Logger: n.log.With("component", "http"),
+		Observe: n.metrics.observeHTTP}
 	if n.cfg.ACL {
 		opts.ACL = aclBackend{n}
 	}

@@ -4,8 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -22,10 +29,11 @@ func (w hclogWriter) Write(p []byte) (int, error) {
 		}
 		msg, _ := rec["@message"].(string)
 		lvl, _ := rec["@level"].(string)
+		// In key order, so that a line reads (and rate-limits) the same every time.
 		attrs := make([]any, 0, 2*len(rec))
-		for k, v := range rec {
+		for _, k := range slices.Sorted(maps.Keys(rec)) {
 			if k[0] != '@' {
-				attrs = append(attrs, k, v)
+				attrs = append(attrs, k, rec[k])
 			}
 		}
 		w.log.Log(context.Background(), slogLevel(lvl), msg, attrs...)
@@ -58,4 +66,179 @@ func newHCLogger(log *slog.Logger, name string, min slog.Level) hclog.Logger {
 	}
 	var out io.Writer = hclogWriter{log: log.With("component", name)}
 	return hclog.New(&hclog.LoggerOptions{Name: name, Level: level, JSONFormat: true, Output: out})
+}
+
+// logRepeatWindow is how long the raft and gossip loggers fold repeats of one warning into a count.
+const logRepeatWindow = 10 * time.Second
+
+// peerKeys are the attributes that name the peer a raft line is about; the rate limit keys on
+// them and the message, not on the error text or backoff, which vary from line to line.
+var peerKeys = map[string]bool{"peer": true, "server-id": true, "id": true, "address": true, "node": true, "target": true}
+
+// localPart drops "local-addr->" from memberlist's messages ("read tcp 127.0.0.1:54806->
+// 127.0.0.1:7947: i/o timeout"): the ephemeral local port differs on every line about one peer.
+var localPart = regexp.MustCompile(`\S+->`)
+
+// repeatLimiter is the shared state of a rateLimitHandler and the handlers derived from it (With).
+// A dead peer makes raft log every heartbeat and append that fails (50 lines in 3 s after one
+// SIGKILL); each distinct warning or error about one peer is logged the first time, then its
+// repeats are counted and summed up once per window ("... (and 49 more in the last 10s)").
+type repeatLimiter struct {
+	every      time.Duration
+	now        func() time.Time
+	after      func(time.Duration, func()) // time.AfterFunc; tests fire it by hand
+	onSuppress func()                      // counts folded lines (metrics); may be nil
+
+	mu      sync.Mutex
+	windows map[string]*repeatWindow
+}
+
+type repeatWindow struct {
+	start     time.Time
+	repeats   int
+	last      slog.Record  // the latest folded repeat, whose attributes the summary carries
+	h         slog.Handler // the handler that saw it
+	scheduled bool
+}
+
+// maxWindows bounds the limiter's memory; quiet windows are dropped beyond it.
+const maxWindows = 256
+
+// rateLimitHandler is a slog.Handler that folds repeated warnings and errors (repeatLimiter).
+type rateLimitHandler struct {
+	inner slog.Handler
+	lim   *repeatLimiter
+	scope string // the attributes added by With, part of each key
+}
+
+func newRateLimitHandler(inner slog.Handler, every time.Duration, onSuppress func()) *rateLimitHandler {
+	return &rateLimitHandler{inner: inner, lim: &repeatLimiter{
+		every: every, now: time.Now, onSuppress: onSuppress, windows: map[string]*repeatWindow{},
+		after: func(d time.Duration, f func()) { time.AfterFunc(d, f) },
+	}}
+}
+
+func (h *rateLimitHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.inner.Enabled(ctx, l)
+}
+
+func (h *rateLimitHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	scope := h.scope
+	for _, a := range as {
+		scope += a.String() + " "
+	}
+	return &rateLimitHandler{inner: h.inner.WithAttrs(as), lim: h.lim, scope: scope}
+}
+
+func (h *rateLimitHandler) WithGroup(name string) slog.Handler {
+	return &rateLimitHandler{inner: h.inner.WithGroup(name), lim: h.lim, scope: h.scope + name + "."}
+}
+
+func (h *rateLimitHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level < slog.LevelWarn {
+		return h.inner.Handle(ctx, r)
+	}
+	var key strings.Builder
+	key.WriteString(h.scope)
+	key.WriteString(r.Level.String())
+	key.WriteString("|")
+	key.WriteString(localPart.ReplaceAllString(r.Message, ""))
+	r.Attrs(func(a slog.Attr) bool {
+		if peerKeys[a.Key] {
+			key.WriteString("|" + a.String())
+		}
+		return true
+	})
+	if !h.lim.fold(key.String(), h.inner, r) {
+		return h.inner.Handle(ctx, r)
+	}
+	return nil
+}
+
+// fold reports whether r, under key, is a repeat inside its window and so was counted instead of
+// logged; the first repeat of a window schedules the summary at the window's end.
+func (l *repeatLimiter) fold(key string, h slog.Handler, r slog.Record) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	w := l.windows[key]
+	if w == nil || (w.repeats == 0 && now.Sub(w.start) >= l.every) {
+		if len(l.windows) >= maxWindows {
+			l.dropQuiet(now)
+		}
+		l.windows[key] = &repeatWindow{start: now}
+		return false
+	}
+	w.repeats++
+	w.last, w.h = r.Clone(), h
+	if !w.scheduled {
+		w.scheduled = true
+		l.after(w.start.Add(l.every).Sub(now), func() { l.flush(key) })
+	}
+	if l.onSuppress != nil {
+		l.onSuppress()
+	}
+	return true
+}
+
+// flush logs the count of a window's repeats and opens the next window, so a peer that stays
+// down yields one summary line per window.
+func (l *repeatLimiter) flush(key string) {
+	l.mu.Lock()
+	w := l.windows[key]
+	if w == nil || w.repeats == 0 {
+		l.mu.Unlock()
+		return
+	}
+	last, h, n := w.last, w.h, w.repeats
+	w.start, w.repeats, w.last, w.h, w.scheduled = l.now(), 0, slog.Record{}, nil, false
+	l.mu.Unlock()
+
+	sum := slog.NewRecord(l.now(), last.Level, fmt.Sprintf("%s (and %d more in the last %s)", last.Message, n, l.every), 0)
+	last.Attrs(func(a slog.Attr) bool { sum.AddAttrs(a); return true })
+	_ = h.Handle(context.Background(), sum)
+}
+
+// dropQuiet forgets windows that have ended without repeats. l.mu is held.
+func (l *repeatLimiter) dropQuiet(now time.Time) {
+	for k, w := range l.windows {
+		if w.repeats == 0 && now.Sub(w.start) >= l.every {
+			delete(l.windows, k)
+		}
+	}
+}
+
+// probeFailure is how memberlist reports a probe that got no ack, direct or indirect: it has no
+// metric of its own for it (only in its go-metrics "degraded" counters, which mean something
+// else), so the gossip logger counts this line, which memberlist (v0.7.0, state.go probeNode)
+// prints at INFO as "Suspect <name> has failed, no acks received".
+const probeFailureSuffix = "has failed, no acks received"
+
+// probeCountHandler counts memberlist's probe failures on their way to inner. It sees INFO lines
+// even when inner does not log them, so the count does not depend on the log level.
+type probeCountHandler struct {
+	inner slog.Handler
+	count func()
+}
+
+func (h probeCountHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelInfo || h.inner.Enabled(ctx, l)
+}
+
+func (h probeCountHandler) Handle(ctx context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, "Suspect ") && strings.HasSuffix(r.Message, probeFailureSuffix) {
+		h.count()
+	}
+	if !h.inner.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return h.inner.Handle(ctx, r)
+}
+
+func (h probeCountHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return probeCountHandler{inner: h.inner.WithAttrs(as), count: h.count}
+}
+
+func (h probeCountHandler) WithGroup(name string) slog.Handler {
+	return probeCountHandler{inner: h.inner.WithGroup(name), count: h.count}
 }

@@ -2,55 +2,207 @@ package node
 
 import (
 	"net/http"
+	"strconv"
+	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/taskworker/taskworker/fsm"
 )
 
-// metricsHandler serves Prometheus metrics read from the FSM and raft at scrape time, plus the
-// Go runtime and process collectors.
+// nodeMetrics are the Prometheus series this node serves on /metrics. Each node has its own
+// registry, so several nodes in one process (the tests) do not share series.
+//
+// Task counters and histograms are fed by the FSM's Observer on every node, not by the leader:
+// each replica applies the same log, so every node's /metrics tells the same cluster-wide story
+// and a scrape of any one node (or max() over all) is enough; nothing depends on which node leads
+// or on a leader change. The FSM calls the observer after it applied an entry, with the
+// transitions of that entry; the observer only counts, so Apply stays deterministic. The counters
+// start from zero in each process and count the entries it applies, including those it replays
+// from the log at start (a snapshot's tasks are not replayed): use rate() or increase().
+type nodeMetrics struct {
+	reg *prometheus.Registry
+
+	transitions map[string]*prometheus.CounterVec // by fsm.Kind*, labelled by task type
+	queueWait   *prometheus.HistogramVec
+	runTime     *prometheus.HistogramVec
+	apply       prometheus.Histogram
+	httpReqs    *prometheus.CounterVec
+	httpTime    *prometheus.HistogramVec
+	probeFails  prometheus.Counter
+	logsDropped prometheus.Counter
+}
+
+// taskBuckets span a millisecond to about 20 minutes, for both queue wait and run time.
+var taskBuckets = prometheus.ExponentialBuckets(0.001, 4, 11)
+
+func newNodeMetrics() *nodeMetrics {
+	m := &nodeMetrics{
+		reg:         prometheus.NewRegistry(),
+		transitions: map[string]*prometheus.CounterVec{},
+		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "taskworker_task_queue_wait_seconds", Buckets: taskBuckets,
+			Help: "Time from a task becoming pending (created, or requeued after a failure or interruption) to its attempt starting, by type.",
+		}, []string{"type"}),
+		runTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "taskworker_task_run_seconds", Buckets: taskBuckets,
+			Help: "Time from an attempt starting to its end (succeeded, failed, cancelled or interrupted), by type.",
+		}, []string{"type"}),
+		apply: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "taskworker_raft_apply_seconds",
+			Help:    "Time the leader takes to commit and apply one raft command (a batch of proposals).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		httpReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "taskworker_http_requests_total",
+			Help: "Public API requests by route pattern and status code.",
+		}, []string{"route", "code"}),
+		httpTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "taskworker_http_request_duration_seconds", Buckets: prometheus.DefBuckets,
+			Help: "Public API request latency by route pattern (held waits and follows included).",
+		}, []string{"route"}),
+		probeFails: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "taskworker_gossip_probe_failures_total",
+			Help: "Gossip probes of a peer that got no ack, direct or indirect (the peer is then suspected).",
+		}),
+		logsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "taskworker_log_lines_suppressed_total",
+			Help: "Repeated raft and gossip warnings and errors folded into a count by the log rate limit.",
+		}),
+	}
+	help := map[string]string{
+		fsm.KindSubmitted:   "Tasks submitted, by type.",
+		fsm.KindStarted:     "Task attempts started, by type.",
+		fsm.KindSucceeded:   "Tasks that succeeded, by type.",
+		fsm.KindFailed:      "Tasks that failed for good (their last attempt failed), by type.",
+		fsm.KindRetried:     "Failed attempts that were requeued for another attempt, by type.",
+		fsm.KindInterrupted: "Attempts interrupted by their node dying, restarting or leaving, by type.",
+		fsm.KindCancelled:   "Tasks cancelled, by type.",
+	}
+	for kind, h := range help {
+		m.transitions[kind] = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "taskworker_tasks_" + kind + "_total", Help: h,
+		}, []string{"type"})
+		m.reg.MustRegister(m.transitions[kind])
+	}
+	m.reg.MustRegister(m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// observe is the FSM's Observer.
+func (m *nodeMetrics) observe(_ uint64, ts []fsm.Transition) {
+	for _, tr := range ts {
+		if c := m.transitions[tr.Kind]; c != nil {
+			c.WithLabelValues(tr.Type).Inc()
+		}
+		if tr.Kind == fsm.KindStarted {
+			m.queueWait.WithLabelValues(tr.Type).Observe(nonNegative(tr.Waited))
+		}
+		if tr.HasRun {
+			m.runTime.WithLabelValues(tr.Type).Observe(nonNegative(tr.Ran))
+		}
+	}
+}
+
+// nonNegative guards against clock steps between leaders: the timestamps come from whichever
+// leader wrote each command.
+func nonNegative(d time.Duration) float64 { return max(d, 0).Seconds() }
+
+// observeHTTP is httpapi's ObserveFunc.
+func (m *nodeMetrics) observeHTTP(route string, code int, d time.Duration) {
+	m.httpReqs.WithLabelValues(route, strconv.Itoa(code)).Inc()
+	m.httpTime.WithLabelValues(route).Observe(d.Seconds())
+}
+
+// metricsHandler serves the node's registry plus the series read from the FSM, raft and gossip
+// at scrape time.
 func (n *Node) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), stateCollector{n})
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	reg.MustRegister(stateCollector{n})
+	return promhttp.HandlerFor(prometheus.Gatherers{n.metrics.reg, reg}, promhttp.HandlerOpts{})
 }
 
 var (
 	descTasks    = prometheus.NewDesc("taskworker_tasks", "Tasks in the cluster by state.", []string{"state"}, nil)
+	descPending  = prometheus.NewDesc("taskworker_tasks_pending", "Pending tasks by type.", []string{"type"}, nil)
 	descNodes    = prometheus.NewDesc("taskworker_nodes", "Nodes known to the cluster by gossip state.", []string{"state"}, nil)
 	descLeader   = prometheus.NewDesc("taskworker_is_leader", "1 if this node is the raft leader.", nil, nil)
 	descRunning  = prometheus.NewDesc("taskworker_local_running", "Task attempts running on this node.", nil, nil)
 	descCapacity = prometheus.NewDesc("taskworker_local_capacity", "Task slots of this node.", nil, nil)
 	descIndex    = prometheus.NewDesc("taskworker_fsm_applied_index", "Last raft index applied to this node's FSM.", nil, nil)
+
+	descRaftState   = prometheus.NewDesc("taskworker_raft_state", "1 for this node's raft state (Follower, Candidate, Leader, Shutdown), 0 for the others.", []string{"state"}, nil)
+	descRaftTerm    = prometheus.NewDesc("taskworker_raft_term", "This node's current raft term.", nil, nil)
+	descRaftCommit  = prometheus.NewDesc("taskworker_raft_commit_index", "Highest raft index this node knows committed.", nil, nil)
+	descRaftApplied = prometheus.NewDesc("taskworker_raft_applied_index", "Highest raft index applied to this node's FSM.", nil, nil)
+	descRaftLast    = prometheus.NewDesc("taskworker_raft_last_contact_seconds", "Seconds since a follower last heard from the leader (0 on the leader; absent before any contact).", nil, nil)
 )
+
+var raftStates = []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown}
 
 type stateCollector struct{ n *Node }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTasks, descNodes, descLeader, descRunning, descCapacity, descIndex} {
+	for _, d := range []*prometheus.Desc{descTasks, descPending, descNodes, descLeader, descRunning, descCapacity, descIndex,
+		descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLast} {
 		ch <- d
 	}
 }
 
+// Collect reads what the node keeps anyway: FSM counters under its read lock and raft's atomics
+// (State, CurrentTerm, CommitIndex, AppliedIndex, LastContact), not raft.Stats, which asks the
+// raft loop for its configuration.
 func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	n := c.n
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
 	for s, v := range n.fsm.Counts() {
-		ch <- prometheus.MustNewConstMetric(descTasks, prometheus.GaugeValue, float64(v), string(s))
+		gauge(descTasks, float64(v), string(s))
+	}
+	for typ, v := range n.fsm.PendingByType() {
+		gauge(descPending, float64(v), typ)
 	}
 	states := map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
-	for _, m := range n.members.Members() {
-		states[string(m.State)]++
+	if n.members != nil {
+		for _, m := range n.members.Members() {
+			states[string(m.State)]++
+		}
 	}
 	for s, v := range states {
-		ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(v), s)
+		gauge(descNodes, float64(v), s)
 	}
 	leader := 0.0
 	if n.IsLeader() {
 		leader = 1
 	}
-	ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, leader)
-	ch <- prometheus.MustNewConstMetric(descRunning, prometheus.GaugeValue, float64(len(n.exec.Running())))
-	ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(n.cfg.Capacity))
-	ch <- prometheus.MustNewConstMetric(descIndex, prometheus.GaugeValue, float64(n.fsm.Index()))
+	gauge(descLeader, leader)
+	if n.exec != nil {
+		gauge(descRunning, float64(len(n.exec.Running())))
+	}
+	gauge(descCapacity, float64(n.cfg.Capacity))
+	gauge(descIndex, float64(n.fsm.Index()))
+	if r := n.raft; r != nil {
+		state := r.State()
+		for _, s := range raftStates {
+			v := 0.0
+			if s == state {
+				v = 1
+			}
+			gauge(descRaftState, v, s.String())
+		}
+		gauge(descRaftTerm, float64(r.CurrentTerm()))
+		gauge(descRaftCommit, float64(r.CommitIndex()))
+		gauge(descRaftApplied, float64(r.AppliedIndex()))
+		switch last := r.LastContact(); {
+		case state == raft.Leader:
+			gauge(descRaftLast, 0)
+		case !last.IsZero():
+			gauge(descRaftLast, time.Since(last).Seconds())
+		}
+	}
 }

@@ -39,6 +39,7 @@ import (
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
+	noisy  *slog.Logger // log with repeated warnings folded (logging.go), for raft and gossip
 	bootID string
 
 	fsm      *fsm.FSM
@@ -51,6 +52,7 @@ type Node struct {
 	http     *http.Server
 	httpAddr string
 	batch    *batcher
+	metrics  *nodeMetrics
 
 	// Trust and the internode channel (security.go, internode.go).
 	sec          *security
@@ -84,8 +86,11 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
-		deadSince: map[string]time.Time{},
+		deadSince: map[string]time.Time{}, metrics: newNodeMetrics(),
 	}
+	n.noisy = slog.New(newRateLimitHandler(n.log.Handler(), logRepeatWindow, n.metrics.logsDropped.Inc))
+	// Before raft starts, so that no applied entry is missed (metrics.go says why every node counts).
+	n.fsm.SetObserver(n.metrics.observe)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
 	if err := n.start(); err != nil {
@@ -237,7 +242,7 @@ func (n *Node) startRaft() error {
 	// An idle leader tells followers about a new commit index only this often; at raft's default
 	// (50 ms) a submit answered by a follower waited ~2x that for its own write to apply there.
 	rc.CommitTimeout = 10 * time.Millisecond
-	rc.Logger = newHCLogger(n.log, "raft", cfg.LogLevel)
+	rc.Logger = newHCLogger(n.noisy, "raft", cfg.LogLevel)
 
 	var (
 		logs   raft.LogStore
@@ -260,7 +265,7 @@ func (n *Node) startRaft() error {
 			return fmt.Errorf("open raft store (is another node using %s?): %w", cfg.DataDir, err)
 		}
 		n.closers = append(n.closers, store.Close)
-		fss, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, newHCLogger(n.log, "snapshot", cfg.LogLevel))
+		fss, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, newHCLogger(n.noisy, "snapshot", cfg.LogLevel))
 		if err != nil {
 			return fmt.Errorf("open snapshot store: %w", err)
 		}
@@ -290,7 +295,7 @@ func (n *Node) startRaft() error {
 		}
 		// With port 0 the listener's own address is advertised, which needs a specific bind host.
 		if n.sec.insecure {
-			t, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 3, 10*time.Second, newHCLogger(n.log, "raft-net", cfg.LogLevel))
+			t, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 3, 10*time.Second, newHCLogger(n.noisy, "raft-net", cfg.LogLevel))
 			if err != nil {
 				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 			}
@@ -302,12 +307,12 @@ func (n *Node) startRaft() error {
 				Server:    pki.InternodeServerConfig(sec.holder, sec.serverName),
 				Client:    func() *tls.Config { return pki.InternodeClientConfig(sec.holder, sec.serverName) },
 				Advertise: adv,
-				Logger:    n.log.With("component", "raft-tls"),
+				Logger:    n.noisy.With("component", "raft-tls"),
 			})
 			if err != nil {
 				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 			}
-			trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, newHCLogger(n.log, "raft-net", cfg.LogLevel))
+			trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, newHCLogger(n.noisy, "raft-net", cfg.LogLevel))
 		}
 		n.closers = append(n.closers, trans.(io.Closer).Close)
 	}
@@ -386,7 +391,7 @@ func (n *Node) startMembership() error {
 	if cfg.ProbeTimeout > 0 {
 		mc.ProbeTimeout = cfg.ProbeTimeout
 	}
-	mc.Logger = n.log.With("component", "gossip")
+	mc.Logger = slog.New(probeCountHandler{inner: n.noisy.Handler(), count: n.metrics.probeFails.Inc}).With("component", "gossip")
 	mc.Meta = membership.Meta{
 		RaftAddr: string(n.trans.LocalAddr()), HTTPAddr: n.httpAddr, BootID: n.bootID,
 		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.sec.insecure,

@@ -82,6 +82,8 @@ type Options struct {
 	MaxBodyBytes int64         // request body cap (413 above it)
 	WriteTimeout time.Duration // how long a submit or cancel may take to reach the leader and apply
 	Logger       *slog.Logger  // for errors after a streaming reply has started
+	// Observe, when set, is told of every request (route pattern, status, duration), for metrics.
+	Observe ObserveFunc
 }
 
 type server struct {
@@ -120,13 +122,17 @@ func New(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("GET "+api.PathKeyring, s.keyring)
 	mux.HandleFunc("POST "+api.PathKeyring, s.changeKeyring)
 	mux.HandleFunc("/", NotFound)
-	if s.acl != nil {
-		return s.requireACL(mux)
+	var h http.Handler = mux
+	switch {
+	case s.acl != nil:
+		h = s.requireACL(mux)
+	case opts.Token != "":
+		h = RequireToken(opts.Token, mux)
 	}
-	if opts.Token == "" {
-		return mux
+	if opts.Observe != nil {
+		h = observe(mux, h, opts.Observe)
 	}
-	return RequireToken(opts.Token, mux)
+	return h
 }
 
 // NotFound answers a request for a route that does not exist.
