@@ -344,6 +344,8 @@ type Error struct {
 	Message    string `json:"error"`
 	Code       Code   `json:"code"`
 	StatusCode int    `json:"-"`
+	// LeaderAddr is set by the client from HeaderLeaderAddr: where a leaving node sends its clients.
+	LeaderAddr string `json:"-"`
 }
 
 // Errorf makes an *Error with a code.
