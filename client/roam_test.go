@@ -150,3 +150,20 @@ func TestRoamingWaitSaysWhenNoOtherNodeIsLeft(t *testing.T) {
 		t.Fatalf("WaitDone = %v, want ErrNoOtherNode wrapping shutting_down", err)
 	}
 }
+
+func TestRoamingFollowCarriesOnAtAnotherNodeWithoutRepeats(t *testing.T) {
+	a, _ := twoNodes(t)
+	var got []string
+	var moves int
+	r := a.Roaming(context.Background(), func(string, string, error) { moves++ })
+	err := r.FollowLogs(context.Background(), "T1", func(l client.LogLine) error {
+		got = append(got, l.Line)
+		return nil
+	})
+	if err != nil || strings.Join(got, ",") != "one,two" || moves != 1 {
+		t.Fatalf("FollowLogs = %v, lines %q, %d moves; want one,two after one move", err, got, moves)
+	}
+	if r.Client().Addr() == a.Addr() {
+		t.Fatalf("still at %s after the move", a.Addr())
+	}
+}
