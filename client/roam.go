@@ -96,7 +96,13 @@ func (r *Roaming) move(ctx context.Context, why error) error {
 	var names []string
 	var apiErr *APIError
 	if errors.As(why, &apiErr) && apiErr.LeaderAddr != "" {
-		cands, names = append(cands, apiErr.LeaderAddr), append(names, "leader")
+		name := "the leader"
+		for _, m := range r.members {
+			if m.HTTPAddr == apiErr.LeaderAddr {
+				name = "the leader " + m.Name
+			}
+		}
+		cands, names = append(cands, apiErr.LeaderAddr), append(names, name)
 	}
 	for _, m := range r.members {
 		if m.State == api.NodeAlive && !m.Draining && m.HTTPAddr != "" {
@@ -117,7 +123,7 @@ func (r *Roaming) move(ctx context.Context, why error) error {
 		}
 		r.cur, r.members = nc, cl.Nodes
 		if r.moved != nil {
-			r.moved(from, names[i]+" at "+nc.base, why)
+			r.moved(from, names[i]+" ("+nc.base+")", why)
 		}
 		return nil
 	}

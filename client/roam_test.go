@@ -128,7 +128,7 @@ func TestExecCarriesOnAtAnotherNodeWhenItsNodeLeaves(t *testing.T) {
 	if strings.Join(got, ",") != "one,two" {
 		t.Fatalf("lines %q, want each line once: one,two", got)
 	}
-	if len(moves) != 1 || !strings.HasPrefix(moves[0], "b at ") {
+	if len(moves) != 1 || !strings.HasPrefix(moves[0], "b (") {
 		t.Fatalf("moves %q, want one to b", moves)
 	}
 	if n := submitsOnB.Load(); n != 0 {
