@@ -176,7 +176,19 @@ type LogLine struct {
 	Line    string    `json:"line"`
 }
 
-// Health is GET /v1/health: Status is "ok" (200) or why the node cannot serve (503).
+// Health statuses: HealthOK answers 200, the others 503.
+const (
+	HealthOK          = "ok"
+	HealthUnavailable = "unavailable" // not a member yet, or no leader known
+	HealthHalted      = "halted"      // the FSM met a log entry this build cannot apply
+	HealthDraining    = "draining"    // a graceful leave is under way: send new work elsewhere
+)
+
+// HeaderLeaderAddr, on a 503 shutting_down, is the HTTP host:port of the cluster's leader as the
+// leaving node last knew it ("" when it knew none), so a client has somewhere to go.
+const HeaderLeaderAddr = "X-Taskworker-Leader-Addr"
+
+// Health is GET /v1/health: Status is HealthOK (200) or why the node cannot serve (503).
 type Health struct {
 	Status string `json:"status"`
 	Leader string `json:"leader"`
@@ -332,6 +344,8 @@ type Error struct {
 	Message    string `json:"error"`
 	Code       Code   `json:"code"`
 	StatusCode int    `json:"-"`
+	// LeaderAddr is set by the client from HeaderLeaderAddr: where a leaving node sends its clients.
+	LeaderAddr string `json:"-"`
 }
 
 // Errorf makes an *Error with a code.

@@ -176,7 +176,9 @@ func (c *Client) WaitDone(ctx context.Context, id string) (*Task, error) {
 		case err == nil && task.ModifyIndex > index:
 			index = task.ModifyIndex
 			continue
-		case err != nil && !(errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusServiceUnavailable):
+		case err != nil && (NodeGone(err) || !(errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusServiceUnavailable)):
+			// A 503 while the cluster elects a leader passes; a node that goes away does not
+			// come back (Roaming carries the wait over to another).
 			return nil, err
 		}
 		select {
@@ -240,37 +242,50 @@ func (c *Client) Logs(ctx context.Context, id string, follow bool, fn func(LogLi
 }
 
 // Exec submits a task, passes its output to onLog as it happens (when onLog
-// is not nil) and returns the record once the task has ended. Output cannot
-// fail the call: when the log stream breaks, the lines it missed are fetched
-// once the task has ended.
+// is not nil) and returns the record once the task has ended. See ExecWith.
 func (c *Client) Exec(ctx context.Context, req SubmitRequest, onLog func(LogLine)) (*Task, error) {
-	task, _, err := c.Submit(ctx, req)
+	return c.ExecWith(ctx, req, ExecOptions{OnLog: onLog})
+}
+
+// ExecOptions are what ExecWith tells its caller as it goes; nil fields are left out.
+type ExecOptions struct {
+	// Submitted receives the stored record (created false for an idempotency key seen before)
+	// before anything waits, so the caller can always find the task again.
+	Submitted func(task *Task, created bool)
+	// OnLog receives the task's output lines as they happen, each once.
+	OnLog func(LogLine)
+	// Moved is told when the node went away and the wait carries on at another (Roaming).
+	Moved func(from, to string, why error)
+}
+
+// ExecWith submits a task and returns the record once the task has ended,
+// passing its output to opts.OnLog as it happens. The submit goes to c's node
+// only; the wait and the log stream then move to another member when that node
+// goes away (a graceful leave included), without submitting again. Output
+// cannot fail the call: when the log stream breaks, the lines it missed are
+// fetched once the task has ended. An error after the submit names the task.
+func (c *Client) ExecWith(ctx context.Context, req SubmitRequest, opts ExecOptions) (*Task, error) {
+	task, created, err := c.Submit(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	seen := 0
+	if opts.Submitted != nil {
+		opts.Submitted(task, created)
+	}
+	r := c.Roaming(ctx, opts.Moved)
 	var logErr error
-	if onLog != nil {
-		logErr = c.Logs(ctx, task.ID, true, func(l LogLine) error {
-			seen++
-			onLog(l)
-			return nil
-		})
+	var lines *logDedup
+	if opts.OnLog != nil {
+		lines = newLogDedup(func(l LogLine) error { opts.OnLog(l); return nil })
+		logErr = r.followLogs(ctx, task.ID, lines.emit)
 	}
-	done, err := c.WaitDone(ctx, task.ID)
+	done, err := r.WaitDone(ctx, task.ID)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("task %s: %w", task.ID, err)
 	}
 	if logErr != nil {
 		// Best effort: the record, not its output, is what Exec returns.
-		_ = c.Logs(ctx, task.ID, false, func(l LogLine) error {
-			if seen > 0 {
-				seen--
-				return nil
-			}
-			onLog(l)
-			return nil
-		})
+		_ = r.Client().Logs(ctx, task.ID, false, lines.emit)
 	}
 	return done, nil
 }
@@ -378,7 +393,7 @@ func (c *Client) send(ctx context.Context, method, path string, q url.Values, bo
 		return resp, nil
 	}
 	defer resp.Body.Close()
-	apiErr := &APIError{StatusCode: resp.StatusCode}
+	apiErr := &APIError{StatusCode: resp.StatusCode, LeaderAddr: resp.Header.Get(api.HeaderLeaderAddr)}
 	if b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10)); err == nil {
 		_ = json.Unmarshal(b, apiErr) // not JSON: fall back to the status text below
 	}

@@ -68,6 +68,8 @@ func (b apiBackend) WaitTask(ctx context.Context, id string, until func(api.Task
 		select {
 		case <-ctx.Done():
 			return at, nil
+		case <-b.n.released: // the node is leaving: answer now, as a wait that elapsed would
+			return at, nil
 		case <-changed:
 		}
 	}
@@ -108,12 +110,16 @@ func (b apiBackend) Types(context.Context) ([]api.TypeInfo, error) { return b.n.
 func (b apiBackend) Health(context.Context) api.Health {
 	leader := b.n.Leader()
 	if err := b.n.fsm.Halted(); err != nil {
-		return api.Health{Status: "halted", Leader: leader, Reason: err.Error()}
+		return api.Health{Status: api.HealthHalted, Leader: leader, Reason: err.Error()}
+	}
+	if b.n.leaving.Load() {
+		// Load balancers and clients take a draining node out of rotation.
+		return api.Health{Status: api.HealthDraining, Leader: leader, Reason: "node " + b.n.cfg.Name + " is leaving the cluster"}
 	}
 	if _, registered := b.n.fsm.Node(b.n.cfg.Name); leader == "" || !registered {
-		return api.Health{Status: "unavailable", Leader: leader}
+		return api.Health{Status: api.HealthUnavailable, Leader: leader}
 	}
-	return api.Health{Status: "ok", Leader: leader}
+	return api.Health{Status: api.HealthOK, Leader: leader}
 }
 
 func (b apiBackend) Leave(ctx context.Context, force bool) (api.LeaveReply, error) {

@@ -14,5 +14,5 @@ func (n *Node) routes() http.Handler {
 	if n.cfg.ACL {
 		opts.ACL = aclBackend{n}
 	}
-	return httpapi.New(apiBackend{n}, opts)
+	return n.refuseWhenClosing(httpapi.New(apiBackend{n}, opts))
 }

@@ -67,6 +67,7 @@ func (n *Node) Leave(ctx context.Context, force bool) error {
 		return err
 	}
 	n.leaveStarted = true
+	n.leaving.Store(true)
 	// Record the drain before answering, so nothing new is placed here once the leave is accepted.
 	log := n.log.With("phase", "leave")
 	log.Info("draining: no new tasks will be placed here", "drain_timeout", n.cfg.DrainTimeout)
@@ -96,6 +97,9 @@ func (n *Node) leave(ctx context.Context, log *slog.Logger) error {
 			log.Warn("leadership transfer", "err", err)
 		}
 	}
+	// Held requests are answered while this node still follows raft, so a wait gets a current
+	// record and its client can carry on elsewhere before the node leaves.
+	n.releaseClients("leaving the cluster")
 	switch err := n.checkLeave(); {
 	case n.IsLeader():
 		log.Warn("no other node could take leadership; staying in the raft configuration")

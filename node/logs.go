@@ -23,6 +23,9 @@ func (n *Node) taskLogs(ctx context.Context, id string, follow bool, emit func(a
 		return taskNotFound(id)
 	}
 	if follow {
+		// A leaving node ends the stream cleanly; the client follows on from another node.
+		ctx, stop := n.untilReleased(ctx)
+		defer stop()
 		n.followLogs(ctx, id, func(l tasks.LogLine) { emit(toAPILogLine(l)) })
 		return nil
 	}

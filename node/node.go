@@ -72,10 +72,17 @@ type Node struct {
 	leaveMu      sync.Mutex
 	leaveStarted bool
 	leaveDone    chan struct{}
-	deadMu       sync.Mutex
-	deadSince    map[string]time.Time
-	shutdownMu   sync.Mutex
-	shut         bool
+	// Clients of a leaving node (release.go): leaving is set once a leave is accepted (health
+	// says draining); closing once held requests are let go (new requests get shutting_down);
+	// released is closed then, which answers every held wait and ends every log follow.
+	leaving     atomic.Bool
+	closing     atomic.Bool
+	released    chan struct{}
+	releaseOnce sync.Once
+	deadMu      sync.Mutex
+	deadSince   map[string]time.Time
+	shutdownMu  sync.Mutex
+	shut        bool
 }
 
 // Start opens the node's stores and starts raft, gossip, the executor and the HTTP API.
@@ -86,7 +93,7 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
-		deadSince: map[string]time.Time{}, metrics: newNodeMetrics(),
+		released: make(chan struct{}), deadSince: map[string]time.Time{}, metrics: newNodeMetrics(),
 	}
 	n.noisy = slog.New(newRateLimitHandler(n.log.Handler(), logRepeatWindow, n.metrics.logsDropped.Inc))
 	// Before raft starts, so that no applied entry is missed (metrics.go says why every node counts).
@@ -607,6 +614,9 @@ func (n *Node) Shutdown() error {
 		return nil
 	}
 	n.shut = true
+	// Answer held requests before anything stops, so the HTTP server's graceful shutdown below
+	// finds them done instead of cutting their connections.
+	n.releaseClients("node shutting down")
 	n.cancel()
 	if n.exec != nil {
 		n.exec.Close()

@@ -62,7 +62,18 @@ func execCommand() *cli.Command {
 		if err != nil {
 			return usageError(c, "%v", err)
 		}
-		task, err := api.Exec(c.Context, req, func(l client.LogLine) { printLog(c, l) })
+		task, err := api.ExecWith(c.Context, req, client.ExecOptions{
+			// The ID comes first, so the task can be found again whatever happens to this command.
+			Submitted: func(t *client.Task, created bool) {
+				if created {
+					fmt.Fprintf(c.App.ErrWriter, "task %s submitted\n", t.ID)
+				} else {
+					fmt.Fprintf(c.App.ErrWriter, "task %s submitted before with this idempotency key\n", t.ID)
+				}
+			},
+			OnLog: func(l client.LogLine) { printLog(c, l) },
+			Moved: func(from, to string, why error) { printMoved(c, from, to, why) },
+		})
 		if err != nil {
 			return cli.Exit(err.Error(), 2)
 		}
@@ -183,10 +194,18 @@ func taskLogsCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     []cli.Flag{&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "stream until the task ends"}},
 	}, 1, 1, func(c *cli.Context, api *client.Client, args []string) error {
-		err := api.Logs(c.Context, args[0], c.Bool("follow"), func(l client.LogLine) error {
+		show := func(l client.LogLine) error {
 			printLog(c, l)
 			return nil
-		})
+		}
+		var err error
+		if c.Bool("follow") {
+			// A follow outlives the node it started on: it carries on at another member.
+			err = api.Roaming(c.Context, func(from, to string, why error) { printMoved(c, from, to, why) }).
+				FollowLogs(c.Context, args[0], show)
+		} else {
+			err = api.Logs(c.Context, args[0], false, show)
+		}
 		if err != nil {
 			return taskError(err)
 		}
@@ -493,6 +512,11 @@ func printLog(c *cli.Context, l client.LogLine) {
 	default:
 		fmt.Fprintf(c.App.ErrWriter, "%-5s %s\n", strings.ToUpper(cmp.Or(l.Level, "info")), line)
 	}
+}
+
+// printMoved tells the user on stderr that the node went away and the command carries on at another.
+func printMoved(c *cli.Context, from, to string, why error) {
+	fmt.Fprintf(c.App.ErrWriter, "node %s went away (%v); carrying on at %s\n", from, why, to)
 }
 
 func describeError(e *client.TaskError) string {

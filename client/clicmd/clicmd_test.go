@@ -216,11 +216,11 @@ func TestExec(t *testing.T) {
 		stderrIn []string
 	}{
 		{name: "succeeded prints output then result", args: []string{"exec", "--addr", addr, "echo", `{"a": 1}`},
-			stdout: "out of t-echo\n{\"a\":1}\n", stderrIn: []string{"err of t-echo\n", "WARN  log of t-echo\n"}},
+			stdout: "out of t-echo\n{\"a\":1}\n", stderrIn: []string{"task t-echo submitted\n", "err of t-echo\n", "WARN  log of t-echo\n"}},
 		{name: "input from stdin", stdin: `"x"`, args: []string{"exec", "--addr", addr, "echo", "-"}, stdout: "out of t-echo\n\"x\"\n"},
 		{name: "absent input is null", args: []string{"exec", "--addr", addr, "echo"}, stdout: "out of t-echo\nnull\n"},
 		{name: "failed", args: []string{"exec", "--addr", addr, "fail", `"boom"`}, code: 1,
-			stdout: "out of t-fail\n", stderrIn: []string{"task t-fail failed: boom (task)"}},
+			stdout: "out of t-fail\n", stderrIn: []string{"task t-fail submitted\n", "task t-fail failed: boom (task)"}},
 		{name: "cancelled", args: []string{"exec", "--addr", addr, "sleep"}, code: 1, stdout: "out of t-sleep\n", stderrIn: []string{"cancelled"}},
 		{name: "rejected by the API", args: []string{"exec", "--addr", addr, "nope"}, code: 2, stderrIn: []string{"unknown task type nope"}},
 		{name: "no type", args: []string{"exec", "--addr", addr}, code: 2, stderrIn: []string{"Incorrect Usage"}},
