@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/taskworker/taskworker/api"
@@ -27,6 +28,14 @@ const (
 	StateSucceeded = api.StateSucceeded
 	StateFailed    = api.StateFailed
 	StateCancelled = api.StateCancelled
+)
+
+// Gossip states of a node in NodeInfo.State.
+const (
+	NodeAlive   = api.NodeAlive
+	NodeSuspect = api.NodeSuspect
+	NodeDead    = api.NodeDead
+	NodeLeft    = api.NodeLeft
 )
 
 // The wire types are the api package's, shared with the server; these names keep client code
@@ -166,9 +175,17 @@ const (
 
 // WaitDone blocks until the task has ended or ctx is done.
 func (c *Client) WaitDone(ctx context.Context, id string) (*Task, error) {
+	return c.waitDone(ctx, id, nil)
+}
+
+// waitDone is WaitDone calling seen (when not nil) with every version of the record it gets.
+func (c *Client) waitDone(ctx context.Context, id string, seen func(*Task)) (*Task, error) {
 	var index uint64
 	for {
 		task, err := c.Wait(ctx, id, index, waitChunk)
+		if err == nil && seen != nil {
+			seen(task)
+		}
 		var apiErr *APIError
 		switch {
 		case err == nil && IsTerminal(task.State):
@@ -242,33 +259,76 @@ func (c *Client) Logs(ctx context.Context, id string, follow bool, fn func(LogLi
 // Exec submits a task, passes its output to onLog as it happens (when onLog
 // is not nil) and returns the record once the task has ended. Output cannot
 // fail the call: when the log stream breaks, the lines it missed are fetched
-// once the task has ended.
+// once the task has ended. It is ExecWith with only OnLog.
 func (c *Client) Exec(ctx context.Context, req SubmitRequest, onLog func(LogLine)) (*Task, error) {
-	task, _, err := c.Submit(ctx, req)
+	return c.ExecWith(ctx, req, ExecHooks{OnLog: onLog})
+}
+
+// ExecHooks are what ExecWith reports while a task runs; nil ones are skipped. ExecWith calls
+// them one at a time, never concurrently, so they may share a writer.
+type ExecHooks struct {
+	// OnSubmit gets the record the submit returned; created is false when the idempotency key
+	// was seen before and the record is that earlier task's.
+	OnSubmit func(task *Task, created bool)
+	// OnLog gets each line of the task's output, in order.
+	OnLog func(LogLine)
+	// OnRetry gets each failed or interrupted attempt that the task will run again after.
+	OnRetry func(failed HistoryEntry)
+}
+
+// ExecWith submits a task, follows its output and its record at once (the record to see
+// retries as they happen), and returns the finished record after the last output line.
+func (c *Client) ExecWith(ctx context.Context, req SubmitRequest, h ExecHooks) (*Task, error) {
+	task, created, err := c.Submit(ctx, req)
 	if err != nil {
 		return nil, err
+	}
+	var mu sync.Mutex // the hooks run one at a time
+	call := func(f func()) {
+		mu.Lock()
+		defer mu.Unlock()
+		f()
+	}
+	if h.OnSubmit != nil {
+		call(func() { h.OnSubmit(task, created) })
 	}
 	seen := 0
-	var logErr error
-	if onLog != nil {
-		logErr = c.Logs(ctx, task.ID, true, func(l LogLine) error {
-			seen++
-			onLog(l)
-			return nil
-		})
+	logDone := make(chan error, 1)
+	if h.OnLog != nil {
+		go func() {
+			logDone <- c.Logs(ctx, task.ID, true, func(l LogLine) error {
+				call(func() { seen++; h.OnLog(l) })
+				return nil
+			})
+		}()
+	} else {
+		logDone <- nil
 	}
-	done, err := c.WaitDone(ctx, task.ID)
+	reported := 0 // history entries already looked at for retries
+	done, err := c.waitDone(ctx, task.ID, func(t *Task) {
+		if h.OnRetry == nil {
+			return
+		}
+		for ; reported < len(t.History); reported++ {
+			e := t.History[reported]
+			final := reported == len(t.History)-1 && IsTerminal(t.State)
+			if (e.Event == api.EventFailed || e.Event == api.EventInterrupted) && !final {
+				call(func() { h.OnRetry(e) })
+			}
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
-	if logErr != nil {
-		// Best effort: the record, not its output, is what Exec returns.
+	if logErr := <-logDone; logErr != nil {
+		// Best effort: the record, not its output, is what Exec returns. Lines already shown
+		// are skipped.
 		_ = c.Logs(ctx, task.ID, false, func(l LogLine) error {
 			if seen > 0 {
 				seen--
 				return nil
 			}
-			onLog(l)
+			h.OnLog(l)
 			return nil
 		})
 	}
