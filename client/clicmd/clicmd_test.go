@@ -23,13 +23,13 @@ import (
 // chosen by its type (echo succeeds with its input, fail fails, sleep is
 // cancelled, anything else is an unknown type).
 type fakeAPI struct {
-	mu       sync.Mutex
-	tasks    map[string]*client.Task
-	submits  []client.SubmitRequest
-	queries  []string // raw queries of GET /v1/tasks
-	leader   string
-	left     bool
-	started  time.Time // the nodes' start, for uptime
+	mu      sync.Mutex
+	tasks   map[string]*client.Task
+	submits []client.SubmitRequest
+	queries []string // raw queries of GET /v1/tasks
+	leader  string
+	left    bool
+	started time.Time // the nodes' start, for uptime
 	// clusterErr, when set, is GET /v1/cluster's error answer: {status, code}.
 	clusterErr *struct {
 		status int
