@@ -142,10 +142,13 @@ func (n *Node) indexGossipLoop(ctx context.Context) {
 		case <-tick.C:
 		}
 		c, a := n.raft.CommitIndex(), n.raft.AppliedIndex()
-		if c == commit && a == applied {
+		// A draining node is on its way out: its last word in gossip is Draining, and an update
+		// now would only hold up its Leave (memberlist waits for a broadcast nobody relays).
+		if c == commit && a == applied || n.members.Local().Meta.Draining {
 			continue
 		}
-		if err := n.members.UpdateMeta(func(m *membership.Meta) { m.CommitIndex, m.AppliedIndex = c, a }); err != nil {
+		set := func(m *membership.Meta) { m.CommitIndex, m.AppliedIndex = c, a }
+		if err := n.members.UpdateMetaWithin(set, indexGossipInterval/2); err != nil {
 			if ctx.Err() == nil {
 				n.log.Debug("gossip raft indexes", "err", err)
 			}
