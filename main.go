@@ -13,7 +13,8 @@ import (
 	"github.com/taskworker/taskworker/node"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=$(git describe --always --dirty)"
+// (scripts/build.sh, scripts/cluster.sh and the e2e binaries do); `go build` alone leaves "dev".
 var version = "dev"
 
 func main() {
@@ -23,6 +24,7 @@ func main() {
 		Version:  version,
 		Commands: append([]*cli.Command{node.AgentCommand(node.AgentOptions{Version: version})}, clicmd.Commands()...),
 	}
+	clicmd.Configure(app)
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "taskworker:", err)
 		os.Exit(2)

@@ -141,6 +141,17 @@ type NodeInfo struct {
 	// Insecure: the node runs without encryption and authentication between nodes (--insecure),
 	// as it gossips about itself.
 	Insecure bool `json:"insecure"`
+	// StartedAt is when the node's process started, as it gossips it; null when unknown (a node
+	// of an older version).
+	StartedAt *time.Time `json:"started_at"`
+	// CommitIndex and AppliedIndex are the node's raft commit and applied index: live for the
+	// node answering, otherwise as the node last gossiped them (about once a second); 0 when
+	// unknown.
+	CommitIndex  uint64 `json:"commit_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+	// Lag is how many log entries the node's applied index is behind the leader's commit index
+	// (0 for the leader itself); null when either is unknown.
+	Lag *uint64 `json:"lag"`
 }
 
 // TypeVersion names one version of a task type.

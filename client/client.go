@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/taskworker/taskworker/api"
@@ -27,6 +28,14 @@ const (
 	StateSucceeded = api.StateSucceeded
 	StateFailed    = api.StateFailed
 	StateCancelled = api.StateCancelled
+)
+
+// Gossip states of a node in NodeInfo.State.
+const (
+	NodeAlive   = api.NodeAlive
+	NodeSuspect = api.NodeSuspect
+	NodeDead    = api.NodeDead
+	NodeLeft    = api.NodeLeft
 )
 
 // The wire types are the api package's, shared with the server; these names keep client code
@@ -166,9 +175,17 @@ const (
 
 // WaitDone blocks until the task has ended or ctx is done.
 func (c *Client) WaitDone(ctx context.Context, id string) (*Task, error) {
+	return c.waitDone(ctx, id, nil)
+}
+
+// waitDone is WaitDone calling seen (when not nil) with every version of the record it gets.
+func (c *Client) waitDone(ctx context.Context, id string, seen func(*Task)) (*Task, error) {
 	var index uint64
 	for {
 		task, err := c.Wait(ctx, id, index, waitChunk)
+		if err == nil && seen != nil {
+			seen(task)
+		}
 		var apiErr *APIError
 		switch {
 		case err == nil && IsTerminal(task.State):
@@ -242,50 +259,83 @@ func (c *Client) Logs(ctx context.Context, id string, follow bool, fn func(LogLi
 }
 
 // Exec submits a task, passes its output to onLog as it happens (when onLog
-// is not nil) and returns the record once the task has ended. See ExecWith.
+// is not nil) and returns the record once the task has ended. It is ExecWith with only OnLog.
 func (c *Client) Exec(ctx context.Context, req SubmitRequest, onLog func(LogLine)) (*Task, error) {
-	return c.ExecWith(ctx, req, ExecOptions{OnLog: onLog})
+	return c.ExecWith(ctx, req, ExecHooks{OnLog: onLog})
 }
 
-// ExecOptions are what ExecWith tells its caller as it goes; nil fields are left out.
-type ExecOptions struct {
-	// Submitted receives the stored record (created false for an idempotency key seen before)
-	// before anything waits, so the caller can always find the task again.
-	Submitted func(task *Task, created bool)
-	// OnLog receives the task's output lines as they happen, each once.
+// ExecHooks are what ExecWith reports while a task runs; nil ones are skipped. ExecWith calls
+// them one at a time, never concurrently, so they may share a writer.
+type ExecHooks struct {
+	// OnSubmit gets the record the submit returned, before anything waits, so the caller can
+	// always find the task again; created is false when the idempotency key was seen before and
+	// the record is that earlier task's.
+	OnSubmit func(task *Task, created bool)
+	// OnLog gets each line of the task's output, in order, each once.
 	OnLog func(LogLine)
-	// Moved is told when the node went away and the wait carries on at another (Roaming).
-	Moved func(from, to string, why error)
+	// OnRetry gets each failed or interrupted attempt that the task will run again after.
+	OnRetry func(failed HistoryEntry)
+	// OnMove is told when the node went away and the wait carries on at another (Roaming).
+	OnMove func(from, to string, why error)
 }
 
-// ExecWith submits a task and returns the record once the task has ended,
-// passing its output to opts.OnLog as it happens. The submit goes to c's node
-// only; the wait and the log stream then move to another member when that node
-// goes away (a graceful leave included), without submitting again. Output
-// cannot fail the call: when the log stream breaks, the lines it missed are
-// fetched once the task has ended. An error after the submit names the task.
-func (c *Client) ExecWith(ctx context.Context, req SubmitRequest, opts ExecOptions) (*Task, error) {
+// ExecWith submits a task, follows its output and its record at once (the record to see
+// retries as they happen), and returns the finished record after the last output line. The
+// submit goes to c's node only; the wait and the log stream then move to another member when
+// that node goes away (a graceful leave included), without submitting again. Output cannot fail
+// the call: when the log stream breaks, the lines it missed are fetched once the task has ended.
+// An error after the submit names the task.
+func (c *Client) ExecWith(ctx context.Context, req SubmitRequest, h ExecHooks) (*Task, error) {
 	task, created, err := c.Submit(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	if opts.Submitted != nil {
-		opts.Submitted(task, created)
+	var mu sync.Mutex // the hooks run one at a time
+	call := func(f func()) {
+		mu.Lock()
+		defer mu.Unlock()
+		f()
 	}
-	r := c.Roaming(ctx, opts.Moved)
-	var logErr error
+	if h.OnSubmit != nil {
+		call(func() { h.OnSubmit(task, created) })
+	}
+	// A Roaming client is not safe for concurrent use: the log follow and the wait each have
+	// their own, and the wait's reports the moves.
+	var moved func(from, to string, why error)
+	if h.OnMove != nil {
+		moved = func(from, to string, why error) { call(func() { h.OnMove(from, to, why) }) }
+	}
+	waits := c.Roaming(ctx, moved)
+	logDone := make(chan error, 1)
 	var lines *logDedup
-	if opts.OnLog != nil {
-		lines = newLogDedup(func(l LogLine) error { opts.OnLog(l); return nil })
-		logErr = r.followLogs(ctx, task.ID, lines.emit)
+	var logs *Roaming
+	if h.OnLog != nil {
+		lines = newLogDedup(func(l LogLine) error { call(func() { h.OnLog(l) }); return nil })
+		logs = c.Roaming(ctx, nil)
+		go func() { logDone <- logs.followLogs(ctx, task.ID, lines.emit) }()
+	} else {
+		logDone <- nil
 	}
-	done, err := r.WaitDone(ctx, task.ID)
+	reported := 0 // history entries already looked at for retries
+	done, err := waits.waitDone(ctx, task.ID, func(t *Task) {
+		if h.OnRetry == nil {
+			return
+		}
+		for ; reported < len(t.History); reported++ {
+			e := t.History[reported]
+			final := reported == len(t.History)-1 && IsTerminal(t.State)
+			if (e.Event == api.EventFailed || e.Event == api.EventInterrupted) && !final {
+				call(func() { h.OnRetry(e) })
+			}
+		}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("task %s: %w", task.ID, err)
 	}
-	if logErr != nil {
-		// Best effort: the record, not its output, is what Exec returns.
-		_ = r.Client().Logs(ctx, task.ID, false, lines.emit)
+	if logErr := <-logDone; logErr != nil {
+		// Best effort: the record, not its output, is what Exec returns. Lines already shown
+		// are skipped.
+		_ = waits.Client().Logs(ctx, task.ID, false, lines.emit)
 	}
 	return done, nil
 }

@@ -132,9 +132,14 @@ func (r *Roaming) move(ctx context.Context, why error) error {
 
 // WaitDone is Client.WaitDone, carried over to another node when the node goes away.
 func (r *Roaming) WaitDone(ctx context.Context, id string) (*Task, error) {
+	return r.waitDone(ctx, id, nil)
+}
+
+// waitDone is WaitDone that shows seen every record it reads on the way (nil: none).
+func (r *Roaming) waitDone(ctx context.Context, id string, seen func(*Task)) (*Task, error) {
 	var t *Task
 	err := r.do(ctx, func(c *Client) (err error) {
-		t, err = c.WaitDone(ctx, id)
+		t, err = c.waitDone(ctx, id, seen)
 		return err
 	})
 	return t, err

@@ -114,10 +114,10 @@ func TestExecCarriesOnAtAnotherNodeWhenItsNodeLeaves(t *testing.T) {
 	var got []string
 	var submitted string
 	var moves []string
-	task, err := a.ExecWith(context.Background(), client.SubmitRequest{Type: "x"}, client.ExecOptions{
-		Submitted: func(t *client.Task, _ bool) { submitted = t.ID },
-		OnLog:     func(l client.LogLine) { got = append(got, l.Line) },
-		Moved:     func(from, to string, why error) { moves = append(moves, to) },
+	task, err := a.ExecWith(context.Background(), client.SubmitRequest{Type: "x"}, client.ExecHooks{
+		OnSubmit: func(t *client.Task, _ bool) { submitted = t.ID },
+		OnLog:    func(l client.LogLine) { got = append(got, l.Line) },
+		OnMove:   func(from, to string, why error) { moves = append(moves, to) },
 	})
 	if err != nil {
 		t.Fatalf("ExecWith: %v", err)

@@ -103,7 +103,12 @@ func TestProcessCommandTaskFromTasksFileStreamsOutput(t *testing.T) {
 			t.Fatalf("exec countdown via %s: code %d stdout %q (want %q) stderr %q", p.Name, code, out, want, errOut)
 		}
 	}
-	_, errOut, code := pc.cli(pc.procs[1], "exec", "countdown", `"x"`, "--max-attempts", "1")
+	// uname's result is its last stdout line: exec shows it once, not again as the result.
+	out, errOut, code := pc.cli(pc.procs[0], "exec", "uname")
+	if lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n"); code != 0 || len(lines) != 1 || !strings.Contains(lines[0], `"kernel"`) {
+		t.Fatalf("exec uname: code %d stdout %q (want the result once) stderr %q", code, out, errOut)
+	}
+	_, errOut, code = pc.cli(pc.procs[1], "exec", "countdown", `"x"`, "--max-attempts", "1")
 	if code != 1 || !strings.Contains(errOut, "input must be a non-negative integer") {
 		t.Fatalf("bad countdown: code %d stderr %q", code, errOut)
 	}

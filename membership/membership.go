@@ -324,6 +324,14 @@ func (m *Membership) UpdateMeta(fn func(*Meta)) error {
 	return m.updateMeta(fn, broadcastTimeout)
 }
 
+// UpdateMetaWithin is UpdateMeta for frequent, unimportant changes (raft indexes): it waits at
+// most timeout for the broadcast, so it never holds up a Leave or Shutdown for long.
+func (m *Membership) UpdateMetaWithin(fn func(*Meta), timeout time.Duration) error {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	return m.updateMeta(fn, timeout)
+}
+
 func (m *Membership) updateMeta(fn func(*Meta), timeout time.Duration) error {
 	m.mu.Lock()
 	if m.shutdown {

@@ -30,6 +30,12 @@ type Meta struct {
 	// keyring listing can say how many nodes hold each key before it is used or removed. (A
 	// string keeps Meta comparable.)
 	Keys string `msgpack:"k,omitempty"`
+	// StartedAt is when this node's process started (Unix seconds), for uptime in status.
+	StartedAt int64 `msgpack:"s,omitempty"`
+	// CommitIndex and AppliedIndex are this node's raft indexes as it last gossiped them (every
+	// second or so while they move), so any node can show every node's lag behind the leader.
+	CommitIndex  uint64 `msgpack:"ci,omitempty"`
+	AppliedIndex uint64 `msgpack:"ai,omitempty"`
 }
 
 // Encode returns the wire form of m, or ErrMetaTooLarge past memberlist.MetaMaxSize bytes.

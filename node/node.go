@@ -41,6 +41,8 @@ type Node struct {
 	log    *slog.Logger
 	noisy  *slog.Logger // log with repeated warnings folded (logging.go), for raft and gossip
 	bootID string
+	// startedAt is when this process made the node; gossiped for uptime in status.
+	startedAt time.Time
 
 	fsm      *fsm.FSM
 	raft     *raft.Raft
@@ -91,7 +93,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg: cfg, log: cfg.Logger, bootID: newBootID(), fsm: fsm.New(),
+		cfg: cfg, log: cfg.Logger, bootID: newBootID(), startedAt: time.Now(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
 		released: make(chan struct{}), deadSince: map[string]time.Time{}, metrics: newNodeMetrics(),
 	}
@@ -185,6 +187,7 @@ func (n *Node) start() error {
 	n.goLoop(n.logSweepLoop)
 	n.goLoop(n.batch.run)
 	n.goLoop(n.watchHalt)
+	n.goLoop(n.indexGossipLoop)
 	n.http = n.newHTTPServer(n.limitRequests(n.routes()))
 	ln = n.limitConns(ln)
 	if cfg.HTTPTLS {
@@ -401,7 +404,7 @@ func (n *Node) startMembership() error {
 	mc.Logger = slog.New(probeCountHandler{inner: n.noisy.Handler(), count: n.metrics.probeFails.Inc}).With("component", "gossip")
 	mc.Meta = membership.Meta{
 		RaftAddr: string(n.trans.LocalAddr()), HTTPAddr: n.httpAddr, BootID: n.bootID,
-		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.sec.insecure,
+		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.sec.insecure, StartedAt: n.startedAt.Unix(),
 	}
 	if cfg.GossipTransport != nil {
 		mc.Meta.Internode = n.internodeLn.Addr().String()
@@ -530,6 +533,7 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 
 // eventLoop tracks when members died (for raft removal grace) and wakes the leader's reconciler.
 func (n *Node) eventLoop(ctx context.Context) {
+	lastMeta := map[string]membership.Meta{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -538,6 +542,12 @@ func (n *Node) eventLoop(ctx context.Context) {
 			if !ok {
 				return
 			}
+			if ev.Type == membership.EventUpdate && indexesOnly(lastMeta[ev.Member.Name], ev.Member.Meta) {
+				// A node's periodic raft index gossip (indexGossipLoop): nothing to save or reconcile.
+				lastMeta[ev.Member.Name] = ev.Member.Meta
+				continue
+			}
+			lastMeta[ev.Member.Name] = ev.Member.Meta
 			n.deadMu.Lock()
 			switch ev.Type {
 			case membership.EventFail, membership.EventLeave:

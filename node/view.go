@@ -1,12 +1,15 @@
 package node
 
 import (
+	"context"
 	"sort"
+	"time"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/membership"
 )
 
 // clusterInfo is GET /v1/cluster: the FSM's nodes merged with gossip's view and raft's roles.
@@ -44,6 +47,30 @@ func (n *Node) clusterInfo() api.Cluster {
 		ni.State = string(m.State)
 		ni.Draining = ni.Draining || m.Meta.Draining
 		ni.Insecure = m.Meta.Insecure
+		if m.Meta.StartedAt > 0 {
+			at := time.Unix(m.Meta.StartedAt, 0).UTC()
+			ni.StartedAt = &at
+		}
+		ni.CommitIndex, ni.AppliedIndex = m.Meta.CommitIndex, m.Meta.AppliedIndex
+	}
+	// This node's own indexes are live; the others' are as they last gossiped them.
+	if self, ok := byName[n.cfg.Name]; ok {
+		self.CommitIndex, self.AppliedIndex = n.raft.CommitIndex(), n.raft.AppliedIndex()
+		if self.StartedAt == nil {
+			at := n.startedAt.UTC().Truncate(time.Second)
+			self.StartedAt = &at
+		}
+	}
+	if l, ok := byName[leader]; ok && l.CommitIndex > 0 {
+		for _, ni := range byName {
+			if ni.AppliedIndex == 0 {
+				continue
+			}
+			// Indexes gossiped at different moments can put a follower ahead of the leader's
+			// gossiped commit: that is no lag.
+			lag := l.CommitIndex - min(l.CommitIndex, ni.AppliedIndex)
+			ni.Lag = &lag
+		}
 	}
 	info := api.Cluster{Leader: leader, Tasks: map[string]int{}}
 	for s, c := range n.fsm.Counts() {
@@ -95,4 +122,44 @@ func (n *Node) typeInfos() []api.TypeInfo {
 		out = append(out, *byKey[k])
 	}
 	return out
+}
+
+// indexGossipInterval is how often a node gossips its raft indexes when they moved: often
+// enough for status to show lag, rare enough to cost nothing beside memberlist's own probes.
+const indexGossipInterval = time.Second
+
+// indexGossipLoop puts this node's raft commit and applied index into its gossip meta whenever
+// they moved, so every node can show every node's lag behind the leader (raft tells a node only
+// its own indexes).
+func (n *Node) indexGossipLoop(ctx context.Context) {
+	tick := time.NewTicker(indexGossipInterval)
+	defer tick.Stop()
+	var commit, applied uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		c, a := n.raft.CommitIndex(), n.raft.AppliedIndex()
+		// A draining node is on its way out: its last word in gossip is Draining, and an update
+		// now would only hold up its Leave (memberlist waits for a broadcast nobody relays).
+		if c == commit && a == applied || n.members.Local().Meta.Draining {
+			continue
+		}
+		set := func(m *membership.Meta) { m.CommitIndex, m.AppliedIndex = c, a }
+		if err := n.members.UpdateMetaWithin(set, indexGossipInterval/2); err != nil {
+			if ctx.Err() == nil {
+				n.log.Debug("gossip raft indexes", "err", err)
+			}
+			continue
+		}
+		commit, applied = c, a
+	}
+}
+
+// indexesOnly reports whether two metas of a node differ at most in the raft indexes.
+func indexesOnly(before, after membership.Meta) bool {
+	before.CommitIndex, before.AppliedIndex = after.CommitIndex, after.AppliedIndex
+	return before == after
 }

@@ -30,17 +30,20 @@ func (l *Loop) Run(ctx context.Context) {
 	defer gc.Stop()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	last := "" // the node the latest assignment went to: Place's round-robin tie-break
 	for {
 		changed := l.FSM.Changed()
 		v := l.FSM.SchedulerView()
 		t := now()
-		if as := Place(v, l.Alive(), t); len(as) > 0 {
+		if as := Place(v, l.Alive(), t, last); len(as) > 0 {
 			if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Items: as}}); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
 				l.Logger.Warn("apply assignments", "count", len(as), "err", err)
 				changed = nil // retry on the timer instead of spinning
+			} else {
+				last = as[len(as)-1].Node
 			}
 		}
 		wait := 500 * time.Millisecond

@@ -14,9 +14,13 @@ import (
 
 // Place decides assignments for pending tasks, oldest first. A task goes to the least loaded
 // (by running/capacity) node that is up, alive in gossip, not draining, has a free slot and
-// offers the task's type and version; ties go to the node with the lower name. Tasks that fit
-// nowhere stay pending, and so do tasks whose retry backoff has not elapsed.
-func Place(v fsm.View, alive map[string]bool, now time.Time) []fsm.Assign {
+// offers the task's type and version. Ties go round robin: to the first tied node, in name order,
+// after last (the node the previous placement went to; "" starts at the lowest name), so tasks
+// submitted one after another spread over idle nodes instead of all landing on the first. Tasks
+// that fit nowhere stay pending, and so do tasks whose retry backoff has not elapsed.
+//
+// Place stays pure: the caller remembers the last node (Loop does) and passes it in.
+func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.Assign {
 	type slot struct {
 		node *fsm.Node
 		load int
@@ -42,8 +46,7 @@ func Place(v fsm.View, alive map[string]bool, now time.Time) []fsm.Assign {
 			if !s.node.Offers(t.Type, t.Version) {
 				continue
 			}
-			// Compare load/capacity without division: a/b < c/d  <=>  a*d < c*b.
-			if best < 0 || s.load*slots[best].node.Capacity < slots[best].load*s.node.Capacity {
+			if best < 0 || better(s.load, s.node, slots[best].load, slots[best].node, last) {
 				best = j
 			}
 		}
@@ -53,11 +56,26 @@ func Place(v fsm.View, alive map[string]bool, now time.Time) []fsm.Assign {
 		s := slots[best]
 		out = append(out, fsm.Assign{TaskID: t.ID, Node: s.node.Name, BootID: s.node.BootID})
 		s.load++
+		last = s.node.Name
 		if s.load >= s.node.Capacity {
 			slots = append(slots[:best], slots[best+1:]...)
 		}
 	}
 	return out
+}
+
+// better reports whether node a (with load la) is a better choice than node b (with load lb):
+// a lower load/capacity ratio, or the same ratio and a before b in the round after last.
+func better(la int, a *fsm.Node, lb int, b *fsm.Node, last string) bool {
+	// Compare load/capacity without division: a/b < c/d  <=>  a*d < c*b.
+	if l, r := la*b.Capacity, lb*a.Capacity; l != r {
+		return l < r
+	}
+	// Names after last come first in the round; those up to and including it wrap around.
+	if aWraps, bWraps := a.Name <= last, b.Name <= last; aWraps != bWraps {
+		return bWraps
+	}
+	return a.Name < b.Name
 }
 
 // NextWake returns the earliest retry deadline among pending tasks after now, or zero.

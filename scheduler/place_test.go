@@ -69,6 +69,7 @@ func TestPlace(t *testing.T) {
 		nodes   []fsm.Node
 		load    map[string]int
 		alive   map[string]bool // nil: all nodes alive
+		last    string          // the node the previous placement went to
 		pending []fsm.Task
 		want    []fsm.Assign
 	}{
@@ -117,6 +118,18 @@ func TestPlace(t *testing.T) {
 			load:    map[string]int{"n1": 1},
 			pending: []fsm.Task{task("x", "big", ""), task("y", "nope", ""), task("a", "echo", "")},
 			want:    []fsm.Assign{assign("a", "n2")}},
+		{name: "tie goes to the node after the last one placed on", nodes: []fsm.Node{node("n1", 2), node("n2", 2), node("n3", 2)},
+			last: "n1", pending: tasks("a"), want: []fsm.Assign{assign("a", "n2")}},
+		{name: "tie wraps around after the highest name", nodes: []fsm.Node{node("n1", 2), node("n2", 2), node("n3", 2)},
+			last: "n3", pending: tasks("a"), want: []fsm.Assign{assign("a", "n1")}},
+		{name: "last node gone: the next name after it", nodes: []fsm.Node{node("n1", 2), node("n3", 2)},
+			last: "n2", pending: tasks("a"), want: []fsm.Assign{assign("a", "n3")}},
+		{name: "round robin only breaks ties: load wins", nodes: []fsm.Node{node("n1", 2), node("n2", 2), node("n3", 2)},
+			load: map[string]int{"n2": 1}, last: "n1", pending: tasks("a"), want: []fsm.Assign{assign("a", "n3")}},
+		{name: "round robin skips a node that does not offer the type", nodes: []fsm.Node{node("n1", 2), node("n2", 2, "other@v1"), node("n3", 2)},
+			last: "n1", pending: tasks("a"), want: []fsm.Assign{assign("a", "n3")}},
+		{name: "round robin continues within one placement", nodes: []fsm.Node{node("n1", 1), node("n2", 1), node("n3", 1)},
+			last: "n2", pending: tasks("a", "b", "c"), want: []fsm.Assign{assign("a", "n3"), assign("b", "n1"), assign("c", "n2")}},
 		{name: "boot id of the node is used", nodes: []fsm.Node{func() fsm.Node { n := node("n1", 1); n.BootID = "xyz"; return n }()},
 			pending: tasks("a"), want: []fsm.Assign{{TaskID: "a", Node: "n1", BootID: "xyz"}}},
 	}
@@ -127,7 +140,7 @@ func TestPlace(t *testing.T) {
 				alive = allAlive(tc.nodes)
 			}
 			v := fsm.View{Nodes: tc.nodes, Load: tc.load, Pending: tc.pending}
-			if got := Place(v, alive, now0); !reflect.DeepEqual(got, tc.want) {
+			if got := Place(v, alive, now0, tc.last); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("Place = %v, want %v", got, tc.want)
 			}
 		})
@@ -155,7 +168,7 @@ func TestPlaceNeverExceedsFreeSlotsOrUsesIneligibleNodes(t *testing.T) {
 		for i := range r.IntN(12) {
 			pending = append(pending, task(fmt.Sprintf("t%d", i), []string{"a", "b"}[r.IntN(2)], []string{"", "v1", "v2"}[r.IntN(3)]))
 		}
-		got := Place(fsm.View{Nodes: nodes, Load: load, Pending: pending}, alive, now0)
+		got := Place(fsm.View{Nodes: nodes, Load: load, Pending: pending}, alive, now0, "")
 		placed := map[string]int{}
 		seen := map[string]bool{}
 		for _, a := range got {
@@ -265,5 +278,24 @@ func TestBackoffJitterBounds(t *testing.T) {
 		if d := DefaultBackoff.Delay(2, Jitter); d < 1600*time.Millisecond || d >= 2400*time.Millisecond {
 			t.Fatalf("default Delay(2) = %s, outside [1.6s, 2.4s)", d)
 		}
+	}
+}
+
+// Tasks submitted one at a time, each placed and finished before the next, visit every idle
+// node in turn: the loop's way of calling Place.
+func TestPlaceSerialSubmitsRoundRobin(t *testing.T) {
+	nodes := []fsm.Node{node("n1", 4), node("n2", 4), node("n3", 4)}
+	last := ""
+	var got []string
+	for i := range 6 {
+		as := Place(fsm.View{Nodes: nodes, Pending: tasks(fmt.Sprint(i))}, allAlive(nodes), now0, last)
+		if len(as) != 1 {
+			t.Fatalf("submit %d: Place = %v, want one assignment", i, as)
+		}
+		last = as[0].Node
+		got = append(got, last)
+	}
+	if want := []string{"n1", "n2", "n3", "n1", "n2", "n3"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("serial placements = %v, want %v", got, want)
 	}
 }

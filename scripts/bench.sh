@@ -20,7 +20,7 @@ ROUNDS=${ROUNDS:-1}                # rounds per mode, order rotated, medians rep
 
 tmp=$(mktemp -d -t taskworker-bench-XXXX)
 trap 'rm -rf "$tmp"' EXIT
-go build -o "$tmp/taskworker" .
+scripts/build.sh "$tmp/taskworker"
 go build -o "$tmp/failover" ./scripts/failover
 go build -o "$tmp/latency" ./scripts/latency
 

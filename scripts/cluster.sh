@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 n=${1:-3}
 export PATH="/usr/local/go/bin:$PATH"
 mkdir -p bin
-go build -o bin/taskworker .
+scripts/build.sh bin/taskworker
 dir=${TASKWORKER_CLUSTER_DIR:-$(mktemp -d -t taskworker-cluster-XXXX)}
 mkdir -p "$dir"
 pids=()

@@ -28,7 +28,7 @@ new=${2:-}
 if [ -z "$new" ]; then
   echo "building the current tree into bin/taskworker-new"
   mkdir -p bin
-  go build -o bin/taskworker-new .
+  scripts/build.sh bin/taskworker-new
   new=bin/taskworker-new
 fi
 [ -x "$new" ] || { echo "not an executable: $new" >&2; exit 2; }

@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -62,24 +63,39 @@ func execCommand() *cli.Command {
 		if err != nil {
 			return usageError(c, "%v", err)
 		}
-		task, err := api.ExecWith(c.Context, req, client.ExecOptions{
+		// The last non-empty stdout line of each attempt: a command-backed task's result is often
+		// that very line, already printed, and is then not printed again.
+		lastOut := map[int]string{}
+		task, err := api.ExecWith(c.Context, req, client.ExecHooks{
 			// The ID comes first, so the task can be found again whatever happens to this command.
-			Submitted: func(t *client.Task, created bool) {
+			OnSubmit: func(t *client.Task, created bool) {
 				if created {
 					fmt.Fprintf(c.App.ErrWriter, "task %s submitted\n", t.ID)
 				} else {
-					fmt.Fprintf(c.App.ErrWriter, "task %s submitted before with this idempotency key\n", t.ID)
+					fmt.Fprintf(c.App.ErrWriter, "idempotency key seen before: task %s from %s (%s)\n",
+						t.ID, formatTime(t.CreatedAt), t.State)
 				}
 			},
-			OnLog: func(l client.LogLine) { printLog(c, l) },
-			Moved: func(from, to string, why error) { printMoved(c, from, to, why) },
+			OnLog: func(l client.LogLine) {
+				if line := strings.TrimSpace(l.Line); l.Stream == "stdout" && line != "" {
+					lastOut[l.Attempt] = line
+				}
+				printLog(c, l)
+			},
+			OnRetry: func(e client.HistoryEntry) {
+				fmt.Fprintf(c.App.ErrWriter, "attempt %d %s on %s: %s; retrying\n",
+					e.Attempt, e.Event, cmp.Or(e.Node, "-"), cmp.Or(e.Error, "no error recorded"))
+			},
+			OnMove: func(from, to string, why error) { printMoved(c, from, to, why) },
 		})
 		if err != nil {
-			return cli.Exit(err.Error(), 2)
+			return cli.Exit(err.Error(), ExitRequest)
 		}
 		switch task.State {
 		case client.StateSucceeded:
-			fmt.Fprintln(c.App.Writer, resultText(task.Result))
+			if res := resultText(task.Result); compactJSON(json.RawMessage(lastOut[task.Attempt])) != res {
+				fmt.Fprintln(c.App.Writer, res)
+			}
 			return nil
 		case client.StateFailed:
 			return cli.Exit(fmt.Sprintf("task %s failed: %s", task.ID, describeError(task.Error)), 1)
@@ -215,32 +231,52 @@ func taskLogsCommand() *cli.Command {
 
 func statusCommand() *cli.Command {
 	return clientCommand(&cli.Command{
-		Name:        "status",
-		Usage:       "show the cluster: leader, nodes and task counts",
-		Description: "Exit status: 0 when the cluster has a leader, 1 otherwise.",
-		Flags:       []cli.Flag{jsonFlag()},
+		Name:  "status",
+		Usage: "show the cluster: leader, nodes and task counts",
+		Description: "Exit status: 0 when the cluster has a leader; 1 when it has none (or the node answers 503);\n" +
+			"2 when the node cannot be reached, refuses the credential or the request.",
+		Flags: []cli.Flag{jsonFlag()},
 	}, 0, 0, func(c *cli.Context, api *client.Client, _ []string) error {
 		raw, err := api.Raw(c.Context, "/v1/cluster", nil)
 		if err != nil {
-			return cli.Exit(err.Error(), 1)
+			return statusError(connectionFlag(c, "addr"), err)
 		}
 		var cl client.Cluster
 		if err := json.Unmarshal(raw, &cl); err != nil {
-			return cli.Exit("decode /v1/cluster: "+err.Error(), 1)
+			return cli.Exit("decode /v1/cluster: "+err.Error(), ExitRequest)
 		}
 		if c.Bool("json") {
 			err = printJSON(c, raw)
 		} else {
-			err = printCluster(c.App.Writer, &cl)
+			err = printCluster(c.App.Writer, &cl, time.Now())
 		}
 		if err != nil {
-			return cli.Exit(err.Error(), 2)
+			return cli.Exit(err.Error(), ExitRequest)
 		}
 		if cl.Leader == "" {
-			return cli.Exit("no leader", 1)
+			return cli.Exit("no leader: the cluster has not elected one (quorum lost, or an election under way)", ExitFailed)
 		}
 		return nil
 	})
+}
+
+// statusError tells apart why status got no cluster view: a node that answers 503 is up but
+// has no leader (exit 1); an unreachable node and a refused credential are request errors
+// (exit 2), each with its own message, so a script or an operator knows what to fix.
+func statusError(addr string, err error) error {
+	addr = cmp.Or(addr, defaultAddr)
+	var apiErr *client.APIError
+	switch {
+	case !errors.As(err, &apiErr):
+		return cli.Exit(fmt.Sprintf("cannot reach the node at %s: %v", addr, err), ExitRequest)
+	case apiErr.StatusCode == http.StatusUnauthorized || apiErr.StatusCode == http.StatusForbidden:
+		return cli.Exit(fmt.Sprintf("the node at %s refused the credential (%d): %v; check --token or --token-file",
+			addr, apiErr.StatusCode, err), ExitRequest)
+	case apiErr.StatusCode == http.StatusServiceUnavailable:
+		return cli.Exit(fmt.Sprintf("no leader: the node at %s is not healthy: %v", addr, err), ExitFailed)
+	default:
+		return cli.Exit(fmt.Sprintf("the node at %s rejected the request: %v", addr, err), ExitRequest)
+	}
 }
 
 // leavePoll is how often leave asks whether the node has stopped.
@@ -393,8 +429,12 @@ func connect(c *cli.Context) (*client.Client, error) {
 }
 
 func usageError(c *cli.Context, format string, a ...any) error {
+	msg := explainFlagError(c.Command, fmt.Sprintf(format, a...))
+	if c.Command == nil || c.Command.Name == c.App.Name {
+		return cli.Exit(fmt.Sprintf("Incorrect Usage: %s\nRun '%s --help' for usage.", msg, c.App.Name), ExitRequest)
+	}
 	return cli.Exit(fmt.Sprintf("Incorrect Usage: %s\nUsage: %s [options] %s",
-		fmt.Sprintf(format, a...), c.Command.HelpName, c.Command.ArgsUsage), 2)
+		msg, c.Command.HelpName, c.Command.ArgsUsage), ExitRequest)
 }
 
 // taskError is the exit status of a task command that failed: 1 when the task
@@ -568,14 +608,28 @@ func table(w io.Writer, header ...string) *tabwriter.Writer {
 	return tw
 }
 
-func printCluster(w io.Writer, cl *client.Cluster) error {
+func printCluster(w io.Writer, cl *client.Cluster, now time.Time) error {
 	fmt.Fprintf(w, "Leader: %s\n\n", cmp.Or(cl.Leader, "(none)"))
 	nodes := slices.Clone(cl.Nodes)
 	slices.SortFunc(nodes, func(a, b client.NodeInfo) int { return cmp.Compare(a.Name, b.Name) })
-	tw := table(w, "NAME", "GOSSIP", "RAFT", "HTTP", "STATE", "ROLE", "RUNNING/CAPACITY", "DRAINING")
+	tw := table(w, "NAME", "GOSSIP", "RAFT", "HTTP", "STATE", "ROLE", "RUNNING/CAPACITY", "DRAINING",
+		"VERSION", "UPTIME", "COMMIT", "APPLIED", "LAG")
 	for _, n := range nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\n", n.Name, n.GossipAddr, n.RaftAddr, n.HTTPAddr,
-			n.State, n.RaftRole, n.Running, n.Capacity, map[bool]string{true: "yes", false: "no"}[n.Draining])
+		// A dead or departed node's load and uptime are the last ones recorded, not facts.
+		gone := n.State == client.NodeDead || n.State == client.NodeLeft
+		load, uptime := fmt.Sprintf("%d/%d", n.Running, n.Capacity), "-"
+		if gone {
+			load = "-"
+		} else if n.StartedAt != nil {
+			uptime = formatUptime(now.Sub(*n.StartedAt))
+		}
+		lag := "-"
+		if n.Lag != nil {
+			lag = fmt.Sprint(*n.Lag)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.GossipAddr, n.RaftAddr, n.HTTPAddr,
+			n.State, n.RaftRole, load, map[bool]string{true: "yes", false: "no"}[n.Draining],
+			cmp.Or(n.Version, "-"), uptime, index(n.CommitIndex), index(n.AppliedIndex), lag)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -596,6 +650,30 @@ func printCluster(w io.Writer, cl *client.Cluster) error {
 		fmt.Fprintf(tw, "%s\t%d\n", s, cl.Tasks[s])
 	}
 	return tw.Flush()
+}
+
+// index is a raft index for a table cell; 0 means unknown.
+func index(i uint64) string {
+	if i == 0 {
+		return "-"
+	}
+	return fmt.Sprint(i)
+}
+
+// formatUptime is d in its two largest units: 3d4h, 2h13m, 5m12s, 42s.
+func formatUptime(d time.Duration) string {
+	d = max(d, 0).Truncate(time.Second)
+	days, h, m, s := int(d/(24*time.Hour)), int(d/time.Hour)%24, int(d/time.Minute)%60, int(d/time.Second)%60
+	switch {
+	case days > 0:
+		return fmt.Sprintf("%dd%dh", days, h)
+	case h > 0:
+		return fmt.Sprintf("%dh%dm", h, m)
+	case m > 0:
+		return fmt.Sprintf("%dm%ds", m, s)
+	default:
+		return fmt.Sprintf("%ds", s)
+	}
 }
 
 func printTask(w io.Writer, t *client.Task) error {

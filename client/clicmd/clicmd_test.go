@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,17 +23,23 @@ import (
 // chosen by its type (echo succeeds with its input, fail fails, sleep is
 // cancelled, anything else is an unknown type).
 type fakeAPI struct {
-	mu       sync.Mutex
-	tasks    map[string]*client.Task
-	submits  []client.SubmitRequest
-	queries  []string // raw queries of GET /v1/tasks
-	leader   string
-	left     bool
+	mu      sync.Mutex
+	tasks   map[string]*client.Task
+	submits []client.SubmitRequest
+	queries []string // raw queries of GET /v1/tasks
+	leader  string
+	left    bool
+	started time.Time // the nodes' start, for uptime
+	// clusterErr, when set, is GET /v1/cluster's error answer: {status, code}.
+	clusterErr *struct {
+		status int
+		code   string
+	}
 	authSeen string
 }
 
 func newFakeAPI(t *testing.T) (*fakeAPI, string) {
-	f := &fakeAPI{tasks: map[string]*client.Task{}, leader: "n1"}
+	f := &fakeAPI{tasks: map[string]*client.Task{}, leader: "n1", started: time.Now().Add(-(2*time.Hour + 13*time.Minute + 5*time.Second))}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/tasks", f.submit)
 	mux.HandleFunc("GET /v1/tasks", func(w http.ResponseWriter, r *http.Request) {
@@ -56,6 +63,11 @@ func newFakeAPI(t *testing.T) (*fakeAPI, string) {
 	mux.HandleFunc("GET /v1/tasks/{id}/logs", func(w http.ResponseWriter, r *http.Request) {
 		f.withTask(w, r, func(task *client.Task) {
 			enc := json.NewEncoder(w)
+			if task.Type == "json-out" { // a command-backed task: its result is its last stdout line
+				_ = enc.Encode(client.LogLine{Stream: "stdout", Attempt: 1, Line: "working"})
+				_ = enc.Encode(client.LogLine{Stream: "stdout", Attempt: 1, Line: `{"n": 1}` + "\n"})
+				return
+			}
 			_ = enc.Encode(client.LogLine{Stream: "stdout", Line: "out of " + task.ID})
 			_ = enc.Encode(client.LogLine{Stream: "stderr", Line: "err of " + task.ID})
 			_ = enc.Encode(client.LogLine{Stream: "log", Level: "warn", Line: "log of " + task.ID})
@@ -64,9 +76,18 @@ func newFakeAPI(t *testing.T) (*fakeAPI, string) {
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
+		if e := f.clusterErr; e != nil {
+			reply(w, e.status, map[string]string{"error": "refused: " + e.code, "code": e.code})
+			return
+		}
+		lag := func(n uint64) *uint64 { return &n }
 		reply(w, 200, client.Cluster{Leader: f.leader, Tasks: map[string]int{"running": 2, "succeeded": 5}, Nodes: []client.NodeInfo{
-			{Name: "n2", GossipAddr: "h2:7946", RaftAddr: "h2:7947", HTTPAddr: "h2:7948", State: "alive", RaftRole: "voter", Capacity: 4, Running: 1, Draining: true},
-			{Name: "n1", GossipAddr: "h1:7946", RaftAddr: "h1:7947", HTTPAddr: "h1:7948", State: "alive", RaftRole: "leader", Capacity: 8, Running: 1},
+			{Name: "n2", GossipAddr: "h2:7946", RaftAddr: "h2:7947", HTTPAddr: "h2:7948", State: "alive", RaftRole: "voter", Capacity: 4, Running: 1, Draining: true,
+				Version: "v1.2.0", StartedAt: &f.started, CommitIndex: 118, AppliedIndex: 117, Lag: lag(3)},
+			{Name: "n1", GossipAddr: "h1:7946", RaftAddr: "h1:7947", HTTPAddr: "h1:7948", State: "alive", RaftRole: "leader", Capacity: 8, Running: 1,
+				Version: "v1.2.0", StartedAt: &f.started, CommitIndex: 120, AppliedIndex: 120, Lag: lag(0)},
+			{Name: "n3", GossipAddr: "h3:7946", RaftAddr: "h3:7947", HTTPAddr: "h3:7948", State: "dead", RaftRole: "voter", Capacity: 2, Running: 0,
+				Version: "v1.1.0", StartedAt: &f.started},
 		}})
 	})
 	mux.HandleFunc("GET /v1/types", func(w http.ResponseWriter, r *http.Request) {
@@ -110,7 +131,11 @@ func (f *fakeAPI) submit(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.submits = append(f.submits, req)
-	task := &client.Task{ID: "t-" + req.Type, Type: req.Type, Version: "1", Input: req.Input, MaxAttempts: 3, Attempt: 1, Node: "n1", ModifyIndex: 3}
+	if old, ok := f.tasks["t-"+req.Type]; ok && req.IdempotencyKey != "" && old.IdempotencyKey == req.IdempotencyKey {
+		reply(w, http.StatusOK, old)
+		return
+	}
+	task := &client.Task{IdempotencyKey: req.IdempotencyKey, CreatedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), ID: "t-" + req.Type, Type: req.Type, Version: "1", Input: req.Input, MaxAttempts: 3, Attempt: 1, Node: "n1", ModifyIndex: 3}
 	switch req.Type {
 	case "echo":
 		task.State, task.Result = client.StateSucceeded, req.Input
@@ -120,6 +145,21 @@ func (f *fakeAPI) submit(w http.ResponseWriter, r *http.Request) {
 		task.State, task.Error = client.StateFailed, &client.TaskError{Type: "task", Message: msg}
 	case "sleep":
 		task.State = client.StateCancelled
+	case "flaky": // failed twice on other nodes, then succeeded
+		task.State, task.Result, task.Attempt = client.StateSucceeded, json.RawMessage(`"third time"`), 3
+		task.History = []client.HistoryEntry{
+			{Attempt: 1, Node: "n2", Event: "started"}, {Attempt: 1, Node: "n2", Event: "failed", Error: "disk full"},
+			{Attempt: 2, Node: "n3", Event: "started"}, {Attempt: 2, Node: "n3", Event: "interrupted", Error: "node n3 died"},
+			{Attempt: 3, Node: "n1", Event: "started"}, {Attempt: 3, Node: "n1", Event: "succeeded"},
+		}
+	case "fail-last": // failed once, retried, failed for good: only the first is a retry
+		task.State, task.Attempt, task.MaxAttempts = client.StateFailed, 2, 2
+		task.Error = &client.TaskError{Type: "task", Message: "second"}
+		task.History = []client.HistoryEntry{
+			{Attempt: 1, Node: "n1", Event: "failed", Error: "first"}, {Attempt: 2, Node: "n1", Event: "failed", Error: "second"},
+		}
+	case "json-out":
+		task.State, task.Result = client.StateSucceeded, json.RawMessage(`{"n":1}`)
 	default:
 		reply(w, 400, map[string]string{"error": "unknown task type " + req.Type, "code": "unknown_task_type"})
 		return
@@ -157,7 +197,9 @@ func run(t *testing.T, stdin string, args ...string) (stdout, stderr string, cod
 		Writer:         &out,
 		ErrWriter:      &errOut,
 		ExitErrHandler: func(*cli.Context, error) {}, // keep the test process alive; the code is read below
+		Version:        "v1.2.3-test",
 	}
+	Configure(app)
 	err := app.Run(append([]string{"taskworker"}, args...))
 	var exit cli.ExitCoder
 	switch {
@@ -226,6 +268,10 @@ func TestExec(t *testing.T) {
 		{name: "no type", args: []string{"exec", "--addr", addr}, code: 2, stderrIn: []string{"Incorrect Usage"}},
 		{name: "unknown flag", args: []string{"exec", "--addr", addr, "--bogus", "echo"}, code: 2, stderrIn: []string{"Incorrect Usage"}},
 		{name: "node unreachable", args: []string{"exec", "--addr", "127.0.0.1:1", "echo"}, code: 2, stderrIn: []string{`Post "http://127.0.0.1:1/v1/tasks"`}},
+		{name: "retries are reported on stderr", args: []string{"exec", "--addr", addr, "flaky"}, stdout: "out of t-flaky\n\"third time\"\n",
+			stderrIn: []string{"attempt 1 failed on n2: disk full; retrying\n", "attempt 2 interrupted on n3: node n3 died; retrying\n"}},
+		{name: "a command's result that is its last stdout line is printed once", args: []string{"exec", "--addr", addr, "json-out"},
+			stdout: "working\n{\"n\": 1}\n"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -239,6 +285,22 @@ func TestExec(t *testing.T) {
 				}
 			}
 		})
+	}
+
+	// The last failure is no retry: only attempt 1 is reported.
+	_, stderr, code := run(t, "", "exec", "--addr", addr, "fail-last")
+	if code != 1 || !strings.Contains(stderr, "attempt 1 failed on n1: first; retrying") || strings.Contains(stderr, "second; retrying") {
+		t.Errorf("exec fail-last: exit %d, stderr %q; want one retry reported, then the failure", code, stderr)
+	}
+
+	// An idempotency key seen before returns the earlier task, and exec says so.
+	if _, stderr, _ := run(t, "", "exec", "--addr", addr, "--idempotency-key", "k1", "echo", "1"); strings.Contains(stderr, "idempotency") {
+		t.Errorf("first submit with a key: stderr %q mentions idempotency", stderr)
+	}
+	stdout, stderr, code := run(t, "", "exec", "--addr", addr, "--idempotency-key", "k1", "echo", "2")
+	if want := "idempotency key seen before: task t-echo from " + formatTime(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)); code != 0 ||
+		!strings.Contains(stderr, want) || !strings.HasSuffix(stdout, "1\n") {
+		t.Errorf("repeat submit with a key: exit %d, stdout %q, stderr %q; want the first task's result and %q", code, stdout, stderr, want)
 	}
 
 	f.submits = nil
@@ -335,9 +397,10 @@ func TestStatus(t *testing.T) {
 	stdout, _, code := run(t, "", "status", "--addr", addr)
 	want := `Leader: n1
 
-NAME  GOSSIP   RAFT     HTTP     STATE  ROLE    RUNNING/CAPACITY  DRAINING
-n1    h1:7946  h1:7947  h1:7948  alive  leader  1/8               no
-n2    h2:7946  h2:7947  h2:7948  alive  voter   1/4               yes
+NAME  GOSSIP   RAFT     HTTP     STATE  ROLE    RUNNING/CAPACITY  DRAINING  VERSION  UPTIME  COMMIT  APPLIED  LAG
+n1    h1:7946  h1:7947  h1:7948  alive  leader  1/8               no        v1.2.0   2h13m   120     120      0
+n2    h2:7946  h2:7947  h2:7948  alive  voter   1/4               yes       v1.2.0   2h13m   118     117      3
+n3    h3:7946  h3:7947  h3:7948  dead   voter   -                 no        v1.1.0   -       -       -        -
 
 TASKS      COUNT
 pending    0
@@ -352,16 +415,57 @@ cancelled  0
 	}
 	stdout, _, code = run(t, "", "status", "--addr", addr, "--json")
 	var cl client.Cluster
-	if err := json.Unmarshal([]byte(stdout), &cl); code != 0 || err != nil || len(cl.Nodes) != 2 {
+	if err := json.Unmarshal([]byte(stdout), &cl); code != 0 || err != nil || len(cl.Nodes) != 3 {
 		t.Errorf("status --json: exit %d, %v, stdout %q", code, err, stdout)
 	}
 
 	f.leader = ""
-	if stdout, _, code := run(t, "", "status", "--addr", addr); code != 1 || !strings.HasPrefix(stdout, "Leader: (none)") {
-		t.Errorf("status without leader: exit %d, stdout %q; want 1", code, stdout)
+	stdout, stderr, code := run(t, "", "status", "--addr", addr)
+	if code != 1 || !strings.HasPrefix(stdout, "Leader: (none)") || !strings.Contains(stderr, "no leader") {
+		t.Errorf("status without leader: exit %d, stdout %q, stderr %q; want 1 and no leader", code, stdout, stderr)
 	}
-	if _, _, code := run(t, "", "status", "--addr", "127.0.0.1:1"); code != 1 {
-		t.Errorf("status of an unreachable node: exit %d, want 1", code)
+
+	// Each reason for no answer has its exit status and its own message.
+	cases := []struct {
+		name   string
+		addr   string
+		status int // of /v1/cluster; 0: answers
+		code   int
+		msg    string
+	}{
+		{name: "unreachable", addr: "127.0.0.1:1", code: 2, msg: "cannot reach the node at 127.0.0.1:1"},
+		{name: "no token", addr: addr, status: 401, code: 2, msg: "refused the credential (401)"},
+		{name: "token lacks permission", addr: addr, status: 403, code: 2, msg: "refused the credential (403)"},
+		{name: "node without leader answers 503", addr: addr, status: 503, code: 1, msg: "no leader: the node at " + addr + " is not healthy"},
+		{name: "other request error", addr: addr, status: 400, code: 2, msg: "rejected the request"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f.mu.Lock()
+			f.clusterErr = nil
+			if tc.status != 0 {
+				f.clusterErr = &struct {
+					status int
+					code   string
+				}{tc.status, "some_code"}
+			}
+			f.mu.Unlock()
+			_, stderr, code := run(t, "", "status", "--addr", tc.addr)
+			if code != tc.code || !strings.Contains(stderr, tc.msg) {
+				t.Errorf("exit %d, stderr %q; want %d and %q", code, stderr, tc.code, tc.msg)
+			}
+		})
+	}
+}
+
+func TestFormatUptime(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		-time.Second: "0s", 0: "0s", 42 * time.Second: "42s", 5*time.Minute + 12*time.Second: "5m12s",
+		2*time.Hour + 13*time.Minute + 59*time.Second: "2h13m", 76 * time.Hour: "3d4h",
+	} {
+		if got := formatUptime(d); got != want {
+			t.Errorf("formatUptime(%v) = %q, want %q", d, got, want)
+		}
 	}
 }
 

@@ -87,7 +87,9 @@ func main() {
 		Usage: "taskworker with word-count and fan-out",
 		Commands: append([]*cli.Command{node.AgentCommand(node.AgentOptions{Version: "custom-1", Register: register})},
 			clicmd.Commands()...),
+		Version: "custom-1",
 	}
+	clicmd.Configure(app)
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "custom:", err)
 		os.Exit(2)

@@ -96,12 +96,24 @@ func Binary(bin, dir string) (string, error) {
 
 // Build runs `go build -o out pkg` and returns out. pkg is an import path or a directory; the
 // build runs in the current directory, so an import path resolves in whatever module that is in.
+// The binary's main.version is stamped with BuildVersion, as scripts/build.sh does.
 func Build(pkg, out string) (string, error) {
-	b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput()
+	ldflags := "-X main.version=" + BuildVersion()
+	b, err := exec.Command("go", "build", "-ldflags", ldflags, "-o", out, pkg).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
 	}
 	return out, nil
+}
+
+// BuildVersion is the version a build here is stamped with: `git describe --always --dirty` of
+// the current directory's repository, or "dev" outside one.
+func BuildVersion() string {
+	b, err := exec.Command("git", "describe", "--always", "--dirty").Output()
+	if v := strings.TrimSpace(string(b)); err == nil && v != "" && !strings.ContainsAny(v, " \t'\"") {
+		return v
+	}
+	return "dev"
 }
 
 // Builder builds one Go package at most once per process, into a temporary directory, for test
