@@ -78,8 +78,17 @@ type Node struct {
 
 // Start opens the node's stores and starts raft, gossip, the executor and the HTTP API.
 func Start(cfg Config) (*Node, error) {
-	if err := cfg.setDefaults(); err != nil {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	cfg.Logger = cfg.Logger.With("node", cfg.Name)
+	if cfg.Dev {
+		// A throwaway single node: nothing to join, nothing to protect between nodes.
+		cfg.Insecure = true
+		if cfg.Advertise == "" {
+			cfg.Advertise = "127.0.0.1"
+		}
 	}
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), fsm: fsm.New(),
@@ -104,6 +113,15 @@ func newBootID() string {
 
 func (n *Node) start() error {
 	cfg := &n.cfg
+	if cfg.Dev {
+		dir, err := os.MkdirTemp("", "taskworker-dev-")
+		if err != nil {
+			return fmt.Errorf("temporary data dir: %w", err)
+		}
+		cfg.DataDir = dir
+		// The first closer added runs last, after the stores in the directory are closed.
+		n.closers = append(n.closers, func() error { return os.RemoveAll(dir) })
+	}
 	var logDir string
 	if cfg.DataDir != "" {
 		if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
