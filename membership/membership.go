@@ -248,7 +248,9 @@ func (m *Membership) Join(ctx context.Context, addrs []string) error {
 			m.log.Debug("joined cluster", "contacted", n, "seeds", addrs)
 			return nil
 		}
-		m.log.Debug("join failed, retrying", "seeds", addrs, "err", err, "backoff", backoff)
+		// WARN, with the wait: a seed that never answers is the operator's to fix (wrong address,
+		// node down, firewall, wrong gossip key), not a detail.
+		m.log.Warn(fmt.Sprintf("join failed, retrying in %s", backoff), "seeds", addrs, "err", err)
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():

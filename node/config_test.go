@@ -1,9 +1,14 @@
 package node
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,5 +152,70 @@ func TestAgentRefusesNonsenseFlagsWithExit2(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// syncBuffer is a log sink the node's goroutines and the test share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// deadAddr is a loopback host:port nobody listens on.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TestJoiningADeadSeedWarnsAndStopsAtOnce: the failed joins are WARN lines saying when the next
+// try is, and a node that never joined stops at once on leave (what Ctrl-C does), without the
+// drain that no leader would record or a "leave refused" line.
+func TestJoiningADeadSeedWarnsAndStopsAtOnce(t *testing.T) {
+	logs := &syncBuffer{}
+	c := clusterOpts{}.config(t, 1, []string{deadAddr(t)})
+	c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	n, err := Start(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Shutdown() })
+	waitFor(t, "a WARN join failure", 10*time.Second, func() bool {
+		return strings.Contains(logs.String(), `level=WARN msg="join failed, retrying in `)
+	})
+	begin := time.Now()
+	if err := n.Leave(context.Background(), true); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	select {
+	case <-n.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a node that never joined still runs 5s after leave")
+	}
+	if d := time.Since(begin); d > 3*time.Second {
+		t.Errorf("stopping took %s, want at once", d)
+	}
+	if out := logs.String(); strings.Contains(out, "leave refused") || strings.Contains(out, "draining") {
+		t.Errorf("a node that never joined drained or refused its leave:\n%s", out)
+	}
+	if !strings.Contains(logs.String(), "never joined") {
+		t.Errorf("no line says why the node stops at once:\n%s", logs.String())
 	}
 }

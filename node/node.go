@@ -60,6 +60,9 @@ type Node struct {
 	streamClient *http.Client // internode log follows
 	leaderHint   atomic.Value // string: the leader a not-leader reply named
 	resumed      bool         // raft state was found on disk at start
+	// joined: this node belongs to a cluster (it bootstrapped one, resumed its raft state, or its
+	// gossip join succeeded). A node that never joined has nothing to drain or hand over.
+	joined atomic.Bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -290,6 +293,9 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("check raft state: %w", err)
 	}
 	n.resumed = existing
+	if existing || len(cfg.Join) == 0 {
+		n.joined.Store(true) // a member already: one it left before, or the cluster it bootstraps
+	}
 	if err := n.setupSecurity(existing); err != nil {
 		return err
 	}
@@ -441,6 +447,7 @@ func (n *Node) joinLoop(ctx context.Context) {
 		}
 	}
 	if len(addrs) == 0 {
+		n.joined.Store(true)
 		return
 	}
 	if err := n.members.Join(ctx, addrs); err != nil {
@@ -449,6 +456,7 @@ func (n *Node) joinLoop(ctx context.Context) {
 		}
 		return
 	}
+	n.joined.Store(true)
 	n.log.Info("joined gossip", "via", addrs)
 }
 
