@@ -197,6 +197,9 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 	}
 	select {
 	case <-n.Done():
+		if err := n.Err(); err != nil {
+			return cli.Exit("", 1) // the node logged why, in one ERROR line
+		}
 		logger.Info("node stopped", "node", cfg.Name)
 		return nil
 	case sig := <-sigs:

@@ -219,3 +219,8 @@ func TestJoiningADeadSeedWarnsAndStopsAtOnce(t *testing.T) {
 		t.Errorf("no line says why the node stops at once:\n%s", logs.String())
 	}
 }
+
+// slogTo is an INFO-level text logger writing to w.
+func slogTo(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}

@@ -62,7 +62,9 @@ type Node struct {
 	resumed      bool         // raft state was found on disk at start
 	// joined: this node belongs to a cluster (it bootstrapped one, resumed its raft state, or its
 	// gossip join succeeded). A node that never joined has nothing to drain or hand over.
-	joined atomic.Bool
+	joined  atomic.Bool
+	failErr atomic.Pointer[error] // why the node stopped on its own (Err)
+	up      chan struct{}         // closed when Start has finished (every loop and server set)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -96,7 +98,7 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
-		deadSince: map[string]time.Time{},
+		deadSince: map[string]time.Time{}, up: make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
@@ -105,6 +107,7 @@ func Start(cfg Config) (*Node, error) {
 		n.closeAll()
 		return nil, err
 	}
+	close(n.up)
 	return n, nil
 }
 
@@ -451,6 +454,11 @@ func (n *Node) joinLoop(ctx context.Context) {
 		return
 	}
 	if err := n.members.Join(ctx, addrs); err != nil {
+		if errors.Is(err, membership.ErrNameConflict) && !n.joined.Load() {
+			// Not ours to fix by retrying: stop, and say why in one line.
+			n.stopFailed(err)
+			return
+		}
 		if ctx.Err() == nil {
 			n.log.Error("join gossip", "err", err)
 		}
@@ -616,8 +624,42 @@ func (n *Node) Leader() string {
 	return string(id)
 }
 
-// Done is closed when the node has shut down after a graceful leave.
+// Done is closed when the node has shut down after a graceful leave, or after it stopped on its
+// own for a reason Err gives.
 func (n *Node) Done() <-chan struct{} { return n.leaveDone }
+
+// Err is why the node stopped on its own (such as membership.ErrNameConflict), or nil.
+func (n *Node) Err() error {
+	if p := n.failErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// stopFailed stops a node that cannot go on (its name is taken): one ERROR line, then the same
+// end as a leave of a node that never joined. It runs Shutdown outside the node's loops, which
+// Shutdown waits for.
+func (n *Node) stopFailed(err error) {
+	n.failErr.Store(&err)
+	n.log.Error("stopping: " + err.Error())
+	go func() {
+		select {
+		case <-n.up: // Shutdown reads what start is still setting up
+		case <-n.ctx.Done():
+			return
+		}
+		n.leaveMu.Lock()
+		defer n.leaveMu.Unlock()
+		if n.leaveStarted {
+			return
+		}
+		n.leaveStarted = true
+		if err := n.Shutdown(); err != nil {
+			n.log.Warn("shutdown", "err", err)
+		}
+		close(n.leaveDone)
+	}()
+}
 
 // Shutdown stops the node abruptly, as a crash would: no leave, no reports, no handback. Its
 // tasks are recovered by the cluster as after a crash. Leave is the graceful way.
