@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"fmt"
 	"sync"
 
 	"github.com/hashicorp/memberlist"
@@ -20,6 +21,43 @@ func (d *delegate) NotifyMsg([]byte)                           {}
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// NotifyMerge refuses a state exchange (a join's, or a periodic push/pull) that would put two
+// live nodes under one name: a peer in the remote state that is alive at one address while this
+// node knows a live member of that name at another. memberlist alone keeps the first and logs
+// "Conflicting address" every push/pull, forever, while the newcomer believes it has joined.
+// Refusing on both sides keeps the newcomer out; a Join of ours that meets it fails for good
+// with ErrNameConflict. A member that is suspect or dead does not block its name: that is a node
+// restarted at a new address, which memberlist lets reclaim the name.
+func (d *delegate) NotifyMerge(peers []*memberlist.Node) error {
+	m := (*Membership)(d)
+	list := m.created.Load()
+	if list == nil {
+		return nil // still starting: it knows no member yet, itself aside
+	}
+	live := map[string]string{}
+	for _, n := range list.Members() {
+		if n.State == memberlist.StateAlive {
+			live[n.Name] = n.Address()
+		}
+	}
+	for _, p := range peers {
+		mine, ok := live[p.Name]
+		if !ok || p.State != memberlist.StateAlive || p.Address() == mine {
+			continue
+		}
+		err := fmt.Errorf("%w: %q is a live member at %s and at %s", ErrNameConflict, p.Name, mine, p.Address())
+		if p.Name == m.name && m.joining.Load() > 0 {
+			// We are the newcomer: the other one holds the name in the cluster we are joining.
+			err = fmt.Errorf("%w: another live node named %q is in the cluster at %s (this node: %s); give each node a unique --name",
+				ErrNameConflict, p.Name, p.Address(), mine)
+			m.conflict.Store(&err)
+		}
+		m.log.Warn("refused gossip state with a duplicate node name", "err", err)
+		return err
+	}
+	return nil
+}
 
 func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.record(EventJoin, d.member(n, StateAlive)) }
 func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.record(EventUpdate, d.member(n, StateAlive)) }

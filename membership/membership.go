@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -20,6 +21,10 @@ import (
 
 // ErrShutdown is returned by calls made after Shutdown.
 var ErrShutdown = errors.New("membership shut down")
+
+// ErrNameConflict is returned by Join when the cluster already has a live member of this node's
+// name at another address: retrying cannot help, the operator must rename one of them.
+var ErrNameConflict = errors.New("duplicate node name")
 
 // State is a member's liveness as seen by this node.
 type State string
@@ -131,11 +136,16 @@ type Membership struct {
 
 	opMu sync.Mutex // serializes UpdateMeta, Leave and Shutdown; memberlist panics on Leave after Shutdown
 
-	mu       sync.Mutex
-	meta     []byte            // encoded local meta, served to memberlist
-	local    Meta              // decoded local meta
-	known    map[string]Member // every member ever seen, by name
-	left     bool              // Leave was called: stop reconnecting
+	mu    sync.Mutex
+	meta  []byte            // encoded local meta, served to memberlist
+	local Meta              // decoded local meta
+	known map[string]Member // every member ever seen, by name
+	left  bool              // Leave was called: stop reconnecting
+
+	joining  atomic.Int32          // Join calls in progress (the newcomer's side of a name conflict)
+	conflict atomic.Pointer[error] // set when a Join of ours met a live member of our name
+	// created is list for the delegate: memberlist serves state exchanges before Create returns.
+	created  atomic.Pointer[memberlist.Memberlist]
 	shutdown bool
 
 	queue  eventQueue
@@ -184,6 +194,7 @@ func New(cfg Config) (*Membership, error) {
 	mc.PushPullInterval = 5 * time.Second
 	mc.Delegate = (*delegate)(m)
 	mc.Events = (*delegate)(m)
+	mc.Merge = (*delegate)(m)
 	mc.Logger = memberlistLogger(cfg.Logger)
 	if cfg.Transport != nil {
 		mc.Transport = cfg.Transport
@@ -199,6 +210,7 @@ func New(cfg Config) (*Membership, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new membership %s: start memberlist: %w", cfg.Name, err)
 	}
+	m.created.Store(m.list)
 	m.wg.Add(2)
 	go m.pump()
 	go m.reconnect(cfg.ReconnectInterval)
@@ -242,12 +254,19 @@ func (m *Membership) Join(ctx context.Context, addrs []string) error {
 	}
 	backoff := 200 * time.Millisecond
 	for {
+		m.joining.Add(1)
 		n, err := m.list.Join(addrs)
+		m.joining.Add(-1)
+		if c := m.conflict.Load(); c != nil {
+			return *c
+		}
 		if n > 0 {
 			m.log.Debug("joined cluster", "contacted", n, "seeds", addrs)
 			return nil
 		}
-		m.log.Debug("join failed, retrying", "seeds", addrs, "err", err, "backoff", backoff)
+		// WARN, with the wait: a seed that never answers is the operator's to fix (wrong address,
+		// node down, firewall, wrong gossip key), not a detail.
+		m.log.Warn(fmt.Sprintf("join failed, retrying in %s", backoff), "seeds", addrs, "err", err)
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():

@@ -9,7 +9,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -42,9 +41,9 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"TASKWORKER_HTTP_ADDR"}, Value: "127.0.0.1:7948", Usage: "HTTP API bind host:port"},
 			&cli.StringFlag{Name: "advertise", EnvVars: []string{"TASKWORKER_ADVERTISE"}, Usage: "host other nodes use to reach this one (default: first private IP, or the bind host)"},
 			&cli.StringSliceFlag{Name: "join", EnvVars: []string{"TASKWORKER_JOIN"}, Usage: "gossip host:port of an existing member; repeatable or comma separated"},
-			&cli.IntFlag{Name: "capacity", EnvVars: []string{"TASKWORKER_CAPACITY"}, Usage: "tasks this node runs at once (default: number of CPUs)"},
-			&cli.DurationFlag{Name: "drain-timeout", EnvVars: []string{"TASKWORKER_DRAIN_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a graceful leave waits for running tasks"},
-			&cli.IntFlag{Name: "voters", EnvVars: []string{"TASKWORKER_VOTERS"}, Value: 3, Usage: "raft voters; other nodes replicate as non-voters"},
+			&cli.IntFlag{Name: "capacity", EnvVars: []string{"TASKWORKER_CAPACITY"}, Value: DefaultCapacity(), Usage: "tasks this node runs at once, at least 1 (default: number of CPUs)"},
+			&cli.DurationFlag{Name: "drain-timeout", EnvVars: []string{"TASKWORKER_DRAIN_TIMEOUT"}, Value: DefaultDrainTimeout, Usage: "how long a graceful leave waits for running tasks (a duration with a unit, e.g. 30s)"},
+			&cli.IntFlag{Name: "voters", EnvVars: []string{"TASKWORKER_VOTERS"}, Value: DefaultVoters, Usage: "raft voters, at least 1 (odd is best: 4 tolerates no more failures than 3); other nodes replicate as non-voters"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"}, Usage: "shared secret every API call must carry (Authorization: Bearer); prefer --token-file or the environment: argv is visible in ps"},
 			&cli.StringFlag{Name: "token-file", EnvVars: []string{"TASKWORKER_TOKEN_FILE"}, Usage: "file holding the API token (instead of --token)"},
 			&cli.StringFlag{Name: "join-token", EnvVars: []string{"TASKWORKER_JOIN_TOKEN"}, Usage: "the cluster's join token (from <data-dir>/join-token of the first node); required to join unless the cluster runs --insecure"},
@@ -60,13 +59,13 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.StringFlag{Name: "acl-jwt-config", EnvVars: []string{"TASKWORKER_ACL_JWT_CONFIG"}, Usage: "with --acl, a JSON file configuring the JWT auth method (public key or JWKS, issuer, audiences, claim mappings)"},
 			&cli.StringFlag{Name: "tasks-file", EnvVars: []string{"TASKWORKER_TASKS_FILE"}, Usage: "YAML file declaring command-backed task types (see README)"},
 			&cli.StringFlag{Name: "files-dir", EnvVars: []string{"TASKWORKER_FILES_DIR"}, Usage: "the only directory list-directory may read (default: working directory)"},
-			&cli.DurationFlag{Name: "retention", EnvVars: []string{"TASKWORKER_RETENTION"}, Value: 24 * time.Hour, Usage: "how long finished tasks are kept"},
+			&cli.DurationFlag{Name: "retention", EnvVars: []string{"TASKWORKER_RETENTION"}, Value: DefaultRetention, Usage: "how long finished tasks are kept (a duration with a unit, e.g. 24h)"},
 			&cli.IntFlag{Name: "max-input-bytes", EnvVars: []string{"TASKWORKER_MAX_INPUT_BYTES"}, Value: limits.DefaultMaxPayloadBytes, Usage: "largest task input accepted (413 input_too_large above it)"},
 			&cli.IntFlag{Name: "max-result-bytes", EnvVars: []string{"TASKWORKER_MAX_RESULT_BYTES"}, Value: limits.DefaultMaxPayloadBytes, Usage: "largest task result kept; a larger one fails the attempt (result_too_large)"},
 			&cli.Float64Flag{Name: "checkpoint-rate", EnvVars: []string{"TASKWORKER_CHECKPOINT_RATE"}, Value: limits.DefaultCheckpointsPerSecond, Usage: "checkpoints per second one run may write; more are coalesced to the newest"},
 			&cli.IntFlag{Name: "http-max-conns-per-client", EnvVars: []string{"TASKWORKER_HTTP_MAX_CONNS_PER_CLIENT"}, Value: limits.DefaultMaxConnsPerClient, Usage: "open API connections one client address may hold (-1: no cap)"},
 			&cli.Float64Flag{Name: "http-rate-limit", EnvVars: []string{"TASKWORKER_HTTP_RATE_LIMIT"}, Value: DefaultRateLimit, Usage: "API requests per second per client address, 429 above it (0: off)"},
-			&cli.BoolFlag{Name: "dev", Usage: "single throwaway node on 127.0.0.1 with a temporary data dir"},
+			&cli.BoolFlag{Name: "dev", Usage: "single throwaway node on 127.0.0.1 with a temporary data dir (refuses --data-dir and --join)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"TASKWORKER_LOG_LEVEL"}, Value: "info", Usage: "debug|info|warn|error"},
 			&cli.BoolFlag{Name: "log-json", EnvVars: []string{"TASKWORKER_LOG_JSON"}, Usage: "log JSON lines"},
 		},
@@ -112,21 +111,23 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 			}
 		}
 	}
+	// Problems with the flags themselves, reported with Config.Validate's below.
+	var problems []error
 	token, err := apiToken(c, logger)
 	if err != nil {
-		return cli.Exit(err.Error(), 2)
+		problems = append(problems, err)
 	}
 	var gossipKey []byte
 	switch {
 	case c.String("encrypt") != "" && c.String("encrypt-file") != "":
-		return cli.Exit("--encrypt and --encrypt-file: pass one", 2)
+		problems = append(problems, errors.New("--encrypt and --encrypt-file: pass one"))
 	case c.String("encrypt") != "":
 		if gossipKey, err = pki.DecodeGossipKey(c.String("encrypt")); err != nil {
-			return cli.Exit("--encrypt: "+err.Error(), 2)
+			problems = append(problems, fmt.Errorf("--encrypt: %w", err))
 		}
 	case c.String("encrypt-file") != "":
 		if gossipKey, err = pki.ReadGossipKeyFile(c.String("encrypt-file")); err != nil {
-			return cli.Exit("--encrypt-file: "+err.Error(), 2)
+			problems = append(problems, fmt.Errorf("--encrypt-file: %w", err))
 		}
 	}
 	cfg := Config{
@@ -141,48 +142,34 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		TLSCertFile: c.String("tls-cert"), TLSKeyFile: c.String("tls-key"), TLSCAFile: c.String("tls-ca"),
 		TLSVerifyIncoming: c.Bool("tls-verify-incoming"), HTTPTLS: c.Bool("http-tls"),
 	}
-	if cfg.RateLimit == 0 {
+	switch r := c.Float64("http-rate-limit"); {
+	case r == 0:
 		cfg.RateLimit = -1 // the flag's 0 means off
-	}
-	for _, f := range []string{"max-input-bytes", "max-result-bytes"} {
-		if c.Int(f) <= 0 {
-			return cli.Exit(fmt.Sprintf("--%s must be positive, got %d", f, c.Int(f)), 2)
-		}
-	}
-	if cfg.CheckpointRate <= 0 || cfg.RateLimit < -1 {
-		return cli.Exit("--checkpoint-rate must be positive and --http-rate-limit 0 (off) or positive", 2)
+	case r < 0:
+		problems = append(problems, fmt.Errorf("%w: --http-rate-limit must be 0 (off) or positive, got %v", ErrInvalidConfig, r))
 	}
 	cfg.ACL = c.Bool("acl")
 	if f := c.String("acl-jwt-config"); f != "" {
-		if !cfg.ACL {
-			return cli.Exit("--acl-jwt-config needs --acl", 2)
-		}
 		m, err := acl.LoadJWTMethod(f)
 		if err != nil {
-			return cli.Exit("--acl-jwt-config: "+err.Error(), 2)
+			problems = append(problems, fmt.Errorf("--acl-jwt-config: %w", err))
+		} else {
+			cfg.JWT = m
 		}
-		cfg.JWT = m
 	}
 	if c.Bool("dev") {
-		dir, err := os.MkdirTemp("", "taskworker-dev-")
-		if err != nil {
-			return cli.Exit("temporary data dir: "+err.Error(), 1)
-		}
-		defer os.RemoveAll(dir)
-		cfg.DataDir = dir
+		cfg.Dev = true
+		// Loopback unless told otherwise: a dev node is not reachable from elsewhere.
 		if !c.IsSet("gossip-addr") {
 			cfg.GossipAddr = "127.0.0.1:7946"
 		}
 		if !c.IsSet("raft-addr") {
 			cfg.RaftAddr = "127.0.0.1:7947"
 		}
-		cfg.Advertise = "127.0.0.1"
-		cfg.Join = nil
-		cfg.Insecure = true // a throwaway single node: nothing to join, nothing to protect between nodes
-		cfg.JoinToken = ""
 	}
-	if cfg.DataDir == "" {
-		return cli.Exit("--data-dir is required (or use --dev for a throwaway node)", 2)
+	// Every problem at once, one a line (Config.Validate is the one place that judges a config).
+	if err := errors.Join(append(problems, cfg.Validate())...); err != nil {
+		return cli.Exit(err.Error(), 2)
 	}
 	n, err := Start(cfg)
 	if err != nil {
@@ -210,6 +197,9 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 	}
 	select {
 	case <-n.Done():
+		if err := n.Err(); err != nil {
+			return cli.Exit("", 1) // the node logged why, in one ERROR line
+		}
 		logger.Info("node stopped", "node", cfg.Name)
 		return nil
 	case sig := <-sigs:

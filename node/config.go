@@ -1,10 +1,13 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -100,67 +103,78 @@ type Config struct {
 	RaftHeartbeat time.Duration
 	RaftElection  time.Duration
 
+	// Dev is a throwaway single node (--dev): Start gives it a temporary data dir, removed at
+	// shutdown, and runs it insecure on loopback; DataDir and Join must be empty.
+	Dev bool
+
 	// Test twins: in-memory raft stores and transport, and an in-memory gossip network.
 	InmemRaft       bool
 	RaftTransport   raft.Transport
 	GossipTransport memberlist.NodeAwareTransport
 }
 
-func (c *Config) setDefaults() error {
-	if c.Name == "" {
-		return fmt.Errorf("config: name is required")
+// Defaults of the settings that have a flag, shared by the flags (agent.go) and setDefaults, so
+// that a node started from Go and one started from the command line run alike.
+const (
+	DefaultDrainTimeout = 30 * time.Second
+	DefaultVoters       = 3
+	DefaultRetention    = 24 * time.Hour
+)
+
+// DefaultCapacity is the number of tasks a node runs at once unless told: one per CPU.
+func DefaultCapacity() int { return runtime.NumCPU() }
+
+// ErrInvalidConfig marks every problem Validate reports.
+var ErrInvalidConfig = errors.New("invalid config")
+
+// setDefaults fills the fields left zero (tests and embedders set only what they need); the
+// agent's flags carry the same defaults, so there a zero is the user's and Validate refuses it.
+// It never fails: Validate judges the result.
+func (c *Config) setDefaults() {
+	if c.Capacity == 0 {
+		c.Capacity = DefaultCapacity()
 	}
-	if c.DataDir == "" && !c.InmemRaft {
-		return fmt.Errorf("config: data dir is required")
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
 	}
-	if c.Capacity <= 0 {
-		c.Capacity = runtime.NumCPU()
+	if c.Voters == 0 {
+		c.Voters = DefaultVoters
 	}
-	if c.DrainTimeout <= 0 {
-		c.DrainTimeout = 30 * time.Second
-	}
-	if c.Voters <= 0 {
-		c.Voters = 3
-	}
-	if c.MaxInputBytes <= 0 {
+	if c.MaxInputBytes == 0 {
 		c.MaxInputBytes = limits.DefaultMaxPayloadBytes
 	}
-	if c.MaxResultBytes <= 0 {
+	if c.MaxResultBytes == 0 {
 		c.MaxResultBytes = limits.DefaultMaxPayloadBytes
 	}
-	if c.CheckpointRate <= 0 {
+	if c.CheckpointRate == 0 {
 		c.CheckpointRate = limits.DefaultCheckpointsPerSecond
 	}
-	if c.MaxBodyBytes <= 0 {
+	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = int64(c.MaxInputBytes) + limits.BodyOverheadBytes
 	}
 	if c.RateLimit == 0 {
 		c.RateLimit = DefaultRateLimit
 	}
-	if c.RateBurst <= 0 {
+	if c.RateBurst == 0 {
 		c.RateBurst = int(2 * max(c.RateLimit, 1))
 	}
-	if c.Retention <= 0 {
-		c.Retention = 24 * time.Hour
+	if c.Retention == 0 {
+		c.Retention = DefaultRetention
 	}
-	if c.ApplyTimeout <= 0 {
+	if c.ApplyTimeout == 0 {
 		c.ApplyTimeout = defaultApplyTimeout
 	}
-	if c.DeadServerGrace <= 0 {
+	if c.DeadServerGrace == 0 {
 		c.DeadServerGrace = 3 * time.Second
 	}
-	if c.RaftHeartbeat <= 0 {
+	if c.RaftHeartbeat == 0 {
 		c.RaftHeartbeat = 500 * time.Millisecond
 	}
-	if c.RaftElection <= 0 {
+	if c.RaftElection == 0 {
 		c.RaftElection = 500 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
-	}
-	c.Logger = c.Logger.With("node", c.Name)
-	if c.Registry == nil {
-		return fmt.Errorf("config: a task registry is required")
 	}
 	if c.Version == "" {
 		c.Version = "dev"
@@ -168,11 +182,130 @@ func (c *Config) setDefaults() error {
 	if c.Cluster == "" {
 		c.Cluster = pki.DefaultCluster
 	}
+}
+
+// Validate reports every problem of the configuration at once, one error a line (errors.Join),
+// each wrapping ErrInvalidConfig and naming the flag, so an operator fixes them in one go. It
+// judges the config as it will run: Start calls it after setDefaults, the agent on its flags
+// (whose defaults are setDefaults'). So a setting with a flag (capacity, voters, drain timeout,
+// retention, size caps, checkpoint rate) must be positive here, and a zero from the command line
+// is refused; a setting without one (timeouts, body cap, burst) must only not be negative, zero
+// standing for its default.
+//
+// An even number of voters is accepted: it tolerates no more failures than the odd number below
+// it, which README says; refusing it would break a cluster that grows one node at a time.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, a...)...))
+	}
+	if c.Name == "" {
+		bad("--name is required")
+	}
+	if c.Dev {
+		if c.DataDir != "" {
+			bad("--dev does not go with --data-dir (a dev node keeps its data in a temporary directory)")
+		}
+		if len(c.Join) > 0 {
+			bad("--dev does not go with --join (a dev node is a cluster of its own)")
+		}
+		if c.JoinToken != "" || c.TLSCertFile != "" || c.GossipKey != nil || c.HTTPTLS {
+			bad("--dev runs without node-to-node security: it does not go with --join-token, --tls-cert, --encrypt or --http-tls")
+		}
+	} else if c.DataDir == "" && !c.InmemRaft {
+		bad("--data-dir is required (or --dev for a throwaway node)")
+	}
+	if c.Registry == nil {
+		bad("a task registry is required")
+	}
+	if c.Capacity < 1 {
+		bad("--capacity must be at least 1, got %d", c.Capacity)
+	}
+	if c.Voters < 1 {
+		bad("--voters must be at least 1, got %d", c.Voters)
+	}
+	if c.DrainTimeout <= 0 {
+		bad("--drain-timeout must be positive, got %s", c.DrainTimeout)
+	}
+	if c.Retention <= 0 {
+		bad("--retention must be positive, got %s", c.Retention)
+	}
+	if c.MaxInputBytes < 1 {
+		bad("--max-input-bytes must be positive, got %d", c.MaxInputBytes)
+	}
+	if c.MaxResultBytes < 1 {
+		bad("--max-result-bytes must be positive, got %d", c.MaxResultBytes)
+	}
+	if c.MaxBodyBytes < 0 {
+		bad("request body cap must not be negative, got %d", c.MaxBodyBytes)
+	}
+	if !(c.CheckpointRate > 0) {
+		bad("--checkpoint-rate must be positive, got %v", c.CheckpointRate)
+	}
+	if c.RateBurst < 0 {
+		bad("rate burst must not be negative, got %d", c.RateBurst)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"apply timeout", c.ApplyTimeout}, {"dead server grace", c.DeadServerGrace},
+		{"probe interval", c.ProbeInterval}, {"probe timeout", c.ProbeTimeout},
+		{"raft heartbeat", c.RaftHeartbeat}, {"raft election timeout", c.RaftElection},
+	} {
+		if d.v < 0 {
+			bad("%s must not be negative, got %s", d.name, d.v)
+		}
+	}
+	addrs := []struct {
+		flag, v string
+		check   bool
+	}{
+		{"--gossip-addr", c.GossipAddr, c.GossipTransport == nil},
+		{"--raft-addr", c.RaftAddr, c.RaftTransport == nil},
+		{"--http-addr", c.HTTPAddr, true},
+	}
+	for _, a := range addrs {
+		if a.check {
+			if err := checkHostPort(a.v); err != nil {
+				bad("%s %q: %v", a.flag, a.v, err)
+			}
+		}
+	}
+	for _, j := range c.Join {
+		if err := checkHostPort(j); err != nil {
+			bad("--join %q: %v", j, err)
+		}
+	}
+	if c.Advertise != "" {
+		if _, _, err := net.SplitHostPort(c.Advertise); err == nil || strings.ContainsAny(c.Advertise, "/ ") {
+			bad("--advertise %q: want a host or IP, without a port", c.Advertise)
+		}
+	}
 	if c.Insecure && (c.JoinToken != "" || c.TLSCertFile != "" || c.GossipKey != nil || c.HTTPTLS) {
-		return fmt.Errorf("config: --insecure does not go with --join-token, --tls-cert, --encrypt or --http-tls")
+		bad("--insecure does not go with --join-token, --tls-cert, --encrypt or --http-tls")
 	}
 	if (c.TLSCertFile != "" || c.TLSKeyFile != "" || c.TLSCAFile != "") && (c.TLSCertFile == "" || c.TLSKeyFile == "" || c.TLSCAFile == "") {
-		return fmt.Errorf("config: --tls-cert, --tls-key and --tls-ca go together")
+		bad("--tls-cert, --tls-key and --tls-ca go together")
+	}
+	if c.TLSVerifyIncoming && !c.HTTPTLS {
+		bad("--tls-verify-incoming needs --http-tls")
+	}
+	if c.JWT != nil && !c.ACL {
+		bad("--acl-jwt-config needs --acl")
+	}
+	return errors.Join(errs...)
+}
+
+// checkHostPort accepts host:port with a port from 0 to 65535 (0 picks a free one); the host may
+// be empty (every interface).
+func checkHostPort(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
 	}
 	return nil
 }

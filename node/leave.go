@@ -63,6 +63,19 @@ func (n *Node) Leave(ctx context.Context, force bool) error {
 	if n.leaveStarted {
 		return nil
 	}
+	if !n.joined.Load() {
+		// Still looking for its cluster: no tasks, no raft membership, nobody to tell. Waiting on
+		// a drain record that no leader will take would only delay the exit.
+		n.leaveStarted = true
+		n.log.Info("stopping at once: this node never joined a cluster")
+		go func() {
+			if err := n.Shutdown(); err != nil {
+				n.log.Warn("shutdown", "err", err)
+			}
+			close(n.leaveDone)
+		}()
+		return nil
+	}
 	if err := n.checkLeave(); err != nil && !force {
 		return err
 	}

@@ -64,6 +64,11 @@ type Node struct {
 	streamClient *http.Client // internode log follows
 	leaderHint   atomic.Value // string: the leader a not-leader reply named
 	resumed      bool         // raft state was found on disk at start
+	// joined: this node belongs to a cluster (it bootstrapped one, resumed its raft state, or its
+	// gossip join succeeded). A node that never joined has nothing to drain or hand over.
+	joined  atomic.Bool
+	failErr atomic.Pointer[error] // why the node stopped on its own (Err)
+	up      chan struct{}         // closed when Start has finished (every loop and server set)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -89,13 +94,22 @@ type Node struct {
 
 // Start opens the node's stores and starts raft, gossip, the executor and the HTTP API.
 func Start(cfg Config) (*Node, error) {
-	if err := cfg.setDefaults(); err != nil {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	cfg.Logger = cfg.Logger.With("node", cfg.Name)
+	if cfg.Dev {
+		// A throwaway single node: nothing to join, nothing to protect between nodes.
+		cfg.Insecure = true
+		if cfg.Advertise == "" {
+			cfg.Advertise = "127.0.0.1"
+		}
 	}
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), startedAt: time.Now(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
-		released: make(chan struct{}), deadSince: map[string]time.Time{}, metrics: newNodeMetrics(),
+		released: make(chan struct{}), deadSince: map[string]time.Time{}, metrics: newNodeMetrics(), up: make(chan struct{}),
 	}
 	n.noisy = slog.New(newRateLimitHandler(n.log.Handler(), logRepeatWindow, n.metrics.logsDropped.Inc))
 	// Before raft starts, so that no applied entry is missed (metrics.go says why every node counts).
@@ -107,6 +121,7 @@ func Start(cfg Config) (*Node, error) {
 		n.closeAll()
 		return nil, err
 	}
+	close(n.up)
 	return n, nil
 }
 
@@ -118,6 +133,15 @@ func newBootID() string {
 
 func (n *Node) start() error {
 	cfg := &n.cfg
+	if cfg.Dev {
+		dir, err := os.MkdirTemp("", "taskworker-dev-")
+		if err != nil {
+			return fmt.Errorf("temporary data dir: %w", err)
+		}
+		cfg.DataDir = dir
+		// The first closer added runs last, after the stores in the directory are closed.
+		n.closers = append(n.closers, func() error { return os.RemoveAll(dir) })
+	}
 	var logDir string
 	if cfg.DataDir != "" {
 		if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
@@ -287,6 +311,9 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("check raft state: %w", err)
 	}
 	n.resumed = existing
+	if existing || len(cfg.Join) == 0 {
+		n.joined.Store(true) // a member already: one it left before, or the cluster it bootstraps
+	}
 	if err := n.setupSecurity(existing); err != nil {
 		return err
 	}
@@ -438,14 +465,21 @@ func (n *Node) joinLoop(ctx context.Context) {
 		}
 	}
 	if len(addrs) == 0 {
+		n.joined.Store(true)
 		return
 	}
 	if err := n.members.Join(ctx, addrs); err != nil {
+		if errors.Is(err, membership.ErrNameConflict) && !n.joined.Load() {
+			// Not ours to fix by retrying: stop, and say why in one line.
+			n.stopFailed(err)
+			return
+		}
 		if ctx.Err() == nil {
 			n.log.Error("join gossip", "err", err)
 		}
 		return
 	}
+	n.joined.Store(true)
 	n.log.Info("joined gossip", "via", addrs)
 }
 
@@ -612,8 +646,42 @@ func (n *Node) Leader() string {
 	return string(id)
 }
 
-// Done is closed when the node has shut down after a graceful leave.
+// Done is closed when the node has shut down after a graceful leave, or after it stopped on its
+// own for a reason Err gives.
 func (n *Node) Done() <-chan struct{} { return n.leaveDone }
+
+// Err is why the node stopped on its own (such as membership.ErrNameConflict), or nil.
+func (n *Node) Err() error {
+	if p := n.failErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// stopFailed stops a node that cannot go on (its name is taken): one ERROR line, then the same
+// end as a leave of a node that never joined. It runs Shutdown outside the node's loops, which
+// Shutdown waits for.
+func (n *Node) stopFailed(err error) {
+	n.failErr.Store(&err)
+	n.log.Error("stopping: " + err.Error())
+	go func() {
+		select {
+		case <-n.up: // Shutdown reads what start is still setting up
+		case <-n.ctx.Done():
+			return
+		}
+		n.leaveMu.Lock()
+		defer n.leaveMu.Unlock()
+		if n.leaveStarted {
+			return
+		}
+		n.leaveStarted = true
+		if err := n.Shutdown(); err != nil {
+			n.log.Warn("shutdown", "err", err)
+		}
+		close(n.leaveDone)
+	}()
+}
 
 // Shutdown stops the node abruptly, as a crash would: no leave, no reports, no handback. Its
 // tasks are recovered by the cluster as after a crash. Leave is the graceful way.

@@ -13,6 +13,7 @@ import (
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/httpapi"
+	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -81,6 +82,13 @@ func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
 	if err := n.authorizeForward(c, r.Header.Get(callerCredentialHeader)); err != nil {
 		httpapi.WriteError(w, err)
 		return
+	}
+	if b, ok := c.Body.(*fsm.Register); ok {
+		if err := n.checkRegistration(b.Node); err != nil {
+			n.log.Warn("refused a registration", "remote", r.RemoteAddr, "reason", err)
+			writeError(w, http.StatusConflict, "name_in_use", err.Error())
+			return
+		}
 	}
 	if b, ok := c.Body.(*fsm.SubmitBatch); ok { // validated again: the follower is not trusted with it
 		for i := range b.Items {
@@ -175,4 +183,19 @@ func decodeForwarded(body []byte) (*fsm.Command, error) {
 		return nil, fmt.Errorf("not a forwardable command: %s", c.Type())
 	}
 	return c, nil
+}
+
+// checkRegistration refuses a registration that would take over the name of a live node: another
+// boot of that name, at another gossip address, while gossip says the holder is alive. A node
+// restarted (a new boot ID) at its old address, or once its old self is dead, registers as before.
+func (n *Node) checkRegistration(rec fsm.Node) error {
+	for _, m := range n.members.Members() {
+		if m.Name != rec.Name || m.State != membership.StateAlive {
+			continue
+		}
+		if m.Meta.BootID != rec.BootID && m.GossipAddr != rec.GossipAddr {
+			return fmt.Errorf("node name %q is in use by a live node at %s; give each node a unique --name", api.Truncate(rec.Name), m.GossipAddr)
+		}
+	}
+	return nil
 }

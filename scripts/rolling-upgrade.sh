@@ -9,7 +9,8 @@
 #
 # CLUSTER_DIR is the directory scripts/cluster.sh printed (default: $TASKWORKER_CLUSTER_DIR); it
 # holds n1, n2, ... (data dirs) and n1.log, n2.log, ... NEW_BINARY defaults to building the
-# current tree into bin/taskworker-new. Node i uses gossip 7946+10(i-1), raft +1, HTTP +2.
+# current tree into bin/taskworker-new. Node i uses gossip B+10(i-1), raft +1, HTTP +2, where B is
+# the port base cluster.sh wrote to CLUSTER_DIR/port-base (7946 if absent).
 # Extra agent flags for the restarted nodes go in $TASKWORKER_UPGRADE_AGENT_ARGS
 # (for example "--drain-timeout 10s"). The restarted nodes run detached (setsid), log to the
 # same n<i>.log and write their PID to n<i>.pid; stop one with
@@ -45,7 +46,8 @@ done
 [ "${#nodes[@]}" -gt 0 ] || { echo "no node data dirs (n1, n2, ...) in $dir" >&2; exit 2; }
 mapfile -t nodes < <(printf '%s\n' "${nodes[@]}" | sort -n)
 
-port() { echo $((7946 + 10 * ($1 - 1) + $2)); } # port I OFFSET: 0 gossip, 1 raft, 2 http
+base=$(cat "$dir/port-base" 2>/dev/null || echo 7946)
+port() { echo $((base + 10 * ($1 - 1) + $2)); } # port I OFFSET: 0 gossip, 1 raft, 2 http
 http() { echo "http://127.0.0.1:$(port "$1" 2)"; }
 
 # row ADDR NAME prints NAME's row of `taskworker status` at ADDR: NAME GOSSIP RAFT HTTP STATE ROLE ...

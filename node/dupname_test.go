@@ -1,0 +1,76 @@
+package node
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/membership"
+)
+
+// TestSecondLiveNodeWithTheSameNameIsRefused starts a node named like a live member: it must not
+// join (gossip refuses the merge on both sides), it stops on its own with ErrNameConflict, and
+// the cluster keeps the original: same boot ID, same address, alive.
+func TestSecondLiveNodeWithTheSameNameIsRefused(t *testing.T) {
+	tc := startCluster(t, 2, clusterOpts{inmem: true})
+	orig := tc.nodes[1] // n2
+	logs := &syncBuffer{}
+	c := clusterOpts{inmem: true}.config(t, 1, []string{tc.nodes[0].GossipAddr()})
+	c.Logger = slogTo(logs)
+	twin, err := Start(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = twin.Shutdown() })
+	select {
+	case <-twin.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the second n2 still runs 20s after joining; its log:\n%s", logs)
+	}
+	if err := twin.Err(); !errors.Is(err, membership.ErrNameConflict) {
+		t.Fatalf("Err: %v, want ErrNameConflict", err)
+	}
+	lines := strings.Count(logs.String(), "level=ERROR")
+	if lines != 1 || !strings.Contains(logs.String(), `another live node named \"n2\" is in the cluster at `+orig.GossipAddr()) {
+		t.Errorf("want one ERROR line naming n2 and the live one's address, got %d:\n%s", lines, logs)
+	}
+	for _, n := range tc.nodes {
+		for _, m := range n.members.Members() {
+			if m.Name == "n2" && (m.GossipAddr != orig.GossipAddr() || m.State != membership.StateAlive) {
+				t.Errorf("%s sees n2 as %s at %s, want alive at %s", n.Name(), m.State, m.GossipAddr, orig.GossipAddr())
+			}
+		}
+		rec, ok := n.fsm.Node("n2")
+		if !ok || rec.BootID != orig.BootID() {
+			t.Errorf("%s holds n2's registration %+v, want boot %s", n.Name(), rec, orig.BootID())
+		}
+	}
+}
+
+// TestLeaderRefusesARegistrationOverALiveNode: the leader's own check, for a newcomer that got
+// past gossip (or never went through it).
+func TestLeaderRefusesARegistrationOverALiveNode(t *testing.T) {
+	tc := startCluster(t, 2, clusterOpts{inmem: true})
+	leader, other := tc.leader(), tc.follower()
+	live := fsm.Node{Name: other.Name(), BootID: other.BootID(), GossipAddr: other.GossipAddr()}
+	cases := []struct {
+		name    string
+		rec     fsm.Node
+		refused bool
+	}{
+		{"the live node itself", live, false},
+		{"a restart at the same address", fsm.Node{Name: live.Name, BootID: "new", GossipAddr: live.GossipAddr}, false},
+		{"a new name", fsm.Node{Name: "n9", BootID: "x", GossipAddr: "127.0.0.1:1"}, false},
+		{"another boot elsewhere", fsm.Node{Name: live.Name, BootID: "other", GossipAddr: "127.0.0.1:1"}, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := leader.checkRegistration(c.rec)
+			if (err != nil) != c.refused {
+				t.Fatalf("checkRegistration(%+v): %v, refused want %v", c.rec, err, c.refused)
+			}
+		})
+	}
+}
