@@ -133,6 +133,9 @@ type Membership struct {
 	name string
 	log  *slog.Logger
 	list *memberlist.Memberlist
+	// addr is this node's gossip host:port, read once at start: memberlist rewrites its local
+	// node record on every meta update, so reading it later races with UpdateMeta.
+	addr string
 
 	opMu sync.Mutex // serializes UpdateMeta, Leave and Shutdown; memberlist panics on Leave after Shutdown
 
@@ -211,6 +214,7 @@ func New(cfg Config) (*Membership, error) {
 		return nil, fmt.Errorf("new membership %s: start memberlist: %w", cfg.Name, err)
 	}
 	m.created.Store(m.list)
+	m.addr = m.list.LocalNode().Address()
 	m.wg.Add(2)
 	go m.pump()
 	go m.reconnect(cfg.ReconnectInterval)
@@ -333,7 +337,7 @@ func (a gossipAddr) Network() string { return "udp" }
 func (a gossipAddr) String() string  { return string(a) }
 
 // GossipAddr is the host:port other nodes reach this one at.
-func (m *Membership) GossipAddr() string { return m.list.LocalNode().Address() }
+func (m *Membership) GossipAddr() string { return m.addr }
 
 // UpdateMeta changes the local meta with fn and gossips it, waiting until it has been sent. If the
 // result does not encode (ErrMetaTooLarge), nothing changes.
