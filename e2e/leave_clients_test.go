@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"errors"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -23,11 +25,27 @@ func TestProcessExecSurvivesSIGTERMOfItsNode(t *testing.T) {
 		code        int
 		err         error
 	}
+	// Run by hand rather than through CLI, to read its stderr while it runs: the node is stopped
+	// only once exec has its submit answered (it prints the task ID), as a user would see it.
+	var stdout, stderr lockedBuffer
+	cmd := exec.Command(pc.c.Bin, "exec", "--addr", "http://"+victim.HTTP, "sleep", `{"ms": 5000}`)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan result, 1)
 	go func() {
-		out, errOut, code, err := victim.CLI(pc.c.Bin, "exec", "sleep", `{"ms": 5000}`)
-		done <- result{out, errOut, code, err}
+		err := cmd.Wait()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code, err = ee.ExitCode(), nil
+		}
+		done <- result{stdout.String(), stderr.String(), code, err}
 	}()
+	poll(t, "exec's submit answered (the task ID on its stderr)", 30*time.Second, func() bool {
+		return strings.Contains(stderr.String(), " submitted")
+	})
 
 	var task client.Task
 	poll(t, "the exec's task running", 30*time.Second, func() bool {

@@ -13,12 +13,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -173,39 +177,63 @@ var (
 
 // FreePorts returns k distinct loopback ports, each free for both TCP and UDP (gossip uses both)
 // and never returned before by this process. All k are held until the last is found.
+//
+// They come from below the kernel's ephemeral range (ip_local_port_range), never from it: a port
+// the kernel hands out for port 0 can be taken as the local port of any outgoing connection on the
+// machine (another test's HTTP client, a node's raft dial) between the moment it is picked here
+// and the moment the node binds it, which failed runs with "address already in use".
 func FreePorts(k int) ([]int, error) {
 	portsMu.Lock()
 	defer portsMu.Unlock()
-	var held []net.Listener
+	var held []io.Closer
 	defer func() {
 		for _, l := range held {
 			l.Close()
 		}
 	}()
+	lo, hi := 10000, ephemeralLow()-1
 	var out []int
 	for tries := 0; len(out) < k; tries++ {
-		if tries > 50*k {
+		if tries > 200*k {
 			return nil, errors.New("no free ports")
 		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
-		held = append(held, l)
-		port := l.Addr().(*net.TCPAddr).Port
-		if handedOut[port] {
+		port := lo + rand.IntN(hi-lo+1)
+		if handedOut[port] || slices.Contains(out, port) {
 			continue
 		}
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			u.Close()
-			out = append(out, port)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
 		}
+		held = append(held, l)
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		held = append(held, u)
+		out = append(out, port)
 	}
 	for _, p := range out {
 		handedOut[p] = true
 	}
 	return out, nil
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768 when it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil || n <= 11000 {
+		return 32768
+	}
+	return n
 }
 
 // Node is one taskworker agent process. Its addresses, data dir and log stay the same across
