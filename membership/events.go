@@ -31,16 +31,19 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 // restarted at a new address, which memberlist lets reclaim the name.
 func (d *delegate) NotifyMerge(peers []*memberlist.Node) error {
 	m := (*Membership)(d)
-	list := m.created.Load()
-	if list == nil {
+	if m.created.Load() == nil {
 		return nil // still starting: it knows no member yet, itself aside
 	}
+	// From our own record of the members, not memberlist's: the nodes list.Members() returns are
+	// memberlist's live records, which its packet handler rewrites while we would read them.
 	live := map[string]string{}
-	for _, n := range list.Members() {
-		if n.State == memberlist.StateAlive {
-			live[n.Name] = n.Address()
+	m.mu.Lock()
+	for _, mem := range m.known {
+		if mem.State == StateAlive {
+			live[mem.Name] = mem.GossipAddr
 		}
 	}
+	m.mu.Unlock()
 	for _, p := range peers {
 		mine, ok := live[p.Name]
 		if !ok || p.State != memberlist.StateAlive || p.Address() == mine {
