@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
@@ -177,6 +178,9 @@ func (n *Node) remoteLogs(ctx context.Context, client *http.Client, name, path s
 
 // followLocal streams this node's lines of one attempt until the attempt is over here. It waits
 // while this node's FSM has not yet caught up with the attempt's assignment.
+// followCatchUp bounds how long a follow waits for this node's FSM to learn a task it was asked about.
+const followCatchUp = 10 * time.Second
+
 func (n *Node) followLocal(ctx context.Context, id string, attempt int, fn func(tasks.LogLine)) {
 	old, ch, cancel := n.logs.Subscribe(id)
 	defer cancel()
@@ -188,8 +192,29 @@ func (n *Node) followLocal(ctx context.Context, id string, attempt int, fn func(
 	for _, l := range old {
 		emit(l)
 	}
+	// The node that asks saw the attempt assigned here; this node's FSM can lag behind it, even
+	// so far as not to know the task yet. Unknown, it is given a while to catch up (a task removed
+	// by retention never shows up, and the asker waits for this follow to end).
+	catchUp := time.NewTimer(followCatchUp)
+	defer catchUp.Stop()
+	caughtUp := false
 	for {
 		t, ok, changed := n.fsm.TaskWatch(id)
+		if !ok && !caughtUp {
+			select {
+			case <-ctx.Done():
+				return
+			case <-catchUp.C:
+				caughtUp = true
+			case l, open := <-ch:
+				if !open {
+					return
+				}
+				emit(l)
+			case <-changed:
+			}
+			continue
+		}
 		over := !ok || t.State.Terminal() || t.Attempt > attempt ||
 			(t.Attempt == attempt && !(t.State.Active() && t.Node == n.cfg.Name))
 		if over {
