@@ -148,11 +148,11 @@ func (s *StreamLayer) handshake(c net.Conn) {
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		s.refused.Add(1)
 		_ = c.Close()
 		if s.ctx.Err() == nil {
 			s.log.Warn("raft TLS: refused connection", "remote", c.RemoteAddr().String(), "error", err)
 		}
+		s.refused.Add(1) // after the log line: once Stats shows the refusal, the log does too
 		return
 	}
 	// Counted before the hand-off: once raft holds the connection, Stats must already show it.
