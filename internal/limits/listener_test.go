@@ -12,12 +12,11 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/internal/flood"
 )
 
 var (
@@ -269,39 +268,7 @@ func floodChild(addr string) int {
 		fmt.Fprintln(os.Stderr, "flood child:", err)
 		return 2
 	}
-	var (
-		mu     sync.Mutex
-		conns  = make([]net.Conn, 0, n)
-		failed atomic.Int64
-		next   atomic.Int64
-		wg     sync.WaitGroup
-	)
-	d := &net.Dialer{Timeout: generous}
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(n) {
-				c, err := d.Dial("tcp", addr)
-				if err != nil {
-					if failed.Add(1) == 1 {
-						fmt.Fprintln(os.Stderr, "flood child: first dial error:", err)
-					}
-					continue
-				}
-				mu.Lock()
-				conns = append(conns, c)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	fmt.Printf("opened %d failed %d\n", len(conns), failed.Load())
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	for _, c := range conns {
-		_ = c.Close()
-	}
-	return 0
+	return flood.Hold(flood.Options{Addr: addr, Count: n, Timeout: generous})
 }
 
 func TestRemoteIPUnmapsAndHandlesOddAddrs(t *testing.T) {
