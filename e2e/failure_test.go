@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/taskworker/taskworker/client"
+	"github.com/taskworker/taskworker/internal/localcluster"
 )
 
 // Multi-process crash tests: a node running tasks is SIGKILLed, and every task it held must run
@@ -110,6 +111,12 @@ func testKillMovesTasks(t *testing.T, killLeader bool) {
 
 	// Nothing is left held by the dead node, and the survivors agree it is dead.
 	obs := survivors[0]
+	// waitTasks may have read the outcomes from another survivor, whose FSM can be a few entries
+	// ahead of this one's: give the observer time to catch up before judging what it holds.
+	_ = localcluster.Until(30*time.Second, 50*time.Millisecond, func() bool {
+		c := obs.view()
+		return c != nil && c.Tasks[client.StateRunning]+c.Tasks[client.StateAssigned]+c.Tasks[client.StatePending] == 0
+	})
 	if c := obs.view(); c == nil {
 		t.Error("no cluster view from a survivor")
 	} else {
