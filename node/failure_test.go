@@ -399,3 +399,49 @@ func TestNodeBackOnNewAddressesIsReadded(t *testing.T) {
 		return ok && got.State == fsm.Succeeded
 	})
 }
+
+// A follower cut off long enough is declared down and removed from raft while its own FSM, stopped
+// before the verdict, still says it is up (a SIGSTOP of a few seconds does this to a real process).
+// Once it can talk again it must come back as a member and catch up, not stay outside for good.
+func TestNodeRemovedWhileCutOffComesBack(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{twin: true})
+	x := tc.follower()
+	tc.twin.partition(x.Name())
+	inConfig := func() bool {
+		l := tc.leader()
+		if l == nil || l == x {
+			return true
+		}
+		for _, s := range raftServers(t, l) {
+			if string(s.ID) == x.Name() {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, "the leader removes the cut-off node from raft", 30*time.Second, func() bool { return !inConfig() })
+	waitFor(t, "the leader marks the cut-off node down", 30*time.Second, func() bool {
+		nd, ok := tc.leader().FSM().Node(x.Name())
+		return ok && nd.Status != fsm.NodeUp
+	})
+	// One more committed entry: by then the leader has made its last attempt to replicate to the
+	// removed node (which fails, it is cut off), so nothing it wrote meanwhile reaches the node
+	// when the network heals — as for a process that stayed frozen past that attempt.
+	during := submit(t, tc.leader(), "echo", "during", "5s")
+	if _, ok := x.FSM().Task(during.ID); ok {
+		t.Fatal("the cut-off node got an entry written after its removal")
+	}
+	if nd, ok := x.FSM().Node(x.Name()); !ok || nd.Status != fsm.NodeUp {
+		t.Fatalf("the cut-off node's own FSM should still read up, got %+v", nd)
+	}
+	tc.twin.heal(x.Name())
+	waitFor(t, "the node is a raft member again", 30*time.Second, inConfig)
+	task := submit(t, tc.leader(), "echo", "back", "")
+	waitFor(t, "the node catches up", 30*time.Second, func() bool {
+		_, ok := x.FSM().Task(task.ID)
+		return ok
+	})
+	if nd, ok := tc.leader().FSM().Node(x.Name()); !ok || nd.Status != fsm.NodeUp {
+		t.Fatalf("leader's record of the node: %+v", nd)
+	}
+}

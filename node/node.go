@@ -276,6 +276,10 @@ func (n *Node) startRaft() error {
 	// An idle leader tells followers about a new commit index only this often; at raft's default
 	// (50 ms) a submit answered by a follower waited ~2x that for its own write to apply there.
 	rc.CommitTimeout = 10 * time.Millisecond
+	// A voter removed while it was cut off (frozen, partitioned) must stay able to rejoin: the
+	// leader adds it back once it registers again (registerLoop). Raft's default would shut its
+	// raft down for good when it applies its own removal. A leaving node shuts raft down itself.
+	rc.ShutdownOnRemove = false
 	rc.Logger = newHCLogger(n.noisy, "raft", cfg.LogLevel)
 
 	var (

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -14,11 +16,26 @@ import (
 // registerLoop keeps this node's FSM record in step with this incarnation: registered under its
 // boot ID, with its addresses, capacity and task types, and up. It re-registers after a false
 // death verdict (gossip saw it again) and after a restart.
+//
+// It also re-registers when raft has not heard from a leader for a while. A node cut off long
+// enough (frozen by SIGSTOP, partitioned) is declared down and removed from raft; its own FSM
+// stopped before the verdict, still reads "up", and nothing would ever reach it again to say
+// otherwise: the leader re-adds only registered members. The forwarded registration (through any
+// member when no leader is known) brings it back; for a node that was only between leaders it
+// is one harmless entry.
 func (n *Node) registerLoop(ctx context.Context) {
 	want := n.nodeRecord()
+	check := time.NewTicker(orphanCheck)
+	defer check.Stop()
+	var lastForced time.Time
 	for {
 		changed := n.fsm.Changed()
-		if cur, ok := n.fsm.Node(n.cfg.Name); !ok || !sameRegistration(cur, want) {
+		orphaned := n.orphaned() && time.Since(lastForced) > n.orphanAfter()
+		if orphaned {
+			lastForced = time.Now()
+			n.log.Info("no word from a raft leader; registering again", "since", n.raft.LastContact())
+		}
+		if cur, ok := n.fsm.Node(n.cfg.Name); orphaned || !ok || !sameRegistration(cur, want) {
 			if n.draining() {
 				return
 			}
@@ -39,8 +56,32 @@ func (n *Node) registerLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-changed:
+		case <-check.C:
 		}
 	}
+}
+
+// orphanCheck is how often registerLoop asks whether raft lost touch with the leader.
+const orphanCheck = time.Second
+
+// orphanAfter is how long without contact from a leader makes a follower register again: well past
+// an election (so a normal leader change does not trigger it) and past the dead-server grace
+// after which the leader removes a silent voter.
+func (n *Node) orphanAfter() time.Duration {
+	return max(4*n.cfg.RaftElection, n.cfg.DeadServerGrace+n.cfg.RaftHeartbeat)
+}
+
+// orphaned reports whether this node, not the leader, has gone orphanAfter without contact from
+// one while other members are alive to forward a registration.
+func (n *Node) orphaned() bool {
+	if n.raft.State() == raft.Leader || time.Since(n.startedAt) < n.orphanAfter() {
+		return false
+	}
+	last := n.raft.LastContact()
+	if !last.IsZero() && time.Since(last) < n.orphanAfter() {
+		return false
+	}
+	return n.anyPeer() != ""
 }
 
 func (n *Node) draining() bool { return n.members.Local().Meta.Draining }
