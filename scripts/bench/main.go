@@ -52,9 +52,9 @@ type scale struct {
 }
 
 var scales = map[string]scale{
-	"quick": {name: "quick", baselineFor: time.Second, settle: time.Second, idleFor: time.Second,
-		latencyCount: 10, submits: 300, batchTasks: 2000, complete: 300, window: 100,
-		backlogs: [2]int{100, 300}, burst: 500, curve: []int{0, 200, 600, 1000}, idleNodes: []int{3, 5}},
+	"quick": {name: "quick", baselineFor: 500 * time.Millisecond, settle: 500 * time.Millisecond, idleFor: 500 * time.Millisecond,
+		latencyCount: 5, submits: 200, batchTasks: 2000, complete: 200, window: 100,
+		backlogs: [2]int{100, 200}, burst: 300, curve: []int{0, 200, 400, 600}, idleNodes: []int{3, 5}},
 	"medium": {name: "medium", baselineFor: 5 * time.Second, settle: 3 * time.Second, idleFor: 5 * time.Second,
 		latencyCount: 100, submits: 5000, batchTasks: 20000, complete: 5000, window: 2000,
 		backlogs: [2]int{2000, 10000}, burst: 10000, curve: []int{0, 2000, 10000, 50000}, idleNodes: []int{3, 5, 10}},
@@ -158,7 +158,7 @@ func run(root string) error {
 	if *flagSecure {
 		args = nil
 	}
-	fmt.Println(machine(s))
+	fmt.Println(machine(s, bin))
 	r := newResults()
 	start := time.Now()
 
@@ -205,7 +205,7 @@ func run(root string) error {
 
 // machine names what the figures were measured on; the load average says how busy the (possibly
 // shared) machine was when the run began.
-func machine(s scale) string {
+func machine(s scale, bin string) string {
 	cpuModel := "?"
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
@@ -229,10 +229,14 @@ func machine(s scale) string {
 	if out, err := exec.Command("go", "env", "GOVERSION").Output(); err == nil && len(strings.TrimSpace(string(out))) > 0 {
 		goVersion = strings.TrimSpace(string(out)) // the toolchain that built the nodes
 	}
+	build := "?"
+	if out, err := exec.Command(bin, "version").Output(); err == nil {
+		build = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(out)), "taskworker version"))
+	}
 	mode := "--insecure"
 	if *flagSecure {
 		mode = "secure (mutual TLS, encrypted gossip)"
 	}
 	return fmt.Sprintf("## taskworker bench, %s scale (%s)\n\nMachine: %s, %d cores, Linux %s, %s, load average at start %s. Nodes: %s, fsync on, on 127.0.0.1; build %s.\n",
-		s.name, time.Now().UTC().Format("2006-01-02"), cpuModel, runtime.NumCPU(), kernel, goVersion, load, mode, localcluster.BuildVersion())
+		s.name, time.Now().UTC().Format("2006-01-02"), cpuModel, runtime.NumCPU(), kernel, goVersion, load, mode, build)
 }

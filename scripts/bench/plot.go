@@ -39,6 +39,7 @@ func drawCurve(path string, pts []curvePoint) error {
 		p.Y.Label.Text = ylabel
 		p.Y.Min = 0
 		p.Add(plotter.NewGrid())
+		p.Legend.Top, p.Legend.Left = true, true
 		if err := plotutil.AddLinePoints(p, lines...); err != nil {
 			return nil, err
 		}
