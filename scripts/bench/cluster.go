@@ -223,38 +223,42 @@ func (e *submitErrors) err(what string) error {
 	return fmt.Errorf("%s: %d errors, the first: %w", what, e.n, e.first)
 }
 
-// submitSingles submits n echo tasks from conc concurrent clients, one POST /v1/tasks each
-// (answered once the entry is committed), all to node target (-1: round robin over every node),
-// and returns the wall time.
-func (b *bench) submitSingles(n, conc, target int) (time.Duration, error) {
+// parallel calls f(1) … f(n) from conc goroutines, each taking the next number when its call
+// returns, and returns the wall time.
+func parallel(n, conc int, f func(i int)) time.Duration {
 	var next atomic.Int64
-	var errs submitErrors
 	var wg sync.WaitGroup
 	start := time.Now()
 	for w := 0; w < conc; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				i := int(next.Add(1))
-				if i > n {
-					return
-				}
-				api := b.apis[i%len(b.apis)]
-				if target >= 0 {
-					api = b.apis[target]
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				_, _, err := api.Submit(ctx, client.SubmitRequest{Type: "echo", Input: echoInput(i)})
-				cancel()
-				if err != nil {
-					errs.add(err)
-				}
+			for i := int(next.Add(1)); i <= n; i = int(next.Add(1)) {
+				f(i)
 			}
 		}()
 	}
 	wg.Wait()
-	return time.Since(start), errs.err(fmt.Sprintf("%d single submits", n))
+	return time.Since(start)
+}
+
+// submitSingles submits n echo tasks from conc concurrent clients, one POST /v1/tasks each
+// (answered once the entry is committed), all to node target (-1: round robin over every node),
+// and returns the wall time.
+func (b *bench) submitSingles(n, conc, target int) (time.Duration, error) {
+	var errs submitErrors
+	wall := parallel(n, conc, func(i int) {
+		api := b.apis[i%len(b.apis)]
+		if target >= 0 {
+			api = b.apis[target]
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, _, err := api.Submit(ctx, client.SubmitRequest{Type: "echo", Input: echoInput(i)}); err != nil {
+			errs.add(err)
+		}
+	})
+	return wall, errs.err(fmt.Sprintf("%d single submits", n))
 }
 
 // errNoBatch: the cluster has no POST /v1/tasks/batch (it answered 404).
@@ -399,34 +403,20 @@ func echoWait(api *client.Client, i int) (time.Duration, *client.Task, error) {
 // closedLoop runs n echo tasks from conc clients, each submitting with ?wait and sending the
 // next when its task is done, round robin over the nodes; it returns the finished records.
 func (b *bench) closedLoop(n, conc int) ([]*client.Task, time.Duration, error) {
-	var next atomic.Int64
 	var errs submitErrors
 	var mu sync.Mutex
 	var recs []*client.Task
-	var wg sync.WaitGroup
-	start := time.Now()
-	for w := 0; w < conc; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1))
-				if i > n {
-					return
-				}
-				_, t, err := echoWait(b.apis[i%len(b.apis)], i)
-				if err != nil {
-					errs.add(err)
-					continue
-				}
-				mu.Lock()
-				recs = append(recs, t)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return recs, time.Since(start), errs.err(fmt.Sprintf("%d echo tasks with ?wait", n))
+	wall := parallel(n, conc, func(i int) {
+		_, t, err := echoWait(b.apis[i%len(b.apis)], i)
+		if err != nil {
+			errs.add(err)
+			return
+		}
+		mu.Lock()
+		recs = append(recs, t)
+		mu.Unlock()
+	})
+	return recs, wall, errs.err(fmt.Sprintf("%d echo tasks with ?wait", n))
 }
 
 // placement is a finished task's submit → assigned time, from its record: created_at and the
