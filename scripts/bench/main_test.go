@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/internal/localcluster"
 )
 
@@ -132,3 +137,49 @@ func TestCPUTimeReadsThisProcess(t *testing.T) {
 	}
 	_ = x
 }
+
+// TestPostBatchCountsAcceptedItems pins how the bench reads POST /v1/tasks/batch, which another
+// branch adds: 404 means no endpoint, and an item whose result carries an error is not accepted.
+func TestPostBatchCountsAcceptedItems(t *testing.T) {
+	tests := []struct {
+		name    string
+		status  int
+		body    string
+		want    int
+		wantErr error // nil: no error; errAny: some error
+	}{
+		{"all accepted", http.StatusOK, `{"results":[{"task":{"id":"a"}},{"task":{"id":"b"},"error":null}]}`, 2, nil},
+		{"one bad item", http.StatusOK, `{"results":[{"task":{"id":"a"}},{"error":{"code":"bad_request"}}]}`, 1, errAny},
+		{"no endpoint", http.StatusNotFound, `{"error":"not_found"}`, 0, errNoBatch},
+		{"server error", http.StatusInternalServerError, `{}`, 0, errAny},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				var req struct {
+					Tasks []json.RawMessage `json:"tasks"`
+				}
+				if r.Method != http.MethodPost || json.NewDecoder(r.Body).Decode(&req) != nil || len(req.Tasks) != 2 {
+					http.Error(w, "bad request", http.StatusBadRequest)
+					return
+				}
+				w.WriteHeader(tt.status)
+				_, _ = w.Write([]byte(tt.body))
+			}))
+			defer srv.Close()
+			b := &bench{hc: srv.Client()}
+			got, err := b.postBatch(srv.URL, make([]api.SubmitRequest, 2))
+			switch {
+			case tt.wantErr == nil && err != nil, tt.wantErr != nil && err == nil:
+				t.Fatalf("err %v, want %v", err, tt.wantErr)
+			case tt.wantErr == errNoBatch && !errors.Is(err, errNoBatch):
+				t.Fatalf("err %v, want errNoBatch", err)
+			}
+			if got != tt.want {
+				t.Fatalf("accepted %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+var errAny = errors.New("any error")
