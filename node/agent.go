@@ -65,6 +65,7 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.Float64Flag{Name: "checkpoint-rate", EnvVars: []string{"TASKWORKER_CHECKPOINT_RATE"}, Value: limits.DefaultCheckpointsPerSecond, Usage: "checkpoints per second one run may write; more are coalesced to the newest"},
 			&cli.IntFlag{Name: "http-max-conns-per-client", EnvVars: []string{"TASKWORKER_HTTP_MAX_CONNS_PER_CLIENT"}, Value: limits.DefaultMaxConnsPerClient, Usage: "open API connections one client address may hold (-1: no cap)"},
 			&cli.Float64Flag{Name: "http-rate-limit", EnvVars: []string{"TASKWORKER_HTTP_RATE_LIMIT"}, Value: DefaultRateLimit, Usage: "API requests per second per client address, 429 above it (0: off)"},
+			&cli.GenericFlag{Name: "pprof", EnvVars: []string{"TASKWORKER_PPROF"}, Value: &pprofFlag{}, Usage: "serve Go's profiler at /debug/pprof/: --pprof on the HTTP API listener, --pprof=127.0.0.1:6060 on a loopback address of its own (default off)"},
 			&cli.BoolFlag{Name: "dev", Usage: "single throwaway node on 127.0.0.1 with a temporary data dir (refuses --data-dir and --join)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"TASKWORKER_LOG_LEVEL"}, Value: "info", Usage: "debug|info|warn|error"},
 			&cli.BoolFlag{Name: "log-json", EnvVars: []string{"TASKWORKER_LOG_JSON"}, Usage: "log JSON lines"},
@@ -141,6 +142,9 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		Insecure: c.Bool("insecure"), JoinToken: c.String("join-token"), GossipKey: gossipKey,
 		TLSCertFile: c.String("tls-cert"), TLSKeyFile: c.String("tls-key"), TLSCAFile: c.String("tls-ca"),
 		TLSVerifyIncoming: c.Bool("tls-verify-incoming"), HTTPTLS: c.Bool("http-tls"),
+	}
+	if p, ok := c.Generic("pprof").(*pprofFlag); ok {
+		cfg.Pprof = p.v
 	}
 	switch r := c.Float64("http-rate-limit"); {
 	case r == 0:
@@ -231,4 +235,30 @@ func apiToken(c *cli.Context, logger *slog.Logger) (string, error) {
 		logger.Warn("--token on the command line is visible to every user of this machine (ps, /proc); use --token-file or TASKWORKER_TOKEN")
 	}
 	return tok, nil
+}
+
+// pprofFlag is --pprof: alone (a boolean flag to the flag package) it means the API listener,
+// with a value a loopback host:port of its own; true and false are accepted too, for
+// TASKWORKER_PPROF. Config.Validate judges the address.
+type pprofFlag struct{ v string }
+
+func (f *pprofFlag) IsBoolFlag() bool { return true }
+
+func (f *pprofFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	return f.v
+}
+
+func (f *pprofFlag) Set(s string) error {
+	switch s {
+	case "", "false", "0", "off":
+		f.v = ""
+	case "true", "1", "on", PprofOnAPI:
+		f.v = PprofOnAPI
+	default:
+		f.v = s
+	}
+	return nil
 }

@@ -59,6 +59,9 @@ type Config struct {
 	ACL bool
 	// JWT, with ACL, accepts JWTs signed for this cluster (--acl-jwt-config); nil accepts none.
 	JWT *acl.JWTMethod
+	// Pprof serves Go's profiler (/debug/pprof/) for benchmarks and profiling: "" off (the
+	// default), PprofOnAPI on the HTTP API listener, otherwise a loopback host:port of its own.
+	Pprof string
 
 	// Trust between nodes (security.go). Secure is the default: Insecure turns encryption and
 	// authentication between nodes off (tests, --dev).
@@ -218,6 +221,9 @@ func (c *Config) Validate() error {
 	if c.Registry == nil {
 		bad("a task registry is required")
 	}
+	if err := checkPprof(c.Pprof, c.ACL); err != nil {
+		bad("%v", err)
+	}
 	if c.Capacity < 1 {
 		bad("--capacity must be at least 1, got %d", c.Capacity)
 	}
@@ -333,4 +339,30 @@ func advertiseHost(advertise, bind string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no private IP found to advertise; set --advertise")
+}
+
+// PprofOnAPI is the Config.Pprof value that serves /debug/pprof/ on the HTTP API listener.
+const PprofOnAPI = "api"
+
+// checkPprof judges Config.Pprof. The profiler has no access control of its own (and
+// /debug/pprof/cmdline shows the agent's command line), so a listener of its own must be a
+// loopback one, and with ACLs, whose checks it would bypass, it cannot share the API listener.
+func checkPprof(v string, aclOn bool) error {
+	switch v {
+	case "":
+		return nil
+	case PprofOnAPI:
+		if aclOn {
+			return errors.New("--pprof on the API listener does not go with --acl (the profiler would bypass it): give a loopback host:port, --pprof=127.0.0.1:6060")
+		}
+		return nil
+	}
+	host, _, err := net.SplitHostPort(v)
+	if err != nil {
+		return fmt.Errorf("--pprof %q: want true (the API listener) or a loopback host:port: %w", v, err)
+	}
+	if !isLoopback(host) {
+		return fmt.Errorf("--pprof %q: the profiler listens on loopback only (it has no access control)", v)
+	}
+	return nil
 }

@@ -122,6 +122,11 @@ func TestAgentRefusesNonsenseFlagsWithExit2(t *testing.T) {
 			[]string{"--insecure does not go with --join-token"}},
 		{"rate limit", []string{"--data-dir", dir, "--http-rate-limit", "-3"},
 			[]string{"--http-rate-limit must be 0 (off) or positive, got -3"}},
+		{"pprof on a public address", []string{"--data-dir", dir, "--pprof=0.0.0.0:6060"},
+			[]string{`--pprof "0.0.0.0:6060": the profiler listens on loopback only`}},
+		// A bare --pprof (no value) is the API listener, which --acl refuses.
+		{"bare pprof with acl", []string{"--data-dir", dir, "--acl", "--pprof"},
+			[]string{"--pprof on the API listener does not go with --acl"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

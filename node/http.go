@@ -1,7 +1,12 @@
 package node
 
 import (
+	"context"
+	"errors"
+	"net"
 	"net/http"
+	"net/http/pprof"
+	"time"
 
 	"github.com/taskworker/taskworker/internal/httpapi"
 )
@@ -14,5 +19,51 @@ func (n *Node) routes() http.Handler {
 	if n.cfg.ACL {
 		opts.ACL = aclBackend{n}
 	}
-	return n.refuseWhenClosing(httpapi.New(apiBackend{n}, opts))
+	h := n.refuseWhenClosing(httpapi.New(apiBackend{n}, opts))
+	switch n.cfg.Pprof {
+	case "":
+	case PprofOnAPI:
+		mux := http.NewServeMux()
+		var prof http.Handler = pprofMux()
+		if n.cfg.Token != "" {
+			prof = httpapi.RequireToken(n.cfg.Token, prof)
+		}
+		mux.Handle("/debug/pprof/", prof)
+		mux.Handle("/", h)
+		h = mux
+	default:
+		n.goLoop(n.servePprof)
+	}
+	return h
+}
+
+// pprofMux is Go's profiler, registered here rather than through net/http/pprof's side effect on
+// http.DefaultServeMux, which nothing of the node serves.
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// servePprof serves the profiler on the loopback address of its own (--pprof=HOST:PORT) until
+// the node stops. A profiler that cannot listen is logged, not fatal: it is a diagnostic aid.
+func (n *Node) servePprof(ctx context.Context) {
+	ln, err := net.Listen("tcp", n.cfg.Pprof)
+	if err != nil {
+		n.log.Error("pprof listener", "addr", n.cfg.Pprof, "err", err)
+		return
+	}
+	srv := &http.Server{Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	n.log.Info("pprof listening", "addr", ln.Addr().String())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		n.log.Error("pprof server", "err", err)
+	}
 }

@@ -284,6 +284,9 @@ func (n *Node) OpenFDs() (int, error) {
 	return len(ents), nil
 }
 
+// PID is the process ID of the node's current process (for /proc readings such as CPU time).
+func (n *Node) PID() int { return n.proc().Pid }
+
 func (n *Node) proc() *os.Process {
 	n.mu.Lock()
 	defer n.mu.Unlock()
