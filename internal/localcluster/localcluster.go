@@ -410,6 +410,22 @@ func (n *Node) start() error {
 	return nil
 }
 
+// Launch starts n with a command line of the caller's making (bin, args, and env added to this
+// program's environment), for programs that place nodes themselves: the chaos suite runs each
+// node inside a network namespace of its own (bin is then `ip netns exec NS taskworker`). n.Name,
+// n.HTTP and n.LogPath must be set; n.API is set from n.HTTP when nil. Launch on a node whose
+// process has exited starts it again with the new command line (a restart whose --join differs).
+func Launch(n *Node, bin string, args, env []string) error {
+	if n.cmd != nil && n.Running() {
+		return fmt.Errorf("launch %s: still running", n.Name)
+	}
+	if n.API == nil {
+		n.API = client.New("http://" + n.HTTP)
+	}
+	n.bin, n.args, n.env = bin, append([]string(nil), args...), append([]string(nil), env...)
+	return n.start()
+}
+
 // CLI runs the client command args[0] (with its subcommands and flags in args[1:]) of bin
 // against the node, with --addr pointing at it, and returns its stdout, stderr and exit status.
 // err is set only when the command could not run at all.
