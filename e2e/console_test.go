@@ -291,8 +291,8 @@ func TestConsoleShowsAKilledNodeAndItsTasksMoving(t *testing.T) {
 	b.run("open the cluster page", chromedp.Navigate("http://"+via.HTTP+"/ui/#/cluster"))
 	b.until("three alive cards", `document.querySelectorAll('.card[data-state=alive]').length === 3`)
 
-	// Long tasks on every node (capacity 2 each).
-	ids := submitSleeps(t, 6, 120_000, via)
+	// Long tasks, fewer than the survivors' free slots (capacity 2 each), so the victim's can move.
+	ids := submitSleeps(t, 3, 120_000, via)
 	var victim, moved string
 	poll(t, "a task running on a node other than "+via.Name, uiTimeout, func() bool {
 		var list []uiTask
@@ -366,7 +366,7 @@ func TestConsoleWithACLsHidesWhatATokenMayNotDo(t *testing.T) {
 	b.run("open the console", chromedp.Navigate(base+"#/tasks"))
 	b.until("the login form", `document.querySelector('form#login input#token') !== null`)
 	b.screenshot("login")
-	b.run("sign in", chromedp.SendKeys(chromedp.CSS(`#token`), ro.SecretID), chromedp.Submit(chromedp.CSS(`#login`)))
+	b.run("sign in", chromedp.SendKeys(chromedp.CSS(`#token`), ro.SecretID), chromedp.Click(chromedp.CSS(`#login button[type=submit]`)))
 	b.until("the task list", fmt.Sprintf(`document.querySelector('tr[data-task=%q]') !== null`, sleeping.ID))
 	type visible struct {
 		Echo, Checkbox, BulkCancel, SubmitNav bool

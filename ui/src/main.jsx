@@ -117,7 +117,7 @@ function Login({ auth }) {
   return (
     <main class="login">
       <h1>taskworker</h1>
-      <form onSubmit={submit} id="login">
+      <form onSubmit={submit} id="login" method="post">
         <p>This cluster has access control on. Sign in with a token (an ACL token's secret ID, or the cluster's API token). It is kept in this tab only.</p>
         <label for="token">Token</label>
         <input id="token" type="password" autocomplete="off" value={token} onInput={(e) => setTok(e.target.value)} autofocus required />
@@ -321,7 +321,7 @@ function Tasks({ params }) {
             Cancel selected ({selected.size})
           </button>
         )}
-        <span>{total != null ? total + ' tasks' : ''}{live ? ' · live' : ''}</span>
+        <span class="muted">{[total != null ? total + ' tasks' : '', live ? 'live' : ''].filter(Boolean).join(' · ')}</span>
         {!live && <a href={'#/tasks' + (state ? '?state=' + state : '')}>Newest</a>}
         {(nextCursor || last) && <button type="button" id="next-page" onClick={nextPage}>Older →</button>}
       </div>
@@ -641,7 +641,7 @@ function Throughput() {
           <p class="summary">started {sum(d.started)} · succeeded {sum(d.succeeded)} · failed {sum(d.failed)}</p>
           <Chart id="chart-counts" title="Tasks per second" data={series.counts} series={[
             { label: 'started', stroke: '#2563eb' }, { label: 'succeeded', stroke: '#16a34a' }, { label: 'failed', stroke: '#dc2626' }]} />
-          <Chart id="chart-wait" title="Mean queue wait (ms)" data={series.wait} series={[{ label: 'queue wait ms', stroke: '#9333ea', spanGaps: false }]} />
+          <Chart id="chart-wait" title="Mean queue wait (ms)" data={series.wait} series={[{ label: 'queue wait ms', stroke: '#9333ea', spanGaps: false, points: { show: true, size: 5 } }]} />
         </>
       )}
     </section>
