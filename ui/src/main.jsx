@@ -167,14 +167,25 @@ function Cluster() {
   const { data, error } = useWatch('/v1/cluster', 250);
   const [active, setActive] = useState([]);
   const now = useNow();
-  // The running tasks, read again whenever the cluster changes, so that they visibly move.
+  // The running tasks, read again when the cluster changes (at most once a second, however busy
+  // the cluster), so that they visibly move. A read in flight is left to finish; leaving the page
+  // aborts it.
+  const unmount = useRef(null);
+  const lastRead = useRef(0);
   useEffect(() => {
-    if (!data) return;
-    const ac = new AbortController();
-    Promise.all(['running', 'assigned'].map((s) => get('/v1/tasks?state=' + s + '&limit=200', { signal: ac.signal })))
-      .then((rs) => setActive(rs.flatMap((r) => r.data)))
-      .catch(() => {});
-    return () => ac.abort();
+    unmount.current = new AbortController();
+    return () => unmount.current.abort();
+  }, []);
+  useEffect(() => {
+    if (!data) return undefined;
+    const timer = setTimeout(() => {
+      lastRead.current = Date.now();
+      const signal = unmount.current.signal;
+      Promise.all(['running', 'assigned'].map((s) => get('/v1/tasks?state=' + s + '&limit=200', { signal })))
+        .then((rs) => setActive(rs.flatMap((r) => r.data)))
+        .catch(() => {});
+    }, Math.max(0, lastRead.current + 1000 - Date.now()));
+    return () => clearTimeout(timer);
   }, [data]);
   if (!data) return <section><h1>Cluster</h1><ErrorBox error={error} />{!error && <p>Loading…</p>}</section>;
   const byNode = {};
