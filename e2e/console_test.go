@@ -313,10 +313,15 @@ func TestConsoleShowsAKilledNodeAndItsTasksMoving(t *testing.T) {
 	b.screenshot("cluster-node-down")
 	b.until("its task running on another node", fmt.Sprintf(
 		`(() => { const a = document.querySelector('[data-task=%q]'); return a !== null && a.closest('.card').dataset.node !== %q })()`, moved, victim))
-	b.noErrors("cluster page through a node failure")
-	for _, id := range ids {
-		apiCall(t, via.HTTP, "", "POST", "/v1/tasks/"+id+"/cancel", nil, nil)
-	}
+
+	// Bulk cancel from the tasks page: select every unfinished task, cancel them in one go.
+	b.run("open the tasks page", chromedp.Navigate("http://"+via.HTTP+"/ui/#/tasks"))
+	b.until("the sleeps selectable", fmt.Sprintf(`document.querySelectorAll('tr[data-task] input[type=checkbox]').length === %d`, len(ids)))
+	eval[bool](b, `(() => { document.querySelectorAll('tr[data-task] input[type=checkbox]').forEach((c) => c.click()); return true })()`)
+	b.until("the selection counted", fmt.Sprintf(`/\(%d\)/.test(document.querySelector('#cancel-selected').textContent)`, len(ids)))
+	b.run("cancel the selection", chromedp.Click(chromedp.CSS(`#cancel-selected`)))
+	b.until("every sleep cancelled", fmt.Sprintf(`document.querySelectorAll('tr[data-task] .st-cancelled').length === %d`, len(ids)))
+	b.noErrors("cluster page through a node failure, and bulk cancel")
 }
 
 // TestConsoleWithACLsHidesWhatATokenMayNotDo signs in with a read-only token: it sees the tasks
