@@ -68,4 +68,9 @@ type ACLSelf struct {
 	// Description and ExpirationTime are the token's, for a token caller.
 	Description    string     `json:"description,omitempty"`
 	ExpirationTime *time.Time `json:"expiration_time,omitempty"`
+	// Capabilities is what the caller may do (submit, read, cancel, logs) with each task type the
+	// cluster offers or has pending, and ClusterRights its cluster rights (operator, acl), so a
+	// client such as the web console can offer only what will be allowed.
+	Capabilities  map[string][]string `json:"capabilities"`
+	ClusterRights []string            `json:"cluster_rights"`
 }

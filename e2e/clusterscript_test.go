@@ -157,6 +157,14 @@ func TestClusterScriptSecondRunOnTheSamePortsFailsLoudly(t *testing.T) {
 		}
 	}
 	waitFor("the first cluster", func() bool { return strings.Contains(out1.String(), fmt.Sprintf("%d nodes running", nodes)) })
+	// It prints the web console's URL, and the console answers there.
+	console := fmt.Sprintf("http://127.0.0.1:%d/ui/", base+2)
+	waitFor("the console URL", func() bool { return strings.Contains(out1.String(), "Web console: "+console) })
+	if resp, err := http.Get(console); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("GET %s: %v %v", console, resp, err)
+	} else {
+		resp.Body.Close()
+	}
 
 	// The second run, on the same ports.
 	sctx, scancel := context.WithTimeout(context.Background(), 120*time.Second)

@@ -195,6 +195,9 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	s.do(call{method: "GET", path: "/metrics", token: "-", status: 200})
 	s.do(call{method: "GET", path: "/v1/cluster", status: 200})
 	s.do(call{method: "GET", path: "/v1/types", status: 200})
+	s.do(call{method: "GET", path: "/v1/stats/throughput", status: 200})
+	s.do(call{method: "GET", path: "/v1/cluster?index=1&wait=10ms", status: 200})
+	s.do(call{method: "GET", path: "/v1/tasks?index=1&wait=10ms", status: 200})
 
 	var task struct {
 		ID          string `json:"id"`
@@ -252,6 +255,7 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 		{method: "GET", path: "/v1/tasks/" + done.ID + "?index=-1", status: 400, code: "invalid_index", specRejects: true},
 		{method: "GET", path: "/v1/tasks/" + done.ID + "?wait=later", status: 400, code: "invalid_wait"},
 		{method: "GET", path: "/v1/cluster", token: "-", status: 401, code: "unauthorized"},
+		{method: "GET", path: "/v1/cluster?index=x&wait=1s", status: 400, code: "invalid_index", specRejects: true},
 		{method: "GET", path: "/v1/types", token: "wrong", status: 403, code: "forbidden"},
 		{method: "POST", path: "/v1/agent/leave", status: 409, code: "leave_refused"},
 		{method: "GET", path: "/v1/acl/policies", status: 400, code: "acl_disabled"},

@@ -237,6 +237,7 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 		{"/v1/cluster", new(api.Cluster)},
 		{"/v1/types", new([]api.TypeInfo)},
 		{"/v1/health", new(api.Health)},
+		{api.PathThroughput, new(api.Throughput)},
 	} {
 		code, b := getRaw(t, n, "GET", r.path, "")
 		if code != http.StatusOK {

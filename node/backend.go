@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
@@ -138,3 +139,25 @@ func (b apiBackend) Logs(ctx context.Context, id string, follow bool, emit func(
 }
 
 func (b apiBackend) Metrics() http.Handler { return b.n.metricsHandler() }
+
+func (b apiBackend) Index() uint64 { return b.n.fsm.Index() }
+
+func (b apiBackend) WaitIndex(ctx context.Context, after uint64) uint64 {
+	for {
+		ch := b.n.fsm.Changed()
+		if idx := b.n.fsm.Index(); idx > after {
+			return idx
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return b.n.fsm.Index()
+		case <-b.n.released: // the node is leaving: answer now, as a wait that elapsed would
+			return b.n.fsm.Index()
+		}
+	}
+}
+
+func (b apiBackend) Throughput(context.Context) api.Throughput {
+	return b.n.metrics.throughput.series(time.Now())
+}

@@ -34,6 +34,8 @@ type nodeMetrics struct {
 	httpTime    *prometheus.HistogramVec
 	probeFails  prometheus.Counter
 	logsDropped prometheus.Counter
+
+	throughput throughputRing // the console's per-second series (throughput.go)
 }
 
 // taskBuckets span a millisecond to about 20 minutes, for both queue wait and run time.
@@ -95,6 +97,7 @@ func newNodeMetrics() *nodeMetrics {
 
 // observe is the FSM's Observer.
 func (m *nodeMetrics) observe(_ uint64, ts []fsm.Transition) {
+	m.throughput.add(time.Now(), ts)
 	for _, tr := range ts {
 		if c := m.transitions[tr.Kind]; c != nil {
 			c.WithLabelValues(tr.Type).Inc()

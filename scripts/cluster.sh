@@ -145,7 +145,9 @@ addr1="http://127.0.0.1:$(port 1 2)"
 "$bin" status --addr "$addr1" || true
 cat <<TXT
 
-$n nodes running (logs and data in $dir). Try, against any node:
+$n nodes running (logs and data in $dir).
+Web console: $addr1/ui/   (every node serves it: http://127.0.0.1:<its HTTP port>/ui/)
+Try, against any node:
   export TASKWORKER_ADDR=$addr1
   $bin exec calc-square 12
   $bin exec --addr http://127.0.0.1:$(port $((n > 1 ? 2 : 1)) 2) print '"hello"'

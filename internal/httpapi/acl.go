@@ -109,7 +109,7 @@ func clusterRight(path string) acl.ClusterRight {
 func (s *server) requireACL(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		path := r.URL.Path
-		if path == "/v1/health" || path == "/metrics" || path == api.PathACLBootstrap && !s.acl.Bootstrapped() {
+		if path == "/v1/health" || path == "/metrics" || isConsole(path) || path == api.PathACLBootstrap && !s.acl.Bootstrapped() {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -274,6 +274,7 @@ func (s *server) aclTokenSelf(w http.ResponseWriter, r *http.Request) {
 	if out.Policies == nil {
 		out.Policies = []string{}
 	}
+	out.Capabilities, out.ClusterRights = s.capabilities(r.Context(), id)
 	if id.Kind == acl.KindToken {
 		if tok, ok := s.acl.Token(r.Context(), id.Principal); ok {
 			out.Description, out.ExpirationTime = tok.Description, tok.ExpirationTime

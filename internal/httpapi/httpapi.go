@@ -60,6 +60,14 @@ type Backend interface {
 	RotateJoinToken(ctx context.Context) (api.JoinToken, error)
 	// Keyring lists the cluster's gossip keys and how many nodes hold each.
 	Keyring(ctx context.Context) (api.Keyring, error)
+	// Index returns the raft index this node's FSM last applied.
+	Index() uint64
+	// WaitIndex blocks until this node's FSM has applied an index above after, or ctx ends, and
+	// returns the index it has applied then.
+	WaitIndex(ctx context.Context, after uint64) uint64
+	// Throughput returns the per-second task counts of the last minutes, as this node applied them.
+	Throughput(ctx context.Context) api.Throughput
+
 	// ChangeKeyring installs, uses or removes a gossip key on every node (invalid_request for a
 	// bad operation or key, keyring_conflict for removing the primary) and returns the keyring.
 	ChangeKeyring(ctx context.Context, req api.KeyringRequest) (api.Keyring, error)
@@ -84,6 +92,9 @@ type Options struct {
 	Logger       *slog.Logger  // for errors after a streaming reply has started
 	// Observe, when set, is told of every request (route pattern, status, duration), for metrics.
 	Observe ObserveFunc
+	// UI, when set, is the web console, served at /ui/ without a credential (its pages hold no
+	// data; they call the API with the user's token), and / redirects to it.
+	UI http.Handler
 }
 
 type server struct {
@@ -112,6 +123,7 @@ func New(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("POST /v1/tasks/{id}/cancel", s.cancel)
 	mux.HandleFunc("GET /v1/tasks/{id}/logs", s.logs)
 	mux.HandleFunc("GET /v1/cluster", s.cluster)
+	mux.HandleFunc("GET "+api.PathThroughput, s.throughput)
 	mux.HandleFunc("GET /v1/types", s.types)
 	mux.HandleFunc("GET /v1/health", s.health)
 	mux.HandleFunc("POST /v1/agent/leave", s.leave)
@@ -122,6 +134,11 @@ func New(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("GET "+api.PathKeyring, s.keyring)
 	mux.HandleFunc("POST "+api.PathKeyring, s.changeKeyring)
 	mux.HandleFunc("/", NotFound)
+	if opts.UI != nil {
+		mux.Handle("GET /ui/", opts.UI)
+		mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
+		mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
+	}
 	var h http.Handler = mux
 	switch {
 	case s.acl != nil:
@@ -146,7 +163,7 @@ func NotFound(w http.ResponseWriter, r *http.Request) {
 func RequireToken(token string, next http.Handler) http.Handler {
 	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/v1/health" || r.URL.Path == "/metrics" {
+		if r.URL.Path == "/v1/health" || r.URL.Path == "/metrics" || isConsole(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -294,7 +311,7 @@ func (s *server) get(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	w.Header().Set("X-Taskworker-Index", strconv.FormatUint(t.ModifyIndex, 10))
+	w.Header().Set(api.HeaderIndex, strconv.FormatUint(t.ModifyIndex, 10))
 	WriteJSON(w, http.StatusOK, t)
 }
 
@@ -303,6 +320,17 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		WriteError(w, err)
 		return
+	}
+	index, wait, err := blockingParams(r)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	at := s.b.Index()
+	if wait > 0 && at <= index {
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		at = s.b.WaitIndex(ctx, index)
+		cancel()
 	}
 	caller := callerOf(r)
 	out, err := s.b.List(r.Context(), q, caller.CanRead)
@@ -317,6 +345,7 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 	if out == nil {
 		out = []api.Task{}
 	}
+	w.Header().Set(api.HeaderIndex, strconv.FormatUint(at, 10))
 	WriteJSON(w, http.StatusOK, out)
 }
 
@@ -368,11 +397,17 @@ func (s *server) logs(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) cluster(w http.ResponseWriter, r *http.Request) {
-	c, err := s.b.Cluster(r.Context())
+	index, wait, err := blockingParams(r)
 	if err != nil {
 		WriteError(w, err)
 		return
 	}
+	c, hash, err := s.waitCluster(r.Context(), index, wait)
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	w.Header().Set(api.HeaderIndex, strconv.FormatUint(hash, 10))
 	WriteJSON(w, http.StatusOK, c)
 }
 

@@ -37,6 +37,12 @@ type fakeBackend struct {
 	leakList  bool // List ignores visible, as a buggy backend would
 	leaves    int
 	gotKeyOp  api.KeyringRequest
+
+	index        uint64         // bumped by every put, as an FSM's applied index
+	waitingIndex chan uint64    // receives after each time WaitIndex starts waiting, when not nil
+	nodeState    string         // the gossip state Cluster reports for n1 ("" = alive)
+	types        []api.TypeInfo // what Types returns
+	throughput   api.Throughput // what Throughput returns
 }
 
 func newFake() *fakeBackend {
@@ -48,6 +54,7 @@ func (f *fakeBackend) put(t api.Task) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tasks[t.ID] = t
+	f.index++
 	close(f.changed)
 	f.changed = make(chan struct{})
 }
@@ -128,16 +135,53 @@ func (f *fakeBackend) Cancel(_ context.Context, caller Caller, id string) (api.T
 }
 
 func (f *fakeBackend) Cluster(context.Context) (api.Cluster, error) {
-	return api.Cluster{Leader: "n1", Nodes: []api.NodeInfo{{Name: "n1", State: api.NodeAlive, RaftRole: api.RoleLeader,
-		TaskTypes: []api.TypeVersion{{Type: "echo", Version: "1"}}}}, Tasks: map[string]int{"pending": 1}}, f.err
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	state := f.nodeState
+	if state == "" {
+		state = api.NodeAlive
+	}
+	// The raft indexes move with every write; a console must not be woken by them alone.
+	return api.Cluster{Leader: "n1", Nodes: []api.NodeInfo{{Name: "n1", State: state, RaftRole: api.RoleLeader,
+		TaskTypes: []api.TypeVersion{{Type: "echo", Version: "1"}}, CommitIndex: f.index, AppliedIndex: f.index}},
+		Tasks: map[string]int{"pending": 1}}, f.err
 }
 
 func (f *fakeBackend) Types(context.Context) ([]api.TypeInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.err != nil {
 		return nil, f.err
 	}
-	return nil, nil
+	return f.types, nil
 }
+
+func (f *fakeBackend) Index() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.index
+}
+
+func (f *fakeBackend) WaitIndex(ctx context.Context, after uint64) uint64 {
+	for {
+		f.mu.Lock()
+		idx, changed := f.index, f.changed
+		f.mu.Unlock()
+		if idx > after {
+			return idx
+		}
+		if f.waitingIndex != nil {
+			f.waitingIndex <- after
+		}
+		select {
+		case <-ctx.Done():
+			return idx
+		case <-changed:
+		}
+	}
+}
+
+func (f *fakeBackend) Throughput(context.Context) api.Throughput { return f.throughput }
 
 func (f *fakeBackend) Health(context.Context) api.Health { return f.health }
 
