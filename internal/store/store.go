@@ -181,12 +181,12 @@ func (h *Health) Changed() <-chan struct{} {
 // probeFile is the name of the probe's scratch file in the data dir.
 const probeFile = ".taskworker-probe"
 
-// Probe writes, syncs and removes a small file in dir, as raft's stores would write, and records
+// Probe writes, syncs and removes a small file in dir (when there is one), as raft's stores would write, and records
 // the outcome (OpProbe). A probe that succeeds also clears a snapshot failure (see
 // clearIfFailing). It answers whether dir took the write.
 func (h *Health) Probe(dir string) error {
 	err := h.injected()
-	if err == nil {
+	if err == nil && dir != "" { // no data dir (in-memory stores): only an injected fault counts
 		err = probe(dir)
 	}
 	h.Record(OpProbe, err)
