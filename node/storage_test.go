@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"os"
 	"strings"
 	"syscall"
@@ -67,7 +68,9 @@ func TestNodeThatCannotPersistIsUnhealthyLosesItsTasksAndRecovers(t *testing.T) 
 	tc, g, victim, mine := storageFaultCluster(t)
 
 	victim.storage.Inject(syscall.ENOSPC) // every raft write and the probe now fail, as on a full disk
+	faultAt := time.Now()
 	h := waitHealth(t, victim, 503, "503 storage_fault")
+	t.Logf("fault -> health 503: %s", time.Since(faultAt).Round(time.Millisecond))
 	if h.Status != api.HealthStorageFault || !strings.Contains(h.Reason, "no space left on device") {
 		t.Fatalf("health = %+v, want storage_fault naming ENOSPC", h)
 	}
@@ -76,6 +79,7 @@ func TestNodeThatCannotPersistIsUnhealthyLosesItsTasksAndRecovers(t *testing.T) 
 		t.Errorf("submit to the faulty node = %d %+v, want 503 storage_unavailable", code, e)
 	}
 	waitMoved(t, tc, victim, mine)
+	t.Logf("fault -> its %d tasks running elsewhere: %s", len(mine), time.Since(faultAt).Round(time.Millisecond))
 	// Nothing new is placed there while it cannot persist, and it stays in raft.
 	l := tc.leader()
 	if nd, _ := l.FSM().Node(victim.Name()); nd.Status == fsm.NodeUp {
@@ -86,7 +90,9 @@ func TestNodeThatCannotPersistIsUnhealthyLosesItsTasksAndRecovers(t *testing.T) 
 	}
 
 	victim.storage.Inject(nil)
+	clearedAt := time.Now()
 	waitHealth(t, victim, 200, "200 again")
+	t.Logf("writes succeed -> health 200: %s", time.Since(clearedAt).Round(time.Millisecond))
 	waitFor(t, victim.Name()+" up again in the leader's FSM", 30*time.Second, func() bool {
 		l := tc.leader()
 		if l == nil {
@@ -95,6 +101,7 @@ func TestNodeThatCannotPersistIsUnhealthyLosesItsTasksAndRecovers(t *testing.T) 
 		nd, ok := l.FSM().Node(victim.Name())
 		return ok && nd.Status == fsm.NodeUp
 	})
+	t.Logf("writes succeed -> registered up again: %s", time.Since(clearedAt).Round(time.Millisecond))
 	if code := httpCall(t, victim, "POST", "/v1/tasks?wait=20s", api.SubmitRequest{Type: "echo"}, &api.Task{}); code != 201 {
 		t.Errorf("submit after recovery = %d, want 201", code)
 	}
@@ -114,11 +121,13 @@ func TestNodeWhoseDataDirIsRemovedIsUnhealthyAndLosesItsTasks(t *testing.T) {
 	if err := os.RemoveAll(victim.cfg.DataDir); err != nil {
 		t.Fatal(err)
 	}
+	removedAt := time.Now()
 	h := waitHealth(t, victim, 503, "503 storage_fault")
 	if h.Status != api.HealthStorageFault || !strings.Contains(h.Reason, victim.cfg.DataDir) {
 		t.Fatalf("health = %+v, want storage_fault naming the data dir", h)
 	}
 	waitMoved(t, tc, victim, mine)
+	t.Logf("data dir removed -> its %d tasks running elsewhere: %s", len(mine), time.Since(removedAt).Round(time.Millisecond))
 	// Recreating the directory does not fool the watchdog: raft.db is not the file raft writes.
 	if err := os.MkdirAll(victim.cfg.DataDir+"/raft", 0o755); err != nil {
 		t.Fatal(err)
@@ -149,3 +158,106 @@ func slicesContainsServer(servers []raft.Server, name string) bool {
 	}
 	return false
 }
+
+func TestDigestRouteLetsReplicasBeCompared(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{})
+	submit(t, tc.nodes[1], "echo", "digest me", "20s")
+	waitFor(t, "every node to answer the same digest at the same index", 30*time.Second, func() bool {
+		var first api.Digest
+		for i, n := range tc.nodes {
+			var d api.Digest
+			if httpCall(t, n, "GET", api.PathDigest, nil, &d) != 200 || d.Node != n.Name() || len(d.Digest) != 64 {
+				t.Fatalf("GET %s on %s = %+v", api.PathDigest, n.Name(), d)
+			}
+			if i == 0 {
+				first = d
+			} else if d.Index != first.Index || d.Digest != first.Digest {
+				return false
+			}
+		}
+		return first.Index > 0
+	})
+	// The route answers the FSM's own digest.
+	var d api.Digest
+	httpCall(t, tc.nodes[0], "GET", api.PathDigest, nil, &d)
+	if index, sum := tc.nodes[0].FSM().Digest(); index == d.Index && sum != d.Digest {
+		t.Errorf("route digest %s at %d, FSM %s", d.Digest, d.Index, sum)
+	}
+}
+
+// mountTmpfs mounts a small tmpfs for a real full disk; it skips the test when mounting is
+// refused (not root, no privilege), unless TASKWORKER_REQUIRE_TMPFS=1 demands it.
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
+		if os.Getenv("TASKWORKER_REQUIRE_TMPFS") == "1" {
+			t.Fatalf("mount -t tmpfs -o size=%s %s: %v (TASKWORKER_REQUIRE_TMPFS=1)", size, dir, err)
+		}
+		t.Skipf("skipping the real full-disk test: mount -t tmpfs refused (%v); run as root, or set TASKWORKER_REQUIRE_TMPFS=1 to make this a failure", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
+}
+
+func TestNodeOnAFullTmpfsIsUnhealthyLosesItsTasksAndRecovers(t *testing.T) {
+	disk := mountTmpfs(t, "8m")
+	g := newGate()
+	tc := startCluster(t, 3, clusterOpts{capacity: 3, registry: g.registry(t), tweak: func(i int, c *Config) {
+		if i == 2 {
+			c.DataDir = disk + "/data"
+		}
+	}})
+	victim := tc.nodes[2]
+	if victim.IsLeader() {
+		t.Skip("the node on the tmpfs leads; this test wants a follower")
+	}
+	var mine []string
+	for len(mine) < 2 {
+		id := submit(t, tc.nodes[0], "gate", nil, "").ID
+		got := waitState(t, tc, id, 20*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running })
+		if got.Node == victim.Name() {
+			mine = append(mine, id)
+		}
+	}
+	// Fill the disk: write until the file system refuses.
+	filler := disk + "/filler"
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errorsIsENOSPC(err) {
+				t.Fatalf("fill: %v", err)
+			}
+			break
+		}
+	}
+	f.Close()
+	filledAt := time.Now()
+	h := waitHealth(t, victim, 503, "503 storage_fault")
+	if h.Status != api.HealthStorageFault || !strings.Contains(h.Reason, "no space left on device") {
+		t.Fatalf("health on a full disk = %+v", h)
+	}
+	waitMoved(t, tc, victim, mine)
+	t.Logf("disk full -> its %d tasks running elsewhere: %s", len(mine), time.Since(filledAt).Round(time.Millisecond))
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	freedAt := time.Now()
+	waitHealth(t, victim, 200, "200 after space was freed")
+	t.Logf("space freed -> health 200: %s", time.Since(freedAt).Round(time.Millisecond))
+	for _, n := range tc.live() {
+		g.open(n.Name())
+	}
+	for _, id := range mine {
+		got := waitState(t, tc, id, 30*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
+		if got.State != fsm.Succeeded || got.Node == victim.Name() {
+			t.Fatalf("task %s ended %s on %s", id, got.State, got.Node)
+		}
+	}
+}
+
+func errorsIsENOSPC(err error) bool { return errors.Is(err, syscall.ENOSPC) }
