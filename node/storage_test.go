@@ -2,6 +2,9 @@ package node
 
 import (
 	"errors"
+	"io"
+	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -261,3 +264,33 @@ func TestNodeOnAFullTmpfsIsUnhealthyLosesItsTasksAndRecovers(t *testing.T) {
 }
 
 func errorsIsENOSPC(err error) bool { return errors.Is(err, syscall.ENOSPC) }
+
+func TestNearlyFullDiskIsAWarningAndAMetricNotAnOutage(t *testing.T) {
+	var logs syncBuffer
+	tc := startCluster(t, 1, clusterOpts{tweak: func(_ int, c *Config) {
+		c.MinFreeDisk = "1000PiB" // every disk is below it
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}})
+	n := tc.nodes[0]
+	waitFor(t, "the low-space warning", 30*time.Second, func() bool {
+		return strings.Contains(logs.String(), "disk nearly full")
+	})
+	if h := waitHealth(t, n, 200, "200"); h.Status != api.HealthOK {
+		t.Errorf("health with little free space = %+v, want ok", h)
+	}
+	req, _ := http.NewRequest("GET", "http://"+n.HTTPAddr()+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"\ntaskworker_disk_free_bytes ", "\ntaskworker_storage_healthy 1"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", strings.TrimSpace(want))
+		}
+	}
+	if c := strings.Count(logs.String(), "disk nearly full"); c > 2 {
+		t.Errorf("the warning was logged %d times; the rate limit folds repeats", c)
+	}
+}
