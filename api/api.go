@@ -193,6 +193,9 @@ const (
 	HealthUnavailable = "unavailable" // not a member yet, or no leader known
 	HealthHalted      = "halted"      // the FSM met a log entry this build cannot apply
 	HealthDraining    = "draining"    // a graceful leave is under way: send new work elsewhere
+	// HealthStorageFault: the node cannot persist (a full or failed disk, its data dir gone);
+	// the cluster runs its tasks elsewhere until its writes succeed again.
+	HealthStorageFault = "storage_fault"
 )
 
 // HeaderLeaderAddr, on a 503 shutting_down, is the HTTP host:port of the cluster's leader as the
@@ -325,6 +328,9 @@ const (
 	CodeNotSecure Code = "not_secure"
 	// CodeKeyringConflict: a keyring change that would break gossip (removing the primary key).
 	CodeKeyringConflict Code = "keyring_conflict"
+	// CodeStorageUnavailable: the node called cannot persist (see HealthStorageFault); send the
+	// request to another node.
+	CodeStorageUnavailable Code = "storage_unavailable"
 )
 
 var statusOf = map[Code]int{
@@ -335,7 +341,7 @@ var statusOf = map[Code]int{
 	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,
 	CodeRateLimited: 429, CodeTooManyConnections: 429,
-	CodeNoLeader: 503, CodeNotLeader: 503, CodeShuttingDown: 503, CodeCancelled: 503,
+	CodeNoLeader: 503, CodeNotLeader: 503, CodeShuttingDown: 503, CodeCancelled: 503, CodeStorageUnavailable: 503,
 	CodeInternal:    500,
 	CodeACLDisabled: 400, CodeACLBootstrapped: 409, CodeInvalidPolicy: 400, CodeInvalidTokenRequest: 400,
 }

@@ -6,7 +6,18 @@ const (
 	PathJoinToken       = "/v1/operator/join-token"        // GET: the current join token
 	PathJoinTokenRotate = "/v1/operator/join-token/rotate" // POST: replace it; the old one stops working
 	PathKeyring         = "/v1/operator/keyring"           // GET: list; POST KeyringRequest: install, use, remove
+	PathDigest          = "/v1/operator/digest"            // GET: this node's FSM digest at its applied index
 )
+
+// Digest is GET /v1/operator/digest: a hash of the node's replicated state (every task, node,
+// idempotency key, ACL and security record, in canonical order) at the raft index it has
+// applied. Two replicas at the same index must answer the same digest; comparing them across
+// the cluster (a chaos run's end, an operator's check) finds a replica that diverged.
+type Digest struct {
+	Node   string `json:"node"`
+	Index  uint64 `json:"index"`
+	Digest string `json:"digest"` // hex SHA-256
+}
 
 // JoinToken is the body of the join-token routes.
 type JoinToken struct {

@@ -67,3 +67,16 @@ func (c *Client) keyringOp(ctx context.Context, op, key string) error {
 	}
 	return nil
 }
+
+// Digest is a node's FSM digest at the index it has applied (GET /v1/operator/digest): two
+// replicas at the same index must answer the same digest.
+type Digest = api.Digest
+
+// Digest returns the FSM digest of the node the client talks to.
+func (c *Client) Digest(ctx context.Context) (*Digest, error) {
+	d := new(Digest)
+	if _, err := c.do(ctx, http.MethodGet, api.PathDigest, nil, nil, d); err != nil {
+		return nil, err
+	}
+	return d, nil
+}

@@ -262,6 +262,7 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 		{method: "GET", path: "/v1/operator/join-token", status: 200},
 		{method: "POST", path: "/v1/operator/join-token/rotate", status: 200},
 		{method: "GET", path: "/v1/operator/keyring", status: 200},
+		{method: "GET", path: "/v1/operator/digest", status: 200},
 		{method: "POST", path: "/v1/operator/keyring", body: `{"op": "install", "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 200},
 		{method: "POST", path: "/v1/operator/keyring", body: `{"op": "use", "key": "AQECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 400, code: "invalid_request"},
 		{method: "POST", path: "/v1/operator/keyring", body: `{"op": "rotate", "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 400, code: "invalid_request", specRejects: true},

@@ -36,6 +36,9 @@ type Meta struct {
 	// second or so while they move), so any node can show every node's lag behind the leader.
 	CommitIndex  uint64 `msgpack:"ci,omitempty"`
 	AppliedIndex uint64 `msgpack:"ai,omitempty"`
+	// StorageFault: this node cannot persist (a full or failed disk, its data dir gone). The
+	// leader treats it like a dead node, taking its tasks back, until it clears the flag.
+	StorageFault bool `msgpack:"sf,omitempty"`
 }
 
 // Encode returns the wire form of m, or ErrMetaTooLarge past memberlist.MetaMaxSize bytes.

@@ -15,6 +15,7 @@ import (
 	"github.com/taskworker/taskworker/internal/acl"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/internal/store"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -66,6 +67,7 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.IntFlag{Name: "http-max-conns-per-client", EnvVars: []string{"TASKWORKER_HTTP_MAX_CONNS_PER_CLIENT"}, Value: limits.DefaultMaxConnsPerClient, Usage: "open API connections one client address may hold (-1: no cap)"},
 			&cli.Float64Flag{Name: "http-rate-limit", EnvVars: []string{"TASKWORKER_HTTP_RATE_LIMIT"}, Value: DefaultRateLimit, Usage: "API requests per second per client address, 429 above it (0: off)"},
 			&cli.GenericFlag{Name: "pprof", EnvVars: []string{"TASKWORKER_PPROF"}, Value: &pprofFlag{}, Usage: "serve Go's profiler at /debug/pprof/: --pprof on the HTTP API listener, --pprof=127.0.0.1:6060 on a loopback address of its own (default off)"},
+			&cli.StringFlag{Name: "min-free-disk", EnvVars: []string{"TASKWORKER_MIN_FREE_DISK"}, Value: DefaultMinFreeDisk, Usage: "free space on the data dir's file system below which the node warns (log and metric) before the disk fills; a size such as 256MiB or 1GB, 0 for no warning"},
 			&cli.BoolFlag{Name: "dev", Usage: "single throwaway node on 127.0.0.1 with a temporary data dir (refuses --data-dir and --join)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"TASKWORKER_LOG_LEVEL"}, Value: "info", Usage: "debug|info|warn|error"},
 			&cli.BoolFlag{Name: "log-json", EnvVars: []string{"TASKWORKER_LOG_JSON"}, Usage: "log JSON lines"},
@@ -142,6 +144,9 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		Insecure: c.Bool("insecure"), JoinToken: c.String("join-token"), GossipKey: gossipKey,
 		TLSCertFile: c.String("tls-cert"), TLSKeyFile: c.String("tls-key"), TLSCAFile: c.String("tls-ca"),
 		TLSVerifyIncoming: c.Bool("tls-verify-incoming"), HTTPTLS: c.Bool("http-tls"),
+		MinFreeDisk: c.String("min-free-disk"),
+		// The node logged why at ERROR; raft cannot go on past what it could not read or save.
+		OnFatal: func(error) { os.Exit(1) },
 	}
 	if p, ok := c.Generic("pprof").(*pprofFlag); ok {
 		cfg.Pprof = p.v
@@ -176,6 +181,9 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		return cli.Exit(err.Error(), 2)
 	}
 	n, err := Start(cfg)
+	if errors.Is(err, store.ErrCorrupt) {
+		return cli.Exit("", 1) // Start logged it, in one ERROR line that says how to recover
+	}
 	if err != nil {
 		return cli.Exit("start node: "+err.Error(), 1)
 	}

@@ -37,6 +37,10 @@ func taskNotFound(id string) error {
 }
 
 func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.SubmitRequest) (api.Task, bool, error) {
+	if reason := b.n.storageFault(); reason != "" {
+		// Its FSM stops where its disk did: it could not even show the client its own task.
+		return api.Task{}, false, api.Errorf(api.CodeStorageUnavailable, "node %s cannot take work: %s; send it to another node", b.n.cfg.Name, reason)
+	}
 	item, err := b.n.submitTask(withCaller(ctx, caller), req, caller.Principal())
 	if err != nil {
 		return api.Task{}, false, toAPIError(err)
@@ -112,6 +116,9 @@ func (b apiBackend) Health(context.Context) api.Health {
 	leader := b.n.Leader()
 	if err := b.n.fsm.Halted(); err != nil {
 		return api.Health{Status: api.HealthHalted, Leader: leader, Reason: err.Error()}
+	}
+	if reason := b.n.storageFault(); reason != "" {
+		return api.Health{Status: api.HealthStorageFault, Leader: leader, Reason: reason}
 	}
 	if b.n.leaving.Load() {
 		// Load balancers and clients take a draining node out of rotation.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 
@@ -106,6 +107,20 @@ type Config struct {
 	RaftHeartbeat time.Duration
 	RaftElection  time.Duration
 
+	// MinFreeDisk is the free space on the data dir's file system below which the node warns
+	// (--min-free-disk, a size such as "256MiB"; "0" turns the warning off); empty means
+	// DefaultMinFreeDisk. Below it nothing fails yet: it is the warning before a full disk.
+	MinFreeDisk string
+	// StorageProbeInterval is how often the storage watchdog writes, syncs and removes a file in
+	// the data dir and reads its free space (storage.go); default 1s.
+	StorageProbeInterval time.Duration
+	// OnFatal, when set, is called once with the error that stops a node which cannot go on
+	// (a corrupt raft log or snapshot, a raft term or vote it cannot save), after the node logged
+	// it at ERROR. The agent exits the process there: raft panics on a log entry it cannot read,
+	// so the process must end before raft sees the error. When nil the node shuts itself down
+	// (Done, Err) as on a name conflict.
+	OnFatal func(error)
+
 	// Dev is a throwaway single node (--dev): Start gives it a temporary data dir, removed at
 	// shutdown, and runs it insecure on loopback; DataDir and Join must be empty.
 	Dev bool
@@ -122,6 +137,7 @@ const (
 	DefaultDrainTimeout = 30 * time.Second
 	DefaultVoters       = 3
 	DefaultRetention    = 24 * time.Hour
+	DefaultMinFreeDisk  = "256MiB"
 )
 
 // DefaultCapacity is the number of tasks a node runs at once unless told: one per CPU.
@@ -175,6 +191,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.RaftElection == 0 {
 		c.RaftElection = 500 * time.Millisecond
+	}
+	if c.MinFreeDisk == "" {
+		c.MinFreeDisk = DefaultMinFreeDisk
+	}
+	if c.StorageProbeInterval == 0 {
+		c.StorageProbeInterval = time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -248,6 +270,9 @@ func (c *Config) Validate() error {
 	if !(c.CheckpointRate > 0) {
 		bad("--checkpoint-rate must be positive, got %v", c.CheckpointRate)
 	}
+	if _, err := parseMinFreeDisk(c.MinFreeDisk); err != nil {
+		bad("--min-free-disk: %v", err)
+	}
 	if c.RateBurst < 0 {
 		bad("rate burst must not be negative, got %d", c.RateBurst)
 	}
@@ -258,6 +283,7 @@ func (c *Config) Validate() error {
 		{"apply timeout", c.ApplyTimeout}, {"dead server grace", c.DeadServerGrace},
 		{"probe interval", c.ProbeInterval}, {"probe timeout", c.ProbeTimeout},
 		{"raft heartbeat", c.RaftHeartbeat}, {"raft election timeout", c.RaftElection},
+		{"storage probe interval", c.StorageProbeInterval},
 	} {
 		if d.v < 0 {
 			bad("%s must not be negative, got %s", d.name, d.v)
@@ -365,4 +391,18 @@ func checkPprof(v string, aclOn bool) error {
 		return fmt.Errorf("--pprof %q: the profiler listens on loopback only (it has no access control)", v)
 	}
 	return nil
+}
+
+// parseMinFreeDisk reads --min-free-disk: a size in bytes with an optional unit, SI or IEC
+// ("256MiB", "1GB", "0"), by go-humanize, which reads every spelling an operator may use. Empty
+// is the default.
+func parseMinFreeDisk(v string) (uint64, error) {
+	if v == "" {
+		v = DefaultMinFreeDisk
+	}
+	b, err := humanize.ParseBytes(v)
+	if err != nil {
+		return 0, fmt.Errorf("want a size such as 256MiB or 1GB, got %q", v)
+	}
+	return b, nil
 }

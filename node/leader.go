@@ -124,7 +124,7 @@ func leaderDuties(ctx context.Context, schedule, reconcile func(context.Context)
 func (n *Node) aliveNames() map[string]bool {
 	alive := map[string]bool{}
 	for _, m := range n.members.Members() {
-		if m.State == membership.StateAlive {
+		if m.State == membership.StateAlive && !m.Meta.StorageFault {
 			alive[m.Name] = true
 		}
 	}
@@ -147,8 +147,13 @@ func (n *Node) reconcileNodes(ctx context.Context) {
 			continue
 		}
 		m, seen := states[nd.Name]
-		var left bool
+		var left, storage bool
 		switch {
+		case seen && m.State != membership.StateLeft && m.Meta.StorageFault:
+			// Alive but unable to persist: its FSM stops where its disk did, so its runs
+			// cannot be trusted to report. Like a dead node, and kept in raft: it comes back
+			// by itself when its disk does.
+			storage = true
 		case !seen:
 			if now.Sub(nd.RegisteredAt) < registerGrace {
 				continue
@@ -167,10 +172,13 @@ func (n *Node) reconcileNodes(ctx context.Context) {
 			continue
 		}
 		reason := "node " + nd.Name + " failed"
-		if left {
+		switch {
+		case left:
 			reason = "node " + nd.Name + " left"
+		case storage:
+			reason = "node " + nd.Name + " cannot persist (storage fault)"
 		}
-		n.log.Warn("taking back tasks of a gone node", "member", nd.Name, "left", left)
+		n.log.Warn("taking back tasks of a gone node", "member", nd.Name, "left", left, "storage_fault", storage)
 		c := &fsm.Command{Body: &fsm.Down{Name: nd.Name, Left: left || nd.Draining, Reason: reason}}
 		cctx, cancel := context.WithTimeout(ctx, nodeDownTimeout)
 		if _, err := n.applyLocal(cctx, c); err != nil {

@@ -142,6 +142,8 @@ var (
 	descRaftTerm    = prometheus.NewDesc("taskworker_raft_term", "This node's current raft term.", nil, nil)
 	descRaftCommit  = prometheus.NewDesc("taskworker_raft_commit_index", "Highest raft index this node knows committed.", nil, nil)
 	descRaftApplied = prometheus.NewDesc("taskworker_raft_applied_index", "Highest raft index applied to this node's FSM.", nil, nil)
+	descDiskFree    = prometheus.NewDesc("taskworker_disk_free_bytes", "Bytes free on the data dir's file system, as the storage watchdog last read them (absent when unknown); below --min-free-disk the node warns.", nil, nil)
+	descStorageOK   = prometheus.NewDesc("taskworker_storage_healthy", "1 while this node's raft log, stable store, snapshots and data dir take writes; 0 while it cannot persist (health says storage_fault, and the leader runs its tasks elsewhere).", nil, nil)
 	descRaftLast    = prometheus.NewDesc("taskworker_raft_last_contact_seconds", "Seconds since a follower last heard from the leader (0 on the leader; absent before any contact).", nil, nil)
 )
 
@@ -151,7 +153,7 @@ type stateCollector struct{ n *Node }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTasks, descPending, descNodes, descLeader, descRunning, descCapacity, descIndex,
-		descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLast} {
+		descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLast, descDiskFree, descStorageOK} {
 		ch <- d
 	}
 }
@@ -189,6 +191,14 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descCapacity, float64(n.cfg.Capacity))
 	gauge(descIndex, float64(n.fsm.Index()))
+	if free := n.diskFree.Load(); free >= 0 {
+		gauge(descDiskFree, float64(free))
+	}
+	storageOK := 1.0
+	if n.storageFault() != "" {
+		storageOK = 0
+	}
+	gauge(descStorageOK, storageOK)
 	if r := n.raft; r != nil {
 		state := r.State()
 		for _, s := range raftStates {

@@ -24,13 +24,13 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
 
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/gossipmux"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/internal/raftls"
+	"github.com/taskworker/taskworker/internal/store"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -88,8 +88,21 @@ type Node struct {
 	releaseOnce sync.Once
 	deadMu      sync.Mutex
 	deadSince   map[string]time.Time
-	shutdownMu  sync.Mutex
-	shut        bool
+
+	// Storage (storage.go): the outcome of every write to raft's stores and of the watchdog's
+	// probe; raftDB and raftDBFile identify the raft.db raft writes, to notice it removed.
+	storage    *store.Health
+	raftDB     string
+	raftDBFile os.FileInfo
+	diskFree   atomic.Int64 // bytes free on the data dir's file system, -1 when unknown
+	minFree    uint64
+	// corrupt is the first corruption met (CorruptError) while raft starts; running says
+	// start is over, so a corruption met from then on stops the node at once (fatal).
+	corrupt    atomic.Pointer[store.CorruptError]
+	running    atomic.Bool
+	fatalOnce  sync.Once
+	shutdownMu sync.Mutex
+	shut       bool
 }
 
 // Start opens the node's stores and starts raft, gossip, the executor and the HTTP API.
@@ -110,7 +123,10 @@ func Start(cfg Config) (*Node, error) {
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), startedAt: time.Now(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
 		released: make(chan struct{}), deadSince: map[string]time.Time{}, metrics: newNodeMetrics(), up: make(chan struct{}),
+		storage: store.NewHealth(),
 	}
+	n.diskFree.Store(-1)
+	n.minFree, _ = parseMinFreeDisk(cfg.MinFreeDisk) // Validate judged it
 	n.noisy = slog.New(newRateLimitHandler(n.log.Handler(), logRepeatWindow, n.metrics.logsDropped.Inc))
 	// Before raft starts, so that no applied entry is missed (metrics.go says why every node counts).
 	n.fsm.SetObserver(n.metrics.observe)
@@ -118,10 +134,20 @@ func Start(cfg Config) (*Node, error) {
 	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
 	if err := n.start(); err != nil {
 		n.cancel()
+		if n.raft != nil {
+			_ = n.raft.Shutdown().Error()
+		}
 		n.closeAll()
+		if errors.Is(err, store.ErrCorrupt) {
+			n.log.Error("stopping: " + err.Error()) // the one line that says what and how to recover
+		}
 		return nil, err
 	}
 	close(n.up)
+	n.running.Store(true)
+	if e := n.corrupt.Load(); e != nil { // met between raft's start and now
+		n.fatal(e)
+	}
 	return n, nil
 }
 
@@ -212,6 +238,7 @@ func (n *Node) start() error {
 	n.goLoop(n.batch.run)
 	n.goLoop(n.watchHalt)
 	n.goLoop(n.indexGossipLoop)
+	n.goLoop(n.storageLoop)
 	n.http = n.newHTTPServer(n.limitRequests(n.routes()))
 	ln = n.limitConns(ln)
 	if cfg.HTTPTLS {
@@ -287,27 +314,44 @@ func (n *Node) startRaft() error {
 		stable raft.StableStore
 		snaps  raft.SnapshotStore
 	)
+	onCorrupt := func(e *store.CorruptError) {
+		if n.corrupt.CompareAndSwap(nil, e) && n.running.Load() {
+			n.fatal(e)
+		}
+	}
 	if cfg.InmemRaft {
-		store := raft.NewInmemStore()
-		logs, stable, snaps = store, store, raft.NewInmemSnapshotStore()
+		mem := raft.NewInmemStore()
+		logs = store.NewLogStore(mem, "in-memory log", n.storage, onCorrupt)
+		stable = store.NewStableStore(mem, "in-memory log", n.storage, n.fatal)
+		snaps = raft.NewInmemSnapshotStore()
 	} else {
 		raftDir := filepath.Join(cfg.DataDir, "raft")
 		if err := os.MkdirAll(raftDir, 0o755); err != nil {
 			return fmt.Errorf("create raft dir: %w", err)
 		}
-		store, err := raftboltdb.New(raftboltdb.Options{
-			Path:        filepath.Join(raftDir, "raft.db"),
-			BoltOptions: &bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
-		})
+		n.raftDB = filepath.Join(raftDir, "raft.db")
+		bolt, err := store.OpenBolt(n.raftDB,
+			&bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType})
 		if err != nil {
+			if errors.Is(err, store.ErrCorrupt) {
+				return err
+			}
 			return fmt.Errorf("open raft store (is another node using %s?): %w", cfg.DataDir, err)
 		}
-		n.closers = append(n.closers, store.Close)
+		n.closers = append(n.closers, bolt.Close)
+		n.raftDBFile, _ = os.Stat(n.raftDB)
+		checked := store.NewLogStore(bolt, n.raftDB, n.storage, onCorrupt)
+		// Every entry is read once before raft replays any: raft panics on a bad read later.
+		if err := checked.Verify(); err != nil {
+			return err
+		}
 		fss, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, newHCLogger(n.noisy, "snapshot", cfg.LogLevel))
 		if err != nil {
 			return fmt.Errorf("open snapshot store: %w", err)
 		}
-		logs, stable, snaps = store, store, fss
+		logs = checked
+		stable = store.NewStableStore(bolt, n.raftDB, n.storage, n.fatal)
+		snaps = store.NewSnapshotStore(fss, raftDir, n.storage, onCorrupt)
 	}
 
 	existing, err := raft.HasExistingState(logs, stable, snaps)
@@ -360,6 +404,14 @@ func (n *Node) startRaft() error {
 	n.trans = trans
 
 	r, err := raft.NewRaft(rc, n.fsm, logs, stable, snaps, trans)
+	if e := n.corrupt.Load(); e != nil {
+		// A snapshot failed its CRC: raft may have fallen back to an older one, whose log
+		// entries are compacted away; either way this replica is not the cluster's.
+		if err == nil {
+			_ = r.Shutdown().Error()
+		}
+		return e
+	}
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
@@ -685,6 +737,20 @@ func (n *Node) stopFailed(err error) {
 		}
 		close(n.leaveDone)
 	}()
+}
+
+// fatal stops a node that cannot go on (corrupt raft data, a raft term or vote it cannot save):
+// one ERROR line, then cfg.OnFatal (the agent exits there), or else the same end as stopFailed.
+func (n *Node) fatal(err error) {
+	n.fatalOnce.Do(func() {
+		if n.cfg.OnFatal != nil {
+			n.failErr.Store(&err)
+			n.log.Error("stopping: " + err.Error())
+			n.cfg.OnFatal(err)
+			return
+		}
+		n.stopFailed(err)
+	})
 }
 
 // Shutdown stops the node abruptly, as a crash would: no leave, no reports, no handback. Its

@@ -30,6 +30,7 @@ func (n *Node) registerLoop(ctx context.Context) {
 	var lastForced time.Time
 	for {
 		changed := n.fsm.Changed()
+		storageChanged := n.storage.Changed()
 		orphaned := n.orphaned() && time.Since(lastForced) > n.orphanAfter()
 		if orphaned {
 			lastForced = time.Now()
@@ -38,6 +39,16 @@ func (n *Node) registerLoop(ctx context.Context) {
 		if cur, ok := n.fsm.Node(n.cfg.Name); orphaned || !ok || !sameRegistration(cur, want) {
 			if n.draining() {
 				return
+			}
+			if n.storageFault() != "" {
+				// The leader took this node down for it; registering would only bring it back
+				// up to be taken down again. Wait for the disk.
+				select {
+				case <-ctx.Done():
+					return
+				case <-storageChanged:
+				}
+				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, registerTimeout)
 			_, err := n.propose(cctx, &fsm.Command{Body: &fsm.Register{Node: want}})
@@ -111,6 +122,9 @@ func (n *Node) workLoop(ctx context.Context) {
 	cancelling := map[tasks.RunRef]bool{} // cancelled before they started: reported without running
 	for {
 		changed := n.fsm.Changed()
+		storageChanged := n.storage.Changed()
+		// A node that cannot persist takes no new task: the leader is moving its tasks away.
+		faulty := n.storageFault() != ""
 		mine := map[tasks.RunRef]bool{}
 		running := map[tasks.RunRef]bool{}
 		for _, ref := range n.exec.Running() {
@@ -131,6 +145,9 @@ func (n *Node) workLoop(ctx context.Context) {
 					cancelling[ref] = true
 					go n.finishUnstarted(ctx, ref, tasks.OutcomeCancelled, &tasks.TaskError{Type: tasks.ErrTypeCancelled, Message: "task cancelled"})
 				}
+				continue
+			}
+			if faulty && !running[ref] {
 				continue
 			}
 			n.exec.Start(tasks.Assignment{
@@ -159,6 +176,7 @@ func (n *Node) workLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-changed:
+		case <-storageChanged:
 		}
 	}
 }

@@ -71,6 +71,8 @@ type Backend interface {
 	// ChangeKeyring installs, uses or removes a gossip key on every node (invalid_request for a
 	// bad operation or key, keyring_conflict for removing the primary) and returns the keyring.
 	ChangeKeyring(ctx context.Context, req api.KeyringRequest) (api.Keyring, error)
+	// Digest returns this node's FSM digest at the index it has applied.
+	Digest(ctx context.Context) (api.Digest, error)
 }
 
 // Defaults for Options.
@@ -133,6 +135,7 @@ func New(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("POST "+api.PathJoinTokenRotate, s.rotateJoinToken)
 	mux.HandleFunc("GET "+api.PathKeyring, s.keyring)
 	mux.HandleFunc("POST "+api.PathKeyring, s.changeKeyring)
+	mux.HandleFunc("GET "+api.PathDigest, s.digest)
 	mux.HandleFunc("/", NotFound)
 	if opts.UI != nil {
 		mux.Handle("GET /ui/", opts.UI)
@@ -439,6 +442,15 @@ func (s *server) leave(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	WriteJSON(w, http.StatusAccepted, reply)
+}
+
+func (s *server) digest(w http.ResponseWriter, r *http.Request) {
+	d, err := s.b.Digest(r.Context())
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, d)
 }
 
 func (s *server) joinToken(w http.ResponseWriter, r *http.Request) {

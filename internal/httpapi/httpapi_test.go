@@ -227,6 +227,10 @@ func (f *fakeBackend) ChangeKeyring(_ context.Context, req api.KeyringRequest) (
 	return api.Keyring{Primary: "k", Keys: []string{"k", req.Key}}, f.err
 }
 
+func (f *fakeBackend) Digest(context.Context) (api.Digest, error) {
+	return api.Digest{Node: "n1", Index: 7, Digest: "abc"}, f.err
+}
+
 // call sends a request to h and returns the recorded reply.
 func call(h http.Handler, method, target, contentType, body string, header ...string) *httptest.ResponseRecorder {
 	req := httptest.NewRequest(method, target, strings.NewReader(body))

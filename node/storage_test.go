@@ -1,0 +1,296 @@
+package node
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+)
+
+// storageFaultCluster starts three nodes with two gate tasks running on each, and returns the
+// cluster, a follower and the tasks it runs.
+func storageFaultCluster(t *testing.T) (*testCluster, *gate, *Node, []string) {
+	t.Helper()
+	g := newGate()
+	tc := startCluster(t, 3, clusterOpts{capacity: 3, registry: g.registry(t)})
+	var ids []string
+	for i := 0; i < 6; i++ {
+		ids = append(ids, submit(t, tc.nodes[i%3], "gate", nil, "").ID)
+	}
+	for _, id := range ids {
+		waitState(t, tc, id, 20*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running })
+	}
+	victim := tc.follower()
+	var mine []string
+	for _, id := range ids {
+		if tc.task(id).Node == victim.Name() {
+			mine = append(mine, id)
+		}
+	}
+	if len(mine) == 0 {
+		t.Fatalf("follower %s runs nothing", victim.Name())
+	}
+	return tc, g, victim, mine
+}
+
+// waitHealth polls a node's /v1/health until it answers code, and returns the body.
+func waitHealth(t *testing.T, n *Node, code int, what string) api.Health {
+	t.Helper()
+	var h api.Health
+	waitFor(t, n.Name()+" health "+what, 30*time.Second, func() bool {
+		h = api.Health{}
+		return httpCall(t, n, "GET", "/v1/health", nil, &h) == code
+	})
+	return h
+}
+
+// waitMoved waits until every task in ids runs on a node other than victim, after an interruption.
+func waitMoved(t *testing.T, tc *testCluster, victim *Node, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		got := waitState(t, tc, id, 30*time.Second, func(t fsm.Task) bool {
+			return t.State == fsm.Running && t.Node != victim.Name()
+		})
+		if !hasEvent(got, fsm.EventInterrupted, 1) || got.Failures != 0 {
+			t.Fatalf("moved task %s: attempt %d failures %d history %+v", id, got.Attempt, got.Failures, got.History)
+		}
+	}
+}
+
+func TestNodeThatCannotPersistIsUnhealthyLosesItsTasksAndRecovers(t *testing.T) {
+	tc, g, victim, mine := storageFaultCluster(t)
+
+	victim.storage.Inject(syscall.ENOSPC) // every raft write and the probe now fail, as on a full disk
+	faultAt := time.Now()
+	h := waitHealth(t, victim, 503, "503 storage_fault")
+	t.Logf("fault -> health 503: %s", time.Since(faultAt).Round(time.Millisecond))
+	if h.Status != api.HealthStorageFault || !strings.Contains(h.Reason, "no space left on device") {
+		t.Fatalf("health = %+v, want storage_fault naming ENOSPC", h)
+	}
+	var e api.Error
+	if code := httpCall(t, victim, "POST", "/v1/tasks", api.SubmitRequest{Type: "echo"}, &e); code != 503 || e.Code != api.CodeStorageUnavailable {
+		t.Errorf("submit to the faulty node = %d %+v, want 503 storage_unavailable", code, e)
+	}
+	waitMoved(t, tc, victim, mine)
+	t.Logf("fault -> its %d tasks running elsewhere: %s", len(mine), time.Since(faultAt).Round(time.Millisecond))
+	// Nothing new is placed there while it cannot persist, and it stays in raft.
+	l := tc.leader()
+	if nd, _ := l.FSM().Node(victim.Name()); nd.Status == fsm.NodeUp {
+		t.Errorf("the leader still holds %s up", victim.Name())
+	}
+	if !slicesContainsServer(raftServers(t, l), victim.Name()) {
+		t.Errorf("%s was removed from raft", victim.Name())
+	}
+
+	victim.storage.Inject(nil)
+	clearedAt := time.Now()
+	waitHealth(t, victim, 200, "200 again")
+	t.Logf("writes succeed -> health 200: %s", time.Since(clearedAt).Round(time.Millisecond))
+	waitFor(t, victim.Name()+" up again in the leader's FSM", 30*time.Second, func() bool {
+		l := tc.leader()
+		if l == nil {
+			return false
+		}
+		nd, ok := l.FSM().Node(victim.Name())
+		return ok && nd.Status == fsm.NodeUp
+	})
+	t.Logf("writes succeed -> registered up again: %s", time.Since(clearedAt).Round(time.Millisecond))
+	if code := httpCall(t, victim, "POST", "/v1/tasks?wait=20s", api.SubmitRequest{Type: "echo"}, &api.Task{}); code != 201 {
+		t.Errorf("submit after recovery = %d, want 201", code)
+	}
+	for _, n := range tc.live() {
+		g.open(n.Name())
+	}
+	for _, id := range mine {
+		got := waitState(t, tc, id, 30*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
+		if got.State != fsm.Succeeded || got.Node == victim.Name() {
+			t.Fatalf("task %s ended %s on %s", id, got.State, got.Node)
+		}
+	}
+}
+
+func TestNodeWhoseDataDirIsRemovedIsUnhealthyAndLosesItsTasks(t *testing.T) {
+	tc, g, victim, mine := storageFaultCluster(t)
+	if err := os.RemoveAll(victim.cfg.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	removedAt := time.Now()
+	h := waitHealth(t, victim, 503, "503 storage_fault")
+	if h.Status != api.HealthStorageFault || !strings.Contains(h.Reason, victim.cfg.DataDir) {
+		t.Fatalf("health = %+v, want storage_fault naming the data dir", h)
+	}
+	waitMoved(t, tc, victim, mine)
+	t.Logf("data dir removed -> its %d tasks running elsewhere: %s", len(mine), time.Since(removedAt).Round(time.Millisecond))
+	// Recreating the directory does not fool the watchdog: raft.db is not the file raft writes.
+	if err := os.MkdirAll(victim.cfg.DataDir+"/raft", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(victim.cfg.DataDir+"/raft/raft.db", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	victim.checkStorage()
+	if h := waitHealth(t, victim, 503, "still 503"); !strings.Contains(h.Reason, "raft.db") {
+		t.Errorf("health after the dir was recreated = %+v, want it to name raft.db", h)
+	}
+	for _, n := range tc.live() {
+		g.open(n.Name())
+	}
+	for _, id := range mine {
+		got := waitState(t, tc, id, 30*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
+		if got.State != fsm.Succeeded || got.Node == victim.Name() {
+			t.Fatalf("task %s ended %s on %s", id, got.State, got.Node)
+		}
+	}
+}
+
+func slicesContainsServer(servers []raft.Server, name string) bool {
+	for _, s := range servers {
+		if string(s.ID) == name {
+			return true
+		}
+	}
+	return false
+}
+
+func TestDigestRouteLetsReplicasBeCompared(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{})
+	submit(t, tc.nodes[1], "echo", "digest me", "20s")
+	waitFor(t, "every node to answer the same digest at the same index", 30*time.Second, func() bool {
+		var first api.Digest
+		for i, n := range tc.nodes {
+			var d api.Digest
+			if httpCall(t, n, "GET", api.PathDigest, nil, &d) != 200 || d.Node != n.Name() || len(d.Digest) != 64 {
+				t.Fatalf("GET %s on %s = %+v", api.PathDigest, n.Name(), d)
+			}
+			if i == 0 {
+				first = d
+			} else if d.Index != first.Index || d.Digest != first.Digest {
+				return false
+			}
+		}
+		return first.Index > 0
+	})
+	// The route answers the FSM's own digest.
+	var d api.Digest
+	httpCall(t, tc.nodes[0], "GET", api.PathDigest, nil, &d)
+	if index, sum := tc.nodes[0].FSM().Digest(); index == d.Index && sum != d.Digest {
+		t.Errorf("route digest %s at %d, FSM %s", d.Digest, d.Index, sum)
+	}
+}
+
+// mountTmpfs mounts a small tmpfs for a real full disk; it skips the test when mounting is
+// refused (not root, no privilege), unless TASKWORKER_REQUIRE_TMPFS=1 demands it.
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
+		if os.Getenv("TASKWORKER_REQUIRE_TMPFS") == "1" {
+			t.Fatalf("mount -t tmpfs -o size=%s %s: %v (TASKWORKER_REQUIRE_TMPFS=1)", size, dir, err)
+		}
+		t.Skipf("skipping the real full-disk test: mount -t tmpfs refused (%v); run as root, or set TASKWORKER_REQUIRE_TMPFS=1 to make this a failure", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
+}
+
+func TestNodeOnAFullTmpfsIsUnhealthyLosesItsTasksAndRecovers(t *testing.T) {
+	disk := mountTmpfs(t, "8m")
+	g := newGate()
+	tc := startCluster(t, 3, clusterOpts{capacity: 3, registry: g.registry(t), tweak: func(i int, c *Config) {
+		if i == 2 {
+			c.DataDir = disk + "/data"
+		}
+	}})
+	victim := tc.nodes[2]
+	if victim.IsLeader() {
+		t.Skip("the node on the tmpfs leads; this test wants a follower")
+	}
+	var mine []string
+	for len(mine) < 2 {
+		id := submit(t, tc.nodes[0], "gate", nil, "").ID
+		got := waitState(t, tc, id, 20*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running })
+		if got.Node == victim.Name() {
+			mine = append(mine, id)
+		}
+	}
+	// Fill the disk: write until the file system refuses.
+	filler := disk + "/filler"
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errorsIsENOSPC(err) {
+				t.Fatalf("fill: %v", err)
+			}
+			break
+		}
+	}
+	f.Close()
+	filledAt := time.Now()
+	h := waitHealth(t, victim, 503, "503 storage_fault")
+	if h.Status != api.HealthStorageFault || !strings.Contains(h.Reason, "no space left on device") {
+		t.Fatalf("health on a full disk = %+v", h)
+	}
+	waitMoved(t, tc, victim, mine)
+	t.Logf("disk full -> its %d tasks running elsewhere: %s", len(mine), time.Since(filledAt).Round(time.Millisecond))
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	freedAt := time.Now()
+	waitHealth(t, victim, 200, "200 after space was freed")
+	t.Logf("space freed -> health 200: %s", time.Since(freedAt).Round(time.Millisecond))
+	for _, n := range tc.live() {
+		g.open(n.Name())
+	}
+	for _, id := range mine {
+		got := waitState(t, tc, id, 30*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
+		if got.State != fsm.Succeeded || got.Node == victim.Name() {
+			t.Fatalf("task %s ended %s on %s", id, got.State, got.Node)
+		}
+	}
+}
+
+func errorsIsENOSPC(err error) bool { return errors.Is(err, syscall.ENOSPC) }
+
+func TestNearlyFullDiskIsAWarningAndAMetricNotAnOutage(t *testing.T) {
+	var logs syncBuffer
+	tc := startCluster(t, 1, clusterOpts{tweak: func(_ int, c *Config) {
+		c.MinFreeDisk = "1000PiB" // every disk is below it
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}})
+	n := tc.nodes[0]
+	waitFor(t, "the low-space warning", 30*time.Second, func() bool {
+		return strings.Contains(logs.String(), "disk nearly full")
+	})
+	if h := waitHealth(t, n, 200, "200"); h.Status != api.HealthOK {
+		t.Errorf("health with little free space = %+v, want ok", h)
+	}
+	req, _ := http.NewRequest("GET", "http://"+n.HTTPAddr()+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"\ntaskworker_disk_free_bytes ", "\ntaskworker_storage_healthy 1"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", strings.TrimSpace(want))
+		}
+	}
+	if c := strings.Count(logs.String(), "disk nearly full"); c > 2 {
+		t.Errorf("the warning was logged %d times; the rate limit folds repeats", c)
+	}
+}
