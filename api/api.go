@@ -126,18 +126,21 @@ const (
 
 // NodeInfo is one node as the cluster sees it.
 type NodeInfo struct {
-	Name       string        `json:"name"`
-	GossipAddr string        `json:"gossip_addr"`
-	RaftAddr   string        `json:"raft_addr"`
-	HTTPAddr   string        `json:"http_addr"`
-	State      string        `json:"state"`
-	Draining   bool          `json:"draining"`
-	RaftRole   string        `json:"raft_role"`
-	Capacity   int           `json:"capacity"`
-	Running    int           `json:"running"`
-	Version    string        `json:"version"`
-	TaskTypes  []TypeVersion `json:"task_types"`
-	BootID     string        `json:"boot_id"`
+	Name       string `json:"name"`
+	GossipAddr string `json:"gossip_addr"`
+	RaftAddr   string `json:"raft_addr"`
+	HTTPAddr   string `json:"http_addr"`
+	State      string `json:"state"`
+	Draining   bool   `json:"draining"`
+	// DrainDeadline is when a draining node hands back the tasks still running on it, as it
+	// gossips it; absent when the node is not draining (or is of an older version).
+	DrainDeadline *time.Time    `json:"drain_deadline,omitempty"`
+	RaftRole      string        `json:"raft_role"`
+	Capacity      int           `json:"capacity"`
+	Running       int           `json:"running"`
+	Version       string        `json:"version"`
+	TaskTypes     []TypeVersion `json:"task_types"`
+	BootID        string        `json:"boot_id"`
 	// Insecure: the node runs without encryption and authentication between nodes (--insecure),
 	// as it gossips about itself.
 	Insecure bool `json:"insecure"`

@@ -39,6 +39,9 @@ type Meta struct {
 	// StorageFault: this node cannot persist (a full or failed disk, its data dir gone). The
 	// leader treats it like a dead node, taking its tasks back, until it clears the flag.
 	StorageFault bool `msgpack:"sf,omitempty"`
+	// DrainDeadline is when a draining node hands back what still runs (Unix milliseconds), so
+	// every node can show the countdown; 0 when not draining.
+	DrainDeadline int64 `msgpack:"dd,omitempty"`
 }
 
 // Encode returns the wire form of m, or ErrMetaTooLarge past memberlist.MetaMaxSize bytes.

@@ -265,12 +265,21 @@ func testNoPlacementWhileDraining(t *testing.T, atOnce bool) {
 		t.Fatal("victim left before its running task finished")
 	default:
 	}
-	// Status shows the node draining while it drains.
-	var info api.Cluster
-	httpCall(t, tc.leader(), "GET", "/v1/cluster", nil, &info)
-	if i := slices.IndexFunc(info.Nodes, func(ni api.NodeInfo) bool { return ni.Name == victim.Name() }); i < 0 || !info.Nodes[i].Draining || info.Nodes[i].State != "alive" {
-		t.Fatalf("cluster view of the draining node: %+v", info.Nodes)
-	}
+	// Status shows the node draining while it drains, with the deadline of its drain (a minute
+	// from the leave), once gossip has carried it to the leader.
+	waitFor(t, "the leader shows the drain and its deadline", 20*time.Second, func() bool {
+		var info api.Cluster
+		httpCall(t, tc.leader(), "GET", "/v1/cluster", nil, &info)
+		i := slices.IndexFunc(info.Nodes, func(ni api.NodeInfo) bool { return ni.Name == victim.Name() })
+		if i < 0 || !info.Nodes[i].Draining || info.Nodes[i].State != "alive" {
+			t.Fatalf("cluster view of the draining node: %+v", info.Nodes)
+		}
+		d := info.Nodes[i].DrainDeadline
+		if d != nil && (time.Until(*d) > 60*time.Second || time.Until(*d) < 0) {
+			t.Fatalf("drain deadline %v: want within the minute of --drain-timeout", d)
+		}
+		return d != nil
+	})
 	o.open(victim.Name())
 	waitDone(t, victim, 30*time.Second)
 	checkGone(t, tc, victim.Name())

@@ -84,7 +84,8 @@ func (n *Node) Leave(ctx context.Context, force bool) error {
 	// Record the drain before answering, so nothing new is placed here once the leave is accepted.
 	log := n.log.With("phase", "leave")
 	log.Info("draining: no new tasks will be placed here", "drain_timeout", n.cfg.DrainTimeout)
-	if err := n.members.UpdateMeta(func(m *membership.Meta) { m.Draining = true }); err != nil {
+	deadline := time.Now().Add(n.cfg.DrainTimeout).UnixMilli()
+	if err := n.members.UpdateMeta(func(m *membership.Meta) { m.Draining, m.DrainDeadline = true, deadline }); err != nil {
 		log.Warn("gossip draining flag", "err", err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)

@@ -46,6 +46,10 @@ func (n *Node) clusterInfo() api.Cluster {
 		ni.GossipAddr = m.GossipAddr
 		ni.State = string(m.State)
 		ni.Draining = ni.Draining || m.Meta.Draining
+		if m.Meta.Draining && m.Meta.DrainDeadline > 0 {
+			at := time.UnixMilli(m.Meta.DrainDeadline).UTC()
+			ni.DrainDeadline = &at
+		}
 		ni.Insecure = m.Meta.Insecure
 		if m.Meta.StartedAt > 0 {
 			at := time.Unix(m.Meta.StartedAt, 0).UTC()
