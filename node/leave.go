@@ -35,12 +35,12 @@ func (n *Node) checkLeave() error {
 		if s.Suffrage != raft.Voter {
 			continue
 		}
-		if string(s.ID) == n.cfg.Name {
+		if s.ID == n.raftID {
 			selfVoter = true
 			continue
 		}
 		voters++
-		if alive[string(s.ID)] {
+		if alive[n.serverName(s.ID)] {
 			aliveVoters++
 		}
 	}

@@ -88,8 +88,13 @@ type Node struct {
 	releaseOnce sync.Once
 	deadMu      sync.Mutex
 	deadSince   map[string]time.Time
-	shutdownMu  sync.Mutex
-	shut        bool
+	// raftID is this node's raft server ID (identity.go); idNames remembers the node name each
+	// raft ID was gossiped with, for servers whose node no longer gossips that ID.
+	raftID     raft.ServerID
+	idMu       sync.Mutex
+	idNames    map[raft.ServerID]string
+	shutdownMu sync.Mutex
+	shut       bool
 }
 
 // Start opens the node's stores and starts raft, gossip, the executor and the HTTP API.
@@ -109,7 +114,7 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), startedAt: time.Now(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
-		released: make(chan struct{}), deadSince: map[string]time.Time{}, metrics: newNodeMetrics(), up: make(chan struct{}),
+		released: make(chan struct{}), deadSince: map[string]time.Time{}, idNames: map[raft.ServerID]string{}, metrics: newNodeMetrics(), up: make(chan struct{}),
 	}
 	n.noisy = slog.New(newRateLimitHandler(n.log.Handler(), logRepeatWindow, n.metrics.logsDropped.Inc))
 	// Before raft starts, so that no applied entry is missed (metrics.go says why every node counts).
@@ -269,7 +274,6 @@ func (n *Node) advertised(bound string) (string, error) {
 func (n *Node) startRaft() error {
 	cfg := &n.cfg
 	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(cfg.Name)
 	rc.HeartbeatTimeout = cfg.RaftHeartbeat
 	rc.ElectionTimeout = cfg.RaftElection
 	rc.LeaderLeaseTimeout = cfg.RaftHeartbeat / 2
@@ -311,6 +315,10 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("check raft state: %w", err)
 	}
 	n.resumed = existing
+	if n.raftID, err = loadRaftID(cfg.DataDir, cfg.Name, cfg.InmemRaft, existing); err != nil {
+		return err
+	}
+	rc.LocalID = n.raftID
 	if existing || len(cfg.Join) == 0 {
 		n.joined.Store(true) // a member already: one it left before, or the cluster it bootstraps
 	}
@@ -430,7 +438,7 @@ func (n *Node) startMembership() error {
 	}
 	mc.Logger = slog.New(probeCountHandler{inner: n.noisy.Handler(), count: n.metrics.probeFails.Inc}).With("component", "gossip")
 	mc.Meta = membership.Meta{
-		RaftAddr: string(n.trans.LocalAddr()), HTTPAddr: n.httpAddr, BootID: n.bootID,
+		RaftAddr: string(n.trans.LocalAddr()), RaftID: string(n.raftID), HTTPAddr: n.httpAddr, BootID: n.bootID,
 		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.sec.insecure, StartedAt: n.startedAt.Unix(),
 	}
 	if cfg.GossipTransport != nil {
@@ -582,6 +590,7 @@ func (n *Node) eventLoop(ctx context.Context) {
 				continue
 			}
 			lastMeta[ev.Member.Name] = ev.Member.Meta
+			n.noteRaftID(ev.Member)
 			n.deadMu.Lock()
 			switch ev.Type {
 			case membership.EventFail, membership.EventLeave:
@@ -643,7 +652,7 @@ func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 // Leader returns the leader's name, or "".
 func (n *Node) Leader() string {
 	_, id := n.raft.LeaderWithID()
-	return string(id)
+	return n.serverName(id)
 }
 
 // Done is closed when the node has shut down after a graceful leave, or after it stopped on its

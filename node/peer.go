@@ -164,11 +164,19 @@ func (n *Node) handleInternalRemove(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "is_leader", "the leader cannot remove itself")
 		return
 	}
-	if err := n.raft.RemoveServer(raft.ServerID(name), 0, raftChangeTimeout).Error(); err != nil {
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "remove_failed", err.Error())
 		return
 	}
-	n.log.Info("removed leaving node from raft", "server", name)
+	// The servers are raft IDs: every one that belongs to the node goes (none left is success).
+	for _, id := range n.serverIDs(cf.Configuration().Servers, name) {
+		if err := n.raft.RemoveServer(id, 0, raftChangeTimeout).Error(); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "remove_failed", err.Error())
+			return
+		}
+		n.log.Info("removed leaving node from raft", "server", id, "member", name)
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
 }
 
@@ -194,7 +202,8 @@ func (n *Node) checkRegistration(rec fsm.Node) error {
 			continue
 		}
 		if m.Meta.BootID != rec.BootID && m.GossipAddr != rec.GossipAddr {
-			return fmt.Errorf("node name %q is in use by a live node at %s; give each node a unique --name", api.Truncate(rec.Name), m.GossipAddr)
+			return fmt.Errorf("node name %q is in use by a live node at %s (raft ID %s); give each node a unique --name",
+				api.Truncate(rec.Name), m.GossipAddr, memberRaftID(m))
 		}
 	}
 	return nil

@@ -1,0 +1,142 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/hashicorp/raft"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/taskworker/taskworker/membership"
+)
+
+// A node's raft server ID is not its name: it is made on the node's first start and kept in its
+// data dir, so it names one copy of the raft state rather than a host. A node restarted on an
+// empty data dir (disk replaced, dir wiped) comes back with a new ID and joins as a new member;
+// the leader then removes the server that held the lost state (reconcileRaft), instead of
+// taking the newcomer for the old voter that still has the old one's term and vote.
+//
+// Names stay what people and the API use. The mapping ID <-> name travels in gossip meta
+// (membership.Meta.RaftID), not in the FSM: a new field in an FSM payload would halt replicas of
+// the previous release (fsm/encoding.go), while unknown gossip meta keys are ignored.
+
+// raftIDFile holds the node's raft server ID in its data dir: one line, the ID only.
+const raftIDFile = "raft-id"
+
+// maxRaftIDLen bounds an ID read from disk: it is gossiped, and gossip meta has 512 bytes in all
+// (a generated ID takes 26; an upgraded node's is its name).
+const maxRaftIDLen = 128
+
+// ErrBadRaftID is returned when the ID file exists but does not hold a usable ID.
+var ErrBadRaftID = errors.New("bad raft ID file")
+
+// loadRaftID returns the node's raft server ID for this start. Without a data dir (in-memory
+// raft) every start is a new member, so the ID is new each time; --dev nodes get a fresh
+// temporary dir, hence a fresh ID, too. Otherwise the ID file is read, or created when absent:
+// with a generated ID on a fresh dir, and with the node's name on a dir that already holds raft
+// state (a data dir from before IDs existed, whose servers the cluster knows by name), so an
+// upgraded node keeps its place in raft's configuration.
+func loadRaftID(dataDir, name string, inmem, existing bool) (raft.ServerID, error) {
+	if dataDir == "" || inmem {
+		return raft.ServerID(ulid.Make().String()), nil
+	}
+	path := filepath.Join(dataDir, raftIDFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		id := strings.TrimSpace(string(b))
+		if id == "" || len(id) > maxRaftIDLen && id != name || strings.ContainsAny(id, " \t\r\n") {
+			return "", fmt.Errorf("%w %s: want one line with the node's raft ID (restore it, or wipe the data dir to rejoin as a new member)", ErrBadRaftID, path)
+		}
+		return raft.ServerID(id), nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Errorf("read raft ID: %w", err)
+	}
+	id := ulid.Make().String()
+	if existing {
+		id = name
+	}
+	if err := writeFileAtomic(path, []byte(id+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("save raft ID: %w", err)
+	}
+	return raft.ServerID(id), nil
+}
+
+// RaftID is this node's raft server ID.
+func (n *Node) RaftID() string { return string(n.raftID) }
+
+// memberRaftID is the raft server ID a gossip member runs under. A member of a release before
+// raft IDs gossips none: its ID is its name.
+func memberRaftID(m membership.Member) raft.ServerID {
+	if m.Meta.RaftID != "" {
+		return raft.ServerID(m.Meta.RaftID)
+	}
+	return raft.ServerID(m.Name)
+}
+
+// serverName is the node name of a raft server ID: this node's, a gossip member's that runs
+// under the ID, else the name last seen with it (a server whose node came back under a new ID,
+// or is gone from gossip). An ID nobody ever announced is shown as is: the servers of nodes
+// from before raft IDs are named after their node.
+func (n *Node) serverName(id raft.ServerID) string {
+	if id == "" {
+		return ""
+	}
+	if id == n.raftID {
+		return n.cfg.Name
+	}
+	if n.members != nil {
+		for _, m := range n.members.Members() {
+			if memberRaftID(m) == id {
+				return m.Name
+			}
+		}
+	}
+	n.idMu.Lock()
+	name, ok := n.idNames[id]
+	n.idMu.Unlock()
+	if ok {
+		return name
+	}
+	return string(id)
+}
+
+// noteRaftID remembers which node a raft ID belonged to, so that the server is still known by
+// its name once the node gossips another ID (restarted on an empty dir) or is gone from gossip.
+func (n *Node) noteRaftID(m membership.Member) {
+	n.idMu.Lock()
+	n.idNames[memberRaftID(m)] = m.Name
+	n.idMu.Unlock()
+}
+
+// currentID is the raft ID the named node runs under now, as this node knows it: its own, or
+// the one gossip carries; "" for a name gossip does not know.
+func (n *Node) currentID(name string) raft.ServerID {
+	if name == n.cfg.Name {
+		return n.raftID
+	}
+	if n.members != nil {
+		for _, m := range n.members.Members() {
+			if m.Name == name {
+				return memberRaftID(m)
+			}
+		}
+	}
+	return ""
+}
+
+// serverIDs are the IDs of the servers in raft's configuration that belong to the named node
+// (usually one; two for a moment after it came back under a new ID).
+func (n *Node) serverIDs(servers []raft.Server, name string) []raft.ServerID {
+	var ids []raft.ServerID
+	for _, s := range servers {
+		if n.serverName(s.ID) == name {
+			ids = append(ids, s.ID)
+		}
+	}
+	return ids
+}
