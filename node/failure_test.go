@@ -244,7 +244,8 @@ func rawRaftServers(n *Node) []raft.Server {
 	if err := f.Error(); err != nil {
 		return nil
 	}
-	return f.Configuration().Servers
+	// A copy: raft hands out its own slice, which its goroutines read.
+	return slices.Clone(f.Configuration().Servers)
 }
 
 func raftIDs(n *Node) []raft.ServerID {

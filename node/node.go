@@ -93,6 +93,8 @@ type Node struct {
 	raftID     raft.ServerID
 	idMu       sync.Mutex
 	idNames    map[raft.ServerID]string
+	leaders    leaderWatch   // raft's leader changes, for forwards (apply.go)
+	hold       internodeHold // tests freeze the internode side with it (peer.go)
 	shutdownMu sync.Mutex
 	shut       bool
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 	"github.com/vmihailenco/msgpack/v5"
@@ -34,6 +35,27 @@ const (
 	callerCredentialHeader = "X-Taskworker-Caller-Credential"
 )
 
+// internodeHold holds every internode request while set, as a frozen process would (SIGSTOP):
+// the in-process tests' way to freeze a leader's side of forwarding. Nothing sets it outside tests.
+type internodeHold struct {
+	release atomic.Pointer[chan struct{}] // held until this is closed; nil: serve
+	held    atomic.Int64                  // requests that have been held
+}
+
+func (h *internodeHold) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ch := h.release.Load(); ch != nil {
+			h.held.Add(1)
+			select {
+			case <-*ch:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 func (n *Node) peerRoutes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+internodeApplyPath, n.handleInternalApply)
@@ -43,7 +65,7 @@ func (n *Node) peerRoutes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+api.Truncate(r.Method+" "+r.URL.Path))
 	})
-	return mux
+	return n.hold.wrap(mux)
 }
 
 // writeError writes an error body with the API's shape; the internal routes have codes of their own.
