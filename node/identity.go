@@ -34,30 +34,32 @@ const maxRaftIDLen = 128
 // ErrBadRaftID is returned when the ID file exists but does not hold a usable ID.
 var ErrBadRaftID = errors.New("bad raft ID file")
 
-// loadRaftID returns the node's raft server ID for this start. Without a data dir (in-memory
-// raft) every start is a new member, so the ID is new each time; --dev nodes get a fresh
-// temporary dir, hence a fresh ID, too. Otherwise the ID file is read, or created when absent:
-// with a generated ID on a fresh dir, and with the node's name on a dir that already holds raft
-// state (a data dir from before IDs existed, whose servers the cluster knows by name), so an
-// upgraded node keeps its place in raft's configuration.
+// loadRaftID returns the node's raft server ID for this start. The ID belongs to the raft state
+// beside it: without raft state (a fresh dir, or one whose raft store was lost while an old ID
+// file survived) the node is a new member, so it gets a new ID, saved for the next start; a
+// node that never got as far as holding state loses nothing by it. With raft state the ID file
+// is read, or, when absent, the node's name is taken and saved: a data dir from before raft IDs,
+// whose server the cluster knows by name, so an upgraded node keeps its place in raft's
+// configuration. In-memory raft (no data dir to keep state in) is a new member at every start;
+// --dev nodes get a fresh temporary dir, hence a fresh ID, too.
 func loadRaftID(dataDir, name string, inmem, existing bool) (raft.ServerID, error) {
 	if dataDir == "" || inmem {
 		return raft.ServerID(ulid.Make().String()), nil
 	}
 	path := filepath.Join(dataDir, raftIDFile)
-	b, err := os.ReadFile(path)
-	switch {
-	case err == nil:
-		id := strings.TrimSpace(string(b))
-		if id == "" || len(id) > maxRaftIDLen && id != name || strings.ContainsAny(id, " \t\r\n") {
-			return "", fmt.Errorf("%w %s: want one line with the node's raft ID (restore it, or wipe the data dir to rejoin as a new member)", ErrBadRaftID, path)
-		}
-		return raft.ServerID(id), nil
-	case !errors.Is(err, fs.ErrNotExist):
-		return "", fmt.Errorf("read raft ID: %w", err)
-	}
 	id := ulid.Make().String()
 	if existing {
+		b, err := os.ReadFile(path)
+		switch {
+		case err == nil:
+			id := strings.TrimSpace(string(b))
+			if id == "" || len(id) > maxRaftIDLen && id != name || strings.ContainsAny(id, " \t\r\n") {
+				return "", fmt.Errorf("%w %s: want one line with the node's raft ID (restore it, or wipe the data dir to rejoin as a new member)", ErrBadRaftID, path)
+			}
+			return raft.ServerID(id), nil
+		case !errors.Is(err, fs.ErrNotExist):
+			return "", fmt.Errorf("read raft ID: %w", err)
+		}
 		id = name
 	}
 	if err := writeFileAtomic(path, []byte(id+"\n"), 0o644); err != nil {

@@ -3,6 +3,8 @@ package node
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/taskworker/taskworker/api"
@@ -32,7 +35,8 @@ func TestRaftIDIsMadeOnceAndKeptInTheDataDir(t *testing.T) {
 		{name: "the file wins over the name", file: "01J00000000000000000000000\n", existing: true, want: "01J00000000000000000000000"},
 		{name: "an upgraded dir's file holds the name", file: "n1\n", existing: true, want: "n1"},
 		{name: "an empty file is an error", file: "\n", existing: true, wantErr: ErrBadRaftID},
-		{name: "two words are an error", file: "a b\n", wantErr: ErrBadRaftID},
+		{name: "two words are an error", file: "a b\n", existing: true, wantErr: ErrBadRaftID},
+		{name: "an ID without raft state is made anew", file: "01J00000000000000000000000\n", want: "ulid"},
 		{name: "in-memory raft is a new member each start", file: "-", inmem: true, want: "ulid"},
 	}
 	for _, c := range cases {
@@ -57,6 +61,9 @@ func TestRaftIDIsMadeOnceAndKeptInTheDataDir(t *testing.T) {
 			if c.want == "ulid" {
 				if _, err := ulid.ParseStrict(string(id)); err != nil {
 					t.Fatalf("ID %q is not a ULID: %v", id, err)
+				}
+				if c.file != "-" && string(id)+"\n" == c.file {
+					t.Fatalf("kept ID %s without the raft state it belonged to", id)
 				}
 			} else if string(id) != c.want {
 				t.Fatalf("ID %q, want %q", id, c.want)
@@ -150,61 +157,93 @@ func TestNodeRestartedOnAnEmptyDataDirJoinsAsANewMember(t *testing.T) {
 	}
 }
 
-// TestDataDirFromBeforeRaftIDsKeepsItsName: a cluster whose raft servers are named after their
-// nodes and whose data dirs have no ID file (a release before raft IDs) restarts on this one:
-// every node takes its name as its ID, writes it down, and the cluster carries on with the same
-// configuration and every task.
+// TestDataDirFromBeforeRaftIDsKeepsItsName: n1's data dir comes from a release before raft IDs
+// (raft state whose configuration names the server after the node, no ID file). n1 must take its
+// name as its ID and write it down, lead its cluster as before, take in new nodes (under their
+// generated IDs), and keep the name across a restart.
 func TestDataDirFromBeforeRaftIDsKeepsItsName(t *testing.T) {
-	// The old release's ID was the name: an ID file holding the name gives the same raft state.
-	tc := startCluster(t, 3, clusterOpts{tweak: func(_ int, c *Config) {
-		if err := os.WriteFile(filepath.Join(c.DataDir, raftIDFile), []byte(c.Name+"\n"), 0o644); err != nil {
-			t.Fatal(err)
+	dir := t.TempDir()
+	raftAddr := freeAddr(t)
+	bootstrapNamedServer(t, dir, "n1", raftAddr)
+	tc := startCluster(t, 3, clusterOpts{tweak: func(i int, c *Config) {
+		if i == 0 {
+			c.DataDir, c.RaftAddr = dir, raftAddr
 		}
 	}})
-	want := []raft.ServerID{"n1", "n2", "n3"}
-	waitFor(t, "servers named after their nodes", 30*time.Second, func() bool {
-		return slices.Equal(sortedIDs(voterIDs(tc.leader())), want)
+	n1 := tc.nodes[0]
+	if n1.RaftID() != "n1" {
+		t.Fatalf("n1 resumed under raft ID %q, want its name", n1.RaftID())
+	}
+	waitFor(t, "n1 and the newcomers voters", 30*time.Second, func() bool {
+		ids := voterIDs(tc.leader())
+		return len(ids) == 3 && slices.Contains(ids, "n1") &&
+			slices.Contains(ids, raft.ServerID(tc.nodes[1].RaftID())) && slices.Contains(ids, raft.ServerID(tc.nodes[2].RaftID()))
 	})
 	done := submit(t, tc.nodes[1], "calc-square", 7, "20s")
-	var configs []Config
-	for _, n := range tc.nodes {
-		c := n.cfg
-		c.Logger = testLogger(t)
-		c.GossipAddr, c.RaftAddr, c.HTTPAddr = n.GossipAddr(), n.RaftAddr(), n.HTTPAddr()
-		configs = append(configs, c)
+
+	c := n1.cfg
+	c.Logger = testLogger(t)
+	c.GossipAddr, c.RaftAddr, c.HTTPAddr = n1.GossipAddr(), n1.RaftAddr(), n1.HTTPAddr()
+	c.Join = []string{tc.nodes[1].GossipAddr()}
+	if err := n1.Shutdown(); err != nil {
+		t.Fatal(err)
 	}
-	for _, n := range tc.nodes {
-		if err := n.Shutdown(); err != nil {
-			t.Fatal(err)
-		}
+	back := tc.start(c)
+	if back.RaftID() != "n1" {
+		t.Fatalf("n1 restarted under raft ID %q, want its name", back.RaftID())
 	}
-	for i, c := range configs {
-		if err := os.Remove(filepath.Join(c.DataDir, raftIDFile)); err != nil {
-			t.Fatal(err)
-		}
-		if i > 0 {
-			c.Join = []string{configs[0].GossipAddr}
-		}
-		if n := tc.start(c); n.RaftID() != c.Name {
-			t.Fatalf("%s resumed under raft ID %q, want its name", c.Name, n.RaftID())
-		}
-		if b, err := os.ReadFile(filepath.Join(c.DataDir, raftIDFile)); err != nil || string(b) != c.Name+"\n" {
-			t.Fatalf("%s's ID file: %q, %v", c.Name, b, err)
-		}
+	if b, err := os.ReadFile(filepath.Join(dir, raftIDFile)); err != nil || string(b) != "n1\n" {
+		t.Fatalf("n1's ID file: %q, %v", b, err)
 	}
 	tc.waitHealthy(3)
-	if got := sortedIDs(raftIDs(tc.leader())); !slices.Equal(got, want) {
-		t.Fatalf("raft servers after the upgrade: %v, want %v", got, want)
+	waitFor(t, "n1 back as a voter under its name", 30*time.Second, func() bool {
+		ids := voterIDs(tc.leader())
+		return len(ids) == 3 && slices.Contains(ids, "n1")
+	})
+	waitFor(t, "n1 replayed its log", 20*time.Second, func() bool { return back.FSM().Index() >= tc.leader().FSM().Index() })
+	if got, ok := back.FSM().Task(done.ID); !ok || got.State != fsm.Succeeded {
+		t.Fatalf("n1 lost task %s: %v %s", done.ID, ok, got.State)
 	}
-	for _, n := range tc.live() {
-		waitFor(t, n.Name()+" replayed its log", 20*time.Second, func() bool { return n.FSM().Index() >= tc.leader().FSM().Index() })
-		if got, ok := n.FSM().Task(done.ID); !ok || got.State != fsm.Succeeded {
-			t.Fatalf("%s lost task %s: %v %s", n.Name(), done.ID, ok, got.State)
-		}
+	if task := submit(t, back, "calc-square", 12, "20s"); string(task.Result) != "144" {
+		t.Fatalf("after the restart: %s %s", task.State, task.Result)
 	}
-	if task := submit(t, tc.live()[2], "calc-square", 12, "20s"); string(task.Result) != "144" {
-		t.Fatalf("after the upgrade: %s %s", task.State, task.Result)
+}
+
+// bootstrapNamedServer writes raft state into dir as a node of the release before raft IDs did on
+// its first start: a one-server configuration whose server ID is the node's name.
+func bootstrapNamedServer(t *testing.T, dir, name, addr string) {
+	t.Helper()
+	raftDir := filepath.Join(dir, "raft")
+	if err := os.MkdirAll(raftDir, 0o755); err != nil {
+		t.Fatal(err)
 	}
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	snaps, err := raft.NewFileSnapshotStore(raftDir, 2, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(name)
+	_, trans := raft.NewInmemTransport(raft.ServerAddress(addr))
+	cf := raft.Configuration{Servers: []raft.Server{{ID: raft.ServerID(name), Address: raft.ServerAddress(addr), Suffrage: raft.Voter}}}
+	if err := raft.BootstrapCluster(rc, store, store, snaps, trans, cf); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// freeAddr is a 127.0.0.1 address with a port nothing listens on at the moment.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 func TestMetaWithARaftIDFitsTheGossipBudget(t *testing.T) {
@@ -235,10 +274,4 @@ func voterIDs(n *Node) []raft.ServerID {
 		}
 	}
 	return ids
-}
-
-func sortedIDs(ids []raft.ServerID) []raft.ServerID {
-	out := slices.Clone(ids)
-	slices.Sort(out)
-	return out
 }
