@@ -85,23 +85,35 @@ func memberRaftID(m membership.Member) raft.ServerID {
 // or is gone from gossip). An ID nobody ever announced is shown as is: the servers of nodes
 // from before raft IDs are named after their node.
 func (n *Node) serverName(id raft.ServerID) string {
-	if id == "" {
-		return ""
+	return n.raftNames().name(id)
+}
+
+// raftNames is a snapshot of the mapping between raft IDs and node names, for code that maps
+// many servers at once.
+type raftNames struct {
+	byID    map[raft.ServerID]string // every ID known, current or past
+	current map[string]raft.ServerID // the ID each node runs under now
+}
+
+func (n *Node) raftNames() raftNames {
+	r := raftNames{byID: map[raft.ServerID]string{}, current: map[string]raft.ServerID{}}
+	n.idMu.Lock()
+	for id, name := range n.idNames {
+		r.byID[id] = name
 	}
-	if id == n.raftID {
-		return n.cfg.Name
-	}
+	n.idMu.Unlock()
 	if n.members != nil {
 		for _, m := range n.members.Members() {
-			if memberRaftID(m) == id {
-				return m.Name
-			}
+			id := memberRaftID(m)
+			r.byID[id], r.current[m.Name] = m.Name, id
 		}
 	}
-	n.idMu.Lock()
-	name, ok := n.idNames[id]
-	n.idMu.Unlock()
-	if ok {
+	r.byID[n.raftID], r.current[n.cfg.Name] = n.cfg.Name, n.raftID
+	return r
+}
+
+func (r raftNames) name(id raft.ServerID) string {
+	if name, ok := r.byID[id]; ok {
 		return name
 	}
 	return string(id)
@@ -115,28 +127,13 @@ func (n *Node) noteRaftID(m membership.Member) {
 	n.idMu.Unlock()
 }
 
-// currentID is the raft ID the named node runs under now, as this node knows it: its own, or
-// the one gossip carries; "" for a name gossip does not know.
-func (n *Node) currentID(name string) raft.ServerID {
-	if name == n.cfg.Name {
-		return n.raftID
-	}
-	if n.members != nil {
-		for _, m := range n.members.Members() {
-			if m.Name == name {
-				return memberRaftID(m)
-			}
-		}
-	}
-	return ""
-}
-
 // serverIDs are the IDs of the servers in raft's configuration that belong to the named node
 // (usually one; two for a moment after it came back under a new ID).
 func (n *Node) serverIDs(servers []raft.Server, name string) []raft.ServerID {
+	names := n.raftNames()
 	var ids []raft.ServerID
 	for _, s := range servers {
-		if n.serverName(s.ID) == name {
+		if names.name(s.ID) == name {
 			ids = append(ids, s.ID)
 		}
 	}

@@ -200,6 +200,9 @@ func (n *Node) reconcileRaft() {
 	alive := map[raft.ServerID]membership.Member{}
 	for _, m := range members {
 		n.noteRaftID(m)
+	}
+	idNames := n.raftNames()
+	for _, m := range members {
 		if m.State == membership.StateAlive && !m.Meta.Draining && m.Meta.RaftAddr != "" {
 			alive[memberRaftID(m)] = m
 		}
@@ -223,7 +226,7 @@ func (n *Node) reconcileRaft() {
 		if _, ok := alive[id]; ok {
 			continue
 		}
-		name := n.serverName(id)
+		name := idNames.name(id)
 		if m, ok := n.replacedBy(s, name, alive); ok {
 			// Its node restarted without the data dir that held this server's log, term and
 			// vote: the server cannot come back, and its address is taken by the newcomer

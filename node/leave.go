@@ -31,6 +31,7 @@ func (n *Node) checkLeave() error {
 		return fmt.Errorf("read raft configuration: %w", err)
 	}
 	voters, aliveVoters, selfVoter := 0, 0, false
+	names := n.raftNames()
 	for _, s := range cf.Configuration().Servers {
 		if s.Suffrage != raft.Voter {
 			continue
@@ -40,7 +41,7 @@ func (n *Node) checkLeave() error {
 			continue
 		}
 		voters++
-		if alive[n.serverName(s.ID)] {
+		if alive[names.name(s.ID)] {
 			aliveVoters++
 		}
 	}

@@ -18,11 +18,11 @@ func (n *Node) clusterInfo() api.Cluster {
 	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
 		// By name. A node back under a new raft ID keeps its old server for a moment: the server
 		// it runs as now decides its role, so servers of a node's current ID go first.
-		servers := cf.Configuration().Servers
+		servers, names := cf.Configuration().Servers, n.raftNames()
 		for _, current := range []bool{true, false} {
 			for _, s := range servers {
-				name := n.serverName(s.ID)
-				if (n.currentID(name) == s.ID) != current || roles[name] != "" {
+				name := names.name(s.ID)
+				if (names.current[name] == s.ID) != current || roles[name] != "" {
 					continue
 				}
 				roles[name] = api.RoleNonvoter
