@@ -13,6 +13,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
 )
 
 // TestForwardHeldByAFrozenLeaderIsRetriedOnTheNewOne: a follower forwards a submit to the leader,
@@ -113,4 +114,62 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestReportHeldByAFrozenLeaderIsRetriedOnTheNewOne: the same for an executor report. A follower
+// finishes a task while the leader is frozen with the report in hand; the report must reach the
+// new leader, and the task end succeeded on the follower, attempt 1.
+func TestReportHeldByAFrozenLeaderIsRetriedOnTheNewOne(t *testing.T) {
+	g := newGate()
+	tc := startCluster(t, 3, clusterOpts{capacity: 1, twin: true, registry: g.registry(t)})
+	var ids []string
+	for i := 0; i < 3; i++ {
+		ids = append(ids, submit(t, tc.nodes[i], "gate", nil, "").ID)
+	}
+	old := tc.leader()
+	var f *Node
+	var id string
+	waitFor(t, "a gate task running on a follower", 30*time.Second, func() bool {
+		for _, tid := range ids {
+			got, _ := old.FSM().Task(tid)
+			if got.State == fsm.Running && got.Node != old.Name() {
+				f, id = tc.node(got.Node), tid
+				return true
+			}
+		}
+		return false
+	})
+	release := make(chan struct{})
+	old.hold.release.Store(&release)
+	var thawOnce sync.Once
+	thaw := func() {
+		thawOnce.Do(func() {
+			old.hold.release.Store(nil)
+			close(release)
+			_ = old.Shutdown()
+		})
+	}
+	t.Cleanup(thaw)
+
+	g.open(f.Name())
+	waitFor(t, "the report held by the leader", 20*time.Second, func() bool { return old.hold.held.Load() > 0 })
+	tc.twin.partition(old.Name())
+	var done fsm.Task
+	waitFor(t, "the task ended on a new leader", 30*time.Second, func() bool {
+		for _, n := range tc.live() {
+			if n != old && n.IsLeader() {
+				got, ok := n.FSM().Task(id)
+				done = got
+				return ok && got.State.Terminal()
+			}
+		}
+		return false
+	})
+	if done.State != fsm.Succeeded || done.Node != f.Name() || done.Attempt != 1 {
+		t.Fatalf("task %s: %s on %s attempt %d, want succeeded on %s attempt 1", id, done.State, done.Node, done.Attempt, f.Name())
+	}
+	if got := counterValue(t, f.metrics.forwardsAbandoned); got < 1 {
+		t.Errorf("%s abandoned %v forwards: the report did not take the retry path", f.Name(), got)
+	}
+	thaw()
 }
