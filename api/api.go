@@ -126,7 +126,11 @@ const (
 
 // NodeInfo is one node as the cluster sees it.
 type NodeInfo struct {
-	Name       string `json:"name"`
+	Name string `json:"name"`
+	// ID is the node's raft server ID: made on its first start and kept in its data dir, so a
+	// node restarted on an empty dir has a new one; a node of a release before raft IDs (or
+	// whose data dir predates them) runs under its name. Empty when unknown.
+	ID         string `json:"id,omitempty"`
 	GossipAddr string `json:"gossip_addr"`
 	RaftAddr   string `json:"raft_addr"`
 	HTTPAddr   string `json:"http_addr"`

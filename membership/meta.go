@@ -16,6 +16,9 @@ var ErrMetaTooLarge = errors.New("node meta too large")
 // unknown keys are ignored so nodes of different versions understand each other.
 type Meta struct {
 	RaftAddr string `msgpack:"r,omitempty"`
+	// RaftID is the node's raft server ID (made on its first start, kept in its data dir); a
+	// node of a release before raft IDs gossips none, and its ID is its name.
+	RaftID   string `msgpack:"ri,omitempty"`
 	HTTPAddr string `msgpack:"h,omitempty"`
 	BootID   string `msgpack:"b,omitempty"`
 	Capacity int    `msgpack:"c,omitempty"`

@@ -35,7 +35,7 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 		Name:  "agent",
 		Usage: "run a node (bootstraps a new cluster, or joins one with --join)",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "name", EnvVars: []string{"TASKWORKER_NAME"}, Value: hostname, Usage: "unique node name; also its raft server ID"},
+			&cli.StringFlag{Name: "name", EnvVars: []string{"TASKWORKER_NAME"}, Value: hostname, Usage: "unique node name (its raft server ID is made on first start and kept in the data dir)"},
 			&cli.StringFlag{Name: "data-dir", EnvVars: []string{"TASKWORKER_DATA_DIR"}, Usage: "raft log, snapshots and local task logs (required unless --dev)"},
 			&cli.StringFlag{Name: "gossip-addr", EnvVars: []string{"TASKWORKER_GOSSIP_ADDR"}, Value: "0.0.0.0:7946", Usage: "memberlist bind host:port"},
 			&cli.StringFlag{Name: "raft-addr", EnvVars: []string{"TASKWORKER_RAFT_ADDR"}, Value: "0.0.0.0:7947", Usage: "raft transport bind host:port"},

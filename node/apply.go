@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -54,6 +55,8 @@ func (n *Node) proposeOnce(ctx context.Context, c *fsm.Command) (*fsm.Result, er
 	if n.raft.State() == raft.Leader {
 		return n.applyLocal(ctx, c)
 	}
+	changed := n.leaderChanges() // before the leader is read: a change after that closes it
+	target := n.Leader()
 	addr := n.leaderPeer()
 	if addr == "" {
 		// Not a raft member yet (a joiner registering), or between leaders: any member answers
@@ -62,7 +65,82 @@ func (n *Node) proposeOnce(ctx context.Context, c *fsm.Command) (*fsm.Result, er
 			return nil, ErrNoLeader
 		}
 	}
-	return n.forward(ctx, addr, c)
+	return n.forwardWhileLeader(ctx, changed, target, addr, c)
+}
+
+// errLeaderChanged is the cause of a forward given up because raft stopped naming its leader.
+var errLeaderChanged = errors.New("leader changed")
+
+// forwardWhileLeader forwards c to addr, the node of target (the leader raft named when the
+// forward began; "" when it named none), and gives the forward up as soon as raft on this node
+// names another leader, or none: a frozen or cut-off leader holds a forward until the HTTP
+// deadline (15 s), while raft on the followers stops naming it after one heartbeat timeout and
+// elects a new leader about a second later. The error is errForward, so propose retries against
+// the new leader.
+//
+// Retrying is safe because every forwardable command is idempotent when the first copy did
+// commit (propose already retried forwards that timed out; this only retries sooner): a submit
+// carries the task ID chosen before propose (prepareSubmit), so its second copy meets
+// fsm.ErrDuplicateID, which submitTask takes as success, and a keyed submit finds its key;
+// executor reports are fenced by (node, boot ID, attempt): Started and Checkpoint applied twice
+// change nothing, and an outcome applied twice is stale the second time (tasks.ErrFenced, the
+// attempt is settled). An internal dedupe key, or retrying only forwards that provably never
+// reached the old leader, would add state for no case these do not cover.
+func (n *Node) forwardWhileLeader(ctx context.Context, changed <-chan struct{}, target, addr string, c *fsm.Command) (*fsm.Result, error) {
+	fctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		for {
+			select {
+			case <-fctx.Done():
+				return
+			case <-changed:
+			}
+			changed = n.leaderChanges()
+			if now := n.Leader(); now != target {
+				cancel(fmt.Errorf("%w: raft names %q now, not %q", errLeaderChanged, now, target))
+				return
+			}
+		}
+	}()
+	res, err := n.forward(fctx, addr, c)
+	if cause := context.Cause(fctx); res == nil && errors.Is(err, errForward) && ctx.Err() == nil && errors.Is(cause, errLeaderChanged) {
+		n.metrics.forwardsAbandoned.Inc()
+		n.log.Info("gave up a forward to a leader raft no longer names; retrying against the new one",
+			"command", c.Type().String(), "to", target, "leader", n.Leader())
+		return nil, fmt.Errorf("%w %s: %w", errForward, addr, cause)
+	}
+	return res, err
+}
+
+// leaderWatch tells forwards that raft's view of the leader changed on this node.
+type leaderWatch struct {
+	once sync.Once
+	mu   sync.Mutex
+	ch   chan struct{} // closed at the next change, then replaced
+}
+
+// leaderChanges returns a channel closed at raft's next leader change on this node (a new
+// leader, or none after a heartbeat timeout).
+func (n *Node) leaderChanges() <-chan struct{} {
+	w := &n.leaders
+	w.once.Do(func() {
+		w.ch = make(chan struct{})
+		// raft calls the filter on its own goroutine for every observation: it only closes and
+		// replaces a channel, which never blocks, and queues nothing (the observer has no channel).
+		n.raft.RegisterObserver(raft.NewObserver(nil, false, func(o *raft.Observation) bool {
+			if _, ok := o.Data.(raft.LeaderObservation); ok {
+				w.mu.Lock()
+				close(w.ch)
+				w.ch = make(chan struct{})
+				w.mu.Unlock()
+			}
+			return false
+		}))
+	})
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ch
 }
 
 // applyLocal applies a command on the leader. The leader's clock stamps it and the command's

@@ -2,9 +2,12 @@ package node
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/membership"
@@ -47,6 +50,18 @@ func TestSecondLiveNodeWithTheSameNameIsRefused(t *testing.T) {
 			t.Errorf("%s holds n2's registration %+v, want boot %s", n.Name(), rec, orig.BootID())
 		}
 	}
+	// Raft IDs do not let the second n2 in beside the first: raft holds the live one's ID only.
+	if twin.RaftID() == orig.RaftID() {
+		t.Fatalf("the second n2 made the same raft ID %s", twin.RaftID())
+	}
+	for _, s := range rawRaftServers(tc.leader()) {
+		if string(s.ID) == twin.RaftID() {
+			t.Errorf("raft's configuration holds the second n2's ID %s: %+v", twin.RaftID(), rawRaftServers(tc.leader()))
+		}
+	}
+	if !slices.Contains(raftIDs(tc.leader()), raft.ServerID(orig.RaftID())) {
+		t.Errorf("raft's configuration lost the live n2's ID %s: %+v", orig.RaftID(), rawRaftServers(tc.leader()))
+	}
 }
 
 // TestLeaderRefusesARegistrationOverALiveNode: the leader's own check, for a newcomer that got
@@ -70,6 +85,9 @@ func TestLeaderRefusesARegistrationOverALiveNode(t *testing.T) {
 			err := leader.checkRegistration(c.rec)
 			if (err != nil) != c.refused {
 				t.Fatalf("checkRegistration(%+v): %v, refused want %v", c.rec, err, c.refused)
+			}
+			if c.refused && !strings.Contains(err.Error(), "raft ID "+other.RaftID()) {
+				t.Errorf("refusal %q does not name the live holder's raft ID %s", err, other.RaftID())
 			}
 		})
 	}

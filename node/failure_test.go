@@ -225,12 +225,35 @@ func TestRestartBeforeDetectionRequeuesOldIncarnation(t *testing.T) {
 	}
 }
 
+// raftServers is raft's configuration on n with each server's ID replaced by the name of its
+// node as n maps it (identity.go), so tests can find servers by node name.
 func raftServers(t *testing.T, n *Node) []raft.Server {
+	servers := rawRaftServers(n)
+	for i := range servers {
+		servers[i].ID = raft.ServerID(n.serverName(servers[i].ID))
+	}
+	return servers
+}
+
+// rawRaftServers is raft's configuration on n, with raft IDs.
+func rawRaftServers(n *Node) []raft.Server {
+	if n == nil {
+		return nil
+	}
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return nil
 	}
-	return f.Configuration().Servers
+	// A copy: raft hands out its own slice, which its goroutines read.
+	return slices.Clone(f.Configuration().Servers)
+}
+
+func raftIDs(n *Node) []raft.ServerID {
+	var ids []raft.ServerID
+	for _, s := range rawRaftServers(n) {
+		ids = append(ids, s.ID)
+	}
+	return ids
 }
 
 func TestFiveNodesSurviveTwoCrashesInARow(t *testing.T) {

@@ -196,8 +196,7 @@ func (n *Node) peerAddr(name string) string {
 // leaderPeer is the internode address of the leader raft names, or of the one a not-leader reply
 // named (a node that is not a raft member yet learns the leader that way); "" when unknown.
 func (n *Node) leaderPeer() string {
-	_, id := n.raft.LeaderWithID()
-	name := string(id)
+	name := n.Leader()
 	if name == "" {
 		name, _ = n.leaderHint.Load().(string)
 	}

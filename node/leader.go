@@ -192,7 +192,9 @@ func (n *Node) reconcileNodes(ctx context.Context) {
 // voters up to the voter target, non-voters beyond), moved addresses are updated, voters that
 // died are replaced by promoting a non-voter, and gone servers are removed after a grace period.
 // A member is added only once it has registered through the authenticated internode channel (an
-// up FSM record under the boot ID it gossips), never because gossip alone reports it.
+// up FSM record under the boot ID it gossips), never because gossip alone reports it. Servers are
+// raft IDs (identity.go): a member is added under the ID it gossips, and the server of a node that
+// came back under a new ID is removed at once.
 func (n *Node) reconcileRaft() {
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
@@ -205,11 +207,15 @@ func (n *Node) reconcileRaft() {
 	members := n.members.Members()
 	alive := map[raft.ServerID]membership.Member{}
 	for _, m := range members {
+		n.noteRaftID(m)
+	}
+	idNames := n.raftNames()
+	for _, m := range members {
 		if m.State == membership.StateAlive && !m.Meta.Draining && m.Meta.RaftAddr != "" {
-			alive[raft.ServerID(m.Name)] = m
+			alive[memberRaftID(m)] = m
 		}
 	}
-	self := raft.ServerID(n.cfg.Name)
+	self := n.raftID
 	aliveVoters := 0
 	for id, s := range servers {
 		if _, ok := alive[id]; (ok || id == self) && s.Suffrage == raft.Voter {
@@ -218,26 +224,40 @@ func (n *Node) reconcileRaft() {
 	}
 	want := min(n.cfg.Voters, len(alive))
 
-	// Remove servers that are gone: at once when they left, after a grace when they crashed.
+	// Remove servers that are gone: at once when they left or their node came back as a new
+	// member, after a grace when they crashed.
 	n.deadMu.Lock()
-	for id := range servers {
+	for id, s := range servers {
 		if id == self {
 			continue
 		}
 		if _, ok := alive[id]; ok {
 			continue
 		}
-		state, _ := memberState(members, string(id))
+		name := idNames.name(id)
+		if m, ok := n.replacedBy(s, name, alive); ok {
+			// Its node restarted without the data dir that held this server's log, term and
+			// vote: the server cannot come back, and its address is taken by the newcomer
+			// (raft refuses two servers at one address), so it goes now.
+			n.log.Info("removing the raft server of a node that came back as a new member",
+				"server", id, "member", name, "new_id", memberRaftID(m))
+			if err := n.raft.RemoveServer(id, 0, raftChangeTimeout).Error(); err != nil {
+				n.log.Warn("remove raft server", "server", id, "member", name, "err", err)
+			}
+			delete(servers, id)
+			continue
+		}
+		state, _ := memberState(members, name)
 		if state == membership.StateAlive || state == membership.StateSuspect {
 			continue // alive but draining, or only suspected: keep
 		}
-		if _, ok := n.deadSince[string(id)]; !ok {
-			n.deadSince[string(id)] = time.Now()
+		if _, ok := n.deadSince[name]; !ok {
+			n.deadSince[name] = time.Now()
 		}
-		if state == membership.StateLeft || time.Since(n.deadSince[string(id)]) > n.cfg.DeadServerGrace {
-			n.log.Info("removing raft server", "server", id, "gossip", state)
+		if state == membership.StateLeft || time.Since(n.deadSince[name]) > n.cfg.DeadServerGrace {
+			n.log.Info("removing raft server", "server", id, "member", name, "gossip", state)
 			if err := n.raft.RemoveServer(id, 0, raftChangeTimeout).Error(); err != nil {
-				n.log.Warn("remove raft server", "server", id, "err", err)
+				n.log.Warn("remove raft server", "server", id, "member", name, "err", err)
 			}
 			delete(servers, id)
 		}
@@ -253,7 +273,7 @@ func (n *Node) reconcileRaft() {
 	for _, id := range names {
 		s, in := servers[id]
 		if in && s.Suffrage != raft.Voter && aliveVoters < want {
-			n.log.Info("promoting raft non-voter", "server", id)
+			n.log.Info("promoting raft non-voter", "server", id, "member", alive[id].Name)
 			if err := n.raft.AddVoter(id, s.Address, 0, raftChangeTimeout).Error(); err != nil {
 				n.log.Warn("promote", "server", id, "err", err)
 				continue
@@ -280,18 +300,34 @@ func (n *Node) reconcileRaft() {
 			n.log.Info("updating raft non-voter address", "server", id, "addr", addr)
 			err = n.raft.AddNonvoter(id, addr, 0, raftChangeTimeout).Error()
 		case aliveVoters < want:
-			n.log.Info("adding raft voter", "server", id, "addr", addr)
+			n.log.Info("adding raft voter", "server", id, "member", m.Name, "addr", addr)
 			if err = n.raft.AddVoter(id, addr, 0, raftChangeTimeout).Error(); err == nil {
 				aliveVoters++
 			}
 		default:
-			n.log.Info("adding raft non-voter", "server", id, "addr", addr)
+			n.log.Info("adding raft non-voter", "server", id, "member", m.Name, "addr", addr)
 			err = n.raft.AddNonvoter(id, addr, 0, raftChangeTimeout).Error()
 		}
 		if err != nil {
 			n.log.Warn("change raft configuration", "server", id, "err", err)
 		}
 	}
+}
+
+// replacedBy returns the alive, registered member that took the place of server s (of the node
+// named name): the same node under another raft ID, or another ID at the server's raft address,
+// where only one process can listen. A member that did not register in this incarnation (a second
+// agent with a taken name, which the leader refuses) replaces nothing.
+func (n *Node) replacedBy(s raft.Server, name string, alive map[raft.ServerID]membership.Member) (membership.Member, bool) {
+	for id, m := range alive {
+		if id == s.ID || !(m.Name == name || raft.ServerAddress(m.Meta.RaftAddr) == s.Address) {
+			continue
+		}
+		if n.registered(m) {
+			return m, true
+		}
+	}
+	return membership.Member{}, false
 }
 
 func memberState(members []membership.Member, name string) (membership.State, bool) {

@@ -31,16 +31,17 @@ func (n *Node) checkLeave() error {
 		return fmt.Errorf("read raft configuration: %w", err)
 	}
 	voters, aliveVoters, selfVoter := 0, 0, false
+	names := n.raftNames()
 	for _, s := range cf.Configuration().Servers {
 		if s.Suffrage != raft.Voter {
 			continue
 		}
-		if string(s.ID) == n.cfg.Name {
+		if s.ID == n.raftID {
 			selfVoter = true
 			continue
 		}
 		voters++
-		if alive[string(s.ID)] {
+		if alive[names.name(s.ID)] {
 			aliveVoters++
 		}
 	}

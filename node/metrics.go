@@ -36,6 +36,9 @@ type nodeMetrics struct {
 	logsDropped prometheus.Counter
 
 	throughput throughputRing // the console's per-second series (throughput.go)
+	// forwardsAbandoned counts forwards given up because raft stopped naming their leader
+	// (apply.go), each then retried against the new one.
+	forwardsAbandoned prometheus.Counter
 }
 
 // taskBuckets span a millisecond to about 20 minutes, for both queue wait and run time.
@@ -70,6 +73,10 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "taskworker_gossip_probe_failures_total",
 			Help: "Gossip probes of a peer that got no ack, direct or indirect (the peer is then suspected).",
 		}),
+		forwardsAbandoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "taskworker_forwards_abandoned_total",
+			Help: "Writes and executor reports forwarded to a leader that raft stopped naming before it answered (frozen, partitioned or deposed), then retried against the new leader.",
+		}),
 		logsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "taskworker_log_lines_suppressed_total",
 			Help: "Repeated raft and gossip warnings and errors folded into a count by the log rate limit.",
@@ -90,7 +97,7 @@ func newNodeMetrics() *nodeMetrics {
 		}, []string{"type"})
 		m.reg.MustRegister(m.transitions[kind])
 	}
-	m.reg.MustRegister(m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped,
+	m.reg.MustRegister(m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped, m.forwardsAbandoned,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -98,9 +98,16 @@ type Node struct {
 	minFree    uint64
 	// corrupt is the first corruption met (CorruptError) while raft starts; running says
 	// start is over, so a corruption met from then on stops the node at once (fatal).
-	corrupt    atomic.Pointer[store.CorruptError]
-	running    atomic.Bool
-	fatalOnce  sync.Once
+	corrupt   atomic.Pointer[store.CorruptError]
+	running   atomic.Bool
+	fatalOnce sync.Once
+	// raftID is this node's raft server ID (identity.go); idNames remembers the node name each
+	// raft ID was gossiped with, for servers whose node no longer gossips that ID.
+	raftID     raft.ServerID
+	idMu       sync.Mutex
+	idNames    map[raft.ServerID]string
+	leaders    leaderWatch   // raft's leader changes, for forwards (apply.go)
+	hold       internodeHold // tests freeze the internode side with it (peer.go)
 	shutdownMu sync.Mutex
 	shut       bool
 }
@@ -122,7 +129,7 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), startedAt: time.Now(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
-		released: make(chan struct{}), deadSince: map[string]time.Time{}, metrics: newNodeMetrics(), up: make(chan struct{}),
+		released: make(chan struct{}), deadSince: map[string]time.Time{}, idNames: map[raft.ServerID]string{}, metrics: newNodeMetrics(), up: make(chan struct{}),
 		storage: store.NewHealth(),
 	}
 	n.diskFree.Store(-1)
@@ -296,7 +303,6 @@ func (n *Node) advertised(bound string) (string, error) {
 func (n *Node) startRaft() error {
 	cfg := &n.cfg
 	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(cfg.Name)
 	rc.HeartbeatTimeout = cfg.RaftHeartbeat
 	rc.ElectionTimeout = cfg.RaftElection
 	rc.LeaderLeaseTimeout = cfg.RaftHeartbeat / 2
@@ -359,6 +365,10 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("check raft state: %w", err)
 	}
 	n.resumed = existing
+	if n.raftID, err = loadRaftID(cfg.DataDir, cfg.Name, cfg.InmemRaft, existing); err != nil {
+		return err
+	}
+	rc.LocalID = n.raftID
 	if existing || len(cfg.Join) == 0 {
 		n.joined.Store(true) // a member already: one it left before, or the cluster it bootstraps
 	}
@@ -486,7 +496,7 @@ func (n *Node) startMembership() error {
 	}
 	mc.Logger = slog.New(probeCountHandler{inner: n.noisy.Handler(), count: n.metrics.probeFails.Inc}).With("component", "gossip")
 	mc.Meta = membership.Meta{
-		RaftAddr: string(n.trans.LocalAddr()), HTTPAddr: n.httpAddr, BootID: n.bootID,
+		RaftAddr: string(n.trans.LocalAddr()), RaftID: string(n.raftID), HTTPAddr: n.httpAddr, BootID: n.bootID,
 		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.sec.insecure, StartedAt: n.startedAt.Unix(),
 	}
 	if cfg.GossipTransport != nil {
@@ -638,6 +648,7 @@ func (n *Node) eventLoop(ctx context.Context) {
 				continue
 			}
 			lastMeta[ev.Member.Name] = ev.Member.Meta
+			n.noteRaftID(ev.Member)
 			n.deadMu.Lock()
 			switch ev.Type {
 			case membership.EventFail, membership.EventLeave:
@@ -699,7 +710,7 @@ func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 // Leader returns the leader's name, or "".
 func (n *Node) Leader() string {
 	_, id := n.raft.LeaderWithID()
-	return string(id)
+	return n.serverName(id)
 }
 
 // Done is closed when the node has shut down after a graceful leave, or after it stopped on its

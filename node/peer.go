@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 	"github.com/vmihailenco/msgpack/v5"
@@ -34,6 +35,27 @@ const (
 	callerCredentialHeader = "X-Taskworker-Caller-Credential"
 )
 
+// internodeHold holds every internode request while set, as a frozen process would (SIGSTOP):
+// the in-process tests' way to freeze a leader's side of forwarding. Nothing sets it outside tests.
+type internodeHold struct {
+	release atomic.Pointer[chan struct{}] // held until this is closed; nil: serve
+	held    atomic.Int64                  // requests that have been held
+}
+
+func (h *internodeHold) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ch := h.release.Load(); ch != nil {
+			h.held.Add(1)
+			select {
+			case <-*ch:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 func (n *Node) peerRoutes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+internodeApplyPath, n.handleInternalApply)
@@ -43,7 +65,7 @@ func (n *Node) peerRoutes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+api.Truncate(r.Method+" "+r.URL.Path))
 	})
-	return mux
+	return n.hold.wrap(mux)
 }
 
 // writeError writes an error body with the API's shape; the internal routes have codes of their own.
@@ -164,11 +186,19 @@ func (n *Node) handleInternalRemove(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "is_leader", "the leader cannot remove itself")
 		return
 	}
-	if err := n.raft.RemoveServer(raft.ServerID(name), 0, raftChangeTimeout).Error(); err != nil {
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "remove_failed", err.Error())
 		return
 	}
-	n.log.Info("removed leaving node from raft", "server", name)
+	// The servers are raft IDs: every one that belongs to the node goes (none left is success).
+	for _, id := range n.serverIDs(cf.Configuration().Servers, name) {
+		if err := n.raft.RemoveServer(id, 0, raftChangeTimeout).Error(); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "remove_failed", err.Error())
+			return
+		}
+		n.log.Info("removed leaving node from raft", "server", id, "member", name)
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
 }
 
@@ -194,7 +224,8 @@ func (n *Node) checkRegistration(rec fsm.Node) error {
 			continue
 		}
 		if m.Meta.BootID != rec.BootID && m.GossipAddr != rec.GossipAddr {
-			return fmt.Errorf("node name %q is in use by a live node at %s; give each node a unique --name", api.Truncate(rec.Name), m.GossipAddr)
+			return fmt.Errorf("node name %q is in use by a live node at %s (raft ID %s); give each node a unique --name",
+				api.Truncate(rec.Name), m.GossipAddr, memberRaftID(m))
 		}
 	}
 	return nil

@@ -59,7 +59,7 @@ func raftServerNames(n *Node) []string {
 	var out []string
 	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
 		for _, s := range cf.Configuration().Servers {
-			out = append(out, string(s.ID))
+			out = append(out, n.serverName(s.ID))
 		}
 	}
 	slices.Sort(out)

@@ -16,10 +16,19 @@ import (
 func (n *Node) clusterInfo() api.Cluster {
 	roles := map[string]string{}
 	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
-		for _, s := range cf.Configuration().Servers {
-			roles[string(s.ID)] = api.RoleNonvoter
-			if s.Suffrage == raft.Voter {
-				roles[string(s.ID)] = api.RoleVoter
+		// By name. A node back under a new raft ID keeps its old server for a moment: the server
+		// it runs as now decides its role, so servers of a node's current ID go first.
+		servers, names := cf.Configuration().Servers, n.raftNames()
+		for _, current := range []bool{true, false} {
+			for _, s := range servers {
+				name := names.name(s.ID)
+				if (names.current[name] == s.ID) != current || roles[name] != "" {
+					continue
+				}
+				roles[name] = api.RoleNonvoter
+				if s.Suffrage == raft.Voter {
+					roles[name] = api.RoleVoter
+				}
 			}
 		}
 	}
@@ -38,12 +47,13 @@ func (n *Node) clusterInfo() api.Cluster {
 	for _, m := range n.members.Members() {
 		ni, ok := byName[m.Name]
 		if !ok {
-			ni = &api.NodeInfo{Name: m.Name, RaftAddr: m.Meta.RaftAddr, HTTPAddr: m.Meta.HTTPAddr, Capacity: m.Meta.Capacity,
+			ni = &api.NodeInfo{Name: m.Name, ID: m.Meta.RaftID, RaftAddr: m.Meta.RaftAddr, HTTPAddr: m.Meta.HTTPAddr, Capacity: m.Meta.Capacity,
 				Version: m.Meta.Version, BootID: m.Meta.BootID, TaskTypes: []api.TypeVersion{}}
 			byName[m.Name] = ni
 			order = append(order, m.Name)
 		}
 		ni.GossipAddr = m.GossipAddr
+		ni.ID = m.Meta.RaftID
 		ni.State = string(m.State)
 		ni.Draining = ni.Draining || m.Meta.Draining
 		if m.Meta.Draining && m.Meta.DrainDeadline > 0 {
@@ -59,6 +69,7 @@ func (n *Node) clusterInfo() api.Cluster {
 	}
 	// This node's own indexes are live; the others' are as they last gossiped them.
 	if self, ok := byName[n.cfg.Name]; ok {
+		self.ID = string(n.raftID)
 		self.CommitIndex, self.AppliedIndex = n.raft.CommitIndex(), n.raft.AppliedIndex()
 		if self.StartedAt == nil {
 			at := n.startedAt.UTC().Truncate(time.Second)

@@ -8,6 +8,12 @@
 // the victim is running on another node. Worker kills and leader kills use separate clusters.
 // It also reports when the survivor's gossip alone shows the victim as dead. Node logs (stderr)
 // are kept in the temporary directory with -keep, and printed for a run that goes wrong.
+//
+// The freeze experiment SIGSTOPs the leader instead, submits one task through a follower at
+// that moment, and times the submit's acknowledgement against the election of a new leader: a
+// forward held by the frozen leader must be given up and retried on the new one.
+//
+//	go run ./scripts/failover -n 3 -runs 5 -experiments freeze
 package main
 
 import (
@@ -19,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,6 +43,7 @@ var (
 	flagTimeout  = flag.Duration("timeout", 60*time.Second, "give up on one measurement after this long")
 	flagKeep     = flag.Bool("keep", false, "keep the temporary directory (data and node logs)")
 	flagVerbose  = flag.Bool("v", false, "print every run's numbers")
+	flagExps     = flag.String("experiments", "kill,freeze", "which experiments to run: kill (worker and leader SIGKILL), freeze (leader SIGSTOP)")
 )
 
 func main() {
@@ -52,8 +60,25 @@ func run(root string) error {
 		return errors.New("-n must be at least 3 (a leader kill needs a quorum left)")
 	}
 
+	exps := strings.Split(*flagExps, ",")
 	var worker, leader []result
+	var frozen []freezeResult
 	for i := 0; i < *flagRuns; i++ {
+		if slices.Contains(exps, "freeze") {
+			dir := filepath.Join(root, fmt.Sprintf("run%d-freeze", i+1))
+			r, err := measureFreeze(bin, dir)
+			if err != nil {
+				return fmt.Errorf("run %d (freeze leader): %w", i+1, err)
+			}
+			if *flagVerbose {
+				fmt.Fprintf(os.Stderr, "run %d freeze leader %s: new leader %v, submit via a follower acknowledged %v\n",
+					i+1, r.victim, ms(r.leader), ms(r.submit))
+			}
+			frozen = append(frozen, r)
+		}
+		if !slices.Contains(exps, "kill") {
+			continue
+		}
 		for _, killLeader := range []bool{false, true} {
 			dir := filepath.Join(root, fmt.Sprintf("run%d-%s", i+1, map[bool]string{false: "worker", true: "leader"}[killLeader]))
 			r, err := measure(bin, dir, killLeader)
@@ -91,10 +116,21 @@ func run(root string) error {
 	row := func(name string, ds []time.Duration) {
 		fmt.Printf("| %s | %d | %s | %s |\n", name, len(ds), ms(median(ds)), ms(slices.Max(ds)))
 	}
-	row("worker kill → its tasks running elsewhere", pick(worker, moved))
-	row("leader kill → new leader elected", pick(leader, elected))
-	row("leader kill → its tasks running elsewhere", pick(leader, moved))
-	row("gossip detection alone (survivor sees `dead`), all kills", append(pick(worker, detect), pick(leader, detect)...))
+	if len(worker) > 0 {
+		row("worker kill → its tasks running elsewhere", pick(worker, moved))
+		row("leader kill → new leader elected", pick(leader, elected))
+		row("leader kill → its tasks running elsewhere", pick(leader, moved))
+		row("gossip detection alone (survivor sees `dead`), all kills", append(pick(worker, detect), pick(leader, detect)...))
+	}
+	if len(frozen) > 0 {
+		var elect, sub, after []time.Duration
+		for _, r := range frozen {
+			elect, sub, after = append(elect, r.leader), append(sub, r.submit), append(after, r.submit-r.leader)
+		}
+		row("leader freeze (SIGSTOP) → new leader elected", elect)
+		row("leader freeze → a submit to a follower acknowledged", sub)
+		row("leader freeze → that submit, past the election", after)
+	}
 	fmt.Println()
 	fmt.Println("Baselines: Nomad marks a crashed client `down` after ~26 s (then reschedules); Dkron never re-runs a job whose node died.")
 	fmt.Println("Targets: worker kill ≤ 2 s median / ≤ 4 s worst; leader kill ≤ 3 s.")
@@ -264,4 +300,83 @@ func running(api *client.Client, ids []string) (map[string]string, bool) {
 		}
 		after = page[len(page)-1].ID
 	}
+}
+
+type freezeResult struct {
+	victim string
+	leader time.Duration // the follower names a new leader
+	submit time.Duration // the submit sent through the follower at the freeze is acknowledged
+}
+
+// measureFreeze SIGSTOPs the leader of a fresh cluster, submits one task through a follower at
+// once, and times, from the SIGSTOP, the follower naming a new leader and the submit's reply.
+func measureFreeze(bin, dir string) (res freezeResult, err error) {
+	c, err := localcluster.Start(bin, dir, *flagN, *flagCapacity)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("%w\n%s", err, c.Logs())
+		}
+		c.Stop()
+	}()
+	if err := c.WaitReady(60 * time.Second); err != nil {
+		return res, err
+	}
+	ctx := context.Background()
+	cl, err := c.Nodes[0].API.Cluster(ctx)
+	if err != nil || cl.Leader == "" {
+		return res, fmt.Errorf("cluster view: %v", err)
+	}
+	var victim, obs *localcluster.Node
+	for _, n := range c.Nodes {
+		switch {
+		case n.Name == cl.Leader:
+			victim = n
+		case obs == nil:
+			obs = n
+		}
+	}
+	if victim == nil || obs == nil {
+		return res, fmt.Errorf("leader %s not among the nodes", cl.Leader)
+	}
+	res.victim = victim.Name
+	// Warm the follower's connection to the leader, as under steady load.
+	if _, _, err := obs.API.Submit(ctx, client.SubmitRequest{Type: "echo", Input: json.RawMessage(`0`)}); err != nil {
+		return res, fmt.Errorf("warm-up submit: %w", err)
+	}
+
+	t0 := time.Now()
+	if err := victim.Signal(syscall.SIGSTOP); err != nil {
+		return res, err
+	}
+	defer func() { _ = victim.Signal(syscall.SIGCONT) }() // before c.Stop, deferred earlier
+	elected := make(chan time.Duration, 1)
+	go func() {
+		deadline := t0.Add(*flagTimeout)
+		for time.Now().Before(deadline) {
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			cl, err := obs.API.Cluster(rctx)
+			cancel()
+			if err == nil && cl.Leader != "" && cl.Leader != victim.Name {
+				elected <- time.Since(t0)
+				return
+			}
+			time.Sleep(*flagPoll)
+		}
+		elected <- 0
+	}()
+	sctx, cancel := context.WithTimeout(ctx, *flagTimeout)
+	defer cancel()
+	_, _, serr := obs.API.Submit(sctx, client.SubmitRequest{Type: "echo", Input: json.RawMessage(`1`)})
+	res.submit = time.Since(t0)
+	res.leader = <-elected
+	if serr != nil {
+		return res, fmt.Errorf("submit via %s with leader %s frozen, after %v: %w", obs.Name, victim.Name, ms(res.submit), serr)
+	}
+	if res.leader == 0 {
+		return res, fmt.Errorf("no new leader within %v", *flagTimeout)
+	}
+	return res, nil
 }

@@ -1,0 +1,277 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/membership"
+)
+
+func TestRaftIDIsMadeOnceAndKeptInTheDataDir(t *testing.T) {
+	cases := []struct {
+		name     string
+		file     string // the ID file's content before the start; "-" for none
+		inmem    bool
+		existing bool
+		want     string // "ulid" for a generated one
+		wantErr  error
+	}{
+		{name: "a fresh dir gets a generated ID", file: "-", want: "ulid"},
+		{name: "a dir from before raft IDs keeps the name", file: "-", existing: true, want: "n1"},
+		{name: "the file wins over the name", file: "01J00000000000000000000000\n", existing: true, want: "01J00000000000000000000000"},
+		{name: "an upgraded dir's file holds the name", file: "n1\n", existing: true, want: "n1"},
+		{name: "an empty file is an error", file: "\n", existing: true, wantErr: ErrBadRaftID},
+		{name: "two words are an error", file: "a b\n", existing: true, wantErr: ErrBadRaftID},
+		{name: "an ID without raft state is made anew", file: "01J00000000000000000000000\n", want: "ulid"},
+		{name: "in-memory raft is a new member each start", file: "-", inmem: true, want: "ulid"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, raftIDFile)
+			if c.file != "-" {
+				if err := os.WriteFile(path, []byte(c.file), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			id, err := loadRaftID(dir, "n1", c.inmem, c.existing)
+			if c.wantErr != nil {
+				if !errors.Is(err, c.wantErr) {
+					t.Fatalf("loadRaftID: %q, %v; want %v", id, err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.want == "ulid" {
+				if _, err := ulid.ParseStrict(string(id)); err != nil {
+					t.Fatalf("ID %q is not a ULID: %v", id, err)
+				}
+				if c.file != "-" && string(id)+"\n" == c.file {
+					t.Fatalf("kept ID %s without the raft state it belonged to", id)
+				}
+			} else if string(id) != c.want {
+				t.Fatalf("ID %q, want %q", id, c.want)
+			}
+			again, err := loadRaftID(dir, "n1", c.inmem, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.inmem {
+				if again == id {
+					t.Errorf("in-memory raft kept ID %s across starts", id)
+				}
+				if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("in-memory raft wrote %s: %v", path, err)
+				}
+				return
+			}
+			if again != id {
+				t.Errorf("second start: ID %q, first %q", again, id)
+			}
+			if b, err := os.ReadFile(path); err != nil || strings.TrimSpace(string(b)) != string(id) {
+				t.Errorf("%s holds %q (%v), want %q", path, b, err, id)
+			}
+		})
+	}
+}
+
+// TestNodeRestartedOnAnEmptyDataDirJoinsAsANewMember: a follower loses its data dir and comes
+// back under the same name and addresses. It must get a new raft ID, the leader must put that ID
+// in raft's configuration as a voter and drop the old one (whose log, term and vote are gone),
+// and the node must catch up and run tasks.
+func TestNodeRestartedOnAnEmptyDataDirJoinsAsANewMember(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{capacity: 1})
+	for i := 0; i < 3; i++ {
+		submit(t, tc.nodes[i], "calc-square", i, "20s")
+	}
+	x := tc.follower()
+	oldID := raft.ServerID(x.RaftID())
+	waitFor(t, "the follower a voter under its first ID", 30*time.Second, func() bool {
+		return slices.Contains(voterIDs(tc.leader()), oldID)
+	})
+	cfg := x.cfg
+	cfg.Logger = testLogger(t)
+	cfg.GossipAddr, cfg.RaftAddr, cfg.HTTPAddr = x.GossipAddr(), x.RaftAddr(), x.HTTPAddr()
+	cfg.Join = []string{tc.leader().GossipAddr()}
+	if err := x.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	cfg.DataDir = t.TempDir() // the disk was replaced
+	y := tc.start(cfg)
+	newID := raft.ServerID(y.RaftID())
+	if newID == oldID || newID == "" {
+		t.Fatalf("restarted on an empty dir with raft ID %q, first ID %q", newID, oldID)
+	}
+	waitFor(t, "the new ID a voter and the old one gone", 30*time.Second, func() bool {
+		l := tc.leader()
+		return l != nil && slices.Contains(voterIDs(l), newID) && !slices.Contains(raftIDs(l), oldID)
+	})
+	tc.waitHealthy(3)
+	waitFor(t, "the new member caught up", 30*time.Second, func() bool {
+		return y.FSM().Index() >= tc.leader().FSM().Index()
+	})
+	// /v1/cluster shows the node under its name with its new ID and its role.
+	var info api.Cluster
+	if code := httpCall(t, tc.leader(), "GET", "/v1/cluster", nil, &info); code != 200 {
+		t.Fatalf("GET /v1/cluster: %d", code)
+	}
+	var found bool
+	for _, ni := range info.Nodes {
+		if ni.Name == cfg.Name {
+			found = true
+			if ni.ID != string(newID) || ni.RaftRole != api.RoleVoter {
+				t.Errorf("/v1/cluster shows %s with id %q role %q, want id %s role voter", ni.Name, ni.ID, ni.RaftRole, newID)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("/v1/cluster lacks %s: %+v", cfg.Name, info.Nodes)
+	}
+	// The new member runs tasks: submit until one lands on it (placement spreads the load).
+	var ran bool
+	for i := 0; i < 30 && !ran; i++ {
+		task := submit(t, tc.nodes[i%2], "calc-square", i, "20s")
+		if task.State != api.StateSucceeded || string(task.Result) != fmt.Sprint(i*i) {
+			t.Fatalf("task %d: %s %s", i, task.State, task.Result)
+		}
+		ran = task.Node == cfg.Name
+	}
+	if !ran {
+		t.Fatalf("no task ran on %s after it came back", cfg.Name)
+	}
+}
+
+// TestDataDirFromBeforeRaftIDsKeepsItsName: n1's data dir comes from a release before raft IDs
+// (raft state whose configuration names the server after the node, no ID file). n1 must take its
+// name as its ID and write it down, lead its cluster as before, take in new nodes (under their
+// generated IDs), and keep the name across a restart.
+func TestDataDirFromBeforeRaftIDsKeepsItsName(t *testing.T) {
+	dir := t.TempDir()
+	raftAddr := freeAddr(t)
+	bootstrapNamedServer(t, dir, "n1", raftAddr)
+	tc := startCluster(t, 3, clusterOpts{tweak: func(i int, c *Config) {
+		if i == 0 {
+			c.DataDir, c.RaftAddr = dir, raftAddr
+		}
+	}})
+	n1 := tc.nodes[0]
+	if n1.RaftID() != "n1" {
+		t.Fatalf("n1 resumed under raft ID %q, want its name", n1.RaftID())
+	}
+	waitFor(t, "n1 and the newcomers voters", 30*time.Second, func() bool {
+		ids := voterIDs(tc.leader())
+		return len(ids) == 3 && slices.Contains(ids, "n1") &&
+			slices.Contains(ids, raft.ServerID(tc.nodes[1].RaftID())) && slices.Contains(ids, raft.ServerID(tc.nodes[2].RaftID()))
+	})
+	done := submit(t, tc.nodes[1], "calc-square", 7, "20s")
+
+	c := n1.cfg
+	c.Logger = testLogger(t)
+	c.GossipAddr, c.RaftAddr, c.HTTPAddr = n1.GossipAddr(), n1.RaftAddr(), n1.HTTPAddr()
+	c.Join = []string{tc.nodes[1].GossipAddr()}
+	if err := n1.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	back := tc.start(c)
+	if back.RaftID() != "n1" {
+		t.Fatalf("n1 restarted under raft ID %q, want its name", back.RaftID())
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, raftIDFile)); err != nil || string(b) != "n1\n" {
+		t.Fatalf("n1's ID file: %q, %v", b, err)
+	}
+	tc.waitHealthy(3)
+	waitFor(t, "n1 back as a voter under its name", 30*time.Second, func() bool {
+		ids := voterIDs(tc.leader())
+		return len(ids) == 3 && slices.Contains(ids, "n1")
+	})
+	waitFor(t, "n1 replayed its log", 20*time.Second, func() bool { return back.FSM().Index() >= tc.leader().FSM().Index() })
+	if got, ok := back.FSM().Task(done.ID); !ok || got.State != fsm.Succeeded {
+		t.Fatalf("n1 lost task %s: %v %s", done.ID, ok, got.State)
+	}
+	if task := submit(t, back, "calc-square", 12, "20s"); string(task.Result) != "144" {
+		t.Fatalf("after the restart: %s %s", task.State, task.Result)
+	}
+}
+
+// bootstrapNamedServer writes raft state into dir as a node of the release before raft IDs did on
+// its first start: a one-server configuration whose server ID is the node's name.
+func bootstrapNamedServer(t *testing.T, dir, name, addr string) {
+	t.Helper()
+	raftDir := filepath.Join(dir, "raft")
+	if err := os.MkdirAll(raftDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	snaps, err := raft.NewFileSnapshotStore(raftDir, 2, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(name)
+	_, trans := raft.NewInmemTransport(raft.ServerAddress(addr))
+	cf := raft.Configuration{Servers: []raft.Server{{ID: raft.ServerID(name), Address: raft.ServerAddress(addr), Suffrage: raft.Voter}}}
+	if err := raft.BootstrapCluster(rc, store, store, snaps, trans, cf); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// freeAddr is a 127.0.0.1 address with a port nothing listens on at the moment.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func TestMetaWithARaftIDFitsTheGossipBudget(t *testing.T) {
+	// The largest meta a node sends: every field at its realistic maximum, plus a full keyring.
+	m := membership.Meta{
+		RaftAddr: "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535", RaftID: ulid.Make().String(),
+		HTTPAddr: "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535", BootID: newBootID(), Capacity: 1 << 20,
+		Draining: true, Version: "v10.20.30-rc.1+abcdef0", Insecure: true, Internode: "[2001:db8::1]:65535",
+		Keys: strings.Repeat("0123456789ab,", 8), StartedAt: time.Now().Unix(), CommitIndex: 1 << 62, AppliedIndex: 1 << 62,
+	}
+	b, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > 400 {
+		t.Errorf("meta takes %d of memberlist's 512 bytes: little room left for the next field", len(b))
+	}
+}
+
+func voterIDs(n *Node) []raft.ServerID {
+	if n == nil {
+		return nil
+	}
+	var ids []raft.ServerID
+	for _, s := range rawRaftServers(n) {
+		if s.Suffrage == raft.Voter {
+			ids = append(ids, s.ID)
+		}
+	}
+	return ids
+}
