@@ -253,6 +253,7 @@ func TestMetaWithARaftIDFitsTheGossipBudget(t *testing.T) {
 		HTTPAddr: "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535", BootID: newBootID(), Capacity: 1 << 20,
 		Draining: true, Version: "v10.20.30-rc.1+abcdef0", Insecure: true, Internode: "[2001:db8::1]:65535",
 		Keys: strings.Repeat("0123456789ab,", 8), StartedAt: time.Now().Unix(), CommitIndex: 1 << 62, AppliedIndex: 1 << 62,
+		StorageFault: true, DrainDeadline: time.Now().UnixMilli(),
 	}
 	b, err := m.Encode()
 	if err != nil {
