@@ -423,12 +423,13 @@ func TestNodeBackOnNewAddressesIsReadded(t *testing.T) {
 	})
 }
 
-// A follower cut off long enough is declared down and removed from raft while its own FSM, stopped
-// before the verdict, still says it is up (a SIGSTOP of a few seconds does this to a real process).
-// Once it can talk again it must come back as a member and catch up, not stay outside for good.
+// A voter cut off long enough is declared down and removed from raft (a spare takes its place)
+// while its own FSM, stopped before the verdict, still says it is up (a SIGSTOP of a few seconds
+// does this to a real process). Once it can talk again it must come back as a member and catch
+// up, not stay outside for good.
 func TestNodeRemovedWhileCutOffComesBack(t *testing.T) {
-	tc := startCluster(t, 3, clusterOpts{twin: true})
-	x := tc.follower()
+	tc := startCluster(t, 4, clusterOpts{twin: true, tweak: func(_ int, c *Config) { c.Voters = 3 }})
+	x := voterFollower(t, tc)
 	tc.twin.partition(x.Name())
 	inConfig := func() bool {
 		l := tc.leader()
@@ -467,4 +468,66 @@ func TestNodeRemovedWhileCutOffComesBack(t *testing.T) {
 	if nd, ok := tc.leader().FSM().Node(x.Name()); !ok || nd.Status != fsm.NodeUp {
 		t.Fatalf("leader's record of the node: %+v", nd)
 	}
+}
+
+// voterFollower waits for the raft configuration to settle and returns a voter that does not lead.
+func voterFollower(t *testing.T, tc *testCluster) *Node {
+	t.Helper()
+	var x *Node
+	waitFor(t, "a voter that is not the leader", 30*time.Second, func() bool {
+		l := tc.leader()
+		if l == nil {
+			return false
+		}
+		for _, s := range raftServers(t, l) {
+			if n := tc.find(string(s.ID)); s.Suffrage == raft.Voter && n != nil && n != l {
+				x = n
+				return true
+			}
+		}
+		return false
+	})
+	return x
+}
+
+// Three voters and no spare: a crashed voter stays in raft's configuration (removing it would
+// leave two, which survive no more failures than three with one down), so when it comes back it
+// counts again at once, without being added back.
+func TestCrashedVoterWithoutSpareIsKept(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{twin: true, tweak: func(_ int, c *Config) { c.DeadServerGrace = 200 * time.Millisecond }})
+	x := voterFollower(t, tc)
+	tc.twin.partition(x.Name())
+	var downAt time.Time
+	waitFor(t, "the leader marks the cut-off node down", 30*time.Second, func() bool {
+		l := tc.leader()
+		if l == nil || l == x {
+			return false
+		}
+		nd, ok := l.FSM().Node(x.Name())
+		downAt = time.Now()
+		return ok && nd.Status != fsm.NodeUp
+	})
+	// Several reconcile rounds (one a second) past the grace: the voter must still be there.
+	waitFor(t, "reconcile rounds past the grace", 30*time.Second, func() bool {
+		l := tc.leader()
+		if l == nil {
+			return false
+		}
+		voters := 0
+		for _, s := range raftServers(t, l) {
+			if s.Suffrage == raft.Voter {
+				voters++
+			}
+		}
+		if voters != 3 {
+			t.Fatalf("the leader shrank raft to %d voters with no spare to replace the crashed one", voters)
+		}
+		return time.Since(downAt) > 3*time.Second
+	})
+	tc.twin.heal(x.Name())
+	task := submit(t, tc.leader(), "echo", "back", "")
+	waitFor(t, "the node catches up", 30*time.Second, func() bool {
+		_, ok := x.FSM().Task(task.ID)
+		return ok
+	})
 }

@@ -223,6 +223,23 @@ func (n *Node) reconcileRaft() {
 		}
 	}
 	want := min(n.cfg.Voters, len(alive))
+	// A crashed voter is removed only when that leaves at least floor voters or a spare (an alive
+	// member that is not a voter yet) can take its place. Removing the dead keeps later failures
+	// from breaking quorum (5 voters with 2 dead survive a third crash only as 3 voters), but
+	// shrinking 3 voters to 2 gains nothing: either way the next failure loses quorum, and a
+	// voter that was only frozen or cut off would have to be added back before it counts again.
+	floor := min(minVotersAfterRemoval, n.cfg.Voters)
+	voters, spares := 0, 0
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	for id, m := range alive {
+		if s, in := servers[id]; in && s.Suffrage != raft.Voter || !in && n.registered(m) {
+			spares++
+		}
+	}
 
 	// Remove servers that are gone: at once when they left or their node came back as a new
 	// member, after a grace when they crashed.
@@ -255,6 +272,15 @@ func (n *Node) reconcileRaft() {
 			n.deadSince[name] = time.Now()
 		}
 		if state == membership.StateLeft || time.Since(n.deadSince[name]) > n.cfg.DeadServerGrace {
+			if state != membership.StateLeft && s.Suffrage == raft.Voter {
+				if voters-1 < floor && spares == 0 {
+					continue // keep it: see floor above
+				}
+				if voters-1 < floor {
+					spares--
+				}
+				voters--
+			}
 			n.log.Info("removing raft server", "server", id, "member", name, "gossip", state)
 			if err := n.raft.RemoveServer(id, 0, raftChangeTimeout).Error(); err != nil {
 				n.log.Warn("remove raft server", "server", id, "member", name, "err", err)
@@ -329,6 +355,10 @@ func (n *Node) replacedBy(s raft.Server, name string, alive map[raft.ServerID]me
 	}
 	return membership.Member{}, false
 }
+
+// minVotersAfterRemoval is how few voters removing a crashed one may leave without a spare to
+// replace it (reconcileRaft).
+const minVotersAfterRemoval = 3
 
 func memberState(members []membership.Member, name string) (membership.State, bool) {
 	for _, m := range members {
