@@ -97,12 +97,12 @@ func (f *fakeBackend) WaitTask(ctx context.Context, id string, until func(api.Ta
 	}
 }
 
-func (f *fakeBackend) List(_ context.Context, q api.ListQuery, visible func(string) bool) ([]api.Task, error) {
+func (f *fakeBackend) List(_ context.Context, q api.ListQuery, visible func(string) bool) (api.TaskPage, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gotQuery = q
 	if f.err != nil {
-		return nil, f.err
+		return api.TaskPage{}, f.err
 	}
 	var out []api.Task
 	for _, t := range f.tasks {
@@ -111,7 +111,7 @@ func (f *fakeBackend) List(_ context.Context, q api.ListQuery, visible func(stri
 		}
 	}
 	slices.SortFunc(out, func(a, b api.Task) int { return strings.Compare(b.ID, a.ID) })
-	return out, nil
+	return api.TaskPage{Tasks: out, Total: len(out)}, nil
 }
 
 func (f *fakeBackend) Cancel(_ context.Context, caller Caller, id string) (api.Task, error) {
