@@ -315,6 +315,8 @@ func (f *FSM) PlacementView(alive map[string]bool, now time.Time) View {
 		}
 		return k
 	}
+	// Each source (a queue, the due retries) gives up to the free slots that serve a type, so the
+	// oldest K of their union are among the candidates; Place takes them oldest first.
 	var cands []*Task
 	room := map[TypeVersion]int{}
 	for tv, q := range s.queue {
