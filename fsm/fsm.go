@@ -37,6 +37,7 @@ type FSM struct {
 	// never part of the replicated state.
 	observer    Observer
 	transitions []Transition
+	lastStamp   *time.Time // stamp's
 }
 
 // New returns an empty FSM.
@@ -241,8 +242,7 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 	case ReportStarted:
 		f.note(Transition{Kind: KindStarted, TaskID: t.ID, Type: t.Type, Node: t.Node, Waited: now.Sub(pendingSince(t))})
 		t.State = Running
-		at := now
-		t.StartedAt = &at
+		t.StartedAt = f.stamp(now)
 		entry.Event = EventStarted
 	case ReportCheckpoint:
 		t.Checkpoint = r.Checkpoint
@@ -252,7 +252,7 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 		t.State = Succeeded
 		t.Result = r.Result
 		t.Error = nil
-		t.finish(now)
+		t.finish(f.stamp(now))
 		entry.Event = EventSucceeded
 		f.noteFinish(KindSucceeded, t, node, wasRunning, now)
 	case ReportFailed:
@@ -268,7 +268,7 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 			if t.CancelRequested {
 				t.State, kind = Cancelled, KindCancelled
 			}
-			t.finish(now)
+			t.finish(f.stamp(now))
 		} else {
 			t.requeue()
 			t.NotBefore = r.NotBefore
@@ -276,7 +276,7 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 		f.noteFinish(kind, t, node, wasRunning, now)
 	case ReportCancelled:
 		t.State = Cancelled
-		t.finish(now)
+		t.finish(f.stamp(now))
 		entry.Event = EventCancelled
 		f.noteFinish(KindCancelled, t, node, wasRunning, now)
 	case ReportInterrupted:
@@ -301,7 +301,7 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 func (f *FSM) interrupt(t *Task, now time.Time) {
 	if t.CancelRequested {
 		t.State = Cancelled
-		t.finish(now)
+		t.finish(f.stamp(now))
 		return
 	}
 	t.requeue()
@@ -312,10 +312,19 @@ func (t *Task) requeue() {
 	t.Node, t.BootID = "", ""
 }
 
-func (t *Task) finish(now time.Time) {
-	at := now
-	t.FinishedAt = &at
+func (t *Task) finish(at *time.Time) {
+	t.FinishedAt = at
 	t.NotBefore = nil
+}
+
+// stamp returns a pointer to now that every record the entry being applied stamps may share:
+// records never change once stored, and a batch of a hundred reports then keeps one time value
+// instead of a hundred (compact records). f.mu is held.
+func (f *FSM) stamp(now time.Time) *time.Time {
+	if f.lastStamp == nil || *f.lastStamp != now {
+		f.lastStamp = &now
+	}
+	return f.lastStamp
 }
 
 func (f *FSM) register(index uint64, now time.Time, n *Node) error {
@@ -413,7 +422,7 @@ func (f *FSM) cancel(index uint64, now time.Time, id string) ItemResult {
 	switch {
 	case t.State == Pending:
 		t.State = Cancelled
-		t.finish(now)
+		t.finish(f.stamp(now))
 		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Event: EventCancelled, At: now})
 		f.note(Transition{Kind: KindCancelled, TaskID: t.ID, Type: t.Type})
 	default:

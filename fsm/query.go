@@ -119,7 +119,7 @@ func (f *FSM) ListPage(q Filter) (Page, error) {
 			skip = func(t *Task) bool { return t.ID >= q.After }
 		}
 	}
-	descend(tree, from, func(t *Task) bool {
+	emit := func(t *Task) bool {
 		if skip(t) || !q.match(t) {
 			return true
 		}
@@ -130,8 +130,65 @@ func (f *FSM) ListPage(q Filter) (Page, error) {
 		}
 		p.Tasks = append(p.Tasks, t.clone())
 		return true
+	}
+	if q.State != "" && q.Type == "" && q.Node == "" && q.ExecutionID == "" {
+		// A page from each type's tree of that state, merged: O(types × page).
+		var got []*Task
+		for k, tr := range f.tasks.byStateTy {
+			if k.state != q.State {
+				continue
+			}
+			n := 0
+			descend(tr, from, func(t *Task) bool {
+				if skip(t) || !q.match(t) {
+					return true
+				}
+				got = append(got, t)
+				n++
+				return q.Limit == 0 || n <= q.Limit
+			})
+		}
+		slices.SortFunc(got, func(a, b *Task) int { return cmpCreate(b, a) })
+		for _, t := range got {
+			if !emit(t) {
+				break
+			}
+		}
+		return p, nil
+	}
+	// An execution's root is not in byExec: merge it in at its place.
+	root := f.execRoot(q.ExecutionID)
+	if root != nil && from != nil && !byCreate(root, from) {
+		root = nil
+	}
+	more := true
+	descend(tree, from, func(t *Task) bool {
+		if root != nil && byCreate(t, root) {
+			r := root
+			root = nil
+			if !emit(r) {
+				more = false
+				return false
+			}
+		}
+		more = emit(t)
+		return more
 	})
+	if root != nil && more {
+		emit(root)
+	}
 	return p, nil
+}
+
+// execRoot is the task that started execution id, when the query asks for one.
+func (f *FSM) execRoot(id string) *Task {
+	if id == "" {
+		return nil
+	}
+	if t, ok := f.tasks.get(id); ok && t.ExecutionID == id {
+		return t
+	}
+	return nil
 }
 
 // listIndex picks the tree to walk for q and the watch key of that tree.
@@ -147,7 +204,7 @@ func (f *FSM) listIndex(q Filter) (*btree.BTreeG[*Task], watchKey) {
 	case q.Type != "":
 		return s.byType[q.Type], watchKey{watchType, q.Type}
 	case q.State != "":
-		return s.byState[q.State], watchKey{watchState, string(q.State)}
+		return nil, watchKey{watchState, string(q.State)} // ListPage merges byStateTy
 	}
 	return s.all, watchKey{watchAll, ""}
 }
@@ -158,13 +215,16 @@ func (f *FSM) total(q Filter) int {
 	s := f.tasks
 	if q.Node != "" || q.ExecutionID != "" {
 		tree, _ := f.listIndex(q)
+		n := 0
+		if root := f.execRoot(q.ExecutionID); root != nil && q.match(root) {
+			n++
+		}
 		if tree == nil {
-			return 0
+			return n
 		}
 		if q.State == "" && q.Type == "" && q.Visible == nil && (q.Node == "" || q.ExecutionID == "") {
-			return tree.Len()
+			return n + tree.Len()
 		}
-		n := 0
 		tree.Ascend(func(t *Task) bool {
 			if q.match(t) {
 				n++

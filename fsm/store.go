@@ -22,11 +22,14 @@ type store struct {
 	byID map[string]*Task
 	// all orders every task by (CreateIndex, ID): list order, and what a snapshot walks.
 	all       *btree.BTreeG[*Task]
-	byState   map[State]*btree.BTreeG[*Task]
 	byType    map[string]*btree.BTreeG[*Task]
+	// byStateTy serves state and type filters together, and a state alone by merging a page from
+	// each type's tree (a handful): an index by state alone would cost every record ~20 B more.
 	byStateTy map[stateType]*btree.BTreeG[*Task]
 	byNode    map[string]*btree.BTreeG[*Task] // tasks that have (or had, when finished) a node
-	byExec    map[string]*btree.BTreeG[*Task]
+	// byExec holds the tasks an execution spawned (ExecutionID != ID); its root, whose
+	// ExecutionID is its own ID, is found by ID. A tree per task would cost ~400 B each.
+	byExec map[string]*btree.BTreeG[*Task]
 	// queue holds the pending tasks without a retry deadline, one FIFO per (type, version): the
 	// scheduler reads the head of each queue a free node can serve, so an unplaceable type at the
 	// front blocks nothing else.
@@ -80,13 +83,16 @@ func byFinish(a, b *Task) bool {
 	return byCreate(a, b)
 }
 
-func newTree() *btree.BTreeG[*Task] { return btree.NewG(btreeDegree, byCreate) }
+// freeNodes is the node free list every small tree shares: btree.NewG gives each tree its own,
+// 256 bytes before it holds anything.
+var freeNodes = btree.NewFreeListG[*Task](btree.DefaultFreeListSize)
+
+func newTree() *btree.BTreeG[*Task] { return btree.NewWithFreeListG(btreeDegree, byCreate, freeNodes) }
 
 func newStore() *store {
 	return &store{
 		byID:      map[string]*Task{},
 		all:       newTree(),
-		byState:   map[State]*btree.BTreeG[*Task]{},
 		byType:    map[string]*btree.BTreeG[*Task]{},
 		byStateTy: map[stateType]*btree.BTreeG[*Task]{},
 		byNode:    map[string]*btree.BTreeG[*Task]{},
@@ -112,13 +118,14 @@ func (s *store) insert(t *Task) {
 	s.compact(t)
 	s.byID[t.ID] = t
 	s.all.ReplaceOrInsert(t)
-	put(s.byState, t.State, t)
 	put(s.byType, t.Type, t)
 	put(s.byStateTy, stateType{t.State, t.Type}, t)
 	if t.Node != "" {
 		put(s.byNode, t.Node, t)
 	}
-	put(s.byExec, t.ExecutionID, t)
+	if t.ExecutionID != t.ID {
+		put(s.byExec, t.ExecutionID, t)
+	}
 	switch {
 	case t.State == Pending && t.NotBefore != nil:
 		s.retry.ReplaceOrInsert(t)
@@ -147,13 +154,14 @@ func (s *store) insert(t *Task) {
 func (s *store) delete(t *Task) {
 	delete(s.byID, t.ID)
 	s.all.Delete(t)
-	drop(s.byState, t.State, t)
 	drop(s.byType, t.Type, t)
 	drop(s.byStateTy, stateType{t.State, t.Type}, t)
 	if t.Node != "" {
 		drop(s.byNode, t.Node, t)
 	}
-	drop(s.byExec, t.ExecutionID, t)
+	if t.ExecutionID != t.ID {
+		drop(s.byExec, t.ExecutionID, t)
+	}
 	switch {
 	case t.State == Pending && t.NotBefore != nil:
 		s.retry.Delete(t)

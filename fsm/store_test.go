@@ -352,3 +352,42 @@ func TestPlacementViewTakesDueRetriesAndReportsTheNextOne(t *testing.T) {
 		t.Errorf("next retry = %v, want +1h", v.NextRetry)
 	}
 }
+
+// State alone and execution read merged sources (a tree per type; the root beside its children):
+// paging through them with the cursor must give exactly the unpaged list.
+func TestMergedListsPageLikeTheWholeList(t *testing.T) {
+	h := newHarness(t)
+	for i := range 12 {
+		typ := []string{"echo", "sleep", "other"}[i%3]
+		h.must(submitCmd(sub(fmt.Sprintf("t%02d", i), typ)))
+		if i%4 == 0 {
+			h.must(submitCmd(Submit{ID: fmt.Sprintf("c%02d", i), Type: typ, ExecutionID: "t00"}))
+		}
+	}
+	h.must(cancelCmd("t05", "c04"))
+	for _, q := range []Filter{{State: Pending}, {State: Cancelled}, {ExecutionID: "t00"}, {ExecutionID: "t00", State: Pending}} {
+		want := ids(h.f.List(q))
+		for _, limit := range []int{1, 2, 5} {
+			var got []string
+			pq := q
+			pq.Limit = limit
+			for range 30 {
+				p, err := h.f.ListPage(pq)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, ids(p.Tasks)...)
+				if p.Next == "" {
+					break
+				}
+				pq.Next = p.Next
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("%+v by %d: pages %v, want %v", q, limit, got, want)
+			}
+		}
+	}
+	if got := ids(h.f.List(Filter{ExecutionID: "t00"})); !reflect.DeepEqual(got, []string{"c08", "c04", "c00", "t00"}) {
+		t.Errorf("execution t00 = %v, want its children and itself newest first [c08 c04 c00 t00]", got)
+	}
+}
