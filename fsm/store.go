@@ -21,8 +21,8 @@ import (
 type store struct {
 	byID map[string]*Task
 	// all orders every task by (CreateIndex, ID): list order, and what a snapshot walks.
-	all       *btree.BTreeG[*Task]
-	byType    map[string]*btree.BTreeG[*Task]
+	all    *btree.BTreeG[*Task]
+	byType map[string]*btree.BTreeG[*Task]
 	// byStateTy serves state and type filters together, and a state alone by merging a page from
 	// each type's tree (a handful): an index by state alone would cost every record ~20 B more.
 	byStateTy map[stateType]*btree.BTreeG[*Task]
