@@ -40,16 +40,17 @@ func (f *FSM) Task(id string) (Task, bool) {
 }
 
 // TaskWatch returns a copy of one task and a channel closed on the next change of that task (or
-// of the whole state, by a restore), read atomically so no change between the two is missed.
+// of the whole state, by a restore), read atomically so no change between the two is missed. For
+// an ID the FSM does not hold, the channel is Changed's: a watch per unknown ID would stay
+// until that ID is created, which for a mistyped one is never.
 func (f *FSM) TaskWatch(id string) (Task, bool, <-chan struct{}) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	ch := f.watches.get(watchKey{watchTask, id})
 	t, ok := f.tasks.get(id)
 	if !ok {
-		return Task{}, false, ch
+		return Task{}, false, f.changed
 	}
-	return t.clone(), true, ch
+	return t.clone(), true, f.watches.get(watchKey{watchTask, id})
 }
 
 // ErrBadCursor is a list cursor this FSM did not make.
@@ -68,6 +69,8 @@ type Filter struct {
 	// Visible, when set, keeps only tasks of the types it accepts (what an ACL caller may read);
 	// Limit counts visible tasks, so a page is full whenever enough of them exist.
 	Visible func(taskType string) bool
+	// Watch asks ListPage for Page.Watch.
+	Watch bool
 }
 
 func (q *Filter) match(t *Task) bool {
@@ -85,7 +88,8 @@ type Page struct {
 	Next string
 	// Total is how many tasks match the filter (all pages; After, Next and Limit aside).
 	Total int
-	// Watch is closed on the next change to a task the query's index covers, for blocking lists.
+	// Watch, when the filter asked for it, is closed on the next change to a task the query's
+	// index covers, for blocking lists.
 	Watch <-chan struct{}
 }
 
@@ -110,7 +114,13 @@ func (f *FSM) ListPage(q Filter) (Page, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	tree, key := f.listIndex(q)
-	p := Page{Watch: f.watches.get(key), Total: f.total(q)}
+	p := Page{Total: f.total(q)}
+	if q.Watch {
+		p.Watch = f.changed // for a type, node or execution no task has yet: no watch left behind
+		if tree != nil || key.kind == watchAll || key.kind == watchState || f.execRoot(q.ExecutionID) != nil {
+			p.Watch = f.watches.get(key)
+		}
+	}
 	skip := func(*Task) bool { return false }
 	if q.After != "" && from == nil {
 		if t, ok := f.tasks.get(q.After); ok {

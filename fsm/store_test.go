@@ -268,11 +268,15 @@ func TestTaskWatchWakesForItsTaskOnly(t *testing.T) {
 	if ok || !closed(missing) {
 		t.Error("the creation of a watched ID did not wake its watch")
 	}
+	h.f.TaskWatch("never")
+	if n := len(h.f.watches.ch); n != 0 {
+		t.Errorf("%d watches left behind after watching an unknown ID", n)
+	}
 }
 
 func TestListWatchWakesForItsIndex(t *testing.T) {
 	h := queryFSM(t)
-	p, _ := h.f.ListPage(Filter{Type: "other"})
+	p, _ := h.f.ListPage(Filter{Type: "other", Watch: true})
 	h.must(submitCmd(sub("e1", "echo")))
 	if closed(p.Watch) {
 		t.Error("an echo task woke a list of type other")
@@ -281,7 +285,7 @@ func TestListWatchWakesForItsIndex(t *testing.T) {
 	if !closed(p.Watch) {
 		t.Error("a new task of type other did not wake the list")
 	}
-	all, _ := h.f.ListPage(Filter{})
+	all, _ := h.f.ListPage(Filter{Watch: true})
 	h.must(cancelCmd("o1"))
 	if !closed(all.Watch) {
 		t.Error("a change did not wake the unfiltered list")
