@@ -445,7 +445,9 @@ func (f *FSM) remove(id string) ItemResult {
 	return ItemResult{ID: id}
 }
 
-// snapshotState is the msgpack form of a snapshot.
+// snapshotState is the msgpack form of a snapshot, as earlier releases wrote it in one piece.
+// Persist streams exactly these bytes and decodeSnapshot reads them key by key; the struct stays
+// as the format's definition (and tests build snapshots with it).
 type snapshotState struct {
 	Index uint64 `msgpack:"index"`
 	Tasks []Task `msgpack:"tasks"`
