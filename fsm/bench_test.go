@@ -111,12 +111,12 @@ type fileSink struct{ *os.File }
 func (fileSink) ID() string      { return "bench" }
 func (s fileSink) Cancel() error { return s.File.Close() }
 
-// BenchmarkSnapshotRestore persists benchRecords() finished tasks to a file and restores them,
-// reporting each phase.
+// BenchmarkSnapshotRestore persists benchRecords() finished tasks to a file, then restores them
+// into an empty FSM with the source gone, as a restarting node does, reporting each phase.
 func BenchmarkSnapshotRestore(b *testing.B) {
 	n := benchRecords()
-	src := finishedFSM(b, n)
 	path := filepath.Join(b.TempDir(), "snapshot")
+	src := finishedFSM(b, n)
 	for b.Loop() {
 		out, err := os.Create(path)
 		if err != nil {
@@ -135,18 +135,19 @@ func BenchmarkSnapshotRestore(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		in, err := os.Open(path)
-		if err != nil {
-			b.Fatal(err)
-		}
-		start = time.Now()
-		if err := New().Restore(in); err != nil {
-			b.Fatal(err)
-		}
-		restored := time.Since(start)
 		b.ReportMetric(float64(n), "tasks")
 		b.ReportMetric(float64(st.Size())/float64(n), "snapshot-bytes/task")
 		b.ReportMetric(persisted.Seconds(), "persist-s")
-		b.ReportMetric(restored.Seconds(), "restore-s")
 	}
+	src = nil
+	runtime.GC()
+	in, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	if err := New().Restore(in); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(time.Since(start).Seconds(), "restore-s")
 }
