@@ -209,6 +209,22 @@ const (
 // leaving node last knew it ("" when it knew none), so a client has somewhere to go.
 const HeaderLeaderAddr = "X-Taskworker-Leader-Addr"
 
+// List paging headers of GET /v1/tasks (the body stays a JSON array).
+const (
+	// HeaderNext is the opaque cursor of the next page, passed back as ?next=; absent on the last
+	// page.
+	HeaderNext = "X-Taskworker-Next"
+	// HeaderTotal is how many tasks match the filter, all pages together.
+	HeaderTotal = "X-Taskworker-Total"
+)
+
+// TaskPage is one page of GET /v1/tasks with its paging headers.
+type TaskPage struct {
+	Tasks []Task
+	Next  string // HeaderNext: "" on the last page
+	Total int    // HeaderTotal
+}
+
 // Health is GET /v1/health: Status is HealthOK (200) or why the node cannot serve (503).
 type Health struct {
 	Status string `json:"status"`
@@ -229,7 +245,8 @@ const (
 )
 
 // ListQuery filters and pages GET /v1/tasks. Empty fields match everything; a list is newest
-// first, and the next page starts After the last ID of this one.
+// first, and the next page starts at the cursor Next a page returned (HeaderNext), or After the
+// last ID of this one.
 type ListQuery struct {
 	State     string
 	Type      string
@@ -237,12 +254,13 @@ type ListQuery struct {
 	Execution string
 	Limit     int // 0 = DefaultListLimit
 	After     string
+	Next      string // opaque cursor from HeaderNext
 }
 
 // Values encodes the query as URL parameters, leaving out zero fields.
 func (q ListQuery) Values() url.Values {
 	v := url.Values{}
-	for k, s := range map[string]string{"state": q.State, "type": q.Type, "node": q.Node, "execution": q.Execution, "after": q.After} {
+	for k, s := range map[string]string{"state": q.State, "type": q.Type, "node": q.Node, "execution": q.Execution, "after": q.After, "next": q.Next} {
 		if s != "" {
 			v.Set(k, s)
 		}
@@ -257,7 +275,7 @@ func (q ListQuery) Values() url.Values {
 func ParseListQuery(v url.Values) (ListQuery, error) {
 	q := ListQuery{
 		State: v.Get("state"), Type: v.Get("type"), Node: v.Get("node"),
-		Execution: v.Get("execution"), After: v.Get("after"), Limit: DefaultListLimit,
+		Execution: v.Get("execution"), After: v.Get("after"), Next: v.Get("next"), Limit: DefaultListLimit,
 	}
 	if q.State != "" && !validState(q.State) {
 		return q, Errorf(CodeInvalidState, "unknown state %q", Truncate(q.State))
@@ -308,6 +326,7 @@ const (
 	CodeInvalidIndex         Code = "invalid_index"
 	CodeInvalidState         Code = "invalid_state"
 	CodeInvalidLimit         Code = "invalid_limit"
+	CodeInvalidCursor        Code = "invalid_cursor" // a ?next= cursor the server did not make
 	CodeInvalidAttempt       Code = "invalid_attempt"
 	CodeUnauthorized         Code = "unauthorized"
 	CodeForbidden            Code = "forbidden"
@@ -343,7 +362,7 @@ const (
 var statusOf = map[Code]int{
 	CodeInvalidRequest: 400, CodeMissingType: 400, CodeUnknownTaskType: 400, CodeInvalidInput: 400,
 	CodeInvalidMaxAttempts: 400, CodeInvalidTimeout: 400, CodeInvalidIdempotency: 400, CodeInvalidVersion: 400,
-	CodeInvalidWait: 400, CodeInvalidIndex: 400, CodeInvalidState: 400, CodeInvalidLimit: 400, CodeInvalidAttempt: 400,
+	CodeInvalidWait: 400, CodeInvalidIndex: 400, CodeInvalidState: 400, CodeInvalidLimit: 400, CodeInvalidCursor: 400, CodeInvalidAttempt: 400,
 	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
 	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,

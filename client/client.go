@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -222,6 +223,69 @@ func (c *Client) List(ctx context.Context, opts ListOptions) ([]Task, error) {
 		return page.Tasks, wrapDecode("GET /v1/tasks", err)
 	}
 	return tasks, wrapDecode("GET /v1/tasks", json.Unmarshal(raw, &tasks))
+}
+
+// TaskPage is one page of a list: its tasks, the cursor of the next page
+// ("" on the last) and how many tasks match the filter on every page.
+type TaskPage struct {
+	Tasks []Task
+	Next  string
+	Total int
+}
+
+// ListPage returns one page of tasks, newest first, with the cursor of the
+// next page: pass it back as opts.Next. Total is -1 when the server did not
+// say (a node of an older release).
+func (c *Client) ListPage(ctx context.Context, opts ListOptions) (*TaskPage, error) {
+	const what = "GET /v1/tasks"
+	resp, err := c.send(ctx, http.MethodGet, "/v1/tasks", opts.Values(), nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	page := &TaskPage{Next: resp.Header.Get(api.HeaderNext), Total: -1}
+	if s := resp.Header.Get(api.HeaderTotal); s != "" {
+		if page.Total, err = strconv.Atoi(s); err != nil {
+			return nil, fmt.Errorf("%s: %s header %q: %w", what, api.HeaderTotal, s, err)
+		}
+	}
+	var raw json.RawMessage
+	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
+		return nil, wrapDecode(what, err)
+	}
+	if raw = bytes.TrimSpace(raw); len(raw) > 0 && raw[0] == '{' {
+		var env struct {
+			Tasks []Task `json:"tasks"`
+		}
+		err = json.Unmarshal(raw, &env)
+		page.Tasks = env.Tasks
+	} else {
+		err = json.Unmarshal(raw, &page.Tasks)
+	}
+	return page, wrapDecode(what, err)
+}
+
+// ListAll yields every task matching opts, newest first, fetching a page at a
+// time with the server's cursor; it stops at the first error, which it yields.
+func (c *Client) ListAll(ctx context.Context, opts ListOptions) iter.Seq2[Task, error] {
+	return func(yield func(Task, error) bool) {
+		for {
+			page, err := c.ListPage(ctx, opts)
+			if err != nil {
+				yield(Task{}, err)
+				return
+			}
+			for _, t := range page.Tasks {
+				if !yield(t, nil) {
+					return
+				}
+			}
+			if page.Next == "" || len(page.Tasks) == 0 {
+				return
+			}
+			opts.Next, opts.After = page.Next, ""
+		}
+	}
 }
 
 // Cancel cancels a task: a pending one never runs, a running one has its

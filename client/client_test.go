@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/client"
 )
 
@@ -192,6 +193,42 @@ func TestListSendsFiltersAndAcceptsBothEnvelopes(t *testing.T) {
 		if err != nil || len(tasks) != 2 || tasks[0].ID != "b" {
 			t.Errorf("List of %s = %+v, %v", body, tasks, err)
 		}
+	}
+}
+
+func TestListPageAndListAllFollowTheCursor(t *testing.T) {
+	pages := map[string]struct{ body, next string }{
+		"":   {`[{"id":"c"},{"id":"b"}]`, "p2"},
+		"p2": {`[{"id":"a"}]`, ""},
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/tasks", func(w http.ResponseWriter, r *http.Request) {
+		p, ok := pages[r.URL.Query().Get("next")]
+		if !ok || r.URL.Query().Get("limit") != "2" || r.URL.Query().Get("state") != "pending" {
+			http.Error(w, "bad query "+r.URL.RawQuery, 400)
+			return
+		}
+		if p.next != "" {
+			w.Header().Set(api.HeaderNext, p.next)
+		}
+		w.Header().Set(api.HeaderTotal, "3")
+		fmt.Fprint(w, p.body)
+	})
+	c := serve(t, mux)
+	opts := client.ListOptions{State: "pending", Limit: 2}
+	page, err := c.ListPage(context.Background(), opts)
+	if err != nil || len(page.Tasks) != 2 || page.Next != "p2" || page.Total != 3 {
+		t.Fatalf("ListPage = %+v, %v", page, err)
+	}
+	var got []string
+	for task, err := range c.ListAll(context.Background(), opts) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, task.ID)
+	}
+	if !reflect.DeepEqual(got, []string{"c", "b", "a"}) {
+		t.Errorf("ListAll = %v, want [c b a]", got)
 	}
 }
 

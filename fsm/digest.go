@@ -27,9 +27,9 @@ func (f *FSM) Digest() (index uint64, sum string) {
 	}
 	put(f.index)
 	put("tasks")
-	for _, id := range sortedKeys(f.tasks) {
+	for _, id := range sortedKeys(f.tasks.byID) {
 		put(id)
-		put(f.tasks[id])
+		put(f.tasks.byID[id])
 	}
 	put("nodes")
 	for _, name := range sortedKeys(f.nodes) {
@@ -37,9 +37,9 @@ func (f *FSM) Digest() (index uint64, sum string) {
 		put(f.nodes[name])
 	}
 	put("idempotency")
-	for _, key := range sortedKeys(f.idem) {
+	for _, key := range sortedKeys(f.tasks.idem) {
 		put(key)
-		put(f.idem[key])
+		put(f.tasks.idem[key])
 	}
 	put("acl")
 	put(f.acl.State())      // policies by name, tokens by accessor ID, the bootstrap flag

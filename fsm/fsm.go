@@ -1,7 +1,7 @@
 package fsm
 
 import (
-	"cmp"
+	"bufio"
 	"fmt"
 	"io"
 	"slices"
@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/btree"
 	"github.com/hashicorp/raft"
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -17,20 +18,18 @@ import (
 
 // FSM is the replicated state machine. It is safe for concurrent readers while raft applies.
 type FSM struct {
-	mu    sync.RWMutex
-	tasks map[string]*Task
-	order []string // task IDs by CreateIndex, oldest first
-	// Indexes over unfinished tasks, the hot set every watcher and the scheduler read.
-	pending []*Task          // pending tasks, oldest first (by CreateIndex, then ID)
-	active  map[string]*Task // assigned or running tasks
-	done    map[State]int    // how many finished tasks are in each terminal state
-	idem    map[string]string
-	nodes   map[string]*Node
-	acl     *acl.MemStore // policies, tokens, bootstrap flag (acl.go); same pointer for life
+	mu sync.RWMutex
+	// tasks and their indexes (store.go); records in it never change, so a snapshot can walk a
+	// cloned index while Apply goes on.
+	tasks *store
+	nodes map[string]*Node
+	acl   *acl.MemStore // policies, tokens, bootstrap flag (acl.go); same pointer for life
 	// security is the join secret and gossip keyring (security.go).
 	security Security
 	index    uint64
 	changed  chan struct{}
+	// watches are the channels of blocking reads per task and per list index (watch.go).
+	watches watches
 	// halt is set when a log entry could not be applied; from then on nothing changes.
 	halt     error
 	haltedCh chan struct{}
@@ -38,15 +37,13 @@ type FSM struct {
 	// never part of the replicated state.
 	observer    Observer
 	transitions []Transition
+	lastStamp   *time.Time // stamp's
 }
 
 // New returns an empty FSM.
 func New() *FSM {
 	return &FSM{
-		tasks:    map[string]*Task{},
-		active:   map[string]*Task{},
-		done:     map[State]int{},
-		idem:     map[string]string{},
+		tasks:    newStore(),
 		nodes:    map[string]*Node{},
 		acl:      acl.NewMemStore(),
 		changed:  make(chan struct{}),
@@ -126,9 +123,7 @@ func (f *FSM) applySubmit(index uint64, now time.Time, p *SubmitBatch) ([]ItemRe
 func (f *FSM) applyAssign(index uint64, now time.Time, p *AssignBatch) ([]ItemResult, error) {
 	items := make([]ItemResult, 0, len(p.Items))
 	for _, a := range p.Items {
-		prev := f.stateOf(a.TaskID)
 		items = append(items, f.assign(index, now, a))
-		f.reindex(a.TaskID, prev)
 	}
 	return items, nil
 }
@@ -136,9 +131,7 @@ func (f *FSM) applyAssign(index uint64, now time.Time, p *AssignBatch) ([]ItemRe
 func (f *FSM) applyReport(index uint64, now time.Time, p *ReportBatch) ([]ItemResult, error) {
 	items := make([]ItemResult, 0, len(p.Items))
 	for i := range p.Items {
-		prev := f.stateOf(p.Items[i].TaskID)
 		items = append(items, f.report(index, now, &p.Items[i]))
-		f.reindex(p.Items[i].TaskID, prev)
 	}
 	return items, nil
 }
@@ -158,9 +151,7 @@ func (f *FSM) applyDrain(index uint64, _ time.Time, p *Drain) ([]ItemResult, err
 func (f *FSM) applyCancel(index uint64, now time.Time, p *Cancel) ([]ItemResult, error) {
 	items := make([]ItemResult, 0, len(p.IDs))
 	for _, id := range p.IDs {
-		prev := f.stateOf(id)
 		items = append(items, f.cancel(index, now, id))
-		f.reindex(id, prev)
 	}
 	return items, nil
 }
@@ -170,7 +161,6 @@ func (f *FSM) applyRemove(_ uint64, _ time.Time, p *Remove) ([]ItemResult, error
 	for _, id := range p.IDs {
 		items = append(items, f.remove(id))
 	}
-	f.compact()
 	return items, nil
 }
 
@@ -185,14 +175,14 @@ func (f *FSM) bump(index uint64) {
 
 func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	if s.IdempotencyKey != "" {
-		if id, ok := f.idem[s.IdempotencyKey]; ok {
+		if id, ok := f.tasks.idem[s.IdempotencyKey]; ok {
 			return ItemResult{ID: id, Existing: true}
 		}
 	}
 	if s.ID == "" || s.Type == "" {
 		return ItemResult{ID: s.ID, Err: fmt.Errorf("%w: submit needs id and type", ErrBadCommand)}
 	}
-	if _, ok := f.tasks[s.ID]; ok {
+	if _, ok := f.tasks.get(s.ID); ok {
 		return ItemResult{ID: s.ID, Err: ErrDuplicateID}
 	}
 	maxAttempts := s.MaxAttempts
@@ -208,25 +198,22 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	if t.ExecutionID == "" {
 		t.ExecutionID = t.ID
 	}
-	f.tasks[t.ID] = t
-	f.enter(t)
+	f.save(nil, t)
 	f.note(Transition{Kind: KindSubmitted, TaskID: t.ID, Type: t.Type})
-	f.order = append(f.order, t.ID)
-	if t.IdempotencyKey != "" {
-		f.idem[t.IdempotencyKey] = t.ID
-	}
 	return ItemResult{ID: t.ID}
 }
 
 func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
-	t, ok := f.tasks[a.TaskID]
+	old, ok := f.tasks.get(a.TaskID)
 	if !ok {
 		return ItemResult{ID: a.TaskID, Err: ErrNotFound}
 	}
 	n, ok := f.nodes[a.Node]
-	if t.State != Pending || t.CancelRequested || !ok || n.Status != NodeUp || n.Draining || n.BootID != a.BootID {
+	if old.State != Pending || old.CancelRequested || !ok || n.Status != NodeUp || n.Draining || n.BootID != a.BootID {
 		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
 	}
+	t := old.cow()
+	defer f.save(old, t)
 	t.State = Assigned
 	t.Node, t.BootID = a.Node, a.BootID
 	t.Attempt++
@@ -237,24 +224,25 @@ func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
 }
 
 func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
-	t, ok := f.tasks[r.TaskID]
+	old, ok := f.tasks.get(r.TaskID)
 	if !ok {
 		return ItemResult{ID: r.TaskID, Err: ErrNotFound}
 	}
-	if !t.State.Active() || t.Node != r.Node || t.BootID != r.BootID || t.Attempt != r.Attempt {
+	if !old.State.Active() || old.Node != r.Node || old.BootID != r.BootID || old.Attempt != r.Attempt {
 		return ItemResult{ID: r.TaskID, Err: ErrStale}
 	}
+	if r.Kind == ReportStarted && old.State == Running {
+		return ItemResult{ID: old.ID}
+	}
+	t := old.cow()
+	defer f.save(old, t)
 	entry := HistoryEntry{Attempt: t.Attempt, Node: t.Node, At: now}
 	wasRunning, node := t.State == Running, t.Node
 	switch r.Kind {
 	case ReportStarted:
-		if t.State == Running {
-			return ItemResult{ID: t.ID}
-		}
 		f.note(Transition{Kind: KindStarted, TaskID: t.ID, Type: t.Type, Node: t.Node, Waited: now.Sub(pendingSince(t))})
 		t.State = Running
-		at := now
-		t.StartedAt = &at
+		t.StartedAt = f.stamp(now)
 		entry.Event = EventStarted
 	case ReportCheckpoint:
 		t.Checkpoint = r.Checkpoint
@@ -264,7 +252,7 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 		t.State = Succeeded
 		t.Result = r.Result
 		t.Error = nil
-		t.finish(now)
+		t.finish(f.stamp(now))
 		entry.Event = EventSucceeded
 		f.noteFinish(KindSucceeded, t, node, wasRunning, now)
 	case ReportFailed:
@@ -280,7 +268,7 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 			if t.CancelRequested {
 				t.State, kind = Cancelled, KindCancelled
 			}
-			t.finish(now)
+			t.finish(f.stamp(now))
 		} else {
 			t.requeue()
 			t.NotBefore = r.NotBefore
@@ -288,7 +276,7 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 		f.noteFinish(kind, t, node, wasRunning, now)
 	case ReportCancelled:
 		t.State = Cancelled
-		t.finish(now)
+		t.finish(f.stamp(now))
 		entry.Event = EventCancelled
 		f.noteFinish(KindCancelled, t, node, wasRunning, now)
 	case ReportInterrupted:
@@ -313,7 +301,7 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 func (f *FSM) interrupt(t *Task, now time.Time) {
 	if t.CancelRequested {
 		t.State = Cancelled
-		t.finish(now)
+		t.finish(f.stamp(now))
 		return
 	}
 	t.requeue()
@@ -324,10 +312,19 @@ func (t *Task) requeue() {
 	t.Node, t.BootID = "", ""
 }
 
-func (t *Task) finish(now time.Time) {
-	at := now
-	t.FinishedAt = &at
+func (t *Task) finish(at *time.Time) {
+	t.FinishedAt = at
 	t.NotBefore = nil
+}
+
+// stamp returns a pointer to now that every record the entry being applied stamps may share:
+// records never change once stored, and a batch of a hundred reports then keeps one time value
+// instead of a hundred (compact records). f.mu is held.
+func (f *FSM) stamp(now time.Time) *time.Time {
+	if f.lastStamp == nil || *f.lastStamp != now {
+		f.lastStamp = &now
+	}
+	return f.lastStamp
 }
 
 func (f *FSM) register(index uint64, now time.Time, n *Node) error {
@@ -365,8 +362,8 @@ func (f *FSM) nodeDown(index uint64, now time.Time, name string, left bool, reas
 
 // takeBack interrupts every active task held by the named node (any incarnation).
 func (f *FSM) takeBack(index uint64, now time.Time, name, reason string) {
-	for _, t := range f.activeOn(name) {
-		prev := t.State
+	for _, old := range f.activeOn(name) {
+		prev, t := old.State, old.cow()
 		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: name, Event: EventInterrupted, At: now, Error: reason})
 		f.noteFinish(KindInterrupted, t, name, prev == Running, now)
 		f.interrupt(t, now)
@@ -375,61 +372,30 @@ func (f *FSM) takeBack(index uint64, now time.Time, name, reason string) {
 			f.note(Transition{Kind: KindCancelled, TaskID: t.ID, Type: t.Type, Node: name})
 		}
 		t.ModifyIndex = index
-		f.reindex(t.ID, prev)
+		f.save(old, t)
 	}
 }
 
 // activeOn returns the tasks a node holds, oldest first.
 func (f *FSM) activeOn(node string) []*Task {
-	var out []*Task
-	for _, t := range f.active {
-		if t.Node == node {
-			out = append(out, t)
-		}
+	out := make([]*Task, 0, len(f.tasks.active[node]))
+	for _, t := range f.tasks.active[node] {
+		out = append(out, t)
 	}
-	slices.SortFunc(out, byAge)
+	slices.SortFunc(out, cmpCreate)
 	return out
 }
 
-func byAge(a, b *Task) int {
-	return cmp.Or(cmp.Compare(a.CreateIndex, b.CreateIndex), cmp.Compare(a.ID, b.ID))
-}
-
-func (f *FSM) stateOf(id string) State {
-	if t, ok := f.tasks[id]; ok {
-		return t.State
+// save stores next in place of old (either may be nil: a new or a removed task) and wakes the
+// watchers of both. f.mu is held.
+func (f *FSM) save(old, next *Task) {
+	if old != nil {
+		f.tasks.delete(old)
+		f.watches.touch(old)
 	}
-	return ""
-}
-
-// reindex moves a task between the indexes after its state changed from prev.
-func (f *FSM) reindex(id string, prev State) {
-	t, ok := f.tasks[id]
-	if !ok || t.State == prev {
-		return
-	}
-	switch {
-	case prev == Pending:
-		i, found := slices.BinarySearchFunc(f.pending, t, byAge)
-		if found {
-			f.pending = slices.Delete(f.pending, i, i+1)
-		}
-	case prev.Active():
-		delete(f.active, id)
-	}
-	f.enter(t)
-}
-
-// enter adds a task to the index of its current state.
-func (f *FSM) enter(t *Task) {
-	switch {
-	case t.State == Pending:
-		i, _ := slices.BinarySearchFunc(f.pending, t, byAge)
-		f.pending = slices.Insert(f.pending, i, t)
-	case t.State.Active():
-		f.active[t.ID] = t
-	case t.State.Terminal():
-		f.done[t.State]++
+	if next != nil {
+		f.tasks.insert(next)
+		f.watches.touch(next)
 	}
 }
 
@@ -444,16 +410,19 @@ func (f *FSM) drain(index uint64, name string, draining bool) error {
 }
 
 func (f *FSM) cancel(index uint64, now time.Time, id string) ItemResult {
-	t, ok := f.tasks[id]
+	old, ok := f.tasks.get(id)
 	if !ok {
 		return ItemResult{ID: id, Err: ErrNotFound}
 	}
-	switch {
-	case t.State.Terminal():
+	if old.State.Terminal() {
 		return ItemResult{ID: id, Err: ErrFinished}
+	}
+	t := old.cow()
+	defer f.save(old, t)
+	switch {
 	case t.State == Pending:
 		t.State = Cancelled
-		t.finish(now)
+		t.finish(f.stamp(now))
 		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Event: EventCancelled, At: now})
 		f.note(Transition{Kind: KindCancelled, TaskID: t.ID, Type: t.Type})
 	default:
@@ -465,27 +434,20 @@ func (f *FSM) cancel(index uint64, now time.Time, id string) ItemResult {
 }
 
 func (f *FSM) remove(id string) ItemResult {
-	t, ok := f.tasks[id]
+	t, ok := f.tasks.get(id)
 	if !ok {
 		return ItemResult{ID: id, Err: ErrNotFound}
 	}
 	if !t.State.Terminal() {
 		return ItemResult{ID: id, Err: fmt.Errorf("%w: task is %s", ErrBadCommand, t.State)}
 	}
-	delete(f.tasks, id)
-	f.done[t.State]--
-	if t.IdempotencyKey != "" && f.idem[t.IdempotencyKey] == id {
-		delete(f.idem, t.IdempotencyKey)
-	}
+	f.save(t, nil)
 	return ItemResult{ID: id}
 }
 
-// compact drops removed tasks from the creation order.
-func (f *FSM) compact() {
-	f.order = slices.DeleteFunc(f.order, func(id string) bool { _, ok := f.tasks[id]; return !ok })
-}
-
-// snapshotState is the msgpack form of a snapshot.
+// snapshotState is the msgpack form of a snapshot, as earlier releases wrote it in one piece.
+// Persist streams exactly these bytes and decodeSnapshot reads them key by key; the struct stays
+// as the format's definition (and tests build snapshots with it).
 type snapshotState struct {
 	Index uint64 `msgpack:"index"`
 	Tasks []Task `msgpack:"tasks"`
@@ -496,59 +458,121 @@ type snapshotState struct {
 	Security *Security `msgpack:"security,omitempty"`
 }
 
-// Snapshot implements raft.FSM. It copies the state under the lock; encoding happens in Persist.
-// A halted FSM refuses: raft would record its state as that of a later index, which it is not.
+// Snapshot implements raft.FSM. It clones the task index (O(1): the tree is copy-on-write and
+// records never change once stored) and copies the small rest; Persist encodes from that view
+// while Apply goes on. A halted FSM refuses: raft would record its state as that of a later
+// index, which it is not.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
+	f.mu.Lock() // Clone writes the tree's copy-on-write context: no reader may walk it meanwhile
+	defer f.mu.Unlock()
 	if f.halt != nil {
 		return nil, fmt.Errorf("snapshot: %w", f.halt)
 	}
-	s := &snapshotState{Index: f.index, Tasks: make([]Task, 0, len(f.tasks)), Nodes: make([]Node, 0, len(f.nodes))}
-	for _, id := range f.order {
-		if t, ok := f.tasks[id]; ok {
-			s.Tasks = append(s.Tasks, t.clone())
-		}
-	}
+	s := &snapshot{index: f.index, tasks: f.tasks.all.Clone(), nodes: make([]Node, 0, len(f.nodes))}
 	for _, name := range sortedKeys(f.nodes) {
-		s.Nodes = append(s.Nodes, f.nodes[name].clone())
+		s.nodes = append(s.nodes, f.nodes[name].clone())
 	}
 	if st := f.acl.State(); st.Bootstrapped || len(st.Policies) > 0 || len(st.Tokens) > 0 {
-		s.ACL = &st
+		s.acl = &st
 	}
 	if !f.security.zero() {
 		sec := f.security.clone()
-		s.Security = &sec
+		s.security = &sec
 	}
 	return s, nil
 }
 
-// Persist writes the snapshot.
-func (s *snapshotState) Persist(sink raft.SnapshotSink) error {
-	if err := msgpack.NewEncoder(sink).Encode(s); err != nil {
+// snapshot is an immutable view of the state at one index.
+type snapshot struct {
+	index    uint64
+	tasks    *btree.BTreeG[*Task]
+	nodes    []Node
+	acl      *acl.State
+	security *Security
+}
+
+// Persist streams the snapshot one record at a time, in exactly the bytes msgpack writes for
+// snapshotState (the format of earlier releases, which they can restore): a map of index, tasks
+// (oldest first), nodes, and acl and security when set.
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	w := bufio.NewWriterSize(sink, 256<<10)
+	if err := s.encode(w); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	if err := w.Flush(); err != nil {
 		sink.Cancel()
 		return fmt.Errorf("persist snapshot: %w", err)
 	}
 	return sink.Close()
 }
 
-// Release implements raft.FSMSnapshot.
-func (s *snapshotState) Release() {}
+func (s *snapshot) encode(w io.Writer) error {
+	enc := msgpack.NewEncoder(w)
+	fields := 3
+	if s.acl != nil {
+		fields++
+	}
+	if s.security != nil {
+		fields++
+	}
+	if err := enc.EncodeMapLen(fields); err != nil {
+		return err
+	}
+	if err := encodeAll(enc, "index", s.index); err != nil {
+		return err
+	}
+	if err := enc.EncodeString("tasks"); err != nil {
+		return err
+	}
+	if err := enc.EncodeArrayLen(s.tasks.Len()); err != nil {
+		return err
+	}
+	var err error
+	s.tasks.Ascend(func(t *Task) bool {
+		err = enc.Encode(t)
+		return err == nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := encodeAll(enc, "nodes", s.nodes); err != nil {
+		return err
+	}
+	if s.acl != nil {
+		if err := encodeAll(enc, "acl", s.acl); err != nil {
+			return err
+		}
+	}
+	if s.security != nil {
+		if err := encodeAll(enc, "security", s.security); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
-// Restore implements raft.FSM: it replaces the whole state with the snapshot's.
+func encodeAll(enc *msgpack.Encoder, key string, v any) error {
+	if err := enc.EncodeString(key); err != nil {
+		return err
+	}
+	return enc.Encode(v)
+}
+
+// Release implements raft.FSMSnapshot.
+func (s *snapshot) Release() {}
+
+// Restore implements raft.FSM: it replaces the whole state with the snapshot's. It decodes one
+// record at a time into a new store, built outside the lock; the swap is all Apply waits for.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	data, err := io.ReadAll(rc)
+	s, err := decodeSnapshot(bufio.NewReaderSize(rc, 256<<10))
 	if err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
-	var s snapshotState
-	if err := Unmarshal(data, &s); err != nil {
-		return fmt.Errorf("restore snapshot: %w", err)
-	}
 	var aclState acl.State
-	if s.ACL != nil {
-		aclState = *s.ACL
+	if s.acl != nil {
+		aclState = *s.acl
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -560,33 +584,86 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err := f.acl.Restore(aclState); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
-	f.tasks = make(map[string]*Task, len(s.Tasks))
-	f.order = make([]string, 0, len(s.Tasks))
-	f.idem = map[string]string{}
-	f.pending = nil
-	f.active = map[string]*Task{}
-	f.done = map[State]int{}
-	sort.SliceStable(s.Tasks, func(i, j int) bool { return s.Tasks[i].CreateIndex < s.Tasks[j].CreateIndex })
-	for i := range s.Tasks {
-		t := &s.Tasks[i]
-		f.tasks[t.ID] = t
-		f.order = append(f.order, t.ID)
-		f.enter(t)
-		if t.IdempotencyKey != "" {
-			f.idem[t.IdempotencyKey] = t.ID
-		}
-	}
-	f.nodes = make(map[string]*Node, len(s.Nodes))
-	for i := range s.Nodes {
-		f.nodes[s.Nodes[i].Name] = &s.Nodes[i]
+	f.tasks = s.store
+	f.nodes = make(map[string]*Node, len(s.nodes))
+	for i := range s.nodes {
+		f.nodes[s.nodes[i].Name] = &s.nodes[i]
 	}
 	f.security = Security{}
-	if s.Security != nil {
-		f.security = *s.Security
+	if s.security != nil {
+		f.security = *s.security
 	}
-	f.index = s.Index
+	f.index = s.index
+	f.watches.touchAll()
 	close(f.changed)
 	f.changed = make(chan struct{})
+	return nil
+}
+
+// restored is a decoded snapshot.
+type restored struct {
+	index    uint64
+	store    *store
+	nodes    []Node
+	acl      *acl.State
+	security *Security
+}
+
+// decodeSnapshot reads the snapshot map key by key, the tasks one by one, so a million records
+// never sit in memory twice; keys it does not know are skipped, as msgpack.Unmarshal did.
+func decodeSnapshot(r io.Reader) (s *restored, err error) {
+	defer func() {
+		if p := recover(); p != nil { // msgpack v5 panics on some malformed input
+			s, err = nil, fmt.Errorf("malformed msgpack: %v", p)
+		}
+	}()
+	dec := msgpack.NewDecoder(r)
+	s = &restored{store: newStore()}
+	n, err := dec.DecodeMapLen()
+	if err != nil {
+		return nil, err
+	}
+	for range max(n, 0) {
+		key, err := dec.DecodeString()
+		if err != nil {
+			return nil, err
+		}
+		switch key {
+		case "index":
+			err = dec.Decode(&s.index)
+		case "tasks":
+			err = decodeTasks(dec, s.store)
+		case "nodes":
+			err = dec.Decode(&s.nodes)
+		case "acl":
+			err = dec.Decode(&s.acl)
+		case "security":
+			err = dec.Decode(&s.security)
+		default:
+			err = dec.Skip()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+	}
+	return s, nil
+}
+
+func decodeTasks(dec *msgpack.Decoder, st *store) error {
+	n, err := dec.DecodeArrayLen()
+	if err != nil {
+		return err
+	}
+	for range max(n, 0) {
+		t := new(Task)
+		if err := dec.Decode(t); err != nil {
+			return err
+		}
+		if old, ok := st.get(t.ID); ok { // a later record of the same ID wins, as with the map before
+			st.delete(old)
+		}
+		st.insert(t)
+	}
 	return nil
 }
 

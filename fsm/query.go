@@ -1,6 +1,17 @@
 package fsm
 
-import "time"
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/btree"
+)
 
 // Index is the raft index of the last applied command.
 func (f *FSM) Index() uint64 {
@@ -21,24 +32,29 @@ func (f *FSM) Changed() <-chan struct{} {
 func (f *FSM) Task(id string) (Task, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	t, ok := f.tasks[id]
+	t, ok := f.tasks.get(id)
 	if !ok {
 		return Task{}, false
 	}
 	return t.clone(), true
 }
 
-// TaskWatch returns a copy of one task and a channel closed on the next change of the FSM,
-// read atomically so no change between the two is missed.
+// TaskWatch returns a copy of one task and a channel closed on the next change of that task (or
+// of the whole state, by a restore), read atomically so no change between the two is missed. For
+// an ID the FSM does not hold, the channel is Changed's: a watch per unknown ID would stay
+// until that ID is created, which for a mistyped one is never.
 func (f *FSM) TaskWatch(id string) (Task, bool, <-chan struct{}) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	t, ok := f.tasks[id]
+	t, ok := f.tasks.get(id)
 	if !ok {
 		return Task{}, false, f.changed
 	}
-	return t.clone(), true, f.changed
+	return t.clone(), true, f.watches.get(watchKey{watchTask, id})
 }
+
+// ErrBadCursor is a list cursor this FSM did not make.
+var ErrBadCursor = errors.New("bad list cursor")
 
 // Filter selects tasks for List. Empty fields match everything.
 type Filter struct {
@@ -47,10 +63,14 @@ type Filter struct {
 	Node        string
 	ExecutionID string
 	After       string // return tasks older than this ID (paging, newest first)
-	Limit       int    // 0 = no limit
+	// Next is the cursor a previous page returned (Page.Next): the page after it.
+	Next  string
+	Limit int // 0 = no limit
 	// Visible, when set, keeps only tasks of the types it accepts (what an ACL caller may read);
 	// Limit counts visible tasks, so a page is full whenever enough of them exist.
 	Visible func(taskType string) bool
+	// Watch asks ListPage for Page.Watch.
+	Watch bool
 }
 
 func (q *Filter) match(t *Task) bool {
@@ -61,33 +81,175 @@ func (q *Filter) match(t *Task) bool {
 		(q.Visible == nil || q.Visible(t.Type))
 }
 
-// List returns matching tasks, newest first.
+// Page is one page of a list.
+type Page struct {
+	Tasks []Task
+	// Next is the opaque cursor of the following page; empty on the last one.
+	Next string
+	// Total is how many tasks match the filter (all pages; After, Next and Limit aside).
+	Total int
+	// Watch, when the filter asked for it, is closed on the next change to a task the query's
+	// index covers, for blocking lists.
+	Watch <-chan struct{}
+}
+
+// List returns matching tasks, newest first. A bad cursor lists nothing; ListPage reports it.
 func (f *FSM) List(q Filter) []Task {
+	p, _ := f.ListPage(q)
+	return p.Tasks
+}
+
+// ListPage returns one page of matching tasks, newest first, from the index that fits the filter
+// best: it costs O(log n + page), plus the tasks it skips for filters beyond the index's own
+// (Visible, or a state with a node or execution).
+func (f *FSM) ListPage(q Filter) (Page, error) {
+	var from *Task
+	if q.Next != "" {
+		c, err := decodeCursor(q.Next)
+		if err != nil {
+			return Page{}, err
+		}
+		from = c
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	var out []Task
-	start := len(f.order) - 1
-	if q.After != "" {
-		// Tasks older than After: by position when it still exists, else by ID (IDs sort by time).
-		_, exists := f.tasks[q.After]
-		for start >= 0 && (exists && f.order[start] != q.After || !exists && f.order[start] >= q.After) {
-			start--
-		}
-		if exists {
-			start--
+	tree, key := f.listIndex(q)
+	p := Page{Total: f.total(q)}
+	if q.Watch {
+		p.Watch = f.changed // for a type, node or execution no task has yet: no watch left behind
+		if tree != nil || key.kind == watchAll || key.kind == watchState || f.execRoot(q.ExecutionID) != nil {
+			p.Watch = f.watches.get(key)
 		}
 	}
-	for i := start; i >= 0; i-- {
-		t, ok := f.tasks[f.order[i]]
-		if !ok || !q.match(t) {
-			continue
-		}
-		out = append(out, t.clone())
-		if q.Limit > 0 && len(out) == q.Limit {
-			break
+	skip := func(*Task) bool { return false }
+	if q.After != "" && from == nil {
+		if t, ok := f.tasks.get(q.After); ok {
+			from = t
+		} else { // gone: older means a lower ID (IDs sort by time)
+			skip = func(t *Task) bool { return t.ID >= q.After }
 		}
 	}
-	return out
+	emit := func(t *Task) bool {
+		if skip(t) || !q.match(t) {
+			return true
+		}
+		if q.Limit > 0 && len(p.Tasks) == q.Limit {
+			last := &p.Tasks[len(p.Tasks)-1]
+			p.Next = encodeCursor(last.CreateIndex, last.ID)
+			return false
+		}
+		p.Tasks = append(p.Tasks, t.clone())
+		return true
+	}
+	if q.State != "" && q.Type == "" && q.Node == "" && q.ExecutionID == "" {
+		// A page from each type's tree of that state, merged: O(types × page).
+		var got []*Task
+		for k, tr := range f.tasks.byStateTy {
+			if k.state != q.State {
+				continue
+			}
+			n := 0
+			descend(tr, from, func(t *Task) bool {
+				if skip(t) || !q.match(t) {
+					return true
+				}
+				got = append(got, t)
+				n++
+				return q.Limit == 0 || n <= q.Limit
+			})
+		}
+		slices.SortFunc(got, func(a, b *Task) int { return cmpCreate(b, a) })
+		for _, t := range got {
+			if !emit(t) {
+				break
+			}
+		}
+		return p, nil
+	}
+	// An execution's root is not in byExec: merge it in at its place.
+	root := f.execRoot(q.ExecutionID)
+	if root != nil && from != nil && !byCreate(root, from) {
+		root = nil
+	}
+	more := true
+	descend(tree, from, func(t *Task) bool {
+		if root != nil && byCreate(t, root) {
+			r := root
+			root = nil
+			if !emit(r) {
+				more = false
+				return false
+			}
+		}
+		more = emit(t)
+		return more
+	})
+	if root != nil && more {
+		emit(root)
+	}
+	return p, nil
+}
+
+// execRoot is the task that started execution id, when the query asks for one.
+func (f *FSM) execRoot(id string) *Task {
+	if id == "" {
+		return nil
+	}
+	if t, ok := f.tasks.get(id); ok && t.ExecutionID == id {
+		return t
+	}
+	return nil
+}
+
+// listIndex picks the tree to walk for q and the watch key of that tree.
+func (f *FSM) listIndex(q Filter) (*btree.BTreeG[*Task], watchKey) {
+	s := f.tasks
+	switch {
+	case q.ExecutionID != "":
+		return s.byExec[q.ExecutionID], watchKey{watchExec, q.ExecutionID}
+	case q.Node != "":
+		return s.byNode[q.Node], watchKey{watchNode, q.Node}
+	case q.State != "" && q.Type != "":
+		return s.byStateTy[stateType{q.State, q.Type}], watchKey{watchType, q.Type}
+	case q.Type != "":
+		return s.byType[q.Type], watchKey{watchType, q.Type}
+	case q.State != "":
+		return nil, watchKey{watchState, string(q.State)} // ListPage merges byStateTy
+	}
+	return s.all, watchKey{watchAll, ""}
+}
+
+// total counts the tasks matching q from the per (state, type) counts, O(states × types); with a
+// node or execution filter it is the size of that index, or a walk of it when more filters apply.
+func (f *FSM) total(q Filter) int {
+	s := f.tasks
+	if q.Node != "" || q.ExecutionID != "" {
+		tree, _ := f.listIndex(q)
+		n := 0
+		if root := f.execRoot(q.ExecutionID); root != nil && q.match(root) {
+			n++
+		}
+		if tree == nil {
+			return n
+		}
+		if q.State == "" && q.Type == "" && q.Visible == nil && (q.Node == "" || q.ExecutionID == "") {
+			return n + tree.Len()
+		}
+		tree.Ascend(func(t *Task) bool {
+			if q.match(t) {
+				n++
+			}
+			return true
+		})
+		return n
+	}
+	n := 0
+	for k, c := range s.counts {
+		if (q.State == "" || k.state == q.State) && (q.Type == "" || k.typ == q.Type) && (q.Visible == nil || q.Visible(k.typ)) {
+			n += c
+		}
+	}
+	return n
 }
 
 // Counts returns the number of tasks in every state (all states present).
@@ -96,11 +258,10 @@ func (f *FSM) Counts() map[State]int {
 	defer f.mu.RUnlock()
 	c := make(map[State]int, len(States))
 	for _, s := range States {
-		c[s] = f.done[s]
+		c[s] = 0
 	}
-	c[Pending] = len(f.pending)
-	for _, t := range f.active {
-		c[t.State]++
+	for k, n := range f.tasks.counts {
+		c[k.state] += n
 	}
 	return c
 }
@@ -135,9 +296,9 @@ func (f *FSM) Load() map[string]int {
 }
 
 func (f *FSM) loadLocked() map[string]int {
-	load := map[string]int{}
-	for _, t := range f.active {
-		load[t.Node]++
+	load := make(map[string]int, len(f.tasks.active))
+	for node, m := range f.tasks.active {
+		load[node] = len(m)
 	}
 	return load
 }
@@ -153,23 +314,39 @@ func (f *FSM) Active(node string) []Task {
 	return out
 }
 
-// View is a consistent copy of what the scheduler needs.
+// View is what one placement pass needs: the nodes, their load, and the pending tasks that could
+// be placed now, never the whole backlog.
 type View struct {
-	Index   uint64
-	Pending []Task // oldest first
+	Index uint64
+	// Pending holds candidates, oldest first: for each (type, version) queue, as many tasks from
+	// its head as the free slots of the nodes that serve it, plus retries whose deadline passed.
+	Pending []Task
 	Nodes   []Node // sorted by name
 	Load    map[string]int
+	// NextRetry is the earliest retry deadline after the view's time (zero: none).
+	NextRetry time.Time
 }
 
-// SchedulerView copies pending tasks, nodes and their load under one lock.
+// maxRetryScan bounds how many due retries one view reads beyond the free slots: due retries of a
+// type no free node serves are skipped, and the pass must stay cheap however many there are.
+const maxRetryScan = 256
+
+// SchedulerView copies every pending task, nodes and their load under one lock. It costs
+// O(pending): tests and debugging use it; the scheduler reads PlacementView.
 func (f *FSM) SchedulerView() View {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	v := View{Index: f.index, Load: f.loadLocked()}
-	v.Pending = make([]Task, len(f.pending))
-	for i, t := range f.pending {
+	var all []*Task
+	for _, q := range f.tasks.queue {
+		q.Ascend(func(t *Task) bool { all = append(all, t); return true })
+	}
+	f.tasks.retry.Ascend(func(t *Task) bool { all = append(all, t); return true })
+	slices.SortFunc(all, cmpCreate)
+	v.Pending = make([]Task, len(all))
+	for i, t := range all {
 		v.Pending[i] = *t
-		v.Pending[i].History = nil // placement needs none of it; skip the copy
+		v.Pending[i].History = nil
 	}
 	for _, name := range sortedKeys(f.nodes) {
 		v.Nodes = append(v.Nodes, f.nodes[name].clone())
@@ -177,19 +354,110 @@ func (f *FSM) SchedulerView() View {
 	return v
 }
 
-// Expired returns IDs of finished tasks whose FinishedAt is before cutoff, oldest first, at most limit.
-func (f *FSM) Expired(cutoff time.Time, limit int) []string {
+// PlacementView reads, under one lock, what a placement pass at now needs for the given
+// gossip-alive nodes. It costs O(nodes × queues + candidates × log n), not O(pending).
+func (f *FSM) PlacementView(alive map[string]bool, now time.Time) View {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	var out []string
-	for _, id := range f.order {
-		t, ok := f.tasks[id]
-		if ok && t.State.Terminal() && t.FinishedAt != nil && t.FinishedAt.Before(cutoff) {
-			out = append(out, id)
-			if len(out) == limit {
-				break
+	s := f.tasks
+	v := View{Index: f.index, Load: f.loadLocked(), NextRetry: s.nextRetry(now)}
+	for _, name := range sortedKeys(f.nodes) {
+		v.Nodes = append(v.Nodes, f.nodes[name].clone())
+	}
+	var free []*Node
+	totalFree := 0
+	for i := range v.Nodes {
+		n := &v.Nodes[i]
+		if n.Status == NodeUp && !n.Draining && alive[n.Name] && v.Load[n.Name] < n.Capacity {
+			free = append(free, n)
+			totalFree += n.Capacity - v.Load[n.Name]
+		}
+	}
+	if totalFree == 0 {
+		return v
+	}
+	slots := func(tv TypeVersion) int {
+		k := 0
+		for _, n := range free {
+			if n.Offers(tv.Type, tv.Version) {
+				k += n.Capacity - v.Load[n.Name]
 			}
 		}
+		return k
+	}
+	// Each source (a queue, the due retries) gives up to the free slots that serve a type, so the
+	// oldest K of their union are among the candidates; Place takes them oldest first.
+	var cands []*Task
+	room := map[TypeVersion]int{}
+	for tv, q := range s.queue {
+		k := slots(tv)
+		room[tv] = k
+		q.Ascend(func(t *Task) bool {
+			if k == 0 {
+				return false
+			}
+			if !t.CancelRequested { // not reachable by commands, but never place one
+				cands = append(cands, t)
+				k--
+			}
+			return true
+		})
+	}
+	scanned := 0
+	s.retry.Ascend(func(t *Task) bool {
+		if t.NotBefore.After(now) || scanned >= totalFree+maxRetryScan {
+			return false
+		}
+		scanned++
+		tv := TypeVersion{t.Type, t.Version}
+		k, ok := room[tv]
+		if !ok {
+			k = slots(tv)
+		}
+		if k > 0 && !t.CancelRequested {
+			cands = append(cands, t)
+			k--
+		}
+		room[tv] = k
+		return true
+	})
+	slices.SortFunc(cands, cmpCreate)
+	v.Pending = make([]Task, len(cands))
+	for i, t := range cands {
+		v.Pending[i] = *t
+		v.Pending[i].History = nil // placement needs none of it
+	}
+	return v
+}
+
+// NextRetry returns the earliest retry deadline of a pending task after now, or zero.
+func (f *FSM) NextRetry(now time.Time) time.Time {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.tasks.nextRetry(now)
+}
+
+// Expired returns IDs of finished tasks whose FinishedAt is before cutoff, oldest (created) first,
+// at most limit (0: all). It walks the finish-time index: O(log n + expired × log expired), so a
+// sweep asks once for all and removes them in batches.
+func (f *FSM) Expired(cutoff time.Time, limit int) []string {
+	f.mu.RLock()
+	var ts []*Task
+	f.tasks.finished.Ascend(func(t *Task) bool {
+		if !t.FinishedAt.Before(cutoff) {
+			return false
+		}
+		ts = append(ts, t)
+		return true
+	})
+	f.mu.RUnlock()
+	slices.SortFunc(ts, cmpCreate)
+	if limit > 0 && len(ts) > limit {
+		ts = ts[:limit]
+	}
+	var out []string
+	for _, t := range ts {
+		out = append(out, t.ID)
 	}
 	return out
 }
@@ -199,8 +467,35 @@ func (f *FSM) PendingByType() map[string]int {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	c := make(map[string]int)
-	for _, t := range f.pending {
-		c[t.Type]++
+	for k, n := range f.tasks.counts {
+		if k.state == Pending {
+			c[k.typ] += n
+		}
 	}
 	return c
+}
+
+// PendingQueues returns how many tasks wait in pending per (type, version) asked for.
+func (f *FSM) PendingQueues() map[TypeVersion]int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return maps.Clone(f.tasks.pendingTV)
+}
+
+// encodeCursor makes the opaque cursor of the page after the task (createIndex, id).
+func encodeCursor(createIndex uint64, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatUint(createIndex, 10) + "/" + id))
+}
+
+func decodeCursor(c string) (*Task, error) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadCursor, err)
+	}
+	idx, id, ok := strings.Cut(string(b), "/")
+	n, err := strconv.ParseUint(idx, 10, 64)
+	if !ok || err != nil || id == "" {
+		return nil, fmt.Errorf("%w: %q", ErrBadCursor, c)
+	}
+	return &Task{CreateIndex: n, ID: id}, nil
 }

@@ -80,10 +80,16 @@ func (b apiBackend) WaitTask(ctx context.Context, id string, until func(api.Task
 	}
 }
 
-func (b apiBackend) List(_ context.Context, q api.ListQuery, visible func(taskType string) bool) ([]api.Task, error) {
+func (b apiBackend) List(_ context.Context, q api.ListQuery, visible func(taskType string) bool) (api.TaskPage, error) {
 	f := toFilter(q)
 	f.Visible = visible
-	return toAPITasks(b.n.fsm.List(f)), nil
+	p, err := b.n.fsm.ListPage(f)
+	if errors.Is(err, fsm.ErrBadCursor) {
+		return api.TaskPage{}, api.Errorf(api.CodeInvalidCursor, "next is not a cursor this cluster made")
+	} else if err != nil {
+		return api.TaskPage{}, err
+	}
+	return api.TaskPage{Tasks: toAPITasks(p.Tasks), Next: p.Next, Total: p.Total}, nil
 }
 
 func (b apiBackend) Cancel(ctx context.Context, caller httpapi.Caller, id string) (api.Task, error) {

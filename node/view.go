@@ -128,8 +128,8 @@ func (n *Node) typeInfos() []api.TypeInfo {
 			ti.Nodes = append(ti.Nodes, nd.Name)
 		}
 	}
-	for _, t := range n.fsm.SchedulerView().Pending {
-		add(fsm.TypeInfo{Type: t.Type, Version: t.Version}).Pending++
+	for tv, c := range n.fsm.PendingQueues() {
+		add(fsm.TypeInfo{Type: tv.Type, Version: tv.Version}).Pending += c
 	}
 	sort.Strings(keys)
 	out := make([]api.TypeInfo, 0, len(keys))

@@ -33,9 +33,9 @@ func (l *Loop) Run(ctx context.Context) {
 	last := "" // the node the latest assignment went to: Place's round-robin tie-break
 	for {
 		changed := l.FSM.Changed()
-		v := l.FSM.SchedulerView()
-		t := now()
-		if as := Place(v, l.Alive(), t, last); len(as) > 0 {
+		t, alive := now(), l.Alive()
+		v := l.FSM.PlacementView(alive, t)
+		if as := Place(v, alive, t, last); len(as) > 0 {
 			if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Items: as}}); err != nil {
 				if ctx.Err() != nil {
 					return
@@ -75,20 +75,23 @@ func GCInterval(retention time.Duration) time.Duration {
 	return min(max(retention/4, time.Second), time.Minute)
 }
 
-// collect removes finished tasks past retention, in bounded batches.
+// collect removes finished tasks past retention, in bounded batches. One read of the
+// finish-time index finds them all: O(expired), however many tasks are kept.
 func (l *Loop) collect(ctx context.Context, t time.Time) {
 	if l.Retention <= 0 {
 		return
 	}
-	for {
-		ids := l.FSM.Expired(t.Add(-l.Retention), 1000)
-		if len(ids) == 0 {
+	ids := l.FSM.Expired(t.Add(-l.Retention), 0)
+	for len(ids) > 0 {
+		batch := ids[:min(len(ids), removeBatch)]
+		ids = ids[len(batch):]
+		if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.Remove{IDs: batch}}); err != nil {
+			l.Logger.Warn("remove expired tasks", "count", len(batch), "err", err)
 			return
 		}
-		if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.Remove{IDs: ids}}); err != nil {
-			l.Logger.Warn("remove expired tasks", "count", len(ids), "err", err)
-			return
-		}
-		l.Logger.Info("removed expired tasks", "count", len(ids))
+		l.Logger.Info("removed expired tasks", "count", len(batch))
 	}
 }
+
+// removeBatch is how many tasks one remove command drops.
+const removeBatch = 1000

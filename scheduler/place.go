@@ -12,7 +12,9 @@ import (
 	"github.com/taskworker/taskworker/fsm"
 )
 
-// Place decides assignments for pending tasks, oldest first. A task goes to the least loaded
+// Place decides assignments for the pending tasks of v, oldest first. v.Pending holds only the
+// candidates of this pass (fsm.PlacementView: the heads of the queues free nodes serve), so a pass
+// costs what it can place, never the backlog. A task goes to the least loaded
 // (by running/capacity) node that is up, alive in gossip, not draining, has a free slot and
 // offers the task's type and version. Ties go round robin: to the first tied node, in name order,
 // after last (the node the previous placement went to; "" starts at the lowest name), so tasks
@@ -78,9 +80,13 @@ func better(la int, a *fsm.Node, lb int, b *fsm.Node, last string) bool {
 	return a.Name < b.Name
 }
 
-// NextWake returns the earliest retry deadline among pending tasks after now, or zero.
+// NextWake returns the earliest retry deadline after now, or zero: the view's NextRetry (read
+// from the FSM's retry index) or a candidate's.
 func NextWake(v fsm.View, now time.Time) time.Time {
 	var next time.Time
+	if v.NextRetry.After(now) {
+		next = v.NextRetry
+	}
 	for i := range v.Pending {
 		nb := v.Pending[i].NotBefore
 		if nb != nil && nb.After(now) && (next.IsZero() || nb.Before(next)) {

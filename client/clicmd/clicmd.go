@@ -162,12 +162,13 @@ func taskListCommand() *cli.Command {
 			&cli.StringFlag{Name: "execution", Usage: "only tasks of this execution"},
 			&cli.IntFlag{Name: "limit", Usage: "at most this many tasks (0: the server's default)"},
 			&cli.StringFlag{Name: "after", Usage: "start after this task ID, to page"},
+			&cli.StringFlag{Name: "next", Usage: "the page after this cursor (printed as next: under a page that has one)"},
 			jsonFlag(),
 		},
 	}, 0, 0, func(c *cli.Context, api *client.Client, _ []string) error {
 		opts := client.ListOptions{
 			State: c.String("state"), Type: c.String("type"), Node: c.String("node"),
-			Execution: c.String("execution"), Limit: c.Int("limit"), After: c.String("after"),
+			Execution: c.String("execution"), Limit: c.Int("limit"), After: c.String("after"), Next: c.String("next"),
 		}
 		if c.Bool("json") {
 			raw, err := api.Raw(c.Context, "/v1/tasks", opts.Values())
@@ -176,16 +177,27 @@ func taskListCommand() *cli.Command {
 			}
 			return printJSON(c, raw)
 		}
-		tasks, err := api.List(c.Context, opts)
+		page, err := api.ListPage(c.Context, opts)
 		if err != nil {
 			return taskError(err)
 		}
 		tw := table(c.App.Writer, "ID", "TYPE", "STATE", "NODE", "ATTEMPT", "CREATED")
-		for _, t := range tasks {
+		for _, t := range page.Tasks {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n",
 				t.ID, t.Type, t.State, cmp.Or(t.Node, "-"), t.Attempt, t.MaxAttempts, formatTime(t.CreatedAt))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if page.Next != "" {
+			// The hint goes to stderr: the table on stdout stays a table for scripts.
+			total := ""
+			if page.Total >= 0 {
+				total = fmt.Sprintf(" (%d in all)", page.Total)
+			}
+			fmt.Fprintf(c.App.ErrWriter, "next: %s%s\n", page.Next, total)
+		}
+		return nil
 	})
 }
 

@@ -37,7 +37,7 @@ type Backend interface {
 	WaitTask(ctx context.Context, id string, until func(api.Task) bool) (api.Task, error)
 	// List returns the tasks q selects of the types visible accepts, newest first (a page holds
 	// up to q.Limit visible tasks).
-	List(ctx context.Context, q api.ListQuery, visible func(taskType string) bool) ([]api.Task, error)
+	List(ctx context.Context, q api.ListQuery, visible func(taskType string) bool) (api.TaskPage, error)
 	// Cancel cancels a task (not_found, already_finished) for caller and returns its record once
 	// this node has applied the cancel.
 	Cancel(ctx context.Context, caller Caller, id string) (api.Task, error)
@@ -336,10 +336,15 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 		cancel()
 	}
 	caller := callerOf(r)
-	out, err := s.b.List(r.Context(), q, caller.CanRead)
+	page, err := s.b.List(r.Context(), q, caller.CanRead)
 	if err != nil {
 		WriteError(w, err)
 		return
+	}
+	out := page.Tasks
+	w.Header().Set(api.HeaderTotal, strconv.Itoa(page.Total))
+	if page.Next != "" {
+		w.Header().Set(api.HeaderNext, page.Next)
 	}
 	// The backend pages over visible tasks; filtering here too means no backend can leak one.
 	if caller.Identity != nil {

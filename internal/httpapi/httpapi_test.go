@@ -104,12 +104,12 @@ func (f *fakeBackend) WaitTask(ctx context.Context, id string, until func(api.Ta
 	}
 }
 
-func (f *fakeBackend) List(_ context.Context, q api.ListQuery, visible func(string) bool) ([]api.Task, error) {
+func (f *fakeBackend) List(_ context.Context, q api.ListQuery, visible func(string) bool) (api.TaskPage, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gotQuery = q
 	if f.err != nil {
-		return nil, f.err
+		return api.TaskPage{}, f.err
 	}
 	var out []api.Task
 	for _, t := range f.tasks {
@@ -118,7 +118,11 @@ func (f *fakeBackend) List(_ context.Context, q api.ListQuery, visible func(stri
 		}
 	}
 	slices.SortFunc(out, func(a, b api.Task) int { return strings.Compare(b.ID, a.ID) })
-	return out, nil
+	page := api.TaskPage{Tasks: out, Total: len(out)}
+	if q.Limit > 0 && len(out) > q.Limit {
+		page.Tasks, page.Next = out[:q.Limit], "after-"+out[q.Limit-1].ID
+	}
+	return page, nil
 }
 
 func (f *fakeBackend) Cancel(_ context.Context, caller Caller, id string) (api.Task, error) {
@@ -507,6 +511,32 @@ func TestListQuery(t *testing.T) {
 	wantError(t, call(h, "GET", "/v1/tasks?state=sleeping", "", ""), 400, api.CodeInvalidState)
 	for _, l := range []string{"0", "-1", "x", "10001"} {
 		wantError(t, call(h, "GET", "/v1/tasks?limit="+l, "", ""), 400, api.CodeInvalidLimit)
+	}
+}
+
+func TestListPagingHeaders(t *testing.T) {
+	f := newFake()
+	for _, id := range []string{"a", "b", "c"} {
+		f.put(api.Task{ID: id})
+	}
+	h := New(f, Options{})
+	rec := call(h, "GET", "/v1/tasks?limit=2&next=CUR", "", "")
+	if rec.Code != 200 || f.gotQuery.Next != "CUR" {
+		t.Fatalf("list: %d, backend query %+v", rec.Code, f.gotQuery)
+	}
+	var body []api.Task
+	if err := json.NewDecoder(rec.Body).Decode(&body); err != nil || len(body) != 2 {
+		t.Fatalf("body = %v, %v: want a JSON array of the page", body, err)
+	}
+	if got := rec.Header().Get(api.HeaderNext); got != "after-b" {
+		t.Errorf("%s = %q, want after-b", api.HeaderNext, got)
+	}
+	if got := rec.Header().Get(api.HeaderTotal); got != "3" {
+		t.Errorf("%s = %q, want 3", api.HeaderTotal, got)
+	}
+	last := call(h, "GET", "/v1/tasks?limit=3", "", "")
+	if _, ok := last.Header()[api.HeaderNext]; ok || last.Header().Get(api.HeaderTotal) != "3" {
+		t.Errorf("last page headers = %v, want a total and no next", last.Header())
 	}
 }
 

@@ -324,7 +324,9 @@ func (e *env) launch(m *member, join []string) error {
 	args := []string{"agent", "--name", m.Name, "--data-dir", m.DataDir, "--files-dir", m.DataDir,
 		"--advertise", m.ip, "--gossip-addr", m.Gossip, "--raft-addr", m.Raft, "--http-addr", m.HTTP,
 		"--capacity", fmt.Sprint(e.cfg.Capacity), "--voters", fmt.Sprint(e.cfg.Voters),
-		"--http-rate-limit", "0", "--drain-timeout", "5s"}
+		"--http-rate-limit", "0", "--drain-timeout", "5s",
+		// The tmpfs is small on purpose: warn only when it is nearly full, not all the time.
+		"--min-free-disk", "4MiB"}
 	if e.cfg.Insecure {
 		args = append(args, "--insecure")
 	}

@@ -1,0 +1,286 @@
+package fsm
+
+import (
+	"cmp"
+	"time"
+
+	"github.com/google/btree"
+)
+
+// store holds the tasks and the indexes every read and the scheduler use. Each index is an
+// ordered tree of task pointers, so a read costs O(log n + what it returns) and not O(all tasks).
+//
+// Records are immutable once stored: a change stores a copy (cow, then replace), so a tree cloned
+// for a snapshot (btree.Clone is O(1), copy-on-write) keeps seeing the records as they were while
+// Apply goes on. Only the FSM's apply functions write, with f.mu held.
+//
+// google/btree rather than hashicorp/go-memdb, which the issue suggested: memdb's radix trees cost
+// 2,778 bytes of index per record with six indexes (a channel per leaf and node for watches),
+// against 129 bytes for a map and five B-trees, measured with 100k records (BENCHMARKS.md); the
+// budget is 1 KB per finished task all told. Watches are kept here per key instead (watch.go).
+type store struct {
+	byID map[string]*Task
+	// all orders every task by (CreateIndex, ID): list order, and what a snapshot walks.
+	all    *btree.BTreeG[*Task]
+	byType map[string]*btree.BTreeG[*Task]
+	// byStateTy serves state and type filters together, and a state alone by merging a page from
+	// each type's tree (a handful): an index by state alone would cost every record ~20 B more.
+	byStateTy map[stateType]*btree.BTreeG[*Task]
+	byNode    map[string]*btree.BTreeG[*Task] // tasks that have (or had, when finished) a node
+	// byExec holds the tasks an execution spawned (ExecutionID != ID); its root, whose
+	// ExecutionID is its own ID, is found by ID. A tree per task would cost ~400 B each.
+	byExec map[string]*btree.BTreeG[*Task]
+	// queue holds the pending tasks without a retry deadline, one FIFO per (type, version): the
+	// scheduler reads the head of each queue a free node can serve, so an unplaceable type at the
+	// front blocks nothing else.
+	queue map[TypeVersion]*btree.BTreeG[*Task]
+	// retry holds the pending tasks with a retry deadline, by (NotBefore, CreateIndex, ID).
+	retry *btree.BTreeG[*Task]
+	// finished holds terminal tasks by (FinishedAt, CreateIndex, ID): retention's sweep.
+	finished *btree.BTreeG[*Task]
+	// active holds assigned and running tasks per node.
+	active map[string]map[string]*Task
+	idem   map[string]string
+	// counts is how many tasks are in each (state, type): totals and metrics without a scan.
+	counts map[stateType]int
+	// pendingTV is how many tasks are pending per (type, version) asked for.
+	pendingTV map[TypeVersion]int
+	// strs interns the strings many records repeat (types, versions, nodes, boot IDs, events).
+	strs map[string]string
+}
+
+// TypeVersion names a pending queue: tasks of one type asking for one version ("" = any).
+type TypeVersion struct {
+	Type    string
+	Version string
+}
+
+type stateType struct {
+	state State
+	typ   string
+}
+
+const btreeDegree = 32
+
+func byCreate(a, b *Task) bool {
+	if a.CreateIndex != b.CreateIndex {
+		return a.CreateIndex < b.CreateIndex
+	}
+	return a.ID < b.ID
+}
+
+func byNotBefore(a, b *Task) bool {
+	if c := a.NotBefore.Compare(*b.NotBefore); c != 0 {
+		return c < 0
+	}
+	return byCreate(a, b)
+}
+
+func byFinish(a, b *Task) bool {
+	if c := a.FinishedAt.Compare(*b.FinishedAt); c != 0 {
+		return c < 0
+	}
+	return byCreate(a, b)
+}
+
+// freeNodes is the node free list every small tree shares: btree.NewG gives each tree its own,
+// 256 bytes before it holds anything.
+var freeNodes = btree.NewFreeListG[*Task](btree.DefaultFreeListSize)
+
+func newTree() *btree.BTreeG[*Task] { return btree.NewWithFreeListG(btreeDegree, byCreate, freeNodes) }
+
+func newStore() *store {
+	return &store{
+		byID:      map[string]*Task{},
+		all:       newTree(),
+		byType:    map[string]*btree.BTreeG[*Task]{},
+		byStateTy: map[stateType]*btree.BTreeG[*Task]{},
+		byNode:    map[string]*btree.BTreeG[*Task]{},
+		byExec:    map[string]*btree.BTreeG[*Task]{},
+		queue:     map[TypeVersion]*btree.BTreeG[*Task]{},
+		retry:     btree.NewG(btreeDegree, byNotBefore),
+		finished:  btree.NewG(btreeDegree, byFinish),
+		active:    map[string]map[string]*Task{},
+		idem:      map[string]string{},
+		counts:    map[stateType]int{},
+		pendingTV: map[TypeVersion]int{},
+		strs:      map[string]string{},
+	}
+}
+
+func (s *store) get(id string) (*Task, bool) {
+	t, ok := s.byID[id]
+	return t, ok
+}
+
+// insert adds a record to every index it belongs in. The record must not change afterwards.
+func (s *store) insert(t *Task) {
+	s.compact(t)
+	s.byID[t.ID] = t
+	s.all.ReplaceOrInsert(t)
+	put(s.byType, t.Type, t)
+	put(s.byStateTy, stateType{t.State, t.Type}, t)
+	if t.Node != "" {
+		put(s.byNode, t.Node, t)
+	}
+	if t.ExecutionID != t.ID {
+		put(s.byExec, t.ExecutionID, t)
+	}
+	switch {
+	case t.State == Pending && t.NotBefore != nil:
+		s.retry.ReplaceOrInsert(t)
+	case t.State == Pending:
+		put(s.queue, TypeVersion{t.Type, t.Version}, t)
+	case t.State.Active():
+		m := s.active[t.Node]
+		if m == nil {
+			m = map[string]*Task{}
+			s.active[t.Node] = m
+		}
+		m[t.ID] = t
+	case t.State.Terminal() && t.FinishedAt != nil:
+		s.finished.ReplaceOrInsert(t)
+	}
+	if t.IdempotencyKey != "" {
+		s.idem[t.IdempotencyKey] = t.ID
+	}
+	s.counts[stateType{t.State, t.Type}]++
+	if t.State == Pending {
+		s.pendingTV[TypeVersion{t.Type, t.Version}]++
+	}
+}
+
+// delete removes a record from every index; t must be the stored record.
+func (s *store) delete(t *Task) {
+	delete(s.byID, t.ID)
+	s.all.Delete(t)
+	drop(s.byType, t.Type, t)
+	drop(s.byStateTy, stateType{t.State, t.Type}, t)
+	if t.Node != "" {
+		drop(s.byNode, t.Node, t)
+	}
+	if t.ExecutionID != t.ID {
+		drop(s.byExec, t.ExecutionID, t)
+	}
+	switch {
+	case t.State == Pending && t.NotBefore != nil:
+		s.retry.Delete(t)
+	case t.State == Pending:
+		drop(s.queue, TypeVersion{t.Type, t.Version}, t)
+	case t.State.Active():
+		if m := s.active[t.Node]; m != nil {
+			delete(m, t.ID)
+			if len(m) == 0 {
+				delete(s.active, t.Node)
+			}
+		}
+	case t.State.Terminal() && t.FinishedAt != nil:
+		s.finished.Delete(t)
+	}
+	if t.IdempotencyKey != "" && s.idem[t.IdempotencyKey] == t.ID {
+		delete(s.idem, t.IdempotencyKey)
+	}
+	k := stateType{t.State, t.Type}
+	if s.counts[k]--; s.counts[k] <= 0 {
+		delete(s.counts, k)
+	}
+	if t.State == Pending {
+		tv := TypeVersion{t.Type, t.Version}
+		if s.pendingTV[tv]--; s.pendingTV[tv] <= 0 {
+			delete(s.pendingTV, tv)
+		}
+	}
+}
+
+// replace stores next in place of old (the same task after a change).
+func (s *store) replace(old, next *Task) {
+	s.delete(old)
+	s.insert(next)
+}
+
+func put[K comparable](m map[K]*btree.BTreeG[*Task], k K, t *Task) {
+	tr := m[k]
+	if tr == nil {
+		tr = newTree()
+		m[k] = tr
+	}
+	tr.ReplaceOrInsert(t)
+}
+
+func drop[K comparable](m map[K]*btree.BTreeG[*Task], k K, t *Task) {
+	if tr := m[k]; tr != nil {
+		tr.Delete(t)
+		if tr.Len() == 0 {
+			delete(m, k)
+		}
+	}
+}
+
+// compact shares the memory of strings that many records repeat, so a finished record costs its
+// own bytes and little more (the ≤ 1 KB per task budget). It changes no value.
+func (s *store) compact(t *Task) {
+	t.Type, t.Version, t.Node, t.BootID = s.intern(t.Type), s.intern(t.Version), s.intern(t.Node), s.intern(t.BootID)
+	t.State = State(s.intern(string(t.State)))
+	if t.ExecutionID == t.ID {
+		t.ExecutionID = t.ID
+	}
+	for i := range t.History {
+		h := &t.History[i]
+		h.Node, h.Event = s.intern(h.Node), s.intern(h.Event)
+	}
+}
+
+func (s *store) intern(v string) string {
+	if v == "" {
+		return ""
+	}
+	if w, ok := s.strs[v]; ok {
+		return w
+	}
+	s.strs[v] = v
+	return v
+}
+
+// cow returns a copy of a stored record to change and store with replace. The history's capacity
+// is clipped, so an append copies it instead of writing into an array older records share.
+func (t *Task) cow() *Task {
+	c := *t
+	c.History = c.History[:len(c.History):len(c.History)]
+	return &c
+}
+
+// descend calls fn for tasks of tr before the cursor key (all when after is nil), newest first,
+// until fn returns false.
+func descend(tr *btree.BTreeG[*Task], after *Task, fn func(*Task) bool) {
+	if tr == nil {
+		return
+	}
+	if after == nil {
+		tr.Descend(fn)
+		return
+	}
+	tr.DescendLessOrEqual(after, func(t *Task) bool {
+		if !byCreate(t, after) { // the cursor itself
+			return true
+		}
+		return fn(t)
+	})
+}
+
+// nextRetry is the earliest retry deadline after now, O(log n).
+func (s *store) nextRetry(now time.Time) time.Time {
+	var next time.Time
+	pivot := now.Add(time.Nanosecond)
+	s.retry.AscendGreaterOrEqual(&Task{NotBefore: &pivot}, func(t *Task) bool {
+		if t.NotBefore.After(now) {
+			next = *t.NotBefore
+			return false
+		}
+		return true
+	})
+	return next
+}
+
+func cmpCreate(a, b *Task) int {
+	return cmp.Or(cmp.Compare(a.CreateIndex, b.CreateIndex), cmp.Compare(a.ID, b.ID))
+}

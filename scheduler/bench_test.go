@@ -1,0 +1,81 @@
+package scheduler
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/taskworker/taskworker/fsm"
+)
+
+// backlogFSM holds pending echo tasks and three nodes of capacity 8 with 20 tasks running, so a
+// pass has 4 free slots to fill, as under a burst.
+func backlogFSM(b *testing.B, pending int) (*fsm.FSM, map[string]bool) {
+	b.Helper()
+	f := fsm.New()
+	idx := uint64(0)
+	apply := func(body fsm.Payload) {
+		idx++
+		if r := f.ApplyCommand(idx, &fsm.Command{Now: now0, Body: body}); r.Err != nil {
+			b.Fatal(r.Err)
+		}
+	}
+	alive := map[string]bool{}
+	for _, name := range []string{"n1", "n2", "n3"} {
+		apply(&fsm.Register{Node: fsm.Node{Name: name, BootID: "boot-" + name, Capacity: 8, Types: []fsm.TypeInfo{{Type: "echo", Version: "1"}}}})
+		alive[name] = true
+	}
+	total := pending + 20
+	for done := 0; done < total; done += 1000 {
+		var subs []fsm.Submit
+		for i := done; i < min(done+1000, total); i++ {
+			subs = append(subs, fsm.Submit{ID: fmt.Sprintf("01JBENCH%018d", i), Type: "echo", Input: json.RawMessage(`"hello"`), MaxAttempts: 3})
+		}
+		apply(&fsm.SubmitBatch{Items: subs})
+	}
+	var as []fsm.Assign
+	for i := range 20 {
+		n := []string{"n1", "n2", "n3"}[i%3]
+		as = append(as, fsm.Assign{TaskID: fmt.Sprintf("01JBENCH%018d", i), Node: n, BootID: "boot-" + n})
+	}
+	apply(&fsm.AssignBatch{Items: as})
+	return f, alive
+}
+
+// BenchmarkSchedulerPass is one placement pass (view and Place) at a growing backlog: the cost
+// must stay flat, since a pass reads only what the free slots can take.
+func BenchmarkSchedulerPass(b *testing.B) {
+	for _, pending := range []int{0, 10_000, 100_000} {
+		b.Run(fmt.Sprintf("pending=%d", pending), func(b *testing.B) {
+			f, alive := backlogFSM(b, pending)
+			now := now0.Add(time.Second)
+			b.ReportAllocs()
+			for b.Loop() {
+				v := f.PlacementView(alive, now)
+				as := Place(v, alive, now, "")
+				_ = NextWake(v, now)
+				if pending > 0 && len(as) != 4 {
+					b.Fatalf("placed %d, want the 4 free slots", len(as))
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkSchedulerPassFullCopy is the pass as it was before the indexed store (a copy of every
+// pending task per pass), for comparison.
+func BenchmarkSchedulerPassFullCopy(b *testing.B) {
+	for _, pending := range []int{0, 10_000, 100_000} {
+		b.Run(fmt.Sprintf("pending=%d", pending), func(b *testing.B) {
+			f, alive := backlogFSM(b, pending)
+			now := now0.Add(time.Second)
+			b.ReportAllocs()
+			for b.Loop() {
+				v := f.SchedulerView()
+				Place(v, alive, now, "")
+				_ = NextWake(v, now)
+			}
+		})
+	}
+}
