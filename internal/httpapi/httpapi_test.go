@@ -37,6 +37,8 @@ type fakeBackend struct {
 	leakList  bool // List ignores visible, as a buggy backend would
 	leaves    int
 	gotKeyOp  api.KeyringRequest
+	gotBatch  [][]api.SubmitRequest // every SubmitBatch call's requests
+	keys      map[string]string     // idempotency key -> task ID, for SubmitBatch
 }
 
 func newFake() *fakeBackend {
