@@ -158,7 +158,7 @@ func (n *Node) start() error {
 		logDir = dir
 		n.closers = append(n.closers, func() error { return os.RemoveAll(dir) })
 	}
-	logs, err := tasks.OpenLogStore(logDir, 1<<20)
+	logs, err := tasks.OpenLogStoreWith(logDir, tasks.LogStoreOptions{MaxBytesPerTask: 1 << 20, MaxTotalBytes: cfg.OutputMaxBytes})
 	if err != nil {
 		return fmt.Errorf("open task logs: %w", err)
 	}
