@@ -344,6 +344,8 @@ const (
 	CodeResultTooLarge       Code = "result_too_large"     // a task's result is over the cap (a task error type)
 	CodeRateLimited          Code = "rate_limited"         // over the client's request rate; see Retry-After
 	CodeTooManyConnections   Code = "too_many_connections" // over the client's open connections
+	CodeBatchTooLarge        Code = "batch_too_large"      // a batch submit of more than MaxBatchTasks tasks
+	CodeEmptyBatch           Code = "empty_batch"          // a batch submit without tasks
 	// ACL codes (api/acl.go).
 	CodeACLDisabled         Code = "acl_disabled"          // an ACL route on a cluster without --acl
 	CodeACLBootstrapped     Code = "acl_bootstrapped"      // bootstrap was done before
@@ -366,6 +368,7 @@ var statusOf = map[Code]int{
 	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
 	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,
+	CodeBatchTooLarge: 400, CodeEmptyBatch: 400,
 	CodeRateLimited: 429, CodeTooManyConnections: 429,
 	CodeNoLeader: 503, CodeNotLeader: 503, CodeShuttingDown: 503, CodeCancelled: 503, CodeStorageUnavailable: 503,
 	CodeInternal:    500,

@@ -64,7 +64,14 @@ type (
 	ListOptions = api.ListQuery
 	// APIError is a non-2xx answer from the API; errors.Is(err, &APIError{Code: c}) matches a code.
 	APIError = api.Error
+	// BatchResult is one task's outcome in SubmitBatch: Status 201 (created) or 200 (idempotency
+	// key seen before) with Task, or an error status with Error.
+	BatchResult = api.BatchResult
 )
+
+// MaxBatchTasks is how many tasks one batch request holds; SubmitBatch sends longer lists in
+// requests of this size.
+const MaxBatchTasks = api.MaxBatchTasks
 
 // IsNotFound reports whether err is the API's 404.
 func IsNotFound(err error) bool {
@@ -135,6 +142,32 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (task *Task, cre
 		return nil, false, err
 	}
 	return task, status == http.StatusCreated, nil
+}
+
+// SubmitBatch submits many tasks with few requests (POST /v1/tasks/batch, MaxBatchTasks tasks
+// each, one raft entry each) and returns one result per request, in order: a task that fails
+// fails alone, with its Error set. An error means the request of some batch failed as a whole;
+// the results of the batches sent before it are returned with it.
+func (c *Client) SubmitBatch(ctx context.Context, reqs []SubmitRequest) ([]BatchResult, error) {
+	out := make([]BatchResult, 0, len(reqs))
+	for len(reqs) > 0 {
+		n := min(len(reqs), MaxBatchTasks)
+		var reply api.BatchSubmitReply
+		if _, err := c.do(ctx, http.MethodPost, api.PathTasksBatch, nil, api.BatchSubmitRequest{Tasks: reqs[:n]}, &reply); err != nil {
+			return out, err
+		}
+		if len(reply.Results) != n {
+			return out, fmt.Errorf("POST %s: %d results for %d tasks", api.PathTasksBatch, len(reply.Results), n)
+		}
+		for i := range reply.Results {
+			if e := reply.Results[i].Error; e != nil {
+				e.StatusCode = reply.Results[i].Status
+			}
+		}
+		out = append(out, reply.Results...)
+		reqs = reqs[n:]
+	}
+	return out, nil
 }
 
 // SubmitWait submits a task and holds the reply until the task ends or wait

@@ -218,6 +218,11 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	idem := `{"type": "echo", "input": {"a": [1, null]}, "idempotency_key": "k1", "max_attempts": 2, "timeout": "5s"}`
 	s.do(call{method: "POST", path: "/v1/tasks", body: idem, status: 201})
 	s.do(call{method: "POST", path: "/v1/tasks", body: idem, status: 200})
+	batch := s.do(call{method: "POST", path: "/v1/tasks/batch", status: 200,
+		body: `{"tasks": [{"type": "echo", "input": 1}, {"type": "no-such-type"}, {"type": "echo", "idempotency_key": "k1"}]}`})
+	if !strings.Contains(string(batch), `"status":201`) || !strings.Contains(string(batch), `"code":"unknown_task_type"`) || !strings.Contains(string(batch), `"status":200`) {
+		t.Errorf("batch submit: %s", batch)
+	}
 
 	s.do(call{method: "GET", path: "/v1/tasks/" + done.ID, status: 200})
 	s.do(call{method: "GET", path: fmt.Sprintf("/v1/tasks/%s?wait=200ms&index=%d", done.ID, done.ModifyIndex), status: 200})
@@ -239,6 +244,7 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	// Error answers.
 	for _, c := range []call{
 		{method: "GET", path: "/v1/tasks/no-such-task", status: 404, code: "not_found"},
+		{method: "POST", path: "/v1/tasks/batch", body: `{"tasks": []}`, status: 400, code: "empty_batch", specRejects: true},
 		{method: "GET", path: "/v1/tasks/no-such-task/logs", status: 404, code: "not_found"},
 		{method: "POST", path: "/v1/tasks/no-such-task/cancel", status: 404, code: "not_found"},
 		{method: "POST", path: "/v1/tasks", body: `{"input": 1}`, status: 400, code: "missing_type", specRejects: true},

@@ -213,6 +213,16 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 		t.Fatalf("list: %d, %d tasks", code, len(list))
 	}
 
+	code, b = getRaw(t, n, "POST", "/v1/tasks/batch", `{"tasks":[{"type":"echo","input":1},{"type":"no-such-type"}]}`)
+	if code != http.StatusOK {
+		t.Fatalf("batch: %d %s", code, b)
+	}
+	var batch api.BatchSubmitReply
+	decodeExact(t, "POST /v1/tasks/batch", b, &batch)
+	if len(batch.Results) != 2 || batch.Results[0].Task == nil || batch.Results[1].Error == nil {
+		t.Fatalf("batch: %s", b)
+	}
+
 	// Logs: the print task of a fresh submit writes a stdout line, the count task log lines.
 	printed := submitRaw(`{"type":"print","input":"hello"}`)
 	followTask(printed.ID)

@@ -52,6 +52,11 @@ func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.S
 	return toAPITask(&t), !item.Existing, nil
 }
 
+func (b apiBackend) SubmitBatch(ctx context.Context, caller httpapi.Caller, reqs []api.SubmitRequest) ([]api.BatchResult, error) {
+	out, err := b.n.submitBatch(withCaller(ctx, caller), reqs, caller.Principal())
+	return out, toAPIError(err)
+}
+
 func (b apiBackend) Task(_ context.Context, id string) (api.Task, error) {
 	t, ok := b.n.fsm.Task(id)
 	if !ok {

@@ -88,8 +88,11 @@ type Config struct {
 	// ApplyTimeout bounds a leader's raft apply when no caller set a deadline, default 10s.
 	ApplyTimeout time.Duration
 
-	MaxBodyBytes   int64   // request body cap, default MaxInputBytes + limits.BodyOverheadBytes
-	MaxInputBytes  int     // a task's input cap (413 input_too_large), default 256 KiB
+	MaxBodyBytes  int64 // request body cap, default MaxInputBytes + limits.BodyOverheadBytes
+	MaxInputBytes int   // a task's input cap (413 input_too_large), default 256 KiB
+	// OutputMaxBytes bounds the task output this node keeps (tasks.LogStore), default
+	// tasks.DefaultOutputBytes; each task keeps at most 1 MiB within it.
+	OutputMaxBytes int64
 	MaxResultBytes int     // a task's result cap (the attempt fails, result_too_large), default 256 KiB
 	CheckpointRate float64 // checkpoints per second one run may write, default 10
 
@@ -158,6 +161,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Voters == 0 {
 		c.Voters = DefaultVoters
+	}
+	if c.OutputMaxBytes == 0 {
+		c.OutputMaxBytes = tasks.DefaultOutputBytes
 	}
 	if c.MaxInputBytes == 0 {
 		c.MaxInputBytes = limits.DefaultMaxPayloadBytes
@@ -257,6 +263,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Retention <= 0 {
 		bad("--retention must be positive, got %s", c.Retention)
+	}
+	if c.OutputMaxBytes < 1<<20 {
+		bad("--output-max-bytes must be at least 1 MiB (one task's output), got %d", c.OutputMaxBytes)
 	}
 	if c.MaxInputBytes < 1 {
 		bad("--max-input-bytes must be positive, got %d", c.MaxInputBytes)

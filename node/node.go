@@ -54,6 +54,7 @@ type Node struct {
 	http     *http.Server
 	httpAddr string
 	batch    *batcher
+	commits  *commitNotice // the leader's barrier after applies (apply.go)
 	metrics  *nodeMetrics
 
 	// Trust and the internode channel (security.go, internode.go).
@@ -139,6 +140,7 @@ func Start(cfg Config) (*Node, error) {
 	n.fsm.SetObserver(n.metrics.observe)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
+	n.commits = &commitNotice{barrier: func() error { return n.raft.Barrier(cfg.ApplyTimeout).Error() }}
 	if err := n.start(); err != nil {
 		n.cancel()
 		if n.raft != nil {
@@ -189,7 +191,7 @@ func (n *Node) start() error {
 		logDir = dir
 		n.closers = append(n.closers, func() error { return os.RemoveAll(dir) })
 	}
-	logs, err := tasks.OpenLogStore(logDir, 1<<20)
+	logs, err := tasks.OpenLogStoreWith(logDir, tasks.LogStoreOptions{MaxBytesPerTask: 1 << 20, MaxTotalBytes: cfg.OutputMaxBytes})
 	if err != nil {
 		return fmt.Errorf("open task logs: %w", err)
 	}
@@ -300,15 +302,24 @@ func (n *Node) advertised(bound string) (string, error) {
 	return net.JoinHostPort(host, port), nil
 }
 
+// commitTimeout is raft's CommitTimeout: how often the leader resends the commit index to a
+// follower when no entry flows. The barrier after applies (commitNotice) already tells followers
+// of every commit of a command at once, so this is only the fallback for entries raft writes on
+// its own (configuration changes, the new leader's barrier). It sets the idle leader's cost per
+// follower: measured with scripts/idlecpu (leader CPU at 3 / 5 / 20 nodes), 10 ms gave 7.1 /
+// 12.9 / 25.4 %, 50 ms 3.6 / 6.7 / 15.4 %, 250 ms 3.3 / 3.5 / 10.1 %; what remains per follower
+// is mostly raft's heartbeat (every RaftHeartbeat/10).
+const commitTimeout = 250 * time.Millisecond
+
 func (n *Node) startRaft() error {
 	cfg := &n.cfg
 	rc := raft.DefaultConfig()
 	rc.HeartbeatTimeout = cfg.RaftHeartbeat
 	rc.ElectionTimeout = cfg.RaftElection
 	rc.LeaderLeaseTimeout = cfg.RaftHeartbeat / 2
-	// An idle leader tells followers about a new commit index only this often; at raft's default
-	// (50 ms) a submit answered by a follower waited ~2x that for its own write to apply there.
-	rc.CommitTimeout = 10 * time.Millisecond
+	// Followers learn of commits from the barrier the leader appends after its applies
+	// (commitNotice in apply.go), not from this idle resend of the commit index (see commitTimeout).
+	rc.CommitTimeout = commitTimeout
 	// A voter removed while it was cut off (frozen, partitioned) must stay able to rejoin: the
 	// leader adds it back once it registers again (registerLoop). Raft's default would shut its
 	// raft down for good when it applies its own removal. A leaving node shuts raft down itself.

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/oklog/ulid/v2"
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/scheduler"
 	"github.com/taskworker/taskworker/tasks"
@@ -48,6 +50,61 @@ func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedB
 	return item, n.waitIndex(ctx, res.Index)
 }
 
+// submitBatch is submitTask for many tasks in one raft entry: each request is validated on its
+// own, the valid ones are applied together, and each gets its own result in order (201 created,
+// 200 for an idempotency key seen before, in this batch or earlier, or its error). An error is
+// about the whole batch (no leader, shutting down): then no task was stored.
+func (n *Node) submitBatch(ctx context.Context, reqs []api.SubmitRequest, submittedBy string) ([]api.BatchResult, error) {
+	results := make([]api.BatchResult, len(reqs))
+	subs := make([]fsm.Submit, 0, len(reqs))
+	at := make([]int, 0, len(reqs)) // subs[j] answers reqs[at[j]]
+	mv := n.membershipNow()
+	for i, req := range reqs {
+		sub, err := n.prepareSubmitIn(req, mv)
+		if err != nil {
+			results[i] = httpapi.ErrorResult(err)
+			continue
+		}
+		sub.SubmittedBy = submittedBy
+		subs = append(subs, sub)
+		at = append(at, i)
+	}
+	if len(subs) == 0 {
+		return results, nil
+	}
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: subs}})
+	if err != nil {
+		return nil, err
+	}
+	if len(res.Items) != len(subs) {
+		return nil, fmt.Errorf("submit batch: %d results for %d items", len(res.Items), len(subs))
+	}
+	if err := n.waitIndex(ctx, res.Index); err != nil {
+		return nil, err
+	}
+	for j, item := range res.Items {
+		i := at[j]
+		switch {
+		case errors.Is(item.Err, fsm.ErrDuplicateID):
+			item = fsm.ItemResult{ID: subs[j].ID} // our own retry after a lost reply: the task is ours
+		case item.Err != nil:
+			results[i] = httpapi.ErrorResult(api.Errorf(api.CodeInvalidRequest, "%v", item.Err))
+			continue
+		}
+		t, ok := n.fsm.Task(item.ID)
+		if !ok { // removed by retention between apply and now: as a single submit would say
+			results[i] = httpapi.ErrorResult(taskNotFound(item.ID))
+			continue
+		}
+		at := toAPITask(&t)
+		results[i] = api.BatchResult{Status: http.StatusCreated, Task: &at}
+		if item.Existing {
+			results[i].Status = http.StatusOK
+		}
+	}
+	return results, nil
+}
+
 // submitChild is the executor's Submitter: a running task's child joins its execution.
 func (n *Node) submitChild(ctx context.Context, parent tasks.RunRef, executionID string, c tasks.ChildTask) (string, error) {
 	input, err := json.Marshal(c.Input)
@@ -74,6 +131,21 @@ func (n *Node) submitChild(ctx context.Context, parent tasks.RunRef, executionID
 
 // prepareSubmit validates a submit and turns it into a command item.
 func (n *Node) prepareSubmit(req api.SubmitRequest) (fsm.Submit, error) {
+	return n.prepareSubmitIn(req, n.membershipNow())
+}
+
+// membershipView is what choosing a task's version reads: the FSM's nodes and gossip's alive set.
+// A batch reads it once for all its items.
+type membershipView struct {
+	nodes []fsm.Node
+	alive map[string]bool
+}
+
+func (n *Node) membershipNow() membershipView {
+	return membershipView{nodes: n.fsm.Nodes(), alive: n.aliveNames()}
+}
+
+func (n *Node) prepareSubmitIn(req api.SubmitRequest, mv membershipView) (fsm.Submit, error) {
 	if req.Type == "" {
 		return fsm.Submit{}, api.Errorf(api.CodeMissingType, "type is required")
 	}
@@ -86,7 +158,7 @@ func (n *Node) prepareSubmit(req api.SubmitRequest) (fsm.Submit, error) {
 	if h, err := n.cfg.Registry.Lookup(req.Type); err == nil {
 		local = h.Definition().Version
 	}
-	version, known := scheduler.ChooseVersion(req.Type, req.Version, n.fsm.Nodes(), n.aliveNames(), local)
+	version, known := scheduler.ChooseVersion(req.Type, req.Version, mv.nodes, mv.alive, local)
 	if !known {
 		return fsm.Submit{}, api.Errorf(api.CodeUnknownTaskType, "unknown task type %q", api.Truncate(req.Type))
 	}

@@ -1,7 +1,9 @@
 package tasks
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -88,12 +90,11 @@ func TestLogStoreKeepsTheNewestLinesWithinItsBound(t *testing.T) {
 	}
 	defer s.Close()
 	appendLines(t, s, "t1", 0, 500)
-	st, err := os.Stat(filepath.Join(dir, "t1.jsonl"))
-	if err != nil {
+	if err := s.Sync(); err != nil { // the bound holds for what is committed
 		t.Fatal(err)
 	}
-	if st.Size() > limit {
-		t.Fatalf("file is %d bytes, bound %d", st.Size(), limit)
+	if size := s.Bytes("t1"); size > limit {
+		t.Fatalf("the task holds %d bytes, bound %d", size, limit)
 	}
 	got, _ := s.Read("t1")
 	if len(got) < 10 {
@@ -188,5 +189,97 @@ func TestLogStoreRejectsTaskIDsThatArePaths(t *testing.T) {
 		if _, open := <-ch; open || len(lines) != 0 {
 			t.Errorf("Subscribe(%q) gave lines %v or an open channel", id, lines)
 		}
+	}
+}
+
+// TestLogStoreEvictsTheLeastRecentlyWrittenTasks: past the total bound the output of the tasks
+// written to longest ago goes first, whole, and the bound holds across a reopen.
+func TestLogStoreEvictsTheLeastRecentlyWrittenTasks(t *testing.T) {
+	dir := t.TempDir()
+	const perTask, total = 4000, 8000 // a task below writes 20 lines, about 1,950 bytes
+	opts := LogStoreOptions{MaxBytesPerTask: perTask, MaxTotalBytes: total}
+	s, err := OpenLogStoreWith(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(id string, from, to int) {
+		t.Helper()
+		appendLines(t, s, id, from, to)
+		if err := s.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := func() (kept []string, sum int64) {
+		for i := 1; i <= 6; i++ {
+			id := fmt.Sprintf("t%d", i)
+			if n := s.Bytes(id); n > 0 {
+				kept = append(kept, id)
+				sum += n
+			}
+		}
+		return kept, sum
+	}
+	// t1..t4 fit; t1 is written to again, so t2 becomes the least recently written; t5 goes over
+	// the bound and evicts t2 alone.
+	for i := 1; i <= 4; i++ {
+		write(fmt.Sprintf("t%d", i), i*100, i*100+20)
+	}
+	write("t1", 120, 121)
+	write("t5", 500, 520)
+	kept, sum := held()
+	if sum > total || fmt.Sprint(kept) != "[t1 t3 t4 t5]" {
+		t.Fatalf("kept %v, %d bytes; want t1 t3 t4 t5 within %d", kept, sum, total)
+	}
+	got, _ := s.Read("t1")
+	checkRun(t, got, 100, 120)
+	if got, _ := s.Read("t2"); len(got) != 0 {
+		t.Fatalf("evicted t2 still reads %d lines", len(got))
+	}
+	if ids, err := s.Tasks(); err != nil || len(ids) != 4 {
+		t.Fatalf("Tasks = %v, %v; want the 4 kept", ids, err)
+	}
+	// The running total survives a reopen: one more task evicts the oldest kept, t3.
+	s.Close()
+	if s, err = OpenLogStoreWith(dir, opts); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	write("t6", 600, 620)
+	if kept, sum := held(); sum > total || fmt.Sprint(kept) != "[t1 t4 t5 t6]" {
+		t.Fatalf("after reopen: kept %v, %d bytes; want t1 t4 t5 t6 within %d", kept, sum, total)
+	}
+}
+
+// TestLogStoreReadsTheFilesOfOlderReleases: a data dir of a release that kept one file per task
+// still serves that output, before the task's newer lines, and Delete removes it.
+func TestLogStoreReadsTheFilesOfOlderReleases(t *testing.T) {
+	dir := t.TempDir()
+	var old []byte
+	for i := range 3 {
+		b, _ := json.Marshal(line(i))
+		old = append(append(old, b...), '\n')
+	}
+	if err := os.WriteFile(filepath.Join(dir, "t1.jsonl"), old, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenLogStore(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	appendLines(t, s, "t1", 3, 5)
+	got, _ := s.Read("t1")
+	checkRun(t, got, 0, 4)
+	if ids, _ := s.Tasks(); len(ids) != 1 || ids[0] != "t1" {
+		t.Fatalf("Tasks = %v, want [t1] once", ids)
+	}
+	if err := s.Delete("t1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Read("t1"); len(got) != 0 {
+		t.Fatalf("after Delete: %d lines", len(got))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "t1.jsonl")); !os.IsNotExist(err) {
+		t.Fatalf("the old file is still there: %v", err)
 	}
 }

@@ -4,6 +4,7 @@
 package clicmd
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -109,10 +110,20 @@ func submitCommand() *cli.Command {
 	return clientCommand(&cli.Command{
 		Name:        "submit",
 		Usage:       "submit a task and print its ID",
-		ArgsUsage:   "TYPE [INPUT]",
-		Description: inputHelp,
-		Flags:       submitFlags(),
-	}, 1, 2, func(c *cli.Context, api *client.Client, args []string) error {
+		ArgsUsage:   "TYPE [INPUT] | --batch FILE",
+		Description: inputHelp + "\n\n" + batchHelp,
+		Flags: append(submitFlags(), &cli.StringFlag{Name: "batch", TakesFile: true,
+			Usage: "submit the tasks of a JSON lines FILE (- for stdin), one request body of POST /v1/tasks per line"}),
+	}, 0, 2, func(c *cli.Context, api *client.Client, args []string) error {
+		if file := c.String("batch"); file != "" {
+			if len(args) > 0 {
+				return usageError(c, "--batch takes no TYPE or INPUT: each line of %s names its own", file)
+			}
+			return submitBatch(c, api, file)
+		}
+		if len(args) == 0 {
+			return usageError(c, "got no arguments, want TYPE [INPUT] or --batch FILE")
+		}
 		req, err := submitRequest(c, args)
 		if err != nil {
 			return usageError(c, "%v", err)
@@ -124,6 +135,78 @@ func submitCommand() *cli.Command {
 		fmt.Fprintln(c.App.Writer, task.ID)
 		return nil
 	})
+}
+
+const batchHelp = `With --batch FILE, each line of FILE (- for stdin) is one task as the API's submit body,
+{"type": "echo", "input": {"x": 1}, "idempotency_key": "k1"}; blank lines are skipped. The tasks go
+in batches of 1000 per request. Each accepted task's ID is printed on its own line, in the order of
+FILE; a task refused is reported on stderr with its line number, and the exit status is then 2.`
+
+// submitBatch is submit --batch: the tasks of a JSON lines file, in as few requests as the batch
+// endpoint allows. Lines are read whole before anything is sent, so a malformed file submits nothing.
+func submitBatch(c *cli.Context, api *client.Client, file string) error {
+	var in io.Reader = c.App.Reader
+	if file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return usageError(c, "%v", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	reqs, lines, err := readBatch(in)
+	if err != nil {
+		return usageError(c, "%s: %v", file, err)
+	}
+	if len(reqs) == 0 {
+		return usageError(c, "%s holds no tasks", file)
+	}
+	results, err := api.SubmitBatch(c.Context, reqs)
+	failed := 0
+	for i, r := range results {
+		if r.Task != nil {
+			fmt.Fprintln(c.App.Writer, r.Task.ID)
+			continue
+		}
+		failed++
+		fmt.Fprintf(c.App.ErrWriter, "line %d: %v\n", lines[i], r.Error)
+	}
+	switch {
+	case err != nil:
+		return cli.Exit(fmt.Sprintf("%v (%d of %d tasks submitted before it)", err, len(results)-failed, len(reqs)), 2)
+	case failed > 0:
+		return cli.Exit(fmt.Sprintf("%d of %d tasks refused", failed, len(reqs)), 2)
+	}
+	return nil
+}
+
+// readBatch reads JSON lines of submit requests, and the line number of each.
+func readBatch(r io.Reader) ([]client.SubmitRequest, []int, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	var reqs []client.SubmitRequest
+	var lines []int
+	for n := 1; sc.Scan(); n++ {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		dec := json.NewDecoder(bytes.NewReader(line))
+		dec.DisallowUnknownFields()
+		var req client.SubmitRequest
+		if err := dec.Decode(&req); err != nil {
+			return nil, nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		if dec.More() {
+			return nil, nil, fmt.Errorf("line %d: more than one JSON value", n)
+		}
+		reqs = append(reqs, req)
+		lines = append(lines, n)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, nil, fmt.Errorf("read: %w", err)
+	}
+	return reqs, lines, nil
 }
 
 func taskGetCommand() *cli.Command {

@@ -36,12 +36,14 @@ type fakeAPI struct {
 		code   string
 	}
 	authSeen string
+	batches  int // POST /v1/tasks/batch requests
 }
 
 func newFakeAPI(t *testing.T) (*fakeAPI, string) {
 	f := &fakeAPI{tasks: map[string]*client.Task{}, leader: "n1", started: time.Now().Add(-(2*time.Hour + 13*time.Minute + 5*time.Second))}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/tasks", f.submit)
+	mux.HandleFunc("POST /v1/tasks/batch", f.submitBatch)
 	mux.HandleFunc("GET /v1/tasks", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		defer f.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -31,6 +32,10 @@ type Backend interface {
 	// Submit validates req and has the cluster store it, recording caller's principal as the
 	// submitter; created is false when req's idempotency key was seen before.
 	Submit(ctx context.Context, caller Caller, req api.SubmitRequest) (task api.Task, created bool, err error)
+	// SubmitBatch validates each of reqs as Submit would and has the cluster store the valid ones
+	// in one write; it returns one result per request, in order (a request that fails does not
+	// stop the others). An error is about the whole batch: no result was stored.
+	SubmitBatch(ctx context.Context, caller Caller, reqs []api.SubmitRequest) ([]api.BatchResult, error)
 	// Task returns a task's record, or a not_found *api.Error.
 	Task(ctx context.Context, id string) (api.Task, error)
 	// WaitTask blocks until until(record) holds or ctx ends, then returns the record as it is; not_found when unknown.
@@ -78,7 +83,10 @@ type Backend interface {
 // Defaults for Options.
 const (
 	DefaultMaxBodyBytes = 1 << 20
-	DefaultWriteTimeout = 15 * time.Second
+	// DefaultMaxBatchBodyBytes caps a batch submit's body: room for api.MaxBatchTasks tasks of
+	// 16 KiB each.
+	DefaultMaxBatchBodyBytes = 16 << 20
+	DefaultWriteTimeout      = 15 * time.Second
 	// MaxWait caps ?wait= on submits and blocking reads.
 	MaxWait = 10 * time.Minute
 )
@@ -89,9 +97,12 @@ type Options struct {
 	// ACL, when set, turns on access control by tokens, policies and JWTs (acl.go) in place of
 	// the shared Token; nil leaves ACLs off, and the /v1/acl/ routes answer acl_disabled.
 	ACL          ACL
-	MaxBodyBytes int64         // request body cap (413 above it)
-	WriteTimeout time.Duration // how long a submit or cancel may take to reach the leader and apply
-	Logger       *slog.Logger  // for errors after a streaming reply has started
+	MaxBodyBytes int64 // request body cap (413 above it)
+	// MaxBatchBodyBytes is the body cap of a batch submit (413 above it); each task's input is
+	// still held to the node's input cap.
+	MaxBatchBodyBytes int64
+	WriteTimeout      time.Duration // how long a submit or cancel may take to reach the leader and apply
+	Logger            *slog.Logger  // for errors after a streaming reply has started
 	// Observe, when set, is told of every request (route pattern, status, duration), for metrics.
 	Observe ObserveFunc
 	// UI, when set, is the web console, served at /ui/ without a credential (its pages hold no
@@ -114,12 +125,16 @@ func New(b Backend, opts Options) http.Handler {
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = DefaultWriteTimeout
 	}
+	if opts.MaxBatchBodyBytes <= 0 {
+		opts.MaxBatchBodyBytes = max(DefaultMaxBatchBodyBytes, opts.MaxBodyBytes)
+	}
 	s := &server{b: b, acl: opts.ACL, opts: opts, log: opts.Logger}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/tasks", s.submit)
+	mux.HandleFunc("POST "+api.PathTasksBatch, s.submitBatch)
 	mux.HandleFunc("GET /v1/tasks", s.list)
 	mux.HandleFunc("GET /v1/tasks/{id}", s.get)
 	mux.HandleFunc("POST /v1/tasks/{id}/cancel", s.cancel)
@@ -193,6 +208,11 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 // a deadline as no_leader (a write found no leader in time); a cancelled request as cancelled;
 // anything else as internal.
 func WriteError(w http.ResponseWriter, err error) {
+	ae := toAPIError(err)
+	WriteJSON(w, api.Status(ae.Code), api.Error{Message: ae.Message, Code: ae.Code})
+}
+
+func toAPIError(err error) *api.Error {
 	var ae *api.Error
 	switch {
 	case errors.As(err, &ae):
@@ -203,23 +223,27 @@ func WriteError(w http.ResponseWriter, err error) {
 	default:
 		ae = api.Errorf(api.CodeInternal, "%v", err)
 	}
-	WriteJSON(w, api.Status(ae.Code), api.Error{Message: ae.Message, Code: ae.Code})
+	return ae
 }
 
 // decodeBody reads a JSON request body into v, enforcing the content type, the size cap, one
 // value, and no unknown fields.
 func (s *server) decodeBody(r *http.Request, w http.ResponseWriter, v any) error {
+	return decodeBodyMax(r, w, v, s.opts.MaxBodyBytes)
+}
+
+func decodeBodyMax(r *http.Request, w http.ResponseWriter, v any, maxBytes int64) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
 			return api.Errorf(api.CodeUnsupportedMediaType, "content type must be application/json, got %s", api.Truncate(ct))
 		}
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBytes))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return api.Errorf(api.CodeBodyTooLarge, "request body exceeds %d bytes", s.opts.MaxBodyBytes)
+			return api.Errorf(api.CodeBodyTooLarge, "request body exceeds %d bytes", maxBytes)
 		}
 		return api.Errorf(api.CodeInvalidRequest, "request body is not valid JSON for this endpoint: %s", api.Truncate(err.Error()))
 	}
@@ -277,6 +301,60 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusOK
 	}
 	WriteJSON(w, status, t)
+}
+
+// submitBatch is POST /v1/tasks/batch: up to api.MaxBatchTasks submits in one request and one
+// raft entry, each with its own result. ACLs are checked per task, by its type: a task the
+// caller may not submit fails alone with 403, as a bad one fails alone with 400.
+func (s *server) submitBatch(w http.ResponseWriter, r *http.Request) {
+	var req api.BatchSubmitRequest
+	if err := decodeBodyMax(r, w, &req, s.opts.MaxBatchBodyBytes); err != nil {
+		WriteError(w, err)
+		return
+	}
+	switch n := len(req.Tasks); {
+	case n == 0:
+		WriteError(w, api.Errorf(api.CodeEmptyBatch, "a batch submit needs at least one task in \"tasks\""))
+		return
+	case n > api.MaxBatchTasks:
+		WriteError(w, api.Errorf(api.CodeBatchTooLarge, "a batch submit holds at most %d tasks, got %d", api.MaxBatchTasks, n))
+		return
+	}
+	results := make([]api.BatchResult, len(req.Tasks))
+	allowed := make([]api.SubmitRequest, 0, len(req.Tasks))
+	at := make([]int, 0, len(req.Tasks)) // allowed[j] is req.Tasks[at[j]]
+	for i, t := range req.Tasks {
+		if t.Type != "" { // without one the backend answers missing_type
+			if err := authorize(r, acl.CapSubmit, t.Type); err != nil {
+				results[i] = ErrorResult(err)
+				continue
+			}
+		}
+		allowed = append(allowed, t)
+		at = append(at, i)
+	}
+	if len(allowed) > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), s.opts.WriteTimeout)
+		out, err := s.b.SubmitBatch(ctx, callerOf(r), allowed)
+		cancel()
+		if err == nil && len(out) != len(allowed) {
+			err = fmt.Errorf("batch submit: %d results for %d tasks", len(out), len(allowed))
+		}
+		if err != nil {
+			WriteError(w, err)
+			return
+		}
+		for j, res := range out {
+			results[at[j]] = res
+		}
+	}
+	WriteJSON(w, http.StatusOK, api.BatchSubmitReply{Results: results})
+}
+
+// ErrorResult is a batch item's result for err, with the status and body WriteError would give it.
+func ErrorResult(err error) api.BatchResult {
+	ae := toAPIError(err)
+	return api.BatchResult{Status: api.Status(ae.Code), Error: &api.Error{Message: ae.Message, Code: ae.Code}}
 }
 
 func (s *server) waitTask(ctx context.Context, id string, wait time.Duration, until func(api.Task) bool) (api.Task, error) {

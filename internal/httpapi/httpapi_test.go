@@ -43,6 +43,8 @@ type fakeBackend struct {
 	nodeState    string         // the gossip state Cluster reports for n1 ("" = alive)
 	types        []api.TypeInfo // what Types returns
 	throughput   api.Throughput // what Throughput returns
+	gotBatch  [][]api.SubmitRequest // every SubmitBatch call's requests
+	keys      map[string]string     // idempotency key -> task ID, for SubmitBatch
 }
 
 func newFake() *fakeBackend {
