@@ -253,7 +253,10 @@ func (in *injector) one(ctx context.Context, kind string, m *member, injected ch
 		if err := localcluster.Until(recoverDeadline, 200*time.Millisecond, func() bool {
 			return ctx.Err() != nil || healthOK(m) == nil
 		}); err != nil {
-			in.v.add("%s on %s: not healthy %s after the disk was freed: %v", kind, m.Name, recoverDeadline, healthOK(m))
+			in.v.add("%s on %s: not healthy %s after the disk was freed: %v (its goroutines are in its log: SIGQUIT)", kind, m.Name, recoverDeadline, healthOK(m))
+			// A node that does not recover is stuck somewhere: Go's SIGQUIT handler writes every
+			// goroutine's stack to its log before it exits, which is what a post-mortem needs.
+			_ = m.Signal(syscall.SIGQUIT)
 		}
 	case kPartition, kPartitionLeader, kPartitionPair:
 		var peers []*member
