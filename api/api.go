@@ -255,6 +255,10 @@ type ListQuery struct {
 	Limit     int // 0 = DefaultListLimit
 	After     string
 	Next      string // opaque cursor from HeaderNext
+	// SubmittedBy keeps tasks submitted by one caller (the task record's submitted_by).
+	SubmittedBy string
+	// Since and Until keep tasks created at or after, and before, these times (zero: open).
+	Since, Until time.Time
 }
 
 // Values encodes the query as URL parameters, leaving out zero fields.
@@ -268,6 +272,15 @@ func (q ListQuery) Values() url.Values {
 	if q.Limit > 0 {
 		v.Set("limit", strconv.Itoa(q.Limit))
 	}
+	if q.SubmittedBy != "" {
+		v.Set("submitted_by", q.SubmittedBy)
+	}
+	if !q.Since.IsZero() {
+		v.Set("since", q.Since.UTC().Format(time.RFC3339Nano))
+	}
+	if !q.Until.IsZero() {
+		v.Set("until", q.Until.UTC().Format(time.RFC3339Nano))
+	}
 	return v
 }
 
@@ -276,6 +289,21 @@ func ParseListQuery(v url.Values) (ListQuery, error) {
 	q := ListQuery{
 		State: v.Get("state"), Type: v.Get("type"), Node: v.Get("node"),
 		Execution: v.Get("execution"), After: v.Get("after"), Next: v.Get("next"), Limit: DefaultListLimit,
+		SubmittedBy: v.Get("submitted_by"),
+	}
+	for name, at := range map[string]*time.Time{"since": &q.Since, "until": &q.Until} {
+		s := v.Get(name)
+		if s == "" {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return q, Errorf(CodeInvalidTime, "%s must be an RFC 3339 time such as 2026-12-01T15:04:05Z, got %q", name, Truncate(s))
+		}
+		*at = t
+	}
+	if !q.Since.IsZero() && !q.Until.IsZero() && !q.Until.After(q.Since) {
+		return q, Errorf(CodeInvalidTime, "until must be after since")
 	}
 	if q.State != "" && !validState(q.State) {
 		return q, Errorf(CodeInvalidState, "unknown state %q", Truncate(q.State))
@@ -327,6 +355,7 @@ const (
 	CodeInvalidState         Code = "invalid_state"
 	CodeInvalidLimit         Code = "invalid_limit"
 	CodeInvalidCursor        Code = "invalid_cursor" // a ?next= cursor the server did not make
+	CodeInvalidTime          Code = "invalid_time"   // a ?since= or ?until= that is not an RFC 3339 time
 	CodeInvalidAttempt       Code = "invalid_attempt"
 	CodeUnauthorized         Code = "unauthorized"
 	CodeForbidden            Code = "forbidden"
@@ -364,7 +393,7 @@ const (
 var statusOf = map[Code]int{
 	CodeInvalidRequest: 400, CodeMissingType: 400, CodeUnknownTaskType: 400, CodeInvalidInput: 400,
 	CodeInvalidMaxAttempts: 400, CodeInvalidTimeout: 400, CodeInvalidIdempotency: 400, CodeInvalidVersion: 400,
-	CodeInvalidWait: 400, CodeInvalidIndex: 400, CodeInvalidState: 400, CodeInvalidLimit: 400, CodeInvalidCursor: 400, CodeInvalidAttempt: 400,
+	CodeInvalidWait: 400, CodeInvalidIndex: 400, CodeInvalidState: 400, CodeInvalidLimit: 400, CodeInvalidCursor: 400, CodeInvalidTime: 400, CodeInvalidAttempt: 400,
 	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
 	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,

@@ -71,14 +71,37 @@ type Filter struct {
 	Visible func(taskType string) bool
 	// Watch asks ListPage for Page.Watch.
 	Watch bool
+	// SubmittedBy, Since and Until filter on who submitted a task and when it was created. No
+	// index serves them: a page walks the index of the other filters, skipping what they
+	// reject (a walk that stops once tasks are older than Since, less a margin for clock skew
+	// between leaders), and Page.Total is -1 (unknown) when any is set.
+	SubmittedBy  string
+	Since, Until time.Time
 }
+
+// sinceSkew is how far creation times may run backwards along the creation order: a new leader's
+// clock may lag the old one's. A walk newest-first stops only past Since minus this.
+const sinceSkew = time.Minute
 
 func (q *Filter) match(t *Task) bool {
 	return (q.State == "" || t.State == q.State) &&
 		(q.Type == "" || t.Type == q.Type) &&
 		(q.Node == "" || t.Node == q.Node) &&
 		(q.ExecutionID == "" || t.ExecutionID == q.ExecutionID) &&
+		(q.SubmittedBy == "" || t.SubmittedBy == q.SubmittedBy) &&
+		(q.Since.IsZero() || !t.CreatedAt.Before(q.Since)) &&
+		(q.Until.IsZero() || t.CreatedAt.Before(q.Until)) &&
 		(q.Visible == nil || q.Visible(t.Type))
+}
+
+// unindexed reports whether q has filters no index counts (Page.Total is then unknown).
+func (q *Filter) unindexed() bool {
+	return q.SubmittedBy != "" || !q.Since.IsZero() || !q.Until.IsZero()
+}
+
+// past reports whether a newest-first walk has gone past every task q's Since can match.
+func (q *Filter) past(t *Task) bool {
+	return !q.Since.IsZero() && t.CreatedAt.Before(q.Since.Add(-sinceSkew))
 }
 
 // Page is one page of a list.
@@ -114,7 +137,10 @@ func (f *FSM) ListPage(q Filter) (Page, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	tree, key := f.listIndex(q)
-	p := Page{Total: f.total(q)}
+	p := Page{Total: -1}
+	if !q.unindexed() {
+		p.Total = f.total(q)
+	}
 	if q.Watch {
 		p.Watch = f.changed // for a type, node or execution no task has yet: no watch left behind
 		if tree != nil || key.kind == watchAll || key.kind == watchState || f.execRoot(q.ExecutionID) != nil {
@@ -130,6 +156,9 @@ func (f *FSM) ListPage(q Filter) (Page, error) {
 		}
 	}
 	emit := func(t *Task) bool {
+		if q.past(t) {
+			return false
+		}
 		if skip(t) || !q.match(t) {
 			return true
 		}
@@ -150,6 +179,9 @@ func (f *FSM) ListPage(q Filter) (Page, error) {
 			}
 			n := 0
 			descend(tr, from, func(t *Task) bool {
+				if q.past(t) {
+					return false
+				}
 				if skip(t) || !q.match(t) {
 					return true
 				}

@@ -395,3 +395,50 @@ func TestMergedListsPageLikeTheWholeList(t *testing.T) {
 		t.Errorf("execution t00 = %v, want its children and itself newest first [c08 c04 c00 t00]", got)
 	}
 }
+
+func TestListBySubmitterAndCreationTime(t *testing.T) {
+	h := newHarness(t)
+	t0 := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	// t000..t009 one minute apart, submitted by alice (even) and bob (odd).
+	for i := range 10 {
+		s := sub(fmt.Sprintf("t%03d", i), "echo")
+		s.SubmittedBy = []string{"alice", "bob"}[i%2]
+		c := submitCmd(s)
+		c.Now = t0.Add(time.Duration(i) * time.Minute)
+		h.must(c)
+	}
+	at := func(min int) time.Time { return t0.Add(time.Duration(min) * time.Minute) }
+	tests := []struct {
+		name   string
+		filter Filter
+		want   []string
+	}{
+		{name: "submitter", filter: Filter{SubmittedBy: "bob"}, want: []string{"t009", "t007", "t005", "t003", "t001"}},
+		{name: "since is inclusive", filter: Filter{Since: at(7)}, want: []string{"t009", "t008", "t007"}},
+		{name: "until is exclusive", filter: Filter{Until: at(2)}, want: []string{"t001", "t000"}},
+		{name: "a window", filter: Filter{Since: at(3), Until: at(6)}, want: []string{"t005", "t004", "t003"}},
+		{name: "all together, with a state", filter: Filter{SubmittedBy: "alice", Since: at(3), Until: at(9), State: Pending}, want: []string{"t008", "t006", "t004"}},
+		{name: "paged", filter: Filter{Since: at(5), Limit: 2}, want: []string{"t009", "t008"}},
+		{name: "nobody", filter: Filter{SubmittedBy: "carol"}, want: []string{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := h.f.ListPage(tc.filter)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ids(p.Tasks); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+			if p.Total != -1 {
+				t.Errorf("total = %d: no index counts these filters, it must say unknown (-1)", p.Total)
+			}
+		})
+	}
+	// The next page of "paged" goes on within the window.
+	p, _ := h.f.ListPage(Filter{Since: at(5), Limit: 2})
+	p2, err := h.f.ListPage(Filter{Since: at(5), Limit: 2, Next: p.Next})
+	if err != nil || !reflect.DeepEqual(ids(p2.Tasks), []string{"t007", "t006"}) {
+		t.Errorf("second page %v (%v)", ids(p2.Tasks), err)
+	}
+}

@@ -420,7 +420,9 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := page.Tasks
-	w.Header().Set(api.HeaderTotal, strconv.Itoa(page.Total))
+	if page.Total >= 0 { // unknown when a filter no index counts is set
+		w.Header().Set(api.HeaderTotal, strconv.Itoa(page.Total))
+	}
 	if page.Next != "" {
 		w.Header().Set(api.HeaderNext, page.Next)
 	}

@@ -261,6 +261,11 @@ function Tasks({ params }) {
   if (state && state !== 'retrying') q.set('state', state);
   if (state === 'retrying') q.set('state', 'pending');
   for (const [k, v] of Object.entries(filters)) if (v) q.set(k, v);
+  // Submitter and creation time are filtered by the server too (no index counts them, so the
+  // total is absent then).
+  if (submitter) q.set('submitted_by', submitter);
+  if (from && !isNaN(new Date(from))) q.set('since', new Date(from).toISOString());
+  if (to && !isNaN(new Date(to))) q.set('until', new Date(to).toISOString());
   if (cursor) q.set('next', cursor);
   else if (after) q.set('after', after);
   const path = '/v1/tasks?' + q.toString();
@@ -284,9 +289,6 @@ function Tasks({ params }) {
 
   let rows = data || [];
   if (state === 'retrying') rows = rows.filter((t) => t.failures > 0);
-  if (submitter) rows = rows.filter((t) => (t.submitted_by || '').includes(submitter));
-  if (from) rows = rows.filter((t) => new Date(t.created_at) >= new Date(from));
-  if (to) rows = rows.filter((t) => new Date(t.created_at) <= new Date(to));
 
   const nextCursor = headers?.get(H_NEXT);
   const total = headers?.get(H_TOTAL);
