@@ -38,13 +38,13 @@ type fakeBackend struct {
 	leaves    int
 	gotKeyOp  api.KeyringRequest
 
-	index        uint64         // bumped by every put, as an FSM's applied index
-	waitingIndex chan uint64    // receives after each time WaitIndex starts waiting, when not nil
-	nodeState    string         // the gossip state Cluster reports for n1 ("" = alive)
-	types        []api.TypeInfo // what Types returns
-	throughput   api.Throughput // what Throughput returns
-	gotBatch  [][]api.SubmitRequest // every SubmitBatch call's requests
-	keys      map[string]string     // idempotency key -> task ID, for SubmitBatch
+	index        uint64                // bumped by every put, as an FSM's applied index
+	waitingIndex chan uint64           // receives after each time WaitIndex starts waiting, when not nil
+	nodeState    string                // the gossip state Cluster reports for n1 ("" = alive)
+	types        []api.TypeInfo        // what Types returns
+	throughput   api.Throughput        // what Throughput returns
+	gotBatch     [][]api.SubmitRequest // every SubmitBatch call's requests
+	keys         map[string]string     // idempotency key -> task ID, for SubmitBatch
 }
 
 func newFake() *fakeBackend {
