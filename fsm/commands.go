@@ -25,7 +25,17 @@ const (
 // Protocol is the command protocol this build speaks; nodes register it (Node.Protocol). A command
 // type is written to the log only once every up node speaks at least its Since. Protocol 0 is the
 // release before protocol numbers, which reads only the legacy encoding (legacy.go).
-const Protocol = 1
+//
+// Protocol 2 adds fields to existing payloads (issue 14's scheduling options on Submit, say). A
+// payload that uses one says so through NeedsProtocol, so the leader writes it only once every up
+// node decodes it: an older replica would halt on the unknown field.
+const Protocol = 2
+
+// NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
+// newer than their type's Since: the lowest protocol that decodes this payload as it is.
+type NeedsProtocol interface {
+	NeedsProtocol() int
+}
 
 // The command table: one registration per command type, the only place a command is described.
 func init() {
@@ -283,6 +293,23 @@ type Submit struct {
 	// the field has applied that bootstrap, so it is a build that knows the field. Without ACLs
 	// it is empty and omitted, and entries stay readable by every build.
 	SubmittedBy string `msgpack:"submitted_by,omitempty"`
+
+	// Fields from protocol 2 on (omitempty, and listed in needsProtocol) go below.
+}
+
+// needsProtocol is the lowest protocol that decodes s: 2 once it sets any field protocol 1 does
+// not know (each such field is checked here).
+func (s *Submit) needsProtocol() int {
+	return 1
+}
+
+// NeedsProtocol implements NeedsProtocol: the highest of its items'.
+func (b *SubmitBatch) NeedsProtocol() int {
+	need := 1
+	for i := range b.Items {
+		need = max(need, b.Items[i].needsProtocol())
+	}
+	return need
 }
 
 // Assign places a pending task on a node incarnation.

@@ -161,7 +161,7 @@ func TestUnknownCommandTypeHaltsTheFSM(t *testing.T) {
 	f := scripted(t)
 	before := stateOf(f)
 	r := f.Apply(&raft.Log{Type: raft.LogCommand, Index: 812, Data: []byte{99, 0x80}}).(*Result)
-	want := "fsm: log entry 812 has command type 99 that this build does not know (protocol 1); upgrade this node"
+	want := fmt.Sprintf("fsm: log entry 812 has command type 99 that this build does not know (protocol %d); upgrade this node", Protocol)
 	if r.Err == nil || r.Err.Error() != want || !errors.Is(r.Err, ErrUnknownCommand) || r.Index != 812 {
 		t.Fatalf("result err = %v, want %q", r.Err, want)
 	}

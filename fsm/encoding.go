@@ -105,9 +105,13 @@ func (f *FSM) Emit(c *Command) ([]byte, error) {
 		return nil, fmt.Errorf("emit command: %w: payload %T is not in the command table", ErrBadCommand, c.Body)
 	}
 	lowest, who := f.lowestProtocol()
-	if s.since > lowest {
+	need := s.since
+	if n, ok := c.Body.(NeedsProtocol); ok {
+		need = max(need, n.NeedsProtocol())
+	}
+	if need > lowest {
 		return nil, fmt.Errorf("emit %s: %w: it needs protocol %d and node %s speaks %d; upgrade that node first",
-			s.name, ErrProtocolTooOld, s.since, who, lowest)
+			s.name, ErrProtocolTooOld, need, who, lowest)
 	}
 	if lowest < firstTypedProtocol {
 		if b, ok := c.Body.(*SubmitBatch); ok && slices.ContainsFunc(b.Items, func(s Submit) bool { return s.SubmittedBy != "" }) {
