@@ -298,14 +298,15 @@ type Submit struct {
 }
 
 // needsProtocol is the lowest protocol that decodes s: 2 once it sets any field protocol 1 does
-// not know (each such field is checked here).
+// not know (each such field is checked here), else 0 (the type's Since and Emit's legacy rules
+// decide the rest).
 func (s *Submit) needsProtocol() int {
-	return 1
+	return 0
 }
 
 // NeedsProtocol implements NeedsProtocol: the highest of its items'.
 func (b *SubmitBatch) NeedsProtocol() int {
-	need := 1
+	need := 0
 	for i := range b.Items {
 		need = max(need, b.Items[i].needsProtocol())
 	}
