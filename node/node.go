@@ -400,8 +400,18 @@ func (n *Node) startRaft() error {
 			adv = &net.TCPAddr{IP: net.ParseIP(host), Port: p}
 		}
 		// With port 0 the listener's own address is advertised, which needs a specific bind host.
+		// MaxRPCsInFlight 1 turns raft's pipelined replication off. With it on (the default, 2),
+		// a follower that answers one append with Success=false (a failed log write: a full
+		// disk; a log gap after a restart) can deadlock the leader's pipeline to it for good
+		// while heartbeats go on, so the follower never gets another entry and never calls an
+		// election (hashicorp/raft#612; found by scripts/chaos). Raft's own measurements (#541)
+		// show pipelining gains little once appends are batched, as ours are.
+		tcfg := func(stream raft.StreamLayer) *raft.NetworkTransportConfig {
+			return &raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, MaxRPCsInFlight: 1, Timeout: 10 * time.Second,
+				Logger: newHCLogger(n.noisy, "raft-net", cfg.LogLevel)}
+		}
 		if n.sec.insecure {
-			t, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 3, 10*time.Second, newHCLogger(n.noisy, "raft-net", cfg.LogLevel))
+			t, err := raft.NewTCPTransportWithConfig(cfg.RaftAddr, adv, tcfg(nil))
 			if err != nil {
 				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 			}
@@ -418,7 +428,7 @@ func (n *Node) startRaft() error {
 			if err != nil {
 				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 			}
-			trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, newHCLogger(n.noisy, "raft-net", cfg.LogLevel))
+			trans = raft.NewNetworkTransportWithConfig(tcfg(stream))
 		}
 		n.closers = append(n.closers, trans.(io.Closer).Close)
 	}

@@ -2,11 +2,13 @@ package node
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -292,5 +294,49 @@ func TestNearlyFullDiskIsAWarningAndAMetricNotAnOutage(t *testing.T) {
 	}
 	if c := strings.Count(logs.String(), "disk nearly full"); c > 2 {
 		t.Errorf("the warning was logged %d times; the rate limit folds repeats", c)
+	}
+}
+
+// A follower whose log writes fail answers appends with Success=false; once they succeed again it
+// must catch up. With raft's pipelined replication a failed append could deadlock the leader's
+// pipeline to that follower for good, heartbeats still flowing (hashicorp/raft#612): the node then
+// never got another entry. Repeated, under a stream of writes, to give that race its chances.
+func TestFollowerCatchesUpAfterFailedAppendsUnderLoad(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{capacity: 4})
+	victim := tc.follower()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hc := &http.Client{Timeout: 10 * time.Second}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if l := tc.leader(); l != nil {
+					postEcho(hc, l, w)
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	for round := 0; round < 5; round++ {
+		victim.storage.Inject(syscall.ENOSPC)
+		waitHealth(t, victim, 503, "503 storage_fault")
+		before := tc.leader().raft.AppliedIndex()
+		waitFor(t, "the leader commits more while the follower cannot write", 30*time.Second, func() bool {
+			l := tc.leader()
+			return l != nil && l.raft.AppliedIndex() > before+20
+		})
+		victim.storage.Inject(nil)
+		target := tc.leader().raft.AppliedIndex()
+		waitFor(t, fmt.Sprintf("round %d: the follower catches up to index %d", round, target), 30*time.Second, func() bool {
+			return victim.raft.AppliedIndex() >= target
+		})
+		waitHealth(t, victim, 200, "200 again")
 	}
 }
