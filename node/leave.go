@@ -108,7 +108,7 @@ func (n *Node) leave(ctx context.Context, log *slog.Logger) error {
 
 	if n.IsLeader() {
 		log.Info("transferring leadership")
-		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+		if err := n.transferLeadership(); err != nil {
 			log.Warn("leadership transfer", "err", err)
 		}
 	}
@@ -133,6 +133,21 @@ func (n *Node) leave(ctx context.Context, log *slog.Logger) error {
 	}
 	log.Info("left the cluster")
 	return n.Shutdown()
+}
+
+// transferLeadership asks raft to hand leadership to another voter, waiting at most a few
+// election timeouts: raft's transfer has been seen to wait forever when the leader steps down
+// meanwhile (hashicorp/raft#696), and a leave must end.
+func (n *Node) transferLeadership() error {
+	done := make(chan error, 1)
+	go func() { done <- n.raft.LeadershipTransfer().Error() }()
+	limit := 4*n.cfg.RaftElection + 2*time.Second
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(limit):
+		return fmt.Errorf("no answer from raft within %s; leaving anyway", limit)
+	}
 }
 
 // drainTasks lets running tasks finish within the drain timeout, then hands the rest back.
