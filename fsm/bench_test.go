@@ -151,3 +151,41 @@ func BenchmarkSnapshotRestore(b *testing.B) {
 	}
 	b.ReportMetric(time.Since(start).Seconds(), "restore-s")
 }
+
+// BenchmarkConsoleQueries times the reads a console page makes, one page of 50 each, on an FSM
+// holding benchRecords() finished tasks (TASKWORKER_BENCH_RECORDS=1000000 for the million):
+// the newest page, a state tab, a type filter, a page deep in the list by cursor, and the per-state
+// counts of the tabs. None may grow with the number of tasks.
+func BenchmarkConsoleQueries(b *testing.B) {
+	n := benchRecords()
+	f := finishedFSM(b, n)
+	deep, err := f.ListPage(Filter{Limit: n / 2})
+	if err != nil || deep.Next == "" {
+		b.Fatalf("deep cursor: %v", err)
+	}
+	for _, q := range []struct {
+		name string
+		f    Filter
+	}{
+		{"newest", Filter{Limit: 50}},
+		{"state_tab", Filter{State: Succeeded, Limit: 50}},
+		{"type", Filter{Type: "echo", Limit: 50}},
+		{"deep_cursor", Filter{Limit: 50, Next: deep.Next}},
+		{"empty_state_tab", Filter{State: Running, Limit: 50}},
+	} {
+		b.Run(q.name, func(b *testing.B) {
+			for b.Loop() {
+				p, err := f.ListPage(q.f)
+				if err != nil || p.Total < 0 {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(n), "tasks")
+		})
+	}
+	b.Run("counts", func(b *testing.B) {
+		for b.Loop() {
+			f.Counts()
+		}
+	})
+}
