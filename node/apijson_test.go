@@ -81,6 +81,12 @@ func (c coverage) check(t *testing.T) {
 	}
 }
 
+// elsewhere lists the fields a single node's replies cannot show here, and the test that sees them
+// filled in from a real cluster.
+var elsewhere = map[string]string{
+	"Cluster.Nodes.DrainDeadline": "only while a node drains: testNoPlacementWhileDraining (drain_test.go)",
+}
+
 func checkFields(t *testing.T, path string, typ reflect.Type, objs []any) {
 	t.Helper()
 	for typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Slice {
@@ -116,7 +122,7 @@ func checkFields(t *testing.T, path string, typ reflect.Type, objs []any) {
 				sub = append(sub, v)
 			}
 		}
-		if !seen {
+		if !seen && elsewhere[path+"."+f.Name] == "" {
 			t.Errorf("%s.%s (json %q) never appears in the node's replies: is it filled in node/convert.go?", path, f.Name, name)
 			continue
 		}

@@ -277,14 +277,24 @@ func (tc *testCluster) live() []*Node {
 	return out
 }
 
+// leader returns the node that leads, waiting out an election (up to leaderWait: on a loaded
+// machine a heartbeat can be missed and leadership change hands), nil if none by then.
 func (tc *testCluster) leader() *Node {
-	for _, n := range tc.live() {
-		if n.IsLeader() {
-			return n
+	deadline := time.Now().Add(leaderWait)
+	for {
+		for _, n := range tc.live() {
+			if n.IsLeader() {
+				return n
+			}
 		}
+		if time.Now().After(deadline) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval
 	}
-	return nil
 }
+
+const leaderWait = 5 * time.Second
 
 func (tc *testCluster) follower() *Node {
 	for _, n := range tc.live() {
