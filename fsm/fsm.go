@@ -633,9 +633,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 
 // restored is a decoded snapshot.
 type restored struct {
-	index    uint64
-	store    *store
-	nodes    []Node
+	index     uint64
+	store     *store
+	nodes     []Node
 	acl       *acl.State
 	security  *Security
 	schedules []Schedule // absent in snapshots before schedules, or without any
