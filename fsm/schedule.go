@@ -97,8 +97,9 @@ type Schedule struct {
 	// SubmittedBy is who last put the schedule; its tasks record it as their submitter.
 	SubmittedBy string `msgpack:"submitted_by,omitempty"`
 
-	// LastFired is the last tick fired (whether it submitted, skipped or buffered); zero before
-	// the first. Ticks are computed after it.
+	// LastFired is the last tick fired (whether it submitted, skipped or buffered), or the
+	// moment the schedule was resumed, whichever is later; zero before the first. Ticks are
+	// computed after it.
 	LastFired time.Time `msgpack:"last_fired"`
 	// LastTaskID is the task of the latest run started (not manual ones): the overlap policy
 	// looks at it.
@@ -191,6 +192,11 @@ func (f *FSM) applySchedulePut(index uint64, now time.Time, p *SchedulePut) ([]I
 		s.LastFired, s.LastTaskID, s.Buffered = old.LastFired, old.LastTaskID, old.Buffered
 		s.Fired, s.Skipped, s.Manual, s.LastError = old.Fired, old.Skipped, old.Manual, old.LastError
 		s.CreatedAt, s.CreateIndex = old.CreatedAt, old.CreateIndex
+		if old.Paused && !s.Paused && now.After(s.LastFired) {
+			// Resuming passes over the ticks that fell while paused: a week's pause does not
+			// end in a burst of catch-up runs.
+			s.LastFired = now
+		}
 	} else {
 		s.LastFired, s.LastTaskID, s.Buffered = time.Time{}, "", nil
 		s.Fired, s.Skipped, s.Manual, s.LastError = 0, 0, 0, ""

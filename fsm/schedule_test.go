@@ -44,7 +44,7 @@ func TestSchedulePutValidatesAndKeepsFiringStateOnUpdate(t *testing.T) {
 	}
 	h.must(putCmd(schedule("nightly", OverlapSkip)))
 	created := h.schedule("nightly")
-	tick := t0.Add(time.Hour)
+	tick := t0 // before the harness's clock: resuming passes over it
 	h.must(fireCmd("nightly", tick, "T1"))
 
 	paused := schedule("nightly", OverlapSkip)
@@ -55,6 +55,12 @@ func TestSchedulePutValidatesAndKeepsFiringStateOnUpdate(t *testing.T) {
 	if !s.Paused || !s.LastFired.Equal(tick) || s.LastTaskID != "T1" || s.Fired != 1 ||
 		!s.CreatedAt.Equal(created.CreatedAt) || s.CreateIndex != created.CreateIndex || s.ModifyIndex <= created.ModifyIndex {
 		t.Errorf("after pause: %+v", s)
+	}
+
+	resumed := schedule("nightly", OverlapSkip)
+	r := h.must(putCmd(resumed))
+	if s := h.schedule("nightly"); s.Paused || !s.LastFired.Equal(t0.Add(time.Duration(r.Index)*time.Second)) {
+		t.Errorf("resuming should pass over the ticks that fell while paused: last fired %v", s.LastFired)
 	}
 
 	h.must(&Command{Body: &ScheduleDelete{Name: "nightly"}})
