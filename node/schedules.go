@@ -244,6 +244,9 @@ func (b apiBackend) PauseSchedule(ctx context.Context, caller httpapi.Caller, na
 		return toAPISchedule(&s, time.Now()), nil
 	}
 	s.Paused = paused
+	// A pause is a put: the schedule's submitter becomes the caller, as the leader records it
+	// for a forwarded put (authorizeForward).
+	s.SubmittedBy = caller.Principal()
 	out, _, err := b.putSchedule(ctx, caller, s, false)
 	return out, err
 }
