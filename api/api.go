@@ -60,7 +60,9 @@ type Task struct {
 	ParentID       string          `json:"parent_id,omitempty"`
 	// SubmittedBy is who submitted the task with ACLs on: a token's accessor ID, a JWT's
 	// subject, or "anonymous"; absent without ACLs. A child task records its parent's.
-	SubmittedBy     string          `json:"submitted_by,omitempty"`
+	SubmittedBy string `json:"submitted_by,omitempty"`
+	// Schedule is the schedule that submitted the task; absent for others.
+	Schedule        string          `json:"schedule,omitempty"`
 	CreatedAt       time.Time       `json:"created_at"`
 	StartedAt       *time.Time      `json:"started_at"`
 	FinishedAt      *time.Time      `json:"finished_at"`
@@ -388,6 +390,9 @@ const (
 	// CodeStorageUnavailable: the node called cannot persist (see HealthStorageFault); send the
 	// request to another node.
 	CodeStorageUnavailable Code = "storage_unavailable"
+	// CodeInvalidSchedule: a schedule that does not validate (name, cron spec, time zone,
+	// overlap policy, catch_up, start after end).
+	CodeInvalidSchedule Code = "invalid_schedule"
 )
 
 var statusOf = map[Code]int{
@@ -397,7 +402,7 @@ var statusOf = map[Code]int{
 	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
 	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,
-	CodeBatchTooLarge: 400, CodeEmptyBatch: 400,
+	CodeBatchTooLarge: 400, CodeEmptyBatch: 400, CodeInvalidSchedule: 400,
 	CodeRateLimited: 429, CodeTooManyConnections: 429,
 	CodeNoLeader: 503, CodeNotLeader: 503, CodeShuttingDown: 503, CodeCancelled: 503, CodeStorageUnavailable: 503,
 	CodeInternal:    500,

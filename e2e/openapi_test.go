@@ -241,6 +241,18 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	s.do(call{method: "POST", path: "/v1/tasks/" + sleeper.ID + "/cancel", status: 202})
 	s.do(call{method: "POST", path: "/v1/tasks/" + done.ID + "/cancel", status: 409, code: "already_finished"})
 
+	// Schedules.
+	s.do(call{method: "PUT", path: "/v1/schedules/sq", body: `{"cron": "@every 1h", "type": "calc-square", "input": 3, "overlap": "buffer_one"}`, status: 201})
+	s.do(call{method: "PUT", path: "/v1/schedules/sq", body: `{"cron": "0 9 * * *", "time_zone": "Europe/Paris", "type": "calc-square", "input": 3}`, status: 200})
+	s.do(call{method: "GET", path: "/v1/schedules", status: 200})
+	s.do(call{method: "GET", path: "/v1/schedules/sq", status: 200})
+	s.do(call{method: "POST", path: "/v1/schedules/sq/pause", status: 200})
+	s.do(call{method: "POST", path: "/v1/schedules/sq/resume", status: 200})
+	s.do(call{method: "POST", path: "/v1/schedules/sq/trigger", status: 201})
+	s.do(call{method: "DELETE", path: "/v1/schedules/sq", status: 204})
+	s.do(call{method: "PUT", path: "/v1/schedules/sq", body: `{"cron": "every day", "type": "calc-square", "input": 3}`, status: 400, code: "invalid_schedule"})
+	s.do(call{method: "GET", path: "/v1/schedules/sq", status: 404, code: "not_found"})
+
 	// Error answers.
 	for _, c := range []call{
 		{method: "GET", path: "/v1/tasks/no-such-task", status: 404, code: "not_found"},

@@ -295,12 +295,18 @@ type Submit struct {
 	SubmittedBy string `msgpack:"submitted_by,omitempty"`
 
 	// Fields from protocol 2 on (omitempty, and listed in needsProtocol) go below.
+
+	// Schedule names the schedule that submitted the task (schedule_fire sets it).
+	Schedule string `msgpack:"schedule,omitempty"`
 }
 
 // needsProtocol is the lowest protocol that decodes s: 2 once it sets any field protocol 1 does
 // not know (each such field is checked here), else 0 (the type's Since and Emit's legacy rules
 // decide the rest).
 func (s *Submit) needsProtocol() int {
+	if s.Schedule != "" {
+		return 2
+	}
 	return 0
 }
 

@@ -47,5 +47,11 @@ func (f *FSM) Digest() (index uint64, sum string) {
 		put("security")
 		put(f.security)
 	}
+	if len(f.schedules) > 0 { // likewise
+		put("schedules")
+		for _, name := range sortedKeys(f.schedules) {
+			put(f.schedules[name])
+		}
+	}
 	return f.index, hex.EncodeToString(h.Sum(nil))
 }

@@ -38,6 +38,10 @@ type FSM struct {
 	observer    Observer
 	transitions []Transition
 	lastStamp   *time.Time // stamp's
+	// schedules is the periodic schedules table (schedule.go), by name.
+	schedules map[string]*Schedule
+	// schedChanged is closed when a schedule changes or a scheduled task finishes.
+	schedChanged chan struct{}
 }
 
 // New returns an empty FSM.
@@ -48,6 +52,9 @@ func New() *FSM {
 		acl:      acl.NewMemStore(),
 		changed:  make(chan struct{}),
 		haltedCh: make(chan struct{}),
+
+		schedules:    map[string]*Schedule{},
+		schedChanged: make(chan struct{}),
 	}
 }
 
@@ -193,7 +200,7 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 		ID: s.ID, Type: s.Type, Version: s.Version, Input: s.Input,
 		State: Pending, MaxAttempts: maxAttempts, Timeout: s.Timeout,
 		IdempotencyKey: s.IdempotencyKey, ExecutionID: s.ExecutionID, ParentID: s.ParentID,
-		SubmittedBy: s.SubmittedBy, CreatedAt: now, CreateIndex: index, ModifyIndex: index,
+		SubmittedBy: s.SubmittedBy, Schedule: s.Schedule, CreatedAt: now, CreateIndex: index, ModifyIndex: index,
 	}
 	if t.ExecutionID == "" {
 		t.ExecutionID = t.ID
@@ -396,6 +403,9 @@ func (f *FSM) save(old, next *Task) {
 	if next != nil {
 		f.tasks.insert(next)
 		f.watches.touch(next)
+		if next.Schedule != "" && next.State.Terminal() && (old == nil || !old.State.Terminal()) {
+			f.wakeSchedules() // a buffered tick may start now
+		}
 	}
 }
 
@@ -456,6 +466,8 @@ type snapshotState struct {
 	ACL *acl.State `msgpack:"acl,omitempty"`
 	// Security is absent in snapshots of clusters that never had any (and of older releases).
 	Security *Security `msgpack:"security,omitempty"`
+	// Schedules is absent in snapshots of clusters without schedules (and of older releases).
+	Schedules []Schedule `msgpack:"schedules,omitempty"`
 }
 
 // Snapshot implements raft.FSM. It clones the task index (O(1): the tree is copy-on-write and
@@ -479,6 +491,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		sec := f.security.clone()
 		s.security = &sec
 	}
+	for _, name := range sortedKeys(f.schedules) {
+		s.schedules = append(s.schedules, f.schedules[name].clone())
+	}
 	return s, nil
 }
 
@@ -489,6 +504,9 @@ type snapshot struct {
 	nodes    []Node
 	acl      *acl.State
 	security *Security
+	// schedules is written only when there are some, so snapshots of clusters without any keep
+	// the format earlier releases read.
+	schedules []Schedule
 }
 
 // Persist streams the snapshot one record at a time, in exactly the bytes msgpack writes for
@@ -514,6 +532,9 @@ func (s *snapshot) encode(w io.Writer) error {
 		fields++
 	}
 	if s.security != nil {
+		fields++
+	}
+	if len(s.schedules) > 0 {
 		fields++
 	}
 	if err := enc.EncodeMapLen(fields); err != nil {
@@ -546,6 +567,11 @@ func (s *snapshot) encode(w io.Writer) error {
 	}
 	if s.security != nil {
 		if err := encodeAll(enc, "security", s.security); err != nil {
+			return err
+		}
+	}
+	if len(s.schedules) > 0 {
+		if err := encodeAll(enc, "schedules", s.schedules); err != nil {
 			return err
 		}
 	}
@@ -593,6 +619,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if s.security != nil {
 		f.security = *s.security
 	}
+	f.schedules = make(map[string]*Schedule, len(s.schedules))
+	for i := range s.schedules {
+		f.schedules[s.schedules[i].Name] = &s.schedules[i]
+	}
+	f.wakeSchedules()
 	f.index = s.index
 	f.watches.touchAll()
 	close(f.changed)
@@ -602,11 +633,12 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 
 // restored is a decoded snapshot.
 type restored struct {
-	index    uint64
-	store    *store
-	nodes    []Node
-	acl      *acl.State
-	security *Security
+	index     uint64
+	store     *store
+	nodes     []Node
+	acl       *acl.State
+	security  *Security
+	schedules []Schedule // absent in snapshots before schedules, or without any
 }
 
 // decodeSnapshot reads the snapshot map key by key, the tasks one by one, so a million records
@@ -639,6 +671,8 @@ func decodeSnapshot(r io.Reader) (s *restored, err error) {
 			err = dec.Decode(&s.acl)
 		case "security":
 			err = dec.Decode(&s.security)
+		case "schedules":
+			err = dec.Decode(&s.schedules)
 		default:
 			err = dec.Skip()
 		}

@@ -31,6 +31,9 @@ func legacySnapshot(t *testing.T, f *FSM) []byte {
 		sec := f.security.clone()
 		s.Security = &sec
 	}
+	for _, name := range sortedKeys(f.schedules) {
+		s.Schedules = append(s.Schedules, f.schedules[name].clone())
+	}
 	f.mu.RUnlock()
 	b, err := msgpack.Marshal(&s)
 	if err != nil {

@@ -118,6 +118,8 @@ type Task struct {
 	History         []HistoryEntry  `msgpack:"history"`
 	// SubmittedBy is who submitted the task (Submit.SubmittedBy); empty without ACLs.
 	SubmittedBy string `msgpack:"submitted_by,omitempty"`
+	// Schedule is the schedule that submitted the task (schedule.go); empty for others.
+	Schedule string `msgpack:"schedule,omitempty"`
 }
 
 // clone returns a copy that shares no mutable memory with t.

@@ -236,6 +236,22 @@ func (n *Node) authorizeForward(c *fsm.Command, credential string) error {
 				}
 			}
 		}
+	case *fsm.SchedulePut, *fsm.ScheduleDelete, *fsm.ScheduleFire:
+		// A schedule submits tasks of its type for whoever put it: every change needs the
+		// submit capability on the type (old and new).
+		id, err := resolve()
+		if err != nil {
+			return err
+		}
+		types, _ := n.scheduleTypes(c)
+		for _, typ := range types {
+			if err := id.Allow(acl.CapSubmit, typ); err != nil {
+				return deny(err)
+			}
+		}
+		if put, ok := body.(*fsm.SchedulePut); ok {
+			put.Schedule.SubmittedBy = id.Principal
+		}
 	case *fsm.ACLPolicySet, *fsm.ACLPolicyDelete, *fsm.ACLTokenCreate, *fsm.ACLTokenDelete:
 		id, err := resolve()
 		if err != nil {

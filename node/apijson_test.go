@@ -229,6 +229,25 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 		t.Fatalf("batch: %s", b)
 	}
 
+	// A schedule's trigger: a task that records its schedule. The schedule's own JSON is pinned
+	// one way (every field sent is declared); some of its fields need ACLs or a failing tick.
+	code, b = getRaw(t, n, "PUT", "/v1/schedules/sq", `{"cron":"@every 1h","time_zone":"UTC","type":"echo","input":1,"start":"2026-01-01T00:00:00Z","end":"2036-01-01T00:00:00Z"}`)
+	if code != http.StatusCreated {
+		t.Fatalf("put schedule: %d %s", code, b)
+	}
+	decodeExact(t, "PUT /v1/schedules/{name}", b, new(api.Schedule))
+	code, b = getRaw(t, n, "POST", "/v1/schedules/sq/trigger", "")
+	if code != http.StatusCreated {
+		t.Fatalf("trigger: %d %s", code, b)
+	}
+	decodeExact(t, "POST /v1/schedules/{name}/trigger", b, new(api.Task))
+	cov.add(t, taskType, b)
+	code, b = getRaw(t, n, "GET", "/v1/schedules", "")
+	if code != http.StatusOK {
+		t.Fatalf("list schedules: %d %s", code, b)
+	}
+	decodeExact(t, "GET /v1/schedules", b, new([]api.Schedule))
+
 	// Logs: the print task of a fresh submit writes a stdout line, the count task log lines.
 	printed := submitRaw(`{"type":"print","input":"hello"}`)
 	followTask(printed.ID)

@@ -21,7 +21,7 @@ func toAPITask(t *fsm.Task) api.Task {
 		ID: t.ID, Type: t.Type, Version: t.Version, Input: rawOrNull(t.Input), State: string(t.State),
 		Node: t.Node, Attempt: t.Attempt, MaxAttempts: t.MaxAttempts, Failures: t.Failures,
 		Timeout: durationText(t.Timeout), Result: rawOrNull(t.Result), IdempotencyKey: t.IdempotencyKey,
-		ExecutionID: t.ExecutionID, ParentID: t.ParentID, SubmittedBy: t.SubmittedBy, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt,
+		ExecutionID: t.ExecutionID, ParentID: t.ParentID, SubmittedBy: t.SubmittedBy, Schedule: t.Schedule, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt,
 		FinishedAt: t.FinishedAt, NotBefore: t.NotBefore, CancelRequested: t.CancelRequested,
 		Checkpoint: t.Checkpoint, CreateIndex: t.CreateIndex, ModifyIndex: t.ModifyIndex,
 		History: make([]api.HistoryEntry, 0, len(t.History)),

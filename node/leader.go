@@ -78,7 +78,19 @@ func (n *Node) lead(ctx context.Context) {
 		n.reconcileNodes(ctx)
 		n.reconcileRaft()
 	}
-	leaderDuties(ctx, n.schedulerLoop().Run, reconcile, n.kick, reconcileInterval)
+	leaderDuties(ctx, n.leaderLoops, reconcile, n.kick, reconcileInterval)
+}
+
+// leaderLoops runs the scheduler and the schedules' loop until ctx ends, and returns once both
+// have.
+func (n *Node) leaderLoops(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n.scheduleLoop(ctx)
+	}()
+	n.schedulerLoop().Run(ctx)
+	<-done
 }
 
 // reconcileInterval is how often the leader reconciles membership without a gossip event.

@@ -112,6 +112,10 @@ func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if err := n.checkForwardedSchedule(c); err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
 	if b, ok := c.Body.(*fsm.SubmitBatch); ok { // validated again: the follower is not trusted with it
 		for i := range b.Items {
 			if err := n.checkSubmit(&b.Items[i]); err != nil {

@@ -47,6 +47,7 @@ func Commands() []*cli.Command {
 		tlsCommand(),
 		keygenCommand(),
 		aclCommand(),
+		scheduleCommand(),
 	}
 }
 

@@ -78,6 +78,8 @@ type Backend interface {
 	ChangeKeyring(ctx context.Context, req api.KeyringRequest) (api.Keyring, error)
 	// Digest returns this node's FSM digest at the index it has applied.
 	Digest(ctx context.Context) (api.Digest, error)
+
+	ScheduleBackend // schedules.go
 }
 
 // Defaults for Options.
@@ -146,6 +148,7 @@ func New(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("POST /v1/agent/leave", s.leave)
 	mux.Handle("GET /metrics", b.Metrics())
 	s.aclRoutes(mux)
+	s.scheduleRoutes(mux)
 	mux.HandleFunc("GET "+api.PathJoinToken, s.joinToken)
 	mux.HandleFunc("POST "+api.PathJoinTokenRotate, s.rotateJoinToken)
 	mux.HandleFunc("GET "+api.PathKeyring, s.keyring)

@@ -45,6 +45,8 @@ type fakeBackend struct {
 	throughput   api.Throughput        // what Throughput returns
 	gotBatch     [][]api.SubmitRequest // every SubmitBatch call's requests
 	keys         map[string]string     // idempotency key -> task ID, for SubmitBatch
+
+	fakeSchedules // schedules_test.go
 }
 
 func newFake() *fakeBackend {

@@ -7,6 +7,7 @@ import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
 import './style.css';
 import { get, post, follow, watch, getToken, setToken, setUnauthorizedHandler, H_NEXT, H_TOTAL, ApiError } from './api.js';
+import { Schedules } from './schedules.jsx';
 
 const Auth = createContext(null);
 
@@ -130,7 +131,7 @@ function Login({ auth }) {
 
 // ---- layout -----------------------------------------------------------------------------------
 
-const PAGES = [['cluster', 'Cluster'], ['tasks', 'Tasks'], ['submit', 'Submit'], ['throughput', 'Throughput']];
+const PAGES = [['cluster', 'Cluster'], ['tasks', 'Tasks'], ['submit', 'Submit'], ['schedules', 'Schedules'], ['throughput', 'Throughput']];
 
 function Nav({ page, auth }) {
   const signOut = () => { setToken(''); auth.reload(); };
@@ -675,6 +676,7 @@ function App() {
     case 'task': page = <Task id={route.arg} key={route.arg} />; break;
     case 'submit': page = <Submit params={route.params} />; break;
     case 'throughput': page = <Throughput />; break;
+    case 'schedules': page = <Schedules auth={auth} ErrorBox={ErrorBox} />; break;
     default: page = <Cluster />;
   }
   return (

@@ -1,0 +1,335 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/httpapi"
+	"github.com/taskworker/taskworker/scheduler"
+)
+
+// Periodic schedules: the API's side (validation, put, pause, trigger) and the leader's loop
+// that fires their ticks. The FSM (fsm/schedule.go) decides what a fire does; the ticks come
+// from scheduler.PlanTick; this file only waits for them and proposes.
+
+// nextRunsShown is how many upcoming ticks a schedule's record lists.
+const nextRunsShown = 3
+
+// scheduleRetry is how long the loop waits after a fire it could not apply (no quorum, say)
+// before it tries again; a lost leadership stops the loop anyway.
+const scheduleRetry = 500 * time.Millisecond
+
+// scheduleLoop fires the ticks of every unpaused schedule while this node leads. It sleeps until
+// the earliest next tick, or until the schedules table changes (a put, a fire, a scheduled run
+// that ended). Ticks are computed from the spec and the replicated last fired tick, never from
+// when the loop woke: a tick that fell during an election is fired late by the new leader (up to
+// the catch-up bound), and one the old leader fired is never fired again (the FSM refuses it).
+func (n *Node) scheduleLoop(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	log := n.log.With("component", "schedules")
+	for {
+		changed := n.fsm.SchedulesChanged()
+		wait := n.fireDue(ctx, log, time.Now())
+		if ctx.Err() != nil {
+			return
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// fireDue fires what is due at now, at most one fire per schedule (the FSM change it makes wakes
+// the loop for the next), and returns how long to sleep until the next tick.
+func (n *Node) fireDue(ctx context.Context, log *slog.Logger, now time.Time) time.Duration {
+	wait := time.Hour
+	for _, s := range n.fsm.Schedules() {
+		if s.Paused {
+			continue
+		}
+		if len(s.Buffered) > 0 && !n.fsm.ScheduleRunning(s.Name) {
+			if err := n.fireTick(ctx, &s, s.Buffered[0], false, true); err != nil {
+				log.Warn("start a buffered tick", "schedule", s.Name, "tick", s.Buffered[0], "err", err)
+				wait = min(wait, scheduleRetry)
+			}
+			continue
+		}
+		p, err := scheduler.PlanTick(&s, now)
+		if err != nil { // validated on put: only a spec a newer build wrote could fail here
+			log.Warn("schedule cannot be planned", "schedule", s.Name, "err", err)
+			continue
+		}
+		if !p.Due.IsZero() {
+			if p.Missed > 0 {
+				log.Info("passing over missed ticks beyond the catch-up bound", "schedule", s.Name, "missed", p.Missed, "catch_up", s.CatchUp)
+			}
+			if err := n.fireTick(ctx, &s, p.Due, false, false); err != nil {
+				log.Warn("fire a tick", "schedule", s.Name, "tick", p.Due, "err", err)
+				wait = min(wait, scheduleRetry)
+			}
+			continue
+		}
+		if !p.Next.IsZero() {
+			wait = min(wait, max(p.Next.Sub(now), 0))
+		}
+	}
+	return wait
+}
+
+// fireTick has the leader apply one fire: a tick, a buffered tick, or (manual) a trigger. The
+// task is built as a submit would be; a tick whose task cannot be built (its type gone from the
+// cluster) is still recorded, with the reason, so the loop moves on.
+func (n *Node) fireTick(ctx context.Context, s *fsm.Schedule, tick time.Time, manual, buffered bool) error {
+	fire, err := n.prepareFire(s)
+	fire.Tick, fire.Manual, fire.Buffered = tick, manual, buffered
+	if err != nil {
+		fire.Error = err.Error()
+	}
+	cctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
+	defer cancel()
+	_, err = n.applyLocal(cctx, &fsm.Command{Body: &fire})
+	return err
+}
+
+// prepareFire chooses the task's ID and version and validates it as a submit.
+func (n *Node) prepareFire(s *fsm.Schedule) (fsm.ScheduleFire, error) {
+	sub, err := n.prepareSubmit(submitRequestOf(s))
+	if err != nil {
+		return fsm.ScheduleFire{Name: s.Name, TaskID: ulid.Make().String()}, err
+	}
+	return fsm.ScheduleFire{Name: s.Name, TaskID: sub.ID, Version: sub.Version}, nil
+}
+
+func submitRequestOf(s *fsm.Schedule) api.SubmitRequest {
+	return api.SubmitRequest{Type: s.Type, Version: s.Version, Input: s.Input, MaxAttempts: s.MaxAttempts,
+		Timeout: time.Duration(s.Timeout).String()}
+}
+
+// prepareSchedule validates a schedule request and turns it into the FSM's record.
+func (n *Node) prepareSchedule(name string, req api.ScheduleRequest, submittedBy string) (fsm.Schedule, error) {
+	s := fsm.Schedule{
+		Name: name, Spec: req.Cron, TimeZone: req.TimeZone, Type: req.Type, Version: req.Version,
+		Input: req.Input, MaxAttempts: req.MaxAttempts, Start: req.Start, End: req.End,
+		Overlap: fsm.Overlap(req.Overlap), CatchUp: req.CatchUp, Paused: req.Paused, SubmittedBy: submittedBy,
+	}
+	if s.Overlap == "" {
+		s.Overlap = fsm.OverlapSkip
+	}
+	if s.CatchUp == 0 {
+		s.CatchUp = api.DefaultCatchUp
+	}
+	// The task it submits is validated as a submit now, so a schedule that could never fire
+	// is refused instead of failing at every tick.
+	sub, err := n.prepareSubmit(api.SubmitRequest{Type: req.Type, Version: req.Version, Input: req.Input,
+		MaxAttempts: req.MaxAttempts, Timeout: req.Timeout})
+	if err != nil {
+		return fsm.Schedule{}, err
+	}
+	s.Input, s.MaxAttempts, s.Timeout = sub.Input, sub.MaxAttempts, sub.Timeout
+	return s, n.checkSchedule(&s)
+}
+
+// checkSchedule validates a schedule record: the API node calls it, and the leader again on a
+// forwarded put.
+func (n *Node) checkSchedule(s *fsm.Schedule) error {
+	invalid := func(format string, a ...any) error {
+		return api.Errorf(api.CodeInvalidSchedule, format, a...)
+	}
+	if err := fsm.CheckScheduleName(s.Name); err != nil {
+		return invalid("%v", err)
+	}
+	if _, err := scheduler.ParseSpec(s.Spec, s.TimeZone); err != nil {
+		return invalid("%v", err)
+	}
+	if !s.Overlap.Valid() {
+		return invalid("overlap must be one of skip, buffer_one, buffer_all, cancel_other, allow_all; got %q", api.Truncate(string(s.Overlap)))
+	}
+	if s.CatchUp < 1 || s.CatchUp > maxCatchUp {
+		return invalid("catch_up must be between 1 and %d", maxCatchUp)
+	}
+	if s.Start != nil && s.End != nil && s.End.Before(*s.Start) {
+		return invalid("end is before start")
+	}
+	_, err := n.prepareSubmit(submitRequestOf(s)) // as a tick would submit it now
+	return err
+}
+
+// maxCatchUp bounds catch_up: a fail-over fires at most this many runs at once.
+const maxCatchUp = 1000
+
+func scheduleNotFound(name string) error {
+	return api.Errorf(api.CodeNotFound, "schedule %s not found", api.Truncate(name))
+}
+
+// scheduleError gives a schedule command's error its API code.
+func scheduleError(name string, err error) error {
+	switch {
+	case errors.Is(err, fsm.ErrScheduleNotFound):
+		return scheduleNotFound(name)
+	case errors.Is(err, fsm.ErrScheduleInvalid):
+		return api.Errorf(api.CodeInvalidSchedule, "%v", err)
+	}
+	return toAPIError(err)
+}
+
+func (b apiBackend) Schedules(context.Context) ([]api.Schedule, error) {
+	now := time.Now()
+	all := b.n.fsm.Schedules()
+	out := make([]api.Schedule, 0, len(all))
+	for i := range all {
+		out = append(out, toAPISchedule(&all[i], now))
+	}
+	return out, nil
+}
+
+func (b apiBackend) Schedule(_ context.Context, name string) (api.Schedule, error) {
+	s, ok := b.n.fsm.Schedule(name)
+	if !ok {
+		return api.Schedule{}, scheduleNotFound(name)
+	}
+	return toAPISchedule(&s, time.Now()), nil
+}
+
+func (b apiBackend) PutSchedule(ctx context.Context, caller httpapi.Caller, name string, req api.ScheduleRequest) (api.Schedule, bool, error) {
+	s, err := b.n.prepareSchedule(name, req, caller.Principal())
+	if err != nil {
+		return api.Schedule{}, false, err
+	}
+	_, existed := b.n.fsm.Schedule(name)
+	return b.putSchedule(ctx, caller, s, !existed)
+}
+
+func (b apiBackend) putSchedule(ctx context.Context, caller httpapi.Caller, s fsm.Schedule, created bool) (api.Schedule, bool, error) {
+	res, err := b.n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.SchedulePut{Schedule: s}})
+	if err != nil {
+		return api.Schedule{}, false, scheduleError(s.Name, err)
+	}
+	_ = b.n.waitIndex(ctx, res.Index) // answer with what this node knows, even if it lags
+	out, err := b.Schedule(ctx, s.Name)
+	return out, created, err
+}
+
+func (b apiBackend) DeleteSchedule(ctx context.Context, caller httpapi.Caller, name string) error {
+	res, err := b.n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.ScheduleDelete{Name: name}})
+	if err != nil {
+		return scheduleError(name, err)
+	}
+	_ = b.n.waitIndex(ctx, res.Index)
+	return nil
+}
+
+func (b apiBackend) PauseSchedule(ctx context.Context, caller httpapi.Caller, name string, paused bool) (api.Schedule, error) {
+	s, ok := b.n.fsm.Schedule(name)
+	if !ok {
+		return api.Schedule{}, scheduleNotFound(name)
+	}
+	if s.Paused == paused {
+		return toAPISchedule(&s, time.Now()), nil
+	}
+	s.Paused = paused
+	// A pause is a put: the schedule's submitter becomes the caller, as the leader records it
+	// for a forwarded put (authorizeForward).
+	s.SubmittedBy = caller.Principal()
+	out, _, err := b.putSchedule(ctx, caller, s, false)
+	return out, err
+}
+
+func (b apiBackend) TriggerSchedule(ctx context.Context, caller httpapi.Caller, name string) (api.Task, error) {
+	s, ok := b.n.fsm.Schedule(name)
+	if !ok {
+		return api.Task{}, scheduleNotFound(name)
+	}
+	fire, err := b.n.prepareFire(&s)
+	if err != nil {
+		return api.Task{}, err
+	}
+	fire.Manual = true
+	res, err := b.n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fire})
+	if err != nil {
+		return api.Task{}, scheduleError(name, err)
+	}
+	item := res.Items[0]
+	if item.Err != nil {
+		return api.Task{}, api.Errorf(api.CodeInvalidRequest, "%v", item.Err)
+	}
+	if err := b.n.waitIndex(ctx, res.Index); err != nil {
+		return api.Task{}, err
+	}
+	t, ok := b.n.fsm.Task(item.ID)
+	if !ok {
+		return api.Task{}, taskNotFound(item.ID)
+	}
+	return toAPITask(&t), nil
+}
+
+// checkForwardedSchedule is the leader's check of a forwarded schedule command: a put is
+// validated again (the follower is not trusted with it), and a fire may only be a manual trigger
+// (ticks are the leader's own).
+func (n *Node) checkForwardedSchedule(c *fsm.Command) error {
+	switch b := c.Body.(type) {
+	case *fsm.SchedulePut:
+		return n.checkSchedule(&b.Schedule)
+	case *fsm.ScheduleFire:
+		if !b.Manual {
+			return api.Errorf(api.CodeForbidden, "only the leader fires a schedule's ticks")
+		}
+	}
+	return nil
+}
+
+// scheduleTypes are the task types a schedule command acts on, for the leader's authorization
+// of a forwarded one: the new and the old type of a put, the schedule's type otherwise.
+func (n *Node) scheduleTypes(c *fsm.Command) ([]string, bool) {
+	var name string
+	var types []string
+	switch b := c.Body.(type) {
+	case *fsm.SchedulePut:
+		name, types = b.Schedule.Name, []string{b.Schedule.Type}
+	case *fsm.ScheduleDelete:
+		name = b.Name
+	case *fsm.ScheduleFire:
+		name = b.Name
+	default:
+		return nil, false
+	}
+	if s, ok := n.fsm.Schedule(name); ok {
+		types = append(types, s.Type)
+	}
+	return types, true
+}
+
+func toAPISchedule(s *fsm.Schedule, now time.Time) api.Schedule {
+	out := api.Schedule{
+		Name: s.Name, Cron: s.Spec, TimeZone: s.TimeZone, Type: s.Type, Version: s.Version, Input: rawOrNull(s.Input),
+		MaxAttempts: s.MaxAttempts, Timeout: durationText(s.Timeout), Start: s.Start, End: s.End,
+		Overlap: string(s.Overlap), CatchUp: s.CatchUp, Paused: s.Paused, SubmittedBy: s.SubmittedBy,
+		NextRuns: []time.Time{}, LastTaskID: s.LastTaskID, Buffered: s.Buffered, Fired: s.Fired, Skipped: s.Skipped,
+		Manual: s.Manual, LastError: s.LastError, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt,
+		CreateIndex: s.CreateIndex, ModifyIndex: s.ModifyIndex,
+	}
+	if !s.LastFired.IsZero() {
+		lf := s.LastFired
+		out.LastFired = &lf
+	}
+	if next, err := scheduler.NextTicks(s, now, nextRunsShown); err == nil && next != nil {
+		out.NextRuns = next
+	}
+	return out
+}
