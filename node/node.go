@@ -431,7 +431,7 @@ func (n *Node) startRaft() error {
 	}
 	n.trans = trans
 
-	r, err := raft.NewRaft(rc, n.fsm, logs, stable, snaps, trans)
+	r, err := raft.NewRaft(rc, gcDuringRestore{n.fsm}, logs, stable, snaps, trans)
 	if e := n.corrupt.Load(); e != nil {
 		// A snapshot failed its CRC: raft may have fallen back to an older one, whose log
 		// entries are compacted away; either way this replica is not the cluster's.
