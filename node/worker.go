@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -211,19 +212,27 @@ func attemptEnded(t *fsm.Task, attempt int) bool {
 // reporter sends executor reports to the leader, fenced by attempt and boot ID.
 type reporter struct{ n *Node }
 
-func (r reporter) send(ctx context.Context, rep fsm.Report) error {
-	rep.Node, rep.BootID = r.n.cfg.Name, r.n.bootID
+func (r reporter) send(ctx context.Context, reps ...fsm.Report) error {
+	for i := range reps {
+		reps[i].Node, reps[i].BootID = r.n.cfg.Name, r.n.bootID
+	}
 	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
 	defer cancel()
-	res, err := r.n.propose(cctx, &fsm.Command{Body: &fsm.ReportBatch{Items: []fsm.Report{rep}}})
+	res, err := r.n.propose(cctx, &fsm.Command{Body: &fsm.ReportBatch{Items: reps}})
 	if err != nil {
 		return err
 	}
-	if len(res.Items) == 1 && res.Items[0].Err != nil {
-		if errors.Is(res.Items[0].Err, fsm.ErrStale) || errors.Is(res.Items[0].Err, fsm.ErrNotFound) {
-			return errors.Join(tasks.ErrFenced, res.Items[0].Err)
+	if len(res.Items) != len(reps) {
+		return fmt.Errorf("report: %d results for %d reports", len(res.Items), len(reps))
+	}
+	for _, it := range res.Items {
+		if it.Err == nil {
+			continue
 		}
-		return res.Items[0].Err
+		if errors.Is(it.Err, fsm.ErrStale) || errors.Is(it.Err, fsm.ErrNotFound) {
+			return errors.Join(tasks.ErrFenced, it.Err)
+		}
+		return it.Err
 	}
 	return nil
 }
@@ -237,6 +246,18 @@ func (r reporter) Checkpoint(ctx context.Context, run tasks.RunRef, data json.Ra
 }
 
 func (r reporter) Finished(ctx context.Context, run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) error {
+	return r.send(ctx, outcomeReport(run, outcome, result, terr))
+}
+
+// StartedAndFinished reports a short attempt's start and outcome in one entry: the FSM applies
+// the items in order, so the history holds both events, fenced like any report.
+func (r reporter) StartedAndFinished(ctx context.Context, run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) error {
+	return r.send(ctx,
+		fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Kind: fsm.ReportStarted},
+		outcomeReport(run, outcome, result, terr))
+}
+
+func outcomeReport(run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) fsm.Report {
 	rep := fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Result: result}
 	if terr != nil {
 		rep.Error = &fsm.TaskError{Type: terr.Type, Message: terr.Message}
@@ -251,5 +272,5 @@ func (r reporter) Finished(ctx context.Context, run tasks.RunRef, outcome tasks.
 	default:
 		rep.Kind = fsm.ReportInterrupted
 	}
-	return r.send(ctx, rep)
+	return rep
 }

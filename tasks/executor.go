@@ -95,6 +95,14 @@ type Reporter interface {
 	Finished(ctx context.Context, run RunRef, outcome Outcome, result json.RawMessage, terr *TaskError) error
 }
 
+// StartFinisher is a Reporter that can report an attempt's start and its outcome together, as
+// one write to the cluster, in that order. With ExecutorConfig.StartWindow set, an attempt that
+// ends within the window is reported through it; a Reporter without it gets Started then
+// Finished.
+type StartFinisher interface {
+	StartedAndFinished(ctx context.Context, run RunRef, outcome Outcome, result json.RawMessage, terr *TaskError) error
+}
+
 // StopReason says why a run is stopped, which decides what is reported.
 type StopReason int
 
@@ -143,6 +151,16 @@ type ExecutorConfig struct {
 	// reported when the budget allows or when the handler returns, before the outcome.
 	CheckpointsPerSecond float64
 	CheckpointBurst      int
+
+	// StartWindow, when positive, runs the handler at once and holds the Started report back
+	// for this long: an attempt that ends within it reports start and outcome together (one
+	// raft write instead of two serial ones, through StartFinisher), a longer one reports
+	// Started when the window ends (or before its first checkpoint). Zero keeps the stricter
+	// order: the handler runs only once the cluster accepted Started, so an attempt fenced at
+	// its start never runs at all; with a window it may run for up to the window (or to its
+	// end, if shorter) before the fencing stops it, its outcome then refused like any stale
+	// attempt's.
+	StartWindow time.Duration
 }
 
 // rememberFinished is how many finished runs Start recognises as already done.
@@ -315,16 +333,59 @@ func (e *Executor) execute(r *run, a Assignment) {
 
 	// Started is retried only while the run is wanted; a run stopped before
 	// it began still reports its cancel or handback below.
-	started := e.report(r.runCtx, r, log, "started", func(ctx context.Context) error {
-		return e.cfg.Reporter.Started(ctx, r.ref)
-	})
+	g := &startGate{done: make(chan struct{})}
+	sendStarted := func() bool {
+		if !g.begin() {
+			return g.wait()
+		}
+		ok := e.report(r.runCtx, r, log, "started", func(ctx context.Context) error {
+			return e.cfg.Reporter.Started(ctx, r.ref)
+		})
+		g.finish(ok)
+		return ok
+	}
 	var (
+		started bool
 		outcome = OutcomeFailed
 		result  json.RawMessage
 		terr    *TaskError
 	)
-	if started {
-		outcome, result, terr = e.attempt(r, a, h, log)
+	if e.cfg.StartWindow <= 0 {
+		if started = sendStarted(); started {
+			outcome, result, terr = e.attempt(r, a, h, log, sendStarted)
+		}
+	} else {
+		ended := make(chan struct{})
+		go func() {
+			t := time.NewTimer(e.cfg.StartWindow)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				sendStarted()
+			case <-ended:
+			}
+		}()
+		outcome, result, terr = e.attempt(r, a, h, log, sendStarted)
+		close(ended)
+		// Not sent yet: the attempt ended within the window, and its start goes with the outcome.
+		sent, ok := g.skip()
+		started = !sent || ok
+		if !sent {
+			e.mu.Lock()
+			stopped := r.stopped
+			e.mu.Unlock()
+			if !stopped {
+				if e.report(r.reportCtx, r, log, "started and finished", func(ctx context.Context) error {
+					return e.startedAndFinished(ctx, r.ref, outcome, result, terr)
+				}) {
+					log.Debug("task attempt finished", "outcome", outcome)
+				}
+				return
+			}
+			// Stopped within the window: the outcome alone says how, as for a run stopped
+			// before its start was reported without a window.
+			started = false
+		}
 	}
 	e.mu.Lock()
 	stopped, reason := r.stopped, r.reason
@@ -348,7 +409,8 @@ func (e *Executor) execute(r *run, a Assignment) {
 }
 
 // attempt runs the handler once and classifies how it ended.
-func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger) (Outcome, json.RawMessage, *TaskError) {
+// sendStarted reports the start if that is still to do (StartWindow), before the first checkpoint.
+func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, sendStarted func() bool) (Outcome, json.RawMessage, *TaskError) {
 	ctx := r.runCtx
 	if a.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -362,6 +424,9 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger) (O
 	throttle := limits.NewThrottle(
 		limits.NewCoalescer(e.cfg.CheckpointsPerSecond, e.cfg.CheckpointBurst, nil),
 		func(ctx context.Context, data []byte) error {
+			if !sendStarted() {
+				return fmt.Errorf("checkpoint of %s attempt %d: its start was not recorded", r.ref.TaskID, r.ref.Attempt)
+			}
 			err := e.cfg.Reporter.Checkpoint(ctx, r.ref, data)
 			if errors.Is(err, ErrFenced) {
 				e.fence(r, log)
@@ -498,6 +563,77 @@ func (e *Executor) report(ctx context.Context, r *run, log *slog.Logger, what st
 		case <-time.After(e.cfg.ReportRetry):
 		}
 	}
+}
+
+// startedAndFinished reports an attempt's start and outcome together when the Reporter can, else
+// one after the other. A Started fenced or failed is retried as a whole by report; a Started
+// applied twice changes nothing.
+func (e *Executor) startedAndFinished(ctx context.Context, run RunRef, outcome Outcome, result json.RawMessage, terr *TaskError) error {
+	if sf, ok := e.cfg.Reporter.(StartFinisher); ok {
+		return sf.StartedAndFinished(ctx, run, outcome, result, terr)
+	}
+	if err := e.cfg.Reporter.Started(ctx, run); err != nil {
+		return err
+	}
+	return e.cfg.Reporter.Finished(ctx, run, outcome, result, terr)
+}
+
+// startGate sends a run's Started report at most once, from whichever comes first: the end of
+// the start window, the first checkpoint, or (skip) the end of the attempt, which then reports
+// its start together with its outcome.
+type startGate struct {
+	mu    sync.Mutex
+	state int // gateIdle, gateSending, gateDone, gateSkipped
+	ok    bool
+	done  chan struct{} // closed once state is gateDone or gateSkipped
+}
+
+const (
+	gateIdle = iota
+	gateSending
+	gateDone
+	gateSkipped
+)
+
+// begin reports whether the caller is the one to send Started now.
+func (g *startGate) begin() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.state != gateIdle {
+		return false
+	}
+	g.state = gateSending
+	return true
+}
+
+func (g *startGate) finish(ok bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.state, g.ok = gateDone, ok
+	close(g.done)
+}
+
+// wait returns whether the Started report, sent or being sent by another caller, was accepted;
+// false when it was skipped.
+func (g *startGate) wait() bool {
+	<-g.done
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.state == gateDone && g.ok
+}
+
+// skip ends the window: unless Started was already sent (or is being sent, then waited for), it
+// never will be. It returns whether it was sent and whether it was accepted.
+func (g *startGate) skip() (sent, ok bool) {
+	g.mu.Lock()
+	if g.state == gateIdle {
+		g.state = gateSkipped
+		close(g.done)
+		g.mu.Unlock()
+		return false, false
+	}
+	g.mu.Unlock()
+	return true, g.wait()
 }
 
 // fence stops a run whose attempt the cluster no longer accepts.

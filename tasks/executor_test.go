@@ -278,3 +278,75 @@ func TestExecutorOutputKeepsOrderAcrossStreams(t *testing.T) {
 		t.Fatalf("lines =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// startFinisher records a combined start+outcome report as its own kind.
+type startFinisher struct{ fakeReporter }
+
+func (f *startFinisher) StartedAndFinished(_ context.Context, run RunRef, outcome Outcome, result json.RawMessage, terr *TaskError) error {
+	return f.record(report{kind: "started+finished", ref: run, outcome: outcome, result: string(result), terr: terr})
+}
+
+func TestExecutorStartWindow(t *testing.T) {
+	tests := []struct {
+		name      string
+		rep       interface{ kinds() []string }
+		a         Assignment
+		stop      bool // cancel the run once it reports started
+		wantKinds string
+	}{
+		{"a short attempt reports start and outcome in one call", &startFinisher{},
+			Assignment{Type: "echo", Input: json.RawMessage(`1`)}, false, "started+finished"},
+		{"a reporter without StartedAndFinished gets both in order", &fakeReporter{},
+			Assignment{Type: "echo", Input: json.RawMessage(`1`)}, false, "started finished"},
+		{"a failing short attempt too", &startFinisher{},
+			Assignment{Type: "boom"}, false, "started+finished"},
+		{"a long attempt reports started while it runs", &startFinisher{},
+			Assignment{Type: "block"}, true, "started finished"},
+		{"a checkpoint is preceded by started", &startFinisher{},
+			Assignment{Type: "count", Input: json.RawMessage(`{"to": 2}`)}, false, "started checkpoint checkpoint finished"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			entered := make(chan struct{}, 1)
+			e := NewExecutor(ExecutorConfig{
+				Registry: testRegistry(t, entered), Reporter: tt.rep.(Reporter), NodeName: "n1",
+				ReportRetry: time.Millisecond, StartWindow: 20 * time.Millisecond,
+			})
+			t.Cleanup(e.Close)
+			tt.a.TaskID, tt.a.Attempt = "t1", 1
+			e.Start(tt.a)
+			if tt.stop {
+				<-entered
+				// The block handler never returns by itself: started must come from the window.
+				waitFor(t, "started while the attempt runs", func() bool {
+					return strings.Join(tt.rep.kinds(), " ") == "started"
+				})
+				e.Stop("t1", 1, StopCancel)
+			}
+			waitIdle(t, e)
+			if got := strings.Join(tt.rep.kinds(), " "); got != tt.wantKinds {
+				t.Fatalf("reports = %s, want %s", got, tt.wantKinds)
+			}
+		})
+	}
+}
+
+func TestExecutorStartWindowFencedAtStartStopsTheRun(t *testing.T) {
+	rep := &startFinisher{fakeReporter{fail: func(kind string, _ int) error {
+		if kind == "started" {
+			return fmt.Errorf("report: %w", ErrFenced)
+		}
+		return nil
+	}}}
+	entered := make(chan struct{}, 1)
+	e := NewExecutor(ExecutorConfig{
+		Registry: testRegistry(t, entered), Reporter: rep, NodeName: "n1",
+		ReportRetry: time.Millisecond, StartWindow: 5 * time.Millisecond,
+	})
+	t.Cleanup(e.Close)
+	e.Start(Assignment{TaskID: "t1", Type: "block", Attempt: 1})
+	waitIdle(t, e) // the block handler ends only when the fencing stops it
+	if got := strings.Join(rep.kinds(), " "); got != "started" {
+		t.Fatalf("reports = %s, want started only: a fenced attempt reports nothing more", got)
+	}
+}

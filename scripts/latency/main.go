@@ -197,10 +197,11 @@ func setUp(bin, dir string, m mode) (c *localcluster.Cluster, token string, cl *
 	if err != nil {
 		return nil, "", nil, err
 	}
+	started := c // the error returns below set c to nil before this defer runs
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("%w\n%s", err, c.Logs())
-			c.Stop()
+			err = fmt.Errorf("%w\n%s", err, started.Logs())
+			started.Stop()
 		}
 	}()
 	if m.acl {
