@@ -22,8 +22,10 @@ type FSM struct {
 	// tasks and their indexes (store.go); records in it never change, so a snapshot can walk a
 	// cloned index while Apply goes on.
 	tasks *store
-	nodes map[string]*Node
-	acl   *acl.MemStore // policies, tokens, bootstrap flag (acl.go); same pointer for life
+	// unique is the unique-task lock table (unique.go).
+	unique *uniqueTable
+	nodes  map[string]*Node
+	acl    *acl.MemStore // policies, tokens, bootstrap flag (acl.go); same pointer for life
 	// security is the join secret and gossip keyring (security.go).
 	security Security
 	index    uint64
@@ -44,6 +46,7 @@ type FSM struct {
 func New() *FSM {
 	return &FSM{
 		tasks:    newStore(),
+		unique:   newUniqueTable(),
 		nodes:    map[string]*Node{},
 		acl:      acl.NewMemStore(),
 		changed:  make(chan struct{}),
@@ -113,6 +116,7 @@ func (f *FSM) HaltedCh() <-chan struct{} { return f.haltedCh }
 // The apply functions of the command table (commands.go). f.mu is held.
 
 func (f *FSM) applySubmit(index uint64, now time.Time, p *SubmitBatch) ([]ItemResult, error) {
+	f.unique.expire(now)
 	items := make([]ItemResult, 0, len(p.Items))
 	for i := range p.Items {
 		items = append(items, f.submit(index, now, &p.Items[i]))
@@ -164,6 +168,23 @@ func (f *FSM) applyRemove(_ uint64, _ time.Time, p *Remove) ([]ItemResult, error
 	return items, nil
 }
 
+func (f *FSM) applyRetry(index uint64, now time.Time, p *Retry) ([]ItemResult, error) {
+	items := make([]ItemResult, 0, len(p.IDs))
+	for _, id := range p.IDs {
+		items = append(items, f.retry(index, now, id, p.By))
+	}
+	return items, nil
+}
+
+func (f *FSM) applyPurge(_ uint64, _ time.Time, p *Purge) ([]ItemResult, error) {
+	ids := f.purgeMatches(p)
+	items := make([]ItemResult, 0, len(ids))
+	for _, id := range ids {
+		items = append(items, f.remove(id))
+	}
+	return items, nil
+}
+
 // bump records the applied index and wakes watchers. Callers hold f.mu.
 func (f *FSM) bump(index uint64) {
 	if index > f.index {
@@ -185,6 +206,12 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	if _, ok := f.tasks.get(s.ID); ok {
 		return ItemResult{ID: s.ID, Err: ErrDuplicateID}
 	}
+	if s.UniqueKey != "" && (s.UniqueFor <= 0 || time.Duration(s.UniqueFor) > MaxUniqueFor) {
+		return ItemResult{ID: s.ID, Err: fmt.Errorf("%w: unique_for must be in (0, %s]", ErrBadCommand, MaxUniqueFor)}
+	}
+	if r, ok := f.checkUnique(s, now); !ok {
+		return r
+	}
 	maxAttempts := s.MaxAttempts
 	if maxAttempts < 1 {
 		maxAttempts = 1
@@ -197,6 +224,11 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	}
 	if t.ExecutionID == "" {
 		t.ExecutionID = t.ID
+	}
+	if s.UniqueKey != "" {
+		until := now.Add(time.Duration(s.UniqueFor))
+		t.UniqueKey, t.UniqueUntil = s.UniqueKey, &until
+		f.unique.put(&UniqueLock{Type: s.Type, Key: s.UniqueKey, TaskID: s.ID, Expires: until})
 	}
 	f.save(nil, t)
 	f.note(Transition{Kind: KindSubmitted, TaskID: t.ID, Type: t.Type})
@@ -261,9 +293,9 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 		}
 		t.Failures++
 		t.Error = r.Error
-		entry.Event, entry.Error = EventFailed, r.Error.Message
+		entry.Event, entry.Error, entry.Final = EventFailed, r.Error.Message, r.Error.Final
 		kind := KindRetried
-		if t.Failures >= t.MaxAttempts || t.CancelRequested {
+		if t.Failures >= t.MaxAttempts || t.CancelRequested || r.Error.Final {
 			t.State, kind = Failed, KindFailed
 			if t.CancelRequested {
 				t.State, kind = Cancelled, KindCancelled
@@ -445,6 +477,89 @@ func (f *FSM) remove(id string) ItemResult {
 	return ItemResult{ID: id}
 }
 
+// retry sends a failed or cancelled task back to pending: the same ID, a new attempt next, its
+// history kept with a retried event, and its failures reset so max_attempts applies afresh. Its
+// checkpoint stays, as with an automatic retry: a task that checkpoints resumes from it.
+func (f *FSM) retry(index uint64, now time.Time, id, by string) ItemResult {
+	old, ok := f.tasks.get(id)
+	if !ok {
+		return ItemResult{ID: id, Err: ErrNotFound}
+	}
+	if old.State != Failed && old.State != Cancelled {
+		return ItemResult{ID: id, Err: fmt.Errorf("%w: task is %s", ErrNotRetryable, old.State)}
+	}
+	t := old.cow()
+	defer f.save(old, t)
+	t.requeue()
+	t.Failures = 0
+	t.Error, t.Result = nil, nil
+	t.FinishedAt, t.NotBefore = nil, nil
+	t.CancelRequested = false
+	t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Event: EventRetried, At: now, By: by})
+	t.ModifyIndex = index
+	return ItemResult{ID: id}
+}
+
+// purgeMatches returns the IDs of the finished tasks p matches, oldest finished first, at most its
+// limit. It walks whichever index holds fewer candidates: the (state, type) trees when a type is
+// given (O(tasks of that type in those states)), else the finish-time tree from its oldest up to
+// FinishedBefore (O(tasks finished before it)); never every task.
+func (f *FSM) purgeMatches(p *Purge) []string {
+	limit := p.Limit
+	if limit <= 0 || limit > MaxPurgeBatch {
+		limit = MaxPurgeBatch
+	}
+	states := p.States
+	if len(states) == 0 {
+		states = []State{Succeeded, Failed, Cancelled}
+	}
+	match := func(t *Task) bool {
+		return t.State.Terminal() && slices.Contains(states, t.State) && (p.Type == "" || t.Type == p.Type) &&
+			t.FinishedAt != nil && (p.FinishedBefore == nil || t.FinishedAt.Before(*p.FinishedBefore))
+	}
+	var out []*Task
+	if p.Type != "" {
+		for _, st := range states {
+			if !st.Terminal() {
+				continue
+			}
+			if tr := f.tasks.byStateTy[stateType{st, p.Type}]; tr != nil {
+				tr.Ascend(func(t *Task) bool {
+					if match(t) {
+						out = append(out, t)
+					}
+					return true
+				})
+			}
+		}
+		slices.SortFunc(out, func(a, b *Task) int {
+			if byFinish(a, b) {
+				return -1
+			}
+			if byFinish(b, a) {
+				return 1
+			}
+			return 0
+		})
+		out = out[:min(len(out), limit)]
+	} else {
+		f.tasks.finished.Ascend(func(t *Task) bool {
+			if p.FinishedBefore != nil && !t.FinishedAt.Before(*p.FinishedBefore) {
+				return false
+			}
+			if match(t) {
+				out = append(out, t)
+			}
+			return len(out) < limit
+		})
+	}
+	ids := make([]string, len(out))
+	for i, t := range out {
+		ids[i] = t.ID
+	}
+	return ids
+}
+
 // snapshotState is the msgpack form of a snapshot, as earlier releases wrote it in one piece.
 // Persist streams exactly these bytes and decodeSnapshot reads them key by key; the struct stays
 // as the format's definition (and tests build snapshots with it).
@@ -456,6 +571,8 @@ type snapshotState struct {
 	ACL *acl.State `msgpack:"acl,omitempty"`
 	// Security is absent in snapshots of clusters that never had any (and of older releases).
 	Security *Security `msgpack:"security,omitempty"`
+	// Unique is absent while no unique lock is held (and in snapshots of older releases).
+	Unique []UniqueLock `msgpack:"unique,omitempty"`
 }
 
 // Snapshot implements raft.FSM. It clones the task index (O(1): the tree is copy-on-write and
@@ -469,6 +586,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		return nil, fmt.Errorf("snapshot: %w", f.halt)
 	}
 	s := &snapshot{index: f.index, tasks: f.tasks.all.Clone(), nodes: make([]Node, 0, len(f.nodes))}
+	if f.unique.len() > 0 {
+		s.unique = f.unique.locks()
+	}
 	for _, name := range sortedKeys(f.nodes) {
 		s.nodes = append(s.nodes, f.nodes[name].clone())
 	}
@@ -489,6 +609,7 @@ type snapshot struct {
 	nodes    []Node
 	acl      *acl.State
 	security *Security
+	unique   []UniqueLock // nil when empty: the section is then left out
 }
 
 // Persist streams the snapshot one record at a time, in exactly the bytes msgpack writes for
@@ -514,6 +635,9 @@ func (s *snapshot) encode(w io.Writer) error {
 		fields++
 	}
 	if s.security != nil {
+		fields++
+	}
+	if s.unique != nil {
 		fields++
 	}
 	if err := enc.EncodeMapLen(fields); err != nil {
@@ -546,6 +670,11 @@ func (s *snapshot) encode(w io.Writer) error {
 	}
 	if s.security != nil {
 		if err := encodeAll(enc, "security", s.security); err != nil {
+			return err
+		}
+	}
+	if s.unique != nil {
+		if err := encodeAll(enc, "unique", s.unique); err != nil {
 			return err
 		}
 	}
@@ -585,6 +714,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	f.tasks = s.store
+	f.unique = s.unique
 	f.nodes = make(map[string]*Node, len(s.nodes))
 	for i := range s.nodes {
 		f.nodes[s.nodes[i].Name] = &s.nodes[i]
@@ -607,6 +737,7 @@ type restored struct {
 	nodes    []Node
 	acl      *acl.State
 	security *Security
+	unique   *uniqueTable
 }
 
 // decodeSnapshot reads the snapshot map key by key, the tasks one by one, so a million records
@@ -618,7 +749,7 @@ func decodeSnapshot(r io.Reader) (s *restored, err error) {
 		}
 	}()
 	dec := msgpack.NewDecoder(r)
-	s = &restored{store: newStore()}
+	s = &restored{store: newStore(), unique: newUniqueTable()}
 	n, err := dec.DecodeMapLen()
 	if err != nil {
 		return nil, err
@@ -639,6 +770,8 @@ func decodeSnapshot(r io.Reader) (s *restored, err error) {
 			err = dec.Decode(&s.acl)
 		case "security":
 			err = dec.Decode(&s.security)
+		case "unique": // absent in snapshots of states without unique locks, and of older builds
+			err = decodeUnique(dec, s.unique)
 		default:
 			err = dec.Skip()
 		}
