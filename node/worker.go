@@ -201,7 +201,7 @@ func (n *Node) finishUnstarted(ctx context.Context, ref tasks.RunRef, outcome ta
 // attemptEnded reports whether the FSM holds an outcome (succeeded, failed, cancelled) for the attempt.
 func attemptEnded(t *fsm.Task, attempt int) bool {
 	for i := len(t.History) - 1; i >= 0; i-- {
-		if h := t.History[i]; h.Attempt == attempt {
+		if h := t.History[i]; h.Attempt == attempt && h.Event != fsm.EventRetried {
 			return h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled
 		}
 	}
@@ -239,7 +239,7 @@ func (r reporter) Checkpoint(ctx context.Context, run tasks.RunRef, data json.Ra
 func (r reporter) Finished(ctx context.Context, run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) error {
 	rep := fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Result: result}
 	if terr != nil {
-		rep.Error = &fsm.TaskError{Type: terr.Type, Message: terr.Message}
+		rep.Error = &fsm.TaskError{Type: terr.Type, Message: terr.Message, Final: terr.Final}
 	}
 	switch outcome {
 	case tasks.OutcomeSucceeded:
@@ -251,5 +251,13 @@ func (r reporter) Finished(ctx context.Context, run tasks.RunRef, outcome tasks.
 	default:
 		rep.Kind = fsm.ReportInterrupted
 	}
-	return r.send(ctx, rep)
+	err := r.send(ctx, rep)
+	if rep.Error != nil && rep.Error.Final && errors.Is(err, fsm.ErrProtocolTooOld) {
+		// A node of a release before final errors is up: the leader may not write the flag, so
+		// the failure is reported as an ordinary one (retried while attempts are left).
+		r.n.log.Warn("final error reported as an ordinary failure: a node of an older release is up", "task", run.TaskID)
+		rep.Error.Final = false
+		err = r.send(ctx, rep)
+	}
+	return err
 }

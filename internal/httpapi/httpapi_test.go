@@ -45,6 +45,7 @@ type fakeBackend struct {
 	throughput   api.Throughput        // what Throughput returns
 	gotBatch     [][]api.SubmitRequest // every SubmitBatch call's requests
 	keys         map[string]string     // idempotency key -> task ID, for SubmitBatch
+	gotPurge     *api.PurgeRequest     // the last Purge's request
 }
 
 func newFake() *fakeBackend {
