@@ -31,10 +31,13 @@ const (
 	CodeNotRetryable Code = "not_retryable"
 	// CodeInvalidPurge: a purge filter naming a state that is not terminal, or a bad time or limit.
 	CodeInvalidPurge Code = "invalid_purge"
+	// CodeUpgradeRequired: the request needs a feature some up node's release lacks (a rolling
+	// upgrade is under way); it works once every node runs the new release.
+	CodeUpgradeRequired Code = "upgrade_required"
 )
 
 func init() {
-	for c, s := range map[Code]int{CodeDuplicateUniqueKey: 409, CodeInvalidUnique: 400, CodeNotRetryable: 409, CodeInvalidPurge: 400} {
+	for c, s := range map[Code]int{CodeDuplicateUniqueKey: 409, CodeInvalidUnique: 400, CodeNotRetryable: 409, CodeInvalidPurge: 400, CodeUpgradeRequired: 409} {
 		statusOf[c] = s
 	}
 }

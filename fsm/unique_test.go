@@ -244,3 +244,92 @@ func TestPurgeDropsOnlyWhatMatches(t *testing.T) {
 		})
 	}
 }
+
+func TestRetryAndPurgeAreProtocol2ForwardableTypes(t *testing.T) {
+	for _, tc := range []struct {
+		body Payload
+		typ  CommandType
+		name string
+	}{{&Retry{}, CmdRetry, "retry"}, {&Purge{}, CmdPurge, "purge"}} {
+		c := &Command{Body: tc.body}
+		if c.Type() != tc.typ || tc.typ.String() != tc.name || !c.Forwardable() || c.Batchable() || tc.typ.Since() != 2 {
+			t.Errorf("%T: type %d %q forward %v batch %v since %d", tc.body, c.Type(), c.Type(), c.Forwardable(), c.Batchable(), tc.typ.Since())
+		}
+	}
+}
+
+func TestNewPayloadsRoundTripAndWaitForProtocol2(t *testing.T) {
+	before := t0.Add(time.Hour)
+	unique := uniq("u", "echo", "k", time.Hour)
+	final := rep("a", 1, "n1", "b1", ReportFailed)
+	final.Error = &TaskError{Type: "task_error", Message: "m", Final: true}
+	cmds := []*Command{
+		{Now: t0, Body: &SubmitBatch{Items: []Submit{unique}}},
+		{Now: t0, Body: &ReportBatch{Items: []Report{final}}},
+		{Now: t0, Body: &Retry{IDs: []string{"a", "b"}, By: "alice"}},
+		{Now: t0, Body: &Purge{States: []State{Failed}, Type: "echo", FinishedBefore: &before, Limit: 10}},
+	}
+	for _, c := range cmds {
+		b, err := Encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Decode(b)
+		if err != nil || !reflect.DeepEqual(got, c) {
+			t.Errorf("%s: decoded %+v, %v; want %+v", c.Type(), got, err, c)
+		}
+		// While a protocol 1 node is up, none of them may be written.
+		h := newHarness(t)
+		h.must(&Command{Body: &Register{Node: Node{Name: "n1", BootID: "b", Protocol: 2}}})
+		h.must(&Command{Body: &Register{Node: Node{Name: "n2", BootID: "b", Protocol: 1}}})
+		if _, err := h.f.Emit(c); !errors.Is(err, ErrProtocolTooOld) {
+			t.Errorf("%s with a protocol 1 node up: Emit err %v, want ErrProtocolTooOld", c.Type(), err)
+		}
+		h.must(downCmd("n2", true))
+		if _, err := h.f.Emit(c); err != nil {
+			t.Errorf("%s once every up node speaks 2: %v", c.Type(), err)
+		}
+	}
+	// Without the new fields, submits and reports stay writable for protocol 1.
+	h := newHarness(t)
+	h.must(&Command{Body: &Register{Node: Node{Name: "n2", BootID: "b", Protocol: 1}}})
+	for _, c := range []*Command{submitCmd(sub("p", "echo")), reportCmd(rep("a", 1, "n1", "b1", ReportFailed))} {
+		if _, err := h.f.Emit(c); err != nil {
+			t.Errorf("plain %s with a protocol 1 node: %v", c.Type(), err)
+		}
+	}
+}
+
+func TestDigestSeesTheNewTaskFields(t *testing.T) {
+	_, ref := digestState(t, 10, digestTasks(), digestNodes()).Digest()
+	until := t0.Add(time.Hour)
+	for name, change := range map[string]func(ts []Task){
+		"unique key":      func(ts []Task) { ts[1].UniqueKey, ts[1].UniqueUntil = "k", &until },
+		"final error":     func(ts []Task) { ts[0].Error = &TaskError{Type: "task_error", Message: "m", Final: true} },
+		"final event":     func(ts []Task) { ts[0].History[1].Final = true },
+		"retried by":      func(ts []Task) { ts[0].History[1].By = "alice" },
+		"unchanged check": func([]Task) {},
+	} {
+		ts := digestTasks()
+		change(ts)
+		_, sum := digestState(t, 10, ts, digestNodes()).Digest()
+		if changed := sum != ref; changed != (name != "unchanged check") {
+			t.Errorf("%s: digest changed %v", name, changed)
+		}
+	}
+}
+
+func TestCheckContentProtocolRefusesOnlyNewFields(t *testing.T) {
+	h := newHarness(t)
+	h.must(&Command{Body: &Register{Node: Node{Name: "n1", BootID: "b", Protocol: 1}}})
+	if err := h.f.CheckContentProtocol(submitCmd(sub("p", "echo"))); err != nil {
+		t.Errorf("plain submit: %v", err)
+	}
+	if err := h.f.CheckContentProtocol(submitCmd(uniq("u", "echo", "k", time.Hour))); !errors.Is(err, ErrProtocolTooOld) {
+		t.Errorf("unique submit with a protocol 1 node: %v, want ErrProtocolTooOld", err)
+	}
+	h.must(&Command{Body: &Register{Node: Node{Name: "n1", BootID: "b2", Protocol: 2}}})
+	if err := h.f.CheckContentProtocol(submitCmd(uniq("u", "echo", "k", time.Hour))); err != nil {
+		t.Errorf("unique submit once every node speaks 2: %v", err)
+	}
+}

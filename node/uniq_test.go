@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -191,4 +192,12 @@ func TestPurgeRemovesOnlyWhatMatches(t *testing.T) {
 		}
 	}
 	tc.verifyReplicas()
+}
+
+func TestProtocolTooOldIsUpgradeRequired(t *testing.T) {
+	err := toAPIError(fmt.Errorf("propose: %w", fsm.ErrProtocolTooOld))
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeUpgradeRequired || api.Status(ae.Code) != http.StatusConflict {
+		t.Errorf("toAPIError = %v, want 409 upgrade_required", err)
+	}
 }
