@@ -2,17 +2,20 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/acl"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -199,5 +202,68 @@ func TestProtocolTooOldIsUpgradeRequired(t *testing.T) {
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Code != api.CodeUpgradeRequired || api.Status(ae.Code) != http.StatusConflict {
 		t.Errorf("toAPIError = %v, want 409 upgrade_required", err)
+	}
+}
+
+// The leader authorizes forwarded retries and purges again, and records who retried from the
+// credential it resolved, not from what the follower wrote.
+func TestLeaderAuthorizesForwardedRetryAndPurge(t *testing.T) {
+	tc := aclCluster(t)
+	l, f := tc.leader(), tc.follower()
+	mgmt := bootstrapACL(t, f)
+	team := teamToken(t, f, mgmt.SecretID)
+	code, b := aclCall(t, f, "POST", "/v1/tasks", mgmt.SecretID, `{"type": "sleep", "input": {"ms": 60000}}`)
+	var sleeper api.Task
+	mustJSON(t, b, &sleeper)
+	if code != http.StatusCreated {
+		t.Fatalf("submit sleep: %d %s", code, b)
+	}
+	if code, b := aclCall(t, f, "POST", "/v1/tasks/"+sleeper.ID+"/cancel", mgmt.SecretID, ""); code != http.StatusAccepted {
+		t.Fatalf("cancel: %d %s", code, b)
+	}
+	waitState(t, tc, sleeper.ID, 20*time.Second, func(t fsm.Task) bool { return t.State == fsm.Cancelled })
+	forward := func(secret string, body fsm.Payload) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if secret != "" {
+			ctx = context.WithValue(ctx, credentialKey{}, acl.Secret(secret))
+		}
+		_, err := f.forward(ctx, f.peerAddr(l.Name()), &fsm.Command{Body: body})
+		return err
+	}
+	tests := []struct {
+		name   string
+		secret string
+		body   fsm.Payload
+		code   api.Code
+		says   string
+	}{
+		{"retry of a type the token may not submit", team.SecretID, &fsm.Retry{IDs: []string{sleeper.ID}}, api.CodeForbidden, `"submit" on task type "sleep"`},
+		{"retry without a credential", "", &fsm.Retry{IDs: []string{sleeper.ID}, By: mgmt.AccessorID}, api.CodeUnauthorized, "no token"},
+		{"purge of every type without management", team.SecretID, &fsm.Purge{}, api.CodeForbidden, "management"},
+		{"purge of a type the token may not cancel", team.SecretID, &fsm.Purge{Type: "sleep"}, api.CodeForbidden, `"cancel" on task type "sleep"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, before := l.FSM().Digest()
+			err := forward(tt.secret, tt.body)
+			var ae *api.Error
+			if !errors.As(err, &ae) || ae.Code != tt.code || !strings.Contains(ae.Message, tt.says) {
+				t.Fatalf("forward: %v, want %s saying %q", err, tt.code, tt.says)
+			}
+			if _, after := l.FSM().Digest(); after != before {
+				t.Error("a refused forward changed the leader's state")
+			}
+		})
+	}
+	if err := forward(team.SecretID, &fsm.Purge{Type: "echo"}); err != nil {
+		t.Errorf("purge of the team's type: %v", err)
+	}
+	if err := forward(mgmt.SecretID, &fsm.Retry{IDs: []string{sleeper.ID}, By: team.AccessorID}); err != nil {
+		t.Fatal(err)
+	}
+	tk, _ := l.FSM().Task(sleeper.ID)
+	if last := tk.History[len(tk.History)-1]; last.Event != fsm.EventRetried || last.By != mgmt.AccessorID {
+		t.Errorf("last event %+v, want retried by %s", last, mgmt.AccessorID)
 	}
 }
