@@ -275,7 +275,7 @@ type Retry struct {
 	By  string   `msgpack:"by,omitempty"` // who asked, for the history
 }
 
-// Purge drops finished tasks that match a filter, at most Limit of them (the oldest finished
+// Purge drops finished tasks that match a filter, at most Limit of them (purgeMatches says which
 // first). Apply evaluates the filter on the state at its index, so every replica drops the same
 // tasks and nothing can change between choosing them and dropping them.
 //

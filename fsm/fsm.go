@@ -500,62 +500,63 @@ func (f *FSM) retry(index uint64, now time.Time, id, by string) ItemResult {
 	return ItemResult{ID: id}
 }
 
-// purgeMatches returns the IDs of the finished tasks p matches, oldest finished first, at most its
-// limit. It walks whichever index holds fewer candidates: the (state, type) trees when a type is
-// given (O(tasks of that type in those states)), else the finish-time tree from its oldest up to
-// FinishedBefore (O(tasks finished before it)); never every task.
+// purgeMatches returns the IDs of the finished tasks p matches, at most its limit, in a replica-
+// independent order. It walks only trees whose tasks are all candidates: the (state, type) trees
+// of the states asked for (of the type asked for, or of every type, keys sorted), oldest created
+// first; or, for every terminal state of every type, the finish-time tree, oldest finished first.
+// It stops at the limit, so an entry costs O(limit + the candidates finished_before skips), never
+// a walk over every task.
 func (f *FSM) purgeMatches(p *Purge) []string {
 	limit := p.Limit
 	if limit <= 0 || limit > MaxPurgeBatch {
 		limit = MaxPurgeBatch
 	}
-	states := p.States
-	if len(states) == 0 {
-		states = []State{Succeeded, Failed, Cancelled}
-	}
-	match := func(t *Task) bool {
-		return t.State.Terminal() && slices.Contains(states, t.State) && (p.Type == "" || t.Type == p.Type) &&
-			t.FinishedAt != nil && (p.FinishedBefore == nil || t.FinishedAt.Before(*p.FinishedBefore))
-	}
-	var out []*Task
-	if p.Type != "" {
-		for _, st := range states {
-			if !st.Terminal() {
-				continue
-			}
-			if tr := f.tasks.byStateTy[stateType{st, p.Type}]; tr != nil {
-				tr.Ascend(func(t *Task) bool {
-					if match(t) {
-						out = append(out, t)
-					}
-					return true
-				})
-			}
+	var states []State
+	for _, st := range []State{Succeeded, Failed, Cancelled} {
+		if len(p.States) == 0 || slices.Contains(p.States, st) {
+			states = append(states, st)
 		}
-		slices.SortFunc(out, func(a, b *Task) int {
-			if byFinish(a, b) {
-				return -1
-			}
-			if byFinish(b, a) {
-				return 1
-			}
-			return 0
-		})
-		out = out[:min(len(out), limit)]
-	} else {
+	}
+	var ids []string
+	take := func(t *Task) bool {
+		if t.FinishedAt != nil && (p.FinishedBefore == nil || t.FinishedAt.Before(*p.FinishedBefore)) {
+			ids = append(ids, t.ID)
+		}
+		return len(ids) < limit
+	}
+	if p.Type == "" && len(states) == 3 {
 		f.tasks.finished.Ascend(func(t *Task) bool {
 			if p.FinishedBefore != nil && !t.FinishedAt.Before(*p.FinishedBefore) {
 				return false
 			}
-			if match(t) {
-				out = append(out, t)
-			}
-			return len(out) < limit
+			return take(t)
 		})
+		return ids
 	}
-	ids := make([]string, len(out))
-	for i, t := range out {
-		ids[i] = t.ID
+	var keys []stateType
+	for _, st := range states {
+		if p.Type != "" {
+			keys = append(keys, stateType{st, p.Type})
+			continue
+		}
+		var types []string
+		for k := range f.tasks.byStateTy {
+			if k.state == st {
+				types = append(types, k.typ)
+			}
+		}
+		slices.Sort(types)
+		for _, typ := range types {
+			keys = append(keys, stateType{st, typ})
+		}
+	}
+	for _, k := range keys {
+		if len(ids) >= limit {
+			break
+		}
+		if tr := f.tasks.byStateTy[k]; tr != nil {
+			tr.Ascend(take)
+		}
 	}
 	return ids
 }
