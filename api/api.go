@@ -72,12 +72,17 @@ type Task struct {
 	CreateIndex     uint64          `json:"create_index"`
 	ModifyIndex     uint64          `json:"modify_index"`
 	History         []HistoryEntry  `json:"history"`
+	// UniqueKey is the task's unique key, held until UniqueUntil (its creation plus unique_for).
+	UniqueKey   string     `json:"unique_key,omitempty"`
+	UniqueUntil *time.Time `json:"unique_until,omitempty"`
 }
 
 // TaskError is why an attempt or a task failed.
 type TaskError struct {
 	Type    string `json:"type"`
 	Message string `json:"message"`
+	// Final: the task said no retry could fix it, and it failed without another attempt.
+	Final bool `json:"final,omitempty"`
 }
 
 // HistoryEntry is one event in a task's life.
@@ -87,6 +92,10 @@ type HistoryEntry struct {
 	Event   string    `json:"event"`
 	At      time.Time `json:"at"`
 	Error   string    `json:"error,omitempty"`
+	// Final marks a failed event whose error was final (no retry followed it).
+	Final bool `json:"final,omitempty"`
+	// By is who asked for the event, on a "retried" event.
+	By string `json:"by,omitempty"`
 }
 
 // SubmitRequest is the body of POST /v1/tasks; only Type is required. Zero values take the
@@ -101,6 +110,11 @@ type SubmitRequest struct {
 	// ExecutionID and ParentID join a child task to its parent's execution (tasks.Context.Submit).
 	ExecutionID string `json:"execution_id,omitempty"`
 	ParentID    string `json:"parent_id,omitempty"`
+	// UniqueKey refuses the submit (409 duplicate_unique_key) while a task of the same type with
+	// the same key was created less than its UniqueFor ago; UniqueFor (Go duration text, at most
+	// 30 days) is required with a key.
+	UniqueKey string `json:"unique_key,omitempty"`
+	UniqueFor string `json:"unique_for,omitempty"`
 }
 
 // Cluster is GET /v1/cluster: the cluster at a glance.
@@ -421,9 +435,11 @@ func Status(c Code) int {
 // error that carries its code from the server to the client. StatusCode is set by the client from
 // the response; the server derives it from the code.
 type Error struct {
-	Message    string `json:"error"`
-	Code       Code   `json:"code"`
-	StatusCode int    `json:"-"`
+	Message string `json:"error"`
+	Code    Code   `json:"code"`
+	// ExistingTask is set with duplicate_unique_key: the task that holds the key.
+	ExistingTask string `json:"existing_task,omitempty"`
+	StatusCode   int    `json:"-"`
 	// LeaderAddr is set by the client from HeaderLeaderAddr: where a leaving node sends its clients.
 	LeaderAddr string `json:"-"`
 }

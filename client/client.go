@@ -547,6 +547,9 @@ func (c *Client) send(ctx context.Context, method, path string, q url.Values, bo
 	if apiErr.Message == "" {
 		apiErr.Message = http.StatusText(resp.StatusCode)
 	}
+	if apiErr.ExistingTask == "" {
+		apiErr.ExistingTask = resp.Header.Get(api.HeaderExistingTask)
+	}
 	return nil, fmt.Errorf("%s %s: %w", method, path, apiErr)
 }
 

@@ -252,6 +252,20 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	s.do(call{method: "DELETE", path: "/v1/schedules/sq", status: 204})
 	s.do(call{method: "PUT", path: "/v1/schedules/sq", body: `{"cron": "every day", "type": "calc-square", "input": 3}`, status: 400, code: "invalid_schedule"})
 	s.do(call{method: "GET", path: "/v1/schedules/sq", status: 404, code: "not_found"})
+	// Unique keys, retry and purge.
+	unique := `{"type": "echo", "input": 1, "unique_key": "u1", "unique_for": "1h"}`
+	s.do(call{method: "POST", path: "/v1/tasks", body: unique, status: 201})
+	s.do(call{method: "POST", path: "/v1/tasks", body: unique, status: 409, code: "duplicate_unique_key"})
+	var failed struct {
+		ID string `json:"id"`
+	}
+	decode(s.do(call{method: "POST", path: "/v1/tasks?wait=20s", body: `{"type": "fail", "input": "no", "max_attempts": 1}`, status: 201}), &failed)
+	s.do(call{method: "POST", path: "/v1/tasks/" + failed.ID + "/retry", status: 202})
+	s.do(call{method: "POST", path: "/v1/tasks/" + done.ID + "/retry", status: 409, code: "not_retryable"})
+	s.do(call{method: "POST", path: "/v1/tasks/no-such-task/retry", status: 404, code: "not_found"})
+	s.do(call{method: "POST", path: "/v1/tasks/purge", body: `{"state": "succeeded", "type": "calc-square", "finished_before": "2000-01-01T00:00:00Z", "limit": 5}`, status: 200})
+	s.do(call{method: "POST", path: "/v1/tasks/purge", body: `{"state": "pending"}`, status: 400, code: "invalid_purge", specRejects: true})
+	s.do(call{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "unique_key": "u2"}`, status: 400, code: "invalid_unique"})
 
 	// Error answers.
 	for _, c := range []call{

@@ -20,6 +20,9 @@ const (
 	CmdDrain    CommandType = 6 // a node starts (or stops) draining
 	CmdCancel   CommandType = 7 // cancel tasks
 	CmdRemove   CommandType = 8 // drop finished tasks past retention
+	// 16..21 are issue 14's queues and schedules.
+	CmdRetry CommandType = 22 // send failed or cancelled tasks back to pending (retry now)
+	CmdPurge CommandType = 23 // drop finished tasks matching a filter
 )
 
 // Protocol is the command protocol this build speaks; nodes register it (Node.Protocol). A command
@@ -47,6 +50,8 @@ func init() {
 	register(Spec[Drain]{Type: CmdDrain, Name: "drain", Forwardable: true, Apply: (*FSM).applyDrain})
 	register(Spec[Cancel]{Type: CmdCancel, Name: "cancel", Forwardable: true, Apply: (*FSM).applyCancel})
 	register(Spec[Remove]{Type: CmdRemove, Name: "remove", Apply: (*FSM).applyRemove})
+	register(Spec[Retry]{Type: CmdRetry, Name: "retry", Since: 2, Forwardable: true, Apply: (*FSM).applyRetry})
+	register(Spec[Purge]{Type: CmdPurge, Name: "purge", Since: 2, Forwardable: true, Apply: (*FSM).applyPurge})
 }
 
 // Command is one raft log entry. Now is the leader's clock when it built the command; Apply uses
@@ -264,6 +269,31 @@ type Remove struct {
 	IDs []string `msgpack:"ids"`
 }
 
+// Retry sends failed or cancelled tasks back to pending for a new attempt, their failures reset.
+type Retry struct {
+	IDs []string `msgpack:"ids"`
+	By  string   `msgpack:"by,omitempty"` // who asked, for the history
+}
+
+// Purge drops finished tasks that match a filter, at most Limit of them (purgeMatches says which
+// first). Apply evaluates the filter on the state at its index, so every replica drops the same
+// tasks and nothing can change between choosing them and dropping them.
+//
+// Not Remove (8) with IDs the leader picked: Remove is not forwardable (only the leader's
+// retention emits it), and a filter needs no round of reads before the write.
+type Purge struct {
+	// States are the terminal states to drop (empty: all three).
+	States []State `msgpack:"states,omitempty"`
+	Type   string  `msgpack:"type,omitempty"`
+	// FinishedBefore, when set, keeps tasks that finished at or after it.
+	FinishedBefore *time.Time `msgpack:"finished_before,omitempty"`
+	// Limit is the most tasks one entry drops (MaxPurgeBatch when 0 or more).
+	Limit int `msgpack:"limit,omitempty"`
+}
+
+// MaxPurgeBatch is the most tasks one purge entry drops, so one entry stays short to apply.
+const MaxPurgeBatch = 1000
+
 // Len implements Batch.
 func (b *SubmitBatch) Len() int { return len(b.Items) }
 
@@ -298,13 +328,17 @@ type Submit struct {
 
 	// Schedule names the schedule that submitted the task (schedule_fire sets it).
 	Schedule string `msgpack:"schedule,omitempty"`
+	// UniqueKey, with UniqueFor (> 0, at most MaxUniqueFor), refuses the submit while another
+	// task of its type with the key was created less than that task's window ago (UniqueLock).
+	UniqueKey string   `msgpack:"unique_key,omitempty"`
+	UniqueFor Duration `msgpack:"unique_for,omitempty"`
 }
 
 // needsProtocol is the lowest protocol that decodes s: 2 once it sets any field protocol 1 does
 // not know (each such field is checked here), else 0 (the type's Since and Emit's legacy rules
 // decide the rest).
 func (s *Submit) needsProtocol() int {
-	if s.Schedule != "" {
+	if s.Schedule != "" || s.UniqueKey != "" || s.UniqueFor != 0 {
 		return 2
 	}
 	return 0
@@ -317,6 +351,16 @@ func (b *SubmitBatch) NeedsProtocol() int {
 		need = max(need, b.Items[i].needsProtocol())
 	}
 	return need
+}
+
+// NeedsProtocol implements NeedsProtocol: a final error (TaskError.Final) needs protocol 2.
+func (b *ReportBatch) NeedsProtocol() int {
+	for i := range b.Items {
+		if e := b.Items[i].Error; e != nil && e.Final {
+			return 2
+		}
+	}
+	return 0
 }
 
 // Assign places a pending task on a node incarnation.

@@ -8,7 +8,7 @@ import (
 )
 
 // Digest returns the applied index and a hash of the replicated state at that index: every task,
-// node, idempotency key, ACL policy and token and the security state, in a canonical order (tasks
+// node, idempotency key, unique lock, ACL policy and token and the security state, in a canonical order (tasks
 // by ID, nodes by name, keys sorted), each in its msgpack form, the encoding the log and snapshots use. Two replicas at the same index
 // must return the same sum; tests compare them across a cluster, as hashicorp/raft's fuzzy tests
 // do with VerifyFSM, to catch an Apply that is not deterministic.
@@ -52,6 +52,10 @@ func (f *FSM) Digest() (index uint64, sum string) {
 		for _, name := range sortedKeys(f.schedules) {
 			put(f.schedules[name])
 		}
+	}
+	if f.unique.len() > 0 { // likewise: states without unique locks keep their sums
+		put("unique")
+		put(f.unique.locks())
 	}
 	return f.index, hex.EncodeToString(h.Sum(nil))
 }

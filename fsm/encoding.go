@@ -105,13 +105,8 @@ func (f *FSM) Emit(c *Command) ([]byte, error) {
 		return nil, fmt.Errorf("emit command: %w: payload %T is not in the command table", ErrBadCommand, c.Body)
 	}
 	lowest, who := f.lowestProtocol()
-	need := s.since
-	if n, ok := c.Body.(NeedsProtocol); ok {
-		need = max(need, n.NeedsProtocol())
-	}
-	if need > lowest {
-		return nil, fmt.Errorf("emit %s: %w: it needs protocol %d and node %s speaks %d; upgrade that node first",
-			s.name, ErrProtocolTooOld, need, who, lowest)
+	if err := checkProtocol(s, c, lowest, who); err != nil {
+		return nil, err
 	}
 	if lowest < firstTypedProtocol {
 		if b, ok := c.Body.(*SubmitBatch); ok && slices.ContainsFunc(b.Items, func(s Submit) bool { return s.SubmittedBy != "" }) {
@@ -122,6 +117,36 @@ func (f *FSM) Emit(c *Command) ([]byte, error) {
 		return EncodeLegacy(c)
 	}
 	return Encode(c)
+}
+
+func checkProtocol(s *spec, c *Command, lowest int, who string) error {
+	need := s.since
+	if n, ok := c.Body.(NeedsProtocol); ok {
+		need = max(need, n.NeedsProtocol())
+	}
+	if need > lowest {
+		return fmt.Errorf("emit %s: %w: it needs protocol %d and node %s speaks %d; upgrade that node first",
+			s.name, ErrProtocolTooOld, need, who, lowest)
+	}
+	return nil
+}
+
+// CheckContentProtocol returns Emit's ErrProtocolTooOld for a payload whose content (not its
+// type) needs a newer protocol than some up node speaks. The leader calls it before merging a
+// batchable command with others: one item with a protocol 2 field must not make the merged entry,
+// and so the other callers' plain items, fail. It costs nothing for payloads that need no more
+// than protocol 0 by content.
+func (f *FSM) CheckContentProtocol(c *Command) error {
+	n, ok := c.Body.(NeedsProtocol)
+	if !ok || n.NeedsProtocol() == 0 {
+		return nil
+	}
+	s := specOf(c.Body)
+	if s == nil {
+		return fmt.Errorf("emit command: %w: payload %T is not in the command table", ErrBadCommand, c.Body)
+	}
+	lowest, who := f.lowestProtocol()
+	return checkProtocol(s, c, lowest, who)
 }
 
 // lowestProtocol is the lowest protocol of the up nodes, and a node that speaks it; with no node

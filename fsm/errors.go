@@ -44,6 +44,11 @@ var (
 	ErrKeyNotInstalled = newError("key_not_installed", "gossip key not installed")
 	// ErrKeyring: a keyring operation that would break gossip (removing the primary, too many keys).
 	ErrKeyring = newError("keyring_refused", "keyring change refused")
+	// ErrDuplicateUnique: a submit's (type, unique key) is locked by another task; the item's ID
+	// is that task's.
+	ErrDuplicateUnique = newError("duplicate_unique_key", "duplicate unique key")
+	// ErrNotRetryable: a retry names a task that is neither failed nor cancelled.
+	ErrNotRetryable = newError("not_retryable", "task is not failed or cancelled")
 )
 
 // ErrorCode is the code of the sentinel err wraps, "" when it wraps none.

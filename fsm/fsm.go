@@ -22,8 +22,10 @@ type FSM struct {
 	// tasks and their indexes (store.go); records in it never change, so a snapshot can walk a
 	// cloned index while Apply goes on.
 	tasks *store
-	nodes map[string]*Node
-	acl   *acl.MemStore // policies, tokens, bootstrap flag (acl.go); same pointer for life
+	// unique is the unique-task lock table (unique.go).
+	unique *uniqueTable
+	nodes  map[string]*Node
+	acl    *acl.MemStore // policies, tokens, bootstrap flag (acl.go); same pointer for life
 	// security is the join secret and gossip keyring (security.go).
 	security Security
 	index    uint64
@@ -48,6 +50,7 @@ type FSM struct {
 func New() *FSM {
 	return &FSM{
 		tasks:    newStore(),
+		unique:   newUniqueTable(),
 		nodes:    map[string]*Node{},
 		acl:      acl.NewMemStore(),
 		changed:  make(chan struct{}),
@@ -120,6 +123,7 @@ func (f *FSM) HaltedCh() <-chan struct{} { return f.haltedCh }
 // The apply functions of the command table (commands.go). f.mu is held.
 
 func (f *FSM) applySubmit(index uint64, now time.Time, p *SubmitBatch) ([]ItemResult, error) {
+	f.unique.expire(now)
 	items := make([]ItemResult, 0, len(p.Items))
 	for i := range p.Items {
 		items = append(items, f.submit(index, now, &p.Items[i]))
@@ -171,6 +175,23 @@ func (f *FSM) applyRemove(_ uint64, _ time.Time, p *Remove) ([]ItemResult, error
 	return items, nil
 }
 
+func (f *FSM) applyRetry(index uint64, now time.Time, p *Retry) ([]ItemResult, error) {
+	items := make([]ItemResult, 0, len(p.IDs))
+	for _, id := range p.IDs {
+		items = append(items, f.retry(index, now, id, p.By))
+	}
+	return items, nil
+}
+
+func (f *FSM) applyPurge(_ uint64, _ time.Time, p *Purge) ([]ItemResult, error) {
+	ids := f.purgeMatches(p)
+	items := make([]ItemResult, 0, len(ids))
+	for _, id := range ids {
+		items = append(items, f.remove(id))
+	}
+	return items, nil
+}
+
 // bump records the applied index and wakes watchers. Callers hold f.mu.
 func (f *FSM) bump(index uint64) {
 	if index > f.index {
@@ -192,6 +213,12 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	if _, ok := f.tasks.get(s.ID); ok {
 		return ItemResult{ID: s.ID, Err: ErrDuplicateID}
 	}
+	if s.UniqueKey != "" && (s.UniqueFor <= 0 || time.Duration(s.UniqueFor) > MaxUniqueFor) {
+		return ItemResult{ID: s.ID, Err: fmt.Errorf("%w: unique_for must be in (0, %s]", ErrBadCommand, MaxUniqueFor)}
+	}
+	if r, ok := f.checkUnique(s, now); !ok {
+		return r
+	}
 	maxAttempts := s.MaxAttempts
 	if maxAttempts < 1 {
 		maxAttempts = 1
@@ -204,6 +231,11 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	}
 	if t.ExecutionID == "" {
 		t.ExecutionID = t.ID
+	}
+	if s.UniqueKey != "" {
+		until := now.Add(time.Duration(s.UniqueFor))
+		t.UniqueKey, t.UniqueUntil = s.UniqueKey, &until
+		f.unique.put(&UniqueLock{Type: s.Type, Key: s.UniqueKey, TaskID: s.ID, Expires: until})
 	}
 	f.save(nil, t)
 	f.note(Transition{Kind: KindSubmitted, TaskID: t.ID, Type: t.Type})
@@ -268,9 +300,9 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 		}
 		t.Failures++
 		t.Error = r.Error
-		entry.Event, entry.Error = EventFailed, r.Error.Message
+		entry.Event, entry.Error, entry.Final = EventFailed, r.Error.Message, r.Error.Final
 		kind := KindRetried
-		if t.Failures >= t.MaxAttempts || t.CancelRequested {
+		if t.Failures >= t.MaxAttempts || t.CancelRequested || r.Error.Final {
 			t.State, kind = Failed, KindFailed
 			if t.CancelRequested {
 				t.State, kind = Cancelled, KindCancelled
@@ -455,6 +487,90 @@ func (f *FSM) remove(id string) ItemResult {
 	return ItemResult{ID: id}
 }
 
+// retry sends a failed or cancelled task back to pending: the same ID, a new attempt next, its
+// history kept with a retried event, and its failures reset so max_attempts applies afresh. Its
+// checkpoint stays, as with an automatic retry: a task that checkpoints resumes from it.
+func (f *FSM) retry(index uint64, now time.Time, id, by string) ItemResult {
+	old, ok := f.tasks.get(id)
+	if !ok {
+		return ItemResult{ID: id, Err: ErrNotFound}
+	}
+	if old.State != Failed && old.State != Cancelled {
+		return ItemResult{ID: id, Err: fmt.Errorf("%w: task is %s", ErrNotRetryable, old.State)}
+	}
+	t := old.cow()
+	defer f.save(old, t)
+	t.requeue()
+	t.Failures = 0
+	t.Error, t.Result = nil, nil
+	t.FinishedAt, t.NotBefore = nil, nil
+	t.CancelRequested = false
+	t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Event: EventRetried, At: now, By: by})
+	t.ModifyIndex = index
+	return ItemResult{ID: id}
+}
+
+// purgeMatches returns the IDs of the finished tasks p matches, at most its limit, in a replica-
+// independent order. It walks only trees whose tasks are all candidates: the (state, type) trees
+// of the states asked for (of the type asked for, or of every type, keys sorted), oldest created
+// first; or, for every terminal state of every type, the finish-time tree, oldest finished first.
+// It stops at the limit, so an entry costs O(limit + the candidates finished_before skips), never
+// a walk over every task.
+func (f *FSM) purgeMatches(p *Purge) []string {
+	limit := p.Limit
+	if limit <= 0 || limit > MaxPurgeBatch {
+		limit = MaxPurgeBatch
+	}
+	var states []State
+	for _, st := range []State{Succeeded, Failed, Cancelled} {
+		if len(p.States) == 0 || slices.Contains(p.States, st) {
+			states = append(states, st)
+		}
+	}
+	var ids []string
+	take := func(t *Task) bool {
+		if t.FinishedAt != nil && (p.FinishedBefore == nil || t.FinishedAt.Before(*p.FinishedBefore)) {
+			ids = append(ids, t.ID)
+		}
+		return len(ids) < limit
+	}
+	if p.Type == "" && len(states) == 3 {
+		f.tasks.finished.Ascend(func(t *Task) bool {
+			if p.FinishedBefore != nil && !t.FinishedAt.Before(*p.FinishedBefore) {
+				return false
+			}
+			return take(t)
+		})
+		return ids
+	}
+	var keys []stateType
+	for _, st := range states {
+		if p.Type != "" {
+			keys = append(keys, stateType{st, p.Type})
+			continue
+		}
+		var types []string
+		for k := range f.tasks.byStateTy {
+			if k.state == st {
+				types = append(types, k.typ)
+			}
+		}
+		slices.Sort(types)
+		for _, typ := range types {
+			keys = append(keys, stateType{st, typ})
+		}
+	}
+	for _, k := range keys {
+		if len(ids) >= limit {
+			break
+		}
+		if tr := f.tasks.byStateTy[k]; tr != nil {
+			tr.Ascend(take)
+		}
+	}
+	return ids
+}
+
 // snapshotState is the msgpack form of a snapshot, as earlier releases wrote it in one piece.
 // Persist streams exactly these bytes and decodeSnapshot reads them key by key; the struct stays
 // as the format's definition (and tests build snapshots with it).
@@ -468,6 +584,8 @@ type snapshotState struct {
 	Security *Security `msgpack:"security,omitempty"`
 	// Schedules is absent in snapshots of clusters without schedules (and of older releases).
 	Schedules []Schedule `msgpack:"schedules,omitempty"`
+	// Unique is absent while no unique lock is held (and in snapshots of older releases).
+	Unique []UniqueLock `msgpack:"unique,omitempty"`
 }
 
 // Snapshot implements raft.FSM. It clones the task index (O(1): the tree is copy-on-write and
@@ -481,6 +599,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		return nil, fmt.Errorf("snapshot: %w", f.halt)
 	}
 	s := &snapshot{index: f.index, tasks: f.tasks.all.Clone(), nodes: make([]Node, 0, len(f.nodes))}
+	if f.unique.len() > 0 {
+		s.unique = f.unique.locks()
+	}
 	for _, name := range sortedKeys(f.nodes) {
 		s.nodes = append(s.nodes, f.nodes[name].clone())
 	}
@@ -507,6 +628,7 @@ type snapshot struct {
 	// schedules is written only when there are some, so snapshots of clusters without any keep
 	// the format earlier releases read.
 	schedules []Schedule
+	unique    []UniqueLock // nil when empty: the section is then left out
 }
 
 // Persist streams the snapshot one record at a time, in exactly the bytes msgpack writes for
@@ -535,6 +657,9 @@ func (s *snapshot) encode(w io.Writer) error {
 		fields++
 	}
 	if len(s.schedules) > 0 {
+		fields++
+	}
+	if s.unique != nil {
 		fields++
 	}
 	if err := enc.EncodeMapLen(fields); err != nil {
@@ -575,6 +700,11 @@ func (s *snapshot) encode(w io.Writer) error {
 			return err
 		}
 	}
+	if s.unique != nil {
+		if err := encodeAll(enc, "unique", s.unique); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -611,6 +741,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	f.tasks = s.store
+	f.unique = s.unique
 	f.nodes = make(map[string]*Node, len(s.nodes))
 	for i := range s.nodes {
 		f.nodes[s.nodes[i].Name] = &s.nodes[i]
@@ -639,6 +770,7 @@ type restored struct {
 	acl       *acl.State
 	security  *Security
 	schedules []Schedule // absent in snapshots before schedules, or without any
+	unique    *uniqueTable
 }
 
 // decodeSnapshot reads the snapshot map key by key, the tasks one by one, so a million records
@@ -650,7 +782,7 @@ func decodeSnapshot(r io.Reader) (s *restored, err error) {
 		}
 	}()
 	dec := msgpack.NewDecoder(r)
-	s = &restored{store: newStore()}
+	s = &restored{store: newStore(), unique: newUniqueTable()}
 	n, err := dec.DecodeMapLen()
 	if err != nil {
 		return nil, err
@@ -673,6 +805,8 @@ func decodeSnapshot(r io.Reader) (s *restored, err error) {
 			err = dec.Decode(&s.security)
 		case "schedules":
 			err = dec.Decode(&s.schedules)
+		case "unique": // absent in snapshots of states without unique locks, and of older builds
+			err = decodeUnique(dec, s.unique)
 		default:
 			err = dec.Skip()
 		}

@@ -68,6 +68,9 @@ const (
 	EventFailed      = "failed"
 	EventSucceeded   = "succeeded"
 	EventCancelled   = "cancelled"
+	// EventRetried: a failed or cancelled task was sent back to pending by a retry request
+	// (HistoryEntry.By says who asked); its next attempt follows.
+	EventRetried = "retried"
 )
 
 // Duration is a task timeout. It has no JSON form of its own: the API writes it as Go duration
@@ -78,6 +81,9 @@ type Duration time.Duration
 type TaskError struct {
 	Type    string `msgpack:"type"`
 	Message string `msgpack:"message"`
+	// Final marks an error the task said no retry can fix (tasks.Final, exit code 3): the task
+	// fails at once, whatever attempts it has left.
+	Final bool `msgpack:"final,omitempty"`
 }
 
 // HistoryEntry records one event in a task's life.
@@ -87,6 +93,11 @@ type HistoryEntry struct {
 	Event   string    `msgpack:"event"`
 	At      time.Time `msgpack:"at"`
 	Error   string    `msgpack:"error,omitempty"`
+	// Final is set on a failed event whose error was final (no retry followed).
+	Final bool `msgpack:"final,omitempty"`
+	// By is who asked for the event, on events people ask for (retried): a principal, or
+	// "anonymous" without ACLs.
+	By string `msgpack:"by,omitempty"`
 }
 
 // Task is the task record as the FSM keeps it; its JSON form is api.Task (node/convert.go).
@@ -120,6 +131,10 @@ type Task struct {
 	SubmittedBy string `msgpack:"submitted_by,omitempty"`
 	// Schedule is the schedule that submitted the task (schedule.go); empty for others.
 	Schedule string `msgpack:"schedule,omitempty"`
+	// UniqueKey and UniqueUntil are the task's uniqueness lock (Submit.UniqueKey): no other task
+	// of its type with the key could be submitted before UniqueUntil.
+	UniqueKey   string     `msgpack:"unique_key,omitempty"`
+	UniqueUntil *time.Time `msgpack:"unique_until,omitempty"`
 }
 
 // clone returns a copy that shares no mutable memory with t.

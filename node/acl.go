@@ -252,6 +252,25 @@ func (n *Node) authorizeForward(c *fsm.Command, credential string) error {
 		if put, ok := body.(*fsm.SchedulePut); ok {
 			put.Schedule.SubmittedBy = id.Principal
 		}
+	case *fsm.Retry:
+		id, err := resolve()
+		if err != nil {
+			return err
+		}
+		for _, tid := range body.IDs {
+			if t, ok := n.fsm.Task(tid); ok {
+				if err := id.Allow(acl.CapSubmit, t.Type); err != nil {
+					return deny(err)
+				}
+			}
+		}
+		body.By = id.Principal
+	case *fsm.Purge:
+		id, err := resolve()
+		if err != nil {
+			return err
+		}
+		return deny(purgeAllowed(id, body.Type))
 	case *fsm.ACLPolicySet, *fsm.ACLPolicyDelete, *fsm.ACLTokenCreate, *fsm.ACLTokenDelete:
 		id, err := resolve()
 		if err != nil {

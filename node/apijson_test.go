@@ -143,6 +143,12 @@ func parentRegistry(t *testing.T) func(int) *tasks.Registry {
 		if err := reg.Register(h); err != nil {
 			t.Fatal(err)
 		}
+		final := tasks.Func(tasks.Definition{Name: "final-fail", Version: "1"}, func(*tasks.Context, any) (any, error) {
+			return nil, tasks.Finalf("no retry can fix this")
+		})
+		if err := reg.Register(final); err != nil {
+			t.Fatal(err)
+		}
 		return reg
 	}
 }
@@ -247,6 +253,28 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 		t.Fatalf("list schedules: %d %s", code, b)
 	}
 	decodeExact(t, "GET /v1/schedules", b, new([]api.Schedule))
+	// Unique key, final error, retry (by, final) and purge.
+	final := submitRaw(`{"type":"final-fail","unique_key":"u1","unique_for":"1h","max_attempts":3}`)
+	followTask(final.ID)
+	code, b = getRaw(t, n, "POST", "/v1/tasks/"+final.ID+"/retry", "")
+	if code != http.StatusAccepted {
+		t.Fatalf("retry: %d %s", code, b)
+	}
+	decodeExact(t, "POST /v1/tasks/{id}/retry", b, new(api.Task))
+	cov.add(t, taskType, b)
+	followTask(final.ID)
+	code, b = getRaw(t, n, "POST", "/v1/tasks", `{"type":"final-fail","unique_key":"u1","unique_for":"1h"}`)
+	if code != http.StatusConflict {
+		t.Fatalf("duplicate unique key: %d %s", code, b)
+	}
+	decodeExact(t, "POST /v1/tasks (duplicate unique key)", b, new(api.Error))
+	cov.add(t, reflect.TypeOf(api.Error{}), b)
+	code, b = getRaw(t, n, "POST", api.PathTasksPurge, `{"type":"final-fail","state":"failed"}`)
+	if code != http.StatusOK {
+		t.Fatalf("purge: %d %s", code, b)
+	}
+	decodeExact(t, "POST /v1/tasks/purge", b, new(api.PurgeReply))
+	cov.add(t, reflect.TypeOf(api.PurgeReply{}), b)
 
 	// Logs: the print task of a fresh submit writes a stdout line, the count task log lines.
 	printed := submitRaw(`{"type":"print","input":"hello"}`)

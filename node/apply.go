@@ -148,6 +148,10 @@ func (n *Node) leaderChanges() <-chan struct{} {
 func (n *Node) applyLocal(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
 	n.fsm.Prepare(c, time.Now().UTC(), fsm.PrepareEnv{Backoff: retryBackoff})
 	if c.Batchable() {
+		// Refused alone, before it is merged: its fields must not fail the other callers' items.
+		if err := n.fsm.CheckContentProtocol(c); err != nil {
+			return nil, err
+		}
 		return n.batch.propose(ctx, c)
 	}
 	timeout := n.cfg.ApplyTimeout

@@ -24,6 +24,8 @@ func toAPIError(err error) error {
 	switch {
 	case err == nil, errors.As(err, &ae):
 		return err
+	case errors.Is(err, fsm.ErrProtocolTooOld):
+		return api.Errorf(api.CodeUpgradeRequired, "not yet: %v", err)
 	case errors.Is(err, ErrShuttingDown):
 		return api.Errorf(api.CodeShuttingDown, "this node is shutting down")
 	case retryable(err):

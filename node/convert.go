@@ -24,13 +24,15 @@ func toAPITask(t *fsm.Task) api.Task {
 		ExecutionID: t.ExecutionID, ParentID: t.ParentID, SubmittedBy: t.SubmittedBy, Schedule: t.Schedule, CreatedAt: t.CreatedAt, StartedAt: t.StartedAt,
 		FinishedAt: t.FinishedAt, NotBefore: t.NotBefore, CancelRequested: t.CancelRequested,
 		Checkpoint: t.Checkpoint, CreateIndex: t.CreateIndex, ModifyIndex: t.ModifyIndex,
-		History: make([]api.HistoryEntry, 0, len(t.History)),
+		History:   make([]api.HistoryEntry, 0, len(t.History)),
+		UniqueKey: t.UniqueKey, UniqueUntil: t.UniqueUntil,
 	}
 	if t.Error != nil {
-		out.Error = &api.TaskError{Type: t.Error.Type, Message: t.Error.Message}
+		out.Error = &api.TaskError{Type: t.Error.Type, Message: t.Error.Message, Final: t.Error.Final}
 	}
 	for _, h := range t.History {
-		out.History = append(out.History, api.HistoryEntry{Attempt: h.Attempt, Node: h.Node, Event: h.Event, At: h.At, Error: h.Error})
+		out.History = append(out.History, api.HistoryEntry{Attempt: h.Attempt, Node: h.Node, Event: h.Event, At: h.At, Error: h.Error,
+			Final: h.Final, By: h.By})
 	}
 	return out
 }

@@ -45,7 +45,7 @@ func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedB
 	if errors.Is(item.Err, fsm.ErrDuplicateID) {
 		item = fsm.ItemResult{ID: sub.ID} // our own retry after a lost reply: the task is ours
 	} else if item.Err != nil {
-		return item, api.Errorf(api.CodeInvalidRequest, "%v", item.Err)
+		return item, submitItemError(sub, item)
 	}
 	return item, n.waitIndex(ctx, res.Index)
 }
@@ -88,7 +88,7 @@ func (n *Node) submitBatch(ctx context.Context, reqs []api.SubmitRequest, submit
 		case errors.Is(item.Err, fsm.ErrDuplicateID):
 			item = fsm.ItemResult{ID: subs[j].ID} // our own retry after a lost reply: the task is ours
 		case item.Err != nil:
-			results[i] = httpapi.ErrorResult(api.Errorf(api.CodeInvalidRequest, "%v", item.Err))
+			results[i] = httpapi.ErrorResult(submitItemError(subs[j], item))
 			continue
 		}
 		t, ok := n.fsm.Task(item.ID)
@@ -195,6 +195,10 @@ func (n *Node) prepareSubmitIn(req api.SubmitRequest, mv membershipView) (fsm.Su
 	if err != nil {
 		return fsm.Submit{}, err
 	}
+	uniqueFor, err := parseUniqueFor(req.UniqueKey, req.UniqueFor)
+	if err != nil {
+		return fsm.Submit{}, err
+	}
 	id := ulid.Make().String()
 	exec := req.ExecutionID
 	if exec == "" {
@@ -203,6 +207,7 @@ func (n *Node) prepareSubmitIn(req api.SubmitRequest, mv membershipView) (fsm.Su
 	sub := fsm.Submit{
 		ID: id, Type: req.Type, Version: version, Input: input, MaxAttempts: maxAttempts,
 		Timeout: fsm.Duration(timeout), IdempotencyKey: req.IdempotencyKey, ExecutionID: exec, ParentID: req.ParentID,
+		UniqueKey: req.UniqueKey, UniqueFor: fsm.Duration(uniqueFor),
 	}
 	return sub, n.checkSubmit(&sub)
 }
@@ -242,7 +247,7 @@ func (n *Node) checkSubmit(s *fsm.Submit) error {
 	if len(s.IdempotencyKey) > maxKeyLen {
 		return api.Errorf(api.CodeInvalidIdempotency, "idempotency_key is longer than %d bytes", maxKeyLen)
 	}
-	return nil
+	return checkUnique(s.UniqueKey, time.Duration(s.UniqueFor))
 }
 
 // typeKnown reports whether some node ever offered the type, or this node runs it.

@@ -202,7 +202,7 @@ func (n *Node) finishUnstarted(ctx context.Context, ref tasks.RunRef, outcome ta
 // attemptEnded reports whether the FSM holds an outcome (succeeded, failed, cancelled) for the attempt.
 func attemptEnded(t *fsm.Task, attempt int) bool {
 	for i := len(t.History) - 1; i >= 0; i-- {
-		if h := t.History[i]; h.Attempt == attempt {
+		if h := t.History[i]; h.Attempt == attempt && h.Event != fsm.EventRetried {
 			return h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled
 		}
 	}
@@ -246,13 +246,26 @@ func (r reporter) Checkpoint(ctx context.Context, run tasks.RunRef, data json.Ra
 }
 
 func (r reporter) Finished(ctx context.Context, run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) error {
-	return r.send(ctx, outcomeReport(run, outcome, result, terr))
+	return r.sendOutcome(ctx, run, outcomeReport(run, outcome, result, terr))
+}
+
+// sendOutcome sends reports whose last is an attempt's outcome. A final error needs protocol 2:
+// while a node of a release before final errors is up the leader may not write the flag, so the
+// failure is sent again as an ordinary one (retried while attempts are left).
+func (r reporter) sendOutcome(ctx context.Context, run tasks.RunRef, reps ...fsm.Report) error {
+	err := r.send(ctx, reps...)
+	if last := &reps[len(reps)-1]; last.Error != nil && last.Error.Final && errors.Is(err, fsm.ErrProtocolTooOld) {
+		r.n.log.Warn("final error reported as an ordinary failure: a node of an older release is up", "task", run.TaskID)
+		last.Error.Final = false
+		err = r.send(ctx, reps...)
+	}
+	return err
 }
 
 // StartedAndFinished reports a short attempt's start and outcome in one entry: the FSM applies
 // the items in order, so the history holds both events, fenced like any report.
 func (r reporter) StartedAndFinished(ctx context.Context, run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) error {
-	return r.send(ctx,
+	return r.sendOutcome(ctx, run,
 		fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Kind: fsm.ReportStarted},
 		outcomeReport(run, outcome, result, terr))
 }
@@ -260,7 +273,7 @@ func (r reporter) StartedAndFinished(ctx context.Context, run tasks.RunRef, outc
 func outcomeReport(run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) fsm.Report {
 	rep := fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Result: result}
 	if terr != nil {
-		rep.Error = &fsm.TaskError{Type: terr.Type, Message: terr.Message}
+		rep.Error = &fsm.TaskError{Type: terr.Type, Message: terr.Message, Final: terr.Final}
 	}
 	switch outcome {
 	case tasks.OutcomeSucceeded:

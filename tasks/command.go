@@ -96,7 +96,9 @@ type CommandSpec struct {
 //     fails the attempt); otherwise the last non-empty stdout line when it is
 //     valid JSON; otherwise null.
 //   - A non-zero exit fails the attempt with the exit status and the tail of
-//     stderr (last 20 lines, at most 2 KiB) as the message.
+//     stderr (last 20 lines, at most 2 KiB) as the message. The failure is
+//     final (ErrFinal: no retry) when the exit status is 3 (FinalExitCode) or
+//     stderr had a line TASKWORKER_FINAL (FinalMarker) of its own.
 //   - On cancel, drain or timeout the process group gets SIGTERM, then SIGKILL
 //     after GracePeriod. When the command exits, whatever it left running in
 //     its process group is killed.
@@ -259,6 +261,10 @@ func (h *commandHandler) Run(ctx *Context, input json.RawMessage) (json.RawMessa
 		if tail := r.stderrTail(); tail != "" {
 			msg += ": " + tail
 		}
+		var exit *exec.ExitError
+		if r.finalMarker || errors.As(waitErr, &exit) && exit.ExitCode() == FinalExitCode {
+			return nil, Final(errors.New(msg))
+		}
 		return nil, errors.New(msg)
 	}
 	return r.result()
@@ -271,8 +277,9 @@ type commandRun struct {
 	dir *runDir
 
 	// Written by the output readers, read once they are done.
-	lastStdout []byte
-	stderr     []string // the last stderrTailLines lines
+	lastStdout  []byte
+	stderr      []string // the last stderrTailLines lines
+	finalMarker bool     // a stderr line was FinalMarker
 }
 
 // run starts the process and waits for it and its output. waitErr is how
@@ -429,6 +436,9 @@ func (r *commandRun) readStdout(rd io.Reader) {
 func (r *commandRun) readStderr(rd io.Reader) {
 	eachLine(rd, func(line []byte, _, _ bool) {
 		writeLine(r.ctx.Stderr, line)
+		if string(bytes.TrimSpace(line)) == FinalMarker {
+			r.finalMarker = true
+		}
 		if len(r.stderr) == stderrTailLines {
 			r.stderr = r.stderr[1:]
 		}

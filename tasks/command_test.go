@@ -174,8 +174,8 @@ func TestCommandTimeouts(t *testing.T) {
 		taskTimeout time.Duration
 		want        TaskError
 	}{
-		{"the submit's timeout", 0, 50 * time.Millisecond, TaskError{ErrTypeTimeout, "attempt timed out after 50ms"}},
-		{"the type's timeout", 50 * time.Millisecond, 0, TaskError{ErrTypeTimeout, "cmd timed out after 50ms (the type's timeout): context deadline exceeded"}},
+		{"the submit's timeout", 0, 50 * time.Millisecond, TaskError{Type: ErrTypeTimeout, Message: "attempt timed out after 50ms"}},
+		{"the type's timeout", 50 * time.Millisecond, 0, TaskError{Type: ErrTypeTimeout, Message: "cmd timed out after 50ms (the type's timeout): context deadline exceeded"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -348,5 +348,36 @@ func TestNewCommandRejectsBadSpecs(t *testing.T) {
 	}
 	if _, err := NewCommand(ok); err != nil {
 		t.Fatalf("NewCommand(valid spec) = %v", err)
+	}
+}
+
+func TestCommandFinalFailures(t *testing.T) {
+	tests := []struct {
+		name      string
+		script    string
+		wantFinal bool
+	}{
+		{"exit 3 is final", `echo "no such customer" >&2; exit 3`, true},
+		{"marker line is final", `echo "bad input" >&2; echo "  TASKWORKER_FINAL" >&2; exit 1`, true},
+		{"plain failure is not", `echo "flaky" >&2; exit 1`, false},
+		{"marker inside a line is not", `echo "see TASKWORKER_FINAL docs" >&2; exit 1`, false},
+		{"marker on stdout is not", `echo TASKWORKER_FINAL; exit 2`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tc, _ := newTestContext(t, context.Background(), 1)
+			_, err := mustCommand(t, shCommand(t, tt.script)).Run(tc, nil)
+			if err == nil {
+				t.Fatal("Run succeeded, want a failure")
+			}
+			if got := errors.Is(err, ErrFinal); got != tt.wantFinal {
+				t.Errorf("final = %v, want %v (error %q)", got, tt.wantFinal, err)
+			}
+		})
+	}
+	// A marker line on a successful run changes nothing.
+	tc, _ := newTestContext(t, context.Background(), 1)
+	if _, err := mustCommand(t, shCommand(t, `echo TASKWORKER_FINAL >&2; echo '{"ok":true}'`)).Run(tc, nil); err != nil {
+		t.Errorf("successful run with a marker: %v", err)
 	}
 }

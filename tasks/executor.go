@@ -25,6 +25,8 @@ var ErrFenced = errors.New("stale attempt")
 type TaskError struct {
 	Type    string `json:"type" msgpack:"type"`
 	Message string `json:"message" msgpack:"message"`
+	// Final: the task said no retry can fix it (ErrFinal); the task fails without another attempt.
+	Final bool `json:"final,omitempty" msgpack:"final,omitempty"`
 }
 
 // Error types of TaskError set by the executor.
@@ -501,7 +503,7 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 		// A deadline of the task's own, such as a command type's timeout.
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypeTimeout, Message: err.Error()}
 	}
-	return OutcomeFailed, nil, &TaskError{Type: ErrTypeTaskError, Message: err.Error()}
+	return OutcomeFailed, nil, &TaskError{Type: ErrTypeTaskError, Message: err.Error(), Final: errors.Is(err, ErrFinal)}
 }
 
 // flushCheckpoint reports the run's newest checkpoint still held back by its budget, before the

@@ -115,14 +115,14 @@ func TestExecutorCapsResultsAndCheckpoints(t *testing.T) {
 		{"result at the default cap", Func(def("echo", "", `null`), echo), str(256 << 10), nil,
 			str(256 << 10), nil, nil},
 		{"result over the default cap", Func(def("echo", "", `null`), echo), str(256<<10 + 1), nil,
-			"", &TaskError{ErrTypeResultTooLarge, "result of 262145 bytes is over the limit of 262144 bytes"}, nil},
+			"", &TaskError{Type: ErrTypeResultTooLarge, Message: "result of 262145 bytes is over the limit of 262144 bytes"}, nil},
 		{"result over a configured cap", Func(def("echo", "", `null`), echo), str(101), func(c *ExecutorConfig) { c.MaxResultBytes = 100 },
-			"", &TaskError{ErrTypeResultTooLarge, "result of 101 bytes is over the limit of 100 bytes"}, nil},
+			"", &TaskError{Type: ErrTypeResultTooLarge, Message: "result of 101 bytes is over the limit of 100 bytes"}, nil},
 		{"checkpoint over the cap fails the attempt even if the task ignores the error", Func(def("cp", "", `null`), func(ctx *Context, in json.RawMessage) (int, error) {
 			_ = ctx.Checkpoint(in)
 			return 1, nil
 		}), str(64<<10 + 1), nil,
-			"", &TaskError{ErrTypeCheckpointTooLarge, "checkpoint of 65537 bytes is over the limit of 65536 bytes"}, nil},
+			"", &TaskError{Type: ErrTypeCheckpointTooLarge, Message: "checkpoint of 65537 bytes is over the limit of 65536 bytes"}, nil},
 		{"checkpoint within a configured cap", Func(def("cp", "", `null`), func(ctx *Context, in json.RawMessage) (int, error) {
 			return 1, ctx.Checkpoint(in)
 		}), str(64<<10 + 1), func(c *ExecutorConfig) { c.MaxCheckpointBytes = 128 << 10 },
@@ -162,13 +162,13 @@ func TestCommandCapsResultsAndCheckpoints(t *testing.T) {
 		wantCP  int // length of the one checkpoint expected, 0 = none
 	}{
 		{"result file over the cap", `printf '"%s"' "$(head -c 300000 /dev/zero | tr '\0' a)" > "$TASKWORKER_RESULT_FILE"`, nil,
-			&TaskError{ErrTypeResultTooLarge, "result of 300002 bytes is over the limit of 262144 bytes"}, 0},
+			&TaskError{Type: ErrTypeResultTooLarge, Message: "result of 300002 bytes is over the limit of 262144 bytes"}, 0},
 		{"long checkpoint line within the cap", `printf '::checkpoint:: "%s"\n' "$(head -c 100000 /dev/zero | tr '\0' a)"`,
 			func(c *ExecutorConfig) { c.MaxCheckpointBytes = 200 << 10 }, nil, 100002},
 		{"long checkpoint line over the cap", `printf '::checkpoint:: "%s"\n' "$(head -c 100000 /dev/zero | tr '\0' a)"`, nil,
-			&TaskError{ErrTypeCheckpointTooLarge, "checkpoint of 100002 bytes is over the limit of 65536 bytes"}, 0},
+			&TaskError{Type: ErrTypeCheckpointTooLarge, Message: "checkpoint of 100002 bytes is over the limit of 65536 bytes"}, 0},
 		{"checkpoint line over the cap and the line limit", `printf '::checkpoint:: "%s"\n' "$(head -c 300000 /dev/zero | tr '\0' a)"`,
-			func(c *ExecutorConfig) { c.MaxCheckpointBytes = 100 }, &TaskError{ErrTypeCheckpointTooLarge, "checkpoint of 300002 bytes is over the limit of 100 bytes"}, 0},
+			func(c *ExecutorConfig) { c.MaxCheckpointBytes = 100 }, &TaskError{Type: ErrTypeCheckpointTooLarge, Message: "checkpoint of 300002 bytes is over the limit of 100 bytes"}, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -22,6 +22,10 @@ func testRegistry(t *testing.T, entered chan<- struct{}) *Registry {
 	for _, h := range []Handler{
 		Func(def("boom", "", `null`), func(*Context, any) (any, error) { return nil, errors.New("boom") }),
 		Func(def("panic", "", `null`), func(*Context, any) (any, error) { panic("kaboom") }),
+		Func(def("final", "", `null`), func(*Context, any) (any, error) { return nil, Final(errors.New("bad input")) }),
+		Func(def("finalwrapped", "", `null`), func(*Context, any) (any, error) {
+			return nil, fmt.Errorf("lookup: %w", ErrFinal)
+		}),
 		Func(def("block", "", `null`), func(ctx *Context, _ any) (any, error) {
 			entered <- struct{}{}
 			<-ctx.Done()
@@ -71,11 +75,15 @@ func TestExecutorReportsHowAnAttemptEnds(t *testing.T) {
 		{"success", Assignment{Type: "echo", Input: json.RawMessage(`{"x": 1}`)},
 			"started finished", OutcomeSucceeded, `{"x":1}`, nil},
 		{"task error", Assignment{Type: "boom"},
-			"started finished", OutcomeFailed, "", &TaskError{"task_error", "boom"}},
+			"started finished", OutcomeFailed, "", &TaskError{Type: "task_error", Message: "boom"}},
+		{"final error", Assignment{Type: "final"},
+			"started finished", OutcomeFailed, "", &TaskError{Type: "task_error", Message: "bad input", Final: true}},
+		{"error wrapping ErrFinal", Assignment{Type: "finalwrapped"},
+			"started finished", OutcomeFailed, "", &TaskError{Type: "task_error", Message: "lookup: final error, not retried", Final: true}},
 		{"panic is recovered", Assignment{Type: "panic"},
-			"started finished", OutcomeFailed, "", &TaskError{"panic", "kaboom"}},
+			"started finished", OutcomeFailed, "", &TaskError{Type: "panic", Message: "kaboom"}},
 		{"timeout", Assignment{Type: "sleep", Input: json.RawMessage(`{"ms": 3600000}`), Timeout: 20 * time.Millisecond},
-			"started finished", OutcomeFailed, "", &TaskError{"timeout", "attempt timed out after 20ms"}},
+			"started finished", OutcomeFailed, "", &TaskError{Type: "timeout", Message: "attempt timed out after 20ms"}},
 		{"unknown type", Assignment{Type: "nope"},
 			"finished", OutcomeFailed, "", &TaskError{Type: "unknown_task_type"}},
 		{"unknown version", Assignment{Type: "echo", Version: "2"},
@@ -103,7 +111,7 @@ func TestExecutorReportsHowAnAttemptEnds(t *testing.T) {
 			switch {
 			case tt.wantErr == nil && fin.terr != nil, tt.wantErr != nil && fin.terr == nil:
 				t.Fatalf("error = %+v, want %+v", fin.terr, tt.wantErr)
-			case tt.wantErr != nil && (fin.terr.Type != tt.wantErr.Type || tt.wantErr.Message != "" && fin.terr.Message != tt.wantErr.Message):
+			case tt.wantErr != nil && (fin.terr.Type != tt.wantErr.Type || fin.terr.Final != tt.wantErr.Final || tt.wantErr.Message != "" && fin.terr.Message != tt.wantErr.Message):
 				t.Fatalf("error = %+v, want %+v", fin.terr, tt.wantErr)
 			}
 		})

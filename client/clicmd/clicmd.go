@@ -37,6 +37,7 @@ func Commands() []*cli.Command {
 			Usage: "inspect and control tasks",
 			Subcommands: []*cli.Command{
 				taskGetCommand(), taskListCommand(), taskCancelCommand(), taskLogsCommand(),
+				taskRetryCommand(), taskPurgeCommand(),
 			},
 		},
 		statusCommand(),
@@ -582,12 +583,12 @@ func positional(c *cli.Context) ([]string, error) {
 }
 
 func submitFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "version", Usage: "run this version of the type (default: the newest any node offers)"},
 		&cli.StringFlag{Name: "idempotency-key", Usage: "submit at most once per key; a repeat returns the first task"},
 		&cli.IntFlag{Name: "max-attempts", Usage: "how many failed executions before the task fails (0: the server's default)"},
 		&cli.DurationFlag{Name: "timeout", Usage: "limit on one execution (0: the server's default)"},
-	}
+	}, uniqueFlags()...)
 }
 
 func jsonFlag() cli.Flag {
@@ -609,6 +610,7 @@ func submitRequest(c *cli.Context, args []string) (client.SubmitRequest, error) 
 	if d := c.Duration("timeout"); d > 0 {
 		req.Timeout = d.String()
 	}
+	applyUnique(c, &req)
 	return req, nil
 }
 
@@ -661,6 +663,8 @@ func describeError(e *client.TaskError) string {
 		return "no error recorded"
 	case e.Type == "":
 		return e.Message
+	case e.Final:
+		return fmt.Sprintf("%s (%s, final: not retried)", e.Message, e.Type)
 	default:
 		return fmt.Sprintf("%s (%s)", e.Message, e.Type)
 	}

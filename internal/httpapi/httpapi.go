@@ -80,6 +80,7 @@ type Backend interface {
 	Digest(ctx context.Context) (api.Digest, error)
 
 	ScheduleBackend // schedules.go
+	RetryPurger     // retry now and purge (uniq.go)
 }
 
 // Defaults for Options.
@@ -141,6 +142,7 @@ func New(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("GET /v1/tasks/{id}", s.get)
 	mux.HandleFunc("POST /v1/tasks/{id}/cancel", s.cancel)
 	mux.HandleFunc("GET /v1/tasks/{id}/logs", s.logs)
+	s.uniqRoutes(mux)
 	mux.HandleFunc("GET /v1/cluster", s.cluster)
 	mux.HandleFunc("GET "+api.PathThroughput, s.throughput)
 	mux.HandleFunc("GET /v1/types", s.types)
@@ -212,7 +214,10 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 // anything else as internal.
 func WriteError(w http.ResponseWriter, err error) {
 	ae := toAPIError(err)
-	WriteJSON(w, api.Status(ae.Code), api.Error{Message: ae.Message, Code: ae.Code})
+	if ae.ExistingTask != "" {
+		w.Header().Set(api.HeaderExistingTask, ae.ExistingTask)
+	}
+	WriteJSON(w, api.Status(ae.Code), api.Error{Message: ae.Message, Code: ae.Code, ExistingTask: ae.ExistingTask})
 }
 
 func toAPIError(err error) *api.Error {
@@ -357,7 +362,7 @@ func (s *server) submitBatch(w http.ResponseWriter, r *http.Request) {
 // ErrorResult is a batch item's result for err, with the status and body WriteError would give it.
 func ErrorResult(err error) api.BatchResult {
 	ae := toAPIError(err)
-	return api.BatchResult{Status: api.Status(ae.Code), Error: &api.Error{Message: ae.Message, Code: ae.Code}}
+	return api.BatchResult{Status: api.Status(ae.Code), Error: &api.Error{Message: ae.Message, Code: ae.Code, ExistingTask: ae.ExistingTask}}
 }
 
 func (s *server) waitTask(ctx context.Context, id string, wait time.Duration, until func(api.Task) bool) (api.Task, error) {

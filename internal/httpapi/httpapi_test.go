@@ -46,7 +46,8 @@ type fakeBackend struct {
 	gotBatch     [][]api.SubmitRequest // every SubmitBatch call's requests
 	keys         map[string]string     // idempotency key -> task ID, for SubmitBatch
 
-	fakeSchedules // schedules_test.go
+	fakeSchedules                   // schedules_test.go
+	gotPurge      *api.PurgeRequest // the last Purge's request
 }
 
 func newFake() *fakeBackend {

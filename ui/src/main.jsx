@@ -6,6 +6,7 @@ import { useState, useEffect, useContext, useRef, useMemo, useCallback } from 'p
 import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
 import './style.css';
+import { RetryButton, FinalNote, PurgePanel } from './uniq.jsx';
 import { get, post, follow, watch, getToken, setToken, setUnauthorizedHandler, H_NEXT, H_TOTAL, ApiError } from './api.js';
 import { Schedules } from './schedules.jsx';
 
@@ -329,6 +330,7 @@ function Tasks({ params }) {
       </form>
       <ErrorBox error={error} />
       <ErrorBox error={actionError} />
+      {state !== 'retrying' && <PurgePanel state={state} type={filters.type} auth={auth} />}
       <div class="toolbar">
         {cancellable.length > 0 && (
           <button type="button" id="cancel-selected" disabled={!selected.size || busy} onClick={cancelSelected}>
@@ -484,6 +486,7 @@ function Task({ id }) {
         <StateBadge state={t.state} />
         {t.cancel_requested && !TERMINAL.has(t.state) && <span class="muted">cancel requested</span>}
         {!TERMINAL.has(t.state) && auth.can('cancel', t.type) && <button type="button" id="cancel" disabled={busy} onClick={cancel}>Cancel</button>}
+        <RetryButton t={t} auth={auth} busy={busy} act={act} />
         {auth.can('submit', t.type) && <button type="button" id="run-again" disabled={busy} onClick={again}>Run again</button>}
       </div>
       <ErrorBox error={error} />
@@ -506,7 +509,7 @@ function Task({ id }) {
           <h2>Input</h2>
           <pre class="json">{pretty(t.input)}</pre>
           {t.state === 'succeeded' && <><h2>Result</h2><pre class="json" id="result">{pretty(t.result)}</pre></>}
-          {t.error && <><h2>Error</h2><pre class="json err" id="task-error">{t.error.type}: {t.error.message}</pre></>}
+          {t.error && <><h2>Error</h2><pre class="json err" id="task-error">{t.error.type}: {t.error.message}<FinalNote error={t.error} /></pre></>}
         </div>
       </div>
       <h2>Attempts</h2>
