@@ -204,6 +204,12 @@ func (f *FSM) bump(index uint64) {
 func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	if s.IdempotencyKey != "" {
 		if id, ok := f.tasks.idem[s.IdempotencyKey]; ok {
+			if id == s.ID {
+				// The key names this very submit: a second copy of it (a forward retried after
+				// a leader change whose first copy did commit). As for a keyless copy, the
+				// submitter learns it is its own task, created, not someone else's.
+				return ItemResult{ID: id, Err: ErrDuplicateID}
+			}
 			return ItemResult{ID: id, Existing: true}
 		}
 	}
