@@ -26,8 +26,10 @@ type FSM struct {
 	acl   *acl.MemStore // policies, tokens, bootstrap flag (acl.go); same pointer for life
 	// security is the join secret and gossip keyring (security.go).
 	security Security
-	index    uint64
-	changed  chan struct{}
+	// queues are the queue settings and type limits (queue.go).
+	queues  queueTables
+	index   uint64
+	changed chan struct{}
 	// watches are the channels of blocking reads per task and per list index (watch.go).
 	watches watches
 	// halt is set when a log entry could not be applied; from then on nothing changes.
@@ -121,6 +123,9 @@ func (f *FSM) applySubmit(index uint64, now time.Time, p *SubmitBatch) ([]ItemRe
 }
 
 func (f *FSM) applyAssign(index uint64, now time.Time, p *AssignBatch) ([]ItemResult, error) {
+	for _, id := range p.Due {
+		f.promote(index, now, id)
+	}
 	items := make([]ItemResult, 0, len(p.Items))
 	for _, a := range p.Items {
 		items = append(items, f.assign(index, now, a))
@@ -194,6 +199,13 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 		State: Pending, MaxAttempts: maxAttempts, Timeout: s.Timeout,
 		IdempotencyKey: s.IdempotencyKey, ExecutionID: s.ExecutionID, ParentID: s.ParentID,
 		SubmittedBy: s.SubmittedBy, CreatedAt: now, CreateIndex: index, ModifyIndex: index,
+		RunAt: s.RunAt, Priority: s.Priority, Queue: s.Queue,
+	}
+	if t.Queue == DefaultQueue {
+		t.Queue = "" // one spelling of the default queue, the one records without queues have
+	}
+	if t.RunAt != nil && t.RunAt.After(now) {
+		t.State = Scheduled
 	}
 	if t.ExecutionID == "" {
 		t.ExecutionID = t.ID
@@ -201,6 +213,19 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	f.save(nil, t)
 	f.note(Transition{Kind: KindSubmitted, TaskID: t.ID, Type: t.Type})
 	return ItemResult{ID: t.ID}
+}
+
+// promote makes a scheduled task pending once its RunAt has come by the command's time; anything
+// else (gone, cancelled, not yet due) is left alone: the leader read the task before this entry.
+func (f *FSM) promote(index uint64, now time.Time, id string) {
+	old, ok := f.tasks.get(id)
+	if !ok || old.State != Scheduled || old.RunAt == nil || old.RunAt.After(now) {
+		return
+	}
+	t := old.cow()
+	t.State = Pending
+	t.ModifyIndex = index
+	f.save(old, t)
 }
 
 func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
@@ -420,7 +445,7 @@ func (f *FSM) cancel(index uint64, now time.Time, id string) ItemResult {
 	t := old.cow()
 	defer f.save(old, t)
 	switch {
-	case t.State == Pending:
+	case t.State == Pending, t.State == Scheduled:
 		t.State = Cancelled
 		t.finish(f.stamp(now))
 		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Event: EventCancelled, At: now})
@@ -479,6 +504,10 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		sec := f.security.clone()
 		s.security = &sec
 	}
+	if !f.queues.zero() {
+		q := f.queues.clone()
+		s.queues = &q
+	}
 	return s, nil
 }
 
@@ -489,6 +518,7 @@ type snapshot struct {
 	nodes    []Node
 	acl      *acl.State
 	security *Security
+	queues   *queueTables
 }
 
 // Persist streams the snapshot one record at a time, in exactly the bytes msgpack writes for
@@ -514,6 +544,9 @@ func (s *snapshot) encode(w io.Writer) error {
 		fields++
 	}
 	if s.security != nil {
+		fields++
+	}
+	if s.queues != nil {
 		fields++
 	}
 	if err := enc.EncodeMapLen(fields); err != nil {
@@ -546,6 +579,11 @@ func (s *snapshot) encode(w io.Writer) error {
 	}
 	if s.security != nil {
 		if err := encodeAll(enc, "security", s.security); err != nil {
+			return err
+		}
+	}
+	if s.queues != nil { // absent unless a queue or type limit was ever set: old builds skip it
+		if err := encodeAll(enc, "queues", s.queues); err != nil {
 			return err
 		}
 	}
@@ -593,6 +631,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if s.security != nil {
 		f.security = *s.security
 	}
+	f.queues = queueTables{}
+	if s.queues != nil {
+		f.queues = *s.queues
+	}
 	f.index = s.index
 	f.watches.touchAll()
 	close(f.changed)
@@ -607,6 +649,7 @@ type restored struct {
 	nodes    []Node
 	acl      *acl.State
 	security *Security
+	queues   *queueTables
 }
 
 // decodeSnapshot reads the snapshot map key by key, the tasks one by one, so a million records
@@ -639,6 +682,8 @@ func decodeSnapshot(r io.Reader) (s *restored, err error) {
 			err = dec.Decode(&s.acl)
 		case "security":
 			err = dec.Decode(&s.security)
+		case "queues":
+			err = dec.Decode(&s.queues)
 		default:
 			err = dec.Skip()
 		}

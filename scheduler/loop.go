@@ -9,7 +9,8 @@ import (
 )
 
 // Loop runs the leader's scheduling duties until its context ends: placement whenever the FSM
-// changes (and at retry deadlines), and retention clean-up.
+// changes (and at retry deadlines and delayed tasks' due times, when it makes them pending), and
+// retention clean-up.
 type Loop struct {
 	FSM       *fsm.FSM
 	Apply     func(ctx context.Context, c *fsm.Command) (*fsm.Result, error)
@@ -35,14 +36,16 @@ func (l *Loop) Run(ctx context.Context) {
 		changed := l.FSM.Changed()
 		t, alive := now(), l.Alive()
 		v := l.FSM.PlacementView(alive, t)
-		if as := Place(v, alive, t, last); len(as) > 0 {
-			if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Items: as}}); err != nil {
+		// Due delayed tasks become pending in the same entry as this pass's assignments; the
+		// change wakes the next pass, which places them.
+		if as := Place(v, alive, t, last); len(as) > 0 || len(v.Due) > 0 {
+			if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Items: as, Due: v.Due}}); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
 				l.Logger.Warn("apply assignments", "count", len(as), "err", err)
 				changed = nil // retry on the timer instead of spinning
-			} else {
+			} else if len(as) > 0 {
 				last = as[len(as)-1].Node
 			}
 		}
