@@ -382,8 +382,10 @@ func (f *FSM) SchedulerView() View {
 	defer f.mu.RUnlock()
 	v := View{Index: f.index, Load: f.loadLocked()}
 	var all []*Task
-	for _, q := range f.tasks.queue {
-		q.Ascend(func(t *Task) bool { all = append(all, t); return true })
+	for _, b := range f.tasks.queue {
+		for _, tr := range b {
+			tr.Ascend(func(t *Task) bool { all = append(all, t); return true })
+		}
 	}
 	f.tasks.retry.Ascend(func(t *Task) bool { all = append(all, t); return true })
 	slices.SortFunc(all, cmpCreate)

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -236,9 +237,11 @@ func room(limit, active int) int {
 }
 
 // placementCandidates fills v.Pending with what a pass can place: per (type, version) that free
-// nodes serve, the best k of the heads of every priority band of every queue's tree (k = the
-// free slots serving it, capped by the type's and each queue's limit), plus due retries. It reads
-// O(trees × bands × k) records, however long the backlog behind the heads. f.mu is held.
+// nodes serve, the best k tasks by placement order (k = the free slots serving it, capped by the
+// type's limit, and each queue's share by its own), merged from the heads of every priority band
+// of every queue's tree and the due retries. As a task's effective priority only falls along its
+// band, a band's head is its best: the merge reads one head per band and one step per task it
+// takes, O((bands + k) × log n) records however long the backlog. f.mu is held.
 func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion) int, totalFree int) {
 	s := f.tasks
 	queueRoom := func(q string) int {
@@ -249,23 +252,19 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 		return room(c.Limit, s.activeQueue[q])
 	}
 	typeRoom := func(typ string) int { return room(f.queues.TypeLimits[typ], s.activeType[typ]) }
-	type group struct {
-		k    int
-		pool []*Task
-	}
-	groups := map[TypeVersion]*group{}
-	groupOf := func(tv TypeVersion) *group {
+	groups := map[TypeVersion]*candGroup{}
+	groupOf := func(tv TypeVersion) *candGroup {
 		g, ok := groups[tv]
 		if !ok {
-			g = &group{k: min(slots(tv), typeRoom(tv.Type))}
+			g = &candGroup{k: min(slots(tv), typeRoom(tv.Type)), now: now, taken: map[string]int{}}
 			groups[tv] = g
 		}
 		return g
 	}
-	for qk, tr := range s.queue {
+	for qk, b := range s.queue {
 		g := groupOf(TypeVersion{qk.Type, qk.Version})
-		if c := min(g.k, queueRoom(qk.Queue)); c > 0 {
-			g.pool = bandHeads(tr, c, g.pool)
+		if g.k > 0 && queueRoom(qk.Queue) > 0 {
+			g.heads = bandHeads(b, now, g.heads)
 		}
 	}
 	scanned := 0
@@ -275,20 +274,17 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 		}
 		scanned++
 		if g := groupOf(TypeVersion{t.Type, t.Version}); g.k > 0 && !t.CancelRequested && queueRoom(t.Queue) > 0 {
-			g.pool = append(g.pool, t)
+			g.heads = append(g.heads, head{t: t, eff: EffectivePriority(t, now)})
 		}
 		return true
 	})
-	order := func(a, b *Task) int { return PlacementCompare(a, b, now) }
 	var cands []*Task
 	for _, g := range groups {
-		if len(g.pool) > g.k {
-			slices.SortStableFunc(g.pool, order)
-			g.pool = g.pool[:g.k]
-		}
-		cands = append(cands, g.pool...)
+		cands = g.take(cands, queueRoom)
 	}
-	slices.SortStableFunc(cands, func(a, b *Task) int { return cmpOr(order(a, b), cmpCreate(a, b)) })
+	// Placement order, then (CreateIndex, ID): the groups come from map walks, and the view
+	// must not depend on their order.
+	slices.SortFunc(cands, func(a, b *Task) int { return cmp.Or(PlacementCompare(a, b, now), cmpCreate(a, b)) })
 	v.Pending = make([]Task, len(cands))
 	for i, t := range cands {
 		v.Pending[i] = *t
@@ -296,42 +292,90 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 	}
 }
 
-func cmpOr(a, b int) int {
-	if a != 0 {
-		return a
-	}
-	return b
+// head is the best remaining task of one band (tr set) or a due retry (tr nil), with its
+// effective priority computed once.
+type head struct {
+	t   *Task
+	eff int64
+	tr  *btree.BTreeG[*Task]
 }
 
-// bandHeads appends to out up to c tasks from the head of each priority band of tr (a pending
-// tree, by priority then ready time): one seek per band, so a long band costs nothing past c.
-func bandHeads(tr *btree.BTreeG[*Task], c int, out []*Task) []*Task {
-	var from *Task
-	for {
-		band, n, found := 0, 0, false
-		walk := func(t *Task) bool {
-			if !found {
-				band, found = t.Priority, true
+// better reports whether h goes before o in placement order.
+func (h *head) better(o *head) bool {
+	if h.eff != o.eff {
+		return h.eff > o.eff
+	}
+	if c := h.t.ReadyAt().Compare(o.t.ReadyAt()); c != 0 {
+		return c < 0
+	}
+	return byCreate(h.t, o.t)
+}
+
+// candGroup merges the bands of one (type, version): k is how many it may give, taken how many
+// each queue gave so far.
+type candGroup struct {
+	k     int
+	now   time.Time
+	heads []head
+	taken map[string]int
+}
+
+// take appends the group's best k tasks to out, each queue giving no more than its room.
+func (g *candGroup) take(out []*Task, queueRoom func(string) int) []*Task {
+	for n := 0; n < g.k && len(g.heads) > 0; {
+		best := 0
+		for i := 1; i < len(g.heads); i++ {
+			if g.heads[i].better(&g.heads[best]) {
+				best = i
 			}
-			if t.Priority != band || n == c {
-				return false
-			}
-			if !t.CancelRequested { // not reachable by commands, but never place one
-				out = append(out, t)
-				n++
-			}
+		}
+		h := g.heads[best]
+		q := h.t.Queue
+		if g.taken[q] >= queueRoom(q) { // this queue is full: none of its bands count any more
+			g.heads = slices.DeleteFunc(g.heads, func(o head) bool { return o.t.Queue == q })
+			continue
+		}
+		out = append(out, h.t)
+		g.taken[q]++
+		n++
+		if next := nextInBand(h.tr, h.t); next != nil {
+			g.heads[best] = head{t: next, eff: EffectivePriority(next, g.now), tr: h.tr}
+		} else {
+			g.heads = slices.Delete(g.heads, best, best+1)
+		}
+	}
+	return out
+}
+
+// bandHeads appends the head of each priority band of b to out: the Min of each band's tree,
+// whatever its length.
+func bandHeads(b bands, now time.Time, out []head) []head {
+	for _, tr := range b {
+		t, ok := tr.Min()
+		if ok && t.CancelRequested { // not reachable by commands, but never place one
+			t = nextInBand(tr, t)
+		}
+		if ok && t != nil {
+			out = append(out, head{t: t, eff: EffectivePriority(t, now), tr: tr})
+		}
+	}
+	return out
+}
+
+// nextInBand is the task after t in its band tr, nil at the band's end (or for a retry, tr nil).
+func nextInBand(tr *btree.BTreeG[*Task], t *Task) *Task {
+	if tr == nil {
+		return nil
+	}
+	var next *Task
+	tr.AscendGreaterOrEqual(t, func(o *Task) bool {
+		if o == t || o.CancelRequested {
 			return true
 		}
-		if from == nil {
-			tr.Ascend(walk)
-		} else {
-			tr.AscendGreaterOrEqual(from, walk)
-		}
-		if !found || band <= -MaxPriority-1 {
-			return out
-		}
-		from = &Task{Priority: band - 1} // zero ready time: before every task of that priority
-	}
+		next = o
+		return false
+	})
+	return next
 }
 
 // dueScheduled fills v.Due with scheduled tasks whose RunAt has come, and v.NextDue. f.mu is held.

@@ -30,11 +30,11 @@ type store struct {
 	// byExec holds the tasks an execution spawned (ExecutionID != ID); its root, whose
 	// ExecutionID is its own ID, is found by ID. A tree per task would cost ~400 B each.
 	byExec map[string]*btree.BTreeG[*Task]
-	// queue holds the pending tasks without a retry deadline, one tree per (queue, type,
-	// version) ordered by (priority desc, ReadyAt, CreateIndex): each priority is a band, FIFO
-	// inside. The scheduler reads the heads of the bands of each tree a free node can serve, so
-	// an unplaceable type at the front blocks nothing else, and the backlog behind is never read.
-	queue map[QueueKey]*btree.BTreeG[*Task]
+	// queue holds the pending tasks without a retry deadline per (queue, type, version), in a
+	// tree per priority band ordered by (ReadyAt, CreateIndex): FIFO within a priority. The
+	// scheduler reads the heads of the bands a free node can serve (Min of each tree), so an
+	// unplaceable type at the front blocks nothing else, and the backlog behind is never read.
+	queue map[QueueKey]bands
 	// due holds the scheduled (delayed) tasks by (RunAt, CreateIndex, ID).
 	due *btree.BTreeG[*Task]
 	// activeQueue and activeType count the assigned and running tasks per queue name ("" for
@@ -64,6 +64,9 @@ type TypeVersion struct {
 	Version string
 }
 
+// bands are the pending tasks of one QueueKey, a tree per priority.
+type bands map[int]*btree.BTreeG[*Task]
+
 // QueueKey names one pending tree: tasks of one queue ("" = default), type and version.
 type QueueKey struct {
 	Queue   string
@@ -92,11 +95,8 @@ func byNotBefore(a, b *Task) bool {
 	return byCreate(a, b)
 }
 
-// byPriority orders a pending tree: higher priority first, then ready first (FIFO in a band).
-func byPriority(a, b *Task) bool {
-	if a.Priority != b.Priority {
-		return a.Priority > b.Priority
-	}
+// byReady orders a priority band: ready first (FIFO), then created first.
+func byReady(a, b *Task) bool {
 	if c := a.ReadyAt().Compare(b.ReadyAt()); c != 0 {
 		return c < 0
 	}
@@ -131,7 +131,7 @@ func newStore() *store {
 		byStateTy: map[stateType]*btree.BTreeG[*Task]{},
 		byNode:    map[string]*btree.BTreeG[*Task]{},
 		byExec:    map[string]*btree.BTreeG[*Task]{},
-		queue:     map[QueueKey]*btree.BTreeG[*Task]{},
+		queue:     map[QueueKey]bands{},
 		due:       btree.NewG(btreeDegree, byRunAt),
 		retry:     btree.NewG(btreeDegree, byNotBefore),
 		finished:  btree.NewG(btreeDegree, byFinish),
@@ -169,10 +169,15 @@ func (s *store) insert(t *Task) {
 		s.retry.ReplaceOrInsert(t)
 	case t.State == Pending:
 		k := QueueKey{t.Queue, t.Type, t.Version}
-		tr := s.queue[k]
+		b := s.queue[k]
+		if b == nil {
+			b = bands{}
+			s.queue[k] = b
+		}
+		tr := b[t.Priority]
 		if tr == nil {
-			tr = btree.NewWithFreeListG(btreeDegree, byPriority, freeNodes)
-			s.queue[k] = tr
+			tr = btree.NewWithFreeListG(btreeDegree, byReady, freeNodes)
+			b[t.Priority] = tr
 		}
 		tr.ReplaceOrInsert(t)
 	case t.State == Scheduled:
@@ -218,7 +223,13 @@ func (s *store) delete(t *Task) {
 	case t.State == Pending && t.NotBefore != nil:
 		s.retry.Delete(t)
 	case t.State == Pending:
-		drop(s.queue, QueueKey{t.Queue, t.Type, t.Version}, t)
+		k := QueueKey{t.Queue, t.Type, t.Version}
+		if b := s.queue[k]; b != nil {
+			drop(b, t.Priority, t)
+			if len(b) == 0 {
+				delete(s.queue, k)
+			}
+		}
 	case t.State == Scheduled:
 		s.due.Delete(t)
 	case t.State.Active():
