@@ -15,6 +15,7 @@ import (
 
 // Task states. A task ends in one of the last three; see IsTerminal.
 const (
+	StateScheduled = "scheduled" // a delayed task before its run_at; pending once due
 	StatePending   = "pending"
 	StateAssigned  = "assigned"
 	StateRunning   = "running"
@@ -24,7 +25,7 @@ const (
 )
 
 // States lists every task state, in lifecycle order.
-var States = []string{StatePending, StateAssigned, StateRunning, StateSucceeded, StateFailed, StateCancelled}
+var States = []string{StateScheduled, StatePending, StateAssigned, StateRunning, StateSucceeded, StateFailed, StateCancelled}
 
 // IsTerminal reports whether a task in state will not change any more.
 func IsTerminal(state string) bool {
@@ -70,6 +71,11 @@ type Task struct {
 	CreateIndex     uint64          `json:"create_index"`
 	ModifyIndex     uint64          `json:"modify_index"`
 	History         []HistoryEntry  `json:"history"`
+	// RunAt is when a delayed task is due (absent for a task due at once); Priority orders
+	// placement, higher first; Queue is the task's queue ("default" unless it named one).
+	RunAt    *time.Time `json:"run_at,omitempty"`
+	Priority int        `json:"priority"`
+	Queue    string     `json:"queue"`
 }
 
 // TaskError is why an attempt or a task failed.
@@ -99,6 +105,15 @@ type SubmitRequest struct {
 	// ExecutionID and ParentID join a child task to its parent's execution (tasks.Context.Submit).
 	ExecutionID string `json:"execution_id,omitempty"`
 	ParentID    string `json:"parent_id,omitempty"`
+	// RunAt (RFC 3339) or Delay (Go duration text, "2s"), not both, delay the task: it is
+	// scheduled until then.
+	RunAt *time.Time `json:"run_at,omitempty"`
+	Delay string     `json:"delay,omitempty"`
+	// Priority orders placement, higher first, between -MaxPriority and MaxPriority (0 by default);
+	// a task gains one point per 10 s it waits (ageing), so none is starved.
+	Priority int `json:"priority,omitempty"`
+	// Queue names the task's queue (QueueName rules; "default" when empty).
+	Queue string `json:"queue,omitempty"`
 }
 
 // Cluster is GET /v1/cluster: the cluster at a glance.
@@ -357,6 +372,9 @@ const (
 	CodeInvalidCursor        Code = "invalid_cursor" // a ?next= cursor the server did not make
 	CodeInvalidTime          Code = "invalid_time"   // a ?since= or ?until= that is not an RFC 3339 time
 	CodeInvalidAttempt       Code = "invalid_attempt"
+	CodeInvalidSchedule      Code = "invalid_schedule" // a bad run_at or delay, or both given
+	CodeInvalidPriority      Code = "invalid_priority"
+	CodeInvalidQueue         Code = "invalid_queue" // a queue name that breaks the rules, or a bad limit
 	CodeUnauthorized         Code = "unauthorized"
 	CodeForbidden            Code = "forbidden"
 	CodeNotFound             Code = "not_found"
@@ -394,6 +412,7 @@ var statusOf = map[Code]int{
 	CodeInvalidRequest: 400, CodeMissingType: 400, CodeUnknownTaskType: 400, CodeInvalidInput: 400,
 	CodeInvalidMaxAttempts: 400, CodeInvalidTimeout: 400, CodeInvalidIdempotency: 400, CodeInvalidVersion: 400,
 	CodeInvalidWait: 400, CodeInvalidIndex: 400, CodeInvalidState: 400, CodeInvalidLimit: 400, CodeInvalidCursor: 400, CodeInvalidTime: 400, CodeInvalidAttempt: 400,
+	CodeInvalidSchedule: 400, CodeInvalidPriority: 400, CodeInvalidQueue: 400,
 	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
 	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,

@@ -25,6 +25,7 @@ func toAPITask(t *fsm.Task) api.Task {
 		FinishedAt: t.FinishedAt, NotBefore: t.NotBefore, CancelRequested: t.CancelRequested,
 		Checkpoint: t.Checkpoint, CreateIndex: t.CreateIndex, ModifyIndex: t.ModifyIndex,
 		History: make([]api.HistoryEntry, 0, len(t.History)),
+		RunAt:   t.RunAt, Priority: t.Priority, Queue: t.QueueName(),
 	}
 	if t.Error != nil {
 		out.Error = &api.TaskError{Type: t.Error.Type, Message: t.Error.Message}

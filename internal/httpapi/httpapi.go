@@ -78,6 +78,8 @@ type Backend interface {
 	ChangeKeyring(ctx context.Context, req api.KeyringRequest) (api.Keyring, error)
 	// Digest returns this node's FSM digest at the index it has applied.
 	Digest(ctx context.Context) (api.Digest, error)
+
+	QueueBackend // queue.go
 }
 
 // Defaults for Options.
@@ -151,6 +153,7 @@ func New(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("GET "+api.PathKeyring, s.keyring)
 	mux.HandleFunc("POST "+api.PathKeyring, s.changeKeyring)
 	mux.HandleFunc("GET "+api.PathDigest, s.digest)
+	s.queueRoutes(mux)
 	mux.HandleFunc("/", NotFound)
 	if opts.UI != nil {
 		mux.Handle("GET /ui/", opts.UI)

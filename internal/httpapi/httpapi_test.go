@@ -45,6 +45,7 @@ type fakeBackend struct {
 	throughput   api.Throughput        // what Throughput returns
 	gotBatch     [][]api.SubmitRequest // every SubmitBatch call's requests
 	keys         map[string]string     // idempotency key -> task ID, for SubmitBatch
+	queueCalls   []string              // queue_test.go: every queue or type limit change
 }
 
 func newFake() *fakeBackend {
