@@ -237,6 +237,9 @@ func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
 	if old.State != Pending || old.CancelRequested || !ok || n.Status != NodeUp || n.Draining || n.BootID != a.BootID {
 		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
 	}
+	if !f.queues.admits(old, f.tasks) { // Place checks too; this holds whatever a leader proposed
+		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
+	}
 	t := old.cow()
 	defer f.save(old, t)
 	t.State = Assigned

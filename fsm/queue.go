@@ -104,6 +104,13 @@ func (q *queueTables) clone() queueTables {
 	return c
 }
 
+// admits reports whether t's queue and type let one more task start: the queue is not paused and
+// neither limit is reached by the tasks assigned or running now.
+func (q *queueTables) admits(t *Task, s *store) bool {
+	c := q.Queues[t.Queue]
+	return !c.Paused && room(c.Limit, s.activeQueue[t.Queue]) > 0 && room(q.TypeLimits[t.Type], s.activeType[t.Type]) > 0
+}
+
 func queueKey(name string) string {
 	if name == DefaultQueue {
 		return ""

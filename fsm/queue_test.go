@@ -172,7 +172,16 @@ func TestPlacementViewRespectsQueueAndTypeLimits(t *testing.T) {
 	if got := ids(h.f.PlacementView(alive, t0).Pending); !reflect.DeepEqual(got, []string{"p0", "m1"}) {
 		t.Errorf("candidates = %v, want [p0 m1]: echo has two of three slots left, mail one", got)
 	}
-	// The node dies: its task is pending again and counts nowhere.
+	// Assign enforces the limits too, whatever the leader proposes: mail has 1 of 2 left.
+	h.must(assignCmd("m1", "n1", "b1"))
+	if it := h.item(assignCmd("m2", "n1", "b1")); !errors.Is(it.Err, ErrNotPlaceable) {
+		t.Errorf("assign over the queue limit: %v, want ErrNotPlaceable", it.Err)
+	}
+	h.must(queueSetCmd("paused", nil, ptr(true)))
+	if it := h.item(assignCmd("p0", "n1", "b1")); !errors.Is(it.Err, ErrNotPlaceable) {
+		t.Errorf("assign from a paused queue: %v, want ErrNotPlaceable", it.Err)
+	}
+	// The node dies: its tasks are pending again and count nowhere.
 	h.must(downCmd("n1", false))
 	if q := h.f.Queue("mail"); q.Active != 0 || q.Pending != 5 {
 		t.Errorf("mail after the node died = %+v, want 0 active, 5 pending", q)
