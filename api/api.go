@@ -74,8 +74,8 @@ type Task struct {
 	// RunAt is when a delayed task is due (absent for a task due at once); Priority orders
 	// placement, higher first; Queue is the task's queue ("default" unless it named one).
 	RunAt    *time.Time `json:"run_at,omitempty"`
-	Priority int        `json:"priority"`
-	Queue    string     `json:"queue"`
+	Priority int        `json:"priority,omitempty"`
+	Queue    string     `json:"queue,omitempty"`
 }
 
 // TaskError is why an attempt or a task failed.

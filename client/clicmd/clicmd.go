@@ -47,6 +47,7 @@ func Commands() []*cli.Command {
 		tlsCommand(),
 		keygenCommand(),
 		aclCommand(),
+		queueCommand(),
 	}
 }
 
@@ -581,12 +582,12 @@ func positional(c *cli.Context) ([]string, error) {
 }
 
 func submitFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "version", Usage: "run this version of the type (default: the newest any node offers)"},
 		&cli.StringFlag{Name: "idempotency-key", Usage: "submit at most once per key; a repeat returns the first task"},
 		&cli.IntFlag{Name: "max-attempts", Usage: "how many failed executions before the task fails (0: the server's default)"},
 		&cli.DurationFlag{Name: "timeout", Usage: "limit on one execution (0: the server's default)"},
-	}
+	}, scheduleFlags()...)
 }
 
 func jsonFlag() cli.Flag {
@@ -608,7 +609,7 @@ func submitRequest(c *cli.Context, args []string) (client.SubmitRequest, error) 
 	if d := c.Duration("timeout"); d > 0 {
 		req.Timeout = d.String()
 	}
-	return req, nil
+	return req, applySchedule(c, &req)
 }
 
 // readInput returns the task input named by the optional INPUT argument:
@@ -781,6 +782,13 @@ func printTask(w io.Writer, t *client.Task) error {
 	row("ID", t.ID)
 	row("Type", fmt.Sprintf("%s (version %s)", t.Type, t.Version))
 	row("State", t.State)
+	row("Queue", t.Queue)
+	if t.Priority != 0 {
+		row("Priority", fmt.Sprint(t.Priority))
+	}
+	if t.RunAt != nil {
+		row("Run at", formatTime(*t.RunAt))
+	}
 	row("Node", cmp.Or(t.Node, "-"))
 	row("Attempt", fmt.Sprintf("%d of %d", t.Attempt, t.MaxAttempts))
 	row("Timeout", t.Timeout)
