@@ -36,16 +36,26 @@ func (l *Loop) Run(ctx context.Context) {
 		changed := l.FSM.Changed()
 		t, alive := now(), l.Alive()
 		v := l.FSM.PlacementView(alive, t)
-		// Due delayed tasks become pending in the same entry as this pass's assignments; the
-		// change wakes the next pass, which places them.
-		if as := Place(v, alive, t, last); len(as) > 0 || len(v.Due) > 0 {
-			if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Items: as, Due: v.Due}}); err != nil {
+		// Due delayed tasks become pending in an entry of their own (a protocol 2 one, which must
+		// not hold up the assignments if it is refused); the change wakes the next pass, which
+		// places them.
+		if len(v.Due) > 0 {
+			if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Due: v.Due}}); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				l.Logger.Warn("make due tasks pending", "count", len(v.Due), "err", err)
+				changed = nil
+			}
+		}
+		if as := Place(v, alive, t, last); len(as) > 0 {
+			if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Items: as}}); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
 				l.Logger.Warn("apply assignments", "count", len(as), "err", err)
 				changed = nil // retry on the timer instead of spinning
-			} else if len(as) > 0 {
+			} else {
 				last = as[len(as)-1].Node
 			}
 		}
