@@ -274,6 +274,8 @@ type ListQuery struct {
 	SubmittedBy string
 	// Since and Until keep tasks created at or after, and before, these times (zero: open).
 	Since, Until time.Time
+	// Queue keeps the tasks of one queue ("default" for those that name none).
+	Queue string
 }
 
 // Values encodes the query as URL parameters, leaving out zero fields.
@@ -290,6 +292,9 @@ func (q ListQuery) Values() url.Values {
 	if q.SubmittedBy != "" {
 		v.Set("submitted_by", q.SubmittedBy)
 	}
+	if q.Queue != "" {
+		v.Set("queue", q.Queue)
+	}
 	if !q.Since.IsZero() {
 		v.Set("since", q.Since.UTC().Format(time.RFC3339Nano))
 	}
@@ -304,7 +309,7 @@ func ParseListQuery(v url.Values) (ListQuery, error) {
 	q := ListQuery{
 		State: v.Get("state"), Type: v.Get("type"), Node: v.Get("node"),
 		Execution: v.Get("execution"), After: v.Get("after"), Next: v.Get("next"), Limit: DefaultListLimit,
-		SubmittedBy: v.Get("submitted_by"),
+		SubmittedBy: v.Get("submitted_by"), Queue: v.Get("queue"),
 	}
 	for name, at := range map[string]*time.Time{"since": &q.Since, "until": &q.Until} {
 		s := v.Get(name)

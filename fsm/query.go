@@ -77,6 +77,9 @@ type Filter struct {
 	// between leaders), and Page.Total is -1 (unknown) when any is set.
 	SubmittedBy  string
 	Since, Until time.Time
+	// Queue keeps the tasks of one queue (DefaultQueue for those that name none); unindexed, as
+	// SubmittedBy.
+	Queue string
 }
 
 // sinceSkew is how far creation times may run backwards along the creation order: a new leader's
@@ -89,6 +92,7 @@ func (q *Filter) match(t *Task) bool {
 		(q.Node == "" || t.Node == q.Node) &&
 		(q.ExecutionID == "" || t.ExecutionID == q.ExecutionID) &&
 		(q.SubmittedBy == "" || t.SubmittedBy == q.SubmittedBy) &&
+		(q.Queue == "" || t.QueueName() == q.Queue) &&
 		(q.Since.IsZero() || !t.CreatedAt.Before(q.Since)) &&
 		(q.Until.IsZero() || t.CreatedAt.Before(q.Until)) &&
 		(q.Visible == nil || q.Visible(t.Type))
@@ -96,7 +100,7 @@ func (q *Filter) match(t *Task) bool {
 
 // unindexed reports whether q has filters no index counts (Page.Total is then unknown).
 func (q *Filter) unindexed() bool {
-	return q.SubmittedBy != "" || !q.Since.IsZero() || !q.Until.IsZero()
+	return q.SubmittedBy != "" || q.Queue != "" || !q.Since.IsZero() || !q.Until.IsZero()
 }
 
 // past reports whether a newest-first walk has gone past every task q's Since can match.

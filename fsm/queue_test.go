@@ -236,3 +236,23 @@ func TestQueuesSurviveSnapshotAndOldSnapshotsRestore(t *testing.T) {
 		t.Errorf("q1 after restore = %+v", got)
 	}
 }
+
+func TestListByQueue(t *testing.T) {
+	h := newHarness(t)
+	h.must(submitCmd(Submit{ID: "a", Type: "echo"}, Submit{ID: "b", Type: "echo", Queue: "mail"}, Submit{ID: "c", Type: "echo", Queue: "mail"}))
+	for _, tc := range []struct {
+		queue string
+		want  []string
+	}{{"mail", []string{"c", "b"}}, {"default", []string{"a"}}, {"", []string{"c", "b", "a"}}, {"none", []string{}}} {
+		p, err := h.f.ListPage(Filter{Queue: tc.queue})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := ids(p.Tasks); len(got) != len(tc.want) || len(got) > 0 && !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("queue %q: %v, want %v", tc.queue, got, tc.want)
+		}
+		if tc.queue != "" && p.Total != -1 {
+			t.Errorf("queue %q: total %d, want -1 (not indexed)", tc.queue, p.Total)
+		}
+	}
+}

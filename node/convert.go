@@ -69,7 +69,7 @@ func toFilter(q api.ListQuery) fsm.Filter {
 		q.Limit = api.DefaultListLimit
 	}
 	return fsm.Filter{State: fsm.State(q.State), Type: q.Type, Node: q.Node, ExecutionID: q.Execution, After: q.After, Next: q.Next, Limit: q.Limit,
-		SubmittedBy: q.SubmittedBy, Since: q.Since, Until: q.Until}
+		SubmittedBy: q.SubmittedBy, Since: q.Since, Until: q.Until, Queue: q.Queue}
 }
 
 // nodeState is a registered node's gossip-like state before gossip's own view is applied.

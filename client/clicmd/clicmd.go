@@ -244,6 +244,7 @@ func taskListCommand() *cli.Command {
 			&cli.StringFlag{Name: "type", Usage: "only tasks of this type"},
 			&cli.StringFlag{Name: "node", Usage: "only tasks on this node"},
 			&cli.StringFlag{Name: "execution", Usage: "only tasks of this execution"},
+			&cli.StringFlag{Name: "queue", Usage: "only tasks of this queue"},
 			&cli.IntFlag{Name: "limit", Usage: "at most this many tasks (0: the server's default)"},
 			&cli.StringFlag{Name: "after", Usage: "start after this task ID, to page"},
 			&cli.StringFlag{Name: "next", Usage: "the page after this cursor (printed as next: under a page that has one)"},
@@ -253,6 +254,7 @@ func taskListCommand() *cli.Command {
 		opts := client.ListOptions{
 			State: c.String("state"), Type: c.String("type"), Node: c.String("node"),
 			Execution: c.String("execution"), Limit: c.Int("limit"), After: c.String("after"), Next: c.String("next"),
+			Queue: c.String("queue"),
 		}
 		if c.Bool("json") {
 			raw, err := api.Raw(c.Context, "/v1/tasks", opts.Values())

@@ -247,6 +247,7 @@ function Tasks({ params }) {
   const state = params.get('state') || '';
   const filters = { type: params.get('type') || '', node: params.get('node') || '', execution: params.get('execution') || '' };
   const submitter = params.get('submitter') || '';
+  const queue = params.get('queue') || '';
   const from = params.get('from') || '';
   const to = params.get('to') || '';
   const cursor = params.get('next') || '';
@@ -264,6 +265,7 @@ function Tasks({ params }) {
   // Submitter and creation time are filtered by the server too (no index counts them, so the
   // total is absent then).
   if (submitter) q.set('submitted_by', submitter);
+  if (queue) q.set('queue', queue);
   if (from && !isNaN(new Date(from))) q.set('since', new Date(from).toISOString());
   if (to && !isNaN(new Date(to))) q.set('until', new Date(to).toISOString());
   if (cursor) q.set('next', cursor);
@@ -320,8 +322,8 @@ function Tasks({ params }) {
         ))}
       </nav>
       <form class="filters" onSubmit={(e) => e.preventDefault()}>
-        {['type', 'node', 'execution', 'submitter'].map((k) => (
-          <label>{k}<input name={k} value={k === 'submitter' ? submitter : filters[k]} onChange={(e) => setParam(k, e.target.value.trim())} placeholder="any" /></label>
+        {['type', 'node', 'execution', 'submitter', 'queue'].map((k) => (
+          <label>{k}<input name={k} value={k === 'submitter' ? submitter : k === 'queue' ? queue : filters[k]} onChange={(e) => setParam(k, e.target.value.trim())} placeholder="any" /></label>
         ))}
         <label>created from<input type="datetime-local" value={from} onChange={(e) => setParam('from', e.target.value)} /></label>
         <label>to<input type="datetime-local" value={to} onChange={(e) => setParam('to', e.target.value)} /></label>
@@ -714,7 +716,7 @@ function Queues() {
           <tbody>
             {data.queues.map((q) => (
               <tr data-queue={q.name}>
-                <td>{q.name}</td>
+                <td><a href={'#/tasks?queue=' + encodeURIComponent(q.name)}>{q.name}</a></td>
                 <td>
                   <form onSubmit={(e) => { e.preventDefault(); setLimit('/v1/queues/' + encodeURIComponent(q.name), e.target.elements.limit.value); }}>
                     <input name="limit" type="number" min="0" size="5" aria-label={'limit of ' + q.name} placeholder={q.limit ? String(q.limit) : 'none'} />
@@ -722,7 +724,7 @@ function Queues() {
                   </form>
                 </td>
                 <td>{q.paused ? 'paused' : 'running'}</td>
-                <td><a href="#/tasks?state=scheduled">{q.scheduled}</a></td>
+                <td><a href={'#/tasks?state=scheduled&queue=' + encodeURIComponent(q.name)}>{q.scheduled}</a></td>
                 <td>{q.pending}</td>
                 <td>{q.running}</td>
                 <td>
