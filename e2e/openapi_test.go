@@ -250,7 +250,7 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 		t.Errorf("delayed task: state %s, want scheduled", later.State)
 	}
 	s.do(call{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "run_at": "` + time.Now().Add(24*time.Hour).UTC().Format(time.RFC3339) + `", "priority": -3}`, status: 201})
-	s.do(call{method: "GET", path: "/v1/tasks?state=scheduled", status: 200})
+	s.do(call{method: "GET", path: "/v1/tasks?state=scheduled&queue=mail", status: 200})
 	s.do(call{method: "POST", path: "/v1/queues/mail", body: `{"limit": 3, "paused": true}`, status: 200})
 	s.do(call{method: "POST", path: "/v1/queues/mail", body: `{"paused": false}`, status: 200})
 	s.do(call{method: "GET", path: "/v1/queues", status: 200})
