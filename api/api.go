@@ -15,6 +15,7 @@ import (
 
 // Task states. A task ends in one of the last three; see IsTerminal.
 const (
+	StateScheduled = "scheduled" // a delayed task before its run_at; pending once due
 	StatePending   = "pending"
 	StateAssigned  = "assigned"
 	StateRunning   = "running"
@@ -24,7 +25,7 @@ const (
 )
 
 // States lists every task state, in lifecycle order.
-var States = []string{StatePending, StateAssigned, StateRunning, StateSucceeded, StateFailed, StateCancelled}
+var States = []string{StateScheduled, StatePending, StateAssigned, StateRunning, StateSucceeded, StateFailed, StateCancelled}
 
 // IsTerminal reports whether a task in state will not change any more.
 func IsTerminal(state string) bool {
@@ -75,6 +76,11 @@ type Task struct {
 	// UniqueKey is the task's unique key, held until UniqueUntil (its creation plus unique_for).
 	UniqueKey   string     `json:"unique_key,omitempty"`
 	UniqueUntil *time.Time `json:"unique_until,omitempty"`
+	// RunAt is when a delayed task is due (absent for a task due at once); Priority orders
+	// placement, higher first; Queue is the task's queue ("default" unless it named one).
+	RunAt    *time.Time `json:"run_at,omitempty"`
+	Priority int        `json:"priority,omitempty"`
+	Queue    string     `json:"queue,omitempty"`
 }
 
 // TaskError is why an attempt or a task failed.
@@ -115,6 +121,15 @@ type SubmitRequest struct {
 	// 30 days) is required with a key.
 	UniqueKey string `json:"unique_key,omitempty"`
 	UniqueFor string `json:"unique_for,omitempty"`
+	// RunAt (RFC 3339) or Delay (Go duration text, "2s"), not both, delay the task: it is
+	// scheduled until then.
+	RunAt *time.Time `json:"run_at,omitempty"`
+	Delay string     `json:"delay,omitempty"`
+	// Priority orders placement, higher first, between -MaxPriority and MaxPriority (0 by default);
+	// a task gains one point per 10 s it waits (ageing), so none is starved.
+	Priority int `json:"priority,omitempty"`
+	// Queue names the task's queue (QueueName rules; "default" when empty).
+	Queue string `json:"queue,omitempty"`
 }
 
 // Cluster is GET /v1/cluster: the cluster at a glance.
@@ -275,6 +290,8 @@ type ListQuery struct {
 	SubmittedBy string
 	// Since and Until keep tasks created at or after, and before, these times (zero: open).
 	Since, Until time.Time
+	// Queue keeps the tasks of one queue ("default" for those that name none).
+	Queue string
 }
 
 // Values encodes the query as URL parameters, leaving out zero fields.
@@ -291,6 +308,9 @@ func (q ListQuery) Values() url.Values {
 	if q.SubmittedBy != "" {
 		v.Set("submitted_by", q.SubmittedBy)
 	}
+	if q.Queue != "" {
+		v.Set("queue", q.Queue)
+	}
 	if !q.Since.IsZero() {
 		v.Set("since", q.Since.UTC().Format(time.RFC3339Nano))
 	}
@@ -305,7 +325,7 @@ func ParseListQuery(v url.Values) (ListQuery, error) {
 	q := ListQuery{
 		State: v.Get("state"), Type: v.Get("type"), Node: v.Get("node"),
 		Execution: v.Get("execution"), After: v.Get("after"), Next: v.Get("next"), Limit: DefaultListLimit,
-		SubmittedBy: v.Get("submitted_by"),
+		SubmittedBy: v.Get("submitted_by"), Queue: v.Get("queue"),
 	}
 	for name, at := range map[string]*time.Time{"since": &q.Since, "until": &q.Until} {
 		s := v.Get(name)
@@ -373,6 +393,8 @@ const (
 	CodeInvalidCursor        Code = "invalid_cursor" // a ?next= cursor the server did not make
 	CodeInvalidTime          Code = "invalid_time"   // a ?since= or ?until= that is not an RFC 3339 time
 	CodeInvalidAttempt       Code = "invalid_attempt"
+	CodeInvalidPriority      Code = "invalid_priority"
+	CodeInvalidQueue         Code = "invalid_queue" // a queue name that breaks the rules, or a bad limit
 	CodeUnauthorized         Code = "unauthorized"
 	CodeForbidden            Code = "forbidden"
 	CodeNotFound             Code = "not_found"
@@ -405,7 +427,7 @@ const (
 	// request to another node.
 	CodeStorageUnavailable Code = "storage_unavailable"
 	// CodeInvalidSchedule: a schedule that does not validate (name, cron spec, time zone,
-	// overlap policy, catch_up, start after end).
+	// overlap policy, catch_up, start after end), or a submit's bad run_at or delay (or both).
 	CodeInvalidSchedule Code = "invalid_schedule"
 )
 
@@ -413,6 +435,7 @@ var statusOf = map[Code]int{
 	CodeInvalidRequest: 400, CodeMissingType: 400, CodeUnknownTaskType: 400, CodeInvalidInput: 400,
 	CodeInvalidMaxAttempts: 400, CodeInvalidTimeout: 400, CodeInvalidIdempotency: 400, CodeInvalidVersion: 400,
 	CodeInvalidWait: 400, CodeInvalidIndex: 400, CodeInvalidState: 400, CodeInvalidLimit: 400, CodeInvalidCursor: 400, CodeInvalidTime: 400, CodeInvalidAttempt: 400,
+	CodeInvalidPriority: 400, CodeInvalidQueue: 400,
 	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
 	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,

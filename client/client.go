@@ -23,6 +23,7 @@ import (
 
 // Task states. A task ends in one of the last three; see IsTerminal.
 const (
+	StateScheduled = api.StateScheduled
 	StatePending   = api.StatePending
 	StateAssigned  = api.StateAssigned
 	StateRunning   = api.StateRunning

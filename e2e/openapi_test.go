@@ -239,6 +239,24 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	}
 	decode(s.do(call{method: "POST", path: "/v1/tasks", body: `{"type": "sleep", "input": {"ms": 60000}}`, status: 201}), &sleeper)
 	s.do(call{method: "POST", path: "/v1/tasks/" + sleeper.ID + "/cancel", status: 202})
+
+	// Delays, priorities and queues.
+	var later struct {
+		ID    string `json:"id"`
+		State string `json:"state"`
+	}
+	decode(s.do(call{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "delay": "1h", "priority": 5, "queue": "mail"}`, status: 201}), &later)
+	if later.State != "scheduled" {
+		t.Errorf("delayed task: state %s, want scheduled", later.State)
+	}
+	s.do(call{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "run_at": "` + time.Now().Add(24*time.Hour).UTC().Format(time.RFC3339) + `", "priority": -3}`, status: 201})
+	s.do(call{method: "GET", path: "/v1/tasks?state=scheduled&queue=mail", status: 200})
+	s.do(call{method: "POST", path: "/v1/queues/mail", body: `{"limit": 3, "paused": true}`, status: 200})
+	s.do(call{method: "POST", path: "/v1/queues/mail", body: `{"paused": false}`, status: 200})
+	s.do(call{method: "GET", path: "/v1/queues", status: 200})
+	s.do(call{method: "POST", path: "/v1/type-limits/echo", body: `{"limit": 2}`, status: 200})
+	s.do(call{method: "GET", path: "/v1/type-limits", status: 200})
+	s.do(call{method: "POST", path: "/v1/tasks/" + later.ID + "/cancel", status: 202})
 	s.do(call{method: "POST", path: "/v1/tasks/" + done.ID + "/cancel", status: 409, code: "already_finished"})
 
 	// Schedules.
@@ -299,6 +317,10 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 		{method: "POST", path: "/v1/operator/keyring", body: `{"op": "use", "key": "AQECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 400, code: "invalid_request"},
 		{method: "POST", path: "/v1/operator/keyring", body: `{"op": "rotate", "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 400, code: "invalid_request", specRejects: true},
 		{method: "GET", path: "/v1/operator/keyring", token: "-", status: 401, code: "unauthorized"},
+		{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "delay": "2s", "run_at": "2030-01-01T00:00:00Z"}`, status: 400, code: "invalid_schedule"},
+		{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "priority": 5000}`, status: 400, code: "invalid_priority", specRejects: true},
+		{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "queue": "no/slash"}`, status: 400, code: "invalid_queue", specRejects: true},
+		{method: "POST", path: "/v1/queues/mail", body: `{"limit": -1}`, status: 400, code: "invalid_queue", specRejects: true},
 	} {
 		s.do(c)
 	}

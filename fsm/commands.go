@@ -20,6 +20,7 @@ const (
 	CmdDrain    CommandType = 6 // a node starts (or stops) draining
 	CmdCancel   CommandType = 7 // cancel tasks
 	CmdRemove   CommandType = 8 // drop finished tasks past retention
+	// 9, 10: security.go; 11..15: acl.go; 16, 17: queue.go.
 	// 16..21 are issue 14's queues and schedules.
 	CmdRetry CommandType = 22 // send failed or cancelled tasks back to pending (retry now)
 	CmdPurge CommandType = 23 // drop finished tasks matching a filter
@@ -234,6 +235,17 @@ type SubmitBatch struct {
 // AssignBatch places pending tasks on node incarnations.
 type AssignBatch struct {
 	Items []Assign `msgpack:"items"`
+	// Due names scheduled tasks whose RunAt has come (by the command's time): they become
+	// pending before Items are applied. Protocol 2 (delayed tasks exist only from then on).
+	Due []string `msgpack:"due,omitempty"`
+}
+
+// NeedsProtocol implements NeedsProtocol: 2 when it promotes delayed tasks.
+func (b *AssignBatch) NeedsProtocol() int {
+	if len(b.Due) > 0 {
+		return 2
+	}
+	return 0
 }
 
 // ReportBatch carries executor reports.
@@ -332,13 +344,20 @@ type Submit struct {
 	// task of its type with the key was created less than that task's window ago (UniqueLock).
 	UniqueKey string   `msgpack:"unique_key,omitempty"`
 	UniqueFor Duration `msgpack:"unique_for,omitempty"`
+	// RunAt delays the task: it is scheduled until then (the leader chose it from run_at or
+	// delay, so replicas agree).
+	RunAt *time.Time `msgpack:"run_at,omitempty"`
+	// Priority: higher is placed first; 0 by default.
+	Priority int `msgpack:"priority,omitempty"`
+	// Queue names the task's queue; "" is the default queue.
+	Queue string `msgpack:"queue,omitempty"`
 }
 
 // needsProtocol is the lowest protocol that decodes s: 2 once it sets any field protocol 1 does
 // not know (each such field is checked here), else 0 (the type's Since and Emit's legacy rules
 // decide the rest).
 func (s *Submit) needsProtocol() int {
-	if s.Schedule != "" || s.UniqueKey != "" || s.UniqueFor != 0 {
+	if s.Schedule != "" || s.UniqueKey != "" || s.UniqueFor != 0 || s.RunAt != nil || s.Priority != 0 || s.Queue != "" {
 		return 2
 	}
 	return 0

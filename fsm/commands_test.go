@@ -174,7 +174,7 @@ func TestUnknownFieldHaltsTheFSM(t *testing.T) {
 		entry map[string]any
 	}{
 		{"in the payload", map[string]any{"now": t0, "body": map[string]any{"items": []any{
-			map[string]any{"id": "x", "type": "echo", "priority": 5}}}}},
+			map[string]any{"id": "x", "type": "echo", "flavour": 5}}}}},
 		{"in the envelope", map[string]any{"now": t0, "body": map[string]any{}, "flags": 1}},
 	}
 	for _, tc := range tests {

@@ -57,5 +57,9 @@ func (f *FSM) Digest() (index uint64, sum string) {
 		put("unique")
 		put(f.unique.locks())
 	}
+	if !f.queues.zero() { // absent while unused, as security
+		put("queues")
+		put(f.queues)
+	}
 	return f.index, hex.EncodeToString(h.Sum(nil))
 }

@@ -28,8 +28,10 @@ type FSM struct {
 	acl    *acl.MemStore // policies, tokens, bootstrap flag (acl.go); same pointer for life
 	// security is the join secret and gossip keyring (security.go).
 	security Security
-	index    uint64
-	changed  chan struct{}
+	// queues are the queue settings and type limits (queue.go).
+	queues  queueTables
+	index   uint64
+	changed chan struct{}
 	// watches are the channels of blocking reads per task and per list index (watch.go).
 	watches watches
 	// halt is set when a log entry could not be applied; from then on nothing changes.
@@ -132,6 +134,9 @@ func (f *FSM) applySubmit(index uint64, now time.Time, p *SubmitBatch) ([]ItemRe
 }
 
 func (f *FSM) applyAssign(index uint64, now time.Time, p *AssignBatch) ([]ItemResult, error) {
+	for _, id := range p.Due {
+		f.promote(index, now, id)
+	}
 	items := make([]ItemResult, 0, len(p.Items))
 	for _, a := range p.Items {
 		items = append(items, f.assign(index, now, a))
@@ -234,6 +239,13 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 		State: Pending, MaxAttempts: maxAttempts, Timeout: s.Timeout,
 		IdempotencyKey: s.IdempotencyKey, ExecutionID: s.ExecutionID, ParentID: s.ParentID,
 		SubmittedBy: s.SubmittedBy, Schedule: s.Schedule, CreatedAt: now, CreateIndex: index, ModifyIndex: index,
+		RunAt: s.RunAt, Priority: s.Priority, Queue: s.Queue,
+	}
+	if t.Queue == DefaultQueue {
+		t.Queue = "" // one spelling of the default queue, the one records without queues have
+	}
+	if t.RunAt != nil && t.RunAt.After(now) {
+		t.State = Scheduled
 	}
 	if t.ExecutionID == "" {
 		t.ExecutionID = t.ID
@@ -248,6 +260,19 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	return ItemResult{ID: t.ID}
 }
 
+// promote makes a scheduled task pending once its RunAt has come by the command's time; anything
+// else (gone, cancelled, not yet due) is left alone: the leader read the task before this entry.
+func (f *FSM) promote(index uint64, now time.Time, id string) {
+	old, ok := f.tasks.get(id)
+	if !ok || old.State != Scheduled || old.RunAt == nil || old.RunAt.After(now) {
+		return
+	}
+	t := old.cow()
+	t.State = Pending
+	t.ModifyIndex = index
+	f.save(old, t)
+}
+
 func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
 	old, ok := f.tasks.get(a.TaskID)
 	if !ok {
@@ -255,6 +280,9 @@ func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
 	}
 	n, ok := f.nodes[a.Node]
 	if old.State != Pending || old.CancelRequested || !ok || n.Status != NodeUp || n.Draining || n.BootID != a.BootID {
+		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
+	}
+	if !f.queues.admits(old, f.tasks) { // Place checks too; this holds whatever a leader proposed
 		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
 	}
 	t := old.cow()
@@ -468,7 +496,7 @@ func (f *FSM) cancel(index uint64, now time.Time, id string) ItemResult {
 	t := old.cow()
 	defer f.save(old, t)
 	switch {
-	case t.State == Pending:
+	case t.State == Pending, t.State == Scheduled:
 		t.State = Cancelled
 		t.finish(f.stamp(now))
 		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Event: EventCancelled, At: now})
@@ -621,6 +649,10 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, name := range sortedKeys(f.schedules) {
 		s.schedules = append(s.schedules, f.schedules[name].clone())
 	}
+	if !f.queues.zero() {
+		q := f.queues.clone()
+		s.queues = &q
+	}
 	return s, nil
 }
 
@@ -635,6 +667,7 @@ type snapshot struct {
 	// the format earlier releases read.
 	schedules []Schedule
 	unique    []UniqueLock // nil when empty: the section is then left out
+	queues    *queueTables
 }
 
 // Persist streams the snapshot one record at a time, in exactly the bytes msgpack writes for
@@ -666,6 +699,9 @@ func (s *snapshot) encode(w io.Writer) error {
 		fields++
 	}
 	if s.unique != nil {
+		fields++
+	}
+	if s.queues != nil {
 		fields++
 	}
 	if err := enc.EncodeMapLen(fields); err != nil {
@@ -708,6 +744,11 @@ func (s *snapshot) encode(w io.Writer) error {
 	}
 	if s.unique != nil {
 		if err := encodeAll(enc, "unique", s.unique); err != nil {
+			return err
+		}
+	}
+	if s.queues != nil { // absent unless a queue or type limit was ever set: old builds skip it
+		if err := encodeAll(enc, "queues", s.queues); err != nil {
 			return err
 		}
 	}
@@ -761,6 +802,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		f.schedules[s.schedules[i].Name] = &s.schedules[i]
 	}
 	f.wakeSchedules()
+	f.queues = queueTables{}
+	if s.queues != nil {
+		f.queues = *s.queues
+	}
 	f.index = s.index
 	f.watches.touchAll()
 	close(f.changed)
@@ -777,6 +822,7 @@ type restored struct {
 	security  *Security
 	schedules []Schedule // absent in snapshots before schedules, or without any
 	unique    *uniqueTable
+	queues    *queueTables
 }
 
 // decodeSnapshot reads the snapshot map key by key, the tasks one by one, so a million records
@@ -813,6 +859,8 @@ func decodeSnapshot(r io.Reader) (s *restored, err error) {
 			err = dec.Decode(&s.schedules)
 		case "unique": // absent in snapshots of states without unique locks, and of older builds
 			err = decodeUnique(dec, s.unique)
+		case "queues":
+			err = dec.Decode(&s.queues)
 		default:
 			err = dec.Skip()
 		}

@@ -77,6 +77,9 @@ type Filter struct {
 	// between leaders), and Page.Total is -1 (unknown) when any is set.
 	SubmittedBy  string
 	Since, Until time.Time
+	// Queue keeps the tasks of one queue (DefaultQueue for those that name none); unindexed, as
+	// SubmittedBy.
+	Queue string
 }
 
 // sinceSkew is how far creation times may run backwards along the creation order: a new leader's
@@ -89,6 +92,7 @@ func (q *Filter) match(t *Task) bool {
 		(q.Node == "" || t.Node == q.Node) &&
 		(q.ExecutionID == "" || t.ExecutionID == q.ExecutionID) &&
 		(q.SubmittedBy == "" || t.SubmittedBy == q.SubmittedBy) &&
+		(q.Queue == "" || t.QueueName() == q.Queue) &&
 		(q.Since.IsZero() || !t.CreatedAt.Before(q.Since)) &&
 		(q.Until.IsZero() || t.CreatedAt.Before(q.Until)) &&
 		(q.Visible == nil || q.Visible(t.Type))
@@ -96,7 +100,7 @@ func (q *Filter) match(t *Task) bool {
 
 // unindexed reports whether q has filters no index counts (Page.Total is then unknown).
 func (q *Filter) unindexed() bool {
-	return q.SubmittedBy != "" || !q.Since.IsZero() || !q.Until.IsZero()
+	return q.SubmittedBy != "" || q.Queue != "" || !q.Since.IsZero() || !q.Until.IsZero()
 }
 
 // past reports whether a newest-first walk has gone past every task q's Since can match.
@@ -346,17 +350,29 @@ func (f *FSM) Active(node string) []Task {
 	return out
 }
 
-// View is what one placement pass needs: the nodes, their load, and the pending tasks that could
-// be placed now, never the whole backlog.
+// View is what one placement pass needs: the nodes, their load, the pending tasks that could
+// be placed now (never the whole backlog), and the limits they must respect.
 type View struct {
 	Index uint64
-	// Pending holds candidates, oldest first: for each (type, version) queue, as many tasks from
-	// its head as the free slots of the nodes that serve it, plus retries whose deadline passed.
+	// Pending holds candidates in placement order (PlacementCompare): for each (type, version),
+	// the best tasks of the heads of its queues' priority bands, as many as the free slots that
+	// serve it (and the limits) allow, plus retries whose deadline passed.
 	Pending []Task
 	Nodes   []Node // sorted by name
 	Load    map[string]int
 	// NextRetry is the earliest retry deadline after the view's time (zero: none).
 	NextRetry time.Time
+	// Due lists scheduled tasks whose RunAt has come (a bounded number): the leader makes them
+	// pending. NextDue is the earliest RunAt after the view's time (zero: none).
+	Due     []string
+	NextDue time.Time
+	// Queues holds the settings of queues that have any ("" is the default queue), TypeLimits
+	// the types' limits; ActiveQueue and ActiveType count assigned and running tasks by queue
+	// and by type. Place checks every assignment against them.
+	Queues      map[string]QueueConfig
+	TypeLimits  map[string]int
+	ActiveQueue map[string]int
+	ActiveType  map[string]int
 }
 
 // maxRetryScan bounds how many due retries one view reads beyond the free slots: due retries of a
@@ -370,8 +386,10 @@ func (f *FSM) SchedulerView() View {
 	defer f.mu.RUnlock()
 	v := View{Index: f.index, Load: f.loadLocked()}
 	var all []*Task
-	for _, q := range f.tasks.queue {
-		q.Ascend(func(t *Task) bool { all = append(all, t); return true })
+	for _, b := range f.tasks.queue {
+		for _, tr := range b {
+			tr.Ascend(func(t *Task) bool { all = append(all, t); return true })
+		}
 	}
 	f.tasks.retry.Ascend(func(t *Task) bool { all = append(all, t); return true })
 	slices.SortFunc(all, cmpCreate)
@@ -387,7 +405,7 @@ func (f *FSM) SchedulerView() View {
 }
 
 // PlacementView reads, under one lock, what a placement pass at now needs for the given
-// gossip-alive nodes. It costs O(nodes × queues + candidates × log n), not O(pending).
+// gossip-alive nodes. It costs O(nodes × queues + bands × candidates × log n), not O(pending).
 func (f *FSM) PlacementView(alive map[string]bool, now time.Time) View {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -396,6 +414,12 @@ func (f *FSM) PlacementView(alive map[string]bool, now time.Time) View {
 	for _, name := range sortedKeys(f.nodes) {
 		v.Nodes = append(v.Nodes, f.nodes[name].clone())
 	}
+	f.dueScheduled(&v, now)
+	if !f.queues.zero() {
+		c := f.queues.clone()
+		v.Queues, v.TypeLimits = c.Queues, c.TypeLimits
+	}
+	v.ActiveQueue, v.ActiveType = maps.Clone(s.activeQueue), maps.Clone(s.activeType)
 	var free []*Node
 	totalFree := 0
 	for i := range v.Nodes {
@@ -417,48 +441,7 @@ func (f *FSM) PlacementView(alive map[string]bool, now time.Time) View {
 		}
 		return k
 	}
-	// Each source (a queue, the due retries) gives up to the free slots that serve a type, so the
-	// oldest K of their union are among the candidates; Place takes them oldest first.
-	var cands []*Task
-	room := map[TypeVersion]int{}
-	for tv, q := range s.queue {
-		k := slots(tv)
-		room[tv] = k
-		q.Ascend(func(t *Task) bool {
-			if k == 0 {
-				return false
-			}
-			if !t.CancelRequested { // not reachable by commands, but never place one
-				cands = append(cands, t)
-				k--
-			}
-			return true
-		})
-	}
-	scanned := 0
-	s.retry.Ascend(func(t *Task) bool {
-		if t.NotBefore.After(now) || scanned >= totalFree+maxRetryScan {
-			return false
-		}
-		scanned++
-		tv := TypeVersion{t.Type, t.Version}
-		k, ok := room[tv]
-		if !ok {
-			k = slots(tv)
-		}
-		if k > 0 && !t.CancelRequested {
-			cands = append(cands, t)
-			k--
-		}
-		room[tv] = k
-		return true
-	})
-	slices.SortFunc(cands, cmpCreate)
-	v.Pending = make([]Task, len(cands))
-	for i, t := range cands {
-		v.Pending[i] = *t
-		v.Pending[i].History = nil // placement needs none of it
-	}
+	f.placementCandidates(&v, now, slots, totalFree)
 	return v
 }
 

@@ -30,10 +30,19 @@ type store struct {
 	// byExec holds the tasks an execution spawned (ExecutionID != ID); its root, whose
 	// ExecutionID is its own ID, is found by ID. A tree per task would cost ~400 B each.
 	byExec map[string]*btree.BTreeG[*Task]
-	// queue holds the pending tasks without a retry deadline, one FIFO per (type, version): the
-	// scheduler reads the head of each queue a free node can serve, so an unplaceable type at the
-	// front blocks nothing else.
-	queue map[TypeVersion]*btree.BTreeG[*Task]
+	// queue holds the pending tasks without a retry deadline per (queue, type, version), in a
+	// tree per priority band ordered by (ReadyAt, CreateIndex): FIFO within a priority. The
+	// scheduler reads the heads of the bands a free node can serve (Min of each tree), so an
+	// unplaceable type at the front blocks nothing else, and the backlog behind is never read.
+	queue map[QueueKey]bands
+	// due holds the scheduled (delayed) tasks by (RunAt, CreateIndex, ID).
+	due *btree.BTreeG[*Task]
+	// activeQueue and activeType count the assigned and running tasks per queue name ("" for
+	// the default queue) and per type: what queue and type limits are checked against.
+	activeQueue map[string]int
+	activeType  map[string]int
+	// pendingQueue and scheduledQueue count the pending and the scheduled tasks per queue name.
+	pendingQueue, scheduledQueue map[string]int
 	// retry holds the pending tasks with a retry deadline, by (NotBefore, CreateIndex, ID).
 	retry *btree.BTreeG[*Task]
 	// finished holds terminal tasks by (FinishedAt, CreateIndex, ID): retention's sweep.
@@ -55,6 +64,16 @@ type TypeVersion struct {
 	Version string
 }
 
+// bands are the pending tasks of one QueueKey, a tree per priority.
+type bands map[int]*btree.BTreeG[*Task]
+
+// QueueKey names one pending tree: tasks of one queue ("" = default), type and version.
+type QueueKey struct {
+	Queue   string
+	Type    string
+	Version string
+}
+
 type stateType struct {
 	state State
 	typ   string
@@ -71,6 +90,21 @@ func byCreate(a, b *Task) bool {
 
 func byNotBefore(a, b *Task) bool {
 	if c := a.NotBefore.Compare(*b.NotBefore); c != 0 {
+		return c < 0
+	}
+	return byCreate(a, b)
+}
+
+// byReady orders a priority band: ready first (FIFO), then created first.
+func byReady(a, b *Task) bool {
+	if c := a.ReadyAt().Compare(b.ReadyAt()); c != 0 {
+		return c < 0
+	}
+	return byCreate(a, b)
+}
+
+func byRunAt(a, b *Task) bool {
+	if c := a.RunAt.Compare(*b.RunAt); c != 0 {
 		return c < 0
 	}
 	return byCreate(a, b)
@@ -97,7 +131,8 @@ func newStore() *store {
 		byStateTy: map[stateType]*btree.BTreeG[*Task]{},
 		byNode:    map[string]*btree.BTreeG[*Task]{},
 		byExec:    map[string]*btree.BTreeG[*Task]{},
-		queue:     map[TypeVersion]*btree.BTreeG[*Task]{},
+		queue:     map[QueueKey]bands{},
+		due:       btree.NewG(btreeDegree, byRunAt),
 		retry:     btree.NewG(btreeDegree, byNotBefore),
 		finished:  btree.NewG(btreeDegree, byFinish),
 		active:    map[string]map[string]*Task{},
@@ -105,6 +140,9 @@ func newStore() *store {
 		counts:    map[stateType]int{},
 		pendingTV: map[TypeVersion]int{},
 		strs:      map[string]string{},
+
+		activeQueue: map[string]int{}, activeType: map[string]int{},
+		pendingQueue: map[string]int{}, scheduledQueue: map[string]int{},
 	}
 }
 
@@ -130,8 +168,23 @@ func (s *store) insert(t *Task) {
 	case t.State == Pending && t.NotBefore != nil:
 		s.retry.ReplaceOrInsert(t)
 	case t.State == Pending:
-		put(s.queue, TypeVersion{t.Type, t.Version}, t)
+		k := QueueKey{t.Queue, t.Type, t.Version}
+		b := s.queue[k]
+		if b == nil {
+			b = bands{}
+			s.queue[k] = b
+		}
+		tr := b[t.Priority]
+		if tr == nil {
+			tr = btree.NewWithFreeListG(btreeDegree, byReady, freeNodes)
+			b[t.Priority] = tr
+		}
+		tr.ReplaceOrInsert(t)
+	case t.State == Scheduled:
+		s.due.ReplaceOrInsert(t)
 	case t.State.Active():
+		s.activeQueue[t.Queue]++
+		s.activeType[t.Type]++
 		m := s.active[t.Node]
 		if m == nil {
 			m = map[string]*Task{}
@@ -147,6 +200,10 @@ func (s *store) insert(t *Task) {
 	s.counts[stateType{t.State, t.Type}]++
 	if t.State == Pending {
 		s.pendingTV[TypeVersion{t.Type, t.Version}]++
+		s.pendingQueue[t.Queue]++
+	}
+	if t.State == Scheduled {
+		s.scheduledQueue[t.Queue]++
 	}
 }
 
@@ -166,8 +223,18 @@ func (s *store) delete(t *Task) {
 	case t.State == Pending && t.NotBefore != nil:
 		s.retry.Delete(t)
 	case t.State == Pending:
-		drop(s.queue, TypeVersion{t.Type, t.Version}, t)
+		k := QueueKey{t.Queue, t.Type, t.Version}
+		if b := s.queue[k]; b != nil {
+			drop(b, t.Priority, t)
+			if len(b) == 0 {
+				delete(s.queue, k)
+			}
+		}
+	case t.State == Scheduled:
+		s.due.Delete(t)
 	case t.State.Active():
+		decr(s.activeQueue, t.Queue)
+		decr(s.activeType, t.Type)
 		if m := s.active[t.Node]; m != nil {
 			delete(m, t.ID)
 			if len(m) == 0 {
@@ -189,6 +256,16 @@ func (s *store) delete(t *Task) {
 		if s.pendingTV[tv]--; s.pendingTV[tv] <= 0 {
 			delete(s.pendingTV, tv)
 		}
+		decr(s.pendingQueue, t.Queue)
+	}
+	if t.State == Scheduled {
+		decr(s.scheduledQueue, t.Queue)
+	}
+}
+
+func decr[K comparable](m map[K]int, k K) {
+	if m[k]--; m[k] <= 0 {
+		delete(m, k)
 	}
 }
 
@@ -220,6 +297,7 @@ func drop[K comparable](m map[K]*btree.BTreeG[*Task], k K, t *Task) {
 // own bytes and little more (the ≤ 1 KB per task budget). It changes no value.
 func (s *store) compact(t *Task) {
 	t.Type, t.Version, t.Node, t.BootID = s.intern(t.Type), s.intern(t.Version), s.intern(t.Node), s.intern(t.BootID)
+	t.Queue = s.intern(t.Queue)
 	t.State = State(s.intern(string(t.State)))
 	if t.ExecutionID == t.ID {
 		t.ExecutionID = t.ID
@@ -277,6 +355,17 @@ func (s *store) nextRetry(now time.Time) time.Time {
 			return false
 		}
 		return true
+	})
+	return next
+}
+
+// nextDue is the earliest RunAt of a scheduled task after now, O(log n).
+func (s *store) nextDue(now time.Time) time.Time {
+	var next time.Time
+	pivot := now.Add(time.Nanosecond)
+	s.due.AscendGreaterOrEqual(&Task{RunAt: &pivot}, func(t *Task) bool {
+		next = *t.RunAt
+		return false
 	})
 	return next
 }

@@ -33,6 +33,8 @@ type State string
 
 // Task states, as the contract names them.
 const (
+	// Scheduled is a delayed task before its RunAt: the leader makes it Pending once due.
+	Scheduled State = "scheduled"
 	Pending   State = "pending"
 	Assigned  State = "assigned"
 	Running   State = "running"
@@ -42,7 +44,7 @@ const (
 )
 
 // States lists every state, in lifecycle order.
-var States = []State{Pending, Assigned, Running, Succeeded, Failed, Cancelled}
+var States = []State{Scheduled, Pending, Assigned, Running, Succeeded, Failed, Cancelled}
 
 // Terminal reports whether a task in state s will never change again.
 func (s State) Terminal() bool { return s == Succeeded || s == Failed || s == Cancelled }
@@ -135,6 +137,33 @@ type Task struct {
 	// of its type with the key could be submitted before UniqueUntil.
 	UniqueKey   string     `msgpack:"unique_key,omitempty"`
 	UniqueUntil *time.Time `msgpack:"unique_until,omitempty"`
+	// RunAt is when a delayed task becomes due (Submit.RunAt); nil for a task due at once.
+	RunAt *time.Time `msgpack:"run_at,omitempty"`
+	// Priority orders placement: higher first (Submit.Priority), 0 by default.
+	Priority int `msgpack:"priority,omitempty"`
+	// Queue is the queue the task belongs to; "" is the default queue (DefaultQueue), kept empty
+	// so records and digests of tasks that name no queue are what they were before queues.
+	Queue string `msgpack:"queue,omitempty"`
+}
+
+// DefaultQueue is the name of the queue of tasks that name none.
+const DefaultQueue = "default"
+
+// QueueName is the queue t belongs to, DefaultQueue for "".
+func (t *Task) QueueName() string {
+	if t.Queue == "" {
+		return DefaultQueue
+	}
+	return t.Queue
+}
+
+// ReadyAt is when t became ready to run: its RunAt for a delayed task, else its creation. Ageing
+// counts from it, and tasks of one priority are placed in its order.
+func (t *Task) ReadyAt() time.Time {
+	if t.RunAt != nil {
+		return *t.RunAt
+	}
+	return t.CreatedAt
 }
 
 // clone returns a copy that shares no mutable memory with t.

@@ -277,6 +277,12 @@ func (n *Node) authorizeForward(c *fsm.Command, credential string) error {
 			return err
 		}
 		return deny(id.Cluster(acl.RightACL))
+	case *fsm.QueueSet, *fsm.TypeLimitSet: // queue.go: changing limits is the operator's
+		id, err := resolve()
+		if err != nil {
+			return err
+		}
+		return deny(id.Cluster(acl.RightOperator))
 	}
 	// ACLBootstrap needs no caller: the FSM accepts it once per cluster.
 	return nil

@@ -275,6 +275,27 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 	}
 	decodeExact(t, "POST /v1/tasks/purge", b, new(api.PurgeReply))
 	cov.add(t, reflect.TypeOf(api.PurgeReply{}), b)
+	// A delayed task in a named queue with a priority (run_at, priority, queue), and the queue
+	// and type limit routes.
+	delayed := submitRaw(`{"type":"print","input":"later","delay":"300ms","priority":3,"queue":"mail"}`)
+	if delayed.State != api.StateScheduled || delayed.RunAt == nil || delayed.Queue != "mail" || delayed.Priority != 3 {
+		t.Fatalf("delayed submit: %+v", delayed)
+	}
+	followTask(delayed.ID)
+	for _, r := range []struct {
+		path, body string
+		into       any
+	}{
+		{"/v1/queues/mail", `{"limit":3,"paused":false}`, new(api.Queue)},
+		{"/v1/type-limits/print", `{"limit":2}`, new(api.TypeLimit)},
+	} {
+		code, b := getRaw(t, n, "POST", r.path, r.body)
+		if code != http.StatusOK {
+			t.Fatalf("POST %s: %d %s", r.path, code, b)
+		}
+		decodeExact(t, "POST "+r.path, b, r.into)
+		cov.add(t, reflect.TypeOf(r.into).Elem(), b)
+	}
 
 	// Logs: the print task of a fresh submit writes a stdout line, the count task log lines.
 	printed := submitRaw(`{"type":"print","input":"hello"}`)
@@ -301,6 +322,8 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 		{"/v1/types", new([]api.TypeInfo)},
 		{"/v1/health", new(api.Health)},
 		{api.PathThroughput, new(api.Throughput)},
+		{api.PathQueues, new(api.QueueList)},
+		{api.PathTypeLimits, new(api.TypeLimitList)},
 	} {
 		code, b := getRaw(t, n, "GET", r.path, "")
 		if code != http.StatusOK {

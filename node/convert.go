@@ -26,6 +26,7 @@ func toAPITask(t *fsm.Task) api.Task {
 		Checkpoint: t.Checkpoint, CreateIndex: t.CreateIndex, ModifyIndex: t.ModifyIndex,
 		History:   make([]api.HistoryEntry, 0, len(t.History)),
 		UniqueKey: t.UniqueKey, UniqueUntil: t.UniqueUntil,
+		RunAt: t.RunAt, Priority: t.Priority, Queue: t.QueueName(),
 	}
 	if t.Error != nil {
 		out.Error = &api.TaskError{Type: t.Error.Type, Message: t.Error.Message, Final: t.Error.Final}
@@ -70,7 +71,7 @@ func toFilter(q api.ListQuery) fsm.Filter {
 		q.Limit = api.DefaultListLimit
 	}
 	return fsm.Filter{State: fsm.State(q.State), Type: q.Type, Node: q.Node, ExecutionID: q.Execution, After: q.After, Next: q.Next, Limit: q.Limit,
-		SubmittedBy: q.SubmittedBy, Since: q.Since, Until: q.Until}
+		SubmittedBy: q.SubmittedBy, Since: q.Since, Until: q.Until, Queue: q.Queue}
 }
 
 // nodeState is a registered node's gossip-like state before gossip's own view is applied.

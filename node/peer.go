@@ -124,6 +124,10 @@ func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	if err := checkQueueCommand(c); err != nil { // as submits: the follower is not trusted with it
+		httpapi.WriteError(w, err)
+		return
+	}
 	res, err := n.applyLocal(r.Context(), c)
 	if res == nil {
 		if retryable(err) {

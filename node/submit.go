@@ -199,6 +199,14 @@ func (n *Node) prepareSubmitIn(req api.SubmitRequest, mv membershipView) (fsm.Su
 	if err != nil {
 		return fsm.Submit{}, err
 	}
+	runAt, err := parseRunAt(req, time.Now())
+	if err != nil {
+		return fsm.Submit{}, err
+	}
+	queue := req.Queue
+	if queue == api.DefaultQueue {
+		queue = "" // the one spelling of the default queue in records
+	}
 	id := ulid.Make().String()
 	exec := req.ExecutionID
 	if exec == "" {
@@ -208,6 +216,7 @@ func (n *Node) prepareSubmitIn(req api.SubmitRequest, mv membershipView) (fsm.Su
 		ID: id, Type: req.Type, Version: version, Input: input, MaxAttempts: maxAttempts,
 		Timeout: fsm.Duration(timeout), IdempotencyKey: req.IdempotencyKey, ExecutionID: exec, ParentID: req.ParentID,
 		UniqueKey: req.UniqueKey, UniqueFor: fsm.Duration(uniqueFor),
+		RunAt: runAt, Priority: req.Priority, Queue: queue,
 	}
 	return sub, n.checkSubmit(&sub)
 }
@@ -247,7 +256,47 @@ func (n *Node) checkSubmit(s *fsm.Submit) error {
 	if len(s.IdempotencyKey) > maxKeyLen {
 		return api.Errorf(api.CodeInvalidIdempotency, "idempotency_key is longer than %d bytes", maxKeyLen)
 	}
-	return checkUnique(s.UniqueKey, time.Duration(s.UniqueFor))
+	if err := checkUnique(s.UniqueKey, time.Duration(s.UniqueFor)); err != nil {
+		return err
+	}
+	if s.Priority < -api.MaxPriority || s.Priority > api.MaxPriority {
+		return api.Errorf(api.CodeInvalidPriority, "priority must be between %d and %d", -api.MaxPriority, api.MaxPriority)
+	}
+	if s.Queue != "" {
+		if err := api.CheckQueueName(s.Queue); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxDelay bounds how far ahead a task may be delayed.
+const maxDelay = 366 * 24 * time.Hour
+
+// parseRunAt reads a submit's run_at or delay (not both) into the time the task is due, nil for
+// a task due at once. A delay counts from now, on the node that took the request.
+func parseRunAt(req api.SubmitRequest, now time.Time) (*time.Time, error) {
+	switch {
+	case req.RunAt != nil && req.Delay != "":
+		return nil, api.Errorf(api.CodeInvalidSchedule, "give run_at or delay, not both")
+	case req.RunAt != nil:
+		if req.RunAt.Sub(now) > maxDelay {
+			return nil, api.Errorf(api.CodeInvalidSchedule, "run_at is more than %s ahead", maxDelay)
+		}
+		at := req.RunAt.UTC()
+		return &at, nil
+	case req.Delay != "":
+		d, err := time.ParseDuration(req.Delay)
+		if err != nil || d < 0 || d > maxDelay {
+			return nil, api.Errorf(api.CodeInvalidSchedule, "delay must be a duration like 2s between 0 and %s, got %q", maxDelay, api.Truncate(req.Delay))
+		}
+		if d == 0 {
+			return nil, nil
+		}
+		at := now.Add(d).UTC().Round(0)
+		return &at, nil
+	}
+	return nil, nil
 }
 
 // typeKnown reports whether some node ever offered the type, or this node runs it.

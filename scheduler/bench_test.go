@@ -79,3 +79,71 @@ func BenchmarkSchedulerPassFullCopy(b *testing.B) {
 		})
 	}
 }
+
+// queuedFSM is backlogFSM with its backlog spread over queues and priorities: task i goes to
+// queue i%queues with priority (i/queues)%prios - prios/2, so every queue has every band.
+func queuedFSM(b *testing.B, pending, queues, prios int) (*fsm.FSM, map[string]bool) {
+	b.Helper()
+	f := fsm.New()
+	idx := uint64(0)
+	apply := func(body fsm.Payload) {
+		idx++
+		if r := f.ApplyCommand(idx, &fsm.Command{Now: now0, Body: body}); r.Err != nil {
+			b.Fatal(r.Err)
+		}
+	}
+	alive := map[string]bool{}
+	for _, name := range []string{"n1", "n2", "n3"} {
+		apply(&fsm.Register{Node: fsm.Node{Name: name, BootID: "boot-" + name, Capacity: 8, Types: []fsm.TypeInfo{{Type: "echo", Version: "1"}}}})
+		alive[name] = true
+	}
+	total := pending + 20
+	for done := 0; done < total; done += 1000 {
+		var subs []fsm.Submit
+		for i := done; i < min(done+1000, total); i++ {
+			s := fsm.Submit{ID: fmt.Sprintf("01JBENCH%018d", i), Type: "echo", Input: json.RawMessage(`"hello"`), MaxAttempts: 3}
+			if queues > 1 {
+				s.Queue = fmt.Sprintf("q%d", i%queues)
+			}
+			if prios > 1 {
+				s.Priority = (i/queues)%prios - prios/2
+			}
+			subs = append(subs, s)
+		}
+		apply(&fsm.SubmitBatch{Items: subs})
+	}
+	var as []fsm.Assign
+	for i := range 20 {
+		n := []string{"n1", "n2", "n3"}[i%3]
+		as = append(as, fsm.Assign{TaskID: fmt.Sprintf("01JBENCH%018d", i), Node: n, BootID: "boot-" + n})
+	}
+	apply(&fsm.AssignBatch{Items: as})
+	return f, alive
+}
+
+// BenchmarkQueuesAndPriorities is one placement pass over a backlog of 100,000 tasks: in one
+// FIFO queue, and in 10 queues with 5 priorities each (50 bands, ageing on). A pass fills the 4
+// free slots; placed/op is per placed task. Both must be of the same order (BENCHMARKS.md).
+func BenchmarkQueuesAndPriorities(b *testing.B) {
+	for _, c := range []struct {
+		name          string
+		queues, prios int
+	}{{"fifo", 1, 1}, {"10queues-5priorities", 10, 5}} {
+		b.Run(c.name, func(b *testing.B) {
+			f, alive := queuedFSM(b, 100_000, c.queues, c.prios)
+			now := now0.Add(time.Minute) // every task has aged: ageing is computed, not skipped
+			b.ReportAllocs()
+			placed := 0
+			for b.Loop() {
+				v := f.PlacementView(alive, now)
+				as := Place(v, alive, now, "")
+				_ = NextWake(v, now)
+				if len(as) != 4 {
+					b.Fatalf("placed %d, want the 4 free slots", len(as))
+				}
+				placed += len(as)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(placed), "ns/placed")
+		})
+	}
+}

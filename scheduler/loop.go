@@ -9,7 +9,8 @@ import (
 )
 
 // Loop runs the leader's scheduling duties until its context ends: placement whenever the FSM
-// changes (and at retry deadlines), and retention clean-up.
+// changes (and at retry deadlines and delayed tasks' due times, when it makes them pending), and
+// retention clean-up.
 type Loop struct {
 	FSM       *fsm.FSM
 	Apply     func(ctx context.Context, c *fsm.Command) (*fsm.Result, error)
@@ -35,6 +36,18 @@ func (l *Loop) Run(ctx context.Context) {
 		changed := l.FSM.Changed()
 		t, alive := now(), l.Alive()
 		v := l.FSM.PlacementView(alive, t)
+		// Due delayed tasks become pending in an entry of their own (a protocol 2 one, which must
+		// not hold up the assignments if it is refused); the change wakes the next pass, which
+		// places them.
+		if len(v.Due) > 0 {
+			if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Due: v.Due}}); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				l.Logger.Warn("make due tasks pending", "count", len(v.Due), "err", err)
+				changed = nil
+			}
+		}
 		if as := Place(v, alive, t, last); len(as) > 0 {
 			if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Items: as}}); err != nil {
 				if ctx.Err() != nil {

@@ -208,3 +208,43 @@ func TestCollectRemovesTasksPastRetention(t *testing.T) {
 		})
 	}
 }
+
+func TestLoopMakesDelayedTaskPendingAtItsTimeThenPlacesIt(t *testing.T) {
+	c := newCluster(t)
+	c.must(register("n1", "b1"))
+	due := now0.Add(time.Minute)
+	c.must(&fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{{ID: "later", Type: "echo", MaxAttempts: 3, RunAt: &due}}}})
+	c.start()
+	c.pass()
+	c.advance(59 * time.Second)
+	c.pass()
+	if tk, _ := c.f.Task("later"); tk.State != fsm.Scheduled {
+		t.Fatalf("before its time: %s, want scheduled", tk.State)
+	}
+	c.advance(time.Second)
+	tk := c.waitFor("later", "assigned", func(tk fsm.Task) bool { return tk.State == fsm.Assigned })
+	if at := tk.History[0].At; at.Before(due) {
+		t.Errorf("assigned at %v, before its run_at %v", at, due)
+	}
+}
+
+func TestNextWakeIsTheEarlierOfRetryAndDue(t *testing.T) {
+	tests := []struct {
+		name       string
+		retry, due time.Time
+		want       time.Time
+	}{
+		{"none", time.Time{}, time.Time{}, time.Time{}},
+		{"retry only", now0.Add(time.Second), time.Time{}, now0.Add(time.Second)},
+		{"due only", time.Time{}, now0.Add(2 * time.Second), now0.Add(2 * time.Second)},
+		{"due first", now0.Add(3 * time.Second), now0.Add(2 * time.Second), now0.Add(2 * time.Second)},
+		{"retry first", now0.Add(time.Second), now0.Add(2 * time.Second), now0.Add(time.Second)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := NextWake(fsm.View{NextRetry: tc.retry, NextDue: tc.due}, now0); !got.Equal(tc.want) {
+				t.Errorf("NextWake = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -7,19 +7,28 @@ package scheduler
 
 import (
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/taskworker/taskworker/fsm"
 )
 
-// Place decides assignments for the pending tasks of v, oldest first. v.Pending holds only the
-// candidates of this pass (fsm.PlacementView: the heads of the queues free nodes serve), so a pass
-// costs what it can place, never the backlog. A task goes to the least loaded
-// (by running/capacity) node that is up, alive in gossip, not draining, has a free slot and
-// offers the task's type and version. Ties go round robin: to the first tied node, in name order,
-// after last (the node the previous placement went to; "" starts at the lowest name), so tasks
-// submitted one after another spread over idle nodes instead of all landing on the first. Tasks
-// that fit nowhere stay pending, and so do tasks whose retry backoff has not elapsed.
+// Place decides assignments for the pending tasks of v. v.Pending holds only the candidates of
+// this pass (fsm.PlacementView: the heads of the priority bands of the queues free nodes serve),
+// so a pass costs what it can place, never the backlog.
+//
+// Order: higher effective priority first (fsm.EffectivePriority: the priority plus one per
+// fsm.AgeingStep, 10 s, the task has been ready, so low priority is never starved), then ready
+// first, then created first: FIFO within a priority. Limits: a task of a paused queue stays
+// pending, and so does one whose queue or type already has its limit of tasks assigned or running
+// (v.ActiveQueue, v.ActiveType plus what this pass placed). Scheduled tasks not yet due, tasks
+// whose retry backoff has not elapsed and tasks that fit nowhere stay where they are.
+//
+// A task goes to the least loaded (by running/capacity) node that is up, alive in gossip, not
+// draining, has a free slot and offers the task's type and version. Ties go round robin: to the
+// first tied node, in name order, after last (the node the previous placement went to; "" starts
+// at the lowest name), so tasks submitted one after another spread over idle nodes instead of
+// all landing on the first.
 //
 // Place stays pure: the caller remembers the last node (Loop does) and passes it in.
 func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.Assign {
@@ -34,13 +43,27 @@ func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.
 			slots = append(slots, &slot{node: n, load: v.Load[n.Name]})
 		}
 	}
-	var out []fsm.Assign
+	if len(slots) == 0 {
+		return nil
+	}
+	order := make([]*fsm.Task, len(v.Pending))
 	for i := range v.Pending {
+		order[i] = &v.Pending[i]
+	}
+	slices.SortStableFunc(order, func(a, b *fsm.Task) int { return fsm.PlacementCompare(a, b, now) })
+	placedQueue, placedType := map[string]int{}, map[string]int{}
+	var out []fsm.Assign
+	for _, t := range order {
 		if len(slots) == 0 {
 			break
 		}
-		t := &v.Pending[i]
-		if t.CancelRequested || (t.NotBefore != nil && now.Before(*t.NotBefore)) {
+		if t.CancelRequested || t.State == fsm.Scheduled || (t.NotBefore != nil && now.Before(*t.NotBefore)) ||
+			(t.RunAt != nil && now.Before(*t.RunAt)) {
+			continue
+		}
+		q := v.Queues[t.Queue]
+		if q.Paused || full(q.Limit, v.ActiveQueue[t.Queue]+placedQueue[t.Queue]) ||
+			full(v.TypeLimits[t.Type], v.ActiveType[t.Type]+placedType[t.Type]) {
 			continue
 		}
 		best := -1
@@ -57,6 +80,8 @@ func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.
 		}
 		s := slots[best]
 		out = append(out, fsm.Assign{TaskID: t.ID, Node: s.node.Name, BootID: s.node.BootID})
+		placedQueue[t.Queue]++
+		placedType[t.Type]++
 		s.load++
 		last = s.node.Name
 		if s.load >= s.node.Capacity {
@@ -65,6 +90,9 @@ func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.
 	}
 	return out
 }
+
+// full reports whether a limit (0: none) is reached by n tasks.
+func full(limit, n int) bool { return limit > 0 && n >= limit }
 
 // better reports whether node a (with load la) is a better choice than node b (with load lb):
 // a lower load/capacity ratio, or the same ratio and a before b in the round after last.
@@ -80,12 +108,15 @@ func better(la int, a *fsm.Node, lb int, b *fsm.Node, last string) bool {
 	return a.Name < b.Name
 }
 
-// NextWake returns the earliest retry deadline after now, or zero: the view's NextRetry (read
-// from the FSM's retry index) or a candidate's.
+// NextWake returns the earliest retry deadline or delayed task's due time after now, or zero: the
+// view's NextRetry and NextDue (read from the FSM's retry and run_at indexes) or a candidate's.
 func NextWake(v fsm.View, now time.Time) time.Time {
 	var next time.Time
 	if v.NextRetry.After(now) {
 		next = v.NextRetry
+	}
+	if v.NextDue.After(now) && (next.IsZero() || v.NextDue.Before(next)) {
+		next = v.NextDue
 	}
 	for i := range v.Pending {
 		nb := v.Pending[i].NotBefore

@@ -299,3 +299,71 @@ func TestPlaceSerialSubmitsRoundRobin(t *testing.T) {
 		t.Errorf("serial placements = %v, want %v", got, want)
 	}
 }
+
+// TestPlaceOrderAndLimits covers what queues, priorities and delays add to placement.
+func TestPlaceOrderAndLimits(t *testing.T) {
+	// ready builds a pending echo task of a priority and queue, created (ready) at now0+d.
+	ready := func(id string, prio int, queue string, d time.Duration) fsm.Task {
+		tk := task(id, "echo", "")
+		tk.Priority, tk.Queue, tk.CreatedAt = prio, queue, now0.Add(d)
+		return tk
+	}
+	scheduled := ready("s", 9, "", 0)
+	scheduled.State, scheduled.RunAt = fsm.Scheduled, at(time.Minute)
+	notDue := ready("d", 9, "", 0) // pending by mistake before its time: still not placed
+	notDue.RunAt = at(time.Minute)
+	dueNow := ready("due", 0, "", 0)
+	dueNow.RunAt = at(-time.Second)
+	n1 := []fsm.Node{node("n1", 2)}
+
+	tests := []struct {
+		name       string
+		nodes      []fsm.Node
+		load       map[string]int
+		pending    []fsm.Task
+		queues     map[string]fsm.QueueConfig
+		typeLimits map[string]int
+		activeQ    map[string]int
+		activeT    map[string]int
+		want       []fsm.Assign
+	}{
+		{name: "higher priority first", nodes: n1,
+			pending: []fsm.Task{ready("lo", 0, "", 0), ready("hi", 5, "", 0), ready("mid", 1, "", 0)},
+			want:    []fsm.Assign{assign("hi", "n1"), assign("mid", "n1")}},
+		{name: "fifo within a priority", nodes: n1,
+			pending: []fsm.Task{ready("b", 1, "", 2*time.Second), ready("a", 1, "", time.Second), ready("c", 1, "", 3*time.Second)},
+			want:    []fsm.Assign{assign("a", "n1"), assign("b", "n1")}},
+		{name: "ageing: a task ready 30 s earlier outranks two priority points", nodes: []fsm.Node{node("n1", 1)},
+			pending: []fsm.Task{ready("new", 2, "", 0), ready("old", 0, "", -30*time.Second)},
+			want:    []fsm.Assign{assign("old", "n1")}},
+		{name: "ageing: 10 s is not enough for two points", nodes: []fsm.Node{node("n1", 1)},
+			pending: []fsm.Task{ready("new", 2, "", 0), ready("old", 0, "", -10*time.Second)},
+			want:    []fsm.Assign{assign("new", "n1")}},
+		{name: "queue limit counts active and this pass", nodes: []fsm.Node{node("n1", 4)},
+			queues:  map[string]fsm.QueueConfig{"mail": {Limit: 2}},
+			activeQ: map[string]int{"mail": 1},
+			pending: []fsm.Task{ready("m1", 0, "mail", 0), ready("m2", 0, "mail", time.Second), ready("x", 0, "", 2*time.Second)},
+			want:    []fsm.Assign{assign("m1", "n1"), assign("x", "n1")}},
+		{name: "type limit", nodes: []fsm.Node{node("n1", 4)},
+			typeLimits: map[string]int{"echo": 3}, activeT: map[string]int{"echo": 2},
+			pending: []fsm.Task{ready("a", 0, "", 0), ready("b", 0, "q", time.Second)},
+			want:    []fsm.Assign{assign("a", "n1")}},
+		{name: "paused queue", nodes: n1,
+			queues:  map[string]fsm.QueueConfig{"": {Paused: true}},
+			pending: []fsm.Task{ready("a", 9, "", 0), ready("b", 0, "other", time.Second)},
+			want:    []fsm.Assign{assign("b", "n1")}},
+		{name: "scheduled and not yet due are not placed", nodes: n1,
+			pending: []fsm.Task{scheduled, notDue, dueNow},
+			want:    []fsm.Assign{assign("due", "n1")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v := fsm.View{Nodes: tc.nodes, Load: tc.load, Pending: tc.pending, Queues: tc.queues,
+				TypeLimits: tc.typeLimits, ActiveQueue: tc.activeQ, ActiveType: tc.activeT}
+			got := Place(v, allAlive(tc.nodes), now0, "")
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Place = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -49,6 +49,7 @@ func Commands() []*cli.Command {
 		keygenCommand(),
 		aclCommand(),
 		scheduleCommand(),
+		queueCommand(),
 	}
 }
 
@@ -245,6 +246,7 @@ func taskListCommand() *cli.Command {
 			&cli.StringFlag{Name: "type", Usage: "only tasks of this type"},
 			&cli.StringFlag{Name: "node", Usage: "only tasks on this node"},
 			&cli.StringFlag{Name: "execution", Usage: "only tasks of this execution"},
+			&cli.StringFlag{Name: "queue", Usage: "only tasks of this queue"},
 			&cli.IntFlag{Name: "limit", Usage: "at most this many tasks (0: the server's default)"},
 			&cli.StringFlag{Name: "after", Usage: "start after this task ID, to page"},
 			&cli.StringFlag{Name: "next", Usage: "the page after this cursor (printed as next: under a page that has one)"},
@@ -254,6 +256,7 @@ func taskListCommand() *cli.Command {
 		opts := client.ListOptions{
 			State: c.String("state"), Type: c.String("type"), Node: c.String("node"),
 			Execution: c.String("execution"), Limit: c.Int("limit"), After: c.String("after"), Next: c.String("next"),
+			Queue: c.String("queue"),
 		}
 		if c.Bool("json") {
 			raw, err := api.Raw(c.Context, "/v1/tasks", opts.Values())
@@ -588,7 +591,7 @@ func submitFlags() []cli.Flag {
 		&cli.StringFlag{Name: "idempotency-key", Usage: "submit at most once per key; a repeat returns the first task"},
 		&cli.IntFlag{Name: "max-attempts", Usage: "how many failed executions before the task fails (0: the server's default)"},
 		&cli.DurationFlag{Name: "timeout", Usage: "limit on one execution (0: the server's default)"},
-	}, uniqueFlags()...)
+	}, append(uniqueFlags(), scheduleFlags()...)...)
 }
 
 func jsonFlag() cli.Flag {
@@ -611,7 +614,7 @@ func submitRequest(c *cli.Context, args []string) (client.SubmitRequest, error) 
 		req.Timeout = d.String()
 	}
 	applyUnique(c, &req)
-	return req, nil
+	return req, applySchedule(c, &req)
 }
 
 // readInput returns the task input named by the optional INPUT argument:
@@ -786,6 +789,13 @@ func printTask(w io.Writer, t *client.Task) error {
 	row("ID", t.ID)
 	row("Type", fmt.Sprintf("%s (version %s)", t.Type, t.Version))
 	row("State", t.State)
+	row("Queue", t.Queue)
+	if t.Priority != 0 {
+		row("Priority", fmt.Sprint(t.Priority))
+	}
+	if t.RunAt != nil {
+		row("Run at", formatTime(*t.RunAt))
+	}
 	row("Node", cmp.Or(t.Node, "-"))
 	row("Attempt", fmt.Sprintf("%d of %d", t.Attempt, t.MaxAttempts))
 	row("Timeout", t.Timeout)

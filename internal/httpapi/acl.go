@@ -119,7 +119,11 @@ func (s *server) requireACL(next http.Handler) http.Handler {
 			WriteError(w, aclError(err))
 			return
 		}
-		if right := clusterRight(path); right != "" {
+		right := clusterRight(path)
+		if right == "" {
+			right = queueRight(r.Method, path)
+		}
+		if right != "" {
 			if err := id.Cluster(right); err != nil {
 				WriteError(w, aclError(err))
 				return

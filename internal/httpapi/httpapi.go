@@ -81,6 +81,7 @@ type Backend interface {
 
 	ScheduleBackend // schedules.go
 	RetryPurger     // retry now and purge (uniq.go)
+	QueueBackend    // queue.go
 }
 
 // Defaults for Options.
@@ -156,6 +157,7 @@ func New(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("GET "+api.PathKeyring, s.keyring)
 	mux.HandleFunc("POST "+api.PathKeyring, s.changeKeyring)
 	mux.HandleFunc("GET "+api.PathDigest, s.digest)
+	s.queueRoutes(mux)
 	mux.HandleFunc("/", NotFound)
 	if opts.UI != nil {
 		mux.Handle("GET /ui/", opts.UI)

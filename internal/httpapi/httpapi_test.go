@@ -48,6 +48,7 @@ type fakeBackend struct {
 
 	fakeSchedules                   // schedules_test.go
 	gotPurge      *api.PurgeRequest // the last Purge's request
+	queueCalls    []string          // queue_test.go: every queue or type limit change
 }
 
 func newFake() *fakeBackend {

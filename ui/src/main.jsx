@@ -132,7 +132,7 @@ function Login({ auth }) {
 
 // ---- layout -----------------------------------------------------------------------------------
 
-const PAGES = [['cluster', 'Cluster'], ['tasks', 'Tasks'], ['submit', 'Submit'], ['schedules', 'Schedules'], ['throughput', 'Throughput']];
+const PAGES = [['cluster', 'Cluster'], ['tasks', 'Tasks'], ['queues', 'Queues'], ['submit', 'Submit'], ['schedules', 'Schedules'], ['throughput', 'Throughput']];
 
 function Nav({ page, auth }) {
   const signOut = () => { setToken(''); auth.reload(); };
@@ -241,7 +241,7 @@ function NodeCard({ n, tasks, now }) {
 
 // ---- tasks ------------------------------------------------------------------------------------
 
-const TABS = ['', 'pending', 'assigned', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'];
+const TABS = ['', 'scheduled', 'pending', 'assigned', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'];
 const PAGE_SIZE = 50;
 
 function Tasks({ params }) {
@@ -249,6 +249,7 @@ function Tasks({ params }) {
   const state = params.get('state') || '';
   const filters = { type: params.get('type') || '', node: params.get('node') || '', execution: params.get('execution') || '' };
   const submitter = params.get('submitter') || '';
+  const queue = params.get('queue') || '';
   const from = params.get('from') || '';
   const to = params.get('to') || '';
   const cursor = params.get('next') || '';
@@ -266,6 +267,7 @@ function Tasks({ params }) {
   // Submitter and creation time are filtered by the server too (no index counts them, so the
   // total is absent then).
   if (submitter) q.set('submitted_by', submitter);
+  if (queue) q.set('queue', queue);
   if (from && !isNaN(new Date(from))) q.set('since', new Date(from).toISOString());
   if (to && !isNaN(new Date(to))) q.set('until', new Date(to).toISOString());
   if (cursor) q.set('next', cursor);
@@ -322,8 +324,8 @@ function Tasks({ params }) {
         ))}
       </nav>
       <form class="filters" onSubmit={(e) => e.preventDefault()}>
-        {['type', 'node', 'execution', 'submitter'].map((k) => (
-          <label>{k}<input name={k} value={k === 'submitter' ? submitter : filters[k]} onChange={(e) => setParam(k, e.target.value.trim())} placeholder="any" /></label>
+        {['type', 'node', 'execution', 'submitter', 'queue'].map((k) => (
+          <label>{k}<input name={k} value={k === 'submitter' ? submitter : k === 'queue' ? queue : filters[k]} onChange={(e) => setParam(k, e.target.value.trim())} placeholder="any" /></label>
         ))}
         <label>created from<input type="datetime-local" value={from} onChange={(e) => setParam('from', e.target.value)} /></label>
         <label>to<input type="datetime-local" value={to} onChange={(e) => setParam('to', e.target.value)} /></label>
@@ -344,7 +346,7 @@ function Tasks({ params }) {
       {!data && !error && <p>Loading…</p>}
       {data && (
         <table class="tasks">
-          <thead><tr><th scope="col"><span class="sr">select</span></th><th scope="col">ID</th><th scope="col">type</th><th scope="col">state</th><th scope="col">node</th><th scope="col">attempt</th><th scope="col">created</th><th scope="col">submitter</th></tr></thead>
+          <thead><tr><th scope="col"><span class="sr">select</span></th><th scope="col">ID</th><th scope="col">type</th><th scope="col">state</th><th scope="col">queue</th><th scope="col">node</th><th scope="col">attempt</th><th scope="col">created</th><th scope="col">submitter</th></tr></thead>
           <tbody>
             {rows.map((t) => (
               <tr data-task={t.id}>
@@ -352,13 +354,14 @@ function Tasks({ params }) {
                 <td><a href={'#/task/' + t.id}>{short(t.id)}</a></td>
                 <td>{t.type}</td>
                 <td><StateBadge state={t.state} /></td>
+                <td><QueueCell t={t} /></td>
                 <td>{t.node}</td>
                 <td>{t.attempt}/{t.max_attempts}</td>
                 <td>{fmtTime(t.created_at)}</td>
                 <td>{t.submitted_by || ''}</td>
               </tr>
             ))}
-            {rows.length === 0 && <tr><td colSpan="8">No tasks.</td></tr>}
+            {rows.length === 0 && <tr><td colSpan="9">No tasks.</td></tr>}
           </tbody>
         </table>
       )}
@@ -497,6 +500,7 @@ function Task({ id }) {
           <dt>node</dt><dd>{t.node || '—'}</dd>
           <dt>attempt</dt><dd>{t.attempt} of {t.max_attempts} ({t.failures} failed)</dd>
           <dt>timeout</dt><dd>{t.timeout}</dd>
+          <ScheduleFields t={t} />
           <dt>created</dt><dd>{fmtTime(t.created_at)}</dd>
           <dt>started</dt><dd>{fmtTime(t.started_at) || '—'}</dd>
           <dt>finished</dt><dd>{fmtTime(t.finished_at) || '—'}</dd>
@@ -665,6 +669,97 @@ function Throughput() {
   );
 }
 
+// ---- queues, priorities, delays ----------------------------------------------------------------
+
+// QueueCell is a task row's queue, with its priority when it has one.
+function QueueCell({ t }) {
+  return <>{t.queue || 'default'}{t.priority ? <span class="muted" title="priority"> ↑{t.priority}</span> : null}</>;
+}
+
+// ScheduleFields are the task record's delay, priority and queue.
+function ScheduleFields({ t }) {
+  return (
+    <>
+      <dt>queue</dt><dd><a href={'#/queues'}>{t.queue || 'default'}</a></dd>
+      {t.priority ? <><dt>priority</dt><dd>{t.priority}</dd></> : null}
+      {t.run_at && <><dt>run at</dt><dd>{fmtTime(t.run_at)}</dd></>}
+    </>
+  );
+}
+
+// Queues lists the queues (limit, paused, counts) with pause/resume and a limit to set, and the
+// type limits. Changing them needs the operator right: a refusal shows as the server's error.
+function Queues() {
+  const { data, error } = useWatch('/v1/queues', 1000);
+  const { data: limits } = useWatch('/v1/type-limits', 2000);
+  const [actionError, setActionError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const [typeName, setTypeName] = useState('');
+  const act = async (f) => {
+    setBusy(true);
+    setActionError(null);
+    try { await f(); } catch (e) { setActionError(e); }
+    setBusy(false);
+  };
+  const update = (name, body) => act(() => post('/v1/queues/' + encodeURIComponent(name), body));
+  const setLimit = (path, value) => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < 0) { setActionError(new ApiError(400, 'invalid_queue', 'a limit is a whole number, 0 for none')); return; }
+    act(() => post(path, { limit: n }));
+  };
+  return (
+    <section>
+      <h1>Queues</h1>
+      <p class="muted">A queue's limit is the most of its tasks assigned or running at once across the cluster (0: none); a paused queue starts none of its tasks. Higher priority runs first, and a waiting task gains one point per 10 s.</p>
+      <ErrorBox error={error} />
+      <ErrorBox error={actionError} />
+      {!data && !error && <p>Loading…</p>}
+      {data && (
+        <table class="tasks" id="queues">
+          <thead><tr><th scope="col">queue</th><th scope="col">limit</th><th scope="col">state</th><th scope="col">scheduled</th><th scope="col">pending</th><th scope="col">running</th><th scope="col"><span class="sr">actions</span></th></tr></thead>
+          <tbody>
+            {data.queues.map((q) => (
+              <tr data-queue={q.name}>
+                <td><a href={'#/tasks?queue=' + encodeURIComponent(q.name)}>{q.name}</a></td>
+                <td>
+                  <form onSubmit={(e) => { e.preventDefault(); setLimit('/v1/queues/' + encodeURIComponent(q.name), e.target.elements.limit.value); }}>
+                    <input name="limit" type="number" min="0" size="5" aria-label={'limit of ' + q.name} placeholder={q.limit ? String(q.limit) : 'none'} />
+                    <button type="submit" disabled={busy}>Set</button>
+                  </form>
+                </td>
+                <td>{q.paused ? 'paused' : 'running'}</td>
+                <td><a href={'#/tasks?state=scheduled&queue=' + encodeURIComponent(q.name)}>{q.scheduled}</a></td>
+                <td>{q.pending}</td>
+                <td>{q.running}</td>
+                <td>
+                  {q.paused
+                    ? <button type="button" disabled={busy} onClick={() => update(q.name, { paused: false })}>Resume</button>
+                    : <button type="button" disabled={busy} onClick={() => update(q.name, { paused: true })}>Pause</button>}
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      <h2>Type limits</h2>
+      <p class="muted">The most tasks of a type assigned or running at once, over all queues.</p>
+      {limits && limits.limits.length > 0 && (
+        <table class="tasks" id="type-limits">
+          <thead><tr><th scope="col">type</th><th scope="col">limit</th><th scope="col">running</th></tr></thead>
+          <tbody>
+            {limits.limits.map((l) => <tr><td>{l.type}</td><td>{l.limit}</td><td>{l.running}</td></tr>)}
+          </tbody>
+        </table>
+      )}
+      <form class="filters" onSubmit={(e) => { e.preventDefault(); if (typeName) setLimit('/v1/type-limits/' + encodeURIComponent(typeName), e.target.elements.limit.value); }}>
+        <label>type<input value={typeName} onInput={(e) => setTypeName(e.target.value.trim())} placeholder="echo" /></label>
+        <label>limit<input name="limit" type="number" min="0" placeholder="0 removes it" /></label>
+        <button type="submit" disabled={busy || !typeName}>Set type limit</button>
+      </form>
+    </section>
+  );
+}
+
 // ---- app --------------------------------------------------------------------------------------
 
 function App() {
@@ -680,6 +775,7 @@ function App() {
     case 'submit': page = <Submit params={route.params} />; break;
     case 'throughput': page = <Throughput />; break;
     case 'schedules': page = <Schedules auth={auth} ErrorBox={ErrorBox} />; break;
+    case 'queues': page = <Queues />; break;
     default: page = <Cluster />;
   }
   return (

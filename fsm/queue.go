@@ -1,0 +1,405 @@
+package fsm
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/google/btree"
+)
+
+// Queues and type limits: a queue's cluster-wide concurrency limit and paused flag, and a task
+// type's limit. Limits count assigned and running tasks (store.activeQueue, activeType); a task
+// taken back from a node that died is pending again before it runs anywhere else, so it never
+// counts twice.
+const (
+	CmdQueueSet     CommandType = 16 // set a queue's concurrency limit or paused flag
+	CmdTypeLimitSet CommandType = 17 // set a task type's cluster-wide concurrency limit
+)
+
+func init() {
+	register(Spec[QueueSet]{Type: CmdQueueSet, Name: "queue_set", Since: 2, Forwardable: true, Apply: (*FSM).applyQueueSet})
+	register(Spec[TypeLimitSet]{Type: CmdTypeLimitSet, Name: "type_limit_set", Since: 2, Forwardable: true, Apply: (*FSM).applyTypeLimitSet})
+}
+
+// MaxPriority bounds a task's priority both ways (-MaxPriority..MaxPriority).
+const MaxPriority = 1000
+
+// AgeingStep is how long a pending task waits for each point of priority it gains: placement
+// orders tasks by EffectivePriority, so a task of priority p that has been ready for 10 s ranks
+// with fresh tasks of priority p+1, and none waits forever behind a stream of higher ones.
+const AgeingStep = 10 * time.Second
+
+// EffectivePriority is t's priority at now: Priority + floor(time ready / AgeingStep), time ready
+// counted from ReadyAt (creation, or RunAt for a delayed task). It only grows with time, and in a
+// band of one priority the task ready first ranks highest: the head of each band is enough to find
+// the best task of a queue.
+func EffectivePriority(t *Task, now time.Time) int64 {
+	waited := now.Sub(t.ReadyAt())
+	if waited < 0 {
+		waited = 0
+	}
+	return int64(t.Priority) + int64(waited/AgeingStep)
+}
+
+// PlacementCompare orders candidates for placement at now: higher effective priority first, then
+// ready first, then created first (FIFO). Equal tasks compare 0, so a stable sort keeps their order.
+func PlacementCompare(a, b *Task, now time.Time) int {
+	if pa, pb := EffectivePriority(a, now), EffectivePriority(b, now); pa != pb {
+		if pa > pb {
+			return -1
+		}
+		return 1
+	}
+	if c := a.ReadyAt().Compare(b.ReadyAt()); c != 0 {
+		return c
+	}
+	switch {
+	case a.CreateIndex < b.CreateIndex:
+		return -1
+	case a.CreateIndex > b.CreateIndex:
+		return 1
+	}
+	return 0
+}
+
+// QueueConfig is a queue's settings. The zero value (no limit, running) is every queue's default,
+// and is not stored.
+type QueueConfig struct {
+	Limit  int  `msgpack:"limit,omitempty"` // most tasks assigned or running at once; 0 = no limit
+	Paused bool `msgpack:"paused,omitempty"`
+}
+
+// QueueSet changes a queue's limit, its paused flag, or both (a nil field is left as it is).
+type QueueSet struct {
+	Name   string `msgpack:"name"` // "" or DefaultQueue: the default queue
+	Limit  *int   `msgpack:"limit,omitempty"`
+	Paused *bool  `msgpack:"paused,omitempty"`
+}
+
+// TypeLimitSet sets a task type's cluster-wide limit on assigned and running tasks; 0 removes it.
+type TypeLimitSet struct {
+	Type  string `msgpack:"type"`
+	Limit int    `msgpack:"limit,omitempty"`
+}
+
+// queueTables are the queue settings and type limits, by queue ("" for the default) and type.
+type queueTables struct {
+	Queues     map[string]QueueConfig `msgpack:"queues,omitempty"`
+	TypeLimits map[string]int         `msgpack:"type_limits,omitempty"`
+}
+
+func (q *queueTables) zero() bool { return len(q.Queues) == 0 && len(q.TypeLimits) == 0 }
+
+func (q *queueTables) clone() queueTables {
+	c := queueTables{Queues: map[string]QueueConfig{}, TypeLimits: map[string]int{}}
+	for k, v := range q.Queues {
+		c.Queues[k] = v
+	}
+	for k, v := range q.TypeLimits {
+		c.TypeLimits[k] = v
+	}
+	return c
+}
+
+// admits reports whether t's queue and type let one more task start: the queue is not paused and
+// neither limit is reached by the tasks assigned or running now.
+func (q *queueTables) admits(t *Task, s *store) bool {
+	c := q.Queues[t.Queue]
+	return !c.Paused && room(c.Limit, s.activeQueue[t.Queue]) > 0 && room(q.TypeLimits[t.Type], s.activeType[t.Type]) > 0
+}
+
+func queueKey(name string) string {
+	if name == DefaultQueue {
+		return ""
+	}
+	return name
+}
+
+func (f *FSM) applyQueueSet(index uint64, _ time.Time, p *QueueSet) ([]ItemResult, error) {
+	if p.Limit != nil && *p.Limit < 0 {
+		return nil, fmt.Errorf("%w: queue limit %d is negative", ErrBadCommand, *p.Limit)
+	}
+	name := queueKey(p.Name)
+	c := f.queues.Queues[name]
+	if p.Limit != nil {
+		c.Limit = *p.Limit
+	}
+	if p.Paused != nil {
+		c.Paused = *p.Paused
+	}
+	if f.queues.Queues == nil {
+		f.queues.Queues = map[string]QueueConfig{}
+	}
+	if c == (QueueConfig{}) {
+		delete(f.queues.Queues, name)
+	} else {
+		f.queues.Queues[name] = c
+	}
+	return nil, nil
+}
+
+func (f *FSM) applyTypeLimitSet(_ uint64, _ time.Time, p *TypeLimitSet) ([]ItemResult, error) {
+	if p.Type == "" || p.Limit < 0 {
+		return nil, fmt.Errorf("%w: a type limit needs a type and a limit >= 0", ErrBadCommand)
+	}
+	if f.queues.TypeLimits == nil {
+		f.queues.TypeLimits = map[string]int{}
+	}
+	if p.Limit == 0 {
+		delete(f.queues.TypeLimits, p.Type)
+	} else {
+		f.queues.TypeLimits[p.Type] = p.Limit
+	}
+	return nil, nil
+}
+
+// QueueStatus is a queue's settings and task counts.
+type QueueStatus struct {
+	Name string
+	QueueConfig
+	Scheduled, Pending, Active int
+}
+
+// Queues returns every queue that has settings or tasks (scheduled, pending or active), and the
+// default queue always, by name.
+func (f *FSM) Queues() []QueueStatus {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := f.tasks
+	names := map[string]bool{"": true}
+	for _, m := range []map[string]int{s.pendingQueue, s.scheduledQueue, s.activeQueue} {
+		for k := range m {
+			names[k] = true
+		}
+	}
+	for k := range f.queues.Queues {
+		names[k] = true
+	}
+	out := make([]QueueStatus, 0, len(names))
+	for k := range names {
+		name := k
+		if name == "" {
+			name = DefaultQueue
+		}
+		out = append(out, QueueStatus{Name: name, QueueConfig: f.queues.Queues[k],
+			Scheduled: s.scheduledQueue[k], Pending: s.pendingQueue[k], Active: s.activeQueue[k]})
+	}
+	slices.SortFunc(out, func(a, b QueueStatus) int { return cmpString(a.Name, b.Name) })
+	return out
+}
+
+// Queue returns one queue's status (a queue nobody set up has the zero settings).
+func (f *FSM) Queue(name string) QueueStatus {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	k, s := queueKey(name), f.tasks
+	if name == "" {
+		name = DefaultQueue
+	}
+	return QueueStatus{Name: name, QueueConfig: f.queues.Queues[k],
+		Scheduled: s.scheduledQueue[k], Pending: s.pendingQueue[k], Active: s.activeQueue[k]}
+}
+
+// TypeLimitStatus is a type's limit and how many of its tasks are assigned or running.
+type TypeLimitStatus struct {
+	Type   string
+	Limit  int
+	Active int
+}
+
+// TypeLimits returns the types that have a limit, by name.
+func (f *FSM) TypeLimits() []TypeLimitStatus {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]TypeLimitStatus, 0, len(f.queues.TypeLimits))
+	for _, typ := range sortedKeys(f.queues.TypeLimits) {
+		out = append(out, TypeLimitStatus{Type: typ, Limit: f.queues.TypeLimits[typ], Active: f.tasks.activeType[typ]})
+	}
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// maxDueScan bounds how many due scheduled tasks one view hands the leader to promote: a burst of
+// them is promoted over a few passes, each pass cheap.
+const maxDueScan = 1024
+
+// room is how many more tasks a limit lets start: unlimited is MaxInt.
+func room(limit, active int) int {
+	if limit <= 0 {
+		return math.MaxInt
+	}
+	return max(limit-active, 0)
+}
+
+// placementCandidates fills v.Pending with what a pass can place: per (type, version) that free
+// nodes serve, the best k tasks by placement order (k = the free slots serving it, capped by the
+// type's limit, and each queue's share by its own), merged from the heads of every priority band
+// of every queue's tree and the due retries. As a task's effective priority only falls along its
+// band, a band's head is its best: the merge reads one head per band and one step per task it
+// takes, O((bands + k) × log n) records however long the backlog. f.mu is held.
+func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion) int, totalFree int) {
+	s := f.tasks
+	queueRoom := func(q string) int {
+		c := f.queues.Queues[q]
+		if c.Paused {
+			return 0
+		}
+		return room(c.Limit, s.activeQueue[q])
+	}
+	typeRoom := func(typ string) int { return room(f.queues.TypeLimits[typ], s.activeType[typ]) }
+	groups := map[TypeVersion]*candGroup{}
+	groupOf := func(tv TypeVersion) *candGroup {
+		g, ok := groups[tv]
+		if !ok {
+			g = &candGroup{k: min(slots(tv), typeRoom(tv.Type)), now: now, taken: map[string]int{}}
+			groups[tv] = g
+		}
+		return g
+	}
+	for qk, b := range s.queue {
+		g := groupOf(TypeVersion{qk.Type, qk.Version})
+		if g.k > 0 && queueRoom(qk.Queue) > 0 {
+			g.heads = bandHeads(b, now, g.heads)
+		}
+	}
+	scanned := 0
+	s.retry.Ascend(func(t *Task) bool {
+		if t.NotBefore.After(now) || scanned >= totalFree+maxRetryScan {
+			return false
+		}
+		scanned++
+		if g := groupOf(TypeVersion{t.Type, t.Version}); g.k > 0 && !t.CancelRequested && queueRoom(t.Queue) > 0 {
+			g.heads = append(g.heads, head{t: t, eff: EffectivePriority(t, now)})
+		}
+		return true
+	})
+	var cands []*Task
+	for _, g := range groups {
+		cands = g.take(cands, queueRoom)
+	}
+	// Placement order, then (CreateIndex, ID): the groups come from map walks, and the view
+	// must not depend on their order.
+	slices.SortFunc(cands, func(a, b *Task) int { return cmp.Or(PlacementCompare(a, b, now), cmpCreate(a, b)) })
+	v.Pending = make([]Task, len(cands))
+	for i, t := range cands {
+		v.Pending[i] = *t
+		v.Pending[i].History = nil // placement needs none of it
+	}
+}
+
+// head is the best remaining task of one band (tr set) or a due retry (tr nil), with its
+// effective priority computed once.
+type head struct {
+	t   *Task
+	eff int64
+	tr  *btree.BTreeG[*Task]
+}
+
+// better reports whether h goes before o in placement order.
+func (h *head) better(o *head) bool {
+	if h.eff != o.eff {
+		return h.eff > o.eff
+	}
+	if c := h.t.ReadyAt().Compare(o.t.ReadyAt()); c != 0 {
+		return c < 0
+	}
+	return byCreate(h.t, o.t)
+}
+
+// candGroup merges the bands of one (type, version): k is how many it may give, taken how many
+// each queue gave so far.
+type candGroup struct {
+	k     int
+	now   time.Time
+	heads []head
+	taken map[string]int
+}
+
+// take appends the group's best k tasks to out, each queue giving no more than its room.
+func (g *candGroup) take(out []*Task, queueRoom func(string) int) []*Task {
+	for n := 0; n < g.k && len(g.heads) > 0; {
+		best := 0
+		for i := 1; i < len(g.heads); i++ {
+			if g.heads[i].better(&g.heads[best]) {
+				best = i
+			}
+		}
+		h := g.heads[best]
+		q := h.t.Queue
+		if g.taken[q] >= queueRoom(q) { // this queue is full: none of its bands count any more
+			g.heads = slices.DeleteFunc(g.heads, func(o head) bool { return o.t.Queue == q })
+			continue
+		}
+		out = append(out, h.t)
+		g.taken[q]++
+		n++
+		if next := nextInBand(h.tr, h.t); next != nil {
+			g.heads[best] = head{t: next, eff: EffectivePriority(next, g.now), tr: h.tr}
+		} else {
+			g.heads = slices.Delete(g.heads, best, best+1)
+		}
+	}
+	return out
+}
+
+// bandHeads appends the head of each priority band of b to out: the Min of each band's tree,
+// whatever its length.
+func bandHeads(b bands, now time.Time, out []head) []head {
+	for _, tr := range b {
+		t, ok := tr.Min()
+		if ok && t.CancelRequested { // not reachable by commands, but never place one
+			t = nextInBand(tr, t)
+		}
+		if ok && t != nil {
+			out = append(out, head{t: t, eff: EffectivePriority(t, now), tr: tr})
+		}
+	}
+	return out
+}
+
+// nextInBand is the task after t in its band tr, nil at the band's end (or for a retry, tr nil).
+func nextInBand(tr *btree.BTreeG[*Task], t *Task) *Task {
+	if tr == nil {
+		return nil
+	}
+	var next *Task
+	tr.AscendGreaterOrEqual(t, func(o *Task) bool {
+		if o == t || o.CancelRequested {
+			return true
+		}
+		next = o
+		return false
+	})
+	return next
+}
+
+// dueScheduled fills v.Due with scheduled tasks whose RunAt has come, and v.NextDue. f.mu is held.
+func (f *FSM) dueScheduled(v *View, now time.Time) {
+	f.tasks.due.Ascend(func(t *Task) bool {
+		if t.RunAt.After(now) || len(v.Due) >= maxDueScan {
+			return false
+		}
+		v.Due = append(v.Due, t.ID)
+		return true
+	})
+	v.NextDue = f.tasks.nextDue(now)
+}
+
+// NextDue returns the earliest RunAt of a scheduled task after now, or zero.
+func (f *FSM) NextDue(now time.Time) time.Time {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.tasks.nextDue(now)
+}
