@@ -79,7 +79,9 @@ type config struct {
 	Faults    []string
 	Settle    time.Duration
 	TmpfsSize string
-	Loopback  bool // never use namespaces or tmpfs, even as root
+	LossPct   int           // loss faults drop this share of packets, each way
+	Delay     time.Duration // delay faults hold TCP data this long, each way
+	Loopback  bool          // never use namespaces or tmpfs, even as root
 	Keep      bool
 	Verbose   bool
 }
@@ -99,6 +101,8 @@ func main() {
 	flag.StringVar(&faults, "faults", strings.Join(allKinds, ","), "comma-separated fault kinds")
 	flag.DurationVar(&cfg.Settle, "settle", 5*time.Minute, "after the faults, how long the cluster may take to be healthy and finish every task")
 	flag.StringVar(&cfg.TmpfsSize, "tmpfs-size", "128m", "size of each node's data dir tmpfs (as root)")
+	flag.IntVar(&cfg.LossPct, "loss", 20, "percent of packets a loss fault drops, each way (1-100)")
+	flag.DurationVar(&cfg.Delay, "delay", 100*time.Millisecond, "how long a delay fault holds node-to-node TCP data, each way")
 	flag.BoolVar(&cfg.Loopback, "loopback", false, "run on 127.0.0.1 without namespaces or tmpfs even as root (no network or disk faults)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the temporary directory (node logs and data)")
 	flag.BoolVar(&cfg.Verbose, "v", false, "log every fault as it starts")
@@ -145,7 +149,8 @@ type report struct {
 	Mode       string
 	Elapsed    time.Duration
 	Faults     []faultRun
-	Skipped    []string // kinds left out, with why
+	Skipped    []string // kinds left out
+	SkippedWhy string   // and why
 	Tasks      taskStats
 	GaveUp     int
 	Retries    int64
@@ -158,6 +163,15 @@ type report struct {
 func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) {
 	if cfg.Nodes == 0 {
 		cfg.Nodes = cfg.Voters
+	}
+	if cfg.LossPct == 0 {
+		cfg.LossPct = 20
+	}
+	if cfg.Delay == 0 {
+		cfg.Delay = 100 * time.Millisecond
+	}
+	if cfg.LossPct < 1 || cfg.LossPct > 100 || cfg.Delay < 0 {
+		return nil, fmt.Errorf("-loss %d, -delay %s: want 1-100 %% and a positive delay", cfg.LossPct, cfg.Delay)
 	}
 	if cfg.Voters < 3 || cfg.Nodes < cfg.Voters {
 		return nil, fmt.Errorf("-voters %d, -nodes %d: want at least 3 voters and as many nodes", cfg.Voters, cfg.Nodes)
@@ -197,6 +211,13 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	} else {
 		e.netns = true
 	}
+	if e.netns {
+		if err := canNft(e.prefix); err != nil {
+			why = append(why, fmt.Sprintf("loss and delay faults (%v)", err))
+		} else {
+			e.nft = true
+		}
+	}
 	if err := canTmpfs(); err != nil || cfg.Loopback {
 		why = append(why, fmt.Sprintf("disk faults (%v)", orLoopback(err)))
 	} else {
@@ -204,15 +225,16 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	}
 	var kinds []string
 	for _, k := range cfg.Faults {
-		netns, tmpfs := needs(k)
-		if (netns && !e.netns) || (tmpfs && !e.tmpfs) {
+		netns, nft, tmpfs := needs(k)
+		if (netns && !e.netns) || (nft && !e.nft) || (tmpfs && !e.tmpfs) {
 			rep.Skipped = append(rep.Skipped, k)
 			continue
 		}
 		kinds = append(kinds, k)
 	}
 	if len(rep.Skipped) > 0 {
-		logf("left out %v: no %s", rep.Skipped, strings.Join(why, ", "))
+		rep.SkippedWhy = "no " + strings.Join(why, ", no ")
+		logf("left out %v: %s", rep.Skipped, rep.SkippedWhy)
 	}
 	if len(kinds) == 0 {
 		return nil, errors.New("no fault kind left to inject")
@@ -486,8 +508,22 @@ func printReport(w io.Writer, r *report) {
 		fmt.Fprintf(w, "| %s | %v |\n", kv.k, kv.v)
 	}
 	fmt.Fprintf(w, "\nReplicas: %s.\n", r.Replicas)
+	var notes []string
+	for _, f := range r.Faults {
+		notes = append(notes, f.Notes...)
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w, "\nLoss and delay as injected (round trips measured from the victim's namespace):")
+		for i, n := range notes {
+			if i == 30 {
+				fmt.Fprintf(w, "- ... and %d more\n", len(notes)-30)
+				break
+			}
+			fmt.Fprintln(w, "-", n)
+		}
+	}
 	if len(r.Skipped) > 0 {
-		fmt.Fprintf(w, "Left out: %s.\n", strings.Join(r.Skipped, ", "))
+		fmt.Fprintf(w, "Left out: %s (%s).\n", strings.Join(r.Skipped, ", "), r.SkippedWhy)
 	}
 	if len(r.Violations) == 0 {
 		fmt.Fprintln(w, "\nNo violations.")
