@@ -17,10 +17,20 @@
 // the ports was the other choice; it was not taken because a node advertises only a host (its
 // ports are its bind ports), so a proxy cannot stand between nodes without a second address per
 // node, and a TCP proxy cannot tell which node dialled it (connections come from 127.0.0.1), so
-// it could not cut one pair of nodes. Delay and random loss are not injected: they need tc's
-// netem qdisc (or tc actions), which the kernel of the machine this was written on does not have
-// (no sch_netem, no act_gact, no modules to load). Without root (or without ip), the nodes run on
-// 127.0.0.1 and the network and disk faults are left out, with a line saying so.
+// it could not cut one pair of nodes. The kernel of the machine this was written on has no tc
+// netem qdisc, no tc actions and no nfnetlink_queue, so random loss and delay are made with
+// nftables (package nftables; left out, saying why, when nft does not work in a namespace). Loss:
+// a table in the victim's namespace drops -loss % of the packets to and from the chosen peers,
+// each chosen at random (numgen), on the input and output hooks: every protocol, both ways. Delay:
+// a TCP proxy in this program, on the bridge address, holds every chunk of bytes (and the FIN)
+// for -delay before passing it on, each way; nat rules in the dialling node's namespace send new
+// TCP connections to the other node's gossip and raft ports through it, and a reset rule ends the
+// connections opened before the fault, so that the nodes reconnect through the proxy. It delays
+// raft, internode calls and gossip's TCP side (push-pull, join), not gossip's UDP probes; the
+// round trip to a peer's raft port is measured from the victim's namespace before and during the
+// fault and printed. tbf (a slow link) was the other option here: its delay is queueing, which
+// depends on the traffic, so it cannot be chosen or stated. Without root (or without ip), the
+// nodes run on 127.0.0.1 and the network and disk faults are left out, with a line saying so.
 //
 // Load: -clients submitters, each submitting a short sleep or count task (the result is a
 // function of the input), with an idempotency key, retried on other nodes until acknowledged,
@@ -30,7 +40,10 @@
 // restart once nothing runs on the node), stop (SIGSTOP 3-10 s, SIGCONT), term (SIGTERM, a
 // graceful leave, restart), each also -leader; disk-full (fill the node's tmpfs for 15 s);
 // partition (cut a node from every other for 10 s), partition-leader, partition-pair (cut two
-// nodes from each other only; both still reach the rest); double (two of kill, stop, term, partition, disk-full on two nodes at once). After each
+// nodes from each other only; both still reach the rest); loss, loss-leader, loss-pair (random
+// loss for 10 s, between the same nodes as a partition); delay, delay-leader, delay-pair (delay
+// for 10 s, likewise); double (two of kill, stop, term, partition, disk-full, loss, delay on two
+// nodes at once). After each
 // injection a probe submits an echo task to the nodes not under a fault until one is accepted:
 // that is the fault's recovery time.
 //
