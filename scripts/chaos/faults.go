@@ -317,6 +317,9 @@ func (in *injector) one(ctx context.Context, kind string, m *member, injected ch
 		done()
 		if err != nil {
 			in.v.add("%s on %s: %v", kind, m.Name, err)
+			if heal != nil { // a partition that cut some pairs only: undo those
+				_ = heal()
+			}
 			return
 		}
 		sleep(ctx, netHold)
