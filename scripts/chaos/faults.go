@@ -219,10 +219,16 @@ func (in *injector) inject(ctx context.Context, kind string) faultRun {
 		notesMu.Unlock()
 	}
 	var wg sync.WaitGroup
-	// Two nodes down of 3 voters is no quorum: nothing can take a gone node's tasks back until
+	// Two nodes out of 3 voters is no quorum: nothing can take a gone node's tasks back until
 	// one returns, so a double fault there restarts its killed nodes after a hold instead of
-	// waiting for that (the checks at the end still judge every task).
+	// waiting for that, and does not expect a full-disk node's tasks to move (the checks at the
+	// end still judge every task). Loss and delay leave a node in the quorum.
 	noQuorum := len(steps) == 2 && len(in.e.members)-2 <= len(in.e.members)/2
+	for _, s := range steps {
+		if f, _ := netKind(s.kind); f == kLoss || f == kDelay {
+			noQuorum = false
+		}
+	}
 	for _, s := range steps {
 		wg.Add(1)
 		go func() {
@@ -291,7 +297,7 @@ func (in *injector) one(ctx context.Context, kind string, m *member, injected ch
 			in.v.add("%s on %s: %v", kind, m.Name, err)
 			return
 		}
-		in.checkFullDisk(ctx, m)
+		in.checkFullDisk(ctx, m, noQuorum)
 		free()
 		// A node recovers by itself once writes succeed again.
 		if err := localcluster.Until(recoverDeadline, 200*time.Millisecond, func() bool {
@@ -410,8 +416,9 @@ func (in *injector) checkGone(ctx context.Context, kind string, m *member) {
 }
 
 // checkFullDisk holds the disk full for diskHold and checks, meanwhile, that m says it is
-// unhealthy, and at the end that no task sits on it untouched for diskStuckAfter.
-func (in *injector) checkFullDisk(ctx context.Context, m *member) {
+// unhealthy, and at the end, unless the other fault of a double left no quorum to move them,
+// that no task sits on it untouched for diskStuckAfter.
+func (in *injector) checkFullDisk(ctx context.Context, m *member, noQuorum bool) {
 	end := time.Now().Add(diskHold)
 	unhealthy := false
 	for time.Now().Before(end) && ctx.Err() == nil {
@@ -422,6 +429,9 @@ func (in *injector) checkFullDisk(ctx context.Context, m *member) {
 	}
 	if !unhealthy {
 		in.v.add("%s on %s: /v1/health stayed 200 for %s with its data dir full", kDisk, m.Name, diskHold)
+	}
+	if noQuorum {
+		return
 	}
 	ts, ok := listOn(ctx, in.e, m.Name)
 	if !ok {
