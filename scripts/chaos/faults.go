@@ -398,18 +398,23 @@ func (in *injector) restart(kind string, m *member) {
 // the leader sees it; after goneDeadline that is a violation.
 func (in *injector) checkGone(ctx context.Context, kind string, m *member) {
 	var last []string
-	asked := false
+	asked, lastOK := false, false
 	err := localcluster.Until(goneDeadline, 250*time.Millisecond, func() bool {
 		if ctx.Err() != nil {
 			return true
 		}
 		on, ok := tasksOn(ctx, in.e, m.Name)
 		asked = asked || ok
-		last = on
+		lastOK = ok
+		if ok {
+			last = on
+		}
 		return ok && len(on) == 0
 	})
 	if err != nil && !asked {
 		in.v.add("%s on %s: no leader to ask for %s while the node was gone", kind, m.Name, goneDeadline)
+	} else if err != nil && !lastOK && len(last) == 0 {
+		in.v.add("%s on %s: no leader to ask at the end of %s while the node was gone (last asked: nothing left on it)", kind, m.Name, goneDeadline)
 	} else if err != nil {
 		in.v.add("%s on %s: %d tasks still running or assigned on the gone node after %s (e.g. %v)", kind, m.Name, len(last), goneDeadline, head(last, 3))
 	}

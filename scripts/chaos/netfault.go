@@ -73,24 +73,43 @@ func addrSet(ms []*member) string {
 	return "{ " + strings.Join(ips, ", ") + " }"
 }
 
-// addLoss drops pct % of the packets between m and peers, both ways, chosen at random per packet
-// (nftables numgen), in m's namespace: incoming from them and outgoing to them. It returns how to
-// remove it. Only node-to-node traffic is hit: the bridge address (this program) is not a peer.
+// addLoss drops pct % of the packets between m and peers, both ways, each packet drawn at random
+// (nftables numgen), where they arrive: on the input hook of m's namespace for packets from the
+// peers, and of each peer's for packets from m. Dropping on output instead would tell the sender
+// (sendto and connect fail with EPERM), which no lost packet does. It returns how to remove it.
+// Only node-to-node traffic is hit: the bridge address (this program) is no peer.
 func (e *env) addLoss(m *member, peers []*member, pct int) (heal func() error, err error) {
-	table := fmt.Sprintf("chaos_loss_%d", nftSeq.Add(1))
-	set := addrSet(peers)
-	script := fmt.Sprintf(`table inet %[1]s {
+	tables := map[string]string{} // namespace -> table
+	heal = func() error {
+		var errs []error
+		for ns, table := range tables {
+			errs = append(errs, nft(ns, "delete table inet "+table))
+		}
+		return errors.Join(errs...)
+	}
+	add := func(at *member, from []*member) error {
+		table := fmt.Sprintf("chaos_loss_%d", nftSeq.Add(1))
+		script := fmt.Sprintf(`table inet %s {
   chain in { type filter hook input priority 0; policy accept;
-    ip saddr %[2]s numgen random mod 100 < %[3]d drop
+    ip saddr %s numgen random mod 100 < %d drop
   }
-  chain out { type filter hook output priority 0; policy accept;
-    ip daddr %[2]s numgen random mod 100 < %[3]d drop
-  }
-}`, table, set, pct)
-	if err := nft(m.ns, script); err != nil {
+}`, table, addrSet(from), pct)
+		if err := nft(at.ns, script); err != nil {
+			return err
+		}
+		tables[at.ns] = table
+		return nil
+	}
+	if err := add(m, peers); err != nil {
 		return nil, err
 	}
-	return func() error { return nft(m.ns, "delete table inet "+table) }, nil
+	for _, p := range peers {
+		if err := add(p, []*member{m}); err != nil {
+			_ = heal()
+			return nil, err
+		}
+	}
+	return heal, nil
 }
 
 // delayPorts are the node-to-node TCP ports a delay fault sends through the proxy: gossip (its TCP
@@ -327,22 +346,40 @@ func (p *delayProxy) Close() {
 }
 
 // inNetns runs f on an OS thread that has entered the network namespace ns, so that the sockets f
-// opens live there. The thread stays locked and ends with the goroutine, namespace and all.
+// opens live there, and then returns the thread to this program's namespace. The thread must
+// not die: the nodes are started with Pdeathsig SIGKILL, which the kernel sends when the thread
+// that forked a node exits, and any thread may have forked one. (A first version let the locked
+// thread end with its goroutine, as Go does, and so killed a node now and then, silently.)
 func inNetns(ns string, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: Go ends the thread when the goroutine returns
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open this thread's netns: %w", err)
+			return
+		}
+		defer unix.Close(orig)
 		fd, err := unix.Open("/var/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("open netns %s: %w", ns, err)
 			return
 		}
 		defer unix.Close(fd)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter netns %s: %w", ns, err)
 			return
 		}
 		errc <- f()
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			// The thread is in the wrong namespace and may not run anything else, nor end
+			// (see above): park this goroutine on it for good.
+			select {}
+		}
+		runtime.UnlockOSThread()
 	}()
 	return <-errc
 }
