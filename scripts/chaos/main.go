@@ -20,8 +20,8 @@
 // it could not cut one pair of nodes. The kernel of the machine this was written on has no tc
 // netem qdisc, no tc actions and no nfnetlink_queue, so random loss and delay are made with
 // nftables (package nftables; left out, saying why, when nft does not work in a namespace). Loss:
-// a table in the victim's namespace drops -loss % of the packets to and from the chosen peers,
-// each chosen at random (numgen), on the input and output hooks: every protocol, both ways. Delay:
+// -loss % of the packets between the victim and the chosen peers, each drawn at random (numgen),
+// every protocol, both ways, dropped on the input hook of the receiving node's namespace. Delay:
 // a TCP proxy in this program, on the bridge address, holds every chunk of bytes (and the FIN)
 // for -delay before passing it on, each way; nat rules in the dialling node's namespace send new
 // TCP connections to the other node's gossip and raft ports through it, and a reset rule ends the
