@@ -238,8 +238,8 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	}
 	var kinds []string
 	for _, k := range cfg.Faults {
-		netns, nft, tmpfs := needs(k)
-		if (netns && !e.netns) || (nft && !e.nft) || (tmpfs && !e.tmpfs) {
+		wantNetns, wantNft, wantTmpfs := needs(k)
+		if (wantNetns && !e.netns) || (wantNft && !e.nft) || (wantTmpfs && !e.tmpfs) {
 			rep.Skipped = append(rep.Skipped, k)
 			continue
 		}
