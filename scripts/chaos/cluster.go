@@ -80,6 +80,7 @@ type env struct {
 	prefix  string // unique per run: names of namespaces, links
 	subnet  string // "10.213.K" in namespace mode
 	netns   bool
+	nft     bool // nftables works in the namespaces: loss and delay faults
 	tmpfs   bool
 	members []*member
 	cluster *localcluster.Cluster

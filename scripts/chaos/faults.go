@@ -28,21 +28,51 @@ const (
 	kPartition       = "partition"
 	kPartitionLeader = "partition-leader"
 	kPartitionPair   = "partition-pair"
+	kLoss            = "loss"
+	kLossLeader      = "loss-leader"
+	kLossPair        = "loss-pair"
+	kDelay           = "delay"
+	kDelayLeader     = "delay-leader"
+	kDelayPair       = "delay-pair"
 	kDouble          = "double"
 )
 
 var allKinds = []string{kKill, kKillLeader, kStop, kStopLeader, kTerm, kTermLeader, kDisk,
-	kPartition, kPartitionLeader, kPartitionPair, kDouble}
+	kPartition, kPartitionLeader, kPartitionPair, kLoss, kLossLeader, kLossPair,
+	kDelay, kDelayLeader, kDelayPair, kDouble}
 
-// needs says what a kind needs beyond processes on 127.0.0.1.
-func needs(kind string) (netns, tmpfs bool) {
+// needs says what a kind needs beyond processes on 127.0.0.1: network namespaces, nftables in
+// them, a tmpfs per data dir.
+func needs(kind string) (netns, nft, tmpfs bool) {
 	switch kind {
 	case kPartition, kPartitionLeader, kPartitionPair:
-		return true, false
+		return true, false, false
+	case kLoss, kLossLeader, kLossPair, kDelay, kDelayLeader, kDelayPair:
+		return true, true, false
 	case kDisk:
-		return false, true
+		return false, false, true
 	}
-	return false, false
+	return false, false, false
+}
+
+// netKind is the family of a network fault kind: kPartition, kLoss or kDelay; pair says it hits
+// the victim and one other node only, "" for a kind that is no network fault.
+func netKind(kind string) (family string, pair bool) {
+	switch kind {
+	case kPartition, kPartitionLeader:
+		return kPartition, false
+	case kPartitionPair:
+		return kPartition, true
+	case kLoss, kLossLeader:
+		return kLoss, false
+	case kLossPair:
+		return kLoss, true
+	case kDelay, kDelayLeader:
+		return kDelay, false
+	case kDelayPair:
+		return kDelay, true
+	}
+	return "", false
 }
 
 // Timings of the faults and of the checks made while they hold.
@@ -62,6 +92,7 @@ type faultRun struct {
 	Recovery time.Duration // from injection until a submit was accepted again
 	Recover  bool          // false: no submit accepted within recoverDeadline
 	Skipped  string        // why the fault could not be injected (no victim)
+	Notes    []string      // what was measured of the fault itself (a delay's round trip)
 }
 
 // violations collects every broken promise seen during and after the run.
@@ -146,13 +177,16 @@ func (in *injector) inject(ctx context.Context, kind string) faultRun {
 		if !in.e.netns {
 			singles = slices.DeleteFunc(singles, func(k string) bool { return k == kPartition })
 		}
+		if in.e.nft {
+			singles = append(singles, kLoss, kDelay)
+		}
 		for i := 0; i < 2; i++ {
 			k := singles[rand.IntN(len(singles))]
 			if m := pick(i == 0 && rand.IntN(2) == 0); m != nil {
 				steps = append(steps, step{k, m})
 			}
 		}
-	case kKillLeader, kStopLeader, kTermLeader, kPartitionLeader:
+	case kKillLeader, kStopLeader, kTermLeader, kPartitionLeader, kLossLeader, kDelayLeader:
 		if m := pick(true); m != nil {
 			steps = append(steps, step{kind, m})
 		}
@@ -176,16 +210,30 @@ func (in *injector) inject(ctx context.Context, kind string) faultRun {
 	in.logf("fault %s on %v", kind, fr.Victims)
 
 	injected := make(chan struct{}, len(steps))
+	var notesMu sync.Mutex
+	note := func(format string, args ...any) {
+		s := fmt.Sprintf(format, args...)
+		in.logf("%s", s)
+		notesMu.Lock()
+		fr.Notes = append(fr.Notes, s)
+		notesMu.Unlock()
+	}
 	var wg sync.WaitGroup
-	// Two nodes down of 3 voters is no quorum: nothing can take a gone node's tasks back until
+	// Two nodes out of 3 voters is no quorum: nothing can take a gone node's tasks back until
 	// one returns, so a double fault there restarts its killed nodes after a hold instead of
-	// waiting for that (the checks at the end still judge every task).
+	// waiting for that, and does not expect a full-disk node's tasks to move (the checks at the
+	// end still judge every task). Loss and delay leave a node in the quorum.
 	noQuorum := len(steps) == 2 && len(in.e.members)-2 <= len(in.e.members)/2
+	for _, s := range steps {
+		if f, _ := netKind(s.kind); f == kLoss || f == kDelay {
+			noQuorum = false
+		}
+	}
 	for _, s := range steps {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			in.one(ctx, s.kind, s.m, injected, noQuorum)
+			in.one(ctx, s.kind, s.m, injected, noQuorum, note)
 		}()
 	}
 	for range steps {
@@ -202,13 +250,15 @@ func (in *injector) inject(ctx context.Context, kind string) faultRun {
 		in.v.add("%s on %v: no submit accepted within %s of the injection", kind, fr.Victims, recoverDeadline)
 	}
 	wg.Wait()
+	notesMu.Lock()
+	defer notesMu.Unlock()
 	return fr
 }
 
 // one injects a single-node fault on m, signals injected, holds it, and undoes it. With noQuorum
 // (the other fault of a double leaves no majority) a gone node is restarted after a hold rather
 // than once the cluster has taken its tasks back, which it cannot do without a quorum.
-func (in *injector) one(ctx context.Context, kind string, m *member, injected chan<- struct{}, noQuorum bool) {
+func (in *injector) one(ctx context.Context, kind string, m *member, injected chan<- struct{}, noQuorum bool, note func(string, ...any)) {
 	e := in.e
 	done := func() { injected <- struct{}{} }
 	checkGone := func() {
@@ -247,7 +297,7 @@ func (in *injector) one(ctx context.Context, kind string, m *member, injected ch
 			in.v.add("%s on %s: %v", kind, m.Name, err)
 			return
 		}
-		in.checkFullDisk(ctx, m)
+		in.checkFullDisk(ctx, m, noQuorum)
 		free()
 		// A node recovers by itself once writes succeed again.
 		if err := localcluster.Until(recoverDeadline, 200*time.Millisecond, func() bool {
@@ -258,32 +308,84 @@ func (in *injector) one(ctx context.Context, kind string, m *member, injected ch
 			// goroutine's stack to its log before it exits, which is what a post-mortem needs.
 			_ = m.Signal(syscall.SIGQUIT)
 		}
-	case kPartition, kPartitionLeader, kPartitionPair:
+	case kPartition, kPartitionLeader, kPartitionPair, kLoss, kLossLeader, kLossPair, kDelay, kDelayLeader, kDelayPair:
+		family, pair := netKind(kind)
 		var peers []*member
 		for _, o := range e.members {
 			if o != m {
 				peers = append(peers, o)
 			}
 		}
-		if kind == kPartitionPair { // m and one other lose each other; both still reach the rest
+		if pair { // m and one other: both still reach the rest unharmed
 			peers = []*member{peers[rand.IntN(len(peers))]}
 		}
-		for _, p := range peers {
-			if err := e.cut(m, p); err != nil {
-				in.v.add("%s on %s: %v", kind, m.Name, err)
-			}
-		}
+		heal, err := in.netFault(family, m, peers, note)
 		done()
-		sleep(ctx, netHold)
-		for _, p := range peers {
-			if err := e.uncut(m, p); err != nil {
-				in.v.add("%s on %s: heal: %v", kind, m.Name, err)
+		if err != nil {
+			in.v.add("%s on %s: %v", kind, m.Name, err)
+			if heal != nil { // a partition that cut some pairs only: undo those
+				_ = heal()
 			}
+			return
+		}
+		sleep(ctx, netHold)
+		if err := heal(); err != nil {
+			in.v.add("%s on %s: heal: %v", kind, m.Name, err)
 		}
 	default:
 		done()
 		in.v.add("unknown fault kind %q", kind)
 	}
+}
+
+// netFault starts a network fault of family (kPartition, kLoss, kDelay) between m and each of
+// peers, both ways, and returns how to undo it. A delay's round trip is measured from m's
+// namespace to the first peer before and after, and noted.
+func (in *injector) netFault(family string, m *member, peers []*member, note func(string, ...any)) (heal func() error, err error) {
+	e := in.e
+	names := make([]string, len(peers))
+	for i, p := range peers {
+		names[i] = p.Name
+	}
+	switch family {
+	case kPartition:
+		var errs []error
+		for _, p := range peers {
+			errs = append(errs, e.cut(m, p))
+		}
+		return func() error {
+			var errs []error
+			for _, p := range peers {
+				errs = append(errs, e.uncut(m, p))
+			}
+			return errors.Join(errs...)
+		}, errors.Join(errs...)
+	case kLoss:
+		heal, err := e.addLoss(m, peers, e.cfg.LossPct)
+		if err == nil {
+			note("loss %s<->%v: %d%% of packets dropped each way", m.Name, names, e.cfg.LossPct)
+		}
+		return heal, err
+	case kDelay:
+		before, errBefore := tcpRTT(m, peers[0])
+		df, err := e.addDelay(m, peers, e.cfg.Delay)
+		if err != nil {
+			return nil, err
+		}
+		during, errDuring := tcpRTT(m, peers[0])
+		if errBefore != nil || errDuring != nil {
+			note("delay %s<->%v: +%s each way on TCP; round trip %s->%s not measured: %v", m.Name, names, e.cfg.Delay, m.Name, peers[0].Name, errors.Join(errBefore, errDuring))
+		} else {
+			note("delay %s<->%v: +%s each way on TCP; round trip %s->%s raft port %s before, %s during", m.Name, names, e.cfg.Delay,
+				m.Name, peers[0].Name, roundMs(before), roundMs(during))
+		}
+		return df.heal, nil
+	}
+	return nil, fmt.Errorf("no network fault %q", family)
+}
+
+func roundMs(d time.Duration) string {
+	return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000)
 }
 
 func (in *injector) restart(kind string, m *member) {
@@ -296,26 +398,32 @@ func (in *injector) restart(kind string, m *member) {
 // the leader sees it; after goneDeadline that is a violation.
 func (in *injector) checkGone(ctx context.Context, kind string, m *member) {
 	var last []string
-	asked := false
+	asked, lastOK := false, false
 	err := localcluster.Until(goneDeadline, 250*time.Millisecond, func() bool {
 		if ctx.Err() != nil {
 			return true
 		}
 		on, ok := tasksOn(ctx, in.e, m.Name)
 		asked = asked || ok
-		last = on
+		lastOK = ok
+		if ok {
+			last = on
+		}
 		return ok && len(on) == 0
 	})
 	if err != nil && !asked {
 		in.v.add("%s on %s: no leader to ask for %s while the node was gone", kind, m.Name, goneDeadline)
+	} else if err != nil && !lastOK && len(last) == 0 {
+		in.v.add("%s on %s: no leader to ask at the end of %s while the node was gone (last asked: nothing left on it)", kind, m.Name, goneDeadline)
 	} else if err != nil {
 		in.v.add("%s on %s: %d tasks still running or assigned on the gone node after %s (e.g. %v)", kind, m.Name, len(last), goneDeadline, head(last, 3))
 	}
 }
 
 // checkFullDisk holds the disk full for diskHold and checks, meanwhile, that m says it is
-// unhealthy, and at the end that no task sits on it untouched for diskStuckAfter.
-func (in *injector) checkFullDisk(ctx context.Context, m *member) {
+// unhealthy, and at the end, unless the other fault of a double left no quorum to move them,
+// that no task sits on it untouched for diskStuckAfter.
+func (in *injector) checkFullDisk(ctx context.Context, m *member, noQuorum bool) {
 	end := time.Now().Add(diskHold)
 	unhealthy := false
 	for time.Now().Before(end) && ctx.Err() == nil {
@@ -326,6 +434,9 @@ func (in *injector) checkFullDisk(ctx context.Context, m *member) {
 	}
 	if !unhealthy {
 		in.v.add("%s on %s: /v1/health stayed 200 for %s with its data dir full", kDisk, m.Name, diskHold)
+	}
+	if noQuorum {
+		return
 	}
 	ts, ok := listOn(ctx, in.e, m.Name)
 	if !ok {

@@ -17,10 +17,20 @@
 // the ports was the other choice; it was not taken because a node advertises only a host (its
 // ports are its bind ports), so a proxy cannot stand between nodes without a second address per
 // node, and a TCP proxy cannot tell which node dialled it (connections come from 127.0.0.1), so
-// it could not cut one pair of nodes. Delay and random loss are not injected: they need tc's
-// netem qdisc (or tc actions), which the kernel of the machine this was written on does not have
-// (no sch_netem, no act_gact, no modules to load). Without root (or without ip), the nodes run on
-// 127.0.0.1 and the network and disk faults are left out, with a line saying so.
+// it could not cut one pair of nodes. The kernel of the machine this was written on has no tc
+// netem qdisc, no tc actions and no nfnetlink_queue, so random loss and delay are made with
+// nftables (package nftables; left out, saying why, when nft does not work in a namespace). Loss:
+// -loss % of the packets between the victim and the chosen peers, each drawn at random (numgen),
+// every protocol, both ways, dropped on the input hook of the receiving node's namespace. Delay:
+// a TCP proxy in this program, on the bridge address, holds every chunk of bytes (and the FIN)
+// for -delay before passing it on, each way; nat rules in the dialling node's namespace send new
+// TCP connections to the other node's gossip and raft ports through it, and a reset rule ends the
+// connections opened before the fault, so that the nodes reconnect through the proxy. It delays
+// raft, internode calls and gossip's TCP side (push-pull, join), not gossip's UDP probes; the
+// round trip to a peer's raft port is measured from the victim's namespace before and during the
+// fault and printed. tbf (a slow link) was the other option here: its delay is queueing, which
+// depends on the traffic, so it cannot be chosen or stated. Without root (or without ip), the
+// nodes run on 127.0.0.1 and the network and disk faults are left out, with a line saying so.
 //
 // Load: -clients submitters, each submitting a short sleep or count task (the result is a
 // function of the input), with an idempotency key, retried on other nodes until acknowledged,
@@ -30,7 +40,10 @@
 // restart once nothing runs on the node), stop (SIGSTOP 3-10 s, SIGCONT), term (SIGTERM, a
 // graceful leave, restart), each also -leader; disk-full (fill the node's tmpfs for 15 s);
 // partition (cut a node from every other for 10 s), partition-leader, partition-pair (cut two
-// nodes from each other only; both still reach the rest); double (two of kill, stop, term, partition, disk-full on two nodes at once). After each
+// nodes from each other only; both still reach the rest); loss, loss-leader, loss-pair (random
+// loss for 10 s, between the same nodes as a partition); delay, delay-leader, delay-pair (delay
+// for 10 s, likewise); double (two of kill, stop, term, partition, disk-full, loss, delay on two
+// nodes at once). After each
 // injection a probe submits an echo task to the nodes not under a fault until one is accepted:
 // that is the fault's recovery time.
 //
@@ -79,7 +92,9 @@ type config struct {
 	Faults    []string
 	Settle    time.Duration
 	TmpfsSize string
-	Loopback  bool // never use namespaces or tmpfs, even as root
+	LossPct   int           // loss faults drop this share of packets, each way
+	Delay     time.Duration // delay faults hold TCP data this long, each way
+	Loopback  bool          // never use namespaces or tmpfs, even as root
 	Keep      bool
 	Verbose   bool
 }
@@ -99,6 +114,8 @@ func main() {
 	flag.StringVar(&faults, "faults", strings.Join(allKinds, ","), "comma-separated fault kinds")
 	flag.DurationVar(&cfg.Settle, "settle", 5*time.Minute, "after the faults, how long the cluster may take to be healthy and finish every task")
 	flag.StringVar(&cfg.TmpfsSize, "tmpfs-size", "128m", "size of each node's data dir tmpfs (as root)")
+	flag.IntVar(&cfg.LossPct, "loss", 20, "percent of packets a loss fault drops, each way (1-100)")
+	flag.DurationVar(&cfg.Delay, "delay", 100*time.Millisecond, "how long a delay fault holds node-to-node TCP data, each way")
 	flag.BoolVar(&cfg.Loopback, "loopback", false, "run on 127.0.0.1 without namespaces or tmpfs even as root (no network or disk faults)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the temporary directory (node logs and data)")
 	flag.BoolVar(&cfg.Verbose, "v", false, "log every fault as it starts")
@@ -145,7 +162,8 @@ type report struct {
 	Mode       string
 	Elapsed    time.Duration
 	Faults     []faultRun
-	Skipped    []string // kinds left out, with why
+	Skipped    []string // kinds left out
+	SkippedWhy string   // and why
 	Tasks      taskStats
 	GaveUp     int
 	Retries    int64
@@ -158,6 +176,15 @@ type report struct {
 func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) {
 	if cfg.Nodes == 0 {
 		cfg.Nodes = cfg.Voters
+	}
+	if cfg.LossPct == 0 {
+		cfg.LossPct = 20
+	}
+	if cfg.Delay == 0 {
+		cfg.Delay = 100 * time.Millisecond
+	}
+	if cfg.LossPct < 1 || cfg.LossPct > 100 || cfg.Delay < 0 {
+		return nil, fmt.Errorf("-loss %d, -delay %s: want 1-100 %% and a positive delay", cfg.LossPct, cfg.Delay)
 	}
 	if cfg.Voters < 3 || cfg.Nodes < cfg.Voters {
 		return nil, fmt.Errorf("-voters %d, -nodes %d: want at least 3 voters and as many nodes", cfg.Voters, cfg.Nodes)
@@ -197,6 +224,13 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	} else {
 		e.netns = true
 	}
+	if e.netns {
+		if err := canNft(e.prefix); err != nil {
+			why = append(why, fmt.Sprintf("loss and delay faults (%v)", err))
+		} else {
+			e.nft = true
+		}
+	}
 	if err := canTmpfs(); err != nil || cfg.Loopback {
 		why = append(why, fmt.Sprintf("disk faults (%v)", orLoopback(err)))
 	} else {
@@ -204,15 +238,16 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	}
 	var kinds []string
 	for _, k := range cfg.Faults {
-		netns, tmpfs := needs(k)
-		if (netns && !e.netns) || (tmpfs && !e.tmpfs) {
+		wantNetns, wantNft, wantTmpfs := needs(k)
+		if (wantNetns && !e.netns) || (wantNft && !e.nft) || (wantTmpfs && !e.tmpfs) {
 			rep.Skipped = append(rep.Skipped, k)
 			continue
 		}
 		kinds = append(kinds, k)
 	}
 	if len(rep.Skipped) > 0 {
-		logf("left out %v: no %s", rep.Skipped, strings.Join(why, ", "))
+		rep.SkippedWhy = "no " + strings.Join(why, ", no ")
+		logf("left out %v: %s", rep.Skipped, rep.SkippedWhy)
 	}
 	if len(kinds) == 0 {
 		return nil, errors.New("no fault kind left to inject")
@@ -486,8 +521,22 @@ func printReport(w io.Writer, r *report) {
 		fmt.Fprintf(w, "| %s | %v |\n", kv.k, kv.v)
 	}
 	fmt.Fprintf(w, "\nReplicas: %s.\n", r.Replicas)
+	var notes []string
+	for _, f := range r.Faults {
+		notes = append(notes, f.Notes...)
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w, "\nLoss and delay as injected (round trips measured from the victim's namespace):")
+		for i, n := range notes {
+			if i == 30 {
+				fmt.Fprintf(w, "- ... and %d more\n", len(notes)-30)
+				break
+			}
+			fmt.Fprintln(w, "-", n)
+		}
+	}
 	if len(r.Skipped) > 0 {
-		fmt.Fprintf(w, "Left out: %s.\n", strings.Join(r.Skipped, ", "))
+		fmt.Fprintf(w, "Left out: %s (%s).\n", strings.Join(r.Skipped, ", "), r.SkippedWhy)
 	}
 	if len(r.Violations) == 0 {
 		fmt.Fprintln(w, "\nNo violations.")
