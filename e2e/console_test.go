@@ -260,9 +260,22 @@ func TestConsolePagesRenderAndFollowASubmittedTask(t *testing.T) {
 	b.until("invalid JSON flagged", `/not valid JSON/.test(document.querySelector('#input-check').textContent) && document.querySelector('#submit').disabled`)
 	eval[bool](b, `(() => { const a = document.querySelector('#input'); a.value = '20'; a.dispatchEvent(new Event('input', {bubbles: true})); return true })()`)
 	b.until("valid input accepted", `!document.querySelector('#submit').disabled`)
+	// The options of issue 14: a queue and a priority, sent with the submit.
+	eval[bool](b, `(() => { document.querySelector('#submit-form details').open = true;
+		for (const [id, v] of [['#opt-queue', 'ui-q'], ['#opt-priority', '5']]) {
+			const a = document.querySelector(id); a.value = v; a.dispatchEvent(new Event('input', {bubbles: true})) }
+		return true })()`)
 	b.screenshot("submit")
 	b.run("submit", chromedp.Click(chromedp.CSS(`#submit`)))
 	b.until("the task page", `location.hash.startsWith('#/task/') && document.querySelector('#task-id') !== null`)
+	var opts struct {
+		Queue    string `json:"queue"`
+		Priority int    `json:"priority"`
+	}
+	id := eval[string](b, `location.hash.split('/')[2]`)
+	if code := apiCall(t, via.HTTP, "", "GET", "/v1/tasks/"+id, nil, &opts); code != 200 || opts.Queue != "ui-q" || opts.Priority != 5 {
+		t.Errorf("the form's task %s: %d queue %q priority %d, want ui-q and 5", id, code, opts.Queue, opts.Priority)
+	}
 	// Live: output lines show while the task still runs.
 	b.until("output while running", `document.querySelectorAll('#output .line').length >= 2 && document.querySelector('.toolbar .badge').textContent === 'running'`)
 	b.screenshot("task-running")

@@ -557,6 +557,13 @@ function Submit({ params }) {
   const [attempts, setAttempts] = useState('');
   const [timeout, setTimeoutText] = useState('');
   const [key, setKey] = useState('');
+  // Issue 14's options: when (delay or run_at), priority, queue, unique key and window.
+  const [delay, setDelay] = useState('');
+  const [runAt, setRunAt] = useState('');
+  const [priority, setPriority] = useState('');
+  const [queue, setQueue] = useState('');
+  const [uniqueKey, setUniqueKey] = useState('');
+  const [uniqueFor, setUniqueFor] = useState('');
   const [busy, setBusy] = useState(false);
   useEffect(() => {
     get('/v1/types').then(({ data }) => setTypes(data.filter((t) => auth.can('submit', t.type)))).catch(setError);
@@ -582,6 +589,12 @@ function Submit({ params }) {
       if (attempts) body.max_attempts = Number(attempts);
       if (timeout) body.timeout = timeout;
       if (key) body.idempotency_key = key;
+      if (delay) body.delay = delay;
+      if (runAt && !isNaN(new Date(runAt))) body.run_at = new Date(runAt).toISOString();
+      if (priority) body.priority = Number(priority);
+      if (queue) body.queue = queue;
+      if (uniqueKey) body.unique_key = uniqueKey;
+      if (uniqueFor) body.unique_for = uniqueFor;
       const { data } = await post('/v1/tasks', body);
       go('#/task/' + data.id);
     } catch (err) {
@@ -607,6 +620,12 @@ function Submit({ params }) {
           <label>max attempts<input type="number" min="1" value={attempts} onInput={(e) => setAttempts(e.target.value)} placeholder="3" /></label>
           <label>timeout<input value={timeout} onInput={(e) => setTimeoutText(e.target.value)} placeholder="30s" /></label>
           <label>idempotency key<input value={key} onInput={(e) => setKey(e.target.value)} /></label>
+          <label>delay<input id="opt-delay" value={delay} onInput={(e) => setDelay(e.target.value)} placeholder="2s (or run at)" /></label>
+          <label>run at<input id="opt-run-at" type="datetime-local" step="1" value={runAt} onInput={(e) => setRunAt(e.target.value)} /></label>
+          <label>priority<input id="opt-priority" type="number" min="-1000" max="1000" value={priority} onInput={(e) => setPriority(e.target.value)} placeholder="0" /></label>
+          <label>queue<input id="opt-queue" value={queue} onInput={(e) => setQueue(e.target.value.trim())} placeholder="default" /></label>
+          <label>unique key<input id="opt-unique-key" value={uniqueKey} onInput={(e) => setUniqueKey(e.target.value)} /></label>
+          <label>unique for<input id="opt-unique-for" value={uniqueFor} onInput={(e) => setUniqueFor(e.target.value)} placeholder="1h" /></label>
         </details>
         <button type="submit" id="submit" disabled={busy || invalidJSON || !info}>Submit</button>
         <ErrorBox error={error} />
