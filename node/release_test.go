@@ -111,6 +111,12 @@ func TestLeavingNodeAnswersHeldRequestsAndSaysDraining(t *testing.T) {
 	waitDrainRecorded(t, tc, victim.Name())
 	// A draining node still takes requests; this task lands elsewhere and outlives the leave.
 	submitWait := hold("POST", base+"/v1/tasks?wait=5m", map[string]any{"type": "gate"})
+	// Let the submit be stored (so its handler is holding the wait) before the drain can end: a
+	// request still on its way to the leader when the node goes is not a held one.
+	waitFor(t, "the held submit stored", 30*time.Second, func() bool {
+		l := tc.leader()
+		return l != nil && len(l.FSM().List(fsm.Filter{Type: "gate"})) == len(ids)+1
+	})
 	if code := httpCall(t, victim, "GET", "/v1/health", nil, &h); code != http.StatusServiceUnavailable || h.Status != api.HealthDraining {
 		t.Fatalf("health with the drain recorded: %d %+v, want 503 draining", code, h)
 	}
