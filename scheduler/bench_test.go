@@ -13,34 +13,7 @@ import (
 // pass has 4 free slots to fill, as under a burst.
 func backlogFSM(b *testing.B, pending int) (*fsm.FSM, map[string]bool) {
 	b.Helper()
-	f := fsm.New()
-	idx := uint64(0)
-	apply := func(body fsm.Payload) {
-		idx++
-		if r := f.ApplyCommand(idx, &fsm.Command{Now: now0, Body: body}); r.Err != nil {
-			b.Fatal(r.Err)
-		}
-	}
-	alive := map[string]bool{}
-	for _, name := range []string{"n1", "n2", "n3"} {
-		apply(&fsm.Register{Node: fsm.Node{Name: name, BootID: "boot-" + name, Capacity: 8, Types: []fsm.TypeInfo{{Type: "echo", Version: "1"}}}})
-		alive[name] = true
-	}
-	total := pending + 20
-	for done := 0; done < total; done += 1000 {
-		var subs []fsm.Submit
-		for i := done; i < min(done+1000, total); i++ {
-			subs = append(subs, fsm.Submit{ID: fmt.Sprintf("01JBENCH%018d", i), Type: "echo", Input: json.RawMessage(`"hello"`), MaxAttempts: 3})
-		}
-		apply(&fsm.SubmitBatch{Items: subs})
-	}
-	var as []fsm.Assign
-	for i := range 20 {
-		n := []string{"n1", "n2", "n3"}[i%3]
-		as = append(as, fsm.Assign{TaskID: fmt.Sprintf("01JBENCH%018d", i), Node: n, BootID: "boot-" + n})
-	}
-	apply(&fsm.AssignBatch{Items: as})
-	return f, alive
+	return queuedFSM(b, pending, 1, 1) // one FIFO queue, one priority
 }
 
 // BenchmarkSchedulerPass is one placement pass (view and Place) at a growing backlog: the cost
