@@ -25,20 +25,9 @@ func storageFaultCluster(t *testing.T) (*testCluster, *gate, *Node, []string) {
 	t.Helper()
 	g := newGate()
 	tc := startCluster(t, 3, clusterOpts{capacity: 3, registry: g.registry(t)})
-	var ids []string
-	for i := 0; i < 6; i++ {
-		ids = append(ids, submit(t, tc.nodes[i%3], "gate", nil, "").ID)
-	}
-	for _, id := range ids {
-		waitState(t, tc, id, 20*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running })
-	}
+	_, on := runGates(t, tc, 6)
 	victim := tc.follower()
-	var mine []string
-	for _, id := range ids {
-		if tc.task(id).Node == victim.Name() {
-			mine = append(mine, id)
-		}
-	}
+	mine := on[victim.Name()]
 	if len(mine) == 0 {
 		t.Fatalf("follower %s runs nothing", victim.Name())
 	}
