@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/taskworker/taskworker/internal/mpcheck"
 )
 
 // A log entry is one byte of CommandType, then a msgpack map {now, body} with the type's payload.
@@ -71,6 +73,13 @@ func Decode(b []byte) (c *Command, err error) {
 	}()
 	if len(b) == 0 {
 		return nil, fmt.Errorf("decode command: %w: empty entry", ErrBadCommand)
+	}
+	mp := b[1:]
+	if b[0] >= 0x80 {
+		mp = b
+	}
+	if _, err := mpcheck.Check(mp); err != nil {
+		return nil, fmt.Errorf("decode command: %w: %v", ErrBadCommand, err)
 	}
 	if b[0] >= 0x80 {
 		return decodeLegacy(b)
@@ -163,14 +172,18 @@ func (f *FSM) lowestProtocol() (int, string) {
 	return lowest, who
 }
 
-// Unmarshal is msgpack.Unmarshal that returns an error instead of panicking: msgpack v5 panics on
-// some malformed input, and what we decode comes from peers and clients.
+// Unmarshal is msgpack.Unmarshal that returns an error instead of panicking (msgpack v5 panics on
+// some malformed input) or allocating what a header claims beyond the input (mpcheck): what we
+// decode comes from peers and clients.
 func Unmarshal(b []byte, v any) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("malformed msgpack: %v", p)
 		}
 	}()
+	if _, err := mpcheck.Check(b); err != nil {
+		return err
+	}
 	return msgpack.Unmarshal(b, v)
 }
 

@@ -6,6 +6,8 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/taskworker/taskworker/internal/mpcheck"
 )
 
 // ErrMetaTooLarge is returned when encoded Meta would not fit memberlist's limit (memberlist itself
@@ -66,6 +68,9 @@ func DecodeMeta(b []byte) (Meta, error) {
 		return Meta{}, fmt.Errorf("decode meta: %d bytes, limit %d: %w", len(b), memberlist.MetaMaxSize, ErrMetaTooLarge)
 	}
 	var m Meta
+	if _, err := mpcheck.Check(b); err != nil { // declared lengths within the 512 bytes
+		return Meta{}, fmt.Errorf("decode meta: %w", err)
+	}
 	if err := msgpack.Unmarshal(b, &m); err != nil {
 		return Meta{}, fmt.Errorf("decode meta: %w", err)
 	}
