@@ -33,7 +33,10 @@ const (
 // Protocol 2 adds fields to existing payloads (issue 14's scheduling options on Submit, say). A
 // payload that uses one says so through NeedsProtocol, so the leader writes it only once every up
 // node decodes it: an older replica would halt on the unknown field.
-const Protocol = 2
+//
+// Protocol 3 adds Assign.Fast: an assignment the leader proposed together with the submit of its
+// task, which the FSM checks against the node's capacity itself (PlaceAtSubmit).
+const Protocol = 3
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
 // newer than their type's Since: the lowest protocol that decodes this payload as it is.
@@ -240,8 +243,14 @@ type AssignBatch struct {
 	Due []string `msgpack:"due,omitempty"`
 }
 
-// NeedsProtocol implements NeedsProtocol: 2 when it promotes delayed tasks.
+// NeedsProtocol implements NeedsProtocol: 3 with a fast assignment, 2 when it promotes delayed
+// tasks.
 func (b *AssignBatch) NeedsProtocol() int {
+	for _, a := range b.Items {
+		if a.Fast {
+			return 3
+		}
+	}
 	if len(b.Due) > 0 {
 		return 2
 	}
@@ -387,6 +396,11 @@ type Assign struct {
 	TaskID string `msgpack:"task_id"`
 	Node   string `msgpack:"node"`
 	BootID string `msgpack:"boot_id"`
+	// Fast marks an assignment the leader proposed right behind its task's submit, before that
+	// committed (PlaceAtSubmit), while the scheduler loop may place other tasks on the same
+	// slots: the FSM applies it only while the node has a free slot, and leaves the task
+	// pending otherwise. Protocol 3.
+	Fast bool `msgpack:"fast,omitempty"`
 }
 
 // ReportKind is what an executor reports about an attempt.

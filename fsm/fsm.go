@@ -285,6 +285,9 @@ func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
 	if !f.queues.admits(old, f.tasks) { // Place checks too; this holds whatever a leader proposed
 		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
 	}
+	if a.Fast && len(f.tasks.active[a.Node]) >= n.Capacity {
+		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
+	}
 	t := old.cow()
 	defer f.save(old, t)
 	t.State = Assigned

@@ -1074,3 +1074,50 @@ func TestTaskWatch(t *testing.T) {
 		t.Errorf("state after change = %s", tk.State)
 	}
 }
+
+// A fast assignment (proposed with its submit, while the scheduler loop may fill the same slots)
+// applies only while the node has a free slot; a plain one is the scheduler's call, as before.
+func TestFastAssignHoldsNodeCapacity(t *testing.T) {
+	h := newHarness(t)
+	h.must(registerCmd("n1", "b1", 1))
+	h.must(submitCmd(sub("a", "echo"), sub("b", "echo"), sub("c", "echo")))
+	h.must(assignCmd("a", "n1", "b1"))
+	fast := &Command{Now: t0, Body: &AssignBatch{Items: []Assign{{TaskID: "b", Node: "n1", BootID: "b1", Fast: true}}}}
+	if it := h.item(fast); !errors.Is(it.Err, ErrNotPlaceable) {
+		t.Fatalf("fast assign on a full node: err = %v, want ErrNotPlaceable", it.Err)
+	}
+	if tk := h.task("b"); tk.State != Pending || tk.Attempt != 0 {
+		t.Fatalf("refused fast assign changed b: %+v", tk)
+	}
+	if it := h.item(assignCmd("c", "n1", "b1")); it.Err != nil {
+		t.Fatalf("plain assign on a full node: %v (the scheduler decides capacity for those)", it.Err)
+	}
+	h.must(registerCmd("n2", "b2", 2))
+	fast.Body.(*AssignBatch).Items[0].Node, fast.Body.(*AssignBatch).Items[0].BootID = "n2", "b2"
+	if it := h.item(fast); it.Err != nil {
+		t.Fatalf("fast assign with a free slot: %v", it.Err)
+	}
+	if tk := h.task("b"); tk.State != Assigned || tk.Node != "n2" {
+		t.Fatalf("b = %+v, want assigned to n2", tk)
+	}
+	if got := fast.Body.(*AssignBatch).NeedsProtocol(); got != 3 {
+		t.Errorf("fast assign NeedsProtocol = %d, want 3", got)
+	}
+}
+
+func TestSubmitCandidatesAreThePendingTasksASubmitCreates(t *testing.T) {
+	later := t0.Add(time.Minute)
+	got := SubmitCandidates([]Submit{
+		{ID: "a", Type: "echo", Version: "1", Priority: 5, Queue: DefaultQueue},
+		{ID: "b", Type: "echo", RunAt: &later},
+		{ID: "c", Type: "echo", RunAt: &t0, Queue: "q"},
+		{ID: "", Type: "echo"},
+	}, t0)
+	want := []Task{
+		{ID: "a", Type: "echo", Version: "1", State: Pending, Priority: 5, CreatedAt: t0},
+		{ID: "c", Type: "echo", State: Pending, Queue: "q", CreatedAt: t0},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("candidates = %+v\nwant %+v", got, want)
+	}
+}

@@ -514,3 +514,24 @@ func decodeCursor(c string) (*Task, error) {
 	}
 	return &Task{CreateIndex: n, ID: id}, nil
 }
+
+// SubmitCandidates returns the tasks subs will create pending at now (not delayed), as Place reads
+// candidates: the leader places them right behind their submit (node.placeAtSubmit). A submit the
+// FSM then refuses (a duplicate, a unique key held) creates no task, and its assignment fails
+// with ErrNotFound.
+func SubmitCandidates(subs []Submit, now time.Time) []Task {
+	var out []Task
+	for i := range subs {
+		s := &subs[i]
+		if s.ID == "" || s.Type == "" || (s.RunAt != nil && s.RunAt.After(now)) {
+			continue
+		}
+		q := s.Queue
+		if q == DefaultQueue {
+			q = ""
+		}
+		out = append(out, Task{ID: s.ID, Type: s.Type, Version: s.Version, State: Pending,
+			Priority: s.Priority, Queue: q, CreatedAt: now})
+	}
+	return out
+}

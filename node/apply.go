@@ -174,6 +174,7 @@ func (n *Node) raftApply(c *fsm.Command, timeout time.Duration) (*fsm.Result, er
 	}
 	start := time.Now()
 	f := n.raft.Apply(b, timeout)
+	n.placeAtSubmit(c, timeout) // queued right behind it, before it commits
 	if err := f.Error(); err != nil {
 		return nil, fmt.Errorf("apply %s: %w", c.Type(), err)
 	}

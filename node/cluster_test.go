@@ -349,6 +349,17 @@ func submit(t *testing.T, n *Node, typ string, input any, wait string) api.Task 
 	return task
 }
 
+// waitTaskEnded returns task id, read through n, once it has ended.
+func waitTaskEnded(t *testing.T, n *Node, id string) api.Task {
+	t.Helper()
+	var task api.Task
+	waitFor(t, "task "+id+" done", 30*time.Second, func() bool {
+		httpCall(t, n, "GET", "/v1/tasks/"+id+"?wait=5s", nil, &task)
+		return api.IsTerminal(task.State)
+	})
+	return task
+}
+
 func TestSubmitOnFollowerReturnsResult(t *testing.T) {
 	tc := startCluster(t, 3, clusterOpts{})
 	f := tc.follower()
@@ -373,11 +384,7 @@ func TestTasksSpreadOverAllNodes(t *testing.T) {
 	}
 	ran := map[string]int{}
 	for _, id := range ids {
-		var task api.Task
-		waitFor(t, "task "+id+" done", 30*time.Second, func() bool {
-			httpCall(t, tc.nodes[0], "GET", "/v1/tasks/"+id+"?wait=5s", nil, &task)
-			return api.IsTerminal(task.State)
-		})
+		task := waitTaskEnded(t, tc.nodes[0], id)
 		if task.State != api.StateSucceeded {
 			t.Fatalf("task %s ended %s: %+v", id, task.State, task.Error)
 		}

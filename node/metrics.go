@@ -39,6 +39,9 @@ type nodeMetrics struct {
 	// forwardsAbandoned counts forwards given up because raft stopped naming their leader
 	// (apply.go), each then retried against the new one.
 	forwardsAbandoned prometheus.Counter
+	// placedAtSubmit counts assignments the leader proposed right behind their submit
+	// (placesubmit.go); the FSM may still leave some of them pending.
+	placedAtSubmit prometheus.Counter
 }
 
 // taskBuckets span a millisecond to about 20 minutes, for both queue wait and run time.
@@ -73,6 +76,10 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "taskworker_gossip_probe_failures_total",
 			Help: "Gossip probes of a peer that got no ack, direct or indirect (the peer is then suspected).",
 		}),
+		placedAtSubmit: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "taskworker_placed_at_submit_total",
+			Help: "Assignments the leader proposed together with their task's submit, one commit sooner than the scheduler loop would (applied only while the node has a free slot).",
+		}),
 		forwardsAbandoned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "taskworker_forwards_abandoned_total",
 			Help: "Writes and executor reports forwarded to a leader that raft stopped naming before it answered (frozen, partitioned or deposed), then retried against the new leader.",
@@ -97,7 +104,7 @@ func newNodeMetrics() *nodeMetrics {
 		}, []string{"type"})
 		m.reg.MustRegister(m.transitions[kind])
 	}
-	m.reg.MustRegister(m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped, m.forwardsAbandoned,
+	m.reg.MustRegister(m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped, m.forwardsAbandoned, m.placedAtSubmit,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -55,7 +55,9 @@ type Node struct {
 	httpAddr string
 	batch    *batcher
 	commits  *commitNotice // the leader's barrier after applies (apply.go)
-	metrics  *nodeMetrics
+	// lastPlaced is the node placeAtSubmit last assigned to (a string): its round-robin tie-break.
+	lastPlaced atomic.Value
+	metrics    *nodeMetrics
 
 	// Trust and the internode channel (security.go, internode.go).
 	sec          *security

@@ -1,0 +1,56 @@
+package node
+
+import (
+	"time"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/scheduler"
+)
+
+// placeAtSubmit proposes the assignments of a submit's tasks right behind the submit itself,
+// before it commits, when nothing waits that they could overtake: raft writes and replicates
+// both entries together (it groups the applies it finds queued), so a task reaches its executor
+// one serial commit sooner than when the scheduler loop places it after the submit applied. The
+// loop still places whatever this does not: a backlog (the new tasks queue behind it), a delayed
+// task, a cluster with a node older than protocol 3. The scheduler loop can place other tasks on
+// the same slots meanwhile, so each assignment is Fast: the FSM applies it only while its node
+// has a free slot and leaves the task pending otherwise; the loop's own copy of an assignment
+// this made meets a task no longer pending and changes nothing.
+//
+// The leader calls it from raftApply with the submit's entry queued; it never waits.
+func (n *Node) placeAtSubmit(c *fsm.Command, timeout time.Duration) {
+	sb, ok := c.Body.(*fsm.SubmitBatch)
+	if !ok || c.Now.IsZero() {
+		return
+	}
+	alive := n.aliveNames()
+	v := n.fsm.PlacementView(alive, c.Now)
+	if len(v.Pending) > 0 || len(v.Due) > 0 {
+		return // tasks wait that free slots serve: the new ones queue behind them
+	}
+	if v.Pending = fsm.SubmitCandidates(sb.Items, c.Now); len(v.Pending) == 0 {
+		return
+	}
+	last, _ := n.lastPlaced.Load().(string)
+	as := scheduler.Place(v, alive, c.Now, last)
+	if len(as) == 0 {
+		return
+	}
+	for i := range as {
+		as[i].Fast = true
+	}
+	b, err := n.fsm.Emit(&fsm.Command{Now: c.Now, Body: &fsm.AssignBatch{Items: as}})
+	if err != nil {
+		return // a node older than protocol 3 is up: the scheduler loop places them
+	}
+	n.lastPlaced.Store(as[len(as)-1].Node)
+	f := n.raft.Apply(b, timeout)
+	n.metrics.placedAtSubmit.Add(float64(len(as)))
+	go func() {
+		if err := f.Error(); err != nil {
+			n.log.Debug("assignments at submit", "count", len(as), "err", err)
+			return
+		}
+		n.commits.announce()
+	}()
+}
