@@ -212,6 +212,9 @@ func (n *Node) reconcileRaft() {
 	if err := cf.Error(); err != nil {
 		return
 	}
+	if n.quiet != nil {
+		n.quiet.setConfiguration(cf.Configuration())
+	}
 	servers := map[raft.ServerID]raft.Server{}
 	for _, s := range cf.Configuration().Servers {
 		servers[s.ID] = s

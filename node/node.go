@@ -47,6 +47,7 @@ type Node struct {
 	fsm      *fsm.FSM
 	raft     *raft.Raft
 	trans    raft.Transport
+	quiet    *quietTransport // trans, when it is a network transport: thins heartbeats to non-voters
 	closers  []func() error
 	members  *membership.Membership
 	exec     *tasks.Executor
@@ -308,11 +309,13 @@ func (n *Node) advertised(bound string) (string, error) {
 // commitTimeout is raft's CommitTimeout: how often the leader resends the commit index to a
 // follower when no entry flows. The barrier after applies (commitNotice) already tells followers
 // of every commit of a command at once, so this is only the fallback for entries raft writes on
-// its own (configuration changes, the new leader's barrier). It sets the idle leader's cost per
-// follower: measured with scripts/idlecpu (leader CPU at 3 / 5 / 20 nodes), 10 ms gave 7.1 /
-// 12.9 / 25.4 %, 50 ms 3.6 / 6.7 / 15.4 %, 250 ms 3.3 / 3.5 / 10.1 %; what remains per follower
-// is mostly raft's heartbeat (every RaftHeartbeat/10).
-const commitTimeout = 250 * time.Millisecond
+// its own (configuration changes, the new leader's barrier); followers keep contact with the
+// leader through heartbeats (every HeartbeatTimeout/10 to voters, /3 to non-voters: quiet.go).
+// It sets part of the idle leader's cost per follower: measured with scripts/idlecpu (leader CPU
+// at 3 / 5 / 20 nodes), 10 ms gave 7.1 / 12.9 / 25.4 %, 50 ms 3.6 / 6.7 / 15.4 %, 250 ms 3.3 /
+// 3.5 / 10.1 %; 1 s with the thinned heartbeats 2.2 / 2.9 / 5.5 % (250 ms without them, the
+// same run: 3.1 / 4.2 / 8.9 %).
+const commitTimeout = time.Second
 
 // startWindow is how long the executor holds an attempt's Started report back: an attempt that
 // ends sooner (an echo takes microseconds) reports start and outcome in one raft entry, one
@@ -440,6 +443,10 @@ func (n *Node) startRaft() error {
 			trans = raft.NewNetworkTransportWithConfig(tcfg(stream))
 		}
 		n.closers = append(n.closers, trans.(io.Closer).Close)
+		if nt, ok := trans.(*raft.NetworkTransport); ok {
+			n.quiet = newQuietTransport(nt, cfg.RaftHeartbeat)
+			trans = n.quiet
+		}
 	}
 	n.trans = trans
 

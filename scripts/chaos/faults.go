@@ -291,6 +291,13 @@ func (in *injector) one(ctx context.Context, kind string, m *member, injected ch
 		_ = m.Signal(syscall.SIGCONT)
 		m.setStopped(false)
 	case kDisk:
+		if !quorumWithout(ctx, in.e, m.Name) {
+			// An earlier fault still holds a voter out (a node that left is re-added as a
+			// non-voter first): with this one's log unwritable too, no entry commits, so nothing
+			// can take its tasks back until one of them returns.
+			noQuorum = true
+			note("%s on %s: the other voters are no quorum yet; its tasks cannot move until one returns", kind, m.Name)
+		}
 		free, err := m.fillDisk()
 		done()
 		if err != nil {
@@ -468,6 +475,32 @@ func healthOK(m *member) error {
 		return fmt.Errorf("health %d", resp.StatusCode)
 	}
 	return nil
+}
+
+// quorumWithout reports whether the raft voters other than node, as the leader sees them, are a
+// majority of all voters: whether entries can commit without node. Without a leader to ask it
+// says true (the caller then expects what it would with a quorum).
+func quorumWithout(ctx context.Context, e *env, node string) bool {
+	l := e.leader(ctx)
+	if l == nil || !l.usable() {
+		return true
+	}
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	cl, err := l.API.Cluster(rctx)
+	cancel()
+	if err != nil {
+		return true
+	}
+	voters, others := 0, 0
+	for _, n := range cl.Nodes {
+		if n.RaftRole == "leader" || n.RaftRole == "voter" {
+			voters++
+			if n.Name != node {
+				others++
+			}
+		}
+	}
+	return others > voters/2
 }
 
 // tasksOn returns the IDs of tasks running or assigned on node, in the leader's view; ok is
