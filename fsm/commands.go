@@ -34,8 +34,9 @@ const (
 // payload that uses one says so through NeedsProtocol, so the leader writes it only once every up
 // node decodes it: an older replica would halt on the unknown field.
 //
-// Protocol 3 adds Assign.Fast: an assignment the leader proposed together with the submit of its
-// task, which the FSM checks against the node's capacity itself (PlaceAtSubmit).
+// Protocol 3 adds Assign.Capped: an assignment the FSM applies only while its node has a free slot,
+// so that the leader can place a task right behind its submit while its scheduler loop places
+// others (node.placeAtSubmit).
 const Protocol = 3
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
@@ -243,11 +244,11 @@ type AssignBatch struct {
 	Due []string `msgpack:"due,omitempty"`
 }
 
-// NeedsProtocol implements NeedsProtocol: 3 with a fast assignment, 2 when it promotes delayed
+// NeedsProtocol implements NeedsProtocol: 3 with a capped assignment, 2 when it promotes delayed
 // tasks.
 func (b *AssignBatch) NeedsProtocol() int {
 	for _, a := range b.Items {
-		if a.Fast {
+		if a.Capped {
 			return 3
 		}
 	}
@@ -396,11 +397,12 @@ type Assign struct {
 	TaskID string `msgpack:"task_id"`
 	Node   string `msgpack:"node"`
 	BootID string `msgpack:"boot_id"`
-	// Fast marks an assignment the leader proposed right behind its task's submit, before that
-	// committed (PlaceAtSubmit), while the scheduler loop may place other tasks on the same
-	// slots: the FSM applies it only while the node has a free slot, and leaves the task
-	// pending otherwise. Protocol 3.
-	Fast bool `msgpack:"fast,omitempty"`
+	// Capped: the FSM applies the assignment only while the node has a free slot, and leaves
+	// the task pending otherwise. Two proposers place tasks from protocol 3 on, the scheduler
+	// loop and the leader's placement right behind a submit (node.placeAtSubmit), each from a
+	// view that may miss the other's latest assignments, so both cap theirs. Protocol 3; an
+	// uncapped assignment (an older leader's) is the proposer's word, as before.
+	Capped bool `msgpack:"capped,omitempty"`
 }
 
 // ReportKind is what an executor reports about an attempt.

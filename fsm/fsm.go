@@ -285,7 +285,7 @@ func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
 	if !f.queues.admits(old, f.tasks) { // Place checks too; this holds whatever a leader proposed
 		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
 	}
-	if a.Fast && len(f.tasks.active[a.Node]) >= n.Capacity {
+	if a.Capped && len(f.tasks.active[a.Node]) >= n.Capacity {
 		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
 	}
 	t := old.cow()

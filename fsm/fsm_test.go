@@ -1075,33 +1075,33 @@ func TestTaskWatch(t *testing.T) {
 	}
 }
 
-// A fast assignment (proposed with its submit, while the scheduler loop may fill the same slots)
-// applies only while the node has a free slot; a plain one is the scheduler's call, as before.
-func TestFastAssignHoldsNodeCapacity(t *testing.T) {
+// A capped assignment (protocol 3: two proposers place tasks, each from its own view) applies only
+// while the node has a free slot; an uncapped one is the proposer's call, as before.
+func TestCappedAssignHoldsNodeCapacity(t *testing.T) {
 	h := newHarness(t)
 	h.must(registerCmd("n1", "b1", 1))
 	h.must(submitCmd(sub("a", "echo"), sub("b", "echo"), sub("c", "echo")))
 	h.must(assignCmd("a", "n1", "b1"))
-	fast := &Command{Now: t0, Body: &AssignBatch{Items: []Assign{{TaskID: "b", Node: "n1", BootID: "b1", Fast: true}}}}
-	if it := h.item(fast); !errors.Is(it.Err, ErrNotPlaceable) {
-		t.Fatalf("fast assign on a full node: err = %v, want ErrNotPlaceable", it.Err)
+	capped := &Command{Now: t0, Body: &AssignBatch{Items: []Assign{{TaskID: "b", Node: "n1", BootID: "b1", Capped: true}}}}
+	if it := h.item(capped); !errors.Is(it.Err, ErrNotPlaceable) {
+		t.Fatalf("capped assign on a full node: err = %v, want ErrNotPlaceable", it.Err)
 	}
 	if tk := h.task("b"); tk.State != Pending || tk.Attempt != 0 {
-		t.Fatalf("refused fast assign changed b: %+v", tk)
+		t.Fatalf("refused capped assign changed b: %+v", tk)
 	}
 	if it := h.item(assignCmd("c", "n1", "b1")); it.Err != nil {
 		t.Fatalf("plain assign on a full node: %v (the scheduler decides capacity for those)", it.Err)
 	}
 	h.must(registerCmd("n2", "b2", 2))
-	fast.Body.(*AssignBatch).Items[0].Node, fast.Body.(*AssignBatch).Items[0].BootID = "n2", "b2"
-	if it := h.item(fast); it.Err != nil {
-		t.Fatalf("fast assign with a free slot: %v", it.Err)
+	capped.Body.(*AssignBatch).Items[0].Node, capped.Body.(*AssignBatch).Items[0].BootID = "n2", "b2"
+	if it := h.item(capped); it.Err != nil {
+		t.Fatalf("capped assign with a free slot: %v", it.Err)
 	}
 	if tk := h.task("b"); tk.State != Assigned || tk.Node != "n2" {
 		t.Fatalf("b = %+v, want assigned to n2", tk)
 	}
-	if got := fast.Body.(*AssignBatch).NeedsProtocol(); got != 3 {
-		t.Errorf("fast assign NeedsProtocol = %d, want 3", got)
+	if got := capped.Body.(*AssignBatch).NeedsProtocol(); got != 3 {
+		t.Errorf("capped assign NeedsProtocol = %d, want 3", got)
 	}
 }
 

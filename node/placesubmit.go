@@ -13,9 +13,10 @@ import (
 // one serial commit sooner than when the scheduler loop places it after the submit applied. The
 // loop still places whatever this does not: a backlog (the new tasks queue behind it), a delayed
 // task, a cluster with a node older than protocol 3. The scheduler loop can place other tasks on
-// the same slots meanwhile, so each assignment is Fast: the FSM applies it only while its node
-// has a free slot and leaves the task pending otherwise; the loop's own copy of an assignment
-// this made meets a task no longer pending and changes nothing.
+// the same slots meanwhile (and this, the ones the loop just filled), so both cap their
+// assignments (fsm.Assign.Capped): the FSM applies one only while its node has a free slot and
+// leaves the task pending otherwise; the loop's own copy of an assignment this made meets a task
+// no longer pending and changes nothing.
 //
 // The leader calls it from raftApply with the submit's entry queued; it never waits.
 func (n *Node) placeAtSubmit(c *fsm.Command, timeout time.Duration) {
@@ -37,7 +38,7 @@ func (n *Node) placeAtSubmit(c *fsm.Command, timeout time.Duration) {
 		return
 	}
 	for i := range as {
-		as[i].Fast = true
+		as[i].Capped = true
 	}
 	b, err := n.fsm.Emit(&fsm.Command{Now: c.Now, Body: &fsm.AssignBatch{Items: as}})
 	if err != nil {

@@ -1,10 +1,9 @@
 package node
 
 import (
-	"slices"
+	"fmt"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/taskworker/taskworker/api"
 )
@@ -29,10 +28,31 @@ func TestIdleClusterPlacesTasksWithTheirSubmit(t *testing.T) {
 }
 
 // Submits racing each other and the scheduler loop for few slots never put more tasks on a node
-// than its capacity: every node's assigned-to-finished intervals overlap at most capacity deep.
+// than its capacity: a watcher reads every node's assigned and running tasks from a replica's FSM
+// at each change (an over-full node would stay so for a whole 30 ms task), and all tasks succeed.
 func TestPlacingAtSubmitNeverOverfillsANode(t *testing.T) {
 	const capacity = 1
 	tc := startCluster(t, 3, clusterOpts{capacity: capacity})
+	f := tc.nodes[0].fsm
+	stop := make(chan struct{})
+	worst := make(chan string, 1)
+	go func() {
+		defer close(worst)
+		for {
+			ch := f.Changed()
+			for _, nd := range f.Nodes() {
+				if held := len(f.Active(nd.Name)); held > capacity {
+					worst <- fmt.Sprintf("node %s held %d tasks at index %d, capacity %d", nd.Name, held, f.Index(), capacity)
+					return
+				}
+			}
+			select {
+			case <-ch:
+			case <-stop:
+				return
+			}
+		}
+	}()
 	var (
 		mu  sync.Mutex
 		ids []string
@@ -55,40 +75,14 @@ func TestPlacingAtSubmitNeverOverfillsANode(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	type edge struct {
-		at    time.Time
-		delta int
-	}
-	byNode := map[string][]edge{}
 	for _, id := range ids {
-		task := waitTaskEnded(t, tc.nodes[0], id)
-		if task.State != api.StateSucceeded {
+		if task := waitTaskEnded(t, tc.nodes[0], id); task.State != api.StateSucceeded {
 			t.Fatalf("task %s ended %s", id, task.State)
 		}
-		var start time.Time
-		for _, h := range task.History {
-			switch h.Event {
-			case "assigned":
-				start = h.At
-			case "succeeded", "failed", "interrupted", "cancelled":
-				byNode[h.Node] = append(byNode[h.Node], edge{start, +1}, edge{h.At, -1})
-			}
-		}
 	}
-	for node, es := range byNode {
-		// Ends before starts at the same instant: a slot freed and refilled by one entry.
-		slices.SortFunc(es, func(a, b edge) int {
-			if c := a.at.Compare(b.at); c != 0 {
-				return c
-			}
-			return a.delta - b.delta
-		})
-		depth := 0
-		for _, e := range es {
-			if depth += e.delta; depth > capacity {
-				t.Fatalf("node %s held %d tasks at %v, capacity %d", node, depth, e.at, capacity)
-			}
-		}
+	close(stop)
+	if msg, ok := <-worst; ok {
+		t.Fatal(msg)
 	}
 	if len(ids) != 30 {
 		t.Fatalf("%d tasks submitted, want 30", len(ids))

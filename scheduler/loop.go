@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -49,7 +50,7 @@ func (l *Loop) Run(ctx context.Context) {
 			}
 		}
 		if as := Place(v, alive, t, last); len(as) > 0 {
-			if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Items: as}}); err != nil {
+			if err := l.assign(ctx, t, as); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -80,6 +81,23 @@ func (l *Loop) Run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// assign proposes as capped (fsm.Assign.Capped): from protocol 3 on the leader also places tasks
+// right behind their submit, so the view this pass placed from may miss slots filled since. With a
+// node older than that up (the leader then places nothing at submit), uncapped, as it reads them.
+func (l *Loop) assign(ctx context.Context, t time.Time, as []fsm.Assign) error {
+	for i := range as {
+		as[i].Capped = true
+	}
+	_, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Items: as}})
+	if errors.Is(err, fsm.ErrProtocolTooOld) {
+		for i := range as {
+			as[i].Capped = false
+		}
+		_, err = l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.AssignBatch{Items: as}})
+	}
+	return err
 }
 
 // GCInterval is how often finished tasks past a retention are looked for: a quarter of the

@@ -2,8 +2,10 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +22,8 @@ type cluster struct {
 	idx  uint64
 	now  time.Time
 	kick chan struct{}
+	// applyHook, when set, is the loop's Apply instead of apply.
+	applyHook func(context.Context, *fsm.Command) (*fsm.Result, error)
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -64,9 +68,13 @@ func (c *cluster) advance(d time.Duration) {
 func (c *cluster) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
+	apply := c.apply
+	if c.applyHook != nil {
+		apply = c.applyHook
+	}
 	l := &Loop{
 		FSM:    c.f,
-		Apply:  c.apply,
+		Apply:  apply,
 		Alive:  func() map[string]bool { return map[string]bool{"n1": true} },
 		Kick:   c.kick,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -246,5 +254,40 @@ func TestNextWakeIsTheEarlierOfRetryAndDue(t *testing.T) {
 				t.Errorf("NextWake = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// The loop caps its assignments (protocol 3), and where the cluster refuses those (a node older
+// than protocol 3 is up), it places the same tasks uncapped.
+func TestLoopCapsAssignmentsAndFallsBackForOldClusters(t *testing.T) {
+	for _, old := range []bool{false, true} {
+		c := newCluster(t)
+		var mu sync.Mutex
+		var seen []bool // Capped of each assignment proposed
+		apply := c.apply
+		c.applyHook = func(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error) {
+			if b, ok := cmd.Body.(*fsm.AssignBatch); ok && len(b.Items) > 0 {
+				mu.Lock()
+				seen = append(seen, b.Items[0].Capped)
+				mu.Unlock()
+				if old && b.Items[0].Capped {
+					return nil, fmt.Errorf("emit: %w", fsm.ErrProtocolTooOld)
+				}
+			}
+			return apply(ctx, cmd)
+		}
+		c.must(register("n1", "b1"))
+		c.must(submit("a"))
+		c.start()
+		c.waitFor("a", "assigned", func(tk fsm.Task) bool { return tk.State == fsm.Assigned })
+		mu.Lock()
+		want := []bool{true}
+		if old {
+			want = []bool{true, false}
+		}
+		if !slices.Equal(seen[:min(len(seen), len(want))], want) {
+			t.Errorf("old cluster %v: assignments proposed capped %v, want %v first", old, seen, want)
+		}
+		mu.Unlock()
 	}
 }
