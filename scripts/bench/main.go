@@ -171,6 +171,16 @@ func run(root string) error {
 		r.baseline = rate
 		r.set("baseline", "", fmt.Sprintf("%s applies/s (64 callers, 64-byte commands, fsync on)", num(rate)))
 	}
+	if want["baseline"] || want["latency"] {
+		// One caller: the latency of one commit, what the latency rows' serial commits cost each.
+		progress("bare raft baseline, one caller, %s ...", s.baselineFor/2)
+		rate, err := baseline(filepath.Join(root, "baseline-serial"), 1, 64, s.baselineFor/2)
+		if err != nil {
+			return err
+		}
+		r.set("serial", "", fmt.Sprintf("%s applies/s with one caller = %s per commit", num(rate),
+			(time.Duration(float64(time.Second)/rate)).Round(10*time.Microsecond)))
+	}
 	if want["idle"] || want["latency"] || want["memory"] || want["curve"] {
 		if err := clusterA(bin, filepath.Join(root, "a"), args, s, want, r); err != nil {
 			return fmt.Errorf("capacity-64 cluster A: %w", err)

@@ -14,6 +14,7 @@ type rowSpec struct {
 
 var rowSpecs = []rowSpec{
 	{"baseline", "bare 3-node hashicorp/raft + raft-boltdb", "baseline", "(the baseline)"},
+	{"serial", "the same, one caller: one commit's latency", "baseline", "(what each serial commit of the latency rows costs)"},
 	{"submit", "durable single submits/s", "submit", "≥ 0.66 × the baseline"},
 	{"batch", "batch submits accepted/s", "batch", "≥ 50,000/s"},
 	{"complete64", "tasks completed/s at --capacity 64", "complete", "≥ 5,000/s"},
