@@ -230,6 +230,20 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	if r, ok := f.checkUnique(s, now); !ok {
 		return r
 	}
+	t := newTask(index, now, s)
+	if s.UniqueKey != "" {
+		until := now.Add(time.Duration(s.UniqueFor))
+		t.UniqueKey, t.UniqueUntil = s.UniqueKey, &until
+		f.unique.put(&UniqueLock{Type: s.Type, Key: s.UniqueKey, TaskID: s.ID, Expires: until})
+	}
+	f.save(nil, t)
+	f.note(Transition{Kind: KindSubmitted, TaskID: t.ID, Type: t.Type})
+	return ItemResult{ID: t.ID}
+}
+
+// newTask is the record a submit creates at index and now: pending, or scheduled while its RunAt
+// is ahead.
+func newTask(index uint64, now time.Time, s *Submit) *Task {
 	maxAttempts := s.MaxAttempts
 	if maxAttempts < 1 {
 		maxAttempts = 1
@@ -250,14 +264,7 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	if t.ExecutionID == "" {
 		t.ExecutionID = t.ID
 	}
-	if s.UniqueKey != "" {
-		until := now.Add(time.Duration(s.UniqueFor))
-		t.UniqueKey, t.UniqueUntil = s.UniqueKey, &until
-		f.unique.put(&UniqueLock{Type: s.Type, Key: s.UniqueKey, TaskID: s.ID, Expires: until})
-	}
-	f.save(nil, t)
-	f.note(Transition{Kind: KindSubmitted, TaskID: t.ID, Type: t.Type})
-	return ItemResult{ID: t.ID}
+	return t
 }
 
 // promote makes a scheduled task pending once its RunAt has come by the command's time; anything

@@ -1114,8 +1114,8 @@ func TestSubmitCandidatesAreThePendingTasksASubmitCreates(t *testing.T) {
 		{ID: "", Type: "echo"},
 	}, t0)
 	want := []Task{
-		{ID: "a", Type: "echo", Version: "1", State: Pending, Priority: 5, CreatedAt: t0},
-		{ID: "c", Type: "echo", State: Pending, Queue: "q", CreatedAt: t0},
+		{ID: "a", Type: "echo", Version: "1", State: Pending, Priority: 5, CreatedAt: t0, MaxAttempts: 1, ExecutionID: "a"},
+		{ID: "c", Type: "echo", State: Pending, Queue: "q", CreatedAt: t0, MaxAttempts: 1, ExecutionID: "c", RunAt: &t0},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("candidates = %+v\nwant %+v", got, want)

@@ -522,16 +522,11 @@ func decodeCursor(c string) (*Task, error) {
 func SubmitCandidates(subs []Submit, now time.Time) []Task {
 	var out []Task
 	for i := range subs {
-		s := &subs[i]
-		if s.ID == "" || s.Type == "" || (s.RunAt != nil && s.RunAt.After(now)) {
-			continue
+		if s := &subs[i]; s.ID != "" && s.Type != "" {
+			if t := newTask(0, now, s); t.State == Pending {
+				out = append(out, *t)
+			}
 		}
-		q := s.Queue
-		if q == DefaultQueue {
-			q = ""
-		}
-		out = append(out, Task{ID: s.ID, Type: s.Type, Version: s.Version, State: Pending,
-			Priority: s.Priority, Queue: q, CreatedAt: now})
 	}
 	return out
 }
