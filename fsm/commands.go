@@ -397,8 +397,8 @@ type Assign struct {
 	TaskID string `msgpack:"task_id"`
 	Node   string `msgpack:"node"`
 	BootID string `msgpack:"boot_id"`
-	// Capped: the FSM applies the assignment only while the node has a free slot, and leaves
-	// the task pending otherwise. Two proposers place tasks from protocol 3 on, the scheduler
+	// Capped: the FSM applies the assignment only while the node has a free slot and the task is
+	// due (past its retry backoff), and leaves the task pending otherwise. Two proposers place tasks from protocol 3 on, the scheduler
 	// loop and the leader's placement right behind a submit (node.placeAtSubmit), each from a
 	// view that may miss the other's latest assignments, so both cap theirs. Protocol 3; an
 	// uncapped assignment (an older leader's) is the proposer's word, as before.

@@ -292,7 +292,9 @@ func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
 	if !f.queues.admits(old, f.tasks) { // Place checks too; this holds whatever a leader proposed
 		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
 	}
-	if a.Capped && len(f.tasks.active[a.Node]) >= n.Capacity {
+	// A capped assignment may come from a view older than the task's latest attempt (placement at
+	// submit ran it, and it failed, meanwhile): the retry's backoff holds it too.
+	if a.Capped && (len(f.tasks.active[a.Node]) >= n.Capacity || old.NotBefore != nil && now.Before(*old.NotBefore)) {
 		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
 	}
 	t := old.cow()
