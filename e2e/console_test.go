@@ -50,39 +50,33 @@ func chromiumPath(t *testing.T) string {
 	return ""
 }
 
+// browserStarts is how many times newBrowser launches Chromium before it gives up. A launch
+// can fail for reasons of the machine, not of the console: CI once saw Chromium crash before it
+// listened (its crash handler's output, then EOF), with the same binary and flags that started
+// for every other test of the run. A failed launch is logged with what the browser printed.
+const browserStarts = 3
+
 func newBrowser(t *testing.T) *browser {
 	t.Helper()
 	path := chromiumPath(t)
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(path),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.WindowSize(1280, 800),
+	var ctx context.Context
+	for attempt := 1; ; attempt++ {
+		c, err := startBrowser(t, path)
+		if err == nil {
+			ctx = c
+			break
+		}
+		if attempt == browserStarts {
+			t.Fatalf("start chromium (%d attempts): %v", attempt, err)
+		}
+		t.Logf("start chromium, attempt %d of %d: %v", attempt, browserStarts, err)
 	}
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancelCtx := chromedp.NewContext(actx)
-	t.Cleanup(func() {
-		cancelCtx()
-		cancelAlloc()
-	})
 	b := &browser{t: t, ctx: ctx, shot: os.Getenv("TASKWORKER_SCREENSHOTS")}
 	if b.shot == "" {
 		b.shot = t.TempDir()
 	}
 	if err := os.MkdirAll(b.shot, 0o755); err != nil {
 		t.Fatal(err)
-	}
-	// The first run starts the browser; it must not carry a deadline (that would end the browser).
-	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
 	}
 	messages := chromedp.Console(ctx)
 	go func() {
@@ -100,6 +94,38 @@ func newBrowser(t *testing.T) *browser {
 		}
 	}()
 	return b
+}
+
+// startBrowser launches one Chromium with its own profile and returns the context of its first
+// tab; on failure it has already stopped what it started.
+func startBrowser(t *testing.T, path string) (context.Context, error) {
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(path),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.WindowSize(1280, 800),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(actx)
+	stop := func() {
+		cancelCtx()
+		cancelAlloc()
+	}
+	// The first run starts the browser; it must not carry a deadline (that would end the browser).
+	if err := chromedp.Do(ctx); err != nil {
+		stop()
+		return nil, err
+	}
+	t.Cleanup(stop)
+	return ctx, nil
 }
 
 // run runs actions in the tab with the test's deadline.
