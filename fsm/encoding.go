@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"time"
 
@@ -208,4 +209,36 @@ func newHaltError(index uint64, cause error) error {
 	return &haltError{cause: cause, msg: fmt.Sprintf(
 		"fsm: log entry %d cannot be applied by this build (protocol %d): %v; upgrade this node",
 		index, Protocol, cause)}
+}
+
+// A task's history decodes through decodeHistory instead of msgpack's slice decoder, which builds
+// every slice twice (reflect.AppendSlice of a MakeSlice onto the empty field: two allocations
+// and a copy per record); at a million records in a snapshot that was a fifth of the restore.
+// Encoding is msgpack's own, so the bytes are unchanged.
+func init() {
+	msgpack.Register([]HistoryEntry(nil), nil, decodeHistory)
+}
+
+// historyPrealloc bounds what a history's declared length may allocate up front: a length is
+// only believed as far as entries actually decode.
+const historyPrealloc = 64
+
+func decodeHistory(d *msgpack.Decoder, v reflect.Value) error {
+	n, err := d.DecodeArrayLen()
+	if err != nil {
+		return err
+	}
+	if n == -1 {
+		v.Set(reflect.Zero(v.Type()))
+		return nil
+	}
+	h := make([]HistoryEntry, 0, min(n, historyPrealloc))
+	for range n {
+		h = append(h, HistoryEntry{})
+		if err := d.Decode(&h[len(h)-1]); err != nil {
+			return err
+		}
+	}
+	v.Set(reflect.ValueOf(h))
+	return nil
 }

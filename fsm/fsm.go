@@ -781,7 +781,7 @@ func (s *snapshot) Release() {}
 // record at a time into a new store, built outside the lock; the swap is all Apply waits for.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	s, err := decodeSnapshot(bufio.NewReaderSize(rc, 256<<10))
+	s, err := decodeSnapshot(rc)
 	if err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
@@ -845,7 +845,8 @@ func decodeSnapshot(r io.Reader) (s *restored, err error) {
 			s, err = nil, fmt.Errorf("malformed msgpack: %v", p)
 		}
 	}()
-	dec := msgpack.NewDecoder(r)
+	br := bufio.NewReaderSize(r, restoreBuffer)
+	dec := msgpack.NewDecoder(br) // a *bufio.Reader is read directly, without a buffer of its own
 	s = &restored{store: newStore(), unique: newUniqueTable()}
 	n, err := dec.DecodeMapLen()
 	if err != nil {
@@ -860,7 +861,7 @@ func decodeSnapshot(r io.Reader) (s *restored, err error) {
 		case "index":
 			err = dec.Decode(&s.index)
 		case "tasks":
-			err = decodeTasks(dec, s.store)
+			err = decodeTasks(dec, br, s.store)
 		case "nodes":
 			err = dec.Decode(&s.nodes)
 		case "acl":
@@ -881,24 +882,6 @@ func decodeSnapshot(r io.Reader) (s *restored, err error) {
 		}
 	}
 	return s, nil
-}
-
-func decodeTasks(dec *msgpack.Decoder, st *store) error {
-	n, err := dec.DecodeArrayLen()
-	if err != nil {
-		return err
-	}
-	for range max(n, 0) {
-		t := new(Task)
-		if err := dec.Decode(t); err != nil {
-			return err
-		}
-		if old, ok := st.get(t.ID); ok { // a later record of the same ID wins, as with the map before
-			st.delete(old)
-		}
-		st.insert(t)
-	}
-	return nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -146,6 +146,16 @@ func newStore() *store {
 	}
 }
 
+// reserve sizes the ID map for n more records (a restore knows how many it reads), so the map
+// is not grown and rehashed step by step; a count beyond maxReserve is left to growth.
+func (s *store) reserve(n int) {
+	const maxReserve = 1 << 21
+	if len(s.byID) > 0 || n <= 0 {
+		return
+	}
+	s.byID = make(map[string]*Task, min(n, maxReserve))
+}
+
 func (s *store) get(id string) (*Task, bool) {
 	t, ok := s.byID[id]
 	return t, ok
