@@ -187,49 +187,6 @@ func (n *Node) raftApply(c *fsm.Command, timeout time.Duration) (*fsm.Result, er
 	return res, res.Err
 }
 
-// commitNotice tells followers at once that entries committed. hashicorp/raft sends the commit
-// index only with the next AppendEntries: the next entry, or after an idle CommitTimeout. So a
-// follower learned of a commit 10-20 ms late (CommitTimeout 10 ms), and each step of a task
-// seen from a follower (its submit applied there, its assignment reaching the executor, its end
-// reaching a waiting request) paid that; while the short CommitTimeout made an idle leader send
-// an append to every node every 10-20 ms. After an apply, the leader appends a barrier entry:
-// replicated at once, it carries the new commit index to every follower within a round trip.
-// At most one barrier is in flight; applies that finish meanwhile get one more after it, so a
-// busy leader adds one entry per round trip, not one per apply (and its own entries carry the
-// index anyway). The barrier itself is never applied by an FSM.
-type commitNotice struct {
-	barrier func() error // raft.Barrier on this node
-	mu      sync.Mutex
-	running bool // a barrier is in flight
-	again   bool // an apply finished while it was
-}
-
-func (c *commitNotice) announce() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.running {
-		c.again = true
-		return
-	}
-	c.running = true
-	go c.run()
-}
-
-func (c *commitNotice) run() {
-	for {
-		// Not the leader any more, or shutting down: the new leader announces its own commits.
-		_ = c.barrier()
-		c.mu.Lock()
-		if !c.again {
-			c.running = false
-			c.mu.Unlock()
-			return
-		}
-		c.again = false
-		c.mu.Unlock()
-	}
-}
-
 // wireResult is fsm.Result on the wire between a follower and the leader. Errors travel as fsm's
 // stable code plus the message; a leader of the previous release sends the message alone, and
 // fsm.FromWire matches it by text then.

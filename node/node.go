@@ -55,7 +55,7 @@ type Node struct {
 	http     *http.Server
 	httpAddr string
 	batch    *batcher
-	commits  *commitNotice // the leader's barrier after applies (apply.go)
+	commits  *commitNotice // the leader's commit notices to followers (notice.go)
 	// lastPlaced is the node placeAtSubmit last assigned to (a string): its round-robin tie-break.
 	lastPlaced atomic.Value
 	metrics    *nodeMetrics
@@ -143,7 +143,7 @@ func Start(cfg Config) (*Node, error) {
 	n.fsm.SetObserver(n.metrics.observe)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
-	n.commits = &commitNotice{barrier: func() error { return n.raft.Barrier(cfg.ApplyTimeout).Error() }}
+	n.commits = newCommitNotice()
 	if err := n.start(); err != nil {
 		n.cancel()
 		if n.raft != nil {
@@ -307,10 +307,10 @@ func (n *Node) advertised(bound string) (string, error) {
 }
 
 // commitTimeout is raft's CommitTimeout: how often the leader resends the commit index to a
-// follower when no entry flows. The barrier after applies (commitNotice) already tells followers
-// of every commit of a command at once, so this is only the fallback for entries raft writes on
-// its own (configuration changes, the new leader's barrier); followers keep contact with the
-// leader through heartbeats (every HeartbeatTimeout/10 to voters, /3 to non-voters: quiet.go).
+// follower when no entry flows. The commit notices after applies (notice.go) already tell
+// followers of every commit of a command at once, so this is only the fallback for entries
+// raft writes on its own (configuration changes, the new leader's no-op); followers keep contact
+// with the leader through heartbeats (every HeartbeatTimeout/10 to voters, /3 to non-voters: quiet.go).
 // It sets part of the idle leader's cost per follower: measured with scripts/idlecpu (leader CPU
 // at 3 / 5 / 20 nodes), 10 ms gave 7.1 / 12.9 / 25.4 %, 50 ms 3.6 / 6.7 / 15.4 %, 250 ms 3.3 /
 // 3.5 / 10.1 %; 1 s with the thinned heartbeats 2.2 / 2.9 / 5.5 % (250 ms without them, the
@@ -329,8 +329,8 @@ func (n *Node) startRaft() error {
 	rc.HeartbeatTimeout = cfg.RaftHeartbeat
 	rc.ElectionTimeout = cfg.RaftElection
 	rc.LeaderLeaseTimeout = cfg.RaftHeartbeat / 2
-	// Followers learn of commits from the barrier the leader appends after its applies
-	// (commitNotice in apply.go), not from this idle resend of the commit index (see commitTimeout).
+	// Followers learn of commits from the leader's notices after its applies (notice.go), not
+	// from this idle resend of the commit index (see commitTimeout).
 	rc.CommitTimeout = commitTimeout
 	// A voter removed while it was cut off (frozen, partitioned) must stay able to rejoin: the
 	// leader adds it back once it registers again (registerLoop). Raft's default would shut its
@@ -445,9 +445,21 @@ func (n *Node) startRaft() error {
 		n.closers = append(n.closers, trans.(io.Closer).Close)
 		if nt, ok := trans.(*raft.NetworkTransport); ok {
 			n.quiet = newQuietTransport(nt, cfg.RaftHeartbeat)
+			n.quiet.onAck = n.commits.acked
+			n.commits.send = nt.AppendEntries
 			trans = n.quiet
 		}
+	} else if it, ok := trans.(*raft.InmemTransport); ok {
+		trans = &watchedInmem{InmemTransport: it, onAck: n.commits.acked}
+		n.commits.send = it.AppendEntries
 	}
+	if n.commits.send == nil { // another transport: followers learn of commits from raft alone
+		n.commits.send = func(raft.ServerID, raft.ServerAddress, *raft.AppendEntriesRequest, *raft.AppendEntriesResponse) error {
+			return errors.New("no commit notices on this transport")
+		}
+	}
+	n.commits.header = raft.RPCHeader{ProtocolVersion: rc.ProtocolVersion, ID: []byte(rc.LocalID),
+		Addr: trans.EncodePeer(rc.LocalID, trans.LocalAddr())}
 	n.trans = trans
 
 	r, err := raft.NewRaft(rc, gcDuringRestore{n.fsm}, logs, stable, snaps, trans)
@@ -463,6 +475,7 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("start raft: %w", err)
 	}
 	n.raft = r
+	n.commits.raft.Store(r)
 	switch {
 	case existing:
 		n.log.Info("resuming raft state", "dir", cfg.DataDir)

@@ -31,6 +31,8 @@ type quietTransport struct {
 	mu        sync.Mutex
 	sent      map[raft.ServerID]time.Time // the last heartbeat that went out to each non-voter
 	skipped   atomic.Uint64
+	// onAck sees every answered append (notice.go's watch), when set before raft starts.
+	onAck func(raft.ServerID, raft.ServerAddress, *raft.AppendEntriesRequest, *raft.AppendEntriesResponse)
 }
 
 func newQuietTransport(t *raft.NetworkTransport, heartbeatTimeout time.Duration) *quietTransport {
@@ -74,5 +76,9 @@ func (q *quietTransport) AppendEntries(id raft.ServerID, target raft.ServerAddre
 			return nil
 		}
 	}
-	return q.NetworkTransport.AppendEntries(id, target, args, resp)
+	err := q.NetworkTransport.AppendEntries(id, target, args, resp)
+	if err == nil && q.onAck != nil {
+		q.onAck(id, target, args, resp)
+	}
+	return err
 }
