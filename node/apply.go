@@ -175,7 +175,7 @@ func (n *Node) raftApply(c *fsm.Command, timeout time.Duration) (*fsm.Result, er
 	start := time.Now()
 	f := n.raft.Apply(b, timeout)
 	n.placeAtSubmit(c, timeout) // queued right behind it, before it commits
-	if err := f.Error(); err != nil {
+	if err := n.await(f); err != nil {
 		return nil, fmt.Errorf("apply %s: %w", c.Type(), err)
 	}
 	n.metrics.apply.Observe(time.Since(start).Seconds())
@@ -185,6 +185,27 @@ func (n *Node) raftApply(c *fsm.Command, timeout time.Duration) (*fsm.Result, er
 		return nil, fmt.Errorf("apply %s: no result", c.Type())
 	}
 	return res, res.Err
+}
+
+// await waits for a raft future as its Error method does, but gives up when the node shuts down.
+// hashicorp/raft (v1.8.0) never answers the future of an entry it had committed and queued for
+// its FSM goroutine when it shut down: runFSM returns with batches still queued, and command and
+// barrier futures carry no ShutdownCh. A loop waiting on one held Shutdown forever (found by CI:
+// a node test cluster's cleanup waited 13 minutes on its scheduler loop's apply).
+func (n *Node) await(f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-n.ctx.Done():
+		select {
+		case err := <-done: // answered meanwhile: the answer, not the shutdown
+			return err
+		default:
+			return raft.ErrRaftShutdown
+		}
+	}
 }
 
 // wireResult is fsm.Result on the wire between a follower and the leader. Errors travel as fsm's

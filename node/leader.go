@@ -69,7 +69,7 @@ func (n *Node) lead(ctx context.Context) {
 	n.log.Info("gained leadership")
 	defer n.log.Info("leadership ended")
 	// The FSM must hold every committed entry before we judge which nodes hold which tasks.
-	if err := n.raft.Barrier(barrierTimeout).Error(); err != nil {
+	if err := n.await(n.raft.Barrier(barrierTimeout)); err != nil {
 		n.log.Warn("barrier after election", "err", err)
 		return
 	}
@@ -273,7 +273,7 @@ func (n *Node) reconcileRaft() {
 			// (raft refuses two servers at one address), so it goes now.
 			n.log.Info("removing the raft server of a node that came back as a new member",
 				"server", id, "member", name, "new_id", memberRaftID(m))
-			if err := n.raft.RemoveServer(id, 0, raftChangeTimeout).Error(); err != nil {
+			if err := n.await(n.raft.RemoveServer(id, 0, raftChangeTimeout)); err != nil {
 				n.log.Warn("remove raft server", "server", id, "member", name, "err", err)
 			}
 			delete(servers, id)
@@ -297,7 +297,7 @@ func (n *Node) reconcileRaft() {
 				voters--
 			}
 			n.log.Info("removing raft server", "server", id, "member", name, "gossip", state)
-			if err := n.raft.RemoveServer(id, 0, raftChangeTimeout).Error(); err != nil {
+			if err := n.await(n.raft.RemoveServer(id, 0, raftChangeTimeout)); err != nil {
 				n.log.Warn("remove raft server", "server", id, "member", name, "err", err)
 			}
 			delete(servers, id)
@@ -315,7 +315,7 @@ func (n *Node) reconcileRaft() {
 		s, in := servers[id]
 		if in && s.Suffrage != raft.Voter && aliveVoters < want {
 			n.log.Info("promoting raft non-voter", "server", id, "member", alive[id].Name)
-			if err := n.raft.AddVoter(id, s.Address, 0, raftChangeTimeout).Error(); err != nil {
+			if err := n.await(n.raft.AddVoter(id, s.Address, 0, raftChangeTimeout)); err != nil {
 				n.log.Warn("promote", "server", id, "err", err)
 				continue
 			}
@@ -336,10 +336,10 @@ func (n *Node) reconcileRaft() {
 		switch {
 		case in && s.Suffrage == raft.Voter:
 			n.log.Info("updating raft voter address", "server", id, "addr", addr)
-			err = n.raft.AddVoter(id, addr, 0, raftChangeTimeout).Error()
+			err = n.await(n.raft.AddVoter(id, addr, 0, raftChangeTimeout))
 		case in:
 			n.log.Info("updating raft non-voter address", "server", id, "addr", addr)
-			err = n.raft.AddNonvoter(id, addr, 0, raftChangeTimeout).Error()
+			err = n.await(n.raft.AddNonvoter(id, addr, 0, raftChangeTimeout))
 		default:
 			// A newcomer always joins as a non-voter, and is promoted once that change committed,
 			// while voters are wanted. Added straight as a voter, it could be in the configuration
@@ -348,9 +348,9 @@ func (n *Node) reconcileRaft() {
 			// without it: no leader ever (seen in e2e and the chaos suite). The non-voter change
 			// commits on a majority of the voters, so they know the newcomer before it can vote.
 			n.log.Info("adding raft non-voter", "server", id, "member", m.Name, "addr", addr)
-			if err = n.raft.AddNonvoter(id, addr, 0, raftChangeTimeout).Error(); err == nil && aliveVoters < want {
+			if err = n.await(n.raft.AddNonvoter(id, addr, 0, raftChangeTimeout)); err == nil && aliveVoters < want {
 				n.log.Info("promoting raft non-voter", "server", id, "member", m.Name)
-				if err = n.raft.AddVoter(id, addr, 0, raftChangeTimeout).Error(); err == nil {
+				if err = n.await(n.raft.AddVoter(id, addr, 0, raftChangeTimeout)); err == nil {
 					aliveVoters++
 				}
 			}
