@@ -32,8 +32,7 @@ type decoded struct {
 }
 
 // decodeTasks reads the snapshot's task array into st; dec reads br, and nothing else does
-// until decodeTasks returns. Records are framed by mpcheck.Check, one pass over bytes already in the reader's buffer (what
-// msgpack's Skip did before cost a third of the restore's CPU), and copied out a chunk at a time.
+// until decodeTasks returns.
 func decodeTasks(dec *msgpack.Decoder, br *bufio.Reader, st *store) error {
 	n, err := dec.DecodeArrayLen()
 	if err != nil {
@@ -42,98 +41,26 @@ func decodeTasks(dec *msgpack.Decoder, br *bufio.Reader, st *store) error {
 	n = max(n, 0)
 	st.reserve(n)
 
-	type job struct {
-		data []byte
-		k    int
-		out  chan decoded
-	}
 	workers := max(1, min(runtime.GOMAXPROCS(0), 4))
-	jobs := make(chan job, workers)
-	// Chunk buffers go back to the reader once decoded (records copy what they keep): fresh
-	// memory for each would cost the reader a page fault per 4 KB, a quarter of its time.
-	free := make(chan []byte, 2*workers+2)
-	order := make(chan chan decoded, 2*workers) // the chunks' results in snapshot order
-	stop := make(chan struct{})
-	defer close(stop) // an error anywhere stops the reader and the decoders
+	p := &pipeline{
+		jobs: make(chan chunkJob, workers),
+		// Chunk buffers go back to the reader once decoded (records copy what they keep): fresh
+		// memory for each would cost the reader a page fault per 4 KB, a quarter of its time.
+		free:  make(chan []byte, 2*workers+2),
+		order: make(chan chan decoded, 2*workers),
+		stop:  make(chan struct{}),
+	}
+	defer close(p.stop) // an error anywhere stops the reader and the decoders
 	for range workers {
-		go func() {
-			for j := range jobs {
-				j.out <- decodeChunk(j.data, j.k)
-				select {
-				case free <- j.data[:0]:
-				default:
-				}
-			}
-		}()
+		go p.decode()
 	}
 	readErr := make(chan error, 1)
-	go func() { // the reader: cuts the array into chunks
-		defer close(order)
-		defer close(jobs)
-		readErr <- func() (err error) {
-			defer func() {
-				if p := recover(); p != nil { // msgpack v5 panics on some malformed input
-					err = fmt.Errorf("malformed msgpack: %v", p)
-				}
-			}()
-			size := 64 << 10
-			for left := n; left > 0; {
-				k := min(left, restoreChunk)
-				var data []byte
-				select {
-				case data = <-free:
-				default:
-					data = make([]byte, 0, size)
-				}
-				for got := 0; got < k; {
-					view, _ := br.Peek(br.Buffered())
-					used := 0
-					for got < k {
-						m, err := mpcheck.Check(view[used:])
-						if err != nil { // the view ends inside this record (or it is malformed)
-							break
-						}
-						used += m
-						got++
-					}
-					if used > 0 {
-						data = append(data, view[:used]...)
-						if _, err := br.Discard(used); err != nil {
-							return err
-						}
-						continue
-					}
-					if more, _ := br.Peek(br.Size()); len(more) > len(view) {
-						continue // the buffer had room for more of the record
-					}
-					// A full buffer or the end of the input, and still no whole record: one longer
-					// than the buffer, or malformed. msgpack's own walk reads the first and
-					// reports the second.
-					raw, err := dec.DecodeRaw()
-					if err != nil {
-						return err
-					}
-					data = append(data, raw...)
-					got++
-				}
-				size = len(data) + len(data)/8 // the next chunk is probably about as long
-				j := job{data: data, k: k, out: make(chan decoded, 1)}
-				select {
-				case order <- j.out:
-				case <-stop:
-					return nil
-				}
-				select {
-				case jobs <- j:
-				case <-stop:
-					return nil
-				}
-				left -= k
-			}
-			return nil
-		}()
+	go func() {
+		defer close(p.order)
+		defer close(p.jobs)
+		readErr <- p.read(dec, br, n)
 	}()
-	for out := range order { // every chunk in order has gone to a decoder: it gets a result
+	for out := range p.order { // every chunk in order has gone to a decoder: it gets a result
 		d := <-out
 		if d.err != nil {
 			return d.err
@@ -146,6 +73,106 @@ func decodeTasks(dec *msgpack.Decoder, br *bufio.Reader, st *store) error {
 		}
 	}
 	return <-readErr
+}
+
+// pipeline connects the reader, the decoders and the inserting caller of one restore.
+type pipeline struct {
+	jobs  chan chunkJob
+	free  chan []byte       // decoded chunks' buffers, for the reader to fill again
+	order chan chan decoded // the chunks' results in snapshot order
+	stop  chan struct{}     // closed when the caller returns
+}
+
+// chunkJob is k records in data, and where their decoded records go.
+type chunkJob struct {
+	data []byte
+	k    int
+	out  chan decoded
+}
+
+// decode turns chunks into records until the reader closes jobs.
+func (p *pipeline) decode() {
+	for j := range p.jobs {
+		j.out <- decodeChunk(j.data, j.k)
+		select {
+		case p.free <- j.data[:0]:
+		default:
+		}
+	}
+}
+
+// read cuts the n records that follow in br into chunks and hands each to a decoder, its result
+// channel to the caller first so that the caller inserts in order.
+func (p *pipeline) read(dec *msgpack.Decoder, br *bufio.Reader, n int) (err error) {
+	defer func() {
+		if r := recover(); r != nil { // msgpack v5 panics on some malformed input
+			err = fmt.Errorf("malformed msgpack: %v", r)
+		}
+	}()
+	size := 64 << 10
+	for left := n; left > 0; {
+		k := min(left, restoreChunk)
+		var data []byte
+		select {
+		case data = <-p.free:
+		default:
+			data = make([]byte, 0, size)
+		}
+		if data, err = frame(dec, br, data, k); err != nil {
+			return err
+		}
+		size = len(data) + len(data)/8 // the next chunk is probably about as long
+		j := chunkJob{data: data, k: k, out: make(chan decoded, 1)}
+		select {
+		case p.order <- j.out:
+		case <-p.stop:
+			return nil
+		}
+		select {
+		case p.jobs <- j:
+		case <-p.stop:
+			return nil
+		}
+		left -= k
+	}
+	return nil
+}
+
+// frame appends the next k whole records from br to data. Records are found by mpcheck.Check,
+// one pass over bytes already in the reader's buffer (msgpack's Skip, tried first, cost a third
+// of the restore's CPU), and copied out as many at a time as the buffer holds.
+func frame(dec *msgpack.Decoder, br *bufio.Reader, data []byte, k int) ([]byte, error) {
+	for got := 0; got < k; {
+		view, _ := br.Peek(br.Buffered())
+		used := 0
+		for got < k {
+			m, err := mpcheck.Check(view[used:])
+			if err != nil { // the view ends inside this record (or it is malformed)
+				break
+			}
+			used += m
+			got++
+		}
+		if used > 0 {
+			data = append(data, view[:used]...)
+			if _, err := br.Discard(used); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if more, _ := br.Peek(br.Size()); len(more) > len(view) {
+			continue // the buffer had room for more of the record
+		}
+		// A full buffer or the end of the input, and still no whole record: one longer than the
+		// buffer, or malformed. msgpack's own walk reads the first and reports the second.
+		raw, err := dec.DecodeRaw()
+		if err != nil {
+			return nil, err
+		}
+		data = append(data, raw...)
+		got++
+	}
+	return data, nil
 }
 
 // decodeChunk decodes k task records from data.
