@@ -26,7 +26,8 @@ import (
 // it, with no effect. At most one notice per follower is in flight; commits meanwhile are sent
 // with the next one.
 type commitNotice struct {
-	// send is the raft transport's AppendEntries, not through the watch (notices are not acks).
+	// send is the raft transport's AppendEntries, not through the watch (notices are not acks);
+	// nil on a transport that is not watched, where no acknowledgement ever asks for a notice.
 	send   func(id raft.ServerID, target raft.ServerAddress, req *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error
 	header raft.RPCHeader // this node as raft names itself in requests
 	raft   atomic.Pointer[raft.Raft]
@@ -156,19 +157,18 @@ func (c *commitNotice) deliver(id raft.ServerID, f *noticeState, addr raft.Serve
 		if err == nil && resp.Success {
 			f.known = max(f.known, req.LeaderCommitIndex)
 		}
-		next, ok := (*raft.AppendEntriesRequest)(nil), false
-		if f.again {
-			f.again = false
-			next, ok = c.request(f)
+		again := f.again
+		f.again = false
+		if again {
+			req, again = c.request(f)
 		}
-		if !ok {
+		if !again {
 			f.inFlight = false
 			c.mu.Unlock()
 			return
 		}
 		addr = f.addr
 		c.mu.Unlock()
-		req = next
 	}
 }
 
