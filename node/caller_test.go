@@ -84,6 +84,13 @@ func TestLogsKeepOrderAndAreServedByAnyNode(t *testing.T) {
 		want = append(want, fmt.Sprintf("stdout:out %d", i), fmt.Sprintf("stderr:err %d", i), fmt.Sprintf("log:log %d", i))
 	}
 	for _, n := range tc.nodes { // the node that ran it and the others, which fetch from it
+		// A follower applies the task's entries when it hears they committed, a moment after the
+		// node that answered the submit: raft promises no read of one's own write through another
+		// node (CI once read through a follower that had not yet applied the submit: 404).
+		waitFor(t, n.Name()+" to apply "+task.ID, 30*time.Second, func() bool {
+			got, ok := n.FSM().Task(task.ID)
+			return ok && got.State == fsm.Succeeded
+		})
 		var got []string
 		readLogs(t, n, task.ID, false, func(l tasks.LogLine) {
 			if l.Node != task.Node || l.Attempt != 1 || (l.Stream == "log" && l.Level != "warn") {
