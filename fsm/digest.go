@@ -29,7 +29,7 @@ func (f *FSM) Digest() (index uint64, sum string) {
 	put("tasks")
 	for _, id := range sortedKeys(f.tasks.byID) {
 		put(id)
-		put(f.tasks.byID[id])
+		put(f.tasks.record(f.tasks.byID[id]))
 	}
 	put("nodes")
 	for _, name := range sortedKeys(f.nodes) {

@@ -574,18 +574,18 @@ func (f *FSM) purgeMatches(p *Purge) []string {
 		}
 	}
 	var ids []string
-	take := func(t *Task) bool {
-		if t.FinishedAt != nil && (p.FinishedBefore == nil || t.FinishedAt.Before(*p.FinishedBefore)) {
-			ids = append(ids, t.ID)
+	take := func(e *entry) bool {
+		if e.hasFin && (p.FinishedBefore == nil || e.finishedBefore(*p.FinishedBefore)) {
+			ids = append(ids, e.id())
 		}
 		return len(ids) < limit
 	}
 	if p.Type == "" && len(states) == 3 {
-		f.tasks.finished.Ascend(func(t *Task) bool {
-			if p.FinishedBefore != nil && !t.FinishedAt.Before(*p.FinishedBefore) {
+		f.tasks.finished.Ascend(func(e *entry) bool {
+			if p.FinishedBefore != nil && !e.finishedBefore(*p.FinishedBefore) {
 				return false
 			}
-			return take(t)
+			return take(e)
 		})
 		return ids
 	}
@@ -644,7 +644,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if f.halt != nil {
 		return nil, fmt.Errorf("snapshot: %w", f.halt)
 	}
-	s := &snapshot{index: f.index, tasks: f.tasks.all.Clone(), nodes: make([]Node, 0, len(f.nodes))}
+	s := &snapshot{index: f.index, tasks: f.tasks.all.Clone(), names: f.tasks.names.list, nodes: make([]Node, 0, len(f.nodes))}
 	if f.unique.len() > 0 {
 		s.unique = f.unique.locks()
 	}
@@ -671,7 +671,8 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 // snapshot is an immutable view of the state at one index.
 type snapshot struct {
 	index    uint64
-	tasks    *btree.BTreeG[*Task]
+	tasks    *btree.BTreeG[*entry]
+	names    []string // the names frozen records refer to, as they were (the list only grows)
 	nodes    []Node
 	acl      *acl.State
 	security *Security
@@ -729,7 +730,15 @@ func (s *snapshot) encode(w io.Writer) error {
 		return err
 	}
 	var err error
-	s.tasks.Ascend(func(t *Task) bool {
+	var thawed Task // every frozen record is thawed into this one, encoded, and forgotten
+	s.tasks.Ascend(func(e *entry) bool {
+		t := e.t
+		if t == nil {
+			if err = thawInto(&thawed, e.cold, s.names); err != nil {
+				return false
+			}
+			t = &thawed
+		}
 		err = enc.Encode(t)
 		return err == nil
 	})

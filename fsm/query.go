@@ -32,11 +32,11 @@ func (f *FSM) Changed() <-chan struct{} {
 func (f *FSM) Task(id string) (Task, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	t, ok := f.tasks.get(id)
+	e, ok := f.tasks.byID[id]
 	if !ok {
 		return Task{}, false
 	}
-	return t.clone(), true
+	return f.tasks.copyOf(e), true
 }
 
 // TaskWatch returns a copy of one task and a channel closed on the next change of that task (or
@@ -46,11 +46,11 @@ func (f *FSM) Task(id string) (Task, bool) {
 func (f *FSM) TaskWatch(id string) (Task, bool, <-chan struct{}) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	t, ok := f.tasks.get(id)
+	e, ok := f.tasks.byID[id]
 	if !ok {
 		return Task{}, false, f.changed
 	}
-	return t.clone(), true, f.watches.get(watchKey{watchTask, id})
+	return f.tasks.copyOf(e), true, f.watches.get(watchKey{watchTask, id})
 }
 
 // ErrBadCursor is a list cursor this FSM did not make.
@@ -130,7 +130,7 @@ func (f *FSM) List(q Filter) []Task {
 // best: it costs O(log n + page), plus the tasks it skips for filters beyond the index's own
 // (Visible, or a state with a node or execution).
 func (f *FSM) ListPage(q Filter) (Page, error) {
-	var from *Task
+	var from *entry
 	if q.Next != "" {
 		c, err := decodeCursor(q.Next)
 		if err != nil {
@@ -153,50 +153,58 @@ func (f *FSM) ListPage(q Filter) (Page, error) {
 	}
 	skip := func(*Task) bool { return false }
 	if q.After != "" && from == nil {
-		if t, ok := f.tasks.get(q.After); ok {
-			from = t
+		if e, ok := f.tasks.byID[q.After]; ok {
+			from = e
 		} else { // gone: older means a lower ID (IDs sort by time)
 			skip = func(t *Task) bool { return t.ID >= q.After }
 		}
 	}
-	emit := func(t *Task) bool {
+	// wanted reads e's record (thawing a frozen one) and reports whether the page takes it and
+	// whether the walk goes on.
+	wanted := func(e *entry) (t *Task, take, more bool) {
+		t = f.tasks.record(e)
 		if q.past(t) {
-			return false
+			return t, false, false
 		}
-		if skip(t) || !q.match(t) {
-			return true
-		}
+		return t, !skip(t) && q.match(t), true
+	}
+	emit := func(e *entry, t *Task) bool {
 		if q.Limit > 0 && len(p.Tasks) == q.Limit {
 			last := &p.Tasks[len(p.Tasks)-1]
 			p.Next = encodeCursor(last.CreateIndex, last.ID)
 			return false
 		}
-		p.Tasks = append(p.Tasks, t.clone())
+		if e.t != nil {
+			p.Tasks = append(p.Tasks, t.clone())
+		} else {
+			p.Tasks = append(p.Tasks, *t) // thawed: already a copy of its own
+		}
 		return true
 	}
 	if q.State != "" && q.Type == "" && q.Node == "" && q.ExecutionID == "" {
 		// A page from each type's tree of that state, merged: O(types × page).
-		var got []*Task
+		type found struct {
+			e *entry
+			t *Task
+		}
+		var got []found
 		for k, tr := range f.tasks.byStateTy {
 			if k.state != q.State {
 				continue
 			}
 			n := 0
-			descend(tr, from, func(t *Task) bool {
-				if q.past(t) {
-					return false
+			descend(tr, from, func(e *entry) bool {
+				t, take, more := wanted(e)
+				if take {
+					got = append(got, found{e, t})
+					n++
 				}
-				if skip(t) || !q.match(t) {
-					return true
-				}
-				got = append(got, t)
-				n++
-				return q.Limit == 0 || n <= q.Limit
+				return more && (q.Limit == 0 || n <= q.Limit)
 			})
 		}
-		slices.SortFunc(got, func(a, b *Task) int { return cmpCreate(b, a) })
-		for _, t := range got {
-			if !emit(t) {
+		slices.SortFunc(got, func(a, b found) int { return cmpEntryCreate(b.e, a.e) })
+		for _, g := range got {
+			if !emit(g.e, g.t) {
 				break
 			}
 		}
@@ -204,41 +212,48 @@ func (f *FSM) ListPage(q Filter) (Page, error) {
 	}
 	// An execution's root is not in byExec: merge it in at its place.
 	root := f.execRoot(q.ExecutionID)
-	if root != nil && from != nil && !byCreate(root, from) {
+	if root != nil && from != nil && !entryByCreate(root, from) {
 		root = nil
 	}
+	visit := func(e *entry) bool {
+		t, take, more := wanted(e)
+		if take {
+			return emit(e, t)
+		}
+		return more
+	}
 	more := true
-	descend(tree, from, func(t *Task) bool {
-		if root != nil && byCreate(t, root) {
+	descend(tree, from, func(e *entry) bool {
+		if root != nil && entryByCreate(e, root) {
 			r := root
 			root = nil
-			if !emit(r) {
+			if !visit(r) {
 				more = false
 				return false
 			}
 		}
-		more = emit(t)
+		more = visit(e)
 		return more
 	})
 	if root != nil && more {
-		emit(root)
+		visit(root)
 	}
 	return p, nil
 }
 
-// execRoot is the task that started execution id, when the query asks for one.
-func (f *FSM) execRoot(id string) *Task {
+// execRoot is the entry of the task that started execution id, when the query asks for one.
+func (f *FSM) execRoot(id string) *entry {
 	if id == "" {
 		return nil
 	}
-	if t, ok := f.tasks.get(id); ok && t.ExecutionID == id {
-		return t
+	if e, ok := f.tasks.byID[id]; ok && f.tasks.record(e).ExecutionID == id {
+		return e
 	}
 	return nil
 }
 
 // listIndex picks the tree to walk for q and the watch key of that tree.
-func (f *FSM) listIndex(q Filter) (*btree.BTreeG[*Task], watchKey) {
+func (f *FSM) listIndex(q Filter) (*btree.BTreeG[*entry], watchKey) {
 	s := f.tasks
 	switch {
 	case q.ExecutionID != "":
@@ -262,7 +277,7 @@ func (f *FSM) total(q Filter) int {
 	if q.Node != "" || q.ExecutionID != "" {
 		tree, _ := f.listIndex(q)
 		n := 0
-		if root := f.execRoot(q.ExecutionID); root != nil && q.match(root) {
+		if root := f.execRoot(q.ExecutionID); root != nil && q.match(f.tasks.record(root)) {
 			n++
 		}
 		if tree == nil {
@@ -271,8 +286,8 @@ func (f *FSM) total(q Filter) int {
 		if q.State == "" && q.Type == "" && q.Visible == nil && (q.Node == "" || q.ExecutionID == "") {
 			return n + tree.Len()
 		}
-		tree.Ascend(func(t *Task) bool {
-			if q.match(t) {
+		tree.Ascend(func(e *entry) bool {
+			if q.match(f.tasks.record(e)) {
 				n++
 			}
 			return true
@@ -457,22 +472,22 @@ func (f *FSM) NextRetry(now time.Time) time.Time {
 // sweep asks once for all and removes them in batches.
 func (f *FSM) Expired(cutoff time.Time, limit int) []string {
 	f.mu.RLock()
-	var ts []*Task
-	f.tasks.finished.Ascend(func(t *Task) bool {
-		if !t.FinishedAt.Before(cutoff) {
+	var es []*entry
+	f.tasks.finished.Ascend(func(e *entry) bool {
+		if !e.finishedBefore(cutoff) {
 			return false
 		}
-		ts = append(ts, t)
+		es = append(es, e)
 		return true
 	})
 	f.mu.RUnlock()
-	slices.SortFunc(ts, cmpCreate)
-	if limit > 0 && len(ts) > limit {
-		ts = ts[:limit]
+	slices.SortFunc(es, cmpEntryCreate)
+	if limit > 0 && len(es) > limit {
+		es = es[:limit]
 	}
 	var out []string
-	for _, t := range ts {
-		out = append(out, t.ID)
+	for _, e := range es {
+		out = append(out, e.id())
 	}
 	return out
 }
@@ -502,7 +517,7 @@ func encodeCursor(createIndex uint64, id string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatUint(createIndex, 10) + "/" + id))
 }
 
-func decodeCursor(c string) (*Task, error) {
+func decodeCursor(c string) (*entry, error) {
 	b, err := base64.RawURLEncoding.DecodeString(c)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadCursor, err)
@@ -512,7 +527,7 @@ func decodeCursor(c string) (*Task, error) {
 	if !ok || err != nil || id == "" {
 		return nil, fmt.Errorf("%w: %q", ErrBadCursor, c)
 	}
-	return &Task{CreateIndex: n, ID: id}, nil
+	return keyEntry(n, id), nil
 }
 
 // SubmitCandidates returns the tasks subs will create pending at now (not delayed), as Place reads

@@ -2,34 +2,38 @@ package fsm
 
 import (
 	"cmp"
+	"fmt"
 	"time"
 
 	"github.com/google/btree"
 )
 
 // store holds the tasks and the indexes every read and the scheduler use. Each index is an
-// ordered tree of task pointers, so a read costs O(log n + what it returns) and not O(all tasks).
+// ordered tree, so a read costs O(log n + what it returns) and not O(all tasks). The indexes over
+// every task hold entries (the keys they order by and the record: live while the task can change,
+// frozen once it finished, frozen.go); those over tasks that are still to run hold the live
+// records themselves.
 //
-// Records are immutable once stored: a change stores a copy (cow, then replace), so a tree cloned
-// for a snapshot (btree.Clone is O(1), copy-on-write) keeps seeing the records as they were while
-// Apply goes on. Only the FSM's apply functions write, with f.mu held.
+// Records and entries are immutable once stored: a change stores a copy (cow, then replace), so a
+// tree cloned for a snapshot (btree.Clone is O(1), copy-on-write) keeps seeing the records as they
+// were while Apply goes on. Only the FSM's apply functions write, with f.mu held.
 //
 // google/btree rather than hashicorp/go-memdb, which the issue suggested: memdb's radix trees cost
 // 2,778 bytes of index per record with six indexes (a channel per leaf and node for watches),
 // against 129 bytes for a map and five B-trees, measured with 100k records (BENCHMARKS.md); the
 // budget is 1 KB per finished task all told. Watches are kept here per key instead (watch.go).
 type store struct {
-	byID map[string]*Task
+	byID map[string]*entry
 	// all orders every task by (CreateIndex, ID): list order, and what a snapshot walks.
-	all    *btree.BTreeG[*Task]
-	byType map[string]*btree.BTreeG[*Task]
+	all    *btree.BTreeG[*entry]
+	byType map[string]*btree.BTreeG[*entry]
 	// byStateTy serves state and type filters together, and a state alone by merging a page from
 	// each type's tree (a handful): an index by state alone would cost every record ~20 B more.
-	byStateTy map[stateType]*btree.BTreeG[*Task]
-	byNode    map[string]*btree.BTreeG[*Task] // tasks that have (or had, when finished) a node
+	byStateTy map[stateType]*btree.BTreeG[*entry]
+	byNode    map[string]*btree.BTreeG[*entry] // tasks that have (or had, when finished) a node
 	// byExec holds the tasks an execution spawned (ExecutionID != ID); its root, whose
 	// ExecutionID is its own ID, is found by ID. A tree per task would cost ~400 B each.
-	byExec map[string]*btree.BTreeG[*Task]
+	byExec map[string]*btree.BTreeG[*entry]
 	// queue holds the pending tasks without a retry deadline per (queue, type, version), in a
 	// tree per priority band ordered by (ReadyAt, CreateIndex): FIFO within a priority. The
 	// scheduler reads the heads of the bands a free node can serve (Min of each tree), so an
@@ -46,7 +50,7 @@ type store struct {
 	// retry holds the pending tasks with a retry deadline, by (NotBefore, CreateIndex, ID).
 	retry *btree.BTreeG[*Task]
 	// finished holds terminal tasks by (FinishedAt, CreateIndex, ID): retention's sweep.
-	finished *btree.BTreeG[*Task]
+	finished *btree.BTreeG[*entry]
 	// active holds assigned and running tasks per node.
 	active map[string]map[string]*Task
 	idem   map[string]string
@@ -54,8 +58,52 @@ type store struct {
 	counts map[stateType]int
 	// pendingTV is how many tasks are pending per (type, version) asked for.
 	pendingTV map[TypeVersion]int
-	// strs interns the strings many records repeat (types, versions, nodes, boot IDs, events).
-	strs map[string]string
+	// strs interns the strings many live records repeat (types, versions, nodes, boot IDs,
+	// events); names numbers those frozen records repeat.
+	strs  map[string]string
+	names names
+	buf   []byte // scratch for freeze
+}
+
+// entry is one task in the indexes over every task: the keys they order by, and the record,
+// live (t) while the task can change or frozen (cold, frozen.go) once it finished. 48 bytes.
+type entry struct {
+	ci     uint64 // CreateIndex
+	finSec int64  // FinishedAt (seconds, nanoseconds), when hasFin
+	t      *Task
+	cold   string
+	finNs  int32
+	hasFin bool
+}
+
+func newEntry(t *Task) *entry {
+	e := &entry{ci: t.CreateIndex, t: t}
+	if t.FinishedAt != nil {
+		e.hasFin, e.finSec, e.finNs = true, t.FinishedAt.Unix(), int32(t.FinishedAt.Nanosecond())
+	}
+	return e
+}
+
+// keyEntry is an entry that only compares: the place of (createIndex, id) in creation order.
+func keyEntry(createIndex uint64, id string) *entry {
+	return &entry{ci: createIndex, t: &Task{ID: id, CreateIndex: createIndex}}
+}
+
+// id is the task's ID; a frozen record's is read without thawing the rest.
+func (e *entry) id() string {
+	if e.t != nil {
+		return e.t.ID
+	}
+	return idOf(e.cold)
+}
+
+// finishedBefore reports whether the task has a finish time before t.
+func (e *entry) finishedBefore(t time.Time) bool {
+	if !e.hasFin {
+		return false
+	}
+	sec := t.Unix()
+	return e.finSec < sec || e.finSec == sec && int64(e.finNs) < int64(t.Nanosecond())
 }
 
 // TypeVersion names a pending queue: tasks of one type asking for one version ("" = any).
@@ -88,6 +136,17 @@ func byCreate(a, b *Task) bool {
 	return a.ID < b.ID
 }
 
+func entryByCreate(a, b *entry) bool {
+	if a.ci != b.ci {
+		return a.ci < b.ci
+	}
+	return a.id() < b.id()
+}
+
+func cmpEntryCreate(a, b *entry) int {
+	return cmp.Or(cmp.Compare(a.ci, b.ci), cmp.Compare(a.id(), b.id()))
+}
+
 func byNotBefore(a, b *Task) bool {
 	if c := a.NotBefore.Compare(*b.NotBefore); c != 0 {
 		return c < 0
@@ -110,27 +169,32 @@ func byRunAt(a, b *Task) bool {
 	return byCreate(a, b)
 }
 
-func byFinish(a, b *Task) bool {
-	if c := a.FinishedAt.Compare(*b.FinishedAt); c != 0 {
+func byFinish(a, b *entry) bool {
+	if c := cmp.Or(cmp.Compare(a.finSec, b.finSec), cmp.Compare(a.finNs, b.finNs)); c != 0 {
 		return c < 0
 	}
-	return byCreate(a, b)
+	return entryByCreate(a, b)
 }
 
 // freeNodes is the node free list every small tree shares: btree.NewG gives each tree its own,
 // 256 bytes before it holds anything.
-var freeNodes = btree.NewFreeListG[*Task](btree.DefaultFreeListSize)
+var (
+	freeNodes      = btree.NewFreeListG[*Task](btree.DefaultFreeListSize)
+	freeEntryNodes = btree.NewFreeListG[*entry](btree.DefaultFreeListSize)
+)
 
-func newTree() *btree.BTreeG[*Task] { return btree.NewWithFreeListG(btreeDegree, byCreate, freeNodes) }
+func newTree() *btree.BTreeG[*entry] {
+	return btree.NewWithFreeListG(btreeDegree, entryByCreate, freeEntryNodes)
+}
 
 func newStore() *store {
 	return &store{
-		byID:      map[string]*Task{},
+		byID:      map[string]*entry{},
 		all:       newTree(),
-		byType:    map[string]*btree.BTreeG[*Task]{},
-		byStateTy: map[stateType]*btree.BTreeG[*Task]{},
-		byNode:    map[string]*btree.BTreeG[*Task]{},
-		byExec:    map[string]*btree.BTreeG[*Task]{},
+		byType:    map[string]*btree.BTreeG[*entry]{},
+		byStateTy: map[stateType]*btree.BTreeG[*entry]{},
+		byNode:    map[string]*btree.BTreeG[*entry]{},
+		byExec:    map[string]*btree.BTreeG[*entry]{},
 		queue:     map[QueueKey]bands{},
 		due:       btree.NewG(btreeDegree, byRunAt),
 		retry:     btree.NewG(btreeDegree, byNotBefore),
@@ -153,26 +217,68 @@ func (s *store) reserve(n int) {
 	if len(s.byID) > 0 || n <= 0 {
 		return
 	}
-	s.byID = make(map[string]*Task, min(n, maxReserve))
+	s.byID = make(map[string]*entry, min(n, maxReserve))
 }
 
+// get returns the stored record of a task: the live one, or a frozen one thawed (a fresh copy).
+// Either is read-only; a change goes through cow and replace.
 func (s *store) get(id string) (*Task, bool) {
-	t, ok := s.byID[id]
-	return t, ok
+	e, ok := s.byID[id]
+	if !ok {
+		return nil, false
+	}
+	return s.record(e), true
 }
 
-// insert adds a record to every index it belongs in. The record must not change afterwards.
+// record is e's task: the live record, or the frozen one thawed.
+func (s *store) record(e *entry) *Task {
+	return e.record(s.names.list)
+}
+
+func (e *entry) record(names []string) *Task {
+	if e.t != nil {
+		return e.t
+	}
+	t, err := thaw(e.cold, names)
+	if err != nil { // only freeze writes frozen records: a bug, not input
+		panic(fmt.Sprintf("fsm: task %q: %v", idOf(e.cold), err))
+	}
+	return t
+}
+
+// copyOf is e's task as a value the caller may keep and change.
+func (s *store) copyOf(e *entry) Task {
+	if e.t != nil {
+		return e.t.clone()
+	}
+	return *s.record(e)
+}
+
+// each calls fn with every task in creation order until fn returns false.
+func (s *store) each(fn func(*Task) bool) {
+	s.all.Ascend(func(e *entry) bool { return fn(s.record(e)) })
+}
+
+// insert adds a record to every index it belongs in. The record must not change afterwards; a
+// finished task's is frozen, and the caller's copy no longer referenced.
 func (s *store) insert(t *Task) {
-	s.compact(t)
-	s.byID[t.ID] = t
-	s.all.ReplaceOrInsert(t)
-	put(s.byType, t.Type, t)
-	put(s.byStateTy, stateType{t.State, t.Type}, t)
+	e := newEntry(t)
+	id := t.ID
+	if t.State.Terminal() {
+		e.t, e.cold = nil, freeze(&s.buf, t, &s.names)
+		id = idOf(e.cold) // the map's key shares the frozen record's memory
+	} else {
+		s.compact(t)
+	}
+	s.byID[id] = e
+	s.all.ReplaceOrInsert(e)
+	put(s.byType, t.Type, e)
+	put(s.byStateTy, stateType{t.State, t.Type}, e)
 	if t.Node != "" {
-		put(s.byNode, t.Node, t)
+		put(s.byNode, t.Node, e)
 	}
 	if t.ExecutionID != t.ID {
-		put(s.byExec, t.ExecutionID, t)
+		put(s.byExec, t.ExecutionID, e)
 	}
 	switch {
 	case t.State == Pending && t.NotBefore != nil:
@@ -202,7 +308,7 @@ func (s *store) insert(t *Task) {
 		}
 		m[t.ID] = t
 	case t.State.Terminal() && t.FinishedAt != nil:
-		s.finished.ReplaceOrInsert(t)
+		s.finished.ReplaceOrInsert(e)
 	}
 	if t.IdempotencyKey != "" {
 		s.idem[t.IdempotencyKey] = t.ID
@@ -217,17 +323,21 @@ func (s *store) insert(t *Task) {
 	}
 }
 
-// delete removes a record from every index; t must be the stored record.
+// delete removes a record from every index; t must be the stored record (as get returns it).
 func (s *store) delete(t *Task) {
+	e := s.byID[t.ID]
+	if e == nil {
+		return
+	}
 	delete(s.byID, t.ID)
-	s.all.Delete(t)
-	drop(s.byType, t.Type, t)
-	drop(s.byStateTy, stateType{t.State, t.Type}, t)
+	s.all.Delete(e)
+	drop(s.byType, t.Type, e)
+	drop(s.byStateTy, stateType{t.State, t.Type}, e)
 	if t.Node != "" {
-		drop(s.byNode, t.Node, t)
+		drop(s.byNode, t.Node, e)
 	}
 	if t.ExecutionID != t.ID {
-		drop(s.byExec, t.ExecutionID, t)
+		drop(s.byExec, t.ExecutionID, e)
 	}
 	switch {
 	case t.State == Pending && t.NotBefore != nil:
@@ -252,7 +362,7 @@ func (s *store) delete(t *Task) {
 			}
 		}
 	case t.State.Terminal() && t.FinishedAt != nil:
-		s.finished.Delete(t)
+		s.finished.Delete(e)
 	}
 	if t.IdempotencyKey != "" && s.idem[t.IdempotencyKey] == t.ID {
 		delete(s.idem, t.IdempotencyKey)
@@ -285,16 +395,16 @@ func (s *store) replace(old, next *Task) {
 	s.insert(next)
 }
 
-func put[K comparable](m map[K]*btree.BTreeG[*Task], k K, t *Task) {
+func put[K comparable](m map[K]*btree.BTreeG[*entry], k K, e *entry) {
 	tr := m[k]
 	if tr == nil {
 		tr = newTree()
 		m[k] = tr
 	}
-	tr.ReplaceOrInsert(t)
+	tr.ReplaceOrInsert(e)
 }
 
-func drop[K comparable](m map[K]*btree.BTreeG[*Task], k K, t *Task) {
+func drop[K comparable, T any](m map[K]*btree.BTreeG[T], k K, t T) {
 	if tr := m[k]; tr != nil {
 		tr.Delete(t)
 		if tr.Len() == 0 {
@@ -303,8 +413,8 @@ func drop[K comparable](m map[K]*btree.BTreeG[*Task], k K, t *Task) {
 	}
 }
 
-// compact shares the memory of strings that many records repeat, so a finished record costs its
-// own bytes and little more (the ≤ 1 KB per task budget). It changes no value.
+// compact shares the memory of strings that many live records repeat (frozen ones number them in
+// names instead). It changes no value.
 func (s *store) compact(t *Task) {
 	t.Type, t.Version, t.Node, t.BootID = s.intern(t.Type), s.intern(t.Version), s.intern(t.Node), s.intern(t.BootID)
 	t.Queue = s.intern(t.Queue)
@@ -339,7 +449,7 @@ func (t *Task) cow() *Task {
 
 // descend calls fn for tasks of tr before the cursor key (all when after is nil), newest first,
 // until fn returns false.
-func descend(tr *btree.BTreeG[*Task], after *Task, fn func(*Task) bool) {
+func descend(tr *btree.BTreeG[*entry], after *entry, fn func(*entry) bool) {
 	if tr == nil {
 		return
 	}
@@ -347,11 +457,11 @@ func descend(tr *btree.BTreeG[*Task], after *Task, fn func(*Task) bool) {
 		tr.Descend(fn)
 		return
 	}
-	tr.DescendLessOrEqual(after, func(t *Task) bool {
-		if !byCreate(t, after) { // the cursor itself
+	tr.DescendLessOrEqual(after, func(e *entry) bool {
+		if !entryByCreate(e, after) { // the cursor itself
 			return true
 		}
-		return fn(t)
+		return fn(e)
 	})
 }
 

@@ -20,7 +20,7 @@ func legacySnapshot(t *testing.T, f *FSM) []byte {
 	t.Helper()
 	f.mu.RLock()
 	s := snapshotState{Index: f.index}
-	f.tasks.all.Ascend(func(tk *Task) bool { s.Tasks = append(s.Tasks, tk.clone()); return true })
+	f.tasks.each(func(tk *Task) bool { s.Tasks = append(s.Tasks, tk.clone()); return true })
 	for _, name := range sortedKeys(f.nodes) {
 		s.Nodes = append(s.Nodes, f.nodes[name].clone())
 	}
