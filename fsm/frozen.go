@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"strings"
 	"time"
 )
 
@@ -67,8 +68,7 @@ const (
 	hBy
 )
 
-// freeze encodes t (a record about to be stored) as a frozen record; names gains its repeated
-// strings. buf is scratch space (the string is a copy of exactly the record's bytes).
+// freeze encodes t as a frozen record in the heap (tests; the store puts records in its arena).
 func freeze(buf *[]byte, t *Task, nm *names) string {
 	*buf = appendFrozen((*buf)[:0], t, nm)
 	return string(*buf)
@@ -299,10 +299,11 @@ func idOf(s string) string {
 	return r.str()
 }
 
-// thaw decodes a frozen record with the names table it was frozen with (or a later state of it).
+// thaw decodes a frozen record with the names table it was frozen with (or a later state of it)
+// into a Task of the caller's own: its strings are a copy, not the arena's memory.
 func thaw(s string, list []string) (*Task, error) {
 	t := new(Task)
-	if err := thawInto(t, s, list); err != nil {
+	if err := thawInto(t, strings.Clone(s), list); err != nil {
 		return nil, err
 	}
 	return t, nil
@@ -310,7 +311,7 @@ func thaw(s string, list []string) (*Task, error) {
 
 // thawInto decodes a frozen record into t, reusing the memory t's history, times, raw JSON and
 // error hold from an earlier thaw (Persist thaws every record of a snapshot into one Task), so t
-// must be the caller's alone.
+// must be the caller's alone. t's strings share s's memory: valid as long as s is.
 func thawInto(t *Task, s string, list []string) error {
 	if len(s) == 0 || s[0] != frozenVersion {
 		return errFrozen

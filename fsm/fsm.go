@@ -644,7 +644,8 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if f.halt != nil {
 		return nil, fmt.Errorf("snapshot: %w", f.halt)
 	}
-	s := &snapshot{index: f.index, tasks: f.tasks.all.Clone(), names: f.tasks.names.list, nodes: make([]Node, 0, len(f.nodes))}
+	s := &snapshot{index: f.index, tasks: f.tasks.all.Clone(), names: f.tasks.names.list, arena: f.tasks.arena, nodes: make([]Node, 0, len(f.nodes))}
+	s.arena.pin() // until Release: the frozen records it walks stay where they are
 	if f.unique.len() > 0 {
 		s.unique = f.unique.locks()
 	}
@@ -673,6 +674,8 @@ type snapshot struct {
 	index    uint64
 	tasks    *btree.BTreeG[*entry]
 	names    []string // the names frozen records refer to, as they were (the list only grows)
+	arena    *arena   // holds the frozen records; pinned until Release
+	released sync.Once
 	nodes    []Node
 	acl      *acl.State
 	security *Security
@@ -784,7 +787,7 @@ func encodeAll(enc *msgpack.Encoder, key string, v any) error {
 }
 
 // Release implements raft.FSMSnapshot.
-func (s *snapshot) Release() {}
+func (s *snapshot) Release() { s.released.Do(s.arena.unpin) }
 
 // Restore implements raft.FSM: it replaces the whole state with the snapshot's. It decodes one
 // record at a time into a new store, built outside the lock; the swap is all Apply waits for.

@@ -471,7 +471,8 @@ func (f *FSM) NextRetry(now time.Time) time.Time {
 // at most limit (0: all). It walks the finish-time index: O(log n + expired × log expired), so a
 // sweep asks once for all and removes them in batches.
 func (f *FSM) Expired(cutoff time.Time, limit int) []string {
-	f.mu.RLock()
+	f.mu.RLock() // held while entries are read: a deleted record's memory is reused
+	defer f.mu.RUnlock()
 	var es []*entry
 	f.tasks.finished.Ascend(func(e *entry) bool {
 		if !e.finishedBefore(cutoff) {
@@ -480,7 +481,6 @@ func (f *FSM) Expired(cutoff time.Time, limit int) []string {
 		es = append(es, e)
 		return true
 	})
-	f.mu.RUnlock()
 	slices.SortFunc(es, cmpEntryCreate)
 	if limit > 0 && len(es) > limit {
 		es = es[:limit]

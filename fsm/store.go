@@ -3,6 +3,7 @@ package fsm
 import (
 	"cmp"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/btree"
@@ -62,7 +63,8 @@ type store struct {
 	// events); names numbers those frozen records repeat.
 	strs  map[string]string
 	names names
-	buf   []byte // scratch for freeze
+	arena *arena // the frozen records' memory
+	buf   []byte // scratch for freezing
 }
 
 // entry is one task in the indexes over every task: the keys they order by, and the record,
@@ -89,8 +91,17 @@ func keyEntry(createIndex uint64, id string) *entry {
 	return &entry{ci: createIndex, t: &Task{ID: id, CreateIndex: createIndex}}
 }
 
-// id is the task's ID; a frozen record's is read without thawing the rest.
+// id is the task's ID, the caller's to keep; a frozen record's is read without thawing the rest.
 func (e *entry) id() string {
+	if e.t != nil {
+		return e.t.ID
+	}
+	return strings.Clone(idOf(e.cold))
+}
+
+// idRef is the task's ID in the record's own memory: valid only while the entry is stored (or
+// pinned by a snapshot), for comparisons and the ID map's key.
+func (e *entry) idRef() string {
 	if e.t != nil {
 		return e.t.ID
 	}
@@ -140,11 +151,11 @@ func entryByCreate(a, b *entry) bool {
 	if a.ci != b.ci {
 		return a.ci < b.ci
 	}
-	return a.id() < b.id()
+	return a.idRef() < b.idRef()
 }
 
 func cmpEntryCreate(a, b *entry) int {
-	return cmp.Or(cmp.Compare(a.ci, b.ci), cmp.Compare(a.id(), b.id()))
+	return cmp.Or(cmp.Compare(a.ci, b.ci), cmp.Compare(a.idRef(), b.idRef()))
 }
 
 func byNotBefore(a, b *Task) bool {
@@ -204,6 +215,7 @@ func newStore() *store {
 		counts:    map[stateType]int{},
 		pendingTV: map[TypeVersion]int{},
 		strs:      map[string]string{},
+		arena:     newArena(),
 
 		activeQueue: map[string]int{}, activeType: map[string]int{},
 		pendingQueue: map[string]int{}, scheduledQueue: map[string]int{},
@@ -265,7 +277,8 @@ func (s *store) insert(t *Task) {
 	e := newEntry(t)
 	id := t.ID
 	if t.State.Terminal() {
-		e.t, e.cold = nil, freeze(&s.buf, t, &s.names)
+		s.buf = appendFrozen(s.buf[:0], t, &s.names)
+		e.t, e.cold = nil, s.arena.put(s.buf)
 		id = idOf(e.cold) // the map's key shares the frozen record's memory
 	} else {
 		s.compact(t)
@@ -380,6 +393,9 @@ func (s *store) delete(t *Task) {
 	}
 	if t.State == Scheduled {
 		decr(s.scheduledQueue, t.Queue)
+	}
+	if e.t == nil { // nothing in the store refers to the frozen record now
+		s.arena.release(e.cold)
 	}
 }
 
