@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"cmp"
 	"runtime"
 	"slices"
 	"sync"
@@ -91,15 +92,7 @@ func (a *arena) bump(size int) []byte {
 		idx := uint32(len(cs.list))
 		cs.list = append(cs.list, c)
 		base := chunkBase{uintptr(unsafe.Pointer(&c[0])), idx}
-		i, _ := slices.BinarySearchFunc(cs.bases, base.addr, func(b chunkBase, addr uintptr) int {
-			switch {
-			case b.addr < addr:
-				return -1
-			case b.addr > addr:
-				return 1
-			}
-			return 0
-		})
+		i, _ := slices.BinarySearchFunc(cs.bases, base.addr, byAddr)
 		cs.bases = slices.Insert(cs.bases, i, base)
 		a.tail = 0
 	}
@@ -109,6 +102,8 @@ func (a *arena) bump(size int) []byte {
 	return slot
 }
 
+func byAddr(b chunkBase, addr uintptr) int { return cmp.Compare(b.addr, addr) }
+
 // locate finds the slot s (a string put returned) occupies; false for a string of the heap.
 func (a *arena) locate(s string) (slotRef, bool) {
 	if len(s) == 0 || len(s) > maxArenaRecord {
@@ -116,15 +111,7 @@ func (a *arena) locate(s string) (slotRef, bool) {
 	}
 	p := uintptr(unsafe.Pointer(unsafe.StringData(s)))
 	bases := a.chunks.bases
-	i, found := slices.BinarySearchFunc(bases, p, func(b chunkBase, addr uintptr) int {
-		switch {
-		case b.addr < addr:
-			return -1
-		case b.addr > addr:
-			return 1
-		}
-		return 0
-	})
+	i, found := slices.BinarySearchFunc(bases, p, byAddr)
 	if !found {
 		i--
 	}

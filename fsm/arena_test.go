@@ -110,13 +110,7 @@ func TestSnapshotPausedWhileApplyReplacesItsFrozenRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap.Release()
-	dst := New()
-	if err := dst.Restore(io.NopCloser(&sink.buf)); err != nil {
-		t.Fatal(err)
-	}
-	if gi, got := dst.Digest(); gi != wantIdx || got != want {
-		t.Errorf("the paused snapshot holds index %d %s, want the state it was taken at %d %s", gi, got, wantIdx, want)
-	}
+	checkRestoresTo(t, &sink.buf, wantIdx, want)
 	// Released: the slots of the removed records serve new ones.
 	_, usedBefore := h.f.tasks.arena.usage()
 	h.must(removeCmd(fmt.Sprintf("z%04d", 0)))
@@ -145,3 +139,15 @@ func (s *gatedSink) Write(p []byte) (int, error) {
 func (s *gatedSink) ID() string    { return "gated" }
 func (s *gatedSink) Cancel() error { return nil }
 func (s *gatedSink) Close() error  { return nil }
+
+// checkRestoresTo restores a persisted snapshot into a fresh FSM and compares its digest.
+func checkRestoresTo(t *testing.T, snapshot io.Reader, wantIdx uint64, want string) {
+	t.Helper()
+	dst := New()
+	if err := dst.Restore(io.NopCloser(snapshot)); err != nil {
+		t.Fatal(err)
+	}
+	if gi, got := dst.Digest(); gi != wantIdx || got != want {
+		t.Errorf("the persisted snapshot holds index %d %s, want the state it was taken at %d %s", gi, got, wantIdx, want)
+	}
+}

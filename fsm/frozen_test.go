@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"reflect"
 	"strings"
@@ -220,11 +219,5 @@ func TestSnapshotReadsFrozenRecordsWhileApplyAddsNames(t *testing.T) {
 	}
 	h.must(removeCmd("t000", "t001"))
 	wg.Wait()
-	dst := New()
-	if err := dst.Restore(io.NopCloser(&sink.Buffer)); err != nil {
-		t.Fatal(err)
-	}
-	if gi, got := dst.Digest(); gi != wantIdx || got != want {
-		t.Errorf("persisted snapshot holds index %d %s, want the state at the snapshot %d %s", gi, got, wantIdx, want)
-	}
+	checkRestoresTo(t, &sink.Buffer, wantIdx, want)
 }
