@@ -32,6 +32,7 @@ import (
 	"github.com/taskworker/taskworker/internal/raftls"
 	"github.com/taskworker/taskworker/internal/store"
 	"github.com/taskworker/taskworker/membership"
+	"github.com/taskworker/taskworker/scheduler"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -247,11 +248,12 @@ func (n *Node) start() error {
 	n.goLoop(n.registerLoop)
 	n.goLoop(n.workLoop)
 	n.goLoop(n.leadershipLoop)
-	n.goLoop(n.logSweepLoop)
+	n.goEvery(scheduler.GCInterval(n.cfg.Retention), n.sweepLogs)
 	n.goLoop(n.batch.run)
 	n.goLoop(n.watchHalt)
 	n.goLoop(n.indexGossipLoop)
 	n.goLoop(n.storageLoop)
+	n.goEvery(memoryCheckInterval, n.checkMemory)
 	n.http = n.newHTTPServer(n.limitRequests(n.routes()))
 	ln = n.limitConns(ln)
 	if cfg.HTTPTLS {
@@ -291,6 +293,22 @@ func (n *Node) goLoop(f func(ctx context.Context)) {
 		defer n.wg.Done()
 		f(n.ctx)
 	}()
+}
+
+// goEvery runs f every d until the node stops.
+func (n *Node) goEvery(d time.Duration, f func()) {
+	n.goLoop(func(ctx context.Context) {
+		tick := time.NewTicker(d)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			f()
+		}
+	})
 }
 
 // advertised rewrites a bound address to use the advertise host.

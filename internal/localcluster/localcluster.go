@@ -257,22 +257,26 @@ type Node struct {
 func (n *Node) Args() []string { return append([]string(nil), n.args...) }
 
 // RSS is the node process's resident memory, read from /proc.
-func (n *Node) RSS() (int64, error) {
+func (n *Node) RSS() (int64, error) { return n.MemStatus("VmRSS") }
+
+// MemStatus reads one memory figure in kB of the node process's /proc status (VmRSS, RssAnon,
+// RssFile, VmHWM, ...), in bytes.
+func (n *Node) MemStatus(field string) (int64, error) {
 	pid := n.proc().Pid
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
 			var kb int64
 			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err != nil {
-				return 0, fmt.Errorf("parse VmRSS %q: %w", rest, err)
+				return 0, fmt.Errorf("parse %s %q: %w", field, rest, err)
 			}
 			return kb << 10, nil
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
 // OpenFDs counts the node process's open file descriptors, read from /proc.

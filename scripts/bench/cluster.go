@@ -144,10 +144,13 @@ func (b *bench) cpuSince(before []time.Duration) (per []time.Duration, sum time.
 }
 
 // rss is every node's resident memory, in node order.
-func (b *bench) rss() ([]int64, error) {
+func (b *bench) rss() ([]int64, error) { return b.memStatus("VmRSS") }
+
+// memStatus is one /proc status memory figure of every node, in node order.
+func (b *bench) memStatus(field string) ([]int64, error) {
 	out := make([]int64, len(b.c.Nodes))
 	for i, n := range b.c.Nodes {
-		r, err := n.RSS()
+		r, err := n.MemStatus(field)
 		if err != nil {
 			return nil, err
 		}

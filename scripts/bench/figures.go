@@ -106,7 +106,7 @@ func clusterA(bin, dir string, args []string, s scale, want map[string]bool, r *
 	}
 
 	if want["memory"] {
-		if err := b.memory(idleRSS, r); err != nil {
+		if err := b.memory(idleRSS, s.memorySettle, r); err != nil {
 			return err
 		}
 	}
@@ -225,22 +225,36 @@ func (b *bench) curvePoint(n int, r *results) error {
 	return nil
 }
 
-// memory records the memory figures of the state the cost curve left: RSS per node, bytes per
+// memory records the memory figures of the state the cost curve left: RSS per node at the end of
+// the fill and once the cluster rested for settle (the burst's free heap given back), bytes per
 // finished task, the leader's newest snapshot, and how long a follower takes from a restart to
 // healthy with that state.
-func (b *bench) memory(idleRSS []int64, r *results) error {
+func (b *bench) memory(idleRSS []int64, settle time.Duration, r *results) error {
 	c, err := b.counts()
 	if err != nil {
 		return err
 	}
+	atFill, err := b.rss()
+	if err != nil {
+		return err
+	}
+	progress("memory: RSS at the end of the fill; resting %s ...", settle)
+	time.Sleep(settle) // the nodes give a burst's free heap back within 15 s (node/memory.go)
 	rss, err := b.rss()
 	if err != nil {
 		return err
 	}
+	file, err := b.memStatus("RssFile") // mapped file pages: raft.db's, which the kernel may reclaim
+	if err != nil {
+		return err
+	}
 	n := c.total()
-	r.set("rss", fmt.Sprintf(" (%s tasks)", num(float64(n))), fmt.Sprintf("%s → %s (mean of 3 nodes; max %s)", mb(mean(idleRSS)), mb(mean(rss)), mb(maxOf(rss))))
+	r.set("rss", fmt.Sprintf(" (%s tasks)", num(float64(n))), fmt.Sprintf("%s → %s %s later (mean of 3 nodes; max %s; of it file-backed %s); %s at the end of the fill (max %s)",
+		mb(mean(idleRSS)), mb(mean(rss)), settle, mb(maxOf(rss)), mb(mean(file)), mb(mean(atFill)), mb(maxOf(atFill))))
 	if n > 0 {
-		r.set("bytes", "", fmt.Sprintf("%s bytes per task ((RSS after − idle) ÷ %s tasks, mean of the nodes)", num(float64(mean(rss)-mean(idleRSS))/float64(n)), num(float64(n))))
+		perTask := func(v []int64) string { return num(float64(mean(v)-mean(idleRSS)) / float64(n)) }
+		r.set("bytes", "", fmt.Sprintf("%s bytes per task ((RSS %s after the fill − idle) ÷ %s tasks, mean of the nodes); %s at the end of the fill",
+			perTask(rss), settle, num(float64(n)), perTask(atFill)))
 	}
 	leader := b.c.Nodes[b.leader]
 	if sz := snapshotSize(leader.DataDir); sz >= 0 {
