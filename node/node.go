@@ -115,6 +115,8 @@ type Node struct {
 	hold       internodeHold // tests freeze the internode side with it (peer.go)
 	shutdownMu sync.Mutex
 	shut       bool
+	// memCheck is checkMemory's state (its goroutine alone touches it).
+	memCheck memoryCheck
 }
 
 // Start opens the node's stores and starts raft, gossip, the executor and the HTTP API.

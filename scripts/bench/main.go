@@ -49,7 +49,7 @@ type scale struct {
 	burst        int           // tasks in the burst at capacity 8
 	curve        []int         // tasks in the state at each cost-curve point; the last is the memory figure's
 	idleNodes    []int         // cluster sizes of the idle leader CPU row
-	memorySettle time.Duration // the memory figures' rest after the fill (nodes check every 15 s)
+	memorySettle time.Duration // the memory figures' rest after the fill (nodes check every 10 s)
 }
 
 var scales = map[string]scale{
@@ -60,11 +60,11 @@ var scales = map[string]scale{
 	"medium": {name: "medium", baselineFor: 5 * time.Second, settle: 3 * time.Second, idleFor: 5 * time.Second,
 		latencyCount: 100, submits: 5000, batchTasks: 20000, complete: 5000, window: 2000,
 		backlogs: [2]int{2000, 10000}, burst: 10000, curve: []int{0, 2000, 10000, 50000}, idleNodes: []int{3, 5, 10},
-		memorySettle: 20 * time.Second},
+		memorySettle: 30 * time.Second},
 	"full": {name: "full", baselineFor: 10 * time.Second, settle: 5 * time.Second, idleFor: 10 * time.Second,
 		latencyCount: 200, submits: 20000, batchTasks: 200000, complete: 20000, window: 5000,
 		backlogs: [2]int{10000, 100000}, burst: 100000, curve: []int{0, 10000, 100000, 1000000}, idleNodes: []int{3, 5, 20},
-		memorySettle: 20 * time.Second},
+		memorySettle: 30 * time.Second},
 }
 
 // Figures -only can name.
