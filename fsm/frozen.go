@@ -299,6 +299,21 @@ func idOf(s string) string {
 	return r.str()
 }
 
+// peek reads a frozen record's type, state and node, what most list filters match on, without
+// thawing the rest or allocating.
+func peek(s string, list []string) (typ string, state State, node string, ok bool) {
+	if len(s) == 0 || s[0] != frozenVersion {
+		return "", "", "", false
+	}
+	r := thawer{s: s[1:]}
+	r.str()     // ID
+	r.uvarint() // flags
+	typ = r.name(list)
+	r.name(list) // version
+	state, node = State(r.name(list)), r.name(list)
+	return typ, state, node, r.err == nil
+}
+
 // thaw decodes a frozen record with the names table it was frozen with (or a later state of it)
 // into a Task of the caller's own: its strings are a copy, not the arena's memory.
 func thaw(s string, list []string) (*Task, error) {

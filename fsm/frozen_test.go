@@ -221,3 +221,57 @@ func TestSnapshotReadsFrozenRecordsWhileApplyAddsNames(t *testing.T) {
 	wg.Wait()
 	checkRestoresTo(t, &sink.Buffer, wantIdx, want)
 }
+
+// Lists and totals over live and frozen records agree with a filter applied to every task, for
+// every combination of the filters a frozen record is peeked for.
+func TestListsOverFrozenRecordsMatchAFullScan(t *testing.T) {
+	h := newHarness(t)
+	h.must(registerCmd("n1", "b1", 100))
+	h.must(registerCmd("n2", "b2", 100))
+	for i := range 60 {
+		id, typ, node := fmt.Sprintf("t%02d", i), []string{"echo", "other"}[i%2], []string{"n1", "n2"}[i/2%2]
+		s := sub(id, typ)
+		if i%5 == 0 {
+			s.ParentID, s.ExecutionID = "t00", "t00"
+		}
+		h.must(submitCmd(s))
+		switch i % 3 {
+		case 0: // pending
+		case 1:
+			h.must(assignCmd(id, node, "b"+node[1:]))
+		default:
+			h.must(assignCmd(id, node, "b"+node[1:]))
+			h.must(reportCmd(rep(id, 1, node, "b"+node[1:], ReportSucceeded)))
+		}
+	}
+	all := h.f.List(Filter{})
+	onlyEcho := func(typ string) bool { return typ == "echo" }
+	for _, state := range []State{"", Pending, Assigned, Succeeded} {
+		for _, typ := range []string{"", "echo", "other"} {
+			for _, node := range []string{"", "n1", "n2"} {
+				for _, exec := range []string{"", "t00"} {
+					for _, vis := range []func(string) bool{nil, onlyEcho} {
+						q := Filter{State: state, Type: typ, Node: node, ExecutionID: exec, Visible: vis}
+						var want []string
+						for i := range all {
+							if q.match(&all[i]) {
+								want = append(want, all[i].ID)
+							}
+						}
+						p, err := h.f.ListPage(q)
+						if err != nil {
+							t.Fatal(err)
+						}
+						var got []string
+						for _, tk := range p.Tasks {
+							got = append(got, tk.ID)
+						}
+						if fmt.Sprint(got) != fmt.Sprint(want) || p.Total != len(want) {
+							t.Errorf("%+v: listed %v (total %d), want %v", q, got, p.Total, want)
+						}
+					}
+				}
+			}
+		}
+	}
+}

@@ -87,15 +87,28 @@ type Filter struct {
 const sinceSkew = time.Minute
 
 func (q *Filter) match(t *Task) bool {
-	return (q.State == "" || t.State == q.State) &&
-		(q.Type == "" || t.Type == q.Type) &&
-		(q.Node == "" || t.Node == q.Node) &&
+	return q.matchKeys(t.Type, t.State, t.Node) &&
 		(q.ExecutionID == "" || t.ExecutionID == q.ExecutionID) &&
 		(q.SubmittedBy == "" || t.SubmittedBy == q.SubmittedBy) &&
 		(q.Queue == "" || t.QueueName() == q.Queue) &&
 		(q.Since.IsZero() || !t.CreatedAt.Before(q.Since)) &&
-		(q.Until.IsZero() || t.CreatedAt.Before(q.Until)) &&
-		(q.Visible == nil || q.Visible(t.Type))
+		(q.Until.IsZero() || t.CreatedAt.Before(q.Until))
+}
+
+// matchKeys is the part of match a frozen record's peek can answer: type, state, node, visibility.
+func (q *Filter) matchKeys(typ string, state State, node string) bool {
+	return (q.State == "" || state == q.State) && (q.Type == "" || typ == q.Type) &&
+		(q.Node == "" || node == q.Node) && (q.Visible == nil || q.Visible(typ))
+}
+
+// rejects reports whether e is a frozen record q's type, state, node or visibility filters
+// refuse: read without thawing it, so a walk past many such records stays cheap.
+func (q *Filter) rejects(e *entry, names []string) bool {
+	if e.t != nil || !q.Since.IsZero() { // a walk with Since must read each creation time
+		return false
+	}
+	typ, state, node, ok := peek(e.cold, names)
+	return ok && !q.matchKeys(typ, state, node)
 }
 
 // unindexed reports whether q has filters no index counts (Page.Total is then unknown).
@@ -162,6 +175,9 @@ func (f *FSM) ListPage(q Filter) (Page, error) {
 	// wanted reads e's record (thawing a frozen one) and reports whether the page takes it and
 	// whether the walk goes on.
 	wanted := func(e *entry) (t *Task, take, more bool) {
+		if q.rejects(e, f.tasks.names.list) {
+			return nil, false, true
+		}
 		t = f.tasks.record(e)
 		if q.past(t) {
 			return t, false, false
@@ -286,7 +302,16 @@ func (f *FSM) total(q Filter) int {
 		if q.State == "" && q.Type == "" && q.Visible == nil && (q.Node == "" || q.ExecutionID == "") {
 			return n + tree.Len()
 		}
+		names := f.tasks.names.list
 		tree.Ascend(func(e *entry) bool {
+			if e.t == nil && q.ExecutionID == "" { // q has no unindexed filter: the keys decide
+				if typ, state, node, ok := peek(e.cold, names); ok {
+					if q.matchKeys(typ, state, node) {
+						n++
+					}
+					return true
+				}
+			}
 			if q.match(f.tasks.record(e)) {
 				n++
 			}
