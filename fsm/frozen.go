@@ -68,12 +68,6 @@ const (
 	hBy
 )
 
-// freeze encodes t as a frozen record in the heap (tests; the store puts records in its arena).
-func freeze(buf *[]byte, t *Task, nm *names) string {
-	*buf = appendFrozen((*buf)[:0], t, nm)
-	return string(*buf)
-}
-
 // appendFrozen appends t's frozen form to b. The ID comes first, so idOf reads it alone.
 func appendFrozen(b []byte, t *Task, nm *names) []byte {
 	b = append(b, frozenVersion)
@@ -190,7 +184,7 @@ func putTime(b []byte, t time.Time) []byte {
 	return b
 }
 
-// errFrozen is a frozen record the store cannot read back: a bug, never input (only freeze writes
+// errFrozen is a frozen record the store cannot read back: a bug, never input (only appendFrozen writes
 // frozen records).
 var errFrozen = errors.New("fsm: damaged frozen record")
 

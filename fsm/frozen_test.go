@@ -14,6 +14,12 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
+// freeze encodes t as a frozen record in the heap (the store puts records in its arena).
+func freeze(buf *[]byte, t *Task, nm *names) string {
+	*buf = appendFrozen((*buf)[:0], t, nm)
+	return string(*buf)
+}
+
 // randomTask builds a record with every field of Task chosen at random, nil and empty apart,
 // times in UTC (what msgpack decodes) or Local, some at the zero time or far from now.
 func randomTask(r *rand.Rand, i int) *Task {

@@ -252,7 +252,7 @@ func (e *entry) record(names []string) *Task {
 		return e.t
 	}
 	t, err := thaw(e.cold, names)
-	if err != nil { // only freeze writes frozen records: a bug, not input
+	if err != nil { // only appendFrozen writes frozen records: a bug, not input
 		panic(fmt.Sprintf("fsm: task %q: %v", idOf(e.cold), err))
 	}
 	return t
