@@ -69,7 +69,7 @@ func (a *arena) put(b []byte) string {
 	if n == 0 || n > maxArenaRecord {
 		return string(b)
 	}
-	class := (n + arenaAlign - 1) / arenaAlign
+	class := classOf(n)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var slot []byte
@@ -83,6 +83,9 @@ func (a *arena) put(b []byte) string {
 	copy(slot, b)
 	return unsafe.String(&slot[0], n)
 }
+
+// classOf is the size class of an n-byte record: its slot is class × arenaAlign bytes.
+func classOf(n int) int { return (n + arenaAlign - 1) / arenaAlign }
 
 // bump takes size fresh bytes from the newest chunk, or from a new one.
 func (a *arena) bump(size int) []byte {
@@ -118,7 +121,7 @@ func (a *arena) locate(s string) (slotRef, bool) {
 	if i < 0 || p-bases[i].addr >= chunkSize {
 		return slotRef{}, false
 	}
-	return slotRef{chunk: bases[i].chunk, off: uint32(p - bases[i].addr), class: uint16((len(s) + arenaAlign - 1) / arenaAlign)}, true
+	return slotRef{chunk: bases[i].chunk, off: uint32(p - bases[i].addr), class: uint16(classOf(len(s)))}, true
 }
 
 // release frees the slot of s (a string put returned, no longer referenced by the store): at
@@ -154,21 +157,4 @@ func (a *arena) unpin() {
 		a.free[r.class] = append(a.free[r.class], r)
 	}
 	a.limbo = nil
-}
-
-// usage reports the bytes the arena has mapped and the bytes of its slots in use (tests).
-func (a *arena) usage() (mapped, used int) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	mapped = len(a.chunks.list) * chunkSize
-	if n := len(a.chunks.list); n > 0 {
-		used = (n-1)*chunkSize + a.tail
-	}
-	for class, l := range a.free {
-		used -= class * arenaAlign * len(l)
-	}
-	for _, r := range a.limbo {
-		used -= int(r.class) * arenaAlign
-	}
-	return mapped, used
 }

@@ -151,3 +151,25 @@ func checkRestoresTo(t *testing.T, snapshot io.Reader, wantIdx uint64, want stri
 		t.Errorf("the persisted snapshot holds index %d %s, want the state it was taken at %d %s", gi, got, wantIdx, want)
 	}
 }
+
+// usage reports the bytes the arena has mapped and the bytes of its slots in use (tests and the memory benchmark).
+func (a *arena) usage() (mapped, used int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	mapped = len(a.chunks.list) * chunkSize
+	if n := len(a.chunks.list); n > 0 {
+		used = (n-1)*chunkSize + a.tail
+	}
+	for class, l := range a.free {
+		used -= class * arenaAlign * len(l)
+	}
+	for _, r := range a.limbo {
+		used -= int(r.class) * arenaAlign
+	}
+	return mapped, used
+}
+
+// each calls fn with every task in creation order until fn returns false.
+func (s *store) each(fn func(*Task) bool) {
+	s.all.Ascend(func(e *entry) bool { return fn(s.record(e)) })
+}

@@ -108,7 +108,8 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 	}
 	for _, raw := range [][]byte{t.Input, t.Result, t.Checkpoint} {
 		if raw != nil {
-			b = putStr(b, string(raw))
+			b = binary.AppendUvarint(b, uint64(len(raw)))
+			b = append(b, raw...)
 		}
 	}
 	if t.Error != nil {
@@ -277,11 +278,6 @@ func (r *thawer) time() time.Time {
 		}
 		return t.In(time.FixedZone(name, int(off)))
 	}
-}
-
-func (r *thawer) timePtr() *time.Time {
-	t := r.time()
-	return &t
 }
 
 // idOf is the ID of a frozen record, without decoding the rest.

@@ -302,17 +302,12 @@ func (f *FSM) total(q Filter) int {
 		if q.State == "" && q.Type == "" && q.Visible == nil && (q.Node == "" || q.ExecutionID == "") {
 			return n + tree.Len()
 		}
-		names := f.tasks.names.list
 		tree.Ascend(func(e *entry) bool {
-			if e.t == nil && q.ExecutionID == "" { // q has no unindexed filter: the keys decide
-				if typ, state, node, ok := peek(e.cold, names); ok {
-					if q.matchKeys(typ, state, node) {
-						n++
-					}
-					return true
-				}
-			}
-			if q.match(f.tasks.record(e)) {
+			switch {
+			case q.rejects(e, f.tasks.names.list):
+			case e.t == nil && q.ExecutionID == "": // no unindexed filter here: the keys decided
+				n++
+			case q.match(f.tasks.record(e)):
 				n++
 			}
 			return true

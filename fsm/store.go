@@ -266,11 +266,6 @@ func (s *store) copyOf(e *entry) Task {
 	return *s.record(e)
 }
 
-// each calls fn with every task in creation order until fn returns false.
-func (s *store) each(fn func(*Task) bool) {
-	s.all.Ascend(func(e *entry) bool { return fn(s.record(e)) })
-}
-
 // insert adds a record to every index it belongs in. The record must not change afterwards; a
 // finished task's is frozen, and the caller's copy no longer referenced.
 func (s *store) insert(t *Task) {
