@@ -20,7 +20,7 @@ const (
 	CmdDrain    CommandType = 6 // a node starts (or stops) draining
 	CmdCancel   CommandType = 7 // cancel tasks
 	CmdRemove   CommandType = 8 // drop finished tasks past retention
-	// 9, 10: security.go; 11..15: acl.go; 16, 17: queue.go.
+	// 9, 10, 24: security.go; 11..15: acl.go; 16, 17: queue.go.
 	// 16..21 are issue 14's queues and schedules.
 	CmdRetry CommandType = 22 // send failed or cancelled tasks back to pending (retry now)
 	CmdPurge CommandType = 23 // drop finished tasks matching a filter
@@ -37,7 +37,10 @@ const (
 // Protocol 3 adds Assign.Capped: an assignment the FSM applies only while its node has a free slot,
 // so that the leader can place a task right behind its submit while its scheduler loop places
 // others (node.placeAtSubmit).
-const Protocol = 3
+//
+// Protocol 4 keeps secrets out of the state: JoinSecret carries the secret's hash, and Management
+// (the hash of the management credential) is new.
+const Protocol = 4
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
 // newer than their type's Since: the lowest protocol that decodes this payload as it is.

@@ -819,7 +819,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.security = Security{}
 	if s.security != nil {
-		f.security = *s.security
+		f.security = s.security.hashed()
 	}
 	f.schedules = make(map[string]*Schedule, len(s.schedules))
 	for i := range s.schedules {

@@ -1,31 +1,87 @@
 package fsm
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
-// The cluster's security state: the join secret and the gossip keyring. They live in the
-// replicated state so that every node can admit joiners (any node may lead, and any holds the
-// cluster CA) and so that a keyring rotation reaches every node, which applies it to its local
-// memberlist keyring. fsm only stores them: what a secret or a key means is node's business
-// (internal/pki), and fsm checks no more than their shape.
+// The cluster's security state: hashes of the join secret and of the management credential, and
+// the gossip keyring. They live in the replicated state so that every node can admit joiners and
+// check the management credential (any node may lead, and any holds the cluster CA), and so that
+// a keyring rotation reaches every node, which applies it to its local memberlist keyring.
+//
+// The secrets themselves are never in the replicated state, so a raft snapshot or log alone
+// admits nobody: only their SHA-256 ("sha256:<hex>", HashSecret) is. The nodes that know a secret
+// keep it in a 0600 file of their data dir. fsm only stores them: what a secret or a key means is
+// node's business (internal/pki), and fsm checks no more than their shape.
 
 // Command types of the security state.
 const (
 	CmdJoinSecret CommandType = 9  // replace the cluster's join secret (token rotation)
 	CmdKeyring    CommandType = 10 // install, use or remove a gossip key
+	CmdManagement CommandType = 24 // set the hash of the cluster's management credential
 )
 
 func init() {
 	register(Spec[JoinSecret]{Type: CmdJoinSecret, Name: "join_secret", Since: 1, Forwardable: true, Apply: (*FSM).applyJoinSecret})
 	register(Spec[KeyringOp]{Type: CmdKeyring, Name: "keyring", Since: 1, Forwardable: true, Apply: (*FSM).applyKeyring})
+	register(Spec[Management]{Type: CmdManagement, Name: "management", Since: 4, Forwardable: true, Apply: (*FSM).applyManagement})
+}
+
+// hashPrefix marks a secret's hash as the state keeps it.
+const hashPrefix = "sha256:"
+
+// HashSecret is the form in which the state keeps a secret: "sha256:" and the hex SHA-256 of it.
+// The secrets hashed are random (32 bytes or more), so a plain hash needs no salt or stretching.
+func HashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hashPrefix + hex.EncodeToString(sum[:])
+}
+
+// IsSecretHash reports whether s has the form HashSecret returns.
+func IsSecretHash(s string) bool {
+	h, ok := strings.CutPrefix(s, hashPrefix)
+	if !ok || len(h) != 2*sha256.Size {
+		return false
+	}
+	_, err := hex.DecodeString(h)
+	return err == nil
+}
+
+// SecretMatches reports, in time independent of where they differ, whether secret hashes to
+// hash; never for an empty secret or hash.
+func SecretMatches(secret, hash string) bool {
+	if secret == "" || hash == "" {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(HashSecret(secret)), []byte(hash)) == 1
 }
 
 // JoinSecret sets the secret half of the cluster's join token (the CA fingerprint is the other).
+// Secret is its hash (HashSecret); a log entry of a release that replicated the secret itself
+// holds the secret, which Apply hashes, so the state never keeps it.
 type JoinSecret struct {
 	Secret string `msgpack:"secret"`
+}
+
+// NeedsProtocol implements NeedsProtocol: a replica before protocol 4 would take the hash for the
+// secret and refuse every joiner.
+func (p *JoinSecret) NeedsProtocol() int {
+	if IsSecretHash(p.Secret) {
+		return 4
+	}
+	return 0
+}
+
+// Management sets the hash (HashSecret) of the cluster's management credential: the secret that
+// opens the operator routes (join token, keyring) on a secure cluster, with or without ACLs.
+type Management struct {
+	Hash string `msgpack:"hash"`
 }
 
 // Keyring operations (KeyringOp.Op).
@@ -49,12 +105,24 @@ type Keyring struct {
 
 // Security is the replicated security state.
 type Security struct {
-	JoinSecret string  `msgpack:"join_secret,omitempty"`
-	Keyring    Keyring `msgpack:"keyring"`
+	// JoinSecretHash is HashSecret of the join token's secret.
+	JoinSecretHash string  `msgpack:"join_secret,omitempty"`
+	Keyring        Keyring `msgpack:"keyring"`
+	// ManagementHash is HashSecret of the management credential ("" until the first leader
+	// wrote it).
+	ManagementHash string `msgpack:"management,omitempty"`
 }
 
 func (s Security) zero() bool {
-	return s.JoinSecret == "" && s.Keyring.Primary == "" && len(s.Keyring.Keys) == 0
+	return s.JoinSecretHash == "" && s.ManagementHash == "" && s.Keyring.Primary == "" && len(s.Keyring.Keys) == 0
+}
+
+// hashed is s with a join secret replicated by an older release replaced by its hash.
+func (s Security) hashed() Security {
+	if s.JoinSecretHash != "" && !IsSecretHash(s.JoinSecretHash) {
+		s.JoinSecretHash = HashSecret(s.JoinSecretHash)
+	}
+	return s
 }
 
 func (s Security) clone() Security {
@@ -77,7 +145,19 @@ func (f *FSM) applyJoinSecret(_ uint64, _ time.Time, p *JoinSecret) ([]ItemResul
 	if p.Secret == "" {
 		return nil, fmt.Errorf("%w: empty join secret", ErrBadCommand)
 	}
-	f.security.JoinSecret = p.Secret
+	hash := p.Secret
+	if !IsSecretHash(hash) { // a secret replicated by an older release
+		hash = HashSecret(hash)
+	}
+	f.security.JoinSecretHash = hash
+	return nil, nil
+}
+
+func (f *FSM) applyManagement(_ uint64, _ time.Time, p *Management) ([]ItemResult, error) {
+	if !IsSecretHash(p.Hash) {
+		return nil, fmt.Errorf("%w: the management credential's hash must be %s<64 hex digits>", ErrBadCommand, hashPrefix)
+	}
+	f.security.ManagementHash = p.Hash
 	return nil, nil
 }
 

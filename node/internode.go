@@ -247,13 +247,9 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_join_request", "the join request is not valid JSON")
 		return
 	}
-	tok, err := n.joinToken()
-	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "no_join_token", "this node does not know the join token yet; retry")
-		return
-	}
 	ring := localKeys(s.keyring)
-	resp, err := s.ca.SignJoin(req, pki.SignJoinOptions{Token: tok, GossipKeys: ring, Now: time.Now()})
+	resp, err := s.ca.SignJoin(req, pki.SignJoinOptions{Token: pki.Token{Fingerprint: s.ca.Fingerprint()},
+		SecretOK: n.joinSecretOK, GossipKeys: ring, Now: time.Now()})
 	switch {
 	case errors.Is(err, pki.ErrJoinDenied):
 		n.log.Warn("refused a node's join: wrong join token", "remote", r.RemoteAddr, "node", api.Truncate(req.NodeName), "reason", err)

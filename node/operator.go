@@ -26,8 +26,8 @@ func (b apiBackend) JoinToken(context.Context) (api.JoinToken, error) {
 		return api.JoinToken{}, notSecure(b.n)
 	}
 	tok, err := b.n.joinToken()
-	if err != nil { // a node that joined a moment ago and has not replicated the secret yet
-		return api.JoinToken{}, api.Errorf(api.CodeNoLeader, "this node does not know the join token yet; retry")
+	if err != nil { // only the secret's hash is replicated: the nodes that know the secret keep it
+		return api.JoinToken{}, api.Errorf(api.CodeNoLeader, "this node does not know the current join token; ask the node that made the cluster or last rotated the token, or retry")
 	}
 	return api.JoinToken{Token: tok.Encode()}, nil
 }
@@ -42,10 +42,11 @@ func (b apiBackend) RotateJoinToken(ctx context.Context) (api.JoinToken, error) 
 	if err != nil {
 		return api.JoinToken{}, err
 	}
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.JoinSecret{Secret: tok.Secret}})
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.JoinSecret{Secret: fsm.HashSecret(tok.Secret)}})
 	if err != nil {
 		return api.JoinToken{}, toAPIError(err)
 	}
+	n.sec.localToken.Store(&tok)
 	_ = n.waitIndex(ctx, res.Index)
 	if n.cfg.DataDir != "" {
 		if err := pki.WriteTokenFile(n.cfg.DataDir, tok); err != nil {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -54,9 +55,10 @@ type security struct {
 	cluster, serverName string
 	keyring             *memberlist.Keyring
 	dir                 string // <data-dir>/tls
-	// localToken is the join token of the node that made the cluster, used until the FSM holds
-	// its secret (the first leader writes it there).
-	localToken *pki.Token
+	// localToken is the newest join token this node knows (it made the cluster, rotated the
+	// token, or read it from its join-token file). Only the secret's hash is replicated, so a
+	// node answers GET join-token only while its token matches that hash (joinToken).
+	localToken atomic.Pointer[pki.Token]
 	// announce: this node made the cluster and logs the join command once gossip runs.
 	announce bool
 }
@@ -151,7 +153,7 @@ func (n *Node) setupSecurity(resumed bool) error {
 			return fmt.Errorf("this node's gossip keyring: %w", err)
 		}
 		if t, err := pki.ReadTokenFile(dataDir); err == nil && ca != nil && t.Fingerprint == ca.Fingerprint() {
-			s.localToken = &t
+			s.localToken.Store(&t)
 		}
 	case resumed:
 		return fmt.Errorf("the data dir %s holds raft state but no TLS identity (it ran --insecure): "+
@@ -183,7 +185,8 @@ func (n *Node) setupSecurity(resumed bool) error {
 		}
 		s.ca, s.cluster, s.serverName = ca, cfg.Cluster, pki.ServerName(cfg.Cluster)
 		s.holder, s.source = pki.NewHolder(id), pki.DirSource(s.dir)
-		s.localToken, s.announce = &tok, true
+		s.localToken.Store(&tok)
+		s.announce = true
 		n.log.Info("created the cluster CA, this node's certificate and a gossip key", "dir", s.dir,
 			"ca_fingerprint", ca.Fingerprint())
 	default: // a new node joining with the token
@@ -330,21 +333,32 @@ func keyIDs(keys [][]byte) string {
 	return strings.Join(out, ",")
 }
 
-// joinToken is the cluster's current join token: this node's CA fingerprint and the FSM's secret
-// (or, before the first leader wrote it there, the token this node made the cluster with).
+// joinToken is the cluster's current join token as this node knows it: the token it holds, when
+// its secret matches the hash in the FSM (or, before the first leader wrote the hash, the token
+// this node made the cluster with).
 func (n *Node) joinToken() (pki.Token, error) {
 	s := n.sec
 	if s.insecure || s.ca == nil {
 		return pki.Token{}, errNoJoinToken
 	}
-	secret := n.fsm.Security().JoinSecret
-	if secret == "" && s.localToken != nil {
-		secret = s.localToken.Secret
-	}
-	if secret == "" {
+	t := s.localToken.Load()
+	if t == nil || t.Fingerprint != s.ca.Fingerprint() {
 		return pki.Token{}, errNoJoinToken
 	}
-	return pki.Token{Fingerprint: s.ca.Fingerprint(), Secret: secret}, nil
+	if hash := n.fsm.Security().JoinSecretHash; hash != "" && !fsm.SecretMatches(t.Secret, hash) {
+		return pki.Token{}, errNoJoinToken
+	}
+	return *t, nil
+}
+
+// joinSecretOK checks a joiner's secret against the FSM's hash of the join secret (or, before
+// the first leader wrote it, against the token this node made the cluster with).
+func (n *Node) joinSecretOK(secret string) bool {
+	if hash := n.fsm.Security().JoinSecretHash; hash != "" {
+		return fsm.SecretMatches(secret, hash)
+	}
+	t := n.sec.localToken.Load()
+	return t != nil && fsm.SecretMatches(secret, fsm.HashSecret(t.Secret))
 }
 
 // seedSecurity runs on a new leader: it writes the join secret and the keyring into the FSM when
@@ -356,8 +370,8 @@ func (n *Node) seedSecurity(ctx context.Context) {
 	}
 	cur := n.fsm.Security()
 	var cmds []*fsm.Command
-	if cur.JoinSecret == "" && s.localToken != nil && s.ca != nil && s.localToken.Fingerprint == s.ca.Fingerprint() {
-		cmds = append(cmds, &fsm.Command{Body: &fsm.JoinSecret{Secret: s.localToken.Secret}})
+	if t := s.localToken.Load(); cur.JoinSecretHash == "" && t != nil && s.ca != nil && t.Fingerprint == s.ca.Fingerprint() {
+		cmds = append(cmds, &fsm.Command{Body: &fsm.JoinSecret{Secret: fsm.HashSecret(t.Secret)}})
 	}
 	if len(cur.Keyring.Keys) == 0 {
 		for _, k := range localKeys(s.keyring) { // the first installed becomes the primary
@@ -377,7 +391,7 @@ func (n *Node) seedSecurity(ctx context.Context) {
 
 // securityLoop makes this node follow the FSM's security state: its memberlist keyring (install,
 // use, remove, in that order, so it never drops a key it still needs), the keyring file, the key
-// IDs it gossips, and a join-token file in the data dir when the secret was rotated elsewhere.
+// IDs it gossips.
 func (n *Node) securityLoop(ctx context.Context) {
 	s := n.sec
 	if s.insecure {
@@ -395,20 +409,9 @@ func (n *Node) securityLoop(ctx context.Context) {
 }
 
 func (n *Node) followSecurity() {
-	s := n.sec
 	cur := n.fsm.Security()
 	if len(cur.Keyring.Keys) > 0 {
 		n.followKeyring(cur.Keyring)
-	}
-	if cur.JoinSecret != "" && s.ca != nil && n.cfg.DataDir != "" {
-		if t, err := pki.ReadTokenFile(n.cfg.DataDir); err == nil && t.Secret != cur.JoinSecret && t.Fingerprint == s.ca.Fingerprint() {
-			nt := pki.Token{Fingerprint: t.Fingerprint, Secret: cur.JoinSecret}
-			if err := pki.WriteTokenFile(n.cfg.DataDir, nt); err != nil {
-				n.log.Warn("rewrite the join-token file after a rotation", "err", err)
-			} else {
-				n.log.Info("the join token was rotated; rewrote the join-token file", "file", filepath.Join(n.cfg.DataDir, pki.TokenFile))
-			}
-		}
 	}
 }
 

@@ -81,7 +81,7 @@ func TestSecureClusterFormsWithTheJoinTokenAndRunsTasks(t *testing.T) {
 	}
 	// Every node follows the FSM's keyring and secret, which the first leader wrote.
 	sec := tc.leader().FSM().Security()
-	if sec.JoinSecret == "" || len(sec.Keyring.Keys) != 1 {
+	if !fsm.IsSecretHash(sec.JoinSecretHash) || len(sec.Keyring.Keys) != 1 {
 		t.Fatalf("security state %+v", sec)
 	}
 }

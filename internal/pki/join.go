@@ -90,8 +90,11 @@ func NewJoinRequest(token Token, nodeName string, ips []net.IP) (*ecdsa.PrivateK
 
 // SignJoinOptions is the CA side's state for one join.
 type SignJoinOptions struct {
-	// Token is the cluster's current join token.
+	// Token is the cluster's current join token. With SecretOK set only its fingerprint is used.
 	Token Token
+	// SecretOK, when set, checks the presented secret instead of Token.Secret: a node that keeps
+	// only the secret's hash (fsm.SecretMatches) checks it without knowing the secret.
+	SecretOK func(secret string) bool
 	// GossipKeys go to the joiner, primary first.
 	GossipKeys [][]byte
 	// Validity of the node certificate (DefaultNodeValidity when zero).
@@ -112,7 +115,14 @@ func (ca *CA) SignJoin(req JoinRequest, opts SignJoinOptions) (JoinResponse, err
 		// The caller handed a token of another CA: a wiring bug, refuse rather than sign.
 		return JoinResponse{}, fmt.Errorf("%w: this node's join token does not belong to its CA", ErrJoinDenied)
 	}
-	if err := opts.Token.Verify(presented); err != nil {
+	if opts.SecretOK != nil {
+		switch {
+		case presented.Fingerprint != opts.Token.Fingerprint:
+			return JoinResponse{}, fmt.Errorf("%w: %w", ErrJoinDenied, ErrTokenOtherCluster)
+		case !opts.SecretOK(presented.Secret):
+			return JoinResponse{}, fmt.Errorf("%w: %w", ErrJoinDenied, ErrTokenSecret)
+		}
+	} else if err := opts.Token.Verify(presented); err != nil {
 		return JoinResponse{}, fmt.Errorf("%w: %w", ErrJoinDenied, err)
 	}
 	if err := ValidateNodeName(req.NodeName); err != nil {
