@@ -27,6 +27,17 @@ const DefaultRefuseTimeout = time.Second
 // descriptors refusals can hold. Past it, a refused connection is closed without a reply.
 const DefaultRefuseConcurrency = 32
 
+// DefaultReserveShare is the part of MaxConns kept for light clients when ListenerConfig.Reserve
+// is 0: the last tenth. A flood spread over a few hundred addresses, each holding dozens of idle
+// connections, fills the other nine tenths and no more, so a client that opens a new connection
+// still gets in.
+const DefaultReserveShare = 10
+
+// DefaultLightClientConns is the default ListenerConfig.LightClientConns: a client holding fewer
+// open connections than this may use the reserve. A CLI, a script or a browser holds one or two at
+// a time; a flooding address holds as many as it can.
+const DefaultLightClientConns = 4
+
 // CodeTooManyConnections is the code in the body of a connection refused by the Listener.
 const CodeTooManyConnections = api.CodeTooManyConnections
 
@@ -69,6 +80,13 @@ type ListenerConfig struct {
 	// RefuseConcurrency bounds the refused connections answered at once. 0 means
 	// DefaultRefuseConcurrency.
 	RefuseConcurrency int
+	// Reserve is how many of the last MaxConns slots admit only a client IP that holds fewer than
+	// LightClientConns connections, so that addresses which hold many cannot take the last slots
+	// from one that opens its first. 0 means MaxConns/DefaultReserveShare; negative means none.
+	Reserve int
+	// LightClientConns is the number of open connections below which a client IP may use the
+	// reserve. 0 means DefaultLightClientConns.
+	LightClientConns int
 }
 
 // ListenerStats is a snapshot of a Listener's counters.
@@ -77,11 +95,13 @@ type ListenerStats struct {
 	Accepted          uint64 // connections admitted since start
 	RejectedPerClient uint64 // refused because their client IP was at its cap
 	RejectedGlobal    uint64 // refused because the listener was at MaxConns
+	RejectedReserve   uint64 // refused because only the reserve was left and the client held many
 	Answering         int    // refused connections being answered now (at most RefuseConcurrency)
 }
 
 // Listener wraps a net.Listener and admits a new connection only while its client IP is under
-// MaxConnsPerClient and the listener under MaxConns. A connection over a cap is still accepted (so
+// MaxConnsPerClient and the listener under MaxConns, keeping the last Reserve slots for client IPs
+// that hold fewer than LightClientConns. A connection over a cap is still accepted (so
 // the kernel's backlog keeps draining and the refusal is visible to the client), answered with a
 // minimal HTTP 429 and closed; the wrapped server never sees it, and refusals hold at most
 // RefuseConcurrency descriptors for at most RefuseTimeout each (see refuse).
@@ -91,6 +111,8 @@ type Listener struct {
 	net.Listener
 	perClient    int
 	max          int
+	reserve      int // the last slots of max, for clients holding fewer than light
+	light        int
 	exemptLoop   bool
 	noReply      bool
 	refuseWithin time.Duration
@@ -100,7 +122,7 @@ type Listener struct {
 	open   int
 	byAddr map[netip.Addr]int // only clients with open connections: bounded by open
 
-	accepted, rejClient, rejGlobal atomic.Uint64
+	accepted, rejClient, rejGlobal, rejReserve atomic.Uint64
 }
 
 // NewListener wraps inner with the caps in cfg.
@@ -123,6 +145,18 @@ func NewListener(inner net.Listener, cfg ListenerConfig) *Listener {
 	if l.refuseWithin <= 0 {
 		l.refuseWithin = DefaultRefuseTimeout
 	}
+	switch {
+	case l.max <= 0 || cfg.Reserve < 0:
+		l.reserve = 0
+	case cfg.Reserve == 0:
+		l.reserve = l.max / DefaultReserveShare
+	default:
+		l.reserve = min(cfg.Reserve, l.max)
+	}
+	l.light = cfg.LightClientConns
+	if l.light <= 0 {
+		l.light = DefaultLightClientConns
+	}
 	slots := cfg.RefuseConcurrency
 	if slots <= 0 {
 		slots = DefaultRefuseConcurrency
@@ -134,6 +168,7 @@ func NewListener(inner net.Listener, cfg ListenerConfig) *Listener {
 var (
 	errPerClient = errors.New("client at its connection cap")
 	errGlobal    = errors.New("listener at its connection cap")
+	errReserve   = errors.New("listener down to the slots reserved for light clients")
 )
 
 // Accept returns the next connection that is within the caps, refusing the others on the way.
@@ -161,8 +196,12 @@ func (l *Listener) admit(ip netip.Addr) error {
 	if l.max > 0 && l.open >= l.max {
 		return errGlobal
 	}
-	if l.perClient > 0 && !(l.exemptLoop && ip.IsLoopback()) && l.byAddr[ip] >= l.perClient {
+	held := l.byAddr[ip]
+	if l.perClient > 0 && !(l.exemptLoop && ip.IsLoopback()) && held >= l.perClient {
 		return errPerClient
+	}
+	if l.reserve > 0 && l.open >= l.max-l.reserve && held >= l.light {
+		return errReserve
 	}
 	l.open++
 	l.byAddr[ip]++
@@ -190,10 +229,14 @@ func (l *Listener) release(ip netip.Addr) {
 // descriptors.
 func (l *Listener) refuse(c net.Conn, why error) {
 	reply := refusePerClient
-	if why == errGlobal {
+	switch why {
+	case errGlobal:
 		l.rejGlobal.Add(1)
 		reply = refuseGlobal
-	} else {
+	case errReserve:
+		l.rejReserve.Add(1)
+		reply = refuseGlobal
+	default:
 		l.rejClient.Add(1)
 	}
 	if l.noReply {
@@ -245,6 +288,7 @@ func (l *Listener) Stats() ListenerStats {
 		Accepted:          l.accepted.Load(),
 		RejectedPerClient: l.rejClient.Load(),
 		RejectedGlobal:    l.rejGlobal.Load(),
+		RejectedReserve:   l.rejReserve.Load(),
 		Answering:         len(l.refusing),
 	}
 }
@@ -264,6 +308,18 @@ type limitedConn struct {
 	ip   netip.Addr
 	once sync.Once
 }
+
+// CloseWrite half-closes the connection when the one underneath can (a TCP connection can), so
+// wrapping a listener keeps the graceful refusals of the servers above it working.
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+// NetConn returns the connection underneath, as tls.Conn.NetConn does.
+func (c *limitedConn) NetConn() net.Conn { return c.Conn }
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
@@ -324,4 +380,55 @@ func maxConnsFor(limit uint64) int {
 func retryAfterSeconds(d time.Duration) string {
 	s := int64((d + time.Second - 1) / time.Second)
 	return strconv.FormatInt(max(s, 1), 10)
+}
+
+// Caps of a node-to-node listener (the raft port; the gossip port, which also carries internode
+// calls). Only cluster nodes belong there, so the caps are sized for them, not for clients:
+//
+//   - Raft: a peer holds at most MaxPool (3) pooled connections to a node, plus one for a snapshot
+//     install or a leadership transfer in flight: about 4. Per IP 64 leaves room for 16 nodes behind
+//     one address (NAT, or a test cluster on one host); 1024 in total for 256 peers.
+//   - Gossip port: memberlist's push/pull and TCP fallback probes are one short stream each, a few
+//     at once per peer; the internode HTTP client keeps 2 idle connections per peer plus one per
+//     forwarded write or log follow in flight. Per IP 64 and 1024 in total are again far above a
+//     large cluster's needs.
+//
+// Both are also held to a sixteenth of the descriptor limit, so that a flood on both peer ports at
+// once takes at most an eighth of the descriptors, which fits in the quarter DefaultMaxConns leaves
+// outside the API: at the common limit of 1024 that is 64 per port, and with the API full the node
+// still has 1024-768-2*64 = 128 descriptors for its files and outgoing connections.
+const (
+	DefaultPeerMaxConnsPerClient = 64
+	DefaultPeerLightClientConns  = 8 // a peer's usual holding on one port, with room to spare
+	maxPeerConns                 = 1024
+	minPeerConns                 = 32
+	peerShare                    = 16
+)
+
+// DefaultPeerMaxConns is the total cap of one node-to-node listener: 1024, or a sixteenth of the
+// RLIMIT_NOFILE soft limit when that is less (never below 32).
+func DefaultPeerMaxConns() int {
+	var rl syscall.Rlimit
+	limit := uint64(1024)
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur > 0 {
+		limit = rl.Cur
+	}
+	return peerMaxConnsFor(limit)
+}
+
+func peerMaxConnsFor(limit uint64) int {
+	return int(max(min(limit/peerShare, maxPeerConns), minPeerConns))
+}
+
+// PeerListenerConfig is the configuration of a node-to-node listener: the caps above, refusals
+// closed without a reply (the protocols there are not HTTP), and no exemption for loopback, where
+// test clusters and local attackers live alike.
+func PeerListenerConfig() ListenerConfig {
+	total := DefaultPeerMaxConns()
+	return ListenerConfig{
+		MaxConnsPerClient: min(DefaultPeerMaxConnsPerClient, total),
+		MaxConns:          total,
+		LightClientConns:  DefaultPeerLightClientConns,
+		NoHTTPReply:       true,
+	}
 }

@@ -128,6 +128,134 @@ func TestListenerNoHTTPReplyJustCloses(t *testing.T) {
 	}
 }
 
+// The shape of the API flood: addresses that each hold many idle connections fill the listener up
+// to its reserve and no further, so a client that opens its first connection is still served, and
+// the reserve is not a second global cap for it: it fills too, and then everyone is refused.
+func TestListenerReserveKeepsTheLastSlotsForLightClients(t *testing.T) {
+	ln := NewListener(listen(t), ListenerConfig{MaxConnsPerClient: 100, MaxConns: 10, Reserve: 3, LightClientConns: 2})
+	serve(t, ln, okHandler(), DefaultServerTimeouts())
+	addr := ln.Addr().String()
+
+	for range 7 {
+		dialFrom(t, "127.0.0.1", addr)
+	}
+	waitFor(t, "7 connections from the heavy client admitted", func() bool { return ln.OpenFrom(ip1) == 7 })
+
+	// The heavy client is at the reserve: its next connection is refused though it is far below
+	// its per-client cap and the listener below its global one.
+	status, ra, body := get(t, "127.0.0.1", addr)
+	assertRefused(t, status, ra, body)
+	if st := ln.Stats(); st.RejectedReserve != 1 || st.RejectedGlobal != 0 || st.RejectedPerClient != 0 || st.Open != 7 {
+		t.Fatalf("stats %+v, want one reserve refusal and 7 open", st)
+	}
+
+	// A light client gets in on new connections, again and again...
+	for i := range 5 {
+		if status, _, body := get(t, "127.0.0.2", addr); status != http.StatusOK || string(body) != "ok" {
+			t.Fatalf("light client, request %d: %d %q, want 200 ok", i, status, body)
+		}
+	}
+	// ...until it holds LightClientConns itself.
+	dialFrom(t, "127.0.0.2", addr)
+	dialFrom(t, "127.0.0.2", addr)
+	waitFor(t, "2 connections from the light client admitted", func() bool { return ln.OpenFrom(ip2) == 2 })
+	status, ra, body = get(t, "127.0.0.2", addr)
+	assertRefused(t, status, ra, body)
+
+	// The last slot goes to a third client; then the listener is full for everyone.
+	c := dialFrom(t, "127.0.0.3", addr)
+	waitFor(t, "the listener full", func() bool { return ln.Stats().Open == 10 })
+	status, ra, body = get(t, "127.0.0.4", addr)
+	assertRefused(t, status, ra, body)
+	if st := ln.Stats(); st.RejectedGlobal != 1 {
+		t.Fatalf("stats %+v, want one global refusal once all 10 slots are held", st)
+	}
+	_ = c.Close()
+	waitFor(t, "the third client's slot released", func() bool { return ln.Stats().Open == 9 })
+	if status, _, body := get(t, "127.0.0.4", addr); status != http.StatusOK {
+		t.Fatalf("after a close: %d %q, want 200", status, body)
+	}
+}
+
+func TestListenerReserveDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		cfg         ListenerConfig
+		reserve     int
+		lightClient int
+	}{
+		{ListenerConfig{MaxConns: 15000}, 1500, DefaultLightClientConns},
+		{ListenerConfig{MaxConns: 3}, 0, DefaultLightClientConns}, // too small to keep a tenth
+		{ListenerConfig{MaxConns: 100, Reserve: -1}, 0, DefaultLightClientConns},
+		{ListenerConfig{MaxConns: 100, Reserve: 500, LightClientConns: 9}, 100, 9},
+		{ListenerConfig{MaxConns: -1}, 0, DefaultLightClientConns}, // no global cap, nothing to reserve
+	} {
+		l := NewListener(nil, tc.cfg)
+		if l.reserve != tc.reserve || l.light != tc.lightClient {
+			t.Errorf("%+v: reserve %d, light %d; want %d, %d", tc.cfg, l.reserve, l.light, tc.reserve, tc.lightClient)
+		}
+	}
+}
+
+func TestPeerMaxConnsForFollowsTheDescriptorLimit(t *testing.T) {
+	for _, tc := range []struct {
+		limit uint64
+		want  int
+	}{
+		{limit: 256, want: 32},     // tiny limit: still room for a few peers
+		{limit: 1024, want: 64},    // the common default: a sixteenth
+		{limit: 20000, want: 1024}, // the ceiling
+		{limit: 1 << 40, want: 1024},
+	} {
+		if got := peerMaxConnsFor(tc.limit); got != tc.want {
+			t.Errorf("peerMaxConnsFor(%d) = %d, want %d", tc.limit, got, tc.want)
+		}
+	}
+	// Both peer ports and the API, all full, still leave descriptors at the common limit.
+	if used := maxConnsFor(1024) + 2*peerMaxConnsFor(1024); used > 1024-128 {
+		t.Errorf("API and peer caps take %d of 1024 descriptors, want at most %d", used, 1024-128)
+	}
+	cfg := PeerListenerConfig()
+	if !cfg.NoHTTPReply || cfg.ExemptLoopback || cfg.MaxConnsPerClient > cfg.MaxConns {
+		t.Errorf("PeerListenerConfig() = %+v, want silent refusals, no loopback exemption, per-client <= total", cfg)
+	}
+}
+
+// A wrapped TCP connection still half-closes: servers above the listener rely on it to answer a
+// refused client before closing.
+func TestLimitedConnCloseWrite(t *testing.T) {
+	ln := NewListener(listen(t), ListenerConfig{})
+	addr := ln.Addr().String()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	client := dialFrom(t, "127.0.0.1", addr)
+	srv, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	defer srv.Close()
+	cw, ok := srv.(interface{ CloseWrite() error })
+	if !ok {
+		t.Fatalf("%T has no CloseWrite", srv)
+	}
+	if _, err := io.WriteString(srv, "bye"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatalf("CloseWrite: %v", err)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(generous))
+	got, err := io.ReadAll(client)
+	if err != nil || string(got) != "bye" {
+		t.Fatalf("client read %q, %v; want \"bye\" then EOF", got, err)
+	}
+}
+
 func TestMaxConnsForLeavesHeadroom(t *testing.T) {
 	for _, tc := range []struct {
 		limit uint64
