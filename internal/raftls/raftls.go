@@ -6,6 +6,8 @@
 // a certificate from the cluster CA (or one that does not name a cluster server) is closed
 // before raft decodes a single byte of it. Handshakes run in their own goroutines, each under a
 // deadline, so a slow or silent client neither blocks Accept nor holds a goroutine forever.
+// Connections are capped per remote IP and in total (internal/limits), counted from accept to
+// close, so a flood of idle connections costs the node a bounded number of descriptors.
 //
 // It knows nothing of how certificates are made or renewed: it takes the tls.Configs that
 // internal/pki builds (InternodeServerConfig, InternodeClientConfig).
@@ -14,6 +16,7 @@ package raftls
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,12 +26,14 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/taskworker/taskworker/internal/limits"
 )
 
 // DefaultHandshakeTimeout bounds one incoming TLS handshake. A cluster peer on a LAN finishes in
-// milliseconds; ten seconds leaves room for an overloaded node without letting a stalled client
-// keep its socket for long.
-const DefaultHandshakeTimeout = 10 * time.Second
+// milliseconds; five seconds leaves room for an overloaded node without letting a stalled client
+// keep its slot under the connection cap for long.
+const DefaultHandshakeTimeout = 5 * time.Second
 
 // Config configures a StreamLayer.
 type Config struct {
@@ -42,7 +47,13 @@ type Config struct {
 	Advertise net.Addr
 	// HandshakeTimeout bounds an incoming handshake (DefaultHandshakeTimeout if zero).
 	HandshakeTimeout time.Duration
-	Logger           *slog.Logger
+	// VerifyPeer, when set, checks a peer's verified certificate after the handshake; a peer it
+	// refuses is closed as one that failed the handshake (a certificate that names no node).
+	VerifyPeer func(leaf *x509.Certificate) error
+	// Conns caps incoming connections per remote IP and in total; nil means
+	// limits.PeerListenerConfig().
+	Conns  *limits.ListenerConfig
+	Logger *slog.Logger
 }
 
 // Stats counts incoming connections.
@@ -52,11 +63,13 @@ type Stats struct {
 	// Refused is how many failed the handshake (no, wrong or expired certificate, not TLS at all,
 	// or too slow) and were closed.
 	Refused uint64
+	// Conns are the connection cap's counters: open connections and refusals by cap.
+	Conns limits.ListenerStats
 }
 
 // StreamLayer implements raft.StreamLayer with mutual TLS.
 type StreamLayer struct {
-	ln        net.Listener
+	ln        *limits.Listener
 	cfg       Config
 	log       *slog.Logger
 	conns     chan net.Conn
@@ -100,9 +113,14 @@ func New(ln net.Listener, cfg Config) (*StreamLayer, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	conns := limits.PeerListenerConfig()
+	if cfg.Conns != nil {
+		conns = *cfg.Conns
+	}
+	conns.NoHTTPReply = true // raft speaks TLS here, never HTTP
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &StreamLayer{
-		ln:     ln,
+		ln:     limits.NewListener(ln, conns),
 		cfg:    cfg,
 		log:    logger,
 		conns:  make(chan net.Conn),
@@ -147,6 +165,9 @@ func (s *StreamLayer) handshake(c net.Conn) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
+	if err == nil && s.cfg.VerifyPeer != nil {
+		err = s.verifyPeer(tc.ConnectionState())
+	}
 	if err != nil {
 		_ = c.Close()
 		if s.ctx.Err() == nil {
@@ -163,6 +184,13 @@ func (s *StreamLayer) handshake(c net.Conn) {
 		s.accepted.Add(^uint64(0)) // not handed over after all
 		_ = tc.Close()
 	}
+}
+
+func (s *StreamLayer) verifyPeer(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("the peer sent no certificate")
+	}
+	return s.cfg.VerifyPeer(cs.PeerCertificates[0])
 }
 
 // Accept returns the next connection whose handshake succeeded: its peer holds a certificate of
@@ -211,5 +239,5 @@ func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 
 // Stats returns the connection counters.
 func (s *StreamLayer) Stats() Stats {
-	return Stats{Accepted: s.accepted.Load(), Refused: s.refused.Load()}
+	return Stats{Accepted: s.accepted.Load(), Refused: s.refused.Load(), Conns: s.ln.Stats()}
 }

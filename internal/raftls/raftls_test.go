@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
 
+	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
 )
 
@@ -69,6 +70,7 @@ func identity(t *testing.T, ca *pki.CA, spec pki.NodeSpec) *pki.Identity {
 type streamOpts struct {
 	handshakeTimeout time.Duration
 	logs             io.Writer
+	conns            *limits.ListenerConfig
 }
 
 // newStream listens on 127.0.0.1 with id as this node's identity.
@@ -82,6 +84,7 @@ func newStream(t *testing.T, id *pki.Identity, o streamOpts) *StreamLayer {
 		Server:           pki.InternodeServerConfig(h, serverName),
 		Client:           func() *tls.Config { return pki.InternodeClientConfig(h, serverName) },
 		HandshakeTimeout: o.handshakeTimeout,
+		Conns:            o.conns,
 		Logger:           slog.New(slog.NewTextHandler(o.logs, nil)),
 	})
 	if err != nil {
@@ -448,6 +451,71 @@ func TestSlowHandshakesDoNotBlockOtherPeers(t *testing.T) {
 	_ = slow[0].SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	if _, err := slow[0].Read(make([]byte, 1)); err == nil || !isTimeout(err) {
 		t.Fatalf("slow connection: %v, want it still open", err)
+	}
+}
+
+// A flood of silent connections from one address takes that address's share and no more, a
+// flood from several takes the total and no more, and a peer from another address is served as
+// long as the total has room; refused connections are closed at once, not held for the handshake.
+func TestConnectionFloodIsCappedPerAddressAndInTotal(t *testing.T) {
+	ca := newCA(t)
+	srvStream := newStream(t, identity(t, ca, pki.NodeSpec{Name: "server"}), streamOpts{
+		handshakeTimeout: 10 * time.Minute,
+		conns:            &limits.ListenerConfig{MaxConnsPerClient: 4, MaxConns: 8, Reserve: -1},
+	})
+	srv := newTransport(t, srvStream)
+	addr := srvStream.Addr().String()
+	flood := func(src string, n int) []net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 30 * time.Second}
+		var cs []net.Conn
+		for range n {
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				t.Fatalf("dial from %s: %v", src, err)
+			}
+			t.Cleanup(func() { _ = c.Close() })
+			_, _ = c.Write([]byte{0x16, 0x03}) // half a TLS record header, then nothing
+			cs = append(cs, c)
+		}
+		return cs
+	}
+	closedByServer := func(c net.Conn) bool {
+		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		return err != nil && !isTimeout(err)
+	}
+
+	cs := flood("127.0.0.2", 30)
+	waitFor(t, "26 per-address refusals", func() bool { return srvStream.Stats().Conns.RejectedPerClient == 26 })
+	if st := srvStream.Stats().Conns; st.Open != 4 {
+		t.Fatalf("conns %+v, want the flooding address's 4", st)
+	}
+	if !closedByServer(cs[len(cs)-1]) {
+		t.Fatal("a refused connection was not closed at once")
+	}
+
+	peer := newTransport(t, newStream(t, identity(t, ca, pki.NodeSpec{Name: "peer"}), streamOpts{}))
+	errc := make(chan error, 1)
+	go func() { errc <- appendEntries(peer, srv.LocalAddr(), 7) }()
+	if term := answerOne(t, srv); term != 7 {
+		t.Fatalf("term %d", term)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("peer during a one-address flood: %v", err)
+	}
+
+	// The peer holds one slot now; two more addresses take the rest and the total holds.
+	flood("127.0.0.3", 4)
+	flood("127.0.0.4", 4)
+	waitFor(t, "the listener full", func() bool { return srvStream.Stats().Conns.Open == 8 })
+	last := flood("127.0.0.5", 1)
+	waitFor(t, "a global refusal", func() bool { return srvStream.Stats().Conns.RejectedGlobal >= 1 })
+	if !closedByServer(last[0]) {
+		t.Fatal("a connection over the total was not closed at once")
+	}
+	if st := srvStream.Stats().Conns; st.Open != 8 {
+		t.Fatalf("conns %+v, want 8 open", st)
 	}
 }
 
