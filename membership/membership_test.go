@@ -135,12 +135,33 @@ func TestJoinGivesUpWhenContextEnds(t *testing.T) {
 	}
 }
 
+// A node's own address in its seed list is no seed: reaching itself is not joining a cluster.
+// The first node of a cluster, given only itself, is done at once; a node whose only other seed
+// is unreachable keeps trying instead of returning as if it had joined.
 func TestJoinSkipsOwnAddress(t *testing.T) {
 	c := newCluster(t, &memnet.Network{})
 	a := c.start("a")
 	if err := a.Join(context.Background(), []string{a.GossipAddr()}); err != nil {
 		t.Fatalf("first node joining only itself: %v", err)
 	}
+	b := c.start("b")
+	c.net.Isolate("b")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err := a.Join(ctx, []string{a.GossipAddr(), b.GossipAddr()})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("join with itself and an unreachable seed: %v, want the deadline (it reached nobody else)", err)
+	}
+	if _, ok := a.member("b"); ok {
+		t.Fatal("a sees b, which was unreachable")
+	}
+	c.net.Heal("b")
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	if err := a.Join(ctx2, []string{a.GossipAddr(), b.GossipAddr()}); err != nil {
+		t.Fatalf("join once b is reachable: %v", err)
+	}
+	b.waitEvent(t, membership.EventJoin, "a")
 }
 
 func TestMemnetJoinSucceedsOnceSeedIsReachable(t *testing.T) {

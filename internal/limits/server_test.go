@@ -18,8 +18,25 @@ func TestDefaultServerTimeoutsApply(t *testing.T) {
 	if s.WriteTimeout != 0 {
 		t.Fatal("WriteTimeout kept: it would cut long polls and log follows")
 	}
-	if s.ReadHeaderTimeout <= 0 || s.ReadTimeout <= 0 || s.IdleTimeout <= 0 || s.MaxHeaderBytes <= 0 {
+	if d.ReadHeaderTimeout <= 0 || d.ReadTimeout <= 0 || d.IdleTimeout <= 0 || d.MaxHeaderBytes <= 0 {
 		t.Fatalf("a bound is missing: %+v", d)
+	}
+	// Each bound must reach the server as given: a field Apply forgets is 0 there, and net/http
+	// quietly falls back (IdleTimeout to ReadTimeout) or has no bound at all.
+	got := ServerTimeouts{ReadHeaderTimeout: s.ReadHeaderTimeout, ReadTimeout: s.ReadTimeout, IdleTimeout: s.IdleTimeout, MaxHeaderBytes: s.MaxHeaderBytes}
+	if got != d {
+		t.Fatalf("applied %+v, want %+v", got, d)
+	}
+}
+
+// readClosedWithin reads c until the server closes it, failing if that takes longer than within:
+// a bound far shorter than any fallback the server could be using instead of the one under test.
+func readClosedWithin(t *testing.T, r io.Reader, c net.Conn, within time.Duration) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(within))
+	_, err := io.Copy(io.Discard, r)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the server did not close the connection within %s", within)
 	}
 }
 
@@ -36,7 +53,9 @@ func readUntilClosed(t *testing.T, r io.Reader, c net.Conn) {
 
 func TestIdleTimeoutClosesKeepAliveConnection(t *testing.T) {
 	l := listen(t)
-	serve(t, l, okHandler(), ServerTimeouts{ReadHeaderTimeout: time.Minute, ReadTimeout: time.Minute, IdleTimeout: 50 * time.Millisecond})
+	// ReadTimeout, which net/http uses for idle connections when IdleTimeout is unset, is an hour:
+	// only IdleTimeout can close the connection within the 10 s this test waits.
+	serve(t, l, okHandler(), ServerTimeouts{ReadHeaderTimeout: time.Hour, ReadTimeout: time.Hour, IdleTimeout: 50 * time.Millisecond})
 	c := dialFrom(t, "127.0.0.1", l.Addr().String())
 	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 		t.Fatal(err)
@@ -47,7 +66,7 @@ func TestIdleTimeoutClosesKeepAliveConnection(t *testing.T) {
 		t.Fatalf("response %v %v: want a 200 that keeps the connection alive", resp, err)
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
-	readUntilClosed(t, br, c) // idle after its request: closed by IdleTimeout, not by us
+	readClosedWithin(t, br, c, 10*time.Second) // idle after its request: closed by IdleTimeout, not by us
 }
 
 func TestReadHeaderTimeoutClosesSilentConnection(t *testing.T) {

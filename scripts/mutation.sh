@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Mutation check: breaks the code on purpose in named ways, one at a time, and fails unless the
+# tests of the package concerned fail for each (a mutation that survives is a behaviour no test
+# holds). It never touches this checkout: the tracked files are copied to a temporary directory,
+# each mutation is applied and undone there, and the copy is deleted at the end.
+#
+#   scripts/mutation.sh            every mutation
+#   scripts/mutation.sh NAME...    only these (scripts/mutation.sh -l lists them)
+#
+# Each mutation is an exact text replacement that fails loudly when its target is not found exactly
+# once, so a refactor cannot make a mutation silently vanish: update the target instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/usr/local/go/bin:$PATH"
+
+# The mutations: name, package whose tests must catch it, and what it breaks.
+mutations=(
+  membership-join-self       # Join counts the node's own address as a seed it reached
+  limits-idle-timeout        # Apply forgets IdleTimeout: idle connections live as long as ReadTimeout
+  fsm-fence-node-flipped     # a report is accepted only from a node that does not hold the task
+  fsm-fence-stale-attempt    # a report of an earlier attempt is accepted
+  fsm-no-requeue-on-death    # a dead node's tasks stay assigned to it instead of pending again
+  scheduler-ignore-capacity  # placement fills a node past its capacity
+)
+
+apply_mutation() {
+  case "$1" in
+  membership-join-self)
+    replace membership/membership.go \
+      'addrs = slices.DeleteFunc(slices.Clone(addrs), func(a string) bool { return a == self })' \
+      '_ = self'
+    pkg=./membership ;;
+  limits-idle-timeout)
+    replace internal/limits/server.go $'\ts.IdleTimeout = t.IdleTimeout\n' ''
+    pkg=./internal/limits ;;
+  fsm-fence-node-flipped)
+    replace fsm/fsm.go \
+      'if !old.State.Active() || old.Node != r.Node || old.BootID != r.BootID || old.Attempt != r.Attempt {' \
+      'if !old.State.Active() || old.Node == r.Node || old.BootID != r.BootID || old.Attempt != r.Attempt {'
+    pkg=./fsm ;;
+  fsm-fence-stale-attempt)
+    replace fsm/fsm.go \
+      'if !old.State.Active() || old.Node != r.Node || old.BootID != r.BootID || old.Attempt != r.Attempt {' \
+      'if !old.State.Active() || old.Node != r.Node || old.BootID != r.BootID || old.Attempt < r.Attempt {'
+    pkg=./fsm ;;
+  fsm-no-requeue-on-death)
+    # Only takeBack (a node down or gone) skips it; a reported interruption still requeues.
+    replace fsm/fsm.go \
+      $'\t\tf.noteFinish(KindInterrupted, t, name, prev == Running, now)\n\t\tf.interrupt(t, now)\n' \
+      $'\t\tf.noteFinish(KindInterrupted, t, name, prev == Running, now)\n\t\tif t.CancelRequested {\n\t\t\tf.interrupt(t, now)\n\t\t}\n'
+    pkg=./fsm ;;
+  scheduler-ignore-capacity)
+    replace scheduler/place.go \
+      'if n.Status == fsm.NodeUp && !n.Draining && alive[n.Name] && v.Load[n.Name] < n.Capacity {' \
+      'if n.Status == fsm.NodeUp && !n.Draining && alive[n.Name] {'
+    replace scheduler/place.go \
+      $'\t\tif s.load >= s.node.Capacity {\n\t\t\tslots = append(slots[:best], slots[best+1:]...)\n' \
+      $'\t\tif false {\n\t\t\tslots = append(slots[:best], slots[best+1:]...)\n'
+    pkg=./scheduler ;;
+  *)
+    echo "mutation: no mutation named $1 (scripts/mutation.sh -l lists them)" >&2
+    return 1 ;;
+  esac
+}
+
+if [ "${1:-}" = "-l" ]; then
+  printf '%s\n' "${mutations[@]}"
+  exit 0
+fi
+selected=("$@")
+if [ ${#selected[@]} -eq 0 ]; then
+  selected=("${mutations[@]}")
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/taskworker-mutation-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+# The tracked files as they are in the work tree (uncommitted edits included, so a test being
+# written can be checked before it is committed).
+git ls-files -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -C "$work" -xf -
+cd "$work"
+
+changed=()
+# replace FILE OLD NEW: OLD must occur exactly once in FILE; the original is kept to undo it.
+replace() {
+  local file=$1 old=$2 new=$3 content rest
+  if [ ! -f "$file" ]; then
+    echo "mutation $name: $file does not exist" >&2
+    return 1
+  fi
+  content=$(cat "$file"; printf x)
+  content=${content%x}
+  if [[ $content != *"$old"* ]]; then
+    echo "mutation $name: target not found in $file: $old" >&2
+    return 1
+  fi
+  rest=${content#*"$old"}
+  if [[ $rest == *"$old"* ]]; then
+    echo "mutation $name: target occurs more than once in $file: $old" >&2
+    return 1
+  fi
+  [ -f "$file.orig" ] || cp "$file" "$file.orig"
+  changed+=("$file")
+  printf '%s' "${content%%"$old"*}$new$rest" >"$file"
+}
+
+undo() {
+  local f
+  for f in "${changed[@]}"; do
+    if [ -f "$f.orig" ]; then
+      mv "$f.orig" "$f"
+    fi
+  done
+  changed=()
+}
+
+# MUTATION_RUN narrows the tests run (go test -run), to see one test catch a mutation by itself.
+gotest() {
+  go test -short -count=1 -failfast -timeout 5m ${MUTATION_RUN:+-run "$MUTATION_RUN"} "$1"
+}
+
+survived=()
+start=$SECONDS
+declare -A baseline=()
+for name in "${selected[@]}"; do
+  pkg=
+  if ! apply_mutation "$name"; then
+    echo "mutation $name: could not be applied" >&2
+    exit 2
+  fi
+  undo
+  # The package's tests must pass unmutated, or a failure below would prove nothing.
+  if [ -z "${baseline[$pkg]:-}" ]; then
+    echo "== baseline: $pkg"
+    if ! gotest "$pkg" >"$work/out" 2>&1; then
+      cat "$work/out" >&2
+      echo "mutation: the tests of $pkg fail without any mutation" >&2
+      exit 2
+    fi
+    baseline[$pkg]=ok
+  fi
+  apply_mutation "$name"
+  if ! go vet "$pkg" >"$work/out" 2>&1; then
+    cat "$work/out" >&2
+    undo
+    echo "mutation $name: does not compile; fix the mutation" >&2
+    exit 2
+  fi
+  echo "== $name ($pkg)"
+  if gotest "$pkg" >"$work/out" 2>&1; then
+    echo "   SURVIVED: the tests of $pkg pass with it"
+    survived+=("$name")
+  else
+    grep -m 4 -E '^\s*(--- FAIL|\S+_test\.go:[0-9]+:)' "$work/out" | sed 's/^\s*/   caught: /' || echo "   caught"
+  fi
+  undo
+done
+echo "mutation: ${#selected[@]} mutations in $((SECONDS - start)) s, ${#survived[@]} survived"
+if [ ${#survived[@]} -gt 0 ]; then
+  printf 'survived: %s\n' "${survived[@]}" >&2
+  exit 1
+fi
