@@ -22,7 +22,9 @@
 // push/pull in each setting that changes it (plain, compressed, encrypted, labelled) to catch that.
 //
 // A connection that sends nothing is closed after PeekTimeout, and the peek runs in its own goroutine,
-// so an idle client cannot hold up other connections. UDP is memberlist's alone.
+// so an idle client cannot hold up other connections. TCP connections are capped per remote IP and in
+// total (internal/limits) from accept until whoever ends up owning them closes them, so a flood costs
+// a bounded number of descriptors. UDP is memberlist's alone.
 //
 // The package knows nothing of TLS certificates, HTTP handlers or what internode calls mean: the caller
 // wraps Internode() in tls.NewListener (or serves it with http.Server.ServeTLS) and decides who may talk.
@@ -40,6 +42,8 @@ import (
 
 	"github.com/hashicorp/go-sockaddr"
 	"github.com/hashicorp/memberlist"
+
+	"github.com/taskworker/taskworker/internal/limits"
 )
 
 // DefaultPeekTimeout bounds how long a new connection may wait before sending its first byte. TLS and
@@ -79,6 +83,8 @@ type Config struct {
 	AllowPlainHTTP bool
 	// PeekTimeout bounds the wait for a connection's first byte; 0 means DefaultPeekTimeout.
 	PeekTimeout time.Duration
+	// Conns caps TCP connections per remote IP and in total; nil means limits.PeerListenerConfig().
+	Conns *limits.ListenerConfig
 	// Logger receives routing problems; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -89,8 +95,9 @@ type Transport struct {
 	cfg Config
 	log *slog.Logger
 
-	tcp *net.TCPListener
-	udp *net.UDPConn
+	tcp    *net.TCPListener
+	capped *limits.Listener // tcp under the connection caps
+	udp    *net.UDPConn
 
 	packetCh  chan *memberlist.Packet
 	streamCh  chan net.Conn
@@ -131,10 +138,16 @@ func New(cfg Config) (*Transport, error) {
 		_ = udp.Close()
 		return nil, fmt.Errorf("gossipmux: resize UDP buffer: %w", err)
 	}
+	conns := limits.PeerListenerConfig()
+	if cfg.Conns != nil {
+		conns = *cfg.Conns
+	}
+	conns.NoHTTPReply = true // mostly gossip and TLS; plain HTTP is answered after routing, if at all
 	t := &Transport{
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "gossipmux"),
 		tcp:      tcp,
+		capped:   limits.NewListener(tcp, conns),
 		udp:      udp,
 		packetCh: make(chan *memberlist.Packet),
 		streamCh: make(chan net.Conn),
@@ -190,6 +203,9 @@ func setUDPRecvBuf(c *net.UDPConn) error {
 
 // Addr is the bound address, for TCP and UDP alike (the port is the one picked when BindPort was 0).
 func (t *Transport) Addr() *net.TCPAddr { return t.tcp.Addr().(*net.TCPAddr) }
+
+// Stats are the connection cap's counters: open TCP connections and refusals by cap.
+func (t *Transport) Stats() limits.ListenerStats { return t.capped.Stats() }
 
 // Internode is the listener for TLS (and, with AllowPlainHTTP, plain HTTP) connections that arrive on
 // the gossip port. Its connections replay the byte that was peeked. Closing it refuses internode
@@ -307,7 +323,7 @@ func (t *Transport) acceptLoop() {
 	const baseDelay, maxDelay = 5 * time.Millisecond, time.Second
 	var delay time.Duration
 	for {
-		c, err := t.tcp.AcceptTCP()
+		c, err := t.capped.Accept()
 		if err != nil {
 			if t.stopping() {
 				return
@@ -434,8 +450,8 @@ func refusePlain(c net.Conn) {
 	if _, err := io.WriteString(c, plainRefusal); err != nil {
 		return
 	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.CloseWrite()
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(c, plainDrainLimit))
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/taskworker/taskworker/internal/gossipmux"
+	"github.com/taskworker/taskworker/internal/limits"
 )
 
 // waitTimeout is generous: CI machines are slow and shared.
@@ -440,6 +441,63 @@ func TestIdleClientsDoNotBlock(t *testing.T) {
 		t.Fatalf("join beside idle clients: %v", err)
 	}
 	waitMembers(t, 2, a, b)
+}
+
+// TestIdleFloodIsCapped floods the port with silent connections from one address, then from others:
+// the flooding address gets its share, the whole flood no more than the total, the rest are closed at
+// accept, and a member from another address still joins and makes TLS calls while the total has room.
+// Connections handed to memberlist and to the internode server give their slots back when closed.
+func TestIdleFloodIsCapped(t *testing.T) {
+	ta := newTransport(t, gossipmux.Config{PeekTimeout: time.Minute,
+		Conns: &limits.ListenerConfig{MaxConnsPerClient: 4, MaxConns: 12, Reserve: -1}})
+	a, _ := newMember(t, "a", memberOpts{transport: ta})
+	addr := gossipAddr(ta)
+	flood := func(src string, n int) []net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: waitTimeout}
+		var cs []net.Conn
+		for range n {
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				t.Fatalf("dial from %s: %v", src, err)
+			}
+			t.Cleanup(func() { _ = c.Close() })
+			cs = append(cs, c)
+		}
+		return cs
+	}
+	cs := flood("127.0.0.2", 30)
+	waitFor(t, "26 per-address refusals", func() bool { return ta.Stats().RejectedPerClient == 26 })
+	if st := ta.Stats(); st.Open != 4 {
+		t.Fatalf("stats %+v, want the flooding address's 4 open", st)
+	}
+	last := cs[len(cs)-1]
+	_ = last.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := last.Read(make([]byte, 1)); !isClosedByPeer(err) {
+		t.Fatalf("read on a refused connection = %v, want it closed at accept", err)
+	}
+
+	cert, pool := selfSigned(t)
+	serve(t, ta, &cert)
+	if code, _ := get(t, httpClient(pool), "https://"+addr+"/"); code != http.StatusOK {
+		t.Errorf("TLS GET during the flood = %d, want 200", code)
+	}
+	b, _ := newMember(t, "b", memberOpts{})
+	if _, err := b.Join([]string{addr}); err != nil {
+		t.Fatalf("join during the flood: %v", err)
+	}
+	waitMembers(t, 2, a, b)
+	// The TLS call and the join's push/pull are over; their slots are free again.
+	waitFor(t, "only the flood's slots held", func() bool { return ta.Stats().Open == 4 })
+
+	flood("127.0.0.3", 4)
+	flood("127.0.0.4", 4)
+	waitFor(t, "the total reached", func() bool { return ta.Stats().Open == 12 })
+	flood("127.0.0.5", 3)
+	waitFor(t, "3 global refusals", func() bool { return ta.Stats().RejectedGlobal == 3 })
+	if st := ta.Stats(); st.Open != 12 {
+		t.Fatalf("stats %+v, want 12 open", st)
+	}
 }
 
 // isClosedByPeer says whether a read error means the other side closed, as opposed to our own deadline.
