@@ -40,7 +40,9 @@ const (
 //
 // Protocol 4 keeps secrets out of the state: JoinSecret carries the secret's hash, and Management
 // (the hash of the management credential) is new.
-const Protocol = 4
+//
+// Protocol 5 adds admission control: SubmitBatch.Admission, and a quota in ACL policies.
+const Protocol = 5
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
 // newer than their type's Since: the lowest protocol that decodes this payload as it is.
@@ -50,7 +52,7 @@ type NeedsProtocol interface {
 
 // The command table: one registration per command type, the only place a command is described.
 func init() {
-	register(Spec[SubmitBatch]{Type: CmdSubmit, Name: "submit", Forwardable: true, Apply: (*FSM).applySubmit})
+	register(Spec[SubmitBatch]{Type: CmdSubmit, Name: "submit", Forwardable: true, Apply: (*FSM).applySubmit, Prepare: prepareSubmit})
 	register(Spec[AssignBatch]{Type: CmdAssign, Name: "assign", Apply: (*FSM).applyAssign})
 	register(Spec[ReportBatch]{Type: CmdReport, Name: "report", Forwardable: true, Apply: (*FSM).applyReport, Prepare: prepareReport})
 	register(Spec[Register]{Type: CmdRegister, Name: "register", Forwardable: true, Apply: (*FSM).applyRegister})
@@ -164,6 +166,8 @@ type Spec[P any] struct {
 type PrepareEnv struct {
 	// Backoff is the delay before retrying a task that has failed this many times.
 	Backoff func(failures int) time.Duration
+	// Admission gives the caps a submit is applied under (admission.go); nil: none.
+	Admission *AdmissionEnv
 }
 
 // spec is a registered command type, with the payload type erased.
@@ -237,6 +241,9 @@ func (f *FSM) Prepare(c *Command, now time.Time, env PrepareEnv) {
 // SubmitBatch adds tasks.
 type SubmitBatch struct {
 	Items []Submit `msgpack:"items"`
+	// Admission is what the items are admitted under, stamped by the leader (prepareSubmit).
+	// Protocol 5.
+	Admission *Admission `msgpack:"admission,omitempty"`
 }
 
 // AssignBatch places pending tasks on node incarnations.
@@ -323,7 +330,16 @@ const MaxPurgeBatch = 1000
 func (b *SubmitBatch) Len() int { return len(b.Items) }
 
 // Append implements Batch.
-func (b *SubmitBatch) Append(o Payload) { b.Items = append(b.Items, o.(*SubmitBatch).Items...) }
+func (b *SubmitBatch) Append(o Payload) {
+	ob := o.(*SubmitBatch)
+	b.Items = append(b.Items, ob.Items...)
+	if ob.Admission != nil {
+		if b.Admission == nil {
+			b.Admission = &Admission{}
+		}
+		b.Admission.merge(ob.Admission)
+	}
+}
 
 // Len implements Batch.
 func (b *ReportBatch) Len() int { return len(b.Items) }
@@ -376,9 +392,12 @@ func (s *Submit) needsProtocol() int {
 	return 0
 }
 
-// NeedsProtocol implements NeedsProtocol: the highest of its items'.
+// NeedsProtocol implements NeedsProtocol: the highest of its items', AdmissionProtocol with caps.
 func (b *SubmitBatch) NeedsProtocol() int {
 	need := 0
+	if b.Admission != nil {
+		need = AdmissionProtocol
+	}
 	for i := range b.Items {
 		need = max(need, b.Items[i].needsProtocol())
 	}

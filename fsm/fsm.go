@@ -128,7 +128,7 @@ func (f *FSM) applySubmit(index uint64, now time.Time, p *SubmitBatch) ([]ItemRe
 	f.unique.expire(now)
 	items := make([]ItemResult, 0, len(p.Items))
 	for i := range p.Items {
-		items = append(items, f.submit(index, now, &p.Items[i]))
+		items = append(items, f.submit(index, now, &p.Items[i], p.Admission))
 	}
 	return items, nil
 }
@@ -206,7 +206,8 @@ func (f *FSM) bump(index uint64) {
 	f.changed = make(chan struct{})
 }
 
-func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
+// submit adds one task under a's caps (nil: none).
+func (f *FSM) submit(index uint64, now time.Time, s *Submit, a *Admission) ItemResult {
 	if s.IdempotencyKey != "" {
 		if id, ok := f.tasks.idem[s.IdempotencyKey]; ok {
 			if id == s.ID {
@@ -229,6 +230,9 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit) ItemResult {
 	}
 	if r, ok := f.checkUnique(s, now); !ok {
 		return r
+	}
+	if err := f.admit(a, s); err != nil {
+		return ItemResult{ID: s.ID, Err: err}
 	}
 	t := newTask(index, now, s)
 	if s.UniqueKey != "" {

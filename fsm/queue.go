@@ -29,26 +29,40 @@ const MaxPriority = 1000
 
 // AgeingStep is how long a pending task waits for each point of priority it gains: placement
 // orders tasks by EffectivePriority, so a task of priority p that has been ready for 10 s ranks
-// with fresh tasks of priority p+1, and none waits forever behind a stream of higher ones.
+// with fresh tasks of priority p+1, and none waits forever behind a stream of tasks up to
+// MaxAgeing points above its own.
 const AgeingStep = 10 * time.Second
 
-// EffectivePriority is t's priority at now: Priority + floor(time ready / AgeingStep), time ready
-// counted from ReadyAt (creation, or RunAt for a delayed task). It only grows with time, and in a
-// band of one priority the task ready first ranks highest: the head of each band is enough to find
-// the best task of a queue.
+// MaxAgeing bounds the points ageing adds (reached after 100 s). Unbounded, ageing made priority
+// worth only 10 s a point: a backlog older than 100 s outranked every fresh priority-10 task,
+// which then waited for the whole backlog to drain. Bounded, a task more than MaxAgeing points
+// above a backlog goes before all of it, however old, as Slurm caps its age factor.
+const MaxAgeing = 10
+
+// EffectivePriority is t's priority at now: Priority + min(floor(time ready / AgeingStep),
+// MaxAgeing), time ready counted from ReadyAt (creation, or RunAt for a delayed task). It only
+// grows with time, and in a band of one priority the task ready first ranks highest: the head of
+// each band is enough to find the best task of a queue.
 func EffectivePriority(t *Task, now time.Time) int64 {
 	waited := now.Sub(t.ReadyAt())
 	if waited < 0 {
 		waited = 0
 	}
-	return int64(t.Priority) + int64(waited/AgeingStep)
+	return int64(t.Priority) + min(int64(waited/AgeingStep), MaxAgeing)
 }
 
 // PlacementCompare orders candidates for placement at now: higher effective priority first, then
-// ready first, then created first (FIFO). Equal tasks compare 0, so a stable sort keeps their order.
+// higher priority (a fresh task ahead of an older one that only aged to its rank), then ready
+// first, then created first (FIFO). Equal tasks compare 0, so a stable sort keeps their order.
 func PlacementCompare(a, b *Task, now time.Time) int {
 	if pa, pb := EffectivePriority(a, now), EffectivePriority(b, now); pa != pb {
 		if pa > pb {
+			return -1
+		}
+		return 1
+	}
+	if a.Priority != b.Priority {
+		if a.Priority > b.Priority {
 			return -1
 		}
 		return 1
@@ -311,6 +325,9 @@ type head struct {
 func (h *head) better(o *head) bool {
 	if h.eff != o.eff {
 		return h.eff > o.eff
+	}
+	if h.t.Priority != o.t.Priority {
+		return h.t.Priority > o.t.Priority
 	}
 	if c := h.t.ReadyAt().Compare(o.t.ReadyAt()); c != 0 {
 		return c < 0

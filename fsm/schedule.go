@@ -291,7 +291,7 @@ func (f *FSM) submitFor(index uint64, now time.Time, s *Schedule, p *ScheduleFir
 		ID: p.TaskID, Type: s.Type, Version: p.Version, Input: s.Input, MaxAttempts: s.MaxAttempts,
 		Timeout: s.Timeout, IdempotencyKey: key, ExecutionID: p.TaskID, SubmittedBy: s.SubmittedBy,
 		Schedule: s.Name,
-	})
+	}, nil)
 }
 
 // running reports whether a task exists and has not finished. f.mu is held.

@@ -59,6 +59,12 @@ type store struct {
 	counts map[stateType]int
 	// pendingTV is how many tasks are pending per (type, version) asked for.
 	pendingTV map[TypeVersion]int
+	// waiting counts the tasks waiting to run (pending or scheduled), waitingBy the same per
+	// submitter, and finishedBy the finished tasks per submitter: what admission control checks
+	// a submit against (admission.go) and the retained cap trims.
+	waiting    int
+	waitingBy  map[string]int
+	finishedBy map[string]int
 	// strs interns the strings many live records repeat (types, versions, nodes, boot IDs,
 	// events); names numbers those frozen records repeat.
 	strs  map[string]string
@@ -215,7 +221,9 @@ func newStore() *store {
 		counts:    map[stateType]int{},
 		pendingTV: map[TypeVersion]int{},
 		strs:      map[string]string{},
-		arena:     newArena(),
+
+		waitingBy: map[string]int{}, finishedBy: map[string]int{},
+		arena: newArena(),
 
 		activeQueue: map[string]int{}, activeType: map[string]int{},
 		pendingQueue: map[string]int{}, scheduledQueue: map[string]int{},
@@ -329,6 +337,13 @@ func (s *store) insert(t *Task) {
 	if t.State == Scheduled {
 		s.scheduledQueue[t.Queue]++
 	}
+	if t.State == Pending || t.State == Scheduled {
+		s.waiting++
+		s.waitingBy[t.SubmittedBy]++
+	}
+	if t.State.Terminal() {
+		s.finishedBy[t.SubmittedBy]++
+	}
 }
 
 // delete removes a record from every index; t must be the stored record (as get returns it).
@@ -388,6 +403,13 @@ func (s *store) delete(t *Task) {
 	}
 	if t.State == Scheduled {
 		decr(s.scheduledQueue, t.Queue)
+	}
+	if t.State == Pending || t.State == Scheduled {
+		s.waiting--
+		decr(s.waitingBy, t.SubmittedBy)
+	}
+	if t.State.Terminal() {
+		decr(s.finishedBy, t.SubmittedBy)
 	}
 	if e.t == nil { // nothing in the store refers to the frozen record now
 		s.arena.release(e.cold)

@@ -158,9 +158,10 @@ func (t *Task) QueueName() string {
 }
 
 // ReadyAt is when t became ready to run: its RunAt for a delayed task, else its creation. Ageing
-// counts from it, and tasks of one priority are placed in its order.
+// counts from it, and tasks of one priority are placed in its order. A run_at in the past is not
+// a delay: counting from it would let a submitter age its tasks at will and jump every queue.
 func (t *Task) ReadyAt() time.Time {
-	if t.RunAt != nil {
+	if t.RunAt != nil && t.RunAt.After(t.CreatedAt) {
 		return *t.RunAt
 	}
 	return t.CreatedAt

@@ -1,0 +1,120 @@
+package fsm
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Admission control: how many tasks may wait to run, in the cluster and per submitter. The caps
+// are checked here, in Apply, against the state at the entry's index, so they are exact however
+// many submits race through followers, and a batch item past a cap fails alone. The caps travel in
+// the command (SubmitBatch.Admission), chosen by the leader before it proposes (prepareSubmit):
+// Apply never reads a node's flags, which may differ between nodes, so every replica refuses the
+// same items.
+
+// AdmissionProtocol is the protocol from which a submit carries its Admission (and an ACL
+// policy its quota): the leader stamps caps only once every up node decodes them.
+const AdmissionProtocol = 5
+
+// Admission is the caps a submit batch is applied under. Waiting tasks are those pending or
+// scheduled (delayed): what a backlog holds in every replica's memory.
+type Admission struct {
+	// MaxPending caps the waiting tasks of the whole cluster: an item that would make more of
+	// them fails with ErrQueueFull. 0: no cap.
+	MaxPending int `msgpack:"max_pending,omitempty"`
+	// Principals caps the waiting tasks of each submitter listed (ErrQuotaExceeded beyond); a
+	// submitter not listed has no cap of its own. Sorted by principal, one entry each.
+	Principals []PrincipalCap `msgpack:"principals,omitempty"`
+}
+
+// PrincipalCap is one submitter's cap on its waiting tasks (0: none).
+type PrincipalCap struct {
+	Principal  string `msgpack:"principal"`
+	MaxPending int    `msgpack:"max_pending"`
+}
+
+// Errors of admission control, per submit item.
+var (
+	// ErrQueueFull: the cluster holds its cap of waiting tasks.
+	ErrQueueFull = newError("queue_full", "queue full")
+	// ErrQuotaExceeded: the submitter holds its cap of waiting tasks.
+	ErrQuotaExceeded = newError("quota_exceeded", "quota exceeded")
+)
+
+// principalCap is the cap of one principal, 0 when a has none for it.
+func (a *Admission) principalCap(principal string) int {
+	i, ok := slices.BinarySearchFunc(a.Principals, principal, func(c PrincipalCap, p string) int { return strings.Compare(c.Principal, p) })
+	if !ok {
+		return 0
+	}
+	return a.Principals[i].MaxPending
+}
+
+// merge adds o's caps to a: the leader stamped both from the same settings, so a principal
+// already listed keeps its cap, and the cluster's cap is the lower one that is set.
+func (a *Admission) merge(o *Admission) {
+	if o.MaxPending > 0 && (a.MaxPending == 0 || o.MaxPending < a.MaxPending) {
+		a.MaxPending = o.MaxPending
+	}
+	for _, c := range o.Principals {
+		if i, ok := slices.BinarySearchFunc(a.Principals, c.Principal, func(x PrincipalCap, p string) int { return strings.Compare(x.Principal, p) }); !ok {
+			a.Principals = slices.Insert(a.Principals, i, c)
+		}
+	}
+}
+
+// admit reports why s may not be added under a (nil: it may). A delayed task counts as a pending
+// one: it is held in every replica's memory all the same. f.mu is held.
+func (f *FSM) admit(a *Admission, s *Submit) error {
+	if a == nil {
+		return nil
+	}
+	if a.MaxPending > 0 && f.tasks.waiting >= a.MaxPending {
+		return fmt.Errorf("%w: the cluster holds %d tasks waiting to run, its cap", ErrQueueFull, f.tasks.waiting)
+	}
+	if c := a.principalCap(s.SubmittedBy); c > 0 && f.tasks.waitingBy[s.SubmittedBy] >= c {
+		return fmt.Errorf("%w: the submitter holds %d tasks waiting to run, its cap", ErrQuotaExceeded, f.tasks.waitingBy[s.SubmittedBy])
+	}
+	return nil
+}
+
+// AdmissionEnv is what the leader lends prepareSubmit to stamp a submit's caps.
+type AdmissionEnv struct {
+	// MaxPending is the cluster's cap on waiting tasks (0: none).
+	MaxPending int
+	// PrincipalPending is a submitter's cap on its waiting tasks (0: none).
+	PrincipalPending func(principal string) int
+}
+
+// prepareSubmit stamps the batch's caps from the leader's settings, replacing whatever a
+// follower sent: the caps are the leader's to choose. While a node older than AdmissionProtocol
+// is up it stamps none (that node could not decode them), and submits are admitted as before.
+func prepareSubmit(f *FSM, _ time.Time, p *SubmitBatch, env PrepareEnv) {
+	p.Admission = nil
+	if env.Admission == nil {
+		return
+	}
+	if lowest, _ := f.lowestProtocol(); lowest < AdmissionProtocol {
+		return
+	}
+	a := &Admission{MaxPending: env.Admission.MaxPending}
+	if env.Admission.PrincipalPending != nil {
+		seen := map[string]bool{}
+		for i := range p.Items {
+			by := p.Items[i].SubmittedBy
+			if seen[by] {
+				continue
+			}
+			seen[by] = true
+			if c := env.Admission.PrincipalPending(by); c > 0 {
+				a.Principals = append(a.Principals, PrincipalCap{Principal: by, MaxPending: c})
+			}
+		}
+		slices.SortFunc(a.Principals, func(x, y PrincipalCap) int { return strings.Compare(x.Principal, y.Principal) })
+	}
+	if a.MaxPending > 0 || len(a.Principals) > 0 {
+		p.Admission = a
+	}
+}
