@@ -443,6 +443,12 @@ func TestReportFencingRejectsStaleReports(t *testing.T) {
 		wantErr error
 	}{
 		{name: "wrong attempt", start: running, report: rep("a", 2, "n1", "b1", ReportSucceeded), wantErr: ErrStale},
+		{name: "earlier attempt on the same node", start: func(t *testing.T) *harness {
+			h := running(t)
+			h.must(reportCmd(rep("a", 1, "n1", "b1", ReportInterrupted)))
+			h.must(assignCmd("a", "n1", "b1"))
+			return h
+		}, report: rep("a", 1, "n1", "b1", ReportSucceeded), wantErr: ErrStale},
 		{name: "wrong node", start: running, report: rep("a", 1, "n2", "b1", ReportSucceeded), wantErr: ErrStale},
 		{name: "wrong boot id", start: running, report: rep("a", 1, "n1", "b0", ReportSucceeded), wantErr: ErrStale},
 		{name: "pending task", start: func(t *testing.T) *harness {

@@ -74,9 +74,9 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/taskworker-mutation-XXXXXX")
 trap 'rm -rf "$work"' EXIT
-# The tracked files as they are in the work tree (uncommitted edits included, so a test being
-# written can be checked before it is committed).
-git ls-files -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -C "$work" -xf -
+# The files as they are in the work tree, uncommitted edits and new files included, so a test
+# being written can be checked before it is committed.
+git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -C "$work" -xf -
 cd "$work"
 
 changed=()
