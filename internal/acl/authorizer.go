@@ -176,10 +176,36 @@ func (id *Identity) Cluster(right ClusterRight) error {
 	if id.Management {
 		return nil
 	}
-	if bit := rightBits[right]; bit == 0 || id.rights&bit == 0 {
+	bit := rightBits[right]
+	if right == RightMetrics {
+		bit |= rightBits[RightOperator] // whoever runs the cluster may watch it
+	}
+	if bit == 0 || id.rights&bit == 0 {
 		return &Denied{Principal: id.Principal, Right: right}
 	}
 	return nil
+}
+
+// ReadsAll reports whether the identity may read tasks of every type, any type made later
+// included: a management identity, or one with a read rule on "*" and no deny rule. Counts that
+// span types (a queue's) are shown only to such an identity.
+func (id *Identity) ReadsAll() bool {
+	if id == nil {
+		return false
+	}
+	if id.Management {
+		return true
+	}
+	all := false
+	for _, r := range id.rules {
+		if r.deny {
+			return false
+		}
+		if r.pattern == "*" && r.allow&capBits[CapRead] != 0 {
+			all = true
+		}
+	}
+	return all
 }
 
 // Denied is a refusal of a known identity (HTTP 403). Its message names what was missing.

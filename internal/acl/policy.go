@@ -31,12 +31,15 @@ const (
 	RightOperator ClusterRight = "operator"
 	// RightACL allows managing tokens and policies.
 	RightACL ClusterRight = "acl"
+	// RightMetrics allows scraping /metrics (Consul's agent:read): its per-type counts are
+	// not for every token. RightOperator implies it.
+	RightMetrics ClusterRight = "metrics"
 )
 
 // capBits gives each allowing capability one bit so a rule's grant is a small mask.
 var capBits = map[Capability]uint8{CapSubmit: 1, CapRead: 2, CapCancel: 4, CapLogs: 8}
 
-var rightBits = map[ClusterRight]uint8{RightOperator: 1, RightACL: 2}
+var rightBits = map[ClusterRight]uint8{RightOperator: 1, RightACL: 2, RightMetrics: 4}
 
 // Limits on a policy document. They keep one policy small enough to live in the replicated FSM
 // and to check on every request without thought.
@@ -167,7 +170,7 @@ func (p Policy) Validate() error {
 	for i, r := range p.Cluster {
 		if _, ok := rightBits[r]; !ok {
 			return &ParseError{Field: fmt.Sprintf("cluster[%d]", i),
-				Reason: fmt.Sprintf("unknown cluster right %q (want operator or acl)", short(string(r)))}
+				Reason: fmt.Sprintf("unknown cluster right %q (want operator, acl or metrics)", short(string(r)))}
 		}
 	}
 	return nil

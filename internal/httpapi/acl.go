@@ -95,6 +95,8 @@ func clusterRight(path string) acl.ClusterRight {
 		return acl.RightOperator
 	case path == api.PathACLTokenSelf:
 		return ""
+	case path == "/metrics": // per-type counts
+		return acl.RightMetrics
 	case strings.HasPrefix(path, "/v1/acl/"):
 		return acl.RightACL
 	}
@@ -104,12 +106,12 @@ func clusterRight(path string) acl.ClusterRight {
 // requireACL resolves every request's credential before any handler runs: 401 when it is
 // missing (and no anonymous policy exists), unknown or expired; 403 when the route needs a
 // cluster right the identity lacks. Task capabilities depend on the task's type, so the
-// handlers check them (Caller.Allow) before they change or show anything. Health and metrics
-// stay open, as do bootstrap until the cluster is bootstrapped.
+// handlers check them (Caller.Allow) before they change or show anything. Health stays open, as
+// does bootstrap until the cluster is bootstrapped; metrics needs the metrics (or operator) right.
 func (s *server) requireACL(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		path := r.URL.Path
-		if path == "/v1/health" || path == "/metrics" || isConsole(path) || path == api.PathACLBootstrap && !s.acl.Bootstrapped() {
+		if path == "/v1/health" || isConsole(path) || path == api.PathACLBootstrap && !s.acl.Bootstrapped() {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -388,10 +388,7 @@ func (s *server) get(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	// The type decides who may read the task, and it never changes: check it before waiting.
-	t, err := s.b.Task(r.Context(), id)
-	if err == nil {
-		err = authorize(r, acl.CapRead, t.Type)
-	}
+	t, err := s.taskFor(r, id, acl.CapRead)
 	if err != nil {
 		WriteError(w, err)
 		return
@@ -417,14 +414,25 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
+	caller := callerOf(r)
 	at := s.b.Index()
-	if wait > 0 && at <= index {
+	var page api.TaskPage
+	switch {
+	case wait > 0 && at <= index && caller.Identity != nil && !caller.Identity.ReadsAll():
+		// Woken by any index, this caller would learn when tasks it may not see change.
+		if page, err = s.b.List(r.Context(), q, caller.CanRead); err == nil {
+			ctx, cancel := context.WithTimeout(r.Context(), wait)
+			page, at, err = s.waitVisibleChange(ctx, caller, q, page, index)
+			cancel()
+		}
+	case wait > 0 && at <= index:
 		ctx, cancel := context.WithTimeout(r.Context(), wait)
 		at = s.b.WaitIndex(ctx, index)
 		cancel()
+		fallthrough
+	default:
+		page, err = s.b.List(r.Context(), q, caller.CanRead)
 	}
-	caller := callerOf(r)
-	page, err := s.b.List(r.Context(), q, caller.CanRead)
 	if err != nil {
 		WriteError(w, err)
 		return
@@ -449,10 +457,7 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) cancel(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	t, err := s.b.Task(r.Context(), id)
-	if err == nil {
-		err = authorize(r, acl.CapCancel, t.Type)
-	}
+	t, err := s.taskFor(r, id, acl.CapCancel)
 	if err != nil {
 		WriteError(w, err)
 		return
@@ -470,10 +475,7 @@ func (s *server) cancel(w http.ResponseWriter, r *http.Request) {
 func (s *server) logs(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	// Check the task first: once the stream has begun, the status is 200 whatever happens.
-	t, err := s.b.Task(r.Context(), id)
-	if err == nil {
-		err = authorize(r, acl.CapLogs, t.Type)
-	}
+	_, err := s.taskFor(r, id, acl.CapLogs)
 	if err != nil {
 		WriteError(w, err)
 		return
@@ -518,6 +520,7 @@ func (s *server) types(w http.ResponseWriter, r *http.Request) {
 	if out == nil {
 		out = []api.TypeInfo{}
 	}
+	out = visibleTypes(callerOf(r), out)
 	WriteJSON(w, http.StatusOK, out)
 }
 

@@ -46,6 +46,7 @@ func (s *server) queues(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
+	visibleQueues(callerOf(r), &l)
 	WriteJSON(w, http.StatusOK, l)
 }
 
@@ -86,6 +87,7 @@ func (s *server) typeLimits(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
+	visibleTypeLimits(callerOf(r), &l)
 	WriteJSON(w, http.StatusOK, l)
 }
 

@@ -30,10 +30,7 @@ func (s *server) uniqRoutes(mux *http.ServeMux) {
 // the task again, as a new submit would.
 func (s *server) retry(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	t, err := s.b.Task(r.Context(), id)
-	if err == nil {
-		err = authorize(r, acl.CapSubmit, t.Type)
-	}
+	t, err := s.taskFor(r, id, acl.CapSubmit)
 	if err != nil {
 		WriteError(w, err)
 		return

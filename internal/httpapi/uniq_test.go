@@ -154,10 +154,11 @@ func TestRetryAndPurgeACL(t *testing.T) {
 		want  string
 	}{
 		{"none", "401 401 401 401 401 401"},
-		{"reports", "202 403 202 200 403 403"},
-		{"reports-no-payroll", "202 403 403 200 403 403"},
-		{"echo-only", "403 202 403 403 403 403"}, // submit on echo: retry yes; no cancel: no purge
-		{"ops", "403 403 403 403 403 403"},
+		// A task the caller may not read is not found, as a missing one.
+		{"reports", "202 404 202 200 403 403"},
+		{"reports-no-payroll", "202 404 404 200 403 403"},
+		{"echo-only", "404 404 404 403 403 403"}, // submit on echo but no read: no retry; no cancel: no purge
+		{"ops", "404 404 404 403 403 403"},
 		{"management", "202 202 202 200 200 200"},
 	}
 	for _, tc := range tests {

@@ -1,0 +1,127 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/taskworker/taskworker/api"
+)
+
+// A task the caller may not read answers every route that takes an ID exactly as a missing one:
+// same status, same code, same message but for the ID, and never its type.
+func TestUnreadableTaskAnswersAsMissing(t *testing.T) {
+	b, a, secrets := newACLFixture(t, false)
+	b.put(api.Task{ID: "e2", Type: "echo", State: api.StateFailed, History: []api.HistoryEntry{}})
+	h := New(b, Options{ACL: a})
+	routes := []struct{ method, path string }{
+		{"GET", "/v1/tasks/%s"},
+		{"GET", "/v1/tasks/%s?wait=1s&index=1"},
+		{"GET", "/v1/tasks/%s/logs"},
+		{"POST", "/v1/tasks/%s/cancel"},
+		{"POST", "/v1/tasks/%s/retry"},
+	}
+	for _, token := range []string{"echo-only", "reports", "ops"} {
+		for _, rt := range routes {
+			auth := []string{"Authorization", "Bearer " + secrets[token]}
+			missing := call(h, rt.method, strings.Replace(rt.path, "%s", "e9", 1), "application/json", "", auth...)
+			hidden := call(h, rt.method, strings.Replace(rt.path, "%s", "e2", 1), "application/json", "", auth...)
+			wantError(t, missing, 404, api.CodeNotFound)
+			wantError(t, hidden, 404, api.CodeNotFound)
+			if got, want := strings.ReplaceAll(hidden.Body.String(), "e2", "e9"), missing.Body.String(); got != want {
+				t.Errorf("%s %s %s: unreadable %q, missing %q", token, rt.method, rt.path, got, want)
+			}
+			if strings.Contains(hidden.Body.String(), "echo") {
+				t.Errorf("%s %s %s: the answer names the type: %s", token, rt.method, rt.path, hidden.Body)
+			}
+		}
+	}
+	// A caller that may read the task but not act on it is told what it lacks.
+	wantError(t, call(h, "POST", "/v1/tasks/e2/cancel", "", "", "Authorization", "Bearer "+secrets["read-all-no-payroll"]), 403, api.CodeForbidden)
+}
+
+// A blocking list does not answer when only tasks the caller may not read change: it goes back to
+// waiting, and answers when a task it may read changes.
+func TestBlockingListWakesOnlyForReadableChanges(t *testing.T) {
+	b, a, secrets := newACLFixture(t, false)
+	b.waitingIndex = make(chan uint64)
+	h := New(b, Options{ACL: a})
+	index := b.Index()
+	done := make(chan *httptest.ResponseRecorder, 1)
+	go func() {
+		done <- call(h, "GET", "/v1/tasks?wait=1m&index="+strconv.FormatUint(index, 10), "", "", "Authorization", "Bearer "+secrets["reports"])
+	}()
+	waiting := func(after uint64) {
+		t.Helper()
+		select {
+		case got := <-b.waitingIndex:
+			if got != after {
+				t.Fatalf("waiting after index %d, want %d", got, after)
+			}
+		case rec := <-done:
+			t.Fatalf("the list answered on a change the caller may not see: %d %s", rec.Code, rec.Body)
+		case <-time.After(30 * time.Second):
+			t.Fatal("the list is not waiting")
+		}
+	}
+	waiting(index)
+	b.put(api.Task{ID: "e7", Type: "echo", State: api.StatePending, History: []api.HistoryEntry{}}) // not the caller's to see
+	waiting(index + 1)
+	b.put(api.Task{ID: "r7", Type: "report-daily", State: api.StatePending, History: []api.HistoryEntry{}})
+	var rec *httptest.ResponseRecorder
+	select {
+	case rec = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the list did not answer when a readable task changed")
+	}
+	var got []api.Task
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil || rec.Code != 200 {
+		t.Fatalf("%d %s", rec.Code, rec.Body)
+	}
+	ids := []string{}
+	for _, tk := range got {
+		ids = append(ids, tk.ID)
+	}
+	if strings.Join(ids, " ") != "r7 r1 p1" {
+		t.Errorf("listed %v, want r7 r1 p1", ids)
+	}
+	if rec.Header().Get(api.HeaderIndex) != strconv.FormatUint(index+2, 10) {
+		t.Errorf("index %s, want %d", rec.Header().Get(api.HeaderIndex), index+2)
+	}
+}
+
+// Pending counts of /v1/types are shown only for readable types; the queues' counts, which span
+// types, only to a caller that may read every type.
+func TestTypeAndQueueCountsFollowReadRights(t *testing.T) {
+	b, a, secrets := newACLFixture(t, false)
+	b.types = []api.TypeInfo{{Type: "echo", Version: "1", Pending: 3}, {Type: "report-daily", Version: "1", Pending: 2}}
+	h := New(b, Options{ACL: a})
+	for _, tc := range []struct {
+		token              string
+		echo, daily, queue int
+	}{
+		{"reports", 0, 2, 0},
+		{"echo-only", 0, 0, 0},
+		{"read-all-no-payroll", 3, 2, 0}, // a deny rule: some type is not readable
+		{"management", 3, 2, 2},
+	} {
+		auth := []string{"Authorization", "Bearer " + secrets[tc.token]}
+		var types []api.TypeInfo
+		if rec := call(h, "GET", "/v1/types", "", "", auth...); rec.Code != 200 || json.Unmarshal(rec.Body.Bytes(), &types) != nil {
+			t.Fatalf("%s types: %d %s", tc.token, rec.Code, rec.Body)
+		}
+		if types[0].Pending != tc.echo || types[1].Pending != tc.daily {
+			t.Errorf("%s: pending echo %d, report-daily %d; want %d, %d", tc.token, types[0].Pending, types[1].Pending, tc.echo, tc.daily)
+		}
+		var ql api.QueueList
+		if rec := call(h, "GET", api.PathQueues, "", "", auth...); rec.Code != 200 || json.Unmarshal(rec.Body.Bytes(), &ql) != nil {
+			t.Fatalf("%s queues: %d %s", tc.token, rec.Code, rec.Body)
+		}
+		if ql.Queues[0].Pending != tc.queue {
+			t.Errorf("%s: queue pending %d, want %d", tc.token, ql.Queues[0].Pending, tc.queue)
+		}
+	}
+}
