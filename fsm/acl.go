@@ -41,6 +41,14 @@ type ACLPolicySet struct {
 	Policy acl.Policy `msgpack:"policy"`
 }
 
+// NeedsProtocol implements NeedsProtocol: a policy with a quota needs AdmissionProtocol.
+func (p *ACLPolicySet) NeedsProtocol() int {
+	if p.Policy.Quota != nil {
+		return AdmissionProtocol
+	}
+	return 0
+}
+
 // ACLPolicyDelete removes a policy; tokens naming it keep the name and get nothing from it.
 type ACLPolicyDelete struct {
 	Name string `msgpack:"name"`

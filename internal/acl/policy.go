@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 )
 
 // Capability is something a caller may do with tasks of a type. CapDeny is not a capability but
@@ -62,6 +63,65 @@ type Policy struct {
 	Description string         `json:"description,omitempty" msgpack:"description,omitempty"`
 	Rules       []Rule         `json:"rules,omitempty" msgpack:"rules,omitempty"`
 	Cluster     []ClusterRight `json:"cluster,omitempty" msgpack:"cluster,omitempty"`
+	// Quota caps what the principals holding the policy may make the cluster hold; nil leaves
+	// the agent's defaults (--quota-*).
+	Quota *Quota `json:"quota,omitempty" msgpack:"quota,omitempty"`
+}
+
+// Quota caps what one principal may make the cluster hold. A zero field is unset: the agent's
+// default for it applies. When several policies apply, each field takes the most generous value
+// any of them sets (MostGenerous), as a token's capabilities are the union of its policies'.
+type Quota struct {
+	// Pending caps the principal's tasks waiting to run (pending or delayed).
+	Pending int `json:"pending,omitempty" msgpack:"pending,omitempty"`
+	// Schedules caps the principal's schedules.
+	Schedules int `json:"schedules,omitempty" msgpack:"schedules,omitempty"`
+	// ScheduleMinInterval is the shortest time between two ticks of a schedule of the
+	// principal's, a duration such as "10s".
+	ScheduleMinInterval string `json:"schedule_min_interval,omitempty" msgpack:"schedule_min_interval,omitempty"`
+	// ScheduleInputBytes caps the input of a schedule of the principal's.
+	ScheduleInputBytes int `json:"schedule_input_bytes,omitempty" msgpack:"schedule_input_bytes,omitempty"`
+	// Retained caps the principal's finished tasks kept; past it the oldest finished go first.
+	Retained int `json:"retained,omitempty" msgpack:"retained,omitempty"`
+}
+
+// MinInterval is ScheduleMinInterval parsed; 0 when unset (Validate refuses a bad one).
+func (q Quota) MinInterval() time.Duration {
+	d, _ := time.ParseDuration(q.ScheduleMinInterval)
+	return d
+}
+
+// MostGenerous folds quotas into one: per field, the largest count or size set and the shortest
+// interval set; a field none sets stays zero.
+func MostGenerous(qs ...Quota) Quota {
+	var out Quota
+	for _, q := range qs {
+		out.Pending = max(out.Pending, q.Pending)
+		out.Schedules = max(out.Schedules, q.Schedules)
+		out.ScheduleInputBytes = max(out.ScheduleInputBytes, q.ScheduleInputBytes)
+		out.Retained = max(out.Retained, q.Retained)
+		if d := q.MinInterval(); d > 0 && (out.ScheduleMinInterval == "" || d < out.MinInterval()) {
+			out.ScheduleMinInterval = d.String()
+		}
+	}
+	return out
+}
+
+func (q Quota) validate() error {
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"pending", q.Pending}, {"schedules", q.Schedules}, {"schedule_input_bytes", q.ScheduleInputBytes}, {"retained", q.Retained}} {
+		if f.v < 0 {
+			return &ParseError{Field: "quota." + f.name, Reason: "must not be negative"}
+		}
+	}
+	if q.ScheduleMinInterval != "" {
+		if d, err := time.ParseDuration(q.ScheduleMinInterval); err != nil || d < 0 {
+			return &ParseError{Field: "quota.schedule_min_interval", Reason: fmt.Sprintf("%q: want a duration such as 10s", short(q.ScheduleMinInterval))}
+		}
+	}
+	return nil
 }
 
 // Rule gives capabilities (or deny) on the task types its pattern matches; see MatchPattern.
@@ -172,6 +232,9 @@ func (p Policy) Validate() error {
 			return &ParseError{Field: fmt.Sprintf("cluster[%d]", i),
 				Reason: fmt.Sprintf("unknown cluster right %q (want operator, acl or metrics)", short(string(r)))}
 		}
+	}
+	if p.Quota != nil {
+		return p.Quota.validate()
 	}
 	return nil
 }

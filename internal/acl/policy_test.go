@@ -160,3 +160,32 @@ func normalise(p Policy) Policy {
 	}
 	return p
 }
+
+// TestPolicyQuota parses a policy's quota, refuses a bad one by field, and folds several
+// policies' quotas into the most generous.
+func TestPolicyQuota(t *testing.T) {
+	p, err := ParsePolicy([]byte(`{"name": "team", "quota": {"pending": 500, "schedules": 3, "schedule_min_interval": "30s", "schedule_input_bytes": 4096, "retained": 10000}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Quota{Pending: 500, Schedules: 3, ScheduleMinInterval: "30s", ScheduleInputBytes: 4096, Retained: 10000}
+	if p.Quota == nil || *p.Quota != want {
+		t.Fatalf("quota %+v, want %+v", p.Quota, want)
+	}
+	for doc, field := range map[string]string{
+		`{"name": "x", "quota": {"pending": -1}}`:                    "quota.pending",
+		`{"name": "x", "quota": {"schedule_min_interval": "often"}}`: "quota.schedule_min_interval",
+		`{"name": "x", "quota": {"schedule_min_interval": "-1s"}}`:   "quota.schedule_min_interval",
+		`{"name": "x", "quota": {"pendnig": 5}}`:                     "pendnig",
+	} {
+		_, err := ParsePolicy([]byte(doc))
+		var pe *ParseError
+		if !errors.As(err, &pe) || pe.Field != field {
+			t.Errorf("%s: error %v, want one about %s", doc, err, field)
+		}
+	}
+	got := MostGenerous(Quota{Pending: 5, ScheduleMinInterval: "1m"}, Quota{Schedules: 2, ScheduleMinInterval: "10s"}, Quota{Pending: 3, Retained: 9})
+	if want := (Quota{Pending: 5, Schedules: 2, ScheduleMinInterval: "10s", Retained: 9}); got != want {
+		t.Errorf("most generous %+v, want %+v", got, want)
+	}
+}
