@@ -51,18 +51,25 @@ func FuzzApply(f *testing.F) {
 		}
 		f.Add(b)
 	}
+	// And inputs no build decodes, which must halt the FSM without touching its state.
+	f.Add([]byte{})
+	f.Add([]byte{0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m := New()
 		m.ApplyCommand(1, &Command{Now: now, Body: &Register{Node: Node{Name: "n1", BootID: "b1", Capacity: 2}}})
 		m.ApplyCommand(2, &Command{Now: now, Body: &SubmitBatch{Items: []Submit{{ID: "p", Type: "echo"}, {ID: "r", Type: "echo"}}}})
 		m.ApplyCommand(3, &Command{Now: now, Body: &AssignBatch{Items: []Assign{{TaskID: "r", Node: "n1", BootID: "b1"}}}})
-		before := m.Index()
+		before, sumBefore := m.Digest()
 		r, _ := m.Apply(&raft.Log{Type: raft.LogCommand, Index: 4, Data: data}).(*Result)
 		m.Counts()
 		m.SchedulerView()
 		// An entry either applies or halts the FSM with the state untouched; never both, never neither.
 		if halted := m.Halted() != nil; halted != (m.Index() == before) || halted != errors.Is(r.Err, ErrHalted) {
 			t.Fatalf("halted %v, index %d -> %d, result err %v", m.Halted(), before, m.Index(), r.Err)
+		}
+		// Untouched is the whole state, not only the index: the digest covers every record.
+		if _, sum := m.Digest(); m.Halted() != nil && sum != sumBefore {
+			t.Fatalf("halted (%v), yet the state changed: digest %s -> %s", m.Halted(), sumBefore, sum)
 		}
 	})
 }

@@ -20,6 +20,7 @@ mutations=(
   fsm-fence-node-flipped     # a report is accepted only from a node that does not hold the task
   fsm-fence-stale-attempt    # a report of an earlier attempt is accepted
   fsm-no-requeue-on-death    # a dead node's tasks stay assigned to it instead of pending again
+  fsm-halt-touches-state     # an entry that halts the FSM still changes a record
   scheduler-ignore-capacity  # placement fills a node past its capacity
 )
 
@@ -48,6 +49,11 @@ apply_mutation() {
     replace fsm/fsm.go \
       $'\t\tf.noteFinish(KindInterrupted, t, name, prev == Running, now)\n\t\tf.interrupt(t, now)\n' \
       $'\t\tf.noteFinish(KindInterrupted, t, name, prev == Running, now)\n\t\tif t.CancelRequested {\n\t\t\tf.interrupt(t, now)\n\t\t}\n'
+    pkg=./fsm ;;
+  fsm-halt-touches-state)
+    replace fsm/fsm.go \
+      $'\t\t\tf.halt = newHaltError(l.Index, err)\n' \
+      $'\t\t\tf.halt = newHaltError(l.Index, err)\n\t\t\tfor _, n := range f.nodes {\n\t\t\t\tn.Capacity++\n\t\t\t}\n'
     pkg=./fsm ;;
   scheduler-ignore-capacity)
     replace scheduler/place.go \
