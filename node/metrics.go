@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/limits"
 )
 
 // nodeMetrics are the Prometheus series this node serves on /metrics. Each node has its own
@@ -42,6 +43,9 @@ type nodeMetrics struct {
 	// placedAtSubmit counts assignments the leader proposed right behind their submit
 	// (placesubmit.go); the FSM may still leave some of them pending.
 	placedAtSubmit prometheus.Counter
+	// descriptorShortages counts storage checks that failed for want of file descriptors, which
+	// storageLoop does not call a storage fault.
+	descriptorShortages prometheus.Counter
 }
 
 // taskBuckets span a millisecond to about 20 minutes, for both queue wait and run time.
@@ -84,6 +88,10 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "taskworker_forwards_abandoned_total",
 			Help: "Writes and executor reports forwarded to a leader that raft stopped naming before it answered (frozen, partitioned or deposed), then retried against the new leader.",
 		}),
+		descriptorShortages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "taskworker_fd_shortages_total",
+			Help: "Storage checks that failed because the process or the system ran out of file descriptors (EMFILE, ENFILE); a warning, not a storage fault.",
+		}),
 		logsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "taskworker_log_lines_suppressed_total",
 			Help: "Repeated raft and gossip warnings and errors folded into a count by the log rate limit.",
@@ -104,7 +112,7 @@ func newNodeMetrics() *nodeMetrics {
 		}, []string{"type"})
 		m.reg.MustRegister(m.transitions[kind])
 	}
-	m.reg.MustRegister(m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped, m.forwardsAbandoned, m.placedAtSubmit,
+	m.reg.MustRegister(m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped, m.forwardsAbandoned, m.placedAtSubmit, m.descriptorShortages,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -161,13 +169,25 @@ var (
 	descRaftLast    = prometheus.NewDesc("taskworker_raft_last_contact_seconds", "Seconds since a follower last heard from the leader (0 on the leader; absent before any contact).", nil, nil)
 )
 
+var (
+	descConnsOpen    = prometheus.NewDesc("taskworker_listener_connections", "Connections a capped listener (api, raft, gossip) holds open.", []string{"listener"}, nil)
+	descConnsRefused = prometheus.NewDesc("taskworker_listener_refused_total", "Connections a capped listener refused at accept, by the cap they met: per_client (one address at its cap), total (the listener full), reserve (only slots for addresses holding few were left).", []string{"listener", "cap"}, nil)
+)
+
+// connCap is a capped listener's name (api, raft, gossip) and counters, for /metrics.
+type connCap struct {
+	name  string
+	stats func() limits.ListenerStats
+}
+
 var raftStates = []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown}
 
 type stateCollector struct{ n *Node }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTasks, descPending, descNodes, descLeader, descRunning, descCapacity, descIndex,
-		descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLast, descDiskFree, descStorageOK} {
+		descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLast, descDiskFree, descStorageOK,
+		descConnsOpen, descConnsRefused} {
 		ch <- d
 	}
 }
@@ -213,6 +233,13 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		storageOK = 0
 	}
 	gauge(descStorageOK, storageOK)
+	for _, cc := range n.connCaps {
+		st := cc.stats()
+		gauge(descConnsOpen, float64(st.Open), cc.name)
+		for capName, v := range map[string]uint64{"per_client": st.RejectedPerClient, "total": st.RejectedGlobal, "reserve": st.RejectedReserve} {
+			ch <- prometheus.MustNewConstMetric(descConnsRefused, prometheus.CounterValue, float64(v), cc.name, capName)
+		}
+	}
 	if r := n.raft; r != nil {
 		state := r.State()
 		for _, s := range raftStates {

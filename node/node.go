@@ -28,6 +28,7 @@ import (
 
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/gossipmux"
+	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/internal/raftls"
 	"github.com/taskworker/taskworker/internal/store"
@@ -64,6 +65,7 @@ type Node struct {
 	// Trust and the internode channel (security.go, internode.go).
 	sec          *security
 	internodeLn  net.Listener // the gossip port's internode side (or a listener of its own with twins)
+	connCaps     []connCap    // the capped listeners, for /metrics; set before the API serves
 	internode    *http.Server
 	client       *http.Client // internode calls with a deadline
 	streamClient *http.Client // internode log follows
@@ -258,6 +260,9 @@ func (n *Node) start() error {
 	n.goEvery(memoryCheckInterval, n.checkMemory)
 	n.http = n.newHTTPServer(n.limitRequests(n.routes()))
 	ln = n.limitConns(ln)
+	if l, ok := ln.(*limits.Listener); ok {
+		n.connCaps = append(n.connCaps, connCap{"api", l.Stats})
+	}
 	if cfg.HTTPTLS {
 		ln = tls.NewListener(ln, pki.APIServerConfig(n.sec.holder, cfg.TLSVerifyIncoming))
 	}
@@ -461,6 +466,7 @@ func (n *Node) startRaft() error {
 			if err != nil {
 				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 			}
+			n.connCaps = append(n.connCaps, connCap{"raft", func() limits.ListenerStats { return stream.Stats().Conns }})
 			trans = raft.NewNetworkTransportWithConfig(tcfg(stream))
 		}
 		n.closers = append(n.closers, trans.(io.Closer).Close)
@@ -543,6 +549,7 @@ func (n *Node) startMembership() error {
 		}
 		mc.Transport = mux
 		n.internodeLn = mux.Internode()
+		n.connCaps = append(n.connCaps, connCap{"gossip", mux.Stats})
 	} else {
 		addr := cfg.InternodeAddr
 		if addr == "" {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -31,6 +33,12 @@ func (n *Node) storageLoop(ctx context.Context) {
 		changed := n.storage.Changed()
 		n.checkStorage()
 		ok, reason := n.storage.Healthy()
+		if !ok && outOfDescriptors(reason) {
+			n.metrics.descriptorShortages.Inc()
+			n.noisy.Warn("out of file descriptors: the storage probe could not open a file; not a storage fault, this node keeps its role; the connection caps should prevent this, so check RLIMIT_NOFILE and what holds the descriptors",
+				"reason", reason)
+			ok, reason = true, ""
+		}
 		switch {
 		case !ok && !faulty:
 			n.log.Error("storage fault: this node stops taking work and the leader moves its tasks elsewhere until writes succeed again", "reason", reason)
@@ -96,8 +104,31 @@ func (n *Node) publishStorage(faulty bool) {
 
 // storageFault reports why this node cannot persist, or "" when it can.
 func (n *Node) storageFault() string {
-	if ok, reason := n.storage.Healthy(); !ok {
+	if ok, reason := n.storageHealthy(); !ok {
 		return reason
 	}
 	return ""
+}
+
+// storageHealthy is the storage record's verdict, except that a failure for want of file
+// descriptors is not a storage fault (storageLoop warns and counts it). The probe and a snapshot open a file, so a flood of
+// connections that uses up the process's descriptors (EMFILE) or the system's (ENFILE) makes them
+// fail although the disk takes writes; called a fault, it would hand leadership away and send the
+// node's tasks elsewhere, which is what the flood wants. Raft's log and stable store write to files
+// already open, and raft steps down by itself when an append fails, so little is lost by not
+// calling this one a fault. It is a warning and a metric instead, while it lasts. The record reports
+// its oldest failure as text, and the probe re-records its failure every interval, so a real fault
+// that comes during a shortage surfaces at the next probe.
+func (n *Node) storageHealthy() (bool, string) {
+	ok, reason := n.storage.Healthy()
+	if !ok && outOfDescriptors(reason) {
+		return true, ""
+	}
+	return ok, reason
+}
+
+// outOfDescriptors says whether a storage failure's text is EMFILE's or ENFILE's (whose text
+// begins with EMFILE's).
+func outOfDescriptors(reason string) bool {
+	return strings.Contains(reason, syscall.EMFILE.Error())
 }
