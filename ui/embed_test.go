@@ -1,16 +1,20 @@
 package ui
 
 import (
+	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 // sourceHash is build.mjs's: sha256 over src/**, package-lock.json and build.mjs, in order of
@@ -48,6 +52,79 @@ func TestCommittedBuildIsFresh(t *testing.T) {
 	}
 	if want := sourceHash(t); strings.TrimSpace(string(got)) != want {
 		t.Fatalf("ui/dist was built from other sources than ui/src, ui/package-lock.json and ui/build.mjs hold now: run scripts/ui-build.sh and commit ui/dist")
+	}
+}
+
+// TestCommittedBuildIsTheBuildOfItsSources rebuilds the console from ui/src with the locked
+// packages, in a temporary copy of ui/, and compares every file with the committed dist/ byte for
+// byte (esbuild's output is deterministic): a hand edit of dist/, or a build from other sources
+// under a stale hash, fails here. It needs node and ui/node_modules (npm ci in ui/); without them
+// it skips, unless TASKWORKER_REQUIRE_UI_BUILD=1 makes that a failure.
+func TestCommittedBuildIsTheBuildOfItsSources(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err == nil {
+		_, err = os.Stat(filepath.Join("node_modules", "esbuild", "package.json"))
+	}
+	if err != nil {
+		if os.Getenv("TASKWORKER_REQUIRE_UI_BUILD") == "1" {
+			t.Fatalf("cannot rebuild the console: %v (TASKWORKER_REQUIRE_UI_BUILD=1; install node and run npm ci in ui/)", err)
+		}
+		t.Skipf("cannot rebuild the console (%v): install node and run npm ci in ui/, or set TASKWORKER_REQUIRE_UI_BUILD=1 to make this a failure", err)
+	}
+	tmp := t.TempDir()
+	for _, p := range []string{"build.mjs", "package.json", "package-lock.json"} {
+		b, err := os.ReadFile(p)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(tmp, p), b, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.CopyFS(filepath.Join(tmp, "src"), os.DirFS("src")); err != nil {
+		t.Fatal(err)
+	}
+	modules, err := filepath.Abs("node_modules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(modules, filepath.Join(tmp, "node_modules")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, node, filepath.Join(tmp, "build.mjs")).CombinedOutput(); err != nil {
+		t.Fatalf("node build.mjs: %v\n%s", err, out)
+	}
+	built := map[string][]byte{}
+	if err := fs.WalkDir(os.DirFS(filepath.Join(tmp, "dist")), ".", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			built[p], err = os.ReadFile(filepath.Join(tmp, "dist", filepath.FromSlash(p)))
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	committed := map[string][]byte{}
+	if err := fs.WalkDir(dist, "dist", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			committed[strings.TrimPrefix(p, "dist/")], err = dist.ReadFile(p)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range built {
+		if c, ok := committed[name]; !ok {
+			t.Errorf("the build makes dist/%s, which is not committed: run scripts/ui-build.sh and commit ui/dist", name)
+		} else if !bytes.Equal(b, c) {
+			t.Errorf("committed dist/%s differs from the build of the sources (%d bytes, built %d): run scripts/ui-build.sh and commit ui/dist", name, len(c), len(b))
+		}
+	}
+	for name := range committed {
+		if _, ok := built[name]; !ok {
+			t.Errorf("dist/%s is committed but not made by the build", name)
+		}
 	}
 }
 
@@ -94,17 +171,55 @@ func TestHandlerServesFilesWithSecurityHeaders(t *testing.T) {
 }
 
 // TestNoThirdPartyReferences: the built files name no other origin, so the console works offline
-// and asks nothing of anyone else.
+// and asks nothing of anyone else. In the script bundle, every "://" must be one of the XML
+// namespace names the DOM library compares against (identifiers, never fetched) or the link to a
+// cluster node's own console, made from the address the node list reports.
 func TestNoThirdPartyReferences(t *testing.T) {
-	for _, name := range []string{"dist/index.html", "dist/app.css"} {
+	for _, name := range []string{"dist/index.html", "dist/app.css", "dist/app.js"} {
 		b, err := dist.ReadFile(name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, bad := range []string{"http://", "https://", "//cdn", "<script>", "style=\""} {
+		bad := []string{"//cdn", "<script>"}
+		if name != "dist/app.js" {
+			// A script builds markup with these on purpose; the page and the style sheet must not.
+			bad = append(bad, "http://", "https://", "style=\"")
+		}
+		for _, bad := range bad {
 			if strings.Contains(string(b), bad) {
 				t.Errorf("%s contains %q", name, bad)
 			}
+		}
+		if name != "dist/app.js" {
+			continue
+		}
+		allowed := []string{
+			`http://www.w3.org/1998/Math/MathML"`, `http://www.w3.org/1999/xhtml"`, `http://www.w3.org/2000/svg"`,
+			`http://www.w3.org/1999/xlink"`, `http://"+`,
+		}
+		js := string(b)
+		seen := 0
+		for i := strings.Index(js, "://"); i >= 0; i = strings.Index(js, "://") {
+			seen++
+			start := max(0, i-10)
+			ref := js[start:min(len(js), i+40)]
+			scheme := js[start:i]
+			if k := strings.LastIndexAny(scheme, "\"'`"); k >= 0 {
+				scheme = scheme[k+1:]
+			}
+			ok := false
+			for _, a := range allowed {
+				if strings.HasPrefix(js[i-len(scheme):], a) {
+					ok = true
+				}
+			}
+			if !ok {
+				t.Errorf("%s refers to another origin: ...%s...", name, ref)
+			}
+			js = js[i+3:]
+		}
+		if seen == 0 {
+			t.Errorf("%s: no \"://\" at all, not even the namespace names: is this the bundle?", name)
 		}
 	}
 }
