@@ -17,9 +17,10 @@ import (
 
 // ACLs (Config.ACL): the state lives in the FSM (fsm/acl.go), so every node resolves credentials
 // from its own replica; writes go to the leader like any command. A follower hands the caller's
-// credential to the leader beside the command (callerCredentialHeader), and the leader resolves
-// and authorizes it again before applying (authorizeForward): a follower cannot be used to do
-// what the caller may not.
+// credential to the leader beside the command (callerCredentialHeader), with or without ACLs, and
+// the leader authorizes it again before applying (authorizeForward, by a rule for each command
+// type): a follower cannot be used to do what the caller may not, nor what its own replica, behind
+// the leader's, still allows.
 
 // aclBackend is the node as httpapi's ACL sees it.
 type aclBackend struct{ n *Node }
@@ -30,7 +31,20 @@ var _ httpapi.ACL = aclBackend{}
 func (n *Node) authorizer() *acl.Authorizer { return acl.NewAuthorizer(n.fsm.ACL(), n.cfg.JWT) }
 
 func (b aclBackend) Resolve(credential string, now time.Time) (*acl.Identity, error) {
-	return b.n.authorizer().Resolve(credential, now)
+	return b.n.resolve(credential, now)
+}
+
+// kindManagement is the identity of the cluster's management credential (secrets.go), which is
+// no ACL token but may do everything an ACL management token may.
+const kindManagement acl.Kind = "management"
+
+// resolve is who credential is on this node: the management identity for the cluster's
+// management credential, else what the ACL state makes of it.
+func (n *Node) resolve(credential string, now time.Time) (*acl.Identity, error) {
+	if n.isManagement(credential) {
+		return &acl.Identity{Principal: string(kindManagement), Kind: kindManagement, Management: true}, nil
+	}
+	return n.authorizer().Resolve(credential, now)
 }
 
 func (b aclBackend) Bootstrapped() bool { return b.n.fsm.ACL().Bootstrapped() }
@@ -40,7 +54,7 @@ func (b aclBackend) Bootstrapped() bool { return b.n.fsm.ACL().Bootstrapped() }
 type credentialKey struct{}
 
 func withCaller(ctx context.Context, c httpapi.Caller) context.Context {
-	if c.Identity == nil {
+	if c.Credential == "" {
 		return ctx
 	}
 	return context.WithValue(ctx, credentialKey{}, c.Credential)
@@ -187,104 +201,210 @@ func (b aclBackend) Token(_ context.Context, accessorID string) (api.ACLToken, b
 	return toAPIACLToken(t), true
 }
 
-// authorizeForward is the leader's check of a forwarded command with ACLs on: the credential the
-// follower sent beside it is resolved and authorized again, as if the caller had come here, and
-// a submit records the principal the leader resolved, whatever the follower wrote. Commands that
-// nodes send on their own (reports, registration, drain) carry no caller and need none. The
-// error is an *api.Error (401 or 403).
-func (n *Node) authorizeForward(c *fsm.Command, credential string) error {
-	if !n.cfg.ACL {
+// forwardCaller is who a forwarded command is for: the API caller's credential, which the
+// follower sent beside the command ("" for none), and the node whose certificate made the call.
+type forwardCaller struct {
+	credential string
+	node       peerCaller
+}
+
+// forwardRule is the leader's check of one forwarded command type: nil to apply it, else an
+// *api.Error (401 or 403). A rule may also overwrite what the leader must decide, not the
+// follower: the principal a submit or schedule records.
+type forwardRule func(n *Node, c *fsm.Command, from forwardCaller) error
+
+// forwardRules has a rule for every forwardable command type (TestEveryForwardableCommandHasARule
+// walks the command table); a type without one is refused.
+var forwardRules = map[fsm.CommandType]forwardRule{
+	// Users' requests: what the caller's capabilities allow on the task types concerned.
+	fsm.CmdSubmit:         authorizeSubmit,
+	fsm.CmdCancel:         authorizeTasks(acl.CapCancel),
+	fsm.CmdRetry:          authorizeRetry,
+	fsm.CmdPurge:          authorizePurge,
+	fsm.CmdSchedulePut:    authorizeSchedule,
+	fsm.CmdScheduleDelete: authorizeSchedule,
+	fsm.CmdScheduleFire:   authorizeSchedule,
+	// Cluster settings: a cluster right.
+	fsm.CmdQueueSet:        clusterRight(acl.RightOperator),
+	fsm.CmdTypeLimitSet:    clusterRight(acl.RightOperator),
+	fsm.CmdACLPolicySet:    aclWrite,
+	fsm.CmdACLPolicyDelete: aclWrite,
+	fsm.CmdACLTokenCreate:  aclWrite,
+	fsm.CmdACLTokenDelete:  aclWrite,
+	// The FSM accepts the bootstrap token once per cluster, from anyone: that is what bootstrap is.
+	fsm.CmdACLBootstrap: func(*Node, *fsm.Command, forwardCaller) error { return nil },
+	// What admits a machine to the cluster: the management credential's, or the operator right's.
+	fsm.CmdJoinSecret: managementOnly,
+	fsm.CmdKeyring:    managementOnly,
+	fsm.CmdManagement: managementOnly,
+	// What a node says of itself: only that node's certificate (checkNodeIdentity).
+	fsm.CmdReport:   nodeOnly,
+	fsm.CmdRegister: nodeOnly,
+	fsm.CmdDrain:    nodeOnly,
+}
+
+// authorizeForward is the leader's check of a forwarded command, as if its caller had come here:
+// the command type's rule, and a refusal for a type that has none. The error is an *api.Error.
+func (n *Node) authorizeForward(c *fsm.Command, from forwardCaller) error {
+	rule := forwardRules[c.Type()]
+	if rule == nil {
+		return api.Errorf(api.CodeForbidden, "the leader has no rule for a forwarded %s command", c.Type())
+	}
+	return rule(n, c, from)
+}
+
+// forwardIdentity resolves a forwarded caller's credential at the leader (401 when it is missing,
+// unknown, revoked or expired).
+func (n *Node) forwardIdentity(credential string) (*acl.Identity, error) {
+	id, err := n.resolve(credential, time.Now())
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnauthorized, "forwarded request: %v", err)
+	}
+	return id, nil
+}
+
+func forwardDenied(err error) error {
+	if err == nil {
 		return nil
 	}
-	resolve := func() (*acl.Identity, error) {
-		id, err := n.authorizer().Resolve(credential, time.Now())
-		if err != nil {
-			return nil, api.Errorf(api.CodeUnauthorized, "forwarded request: %v", err)
-		}
-		return id, nil
+	return api.Errorf(api.CodeForbidden, "%v", err)
+}
+
+// userRequest resolves the caller of a user's request with ACLs on; nil without ACLs, where the
+// follower's API let the request in and the leader has nothing more to know.
+func (n *Node) userRequest(from forwardCaller) (*acl.Identity, bool, error) {
+	if !n.cfg.ACL {
+		return nil, false, nil
 	}
-	deny := func(err error) error {
-		if err == nil {
-			return nil
+	id, err := n.forwardIdentity(from.credential)
+	return id, err == nil, err
+}
+
+func authorizeSubmit(n *Node, c *fsm.Command, from forwardCaller) error {
+	body := c.Body.(*fsm.SubmitBatch)
+	if from.credential == "" && n.childSubmits(body) {
+		return nil
+	}
+	id, ok, err := n.userRequest(from)
+	if !ok {
+		return err
+	}
+	for i := range body.Items {
+		if err := id.Allow(acl.CapSubmit, body.Items[i].Type); err != nil {
+			return forwardDenied(err)
 		}
+		body.Items[i].SubmittedBy = id.Principal
+	}
+	return nil
+}
+
+// authorizeTasks checks a capability on the type of every task a Cancel names.
+func authorizeTasks(capability acl.Capability) forwardRule {
+	return func(n *Node, c *fsm.Command, from forwardCaller) error {
+		id, ok, err := n.userRequest(from)
+		if !ok {
+			return err
+		}
+		return forwardDenied(n.allowOnTasks(id, capability, c.Body.(*fsm.Cancel).IDs))
+	}
+}
+
+func (n *Node) allowOnTasks(id *acl.Identity, capability acl.Capability, ids []string) error {
+	for _, tid := range ids {
+		if t, ok := n.fsm.Task(tid); ok {
+			if err := id.Allow(capability, t.Type); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func authorizeRetry(n *Node, c *fsm.Command, from forwardCaller) error {
+	id, ok, err := n.userRequest(from)
+	if !ok {
+		return err
+	}
+	body := c.Body.(*fsm.Retry)
+	if err := n.allowOnTasks(id, acl.CapSubmit, body.IDs); err != nil {
+		return forwardDenied(err)
+	}
+	body.By = id.Principal
+	return nil
+}
+
+func authorizePurge(n *Node, c *fsm.Command, from forwardCaller) error {
+	id, ok, err := n.userRequest(from)
+	if !ok {
+		return err
+	}
+	return forwardDenied(purgeAllowed(id, c.Body.(*fsm.Purge).Type))
+}
+
+// authorizeSchedule: a schedule submits tasks of its type for whoever put it, so every change
+// needs the submit capability on the type (old and new).
+func authorizeSchedule(n *Node, c *fsm.Command, from forwardCaller) error {
+	id, ok, err := n.userRequest(from)
+	if !ok {
+		return err
+	}
+	types, _ := n.scheduleTypes(c)
+	for _, typ := range types {
+		if err := id.Allow(acl.CapSubmit, typ); err != nil {
+			return forwardDenied(err)
+		}
+	}
+	if put, ok := c.Body.(*fsm.SchedulePut); ok {
+		put.Schedule.SubmittedBy = id.Principal
+	}
+	return nil
+}
+
+// clusterRight needs a cluster right with ACLs on; without ACLs the follower's API let the
+// request in (these settings are open there, as task routes are).
+func clusterRight(right acl.ClusterRight) forwardRule {
+	return func(n *Node, _ *fsm.Command, from forwardCaller) error {
+		id, ok, err := n.userRequest(from)
+		if !ok {
+			return err
+		}
+		return forwardDenied(id.Cluster(right))
+	}
+}
+
+// aclWrite changes the ACL state: the acl right, and never without ACLs (no route proposes it).
+func aclWrite(n *Node, c *fsm.Command, from forwardCaller) error {
+	if !n.cfg.ACL {
+		return api.Errorf(api.CodeForbidden, "ACLs are not enabled on this cluster: the leader refuses a forwarded %s", c.Type())
+	}
+	return clusterRight(acl.RightACL)(n, c, from)
+}
+
+// managementOnly: the join secret, the gossip keys and the management credential decide who may
+// join the cluster. The caller must hold the management credential, or with ACLs the operator
+// right, in every mode: without ACLs no other caller reaches the routes that propose them.
+func managementOnly(n *Node, c *fsm.Command, from forwardCaller) error {
+	switch {
+	case from.credential == "":
+		return api.Errorf(api.CodeUnauthorized, "forwarded %s: the caller sent no credential; it needs the management credential", c.Type())
+	case n.isManagement(from.credential):
+		return nil
+	case !n.cfg.ACL:
+		return api.Errorf(api.CodeForbidden, "forwarded %s: the caller's credential is not the management credential", c.Type())
+	}
+	id, err := n.forwardIdentity(from.credential)
+	if err != nil {
+		return err
+	}
+	return forwardDenied(id.Cluster(acl.RightOperator))
+}
+
+// nodeOnly: a command a node sends about itself, which no API caller sends; only a certificate
+// naming that node may (checkNodeIdentity).
+func nodeOnly(_ *Node, c *fsm.Command, from forwardCaller) error {
+	if err := checkNodeIdentity(c, from.node); err != nil {
 		return api.Errorf(api.CodeForbidden, "%v", err)
 	}
-	switch body := c.Body.(type) {
-	case *fsm.SubmitBatch:
-		if credential == "" && n.childSubmits(body) {
-			return nil
-		}
-		id, err := resolve()
-		if err != nil {
-			return err
-		}
-		for i := range body.Items {
-			if err := id.Allow(acl.CapSubmit, body.Items[i].Type); err != nil {
-				return deny(err)
-			}
-			body.Items[i].SubmittedBy = id.Principal
-		}
-	case *fsm.Cancel:
-		id, err := resolve()
-		if err != nil {
-			return err
-		}
-		for _, tid := range body.IDs {
-			if t, ok := n.fsm.Task(tid); ok {
-				if err := id.Allow(acl.CapCancel, t.Type); err != nil {
-					return deny(err)
-				}
-			}
-		}
-	case *fsm.SchedulePut, *fsm.ScheduleDelete, *fsm.ScheduleFire:
-		// A schedule submits tasks of its type for whoever put it: every change needs the
-		// submit capability on the type (old and new).
-		id, err := resolve()
-		if err != nil {
-			return err
-		}
-		types, _ := n.scheduleTypes(c)
-		for _, typ := range types {
-			if err := id.Allow(acl.CapSubmit, typ); err != nil {
-				return deny(err)
-			}
-		}
-		if put, ok := body.(*fsm.SchedulePut); ok {
-			put.Schedule.SubmittedBy = id.Principal
-		}
-	case *fsm.Retry:
-		id, err := resolve()
-		if err != nil {
-			return err
-		}
-		for _, tid := range body.IDs {
-			if t, ok := n.fsm.Task(tid); ok {
-				if err := id.Allow(acl.CapSubmit, t.Type); err != nil {
-					return deny(err)
-				}
-			}
-		}
-		body.By = id.Principal
-	case *fsm.Purge:
-		id, err := resolve()
-		if err != nil {
-			return err
-		}
-		return deny(purgeAllowed(id, body.Type))
-	case *fsm.ACLPolicySet, *fsm.ACLPolicyDelete, *fsm.ACLTokenCreate, *fsm.ACLTokenDelete:
-		id, err := resolve()
-		if err != nil {
-			return err
-		}
-		return deny(id.Cluster(acl.RightACL))
-	case *fsm.QueueSet, *fsm.TypeLimitSet: // queue.go: changing limits is the operator's
-		id, err := resolve()
-		if err != nil {
-			return err
-		}
-		return deny(id.Cluster(acl.RightOperator))
-	}
-	// ACLBootstrap needs no caller: the FSM accepts it once per cluster.
 	return nil
 }
 

@@ -57,6 +57,7 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.StringFlag{Name: "encrypt", EnvVars: []string{"TASKWORKER_ENCRYPT"}, Usage: "gossip encryption key, base64 of 16, 24 or 32 bytes (with --tls-cert; or the first key of a new cluster)"},
 			&cli.StringFlag{Name: "encrypt-file", EnvVars: []string{"TASKWORKER_ENCRYPT_FILE"}, Usage: "file holding the gossip encryption key (instead of --encrypt)"},
 			&cli.BoolFlag{Name: "acl", EnvVars: []string{"TASKWORKER_ACL"}, Usage: "access control by ACL tokens and policies (then `taskworker acl bootstrap`); the API then ignores --token"},
+			&cli.BoolFlag{Name: "allow-anonymous-api", EnvVars: []string{"TASKWORKER_ALLOW_ANONYMOUS_API"}, Usage: "let the API listen beyond loopback without --acl or --token: anyone who reaches the port may then submit, read and cancel tasks (the join token, keyring and digest still need the management credential)"},
 			&cli.StringFlag{Name: "acl-jwt-config", EnvVars: []string{"TASKWORKER_ACL_JWT_CONFIG"}, Usage: "with --acl, a JSON file configuring the JWT auth method (public key or JWKS, issuer, audiences, claim mappings)"},
 			&cli.StringFlag{Name: "tasks-file", EnvVars: []string{"TASKWORKER_TASKS_FILE"}, Usage: "YAML file declaring command-backed task types (see README)"},
 			&cli.StringFlag{Name: "files-dir", EnvVars: []string{"TASKWORKER_FILES_DIR"}, Usage: "the only directory list-directory may read (default: working directory)"},
@@ -160,6 +161,7 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		problems = append(problems, fmt.Errorf("%w: --http-rate-limit must be 0 (off) or positive, got %v", ErrInvalidConfig, r))
 	}
 	cfg.ACL = c.Bool("acl")
+	cfg.AllowAnonymousAPI = c.Bool("allow-anonymous-api")
 	if f := c.String("acl-jwt-config"); f != "" {
 		m, err := acl.LoadJWTMethod(f)
 		if err != nil {

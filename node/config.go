@@ -60,6 +60,9 @@ type Config struct {
 	ACL bool
 	// JWT, with ACL, accepts JWTs signed for this cluster (--acl-jwt-config); nil accepts none.
 	JWT *acl.JWTMethod
+	// AllowAnonymousAPI lets the API listen beyond loopback with neither ACL nor Token
+	// (--allow-anonymous-api): anyone who reaches it may submit, read and cancel tasks.
+	AllowAnonymousAPI bool
 	// Pprof serves Go's profiler (/debug/pprof/) for benchmarks and profiling: "" off (the
 	// default), PprofOnAPI on the HTTP API listener, otherwise a loopback host:port of its own.
 	Pprof string
@@ -335,7 +338,17 @@ func (c *Config) Validate() error {
 	if c.JWT != nil && !c.ACL {
 		bad("--acl-jwt-config needs --acl")
 	}
+	if host, _, err := net.SplitHostPort(c.HTTPAddr); err == nil && c.anonymousAPI() && !isLoopback(host) {
+		bad("--http-addr %q is reachable beyond this machine and the API has no access control: anyone who reaches it "+
+			"could submit, read and cancel tasks. Use --acl (or --token), bind 127.0.0.1, or pass --allow-anonymous-api to accept that", c.HTTPAddr)
+	}
 	return errors.Join(errs...)
+}
+
+// anonymousAPI reports whether the API would serve callers without any credential on a secure
+// node whose operator has not said that is wanted. Insecure and dev nodes are open on purpose.
+func (c *Config) anonymousAPI() bool {
+	return !c.ACL && c.Token == "" && !c.Insecure && !c.Dev && !c.AllowAnonymousAPI
 }
 
 // checkHostPort accepts host:port with a port from 0 to 65535 (0 picks a free one); the host may

@@ -20,22 +20,17 @@ func (n *Node) routes() http.Handler {
 	if n.cfg.ACL {
 		opts.ACL = aclBackend{n}
 	}
-	h := n.refuseWhenClosing(httpapi.New(apiBackend{n}, opts))
+	if !n.sec.insecure { // the operator routes hold what admits a machine: management credential only
+		opts.Management = n.isManagement
+	}
 	switch n.cfg.Pprof {
 	case "":
 	case PprofOnAPI:
-		mux := http.NewServeMux()
-		var prof http.Handler = pprofMux()
-		if n.cfg.Token != "" {
-			prof = httpapi.RequireToken(n.cfg.Token, prof)
-		}
-		mux.Handle("/debug/pprof/", prof)
-		mux.Handle("/", h)
-		h = mux
+		opts.Pprof = pprofMux() // behind the operator routes' guard
 	default:
 		n.goLoop(n.servePprof)
 	}
-	return h
+	return n.refuseWhenClosing(httpapi.New(apiBackend{n}, opts))
 }
 
 // pprofMux is Go's profiler, registered here rather than through net/http/pprof's side effect on

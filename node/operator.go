@@ -7,6 +7,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/membership"
 )
@@ -32,7 +33,10 @@ func (b apiBackend) JoinToken(context.Context) (api.JoinToken, error) {
 	return api.JoinToken{Token: tok.Encode()}, nil
 }
 
-func (b apiBackend) RotateJoinToken(ctx context.Context) (api.JoinToken, error) {
+// RotateJoinToken proposes the new secret's hash with caller's credential: through a follower,
+// the leader checks the caller again (authorizeForward), so a credential revoked at the leader
+// cannot rotate the token through a follower that has not applied the revocation yet.
+func (b apiBackend) RotateJoinToken(ctx context.Context, caller httpapi.Caller) (api.JoinToken, error) {
 	n := b.n
 	if n.sec.insecure || n.sec.ca == nil {
 		return api.JoinToken{}, notSecure(n)
@@ -42,7 +46,7 @@ func (b apiBackend) RotateJoinToken(ctx context.Context) (api.JoinToken, error) 
 	if err != nil {
 		return api.JoinToken{}, err
 	}
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.JoinSecret{Secret: fsm.HashSecret(tok.Secret)}})
+	res, err := n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.JoinSecret{Secret: fsm.HashSecret(tok.Secret)}})
 	if err != nil {
 		return api.JoinToken{}, toAPIError(err)
 	}
@@ -91,7 +95,8 @@ func (b apiBackend) Keyring(context.Context) (api.Keyring, error) {
 	return out, nil
 }
 
-func (b apiBackend) ChangeKeyring(ctx context.Context, req api.KeyringRequest) (api.Keyring, error) {
+// ChangeKeyring proposes the keyring operation with caller's credential, as RotateJoinToken does.
+func (b apiBackend) ChangeKeyring(ctx context.Context, caller httpapi.Caller, req api.KeyringRequest) (api.Keyring, error) {
 	n := b.n
 	if n.sec.insecure {
 		return api.Keyring{}, notSecure(n)
@@ -104,7 +109,7 @@ func (b apiBackend) ChangeKeyring(ctx context.Context, req api.KeyringRequest) (
 	if op == "" {
 		return api.Keyring{}, api.Errorf(api.CodeInvalidRequest, "unknown keyring operation %q", api.Truncate(req.Op))
 	}
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.KeyringOp{Op: op, Key: pki.EncodeGossipKey(k)}})
+	res, err := n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.KeyringOp{Op: op, Key: pki.EncodeGossipKey(k)}})
 	switch {
 	case errors.Is(err, fsm.ErrKeyNotInstalled):
 		return api.Keyring{}, api.Errorf(api.CodeInvalidRequest, "that key is not in the keyring; install it first")

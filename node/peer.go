@@ -101,7 +101,7 @@ func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
 		return
 	}
-	if err := n.authorizeForward(c, r.Header.Get(callerCredentialHeader)); err != nil {
+	if err := n.authorizeForward(c, forwardCaller{credential: r.Header.Get(callerCredentialHeader), node: callerOf(r.Context())}); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}

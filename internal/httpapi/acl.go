@@ -91,7 +91,7 @@ func credential(r *http.Request) string {
 // guarded without anyone remembering to guard it.
 func clusterRight(path string) acl.ClusterRight {
 	switch {
-	case path == "/v1/agent/leave", strings.HasPrefix(path, "/v1/operator/"):
+	case path == "/v1/agent/leave", operatorRoute(path):
 		return acl.RightOperator
 	case path == api.PathACLTokenSelf:
 		return ""
@@ -101,6 +101,38 @@ func clusterRight(path string) acl.ClusterRight {
 		return acl.RightACL
 	}
 	return ""
+}
+
+// operatorRoute reports whether path reads or changes what admits a machine to the cluster (the
+// join token, the gossip keys) or shows the node's internals (digest, profiler). Matched by prefix,
+// so that a route added later under them is guarded too.
+func operatorRoute(path string) bool {
+	return strings.HasPrefix(path, "/v1/operator/") || strings.HasPrefix(path, "/debug/pprof/")
+}
+
+// requireManagement guards the operator routes of a secure cluster without ACLs: a caller must
+// hold the management credential (401 without a credential, 403 with another one, the shared
+// --token included), and operator then serves it without the shared token's guard. Other routes
+// go to next. The caller's credential rides in its Caller, so that a follower hands it to the
+// leader, which checks it again before applying a write.
+func (s *server) requireManagement(next, operator http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !operatorRoute(r.URL.Path) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		cred := credential(r)
+		switch {
+		case cred == "":
+			WriteError(w, api.Errorf(api.CodeUnauthorized, "this route needs the cluster's management credential "+
+				"(<data-dir>/management-token on a node; the taskworker CLI on that node finds it by itself)"))
+		case !s.opts.Management(cred):
+			WriteError(w, api.Errorf(api.CodeForbidden, "this route needs the cluster's management credential, not this one"))
+		default:
+			ctx := context.WithValue(r.Context(), callerKey{}, Caller{Credential: acl.Secret(cred)})
+			operator.ServeHTTP(w, r.WithContext(ctx))
+		}
+	})
 }
 
 // requireACL resolves every request's credential before any handler runs: 401 when it is

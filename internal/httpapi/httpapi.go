@@ -61,8 +61,9 @@ type Backend interface {
 
 	// JoinToken returns the cluster's join token (not_secure when the cluster has none).
 	JoinToken(ctx context.Context) (api.JoinToken, error)
-	// RotateJoinToken gives the join token a new secret and returns it; the old one is refused from then on.
-	RotateJoinToken(ctx context.Context) (api.JoinToken, error)
+	// RotateJoinToken gives the join token a new secret for caller and returns it; the old one is
+	// refused from then on.
+	RotateJoinToken(ctx context.Context, caller Caller) (api.JoinToken, error)
 	// Keyring lists the cluster's gossip keys and how many nodes hold each.
 	Keyring(ctx context.Context) (api.Keyring, error)
 	// Index returns the raft index this node's FSM last applied.
@@ -73,9 +74,10 @@ type Backend interface {
 	// Throughput returns the per-second task counts of the last minutes, as this node applied them.
 	Throughput(ctx context.Context) api.Throughput
 
-	// ChangeKeyring installs, uses or removes a gossip key on every node (invalid_request for a
-	// bad operation or key, keyring_conflict for removing the primary) and returns the keyring.
-	ChangeKeyring(ctx context.Context, req api.KeyringRequest) (api.Keyring, error)
+	// ChangeKeyring installs, uses or removes a gossip key on every node for caller
+	// (invalid_request for a bad operation or key, keyring_conflict for removing the primary) and
+	// returns the keyring.
+	ChangeKeyring(ctx context.Context, caller Caller, req api.KeyringRequest) (api.Keyring, error)
 	// Digest returns this node's FSM digest at the index it has applied.
 	Digest(ctx context.Context) (api.Digest, error)
 
@@ -112,6 +114,13 @@ type Options struct {
 	// UI, when set, is the web console, served at /ui/ without a credential (its pages hold no
 	// data; they call the API with the user's token), and / redirects to it.
 	UI http.Handler
+	// Management, when set, checks a credential against the cluster's management credential, and
+	// then the operator routes (/v1/operator/..., /debug/pprof/) answer only a caller holding it
+	// (without ACLs; with ACLs, Resolve turns that credential into a management identity). Nil
+	// leaves them as open as the rest of the API: an insecure or dev node.
+	Management func(credential string) bool
+	// Pprof, when set, is Go's profiler, served at /debug/pprof/ behind the operator routes' guard.
+	Pprof http.Handler
 }
 
 type server struct {
@@ -158,6 +167,9 @@ func New(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("POST "+api.PathKeyring, s.changeKeyring)
 	mux.HandleFunc("GET "+api.PathDigest, s.digest)
 	s.queueRoutes(mux)
+	if opts.Pprof != nil {
+		mux.Handle("/debug/pprof/", opts.Pprof)
+	}
 	mux.HandleFunc("/", NotFound)
 	if opts.UI != nil {
 		mux.Handle("GET /ui/", opts.UI)
@@ -170,6 +182,9 @@ func New(b Backend, opts Options) http.Handler {
 		h = s.requireACL(mux)
 	case opts.Token != "":
 		h = RequireToken(opts.Token, mux)
+	}
+	if s.acl == nil && opts.Management != nil {
+		h = s.requireManagement(h, mux)
 	}
 	if opts.Observe != nil {
 		h = observe(mux, h, opts.Observe)
@@ -563,7 +578,7 @@ func (s *server) joinToken(w http.ResponseWriter, r *http.Request) {
 func (s *server) rotateJoinToken(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.opts.WriteTimeout)
 	defer cancel()
-	tok, err := s.b.RotateJoinToken(ctx)
+	tok, err := s.b.RotateJoinToken(ctx, callerOf(r))
 	if err != nil {
 		WriteError(w, err)
 		return
@@ -599,7 +614,7 @@ func (s *server) changeKeyring(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.opts.WriteTimeout)
 	defer cancel()
-	ring, err := s.b.ChangeKeyring(ctx, req)
+	ring, err := s.b.ChangeKeyring(ctx, callerOf(r), req)
 	if err != nil {
 		WriteError(w, err)
 		return

@@ -225,7 +225,7 @@ func (f *fakeBackend) JoinToken(context.Context) (api.JoinToken, error) {
 	return api.JoinToken{Token: "TW1::fp::secret"}, f.err
 }
 
-func (f *fakeBackend) RotateJoinToken(context.Context) (api.JoinToken, error) {
+func (f *fakeBackend) RotateJoinToken(context.Context, Caller) (api.JoinToken, error) {
 	return api.JoinToken{Token: "TW1::fp::new"}, f.err
 }
 
@@ -233,9 +233,9 @@ func (f *fakeBackend) Keyring(context.Context) (api.Keyring, error) {
 	return api.Keyring{Primary: "k", Keys: []string{"k"}}, f.err
 }
 
-func (f *fakeBackend) ChangeKeyring(_ context.Context, req api.KeyringRequest) (api.Keyring, error) {
+func (f *fakeBackend) ChangeKeyring(_ context.Context, caller Caller, req api.KeyringRequest) (api.Keyring, error) {
 	f.mu.Lock()
-	f.gotKeyOp = req
+	f.gotKeyOp, f.gotCaller = req, caller
 	f.mu.Unlock()
 	return api.Keyring{Primary: "k", Keys: []string{"k", req.Key}}, f.err
 }
