@@ -164,9 +164,21 @@ func TestLogStoreEndsSubscriptions(t *testing.T) {
 			}
 			defer s.Close()
 			_, ch, cancel := s.Subscribe("t1")
+			defer cancel() // after the check: cancelling first would end every case by itself
 			tt.end(s, cancel)
-			cancel() // idempotent
-			for range ch {
+			// A deadline of its own: a subscription left open fails here in seconds instead of
+			// hanging until the package's timeout.
+			deadline := time.NewTimer(10 * time.Second)
+			defer deadline.Stop()
+			for {
+				select {
+				case _, ok := <-ch:
+					if !ok {
+						return
+					}
+				case <-deadline.C:
+					t.Fatalf("the subscription is still open 10 s after %s", tt.name)
+				}
 			}
 		})
 	}
