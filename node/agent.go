@@ -47,7 +47,8 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.IntFlag{Name: "voters", EnvVars: []string{"TASKWORKER_VOTERS"}, Value: DefaultVoters, Usage: "raft voters, at least 1 (odd is best: 4 tolerates no more failures than 3); other nodes replicate as non-voters"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"TASKWORKER_TOKEN"}, Usage: "shared secret every API call must carry (Authorization: Bearer); prefer --token-file or the environment: argv is visible in ps"},
 			&cli.StringFlag{Name: "token-file", EnvVars: []string{"TASKWORKER_TOKEN_FILE"}, Usage: "file holding the API token (instead of --token)"},
-			&cli.StringFlag{Name: "join-token", EnvVars: []string{"TASKWORKER_JOIN_TOKEN"}, Usage: "the cluster's join token (from <data-dir>/join-token of the first node); required to join unless the cluster runs --insecure"},
+			&cli.StringFlag{Name: "join-token", EnvVars: []string{"TASKWORKER_JOIN_TOKEN"}, Usage: "the cluster's join token (from <data-dir>/join-token of the first node); required to join unless the cluster runs --insecure; prefer --join-token-file or the environment: argv is visible in ps"},
+			&cli.StringFlag{Name: "join-token-file", EnvVars: []string{"TASKWORKER_JOIN_TOKEN_FILE"}, Usage: "file holding the cluster's join token (instead of --join-token)"},
 			&cli.BoolFlag{Name: "insecure", EnvVars: []string{"TASKWORKER_INSECURE"}, Usage: "node-to-node traffic without encryption or authentication (tests; --dev implies it)"},
 			&cli.StringFlag{Name: "tls-cert", EnvVars: []string{"TASKWORKER_TLS_CERT"}, Usage: "operator's node certificate (PEM chain) for raft, internode calls and --http-tls, instead of the cluster CA"},
 			&cli.StringFlag{Name: "tls-key", EnvVars: []string{"TASKWORKER_TLS_KEY"}, Usage: "private key of --tls-cert"},
@@ -79,6 +80,8 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 }
 
 func runAgent(c *cli.Context, opts AgentOptions) error {
+	// Before anything is created: raft and the libraries under it ask for 0644/0755.
+	setPrivateUmask()
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return cli.Exit("invalid --log-level: "+c.String("log-level"), 2)
@@ -89,6 +92,7 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		handler = slog.NewJSONHandler(os.Stderr, hopts)
 	}
 	logger := slog.New(handler)
+	warnSecretsInArgv(os.Args[1:], logger.With("node", c.String("name")))
 
 	filesDir := c.String("files-dir")
 	if filesDir == "" {
@@ -102,6 +106,7 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		if err := tasks.RegisterTaskFile(reg, f); err != nil {
 			return cli.Exit("tasks file: "+err.Error(), 2)
 		}
+		warnRootCommands(f, os.Geteuid(), logger.With("node", c.String("name")))
 	}
 	if opts.Register != nil {
 		if err := opts.Register(reg); err != nil {
@@ -119,6 +124,10 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 	// Problems with the flags themselves, reported with Config.Validate's below.
 	var problems []error
 	token, err := apiToken(c, logger)
+	if err != nil {
+		problems = append(problems, err)
+	}
+	joinToken, err := joinTokenFlag(c)
 	if err != nil {
 		problems = append(problems, err)
 	}
@@ -144,7 +153,7 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		OutputMaxBytes:    c.Int64("output-max-bytes"),
 		MaxConnsPerClient: c.Int("http-max-conns-per-client"), RateLimit: c.Float64("http-rate-limit"),
 		Retention: c.Duration("retention"), Token: token, Logger: logger, LogLevel: level, Version: opts.Version,
-		Insecure: c.Bool("insecure"), JoinToken: c.String("join-token"), GossipKey: gossipKey,
+		Insecure: c.Bool("insecure"), JoinToken: joinToken, GossipKey: gossipKey,
 		TLSCertFile: c.String("tls-cert"), TLSKeyFile: c.String("tls-key"), TLSCAFile: c.String("tls-ca"),
 		TLSVerifyIncoming: c.Bool("tls-verify-incoming"), HTTPTLS: c.Bool("http-tls"),
 		MinFreeDisk: c.String("min-free-disk"),
@@ -225,8 +234,8 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 	return nil
 }
 
-// apiToken is the shared API token from --token-file or --token (TASKWORKER_TOKEN). A token in
-// argv is visible to every user of the machine (ps, /proc), so it gets a warning.
+// apiToken is the shared API token from --token-file or --token (TASKWORKER_TOKEN); one in argv
+// gets a warning (warnSecretsInArgv).
 func apiToken(c *cli.Context, logger *slog.Logger) (string, error) {
 	if f := c.String("token-file"); f != "" {
 		if c.String("token") != "" {
@@ -242,11 +251,76 @@ func apiToken(c *cli.Context, logger *slog.Logger) (string, error) {
 		}
 		return tok, nil
 	}
-	tok := c.String("token")
-	if tok != "" && os.Getenv("TASKWORKER_TOKEN") == "" {
-		logger.Warn("--token on the command line is visible to every user of this machine (ps, /proc); use --token-file or TASKWORKER_TOKEN")
+	return c.String("token"), nil
+}
+
+// joinTokenFlag is the join token from --join-token-file or --join-token (TASKWORKER_JOIN_TOKEN).
+func joinTokenFlag(c *cli.Context) (string, error) {
+	f := c.String("join-token-file")
+	if f == "" {
+		return c.String("join-token"), nil
+	}
+	if c.String("join-token") != "" {
+		return "", errors.New("--join-token and --join-token-file: pass one")
+	}
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return "", fmt.Errorf("--join-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--join-token-file %s is empty", f)
 	}
 	return tok, nil
+}
+
+// secretFlags are the agent's flags whose value is a secret, each with the ways to pass it that
+// other users cannot read.
+var secretFlags = []struct{ flag, instead string }{
+	{"--join-token", "--join-token-file or TASKWORKER_JOIN_TOKEN"},
+	{"--token", "--token-file or TASKWORKER_TOKEN"},
+	{"--encrypt", "--encrypt-file or TASKWORKER_ENCRYPT"},
+}
+
+// warnSecretsInArgv warns once for each secret flag given on the command line: every user of the
+// machine reads argv (ps, /proc/PID/cmdline). The same value from the environment or a file is
+// not in argv, so only args is looked at.
+func warnSecretsInArgv(args []string, logger *slog.Logger) {
+	for _, s := range secretFlags {
+		for _, a := range args {
+			if a == "--" {
+				break
+			}
+			name, _, _ := strings.Cut(a, "=")
+			if name == s.flag || name == s.flag[1:] { // the cli package takes -flag too
+				logger.Warn(s.flag + " on the command line is visible to every user of this machine (ps, /proc); use " + s.instead)
+				break
+			}
+		}
+	}
+}
+
+// warnRootCommands warns when an agent running as root declares command task types that run
+// without a user: of their own: such a command runs as root and reads the agent's environment
+// and data dir.
+func warnRootCommands(tasksFile string, euid int, logger *slog.Logger) {
+	if euid != 0 {
+		return
+	}
+	specs, err := tasks.LoadTaskFile(tasksFile)
+	if err != nil {
+		return // registered above from the same file: not reached
+	}
+	var asRoot []string
+	for _, s := range specs {
+		if s.User == "" {
+			asRoot = append(asRoot, s.Name)
+		}
+	}
+	if len(asRoot) > 0 {
+		logger.Warn("the agent runs as root and these command task types have no user: in "+tasksFile+
+			", so they run as root and can read the agent's secrets; give each a user:", "types", strings.Join(asRoot, ","))
+	}
 }
 
 // pprofFlag is --pprof: alone (a boolean flag to the flag package) it means the API listener,

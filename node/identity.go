@@ -62,7 +62,7 @@ func loadRaftID(dataDir, name string, inmem, existing bool) (raft.ServerID, erro
 		}
 		id = name
 	}
-	if err := writeFileAtomic(path, []byte(id+"\n"), 0o644); err != nil {
+	if err := writeFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("save raft ID: %w", err)
 	}
 	return raft.ServerID(id), nil

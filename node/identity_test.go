@@ -214,7 +214,7 @@ func TestDataDirFromBeforeRaftIDsKeepsItsName(t *testing.T) {
 func bootstrapNamedServer(t *testing.T, dir, name, addr string) {
 	t.Helper()
 	raftDir := filepath.Join(dir, "raft")
-	if err := os.MkdirAll(raftDir, 0o755); err != nil {
+	if err := os.MkdirAll(raftDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})

@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/taskworker/taskworker/api"
@@ -237,13 +238,13 @@ type joinReply struct {
 func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 	s := n.sec
 	if s.insecure || s.ca == nil {
-		n.log.Warn("refused a join: this node admits no joiners (insecure, or operator certificates)", "remote", r.RemoteAddr)
+		n.refusedJoin(r, "refused a join: this node admits no joiners (insecure, or operator certificates)")
 		writeError(w, http.StatusConflict, "not_secure", "this node does not admit joiners with a token: the cluster runs --insecure or with operator certificates")
 		return
 	}
 	var req pki.JoinRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, pki.MaxJoinRequestBytes)).Decode(&req); err != nil {
-		n.log.Warn("refused a join: unreadable request", "remote", r.RemoteAddr)
+		n.refusedJoin(r, "refused a join: unreadable request")
 		writeError(w, http.StatusBadRequest, "bad_join_request", "the join request is not valid JSON")
 		return
 	}
@@ -252,11 +253,11 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		SecretOK: n.joinSecretOK, GossipKeys: ring, Now: time.Now()})
 	switch {
 	case errors.Is(err, pki.ErrJoinDenied):
-		n.log.Warn("refused a node's join: wrong join token", "remote", r.RemoteAddr, "node", api.Truncate(req.NodeName), "reason", err)
-		writeError(w, http.StatusForbidden, "join_refused", "join refused: "+err.Error())
+		n.refusedJoin(r, "refused a node's join: wrong join token", "node", api.Truncate(req.NodeName), "reason", err)
+		writeError(w, http.StatusForbidden, "join_refused", err.Error()) // it starts with "join refused"
 		return
 	case err != nil:
-		n.log.Warn("refused a node's join: bad request", "remote", r.RemoteAddr, "node", api.Truncate(req.NodeName), "reason", err)
+		n.refusedJoin(r, "refused a node's join: bad request", "node", api.Truncate(req.NodeName), "reason", err)
 		writeError(w, http.StatusBadRequest, "bad_join_request", err.Error())
 		return
 	}
@@ -267,6 +268,29 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 	}
 	n.log.Info("admitted a joining node: signed its certificate", "node", req.NodeName, "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, joinReply{JoinResponse: resp, CAKey: string(keyPEM)})
+}
+
+// joinWarnEvery is how often a refused join from one remote address is logged; the others are
+// counted (taskworker_join_refused_total) and summed up in the next line logged.
+const joinWarnEvery = time.Minute
+
+// refusedJoin counts a refused join and logs it, at most once per remote IP per joinWarnEvery:
+// anyone who can reach the gossip port can send wrong tokens as fast as it likes.
+func (n *Node) refusedJoin(r *http.Request, msg string, args ...any) {
+	n.metrics.joinRefused.Inc()
+	ip, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		ip = r.RemoteAddr
+	}
+	ok, suppressed := n.sec.joinRefusals.allow(ip, time.Now())
+	if !ok {
+		return
+	}
+	args = append([]any{"remote", r.RemoteAddr}, args...)
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed) // refused since the last line about this address
+	}
+	n.log.Warn(msg, args...)
 }
 
 // errJoinRefused: a member refused this node's join token; retrying cannot help.
@@ -341,6 +365,10 @@ func (n *Node) joinOnce(ctx context.Context, hc *http.Client, addr string, tok p
 			msg = resp.Status
 		}
 		if resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusConflict {
+			// Said once: the member's message repeats it (twice, from an older release).
+			for strings.HasPrefix(msg, errJoinRefused.Error()+": ") {
+				msg = strings.TrimPrefix(msg, errJoinRefused.Error()+": ")
+			}
 			return nil, nil, fmt.Errorf("%w by %s (%d): %s", errJoinRefused, addr, resp.StatusCode, msg)
 		}
 		return nil, nil, fmt.Errorf("join via %s: %d %s", addr, resp.StatusCode, msg)

@@ -242,3 +242,54 @@ func (h probeCountHandler) WithAttrs(as []slog.Attr) slog.Handler {
 func (h probeCountHandler) WithGroup(name string) slog.Handler {
 	return probeCountHandler{inner: h.inner.WithGroup(name), count: h.count}
 }
+
+// perAddrLimiter lets one log line through per remote address per window, and counts what it
+// holds back, so that the next line let through can say how many were suppressed. A refused join
+// is worth a warning, but 2,000 wrong tokens from one address must not be 2,000 lines.
+type perAddrLimiter struct {
+	every time.Duration
+	mu    sync.Mutex
+	addrs map[string]*addrWindow
+}
+
+type addrWindow struct {
+	start      time.Time
+	suppressed int
+}
+
+// maxLimitedAddrs bounds the limiter's memory: past it, addresses whose window has ended are
+// forgotten, and while none has, every new address shares one window ("*").
+const maxLimitedAddrs = 4096
+
+func newPerAddrLimiter(every time.Duration) *perAddrLimiter {
+	return &perAddrLimiter{every: every, addrs: map[string]*addrWindow{}}
+}
+
+// allow reports whether a line about addr may be logged now, and how many lines about it were
+// held back since the last one logged.
+func (l *perAddrLimiter) allow(addr string, now time.Time) (ok bool, suppressed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	w := l.addrs[addr]
+	if w == nil && len(l.addrs) >= maxLimitedAddrs {
+		for a, x := range l.addrs {
+			if now.Sub(x.start) >= l.every && x.suppressed == 0 {
+				delete(l.addrs, a)
+			}
+		}
+		if len(l.addrs) >= maxLimitedAddrs {
+			addr = "*"
+			w = l.addrs[addr]
+		}
+	}
+	if w != nil && now.Sub(w.start) < l.every {
+		w.suppressed++
+		return false, 0
+	}
+	if w == nil {
+		w = &addrWindow{}
+		l.addrs[addr] = w
+	}
+	suppressed, w.start, w.suppressed = w.suppressed, now, 0
+	return true, suppressed
+}

@@ -46,6 +46,8 @@ type nodeMetrics struct {
 	// descriptorShortages counts storage checks that failed for want of file descriptors, which
 	// storageLoop does not call a storage fault.
 	descriptorShortages prometheus.Counter
+	// joinRefused counts refused join requests, every one, though their log lines are limited.
+	joinRefused prometheus.Counter
 }
 
 // taskBuckets span a millisecond to about 20 minutes, for both queue wait and run time.
@@ -96,6 +98,10 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "taskworker_log_lines_suppressed_total",
 			Help: "Repeated raft and gossip warnings and errors folded into a count by the log rate limit.",
 		}),
+		joinRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "taskworker_join_refused_total",
+			Help: "Join requests this node refused (wrong or rotated token, unreadable request); the log shows one per remote address per minute.",
+		}),
 	}
 	help := map[string]string{
 		fsm.KindSubmitted:   "Tasks submitted, by type.",
@@ -112,7 +118,7 @@ func newNodeMetrics() *nodeMetrics {
 		}, []string{"type"})
 		m.reg.MustRegister(m.transitions[kind])
 	}
-	m.reg.MustRegister(m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped, m.forwardsAbandoned, m.placedAtSubmit, m.descriptorShortages,
+	m.reg.MustRegister(m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped, m.forwardsAbandoned, m.placedAtSubmit, m.descriptorShortages, m.joinRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -187,8 +187,8 @@ func (n *Node) start() error {
 	}
 	var logDir string
 	if cfg.DataDir != "" {
-		if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-			return fmt.Errorf("create data dir: %w", err)
+		if err := prepareDataDir(cfg.DataDir); err != nil {
+			return err
 		}
 		logDir = filepath.Join(cfg.DataDir, "tasklogs")
 	} else {
@@ -248,6 +248,7 @@ func (n *Node) start() error {
 		n.goLoop(func(ctx context.Context) { _ = r.Run(ctx) })
 	}
 	n.goLoop(n.securityLoop)
+	n.goLoop(n.secretsLoop)
 	n.goLoop(n.joinLoop)
 	n.goLoop(n.registerLoop)
 	n.goLoop(n.workLoop)
@@ -277,11 +278,7 @@ func (n *Node) start() error {
 	n.log.Info("node started", "http", n.httpAddr, "https", cfg.HTTPTLS, "raft", string(n.trans.LocalAddr()),
 		"gossip", n.members.GossipAddr(), "boot_id", n.bootID, "capacity", cfg.Capacity, "insecure", cfg.Insecure)
 	if n.sec.announce {
-		if tok, err := n.joinToken(); err == nil {
-			// The one time the token is logged: the operator needs it to add nodes.
-			n.log.Info("new secure cluster: add nodes with --join " + n.members.GossipAddr() + " --join-token " + tok.Encode() +
-				" (the token is also in " + filepath.Join(cfg.DataDir, pki.TokenFile) + "; keep it secret)")
-		}
+		n.announceCluster()
 	}
 	return nil
 }
@@ -381,7 +378,7 @@ func (n *Node) startRaft() error {
 		snaps = raft.NewInmemSnapshotStore()
 	} else {
 		raftDir := filepath.Join(cfg.DataDir, "raft")
-		if err := os.MkdirAll(raftDir, 0o755); err != nil {
+		if err := os.MkdirAll(raftDir, 0o700); err != nil {
 			return fmt.Errorf("create raft dir: %w", err)
 		}
 		n.raftDB = filepath.Join(raftDir, "raft.db")
@@ -665,7 +662,7 @@ func (n *Node) savePeers() {
 func (n *Node) storePeers(addrs []string) {
 	b, err := json.Marshal(addrs)
 	if err == nil {
-		err = writeFileAtomic(n.peersFile(), b, 0o644)
+		err = writeFileAtomic(n.peersFile(), b, 0o600)
 	}
 	if err != nil {
 		n.log.Warn("save gossip peers", "err", err)

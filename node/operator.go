@@ -22,12 +22,16 @@ func notSecure(n *Node) error {
 	return api.Errorf(api.CodeNotSecure, "this cluster uses operator certificates: nodes join with their own certificates, not a token")
 }
 
-func (b apiBackend) JoinToken(context.Context) (api.JoinToken, error) {
+func (b apiBackend) JoinToken(ctx context.Context) (api.JoinToken, error) {
 	if b.n.sec.insecure || b.n.sec.ca == nil {
 		return api.JoinToken{}, notSecure(b.n)
 	}
 	tok, err := b.n.joinToken()
-	if err != nil { // only the secret's hash is replicated: the nodes that know the secret keep it
+	if err != nil { // rotated elsewhere: only the secret's hash is replicated, the nodes hold the secret
+		b.n.ensureSecret(ctx, secretJoinToken)
+		tok, err = b.n.joinToken()
+	}
+	if err != nil {
 		return api.JoinToken{}, api.Errorf(api.CodeNoLeader, "this node does not know the current join token; ask the node that made the cluster or last rotated the token, or retry")
 	}
 	return api.JoinToken{Token: tok.Encode()}, nil

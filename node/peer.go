@@ -62,6 +62,7 @@ func (n *Node) peerRoutes() http.Handler {
 	mux.HandleFunc("GET "+internodeLogsPath, n.handleLocalLogs)
 	mux.HandleFunc("POST "+internodeRemovePath, n.handleInternalRemove)
 	mux.HandleFunc("POST "+internodeJoinPath, n.handleJoin)
+	mux.HandleFunc("GET "+internodeSecretPath, n.handleSecret)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+api.Truncate(r.Method+" "+r.URL.Path))
 	})

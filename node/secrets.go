@@ -1,7 +1,11 @@
 package node
 
 import (
+	"errors"
+	"path/filepath"
+
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/pki"
 )
 
 // The management credential opens the operator routes (join token, keyring, digest, pprof) of a
@@ -16,4 +20,69 @@ func (n *Node) isManagement(credential string) bool {
 		return false
 	}
 	return fsm.SecretMatches(credential, n.fsm.Security().ManagementHash)
+}
+
+// managementCredential is the management credential this node holds, "" if none (an insecure
+// node, or one that has not fetched it yet).
+func (n *Node) managementCredential() string {
+	if n.sec == nil {
+		return ""
+	}
+	if c := n.sec.management.Load(); c != nil {
+		return *c
+	}
+	return ""
+}
+
+// loadManagement reads this node's management credential from <data-dir>/management-token, or,
+// on the first node of a new cluster (first), makes one and writes it there. Any other node
+// fetches it from a peer once the cluster's hash is known (secretsLoop). A node without a data
+// dir (in-memory tests) keeps it in memory only.
+func (n *Node) loadManagement(first bool) error {
+	s := n.sec
+	dir := n.cfg.DataDir
+	if dir != "" {
+		cred, err := pki.ReadManagementFile(dir)
+		switch {
+		case err == nil:
+			s.management.Store(&cred)
+			return nil
+		case !errors.Is(err, pki.ErrNoManagement):
+			// Not fatal: a node that holds a wrong one fetches the cluster's and rewrites the file.
+			n.log.Warn("ignoring the management credential file", "err", err)
+		}
+	}
+	if !first {
+		return nil
+	}
+	cred := pki.NewManagementCredential()
+	if dir != "" {
+		if err := pki.WriteManagementFile(dir, cred); err != nil {
+			return err
+		}
+	}
+	s.management.Store(&cred)
+	return nil
+}
+
+// managementFile is where this node keeps the management credential, "" without a data dir.
+func (n *Node) managementFile() string {
+	if n.cfg.DataDir == "" {
+		return ""
+	}
+	return filepath.Join(n.cfg.DataDir, pki.ManagementFile)
+}
+
+// announceCluster tells the operator of a new secure cluster how to add nodes and where its
+// secrets are. It names the files, never their content: logs are read by more people and
+// programs than the data dir.
+func (n *Node) announceCluster() {
+	s := n.sec
+	if _, err := n.joinToken(); err == nil {
+		n.log.Info("new secure cluster: add nodes with --join " + n.members.GossipAddr() + " --join-token-file FILE, " +
+			"where FILE is a copy of " + filepath.Join(s.secretsDir, pki.TokenFile) + " (it holds the join token; keep it secret)")
+	}
+	if f := n.managementFile(); f != "" && n.managementCredential() != "" {
+		n.log.Info("the management credential, which operator commands need, is in "+f+"; every node keeps a copy in its data dir", "file", f)
+	}
 }

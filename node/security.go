@@ -27,7 +27,7 @@ import (
 //
 //   - The first node of a cluster (no raft state, no --join) makes the cluster CA, its own node
 //     certificate, a gossip key and a join token, in <data-dir>/tls (0700), and writes the token
-//     to <data-dir>/join-token. It logs the token once.
+//     to <data-dir>/join-token (0600). It logs the file's name, never the token.
 //   - A joiner (--join ADDR --join-token T) reaches ADDR, a member's gossip port, over TLS pinned
 //     to the CA fingerprint in the token, proves itself with the token's secret, and gets back a
 //     node certificate for a key it made, the CA (with its key) and the gossip keys (internode.go).
@@ -40,9 +40,11 @@ import (
 // managers hold theirs; protect data dirs as you protect the CA, or bring your own PKI
 // (--tls-cert, --tls-key, --tls-ca, --encrypt), in which case no node holds a CA key.
 //
-// The join secret and the keyring live in the replicated FSM (fsm/security.go), so any node
-// admits joiners with the current secret and a keyring change reaches every node; each node also
-// keeps its keyring and identity in <data-dir>/tls so it restarts without the token.
+// The keyring and the hashes of the join secret and of the management credential live in the
+// replicated FSM (fsm/security.go), so any node admits joiners with the current secret and a
+// keyring change reaches every node; each node also keeps its keyring and identity in
+// <data-dir>/tls so it restarts without the token. The secrets themselves are held by nodes only,
+// which pass them to each other over the internode channel (secretroute.go).
 
 // security is the node's trust material. In insecure mode only insecure is set.
 type security struct {
@@ -59,8 +61,15 @@ type security struct {
 	// token, or read it from its join-token file). Only the secret's hash is replicated, so a
 	// node answers GET join-token only while its token matches that hash (joinToken).
 	localToken atomic.Pointer[pki.Token]
+	// management is the cluster's management credential as this node holds it (secrets.go);
+	// nil until this node made it or fetched it from a peer.
+	management atomic.Pointer[string]
+	// secretsDir holds the join-token file: the data dir (a temporary one for in-memory nodes).
+	secretsDir string
 	// announce: this node made the cluster and logs the join command once gossip runs.
 	announce bool
+	// joinRefusals limits the warnings about refused joins to one per remote address per minute.
+	joinRefusals *perAddrLimiter
 }
 
 // keyringFile holds a node's gossip keyring in <data-dir>/tls, base64 keys, primary first.
@@ -79,7 +88,7 @@ var (
 // resumed says the data dir holds raft state.
 func (n *Node) setupSecurity(resumed bool) error {
 	cfg := &n.cfg
-	s := &security{insecure: cfg.Insecure}
+	s := &security{insecure: cfg.Insecure, joinRefusals: newPerAddrLimiter(joinWarnEvery)}
 	n.sec = s
 	if cfg.Insecure {
 		n.log.Warn("running INSECURE (--insecure): gossip, raft and internode calls are neither encrypted nor authenticated; " +
@@ -96,6 +105,7 @@ func (n *Node) setupSecurity(resumed bool) error {
 		dataDir = dir
 	}
 	s.dir = filepath.Join(dataDir, "tls")
+	s.secretsDir = dataDir
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("create TLS dir: %w", err)
 	}
@@ -220,6 +230,9 @@ func (n *Node) setupSecurity(resumed bool) error {
 		s.holder, s.source = pki.NewHolder(res.Identity), pki.DirSource(s.dir)
 		n.log.Info("joined the cluster's trust: got this node's certificate, the CA and the gossip keys",
 			"ca_fingerprint", ca.Fingerprint(), "not_after", res.Identity.Leaf().NotAfter)
+	}
+	if err := n.loadManagement(!resumed && len(cfg.Join) == 0); err != nil {
+		return err
 	}
 	ring, err := memberlist.NewKeyring(keys, keys[0])
 	if err != nil {
@@ -361,8 +374,10 @@ func (n *Node) joinSecretOK(secret string) bool {
 	return t != nil && fsm.SecretMatches(secret, fsm.HashSecret(t.Secret))
 }
 
-// seedSecurity runs on a new leader: it writes the join secret and the keyring into the FSM when
-// they are not there yet (a cluster's first leader, which made them locally).
+// seedSecurity runs on a new leader: it writes the join secret's hash, the keyring and the
+// management credential's hash into the FSM when they are not there yet (a cluster's first
+// leader, which made them locally). A leader of a cluster that has no management credential yet
+// (one made by a release before it) makes one; the other nodes fetch it (secretsLoop).
 func (n *Node) seedSecurity(ctx context.Context) {
 	s := n.sec
 	if s.insecure {
@@ -378,10 +393,32 @@ func (n *Node) seedSecurity(ctx context.Context) {
 			cmds = append(cmds, &fsm.Command{Body: &fsm.KeyringOp{Op: fsm.KeyInstall, Key: pki.EncodeGossipKey(k)}})
 		}
 	}
+	if cur.ManagementHash == "" {
+		cred := n.managementCredential()
+		if cred == "" {
+			cred = pki.NewManagementCredential()
+			if f := n.managementFile(); f != "" {
+				if err := pki.WriteManagementFile(n.cfg.DataDir, cred); err != nil {
+					n.log.Warn("make the cluster's management credential", "err", err)
+					cred = ""
+				}
+			}
+			if cred != "" {
+				s.management.Store(&cred)
+			}
+		}
+		if cred != "" { // last: an older node up refuses it (protocol 4), and the rest must not wait
+			cmds = append(cmds, &fsm.Command{Body: &fsm.Management{Hash: fsm.HashSecret(cred)}})
+		}
+	}
 	for _, c := range cmds {
 		cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
 		_, err := n.applyLocal(cctx, c)
 		cancel()
+		if errors.Is(err, fsm.ErrProtocolTooOld) {
+			n.log.Info("the cluster's security state waits for every node to be upgraded", "command", c.Type().String(), "err", err)
+			return
+		}
 		if err != nil {
 			n.log.Warn("write the cluster's security state", "command", c.Type().String(), "err", err)
 			return

@@ -14,6 +14,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/acl"
 	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/membership"
@@ -179,7 +180,17 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 	defer cancel()
 
 	old := mustToken(t, f)
-	rotated, err := apiBackend{f}.RotateJoinToken(ctx, httpapi.Caller{})
+	// The operator's credential, which every node fetches from the node that made the cluster.
+	waitFor(t, "every node holds the management credential", 10*time.Second, func() bool {
+		for _, n := range tc.nodes {
+			if !n.isManagement(n.managementCredential()) {
+				return false
+			}
+		}
+		return true
+	})
+	operator := httpapi.Caller{Credential: acl.Secret(f.managementCredential())}
+	rotated, err := apiBackend{f}.RotateJoinToken(ctx, operator)
 	if err != nil || rotated.Token == old.Encode() {
 		t.Fatalf("rotate: %v %v", rotated, err)
 	}
@@ -204,7 +215,7 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 	first := pki.EncodeGossipKey(localKeys(tc.nodes[0].sec.keyring)[0])
 	next := pki.EncodeGossipKey(pki.GenerateGossipKey())
 	b := apiBackend{tc.follower()}
-	if _, err := b.ChangeKeyring(ctx, httpapi.Caller{}, api.KeyringRequest{Op: api.KeyringRemove, Key: first}); !errors.Is(err, &api.Error{Code: api.CodeKeyringConflict}) {
+	if _, err := b.ChangeKeyring(ctx, operator, api.KeyringRequest{Op: api.KeyringRemove, Key: first}); !errors.Is(err, &api.Error{Code: api.CodeKeyringConflict}) {
 		t.Fatalf("removing the primary: %v, want keyring_conflict", err)
 	}
 	for _, op := range []string{api.KeyringInstall, api.KeyringUse, api.KeyringRemove} {
@@ -212,7 +223,7 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 		if op == api.KeyringRemove {
 			key = first
 		}
-		if _, err := b.ChangeKeyring(ctx, httpapi.Caller{}, api.KeyringRequest{Op: op, Key: key}); err != nil {
+		if _, err := b.ChangeKeyring(ctx, operator, api.KeyringRequest{Op: op, Key: key}); err != nil {
 			t.Fatalf("%s: %v", op, err)
 		}
 		waitFor(t, "every node follows "+op, 10*time.Second, func() bool {

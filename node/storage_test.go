@@ -123,7 +123,7 @@ func TestNodeWhoseDataDirIsRemovedIsUnhealthyAndLosesItsTasks(t *testing.T) {
 	waitMoved(t, tc, victim, mine)
 	t.Logf("data dir removed -> its %d tasks running elsewhere: %s", len(mine), time.Since(removedAt).Round(time.Millisecond))
 	// Recreating the directory does not fool the watchdog: raft.db is not the file raft writes.
-	if err := os.MkdirAll(victim.cfg.DataDir+"/raft", 0o755); err != nil {
+	if err := os.MkdirAll(victim.cfg.DataDir+"/raft", 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(victim.cfg.DataDir+"/raft/raft.db", nil, 0o600); err != nil {

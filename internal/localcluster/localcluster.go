@@ -485,7 +485,7 @@ func (c *Cluster) Add(extra ...string) (*Node, error) {
 	nd.DataDir = filepath.Join(c.Dir, nd.Name)
 	nd.LogPath = filepath.Join(c.Dir, nd.Name+".log")
 	nd.API = client.New("http://" + nd.HTTP)
-	if err := os.MkdirAll(nd.DataDir, 0o755); err != nil {
+	if err := os.MkdirAll(nd.DataDir, 0o700); err != nil { // the agent refuses a data dir others can reach
 		return nil, fmt.Errorf("data dir of %s: %w", nd.Name, err)
 	}
 	nd.args = []string{"agent", "--name", nd.Name, "--data-dir", nd.DataDir, "--advertise", "127.0.0.1",

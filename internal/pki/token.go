@@ -185,3 +185,53 @@ func LoadOrCreateToken(dataDir, fingerprint string) (t Token, created bool, err 
 	}
 	return t, true, nil
 }
+
+// The management credential opens a secure cluster's operator routes (join token, keyring,
+// membership changes). It is "twm_" and 32 random bytes as 64 lower-case hex digits, kept in
+// <data-dir>/management-token (one line, mode 0600), where the CLI on the node finds it.
+const (
+	managementPrefix = "twm_"
+	// ManagementFile is the management credential's file in the data dir.
+	ManagementFile = "management-token"
+)
+
+// ErrNoManagement means the data dir holds no management credential file.
+var ErrNoManagement = errors.New("no management credential")
+
+// NewManagementCredential makes a fresh random management credential.
+func NewManagementCredential() string { return managementPrefix + newSecret() }
+
+// ValidManagementCredential reports whether s has the form NewManagementCredential makes.
+func ValidManagementCredential(s string) bool {
+	rest, ok := strings.CutPrefix(s, managementPrefix)
+	return ok && isLowerHex(rest, 2*secretBytes)
+}
+
+// WriteManagementFile writes cred to <dataDir>/management-token, one line, mode 0600, atomically.
+func WriteManagementFile(dataDir, cred string) error {
+	if !ValidManagementCredential(cred) {
+		return errors.New("write management credential: not a management credential")
+	}
+	if err := writeFileAtomic(filepath.Join(dataDir, ManagementFile), []byte(cred+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write management credential: %w", err)
+	}
+	return nil
+}
+
+// ReadManagementFile reads <dataDir>/management-token; an error wraps ErrNoManagement when there
+// is none. Errors never echo the file's content.
+func ReadManagementFile(dataDir string) (string, error) {
+	p := filepath.Join(dataDir, ManagementFile)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("read %s: %w", p, ErrNoManagement)
+	}
+	if err != nil {
+		return "", fmt.Errorf("read management credential: %w", err)
+	}
+	cred := strings.TrimSpace(string(b))
+	if !ValidManagementCredential(cred) {
+		return "", fmt.Errorf("read %s: not a management credential (want %s and %d hex digits)", p, managementPrefix, 2*secretBytes)
+	}
+	return cred, nil
+}

@@ -166,3 +166,34 @@ func TestTokenFile(t *testing.T) {
 		t.Fatalf("garbage file: %v", err)
 	}
 }
+
+func TestManagementCredentialFileIsPrivateAndChecked(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := ReadManagementFile(dir); !errors.Is(err, ErrNoManagement) {
+		t.Fatalf("no file: %v, want ErrNoManagement", err)
+	}
+	a, b := NewManagementCredential(), NewManagementCredential()
+	if a == b || !ValidManagementCredential(a) || !strings.HasPrefix(a, "twm_") || len(a) != 4+64 {
+		t.Fatalf("credentials %q %q", a, b)
+	}
+	if err := WriteManagementFile(dir, a); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, ManagementFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("file: %v %v, want mode 0600", fi, err)
+	}
+	if got, err := ReadManagementFile(dir); err != nil || got != a {
+		t.Fatalf("read back: %q %v", got, err)
+	}
+	if err := WriteManagementFile(dir, "twm_short"); err == nil {
+		t.Error("a malformed credential was written")
+	}
+	secret := "not-a-credential-but-a-secret-of-someone"
+	if err := os.WriteFile(filepath.Join(dir, ManagementFile), []byte(secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadManagementFile(dir); err == nil || strings.Contains(err.Error(), secret) {
+		t.Errorf("a malformed file: %v (it must be refused without echoing it)", err)
+	}
+}

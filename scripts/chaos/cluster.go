@@ -231,7 +231,7 @@ func (e *env) cutOne(from, to *member, on bool) error {
 // setupDisks mounts a tmpfs of cfg.TmpfsSize on each node's data dir.
 func (e *env) setupDisks() error {
 	for _, m := range e.members {
-		if err := syscall.Mount("tmpfs", m.DataDir, "tmpfs", 0, "size="+e.cfg.TmpfsSize); err != nil {
+		if err := syscall.Mount("tmpfs", m.DataDir, "tmpfs", 0, "mode=0700,size="+e.cfg.TmpfsSize); err != nil {
 			return fmt.Errorf("mount tmpfs on %s: %w", m.DataDir, err)
 		}
 		dir := m.DataDir
@@ -273,7 +273,7 @@ func (e *env) start() error {
 		m := &member{idx: i, ip: "127.0.0.1", Node: &localcluster.Node{Name: fmt.Sprintf("n%d", i)}}
 		m.DataDir = filepath.Join(e.root, m.Name)
 		m.LogPath = filepath.Join(e.root, m.Name+".log")
-		if err := os.MkdirAll(m.DataDir, 0o755); err != nil {
+		if err := os.MkdirAll(m.DataDir, 0o700); err != nil { // the agent refuses a data dir others can reach
 			return err
 		}
 		e.members = append(e.members, m)

@@ -1,0 +1,184 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDataDirOpenToOthersIsRefusedAndModesInsideAreFixed(t *testing.T) {
+	if !modesApply {
+		t.Skip("permission bits do not keep users out on this platform")
+	}
+	dir := filepath.Join(t.TempDir(), "data")
+	if err := prepareDataDir(dir); err != nil {
+		t.Fatalf("a missing data dir: %v", err)
+	}
+	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o700 {
+		t.Fatalf("a missing data dir is made %04o, want 0700", fi.Mode().Perm())
+	}
+
+	for _, mode := range []fs.FileMode{0o755, 0o750, 0o701, 0o710, 0o707} {
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		err := prepareDataDir(dir)
+		if !errors.Is(err, errDataDirOpen) || !strings.Contains(err.Error(), "chmod 700 "+dir) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("mode %04o: %v, want one line naming the dir and `chmod 700 %s`", mode, err, dir)
+		}
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	// What an older release, raft's snapshot store or an operator left readable.
+	snap := filepath.Join(dir, "raft", "snapshots", "2-10-123")
+	if err := os.MkdirAll(snap, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]fs.FileMode{
+		filepath.Join(snap, "state.bin"):          0o644,
+		filepath.Join(dir, "raft-id"):             0o644,
+		filepath.Join(dir, "gossip-peers.json"):   0o666,
+		filepath.Join(dir, "tasklogs", "x.jsonl"): 0o640,
+		filepath.Join(dir, "script.sh"):           0o755,
+	}
+	for p, mode := range files {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("x"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // past the test's umask
+			t.Fatal(err)
+		}
+		if d := filepath.Dir(p); d != dir {
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	outside := filepath.Join(t.TempDir(), "outside")
+	if err := os.WriteFile(outside, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(outside, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := prepareDataDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.Type()&fs.ModeSymlink != 0 {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s is %04o after start: group or others can reach it", p, fi.Mode().Perm())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "script.sh")); fi.Mode().Perm() != 0o700 {
+		t.Errorf("an executable keeps its owner's bits: %04o, want 0700", fi.Mode().Perm())
+	}
+	if fi, _ := os.Stat(outside); fi.Mode().Perm() != 0o644 {
+		t.Errorf("a file outside the data dir, behind a link, was changed to %04o", fi.Mode().Perm())
+	}
+}
+
+func TestRefusedJoinsAreLoggedOncePerAddressPerWindowWithACount(t *testing.T) {
+	l := newPerAddrLimiter(time.Minute)
+	t0 := time.Unix(1000, 0)
+	if ok, n := l.allow("10.0.0.1", t0); !ok || n != 0 {
+		t.Fatalf("first: %v %d", ok, n)
+	}
+	for i := 1; i <= 1999; i++ {
+		if ok, _ := l.allow("10.0.0.1", t0.Add(time.Duration(i)*time.Millisecond)); ok {
+			t.Fatalf("attempt %d within the minute was let through", i)
+		}
+	}
+	if ok, _ := l.allow("10.0.0.2", t0.Add(time.Second)); !ok {
+		t.Error("another address is limited on its own")
+	}
+	if ok, n := l.allow("10.0.0.1", t0.Add(time.Minute)); !ok || n != 1999 {
+		t.Errorf("after the window: %v, suppressed %d, want true 1999", ok, n)
+	}
+
+	// Many addresses share one window past the bound, so memory stays bounded.
+	for i := 0; i < maxLimitedAddrs+100; i++ {
+		l.allow(strings.Repeat("a", i%7)+time.Duration(i).String(), t0.Add(2*time.Minute))
+	}
+	if len(l.addrs) > maxLimitedAddrs+1 {
+		t.Errorf("%d addresses remembered, want at most %d", len(l.addrs), maxLimitedAddrs+1)
+	}
+}
+
+func TestSecretFlagsInArgvWarnOnceNamingTheSaferWay(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"agent", "--join-token", "TW1::x::y", "--join-token=TW1::x::y"}, []string{"--join-token-file or TASKWORKER_JOIN_TOKEN"}},
+		{[]string{"agent", "-token=abc", "--encrypt", "k"}, []string{"--token-file or TASKWORKER_TOKEN", "--encrypt-file or TASKWORKER_ENCRYPT"}},
+		{[]string{"agent", "--join-token-file", "/x", "--token-file=/y", "--encrypt-file", "/z"}, nil},
+		{[]string{"agent", "--name", "n1", "--", "--token", "x"}, nil},
+	} {
+		var buf bytes.Buffer
+		warnSecretsInArgv(tt.args, slog.New(slog.NewTextHandler(&buf, nil)))
+		lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+		if buf.Len() == 0 {
+			lines = nil
+		}
+		if len(lines) != len(tt.want) {
+			t.Errorf("%q: %d warnings, want %d:\n%s", tt.args, len(lines), len(tt.want), buf.String())
+			continue
+		}
+		for i, w := range tt.want {
+			if !strings.Contains(lines[i], "level=WARN") || !strings.Contains(lines[i], w) {
+				t.Errorf("%q: warning %q does not name %q", tt.args, lines[i], w)
+			}
+			if strings.Contains(lines[i], "TW1::x::y") || strings.Contains(lines[i], "abc") {
+				t.Errorf("%q: the warning repeats the secret: %s", tt.args, lines[i])
+			}
+		}
+	}
+}
+
+func TestRootAgentWarnsOfCommandTypesWithoutAUser(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "tasks.yaml")
+	doc := "tasks:\n" +
+		"  - {name: as-root, version: \"1\", command: /bin/true}\n" +
+		"  - {name: as-nobody, version: \"1\", command: /bin/true, user: nobody}\n" +
+		"  - {name: also-root, version: \"1\", command: /bin/true}\n"
+	if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	warnRootCommands(f, 1000, log)
+	if buf.Len() != 0 {
+		t.Fatalf("a non-root agent warned: %s", buf.String())
+	}
+	warnRootCommands(f, 0, log)
+	out := buf.String()
+	if strings.Count(out, "\n") != 1 || !strings.Contains(out, "level=WARN") || !strings.Contains(out, "types=as-root,also-root") {
+		t.Errorf("root agent: %q, want one WARN naming as-root and also-root", out)
+	}
+}
