@@ -9,6 +9,7 @@ import (
 // TestConsoleSchedulesPage creates a schedule from the console's form, then pauses, runs and
 // deletes it with the row's buttons.
 func TestConsoleSchedulesPage(t *testing.T) {
+	chromiumPath(t) // skips before any cluster starts when there is no browser
 	pc := startProcCluster(t, 1)
 	b := newBrowser(t)
 	via := pc.procs[0]

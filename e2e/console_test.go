@@ -247,6 +247,7 @@ func tasksFile(t *testing.T) string {
 // TestConsolePagesRenderAndFollowASubmittedTask opens every page of the console through a node
 // of a 3-node cluster, submits a task from the form and watches its output arrive while it runs.
 func TestConsolePagesRenderAndFollowASubmittedTask(t *testing.T) {
+	chromiumPath(t) // skips before any cluster starts when there is no browser
 	pc := startProcCluster(t, 3, "--tasks-file", tasksFile(t))
 	b := newBrowser(t)
 	via := pc.procs[1] // any node serves the console; this one need not lead
@@ -324,6 +325,7 @@ func TestConsolePagesRenderAndFollowASubmittedTask(t *testing.T) {
 // TestConsoleShowsAKilledNodeAndItsTasksMoving keeps the cluster page open while a node running
 // tasks is SIGKILLed: its card turns red and its tasks show up under the nodes that take them over.
 func TestConsoleShowsAKilledNodeAndItsTasksMoving(t *testing.T) {
+	chromiumPath(t) // skips before any cluster starts when there is no browser
 	pc := startProcCluster(t, 3)
 	b := newBrowser(t)
 	via := pc.procs[0]
@@ -367,7 +369,15 @@ func TestConsoleShowsAKilledNodeAndItsTasksMoving(t *testing.T) {
 // but no cancel button, a cancel forced through the API is a 403, and a task it may not read
 // shows which capability is missing.
 func TestConsoleWithACLsHidesWhatATokenMayNotDo(t *testing.T) {
+	chromiumPath(t) // skips before any cluster starts when there is no browser
 	pc := newProcCluster(t)
+	// The replica comparison after the test reads without a token, which ACLs refuse: however the
+	// test ends, its nodes are gone before that check runs (cleanups run last registered first).
+	t.Cleanup(func() {
+		for _, p := range pc.procs {
+			pc.kill(p)
+		}
+	})
 	for range 3 {
 		pc.add("--acl")
 	}
@@ -456,8 +466,4 @@ func TestConsoleWithACLsHidesWhatATokenMayNotDo(t *testing.T) {
 	b.noErrors("console with ACLs")
 
 	apiCall(t, first.HTTP, mgmt.SecretID, "POST", "/v1/tasks/"+sleeping.ID+"/cancel", nil, nil)
-	// The replica comparison after the test reads without a token; ACLs refuse it, so stop here.
-	for _, p := range pc.procs {
-		pc.kill(p)
-	}
 }

@@ -10,6 +10,7 @@ import (
 // TestConsoleRetriesAFailedTaskAndPurges retries a failed task from its page (the same task
 // runs again: a second attempt on its timeline) and purges the failed tasks from the Tasks page.
 func TestConsoleRetriesAFailedTaskAndPurges(t *testing.T) {
+	chromiumPath(t) // skips before any cluster starts when there is no browser
 	pc := startProcCluster(t, 1)
 	b := newBrowser(t)
 	via := pc.procs[0]

@@ -7,7 +7,8 @@
 # --addr). 7946 is also Docker Swarm's gossip port: pick another base if Swarm runs here, or to
 # run two clusters side by side.
 # Data and logs go to $TASKWORKER_CLUSTER_DIR (default: a new temporary directory): n<i>/ (data),
-# n<i>.log, n<i>.pid, and port-base (read by scripts/rolling-upgrade.sh).
+# n<i>.log (appended to, each start marked by a "=== cluster.sh: starting" line), n<i>.pid, and
+# port-base (read by scripts/rolling-upgrade.sh).
 # The cluster is secure, as every cluster is by default: n1 makes the cluster CA and a join token
 # (in $dir/n1/join-token); the others join with it, as a user would. TASKWORKER_CLUSTER_INSECURE=1
 # starts it --insecure instead. $TASKWORKER_BIN runs that binary instead of building one.
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --port-base) [ $# -ge 2 ] || usage; base=$2; shift 2 ;;
     --port-base=*) base=${1#*=}; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     -*) usage ;;
     *) n=$1; shift ;;
   esac
@@ -75,18 +76,23 @@ trap 'stop_nodes; exit 130' INT
 trap 'stop_nodes; exit 143' TERM
 trap 'stop_nodes' EXIT
 
+# run_log I: node I's log since this run started it (the log keeps earlier runs above the marker).
+run_log() {
+  awk '/^=== cluster.sh: starting /{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' "$dir/n$1.log" 2>/dev/null
+}
+
 # fail NODE MESSAGE: says which node failed and why, with its log tail, then stops this run's nodes.
 fail() {
   local i=$1
   shift
   {
     echo "cluster.sh: n$i failed: $*"
-    if grep -q "address already in use" "$dir/n$i.log" 2>/dev/null; then
+    if run_log "$i" | grep -q "address already in use"; then
       echo "cluster.sh: n$i: an address it binds is already in use (another cluster on ports" \
         "$(port "$i" 0)-$(port "$i" 2)? pass --port-base or TASKWORKER_PORT_BASE)"
     fi
     echo "--- last lines of $dir/n$i.log ---"
-    tail -n 20 "$dir/n$i.log" 2>/dev/null || true
+    run_log "$i" | tail -n 20 || true
     echo "---"
   } >&2
   stop_nodes
@@ -113,7 +119,6 @@ for i in $(seq 1 "$n"); do
     --http-addr "127.0.0.1:$(port "$i" 2)")
   [ -n "$insecure" ] && args+=(--insecure)
   [ "$i" -gt 1 ] && args+=(--join "127.0.0.1:$(port 1 0)")
-  token=""
   if [ "$i" -gt 1 ] && [ -z "$insecure" ]; then
     # The first node writes its join token when it starts; wait for it while n1 runs.
     until [ -s "$dir/n1/join-token" ]; do
@@ -121,11 +126,14 @@ for i in $(seq 1 "$n"); do
       [ "$SECONDS" -lt "$deadline" ] || fail 1 "no join token in $dir/n1/join-token after ${timeout}s"
       sleep 0.2
     done
-    token=$(cat "$dir/n1/join-token")
+    # The file's name, not the token, goes in argv, where every user of the machine could read it.
+    args+=(--join-token-file "$dir/n1/join-token")
   fi
   # setsid: Ctrl-C reaches the nodes once, through the trap, not twice (a second signal exits at once).
-  # The token goes in the environment, not argv, where every user of the machine could read it.
-  TASKWORKER_JOIN_TOKEN="$token" setsid "$bin" "${args[@]}" >"$dir/n$i.log" 2>&1 &
+  # Append, so a restart on the same TASKWORKER_CLUSTER_DIR keeps the previous run's log; the
+  # marker line shows where each start begins.
+  echo "=== cluster.sh: starting n$i at $(date -u +%Y-%m-%dT%H:%M:%SZ) ===" >>"$dir/n$i.log"
+  setsid "$bin" "${args[@]}" >>"$dir/n$i.log" 2>&1 &
   pids+=($!)
   names[$!]=n$i
   echo $! >"$dir/n$i.pid"
@@ -158,7 +166,7 @@ if [ -z "$insecure" ]; then
   cat <<TXT
 Gossip is encrypted and raft and node-to-node calls use mutual TLS (cluster CA in $dir/n1/tls).
 Add another node with the join token (keep it secret):
-  TASKWORKER_JOIN_TOKEN=\$(cat $dir/n1/join-token) $bin agent --name n$m \\
+  $bin agent --name n$m --join-token-file $dir/n1/join-token \\
     --data-dir $dir/n$m --advertise 127.0.0.1 --gossip-addr 127.0.0.1:$(port $m 0) \\
     --raft-addr 127.0.0.1:$(port $m 1) --http-addr 127.0.0.1:$(port $m 2) --join 127.0.0.1:$(port 1 0)
 TXT
