@@ -128,7 +128,7 @@ func TestACLClusterAuthorizesThroughFollowers(t *testing.T) {
 		t.Fatalf("management list: %s", b)
 	}
 	code, b = aclCall(t, f, "GET", "/v1/tasks/"+square.ID, team.SecretID, "")
-	wantAPIError(t, "team get calc-square", code, b, 403, api.CodeForbidden, `"read" on task type "calc-square"`)
+	wantAPIError(t, "team get calc-square", code, b, 404, api.CodeNotFound, "not found")
 
 	// Every replica records the submitter.
 	for _, n := range tc.nodes {

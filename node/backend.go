@@ -43,7 +43,7 @@ func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.S
 		// Its FSM stops where its disk did: it could not even show the client its own task.
 		return api.Task{}, false, api.Errorf(api.CodeStorageUnavailable, "node %s cannot take work: %s; send it to another node", b.n.cfg.Name, reason)
 	}
-	item, err := b.n.submitTask(withCaller(ctx, caller), req, caller.Principal())
+	item, err := b.n.submitTask(withIdentity(withCaller(ctx, caller), caller.Identity), req, caller.Principal())
 	if err != nil {
 		return api.Task{}, false, toAPIError(err)
 	}
@@ -55,7 +55,7 @@ func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.S
 }
 
 func (b apiBackend) SubmitBatch(ctx context.Context, caller httpapi.Caller, reqs []api.SubmitRequest) ([]api.BatchResult, error) {
-	out, err := b.n.submitBatch(withCaller(ctx, caller), reqs, caller.Principal())
+	out, err := b.n.submitBatch(withIdentity(withCaller(ctx, caller), caller.Identity), reqs, caller.Principal())
 	return out, toAPIError(err)
 }
 

@@ -25,15 +25,16 @@ import (
 // The internode channel: an HTTP server on the internode listener (the gossip port, through
 // gossipmux) and the client nodes call it with. In secure mode both ends use TLS 1.3 with
 // certificates of the cluster CA (or the operator's); the server asks for a client certificate,
-// and every route but the join exchange refuses a caller without one. The caller's node name is
-// read from its certificate (pki.NodeName), so a forwarded executor report can be checked against
-// the node that sent it. In insecure mode it is plain HTTP and callers are not known.
+// and every route but the join exchange refuses a caller without one, or with one that names no
+// node. The caller's node name is read from its certificate (pki.NodeName), so a forwarded
+// executor report can be checked against the node that sent it. In insecure mode it is plain
+// HTTP and callers are not known.
 
 // peerCaller is who made an internode call.
 type peerCaller struct {
 	name string
-	// anyNode: the call cannot be tied to one node (insecure mode, or an operator certificate
-	// that names no node), so it may act for any.
+	// anyNode: the call cannot be tied to one node because nothing is authenticated (insecure
+	// mode), so it may act for any. A certificate that names no node never gets this.
 	anyNode bool
 }
 
@@ -95,11 +96,15 @@ func (n *Node) internodeAuth(next http.Handler) http.Handler {
 			writeError(w, http.StatusForbidden, "forbidden", "the certificate does not name a server of this cluster")
 			return
 		}
-		caller := peerCaller{anyNode: true}
-		if name, ok := pki.NodeName(leaf, s.cluster); ok {
-			caller = peerCaller{name: name}
+		// Every route here is a node's: a certificate that names none (an operator's `tls cert
+		// create --server` without --node) would otherwise speak for every node at once.
+		name, ok := pki.NodeName(leaf, s.cluster)
+		if !ok {
+			n.log.Warn("refused an internode call: the certificate names no node", "remote", r.RemoteAddr, "path", api.Truncate(r.URL.Path))
+			writeError(w, http.StatusForbidden, "forbidden", "internode calls need a certificate that names a node of this cluster")
+			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller)))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, peerCaller{name: name})))
 	})
 }
 

@@ -452,13 +452,15 @@ func (n *Node) startRaft() error {
 			}
 			trans = t
 		} else {
-			// Mutual TLS: a peer without a certificate of the cluster is closed before raft reads a byte.
+			// Mutual TLS: a peer without a node certificate of the cluster is closed before raft
+			// reads a byte.
 			sec := n.sec
 			stream, err := raftls.Listen(cfg.RaftAddr, raftls.Config{
-				Server:    pki.InternodeServerConfig(sec.holder, sec.serverName),
-				Client:    func() *tls.Config { return pki.InternodeClientConfig(sec.holder, sec.serverName) },
-				Advertise: adv,
-				Logger:    n.noisy.With("component", "raft-tls"),
+				Server:     pki.InternodeServerConfig(sec.holder, sec.serverName),
+				Client:     func() *tls.Config { return pki.InternodeClientConfig(sec.holder, sec.serverName) },
+				Advertise:  adv,
+				VerifyPeer: pki.RequireNodeName(sec.cluster),
+				Logger:     n.noisy.With("component", "raft-tls"),
 			})
 			if err != nil {
 				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)

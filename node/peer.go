@@ -123,6 +123,10 @@ func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
 				httpapi.WriteError(w, err)
 				return
 			}
+			if err := n.checkForwardedLineage(&b.Items[i], r.Header.Get(callerCredentialHeader)); err != nil {
+				httpapi.WriteError(w, err)
+				return
+			}
 		}
 	}
 	if err := checkQueueCommand(c); err != nil { // as submits: the follower is not trusted with it

@@ -37,6 +37,9 @@ func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedB
 		return fsm.ItemResult{}, err
 	}
 	sub.SubmittedBy = submittedBy
+	if err := n.checkLineage(&sub, identityOf(ctx)); err != nil {
+		return fsm.ItemResult{}, err
+	}
 	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{sub}}})
 	if err != nil {
 		return fsm.ItemResult{}, err
@@ -66,6 +69,10 @@ func (n *Node) submitBatch(ctx context.Context, reqs []api.SubmitRequest, submit
 			continue
 		}
 		sub.SubmittedBy = submittedBy
+		if err := n.checkLineage(&sub, identityOf(ctx)); err != nil {
+			results[i] = httpapi.ErrorResult(err)
+			continue
+		}
 		subs = append(subs, sub)
 		at = append(at, i)
 	}

@@ -33,7 +33,7 @@ func tlsCommand() *cli.Command {
 		Description: `For operators who keep their own certificate files; a cluster started without them makes
 its own CA and certificates. Files are never overwritten.
   taskworker tls ca create                 # taskworker-agent-ca.pem, taskworker-agent-ca-key.pem
-  taskworker tls cert create --server      # global-server-taskworker-0.pem and -key.pem, one per node
+  taskworker tls cert create --server --node n1   # global-server-taskworker-0.pem and -key.pem, one per node
   taskworker tls cert create --client      # global-client-taskworker-0.pem, for --tls-verify-incoming`,
 		Subcommands: []*cli.Command{
 			groupCommand(&cli.Command{
@@ -92,15 +92,17 @@ func tlsCertCreateCommand() *cli.Command {
 		Usage: "create a certificate signed by the CA: <cluster>-server|client-taskworker-<n>.pem and -key.pem (0600)",
 		Description: `--server certificates are for nodes (--tls-cert, --tls-key): they name server.<cluster>.taskworker,
 localhost and 127.0.0.1, plus --additional-dnsname and --additional-ipaddress (the names and IPs
-clients dial with --ca-file). --client certificates are for operators' tools when nodes run
---tls-verify-incoming; they can never act as a node. The file holds the certificate, then the CA.
+clients dial with --ca-file), and --node, the node that uses it: a node acts only as the node its
+certificate names, so one made without --node serves HTTPS but can never act as a node (an agent
+refuses it). --client certificates are for operators' tools when nodes run --tls-verify-incoming;
+they can never act as a node either. The file holds the certificate, then the CA.
 ` + toolExit,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "server", Usage: "a node certificate"},
 			&cli.BoolFlag{Name: "client", Usage: "an operator's client certificate"},
 			&cli.StringFlag{Name: "ca", TakesFile: true, Usage: "the CA certificate (default: <dir>/" + pki.ToolCACertFile + ")"},
 			&cli.StringFlag{Name: "key", TakesFile: true, Usage: "the CA key (default: <dir>/" + pki.ToolCAKeyFile + ")"},
-			&cli.StringFlag{Name: "node", Usage: "node name recorded in a --server certificate"},
+			&cli.StringFlag{Name: "node", Usage: "the node (its --name) a --server certificate is for; without it the certificate cannot act as any node"},
 			&cli.StringSliceFlag{Name: "additional-dnsname", Usage: "another DNS name for the certificate; repeatable"},
 			&cli.StringSliceFlag{Name: "additional-ipaddress", Usage: "another IP address for the certificate; repeatable"},
 			&cli.IntFlag{Name: "days", Value: defaultCertDays, Usage: "how long the certificate is valid (at most until the CA expires)"},
@@ -134,6 +136,12 @@ clients dial with --ca-file). --client certificates are for operators' tools whe
 			return cli.Exit(err.Error(), 1)
 		}
 		fmt.Fprintf(c.App.Writer, "==> Using CA %s and key %s\n==> Saved %s\n==> Saved %s\n", caFile, keyFile, files.Cert, files.Key)
+		switch {
+		case spec.Role == pki.RoleServer && spec.Name != "":
+			fmt.Fprintf(c.App.Writer, "==> For node %q only: start it with --name %s\n", spec.Name, spec.Name)
+		case spec.Role == pki.RoleServer:
+			fmt.Fprintln(c.App.Writer, "==> Names no node (no --node): it can serve HTTPS, but cannot act as any node; a node refuses it as --tls-cert")
+		}
 		return nil
 	})
 }

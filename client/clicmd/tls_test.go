@@ -23,6 +23,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/taskworker/taskworker/client"
+	"github.com/taskworker/taskworker/internal/pki"
 )
 
 // readPEMCerts parses every certificate in a PEM file, failing the test on anything else.
@@ -170,9 +171,17 @@ func TestTLSCertCreate(t *testing.T) {
 	}
 
 	// The next server certificate takes the next number; the first is left alone.
+	if !strings.Contains(stdout, `For node "n1" only`) {
+		t.Errorf("stdout %q does not say which node the certificate is for", stdout)
+	}
 	first := readFile(t, certFile)
-	mustRun(t, "tls", "cert", "create", "--server", "--dir", dir)
-	readPEMCerts(t, filepath.Join(dir, "prod-server-taskworker-1.pem"))
+	nameless := mustRun(t, "tls", "cert", "create", "--server", "--dir", dir)
+	if !strings.Contains(nameless, "cannot act as any node") {
+		t.Errorf("a certificate without --node: stdout %q does not say it cannot act as a node", nameless)
+	}
+	if _, ok := pki.NodeName(readPEMCerts(t, filepath.Join(dir, "prod-server-taskworker-1.pem"))[0], "prod"); ok {
+		t.Error("a certificate made without --node names a node")
+	}
 	if !bytes.Equal(first, readFile(t, certFile)) {
 		t.Fatal("the first server certificate was overwritten")
 	}

@@ -218,3 +218,18 @@ func (h *Holder) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certifi
 	}
 	return &id.Cert, nil
 }
+
+// ErrNoNodeName means a certificate names no node of the cluster: an operator's certificate made
+// without --node. It may serve HTTPS, but never speaks as a node.
+var ErrNoNodeName = errors.New("the certificate names no node of this cluster")
+
+// RequireNodeName returns a check that a peer's certificate names a node of cluster (NodeName),
+// for listeners only nodes may use, such as raft's.
+func RequireNodeName(cluster string) func(*x509.Certificate) error {
+	return func(leaf *x509.Certificate) error {
+		if _, ok := NodeName(leaf, cluster); !ok {
+			return ErrNoNodeName
+		}
+		return nil
+	}
+}

@@ -1,0 +1,92 @@
+package node
+
+import (
+	"context"
+	"time"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/acl"
+)
+
+// A submit's parent_id and execution_id put the new task into another task's execution: it shows
+// in that execution's list, beside the tasks of whoever started it. With ACLs on, only two callers
+// may do that: the parent's own running attempt (a child its executor submits, through its node,
+// with no API caller), or a caller that may read every task it names. Anyone else could slip
+// tasks into another principal's execution.
+
+// identityKey carries the API caller's identity (with ACLs on) from the API backend to the
+// submit's validation; a submit the node makes itself has none.
+type identityKey struct{}
+
+func withIdentity(ctx context.Context, id *acl.Identity) context.Context {
+	if id == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, identityKey{}, id)
+}
+
+func identityOf(ctx context.Context) *acl.Identity {
+	id, _ := ctx.Value(identityKey{}).(*acl.Identity)
+	return id
+}
+
+// errLineage is the refusal, the same whether the named task is missing or unreadable, so that
+// it tells the caller nothing about a task it may not see.
+func errLineage() error {
+	return api.Errorf(api.CodeForbidden, "parent_id and execution_id may only name tasks this caller may read")
+}
+
+// checkLineage checks the execution a submit joins, for id, the API caller (nil for a submit this
+// node makes itself: a running task's child). Without ACLs every caller may read every task.
+func (n *Node) checkLineage(s *fsm.Submit, id *acl.Identity) error {
+	if !n.cfg.ACL || s.ParentID == "" && (s.ExecutionID == "" || s.ExecutionID == s.ID) {
+		return nil
+	}
+	if id == nil {
+		return n.checkChild(s)
+	}
+	for _, ref := range []string{s.ParentID, s.ExecutionID} {
+		if ref == "" || ref == s.ID {
+			continue
+		}
+		t, ok := n.fsm.Task(ref)
+		if !ok || !id.CanRead(t.Type) {
+			return errLineage()
+		}
+	}
+	return nil
+}
+
+// checkChild accepts a submit made without an API caller only as a child of a running task: it
+// names that task as its parent, joins the parent's execution, and records the parent's
+// submitter (the leader's childSubmits makes the same check of a forwarded one).
+func (n *Node) checkChild(s *fsm.Submit) error {
+	p, ok := n.fsm.Task(s.ParentID)
+	if s.ParentID == "" || !ok || !p.State.Active() || p.ExecutionID != s.ExecutionID || p.SubmittedBy != s.SubmittedBy {
+		return api.Errorf(api.CodeForbidden, "parent_id and execution_id without a caller are accepted only from the parent's running attempt")
+	}
+	return nil
+}
+
+// checkForwardedLineage is checkLineage at the leader, for a submit a follower forwarded with
+// the API caller's credential ("" for a running task's child, or an anonymous caller).
+func (n *Node) checkForwardedLineage(s *fsm.Submit, credential string) error {
+	if !n.cfg.ACL || s.ParentID == "" && (s.ExecutionID == "" || s.ExecutionID == s.ID) {
+		return nil
+	}
+	var childErr error
+	if credential == "" {
+		if childErr = n.checkChild(s); childErr == nil {
+			return nil
+		}
+	}
+	id, err := n.authorizer().Resolve(credential, time.Now())
+	switch {
+	case err != nil && childErr != nil: // no caller at all: it could only be a child
+		return childErr
+	case err != nil:
+		return api.Errorf(api.CodeUnauthorized, "forwarded request: %v", err)
+	}
+	return n.checkLineage(s, id)
+}

@@ -1,0 +1,133 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/acl"
+)
+
+// policyToken applies a policy granting caps on each type and returns a token for it, through n.
+func policyToken(t *testing.T, n *Node, mgmt, name string, caps string, types ...string) api.ACLToken {
+	t.Helper()
+	var rules []string
+	for _, typ := range types {
+		rules = append(rules, fmt.Sprintf(`{"task_type": %q, "capabilities": [%s]}`, typ, caps))
+	}
+	code, b := aclCall(t, n, "PUT", "/v1/acl/policy/"+name, mgmt, `{"rules": [`+strings.Join(rules, ",")+`]}`)
+	if code != http.StatusOK {
+		t.Fatalf("policy %s: %d %s", name, code, b)
+	}
+	code, b = aclCall(t, n, "POST", "/v1/acl/tokens", mgmt, fmt.Sprintf(`{"policies": [%q]}`, name))
+	var tok api.ACLToken
+	mustJSON(t, b, &tok)
+	if code != http.StatusCreated {
+		t.Fatalf("token %s: %d %s", name, code, b)
+	}
+	return tok
+}
+
+// parent_id and execution_id put a task into another principal's execution only for a caller that
+// may read it, or for the parent's running attempt: refused on the node that takes the request and
+// again on the leader, for a follower's forward that skipped the check.
+func TestExecutionJoinNeedsTheParentsAttemptOrAReader(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{inmem: true, registry: parentRegistry(t), tweak: func(_ int, c *Config) { c.ACL = true }})
+	l, f := tc.leader(), tc.follower()
+	mgmt := bootstrapACL(t, f).SecretID
+	victim := policyToken(t, f, mgmt, "victim", `"submit", "read", "cancel", "logs"`, "sleep", "parent", "echo")
+	attacker := policyToken(t, f, mgmt, "attacker", `"submit"`, "calc-square")
+
+	code, b := aclCall(t, f, "POST", "/v1/tasks", victim.SecretID, `{"type": "sleep", "input": {"ms": 60000}}`)
+	var root api.Task
+	mustJSON(t, b, &root)
+	if code != http.StatusCreated {
+		t.Fatalf("victim submit: %d %s", code, b)
+	}
+	waitFor(t, "every node has the victim's task", 20*time.Second, func() bool {
+		for _, n := range tc.nodes {
+			if tk, ok := n.FSM().Task(root.ID); !ok || !tk.State.Active() {
+				return false
+			}
+		}
+		return true
+	})
+	for _, n := range []*Node{f, l} {
+		for _, body := range []string{
+			fmt.Sprintf(`{"type": "calc-square", "input": 2, "parent_id": %q, "execution_id": %q}`, root.ID, root.ID),
+			fmt.Sprintf(`{"type": "calc-square", "input": 2, "execution_id": %q}`, root.ID),
+			fmt.Sprintf(`{"type": "calc-square", "input": 2, "parent_id": %q}`, root.ID),
+			`{"type": "calc-square", "input": 2, "parent_id": "01NOSUCHTASK", "execution_id": "01NOSUCHTASK"}`,
+		} {
+			code, b := aclCall(t, n, "POST", "/v1/tasks", attacker.SecretID, body)
+			wantAPIError(t, "attacker joins through "+n.Name(), code, b, 403, api.CodeForbidden, "parent_id and execution_id")
+			code, b = aclCall(t, n, "POST", api.PathTasksBatch, attacker.SecretID, `{"tasks": [`+body+`]}`)
+			var reply api.BatchSubmitReply
+			mustJSON(t, b, &reply)
+			if code != http.StatusOK || len(reply.Results) != 1 || reply.Results[0].Status != 403 {
+				t.Fatalf("attacker batch through %s: %d %s", n.Name(), code, b)
+			}
+		}
+	}
+
+	// Straight to the leader, as a follower that skipped its check would forward it.
+	forward := func(secret string, s fsm.Submit) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if secret != "" {
+			ctx = context.WithValue(ctx, credentialKey{}, acl.Secret(secret))
+		}
+		_, err := f.forward(ctx, f.peerAddr(l.Name()), &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{s}}})
+		return err
+	}
+	forged := func(id string) fsm.Submit {
+		return fsm.Submit{ID: id, Type: "calc-square", Version: "1", Input: json.RawMessage("2"), MaxAttempts: 1,
+			Timeout: fsm.Duration(time.Minute), ExecutionID: root.ID, ParentID: root.ID}
+	}
+	_, before := l.FSM().Digest()
+	var ae *api.Error
+	if err := forward(attacker.SecretID, forged("forged-1")); !errors.As(err, &ae) || ae.Code != api.CodeForbidden {
+		t.Fatalf("forwarded join with the attacker's credential: %v", err)
+	}
+	// Without a credential only the parent's own attempt may: same submitter, same execution.
+	child := forged("forged-2")
+	child.Type, child.Input, child.SubmittedBy, child.ExecutionID = "echo", json.RawMessage(`"x"`), victim.AccessorID, "01OTHEREXECUTION"
+	if err := forward("", child); !errors.As(err, &ae) || ae.Code != api.CodeForbidden {
+		t.Fatalf("forwarded child into another execution: %v", err)
+	}
+	if _, after := l.FSM().Digest(); after != before {
+		t.Fatal("a refused join changed the leader's state")
+	}
+
+	// The victim's execution shows only the victim's task.
+	code, b = aclCall(t, f, "GET", "/v1/tasks?execution="+root.ID, victim.SecretID, "")
+	var list []api.Task
+	mustJSON(t, b, &list)
+	if code != http.StatusOK || len(list) != 1 || list[0].ID != root.ID {
+		t.Fatalf("victim's execution: %d %s", code, b)
+	}
+
+	// A caller that may read the parent may join it; a running task's children still join theirs.
+	code, b = aclCall(t, f, "POST", "/v1/tasks", victim.SecretID, fmt.Sprintf(`{"type": "echo", "input": 1, "parent_id": %q, "execution_id": %q}`, root.ID, root.ID))
+	if code != http.StatusCreated {
+		t.Fatalf("victim joins its own execution: %d %s", code, b)
+	}
+	code, b = aclCall(t, f, "POST", "/v1/tasks?wait=30s", victim.SecretID, `{"type": "parent"}`)
+	var parent api.Task
+	mustJSON(t, b, &parent)
+	if code != http.StatusCreated || parent.State != api.StateSucceeded {
+		t.Fatalf("a task that submits a child: %d %s", code, b)
+	}
+	var childID string
+	_ = json.Unmarshal(parent.Result, &childID)
+	if tk, ok := f.FSM().Task(childID); !ok || tk.ParentID != parent.ID || tk.SubmittedBy != victim.AccessorID {
+		t.Fatalf("child %q: %+v", childID, tk)
+	}
+}
