@@ -9,6 +9,9 @@
 // Connections are capped per remote IP and in total (internal/limits), counted from accept to
 // close, so a flood of idle connections costs the node a bounded number of descriptors.
 //
+// PlainStreamLayer is its twin for an insecure cluster: the same caps, a deadline on the first
+// byte instead of the handshake, and no authentication.
+//
 // It knows nothing of how certificates are made or renewed: it takes the tls.Configs that
 // internal/pki builds (InternodeServerConfig, InternodeClientConfig).
 package raftls
