@@ -446,11 +446,13 @@ func (n *Node) startRaft() error {
 				Logger: newHCLogger(n.noisy, "raft-net", cfg.LogLevel)}
 		}
 		if n.sec.insecure {
-			t, err := raft.NewTCPTransportWithConfig(cfg.RaftAddr, adv, tcfg(nil))
+			// No authentication (--insecure), but the same connection caps as with TLS.
+			stream, err := raftls.ListenPlain(cfg.RaftAddr, adv, nil, 0)
 			if err != nil {
 				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 			}
-			trans = t
+			n.connCaps = append(n.connCaps, connCap{"raft", stream.Stats})
+			trans = raft.NewNetworkTransportWithConfig(tcfg(stream))
 		} else {
 			// Mutual TLS: a peer without a node certificate of the cluster is closed before raft
 			// reads a byte.
