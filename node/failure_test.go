@@ -306,22 +306,48 @@ func TestRetriesBackOffUntilMaxAttempts(t *testing.T) {
 	tc := startCluster(t, 1, clusterOpts{inmem: true})
 	n := tc.nodes[0]
 	var flaky api.Task
-	httpCall(t, n, "POST", "/v1/tasks?wait=30s", map[string]any{"type": "flaky", "input": map[string]int{"fail_attempts": 2}, "max_attempts": 3}, &flaky)
+	if code := httpCall(t, n, "POST", "/v1/tasks", map[string]any{"type": "flaky", "input": map[string]int{"fail_attempts": 2}, "max_attempts": 3}, &flaky); code != 201 && code != 200 {
+		t.Fatalf("submit flaky: %d", code)
+	}
+	// Follow every change of the task with blocking reads, to see the retry deadline (NotBefore)
+	// each failure was given while the task waits for it.
+	notBefore := map[int]time.Time{} // by failures so far
+	for !fsm.State(flaky.State).Terminal() {
+		prev := flaky.ModifyIndex
+		httpCall(t, n, "GET", fmt.Sprintf("/v1/tasks/%s?wait=30s&index=%d", flaky.ID, prev), nil, &flaky)
+		if flaky.ModifyIndex == prev {
+			t.Fatalf("flaky: no change in 30 s from %s attempt %d", flaky.State, flaky.Attempt)
+		}
+		if flaky.State == api.StatePending && flaky.NotBefore != nil {
+			notBefore[flaky.Failures] = *flaky.NotBefore
+		}
+	}
 	if flaky.State != api.StateSucceeded || flaky.Attempt != 3 || flaky.Failures != 2 || string(flaky.Result) != `{"attempt":3}` {
 		t.Fatalf("flaky: %s attempt %d failures %d result %s", flaky.State, flaky.Attempt, flaky.Failures, flaky.Result)
 	}
-	// Backoff: the second attempt starts about 1 s (±20 %) after the first failure.
-	var failedAt, secondAt time.Time
-	for _, h := range flaky.History {
-		if h.Event == fsm.EventFailed && h.Attempt == 1 {
-			failedAt = h.At
+	// Backoff: the retry after failure k may start 2^(k-1) s (±20 %) after that failure, by the
+	// leader's clock, and the scheduler holds it until then. Both times come from the leader's
+	// clock and the history, so no wall-clock bound of this test is involved.
+	for failures, base := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second} {
+		var failedAt, assignedAt time.Time
+		for _, h := range flaky.History {
+			if h.Event == fsm.EventFailed && h.Attempt == failures {
+				failedAt = h.At
+			}
+			if h.Event == fsm.EventAssigned && h.Attempt == failures+1 {
+				assignedAt = h.At
+			}
 		}
-		if h.Event == fsm.EventAssigned && h.Attempt == 2 {
-			secondAt = h.At
+		nb, ok := notBefore[failures]
+		if !ok || failedAt.IsZero() || assignedAt.IsZero() {
+			t.Fatalf("after failure %d: retry deadline seen %v, failed at %v, next assigned at %v; history %+v", failures, ok, failedAt, assignedAt, flaky.History)
 		}
-	}
-	if gap := secondAt.Sub(failedAt); gap < 750*time.Millisecond {
-		t.Fatalf("retry after %s, want >= ~0.8s backoff", gap)
+		if wait := nb.Sub(failedAt); wait < base*8/10 || wait > base*12/10 {
+			t.Errorf("after failure %d: retry deadline %s after the failure, want %s ±20 %%", failures, wait, base)
+		}
+		if assignedAt.Before(nb) {
+			t.Errorf("after failure %d: retried at %s, before its deadline %s", failures, assignedAt, nb)
+		}
 	}
 	var failing api.Task
 	httpCall(t, n, "POST", "/v1/tasks?wait=30s", map[string]any{"type": "fail", "input": "boom", "max_attempts": 2}, &failing)
