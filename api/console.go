@@ -9,7 +9,8 @@ import "time"
 // keep one such request open per view instead of polling.
 const (
 	// HeaderIndex is the index of a reply to a blocking query: for GET /v1/tasks/{id} the task's
-	// modify_index, for GET /v1/tasks the FSM index the list was read at, and for GET /v1/cluster
+	// modify_index, for GET /v1/tasks the FSM index the list was read at (with ACLs, for a caller
+	// that may not read every type, an opaque number that changes whenever its page would), and for GET /v1/cluster
 	// an opaque number that changes whenever the reply would (it also covers gossip, which is not in
 	// the replicated log).
 	HeaderIndex = "X-Taskworker-Index"

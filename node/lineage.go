@@ -81,7 +81,7 @@ func (n *Node) checkForwardedLineage(s *fsm.Submit, credential string) error {
 			return nil
 		}
 	}
-	id, err := n.authorizer().Resolve(credential, time.Now())
+	id, err := n.resolve(credential, time.Now())
 	switch {
 	case err != nil && childErr != nil: // no caller at all: it could only be a child
 		return childErr

@@ -430,22 +430,17 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	caller := callerOf(r)
-	at := s.b.Index()
 	var page api.TaskPage
-	switch {
-	case wait > 0 && at <= index && caller.Identity != nil && !caller.Identity.ReadsAll():
-		// Woken by any index, this caller would learn when tasks it may not see change.
-		if page, err = s.b.List(r.Context(), q, caller.CanRead); err == nil {
+	var at uint64
+	if restricted(caller) {
+		// The raft index would tell this caller when tasks it may not see change.
+		page, at, err = s.visibleList(r.Context(), caller, q, index, wait)
+	} else {
+		if at = s.b.Index(); wait > 0 && at <= index {
 			ctx, cancel := context.WithTimeout(r.Context(), wait)
-			page, at, err = s.waitVisibleChange(ctx, caller, q, page, index)
+			at = s.b.WaitIndex(ctx, index)
 			cancel()
 		}
-	case wait > 0 && at <= index:
-		ctx, cancel := context.WithTimeout(r.Context(), wait)
-		at = s.b.WaitIndex(ctx, index)
-		cancel()
-		fallthrough
-	default:
 		page, err = s.b.List(r.Context(), q, caller.CanRead)
 	}
 	if err != nil {

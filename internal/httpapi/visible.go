@@ -2,8 +2,10 @@ package httpapi
 
 import (
 	"context"
+	"hash/fnv"
 	"net/http"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/taskworker/taskworker/api"
@@ -11,8 +13,8 @@ import (
 )
 
 // With ACLs on, a task the caller may not read does not exist for it: routes that take a task ID
-// answer for it exactly as for a missing ID, blocking lists do not wake for it, and counts leave
-// it out. Otherwise a 403 would name the type of any ID, and the timing of a blocking list or a
+// answer for it exactly as for a missing ID, blocking lists neither wake for it nor show an index
+// that moves with it, and counts leave it out. Otherwise a 403 would name the type of any ID, and the timing of a blocking list or a
 // count would show a victim's activity.
 
 // TaskNotFound is the answer for an unknown task ID, and for one the caller may not read.
@@ -37,40 +39,52 @@ func (s *server) taskFor(r *http.Request, id string, capability acl.Capability) 
 	return t, nil
 }
 
-// listIndexStep bounds how often a blocking list of a caller that may not read every type looks
-// again: each look builds a page, and a busy cluster changes many times a second.
-const listIndexStep = 50 * time.Millisecond
+// listRecheck bounds how often a blocking list of a restricted caller looks again: each look
+// builds a page, and a busy cluster changes many times a second.
+const listRecheck = 50 * time.Millisecond
 
-// waitVisibleChange blocks a list until the page the caller would get differs from first, or ctx
-// ends, and returns the page to answer with and the index it was read at. A change the caller may
-// not see (a task of a type it may not read) does not end the wait.
-func (s *server) waitVisibleChange(ctx context.Context, caller Caller, q api.ListQuery, first api.TaskPage, at uint64) (api.TaskPage, uint64, error) {
+// restricted reports whether the caller may not read every task type: its lists must not show
+// when tasks of the others change.
+func restricted(c Caller) bool { return c.Identity != nil && !c.Identity.ReadsAll() }
+
+// visibleList is the list of a restricted caller. Its index is not the raft index, which moves
+// with every change, visible or not: it is a hash of the page the caller gets (pageIndex), and a
+// blocking query with that index is held until the page itself differs or the wait elapses.
+func (s *server) visibleList(ctx context.Context, caller Caller, q api.ListQuery, index uint64, wait time.Duration) (api.TaskPage, uint64, error) {
+	wctx, cancel := context.WithTimeout(ctx, max(wait, 0))
+	defer cancel()
 	for {
-		next := s.b.WaitIndex(ctx, at)
-		if next <= at { // the wait elapsed, or the node is leaving
-			return first, at, nil
-		}
-		at = next
+		at := s.b.Index()
 		page, err := s.b.List(ctx, q, caller.CanRead)
 		if err != nil {
-			return api.TaskPage{}, at, err
+			return api.TaskPage{}, 0, err
 		}
-		if !samePage(first, page) {
-			return page, at, nil
+		h := pageIndex(page)
+		if wait <= 0 || h != index || wctx.Err() != nil {
+			return page, h, nil
 		}
+		s.b.WaitIndex(wctx, at)
 		select {
-		case <-ctx.Done():
-			return first, at, nil
-		case <-time.After(listIndexStep):
+		case <-wctx.Done():
+		case <-time.After(listRecheck):
 		}
 	}
 }
 
-// samePage reports whether two pages show the caller the same thing.
-func samePage(a, b api.TaskPage) bool {
-	return a.Total == b.Total && a.Next == b.Next && slices.EqualFunc(a.Tasks, b.Tasks, func(x, y api.Task) bool {
-		return x.ID == y.ID && x.ModifyIndex == y.ModifyIndex
-	})
+// pageIndex is a hash of what a page shows: the IDs and modify indexes of its tasks, its total
+// and its cursor. It never is 0, the index of a first, non-blocking query.
+func pageIndex(p api.TaskPage) uint64 {
+	f := fnv.New64a()
+	var b []byte
+	for _, t := range p.Tasks {
+		b = append(append(b, t.ID...), 0)
+		b = strconv.AppendUint(b, t.ModifyIndex, 10)
+		b = append(b, 0)
+	}
+	b = strconv.AppendInt(b, int64(p.Total), 10)
+	b = append(append(b, 0), p.Next...)
+	_, _ = f.Write(b)
+	return f.Sum64()>>1 | 1 // fits a JavaScript number's exact range, as clusterHash
 }
 
 // visibleTypes returns types with the pending count of each type the caller may not read zeroed:

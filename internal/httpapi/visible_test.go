@@ -44,16 +44,21 @@ func TestUnreadableTaskAnswersAsMissing(t *testing.T) {
 }
 
 // A blocking list does not answer when only tasks the caller may not read change: it goes back to
-// waiting, and answers when a task it may read changes.
+// waiting, and answers when a task it may read changes. Its index is a hash of its page, never
+// the raft index, which moves with every change.
 func TestBlockingListWakesOnlyForReadableChanges(t *testing.T) {
 	b, a, secrets := newACLFixture(t, false)
 	b.waitingIndex = make(chan uint64)
 	h := New(b, Options{ACL: a})
+	auth := []string{"Authorization", "Bearer " + secrets["reports"]}
+	first := call(h, "GET", "/v1/tasks", "", "", auth...)
+	pageIdx := first.Header().Get(api.HeaderIndex)
+	if first.Code != 200 || pageIdx == "" || pageIdx == strconv.FormatUint(b.Index(), 10) {
+		t.Fatalf("first list: %d, index %q (raft index %d)", first.Code, pageIdx, b.Index())
+	}
 	index := b.Index()
 	done := make(chan *httptest.ResponseRecorder, 1)
-	go func() {
-		done <- call(h, "GET", "/v1/tasks?wait=1m&index="+strconv.FormatUint(index, 10), "", "", "Authorization", "Bearer "+secrets["reports"])
-	}()
+	go func() { done <- call(h, "GET", "/v1/tasks?wait=1m&index="+pageIdx, "", "", auth...) }()
 	waiting := func(after uint64) {
 		t.Helper()
 		select {
@@ -88,8 +93,14 @@ func TestBlockingListWakesOnlyForReadableChanges(t *testing.T) {
 	if strings.Join(ids, " ") != "r7 r1 p1" {
 		t.Errorf("listed %v, want r7 r1 p1", ids)
 	}
-	if rec.Header().Get(api.HeaderIndex) != strconv.FormatUint(index+2, 10) {
-		t.Errorf("index %s, want %d", rec.Header().Get(api.HeaderIndex), index+2)
+	// Its index is its page's, which a change it may not see leaves as it is.
+	if got := rec.Header().Get(api.HeaderIndex); got == pageIdx || got == strconv.FormatUint(b.Index(), 10) {
+		t.Errorf("index %s after a readable change: the same as before (%s), or the raft index", got, pageIdx)
+	}
+	b.put(api.Task{ID: "e8", Type: "echo", State: api.StatePending, History: []api.HistoryEntry{}})
+	again := call(h, "GET", "/v1/tasks", "", "", auth...)
+	if again.Header().Get(api.HeaderIndex) != rec.Header().Get(api.HeaderIndex) {
+		t.Errorf("a change the caller may not see moved its list's index: %s, then %s", rec.Header().Get(api.HeaderIndex), again.Header().Get(api.HeaderIndex))
 	}
 }
 
