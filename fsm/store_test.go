@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"reflect"
-	"sync"
 	"testing"
 	"time"
 
@@ -107,31 +106,74 @@ func TestSnapshotKeepsItsStateWhileApplyGoesOn(t *testing.T) {
 	}
 }
 
+// Persist runs beside Apply: with Persist held in the middle of writing (its first write waits
+// on a gate), every later command still applies; and the bytes it then writes are the state at
+// the snapshot, none of what was applied meanwhile. The race detector checks that Persist reads
+// nothing Apply writes.
 func TestPersistRunsBesideApply(t *testing.T) {
 	h := newHarness(t)
 	h.must(registerCmd("n1", "b1", 1000))
-	for i := range 200 {
-		h.must(submitCmd(sub(fmt.Sprintf("t%03d", i), "echo")))
+	// Enough tasks that Persist's buffer fills and it writes to the sink (and waits at the gate)
+	// long before it has encoded them all.
+	const tasks = 8000
+	for b := range tasks / 100 {
+		var batch []Submit
+		for i := range 100 {
+			batch = append(batch, sub(fmt.Sprintf("t%04d", b*100+i), "echo"))
+		}
+		h.must(submitCmd(batch...))
 	}
+	atIdx, atSum := h.f.Digest()
 	snap, err := h.f.Snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // the race detector checks that Persist reads nothing Apply writes
-		defer wg.Done()
-		var sink bufSink
-		if err := snap.Persist(&sink); err != nil {
-			t.Error(err)
-		}
-	}()
-	for i := range 200 {
-		id := fmt.Sprintf("t%03d", i)
-		h.must(assignCmd(id, "n1", "b1"))
-		h.must(reportCmd(rep(id, 1, "n1", "b1", ReportSucceeded)))
+	defer snap.Release()
+	sink := &gatedSink{gate: make(chan struct{}), first: make(chan struct{})}
+	persisted := make(chan error, 1)
+	go func() { persisted <- snap.Persist(sink) }()
+	select {
+	case <-sink.first:
+	case err := <-persisted:
+		t.Fatalf("Persist returned (%v) without writing", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Persist wrote nothing in 10 s")
 	}
-	wg.Wait()
+	// Persist is now inside its first write. Apply must not wait for it.
+	applied := make(chan error, 1)
+	go func() { // no t.Fatal off the test's goroutine: the first error is handed back
+		for i := range 200 {
+			id := fmt.Sprintf("t%04d", i)
+			for _, c := range []*Command{assignCmd(id, "n1", "b1"), reportCmd(rep(id, 1, "n1", "b1", ReportSucceeded))} {
+				if r := h.apply(c); r.Err != nil || r.Items[0].Err != nil {
+					applied <- fmt.Errorf("apply %s to %s: %v %v", c.Type(), id, r.Err, r.Items)
+					return
+				}
+			}
+		}
+		applied <- nil
+	}()
+	select {
+	case err := <-applied:
+		if err != nil {
+			close(sink.gate)
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		close(sink.gate)
+		t.Fatal("Apply waited for a Persist in progress")
+	}
+	close(sink.gate)
+	if err := <-persisted; err != nil {
+		t.Fatal(err)
+	}
+	if idx, sum := h.f.Digest(); idx == atIdx || sum == atSum {
+		t.Fatalf("the applies changed nothing (index %d): the check below would prove nothing", idx)
+	}
+	if n := sink.buf.Len(); n < 2*256<<10 { // Persist writes through a 256 KiB buffer
+		t.Fatalf("the snapshot is %d bytes: too small for its first write to come before its end", n)
+	}
+	checkRestoresTo(t, &sink.buf, atIdx, atSum)
 }
 
 func TestListCursorPagesStayStableAcrossInserts(t *testing.T) {

@@ -21,6 +21,7 @@ mutations=(
   fsm-fence-stale-attempt    # a report of an earlier attempt is accepted
   fsm-no-requeue-on-death    # a dead node's tasks stay assigned to it instead of pending again
   fsm-halt-touches-state     # an entry that halts the FSM still changes a record
+  fsm-snapshot-live-tasks    # a snapshot shares the live task index: Persist writes later state
   scheduler-ignore-capacity  # placement fills a node past its capacity
 )
 
@@ -54,6 +55,9 @@ apply_mutation() {
     replace fsm/fsm.go \
       $'\t\t\tf.halt = newHaltError(l.Index, err)\n' \
       $'\t\t\tf.halt = newHaltError(l.Index, err)\n\t\t\tfor _, n := range f.nodes {\n\t\t\t\tn.Capacity++\n\t\t\t}\n'
+    pkg=./fsm ;;
+  fsm-snapshot-live-tasks)
+    replace fsm/fsm.go 's := &snapshot{index: f.index, tasks: f.tasks.all.Clone(),' 's := &snapshot{index: f.index, tasks: f.tasks.all,'
     pkg=./fsm ;;
   scheduler-ignore-capacity)
     replace scheduler/place.go \
