@@ -342,7 +342,7 @@ func ParseListQuery(v url.Values) (ListQuery, error) {
 		return q, Errorf(CodeInvalidTime, "until must be after since")
 	}
 	if q.State != "" && !validState(q.State) {
-		return q, Errorf(CodeInvalidState, "unknown state %q", Truncate(q.State))
+		return q, Errorf(CodeInvalidState, "unknown state %q; valid states: %v", Truncate(q.State), States)
 	}
 	if s := v.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)

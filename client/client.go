@@ -504,6 +504,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	return resp.StatusCode, wrapDecode(method+" "+path, json.NewDecoder(resp.Body).Decode(out))
 }
 
+// plainToTLS is what Go's HTTPS server answers, with a 400, to a request in plain HTTP.
+const plainToTLS = "Client sent an HTTP request to an HTTPS server"
+
 // send returns the response to a request when its status is 2xx, and an
 // *APIError otherwise. The caller closes the body.
 func (c *Client) send(ctx context.Context, method, path string, q url.Values, body any) (*http.Response, error) {
@@ -544,6 +547,9 @@ func (c *Client) send(ctx context.Context, method, path string, q url.Values, bo
 	apiErr := &APIError{StatusCode: resp.StatusCode, LeaderAddr: resp.Header.Get(api.HeaderLeaderAddr)}
 	if b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10)); err == nil {
 		_ = json.Unmarshal(b, apiErr) // not JSON: fall back to the status text below
+		if resp.StatusCode == http.StatusBadRequest && bytes.Contains(b, []byte(plainToTLS)) {
+			apiErr.Message = fmt.Sprintf("%s serves HTTPS: use %s", strings.TrimSuffix(c.base, "/"), "https://"+strings.TrimPrefix(c.base, "http://"))
+		}
 	}
 	if apiErr.Message == "" {
 		apiErr.Message = http.StatusText(resp.StatusCode)

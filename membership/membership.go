@@ -22,6 +22,10 @@ import (
 // ErrShutdown is returned by calls made after Shutdown.
 var ErrShutdown = errors.New("membership shut down")
 
+// ErrEncryptionMismatch is returned by Join when a seed answered but one side encrypts gossip
+// and the other does not: retrying cannot help, the node's configuration must change.
+var ErrEncryptionMismatch = errors.New("gossip encryption mismatch")
+
 // ErrNameConflict is returned by Join when the cluster already has a live member of this node's
 // name at another address: retrying cannot help, the operator must rename one of them.
 var ErrNameConflict = errors.New("duplicate node name")
@@ -150,6 +154,9 @@ type Membership struct {
 	// created is list for the delegate: memberlist serves state exchanges before Create returns.
 	created  atomic.Pointer[memberlist.Memberlist]
 	shutdown bool
+	// stopping is set by Leave and Shutdown: from then on memberlist's goroutines may still write
+	// to sockets being closed, which is the shutdown itself and not an error (see logWriter).
+	stopping atomic.Bool
 
 	queue  eventQueue
 	events chan Event
@@ -198,7 +205,7 @@ func New(cfg Config) (*Membership, error) {
 	mc.Delegate = (*delegate)(m)
 	mc.Events = (*delegate)(m)
 	mc.Merge = (*delegate)(m)
-	mc.Logger = memberlistLogger(cfg.Logger)
+	mc.Logger = memberlistLogger(cfg.Logger, &m.stopping)
 	if cfg.Transport != nil {
 		mc.Transport = cfg.Transport
 	}
@@ -268,9 +275,12 @@ func (m *Membership) Join(ctx context.Context, addrs []string) error {
 			m.log.Debug("joined cluster", "contacted", n, "seeds", addrs)
 			return nil
 		}
+		if mm := encryptionMismatch(err); mm != "" {
+			return fmt.Errorf("%w: %s", ErrEncryptionMismatch, mm)
+		}
 		// WARN, with the wait: a seed that never answers is the operator's to fix (wrong address,
 		// node down, firewall, wrong gossip key), not a detail.
-		m.log.Warn(fmt.Sprintf("join failed, retrying in %s", backoff), "seeds", addrs, "err", err)
+		m.log.Warn(fmt.Sprintf("join failed, retrying in %s", backoff), "seeds", addrs, "err", oneLine(err))
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
@@ -283,6 +293,56 @@ func (m *Membership) Join(ctx context.Context, addrs []string) error {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
+}
+
+// memberlist's words (net.go, v0.7.0) for a push/pull with a node that encrypts gossip
+// differently; they reach Join inside a multierror, one per seed.
+const (
+	remoteEncrypted = "remote state is encrypted and encryption is not configured"
+	remotePlain     = "encryption is configured but remote state is not encrypted"
+)
+
+// encryptionMismatch names the mismatch in a failed join, or returns "" when err is another
+// failure (a seed down, a timeout), which is worth retrying.
+func encryptionMismatch(err error) string {
+	if err == nil {
+		return ""
+	}
+	seed := func(s string) string {
+		// "failed to join 127.0.0.1:7946: remote state ..." names the seed.
+		if _, rest, ok := strings.Cut(s, "failed to join "); ok {
+			if addr, _, ok := strings.Cut(rest, ": "); ok {
+				return addr
+			}
+		}
+		return "a seed"
+	}
+	for _, line := range strings.Split(err.Error(), "\n") {
+		switch {
+		case strings.Contains(line, remoteEncrypted):
+			return fmt.Sprintf("the member at %s encrypts its gossip and this node has no gossip key (it runs --insecure; a secure cluster is joined with its join token)", seed(line))
+		case strings.Contains(line, remotePlain):
+			return fmt.Sprintf("the member at %s gossips in plain text and this node encrypts (that cluster runs --insecure; join it with --insecure)", seed(line))
+		}
+	}
+	return ""
+}
+
+// oneLine flattens memberlist's multierror ("1 error occurred:\n\t* failed to join ...") into
+// one line, so a log line stays one line.
+func oneLine(err error) string {
+	if err == nil {
+		return ""
+	}
+	var parts []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "* "))
+		if l == "" || strings.HasSuffix(l, "error occurred:") || strings.HasSuffix(l, "errors occurred:") {
+			continue
+		}
+		parts = append(parts, l)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Events delivers member changes in order, including this node's own join, updates and leave. It
@@ -388,6 +448,7 @@ func (m *Membership) Leave(timeout time.Duration) error {
 	if left {
 		return nil
 	}
+	m.stopping.Store(true)
 	deadline := time.Now().Add(timeout)
 	if err := m.updateMeta(func(meta *Meta) { meta.Draining = true }, timeout); err != nil {
 		return fmt.Errorf("leave: %w", err)
@@ -413,6 +474,7 @@ func (m *Membership) Shutdown() error {
 	if was {
 		return nil
 	}
+	m.stopping.Store(true)
 	close(m.done)
 	m.wg.Wait()
 	if err := m.list.Shutdown(); err != nil {

@@ -258,11 +258,11 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		SecretOK: n.joinSecretOK, GossipKeys: ring, Now: time.Now()})
 	switch {
 	case errors.Is(err, pki.ErrJoinDenied):
-		n.refusedJoin(r, "refused a node's join: wrong join token", "node", api.Truncate(req.NodeName), "reason", err)
+		n.refusedJoin(r, "refused a node's join: wrong join token", "joiner", api.Truncate(req.NodeName), "reason", err)
 		writeError(w, http.StatusForbidden, "join_refused", err.Error()) // it starts with "join refused"
 		return
 	case err != nil:
-		n.refusedJoin(r, "refused a node's join: bad request", "node", api.Truncate(req.NodeName), "reason", err)
+		n.refusedJoin(r, "refused a node's join: bad request", "joiner", api.Truncate(req.NodeName), "reason", err)
 		writeError(w, http.StatusBadRequest, "bad_join_request", err.Error())
 		return
 	}
@@ -271,7 +271,7 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "internal", "encode the CA key")
 		return
 	}
-	n.log.Info("admitted a joining node: signed its certificate", "node", req.NodeName, "remote", r.RemoteAddr)
+	n.log.Info("admitted a joining node: signed its certificate", "joiner", req.NodeName, "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, joinReply{JoinResponse: resp, CAKey: string(keyPEM)})
 }
 

@@ -1,15 +1,11 @@
 package node
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"regexp"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -17,37 +13,68 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// hclogWriter turns hclog's JSON lines (raft's logger) into slog records.
-type hclogWriter struct{ log *slog.Logger }
-
-func (w hclogWriter) Write(p []byte) (int, error) {
-	for _, line := range bytes.Split(bytes.TrimSpace(p), []byte("\n")) {
-		var rec map[string]any
-		if err := json.Unmarshal(line, &rec); err != nil {
-			w.log.Info(string(line))
-			continue
-		}
-		msg, _ := rec["@message"].(string)
-		lvl, _ := rec["@level"].(string)
-		// In key order, so that a line reads (and rate-limits) the same every time.
-		attrs := make([]any, 0, 2*len(rec))
-		for _, k := range slices.Sorted(maps.Keys(rec)) {
-			if k[0] != '@' {
-				attrs = append(attrs, k, rec[k])
-			}
-		}
-		w.log.Log(context.Background(), slogLevel(lvl), msg, attrs...)
-	}
-	return len(p), nil
+// hclogSink hands a hashicorp library's log calls (raft's) to slog with their values as given:
+// a time.Duration stays a duration ("251.5ms"), where a trip through hclog's JSON output would
+// make it a bare count of nanoseconds.
+type hclogSink struct {
+	log *slog.Logger
+	min hclog.Level
 }
 
-func slogLevel(l string) slog.Level {
+func (s hclogSink) Accept(_ string, level hclog.Level, msg string, args ...any) {
+	if level < s.min || level == hclog.Off {
+		return
+	}
+	attrs := make([]any, 0, len(args)+1)
+	for i := 0; i < len(args); i += 2 {
+		key, ok := args[i].(string)
+		if !ok {
+			key = fmt.Sprint(args[i])
+		}
+		if i+1 == len(args) {
+			attrs = append(attrs, "EXTRA_VALUE_AT_END", key)
+			break
+		}
+		attrs = append(attrs, key, hclogValue(args[i+1]))
+	}
+	s.log.Log(context.Background(), slogFromHCLevel(level), msg, attrs...)
+}
+
+// hclogValue renders the value types hclog formats itself; the rest go to slog unchanged.
+func hclogValue(v any) any {
+	switch v := v.(type) {
+	case time.Duration:
+		return v.String() // as text in JSON logs too, where slog would write nanoseconds
+	case hclog.Format:
+		if len(v) > 0 {
+			if f, ok := v[0].(string); ok {
+				return fmt.Sprintf(f, v[1:]...)
+			}
+		}
+		return fmt.Sprint([]any(v)...)
+	case hclog.Hex:
+		return fmt.Sprintf("0x%x", int(v))
+	case hclog.Octal:
+		return fmt.Sprintf("0%o", int(v))
+	case hclog.Binary:
+		return fmt.Sprintf("0b%b", int(v))
+	case hclog.Quote:
+		return fmt.Sprintf("%q", string(v))
+	case error:
+		return v.Error()
+	case fmt.Stringer:
+		return v.String()
+	}
+	return v
+}
+
+func slogFromHCLevel(l hclog.Level) slog.Level {
 	switch l {
-	case "trace", "debug":
+	case hclog.Trace, hclog.Debug:
 		return slog.LevelDebug
-	case "warn":
+	case hclog.Warn:
 		return slog.LevelWarn
-	case "error":
+	case hclog.Error:
 		return slog.LevelError
 	}
 	return slog.LevelInfo
@@ -64,8 +91,11 @@ func newHCLogger(log *slog.Logger, name string, min slog.Level) hclog.Logger {
 	case min >= slog.LevelWarn:
 		level = hclog.Warn
 	}
-	var out io.Writer = hclogWriter{log: log.With("component", name)}
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: level, JSONFormat: true, Output: out})
+	// The logger's own output is discarded: every line reaches slog through the sink, which sees
+	// the arguments before hclog formats them.
+	l := hclog.NewInterceptLogger(&hclog.LoggerOptions{Name: name, Level: level, Output: io.Discard})
+	l.RegisterSink(hclogSink{log: log.With("component", name), min: level})
+	return l
 }
 
 // logRepeatWindow is how long the raft and gossip loggers fold repeats of one warning into a count.

@@ -164,3 +164,32 @@ func TestProbeFailuresAreCountedAtAnyLogLevel(t *testing.T) {
 		t.Fatalf("counted %d probe failures (want 2), logged %q (want nothing below ERROR)", n, buf.String())
 	}
 }
+
+// TestHCLogDurationsPrintAsDurations: raft logs how long things took as time.Duration values;
+// they must read as durations in the text and JSON logs, not as bare nanoseconds
+// (time=2.5151568e+08), and each line keeps its level and one component.
+func TestHCLogDurationsPrintAsDurations(t *testing.T) {
+	for _, format := range []string{"text", "json"} {
+		t.Run(format, func(t *testing.T) {
+			var buf bytes.Buffer
+			var h slog.Handler = slog.NewTextHandler(&buf, nil)
+			if format == "json" {
+				h = slog.NewJSONHandler(&buf, nil)
+			}
+			hl := newHCLogger(slog.New(h), "raft", slog.LevelInfo)
+			hl.Warn("heartbeat timeout reached, starting election", "last-leader-addr", "", "time", 251515680*time.Nanosecond)
+			hl.Debug("not logged below the level", "time", time.Second)
+			line := strings.TrimSpace(buf.String())
+			want := "time=251.51568ms"
+			if format == "json" {
+				want = `"time":"251.51568ms"`
+			}
+			if strings.Count(line, "\n") != 0 || !strings.Contains(line, want) || strings.Contains(line, "e+08") || strings.Contains(line, "251515680") {
+				t.Fatalf("raft's duration: got %q, want one line with %s", line, want)
+			}
+			if !strings.Contains(line, "WARN") || strings.Count(line, "component") != 1 || !strings.Contains(line, "raft") {
+				t.Errorf("level or component lost: %q", line)
+			}
+		})
+	}
+}

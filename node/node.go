@@ -611,7 +611,7 @@ func (n *Node) joinLoop(ctx context.Context) {
 		return
 	}
 	if err := n.members.Join(ctx, addrs); err != nil {
-		if errors.Is(err, membership.ErrNameConflict) && !n.joined.Load() {
+		if (errors.Is(err, membership.ErrNameConflict) || errors.Is(err, membership.ErrEncryptionMismatch)) && !n.joined.Load() {
 			// Not ours to fix by retrying: stop, and say why in one line.
 			n.stopFailed(err)
 			return

@@ -88,7 +88,7 @@ func aclCommand() *cli.Command {
 						Flags: []cli.Flag{
 							&cli.StringSliceFlag{Name: "policy", Usage: "a policy the token gets; repeatable (at least one)"},
 							&cli.StringFlag{Name: "description", Usage: "what the token is for"},
-							&cli.DurationFlag{Name: "ttl", Usage: "how long the token works (default: until deleted)"},
+							&cli.DurationFlag{Name: "ttl", DefaultText: "until deleted", Usage: "how long the token works"},
 							jsonFlag(),
 						},
 					}, 0, 0, func(c *cli.Context, api *client.Client, _ []string) error {

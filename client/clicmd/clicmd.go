@@ -15,6 +15,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -529,13 +530,21 @@ func connect(c *cli.Context) (*client.Client, error) {
 }
 
 func usageError(c *cli.Context, format string, a ...any) error {
-	msg := explainFlagError(c.Command, fmt.Sprintf(format, a...))
+	msg := doubleDash(explainFlagError(c.Command, fmt.Sprintf(format, a...)))
 	if c.Command == nil || c.Command.Name == c.App.Name {
 		return cli.Exit(fmt.Sprintf("Incorrect Usage: %s\nRun '%s --help' for usage.", msg, c.App.Name), ExitRequest)
 	}
 	return cli.Exit(fmt.Sprintf("Incorrect Usage: %s\nUsage: %s [options] %s",
 		msg, c.Command.HelpName, c.Command.ArgsUsage), ExitRequest)
 }
+
+// goFlagName finds the flag names in the errors of Go's flag package, which prints them with one
+// dash ("flag provided but not defined: -bogus-flag"); the help and the docs spell long flags
+// with two.
+var goFlagName = regexp.MustCompile(`(flag provided but not defined: |flag needs an argument: |for flag )-([\w.][\w.-]+)`)
+
+// doubleDash spells the long flag names in a flag error as users type them: --name.
+func doubleDash(msg string) string { return goFlagName.ReplaceAllString(msg, "${1}--${2}") }
 
 // taskError is the exit status of a task command that failed: 1 when the task
 // does not exist, 2 for any other error.

@@ -148,6 +148,12 @@ func (s *server) requireACL(next http.Handler) http.Handler {
 			return
 		}
 		cred := credential(r)
+		if path == api.PathACLBootstrap && cred == "" {
+			// A second bootstrap without a token: the fact worth telling is that it was done, not
+			// that a token is missing. Nothing is proposed for a caller nobody knows.
+			WriteError(w, errBootstrappedAlready)
+			return
+		}
 		id, err := s.acl.Resolve(cred, time.Now())
 		if err != nil {
 			WriteError(w, aclError(err))
@@ -167,6 +173,10 @@ func (s *server) requireACL(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
+
+// errBootstrappedAlready answers a bootstrap once the cluster has its first management token.
+var errBootstrappedAlready = api.Errorf(api.CodeACLBootstrapped,
+	"ACLs were bootstrapped already; the bootstrap token is shown only once (a management token makes more: taskworker acl token create)")
 
 // aclError maps the acl package's refusals to the API's codes: 401 for who the caller is not,
 // 403 (naming the missing capability or right) for what it may not do.

@@ -471,7 +471,17 @@ func TestBootstrapIsOpenOnlyUntilBootstrapped(t *testing.T) {
 		t.Fatalf("bootstrap: %d %+v", rec.Code, tok)
 	}
 	auth := []string{"Authorization", "Bearer " + tok.SecretID}
-	wantError(t, call(h, "POST", "/v1/acl/bootstrap", "", ""), 401, api.CodeUnauthorized)
+	// Without a token, a second bootstrap is told the fact (409), and nothing reaches the backend.
+	before := len(a.calls)
+	rec = call(h, "POST", "/v1/acl/bootstrap", "", "")
+	if body := rec.Body.String(); !strings.Contains(body, `"ACLs were bootstrapped already;`) {
+		t.Errorf("second bootstrap without a token: %d %s", rec.Code, body)
+	}
+	wantError(t, rec, 409, api.CodeACLBootstrapped)
+	if len(a.calls) != before {
+		t.Errorf("a second bootstrap without a token reached the backend: %v", a.calls[before:])
+	}
+	wantError(t, call(h, "POST", "/v1/acl/bootstrap", "", "", "Authorization", "Bearer tws_wrong"), 401, api.CodeUnauthorized)
 	wantError(t, call(h, "POST", "/v1/acl/bootstrap", "", "", auth...), 409, api.CodeACLBootstrapped)
 
 	// The management token manages policies and tokens; a created token's secret is shown once.
