@@ -148,14 +148,14 @@ func scheduleList(c *cli.Context, cl *client.Client, _ []string) error {
 	if err != nil {
 		return operatorError(err)
 	}
-	tw := table(c.App.Writer, "NAME", "TYPE", "CRON", "TZ", "OVERLAP", "STATE", "NEXT RUNS", "LAST FIRED", "FIRED", "SKIPPED")
+	tw := table(c.App.Writer, "NAME", "TYPE", "CRON", "TZ", "OVERLAP", "STATE", "NEXT RUNS", "LAST FIRED", "FIRED", "SKIPPED", "MANUAL")
 	for _, s := range all {
 		state := "active"
 		if s.Paused {
 			state = "paused"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", s.Name, s.Type, s.Cron, orDash(s.TimeZone), s.Overlap, state,
-			nextRuns(s.NextRuns), timeOrDash(s.LastFired), s.Fired, s.Skipped)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", s.Name, s.Type, s.Cron, orDash(s.TimeZone), s.Overlap, state,
+			nextRuns(s.NextRuns), timeOrDash(lastFired(&s)), s.Fired, s.Skipped, s.Manual)
 	}
 	return tw.Flush()
 }
@@ -172,7 +172,7 @@ func scheduleGet(c *cli.Context, cl *client.Client, args []string) error {
 	fmt.Fprintf(w, "Name:        %s\nCron:        %s\nTime zone:   %s\nType:        %s %s\nInput:       %s\n",
 		s.Name, s.Cron, orDash(s.TimeZone), s.Type, s.Version, s.Input)
 	fmt.Fprintf(w, "Overlap:     %s\nCatch-up:    %d\nPaused:      %v\n", s.Overlap, s.CatchUp, s.Paused)
-	fmt.Fprintf(w, "Next runs:   %s\nLast fired:  %s\nLast task:   %s\n", nextRuns(s.NextRuns), timeOrDash(s.LastFired), orDash(s.LastTaskID))
+	fmt.Fprintf(w, "Next runs:   %s\nLast fired:  %s\nLast task:   %s\n", nextRuns(s.NextRuns), timeOrDash(lastFired(s)), orDash(s.LastTaskID))
 	fmt.Fprintf(w, "Runs:        %d fired, %d skipped, %d manual, %d buffered\n", s.Fired, s.Skipped, s.Manual, len(s.Buffered))
 	if s.LastError != "" {
 		fmt.Fprintf(w, "Last error:  %s\n", s.LastError)
@@ -189,6 +189,16 @@ func nextRuns(ts []time.Time) string {
 		out = append(out, t.UTC().Format(time.RFC3339))
 	}
 	return strings.Join(out, ", ")
+}
+
+// lastFired is the last tick that fired, skipped, waited or failed: the API's last_fired also
+// moves when ticks are passed over (at creation, on resume), which beside "FIRED 0" reads as a
+// contradiction. A manual trigger is no tick; it counts under MANUAL.
+func lastFired(s *client.Schedule) *time.Time {
+	if s.Fired+s.Skipped == 0 && len(s.Buffered) == 0 && s.LastError == "" {
+		return nil
+	}
+	return s.LastFired
 }
 
 func timeOrDash(t *time.Time) string {

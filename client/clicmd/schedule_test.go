@@ -117,3 +117,29 @@ func TestScheduleCommands(t *testing.T) {
 		})
 	}
 }
+
+// TestScheduleListShowsNoLastFiredBesideFiredZero: the API's last_fired also moves when ticks are
+// passed over (creation, resume); after only a manual trigger, the list shows no last fired time
+// beside FIRED 0, and the trigger under MANUAL. Once a tick fired, its time shows.
+func TestScheduleListShowsNoLastFiredBesideFiredZero(t *testing.T) {
+	at := time.Date(2026, 12, 7, 1, 19, 26, 0, time.UTC)
+	var fired int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reply(w, 200, []api.Schedule{{Name: "sq", Type: "calc-square", Cron: "@every 30s", Overlap: "allow_all",
+			NextRuns: []time.Time{at.Add(30 * time.Second)}, LastFired: &at, Fired: fired, Manual: 1}})
+	}))
+	defer srv.Close()
+	stdout, stderr, code := run(t, "", "schedule", "list", "--addr", srv.URL)
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if code != 0 || len(lines) != 2 || !strings.Contains(lines[0], "LAST FIRED  FIRED  SKIPPED  MANUAL") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if f := strings.Fields(lines[1]); strings.Contains(lines[1], "01:19:26Z") || strings.Join(f[len(f)-4:], " ") != "- 0 0 1" {
+		t.Errorf("after a manual trigger only: %q, want LAST FIRED -, FIRED 0, SKIPPED 0, MANUAL 1", lines[1])
+	}
+	fired = 1
+	stdout, _, _ = run(t, "", "schedule", "list", "--addr", srv.URL)
+	if !strings.Contains(stdout, "2026-12-07T01:19:26Z  1      0        1") {
+		t.Errorf("after a fired tick: %q", stdout)
+	}
+}

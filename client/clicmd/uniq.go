@@ -72,9 +72,17 @@ func taskPurgeCommand() *cli.Command {
 		if err != nil {
 			return cli.Exit(err.Error(), ExitRequest)
 		}
-		fmt.Fprintf(c.App.Writer, "Purged %d tasks\n", n)
+		fmt.Fprintln(c.App.Writer, purgedLine(n))
 		return nil
 	})
+}
+
+// purgedLine is what task purge prints: "Purged 1 task", "Purged 3 tasks".
+func purgedLine(n int) string {
+	if n == 1 {
+		return "Purged 1 task"
+	}
+	return fmt.Sprintf("Purged %d tasks", n)
 }
 
 // parseBefore reads --finished-before: an RFC 3339 time, or a duration back from now.

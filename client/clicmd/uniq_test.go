@@ -128,3 +128,11 @@ func TestDescribeFinalError(t *testing.T) {
 		t.Errorf("describeError = %q", got)
 	}
 }
+
+func TestPurgedLineCountsInEnglish(t *testing.T) {
+	for n, want := range map[int]string{0: "Purged 0 tasks", 1: "Purged 1 task", 2: "Purged 2 tasks"} {
+		if got := purgedLine(n); got != want {
+			t.Errorf("purgedLine(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
