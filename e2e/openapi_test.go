@@ -191,6 +191,7 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 		return resp.StatusCode == http.StatusOK
 	})
 
+	operator := managementCredential(t, n) // the operator routes' credential, from the node's data dir
 	s.do(call{method: "GET", path: "/v1/health", token: "-", status: 200})
 	s.do(call{method: "GET", path: "/metrics", token: "-", status: 200})
 	s.do(call{method: "GET", path: "/v1/cluster", status: 200})
@@ -309,14 +310,15 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 		{method: "GET", path: "/v1/types", token: "wrong", status: 403, code: "forbidden"},
 		{method: "POST", path: "/v1/agent/leave", status: 409, code: "leave_refused"},
 		{method: "GET", path: "/v1/acl/policies", status: 400, code: "acl_disabled"},
-		{method: "GET", path: "/v1/operator/join-token", status: 200},
-		{method: "POST", path: "/v1/operator/join-token/rotate", status: 200},
-		{method: "GET", path: "/v1/operator/keyring", status: 200},
-		{method: "GET", path: "/v1/operator/digest", status: 200},
-		{method: "POST", path: "/v1/operator/keyring", body: `{"op": "install", "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 200},
-		{method: "POST", path: "/v1/operator/keyring", body: `{"op": "use", "key": "AQECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 400, code: "invalid_request"},
-		{method: "POST", path: "/v1/operator/keyring", body: `{"op": "rotate", "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 400, code: "invalid_request", specRejects: true},
+		{token: operator, method: "GET", path: "/v1/operator/join-token", status: 200},
+		{token: operator, method: "POST", path: "/v1/operator/join-token/rotate", status: 200},
+		{token: operator, method: "GET", path: "/v1/operator/keyring", status: 200},
+		{token: operator, method: "GET", path: "/v1/operator/digest", status: 200},
+		{token: operator, method: "POST", path: "/v1/operator/keyring", body: `{"op": "install", "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 200},
+		{token: operator, method: "POST", path: "/v1/operator/keyring", body: `{"op": "use", "key": "AQECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 400, code: "invalid_request"},
+		{token: operator, method: "POST", path: "/v1/operator/keyring", body: `{"op": "rotate", "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`, status: 400, code: "invalid_request", specRejects: true},
 		{method: "GET", path: "/v1/operator/keyring", token: "-", status: 401, code: "unauthorized"},
+		{method: "GET", path: "/v1/operator/join-token", status: 403, code: "forbidden"}, // the shared token is no management credential
 		{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "delay": "2s", "run_at": "2030-01-01T00:00:00Z"}`, status: 400, code: "invalid_schedule"},
 		{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "priority": 5000}`, status: 400, code: "invalid_priority", specRejects: true},
 		{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "queue": "no/slash"}`, status: 400, code: "invalid_queue", specRejects: true},

@@ -176,6 +176,7 @@ func operatorCall(t *testing.T, p *proc, method, path string, body, out any) int
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+managementCredential(t, p)) // the operator on p's machine
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -200,6 +200,7 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 	if err != nil {
 		return cli.Exit("start node: "+err.Error(), 1)
 	}
+	defer n.publishCLIPointer()()
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

@@ -24,6 +24,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/taskworker/taskworker/client"
+	"github.com/taskworker/taskworker/internal/agentcred"
 )
 
 // Commands returns the commands that drive a cluster through any node's
@@ -436,6 +437,17 @@ type runFunc func(c *cli.Context, api *client.Client, args []string) error
 // clientCommand completes cmd with the connection flags, exit status 2 for
 // usage errors, and flags accepted after positional arguments.
 func clientCommand(cmd *cli.Command, minArgs, maxArgs int, run runFunc) *cli.Command {
+	return commandWith(connect, cmd, minArgs, maxArgs, run)
+}
+
+// operatorCommand is a client command for the operator routes: with no credential given, it
+// uses the management credential of the agent it talks to, when it runs on that agent's machine
+// as its user (connectOperator).
+func operatorCommand(cmd *cli.Command, minArgs, maxArgs int, run runFunc) *cli.Command {
+	return commandWith(connectOperator, cmd, minArgs, maxArgs, run)
+}
+
+func commandWith(connect func(*cli.Context) (*client.Client, error), cmd *cli.Command, minArgs, maxArgs int, run runFunc) *cli.Command {
 	cmd.Flags = append(cmd.Flags, connectionFlags()...)
 	cmd.OnUsageError = func(c *cli.Context, err error, _ bool) error { return usageError(c, "%v", err) }
 	cmd.Action = func(c *cli.Context) error {
@@ -493,17 +505,48 @@ func connectionFlag(c *cli.Context, name string) string {
 // connect makes the client the connection flags describe. A token from --token wins over
 // --token-file (its first non-blank line), as Consul's -token wins over -token-file.
 func connect(c *cli.Context) (*client.Client, error) {
+	token, err := flagToken(c)
+	if err != nil {
+		return nil, err
+	}
+	return connectWith(c, token)
+}
+
+// connectOperator is connect for the operator commands: without --token, --token-file or their
+// variables, the token is the management credential of the agent at --addr, found as k3s finds
+// its kubeconfig: through the pointer that agent wrote in this user's config dir, or in
+// $TASKWORKER_DATA_DIR (agentcred). The file is readable by the agent's user only, so running
+// as that user on its machine is what grants it.
+func connectOperator(c *cli.Context) (*client.Client, error) {
+	token, err := flagToken(c)
+	if err != nil {
+		return nil, err
+	}
+	if token == "" {
+		if token, _, err = agentcred.Find(cmp.Or(connectionFlag(c, "addr"), defaultAddr)); err != nil {
+			return nil, err
+		}
+	}
+	return connectWith(c, token)
+}
+
+// flagToken is the token --token or --token-file (or their variables) give, "" for none.
+func flagToken(c *cli.Context) (string, error) {
 	token := connectionFlag(c, "token")
 	if path := connectionFlag(c, "token-file"); token == "" && path != "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
-			return nil, fmt.Errorf("read --token-file: %w", err)
+			return "", fmt.Errorf("read --token-file: %w", err)
 		}
 		line, _, _ := strings.Cut(strings.TrimLeft(string(b), " \t\r\n"), "\n")
 		if token = strings.TrimSpace(line); token == "" {
-			return nil, fmt.Errorf("--token-file %s is empty", path)
+			return "", fmt.Errorf("--token-file %s is empty", path)
 		}
 	}
+	return token, nil
+}
+
+func connectWith(c *cli.Context, token string) (*client.Client, error) {
 	var opts []client.Option
 	if token != "" {
 		opts = append(opts, client.WithToken(token))

@@ -17,10 +17,12 @@ import (
 	"github.com/taskworker/taskworker/internal/pki"
 )
 
-const operatorExit = "Exit status: 0 done, 1 refused by the cluster (no operator rights, a conflict), 2 usage or request error."
+const operatorExit = "Without --token or --token-file, run on a node as the agent's user, it uses that agent's management credential\n" +
+	"(<data-dir>/management-token, found through the user's config dir or $TASKWORKER_DATA_DIR).\n" +
+	"Exit status: 0 done, 1 refused by the cluster (no operator rights, a conflict), 2 usage or request error."
 
 func joinTokenCommand() *cli.Command {
-	cmd := clientCommand(&cli.Command{
+	cmd := operatorCommand(&cli.Command{
 		Name:  "join-token",
 		Usage: "print the cluster's join token, which a new node needs (--join-token); needs operator rights",
 		Description: "The token is a secret: it lets a node join the cluster. `join-token rotate` replaces it.\n" +
@@ -33,7 +35,7 @@ func joinTokenCommand() *cli.Command {
 		fmt.Fprintln(c.App.Writer, token)
 		return nil
 	})
-	cmd.Subcommands = []*cli.Command{clientCommand(&cli.Command{
+	cmd.Subcommands = []*cli.Command{operatorCommand(&cli.Command{
 		Name:  "rotate",
 		Usage: "replace the join token with a new one and print it; the old one stops working",
 		Description: "Nodes already in the cluster are not affected; nodes that have yet to join need the new token.\n" +
@@ -65,7 +67,7 @@ func keyringCommand() *cli.Command {
 		Usage:       "list and rotate the cluster's gossip encryption keys; needs operator rights",
 		Description: keyringHelp,
 		Subcommands: []*cli.Command{
-			clientCommand(&cli.Command{
+			operatorCommand(&cli.Command{
 				Name:        "list",
 				Usage:       "list the installed keys, the primary one, and how many nodes hold each",
 				Description: operatorExit,
@@ -105,7 +107,7 @@ func keyringList(c *cli.Context, cl *client.Client, _ []string) error {
 }
 
 func keyringOpCommand(name, usage string, op func(*client.Client, context.Context, string) error, done string) *cli.Command {
-	return clientCommand(&cli.Command{
+	return operatorCommand(&cli.Command{
 		Name:        name,
 		Usage:       usage,
 		ArgsUsage:   "KEY",

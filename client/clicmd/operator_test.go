@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/internal/agentcred"
 	"github.com/taskworker/taskworker/internal/pki"
 )
 
@@ -197,6 +198,49 @@ func TestOperatorErrorExitCodes(t *testing.T) {
 		srv.Close()
 		if code != tc.code {
 			t.Errorf("HTTP %d: exit %d, want %d", tc.status, code, tc.code)
+		}
+	}
+}
+
+func TestOperatorCommandsFindTheAgentsManagementCredential(t *testing.T) {
+	n, addr := newOperatorNode(t)
+	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+	t.Setenv("TASKWORKER_TOKEN", "")
+	t.Setenv("TASKWORKER_TOKEN_FILE", "")
+	dataDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dataDir, agentcred.TokenFile), []byte("twm_node\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hostport := strings.TrimPrefix(addr, "http://")
+	if err := agentcred.WritePointer(hostport, dataDir); err != nil { // as the agent at addr does
+		t.Fatal(err)
+	}
+	t.Setenv("TASKWORKER_DATA_DIR", "")
+	for _, args := range [][]string{
+		{"join-token", "--addr", addr},
+		{"join-token", "rotate", "--addr", addr},
+		{"keyring", "list", "--addr", addr},
+		{"keyring", "install", primaryKey, "--addr", addr},
+		{"status", "--addr", addr}, // not an operator command: no credential of its own
+		{"join-token", "--addr", addr, "--token", "mine"},
+	} {
+		n.mu.Lock()
+		n.auth = nil
+		n.mu.Unlock()
+		run(t, "", args...)
+		want := "Bearer twm_node"
+		switch args[0] {
+		case "status":
+			want = ""
+		}
+		if args[len(args)-1] == "mine" {
+			want = "Bearer mine" // a credential given wins
+		}
+		n.mu.Lock()
+		got := n.auth
+		n.mu.Unlock()
+		if len(got) == 0 || got[0] != want {
+			t.Errorf("%v sent %q, want %q", args, got, want)
 		}
 	}
 }

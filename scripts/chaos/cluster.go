@@ -331,6 +331,11 @@ func (e *env) launch(m *member, join []string) error {
 	if e.cfg.Insecure {
 		args = append(args, "--insecure")
 	}
+	if e.netns && !e.cfg.Insecure {
+		// Each namespace's API listens on its veth address, reachable from the host only; the
+		// suite calls it without a credential, as it does on loopback.
+		args = append(args, "--allow-anonymous-api")
+	}
 	if len(join) > 0 {
 		args = append(args, "--join", strings.Join(join, ","))
 	}

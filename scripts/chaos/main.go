@@ -75,6 +75,7 @@ import (
 	"time"
 
 	"github.com/taskworker/taskworker/client"
+	"github.com/taskworker/taskworker/internal/agentcred"
 	"github.com/taskworker/taskworker/internal/localcluster"
 )
 
@@ -398,6 +399,16 @@ type digest struct {
 
 const digestPath = "/v1/operator/digest"
 
+// operatorAPI is m's API with the management credential from its data dir, which a secure
+// cluster's operator routes (the digest among them) need; m.API on an insecure one.
+func operatorAPI(m *member) *client.Client {
+	b, err := os.ReadFile(filepath.Join(m.DataDir, agentcred.TokenFile))
+	if err != nil {
+		return m.API
+	}
+	return client.New("http://"+m.HTTP, client.WithToken(strings.TrimSpace(string(b))))
+}
+
 // compareAll compares the replicas once they have caught up: their FSM digests at one index
 // when every node serves them, and their full task lists always. It polls for up to a minute,
 // as a follower may be a few entries behind.
@@ -427,7 +438,7 @@ func compareAll(ctx context.Context, e *env) (verdict string, bad []string) {
 		ds := map[string]digest{}
 		for _, m := range e.members {
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			raw, err := m.API.Raw(rctx, digestPath, nil)
+			raw, err := operatorAPI(m).Raw(rctx, digestPath, nil)
 			cancel()
 			if client.IsNotFound(err) {
 				haveDigest = false
