@@ -86,9 +86,22 @@ func TestDurationFlagsSayTheyNeedAUnit(t *testing.T) {
 			}
 		})
 	}
-	// Other bad values keep flag's own message.
+	// Other bad values keep flag's own message, with the flag spelled as users type it.
 	if _, stderr, code := run(t, "", "exec", "--addr", addr, "--max-attempts", "many", "echo"); code != ExitRequest ||
-		!strings.Contains(stderr, `invalid value "many" for flag -max-attempts`) {
+		!strings.Contains(stderr, `invalid value "many" for flag --max-attempts: parse error`) {
 		t.Errorf("bad int: exit %d, stderr %q", code, stderr)
+	}
+	// Unknown flags and missing values too: never "-bogus-flag" with one dash.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"task", "list", "--addr", addr, "--bogus-flag"}, "Incorrect Usage: flag provided but not defined: --bogus-flag\n"},
+		{[]string{"submit", "--addr", addr, "--priority"}, "Incorrect Usage: flag needs an argument: --priority\n"},
+		{[]string{"submit", "--addr", addr, "--priority", "x", "echo"}, `Incorrect Usage: invalid value "x" for flag --priority: parse error`},
+	} {
+		if _, stderr, code := run(t, "", tc.args...); code != ExitRequest || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, stderr, tc.want)
+		}
 	}
 }
