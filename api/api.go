@@ -429,6 +429,15 @@ const (
 	// CodeInvalidSchedule: a schedule that does not validate (name, cron spec, time zone,
 	// overlap policy, catch_up, start after end), or a submit's bad run_at or delay (or both).
 	CodeInvalidSchedule Code = "invalid_schedule"
+	// CodeQueueFull: the cluster holds its cap of tasks waiting to run (--max-pending); nothing
+	// was stored. Retry after the Retry-After header's seconds.
+	CodeQueueFull Code = "queue_full"
+	// CodeQuotaExceeded: the caller's principal holds its cap of tasks waiting to run, or of
+	// schedules (its ACL policies' quota, else the agent's --quota-* settings); nothing was stored.
+	CodeQuotaExceeded Code = "quota_exceeded"
+	// CodeScheduleTooFrequent: a schedule whose ticks come closer than the principal's minimum
+	// interval.
+	CodeScheduleTooFrequent Code = "schedule_too_frequent"
 )
 
 var statusOf = map[Code]int{
@@ -440,7 +449,8 @@ var statusOf = map[Code]int{
 	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,
 	CodeBatchTooLarge: 400, CodeEmptyBatch: 400, CodeInvalidSchedule: 400,
-	CodeRateLimited: 429, CodeTooManyConnections: 429,
+	CodeRateLimited: 429, CodeTooManyConnections: 429, CodeQueueFull: 429, CodeQuotaExceeded: 429,
+	CodeScheduleTooFrequent: 400,
 	CodeNoLeader: 503, CodeNotLeader: 503, CodeShuttingDown: 503, CodeCancelled: 503, CodeStorageUnavailable: 503,
 	CodeInternal:    500,
 	CodeACLDisabled: 400, CodeACLBootstrapped: 409, CodeInvalidPolicy: 400, CodeInvalidTokenRequest: 400,
@@ -465,6 +475,9 @@ type Error struct {
 	StatusCode   int    `json:"-"`
 	// LeaderAddr is set by the client from HeaderLeaderAddr: where a leaving node sends its clients.
 	LeaderAddr string `json:"-"`
+	// RetryAfter, in seconds, is sent as the Retry-After header with a 429 (queue_full,
+	// quota_exceeded) and read back from it by the client.
+	RetryAfter int `json:"-"`
 }
 
 // Errorf makes an *Error with a code.

@@ -118,3 +118,51 @@ func prepareSubmit(f *FSM, _ time.Time, p *SubmitBatch, env PrepareEnv) {
 		p.Admission = a
 	}
 }
+
+// maxRetainedScan bounds how many finished tasks one OverRetained call reads.
+const maxRetainedScan = 1 << 20
+
+// OverRetained returns the IDs of the finished tasks past their submitter's retained cap, oldest
+// finished first per submitter, at most limit of them: what the leader removes (as retention
+// does) so that one submitter's finished tasks cannot fill every node. capOf gives a submitter's
+// cap, 0 for none; it is called without the FSM's lock held.
+func (f *FSM) OverRetained(capOf func(principal string) int, limit int) []string {
+	f.mu.RLock()
+	counts := make(map[string]int, len(f.tasks.finishedBy))
+	for p, c := range f.tasks.finishedBy {
+		counts[p] = c
+	}
+	f.mu.RUnlock()
+	excess, total := map[string]int{}, 0
+	for p, c := range counts {
+		if cp := capOf(p); cp > 0 && c > cp {
+			excess[p] = c - cp
+			total += c - cp
+		}
+	}
+	if total == 0 {
+		return nil
+	}
+	total = min(total, limit)
+	f.mu.RLock() // held while entries are read: a deleted record's memory is reused
+	defer f.mu.RUnlock()
+	var out []string
+	scanned := 0
+	f.tasks.finished.Ascend(func(e *entry) bool {
+		scanned++
+		var by string
+		if e.t != nil {
+			by = e.t.SubmittedBy
+		} else if b, ok := peekSubmitter(e.cold, f.tasks.names.list); ok {
+			by = b
+		} else {
+			return scanned < maxRetainedScan
+		}
+		if excess[by] > 0 {
+			excess[by]--
+			out = append(out, e.id())
+		}
+		return len(out) < total && scanned < maxRetainedScan
+	})
+	return out
+}

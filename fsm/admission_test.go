@@ -209,3 +209,34 @@ func TestPastRunAtDoesNotJumpTheQueue(t *testing.T) {
 		t.Errorf("candidates %v, want [first]", got)
 	}
 }
+
+// TestOverRetainedNamesTheOldestFinishedOfEachSubmitterPastItsCap: finished tasks past a
+// submitter's cap are named oldest finished first; other submitters and unfinished tasks stay.
+func TestOverRetainedNamesTheOldestFinishedOfEachSubmitterPastItsCap(t *testing.T) {
+	h := newHarness(t)
+	var items []Submit
+	for i := range 6 {
+		items = append(items, byWho(fmt.Sprintf("a%d", i), "alice"))
+	}
+	items = append(items, byWho("b0", "bob"), byWho("b1", "bob"), byWho("b2", "bob"))
+	h.must(submitCmd(items...))
+	// Finished in this order (one entry each, so their finish times differ): a3 first.
+	for _, id := range []string{"a3", "b0", "a1", "a0", "b1", "a4"} {
+		h.must(cancelCmd(id))
+	}
+	caps := map[string]int{"alice": 2, "bob": 5}
+	got := h.f.OverRetained(func(p string) int { return caps[p] }, 100)
+	if want := []string{"a3", "a1"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("over retained %v, want %v (alice has 4 finished, cap 2; bob is under his)", got, want)
+	}
+	if got := h.f.OverRetained(func(p string) int { return caps[p] }, 1); !reflect.DeepEqual(got, []string{"a3"}) {
+		t.Errorf("limited to 1: %v, want [a3]", got)
+	}
+	if got := h.f.OverRetained(func(string) int { return 0 }, 100); got != nil {
+		t.Errorf("no caps: %v, want none", got)
+	}
+	h.must(removeCmd("a3", "a1"))
+	if got := h.f.OverRetained(func(p string) int { return caps[p] }, 100); got != nil {
+		t.Errorf("after removing them: %v, want none", got)
+	}
+}

@@ -414,3 +414,18 @@ func copyInto(buf []byte, s string) []byte {
 	}
 	return append(buf[:0], s...)
 }
+
+// peekSubmitter reads a frozen record's submitted_by without thawing the rest.
+func peekSubmitter(s string, list []string) (string, bool) {
+	if len(s) == 0 || s[0] != frozenVersion {
+		return "", false
+	}
+	r := thawer{s: s[1:]}
+	r.str()     // ID
+	r.uvarint() // flags
+	for range 6 { // type, version, state, node, boot ID, queue
+		r.name(list)
+	}
+	by := r.name(list)
+	return by, r.err == nil
+}

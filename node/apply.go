@@ -146,7 +146,7 @@ func (n *Node) leaderChanges() <-chan struct{} {
 // applyLocal applies a command on the leader. The leader's clock stamps it and the command's
 // Prepare hook decides what must be decided once (retry backoff), so Apply stays deterministic.
 func (n *Node) applyLocal(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
-	n.fsm.Prepare(c, time.Now().UTC(), fsm.PrepareEnv{Backoff: retryBackoff})
+	n.fsm.Prepare(c, time.Now().UTC(), fsm.PrepareEnv{Backoff: retryBackoff, Admission: n.admissionEnv()})
 	if c.Batchable() {
 		// Refused alone, before it is merged: its fields must not fail the other callers' items.
 		if err := n.fsm.CheckContentProtocol(c); err != nil {

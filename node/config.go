@@ -105,7 +105,10 @@ type Config struct {
 	RateLimit         float64
 	RateBurst         int
 	Retention         time.Duration // finished tasks kept this long, default 24h
-	DeadServerGrace   time.Duration // a crashed raft server is removed after this, default 3s
+	// Quota is admission control: the cluster's cap on waiting tasks and each principal's
+	// default caps (quota.go).
+	Quota           QuotaConfig
+	DeadServerGrace time.Duration // a crashed raft server is removed after this, default 3s
 
 	// Failure detection and election speed; zero values take fast LAN defaults.
 	ProbeInterval time.Duration
@@ -189,6 +192,7 @@ func (c *Config) setDefaults() {
 	if c.Retention == 0 {
 		c.Retention = DefaultRetention
 	}
+	c.Quota.setDefaults()
 	if c.ApplyTimeout == 0 {
 		c.ApplyTimeout = defaultApplyTimeout
 	}
@@ -266,6 +270,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Retention <= 0 {
 		bad("--retention must be positive, got %s", c.Retention)
+	}
+	for _, p := range c.Quota.problems() {
+		bad("%s", p)
 	}
 	if c.OutputMaxBytes < 1<<20 {
 		bad("--output-max-bytes must be at least 1 MiB (one task's output), got %d", c.OutputMaxBytes)

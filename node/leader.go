@@ -100,12 +100,14 @@ const reconcileInterval = 250 * time.Millisecond
 // liveness decides placement, and a node seen alive or dead changes no FSM state by itself.
 func (n *Node) schedulerLoop() *scheduler.Loop {
 	return &scheduler.Loop{
-		FSM:       n.fsm,
-		Apply:     n.applyLocal,
-		Alive:     n.aliveNames,
-		Kick:      n.schedKick,
-		Retention: n.cfg.Retention,
-		Logger:    n.log.With("component", "scheduler"),
+		FSM:         n.fsm,
+		Apply:       n.applyLocal,
+		Alive:       n.aliveNames,
+		Kick:        n.schedKick,
+		Retention:   n.cfg.Retention,
+		RetainedCap: n.retainedCap,
+		Trimmed:     func(k int) { n.metrics.quota.trimmed.Add(float64(k)) },
+		Logger:      n.log.With("component", "scheduler"),
 	}
 }
 

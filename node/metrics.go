@@ -48,6 +48,9 @@ type nodeMetrics struct {
 	descriptorShortages prometheus.Counter
 	// joinRefused counts refused join requests, every one, though their log lines are limited.
 	joinRefused prometheus.Counter
+	// quota counts admission refusals by cap, and finished tasks trimmed by the retained cap
+	// (quota.go).
+	quota quotaMetrics
 }
 
 // taskBuckets span a millisecond to about 20 minutes, for both queue wait and run time.
@@ -120,6 +123,7 @@ func newNodeMetrics() *nodeMetrics {
 	}
 	m.reg.MustRegister(m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped, m.forwardsAbandoned, m.placedAtSubmit, m.descriptorShortages, m.joinRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.quota = newQuotaMetrics(m.reg)
 	return m
 }
 

@@ -167,8 +167,10 @@ func (n *Node) checkSchedule(s *fsm.Schedule) error {
 	if s.Start != nil && s.End != nil && s.End.Before(*s.Start) {
 		return invalid("end is before start")
 	}
-	_, err := n.prepareSubmit(submitRequestOf(s)) // as a tick would submit it now
-	return err
+	if _, err := n.prepareSubmit(submitRequestOf(s)); err != nil { // as a tick would submit it now
+		return err
+	}
+	return n.checkScheduleQuota(s)
 }
 
 // maxCatchUp bounds catch_up: a fail-over fires at most this many runs at once.

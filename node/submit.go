@@ -24,7 +24,7 @@ const (
 	maxMaxAttempts     = 100
 	defaultTimeout     = 30 * time.Second
 	maxTimeout         = 7 * 24 * time.Hour
-	maxKeyLen          = 256
+	maxKeyLen          = maxIdempotencyOrUniqueKey
 )
 
 // submitTask validates a submit, has the leader apply it, and waits until this node's FSM holds
@@ -48,7 +48,7 @@ func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedB
 	if errors.Is(item.Err, fsm.ErrDuplicateID) {
 		item = fsm.ItemResult{ID: sub.ID} // our own retry after a lost reply: the task is ours
 	} else if item.Err != nil {
-		return item, submitItemError(sub, item)
+		return item, n.noteRefusal(submitItemError(sub, item))
 	}
 	return item, n.waitIndex(ctx, res.Index)
 }
@@ -95,7 +95,7 @@ func (n *Node) submitBatch(ctx context.Context, reqs []api.SubmitRequest, submit
 		case errors.Is(item.Err, fsm.ErrDuplicateID):
 			item = fsm.ItemResult{ID: subs[j].ID} // our own retry after a lost reply: the task is ours
 		case item.Err != nil:
-			results[i] = httpapi.ErrorResult(submitItemError(subs[j], item))
+			results[i] = httpapi.ErrorResult(n.noteRefusal(submitItemError(subs[j], item)))
 			continue
 		}
 		t, ok := n.fsm.Task(item.ID)
@@ -261,7 +261,10 @@ func (n *Node) checkSubmit(s *fsm.Submit) error {
 		return api.Errorf(api.CodeInvalidTimeout, "timeout must be positive and at most %s", maxTimeout)
 	}
 	if len(s.IdempotencyKey) > maxKeyLen {
-		return api.Errorf(api.CodeInvalidIdempotency, "idempotency_key is longer than %d bytes", maxKeyLen)
+		return n.refuse(capKeyLength, api.Errorf(api.CodeInvalidIdempotency, "idempotency_key is longer than %d bytes", maxKeyLen))
+	}
+	if len(s.UniqueKey) > maxKeyLen {
+		return n.refuse(capKeyLength, api.Errorf(api.CodeInvalidUnique, "unique_key is longer than %d bytes", maxKeyLen))
 	}
 	if err := checkUnique(s.UniqueKey, time.Duration(s.UniqueFor)); err != nil {
 		return err

@@ -56,6 +56,16 @@ func submitItemError(sub fsm.Submit, item fsm.ItemResult) error {
 		e.ExistingTask = item.ID
 		return e
 	}
+	if errors.Is(item.Err, fsm.ErrQueueFull) {
+		e := api.Errorf(api.CodeQueueFull, "the cluster is full: it holds its cap of tasks waiting to run (--max-pending); nothing was stored, retry later")
+		e.RetryAfter = retryAfterQueueFull
+		return e
+	}
+	if errors.Is(item.Err, fsm.ErrQuotaExceeded) {
+		e := api.Errorf(api.CodeQuotaExceeded, "the submitter holds its quota of tasks waiting to run (its ACL policies' quota.pending, else --quota-pending); nothing was stored, retry later")
+		e.RetryAfter = retryAfterQueueFull
+		return e
+	}
 	return api.Errorf(api.CodeInvalidRequest, "%v", item.Err)
 }
 

@@ -217,3 +217,26 @@ func countedIn(sched cron.Schedule, from, limit time.Time) int {
 	}
 	return c
 }
+
+// MinInterval is the shortest time between two of the first n ticks of a spec after from: how
+// often a schedule fires at its busiest, which a principal's quota bounds. A spec with fewer than
+// two ticks ahead gives 0 and no error.
+func MinInterval(spec, tz string, from time.Time, n int) (time.Duration, error) {
+	sched, err := ParseSpec(spec, tz)
+	if err != nil {
+		return 0, err
+	}
+	var least time.Duration
+	prev := sched.Next(from)
+	for i := 1; i < n && !prev.IsZero(); i++ {
+		next := sched.Next(prev)
+		if next.IsZero() {
+			break
+		}
+		if d := next.Sub(prev); least == 0 || d < least {
+			least = d
+		}
+		prev = next
+	}
+	return least, nil
+}

@@ -167,3 +167,22 @@ func TestNextTicks(t *testing.T) {
 		t.Errorf("NextTicks = %v, want %v", got, want)
 	}
 }
+
+func TestMinIntervalIsTheShortestGap(t *testing.T) {
+	from := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		spec string
+		want time.Duration
+	}{
+		{"@every 1s", time.Second},
+		{"@every 1h", time.Hour},
+		{"*/5 * * * *", 5 * time.Minute},
+		{"0,1 * * * *", time.Minute}, // 1 min, then 59: the busiest gap counts
+		{"*/10 * * * * *", 10 * time.Second},
+	} {
+		got, err := MinInterval(tc.spec, "", from, 60)
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %s, %v; want %s", tc.spec, got, err, tc.want)
+		}
+	}
+}

@@ -18,8 +18,12 @@ type Loop struct {
 	Alive     func() map[string]bool // gossip-alive node names
 	Kick      <-chan struct{}        // optional: liveness changed
 	Retention time.Duration          // finished tasks older than this are removed; 0 = keep
-	Logger    *slog.Logger
-	Now       func() time.Time
+	// RetainedCap, when set, is a submitter's cap on finished tasks kept (0: none): past it its
+	// oldest finished tasks are removed, at each clean-up; Trimmed is told how many.
+	RetainedCap func(principal string) int
+	Trimmed     func(n int)
+	Logger      *slog.Logger
+	Now         func() time.Time
 }
 
 // Run places tasks until ctx is done.
@@ -106,22 +110,38 @@ func GCInterval(retention time.Duration) time.Duration {
 	return min(max(retention/4, time.Second), time.Minute)
 }
 
-// collect removes finished tasks past retention, in bounded batches. One read of the
-// finish-time index finds them all: O(expired), however many tasks are kept.
+// collect removes finished tasks past retention, then those past their submitter's retained
+// cap, in bounded batches. One read of the finish-time index finds them all: O(expired), however
+// many tasks are kept.
 func (l *Loop) collect(ctx context.Context, t time.Time) {
-	if l.Retention <= 0 {
-		return
+	if l.Retention > 0 {
+		l.remove(ctx, t, l.FSM.Expired(t.Add(-l.Retention), 0), "expired")
 	}
-	ids := l.FSM.Expired(t.Add(-l.Retention), 0)
+	if l.RetainedCap != nil {
+		n := l.remove(ctx, t, l.FSM.OverRetained(l.RetainedCap, maxTrimmed), "past their submitter's retained cap")
+		if n > 0 && l.Trimmed != nil {
+			l.Trimmed(n)
+		}
+	}
+}
+
+// maxTrimmed bounds the tasks one clean-up removes for the retained caps; the next takes the rest.
+const maxTrimmed = 20 * removeBatch
+
+// remove drops finished tasks in batches and returns how many it dropped.
+func (l *Loop) remove(ctx context.Context, t time.Time, ids []string, why string) int {
+	done := 0
 	for len(ids) > 0 {
 		batch := ids[:min(len(ids), removeBatch)]
 		ids = ids[len(batch):]
 		if _, err := l.Apply(ctx, &fsm.Command{Now: t, Body: &fsm.Remove{IDs: batch}}); err != nil {
-			l.Logger.Warn("remove expired tasks", "count", len(batch), "err", err)
-			return
+			l.Logger.Warn("remove finished tasks", "why", why, "count", len(batch), "err", err)
+			return done
 		}
-		l.Logger.Info("removed expired tasks", "count", len(batch))
+		done += len(batch)
+		l.Logger.Info("removed finished tasks", "why", why, "count", len(batch))
 	}
+	return done
 }
 
 // removeBatch is how many tasks one remove command drops.

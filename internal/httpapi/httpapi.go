@@ -234,6 +234,9 @@ func WriteError(w http.ResponseWriter, err error) {
 	if ae.ExistingTask != "" {
 		w.Header().Set(api.HeaderExistingTask, ae.ExistingTask)
 	}
+	if ae.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(ae.RetryAfter))
+	}
 	WriteJSON(w, api.Status(ae.Code), api.Error{Message: ae.Message, Code: ae.Code, ExistingTask: ae.ExistingTask})
 }
 

@@ -1,0 +1,249 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/acl"
+	"github.com/taskworker/taskworker/scheduler"
+)
+
+// Admission control and quotas: what the cluster, and each principal (the submitted_by of its
+// tasks: an ACL token's accessor ID, a JWT subject, "anonymous", or "" without ACLs), may make
+// every node hold. The caps on waiting tasks are checked in the FSM (fsm/admission.go) with the
+// leader's values stamped into each submit; schedule caps are checked where a schedule is put
+// (schedules.go); the retained cap is trimmed by the leader's scheduler loop, as retention is.
+
+// QuotaConfig is the agent's admission settings: the cluster's cap, and each principal's caps
+// where its ACL policies set none (without ACLs, every caller is the one principal ""). A zero
+// field takes its default; a negative one means no cap.
+type QuotaConfig struct {
+	MaxPending          int           // --max-pending: tasks waiting to run in the cluster
+	Pending             int           // --quota-pending: a principal's tasks waiting to run
+	Schedules           int           // --quota-schedules: a principal's schedules
+	ScheduleMinInterval time.Duration // --quota-schedule-interval: shortest time between two ticks
+	ScheduleInputBytes  int           // --quota-schedule-input-bytes: a schedule's input
+	Retained            int           // --quota-retained: a principal's finished tasks kept
+}
+
+// Defaults of the admission settings, shared by the flags and setDefaults. They suit one team:
+// the bench's 100,000-task backlogs and million finished tasks fit, a flood does not.
+const (
+	DefaultMaxPending          = 1_000_000
+	DefaultQuotaPending        = 250_000
+	DefaultQuotaSchedules      = 100
+	DefaultQuotaScheduleEvery  = time.Second
+	DefaultQuotaScheduleInput  = 16 << 10
+	DefaultQuotaRetained       = 2_000_000
+	retryAfterQueueFull        = 5 // seconds a refused submit is told to wait (Retry-After)
+	quotaNoCap                 = -1
+	maxIdempotencyOrUniqueKey  = 128
+	maxRetainedTrimmedPerSweep = 10_000
+)
+
+func (q *QuotaConfig) setDefaults() {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&q.MaxPending, DefaultMaxPending)
+	def(&q.Pending, DefaultQuotaPending)
+	def(&q.Schedules, DefaultQuotaSchedules)
+	def(&q.ScheduleInputBytes, DefaultQuotaScheduleInput)
+	def(&q.Retained, DefaultQuotaRetained)
+	if q.ScheduleMinInterval == 0 {
+		q.ScheduleMinInterval = DefaultQuotaScheduleEvery
+	}
+}
+
+// Quota is one principal's caps as they apply; 0 in a field means no cap.
+type Quota struct {
+	Pending             int
+	Schedules           int
+	ScheduleMinInterval time.Duration
+	ScheduleInputBytes  int
+	Retained            int
+}
+
+// capOf turns a setting (negative: no cap) into a cap (0: none).
+func capOf(v int) int { return max(v, 0) }
+
+// quotaFor is principal's quota: per field, the most generous value its ACL policies set, else
+// the agent's setting. A management token has no caps of its own (the cluster's still apply); a
+// JWT subject's policies are known only while its request is served, so it gets the settings.
+func (n *Node) quotaFor(principal string) Quota {
+	c := n.cfg.Quota
+	q := Quota{Pending: capOf(c.Pending), Schedules: capOf(c.Schedules), ScheduleMinInterval: max(c.ScheduleMinInterval, 0),
+		ScheduleInputBytes: capOf(c.ScheduleInputBytes), Retained: capOf(c.Retained)}
+	if !n.cfg.ACL {
+		return q
+	}
+	view := n.fsm.ACL()
+	var names []string
+	if principal == acl.AnonymousPolicy {
+		names = []string{acl.AnonymousPolicy}
+	} else if tok, ok := view.Token(principal); ok {
+		if tok.Management {
+			return Quota{}
+		}
+		names = tok.Policies
+	}
+	var qs []acl.Quota
+	for _, name := range names {
+		if p, ok := view.Policy(name); ok && p.Quota != nil {
+			qs = append(qs, *p.Quota)
+		}
+	}
+	if len(qs) == 0 {
+		return q
+	}
+	m := acl.MostGenerous(qs...)
+	if m.Pending > 0 {
+		q.Pending = m.Pending
+	}
+	if m.Schedules > 0 {
+		q.Schedules = m.Schedules
+	}
+	if d := m.MinInterval(); d > 0 {
+		q.ScheduleMinInterval = d
+	}
+	if m.ScheduleInputBytes > 0 {
+		q.ScheduleInputBytes = m.ScheduleInputBytes
+	}
+	if m.Retained > 0 {
+		q.Retained = m.Retained
+	}
+	return q
+}
+
+// admissionEnv is what the leader stamps into every submit it proposes (fsm.PrepareEnv).
+func (n *Node) admissionEnv() *fsm.AdmissionEnv {
+	return &fsm.AdmissionEnv{
+		MaxPending:       capOf(n.cfg.Quota.MaxPending),
+		PrincipalPending: func(p string) int { return n.quotaFor(p).Pending },
+	}
+}
+
+// retainedCap is the scheduler loop's view of the retained caps.
+func (n *Node) retainedCap(principal string) int { return n.quotaFor(principal).Retained }
+
+// problems lists the settings Validate refuses: a zero from the command line (setDefaults has
+// turned every zero of a Go caller into its default before Validate sees it).
+func (q QuotaConfig) problems() []string {
+	var out []string
+	for _, f := range []struct {
+		flag string
+		v    int
+	}{{"--max-pending", q.MaxPending}, {"--quota-pending", q.Pending}, {"--quota-schedules", q.Schedules},
+		{"--quota-schedule-input-bytes", q.ScheduleInputBytes}, {"--quota-retained", q.Retained}} {
+		if f.v == 0 || f.v < quotaNoCap {
+			out = append(out, fmt.Sprintf("%s must be positive, or -1 for no cap, got %d", f.flag, f.v))
+		}
+	}
+	if q.ScheduleMinInterval < 0 {
+		out = append(out, fmt.Sprintf("--quota-schedule-interval must not be negative, got %s", q.ScheduleMinInterval))
+	}
+	return out
+}
+
+// The caps a refusal names in taskworker_admission_refused_total{cap}.
+const (
+	capMaxPending       = "max_pending"
+	capPending          = "pending"
+	capSchedules        = "schedules"
+	capScheduleInterval = "schedule_interval"
+	capScheduleInput    = "schedule_input"
+	capKeyLength        = "key_length"
+)
+
+type quotaMetrics struct {
+	refused *prometheus.CounterVec
+	trimmed prometheus.Counter
+}
+
+func newQuotaMetrics(reg *prometheus.Registry) quotaMetrics {
+	q := quotaMetrics{
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "taskworker_admission_refused_total",
+			Help: "Submits, batch items and schedules this node refused for a cap, by cap: max_pending (queue_full), pending and schedules (quota_exceeded), schedule_interval, schedule_input, key_length.",
+		}, []string{"cap"}),
+		trimmed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "taskworker_retained_trimmed_total",
+			Help: "Finished tasks the leader removed because their principal kept more than its retained cap (oldest finished first).",
+		}),
+	}
+	for _, c := range []string{capMaxPending, capPending, capSchedules, capScheduleInterval, capScheduleInput, capKeyLength} {
+		q.refused.WithLabelValues(c) // every cap's series exists from the start, at 0
+	}
+	reg.MustRegister(q.refused, q.trimmed)
+	return q
+}
+
+// refuse counts a refusal for cap and returns err.
+func (n *Node) refuse(cap string, err error) error {
+	n.metrics.quota.refused.WithLabelValues(cap).Inc()
+	return err
+}
+
+// noteRefusal counts err when it is a submit refused for a cap, and returns it.
+func (n *Node) noteRefusal(err error) error {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		switch ae.Code {
+		case api.CodeQueueFull:
+			n.metrics.quota.refused.WithLabelValues(capMaxPending).Inc()
+		case api.CodeQuotaExceeded:
+			n.metrics.quota.refused.WithLabelValues(capPending).Inc()
+		}
+	}
+	return err
+}
+
+// scheduleTicksChecked is how many ticks ahead checkScheduleQuota looks for the busiest gap.
+const scheduleTicksChecked = 120
+
+// checkScheduleQuota holds a schedule put to its principal's quota: its input size, how often it
+// fires, and how many schedules the principal has (a replacement counts once). The node that took
+// the request checks it, and the leader again on a forward; two new schedules racing through different
+// nodes can each see room for one more, so the count may overshoot by the puts in flight.
+func (n *Node) checkScheduleQuota(s *fsm.Schedule) error {
+	old, exists := n.fsm.Schedule(s.Name)
+	if exists && old.Spec == s.Spec && old.TimeZone == s.TimeZone && bytes.Equal(old.Input, s.Input) {
+		return nil // a pause, a resume, or another change of what was admitted before
+	}
+	q := n.quotaFor(s.SubmittedBy)
+	if q.ScheduleInputBytes > 0 && len(s.Input) > q.ScheduleInputBytes {
+		return n.refuse(capScheduleInput, api.Errorf(api.CodeInputTooLarge,
+			"a schedule's input may be at most %d bytes (quota.schedule_input_bytes, else --quota-schedule-input-bytes), got %d", q.ScheduleInputBytes, len(s.Input)))
+	}
+	if q.ScheduleMinInterval > 0 {
+		every, err := scheduler.MinInterval(s.Spec, s.TimeZone, time.Now(), scheduleTicksChecked)
+		if err != nil {
+			return api.Errorf(api.CodeInvalidSchedule, "%v", err)
+		}
+		if every > 0 && every < q.ScheduleMinInterval {
+			return n.refuse(capScheduleInterval, api.Errorf(api.CodeScheduleTooFrequent,
+				"a schedule may fire at most once every %s (quota.schedule_min_interval, else --quota-schedule-interval); %q fires every %s", q.ScheduleMinInterval, api.Truncate(s.Spec), every))
+		}
+	}
+	if q.Schedules > 0 && !exists { // a replacement adds no schedule
+		have := 0
+		for _, o := range n.fsm.Schedules() {
+			if o.SubmittedBy == s.SubmittedBy {
+				have++
+			}
+		}
+		if have >= q.Schedules {
+			return n.refuse(capSchedules, api.Errorf(api.CodeQuotaExceeded,
+				"the principal has %d schedules, its quota (quota.schedules, else --quota-schedules); delete one first", have))
+		}
+	}
+	return nil
+}
