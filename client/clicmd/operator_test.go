@@ -208,7 +208,8 @@ func TestOperatorCommandsFindTheAgentsManagementCredential(t *testing.T) {
 	t.Setenv("TASKWORKER_TOKEN", "")
 	t.Setenv("TASKWORKER_TOKEN_FILE", "")
 	dataDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dataDir, agentcred.TokenFile), []byte("twm_node\n"), 0o600); err != nil {
+	cred := pki.NewManagementCredential()
+	if err := os.WriteFile(filepath.Join(dataDir, agentcred.TokenFile), []byte(cred+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	hostport := strings.TrimPrefix(addr, "http://")
@@ -228,7 +229,7 @@ func TestOperatorCommandsFindTheAgentsManagementCredential(t *testing.T) {
 		n.auth = nil
 		n.mu.Unlock()
 		run(t, "", args...)
-		want := "Bearer twm_node"
+		want := "Bearer " + cred
 		switch args[0] {
 		case "status":
 			want = ""

@@ -16,11 +16,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/taskworker/taskworker/internal/pki"
 )
 
-// TokenFile is the management credential's file in an agent's data dir, which the node writes
-// (pki.ManagementFile: this package reads it without the node's packages).
-const TokenFile = "management-token"
+// TokenFile is the management credential's file in an agent's data dir.
+const TokenFile = pki.ManagementFile
 
 // DataDirEnv names a data dir to read the credential from, in place of a pointer: the
 // variable the agent takes its --data-dir from.
@@ -171,14 +172,14 @@ func Find(addr string) (credential, file string, err error) {
 		}
 	}
 	file = filepath.Join(dataDir, TokenFile)
-	b, err := os.ReadFile(file)
+	cred, err := pki.ReadManagementFile(dataDir)
 	switch {
-	case errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, pki.ErrNoManagement):
 		return "", "", nil
 	case errors.Is(err, os.ErrPermission):
-		return "", file, fmt.Errorf("read the management credential: %w: run the CLI as the agent's user", err)
+		return "", file, fmt.Errorf("%w: run the CLI as the agent's user", err)
 	case err != nil:
-		return "", file, fmt.Errorf("read the management credential: %w", err)
+		return "", file, err
 	}
-	return strings.TrimSpace(string(b)), file, nil
+	return cred, file, nil
 }

@@ -3,7 +3,10 @@ package agentcred
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/taskworker/taskworker/internal/pki"
 )
 
 func writeCred(t *testing.T, dir, cred string) {
@@ -17,8 +20,9 @@ func TestThePointerLeadsTheCLIToItsAgentsCredential(t *testing.T) {
 	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
 	t.Setenv(DataDirEnv, "")
 	a, b := t.TempDir(), t.TempDir()
-	writeCred(t, a, "twm_a")
-	writeCred(t, b, "twm_b")
+	credA, credB := pki.NewManagementCredential(), pki.NewManagementCredential()
+	writeCred(t, a, credA)
+	writeCred(t, b, credB)
 	if err := WritePointer("127.0.0.1:7001", a); err != nil {
 		t.Fatal(err)
 	}
@@ -26,11 +30,11 @@ func TestThePointerLeadsTheCLIToItsAgentsCredential(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ addr, want string }{
-		{"http://127.0.0.1:7001", "twm_a"},
-		{"127.0.0.1:7001", "twm_a"},
-		{"http://localhost:7002", "twm_b"},
-		{"http://127.0.0.1:7002", "twm_b"},
-		{"https://[::1]:7002", "twm_b"},
+		{"http://127.0.0.1:7001", credA},
+		{"127.0.0.1:7001", credA},
+		{"http://localhost:7002", credB},
+		{"http://127.0.0.1:7002", credB},
+		{"https://[::1]:7002", credB},
 		{"http://127.0.0.1:7003", ""},    // no agent there
 		{"http://10.1.2.3:7001", ""},     // not this machine's loopback
 		{"http://node.example:7001", ""}, // nor a name
@@ -52,13 +56,13 @@ func TestThePointerLeadsTheCLIToItsAgentsCredential(t *testing.T) {
 	}
 
 	t.Setenv(DataDirEnv, b) // the agent's own variable names the data dir directly
-	if got, _, _ := Find("http://127.0.0.1:7001"); got != "twm_b" {
-		t.Errorf("with %s set: %q, want twm_b", DataDirEnv, got)
+	if got, _, _ := Find("http://127.0.0.1:7001"); got != credB {
+		t.Errorf("with %s set: %q, want n2's", DataDirEnv, got)
 	}
 	t.Setenv(DataDirEnv, "")
 
 	RemovePointer("127.0.0.1:7001", b) // not its pointer: stays
-	if got, _, _ := Find("127.0.0.1:7001"); got != "twm_a" {
+	if got, _, _ := Find("127.0.0.1:7001"); got != credA {
 		t.Errorf("another agent's exit removed the pointer")
 	}
 	RemovePointer("127.0.0.1:7001", a)
@@ -83,12 +87,21 @@ func TestAnUnreadableCredentialIsAnError(t *testing.T) {
 	}
 	t.Setenv("XDG_CONFIG_HOME", t.TempDir())
 	a := t.TempDir()
-	writeCred(t, a, "twm_a")
+	writeCred(t, a, pki.NewManagementCredential())
 	if err := os.Chmod(filepath.Join(a, TokenFile), 0); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv(DataDirEnv, a)
 	if got, _, err := Find("127.0.0.1:1"); err == nil || got != "" {
 		t.Fatalf("Find of an unreadable file: %q, %v; want an error", got, err)
+	}
+}
+
+func TestAMalformedCredentialFileIsAnError(t *testing.T) {
+	a := t.TempDir()
+	writeCred(t, a, "not-a-credential")
+	t.Setenv(DataDirEnv, a)
+	if got, _, err := Find("127.0.0.1:1"); err == nil || got != "" || strings.Contains(err.Error(), "not-a-credential") {
+		t.Fatalf("Find of a malformed file: %q, %v; want an error that does not echo it", got, err)
 	}
 }
