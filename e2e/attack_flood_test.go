@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,6 +56,17 @@ func prlimitPath(t *testing.T) string {
 		t.Skipf("prlimit cannot lower a descriptor limit here: %v: %s", err, out)
 	}
 	return p
+}
+
+// needFloodTools skips the test, before it starts anything, when prlimit is missing or this
+// process cannot hold a flood of conns connections.
+func needFloodTools(t *testing.T, conns int) {
+	t.Helper()
+	prlimitPath(t)
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur < uint64(conns)+1000 {
+		t.Skipf("this process may open %d descriptors (%v); the flood needs %d", rl.Cur, err, conns+1000)
+	}
 }
 
 // addUnderNofile starts the cluster's first node, as pc.add would, but under
@@ -169,6 +181,7 @@ func (f *idleFlood) stop() {
 // whose leader runs with peerVictimNofile descriptors, and checks that all through the flood the
 // leader stays leader, takes submits, and never runs out of descriptors or reports a storage fault.
 func floodPeerPort(t *testing.T, port func(*proc) string) {
+	needFloodTools(t, peerFloodConns)
 	pc := newProcCluster(t)
 	victim := addUnderNofile(t, pc, peerVictimNofile)
 	pc.add()
@@ -244,6 +257,7 @@ func TestAttackGossipPortFloodLeaderKeepsLeadership(t *testing.T) {
 // greedy for more; a client that opens a new connection for each of its 32 requests gets an
 // answer to every one.
 func TestAttackAPIFloodLeavesRoomForNewClients(t *testing.T) {
+	needFloodTools(t, apiFloodConns)
 	pc := newProcCluster(t)
 	victim := addUnderNofile(t, pc, apiVictimNofile)
 	pc.waitCluster(victim, 1)
