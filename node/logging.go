@@ -35,6 +35,11 @@ func (s hclogSink) Accept(_ string, level hclog.Level, msg string, args ...any) 
 			attrs = append(attrs, "EXTRA_VALUE_AT_END", key)
 			break
 		}
+		if key == "node" || key == "component" {
+			// The node's logger carries both already; raft's own "node" (its state) would make a
+			// line with the key twice, which log processors read as a map.
+			key = "raft_" + key
+		}
 		attrs = append(attrs, key, hclogValue(args[i+1]))
 	}
 	s.log.Log(context.Background(), slogFromHCLevel(level), msg, attrs...)

@@ -190,6 +190,11 @@ func TestHCLogDurationsPrintAsDurations(t *testing.T) {
 			if !strings.Contains(line, "WARN") || strings.Count(line, "component") != 1 || !strings.Contains(line, "raft") {
 				t.Errorf("level or component lost: %q", line)
 			}
+			buf.Reset()
+			hl.Info("entering candidate state", "node", "Node at 127.0.0.1:7947 [Candidate]", "term", 2)
+			if line := buf.String(); strings.Count(line, "node") != 1 || !strings.Contains(line, "raft_node") {
+				t.Errorf("raft's own node attribute must not repeat the key: %q", line)
+			}
 		})
 	}
 }
