@@ -34,9 +34,9 @@ func toAPIError(err error) error {
 	return err
 }
 
-func taskNotFound(id string) error {
-	return api.Errorf(api.CodeNotFound, "task %s not found", api.Truncate(id))
-}
+// taskNotFound is the API's answer for an unknown ID, which it gives for a task the caller may
+// not read as well: the two must not differ by a word.
+func taskNotFound(id string) error { return httpapi.TaskNotFound(id) }
 
 func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.SubmitRequest) (api.Task, bool, error) {
 	if reason := b.n.storageFault(); reason != "" {
