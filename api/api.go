@@ -448,9 +448,8 @@ var statusOf = map[Code]int{
 	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
 	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,
-	CodeBatchTooLarge: 400, CodeEmptyBatch: 400, CodeInvalidSchedule: 400,
+	CodeBatchTooLarge: 400, CodeEmptyBatch: 400, CodeInvalidSchedule: 400, CodeScheduleTooFrequent: 400,
 	CodeRateLimited: 429, CodeTooManyConnections: 429, CodeQueueFull: 429, CodeQuotaExceeded: 429,
-	CodeScheduleTooFrequent: 400,
 	CodeNoLeader: 503, CodeNotLeader: 503, CodeShuttingDown: 503, CodeCancelled: 503, CodeStorageUnavailable: 503,
 	CodeInternal:    500,
 	CodeACLDisabled: 400, CodeACLBootstrapped: 409, CodeInvalidPolicy: 400, CodeInvalidTokenRequest: 400,
@@ -476,7 +475,7 @@ type Error struct {
 	// LeaderAddr is set by the client from HeaderLeaderAddr: where a leaving node sends its clients.
 	LeaderAddr string `json:"-"`
 	// RetryAfter, in seconds, is sent as the Retry-After header with a 429 (queue_full,
-	// quota_exceeded) and read back from it by the client.
+	// quota_exceeded); 0 sends none.
 	RetryAfter int `json:"-"`
 }
 
