@@ -421,8 +421,8 @@ func peekSubmitter(s string, list []string) (string, bool) {
 		return "", false
 	}
 	r := thawer{s: s[1:]}
-	r.str()     // ID
-	r.uvarint() // flags
+	r.str()       // ID
+	r.uvarint()   // flags
 	for range 6 { // type, version, state, node, boot ID, queue
 		r.name(list)
 	}
