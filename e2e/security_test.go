@@ -77,10 +77,7 @@ func TestThreeProcessesFormASecureClusterWithTheJoinToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := strings.Count(n1.Log(), tok); c != 1 {
-		t.Errorf("n1 logs its join token %d times, want once", c)
-	}
-	for _, p := range pc.procs[1:] {
+	for _, p := range pc.procs { // n1 names the file that holds it instead
 		if strings.Contains(p.Log(), tok) || strings.Contains(p.Log(), strings.Split(tok, "::")[2]) {
 			t.Errorf("%s logs the join token or its secret", p.Name)
 		}

@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -70,6 +71,8 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.IntFlag{Name: "http-max-conns-per-client", EnvVars: []string{"TASKWORKER_HTTP_MAX_CONNS_PER_CLIENT"}, Value: limits.DefaultMaxConnsPerClient, Usage: "open API connections one client address may hold (-1: no cap)"},
 			&cli.Float64Flag{Name: "http-rate-limit", EnvVars: []string{"TASKWORKER_HTTP_RATE_LIMIT"}, Value: DefaultRateLimit, Usage: "API requests per second per client address, 429 above it (0: off)"},
 			&cli.GenericFlag{Name: "pprof", EnvVars: []string{"TASKWORKER_PPROF"}, Value: &pprofFlag{}, Usage: "serve Go's profiler at /debug/pprof/: --pprof on the HTTP API listener, --pprof=127.0.0.1:6060 on a loopback address of its own (default off)"},
+			&cli.Uint64Flag{Name: "raft-snapshot-threshold", EnvVars: []string{"TASKWORKER_RAFT_SNAPSHOT_THRESHOLD"}, Value: 8192, Usage: "raft log entries written since the last snapshot that make the node snapshot its state"},
+			&cli.DurationFlag{Name: "raft-snapshot-interval", EnvVars: []string{"TASKWORKER_RAFT_SNAPSHOT_INTERVAL"}, Value: 2 * time.Minute, Usage: "how often the node checks whether to snapshot (each check waits a random time between this and twice this)"},
 			&cli.StringFlag{Name: "min-free-disk", EnvVars: []string{"TASKWORKER_MIN_FREE_DISK"}, Value: DefaultMinFreeDisk, Usage: "free space on the data dir's file system below which the node warns (log and metric) before the disk fills; a size such as 256MiB or 1GB, 0 for no warning"},
 			&cli.IntFlag{Name: "max-pending", EnvVars: []string{"TASKWORKER_MAX_PENDING"}, Value: DefaultMaxPending, Usage: "tasks waiting to run (pending or delayed) the cluster holds at most; a submit past it gets 429 queue_full (-1: no cap)"},
 			&cli.IntFlag{Name: "quota-pending", EnvVars: []string{"TASKWORKER_QUOTA_PENDING"}, Value: DefaultQuotaPending, Usage: "tasks waiting to run one principal may have, unless its ACL policies set a quota (-1: no cap)"},
@@ -162,7 +165,8 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		Insecure: c.Bool("insecure"), JoinToken: joinToken, GossipKey: gossipKey,
 		TLSCertFile: c.String("tls-cert"), TLSKeyFile: c.String("tls-key"), TLSCAFile: c.String("tls-ca"),
 		TLSVerifyIncoming: c.Bool("tls-verify-incoming"), HTTPTLS: c.Bool("http-tls"),
-		MinFreeDisk: c.String("min-free-disk"),
+		MinFreeDisk:           c.String("min-free-disk"),
+		RaftSnapshotThreshold: c.Uint64("raft-snapshot-threshold"), RaftSnapshotInterval: c.Duration("raft-snapshot-interval"),
 		Quota: QuotaConfig{MaxPending: c.Int("max-pending"), Pending: c.Int("quota-pending"), Schedules: c.Int("quota-schedules"),
 			ScheduleMinInterval: c.Duration("quota-schedule-interval"), ScheduleInputBytes: c.Int("quota-schedule-input-bytes"), Retained: c.Int("quota-retained")},
 		// The node logged why at ERROR; raft cannot go on past what it could not read or save.

@@ -122,7 +122,7 @@ func (o clusterOpts) config(t *testing.T, i int, join []string) Config {
 	if o.inmem || o.twin {
 		c.InmemRaft = true
 	} else {
-		c.DataDir = t.TempDir()
+		c.DataDir = privateTempDir(t)
 	}
 	if o.tweak != nil {
 		o.tweak(i, &c)

@@ -112,7 +112,7 @@ func TestNodeRestartedOnAnEmptyDataDirJoinsAsANewMember(t *testing.T) {
 	if err := x.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	cfg.DataDir = t.TempDir() // the disk was replaced
+	cfg.DataDir = privateTempDir(t) // the disk was replaced
 	y := tc.start(cfg)
 	newID := raft.ServerID(y.RaftID())
 	if newID == oldID || newID == "" {
@@ -162,7 +162,7 @@ func TestNodeRestartedOnAnEmptyDataDirJoinsAsANewMember(t *testing.T) {
 // name as its ID and write it down, lead its cluster as before, take in new nodes (under their
 // generated IDs), and keep the name across a restart.
 func TestDataDirFromBeforeRaftIDsKeepsItsName(t *testing.T) {
-	dir := t.TempDir()
+	dir := privateTempDir(t)
 	raftAddr := freeAddr(t)
 	bootstrapNamedServer(t, dir, "n1", raftAddr)
 	tc := startCluster(t, 3, clusterOpts{tweak: func(i int, c *Config) {

@@ -355,6 +355,12 @@ func (n *Node) startRaft() error {
 	// Followers learn of commits from the leader's notices after its applies (notice.go), not
 	// from this idle resend of the commit index (see commitTimeout).
 	rc.CommitTimeout = commitTimeout
+	if cfg.RaftSnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.RaftSnapshotThreshold
+	}
+	if cfg.RaftSnapshotInterval > 0 {
+		rc.SnapshotInterval = cfg.RaftSnapshotInterval
+	}
 	// A voter removed while it was cut off (frozen, partitioned) must stay able to rejoin: the
 	// leader adds it back once it registers again (registerLoop). Raft's default would shut its
 	// raft down for good when it applies its own removal. A leaving node shuts raft down itself.

@@ -182,3 +182,14 @@ func TestRootAgentWarnsOfCommandTypesWithoutAUser(t *testing.T) {
 		t.Errorf("root agent: %q, want one WARN naming as-root and also-root", out)
 	}
 }
+
+// privateTempDir is a t.TempDir the agent accepts as its data dir: t.TempDir makes its
+// directories through the umask (0755 under the usual 0022), which the node refuses.
+func privateTempDir(t *testing.T) string {
+	t.Helper()
+	d := t.TempDir()
+	if err := os.Chmod(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}

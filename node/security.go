@@ -77,8 +77,8 @@ const keyringFile = "keyring.json"
 
 var (
 	// errNeedJoinToken: a secure node asked to join without a token.
-	errNeedJoinToken = errors.New("joining a secure cluster needs its join token: pass --join-token " +
-		"(or TASKWORKER_JOIN_TOKEN) with the contents of <data-dir>/join-token on the first node, " +
+	errNeedJoinToken = errors.New("joining a secure cluster needs its join token: pass --join-token-file " +
+		"with a copy of <data-dir>/join-token of the first node (or the token in TASKWORKER_JOIN_TOKEN), " +
 		"or --insecure if that cluster runs --insecure")
 	// errNoJoinToken: this node cannot say the cluster's join token.
 	errNoJoinToken = errors.New("this cluster has no join token")
@@ -233,6 +233,12 @@ func (n *Node) setupSecurity(resumed bool) error {
 		s.cluster, _ = pki.ClusterOf(ca.Cert)
 		s.serverName = pki.ServerName(s.cluster)
 		s.holder, s.source = pki.NewHolder(res.Identity), pki.DirSource(s.dir)
+		// The cluster took it, so it is the current token; kept like the first node's, so that the
+		// operator on this node finds it too.
+		s.localToken.Store(&tok)
+		if err := pki.WriteTokenFile(dataDir, tok); err != nil {
+			return err
+		}
 		n.log.Info("joined the cluster's trust: got this node's certificate, the CA and the gossip keys",
 			"ca_fingerprint", ca.Fingerprint(), "not_after", res.Identity.Leaf().NotAfter)
 	}

@@ -184,7 +184,7 @@ func TestDigestRouteLetsReplicasBeCompared(t *testing.T) {
 func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
 	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "mode=0700,size="+size); err != nil {
 		if os.Getenv("TASKWORKER_REQUIRE_TMPFS") == "1" {
 			t.Fatalf("mount -t tmpfs -o size=%s %s: %v (TASKWORKER_REQUIRE_TMPFS=1)", size, dir, err)
 		}

@@ -378,7 +378,7 @@ func (n *Node) Log() string {
 // when this program dies, and has a process group of its own, so that a Ctrl-C reaches only this
 // program, which then kills it.
 func (n *Node) start() error {
-	f, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("open log of %s: %w", n.Name, err)
 	}
@@ -494,7 +494,7 @@ func (c *Cluster) Add(extra ...string) (*Node, error) {
 		nd.args = append(nd.args, "--join", c.Nodes[0].Gossip)
 	}
 	nd.args = append(append(nd.args, c.Args...), extra...)
-	if len(c.Nodes) > 0 && !hasFlag(nd.args, "--insecure") && !hasFlag(nd.args, "--tls-cert") && !hasFlag(nd.args, "--join-token") {
+	if len(c.Nodes) > 0 && !hasFlag(nd.args, "--insecure") && !hasFlag(nd.args, "--tls-cert") && !hasFlag(nd.args, "--join-token") && !hasFlag(nd.args, "--join-token-file") {
 		tok, err := c.Nodes[0].JoinToken(JoinTokenTimeout)
 		if err != nil {
 			return nil, err

@@ -9,8 +9,10 @@ import (
 // writeFileAtomic replaces path with data so that a reader, or a crash, sees either the old
 // file or the new one, never a torn mix: a truncated key or token would lock a node out.
 // The temporary file gets perm before any byte is written, so a secret is never readable by
-// others, not even briefly.
+// others, not even briefly. Every file written here is in a node's data dir, which is its user's
+// alone, so group and other bits are dropped from perm, public certificates' included.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+	perm &^= 0o077
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
