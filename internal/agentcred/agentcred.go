@@ -151,7 +151,8 @@ func readPointer(path string) (string, error) {
 // http://127.0.0.1:7948, or host:port) and the file it came from: from DataDirEnv's data dir
 // when set, else through addr's pointer. It returns "" and no error when there is nothing to
 // find (a remote address, an agent of another user, an insecure one); an error when a
-// credential file is there but cannot be read.
+// credential file is there but cannot be read, or when the pointer's port is not held by this
+// user's process (a crashed agent's port taken by someone else: the credential stays here).
 func Find(addr string) (credential, file string, err error) {
 	dataDir := os.Getenv(DataDirEnv)
 	if dataDir == "" {
@@ -169,6 +170,13 @@ func Find(addr string) (credential, file string, err error) {
 		}
 		if dataDir, err = readPointer(filepath.Join(dir, names[0])); err != nil {
 			return "", "", nil
+		}
+		_, port, _ := net.SplitHostPort(hostport)
+		switch err := checkListener(port); {
+		case errors.Is(err, errNoListener):
+			return "", "", nil // the request fails to connect, and says so
+		case err != nil:
+			return "", "", fmt.Errorf("%s: %w", hostport, err)
 		}
 	}
 	file = filepath.Join(dataDir, TokenFile)
