@@ -89,21 +89,29 @@ type AdmissionEnv struct {
 }
 
 // prepareSubmit stamps the batch's caps from the leader's settings, replacing whatever a
-// follower sent: the caps are the leader's to choose. While a node older than AdmissionProtocol
-// is up it stamps none (that node could not decode them), and submits are admitted as before.
+// follower sent: the caps are the leader's to choose.
 func prepareSubmit(f *FSM, _ time.Time, p *SubmitBatch, env PrepareEnv) {
-	p.Admission = nil
+	by := make([]string, len(p.Items))
+	for i := range p.Items {
+		by[i] = p.Items[i].SubmittedBy
+	}
+	p.Admission = f.admissionFor(env, by)
+}
+
+// admissionFor is the caps of a command whose tasks the principals submit, nil for none. While a
+// node older than AdmissionProtocol is up it stamps none (that node could not decode them), and
+// tasks are admitted as before.
+func (f *FSM) admissionFor(env PrepareEnv, principals []string) *Admission {
 	if env.Admission == nil {
-		return
+		return nil
 	}
 	if lowest, _ := f.lowestProtocol(); lowest < AdmissionProtocol {
-		return
+		return nil
 	}
 	a := &Admission{MaxPending: env.Admission.MaxPending}
 	if env.Admission.PrincipalPending != nil {
 		seen := map[string]bool{}
-		for i := range p.Items {
-			by := p.Items[i].SubmittedBy
+		for _, by := range principals {
 			if seen[by] {
 				continue
 			}
@@ -114,9 +122,10 @@ func prepareSubmit(f *FSM, _ time.Time, p *SubmitBatch, env PrepareEnv) {
 		}
 		slices.SortFunc(a.Principals, func(x, y PrincipalCap) int { return strings.Compare(x.Principal, y.Principal) })
 	}
-	if a.MaxPending > 0 || len(a.Principals) > 0 {
-		p.Admission = a
+	if a.MaxPending == 0 && len(a.Principals) == 0 {
+		return nil
 	}
+	return a
 }
 
 // maxRetainedScan bounds how many finished tasks one OverRetained call reads.

@@ -240,3 +240,27 @@ func TestOverRetainedNamesTheOldestFinishedOfEachSubmitterPastItsCap(t *testing.
 		t.Errorf("after removing them: %v, want none", got)
 	}
 }
+
+// TestScheduleTicksAreAdmittedLikeSubmits: a tick fired while its submitter holds its cap of
+// waiting tasks submits nothing and records why; the leader's Prepare stamps the schedule
+// owner's cap into the fire.
+func TestScheduleTicksAreAdmittedLikeSubmits(t *testing.T) {
+	h := newHarness(t)
+	h.must(&Command{Body: &Register{Node: Node{Name: "n1", BootID: "b1", Capacity: 1, Protocol: Protocol}}})
+	h.must(putCmd(schedule("s", OverlapAllowAll))) // submitted by alice
+	h.must(submitCmd(byWho("x", "alice")))
+	fire := &Command{Body: &ScheduleFire{Name: "s", Tick: t0.Add(time.Hour), TaskID: "T1"}}
+	h.f.Prepare(fire, t0, PrepareEnv{Admission: &AdmissionEnv{PrincipalPending: func(p string) int { return map[string]int{"alice": 1}[p] }}})
+	if a := fire.Body.(*ScheduleFire).Admission; a == nil || a.principalCap("alice") != 1 {
+		t.Fatalf("stamped %+v, want alice's cap of 1", a)
+	}
+	if it := h.item(fire); !errors.Is(it.Err, ErrQuotaExceeded) {
+		t.Errorf("tick past the cap: %+v, want quota exceeded", it)
+	}
+	if _, ok := h.f.Task("T1"); ok {
+		t.Error("the refused tick stored its task")
+	}
+	if s := h.schedule("s"); s.Fired != 0 || s.LastError == "" || !s.LastFired.Equal(t0.Add(time.Hour)) {
+		t.Errorf("schedule after the refused tick: fired %d, last error %q, last fired %v", s.Fired, s.LastError, s.LastFired)
+	}
+}

@@ -33,7 +33,7 @@ func init() {
 	// only (node refuses a forwarded tick fire: only the leader fires ticks).
 	register(Spec[SchedulePut]{Type: CmdSchedulePut, Name: "schedule_put", Since: 2, Forwardable: true, Apply: (*FSM).applySchedulePut})
 	register(Spec[ScheduleDelete]{Type: CmdScheduleDelete, Name: "schedule_delete", Since: 2, Forwardable: true, Apply: (*FSM).applyScheduleDelete})
-	register(Spec[ScheduleFire]{Type: CmdScheduleFire, Name: "schedule_fire", Since: 2, Forwardable: true, Apply: (*FSM).applyScheduleFire})
+	register(Spec[ScheduleFire]{Type: CmdScheduleFire, Name: "schedule_fire", Since: 2, Forwardable: true, Apply: (*FSM).applyScheduleFire, Prepare: prepareFire})
 }
 
 // Overlap is what a schedule does with a tick while its previous run is unfinished. The names
@@ -150,6 +150,28 @@ type ScheduleFire struct {
 	// Error, set by the leader when it could not build the task (its type unknown now, say),
 	// records the tick as fired without a task, with the reason.
 	Error string `msgpack:"error,omitempty"`
+	// Admission is what the task is admitted under, as a submit's (prepareFire): a tick past a
+	// cap is recorded as fired, with the refusal as the schedule's last error. Protocol 5.
+	Admission *Admission `msgpack:"admission,omitempty"`
+}
+
+// NeedsProtocol implements NeedsProtocol: AdmissionProtocol with caps.
+func (p *ScheduleFire) NeedsProtocol() int {
+	if p.Admission != nil {
+		return AdmissionProtocol
+	}
+	return 0
+}
+
+// prepareFire stamps the leader's caps for the schedule's submitter, as prepareSubmit does.
+func prepareFire(f *FSM, _ time.Time, p *ScheduleFire, env PrepareEnv) {
+	f.mu.RLock()
+	var by string
+	if s, ok := f.schedules[p.Name]; ok {
+		by = s.SubmittedBy
+	}
+	f.mu.RUnlock()
+	p.Admission = f.admissionFor(env, []string{by})
 }
 
 // Errors of the schedule commands.
@@ -239,7 +261,7 @@ func (f *FSM) applyScheduleFire(index uint64, now time.Time, p *ScheduleFire) ([
 			return []ItemResult{{ID: p.TaskID, Existing: true}}, nil
 		}
 		s.Manual++
-		return []ItemResult{f.submitFor(index, now, &s, p, ManualKey(s.Name, index))}, nil
+		return []ItemResult{f.submitFor(index, now, &s, p, ManualKey(s.Name, index), p.Admission)}, nil
 	case p.Buffered:
 		if len(s.Buffered) == 0 || !s.Buffered[0].Equal(p.Tick) || f.running(s.LastTaskID) {
 			return []ItemResult{{Existing: true}}, nil // started before, or not its turn yet
@@ -275,7 +297,7 @@ func (f *FSM) applyScheduleFire(index uint64, now time.Time, p *ScheduleFire) ([
 
 // startRun submits the task of a tick and makes it the schedule's latest run.
 func (f *FSM) startRun(index uint64, now time.Time, s *Schedule, p *ScheduleFire) ItemResult {
-	res := f.submitFor(index, now, s, p, TickKey(s.Name, p.Tick))
+	res := f.submitFor(index, now, s, p, TickKey(s.Name, p.Tick), p.Admission)
 	if res.Err == nil {
 		s.Fired++
 		s.LastTaskID = res.ID
@@ -286,12 +308,12 @@ func (f *FSM) startRun(index uint64, now time.Time, s *Schedule, p *ScheduleFire
 	return res
 }
 
-func (f *FSM) submitFor(index uint64, now time.Time, s *Schedule, p *ScheduleFire, key string) ItemResult {
+func (f *FSM) submitFor(index uint64, now time.Time, s *Schedule, p *ScheduleFire, key string, a *Admission) ItemResult {
 	return f.submit(index, now, &Submit{
 		ID: p.TaskID, Type: s.Type, Version: p.Version, Input: s.Input, MaxAttempts: s.MaxAttempts,
 		Timeout: s.Timeout, IdempotencyKey: key, ExecutionID: p.TaskID, SubmittedBy: s.SubmittedBy,
 		Schedule: s.Name,
-	}, nil)
+	}, a)
 }
 
 // running reports whether a task exists and has not finished. f.mu is held.

@@ -269,7 +269,7 @@ func (b apiBackend) TriggerSchedule(ctx context.Context, caller httpapi.Caller, 
 	}
 	item := res.Items[0]
 	if item.Err != nil {
-		return api.Task{}, api.Errorf(api.CodeInvalidRequest, "%v", item.Err)
+		return api.Task{}, b.n.noteRefusal(submitItemError(fsm.Submit{Type: s.Type}, item))
 	}
 	if err := b.n.waitIndex(ctx, res.Index); err != nil {
 		return api.Task{}, err
