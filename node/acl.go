@@ -270,13 +270,14 @@ func forwardDenied(err error) error {
 	return api.Errorf(api.CodeForbidden, "%v", err)
 }
 
-// userRequest resolves the caller of a user's request with ACLs on; nil without ACLs, where the
-// follower's API let the request in and the leader has nothing more to know.
-func (n *Node) userRequest(from forwardCaller) (*acl.Identity, bool, error) {
+// userRequest resolves the caller of a user's request with ACLs on: check reports whether the
+// rule goes on to check id's capabilities. It is false without ACLs (the follower's API let the
+// request in, and the leader has nothing more to know) and when err refuses the caller.
+func (n *Node) userRequest(from forwardCaller) (id *acl.Identity, check bool, err error) {
 	if !n.cfg.ACL {
 		return nil, false, nil
 	}
-	id, err := n.forwardIdentity(from.credential)
+	id, err = n.forwardIdentity(from.credential)
 	return id, err == nil, err
 }
 
