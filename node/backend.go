@@ -51,12 +51,34 @@ func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.S
 	if !ok {
 		return api.Task{}, false, taskNotFound(item.ID)
 	}
-	return toAPITask(&t), !item.Existing, nil
+	at := toAPITask(&t)
+	if item.Existing && !mayShowExisting(caller, at) {
+		return api.Task{}, false, errKeyTaken()
+	}
+	return at, !item.Existing, nil
 }
 
 func (b apiBackend) SubmitBatch(ctx context.Context, caller httpapi.Caller, reqs []api.SubmitRequest) ([]api.BatchResult, error) {
 	out, err := b.n.submitBatch(withIdentity(withCaller(ctx, caller), caller.Identity), reqs, caller.Principal())
+	for i, r := range out {
+		if r.Status == http.StatusOK && r.Task != nil && !mayShowExisting(caller, *r.Task) {
+			out[i] = httpapi.ErrorResult(errKeyTaken())
+		}
+	}
 	return out, toAPIError(err)
+}
+
+// mayShowExisting reports whether a submit whose idempotency key was seen before may answer with
+// the task that holds the key: idempotency keys are cluster-wide, so the task may be another
+// principal's, of a type the caller may not read.
+func mayShowExisting(caller httpapi.Caller, t api.Task) bool {
+	return caller.CanRead(t.Type) || caller.Identity != nil && t.SubmittedBy == caller.Principal()
+}
+
+// errKeyTaken refuses such a submit without showing the record: the caller learns only that the
+// key is taken.
+func errKeyTaken() error {
+	return api.Errorf(api.CodeForbidden, "idempotency_key is held by a task this caller may not read; choose another key")
 }
 
 func (b apiBackend) Task(_ context.Context, id string) (api.Task, error) {

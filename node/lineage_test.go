@@ -131,3 +131,46 @@ func TestExecutionJoinNeedsTheParentsAttemptOrAReader(t *testing.T) {
 		t.Fatalf("child %q: %+v", childID, tk)
 	}
 }
+
+// Idempotency keys are cluster-wide: a submit that reuses another principal's key must not be
+// answered with that principal's task when the caller may not read it.
+func TestReusedIdempotencyKeyDoesNotShowAnotherPrincipalsTask(t *testing.T) {
+	tc := startCluster(t, 1, clusterOpts{inmem: true, tweak: func(_ int, c *Config) { c.ACL = true }})
+	n := tc.nodes[0]
+	mgmt := bootstrapACL(t, n).SecretID
+	victim := policyToken(t, n, mgmt, "victim", `"submit", "read"`, "echo")
+	attacker := policyToken(t, n, mgmt, "attacker", `"submit"`, "echo", "calc-square")
+
+	code, b := aclCall(t, n, "POST", "/v1/tasks", victim.SecretID, `{"type": "echo", "input": "victim-secret", "idempotency_key": "k1"}`)
+	var first api.Task
+	mustJSON(t, b, &first)
+	if code != http.StatusCreated {
+		t.Fatalf("victim submit: %d %s", code, b)
+	}
+	for _, body := range []string{
+		`{"type": "calc-square", "input": 2, "idempotency_key": "k1"}`,
+		`{"type": "echo", "input": 1, "idempotency_key": "k1"}`,
+	} {
+		code, b := aclCall(t, n, "POST", "/v1/tasks", attacker.SecretID, body)
+		wantAPIError(t, "attacker reuses the key", code, b, 403, api.CodeForbidden, "idempotency_key")
+		if strings.Contains(string(b), "victim-secret") || strings.Contains(string(b), first.ID) {
+			t.Fatalf("the refusal shows the victim's task: %s", b)
+		}
+		code, b = aclCall(t, n, "POST", api.PathTasksBatch, attacker.SecretID, `{"tasks": [`+body+`]}`)
+		if code != http.StatusOK || !strings.Contains(string(b), `"status":403`) || strings.Contains(string(b), "victim-secret") {
+			t.Fatalf("attacker batch reuses the key: %d %s", code, b)
+		}
+	}
+	// The key's holder gets its task back, as before; so does a submitter that may not read its
+	// own type, for its own task.
+	code, b = aclCall(t, n, "POST", "/v1/tasks", victim.SecretID, `{"type": "echo", "input": "again", "idempotency_key": "k1"}`)
+	if code != http.StatusOK || !strings.Contains(string(b), first.ID) {
+		t.Fatalf("victim resubmits: %d %s", code, b)
+	}
+	if code, b := aclCall(t, n, "POST", "/v1/tasks", attacker.SecretID, `{"type": "calc-square", "input": 2, "idempotency_key": "k2"}`); code != http.StatusCreated {
+		t.Fatalf("attacker submit: %d %s", code, b)
+	}
+	if code, b := aclCall(t, n, "POST", "/v1/tasks", attacker.SecretID, `{"type": "calc-square", "input": 2, "idempotency_key": "k2"}`); code != http.StatusOK {
+		t.Fatalf("attacker resubmits its own: %d %s", code, b)
+	}
+}
