@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -92,6 +93,7 @@ type faultRun struct {
 	Recovery time.Duration // from injection until a submit was accepted again
 	Recover  bool          // false: no submit accepted within recoverDeadline
 	Skipped  string        // why the fault could not be injected (no victim)
+	Took     bool          // every step of it was injected (not skipped, no step failed)
 	Notes    []string      // what was measured of the fault itself (a delay's round trip)
 }
 
@@ -210,6 +212,7 @@ func (in *injector) inject(ctx context.Context, kind string) faultRun {
 	in.logf("fault %s on %v", kind, fr.Victims)
 
 	injected := make(chan struct{}, len(steps))
+	var took atomic.Int32 // steps that took effect
 	var notesMu sync.Mutex
 	note := func(format string, args ...any) {
 		s := fmt.Sprintf(format, args...)
@@ -233,7 +236,9 @@ func (in *injector) inject(ctx context.Context, kind string) faultRun {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			in.one(ctx, s.kind, s.m, injected, noQuorum, note)
+			if in.one(ctx, s.kind, s.m, injected, noQuorum, note) {
+				took.Add(1)
+			}
 		}()
 	}
 	for range steps {
@@ -250,15 +255,17 @@ func (in *injector) inject(ctx context.Context, kind string) faultRun {
 		in.v.add("%s on %v: no submit accepted within %s of the injection", kind, fr.Victims, recoverDeadline)
 	}
 	wg.Wait()
+	fr.Took = int(took.Load()) == len(steps)
 	notesMu.Lock()
 	defer notesMu.Unlock()
 	return fr
 }
 
-// one injects a single-node fault on m, signals injected, holds it, and undoes it. With noQuorum
-// (the other fault of a double leaves no majority) a gone node is restarted after a hold rather
-// than once the cluster has taken its tasks back, which it cannot do without a quorum.
-func (in *injector) one(ctx context.Context, kind string, m *member, injected chan<- struct{}, noQuorum bool, note func(string, ...any)) {
+// one injects a single-node fault on m, signals injected, holds it, and undoes it; it reports
+// whether the fault took effect (a signal delivered, the disk filled, the network fault set). With
+// noQuorum (the other fault of a double leaves no majority) a gone node is restarted after a hold
+// rather than once the cluster has taken its tasks back, which it cannot do without a quorum.
+func (in *injector) one(ctx context.Context, kind string, m *member, injected chan<- struct{}, noQuorum bool, note func(string, ...any)) bool {
 	e := in.e
 	done := func() { injected <- struct{}{} }
 	checkGone := func() {
@@ -274,22 +281,33 @@ func (in *injector) one(ctx context.Context, kind string, m *member, injected ch
 		done()
 		checkGone()
 		in.restart(kind, m)
+		return true
 	case kTerm, kTermLeader:
-		_ = m.Signal(syscall.SIGTERM)
+		err := m.Signal(syscall.SIGTERM)
 		done()
+		if err != nil {
+			in.v.add("%s on %s: %v", kind, m.Name, err)
+			return false
+		}
 		if err := m.Wait(termExitTimeout); errors.Is(err, localcluster.ErrTimeout) {
 			in.v.add("%s on %s: still running %s after SIGTERM (drain timeout 5s)", kind, m.Name, termExitTimeout)
 			m.Kill()
 		}
 		checkGone()
 		in.restart(kind, m)
+		return true
 	case kStop, kStopLeader:
-		_ = m.Signal(syscall.SIGSTOP)
-		m.setStopped(true)
+		err := m.Signal(syscall.SIGSTOP)
+		m.setStopped(err == nil)
 		done()
+		if err != nil {
+			in.v.add("%s on %s: %v", kind, m.Name, err)
+			return false
+		}
 		sleep(ctx, time.Duration(3000+rand.IntN(7000))*time.Millisecond)
 		_ = m.Signal(syscall.SIGCONT)
 		m.setStopped(false)
+		return true
 	case kDisk:
 		if !quorumWithout(ctx, in.e, m.Name) {
 			// An earlier fault still holds a voter out (a node that left is re-added as a
@@ -302,7 +320,7 @@ func (in *injector) one(ctx context.Context, kind string, m *member, injected ch
 		done()
 		if err != nil {
 			in.v.add("%s on %s: %v", kind, m.Name, err)
-			return
+			return false
 		}
 		in.checkFullDisk(ctx, m, noQuorum)
 		free()
@@ -315,6 +333,7 @@ func (in *injector) one(ctx context.Context, kind string, m *member, injected ch
 			// goroutine's stack to its log before it exits, which is what a post-mortem needs.
 			_ = m.Signal(syscall.SIGQUIT)
 		}
+		return true
 	case kPartition, kPartitionLeader, kPartitionPair, kLoss, kLossLeader, kLossPair, kDelay, kDelayLeader, kDelayPair:
 		family, pair := netKind(kind)
 		var peers []*member
@@ -333,15 +352,17 @@ func (in *injector) one(ctx context.Context, kind string, m *member, injected ch
 			if heal != nil { // a partition that cut some pairs only: undo those
 				_ = heal()
 			}
-			return
+			return false
 		}
 		sleep(ctx, netHold)
 		if err := heal(); err != nil {
 			in.v.add("%s on %s: heal: %v", kind, m.Name, err)
 		}
+		return true
 	default:
 		done()
 		in.v.add("unknown fault kind %q", kind)
+		return false
 	}
 }
 

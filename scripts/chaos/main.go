@@ -96,6 +96,7 @@ type config struct {
 	LossPct   int           // loss faults drop this share of packets, each way
 	Delay     time.Duration // delay faults hold TCP data this long, each way
 	Loopback  bool          // never use namespaces or tmpfs, even as root
+	Strict    bool          // a fault kind this machine cannot inject is an error, not left out
 	Keep      bool
 	Verbose   bool
 }
@@ -117,6 +118,7 @@ func main() {
 	flag.StringVar(&cfg.TmpfsSize, "tmpfs-size", "128m", "size of each node's data dir tmpfs (as root)")
 	flag.IntVar(&cfg.LossPct, "loss", 20, "percent of packets a loss fault drops, each way (1-100)")
 	flag.DurationVar(&cfg.Delay, "delay", 100*time.Millisecond, "how long a delay fault holds node-to-node TCP data, each way")
+	flag.BoolVar(&cfg.Strict, "strict", false, "fail when this machine cannot inject every fault kind asked for, instead of leaving it out")
 	flag.BoolVar(&cfg.Loopback, "loopback", false, "run on 127.0.0.1 without namespaces or tmpfs even as root (no network or disk faults)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the temporary directory (node logs and data)")
 	flag.BoolVar(&cfg.Verbose, "v", false, "log every fault as it starts")
@@ -248,6 +250,9 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	}
 	if len(rep.Skipped) > 0 {
 		rep.SkippedWhy = "no " + strings.Join(why, ", no ")
+		if cfg.Strict {
+			return nil, fmt.Errorf("cannot inject %s on this machine: %s", strings.Join(rep.Skipped, ", "), rep.SkippedWhy)
+		}
 		logf("left out %v: %s", rep.Skipped, rep.SkippedWhy)
 	}
 	if len(kinds) == 0 {
@@ -283,16 +288,28 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 		}
 	}}
 	start := time.Now()
-	logf("load on; faults for %s, one every %s: %s", cfg.Duration, cfg.Interval, strings.Join(kinds, ", "))
-	for i := 0; time.Since(start) < cfg.Duration && ctx.Err() == nil; i++ {
+	logf("load on; faults for %s, one every %s, then until each kind has taken effect: %s", cfg.Duration, cfg.Interval, strings.Join(kinds, ", "))
+	took, tries := map[string]int{}, map[string]int{}
+	for i := 0; ctx.Err() == nil; i++ {
 		next := time.Now().Add(cfg.Interval)
 		// Every kind in turn, in a shuffled order each round, so that a short run sees each.
 		if i%len(kinds) == 0 {
 			rand.Shuffle(len(kinds), func(a, b int) { kinds[a], kinds[b] = kinds[b], kinds[a] })
 		}
-		fr := in.inject(ctx, kinds[i%len(kinds)])
+		kind := nextKind(kinds, i, time.Since(start) < cfg.Duration, took, tries)
+		if kind == "" {
+			break
+		}
+		fr := in.inject(ctx, kind)
+		tries[kind]++
+		if fr.Took {
+			took[kind]++
+		}
 		rep.Faults = append(rep.Faults, fr)
 		sleep(ctx, time.Until(next))
+	}
+	for _, miss := range missedKinds(kinds, rep.Faults) {
+		v.add("%s", miss)
 	}
 	stopLoad()
 	waitLoad()
@@ -350,6 +367,56 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 		fmt.Fprintf(logw, "node logs (tail):\n%s", b.String())
 	}
 	return rep, nil
+}
+
+// maxTries is how often a fault kind that has not taken effect yet is tried after the run's
+// duration before the run gives up on it (and reports it).
+const maxTries = 3
+
+// nextKind is the fault kind to inject next, "" when the run is over: while the run's duration
+// lasts every kind in turn (the caller reshuffles kinds each round); after it, each kind that has
+// not taken effect yet, until it has or has been tried maxTries times in all.
+func nextKind(kinds []string, i int, during bool, took, tries map[string]int) string {
+	if during {
+		return kinds[i%len(kinds)]
+	}
+	for _, k := range kinds {
+		if took[k] == 0 && tries[k] < maxTries {
+			return k
+		}
+	}
+	return ""
+}
+
+// missedKinds names each kind asked for that never took effect, with why: a run in which a kind
+// was only skipped (no victim free) or failed to inject has not tested it.
+func missedKinds(kinds []string, faults []faultRun) []string {
+	var out []string
+	for _, k := range kinds {
+		var why []string
+		took := false
+		for _, f := range faults {
+			if f.Kind != k {
+				continue
+			}
+			switch {
+			case f.Took:
+				took = true
+			case f.Skipped != "":
+				why = append(why, f.Skipped)
+			default:
+				why = append(why, "injection failed (see above)")
+			}
+		}
+		if took {
+			continue
+		}
+		if len(why) == 0 {
+			why = []string{"never tried"}
+		}
+		out = append(out, fmt.Sprintf("fault kind %s never took effect (%d tries: %s)", k, len(why), strings.Join(why, "; ")))
+	}
+	return out
 }
 
 func orLoopback(err error) error {
@@ -491,7 +558,7 @@ func printReport(w io.Writer, r *report) {
 	var all []time.Duration
 	var kinds []string
 	for _, f := range r.Faults {
-		if f.Skipped != "" {
+		if !f.Took {
 			continue
 		}
 		if count[f.Kind] == 0 {
