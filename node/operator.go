@@ -32,7 +32,7 @@ func (b apiBackend) JoinToken(ctx context.Context) (api.JoinToken, error) {
 		tok, err = b.n.joinToken()
 	}
 	if err != nil {
-		return api.JoinToken{}, api.Errorf(api.CodeNoLeader, "this node does not know the current join token; ask the node that made the cluster or last rotated the token, or retry")
+		return api.JoinToken{}, api.Errorf(api.CodeNoLeader, "this node could not get the current join token from the other nodes (the node that rotated it may be down); retry")
 	}
 	return api.JoinToken{Token: tok.Encode()}, nil
 }

@@ -83,6 +83,6 @@ func (n *Node) announceCluster() {
 			"where FILE is a copy of " + filepath.Join(s.secretsDir, pki.TokenFile) + " (it holds the join token; keep it secret)")
 	}
 	if f := n.managementFile(); f != "" && n.managementCredential() != "" {
-		n.log.Info("the management credential, which operator commands need, is in "+f+"; every node keeps a copy in its data dir", "file", f)
+		n.log.Info("the management credential, which operator commands need, is in " + f + "; every node keeps a copy in its data dir")
 	}
 }

@@ -2,9 +2,13 @@ package node
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -192,4 +196,51 @@ func privateTempDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return d
+}
+
+func TestClusterSecretsGoOnlyToNodesOfTheClusterAndOnlyWhenCurrent(t *testing.T) {
+	tc := startSecureCluster(t, 2, secureOpts(nil))
+	n1, n2 := tc.nodes[0], tc.nodes[1]
+	waitFor(t, "n2 holds the management credential", 10*time.Second, func() bool {
+		return n2.managementCredential() != "" && n2.managementCredential() == n1.managementCredential()
+	})
+	ask := func(hc *http.Client, from *Node, name string) (int, string) {
+		t.Helper()
+		resp, err := hc.Get("https://" + from.GossipAddr() + "/v1/internode/secret/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var rep secretReply
+		_ = json.NewDecoder(resp.Body).Decode(&rep)
+		return resp.StatusCode, rep.Secret
+	}
+	tok := mustToken(t, n1)
+	if code, s := ask(n2.client, n1, secretJoinToken); code != http.StatusOK || s != tok.Encode() {
+		t.Errorf("a node asking for the join token: %d %q", code, s)
+	}
+	if code, s := ask(n2.client, n1, secretManagement); code != http.StatusOK || s != n1.managementCredential() {
+		t.Errorf("a node asking for the management credential: %d", code)
+	}
+	if code, _ := ask(n2.client, n1, "ca-key"); code != http.StatusNotFound {
+		t.Errorf("an unknown secret: %d, want 404", code)
+	}
+	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the test's point
+	for _, name := range []string{secretJoinToken, secretManagement} {
+		if code, s := ask(anon, n1, name); code != http.StatusUnauthorized || s != "" {
+			t.Errorf("a caller without a node certificate asking for %s: %d, want 401 and nothing", name, code)
+		}
+	}
+
+	// A copy that no longer matches the cluster's hash is never handed out, and is mended from a
+	// node that holds the current one.
+	stale := tok.Rotate()
+	n1.sec.localToken.Store(&stale)
+	if code, s := ask(n2.client, n1, secretJoinToken); code != http.StatusNotFound || s != "" {
+		t.Errorf("a stale join token was handed out: %d", code)
+	}
+	got, err := apiBackend{n1}.JoinToken(context.Background())
+	if err != nil || got.Token != tok.Encode() {
+		t.Fatalf("GET join-token on a node with a stale copy: %v %v, want the current token", got, err)
+	}
 }

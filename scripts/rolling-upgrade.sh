@@ -116,6 +116,8 @@ for i in "${order[@]}"; do
   wait_for 60 "$name's process to exit" ports_free "$i"
 
   echo "== $name: starting $bin on $dir/$name, joining $join"
+  # An older release made data dirs 0755; this one refuses a data dir other users can read.
+  chmod 700 "$dir/$name"
   # shellcheck disable=SC2086 # TASKWORKER_UPGRADE_AGENT_ARGS is a list of flags
   setsid nohup "$bin" agent --name "$name" --data-dir "$dir/$name" --advertise 127.0.0.1 \
     --gossip-addr "127.0.0.1:$(port "$i" 0)" --raft-addr "127.0.0.1:$(port "$i" 1)" \
