@@ -367,7 +367,7 @@ func TestConsoleShowsAKilledNodeAndItsTasksMoving(t *testing.T) {
 
 // TestConsoleWithACLsHidesWhatATokenMayNotDo signs in with a read-only token: it sees the tasks
 // but no cancel button, a cancel forced through the API is a 403, and a task it may not read
-// shows which capability is missing.
+// is not found, as a missing one.
 func TestConsoleWithACLsHidesWhatATokenMayNotDo(t *testing.T) {
 	chromiumPath(t) // skips before any cluster starts when there is no browser
 	pc := newProcCluster(t)
@@ -460,9 +460,9 @@ func TestConsoleWithACLsHidesWhatATokenMayNotDo(t *testing.T) {
 	if code := apiCall(t, pc.procs[2].HTTP, ro.SecretID, "POST", "/v1/tasks/"+sleeping.ID+"/cancel", nil, &refusal); code != 403 || !strings.Contains(refusal.Error, "cancel") {
 		t.Errorf("cancel with a read-only token: %d %+v, want 403 naming cancel", code, refusal)
 	}
-	// A task it may not read: the page says which capability is missing.
+	// A task it may not read does not exist for it: not found, and nothing of it shown.
 	b.run("open a task it may not read", chromedp.Navigate(base+"#/task/"+echo.ID))
-	b.until("a 403 naming the capability", `(() => { const e = document.querySelector('.error[data-code=forbidden]'); return e !== null && /read/.test(e.textContent) })()`)
+	b.until("a 404 as for a missing task", `(() => { const e = document.querySelector('.error[data-code=not_found]'); return e !== null && /not found/.test(e.textContent) })()`)
 	b.noErrors("console with ACLs")
 
 	apiCall(t, first.HTTP, mgmt.SecretID, "POST", "/v1/tasks/"+sleeping.ID+"/cancel", nil, nil)
