@@ -88,27 +88,30 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/taskworker-mutation-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 # The files as they are in the work tree, uncommitted edits and new files included, so a test
 # being written can be checked before it is committed.
-git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -C "$work" -xf -
+git ls-files -z --cached --others --exclude-standard |
+  while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done |
+  tar --null -T - -cf - | tar -C "$work" -xf -
 cd "$work"
 
 changed=()
-# replace FILE OLD NEW: OLD must occur exactly once in FILE; the original is kept to undo it.
+# replace FILE OLD NEW: OLD must occur exactly once in FILE, or the whole run stops; the original
+# is kept to undo it.
 replace() {
   local file=$1 old=$2 new=$3 content rest
   if [ ! -f "$file" ]; then
     echo "mutation $name: $file does not exist" >&2
-    return 1
+    exit 2
   fi
   content=$(cat "$file"; printf x)
   content=${content%x}
   if [[ $content != *"$old"* ]]; then
     echo "mutation $name: target not found in $file: $old" >&2
-    return 1
+    exit 2
   fi
   rest=${content#*"$old"}
   if [[ $rest == *"$old"* ]]; then
     echo "mutation $name: target occurs more than once in $file: $old" >&2
-    return 1
+    exit 2
   fi
   [ -f "$file.orig" ] || cp "$file" "$file.orig"
   changed+=("$file")
@@ -161,7 +164,7 @@ for name in "${selected[@]}"; do
     echo "   SURVIVED: $want passes with it (what failed is another test: a flake?)"
     survived+=("$name")
   else
-    awk -v w="--- FAIL: $want" 'index($0, w) == 1 { p = 1 } p && n < 4 { sub(/^[ \t]+/, ""); print "   caught: " $0; n++ }' "$work/out"
+    awk -v w="--- FAIL: $want" 'index($0, w) == 1 { p = 1 } /^(FAIL|ok)/ { exit } p && n < 4 { sub(/^[ \t]+/, ""); print "   caught: " $0; n++ }' "$work/out"
   fi
   undo
 done
