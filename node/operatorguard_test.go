@@ -2,6 +2,7 @@ package node
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -31,5 +32,25 @@ func TestSecureNodesGuardOperatorRoutesAndTheProfilerWithTheManagementCredential
 	insecure := startCluster(t, 1, clusterOpts{inmem: true})
 	if code, body := get(t, "http://"+insecure.nodes[0].HTTPAddr()+"/v1/operator/digest", ""); code != http.StatusOK {
 		t.Errorf("an insecure node's digest without a credential: %d %s, want 200", code, body)
+	}
+}
+
+// With ACLs the management credential is a management identity, beside ACL tokens.
+func TestWithACLsTheManagementCredentialIsAManagementIdentity(t *testing.T) {
+	o := secureOpts(nil)
+	tweak := o.tweak
+	o.tweak = func(i int, c *Config) { tweak(i, c); c.ACL = true }
+	tc := startSecureCluster(t, 1, o)
+	n := tc.nodes[0]
+	waitFor(t, "the management credential", 10*time.Second, func() bool { return n.isManagement(n.managementCredential()) })
+	base := "http://" + n.HTTPAddr()
+	if code, body := get(t, base+"/v1/operator/join-token", n.managementCredential()); code != http.StatusOK {
+		t.Errorf("join token with the management credential: %d %s", code, body)
+	}
+	if code, body := get(t, base+"/v1/acl/token/self", n.managementCredential()); code != http.StatusOK || !strings.Contains(body, `"management":true`) {
+		t.Errorf("token self with the management credential: %d %s", code, body)
+	}
+	if code, _ := get(t, base+"/v1/operator/join-token", "twm_wrong"); code != http.StatusUnauthorized {
+		t.Errorf("join token with a wrong credential: %d, want 401 (an unknown ACL token)", code)
 	}
 }
