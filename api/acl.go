@@ -22,6 +22,19 @@ type ACLPolicy struct {
 	Description string    `json:"description,omitempty"`
 	Rules       []ACLRule `json:"rules,omitempty"`
 	Cluster     []string  `json:"cluster,omitempty"`
+	// Quota caps what the policy's principals may make the cluster hold; nil leaves the agent's
+	// --quota-* settings.
+	Quota *ACLQuota `json:"quota,omitempty"`
+}
+
+// ACLQuota caps one principal: a zero field leaves the agent's setting, and of several policies
+// the most generous value of each field counts (the largest count or size, the shortest interval).
+type ACLQuota struct {
+	Pending             int    `json:"pending,omitempty"`               // tasks waiting to run (pending or delayed)
+	Schedules           int    `json:"schedules,omitempty"`             // schedules
+	ScheduleMinInterval string `json:"schedule_min_interval,omitempty"` // shortest time between two ticks, "10s"
+	ScheduleInputBytes  int    `json:"schedule_input_bytes,omitempty"`  // largest schedule input
+	Retained            int    `json:"retained,omitempty"`              // finished tasks kept; the oldest go first
 }
 
 // ACLRule grants capabilities on the task types its pattern matches ('*' matches any run of

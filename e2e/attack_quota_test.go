@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/taskworker/taskworker/client"
+	"github.com/taskworker/taskworker/internal/localcluster"
 )
 
 // Attacks of one submitter on the whole cluster (issue 19, finding 4): each floods the cluster as
@@ -24,6 +25,12 @@ import (
 // quotaCall sends a JSON request to p's API and returns the status, the Retry-After header and the
 // body.
 func quotaCall(t *testing.T, p *proc, method, path string, body any) (int, string, []byte) {
+	t.Helper()
+	return quotaCallAs(t, p, "", method, path, body)
+}
+
+// quotaCallAs is quotaCall with a bearer token ("" for none).
+func quotaCallAs(t *testing.T, p *proc, token, method, path string, body any) (int, string, []byte) {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -38,6 +45,9 @@ func quotaCall(t *testing.T, p *proc, method, path string, body any) (int, strin
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
@@ -298,5 +308,112 @@ func TestAttackFinishedTasksPastTheRetainedCapAreTrimmed(t *testing.T) {
 	kept, ok := p.tasks(ids[20:])
 	if !ok || len(kept) != 10 {
 		t.Fatalf("the 10 newest: %v, %v", kept, ok)
+	}
+}
+
+// With ACLs, a token whose policy sets quota.pending 5 floods delayed tasks through a follower:
+// its sixth and later get 429 quota_exceeded with Retry-After, while another team's token, whose
+// policy sets no quota, still submits.
+func TestAttackPrincipalPastItsPolicyQuotaGetsQuotaExceeded(t *testing.T) {
+	pc := newProcCluster(t)
+	for range 3 {
+		pc.add("--acl", "--http-rate-limit", "0")
+	}
+	for _, p := range pc.procs {
+		poll(t, p.Name+" healthy", 60*time.Second, func() bool {
+			status, _, _ := quotaCall(t, p, "GET", "/v1/health", nil)
+			return status == http.StatusOK
+		})
+	}
+	leader, follower := pc.procs[0], pc.procs[2] // n1 bootstrapped the cluster: it leads while nothing fails
+	var mgmt struct {
+		SecretID string `json:"secret_id"`
+	}
+	status, _, body := quotaCallAs(t, leader, "", "POST", "/v1/acl/bootstrap", nil)
+	if status != http.StatusOK || json.Unmarshal(body, &mgmt) != nil || mgmt.SecretID == "" {
+		t.Fatalf("bootstrap: %d %s", status, body)
+	}
+	token := func(policy string, quota map[string]any) string {
+		doc := map[string]any{"rules": []any{map[string]any{"task_type": "*", "capabilities": []string{"submit", "read"}}}}
+		if quota != nil {
+			doc["quota"] = quota
+		}
+		if status, _, body := quotaCallAs(t, leader, mgmt.SecretID, "PUT", "/v1/acl/policy/"+policy, doc); status != http.StatusOK {
+			t.Fatalf("policy %s: %d %s", policy, status, body)
+		}
+		var tok struct {
+			SecretID string `json:"secret_id"`
+		}
+		status, _, body := quotaCallAs(t, leader, mgmt.SecretID, "POST", "/v1/acl/tokens", map[string]any{"policies": []string{policy}})
+		if status != http.StatusCreated || json.Unmarshal(body, &tok) != nil || tok.SecretID == "" {
+			t.Fatalf("token of %s: %d %s", policy, status, body)
+		}
+		return tok.SecretID
+	}
+	// Replicas compared with the management credential before the processes stop (this cleanup
+	// runs before newProcCluster's, which could not read the tasks).
+	t.Cleanup(func() {
+		if !t.Failed() {
+			compareReplicasAs(t, pc, mgmt.SecretID)
+		}
+		pc.c.Stop()
+	})
+	flooder, other := token("flooder", map[string]any{"pending": 5}), token("other", nil)
+	later := time.Now().Add(time.Hour).UTC()
+	delayed := map[string]any{"type": "echo", "input": "x", "run_at": later}
+	var got []string
+	for range 8 {
+		poll(t, "the follower knowing the flooder's token", 10*time.Second, func() bool {
+			status, _, _ := quotaCallAs(t, follower, flooder, "GET", "/v1/types", nil)
+			return status == http.StatusOK
+		})
+		status, retryAfter, body := quotaCallAs(t, follower, flooder, "POST", "/v1/tasks", delayed)
+		if status == http.StatusTooManyRequests && retryAfter == "" {
+			t.Errorf("429 without Retry-After: %s", body)
+		}
+		got = append(got, fmt.Sprintf("%d %s", status, errCode(body)))
+	}
+	want := []string{"201 ", "201 ", "201 ", "201 ", "201 ", "429 quota_exceeded", "429 quota_exceeded", "429 quota_exceeded"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("eight submits of a principal with quota.pending 5: %v, want %v", got, want)
+	}
+	if status, _, body := quotaCallAs(t, follower, other, "POST", "/v1/tasks", delayed); status != http.StatusCreated {
+		t.Fatalf("another principal's submit: %d %s; want 201", status, body)
+	}
+	for _, p := range pc.procs {
+		poll(t, p.Name+" holding the six admitted tasks", 20*time.Second, func() bool {
+			status, _, body := quotaCallAs(t, p, mgmt.SecretID, "GET", "/v1/cluster", nil)
+			var c struct {
+				Tasks map[string]int `json:"tasks"`
+			}
+			return status == http.StatusOK && json.Unmarshal(body, &c) == nil && c.Tasks["scheduled"] == 6
+		})
+	}
+}
+
+// compareReplicasAs fails the test unless every node returns the same task records to credential.
+func compareReplicasAs(t *testing.T, pc *procCluster, credential string) {
+	var diff string
+	err := localcluster.Until(30*time.Second, 200*time.Millisecond, func() bool {
+		views := make([]map[string]string, len(pc.procs))
+		names := make([]string, len(pc.procs))
+		for i, p := range pc.procs {
+			names[i] = p.Name
+			status, _, body := quotaCallAs(t, p, credential, "GET", "/v1/tasks?limit=10000", nil)
+			var recs []replicaRecord
+			if status != http.StatusOK || json.Unmarshal(body, &recs) != nil {
+				diff = fmt.Sprintf("%s: %d %s", p.Name, status, body)
+				return false
+			}
+			views[i] = map[string]string{}
+			for _, r := range recs {
+				views[i][r.ID] = r.String()
+			}
+		}
+		diff = diffViews(names, views)
+		return diff == ""
+	})
+	if err != nil {
+		t.Errorf("replicas disagree on the task records 30s after the test:\n%s", diff)
 	}
 }

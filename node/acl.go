@@ -445,6 +445,10 @@ func toAPIPolicy(p acl.Policy) api.ACLPolicy {
 	for _, c := range p.Cluster {
 		out.Cluster = append(out.Cluster, string(c))
 	}
+	if p.Quota != nil {
+		q := api.ACLQuota(*p.Quota)
+		out.Quota = &q
+	}
 	return out
 }
 
@@ -459,6 +463,10 @@ func fromAPIPolicy(p api.ACLPolicy) acl.Policy {
 	}
 	for _, c := range p.Cluster {
 		out.Cluster = append(out.Cluster, acl.ClusterRight(c))
+	}
+	if p.Quota != nil {
+		q := acl.Quota(*p.Quota)
+		out.Quota = &q
 	}
 	return out
 }
