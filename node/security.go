@@ -131,10 +131,12 @@ func (n *Node) setupSecurity(resumed bool) error {
 			return err
 		}
 		// Peers take a node's identity from its certificate: one that names no node, or another
-		// node, could not register or report as this one.
-		if name, ok := pki.NodeName(id.Leaf(), s.cluster); !ok || name != cfg.Name {
-			return fmt.Errorf("the --tls-cert certificate must name this node (%q): make it with `taskworker tls cert create --server --node %s`", cfg.Name, cfg.Name)
+		// node, could not register or report as this one; a reload is held to the same.
+		named := pki.NamedSource{Source: src, Cluster: s.cluster, Node: cfg.Name}
+		if id, err = named.Load(); err != nil {
+			return fmt.Errorf("--tls-cert: %w", err)
 		}
+		s.holder, s.source = pki.NewHolder(id), named
 		if keys, err = loadKeyring(s.dir); errors.Is(err, os.ErrNotExist) {
 			if cfg.GossipKey == nil {
 				return errors.New("with --tls-cert, also pass --encrypt or --encrypt-file: the gossip key every node shares")

@@ -233,3 +233,23 @@ func RequireNodeName(cluster string) func(*x509.Certificate) error {
 		return nil
 	}
 }
+
+// NamedSource is a Source whose identity must name Node of Cluster: an operator's certificate
+// files (--tls-cert) on a node, at start and on every reload, so that a SIGHUP cannot swap in a
+// certificate that speaks as another node, or as none.
+type NamedSource struct {
+	Source
+	Cluster, Node string
+}
+
+// Load implements Source.
+func (s NamedSource) Load() (*Identity, error) {
+	id, err := s.Source.Load()
+	if err != nil {
+		return nil, err
+	}
+	if name, ok := NodeName(id.Leaf(), s.Cluster); !ok || name != s.Node {
+		return nil, fmt.Errorf("the certificate must name this node (%q), not %q: make it with `taskworker tls cert create --server --node %s`", s.Node, name, s.Node)
+	}
+	return id, nil
+}
