@@ -472,3 +472,48 @@ func TestReadmeGoExampleBuildsAndRuns(t *testing.T) {
 		t.Errorf("mytask exec word-count: %v, stdout %q; want 4", err, out)
 	}
 }
+
+// TestClusterScriptAppendsToItsLogs starts scripts/cluster.sh twice on one directory: the second
+// start keeps the first run's log and marks where each start begins.
+func TestClusterScriptAppendsToItsLogs(t *testing.T) {
+	bin := binary(t)
+	dir := t.TempDir()
+	t.Cleanup(func() { killNodes(dir) })
+	for run := 1; run <= 2; run++ {
+		base := freePortBase(t, 1)
+		ctx, cancel := context.WithCancel(context.Background())
+		cmd := clusterScript(ctx, bin, dir, base, 1)
+		out := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		poll(t, fmt.Sprintf("run %d of cluster.sh", run), 120*time.Second, func() bool {
+			return strings.Contains(out.String(), "1 nodes running")
+		})
+		cancel() // SIGTERM: the script stops its node gracefully
+		select {
+		case <-exited:
+		case <-time.After(70 * time.Second):
+			t.Fatalf("run %d of cluster.sh still runs 70s after SIGTERM:\n%s", run, out)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "n1.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := string(b)
+	marker := regexp.MustCompile(`(?m)^=== cluster\.sh: starting n1 at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ===$`)
+	if got := len(marker.FindAllString(log, -1)); got != 2 {
+		t.Errorf("n1.log has %d start markers, want 2:\n%s", got, log)
+	}
+	if got := strings.Count(log, `msg="node started"`); got != 2 {
+		t.Errorf("n1.log has %d \"node started\" lines, want one per run (2): the first run's log was lost?\n%s", got, log)
+	}
+	if !strings.HasPrefix(log, "=== cluster.sh: starting n1") {
+		t.Errorf("n1.log does not begin with a start marker:\n%s", tail(log, 5))
+	}
+}
