@@ -126,7 +126,7 @@ type SubmitRequest struct {
 	RunAt *time.Time `json:"run_at,omitempty"`
 	Delay string     `json:"delay,omitempty"`
 	// Priority orders placement, higher first, between -MaxPriority and MaxPriority (0 by default);
-	// a task gains one point per 10 s it waits (ageing), so none is starved.
+	// a task gains one point per 10 s it waits (ageing), up to 10 points.
 	Priority int `json:"priority,omitempty"`
 	// Queue names the task's queue (QueueName rules; "default" when empty).
 	Queue string `json:"queue,omitempty"`

@@ -18,8 +18,8 @@ import (
 // so a pass costs what it can place, never the backlog.
 //
 // Order: higher effective priority first (fsm.EffectivePriority: the priority plus one per
-// fsm.AgeingStep, 10 s, the task has been ready, so low priority is never starved), then ready
-// first, then created first: FIFO within a priority. Limits: a task of a paused queue stays
+// fsm.AgeingStep, 10 s, the task has been ready, up to fsm.MaxAgeing), then higher priority, then
+// ready first, then created first: FIFO within a priority. Limits: a task of a paused queue stays
 // pending, and so does one whose queue or type already has its limit of tasks assigned or running
 // (v.ActiveQueue, v.ActiveType plus what this pass placed). Scheduled tasks not yet due, tasks
 // whose retry backoff has not elapsed and tasks that fit nowhere stay where they are.
