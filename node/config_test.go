@@ -209,23 +209,26 @@ func TestJoiningADeadSeedWarnsAndStopsAtOnce(t *testing.T) {
 	waitFor(t, "a WARN join failure", 10*time.Second, func() bool {
 		return strings.Contains(logs.String(), `level=WARN msg="join failed, retrying in `)
 	})
-	begin := time.Now()
 	if err := n.Leave(context.Background(), true); err != nil {
 		t.Fatalf("leave: %v", err)
 	}
+	// A guard against a hang only: "at once" is judged below by what the node did, not by a clock
+	// on a shared machine.
 	select {
 	case <-n.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("a node that never joined still runs 5s after leave")
+	case <-time.After(time.Minute):
+		t.Fatal("a node that never joined still runs a minute after leave")
 	}
-	if d := time.Since(begin); d > 3*time.Second {
-		t.Errorf("stopping took %s, want at once", d)
+	// At once: straight from the leave to the shutdown, with none of a graceful leave's steps (a
+	// drain, a wait for its tasks, a leave of raft or gossip) in between.
+	out := logs.String()
+	if !strings.Contains(out, "stopping at once: this node never joined") {
+		t.Fatalf("no line says why the node stops at once:\n%s", out)
 	}
-	if out := logs.String(); strings.Contains(out, "leave refused") || strings.Contains(out, "draining") {
-		t.Errorf("a node that never joined drained or refused its leave:\n%s", out)
-	}
-	if !strings.Contains(logs.String(), "never joined") {
-		t.Errorf("no line says why the node stops at once:\n%s", logs.String())
+	for _, step := range []string{"leave refused", "draining", "phase=leave"} {
+		if strings.Contains(out, step) {
+			t.Errorf("a node that never joined went through %q on its way out:\n%s", step, out)
+		}
 	}
 }
 

@@ -171,12 +171,23 @@ func TestDigestRouteLetsReplicasBeCompared(t *testing.T) {
 		}
 		return first.Index > 0
 	})
-	// The route answers the FSM's own digest.
-	var d api.Digest
-	httpCall(t, tc.nodes[0], "GET", api.PathDigest, nil, &d)
-	if index, sum := tc.nodes[0].FSM().Digest(); index == d.Index && sum != d.Digest {
-		t.Errorf("route digest %s at %d, FSM %s", d.Digest, d.Index, sum)
-	}
+	// The route answers the FSM's own digest. An entry applied between the two reads moves the
+	// index: ask again until both are of one index, and only then compare.
+	n := tc.nodes[0]
+	waitFor(t, "the route and the FSM to be read at one index", 30*time.Second, func() bool {
+		var d api.Digest
+		if code := httpCall(t, n, "GET", api.PathDigest, nil, &d); code != 200 {
+			t.Fatalf("GET %s on %s: status %d", api.PathDigest, n.Name(), code)
+		}
+		index, sum := n.FSM().Digest()
+		if index != d.Index {
+			return false
+		}
+		if sum != d.Digest {
+			t.Fatalf("route digest %s at %d, FSM %s at the same index", d.Digest, d.Index, sum)
+		}
+		return true
+	})
 }
 
 // mountTmpfs mounts a small tmpfs for a real full disk; it skips the test when mounting is
