@@ -3,6 +3,7 @@ package fsm
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/taskworker/taskworker/internal/acl"
@@ -41,9 +42,11 @@ type ACLPolicySet struct {
 	Policy acl.Policy `msgpack:"policy"`
 }
 
-// NeedsProtocol implements NeedsProtocol: a policy with a quota needs AdmissionProtocol.
+// NeedsProtocol implements NeedsProtocol: a policy with a quota needs AdmissionProtocol, and so
+// does one granting the metrics right, which older replicas refuse to store (they would part
+// from the others).
 func (p *ACLPolicySet) NeedsProtocol() int {
-	if p.Policy.Quota != nil {
+	if p.Policy.Quota != nil || slices.Contains(p.Policy.Cluster, acl.RightMetrics) {
 		return AdmissionProtocol
 	}
 	return 0
