@@ -54,6 +54,8 @@ type docCommand struct {
 	sh     bool
 }
 
+var bareTaskworker = regexp.MustCompile(`(^|[\s$(;|&])taskworker\s`)
+
 var skipMarker = regexp.MustCompile(`^<!--\s*doc-test:\s*skip\b`)
 
 // readDocBlocks returns every fenced block of the file.
@@ -244,6 +246,15 @@ func TestDocsMarkTheirBlocks(t *testing.T) {
 		for _, b := range blocks {
 			if b.lang == "" || b.lang == "bash" || b.lang == "shell" {
 				t.Errorf("%s:%d: a block without a language or as %q: write sh (run) or console, or text", b.file, b.line, b.lang)
+			}
+			if b.skip || (b.lang != "sh" && b.lang != "console") {
+				continue
+			}
+			// A reader who ran scripts/cluster.sh has bin/taskworker, not taskworker on PATH.
+			for i, l := range b.body {
+				if bareTaskworker.MatchString(l) {
+					t.Errorf("%s:%d: runs taskworker from PATH; write bin/taskworker: %s", b.file, b.line+1+i, l)
+				}
 			}
 		}
 	}
