@@ -83,7 +83,7 @@ type Config struct {
 	AllowPlainHTTP bool
 	// PeekTimeout bounds the wait for a connection's first byte; 0 means DefaultPeekTimeout.
 	PeekTimeout time.Duration
-	// Conns caps TCP connections per remote IP and in total; nil means limits.PeerListenerConfig().
+	// Conns caps TCP connections per remote IP and in total; nil means limits.GossipListenerConfig().
 	Conns *limits.ListenerConfig
 	// Logger receives routing problems; nil means slog.Default().
 	Logger *slog.Logger
@@ -138,7 +138,7 @@ func New(cfg Config) (*Transport, error) {
 		_ = udp.Close()
 		return nil, fmt.Errorf("gossipmux: resize UDP buffer: %w", err)
 	}
-	conns := limits.PeerListenerConfig()
+	conns := limits.GossipListenerConfig()
 	if cfg.Conns != nil {
 		conns = *cfg.Conns
 	}

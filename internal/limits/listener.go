@@ -389,20 +389,23 @@ func retryAfterSeconds(d time.Duration) string {
 //     install or a leadership transfer in flight: about 4. Per IP 64 leaves room for 16 nodes behind
 //     one address (NAT, or a test cluster on one host); 1024 in total for 256 peers.
 //   - Gossip port: memberlist's push/pull and TCP fallback probes are one short stream each, a few
-//     at once per peer; the internode HTTP client keeps 2 idle connections per peer plus one per
-//     forwarded write or log follow in flight. Per IP 64 and 1024 in total are again far above a
-//     large cluster's needs.
+//     at once per peer. The internode HTTP client (HTTP/1.1) keeps up to 32 idle connections per
+//     peer and opens one more per forwarded write or log follow in flight, so a busy follower
+//     holds dozens to its leader. Per IP 256 leaves room for 8 busy nodes behind one address;
+//     past it, a follower's extra forwards are refused at accept and retried with back-off, which
+//     slows that follower down instead of letting it take the whole port.
 //
 // Both are also held to a sixteenth of the descriptor limit, so that a flood on both peer ports at
 // once takes at most an eighth of the descriptors, which fits in the quarter DefaultMaxConns leaves
 // outside the API: at the common limit of 1024 that is 64 per port, and with the API full the node
 // still has 1024-768-2*64 = 128 descriptors for its files and outgoing connections.
 const (
-	DefaultPeerMaxConnsPerClient = 64
-	DefaultPeerLightClientConns  = 8 // a peer's usual holding on one port, with room to spare
-	maxPeerConns                 = 1024
-	minPeerConns                 = 32
-	peerShare                    = 16
+	DefaultPeerMaxConnsPerClient   = 64  // raft
+	DefaultGossipMaxConnsPerClient = 256 // the gossip port
+	DefaultPeerLightClientConns    = 8   // an idle peer's holding on one port, with room to spare
+	maxPeerConns                   = 1024
+	minPeerConns                   = 32
+	peerShare                      = 16
 )
 
 // DefaultPeerMaxConns is the total cap of one node-to-node listener: 1024, or a sixteenth of the
@@ -420,13 +423,18 @@ func peerMaxConnsFor(limit uint64) int {
 	return int(max(min(limit/peerShare, maxPeerConns), minPeerConns))
 }
 
-// PeerListenerConfig is the configuration of a node-to-node listener: the caps above, refusals
+// PeerListenerConfig is the configuration of the raft port's listener: the caps above, refusals
 // closed without a reply (the protocols there are not HTTP), and no exemption for loopback, where
 // test clusters and local attackers live alike.
-func PeerListenerConfig() ListenerConfig {
+func PeerListenerConfig() ListenerConfig { return peerConfig(DefaultPeerMaxConnsPerClient) }
+
+// GossipListenerConfig is PeerListenerConfig for the gossip port, with its larger cap per address.
+func GossipListenerConfig() ListenerConfig { return peerConfig(DefaultGossipMaxConnsPerClient) }
+
+func peerConfig(perClient int) ListenerConfig {
 	total := DefaultPeerMaxConns()
 	return ListenerConfig{
-		MaxConnsPerClient: min(DefaultPeerMaxConnsPerClient, total),
+		MaxConnsPerClient: min(perClient, total),
 		MaxConns:          total,
 		LightClientConns:  DefaultPeerLightClientConns,
 		NoHTTPReply:       true,

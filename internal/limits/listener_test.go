@@ -155,7 +155,9 @@ func TestListenerReserveKeepsTheLastSlotsForLightClients(t *testing.T) {
 			t.Fatalf("light client, request %d: %d %q, want 200 ok", i, status, body)
 		}
 	}
-	// ...until it holds LightClientConns itself.
+	// ...until it holds LightClientConns itself. (The server closes the requests' connections
+	// just after answering them; they must be gone first, or they would count.)
+	waitFor(t, "the light client's requests closed", func() bool { return ln.OpenFrom(ip2) == 0 })
 	dialFrom(t, "127.0.0.2", addr)
 	dialFrom(t, "127.0.0.2", addr)
 	waitFor(t, "2 connections from the light client admitted", func() bool { return ln.OpenFrom(ip2) == 2 })
@@ -214,9 +216,10 @@ func TestPeerMaxConnsForFollowsTheDescriptorLimit(t *testing.T) {
 	if used := maxConnsFor(1024) + 2*peerMaxConnsFor(1024); used > 1024-128 {
 		t.Errorf("API and peer caps take %d of 1024 descriptors, want at most %d", used, 1024-128)
 	}
-	cfg := PeerListenerConfig()
-	if !cfg.NoHTTPReply || cfg.ExemptLoopback || cfg.MaxConnsPerClient > cfg.MaxConns {
-		t.Errorf("PeerListenerConfig() = %+v, want silent refusals, no loopback exemption, per-client <= total", cfg)
+	for _, cfg := range []ListenerConfig{PeerListenerConfig(), GossipListenerConfig()} {
+		if !cfg.NoHTTPReply || cfg.ExemptLoopback || cfg.MaxConnsPerClient > cfg.MaxConns {
+			t.Errorf("peer listener config %+v, want silent refusals, no loopback exemption, per-client <= total", cfg)
+		}
 	}
 }
 
