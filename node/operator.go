@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"slices"
 	"errors"
 	"strings"
 
@@ -113,8 +114,16 @@ func (b apiBackend) ChangeKeyring(ctx context.Context, caller httpapi.Caller, re
 	if op == "" {
 		return api.Keyring{}, api.Errorf(api.CodeInvalidRequest, "unknown keyring operation %q", api.Truncate(req.Op))
 	}
-	res, err := n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.KeyringOp{Op: op, Key: pki.EncodeGossipKey(k)}})
+	text := pki.EncodeGossipKey(k)
+	// A remove is not idempotent in the FSM: when a forward is retried after its first copy
+	// committed (forwardWhileLeader), the second copy finds the key gone. The key was installed
+	// when the caller asked, so that answer means it is removed, as asked.
+	wasInstalled := slices.Contains(n.fsm.Security().Keyring.Keys, text)
+	res, err := n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.KeyringOp{Op: op, Key: text}})
 	switch {
+	case op == fsm.KeyRemove && wasInstalled && errors.Is(err, fsm.ErrKeyNotInstalled):
+		n.log.Info("gossip keyring operation applied", "op", req.Op, "key_id", keyID(k))
+		return b.Keyring(ctx)
 	case errors.Is(err, fsm.ErrKeyNotInstalled):
 		return api.Keyring{}, api.Errorf(api.CodeInvalidRequest, "that key is not in the keyring; install it first")
 	case errors.Is(err, fsm.ErrKeyring):
