@@ -45,7 +45,7 @@ func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.S
 	}
 	item, err := b.n.submitTask(withIdentity(withCaller(ctx, caller), caller.Identity), req, caller.Principal())
 	if err != nil {
-		return api.Task{}, false, toAPIError(err)
+		return api.Task{}, false, b.hideHolder(caller, toAPIError(err))
 	}
 	t, ok := b.n.fsm.Task(item.ID)
 	if !ok {
@@ -61,8 +61,11 @@ func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.S
 func (b apiBackend) SubmitBatch(ctx context.Context, caller httpapi.Caller, reqs []api.SubmitRequest) ([]api.BatchResult, error) {
 	out, err := b.n.submitBatch(withIdentity(withCaller(ctx, caller), caller.Identity), reqs, caller.Principal())
 	for i, r := range out {
-		if r.Status == http.StatusOK && r.Task != nil && !mayShowExisting(caller, *r.Task) {
+		switch {
+		case r.Status == http.StatusOK && r.Task != nil && !mayShowExisting(caller, *r.Task):
 			out[i] = httpapi.ErrorResult(errKeyTaken())
+		case r.Error != nil && r.Error.ExistingTask != "":
+			out[i] = httpapi.ErrorResult(b.hideHolder(caller, r.Error))
 		}
 	}
 	return out, toAPIError(err)
@@ -73,6 +76,19 @@ func (b apiBackend) SubmitBatch(ctx context.Context, caller httpapi.Caller, reqs
 // principal's, of a type the caller may not read.
 func mayShowExisting(caller httpapi.Caller, t api.Task) bool {
 	return caller.CanRead(t.Type) || caller.Identity != nil && t.SubmittedBy == caller.Principal()
+}
+
+// hideHolder takes the ID of the task holding a unique key out of a conflict when the caller may
+// not read that task: the conflict is all it learns.
+func (b apiBackend) hideHolder(caller httpapi.Caller, err error) error {
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.ExistingTask == "" {
+		return err
+	}
+	if t, ok := b.n.fsm.Task(ae.ExistingTask); ok && mayShowExisting(caller, toAPITask(&t)) {
+		return err
+	}
+	return api.Errorf(ae.Code, "a task of this type with this unique key was submitted less than its unique_for ago, by another principal")
 }
 
 // errKeyTaken refuses such a submit without showing the record: the caller learns only that the

@@ -132,8 +132,9 @@ func TestExecutionJoinNeedsTheParentsAttemptOrAReader(t *testing.T) {
 	}
 }
 
-// Idempotency keys are cluster-wide: a submit that reuses another principal's key must not be
-// answered with that principal's task when the caller may not read it.
+// Idempotency keys are cluster-wide, unique keys per type: a submit that reuses another
+// principal's key must not be answered with that principal's task, nor its ID, when the caller may
+// not read it.
 func TestReusedIdempotencyKeyDoesNotShowAnotherPrincipalsTask(t *testing.T) {
 	tc := startCluster(t, 1, clusterOpts{inmem: true, tweak: func(_ int, c *Config) { c.ACL = true }})
 	n := tc.nodes[0]
@@ -172,5 +173,27 @@ func TestReusedIdempotencyKeyDoesNotShowAnotherPrincipalsTask(t *testing.T) {
 	}
 	if code, b := aclCall(t, n, "POST", "/v1/tasks", attacker.SecretID, `{"type": "calc-square", "input": 2, "idempotency_key": "k2"}`); code != http.StatusOK {
 		t.Fatalf("attacker resubmits its own: %d %s", code, b)
+	}
+
+	// A unique key's conflict names the holder only to a caller that may read it.
+	unique := `{"type": "echo", "input": 3, "unique_key": "u1", "unique_for": "1h"}`
+	code, b = aclCall(t, n, "POST", "/v1/tasks", victim.SecretID, unique)
+	var holder api.Task
+	mustJSON(t, b, &holder)
+	if code != http.StatusCreated {
+		t.Fatalf("victim unique submit: %d %s", code, b)
+	}
+	code, b = aclCall(t, n, "POST", "/v1/tasks", attacker.SecretID, unique)
+	wantAPIError(t, "attacker's unique conflict", code, b, 409, api.CodeDuplicateUniqueKey, "unique key")
+	if strings.Contains(string(b), holder.ID) {
+		t.Fatalf("the conflict names the victim's task: %s", b)
+	}
+	code, b = aclCall(t, n, "POST", api.PathTasksBatch, attacker.SecretID, `{"tasks": [`+unique+`]}`)
+	if code != http.StatusOK || !strings.Contains(string(b), `"status":409`) || strings.Contains(string(b), holder.ID) {
+		t.Fatalf("attacker's unique conflict in a batch: %d %s", code, b)
+	}
+	code, b = aclCall(t, n, "POST", "/v1/tasks", victim.SecretID, unique)
+	if code != http.StatusConflict || !strings.Contains(string(b), holder.ID) {
+		t.Fatalf("victim's own unique conflict: %d %s, want it to name %s", code, b, holder.ID)
 	}
 }

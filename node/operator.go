@@ -2,8 +2,8 @@ package node
 
 import (
 	"context"
-	"errors"
 	"slices"
+	"errors"
 	"strings"
 
 	"github.com/taskworker/taskworker/api"
