@@ -308,7 +308,7 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 		{method: "GET", path: "/v1/cluster", token: "-", status: 401, code: "unauthorized"},
 		{method: "GET", path: "/v1/cluster?index=x&wait=1s", status: 400, code: "invalid_index", specRejects: true},
 		{method: "GET", path: "/v1/types", token: "wrong", status: 403, code: "forbidden"},
-		{token: operator, method: "POST", path: "/v1/agent/leave", status: 409, code: "leave_refused"},
+		{method: "POST", path: "/v1/agent/leave", status: 409, code: "leave_refused"},
 		{method: "GET", path: "/v1/acl/policies", status: 400, code: "acl_disabled"},
 		{token: operator, method: "GET", path: "/v1/operator/join-token", status: 200},
 		{token: operator, method: "POST", path: "/v1/operator/join-token/rotate", status: 200},
@@ -328,7 +328,7 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	}
 
 	// Last: the node leaves (forced, as the only node) and exits 0.
-	s.do(call{token: operator, method: "POST", path: "/v1/agent/leave?force=true", status: 202})
+	s.do(call{method: "POST", path: "/v1/agent/leave?force=true", status: 202})
 	pc.exitsCleanly(n, 60*time.Second)
 
 	// A node that cannot reach its cluster has no leader: health is 503.

@@ -2,8 +2,8 @@ package node
 
 import (
 	"context"
-	"slices"
 	"errors"
+	"slices"
 	"strings"
 
 	"github.com/taskworker/taskworker/api"

@@ -385,7 +385,7 @@ func statusError(addr string, err error) error {
 const leavePoll = 200 * time.Millisecond
 
 func leaveCommand() *cli.Command {
-	return operatorCommand(&cli.Command{
+	return clientCommand(&cli.Command{
 		Name:  "leave",
 		Usage: "ask the node at --addr to leave the cluster gracefully, and wait until it has",
 		Flags: []cli.Flag{

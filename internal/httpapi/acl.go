@@ -91,7 +91,7 @@ func credential(r *http.Request) string {
 // guarded without anyone remembering to guard it.
 func clusterRight(path string) acl.ClusterRight {
 	switch {
-	case operatorRoute(path):
+	case path == "/v1/agent/leave", operatorRoute(path):
 		return acl.RightOperator
 	case path == api.PathACLTokenSelf:
 		return ""
@@ -104,11 +104,10 @@ func clusterRight(path string) acl.ClusterRight {
 }
 
 // operatorRoute reports whether path reads or changes what admits a machine to the cluster (the
-// join token, the gossip keys), changes its membership (a node's leave) or shows the node's
-// internals (digest, profiler). Matched by prefix, so that a route added later under them is
-// guarded too.
+// join token, the gossip keys) or shows the node's internals (digest, profiler). Matched by prefix,
+// so that a route added later under them is guarded too.
 func operatorRoute(path string) bool {
-	return path == "/v1/agent/leave" || strings.HasPrefix(path, "/v1/operator/") || strings.HasPrefix(path, "/debug/pprof/")
+	return strings.HasPrefix(path, "/v1/operator/") || strings.HasPrefix(path, "/debug/pprof/")
 }
 
 // requireManagement guards the operator routes of a secure cluster without ACLs: a caller must
