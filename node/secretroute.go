@@ -200,6 +200,7 @@ func (n *Node) keepSecret(name, secret string) bool {
 // secretsLoop keeps this node's copies of the cluster's secrets matching the FSM's hashes: after
 // every change of the state it asks the other nodes for what no longer matches, and while none
 // has it, asks again with a growing pause (the node that rotated a secret may not have kept it yet).
+// On the leader it also writes the management credential's hash while there is none.
 func (n *Node) secretsLoop(ctx context.Context) {
 	if n.sec.insecure {
 		return
@@ -208,6 +209,7 @@ func (n *Node) secretsLoop(ctx context.Context) {
 	pause := first
 	for {
 		changed := n.fsm.Changed()
+		n.seedManagement(ctx)
 		missing := n.missingSecrets()
 		if len(missing) > 0 {
 			missing = n.fetchSecrets(ctx, missing)

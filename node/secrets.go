@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"path/filepath"
 
@@ -84,5 +85,41 @@ func (n *Node) announceCluster() {
 	}
 	if f := n.managementFile(); f != "" && n.managementCredential() != "" {
 		n.log.Info("the management credential, which operator commands need, is in " + f + "; every node keeps a copy in its data dir")
+	}
+}
+
+// seedManagement runs on the leader while the FSM holds no management credential's hash: at a
+// new cluster's first election, and, in a cluster upgraded from a release without one, at every
+// change of the state until every node up speaks protocol 4 (a rolling upgrade may end with no
+// change of leader). The leader writes the hash of the credential it holds, or of one it makes
+// (and keeps in its data dir); the other nodes then fetch it (secretsLoop).
+func (n *Node) seedManagement(ctx context.Context) {
+	s := n.sec
+	if s.insecure || n.fsm.Security().ManagementHash != "" || !n.IsLeader() || !s.seeding.CompareAndSwap(false, true) {
+		return
+	}
+	defer s.seeding.Store(false)
+	cred := n.managementCredential()
+	if cred == "" {
+		cred = pki.NewManagementCredential()
+		if n.cfg.DataDir != "" {
+			if err := pki.WriteManagementFile(n.cfg.DataDir, cred); err != nil {
+				n.log.Warn("make the cluster's management credential", "err", err)
+				return
+			}
+		}
+		s.management.Store(&cred)
+		n.log.Info("made the cluster's management credential", "file", n.managementFile())
+	}
+	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
+	defer cancel()
+	_, err := n.applyLocal(cctx, &fsm.Command{Body: &fsm.Management{Hash: fsm.HashSecret(cred)}})
+	switch {
+	case errors.Is(err, fsm.ErrProtocolTooOld):
+		if s.waitedUpgrade.CompareAndSwap(false, true) {
+			n.log.Info("the management credential takes effect once every node is upgraded; until then the operator routes refuse every caller", "err", err)
+		}
+	case err != nil && ctx.Err() == nil:
+		n.log.Warn("write the management credential's hash", "err", err)
 	}
 }

@@ -6,14 +6,22 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/pki"
 )
 
 func TestDataDirOpenToOthersIsRefusedAndModesInsideAreFixed(t *testing.T) {
@@ -242,5 +250,92 @@ func TestClusterSecretsGoOnlyToNodesOfTheClusterAndOnlyWhenCurrent(t *testing.T)
 	got, err := apiBackend{n1}.JoinToken(context.Background())
 	if err != nil || got.Token != tok.Encode() {
 		t.Fatalf("GET join-token on a node with a stale copy: %v %v, want the current token", got, err)
+	}
+}
+
+// lockedBuffer is a log sink the node's goroutines write to while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A cluster upgraded from a release without a management credential gets one as soon as every
+// node up speaks protocol 4, even when the leader does not change: here the leader resumes a
+// state in which a node of protocol 3 is up, so the credential's hash is refused at its
+// election; once that node is marked down (it is not in gossip), the leader writes it.
+func TestUpgradedClusterGetsAManagementCredentialOnceNoOlderNodeIsUp(t *testing.T) {
+	dir, raftAddr := privateTempDir(t), freeAddr(t)
+	var logs lockedBuffer
+	o := clusterOpts{tweak: func(_ int, c *Config) {
+		c.Insecure, c.Advertise = false, "127.0.0.1"
+		c.DataDir, c.RaftAddr = dir, raftAddr
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}}
+	first := startCluster(t, 1, o).nodes[0] // makes the CA, the keys and this node's identity
+	id := first.RaftID()
+	if err := first.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The raft state of an older release: no management hash, and an older node up.
+	for _, p := range []string{"raft", pki.ManagementFile} {
+		if err := os.RemoveAll(filepath.Join(dir, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raftDir := filepath.Join(dir, "raft")
+	if err := os.MkdirAll(raftDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	st, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(raftDir, "raft.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := raft.NewFileSnapshotStore(raftDir, 2, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(id)
+	_, trans := raft.NewInmemTransport(raft.ServerAddress(raftAddr))
+	cf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: raft.ServerAddress(raftAddr), Suffrage: raft.Voter}}}
+	if err := raft.BootstrapCluster(rc, st, st, snaps, trans, cf); err != nil {
+		t.Fatal(err)
+	}
+	old, err := fsm.Encode(&fsm.Command{Now: time.Now().UTC(), Body: &fsm.Register{Node: fsm.Node{
+		Name: "old", GossipAddr: "127.0.0.1:1", RaftAddr: "127.0.0.1:2", HTTPAddr: "127.0.0.1:3", BootID: "b", Capacity: 1, Protocol: 3,
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.StoreLog(&raft.Log{Index: 2, Term: 1, Type: raft.LogCommand, Data: old}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	n := startCluster(t, 1, o).nodes[0]
+	waitFor(t, "the resumed leader writes a management credential's hash", 30*time.Second, func() bool {
+		return n.FSM().Security().ManagementHash != "" && n.isManagement(n.managementCredential())
+	})
+	if !strings.Contains(logs.String(), "takes effect once every node is upgraded") {
+		t.Error("the hash was written at once: the older node did not hold it back, so the test proves nothing")
+	}
+	if d, ok := n.FSM().Node("old"); !ok || d.Status == fsm.NodeUp {
+		t.Errorf("the older node is still up: %+v", d)
+	}
+	if cred, err := pki.ReadManagementFile(dir); err != nil || cred != n.managementCredential() {
+		t.Errorf("the credential the leader made is not in its data dir: %v", err)
 	}
 }

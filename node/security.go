@@ -70,6 +70,9 @@ type security struct {
 	announce bool
 	// joinRefusals limits the warnings about refused joins to one per remote address per minute.
 	joinRefusals *perAddrLimiter
+	// seeding: a leader is writing the management credential's hash (seedManagement);
+	// waitedUpgrade: it said once that an older node holds that back.
+	seeding, waitedUpgrade atomic.Bool
 }
 
 // keyringFile holds a node's gossip keyring in <data-dir>/tls, base64 keys, primary first.
@@ -406,24 +409,6 @@ func (n *Node) seedSecurity(ctx context.Context) {
 			cmds = append(cmds, &fsm.Command{Body: &fsm.KeyringOp{Op: fsm.KeyInstall, Key: pki.EncodeGossipKey(k)}})
 		}
 	}
-	if cur.ManagementHash == "" {
-		cred := n.managementCredential()
-		if cred == "" {
-			cred = pki.NewManagementCredential()
-			if f := n.managementFile(); f != "" {
-				if err := pki.WriteManagementFile(n.cfg.DataDir, cred); err != nil {
-					n.log.Warn("make the cluster's management credential", "err", err)
-					cred = ""
-				}
-			}
-			if cred != "" {
-				s.management.Store(&cred)
-			}
-		}
-		if cred != "" { // last: an older node up refuses it (protocol 4), and the rest must not wait
-			cmds = append(cmds, &fsm.Command{Body: &fsm.Management{Hash: fsm.HashSecret(cred)}})
-		}
-	}
 	for _, c := range cmds {
 		cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
 		_, err := n.applyLocal(cctx, c)
@@ -437,6 +422,7 @@ func (n *Node) seedSecurity(ctx context.Context) {
 			return
 		}
 	}
+	n.seedManagement(ctx)
 }
 
 // securityLoop makes this node follow the FSM's security state: its memberlist keyring (install,
