@@ -206,16 +206,19 @@ func mountTmpfs(t *testing.T, size string) string {
 }
 
 func TestNodeOnAFullTmpfsIsUnhealthyLosesItsTasksAndRecovers(t *testing.T) {
-	disk := mountTmpfs(t, "8m")
+	// Every node on a tmpfs of its own, so that whichever node leads, a follower's disk can be
+	// filled: the test never has to skip for the leader being the one on a tmpfs.
+	disks := []string{mountTmpfs(t, "8m"), mountTmpfs(t, "8m"), mountTmpfs(t, "8m")}
 	g := newGate()
 	tc := startCluster(t, 3, clusterOpts{capacity: 3, registry: g.registry(t), tweak: func(i int, c *Config) {
-		if i == 2 {
-			c.DataDir = disk + "/data"
-		}
+		c.DataDir = disks[i] + "/data"
 	}})
-	victim := tc.nodes[2]
-	if victim.IsLeader() {
-		t.Skip("the node on the tmpfs leads; this test wants a follower")
+	var victim *Node
+	var disk string
+	for i := len(tc.nodes) - 1; i >= 0 && victim == nil; i-- {
+		if !tc.nodes[i].IsLeader() {
+			victim, disk = tc.nodes[i], disks[i]
+		}
 	}
 	var mine []string
 	for len(mine) < 2 {

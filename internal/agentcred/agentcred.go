@@ -36,21 +36,34 @@ func Dir() (string, error) {
 	return filepath.Join(base, "taskworker", "agents"), nil
 }
 
-// pointerNames are the pointer files of an API listening on addr (host:port): one for a loopback
-// host, the usual loopback spellings for a wildcard bind, none for a routable host (a CLI that
-// talks to one can name the data dir with DataDirEnv).
+// pointerNames are the pointer files of an API listening on addr (host:port): the host and the
+// other spellings of the same loopback address (127.0.0.1 and localhost are one), the usual
+// loopback spellings for a wildcard bind, none for a routable host (a CLI that talks to one can
+// name the data dir with DataDirEnv).
 func pointerNames(addr string) []string {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil || port == "" || port == "0" {
 		return nil
 	}
-	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+	switch ip := net.ParseIP(host); {
+	case host == "" || ip != nil && ip.IsUnspecified():
 		return []string{"127.0.0.1_" + port, "localhost_" + port, "::1_" + port}
+	case host == "localhost" || host == "127.0.0.1":
+		return []string{"127.0.0.1_" + port, "localhost_" + port}
+	case loopback(host):
+		return []string{host + "_" + port}
 	}
-	if !loopback(host) {
-		return nil
+	return nil
+}
+
+// lookupName is the pointer file of the agent a CLI reaches at hostport, "" for none: only a
+// loopback address leads to an agent on this machine.
+func lookupName(hostport string) string {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil || port == "" || !loopback(host) {
+		return ""
 	}
-	return []string{host + "_" + port}
+	return host + "_" + port
 }
 
 func loopback(host string) bool {
@@ -160,15 +173,15 @@ func Find(addr string) (credential, file string, err error) {
 		if u, err := url.Parse(addr); err == nil && u.Host != "" {
 			hostport = u.Host
 		}
-		names := pointerNames(hostport)
-		if len(names) != 1 { // a routable host, or a wildcard: no agent is "at" it
+		name := lookupName(hostport)
+		if name == "" {
 			return "", "", nil
 		}
 		dir, err := Dir()
 		if err != nil {
 			return "", "", nil
 		}
-		if dataDir, err = readPointer(filepath.Join(dir, names[0])); err != nil {
+		if dataDir, err = readPointer(filepath.Join(dir, name)); err != nil {
 			return "", "", nil
 		}
 		_, port, _ := net.SplitHostPort(hostport)

@@ -39,7 +39,7 @@ func TestThePointerLeadsTheCLIToItsAgentsCredential(t *testing.T) {
 	writeCred(t, b, credB)
 	// The agents' API listeners, which this user holds.
 	pa, pb, none := listen(t), listen(t), listen(t)
-	if err := WritePointer("127.0.0.1:"+pa, a); err != nil {
+	if err := WritePointer("localhost:"+pa, a); err != nil { // one address, two spellings
 		t.Fatal(err)
 	}
 	if err := WritePointer("0.0.0.0:"+pb, b); err != nil { // every interface: the loopback names
@@ -48,6 +48,8 @@ func TestThePointerLeadsTheCLIToItsAgentsCredential(t *testing.T) {
 	for _, tc := range []struct{ addr, want string }{
 		{"http://127.0.0.1:" + pa, credA},
 		{"127.0.0.1:" + pa, credA},
+		{"http://localhost:" + pa, credA},
+		{"http://[::1]:" + pa, ""}, // another address
 		{"http://localhost:" + pb, credB},
 		{"http://127.0.0.1:" + pb, credB},
 		{"https://[::1]:" + pb, credB},

@@ -1,7 +1,7 @@
-// Package httpapi serves taskworker's public HTTP API: routing, access control (the shared token,
-// or ACLs: see acl.go), request
-// decoding (content type, body cap, unknown fields), query parameters, and the mapping of errors
-// to the contract's status codes and JSON error bodies.
+// Package httpapi serves taskworker's public HTTP API: routing, access control (the shared token
+// or ACLs, and the management credential on the operator routes: see acl.go), request decoding
+// (content type, body cap, unknown fields), query parameters, and the mapping of errors to the
+// contract's status codes and JSON error bodies.
 //
 // It declares the interfaces it consumes, Backend and ACL, and speaks only api types: it knows nothing
 // of raft, the FSM, gossip or the executor, and it has no route that accepts raw FSM commands (the
