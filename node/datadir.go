@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 )
@@ -21,8 +22,8 @@ import (
 var errDataDirOpen = errors.New("data dir is open to other users")
 
 // prepareDataDir makes a missing data dir 0700, refuses one that group or others can reach, and
-// takes every group and other permission bit off what it holds.
-func prepareDataDir(dir string) error {
+// takes every group and other permission bit off what it holds, saying so when it had to.
+func prepareDataDir(dir string, log *slog.Logger) error {
 	fi, err := os.Stat(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -39,7 +40,11 @@ func prepareDataDir(dir string) error {
 	if err := checkDataDirMode(dir, fi.Mode()); err != nil {
 		return err
 	}
-	return fixDataDirModes(dir)
+	fixed, err := fixDataDirModes(dir)
+	if fixed > 0 {
+		log.Warn(fmt.Sprintf("took group and other permissions off %d files and folders in the data dir: other users of this host could read them until now", fixed), "dir", dir)
+	}
+	return err
 }
 
 // checkDataDirMode refuses a data dir whose mode gives group or others any access.
@@ -52,12 +57,13 @@ func checkDataDirMode(dir string, mode fs.FileMode) error {
 }
 
 // fixDataDirModes takes the group and other bits off every file and folder under dir (0644 →
-// 0600, 0755 → 0700). Symbolic links are left alone: chmod would follow them out of the dir.
-func fixDataDirModes(dir string) error {
+// 0600, 0755 → 0700), and returns how many it changed. Symbolic links are left alone: chmod would
+// follow them out of the dir.
+func fixDataDirModes(dir string) (fixed int, err error) {
 	if !modesApply {
-		return nil
+		return 0, nil
 	}
-	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) { // removed while we walk (a temporary file)
 				return nil
@@ -78,7 +84,9 @@ func fixDataDirModes(dir string) error {
 			if err := os.Chmod(path, perm&^0o077); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("data dir modes: %w", err)
 			}
+			fixed++
 		}
 		return nil
 	})
+	return fixed, err
 }

@@ -187,7 +187,7 @@ func (n *Node) start() error {
 	}
 	var logDir string
 	if cfg.DataDir != "" {
-		if err := prepareDataDir(cfg.DataDir); err != nil {
+		if err := prepareDataDir(cfg.DataDir, n.log); err != nil {
 			return err
 		}
 		logDir = filepath.Join(cfg.DataDir, "tasklogs")

@@ -29,7 +29,7 @@ func TestDataDirOpenToOthersIsRefusedAndModesInsideAreFixed(t *testing.T) {
 		t.Skip("permission bits do not keep users out on this platform")
 	}
 	dir := filepath.Join(t.TempDir(), "data")
-	if err := prepareDataDir(dir); err != nil {
+	if err := prepareDataDir(dir, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatalf("a missing data dir: %v", err)
 	}
 	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o700 {
@@ -40,7 +40,7 @@ func TestDataDirOpenToOthersIsRefusedAndModesInsideAreFixed(t *testing.T) {
 		if err := os.Chmod(dir, mode); err != nil {
 			t.Fatal(err)
 		}
-		err := prepareDataDir(dir)
+		err := prepareDataDir(dir, slog.New(slog.DiscardHandler))
 		if !errors.Is(err, errDataDirOpen) || !strings.Contains(err.Error(), "chmod 700 "+dir) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("mode %04o: %v, want one line naming the dir and `chmod 700 %s`", mode, err, dir)
 		}
@@ -88,8 +88,13 @@ func TestDataDirOpenToOthersIsRefusedAndModesInsideAreFixed(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := prepareDataDir(dir); err != nil {
+	var log bytes.Buffer
+	if err := prepareDataDir(dir, slog.New(slog.NewTextHandler(&log, nil))); err != nil {
 		t.Fatal(err)
+	}
+	// 5 files and 4 folders (raft, raft/snapshots, the snapshot and tasklogs; the data dir is 0700).
+	if !strings.Contains(log.String(), "level=WARN") || !strings.Contains(log.String(), "off 9 files and folders") {
+		t.Errorf("the fix is not reported, or miscounted: %s", log.String())
 	}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.Type()&fs.ModeSymlink != 0 {
