@@ -179,7 +179,8 @@ func (f *idleFlood) stop() {
 
 // floodPeerPort floods one peer port (raft or gossip) of the leader of a 3-node secure cluster
 // whose leader runs with peerVictimNofile descriptors, and checks that all through the flood the
-// leader stays leader, takes submits, and never runs out of descriptors or reports a storage fault.
+// leader stays leader, takes submits (its own and a follower's forwards), runs them, and never
+// runs out of descriptors or reports a storage fault.
 func floodPeerPort(t *testing.T, port func(*proc) string) {
 	needFloodTools(t, peerFloodConns)
 	pc := newProcCluster(t)
@@ -203,13 +204,17 @@ func floodPeerPort(t *testing.T, port func(*proc) string) {
 	pace := time.NewTicker(500 * time.Millisecond) // a submit and a look at the leader twice a second
 	defer pace.Stop()
 	for ; time.Since(start) < floodFor; <-pace.C {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		task, _, err := victim.client().Submit(ctx, client.SubmitRequest{Type: "echo", Input: json.RawMessage(`"flood"`), Timeout: "60s"})
-		cancel()
-		if err != nil {
-			t.Fatalf("submit to the leader %s into the flood: %v", time.Since(start).Round(time.Millisecond), err)
+		// One submit to the leader and one through a follower, which forwards it over the
+		// leader's gossip port (flooded in one of the tests).
+		for _, p := range []*proc{victim, other} {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			task, _, err := p.client().Submit(ctx, client.SubmitRequest{Type: "echo", Input: json.RawMessage(`"flood"`), Timeout: "60s"})
+			cancel()
+			if err != nil {
+				t.Fatalf("submit to %s %s into the flood: %v", p.Name, time.Since(start).Round(time.Millisecond), err)
+			}
+			ids = append(ids, task.ID)
 		}
-		ids = append(ids, task.ID)
 		if v := other.view(); v == nil || v.Leader != victim.Name {
 			leader := "(no answer)"
 			if v != nil {
