@@ -422,6 +422,26 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 		if r.index == index {
 			t.Errorf("blocking list index unchanged (%s) after a change the caller may see", r.index)
 		}
+
+		// The cluster view, blocking on its index, while the victim submits: its counts and
+		// nodes' running counts would move.
+		code, index, b = leakCall(context.Background(), t, p, attacker, "GET", "/v1/cluster", nil, nil)
+		if code != http.StatusOK || index == "" {
+			t.Fatalf("cluster: %d %q %s", code, index, b)
+		}
+		held := make(chan string, 1)
+		sent = time.Now()
+		go func() {
+			_, _, b := leakCall(context.Background(), t, p, attacker, "GET", "/v1/cluster?wait=3s&index="+index, nil, nil)
+			held <- b
+		}()
+		if code, b := leakAs(t, p, victim, "POST", "/v1/tasks", map[string]any{"type": "echo", "input": "again"}, nil); code != http.StatusCreated {
+			t.Fatalf("victim echo: %d %s", code, b)
+		}
+		<-held
+		if waited := time.Since(sent); waited < wait {
+			t.Errorf("the blocking cluster view answered after %s, before its %s wait: woken by the victim's submit", waited, wait)
+		}
 	})
 
 	t.Run("counts and metrics", func(t *testing.T) {
@@ -453,6 +473,20 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 		})
 		if n, q := pendingSleep(attacker); n != 0 || q != 0 {
 			t.Errorf("the attacker sees %d pending sleeps in /v1/types and %d tasks in /v1/queues, want 0", n, q)
+		}
+		var cl api.Cluster
+		if code, b := leakAs(t, p, attacker, "GET", "/v1/cluster", nil, &cl); code != http.StatusOK {
+			t.Fatalf("cluster: %d %s", code, b)
+		}
+		running, total := 0, 0
+		for _, nd := range cl.Nodes {
+			running += nd.Running
+		}
+		for _, c := range cl.Tasks {
+			total += c
+		}
+		if total != 1 || running != 0 { // its own calc-square, queued behind the victim's sleeps
+			t.Errorf("the attacker's /v1/cluster counts the victim's tasks: tasks %v, running on nodes %d; want its one task", cl.Tasks, running)
 		}
 		metrics := func(who, credential string, want int) {
 			t.Helper()

@@ -47,6 +47,8 @@ func (s *server) waitCluster(ctx context.Context, index uint64, wait time.Durati
 		if err != nil {
 			return c, 0, err
 		}
+		caller, _ := ctx.Value(callerKey{}).(Caller)
+		c = s.visibleCluster(ctx, caller, c)
 		h := clusterHash(c)
 		left := time.Until(deadline)
 		if wait <= 0 || h != index || left <= 0 || ctx.Err() != nil {

@@ -87,6 +87,39 @@ func pageIndex(p api.TaskPage) uint64 {
 	return f.Sum64()>>1 | 1 // fits a JavaScript number's exact range, as clusterHash
 }
 
+// visibleCluster is the cluster as a restricted caller may see it: task counts of the readable
+// types only, and no node's running count (it spans types), so that neither the reply nor a
+// blocking query on it follows tasks the caller may not see. The counts are per type and state,
+// of the types the cluster offers or has waiting, each O(1) to read.
+func (s *server) visibleCluster(ctx context.Context, caller Caller, c api.Cluster) api.Cluster {
+	if !restricted(caller) {
+		return c
+	}
+	counts := make(map[string]int, len(c.Tasks))
+	for state := range c.Tasks {
+		counts[state] = 0
+	}
+	types, _ := s.b.Types(ctx)
+	seen := map[string]bool{}
+	for _, ti := range types {
+		if seen[ti.Type] || !caller.CanRead(ti.Type) {
+			continue
+		}
+		seen[ti.Type] = true
+		for state := range counts {
+			if p, err := s.b.List(ctx, api.ListQuery{State: state, Type: ti.Type, Limit: 1}, caller.CanRead); err == nil && p.Total > 0 {
+				counts[state] += p.Total
+			}
+		}
+	}
+	c.Tasks = counts
+	c.Nodes = slices.Clone(c.Nodes)
+	for i := range c.Nodes {
+		c.Nodes[i].Running = 0
+	}
+	return c
+}
+
 // visibleTypes returns types with the pending count of each type the caller may not read zeroed:
 // the catalogue of types is public, the work waiting in it is not.
 func visibleTypes(caller Caller, types []api.TypeInfo) []api.TypeInfo {
