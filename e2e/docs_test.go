@@ -328,7 +328,7 @@ func TestDocsWalkthroughsRun(t *testing.T) {
 	// The documents' cluster is on cluster.sh's default ports, where the CLI's default --addr
 	// (n1's HTTP) reaches it; this one is on the free base.
 	env := append(os.Environ(), "TASKWORKER_PORT_BASE=", fmt.Sprintf("TASKWORKER_ADDR=http://127.0.0.1:%d", base+2), "TASKWORKER_TOKEN=",
-		"DOC_STATE="+state, "CLUSTER_DIR="+clusterDir, "HOME="+work, "TMPDIR="+work)
+		"DOC_STATE="+state, "CLUSTER_DIR="+clusterDir, "TMPDIR="+work)
 
 	for _, c := range cmds {
 		script := movePorts(c.script, base)
