@@ -32,12 +32,11 @@ func (n *Node) storageLoop(ctx context.Context) {
 	for {
 		changed := n.storage.Changed()
 		n.checkStorage()
-		ok, reason := n.storage.Healthy()
-		if !ok && outOfDescriptors(reason) {
+		ok, reason, shortage := n.storageVerdict()
+		if shortage != "" {
 			n.metrics.descriptorShortages.Inc()
 			n.noisy.Warn("out of file descriptors: the storage probe could not open a file; not a storage fault, this node keeps its role; the connection caps should prevent this, so check RLIMIT_NOFILE and what holds the descriptors",
-				"reason", reason)
-			ok, reason = true, ""
+				"reason", shortage)
 		}
 		switch {
 		case !ok && !faulty:
@@ -104,14 +103,15 @@ func (n *Node) publishStorage(faulty bool) {
 
 // storageFault reports why this node cannot persist, or "" when it can.
 func (n *Node) storageFault() string {
-	if ok, reason := n.storageHealthy(); !ok {
+	if ok, reason, _ := n.storageVerdict(); !ok {
 		return reason
 	}
 	return ""
 }
 
-// storageHealthy is the storage record's verdict, except that a failure for want of file
-// descriptors is not a storage fault (storageLoop warns and counts it). The probe and a snapshot open a file, so a flood of
+// storageVerdict is the storage record's verdict (healthy, or why not), except that a failure for
+// want of file descriptors is not a storage fault: it comes back as shortage instead, for
+// storageLoop to warn about and count. The probe and a snapshot open a file, so a flood of
 // connections that uses up the process's descriptors (EMFILE) or the system's (ENFILE) makes them
 // fail although the disk takes writes; called a fault, it would hand leadership away and send the
 // node's tasks elsewhere, which is what the flood wants. Raft's log and stable store write to files
@@ -119,12 +119,12 @@ func (n *Node) storageFault() string {
 // calling this one a fault. It is a warning and a metric instead, while it lasts. The record reports
 // its oldest failure as text, and the probe re-records its failure every interval, so a real fault
 // that comes during a shortage surfaces at the next probe.
-func (n *Node) storageHealthy() (bool, string) {
-	ok, reason := n.storage.Healthy()
+func (n *Node) storageVerdict() (ok bool, reason, shortage string) {
+	ok, reason = n.storage.Healthy()
 	if !ok && outOfDescriptors(reason) {
-		return true, ""
+		return true, "", reason
 	}
-	return ok, reason
+	return ok, reason, ""
 }
 
 // outOfDescriptors says whether a storage failure's text is EMFILE's or ENFILE's (whose text

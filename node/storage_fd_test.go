@@ -37,6 +37,10 @@ func TestRunningOutOfDescriptorsIsNotAStorageFault(t *testing.T) {
 			if got := n.storageFault() != ""; got != tc.faulty {
 				t.Fatalf("storageFault() = %q, want faulty %t", n.storageFault(), tc.faulty)
 			}
+			// What is not a fault is a shortage, which the watchdog warns about and counts.
+			if _, _, shortage := n.storageVerdict(); (shortage != "") == tc.faulty {
+				t.Fatalf("shortage %q with faulty %t: want exactly one of them", shortage, tc.faulty)
+			}
 		})
 	}
 	// The probe records its shortage again every interval; an older real fault is still reported.
