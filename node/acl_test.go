@@ -254,7 +254,8 @@ func aclCoverage(t *testing.T, cov coverage) {
 	add("POST /v1/acl/bootstrap", code, 200, b, &mgmt)
 	_ = json.Unmarshal(b, &mgmt)
 	team := teamToken(t, n, mgmt.SecretID)
-	if code, b := aclCall(t, n, "PUT", "/v1/acl/policy/ops", mgmt.SecretID, `{"name": "ops", "cluster": ["operator"]}`); code != 200 {
+	if code, b := aclCall(t, n, "PUT", "/v1/acl/policy/ops", mgmt.SecretID, `{"name": "ops", "cluster": ["operator"],
+		"quota": {"pending": 1000, "schedules": 10, "schedule_min_interval": "5s", "schedule_input_bytes": 4096, "retained": 5000}}`); code != 200 {
 		t.Fatalf("policy apply: %d %s", code, b)
 	}
 	code, b = aclCall(t, n, "GET", "/v1/acl/policies", mgmt.SecretID, "")
