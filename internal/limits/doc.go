@@ -1,5 +1,6 @@
 // Package limits keeps one client, or one task run, from using up what a node shares with everyone:
-// file descriptors (Listener, on the API and on the node-to-node ports: PeerListenerConfig, GossipListenerConfig), server goroutines and memory held by slow or idle connections
+// file descriptors (Listener, on the API and on the node-to-node ports: PeerListenerConfig,
+// GossipListenerConfig), server goroutines and memory held by slow or idle connections
 // (ServerTimeouts), request throughput (RateLimiter), memory and raft log space (CheckSize) and the
 // raft write rate taken by checkpoints (Coalescer, Throttle).
 //
