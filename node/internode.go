@@ -157,7 +157,17 @@ func (n *Node) serveInternode(ln net.Listener) {
 // newPeerClients makes the clients for internode calls: n.client for calls with a deadline and
 // n.streamClient for log follows that last as long as a task.
 func (n *Node) newPeerClients() {
-	tr := &http.Transport{MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
+	// Each peer's gossip port admits limits.DefaultGossipMaxConnsPerClient (256) connections from
+	// one address; past it a forward is refused at accept and retried. Holding forwards to 64 per
+	// peer (a forward in flight takes one, and they wait for each other past that) and log
+	// follows, which last as long as a task, to 128 keeps a busy follower inside the cap.
+	n.client = &http.Client{Timeout: peerRequestTimeout, Transport: n.peerTransport(64)}
+	n.streamClient = &http.Client{Transport: n.peerTransport(128)}
+}
+
+// peerTransport is an internode transport holding at most maxPerPeer connections to one node.
+func (n *Node) peerTransport(maxPerPeer int) *http.Transport {
+	tr := &http.Transport{MaxConnsPerHost: maxPerPeer, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
 	if s := n.sec; !s.insecure {
 		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			// Made per dial, so a reloaded CA bundle is trusted from the next connection on.
@@ -165,8 +175,7 @@ func (n *Node) newPeerClients() {
 			return d.DialContext(ctx, network, addr)
 		}
 	}
-	n.client = &http.Client{Timeout: peerRequestTimeout, Transport: tr}
-	n.streamClient = &http.Client{Transport: tr}
+	return tr
 }
 
 // peerRequest builds an internode request to the node at addr (its internode address).
