@@ -488,6 +488,20 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 		if total != 1 || running != 0 { // its own calc-square, queued behind the victim's sleeps
 			t.Errorf("the attacker's /v1/cluster counts the victim's tasks: tasks %v, running on nodes %d; want its one task", cl.Tasks, running)
 		}
+		started := func(credential string) int {
+			var tp api.Throughput
+			if code, b := leakAs(t, p, credential, "GET", api.PathThroughput, nil, &tp); code != http.StatusOK {
+				t.Fatalf("throughput: %d %s", code, b)
+			}
+			n := 0
+			for _, c := range tp.Started {
+				n += c
+			}
+			return n
+		}
+		if all, seen := started(root), started(attacker); all == 0 || seen != 0 {
+			t.Errorf("throughput: %d tasks started in the series, the attacker sees %d; want some, and 0", all, seen)
+		}
 		metrics := func(who, credential string, want int) {
 			t.Helper()
 			code, b := leakAs(t, p, credential, "GET", "/metrics", nil, nil)

@@ -76,7 +76,7 @@ func clusterHash(c api.Cluster) uint64 {
 }
 
 func (s *server) throughput(w http.ResponseWriter, r *http.Request) {
-	WriteJSON(w, http.StatusOK, s.b.Throughput(r.Context()))
+	WriteJSON(w, http.StatusOK, visibleThroughput(callerOf(r), s.b.Throughput(r.Context())))
 }
 
 // capabilities lists what id may do with each task type the cluster knows, and its cluster rights.

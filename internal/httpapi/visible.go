@@ -155,3 +155,14 @@ func visibleTypeLimits(caller Caller, l *api.TypeLimitList) {
 		}
 	}
 }
+
+// visibleThroughput zeroes the series for a caller that may not read every type: they count the
+// tasks of all types, second by second, and would show when a victim's run.
+func visibleThroughput(caller Caller, t api.Throughput) api.Throughput {
+	if !restricted(caller) {
+		return t
+	}
+	t.Started, t.Succeeded, t.Failed = make([]int, len(t.Started)), make([]int, len(t.Succeeded)), make([]int, len(t.Failed))
+	t.QueueWaitMS = make([]*float64, len(t.QueueWaitMS))
+	return t
+}

@@ -136,3 +136,32 @@ func TestTypeAndQueueCountsFollowReadRights(t *testing.T) {
 		}
 	}
 }
+
+// The throughput series count every type's tasks: a caller that may not read every type gets them
+// as zeros, of the same length.
+func TestThroughputIsZeroForARestrictedCaller(t *testing.T) {
+	b, a, secrets := newACLFixture(t, false)
+	wait := 12.5
+	b.throughput = api.Throughput{Interval: "1s", Started: []int{3, 4}, Succeeded: []int{1, 2}, Failed: []int{0, 1}, QueueWaitMS: []*float64{&wait, nil}}
+	h := New(b, Options{ACL: a})
+	for _, tc := range []struct {
+		token   string
+		started int
+	}{{"reports", 0}, {"read-all-no-payroll", 0}, {"management", 7}} {
+		var got api.Throughput
+		rec := call(h, "GET", api.PathThroughput, "", "", "Authorization", "Bearer "+secrets[tc.token])
+		if rec.Code != 200 || json.Unmarshal(rec.Body.Bytes(), &got) != nil {
+			t.Fatalf("%s: %d %s", tc.token, rec.Code, rec.Body)
+		}
+		sum := 0
+		for i := range got.Started {
+			sum += got.Started[i] + got.Succeeded[i] + got.Failed[i]
+		}
+		if tc.started == 0 && (sum != 0 || len(got.Started) != 2 || got.QueueWaitMS[0] != nil) {
+			t.Errorf("%s sees %+v, want zeros", tc.token, got)
+		}
+		if tc.started != 0 && got.Started[0]+got.Started[1] != tc.started {
+			t.Errorf("%s sees %+v, want the series", tc.token, got)
+		}
+	}
+}
