@@ -98,6 +98,17 @@ func prepareSubmit(f *FSM, _ time.Time, p *SubmitBatch, env PrepareEnv) {
 	p.Admission = f.admissionFor(env, by)
 }
 
+// prepareRetry stamps the caps of the retried tasks' submitters.
+func prepareRetry(f *FSM, _ time.Time, p *Retry, env PrepareEnv) {
+	by := make([]string, 0, len(p.IDs))
+	for _, id := range p.IDs {
+		if t, ok := f.Task(id); ok {
+			by = append(by, t.SubmittedBy)
+		}
+	}
+	p.Admission = f.admissionFor(env, by)
+}
+
 // admissionFor is the caps of a command whose tasks the principals submit, nil for none. While a
 // node older than AdmissionProtocol is up it stamps none (that node could not decode them), and
 // tasks are admitted as before.

@@ -264,3 +264,22 @@ func TestScheduleTicksAreAdmittedLikeSubmits(t *testing.T) {
 		t.Errorf("schedule after the refused tick: fired %d, last error %q, last fired %v", s.Fired, s.LastError, s.LastFired)
 	}
 }
+
+// TestRetryIsAdmittedLikeASubmit: retrying a finished task makes it wait again, so it is held to
+// the caps: past them the task stays finished.
+func TestRetryIsAdmittedLikeASubmit(t *testing.T) {
+	h := newHarness(t)
+	h.must(submitCmd(byWho("a", "alice"), byWho("b", "alice")))
+	h.must(cancelCmd("a"))
+	a := &Admission{Principals: []PrincipalCap{{"alice", 1}}}
+	if it := h.item(&Command{Body: &Retry{IDs: []string{"a"}, Admission: a}}); !errors.Is(it.Err, ErrQuotaExceeded) {
+		t.Fatalf("retry past alice's cap: %+v, want quota exceeded", it)
+	}
+	if st := h.task("a").State; st != Cancelled {
+		t.Errorf("refused retry left the task %s, want cancelled", st)
+	}
+	h.must(cancelCmd("b"))
+	if it := h.item(&Command{Body: &Retry{IDs: []string{"a"}, Admission: a}}); it.Err != nil || h.task("a").State != Pending {
+		t.Errorf("retry with room: %+v, state %s; want pending", it, h.task("a").State)
+	}
+}

@@ -60,7 +60,7 @@ func init() {
 	register(Spec[Drain]{Type: CmdDrain, Name: "drain", Forwardable: true, Apply: (*FSM).applyDrain})
 	register(Spec[Cancel]{Type: CmdCancel, Name: "cancel", Forwardable: true, Apply: (*FSM).applyCancel})
 	register(Spec[Remove]{Type: CmdRemove, Name: "remove", Apply: (*FSM).applyRemove})
-	register(Spec[Retry]{Type: CmdRetry, Name: "retry", Since: 2, Forwardable: true, Apply: (*FSM).applyRetry})
+	register(Spec[Retry]{Type: CmdRetry, Name: "retry", Since: 2, Forwardable: true, Apply: (*FSM).applyRetry, Prepare: prepareRetry})
 	register(Spec[Purge]{Type: CmdPurge, Name: "purge", Since: 2, Forwardable: true, Apply: (*FSM).applyPurge})
 }
 
@@ -305,6 +305,17 @@ type Remove struct {
 type Retry struct {
 	IDs []string `msgpack:"ids"`
 	By  string   `msgpack:"by,omitempty"` // who asked, for the history
+	// Admission holds the retried tasks to the caps on waiting tasks, as a submit (prepareRetry):
+	// retrying finished tasks must not pass them. Protocol 5.
+	Admission *Admission `msgpack:"admission,omitempty"`
+}
+
+// NeedsProtocol implements NeedsProtocol: AdmissionProtocol with caps.
+func (p *Retry) NeedsProtocol() int {
+	if p.Admission != nil {
+		return AdmissionProtocol
+	}
+	return 0
 }
 
 // Purge drops finished tasks that match a filter, at most Limit of them (purgeMatches says which

@@ -183,7 +183,7 @@ func (f *FSM) applyRemove(_ uint64, _ time.Time, p *Remove) ([]ItemResult, error
 func (f *FSM) applyRetry(index uint64, now time.Time, p *Retry) ([]ItemResult, error) {
 	items := make([]ItemResult, 0, len(p.IDs))
 	for _, id := range p.IDs {
-		items = append(items, f.retry(index, now, id, p.By))
+		items = append(items, f.retry(index, now, id, p.By, p.Admission))
 	}
 	return items, nil
 }
@@ -540,13 +540,16 @@ func (f *FSM) remove(id string) ItemResult {
 // retry sends a failed or cancelled task back to pending: the same ID, a new attempt next, its
 // history kept with a retried event, and its failures reset so max_attempts applies afresh. Its
 // checkpoint stays, as with an automatic retry: a task that checkpoints resumes from it.
-func (f *FSM) retry(index uint64, now time.Time, id, by string) ItemResult {
+func (f *FSM) retry(index uint64, now time.Time, id, by string, a *Admission) ItemResult {
 	old, ok := f.tasks.get(id)
 	if !ok {
 		return ItemResult{ID: id, Err: ErrNotFound}
 	}
 	if old.State != Failed && old.State != Cancelled {
 		return ItemResult{ID: id, Err: fmt.Errorf("%w: task is %s", ErrNotRetryable, old.State)}
+	}
+	if err := f.admit(a, &Submit{SubmittedBy: old.SubmittedBy}); err != nil {
+		return ItemResult{ID: id, Err: err}
 	}
 	t := old.cow()
 	defer f.save(old, t)

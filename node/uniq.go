@@ -98,6 +98,8 @@ func (b apiBackend) Retry(ctx context.Context, caller httpapi.Caller, id string)
 		return api.Task{}, taskNotFound(id)
 	case errors.Is(err, fsm.ErrNotRetryable):
 		return api.Task{}, api.Errorf(api.CodeNotRetryable, "task %s is neither failed nor cancelled: only those can be retried", api.Truncate(id))
+	case errors.Is(err, fsm.ErrQueueFull), errors.Is(err, fsm.ErrQuotaExceeded):
+		return api.Task{}, n.noteRefusal(submitItemError(fsm.Submit{}, res.Items[0]))
 	case err != nil:
 		return api.Task{}, err
 	}
