@@ -97,7 +97,7 @@ func TestAttackSubmitFloodPastMaxPendingGetsQueueFull(t *testing.T) {
 				for i := range 10 {
 					tasks = append(tasks, map[string]any{"type": "echo", "input": fmt.Sprintf("flood-%d-%d-%d", w, b, i), "run_at": later})
 				}
-				status, _, body := quotaCall(t, p, "POST", "/v1/tasks/batch", map[string]any{"tasks": tasks})
+				status, retryAfter, body := quotaCall(t, p, "POST", "/v1/tasks/batch", map[string]any{"tasks": tasks})
 				if status != http.StatusOK {
 					t.Errorf("batch through %s: %d %s", p.Name, status, body)
 					return
@@ -115,6 +115,9 @@ func TestAttackSubmitFloodPastMaxPendingGetsQueueFull(t *testing.T) {
 					return
 				}
 				mu.Lock()
+				if refused := strings.Contains(string(body), `"queue_full"`); refused != (retryAfter != "") {
+					t.Errorf("batch reply with items refused %v has Retry-After %q", refused, retryAfter)
+				}
 				for _, r := range reply.Results {
 					switch {
 					case r.Status == http.StatusCreated:

@@ -376,13 +376,22 @@ func (s *server) submitBatch(w http.ResponseWriter, r *http.Request) {
 			results[at[j]] = res
 		}
 	}
+	retryAfter := 0 // items refused for a cap (queue_full): the reply says when to try them again
+	for _, r := range results {
+		if r.Error != nil {
+			retryAfter = max(retryAfter, r.Error.RetryAfter)
+		}
+	}
+	if retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+	}
 	WriteJSON(w, http.StatusOK, api.BatchSubmitReply{Results: results})
 }
 
 // ErrorResult is a batch item's result for err, with the status and body WriteError would give it.
 func ErrorResult(err error) api.BatchResult {
 	ae := toAPIError(err)
-	return api.BatchResult{Status: api.Status(ae.Code), Error: &api.Error{Message: ae.Message, Code: ae.Code, ExistingTask: ae.ExistingTask}}
+	return api.BatchResult{Status: api.Status(ae.Code), Error: &api.Error{Message: ae.Message, Code: ae.Code, ExistingTask: ae.ExistingTask, RetryAfter: ae.RetryAfter}}
 }
 
 func (s *server) waitTask(ctx context.Context, id string, wait time.Duration, until func(api.Task) bool) (api.Task, error) {
