@@ -35,16 +35,15 @@ type QuotaConfig struct {
 // Defaults of the admission settings, shared by the flags and setDefaults. They suit one team:
 // the bench's 100,000-task backlogs and million finished tasks fit, a flood does not.
 const (
-	DefaultMaxPending          = 1_000_000
-	DefaultQuotaPending        = 250_000
-	DefaultQuotaSchedules      = 100
-	DefaultQuotaScheduleEvery  = time.Second
-	DefaultQuotaScheduleInput  = 16 << 10
-	DefaultQuotaRetained       = 2_000_000
-	retryAfterQueueFull        = 5 // seconds a refused submit is told to wait (Retry-After)
-	quotaNoCap                 = -1
-	maxIdempotencyOrUniqueKey  = 128
-	maxRetainedTrimmedPerSweep = 10_000
+	DefaultMaxPending         = 1_000_000
+	DefaultQuotaPending       = 250_000
+	DefaultQuotaSchedules     = 100
+	DefaultQuotaScheduleEvery = time.Second
+	DefaultQuotaScheduleInput = 16 << 10
+	DefaultQuotaRetained      = 2_000_000
+	retryAfterQueueFull       = 5 // seconds a refused submit is told to wait (Retry-After)
+	quotaNoCap                = -1
+	maxIdempotencyOrUniqueKey = 128
 )
 
 func (q *QuotaConfig) setDefaults() {

@@ -63,3 +63,25 @@ func TestQuotaForTakesTheMostGenerousPolicyElseTheFlags(t *testing.T) {
 		t.Errorf("admission env: cap %d, principal %d; want 1000 and the flags' 100 (ACLs off)", env.MaxPending, env.PrincipalPending(small.AccessorID))
 	}
 }
+
+// TestQuotaSettingsFromTheCommandLine: a zero or a negative other than -1 is refused by name,
+// -1 means no cap, and a Go caller's zeros take the defaults.
+func TestQuotaSettingsFromTheCommandLine(t *testing.T) {
+	ok := QuotaConfig{MaxPending: 5, Pending: -1, Schedules: 1, ScheduleMinInterval: time.Second, ScheduleInputBytes: -1, Retained: 3}
+	if p := ok.problems(); len(p) != 0 {
+		t.Errorf("valid settings refused: %v", p)
+	}
+	bad := ok
+	bad.MaxPending, bad.Retained, bad.ScheduleMinInterval = 0, -2, -time.Second
+	if p := bad.problems(); len(p) != 3 {
+		t.Errorf("problems %v, want --max-pending, --quota-retained and --quota-schedule-interval", p)
+	}
+	var zero QuotaConfig
+	zero.setDefaults()
+	if zero.MaxPending != DefaultMaxPending || zero.Pending != DefaultQuotaPending || zero.ScheduleMinInterval != DefaultQuotaScheduleEvery {
+		t.Errorf("defaults %+v", zero)
+	}
+	if n := (&Node{cfg: Config{Quota: ok}}); n.quotaFor("").Pending != 0 || n.admissionEnv().MaxPending != 5 {
+		t.Errorf("-1 is no cap: %+v, cluster cap %d", n.quotaFor(""), n.admissionEnv().MaxPending)
+	}
+}
