@@ -10,7 +10,8 @@ import (
 // Admission control: how many tasks may wait to run, in the cluster and per submitter. The caps
 // are checked here, in Apply, against the state at the entry's index, so they are exact however
 // many submits race through followers, and a batch item past a cap fails alone. The caps travel in
-// the command (SubmitBatch.Admission), chosen by the leader before it proposes (prepareSubmit):
+// the command (the Admission of SubmitBatch, ScheduleFire and Retry: every way a task starts to
+// wait but a node's own take-back), chosen by the leader before it proposes (the Prepare hooks):
 // Apply never reads a node's flags, which may differ between nodes, so every replica refuses the
 // same items.
 
