@@ -9,7 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
+	stdlog "log"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -85,14 +85,14 @@ func (n *Node) internodeAuth(next http.Handler) http.Handler {
 			return
 		}
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-			n.log.Warn("refused an internode call without a node certificate", "remote", r.RemoteAddr, "path", api.Truncate(r.URL.Path))
+			n.warnRefusedCall(r.RemoteAddr, "refused an internode call without a node certificate", "path", api.Truncate(r.URL.Path))
 			writeError(w, http.StatusUnauthorized, "unauthorized", "internode calls need a node certificate of this cluster")
 			return
 		}
 		// crypto/tls has verified the chain against the cluster's CAs (VerifyClientCertIfGiven).
 		leaf := r.TLS.PeerCertificates[0]
 		if err := leaf.VerifyHostname(s.serverName); err != nil {
-			n.log.Warn("refused an internode call: the certificate does not name a cluster server", "remote", r.RemoteAddr, "err", err)
+			n.warnRefusedCall(r.RemoteAddr, "refused an internode call: the certificate does not name a cluster server", "err", err)
 			writeError(w, http.StatusForbidden, "forbidden", "the certificate does not name a server of this cluster")
 			return
 		}
@@ -100,12 +100,49 @@ func (n *Node) internodeAuth(next http.Handler) http.Handler {
 		// create --server` without --node) would otherwise speak for every node at once.
 		name, ok := pki.NodeName(leaf, s.cluster)
 		if !ok {
-			n.log.Warn("refused an internode call: the certificate names no node", "remote", r.RemoteAddr, "path", api.Truncate(r.URL.Path))
+			n.warnRefusedCall(r.RemoteAddr, "refused an internode call: the certificate names no node", "path", api.Truncate(r.URL.Path))
 			writeError(w, http.StatusForbidden, "forbidden", "internode calls need a certificate that names a node of this cluster")
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, peerCaller{name: name})))
 	})
+}
+
+// warnRefusedCall logs a refused internode call at most once per remote IP per minute, as a
+// refused join is: a peer without the cluster's certificate must not fill the log by retrying.
+func (n *Node) warnRefusedCall(remote, msg string, args ...any) {
+	n.warnRefused("", remote, msg, args...)
+}
+
+// warnRefused is warnRefusedCall for one kind of refusal: each kind gets its own line per IP.
+func (n *Node) warnRefused(kind, remote, msg string, args ...any) {
+	ip := remote
+	if h, _, err := net.SplitHostPort(remote); err == nil {
+		ip = h
+	}
+	ok, suppressed := n.sec.callRefusals.allow(kind+ip, time.Now())
+	if !ok {
+		return
+	}
+	args = append(args, "remote", remote)
+	if suppressed > 0 {
+		args = append(args, "suppressed", suppressed)
+	}
+	n.log.With("component", "internode").Warn(msg, args...)
+}
+
+// handshakeLog takes the internode server's error log (a refused TLS handshake: no certificate
+// of the cluster, another CA) through warnRefusedCall, keyed by the remote address in the line.
+type handshakeLog struct{ n *Node }
+
+func (h handshakeLog) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	remote := "?"
+	if _, rest, ok := strings.Cut(line, " from "); ok {
+		remote, _, _ = strings.Cut(rest, ": ")
+	}
+	h.n.warnRefused("tls ", remote, line)
+	return len(p), nil
 }
 
 // internodeServerTLS asks every client for a certificate and verifies one if given; the join
@@ -143,7 +180,7 @@ func (n *Node) serveInternode(ln net.Listener) {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		// Refused handshakes (no certificate, another CA) are logged here, one line each.
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog: stdlog.New(handshakeLog{n}, "", 0),
 	}
 	n.wg.Add(1)
 	go func() {

@@ -70,6 +70,8 @@ type security struct {
 	announce bool
 	// joinRefusals limits the warnings about refused joins to one per remote address per minute.
 	joinRefusals *perAddrLimiter
+	// callRefusals does the same for refused internode calls and TLS handshakes (warnRefusedCall).
+	callRefusals *perAddrLimiter
 	// seeding: a leader is writing the management credential's hash (seedManagement);
 	// waitedUpgrade: it said once that an older node holds that back.
 	seeding, waitedUpgrade atomic.Bool
@@ -91,7 +93,7 @@ var (
 // resumed says the data dir holds raft state.
 func (n *Node) setupSecurity(resumed bool) error {
 	cfg := &n.cfg
-	s := &security{insecure: cfg.Insecure, joinRefusals: newPerAddrLimiter(joinWarnEvery)}
+	s := &security{insecure: cfg.Insecure, joinRefusals: newPerAddrLimiter(joinWarnEvery), callRefusals: newPerAddrLimiter(joinWarnEvery)}
 	n.sec = s
 	if cfg.Insecure {
 		n.log.Warn("running INSECURE (--insecure): gossip, raft and internode calls are neither encrypted nor authenticated; " +
