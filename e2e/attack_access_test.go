@@ -3,8 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"io"
 	"net/http"
 	"net/http/httptrace"
 	"os"
@@ -37,39 +35,21 @@ func managementCredential(t *testing.T, p *proc) string {
 	return cred
 }
 
-// callAs sends method path to p with credential ("" for none) and returns the status and body;
-// out, when not nil, receives a 200's or 201's body.
+// callAs sends method path to p with credential ("" for none) and returns the status and body
+// (the error, with status 0, when there was no answer); out, when not nil, receives a 200's or
+// 201's body.
 func callAs(t *testing.T, p *proc, credential, method, path string, body, out any) (int, string) {
 	t.Helper()
 	return callAsCtx(context.Background(), t, p, credential, method, path, body, out)
 }
 
 func callAsCtx(ctx context.Context, t *testing.T, p *proc, credential, method, path string, body, out any) (int, string) {
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
+	t.Helper()
+	r := p.call(ctx, t, credential, method, path, body, out)
+	if r.err != nil {
+		return 0, r.err.Error()
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+p.HTTP+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if credential != "" {
-		req.Header.Set("Authorization", "Bearer "+credential)
-	}
-	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusCreated) {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Errorf("%s %s: %v: %s", method, path, err, b)
-		}
-	}
-	return resp.StatusCode, string(b)
+	return r.status, string(r.body)
 }
 
 type operatorRoute struct {

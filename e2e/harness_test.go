@@ -5,10 +5,12 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -59,6 +61,9 @@ type procCluster struct {
 	t     *testing.T
 	c     *localcluster.Cluster
 	procs []*proc
+	// token is the credential the harness reads the nodes with (the replica check): a management
+	// token on a cluster with --acl, "" otherwise.
+	token string
 }
 
 // Agent flags every test node gets; a test's extra flags come after them (the last one wins).
@@ -198,12 +203,18 @@ func (p *proc) view() *client.Cluster {
 }
 
 // getJSON decodes the answer to GET path on p into v; a status other than 200 is an error.
-func (p *proc) getJSON(path string, v any) error {
+func (p *proc) getJSON(path string, v any) error { return p.getJSONAs("", path, v) }
+
+// getJSONAs is getJSON with a bearer credential ("" for none).
+func (p *proc) getJSONAs(credential, path string, v any) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.HTTP+path, nil)
 	if err != nil {
 		return err
+	}
+	if credential != "" {
+		req.Header.Set("Authorization", "Bearer "+credential)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -306,4 +317,49 @@ func (pc *procCluster) waitCluster(p *proc, want int) *client.Cluster {
 		return alive == want
 	})
 	return cl
+}
+
+// apiReply is a node's answer to one raw API request.
+type apiReply struct {
+	status int // 0 when the request got no answer (err)
+	header http.Header
+	body   []byte
+	err    error
+}
+
+// apiClient is the client of raw API calls: long enough a deadline for a blocking read.
+var apiClient = &http.Client{Timeout: 2 * time.Minute}
+
+// call sends method path to p's API with a bearer credential ("" for none) and body as JSON (nil
+// for none), and reads the answer; out, when not nil, receives the body of a 200 or a 201.
+func (p *proc) call(ctx context.Context, t *testing.T, credential, method, path string, body, out any) apiReply {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+p.HTTP+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if credential != "" {
+		req.Header.Set("Authorization", "Bearer "+credential)
+	}
+	resp, err := apiClient.Do(req)
+	if err != nil {
+		return apiReply{err: err}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusCreated) {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Errorf("%s %s: %v: %s", method, path, err, b)
+		}
+	}
+	return apiReply{status: resp.StatusCode, header: resp.Header, body: b}
 }

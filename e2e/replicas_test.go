@@ -30,10 +30,10 @@ func (r replicaRecord) String() string {
 	return fmt.Sprintf("%s attempt %d result %s history %s", r.State, r.Attempt, res.String(), hist.String())
 }
 
-// replicaView reads every task of p as id -> record text.
-func (p *proc) replicaView() (map[string]string, error) {
+// replicaView reads every task of p as id -> record text, with credential ("" for none).
+func (p *proc) replicaView(credential string) (map[string]string, error) {
 	var recs []replicaRecord
-	if err := p.getJSON("/v1/tasks?limit=10000", &recs); err != nil {
+	if err := p.getJSONAs(credential, "/v1/tasks?limit=10000", &recs); err != nil {
 		return nil, err
 	}
 	out := make(map[string]string, len(recs))
@@ -57,7 +57,7 @@ func (pc *procCluster) checkReplicas() {
 	}
 	var diff string
 	err := localcluster.Until(30*time.Second, 200*time.Millisecond, func() bool {
-		diff = replicaDiff(live)
+		diff = replicaDiff(live, pc.token)
 		return diff == ""
 	})
 	if err != nil {
@@ -65,12 +65,13 @@ func (pc *procCluster) checkReplicas() {
 	}
 }
 
-// replicaDiff compares every node's records with the first node's; "" when all agree.
-func replicaDiff(live []*proc) string {
+// replicaDiff compares every node's records, read with credential, with the first node's; ""
+// when all agree.
+func replicaDiff(live []*proc, credential string) string {
 	views := make([]map[string]string, len(live))
 	var b strings.Builder
 	for i, p := range live {
-		v, err := p.replicaView()
+		v, err := p.replicaView(credential)
 		if err != nil {
 			fmt.Fprintf(&b, "%s: %v\n", p.Name, err)
 			continue

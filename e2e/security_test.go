@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -160,35 +159,18 @@ func TestRawTCPOnTheRaftPortIsRefusedAndTheClusterStaysHealthy(t *testing.T) {
 	}
 }
 
-// operatorCall sends an operator request to p and decodes the answer into out.
+// operatorCall sends an operator request to p with the management credential the operator on
+// p's machine holds, and decodes a 200's answer into out.
 func operatorCall(t *testing.T, p *proc, method, path string, body, out any) int {
 	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
+	r := p.call(context.Background(), t, managementCredential(t, p), method, path, body, out)
+	if r.err != nil {
+		t.Fatal(r.err)
 	}
-	req, err := http.NewRequest(method, "http://"+p.HTTP+path, rd)
-	if err != nil {
-		t.Fatal(err)
+	if r.status != http.StatusOK {
+		t.Logf("%s %s: %d %s", method, path, r.status, r.body)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+managementCredential(t, p)) // the operator on p's machine
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: %v: %s", method, path, err, b)
-		}
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Logf("%s %s: %d %s", method, path, resp.StatusCode, b)
-	}
-	return resp.StatusCode
+	return r.status
 }
 
 func TestJoinTokenAndKeyringRotateOnThreeProcessesWithNoNodeLost(t *testing.T) {
