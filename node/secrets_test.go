@@ -54,6 +54,13 @@ func TestDataDirOpenToOthersIsRefusedAndModesInsideAreFixed(t *testing.T) {
 	if err := os.MkdirAll(snap, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// Past the umask, which an agent started in-process by another test of this package has made
+	// 0077 for the whole process.
+	for d := snap; d != dir; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	files := map[string]fs.FileMode{
 		filepath.Join(snap, "state.bin"):          0o644,
 		filepath.Join(dir, "raft-id"):             0o644,
