@@ -309,19 +309,31 @@ func TestRetriesBackOffUntilMaxAttempts(t *testing.T) {
 	if code := httpCall(t, n, "POST", "/v1/tasks", map[string]any{"type": "flaky", "input": map[string]int{"fail_attempts": 2}, "max_attempts": 3}, &flaky); code != 201 && code != 200 {
 		t.Fatalf("submit flaky: %d", code)
 	}
-	// Follow every change of the task with blocking reads, to see the retry deadline (NotBefore)
-	// each failure was given while the task waits for it.
+	// Follow every change of the task in the node's FSM, to see the retry deadline (NotBefore)
+	// each failure was given while the task waits for it. The FSM is read right after each apply
+	// (a blocking HTTP read could come back after the one-second wait was over, on a loaded
+	// machine, and miss it).
 	notBefore := map[int]time.Time{} // by failures so far
-	for !fsm.State(flaky.State).Terminal() {
-		prev := flaky.ModifyIndex
-		httpCall(t, n, "GET", fmt.Sprintf("/v1/tasks/%s?wait=30s&index=%d", flaky.ID, prev), nil, &flaky)
-		if flaky.ModifyIndex == prev {
-			t.Fatalf("flaky: no change in 30 s from %s attempt %d", flaky.State, flaky.Attempt)
+	deadline := time.After(60 * time.Second)
+	for {
+		changed := n.FSM().Changed()
+		rec, ok := n.FSM().Task(flaky.ID)
+		if !ok {
+			t.Fatalf("flaky task %s not in the FSM", flaky.ID)
 		}
-		if flaky.State == api.StatePending && flaky.NotBefore != nil {
-			notBefore[flaky.Failures] = *flaky.NotBefore
+		if rec.State == fsm.Pending && rec.NotBefore != nil {
+			notBefore[rec.Failures] = *rec.NotBefore
+		}
+		if rec.State.Terminal() {
+			break
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("flaky: not finished in 60 s: %s attempt %d", rec.State, rec.Attempt)
 		}
 	}
+	httpCall(t, n, "GET", "/v1/tasks/"+flaky.ID, nil, &flaky)
 	if flaky.State != api.StateSucceeded || flaky.Attempt != 3 || flaky.Failures != 2 || string(flaky.Result) != `{"attempt":3}` {
 		t.Fatalf("flaky: %s attempt %d failures %d result %s", flaky.State, flaky.Attempt, flaky.Failures, flaky.Result)
 	}
