@@ -325,8 +325,9 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 		const wait = 3 * time.Second
 		typed := make(chan string, 1)
 		sent := time.Now()
+		typedPath := "/v1/tasks?type=echo&wait=3s&index=" + index // index is reused below
 		go func() {
-			_, _, b := leakCall(context.Background(), t, p, attacker, "GET", "/v1/tasks?type=echo&wait=3s&index="+index, nil, nil)
+			_, _, b := leakCall(context.Background(), t, p, attacker, "GET", typedPath, nil, nil)
 			typed <- b
 		}()
 		// And one over everything it may read, which a change it may see must end.
@@ -340,8 +341,9 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 			body  string
 		}
 		all := make(chan reply, 1)
+		allPath := "/v1/tasks?wait=60s&index=" + index
 		go func() {
-			code, idx, b := leakCall(context.Background(), t, p, attacker, "GET", "/v1/tasks?wait=60s&index="+index, nil, nil)
+			code, idx, b := leakCall(context.Background(), t, p, attacker, "GET", allPath, nil, nil)
 			all <- reply{code, idx, b}
 		}()
 
