@@ -29,6 +29,29 @@ func init() {
 	register(Spec[ACLPolicyDelete]{Type: CmdACLPolicyDelete, Name: "acl_policy_delete", Since: 1, Forwardable: true, Apply: (*FSM).applyACLPolicyDelete})
 	register(Spec[ACLTokenCreate]{Type: CmdACLTokenCreate, Name: "acl_token_create", Since: 1, Forwardable: true, Apply: (*FSM).applyACLTokenCreate})
 	register(Spec[ACLTokenDelete]{Type: CmdACLTokenDelete, Name: "acl_token_delete", Since: 1, Forwardable: true, Apply: (*FSM).applyACLTokenDelete})
+
+	registerTable(Table[acl.State]{
+		Name: "acl",
+		Pos:  30,
+		// Absent from snapshots of clusters that never used ACLs (and of builds before them).
+		Capture: func(f *FSM) (acl.State, bool) {
+			st := f.acl.State()
+			return st, st.Bootstrapped || len(st.Policies) > 0 || len(st.Tokens) > 0
+		},
+		// A state that does not validate is refused before the restore changes anything.
+		Check: func(st *acl.State) error { return acl.NewMemStore().Restore(*st) },
+		Install: func(f *FSM, st *acl.State) {
+			var s acl.State
+			if st != nil {
+				s = *st
+			}
+			_ = f.acl.Restore(s) // Check passed on this very state (and the empty one is valid)
+		},
+		Digest: func(f *FSM, put func(any)) {
+			put("acl")
+			put(f.acl.State()) // policies by name, tokens by accessor ID, the bootstrap flag
+		},
+	})
 }
 
 // ACLBootstrap records the first management token; a cluster bootstrapped before refuses it

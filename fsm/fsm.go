@@ -1,22 +1,20 @@
 package fsm
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"slices"
 	"sort"
 	"sync"
 	"time"
 
-	"github.com/google/btree"
 	"github.com/hashicorp/raft"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/taskworker/taskworker/internal/acl"
 )
 
 // FSM is the replicated state machine. It is safe for concurrent readers while raft applies.
+// Every field of replicated state but tasks and index belongs to a table, which registers with
+// snapshots, restores and the digest in its own file (table.go).
 type FSM struct {
 	mu sync.RWMutex
 	// tasks and their indexes (store.go); records in it never change, so a snapshot can walk a
@@ -24,8 +22,8 @@ type FSM struct {
 	tasks *store
 	// unique is the unique-task lock table (unique.go).
 	unique *uniqueTable
-	nodes  map[string]*Node
-	acl    *acl.MemStore // policies, tokens, bootstrap flag (acl.go); same pointer for life
+	nodes  map[string]*Node // by name (nodes.go)
+	acl    *acl.MemStore    // policies, tokens, bootstrap flag (acl.go); same pointer for life
 	// security is the join secret and gossip keyring (security.go).
 	security Security
 	// queues are the queue settings and type limits (queue.go).
@@ -50,17 +48,17 @@ type FSM struct {
 
 // New returns an empty FSM.
 func New() *FSM {
-	return &FSM{
-		tasks:    newStore(),
-		unique:   newUniqueTable(),
-		nodes:    map[string]*Node{},
-		acl:      acl.NewMemStore(),
-		changed:  make(chan struct{}),
-		haltedCh: make(chan struct{}),
-
-		schedules:    map[string]*Schedule{},
+	f := &FSM{
+		tasks:        newStore(),
+		acl:          acl.NewMemStore(),
+		changed:      make(chan struct{}),
+		haltedCh:     make(chan struct{}),
 		schedChanged: make(chan struct{}),
 	}
+	for _, t := range tables {
+		t.install(f, nil) // each table starts empty, as after a snapshot without its section
+	}
+	return f
 }
 
 // Apply implements raft.FSM. An entry this build cannot decode (a command type it does not know, a
@@ -622,285 +620,6 @@ func (f *FSM) purgeMatches(p *Purge) []string {
 		}
 	}
 	return ids
-}
-
-// snapshotState is the msgpack form of a snapshot, as earlier releases wrote it in one piece.
-// Persist streams exactly these bytes and decodeSnapshot reads them key by key; the struct stays
-// as the format's definition (and tests build snapshots with it).
-type snapshotState struct {
-	Index uint64 `msgpack:"index"`
-	Tasks []Task `msgpack:"tasks"`
-	Nodes []Node `msgpack:"nodes"`
-	// ACL is absent in snapshots of builds before ACLs and of clusters that never used them.
-	ACL *acl.State `msgpack:"acl,omitempty"`
-	// Security is absent in snapshots of clusters that never had any (and of older releases).
-	Security *Security `msgpack:"security,omitempty"`
-	// Schedules is absent in snapshots of clusters without schedules (and of older releases).
-	Schedules []Schedule `msgpack:"schedules,omitempty"`
-	// Unique is absent while no unique lock is held (and in snapshots of older releases).
-	Unique []UniqueLock `msgpack:"unique,omitempty"`
-}
-
-// Snapshot implements raft.FSM. It clones the task index (O(1): the tree is copy-on-write and
-// records never change once stored) and copies the small rest; Persist encodes from that view
-// while Apply goes on. A halted FSM refuses: raft would record its state as that of a later
-// index, which it is not.
-func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	f.mu.Lock() // Clone writes the tree's copy-on-write context: no reader may walk it meanwhile
-	defer f.mu.Unlock()
-	if f.halt != nil {
-		return nil, fmt.Errorf("snapshot: %w", f.halt)
-	}
-	s := &snapshot{index: f.index, tasks: f.tasks.all.Clone(), names: f.tasks.names.list, arena: f.tasks.arena, nodes: make([]Node, 0, len(f.nodes))}
-	s.arena.pin() // until Release: the frozen records it walks stay where they are
-	if f.unique.len() > 0 {
-		s.unique = f.unique.locks()
-	}
-	for _, name := range sortedKeys(f.nodes) {
-		s.nodes = append(s.nodes, f.nodes[name].clone())
-	}
-	if st := f.acl.State(); st.Bootstrapped || len(st.Policies) > 0 || len(st.Tokens) > 0 {
-		s.acl = &st
-	}
-	if !f.security.zero() {
-		sec := f.security.clone()
-		s.security = &sec
-	}
-	for _, name := range sortedKeys(f.schedules) {
-		s.schedules = append(s.schedules, f.schedules[name].clone())
-	}
-	if !f.queues.zero() {
-		q := f.queues.clone()
-		s.queues = &q
-	}
-	return s, nil
-}
-
-// snapshot is an immutable view of the state at one index.
-type snapshot struct {
-	index    uint64
-	tasks    *btree.BTreeG[*entry]
-	names    []string // the names frozen records refer to, as they were (the list only grows)
-	arena    *arena   // holds the frozen records; pinned until Release
-	released sync.Once
-	nodes    []Node
-	acl      *acl.State
-	security *Security
-	// schedules is written only when there are some, so snapshots of clusters without any keep
-	// the format earlier releases read.
-	schedules []Schedule
-	unique    []UniqueLock // nil when empty: the section is then left out
-	queues    *queueTables
-}
-
-// Persist streams the snapshot one record at a time, in exactly the bytes msgpack writes for
-// snapshotState (the format of earlier releases, which they can restore): a map of index, tasks
-// (oldest first), nodes, and acl and security when set.
-func (s *snapshot) Persist(sink raft.SnapshotSink) error {
-	w := bufio.NewWriterSize(sink, 256<<10)
-	if err := s.encode(w); err != nil {
-		sink.Cancel()
-		return fmt.Errorf("persist snapshot: %w", err)
-	}
-	if err := w.Flush(); err != nil {
-		sink.Cancel()
-		return fmt.Errorf("persist snapshot: %w", err)
-	}
-	return sink.Close()
-}
-
-func (s *snapshot) encode(w io.Writer) error {
-	enc := msgpack.NewEncoder(w)
-	fields := 3
-	if s.acl != nil {
-		fields++
-	}
-	if s.security != nil {
-		fields++
-	}
-	if len(s.schedules) > 0 {
-		fields++
-	}
-	if s.unique != nil {
-		fields++
-	}
-	if s.queues != nil {
-		fields++
-	}
-	if err := enc.EncodeMapLen(fields); err != nil {
-		return err
-	}
-	if err := encodeAll(enc, "index", s.index); err != nil {
-		return err
-	}
-	if err := enc.EncodeString("tasks"); err != nil {
-		return err
-	}
-	if err := enc.EncodeArrayLen(s.tasks.Len()); err != nil {
-		return err
-	}
-	var err error
-	var thawed Task // every frozen record is thawed into this one, encoded, and forgotten
-	s.tasks.Ascend(func(e *entry) bool {
-		t := e.t
-		if t == nil {
-			if err = thawInto(&thawed, e.cold, s.names); err != nil {
-				return false
-			}
-			t = &thawed
-		}
-		err = enc.Encode(t)
-		return err == nil
-	})
-	if err != nil {
-		return err
-	}
-	if err := encodeAll(enc, "nodes", s.nodes); err != nil {
-		return err
-	}
-	if s.acl != nil {
-		if err := encodeAll(enc, "acl", s.acl); err != nil {
-			return err
-		}
-	}
-	if s.security != nil {
-		if err := encodeAll(enc, "security", s.security); err != nil {
-			return err
-		}
-	}
-	if len(s.schedules) > 0 {
-		if err := encodeAll(enc, "schedules", s.schedules); err != nil {
-			return err
-		}
-	}
-	if s.unique != nil {
-		if err := encodeAll(enc, "unique", s.unique); err != nil {
-			return err
-		}
-	}
-	if s.queues != nil { // absent unless a queue or type limit was ever set: old builds skip it
-		if err := encodeAll(enc, "queues", s.queues); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func encodeAll(enc *msgpack.Encoder, key string, v any) error {
-	if err := enc.EncodeString(key); err != nil {
-		return err
-	}
-	return enc.Encode(v)
-}
-
-// Release implements raft.FSMSnapshot.
-func (s *snapshot) Release() { s.released.Do(s.arena.unpin) }
-
-// Restore implements raft.FSM: it replaces the whole state with the snapshot's. It decodes one
-// record at a time into a new store, built outside the lock; the swap is all Apply waits for.
-func (f *FSM) Restore(rc io.ReadCloser) error {
-	defer rc.Close()
-	s, err := decodeSnapshot(rc)
-	if err != nil {
-		return fmt.Errorf("restore snapshot: %w", err)
-	}
-	var aclState acl.State
-	if s.acl != nil {
-		aclState = *s.acl
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.halt != nil { // the entries after the snapshot would halt it again; restart on a newer build
-		return fmt.Errorf("restore snapshot: %w", f.halt)
-	}
-	// First, as it validates everything before it changes anything: a bad ACL state leaves the
-	// whole FSM as it was.
-	if err := f.acl.Restore(aclState); err != nil {
-		return fmt.Errorf("restore snapshot: %w", err)
-	}
-	f.tasks = s.store
-	f.unique = s.unique
-	f.nodes = make(map[string]*Node, len(s.nodes))
-	for i := range s.nodes {
-		f.nodes[s.nodes[i].Name] = &s.nodes[i]
-	}
-	f.security = Security{}
-	if s.security != nil {
-		f.security = s.security.hashed()
-	}
-	f.schedules = make(map[string]*Schedule, len(s.schedules))
-	for i := range s.schedules {
-		f.schedules[s.schedules[i].Name] = &s.schedules[i]
-	}
-	f.wakeSchedules()
-	f.queues = queueTables{}
-	if s.queues != nil {
-		f.queues = *s.queues
-	}
-	f.index = s.index
-	f.watches.touchAll()
-	close(f.changed)
-	f.changed = make(chan struct{})
-	return nil
-}
-
-// restored is a decoded snapshot.
-type restored struct {
-	index     uint64
-	store     *store
-	nodes     []Node
-	acl       *acl.State
-	security  *Security
-	schedules []Schedule // absent in snapshots before schedules, or without any
-	unique    *uniqueTable
-	queues    *queueTables
-}
-
-// decodeSnapshot reads the snapshot map key by key, the tasks one by one, so a million records
-// never sit in memory twice; keys it does not know are skipped, as msgpack.Unmarshal did.
-func decodeSnapshot(r io.Reader) (s *restored, err error) {
-	defer func() {
-		if p := recover(); p != nil { // msgpack v5 panics on some malformed input
-			s, err = nil, fmt.Errorf("malformed msgpack: %v", p)
-		}
-	}()
-	br := bufio.NewReaderSize(r, restoreBuffer)
-	dec := msgpack.NewDecoder(br) // a *bufio.Reader is read directly, without a buffer of its own
-	s = &restored{store: newStore(), unique: newUniqueTable()}
-	n, err := dec.DecodeMapLen()
-	if err != nil {
-		return nil, err
-	}
-	for range max(n, 0) {
-		key, err := dec.DecodeString()
-		if err != nil {
-			return nil, err
-		}
-		switch key {
-		case "index":
-			err = dec.Decode(&s.index)
-		case "tasks":
-			err = decodeTasks(dec, br, s.store)
-		case "nodes":
-			err = dec.Decode(&s.nodes)
-		case "acl":
-			err = dec.Decode(&s.acl)
-		case "security":
-			err = dec.Decode(&s.security)
-		case "schedules":
-			err = dec.Decode(&s.schedules)
-		case "unique": // absent in snapshots of states without unique locks, and of older builds
-			err = decodeUnique(dec, s.unique)
-		case "queues":
-			err = dec.Decode(&s.queues)
-		default:
-			err = dec.Skip()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
-		}
-	}
-	return s, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

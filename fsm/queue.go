@@ -22,6 +22,25 @@ const (
 func init() {
 	register(Spec[QueueSet]{Type: CmdQueueSet, Name: "queue_set", Since: 2, Forwardable: true, Apply: (*FSM).applyQueueSet})
 	register(Spec[TypeLimitSet]{Type: CmdTypeLimitSet, Name: "type_limit_set", Since: 2, Forwardable: true, Apply: (*FSM).applyTypeLimitSet})
+
+	registerTable(Table[queueTables]{
+		Name: "queues",
+		Pos:  70,
+		// Absent unless a queue setting or type limit was ever set: older builds skip it.
+		Capture: func(f *FSM) (queueTables, bool) { return f.queues.clone(), !f.queues.zero() },
+		Install: func(f *FSM, q *queueTables) {
+			f.queues = queueTables{}
+			if q != nil {
+				f.queues = *q
+			}
+		},
+		Digest: func(f *FSM, put func(any)) {
+			if !f.queues.zero() {
+				put("queues")
+				put(f.queues)
+			}
+		},
+	})
 }
 
 // MaxPriority bounds a task's priority both ways (-MaxPriority..MaxPriority).

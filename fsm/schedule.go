@@ -34,6 +34,39 @@ func init() {
 	register(Spec[SchedulePut]{Type: CmdSchedulePut, Name: "schedule_put", Since: 2, Forwardable: true, Apply: (*FSM).applySchedulePut})
 	register(Spec[ScheduleDelete]{Type: CmdScheduleDelete, Name: "schedule_delete", Since: 2, Forwardable: true, Apply: (*FSM).applyScheduleDelete})
 	register(Spec[ScheduleFire]{Type: CmdScheduleFire, Name: "schedule_fire", Since: 2, Forwardable: true, Apply: (*FSM).applyScheduleFire, Prepare: prepareFire})
+
+	registerTable(Table[[]Schedule]{
+		Name: "schedules",
+		Pos:  50,
+		// Absent while there are none: snapshots and digests of clusters without schedules are
+		// those of releases before them.
+		Capture: func(f *FSM) ([]Schedule, bool) {
+			var out []Schedule
+			for _, name := range sortedKeys(f.schedules) {
+				out = append(out, f.schedules[name].clone())
+			}
+			return out, len(out) > 0
+		},
+		Install: func(f *FSM, s *[]Schedule) {
+			var ss []Schedule
+			if s != nil {
+				ss = *s
+			}
+			f.schedules = make(map[string]*Schedule, len(ss))
+			for i := range ss {
+				f.schedules[ss[i].Name] = &ss[i]
+			}
+			f.wakeSchedules()
+		},
+		Digest: func(f *FSM, put func(any)) {
+			if len(f.schedules) > 0 {
+				put("schedules")
+				for _, name := range sortedKeys(f.schedules) {
+					put(f.schedules[name])
+				}
+			}
+		},
+	})
 }
 
 // Overlap is what a schedule does with a tick while its previous run is unfinished. The names

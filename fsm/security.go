@@ -31,6 +31,26 @@ func init() {
 	register(Spec[JoinSecret]{Type: CmdJoinSecret, Name: "join_secret", Since: 1, Forwardable: true, Apply: (*FSM).applyJoinSecret})
 	register(Spec[KeyringOp]{Type: CmdKeyring, Name: "keyring", Since: 1, Forwardable: true, Apply: (*FSM).applyKeyring})
 	register(Spec[Management]{Type: CmdManagement, Name: "management", Since: 4, Forwardable: true, Apply: (*FSM).applyManagement})
+
+	registerTable(Table[Security]{
+		Name: "security",
+		Pos:  40,
+		// Absent while unused: snapshots and digests of clusters without it are those of
+		// releases before it.
+		Capture: func(f *FSM) (Security, bool) { return f.security.clone(), !f.security.zero() },
+		Install: func(f *FSM, s *Security) {
+			f.security = Security{}
+			if s != nil {
+				f.security = s.hashed()
+			}
+		},
+		Digest: func(f *FSM, put func(any)) {
+			if !f.security.zero() {
+				put("security")
+				put(f.security)
+			}
+		},
+	})
 }
 
 // hashPrefix marks a secret's hash as the state keeps it.

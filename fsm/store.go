@@ -9,6 +9,22 @@ import (
 	"github.com/google/btree"
 )
 
+// The idempotency keys are in the digest, after the nodes, though not in snapshots: a restore
+// rebuilds them from the tasks, as it does every index of the store.
+func init() {
+	registerTable(Table[struct{}]{
+		Name: "idempotency",
+		Pos:  25,
+		Digest: func(f *FSM, put func(any)) {
+			put("idempotency")
+			for _, key := range sortedKeys(f.tasks.idem) {
+				put(key)
+				put(f.tasks.idem[key])
+			}
+		},
+	})
+}
+
 // store holds the tasks and the indexes every read and the scheduler use. Each index is an
 // ordered tree, so a read costs O(log n + what it returns) and not O(all tasks). The indexes over
 // every task hold entries (the keys they order by and the record: live while the task can change,

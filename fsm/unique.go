@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/google/btree"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // MaxUniqueFor bounds a unique task's window, so the lock table cannot grow without end.
@@ -104,14 +103,31 @@ func (f *FSM) checkUnique(s *Submit, now time.Time) (ItemResult, bool) {
 	return ItemResult{}, true
 }
 
-// decodeUnique reads the snapshot's optional "unique" section.
-func decodeUnique(dec *msgpack.Decoder, u *uniqueTable) error {
-	var ls []UniqueLock
-	if err := dec.Decode(&ls); err != nil {
-		return err
-	}
-	for i := range ls {
-		u.put(&ls[i])
-	}
-	return nil
+func init() {
+	registerTable(Table[[]UniqueLock]{
+		Name: "unique",
+		Pos:  60,
+		// Absent while no lock is held: states without unique locks keep their snapshots and
+		// digests.
+		Capture: func(f *FSM) ([]UniqueLock, bool) {
+			if f.unique.len() == 0 {
+				return nil, false
+			}
+			return f.unique.locks(), true
+		},
+		Install: func(f *FSM, s *[]UniqueLock) {
+			f.unique = newUniqueTable()
+			if s != nil {
+				for i := range *s {
+					f.unique.put(&(*s)[i])
+				}
+			}
+		},
+		Digest: func(f *FSM, put func(any)) {
+			if f.unique.len() > 0 {
+				put("unique")
+				put(f.unique.locks())
+			}
+		},
+	})
 }

@@ -1,0 +1,34 @@
+package fsm
+
+// The nodes table: every node that ever registered, by name. Register, node_down and drain
+// (fsm.go) change it.
+func init() {
+	registerTable(Table[[]Node]{
+		Name: "nodes",
+		Pos:  20,
+		Capture: func(f *FSM) ([]Node, bool) {
+			ns := make([]Node, 0, len(f.nodes)) // never nil: every snapshot has the section
+			for _, name := range sortedKeys(f.nodes) {
+				ns = append(ns, f.nodes[name].clone())
+			}
+			return ns, true
+		},
+		Install: func(f *FSM, s *[]Node) {
+			var ns []Node
+			if s != nil {
+				ns = *s
+			}
+			f.nodes = make(map[string]*Node, len(ns))
+			for i := range ns {
+				f.nodes[ns[i].Name] = &ns[i]
+			}
+		},
+		Digest: func(f *FSM, put func(any)) {
+			put("nodes")
+			for _, name := range sortedKeys(f.nodes) {
+				put(name)
+				put(f.nodes[name])
+			}
+		},
+	})
+}
