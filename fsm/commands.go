@@ -20,8 +20,8 @@ const (
 	CmdDrain    CommandType = 6 // a node starts (or stops) draining
 	CmdCancel   CommandType = 7 // cancel tasks
 	CmdRemove   CommandType = 8 // drop finished tasks past retention
-	// 9, 10, 24: security.go; 11..15: acl.go; 16, 17: queue.go.
-	// 16..21 are issue 14's queues and schedules.
+	// 9, 10, 24: security.go; 11..15: acl.go; 16, 17: queue.go; 18..20: schedule.go.
+	// 21 was never assigned; take new numbers after the highest.
 	CmdRetry CommandType = 22 // send failed or cancelled tasks back to pending (retry now)
 	CmdPurge CommandType = 23 // drop finished tasks matching a filter
 )
@@ -30,9 +30,9 @@ const (
 // type is written to the log only once every up node speaks at least its Since. Protocol 0 is the
 // release before protocol numbers, which reads only the legacy encoding (legacy.go).
 //
-// Protocol 2 adds fields to existing payloads (issue 14's scheduling options on Submit, say). A
-// payload that uses one says so through NeedsProtocol, so the leader writes it only once every up
-// node decodes it: an older replica would halt on the unknown field.
+// Protocol 2 adds fields to existing payloads (Submit's run_at, priority, queue and unique key,
+// say). A payload that uses one says so through NeedsProtocol, so the leader writes it only once
+// every up node decodes it: an older replica would halt on the unknown field.
 //
 // Protocol 3 adds Assign.Capped: an assignment the FSM applies only while its node has a free slot,
 // so that the leader can place a task right behind its submit while its scheduler loop places
@@ -50,7 +50,11 @@ type NeedsProtocol interface {
 	NeedsProtocol() int
 }
 
-// The command table: one registration per command type, the only place a command is described.
+// The command table: each command type registers once (register), with its payload, name,
+// protocol, forwarding and apply function; encoding, decoding and Apply go through the table.
+// The task and node commands register here; the others register next to their apply functions
+// and state, in acl.go, security.go, queue.go and schedule.go. The state they change registers
+// once as well, as a Table (table.go) in the file that owns it.
 func init() {
 	register(Spec[SubmitBatch]{Type: CmdSubmit, Name: "submit", Forwardable: true, Apply: (*FSM).applySubmit, Prepare: prepareSubmit})
 	register(Spec[AssignBatch]{Type: CmdAssign, Name: "assign", Apply: (*FSM).applyAssign})

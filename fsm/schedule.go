@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// Periodic schedules (issue 14): a schedule names a cron spec and the task it submits at each
+// Periodic schedules: a schedule names a cron spec and the task it submits at each
 // tick. The table is replicated so that any node may lead and fire it; what fired last is part
 // of it, so a new leader continues where the old one stopped.
 //

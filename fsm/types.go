@@ -1,26 +1,38 @@
-// Package fsm owns taskworker's replicated state: tasks, nodes and idempotency keys, the msgpack
-// commands that change them, and raft's FSM (Apply, Snapshot, Restore) with watch notifications.
+// Package fsm owns taskworker's replicated state: tasks, nodes, idempotency keys, ACLs, security,
+// schedules, unique locks and queue settings, the msgpack commands that change them, and raft's
+// FSM (Apply, Snapshot, Restore) with watch notifications.
 //
 // It knows nothing of networking or clocks: every timestamp, ID and backoff deadline arrives inside
 // a command, chosen by the leader before Apply, so every replica computes the same state.
 //
 // # Adding a command type
 //
-// Everything about a command type lives in one registration in commands.go's init:
+// A command type is one registration (register, commands.go) in an init function: commands.go's
+// for the task and node commands (their apply functions are in fsm.go), and for the others that
+// of the file holding their apply functions and state (acl.go, security.go, queue.go,
+// schedule.go):
 //
 //  1. Add a CommandType constant with the next free number (below 0x80; never renumber or reuse).
-//  2. Define its payload struct with msgpack tags next to the others; implement Batch (Len,
-//     Append) if the leader's batcher may merge proposals of it.
+//  2. Define its payload struct with msgpack tags; implement Batch (Len, Append) if the leader's
+//     batcher may merge proposals of it.
 //  3. Raise Protocol by one and register the type with Since set to the new Protocol, its Name,
-//     Forwardable if followers may send it to the leader, its Apply (in fsm.go, with the state
-//     changes) and, if the leader must decide something first (a deadline, a backoff), Prepare.
+//     Forwardable if followers may send it to the leader, its Apply (the state changes) and, if
+//     the leader must decide something first (a deadline, a backoff), Prepare.
 //
-// Node's forwarding, the leader's apply and the batcher read the table: nothing else changes.
+// Encoding, decoding, the leader's apply and the batcher read the table: nothing else changes.
 // The leader emits the type only once every up node has registered a protocol >= Since (Emit
 // returns ErrProtocolTooOld before that), so an older replica never meets it; one that does
 // anyway halts instead of skipping it (Apply, Halted). A field added to an existing payload makes
 // older replicas halt when they meet it, so a field that must be emitted during a rolling upgrade
 // belongs in a new command type. legacy.go is frozen: new types have no legacy form.
+//
+// # Adding state
+//
+// New replicated state is a field of FSM and one registerTable (table.go) in the file that owns
+// it, with a Pos after every other table's: how to copy it for a snapshot, install it from one,
+// and add it to the digest. Snapshot, Restore (snapshot.go), New and Digest (digest.go) walk the
+// registered tables. A table left out of snapshots while unused keeps them readable by releases
+// before it; older releases skip sections they do not know.
 package fsm
 
 import (
