@@ -58,16 +58,19 @@ func (n *Node) checkLeave() error {
 // get up to the drain timeout to finish, the rest are handed back to run elsewhere, leadership
 // moves away, the node leaves raft and gossip, and it shuts down. Without force, a leave that
 // would remove the last node or break quorum is refused; with force it drains and stops anyway.
+//
+// leaveMu guards only the claim (claimLeave): checkLeave reads raft's configuration and the
+// drain is proposed through raft, and a stop (stopFailed) must not wait on either.
 func (n *Node) Leave(ctx context.Context, force bool) error {
-	n.leaveMu.Lock()
-	defer n.leaveMu.Unlock()
-	if n.leaveStarted {
+	if n.leaveClaimed() {
 		return nil
 	}
 	if !n.joined.Load() {
 		// Still looking for its cluster: no tasks, no raft membership, nobody to tell. Waiting on
 		// a drain record that no leader will take would only delay the exit.
-		n.leaveStarted = true
+		if !n.claimLeave() {
+			return nil
+		}
 		n.log.Info("stopping at once: this node never joined a cluster")
 		go func() {
 			if err := n.Shutdown(); err != nil {
@@ -80,7 +83,9 @@ func (n *Node) Leave(ctx context.Context, force bool) error {
 	if err := n.checkLeave(); err != nil && !force {
 		return err
 	}
-	n.leaveStarted = true
+	if !n.claimLeave() {
+		return nil // another leave, or a stop, started meanwhile
+	}
 	n.leaving.Store(true)
 	// Record the drain before answering, so nothing new is placed here once the leave is accepted.
 	log := n.log.With("phase", "leave")
@@ -101,6 +106,24 @@ func (n *Node) Leave(ctx context.Context, force bool) error {
 		close(n.leaveDone)
 	}()
 	return nil
+}
+
+// leaveClaimed reports whether a leave or a stop has started.
+func (n *Node) leaveClaimed() bool {
+	n.leaveMu.Lock()
+	defer n.leaveMu.Unlock()
+	return n.leaveStarted
+}
+
+// claimLeave marks the leave started; false when a leave or a stop started first.
+func (n *Node) claimLeave() bool {
+	n.leaveMu.Lock()
+	defer n.leaveMu.Unlock()
+	if n.leaveStarted {
+		return false
+	}
+	n.leaveStarted = true
+	return true
 }
 
 func (n *Node) leave(ctx context.Context, log *slog.Logger) error {

@@ -730,17 +730,7 @@ func (n *Node) eventLoop(ctx context.Context) {
 				continue
 			}
 			lastMeta[ev.Member.Name] = ev.Member.Meta
-			n.noteRaftID(ev.Member)
-			n.deadMu.Lock()
-			switch ev.Type {
-			case membership.EventFail, membership.EventLeave:
-				if _, ok := n.deadSince[ev.Member.Name]; !ok {
-					n.deadSince[ev.Member.Name] = time.Now()
-				}
-			case membership.EventJoin:
-				delete(n.deadSince, ev.Member.Name)
-			}
-			n.deadMu.Unlock()
+			n.noteMemberEvent(ev)
 			n.log.Debug("membership event", "type", ev.Type, "member", ev.Member.Name, "state", ev.Member.State)
 			n.savePeers()
 			n.membershipChanged()
