@@ -205,7 +205,7 @@ func (b aclBackend) Token(_ context.Context, accessorID string) (api.ACLToken, b
 // follower sent beside the command ("" for none), and the node whose certificate made the call.
 type forwardCaller struct {
 	credential string
-	node       peerCaller
+	node       internodeCaller
 }
 
 // forwardRule is the leader's check of one forwarded command type: nil to apply it, else an

@@ -175,7 +175,7 @@ func TestLeaderAuthorizesForwardedCommandsAgain(t *testing.T) {
 		if secret != "" {
 			ctx = context.WithValue(ctx, credentialKey{}, acl.Secret(secret))
 		}
-		_, err := f.forward(ctx, f.peerAddr(l.Name()), &fsm.Command{Body: body}) // the leader's internode address
+		_, err := f.forward(ctx, f.internodeAddr(l.Name()), &fsm.Command{Body: body}) // the leader's internode address
 		return err
 	}
 	submitSquare := func(by string) *fsm.SubmitBatch {

@@ -57,11 +57,11 @@ func (n *Node) proposeOnce(ctx context.Context, c *fsm.Command) (*fsm.Result, er
 	}
 	changed := n.leaderChanges() // before the leader is read: a change after that closes it
 	target := n.Leader()
-	addr := n.leaderPeer()
+	addr := n.leaderInternodeAddr()
 	if addr == "" {
 		// Not a raft member yet (a joiner registering), or between leaders: any member answers
 		// with the leader's name.
-		if addr = n.anyPeer(); addr == "" {
+		if addr = n.anyInternodeAddr(); addr == "" {
 			return nil, ErrNoLeader
 		}
 	}
@@ -256,7 +256,7 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 	if err != nil {
 		return nil, err
 	}
-	req, err := n.peerRequest(ctx, http.MethodPost, addr, internodeApplyPath, bytes.NewReader(b))
+	req, err := n.internodeRequest(ctx, http.MethodPost, addr, internodeApplyPath, bytes.NewReader(b))
 	if err != nil {
 		return nil, err
 	}

@@ -51,7 +51,7 @@ func TestEveryForwardableCommandHasARule(t *testing.T) {
 
 func TestALeaderRefusesAForwardedTypeWithoutARule(t *testing.T) {
 	c := &fsm.Command{Body: &fsm.Down{Name: "n2"}} // node_down is never forwarded: no rule
-	err := (&Node{}).authorizeForward(c, forwardCaller{credential: "x", node: peerCaller{anyNode: true}})
+	err := (&Node{}).authorizeForward(c, forwardCaller{credential: "x", node: internodeCaller{anyNode: true}})
 	if !errors.Is(err, &api.Error{Code: api.CodeForbidden}) {
 		t.Fatalf("authorizeForward(node_down) = %v, want forbidden", err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/membership"
 )
@@ -30,8 +31,8 @@ import (
 // executor report can be checked against the node that sent it. In insecure mode it is plain
 // HTTP and callers are not known.
 
-// peerCaller is who made an internode call.
-type peerCaller struct {
+// internodeCaller is who made an internode call.
+type internodeCaller struct {
 	name string
 	// anyNode: the call cannot be tied to one node because nothing is authenticated (insecure
 	// mode), so it may act for any. A certificate that names no node never gets this.
@@ -39,19 +40,19 @@ type peerCaller struct {
 }
 
 // may reports whether the caller may act for the named node.
-func (c peerCaller) may(node string) bool { return c.anyNode || (c.name != "" && c.name == node) }
+func (c internodeCaller) may(node string) bool { return c.anyNode || (c.name != "" && c.name == node) }
 
 type callerKey struct{}
 
-func callerOf(ctx context.Context) peerCaller {
-	c, _ := ctx.Value(callerKey{}).(peerCaller)
+func callerOf(ctx context.Context) internodeCaller {
+	c, _ := ctx.Value(callerKey{}).(internodeCaller)
 	return c
 }
 
 // checkNodeIdentity checks that a forwarded command about a node comes from that node: only a
 // node registers, drains or reports for itself. Submits and cancels are users' requests that any
 // node may pass on.
-func checkNodeIdentity(c *fsm.Command, caller peerCaller) error {
+func checkNodeIdentity(c *fsm.Command, caller internodeCaller) error {
 	var names []string
 	switch b := c.Body.(type) {
 	case *fsm.Register:
@@ -77,7 +78,7 @@ func (n *Node) internodeAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s := n.sec
 		if s.insecure {
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, peerCaller{anyNode: true})))
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, internodeCaller{anyNode: true})))
 			return
 		}
 		if r.URL.Path == internodeJoinPath {
@@ -104,7 +105,7 @@ func (n *Node) internodeAuth(next http.Handler) http.Handler {
 			writeError(w, http.StatusForbidden, "forbidden", "internode calls need a certificate that names a node of this cluster")
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, peerCaller{name: name})))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, internodeCaller{name: name})))
 	})
 }
 
@@ -176,7 +177,7 @@ func (n *Node) serveInternode(ln net.Listener) {
 	}
 	log := n.log.With("component", "internode")
 	n.internode = &http.Server{
-		Handler:           n.internodeAuth(n.peerRoutes()),
+		Handler:           n.internodeAuth(n.internodeRoutes()),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		// Refused handshakes (no certificate, another CA) are logged here, one line each.
@@ -191,20 +192,20 @@ func (n *Node) serveInternode(ln net.Listener) {
 	}()
 }
 
-// newPeerClients makes the clients for internode calls: n.client for calls with a deadline and
-// n.streamClient for log follows that last as long as a task.
-func (n *Node) newPeerClients() {
+// newInternodeClients makes the clients for internode calls: n.client for calls with a deadline
+// and n.streamClient for log follows that last as long as a task.
+func (n *Node) newInternodeClients() {
 	// Each peer's gossip port admits limits.DefaultGossipMaxConnsPerClient (256) connections from
 	// one address; past it a forward is refused at accept and retried. Holding forwards to 64 per
 	// peer (a forward in flight takes one, and they wait for each other past that) and log
 	// follows, which last as long as a task, to 128 keeps a busy follower inside the cap.
-	n.client = &http.Client{Timeout: peerRequestTimeout, Transport: n.peerTransport(64)}
-	n.streamClient = &http.Client{Transport: n.peerTransport(128)}
+	n.client = &http.Client{Timeout: internodeRequestTimeout, Transport: n.internodeTransport(64)}
+	n.streamClient = &http.Client{Transport: n.internodeTransport(128)}
 }
 
-// peerTransport is an internode transport holding at most maxPerPeer connections to one node.
-func (n *Node) peerTransport(maxPerPeer int) *http.Transport {
-	tr := &http.Transport{MaxConnsPerHost: maxPerPeer, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
+// internodeTransport is an internode transport holding at most maxPerNode connections to one node.
+func (n *Node) internodeTransport(maxPerNode int) *http.Transport {
+	tr := &http.Transport{MaxConnsPerHost: maxPerNode, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
 	if s := n.sec; !s.insecure {
 		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			// Made per dial, so a reloaded CA bundle is trusted from the next connection on.
@@ -215,8 +216,8 @@ func (n *Node) peerTransport(maxPerPeer int) *http.Transport {
 	return tr
 }
 
-// peerRequest builds an internode request to the node at addr (its internode address).
-func (n *Node) peerRequest(ctx context.Context, method, addr, path string, body io.Reader) (*http.Request, error) {
+// internodeRequest builds an internode request to the node at addr (its internode address).
+func (n *Node) internodeRequest(ctx context.Context, method, addr, path string, body io.Reader) (*http.Request, error) {
 	scheme := "https://"
 	if n.sec.insecure {
 		scheme = "http://"
@@ -224,9 +225,9 @@ func (n *Node) peerRequest(ctx context.Context, method, addr, path string, body 
 	return http.NewRequestWithContext(ctx, method, scheme+addr+path, body)
 }
 
-// peerAddr is where the named node takes internode calls: its gossip address (or the address its
-// gossip metadata names), from gossip, else from its FSM record; "" when unknown.
-func (n *Node) peerAddr(name string) string {
+// internodeAddr is where the named node takes internode calls: its gossip address (or the
+// address its gossip metadata names), from gossip, else from its FSM record; "" when unknown.
+func (n *Node) internodeAddr(name string) string {
 	var members []membership.Member
 	if n.members != nil {
 		members = n.members.Members()
@@ -245,9 +246,10 @@ func (n *Node) peerAddr(name string) string {
 	return ""
 }
 
-// leaderPeer is the internode address of the leader raft names, or of the one a not-leader reply
-// named (a node that is not a raft member yet learns the leader that way); "" when unknown.
-func (n *Node) leaderPeer() string {
+// leaderInternodeAddr is the internode address of the leader raft names, or of the one a
+// not-leader reply named (a node that is not a raft member yet learns the leader that way); ""
+// when unknown.
+func (n *Node) leaderInternodeAddr() string {
 	name := n.Leader()
 	if name == "" {
 		name, _ = n.leaderHint.Load().(string)
@@ -255,12 +257,12 @@ func (n *Node) leaderPeer() string {
 	if name == "" || name == n.cfg.Name {
 		return ""
 	}
-	return n.peerAddr(name)
+	return n.internodeAddr(name)
 }
 
-// anyPeer is the internode address of a random alive member other than this node, to ask who
-// leads; "" when there is none.
-func (n *Node) anyPeer() string {
+// anyInternodeAddr is the internode address of a random alive member other than this node, to ask
+// who leads; "" when there is none.
+func (n *Node) anyInternodeAddr() string {
 	var addrs []string
 	for _, m := range n.members.Members() {
 		if m.Name != n.cfg.Name && m.State == membership.StateAlive {
@@ -318,7 +320,7 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n.log.Info("admitted a joining node: signed its certificate", "joiner", req.NodeName, "remote", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, joinReply{JoinResponse: resp, CAKey: string(keyPEM)})
+	httpapi.WriteJSON(w, http.StatusOK, joinReply{JoinResponse: resp, CAKey: string(keyPEM)})
 }
 
 // joinWarnEvery is how often a refused join from one remote address is logged; the others are

@@ -220,8 +220,8 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 		if n.IsLeader() {
 			return errors.New("this node leads again: nobody to remove it")
 		}
-		if addr := n.leaderPeer(); addr != "" {
-			req, _ := n.peerRequest(ctx, http.MethodPost, addr, removePath(n.cfg.Name), nil)
+		if addr := n.leaderInternodeAddr(); addr != "" {
+			req, _ := n.internodeRequest(ctx, http.MethodPost, addr, removePath(n.cfg.Name), nil)
 			resp, err := n.client.Do(req)
 			if err == nil {
 				resp.Body.Close()

@@ -84,7 +84,7 @@ func TestExecutionJoinNeedsTheParentsAttemptOrAReader(t *testing.T) {
 		if secret != "" {
 			ctx = context.WithValue(ctx, credentialKey{}, acl.Secret(secret))
 		}
-		_, err := f.forward(ctx, f.peerAddr(l.Name()), &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{s}}})
+		_, err := f.forward(ctx, f.internodeAddr(l.Name()), &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{s}}})
 		return err
 	}
 	forged := func(id string) fsm.Submit {

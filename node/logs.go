@@ -149,11 +149,11 @@ func (n *Node) followAttempt(ctx context.Context, name, id string, attempt int, 
 
 // remoteLogs reads JSON log lines from another node's internode logs route.
 func (n *Node) remoteLogs(ctx context.Context, client *http.Client, name, path string, fn func(tasks.LogLine)) error {
-	addr := n.peerAddr(name)
+	addr := n.internodeAddr(name)
 	if addr == "" {
 		return fmt.Errorf("node %s unknown", name)
 	}
-	req, err := n.peerRequest(ctx, http.MethodGet, addr, path, nil)
+	req, err := n.internodeRequest(ctx, http.MethodGet, addr, path, nil)
 	if err != nil {
 		return err
 	}

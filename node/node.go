@@ -114,7 +114,7 @@ type Node struct {
 	idMu       sync.Mutex
 	idNames    map[raft.ServerID]string
 	leaders    leaderWatch   // raft's leader changes, for forwards (apply.go)
-	hold       internodeHold // tests freeze the internode side with it (peer.go)
+	hold       internodeHold // tests freeze the internode side with it (internode_routes.go)
 	shutdownMu sync.Mutex
 	shut       bool
 	// memCheck is checkMemory's state (its goroutine alone touches it).
@@ -427,7 +427,7 @@ func (n *Node) startRaft() error {
 	if err := n.setupSecurity(existing); err != nil {
 		return err
 	}
-	n.newPeerClients()
+	n.newInternodeClients()
 
 	trans := cfg.RaftTransport
 	if trans == nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/membership"
 )
@@ -74,7 +75,7 @@ func (n *Node) handleSecret(w http.ResponseWriter, r *http.Request) {
 	}
 	n.log.Debug("gave a cluster secret to a node", "secret", name, "to", caller.name)
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, secretReply{Secret: secret})
+	httpapi.WriteJSON(w, http.StatusOK, secretReply{Secret: secret})
 }
 
 // missingSecrets are the secrets whose hash the FSM holds and this node's copy does not match.
@@ -142,7 +143,7 @@ func (n *Node) fetchSecrets(ctx context.Context, names []string) []string {
 func (n *Node) askSecret(ctx context.Context, addr, name string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, secretFetchTimeout)
 	defer cancel()
-	req, err := n.peerRequest(ctx, http.MethodGet, addr, "/v1/internode/secret/"+name, nil)
+	req, err := n.internodeRequest(ctx, http.MethodGet, addr, "/v1/internode/secret/"+name, nil)
 	if err != nil {
 		return "", err
 	}

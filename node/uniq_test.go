@@ -231,7 +231,7 @@ func TestLeaderAuthorizesForwardedRetryAndPurge(t *testing.T) {
 		if secret != "" {
 			ctx = context.WithValue(ctx, credentialKey{}, acl.Secret(secret))
 		}
-		_, err := f.forward(ctx, f.peerAddr(l.Name()), &fsm.Command{Body: body})
+		_, err := f.forward(ctx, f.internodeAddr(l.Name()), &fsm.Command{Body: body})
 		return err
 	}
 	tests := []struct {

@@ -93,7 +93,7 @@ func (n *Node) orphaned() bool {
 	if !last.IsZero() && time.Since(last) < n.orphanAfter() {
 		return false
 	}
-	return n.anyPeer() != ""
+	return n.anyInternodeAddr() != ""
 }
 
 func (n *Node) draining() bool { return n.members.Local().Meta.Draining }

@@ -56,11 +56,11 @@ func (h *internodeHold) wrap(next http.Handler) http.Handler {
 	})
 }
 
-func (n *Node) peerRoutes() http.Handler {
+func (n *Node) internodeRoutes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+internodeApplyPath, n.handleInternalApply)
+	mux.HandleFunc("POST "+internodeApplyPath, n.handleInternodeApply)
 	mux.HandleFunc("GET "+internodeLogsPath, n.handleLocalLogs)
-	mux.HandleFunc("POST "+internodeRemovePath, n.handleInternalRemove)
+	mux.HandleFunc("POST "+internodeRemovePath, n.handleInternodeRemove)
 	mux.HandleFunc("POST "+internodeJoinPath, n.handleJoin)
 	mux.HandleFunc("GET "+internodeSecretPath, n.handleSecret)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -69,19 +69,13 @@ func (n *Node) peerRoutes() http.Handler {
 	return n.hold.wrap(mux)
 }
 
-// writeError writes an error body with the API's shape; the internal routes have codes of their own.
+// writeError writes an error body with the API's shape; the internode routes have codes of their own.
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, api.Error{Message: msg, Code: api.Code(code)})
+	httpapi.WriteJSON(w, status, api.Error{Message: msg, Code: api.Code(code)})
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-// handleInternalApply is the leader's side of forwarding.
-func (n *Node) handleInternalApply(w http.ResponseWriter, r *http.Request) {
+// handleInternodeApply is the leader's side of forwarding.
+func (n *Node) handleInternodeApply(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<20))
 	if err != nil {
 		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "command too large")
@@ -183,8 +177,8 @@ func (n *Node) handleLocalLogs(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// handleInternalRemove is the leader's side of a graceful leave: remove the server from raft.
-func (n *Node) handleInternalRemove(w http.ResponseWriter, r *http.Request) {
+// handleInternodeRemove is the leader's side of a graceful leave: remove the server from raft.
+func (n *Node) handleInternodeRemove(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if caller := callerOf(r.Context()); !caller.may(name) {
 		n.log.Warn("refused a raft removal asked by another node", "remote", r.RemoteAddr, "caller", caller.name, "server", name)
@@ -212,7 +206,7 @@ func (n *Node) handleInternalRemove(w http.ResponseWriter, r *http.Request) {
 		}
 		n.log.Info("removed leaving node from raft", "server", id, "member", name)
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
+	httpapi.WriteJSON(w, http.StatusOK, map[string]string{"removed": name})
 }
 
 // decodeForwarded reads the body of a forwarded write: one command of a type followers may
