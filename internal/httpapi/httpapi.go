@@ -230,7 +230,7 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 // a deadline as no_leader (a write found no leader in time); a cancelled request as cancelled;
 // anything else as internal.
 func WriteError(w http.ResponseWriter, err error) {
-	ae := toAPIError(err)
+	ae := asAPIError(err)
 	if ae.ExistingTask != "" {
 		w.Header().Set(api.HeaderExistingTask, ae.ExistingTask)
 	}
@@ -240,7 +240,9 @@ func WriteError(w http.ResponseWriter, err error) {
 	WriteJSON(w, api.Status(ae.Code), api.Error{Message: ae.Message, Code: ae.Code, ExistingTask: ae.ExistingTask})
 }
 
-func toAPIError(err error) *api.Error {
+// asAPIError is err as the contract's error, whatever it is: the last step before a reply (a
+// backend has already given its own errors their codes, node.toAPIError).
+func asAPIError(err error) *api.Error {
 	var ae *api.Error
 	switch {
 	case errors.As(err, &ae):
@@ -390,7 +392,7 @@ func (s *server) submitBatch(w http.ResponseWriter, r *http.Request) {
 
 // ErrorResult is a batch item's result for err, with the status and body WriteError would give it.
 func ErrorResult(err error) api.BatchResult {
-	ae := toAPIError(err)
+	ae := asAPIError(err)
 	return api.BatchResult{Status: api.Status(ae.Code), Error: &api.Error{Message: ae.Message, Code: ae.Code, ExistingTask: ae.ExistingTask, RetryAfter: ae.RetryAfter}}
 }
 
