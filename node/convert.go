@@ -9,9 +9,11 @@ import (
 	"github.com/taskworker/taskworker/tasks"
 )
 
-// This file is the one place where the FSM's and the executor's types become the API's wire
-// types. A field added to an api type is filled here (TestEveryRouteMatchesItsAPIType fails until
-// it is).
+// This file turns the FSM's and the executor's records of tasks, log lines and nodes into the
+// API's wire types. Queues, schedules and ACL records are converted beside their backends
+// (toAPIQueue in queue.go, toAPISchedule in schedules.go, toAPIPolicy and toAPIACLToken in
+// acl.go). A field added to an api type is filled where that type is converted
+// (TestEveryRouteMatchesItsAPIType fails until it is).
 
 // toAPITask converts a task record. Absent input and result are JSON null and an empty history
 // is [], as the contract shows; the timeout is Go duration text ("" for none); the boot ID stays

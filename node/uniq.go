@@ -12,8 +12,8 @@ import (
 	"github.com/taskworker/taskworker/internal/httpapi"
 )
 
-// Unique tasks, retry now and purge (issue 14): the node's side. The rules live in fsm (unique.go,
-// retry and purge in fsm.go); this file validates requests and maps results to API errors.
+// Unique tasks, retry now and purge: the node's side. The rules live in fsm (its Unique, Retry and
+// Purge handling); this file validates requests and maps results to API errors.
 
 // parseUniqueFor reads a submit's unique_for: required with a unique_key, refused without one.
 func parseUniqueFor(key, s string) (time.Duration, error) {

@@ -9,8 +9,8 @@ import (
 	"github.com/taskworker/taskworker/internal/acl"
 )
 
-// The routes of retry now and purge (issue 14). Their Backend methods are on RetryPurger, which
-// Backend embeds.
+// The routes of retry now and purge. Their Backend methods are on RetryPurger, which Backend
+// embeds.
 
 // RetryPurger is the part of Backend these routes use.
 type RetryPurger interface {
