@@ -59,7 +59,7 @@ apply_mutation() {
       $'\t\t\tf.halt = newHaltError(l.Index, err)\n\t\t\tfor _, n := range f.nodes {\n\t\t\t\tn.Capacity++\n\t\t\t}\n'
     pkg=./fsm want=FuzzApply ;;
   fsm-snapshot-live-tasks)
-    replace fsm/fsm.go 's := &snapshot{index: f.index, tasks: f.tasks.all.Clone(),' 's := &snapshot{index: f.index, tasks: f.tasks.all,'
+    replace fsm/snapshot.go 's := &snapshot{index: f.index, tasks: f.tasks.all.Clone(),' 's := &snapshot{index: f.index, tasks: f.tasks.all,'
     pkg=./fsm want=TestPersistRunsBesideApply ;;
   scheduler-ignore-capacity)
     replace scheduler/place.go \
