@@ -189,7 +189,11 @@ func (pc *procCluster) cli(p *proc, args ...string) (string, string, int) {
 	return out, errOut, code
 }
 
-func (p *proc) client() *client.Client { return p.API }
+// client is a client of p's HTTP API (with p's Token, if any). Clients share http's default
+// transport, so making one per call costs no connection.
+func (p *proc) client() *client.Client {
+	return client.New("http://"+p.HTTP, client.WithToken(p.Token))
+}
 
 // view returns p's GET /v1/cluster, or nil on error.
 func (p *proc) view() *client.Cluster {

@@ -11,11 +11,13 @@ package localcluster
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -28,7 +30,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/taskworker/taskworker/client"
+	"github.com/taskworker/taskworker/api"
 )
 
 // Module is the import path of the taskworker binary's main package.
@@ -242,10 +244,13 @@ type Node struct {
 	Name               string
 	HTTP, Gossip, Raft string // 127.0.0.1:port
 	DataDir, LogPath   string
-	API                *client.Client // talks to HTTP
-	bin                string
-	args               []string
-	env                []string // added to this program's environment (the join token)
+	// Token is the bearer credential of this package's own API reads (WaitReady); "" for none.
+	// Programs make their API clients from HTTP and Token.
+	Token string
+
+	bin  string
+	args []string
+	env  []string // added to this program's environment (the join token)
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -417,14 +422,11 @@ func (n *Node) start() error {
 // Launch starts n with a command line of the caller's making (bin, args, and env added to this
 // program's environment), for programs that place nodes themselves: the chaos suite runs each
 // node inside a network namespace of its own (bin is then `ip netns exec NS taskworker`). n.Name,
-// n.HTTP and n.LogPath must be set; n.API is set from n.HTTP when nil. Launch on a node whose
+// n.HTTP and n.LogPath must be set. Launch on a node whose
 // process has exited starts it again with the new command line (a restart whose --join differs).
 func Launch(n *Node, bin string, args, env []string) error {
 	if n.cmd != nil && n.Running() {
 		return fmt.Errorf("launch %s: still running", n.Name)
-	}
-	if n.API == nil {
-		n.API = client.New("http://" + n.HTTP)
 	}
 	n.bin, n.args, n.env = bin, append([]string(nil), args...), append([]string(nil), env...)
 	return n.start()
@@ -484,7 +486,6 @@ func (c *Cluster) Add(extra ...string) (*Node, error) {
 	}
 	nd.DataDir = filepath.Join(c.Dir, nd.Name)
 	nd.LogPath = filepath.Join(c.Dir, nd.Name+".log")
-	nd.API = client.New("http://" + nd.HTTP)
 	if err := os.MkdirAll(nd.DataDir, 0o700); err != nil { // the agent refuses a data dir others can reach
 		return nil, fmt.Errorf("data dir of %s: %w", nd.Name, err)
 	}
@@ -560,7 +561,7 @@ func (c *Cluster) WaitReady(timeout time.Duration) error {
 	err := Until(timeout, 50*time.Millisecond, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		cl, err := c.Nodes[0].API.Cluster(ctx)
+		cl, err := c.Nodes[0].cluster(ctx)
 		if err != nil {
 			last = err.Error()
 			return false
@@ -581,6 +582,36 @@ func (c *Cluster) WaitReady(timeout time.Duration) error {
 		return fmt.Errorf("cluster not ready: %s", last)
 	}
 	return nil
+}
+
+// cluster is n's GET /v1/cluster, read with n.Token.
+func (n *Node) cluster(ctx context.Context) (*api.Cluster, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.HTTP+"/v1/cluster", nil)
+	if err != nil {
+		return nil, err
+	}
+	if n.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+n.Token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("GET /v1/cluster on %s: %w", n.Name, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var ae api.Error
+		_ = json.Unmarshal(body, &ae)
+		return nil, fmt.Errorf("GET /v1/cluster on %s: %s: %s", n.Name, resp.Status, ae.Message)
+	}
+	cl := new(api.Cluster)
+	if err := json.Unmarshal(body, cl); err != nil {
+		return nil, fmt.Errorf("GET /v1/cluster on %s: %w", n.Name, err)
+	}
+	return cl, nil
 }
 
 // Node returns the node called name, or nil.

@@ -31,10 +31,11 @@ var errCommand = errors.New("command failed")
 // member is one node of the chaos cluster and what the fault injector knows of it.
 type member struct {
 	*localcluster.Node
-	idx      int    // 1-based
-	ip       string // its address: its own in a namespace, 127.0.0.1 otherwise
-	ns       string // network namespace, "" in loopback mode
-	hostVeth string // the bridge side of its veth pair
+	API      *client.Client // talks to its HTTP API
+	idx      int            // 1-based
+	ip       string         // its address: its own in a namespace, 127.0.0.1 otherwise
+	ns       string         // network namespace, "" in loopback mode
+	hostVeth string         // the bridge side of its veth pair
 
 	mu      sync.Mutex
 	faulted bool // a fault holds it: no second fault picks it

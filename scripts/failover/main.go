@@ -185,7 +185,7 @@ func measure(bin, dir string, killLeader bool) (res result, err error) {
 	total := *flagN * *flagPerNode
 	var ids []string
 	for i := 0; i < total; i++ {
-		t, _, err := c.Nodes[i%len(c.Nodes)].API.Submit(ctx, client.SubmitRequest{
+		t, _, err := apiOf(c.Nodes[i%len(c.Nodes)]).Submit(ctx, client.SubmitRequest{
 			Type: "sleep", Input: json.RawMessage(`{"ms": 600000}`), Timeout: "15m"})
 		if err != nil {
 			return res, fmt.Errorf("submit: %w", err)
@@ -194,7 +194,7 @@ func measure(bin, dir string, killLeader bool) (res result, err error) {
 	}
 	var placed map[string]string // task -> node
 	if err := localcluster.Until(60*time.Second, 50*time.Millisecond, func() bool {
-		m, ok := running(c.Nodes[0].API, ids)
+		m, ok := running(apiOf(c.Nodes[0]), ids)
 		placed = m
 		return ok && len(m) == total
 	}); err != nil {
@@ -204,7 +204,7 @@ func measure(bin, dir string, killLeader bool) (res result, err error) {
 	for id, n := range placed {
 		perNode[n] = append(perNode[n], id)
 	}
-	cl, err := c.Nodes[0].API.Cluster(ctx)
+	cl, err := apiOf(c.Nodes[0]).Cluster(ctx)
 	if err != nil || cl.Leader == "" {
 		return res, fmt.Errorf("cluster view: %v", err)
 	}
@@ -238,7 +238,7 @@ func measure(bin, dir string, killLeader bool) (res result, err error) {
 				victim.Name, *flagTimeout, ms(res.detect), ms(res.leader), ms(res.moveDone))
 		}
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		if cl, err := obs.API.Cluster(rctx); err == nil {
+		if cl, err := apiOf(obs).Cluster(rctx); err == nil {
 			for _, n := range cl.Nodes {
 				if n.Name == victim.Name && n.State == "dead" && res.detect == 0 {
 					res.detect = time.Since(t0)
@@ -249,7 +249,7 @@ func measure(bin, dir string, killLeader bool) (res result, err error) {
 			}
 		}
 		if res.moveDone == 0 {
-			if m, ok := running(obs.API, moved); ok && len(m) == len(moved) && (!killLeader || res.leader != 0) {
+			if m, ok := running(apiOf(obs), moved); ok && len(m) == len(moved) && (!killLeader || res.leader != 0) {
 				elsewhere := true
 				for _, n := range m {
 					elsewhere = elsewhere && n != victim.Name
@@ -267,7 +267,7 @@ func measure(bin, dir string, killLeader bool) (res result, err error) {
 	}
 
 	// Nothing lost: every task is still there, running, none failed.
-	m, ok := running(obs.API, ids)
+	m, ok := running(apiOf(obs), ids)
 	if !ok || len(m) != total {
 		return res, fmt.Errorf("after the move only %d of %d tasks are running", len(m), total)
 	}
@@ -325,7 +325,7 @@ func measureFreeze(bin, dir string) (res freezeResult, err error) {
 		return res, err
 	}
 	ctx := context.Background()
-	cl, err := c.Nodes[0].API.Cluster(ctx)
+	cl, err := apiOf(c.Nodes[0]).Cluster(ctx)
 	if err != nil || cl.Leader == "" {
 		return res, fmt.Errorf("cluster view: %v", err)
 	}
@@ -343,7 +343,7 @@ func measureFreeze(bin, dir string) (res freezeResult, err error) {
 	}
 	res.victim = victim.Name
 	// Warm the follower's connection to the leader, as under steady load.
-	if _, _, err := obs.API.Submit(ctx, client.SubmitRequest{Type: "echo", Input: json.RawMessage(`0`)}); err != nil {
+	if _, _, err := apiOf(obs).Submit(ctx, client.SubmitRequest{Type: "echo", Input: json.RawMessage(`0`)}); err != nil {
 		return res, fmt.Errorf("warm-up submit: %w", err)
 	}
 
@@ -357,7 +357,7 @@ func measureFreeze(bin, dir string) (res freezeResult, err error) {
 		deadline := t0.Add(*flagTimeout)
 		for time.Now().Before(deadline) {
 			rctx, cancel := context.WithTimeout(ctx, time.Second)
-			cl, err := obs.API.Cluster(rctx)
+			cl, err := apiOf(obs).Cluster(rctx)
 			cancel()
 			if err == nil && cl.Leader != "" && cl.Leader != victim.Name {
 				elected <- time.Since(t0)
@@ -369,7 +369,7 @@ func measureFreeze(bin, dir string) (res freezeResult, err error) {
 	}()
 	sctx, cancel := context.WithTimeout(ctx, *flagTimeout)
 	defer cancel()
-	_, _, serr := obs.API.Submit(sctx, client.SubmitRequest{Type: "echo", Input: json.RawMessage(`1`)})
+	_, _, serr := apiOf(obs).Submit(sctx, client.SubmitRequest{Type: "echo", Input: json.RawMessage(`1`)})
 	res.submit = time.Since(t0)
 	res.leader = <-elected
 	if serr != nil {
@@ -379,4 +379,9 @@ func measureFreeze(bin, dir string) (res freezeResult, err error) {
 		return res, fmt.Errorf("no new leader within %v", *flagTimeout)
 	}
 	return res, nil
+}
+
+// apiOf is a client of n's HTTP API.
+func apiOf(n *localcluster.Node) *client.Client {
+	return client.New("http://"+n.HTTP, client.WithToken(n.Token))
 }

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/taskworker/taskworker/client"
 	"github.com/taskworker/taskworker/internal/localcluster"
 )
 
@@ -85,7 +86,7 @@ func measure(bin, dir string, size int) (leader, followers float64, err error) {
 	time.Sleep(*flagSettle)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	cl, err := c.Nodes[0].API.Cluster(ctx)
+	cl, err := apiOf(c.Nodes[0]).Cluster(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -167,4 +168,9 @@ func cpuSeconds(pid int) (float64, error) {
 		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
 	}
 	return (utime + stime) / clockTicks, nil
+}
+
+// apiOf is a client of n's HTTP API.
+func apiOf(n *localcluster.Node) *client.Client {
+	return client.New("http://"+n.HTTP, client.WithToken(n.Token))
 }

@@ -212,7 +212,7 @@ func setUp(bin, dir string, m mode) (c *localcluster.Cluster, token string, cl *
 	if err := c.WaitReady(60 * time.Second); err != nil {
 		return nil, "", nil, err
 	}
-	if cl, err = c.Nodes[0].API.Cluster(context.Background()); err != nil {
+	if cl, err = apiOf(c.Nodes[0]).Cluster(context.Background()); err != nil {
 		return nil, "", nil, err
 	}
 	if m.acl {
@@ -228,7 +228,7 @@ func setUp(bin, dir string, m mode) (c *localcluster.Cluster, token string, cl *
 			return nil, "", nil, fmt.Errorf("a submit without a token on an --acl cluster: %v, want unauthorized", err)
 		}
 		for _, n := range c.Nodes {
-			n.API = client.New("http://"+n.HTTP, client.WithToken(token))
+			n.Token = token
 		}
 	}
 	return c, token, cl, nil
@@ -283,13 +283,14 @@ func measure(bin, dir string, m mode, conc []int) (_ *result, err error) {
 		n    *localcluster.Node
 		out  *[]time.Duration
 	}{{"follower", follower, &r.follower}, {"leader", leader, &r.leader}} {
+		api := apiOf(target.n)
 		for i := 0; i < *flagWarmup; i++ {
-			if _, err := echo(target.n.API, -1-i); err != nil {
+			if _, err := echo(api, -1-i); err != nil {
 				return nil, fmt.Errorf("warm-up on %s: %w", target.n.Name, err)
 			}
 		}
 		for i := 0; i < *flagCount; i++ {
-			d, err := echo(target.n.API, i)
+			d, err := echo(api, i)
 			if err != nil {
 				return nil, fmt.Errorf("echo %d on %s (%s): %w", i, target.n.Name, target.role, err)
 			}
@@ -318,7 +319,7 @@ func setupACL(c *localcluster.Cluster) (string, error) {
 	err := localcluster.Until(60*time.Second, 100*time.Millisecond, func() bool {
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 		defer rcancel()
-		mgmt, lastErr = c.Nodes[0].API.ACLBootstrap(rctx)
+		mgmt, lastErr = apiOf(c.Nodes[0]).ACLBootstrap(rctx)
 		return lastErr == nil || errors.Is(lastErr, &client.APIError{Code: api.CodeACLBootstrapped})
 	})
 	if err != nil {
@@ -328,9 +329,9 @@ func setupACL(c *localcluster.Cluster) (string, error) {
 		return "", fmt.Errorf("ACL bootstrap: %w (an earlier attempt that timed out may have applied it)", lastErr)
 	}
 	for _, n := range c.Nodes {
-		n.API = client.New("http://"+n.HTTP, client.WithToken(mgmt.SecretID))
+		n.Token = mgmt.SecretID
 	}
-	admin := c.Nodes[0].API
+	admin := apiOf(c.Nodes[0])
 	pol := client.ACLPolicy{Name: "bench-echo", Description: "latency benchmark: echo only",
 		Rules: []client.ACLRule{{TaskType: "echo", Capabilities: []string{"submit", "read"}}}}
 	if _, err := admin.ACLPolicyApply(ctx, pol.Name, pol); err != nil {
@@ -644,4 +645,9 @@ func pct(ds []time.Duration, p int) time.Duration {
 	slices.Sort(s)
 	k := (p*len(s) + 99) / 100 // ceil(p/100 * n)
 	return s[max(k, 1)-1]
+}
+
+// apiOf is a client of n's HTTP API with the node's credential.
+func apiOf(n *localcluster.Node) *client.Client {
+	return client.New("http://"+n.HTTP, client.WithToken(n.Token))
 }
