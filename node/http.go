@@ -13,7 +13,7 @@ import (
 )
 
 // routes is the public API (internal/httpapi over apiBackend) and the web console (ui), behind the API token when one is
-// set. Node-to-node routes are not here: they live on the internode listener (internode.go).
+// set. The internode routes are not here: they live on the internode listener (internode_routes.go).
 func (n *Node) routes() http.Handler {
 	opts := httpapi.Options{Token: n.cfg.Token, MaxBodyBytes: n.cfg.MaxBodyBytes, Logger: n.log.With("component", "http"),
 		Observe: n.metrics.observeHTTP, UI: ui.Handler()}

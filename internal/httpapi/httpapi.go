@@ -5,7 +5,7 @@
 //
 // It declares the interfaces it consumes, Backend and ACL, and speaks only api types: it knows nothing
 // of raft, the FSM, gossip or the executor, and it has no route that accepts raw FSM commands (the
-// node serves its internal node-to-node routes itself).
+// node serves its internode routes itself).
 package httpapi
 
 import (
