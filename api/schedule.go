@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Periodic schedules (issue 14): /v1/schedules.
+// Periodic schedules: /v1/schedules.
 
 // Schedule routes.
 const (

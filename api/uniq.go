@@ -2,7 +2,7 @@ package api
 
 import "time"
 
-// Unique tasks, retry now and purge (issue 14).
+// Unique tasks, retry now and purge.
 
 // Paths of retry and purge.
 const (

@@ -9,7 +9,7 @@ import (
 	"github.com/taskworker/taskworker/client"
 )
 
-// task retry and task purge (issue 14), and the unique flags of submit and exec.
+// task retry and task purge, and the unique flags of submit and exec.
 
 func uniqueFlags() []cli.Flag {
 	return []cli.Flag{

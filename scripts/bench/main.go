@@ -1,4 +1,4 @@
-// Command bench measures every figure of issue 10 on a local cluster of real taskworker processes
+// Command bench measures the cluster's performance figures (BENCHMARKS.md) on a local cluster of real taskworker processes
 // and prints them in one markdown table, each beside its target, with a bare hashicorp/raft +
 // raft-boltdb cluster measured in the same run as the baseline for the submit rate; then the cost
 // curve (CPU per task, RSS, placement latency as the state grows), optionally drawn as a PNG.

@@ -7,7 +7,7 @@ import (
 )
 
 // A row of the table: the figure's fixed name (the test looks for it), which -only figure
-// measures it, and its target from issue 10.
+// measures it, and the target BENCHMARKS.md sets for it.
 type rowSpec struct {
 	key, figure, measuredBy, target string
 }
