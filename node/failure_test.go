@@ -153,6 +153,7 @@ func TestCrashedWorkerTasksRunElsewhere(t *testing.T) { crashMovesTasks(t, false
 func TestCrashedLeaderTasksRunElsewhere(t *testing.T) { crashMovesTasks(t, true) }
 
 func TestPartitionedNodeLateResultIsRejected(t *testing.T) {
+	longTest(t)
 	g := newGate()
 	tc := startCluster(t, 3, clusterOpts{capacity: 1, twin: true, registry: g.registry(t)})
 	task := submit(t, tc.follower(), "gate", nil, "")
@@ -257,6 +258,7 @@ func raftIDs(n *Node) []raft.ServerID {
 }
 
 func TestFiveNodesSurviveTwoCrashesInARow(t *testing.T) {
+	longTest(t)
 	tc := startCluster(t, 5, clusterOpts{inmem: true})
 	voters := func() (alive, total int) {
 		l := tc.leader()
@@ -470,6 +472,7 @@ func TestNodeBackOnNewAddressesIsReadded(t *testing.T) {
 // does this to a real process). Once it can talk again it must come back as a member and catch
 // up, not stay outside for good.
 func TestNodeRemovedWhileCutOffComesBack(t *testing.T) {
+	longTest(t)
 	tc := startCluster(t, 4, clusterOpts{twin: true, tweak: func(_ int, c *Config) { c.Voters = 3 }})
 	x := voterFollower(t, tc)
 	tc.twin.partition(x.Name())
@@ -536,6 +539,7 @@ func voterFollower(t *testing.T, tc *testCluster) *Node {
 // leave two, which survive no more failures than three with one down), so when it comes back it
 // counts again at once, without being added back.
 func TestCrashedVoterWithoutSpareIsKept(t *testing.T) {
+	longTest(t)
 	tc := startCluster(t, 3, clusterOpts{twin: true, tweak: func(_ int, c *Config) { c.DeadServerGrace = 200 * time.Millisecond }})
 	x := voterFollower(t, tc)
 	tc.twin.partition(x.Name())

@@ -82,6 +82,7 @@ func (t *holdingTransport) AppendEntries(id raft.ServerID, target raft.ServerAdd
 // removal's planning, must go on: a lock held across the raft call would stall every membership
 // event for up to raftChangeTimeout per server.
 func TestGossipEventsGoOnWhileARaftRemovalWaits(t *testing.T) {
+	longTest(t)
 	hold := newConfigHold()
 	tc := &testCluster{t: t, twin: newTwinNet()}
 	o := clusterOpts{twin: true, tweak: func(_ int, c *Config) { c.Voters = 3 }}

@@ -62,6 +62,7 @@ func putSchedule(t *testing.T, n *Node, name string, req api.ScheduleRequest) ap
 // table tests prove that bound. It is not asserted here: on a loaded machine a leader's loop
 // that runs a second late passes over a tick by design, and the test would be flaky.)
 func TestScheduleFiresEachTickOnceAcrossLeaderKills(t *testing.T) {
+	longTest(t)
 	for _, catchUp := range []int{30} {
 		t.Run(fmt.Sprintf("catch_up=%d", catchUp), func(t *testing.T) {
 			tc := startCluster(t, 5, clusterOpts{twin: true, tweak: func(_ int, c *Config) { c.Voters = 5 }})
@@ -148,6 +149,7 @@ func TestScheduleFiresEachTickOnceAcrossLeaderKills(t *testing.T) {
 // The overlap policy holds against a run longer than the period, pause stops the ticks and
 // resume fires none of those that fell meanwhile, trigger runs once besides the ticks.
 func TestScheduleOverlapPauseResumeTrigger(t *testing.T) {
+	longTest(t)
 	tc := startCluster(t, 1, clusterOpts{inmem: true, capacity: 4})
 	n := tc.nodes[0]
 	putSchedule(t, n, "slow", api.ScheduleRequest{Cron: "@every 1s", Type: "sleep", Input: []byte(`{"ms": 2500}`)})

@@ -288,6 +288,7 @@ func (l *lockedBuffer) String() string {
 // state in which a node of protocol 3 is up, so the credential's hash is refused at its
 // election; once that node is marked down (it is not in gossip), the leader writes it.
 func TestUpgradedClusterGetsAManagementCredentialOnceNoOlderNodeIsUp(t *testing.T) {
+	longTest(t)
 	dir, raftAddr := privateTempDir(t), freeAddr(t)
 	var logs lockedBuffer
 	o := clusterOpts{tweak: func(_ int, c *Config) {
