@@ -105,6 +105,7 @@ func TestLogsKeepOrderAndAreServedByAnyNode(t *testing.T) {
 }
 
 func TestFollowStreamsAcrossAMoveAndEndsWithTheTask(t *testing.T) {
+	longTest(t)
 	g := newGate()
 	tc := startCluster(t, 3, clusterOpts{capacity: 1, registry: chatterRegistry(t, g)})
 	task := submit(t, tc.leader(), "gate-print", nil, "")
@@ -184,6 +185,7 @@ func TestConcurrentSubmitsWithOneKeyCreateOneTask(t *testing.T) {
 }
 
 func TestRetentionRemovesFinishedTasksAndTheirKeys(t *testing.T) {
+	longTest(t)
 	tc := startCluster(t, 1, clusterOpts{inmem: true, tweak: func(_ int, c *Config) { c.Retention = 2 * time.Second }})
 	n := tc.nodes[0]
 	var task api.Task

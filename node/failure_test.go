@@ -305,6 +305,7 @@ func (tc *testCluster) find(name string) *Node {
 }
 
 func TestRetriesBackOffUntilMaxAttempts(t *testing.T) {
+	longTest(t)
 	tc := startCluster(t, 1, clusterOpts{inmem: true})
 	n := tc.nodes[0]
 	var flaky api.Task

@@ -57,6 +57,7 @@ func TestDelayedTaskRunsAfterItsTime(t *testing.T) {
 // The leader that took the delayed task dies before it is due: the next leader's scheduler finds
 // it in the run_at index and places it.
 func TestDelayedTaskRunsAfterTheLeaderDies(t *testing.T) {
+	longTest(t)
 	tc := startCluster(t, 3, clusterOpts{twin: true})
 	leader := tc.leader()
 	task := submitReq(t, leader, api.SubmitRequest{Type: "echo", Input: []byte(`"later"`), Delay: "3s"})
