@@ -157,6 +157,7 @@ func parentRegistry(t *testing.T) func(int) *tasks.Registry {
 // field the node sends is declared in the api type (DisallowUnknownFields), and every field the
 // api type declares is sent. A wire field added on one side only fails here.
 func TestEveryRouteMatchesItsAPIType(t *testing.T) {
+	longTest(t)
 	tc := startCluster(t, 1, clusterOpts{inmem: true, registry: parentRegistry(t)})
 	n := tc.nodes[0]
 	cov := coverage{}

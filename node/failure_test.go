@@ -409,6 +409,7 @@ func TestCancelPendingAndRunning(t *testing.T) {
 }
 
 func TestVoterTargetKeepsExtraNodesAsNonVoters(t *testing.T) {
+	longTest(t)
 	for _, tt := range []struct{ nodes, voters int }{{4, 3}, {6, 5}} {
 		t.Run(fmt.Sprintf("%d nodes %d voters", tt.nodes, tt.voters), func(t *testing.T) {
 			tc := startCluster(t, tt.nodes, clusterOpts{inmem: true, tweak: func(_ int, c *Config) { c.Voters = tt.voters }})

@@ -31,6 +31,7 @@ func TestIdleClusterPlacesTasksWithTheirSubmit(t *testing.T) {
 // than its capacity: a watcher reads every node's assigned and running tasks from a replica's FSM
 // at each change (an over-full node would stay so for a whole 30 ms task), and all tasks succeed.
 func TestPlacingAtSubmitNeverOverfillsANode(t *testing.T) {
+	longTest(t)
 	const capacity = 1
 	tc := startCluster(t, 3, clusterOpts{capacity: capacity})
 	f := tc.nodes[0].fsm

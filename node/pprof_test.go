@@ -30,6 +30,7 @@ func get(t *testing.T, url, token string) (int, string) {
 }
 
 func TestPprofIsOffUnlessAskedFor(t *testing.T) {
+	longTest(t)
 	free, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -48,6 +48,7 @@ func submitUnique(t *testing.T, n *Node, key, window string) (int, api.Task, api
 }
 
 func TestUniqueKeyRefusesInsideItsWindowAndAcceptsAfter(t *testing.T) {
+	longTest(t)
 	tc := startCluster(t, 3, clusterOpts{twin: true})
 	f := tc.follower()
 	code, first, _, _ := submitUnique(t, f, "k1", "1s")
