@@ -26,6 +26,8 @@ function fmtDur(ms) {
   return Math.floor(s / 86400) + 'd ' + Math.floor((s % 86400) / 3600) + 'h';
 }
 const pretty = (v) => JSON.stringify(v, null, 2);
+// count reads "1 task", "2 tasks": n with the noun in the number it takes.
+const count = (n, one, many = one + 's') => n + ' ' + (n === 1 ? one : many);
 const short = (id) => (id && id.length > 12 ? id.slice(0, 6) + '…' + id.slice(-6) : id);
 
 function parseHash() {
@@ -198,7 +200,7 @@ function Cluster() {
       <h1>Cluster</h1>
       <ErrorBox error={error} />
       <p class="summary">
-        Leader: <strong id="leader">{data.leader || 'none'}</strong> · {data.nodes.length} nodes ·{' '}
+        Leader: <strong id="leader">{data.leader || 'none'}</strong> · {count(data.nodes.length, 'node')} ·{' '}
         {Object.entries(counts).map(([s, n]) => <a href={'#/tasks?state=' + s} class="count">{s} {n}</a>)}
       </p>
       <div class="cards">
@@ -227,7 +229,7 @@ function NodeCard({ n, tasks, now }) {
         <dt>version</dt><dd>{n.version}</dd>
         <dt>uptime</dt><dd>{down ? '—' : fmtDur(up)}</dd>
         <dt>http</dt><dd><a href={'http://' + n.http_addr + '/ui/'}>{n.http_addr}</a></dd>
-        {n.lag != null && n.lag > 0 && <><dt>lag</dt><dd>{n.lag} entries</dd></>}
+        {n.lag != null && n.lag > 0 && <><dt>lag</dt><dd>{count(n.lag, 'entry', 'entries')}</dd></>}
       </dl>
       <p class="types">{(n.task_types || []).map((t) => <span class="chip">{t.type}@{t.version}</span>)}</p>
       {tasks.length > 0 && (
@@ -339,7 +341,7 @@ function Tasks({ params }) {
             Cancel selected ({selected.size})
           </button>
         )}
-        <span class="muted">{[total != null ? total + ' tasks' : '', live ? 'live' : ''].filter(Boolean).join(' · ')}</span>
+        <span class="muted">{[total != null ? count(Number(total), 'task') : '', live ? 'live' : ''].filter(Boolean).join(' · ')}</span>
         {!live && <a href={'#/tasks' + (state ? '?state=' + state : '')}>Newest</a>}
         {(nextCursor || last) && <button type="button" id="next-page" onClick={nextPage}>Older →</button>}
       </div>
@@ -729,7 +731,7 @@ function Queues() {
   return (
     <section>
       <h1>Queues</h1>
-      <p class="muted">A queue's limit is the most of its tasks assigned or running at once across the cluster (0: none); a paused queue starts none of its tasks. Higher priority runs first, and a waiting task gains one point per 10 s.</p>
+      <p class="muted">A queue's limit is the most of its tasks assigned or running at once across the cluster (0: none); a paused queue starts none of its tasks. Higher priority runs first, and a waiting task gains one point per 10 s, at most 10.</p>
       <ErrorBox error={error} />
       <ErrorBox error={actionError} />
       {!data && !error && <p>Loading…</p>}

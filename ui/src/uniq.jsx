@@ -44,7 +44,7 @@ export function PurgePanel({ state, type, auth, onDone }) {
       if (type) body.type = type;
       if (before && !isNaN(new Date(before))) body.finished_before = new Date(before).toISOString();
       const { data } = await post('/v1/tasks/purge', body);
-      setMsg('Purged ' + data.purged + ' tasks');
+      setMsg('Purged ' + data.purged + (data.purged === 1 ? ' task' : ' tasks'));
       if (onDone) onDone();
     } catch (e) {
       setError(e);
