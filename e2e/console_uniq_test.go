@@ -40,7 +40,7 @@ func TestConsoleRetriesAFailedTaskAndPurges(t *testing.T) {
 	b.until("the failed task and a purge action", `document.querySelectorAll('table.tasks tr[data-task]').length === 1 && document.querySelector('#purge') !== null`)
 	eval[bool](b, `(() => { window.confirm = () => true; document.querySelector('#purge').open = true; return true })()`)
 	b.run("purge", chromedp.Click(chromedp.CSS(`#purge-go`)))
-	b.until("one purged and the list empty", `/Purged 1 tasks/.test(document.querySelector('#purge-result')?.textContent || '') &&
+	b.until("one purged and the list empty", `/Purged 1 task\b/.test(document.querySelector('#purge-result')?.textContent || '') &&
 		document.querySelectorAll('table.tasks tr[data-task]').length === 0`)
 	b.screenshot("tasks-purged")
 	if code := apiCall(t, via.HTTP, "", "GET", "/v1/tasks/"+ok.ID, nil, nil); code != 200 {
