@@ -201,6 +201,7 @@ func floodPeerPort(t *testing.T, port func(*proc) string) {
 	start := time.Now()
 	f := startIdleFlood(t, port(victim), peerFloodConns, peerFloodSources, floodFor+time.Minute, "", nil)
 	var ids []string
+	var looks, unanswered int
 	pace := time.NewTicker(500 * time.Millisecond) // a submit and a look at the leader twice a second
 	defer pace.Stop()
 	for ; time.Since(start) < floodFor; <-pace.C {
@@ -215,13 +216,17 @@ func floodPeerPort(t *testing.T, port func(*proc) string) {
 			}
 			ids = append(ids, task.ID)
 		}
-		if v := other.view(); v == nil || v.Leader != victim.Name {
-			leader := "(no answer)"
-			if v != nil {
-				leader = v.Leader
-			}
-			t.Fatalf("%s into the flood %s names %s the leader, want %s", time.Since(start).Round(time.Millisecond), other.Name, leader, victim.Name)
+		// A look that gets no answer in its 2 s (a loaded machine) proves nothing either way; a
+		// leader other than the victim fails the test, and so do looks that mostly go unanswered.
+		looks++
+		if v := other.view(); v == nil {
+			unanswered++
+		} else if v.Leader != victim.Name {
+			t.Fatalf("%s into the flood %s names %q the leader, want %s", time.Since(start).Round(time.Millisecond), other.Name, v.Leader, victim.Name)
 		}
+	}
+	if unanswered*2 > looks {
+		t.Fatalf("%s did not answer %d of %d looks at the leader during the flood", other.Name, unanswered, looks)
 	}
 	t.Logf("flood: %d dials, %d failed, %d held at the end; node descriptors %d before, peak %d (limit %d)",
 		f.dials.Load(), f.failures.Load(), f.held.Load(), fdsBefore, peak(), peerVictimNofile)
