@@ -44,16 +44,19 @@ const (
 	apiFloodSources = 40
 )
 
+// requireFloodEnv makes a missing flood tool a failure instead of a skip (CI sets it).
+const requireFloodEnv = "TASKWORKER_REQUIRE_FLOOD"
+
 // prlimitPath is the prlimit binary, or the test is skipped before it starts anything.
 func prlimitPath(t *testing.T) string {
 	t.Helper()
 	binary(t) // skips in -short mode
 	p, err := exec.LookPath("prlimit")
 	if err != nil {
-		t.Skip("prlimit (util-linux) is not installed: it runs the attacked node with a low descriptor limit")
+		skipUnlessRequired(t, requireFloodEnv, "prlimit (util-linux) is not installed: it runs the attacked node with a low descriptor limit")
 	}
 	if out, err := exec.Command(p, "--nofile=64:64", "true").CombinedOutput(); err != nil {
-		t.Skipf("prlimit cannot lower a descriptor limit here: %v: %s", err, out)
+		skipUnlessRequired(t, requireFloodEnv, "prlimit cannot lower a descriptor limit here: %v: %s", err, out)
 	}
 	return p
 }
@@ -65,7 +68,7 @@ func needFloodTools(t *testing.T, conns int) {
 	prlimitPath(t)
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur < uint64(conns)+1000 {
-		t.Skipf("this process may open %d descriptors (%v); the flood needs %d", rl.Cur, err, conns+1000)
+		skipUnlessRequired(t, requireFloodEnv, "this process may open %d descriptors (%v); the flood needs %d", rl.Cur, err, conns+1000)
 	}
 }
 
@@ -194,7 +197,7 @@ func floodPeerPort(t *testing.T, port func(*proc) string) {
 	other := pc.procs[1]
 	fdsBefore, err := victim.OpenFDs()
 	if err != nil {
-		t.Skipf("cannot count the node's descriptors: %v", err)
+		skipUnlessRequired(t, requireFloodEnv, "cannot count the node's descriptors: %v", err)
 	}
 	peak := sampleFDs(t, victim)
 

@@ -266,7 +266,7 @@ func TestDocsWalkthroughsRun(t *testing.T) {
 	bin := binary(t)
 	for _, tool := range []string{"bash", "curl", "jq", "setsid"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("the walkthroughs need %s (apt-get install %s)", tool, tool)
+			skipUnlessRequired(t, "TASKWORKER_REQUIRE_DOC_TOOLS", "the walkthroughs need %s (apt-get install %s)", tool, tool)
 		}
 	}
 	var cmds []docCommand

@@ -367,3 +367,14 @@ func (p *proc) call(ctx context.Context, t *testing.T, credential, method, path 
 	}
 	return apiReply{status: resp.StatusCode, header: resp.Header, body: b}
 }
+
+// skipUnlessRequired skips the test for a missing tool or a machine limit, or fails it when the
+// environment variable env is 1: CI sets it where it installs the tool, so a skip there is a
+// failure, not a test quietly left out.
+func skipUnlessRequired(t *testing.T, env, format string, args ...any) {
+	t.Helper()
+	if os.Getenv(env) == "1" {
+		t.Fatalf(env+"=1, but "+format, args...)
+	}
+	t.Skipf(format, args...)
+}
