@@ -42,15 +42,10 @@ func ListenPlain(bind string, advertise net.Addr, conns *limits.ListenerConfig, 
 		_ = ln.Close()
 		return nil, fmt.Errorf("raft listen: %s is not an address other nodes can reach; give an advertise address", addr)
 	}
-	cfg := limits.PeerListenerConfig()
-	if conns != nil {
-		cfg = *conns
-	}
-	cfg.NoHTTPReply = true
 	if firstByte <= 0 {
 		firstByte = DefaultHandshakeTimeout
 	}
-	return &PlainStreamLayer{ln: limits.NewListener(ln, cfg), advertise: advertise, firstByte: firstByte}, nil
+	return &PlainStreamLayer{ln: capped(ln, conns), advertise: advertise, firstByte: firstByte}, nil
 }
 
 // Accept returns the next connection within the caps, with a deadline on its first byte.

@@ -116,14 +116,9 @@ func New(ln net.Listener, cfg Config) (*StreamLayer, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	conns := limits.PeerListenerConfig()
-	if cfg.Conns != nil {
-		conns = *cfg.Conns
-	}
-	conns.NoHTTPReply = true // raft speaks TLS here, never HTTP
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &StreamLayer{
-		ln:     limits.NewListener(ln, conns),
+		ln:     capped(ln, cfg.Conns),
 		cfg:    cfg,
 		log:    logger,
 		conns:  make(chan net.Conn),
@@ -133,6 +128,17 @@ func New(ln net.Listener, cfg Config) (*StreamLayer, error) {
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return s, nil
+}
+
+// capped puts ln under the connection caps conns (limits.PeerListenerConfig() when nil).
+// Refusals are closed without a reply: raft's port speaks TLS or raft, never HTTP.
+func capped(ln net.Listener, conns *limits.ListenerConfig) *limits.Listener {
+	cfg := limits.PeerListenerConfig()
+	if conns != nil {
+		cfg = *conns
+	}
+	cfg.NoHTTPReply = true
+	return limits.NewListener(ln, cfg)
 }
 
 // acceptLoop accepts TCP connections and starts a handshake for each. It never waits on a
