@@ -66,17 +66,18 @@ func (a *Admission) merge(o *Admission) {
 	}
 }
 
-// admit reports why s may not be added under a (nil: it may). A delayed task counts as a pending
-// one: it is held in every replica's memory all the same. f.mu is held.
-func (f *FSM) admit(a *Admission, s *Submit) error {
+// admit reports why a task submitted by principal may not be added under a (nil: it may). A
+// delayed task counts as a pending one: it is held in every replica's memory all the same. f.mu
+// is held.
+func (f *FSM) admit(a *Admission, principal string) error {
 	if a == nil {
 		return nil
 	}
 	if a.MaxPending > 0 && f.tasks.waiting >= a.MaxPending {
 		return fmt.Errorf("%w: the cluster holds %d tasks waiting to run, its cap", ErrQueueFull, f.tasks.waiting)
 	}
-	if c := a.principalCap(s.SubmittedBy); c > 0 && f.tasks.waitingBy[s.SubmittedBy] >= c {
-		return fmt.Errorf("%w: the submitter holds %d tasks waiting to run, its cap", ErrQuotaExceeded, f.tasks.waitingBy[s.SubmittedBy])
+	if c := a.principalCap(principal); c > 0 && f.tasks.waitingBy[principal] >= c {
+		return fmt.Errorf("%w: the submitter holds %d tasks waiting to run, its cap", ErrQuotaExceeded, f.tasks.waitingBy[principal])
 	}
 	return nil
 }

@@ -229,7 +229,7 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit, a *Admission) ItemR
 	if r, ok := f.checkUnique(s, now); !ok {
 		return r
 	}
-	if err := f.admit(a, s); err != nil {
+	if err := f.admit(a, s.SubmittedBy); err != nil {
 		return ItemResult{ID: s.ID, Err: err}
 	}
 	t := newTask(index, now, s)
@@ -546,7 +546,7 @@ func (f *FSM) retry(index uint64, now time.Time, id, by string, a *Admission) It
 	if old.State != Failed && old.State != Cancelled {
 		return ItemResult{ID: id, Err: fmt.Errorf("%w: task is %s", ErrNotRetryable, old.State)}
 	}
-	if err := f.admit(a, &Submit{SubmittedBy: old.SubmittedBy}); err != nil {
+	if err := f.admit(a, old.SubmittedBy); err != nil {
 		return ItemResult{ID: id, Err: err}
 	}
 	t := old.cow()
