@@ -209,7 +209,7 @@ func TestOperatorCommandsFindTheAgentsManagementCredential(t *testing.T) {
 	t.Setenv("TASKWORKER_TOKEN_FILE", "")
 	dataDir := t.TempDir()
 	cred := pki.NewManagementCredential()
-	if err := os.WriteFile(filepath.Join(dataDir, agentcred.TokenFile), []byte(cred+"\n"), 0o600); err != nil {
+	if err := pki.WriteManagementFile(dataDir, cred); err != nil {
 		t.Fatal(err)
 	}
 	hostport := strings.TrimPrefix(addr, "http://")
