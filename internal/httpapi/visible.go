@@ -136,7 +136,7 @@ func visibleTypes(caller Caller, types []api.TypeInfo) []api.TypeInfo {
 // queue's counts span the types in it, and no count per queue and type is kept to take out only
 // the unreadable ones. Its settings (limit, paused) stay.
 func visibleQueues(caller Caller, l *api.QueueList) {
-	if caller.Identity == nil || caller.Identity.ReadsAll() {
+	if !restricted(caller) {
 		return
 	}
 	l.Queues = slices.Clone(l.Queues)
