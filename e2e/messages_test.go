@@ -153,7 +153,6 @@ func TestPlainHTTPToAnHTTPSNodeHintsHTTPS(t *testing.T) {
 func TestSecondACLBootstrapSaysItIsDone(t *testing.T) {
 	pc := newProcCluster(t)
 	p := pc.add("--acl")
-	t.Cleanup(func() { pc.kill(p) }) // before the replica check, which reads without a token
 	poll(t, "the --acl node healthy", 60*time.Second, func() bool { return healthOK(p.HTTP) })
 	out, stderr, code := runBin(t, pc.c.Bin, "acl", "bootstrap", "--addr", "http://"+p.HTTP)
 	if code != 0 || !strings.Contains(out, "tws_") {
