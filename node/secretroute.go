@@ -208,8 +208,21 @@ func (n *Node) secretsLoop(ctx context.Context) {
 	}
 	const first = 500 * time.Millisecond
 	pause := first
+	// settled holds the hashes this node's copies last matched: most changes of the state are
+	// tasks', which leave them as they were, so there is nothing to check or seed then.
+	var settled fsm.Security
 	for {
 		changed := n.fsm.Changed()
+		cur := n.fsm.Security()
+		if cur.ManagementHash != "" && cur.ManagementHash == settled.ManagementHash && cur.JoinSecretHash == settled.JoinSecretHash {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			}
+			continue
+		}
+		settled = fsm.Security{}
 		n.seedManagement(ctx)
 		missing := n.missingSecrets()
 		if len(missing) > 0 {
@@ -217,6 +230,7 @@ func (n *Node) secretsLoop(ctx context.Context) {
 		}
 		if len(missing) == 0 {
 			pause = first
+			settled = cur // not a newer state: one the checks above may not have seen
 			select {
 			case <-ctx.Done():
 				return
