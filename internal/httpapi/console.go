@@ -42,12 +42,12 @@ func blockingParams(r *http.Request) (index uint64, wait time.Duration, err erro
 // has elapsed. The hash stands for the index of a view that is partly not replicated.
 func (s *server) waitCluster(ctx context.Context, index uint64, wait time.Duration) (api.Cluster, uint64, error) {
 	deadline := time.Now().Add(wait)
+	caller, _ := ctx.Value(callerKey{}).(Caller)
 	for {
 		c, err := s.b.Cluster(ctx)
 		if err != nil {
 			return c, 0, err
 		}
-		caller, _ := ctx.Value(callerKey{}).(Caller)
 		c = s.visibleCluster(ctx, caller, c)
 		h := clusterHash(c)
 		left := time.Until(deadline)
