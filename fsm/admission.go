@@ -103,12 +103,25 @@ func prepareSubmit(f *FSM, _ time.Time, p *SubmitBatch, env PrepareEnv) {
 // prepareRetry stamps the caps of the retried tasks' submitters.
 func prepareRetry(f *FSM, _ time.Time, p *Retry, env PrepareEnv) {
 	by := make([]string, 0, len(p.IDs))
+	f.mu.RLock()
 	for _, id := range p.IDs {
-		if t, ok := f.Task(id); ok {
-			by = append(by, t.SubmittedBy)
+		if e, ok := f.tasks.byID[id]; ok {
+			if b, ok := f.tasks.submitter(e); ok {
+				by = append(by, b)
+			}
 		}
 	}
+	f.mu.RUnlock()
 	p.Admission = f.admissionFor(env, by)
+}
+
+// submitter is the SubmittedBy of e's task, read without thawing a frozen record; false when
+// the frozen record does not read.
+func (s *store) submitter(e *entry) (string, bool) {
+	if e.t != nil {
+		return e.t.SubmittedBy, true
+	}
+	return peekSubmitter(e.cold, s.names.list)
 }
 
 // admissionFor is the caps of a command whose tasks the principals submit, nil for none. While a
@@ -172,12 +185,8 @@ func (f *FSM) OverRetained(capOf func(principal string) int, limit int) []string
 	scanned := 0
 	f.tasks.finished.Ascend(func(e *entry) bool {
 		scanned++
-		var by string
-		if e.t != nil {
-			by = e.t.SubmittedBy
-		} else if b, ok := peekSubmitter(e.cold, f.tasks.names.list); ok {
-			by = b
-		} else {
+		by, ok := f.tasks.submitter(e)
+		if !ok {
 			return scanned < maxRetainedScan
 		}
 		if excess[by] > 0 {

@@ -283,3 +283,18 @@ func TestRetryIsAdmittedLikeASubmit(t *testing.T) {
 		t.Errorf("retry with room: %+v, state %s; want pending", it, h.task("a").State)
 	}
 }
+
+// TestPrepareRetryStampsTheRetriedSubmittersCaps: the leader reads each retried task's submitter
+// (from its frozen record) and stamps that submitter's cap, and only those of the retried tasks.
+func TestPrepareRetryStampsTheRetriedSubmittersCaps(t *testing.T) {
+	h := newHarness(t)
+	h.must(&Command{Body: &Register{Node: Node{Name: "n1", BootID: "b1", Capacity: 1, Protocol: Protocol}}})
+	h.must(submitCmd(byWho("a", "alice"), byWho("b", "bob"), byWho("c", "carol")))
+	h.must(cancelCmd("a", "b"))
+	retry := &Command{Body: &Retry{IDs: []string{"a", "b", "missing"}}}
+	h.f.Prepare(retry, t0, PrepareEnv{Admission: &AdmissionEnv{PrincipalPending: func(string) int { return 3 }}})
+	want := &Admission{Principals: []PrincipalCap{{"alice", 3}, {"bob", 3}}}
+	if got := retry.Body.(*Retry).Admission; !reflect.DeepEqual(got, want) {
+		t.Errorf("stamped %+v, want %+v", got, want)
+	}
+}
