@@ -131,9 +131,6 @@ func (f *FSM) admissionFor(env PrepareEnv, principals []string) *Admission {
 	if env.Admission == nil {
 		return nil
 	}
-	if lowest, _ := f.lowestProtocol(); lowest < AdmissionProtocol {
-		return nil
-	}
 	a := &Admission{MaxPending: env.Admission.MaxPending}
 	if env.Admission.PrincipalPending != nil {
 		seen := map[string]bool{}
@@ -149,6 +146,10 @@ func (f *FSM) admissionFor(env PrepareEnv, principals []string) *Admission {
 		slices.SortFunc(a.Principals, func(x, y PrincipalCap) int { return strings.Compare(x.Principal, y.Principal) })
 	}
 	if a.MaxPending == 0 && len(a.Principals) == 0 {
+		return nil
+	}
+	// Last: it locks and sorts the nodes, which a submit without caps need not.
+	if lowest, _ := f.lowestProtocol(); lowest < AdmissionProtocol {
 		return nil
 	}
 	return a
