@@ -5,9 +5,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptrace"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -26,13 +24,7 @@ import (
 // others fetch it from a peer) and returns it: what the operator on that node holds.
 func managementCredential(t *testing.T, p *proc) string {
 	t.Helper()
-	var cred string
-	poll(t, p.Name+" holds the management credential", 30*time.Second, func() bool {
-		b, err := os.ReadFile(filepath.Join(p.DataDir, "management-token"))
-		cred = strings.TrimSpace(string(b))
-		return err == nil && cred != ""
-	})
-	return cred
+	return heldSecret(t, p, "management-token")
 }
 
 // callAs sends method path to p with credential ("" for none) and returns the status and body

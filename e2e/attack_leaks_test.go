@@ -37,13 +37,6 @@ func leakCall(ctx context.Context, t *testing.T, p *proc, credential, method, pa
 	return r.status, r.header.Get(api.HeaderIndex), string(r.body)
 }
 
-// leakAs is leakCall without a deadline of its own.
-func leakAs(t *testing.T, p *proc, credential, method, path string, body, out any) (int, string) {
-	t.Helper()
-	code, _, b := leakCall(context.Background(), t, p, credential, method, path, body, out)
-	return code, b
-}
-
 // Finding 6: a certificate from `taskworker tls cert create --server` without --node, signed by
 // the cluster's CA (whose files a node's data dir holds), forged a drain of another node, an
 // executor report that made a victim's running task succeed with "FORGED-RESULT", and a raft
@@ -210,23 +203,23 @@ func leakACLCluster(t *testing.T, policies map[string]api.ACLPolicy) (*procClust
 	}
 	for _, p := range pc.procs {
 		poll(t, p.Name+" healthy", 60*time.Second, func() bool {
-			code, _ := leakAs(t, p, "", "GET", "/v1/health", nil, nil)
+			code, _ := callAs(t, p, "", "GET", "/v1/health", nil, nil)
 			return code == http.StatusOK
 		})
 	}
 	n1 := pc.procs[0]
 	var boot api.ACLToken
-	if code, b := leakAs(t, n1, "", "POST", api.PathACLBootstrap, nil, &boot); code != http.StatusOK {
+	if code, b := callAs(t, n1, "", "POST", api.PathACLBootstrap, nil, &boot); code != http.StatusOK {
 		t.Fatalf("bootstrap: %d %s", code, b)
 	}
 	tokens := map[string]string{}
 	for name, p := range policies {
 		p.Name = name
-		if code, b := leakAs(t, n1, boot.SecretID, "PUT", api.PathACLPolicy+name, p, nil); code != http.StatusOK {
+		if code, b := callAs(t, n1, boot.SecretID, "PUT", api.PathACLPolicy+name, p, nil); code != http.StatusOK {
 			t.Fatalf("policy %s: %d %s", name, code, b)
 		}
 		var tok api.ACLToken
-		if code, b := leakAs(t, n1, boot.SecretID, "POST", api.PathACLTokens, api.ACLTokenRequest{Policies: []string{name}}, &tok); code != http.StatusCreated {
+		if code, b := callAs(t, n1, boot.SecretID, "POST", api.PathACLTokens, api.ACLTokenRequest{Policies: []string{name}}, &tok); code != http.StatusCreated {
 			t.Fatalf("token %s: %d %s", name, code, b)
 		}
 		tokens[name] = tok.SecretID
@@ -234,7 +227,7 @@ func leakACLCluster(t *testing.T, policies map[string]api.ACLPolicy) (*procClust
 	for _, p := range pc.procs {
 		for name, secret := range tokens {
 			poll(t, p.Name+" knows the "+name+" token", 30*time.Second, func() bool {
-				code, _ := leakAs(t, p, secret, "GET", api.PathACLTokenSelf, nil, nil)
+				code, _ := callAs(t, p, secret, "GET", api.PathACLTokenSelf, nil, nil)
 				return code == http.StatusOK
 			})
 		}
@@ -266,7 +259,7 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 	var sleeps []api.Task
 	for i := 0; i < 8; i++ {
 		var task api.Task
-		if code, b := leakAs(t, pc.procs[i%3], victim, "POST", "/v1/tasks", map[string]any{"type": "sleep", "input": map[string]int{"ms": 50000}, "timeout": "60s"}, &task); code != http.StatusCreated {
+		if code, b := callAs(t, pc.procs[i%3], victim, "POST", "/v1/tasks", map[string]any{"type": "sleep", "input": map[string]int{"ms": 50000}, "timeout": "60s"}, &task); code != http.StatusCreated {
 			t.Fatalf("victim submit: %d %s", code, b)
 		}
 		sleeps = append(sleeps, task)
@@ -274,24 +267,24 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 	rootTask := sleeps[0]
 	poll(t, "the victim's first sleep runs", 60*time.Second, func() bool {
 		var rec api.Task
-		code, _ := leakAs(t, pc.procs[0], victim, "GET", "/v1/tasks/"+rootTask.ID, nil, &rec)
+		code, _ := callAs(t, pc.procs[0], victim, "GET", "/v1/tasks/"+rootTask.ID, nil, &rec)
 		return code == http.StatusOK && rec.State == api.StateRunning
 	})
 
 	t.Run("execution hijack", func(t *testing.T) {
 		hijack := map[string]any{"type": "calc-square", "input": 3, "parent_id": rootTask.ID, "execution_id": rootTask.ID}
 		for _, p := range pc.procs {
-			if code, b := leakAs(t, p, attacker, "POST", "/v1/tasks", hijack, nil); code != http.StatusForbidden || !strings.Contains(b, `"forbidden"`) {
+			if code, b := callAs(t, p, attacker, "POST", "/v1/tasks", hijack, nil); code != http.StatusForbidden || !strings.Contains(b, `"forbidden"`) {
 				t.Errorf("%s: hijacking submit: %d %s, want 403 forbidden", p.Name, code, b)
 			}
 			var reply api.BatchSubmitReply
-			if code, b := leakAs(t, p, attacker, "POST", api.PathTasksBatch, map[string]any{"tasks": []any{hijack}}, &reply); code != http.StatusOK || len(reply.Results) != 1 || reply.Results[0].Status != http.StatusForbidden {
+			if code, b := callAs(t, p, attacker, "POST", api.PathTasksBatch, map[string]any{"tasks": []any{hijack}}, &reply); code != http.StatusOK || len(reply.Results) != 1 || reply.Results[0].Status != http.StatusForbidden {
 				t.Errorf("%s: hijacking batch: %d %s, want its item refused with 403", p.Name, code, b)
 			}
 		}
 		for _, p := range pc.procs {
 			var list []api.Task
-			if code, b := leakAs(t, p, victim, "GET", "/v1/tasks?execution="+rootTask.ID, nil, &list); code != http.StatusOK || len(list) != 1 || list[0].ID != rootTask.ID {
+			if code, b := callAs(t, p, victim, "GET", "/v1/tasks?execution="+rootTask.ID, nil, &list); code != http.StatusOK || len(list) != 1 || list[0].ID != rootTask.ID {
 				t.Errorf("%s: the victim's execution: %d %s, want its own task only", p.Name, code, b)
 			}
 		}
@@ -304,8 +297,8 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 			{"POST", "/v1/tasks/%s/cancel"}, {"POST", "/v1/tasks/%s/retry"},
 		} {
 			p := pc.procs[1]
-			hc, hb := leakAs(t, p, attacker, r.method, fmt.Sprintf(r.path, rootTask.ID), nil, nil)
-			mc, mb := leakAs(t, p, attacker, r.method, fmt.Sprintf(r.path, missing), nil, nil)
+			hc, hb := callAs(t, p, attacker, r.method, fmt.Sprintf(r.path, rootTask.ID), nil, nil)
+			mc, mb := callAs(t, p, attacker, r.method, fmt.Sprintf(r.path, missing), nil, nil)
 			if hc != http.StatusNotFound || mc != http.StatusNotFound || strings.ReplaceAll(hb, rootTask.ID, missing) != mb {
 				t.Errorf("%s %s: the victim's task %d %s; a missing one %d %s; want the same 404", r.method, r.path, hc, hb, mc, mb)
 			}
@@ -348,7 +341,7 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 		}()
 
 		var echo api.Task
-		if code, b := leakAs(t, p, victim, "POST", "/v1/tasks", map[string]any{"type": "echo", "input": "secret"}, &echo); code != http.StatusCreated {
+		if code, b := callAs(t, p, victim, "POST", "/v1/tasks", map[string]any{"type": "echo", "input": "secret"}, &echo); code != http.StatusCreated {
 			t.Fatalf("victim echo: %d %s", code, b)
 		}
 		if b := <-typed; b != "[]\n" {
@@ -360,7 +353,7 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 		// The victim's echo is on p by now (it answered the submit); then a change the attacker
 		// may see.
 		var mine api.Task
-		if code, b := leakAs(t, p, attacker, "POST", "/v1/tasks", map[string]any{"type": "calc-square", "input": 4}, &mine); code != http.StatusCreated {
+		if code, b := callAs(t, p, attacker, "POST", "/v1/tasks", map[string]any{"type": "calc-square", "input": 4}, &mine); code != http.StatusCreated {
 			t.Fatalf("attacker submit: %d %s", code, b)
 		}
 		r := <-all
@@ -383,7 +376,7 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 			_, _, b := leakCall(context.Background(), t, p, attacker, "GET", "/v1/cluster?wait=3s&index="+index, nil, nil)
 			held <- b
 		}()
-		if code, b := leakAs(t, p, victim, "POST", "/v1/tasks", map[string]any{"type": "echo", "input": "again"}, nil); code != http.StatusCreated {
+		if code, b := callAs(t, p, victim, "POST", "/v1/tasks", map[string]any{"type": "echo", "input": "again"}, nil); code != http.StatusCreated {
 			t.Fatalf("victim echo: %d %s", code, b)
 		}
 		<-held
@@ -396,7 +389,7 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 		p := pc.procs[0]
 		pendingSleep := func(credential string) (int, int) {
 			var types []api.TypeInfo
-			if code, b := leakAs(t, p, credential, "GET", "/v1/types", nil, &types); code != http.StatusOK {
+			if code, b := callAs(t, p, credential, "GET", "/v1/types", nil, &types); code != http.StatusOK {
 				t.Fatalf("types: %d %s", code, b)
 			}
 			n := 0
@@ -406,7 +399,7 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 				}
 			}
 			var ql api.QueueList
-			if code, b := leakAs(t, p, credential, "GET", api.PathQueues, nil, &ql); code != http.StatusOK {
+			if code, b := callAs(t, p, credential, "GET", api.PathQueues, nil, &ql); code != http.StatusOK {
 				t.Fatalf("queues: %d %s", code, b)
 			}
 			q := 0
@@ -423,7 +416,7 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 			t.Errorf("the attacker sees %d pending sleeps in /v1/types and %d tasks in /v1/queues, want 0", n, q)
 		}
 		var cl api.Cluster
-		if code, b := leakAs(t, p, attacker, "GET", "/v1/cluster", nil, &cl); code != http.StatusOK {
+		if code, b := callAs(t, p, attacker, "GET", "/v1/cluster", nil, &cl); code != http.StatusOK {
 			t.Fatalf("cluster: %d %s", code, b)
 		}
 		running, total := 0, 0
@@ -438,7 +431,7 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 		}
 		started := func(credential string) int {
 			var tp api.Throughput
-			if code, b := leakAs(t, p, credential, "GET", api.PathThroughput, nil, &tp); code != http.StatusOK {
+			if code, b := callAs(t, p, credential, "GET", api.PathThroughput, nil, &tp); code != http.StatusOK {
 				t.Fatalf("throughput: %d %s", code, b)
 			}
 			n := 0
@@ -452,7 +445,7 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 		}
 		metrics := func(who, credential string, want int) {
 			t.Helper()
-			code, b := leakAs(t, p, credential, "GET", "/metrics", nil, nil)
+			code, b := callAs(t, p, credential, "GET", "/metrics", nil, nil)
 			if code != want || code == http.StatusOK && !strings.Contains(b, "taskworker_") {
 				t.Errorf("/metrics for %s: %d, want %d", who, code, want)
 			}
@@ -460,11 +453,11 @@ func TestExecutionHijackAndLeaksToAnotherToken(t *testing.T) {
 		metrics("no token", "", http.StatusUnauthorized)
 		metrics("the attacker", attacker, http.StatusForbidden)
 		metrics("the management token", root, http.StatusOK)
-		if code, b := leakAs(t, p, root, "PUT", api.PathACLPolicy+"prom", api.ACLPolicy{Name: "prom", Cluster: []string{"metrics"}}, nil); code != http.StatusOK {
+		if code, b := callAs(t, p, root, "PUT", api.PathACLPolicy+"prom", api.ACLPolicy{Name: "prom", Cluster: []string{"metrics"}}, nil); code != http.StatusOK {
 			t.Fatalf("policy prom: %d %s", code, b)
 		}
 		var prom api.ACLToken
-		if code, b := leakAs(t, p, root, "POST", api.PathACLTokens, api.ACLTokenRequest{Policies: []string{"prom"}}, &prom); code != http.StatusCreated {
+		if code, b := callAs(t, p, root, "POST", api.PathACLTokens, api.ACLTokenRequest{Policies: []string{"prom"}}, &prom); code != http.StatusCreated {
 			t.Fatalf("token prom: %d %s", code, b)
 		}
 		metrics("a metrics token", prom.SecretID, http.StatusOK)
