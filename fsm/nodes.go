@@ -13,16 +13,7 @@ func init() {
 			}
 			return ns, true
 		},
-		Install: func(f *FSM, s *[]Node) {
-			var ns []Node
-			if s != nil {
-				ns = *s
-			}
-			f.nodes = make(map[string]*Node, len(ns))
-			for i := range ns {
-				f.nodes[ns[i].Name] = &ns[i]
-			}
-		},
+		Install: func(f *FSM, s *[]Node) { f.nodes = byName(s, func(n *Node) string { return n.Name }) },
 		Digest: func(f *FSM, put func(any)) {
 			put("nodes")
 			for _, name := range sortedKeys(f.nodes) {

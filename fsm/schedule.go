@@ -48,14 +48,7 @@ func init() {
 			return out, len(out) > 0
 		},
 		Install: func(f *FSM, s *[]Schedule) {
-			var ss []Schedule
-			if s != nil {
-				ss = *s
-			}
-			f.schedules = make(map[string]*Schedule, len(ss))
-			for i := range ss {
-				f.schedules[ss[i].Name] = &ss[i]
-			}
+			f.schedules = byName(s, func(s *Schedule) string { return s.Name })
 			f.wakeSchedules()
 		},
 		Digest: func(f *FSM, put func(any)) {

@@ -102,3 +102,17 @@ func (t Table[S]) install(f *FSM, v any) {
 func (t Table[S]) digest(f *FSM, put func(any)) { t.Digest(f, put) }
 
 func (t Table[S]) hasSection() bool { return t.Capture != nil }
+
+// byName indexes a decoded section's records by their name, for an Install: the map points into
+// the section, and is empty when there is none.
+func byName[T any](s *[]T, name func(*T) string) map[string]*T {
+	var xs []T
+	if s != nil {
+		xs = *s
+	}
+	m := make(map[string]*T, len(xs))
+	for i := range xs {
+		m[name(&xs[i])] = &xs[i]
+	}
+	return m
+}
