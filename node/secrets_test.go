@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -265,24 +264,6 @@ func TestClusterSecretsGoOnlyToNodesOfTheClusterAndOnlyWhenCurrent(t *testing.T)
 	}
 }
 
-// lockedBuffer is a log sink the node's goroutines write to while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // A cluster upgraded from a release without a management credential gets one as soon as every
 // node up speaks protocol 4, even when the leader does not change: here the leader resumes a
 // state in which a node of protocol 3 is up, so the credential's hash is refused at its
@@ -290,7 +271,7 @@ func (l *lockedBuffer) String() string {
 func TestUpgradedClusterGetsAManagementCredentialOnceNoOlderNodeIsUp(t *testing.T) {
 	longTest(t)
 	dir, raftAddr := privateTempDir(t), freeAddr(t)
-	var logs lockedBuffer
+	var logs syncBuffer
 	o := clusterOpts{tweak: func(_ int, c *Config) {
 		c.Insecure, c.Advertise = false, "127.0.0.1"
 		c.DataDir, c.RaftAddr = dir, raftAddr
