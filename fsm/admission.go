@@ -124,26 +124,21 @@ func (s *store) submitter(e *entry) (string, bool) {
 	return peekSubmitter(e.cold, s.names.list)
 }
 
-// admissionFor is the caps of a command whose tasks the principals submit, nil for none. While a
-// node older than AdmissionProtocol is up it stamps none (that node could not decode them), and
-// tasks are admitted as before.
+// admissionFor is the caps of a command whose tasks the principals submit (a slice it sorts), nil
+// for none. While a node older than AdmissionProtocol is up it stamps none (that node could not
+// decode them), and tasks are admitted as before.
 func (f *FSM) admissionFor(env PrepareEnv, principals []string) *Admission {
 	if env.Admission == nil {
 		return nil
 	}
 	a := &Admission{MaxPending: env.Admission.MaxPending}
 	if env.Admission.PrincipalPending != nil {
-		seen := map[string]bool{}
-		for _, by := range principals {
-			if seen[by] {
-				continue
-			}
-			seen[by] = true
+		slices.Sort(principals) // the callers' own slices: sorted once, each principal once
+		for _, by := range slices.Compact(principals) {
 			if c := env.Admission.PrincipalPending(by); c > 0 {
 				a.Principals = append(a.Principals, PrincipalCap{Principal: by, MaxPending: c})
 			}
 		}
-		slices.SortFunc(a.Principals, func(x, y PrincipalCap) int { return strings.Compare(x.Principal, y.Principal) })
 	}
 	if a.MaxPending == 0 && len(a.Principals) == 0 {
 		return nil
