@@ -44,9 +44,12 @@ var (
 	ErrQuotaExceeded = newError("quota_exceeded", "quota exceeded")
 )
 
+// comparePrincipal orders a cap against a principal, for binary search in Principals.
+func comparePrincipal(c PrincipalCap, p string) int { return strings.Compare(c.Principal, p) }
+
 // principalCap is the cap of one principal, 0 when a has none for it.
 func (a *Admission) principalCap(principal string) int {
-	i, ok := slices.BinarySearchFunc(a.Principals, principal, func(c PrincipalCap, p string) int { return strings.Compare(c.Principal, p) })
+	i, ok := slices.BinarySearchFunc(a.Principals, principal, comparePrincipal)
 	if !ok {
 		return 0
 	}
@@ -60,7 +63,7 @@ func (a *Admission) merge(o *Admission) {
 		a.MaxPending = o.MaxPending
 	}
 	for _, c := range o.Principals {
-		if i, ok := slices.BinarySearchFunc(a.Principals, c.Principal, func(x PrincipalCap, p string) int { return strings.Compare(x.Principal, p) }); !ok {
+		if i, ok := slices.BinarySearchFunc(a.Principals, c.Principal, comparePrincipal); !ok {
 			a.Principals = slices.Insert(a.Principals, i, c)
 		}
 	}
