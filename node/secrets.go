@@ -15,9 +15,11 @@ import (
 // checks it and a snapshot alone opens nothing.
 
 // isManagement reports whether credential is the cluster's management credential. Never on an
-// insecure node (its operator routes are open) or before the hash is known.
+// insecure node (its operator routes are open) or before the hash is known. Every API request
+// with ACLs on asks (resolve): an ACL token or a JWT, which has not the management credential's
+// form, is told apart without reading the FSM or hashing.
 func (n *Node) isManagement(credential string) bool {
-	if n.sec == nil || n.sec.insecure || credential == "" {
+	if n.sec == nil || n.sec.insecure || !pki.ValidManagementCredential(credential) {
 		return false
 	}
 	return fsm.SecretMatches(credential, n.fsm.Security().ManagementHash)
