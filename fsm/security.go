@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/taskworker/taskworker/internal/acl"
 )
 
 // The cluster's security state: hashes of the join secret and of the management credential, and
@@ -56,12 +58,10 @@ func init() {
 // hashPrefix marks a secret's hash as the state keeps it.
 const hashPrefix = "sha256:"
 
-// HashSecret is the form in which the state keeps a secret: "sha256:" and the hex SHA-256 of it.
+// HashSecret is the form in which the state keeps a secret: "sha256:" and the hex SHA-256 of it
+// (acl.HashSecret, as for ACL tokens).
 // The secrets hashed are random (32 bytes or more), so a plain hash needs no salt or stretching.
-func HashSecret(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hashPrefix + hex.EncodeToString(sum[:])
-}
+func HashSecret(secret string) string { return hashPrefix + acl.HashSecret(secret) }
 
 // IsSecretHash reports whether s has the form HashSecret returns.
 func IsSecretHash(s string) bool {
