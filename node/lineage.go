@@ -46,8 +46,8 @@ func (n *Node) checkLineage(s *fsm.Submit, id *acl.Identity) error {
 	if id == nil {
 		return n.checkChild(s)
 	}
-	for _, ref := range []string{s.ParentID, s.ExecutionID} {
-		if ref == "" || ref == s.ID {
+	for i, ref := range []string{s.ParentID, s.ExecutionID} {
+		if ref == "" || ref == s.ID || i == 1 && ref == s.ParentID { // a root's child: its parent, read once
 			continue
 		}
 		t, ok := n.fsm.Task(ref)
