@@ -423,6 +423,8 @@ const (
 	CodeNotSecure Code = "not_secure"
 	// CodeKeyringConflict: a keyring change that would break gossip (removing the primary key).
 	CodeKeyringConflict Code = "keyring_conflict"
+	// CodeNameInUse: a node's registration under the name of another live node (internode only).
+	CodeNameInUse Code = "name_in_use"
 	// CodeStorageUnavailable: the node called cannot persist (see HealthStorageFault); send the
 	// request to another node.
 	CodeStorageUnavailable Code = "storage_unavailable"
@@ -446,7 +448,7 @@ var statusOf = map[Code]int{
 	CodeInvalidWait: 400, CodeInvalidIndex: 400, CodeInvalidState: 400, CodeInvalidLimit: 400, CodeInvalidCursor: 400, CodeInvalidTime: 400, CodeInvalidAttempt: 400,
 	CodeInvalidPriority: 400, CodeInvalidQueue: 400,
 	CodeUnauthorized: 401, CodeForbidden: 403, CodeNotFound: 404,
-	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409,
+	CodeAlreadyFinished: 409, CodeLeaveRefused: 409, CodeNotSecure: 409, CodeKeyringConflict: 409, CodeNameInUse: 409,
 	CodeBodyTooLarge: 413, CodeInputTooLarge: 413, CodeResultTooLarge: 413, CodeUnsupportedMediaType: 415,
 	CodeBatchTooLarge: 400, CodeEmptyBatch: 400, CodeInvalidSchedule: 400, CodeScheduleTooFrequent: 400,
 	CodeRateLimited: 429, CodeTooManyConnections: 429, CodeQueueFull: 429, CodeQuotaExceeded: 429,

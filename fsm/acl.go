@@ -22,13 +22,11 @@ const (
 )
 
 func init() {
-	// Forwardable: a follower serving an ACL request hands the command to the leader, which
-	// authorizes the forwarded caller again before applying (node/acl.go).
-	register(Spec[ACLBootstrap]{Type: CmdACLBootstrap, Name: "acl_bootstrap", Since: 1, Forwardable: true, Apply: (*FSM).applyACLBootstrap})
-	register(Spec[ACLPolicySet]{Type: CmdACLPolicySet, Name: "acl_policy_set", Since: 1, Forwardable: true, Apply: (*FSM).applyACLPolicySet})
-	register(Spec[ACLPolicyDelete]{Type: CmdACLPolicyDelete, Name: "acl_policy_delete", Since: 1, Forwardable: true, Apply: (*FSM).applyACLPolicyDelete})
-	register(Spec[ACLTokenCreate]{Type: CmdACLTokenCreate, Name: "acl_token_create", Since: 1, Forwardable: true, Apply: (*FSM).applyACLTokenCreate})
-	register(Spec[ACLTokenDelete]{Type: CmdACLTokenDelete, Name: "acl_token_delete", Since: 1, Forwardable: true, Apply: (*FSM).applyACLTokenDelete})
+	register(Spec[ACLBootstrap]{Type: CmdACLBootstrap, Name: "acl_bootstrap", Since: 1, Apply: (*FSM).applyACLBootstrap})
+	register(Spec[ACLPolicySet]{Type: CmdACLPolicySet, Name: "acl_policy_set", Since: 1, Apply: (*FSM).applyACLPolicySet})
+	register(Spec[ACLPolicyDelete]{Type: CmdACLPolicyDelete, Name: "acl_policy_delete", Since: 1, Apply: (*FSM).applyACLPolicyDelete})
+	register(Spec[ACLTokenCreate]{Type: CmdACLTokenCreate, Name: "acl_token_create", Since: 1, Apply: (*FSM).applyACLTokenCreate})
+	register(Spec[ACLTokenDelete]{Type: CmdACLTokenDelete, Name: "acl_token_delete", Since: 1, Apply: (*FSM).applyACLTokenDelete})
 
 	registerTable(Table[acl.State]{
 		Name: "acl",

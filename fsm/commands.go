@@ -51,21 +51,21 @@ type NeedsProtocol interface {
 }
 
 // The command table: each command type registers once (register), with its payload, name,
-// protocol, forwarding and apply function; encoding, decoding and Apply go through the table.
+// protocol and apply function; encoding, decoding and Apply go through the table.
 // The task and node commands register here; the others register next to their apply functions
 // and state, in acl.go, security.go, queue.go and schedule.go. The state they change registers
 // once as well, as a Table (table.go) in the file that owns it.
 func init() {
-	register(Spec[SubmitBatch]{Type: CmdSubmit, Name: "submit", Forwardable: true, Apply: (*FSM).applySubmit, Prepare: prepareSubmit})
+	register(Spec[SubmitBatch]{Type: CmdSubmit, Name: "submit", Apply: (*FSM).applySubmit, Prepare: prepareSubmit})
 	register(Spec[AssignBatch]{Type: CmdAssign, Name: "assign", Apply: (*FSM).applyAssign})
-	register(Spec[ReportBatch]{Type: CmdReport, Name: "report", Forwardable: true, Apply: (*FSM).applyReport, Prepare: prepareReport})
-	register(Spec[Register]{Type: CmdRegister, Name: "register", Forwardable: true, Apply: (*FSM).applyRegister})
+	register(Spec[ReportBatch]{Type: CmdReport, Name: "report", Apply: (*FSM).applyReport, Prepare: prepareReport})
+	register(Spec[Register]{Type: CmdRegister, Name: "register", Apply: (*FSM).applyRegister})
 	register(Spec[Down]{Type: CmdNodeDown, Name: "node_down", Apply: (*FSM).applyNodeDown})
-	register(Spec[Drain]{Type: CmdDrain, Name: "drain", Forwardable: true, Apply: (*FSM).applyDrain})
-	register(Spec[Cancel]{Type: CmdCancel, Name: "cancel", Forwardable: true, Apply: (*FSM).applyCancel})
+	register(Spec[Drain]{Type: CmdDrain, Name: "drain", Apply: (*FSM).applyDrain})
+	register(Spec[Cancel]{Type: CmdCancel, Name: "cancel", Apply: (*FSM).applyCancel})
 	register(Spec[Remove]{Type: CmdRemove, Name: "remove", Apply: (*FSM).applyRemove})
-	register(Spec[Retry]{Type: CmdRetry, Name: "retry", Since: 2, Forwardable: true, Apply: (*FSM).applyRetry, Prepare: prepareRetry})
-	register(Spec[Purge]{Type: CmdPurge, Name: "purge", Since: 2, Forwardable: true, Apply: (*FSM).applyPurge})
+	register(Spec[Retry]{Type: CmdRetry, Name: "retry", Since: 2, Apply: (*FSM).applyRetry, Prepare: prepareRetry})
+	register(Spec[Purge]{Type: CmdPurge, Name: "purge", Since: 2, Apply: (*FSM).applyPurge})
 }
 
 // Command is one raft log entry. Now is the leader's clock when it built the command; Apply uses
@@ -92,12 +92,6 @@ func (c *Command) Type() CommandType {
 		return s.typ
 	}
 	return 0
-}
-
-// Forwardable reports whether a follower may hand c to the leader; the leader decides the rest.
-func (c *Command) Forwardable() bool {
-	s := specOf(c.Body)
-	return s != nil && s.forward
 }
 
 // Batchable reports whether the leader's batcher may merge c with others of its type.
@@ -155,8 +149,6 @@ type Spec[P any] struct {
 	Name string
 	// Since is the Protocol that introduced the type (0: the release before protocol numbers).
 	Since int
-	// Forwardable: a follower may hand the command to the leader (node-originated commands).
-	Forwardable bool
 	// Apply changes the state; f.mu is held. Item-wise commands return one ItemResult per item in
 	// order (a Batch payload must), others return their outcome as the error. *P implementing
 	// Batch is what lets the leader's batcher merge the type.
@@ -179,7 +171,6 @@ type spec struct {
 	typ        CommandType
 	name       string
 	since      int
-	forward    bool
 	batch      bool
 	payload    reflect.Type // pointer to the payload struct
 	newPayload func() Payload
@@ -210,7 +201,7 @@ func register[P any](s Spec[P]) {
 	}
 	_, batch := any((*P)(nil)).(Batch)
 	sp := &spec{
-		typ: s.Type, name: s.Name, since: s.Since, forward: s.Forwardable, batch: batch, payload: pt,
+		typ: s.Type, name: s.Name, since: s.Since, batch: batch, payload: pt,
 		newPayload: func() Payload { return new(P) },
 		apply: func(f *FSM, index uint64, now time.Time, p Payload) ([]ItemResult, error) {
 			return s.Apply(f, index, now, p.(*P))
@@ -326,8 +317,8 @@ func (p *Retry) NeedsProtocol() int {
 // first). Apply evaluates the filter on the state at its index, so every replica drops the same
 // tasks and nothing can change between choosing them and dropping them.
 //
-// Not Remove (8) with IDs the leader picked: Remove is not forwardable (only the leader's
-// retention emits it), and a filter needs no round of reads before the write.
+// Not Remove (8) with IDs the leader picked: Remove is the leader's retention's, and a filter
+// needs no round of reads before the write.
 type Purge struct {
 	// States are the terminal states to drop (empty: all three).
 	States []State `msgpack:"states,omitempty"`

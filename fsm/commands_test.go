@@ -46,25 +46,25 @@ func scripted(t *testing.T) *FSM {
 
 func TestTableDescribesEveryCommandType(t *testing.T) {
 	tests := []struct {
-		typ                CommandType
-		body               Payload
-		name               string
-		forward, batchable bool
+		typ       CommandType
+		body      Payload
+		name      string
+		batchable bool
 	}{
-		{CmdSubmit, &SubmitBatch{}, "submit", true, true},
-		{CmdAssign, &AssignBatch{}, "assign", false, false},
-		{CmdReport, &ReportBatch{}, "report", true, true},
-		{CmdRegister, &Register{}, "register", true, false},
-		{CmdNodeDown, &Down{}, "node_down", false, false},
-		{CmdDrain, &Drain{}, "drain", true, false},
-		{CmdCancel, &Cancel{}, "cancel", true, false},
-		{CmdRemove, &Remove{}, "remove", false, false},
+		{CmdSubmit, &SubmitBatch{}, "submit", true},
+		{CmdAssign, &AssignBatch{}, "assign", false},
+		{CmdReport, &ReportBatch{}, "report", true},
+		{CmdRegister, &Register{}, "register", false},
+		{CmdNodeDown, &Down{}, "node_down", false},
+		{CmdDrain, &Drain{}, "drain", false},
+		{CmdCancel, &Cancel{}, "cancel", false},
+		{CmdRemove, &Remove{}, "remove", false},
 	}
 	for _, tc := range tests {
 		c := &Command{Body: tc.body}
-		if c.Type() != tc.typ || tc.typ.String() != tc.name || c.Forwardable() != tc.forward || c.Batchable() != tc.batchable {
-			t.Errorf("%T: type %d %q forward %v batch %v; want %d %q %v %v", tc.body, c.Type(), c.Type(),
-				c.Forwardable(), c.Batchable(), tc.typ, tc.name, tc.forward, tc.batchable)
+		if c.Type() != tc.typ || tc.typ.String() != tc.name || c.Batchable() != tc.batchable {
+			t.Errorf("%T: type %d %q batch %v; want %d %q %v", tc.body, c.Type(), c.Type(),
+				c.Batchable(), tc.typ, tc.name, tc.batchable)
 		}
 		if tc.typ.Since() != 0 {
 			t.Errorf("%s: Since %d, want 0 (the previous release applies it)", tc.typ, tc.typ.Since())

@@ -114,3 +114,17 @@ type digestSink struct{ bytes.Buffer }
 func (*digestSink) ID() string    { return "digest-test" }
 func (*digestSink) Cancel() error { return nil }
 func (*digestSink) Close() error  { return nil }
+
+// Two digests of one state are equal whatever order Go walks its maps in: a table with several
+// queue settings (a map of structs) once summed differently on every call.
+func TestDigestDoesNotDependOnMapOrder(t *testing.T) {
+	f := New()
+	f.queues.Queues = map[string]QueueConfig{"": {Paused: true}, "bulk": {Limit: 5}, "a": {Limit: 1}, "b": {Limit: 2}, "c": {Limit: 3}}
+	f.queues.TypeLimits = map[string]int{"x": 1, "y": 2, "z": 3}
+	_, want := f.Digest()
+	for i := range 100 {
+		if _, got := f.Digest(); got != want {
+			t.Fatalf("digest %d differs from the first", i)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/btree"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Queues and type limits: a queue's cluster-wide concurrency limit and paused flag, and a task
@@ -20,8 +21,8 @@ const (
 )
 
 func init() {
-	register(Spec[QueueSet]{Type: CmdQueueSet, Name: "queue_set", Since: 2, Forwardable: true, Apply: (*FSM).applyQueueSet})
-	register(Spec[TypeLimitSet]{Type: CmdTypeLimitSet, Name: "type_limit_set", Since: 2, Forwardable: true, Apply: (*FSM).applyTypeLimitSet})
+	register(Spec[QueueSet]{Type: CmdQueueSet, Name: "queue_set", Since: 2, Apply: (*FSM).applyQueueSet})
+	register(Spec[TypeLimitSet]{Type: CmdTypeLimitSet, Name: "type_limit_set", Since: 2, Apply: (*FSM).applyTypeLimitSet})
 
 	registerTable(Table[queueTables]{
 		Name: "queues",
@@ -122,6 +123,49 @@ type TypeLimitSet struct {
 type queueTables struct {
 	Queues     map[string]QueueConfig `msgpack:"queues,omitempty"`
 	TypeLimits map[string]int         `msgpack:"type_limits,omitempty"`
+}
+
+// EncodeMsgpack writes the tables as msgpack writes the struct, with each map's keys in order:
+// msgpack sorts only maps of strings, bools and interfaces (SetSortMapKeys), and the digest
+// must not depend on the order Go walks a map in.
+func (q queueTables) EncodeMsgpack(enc *msgpack.Encoder) error {
+	fields := 0
+	for _, n := range []int{len(q.Queues), len(q.TypeLimits)} {
+		if n > 0 {
+			fields++
+		}
+	}
+	if err := enc.EncodeMapLen(fields); err != nil {
+		return err
+	}
+	if len(q.Queues) > 0 {
+		if err := encodeSorted(enc, "queues", q.Queues); err != nil {
+			return err
+		}
+	}
+	if len(q.TypeLimits) > 0 {
+		return encodeSorted(enc, "type_limits", q.TypeLimits)
+	}
+	return nil
+}
+
+// encodeSorted writes name and then m, a map keyed by string, in key order.
+func encodeSorted[V any](enc *msgpack.Encoder, name string, m map[string]V) error {
+	if err := enc.EncodeString(name); err != nil {
+		return err
+	}
+	if err := enc.EncodeMapLen(len(m)); err != nil {
+		return err
+	}
+	for _, k := range sortedKeys(m) {
+		if err := enc.EncodeString(k); err != nil {
+			return err
+		}
+		if err := enc.Encode(m[k]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (q *queueTables) zero() bool { return len(q.Queues) == 0 && len(q.TypeLimits) == 0 }

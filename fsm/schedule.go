@@ -29,11 +29,11 @@ const (
 )
 
 func init() {
-	// Put and delete come from the API on any node; a fire is forwardable for manual triggers
-	// only (node refuses a forwarded tick fire: only the leader fires ticks).
-	register(Spec[SchedulePut]{Type: CmdSchedulePut, Name: "schedule_put", Since: 2, Forwardable: true, Apply: (*FSM).applySchedulePut})
-	register(Spec[ScheduleDelete]{Type: CmdScheduleDelete, Name: "schedule_delete", Since: 2, Forwardable: true, Apply: (*FSM).applyScheduleDelete})
-	register(Spec[ScheduleFire]{Type: CmdScheduleFire, Name: "schedule_fire", Since: 2, Forwardable: true, Apply: (*FSM).applyScheduleFire, Prepare: prepareFire})
+	// Put, delete and a manual fire come from the API (run on the leader); a tick's fire from
+	// the leader's schedule loop.
+	register(Spec[SchedulePut]{Type: CmdSchedulePut, Name: "schedule_put", Since: 2, Apply: (*FSM).applySchedulePut})
+	register(Spec[ScheduleDelete]{Type: CmdScheduleDelete, Name: "schedule_delete", Since: 2, Apply: (*FSM).applyScheduleDelete})
+	register(Spec[ScheduleFire]{Type: CmdScheduleFire, Name: "schedule_fire", Since: 2, Apply: (*FSM).applyScheduleFire, Prepare: prepareFire})
 
 	registerTable(Table[[]Schedule]{
 		Name: "schedules",

@@ -30,9 +30,9 @@ const (
 )
 
 func init() {
-	register(Spec[JoinSecret]{Type: CmdJoinSecret, Name: "join_secret", Since: 1, Forwardable: true, Apply: (*FSM).applyJoinSecret})
-	register(Spec[KeyringOp]{Type: CmdKeyring, Name: "keyring", Since: 1, Forwardable: true, Apply: (*FSM).applyKeyring})
-	register(Spec[Management]{Type: CmdManagement, Name: "management", Since: 4, Forwardable: true, Apply: (*FSM).applyManagement})
+	register(Spec[JoinSecret]{Type: CmdJoinSecret, Name: "join_secret", Since: 1, Apply: (*FSM).applyJoinSecret})
+	register(Spec[KeyringOp]{Type: CmdKeyring, Name: "keyring", Since: 1, Apply: (*FSM).applyKeyring})
+	register(Spec[Management]{Type: CmdManagement, Name: "management", Since: 4, Apply: (*FSM).applyManagement})
 
 	registerTable(Table[Security]{
 		Name: "security",

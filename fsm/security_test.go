@@ -18,10 +18,8 @@ func TestSecurityCommandsAreInTheTable(t *testing.T) {
 		{&KeyringOp{}, CmdKeyring, "keyring"},
 	} {
 		c := &Command{Body: tc.body}
-		// Forwardable: the operator API on any node writes them (every node is trusted alike: each
-		// holds the cluster CA).
-		if c.Type() != tc.typ || tc.typ.String() != tc.name || !c.Forwardable() || c.Batchable() || tc.typ.Since() != 1 {
-			t.Errorf("%T: type %d %q forward %v batch %v since %d", tc.body, c.Type(), c.Type(), c.Forwardable(), c.Batchable(), tc.typ.Since())
+		if c.Type() != tc.typ || tc.typ.String() != tc.name || c.Batchable() || tc.typ.Since() != 1 {
+			t.Errorf("%T: type %d %q batch %v since %d", tc.body, c.Type(), c.Type(), c.Batchable(), tc.typ.Since())
 		}
 		b, err := Encode(&Command{Now: t0, Body: tc.body})
 		if err != nil {

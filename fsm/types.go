@@ -16,8 +16,8 @@
 //  2. Define its payload struct with msgpack tags; implement Batch (Len, Append) if the leader's
 //     batcher may merge proposals of it.
 //  3. Raise Protocol by one and register the type with Since set to the new Protocol, its Name,
-//     Forwardable if followers may send it to the leader, its Apply (the state changes) and, if
-//     the leader must decide something first (a deadline, a backoff), Prepare.
+//     its Apply (the state changes) and, if the leader must decide something first (a deadline,
+//     a backoff), Prepare.
 //
 // Encoding, decoding, the leader's apply and the batcher read the table: nothing else changes.
 // The leader emits the type only once every up node has registered a protocol >= Since (Emit

@@ -245,15 +245,15 @@ func TestPurgeDropsOnlyWhatMatches(t *testing.T) {
 	}
 }
 
-func TestRetryAndPurgeAreProtocol2ForwardableTypes(t *testing.T) {
+func TestRetryAndPurgeAreProtocol2Types(t *testing.T) {
 	for _, tc := range []struct {
 		body Payload
 		typ  CommandType
 		name string
 	}{{&Retry{}, CmdRetry, "retry"}, {&Purge{}, CmdPurge, "purge"}} {
 		c := &Command{Body: tc.body}
-		if c.Type() != tc.typ || tc.typ.String() != tc.name || !c.Forwardable() || c.Batchable() || tc.typ.Since() != 2 {
-			t.Errorf("%T: type %d %q forward %v batch %v since %d", tc.body, c.Type(), c.Type(), c.Forwardable(), c.Batchable(), tc.typ.Since())
+		if c.Type() != tc.typ || tc.typ.String() != tc.name || c.Batchable() || tc.typ.Since() != 2 {
+			t.Errorf("%T: type %d %q batch %v since %d", tc.body, c.Type(), c.Type(), c.Batchable(), tc.typ.Since())
 		}
 	}
 }

@@ -16,11 +16,10 @@ import (
 )
 
 // ACLs (Config.ACL): the state lives in the FSM (fsm/acl.go), so every node resolves credentials
-// from its own replica; writes go to the leader like any command. A follower hands the caller's
-// credential to the leader beside the command (callerCredentialHeader), with or without ACLs, and
-// the leader authorizes it again before applying (authorizeForward, by a rule for each command
-// type): a follower cannot be used to do what the caller may not, nor what its own replica, behind
-// the leader's, still allows.
+// from its own replica. A write reaches the leader as the caller's request, credential included
+// (internal/forward), and the leader's API handlers authorize it against the leader's replica: a
+// follower cannot be used to do what the caller may not, nor what its own replica, behind the
+// leader's, still allows.
 
 // aclBackend is the node as httpapi's ACL sees it.
 type aclBackend struct{ n *Node }
@@ -49,25 +48,9 @@ func (n *Node) resolve(credential string, now time.Time) (*acl.Identity, error) 
 
 func (b aclBackend) Bootstrapped() bool { return b.n.fsm.ACL().Bootstrapped() }
 
-// credentialKey carries a caller's credential from the API handler to forward, which sends it to
-// the leader. Only the node package reads it.
-type credentialKey struct{}
-
-func withCaller(ctx context.Context, c httpapi.Caller) context.Context {
-	if c.Credential == "" {
-		return ctx
-	}
-	return context.WithValue(ctx, credentialKey{}, c.Credential)
-}
-
-func callerCredential(ctx context.Context) acl.Secret {
-	s, _ := ctx.Value(credentialKey{}).(acl.Secret)
-	return s
-}
-
 // proposeACL applies an ACL command for caller and maps its refusals to API errors.
 func (b aclBackend) proposeACL(ctx context.Context, caller httpapi.Caller, body fsm.Payload) error {
-	res, err := b.n.propose(withCaller(ctx, caller), &fsm.Command{Body: body})
+	res, err := b.n.propose(ctx, &fsm.Command{Body: body})
 	if err == nil {
 		err = b.n.waitIndex(ctx, res.Index) // the caller reads its own write on this node
 	}
@@ -201,225 +184,8 @@ func (b aclBackend) Token(_ context.Context, accessorID string) (api.ACLToken, b
 	return toAPIACLToken(t), true
 }
 
-// forwardCaller is who a forwarded command is for: the API caller's credential, which the
-// follower sent beside the command ("" for none), and the node whose certificate made the call.
-type forwardCaller struct {
-	credential string
-	node       internodeCaller
-}
-
-// forwardRule is the leader's check of one forwarded command type: nil to apply it, else an
-// *api.Error (401 or 403). A rule may also overwrite what the leader must decide, not the
-// follower: the principal a submit or schedule records.
-type forwardRule func(n *Node, c *fsm.Command, from forwardCaller) error
-
-// forwardRules has a rule for every forwardable command type (TestEveryForwardableCommandHasARule
-// walks the command table); a type without one is refused.
-var forwardRules = map[fsm.CommandType]forwardRule{
-	// Users' requests: what the caller's capabilities allow on the task types concerned.
-	fsm.CmdSubmit:         authorizeSubmit,
-	fsm.CmdCancel:         authorizeTasks(acl.CapCancel),
-	fsm.CmdRetry:          authorizeRetry,
-	fsm.CmdPurge:          authorizePurge,
-	fsm.CmdSchedulePut:    authorizeSchedule,
-	fsm.CmdScheduleDelete: authorizeSchedule,
-	fsm.CmdScheduleFire:   authorizeSchedule,
-	// Cluster settings: a cluster right.
-	fsm.CmdQueueSet:        clusterRight(acl.RightOperator),
-	fsm.CmdTypeLimitSet:    clusterRight(acl.RightOperator),
-	fsm.CmdACLPolicySet:    aclWrite,
-	fsm.CmdACLPolicyDelete: aclWrite,
-	fsm.CmdACLTokenCreate:  aclWrite,
-	fsm.CmdACLTokenDelete:  aclWrite,
-	// The FSM accepts the bootstrap token once per cluster, from anyone: that is what bootstrap is.
-	fsm.CmdACLBootstrap: func(*Node, *fsm.Command, forwardCaller) error { return nil },
-	// What admits a machine to the cluster: the management credential's, or the operator right's.
-	fsm.CmdJoinSecret: managementOnly,
-	fsm.CmdKeyring:    managementOnly,
-	fsm.CmdManagement: managementOnly,
-	// What a node says of itself: only that node's certificate (checkNodeIdentity).
-	fsm.CmdReport:   nodeOnly,
-	fsm.CmdRegister: nodeOnly,
-	fsm.CmdDrain:    nodeOnly,
-}
-
-// authorizeForward is the leader's check of a forwarded command, as if its caller had come here:
-// the command type's rule, and a refusal for a type that has none. The error is an *api.Error.
-func (n *Node) authorizeForward(c *fsm.Command, from forwardCaller) error {
-	rule := forwardRules[c.Type()]
-	if rule == nil {
-		return api.Errorf(api.CodeForbidden, "the leader has no rule for a forwarded %s command", c.Type())
-	}
-	return rule(n, c, from)
-}
-
-// forwardIdentity resolves a forwarded caller's credential at the leader (401 when it is missing,
-// unknown, revoked or expired).
-func (n *Node) forwardIdentity(credential string) (*acl.Identity, error) {
-	id, err := n.resolve(credential, time.Now())
-	if err != nil {
-		return nil, api.Errorf(api.CodeUnauthorized, "forwarded request: %v", err)
-	}
-	return id, nil
-}
-
-func forwardDenied(err error) error {
-	if err == nil {
-		return nil
-	}
-	return api.Errorf(api.CodeForbidden, "%v", err)
-}
-
-// userRequest resolves the caller of a user's request with ACLs on: check reports whether the
-// rule goes on to check id's capabilities. It is false without ACLs (the follower's API let the
-// request in, and the leader has nothing more to know) and when err refuses the caller.
-func (n *Node) userRequest(from forwardCaller) (id *acl.Identity, check bool, err error) {
-	if !n.cfg.ACL {
-		return nil, false, nil
-	}
-	id, err = n.forwardIdentity(from.credential)
-	return id, err == nil, err
-}
-
-func authorizeSubmit(n *Node, c *fsm.Command, from forwardCaller) error {
-	body := c.Body.(*fsm.SubmitBatch)
-	if from.credential == "" && n.childSubmits(body) {
-		return nil
-	}
-	id, ok, err := n.userRequest(from)
-	if !ok {
-		return err
-	}
-	for i := range body.Items {
-		if err := id.Allow(acl.CapSubmit, body.Items[i].Type); err != nil {
-			return forwardDenied(err)
-		}
-		body.Items[i].SubmittedBy = id.Principal
-	}
-	return nil
-}
-
-// authorizeTasks checks a capability on the type of every task a Cancel names.
-func authorizeTasks(capability acl.Capability) forwardRule {
-	return func(n *Node, c *fsm.Command, from forwardCaller) error {
-		id, ok, err := n.userRequest(from)
-		if !ok {
-			return err
-		}
-		return forwardDenied(n.allowOnTasks(id, capability, c.Body.(*fsm.Cancel).IDs))
-	}
-}
-
-func (n *Node) allowOnTasks(id *acl.Identity, capability acl.Capability, ids []string) error {
-	for _, tid := range ids {
-		if t, ok := n.fsm.Task(tid); ok {
-			if err := id.Allow(capability, t.Type); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func authorizeRetry(n *Node, c *fsm.Command, from forwardCaller) error {
-	id, ok, err := n.userRequest(from)
-	if !ok {
-		return err
-	}
-	body := c.Body.(*fsm.Retry)
-	if err := n.allowOnTasks(id, acl.CapSubmit, body.IDs); err != nil {
-		return forwardDenied(err)
-	}
-	body.By = id.Principal
-	return nil
-}
-
-func authorizePurge(n *Node, c *fsm.Command, from forwardCaller) error {
-	id, ok, err := n.userRequest(from)
-	if !ok {
-		return err
-	}
-	return forwardDenied(purgeAllowed(id, c.Body.(*fsm.Purge).Type))
-}
-
-// authorizeSchedule: a schedule submits tasks of its type for whoever put it, so every change
-// needs the submit capability on the type (old and new).
-func authorizeSchedule(n *Node, c *fsm.Command, from forwardCaller) error {
-	id, ok, err := n.userRequest(from)
-	if !ok {
-		return err
-	}
-	types, _ := n.scheduleTypes(c)
-	for _, typ := range types {
-		if err := id.Allow(acl.CapSubmit, typ); err != nil {
-			return forwardDenied(err)
-		}
-	}
-	if put, ok := c.Body.(*fsm.SchedulePut); ok {
-		put.Schedule.SubmittedBy = id.Principal
-	}
-	return nil
-}
-
-// clusterRight needs a cluster right with ACLs on; without ACLs the follower's API let the
-// request in (these settings are open there, as task routes are).
-func clusterRight(right acl.ClusterRight) forwardRule {
-	return func(n *Node, _ *fsm.Command, from forwardCaller) error {
-		id, ok, err := n.userRequest(from)
-		if !ok {
-			return err
-		}
-		return forwardDenied(id.Cluster(right))
-	}
-}
-
-// aclWrite changes the ACL state: the acl right, and never without ACLs (no route proposes it).
-func aclWrite(n *Node, c *fsm.Command, from forwardCaller) error {
-	if !n.cfg.ACL {
-		return api.Errorf(api.CodeForbidden, "ACLs are not enabled on this cluster: the leader refuses a forwarded %s", c.Type())
-	}
-	return clusterRight(acl.RightACL)(n, c, from)
-}
-
-// managementOnly: the join secret, the gossip keys and the management credential decide who may
-// join the cluster. The caller must hold the management credential, or with ACLs the operator
-// right, in every mode: without ACLs no other caller reaches the routes that propose them.
-func managementOnly(n *Node, c *fsm.Command, from forwardCaller) error {
-	switch {
-	case from.credential == "":
-		return api.Errorf(api.CodeUnauthorized, "forwarded %s: the caller sent no credential; it needs the management credential", c.Type())
-	case n.isManagement(from.credential):
-		return nil
-	case !n.cfg.ACL:
-		return api.Errorf(api.CodeForbidden, "forwarded %s: the caller's credential is not the management credential", c.Type())
-	}
-	id, err := n.forwardIdentity(from.credential)
-	if err != nil {
-		return err
-	}
-	return forwardDenied(id.Cluster(acl.RightOperator))
-}
-
-// nodeOnly: a command a node sends about itself, which no API caller sends; only a certificate
-// naming that node may (checkNodeIdentity).
-func nodeOnly(_ *Node, c *fsm.Command, from forwardCaller) error {
-	if err := checkNodeIdentity(c, from.node); err != nil {
-		return api.Errorf(api.CodeForbidden, "%v", err)
-	}
-	return nil
-}
-
-// childSubmits reports whether every item is a child task submitted by a running task on behalf
-// of its parent's submitter: the executor submits those without a caller's credential.
-func (n *Node) childSubmits(b *fsm.SubmitBatch) bool {
-	return len(b.Items) > 0 && !slices.ContainsFunc(b.Items, func(s fsm.Submit) bool {
-		parent, ok := n.fsm.Task(s.ParentID)
-		return s.ParentID == "" || !ok || !parent.State.Active() || parent.SubmittedBy != s.SubmittedBy
-	})
-}
-
-// forwardRefusal turns the leader's refusal of a forward (a 4xx with the API's error body: 401, 403,
-// or a submit that failed the leader's own validation) into the API error it was.
+// forwardRefusal turns the leader's refusal of a node's command (a 4xx with the API's error body:
+// 403, or a child submit that failed the leader's own validation) into the API error it was.
 func forwardRefusal(status int, body []byte) error {
 	if status < 400 || status >= 500 || status == http.StatusNotFound {
 		return nil

@@ -2,9 +2,7 @@ package node
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"reflect"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
-	"github.com/taskworker/taskworker/internal/acl"
 )
 
 // aclCall sends a request with a credential ("" for none) and returns status and body.
@@ -151,8 +148,8 @@ func TestACLClusterAuthorizesThroughFollowers(t *testing.T) {
 	}
 }
 
-// A follower that skipped its own check (or was lied to) cannot get a command past the leader:
-// the leader resolves and authorizes the forwarded credential again.
+// A follower that skipped its own check (or was lied to) cannot get a write past the leader: the
+// leader's API handlers resolve and authorize the forwarded credential, and validate the request.
 func TestLeaderAuthorizesForwardedCommandsAgain(t *testing.T) {
 	tc := aclCluster(t)
 	l, f := tc.leader(), tc.follower()
@@ -169,71 +166,47 @@ func TestLeaderAuthorizesForwardedCommandsAgain(t *testing.T) {
 		tk, _ := l.FSM().Task(sleeper.ID)
 		return tk.State == fsm.Running
 	})
-	forward := func(secret string, body fsm.Payload) error {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if secret != "" {
-			ctx = context.WithValue(ctx, credentialKey{}, acl.Secret(secret))
-		}
-		_, err := f.forward(ctx, f.internodeAddr(l.Name()), &fsm.Command{Body: body}) // the leader's internode address
-		return err
-	}
-	submitSquare := func(by string) *fsm.SubmitBatch {
-		return &fsm.SubmitBatch{Items: []fsm.Submit{{ID: "forged-" + by, Type: "calc-square", Version: "1", Input: json.RawMessage("2"),
-			MaxAttempts: 1, Timeout: fsm.Duration(time.Minute), ExecutionID: "forged-" + by, SubmittedBy: by}}}
-	}
+	submitSquare := `{"type": "calc-square", "input": 2}`
 	// A submit the API would refuse, sent straight to the leader by an authorized caller.
-	badSubmit := func(change func(*fsm.Submit)) *fsm.SubmitBatch {
-		b := submitSquare("bad")
-		change(&b.Items[0])
-		return b
-	}
+	badSubmit := func(fields string) string { return `{"type": "calc-square", "input": 2, ` + fields + `}` }
 	tests := []struct {
-		name   string
-		secret string
-		body   fsm.Payload
-		code   api.Code
-		says   string
+		name               string
+		secret             string
+		method, path, body string
+		code               api.Code
+		says               string
 	}{
-		{"submit of a type the token lacks", team.SecretID, submitSquare(team.AccessorID), api.CodeForbidden, `"submit" on task type "calc-square"`},
-		{"submit claiming the management token's accessor", team.SecretID, submitSquare(mgmt.AccessorID), api.CodeForbidden, `"submit"`},
-		{"submit without a credential", "", submitSquare(mgmt.AccessorID), api.CodeUnauthorized, "no token"},
-		{"submit with an unknown credential", "tws_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", submitSquare("x"), api.CodeUnauthorized, "unknown token"},
-		{"child submit of a parent that does not run", "", &fsm.SubmitBatch{Items: []fsm.Submit{{ID: "child", Type: "echo", ParentID: "nope"}}}, api.CodeUnauthorized, "no token"},
-		{"cancel of a type the token lacks", team.SecretID, &fsm.Cancel{IDs: []string{sleeper.ID}}, api.CodeForbidden, `"cancel" on task type "sleep"`},
-		{"policy write without the acl right", team.SecretID, &fsm.ACLPolicySet{Policy: acl.Policy{Name: "all", Rules: []acl.Rule{{TaskType: "*", Capabilities: []acl.Capability{acl.CapSubmit}}}}}, api.CodeForbidden, `"acl"`},
-		{"token delete without a credential", "", &fsm.ACLTokenDelete{AccessorID: mgmt.AccessorID}, api.CodeUnauthorized, "no token"},
-		// Validated again on the leader, whatever the follower checked.
-		{"submit with an input of the wrong shape", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.Input = json.RawMessage(`"x"`) }), api.CodeInvalidInput, "calc-square"},
-		{"submit of an unknown type", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.Type = "no-such-type" }), api.CodeUnknownTaskType, "no-such-type"},
-		{"submit with too many attempts", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.MaxAttempts = 1000 }), api.CodeInvalidMaxAttempts, "max_attempts"},
-		{"submit with no timeout", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.Timeout = 0 }), api.CodeInvalidTimeout, "timeout"},
-		{"submit with a bad version", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.Version = "1 2" }), api.CodeInvalidVersion, "version"},
-		{"submit with an oversized input", mgmt.SecretID, badSubmit(func(s *fsm.Submit) { s.Input = json.RawMessage(strings.Repeat("1", 300<<10)) }), api.CodeInputTooLarge, "input"},
+		{"submit of a type the token lacks", team.SecretID, "POST", "/v1/tasks", submitSquare, api.CodeForbidden, `"submit" on task type "calc-square"`},
+		{"submit without a credential", "", "POST", "/v1/tasks", submitSquare, api.CodeUnauthorized, "token"},
+		{"submit with an unknown credential", "tws_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "POST", "/v1/tasks", submitSquare, api.CodeUnauthorized, "unknown token"},
+		// A task the caller may not read is not found, as it is for a request to the leader itself.
+		{"cancel of a type the token may not read", team.SecretID, "POST", "/v1/tasks/" + sleeper.ID + "/cancel", "", api.CodeNotFound, "not found"},
+		{"policy write without the acl right", team.SecretID, "PUT", "/v1/acl/policy/all", `{"rules": [{"task_type": "*", "capabilities": ["submit"]}]}`, api.CodeForbidden, `"acl"`},
+		{"token delete without a credential", "", "DELETE", "/v1/acl/token/" + mgmt.AccessorID, "", api.CodeUnauthorized, "token"},
+		// Validated on the leader, whatever the follower checked.
+		{"submit with an input of the wrong shape", mgmt.SecretID, "POST", "/v1/tasks", `{"type": "calc-square", "input": "x"}`, api.CodeInvalidInput, "calc-square"},
+		{"submit of an unknown type", mgmt.SecretID, "POST", "/v1/tasks", `{"type": "no-such-type"}`, api.CodeUnknownTaskType, "no-such-type"},
+		{"submit with too many attempts", mgmt.SecretID, "POST", "/v1/tasks", badSubmit(`"max_attempts": 1000`), api.CodeInvalidMaxAttempts, "max_attempts"},
+		{"submit with a bad timeout", mgmt.SecretID, "POST", "/v1/tasks", badSubmit(`"timeout": "-1s"`), api.CodeInvalidTimeout, "timeout"},
+		{"submit with a bad version", mgmt.SecretID, "POST", "/v1/tasks", badSubmit(`"version": "1 2"`), api.CodeInvalidVersion, "version"},
+		{"submit with an oversized input", mgmt.SecretID, "POST", "/v1/tasks", `{"type": "calc-square", "input": ` + strings.Repeat("1", 260<<10) + `}`, api.CodeInputTooLarge, "input"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, before := l.FSM().Digest()
-			err := forward(tt.secret, tt.body)
-			var ae *api.Error
-			if !errors.As(err, &ae) || ae.Code != tt.code || !strings.Contains(ae.Message, tt.says) {
-				t.Fatalf("forward: %v, want %s saying %q", err, tt.code, tt.says)
-			}
+			code, b := forwardAs(t, f, l, tt.method, tt.path, tt.secret, tt.body)
+			wantAPIError(t, tt.name, code, b, api.Status(tt.code), tt.code, tt.says)
 			if _, after := l.FSM().Digest(); after != before {
 				t.Error("a refused forward changed the leader's state")
 			}
 		})
 	}
-	if _, ok := l.FSM().Task("forged-" + mgmt.AccessorID); ok {
-		t.Fatal("a forged submit was applied")
-	}
-	// The same path works for a credential that may: the leader records whom it resolved, not
-	// what the follower wrote.
-	if err := forward(mgmt.SecretID, submitSquare(team.AccessorID)); err != nil {
-		t.Fatal(err)
-	}
-	if tk, ok := l.FSM().Task("forged-" + team.AccessorID); !ok || tk.SubmittedBy != mgmt.AccessorID {
-		t.Fatalf("allowed forward: %+v", tk)
+	// The same path works for a credential that may: the leader records whom it resolved.
+	code, b = forwardAs(t, f, l, "POST", "/v1/tasks", mgmt.SecretID, submitSquare)
+	var sq api.Task
+	mustJSON(t, b, &sq)
+	if tk, ok := l.FSM().Task(sq.ID); code != http.StatusCreated || !ok || tk.SubmittedBy != mgmt.AccessorID {
+		t.Fatalf("allowed forward: %d %s %+v", code, b, tk)
 	}
 }
 

@@ -23,12 +23,24 @@ var (
 	ErrShuttingDown = errors.New("node is shutting down")
 )
 
-// propose gets a command applied by the leader, wherever it is, retrying across leader changes
-// until ctx ends. Followers forward over HTTP; raft has no forwarding of its own.
+// propose applies a write of the API on this node, which must be the leader: the API's writes
+// reach the leader's handlers through internal/forward, which retries the whole request when raft
+// loses leadership under it (a retryable error here is the API's no_leader).
 func (n *Node) propose(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
+	if n.raft.State() != raft.Leader {
+		return nil, raft.ErrNotLeader
+	}
+	return n.applyLocal(ctx, c)
+}
+
+// proposeNode gets a command this node sends about itself (a report, its registration, its
+// drain, a running task's child) applied by the leader, wherever it is, retrying across leader
+// changes until ctx ends. A follower sends it to the leader's internode route for its type
+// (nodePath), which checks that the command is this node's.
+func (n *Node) proposeNode(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
 	backoff := 20 * time.Millisecond
 	for {
-		res, err := n.proposeOnce(ctx, c)
+		res, err := n.proposeNodeOnce(ctx, c)
 		if err == nil || !retryable(err) {
 			return res, err
 		}
@@ -51,7 +63,7 @@ func retryable(err error) bool {
 
 var errForward = errors.New("forward to leader")
 
-func (n *Node) proposeOnce(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
+func (n *Node) proposeNodeOnce(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
 	if n.raft.State() == raft.Leader {
 		return n.applyLocal(ctx, c)
 	}
@@ -73,19 +85,15 @@ var errLeaderChanged = errors.New("leader changed")
 
 // forwardWhileLeader forwards c to addr, the node of target (the leader raft named when the
 // forward began; "" when it named none), and gives the forward up as soon as raft on this node
-// names another leader, or none: a frozen or cut-off leader holds a forward until the HTTP
-// deadline (15 s), while raft on the followers stops naming it after one heartbeat timeout and
-// elects a new leader about a second later. The error is errForward, so propose retries against
-// the new leader.
+// names another leader, or none (internal/forward does the same for the API's writes). The error
+// is errForward, so proposeNode retries against the new leader.
 //
-// Retrying is safe because every forwardable command is idempotent when the first copy did
-// commit (propose already retried forwards that timed out; this only retries sooner): a submit
-// carries the task ID chosen before propose (prepareSubmit), so its second copy meets
-// fsm.ErrDuplicateID, which submitTask takes as success, and a keyed submit finds its key;
-// executor reports are fenced by (node, boot ID, attempt): Started and Checkpoint applied twice
-// change nothing, and an outcome applied twice is stale the second time (tasks.ErrFenced, the
-// attempt is settled). An internal dedupe key, or retrying only forwards that provably never
-// reached the old leader, would add state for no case these do not cover.
+// Retrying is safe because a node's commands are idempotent when the first copy did commit: a
+// child submit carries the task ID chosen before it is sent, so its second copy meets
+// fsm.ErrDuplicateID, which submitTask takes as success; executor reports are fenced by (node,
+// boot ID, attempt): Started and Checkpoint applied twice change nothing, and an outcome applied
+// twice is stale the second time (tasks.ErrFenced, the attempt is settled); a registration and a
+// drain set state.
 func (n *Node) forwardWhileLeader(ctx context.Context, changed <-chan struct{}, target, addr string, c *fsm.Command) (*fsm.Result, error) {
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -256,14 +264,15 @@ func (n *Node) forward(ctx context.Context, addr string, c *fsm.Command) (*fsm.R
 	if err != nil {
 		return nil, err
 	}
-	req, err := n.internodeRequest(ctx, http.MethodPost, addr, internodeApplyPath, bytes.NewReader(b))
+	path, ok := nodePaths[c.Type()]
+	if !ok {
+		return nil, fmt.Errorf("a node does not send %s commands", c.Type())
+	}
+	req, err := n.internodeRequest(ctx, http.MethodPost, addr, path, bytes.NewReader(b))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/msgpack")
-	if cred := callerCredential(ctx); cred != "" {
-		req.Header.Set(callerCredentialHeader, cred.Reveal())
-	}
 	resp, err := n.client.Do(req)
 	if err != nil {
 		n.leaderHint.Store("")

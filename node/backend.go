@@ -43,7 +43,7 @@ func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.S
 		// Its FSM stops where its disk did: it could not even show the client its own task.
 		return api.Task{}, false, api.Errorf(api.CodeStorageUnavailable, "node %s cannot take work: %s; send it to another node", b.n.cfg.Name, reason)
 	}
-	item, err := b.n.submitTask(withIdentity(withCaller(ctx, caller), caller.Identity), req, caller.Principal())
+	item, err := b.n.submitTask(withIdentity(ctx, caller.Identity), req, caller.Principal(), b.n.propose)
 	if err != nil {
 		return api.Task{}, false, b.hideHolder(caller, toAPIError(err))
 	}
@@ -59,7 +59,7 @@ func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.S
 }
 
 func (b apiBackend) SubmitBatch(ctx context.Context, caller httpapi.Caller, reqs []api.SubmitRequest) ([]api.BatchResult, error) {
-	out, err := b.n.submitBatch(withIdentity(withCaller(ctx, caller), caller.Identity), reqs, caller.Principal())
+	out, err := b.n.submitBatch(withIdentity(ctx, caller.Identity), reqs, caller.Principal())
 	for i, r := range out {
 		switch {
 		case r.Status == http.StatusOK && r.Task != nil && !mayShowExisting(caller, *r.Task):
@@ -142,7 +142,7 @@ func (b apiBackend) Cancel(ctx context.Context, caller httpapi.Caller, id string
 	if _, ok := n.fsm.Task(id); !ok {
 		return api.Task{}, taskNotFound(id)
 	}
-	res, err := n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.Cancel{IDs: []string{id}}})
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.Cancel{IDs: []string{id}}})
 	if err != nil {
 		return api.Task{}, toAPIError(err)
 	}

@@ -15,14 +15,14 @@ import (
 
 // FuzzInternodeEnvelope feeds arbitrary bytes to both ends of a forwarded write: the leader's
 // decoding of the request and the follower's decoding of the reply. Neither may panic; a decoded
-// request is always a forwardable command, and a reply is a result, an *api.Error refusal, or an
+// request is always a command of its route's type, and a reply is a result, an *api.Error refusal, or an
 // error, never two of them.
 func FuzzInternodeEnvelope(f *testing.F) {
 	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	for _, c := range []*fsm.Command{
 		{Now: now, Body: &fsm.SubmitBatch{Items: []fsm.Submit{{ID: "a", Type: "echo", Version: "1", Input: json.RawMessage(`{"x":1}`), MaxAttempts: 3, ExecutionID: "a"}}}},
 		{Now: now, Body: &fsm.Cancel{IDs: []string{"a"}}},
-		{Now: now, Body: &fsm.AssignBatch{Items: []fsm.Assign{{TaskID: "a", Node: "n1", BootID: "b"}}}}, // not forwardable
+		{Now: now, Body: &fsm.AssignBatch{Items: []fsm.Assign{{TaskID: "a", Node: "n1", BootID: "b"}}}}, // no node route's type
 	} {
 		b, err := fsm.Encode(c)
 		if err != nil {
@@ -37,9 +37,9 @@ func FuzzInternodeEnvelope(f *testing.F) {
 	f.Add([]byte(`{"error": "bad", "code": "invalid_input"}`), 400)
 	f.Add([]byte{0xc1}, 503)
 	f.Fuzz(func(t *testing.T, body []byte, status int) {
-		if c, err := decodeForwarded(body); err == nil {
-			if c == nil || !c.Forwardable() {
-				t.Fatalf("decoded a command followers may not forward: %#v", c)
+		for typ := range nodePaths {
+			if c, err := decodeNodeCommand(typ, body); err == nil && (c == nil || c.Type() != typ) {
+				t.Fatalf("the %s route decoded another command: %#v", typ, c)
 			}
 		}
 		r, err := decodeForwardReply(status, body)

@@ -66,7 +66,7 @@ func checkNodeIdentity(c *fsm.Command, caller internodeCaller) error {
 	}
 	for _, name := range names {
 		if !caller.may(name) {
-			return fmt.Errorf("node %q may not send a %s command for node %q", api.Truncate(caller.name), c.Type(), api.Truncate(name))
+			return api.Errorf(api.CodeForbidden, "node %q may not send a %s command for node %q", api.Truncate(caller.name), c.Type(), api.Truncate(name))
 		}
 	}
 	return nil
@@ -201,6 +201,7 @@ func (n *Node) newInternodeClients() {
 	// follows, which last as long as a task, to 128 keeps a busy follower inside the cap.
 	n.client = &http.Client{Timeout: internodeRequestTimeout, Transport: n.internodeTransport(64)}
 	n.streamClient = &http.Client{Transport: n.internodeTransport(128)}
+	n.forwardClient = &http.Client{Transport: n.internodeTransport(128)}
 }
 
 // internodeTransport is an internode transport holding at most maxPerNode connections to one node.

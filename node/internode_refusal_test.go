@@ -2,6 +2,7 @@ package node
 
 import (
 	"crypto/tls"
+	"github.com/taskworker/taskworker/fsm"
 	"net/http"
 	"strings"
 	"testing"
@@ -30,7 +31,7 @@ func TestRefusedInternodeCallsAreLoggedOncePerAddress(t *testing.T) {
 	defer anon.CloseIdleConnections()
 	const tries = 50
 	for range tries {
-		resp, err := anon.Post("https://"+n1.GossipAddr()+internodeApplyPath, "application/msgpack", strings.NewReader("x"))
+		resp, err := anon.Post("https://"+n1.GossipAddr()+nodePaths[fsm.CmdReport], "application/msgpack", strings.NewReader("x"))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,27 +13,32 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/tasks"
 )
 
-// The node-to-node routes: forwarded writes, log reads, a leaving node's removal and the join
-// exchange. They are served on the internode listener (the gossip port, internode.go), never on
-// the public API, which has no route that accepts raw FSM commands. In secure mode every route
-// but join needs a cluster node's certificate.
+// The node-to-node routes: the API's writes forwarded to the leader (internal/forward), the
+// commands a node sends about itself, log reads, a leaving node's removal, the join exchange and
+// the secrets. They are served on the internode listener (the gossip port, internode.go), never on
+// the public API. In secure mode every route but join needs a cluster node's certificate.
 const (
-	internodeApplyPath  = "/v1/internode/apply"
 	internodeLogsPath   = "/v1/internode/logs/{id}"
 	internodeRemovePath = "/v1/internode/remove/{name}"
 	internodeJoinPath   = "/v1/internode/join"
 	// leaderHeader names the leader in a not-leader reply, so a node that is not yet a raft
 	// member (a joiner registering) finds the leader without raft.
-	leaderHeader = "X-Taskworker-Leader"
-	// callerCredentialHeader carries, beside a forwarded command, the credential of the API
-	// caller it is for, so the leader authorizes that caller again (authorizeForward).
-	callerCredentialHeader = "X-Taskworker-Caller-Credential"
+	leaderHeader = forward.HeaderLeader
 )
+
+// nodePaths is the leader's route for each command a node sends about itself (proposeNode).
+var nodePaths = map[fsm.CommandType]string{
+	fsm.CmdReport:   "/v1/internode/report",
+	fsm.CmdRegister: "/v1/internode/register",
+	fsm.CmdDrain:    "/v1/internode/drain",
+	fsm.CmdSubmit:   "/v1/internode/child",
+}
 
 // internodeHold holds every internode request while set, as a frozen process would (SIGSTOP):
 // the in-process tests' way to freeze a leader's side of forwarding. Nothing sets it outside tests.
@@ -58,7 +63,11 @@ func (h *internodeHold) wrap(next http.Handler) http.Handler {
 
 func (n *Node) internodeRoutes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+internodeApplyPath, n.handleInternodeApply)
+	mux.Handle("POST "+forward.Path, n.fwd.Serve(http.HandlerFunc(n.servedAPI)))
+	mux.HandleFunc("POST "+nodePaths[fsm.CmdReport], n.nodeRoute(fsm.CmdReport, checkNodeIdentity))
+	mux.HandleFunc("POST "+nodePaths[fsm.CmdRegister], n.nodeRoute(fsm.CmdRegister, n.checkRegister))
+	mux.HandleFunc("POST "+nodePaths[fsm.CmdDrain], n.nodeRoute(fsm.CmdDrain, checkNodeIdentity))
+	mux.HandleFunc("POST "+nodePaths[fsm.CmdSubmit], n.nodeRoute(fsm.CmdSubmit, n.checkChildren))
 	mux.HandleFunc("GET "+internodeLogsPath, n.handleLocalLogs)
 	mux.HandleFunc("POST "+internodeRemovePath, n.handleInternodeRemove)
 	mux.HandleFunc("POST "+internodeJoinPath, n.handleJoin)
@@ -74,75 +83,93 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	httpapi.WriteJSON(w, status, api.Error{Message: msg, Code: api.Code(code)})
 }
 
-// handleInternodeApply is the leader's side of forwarding.
-func (n *Node) handleInternodeApply(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<20))
-	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "command too large")
-		return
-	}
-	c, err := decodeForwarded(body)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_command", err.Error())
-		return
-	}
-	if err := checkNodeIdentity(c, callerOf(r.Context())); err != nil {
-		n.log.Warn("refused a forwarded command", "remote", r.RemoteAddr, "command", c.Type().String(), "reason", err)
-		writeError(w, http.StatusForbidden, "forbidden", err.Error())
-		return
-	}
-	if n.raft.State() != raft.Leader {
-		w.Header().Set(leaderHeader, n.Leader())
-		writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
-		return
-	}
-	if err := n.authorizeForward(c, forwardCaller{credential: r.Header.Get(callerCredentialHeader), node: callerOf(r.Context())}); err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	if b, ok := c.Body.(*fsm.Register); ok {
-		if err := n.checkRegistration(b.Node); err != nil {
-			n.log.Warn("refused a registration", "remote", r.RemoteAddr, "reason", err)
-			writeError(w, http.StatusConflict, "name_in_use", err.Error())
+// nodeRoute is the leader's side of proposeNode for one command type: check says whether the
+// calling node may send the command (an *api.Error when not), and the leader applies it.
+func (n *Node) nodeRoute(t fsm.CommandType, check func(*fsm.Command, internodeCaller) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<20))
+		if err != nil {
+			writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "command too large")
 			return
 		}
-	}
-	if err := n.checkForwardedSchedule(c); err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	if b, ok := c.Body.(*fsm.SubmitBatch); ok { // validated again: the follower is not trusted with it
-		for i := range b.Items {
-			if err := n.checkSubmit(&b.Items[i]); err != nil {
-				httpapi.WriteError(w, err)
-				return
-			}
-			if err := n.checkForwardedLineage(&b.Items[i], r.Header.Get(callerCredentialHeader)); err != nil {
-				httpapi.WriteError(w, err)
-				return
-			}
-		}
-	}
-	if err := checkQueueCommand(c); err != nil { // as submits: the follower is not trusted with it
-		httpapi.WriteError(w, err)
-		return
-	}
-	res, err := n.applyLocal(r.Context(), c)
-	if res == nil {
-		if retryable(err) {
-			writeError(w, http.StatusServiceUnavailable, "not_leader", err.Error())
+		c, err := decodeNodeCommand(t, body)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "bad_command", err.Error())
 			return
 		}
-		writeError(w, http.StatusInternalServerError, "apply_failed", err.Error())
-		return
+		if n.raft.State() != raft.Leader {
+			w.Header().Set(leaderHeader, n.Leader())
+			writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
+			return
+		}
+		if err := check(c, callerOf(r.Context())); err != nil {
+			n.log.Warn("refused a node's command", "remote", r.RemoteAddr, "command", c.Type().String(), "reason", err)
+			httpapi.WriteError(w, err)
+			return
+		}
+		res, err := n.applyLocal(r.Context(), c)
+		if res == nil {
+			if retryable(err) {
+				writeError(w, http.StatusServiceUnavailable, "not_leader", err.Error())
+				return
+			}
+			writeError(w, http.StatusInternalServerError, "apply_failed", err.Error())
+			return
+		}
+		out, err := msgpack.Marshal(toWire(res))
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "encode", err.Error())
+			return
+		}
+		w.Header().Set("Content-Type", "application/msgpack")
+		_, _ = w.Write(out)
 	}
-	out, err := msgpack.Marshal(toWire(res))
+}
+
+// decodeNodeCommand reads the body of a node's command: one command of type t. What it returns is
+// all the leader acts on, so it is fuzzed (FuzzInternodeEnvelope).
+func decodeNodeCommand(t fsm.CommandType, body []byte) (*fsm.Command, error) {
+	c, err := fsm.Decode(body)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "encode", err.Error())
-		return
+		return nil, fmt.Errorf("not a %s command: %v", t, api.Truncate(err.Error()))
 	}
-	w.Header().Set("Content-Type", "application/msgpack")
-	_, _ = w.Write(out)
+	if c.Type() != t {
+		return nil, fmt.Errorf("not a %s command: %s", t, c.Type())
+	}
+	return c, nil
+}
+
+// checkRegister lets a node register itself only, and not take over the name of a live node.
+func (n *Node) checkRegister(c *fsm.Command, caller internodeCaller) error {
+	if err := checkNodeIdentity(c, caller); err != nil {
+		return err
+	}
+	if err := n.checkRegistration(c.Body.(*fsm.Register).Node); err != nil {
+		return api.Errorf(api.CodeNameInUse, "%v", err)
+	}
+	return nil
+}
+
+// checkChildren accepts a submit from a node only as children of tasks running on that node,
+// valid as the API's submits are (checkSubmit, checkChild).
+func (n *Node) checkChildren(c *fsm.Command, caller internodeCaller) error {
+	items := c.Body.(*fsm.SubmitBatch).Items
+	if len(items) == 0 {
+		return api.Errorf(api.CodeInvalidRequest, "no children")
+	}
+	for i := range items {
+		s := &items[i]
+		if err := n.checkSubmit(s); err != nil {
+			return err
+		}
+		if err := n.checkChild(s); err != nil {
+			return err
+		}
+		if p, _ := n.fsm.Task(s.ParentID); !caller.may(p.Node) {
+			return api.Errorf(api.CodeForbidden, "node %q does not run the parent %s", api.Truncate(caller.name), s.ParentID)
+		}
+	}
+	return nil
 }
 
 // handleLocalLogs serves the lines this node holds for a task as JSON lines; with follow=true and
@@ -207,19 +234,6 @@ func (n *Node) handleInternodeRemove(w http.ResponseWriter, r *http.Request) {
 		n.log.Info("removed leaving node from raft", "server", id, "member", name)
 	}
 	httpapi.WriteJSON(w, http.StatusOK, map[string]string{"removed": name})
-}
-
-// decodeForwarded reads the body of a forwarded write: one command of a type followers may
-// forward. What it returns is all the leader acts on, so it is fuzzed (FuzzInternodeEnvelope).
-func decodeForwarded(body []byte) (*fsm.Command, error) {
-	c, err := fsm.Decode(body)
-	if err != nil {
-		return nil, fmt.Errorf("not a forwardable command: %v", api.Truncate(err.Error()))
-	}
-	if !c.Forwardable() {
-		return nil, fmt.Errorf("not a forwardable command: %s", c.Type())
-	}
-	return c, nil
 }
 
 // checkRegistration refuses a registration that would take over the name of a live node: another

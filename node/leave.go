@@ -95,7 +95,7 @@ func (n *Node) Leave(ctx context.Context, force bool) error {
 		log.Warn("gossip draining flag", "err", err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
-	if _, err := n.propose(cctx, &fsm.Command{Body: &fsm.Drain{Name: n.cfg.Name, Draining: true}}); err != nil {
+	if _, err := n.proposeNode(cctx, &fsm.Command{Body: &fsm.Drain{Name: n.cfg.Name, Draining: true}}); err != nil {
 		log.Warn("record drain", "err", err)
 	}
 	cancel()

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"time"
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
@@ -60,33 +59,11 @@ func (n *Node) checkLineage(s *fsm.Submit, id *acl.Identity) error {
 
 // checkChild accepts a submit made without an API caller only as a child of a running task: it
 // names that task as its parent, joins the parent's execution, and records the parent's
-// submitter (the leader's childSubmits makes the same check of a forwarded one).
+// submitter (the leader's checkChildren makes the same check of a node's child submit).
 func (n *Node) checkChild(s *fsm.Submit) error {
 	p, ok := n.fsm.Task(s.ParentID)
 	if s.ParentID == "" || !ok || !p.State.Active() || p.ExecutionID != s.ExecutionID || p.SubmittedBy != s.SubmittedBy {
 		return api.Errorf(api.CodeForbidden, "parent_id and execution_id without a caller are accepted only from the parent's running attempt")
 	}
 	return nil
-}
-
-// checkForwardedLineage is checkLineage at the leader, for a submit a follower forwarded with
-// the API caller's credential ("" for a running task's child, or an anonymous caller).
-func (n *Node) checkForwardedLineage(s *fsm.Submit, credential string) error {
-	if !n.cfg.ACL || s.ParentID == "" && (s.ExecutionID == "" || s.ExecutionID == s.ID) {
-		return nil
-	}
-	var childErr error
-	if credential == "" {
-		if childErr = n.checkChild(s); childErr == nil {
-			return nil
-		}
-	}
-	id, err := n.resolve(credential, time.Now())
-	switch {
-	case err != nil && childErr != nil: // no caller at all: it could only be a child
-		return childErr
-	case err != nil:
-		return api.Errorf(api.CodeUnauthorized, "forwarded request: %v", err)
-	}
-	return n.checkLineage(s, id)
 }

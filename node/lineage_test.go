@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
-	"github.com/taskworker/taskworker/internal/acl"
 )
 
 // policyToken applies a policy granting caps on each type and returns a token for it, through n.
@@ -78,28 +76,15 @@ func TestExecutionJoinNeedsTheParentsAttemptOrAReader(t *testing.T) {
 	}
 
 	// Straight to the leader, as a follower that skipped its check would forward it.
-	forward := func(secret string, s fsm.Submit) error {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if secret != "" {
-			ctx = context.WithValue(ctx, credentialKey{}, acl.Secret(secret))
-		}
-		_, err := f.forward(ctx, f.internodeAddr(l.Name()), &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{s}}})
-		return err
-	}
-	forged := func(id string) fsm.Submit {
-		return fsm.Submit{ID: id, Type: "calc-square", Version: "1", Input: json.RawMessage("2"), MaxAttempts: 1,
-			Timeout: fsm.Duration(time.Minute), ExecutionID: root.ID, ParentID: root.ID}
-	}
 	_, before := l.FSM().Digest()
+	body := fmt.Sprintf(`{"type": "calc-square", "input": 2, "parent_id": %q, "execution_id": %q}`, root.ID, root.ID)
+	code, b = forwardAs(t, f, l, "POST", "/v1/tasks", attacker.SecretID, body)
+	wantAPIError(t, "forwarded join with the attacker's credential", code, b, 403, api.CodeForbidden, "parent_id and execution_id")
+	// As a node's own child submit, only the parent's attempt may: same submitter, same execution.
+	child := fsm.Submit{ID: "forged-2", Type: "echo", Version: "1", Input: json.RawMessage(`"x"`), MaxAttempts: 1,
+		Timeout: fsm.Duration(time.Minute), ExecutionID: "01OTHEREXECUTION", ParentID: root.ID, SubmittedBy: victim.AccessorID}
 	var ae *api.Error
-	if err := forward(attacker.SecretID, forged("forged-1")); !errors.As(err, &ae) || ae.Code != api.CodeForbidden {
-		t.Fatalf("forwarded join with the attacker's credential: %v", err)
-	}
-	// Without a credential only the parent's own attempt may: same submitter, same execution.
-	child := forged("forged-2")
-	child.Type, child.Input, child.SubmittedBy, child.ExecutionID = "echo", json.RawMessage(`"x"`), victim.AccessorID, "01OTHEREXECUTION"
-	if err := forward("", child); !errors.As(err, &ae) || ae.Code != api.CodeForbidden {
+	if _, err := f.forward(t.Context(), f.internodeAddr(l.Name()), &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{child}}}); !errors.As(err, &ae) || ae.Code != api.CodeForbidden {
 		t.Fatalf("forwarded child into another execution: %v", err)
 	}
 	if _, after := l.FSM().Digest(); after != before {

@@ -27,6 +27,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/gossipmux"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
@@ -69,8 +70,13 @@ type Node struct {
 	internode    *http.Server
 	client       *http.Client // internode calls with a deadline
 	streamClient *http.Client // internode log follows
-	leaderHint   atomic.Value // string: the leader a not-leader reply named
-	resumed      bool         // raft state was found on disk at start
+	// forwardClient carries the API's writes to the leader (fwd), which may hold one as long as
+	// a submit's ?wait.
+	forwardClient *http.Client
+	fwd           *forward.Forwarder
+	api           http.Handler // the public API's handler, also run for forwarded writes
+	leaderHint    atomic.Value // string: the leader a not-leader reply named
+	resumed       bool         // raft state was found on disk at start
 	// joined: this node belongs to a cluster (it bootstrapped one, resumed its raft state, or its
 	// gossip join succeeded). A node that never joined has nothing to drain or hand over.
 	joined  atomic.Bool
@@ -148,6 +154,7 @@ func Start(cfg Config) (*Node, error) {
 	n.fsm.SetObserver(n.metrics.observe)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
+	n.fwd = n.newForwarder()
 	n.commits = newCommitNotice()
 	if err := n.start(); err != nil {
 		n.cancel()
@@ -243,6 +250,7 @@ func (n *Node) start() error {
 	if err := n.startMembership(); err != nil {
 		return err
 	}
+	n.api = n.routes() // before the internode side serves forwarded writes with it
 	n.serveInternode(n.internodeLn)
 	if r := n.renewer(); r != nil {
 		n.goLoop(func(ctx context.Context) { _ = r.Run(ctx) })
@@ -259,7 +267,7 @@ func (n *Node) start() error {
 	n.goLoop(n.indexGossipLoop)
 	n.goLoop(n.storageLoop)
 	n.goEvery(memoryCheckInterval, n.checkMemory)
-	n.http = n.newHTTPServer(n.limitRequests(n.routes()))
+	n.http = n.newHTTPServer(n.limitRequests(n.api))
 	ln = n.limitConns(ln)
 	if l, ok := ln.(*limits.Listener); ok {
 		n.connCaps = append(n.connCaps, connCap{"api", l.Stats})

@@ -51,7 +51,7 @@ func (b apiBackend) RotateJoinToken(ctx context.Context, caller httpapi.Caller) 
 	if err != nil {
 		return api.JoinToken{}, err
 	}
-	res, err := n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.JoinSecret{Secret: fsm.HashSecret(tok.Secret)}})
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.JoinSecret{Secret: fsm.HashSecret(tok.Secret)}})
 	if err != nil {
 		return api.JoinToken{}, toAPIError(err)
 	}
@@ -119,7 +119,7 @@ func (b apiBackend) ChangeKeyring(ctx context.Context, caller httpapi.Caller, re
 	// committed (forwardWhileLeader), the second copy finds the key gone. The key was installed
 	// when the caller asked, so that answer means it is removed, as asked.
 	wasInstalled := slices.Contains(n.fsm.Security().Keyring.Keys, text)
-	res, err := n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.KeyringOp{Op: op, Key: text}})
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.KeyringOp{Op: op, Key: text}})
 	switch {
 	case op == fsm.KeyRemove && wasInstalled && errors.Is(err, fsm.ErrKeyNotInstalled):
 		n.log.Info("gossip keyring operation applied", "op", req.Op, "key_id", keyID(k))

@@ -29,7 +29,7 @@ func (b apiBackend) UpdateQueue(ctx context.Context, caller httpapi.Caller, name
 	if err := checkQueueCommand(c); err != nil {
 		return api.Queue{}, err
 	}
-	if err := b.n.applyAndWait(withCaller(ctx, caller), c); err != nil {
+	if err := b.n.applyAndWait(ctx, c); err != nil {
 		return api.Queue{}, err
 	}
 	return toAPIQueue(b.n.fsm.Queue(name)), nil
@@ -49,7 +49,7 @@ func (b apiBackend) SetTypeLimit(ctx context.Context, caller httpapi.Caller, typ
 	if err := checkQueueCommand(c); err != nil {
 		return api.TypeLimit{}, err
 	}
-	if err := b.n.applyAndWait(withCaller(ctx, caller), c); err != nil {
+	if err := b.n.applyAndWait(ctx, c); err != nil {
 		return api.TypeLimit{}, err
 	}
 	out := api.TypeLimit{Type: typ}
@@ -73,8 +73,7 @@ func (n *Node) applyAndWait(ctx context.Context, c *fsm.Command) error {
 	return toAPIError(n.waitIndex(ctx, res.Index))
 }
 
-// checkQueueCommand validates a queue or type limit change (nil for other commands): the node
-// that took the request checks it, and the leader again when it was forwarded.
+// checkQueueCommand validates a queue or type limit change (nil for other commands).
 func checkQueueCommand(c *fsm.Command) error {
 	switch b := c.Body.(type) {
 	case *fsm.QueueSet:

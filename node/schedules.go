@@ -10,6 +10,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/scheduler"
 )
@@ -97,7 +98,7 @@ func (n *Node) fireDue(ctx context.Context, log *slog.Logger, now time.Time) tim
 // task is built as a submit would be; a tick whose task cannot be built (its type gone from the
 // cluster) is still recorded, with the reason, so the loop moves on.
 func (n *Node) fireTick(ctx context.Context, s *fsm.Schedule, tick time.Time, manual, buffered bool) error {
-	fire, err := n.prepareFire(s)
+	fire, err := n.prepareFire(s, ulid.Make().String())
 	fire.Tick, fire.Manual, fire.Buffered = tick, manual, buffered
 	if err != nil {
 		fire.Error = err.Error()
@@ -108,11 +109,11 @@ func (n *Node) fireTick(ctx context.Context, s *fsm.Schedule, tick time.Time, ma
 	return err
 }
 
-// prepareFire chooses the task's ID and version and validates it as a submit.
-func (n *Node) prepareFire(s *fsm.Schedule) (fsm.ScheduleFire, error) {
-	sub, err := n.prepareSubmit(submitRequestOf(s))
+// prepareFire chooses the task's version and validates it as a submit with the task ID id.
+func (n *Node) prepareFire(s *fsm.Schedule, id string) (fsm.ScheduleFire, error) {
+	sub, err := n.prepareSubmit(submitRequestOf(s), id)
 	if err != nil {
-		return fsm.ScheduleFire{Name: s.Name, TaskID: ulid.Make().String()}, err
+		return fsm.ScheduleFire{Name: s.Name, TaskID: id}, err
 	}
 	return fsm.ScheduleFire{Name: s.Name, TaskID: sub.ID, Version: sub.Version}, nil
 }
@@ -138,7 +139,7 @@ func (n *Node) prepareSchedule(name string, req api.ScheduleRequest, submittedBy
 	// The task it submits is validated as a submit now, so a schedule that could never fire
 	// is refused instead of failing at every tick.
 	sub, err := n.prepareSubmit(api.SubmitRequest{Type: req.Type, Version: req.Version, Input: req.Input,
-		MaxAttempts: req.MaxAttempts, Timeout: req.Timeout})
+		MaxAttempts: req.MaxAttempts, Timeout: req.Timeout}, ulid.Make().String())
 	if err != nil {
 		return fsm.Schedule{}, err
 	}
@@ -146,8 +147,7 @@ func (n *Node) prepareSchedule(name string, req api.ScheduleRequest, submittedBy
 	return s, n.checkSchedule(&s)
 }
 
-// checkSchedule validates a schedule record: the API node calls it, and the leader again on a
-// forwarded put.
+// checkSchedule validates a schedule record.
 func (n *Node) checkSchedule(s *fsm.Schedule) error {
 	invalid := func(format string, a ...any) error {
 		return api.Errorf(api.CodeInvalidSchedule, format, a...)
@@ -167,7 +167,7 @@ func (n *Node) checkSchedule(s *fsm.Schedule) error {
 	if s.Start != nil && s.End != nil && s.End.Before(*s.Start) {
 		return invalid("end is before start")
 	}
-	if _, err := n.prepareSubmit(submitRequestOf(s)); err != nil { // as a tick would submit it now
+	if _, err := n.prepareSubmit(submitRequestOf(s), ulid.Make().String()); err != nil { // as a tick would submit it now
 		return err
 	}
 	return n.checkScheduleQuota(s)
@@ -219,7 +219,7 @@ func (b apiBackend) PutSchedule(ctx context.Context, caller httpapi.Caller, name
 }
 
 func (b apiBackend) putSchedule(ctx context.Context, caller httpapi.Caller, s fsm.Schedule, created bool) (api.Schedule, bool, error) {
-	res, err := b.n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.SchedulePut{Schedule: s}})
+	res, err := b.n.propose(ctx, &fsm.Command{Body: &fsm.SchedulePut{Schedule: s}})
 	if err != nil {
 		return api.Schedule{}, false, scheduleError(s.Name, err)
 	}
@@ -229,7 +229,7 @@ func (b apiBackend) putSchedule(ctx context.Context, caller httpapi.Caller, s fs
 }
 
 func (b apiBackend) DeleteSchedule(ctx context.Context, caller httpapi.Caller, name string) error {
-	res, err := b.n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.ScheduleDelete{Name: name}})
+	res, err := b.n.propose(ctx, &fsm.Command{Body: &fsm.ScheduleDelete{Name: name}})
 	if err != nil {
 		return scheduleError(name, err)
 	}
@@ -258,17 +258,19 @@ func (b apiBackend) TriggerSchedule(ctx context.Context, caller httpapi.Caller, 
 	if !ok {
 		return api.Task{}, scheduleNotFound(name)
 	}
-	fire, err := b.n.prepareFire(&s)
+	fire, err := b.n.prepareFire(&s, forward.ID(ctx, 0))
 	if err != nil {
 		return api.Task{}, err
 	}
 	fire.Manual = true
-	res, err := b.n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fire})
+	res, err := b.n.propose(ctx, &fsm.Command{Body: &fire})
 	if err != nil {
 		return api.Task{}, scheduleError(name, err)
 	}
 	item := res.Items[0]
-	if item.Err != nil {
+	if errors.Is(item.Err, fsm.ErrDuplicateID) {
+		item = fsm.ItemResult{ID: fire.TaskID} // a retried request whose first try fired it
+	} else if item.Err != nil {
 		return api.Task{}, b.n.noteRefusal(submitItemError(fsm.Submit{Type: s.Type}, item))
 	}
 	if err := b.n.waitIndex(ctx, res.Index); err != nil {
@@ -279,42 +281,6 @@ func (b apiBackend) TriggerSchedule(ctx context.Context, caller httpapi.Caller, 
 		return api.Task{}, taskNotFound(item.ID)
 	}
 	return toAPITask(&t), nil
-}
-
-// checkForwardedSchedule is the leader's check of a forwarded schedule command: a put is
-// validated again (the follower is not trusted with it), and a fire may only be a manual trigger
-// (ticks are the leader's own).
-func (n *Node) checkForwardedSchedule(c *fsm.Command) error {
-	switch b := c.Body.(type) {
-	case *fsm.SchedulePut:
-		return n.checkSchedule(&b.Schedule)
-	case *fsm.ScheduleFire:
-		if !b.Manual {
-			return api.Errorf(api.CodeForbidden, "only the leader fires a schedule's ticks")
-		}
-	}
-	return nil
-}
-
-// scheduleTypes are the task types a schedule command acts on, for the leader's authorization
-// of a forwarded one: the new and the old type of a put, the schedule's type otherwise.
-func (n *Node) scheduleTypes(c *fsm.Command) ([]string, bool) {
-	var name string
-	var types []string
-	switch b := c.Body.(type) {
-	case *fsm.SchedulePut:
-		name, types = b.Schedule.Name, []string{b.Schedule.Type}
-	case *fsm.ScheduleDelete:
-		name = b.Name
-	case *fsm.ScheduleFire:
-		name = b.Name
-	default:
-		return nil, false
-	}
-	if s, ok := n.fsm.Schedule(name); ok {
-		types = append(types, s.Type)
-	}
-	return types, true
 }
 
 func toAPISchedule(s *fsm.Schedule, now time.Time) api.Schedule {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -14,8 +15,6 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
-	"github.com/taskworker/taskworker/internal/acl"
-	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/membership"
 )
@@ -143,7 +142,7 @@ func TestInternodeCallsNeedANodeCertificateAndReportsMustNameTheirSender(t *test
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := hc.Post("https://"+leader.GossipAddr()+internodeApplyPath, "application/msgpack", bytes.NewReader(b))
+		resp, err := hc.Post("https://"+leader.GossipAddr()+nodePaths[c.Type()], "application/msgpack", bytes.NewReader(b))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,10 +188,13 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 		}
 		return true
 	})
-	operator := httpapi.Caller{Credential: acl.Secret(f.managementCredential())}
-	rotated, err := apiBackend{f}.RotateJoinToken(ctx, operator)
-	if err != nil || rotated.Token == old.Encode() {
-		t.Fatalf("rotate: %v %v", rotated, err)
+	// Through a follower's API, as the CLI does: it forwards the request to the leader.
+	operator := f.managementCredential()
+	code, body := aclCall(t, f, "POST", api.PathJoinTokenRotate, operator, "")
+	var rotated api.JoinToken
+	mustJSON(t, body, &rotated)
+	if code != http.StatusOK || rotated.Token == old.Encode() {
+		t.Fatalf("rotate: %d %s", code, body)
 	}
 	waitFor(t, "every node knows the new secret", 10*time.Second, func() bool {
 		for _, n := range tc.nodes {
@@ -214,17 +216,18 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 
 	first := pki.EncodeGossipKey(localKeys(tc.nodes[0].sec.keyring)[0])
 	next := pki.EncodeGossipKey(pki.GenerateGossipKey())
-	b := apiBackend{tc.follower()}
-	if _, err := b.ChangeKeyring(ctx, operator, api.KeyringRequest{Op: api.KeyringRemove, Key: first}); !errors.Is(err, &api.Error{Code: api.CodeKeyringConflict}) {
-		t.Fatalf("removing the primary: %v, want keyring_conflict", err)
+	keyring := func(op, key string) (int, []byte) {
+		return aclCall(t, tc.follower(), "POST", api.PathKeyring, operator, fmt.Sprintf(`{"op": %q, "key": %q}`, op, key))
 	}
+	code, body = keyring(api.KeyringRemove, first)
+	wantAPIError(t, "removing the primary", code, body, 409, api.CodeKeyringConflict, "")
 	for _, op := range []string{api.KeyringInstall, api.KeyringUse, api.KeyringRemove} {
 		key := next
 		if op == api.KeyringRemove {
 			key = first
 		}
-		if _, err := b.ChangeKeyring(ctx, operator, api.KeyringRequest{Op: op, Key: key}); err != nil {
-			t.Fatalf("%s: %v", op, err)
+		if code, body := keyring(op, key); code != http.StatusOK {
+			t.Fatalf("%s: %d %s", op, code, body)
 		}
 		waitFor(t, "every node follows "+op, 10*time.Second, func() bool {
 			for _, n := range tc.nodes {
@@ -239,6 +242,7 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 			return true
 		})
 	}
+	b := apiBackend{tc.follower()} // reads
 	ring, err := b.Keyring(ctx)
 	if err != nil || ring.Primary != next || len(ring.Keys) != 1 {
 		t.Fatalf("keyring after rotation: %+v %v", ring, err)

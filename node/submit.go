@@ -8,10 +8,9 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/oklog/ulid/v2"
-
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/scheduler"
@@ -27,12 +26,14 @@ const (
 	maxKeyLen          = maxIdempotencyOrUniqueKey
 )
 
-// submitTask validates a submit, has the leader apply it, and waits until this node's FSM holds
-// it. item.Existing reports an idempotency key seen before. A request the client got wrong is an
-// *api.Error with its code. The API and the executor's child tasks both come through here;
-// submittedBy is the principal the task records ("" without ACLs).
-func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedBy string) (fsm.ItemResult, error) {
-	sub, err := n.prepareSubmit(req)
+// submitTask validates a submit, has propose apply it, and waits until this node's FSM holds it.
+// item.Existing reports an idempotency key seen before. A request the client got wrong is an
+// *api.Error with its code. The API (on the leader: propose) and the executor's child tasks
+// (proposeNode) both come through here; submittedBy is the principal the task records ("" without
+// ACLs). The task's ID comes from the request (forward.ID), so a retried request finds its task.
+func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedBy string,
+	propose func(context.Context, *fsm.Command) (*fsm.Result, error)) (fsm.ItemResult, error) {
+	sub, err := n.prepareSubmit(req, forward.ID(ctx, 0))
 	if err != nil {
 		return fsm.ItemResult{}, err
 	}
@@ -40,7 +41,7 @@ func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedB
 	if err := n.checkLineage(&sub, identityOf(ctx)); err != nil {
 		return fsm.ItemResult{}, err
 	}
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{sub}}})
+	res, err := propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{sub}}})
 	if err != nil {
 		return fsm.ItemResult{}, err
 	}
@@ -63,7 +64,7 @@ func (n *Node) submitBatch(ctx context.Context, reqs []api.SubmitRequest, submit
 	at := make([]int, 0, len(reqs)) // subs[j] answers reqs[at[j]]
 	mv := n.membershipNow()
 	for i, req := range reqs {
-		sub, err := n.prepareSubmitIn(req, mv)
+		sub, err := n.prepareSubmitIn(req, forward.ID(ctx, i), mv)
 		if err != nil {
 			results[i] = httpapi.ErrorResult(err)
 			continue
@@ -124,21 +125,21 @@ func (n *Node) submitChild(ctx context.Context, parent tasks.RunRef, executionID
 		req.Timeout = c.Timeout.String()
 	}
 	// A child runs on behalf of whoever submitted its parent, and records that principal; the
-	// leader accepts it without a credential only while the parent runs (childSubmits).
+	// leader accepts it from this node only while the parent runs here (checkChildren).
 	var by string
 	if p, ok := n.fsm.Task(parent.TaskID); ok {
 		by = p.SubmittedBy
 	}
-	item, err := n.submitTask(ctx, req, by)
+	item, err := n.submitTask(ctx, req, by, n.proposeNode)
 	if err != nil {
 		return "", fmt.Errorf("submit child %s: %w", c.Type, err)
 	}
 	return item.ID, nil
 }
 
-// prepareSubmit validates a submit and turns it into a command item.
-func (n *Node) prepareSubmit(req api.SubmitRequest) (fsm.Submit, error) {
-	return n.prepareSubmitIn(req, n.membershipNow())
+// prepareSubmit validates a submit and turns it into a command item with the task ID id.
+func (n *Node) prepareSubmit(req api.SubmitRequest, id string) (fsm.Submit, error) {
+	return n.prepareSubmitIn(req, id, n.membershipNow())
 }
 
 // membershipView is what choosing a task's version reads: the FSM's nodes and gossip's alive set.
@@ -173,7 +174,7 @@ func (mv membershipView) chooseVersion(typ, pinned, local string) (string, bool)
 	return v, known
 }
 
-func (n *Node) prepareSubmitIn(req api.SubmitRequest, mv membershipView) (fsm.Submit, error) {
+func (n *Node) prepareSubmitIn(req api.SubmitRequest, id string, mv membershipView) (fsm.Submit, error) {
 	if req.Type == "" {
 		return fsm.Submit{}, api.Errorf(api.CodeMissingType, "type is required")
 	}
@@ -214,7 +215,6 @@ func (n *Node) prepareSubmitIn(req api.SubmitRequest, mv membershipView) (fsm.Su
 	if queue == api.DefaultQueue {
 		queue = "" // the one spelling of the default queue in records
 	}
-	id := ulid.Make().String()
 	exec := req.ExecutionID
 	if exec == "" {
 		exec = id

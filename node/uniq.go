@@ -3,12 +3,10 @@ package node
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
-	"github.com/taskworker/taskworker/internal/acl"
 	"github.com/taskworker/taskworker/internal/httpapi"
 )
 
@@ -69,17 +67,6 @@ func submitItemError(sub fsm.Submit, item fsm.ItemResult) error {
 	return api.Errorf(api.CodeInvalidRequest, "%v", item.Err)
 }
 
-// purgeAllowed is the purge rule: cancel on the type named, or a management token for all types.
-func purgeAllowed(id *acl.Identity, taskType string) error {
-	if taskType == "" {
-		if id.Management {
-			return nil
-		}
-		return fmt.Errorf("purging tasks of every type needs a management token")
-	}
-	return id.Allow(acl.CapCancel, taskType)
-}
-
 func (b apiBackend) Retry(ctx context.Context, caller httpapi.Caller, id string) (api.Task, error) {
 	n := b.n
 	if _, ok := n.fsm.Task(id); !ok {
@@ -89,7 +76,7 @@ func (b apiBackend) Retry(ctx context.Context, caller httpapi.Caller, id string)
 	if by == "" {
 		by = "anonymous"
 	}
-	res, err := n.propose(withCaller(ctx, caller), &fsm.Command{Body: &fsm.Retry{IDs: []string{id}, By: by}})
+	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.Retry{IDs: []string{id}, By: by}})
 	if err != nil {
 		return api.Task{}, toAPIError(err)
 	}
@@ -127,7 +114,7 @@ func (b apiBackend) Purge(ctx context.Context, caller httpapi.Caller, req api.Pu
 			p.Limit = min(p.Limit, req.Limit-reply.Purged)
 		}
 		body := p
-		res, err := n.propose(withCaller(ctx, caller), &fsm.Command{Body: &body})
+		res, err := n.propose(ctx, &fsm.Command{Body: &body})
 		if err != nil {
 			if reply.Purged > 0 {
 				return reply, nil // what is gone is gone; the client may purge again

@@ -2,20 +2,17 @@ package node
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
-	"github.com/taskworker/taskworker/internal/acl"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -226,45 +223,34 @@ func TestLeaderAuthorizesForwardedRetryAndPurge(t *testing.T) {
 		t.Fatalf("cancel: %d %s", code, b)
 	}
 	waitState(t, tc, sleeper.ID, 20*time.Second, func(t fsm.Task) bool { return t.State == fsm.Cancelled })
-	forward := func(secret string, body fsm.Payload) error {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if secret != "" {
-			ctx = context.WithValue(ctx, credentialKey{}, acl.Secret(secret))
-		}
-		_, err := f.forward(ctx, f.internodeAddr(l.Name()), &fsm.Command{Body: body})
-		return err
-	}
 	tests := []struct {
-		name   string
-		secret string
-		body   fsm.Payload
-		code   api.Code
-		says   string
+		name               string
+		secret             string
+		method, path, body string
+		code               api.Code
+		says               string
 	}{
-		{"retry of a type the token may not submit", team.SecretID, &fsm.Retry{IDs: []string{sleeper.ID}}, api.CodeForbidden, `"submit" on task type "sleep"`},
-		{"retry without a credential", "", &fsm.Retry{IDs: []string{sleeper.ID}, By: mgmt.AccessorID}, api.CodeUnauthorized, "no token"},
-		{"purge of every type without management", team.SecretID, &fsm.Purge{}, api.CodeForbidden, "management"},
-		{"purge of a type the token may not cancel", team.SecretID, &fsm.Purge{Type: "sleep"}, api.CodeForbidden, `"cancel" on task type "sleep"`},
+		// A task the caller may not read is not found, as it is for a request to the leader itself.
+		{"retry of a type the token may not read", team.SecretID, "POST", "/v1/tasks/" + sleeper.ID + "/retry", "", api.CodeNotFound, "not found"},
+		{"retry without a credential", "", "POST", "/v1/tasks/" + sleeper.ID + "/retry", "", api.CodeUnauthorized, "token"},
+		{"purge of every type without management", team.SecretID, "POST", api.PathTasksPurge, `{}`, api.CodeForbidden, "management"},
+		{"purge of a type the token may not cancel", team.SecretID, "POST", api.PathTasksPurge, `{"type": "sleep"}`, api.CodeForbidden, `"cancel" on task type "sleep"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, before := l.FSM().Digest()
-			err := forward(tt.secret, tt.body)
-			var ae *api.Error
-			if !errors.As(err, &ae) || ae.Code != tt.code || !strings.Contains(ae.Message, tt.says) {
-				t.Fatalf("forward: %v, want %s saying %q", err, tt.code, tt.says)
-			}
+			code, b := forwardAs(t, f, l, tt.method, tt.path, tt.secret, tt.body)
+			wantAPIError(t, tt.name, code, b, api.Status(tt.code), tt.code, tt.says)
 			if _, after := l.FSM().Digest(); after != before {
 				t.Error("a refused forward changed the leader's state")
 			}
 		})
 	}
-	if err := forward(team.SecretID, &fsm.Purge{Type: "echo"}); err != nil {
-		t.Errorf("purge of the team's type: %v", err)
+	if code, b := forwardAs(t, f, l, "POST", api.PathTasksPurge, team.SecretID, `{"type": "echo"}`); code != http.StatusOK {
+		t.Errorf("purge of the team's type: %d %s", code, b)
 	}
-	if err := forward(mgmt.SecretID, &fsm.Retry{IDs: []string{sleeper.ID}, By: team.AccessorID}); err != nil {
-		t.Fatal(err)
+	if code, b := forwardAs(t, f, l, "POST", "/v1/tasks/"+sleeper.ID+"/retry", mgmt.SecretID, ""); code >= 300 {
+		t.Fatalf("retry: %d %s", code, b)
 	}
 	tk, _ := l.FSM().Task(sleeper.ID) // it may be running again already: find the retried event
 	i := slices.IndexFunc(tk.History, func(h fsm.HistoryEntry) bool { return h.Event == fsm.EventRetried })

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 
 # The mutations: name and what it breaks. apply_mutation sets pkg, the package whose tests run,
-# and want, the test that must be among those failing (another test failing alone may be a flake
+# run (optional), the tests of it to run, and want, the test that must be among those failing (another test failing alone may be a flake
 # on a loaded machine, not a catch).
 mutations=(
   membership-join-self       # Join counts the node's own address as a seed it reached
@@ -25,6 +25,7 @@ mutations=(
   fsm-halt-touches-state     # an entry that halts the FSM still changes a record
   fsm-snapshot-live-tasks    # a snapshot shares the live task index: Persist writes later state
   scheduler-ignore-capacity  # placement fills a node past its capacity
+  api-submit-unauthorized    # the submit route forgets to check the caller's submit capability
 )
 
 apply_mutation() {
@@ -69,6 +70,12 @@ apply_mutation() {
       $'\t\tif s.load >= s.node.Capacity {\n\t\t\tslots = append(slots[:best], slots[best+1:]...)\n' \
       $'\t\tif false {\n\t\t\tslots = append(slots[:best], slots[best+1:]...)\n'
     pkg=./scheduler want=TestPlace ;;
+  api-submit-unauthorized)
+    # Forwarded from a follower, the write must still meet the route's own check on the leader.
+    replace internal/httpapi/httpapi.go \
+      $'\t\tif err := authorize(r, acl.CapSubmit, req.Type); err != nil {\n\t\t\tWriteError(w, err)\n\t\t\treturn\n\t\t}\n\t}\n\tctx, cancel' \
+      $'\t}\n\tctx, cancel'
+    pkg=./node run=TestEveryForwardedWriteIsAuthorizedOnTheLeader want=TestEveryForwardedWriteIsAuthorizedOnTheLeader ;;
   *)
     echo "mutation: no mutation named $1 (scripts/mutation.sh -l lists them)" >&2
     return 1 ;;
@@ -130,13 +137,14 @@ undo() {
 
 # MUTATION_RUN narrows the tests run (go test -run), to see one test catch a mutation by itself.
 gotest() {
-  go test -short -count=1 -timeout 5m ${MUTATION_RUN:+-run "$MUTATION_RUN"} "$1"
+  local only=${run:-${MUTATION_RUN:-}}
+  go test -short -count=1 -timeout 5m ${only:+-run "$only"} "$1"
 }
 
 survived=()
 start=$SECONDS
 for name in "${selected[@]}"; do
-  pkg= want=
+  pkg= want= run=
   if ! apply_mutation "$name"; then
     echo "mutation $name: could not be applied" >&2
     exit 2

@@ -195,7 +195,7 @@ func authorize(r *http.Request, capability acl.Capability, taskType string) erro
 	return aclError(callerOf(r).Allow(capability, taskType))
 }
 
-func (s *server) aclRoutes(mux *http.ServeMux) {
+func (s *server) aclRoutes(mux *routeMux) {
 	for pattern, h := range map[string]http.HandlerFunc{
 		"POST " + api.PathACLBootstrap:              s.aclBootstrap,
 		"GET " + api.PathACLPolicies:                s.aclPolicies,

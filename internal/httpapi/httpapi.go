@@ -119,6 +119,9 @@ type Options struct {
 	// (without ACLs; with ACLs, Resolve turns that credential into a management identity). Nil
 	// leaves them as open as the rest of the API: an insecure or dev node.
 	Management func(credential string) bool
+	// Forward, when set, runs every write route on the leader (internal/forward); nil runs them
+	// here.
+	Forward Forwarder
 	// Pprof, when set, is Go's profiler, served at /debug/pprof/ behind the operator routes' guard.
 	Pprof http.Handler
 }
@@ -145,28 +148,8 @@ func New(b Backend, opts Options) http.Handler {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/tasks", s.submit)
-	mux.HandleFunc("POST "+api.PathTasksBatch, s.submitBatch)
-	mux.HandleFunc("GET /v1/tasks", s.list)
-	mux.HandleFunc("GET /v1/tasks/{id}", s.get)
-	mux.HandleFunc("POST /v1/tasks/{id}/cancel", s.cancel)
-	mux.HandleFunc("GET /v1/tasks/{id}/logs", s.logs)
-	s.uniqRoutes(mux)
-	mux.HandleFunc("GET /v1/cluster", s.cluster)
-	mux.HandleFunc("GET "+api.PathThroughput, s.throughput)
-	mux.HandleFunc("GET /v1/types", s.types)
-	mux.HandleFunc("GET /v1/health", s.health)
-	mux.HandleFunc("POST /v1/agent/leave", s.leave)
-	mux.Handle("GET /metrics", b.Metrics())
-	s.aclRoutes(mux)
-	s.scheduleRoutes(mux)
-	mux.HandleFunc("GET "+api.PathJoinToken, s.joinToken)
-	mux.HandleFunc("POST "+api.PathJoinTokenRotate, s.rotateJoinToken)
-	mux.HandleFunc("GET "+api.PathKeyring, s.keyring)
-	mux.HandleFunc("POST "+api.PathKeyring, s.changeKeyring)
-	mux.HandleFunc("GET "+api.PathDigest, s.digest)
-	s.queueRoutes(mux)
+	mux := newRouteMux()
+	s.register(mux)
 	if opts.Pprof != nil {
 		mux.Handle("/debug/pprof/", opts.Pprof)
 	}
@@ -179,17 +162,46 @@ func New(b Backend, opts Options) http.Handler {
 	var h http.Handler = mux
 	switch {
 	case s.acl != nil:
-		h = s.requireACL(mux)
+		h = s.requireACL(mux.ServeMux)
 	case opts.Token != "":
 		h = RequireToken(opts.Token, mux)
 	}
 	if s.acl == nil && opts.Management != nil {
-		h = s.requireManagement(h, mux)
+		h = s.requireManagement(h, mux.ServeMux)
+	}
+	if opts.Forward != nil {
+		h = s.forwardWrites(mux, opts.Forward, h)
 	}
 	if opts.Observe != nil {
-		h = observe(mux, h, opts.Observe)
+		h = observe(mux.ServeMux, h, opts.Observe)
 	}
 	return h
+}
+
+// register adds the API's routes to mux: every route of the contract is here or in the
+// *Routes functions it calls.
+func (s *server) register(mux *routeMux) {
+	mux.HandleFunc("POST /v1/tasks", s.submit)
+	mux.HandleFunc("POST "+api.PathTasksBatch, s.submitBatch)
+	mux.HandleFunc("GET /v1/tasks", s.list)
+	mux.HandleFunc("GET /v1/tasks/{id}", s.get)
+	mux.HandleFunc("POST /v1/tasks/{id}/cancel", s.cancel)
+	mux.HandleFunc("GET /v1/tasks/{id}/logs", s.logs)
+	s.uniqRoutes(mux)
+	mux.HandleFunc("GET /v1/cluster", s.cluster)
+	mux.HandleFunc("GET "+api.PathThroughput, s.throughput)
+	mux.HandleFunc("GET /v1/types", s.types)
+	mux.HandleFunc("GET /v1/health", s.health)
+	mux.HandleFunc("POST /v1/agent/leave", s.leave)
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) { s.b.Metrics().ServeHTTP(w, r) })
+	s.aclRoutes(mux)
+	s.scheduleRoutes(mux)
+	mux.HandleFunc("GET "+api.PathJoinToken, s.joinToken)
+	mux.HandleFunc("POST "+api.PathJoinTokenRotate, s.rotateJoinToken)
+	mux.HandleFunc("GET "+api.PathKeyring, s.keyring)
+	mux.HandleFunc("POST "+api.PathKeyring, s.changeKeyring)
+	mux.HandleFunc("GET "+api.PathDigest, s.digest)
+	s.queueRoutes(mux)
 }
 
 // NotFound answers a request for a route that does not exist.
@@ -319,6 +331,10 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		WriteError(w, err)
 		return
+	}
+	if wait > 0 && s.opts.Forward != nil && s.opts.Forward.Forwarded(r) {
+		w.Header().Set(headerWaitThere, "1") // the node the client called waits (forwardWrites)
+		wait = 0
 	}
 	if wait > 0 {
 		if t, err = s.waitTask(r.Context(), t.ID, wait, func(t api.Task) bool { return api.IsTerminal(t.State) }); err != nil {

@@ -22,7 +22,7 @@ type QueueBackend interface {
 	SetTypeLimit(ctx context.Context, caller Caller, typ string, u api.TypeLimitUpdate) (api.TypeLimit, error)
 }
 
-func (s *server) queueRoutes(mux *http.ServeMux) {
+func (s *server) queueRoutes(mux *routeMux) {
 	mux.HandleFunc("GET "+api.PathQueues, s.queues)
 	mux.HandleFunc("POST "+api.PathQueues+"/{name}", s.updateQueue)
 	mux.HandleFunc("GET "+api.PathTypeLimits, s.typeLimits)

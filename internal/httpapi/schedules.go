@@ -30,7 +30,7 @@ type ScheduleBackend interface {
 // scheduleRoutes serves /v1/schedules. A schedule submits tasks of its type on behalf of whoever
 // put it, so every write needs the submit capability on that type (on the old and the new type
 // when an update changes it), and reading one needs read on it.
-func (s *server) scheduleRoutes(mux *http.ServeMux) {
+func (s *server) scheduleRoutes(mux *routeMux) {
 	mux.HandleFunc("GET "+api.PathSchedules, s.schedules)
 	mux.HandleFunc("GET "+api.PathSchedules+"/{name}", s.schedule)
 	mux.HandleFunc("PUT "+api.PathSchedules+"/{name}", s.putSchedule)

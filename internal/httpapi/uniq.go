@@ -21,7 +21,7 @@ type RetryPurger interface {
 	Purge(ctx context.Context, caller Caller, req api.PurgeRequest) (api.PurgeReply, error)
 }
 
-func (s *server) uniqRoutes(mux *http.ServeMux) {
+func (s *server) uniqRoutes(mux *routeMux) {
 	mux.HandleFunc("POST "+api.PathTaskRetry, s.retry)
 	mux.HandleFunc("POST "+api.PathTasksPurge, s.purge)
 }

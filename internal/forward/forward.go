@@ -1,0 +1,478 @@
+// Package forward runs the public API's writes where they can be applied: on the raft leader.
+//
+// A node that is not the leader sends the whole request (method, path and query, headers with the
+// caller's credential, body) over the authenticated internode channel. The leader serves it with
+// the same handler as a request it received itself, so authorization, validation and propose are
+// written once, in the API's handlers, and run where the write happens. A write received by the
+// leader runs there at once.
+//
+// It owns the retries across leader changes and a follower's wait for its own FSM to hold the
+// write before it answers (read your writes). It never looks inside a request or a reply beyond
+// the error code of a 503, and it may not touch raft, the FSM or the ACLs: what it needs of the
+// node comes through Cluster.
+package forward
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/taskworker/taskworker/api"
+)
+
+// Path is the leader's internode route for forwarded requests.
+const Path = "/v1/internode/api"
+
+// Headers of a forwarded request and of its reply. A client's own X-Taskworker-Forward-* headers
+// never reach the leader's handler: Send drops them and Serve reads them only from a node.
+const (
+	headerPrefix  = "X-Taskworker-Forward-"
+	headerMethod  = headerPrefix + "Method"
+	headerURI     = headerPrefix + "Uri"
+	headerClient  = headerPrefix + "Client"
+	headerRequest = headerPrefix + "Request"
+	// HeaderIndex is the raft index the leader had applied when it answered: the follower
+	// answers once its own FSM holds it.
+	HeaderIndex = "X-Taskworker-Index"
+	// HeaderLeader names the leader in a not-leader reply.
+	HeaderLeader = "X-Taskworker-Leader"
+	// HeaderServedBy names the node whose handler ran a forwarded write.
+	HeaderServedBy = "X-Taskworker-Served-By"
+)
+
+// Cluster is what forwarding needs of the node.
+type Cluster interface {
+	// Name is this node's name.
+	Name() string
+	// IsLeader reports whether raft on this node is the leader.
+	IsLeader() bool
+	// Leader is the name of the leader raft names, "" when it names none.
+	Leader() string
+	// LeaderAddr is the internode address of the leader raft names; else, of any other member
+	// (which answers with the leader's name); "" when there is none.
+	LeaderAddr() string
+	// LeaderChanges returns a channel closed at raft's next leader change on this node.
+	LeaderChanges() <-chan struct{}
+	// Index is the raft index this node's FSM has applied.
+	Index() uint64
+	// WaitIndex blocks until this node's FSM has applied index, or ctx ends.
+	WaitIndex(ctx context.Context, index uint64) error
+	// Refuse is why this node takes no write now (its storage failed: it could not show the
+	// caller its own write), as an *api.Error; nil when it takes them.
+	Refuse() error
+	// Call sends an internode request to addr and returns the reply.
+	Call(ctx context.Context, addr, path string, header http.Header, body []byte) (*http.Response, error)
+}
+
+// Forwarder runs writes on the leader.
+type Forwarder struct {
+	c Cluster
+	// Retry is how long a write is retried across leader changes before its last answer is
+	// given (the API's write timeout).
+	retry time.Duration
+	// maxBody caps the body a write may carry (the largest of the API's caps); a longer one is
+	// cut one byte past it, so the handler's own cap refuses it.
+	maxBody int64
+	log     *slog.Logger
+	// abandoned counts forwards given up because raft named another leader meanwhile.
+	abandoned func()
+}
+
+// Options configure a Forwarder.
+type Options struct {
+	Retry     time.Duration
+	MaxBody   int64
+	Logger    *slog.Logger
+	Abandoned func()
+}
+
+// New returns a Forwarder over c.
+func New(c Cluster, o Options) *Forwarder {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Abandoned == nil {
+		o.Abandoned = func() {}
+	}
+	return &Forwarder{c: c, retry: o.Retry, maxBody: o.MaxBody, log: o.Logger, abandoned: o.Abandoned}
+}
+
+type servedKey struct{}
+
+// request is a write's identity, the same on every try: the leader derives the IDs it gives the
+// write's new objects from it (RequestID), so a retry after a lost reply finds what the first try
+// made instead of making it twice.
+type requestKey struct{}
+
+// RequestID returns the write's request ID: a ULID chosen by the node that received it.
+func RequestID(ctx context.Context) (ulid.ULID, bool) {
+	id, ok := ctx.Value(requestKey{}).(ulid.ULID)
+	return id, ok
+}
+
+// WithRequestID returns ctx carrying id as its write's request ID.
+func WithRequestID(ctx context.Context, id ulid.ULID) context.Context {
+	return context.WithValue(ctx, requestKey{}, id)
+}
+
+// ID returns the ID of the i-th new object of the write in ctx: its request ID plus i (in the
+// ULID's random part, so the time part stays the request's). Outside a write it is a new ULID.
+func ID(ctx context.Context, i int) string {
+	id, ok := RequestID(ctx)
+	if !ok {
+		return ulid.Make().String()
+	}
+	lo := binary.BigEndian.Uint64(id[8:]) + uint64(i)
+	hi := binary.BigEndian.Uint16(id[6:8])
+	if lo < uint64(i) {
+		hi++
+	}
+	binary.BigEndian.PutUint16(id[6:8], hi)
+	binary.BigEndian.PutUint64(id[8:], lo)
+	return id.String()
+}
+
+// Forwarded reports whether r is a write a follower forwarded to this node.
+func Forwarded(r *http.Request) bool { return r.Context().Value(servedKey{}) != nil }
+
+// Forwarded is the package's Forwarded, for the API's handlers.
+func (f *Forwarder) Forwarded(r *http.Request) bool { return Forwarded(r) }
+
+// ServeWrite runs the write r where it can be applied: with here on this node when it is the
+// leader (or when r was forwarded to it), else on the leader through Serve. A reply that says
+// there is no leader is retried, here or on the new leader, until the retry time has passed.
+func (f *Forwarder) ServeWrite(w http.ResponseWriter, r *http.Request, here http.Handler) {
+	if Forwarded(r) {
+		here.ServeHTTP(w, r) // the follower retries; it must see this node's answer as it is
+		return
+	}
+	if err := f.c.Refuse(); err != nil {
+		writeError(w, err)
+		return
+	}
+	var body []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		b, err := io.ReadAll(io.LimitReader(r.Body, f.maxBody+1))
+		if err != nil {
+			writeError(w, api.Errorf(api.CodeInvalidRequest, "read body: %v", err))
+			return
+		}
+		body = b
+	}
+	id, err := ulid.New(ulid.Now(), rand.Reader)
+	if err != nil {
+		writeError(w, api.Errorf(api.CodeInternal, "request ID: %v", err))
+		return
+	}
+	ctx := WithRequestID(r.Context(), id)
+	start := time.Now()
+	backoff := 20 * time.Millisecond
+	var last *reply
+	for {
+		if f.c.IsLeader() {
+			rec := newReply()
+			here.ServeHTTP(rec, withBody(r.WithContext(ctx), body))
+			last = rec
+			if !retryHere(rec) {
+				break
+			}
+		} else {
+			rep, err := f.send(ctx, r, id, body)
+			if err == nil {
+				last = rep
+				if !retryForward(rep) {
+					if err := f.waitIndex(ctx, rep); err != nil {
+						last = errorReply(err)
+					}
+					break
+				}
+			} else {
+				last = errorReply(api.Errorf(api.CodeNoLeader, "no cluster leader could apply the request: %v", err))
+			}
+		}
+		if time.Since(start) >= f.retry || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 250*time.Millisecond)
+	}
+	last.writeTo(w)
+}
+
+// withBody is r with a fresh reader of body, for one try.
+func withBody(r *http.Request, body []byte) *http.Request {
+	r2 := *r
+	r2.Body = io.NopCloser(bytes.NewReader(body))
+	r2.ContentLength = int64(len(body))
+	return &r2
+}
+
+// retryHere reports whether the leader's own answer says the write found no leader: raft lost
+// leadership under it, so the new leader must run it.
+func retryHere(rep *reply) bool {
+	return rep.status == http.StatusServiceUnavailable && rep.code() == api.CodeNoLeader
+}
+
+// retryForward reports whether a forward's answer asks for another try: the node was not (or no
+// longer) the leader, or is stopping.
+func retryForward(rep *reply) bool {
+	if rep.status != http.StatusServiceUnavailable {
+		return false
+	}
+	switch rep.code() {
+	case api.CodeNoLeader, api.CodeNotLeader, api.CodeShuttingDown:
+		return true
+	}
+	return false
+}
+
+// waitIndex waits until this node's FSM holds what the leader had applied when it answered, so
+// the caller reads its own write here. A replica that does not catch up within the retry time
+// (its disk failed since the write began) is not waited for longer: the write is done, and the
+// caller gets the leader's answer.
+func (f *Forwarder) waitIndex(ctx context.Context, rep *reply) error {
+	idx, err := strconv.ParseUint(rep.header.Get(HeaderIndex), 10, 64)
+	if err != nil {
+		return nil // an error reply from before the handler ran: nothing was written
+	}
+	wctx, cancel := context.WithTimeout(ctx, f.retry)
+	defer cancel()
+	if err := f.c.WaitIndex(wctx, idx); err != nil && ctx.Err() != nil {
+		return err
+	}
+	return nil
+}
+
+// errGaveUp is the cause of a forward given up because raft stopped naming its leader.
+var errGaveUp = errors.New("leader changed")
+
+// send forwards r to the leader and reads the whole reply. It gives the forward up as soon as
+// raft on this node names another leader, or none: a frozen or cut-off leader holds a forward
+// until the caller's deadline, while raft on the followers stops naming it after a heartbeat
+// timeout and elects a new one about a second later.
+//
+// Retrying is safe because a write is idempotent when the first try did commit: its new objects
+// take their IDs from the request ID, so a second try meets the first one's objects (a duplicate
+// task ID is success to a submit, a keyed submit finds its key), and the other writes set state
+// or act on what exists.
+func (f *Forwarder) send(ctx context.Context, r *http.Request, id ulid.ULID, body []byte) (*reply, error) {
+	changed := f.c.LeaderChanges() // before the leader is read: a change after that closes it
+	target := f.c.Leader()
+	addr := f.c.LeaderAddr()
+	if addr == "" {
+		return nil, errors.New("no leader known")
+	}
+	fctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		for {
+			select {
+			case <-fctx.Done():
+				return
+			case <-changed:
+			}
+			changed = f.c.LeaderChanges()
+			if now := f.c.Leader(); now != target {
+				cancel(fmt.Errorf("%w: raft names %q now, not %q", errGaveUp, now, target))
+				return
+			}
+		}
+	}()
+	h := make(http.Header, len(r.Header)+4)
+	for k, v := range r.Header {
+		if !hopByHop(k) && !strings.HasPrefix(k, headerPrefix) {
+			h[k] = v
+		}
+	}
+	h.Set(headerMethod, r.Method)
+	h.Set(headerURI, r.URL.RequestURI())
+	h.Set(headerClient, r.RemoteAddr)
+	h.Set(headerRequest, id.String())
+	resp, err := f.c.Call(fctx, addr, Path, h, body)
+	if err == nil {
+		defer resp.Body.Close()
+		var b []byte
+		b, err = io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		if err == nil {
+			return &reply{status: resp.StatusCode, header: resp.Header, body: b}, nil
+		}
+	}
+	if cause := context.Cause(fctx); errors.Is(cause, errGaveUp) && ctx.Err() == nil {
+		f.abandoned()
+		f.log.Info("gave up a forward to a leader raft no longer names; retrying against the new one",
+			"path", api.Truncate(r.URL.Path), "to", target, "leader", f.c.Leader())
+		return nil, fmt.Errorf("forward to %s: %w", addr, cause)
+	}
+	return nil, fmt.Errorf("forward to %s: %w", addr, err)
+}
+
+// hopByHop reports a header that belongs to one connection, not to the request.
+func hopByHop(k string) bool {
+	switch http.CanonicalHeaderKey(k) {
+	case "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer",
+		"Transfer-Encoding", "Upgrade", "Content-Length":
+		return true
+	}
+	return false
+}
+
+// Serve is the leader's side: it serves a forwarded write with api, the node's public handler,
+// as if its caller had sent it here, and adds the index its FSM has applied to the reply.
+func (f *Forwarder) Serve(api_ http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !f.c.IsLeader() {
+			w.Header().Set(HeaderLeader, f.c.Leader())
+			writeError(w, api.Errorf(api.CodeNotLeader, "this node is not the leader"))
+			return
+		}
+		req, err := unwrap(r)
+		if err != nil {
+			writeError(w, api.Errorf(api.CodeInvalidRequest, "forwarded request: %v", err))
+			return
+		}
+		w.Header().Set(HeaderServedBy, f.c.Name())
+		api_.ServeHTTP(&indexWriter{ResponseWriter: w, index: f.c.Index}, req)
+	})
+}
+
+// unwrap rebuilds the caller's request from a forward.
+func unwrap(r *http.Request) (*http.Request, error) {
+	method := r.Header.Get(headerMethod)
+	switch method {
+	case http.MethodPost, http.MethodPut, http.MethodDelete:
+	default:
+		return nil, fmt.Errorf("method %q is not a write", api.Truncate(method))
+	}
+	uri := r.Header.Get(headerURI)
+	if !strings.HasPrefix(uri, "/v1/") {
+		return nil, fmt.Errorf("path %q is not the API's", api.Truncate(uri))
+	}
+	id, err := ulid.ParseStrict(r.Header.Get(headerRequest))
+	if err != nil {
+		return nil, fmt.Errorf("request ID: %v", err)
+	}
+	ctx := context.WithValue(WithRequestID(r.Context(), id), servedKey{}, true)
+	req, err := http.NewRequestWithContext(ctx, method, uri, r.Body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header = make(http.Header, len(r.Header))
+	for k, v := range r.Header {
+		if !strings.HasPrefix(k, headerPrefix) {
+			req.Header[k] = v
+		}
+	}
+	req.ContentLength = r.ContentLength
+	req.Host = r.Host
+	req.RemoteAddr = r.RemoteAddr
+	if client := r.Header.Get(headerClient); client != "" {
+		if _, _, err := net.SplitHostPort(client); err == nil {
+			req.RemoteAddr = client
+		}
+	}
+	return req, nil
+}
+
+// indexWriter adds the index the FSM has applied to a reply's headers as it is written: the
+// handler replies after its write has applied here, so the follower waits for at least that.
+type indexWriter struct {
+	http.ResponseWriter
+	index   func() uint64
+	written bool
+}
+
+func (w *indexWriter) WriteHeader(status int) {
+	if !w.written {
+		w.written = true
+		w.Header().Set(HeaderIndex, strconv.FormatUint(w.index(), 10))
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *indexWriter) Write(b []byte) (int, error) {
+	if !w.written {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// reply is a whole answer held before it is given: a try that may be retried must not reach the
+// client.
+type reply struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func newReply() *reply { return &reply{header: http.Header{}} }
+
+func (r *reply) Header() http.Header { return r.header }
+
+func (r *reply) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+}
+
+func (r *reply) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	r.body = append(r.body, b...)
+	return len(b), nil
+}
+
+// code is the contract's error code of the reply's body, "" when it has none.
+func (r *reply) code() api.Code {
+	var e api.Error
+	if json.Unmarshal(r.body, &e) != nil {
+		return ""
+	}
+	return e.Code
+}
+
+func (r *reply) writeTo(w http.ResponseWriter) {
+	for k, v := range r.header {
+		if !hopByHop(k) {
+			w.Header()[k] = v
+		}
+	}
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	w.WriteHeader(r.status)
+	_, _ = w.Write(r.body)
+}
+
+func errorReply(err error) *reply {
+	rep := newReply()
+	writeError(rep, err)
+	return rep
+}
+
+// writeError writes err as the contract's error body.
+func writeError(w http.ResponseWriter, err error) {
+	var ae *api.Error
+	if !errors.As(err, &ae) {
+		ae = api.Errorf(api.CodeInternal, "%v", err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(api.Status(ae.Code))
+	_ = json.NewEncoder(w).Encode(api.Error{Message: ae.Message, Code: ae.Code})
+}

@@ -1,0 +1,124 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/taskworker/taskworker/api"
+)
+
+// Forwarder runs a write where it can be applied (internal/forward): with here on this node when
+// it is the leader, else on the leader, which serves it with this same handler.
+type Forwarder interface {
+	ServeWrite(w http.ResponseWriter, r *http.Request, here http.Handler)
+	// Forwarded reports whether r came from another node, which answers its caller.
+	Forwarded(r *http.Request) bool
+}
+
+// headerWaitThere, on a forwarded submit's reply, says the submit's ?wait is left to the node
+// the client called: it holds the wait on its own replica, and answers it when it leaves
+// (release.go in node) as it answers its other held requests.
+const headerWaitThere = "X-Taskworker-Wait-There"
+
+// Route is one route of the API.
+type Route struct {
+	Pattern string // as http.ServeMux reads it: "METHOD /path/{var}"
+	// Write: the route changes the cluster's state, so it runs on the leader (Options.Forward).
+	Write bool
+}
+
+// localWrites are the writes that act on the node that received them, not on the cluster.
+var localWrites = map[string]bool{"POST /v1/agent/leave": true}
+
+// routeMux registers the API's routes and remembers which are writes.
+type routeMux struct {
+	*http.ServeMux
+	routes []Route
+	writes map[string]bool // by pattern
+}
+
+func newRouteMux() *routeMux {
+	return &routeMux{ServeMux: http.NewServeMux(), writes: map[string]bool{}}
+}
+
+func (m *routeMux) Handle(pattern string, h http.Handler) {
+	method, _, _ := strings.Cut(pattern, " ")
+	write := (method == http.MethodPost || method == http.MethodPut || method == http.MethodDelete) && !localWrites[pattern]
+	m.routes = append(m.routes, Route{Pattern: pattern, Write: write})
+	m.writes[pattern] = write
+	m.ServeMux.Handle(pattern, h)
+}
+
+func (m *routeMux) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
+	m.Handle(pattern, http.HandlerFunc(h))
+}
+
+// forwardWrites sends every request for a write route through fwd before anything else reads
+// it: the leader runs the whole chain (credential, access checks, the handler) on it. A forwarded
+// submit's ?wait is held here, on this node's replica (headerWaitThere).
+func (s *server) forwardWrites(mux *routeMux, fwd Forwarder, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, pattern := mux.Handler(r)
+		if !mux.writes[pattern] {
+			next.ServeHTTP(w, r)
+			return
+		}
+		wait, err := waitParam(r)
+		if pattern != "POST /v1/tasks" || wait == 0 || err != nil || fwd.Forwarded(r) {
+			fwd.ServeWrite(w, r, next)
+			return
+		}
+		rec := &heldReply{header: http.Header{}}
+		fwd.ServeWrite(rec, r, next)
+		var t api.Task
+		if rec.header.Get(headerWaitThere) == "" || rec.status >= 300 || json.Unmarshal(rec.body, &t) != nil {
+			rec.writeTo(w)
+			return
+		}
+		if t, err = s.waitTask(r.Context(), t.ID, wait, func(t api.Task) bool { return api.IsTerminal(t.State) }); err != nil {
+			WriteError(w, err)
+			return
+		}
+		WriteJSON(w, rec.status, t)
+	})
+}
+
+// heldReply is a reply held before it is given.
+type heldReply struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (h *heldReply) Header() http.Header { return h.header }
+
+func (h *heldReply) WriteHeader(status int) {
+	if h.status == 0 {
+		h.status = status
+	}
+}
+
+func (h *heldReply) Write(b []byte) (int, error) {
+	h.WriteHeader(http.StatusOK)
+	h.body = append(h.body, b...)
+	return len(b), nil
+}
+
+func (h *heldReply) writeTo(w http.ResponseWriter) {
+	for k, v := range h.header {
+		if k != headerWaitThere {
+			w.Header()[k] = v
+		}
+	}
+	w.WriteHeader(max(h.status, http.StatusOK))
+	_, _ = w.Write(h.body)
+}
+
+// Routes lists every route of the API, as New registers them (the console's and the profiler's,
+// which are optional reads, aside).
+func Routes() []Route {
+	m := newRouteMux()
+	(&server{}).register(m)
+	return m.routes
+}
