@@ -17,6 +17,7 @@ import (
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/internal/store"
+	"github.com/taskworker/taskworker/internal/telemetry"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -95,12 +96,7 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return cli.Exit("invalid --log-level: "+c.String("log-level"), 2)
 	}
-	hopts := &slog.HandlerOptions{Level: level}
-	var handler slog.Handler = slog.NewTextHandler(os.Stderr, hopts)
-	if c.Bool("log-json") {
-		handler = slog.NewJSONHandler(os.Stderr, hopts)
-	}
-	logger := slog.New(handler)
+	logger := telemetry.NewLogger(os.Stderr, level, c.Bool("log-json"))
 	warnSecretsInArgv(os.Args[1:], logger.With("node", c.String("name")))
 
 	filesDir := c.String("files-dir")

@@ -113,7 +113,7 @@ func (n *Node) forwardWhileLeader(ctx context.Context, changed <-chan struct{}, 
 	}()
 	res, err := n.forward(fctx, addr, c)
 	if cause := context.Cause(fctx); res == nil && errors.Is(err, errForward) && ctx.Err() == nil && errors.Is(cause, errLeaderChanged) {
-		n.metrics.forwardsAbandoned.Inc()
+		n.metrics.ForwardAbandoned()
 		n.log.Info("gave up a forward to a leader raft no longer names; retrying against the new one",
 			"command", c.Type().String(), "to", target, "leader", n.Leader())
 		return nil, fmt.Errorf("%w %s: %w", errForward, addr, cause)
@@ -186,7 +186,7 @@ func (n *Node) raftApply(c *fsm.Command, timeout time.Duration) (*fsm.Result, er
 	if err := n.await(f); err != nil {
 		return nil, fmt.Errorf("apply %s: %w", c.Type(), err)
 	}
-	n.metrics.apply.Observe(time.Since(start).Seconds())
+	n.metrics.ObserveApply(time.Since(start))
 	n.commits.announce()
 	res, _ := f.Response().(*fsm.Result)
 	if res == nil {

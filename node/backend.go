@@ -196,7 +196,7 @@ func (b apiBackend) Logs(ctx context.Context, id string, follow bool, emit func(
 	return b.n.taskLogs(ctx, id, follow, emit)
 }
 
-func (b apiBackend) Metrics() http.Handler { return b.n.metricsHandler() }
+func (b apiBackend) Metrics() http.Handler { return b.n.metrics.Handler() }
 
 func (b apiBackend) Index() uint64 { return b.n.fsm.Index() }
 
@@ -217,5 +217,5 @@ func (b apiBackend) WaitIndex(ctx context.Context, after uint64) uint64 {
 }
 
 func (b apiBackend) Throughput(context.Context) api.Throughput {
-	return b.n.metrics.throughput.series(time.Now())
+	return b.n.metrics.Throughput(time.Now())
 }

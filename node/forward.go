@@ -63,7 +63,7 @@ func (n *Node) newForwarder() *forward.Forwarder {
 		Retry:     httpapi.DefaultWriteTimeout,
 		MaxBody:   max(httpapi.DefaultMaxBatchBodyBytes, n.cfg.MaxBodyBytes) + limits.BodyOverheadBytes,
 		Logger:    n.log.With("component", "forward"),
-		Abandoned: n.metrics.forwardsAbandoned.Inc,
+		Abandoned: n.metrics.ForwardAbandoned,
 	})
 }
 

@@ -16,7 +16,7 @@ import (
 // set. The internode routes are not here: they live on the internode listener (internode_routes.go).
 func (n *Node) routes() http.Handler {
 	opts := httpapi.Options{Token: n.cfg.Token, MaxBodyBytes: n.cfg.MaxBodyBytes, Logger: n.log.With("component", "http"),
-		Observe: n.metrics.observeHTTP, UI: ui.Handler(), Forward: n.fwd}
+		Observe: n.metrics.ObserveHTTP, UI: ui.Handler(), Forward: n.fwd}
 	if n.cfg.ACL {
 		opts.ACL = aclBackend{n}
 	}

@@ -121,7 +121,7 @@ func (n *Node) warnRefused(kind, remote, msg string, args ...any) {
 	if h, _, err := net.SplitHostPort(remote); err == nil {
 		ip = h
 	}
-	ok, suppressed := n.sec.callRefusals.allow(kind+ip, time.Now())
+	ok, suppressed := n.sec.callRefusals.Allow(kind+ip, time.Now())
 	if !ok {
 		return
 	}
@@ -331,12 +331,12 @@ const joinWarnEvery = time.Minute
 // refusedJoin counts a refused join and logs it, at most once per remote IP per joinWarnEvery:
 // anyone who can reach the gossip port can send wrong tokens as fast as it likes.
 func (n *Node) refusedJoin(r *http.Request, msg string, args ...any) {
-	n.metrics.joinRefused.Inc()
+	n.metrics.JoinRefused()
 	ip, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		ip = r.RemoteAddr
 	}
-	ok, suppressed := n.sec.joinRefusals.allow(ip, time.Now())
+	ok, suppressed := n.sec.joinRefusals.Allow(ip, time.Now())
 	if !ok {
 		return
 	}

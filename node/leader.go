@@ -105,7 +105,7 @@ func (n *Node) schedulerLoop() *scheduler.Loop {
 		Kick:        n.schedKick,
 		Retention:   n.cfg.Retention,
 		RetainedCap: n.retainedCap,
-		Trimmed:     func(k int) { n.metrics.quota.trimmed.Add(float64(k)) },
+		Trimmed:     n.metrics.Trimmed,
 		Logger:      n.log.With("component", "scheduler"),
 	}
 }

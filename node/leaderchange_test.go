@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 )
@@ -76,7 +73,7 @@ func TestForwardHeldByAFrozenLeaderIsRetriedOnTheNewOne(t *testing.T) {
 	if err := json.Unmarshal(r.body, &task); err != nil {
 		t.Fatal(err)
 	}
-	if got := counterValue(t, f.metrics.forwardsAbandoned); got < 1 {
+	if got := scrape(t, f)["taskworker_forwards_abandoned_total"]; got < 1 {
 		t.Errorf("%s abandoned %v forwards: the submit did not take the retry path", f.Name(), got)
 	}
 	var leader *Node
@@ -105,15 +102,6 @@ func sumCounts[K comparable](m map[K]int) int {
 		total += c
 	}
 	return total
-}
-
-func counterValue(t *testing.T, c prometheus.Counter) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetCounter().GetValue()
 }
 
 // TestReportHeldByAFrozenLeaderIsRetriedOnTheNewOne: the same for an executor report. A follower
@@ -168,7 +156,7 @@ func TestReportHeldByAFrozenLeaderIsRetriedOnTheNewOne(t *testing.T) {
 	if done.State != fsm.Succeeded || done.Node != f.Name() || done.Attempt != 1 {
 		t.Fatalf("task %s: %s on %s attempt %d, want succeeded on %s attempt 1", id, done.State, done.Node, done.Attempt, f.Name())
 	}
-	if got := counterValue(t, f.metrics.forwardsAbandoned); got < 1 {
+	if got := scrape(t, f)["taskworker_forwards_abandoned_total"]; got < 1 {
 		t.Errorf("%s abandoned %v forwards: the report did not take the retry path", f.Name(), got)
 	}
 	thaw()

@@ -1,17 +1,13 @@
 package node
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"regexp"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -157,57 +153,4 @@ func TestMetricsCountGossipProbeFailures(t *testing.T) {
 		return m["taskworker_gossip_probe_failures_total"] > before["taskworker_gossip_probe_failures_total"] &&
 			m[`taskworker_nodes{state="alive"}`] == 2
 	})
-}
-
-// Every series the Grafana dashboard queries is one this node exports (under its base name for
-// histograms), so a rename cannot leave a panel empty unnoticed.
-func TestGrafanaDashboardQueriesExportedSeries(t *testing.T) {
-	raw, err := os.ReadFile("../docs/grafana-dashboard.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var dash struct {
-		Panels []struct {
-			Title   string `json:"title"`
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-	}
-	if err := json.Unmarshal(raw, &dash); err != nil {
-		t.Fatalf("dashboard is not valid JSON: %v", err)
-	}
-
-	m := newNodeMetrics()
-	ch := make(chan *prometheus.Desc, 100)
-	for _, c := range m.transitions {
-		c.Describe(ch)
-	}
-	for _, c := range []prometheus.Collector{m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped, stateCollector{}} {
-		c.Describe(ch)
-	}
-	close(ch)
-	exported := map[string]bool{}
-	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
-	for d := range ch {
-		if sm := fqName.FindStringSubmatch(d.String()); sm != nil {
-			exported[sm[1]] = true
-		}
-	}
-
-	series := regexp.MustCompile(`taskworker_[a-z_]+`)
-	for _, p := range dash.Panels {
-		for _, tg := range p.Targets {
-			for _, name := range series.FindAllString(tg.Expr, -1) {
-				if base := strings.TrimSuffix(name, "_bucket"); !exported[base] {
-					t.Errorf("panel %q queries %s, which the node does not export", p.Title, name)
-				}
-			}
-		}
-	}
-	for name := range exported {
-		if !strings.Contains(string(raw), name) && name != "taskworker_is_leader" && name != "taskworker_fsm_applied_index" {
-			t.Errorf("no panel shows %s", name)
-		}
-	}
 }

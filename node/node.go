@@ -33,6 +33,7 @@ import (
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/internal/raftls"
 	"github.com/taskworker/taskworker/internal/store"
+	"github.com/taskworker/taskworker/internal/telemetry"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/scheduler"
 	"github.com/taskworker/taskworker/tasks"
@@ -42,7 +43,7 @@ import (
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
-	noisy  *slog.Logger // log with repeated warnings folded (logging.go), for raft and gossip
+	noisy  *slog.Logger // log with repeated warnings folded (telemetry.RateLimitHandler), for raft and gossip
 	bootID string
 	// startedAt is when this process made the node; gossiped for uptime in status.
 	startedAt time.Time
@@ -61,12 +62,11 @@ type Node struct {
 	commits  *commitNotice // the leader's commit notices to followers (notice.go)
 	// lastPlaced is the node placeAtSubmit last assigned to (a string): its round-robin tie-break.
 	lastPlaced atomic.Value
-	metrics    *nodeMetrics
+	metrics    *telemetry.Metrics
 
 	// Trust and the internode channel (security.go, internode.go).
 	sec          *security
 	internodeLn  net.Listener // the gossip port's internode side (or a listener of its own with twins)
-	connCaps     []connCap    // the capped listeners, for /metrics; set before the API serves
 	internode    *http.Server
 	client       *http.Client // internode calls with a deadline
 	streamClient *http.Client // internode log follows
@@ -123,8 +123,6 @@ type Node struct {
 	hold       internodeHold // tests freeze the internode side with it (internode_routes.go)
 	shutdownMu sync.Mutex
 	shut       bool
-	// memCheck is checkMemory's state (its goroutine alone touches it).
-	memCheck memoryCheck
 }
 
 // Start opens the node's stores and starts raft, gossip, the executor and the HTTP API.
@@ -144,14 +142,30 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), startedAt: time.Now(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
-		released: make(chan struct{}), deadSince: map[string]time.Time{}, idNames: map[raft.ServerID]string{}, metrics: newNodeMetrics(), up: make(chan struct{}),
+		released: make(chan struct{}), deadSince: map[string]time.Time{}, idNames: map[raft.ServerID]string{}, up: make(chan struct{}),
 		storage: store.NewHealth(),
 	}
 	n.diskFree.Store(-1)
 	n.minFree, _ = parseMinFreeDisk(cfg.MinFreeDisk) // Validate judged it
-	n.noisy = slog.New(newRateLimitHandler(n.log.Handler(), logRepeatWindow, n.metrics.logsDropped.Inc))
-	// Before raft starts, so that no applied entry is missed (metrics.go says why every node counts).
-	n.fsm.SetObserver(n.metrics.observe)
+	n.metrics = telemetry.New(telemetry.Source{FSM: n.fsm, Capacity: cfg.Capacity, Caps: admissionCaps,
+		Raft: func() *raft.Raft { return n.raft },
+		Members: func() []membership.Member {
+			if n.members == nil {
+				return nil
+			}
+			return n.members.Members()
+		},
+		Running: func() (int, bool) {
+			if n.exec == nil {
+				return 0, false
+			}
+			return len(n.exec.Running()), true
+		},
+		DiskFree: n.diskFree.Load, StorageFault: n.storageFault})
+	n.noisy = slog.New(telemetry.NewRateLimitHandler(n.log.Handler(), telemetry.LogRepeatWindow, n.metrics.LogSuppressed))
+	// Before raft starts, so that no applied entry is missed (telemetry.Metrics says why every
+	// node counts).
+	n.fsm.SetObserver(n.metrics.Observe)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
 	n.fwd = n.newForwarder()
@@ -266,11 +280,11 @@ func (n *Node) start() error {
 	n.goLoop(n.watchHalt)
 	n.goLoop(n.indexGossipLoop)
 	n.goLoop(n.storageLoop)
-	n.goEvery(memoryCheckInterval, n.checkMemory)
+	n.goEvery(telemetry.MemoryCheckInterval, telemetry.NewMemoryCheck(n.log).Run)
 	n.http = n.newHTTPServer(n.limitRequests(n.api))
 	ln = n.limitConns(ln)
 	if l, ok := ln.(*limits.Listener); ok {
-		n.connCaps = append(n.connCaps, connCap{"api", l.Stats})
+		n.metrics.AddListener("api", l.Stats)
 	}
 	if cfg.HTTPTLS {
 		ln = tls.NewListener(ln, pki.APIServerConfig(n.sec.holder, cfg.TLSVerifyIncoming))
@@ -373,7 +387,7 @@ func (n *Node) startRaft() error {
 	// leader adds it back once it registers again (registerLoop). Raft's default would shut its
 	// raft down for good when it applies its own removal. A leaving node shuts raft down itself.
 	rc.ShutdownOnRemove = false
-	rc.Logger = newHCLogger(n.noisy, "raft", cfg.LogLevel)
+	rc.Logger = telemetry.NewHCLogger(n.noisy, "raft", cfg.LogLevel)
 
 	var (
 		logs   raft.LogStore
@@ -411,7 +425,7 @@ func (n *Node) startRaft() error {
 		if err := checked.Verify(); err != nil {
 			return err
 		}
-		fss, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, newHCLogger(n.noisy, "snapshot", cfg.LogLevel))
+		fss, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, telemetry.NewHCLogger(n.noisy, "snapshot", cfg.LogLevel))
 		if err != nil {
 			return fmt.Errorf("open snapshot store: %w", err)
 		}
@@ -457,7 +471,7 @@ func (n *Node) startRaft() error {
 		// show pipelining gains little once appends are batched, as ours are.
 		tcfg := func(stream raft.StreamLayer) *raft.NetworkTransportConfig {
 			return &raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, MaxRPCsInFlight: 1, Timeout: 10 * time.Second,
-				Logger: newHCLogger(n.noisy, "raft-net", cfg.LogLevel)}
+				Logger: telemetry.NewHCLogger(n.noisy, "raft-net", cfg.LogLevel)}
 		}
 		if n.sec.insecure {
 			// No authentication (--insecure), but the same connection caps as with TLS.
@@ -465,7 +479,7 @@ func (n *Node) startRaft() error {
 			if err != nil {
 				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 			}
-			n.connCaps = append(n.connCaps, connCap{"raft", stream.Stats})
+			n.metrics.AddListener("raft", stream.Stats)
 			trans = raft.NewNetworkTransportWithConfig(tcfg(stream))
 		} else {
 			// Mutual TLS: a peer without a node certificate of the cluster is closed before raft
@@ -481,7 +495,7 @@ func (n *Node) startRaft() error {
 			if err != nil {
 				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
 			}
-			n.connCaps = append(n.connCaps, connCap{"raft", func() limits.ListenerStats { return stream.Stats().Conns }})
+			n.metrics.AddListener("raft", func() limits.ListenerStats { return stream.Stats().Conns })
 			trans = raft.NewNetworkTransportWithConfig(tcfg(stream))
 		}
 		n.closers = append(n.closers, trans.(io.Closer).Close)
@@ -564,7 +578,7 @@ func (n *Node) startMembership() error {
 		}
 		mc.Transport = mux
 		n.internodeLn = mux.Internode()
-		n.connCaps = append(n.connCaps, connCap{"gossip", mux.Stats})
+		n.metrics.AddListener("gossip", mux.Stats)
 	} else {
 		addr := cfg.InternodeAddr
 		if addr == "" {
@@ -584,7 +598,7 @@ func (n *Node) startMembership() error {
 	if cfg.ProbeTimeout > 0 {
 		mc.ProbeTimeout = cfg.ProbeTimeout
 	}
-	mc.Logger = slog.New(probeCountHandler{inner: n.noisy.Handler(), count: n.metrics.probeFails.Inc}).With("component", "gossip")
+	mc.Logger = slog.New(telemetry.CountProbeFailures(n.noisy.Handler(), n.metrics.ProbeFailed)).With("component", "gossip")
 	mc.Meta = membership.Meta{
 		RaftAddr: string(n.trans.LocalAddr()), RaftID: string(n.raftID), HTTPAddr: n.httpAddr, BootID: n.bootID,
 		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.sec.insecure, StartedAt: n.startedAt.Unix(),

@@ -46,7 +46,7 @@ func (n *Node) placeAtSubmit(c *fsm.Command, timeout time.Duration) {
 	}
 	n.lastPlaced.Store(as[len(as)-1].Node)
 	f := n.raft.Apply(b, timeout)
-	n.metrics.placedAtSubmit.Add(float64(len(as)))
+	n.metrics.PlacedAtSubmit(len(as))
 	go func() {
 		if err := f.Error(); err != nil {
 			n.log.Debug("assignments at submit", "count", len(as), "err", err)

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/acl"
@@ -162,32 +160,12 @@ const (
 	capKeyLength        = "key_length"
 )
 
-type quotaMetrics struct {
-	refused *prometheus.CounterVec
-	trimmed prometheus.Counter
-}
-
-func newQuotaMetrics(reg *prometheus.Registry) quotaMetrics {
-	q := quotaMetrics{
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "taskworker_admission_refused_total",
-			Help: "Submits, batch items and schedules this node refused for a cap, by cap: max_pending (queue_full), pending and schedules (quota_exceeded), schedule_interval, schedule_input, key_length.",
-		}, []string{"cap"}),
-		trimmed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "taskworker_retained_trimmed_total",
-			Help: "Finished tasks the leader removed because their principal kept more than its retained cap (oldest finished first).",
-		}),
-	}
-	for _, c := range []string{capMaxPending, capPending, capSchedules, capScheduleInterval, capScheduleInput, capKeyLength} {
-		q.refused.WithLabelValues(c) // every cap's series exists from the start, at 0
-	}
-	reg.MustRegister(q.refused, q.trimmed)
-	return q
-}
+// admissionCaps are the caps above, each with its series from the start.
+var admissionCaps = []string{capMaxPending, capPending, capSchedules, capScheduleInterval, capScheduleInput, capKeyLength}
 
 // refuse counts a refusal for cap and returns err.
 func (n *Node) refuse(cap string, err error) error {
-	n.metrics.quota.refused.WithLabelValues(cap).Inc()
+	n.metrics.Refused(cap)
 	return err
 }
 
@@ -197,9 +175,9 @@ func (n *Node) noteRefusal(err error) error {
 	if errors.As(err, &ae) {
 		switch ae.Code {
 		case api.CodeQueueFull:
-			n.metrics.quota.refused.WithLabelValues(capMaxPending).Inc()
+			n.metrics.Refused(capMaxPending)
 		case api.CodeQuotaExceeded:
-			n.metrics.quota.refused.WithLabelValues(capPending).Inc()
+			n.metrics.Refused(capPending)
 		}
 	}
 	return err

@@ -126,33 +126,6 @@ func TestDataDirOpenToOthersIsRefusedAndModesInsideAreFixed(t *testing.T) {
 	}
 }
 
-func TestRefusedJoinsAreLoggedOncePerAddressPerWindowWithACount(t *testing.T) {
-	l := newPerAddrLimiter(time.Minute)
-	t0 := time.Unix(1000, 0)
-	if ok, n := l.allow("10.0.0.1", t0); !ok || n != 0 {
-		t.Fatalf("first: %v %d", ok, n)
-	}
-	for i := 1; i <= 1999; i++ {
-		if ok, _ := l.allow("10.0.0.1", t0.Add(time.Duration(i)*time.Millisecond)); ok {
-			t.Fatalf("attempt %d within the minute was let through", i)
-		}
-	}
-	if ok, _ := l.allow("10.0.0.2", t0.Add(time.Second)); !ok {
-		t.Error("another address is limited on its own")
-	}
-	if ok, n := l.allow("10.0.0.1", t0.Add(time.Minute)); !ok || n != 1999 {
-		t.Errorf("after the window: %v, suppressed %d, want true 1999", ok, n)
-	}
-
-	// Many addresses share one window past the bound, so memory stays bounded.
-	for i := 0; i < maxLimitedAddrs+100; i++ {
-		l.allow(strings.Repeat("a", i%7)+time.Duration(i).String(), t0.Add(2*time.Minute))
-	}
-	if len(l.addrs) > maxLimitedAddrs+1 {
-		t.Errorf("%d addresses remembered, want at most %d", len(l.addrs), maxLimitedAddrs+1)
-	}
-}
-
 func TestSecretFlagsInArgvWarnOnceNamingTheSaferWay(t *testing.T) {
 	for _, tt := range []struct {
 		args []string

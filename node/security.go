@@ -20,6 +20,7 @@ import (
 
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/internal/telemetry"
 	"github.com/taskworker/taskworker/membership"
 )
 
@@ -69,9 +70,9 @@ type security struct {
 	// announce: this node made the cluster and logs the join command once gossip runs.
 	announce bool
 	// joinRefusals limits the warnings about refused joins to one per remote address per minute.
-	joinRefusals *perAddrLimiter
+	joinRefusals *telemetry.PerAddrLimiter
 	// callRefusals does the same for refused internode calls and TLS handshakes (warnRefusedCall).
-	callRefusals *perAddrLimiter
+	callRefusals *telemetry.PerAddrLimiter
 	// seeding: a leader is writing the management credential's hash (seedManagement);
 	// waitedUpgrade: it said once that an older node holds that back.
 	seeding, waitedUpgrade atomic.Bool
@@ -93,7 +94,7 @@ var (
 // resumed says the data dir holds raft state.
 func (n *Node) setupSecurity(resumed bool) error {
 	cfg := &n.cfg
-	s := &security{insecure: cfg.Insecure, joinRefusals: newPerAddrLimiter(joinWarnEvery), callRefusals: newPerAddrLimiter(joinWarnEvery)}
+	s := &security{insecure: cfg.Insecure, joinRefusals: telemetry.NewPerAddrLimiter(joinWarnEvery), callRefusals: telemetry.NewPerAddrLimiter(joinWarnEvery)}
 	n.sec = s
 	if cfg.Insecure {
 		n.log.Warn("running INSECURE (--insecure): gossip, raft and internode calls are neither encrypted nor authenticated; " +

@@ -34,7 +34,7 @@ func (n *Node) storageLoop(ctx context.Context) {
 		n.checkStorage()
 		ok, reason, shortage := n.storageVerdict()
 		if shortage != "" {
-			n.metrics.descriptorShortages.Inc()
+			n.metrics.DescriptorShortage()
 			n.noisy.Warn("out of file descriptors: the storage probe could not open a file; not a storage fault, this node keeps its role; the connection caps should prevent this, so check RLIMIT_NOFILE and what holds the descriptors",
 				"reason", shortage)
 		}
@@ -81,7 +81,7 @@ func (n *Node) checkStorage() {
 	}
 	n.diskFree.Store(int64(min(free, 1<<62)))
 	if n.minFree > 0 && free < n.minFree {
-		// Folded by the rate limit: one line, then a count every logRepeatWindow.
+		// Folded by the rate limit: one line, then a count every telemetry.LogRepeatWindow.
 		n.noisy.Warn("disk nearly full: free space on the data dir's file system is below --min-free-disk; raft stops persisting when it runs out",
 			"dir", dir, "free", humanize.IBytes(free), "min_free_disk", humanize.IBytes(n.minFree))
 	}

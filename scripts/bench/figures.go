@@ -239,7 +239,7 @@ func (b *bench) memory(idleRSS []int64, settle time.Duration, r *results) error 
 		return err
 	}
 	progress("memory: RSS at the end of the fill; resting %s ...", settle)
-	time.Sleep(settle) // the nodes give free heap back within 10-20 s of the load ending (node/memory.go)
+	time.Sleep(settle) // the nodes give free heap back within 10-20 s of the load ending (internal/telemetry/memory.go)
 	rss, err := b.rss()
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package node
+package telemetry
 
 import (
 	"context"
@@ -12,6 +12,15 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 )
+
+// NewLogger is the process's logger: text lines to w, or JSON lines with json, from level up.
+func NewLogger(w io.Writer, level slog.Level, json bool) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if json {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
 
 // hclogSink hands a hashicorp library's log calls (raft's) to slog with their values as given:
 // a time.Duration stays a duration ("251.5ms"), where a trip through hclog's JSON output would
@@ -85,8 +94,8 @@ func slogFromHCLevel(l hclog.Level) slog.Level {
 	return slog.LevelInfo
 }
 
-// newHCLogger routes a hashicorp library's logger into slog at the given minimum level.
-func newHCLogger(log *slog.Logger, name string, min slog.Level) hclog.Logger {
+// NewHCLogger routes a hashicorp library's logger (raft's) into slog at the given minimum level.
+func NewHCLogger(log *slog.Logger, name string, min slog.Level) hclog.Logger {
 	level := hclog.Info
 	switch {
 	case min <= slog.LevelDebug:
@@ -103,8 +112,8 @@ func newHCLogger(log *slog.Logger, name string, min slog.Level) hclog.Logger {
 	return l
 }
 
-// logRepeatWindow is how long the raft and gossip loggers fold repeats of one warning into a count.
-const logRepeatWindow = 10 * time.Second
+// LogRepeatWindow is how long the raft and gossip loggers fold repeats of one warning into a count.
+const LogRepeatWindow = 10 * time.Second
 
 // peerKeys are the attributes that name the peer a raft line is about; the rate limit keys on
 // them and the message, not on the error text or backoff, which vary from line to line.
@@ -114,7 +123,7 @@ var peerKeys = map[string]bool{"peer": true, "server-id": true, "id": true, "add
 // 127.0.0.1:7947: i/o timeout"): the ephemeral local port differs on every line about one peer.
 var localPart = regexp.MustCompile(`\S+->`)
 
-// repeatLimiter is the shared state of a rateLimitHandler and the handlers derived from it (With).
+// repeatLimiter is the shared state of a RateLimitHandler and the handlers derived from it (With).
 // A dead peer makes raft log every heartbeat and append that fails (50 lines in 3 s after one
 // SIGKILL); each distinct warning or error about one peer is logged the first time, then its
 // repeats are counted and summed up once per window ("... (and 49 more in the last 10s)").
@@ -139,37 +148,39 @@ type repeatWindow struct {
 // maxWindows bounds the limiter's memory; quiet windows are dropped beyond it.
 const maxWindows = 256
 
-// rateLimitHandler is a slog.Handler that folds repeated warnings and errors (repeatLimiter).
-type rateLimitHandler struct {
+// RateLimitHandler is a slog.Handler that folds repeated warnings and errors (repeatLimiter).
+type RateLimitHandler struct {
 	inner slog.Handler
 	lim   *repeatLimiter
 	scope string // the attributes added by With, part of each key
 }
 
-func newRateLimitHandler(inner slog.Handler, every time.Duration, onSuppress func()) *rateLimitHandler {
-	return &rateLimitHandler{inner: inner, lim: &repeatLimiter{
+// NewRateLimitHandler folds inner's repeated warnings and errors for every (LogRepeatWindow for
+// raft and gossip), calling onSuppress, if not nil, for each line it folds.
+func NewRateLimitHandler(inner slog.Handler, every time.Duration, onSuppress func()) *RateLimitHandler {
+	return &RateLimitHandler{inner: inner, lim: &repeatLimiter{
 		every: every, now: time.Now, onSuppress: onSuppress, windows: map[string]*repeatWindow{},
 		after: func(d time.Duration, f func()) { time.AfterFunc(d, f) },
 	}}
 }
 
-func (h *rateLimitHandler) Enabled(ctx context.Context, l slog.Level) bool {
+func (h *RateLimitHandler) Enabled(ctx context.Context, l slog.Level) bool {
 	return h.inner.Enabled(ctx, l)
 }
 
-func (h *rateLimitHandler) WithAttrs(as []slog.Attr) slog.Handler {
+func (h *RateLimitHandler) WithAttrs(as []slog.Attr) slog.Handler {
 	scope := h.scope
 	for _, a := range as {
 		scope += a.String() + " "
 	}
-	return &rateLimitHandler{inner: h.inner.WithAttrs(as), lim: h.lim, scope: scope}
+	return &RateLimitHandler{inner: h.inner.WithAttrs(as), lim: h.lim, scope: scope}
 }
 
-func (h *rateLimitHandler) WithGroup(name string) slog.Handler {
-	return &rateLimitHandler{inner: h.inner.WithGroup(name), lim: h.lim, scope: h.scope + name + "."}
+func (h *RateLimitHandler) WithGroup(name string) slog.Handler {
+	return &RateLimitHandler{inner: h.inner.WithGroup(name), lim: h.lim, scope: h.scope + name + "."}
 }
 
-func (h *rateLimitHandler) Handle(ctx context.Context, r slog.Record) error {
+func (h *RateLimitHandler) Handle(ctx context.Context, r slog.Record) error {
 	if r.Level < slog.LevelWarn {
 		return h.inner.Handle(ctx, r)
 	}
@@ -243,11 +254,17 @@ func (l *repeatLimiter) dropQuiet(now time.Time) {
 	}
 }
 
-// probeFailure is how memberlist reports a probe that got no ack, direct or indirect: it has no
+// probeFailureSuffix is how memberlist reports a probe that got no ack, direct or indirect: it has no
 // metric of its own for it (only in its go-metrics "degraded" counters, which mean something
 // else), so the gossip logger counts this line, which memberlist (v0.7.0, state.go probeNode)
 // prints at INFO as "Suspect <name> has failed, no acks received".
 const probeFailureSuffix = "has failed, no acks received"
+
+// CountProbeFailures calls count for each of memberlist's probe failures logged through the
+// handler it returns, on their way to inner.
+func CountProbeFailures(inner slog.Handler, count func()) slog.Handler {
+	return probeCountHandler{inner: inner, count: count}
+}
 
 // probeCountHandler counts memberlist's probe failures on their way to inner. It sees INFO lines
 // even when inner does not log them, so the count does not depend on the log level.
@@ -278,10 +295,10 @@ func (h probeCountHandler) WithGroup(name string) slog.Handler {
 	return probeCountHandler{inner: h.inner.WithGroup(name), count: h.count}
 }
 
-// perAddrLimiter lets one log line through per remote address per window, and counts what it
+// PerAddrLimiter lets one log line through per remote address per window, and counts what it
 // holds back, so that the next line let through can say how many were suppressed. A refused join
 // is worth a warning, but 2,000 wrong tokens from one address must not be 2,000 lines.
-type perAddrLimiter struct {
+type PerAddrLimiter struct {
 	every time.Duration
 	mu    sync.Mutex
 	addrs map[string]*addrWindow
@@ -296,13 +313,14 @@ type addrWindow struct {
 // forgotten, and while none has, every new address shares one window ("*").
 const maxLimitedAddrs = 4096
 
-func newPerAddrLimiter(every time.Duration) *perAddrLimiter {
-	return &perAddrLimiter{every: every, addrs: map[string]*addrWindow{}}
+// NewPerAddrLimiter lets one line per address through each every.
+func NewPerAddrLimiter(every time.Duration) *PerAddrLimiter {
+	return &PerAddrLimiter{every: every, addrs: map[string]*addrWindow{}}
 }
 
-// allow reports whether a line about addr may be logged now, and how many lines about it were
+// Allow reports whether a line about addr may be logged now, and how many lines about it were
 // held back since the last one logged.
-func (l *perAddrLimiter) allow(addr string, now time.Time) (ok bool, suppressed int) {
+func (l *PerAddrLimiter) Allow(addr string, now time.Time) (ok bool, suppressed int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	w := l.addrs[addr]

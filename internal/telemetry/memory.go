@@ -1,6 +1,7 @@
-package node
+package telemetry
 
 import (
+	"log/slog"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -12,7 +13,7 @@ import (
 // system slowly (its background scavenger spends ~1 % of a core: ~70 MB a minute measured
 // here). After a burst (a snapshot restore, which runs the collector at GOGC 300, or a backlog
 // of a hundred thousand pending tasks that then finished and froze) a node would hold its peak
-// for many minutes, and an idle one its last headroom. checkMemory gives back what the heap
+// for many minutes, and an idle one its last headroom. MemoryCheck gives back what the heap
 // holds beyond its normal headroom, and on an idle node the headroom too.
 
 // minExcess is the excess below which nothing is given back: returning it would cost more (a
@@ -64,15 +65,28 @@ func readHeap() heapState {
 		gogc: int(s[3].Value.Uint64()), cycles: s[4].Value.Uint64()}
 }
 
-// memoryCheck remembers the collections counted at the last check: none since means idle.
-type memoryCheck struct {
+// MemoryCheck gives the heap's excess back to the operating system when Run. It remembers the
+// collections counted at the last check (none since means idle), so one goroutine alone may run
+// it.
+type MemoryCheck struct {
+	log    *slog.Logger
 	cycles uint64
 	seen   bool
 }
 
+// NewMemoryCheck returns a check that logs what it gives back to log, at debug level.
+func NewMemoryCheck(log *slog.Logger) *MemoryCheck { return &MemoryCheck{log: log} }
+
+// Run gives back the heap's excess, if any (every MemoryCheckInterval).
+func (m *MemoryCheck) Run() {
+	if did, freed := m.run(); did {
+		m.log.Debug("gave free heap memory back to the operating system", "bytes", humanize.IBytes(freed))
+	}
+}
+
 // run gives the heap's excess back to the operating system, reporting whether there was one and
 // how many bytes the heap retains less.
-func (m *memoryCheck) run() (bool, uint64) {
+func (m *MemoryCheck) run() (bool, uint64) {
 	before := readHeap()
 	idle := m.seen && before.cycles == m.cycles
 	m.cycles, m.seen = before.cycles, true
@@ -88,13 +102,6 @@ func (m *memoryCheck) run() (bool, uint64) {
 	return true, before.retained - after.retained
 }
 
-// checkMemory gives back the heap's excess, if any (every memoryCheckInterval; one goroutine).
-func (n *Node) checkMemory() {
-	if did, freed := n.memCheck.run(); did {
-		n.log.Debug("gave free heap memory back to the operating system", "bytes", humanize.IBytes(freed))
-	}
-}
-
-// memoryCheckInterval is how often checkMemory runs: a burst's excess is back within one, an idle
-// node's headroom within two (the first sees the load's last collections).
-const memoryCheckInterval = 10 * time.Second
+// MemoryCheckInterval is how often a node runs its MemoryCheck: a burst's excess is back within
+// one, an idle node's headroom within two (the first sees the load's last collections).
+const MemoryCheckInterval = 10 * time.Second

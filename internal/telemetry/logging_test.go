@@ -1,4 +1,4 @@
-package node
+package telemetry
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// limiterUnderTest is a rateLimitHandler on a fake clock whose summaries fire only when the test
+// limiterUnderTest is a RateLimitHandler on a fake clock whose summaries fire only when the test
 // says so; lines() returns what reached the text handler.
 type limiterUnderTest struct {
 	log     *slog.Logger
@@ -20,7 +20,7 @@ type limiterUnderTest struct {
 
 func newLimiterUnderTest() *limiterUnderTest {
 	lt := &limiterUnderTest{buf: &bytes.Buffer{}, now: time.Unix(1_700_000_000, 0)}
-	h := newRateLimitHandler(slog.NewTextHandler(lt.buf, nil), 10*time.Second, func() { lt.folded++ })
+	h := NewRateLimitHandler(slog.NewTextHandler(lt.buf, nil), 10*time.Second, func() { lt.folded++ })
 	h.lim.now = func() time.Time { return lt.now }
 	h.lim.after = func(_ time.Duration, f func()) { lt.pending = append(lt.pending, f) }
 	lt.log = slog.New(h)
@@ -138,7 +138,7 @@ func TestRateLimitKeys(t *testing.T) {
 
 func TestHCLogLinesGoThroughTheLimiter(t *testing.T) {
 	lt := newLimiterUnderTest()
-	hl := newHCLogger(lt.log, "raft", slog.LevelInfo)
+	hl := NewHCLogger(lt.log, "raft", slog.LevelInfo)
 	for i := 0; i < 5; i++ {
 		hl.Error("failed to appendEntries to", "peer", "{Voter n2 127.0.0.1:9}", "error", "EOF")
 	}
@@ -176,7 +176,7 @@ func TestHCLogDurationsPrintAsDurations(t *testing.T) {
 			if format == "json" {
 				h = slog.NewJSONHandler(&buf, nil)
 			}
-			hl := newHCLogger(slog.New(h), "raft", slog.LevelInfo)
+			hl := NewHCLogger(slog.New(h), "raft", slog.LevelInfo)
 			hl.Warn("heartbeat timeout reached, starting election", "last-leader-addr", "", "time", 251515680*time.Nanosecond)
 			hl.Debug("not logged below the level", "time", time.Second)
 			line := strings.TrimSpace(buf.String())
@@ -196,5 +196,32 @@ func TestHCLogDurationsPrintAsDurations(t *testing.T) {
 				t.Errorf("raft's own node attribute must not repeat the key: %q", line)
 			}
 		})
+	}
+}
+
+func TestRefusedJoinsAreLoggedOncePerAddressPerWindowWithACount(t *testing.T) {
+	l := NewPerAddrLimiter(time.Minute)
+	t0 := time.Unix(1000, 0)
+	if ok, n := l.Allow("10.0.0.1", t0); !ok || n != 0 {
+		t.Fatalf("first: %v %d", ok, n)
+	}
+	for i := 1; i <= 1999; i++ {
+		if ok, _ := l.Allow("10.0.0.1", t0.Add(time.Duration(i)*time.Millisecond)); ok {
+			t.Fatalf("attempt %d within the minute was let through", i)
+		}
+	}
+	if ok, _ := l.Allow("10.0.0.2", t0.Add(time.Second)); !ok {
+		t.Error("another address is limited on its own")
+	}
+	if ok, n := l.Allow("10.0.0.1", t0.Add(time.Minute)); !ok || n != 1999 {
+		t.Errorf("after the window: %v, suppressed %d, want true 1999", ok, n)
+	}
+
+	// Many addresses share one window past the bound, so memory stays bounded.
+	for i := 0; i < maxLimitedAddrs+100; i++ {
+		l.Allow(strings.Repeat("a", i%7)+time.Duration(i).String(), t0.Add(2*time.Minute))
+	}
+	if len(l.addrs) > maxLimitedAddrs+1 {
+		t.Errorf("%d addresses remembered, want at most %d", len(l.addrs), maxLimitedAddrs+1)
 	}
 }

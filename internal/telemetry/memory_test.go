@@ -1,4 +1,4 @@
-package node
+package telemetry
 
 import (
 	"runtime"
@@ -45,7 +45,7 @@ func TestMemoryCheckGivesBackAFreedPeak(t *testing.T) {
 	if h.excess(false) == 0 {
 		t.Skipf("the runtime already returned the peak (%+v)", h)
 	}
-	var m memoryCheck
+	var m MemoryCheck
 	did, freed := m.run()
 	if !did || freed < minExcess {
 		t.Errorf("run = %v, %d bytes; want the freed peak back (the heap was %+v)", did, freed, h)
@@ -56,7 +56,7 @@ func TestMemoryCheckGivesBackAFreedPeak(t *testing.T) {
 }
 
 func TestMemoryCheckCallsANodeIdleOnlyWithoutACollectionBetween(t *testing.T) {
-	var m memoryCheck
+	var m MemoryCheck
 	m.run()
 	first := m.cycles
 	runtime.GC() // activity: a collection since the last check

@@ -1,8 +1,9 @@
-package node
+package telemetry
 
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -10,12 +11,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/limits"
+	"github.com/taskworker/taskworker/membership"
 )
 
-// nodeMetrics are the Prometheus series this node serves on /metrics. Each node has its own
-// registry, so several nodes in one process (the tests) do not share series.
+// Metrics are the Prometheus series a node serves on /metrics. Each node has its own registry,
+// so several nodes in one process (the tests) do not share series.
 //
 // Task counters and histograms are fed by the FSM's Observer on every node, not by the leader:
 // each replica applies the same log, so every node's /metrics tells the same cluster-wide story
@@ -24,8 +27,9 @@ import (
 // transitions of that entry; the observer only counts, so Apply stays deterministic. The counters
 // start from zero in each process and count the entries it applies, including those it replays
 // from the log at start (a snapshot's tasks are not replayed): use rate() or increase().
-type nodeMetrics struct {
-	reg *prometheus.Registry
+type Metrics struct {
+	reg   *prometheus.Registry
+	state *prometheus.Registry // the stateCollector, read at scrape time
 
 	transitions map[string]*prometheus.CounterVec // by fsm.Kind*, labelled by task type
 	queueWait   *prometheus.HistogramVec
@@ -37,28 +41,54 @@ type nodeMetrics struct {
 	logsDropped prometheus.Counter
 
 	throughput throughputRing // the console's per-second series (throughput.go)
-	// forwardsAbandoned counts forwards given up because raft stopped naming their leader
-	// (apply.go), each then retried against the new one.
+	// forwardsAbandoned counts forwards given up because raft stopped naming their leader, each
+	// then retried against the new one.
 	forwardsAbandoned prometheus.Counter
-	// placedAtSubmit counts assignments the leader proposed right behind their submit
-	// (placesubmit.go); the FSM may still leave some of them pending.
+	// placedAtSubmit counts assignments the leader proposed right behind their submit; the FSM
+	// may still leave some of them pending.
 	placedAtSubmit prometheus.Counter
 	// descriptorShortages counts storage checks that failed for want of file descriptors, which
-	// storageLoop does not call a storage fault.
+	// the node does not call a storage fault.
 	descriptorShortages prometheus.Counter
 	// joinRefused counts refused join requests, every one, though their log lines are limited.
 	joinRefused prometheus.Counter
-	// quota counts admission refusals by cap, and finished tasks trimmed by the retained cap
-	// (quota.go).
-	quota quotaMetrics
+	// refused counts admission refusals by cap; trimmed, finished tasks removed by the
+	// retained cap.
+	refused *prometheus.CounterVec
+	trimmed prometheus.Counter
+
+	src       Source
+	mu        sync.Mutex
+	listeners []listener // the capped listeners (AddListener)
+}
+
+// Source is what the collector reads from the node at each scrape, from the scraping goroutine.
+// A nil func reads as nothing known: no members, no raft, no executor, free disk unknown,
+// storage healthy.
+type Source struct {
+	FSM      *fsm.FSM
+	Capacity int // task slots of this node
+	// Caps names the admission caps of taskworker_admission_refused_total{cap}: each one's
+	// series exists from the start, at 0.
+	Caps    []string
+	Raft    func() *raft.Raft          // nil before raft starts
+	Members func() []membership.Member // nil before gossip starts
+	Running func() (n int, ok bool)    // task attempts running here; ok false without an executor
+	// DiskFree is the bytes free on the data dir's file system, negative when unknown.
+	DiskFree func() int64
+	// StorageFault is why the node cannot persist, "" while it can.
+	StorageFault func() string
 }
 
 // taskBuckets span a millisecond to about 20 minutes, for both queue wait and run time.
 var taskBuckets = prometheus.ExponentialBuckets(0.001, 4, 11)
 
-func newNodeMetrics() *nodeMetrics {
-	m := &nodeMetrics{
+// New makes a node's metrics, reading the rest of its state from src at scrape time.
+func New(src Source) *Metrics {
+	m := &Metrics{
+		src:         src,
 		reg:         prometheus.NewRegistry(),
+		state:       prometheus.NewRegistry(),
 		transitions: map[string]*prometheus.CounterVec{},
 		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "taskworker_task_queue_wait_seconds", Buckets: taskBuckets,
@@ -105,6 +135,14 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "taskworker_join_refused_total",
 			Help: "Join requests this node refused (wrong or rotated token, unreadable request); the log shows one per remote address per minute.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "taskworker_admission_refused_total",
+			Help: "Submits, batch items and schedules this node refused for a cap, by cap: max_pending (queue_full), pending and schedules (quota_exceeded), schedule_interval, schedule_input, key_length.",
+		}, []string{"cap"}),
+		trimmed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "taskworker_retained_trimmed_total",
+			Help: "Finished tasks the leader removed because their principal kept more than its retained cap (oldest finished first).",
+		}),
 	}
 	help := map[string]string{
 		fsm.KindSubmitted:   "Tasks submitted, by type.",
@@ -123,12 +161,16 @@ func newNodeMetrics() *nodeMetrics {
 	}
 	m.reg.MustRegister(m.queueWait, m.runTime, m.apply, m.httpReqs, m.httpTime, m.probeFails, m.logsDropped, m.forwardsAbandoned, m.placedAtSubmit, m.descriptorShortages, m.joinRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.quota = newQuotaMetrics(m.reg)
+	for _, c := range src.Caps {
+		m.refused.WithLabelValues(c) // every cap's series exists from the start, at 0
+	}
+	m.reg.MustRegister(m.refused, m.trimmed)
+	m.state.MustRegister(stateCollector{m})
 	return m
 }
 
-// observe is the FSM's Observer.
-func (m *nodeMetrics) observe(_ uint64, ts []fsm.Transition) {
+// Observe is the FSM's Observer.
+func (m *Metrics) Observe(_ uint64, ts []fsm.Transition) {
 	m.throughput.add(time.Now(), ts)
 	for _, tr := range ts {
 		if c := m.transitions[tr.Kind]; c != nil {
@@ -147,18 +189,54 @@ func (m *nodeMetrics) observe(_ uint64, ts []fsm.Transition) {
 // leader wrote each command.
 func nonNegative(d time.Duration) float64 { return max(d, 0).Seconds() }
 
-// observeHTTP is httpapi's ObserveFunc.
-func (m *nodeMetrics) observeHTTP(route string, code int, d time.Duration) {
+// ObserveHTTP is httpapi's ObserveFunc.
+func (m *Metrics) ObserveHTTP(route string, code int, d time.Duration) {
 	m.httpReqs.WithLabelValues(route, strconv.Itoa(code)).Inc()
 	m.httpTime.WithLabelValues(route).Observe(d.Seconds())
 }
 
-// metricsHandler serves the node's registry plus the series read from the FSM, raft and gossip
-// at scrape time.
-func (n *Node) metricsHandler() http.Handler {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(stateCollector{n})
-	return promhttp.HandlerFor(prometheus.Gatherers{n.metrics.reg, reg}, promhttp.HandlerOpts{})
+// ObserveApply records how long the leader took to commit and apply one raft command.
+func (m *Metrics) ObserveApply(d time.Duration) { m.apply.Observe(d.Seconds()) }
+
+// ForwardAbandoned counts a forward given up because raft stopped naming its leader.
+func (m *Metrics) ForwardAbandoned() { m.forwardsAbandoned.Inc() }
+
+// PlacedAtSubmit counts k assignments proposed together with their submit.
+func (m *Metrics) PlacedAtSubmit(k int) { m.placedAtSubmit.Add(float64(k)) }
+
+// DescriptorShortage counts a storage check that failed for want of file descriptors.
+func (m *Metrics) DescriptorShortage() { m.descriptorShortages.Inc() }
+
+// JoinRefused counts a refused join request.
+func (m *Metrics) JoinRefused() { m.joinRefused.Inc() }
+
+// LogSuppressed counts a log line folded by the rate limit (RateLimitHandler's onSuppress).
+func (m *Metrics) LogSuppressed() { m.logsDropped.Inc() }
+
+// ProbeFailed counts a gossip probe that got no ack (ProbeCountHandler's count).
+func (m *Metrics) ProbeFailed() { m.probeFails.Inc() }
+
+// Refused counts an admission refused for cap, one of Source.Caps.
+func (m *Metrics) Refused(cap string) { m.refused.WithLabelValues(cap).Inc() }
+
+// Trimmed counts k finished tasks removed by their principal's retained cap.
+func (m *Metrics) Trimmed(k int) { m.trimmed.Add(float64(k)) }
+
+// Throughput is the per-second task counts of the last api.ThroughputSeconds seconds up to now.
+func (m *Metrics) Throughput(now time.Time) api.Throughput { return m.throughput.series(now) }
+
+// AddListener adds a capped listener (api, raft, gossip) whose connection counters /metrics
+// shows.
+func (m *Metrics) AddListener(name string, stats func() limits.ListenerStats) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.listeners = append(m.listeners, listener{name, stats})
+}
+
+// Handler serves the node's registry plus the series read from the FSM, raft and gossip at
+// scrape time.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(prometheus.Gatherers{m.reg, m.state}, promhttp.HandlerOpts{})
 }
 
 var (
@@ -184,15 +262,16 @@ var (
 	descConnsRefused = prometheus.NewDesc("taskworker_listener_refused_total", "Connections a capped listener refused at accept, by the cap they met: per_client (one address at its cap), total (the listener full), reserve (only slots for addresses holding few were left).", []string{"listener", "cap"}, nil)
 )
 
-// connCap is a capped listener's name (api, raft, gossip) and counters, for /metrics.
-type connCap struct {
+// listener is a capped listener's name (api, raft, gossip) and counters, for /metrics.
+type listener struct {
 	name  string
 	stats func() limits.ListenerStats
 }
 
 var raftStates = []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown}
 
-type stateCollector struct{ n *Node }
+// stateCollector reads the series of a node's state at scrape time (Source).
+type stateCollector struct{ m *Metrics }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTasks, descPending, descNodes, descLeader, descRunning, descCapacity, descIndex,
@@ -206,51 +285,62 @@ func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 // (State, CurrentTerm, CommitIndex, AppliedIndex, LastContact), not raft.Stats, which asks the
 // raft loop for its configuration.
 func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
-	n := c.n
+	src := c.m.src
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	for s, v := range n.fsm.Counts() {
+	for s, v := range src.FSM.Counts() {
 		gauge(descTasks, float64(v), string(s))
 	}
-	for typ, v := range n.fsm.PendingByType() {
+	for typ, v := range src.FSM.PendingByType() {
 		gauge(descPending, float64(v), typ)
 	}
 	states := map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
-	if n.members != nil {
-		for _, m := range n.members.Members() {
+	if src.Members != nil {
+		for _, m := range src.Members() {
 			states[string(m.State)]++
 		}
 	}
 	for s, v := range states {
 		gauge(descNodes, float64(v), s)
 	}
+	var r *raft.Raft
+	if src.Raft != nil {
+		r = src.Raft()
+	}
 	leader := 0.0
-	if n.IsLeader() {
+	if r != nil && r.State() == raft.Leader {
 		leader = 1
 	}
 	gauge(descLeader, leader)
-	if n.exec != nil {
-		gauge(descRunning, float64(len(n.exec.Running())))
+	if src.Running != nil {
+		if running, ok := src.Running(); ok {
+			gauge(descRunning, float64(running))
+		}
 	}
-	gauge(descCapacity, float64(n.cfg.Capacity))
-	gauge(descIndex, float64(n.fsm.Index()))
-	if free := n.diskFree.Load(); free >= 0 {
-		gauge(descDiskFree, float64(free))
+	gauge(descCapacity, float64(src.Capacity))
+	gauge(descIndex, float64(src.FSM.Index()))
+	if src.DiskFree != nil {
+		if free := src.DiskFree(); free >= 0 {
+			gauge(descDiskFree, float64(free))
+		}
 	}
 	storageOK := 1.0
-	if n.storageFault() != "" {
+	if src.StorageFault != nil && src.StorageFault() != "" {
 		storageOK = 0
 	}
 	gauge(descStorageOK, storageOK)
-	for _, cc := range n.connCaps {
-		st := cc.stats()
-		gauge(descConnsOpen, float64(st.Open), cc.name)
+	c.m.mu.Lock()
+	listeners := c.m.listeners
+	c.m.mu.Unlock()
+	for _, l := range listeners {
+		st := l.stats()
+		gauge(descConnsOpen, float64(st.Open), l.name)
 		for capName, v := range map[string]uint64{"per_client": st.RejectedPerClient, "total": st.RejectedGlobal, "reserve": st.RejectedReserve} {
-			ch <- prometheus.MustNewConstMetric(descConnsRefused, prometheus.CounterValue, float64(v), cc.name, capName)
+			ch <- prometheus.MustNewConstMetric(descConnsRefused, prometheus.CounterValue, float64(v), l.name, capName)
 		}
 	}
-	if r := n.raft; r != nil {
+	if r != nil {
 		state := r.State()
 		for _, s := range raftStates {
 			v := 0.0
