@@ -44,7 +44,7 @@ type nodeMetrics struct {
 	// (placesubmit.go); the FSM may still leave some of them pending.
 	placedAtSubmit prometheus.Counter
 	// descriptorShortages counts storage checks that failed for want of file descriptors, which
-	// storageLoop does not call a storage fault.
+	// the storage watchdog (raftnode.WatchStorage) does not call a storage fault.
 	descriptorShortages prometheus.Counter
 	// joinRefused counts refused join requests, every one, though their log lines are limited.
 	joinRefused prometheus.Counter
@@ -235,11 +235,11 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descCapacity, float64(n.cfg.Capacity))
 	gauge(descIndex, float64(n.fsm.Index()))
-	if free := n.diskFree.Load(); free >= 0 {
+	if free := n.rn.DiskFree(); free >= 0 {
 		gauge(descDiskFree, float64(free))
 	}
 	storageOK := 1.0
-	if n.storageFault() != "" {
+	if n.rn.StorageFault() != "" {
 		storageOK = 0
 	}
 	gauge(descStorageOK, storageOK)
@@ -250,7 +250,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descConnsRefused, prometheus.CounterValue, float64(v), cc.name, capName)
 		}
 	}
-	if r := n.raft; r != nil {
+	if r := n.rn.Raft(); r != nil {
 		state := r.State()
 		for _, s := range raftStates {
 			v := 0.0
