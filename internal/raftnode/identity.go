@@ -122,7 +122,8 @@ func (ns Names) Name(id raft.ServerID) string {
 	return string(id)
 }
 
-// Current is the raft ID the named node runs under now, "" when gossip does not know it.
+// Current is the raft ID the named node runs under now (this node's, or the one gossip carries),
+// "" when unknown.
 func (ns Names) Current(name string) raft.ServerID { return ns.current[name] }
 
 // NoteMember remembers which node a raft ID belonged to, so that the server is still known by its
