@@ -16,6 +16,7 @@ import (
 	"github.com/taskworker/taskworker/internal/acl"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/internal/raftnode"
 	"github.com/taskworker/taskworker/internal/store"
 	"github.com/taskworker/taskworker/internal/telemetry"
 	"github.com/taskworker/taskworker/tasks"
@@ -91,7 +92,7 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 
 func runAgent(c *cli.Context, opts AgentOptions) error {
 	// Before anything is created: raft and the libraries under it ask for 0644/0755.
-	setPrivateUmask()
+	raftnode.SetPrivateUmask()
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return cli.Exit("invalid --log-level: "+c.String("log-level"), 2)

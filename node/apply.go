@@ -27,7 +27,7 @@ var (
 // reach the leader's handlers through internal/forward, which retries the whole request when raft
 // loses leadership under it (a retryable error here is the API's no_leader).
 func (n *Node) propose(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
-	if n.raft.State() != raft.Leader {
+	if n.rn.Raft().State() != raft.Leader {
 		return nil, raft.ErrNotLeader
 	}
 	return n.applyLocal(ctx, c)
@@ -64,7 +64,7 @@ func retryable(err error) bool {
 var errForward = errors.New("forward to leader")
 
 func (n *Node) proposeNodeOnce(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
-	if n.raft.State() == raft.Leader {
+	if n.rn.Raft().State() == raft.Leader {
 		return n.applyLocal(ctx, c)
 	}
 	changed := n.leaderChanges() // before the leader is read: a change after that closes it
@@ -136,7 +136,7 @@ func (n *Node) leaderChanges() <-chan struct{} {
 		w.ch = make(chan struct{})
 		// raft calls the filter on its own goroutine for every observation: it only closes and
 		// replaces a channel, which never blocks, and queues nothing (the observer has no channel).
-		n.raft.RegisterObserver(raft.NewObserver(nil, false, func(o *raft.Observation) bool {
+		n.rn.Raft().RegisterObserver(raft.NewObserver(nil, false, func(o *raft.Observation) bool {
 			if _, ok := o.Data.(raft.LeaderObservation); ok {
 				w.mu.Lock()
 				close(w.ch)
@@ -181,13 +181,13 @@ func (n *Node) raftApply(c *fsm.Command, timeout time.Duration) (*fsm.Result, er
 		return nil, err
 	}
 	start := time.Now()
-	f := n.raft.Apply(b, timeout)
+	f := n.rn.Raft().Apply(b, timeout)
 	n.placeAtSubmit(c, timeout) // queued right behind it, before it commits
 	if err := n.await(f); err != nil {
 		return nil, fmt.Errorf("apply %s: %w", c.Type(), err)
 	}
 	n.metrics.ObserveApply(time.Since(start))
-	n.commits.announce()
+	n.rn.Announce()
 	res, _ := f.Response().(*fsm.Result)
 	if res == nil {
 		return nil, fmt.Errorf("apply %s: no result", c.Type())

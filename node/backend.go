@@ -39,7 +39,7 @@ func toAPIError(err error) error {
 func taskNotFound(id string) error { return httpapi.TaskNotFound(id) }
 
 func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.SubmitRequest) (api.Task, bool, error) {
-	if reason := b.n.storageFault(); reason != "" {
+	if reason := b.n.rn.StorageFault(); reason != "" {
 		// Its FSM stops where its disk did: it could not even show the client its own task.
 		return api.Task{}, false, api.Errorf(api.CodeStorageUnavailable, "node %s cannot take work: %s; send it to another node", b.n.cfg.Name, reason)
 	}
@@ -168,7 +168,7 @@ func (b apiBackend) Health(context.Context) api.Health {
 	if err := b.n.fsm.Halted(); err != nil {
 		return api.Health{Status: api.HealthHalted, Leader: leader, Reason: err.Error()}
 	}
-	if reason := b.n.storageFault(); reason != "" {
+	if reason := b.n.rn.StorageFault(); reason != "" {
 		return api.Health{Status: api.HealthStorageFault, Leader: leader, Reason: reason}
 	}
 	if b.n.leaving.Load() {

@@ -126,7 +126,7 @@ type Config struct {
 	// DefaultMinFreeDisk. Below it nothing fails yet: it is the warning before a full disk.
 	MinFreeDisk string
 	// StorageProbeInterval is how often the storage watchdog writes, syncs and removes a file in
-	// the data dir and reads its free space (storage.go); default 1s.
+	// the data dir and reads its free space (raftnode.WatchStorage); default 1s.
 	StorageProbeInterval time.Duration
 	// OnFatal, when set, is called once with the error that stops a node which cannot go on
 	// (a corrupt raft log or snapshot, a raft term or vote it cannot save), after the node logged

@@ -227,11 +227,11 @@ func TestRestartBeforeDetectionRequeuesOldIncarnation(t *testing.T) {
 }
 
 // raftServers is raft's configuration on n with each server's ID replaced by the name of its
-// node as n maps it (identity.go), so tests can find servers by node name.
+// node as n maps it (raftnode.Names), so tests can find servers by node name.
 func raftServers(t *testing.T, n *Node) []raft.Server {
 	servers := rawRaftServers(n)
 	for i := range servers {
-		servers[i].ID = raft.ServerID(n.serverName(servers[i].ID))
+		servers[i].ID = raft.ServerID(n.rn.ServerName(servers[i].ID))
 	}
 	return servers
 }
@@ -241,7 +241,7 @@ func rawRaftServers(n *Node) []raft.Server {
 	if n == nil {
 		return nil
 	}
-	f := n.raft.GetConfiguration()
+	f := n.rn.Raft().GetConfiguration()
 	if err := f.Error(); err != nil {
 		return nil
 	}

@@ -24,7 +24,7 @@ func (c forwardCluster) Index() uint64                                 { return 
 func (c forwardCluster) WaitIndex(ctx context.Context, i uint64) error { return c.n.waitIndex(ctx, i) }
 
 func (c forwardCluster) Refuse() error {
-	if reason := c.n.storageFault(); reason != "" {
+	if reason := c.n.rn.StorageFault(); reason != "" {
 		return api.Errorf(api.CodeStorageUnavailable, "node %s cannot take work: %s; send it to another node", c.n.cfg.Name, reason)
 	}
 	return nil

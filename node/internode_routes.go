@@ -15,6 +15,7 @@ import (
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/httpapi"
+	"github.com/taskworker/taskworker/internal/raftnode"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -97,7 +98,7 @@ func (n *Node) nodeRoute(t fsm.CommandType, check func(*fsm.Command, internodeCa
 			writeError(w, http.StatusBadRequest, "bad_command", err.Error())
 			return
 		}
-		if n.raft.State() != raft.Leader {
+		if n.rn.Raft().State() != raft.Leader {
 			w.Header().Set(leaderHeader, n.Leader())
 			writeError(w, http.StatusServiceUnavailable, "not_leader", "this node is not the leader")
 			return
@@ -220,14 +221,14 @@ func (n *Node) handleInternodeRemove(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "is_leader", "the leader cannot remove itself")
 		return
 	}
-	cf := n.raft.GetConfiguration()
+	cf := n.rn.Raft().GetConfiguration()
 	if err := cf.Error(); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "remove_failed", err.Error())
 		return
 	}
 	// The servers are raft IDs: every one that belongs to the node goes (none left is success).
-	for _, id := range n.serverIDs(cf.Configuration().Servers, name) {
-		if err := n.raft.RemoveServer(id, 0, raftChangeTimeout).Error(); err != nil {
+	for _, id := range n.rn.ServerIDs(cf.Configuration().Servers, name) {
+		if err := n.rn.Raft().RemoveServer(id, 0, raftChangeTimeout).Error(); err != nil {
 			writeError(w, http.StatusServiceUnavailable, "remove_failed", err.Error())
 			return
 		}
@@ -246,7 +247,7 @@ func (n *Node) checkRegistration(rec fsm.Node) error {
 		}
 		if m.Meta.BootID != rec.BootID && m.GossipAddr != rec.GossipAddr {
 			return fmt.Errorf("node name %q is in use by a live node at %s (raft ID %s); give each node a unique --name",
-				api.Truncate(rec.Name), m.GossipAddr, memberRaftID(m))
+				api.Truncate(rec.Name), m.GossipAddr, raftnode.MemberID(m))
 		}
 	}
 	return nil

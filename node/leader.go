@@ -18,8 +18,8 @@ func (n *Node) leadershipLoop(ctx context.Context) {
 		_, ok := o.Data.(raft.LeaderObservation)
 		return ok
 	})
-	n.raft.RegisterObserver(observer)
-	defer n.raft.DeregisterObserver(observer)
+	n.rn.Raft().RegisterObserver(observer)
+	defer n.rn.Raft().DeregisterObserver(observer)
 	var (
 		stop context.CancelFunc
 		done chan struct{}
@@ -35,7 +35,7 @@ func (n *Node) leadershipLoop(ctx context.Context) {
 			default:
 			}
 		}
-		leader := n.raft.State() == raft.Leader
+		leader := n.rn.Raft().State() == raft.Leader
 		switch {
 		case leader && stop == nil:
 			var lctx context.Context
@@ -68,7 +68,7 @@ func (n *Node) lead(ctx context.Context) {
 	n.log.Info("gained leadership")
 	defer n.log.Info("leadership ended")
 	// The FSM must hold every committed entry before we judge which nodes hold which tasks.
-	if err := n.await(n.raft.Barrier(barrierTimeout)); err != nil {
+	if err := n.await(n.rn.Raft().Barrier(barrierTimeout)); err != nil {
 		n.log.Warn("barrier after election", "err", err)
 		return
 	}

@@ -26,22 +26,22 @@ func (n *Node) checkLeave() error {
 	if len(alive) == 0 {
 		return fmt.Errorf("%w: %s is the last node of the cluster (use force to stop it anyway)", ErrLeaveRefused, n.cfg.Name)
 	}
-	cf := n.raft.GetConfiguration()
+	cf := n.rn.Raft().GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return fmt.Errorf("read raft configuration: %w", err)
 	}
 	voters, aliveVoters, selfVoter := 0, 0, false
-	names := n.raftNames()
+	names := n.rn.Names()
 	for _, s := range cf.Configuration().Servers {
 		if s.Suffrage != raft.Voter {
 			continue
 		}
-		if s.ID == n.raftID {
+		if s.ID == n.rn.ID() {
 			selfVoter = true
 			continue
 		}
 		voters++
-		if alive[names.name(s.ID)] {
+		if alive[names.Name(s.ID)] {
 			aliveVoters++
 		}
 	}
@@ -163,7 +163,7 @@ func (n *Node) leave(ctx context.Context, log *slog.Logger) error {
 // meanwhile (hashicorp/raft#696), and a leave must end.
 func (n *Node) transferLeadership() error {
 	done := make(chan error, 1)
-	go func() { done <- n.raft.LeadershipTransfer().Error() }()
+	go func() { done <- n.rn.Raft().LeadershipTransfer().Error() }()
 	limit := 4*n.cfg.RaftElection + 2*time.Second
 	select {
 	case err := <-done:

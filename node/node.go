@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,8 +22,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	"go.etcd.io/bbolt"
 
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/forward"
@@ -32,6 +31,7 @@ import (
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/internal/raftls"
+	"github.com/taskworker/taskworker/internal/raftnode"
 	"github.com/taskworker/taskworker/internal/store"
 	"github.com/taskworker/taskworker/internal/telemetry"
 	"github.com/taskworker/taskworker/membership"
@@ -49,9 +49,7 @@ type Node struct {
 	startedAt time.Time
 
 	fsm      *fsm.FSM
-	raft     *raft.Raft
-	trans    raft.Transport
-	quiet    *quietTransport // trans, when it is a network transport: thins heartbeats to non-voters
+	rn       *raftnode.Node // raft, its transport and stores, their health, raft server IDs
 	closers  []func() error
 	members  *membership.Membership
 	exec     *tasks.Executor
@@ -59,7 +57,6 @@ type Node struct {
 	http     *http.Server
 	httpAddr string
 	batch    *batcher
-	commits  *commitNotice // the leader's commit notices to followers (notice.go)
 	// lastPlaced is the node placeAtSubmit last assigned to (a string): its round-robin tie-break.
 	lastPlaced atomic.Value
 	metrics    *telemetry.Metrics
@@ -76,7 +73,6 @@ type Node struct {
 	fwd           *forward.Forwarder
 	api           http.Handler // the public API's handler, also run for forwarded writes
 	leaderHint    atomic.Value // string: the leader a not-leader reply named
-	resumed       bool         // raft state was found on disk at start
 	// joined: this node belongs to a cluster (it bootstrapped one, resumed its raft state, or its
 	// gossip join succeeded). A node that never joined has nothing to drain or hand over.
 	joined  atomic.Bool
@@ -102,23 +98,7 @@ type Node struct {
 	deadMu      sync.Mutex
 	deadSince   map[string]time.Time
 
-	// Storage (storage.go): the outcome of every write to raft's stores and of the watchdog's
-	// probe; raftDB and raftDBFile identify the raft.db raft writes, to notice it removed.
-	storage    *store.Health
-	raftDB     string
-	raftDBFile os.FileInfo
-	diskFree   atomic.Int64 // bytes free on the data dir's file system, -1 when unknown
-	minFree    uint64
-	// corrupt is the first corruption met (CorruptError) while raft starts; running says
-	// start is over, so a corruption met from then on stops the node at once (fatal).
-	corrupt   atomic.Pointer[store.CorruptError]
-	running   atomic.Bool
-	fatalOnce sync.Once
-	// raftID is this node's raft server ID (identity.go); idNames remembers the node name each
-	// raft ID was gossiped with, for servers whose node no longer gossips that ID.
-	raftID     raft.ServerID
-	idMu       sync.Mutex
-	idNames    map[raft.ServerID]string
+	fatalOnce  sync.Once     // fatal acts once
 	leaders    leaderWatch   // raft's leader changes, for forwards (apply.go)
 	hold       internodeHold // tests freeze the internode side with it (internode_routes.go)
 	shutdownMu sync.Mutex
@@ -142,13 +122,10 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), startedAt: time.Now(), fsm: fsm.New(),
 		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
-		released: make(chan struct{}), deadSince: map[string]time.Time{}, idNames: map[raft.ServerID]string{}, up: make(chan struct{}),
-		storage: store.NewHealth(),
+		released: make(chan struct{}), deadSince: map[string]time.Time{}, up: make(chan struct{}),
 	}
-	n.diskFree.Store(-1)
-	n.minFree, _ = parseMinFreeDisk(cfg.MinFreeDisk) // Validate judged it
 	n.metrics = telemetry.New(telemetry.Source{FSM: n.fsm, Capacity: cfg.Capacity, Caps: admissionCaps,
-		Raft: func() *raft.Raft { return n.raft },
+		Raft: func() *raft.Raft { return n.rn.Raft() },
 		Members: func() []membership.Member {
 			if n.members == nil {
 				return nil
@@ -161,20 +138,40 @@ func Start(cfg Config) (*Node, error) {
 			}
 			return len(n.exec.Running()), true
 		},
-		DiskFree: n.diskFree.Load, StorageFault: n.storageFault})
+		DiskFree: func() int64 { return n.rn.DiskFree() }, StorageFault: func() string { return n.rn.StorageFault() }})
 	n.noisy = slog.New(telemetry.NewRateLimitHandler(n.log.Handler(), telemetry.LogRepeatWindow, n.metrics.LogSuppressed))
+	minFree, _ := parseMinFreeDisk(cfg.MinFreeDisk) // Validate judged it
+	n.rn = raftnode.New(raftnode.Config{
+		Name: cfg.Name, DataDir: cfg.DataDir, InmemRaft: cfg.InmemRaft, Join: cfg.Join,
+		Transport: cfg.RaftTransport, RaftAddr: cfg.RaftAddr,
+		AdvertiseHost: func(bind string) (string, error) { return advertiseHost(cfg.Advertise, bind) },
+
+		Heartbeat: cfg.RaftHeartbeat, Election: cfg.RaftElection,
+		SnapshotThreshold: cfg.RaftSnapshotThreshold, SnapshotInterval: cfg.RaftSnapshotInterval,
+		FSM: n.fsm, Log: n.log, Noisy: n.noisy,
+		HCLogger: func(name string) hclog.Logger { return telemetry.NewHCLogger(n.noisy, name, cfg.LogLevel) },
+
+		StorageProbeInterval: cfg.StorageProbeInterval, MinFreeDisk: minFree,
+		DescriptorShortage: n.metrics.DescriptorShortage,
+		UpdateMeta:         func(f func(*membership.Meta)) error { return n.members.UpdateMeta(f) },
+		StorageChanged:     n.membershipChanged,
+		OnFatal:            n.fatal,
+		Members: func() []membership.Member {
+			if n.members == nil { // before gossip runs
+				return nil
+			}
+			return n.members.Members()
+		},
+	})
 	// Before raft starts, so that no applied entry is missed (telemetry.Metrics says why every
 	// node counts).
 	n.fsm.SetObserver(n.metrics.Observe)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
 	n.fwd = n.newForwarder()
-	n.commits = newCommitNotice()
 	if err := n.start(); err != nil {
 		n.cancel()
-		if n.raft != nil {
-			_ = n.raft.Shutdown().Error()
-		}
+		_ = n.rn.Shutdown()
 		n.closeAll()
 		if errors.Is(err, store.ErrCorrupt) {
 			n.log.Error("stopping: " + err.Error()) // the one line that says what and how to recover
@@ -182,10 +179,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	close(n.up)
-	n.running.Store(true)
-	if e := n.corrupt.Load(); e != nil { // met between raft's start and now
-		n.fatal(e)
-	}
+	n.rn.Running()
 	return n, nil
 }
 
@@ -208,7 +202,7 @@ func (n *Node) start() error {
 	}
 	var logDir string
 	if cfg.DataDir != "" {
-		if err := prepareDataDir(cfg.DataDir, n.log); err != nil {
+		if err := raftnode.PrepareDataDir(cfg.DataDir, n.log); err != nil {
 			return err
 		}
 		logDir = filepath.Join(cfg.DataDir, "tasklogs")
@@ -279,7 +273,7 @@ func (n *Node) start() error {
 	n.goLoop(n.batch.run)
 	n.goLoop(n.watchHalt)
 	n.goLoop(n.indexGossipLoop)
-	n.goLoop(n.storageLoop)
+	n.goLoop(n.rn.WatchStorage)
 	n.goEvery(telemetry.MemoryCheckInterval, telemetry.NewMemoryCheck(n.log).Run)
 	n.http = n.newHTTPServer(n.limitRequests(n.api))
 	ln = n.limitConns(ln)
@@ -297,7 +291,7 @@ func (n *Node) start() error {
 			n.log.Error("http server", "err", err)
 		}
 	}()
-	n.log.Info("node started", "http", n.httpAddr, "https", cfg.HTTPTLS, "raft", string(n.trans.LocalAddr()),
+	n.log.Info("node started", "http", n.httpAddr, "https", cfg.HTTPTLS, "raft", string(n.rn.LocalAddr()),
 		"gossip", n.members.GossipAddr(), "boot_id", n.bootID, "capacity", cfg.Capacity, "insecure", cfg.Insecure)
 	if n.sec.announce {
 		n.announceCluster()
@@ -350,198 +344,40 @@ func (n *Node) advertised(bound string) (string, error) {
 	return net.JoinHostPort(host, port), nil
 }
 
-// commitTimeout is raft's CommitTimeout: how often the leader resends the commit index to a
-// follower when no entry flows. The commit notices after applies (notice.go) already tell
-// followers of every commit of a command at once, so this is only the fallback for entries
-// raft writes on its own (configuration changes, the new leader's no-op); followers keep contact
-// with the leader through heartbeats (every HeartbeatTimeout/10 to voters, /3 to non-voters:
-// quiet.go).
-// It sets part of the idle leader's cost per follower: measured with scripts/idlecpu (leader CPU
-// at 3 / 5 / 20 nodes), 10 ms gave 7.1 / 12.9 / 25.4 %, 50 ms 3.6 / 6.7 / 15.4 %, 250 ms 3.3 /
-// 3.5 / 10.1 %; 1 s with the thinned heartbeats 2.2 / 2.9 / 5.5 % (250 ms without them, the
-// same run: 3.1 / 4.2 / 8.9 %).
-const commitTimeout = time.Second
-
 // startWindow is how long the executor holds an attempt's Started report back: an attempt that
 // ends sooner (an echo takes microseconds) reports start and outcome in one raft entry, one
 // serial commit fewer per task (4 → 3 with the submit and the assignment); a longer one reports
 // Started when the window ends, still promptly.
 const startWindow = 10 * time.Millisecond
 
+// startRaft opens raft's stores, sets up trust (which needs to know whether this node held raft
+// state), then starts raft on a transport secured with it.
 func (n *Node) startRaft() error {
-	cfg := &n.cfg
-	rc := raft.DefaultConfig()
-	rc.HeartbeatTimeout = cfg.RaftHeartbeat
-	rc.ElectionTimeout = cfg.RaftElection
-	rc.LeaderLeaseTimeout = cfg.RaftHeartbeat / 2
-	// Followers learn of commits from the leader's notices after its applies (notice.go), not
-	// from this idle resend of the commit index (see commitTimeout).
-	rc.CommitTimeout = commitTimeout
-	if cfg.RaftSnapshotThreshold > 0 {
-		rc.SnapshotThreshold = cfg.RaftSnapshotThreshold
-	}
-	if cfg.RaftSnapshotInterval > 0 {
-		rc.SnapshotInterval = cfg.RaftSnapshotInterval
-	}
-	// A voter removed while it was cut off (frozen, partitioned) must stay able to rejoin: the
-	// leader adds it back once it registers again (registerLoop). Raft's default would shut its
-	// raft down for good when it applies its own removal. A leaving node shuts raft down itself.
-	rc.ShutdownOnRemove = false
-	rc.Logger = telemetry.NewHCLogger(n.noisy, "raft", cfg.LogLevel)
-
-	var (
-		logs   raft.LogStore
-		stable raft.StableStore
-		snaps  raft.SnapshotStore
-	)
-	onCorrupt := func(e *store.CorruptError) {
-		if n.corrupt.CompareAndSwap(nil, e) && n.running.Load() {
-			n.fatal(e)
-		}
-	}
-	if cfg.InmemRaft {
-		mem := raft.NewInmemStore()
-		logs = store.NewLogStore(mem, "in-memory log", n.storage, onCorrupt)
-		stable = store.NewStableStore(mem, "in-memory log", n.storage, n.fatal)
-		snaps = raft.NewInmemSnapshotStore()
-	} else {
-		raftDir := filepath.Join(cfg.DataDir, "raft")
-		if err := os.MkdirAll(raftDir, 0o700); err != nil {
-			return fmt.Errorf("create raft dir: %w", err)
-		}
-		n.raftDB = filepath.Join(raftDir, "raft.db")
-		bolt, err := store.OpenBolt(n.raftDB,
-			&bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType})
-		if err != nil {
-			if errors.Is(err, store.ErrCorrupt) {
-				return err
-			}
-			return fmt.Errorf("open raft store (is another node using %s?): %w", cfg.DataDir, err)
-		}
-		n.closers = append(n.closers, bolt.Close)
-		n.raftDBFile, _ = os.Stat(n.raftDB)
-		checked := store.NewLogStore(bolt, n.raftDB, n.storage, onCorrupt)
-		// Every entry is read once before raft replays any: raft panics on a bad read later.
-		if err := checked.Verify(); err != nil {
-			return err
-		}
-		fss, err := raft.NewFileSnapshotStoreWithLogger(raftDir, 2, telemetry.NewHCLogger(n.noisy, "snapshot", cfg.LogLevel))
-		if err != nil {
-			return fmt.Errorf("open snapshot store: %w", err)
-		}
-		logs = checked
-		stable = store.NewStableStore(bolt, n.raftDB, n.storage, n.fatal)
-		snaps = store.NewSnapshotStore(fss, raftDir, n.storage, onCorrupt)
-	}
-
-	existing, err := raft.HasExistingState(logs, stable, snaps)
-	if err != nil {
-		return fmt.Errorf("check raft state: %w", err)
-	}
-	n.resumed = existing
-	if n.raftID, err = loadRaftID(cfg.DataDir, cfg.Name, cfg.InmemRaft, existing); err != nil {
+	n.closers = append(n.closers, n.rn.Close)
+	if err := n.rn.Open(); err != nil {
 		return err
 	}
-	rc.LocalID = n.raftID
-	if existing || len(cfg.Join) == 0 {
+	existing := n.rn.Resumed()
+	if existing || len(n.cfg.Join) == 0 {
 		n.joined.Store(true) // a member already: one it left before, or the cluster it bootstraps
 	}
 	if err := n.setupSecurity(existing); err != nil {
 		return err
 	}
 	n.newInternodeClients()
-
-	trans := cfg.RaftTransport
-	if trans == nil {
-		host, err := advertiseHost(cfg.Advertise, cfg.RaftAddr)
-		if err != nil {
-			return err
+	var secure *raftls.Config // nil: raft speaks plain TCP (--insecure)
+	if sec := n.sec; !sec.insecure {
+		secure = &raftls.Config{
+			Server:     pki.InternodeServerConfig(sec.holder, sec.serverName),
+			Client:     func() *tls.Config { return pki.InternodeClientConfig(sec.holder, sec.serverName) },
+			VerifyPeer: pki.RequireNodeName(sec.cluster),
 		}
-		_, port, _ := net.SplitHostPort(cfg.RaftAddr)
-		var adv net.Addr
-		if p, _ := strconv.Atoi(port); p != 0 {
-			adv = &net.TCPAddr{IP: net.ParseIP(host), Port: p}
-		}
-		// With port 0 the listener's own address is advertised, which needs a specific bind host.
-		// MaxRPCsInFlight 1 turns raft's pipelined replication off. With it on (the default, 2),
-		// a follower that answers one append with Success=false (a failed log write: a full
-		// disk; a log gap after a restart) can deadlock the leader's pipeline to it for good
-		// while heartbeats go on, so the follower never gets another entry and never calls an
-		// election (hashicorp/raft#612; found by scripts/chaos). Raft's own measurements (#541)
-		// show pipelining gains little once appends are batched, as ours are.
-		tcfg := func(stream raft.StreamLayer) *raft.NetworkTransportConfig {
-			return &raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, MaxRPCsInFlight: 1, Timeout: 10 * time.Second,
-				Logger: telemetry.NewHCLogger(n.noisy, "raft-net", cfg.LogLevel)}
-		}
-		if n.sec.insecure {
-			// No authentication (--insecure), but the same connection caps as with TLS.
-			stream, err := raftls.ListenPlain(cfg.RaftAddr, adv, nil, 0)
-			if err != nil {
-				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
-			}
-			n.metrics.AddListener("raft", stream.Stats)
-			trans = raft.NewNetworkTransportWithConfig(tcfg(stream))
-		} else {
-			// Mutual TLS: a peer without a node certificate of the cluster is closed before raft
-			// reads a byte.
-			sec := n.sec
-			stream, err := raftls.Listen(cfg.RaftAddr, raftls.Config{
-				Server:     pki.InternodeServerConfig(sec.holder, sec.serverName),
-				Client:     func() *tls.Config { return pki.InternodeClientConfig(sec.holder, sec.serverName) },
-				Advertise:  adv,
-				VerifyPeer: pki.RequireNodeName(sec.cluster),
-				Logger:     n.noisy.With("component", "raft-tls"),
-			})
-			if err != nil {
-				return fmt.Errorf("raft transport on %s: %w", cfg.RaftAddr, err)
-			}
-			n.metrics.AddListener("raft", func() limits.ListenerStats { return stream.Stats().Conns })
-			trans = raft.NewNetworkTransportWithConfig(tcfg(stream))
-		}
-		n.closers = append(n.closers, trans.(io.Closer).Close)
-		if nt, ok := trans.(*raft.NetworkTransport); ok {
-			n.quiet = newQuietTransport(nt, cfg.RaftHeartbeat)
-			n.quiet.onAck = n.commits.acked
-			n.commits.send = nt.AppendEntries
-			trans = n.quiet
-		}
-	} else if it, ok := trans.(*raft.InmemTransport); ok {
-		trans = &watchedInmem{InmemTransport: it, onAck: n.commits.acked}
-		n.commits.send = it.AppendEntries
 	}
-	// Another transport is not watched: no acknowledgement reaches the notices, so none is sent
-	// (send stays nil) and followers learn of commits from raft alone.
-	n.commits.header = raft.RPCHeader{ProtocolVersion: rc.ProtocolVersion, ID: []byte(rc.LocalID),
-		Addr: trans.EncodePeer(rc.LocalID, trans.LocalAddr())}
-	n.trans = trans
-
-	r, err := raft.NewRaft(rc, gcDuringRestore{n.fsm}, logs, stable, snaps, trans)
-	if e := n.corrupt.Load(); e != nil {
-		// A snapshot failed its CRC: raft may have fallen back to an older one, whose log
-		// entries are compacted away; either way this replica is not the cluster's.
-		if err == nil {
-			_ = r.Shutdown().Error()
-		}
-		return e
+	if err := n.rn.Start(secure); err != nil {
+		return err
 	}
-	if err != nil {
-		return fmt.Errorf("start raft: %w", err)
-	}
-	n.raft = r
-	n.commits.raft.Store(r)
-	switch {
-	case existing:
-		n.log.Info("resuming raft state", "dir", cfg.DataDir)
-	case len(cfg.Join) == 0:
-		n.log.Info("bootstrapping a new cluster")
-		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
-			ID: rc.LocalID, Address: trans.LocalAddr(), Suffrage: raft.Voter,
-		}}})
-		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
-			return fmt.Errorf("bootstrap: %w", err)
-		}
-	default:
-		n.log.Info("waiting to be added to the cluster", "join", cfg.Join)
+	if stats := n.rn.ConnStats(); stats != nil {
+		n.metrics.AddListener("raft", stats)
 	}
 	return nil
 }
@@ -600,7 +436,7 @@ func (n *Node) startMembership() error {
 	}
 	mc.Logger = slog.New(telemetry.CountProbeFailures(n.noisy.Handler(), n.metrics.ProbeFailed)).With("component", "gossip")
 	mc.Meta = membership.Meta{
-		RaftAddr: string(n.trans.LocalAddr()), RaftID: string(n.raftID), HTTPAddr: n.httpAddr, BootID: n.bootID,
+		RaftAddr: string(n.rn.LocalAddr()), RaftID: string(n.rn.ID()), HTTPAddr: n.httpAddr, BootID: n.bootID,
 		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.sec.insecure, StartedAt: n.startedAt.Unix(),
 	}
 	if cfg.GossipTransport != nil {
@@ -627,7 +463,7 @@ func (n *Node) startMembership() error {
 // cluster again. It retries until one answers.
 func (n *Node) joinLoop(ctx context.Context) {
 	addrs := slices.Clone(n.cfg.Join)
-	if n.resumed {
+	if n.rn.Resumed() {
 		for _, a := range n.loadPeers() {
 			if !slices.Contains(addrs, a) {
 				addrs = append(addrs, a)
@@ -694,45 +530,11 @@ func (n *Node) savePeers() {
 func (n *Node) storePeers(addrs []string) {
 	b, err := json.Marshal(addrs)
 	if err == nil {
-		err = writeFileAtomic(n.peersFile(), b, 0o600)
+		err = store.WriteFileAtomic(n.peersFile(), b, 0o600)
 	}
 	if err != nil {
 		n.log.Warn("save gossip peers", "err", err)
 	}
-}
-
-// writeFileAtomic replaces path with data: it writes and syncs a temporary file beside it, renames
-// it over path and syncs the directory, so a crash leaves the old file or the new one, never a
-// torn one. On failure the temporary file is removed.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp)
-		}
-	}()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("replace %s: %w", path, err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		_ = d.Sync() // makes the rename durable; not every platform can sync a directory
-		d.Close()
-	}
-	return nil
 }
 
 // eventLoop tracks when members died (for raft removal grace) and wakes the leader's reconciler.
@@ -790,7 +592,13 @@ func (n *Node) HTTPAddr() string { return n.httpAddr }
 func (n *Node) GossipAddr() string { return n.members.GossipAddr() }
 
 // RaftAddr is the node's raft address.
-func (n *Node) RaftAddr() string { return string(n.trans.LocalAddr()) }
+func (n *Node) RaftAddr() string { return string(n.rn.LocalAddr()) }
+
+// RaftID is this node's raft server ID.
+func (n *Node) RaftID() string { return string(n.rn.ID()) }
+
+// ErrBadRaftID is returned by Start when the data dir's raft ID file does not hold a usable ID.
+var ErrBadRaftID = raftnode.ErrBadRaftID
 
 // BootID identifies this process's incarnation of the node.
 func (n *Node) BootID() string { return n.bootID }
@@ -799,12 +607,12 @@ func (n *Node) BootID() string { return n.bootID }
 func (n *Node) FSM() *fsm.FSM { return n.fsm }
 
 // IsLeader reports whether this node is the raft leader.
-func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+func (n *Node) IsLeader() bool { return n.rn.IsLeader() }
 
 // Leader returns the leader's name, or "".
 func (n *Node) Leader() string {
-	_, id := n.raft.LeaderWithID()
-	return n.serverName(id)
+	_, id := n.rn.Raft().LeaderWithID()
+	return n.rn.ServerName(id)
 }
 
 // Done is closed when the node has shut down after a graceful leave, or after it stopped on its
@@ -886,9 +694,7 @@ func (n *Node) Shutdown() error {
 			_ = srv.Close()
 		}
 	}
-	if n.raft != nil {
-		errs = append(errs, n.raft.Shutdown().Error())
-	}
+	errs = append(errs, n.rn.Shutdown())
 	n.wg.Wait()
 	errs = append(errs, n.closeAll())
 	return errors.Join(errs...)

@@ -45,13 +45,13 @@ func (n *Node) placeAtSubmit(c *fsm.Command, timeout time.Duration) {
 		return // a node older than protocol 3 is up: the scheduler loop places them
 	}
 	n.lastPlaced.Store(as[len(as)-1].Node)
-	f := n.raft.Apply(b, timeout)
+	f := n.rn.Raft().Apply(b, timeout)
 	n.metrics.PlacedAtSubmit(len(as))
 	go func() {
 		if err := f.Error(); err != nil {
 			n.log.Debug("assignments at submit", "count", len(as), "err", err)
 			return
 		}
-		n.commits.announce()
+		n.rn.Announce()
 	}()
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/raftnode"
 	"github.com/taskworker/taskworker/membership"
 )
 
@@ -15,7 +16,7 @@ import (
 // died are replaced by promoting a non-voter, and gone servers are removed after a grace period.
 // A member is added only once it has registered through the authenticated internode channel (an
 // up FSM record under the boot ID it gossips), never because gossip alone reports it. Servers are
-// raft IDs (identity.go): a member is added under the ID it gossips, and the server of a node that
+// raft IDs (internal/raftnode): a member is added under the ID it gossips, and the server of a node that
 // came back under a new ID is removed at once.
 //
 // Each phase first decides, then makes its raft calls with no mutex held: a configuration change
@@ -40,21 +41,19 @@ type raftView struct {
 	// alive are the members raft may hold: alive, not draining, with a raft address, by the
 	// raft ID they gossip.
 	alive map[raft.ServerID]membership.Member
-	names raftNames
+	names raftnode.Names
 }
 
 // readRaftView reads raft's configuration and gossip's members; false when raft cannot say
 // (shutting down).
 func (n *Node) readRaftView() (raftView, bool) {
-	cf := n.raft.GetConfiguration()
+	cf := n.rn.Raft().GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return raftView{}, false
 	}
-	if n.quiet != nil {
-		n.quiet.setConfiguration(cf.Configuration())
-	}
+	n.rn.NoteConfiguration(cf.Configuration())
 	v := raftView{
-		self:    n.raftID,
+		self:    n.rn.ID(),
 		servers: map[raft.ServerID]raft.Server{},
 		members: n.members.Members(),
 		alive:   map[raft.ServerID]membership.Member{},
@@ -63,12 +62,12 @@ func (n *Node) readRaftView() (raftView, bool) {
 		v.servers[s.ID] = s
 	}
 	for _, m := range v.members {
-		n.noteRaftID(m)
+		n.rn.NoteMember(m)
 	}
-	v.names = n.raftNames()
+	v.names = n.rn.Names()
 	for _, m := range v.members {
 		if m.State == membership.StateAlive && !m.Meta.Draining && m.Meta.RaftAddr != "" {
-			v.alive[memberRaftID(m)] = m
+			v.alive[raftnode.MemberID(m)] = m
 		}
 	}
 	return v, true
@@ -142,12 +141,12 @@ func (n *Node) planRemovals(v *raftView) []serverRemoval {
 		if _, ok := v.alive[id]; ok {
 			continue
 		}
-		name := v.names.name(id)
+		name := v.names.Name(id)
 		if m, ok := n.replacedBy(s, name, v.alive); ok {
 			// Its node restarted without the data dir that held this server's log, term and
 			// vote: the server cannot come back, and its address is taken by the newcomer
 			// (raft refuses two servers at one address), so it goes now.
-			out = append(out, serverRemoval{id: id, name: name, replacedBy: memberRaftID(m)})
+			out = append(out, serverRemoval{id: id, name: name, replacedBy: raftnode.MemberID(m)})
 			delete(v.servers, id)
 			continue
 		}
@@ -183,7 +182,7 @@ func (n *Node) removeServers(rs []serverRemoval) {
 		} else {
 			n.log.Info("removing raft server", "server", r.id, "member", r.name, "gossip", r.state)
 		}
-		if err := n.await(n.raft.RemoveServer(r.id, 0, raftChangeTimeout)); err != nil {
+		if err := n.await(n.rn.Raft().RemoveServer(r.id, 0, raftChangeTimeout)); err != nil {
 			n.log.Warn("remove raft server", "server", r.id, "member", r.name, "err", err)
 		}
 	}
@@ -198,7 +197,7 @@ func (n *Node) promoteNonvoters(v *raftView, t *voterTarget) {
 			continue
 		}
 		n.log.Info("promoting raft non-voter", "server", id, "member", v.alive[id].Name)
-		if err := n.await(n.raft.AddVoter(id, s.Address, 0, raftChangeTimeout)); err != nil {
+		if err := n.await(n.rn.Raft().AddVoter(id, s.Address, 0, raftChangeTimeout)); err != nil {
 			n.log.Warn("promote", "server", id, "err", err)
 			continue
 		}
@@ -223,10 +222,10 @@ func (n *Node) addMembers(v *raftView, t *voterTarget) {
 		switch {
 		case in && s.Suffrage == raft.Voter:
 			n.log.Info("updating raft voter address", "server", id, "addr", addr)
-			err = n.await(n.raft.AddVoter(id, addr, 0, raftChangeTimeout))
+			err = n.await(n.rn.Raft().AddVoter(id, addr, 0, raftChangeTimeout))
 		case in:
 			n.log.Info("updating raft non-voter address", "server", id, "addr", addr)
-			err = n.await(n.raft.AddNonvoter(id, addr, 0, raftChangeTimeout))
+			err = n.await(n.rn.Raft().AddNonvoter(id, addr, 0, raftChangeTimeout))
 		default:
 			// A newcomer always joins as a non-voter, and is promoted once that change committed,
 			// while voters are wanted. Added straight as a voter, it could be in the configuration
@@ -235,9 +234,9 @@ func (n *Node) addMembers(v *raftView, t *voterTarget) {
 			// without it: no leader ever (seen in e2e and the chaos suite). The non-voter change
 			// commits on a majority of the voters, so they know the newcomer before it can vote.
 			n.log.Info("adding raft non-voter", "server", id, "member", m.Name, "addr", addr)
-			if err = n.await(n.raft.AddNonvoter(id, addr, 0, raftChangeTimeout)); err == nil && t.short() {
+			if err = n.await(n.rn.Raft().AddNonvoter(id, addr, 0, raftChangeTimeout)); err == nil && t.short() {
 				n.log.Info("promoting raft non-voter", "server", id, "member", m.Name)
-				if err = n.await(n.raft.AddVoter(id, addr, 0, raftChangeTimeout)); err == nil {
+				if err = n.await(n.rn.Raft().AddVoter(id, addr, 0, raftChangeTimeout)); err == nil {
 					t.alive++
 				}
 			}
@@ -252,7 +251,7 @@ func (n *Node) addMembers(v *raftView, t *voterTarget) {
 // when the member joins again. Gossip's event loop calls it for every event, so it holds deadMu
 // only for the map, never across a raft call.
 func (n *Node) noteMemberEvent(ev membership.Event) {
-	n.noteRaftID(ev.Member)
+	n.rn.NoteMember(ev.Member)
 	n.deadMu.Lock()
 	defer n.deadMu.Unlock()
 	switch ev.Type {

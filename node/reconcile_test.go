@@ -126,7 +126,7 @@ func TestGossipEventsGoOnWhileARaftRemovalWaits(t *testing.T) {
 		return false
 	}
 
-	hold.arm(x.raftID)
+	hold.arm(x.rn.ID())
 	tc.twin.partition(x.Name())
 	waitFor(t, "the leader's removal of the cut-off voter to wait on raft", 30*time.Second, func() bool {
 		return hold.held.Load() > 0
@@ -146,7 +146,7 @@ func TestGossipEventsGoOnWhileARaftRemovalWaits(t *testing.T) {
 		t.Fatal("a gossip event waited for a pending raft removal: a mutex is held across the raft call")
 	}
 	// The removal is in the leader's log (raft's latest configuration) but not committed.
-	if commit, last := l.raft.CommitIndex(), l.raft.LastIndex(); inConfig(l) || commit >= last {
+	if commit, last := l.rn.Raft().CommitIndex(), l.rn.Raft().LastIndex(); inConfig(l) || commit >= last {
 		t.Fatalf("the removal was not pending when the gossip event was noted (commit index %d, last index %d): the test proved nothing", commit, last)
 	}
 

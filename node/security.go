@@ -20,6 +20,7 @@ import (
 
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/internal/store"
 	"github.com/taskworker/taskworker/internal/telemetry"
 	"github.com/taskworker/taskworker/membership"
 )
@@ -332,7 +333,7 @@ func saveKeyring(dir string, keys [][]byte) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, keyringFile), b, 0o600); err != nil {
+	if err := store.WriteFileAtomic(filepath.Join(dir, keyringFile), b, 0o600); err != nil {
 		return fmt.Errorf("save gossip keyring: %w", err)
 	}
 	return nil

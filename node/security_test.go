@@ -58,9 +58,9 @@ func mustToken(t *testing.T, n *Node) pki.Token {
 
 func raftServerNames(n *Node) []string {
 	var out []string
-	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
+	if cf := n.rn.Raft().GetConfiguration(); cf.Error() == nil {
 		for _, s := range cf.Configuration().Servers {
-			out = append(out, n.serverName(s.ID))
+			out = append(out, n.rn.ServerName(s.ID))
 		}
 	}
 	slices.Sort(out)

@@ -61,7 +61,7 @@ func waitMoved(t *testing.T, tc *testCluster, victim *Node, ids []string) {
 func TestNodeThatCannotPersistIsUnhealthyLosesItsTasksAndRecovers(t *testing.T) {
 	tc, g, victim, mine := storageFaultCluster(t)
 
-	victim.storage.Inject(syscall.ENOSPC) // every raft write and the probe now fail, as on a full disk
+	victim.rn.Health().Inject(syscall.ENOSPC) // every raft write and the probe now fail, as on a full disk
 	faultAt := time.Now()
 	h := waitHealth(t, victim, 503, "503 storage_fault")
 	t.Logf("fault -> health 503: %s", time.Since(faultAt).Round(time.Millisecond))
@@ -83,7 +83,7 @@ func TestNodeThatCannotPersistIsUnhealthyLosesItsTasksAndRecovers(t *testing.T) 
 		t.Errorf("%s was removed from raft", victim.Name())
 	}
 
-	victim.storage.Inject(nil)
+	victim.rn.Health().Inject(nil)
 	clearedAt := time.Now()
 	waitHealth(t, victim, 200, "200 again")
 	t.Logf("writes succeed -> health 200: %s", time.Since(clearedAt).Round(time.Millisecond))
@@ -129,7 +129,7 @@ func TestNodeWhoseDataDirIsRemovedIsUnhealthyAndLosesItsTasks(t *testing.T) {
 	if err := os.WriteFile(victim.cfg.DataDir+"/raft/raft.db", nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	victim.checkStorage()
+	victim.rn.CheckStorage()
 	if h := waitHealth(t, victim, 503, "still 503"); !strings.Contains(h.Reason, "raft.db") {
 		t.Errorf("health after the dir was recreated = %+v, want it to name raft.db", h)
 	}
@@ -328,17 +328,17 @@ func TestFollowerCatchesUpAfterFailedAppendsUnderLoad(t *testing.T) {
 	}
 	defer func() { close(stop); wg.Wait() }()
 	for round := 0; round < 5; round++ {
-		victim.storage.Inject(syscall.ENOSPC)
+		victim.rn.Health().Inject(syscall.ENOSPC)
 		waitHealth(t, victim, 503, "503 storage_fault")
-		before := tc.leader().raft.AppliedIndex()
+		before := tc.leader().rn.Raft().AppliedIndex()
 		waitFor(t, "the leader commits more while the follower cannot write", 30*time.Second, func() bool {
 			l := tc.leader()
-			return l != nil && l.raft.AppliedIndex() > before+20
+			return l != nil && l.rn.Raft().AppliedIndex() > before+20
 		})
-		victim.storage.Inject(nil)
-		target := tc.leader().raft.AppliedIndex()
+		victim.rn.Health().Inject(nil)
+		target := tc.leader().rn.Raft().AppliedIndex()
 		waitFor(t, fmt.Sprintf("round %d: the follower catches up to index %d", round, target), 30*time.Second, func() bool {
-			return victim.raft.AppliedIndex() >= target
+			return victim.rn.Raft().AppliedIndex() >= target
 		})
 		waitHealth(t, victim, 200, "200 again")
 	}

@@ -15,14 +15,14 @@ import (
 // clusterInfo is GET /v1/cluster: the FSM's nodes merged with gossip's view and raft's roles.
 func (n *Node) clusterInfo() api.Cluster {
 	roles := map[string]string{}
-	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
+	if cf := n.rn.Raft().GetConfiguration(); cf.Error() == nil {
 		// By name. A node back under a new raft ID keeps its old server for a moment: the server
 		// it runs as now decides its role, so servers of a node's current ID go first.
-		servers, names := cf.Configuration().Servers, n.raftNames()
+		servers, names := cf.Configuration().Servers, n.rn.Names()
 		for _, current := range []bool{true, false} {
 			for _, s := range servers {
-				name := names.name(s.ID)
-				if (names.current[name] == s.ID) != current || roles[name] != "" {
+				name := names.Name(s.ID)
+				if (names.Current(name) == s.ID) != current || roles[name] != "" {
 					continue
 				}
 				roles[name] = api.RoleNonvoter
@@ -69,8 +69,8 @@ func (n *Node) clusterInfo() api.Cluster {
 	}
 	// This node's own indexes are live; the others' are as they last gossiped them.
 	if self, ok := byName[n.cfg.Name]; ok {
-		self.ID = string(n.raftID)
-		self.CommitIndex, self.AppliedIndex = n.raft.CommitIndex(), n.raft.AppliedIndex()
+		self.ID = string(n.rn.ID())
+		self.CommitIndex, self.AppliedIndex = n.rn.Raft().CommitIndex(), n.rn.Raft().AppliedIndex()
 		if self.StartedAt == nil {
 			at := n.startedAt.UTC().Truncate(time.Second)
 			self.StartedAt = &at
@@ -156,7 +156,7 @@ func (n *Node) indexGossipLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		c, a := n.raft.CommitIndex(), n.raft.AppliedIndex()
+		c, a := n.rn.Raft().CommitIndex(), n.rn.Raft().AppliedIndex()
 		// A draining node is on its way out: its last word in gossip is Draining, and an update
 		// now would only hold up its Leave (memberlist waits for a broadcast nobody relays).
 		if c == commit && a == applied || n.members.Local().Meta.Draining {

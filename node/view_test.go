@@ -18,7 +18,7 @@ func TestClusterViewShowsVersionUptimeIndexesAndLag(t *testing.T) {
 	var info api.Cluster
 	waitFor(t, "every node's indexes gossiped and caught up", 30*time.Second, func() bool {
 		info = f.clusterInfo()
-		leaderCommit := f.raft.CommitIndex()
+		leaderCommit := f.rn.Raft().CommitIndex()
 		for _, ni := range info.Nodes {
 			if ni.AppliedIndex < leaderCommit || ni.Lag == nil || *ni.Lag != 0 {
 				return false

@@ -31,17 +31,17 @@ func (n *Node) registerLoop(ctx context.Context) {
 	var lastForced time.Time
 	for {
 		changed := n.fsm.Changed()
-		storageChanged := n.storage.Changed()
+		storageChanged := n.rn.Health().Changed()
 		orphaned := n.orphaned() && time.Since(lastForced) > n.orphanAfter()
 		if orphaned {
 			lastForced = time.Now()
-			n.log.Info("no word from a raft leader; registering again", "since", n.raft.LastContact())
+			n.log.Info("no word from a raft leader; registering again", "since", n.rn.Raft().LastContact())
 		}
 		if cur, ok := n.fsm.Node(n.cfg.Name); orphaned || !ok || !sameRegistration(cur, want) {
 			if n.draining() {
 				return
 			}
-			if n.storageFault() != "" {
+			if n.rn.StorageFault() != "" {
 				// The leader took this node down for it; registering would only bring it back
 				// up to be taken down again. Wait for the disk.
 				select {
@@ -86,10 +86,10 @@ func (n *Node) orphanAfter() time.Duration {
 // orphaned reports whether this node, not the leader, has gone orphanAfter without contact from
 // one while other members are alive to forward a registration.
 func (n *Node) orphaned() bool {
-	if n.raft.State() == raft.Leader || time.Since(n.startedAt) < n.orphanAfter() {
+	if n.rn.Raft().State() == raft.Leader || time.Since(n.startedAt) < n.orphanAfter() {
 		return false
 	}
-	last := n.raft.LastContact()
+	last := n.rn.Raft().LastContact()
 	if !last.IsZero() && time.Since(last) < n.orphanAfter() {
 		return false
 	}
@@ -100,7 +100,7 @@ func (n *Node) draining() bool { return n.members.Local().Meta.Draining }
 
 func (n *Node) nodeRecord() fsm.Node {
 	rec := fsm.Node{
-		Name: n.cfg.Name, GossipAddr: n.members.GossipAddr(), RaftAddr: string(n.trans.LocalAddr()),
+		Name: n.cfg.Name, GossipAddr: n.members.GossipAddr(), RaftAddr: string(n.rn.LocalAddr()),
 		HTTPAddr: n.httpAddr, BootID: n.bootID, Capacity: n.cfg.Capacity, Version: n.cfg.Version,
 		Protocol: fsm.Protocol,
 	}
@@ -123,9 +123,9 @@ func (n *Node) workLoop(ctx context.Context) {
 	cancelling := map[tasks.RunRef]bool{} // cancelled before they started: reported without running
 	for {
 		changed := n.fsm.Changed()
-		storageChanged := n.storage.Changed()
+		storageChanged := n.rn.Health().Changed()
 		// A node that cannot persist takes no new task: the leader is moving its tasks away.
-		faulty := n.storageFault() != ""
+		faulty := n.rn.StorageFault() != ""
 		mine := map[tasks.RunRef]bool{}
 		running := map[tasks.RunRef]bool{}
 		for _, ref := range n.exec.Running() {

@@ -2,8 +2,8 @@
 // store) so that a node knows when its disk fails it and when what it reads back is not what it
 // wrote. It owns: the checksum frame of every raft log entry, the corruption error (CorruptError)
 // that stops a node, the record of the last storage error and success (Health) that node health
-// reads, the probe of the data dir, and a test hook that makes writes fail. It knows nothing of
-// the FSM, gossip or HTTP.
+// reads, the probe of the data dir, a test hook that makes writes fail, and the atomic replacement
+// of a small file in the data dir (WriteFileAtomic). It knows nothing of the FSM, gossip or HTTP.
 package store
 
 import (

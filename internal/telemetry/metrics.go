@@ -48,7 +48,7 @@ type Metrics struct {
 	// may still leave some of them pending.
 	placedAtSubmit prometheus.Counter
 	// descriptorShortages counts storage checks that failed for want of file descriptors, which
-	// the node does not call a storage fault.
+	// the storage watchdog (raftnode.WatchStorage) does not call a storage fault.
 	descriptorShortages prometheus.Counter
 	// joinRefused counts refused join requests, every one, though their log lines are limited.
 	joinRefused prometheus.Counter

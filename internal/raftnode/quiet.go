@@ -1,4 +1,4 @@
-package node
+package raftnode
 
 import (
 	"sync"
@@ -21,9 +21,9 @@ import (
 // heartbeats were 43 % of the leader's CPU.
 //
 // Voters are never thinned: a voter that missed heartbeats would start an election. The set of
-// non-voters is the leader's latest raft configuration (reconcileRaft, every 250 ms); a node
-// promoted meanwhile (or one this leader knew as a non-voter in an earlier term) still hears
-// from the leader every HeartbeatTimeout/3, well inside its HeartbeatTimeout.
+// non-voters is the latest raft configuration the leader's reconciler read (NoteConfiguration,
+// every 250 ms); a node promoted meanwhile (or one this leader knew as a non-voter in an earlier
+// term) still hears from the leader every HeartbeatTimeout/3, well inside its HeartbeatTimeout.
 type quietTransport struct {
 	*raft.NetworkTransport
 	every     time.Duration

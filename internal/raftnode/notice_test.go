@@ -1,8 +1,6 @@
-package node
+package raftnode
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -167,32 +165,5 @@ func TestFollowersApplyACommitFromTheNoticeAlone(t *testing.T) {
 				t.Fatalf("round %d: node %d applied up to %d, the leader committed %d", round, i, fsms[i].applied(), f.Index())
 			}
 		}
-	}
-}
-
-// blockedFuture is a raft future that is never answered, as hashicorp/raft leaves the future of
-// an entry it had queued for its FSM when it shut down.
-type blockedFuture struct{ answer chan error }
-
-func (f blockedFuture) Error() error { return <-f.answer }
-
-func TestAwaitGivesUpOnAFutureWhenTheNodeShutsDown(t *testing.T) {
-	n := &Node{}
-	n.ctx, n.cancel = context.WithCancel(context.Background())
-	answered := blockedFuture{answer: make(chan error, 1)}
-	answered.answer <- nil
-	if err := n.await(answered); err != nil {
-		t.Fatalf("an answered future: %v", err)
-	}
-	got := make(chan error, 1)
-	go func() { got <- n.await(blockedFuture{answer: make(chan error)}) }()
-	n.cancel()
-	select {
-	case err := <-got:
-		if !errors.Is(err, raft.ErrRaftShutdown) {
-			t.Errorf("await after shutdown = %v, want %v", err, raft.ErrRaftShutdown)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("await still waits on an unanswered future after the node shut down")
 	}
 }

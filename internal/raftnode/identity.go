@@ -1,4 +1,4 @@
-package node
+package raftnode
 
 import (
 	"errors"
@@ -11,21 +11,22 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/taskworker/taskworker/internal/store"
 	"github.com/taskworker/taskworker/membership"
 )
 
 // A node's raft server ID is not its name: it is made on the node's first start and kept in its
 // data dir, so it names one copy of the raft state rather than a host. A node restarted on an
 // empty data dir (disk replaced, dir wiped) comes back with a new ID and joins as a new member;
-// the leader then removes the server that held the lost state (reconcileRaft), instead of
-// taking the newcomer for the old voter that still has the old one's term and vote.
+// the leader then removes the server that held the lost state, instead of taking the newcomer for
+// the old voter that still has the old one's term and vote.
 //
 // Names stay what people and the API use. The mapping ID <-> name travels in gossip meta
 // (membership.Meta.RaftID), not in the FSM: a new field in an FSM payload would halt replicas of
 // the previous release (fsm/encoding.go), while unknown gossip meta keys are ignored.
 
-// raftIDFile holds the node's raft server ID in its data dir: one line, the ID only.
-const raftIDFile = "raft-id"
+// IDFile holds the node's raft server ID in its data dir: one line, the ID only.
+const IDFile = "raft-id"
 
 // maxRaftIDLen bounds an ID read from disk: it is gossiped, and gossip meta has 512 bytes in all
 // (a generated ID takes 26; an upgraded node's is its name).
@@ -46,7 +47,7 @@ func loadRaftID(dataDir, name string, inmem, existing bool) (raft.ServerID, erro
 	if dataDir == "" || inmem {
 		return raft.ServerID(ulid.Make().String()), nil
 	}
-	path := filepath.Join(dataDir, raftIDFile)
+	path := filepath.Join(dataDir, IDFile)
 	id := ulid.Make().String()
 	if existing {
 		b, err := os.ReadFile(path)
@@ -62,78 +63,84 @@ func loadRaftID(dataDir, name string, inmem, existing bool) (raft.ServerID, erro
 		}
 		id = name
 	}
-	if err := writeFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
+	if err := store.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("save raft ID: %w", err)
 	}
 	return raft.ServerID(id), nil
 }
 
-// RaftID is this node's raft server ID.
-func (n *Node) RaftID() string { return string(n.raftID) }
+// ID is this node's raft server ID.
+func (r *Node) ID() raft.ServerID { return r.id }
 
-// memberRaftID is the raft server ID a gossip member runs under. A member of a release before
-// raft IDs gossips none: its ID is its name.
-func memberRaftID(m membership.Member) raft.ServerID {
+// MemberID is the raft server ID a gossip member runs under. A member of a release before raft
+// IDs gossips none: its ID is its name.
+func MemberID(m membership.Member) raft.ServerID {
 	if m.Meta.RaftID != "" {
 		return raft.ServerID(m.Meta.RaftID)
 	}
 	return raft.ServerID(m.Name)
 }
 
-// serverName is the node name of a raft server ID: this node's, a gossip member's that runs
+// ServerName is the node name of a raft server ID: this node's, a gossip member's that runs
 // under the ID, else the name last seen with it (a server whose node came back under a new ID,
 // or is gone from gossip). An ID nobody ever announced is shown as is: the servers of nodes
 // from before raft IDs are named after their node.
-func (n *Node) serverName(id raft.ServerID) string {
-	return n.raftNames().name(id)
+func (r *Node) ServerName(id raft.ServerID) string {
+	return r.Names().Name(id)
 }
 
-// raftNames is a snapshot of the mapping between raft IDs and node names, for code that maps
-// many servers at once.
-type raftNames struct {
+// Names is a snapshot of the mapping between raft IDs and node names, for code that maps many
+// servers at once.
+type Names struct {
 	byID    map[raft.ServerID]string // every ID known, current or past
 	current map[string]raft.ServerID // the ID each node runs under now
 }
 
-func (n *Node) raftNames() raftNames {
-	r := raftNames{byID: map[raft.ServerID]string{}, current: map[string]raft.ServerID{}}
-	n.idMu.Lock()
-	for id, name := range n.idNames {
-		r.byID[id] = name
+// Names takes a snapshot of the mapping between raft IDs and node names.
+func (r *Node) Names() Names {
+	ns := Names{byID: map[raft.ServerID]string{}, current: map[string]raft.ServerID{}}
+	r.idMu.Lock()
+	for id, name := range r.idNames {
+		ns.byID[id] = name
 	}
-	n.idMu.Unlock()
-	if n.members != nil {
-		for _, m := range n.members.Members() {
-			id := memberRaftID(m)
-			r.byID[id], r.current[m.Name] = m.Name, id
+	r.idMu.Unlock()
+	if r.cfg.Members != nil {
+		for _, m := range r.cfg.Members() {
+			id := MemberID(m)
+			ns.byID[id], ns.current[m.Name] = m.Name, id
 		}
 	}
-	r.byID[n.raftID], r.current[n.cfg.Name] = n.cfg.Name, n.raftID
-	return r
+	ns.byID[r.id], ns.current[r.cfg.Name] = r.cfg.Name, r.id
+	return ns
 }
 
-func (r raftNames) name(id raft.ServerID) string {
-	if name, ok := r.byID[id]; ok {
+// Name is the node name of raft server ID id (as ServerName says).
+func (ns Names) Name(id raft.ServerID) string {
+	if name, ok := ns.byID[id]; ok {
 		return name
 	}
 	return string(id)
 }
 
-// noteRaftID remembers which node a raft ID belonged to, so that the server is still known by
-// its name once the node gossips another ID (restarted on an empty dir) or is gone from gossip.
-func (n *Node) noteRaftID(m membership.Member) {
-	n.idMu.Lock()
-	n.idNames[memberRaftID(m)] = m.Name
-	n.idMu.Unlock()
+// Current is the raft ID the named node runs under now (this node's, or the one gossip carries),
+// "" when unknown.
+func (ns Names) Current(name string) raft.ServerID { return ns.current[name] }
+
+// NoteMember remembers which node a raft ID belonged to, so that the server is still known by its
+// name once the node gossips another ID (restarted on an empty dir) or is gone from gossip.
+func (r *Node) NoteMember(m membership.Member) {
+	r.idMu.Lock()
+	r.idNames[MemberID(m)] = m.Name
+	r.idMu.Unlock()
 }
 
-// serverIDs are the IDs of the servers in raft's configuration that belong to the named node
+// ServerIDs are the IDs of the servers in raft's configuration that belong to the named node
 // (usually one; two for a moment after it came back under a new ID).
-func (n *Node) serverIDs(servers []raft.Server, name string) []raft.ServerID {
-	names := n.raftNames()
+func (r *Node) ServerIDs(servers []raft.Server, name string) []raft.ServerID {
+	names := r.Names()
 	var ids []raft.ServerID
 	for _, s := range servers {
-		if names.name(s.ID) == name {
+		if names.Name(s.ID) == name {
 			ids = append(ids, s.ID)
 		}
 	}

@@ -1,4 +1,4 @@
-package node
+package raftnode
 
 import (
 	"errors"
@@ -14,16 +14,16 @@ import (
 // other user of the host may read, write or enter it (the threat model in DESIGN.md). As ssh
 // refuses a private key that others can read, the agent refuses a data dir that others can reach
 // rather than fix it silently: the operator who made it so should learn that it was exposed.
-// Inside it, the agent runs under umask 0077 (agent.go) and fixes at start whatever an older
-// release, raft (whose snapshot store makes its files through the umask) or an operator left
+// Inside it, the agent runs under umask 0077 (SetPrivateUmask) and fixes at start whatever an
+// older release, raft (whose snapshot store makes its files through the umask) or an operator left
 // readable.
 
-// errDataDirOpen marks a data dir that group or others can reach.
-var errDataDirOpen = errors.New("data dir is open to other users")
+// ErrDataDirOpen marks a data dir that group or others can reach.
+var ErrDataDirOpen = errors.New("data dir is open to other users")
 
-// prepareDataDir makes a missing data dir 0700, refuses one that group or others can reach, and
+// PrepareDataDir makes a missing data dir 0700, refuses one that group or others can reach, and
 // takes every group and other permission bit off what it holds, saying so when it had to.
-func prepareDataDir(dir string, log *slog.Logger) error {
+func PrepareDataDir(dir string, log *slog.Logger) error {
 	fi, err := os.Stat(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -53,7 +53,7 @@ func checkDataDirMode(dir string, mode fs.FileMode) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s has mode %04o, which lets other users of this host read the cluster's secrets; "+
-		"run `chmod 700 %s` and start again", errDataDirOpen, dir, mode.Perm(), dir)
+		"run `chmod 700 %s` and start again", ErrDataDirOpen, dir, mode.Perm(), dir)
 }
 
 // fixDataDirModes takes the group and other bits off every file and folder under dir (0644 →

@@ -1,4 +1,4 @@
-package node
+package raftnode
 
 import (
 	"fmt"
@@ -34,8 +34,8 @@ func TestRunningOutOfDescriptorsIsNotAStorageFault(t *testing.T) {
 					n.storage.Record(op, err)
 				}
 			}
-			if got := n.storageFault() != ""; got != tc.faulty {
-				t.Fatalf("storageFault() = %q, want faulty %t", n.storageFault(), tc.faulty)
+			if got := n.StorageFault() != ""; got != tc.faulty {
+				t.Fatalf("StorageFault() = %q, want faulty %t", n.StorageFault(), tc.faulty)
 			}
 			// What is not a fault is a shortage, which the watchdog warns about and counts.
 			if _, _, shortage := n.storageVerdict(); (shortage != "") == tc.faulty {
@@ -47,7 +47,7 @@ func TestRunningOutOfDescriptorsIsNotAStorageFault(t *testing.T) {
 	n := &Node{storage: store.NewHealth()}
 	n.storage.Record(store.OpSnapshot, probeErr(syscall.ENOSPC))
 	n.storage.Record(store.OpProbe, probeErr(syscall.EMFILE))
-	if n.storageFault() == "" {
+	if n.StorageFault() == "" {
 		t.Fatal("a disk-full snapshot failure older than the descriptor shortage was hidden")
 	}
 }

@@ -1,9 +1,10 @@
 //go:build !unix
 
-package node
+package raftnode
 
 // modesApply: elsewhere the permission bits Go reports are not what keeps other users out, so the
 // data dir's modes are neither checked nor changed.
 const modesApply = false
 
-func setPrivateUmask() {}
+// SetPrivateUmask does nothing here: the umask is a Unix setting.
+func SetPrivateUmask() {}

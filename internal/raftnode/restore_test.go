@@ -1,4 +1,4 @@
-package node
+package raftnode
 
 import (
 	"bytes"
@@ -107,7 +107,7 @@ func TestRestoreRelaxesTheCollectorOnlyWhileItRuns(t *testing.T) {
 // echo tasks into a fresh FSM twice: as fsm.Restore does at the process's GOGC, then through
 // gcDuringRestore as the agent does.
 //
-//	TASKWORKER_BENCH_RECORDS=1000000 go test -run - -bench RestoreGC -benchtime 1x -timeout 30m ./node
+//	TASKWORKER_BENCH_RECORDS=1000000 go test -run - -bench RestoreGC -benchtime 1x -timeout 30m ./internal/raftnode
 func BenchmarkRestoreGC(b *testing.B) {
 	n := 200_000
 	if v, err := strconv.Atoi(os.Getenv("TASKWORKER_BENCH_RECORDS")); err == nil && v > 0 {

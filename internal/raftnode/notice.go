@@ -1,4 +1,4 @@
-package node
+package raftnode
 
 import (
 	"sync"
@@ -13,10 +13,10 @@ import (
 // a follower (its submit applied there, its assignment reaching the executor, its end reaching a
 // waiting request) pays that.
 //
-// Earlier builds appended a barrier entry after applies: it carried the commit index to every
-// follower, but as an entry of its own, fsynced on every node and, with replication unpipelined
-// (MaxRPCsInFlight 1), holding the next entry back for a round trip: a serial client paid two
-// commits per submit. Now the leader sends each follower a commit notice: an AppendEntries with
+// A barrier entry after applies would carry the commit index to every follower too, but as an
+// entry of its own, fsynced on every node and, with replication unpipelined (MaxRPCsInFlight 1),
+// holding the next entry back for a round trip: a serial client would pay two commits per submit.
+// Instead the leader sends each follower a commit notice: an AppendEntries with
 // no entries, naming as previous entry the last one the follower acknowledged (index and term,
 // seen by the transport, watch below) and as commit index the leader's, capped at that entry.
 // The follower checks that entry as for any append, then commits and applies up to the index,
