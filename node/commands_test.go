@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,50 +77,6 @@ func TestBatcherSkipsAbandonedProposalsAndWaitsForTheLatestDeadline(t *testing.T
 		r := <-batch[i].done
 		if r.err != nil || len(r.res.Items) != 1 || r.res.Items[0].ID != want {
 			t.Errorf("proposal %d: %+v, want its own item %s", i, r, want)
-		}
-	}
-}
-
-func TestLeaderDutiesReturnOnlyAfterTheSchedulerLoop(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	release := make(chan struct{})
-	var reconciles atomic.Int32
-	kick := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		leaderDuties(ctx, func(ctx context.Context) {
-			<-ctx.Done()
-			<-release // a loop still finishing its last apply
-		}, func(context.Context) { reconciles.Add(1) }, kick, time.Hour)
-	}()
-	kick <- struct{}{} // taken only once the first reconcile is done
-	waitFor(t, "a reconcile after a kick", 5*time.Second, func() bool { return reconciles.Load() >= 2 })
-	cancel()
-	select {
-	case <-done:
-		t.Fatal("leaderDuties returned while its scheduler loop was still running")
-	case <-time.After(200 * time.Millisecond):
-	}
-	close(release)
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("leaderDuties did not return after its scheduler loop did")
-	}
-}
-
-func TestMembershipChangeWakesTheScheduler(t *testing.T) {
-	n := &Node{fsm: fsm.New(), log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1)}
-	loop := n.schedulerLoop()
-	n.membershipChanged()
-	n.membershipChanged() // never blocks, however many changes pile up
-	for name, ch := range map[string]<-chan struct{}{"scheduler": loop.Kick, "reconciler": n.kick} {
-		select {
-		case <-ch:
-		case <-time.After(5 * time.Second):
-			t.Errorf("the %s was not woken by a membership change", name)
 		}
 	}
 }

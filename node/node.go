@@ -1,6 +1,6 @@
 // Package node wires one taskworker node together: gossip membership, raft with its stores, the
-// FSM, the scheduler loop while leader, the executor, and the HTTP API that forwards writes to the
-// leader. It reconciles gossip members with raft servers and FSM nodes.
+// FSM, the leader's duties (internal/leader), the executor, and the HTTP API that forwards writes
+// to the leader.
 package node
 
 import (
@@ -28,6 +28,7 @@ import (
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/gossipmux"
+	"github.com/taskworker/taskworker/internal/leader"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/internal/raftls"
@@ -83,8 +84,7 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	kick         chan struct{} // gossip membership changed: wake the leader's reconciler
-	schedKick    chan struct{} // gossip membership changed: wake the scheduler (liveness decides placement)
+	leader       *leader.Loop // the duties while this node leads, fed by gossip's events (leader.go)
 	leaveMu      sync.Mutex
 	leaveStarted bool
 	leaveDone    chan struct{}
@@ -95,8 +95,6 @@ type Node struct {
 	closing     atomic.Bool
 	released    chan struct{}
 	releaseOnce sync.Once
-	deadMu      sync.Mutex
-	deadSince   map[string]time.Time
 
 	fatalOnce  sync.Once     // fatal acts once
 	leaders    leaderWatch   // raft's leader changes, for forwards (apply.go)
@@ -121,8 +119,7 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), startedAt: time.Now(), fsm: fsm.New(),
-		kick: make(chan struct{}, 1), schedKick: make(chan struct{}, 1), leaveDone: make(chan struct{}),
-		released: make(chan struct{}), deadSince: map[string]time.Time{}, up: make(chan struct{}),
+		leaveDone: make(chan struct{}), released: make(chan struct{}), up: make(chan struct{}),
 	}
 	n.metrics = telemetry.New(telemetry.Source{FSM: n.fsm, Capacity: cfg.Capacity, Caps: admissionCaps,
 		Raft: func() *raft.Raft { return n.rn.Raft() },
@@ -259,6 +256,8 @@ func (n *Node) start() error {
 		return err
 	}
 	n.api = n.routes() // before the internode side serves forwarded writes with it
+	n.leader = n.newLeader()
+	n.goLoop(n.eventLoop)
 	n.serveInternode(n.internodeLn)
 	if r := n.renewer(); r != nil {
 		n.goLoop(func(ctx context.Context) { _ = r.Run(ctx) })
@@ -268,7 +267,7 @@ func (n *Node) start() error {
 	n.goLoop(n.joinLoop)
 	n.goLoop(n.registerLoop)
 	n.goLoop(n.workLoop)
-	n.goLoop(n.leadershipLoop)
+	n.goLoop(n.leader.Run)
 	n.goEvery(scheduler.GCInterval(n.cfg.Retention), n.sweepLogs)
 	n.goLoop(n.batch.run)
 	n.goLoop(n.watchHalt)
@@ -453,7 +452,6 @@ func (n *Node) startMembership() error {
 		return fmt.Errorf("start gossip: %w", err)
 	}
 	n.members = m
-	n.goLoop(n.eventLoop)
 	return nil
 }
 
@@ -554,7 +552,7 @@ func (n *Node) eventLoop(ctx context.Context) {
 				continue
 			}
 			lastMeta[ev.Member.Name] = ev.Member.Meta
-			n.noteMemberEvent(ev)
+			n.leader.NoteMemberEvent(ev)
 			n.log.Debug("membership event", "type", ev.Type, "member", ev.Member.Name, "state", ev.Member.State)
 			n.savePeers()
 			n.membershipChanged()
@@ -562,16 +560,8 @@ func (n *Node) eventLoop(ctx context.Context) {
 	}
 }
 
-// membershipChanged wakes the leader's reconciler and its scheduler, without waiting: each holds
-// at most one pending wake-up, and one pass sees every change before it.
-func (n *Node) membershipChanged() {
-	for _, ch := range []chan struct{}{n.kick, n.schedKick} {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-}
+// membershipChanged wakes the leader's reconciler and its scheduler, without waiting.
+func (n *Node) membershipChanged() { n.leader.MembershipChanged() }
 
 // watchHalt reports, once, that the FSM stopped applying the log (health answers 503 from then).
 func (n *Node) watchHalt(ctx context.Context) {

@@ -136,7 +136,7 @@ func TestGossipEventsGoOnWhileARaftRemovalWaits(t *testing.T) {
 	noted := make(chan struct{})
 	go func() {
 		defer close(noted)
-		l.noteMemberEvent(membership.Event{Type: membership.EventFail, Member: xm})
+		l.leader.NoteMemberEvent(membership.Event{Type: membership.EventFail, Member: xm})
 	}()
 	select {
 	case <-noted:
@@ -159,4 +159,14 @@ func TestGossipEventsGoOnWhileARaftRemovalWaits(t *testing.T) {
 	if err := x.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// memberState returns what gossip says of the named member, and whether it knows it.
+func memberState(members []membership.Member, name string) (membership.State, bool) {
+	for _, m := range members {
+		if m.Name == name {
+			return m.State, true
+		}
+	}
+	return "", false
 }

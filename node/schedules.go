@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -15,99 +14,12 @@ import (
 	"github.com/taskworker/taskworker/scheduler"
 )
 
-// Periodic schedules: the API's side (validation, put, pause, trigger) and the leader's loop
-// that fires their ticks. The FSM (fsm/schedule.go) decides what a fire does; the ticks come
-// from scheduler.PlanTick; this file only waits for them and proposes.
+// Periodic schedules: the API's side (validation, put, pause, trigger), and the building of a
+// fire (prepareFire) for the leader's loop that fires their ticks (internal/leader). The FSM
+// (fsm/schedule.go) decides what a fire does.
 
 // nextRunsShown is how many upcoming ticks a schedule's record lists.
 const nextRunsShown = 3
-
-// scheduleRetry is how long the loop waits after a fire it could not apply (no quorum, say)
-// before it tries again; a lost leadership stops the loop anyway.
-const scheduleRetry = 500 * time.Millisecond
-
-// scheduleLoop fires the ticks of every unpaused schedule while this node leads. It sleeps until
-// the earliest next tick, or until the schedules table changes (a put, a fire, a scheduled run
-// that ended). Ticks are computed from the spec and the replicated last fired tick, never from
-// when the loop woke: a tick that fell during an election is fired late by the new leader (up to
-// the catch-up bound), and one the old leader fired is never fired again (the FSM refuses it).
-func (n *Node) scheduleLoop(ctx context.Context) {
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	log := n.log.With("component", "schedules")
-	for {
-		changed := n.fsm.SchedulesChanged()
-		wait := n.fireDue(ctx, log, time.Now())
-		if ctx.Err() != nil {
-			return
-		}
-		timer.Reset(wait)
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		case <-timer.C:
-		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
-		}
-	}
-}
-
-// fireDue fires what is due at now, at most one fire per schedule (the FSM change it makes wakes
-// the loop for the next), and returns how long to sleep until the next tick.
-func (n *Node) fireDue(ctx context.Context, log *slog.Logger, now time.Time) time.Duration {
-	wait := time.Hour
-	for _, s := range n.fsm.Schedules() {
-		if s.Paused {
-			continue
-		}
-		if len(s.Buffered) > 0 && !n.fsm.ScheduleRunning(s.Name) {
-			if err := n.fireTick(ctx, &s, s.Buffered[0], false, true); err != nil {
-				log.Warn("start a buffered tick", "schedule", s.Name, "tick", s.Buffered[0], "err", err)
-				wait = min(wait, scheduleRetry)
-			}
-			continue
-		}
-		p, err := scheduler.PlanTick(&s, now)
-		if err != nil { // validated on put: only a spec a newer build wrote could fail here
-			log.Warn("schedule cannot be planned", "schedule", s.Name, "err", err)
-			continue
-		}
-		if !p.Due.IsZero() {
-			if p.Missed > 0 {
-				log.Info("passing over missed ticks beyond the catch-up bound", "schedule", s.Name, "missed", p.Missed, "catch_up", s.CatchUp)
-			}
-			if err := n.fireTick(ctx, &s, p.Due, false, false); err != nil {
-				log.Warn("fire a tick", "schedule", s.Name, "tick", p.Due, "err", err)
-				wait = min(wait, scheduleRetry)
-			}
-			continue
-		}
-		if !p.Next.IsZero() {
-			wait = min(wait, max(p.Next.Sub(now), 0))
-		}
-	}
-	return wait
-}
-
-// fireTick has the leader apply one fire: a tick, a buffered tick, or (manual) a trigger. The
-// task is built as a submit would be; a tick whose task cannot be built (its type gone from the
-// cluster) is still recorded, with the reason, so the loop moves on.
-func (n *Node) fireTick(ctx context.Context, s *fsm.Schedule, tick time.Time, manual, buffered bool) error {
-	fire, err := n.prepareFire(s, ulid.Make().String())
-	fire.Tick, fire.Manual, fire.Buffered = tick, manual, buffered
-	if err != nil {
-		fire.Error = err.Error()
-	}
-	cctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
-	defer cancel()
-	_, err = n.applyLocal(cctx, &fsm.Command{Body: &fire})
-	return err
-}
 
 // prepareFire chooses the task's version and validates it as a submit with the task ID id.
 func (n *Node) prepareFire(s *fsm.Schedule, id string) (fsm.ScheduleFire, error) {

@@ -1,13 +1,11 @@
-package node
+package leader
 
 import (
 	"sort"
-	"time"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/taskworker/taskworker/fsm"
-	"github.com/taskworker/taskworker/internal/raftnode"
 	"github.com/taskworker/taskworker/membership"
 )
 
@@ -16,20 +14,20 @@ import (
 // died are replaced by promoting a non-voter, and gone servers are removed after a grace period.
 // A member is added only once it has registered through the authenticated internode channel (an
 // up FSM record under the boot ID it gossips), never because gossip alone reports it. Servers are
-// raft IDs (internal/raftnode): a member is added under the ID it gossips, and the server of a node that
-// came back under a new ID is removed at once.
+// raft IDs (Config.MemberID): a member is added under the ID it gossips, and the server of a node
+// that came back under a new ID is removed at once.
 //
 // Each phase first decides, then makes its raft calls with no mutex held: a configuration change
-// can take seconds to commit, and gossip's event loop must not wait for it (noteMemberEvent).
-func (n *Node) reconcileRaft() {
-	v, ok := n.readRaftView()
+// can take seconds to commit, and gossip's event loop must not wait for it (NoteMemberEvent).
+func (l *Loop) reconcileRaft() {
+	v, ok := l.readRaftView()
 	if !ok {
 		return
 	}
-	n.removeServers(n.planRemovals(&v))
-	target := voterTarget{alive: v.aliveVoters(), want: min(n.cfg.Voters, len(v.alive))}
-	n.promoteNonvoters(&v, &target)
-	n.addMembers(&v, &target)
+	l.removeServers(l.planRemovals(&v))
+	target := voterTarget{alive: v.aliveVoters(), want: min(l.cfg.Voters, len(v.alive))}
+	l.promoteNonvoters(&v, &target)
+	l.addMembers(&v, &target)
 }
 
 // raftView is what one reconcile pass works from: raft's configuration and gossip's members,
@@ -41,33 +39,35 @@ type raftView struct {
 	// alive are the members raft may hold: alive, not draining, with a raft address, by the
 	// raft ID they gossip.
 	alive map[raft.ServerID]membership.Member
-	names raftnode.Names
+	name  func(raft.ServerID) string // the node name of a raft ID
 }
 
 // readRaftView reads raft's configuration and gossip's members; false when raft cannot say
 // (shutting down).
-func (n *Node) readRaftView() (raftView, bool) {
-	cf := n.rn.Raft().GetConfiguration()
+func (l *Loop) readRaftView() (raftView, bool) {
+	cf := l.cfg.Raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return raftView{}, false
 	}
-	n.rn.NoteConfiguration(cf.Configuration())
+	if l.cfg.OnConfiguration != nil {
+		l.cfg.OnConfiguration(cf.Configuration())
+	}
 	v := raftView{
-		self:    n.rn.ID(),
+		self:    l.cfg.RaftID,
 		servers: map[raft.ServerID]raft.Server{},
-		members: n.members.Members(),
+		members: l.cfg.Gossip.Members(),
 		alive:   map[raft.ServerID]membership.Member{},
 	}
 	for _, s := range cf.Configuration().Servers {
 		v.servers[s.ID] = s
 	}
 	for _, m := range v.members {
-		n.rn.NoteMember(m)
+		l.cfg.NoteID(m)
 	}
-	v.names = n.rn.Names()
+	v.name = l.cfg.ServerNames()
 	for _, m := range v.members {
 		if m.State == membership.StateAlive && !m.Meta.Draining && m.Meta.RaftAddr != "" {
-			v.alive[raftnode.MemberID(m)] = m
+			v.alive[l.cfg.MemberID(m)] = m
 		}
 	}
 	return v, true
@@ -115,13 +115,13 @@ type serverRemoval struct {
 // planRemovals decides which servers are gone and drops them from v.servers: at once when they
 // left or their node came back as a new member, after a grace when they crashed. It makes no raft
 // call.
-func (n *Node) planRemovals(v *raftView) []serverRemoval {
+func (l *Loop) planRemovals(v *raftView) []serverRemoval {
 	// A crashed voter is removed only when that leaves at least floor voters or a spare (an alive
 	// member that is not a voter yet) can take its place. Removing the dead keeps later failures
 	// from breaking quorum (5 voters with 2 dead survive a third crash only as 3 voters), but
 	// shrinking 3 voters to 2 gains nothing: either way the next failure loses quorum, and a
 	// voter that was only frozen or cut off would have to be added back before it counts again.
-	floor := min(minVotersAfterRemoval, n.cfg.Voters)
+	floor := min(minVotersAfterRemoval, l.cfg.Voters)
 	voters, spares := 0, 0
 	for _, s := range v.servers {
 		if s.Suffrage == raft.Voter {
@@ -129,7 +129,7 @@ func (n *Node) planRemovals(v *raftView) []serverRemoval {
 		}
 	}
 	for id, m := range v.alive {
-		if s, in := v.servers[id]; in && s.Suffrage != raft.Voter || !in && n.registered(m) {
+		if s, in := v.servers[id]; in && s.Suffrage != raft.Voter || !in && l.registered(m) {
 			spares++
 		}
 	}
@@ -141,12 +141,12 @@ func (n *Node) planRemovals(v *raftView) []serverRemoval {
 		if _, ok := v.alive[id]; ok {
 			continue
 		}
-		name := v.names.Name(id)
-		if m, ok := n.replacedBy(s, name, v.alive); ok {
+		name := v.name(id)
+		if m, ok := l.replacedBy(s, name, v.alive); ok {
 			// Its node restarted without the data dir that held this server's log, term and
 			// vote: the server cannot come back, and its address is taken by the newcomer
 			// (raft refuses two servers at one address), so it goes now.
-			out = append(out, serverRemoval{id: id, name: name, replacedBy: raftnode.MemberID(m)})
+			out = append(out, serverRemoval{id: id, name: name, replacedBy: l.cfg.MemberID(m)})
 			delete(v.servers, id)
 			continue
 		}
@@ -154,8 +154,8 @@ func (n *Node) planRemovals(v *raftView) []serverRemoval {
 		if state == membership.StateAlive || state == membership.StateSuspect {
 			continue // alive but draining, or only suspected: keep
 		}
-		dead := n.deadFor(name)
-		if state != membership.StateLeft && dead <= n.cfg.DeadServerGrace {
+		dead := l.deadFor(name)
+		if state != membership.StateLeft && dead <= l.cfg.DeadServerGrace {
 			continue
 		}
 		if state != membership.StateLeft && s.Suffrage == raft.Voter {
@@ -174,31 +174,32 @@ func (n *Node) planRemovals(v *raftView) []serverRemoval {
 }
 
 // removeServers makes the removals planRemovals decided, one raft change each.
-func (n *Node) removeServers(rs []serverRemoval) {
+func (l *Loop) removeServers(rs []serverRemoval) {
+	log := l.cfg.Logger
 	for _, r := range rs {
 		if r.replacedBy != "" {
-			n.log.Info("removing the raft server of a node that came back as a new member",
+			log.Info("removing the raft server of a node that came back as a new member",
 				"server", r.id, "member", r.name, "new_id", r.replacedBy)
 		} else {
-			n.log.Info("removing raft server", "server", r.id, "member", r.name, "gossip", r.state)
+			log.Info("removing raft server", "server", r.id, "member", r.name, "gossip", r.state)
 		}
-		if err := n.await(n.rn.Raft().RemoveServer(r.id, 0, raftChangeTimeout)); err != nil {
-			n.log.Warn("remove raft server", "server", r.id, "member", r.name, "err", err)
+		if err := l.cfg.Await(l.cfg.Raft.RemoveServer(r.id, 0, raftChangeTimeout)); err != nil {
+			log.Warn("remove raft server", "server", r.id, "member", r.name, "err", err)
 		}
 	}
 }
 
 // promoteNonvoters makes alive non-voters voters while voters are wanted. They go before
 // newcomers (addMembers): they are caught up.
-func (n *Node) promoteNonvoters(v *raftView, t *voterTarget) {
+func (l *Loop) promoteNonvoters(v *raftView, t *voterTarget) {
 	for _, id := range v.sortedAlive() {
 		s, in := v.servers[id]
 		if !in || s.Suffrage == raft.Voter || !t.short() {
 			continue
 		}
-		n.log.Info("promoting raft non-voter", "server", id, "member", v.alive[id].Name)
-		if err := n.await(n.rn.Raft().AddVoter(id, s.Address, 0, raftChangeTimeout)); err != nil {
-			n.log.Warn("promote", "server", id, "err", err)
+		l.cfg.Logger.Info("promoting raft non-voter", "server", id, "member", v.alive[id].Name)
+		if err := l.cfg.Await(l.cfg.Raft.AddVoter(id, s.Address, 0, raftChangeTimeout)); err != nil {
+			l.cfg.Logger.Warn("promote", "server", id, "err", err)
 			continue
 		}
 		t.alive++
@@ -207,7 +208,8 @@ func (n *Node) promoteNonvoters(v *raftView, t *voterTarget) {
 
 // addMembers adds the registered alive members raft does not hold yet, and updates the address
 // of servers whose member gossips another one.
-func (n *Node) addMembers(v *raftView, t *voterTarget) {
+func (l *Loop) addMembers(v *raftView, t *voterTarget) {
+	log, r, await := l.cfg.Logger, l.cfg.Raft, l.cfg.Await
 	for _, id := range v.sortedAlive() {
 		m := v.alive[id]
 		addr := raft.ServerAddress(m.Meta.RaftAddr)
@@ -215,17 +217,17 @@ func (n *Node) addMembers(v *raftView, t *voterTarget) {
 		if in && s.Address == addr {
 			continue
 		}
-		if !in && !n.registered(m) {
+		if !in && !l.registered(m) {
 			continue
 		}
 		var err error
 		switch {
 		case in && s.Suffrage == raft.Voter:
-			n.log.Info("updating raft voter address", "server", id, "addr", addr)
-			err = n.await(n.rn.Raft().AddVoter(id, addr, 0, raftChangeTimeout))
+			log.Info("updating raft voter address", "server", id, "addr", addr)
+			err = await(r.AddVoter(id, addr, 0, raftChangeTimeout))
 		case in:
-			n.log.Info("updating raft non-voter address", "server", id, "addr", addr)
-			err = n.await(n.rn.Raft().AddNonvoter(id, addr, 0, raftChangeTimeout))
+			log.Info("updating raft non-voter address", "server", id, "addr", addr)
+			err = await(r.AddNonvoter(id, addr, 0, raftChangeTimeout))
 		default:
 			// A newcomer always joins as a non-voter, and is promoted once that change committed,
 			// while voters are wanted. Added straight as a voter, it could be in the configuration
@@ -233,60 +235,30 @@ func (n *Node) addMembers(v *raftView, t *voterTarget) {
 			// died then, that voter refuses its vote ("not in configuration") while it cannot win
 			// without it: no leader ever (seen in e2e and the chaos suite). The non-voter change
 			// commits on a majority of the voters, so they know the newcomer before it can vote.
-			n.log.Info("adding raft non-voter", "server", id, "member", m.Name, "addr", addr)
-			if err = n.await(n.rn.Raft().AddNonvoter(id, addr, 0, raftChangeTimeout)); err == nil && t.short() {
-				n.log.Info("promoting raft non-voter", "server", id, "member", m.Name)
-				if err = n.await(n.rn.Raft().AddVoter(id, addr, 0, raftChangeTimeout)); err == nil {
+			log.Info("adding raft non-voter", "server", id, "member", m.Name, "addr", addr)
+			if err = await(r.AddNonvoter(id, addr, 0, raftChangeTimeout)); err == nil && t.short() {
+				log.Info("promoting raft non-voter", "server", id, "member", m.Name)
+				if err = await(r.AddVoter(id, addr, 0, raftChangeTimeout)); err == nil {
 					t.alive++
 				}
 			}
 		}
 		if err != nil {
-			n.log.Warn("change raft configuration", "server", id, "err", err)
+			log.Warn("change raft configuration", "server", id, "err", err)
 		}
 	}
-}
-
-// noteMemberEvent records when a member was first seen failed or gone (deadFor), and forgets it
-// when the member joins again. Gossip's event loop calls it for every event, so it holds deadMu
-// only for the map, never across a raft call.
-func (n *Node) noteMemberEvent(ev membership.Event) {
-	n.rn.NoteMember(ev.Member)
-	n.deadMu.Lock()
-	defer n.deadMu.Unlock()
-	switch ev.Type {
-	case membership.EventFail, membership.EventLeave:
-		if _, ok := n.deadSince[ev.Member.Name]; !ok {
-			n.deadSince[ev.Member.Name] = time.Now()
-		}
-	case membership.EventJoin:
-		delete(n.deadSince, ev.Member.Name)
-	}
-}
-
-// deadFor returns how long the named member has been seen gone, starting the count now when it
-// was not yet.
-func (n *Node) deadFor(name string) time.Duration {
-	n.deadMu.Lock()
-	defer n.deadMu.Unlock()
-	since, ok := n.deadSince[name]
-	if !ok {
-		since = time.Now()
-		n.deadSince[name] = since
-	}
-	return time.Since(since)
 }
 
 // replacedBy returns the alive, registered member that took the place of server s (of the node
 // named name): the same node under another raft ID, or another ID at the server's raft address,
 // where only one process can listen. A member that did not register in this incarnation (a second
 // agent with a taken name, which the leader refuses) replaces nothing.
-func (n *Node) replacedBy(s raft.Server, name string, alive map[raft.ServerID]membership.Member) (membership.Member, bool) {
+func (l *Loop) replacedBy(s raft.Server, name string, alive map[raft.ServerID]membership.Member) (membership.Member, bool) {
 	for id, m := range alive {
 		if id == s.ID || !(m.Name == name || raft.ServerAddress(m.Meta.RaftAddr) == s.Address) {
 			continue
 		}
-		if n.registered(m) {
+		if l.registered(m) {
 			return m, true
 		}
 	}
@@ -308,7 +280,7 @@ func memberState(members []membership.Member, name string) (membership.State, bo
 
 // registered reports whether a gossip member has registered itself, in this incarnation, through
 // the internode channel (where the caller's certificate names it).
-func (n *Node) registered(m membership.Member) bool {
-	nd, ok := n.fsm.Node(m.Name)
+func (l *Loop) registered(m membership.Member) bool {
+	nd, ok := l.cfg.FSM.Node(m.Name)
 	return ok && nd.Status == fsm.NodeUp && nd.BootID != "" && nd.BootID == m.Meta.BootID
 }
