@@ -34,14 +34,14 @@ func (b aclBackend) Resolve(credential string, now time.Time) (*acl.Identity, er
 	return b.n.resolve(credential, now)
 }
 
-// kindManagement is the identity of the cluster's management credential (secrets.go), which is
+// kindManagement is the identity of the cluster's management credential (internal/trust), which is
 // no ACL token but may do everything an ACL management token may.
 const kindManagement acl.Kind = "management"
 
 // resolve is who credential is on this node: the management identity for the cluster's
 // management credential, else what the ACL state makes of it.
 func (n *Node) resolve(credential string, now time.Time) (*acl.Identity, error) {
-	if n.isManagement(credential) {
+	if n.trust.IsManagement(credential) {
 		return &acl.Identity{Principal: string(kindManagement), Kind: kindManagement, Management: true}, nil
 	}
 	return n.authorizer().Resolve(credential, now)
@@ -388,7 +388,7 @@ func managementOnly(n *Node, c *fsm.Command, from forwardCaller) error {
 	switch {
 	case from.credential == "":
 		return api.Errorf(api.CodeUnauthorized, "forwarded %s: the caller sent no credential; it needs the management credential", c.Type())
-	case n.isManagement(from.credential):
+	case n.trust.IsManagement(from.credential):
 		return nil
 	case !n.cfg.ACL:
 		return api.Errorf(api.CodeForbidden, "forwarded %s: the caller's credential is not the management credential", c.Type())

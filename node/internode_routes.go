@@ -14,6 +14,7 @@ import (
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/httpapi"
+	"github.com/taskworker/taskworker/internal/trust"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -26,7 +27,7 @@ const (
 	internodeApplyPath  = "/v1/internode/apply"
 	internodeLogsPath   = "/v1/internode/logs/{id}"
 	internodeRemovePath = "/v1/internode/remove/{name}"
-	internodeJoinPath   = "/v1/internode/join"
+	internodeJoinPath   = trust.JoinPath
 	// leaderHeader names the leader in a not-leader reply, so a node that is not yet a raft
 	// member (a joiner registering) finds the leader without raft.
 	leaderHeader = "X-Taskworker-Leader"
@@ -61,8 +62,8 @@ func (n *Node) internodeRoutes() http.Handler {
 	mux.HandleFunc("POST "+internodeApplyPath, n.handleInternodeApply)
 	mux.HandleFunc("GET "+internodeLogsPath, n.handleLocalLogs)
 	mux.HandleFunc("POST "+internodeRemovePath, n.handleInternodeRemove)
-	mux.HandleFunc("POST "+internodeJoinPath, n.handleJoin)
-	mux.HandleFunc("GET "+internodeSecretPath, n.handleSecret)
+	mux.HandleFunc("POST "+internodeJoinPath, n.trust.HandleJoin)
+	mux.HandleFunc("GET "+trust.SecretPath, n.trust.HandleSecret)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+api.Truncate(r.Method+" "+r.URL.Path))
 	})

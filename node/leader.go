@@ -72,7 +72,7 @@ func (n *Node) lead(ctx context.Context) {
 		n.log.Warn("barrier after election", "err", err)
 		return
 	}
-	n.seedSecurity(ctx)
+	n.trust.Seed(ctx)
 	reconcile := func(ctx context.Context) {
 		n.reconcileNodes(ctx)
 		n.reconcileRaft()

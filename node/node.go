@@ -32,6 +32,7 @@ import (
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/internal/raftls"
 	"github.com/taskworker/taskworker/internal/store"
+	"github.com/taskworker/taskworker/internal/trust"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/scheduler"
 	"github.com/taskworker/taskworker/tasks"
@@ -62,8 +63,10 @@ type Node struct {
 	lastPlaced atomic.Value
 	metrics    *nodeMetrics
 
-	// Trust and the internode channel (security.go, internode.go).
-	sec          *security
+	// Trust (internal/trust) and the internode channel (internode.go).
+	trust *trust.Trust
+	// callRefusals limits the warnings about refused internode calls and handshakes (warnRefusedCall).
+	callRefusals *perAddrLimiter
 	internodeLn  net.Listener // the gossip port's internode side (or a listener of its own with twins)
 	connCaps     []connCap    // the capped listeners, for /metrics; set before the API serves
 	internode    *http.Server
@@ -244,11 +247,7 @@ func (n *Node) start() error {
 		return err
 	}
 	n.serveInternode(n.internodeLn)
-	if r := n.renewer(); r != nil {
-		n.goLoop(func(ctx context.Context) { _ = r.Run(ctx) })
-	}
-	n.goLoop(n.securityLoop)
-	n.goLoop(n.secretsLoop)
+	n.goLoop(n.trust.Run)
 	n.goLoop(n.joinLoop)
 	n.goLoop(n.registerLoop)
 	n.goLoop(n.workLoop)
@@ -265,7 +264,7 @@ func (n *Node) start() error {
 		n.connCaps = append(n.connCaps, connCap{"api", l.Stats})
 	}
 	if cfg.HTTPTLS {
-		ln = tls.NewListener(ln, pki.APIServerConfig(n.sec.holder, cfg.TLSVerifyIncoming))
+		ln = tls.NewListener(ln, pki.APIServerConfig(n.trust.Holder(), cfg.TLSVerifyIncoming))
 	}
 	serving = true
 	n.wg.Add(1)
@@ -277,9 +276,7 @@ func (n *Node) start() error {
 	}()
 	n.log.Info("node started", "http", n.httpAddr, "https", cfg.HTTPTLS, "raft", string(n.trans.LocalAddr()),
 		"gossip", n.members.GossipAddr(), "boot_id", n.bootID, "capacity", cfg.Capacity, "insecure", cfg.Insecure)
-	if n.sec.announce {
-		n.announceCluster()
-	}
+	n.trust.Announce(n.members.GossipAddr())
 	return nil
 }
 
@@ -424,7 +421,7 @@ func (n *Node) startRaft() error {
 	if existing || len(cfg.Join) == 0 {
 		n.joined.Store(true) // a member already: one it left before, or the cluster it bootstraps
 	}
-	if err := n.setupSecurity(existing); err != nil {
+	if err := n.setupTrust(existing); err != nil {
 		return err
 	}
 	n.newInternodeClients()
@@ -451,7 +448,7 @@ func (n *Node) startRaft() error {
 			return &raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, MaxRPCsInFlight: 1, Timeout: 10 * time.Second,
 				Logger: newHCLogger(n.noisy, "raft-net", cfg.LogLevel)}
 		}
-		if n.sec.insecure {
+		if n.trust.Insecure() {
 			// No authentication (--insecure), but the same connection caps as with TLS.
 			stream, err := raftls.ListenPlain(cfg.RaftAddr, adv, nil, 0)
 			if err != nil {
@@ -462,12 +459,12 @@ func (n *Node) startRaft() error {
 		} else {
 			// Mutual TLS: a peer without a node certificate of the cluster is closed before raft
 			// reads a byte.
-			sec := n.sec
+			sec := n.trust
 			stream, err := raftls.Listen(cfg.RaftAddr, raftls.Config{
-				Server:     pki.InternodeServerConfig(sec.holder, sec.serverName),
-				Client:     func() *tls.Config { return pki.InternodeClientConfig(sec.holder, sec.serverName) },
+				Server:     pki.InternodeServerConfig(sec.Holder(), sec.ServerName()),
+				Client:     func() *tls.Config { return pki.InternodeClientConfig(sec.Holder(), sec.ServerName()) },
 				Advertise:  adv,
-				VerifyPeer: pki.RequireNodeName(sec.cluster),
+				VerifyPeer: pki.RequireNodeName(sec.Cluster()),
 				Logger:     n.noisy.With("component", "raft-tls"),
 			})
 			if err != nil {
@@ -548,7 +545,7 @@ func (n *Node) startMembership() error {
 			bind = "0.0.0.0"
 		}
 		mux, err := gossipmux.New(gossipmux.Config{
-			BindAddr: bind, BindPort: mc.BindPort, AllowPlainHTTP: n.sec.insecure,
+			BindAddr: bind, BindPort: mc.BindPort, AllowPlainHTTP: n.trust.Insecure(),
 			Logger: n.log.With("component", "gossipmux"),
 		})
 		if err != nil {
@@ -569,7 +566,7 @@ func (n *Node) startMembership() error {
 		n.closers = append(n.closers, func() error { _ = ln.Close(); return nil })
 		n.internodeLn = ln
 	}
-	mc.Keyring = n.sec.keyring
+	mc.Keyring = n.trust.Keyring()
 	if cfg.ProbeInterval > 0 {
 		mc.ProbeInterval = cfg.ProbeInterval
 	}
@@ -579,14 +576,12 @@ func (n *Node) startMembership() error {
 	mc.Logger = slog.New(probeCountHandler{inner: n.noisy.Handler(), count: n.metrics.probeFails.Inc}).With("component", "gossip")
 	mc.Meta = membership.Meta{
 		RaftAddr: string(n.trans.LocalAddr()), RaftID: string(n.raftID), HTTPAddr: n.httpAddr, BootID: n.bootID,
-		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.sec.insecure, StartedAt: n.startedAt.Unix(),
+		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.trust.Insecure(), StartedAt: n.startedAt.Unix(),
 	}
 	if cfg.GossipTransport != nil {
 		mc.Meta.Internode = n.internodeLn.Addr().String()
 	}
-	if n.sec.keyring != nil {
-		mc.Meta.Keys = keyIDs(localKeys(n.sec.keyring))
-	}
+	mc.Meta.Keys = n.trust.KeyIDs()
 	m, err := membership.New(mc)
 	if err != nil {
 		if mux, ok := mc.Transport.(*gossipmux.Transport); ok && cfg.GossipTransport == nil {
