@@ -6,9 +6,10 @@
 //
 // It may not touch raft, gossip's runtime, the public API or forwarding. It writes the cluster's
 // security state through Config.Apply, reads it from the FSM, reaches other nodes through
-// Config.Get and learns who they are from Config.Members. It does not authenticate internode
-// callers: the node's internode listener does, and its HTTP handlers (HandleJoin, HandleSecret),
-// which the node mounts there, learn the caller from Config.Caller.
+// Config.Get and learns who they are from Config.Members. It serves two internode routes
+// (HandleJoin, HandleSecret), which the node mounts on its internode listener, but does not
+// authenticate their callers: the listener does, and HandleSecret learns the caller's node from
+// Config.Caller.
 //
 // Trust between nodes is secure by default (as Docker Swarm and k3s are):
 //
