@@ -33,14 +33,14 @@ func (b aclBackend) Resolve(credential string, now time.Time) (*acl.Identity, er
 	return b.n.resolve(credential, now)
 }
 
-// kindManagement is the identity of the cluster's management credential (secrets.go), which is
+// kindManagement is the identity of the cluster's management credential (internal/trust), which is
 // no ACL token but may do everything an ACL management token may.
 const kindManagement acl.Kind = "management"
 
 // resolve is who credential is on this node: the management identity for the cluster's
 // management credential, else what the ACL state makes of it.
 func (n *Node) resolve(credential string, now time.Time) (*acl.Identity, error) {
-	if n.isManagement(credential) {
+	if n.trust.IsManagement(credential) {
 		return &acl.Identity{Principal: string(kindManagement), Kind: kindManagement, Management: true}, nil
 	}
 	return n.authorizer().Resolve(credential, now)

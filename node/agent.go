@@ -209,13 +209,13 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 	if err != nil {
 		return cli.Exit("start node: "+err.Error(), 1)
 	}
-	defer n.publishCLIPointer()()
+	defer n.trust.PublishCLIPointer(n.cfg.HTTPAddr, n.HTTPAddr())()
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
 		for range hup {
-			if err := n.ReloadTLS(); err != nil {
+			if err := n.trust.Reload(); err != nil {
 				logger.Warn("SIGHUP: TLS files not reloaded", "err", err, "node", cfg.Name)
 			}
 		}

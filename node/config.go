@@ -67,7 +67,7 @@ type Config struct {
 	// default), PprofOnAPI on the HTTP API listener, otherwise a loopback host:port of its own.
 	Pprof string
 
-	// Trust between nodes (security.go). Secure is the default: Insecure turns encryption and
+	// Trust between nodes (internal/trust). Secure is the default: Insecure turns encryption and
 	// authentication between nodes off (tests, --dev).
 	Insecure  bool
 	JoinToken string // the cluster's join token, for a node that joins with no identity yet

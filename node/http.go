@@ -20,8 +20,8 @@ func (n *Node) routes() http.Handler {
 	if n.cfg.ACL {
 		opts.ACL = aclBackend{n}
 	}
-	if !n.sec.insecure { // the operator routes hold what admits a machine: management credential only
-		opts.Management = n.isManagement
+	if !n.trust.Insecure() { // the operator routes hold what admits a machine: management credential only
+		opts.Management = n.trust.IsManagement
 	}
 	switch n.cfg.Pprof {
 	case "":

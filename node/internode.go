@@ -1,13 +1,9 @@
 package node
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	stdlog "log"
 	"math/rand/v2"
@@ -18,7 +14,6 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
-	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/membership"
 )
@@ -76,8 +71,8 @@ func checkNodeIdentity(c *fsm.Command, caller internodeCaller) error {
 // certificate (except on the join route, whose caller has no certificate yet).
 func (n *Node) internodeAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s := n.sec
-		if s.insecure {
+		s := n.trust
+		if s.Insecure() {
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, internodeCaller{anyNode: true})))
 			return
 		}
@@ -92,14 +87,14 @@ func (n *Node) internodeAuth(next http.Handler) http.Handler {
 		}
 		// crypto/tls has verified the chain against the cluster's CAs (VerifyClientCertIfGiven).
 		leaf := r.TLS.PeerCertificates[0]
-		if err := leaf.VerifyHostname(s.serverName); err != nil {
+		if err := leaf.VerifyHostname(s.ServerName()); err != nil {
 			n.warnRefusedCall(r.RemoteAddr, "refused an internode call: the certificate does not name a cluster server", "err", err)
 			writeError(w, http.StatusForbidden, "forbidden", "the certificate does not name a server of this cluster")
 			return
 		}
 		// Every route here is a node's: a certificate that names none (an operator's `tls cert
 		// create --server` without --node) would otherwise speak for every node at once.
-		name, ok := pki.NodeName(leaf, s.cluster)
+		name, ok := pki.NodeName(leaf, s.Cluster())
 		if !ok {
 			n.warnRefusedCall(r.RemoteAddr, "refused an internode call: the certificate names no node", "path", api.Truncate(r.URL.Path))
 			writeError(w, http.StatusForbidden, "forbidden", "internode calls need a certificate that names a node of this cluster")
@@ -121,7 +116,7 @@ func (n *Node) warnRefused(kind, remote, msg string, args ...any) {
 	if h, _, err := net.SplitHostPort(remote); err == nil {
 		ip = h
 	}
-	ok, suppressed := n.sec.callRefusals.Allow(kind+ip, time.Now())
+	ok, suppressed := n.callRefusals.Allow(kind+ip, time.Now())
 	if !ok {
 		return
 	}
@@ -149,7 +144,7 @@ func (h handshakeLog) Write(p []byte) (int, error) {
 // internodeServerTLS asks every client for a certificate and verifies one if given; the join
 // route is the only one that serves a client without (internodeAuth).
 func (n *Node) internodeServerTLS() *tls.Config {
-	h := n.sec.holder
+	h := n.trust.Holder()
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: h.GetCertificate,
@@ -172,7 +167,7 @@ func (n *Node) internodeServerTLS() *tls.Config {
 
 // serveInternode serves the internode routes on ln until the node shuts down.
 func (n *Node) serveInternode(ln net.Listener) {
-	if !n.sec.insecure {
+	if !n.trust.Insecure() {
 		ln = tls.NewListener(ln, n.internodeServerTLS())
 	}
 	log := n.log.With("component", "internode")
@@ -207,10 +202,10 @@ func (n *Node) newInternodeClients() {
 // internodeTransport is an internode transport holding at most maxPerNode connections to one node.
 func (n *Node) internodeTransport(maxPerNode int) *http.Transport {
 	tr := &http.Transport{MaxConnsPerHost: maxPerNode, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
-	if s := n.sec; !s.insecure {
+	if s := n.trust; !s.Insecure() {
 		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			// Made per dial, so a reloaded CA bundle is trusted from the next connection on.
-			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: pki.InternodeClientConfig(s.holder, s.serverName)}
+			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: pki.InternodeClientConfig(s.Holder(), s.ServerName())}
 			return d.DialContext(ctx, network, addr)
 		}
 	}
@@ -220,7 +215,7 @@ func (n *Node) internodeTransport(maxPerNode int) *http.Transport {
 // internodeRequest builds an internode request to the node at addr (its internode address).
 func (n *Node) internodeRequest(ctx context.Context, method, addr, path string, body io.Reader) (*http.Request, error) {
 	scheme := "https://"
-	if n.sec.insecure {
+	if n.trust.Insecure() {
 		scheme = "http://"
 	}
 	return http.NewRequestWithContext(ctx, method, scheme+addr+path, body)
@@ -278,166 +273,4 @@ func (n *Node) anyInternodeAddr() string {
 		return ""
 	}
 	return addrs[rand.IntN(len(addrs))]
-}
-
-// joinReply is the join route's answer: pki's response and the CA key, which every node holds
-// (security.go says why). It travels only over the TLS connection the joiner pinned to the CA.
-type joinReply struct {
-	pki.JoinResponse
-	CAKey string `json:"ca_key"`
-}
-
-// handleJoin is the CA side of the join exchange: it signs a joiner's certificate when the
-// joiner presents the cluster's current join token.
-func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
-	s := n.sec
-	if s.insecure || s.ca == nil {
-		n.refusedJoin(r, "refused a join: this node admits no joiners (insecure, or operator certificates)")
-		writeError(w, http.StatusConflict, "not_secure", "this node does not admit joiners with a token: the cluster runs --insecure or with operator certificates")
-		return
-	}
-	var req pki.JoinRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, pki.MaxJoinRequestBytes)).Decode(&req); err != nil {
-		n.refusedJoin(r, "refused a join: unreadable request")
-		writeError(w, http.StatusBadRequest, "bad_join_request", "the join request is not valid JSON")
-		return
-	}
-	ring := localKeys(s.keyring)
-	resp, err := s.ca.SignJoin(req, pki.SignJoinOptions{Token: pki.Token{Fingerprint: s.ca.Fingerprint()},
-		SecretOK: n.joinSecretOK, GossipKeys: ring, Now: time.Now()})
-	switch {
-	case errors.Is(err, pki.ErrJoinDenied):
-		n.refusedJoin(r, "refused a node's join: wrong join token", "joiner", api.Truncate(req.NodeName), "reason", err)
-		writeError(w, http.StatusForbidden, "join_refused", err.Error()) // it starts with "join refused"
-		return
-	case err != nil:
-		n.refusedJoin(r, "refused a node's join: bad request", "joiner", api.Truncate(req.NodeName), "reason", err)
-		writeError(w, http.StatusBadRequest, "bad_join_request", err.Error())
-		return
-	}
-	keyPEM, err := s.ca.KeyPEM()
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "internal", "encode the CA key")
-		return
-	}
-	n.log.Info("admitted a joining node: signed its certificate", "joiner", req.NodeName, "remote", r.RemoteAddr)
-	httpapi.WriteJSON(w, http.StatusOK, joinReply{JoinResponse: resp, CAKey: string(keyPEM)})
-}
-
-// joinWarnEvery is how often a refused join from one remote address is logged; the others are
-// counted (taskworker_join_refused_total) and summed up in the next line logged.
-const joinWarnEvery = time.Minute
-
-// refusedJoin counts a refused join and logs it, at most once per remote IP per joinWarnEvery:
-// anyone who can reach the gossip port can send wrong tokens as fast as it likes.
-func (n *Node) refusedJoin(r *http.Request, msg string, args ...any) {
-	n.metrics.JoinRefused()
-	ip, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		ip = r.RemoteAddr
-	}
-	ok, suppressed := n.sec.joinRefusals.Allow(ip, time.Now())
-	if !ok {
-		return
-	}
-	args = append([]any{"remote", r.RemoteAddr}, args...)
-	if suppressed > 0 {
-		args = append(args, "suppressed", suppressed) // refused since the last line about this address
-	}
-	n.log.Warn(msg, args...)
-}
-
-// errJoinRefused: a member refused this node's join token; retrying cannot help.
-var errJoinRefused = errors.New("join refused")
-
-// joinCluster runs the joiner's side of the join exchange against the --join addresses until one
-// answers: a refusal (wrong token, another cluster, an insecure cluster) ends it at once, an
-// unreachable member is retried, as --join is.
-func (n *Node) joinCluster(ctx context.Context, tok pki.Token, ips []net.IP) (*pki.JoinResult, *pki.CA, error) {
-	key, req, err := pki.NewJoinRequest(tok, n.cfg.Name, ips)
-	if err != nil {
-		return nil, nil, fmt.Errorf("join: %w", err)
-	}
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, nil, fmt.Errorf("join: %w", err)
-	}
-	hc := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedClientConfig(tok.Fingerprint)}}
-	defer hc.CloseIdleConnections()
-	backoff := 200 * time.Millisecond
-	for attempt := 0; ; attempt++ {
-		var lastErr error
-		for _, addr := range n.cfg.Join {
-			res, ca, err := n.joinOnce(ctx, hc, addr, tok, key, body)
-			if err == nil {
-				return res, ca, nil
-			}
-			if errors.Is(err, errJoinRefused) {
-				return nil, nil, err
-			}
-			lastErr = err
-		}
-		if attempt%10 == 0 {
-			n.log.Warn("no member answered the join yet; retrying", "join", n.cfg.Join, "err", lastErr)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, nil, fmt.Errorf("join: %w (last error: %v)", ctx.Err(), lastErr)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
-}
-
-func (n *Node) joinOnce(ctx context.Context, hc *http.Client, addr string, tok pki.Token, key *ecdsa.PrivateKey, body []byte) (*pki.JoinResult, *pki.CA, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+internodeJoinPath, bytes.NewReader(body))
-	if err != nil {
-		return nil, nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
-	if err != nil {
-		var rh tls.RecordHeaderError
-		switch {
-		case errors.Is(err, pki.ErrFingerprintMismatch):
-			return nil, nil, fmt.Errorf("%w: the node at %s is not of the cluster the join token names (its CA fingerprint differs)", errJoinRefused, addr)
-		case errors.As(err, &rh):
-			return nil, nil, fmt.Errorf("%w: the node at %s does not speak TLS on its gossip port: if that cluster runs --insecure, start this node with --insecure", errJoinRefused, addr)
-		}
-		return nil, nil, fmt.Errorf("join via %s: %w", addr, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, nil, fmt.Errorf("join via %s: %w", addr, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e api.Error
-		_ = json.Unmarshal(b, &e)
-		msg := e.Message
-		if msg == "" {
-			msg = resp.Status
-		}
-		if resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusConflict {
-			// Said once: the member's message repeats it (twice, from an older release).
-			for strings.HasPrefix(msg, errJoinRefused.Error()+": ") {
-				msg = strings.TrimPrefix(msg, errJoinRefused.Error()+": ")
-			}
-			return nil, nil, fmt.Errorf("%w by %s (%d): %s", errJoinRefused, addr, resp.StatusCode, msg)
-		}
-		return nil, nil, fmt.Errorf("join via %s: %d %s", addr, resp.StatusCode, msg)
-	}
-	var reply joinReply
-	if err := json.Unmarshal(b, &reply); err != nil {
-		return nil, nil, fmt.Errorf("join via %s: decode the reply: %w", addr, err)
-	}
-	res, err := pki.CompleteJoin(tok, key, n.cfg.Name, reply.JoinResponse, time.Now())
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: the reply of %s: %w", errJoinRefused, addr, err)
-	}
-	ca, err := pki.ParseCA([]byte(reply.CA), []byte(reply.CAKey))
-	if err != nil || ca.Fingerprint() != tok.Fingerprint {
-		return nil, nil, fmt.Errorf("%w: the reply of %s holds no usable CA key", errJoinRefused, addr)
-	}
-	return res, ca, nil
 }

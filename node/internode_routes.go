@@ -16,6 +16,7 @@ import (
 	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/internal/raftnode"
+	"github.com/taskworker/taskworker/internal/trust"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -27,7 +28,7 @@ import (
 const (
 	internodeLogsPath   = "/v1/internode/logs/{id}"
 	internodeRemovePath = "/v1/internode/remove/{name}"
-	internodeJoinPath   = "/v1/internode/join"
+	internodeJoinPath   = trust.JoinPath
 	// leaderHeader names the leader in a not-leader reply, so a node that is not yet a raft
 	// member (a joiner registering) finds the leader without raft.
 	leaderHeader = forward.HeaderLeader
@@ -71,8 +72,8 @@ func (n *Node) internodeRoutes() http.Handler {
 	mux.HandleFunc("POST "+nodePaths[fsm.CmdSubmit], n.nodeRoute(fsm.CmdSubmit, n.checkChildren))
 	mux.HandleFunc("GET "+internodeLogsPath, n.handleLocalLogs)
 	mux.HandleFunc("POST "+internodeRemovePath, n.handleInternodeRemove)
-	mux.HandleFunc("POST "+internodeJoinPath, n.handleJoin)
-	mux.HandleFunc("GET "+internodeSecretPath, n.handleSecret)
+	mux.HandleFunc("POST "+internodeJoinPath, n.trust.HandleJoin)
+	mux.HandleFunc("GET "+trust.SecretPath, n.trust.HandleSecret)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+api.Truncate(r.Method+" "+r.URL.Path))
 	})

@@ -24,14 +24,14 @@ func TestNamelessCertificateActsAsNoNode(t *testing.T) {
 			break
 		}
 	}
-	id, err := leader.sec.ca.IssueIdentity(pki.NodeSpec{Role: pki.RoleServer, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Validity: time.Hour}, time.Now())
+	id, err := leader.trust.CA().IssueIdentity(pki.NodeSpec{Role: pki.RoleServer, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Validity: time.Hour}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := pki.NodeName(id.Leaf(), leader.sec.cluster); ok {
+	if _, ok := pki.NodeName(id.Leaf(), leader.trust.Cluster()); ok {
 		t.Fatal("the test certificate names a node")
 	}
-	clientTLS := pki.InternodeClientConfig(pki.NewHolder(id), leader.sec.serverName)
+	clientTLS := pki.InternodeClientConfig(pki.NewHolder(id), leader.trust.ServerName())
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS}}
 	post := func(path string, c *fsm.Command) int {
 		var body []byte

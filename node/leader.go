@@ -24,7 +24,7 @@ func (n *Node) newLeader() *leader.Loop {
 		RetainedCap:     n.retainedCap,
 		Trimmed:         n.metrics.Trimmed,
 		PrepareFire:     func(s *fsm.Schedule) (fsm.ScheduleFire, error) { return n.prepareFire(s, ulid.Make().String()) },
-		OnLead:          n.seedSecurity,
+		OnLead:          n.trust.Seed,
 		MemberID:        raftnode.MemberID,
 		NoteID:          n.rn.NoteMember,
 		ServerNames:     func() func(raft.ServerID) string { return n.rn.Names().Name },

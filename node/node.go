@@ -35,6 +35,7 @@ import (
 	"github.com/taskworker/taskworker/internal/raftnode"
 	"github.com/taskworker/taskworker/internal/store"
 	"github.com/taskworker/taskworker/internal/telemetry"
+	"github.com/taskworker/taskworker/internal/trust"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/scheduler"
 	"github.com/taskworker/taskworker/tasks"
@@ -62,8 +63,10 @@ type Node struct {
 	lastPlaced atomic.Value
 	metrics    *telemetry.Metrics
 
-	// Trust and the internode channel (security.go, internode.go).
-	sec          *security
+	// Trust (internal/trust) and the internode channel (internode.go).
+	trust *trust.Trust
+	// callRefusals limits the warnings about refused internode calls and handshakes (warnRefusedCall).
+	callRefusals *telemetry.PerAddrLimiter
 	internodeLn  net.Listener // the gossip port's internode side (or a listener of its own with twins)
 	internode    *http.Server
 	client       *http.Client // internode calls with a deadline
@@ -259,11 +262,7 @@ func (n *Node) start() error {
 	n.leader = n.newLeader()
 	n.goLoop(n.eventLoop)
 	n.serveInternode(n.internodeLn)
-	if r := n.renewer(); r != nil {
-		n.goLoop(func(ctx context.Context) { _ = r.Run(ctx) })
-	}
-	n.goLoop(n.securityLoop)
-	n.goLoop(n.secretsLoop)
+	n.goLoop(n.trust.Run)
 	n.goLoop(n.joinLoop)
 	n.goLoop(n.registerLoop)
 	n.goLoop(n.workLoop)
@@ -280,7 +279,7 @@ func (n *Node) start() error {
 		n.metrics.AddListener("api", l.Stats)
 	}
 	if cfg.HTTPTLS {
-		ln = tls.NewListener(ln, pki.APIServerConfig(n.sec.holder, cfg.TLSVerifyIncoming))
+		ln = tls.NewListener(ln, pki.APIServerConfig(n.trust.Holder(), cfg.TLSVerifyIncoming))
 	}
 	serving = true
 	n.wg.Add(1)
@@ -292,9 +291,7 @@ func (n *Node) start() error {
 	}()
 	n.log.Info("node started", "http", n.httpAddr, "https", cfg.HTTPTLS, "raft", string(n.rn.LocalAddr()),
 		"gossip", n.members.GossipAddr(), "boot_id", n.bootID, "capacity", cfg.Capacity, "insecure", cfg.Insecure)
-	if n.sec.announce {
-		n.announceCluster()
-	}
+	n.trust.Announce(n.members.GossipAddr())
 	return nil
 }
 
@@ -360,16 +357,16 @@ func (n *Node) startRaft() error {
 	if existing || len(n.cfg.Join) == 0 {
 		n.joined.Store(true) // a member already: one it left before, or the cluster it bootstraps
 	}
-	if err := n.setupSecurity(existing); err != nil {
+	if err := n.setupTrust(existing); err != nil {
 		return err
 	}
 	n.newInternodeClients()
 	var secure *raftls.Config // nil: raft speaks plain TCP (--insecure)
-	if sec := n.sec; !sec.insecure {
+	if sec := n.trust; !sec.Insecure() {
 		secure = &raftls.Config{
-			Server:     pki.InternodeServerConfig(sec.holder, sec.serverName),
-			Client:     func() *tls.Config { return pki.InternodeClientConfig(sec.holder, sec.serverName) },
-			VerifyPeer: pki.RequireNodeName(sec.cluster),
+			Server:     pki.InternodeServerConfig(sec.Holder(), sec.ServerName()),
+			Client:     func() *tls.Config { return pki.InternodeClientConfig(sec.Holder(), sec.ServerName()) },
+			VerifyPeer: pki.RequireNodeName(sec.Cluster()),
 		}
 	}
 	if err := n.rn.Start(secure); err != nil {
@@ -405,7 +402,7 @@ func (n *Node) startMembership() error {
 			bind = "0.0.0.0"
 		}
 		mux, err := gossipmux.New(gossipmux.Config{
-			BindAddr: bind, BindPort: mc.BindPort, AllowPlainHTTP: n.sec.insecure,
+			BindAddr: bind, BindPort: mc.BindPort, AllowPlainHTTP: n.trust.Insecure(),
 			Logger: n.log.With("component", "gossipmux"),
 		})
 		if err != nil {
@@ -426,7 +423,7 @@ func (n *Node) startMembership() error {
 		n.closers = append(n.closers, func() error { _ = ln.Close(); return nil })
 		n.internodeLn = ln
 	}
-	mc.Keyring = n.sec.keyring
+	mc.Keyring = n.trust.Keyring()
 	if cfg.ProbeInterval > 0 {
 		mc.ProbeInterval = cfg.ProbeInterval
 	}
@@ -436,14 +433,12 @@ func (n *Node) startMembership() error {
 	mc.Logger = slog.New(telemetry.CountProbeFailures(n.noisy.Handler(), n.metrics.ProbeFailed)).With("component", "gossip")
 	mc.Meta = membership.Meta{
 		RaftAddr: string(n.rn.LocalAddr()), RaftID: string(n.rn.ID()), HTTPAddr: n.httpAddr, BootID: n.bootID,
-		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.sec.insecure, StartedAt: n.startedAt.Unix(),
+		Capacity: cfg.Capacity, Version: cfg.Version, Insecure: n.trust.Insecure(), StartedAt: n.startedAt.Unix(),
 	}
 	if cfg.GossipTransport != nil {
 		mc.Meta.Internode = n.internodeLn.Addr().String()
 	}
-	if n.sec.keyring != nil {
-		mc.Meta.Keys = keyIDs(localKeys(n.sec.keyring))
-	}
+	mc.Meta.Keys = n.trust.KeyIDs()
 	m, err := membership.New(mc)
 	if err != nil {
 		if mux, ok := mc.Transport.(*gossipmux.Transport); ok && cfg.GossipTransport == nil {

@@ -10,28 +10,25 @@ import (
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/internal/trust"
 	"github.com/taskworker/taskworker/membership"
 )
 
 // The operator routes' side of apiBackend: the join token and the gossip keyring, both kept in
-// the FSM (security.go).
+// the FSM and held by this node's trust (internal/trust).
 
 func notSecure(n *Node) error {
-	if n.sec.insecure {
+	if n.trust.Insecure() {
 		return api.Errorf(api.CodeNotSecure, "this cluster runs --insecure: it has no join token and no gossip keyring")
 	}
 	return api.Errorf(api.CodeNotSecure, "this cluster uses operator certificates: nodes join with their own certificates, not a token")
 }
 
 func (b apiBackend) JoinToken(ctx context.Context) (api.JoinToken, error) {
-	if b.n.sec.insecure || b.n.sec.ca == nil {
+	if b.n.trust.Insecure() || b.n.trust.CA() == nil {
 		return api.JoinToken{}, notSecure(b.n)
 	}
-	tok, err := b.n.joinToken()
-	if err != nil { // rotated elsewhere: only the secret's hash is replicated, the nodes hold the secret
-		b.n.ensureSecret(ctx, secretJoinToken)
-		tok, err = b.n.joinToken()
-	}
+	tok, err := b.n.trust.CurrentJoinToken(ctx)
 	if err != nil {
 		return api.JoinToken{}, api.Errorf(api.CodeNoLeader, "this node could not get the current join token from the other nodes (the node that rotated it may be down); retry")
 	}
@@ -43,11 +40,11 @@ func (b apiBackend) JoinToken(ctx context.Context) (api.JoinToken, error) {
 // cannot rotate the token through a follower that has not applied the revocation yet.
 func (b apiBackend) RotateJoinToken(ctx context.Context, caller httpapi.Caller) (api.JoinToken, error) {
 	n := b.n
-	if n.sec.insecure || n.sec.ca == nil {
+	if n.trust.Insecure() || n.trust.CA() == nil {
 		return api.JoinToken{}, notSecure(n)
 	}
 	// Only the fingerprint is kept: a rotation needs no knowledge of the old secret.
-	tok, err := pki.NewToken(n.sec.ca.Fingerprint())
+	tok, err := pki.NewToken(n.trust.CA().Fingerprint())
 	if err != nil {
 		return api.JoinToken{}, err
 	}
@@ -55,7 +52,7 @@ func (b apiBackend) RotateJoinToken(ctx context.Context, caller httpapi.Caller) 
 	if err != nil {
 		return api.JoinToken{}, toAPIError(err)
 	}
-	n.sec.localToken.Store(&tok)
+	n.trust.SetJoinToken(tok)
 	_ = n.waitIndex(ctx, res.Index)
 	if n.cfg.DataDir != "" {
 		if err := pki.WriteTokenFile(n.cfg.DataDir, tok); err != nil {
@@ -68,12 +65,12 @@ func (b apiBackend) RotateJoinToken(ctx context.Context, caller httpapi.Caller) 
 
 func (b apiBackend) Keyring(context.Context) (api.Keyring, error) {
 	n := b.n
-	if n.sec.insecure {
+	if n.trust.Insecure() {
 		return api.Keyring{}, notSecure(n)
 	}
 	ring := n.fsm.Security().Keyring
 	if len(ring.Keys) == 0 { // the first leader has not written it yet: this node's own
-		keys := localKeys(n.sec.keyring)
+		keys := n.trust.LocalKeys()
 		ring.Primary = pki.EncodeGossipKey(keys[0])
 		for _, k := range keys {
 			ring.Keys = append(ring.Keys, pki.EncodeGossipKey(k))
@@ -83,7 +80,7 @@ func (b apiBackend) Keyring(context.Context) (api.Keyring, error) {
 	byID := map[string]string{}
 	for _, text := range ring.Keys {
 		if k, err := pki.DecodeGossipKey(text); err == nil {
-			byID[keyID(k)] = text
+			byID[trust.KeyID(k)] = text
 		}
 		out.Nodes[text] = 0
 	}
@@ -103,7 +100,7 @@ func (b apiBackend) Keyring(context.Context) (api.Keyring, error) {
 // ChangeKeyring proposes the keyring operation with caller's credential, as RotateJoinToken does.
 func (b apiBackend) ChangeKeyring(ctx context.Context, caller httpapi.Caller, req api.KeyringRequest) (api.Keyring, error) {
 	n := b.n
-	if n.sec.insecure {
+	if n.trust.Insecure() {
 		return api.Keyring{}, notSecure(n)
 	}
 	k, err := pki.DecodeGossipKey(req.Key)
@@ -122,7 +119,7 @@ func (b apiBackend) ChangeKeyring(ctx context.Context, caller httpapi.Caller, re
 	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.KeyringOp{Op: op, Key: text}})
 	switch {
 	case op == fsm.KeyRemove && wasInstalled && errors.Is(err, fsm.ErrKeyNotInstalled):
-		n.log.Info("gossip keyring operation applied", "op", req.Op, "key_id", keyID(k))
+		n.log.Info("gossip keyring operation applied", "op", req.Op, "key_id", trust.KeyID(k))
 		return b.Keyring(ctx)
 	case errors.Is(err, fsm.ErrKeyNotInstalled):
 		return api.Keyring{}, api.Errorf(api.CodeInvalidRequest, "that key is not in the keyring; install it first")
@@ -132,7 +129,7 @@ func (b apiBackend) ChangeKeyring(ctx context.Context, caller httpapi.Caller, re
 		return api.Keyring{}, toAPIError(err)
 	}
 	_ = n.waitIndex(ctx, res.Index)
-	n.log.Info("gossip keyring operation applied", "op", req.Op, "key_id", keyID(k))
+	n.log.Info("gossip keyring operation applied", "op", req.Op, "key_id", trust.KeyID(k))
 	return b.Keyring(ctx)
 }
 

@@ -15,7 +15,7 @@ func TestSecureNodesGuardOperatorRoutesAndTheProfilerWithTheManagementCredential
 	o.tweak = func(i int, c *Config) { tweak(i, c); c.Pprof = PprofOnAPI }
 	tc := startSecureCluster(t, 1, o)
 	n := tc.nodes[0]
-	waitFor(t, "the management credential", 10*time.Second, func() bool { return n.isManagement(n.managementCredential()) })
+	waitFor(t, "the management credential", 10*time.Second, func() bool { return n.trust.IsManagement(n.trust.ManagementCredential()) })
 	base := "http://" + n.HTTPAddr()
 	for _, path := range []string{"/debug/pprof/", "/v1/operator/join-token", "/v1/operator/digest"} {
 		if code, _ := get(t, base+path, ""); code != http.StatusUnauthorized {
@@ -24,7 +24,7 @@ func TestSecureNodesGuardOperatorRoutesAndTheProfilerWithTheManagementCredential
 		if code, _ := get(t, base+path, "twm_wrong"); code != http.StatusForbidden {
 			t.Errorf("GET %s with a wrong credential: %d, want 403", path, code)
 		}
-		if code, body := get(t, base+path, n.managementCredential()); code != http.StatusOK {
+		if code, body := get(t, base+path, n.trust.ManagementCredential()); code != http.StatusOK {
 			t.Errorf("GET %s with the management credential: %d %s, want 200", path, code, body)
 		}
 	}
@@ -42,12 +42,12 @@ func TestWithACLsTheManagementCredentialIsAManagementIdentity(t *testing.T) {
 	o.tweak = func(i int, c *Config) { tweak(i, c); c.ACL = true }
 	tc := startSecureCluster(t, 1, o)
 	n := tc.nodes[0]
-	waitFor(t, "the management credential", 10*time.Second, func() bool { return n.isManagement(n.managementCredential()) })
+	waitFor(t, "the management credential", 10*time.Second, func() bool { return n.trust.IsManagement(n.trust.ManagementCredential()) })
 	base := "http://" + n.HTTPAddr()
-	if code, body := get(t, base+"/v1/operator/join-token", n.managementCredential()); code != http.StatusOK {
+	if code, body := get(t, base+"/v1/operator/join-token", n.trust.ManagementCredential()); code != http.StatusOK {
 		t.Errorf("join token with the management credential: %d %s", code, body)
 	}
-	if code, body := get(t, base+"/v1/acl/token/self", n.managementCredential()); code != http.StatusOK || !strings.Contains(body, `"management":true`) {
+	if code, body := get(t, base+"/v1/acl/token/self", n.trust.ManagementCredential()); code != http.StatusOK || !strings.Contains(body, `"management":true`) {
 		t.Errorf("token self with the management credential: %d %s", code, body)
 	}
 	if code, _ := get(t, base+"/v1/operator/join-token", "twm_wrong"); code != http.StatusUnauthorized {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/internal/trust"
 )
 
 func TestSecretFlagsInArgvWarnOnceNamingTheSaferWay(t *testing.T) {
@@ -89,7 +90,7 @@ func TestClusterSecretsGoOnlyToNodesOfTheClusterAndOnlyWhenCurrent(t *testing.T)
 	tc := startSecureCluster(t, 2, secureOpts(nil))
 	n1, n2 := tc.nodes[0], tc.nodes[1]
 	waitFor(t, "n2 holds the management credential", 10*time.Second, func() bool {
-		return n2.managementCredential() != "" && n2.managementCredential() == n1.managementCredential()
+		return n2.trust.ManagementCredential() != "" && n2.trust.ManagementCredential() == n1.trust.ManagementCredential()
 	})
 	ask := func(hc *http.Client, from *Node, name string) (int, string) {
 		t.Helper()
@@ -98,22 +99,24 @@ func TestClusterSecretsGoOnlyToNodesOfTheClusterAndOnlyWhenCurrent(t *testing.T)
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		var rep secretReply
+		var rep struct {
+			Secret string `json:"secret"`
+		}
 		_ = json.NewDecoder(resp.Body).Decode(&rep)
 		return resp.StatusCode, rep.Secret
 	}
 	tok := mustToken(t, n1)
-	if code, s := ask(n2.client, n1, secretJoinToken); code != http.StatusOK || s != tok.Encode() {
+	if code, s := ask(n2.client, n1, trust.SecretJoinToken); code != http.StatusOK || s != tok.Encode() {
 		t.Errorf("a node asking for the join token: %d %q", code, s)
 	}
-	if code, s := ask(n2.client, n1, secretManagement); code != http.StatusOK || s != n1.managementCredential() {
+	if code, s := ask(n2.client, n1, trust.SecretManagement); code != http.StatusOK || s != n1.trust.ManagementCredential() {
 		t.Errorf("a node asking for the management credential: %d", code)
 	}
 	if code, _ := ask(n2.client, n1, "ca-key"); code != http.StatusNotFound {
 		t.Errorf("an unknown secret: %d, want 404", code)
 	}
 	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the test's point
-	for _, name := range []string{secretJoinToken, secretManagement} {
+	for _, name := range []string{trust.SecretJoinToken, trust.SecretManagement} {
 		if code, s := ask(anon, n1, name); code != http.StatusUnauthorized || s != "" {
 			t.Errorf("a caller without a node certificate asking for %s: %d, want 401 and nothing", name, code)
 		}
@@ -122,8 +125,8 @@ func TestClusterSecretsGoOnlyToNodesOfTheClusterAndOnlyWhenCurrent(t *testing.T)
 	// A copy that no longer matches the cluster's hash is never handed out, and is mended from a
 	// node that holds the current one.
 	stale := tok.Rotate()
-	n1.sec.localToken.Store(&stale)
-	if code, s := ask(n2.client, n1, secretJoinToken); code != http.StatusNotFound || s != "" {
+	n1.trust.SetJoinToken(stale)
+	if code, s := ask(n2.client, n1, trust.SecretJoinToken); code != http.StatusNotFound || s != "" {
 		t.Errorf("a stale join token was handed out: %d", code)
 	}
 	got, err := apiBackend{n1}.JoinToken(context.Background())
@@ -189,7 +192,7 @@ func TestUpgradedClusterGetsAManagementCredentialOnceNoOlderNodeIsUp(t *testing.
 
 	n := startCluster(t, 1, o).nodes[0]
 	waitFor(t, "the resumed leader writes a management credential's hash", 30*time.Second, func() bool {
-		return n.FSM().Security().ManagementHash != "" && n.isManagement(n.managementCredential())
+		return n.FSM().Security().ManagementHash != "" && n.trust.IsManagement(n.trust.ManagementCredential())
 	})
 	if !strings.Contains(logs.String(), "takes effect once every node is upgraded") {
 		t.Error("the hash was written at once: the older node did not hold it back, so the test proves nothing")
@@ -197,7 +200,7 @@ func TestUpgradedClusterGetsAManagementCredentialOnceNoOlderNodeIsUp(t *testing.
 	if d, ok := n.FSM().Node("old"); !ok || d.Status == fsm.NodeUp {
 		t.Errorf("the older node is still up: %+v", d)
 	}
-	if cred, err := pki.ReadManagementFile(dir); err != nil || cred != n.managementCredential() {
+	if cred, err := pki.ReadManagementFile(dir); err != nil || cred != n.trust.ManagementCredential() {
 		t.Errorf("the credential the leader made is not in its data dir: %v", err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/internal/trust"
 	"github.com/taskworker/taskworker/membership"
 )
 
@@ -49,7 +50,7 @@ func startSecureCluster(t *testing.T, size int, o clusterOpts) *testCluster {
 
 func mustToken(t *testing.T, n *Node) pki.Token {
 	t.Helper()
-	tok, err := n.joinToken()
+	tok, err := n.trust.JoinToken()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,14 +95,14 @@ func TestJoinWithoutTokenOrWithAWrongOneIsRefusedAndLogged(t *testing.T) {
 	n1 := tc.nodes[0]
 
 	c := o.config(t, 5, []string{n1.GossipAddr()})
-	if _, err := Start(c); !errors.Is(err, errNeedJoinToken) {
-		t.Fatalf("join without a token: %v, want errNeedJoinToken", err)
+	if _, err := Start(c); !errors.Is(err, trust.ErrNeedJoinToken) {
+		t.Fatalf("join without a token: %v, want trust.ErrNeedJoinToken", err)
 	}
 	wrong := pki.Token{Fingerprint: mustToken(t, n1).Fingerprint, Secret: strings.Repeat("ab", 32)}
 	c = o.config(t, 6, []string{n1.GossipAddr()})
 	c.JoinToken = wrong.Encode()
 	_, err := Start(c)
-	if !errors.Is(err, errJoinRefused) || !strings.Contains(err.Error(), "403") {
+	if !errors.Is(err, trust.ErrJoinRefused) || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("join with a wrong token: %v, want a 403 refusal", err)
 	}
 	if strings.Contains(err.Error(), wrong.Secret) {
@@ -182,14 +183,14 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 	// The operator's credential, which every node fetches from the node that made the cluster.
 	waitFor(t, "every node holds the management credential", 10*time.Second, func() bool {
 		for _, n := range tc.nodes {
-			if !n.isManagement(n.managementCredential()) {
+			if !n.trust.IsManagement(n.trust.ManagementCredential()) {
 				return false
 			}
 		}
 		return true
 	})
 	// Through a follower's API, as the CLI does: it forwards the request to the leader.
-	operator := f.managementCredential()
+	operator := f.trust.ManagementCredential()
 	code, body := aclCall(t, f, "POST", api.PathJoinTokenRotate, operator, "")
 	var rotated api.JoinToken
 	mustJSON(t, body, &rotated)
@@ -198,7 +199,7 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 	}
 	waitFor(t, "every node knows the new secret", 10*time.Second, func() bool {
 		for _, n := range tc.nodes {
-			if tok, _ := n.joinToken(); tok.Encode() != rotated.Token {
+			if tok, _ := n.trust.JoinToken(); tok.Encode() != rotated.Token {
 				return false
 			}
 		}
@@ -206,7 +207,7 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 	})
 	c := o.config(t, 3, []string{tc.nodes[0].GossipAddr()})
 	c.JoinToken = old.Encode()
-	if _, err := Start(c); !errors.Is(err, errJoinRefused) {
+	if _, err := Start(c); !errors.Is(err, trust.ErrJoinRefused) {
 		t.Fatalf("join with the old token: %v", err)
 	}
 	c = o.config(t, 3, []string{tc.nodes[0].GossipAddr()})
@@ -214,7 +215,7 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 	tc.start(c)
 	tc.waitHealthy(4)
 
-	first := pki.EncodeGossipKey(localKeys(tc.nodes[0].sec.keyring)[0])
+	first := pki.EncodeGossipKey(tc.nodes[0].trust.LocalKeys()[0])
 	next := pki.EncodeGossipKey(pki.GenerateGossipKey())
 	keyring := func(op, key string) (int, []byte) {
 		return aclCall(t, tc.follower(), "POST", api.PathKeyring, operator, fmt.Sprintf(`{"op": %q, "key": %q}`, op, key))
@@ -231,7 +232,7 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 		}
 		waitFor(t, "every node follows "+op, 10*time.Second, func() bool {
 			for _, n := range tc.nodes {
-				keys := localKeys(n.sec.keyring)
+				keys := n.trust.LocalKeys()
 				if pki.EncodeGossipKey(keys[0]) != map[string]string{api.KeyringInstall: first, api.KeyringUse: next, api.KeyringRemove: next}[op] {
 					return false
 				}
@@ -274,20 +275,20 @@ func TestNodeCertificateRenewsItselfBeforeItExpires(t *testing.T) {
 	o.tweak = func(i int, c *Config) { tweak(i, c); c.CertValidity = 3 * time.Second }
 	tc := startSecureCluster(t, 1, o)
 	n := tc.nodes[0]
-	first := n.sec.holder.Identity().Leaf()
+	first := n.trust.Holder().Identity().Leaf()
 	if life := first.NotAfter.Sub(first.NotBefore); life > time.Minute {
 		t.Fatalf("certificate valid for %s, want the configured 3s", life)
 	}
 	waitFor(t, "a renewed node certificate", 30*time.Second, func() bool {
-		return n.sec.holder.Identity().Leaf().SerialNumber.Cmp(first.SerialNumber) != 0
+		return n.trust.Holder().Identity().Leaf().SerialNumber.Cmp(first.SerialNumber) != 0
 	})
-	renewed := n.sec.holder.Identity().Leaf()
+	renewed := n.trust.Holder().Identity().Leaf()
 	if !renewed.NotAfter.After(first.NotAfter) {
 		t.Fatalf("renewed certificate expires %s, not after the first one's %s", renewed.NotAfter, first.NotAfter)
 	}
 	// Saved for a restart, and the node keeps serving on it.
 	waitFor(t, "the renewed certificate saved in the data dir", 10*time.Second, func() bool {
-		saved, err := pki.DirSource(n.sec.dir).Load()
+		saved, err := pki.DirSource(n.trust.Dir()).Load()
 		return err == nil && saved.Leaf().SerialNumber.Cmp(first.SerialNumber) != 0
 	})
 	if task := submit(t, n, "calc-square", 4, "20s"); string(task.Result) != "16" {

@@ -3,9 +3,11 @@ package pki
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/hashicorp/memberlist"
@@ -52,4 +54,53 @@ func ReadGossipKeyFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("read gossip key %s: %w", path, err)
 	}
 	return k, nil
+}
+
+// KeyringFile holds a node's gossip keyring in its TLS dir: base64 keys, primary first.
+const KeyringFile = "keyring.json"
+
+// keyringJSON is KeyringFile's content.
+type keyringJSON struct {
+	Keys []string `json:"keys"` // base64, primary first
+}
+
+// LoadKeyring reads the keyring SaveKeyring wrote in dir, primary first. An error wraps
+// fs.ErrNotExist when there is none.
+func LoadKeyring(dir string) ([][]byte, error) {
+	b, err := os.ReadFile(filepath.Join(dir, KeyringFile))
+	if err != nil {
+		return nil, fmt.Errorf("read gossip keyring: %w", err)
+	}
+	var kj keyringJSON
+	if err := json.Unmarshal(b, &kj); err != nil {
+		return nil, fmt.Errorf("read gossip keyring: %w", err)
+	}
+	var keys [][]byte
+	for _, s := range kj.Keys {
+		k, err := DecodeGossipKey(s)
+		if err != nil {
+			return nil, fmt.Errorf("read gossip keyring: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("read gossip keyring: no keys")
+	}
+	return keys, nil
+}
+
+// SaveKeyring writes keys, primary first, to dir's keyring file, mode 0600, atomically.
+func SaveKeyring(dir string, keys [][]byte) error {
+	var kj keyringJSON
+	for _, k := range keys {
+		kj.Keys = append(kj.Keys, EncodeGossipKey(k))
+	}
+	b, err := json.Marshal(kj)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, KeyringFile), b, 0o600); err != nil {
+		return fmt.Errorf("save gossip keyring: %w", err)
+	}
+	return nil
 }

@@ -58,3 +58,29 @@ func TestGenerateGossipKeyRoundTrips(t *testing.T) {
 		t.Fatalf("file: %x %v", got, err)
 	}
 }
+
+func TestKeyringFileKeepsTheKeysPrimaryFirstAndOnlyForItsOwner(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := LoadKeyring(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("no keyring yet: %v, want one wrapping os.ErrNotExist", err)
+	}
+	a, b := GenerateGossipKey(), GenerateGossipKey()
+	if err := SaveKeyring(dir, [][]byte{b, a}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadKeyring(dir)
+	if err != nil || len(got) != 2 || string(got[0]) != string(b) || string(got[1]) != string(a) {
+		t.Fatalf("loaded %x, %v; want b then a", got, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, KeyringFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("keyring file: %v %v, want mode 0600", fi, err)
+	}
+	for _, bad := range []string{`{"keys":[]}`, `{"keys":["not a key"]}`, `not json`} {
+		if err := os.WriteFile(filepath.Join(dir, KeyringFile), []byte(bad), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadKeyring(dir); err == nil || strings.Contains(err.Error(), "not a key") {
+			t.Errorf("%s: %v, want an error that does not echo the file", bad, err)
+		}
+	}
+}

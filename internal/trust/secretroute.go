@@ -1,4 +1,4 @@
-package node
+package trust
 
 import (
 	"context"
@@ -24,12 +24,13 @@ import (
 // against the hash, and keeps it in memory and in its data dir, where the CLI on that node finds
 // it. Only a caller whose certificate names a node of this cluster gets an answer.
 
-const internodeSecretPath = "/v1/internode/secret/{name}"
+// SecretPath is the internode route of the cluster's secrets (HandleSecret).
+const SecretPath = "/v1/internode/secret/{name}"
 
-// The secrets a node may ask another for (the {name} of internodeSecretPath).
+// The secrets a node may ask another for (the {name} of SecretPath).
 const (
-	secretJoinToken  = "join-token"
-	secretManagement = "management-token"
+	SecretJoinToken  = "join-token"
+	SecretManagement = "management-token"
 )
 
 // secretFetchTimeout bounds one ask of one peer: a node that does not answer quickly is skipped
@@ -44,25 +45,28 @@ type secretReply struct {
 	Secret string `json:"secret"`
 }
 
-// handleSecret answers another node of this cluster with this node's copy of a secret, only when
-// that copy matches the hash the FSM holds.
-func (n *Node) handleSecret(w http.ResponseWriter, r *http.Request) {
-	caller := callerOf(r.Context())
-	if n.sec.insecure || caller.name == "" {
-		n.log.Warn("refused a cluster secret to a caller whose certificate names no node", "remote", r.RemoteAddr)
+// HandleSecret answers another node of this cluster (SecretPath) with this node's copy of a
+// secret, only when that copy matches the hash the FSM holds.
+func (t *Trust) HandleSecret(w http.ResponseWriter, r *http.Request) {
+	caller := ""
+	if t.cfg.Caller != nil {
+		caller = t.cfg.Caller(r.Context())
+	}
+	if t.insecure || caller == "" {
+		t.log.Warn("refused a cluster secret to a caller whose certificate names no node", "remote", r.RemoteAddr)
 		writeError(w, http.StatusForbidden, "forbidden", "only a node of this cluster, named in its certificate, may ask for the cluster's secrets")
 		return
 	}
 	name := r.PathValue("name")
-	cur := n.fsm.Security()
+	cur := t.cfg.FSM.Security()
 	var secret string
 	switch name {
-	case secretJoinToken:
-		if t, err := n.joinToken(); err == nil && fsm.SecretMatches(t.Secret, cur.JoinSecretHash) {
-			secret = t.Encode()
+	case SecretJoinToken:
+		if tok, err := t.JoinToken(); err == nil && fsm.SecretMatches(tok.Secret, cur.JoinSecretHash) {
+			secret = tok.Encode()
 		}
-	case secretManagement:
-		if c := n.managementCredential(); fsm.SecretMatches(c, cur.ManagementHash) {
+	case SecretManagement:
+		if c := t.ManagementCredential(); fsm.SecretMatches(c, cur.ManagementHash) {
 			secret = c
 		}
 	default:
@@ -73,40 +77,39 @@ func (n *Node) handleSecret(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "secret_unknown", "this node does not hold the cluster's current "+name)
 		return
 	}
-	n.log.Debug("gave a cluster secret to a node", "secret", name, "to", caller.name)
+	t.log.Debug("gave a cluster secret to a node", "secret", name, "to", caller)
 	w.Header().Set("Cache-Control", "no-store")
 	httpapi.WriteJSON(w, http.StatusOK, secretReply{Secret: secret})
 }
 
 // missingSecrets are the secrets whose hash the FSM holds and this node's copy does not match.
-func (n *Node) missingSecrets() []string {
-	s := n.sec
-	if s.insecure {
+func (t *Trust) missingSecrets() []string {
+	if t.insecure {
 		return nil
 	}
-	cur := n.fsm.Security()
+	cur := t.cfg.FSM.Security()
 	var out []string
-	if s.ca != nil && cur.JoinSecretHash != "" {
-		t := s.localToken.Load()
-		if t == nil || t.Fingerprint != s.ca.Fingerprint() || !fsm.SecretMatches(t.Secret, cur.JoinSecretHash) {
-			out = append(out, secretJoinToken)
+	if t.ca != nil && cur.JoinSecretHash != "" {
+		tok := t.localToken.Load()
+		if tok == nil || tok.Fingerprint != t.ca.Fingerprint() || !fsm.SecretMatches(tok.Secret, cur.JoinSecretHash) {
+			out = append(out, SecretJoinToken)
 		}
 	}
-	if cur.ManagementHash != "" && !fsm.SecretMatches(n.managementCredential(), cur.ManagementHash) {
-		out = append(out, secretManagement)
+	if cur.ManagementHash != "" && !fsm.SecretMatches(t.ManagementCredential(), cur.ManagementHash) {
+		out = append(out, SecretManagement)
 	}
 	return out
 }
 
 // fetchSecrets asks the other alive members, in random order, for each of names until one gives
 // a copy that matches the FSM's hash, and keeps it. It returns the names no member gave.
-func (n *Node) fetchSecrets(ctx context.Context, names []string) []string {
-	if len(names) == 0 || n.members == nil {
+func (t *Trust) fetchSecrets(ctx context.Context, names []string) []string {
+	if len(names) == 0 || t.cfg.Members == nil {
 		return names
 	}
 	var peers []string
-	for _, m := range n.members.Members() {
-		if m.Name == n.cfg.Name || m.State != membership.StateAlive {
+	for _, m := range t.cfg.Members() {
+		if m.Name == t.cfg.Name || m.State != membership.StateAlive {
 			continue
 		}
 		if m.Meta.Internode != "" {
@@ -123,12 +126,12 @@ func (n *Node) fetchSecrets(ctx context.Context, names []string) []string {
 			if ctx.Err() != nil {
 				break
 			}
-			secret, err := n.askSecret(ctx, addr, name)
+			secret, err := t.askSecret(ctx, addr, name)
 			if err != nil {
-				n.log.Debug("ask a node for a cluster secret", "secret", name, "peer", addr, "err", err)
+				t.log.Debug("ask a node for a cluster secret", "secret", name, "peer", addr, "err", err)
 				continue
 			}
-			if got = n.keepSecret(name, secret); got {
+			if got = t.keepSecret(name, secret); got {
 				break
 			}
 		}
@@ -140,14 +143,10 @@ func (n *Node) fetchSecrets(ctx context.Context, names []string) []string {
 }
 
 // askSecret asks the node at addr (its internode address) for a secret.
-func (n *Node) askSecret(ctx context.Context, addr, name string) (string, error) {
+func (t *Trust) askSecret(ctx context.Context, addr, name string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, secretFetchTimeout)
 	defer cancel()
-	req, err := n.internodeRequest(ctx, http.MethodGet, addr, "/v1/internode/secret/"+name, nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := n.client.Do(req)
+	resp, err := t.cfg.Get(ctx, addr, "/v1/internode/secret/"+name)
 	if err != nil {
 		return "", err
 	}
@@ -164,37 +163,36 @@ func (n *Node) askSecret(ctx context.Context, addr, name string) (string, error)
 }
 
 // keepSecret keeps a secret a peer gave, in memory and in its file, if it matches the FSM's hash.
-func (n *Node) keepSecret(name, secret string) bool {
-	s := n.sec
-	cur := n.fsm.Security()
+func (t *Trust) keepSecret(name, secret string) bool {
+	cur := t.cfg.FSM.Security()
 	var file string
 	switch name {
-	case secretJoinToken:
-		t, err := pki.ParseToken(secret)
-		if err != nil || s.ca == nil || t.Fingerprint != s.ca.Fingerprint() || !fsm.SecretMatches(t.Secret, cur.JoinSecretHash) {
+	case SecretJoinToken:
+		tok, err := pki.ParseToken(secret)
+		if err != nil || t.ca == nil || tok.Fingerprint != t.ca.Fingerprint() || !fsm.SecretMatches(tok.Secret, cur.JoinSecretHash) {
 			return false
 		}
-		s.localToken.Store(&t)
-		if n.cfg.DataDir != "" {
-			file = filepath.Join(n.cfg.DataDir, pki.TokenFile)
-			if err := pki.WriteTokenFile(n.cfg.DataDir, t); err != nil {
-				n.log.Warn("got the cluster's join token from a node but could not save it", "err", err)
+		t.localToken.Store(&tok)
+		if t.cfg.DataDir != "" {
+			file = filepath.Join(t.cfg.DataDir, pki.TokenFile)
+			if err := pki.WriteTokenFile(t.cfg.DataDir, tok); err != nil {
+				t.log.Warn("got the cluster's join token from a node but could not save it", "err", err)
 			}
 		}
-	case secretManagement:
+	case SecretManagement:
 		if !pki.ValidManagementCredential(secret) || !fsm.SecretMatches(secret, cur.ManagementHash) {
 			return false
 		}
-		s.management.Store(&secret)
-		if file = n.managementFile(); file != "" {
-			if err := pki.WriteManagementFile(n.cfg.DataDir, secret); err != nil {
-				n.log.Warn("got the cluster's management credential from a node but could not save it", "err", err)
+		t.management.Store(&secret)
+		if file = t.managementFile(); file != "" {
+			if err := pki.WriteManagementFile(t.cfg.DataDir, secret); err != nil {
+				t.log.Warn("got the cluster's management credential from a node but could not save it", "err", err)
 			}
 		}
 	default:
 		return false
 	}
-	n.log.Info("got the cluster's current "+name+" from another node", "file", file)
+	t.log.Info("got the cluster's current "+name+" from another node", "file", file)
 	return true
 }
 
@@ -202,8 +200,8 @@ func (n *Node) keepSecret(name, secret string) bool {
 // every change of the state it asks the other nodes for what no longer matches, and while none
 // has it, asks again with a growing pause (the node that rotated a secret may not have kept it yet).
 // On the leader it also writes the management credential's hash while there is none.
-func (n *Node) secretsLoop(ctx context.Context) {
-	if n.sec.insecure {
+func (t *Trust) secretsLoop(ctx context.Context) {
+	if t.insecure {
 		return
 	}
 	const first = 500 * time.Millisecond
@@ -212,8 +210,8 @@ func (n *Node) secretsLoop(ctx context.Context) {
 	// tasks', which leave them as they were, so there is nothing to check or seed then.
 	var settled fsm.Security
 	for {
-		changed := n.fsm.Changed()
-		cur := n.fsm.Security()
+		changed := t.cfg.FSM.Changed()
+		cur := t.cfg.FSM.Security()
 		if cur.ManagementHash != "" && cur.ManagementHash == settled.ManagementHash && cur.JoinSecretHash == settled.JoinSecretHash {
 			select {
 			case <-ctx.Done():
@@ -223,10 +221,10 @@ func (n *Node) secretsLoop(ctx context.Context) {
 			continue
 		}
 		settled = fsm.Security{}
-		n.seedManagement(ctx)
-		missing := n.missingSecrets()
+		t.seedManagement(ctx)
+		missing := t.missingSecrets()
 		if len(missing) > 0 {
-			missing = n.fetchSecrets(ctx, missing)
+			missing = t.fetchSecrets(ctx, missing)
 		}
 		if len(missing) == 0 {
 			pause = first
@@ -250,10 +248,10 @@ func (n *Node) secretsLoop(ctx context.Context) {
 
 // ensureSecret fetches the named secret at once when this node's copy does not match the FSM's
 // hash (a caller of GET join-token on a node that has not caught up with a rotation yet).
-func (n *Node) ensureSecret(ctx context.Context, name string) {
-	for _, m := range n.missingSecrets() {
+func (t *Trust) ensureSecret(ctx context.Context, name string) {
+	for _, m := range t.missingSecrets() {
 		if m == name {
-			n.fetchSecrets(ctx, []string{name})
+			t.fetchSecrets(ctx, []string{name})
 			return
 		}
 	}
