@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/taskworker/taskworker/internal/acl"
+	"github.com/taskworker/taskworker/internal/endpoint"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/internal/raftnode"
@@ -76,12 +77,12 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.Uint64Flag{Name: "raft-snapshot-threshold", EnvVars: []string{"TASKWORKER_RAFT_SNAPSHOT_THRESHOLD"}, Value: 8192, Usage: "raft log entries written since the last snapshot that make the node snapshot its state"},
 			&cli.DurationFlag{Name: "raft-snapshot-interval", EnvVars: []string{"TASKWORKER_RAFT_SNAPSHOT_INTERVAL"}, Value: 2 * time.Minute, Usage: "how often the node checks whether to snapshot (each check waits a random time between this and twice this)"},
 			&cli.StringFlag{Name: "min-free-disk", EnvVars: []string{"TASKWORKER_MIN_FREE_DISK"}, Value: DefaultMinFreeDisk, Usage: "free space on the data dir's file system below which the node warns (log and metric) before the disk fills; a size such as 256MiB or 1GB, 0 for no warning"},
-			&cli.IntFlag{Name: "max-pending", EnvVars: []string{"TASKWORKER_MAX_PENDING"}, Value: DefaultMaxPending, Usage: "tasks waiting to run (pending or delayed) the cluster holds at most; a submit past it gets 429 queue_full (-1: no cap)"},
-			&cli.IntFlag{Name: "quota-pending", EnvVars: []string{"TASKWORKER_QUOTA_PENDING"}, Value: DefaultQuotaPending, Usage: "tasks waiting to run one principal may have, unless its ACL policies set a quota (-1: no cap)"},
-			&cli.IntFlag{Name: "quota-schedules", EnvVars: []string{"TASKWORKER_QUOTA_SCHEDULES"}, Value: DefaultQuotaSchedules, Usage: "schedules one principal may have, unless its ACL policies set a quota (-1: no cap)"},
-			&cli.DurationFlag{Name: "quota-schedule-interval", EnvVars: []string{"TASKWORKER_QUOTA_SCHEDULE_INTERVAL"}, Value: DefaultQuotaScheduleEvery, Usage: "shortest time between two ticks of a schedule, unless the principal's ACL policies set a quota"},
-			&cli.IntFlag{Name: "quota-schedule-input-bytes", EnvVars: []string{"TASKWORKER_QUOTA_SCHEDULE_INPUT_BYTES"}, Value: DefaultQuotaScheduleInput, Usage: "largest input of a schedule, unless the principal's ACL policies set a quota (-1: no cap but --max-input-bytes)"},
-			&cli.IntFlag{Name: "quota-retained", EnvVars: []string{"TASKWORKER_QUOTA_RETAINED"}, Value: DefaultQuotaRetained, Usage: "finished tasks of one principal kept; past it its oldest finished are removed first, unless its ACL policies set a quota (-1: no cap but --retention)"},
+			&cli.IntFlag{Name: "max-pending", EnvVars: []string{"TASKWORKER_MAX_PENDING"}, Value: endpoint.DefaultMaxPending, Usage: "tasks waiting to run (pending or delayed) the cluster holds at most; a submit past it gets 429 queue_full (-1: no cap)"},
+			&cli.IntFlag{Name: "quota-pending", EnvVars: []string{"TASKWORKER_QUOTA_PENDING"}, Value: endpoint.DefaultQuotaPending, Usage: "tasks waiting to run one principal may have, unless its ACL policies set a quota (-1: no cap)"},
+			&cli.IntFlag{Name: "quota-schedules", EnvVars: []string{"TASKWORKER_QUOTA_SCHEDULES"}, Value: endpoint.DefaultQuotaSchedules, Usage: "schedules one principal may have, unless its ACL policies set a quota (-1: no cap)"},
+			&cli.DurationFlag{Name: "quota-schedule-interval", EnvVars: []string{"TASKWORKER_QUOTA_SCHEDULE_INTERVAL"}, Value: endpoint.DefaultQuotaScheduleEvery, Usage: "shortest time between two ticks of a schedule, unless the principal's ACL policies set a quota"},
+			&cli.IntFlag{Name: "quota-schedule-input-bytes", EnvVars: []string{"TASKWORKER_QUOTA_SCHEDULE_INPUT_BYTES"}, Value: endpoint.DefaultQuotaScheduleInput, Usage: "largest input of a schedule, unless the principal's ACL policies set a quota (-1: no cap but --max-input-bytes)"},
+			&cli.IntFlag{Name: "quota-retained", EnvVars: []string{"TASKWORKER_QUOTA_RETAINED"}, Value: endpoint.DefaultQuotaRetained, Usage: "finished tasks of one principal kept; past it its oldest finished are removed first, unless its ACL policies set a quota (-1: no cap but --retention)"},
 			&cli.BoolFlag{Name: "dev", Usage: "single throwaway node on 127.0.0.1 with a temporary data dir (refuses --data-dir and --join)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"TASKWORKER_LOG_LEVEL"}, Value: "info", Usage: "debug|info|warn|error"},
 			&cli.BoolFlag{Name: "log-json", EnvVars: []string{"TASKWORKER_LOG_JSON"}, Usage: "log JSON lines"},
@@ -164,7 +165,7 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 		TLSVerifyIncoming: c.Bool("tls-verify-incoming"), HTTPTLS: c.Bool("http-tls"),
 		MinFreeDisk:           c.String("min-free-disk"),
 		RaftSnapshotThreshold: c.Uint64("raft-snapshot-threshold"), RaftSnapshotInterval: c.Duration("raft-snapshot-interval"),
-		Quota: QuotaConfig{MaxPending: c.Int("max-pending"), Pending: c.Int("quota-pending"), Schedules: c.Int("quota-schedules"),
+		Quota: endpoint.QuotaConfig{MaxPending: c.Int("max-pending"), Pending: c.Int("quota-pending"), Schedules: c.Int("quota-schedules"),
 			ScheduleMinInterval: c.Duration("quota-schedule-interval"), ScheduleInputBytes: c.Int("quota-schedule-input-bytes"), Retained: c.Int("quota-retained")},
 		// The node logged why at ERROR; raft cannot go on past what it could not read or save.
 		OnFatal: func(error) { os.Exit(1) },

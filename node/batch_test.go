@@ -11,6 +11,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -88,7 +89,7 @@ func TestBatchSubmitThroughAFollower(t *testing.T) {
 func TestBatchSubmitRefusals(t *testing.T) {
 	tc := startCluster(t, 1, clusterOpts{inmem: true})
 	n := tc.nodes[0]
-	before := len(n.FSM().List(toFilter(api.ListQuery{Limit: api.MaxListLimit})))
+	before := len(n.FSM().List(fsm.Filter{Limit: api.MaxListLimit}))
 	var e api.Error
 	big := api.BatchSubmitRequest{Tasks: make([]api.SubmitRequest, api.MaxBatchTasks+1)}
 	for i := range big.Tasks {
@@ -100,7 +101,7 @@ func TestBatchSubmitRefusals(t *testing.T) {
 	if code := httpCall(t, n, "POST", api.PathTasksBatch, api.BatchSubmitRequest{}, &e); code != http.StatusBadRequest || e.Code != api.CodeEmptyBatch {
 		t.Fatalf("none: %d %+v", code, e)
 	}
-	if after := len(n.FSM().List(toFilter(api.ListQuery{Limit: api.MaxListLimit}))); after != before {
+	if after := len(n.FSM().List(fsm.Filter{Limit: api.MaxListLimit})); after != before {
 		t.Fatalf("refused batches stored %d tasks", after-before)
 	}
 }
@@ -138,7 +139,7 @@ func BenchmarkBatchSubmit(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		res, err := n.submitBatch(ctx, reqs, "")
+		res, err := n.ep.SubmitBatch(ctx, httpapi.Caller{}, reqs)
 		if err != nil || res[0].Status != http.StatusCreated {
 			b.Fatalf("%v %+v", err, res[0])
 		}

@@ -218,7 +218,7 @@ func TestFollowOfATaskNotYetKnownHereWaitsForIt(t *testing.T) {
 	got := make(chan []tasks.LogLine, 1)
 	go func() {
 		var lines []tasks.LogLine
-		n.followLocal(ctx, id, 1, func(l tasks.LogLine) { lines = append(lines, l) })
+		n.ep.FollowLocal(ctx, id, 1, func(l tasks.LogLine) { lines = append(lines, l) })
 		got <- lines
 	}()
 	sub := fsm.Submit{ID: id, Type: "calc-square", Version: "1", Input: json.RawMessage("4"), MaxAttempts: 1,

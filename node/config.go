@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/taskworker/taskworker/internal/acl"
+	"github.com/taskworker/taskworker/internal/endpoint"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/tasks"
@@ -56,7 +57,7 @@ type Config struct {
 	LogLevel     slog.Level
 	Version      string // build version shown in status
 	Token        string // when set, every API call but health and metrics needs it (Bearer); ignored by the API with ACL
-	// ACL turns on access control by ACL tokens, policies and JWTs (node/acl.go) for the API.
+	// ACL turns on access control by ACL tokens, policies and JWTs (internal/endpoint/acl.go) for the API.
 	ACL bool
 	// JWT, with ACL, accepts JWTs signed for this cluster (--acl-jwt-config); nil accepts none.
 	JWT *acl.JWTMethod
@@ -111,8 +112,8 @@ type Config struct {
 	RateBurst         int
 	Retention         time.Duration // finished tasks kept this long, default 24h
 	// Quota is admission control: the cluster's cap on waiting tasks and each principal's
-	// default caps (quota.go).
-	Quota           QuotaConfig
+	// default caps (internal/endpoint/quota.go).
+	Quota           endpoint.QuotaConfig
 	DeadServerGrace time.Duration // a crashed raft server is removed after this, default 3s
 
 	// Failure detection and election speed; zero values take fast LAN defaults.
@@ -197,7 +198,7 @@ func (c *Config) setDefaults() {
 	if c.Retention == 0 {
 		c.Retention = DefaultRetention
 	}
-	c.Quota.setDefaults()
+	c.Quota.SetDefaults()
 	if c.ApplyTimeout == 0 {
 		c.ApplyTimeout = defaultApplyTimeout
 	}
@@ -276,7 +277,7 @@ func (c *Config) Validate() error {
 	if c.Retention <= 0 {
 		bad("--retention must be positive, got %s", c.Retention)
 	}
-	for _, p := range c.Quota.problems() {
+	for _, p := range c.Quota.Problems() {
 		bad("%s", p)
 	}
 	if c.OutputMaxBytes < 1<<20 {

@@ -12,13 +12,13 @@ import (
 	"github.com/taskworker/taskworker/ui"
 )
 
-// routes is the public API (internal/httpapi over apiBackend) and the web console (ui), behind the API token when one is
+// routes is the public API (internal/httpapi over internal/endpoint) and the web console (ui), behind the API token when one is
 // set. The internode routes are not here: they live on the internode listener (internode_routes.go).
 func (n *Node) routes() http.Handler {
 	opts := httpapi.Options{Token: n.cfg.Token, MaxBodyBytes: n.cfg.MaxBodyBytes, Logger: n.log.With("component", "http"),
 		Observe: n.metrics.ObserveHTTP, UI: ui.Handler(), Forward: n.fwd}
 	if n.cfg.ACL {
-		opts.ACL = aclBackend{n}
+		opts.ACL = n.ep.ACL
 	}
 	if !n.trust.Insecure() { // the operator routes hold what admits a machine: management credential only
 		opts.Management = n.trust.IsManagement
@@ -30,7 +30,7 @@ func (n *Node) routes() http.Handler {
 	default:
 		n.goLoop(n.servePprof)
 	}
-	return n.refuseWhenClosing(httpapi.New(apiBackend{n}, opts))
+	return n.refuseWhenClosing(httpapi.New(n.ep, opts))
 }
 
 // pprofMux is Go's profiler, registered here rather than through net/http/pprof's side effect on

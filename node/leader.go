@@ -12,7 +12,7 @@ import (
 )
 
 // newLeader builds the leader's duties (internal/leader) from this node's raft, gossip and FSM.
-// Raft and gossip must be running.
+// Raft and gossip must be running, and the endpoints made.
 func (n *Node) newLeader() *leader.Loop {
 	return leader.New(leader.Config{
 		Name: n.cfg.Name, RaftID: n.rn.ID(), Raft: n.rn.Raft(), FSM: n.fsm, Gossip: n.members, Logger: n.log,
@@ -21,9 +21,9 @@ func (n *Node) newLeader() *leader.Loop {
 		Apply:           n.applyLocal,
 		Await:           n.await,
 		Alive:           n.aliveNames,
-		RetainedCap:     n.retainedCap,
+		RetainedCap:     n.ep.RetainedCap,
 		Trimmed:         n.metrics.Trimmed,
-		PrepareFire:     func(s *fsm.Schedule) (fsm.ScheduleFire, error) { return n.prepareFire(s, ulid.Make().String()) },
+		PrepareFire:     func(s *fsm.Schedule) (fsm.ScheduleFire, error) { return n.ep.PrepareFire(s, ulid.Make().String()) },
 		OnLead:          n.trust.Seed,
 		MemberID:        raftnode.MemberID,
 		NoteID:          n.rn.NoteMember,

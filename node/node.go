@@ -26,6 +26,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/endpoint"
 	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/gossipmux"
 	"github.com/taskworker/taskworker/internal/leader"
@@ -62,6 +63,7 @@ type Node struct {
 	// lastPlaced is the node placeAtSubmit last assigned to (a string): its round-robin tie-break.
 	lastPlaced atomic.Value
 	metrics    *telemetry.Metrics
+	ep         *endpoint.API // the public API's backend (internal/endpoint)
 
 	// Trust (internal/trust) and the internode channel (internode.go).
 	trust *trust.Trust
@@ -124,7 +126,7 @@ func Start(cfg Config) (*Node, error) {
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), startedAt: time.Now(), fsm: fsm.New(),
 		leaveDone: make(chan struct{}), released: make(chan struct{}), up: make(chan struct{}),
 	}
-	n.metrics = telemetry.New(telemetry.Source{FSM: n.fsm, Capacity: cfg.Capacity, Caps: admissionCaps,
+	n.metrics = telemetry.New(telemetry.Source{FSM: n.fsm, Capacity: cfg.Capacity, Caps: endpoint.AdmissionCaps,
 		Raft: func() *raft.Raft { return n.rn.Raft() },
 		Members: func() []membership.Member {
 			if n.members == nil {
@@ -258,6 +260,7 @@ func (n *Node) start() error {
 	if err := n.startMembership(); err != nil {
 		return err
 	}
+	n.ep = newEndpoints(n)
 	n.api = n.routes() // before the internode side serves forwarded writes with it
 	n.leader = n.newLeader()
 	n.goLoop(n.eventLoop)
@@ -270,7 +273,7 @@ func (n *Node) start() error {
 	n.goEvery(scheduler.GCInterval(n.cfg.Retention), n.sweepLogs)
 	n.goLoop(n.batch.run)
 	n.goLoop(n.watchHalt)
-	n.goLoop(n.indexGossipLoop)
+	n.goLoop(n.ep.GossipIndexes)
 	n.goLoop(n.rn.WatchStorage)
 	n.goEvery(telemetry.MemoryCheckInterval, telemetry.NewMemoryCheck(n.log).Run)
 	n.http = n.newHTTPServer(n.limitRequests(n.api))
@@ -541,8 +544,8 @@ func (n *Node) eventLoop(ctx context.Context) {
 			if !ok {
 				return
 			}
-			if ev.Type == membership.EventUpdate && indexesOnly(lastMeta[ev.Member.Name], ev.Member.Meta) {
-				// A node's periodic raft index gossip (indexGossipLoop): nothing to save or reconcile.
+			if ev.Type == membership.EventUpdate && endpoint.IndexesOnly(lastMeta[ev.Member.Name], ev.Member.Meta) {
+				// A node's periodic raft index gossip (GossipIndexes): nothing to save or reconcile.
 				lastMeta[ev.Member.Name] = ev.Member.Meta
 				continue
 			}

@@ -129,7 +129,7 @@ func TestClusterSecretsGoOnlyToNodesOfTheClusterAndOnlyWhenCurrent(t *testing.T)
 	if code, s := ask(n2.client, n1, trust.SecretJoinToken); code != http.StatusNotFound || s != "" {
 		t.Errorf("a stale join token was handed out: %d", code)
 	}
-	got, err := apiBackend{n1}.JoinToken(context.Background())
+	got, err := n1.ep.JoinToken(context.Background())
 	if err != nil || got.Token != tok.Encode() {
 		t.Fatalf("GET join-token on a node with a stale copy: %v %v, want the current token", got, err)
 	}

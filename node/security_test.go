@@ -73,7 +73,8 @@ func TestSecureClusterFormsWithTheJoinTokenAndRunsTasks(t *testing.T) {
 	if task := submit(t, tc.follower(), "calc-square", 9, "20s"); string(task.Result) != "81" {
 		t.Fatalf("task from a follower: %+v", task)
 	}
-	for _, ni := range tc.leader().clusterInfo().Nodes {
+	info, _ := tc.leader().ep.Cluster(context.Background())
+	for _, ni := range info.Nodes {
 		if ni.Insecure || ni.State != "alive" {
 			t.Errorf("node %s: insecure %v state %s", ni.Name, ni.Insecure, ni.State)
 		}
@@ -243,7 +244,7 @@ func TestJoinTokenAndKeyringRotateWithNoNodeLost(t *testing.T) {
 			return true
 		})
 	}
-	b := apiBackend{tc.follower()} // reads
+	b := tc.follower().ep // reads
 	ring, err := b.Keyring(ctx)
 	if err != nil || ring.Primary != next || len(ring.Keys) != 1 {
 		t.Fatalf("keyring after rotation: %+v %v", ring, err)

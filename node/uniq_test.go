@@ -3,7 +3,6 @@ package node
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -196,14 +195,6 @@ func TestPurgeRemovesOnlyWhatMatches(t *testing.T) {
 		}
 	}
 	tc.verifyReplicas()
-}
-
-func TestProtocolTooOldIsUpgradeRequired(t *testing.T) {
-	err := toAPIError(fmt.Errorf("propose: %w", fsm.ErrProtocolTooOld))
-	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Code != api.CodeUpgradeRequired || api.Status(ae.Code) != http.StatusConflict {
-		t.Errorf("toAPIError = %v, want 409 upgrade_required", err)
-	}
 }
 
 // The leader authorizes forwarded retries and purges again, and records who retried from the

@@ -1,11 +1,11 @@
 package node
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/taskworker/taskworker/api"
-	"github.com/taskworker/taskworker/membership"
 )
 
 // GET /v1/cluster shows every node's build version, start time, raft indexes and lag, whichever
@@ -17,7 +17,7 @@ func TestClusterViewShowsVersionUptimeIndexesAndLag(t *testing.T) {
 	f := tc.follower()
 	var info api.Cluster
 	waitFor(t, "every node's indexes gossiped and caught up", 30*time.Second, func() bool {
-		info = f.clusterInfo()
+		info, _ = f.ep.Cluster(context.Background())
 		leaderCommit := f.rn.Raft().CommitIndex()
 		for _, ni := range info.Nodes {
 			if ni.AppliedIndex < leaderCommit || ni.Lag == nil || *ni.Lag != 0 {
@@ -53,23 +53,4 @@ func TestSerialSubmitsSpreadOverIdleNodes(t *testing.T) {
 	if len(nodes) != 3 {
 		t.Errorf("6 serial tasks ran on %v, want all 3 nodes", nodes)
 	}
-}
-
-// Gossiping raft indexes is no membership change: the event loop must tell it apart.
-func TestIndexesOnly(t *testing.T) {
-	base := membershipMeta()
-	moved := base
-	moved.CommitIndex, moved.AppliedIndex = 10, 9
-	drained := moved
-	drained.Draining = true
-	if !indexesOnly(base, moved) {
-		t.Error("a change of indexes only is not recognised")
-	}
-	if indexesOnly(moved, drained) {
-		t.Error("a change of Draining is taken for an index update")
-	}
-}
-
-func membershipMeta() membership.Meta {
-	return membership.Meta{RaftAddr: "h:1", HTTPAddr: "h:2", BootID: "b", Capacity: 2, Version: "v1", StartedAt: 1_700_000_000}
 }

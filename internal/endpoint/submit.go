@@ -1,4 +1,4 @@
-package node
+package endpoint
 
 import (
 	"context"
@@ -10,11 +10,9 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
-	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/scheduler"
-	"github.com/taskworker/taskworker/tasks"
 )
 
 // Submit limits. A zero max_attempts or timeout in a request means the default.
@@ -28,17 +26,17 @@ const (
 
 // submitTask validates a submit, has propose apply it, and waits until this node's FSM holds it.
 // item.Existing reports an idempotency key seen before. A request the client got wrong is an
-// *api.Error with its code. The API (on the leader: propose) and the executor's child tasks
-// (proposeNode) both come through here; submittedBy is the principal the task records ("" without
-// ACLs). The task's ID comes from the request (forward.ID), so a retried request finds its task.
-func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedBy string,
+// *api.Error with its code. The API (on the leader: Config.Propose) and the executor's child tasks
+// (Config.ProposeNode) both come through here; submittedBy is the principal the task records ("" without
+// ACLs). The task's ID comes from the request (Config.NewID), so a retried request finds its task.
+func (srv *Server) submitTask(ctx context.Context, req api.SubmitRequest, submittedBy string,
 	propose func(context.Context, *fsm.Command) (*fsm.Result, error)) (fsm.ItemResult, error) {
-	sub, err := n.prepareSubmit(req, forward.ID(ctx, 0))
+	sub, err := srv.prepareSubmit(req, srv.cfg.NewID(ctx, 0))
 	if err != nil {
 		return fsm.ItemResult{}, err
 	}
 	sub.SubmittedBy = submittedBy
-	if err := n.checkLineage(&sub, identityOf(ctx)); err != nil {
+	if err := srv.checkLineage(&sub, identityOf(ctx)); err != nil {
 		return fsm.ItemResult{}, err
 	}
 	res, err := propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{sub}}})
@@ -49,28 +47,28 @@ func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedB
 	if errors.Is(item.Err, fsm.ErrDuplicateID) {
 		item = fsm.ItemResult{ID: sub.ID} // our own retry after a lost reply: the task is ours
 	} else if item.Err != nil {
-		return item, n.noteRefusal(submitItemError(sub, item))
+		return item, srv.noteRefusal(submitItemError(sub, item))
 	}
-	return item, n.waitIndex(ctx, res.Index)
+	return item, srv.waitIndex(ctx, res.Index)
 }
 
 // submitBatch is submitTask for many tasks in one raft entry: each request is validated on its
 // own, the valid ones are applied together, and each gets its own result in order (201 created,
 // 200 for an idempotency key seen before, in this batch or earlier, or its error). An error is
 // about the whole batch (no leader, shutting down): then no task was stored.
-func (n *Node) submitBatch(ctx context.Context, reqs []api.SubmitRequest, submittedBy string) ([]api.BatchResult, error) {
+func (srv *Server) submitBatch(ctx context.Context, reqs []api.SubmitRequest, submittedBy string) ([]api.BatchResult, error) {
 	results := make([]api.BatchResult, len(reqs))
 	subs := make([]fsm.Submit, 0, len(reqs))
 	at := make([]int, 0, len(reqs)) // subs[j] answers reqs[at[j]]
-	mv := n.membershipNow()
+	mv := srv.membershipNow()
 	for i, req := range reqs {
-		sub, err := n.prepareSubmitIn(req, forward.ID(ctx, i), mv)
+		sub, err := srv.prepareSubmitIn(req, srv.cfg.NewID(ctx, i), mv)
 		if err != nil {
 			results[i] = httpapi.ErrorResult(err)
 			continue
 		}
 		sub.SubmittedBy = submittedBy
-		if err := n.checkLineage(&sub, identityOf(ctx)); err != nil {
+		if err := srv.checkLineage(&sub, identityOf(ctx)); err != nil {
 			results[i] = httpapi.ErrorResult(err)
 			continue
 		}
@@ -80,14 +78,14 @@ func (n *Node) submitBatch(ctx context.Context, reqs []api.SubmitRequest, submit
 	if len(subs) == 0 {
 		return results, nil
 	}
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: subs}})
+	res, err := srv.propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: subs}})
 	if err != nil {
 		return nil, err
 	}
 	if len(res.Items) != len(subs) {
 		return nil, fmt.Errorf("submit batch: %d results for %d items", len(res.Items), len(subs))
 	}
-	if err := n.waitIndex(ctx, res.Index); err != nil {
+	if err := srv.waitIndex(ctx, res.Index); err != nil {
 		return nil, err
 	}
 	for j, item := range res.Items {
@@ -96,10 +94,10 @@ func (n *Node) submitBatch(ctx context.Context, reqs []api.SubmitRequest, submit
 		case errors.Is(item.Err, fsm.ErrDuplicateID):
 			item = fsm.ItemResult{ID: subs[j].ID} // our own retry after a lost reply: the task is ours
 		case item.Err != nil:
-			results[i] = httpapi.ErrorResult(n.noteRefusal(submitItemError(subs[j], item)))
+			results[i] = httpapi.ErrorResult(srv.noteRefusal(submitItemError(subs[j], item)))
 			continue
 		}
-		t, ok := n.fsm.Task(item.ID)
+		t, ok := srv.cfg.FSM.Task(item.ID)
 		if !ok { // removed by retention between apply and now: as a single submit would say
 			results[i] = httpapi.ErrorResult(taskNotFound(item.ID))
 			continue
@@ -113,33 +111,9 @@ func (n *Node) submitBatch(ctx context.Context, reqs []api.SubmitRequest, submit
 	return results, nil
 }
 
-// submitChild is the executor's Submitter: a running task's child joins its execution.
-func (n *Node) submitChild(ctx context.Context, parent tasks.RunRef, executionID string, c tasks.ChildTask) (string, error) {
-	input, err := json.Marshal(c.Input)
-	if err != nil {
-		return "", fmt.Errorf("encode child input: %w", err)
-	}
-	req := api.SubmitRequest{Type: c.Type, Input: input, Version: c.Version, IdempotencyKey: c.IdempotencyKey,
-		MaxAttempts: c.MaxAttempts, ExecutionID: executionID, ParentID: parent.TaskID}
-	if c.Timeout > 0 {
-		req.Timeout = c.Timeout.String()
-	}
-	// A child runs on behalf of whoever submitted its parent, and records that principal; the
-	// leader accepts it from this node only while the parent runs here (checkChildren).
-	var by string
-	if p, ok := n.fsm.Task(parent.TaskID); ok {
-		by = p.SubmittedBy
-	}
-	item, err := n.submitTask(ctx, req, by, n.proposeNode)
-	if err != nil {
-		return "", fmt.Errorf("submit child %s: %w", c.Type, err)
-	}
-	return item.ID, nil
-}
-
 // prepareSubmit validates a submit and turns it into a command item with the task ID id.
-func (n *Node) prepareSubmit(req api.SubmitRequest, id string) (fsm.Submit, error) {
-	return n.prepareSubmitIn(req, id, n.membershipNow())
+func (srv *Server) prepareSubmit(req api.SubmitRequest, id string) (fsm.Submit, error) {
+	return srv.prepareSubmitIn(req, id, srv.membershipNow())
 }
 
 // membershipView is what choosing a task's version reads: the FSM's nodes and gossip's alive set.
@@ -159,8 +133,8 @@ type versionChoice struct {
 	known   bool
 }
 
-func (n *Node) membershipNow() membershipView {
-	return membershipView{nodes: n.fsm.Nodes(), alive: n.aliveNames(), chosen: map[versionKey]versionChoice{}}
+func (srv *Server) membershipNow() membershipView {
+	return membershipView{nodes: srv.cfg.FSM.Nodes(), alive: srv.cfg.Alive(), chosen: map[versionKey]versionChoice{}}
 }
 
 // chooseVersion is scheduler.ChooseVersion over the view, remembered for the view's life.
@@ -174,7 +148,7 @@ func (mv membershipView) chooseVersion(typ, pinned, local string) (string, bool)
 	return v, known
 }
 
-func (n *Node) prepareSubmitIn(req api.SubmitRequest, id string, mv membershipView) (fsm.Submit, error) {
+func (srv *Server) prepareSubmitIn(req api.SubmitRequest, id string, mv membershipView) (fsm.Submit, error) {
 	if req.Type == "" {
 		return fsm.Submit{}, api.Errorf(api.CodeMissingType, "type is required")
 	}
@@ -184,7 +158,7 @@ func (n *Node) prepareSubmitIn(req api.SubmitRequest, id string, mv membershipVi
 		}
 	}
 	var local string
-	if h, err := n.cfg.Registry.Lookup(req.Type); err == nil {
+	if h, err := srv.cfg.Registry.Lookup(req.Type); err == nil {
 		local = h.Definition().Version
 	}
 	version, known := mv.chooseVersion(req.Type, req.Version, local)
@@ -225,23 +199,24 @@ func (n *Node) prepareSubmitIn(req api.SubmitRequest, id string, mv membershipVi
 		UniqueKey: req.UniqueKey, UniqueFor: fsm.Duration(uniqueFor),
 		RunAt: runAt, Priority: req.Priority, Queue: queue,
 	}
-	return sub, n.checkSubmit(&sub)
+	return sub, srv.checkSubmit(&sub)
 }
 
-// checkSubmit validates a submit item with every field chosen: the node that took the request
-// calls it, and the leader calls it again on a forwarded submit, so a follower (or anything that
-// can reach the internode channel) cannot get a task into the log that the API would refuse.
-func (n *Node) checkSubmit(s *fsm.Submit) error {
+// checkSubmit validates a submit item with every field chosen: prepareSubmitIn ends with it, and
+// the leader runs it on the child submits other nodes send (TaskEndpoint.CheckSubmit), so a node
+// (or anything that can reach the internode channel) cannot get a task into the log that the API
+// would refuse.
+func (srv *Server) checkSubmit(s *fsm.Submit) error {
 	if s.ID == "" || s.Type == "" || s.ExecutionID == "" {
 		return api.Errorf(api.CodeInvalidRequest, "a submit needs an id, a type and an execution id")
 	}
 	if err := scheduler.CheckVersion(s.Version); err != nil {
 		return api.Errorf(api.CodeInvalidVersion, "invalid version %q: %v", api.Truncate(s.Version), err)
 	}
-	if !n.typeKnown(s.Type) {
+	if !srv.typeKnown(s.Type) {
 		return api.Errorf(api.CodeUnknownTaskType, "unknown task type %q", api.Truncate(s.Type))
 	}
-	if err := limits.CheckSize(limits.PayloadInput, len(s.Input), n.cfg.MaxInputBytes); err != nil {
+	if err := limits.CheckSize(limits.PayloadInput, len(s.Input), srv.cfg.MaxInputBytes); err != nil {
 		var se *limits.SizeError
 		errors.As(err, &se)
 		return se.APIError()
@@ -249,7 +224,7 @@ func (n *Node) checkSubmit(s *fsm.Submit) error {
 	if !json.Valid(s.Input) {
 		return api.Errorf(api.CodeInvalidInput, "input is not JSON")
 	}
-	if h, err := n.cfg.Registry.Lookup(s.Type); err == nil && h.Definition().Version == s.Version {
+	if h, err := srv.cfg.Registry.Lookup(s.Type); err == nil && h.Definition().Version == s.Version {
 		if err := h.Validate(s.Input); err != nil {
 			return api.Errorf(api.CodeInvalidInput, "invalid input for %s: %s", api.Truncate(s.Type), api.Truncate(err.Error()))
 		}
@@ -261,10 +236,10 @@ func (n *Node) checkSubmit(s *fsm.Submit) error {
 		return api.Errorf(api.CodeInvalidTimeout, "timeout must be positive and at most %s", maxTimeout)
 	}
 	if len(s.IdempotencyKey) > maxKeyLen {
-		return n.refuse(capKeyLength, api.Errorf(api.CodeInvalidIdempotency, "idempotency_key is longer than %d bytes", maxKeyLen))
+		return srv.refuse(capKeyLength, api.Errorf(api.CodeInvalidIdempotency, "idempotency_key is longer than %d bytes", maxKeyLen))
 	}
 	if len(s.UniqueKey) > maxKeyLen {
-		return n.refuse(capKeyLength, api.Errorf(api.CodeInvalidUnique, "unique_key is longer than %d bytes", maxKeyLen))
+		return srv.refuse(capKeyLength, api.Errorf(api.CodeInvalidUnique, "unique_key is longer than %d bytes", maxKeyLen))
 	}
 	if err := checkUnique(s.UniqueKey, time.Duration(s.UniqueFor)); err != nil {
 		return err
@@ -310,11 +285,11 @@ func parseRunAt(req api.SubmitRequest, now time.Time) (*time.Time, error) {
 }
 
 // typeKnown reports whether some node ever offered the type, or this node runs it.
-func (n *Node) typeKnown(typ string) bool {
-	if _, err := n.cfg.Registry.Lookup(typ); err == nil {
+func (srv *Server) typeKnown(typ string) bool {
+	if _, err := srv.cfg.Registry.Lookup(typ); err == nil {
 		return true
 	}
-	for _, nd := range n.fsm.Nodes() {
+	for _, nd := range srv.cfg.FSM.Nodes() {
 		for _, ti := range nd.Types {
 			if ti.Type == typ {
 				return true

@@ -1,4 +1,4 @@
-package node
+package endpoint
 
 import (
 	"testing"
@@ -38,7 +38,7 @@ func TestQuotaForTakesTheMostGenerousPolicyElseTheFlags(t *testing.T) {
 		apply(&fsm.ACLTokenCreate{Token: tok})
 	}
 	flags := QuotaConfig{MaxPending: 1000, Pending: 100, Schedules: 7, ScheduleMinInterval: 5 * time.Second, ScheduleInputBytes: 2048, Retained: -1}
-	n := &Node{cfg: Config{ACL: true, Quota: flags}, fsm: f}
+	a := New(Config{ACL: true, Quota: flags, FSM: f})
 	def := Quota{Pending: 100, Schedules: 7, ScheduleMinInterval: 5 * time.Second, ScheduleInputBytes: 2048, Retained: 0}
 	for _, tc := range []struct {
 		name, principal string
@@ -51,15 +51,15 @@ func TestQuotaForTakesTheMostGenerousPolicyElseTheFlags(t *testing.T) {
 		{"a JWT subject: the flags", "alice@example.com", def},
 		{"anonymous without an anonymous policy: the flags", acl.AnonymousPolicy, def},
 	} {
-		if got := n.quotaFor(tc.principal); got != tc.want {
+		if got := a.srv.quotaFor(tc.principal); got != tc.want {
 			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
 		}
 	}
-	n.cfg.ACL = false
-	if got := n.quotaFor(""); got != def {
+	a.srv.cfg.ACL = false
+	if got := a.srv.quotaFor(""); got != def {
 		t.Errorf("without ACLs: %+v, want the flags %+v", got, def)
 	}
-	if env := n.admissionEnv(); env.MaxPending != 1000 || env.PrincipalPending(small.AccessorID) != 100 {
+	if env := a.AdmissionEnv(); env.MaxPending != 1000 || env.PrincipalPending(small.AccessorID) != 100 {
 		t.Errorf("admission env: cap %d, principal %d; want 1000 and the flags' 100 (ACLs off)", env.MaxPending, env.PrincipalPending(small.AccessorID))
 	}
 }
@@ -68,20 +68,20 @@ func TestQuotaForTakesTheMostGenerousPolicyElseTheFlags(t *testing.T) {
 // -1 means no cap, and a Go caller's zeros take the defaults.
 func TestQuotaSettingsFromTheCommandLine(t *testing.T) {
 	ok := QuotaConfig{MaxPending: 5, Pending: -1, Schedules: 1, ScheduleMinInterval: time.Second, ScheduleInputBytes: -1, Retained: 3}
-	if p := ok.problems(); len(p) != 0 {
+	if p := ok.Problems(); len(p) != 0 {
 		t.Errorf("valid settings refused: %v", p)
 	}
 	bad := ok
 	bad.MaxPending, bad.Retained, bad.ScheduleMinInterval = 0, -2, -time.Second
-	if p := bad.problems(); len(p) != 3 {
+	if p := bad.Problems(); len(p) != 3 {
 		t.Errorf("problems %v, want --max-pending, --quota-retained and --quota-schedule-interval", p)
 	}
 	var zero QuotaConfig
-	zero.setDefaults()
+	zero.SetDefaults()
 	if zero.MaxPending != DefaultMaxPending || zero.Pending != DefaultQuotaPending || zero.ScheduleMinInterval != DefaultQuotaScheduleEvery {
 		t.Errorf("defaults %+v", zero)
 	}
-	if n := (&Node{cfg: Config{Quota: ok}}); n.quotaFor("").Pending != 0 || n.admissionEnv().MaxPending != 5 {
-		t.Errorf("-1 is no cap: %+v, cluster cap %d", n.quotaFor(""), n.admissionEnv().MaxPending)
+	if a := New(Config{Quota: ok}); a.srv.quotaFor("").Pending != 0 || a.AdmissionEnv().MaxPending != 5 {
+		t.Errorf("-1 is no cap: %+v, cluster cap %d", a.srv.quotaFor(""), a.AdmissionEnv().MaxPending)
 	}
 }

@@ -1,4 +1,4 @@
-package node
+package endpoint
 
 import (
 	"context"
@@ -9,21 +9,22 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
-	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/httpapi"
 	"github.com/taskworker/taskworker/scheduler"
 )
 
-// Periodic schedules: the API's side (validation, put, pause, trigger), and the building of a
-// fire (prepareFire) for the leader's loop that fires their ticks (internal/leader). The FSM
+// ScheduleEndpoint serves periodic schedules: validation, put, pause, trigger, and the building of
+// a fire (PrepareFire) for the leader's loop that fires their ticks (internal/leader). The FSM
 // (fsm/schedule.go) decides what a fire does.
+type ScheduleEndpoint struct{ srv *Server }
 
 // nextRunsShown is how many upcoming ticks a schedule's record lists.
 const nextRunsShown = 3
 
-// prepareFire chooses the task's version and validates it as a submit with the task ID id.
-func (n *Node) prepareFire(s *fsm.Schedule, id string) (fsm.ScheduleFire, error) {
-	sub, err := n.prepareSubmit(submitRequestOf(s), id)
+// PrepareFire chooses the task's version and validates it as a submit with the task ID id; with
+// an error, the fire it returns is still recorded, with the reason.
+func (e *ScheduleEndpoint) PrepareFire(s *fsm.Schedule, id string) (fsm.ScheduleFire, error) {
+	sub, err := e.srv.prepareSubmit(submitRequestOf(s), id)
 	if err != nil {
 		return fsm.ScheduleFire{Name: s.Name, TaskID: id}, err
 	}
@@ -36,7 +37,7 @@ func submitRequestOf(s *fsm.Schedule) api.SubmitRequest {
 }
 
 // prepareSchedule validates a schedule request and turns it into the FSM's record.
-func (n *Node) prepareSchedule(name string, req api.ScheduleRequest, submittedBy string) (fsm.Schedule, error) {
+func (srv *Server) prepareSchedule(name string, req api.ScheduleRequest, submittedBy string) (fsm.Schedule, error) {
 	s := fsm.Schedule{
 		Name: name, Spec: req.Cron, TimeZone: req.TimeZone, Type: req.Type, Version: req.Version,
 		Input: req.Input, MaxAttempts: req.MaxAttempts, Start: req.Start, End: req.End,
@@ -50,17 +51,17 @@ func (n *Node) prepareSchedule(name string, req api.ScheduleRequest, submittedBy
 	}
 	// The task it submits is validated as a submit now, so a schedule that could never fire
 	// is refused instead of failing at every tick.
-	sub, err := n.prepareSubmit(api.SubmitRequest{Type: req.Type, Version: req.Version, Input: req.Input,
+	sub, err := srv.prepareSubmit(api.SubmitRequest{Type: req.Type, Version: req.Version, Input: req.Input,
 		MaxAttempts: req.MaxAttempts, Timeout: req.Timeout}, ulid.Make().String())
 	if err != nil {
 		return fsm.Schedule{}, err
 	}
 	s.Input, s.MaxAttempts, s.Timeout = sub.Input, sub.MaxAttempts, sub.Timeout
-	return s, n.checkSchedule(&s)
+	return s, srv.checkSchedule(&s)
 }
 
 // checkSchedule validates a schedule record.
-func (n *Node) checkSchedule(s *fsm.Schedule) error {
+func (srv *Server) checkSchedule(s *fsm.Schedule) error {
 	invalid := func(format string, a ...any) error {
 		return api.Errorf(api.CodeInvalidSchedule, format, a...)
 	}
@@ -79,10 +80,10 @@ func (n *Node) checkSchedule(s *fsm.Schedule) error {
 	if s.Start != nil && s.End != nil && s.End.Before(*s.Start) {
 		return invalid("end is before start")
 	}
-	if _, err := n.prepareSubmit(submitRequestOf(s), ulid.Make().String()); err != nil { // as a tick would submit it now
+	if _, err := srv.prepareSubmit(submitRequestOf(s), ulid.Make().String()); err != nil { // as a tick would submit it now
 		return err
 	}
-	return n.checkScheduleQuota(s)
+	return srv.checkScheduleQuota(s)
 }
 
 // maxCatchUp bounds catch_up: a fail-over fires at most this many runs at once.
@@ -93,19 +94,19 @@ func scheduleNotFound(name string) error {
 }
 
 // scheduleError gives a schedule command's error its API code.
-func scheduleError(name string, err error) error {
+func (srv *Server) scheduleError(name string, err error) error {
 	switch {
 	case errors.Is(err, fsm.ErrScheduleNotFound):
 		return scheduleNotFound(name)
 	case errors.Is(err, fsm.ErrScheduleInvalid):
 		return api.Errorf(api.CodeInvalidSchedule, "%v", err)
 	}
-	return toAPIError(err)
+	return srv.apiError(err)
 }
 
-func (b apiBackend) Schedules(context.Context) ([]api.Schedule, error) {
+func (e *ScheduleEndpoint) Schedules(context.Context) ([]api.Schedule, error) {
 	now := time.Now()
-	all := b.n.fsm.Schedules()
+	all := e.srv.cfg.FSM.Schedules()
 	out := make([]api.Schedule, 0, len(all))
 	for i := range all {
 		out = append(out, toAPISchedule(&all[i], now))
@@ -113,44 +114,44 @@ func (b apiBackend) Schedules(context.Context) ([]api.Schedule, error) {
 	return out, nil
 }
 
-func (b apiBackend) Schedule(_ context.Context, name string) (api.Schedule, error) {
-	s, ok := b.n.fsm.Schedule(name)
+func (e *ScheduleEndpoint) Schedule(_ context.Context, name string) (api.Schedule, error) {
+	s, ok := e.srv.cfg.FSM.Schedule(name)
 	if !ok {
 		return api.Schedule{}, scheduleNotFound(name)
 	}
 	return toAPISchedule(&s, time.Now()), nil
 }
 
-func (b apiBackend) PutSchedule(ctx context.Context, caller httpapi.Caller, name string, req api.ScheduleRequest) (api.Schedule, bool, error) {
-	s, err := b.n.prepareSchedule(name, req, caller.Principal())
+func (e *ScheduleEndpoint) PutSchedule(ctx context.Context, caller httpapi.Caller, name string, req api.ScheduleRequest) (api.Schedule, bool, error) {
+	s, err := e.srv.prepareSchedule(name, req, caller.Principal())
 	if err != nil {
 		return api.Schedule{}, false, err
 	}
-	_, existed := b.n.fsm.Schedule(name)
-	return b.putSchedule(ctx, caller, s, !existed)
+	_, existed := e.srv.cfg.FSM.Schedule(name)
+	return e.putSchedule(ctx, caller, s, !existed)
 }
 
-func (b apiBackend) putSchedule(ctx context.Context, caller httpapi.Caller, s fsm.Schedule, created bool) (api.Schedule, bool, error) {
-	res, err := b.n.propose(ctx, &fsm.Command{Body: &fsm.SchedulePut{Schedule: s}})
+func (e *ScheduleEndpoint) putSchedule(ctx context.Context, caller httpapi.Caller, s fsm.Schedule, created bool) (api.Schedule, bool, error) {
+	res, err := e.srv.propose(ctx, &fsm.Command{Body: &fsm.SchedulePut{Schedule: s}})
 	if err != nil {
-		return api.Schedule{}, false, scheduleError(s.Name, err)
+		return api.Schedule{}, false, e.srv.scheduleError(s.Name, err)
 	}
-	_ = b.n.waitIndex(ctx, res.Index) // answer with what this node knows, even if it lags
-	out, err := b.Schedule(ctx, s.Name)
+	_ = e.srv.waitIndex(ctx, res.Index) // answer with what this node knows, even if it lags
+	out, err := e.Schedule(ctx, s.Name)
 	return out, created, err
 }
 
-func (b apiBackend) DeleteSchedule(ctx context.Context, caller httpapi.Caller, name string) error {
-	res, err := b.n.propose(ctx, &fsm.Command{Body: &fsm.ScheduleDelete{Name: name}})
+func (e *ScheduleEndpoint) DeleteSchedule(ctx context.Context, caller httpapi.Caller, name string) error {
+	res, err := e.srv.propose(ctx, &fsm.Command{Body: &fsm.ScheduleDelete{Name: name}})
 	if err != nil {
-		return scheduleError(name, err)
+		return e.srv.scheduleError(name, err)
 	}
-	_ = b.n.waitIndex(ctx, res.Index)
+	_ = e.srv.waitIndex(ctx, res.Index)
 	return nil
 }
 
-func (b apiBackend) PauseSchedule(ctx context.Context, caller httpapi.Caller, name string, paused bool) (api.Schedule, error) {
-	s, ok := b.n.fsm.Schedule(name)
+func (e *ScheduleEndpoint) PauseSchedule(ctx context.Context, caller httpapi.Caller, name string, paused bool) (api.Schedule, error) {
+	s, ok := e.srv.cfg.FSM.Schedule(name)
 	if !ok {
 		return api.Schedule{}, scheduleNotFound(name)
 	}
@@ -158,37 +159,36 @@ func (b apiBackend) PauseSchedule(ctx context.Context, caller httpapi.Caller, na
 		return toAPISchedule(&s, time.Now()), nil
 	}
 	s.Paused = paused
-	// A pause is a put: the schedule's submitter becomes the caller, as the leader records it
-	// for a forwarded put (authorizeForward).
+	// A pause is a put: the schedule's submitter becomes the caller, as for any put.
 	s.SubmittedBy = caller.Principal()
-	out, _, err := b.putSchedule(ctx, caller, s, false)
+	out, _, err := e.putSchedule(ctx, caller, s, false)
 	return out, err
 }
 
-func (b apiBackend) TriggerSchedule(ctx context.Context, caller httpapi.Caller, name string) (api.Task, error) {
-	s, ok := b.n.fsm.Schedule(name)
+func (e *ScheduleEndpoint) TriggerSchedule(ctx context.Context, caller httpapi.Caller, name string) (api.Task, error) {
+	s, ok := e.srv.cfg.FSM.Schedule(name)
 	if !ok {
 		return api.Task{}, scheduleNotFound(name)
 	}
-	fire, err := b.n.prepareFire(&s, forward.ID(ctx, 0))
+	fire, err := e.PrepareFire(&s, e.srv.cfg.NewID(ctx, 0))
 	if err != nil {
 		return api.Task{}, err
 	}
 	fire.Manual = true
-	res, err := b.n.propose(ctx, &fsm.Command{Body: &fire})
+	res, err := e.srv.propose(ctx, &fsm.Command{Body: &fire})
 	if err != nil {
-		return api.Task{}, scheduleError(name, err)
+		return api.Task{}, e.srv.scheduleError(name, err)
 	}
 	item := res.Items[0]
 	if errors.Is(item.Err, fsm.ErrDuplicateID) {
 		item = fsm.ItemResult{ID: fire.TaskID} // a retried request whose first try fired it
 	} else if item.Err != nil {
-		return api.Task{}, b.n.noteRefusal(submitItemError(fsm.Submit{Type: s.Type}, item))
+		return api.Task{}, e.srv.noteRefusal(submitItemError(fsm.Submit{Type: s.Type}, item))
 	}
-	if err := b.n.waitIndex(ctx, res.Index); err != nil {
+	if err := e.srv.waitIndex(ctx, res.Index); err != nil {
 		return api.Task{}, err
 	}
-	t, ok := b.n.fsm.Task(item.ID)
+	t, ok := e.srv.cfg.FSM.Task(item.ID)
 	if !ok {
 		return api.Task{}, taskNotFound(item.ID)
 	}

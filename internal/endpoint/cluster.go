@@ -1,4 +1,4 @@
-package node
+package endpoint
 
 import (
 	"context"
@@ -12,13 +12,26 @@ import (
 	"github.com/taskworker/taskworker/membership"
 )
 
+// ClusterEndpoint serves the cluster view: its nodes as the FSM, gossip and raft know them, and
+// the task types they offer. It also puts this node's raft indexes into its gossip metadata
+// (GossipIndexes), so that every node's view shows every node's lag.
+type ClusterEndpoint struct{ srv *Server }
+
+func (e *ClusterEndpoint) Cluster(context.Context) (api.Cluster, error) {
+	return e.srv.clusterInfo(), nil
+}
+
+func (e *ClusterEndpoint) Types(context.Context) ([]api.TypeInfo, error) {
+	return e.srv.typeInfos(), nil
+}
+
 // clusterInfo is GET /v1/cluster: the FSM's nodes merged with gossip's view and raft's roles.
-func (n *Node) clusterInfo() api.Cluster {
+func (srv *Server) clusterInfo() api.Cluster {
 	roles := map[string]string{}
-	if cf := n.rn.Raft().GetConfiguration(); cf.Error() == nil {
+	if cf := srv.cfg.Raft.GetConfiguration(); cf.Error() == nil {
 		// By name. A node back under a new raft ID keeps its old server for a moment: the server
 		// it runs as now decides its role, so servers of a node's current ID go first.
-		servers, names := cf.Configuration().Servers, n.rn.Names()
+		servers, names := cf.Configuration().Servers, srv.cfg.ServerNames()
 		for _, current := range []bool{true, false} {
 			for _, s := range servers {
 				name := names.Name(s.ID)
@@ -32,19 +45,19 @@ func (n *Node) clusterInfo() api.Cluster {
 			}
 		}
 	}
-	leader := n.Leader()
+	leader := srv.cfg.Leader()
 	if leader != "" {
 		roles[leader] = api.RoleLeader
 	}
-	load := n.fsm.Load()
+	load := srv.cfg.FSM.Load()
 	byName := map[string]*api.NodeInfo{}
 	var order []string
-	for _, nd := range n.fsm.Nodes() {
+	for _, nd := range srv.cfg.FSM.Nodes() {
 		ni := toAPINodeInfo(&nd, load[nd.Name])
 		byName[nd.Name] = &ni
 		order = append(order, nd.Name)
 	}
-	for _, m := range n.members.Members() {
+	for _, m := range srv.cfg.Gossip.Members() {
 		ni, ok := byName[m.Name]
 		if !ok {
 			ni = &api.NodeInfo{Name: m.Name, ID: m.Meta.RaftID, RaftAddr: m.Meta.RaftAddr, HTTPAddr: m.Meta.HTTPAddr, Capacity: m.Meta.Capacity,
@@ -68,11 +81,11 @@ func (n *Node) clusterInfo() api.Cluster {
 		ni.CommitIndex, ni.AppliedIndex = m.Meta.CommitIndex, m.Meta.AppliedIndex
 	}
 	// This node's own indexes are live; the others' are as they last gossiped them.
-	if self, ok := byName[n.cfg.Name]; ok {
-		self.ID = string(n.rn.ID())
-		self.CommitIndex, self.AppliedIndex = n.rn.Raft().CommitIndex(), n.rn.Raft().AppliedIndex()
+	if self, ok := byName[srv.cfg.Name]; ok {
+		self.ID = string(srv.cfg.RaftID)
+		self.CommitIndex, self.AppliedIndex = srv.cfg.Raft.CommitIndex(), srv.cfg.Raft.AppliedIndex()
 		if self.StartedAt == nil {
-			at := n.startedAt.UTC().Truncate(time.Second)
+			at := srv.cfg.StartedAt.UTC().Truncate(time.Second)
 			self.StartedAt = &at
 		}
 	}
@@ -88,7 +101,7 @@ func (n *Node) clusterInfo() api.Cluster {
 		}
 	}
 	info := api.Cluster{Leader: leader, Tasks: map[string]int{}}
-	for s, c := range n.fsm.Counts() {
+	for s, c := range srv.cfg.FSM.Counts() {
 		info.Tasks[string(s)] = c
 	}
 	sort.Strings(order)
@@ -105,8 +118,8 @@ func (n *Node) clusterInfo() api.Cluster {
 
 // typeInfos is GET /v1/types: every type and version an up, alive node offers, with the nodes
 // that offer it, plus the types pending tasks wait for.
-func (n *Node) typeInfos() []api.TypeInfo {
-	alive := n.aliveNames()
+func (srv *Server) typeInfos() []api.TypeInfo {
+	alive := srv.cfg.Alive()
 	byKey := map[string]*api.TypeInfo{}
 	var keys []string
 	add := func(d fsm.TypeInfo) *api.TypeInfo {
@@ -119,7 +132,7 @@ func (n *Node) typeInfos() []api.TypeInfo {
 		}
 		return ti
 	}
-	for _, nd := range n.fsm.Nodes() {
+	for _, nd := range srv.cfg.FSM.Nodes() {
 		if nd.Status != fsm.NodeUp || !alive[nd.Name] {
 			continue
 		}
@@ -128,7 +141,7 @@ func (n *Node) typeInfos() []api.TypeInfo {
 			ti.Nodes = append(ti.Nodes, nd.Name)
 		}
 	}
-	for tv, c := range n.fsm.PendingQueues() {
+	for tv, c := range srv.cfg.FSM.PendingQueues() {
 		add(fsm.TypeInfo{Type: tv.Type, Version: tv.Version}).Pending += c
 	}
 	sort.Strings(keys)
@@ -143,10 +156,11 @@ func (n *Node) typeInfos() []api.TypeInfo {
 // enough for status to show lag, rare enough to cost nothing beside memberlist's own probes.
 const indexGossipInterval = time.Second
 
-// indexGossipLoop puts this node's raft commit and applied index into its gossip meta whenever
-// they moved, so every node can show every node's lag behind the leader (raft tells a node only
-// its own indexes).
-func (n *Node) indexGossipLoop(ctx context.Context) {
+// GossipIndexes puts this node's raft commit and applied index into its gossip meta whenever
+// they moved, until ctx ends, so every node can show every node's lag behind the leader (raft
+// tells a node only its own indexes).
+func (e *ClusterEndpoint) GossipIndexes(ctx context.Context) {
+	srv := e.srv
 	tick := time.NewTicker(indexGossipInterval)
 	defer tick.Stop()
 	var commit, applied uint64
@@ -156,16 +170,16 @@ func (n *Node) indexGossipLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		c, a := n.rn.Raft().CommitIndex(), n.rn.Raft().AppliedIndex()
+		c, a := srv.cfg.Raft.CommitIndex(), srv.cfg.Raft.AppliedIndex()
 		// A draining node is on its way out: its last word in gossip is Draining, and an update
 		// now would only hold up its Leave (memberlist waits for a broadcast nobody relays).
-		if c == commit && a == applied || n.members.Local().Meta.Draining {
+		if c == commit && a == applied || srv.cfg.Gossip.Local().Meta.Draining {
 			continue
 		}
 		set := func(m *membership.Meta) { m.CommitIndex, m.AppliedIndex = c, a }
-		if err := n.members.UpdateMetaWithin(set, indexGossipInterval/2); err != nil {
+		if err := srv.cfg.Gossip.UpdateMetaWithin(set, indexGossipInterval/2); err != nil {
 			if ctx.Err() == nil {
-				n.log.Debug("gossip raft indexes", "err", err)
+				srv.log.Debug("gossip raft indexes", "err", err)
 			}
 			continue
 		}
@@ -173,8 +187,9 @@ func (n *Node) indexGossipLoop(ctx context.Context) {
 	}
 }
 
-// indexesOnly reports whether two metas of a node differ at most in the raft indexes.
-func indexesOnly(before, after membership.Meta) bool {
+// IndexesOnly reports whether two metas of a node differ at most in the raft indexes: an update
+// from GossipIndexes, which changes no membership.
+func IndexesOnly(before, after membership.Meta) bool {
 	before.CommitIndex, before.AppliedIndex = after.CommitIndex, after.AppliedIndex
 	return before == after
 }

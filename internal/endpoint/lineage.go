@@ -1,4 +1,4 @@
-package node
+package endpoint
 
 import (
 	"context"
@@ -38,18 +38,18 @@ func errLineage() error {
 
 // checkLineage checks the execution a submit joins, for id, the API caller (nil for a submit this
 // node makes itself: a running task's child). Without ACLs every caller may read every task.
-func (n *Node) checkLineage(s *fsm.Submit, id *acl.Identity) error {
-	if !n.cfg.ACL || s.ParentID == "" && (s.ExecutionID == "" || s.ExecutionID == s.ID) {
+func (srv *Server) checkLineage(s *fsm.Submit, id *acl.Identity) error {
+	if !srv.cfg.ACL || s.ParentID == "" && (s.ExecutionID == "" || s.ExecutionID == s.ID) {
 		return nil
 	}
 	if id == nil {
-		return n.checkChild(s)
+		return srv.checkChild(s)
 	}
 	for i, ref := range []string{s.ParentID, s.ExecutionID} {
 		if ref == "" || ref == s.ID || i == 1 && ref == s.ParentID { // a root's child: its parent, read once
 			continue
 		}
-		t, ok := n.fsm.Task(ref)
+		t, ok := srv.cfg.FSM.Task(ref)
 		if !ok || !id.CanRead(t.Type) {
 			return errLineage()
 		}
@@ -59,9 +59,10 @@ func (n *Node) checkLineage(s *fsm.Submit, id *acl.Identity) error {
 
 // checkChild accepts a submit made without an API caller only as a child of a running task: it
 // names that task as its parent, joins the parent's execution, and records the parent's
-// submitter (the leader's checkChildren makes the same check of a node's child submit).
-func (n *Node) checkChild(s *fsm.Submit) error {
-	p, ok := n.fsm.Task(s.ParentID)
+// submitter. The leader makes the same check of a child submit another node sends
+// (TaskEndpoint.CheckChild).
+func (srv *Server) checkChild(s *fsm.Submit) error {
+	p, ok := srv.cfg.FSM.Task(s.ParentID)
 	if s.ParentID == "" || !ok || !p.State.Active() || p.ExecutionID != s.ExecutionID || p.SubmittedBy != s.SubmittedBy {
 		return api.Errorf(api.CodeForbidden, "parent_id and execution_id without a caller are accepted only from the parent's running attempt")
 	}

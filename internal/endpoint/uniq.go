@@ -1,4 +1,4 @@
-package node
+package endpoint
 
 import (
 	"context"
@@ -10,8 +10,8 @@ import (
 	"github.com/taskworker/taskworker/internal/httpapi"
 )
 
-// Unique tasks, retry now and purge: the node's side. The rules live in fsm (its Unique, Retry and
-// Purge handling); this file validates requests and maps results to API errors.
+// Unique tasks, retry now and purge: the endpoints' side. The rules live in fsm (its Unique, Retry
+// and Purge handling); this file validates requests and maps results to API errors.
 
 // parseUniqueFor reads a submit's unique_for: required with a unique_key, refused without one.
 func parseUniqueFor(key, s string) (time.Duration, error) {
@@ -31,7 +31,7 @@ func parseUniqueFor(key, s string) (time.Duration, error) {
 	return d, checkUnique(key, d)
 }
 
-// checkUnique validates a submit's unique key and window (the leader checks forwarded submits too).
+// checkUnique validates a submit's unique key and window (checkSubmit runs it on every submit item).
 func checkUnique(key string, d time.Duration) error {
 	switch {
 	case key == "" && d == 0:
@@ -67,18 +67,18 @@ func submitItemError(sub fsm.Submit, item fsm.ItemResult) error {
 	return api.Errorf(api.CodeInvalidRequest, "%v", item.Err)
 }
 
-func (b apiBackend) Retry(ctx context.Context, caller httpapi.Caller, id string) (api.Task, error) {
-	n := b.n
-	if _, ok := n.fsm.Task(id); !ok {
+func (e *TaskEndpoint) Retry(ctx context.Context, caller httpapi.Caller, id string) (api.Task, error) {
+	srv := e.srv
+	if _, ok := srv.cfg.FSM.Task(id); !ok {
 		return api.Task{}, taskNotFound(id)
 	}
 	by := caller.Principal()
 	if by == "" {
 		by = "anonymous"
 	}
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.Retry{IDs: []string{id}, By: by}})
+	res, err := srv.propose(ctx, &fsm.Command{Body: &fsm.Retry{IDs: []string{id}, By: by}})
 	if err != nil {
-		return api.Task{}, toAPIError(err)
+		return api.Task{}, srv.apiError(err)
 	}
 	switch err := res.Items[0].Err; {
 	case errors.Is(err, fsm.ErrNotFound):
@@ -86,23 +86,23 @@ func (b apiBackend) Retry(ctx context.Context, caller httpapi.Caller, id string)
 	case errors.Is(err, fsm.ErrNotRetryable):
 		return api.Task{}, api.Errorf(api.CodeNotRetryable, "task %s is neither failed nor cancelled: only those can be retried", api.Truncate(id))
 	case errors.Is(err, fsm.ErrQueueFull), errors.Is(err, fsm.ErrQuotaExceeded):
-		return api.Task{}, n.noteRefusal(submitItemError(fsm.Submit{}, res.Items[0]))
+		return api.Task{}, srv.noteRefusal(submitItemError(fsm.Submit{}, res.Items[0]))
 	case err != nil:
 		return api.Task{}, err
 	}
-	_ = n.waitIndex(ctx, res.Index)
-	t, _ := n.fsm.Task(id)
+	_ = srv.waitIndex(ctx, res.Index)
+	t, _ := srv.cfg.FSM.Task(id)
 	return toAPITask(&t), nil
 }
 
 // Purge deletes in entries of at most fsm.MaxPurgeBatch tasks until the filter matches no more
 // or the limit is reached, and deletes the purged tasks' output on this node at once (other
 // nodes' log sweeps delete theirs).
-func (b apiBackend) Purge(ctx context.Context, caller httpapi.Caller, req api.PurgeRequest) (api.PurgeReply, error) {
+func (e *TaskEndpoint) Purge(ctx context.Context, caller httpapi.Caller, req api.PurgeRequest) (api.PurgeReply, error) {
 	if err := httpapi.ValidatePurge(req); err != nil {
 		return api.PurgeReply{}, err
 	}
-	n := b.n
+	srv := e.srv
 	p := fsm.Purge{Type: req.Type, FinishedBefore: req.FinishedBefore}
 	if req.State != "" {
 		p.States = []fsm.State{fsm.State(req.State)}
@@ -114,12 +114,12 @@ func (b apiBackend) Purge(ctx context.Context, caller httpapi.Caller, req api.Pu
 			p.Limit = min(p.Limit, req.Limit-reply.Purged)
 		}
 		body := p
-		res, err := n.propose(ctx, &fsm.Command{Body: &body})
+		res, err := srv.propose(ctx, &fsm.Command{Body: &body})
 		if err != nil {
 			if reply.Purged > 0 {
 				return reply, nil // what is gone is gone; the client may purge again
 			}
-			return reply, toAPIError(err)
+			return reply, srv.apiError(err)
 		}
 		removed := 0
 		for _, it := range res.Items {
@@ -127,12 +127,12 @@ func (b apiBackend) Purge(ctx context.Context, caller httpapi.Caller, req api.Pu
 				continue
 			}
 			removed++
-			if err := n.logs.Delete(it.ID); err != nil {
-				n.log.Warn("delete purged task's output", "task", it.ID, "err", err)
+			if err := srv.cfg.Logs.Delete(it.ID); err != nil {
+				srv.log.Warn("delete purged task's output", "task", it.ID, "err", err)
 			}
 		}
 		reply.Purged += removed
-		_ = n.waitIndex(ctx, res.Index) // a list on this node right after shows them gone
+		_ = srv.waitIndex(ctx, res.Index) // a list on this node right after shows them gone
 		if len(res.Items) < p.Limit || removed == 0 {
 			break
 		}

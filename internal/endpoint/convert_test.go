@@ -1,4 +1,4 @@
-package node
+package endpoint
 
 import (
 	"encoding/json"

@@ -1,4 +1,4 @@
-package node
+package endpoint
 
 import (
 	"encoding/json"
@@ -10,10 +10,10 @@ import (
 )
 
 // This file turns the FSM's and the executor's records of tasks, log lines and nodes into the
-// API's wire types. Queues, schedules and ACL records are converted beside their backends
-// (toAPIQueue in queue.go, toAPISchedule in schedules.go, toAPIPolicy and toAPIACLToken in
-// acl.go). A field added to an api type is filled where that type is converted
-// (TestEveryRouteMatchesItsAPIType fails until it is).
+// API's wire types. Queues, schedules and ACL records are converted beside their endpoints
+// (toAPIQueue in queues.go, toAPISchedule in schedules.go, toAPIPolicy and toAPIACLToken in
+// acl.go). A field added to an api type is filled where that type is converted (node's
+// TestEveryRouteMatchesItsAPIType fails until it is).
 
 // toAPITask converts a task record. Absent input and result are JSON null and an empty history
 // is [], as the contract shows; the timeout is Go duration text ("" for none); the boot ID stays

@@ -1,4 +1,4 @@
-package node
+package endpoint
 
 import (
 	"bufio"
@@ -16,25 +16,26 @@ import (
 	"github.com/taskworker/taskworker/tasks"
 )
 
-// taskLogs hands emit a task's output from every node that ran one of its attempts, in time
-// order. With follow it streams new lines, across moves to other nodes, until the task ends.
-func (n *Node) taskLogs(ctx context.Context, id string, follow bool, emit func(api.LogLine)) error {
-	t, ok := n.fsm.Task(id)
+// Logs hands emit a task's output from every node that ran one of its attempts, in time order.
+// With follow it streams new lines, across moves to other nodes, until the task ends.
+func (e *TaskEndpoint) Logs(ctx context.Context, id string, follow bool, emit func(api.LogLine)) error {
+	srv := e.srv
+	t, ok := srv.cfg.FSM.Task(id)
 	if !ok {
 		return taskNotFound(id)
 	}
 	if follow {
 		// A leaving node ends the stream cleanly; the client follows on from another node.
-		ctx, stop := n.untilReleased(ctx)
+		ctx, stop := srv.untilReleased(ctx)
 		defer stop()
-		n.followLogs(ctx, id, func(l tasks.LogLine) { emit(toAPILogLine(l)) })
+		srv.followLogs(ctx, id, func(l tasks.LogLine) { emit(toAPILogLine(l)) })
 		return nil
 	}
 	var all []tasks.LogLine
 	for _, name := range attemptNodes(&t) {
-		lines, err := n.nodeLogs(ctx, name, id)
+		lines, err := srv.nodeLogs(ctx, name, id)
 		if err != nil {
-			n.log.Warn("read task logs", "task", id, "from", name, "err", err)
+			srv.log.Warn("read task logs", "task", id, "from", name, "err", err)
 		}
 		all = append(all, lines...)
 	}
@@ -47,7 +48,7 @@ func (n *Node) taskLogs(ctx context.Context, id string, follow bool, emit func(a
 
 // followLogs streams each attempt's lines from the node that runs it, one source after another
 // as the task moves, until the task has ended and every source has drained.
-func (n *Node) followLogs(ctx context.Context, id string, emit func(tasks.LogLine)) {
+func (srv *Server) followLogs(ctx context.Context, id string, emit func(tasks.LogLine)) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	lines := make(chan tasks.LogLine, 256)
@@ -55,7 +56,7 @@ func (n *Node) followLogs(ctx context.Context, id string, emit func(tasks.LogLin
 	started := map[int]bool{}
 	active := 0
 	for {
-		t, ok, changed := n.fsm.TaskWatch(id)
+		t, ok, changed := srv.cfg.FSM.TaskWatch(id)
 		if !ok {
 			return
 		}
@@ -66,14 +67,14 @@ func (n *Node) followLogs(ctx context.Context, id string, emit func(tasks.LogLin
 			started[h.Attempt] = true
 			active++
 			go func(name string, attempt int) {
-				err := n.followAttempt(ctx, name, id, attempt, func(l tasks.LogLine) {
+				err := srv.followAttempt(ctx, name, id, attempt, func(l tasks.LogLine) {
 					select {
 					case lines <- l:
 					case <-ctx.Done():
 					}
 				})
 				if err != nil && ctx.Err() == nil {
-					n.log.Debug("follow task logs", "task", id, "from", name, "err", err)
+					srv.log.Debug("follow task logs", "task", id, "from", name, "err", err)
 				}
 				// The reader may have gone (the client dropped the follow): never block on it.
 				select {
@@ -128,36 +129,28 @@ func attemptNodes(t *fsm.Task) []string {
 }
 
 // nodeLogs reads the lines one node holds for a task: this node directly, others over HTTP.
-func (n *Node) nodeLogs(ctx context.Context, name, id string) ([]tasks.LogLine, error) {
-	if name == n.cfg.Name {
-		return n.logs.Read(id)
+func (srv *Server) nodeLogs(ctx context.Context, name, id string) ([]tasks.LogLine, error) {
+	if name == srv.cfg.Name {
+		return srv.cfg.Logs.Read(id)
 	}
 	var out []tasks.LogLine
-	err := n.remoteLogs(ctx, n.client, name, internodeLogPath(id), func(l tasks.LogLine) { out = append(out, l) })
+	err := srv.remoteLogs(ctx, false, name, internodeLogPath(id), func(l tasks.LogLine) { out = append(out, l) })
 	return out, err
 }
 
 // followAttempt streams one attempt's lines from the node that runs it until that attempt is over.
-func (n *Node) followAttempt(ctx context.Context, name, id string, attempt int, fn func(tasks.LogLine)) error {
-	if name == n.cfg.Name {
-		n.followLocal(ctx, id, attempt, fn)
+func (srv *Server) followAttempt(ctx context.Context, name, id string, attempt int, fn func(tasks.LogLine)) error {
+	if name == srv.cfg.Name {
+		srv.followLocal(ctx, id, attempt, fn)
 		return nil
 	}
 	path := fmt.Sprintf("%s?follow=true&attempt=%d", internodeLogPath(id), attempt)
-	return n.remoteLogs(ctx, n.streamClient, name, path, fn) // no timeout: it lasts as long as the attempt
+	return srv.remoteLogs(ctx, true, name, path, fn) // no timeout: it lasts as long as the attempt
 }
 
-// remoteLogs reads JSON log lines from another node's internode logs route.
-func (n *Node) remoteLogs(ctx context.Context, client *http.Client, name, path string, fn func(tasks.LogLine)) error {
-	addr := n.internodeAddr(name)
-	if addr == "" {
-		return fmt.Errorf("node %s unknown", name)
-	}
-	req, err := n.internodeRequest(ctx, http.MethodGet, addr, path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := client.Do(req)
+// remoteLogs reads JSON log lines from another node's internode logs route; stream for a follow.
+func (srv *Server) remoteLogs(ctx context.Context, stream bool, name, path string, fn func(tasks.LogLine)) error {
+	resp, err := srv.cfg.GetFrom(ctx, name, path, stream)
 	if err != nil {
 		return fmt.Errorf("logs from %s: %w", name, err)
 	}
@@ -176,13 +169,18 @@ func (n *Node) remoteLogs(ctx context.Context, client *http.Client, name, path s
 	return sc.Err()
 }
 
-// followLocal streams this node's lines of one attempt until the attempt is over here. It waits
-// while this node's FSM has not yet caught up with the attempt's assignment.
 // followCatchUp bounds how long a follow waits for this node's FSM to learn a task it was asked about.
 const followCatchUp = 10 * time.Second
 
-func (n *Node) followLocal(ctx context.Context, id string, attempt int, fn func(tasks.LogLine)) {
-	old, ch, cancel := n.logs.Subscribe(id)
+// FollowLocal streams this node's lines of one attempt of task id until the attempt is over here:
+// the internode logs route serves another node's follow with it. It waits while this node's FSM
+// has not yet caught up with the attempt's assignment.
+func (e *TaskEndpoint) FollowLocal(ctx context.Context, id string, attempt int, fn func(tasks.LogLine)) {
+	e.srv.followLocal(ctx, id, attempt, fn)
+}
+
+func (srv *Server) followLocal(ctx context.Context, id string, attempt int, fn func(tasks.LogLine)) {
+	old, ch, cancel := srv.cfg.Logs.Subscribe(id)
 	defer cancel()
 	emit := func(l tasks.LogLine) {
 		if l.Attempt == attempt {
@@ -199,7 +197,7 @@ func (n *Node) followLocal(ctx context.Context, id string, attempt int, fn func(
 	defer catchUp.Stop()
 	caughtUp := false
 	for {
-		t, ok, changed := n.fsm.TaskWatch(id)
+		t, ok, changed := srv.cfg.FSM.TaskWatch(id)
 		if !ok && !caughtUp {
 			select {
 			case <-ctx.Done():
@@ -216,7 +214,7 @@ func (n *Node) followLocal(ctx context.Context, id string, attempt int, fn func(
 			continue
 		}
 		over := !ok || t.State.Terminal() || t.Attempt > attempt ||
-			(t.Attempt == attempt && !(t.State.Active() && t.Node == n.cfg.Name))
+			(t.Attempt == attempt && !(t.State.Active() && t.Node == srv.cfg.Name))
 		if over {
 			// Lines are written before the outcome is reported: what is queued now is all there is.
 			drainQueued(ch, emit)

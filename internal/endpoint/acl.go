@@ -1,11 +1,9 @@
-package node
+package endpoint
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"time"
 
@@ -21,38 +19,35 @@ import (
 // follower cannot be used to do what the caller may not, nor what its own replica, behind the
 // leader's, still allows.
 
-// aclBackend is the node as httpapi's ACL sees it.
-type aclBackend struct{ n *Node }
-
-var _ httpapi.ACL = aclBackend{}
+// ACLEndpoint serves ACLs as httpapi's ACL sees them: resolving credentials, and the policies and
+// tokens.
+type ACLEndpoint struct{ srv *Server }
 
 // authorizer resolves credentials against this node's replica of the ACL state.
-func (n *Node) authorizer() *acl.Authorizer { return acl.NewAuthorizer(n.fsm.ACL(), n.cfg.JWT) }
-
-func (b aclBackend) Resolve(credential string, now time.Time) (*acl.Identity, error) {
-	return b.n.resolve(credential, now)
+func (srv *Server) authorizer() *acl.Authorizer {
+	return acl.NewAuthorizer(srv.cfg.FSM.ACL(), srv.cfg.JWT)
 }
 
 // kindManagement is the identity of the cluster's management credential (internal/trust), which is
 // no ACL token but may do everything an ACL management token may.
 const kindManagement acl.Kind = "management"
 
-// resolve is who credential is on this node: the management identity for the cluster's
+// Resolve is who credential is on this node: the management identity for the cluster's
 // management credential, else what the ACL state makes of it.
-func (n *Node) resolve(credential string, now time.Time) (*acl.Identity, error) {
-	if n.trust.IsManagement(credential) {
+func (e *ACLEndpoint) Resolve(credential string, now time.Time) (*acl.Identity, error) {
+	if e.srv.cfg.Trust.IsManagement(credential) {
 		return &acl.Identity{Principal: string(kindManagement), Kind: kindManagement, Management: true}, nil
 	}
-	return n.authorizer().Resolve(credential, now)
+	return e.srv.authorizer().Resolve(credential, now)
 }
 
-func (b aclBackend) Bootstrapped() bool { return b.n.fsm.ACL().Bootstrapped() }
+func (e *ACLEndpoint) Bootstrapped() bool { return e.srv.cfg.FSM.ACL().Bootstrapped() }
 
 // proposeACL applies an ACL command for caller and maps its refusals to API errors.
-func (b aclBackend) proposeACL(ctx context.Context, caller httpapi.Caller, body fsm.Payload) error {
-	res, err := b.n.propose(ctx, &fsm.Command{Body: body})
+func (e *ACLEndpoint) proposeACL(ctx context.Context, caller httpapi.Caller, body fsm.Payload) error {
+	res, err := e.srv.propose(ctx, &fsm.Command{Body: body})
 	if err == nil {
-		err = b.n.waitIndex(ctx, res.Index) // the caller reads its own write on this node
+		err = e.srv.waitIndex(ctx, res.Index) // the caller reads its own write on this node
 	}
 	switch {
 	case errors.Is(err, fsm.ErrACLBootstrapped):
@@ -60,21 +55,21 @@ func (b aclBackend) proposeACL(ctx context.Context, caller httpapi.Caller, body 
 	case errors.Is(err, fsm.ErrACLNotFound):
 		return api.Errorf(api.CodeNotFound, "%v", err)
 	}
-	return toAPIError(err)
+	return e.srv.apiError(err)
 }
 
 // bootstrapper proposes the bootstrap token; acl.Bootstrap makes it.
 type bootstrapper struct {
 	ctx context.Context
-	b   aclBackend
+	e   *ACLEndpoint
 }
 
 func (p bootstrapper) ApplyBootstrap(tok acl.Token) error {
-	return p.b.proposeACL(p.ctx, httpapi.Caller{}, &fsm.ACLBootstrap{Token: tok})
+	return p.e.proposeACL(p.ctx, httpapi.Caller{}, &fsm.ACLBootstrap{Token: tok})
 }
 
-func (b aclBackend) Bootstrap(ctx context.Context) (api.ACLToken, error) {
-	tok, secret, err := acl.Bootstrap(bootstrapper{ctx, b}, time.Now())
+func (e *ACLEndpoint) Bootstrap(ctx context.Context) (api.ACLToken, error) {
+	tok, secret, err := acl.Bootstrap(bootstrapper{ctx, e}, time.Now())
 	if err != nil {
 		var ae *api.Error
 		if errors.As(err, &ae) {
@@ -82,13 +77,13 @@ func (b aclBackend) Bootstrap(ctx context.Context) (api.ACLToken, error) {
 		}
 		return api.ACLToken{}, err
 	}
-	return b.withSecret(tok.AccessorID, secret)
+	return e.withSecret(tok.AccessorID, secret)
 }
 
 // withSecret is the stored token (as Apply stamped it) with its secret, for the one reply that
 // shows it.
-func (b aclBackend) withSecret(accessorID string, secret acl.Secret) (api.ACLToken, error) {
-	stored, ok := b.n.fsm.ACL().Token(accessorID)
+func (e *ACLEndpoint) withSecret(accessorID string, secret acl.Secret) (api.ACLToken, error) {
+	stored, ok := e.srv.cfg.FSM.ACL().Token(accessorID)
 	if !ok {
 		return api.ACLToken{}, fmt.Errorf("token %s applied but not found", accessorID)
 	}
@@ -97,19 +92,19 @@ func (b aclBackend) withSecret(accessorID string, secret acl.Secret) (api.ACLTok
 	return out, nil
 }
 
-func (b aclBackend) SetPolicy(ctx context.Context, caller httpapi.Caller, p api.ACLPolicy) (api.ACLPolicy, error) {
+func (e *ACLEndpoint) SetPolicy(ctx context.Context, caller httpapi.Caller, p api.ACLPolicy) (api.ACLPolicy, error) {
 	ap := fromAPIPolicy(p)
 	if err := ap.Validate(); err != nil {
 		return api.ACLPolicy{}, api.Errorf(api.CodeInvalidPolicy, "%v", err)
 	}
-	if err := b.proposeACL(ctx, caller, &fsm.ACLPolicySet{Policy: ap}); err != nil {
+	if err := e.proposeACL(ctx, caller, &fsm.ACLPolicySet{Policy: ap}); err != nil {
 		return api.ACLPolicy{}, err
 	}
 	return toAPIPolicy(ap), nil
 }
 
-func (b aclBackend) Policies(context.Context) ([]api.ACLPolicy, error) {
-	ps := b.n.fsm.ACL().Policies()
+func (e *ACLEndpoint) Policies(context.Context) ([]api.ACLPolicy, error) {
+	ps := e.srv.cfg.FSM.ACL().Policies()
 	out := make([]api.ACLPolicy, 0, len(ps))
 	for _, p := range ps {
 		out = append(out, toAPIPolicy(p))
@@ -117,23 +112,23 @@ func (b aclBackend) Policies(context.Context) ([]api.ACLPolicy, error) {
 	return out, nil
 }
 
-func (b aclBackend) DeletePolicy(ctx context.Context, caller httpapi.Caller, name string) error {
-	if _, ok := b.n.fsm.ACL().Policy(name); !ok {
+func (e *ACLEndpoint) DeletePolicy(ctx context.Context, caller httpapi.Caller, name string) error {
+	if _, ok := e.srv.cfg.FSM.ACL().Policy(name); !ok {
 		return api.Errorf(api.CodeNotFound, "policy %q not found", api.Truncate(name))
 	}
-	return b.proposeACL(ctx, caller, &fsm.ACLPolicyDelete{Name: name})
+	return e.proposeACL(ctx, caller, &fsm.ACLPolicyDelete{Name: name})
 }
 
 // maxTokenTTL bounds a token's lifetime; longer-lived callers use tokens without a TTL on
 // purpose, not by an overflowing duration.
 const maxTokenTTL = 10 * 365 * 24 * time.Hour
 
-func (b aclBackend) CreateToken(ctx context.Context, caller httpapi.Caller, req api.ACLTokenRequest) (api.ACLToken, error) {
+func (e *ACLEndpoint) CreateToken(ctx context.Context, caller httpapi.Caller, req api.ACLTokenRequest) (api.ACLToken, error) {
 	if len(req.Policies) == 0 {
 		return api.ACLToken{}, api.Errorf(api.CodeInvalidTokenRequest, "a token needs at least one policy")
 	}
 	for _, p := range req.Policies {
-		if _, ok := b.n.fsm.ACL().Policy(p); !ok {
+		if _, ok := e.srv.cfg.FSM.ACL().Policy(p); !ok {
 			return api.ACLToken{}, api.Errorf(api.CodeInvalidTokenRequest, "no policy named %q", api.Truncate(p))
 		}
 	}
@@ -154,14 +149,14 @@ func (b aclBackend) CreateToken(ctx context.Context, caller httpapi.Caller, req 
 	if err := tok.Validate(); err != nil {
 		return api.ACLToken{}, api.Errorf(api.CodeInvalidTokenRequest, "%v", err)
 	}
-	if err := b.proposeACL(ctx, caller, &fsm.ACLTokenCreate{Token: tok, TTL: fsm.Duration(ttl)}); err != nil {
+	if err := e.proposeACL(ctx, caller, &fsm.ACLTokenCreate{Token: tok, TTL: fsm.Duration(ttl)}); err != nil {
 		return api.ACLToken{}, err
 	}
-	return b.withSecret(tok.AccessorID, secret)
+	return e.withSecret(tok.AccessorID, secret)
 }
 
-func (b aclBackend) Tokens(context.Context) ([]api.ACLToken, error) {
-	ts := b.n.fsm.ACL().Tokens()
+func (e *ACLEndpoint) Tokens(context.Context) ([]api.ACLToken, error) {
+	ts := e.srv.cfg.FSM.ACL().Tokens()
 	out := make([]api.ACLToken, 0, len(ts))
 	for _, t := range ts {
 		out = append(out, toAPIACLToken(t))
@@ -169,34 +164,19 @@ func (b aclBackend) Tokens(context.Context) ([]api.ACLToken, error) {
 	return out, nil
 }
 
-func (b aclBackend) DeleteToken(ctx context.Context, caller httpapi.Caller, accessorID string) error {
-	if _, ok := b.n.fsm.ACL().Token(accessorID); !ok {
+func (e *ACLEndpoint) DeleteToken(ctx context.Context, caller httpapi.Caller, accessorID string) error {
+	if _, ok := e.srv.cfg.FSM.ACL().Token(accessorID); !ok {
 		return api.Errorf(api.CodeNotFound, "token %q not found", api.Truncate(accessorID))
 	}
-	return b.proposeACL(ctx, caller, &fsm.ACLTokenDelete{AccessorID: accessorID})
+	return e.proposeACL(ctx, caller, &fsm.ACLTokenDelete{AccessorID: accessorID})
 }
 
-func (b aclBackend) Token(_ context.Context, accessorID string) (api.ACLToken, bool) {
-	t, ok := b.n.fsm.ACL().Token(accessorID)
+func (e *ACLEndpoint) Token(_ context.Context, accessorID string) (api.ACLToken, bool) {
+	t, ok := e.srv.cfg.FSM.ACL().Token(accessorID)
 	if !ok {
 		return api.ACLToken{}, false
 	}
 	return toAPIACLToken(t), true
-}
-
-// forwardRefusal turns the leader's refusal of a node's command (a 4xx with the API's error body:
-// 403, or a child submit that failed the leader's own validation) into the API error it was.
-func forwardRefusal(status int, body []byte) error {
-	if status < 400 || status >= 500 || status == http.StatusNotFound {
-		return nil
-	}
-	var e api.Error
-	if err := json.Unmarshal(body, &e); err != nil || e.Code == "" {
-		e = api.Error{Code: api.CodeForbidden, Message: "the leader refused the forwarded request"}
-	}
-	// The prefix tells a refusal of the caller apart from one of this node (a --token mismatch
-	// between nodes answers with the same codes).
-	return api.Errorf(e.Code, "the leader refused the forwarded request: %s", e.Message)
 }
 
 func toAPIPolicy(p acl.Policy) api.ACLPolicy {

@@ -1,4 +1,4 @@
-package node
+package endpoint
 
 import (
 	"bytes"
@@ -15,8 +15,9 @@ import (
 // Admission control and quotas: what the cluster, and each principal (the submitted_by of its
 // tasks: an ACL token's accessor ID, a JWT subject, "anonymous", or "" without ACLs), may make
 // every node hold. The caps on waiting tasks are checked in the FSM (fsm/admission.go) with the
-// leader's values stamped into each submit; schedule caps are checked where a schedule is put
-// (schedules.go); the retained cap is trimmed by the leader's scheduler loop, as retention is.
+// leader's values (API.AdmissionEnv) stamped into each submit; schedule caps are checked where a
+// schedule is put (checkScheduleQuota); the retained cap (API.RetainedCap) is trimmed by the
+// leader's scheduler loop, as retention is.
 
 // QuotaConfig is the agent's admission settings: the cluster's cap, and each principal's caps
 // where its ACL policies set none (without ACLs, every caller is the one principal ""). A zero
@@ -30,7 +31,7 @@ type QuotaConfig struct {
 	Retained            int           // --quota-retained: a principal's finished tasks kept
 }
 
-// Defaults of the admission settings, shared by the flags and setDefaults. They suit one team:
+// Defaults of the admission settings, shared by the flags and SetDefaults. They suit one team:
 // the bench's 100,000-task backlogs and million finished tasks fit, a flood does not.
 const (
 	DefaultMaxPending         = 1_000_000
@@ -44,7 +45,8 @@ const (
 	maxIdempotencyOrUniqueKey = 128
 )
 
-func (q *QuotaConfig) setDefaults() {
+// SetDefaults fills the fields left zero with their defaults.
+func (q *QuotaConfig) SetDefaults() {
 	def := func(v *int, d int) {
 		if *v == 0 {
 			*v = d
@@ -75,14 +77,14 @@ func capOf(v int) int { return max(v, 0) }
 // quotaFor is principal's quota: per field, the most generous value its ACL policies set, else
 // the agent's setting. A management token has no caps of its own (the cluster's still apply); a
 // JWT subject's policies are known only while its request is served, so it gets the settings.
-func (n *Node) quotaFor(principal string) Quota {
-	c := n.cfg.Quota
+func (srv *Server) quotaFor(principal string) Quota {
+	c := srv.cfg.Quota
 	q := Quota{Pending: capOf(c.Pending), Schedules: capOf(c.Schedules), ScheduleMinInterval: max(c.ScheduleMinInterval, 0),
 		ScheduleInputBytes: capOf(c.ScheduleInputBytes), Retained: capOf(c.Retained)}
-	if !n.cfg.ACL {
+	if !srv.cfg.ACL {
 		return q
 	}
-	view := n.fsm.ACL()
+	view := srv.cfg.FSM.ACL()
 	var names []string
 	if principal == acl.AnonymousPolicy {
 		names = []string{acl.AnonymousPolicy}
@@ -120,20 +122,22 @@ func (n *Node) quotaFor(principal string) Quota {
 	return q
 }
 
-// admissionEnv is what the leader stamps into every submit it proposes (fsm.PrepareEnv).
-func (n *Node) admissionEnv() *fsm.AdmissionEnv {
+// AdmissionEnv is what the leader stamps into every submit it proposes (fsm.PrepareEnv).
+func (a *API) AdmissionEnv() *fsm.AdmissionEnv {
+	srv := a.srv
 	return &fsm.AdmissionEnv{
-		MaxPending:       capOf(n.cfg.Quota.MaxPending),
-		PrincipalPending: func(p string) int { return n.quotaFor(p).Pending },
+		MaxPending:       capOf(srv.cfg.Quota.MaxPending),
+		PrincipalPending: func(p string) int { return srv.quotaFor(p).Pending },
 	}
 }
 
-// retainedCap is the scheduler loop's view of the retained caps.
-func (n *Node) retainedCap(principal string) int { return n.quotaFor(principal).Retained }
+// RetainedCap is the scheduler loop's view of the retained caps: how many finished tasks of
+// principal are kept (0: no cap).
+func (a *API) RetainedCap(principal string) int { return a.srv.quotaFor(principal).Retained }
 
-// problems lists the settings Validate refuses: a zero from the command line (setDefaults has
-// turned every zero of a Go caller into its default before Validate sees it).
-func (q QuotaConfig) problems() []string {
+// Problems lists the settings a node's config validation refuses: a zero from the command line
+// (SetDefaults has turned every zero of a Go caller into its default before they are judged).
+func (q QuotaConfig) Problems() []string {
 	var out []string
 	for _, f := range []struct {
 		flag string
@@ -160,24 +164,24 @@ const (
 	capKeyLength        = "key_length"
 )
 
-// admissionCaps are the caps above, each with its series from the start.
-var admissionCaps = []string{capMaxPending, capPending, capSchedules, capScheduleInterval, capScheduleInput, capKeyLength}
+// AdmissionCaps are the caps above, each with its series from the start.
+var AdmissionCaps = []string{capMaxPending, capPending, capSchedules, capScheduleInterval, capScheduleInput, capKeyLength}
 
 // refuse counts a refusal for cap and returns err.
-func (n *Node) refuse(cap string, err error) error {
-	n.metrics.Refused(cap)
+func (srv *Server) refuse(cap string, err error) error {
+	srv.cfg.Metrics.Refused(cap)
 	return err
 }
 
 // noteRefusal counts err when it is a submit refused for a cap, and returns it.
-func (n *Node) noteRefusal(err error) error {
+func (srv *Server) noteRefusal(err error) error {
 	var ae *api.Error
 	if errors.As(err, &ae) {
 		switch ae.Code {
 		case api.CodeQueueFull:
-			n.metrics.Refused(capMaxPending)
+			srv.cfg.Metrics.Refused(capMaxPending)
 		case api.CodeQuotaExceeded:
-			n.metrics.Refused(capPending)
+			srv.cfg.Metrics.Refused(capPending)
 		}
 	}
 	return err
@@ -187,17 +191,17 @@ func (n *Node) noteRefusal(err error) error {
 const scheduleTicksChecked = 120
 
 // checkScheduleQuota holds a schedule put to its principal's quota: its input size, how often it
-// fires, and how many schedules the principal has (a replacement counts once). The node that took
-// the request checks it, and the leader again on a forward; two new schedules racing through different
-// nodes can each see room for one more, so the count may overshoot by the puts in flight.
-func (n *Node) checkScheduleQuota(s *fsm.Schedule) error {
-	old, exists := n.fsm.Schedule(s.Name)
+// fires, and how many schedules the principal has (a replacement counts once). A put is checked
+// where it runs, on the leader (checkSchedule); two new schedules put at once can each see room
+// for one more, so the count may overshoot by the puts in flight.
+func (srv *Server) checkScheduleQuota(s *fsm.Schedule) error {
+	old, exists := srv.cfg.FSM.Schedule(s.Name)
 	if exists && old.Spec == s.Spec && old.TimeZone == s.TimeZone && bytes.Equal(old.Input, s.Input) {
 		return nil // a pause, a resume, or another change of what was admitted before
 	}
-	q := n.quotaFor(s.SubmittedBy)
+	q := srv.quotaFor(s.SubmittedBy)
 	if q.ScheduleInputBytes > 0 && len(s.Input) > q.ScheduleInputBytes {
-		return n.refuse(capScheduleInput, api.Errorf(api.CodeInputTooLarge,
+		return srv.refuse(capScheduleInput, api.Errorf(api.CodeInputTooLarge,
 			"a schedule's input may be at most %d bytes (quota.schedule_input_bytes, else --quota-schedule-input-bytes), got %d", q.ScheduleInputBytes, len(s.Input)))
 	}
 	if q.ScheduleMinInterval > 0 {
@@ -206,19 +210,19 @@ func (n *Node) checkScheduleQuota(s *fsm.Schedule) error {
 			return api.Errorf(api.CodeInvalidSchedule, "%v", err)
 		}
 		if every > 0 && every < q.ScheduleMinInterval {
-			return n.refuse(capScheduleInterval, api.Errorf(api.CodeScheduleTooFrequent,
+			return srv.refuse(capScheduleInterval, api.Errorf(api.CodeScheduleTooFrequent,
 				"a schedule may fire at most once every %s (quota.schedule_min_interval, else --quota-schedule-interval); %q fires every %s", q.ScheduleMinInterval, api.Truncate(s.Spec), every))
 		}
 	}
 	if q.Schedules > 0 && !exists { // a replacement adds no schedule
 		have := 0
-		for _, o := range n.fsm.Schedules() {
+		for _, o := range srv.cfg.FSM.Schedules() {
 			if o.SubmittedBy == s.SubmittedBy {
 				have++
 			}
 		}
 		if have >= q.Schedules {
-			return n.refuse(capSchedules, api.Errorf(api.CodeQuotaExceeded,
+			return srv.refuse(capSchedules, api.Errorf(api.CodeQuotaExceeded,
 				"the principal has %d schedules, its quota (quota.schedules, else --quota-schedules); delete one first", have))
 		}
 	}

@@ -1,4 +1,4 @@
-package node
+package endpoint
 
 import (
 	"context"
@@ -8,15 +8,16 @@ import (
 	"github.com/taskworker/taskworker/internal/httpapi"
 )
 
-// Queues and type limits as the API sees them (httpapi.Backend): reads from this node's FSM,
-// changes through the leader (commands queue_set and type_limit_set).
+// QueueEndpoint serves queues and type limits (httpapi.QueueBackend): reads from this node's
+// FSM, changes through the leader (commands queue_set and type_limit_set).
+type QueueEndpoint struct{ srv *Server }
 
 func toAPIQueue(q fsm.QueueStatus) api.Queue {
 	return api.Queue{Name: q.Name, Limit: q.Limit, Paused: q.Paused, Scheduled: q.Scheduled, Pending: q.Pending, Running: q.Active}
 }
 
-func (b apiBackend) Queues(context.Context) (api.QueueList, error) {
-	qs := b.n.fsm.Queues()
+func (e *QueueEndpoint) Queues(context.Context) (api.QueueList, error) {
+	qs := e.srv.cfg.FSM.Queues()
 	out := api.QueueList{Queues: make([]api.Queue, 0, len(qs))}
 	for _, q := range qs {
 		out.Queues = append(out.Queues, toAPIQueue(q))
@@ -24,19 +25,19 @@ func (b apiBackend) Queues(context.Context) (api.QueueList, error) {
 	return out, nil
 }
 
-func (b apiBackend) UpdateQueue(ctx context.Context, caller httpapi.Caller, name string, u api.QueueUpdate) (api.Queue, error) {
+func (e *QueueEndpoint) UpdateQueue(ctx context.Context, caller httpapi.Caller, name string, u api.QueueUpdate) (api.Queue, error) {
 	c := &fsm.Command{Body: &fsm.QueueSet{Name: name, Limit: u.Limit, Paused: u.Paused}}
 	if err := checkQueueCommand(c); err != nil {
 		return api.Queue{}, err
 	}
-	if err := b.n.applyAndWait(ctx, c); err != nil {
+	if err := e.srv.applyAndWait(ctx, c); err != nil {
 		return api.Queue{}, err
 	}
-	return toAPIQueue(b.n.fsm.Queue(name)), nil
+	return toAPIQueue(e.srv.cfg.FSM.Queue(name)), nil
 }
 
-func (b apiBackend) TypeLimits(context.Context) (api.TypeLimitList, error) {
-	ls := b.n.fsm.TypeLimits()
+func (e *QueueEndpoint) TypeLimits(context.Context) (api.TypeLimitList, error) {
+	ls := e.srv.cfg.FSM.TypeLimits()
 	out := api.TypeLimitList{Limits: make([]api.TypeLimit, 0, len(ls))}
 	for _, l := range ls {
 		out.Limits = append(out.Limits, api.TypeLimit{Type: l.Type, Limit: l.Limit, Running: l.Active})
@@ -44,16 +45,16 @@ func (b apiBackend) TypeLimits(context.Context) (api.TypeLimitList, error) {
 	return out, nil
 }
 
-func (b apiBackend) SetTypeLimit(ctx context.Context, caller httpapi.Caller, typ string, u api.TypeLimitUpdate) (api.TypeLimit, error) {
+func (e *QueueEndpoint) SetTypeLimit(ctx context.Context, caller httpapi.Caller, typ string, u api.TypeLimitUpdate) (api.TypeLimit, error) {
 	c := &fsm.Command{Body: &fsm.TypeLimitSet{Type: typ, Limit: u.Limit}}
 	if err := checkQueueCommand(c); err != nil {
 		return api.TypeLimit{}, err
 	}
-	if err := b.n.applyAndWait(ctx, c); err != nil {
+	if err := e.srv.applyAndWait(ctx, c); err != nil {
 		return api.TypeLimit{}, err
 	}
 	out := api.TypeLimit{Type: typ}
-	for _, l := range b.n.fsm.TypeLimits() {
+	for _, l := range e.srv.cfg.FSM.TypeLimits() {
 		if l.Type == typ {
 			out.Limit, out.Running = l.Limit, l.Active
 		}
@@ -62,15 +63,15 @@ func (b apiBackend) SetTypeLimit(ctx context.Context, caller httpapi.Caller, typ
 }
 
 // applyAndWait has the leader apply c and waits until this node's FSM holds it.
-func (n *Node) applyAndWait(ctx context.Context, c *fsm.Command) error {
-	res, err := n.propose(ctx, c)
+func (srv *Server) applyAndWait(ctx context.Context, c *fsm.Command) error {
+	res, err := srv.propose(ctx, c)
 	if err != nil {
-		return toAPIError(err)
+		return srv.apiError(err)
 	}
 	if res.Err != nil {
 		return api.Errorf(api.CodeInvalidRequest, "%v", res.Err)
 	}
-	return toAPIError(n.waitIndex(ctx, res.Index))
+	return srv.apiError(srv.waitIndex(ctx, res.Index))
 }
 
 // checkQueueCommand validates a queue or type limit change (nil for other commands).

@@ -1,0 +1,70 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/endpoint"
+	"github.com/taskworker/taskworker/internal/forward"
+	"github.com/taskworker/taskworker/internal/trust"
+	"github.com/taskworker/taskworker/tasks"
+)
+
+// newEndpoints builds the public API's backend (internal/endpoint) over this node. Raft, gossip
+// and trust must be running.
+func newEndpoints(n *Node) *endpoint.API {
+	cfg := &n.cfg
+	return endpoint.New(endpoint.Config{
+		Name: cfg.Name, StartedAt: n.startedAt, DataDir: cfg.DataDir, ACL: cfg.ACL, JWT: cfg.JWT,
+		MaxInputBytes: cfg.MaxInputBytes, Quota: cfg.Quota, Logger: n.log,
+		FSM: n.fsm, Registry: cfg.Registry, Logs: n.logs, Raft: n.rn.Raft(), RaftID: n.rn.ID(),
+		Gossip: n.members, Trust: n.trust, Metrics: n.metrics, KeyID: trust.KeyID,
+
+		Propose: n.propose, ProposeNode: n.proposeNode, NewID: forward.ID, WaitIndex: n.waitIndex,
+		Retryable: retryable, ShuttingDown: ErrShuttingDown,
+
+		Leader:       n.Leader,
+		ServerNames:  func() endpoint.ServerNames { return n.rn.Names() },
+		Alive:        n.aliveNames,
+		StorageFault: n.rn.StorageFault,
+		Leaving:      n.leaving.Load,
+		Released:     n.released,
+		Leave:        n.Leave,
+		LeaveRefused: ErrLeaveRefused,
+		GetFrom: func(ctx context.Context, name, path string, stream bool) (*http.Response, error) {
+			addr := n.internodeAddr(name)
+			if addr == "" {
+				return nil, fmt.Errorf("node %s unknown", name)
+			}
+			req, err := n.internodeRequest(ctx, http.MethodGet, addr, path, nil)
+			if err != nil {
+				return nil, err
+			}
+			client := n.client
+			if stream {
+				client = n.streamClient // no timeout: a follow lasts as long as the attempt
+			}
+			return client.Do(req)
+		},
+	})
+}
+
+// The executor (Start), the leader's apply (apply.go) and the internode routes
+// (internode_routes.go) reach the endpoints through these.
+
+// submitChild is the executor's tasks.Submitter.
+func (n *Node) submitChild(ctx context.Context, parent tasks.RunRef, executionID string, c tasks.ChildTask) (string, error) {
+	return n.ep.SubmitChild(ctx, parent, executionID, c)
+}
+
+func (n *Node) admissionEnv() *fsm.AdmissionEnv { return n.ep.AdmissionEnv() }
+
+func (n *Node) checkSubmit(s *fsm.Submit) error { return n.ep.CheckSubmit(s) }
+
+func (n *Node) checkChild(s *fsm.Submit) error { return n.ep.CheckChild(s) }
+
+func (n *Node) followLocal(ctx context.Context, id string, attempt int, fn func(tasks.LogLine)) {
+	n.ep.FollowLocal(ctx, id, attempt, fn)
+}
