@@ -88,7 +88,7 @@ const (
 )
 
 // Duration is a task timeout. It has no JSON form of its own: the API writes it as Go duration
-// text (node/convert.go).
+// text (internal/endpoint/convert.go).
 type Duration time.Duration
 
 // TaskError is the error of a failed attempt or task.
@@ -114,7 +114,7 @@ type HistoryEntry struct {
 	By string `msgpack:"by,omitempty"`
 }
 
-// Task is the task record as the FSM keeps it; its JSON form is api.Task (node/convert.go).
+// Task is the task record as the FSM keeps it; its JSON form is api.Task (internal/endpoint/convert.go).
 type Task struct {
 	ID              string          `msgpack:"id"`
 	Type            string          `msgpack:"type"`

@@ -123,7 +123,7 @@ func checkFields(t *testing.T, path string, typ reflect.Type, objs []any) {
 			}
 		}
 		if !seen && elsewhere[path+"."+f.Name] == "" {
-			t.Errorf("%s.%s (json %q) never appears in the node's replies: is it filled in node/convert.go?", path, f.Name, name)
+			t.Errorf("%s.%s (json %q) never appears in the node's replies: is it filled in internal/endpoint/convert.go?", path, f.Name, name)
 			continue
 		}
 		checkFields(t, path+"."+f.Name, f.Type, sub)
