@@ -16,6 +16,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/worker"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -83,7 +84,7 @@ func TestRemovePathCarriesAnyNodeName(t *testing.T) {
 	mux.HandleFunc("POST "+internodeRemovePath, func(w http.ResponseWriter, r *http.Request) { got = r.PathValue("name") })
 	for _, name := range []string{"n1", "web/1", "node 7", "a?b=c", "50%", "x#y", "../leader"} {
 		got = ""
-		req, err := http.NewRequest(http.MethodPost, "http://leader"+removePath(name), nil)
+		req, err := http.NewRequest(http.MethodPost, "http://leader"+worker.RemovePath(name), nil)
 		if err != nil {
 			t.Fatalf("%q: %v", name, err)
 		}

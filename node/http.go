@@ -30,7 +30,7 @@ func (n *Node) routes() http.Handler {
 	default:
 		n.goLoop(n.servePprof)
 	}
-	return n.refuseWhenClosing(httpapi.New(apiBackend{n}, opts))
+	return n.work.RefuseWhenClosing(httpapi.New(apiBackend{n}, opts))
 }
 
 // pprofMux is Go's profiler, registered here rather than through net/http/pprof's side effect on
