@@ -63,8 +63,8 @@ type Config struct {
 	Raft   *raft.Raft
 	Gossip Gossip
 	Logger *slog.Logger
-	// Executor configures the executor; its Reporter and StartWindow are the worker's, and its
-	// Registry's types are registered with this node. Logs also holds what SweepLogs deletes.
+	// Executor configures the executor; the worker sets its Reporter and StartWindow. Registry's
+	// types are the ones this node registers in the FSM; Logs is where SweepLogs deletes.
 	Executor tasks.ExecutorConfig
 
 	// ProposeNode gets a command this node sends about itself applied by the leader, wherever
