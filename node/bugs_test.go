@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/taskworker/taskworker/internal/worker"
 )
 
 func TestRemovePathCarriesAnyNodeName(t *testing.T) {
@@ -17,7 +19,7 @@ func TestRemovePathCarriesAnyNodeName(t *testing.T) {
 	mux.HandleFunc("POST "+internodeRemovePath, func(w http.ResponseWriter, r *http.Request) { got = r.PathValue("name") })
 	for _, name := range []string{"n1", "web/1", "node 7", "a?b=c", "50%", "x#y", "../leader"} {
 		got = ""
-		req, err := http.NewRequest(http.MethodPost, "http://leader"+removePath(name), nil)
+		req, err := http.NewRequest(http.MethodPost, "http://leader"+worker.RemovePath(name), nil)
 		if err != nil {
 			t.Fatalf("%q: %v", name, err)
 		}

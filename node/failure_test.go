@@ -168,7 +168,7 @@ func TestPartitionedNodeLateResultIsRejected(t *testing.T) {
 	// x finishes its stale attempt while cut off, then comes back and tries to report it.
 	g.open(x.Name())
 	tc.twin.heal(x.Name())
-	stale := reporter{x}.Finished(context.Background(), tasks.RunRef{TaskID: task.ID, Attempt: 1}, tasks.OutcomeSucceeded, []byte(`"late"`), nil)
+	stale := x.work.Reporter().Finished(context.Background(), tasks.RunRef{TaskID: task.ID, Attempt: 1}, tasks.OutcomeSucceeded, []byte(`"late"`), nil)
 	if stale == nil {
 		t.Fatal("late report of attempt 1 was accepted")
 	}

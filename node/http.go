@@ -30,7 +30,7 @@ func (n *Node) routes() http.Handler {
 	default:
 		n.goLoop(n.servePprof)
 	}
-	return n.refuseWhenClosing(httpapi.New(n.ep, opts))
+	return n.work.RefuseWhenClosing(httpapi.New(n.ep, opts))
 }
 
 // pprofMux is Go's profiler, registered here rather than through net/http/pprof's side effect on

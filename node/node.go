@@ -37,6 +37,7 @@ import (
 	"github.com/taskworker/taskworker/internal/store"
 	"github.com/taskworker/taskworker/internal/telemetry"
 	"github.com/taskworker/taskworker/internal/trust"
+	"github.com/taskworker/taskworker/internal/worker"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/scheduler"
 	"github.com/taskworker/taskworker/tasks"
@@ -55,7 +56,7 @@ type Node struct {
 	rn       *raftnode.Node // raft, its transport and stores, their health, raft server IDs
 	closers  []func() error
 	members  *membership.Membership
-	exec     *tasks.Executor
+	work     *worker.Worker // the executor and what feeds it, the leave, held clients' release
 	logs     *tasks.LogStore
 	http     *http.Server
 	httpAddr string
@@ -89,17 +90,12 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	leader       *leader.Loop // the duties while this node leads, fed by gossip's events (leader.go)
-	leaveMu      sync.Mutex
-	leaveStarted bool
-	leaveDone    chan struct{}
-	// Clients of a leaving node (release.go): leaving is set once a leave is accepted (health
-	// says draining); closing once held requests are let go (new requests get shutting_down);
-	// released is closed then, which answers every held wait and ends every log follow.
-	leaving     atomic.Bool
-	closing     atomic.Bool
-	released    chan struct{}
-	releaseOnce sync.Once
+	leader *leader.Loop // the duties while this node leads, fed by gossip's events (leader.go)
+	// leaving is set once the worker accepts a leave (health says draining); released is the
+	// worker's Released, closed once held requests are let go: every held wait answers and every
+	// log follow ends.
+	leaving  atomic.Bool
+	released <-chan struct{}
 
 	fatalOnce  sync.Once     // fatal acts once
 	leaders    leaderWatch   // raft's leader changes, for forwards (apply.go)
@@ -124,7 +120,7 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), startedAt: time.Now(), fsm: fsm.New(),
-		leaveDone: make(chan struct{}), released: make(chan struct{}), up: make(chan struct{}),
+		up: make(chan struct{}),
 	}
 	n.metrics = telemetry.New(telemetry.Source{FSM: n.fsm, Capacity: cfg.Capacity, Caps: endpoint.AdmissionCaps,
 		Raft: func() *raft.Raft { return n.rn.Raft() },
@@ -135,10 +131,10 @@ func Start(cfg Config) (*Node, error) {
 			return n.members.Members()
 		},
 		Running: func() (int, bool) {
-			if n.exec == nil {
+			if n.work == nil {
 				return 0, false
 			}
-			return len(n.exec.Running()), true
+			return len(n.work.Executor().Running()), true
 		},
 		DiskFree: func() int64 { return n.rn.DiskFree() }, StorageFault: func() string { return n.rn.StorageFault() }})
 	n.noisy = slog.New(telemetry.NewRateLimitHandler(n.log.Handler(), telemetry.LogRepeatWindow, n.metrics.LogSuppressed))
@@ -250,16 +246,11 @@ func (n *Node) start() error {
 		return err
 	}
 
-	n.exec = tasks.NewExecutor(tasks.ExecutorConfig{
-		Registry: cfg.Registry, Reporter: reporter{n}, Logs: n.logs, NodeName: cfg.Name,
-		Logger: n.log.With("component", "executor"), Submit: n.submitChild,
-		MaxResultBytes: cfg.MaxResultBytes, CheckpointsPerSecond: cfg.CheckpointRate,
-		StartWindow: startWindow,
-	})
-
 	if err := n.startMembership(); err != nil {
 		return err
 	}
+	n.work = newWorker(n)
+	n.released = n.work.Released()
 	n.ep = newEndpoints(n)
 	n.api = n.routes() // before the internode side serves forwarded writes with it
 	n.leader = n.newLeader()
@@ -267,10 +258,10 @@ func (n *Node) start() error {
 	n.serveInternode(n.internodeLn)
 	n.goLoop(n.trust.Run)
 	n.goLoop(n.joinLoop)
-	n.goLoop(n.registerLoop)
-	n.goLoop(n.workLoop)
+	n.goLoop(n.work.RegisterLoop)
+	n.goLoop(n.work.WorkLoop)
 	n.goLoop(n.leader.Run)
-	n.goEvery(scheduler.GCInterval(n.cfg.Retention), n.sweepLogs)
+	n.goEvery(scheduler.GCInterval(n.cfg.Retention), n.work.SweepLogs)
 	n.goLoop(n.batch.run)
 	n.goLoop(n.watchHalt)
 	n.goLoop(n.ep.GossipIndexes)
@@ -342,12 +333,6 @@ func (n *Node) advertised(bound string) (string, error) {
 	}
 	return net.JoinHostPort(host, port), nil
 }
-
-// startWindow is how long the executor holds an attempt's Started report back: an attempt that
-// ends sooner (an echo takes microseconds) reports start and outcome in one raft entry, one
-// serial commit fewer per task (4 → 3 with the submit and the assignment); a longer one reports
-// Started when the window ends, still promptly.
-const startWindow = 10 * time.Millisecond
 
 // startRaft opens raft's stores, sets up trust (which needs to know whether this node held raft
 // state), then starts raft on a transport secured with it.
@@ -605,7 +590,7 @@ func (n *Node) Leader() string {
 
 // Done is closed when the node has shut down after a graceful leave, or after it stopped on its
 // own for a reason Err gives.
-func (n *Node) Done() <-chan struct{} { return n.leaveDone }
+func (n *Node) Done() <-chan struct{} { return n.work.Done() }
 
 // Err is why the node stopped on its own (such as membership.ErrNameConflict), or nil.
 func (n *Node) Err() error {
@@ -627,16 +612,7 @@ func (n *Node) stopFailed(err error) {
 		case <-n.ctx.Done():
 			return
 		}
-		n.leaveMu.Lock()
-		defer n.leaveMu.Unlock()
-		if n.leaveStarted {
-			return
-		}
-		n.leaveStarted = true
-		if err := n.Shutdown(); err != nil {
-			n.log.Warn("shutdown", "err", err)
-		}
-		close(n.leaveDone)
+		n.work.Stop()
 	}()
 }
 
@@ -665,10 +641,12 @@ func (n *Node) Shutdown() error {
 	n.shut = true
 	// Answer held requests before anything stops, so the HTTP server's graceful shutdown below
 	// finds them done instead of cutting their connections.
-	n.releaseClients("node shutting down")
+	if n.work != nil {
+		n.work.Release("node shutting down")
+	}
 	n.cancel()
-	if n.exec != nil {
-		n.exec.Close()
+	if n.work != nil {
+		n.work.Executor().Close()
 	}
 	var errs []error
 	if n.members != nil {

@@ -172,7 +172,7 @@ func TestReleasedNodeRefusesNewRequestsWithTheLeaderAddress(t *testing.T) {
 	tc.waitHealthy(3)
 	f := tc.follower()
 	l := tc.leader()
-	f.releaseClients("test")
+	f.work.Release("test")
 
 	var e api.Error
 	resp, err := http.Get("http://" + f.HTTPAddr() + "/v1/tasks")

@@ -2,288 +2,56 @@ package node
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"slices"
-	"time"
 
 	"github.com/hashicorp/raft"
 
-	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/worker"
 	"github.com/taskworker/taskworker/tasks"
 )
 
-// registerLoop keeps this node's FSM record in step with this incarnation: registered under its
-// boot ID, with its addresses, capacity and task types, and up. It re-registers after a false
-// death verdict (gossip saw it again) and after a restart.
-//
-// It also re-registers when raft has not heard from a leader for a while. A node cut off long
-// enough (frozen by SIGSTOP, partitioned) is declared down and removed from raft; its own FSM
-// stopped before the verdict, still reads "up", and nothing would ever reach it again to say
-// otherwise: the leader re-adds only registered members. The forwarded registration (through any
-// member when no leader is known) brings it back; for a node that was only between leaders it
-// is one harmless entry.
-func (n *Node) registerLoop(ctx context.Context) {
-	want := n.nodeRecord()
-	check := time.NewTicker(orphanCheck)
-	defer check.Stop()
-	var lastForced time.Time
-	for {
-		changed := n.fsm.Changed()
-		storageChanged := n.rn.Health().Changed()
-		orphaned := n.orphaned() && time.Since(lastForced) > n.orphanAfter()
-		if orphaned {
-			lastForced = time.Now()
-			n.log.Info("no word from a raft leader; registering again", "since", n.rn.Raft().LastContact())
-		}
-		if cur, ok := n.fsm.Node(n.cfg.Name); orphaned || !ok || !sameRegistration(cur, want) {
-			if n.draining() {
-				return
-			}
-			if n.rn.StorageFault() != "" {
-				// The leader took this node down for it; registering would only bring it back
-				// up to be taken down again. Wait for the disk.
-				select {
-				case <-ctx.Done():
-					return
-				case <-storageChanged:
-				}
-				continue
-			}
-			cctx, cancel := context.WithTimeout(ctx, registerTimeout)
-			_, err := n.proposeNode(cctx, &fsm.Command{Body: &fsm.Register{Node: want}})
-			cancel()
-			if err != nil && ctx.Err() == nil {
-				n.log.Debug("register", "err", err)
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		case <-check.C:
-		}
-	}
+// ErrLeaveRefused is returned when a leave would leave the cluster without a node or a quorum.
+var ErrLeaveRefused = worker.ErrLeaveRefused
+
+// newWorker builds this node's side of running tasks and of leaving (internal/worker), with its
+// executor. Raft and gossip must be running.
+func newWorker(n *Node) *worker.Worker {
+	cfg := &n.cfg
+	return worker.New(worker.Config{
+		Name: cfg.Name, BootID: n.bootID, StartedAt: n.startedAt, HTTPAddr: n.httpAddr,
+		RaftAddr: string(n.rn.LocalAddr()), Capacity: cfg.Capacity, Version: cfg.Version,
+		RaftHeartbeat: cfg.RaftHeartbeat, RaftElection: cfg.RaftElection,
+		DeadServerGrace: cfg.DeadServerGrace, DrainTimeout: cfg.DrainTimeout,
+		FSM: n.fsm, Raft: n.rn.Raft(), Gossip: n.members, Logger: n.log,
+		Executor: tasks.ExecutorConfig{
+			Registry: cfg.Registry, Logs: n.logs, NodeName: cfg.Name,
+			Logger: n.log.With("component", "executor"), Submit: n.submitChild,
+			MaxResultBytes: cfg.MaxResultBytes, CheckpointsPerSecond: cfg.CheckpointRate,
+		},
+		ProposeNode:    n.proposeNode,
+		StorageFault:   n.rn.StorageFault,
+		StorageChanged: func() <-chan struct{} { return n.rn.Health().Changed() },
+		Alive:          n.aliveNames,
+		Leader:         n.Leader,
+		ServerNames:    func() func(raft.ServerID) string { return n.rn.Names().Name },
+		RaftID:         n.rn.ID(),
+		LeaderAddr:     n.leaderInternodeAddr,
+		AnyPeerAddr:    n.anyInternodeAddr,
+		Request:        n.internodeRequest,
+		Client:         n.client,
+		Joined:         n.joined.Load,
+		Leaving:        func() { n.leaving.Store(true) },
+		Shutdown:       n.Shutdown,
+	})
 }
 
-// orphanCheck is how often registerLoop asks whether raft lost touch with the leader.
-const orphanCheck = time.Second
+// Leave drains this node and removes it from the cluster (worker.Worker.Leave): no new tasks
+// land here, running tasks get up to the drain timeout to finish, the rest are handed back to
+// run elsewhere, leadership moves away, the node leaves raft and gossip, and it shuts down.
+// Without force, a leave that would remove the last node or break quorum is refused
+// (ErrLeaveRefused); with force it drains and stops anyway.
+func (n *Node) Leave(ctx context.Context, force bool) error { return n.work.Leave(ctx, force) }
 
-// orphanAfter is how long without contact from a leader makes a follower register again: well past
-// an election (so a normal leader change does not trigger it) and past the dead-server grace
-// after which the leader removes a silent voter.
-func (n *Node) orphanAfter() time.Duration {
-	return max(4*n.cfg.RaftElection, n.cfg.DeadServerGrace+n.cfg.RaftHeartbeat)
-}
-
-// orphaned reports whether this node, not the leader, has gone orphanAfter without contact from
-// one while other members are alive to forward a registration.
-func (n *Node) orphaned() bool {
-	if n.rn.Raft().State() == raft.Leader || time.Since(n.startedAt) < n.orphanAfter() {
-		return false
-	}
-	last := n.rn.Raft().LastContact()
-	if !last.IsZero() && time.Since(last) < n.orphanAfter() {
-		return false
-	}
-	return n.anyInternodeAddr() != ""
-}
-
-func (n *Node) draining() bool { return n.members.Local().Meta.Draining }
-
-func (n *Node) nodeRecord() fsm.Node {
-	rec := fsm.Node{
-		Name: n.cfg.Name, GossipAddr: n.members.GossipAddr(), RaftAddr: string(n.rn.LocalAddr()),
-		HTTPAddr: n.httpAddr, BootID: n.bootID, Capacity: n.cfg.Capacity, Version: n.cfg.Version,
-		Protocol: fsm.Protocol,
-	}
-	for _, d := range n.cfg.Registry.Definitions() {
-		rec.Types = append(rec.Types, fsm.TypeInfo{Type: d.Name, Version: d.Version, Description: d.Description, ExampleInput: d.ExampleInput})
-	}
-	return rec
-}
-
-func sameRegistration(cur, want fsm.Node) bool {
-	return cur.Status == fsm.NodeUp && cur.BootID == want.BootID && cur.HTTPAddr == want.HTTPAddr &&
-		cur.RaftAddr == want.RaftAddr && cur.GossipAddr == want.GossipAddr && cur.Capacity == want.Capacity &&
-		cur.Protocol == want.Protocol &&
-		slices.EqualFunc(cur.Types, want.Types, func(a, b fsm.TypeInfo) bool { return a.Type == b.Type && a.Version == b.Version })
-}
-
-// workLoop runs what the FSM assigns to this incarnation and stops runs that were taken away
-// (reassigned, fenced) or cancelled.
-func (n *Node) workLoop(ctx context.Context) {
-	cancelling := map[tasks.RunRef]bool{} // cancelled before they started: reported without running
-	for {
-		changed := n.fsm.Changed()
-		storageChanged := n.rn.Health().Changed()
-		// A node that cannot persist takes no new task: the leader is moving its tasks away.
-		faulty := n.rn.StorageFault() != ""
-		mine := map[tasks.RunRef]bool{}
-		running := map[tasks.RunRef]bool{}
-		for _, ref := range n.exec.Running() {
-			running[ref] = true
-		}
-		for _, t := range n.fsm.Active(n.cfg.Name) {
-			if t.BootID != n.bootID {
-				continue
-			}
-			ref := tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}
-			mine[ref] = true
-			switch {
-			case t.CancelRequested && running[ref]:
-				n.exec.Stop(t.ID, t.Attempt, tasks.StopCancel)
-				continue
-			case t.CancelRequested:
-				if !cancelling[ref] {
-					cancelling[ref] = true
-					go n.finishUnstarted(ctx, ref, tasks.OutcomeCancelled, &tasks.TaskError{Type: tasks.ErrTypeCancelled, Message: "task cancelled"})
-				}
-				continue
-			}
-			if faulty && !running[ref] {
-				continue
-			}
-			n.exec.Start(tasks.Assignment{
-				TaskID: t.ID, Type: t.Type, Version: t.Version, ExecutionID: t.ExecutionID,
-				Input: t.Input, Attempt: t.Attempt, Timeout: time.Duration(t.Timeout), Checkpoint: t.Checkpoint,
-			})
-		}
-		for ref := range cancelling {
-			if !mine[ref] {
-				delete(cancelling, ref)
-			}
-		}
-		for ref := range running {
-			if mine[ref] {
-				continue
-			}
-			// Runs whose outcome the FSM already holds are only wrapping up; any other run was
-			// taken away (reassigned after a false death verdict, or this node was declared dead).
-			if t, ok := n.fsm.Task(ref.TaskID); ok && !attemptEnded(&t, ref.Attempt) {
-				n.log.Warn("task taken away from this node; stopping its run", "task", ref.TaskID, "attempt", ref.Attempt,
-					"now", string(t.State)+" on "+t.Node)
-			}
-			n.exec.Stop(ref.TaskID, ref.Attempt, tasks.StopRevoke)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		case <-storageChanged:
-		}
-	}
-}
-
-// finishUnstarted reports the outcome of an assignment that never ran here (cancelled before it
-// started, or handed back by a drain), retrying until it lands, is fenced, or ctx ends.
-func (n *Node) finishUnstarted(ctx context.Context, ref tasks.RunRef, outcome tasks.Outcome, terr *tasks.TaskError) {
-	for {
-		err := reporter{n}.Finished(ctx, ref, outcome, nil, terr)
-		if err == nil || errors.Is(err, tasks.ErrFenced) || ctx.Err() != nil {
-			return
-		}
-		n.log.Warn("report unstarted task, retrying", "task", ref.TaskID, "outcome", outcome, "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// attemptEnded reports whether the FSM holds an outcome (succeeded, failed, cancelled) for the attempt.
-func attemptEnded(t *fsm.Task, attempt int) bool {
-	for i := len(t.History) - 1; i >= 0; i-- {
-		if h := t.History[i]; h.Attempt == attempt && h.Event != fsm.EventRetried {
-			return h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled
-		}
-	}
-	return false
-}
-
-// reporter sends executor reports to the leader, fenced by attempt and boot ID.
-type reporter struct{ n *Node }
-
-func (r reporter) send(ctx context.Context, reps ...fsm.Report) error {
-	for i := range reps {
-		reps[i].Node, reps[i].BootID = r.n.cfg.Name, r.n.bootID
-	}
-	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
-	defer cancel()
-	res, err := r.n.proposeNode(cctx, &fsm.Command{Body: &fsm.ReportBatch{Items: reps}})
-	if err != nil {
-		return err
-	}
-	if len(res.Items) != len(reps) {
-		return fmt.Errorf("report: %d results for %d reports", len(res.Items), len(reps))
-	}
-	for _, it := range res.Items {
-		if it.Err == nil {
-			continue
-		}
-		if errors.Is(it.Err, fsm.ErrStale) || errors.Is(it.Err, fsm.ErrNotFound) {
-			return errors.Join(tasks.ErrFenced, it.Err)
-		}
-		return it.Err
-	}
-	return nil
-}
-
-func (r reporter) Started(ctx context.Context, run tasks.RunRef) error {
-	return r.send(ctx, fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Kind: fsm.ReportStarted})
-}
-
-func (r reporter) Checkpoint(ctx context.Context, run tasks.RunRef, data json.RawMessage) error {
-	return r.send(ctx, fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Kind: fsm.ReportCheckpoint, Checkpoint: data})
-}
-
-func (r reporter) Finished(ctx context.Context, run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) error {
-	return r.sendOutcome(ctx, run, outcomeReport(run, outcome, result, terr))
-}
-
-// sendOutcome sends reports whose last is an attempt's outcome. A final error needs protocol 2:
-// while a node of a release before final errors is up the leader may not write the flag, so the
-// failure is sent again as an ordinary one (retried while attempts are left).
-func (r reporter) sendOutcome(ctx context.Context, run tasks.RunRef, reps ...fsm.Report) error {
-	err := r.send(ctx, reps...)
-	if last := &reps[len(reps)-1]; last.Error != nil && last.Error.Final && errors.Is(err, fsm.ErrProtocolTooOld) {
-		r.n.log.Warn("final error reported as an ordinary failure: a node of an older release is up", "task", run.TaskID)
-		last.Error.Final = false
-		err = r.send(ctx, reps...)
-	}
-	return err
-}
-
-// StartedAndFinished reports a short attempt's start and outcome in one entry: the FSM applies
-// the items in order, so the history holds both events, fenced like any report.
-func (r reporter) StartedAndFinished(ctx context.Context, run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) error {
-	return r.sendOutcome(ctx, run,
-		fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Kind: fsm.ReportStarted},
-		outcomeReport(run, outcome, result, terr))
-}
-
-func outcomeReport(run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) fsm.Report {
-	rep := fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Result: result}
-	if terr != nil {
-		rep.Error = &fsm.TaskError{Type: terr.Type, Message: terr.Message, Final: terr.Final}
-	}
-	switch outcome {
-	case tasks.OutcomeSucceeded:
-		rep.Kind = fsm.ReportSucceeded
-	case tasks.OutcomeFailed:
-		rep.Kind = fsm.ReportFailed
-	case tasks.OutcomeCancelled:
-		rep.Kind = fsm.ReportCancelled
-	default:
-		rep.Kind = fsm.ReportInterrupted
-	}
-	return rep
+// untilReleased is ctx, also cancelled once held requests are released; stop frees it.
+func (n *Node) untilReleased(ctx context.Context) (_ context.Context, stop func()) {
+	return n.work.UntilReleased(ctx)
 }

@@ -18,7 +18,7 @@ type Forwarder interface {
 
 // headerWaitThere, on a forwarded submit's reply, says the submit's ?wait is left to the node
 // the client called: it holds the wait on its own replica, and answers it when it leaves
-// (release.go in node) as it answers its other held requests.
+// (internal/worker's Release) as it answers its other held requests.
 const headerWaitThere = "X-Taskworker-Wait-There"
 
 // Route is one route of the API.

@@ -1,4 +1,4 @@
-package node
+package worker
 
 import (
 	"context"
@@ -20,28 +20,28 @@ import (
 var ErrLeaveRefused = errors.New("leave refused")
 
 // checkLeave refuses the leave of the last node, or of a voter whose removal breaks quorum.
-func (n *Node) checkLeave() error {
-	alive := n.aliveNames()
-	delete(alive, n.cfg.Name)
+func (w *Worker) checkLeave() error {
+	alive := w.cfg.Alive()
+	delete(alive, w.cfg.Name)
 	if len(alive) == 0 {
-		return fmt.Errorf("%w: %s is the last node of the cluster (use force to stop it anyway)", ErrLeaveRefused, n.cfg.Name)
+		return fmt.Errorf("%w: %s is the last node of the cluster (use force to stop it anyway)", ErrLeaveRefused, w.cfg.Name)
 	}
-	cf := n.rn.Raft().GetConfiguration()
+	cf := w.cfg.Raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return fmt.Errorf("read raft configuration: %w", err)
 	}
 	voters, aliveVoters, selfVoter := 0, 0, false
-	names := n.rn.Names()
+	name := w.cfg.ServerNames()
 	for _, s := range cf.Configuration().Servers {
 		if s.Suffrage != raft.Voter {
 			continue
 		}
-		if s.ID == n.rn.ID() {
+		if s.ID == w.cfg.RaftID {
 			selfVoter = true
 			continue
 		}
 		voters++
-		if alive[names.Name(s.ID)] {
+		if alive[name(s.ID)] {
 			aliveVoters++
 		}
 	}
@@ -49,7 +49,7 @@ func (n *Node) checkLeave() error {
 	spare := len(alive) - aliveVoters
 	if selfVoter && aliveVoters+min(spare, 1) < voters/2+1 {
 		return fmt.Errorf("%w: removing %s would leave %d of %d voters alive, below quorum (use force to stop it anyway)",
-			ErrLeaveRefused, n.cfg.Name, aliveVoters, voters)
+			ErrLeaveRefused, w.cfg.Name, aliveVoters, voters)
 	}
 	return nil
 }
@@ -59,112 +59,130 @@ func (n *Node) checkLeave() error {
 // moves away, the node leaves raft and gossip, and it shuts down. Without force, a leave that
 // would remove the last node or break quorum is refused; with force it drains and stops anyway.
 //
-// leaveMu guards only the claim (claimLeave): checkLeave reads raft's configuration and the
-// drain is proposed through raft, and a stop (stopFailed) must not wait on either.
-func (n *Node) Leave(ctx context.Context, force bool) error {
-	if n.leaveClaimed() {
+// Done is closed once the node has shut down.
+func (w *Worker) Leave(ctx context.Context, force bool) error {
+	if w.leaveClaimed() {
 		return nil
 	}
-	if !n.joined.Load() {
+	if !w.cfg.Joined() {
 		// Still looking for its cluster: no tasks, no raft membership, nobody to tell. Waiting on
 		// a drain record that no leader will take would only delay the exit.
-		if !n.claimLeave() {
+		if !w.claimLeave() {
 			return nil
 		}
-		n.log.Info("stopping at once: this node never joined a cluster")
+		w.log.Info("stopping at once: this node never joined a cluster")
 		go func() {
-			if err := n.Shutdown(); err != nil {
-				n.log.Warn("shutdown", "err", err)
-			}
-			close(n.leaveDone)
+			w.shutdown()
+			close(w.done)
 		}()
 		return nil
 	}
-	if err := n.checkLeave(); err != nil && !force {
+	if err := w.checkLeave(); err != nil && !force {
 		return err
 	}
-	if !n.claimLeave() {
+	if !w.claimLeave() {
 		return nil // another leave, or a stop, started meanwhile
 	}
-	n.leaving.Store(true)
+	w.cfg.Leaving()
 	// Record the drain before answering, so nothing new is placed here once the leave is accepted.
-	log := n.log.With("phase", "leave")
-	log.Info("draining: no new tasks will be placed here", "drain_timeout", n.cfg.DrainTimeout)
-	deadline := time.Now().Add(n.cfg.DrainTimeout).UnixMilli()
-	if err := n.members.UpdateMeta(func(m *membership.Meta) { m.Draining, m.DrainDeadline = true, deadline }); err != nil {
+	log := w.log.With("phase", "leave")
+	log.Info("draining: no new tasks will be placed here", "drain_timeout", w.cfg.DrainTimeout)
+	deadline := time.Now().Add(w.cfg.DrainTimeout).UnixMilli()
+	if err := w.cfg.Gossip.UpdateMeta(func(m *membership.Meta) { m.Draining, m.DrainDeadline = true, deadline }); err != nil {
 		log.Warn("gossip draining flag", "err", err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
-	if _, err := n.proposeNode(cctx, &fsm.Command{Body: &fsm.Drain{Name: n.cfg.Name, Draining: true}}); err != nil {
+	if _, err := w.cfg.ProposeNode(cctx, &fsm.Command{Body: &fsm.Drain{Name: w.cfg.Name, Draining: true}}); err != nil {
 		log.Warn("record drain", "err", err)
 	}
 	cancel()
 	go func() {
-		if err := n.leave(ctx, log); err != nil {
-			n.log.Error("leave", "err", err)
+		if err := w.leave(ctx, log); err != nil {
+			w.log.Error("leave", "err", err)
 		}
-		close(n.leaveDone)
+		close(w.done)
 	}()
 	return nil
 }
 
 // leaveClaimed reports whether a leave or a stop has started.
-func (n *Node) leaveClaimed() bool {
-	n.leaveMu.Lock()
-	defer n.leaveMu.Unlock()
-	return n.leaveStarted
+func (w *Worker) leaveClaimed() bool {
+	w.leaveMu.Lock()
+	defer w.leaveMu.Unlock()
+	return w.leaveStarted
 }
 
 // claimLeave marks the leave started; false when a leave or a stop started first.
-func (n *Node) claimLeave() bool {
-	n.leaveMu.Lock()
-	defer n.leaveMu.Unlock()
-	if n.leaveStarted {
+func (w *Worker) claimLeave() bool {
+	w.leaveMu.Lock()
+	defer w.leaveMu.Unlock()
+	if w.leaveStarted {
 		return false
 	}
-	n.leaveStarted = true
+	w.leaveStarted = true
 	return true
 }
 
-func (n *Node) leave(ctx context.Context, log *slog.Logger) error {
-	n.drainTasks(ctx, log)
+// Stop ends the node as a leave of a node that never joined does, unless a leave or a Stop
+// started first: it shuts the node down, then closes Done. It returns once the node is down;
+// a Leave called meanwhile waits for it, then does nothing.
+func (w *Worker) Stop() {
+	w.leaveMu.Lock()
+	defer w.leaveMu.Unlock()
+	if w.leaveStarted {
+		return
+	}
+	w.leaveStarted = true
+	w.shutdown()
+	close(w.done)
+}
 
-	if n.IsLeader() {
+// shutdown stops the node abruptly (Config.Shutdown), logging what failed.
+func (w *Worker) shutdown() {
+	if err := w.cfg.Shutdown(); err != nil {
+		w.log.Warn("shutdown", "err", err)
+	}
+}
+
+func (w *Worker) leave(ctx context.Context, log *slog.Logger) error {
+	w.drainTasks(ctx, log)
+
+	if w.isLeader() {
 		log.Info("transferring leadership")
-		if err := n.transferLeadership(); err != nil {
+		if err := w.transferLeadership(); err != nil {
 			log.Warn("leadership transfer", "err", err)
 		}
 	}
 	// Held requests are answered while this node still follows raft, so a wait gets a current
 	// record and its client can carry on elsewhere before the node leaves.
-	n.releaseClients("leaving the cluster")
-	switch err := n.checkLeave(); {
-	case n.IsLeader():
+	w.Release("leaving the cluster")
+	switch err := w.checkLeave(); {
+	case w.isLeader():
 		log.Warn("no other node could take leadership; staying in the raft configuration")
 	case err != nil:
 		log.Warn("staying in the raft configuration", "reason", err)
 	default:
 		cctx, cancel := context.WithTimeout(ctx, removeSelfTimeout)
-		if err := n.askLeaderRemove(cctx); err != nil {
+		if err := w.askLeaderRemove(cctx); err != nil {
 			log.Warn("removal from raft", "err", err)
 		}
 		cancel()
 	}
 	log.Info("leaving gossip")
-	if err := n.members.Leave(gossipLeaveTimeout); err != nil {
+	if err := w.cfg.Gossip.Leave(gossipLeaveTimeout); err != nil {
 		log.Warn("gossip leave", "err", err)
 	}
 	log.Info("left the cluster")
-	return n.Shutdown()
+	return w.cfg.Shutdown()
 }
 
 // transferLeadership asks raft to hand leadership to another voter, waiting at most a few
 // election timeouts: raft's transfer has been seen to wait forever when the leader steps down
 // meanwhile (hashicorp/raft#696), and a leave must end.
-func (n *Node) transferLeadership() error {
+func (w *Worker) transferLeadership() error {
 	done := make(chan error, 1)
-	go func() { done <- n.rn.Raft().LeadershipTransfer().Error() }()
-	limit := 4*n.cfg.RaftElection + 2*time.Second
+	go func() { done <- w.cfg.Raft.LeadershipTransfer().Error() }()
+	limit := 4*w.cfg.RaftElection + 2*time.Second
 	select {
 	case err := <-done:
 		return err
@@ -174,12 +192,12 @@ func (n *Node) transferLeadership() error {
 }
 
 // drainTasks lets running tasks finish within the drain timeout, then hands the rest back.
-func (n *Node) drainTasks(ctx context.Context, log *slog.Logger) {
-	deadline := time.Now().Add(n.cfg.DrainTimeout)
+func (w *Worker) drainTasks(ctx context.Context, log *slog.Logger) {
+	deadline := time.Now().Add(w.cfg.DrainTimeout)
 	var logged time.Time
 	for {
-		changed := n.fsm.Changed()
-		running, held := n.exec.Running(), n.fsm.Active(n.cfg.Name)
+		changed := w.cfg.FSM.Changed()
+		running, held := w.exec.Running(), w.cfg.FSM.Active(w.cfg.Name)
 		if len(running) == 0 && len(held) == 0 {
 			log.Info("drained: no tasks left on this node")
 			return
@@ -199,30 +217,30 @@ func (n *Node) drainTasks(ctx context.Context, log *slog.Logger) {
 		case <-time.After(min(left, 250*time.Millisecond)):
 		}
 	}
-	log.Warn("drain timeout: handing back tasks still running", "count", len(n.exec.Running()))
-	n.exec.StopAll(tasks.StopDrain)
+	log.Warn("drain timeout: handing back tasks still running", "count", len(w.exec.Running()))
+	w.exec.StopAll(tasks.StopDrain)
 	wctx, cancel := context.WithTimeout(context.Background(), handBackTimeout)
 	defer cancel()
-	_ = n.exec.Wait(wctx)
+	_ = w.exec.Wait(wctx)
 	// Assignments that never started here go back too.
-	for _, t := range n.fsm.Active(n.cfg.Name) {
-		if t.BootID != n.bootID {
+	for _, t := range w.cfg.FSM.Active(w.cfg.Name) {
+		if t.BootID != w.cfg.BootID {
 			continue
 		}
-		n.finishUnstarted(wctx, tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}, tasks.OutcomeInterrupted,
-			&tasks.TaskError{Type: "interrupted", Message: "node " + n.cfg.Name + " drained"})
+		w.finishUnstarted(wctx, tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}, tasks.OutcomeInterrupted,
+			&tasks.TaskError{Type: "interrupted", Message: "node " + w.cfg.Name + " drained"})
 	}
 }
 
 // askLeaderRemove has the leader drop this node from raft's configuration.
-func (n *Node) askLeaderRemove(ctx context.Context) error {
+func (w *Worker) askLeaderRemove(ctx context.Context) error {
 	for {
-		if n.IsLeader() {
+		if w.isLeader() {
 			return errors.New("this node leads again: nobody to remove it")
 		}
-		if addr := n.leaderInternodeAddr(); addr != "" {
-			req, _ := n.internodeRequest(ctx, http.MethodPost, addr, removePath(n.cfg.Name), nil)
-			resp, err := n.client.Do(req)
+		if addr := w.cfg.LeaderAddr(); addr != "" {
+			req, _ := w.cfg.Request(ctx, http.MethodPost, addr, RemovePath(w.cfg.Name), nil)
+			resp, err := w.cfg.Client.Do(req)
 			if err == nil {
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {
@@ -238,6 +256,9 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 	}
 }
 
-// removePath is the leader's internode route that removes the named node from raft. The name is
+// RemovePath is the leader's internode route that removes the named node from raft. The name is
 // escaped: a node name may hold "/", "?" or "%", which would otherwise change the route.
-func removePath(name string) string { return "/v1/internode/remove/" + url.PathEscape(name) }
+func RemovePath(name string) string { return "/v1/internode/remove/" + url.PathEscape(name) }
+
+// isLeader reports whether raft on this node is the leader.
+func (w *Worker) isLeader() bool { return w.cfg.Raft.State() == raft.Leader }

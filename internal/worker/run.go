@@ -1,0 +1,289 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/tasks"
+)
+
+// RegisterLoop keeps this node's FSM record in step with this incarnation: registered under its
+// boot ID, with its addresses, capacity and task types, and up. It re-registers after a false
+// death verdict (gossip saw it again) and after a restart.
+//
+// It also re-registers when raft has not heard from a leader for a while. A node cut off long
+// enough (frozen by SIGSTOP, partitioned) is declared down and removed from raft; its own FSM
+// stopped before the verdict, still reads "up", and nothing would ever reach it again to say
+// otherwise: the leader re-adds only registered members. The forwarded registration (through any
+// member when no leader is known) brings it back; for a node that was only between leaders it
+// is one harmless entry.
+func (w *Worker) RegisterLoop(ctx context.Context) {
+	want := w.nodeRecord()
+	check := time.NewTicker(orphanCheck)
+	defer check.Stop()
+	var lastForced time.Time
+	for {
+		changed := w.cfg.FSM.Changed()
+		storageChanged := w.cfg.StorageChanged()
+		orphaned := w.orphaned() && time.Since(lastForced) > w.orphanAfter()
+		if orphaned {
+			lastForced = time.Now()
+			w.log.Info("no word from a raft leader; registering again", "since", w.cfg.Raft.LastContact())
+		}
+		if cur, ok := w.cfg.FSM.Node(w.cfg.Name); orphaned || !ok || !sameRegistration(cur, want) {
+			if w.draining() {
+				return
+			}
+			if w.cfg.StorageFault() != "" {
+				// The leader took this node down for it; registering would only bring it back
+				// up to be taken down again. Wait for the disk.
+				select {
+				case <-ctx.Done():
+					return
+				case <-storageChanged:
+				}
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, registerTimeout)
+			_, err := w.cfg.ProposeNode(cctx, &fsm.Command{Body: &fsm.Register{Node: want}})
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				w.log.Debug("register", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-check.C:
+		}
+	}
+}
+
+// orphanCheck is how often RegisterLoop asks whether raft lost touch with the leader.
+const orphanCheck = time.Second
+
+// orphanAfter is how long without contact from a leader makes a follower register again: well past
+// an election (so a normal leader change does not trigger it) and past the dead-server grace
+// after which the leader removes a silent voter.
+func (w *Worker) orphanAfter() time.Duration {
+	return max(4*w.cfg.RaftElection, w.cfg.DeadServerGrace+w.cfg.RaftHeartbeat)
+}
+
+// orphaned reports whether this node, not the leader, has gone orphanAfter without contact from
+// one while other members are alive to forward a registration.
+func (w *Worker) orphaned() bool {
+	if w.cfg.Raft.State() == raft.Leader || time.Since(w.cfg.StartedAt) < w.orphanAfter() {
+		return false
+	}
+	last := w.cfg.Raft.LastContact()
+	if !last.IsZero() && time.Since(last) < w.orphanAfter() {
+		return false
+	}
+	return w.cfg.AnyPeerAddr() != ""
+}
+
+func (w *Worker) draining() bool { return w.cfg.Gossip.Local().Meta.Draining }
+
+func (w *Worker) nodeRecord() fsm.Node {
+	rec := fsm.Node{
+		Name: w.cfg.Name, GossipAddr: w.cfg.Gossip.GossipAddr(), RaftAddr: w.cfg.RaftAddr,
+		HTTPAddr: w.cfg.HTTPAddr, BootID: w.cfg.BootID, Capacity: w.cfg.Capacity, Version: w.cfg.Version,
+		Protocol: fsm.Protocol,
+	}
+	for _, d := range w.cfg.Executor.Registry.Definitions() {
+		rec.Types = append(rec.Types, fsm.TypeInfo{Type: d.Name, Version: d.Version, Description: d.Description, ExampleInput: d.ExampleInput})
+	}
+	return rec
+}
+
+func sameRegistration(cur, want fsm.Node) bool {
+	return cur.Status == fsm.NodeUp && cur.BootID == want.BootID && cur.HTTPAddr == want.HTTPAddr &&
+		cur.RaftAddr == want.RaftAddr && cur.GossipAddr == want.GossipAddr && cur.Capacity == want.Capacity &&
+		cur.Protocol == want.Protocol &&
+		slices.EqualFunc(cur.Types, want.Types, func(a, b fsm.TypeInfo) bool { return a.Type == b.Type && a.Version == b.Version })
+}
+
+// WorkLoop runs what the FSM assigns to this incarnation and stops runs that were taken away
+// (reassigned, fenced) or cancelled.
+func (w *Worker) WorkLoop(ctx context.Context) {
+	cancelling := map[tasks.RunRef]bool{} // cancelled before they started: reported without running
+	for {
+		changed := w.cfg.FSM.Changed()
+		storageChanged := w.cfg.StorageChanged()
+		// A node that cannot persist takes no new task: the leader is moving its tasks away.
+		faulty := w.cfg.StorageFault() != ""
+		mine := map[tasks.RunRef]bool{}
+		running := map[tasks.RunRef]bool{}
+		for _, ref := range w.exec.Running() {
+			running[ref] = true
+		}
+		for _, t := range w.cfg.FSM.Active(w.cfg.Name) {
+			if t.BootID != w.cfg.BootID {
+				continue
+			}
+			ref := tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}
+			mine[ref] = true
+			switch {
+			case t.CancelRequested && running[ref]:
+				w.exec.Stop(t.ID, t.Attempt, tasks.StopCancel)
+				continue
+			case t.CancelRequested:
+				if !cancelling[ref] {
+					cancelling[ref] = true
+					go w.finishUnstarted(ctx, ref, tasks.OutcomeCancelled, &tasks.TaskError{Type: tasks.ErrTypeCancelled, Message: "task cancelled"})
+				}
+				continue
+			}
+			if faulty && !running[ref] {
+				continue
+			}
+			w.exec.Start(tasks.Assignment{
+				TaskID: t.ID, Type: t.Type, Version: t.Version, ExecutionID: t.ExecutionID,
+				Input: t.Input, Attempt: t.Attempt, Timeout: time.Duration(t.Timeout), Checkpoint: t.Checkpoint,
+			})
+		}
+		for ref := range cancelling {
+			if !mine[ref] {
+				delete(cancelling, ref)
+			}
+		}
+		for ref := range running {
+			if mine[ref] {
+				continue
+			}
+			// Runs whose outcome the FSM already holds are only wrapping up; any other run was
+			// taken away (reassigned after a false death verdict, or this node was declared dead).
+			if t, ok := w.cfg.FSM.Task(ref.TaskID); ok && !attemptEnded(&t, ref.Attempt) {
+				w.log.Warn("task taken away from this node; stopping its run", "task", ref.TaskID, "attempt", ref.Attempt,
+					"now", string(t.State)+" on "+t.Node)
+			}
+			w.exec.Stop(ref.TaskID, ref.Attempt, tasks.StopRevoke)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-storageChanged:
+		}
+	}
+}
+
+// finishUnstarted reports the outcome of an assignment that never ran here (cancelled before it
+// started, or handed back by a drain), retrying until it lands, is fenced, or ctx ends.
+func (w *Worker) finishUnstarted(ctx context.Context, ref tasks.RunRef, outcome tasks.Outcome, terr *tasks.TaskError) {
+	for {
+		err := reporter{w}.Finished(ctx, ref, outcome, nil, terr)
+		if err == nil || errors.Is(err, tasks.ErrFenced) || ctx.Err() != nil {
+			return
+		}
+		w.log.Warn("report unstarted task, retrying", "task", ref.TaskID, "outcome", outcome, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// attemptEnded reports whether the FSM holds an outcome (succeeded, failed, cancelled) for the attempt.
+func attemptEnded(t *fsm.Task, attempt int) bool {
+	for i := len(t.History) - 1; i >= 0; i-- {
+		if h := t.History[i]; h.Attempt == attempt && h.Event != fsm.EventRetried {
+			return h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled
+		}
+	}
+	return false
+}
+
+// reporter sends executor reports to the leader, fenced by attempt and boot ID.
+type reporter struct{ w *Worker }
+
+func (r reporter) send(ctx context.Context, reps ...fsm.Report) error {
+	for i := range reps {
+		reps[i].Node, reps[i].BootID = r.w.cfg.Name, r.w.cfg.BootID
+	}
+	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
+	defer cancel()
+	res, err := r.w.cfg.ProposeNode(cctx, &fsm.Command{Body: &fsm.ReportBatch{Items: reps}})
+	if err != nil {
+		return err
+	}
+	if len(res.Items) != len(reps) {
+		return fmt.Errorf("report: %d results for %d reports", len(res.Items), len(reps))
+	}
+	for _, it := range res.Items {
+		if it.Err == nil {
+			continue
+		}
+		if errors.Is(it.Err, fsm.ErrStale) || errors.Is(it.Err, fsm.ErrNotFound) {
+			return errors.Join(tasks.ErrFenced, it.Err)
+		}
+		return it.Err
+	}
+	return nil
+}
+
+func (r reporter) Started(ctx context.Context, run tasks.RunRef) error {
+	return r.send(ctx, fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Kind: fsm.ReportStarted})
+}
+
+func (r reporter) Checkpoint(ctx context.Context, run tasks.RunRef, data json.RawMessage) error {
+	return r.send(ctx, fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Kind: fsm.ReportCheckpoint, Checkpoint: data})
+}
+
+func (r reporter) Finished(ctx context.Context, run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) error {
+	return r.sendOutcome(ctx, run, outcomeReport(run, outcome, result, terr))
+}
+
+// sendOutcome sends reports whose last is an attempt's outcome. A final error needs protocol 2:
+// while a node of a release before final errors is up the leader may not write the flag, so the
+// failure is sent again as an ordinary one (retried while attempts are left).
+func (r reporter) sendOutcome(ctx context.Context, run tasks.RunRef, reps ...fsm.Report) error {
+	err := r.send(ctx, reps...)
+	if last := &reps[len(reps)-1]; last.Error != nil && last.Error.Final && errors.Is(err, fsm.ErrProtocolTooOld) {
+		r.w.log.Warn("final error reported as an ordinary failure: a node of an older release is up", "task", run.TaskID)
+		last.Error.Final = false
+		err = r.send(ctx, reps...)
+	}
+	return err
+}
+
+// StartedAndFinished reports a short attempt's start and outcome in one entry: the FSM applies
+// the items in order, so the history holds both events, fenced like any report.
+func (r reporter) StartedAndFinished(ctx context.Context, run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) error {
+	return r.sendOutcome(ctx, run,
+		fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Kind: fsm.ReportStarted},
+		outcomeReport(run, outcome, result, terr))
+}
+
+func outcomeReport(run tasks.RunRef, outcome tasks.Outcome, result json.RawMessage, terr *tasks.TaskError) fsm.Report {
+	rep := fsm.Report{TaskID: run.TaskID, Attempt: run.Attempt, Result: result}
+	if terr != nil {
+		rep.Error = &fsm.TaskError{Type: terr.Type, Message: terr.Message, Final: terr.Final}
+	}
+	switch outcome {
+	case tasks.OutcomeSucceeded:
+		rep.Kind = fsm.ReportSucceeded
+	case tasks.OutcomeFailed:
+		rep.Kind = fsm.ReportFailed
+	case tasks.OutcomeCancelled:
+		rep.Kind = fsm.ReportCancelled
+	default:
+		rep.Kind = fsm.ReportInterrupted
+	}
+	return rep
+}
