@@ -50,9 +50,9 @@ func (b aclBackend) Bootstrapped() bool { return b.n.fsm.ACL().Bootstrapped() }
 
 // proposeACL applies an ACL command for caller and maps its refusals to API errors.
 func (b aclBackend) proposeACL(ctx context.Context, caller httpapi.Caller, body fsm.Payload) error {
-	res, err := b.n.propose(ctx, &fsm.Command{Body: body})
+	res, err := b.n.internode.Propose(ctx, &fsm.Command{Body: body})
 	if err == nil {
-		err = b.n.waitIndex(ctx, res.Index) // the caller reads its own write on this node
+		err = b.n.internode.WaitIndex(ctx, res.Index) // the caller reads its own write on this node
 	}
 	switch {
 	case errors.Is(err, fsm.ErrACLBootstrapped):

@@ -9,6 +9,7 @@ import (
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/httpapi"
+	"github.com/taskworker/taskworker/internal/internode"
 )
 
 // apiBackend is the node as the public HTTP API sees it (httpapi.Backend): reads from this node's
@@ -28,7 +29,7 @@ func toAPIError(err error) error {
 		return api.Errorf(api.CodeUpgradeRequired, "not yet: %v", err)
 	case errors.Is(err, ErrShuttingDown):
 		return api.Errorf(api.CodeShuttingDown, "this node is shutting down")
-	case retryable(err):
+	case internode.Retryable(err):
 		return api.Errorf(api.CodeNoLeader, "no cluster leader could apply the request: %v", err)
 	}
 	return err
@@ -43,7 +44,7 @@ func (b apiBackend) Submit(ctx context.Context, caller httpapi.Caller, req api.S
 		// Its FSM stops where its disk did: it could not even show the client its own task.
 		return api.Task{}, false, api.Errorf(api.CodeStorageUnavailable, "node %s cannot take work: %s; send it to another node", b.n.cfg.Name, reason)
 	}
-	item, err := b.n.submitTask(withIdentity(ctx, caller.Identity), req, caller.Principal(), b.n.propose)
+	item, err := b.n.submitTask(withIdentity(ctx, caller.Identity), req, caller.Principal(), b.n.internode.Propose)
 	if err != nil {
 		return api.Task{}, false, b.hideHolder(caller, toAPIError(err))
 	}
@@ -142,7 +143,7 @@ func (b apiBackend) Cancel(ctx context.Context, caller httpapi.Caller, id string
 	if _, ok := n.fsm.Task(id); !ok {
 		return api.Task{}, taskNotFound(id)
 	}
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.Cancel{IDs: []string{id}}})
+	res, err := n.internode.Propose(ctx, &fsm.Command{Body: &fsm.Cancel{IDs: []string{id}}})
 	if err != nil {
 		return api.Task{}, toAPIError(err)
 	}
@@ -154,7 +155,7 @@ func (b apiBackend) Cancel(ctx context.Context, caller httpapi.Caller, id string
 	case err != nil:
 		return api.Task{}, err
 	}
-	_ = n.waitIndex(ctx, res.Index) // answer with what this node knows, even if it lags
+	_ = n.internode.WaitIndex(ctx, res.Index) // answer with what this node knows, even if it lags
 	t, _ := n.fsm.Task(id)
 	return toAPITask(&t), nil
 }

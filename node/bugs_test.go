@@ -16,6 +16,8 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/internode"
+	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -61,6 +63,7 @@ func TestDroppedFollowOfManyAttemptsLeaksNoGoroutine(t *testing.T) {
 		task.History = append(task.History, fsm.HistoryEntry{Attempt: i, Node: "gone", Event: fsm.EventAssigned})
 	}
 	n := &Node{cfg: Config{Name: "me"}, fsm: fsmWith(t, task), log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}
+	n.internode = internode.New(internode.Config{Name: "me", FSM: n.fsm, Trust: insecureTrust{}, Logger: n.log})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	// Counted, not matched by function name: a renamed or restructured follower must not make
@@ -77,10 +80,18 @@ func TestDroppedFollowOfManyAttemptsLeaksNoGoroutine(t *testing.T) {
 	}
 }
 
+// insecureTrust is the trust of an --insecure node: none.
+type insecureTrust struct{}
+
+func (insecureTrust) Insecure() bool      { return true }
+func (insecureTrust) Holder() *pki.Holder { return nil }
+func (insecureTrust) ServerName() string  { return "" }
+func (insecureTrust) Cluster() string     { return "" }
+
 func TestRemovePathCarriesAnyNodeName(t *testing.T) {
 	var got string
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+internodeRemovePath, func(w http.ResponseWriter, r *http.Request) { got = r.PathValue("name") })
+	mux.HandleFunc(internode.RemovePattern, func(w http.ResponseWriter, r *http.Request) { got = r.PathValue("name") })
 	for _, name := range []string{"n1", "web/1", "node 7", "a?b=c", "50%", "x#y", "../leader"} {
 		got = ""
 		req, err := http.NewRequest(http.MethodPost, "http://leader"+removePath(name), nil)

@@ -22,16 +22,14 @@ import (
 
 // Deadlines of the node's internal steps, named so each is chosen in one place.
 const (
-	defaultApplyTimeout     = 10 * time.Second // Config.ApplyTimeout
-	barrierTimeout          = 10 * time.Second // a new leader catching up with the log
-	proposeTimeout          = 10 * time.Second // an executor report or a drain record reaching the leader
-	registerTimeout         = 5 * time.Second  // one attempt to register this node
-	nodeDownTimeout         = 5 * time.Second  // recording a gone node
-	raftChangeTimeout       = 5 * time.Second  // one raft configuration change (add, promote, remove)
-	removeSelfTimeout       = 10 * time.Second // a leaving node asking the leader to drop it from raft
-	gossipLeaveTimeout      = 5 * time.Second  // broadcasting a graceful gossip leave
-	handBackTimeout         = 15 * time.Second // a drain's stopped runs wrapping up and reporting back
-	internodeRequestTimeout = 15 * time.Second // one node-to-node HTTP call (log streams use their context)
+	defaultApplyTimeout = 10 * time.Second // Config.ApplyTimeout
+	barrierTimeout      = 10 * time.Second // a new leader catching up with the log
+	proposeTimeout      = 10 * time.Second // an executor report or a drain record reaching the leader
+	registerTimeout     = 5 * time.Second  // one attempt to register this node
+	nodeDownTimeout     = 5 * time.Second  // recording a gone node
+	removeSelfTimeout   = 10 * time.Second // a leaving node asking the leader to drop it from raft
+	gossipLeaveTimeout  = 5 * time.Second  // broadcasting a graceful gossip leave
+	handBackTimeout     = 15 * time.Second // a drain's stopped runs wrapping up and reporting back
 )
 
 // DefaultRateLimit is the API's default sustained rate per client address, requests per second:

@@ -95,7 +95,7 @@ func (n *Node) Leave(ctx context.Context, force bool) error {
 		log.Warn("gossip draining flag", "err", err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
-	if _, err := n.proposeNode(cctx, &fsm.Command{Body: &fsm.Drain{Name: n.cfg.Name, Draining: true}}); err != nil {
+	if _, err := n.internode.ProposeNode(cctx, &fsm.Command{Body: &fsm.Drain{Name: n.cfg.Name, Draining: true}}); err != nil {
 		log.Warn("record drain", "err", err)
 	}
 	cancel()
@@ -220,9 +220,9 @@ func (n *Node) askLeaderRemove(ctx context.Context) error {
 		if n.IsLeader() {
 			return errors.New("this node leads again: nobody to remove it")
 		}
-		if addr := n.leaderInternodeAddr(); addr != "" {
-			req, _ := n.internodeRequest(ctx, http.MethodPost, addr, removePath(n.cfg.Name), nil)
-			resp, err := n.client.Do(req)
+		if addr := n.internode.LeaderAddr(); addr != "" {
+			req, _ := n.internode.Request(ctx, http.MethodPost, addr, removePath(n.cfg.Name), nil)
+			resp, err := n.internode.Client().Do(req)
 			if err == nil {
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {

@@ -133,7 +133,7 @@ func (n *Node) nodeLogs(ctx context.Context, name, id string) ([]tasks.LogLine, 
 		return n.logs.Read(id)
 	}
 	var out []tasks.LogLine
-	err := n.remoteLogs(ctx, n.client, name, internodeLogPath(id), func(l tasks.LogLine) { out = append(out, l) })
+	err := n.remoteLogs(ctx, n.internode.Client(), name, internodeLogPath(id), func(l tasks.LogLine) { out = append(out, l) })
 	return out, err
 }
 
@@ -144,16 +144,16 @@ func (n *Node) followAttempt(ctx context.Context, name, id string, attempt int, 
 		return nil
 	}
 	path := fmt.Sprintf("%s?follow=true&attempt=%d", internodeLogPath(id), attempt)
-	return n.remoteLogs(ctx, n.streamClient, name, path, fn) // no timeout: it lasts as long as the attempt
+	return n.remoteLogs(ctx, n.internode.StreamClient(), name, path, fn) // no timeout: it lasts as long as the attempt
 }
 
 // remoteLogs reads JSON log lines from another node's internode logs route.
 func (n *Node) remoteLogs(ctx context.Context, client *http.Client, name, path string, fn func(tasks.LogLine)) error {
-	addr := n.internodeAddr(name)
+	addr := n.internode.Addr(name)
 	if addr == "" {
 		return fmt.Errorf("node %s unknown", name)
 	}
-	req, err := n.internodeRequest(ctx, http.MethodGet, addr, path, nil)
+	req, err := n.internode.Request(ctx, http.MethodGet, addr, path, nil)
 	if err != nil {
 		return err
 	}

@@ -48,12 +48,12 @@ func (b apiBackend) RotateJoinToken(ctx context.Context, caller httpapi.Caller) 
 	if err != nil {
 		return api.JoinToken{}, err
 	}
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.JoinSecret{Secret: fsm.HashSecret(tok.Secret)}})
+	res, err := n.internode.Propose(ctx, &fsm.Command{Body: &fsm.JoinSecret{Secret: fsm.HashSecret(tok.Secret)}})
 	if err != nil {
 		return api.JoinToken{}, toAPIError(err)
 	}
 	n.trust.SetJoinToken(tok)
-	_ = n.waitIndex(ctx, res.Index)
+	_ = n.internode.WaitIndex(ctx, res.Index)
 	if n.cfg.DataDir != "" {
 		if err := pki.WriteTokenFile(n.cfg.DataDir, tok); err != nil {
 			n.log.Warn("the join token was rotated but the join-token file not rewritten", "err", err)
@@ -116,7 +116,7 @@ func (b apiBackend) ChangeKeyring(ctx context.Context, caller httpapi.Caller, re
 	// committed (forwardWhileLeader), the second copy finds the key gone. The key was installed
 	// when the caller asked, so that answer means it is removed, as asked.
 	wasInstalled := slices.Contains(n.fsm.Security().Keyring.Keys, text)
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.KeyringOp{Op: op, Key: text}})
+	res, err := n.internode.Propose(ctx, &fsm.Command{Body: &fsm.KeyringOp{Op: op, Key: text}})
 	switch {
 	case op == fsm.KeyRemove && wasInstalled && errors.Is(err, fsm.ErrKeyNotInstalled):
 		n.log.Info("gossip keyring operation applied", "op", req.Op, "key_id", trust.KeyID(k))
@@ -128,7 +128,7 @@ func (b apiBackend) ChangeKeyring(ctx context.Context, caller httpapi.Caller, re
 	case err != nil:
 		return api.Keyring{}, toAPIError(err)
 	}
-	_ = n.waitIndex(ctx, res.Index)
+	_ = n.internode.WaitIndex(ctx, res.Index)
 	n.log.Info("gossip keyring operation applied", "op", req.Op, "key_id", trust.KeyID(k))
 	return b.Keyring(ctx)
 }

@@ -63,14 +63,14 @@ func (b apiBackend) SetTypeLimit(ctx context.Context, caller httpapi.Caller, typ
 
 // applyAndWait has the leader apply c and waits until this node's FSM holds it.
 func (n *Node) applyAndWait(ctx context.Context, c *fsm.Command) error {
-	res, err := n.propose(ctx, c)
+	res, err := n.internode.Propose(ctx, c)
 	if err != nil {
 		return toAPIError(err)
 	}
 	if res.Err != nil {
 		return api.Errorf(api.CodeInvalidRequest, "%v", res.Err)
 	}
-	return toAPIError(n.waitIndex(ctx, res.Index))
+	return toAPIError(n.internode.WaitIndex(ctx, res.Index))
 }
 
 // checkQueueCommand validates a queue or type limit change (nil for other commands).

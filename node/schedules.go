@@ -131,21 +131,21 @@ func (b apiBackend) PutSchedule(ctx context.Context, caller httpapi.Caller, name
 }
 
 func (b apiBackend) putSchedule(ctx context.Context, caller httpapi.Caller, s fsm.Schedule, created bool) (api.Schedule, bool, error) {
-	res, err := b.n.propose(ctx, &fsm.Command{Body: &fsm.SchedulePut{Schedule: s}})
+	res, err := b.n.internode.Propose(ctx, &fsm.Command{Body: &fsm.SchedulePut{Schedule: s}})
 	if err != nil {
 		return api.Schedule{}, false, scheduleError(s.Name, err)
 	}
-	_ = b.n.waitIndex(ctx, res.Index) // answer with what this node knows, even if it lags
+	_ = b.n.internode.WaitIndex(ctx, res.Index) // answer with what this node knows, even if it lags
 	out, err := b.Schedule(ctx, s.Name)
 	return out, created, err
 }
 
 func (b apiBackend) DeleteSchedule(ctx context.Context, caller httpapi.Caller, name string) error {
-	res, err := b.n.propose(ctx, &fsm.Command{Body: &fsm.ScheduleDelete{Name: name}})
+	res, err := b.n.internode.Propose(ctx, &fsm.Command{Body: &fsm.ScheduleDelete{Name: name}})
 	if err != nil {
 		return scheduleError(name, err)
 	}
-	_ = b.n.waitIndex(ctx, res.Index)
+	_ = b.n.internode.WaitIndex(ctx, res.Index)
 	return nil
 }
 
@@ -175,7 +175,7 @@ func (b apiBackend) TriggerSchedule(ctx context.Context, caller httpapi.Caller, 
 		return api.Task{}, err
 	}
 	fire.Manual = true
-	res, err := b.n.propose(ctx, &fsm.Command{Body: &fire})
+	res, err := b.n.internode.Propose(ctx, &fsm.Command{Body: &fire})
 	if err != nil {
 		return api.Task{}, scheduleError(name, err)
 	}
@@ -185,7 +185,7 @@ func (b apiBackend) TriggerSchedule(ctx context.Context, caller httpapi.Caller, 
 	} else if item.Err != nil {
 		return api.Task{}, b.n.noteRefusal(submitItemError(fsm.Submit{Type: s.Type}, item))
 	}
-	if err := b.n.waitIndex(ctx, res.Index); err != nil {
+	if err := b.n.internode.WaitIndex(ctx, res.Index); err != nil {
 		return api.Task{}, err
 	}
 	t, ok := b.n.fsm.Task(item.ID)

@@ -51,7 +51,7 @@ func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedB
 	} else if item.Err != nil {
 		return item, n.noteRefusal(submitItemError(sub, item))
 	}
-	return item, n.waitIndex(ctx, res.Index)
+	return item, n.internode.WaitIndex(ctx, res.Index)
 }
 
 // submitBatch is submitTask for many tasks in one raft entry: each request is validated on its
@@ -80,14 +80,14 @@ func (n *Node) submitBatch(ctx context.Context, reqs []api.SubmitRequest, submit
 	if len(subs) == 0 {
 		return results, nil
 	}
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: subs}})
+	res, err := n.internode.Propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: subs}})
 	if err != nil {
 		return nil, err
 	}
 	if len(res.Items) != len(subs) {
 		return nil, fmt.Errorf("submit batch: %d results for %d items", len(res.Items), len(subs))
 	}
-	if err := n.waitIndex(ctx, res.Index); err != nil {
+	if err := n.internode.WaitIndex(ctx, res.Index); err != nil {
 		return nil, err
 	}
 	for j, item := range res.Items {
@@ -130,7 +130,7 @@ func (n *Node) submitChild(ctx context.Context, parent tasks.RunRef, executionID
 	if p, ok := n.fsm.Task(parent.TaskID); ok {
 		by = p.SubmittedBy
 	}
-	item, err := n.submitTask(ctx, req, by, n.proposeNode)
+	item, err := n.submitTask(ctx, req, by, n.internode.ProposeNode)
 	if err != nil {
 		return "", fmt.Errorf("submit child %s: %w", c.Type, err)
 	}

@@ -76,7 +76,7 @@ func (b apiBackend) Retry(ctx context.Context, caller httpapi.Caller, id string)
 	if by == "" {
 		by = "anonymous"
 	}
-	res, err := n.propose(ctx, &fsm.Command{Body: &fsm.Retry{IDs: []string{id}, By: by}})
+	res, err := n.internode.Propose(ctx, &fsm.Command{Body: &fsm.Retry{IDs: []string{id}, By: by}})
 	if err != nil {
 		return api.Task{}, toAPIError(err)
 	}
@@ -90,7 +90,7 @@ func (b apiBackend) Retry(ctx context.Context, caller httpapi.Caller, id string)
 	case err != nil:
 		return api.Task{}, err
 	}
-	_ = n.waitIndex(ctx, res.Index)
+	_ = n.internode.WaitIndex(ctx, res.Index)
 	t, _ := n.fsm.Task(id)
 	return toAPITask(&t), nil
 }
@@ -114,7 +114,7 @@ func (b apiBackend) Purge(ctx context.Context, caller httpapi.Caller, req api.Pu
 			p.Limit = min(p.Limit, req.Limit-reply.Purged)
 		}
 		body := p
-		res, err := n.propose(ctx, &fsm.Command{Body: &body})
+		res, err := n.internode.Propose(ctx, &fsm.Command{Body: &body})
 		if err != nil {
 			if reply.Purged > 0 {
 				return reply, nil // what is gone is gone; the client may purge again
@@ -132,7 +132,7 @@ func (b apiBackend) Purge(ctx context.Context, caller httpapi.Caller, req api.Pu
 			}
 		}
 		reply.Purged += removed
-		_ = n.waitIndex(ctx, res.Index) // a list on this node right after shows them gone
+		_ = n.internode.WaitIndex(ctx, res.Index) // a list on this node right after shows them gone
 		if len(res.Items) < p.Limit || removed == 0 {
 			break
 		}

@@ -52,7 +52,7 @@ func (n *Node) registerLoop(ctx context.Context) {
 				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, registerTimeout)
-			_, err := n.proposeNode(cctx, &fsm.Command{Body: &fsm.Register{Node: want}})
+			_, err := n.internode.ProposeNode(cctx, &fsm.Command{Body: &fsm.Register{Node: want}})
 			cancel()
 			if err != nil && ctx.Err() == nil {
 				n.log.Debug("register", "err", err)
@@ -93,7 +93,7 @@ func (n *Node) orphaned() bool {
 	if !last.IsZero() && time.Since(last) < n.orphanAfter() {
 		return false
 	}
-	return n.anyInternodeAddr() != ""
+	return n.internode.AnyAddr() != ""
 }
 
 func (n *Node) draining() bool { return n.members.Local().Meta.Draining }
@@ -218,7 +218,7 @@ func (r reporter) send(ctx context.Context, reps ...fsm.Report) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
 	defer cancel()
-	res, err := r.n.proposeNode(cctx, &fsm.Command{Body: &fsm.ReportBatch{Items: reps}})
+	res, err := r.n.internode.ProposeNode(cctx, &fsm.Command{Body: &fsm.ReportBatch{Items: reps}})
 	if err != nil {
 		return err
 	}
