@@ -29,7 +29,7 @@ const (
 // submitTask validates a submit, has propose apply it, and waits until this node's FSM holds it.
 // item.Existing reports an idempotency key seen before. A request the client got wrong is an
 // *api.Error with its code. The API (on the leader: propose) and the executor's child tasks
-// (proposeNode) both come through here; submittedBy is the principal the task records ("" without
+// (internode's ProposeNode) both come through here; submittedBy is the principal the task records ("" without
 // ACLs). The task's ID comes from the request (forward.ID), so a retried request finds its task.
 func (n *Node) submitTask(ctx context.Context, req api.SubmitRequest, submittedBy string,
 	propose func(context.Context, *fsm.Command) (*fsm.Result, error)) (fsm.ItemResult, error) {
