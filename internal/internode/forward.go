@@ -21,7 +21,7 @@ func (c *Channel) Forwarding() Forwarding { return Forwarding{c} }
 func (f Forwarding) Name() string                                  { return f.c.cfg.Name }
 func (f Forwarding) IsLeader() bool                                { return f.c.isLeader() }
 func (f Forwarding) Leader() string                                { return f.c.cfg.Leader() }
-func (f Forwarding) LeaderChanges() <-chan struct{}                { return f.c.LeaderChanges() }
+func (f Forwarding) LeaderChanges() <-chan struct{}                { return f.c.leaderChanges() }
 func (f Forwarding) Index() uint64                                 { return f.c.cfg.FSM.Index() }
 func (f Forwarding) WaitIndex(ctx context.Context, i uint64) error { return f.c.WaitIndex(ctx, i) }
 

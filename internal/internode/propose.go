@@ -69,7 +69,7 @@ func (c *Channel) proposeNodeOnce(ctx context.Context, cmd *fsm.Command) (*fsm.R
 	if c.isLeader() {
 		return c.Apply(ctx, cmd)
 	}
-	changed := c.LeaderChanges() // before the leader is read: a change after that closes it
+	changed := c.leaderChanges() // before the leader is read: a change after that closes it
 	target := c.cfg.Leader()
 	// Not a raft member yet (a joiner registering), or between leaders: any member answers
 	// with the leader's name.
@@ -104,7 +104,7 @@ func (c *Channel) sendWhileLeader(ctx context.Context, changed <-chan struct{}, 
 				return
 			case <-changed:
 			}
-			changed = c.LeaderChanges()
+			changed = c.leaderChanges()
 			if now := c.cfg.Leader(); now != target {
 				cancel(fmt.Errorf("%w: raft names %q now, not %q", errLeaderChanged, now, target))
 				return
@@ -128,9 +128,9 @@ type leaderWatch struct {
 	ch   chan struct{} // closed at the next change, then replaced
 }
 
-// LeaderChanges returns a channel closed at raft's next leader change on this node (a new
+// leaderChanges returns a channel closed at raft's next leader change on this node (a new
 // leader, or none after a heartbeat timeout).
-func (c *Channel) LeaderChanges() <-chan struct{} {
+func (c *Channel) leaderChanges() <-chan struct{} {
 	w := &c.leaders
 	w.once.Do(func() {
 		w.ch = make(chan struct{})
