@@ -1,7 +1,7 @@
 // Package internode owns the node-to-node channel and the way a node's writes reach raft.
 //
 // The channel is an HTTP server on the internode listener (the gossip port, through gossipmux)
-// and the clients a node calls other nodes with (server.go, client.go). In secure mode both ends
+// (server.go) and the clients a node calls other nodes with (internode.go). In secure mode both ends
 // use TLS 1.3 with certificates of the cluster CA (or the operator's); the server asks for a
 // client certificate, and every route but the ones mounted as Open refuses a caller without one,
 // or with one that names no node. The caller's node name is read from its certificate
