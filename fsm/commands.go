@@ -36,7 +36,7 @@ const (
 //
 // Protocol 3 adds Assign.Capped: an assignment the FSM applies only while its node has a free slot,
 // so that the leader can place a task right behind its submit while its scheduler loop places
-// others (node.placeAtSubmit).
+// others (internal/internode's placeAtSubmit).
 //
 // Protocol 4 keeps secrets out of the state: JoinSecret carries the secret's hash, and Management
 // (the hash of the management credential) is new.
@@ -427,7 +427,7 @@ type Assign struct {
 	BootID string `msgpack:"boot_id"`
 	// Capped: the FSM applies the assignment only while the node has a free slot and the task is
 	// due (past its retry backoff), and leaves the task pending otherwise. Two proposers place tasks from protocol 3 on, the scheduler
-	// loop and the leader's placement right behind a submit (node.placeAtSubmit), each from a
+	// loop and the leader's placement right behind a submit (internal/internode's placeAtSubmit), each from a
 	// view that may miss the other's latest assignments, so both cap theirs. Protocol 3; an
 	// uncapped assignment (an older leader's) is the proposer's word, as before.
 	Capped bool `msgpack:"capped,omitempty"`

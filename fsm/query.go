@@ -551,9 +551,9 @@ func decodeCursor(c string) (*entry, error) {
 }
 
 // SubmitCandidates returns the tasks subs will create pending at now (not delayed), as Place reads
-// candidates: the leader places them right behind their submit (node.placeAtSubmit). A submit the
-// FSM then refuses (a duplicate, a unique key held) creates no task, and its assignment fails
-// with ErrNotFound.
+// candidates: the leader places them right behind their submit (internal/internode's
+// placeAtSubmit). A submit the FSM then refuses (a duplicate, a unique key held) creates no task,
+// and its assignment fails with ErrNotFound.
 func SubmitCandidates(subs []Submit, now time.Time) []Task {
 	var out []Task
 	for i := range subs {

@@ -130,7 +130,7 @@ func BenchmarkBatchSubmit(b *testing.B) {
 			b.Fatal("the node never registered")
 		}
 	}
-	if _, err := n.propose(ctx, &fsm.Command{Body: &fsm.Drain{Name: "n1", Draining: true}}); err != nil {
+	if _, err := n.internode.Propose(ctx, &fsm.Command{Body: &fsm.Drain{Name: "n1", Draining: true}}); err != nil {
 		b.Fatal(err)
 	}
 	reqs := make([]api.SubmitRequest, api.MaxBatchTasks)

@@ -10,13 +10,14 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/taskworker/taskworker/internal/internode"
 	"github.com/taskworker/taskworker/internal/worker"
 )
 
 func TestRemovePathCarriesAnyNodeName(t *testing.T) {
 	var got string
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+internodeRemovePath, func(w http.ResponseWriter, r *http.Request) { got = r.PathValue("name") })
+	mux.HandleFunc(internode.RemovePattern, func(w http.ResponseWriter, r *http.Request) { got = r.PathValue("name") })
 	for _, name := range []string{"n1", "web/1", "node 7", "a?b=c", "50%", "x#y", "../leader"} {
 		got = ""
 		req, err := http.NewRequest(http.MethodPost, "http://leader"+worker.RemovePath(name), nil)

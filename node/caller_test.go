@@ -223,7 +223,7 @@ func TestFollowOfATaskNotYetKnownHereWaitsForIt(t *testing.T) {
 	}()
 	sub := fsm.Submit{ID: id, Type: "calc-square", Version: "1", Input: json.RawMessage("4"), MaxAttempts: 1,
 		Timeout: fsm.Duration(time.Minute), ExecutionID: id}
-	if _, err := n.propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{sub}}}); err != nil {
+	if _, err := n.internode.Propose(ctx, &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{sub}}}); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -23,11 +23,9 @@ import (
 
 // Deadlines of the node's internal steps, named so each is chosen in one place.
 const (
-	defaultApplyTimeout     = 10 * time.Second // Config.ApplyTimeout
-	barrierTimeout          = 10 * time.Second // a new leader catching up with the log
-	nodeDownTimeout         = 5 * time.Second  // recording a gone node
-	raftChangeTimeout       = 5 * time.Second  // one raft configuration change (add, promote, remove)
-	internodeRequestTimeout = 15 * time.Second // one node-to-node HTTP call (log streams use their context)
+	defaultApplyTimeout = 10 * time.Second // Config.ApplyTimeout
+	barrierTimeout      = 10 * time.Second // a new leader catching up with the log
+	nodeDownTimeout     = 5 * time.Second  // recording a gone node
 )
 
 // DefaultRateLimit is the API's default sustained rate per client address, requests per second:

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/membership"
 )
@@ -65,30 +66,23 @@ func TestSecondLiveNodeWithTheSameNameIsRefused(t *testing.T) {
 }
 
 // TestLeaderRefusesARegistrationOverALiveNode: the leader's own check, for a newcomer that got
-// past gossip (or never went through it).
+// past gossip (or never went through it), sent on the registration route: another boot of a live
+// node's name at another address is refused, the refusal names the live holder's raft ID, and
+// nothing changes. The check's other cases are internal/internode's unit test.
 func TestLeaderRefusesARegistrationOverALiveNode(t *testing.T) {
 	tc := startCluster(t, 2, clusterOpts{inmem: true})
 	leader, other := tc.leader(), tc.follower()
-	live := fsm.Node{Name: other.Name(), BootID: other.BootID(), GossipAddr: other.GossipAddr()}
-	cases := []struct {
-		name    string
-		rec     fsm.Node
-		refused bool
-	}{
-		{"the live node itself", live, false},
-		{"a restart at the same address", fsm.Node{Name: live.Name, BootID: "new", GossipAddr: live.GossipAddr}, false},
-		{"a new name", fsm.Node{Name: "n9", BootID: "x", GossipAddr: "127.0.0.1:1"}, false},
-		{"another boot elsewhere", fsm.Node{Name: live.Name, BootID: "other", GossipAddr: "127.0.0.1:1"}, true},
+	_, before := leader.FSM().Digest()
+	rec := fsm.Node{Name: other.Name(), BootID: "other", GossipAddr: "127.0.0.1:1"}
+	_, err := other.internode.Send(t.Context(), other.internode.Addr(leader.Name()), &fsm.Command{Body: &fsm.Register{Node: rec}})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeNameInUse {
+		t.Fatalf("registration %+v over the live %s: %v, want name_in_use", rec, other.Name(), err)
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			err := leader.checkRegistration(c.rec)
-			if (err != nil) != c.refused {
-				t.Fatalf("checkRegistration(%+v): %v, refused want %v", c.rec, err, c.refused)
-			}
-			if c.refused && !strings.Contains(err.Error(), "raft ID "+other.RaftID()) {
-				t.Errorf("refusal %q does not name the live holder's raft ID %s", err, other.RaftID())
-			}
-		})
+	if !strings.Contains(err.Error(), "raft ID "+other.RaftID()) {
+		t.Errorf("refusal %q does not name the live holder's raft ID %s", err, other.RaftID())
+	}
+	if _, after := leader.FSM().Digest(); after != before {
+		t.Fatal("a refused registration changed the leader's state")
 	}
 }

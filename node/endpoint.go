@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"github.com/taskworker/taskworker/internal/internode"
 	"net/http"
 
 	"github.com/taskworker/taskworker/fsm"
@@ -22,8 +23,8 @@ func newEndpoints(n *Node) *endpoint.API {
 		FSM: n.fsm, Registry: cfg.Registry, Logs: n.logs, Raft: n.rn.Raft(), RaftID: n.rn.ID(),
 		Gossip: n.members, Trust: n.trust, Metrics: n.metrics, KeyID: trust.KeyID,
 
-		Propose: n.propose, ProposeNode: n.proposeNode, NewID: forward.ID, WaitIndex: n.waitIndex,
-		Retryable: retryable, ShuttingDown: ErrShuttingDown,
+		Propose: n.internode.Propose, ProposeNode: n.internode.ProposeNode, NewID: forward.ID, WaitIndex: n.internode.WaitIndex,
+		Retryable: internode.Retryable, ShuttingDown: ErrShuttingDown,
 
 		Leader:       n.Leader,
 		ServerNames:  func() endpoint.ServerNames { return n.rn.Names() },
@@ -34,17 +35,17 @@ func newEndpoints(n *Node) *endpoint.API {
 		Leave:        n.Leave,
 		LeaveRefused: ErrLeaveRefused,
 		GetFrom: func(ctx context.Context, name, path string, stream bool) (*http.Response, error) {
-			addr := n.internodeAddr(name)
+			addr := n.internode.Addr(name)
 			if addr == "" {
 				return nil, fmt.Errorf("node %s unknown", name)
 			}
-			req, err := n.internodeRequest(ctx, http.MethodGet, addr, path, nil)
+			req, err := n.internode.Request(ctx, http.MethodGet, addr, path, nil)
 			if err != nil {
 				return nil, err
 			}
-			client := n.client
+			client := n.internode.Client()
 			if stream {
-				client = n.streamClient // no timeout: a follow lasts as long as the attempt
+				client = n.internode.StreamClient() // no timeout: a follow lasts as long as the attempt
 			}
 			return client.Do(req)
 		},

@@ -30,7 +30,7 @@ func forwardAs(t *testing.T, from, leader *Node, method, path, secret, body stri
 	if secret != "" {
 		h.Set("Authorization", "Bearer "+secret)
 	}
-	resp, err := forwardCluster{from}.Call(ctx, from.internodeAddr(leader.Name()), forward.Path, h, []byte(body))
+	resp, err := from.internode.Forwarding().Call(ctx, from.internode.Addr(leader.Name()), forward.Path, h, []byte(body))
 	if err != nil {
 		t.Fatalf("forward %s %s: %v", method, path, err)
 	}

@@ -12,8 +12,9 @@ import (
 	"github.com/taskworker/taskworker/ui"
 )
 
-// routes is the public API (internal/httpapi over internal/endpoint) and the web console (ui), behind the API token when one is
-// set. The internode routes are not here: they live on the internode listener (internode_routes.go).
+// routes is the public API (internal/httpapi over internal/endpoint) and the web console (ui), behind
+// the API token when one is set. The internode routes are not here: internal/internode serves them
+// on the internode listener (internode.go).
 func (n *Node) routes() http.Handler {
 	opts := httpapi.Options{Token: n.cfg.Token, MaxBodyBytes: n.cfg.MaxBodyBytes, Logger: n.log.With("component", "http"),
 		Observe: n.metrics.ObserveHTTP, UI: ui.Handler(), Forward: n.fwd}

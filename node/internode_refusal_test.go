@@ -3,6 +3,7 @@ package node
 import (
 	"crypto/tls"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/internode"
 	"net/http"
 	"strings"
 	"testing"
@@ -31,7 +32,7 @@ func TestRefusedInternodeCallsAreLoggedOncePerAddress(t *testing.T) {
 	defer anon.CloseIdleConnections()
 	const tries = 50
 	for range tries {
-		resp, err := anon.Post("https://"+n1.GossipAddr()+nodePaths[fsm.CmdReport], "application/msgpack", strings.NewReader("x"))
+		resp, err := anon.Post("https://"+n1.GossipAddr()+internode.CommandPath(fsm.CmdReport), "application/msgpack", strings.NewReader("x"))
 		if err != nil {
 			t.Fatal(err)
 		}

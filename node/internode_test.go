@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/internode"
 	"github.com/taskworker/taskworker/internal/pki"
 )
 
@@ -47,11 +48,11 @@ func TestNamelessCertificateActsAsNoNode(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	if code := post(nodePaths[fsm.CmdDrain], &fsm.Command{Body: &fsm.Drain{Name: victim.Name(), Draining: true}}); code != http.StatusForbidden {
+	if code := post(internode.CommandPath(fsm.CmdDrain), &fsm.Command{Body: &fsm.Drain{Name: victim.Name(), Draining: true}}); code != http.StatusForbidden {
 		t.Errorf("a drain of %s: %d, want 403", victim.Name(), code)
 	}
 	report := &fsm.ReportBatch{Items: []fsm.Report{{TaskID: "x", Attempt: 1, Node: victim.Name(), BootID: "b", Kind: fsm.ReportSucceeded}}}
-	if code := post(nodePaths[fsm.CmdReport], &fsm.Command{Body: report}); code != http.StatusForbidden {
+	if code := post(internode.CommandPath(fsm.CmdReport), &fsm.Command{Body: report}); code != http.StatusForbidden {
 		t.Errorf("a report for %s: %d, want 403", victim.Name(), code)
 	}
 	if code := post("/v1/internode/remove/"+victim.Name(), nil); code != http.StatusForbidden {

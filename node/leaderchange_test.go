@@ -29,11 +29,11 @@ func TestForwardHeldByAFrozenLeaderIsRetriedOnTheNewOne(t *testing.T) {
 		}
 	}
 	release := make(chan struct{})
-	old.hold.release.Store(&release)
+	old.internode.Hold(release)
 	var thawOnce sync.Once
 	thaw := func() {
 		thawOnce.Do(func() {
-			old.hold.release.Store(nil)
+			old.internode.Hold(nil)
 			close(release)
 			_ = old.Shutdown() // a frozen leader's fate is not this test's subject
 		})
@@ -57,7 +57,7 @@ func TestForwardHeldByAFrozenLeaderIsRetriedOnTheNewOne(t *testing.T) {
 		body, err := io.ReadAll(resp.Body)
 		done <- reply{code: resp.StatusCode, body: body, err: err}
 	}()
-	waitFor(t, "the submit's forward held by the leader", 20*time.Second, func() bool { return old.hold.held.Load() > 0 })
+	waitFor(t, "the submit's forward held by the leader", 20*time.Second, func() bool { return old.internode.Held() > 0 })
 	tc.twin.partition(old.Name())
 
 	var r reply
@@ -128,11 +128,11 @@ func TestReportHeldByAFrozenLeaderIsRetriedOnTheNewOne(t *testing.T) {
 		return false
 	})
 	release := make(chan struct{})
-	old.hold.release.Store(&release)
+	old.internode.Hold(release)
 	var thawOnce sync.Once
 	thaw := func() {
 		thawOnce.Do(func() {
-			old.hold.release.Store(nil)
+			old.internode.Hold(nil)
 			close(release)
 			_ = old.Shutdown()
 		})
@@ -140,7 +140,7 @@ func TestReportHeldByAFrozenLeaderIsRetriedOnTheNewOne(t *testing.T) {
 	t.Cleanup(thaw)
 
 	g.open(f.Name())
-	waitFor(t, "the report held by the leader", 20*time.Second, func() bool { return old.hold.held.Load() > 0 })
+	waitFor(t, "the report held by the leader", 20*time.Second, func() bool { return old.internode.Held() > 0 })
 	tc.twin.partition(old.Name())
 	var done fsm.Task
 	waitFor(t, "the task ended on a new leader", 30*time.Second, func() bool {

@@ -84,7 +84,7 @@ func TestExecutionJoinNeedsTheParentsAttemptOrAReader(t *testing.T) {
 	child := fsm.Submit{ID: "forged-2", Type: "echo", Version: "1", Input: json.RawMessage(`"x"`), MaxAttempts: 1,
 		Timeout: fsm.Duration(time.Minute), ExecutionID: "01OTHEREXECUTION", ParentID: root.ID, SubmittedBy: victim.AccessorID}
 	var ae *api.Error
-	if _, err := f.forward(t.Context(), f.internodeAddr(l.Name()), &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{child}}}); !errors.As(err, &ae) || ae.Code != api.CodeForbidden {
+	if _, err := f.internode.Send(t.Context(), f.internode.Addr(l.Name()), &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{child}}}); !errors.As(err, &ae) || ae.Code != api.CodeForbidden {
 		t.Fatalf("forwarded child into another execution: %v", err)
 	}
 	if _, after := l.FSM().Digest(); after != before {

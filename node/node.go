@@ -29,6 +29,7 @@ import (
 	"github.com/taskworker/taskworker/internal/endpoint"
 	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/gossipmux"
+	"github.com/taskworker/taskworker/internal/internode"
 	"github.com/taskworker/taskworker/internal/leader"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
@@ -60,26 +61,15 @@ type Node struct {
 	logs     *tasks.LogStore
 	http     *http.Server
 	httpAddr string
-	batch    *batcher
-	// lastPlaced is the node placeAtSubmit last assigned to (a string): its round-robin tie-break.
-	lastPlaced atomic.Value
-	metrics    *telemetry.Metrics
-	ep         *endpoint.API // the public API's backend (internal/endpoint)
+	metrics  *telemetry.Metrics
+	ep       *endpoint.API // the public API's backend (internal/endpoint)
 
-	// Trust (internal/trust) and the internode channel (internode.go).
-	trust *trust.Trust
-	// callRefusals limits the warnings about refused internode calls and handshakes (warnRefusedCall).
-	callRefusals *telemetry.PerAddrLimiter
-	internodeLn  net.Listener // the gossip port's internode side (or a listener of its own with twins)
-	internode    *http.Server
-	client       *http.Client // internode calls with a deadline
-	streamClient *http.Client // internode log follows
-	// forwardClient carries the API's writes to the leader (fwd), which may hold one as long as
-	// a submit's ?wait.
-	forwardClient *http.Client
-	fwd           *forward.Forwarder
-	api           http.Handler // the public API's handler, also run for forwarded writes
-	leaderHint    atomic.Value // string: the leader a not-leader reply named
+	// Trust (internal/trust) and the internode channel with propose (internal/internode).
+	trust       *trust.Trust
+	internodeLn net.Listener // the gossip port's internode side (or a listener of its own with twins)
+	internode   *internode.Channel
+	fwd         *forward.Forwarder
+	api         http.Handler // the public API's handler, also run for forwarded writes
 	// joined: this node belongs to a cluster (it bootstrapped one, resumed its raft state, or its
 	// gossip join succeeded). A node that never joined has nothing to drain or hand over.
 	joined  atomic.Bool
@@ -97,9 +87,7 @@ type Node struct {
 	leaving  atomic.Bool
 	released <-chan struct{}
 
-	fatalOnce  sync.Once     // fatal acts once
-	leaders    leaderWatch   // raft's leader changes, for forwards (apply.go)
-	hold       internodeHold // tests freeze the internode side with it (internode_routes.go)
+	fatalOnce  sync.Once // fatal acts once
 	shutdownMu sync.Mutex
 	shut       bool
 }
@@ -165,8 +153,6 @@ func Start(cfg Config) (*Node, error) {
 	// node counts).
 	n.fsm.SetObserver(n.metrics.Observe)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.batch = newBatcher(n.raftApply, cfg.ApplyTimeout)
-	n.fwd = n.newForwarder()
 	if err := n.start(); err != nil {
 		n.cancel()
 		_ = n.rn.Shutdown()
@@ -255,14 +241,14 @@ func (n *Node) start() error {
 	n.api = n.routes() // before the internode side serves forwarded writes with it
 	n.leader = n.newLeader()
 	n.goLoop(n.eventLoop)
-	n.serveInternode(n.internodeLn)
+	n.goLoop(func(context.Context) { n.internode.Serve(n.internodeLn, internodeRoutes(n)...) })
 	n.goLoop(n.trust.Run)
 	n.goLoop(n.joinLoop)
 	n.goLoop(n.work.RegisterLoop)
 	n.goLoop(n.work.WorkLoop)
 	n.goLoop(n.leader.Run)
 	n.goEvery(scheduler.GCInterval(n.cfg.Retention), n.work.SweepLogs)
-	n.goLoop(n.batch.run)
+	n.goLoop(n.internode.Run)
 	n.goLoop(n.watchHalt)
 	n.goLoop(n.ep.GossipIndexes)
 	n.goLoop(n.rn.WatchStorage)
@@ -348,7 +334,6 @@ func (n *Node) startRaft() error {
 	if err := n.setupTrust(existing); err != nil {
 		return err
 	}
-	n.newInternodeClients()
 	var secure *raftls.Config // nil: raft speaks plain TCP (--insecure)
 	if sec := n.trust; !sec.Insecure() {
 		secure = &raftls.Config{
@@ -360,6 +345,8 @@ func (n *Node) startRaft() error {
 	if err := n.rn.Start(secure); err != nil {
 		return err
 	}
+	n.internode = newInternode(n)
+	n.fwd = newForwarder(n)
 	if stats := n.rn.ConnStats(); stats != nil {
 		n.metrics.AddListener("raft", stats)
 	}
@@ -652,7 +639,7 @@ func (n *Node) Shutdown() error {
 	if n.members != nil {
 		errs = append(errs, n.members.Shutdown())
 	}
-	for _, srv := range []*http.Server{n.http, n.internode} {
+	for _, srv := range []*http.Server{n.http, n.internode.Server()} {
 		if srv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			_ = srv.Shutdown(ctx)

@@ -106,13 +106,13 @@ func TestClusterSecretsGoOnlyToNodesOfTheClusterAndOnlyWhenCurrent(t *testing.T)
 		return resp.StatusCode, rep.Secret
 	}
 	tok := mustToken(t, n1)
-	if code, s := ask(n2.client, n1, trust.SecretJoinToken); code != http.StatusOK || s != tok.Encode() {
+	if code, s := ask(n2.internode.Client(), n1, trust.SecretJoinToken); code != http.StatusOK || s != tok.Encode() {
 		t.Errorf("a node asking for the join token: %d %q", code, s)
 	}
-	if code, s := ask(n2.client, n1, trust.SecretManagement); code != http.StatusOK || s != n1.trust.ManagementCredential() {
+	if code, s := ask(n2.internode.Client(), n1, trust.SecretManagement); code != http.StatusOK || s != n1.trust.ManagementCredential() {
 		t.Errorf("a node asking for the management credential: %d", code)
 	}
-	if code, _ := ask(n2.client, n1, "ca-key"); code != http.StatusNotFound {
+	if code, _ := ask(n2.internode.Client(), n1, "ca-key"); code != http.StatusNotFound {
 		t.Errorf("an unknown secret: %d, want 404", code)
 	}
 	anon := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the test's point
@@ -126,7 +126,7 @@ func TestClusterSecretsGoOnlyToNodesOfTheClusterAndOnlyWhenCurrent(t *testing.T)
 	// node that holds the current one.
 	stale := tok.Rotate()
 	n1.trust.SetJoinToken(stale)
-	if code, s := ask(n2.client, n1, trust.SecretJoinToken); code != http.StatusNotFound || s != "" {
+	if code, s := ask(n2.internode.Client(), n1, trust.SecretJoinToken); code != http.StatusNotFound || s != "" {
 		t.Errorf("a stale join token was handed out: %d", code)
 	}
 	got, err := n1.ep.JoinToken(context.Background())

@@ -15,6 +15,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/internode"
 	"github.com/taskworker/taskworker/internal/pki"
 	"github.com/taskworker/taskworker/internal/trust"
 	"github.com/taskworker/taskworker/membership"
@@ -144,7 +145,7 @@ func TestInternodeCallsNeedANodeCertificateAndReportsMustNameTheirSender(t *test
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := hc.Post("https://"+leader.GossipAddr()+nodePaths[c.Type()], "application/msgpack", bytes.NewReader(b))
+		resp, err := hc.Post("https://"+leader.GossipAddr()+internode.CommandPath(c.Type()), "application/msgpack", bytes.NewReader(b))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -154,13 +155,13 @@ func TestInternodeCallsNeedANodeCertificateAndReportsMustNameTheirSender(t *test
 	report := func(node string) *fsm.Command {
 		return &fsm.Command{Body: &fsm.ReportBatch{Items: []fsm.Report{{TaskID: "x", Attempt: 1, Node: node, BootID: "b", Kind: fsm.ReportSucceeded}}}}
 	}
-	if code := post(sender.client, report(other.Name())); code != http.StatusForbidden {
+	if code := post(sender.internode.Client(), report(other.Name())); code != http.StatusForbidden {
 		t.Errorf("a report for another node: %d, want 403", code)
 	}
-	if code := post(sender.client, &fsm.Command{Body: &fsm.Drain{Name: other.Name(), Draining: true}}); code != http.StatusForbidden {
+	if code := post(sender.internode.Client(), &fsm.Command{Body: &fsm.Drain{Name: other.Name(), Draining: true}}); code != http.StatusForbidden {
 		t.Errorf("a drain for another node: %d, want 403", code)
 	}
-	if code := post(sender.client, report(sender.Name())); code != http.StatusOK {
+	if code := post(sender.internode.Client(), report(sender.Name())); code != http.StatusOK {
 		t.Errorf("a report for itself: %d, want 200 (applied, the item itself stale)", code)
 	}
 	// No certificate: the TLS session is set up (the join route needs that) but the route refuses.

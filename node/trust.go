@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/internode"
 	"github.com/taskworker/taskworker/internal/telemetry"
 	"github.com/taskworker/taskworker/internal/trust"
 	"github.com/taskworker/taskworker/membership"
@@ -21,14 +23,15 @@ const refusalWarnEvery = time.Minute
 // gossip start. resumed says the data dir holds raft state.
 func (n *Node) setupTrust(resumed bool) error {
 	cfg := &n.cfg
-	n.callRefusals = telemetry.NewPerAddrLimiter(refusalWarnEvery)
 	joinRefusals := telemetry.NewPerAddrLimiter(refusalWarnEvery)
 	t, err := trust.New(n.ctx, trust.Config{
 		Name: cfg.Name, Cluster: cfg.Cluster, DataDir: cfg.DataDir, Insecure: cfg.Insecure, Resumed: resumed,
 		Join: cfg.Join, JoinToken: cfg.JoinToken, GossipKey: cfg.GossipKey,
 		TLSCertFile: cfg.TLSCertFile, TLSKeyFile: cfg.TLSKeyFile, TLSCAFile: cfg.TLSCAFile,
 		CertValidity: cfg.CertValidity, IPs: advertiseIPs(cfg), Logger: n.log,
-		FSM: n.fsm, Apply: n.applyLocal, IsLeader: n.IsLeader,
+		FSM: n.fsm, IsLeader: n.IsLeader,
+		// The channel is made once raft runs, after this: trust calls these only later.
+		Apply: func(ctx context.Context, c *fsm.Command) (*fsm.Result, error) { return n.internode.Apply(ctx, c) },
 		Members: func() []membership.Member {
 			if n.members == nil {
 				return nil
@@ -42,13 +45,9 @@ func (n *Node) setupTrust(resumed bool) error {
 			return n.members.UpdateMeta(func(m *membership.Meta) { m.Keys = ids })
 		},
 		Get: func(ctx context.Context, addr, path string) (*http.Response, error) {
-			req, err := n.internodeRequest(ctx, http.MethodGet, addr, path, nil)
-			if err != nil {
-				return nil, err
-			}
-			return n.client.Do(req)
+			return n.internode.Get(ctx, addr, path)
 		},
-		Caller:           func(ctx context.Context) string { return callerOf(ctx).name },
+		Caller:           func(ctx context.Context) string { return internode.CallerOf(ctx).Name },
 		JoinRefused:      n.metrics.JoinRefused,
 		AllowJoinWarning: func(ip string) (bool, int) { return joinRefusals.Allow(ip, time.Now()) },
 	})

@@ -1,7 +1,6 @@
-package node
+package internode
 
 import (
-	"context"
 	"errors"
 	"testing"
 	"time"
@@ -16,16 +15,16 @@ type blockedFuture struct{ answer chan error }
 func (f blockedFuture) Error() error { return <-f.answer }
 
 func TestAwaitGivesUpOnAFutureWhenTheNodeShutsDown(t *testing.T) {
-	n := &Node{}
-	n.ctx, n.cancel = context.WithCancel(context.Background())
+	done := make(chan struct{})
+	c := &Channel{cfg: Config{Done: done}}
 	answered := blockedFuture{answer: make(chan error, 1)}
 	answered.answer <- nil
-	if err := n.await(answered); err != nil {
+	if err := c.Await(answered); err != nil {
 		t.Fatalf("an answered future: %v", err)
 	}
 	got := make(chan error, 1)
-	go func() { got <- n.await(blockedFuture{answer: make(chan error)}) }()
-	n.cancel()
+	go func() { got <- c.Await(blockedFuture{answer: make(chan error)}) }()
+	close(done)
 	select {
 	case err := <-got:
 		if !errors.Is(err, raft.ErrRaftShutdown) {

@@ -1,4 +1,4 @@
-package node
+package internode
 
 import (
 	"time"
@@ -19,39 +19,39 @@ import (
 // no longer pending and changes nothing.
 //
 // The leader calls it from raftApply with the submit's entry queued; it never waits.
-func (n *Node) placeAtSubmit(c *fsm.Command, timeout time.Duration) {
-	sb, ok := c.Body.(*fsm.SubmitBatch)
-	if !ok || c.Now.IsZero() {
+func (c *Channel) placeAtSubmit(cmd *fsm.Command, timeout time.Duration) {
+	sb, ok := cmd.Body.(*fsm.SubmitBatch)
+	if !ok || cmd.Now.IsZero() {
 		return
 	}
-	alive := n.aliveNames()
-	v := n.fsm.PlacementView(alive, c.Now)
+	alive := c.cfg.Alive()
+	v := c.cfg.FSM.PlacementView(alive, cmd.Now)
 	if len(v.Pending) > 0 || len(v.Due) > 0 {
 		return // tasks wait that free slots serve: the new ones queue behind them
 	}
-	if v.Pending = fsm.SubmitCandidates(sb.Items, c.Now); len(v.Pending) == 0 {
+	if v.Pending = fsm.SubmitCandidates(sb.Items, cmd.Now); len(v.Pending) == 0 {
 		return
 	}
-	last, _ := n.lastPlaced.Load().(string)
-	as := scheduler.Place(v, alive, c.Now, last)
+	last, _ := c.lastPlaced.Load().(string)
+	as := scheduler.Place(v, alive, cmd.Now, last)
 	if len(as) == 0 {
 		return
 	}
 	for i := range as {
 		as[i].Capped = true
 	}
-	b, err := n.fsm.Emit(&fsm.Command{Now: c.Now, Body: &fsm.AssignBatch{Items: as}})
+	b, err := c.cfg.FSM.Emit(&fsm.Command{Now: cmd.Now, Body: &fsm.AssignBatch{Items: as}})
 	if err != nil {
 		return // a node older than protocol 3 is up: the scheduler loop places them
 	}
-	n.lastPlaced.Store(as[len(as)-1].Node)
-	f := n.rn.Raft().Apply(b, timeout)
-	n.metrics.PlacedAtSubmit(len(as))
+	c.lastPlaced.Store(as[len(as)-1].Node)
+	f := c.cfg.Raft.Apply(b, timeout)
+	c.cfg.Metrics.PlacedAtSubmit(len(as))
 	go func() {
 		if err := f.Error(); err != nil {
-			n.log.Debug("assignments at submit", "count", len(as), "err", err)
+			c.log.Debug("assignments at submit", "count", len(as), "err", err)
 			return
 		}
-		n.rn.Announce()
+		c.cfg.Announce()
 	}()
 }
