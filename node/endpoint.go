@@ -6,11 +6,9 @@ import (
 	"github.com/taskworker/taskworker/internal/internode"
 	"net/http"
 
-	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/endpoint"
 	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/internal/trust"
-	"github.com/taskworker/taskworker/tasks"
 )
 
 // newEndpoints builds the public API's backend (internal/endpoint) over this node. Raft, gossip
@@ -31,7 +29,7 @@ func newEndpoints(n *Node) *endpoint.API {
 		Alive:        n.aliveNames,
 		StorageFault: n.rn.StorageFault,
 		Leaving:      n.leaving.Load,
-		Released:     n.released,
+		Released:     n.work.Released(),
 		Leave:        n.Leave,
 		LeaveRefused: ErrLeaveRefused,
 		GetFrom: func(ctx context.Context, name, path string, stream bool) (*http.Response, error) {
@@ -50,22 +48,4 @@ func newEndpoints(n *Node) *endpoint.API {
 			return client.Do(req)
 		},
 	})
-}
-
-// The executor (Start), the leader's apply (apply.go) and the internode routes
-// (internode_routes.go) reach the endpoints through these.
-
-// submitChild is the executor's tasks.Submitter.
-func (n *Node) submitChild(ctx context.Context, parent tasks.RunRef, executionID string, c tasks.ChildTask) (string, error) {
-	return n.ep.SubmitChild(ctx, parent, executionID, c)
-}
-
-func (n *Node) admissionEnv() *fsm.AdmissionEnv { return n.ep.AdmissionEnv() }
-
-func (n *Node) checkSubmit(s *fsm.Submit) error { return n.ep.CheckSubmit(s) }
-
-func (n *Node) checkChild(s *fsm.Submit) error { return n.ep.CheckChild(s) }
-
-func (n *Node) followLocal(ctx context.Context, id string, attempt int, fn func(tasks.LogLine)) {
-	n.ep.FollowLocal(ctx, id, attempt, fn)
 }

@@ -43,12 +43,12 @@ func newInternode(n *Node) *internode.Channel {
 		ServerIDs:    n.rn.ServerIDs,
 		MemberID:     raftnode.MemberID,
 		StorageFault: n.rn.StorageFault,
-		Admission:    n.admissionEnv,
+		Admission:    func() *fsm.AdmissionEnv { return n.ep.AdmissionEnv() },
 		CheckChild: func(s *fsm.Submit) error {
-			if err := n.checkSubmit(s); err != nil {
+			if err := n.ep.CheckSubmit(s); err != nil {
 				return err
 			}
-			return n.checkChild(s)
+			return n.ep.CheckChild(s)
 		},
 		AllowWarning: func(key string) (bool, int) { return refusals.Allow(key, time.Now()) },
 	})
@@ -102,7 +102,7 @@ func localLogs(n *Node) http.HandlerFunc {
 		}
 		w.WriteHeader(http.StatusOK)
 		flusher, _ := w.(http.Flusher)
-		n.followLocal(r.Context(), id, attempt, func(l tasks.LogLine) {
+		n.ep.FollowLocal(r.Context(), id, attempt, func(l tasks.LogLine) {
 			_ = enc.Encode(l)
 			if flusher != nil {
 				flusher.Flush()

@@ -81,11 +81,8 @@ type Node struct {
 	wg     sync.WaitGroup
 
 	leader *leader.Loop // the duties while this node leads, fed by gossip's events (leader.go)
-	// leaving is set once the worker accepts a leave (health says draining); released is the
-	// worker's Released, closed once held requests are let go: every held wait answers and every
-	// log follow ends.
-	leaving  atomic.Bool
-	released <-chan struct{}
+	// leaving is set once the worker accepts a leave: health says draining (internal/endpoint).
+	leaving atomic.Bool
 
 	fatalOnce  sync.Once // fatal acts once
 	shutdownMu sync.Mutex
@@ -236,7 +233,6 @@ func (n *Node) start() error {
 		return err
 	}
 	n.work = newWorker(n)
-	n.released = n.work.Released()
 	n.ep = newEndpoints(n)
 	n.api = n.routes() // before the internode side serves forwarded writes with it
 	n.leader = n.newLeader()

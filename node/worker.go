@@ -24,7 +24,9 @@ func newWorker(n *Node) *worker.Worker {
 		FSM: n.fsm, Raft: n.rn.Raft(), Gossip: n.members, Logger: n.log,
 		Executor: tasks.ExecutorConfig{
 			Registry: cfg.Registry, Logs: n.logs, NodeName: cfg.Name,
-			Logger: n.log.With("component", "executor"), Submit: n.submitChild,
+			Logger: n.log.With("component", "executor"), Submit: func(ctx context.Context, parent tasks.RunRef, exec string, c tasks.ChildTask) (string, error) {
+				return n.ep.SubmitChild(ctx, parent, exec, c) // built right after the worker
+			},
 			MaxResultBytes: cfg.MaxResultBytes, CheckpointsPerSecond: cfg.CheckpointRate,
 		},
 		ProposeNode:    n.internode.ProposeNode,
@@ -50,8 +52,3 @@ func newWorker(n *Node) *worker.Worker {
 // Without force, a leave that would remove the last node or break quorum is refused
 // (ErrLeaveRefused); with force it drains and stops anyway.
 func (n *Node) Leave(ctx context.Context, force bool) error { return n.work.Leave(ctx, force) }
-
-// untilReleased is ctx, also cancelled once held requests are released; stop frees it.
-func (n *Node) untilReleased(ctx context.Context) (_ context.Context, stop func()) {
-	return n.work.UntilReleased(ctx)
-}
