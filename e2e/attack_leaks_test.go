@@ -119,10 +119,10 @@ func TestNamelessServerCertificateCannotActAsANode(t *testing.T) {
 	}
 	forgedReport := &fsm.Command{Body: &fsm.ReportBatch{Items: []fsm.Report{{TaskID: victim.ID, Attempt: victim.Attempt,
 		Node: victim.Node, BootID: victimNode.BootID, Kind: fsm.ReportSucceeded, Result: json.RawMessage(`"FORGED-RESULT"`)}}}}
-	if code, b := post(nameless, "/v1/internode/apply", forgedReport); code != http.StatusForbidden {
+	if code, b := post(nameless, "/v1/internode/report", forgedReport); code != http.StatusForbidden {
 		t.Errorf("forged report of %s's task: %d %s, want 403", victim.Node, code, b)
 	}
-	if code, b := post(nameless, "/v1/internode/apply", &fsm.Command{Body: &fsm.Drain{Name: victim.Node, Draining: true}}); code != http.StatusForbidden {
+	if code, b := post(nameless, "/v1/internode/drain", &fsm.Command{Body: &fsm.Drain{Name: victim.Node, Draining: true}}); code != http.StatusForbidden {
 		t.Errorf("forged drain of %s: %d %s, want 403", victim.Node, code, b)
 	}
 	if code, b := post(nameless, "/v1/internode/remove/"+victim.Node, nil); code != http.StatusForbidden {
@@ -132,7 +132,7 @@ func TestNamelessServerCertificateCannotActAsANode(t *testing.T) {
 	// applied as a no-op).
 	stale := &fsm.Command{Body: &fsm.ReportBatch{Items: []fsm.Report{{TaskID: victim.ID, Attempt: victim.Attempt + 7,
 		Node: victim.Node, BootID: victimNode.BootID, Kind: fsm.ReportSucceeded, Result: json.RawMessage(`"stale"`)}}}}
-	if code, b := post(own, "/v1/internode/apply", stale); code != http.StatusOK {
+	if code, b := post(own, "/v1/internode/report", stale); code != http.StatusOK {
 		t.Errorf("a node's own certificate: %d %s, want 200", code, b)
 	}
 

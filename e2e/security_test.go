@@ -352,7 +352,7 @@ func TestOperatorCertificatesServeHTTPSAndRefuseAnotherCA(t *testing.T) {
 	}
 	rogueClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: rogueTLS}}
 	body := bytes.NewReader([]byte{1})
-	if resp, err := rogueClient.Post("https://"+target.Gossip+"/v1/internode/apply", "application/msgpack", body); err == nil {
+	if resp, err := rogueClient.Post("https://"+target.Gossip+"/v1/internode/report", "application/msgpack", body); err == nil {
 		resp.Body.Close()
 		t.Errorf("internode call with a certificate of another CA: %d", resp.StatusCode)
 	}
