@@ -3,7 +3,6 @@ package node
 import (
 	"bytes"
 	"encoding/json"
-	"io"
 	"net/http"
 	"reflect"
 	"strings"
@@ -17,23 +16,8 @@ import (
 // aclCall sends a request with a credential ("" for none) and returns status and body.
 func aclCall(t *testing.T, n *Node, method, path, secret, body string) (int, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, "http://"+n.HTTPAddr()+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if secret != "" {
-		req.Header.Set("Authorization", "Bearer "+secret)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
+	code, b, _ := apiCall(t, n, method, path, secret, body)
+	return code, b
 }
 
 func mustJSON(t *testing.T, b []byte, v any) {

@@ -1,8 +1,8 @@
 package node
 
 import (
-	"bytes"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -14,8 +14,9 @@ import (
 	"github.com/taskworker/taskworker/internal/httpapi"
 )
 
-// forwardedCall is one request through node n's public API, with the node that served it.
-func forwardedCall(t *testing.T, n *Node, method, path, secret, body string) (int, []byte, string) {
+// apiCall is one request through node n's public API, with the name of the node that served it
+// (X-Taskworker-Served-By, set on a forwarded write).
+func apiCall(t *testing.T, n *Node, method, path, secret, body string) (int, []byte, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, "http://"+n.HTTPAddr()+path, strings.NewReader(body))
 	if err != nil {
@@ -29,12 +30,11 @@ func forwardedCall(t *testing.T, n *Node, method, path, secret, body string) (in
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
-	var b bytes.Buffer
-	_, _ = b.ReadFrom(resp.Body)
-	return resp.StatusCode, b.Bytes(), resp.Header.Get(forward.HeaderServedBy)
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, resp.Header.Get(forward.HeaderServedBy)
 }
 
 // Every write route of the API, sent to a follower, runs on the leader with the caller's own
@@ -100,7 +100,7 @@ func TestEveryForwardedWriteIsAuthorizedOnTheLeader(t *testing.T) {
 		walked++
 		method, _, _ := strings.Cut(r.Pattern, " ")
 		if open[r.Pattern] {
-			_, _, by := forwardedCall(t, f, method, strings.TrimPrefix(r.Pattern, method+" "), "", "")
+			_, _, by := apiCall(t, f, method, strings.TrimPrefix(r.Pattern, method+" "), "", "")
 			if by != l.Name() {
 				t.Errorf("%s: served by %q, want the leader %s", r.Pattern, by, l.Name())
 			}
@@ -113,7 +113,7 @@ func TestEveryForwardedWriteIsAuthorizedOnTheLeader(t *testing.T) {
 		}
 		t.Run(r.Pattern, func(t *testing.T) {
 			_, before := l.FSM().Digest()
-			code, b, by := forwardedCall(t, f, method, c.path, weak.SecretID, c.body)
+			code, b, by := apiCall(t, f, method, c.path, weak.SecretID, c.body)
 			if r.Pattern == "POST "+api.PathTasksBatch && code == http.StatusOK { // refused item by item
 				var reply api.BatchSubmitReply
 				mustJSON(t, b, &reply)
@@ -128,7 +128,7 @@ func TestEveryForwardedWriteIsAuthorizedOnTheLeader(t *testing.T) {
 			if _, after := l.FSM().Digest(); after != before {
 				t.Fatal("a refused write changed the leader's state")
 			}
-			code, b, by = forwardedCall(t, f, method, c.path, mgmt.SecretID, c.body)
+			code, b, by = apiCall(t, f, method, c.path, mgmt.SecretID, c.body)
 			if by != l.Name() || code == http.StatusUnauthorized || code == http.StatusForbidden {
 				t.Fatalf("with the management token: %d %s, served by %q; want it let in by the leader %s", code, b, by, l.Name())
 			}

@@ -259,8 +259,30 @@ func (f *Forwarder) waitIndex(ctx context.Context, rep *reply) error {
 	return nil
 }
 
-// errGaveUp is the cause of a forward given up because raft stopped naming its leader.
-var errGaveUp = errors.New("leader changed")
+// ErrLeaderChanged is the cause of a forward given up because raft stopped naming its leader.
+var ErrLeaderChanged = errors.New("leader changed")
+
+// WhileLeader returns ctx, cancelled with ErrLeaderChanged as its cause as soon as raft on this
+// node names a leader other than target ("" when it named none). changed must come from changes
+// before target was read, so that a change in between is seen; cancel frees the watch.
+func WhileLeader(ctx context.Context, changed <-chan struct{}, changes func() <-chan struct{}, leader func() string, target string) (_ context.Context, cancel func()) {
+	fctx, stop := context.WithCancelCause(ctx)
+	go func() {
+		for {
+			select {
+			case <-fctx.Done():
+				return
+			case <-changed:
+			}
+			changed = changes()
+			if now := leader(); now != target {
+				stop(fmt.Errorf("%w: raft names %q now, not %q", ErrLeaderChanged, now, target))
+				return
+			}
+		}
+	}()
+	return fctx, func() { stop(nil) }
+}
 
 // send forwards r to the leader and reads the whole reply. It gives the forward up as soon as
 // raft on this node names another leader, or none: a frozen or cut-off leader holds a forward
@@ -278,22 +300,8 @@ func (f *Forwarder) send(ctx context.Context, r *http.Request, id ulid.ULID, bod
 	if addr == "" {
 		return nil, errors.New("no leader known")
 	}
-	fctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		for {
-			select {
-			case <-fctx.Done():
-				return
-			case <-changed:
-			}
-			changed = f.c.LeaderChanges()
-			if now := f.c.Leader(); now != target {
-				cancel(fmt.Errorf("%w: raft names %q now, not %q", errGaveUp, now, target))
-				return
-			}
-		}
-	}()
+	fctx, cancel := WhileLeader(ctx, changed, f.c.LeaderChanges, f.c.Leader, target)
+	defer cancel()
 	h := make(http.Header, len(r.Header)+4)
 	for k, v := range r.Header {
 		if !hopByHop(k) && !strings.HasPrefix(k, headerPrefix) {
@@ -313,7 +321,7 @@ func (f *Forwarder) send(ctx context.Context, r *http.Request, id ulid.ULID, bod
 			return &reply{status: resp.StatusCode, header: resp.Header, body: b}, nil
 		}
 	}
-	if cause := context.Cause(fctx); errors.Is(cause, errGaveUp) && ctx.Err() == nil {
+	if cause := context.Cause(fctx); errors.Is(cause, ErrLeaderChanged) && ctx.Err() == nil {
 		f.abandoned()
 		f.log.Info("gave up a forward to a leader raft no longer names; retrying against the new one",
 			"path", api.Truncate(r.URL.Path), "to", target, "leader", f.c.Leader())

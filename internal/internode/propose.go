@@ -14,6 +14,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/forward"
 	"github.com/taskworker/taskworker/scheduler"
 )
 
@@ -80,9 +81,6 @@ func (c *Channel) proposeNodeOnce(ctx context.Context, cmd *fsm.Command) (*fsm.R
 	return c.sendWhileLeader(ctx, changed, target, addr, cmd)
 }
 
-// errLeaderChanged is the cause of a forward given up because raft stopped naming its leader.
-var errLeaderChanged = errors.New("leader changed")
-
 // sendWhileLeader sends cmd to addr, the node of target (the leader raft named when the forward
 // began; "" when it named none), and gives the forward up as soon as raft on this node names
 // another leader, or none (internal/forward does the same for the API's writes). The error is
@@ -95,24 +93,10 @@ var errLeaderChanged = errors.New("leader changed")
 // twice is stale the second time (tasks.ErrFenced, the attempt is settled); a registration and a
 // drain set state.
 func (c *Channel) sendWhileLeader(ctx context.Context, changed <-chan struct{}, target, addr string, cmd *fsm.Command) (*fsm.Result, error) {
-	fctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		for {
-			select {
-			case <-fctx.Done():
-				return
-			case <-changed:
-			}
-			changed = c.leaderChanges()
-			if now := c.cfg.Leader(); now != target {
-				cancel(fmt.Errorf("%w: raft names %q now, not %q", errLeaderChanged, now, target))
-				return
-			}
-		}
-	}()
+	fctx, cancel := forward.WhileLeader(ctx, changed, c.leaderChanges, c.cfg.Leader, target)
+	defer cancel()
 	res, err := c.Send(fctx, addr, cmd)
-	if cause := context.Cause(fctx); res == nil && errors.Is(err, errForward) && ctx.Err() == nil && errors.Is(cause, errLeaderChanged) {
+	if cause := context.Cause(fctx); res == nil && errors.Is(err, errForward) && ctx.Err() == nil && errors.Is(cause, forward.ErrLeaderChanged) {
 		c.cfg.Metrics.ForwardAbandoned()
 		c.log.Info("gave up a forward to a leader raft no longer names; retrying against the new one",
 			"command", cmd.Type().String(), "to", target, "leader", c.cfg.Leader())
