@@ -15,7 +15,7 @@ import (
 	"github.com/taskworker/taskworker/client"
 )
 
-// Attacks of one submitter on the whole cluster (issue 19, finding 4): each floods the cluster as
+// Attacks of one submitter on the whole cluster: each floods the cluster as
 // the finding did, on real processes, and checks that the caps refuse what is past them with the
 // documented code and that the cluster stores nothing of it.
 

@@ -287,7 +287,7 @@ func TestConsolePagesRenderAndFollowASubmittedTask(t *testing.T) {
 	b.until("invalid JSON flagged", `/not valid JSON/.test(document.querySelector('#input-check').textContent) && document.querySelector('#submit').disabled`)
 	eval[bool](b, `(() => { const a = document.querySelector('#input'); a.value = '20'; a.dispatchEvent(new Event('input', {bubbles: true})); return true })()`)
 	b.until("valid input accepted", `!document.querySelector('#submit').disabled`)
-	// The options of issue 14: a queue and a priority, sent with the submit.
+	// The queue and priority options, sent with the submit.
 	eval[bool](b, `(() => { document.querySelector('#submit-form details').open = true;
 		for (const [id, v] of [['#opt-queue', 'ui-q'], ['#opt-priority', '5']]) {
 			const a = document.querySelector(id); a.value = v; a.dispatchEvent(new Event('input', {bubbles: true})) }
