@@ -15,8 +15,9 @@ import (
 	"github.com/taskworker/taskworker/client"
 )
 
-// Attacks of one submitter on the whole cluster: each floods the cluster on real processes, and checks that the caps refuse what is past them with the
-// documented code and that the cluster stores nothing of it.
+// Attacks of one submitter on the whole cluster: each floods the cluster on real processes, and
+// checks that the caps refuse what is past them with the documented code and that the cluster
+// stores nothing of it.
 
 // quotaCall sends a JSON request to p's API and returns the status, the Retry-After header and the
 // body.
