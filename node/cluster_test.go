@@ -367,11 +367,12 @@ func TestSubmitOnFollowerReturnsResult(t *testing.T) {
 	if task.State != api.StateSucceeded || string(task.Result) != "144" {
 		t.Fatalf("task = %s %s, want succeeded 144", task.State, task.Result)
 	}
-	var got api.Task
 	for _, n := range tc.nodes {
+		// A node behind the others answers 404 until the submit reaches it.
 		waitFor(t, "task replicated to "+n.Name(), 10*time.Second, func() bool {
-			httpCall(t, n, "GET", "/v1/tasks/"+task.ID, nil, &got)
-			return got.State == api.StateSucceeded
+			code, b := aclCall(t, n, "GET", "/v1/tasks/"+task.ID, "", "")
+			var got api.Task
+			return code == http.StatusOK && json.Unmarshal(b, &got) == nil && got.State == api.StateSucceeded
 		})
 	}
 }
