@@ -72,7 +72,7 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.IntFlag{Name: "max-result-bytes", EnvVars: []string{"TASKWORKER_MAX_RESULT_BYTES"}, Value: limits.DefaultMaxPayloadBytes, Usage: "largest task result kept; a larger one fails the attempt (result_too_large)"},
 			&cli.Float64Flag{Name: "checkpoint-rate", EnvVars: []string{"TASKWORKER_CHECKPOINT_RATE"}, Value: limits.DefaultCheckpointsPerSecond, Usage: "checkpoints per second one run may write; more are coalesced to the newest"},
 			&cli.IntFlag{Name: "http-max-conns-per-client", EnvVars: []string{"TASKWORKER_HTTP_MAX_CONNS_PER_CLIENT"}, Value: limits.DefaultMaxConnsPerClient, Usage: "open API connections one client address may hold (-1: no cap)"},
-			&cli.Float64Flag{Name: "http-rate-limit", EnvVars: []string{"TASKWORKER_HTTP_RATE_LIMIT"}, Value: DefaultRateLimit, Usage: "API requests per second per client address, 429 above it (0: off)"},
+			&cli.Float64Flag{Name: "http-rate-limit", EnvVars: []string{"TASKWORKER_HTTP_RATE_LIMIT"}, Usage: "API requests per second per client address, 429 above it (0, the default: no rate limit; the per-client connection cap stays)"},
 			&cli.GenericFlag{Name: "pprof", EnvVars: []string{"TASKWORKER_PPROF"}, Value: &pprofFlag{}, Usage: "serve Go's profiler at /debug/pprof/: --pprof on the HTTP API listener, --pprof=127.0.0.1:6060 on a loopback address of its own (default off)"},
 			&cli.Uint64Flag{Name: "raft-snapshot-threshold", EnvVars: []string{"TASKWORKER_RAFT_SNAPSHOT_THRESHOLD"}, Value: 8192, Usage: "raft log entries written since the last snapshot that make the node snapshot its state"},
 			&cli.DurationFlag{Name: "raft-snapshot-interval", EnvVars: []string{"TASKWORKER_RAFT_SNAPSHOT_INTERVAL"}, Value: 2 * time.Minute, Usage: "how often the node checks whether to snapshot (each check waits a random time between this and twice this)"},
@@ -173,10 +173,7 @@ func runAgent(c *cli.Context, opts AgentOptions) error {
 	if p, ok := c.Generic("pprof").(*pprofFlag); ok {
 		cfg.Pprof = p.v
 	}
-	switch r := c.Float64("http-rate-limit"); {
-	case r == 0:
-		cfg.RateLimit = -1 // the flag's 0 means off
-	case r < 0:
+	if r := c.Float64("http-rate-limit"); r < 0 {
 		problems = append(problems, fmt.Errorf("%w: --http-rate-limit must be 0 (off) or positive, got %v", ErrInvalidConfig, r))
 	}
 	cfg.ACL = c.Bool("acl")

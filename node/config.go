@@ -28,11 +28,6 @@ const (
 	nodeDownTimeout     = 5 * time.Second  // recording a gone node
 )
 
-// DefaultRateLimit is the API's default sustained rate per client address, requests per second:
-// far above what an interactive user or a worker pool sends, low enough that one runaway client
-// cannot take the node's CPU from the others. Benchmarks from one address turn it off.
-const DefaultRateLimit = 1000
-
 // Config is everything a node needs. main.go fills it from flags; tests fill it directly.
 type Config struct {
 	Name         string
@@ -99,7 +94,8 @@ type Config struct {
 	CheckpointRate float64 // checkpoints per second one run may write, default 10
 
 	// API limits (internal/limits). MaxConnsPerClient 0 means 200, negative no cap; RateLimit is
-	// requests per second per client address, 0 means the default, negative turns it off.
+	// requests per second per client address, 0 or negative (the default) for none: as in Consul
+	// and Nomad, a node does not cap a client's rate unless told to; the connection cap stays.
 	MaxConnsPerClient int
 	RateLimit         float64
 	RateBurst         int
@@ -182,10 +178,7 @@ func (c *Config) setDefaults() {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = int64(c.MaxInputBytes) + limits.BodyOverheadBytes
 	}
-	if c.RateLimit == 0 {
-		c.RateLimit = DefaultRateLimit
-	}
-	if c.RateBurst == 0 {
+	if c.RateBurst == 0 && c.RateLimit > 0 {
 		c.RateBurst = int(2 * max(c.RateLimit, 1))
 	}
 	if c.Retention == 0 {

@@ -21,9 +21,10 @@ func (n *Node) limitConns(ln net.Listener) net.Listener {
 }
 
 // limitRequests puts the per-client rate limiter in front of h; health and metrics stay exempt so
-// monitoring keeps working under load. A rate of 0 (Config.RateLimit < 0) turns it off.
+// monitoring keeps working under load. Without a rate (Config.RateLimit <= 0, the default) there is
+// none.
 func (n *Node) limitRequests(h http.Handler) http.Handler {
-	if n.cfg.RateLimit < 0 {
+	if n.cfg.RateLimit <= 0 {
 		return h
 	}
 	rl := limits.NewRateLimiter(limits.RateLimitConfig{

@@ -536,9 +536,9 @@ func hasFlag(args []string, flag string) bool {
 // Start starts n nodes n1…nN of the taskworker binary bin in dir, each after the first joining the
 // first, each running capacity tasks at once, with args (say --insecure or --acl) added to every
 // node's agent flags. On an error the nodes started so far are killed.
-// The benchmarks drive a node from one address far above a client's default rate limit, so the
-// API's per-client rate limit is off; args come after that flag and could turn it back on, which
-// Start refuses rather than let a benchmark measure the limiter.
+// The benchmarks drive a node from one address, so the API's per-client rate limit is off (as it
+// is by default, said again so that another default cannot skew them); args come after that flag
+// and could turn it on, which Start refuses rather than let a benchmark measure the limiter.
 func Start(bin, dir string, n, capacity int, args ...string) (*Cluster, error) {
 	if hasFlag(args, "--http-rate-limit") {
 		return nil, fmt.Errorf("start cluster: --http-rate-limit in %q: the benchmarks run with the rate limit off", args)
