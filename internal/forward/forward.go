@@ -31,6 +31,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/internal/httpapi"
 )
 
 // Path is the leader's internode route for forwarded requests.
@@ -160,21 +161,21 @@ func (f *Forwarder) ServeWrite(w http.ResponseWriter, r *http.Request, here http
 		return
 	}
 	if err := f.c.Refuse(); err != nil {
-		writeError(w, err)
+		httpapi.WriteError(w, err)
 		return
 	}
 	var body []byte
 	if r.Body != nil && r.Body != http.NoBody {
 		b, err := io.ReadAll(io.LimitReader(r.Body, f.maxBody+1))
 		if err != nil {
-			writeError(w, api.Errorf(api.CodeInvalidRequest, "read body: %v", err))
+			httpapi.WriteError(w, api.Errorf(api.CodeInvalidRequest, "read body: %v", err))
 			return
 		}
 		body = b
 	}
 	id, err := ulid.New(ulid.Now(), rand.Reader)
 	if err != nil {
-		writeError(w, api.Errorf(api.CodeInternal, "request ID: %v", err))
+		httpapi.WriteError(w, api.Errorf(api.CodeInternal, "request ID: %v", err))
 		return
 	}
 	ctx := WithRequestID(r.Context(), id)
@@ -346,12 +347,12 @@ func (f *Forwarder) Serve(api_ http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !f.c.IsLeader() {
 			w.Header().Set(HeaderLeader, f.c.Leader())
-			writeError(w, api.Errorf(api.CodeNotLeader, "this node is not the leader"))
+			httpapi.WriteError(w, api.Errorf(api.CodeNotLeader, "this node is not the leader"))
 			return
 		}
 		req, err := unwrap(r)
 		if err != nil {
-			writeError(w, api.Errorf(api.CodeInvalidRequest, "forwarded request: %v", err))
+			httpapi.WriteError(w, api.Errorf(api.CodeInvalidRequest, "forwarded request: %v", err))
 			return
 		}
 		w.Header().Set(HeaderServedBy, f.c.Name())
@@ -470,17 +471,6 @@ func (r *reply) writeTo(w http.ResponseWriter) {
 
 func errorReply(err error) *reply {
 	rep := newReply()
-	writeError(rep, err)
+	httpapi.WriteError(rep, err)
 	return rep
-}
-
-// writeError writes err as the contract's error body.
-func writeError(w http.ResponseWriter, err error) {
-	var ae *api.Error
-	if !errors.As(err, &ae) {
-		ae = api.Errorf(api.CodeInternal, "%v", err)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(api.Status(ae.Code))
-	_ = json.NewEncoder(w).Encode(api.Error{Message: ae.Message, Code: ae.Code})
 }
