@@ -28,7 +28,7 @@ func newEndpoints(n *Node) *endpoint.API {
 		ServerNames:  func() endpoint.ServerNames { return n.rn.Names() },
 		Alive:        n.aliveNames,
 		StorageFault: n.rn.StorageFault,
-		Leaving:      n.leaving.Load,
+		Leaving:      n.work.Leaving,
 		Released:     n.work.Released(),
 		Leave:        n.Leave,
 		LeaveRefused: ErrLeaveRefused,

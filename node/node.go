@@ -81,8 +81,6 @@ type Node struct {
 	wg     sync.WaitGroup
 
 	leader *leader.Loop // the duties while this node leads, fed by gossip's events (leader.go)
-	// leaving is set once the worker accepts a leave: health says draining (internal/endpoint).
-	leaving atomic.Bool
 
 	fatalOnce  sync.Once // fatal acts once
 	shutdownMu sync.Mutex

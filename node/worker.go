@@ -41,7 +41,6 @@ func newWorker(n *Node) *worker.Worker {
 		Request:        n.internode.Request,
 		Client:         n.internode.Client(),
 		Joined:         n.joined.Load,
-		Leaving:        func() { n.leaving.Store(true) },
 		Shutdown:       n.Shutdown,
 	})
 }

@@ -83,7 +83,7 @@ func (w *Worker) Leave(ctx context.Context, force bool) error {
 	if !w.claimLeave() {
 		return nil // another leave, or a stop, started meanwhile
 	}
-	w.cfg.Leaving()
+	w.leaving.Store(true)
 	// Record the drain before answering, so nothing new is placed here once the leave is accepted.
 	log := w.log.With("phase", "leave")
 	log.Info("draining: no new tasks will be placed here", "drain_timeout", w.cfg.DrainTimeout)
@@ -111,6 +111,9 @@ func (w *Worker) leaveClaimed() bool {
 	defer w.leaveMu.Unlock()
 	return w.leaveStarted
 }
+
+// Leaving reports whether this node has accepted a leave: from then on health says draining.
+func (w *Worker) Leaving() bool { return w.leaving.Load() }
 
 // claimLeave marks the leave started; false when a leave or a stop started first.
 func (w *Worker) claimLeave() bool {

@@ -92,8 +92,6 @@ type Config struct {
 	// Joined reports whether this node belongs to a cluster (it bootstrapped one, resumed its
 	// raft state, or its gossip join succeeded).
 	Joined func() bool
-	// Leaving runs once a leave is accepted, before the drain is recorded.
-	Leaving func()
 	// Shutdown stops the node abruptly; a leave ends with it.
 	Shutdown func() error
 }
@@ -108,6 +106,7 @@ type Worker struct {
 	// drain is proposed through raft, and a Stop must not wait on either.
 	leaveMu      sync.Mutex
 	leaveStarted bool
+	leaving      atomic.Bool   // a leave was accepted (not a Stop): health says draining
 	done         chan struct{} // closed once the node has shut down after a leave or a Stop
 
 	// Clients of a leaving node (release.go): closing is set once held requests are let go (new

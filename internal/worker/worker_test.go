@@ -20,18 +20,15 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/localcluster"
 	"github.com/taskworker/taskworker/tasks"
 )
 
 // waitFor polls cond until it holds, failing the test after timeout.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if localcluster.Until(timeout, 10*time.Millisecond, cond) != nil {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
 	}
 }
 
@@ -351,7 +348,11 @@ func leaveWorker(t *testing.T, joined bool) (*Worker, *atomic.Int32) {
 	t.Cleanup(w.Executor().Close)
 	w.cfg.Joined = func() bool { return joined }
 	w.cfg.Shutdown = func() error { shutdowns.Add(1); return nil }
-	w.cfg.Leaving = func() { t.Error("a drain started") }
+	t.Cleanup(func() {
+		if w.Leaving() {
+			t.Error("a drain started")
+		}
+	})
 	w.cfg.Alive = func() map[string]bool { return map[string]bool{"me": true} }
 	return w, &shutdowns
 }
