@@ -19,6 +19,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/localcluster"
 	"github.com/taskworker/taskworker/membership/memnet"
 	"github.com/taskworker/taskworker/tasks"
 )
@@ -230,12 +231,8 @@ func (tc *testCluster) verifyReplicas() {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if localcluster.Until(timeout, 20*time.Millisecond, cond) != nil {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
 	}
 }
 

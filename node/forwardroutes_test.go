@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -147,13 +148,28 @@ func TestEveryForwardedWriteIsAuthorizedOnTheLeader(t *testing.T) {
 func TestNodeRoutesTakeOnlyTheCallersOwnCommands(t *testing.T) {
 	tc := startCluster(t, 3, clusterOpts{inmem: true})
 	l, f := tc.leader(), tc.follower()
-	if _, err := f.internode.Send(t.Context(), f.internode.Addr(l.Name()), &fsm.Command{Body: &fsm.Cancel{IDs: []string{"x"}}}); err == nil {
-		t.Error("a node sent a cancel as its own command")
+	// A command of another type on a node route, sent by hand as a node that skipped Send's own
+	// check would: the leader refuses it.
+	body, err := fsm.Encode(&fsm.Command{Now: time.Now(), Body: &fsm.Cancel{IDs: []string{"x"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := f.internode.Request(t.Context(), http.MethodPost, f.internode.Addr(l.Name()), "/v1/internode/report", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := f.internode.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a cancel on the report route: %d, want 400", resp.StatusCode)
 	}
 	_, before := l.FSM().Digest()
 	child := &fsm.SubmitBatch{Items: []fsm.Submit{{ID: "forged", Type: "echo", Version: "1", Input: []byte(`"x"`), MaxAttempts: 1,
 		Timeout: fsm.Duration(time.Minute), ExecutionID: "nope", ParentID: "nope"}}}
-	_, err := f.internode.Send(t.Context(), f.internode.Addr(l.Name()), &fsm.Command{Body: child})
+	_, err = f.internode.Send(t.Context(), f.internode.Addr(l.Name()), &fsm.Command{Body: child})
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Code != api.CodeForbidden {
 		t.Fatalf("a child of a task that does not run: %v, want forbidden", err)

@@ -9,17 +9,14 @@ import (
 	"time"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/localcluster"
 )
 
 // waitFor polls cond until it holds, failing the test after timeout.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if localcluster.Until(timeout, 20*time.Millisecond, cond) != nil {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
 	}
 }
 
