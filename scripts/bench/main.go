@@ -12,7 +12,10 @@
 // curve and the memory figures, the state growing as it goes); C, 3 fresh nodes at --capacity 64
 // (single and batch submit rates, completion rate); B, 3 nodes at --capacity 8 (completion rate
 // against the slot bound, CPU per task with no backlog and with two backlogs, the burst); and one
-// idle cluster per other -idle-nodes count.
+// idle cluster per other -idle-nodes count; then the cost table (cost.go): a fresh 3-node cluster at
+// --capacity 64 per security mode (secure, then --insecure, whatever -secure says), each running
+// 64 clients' echo tasks spread over the nodes or all to the leader, with and without ?wait,
+// and with a backlog held pending in a paused queue.
 // Nodes run --insecure (the baseline has no TLS either) unless -secure, with the API rate limit
 // off. CPU is utime+stime of the node processes from /proc/PID/stat, memory VmRSS from
 // /proc/PID/status. The bench polls the leader's /v1/cluster every 250 ms while it waits for
@@ -50,25 +53,27 @@ type scale struct {
 	curve        []int         // tasks in the state at each cost-curve point; the last is the memory figure's
 	idleNodes    []int         // cluster sizes of the idle leader CPU row
 	memorySettle time.Duration // the memory figures' rest after the fill (nodes check every 10 s)
+	costTasks    int           // echo tasks per row of the cost table
+	costPending  int           // tasks held pending during its last row
 }
 
 var scales = map[string]scale{
 	"quick": {name: "quick", baselineFor: 500 * time.Millisecond, settle: 500 * time.Millisecond, idleFor: 500 * time.Millisecond,
 		latencyCount: 5, submits: 200, batchTasks: 2000, complete: 200, window: 100,
 		backlogs: [2]int{100, 200}, burst: 300, curve: []int{0, 200, 400, 600}, idleNodes: []int{3, 5},
-		memorySettle: time.Second},
+		memorySettle: time.Second, costTasks: 300, costPending: 1000},
 	"medium": {name: "medium", baselineFor: 5 * time.Second, settle: 3 * time.Second, idleFor: 5 * time.Second,
 		latencyCount: 100, submits: 5000, batchTasks: 20000, complete: 5000, window: 2000,
 		backlogs: [2]int{2000, 10000}, burst: 10000, curve: []int{0, 2000, 10000, 50000}, idleNodes: []int{3, 5, 10},
-		memorySettle: 30 * time.Second},
+		memorySettle: 30 * time.Second, costTasks: 10000, costPending: 20000},
 	"full": {name: "full", baselineFor: 10 * time.Second, settle: 5 * time.Second, idleFor: 10 * time.Second,
 		latencyCount: 200, submits: 20000, batchTasks: 200000, complete: 20000, window: 5000,
 		backlogs: [2]int{10000, 100000}, burst: 100000, curve: []int{0, 10000, 100000, 1000000}, idleNodes: []int{3, 5, 20},
-		memorySettle: 30 * time.Second},
+		memorySettle: 30 * time.Second, costTasks: 30000, costPending: 100000},
 }
 
 // Figures -only can name.
-var figureNames = []string{"baseline", "submit", "batch", "complete", "cpu", "burst", "memory", "latency", "idle", "curve"}
+var figureNames = []string{"baseline", "submit", "batch", "complete", "cpu", "burst", "memory", "latency", "idle", "curve", "cost"}
 
 var (
 	flagQuick   = flag.Bool("quick", false, "tiny counts, seconds per figure: checks the tool end to end (CI)")
@@ -205,8 +210,15 @@ func run(root string) error {
 			return err
 		}
 	}
+	if want["cost"] {
+		r.costPending = s.costPending
+		if err := costFigure(bin, root, s, r); err != nil {
+			return err
+		}
+	}
 
 	r.print(want)
+	r.printCost()
 	if want["curve"] && *flagPlot != "" {
 		if err := drawCurve(*flagPlot, r.curve); err != nil {
 			return err

@@ -94,6 +94,20 @@ func TestQuickRunPrintsEveryFigure(t *testing.T) {
 	if want := len(scales["quick"].curve); curveRows != want {
 		t.Errorf("cost curve: %d rows, want %d:\n%s", curveRows, want, out)
 	}
+	// The cost table: one row per mode and load, each with tasks/s and CPU measured.
+	costRows := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, "| secure | ") || strings.HasPrefix(l, "| insecure | ") {
+			costRows++
+			cells := strings.Split(strings.Trim(l, "|"), " | ")
+			if len(cells) != 8 || !strings.HasSuffix(strings.TrimSpace(cells[3]), "/s") || !strings.HasSuffix(strings.TrimSpace(cells[4]), "µs") {
+				t.Errorf("cost row %q: want 8 cells with a rate and a CPU per task", l)
+			}
+		}
+	}
+	if want := 2 * len(costLoads); costRows != want {
+		t.Errorf("cost table: %d rows, want %d:\n%s", costRows, want, out)
+	}
 	b, err := os.ReadFile(png)
 	if err != nil {
 		t.Fatalf("cost curve plot: %v", err)
