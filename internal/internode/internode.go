@@ -134,13 +134,14 @@ type Channel struct {
 func New(cfg Config) *Channel {
 	c := &Channel{cfg: cfg, log: cfg.Logger}
 	c.batch = newBatcher(c.raftApply, cfg.ApplyTimeout)
-	// Each peer's gossip port admits limits.DefaultGossipMaxConnsPerClient (256) connections from
-	// one address; past it a forward is refused at accept and retried. Holding forwards to 64 per
-	// peer (a forward in flight takes one, and they wait for each other past that) and log
-	// follows, which last as long as a task, to 128 keeps a busy follower inside the cap.
-	c.client = &http.Client{Timeout: requestTimeout, Transport: c.transport(64)}
-	c.streamClient = &http.Client{Transport: c.transport(128)}
-	c.forwardClient = &http.Client{Transport: c.transport(128)}
+	// Every call to a peer shares one transport, and so one multiplexed HTTP/2 connection per
+	// peer (TLS with ALPN "h2", or h2c with prior knowledge when --insecure): no handshake and no
+	// connection per call, and a busy follower holds one connection of the peer's gossip port, not
+	// dozens. The clients differ only in their deadline.
+	tr := c.transport()
+	c.client = &http.Client{Timeout: requestTimeout, Transport: tr}
+	c.streamClient = &http.Client{Transport: tr}
+	c.forwardClient = &http.Client{Transport: tr}
 	c.srv = c.newServer()
 	return c
 }
@@ -156,18 +157,40 @@ func (c *Channel) Client() *http.Client { return c.client }
 // StreamClient is the client for internode log follows, which have none.
 func (c *Channel) StreamClient() *http.Client { return c.streamClient }
 
-// transport is an internode transport holding at most maxPerNode connections to one node.
-func (c *Channel) transport(maxPerNode int) *http.Transport {
-	tr := &http.Transport{MaxConnsPerHost: maxPerNode, MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}
-	if s := c.cfg.Trust; !s.Insecure() {
-		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			// Made per dial, so a reloaded CA bundle is trusted from the next connection on.
-			d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: pki.InternodeClientConfig(s.Holder(), s.ServerName())}
-			return d.DialContext(ctx, network, addr)
-		}
+// transport is the internode transport: HTTP/2 only, so that every call to a peer shares one
+// connection (Go opens a second one only past the peer's limit of concurrent streams). A peer
+// that stops answering (frozen, cut off) is found by HTTP/2 pings: after pingAfter without a
+// frame the transport pings, and a ping unanswered within pingTimeout closes the connection, so
+// the calls on it fail and the next ones dial again instead of queueing behind a dead socket.
+func (c *Channel) transport() *http.Transport {
+	tr := &http.Transport{
+		IdleConnTimeout: 90 * time.Second,
+		HTTP2:           &http.HTTP2Config{SendPingTimeout: pingAfter, PingTimeout: pingTimeout},
+		Protocols:       new(http.Protocols),
+	}
+	s := c.cfg.Trust
+	if s.Insecure() {
+		tr.Protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge on http:// URLs
+		return tr
+	}
+	tr.Protocols.SetHTTP2(true)
+	tr.ForceAttemptHTTP2 = true
+	tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		// Made per dial, so a reloaded CA bundle is trusted from the next connection on.
+		cfg := pki.InternodeClientConfig(s.Holder(), s.ServerName())
+		cfg.NextProtos = []string{alpnH2}
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: cfg}
+		return d.DialContext(ctx, network, addr)
 	}
 	return tr
 }
+
+// HTTP/2 on the internode channel.
+const (
+	alpnH2      = "h2"
+	pingAfter   = 2 * time.Second // no frame from the peer for this long: ping it
+	pingTimeout = time.Second     // an unanswered ping closes the connection
+)
 
 // Request builds an internode request to the node at addr (its internode address).
 func (c *Channel) Request(ctx context.Context, method, addr, path string, body io.Reader) (*http.Request, error) {

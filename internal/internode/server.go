@@ -53,9 +53,17 @@ func WriteError(w http.ResponseWriter, status int, code, msg string) {
 }
 
 func (c *Channel) newServer() *http.Server {
+	// HTTP/1.1 stays for callers that are not nodes (the join exchange, and a node of an earlier
+	// release); nodes of this one speak HTTP/2 over one connection (transport).
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	p.SetHTTP2(true)
+	p.SetUnencryptedHTTP2(c.cfg.Trust.Insecure())
 	return &http.Server{
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		Protocols:         p,
+		HTTP2:             &http.HTTP2Config{SendPingTimeout: pingAfter, PingTimeout: pingTimeout},
 		// Refused handshakes (no certificate, another CA) are logged here, one line each.
 		ErrorLog: stdlog.New(handshakeLog{c}, "", 0),
 	}
@@ -104,6 +112,7 @@ func (c *Channel) serverTLS() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: h.GetCertificate,
+		NextProtos:     []string{alpnH2, "http/1.1"},
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			id := h.Identity()
 			if id == nil {
@@ -114,6 +123,7 @@ func (c *Channel) serverTLS() *tls.Config {
 				GetCertificate: h.GetCertificate,
 				ClientAuth:     tls.VerifyClientCertIfGiven,
 				ClientCAs:      id.Roots,
+				NextProtos:     []string{alpnH2, "http/1.1"},
 				// See pki.InternodeServerConfig: a resumed session would skip a reloaded CA bundle.
 				SessionTicketsDisabled: true,
 			}, nil

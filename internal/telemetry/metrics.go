@@ -258,8 +258,9 @@ var (
 )
 
 var (
-	descConnsOpen    = prometheus.NewDesc("taskworker_listener_connections", "Connections a capped listener (api, raft, gossip) holds open.", []string{"listener"}, nil)
-	descConnsRefused = prometheus.NewDesc("taskworker_listener_refused_total", "Connections a capped listener refused at accept, by the cap they met: per_client (one address at its cap), total (the listener full), reserve (only slots for addresses holding few were left).", []string{"listener", "cap"}, nil)
+	descConnsOpen     = prometheus.NewDesc("taskworker_listener_connections", "Connections a capped listener (api, raft, gossip) holds open.", []string{"listener"}, nil)
+	descConnsAccepted = prometheus.NewDesc("taskworker_listener_accepted_total", "Connections a capped listener (api, raft, gossip) accepted within its caps. On the gossip port it grows by about one per peer and restart: nodes share one HTTP/2 connection for their internode calls.", []string{"listener"}, nil)
+	descConnsRefused  = prometheus.NewDesc("taskworker_listener_refused_total", "Connections a capped listener refused at accept, by the cap they met: per_client (one address at its cap), total (the listener full), reserve (only slots for addresses holding few were left).", []string{"listener", "cap"}, nil)
 )
 
 // listener is a capped listener's name (api, raft, gossip) and counters, for /metrics.
@@ -276,7 +277,7 @@ type stateCollector struct{ m *Metrics }
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTasks, descPending, descNodes, descLeader, descRunning, descCapacity, descIndex,
 		descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLast, descDiskFree, descStorageOK,
-		descConnsOpen, descConnsRefused} {
+		descConnsOpen, descConnsAccepted, descConnsRefused} {
 		ch <- d
 	}
 }
@@ -336,6 +337,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, l := range listeners {
 		st := l.stats()
 		gauge(descConnsOpen, float64(st.Open), l.name)
+		ch <- prometheus.MustNewConstMetric(descConnsAccepted, prometheus.CounterValue, float64(st.Accepted), l.name)
 		for capName, v := range map[string]uint64{"per_client": st.RejectedPerClient, "total": st.RejectedGlobal, "reserve": st.RejectedReserve} {
 			ch <- prometheus.MustNewConstMetric(descConnsRefused, prometheus.CounterValue, float64(v), l.name, capName)
 		}
