@@ -22,6 +22,9 @@ import (
 //   - Two texts that are semver-equal but spelt differently ("v1", "1.0.0") are ordered bytewise,
 //     so the order is total and every node picks the same version.
 func CompareVersions(a, b string) int {
+	if a == b {
+		return 0 // the common case (every node offers the same version), without parsing
+	}
 	va, erra := goversion.NewVersion(a)
 	vb, errb := goversion.NewVersion(b)
 	switch {
