@@ -78,3 +78,20 @@ func TestCallerMayActOnlyForItsOwnNode(t *testing.T) {
 		}
 	}
 }
+
+// The report route takes one node's batch of many tasks' reports (its report batcher merges
+// them), and refuses a batch with a single report for another node.
+func TestReportRouteTakesABatchOfTheCallersOwnReports(t *testing.T) {
+	var items []fsm.Report
+	for _, id := range []string{"a", "b", "c"} {
+		items = append(items, fsm.Report{TaskID: id, Attempt: 1, Node: "n1", BootID: "b1", Kind: fsm.ReportStarted})
+	}
+	own := &fsm.Command{Body: &fsm.ReportBatch{Items: items}}
+	if err := checkNodeIdentity(own, Caller{Name: "n1"}); err != nil {
+		t.Fatalf("a batch of the caller's own reports: %v", err)
+	}
+	mixed := &fsm.Command{Body: &fsm.ReportBatch{Items: append(items, fsm.Report{TaskID: "d", Attempt: 1, Node: "n2", Kind: fsm.ReportStarted})}}
+	if err := checkNodeIdentity(mixed, Caller{Name: "n1"}); err == nil {
+		t.Fatal("a batch with a report for another node was taken")
+	}
+}

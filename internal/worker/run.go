@@ -209,7 +209,8 @@ func attemptEnded(t *fsm.Task, attempt int) bool {
 	return false
 }
 
-// reporter sends executor reports to the leader, fenced by attempt and boot ID.
+// reporter sends executor reports to the leader, fenced by attempt and boot ID, through the
+// node's report batcher: one command carries many runs' reports.
 type reporter struct{ w *Worker }
 
 func (r reporter) send(ctx context.Context, reps ...fsm.Report) error {
@@ -218,14 +219,14 @@ func (r reporter) send(ctx context.Context, reps ...fsm.Report) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
 	defer cancel()
-	res, err := r.w.cfg.ProposeNode(cctx, &fsm.Command{Body: &fsm.ReportBatch{Items: reps}})
+	items, err := r.w.reports.send(cctx, reps)
 	if err != nil {
 		return err
 	}
-	if len(res.Items) != len(reps) {
-		return fmt.Errorf("report: %d results for %d reports", len(res.Items), len(reps))
+	if len(items) != len(reps) {
+		return fmt.Errorf("report: %d results for %d reports", len(items), len(reps))
 	}
-	for _, it := range res.Items {
+	for _, it := range items {
 		if it.Err == nil {
 			continue
 		}

@@ -3,11 +3,11 @@
 // It owns the executor and what feeds it: keeping this node's registration in the FSM in step
 // with this incarnation (RegisterLoop), handing the executor the attempts the FSM assigns here and
 // stopping the ones taken away or cancelled (WorkLoop), and sending the executor's reports to the
-// leader (Reporter). It owns the graceful leave (Leave): the checks that refuse one, the drain,
-// the handback of what did not finish, the leadership transfer, the request to the leader to drop
-// this node from raft, and the end of the node (Done). It owns the release of held clients
-// (Release, RefuseWhenClosing) and the sweep of local task output the cluster has forgotten
-// (SweepLogs).
+// leader, many runs' reports per command (Reporter). It owns the graceful leave (Leave): the
+// checks that refuse one, the drain, the handback of what did not finish, the leadership
+// transfer, the request to the leader to drop this node from raft, and the end of the node
+// (Done). It owns the release of held clients (Release, RefuseWhenClosing) and the sweep of local
+// task output the cluster has forgotten (SweepLogs).
 //
 // It reads the FSM and raft's state and configuration, and changes raft only by asking it to
 // transfer leadership. Every FSM command it sends goes through Config.ProposeNode. It may not
@@ -98,9 +98,10 @@ type Config struct {
 
 // Worker runs this node's tasks and its leave (see the package comment).
 type Worker struct {
-	cfg  Config
-	log  *slog.Logger
-	exec *tasks.Executor
+	cfg     Config
+	log     *slog.Logger
+	exec    *tasks.Executor
+	reports *reportBatcher // merges the executor's reports (reports.go)
 
 	// leaveMu guards only the claim (claimLeave): checkLeave reads raft's configuration and the
 	// drain is proposed through raft, and a Stop must not wait on either.
@@ -121,6 +122,11 @@ type Worker struct {
 // it.
 func New(cfg Config) *Worker {
 	w := &Worker{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), released: make(chan struct{})}
+	var check func(*fsm.Command) error
+	if cfg.FSM != nil {
+		check = cfg.FSM.CheckContentProtocol
+	}
+	w.reports = newReportBatcher(cfg.ProposeNode, check)
 	ec := cfg.Executor
 	ec.Reporter, ec.StartWindow = reporter{w}, startWindow
 	w.exec = tasks.NewExecutor(ec)
@@ -146,7 +152,7 @@ const startWindow = 10 * time.Millisecond
 func (w *Worker) Executor() *tasks.Executor { return w.exec }
 
 // Reporter is what the executor reports through: each report goes to the leader, fenced by
-// attempt and boot ID.
+// attempt and boot ID, merged with other runs' reports.
 func (w *Worker) Reporter() tasks.Reporter { return reporter{w} }
 
 // Done is closed when the node has shut down after a graceful leave or a Stop.
