@@ -173,17 +173,17 @@ func run(root string) error {
 
 	if want["baseline"] || want["submit"] {
 		progress("bare raft baseline, %s ...", s.baselineFor)
-		rate, err := baseline(filepath.Join(root, "baseline"), 64, 64, s.baselineFor)
+		rate, cpu, err := baseline(filepath.Join(root, "baseline"), 64, 64, s.baselineFor)
 		if err != nil {
 			return err
 		}
 		r.baseline = rate
-		r.set("baseline", "", fmt.Sprintf("%s applies/s (64 callers, 64-byte commands, fsync on)", num(rate)))
+		r.set("baseline", "", fmt.Sprintf("%s applies/s, %s of CPU per apply (64 callers, 64-byte commands, fsync on; the three nodes in one process)", num(rate), us(cpu)))
 	}
 	if want["baseline"] || want["latency"] {
 		// One caller: the latency of one commit, what the latency rows' serial commits cost each.
 		progress("bare raft baseline, one caller, %s ...", s.baselineFor/2)
-		rate, err := baseline(filepath.Join(root, "baseline-serial"), 1, 64, s.baselineFor/2)
+		rate, _, err := baseline(filepath.Join(root, "baseline-serial"), 1, 64, s.baselineFor/2)
 		if err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -37,8 +38,9 @@ func (countSnap) Release()                             {}
 // map freelist, as taskworker opens its own), and returns the applies per second that callers
 // concurrent goroutines reach with cmdBytes-byte commands over d. It is the ceiling a
 // taskworker submit (one raft entry each) is compared with, measured on the same machine in the
-// same run.
-func baseline(dir string, callers, cmdBytes int, d time.Duration) (float64, error) {
+// same run. It also returns the CPU this process used per apply meanwhile (three raft nodes
+// and their callers: the floor of a cluster's CPU per entry on this machine).
+func baseline(dir string, callers, cmdBytes int, d time.Duration) (float64, time.Duration, error) {
 	type member struct {
 		r     *raft.Raft
 		trans *raft.NetworkTransport
@@ -64,24 +66,24 @@ func baseline(dir string, callers, cmdBytes int, d time.Duration) (float64, erro
 	for i := 0; i < 3; i++ {
 		d := filepath.Join(dir, fmt.Sprintf("raft%d", i+1))
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return 0, fmt.Errorf("baseline dir: %w", err)
+			return 0, 0, fmt.Errorf("baseline dir: %w", err)
 		}
 		store, err := raftboltdb.New(raftboltdb.Options{
 			Path:        filepath.Join(d, "raft.db"),
 			BoltOptions: &bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
 		})
 		if err != nil {
-			return 0, fmt.Errorf("baseline store: %w", err)
+			return 0, 0, fmt.Errorf("baseline store: %w", err)
 		}
 		snaps, err := raft.NewFileSnapshotStoreWithLogger(d, 2, logger)
 		if err != nil {
 			_ = store.Close()
-			return 0, fmt.Errorf("baseline snapshots: %w", err)
+			return 0, 0, fmt.Errorf("baseline snapshots: %w", err)
 		}
 		trans, err := raft.NewTCPTransportWithLogger("127.0.0.1:0", nil, 3, 10*time.Second, logger)
 		if err != nil {
 			_ = store.Close()
-			return 0, fmt.Errorf("baseline transport: %w", err)
+			return 0, 0, fmt.Errorf("baseline transport: %w", err)
 		}
 		conf := raft.DefaultConfig()
 		conf.LocalID = raft.ServerID(fmt.Sprintf("r%d", i+1))
@@ -92,12 +94,12 @@ func baseline(dir string, callers, cmdBytes int, d time.Duration) (float64, erro
 	for i, p := range ps {
 		if i == 0 {
 			if err := raft.BootstrapCluster(p.conf, p.store, p.store, p.snaps, p.trans, raft.Configuration{Servers: servers}); err != nil {
-				return 0, fmt.Errorf("baseline bootstrap: %w", err)
+				return 0, 0, fmt.Errorf("baseline bootstrap: %w", err)
 			}
 		}
 		r, err := raft.NewRaft(p.conf, &countFSM{}, p.store, p.store, p.snaps, p.trans)
 		if err != nil {
-			return 0, fmt.Errorf("baseline raft: %w", err)
+			return 0, 0, fmt.Errorf("baseline raft: %w", err)
 		}
 		members = append(members, member{r, p.trans, p.store})
 	}
@@ -111,7 +113,7 @@ func baseline(dir string, callers, cmdBytes int, d time.Duration) (float64, erro
 		}
 		if leader == nil {
 			if time.Now().After(deadline) {
-				return 0, errors.New("baseline: no leader in 30s")
+				return 0, 0, errors.New("baseline: no leader in 30s")
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -124,6 +126,7 @@ func baseline(dir string, callers, cmdBytes int, d time.Duration) (float64, erro
 	var firstErr error
 	var errOnce sync.Once
 	var wg sync.WaitGroup
+	cpu0 := processCPU()
 	start := time.Now()
 	for c := 0; c < callers; c++ {
 		wg.Add(1)
@@ -140,8 +143,19 @@ func baseline(dir string, callers, cmdBytes int, d time.Duration) (float64, erro
 	}
 	wg.Wait()
 	wall := time.Since(start)
+	cpu := processCPU() - cpu0
 	if firstErr != nil {
-		return 0, fmt.Errorf("baseline apply: %w", firstErr)
+		return 0, 0, fmt.Errorf("baseline apply: %w", firstErr)
 	}
-	return float64(applied.Load()) / wall.Seconds(), nil
+	n := max(applied.Load(), 1)
+	return float64(n) / wall.Seconds(), cpu / time.Duration(n), nil
+}
+
+// processCPU is this process's user and system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
