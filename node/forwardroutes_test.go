@@ -94,6 +94,7 @@ func TestEveryForwardedWriteIsAuthorizedOnTheLeader(t *testing.T) {
 	// Open by design: anyone may try to bootstrap, once per cluster.
 	open := map[string]bool{"POST /v1/acl/bootstrap": true}
 	walked := 0
+	_, batchedBefore := f.fwd.Batched()
 	for _, r := range httpapi.Routes() {
 		if !r.Write {
 			continue
@@ -138,6 +139,11 @@ func TestEveryForwardedWriteIsAuthorizedOnTheLeader(t *testing.T) {
 	}
 	if walked < len(calls) {
 		t.Fatalf("walked %d write routes, fewer than the %d this test knows: httpapi.Routes is broken", walked, len(calls))
+	}
+	// The follower sends its forwards in batch calls (internal/forward's batch.go): the leader's
+	// checks above ran on that path.
+	if _, batched := f.fwd.Batched(); batched-batchedBefore < int64(2*len(calls)) {
+		t.Fatalf("%d forwards went in batch calls, want at least the %d this test made", batched-batchedBefore, 2*len(calls))
 	}
 }
 

@@ -66,11 +66,12 @@ func newForwarder(n *Node) *forward.Forwarder {
 }
 
 // internodeRoutes are the routes of other parts that the channel serves: the API's writes
-// forwarded to the leader, run by the handler the API listener serves (n.api, made before the
+// forwarded to the leader (alone or in batches), run by the handler the API listener serves (n.api, made before the
 // channel serves), the join exchange and the secrets, and this node's task logs.
 func internodeRoutes(n *Node) []internode.Route {
 	return []internode.Route{
 		{Pattern: "POST " + forward.Path, Handler: n.fwd.Serve(n.api)},
+		{Pattern: "POST " + forward.BatchPath, Handler: n.fwd.ServeBatch(n.api)},
 		{Pattern: "POST " + trust.JoinPath, Handler: http.HandlerFunc(n.trust.HandleJoin), Open: true},
 		{Pattern: "GET " + trust.SecretPath, Handler: http.HandlerFunc(n.trust.HandleSecret)},
 		{Pattern: internode.LogsPattern, Handler: localLogs(n)},

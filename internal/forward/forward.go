@@ -1,10 +1,11 @@
 // Package forward runs the public API's writes where they can be applied: on the raft leader.
 //
 // A node that is not the leader sends the whole request (method, path and query, headers with the
-// caller's credential, body) over the authenticated internode channel. The leader serves it with
-// the same handler as a request it received itself, so authorization, validation and propose are
-// written once, in the API's handlers, and run where the write happens. A write received by the
-// leader runs there at once.
+// caller's credential, body) over the authenticated internode channel; forwards made while others
+// are in flight go together, in one batch call (batch.go). The leader serves each with the same
+// handler as a request it received itself, so authorization, validation and propose are written
+// once, in the API's handlers, and run where the write happens. A write received by the leader
+// runs there at once.
 //
 // It owns the retries across leader changes and a follower's wait for its own FSM to hold the
 // write before it answers (read your writes). It never looks inside a request or a reply beyond
@@ -90,6 +91,7 @@ type Forwarder struct {
 	log     *slog.Logger
 	// abandoned counts forwards given up because raft named another leader meanwhile.
 	abandoned func()
+	batch     *batcher // a follower's forwards, gathered into batch calls (batch.go)
 }
 
 // Options configure a Forwarder.
@@ -108,7 +110,15 @@ func New(c Cluster, o Options) *Forwarder {
 	if o.Abandoned == nil {
 		o.Abandoned = func() {}
 	}
-	return &Forwarder{c: c, retry: o.Retry, maxBody: o.MaxBody, log: o.Logger, abandoned: o.Abandoned}
+	f := &Forwarder{c: c, retry: o.Retry, maxBody: o.MaxBody, log: o.Logger, abandoned: o.Abandoned}
+	f.batch = &batcher{call: c.Call, single: f.single}
+	return f
+}
+
+// Batched reports how many batch calls this node has made to the leader, and how many forwards
+// they carried.
+func (f *Forwarder) Batched() (calls, forwards int64) {
+	return f.batch.calls.Load(), f.batch.items.Load()
 }
 
 type servedKey struct{}
@@ -285,7 +295,8 @@ func WhileLeader(ctx context.Context, changed <-chan struct{}, changes func() <-
 	return fctx, func() { stop(nil) }
 }
 
-// send forwards r to the leader and reads the whole reply. It gives the forward up as soon as
+// send forwards r to the leader, in the next batch call when it fits one, and reads the whole
+// reply. It gives the forward up as soon as
 // raft on this node names another leader, or none: a frozen or cut-off leader holds a forward
 // until the caller's deadline, while raft on the followers stops naming it after a heartbeat
 // timeout and elects a new one about a second later.
@@ -313,14 +324,15 @@ func (f *Forwarder) send(ctx context.Context, r *http.Request, id ulid.ULID, bod
 	h.Set(headerURI, r.URL.RequestURI())
 	h.Set(headerClient, r.RemoteAddr)
 	h.Set(headerRequest, id.String())
-	resp, err := f.c.Call(fctx, addr, Path, h, body)
+	var rep *reply
+	var err error
+	if size, ok := itemSize(h, body); ok && size <= maxItemBytes {
+		rep, err = f.batch.forward(fctx, addr, h, body, size)
+	} else {
+		rep, err = f.single(fctx, addr, h, body)
+	}
 	if err == nil {
-		defer resp.Body.Close()
-		var b []byte
-		b, err = io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-		if err == nil {
-			return &reply{status: resp.StatusCode, header: resp.Header, body: b}, nil
-		}
+		return rep, nil
 	}
 	if cause := context.Cause(fctx); errors.Is(cause, ErrLeaderChanged) && ctx.Err() == nil {
 		f.abandoned()
@@ -329,6 +341,20 @@ func (f *Forwarder) send(ctx context.Context, r *http.Request, id ulid.ULID, bod
 		return nil, fmt.Errorf("forward to %s: %w", addr, cause)
 	}
 	return nil, fmt.Errorf("forward to %s: %w", addr, err)
+}
+
+// single sends one forward to the leader at addr in a call of its own and reads the whole reply.
+func (f *Forwarder) single(ctx context.Context, addr string, h http.Header, body []byte) (*reply, error) {
+	resp, err := f.c.Call(ctx, addr, Path, h, body)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxReplyBody))
+	if err != nil {
+		return nil, err
+	}
+	return &reply{status: resp.StatusCode, header: resp.Header, body: b}, nil
 }
 
 // hopByHop reports a header that belongs to one connection, not to the request.

@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -21,8 +22,19 @@ type twin struct {
 	leader  atomic.Bool
 	index   atomic.Uint64
 	waited  atomic.Uint64
-	serveAt http.Handler // the leader's Serve, for Call
-	calls   atomic.Int64
+	serveAt http.Handler // the leader's routes (leaderRoutes), for Call
+	// url, when set, is a server of serveAt that Call sends to instead, so replies stream.
+	url        string
+	calls      atomic.Int64
+	batchCalls atomic.Int64
+}
+
+// leaderRoutes are the routes of a leader whose forwarder is lf and whose API is api_.
+func leaderRoutes(lf *Forwarder, api_ http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("POST "+Path, lf.Serve(api_))
+	mux.Handle("POST "+BatchPath, lf.ServeBatch(api_))
+	return mux
 }
 
 func (c *twin) Name() string                   { return c.name }
@@ -39,6 +51,17 @@ func (c *twin) WaitIndex(_ context.Context, i uint64) error {
 
 func (c *twin) Call(ctx context.Context, addr, path string, h http.Header, body []byte) (*http.Response, error) {
 	c.calls.Add(1)
+	if path == BatchPath {
+		c.batchCalls.Add(1)
+	}
+	if c.url != "" {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url+path, bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		req.Header = h
+		return http.DefaultClient.Do(req)
+	}
 	req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(string(body))).WithContext(ctx)
 	req.Header = h
 	rec := httptest.NewRecorder()
@@ -89,7 +112,7 @@ func TestAFollowerWriteRunsOnTheLeader(t *testing.T) {
 		_, _ = io.WriteString(w, `{"id": "x"}`)
 	})
 	lf := New(leader, Options{Retry: time.Second, MaxBody: 1 << 20})
-	follower := &twin{name: "f", serveAt: lf.Serve(handler)}
+	follower := &twin{name: "f", serveAt: leaderRoutes(lf, handler)}
 	ff := New(follower, Options{Retry: time.Second, MaxBody: 1 << 20})
 
 	req := httptest.NewRequest(http.MethodPost, "/v1/tasks?wait=1s", strings.NewReader(`{"type": "echo"}`))
