@@ -247,6 +247,7 @@ func (n *Node) start() error {
 	n.goLoop(n.ep.GossipIndexes)
 	n.goLoop(n.rn.WatchStorage)
 	n.goEvery(telemetry.MemoryCheckInterval, telemetry.NewMemoryCheck(n.log).Run)
+	n.goEvery(telemetry.GCPaceInterval, telemetry.NewGCPacer(os.Getenv, raftnode.GCHeld).Run)
 	n.http = n.newHTTPServer(n.limitRequests(n.api))
 	ln = n.limitConns(ln)
 	if l, ok := ln.(*limits.Listener); ok {

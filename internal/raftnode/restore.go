@@ -55,3 +55,11 @@ func restoreGC() {
 		debug.SetGCPercent(gcRelax.saved)
 	}
 }
+
+// GCHeld reports whether a restore holds the collector's setting now: the node's GC pacer leaves
+// it alone meanwhile (telemetry.GCPacer).
+func GCHeld() bool {
+	gcRelax.Lock()
+	defer gcRelax.Unlock()
+	return gcRelax.depth > 0
+}
