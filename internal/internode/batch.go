@@ -29,16 +29,20 @@ type proposalResult struct {
 	err error
 }
 
+// startFunc hands a command to raft without waiting (raftStart) and returns how to wait for its
+// result (raftFinish).
+type startFunc func(c *fsm.Command, timeout time.Duration) (wait func() (*fsm.Result, error), err error)
+
 type batcher struct {
-	apply func(c *fsm.Command, timeout time.Duration) (*fsm.Result, error) // raftApply
+	start startFunc
 	// timeout bounds an apply for callers without a deadline (Config.ApplyTimeout).
 	timeout time.Duration
 	queue   chan *proposal
 	slots   chan struct{}
 }
 
-func newBatcher(apply func(*fsm.Command, time.Duration) (*fsm.Result, error), timeout time.Duration) *batcher {
-	return &batcher{apply: apply, timeout: timeout, queue: make(chan *proposal, 4096), slots: make(chan struct{}, maxInFlight)}
+func newBatcher(start startFunc, timeout time.Duration) *batcher {
+	return &batcher{start: start, timeout: timeout, queue: make(chan *proposal, 4096), slots: make(chan struct{}, maxInFlight)}
 }
 
 // propose queues a batchable command and waits for its share of the batch's result.
@@ -89,8 +93,10 @@ func (b *batcher) run(ctx context.Context) {
 }
 
 // applyBatch sends one merged command per command type, in the order the types first appear, and
-// hands each proposal its items. Proposals whose callers already gave up are dropped: nobody
-// waits for them, and a caller that retries would apply them twice.
+// hands each proposal its items. All of them are handed to raft before any is waited for, so raft
+// writes and replicates them as one batch (one fsync on each node) instead of one after another.
+// Proposals whose callers already gave up are dropped: nobody waits for them, and a caller that
+// retries would apply them twice.
 func (b *batcher) applyBatch(batch []*proposal) {
 	var order []fsm.CommandType
 	groups := map[fsm.CommandType][]*proposal{}
@@ -105,19 +111,28 @@ func (b *batcher) applyBatch(batch []*proposal) {
 		}
 		groups[t] = append(groups[t], p)
 	}
-	for _, t := range order {
+	waits := make([]func() (*fsm.Result, error), len(order))
+	errs := make([]error, len(order))
+	for i, t := range order {
 		members := groups[t]
 		cmds := make([]*fsm.Command, len(members))
-		for i, p := range members {
-			cmds[i] = p.c
+		for j, p := range members {
+			cmds[j] = p.c
 		}
 		merged, err := fsm.Merge(time.Now().UTC(), cmds)
-		var res *fsm.Result
 		if err == nil {
-			res, err = b.apply(merged, b.timeoutFor(members))
+			waits[i], err = b.start(merged, b.timeoutFor(members))
+		}
+		errs[i] = err
+	}
+	for i, t := range order {
+		var res *fsm.Result
+		err := errs[i]
+		if err == nil {
+			res, err = waits[i]()
 		}
 		off := 0
-		for _, p := range members {
+		for _, p := range groups[t] {
 			n := p.c.Len()
 			r := proposalResult{err: err}
 			if res != nil {

@@ -18,13 +18,19 @@ type appliedCmd struct {
 
 func TestBatcherSkipsAbandonedProposalsAndWaitsForTheLatestDeadline(t *testing.T) {
 	var applied []appliedCmd
-	b := newBatcher(func(c *fsm.Command, timeout time.Duration) (*fsm.Result, error) {
+	waited := 0
+	b := newBatcher(func(c *fsm.Command, timeout time.Duration) (func() (*fsm.Result, error), error) {
 		applied = append(applied, appliedCmd{c, timeout})
 		res := &fsm.Result{Index: uint64(len(applied))}
 		for range c.Len() {
 			res.Items = append(res.Items, fsm.ItemResult{ID: fmt.Sprint(len(res.Items))})
 		}
-		return res, nil
+		return func() (*fsm.Result, error) {
+			if waited++; waited == 1 && len(applied) != 2 {
+				t.Errorf("waited for the first command with %d handed to raft, want both", len(applied))
+			}
+			return res, nil
+		}, nil
 	}, 3*time.Second)
 	prop := func(ctx context.Context, c *fsm.Command) *proposal {
 		return &proposal{ctx: ctx, c: c, done: make(chan proposalResult, 1)}

@@ -133,7 +133,13 @@ type Channel struct {
 // New returns a Channel over cfg. Its batcher runs in Run, its server in Serve.
 func New(cfg Config) *Channel {
 	c := &Channel{cfg: cfg, log: cfg.Logger}
-	c.batch = newBatcher(c.raftApply, cfg.ApplyTimeout)
+	c.batch = newBatcher(func(cmd *fsm.Command, timeout time.Duration) (func() (*fsm.Result, error), error) {
+		a, err := c.raftStart(cmd, timeout)
+		if err != nil {
+			return nil, err
+		}
+		return func() (*fsm.Result, error) { return c.raftFinish(a) }, nil
+	}, cfg.ApplyTimeout)
 	// Every call to a peer shares one transport, and so one multiplexed HTTP/2 connection per
 	// peer (TLS with ALPN "h2", or h2c with prior knowledge when --insecure): no handshake and no
 	// connection per call, and a busy follower holds one connection of the peer's gossip port, not

@@ -161,21 +161,44 @@ func retryBackoff(failures int) time.Duration {
 // raftApply encodes a command as every up node can read it, applies it through raft and returns
 // the FSM's result. A command type some up node is too old for fails with fsm.ErrProtocolTooOld.
 func (c *Channel) raftApply(cmd *fsm.Command, timeout time.Duration) (*fsm.Result, error) {
-	b, err := c.cfg.FSM.Emit(cmd)
+	a, err := c.raftStart(cmd, timeout)
 	if err != nil {
 		return nil, err
 	}
-	start := time.Now()
-	f := c.cfg.Raft.Apply(b, timeout)
-	c.placeAtSubmit(cmd, timeout) // queued right behind it, before it commits
-	if err := c.Await(f); err != nil {
-		return nil, fmt.Errorf("apply %s: %w", cmd.Type(), err)
+	return c.raftFinish(a)
+}
+
+// applying is a command handed to raft whose result is not in yet.
+type applying struct {
+	cmd   *fsm.Command
+	f     raft.ApplyFuture
+	start time.Time
+}
+
+// raftStart encodes cmd and hands it to raft (and, for a submit, its assignments right behind
+// it) without waiting: raft writes and replicates entries handed to it together as one batch, in
+// the order they were handed.
+func (c *Channel) raftStart(cmd *fsm.Command, timeout time.Duration) (applying, error) {
+	b, err := c.cfg.FSM.Emit(cmd)
+	if err != nil {
+		return applying{}, err
 	}
-	c.cfg.Metrics.ObserveApply(time.Since(start))
+	a := applying{cmd: cmd, start: time.Now()}
+	a.f = c.cfg.Raft.Apply(b, timeout)
+	c.placeAtSubmit(cmd, timeout) // queued right behind it, before it commits
+	return a, nil
+}
+
+// raftFinish waits for a command raftStart handed to raft and returns the FSM's result.
+func (c *Channel) raftFinish(a applying) (*fsm.Result, error) {
+	if err := c.Await(a.f); err != nil {
+		return nil, fmt.Errorf("apply %s: %w", a.cmd.Type(), err)
+	}
+	c.cfg.Metrics.ObserveApply(time.Since(a.start))
 	c.cfg.Announce()
-	res, _ := f.Response().(*fsm.Result)
+	res, _ := a.f.Response().(*fsm.Result)
 	if res == nil {
-		return nil, fmt.Errorf("apply %s: no result", cmd.Type())
+		return nil, fmt.Errorf("apply %s: no result", a.cmd.Type())
 	}
 	return res, res.Err
 }
