@@ -296,7 +296,9 @@ func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
 	t.Node, t.BootID = a.Node, a.BootID
 	t.Attempt++
 	t.NotBefore = nil
-	t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: a.Node, Event: EventAssigned, At: now})
+	// Room for the attempt's events (assigned, started, its outcome) at once: the reports that
+	// follow then append without copying the history (cow).
+	t.History = append(slices.Grow(t.History, 3), HistoryEntry{Attempt: t.Attempt, Node: a.Node, Event: EventAssigned, At: now})
 	t.ModifyIndex = index
 	return ItemResult{ID: t.ID}
 }
@@ -400,7 +402,11 @@ func (t *Task) finish(at *time.Time) {
 // instead of a hundred (compact records). f.mu is held.
 func (f *FSM) stamp(now time.Time) *time.Time {
 	if f.lastStamp == nil || *f.lastStamp != now {
-		f.lastStamp = &now
+		// A copy made here, not &now: taking now's address would move it to the heap on every
+		// call, also when the stamp is shared.
+		p := new(time.Time)
+		*p = now
+		f.lastStamp = p
 	}
 	return f.lastStamp
 }
