@@ -433,3 +433,36 @@ func TestApplyBatchMatchesApplyOnRandomSequences(t *testing.T) {
 		}
 	}
 }
+
+// The allocation budget of one task's life through the command path: its share of a submit
+// entry, a capped assignment entry and a report entry (started and succeeded) of lifeTasks tasks
+// each, from the encoded entries to the applied state, with an observer installed as a node
+// has. Per task that is the decoded strings and raw JSON (12 strings, 2 inputs), the record
+// copied at each of its four changes (newTask, cow) with an index entry for each, one history
+// array, and the entries' share of decoders, results and B-tree nodes. A new allocation on this
+// path shows here; lower the budget when one goes.
+func TestAllocationsPerTask(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts vary under the race detector")
+	}
+	const (
+		lifeTasks = 64
+		budget    = 25.5
+	)
+	f := lifeFSM(t)
+	f.SetObserver(func(uint64, []Transition) {})
+	const runs = 20
+	var batches [][]*raft.Log
+	for i := range runs + 1 {
+		batches = append(batches, lifeLogs(t, i*lifeTasks, lifeTasks, uint64(4+3*i), lifeT0.Add(time.Duration(i)*time.Second)))
+	}
+	next := 0
+	perTask := testing.AllocsPerRun(runs, func() {
+		checkLife(t, f.ApplyBatch(batches[next]))
+		next++
+	}) / lifeTasks
+	if perTask > budget {
+		t.Errorf("%.2f allocations per task, budget %.1f", perTask, budget)
+	}
+	t.Logf("%.2f allocations per task (budget %.1f)", perTask, budget)
+}
