@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,6 +10,11 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/taskworker/taskworker/internal/mpcheck"
 )
 
 // benchRecords is how many tasks the snapshot benchmark holds: TASKWORKER_BENCH_RECORDS, or 200k.
@@ -194,4 +200,184 @@ func BenchmarkConsoleQueries(b *testing.B) {
 			f.Counts()
 		}
 	})
+}
+
+// lifeBatch is how many tasks one entry of each kind carries in the life benchmarks: the leader's
+// batcher merges up to 512 items per entry (internode's maxBatchItems).
+const lifeBatch = 512
+
+// lifeFSM is an empty FSM with three echo nodes of unbounded capacity, at index 3.
+func lifeFSM(tb testing.TB) *FSM {
+	tb.Helper()
+	f := New()
+	for i, name := range lifeNodes {
+		r := f.ApplyCommand(uint64(i+1), &Command{Now: lifeT0, Body: &Register{Node: Node{Name: name, BootID: lifeBoot(i),
+			Capacity: 1 << 30, Protocol: Protocol, Types: []TypeInfo{{Type: "echo", Version: "1"}}}}})
+		if r.Err != nil {
+			tb.Fatal(r.Err)
+		}
+	}
+	return f
+}
+
+var (
+	lifeNodes = []string{"n1", "n2", "n3"}
+	lifeT0    = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+func lifeBoot(i int) string { return fmt.Sprintf("01JBOOT%019d", i) }
+
+// lifeCommands are the three commands of the life of n small echo tasks from the first, as a busy
+// leader writes them: one submit batch, one capped assignment batch over three nodes (placement
+// at submit), and one report batch with each task's started and succeeded reports (an executor's
+// StartedAndFinished).
+func lifeCommands(first, n int, now time.Time) []*Command {
+	subs := make([]Submit, n)
+	as := make([]Assign, n)
+	reps := make([]Report, 0, 2*n)
+	for i := range n {
+		id := benchID(first + i)
+		subs[i] = Submit{ID: id, Type: "echo", Version: "1", Input: json.RawMessage(`{"msg":"hello"}`), MaxAttempts: 3,
+			Timeout: Duration(30 * time.Second), ExecutionID: id}
+		node, boot := lifeNodes[i%3], lifeBoot(i%3)
+		as[i] = Assign{TaskID: id, Node: node, BootID: boot, Capped: true}
+		reps = append(reps,
+			Report{TaskID: id, Attempt: 1, Node: node, BootID: boot, Kind: ReportStarted},
+			Report{TaskID: id, Attempt: 1, Node: node, BootID: boot, Kind: ReportSucceeded, Result: json.RawMessage(`{"msg":"hello"}`)})
+	}
+	return []*Command{
+		{Now: now, Body: &SubmitBatch{Items: subs}},
+		{Now: now.Add(time.Millisecond), Body: &AssignBatch{Items: as}},
+		{Now: now.Add(2 * time.Millisecond), Body: &ReportBatch{Items: reps}},
+	}
+}
+
+// lifeLogs are lifeCommands encoded as raft entries from index idx.
+func lifeLogs(tb testing.TB, first, n int, idx uint64, now time.Time) []*raft.Log {
+	tb.Helper()
+	var logs []*raft.Log
+	for i, c := range lifeCommands(first, n, now) {
+		b, err := Encode(c)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		logs = append(logs, &raft.Log{Type: raft.LogCommand, Index: idx + uint64(i), Data: b})
+	}
+	return logs
+}
+
+// checkLife fails unless every item of every result applied.
+func checkLife(tb testing.TB, rs []any) {
+	tb.Helper()
+	for _, r := range rs {
+		res := r.(*Result)
+		if res.Err != nil {
+			tb.Fatal(res.Err)
+		}
+		for _, it := range res.Items {
+			if it.Err != nil {
+				tb.Fatalf("%s: %v", it.ID, it.Err)
+			}
+		}
+	}
+}
+
+// BenchmarkTaskLife applies the whole life of lifeBatch echo tasks per iteration (submit, capped
+// assignment, started and succeeded reports: three entries) and reports the cost per task:
+// "entries" through ApplyBatch from the encoded entries, as raft hands them over (decode and
+// apply), "decoded" through ApplyCommand from the commands (apply alone).
+func BenchmarkTaskLife(b *testing.B) {
+	b.Run("entries", func(b *testing.B) {
+		f := lifeFSM(b)
+		idx := uint64(4)
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			logs := lifeLogs(b, i*lifeBatch, lifeBatch, idx, lifeT0.Add(time.Duration(i)*time.Second))
+			idx += uint64(len(logs))
+			b.StartTimer()
+			checkLife(b, f.ApplyBatch(logs))
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*lifeBatch), "ns/task")
+	})
+	b.Run("decoded", func(b *testing.B) {
+		f := lifeFSM(b)
+		idx := uint64(4)
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			cmds := lifeCommands(i*lifeBatch, lifeBatch, lifeT0.Add(time.Duration(i)*time.Second))
+			b.StartTimer()
+			for _, c := range cmds {
+				checkLife(b, []any{f.ApplyCommand(idx, c)})
+				idx++
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*lifeBatch), "ns/task")
+	})
+}
+
+// BenchmarkDecode decodes one entry of lifeBatch items of each kind of a task's life, per task.
+func BenchmarkDecode(b *testing.B) {
+	for _, c := range lifeCommands(0, lifeBatch, lifeT0) {
+		data, err := Encode(c)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(c.Type().String(), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if _, err := Decode(data); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*lifeBatch), "ns/task")
+		})
+	}
+}
+
+// BenchmarkDecodeFormat compares, for the submit and report entries of lifeBatch tasks, decoding
+// the envelope as entries spell it (msgpack maps keyed by field names, after mpcheck's walk) with
+// decoding the same payloads encoded as arrays (msgpack's UseArrayEncodedStructs): what a
+// positional format would save. It measures only; entries stay maps.
+func BenchmarkDecodeFormat(b *testing.B) {
+	cmds := lifeCommands(0, lifeBatch, lifeT0)
+	for _, c := range []*Command{cmds[0], cmds[2]} {
+		name := c.Type().String()
+		env := struct {
+			Now  time.Time `msgpack:"now"`
+			Body Payload   `msgpack:"body"`
+		}{c.Now, c.Body}
+		asMap, err := msgpack.Marshal(&env)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var buf bytes.Buffer
+		enc := msgpack.NewEncoder(&buf)
+		enc.UseArrayEncodedStructs(true)
+		if err := enc.Encode(&env); err != nil {
+			b.Fatal(err)
+		}
+		asArray := buf.Bytes()
+		decode := func(b *testing.B, data []byte, check bool) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if check {
+					if _, err := mpcheck.Check(data); err != nil {
+						b.Fatal(err)
+					}
+				}
+				d := msgpack.NewDecoder(bytes.NewReader(data))
+				if _, _, err := commands[c.Type()].decode(d); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*lifeBatch), "ns/task")
+		}
+		b.Run(name+"/map", func(b *testing.B) { decode(b, asMap, false) })
+		b.Run(name+"/map+check", func(b *testing.B) { decode(b, asMap, true) })
+		b.Run(name+"/array", func(b *testing.B) { decode(b, asArray, false) })
+	}
 }

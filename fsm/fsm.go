@@ -61,42 +61,36 @@ func New() *FSM {
 	return f
 }
 
-// Apply implements raft.FSM. An entry this build cannot decode (a command type it does not know, a
-// field it does not know) halts the FSM instead of being skipped: the leader wrote it meaning
-// something, and a replica that skipped it would diverge from those that applied it.
+// Apply implements raft.FSM: ApplyBatch of one entry. An entry this build cannot decode (a
+// command type it does not know, a field it does not know) halts the FSM instead of being
+// skipped: the leader wrote it meaning something, and a replica that skipped it would diverge
+// from those that applied it.
 func (f *FSM) Apply(l *raft.Log) any {
-	if l.Type != raft.LogCommand {
-		return nil
-	}
-	cmd, err := Decode(l.Data)
-	if err != nil {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if f.halt == nil {
-			f.halt = newHaltError(l.Index, err)
-			close(f.haltedCh)
-		}
-		return &Result{Index: l.Index, Err: f.halt}
-	}
-	return f.ApplyCommand(l.Index, cmd)
+	return f.ApplyBatch([]*raft.Log{l})[0]
 }
 
-// ApplyCommand applies a decoded command at a log index. Apply calls it; tests call it directly.
+// ApplyCommand applies a decoded command at a log index. Tests and benchmarks call it directly;
+// it wakes watchers and calls the observer as Apply does.
 func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
-	r, obs, ts := f.applyCommand(index, c)
+	f.mu.Lock()
+	r := f.applyLocked(index, c)
+	if f.halt == nil {
+		f.bump(index)
+	}
+	obs, ts := f.observer, f.transitions
+	f.transitions = nil
+	f.mu.Unlock()
 	if obs != nil && len(ts) > 0 {
 		obs(index, ts)
 	}
 	return r
 }
 
-// applyCommand applies c under the lock and hands back the observer with the entry's transitions,
-// to be called once the lock is released.
-func (f *FSM) applyCommand(index uint64, c *Command) (*Result, Observer, []Transition) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+// applyLocked applies c at index, or answers the halt error once the FSM has halted. The
+// transitions it makes are appended to f.transitions; the caller bumps. f.mu is held.
+func (f *FSM) applyLocked(index uint64, c *Command) *Result {
 	if f.halt != nil {
-		return &Result{Index: index, Err: f.halt}, nil, nil
+		return &Result{Index: index, Err: f.halt}
 	}
 	r := &Result{Index: index}
 	if s := specOf(c.Body); s != nil {
@@ -104,10 +98,7 @@ func (f *FSM) applyCommand(index uint64, c *Command) (*Result, Observer, []Trans
 	} else {
 		r.Err = fmt.Errorf("%w: payload %T is not in the command table", ErrBadCommand, c.Body)
 	}
-	f.bump(index)
-	ts := f.transitions
-	f.transitions = nil
-	return r, f.observer, ts
+	return r
 }
 
 // Halted returns why the FSM stopped applying the log, or nil while it applies.
@@ -305,7 +296,9 @@ func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
 	t.Node, t.BootID = a.Node, a.BootID
 	t.Attempt++
 	t.NotBefore = nil
-	t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Node: a.Node, Event: EventAssigned, At: now})
+	// Room for the attempt's events (assigned, started, its outcome) at once: the reports that
+	// follow then append without copying the history (cow).
+	t.History = append(slices.Grow(t.History, 3), HistoryEntry{Attempt: t.Attempt, Node: a.Node, Event: EventAssigned, At: now})
 	t.ModifyIndex = index
 	return ItemResult{ID: t.ID}
 }
@@ -409,7 +402,11 @@ func (t *Task) finish(at *time.Time) {
 // instead of a hundred (compact records). f.mu is held.
 func (f *FSM) stamp(now time.Time) *time.Time {
 	if f.lastStamp == nil || *f.lastStamp != now {
-		f.lastStamp = &now
+		// A copy made here, not &now: taking now's address would move it to the heap on every
+		// call, also when the stamp is shared.
+		p := new(time.Time)
+		*p = now
+		f.lastStamp = p
 	}
 	return f.lastStamp
 }

@@ -87,6 +87,10 @@ type store struct {
 	names names
 	arena *arena // the frozen records' memory
 	buf   []byte // scratch for freezing
+	// spare is an index tree that emptied (drop), kept for the next index that needs a new one
+	// (put): a task that starts and finishes in one report batch empties its (running, type)
+	// tree, and the next task would otherwise build a new one.
+	spare *btree.BTreeG[*entry]
 }
 
 // entry is one task in the indexes over every task: the keys they order by, and the record,
@@ -304,13 +308,13 @@ func (s *store) insert(t *Task) {
 	}
 	s.byID[id] = e
 	s.all.ReplaceOrInsert(e)
-	put(s.byType, t.Type, e)
-	put(s.byStateTy, stateType{t.State, t.Type}, e)
+	put(s, s.byType, t.Type, e)
+	put(s, s.byStateTy, stateType{t.State, t.Type}, e)
 	if t.Node != "" {
-		put(s.byNode, t.Node, e)
+		put(s, s.byNode, t.Node, e)
 	}
 	if t.ExecutionID != t.ID {
-		put(s.byExec, t.ExecutionID, e)
+		put(s, s.byExec, t.ExecutionID, e)
 	}
 	switch {
 	case t.State == Pending && t.NotBefore != nil:
@@ -370,13 +374,13 @@ func (s *store) delete(t *Task) {
 	}
 	delete(s.byID, t.ID)
 	s.all.Delete(e)
-	drop(s.byType, t.Type, e)
-	drop(s.byStateTy, stateType{t.State, t.Type}, e)
+	dropEntry(s, s.byType, t.Type, e)
+	dropEntry(s, s.byStateTy, stateType{t.State, t.Type}, e)
 	if t.Node != "" {
-		drop(s.byNode, t.Node, e)
+		dropEntry(s, s.byNode, t.Node, e)
 	}
 	if t.ExecutionID != t.ID {
-		drop(s.byExec, t.ExecutionID, e)
+		dropEntry(s, s.byExec, t.ExecutionID, e)
 	}
 	switch {
 	case t.State == Pending && t.NotBefore != nil:
@@ -444,22 +448,40 @@ func (s *store) replace(old, next *Task) {
 	s.insert(next)
 }
 
-func put[K comparable](m map[K]*btree.BTreeG[*entry], k K, e *entry) {
+// put adds e to m's tree for k, made (or taken from s.spare) when k has none.
+func put[K comparable](s *store, m map[K]*btree.BTreeG[*entry], k K, e *entry) {
 	tr := m[k]
 	if tr == nil {
-		tr = newTree()
+		if tr = s.spare; tr != nil {
+			s.spare = nil
+		} else {
+			tr = newTree()
+		}
 		m[k] = tr
 	}
 	tr.ReplaceOrInsert(e)
 }
 
-func drop[K comparable, T any](m map[K]*btree.BTreeG[T], k K, t T) {
+// dropEntry removes e from m's tree for k, and the tree from m once empty (kept as s.spare). Only
+// the FSM reads these trees, under its lock (snapshots clone all alone), so a tree may move from
+// one key to another.
+func dropEntry[K comparable](s *store, m map[K]*btree.BTreeG[*entry], k K, e *entry) {
+	if tr := drop(m, k, e); tr != nil {
+		s.spare = tr
+	}
+}
+
+// drop removes t from m's tree for k, and the tree from m once empty; it returns that emptied
+// tree.
+func drop[K comparable, T any](m map[K]*btree.BTreeG[T], k K, t T) (emptied *btree.BTreeG[T]) {
 	if tr := m[k]; tr != nil {
 		tr.Delete(t)
 		if tr.Len() == 0 {
 			delete(m, k)
+			return tr
 		}
 	}
+	return nil
 }
 
 // compact shares the memory of strings that many live records repeat (frozen ones number them in
@@ -488,11 +510,14 @@ func (s *store) intern(v string) string {
 	return v
 }
 
-// cow returns a copy of a stored record to change and store with replace. The history's capacity
-// is clipped, so an append copies it instead of writing into an array older records share.
+// cow returns a copy of the stored record t, to change and store in its place (save). The copy
+// shares t's history array, spare capacity included, so an append to it may write into that
+// array: only past t's length, where neither t nor any older record sharing the array (in a
+// snapshot) reads. That is safe because only the stored record is copied, once per change, and
+// the copy replaces it: the spare capacity passes to one successor, never to two. Reads hand out
+// clones (clone), never the stored array.
 func (t *Task) cow() *Task {
 	c := *t
-	c.History = c.History[:len(c.History):len(c.History)]
 	return &c
 }
 

@@ -206,6 +206,11 @@ func (r *Node) Start(secure *raftls.Config) error {
 	// Followers learn of commits from the leader's notices after its applies (notice.go), not
 	// from this idle resend of the commit index (see commitTimeout).
 	rc.CommitTimeout = commitTimeout
+	// The FSM applies committed entries in batches of up to MaxAppendEntries (raft.BatchingFSM).
+	// raft's default of 64 is well above what flows at once: each entry carries up to 512 tasks
+	// (internode's batcher) and a leader has a few in flight. BatchApplyCh stays off: the leader's
+	// loop already gathers the proposals waiting to be sent into one write, and a buffered
+	// channel would let an entry wait in it past its caller's apply timeout.
 	if cfg.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
 	}

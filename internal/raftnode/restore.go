@@ -5,6 +5,8 @@ import (
 	"runtime/debug"
 	"sync"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/taskworker/taskworker/fsm"
 )
 
@@ -17,8 +19,11 @@ const restoreGCPercent = 300
 
 // gcDuringRestore is the FSM as raft sees it: the same FSM, with the collector relaxed while a
 // snapshot is restored (at start, and when the leader installs one). The setting is
-// process-wide, so it belongs to the agent, not to fsm.
+// process-wide, so it belongs to the agent, not to fsm. It keeps the FSM's ApplyBatch (embedded),
+// so raft hands it the committed entries in batches (raft.BatchingFSM).
 type gcDuringRestore struct{ *fsm.FSM }
+
+var _ raft.BatchingFSM = gcDuringRestore{}
 
 func (g gcDuringRestore) Restore(rc io.ReadCloser) error {
 	relaxGC()
