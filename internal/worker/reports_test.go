@@ -133,14 +133,23 @@ func TestReportBatcherSendsAnIdleReportAtOnce(t *testing.T) {
 	}
 }
 
-func TestReportBatcherMergesReportsQueuedBehindSendsInFlight(t *testing.T) {
-	f := newFakeLeader(maxReportSends)
-	b := newReportBatcher(f.propose, nil)
+// fillSends enqueues one report per send slot and waits until every slot holds a send the fake
+// leader has not answered: what is enqueued next queues.
+func fillSends(t *testing.T, f *fakeLeader, b *reportBatcher) []*reportCall {
+	t.Helper()
 	var calls []*reportCall
 	for i := range maxReportSends {
 		calls = append(calls, b.enqueue(context.Background(), []fsm.Report{started(fmt.Sprint("busy", i))}))
 	}
 	waitFor(t, "every slot busy", 10*time.Second, func() bool { return f.sendCount() == maxReportSends })
+	return calls
+}
+
+func TestReportBatcherMergesReportsQueuedBehindSendsInFlight(t *testing.T) {
+	f := newFakeLeader(maxReportSends)
+	b := newReportBatcher(f.propose, nil)
+	var calls []*reportCall
+	calls = append(calls, fillSends(t, f, b)...)
 	var want []string
 	for i := range 10 {
 		id := fmt.Sprint("t", i)
@@ -164,10 +173,7 @@ func TestReportBatcherCapsTheItemsOfASend(t *testing.T) {
 	f := newFakeLeader(maxReportSends)
 	b := newReportBatcher(f.propose, nil)
 	var calls []*reportCall
-	for i := range maxReportSends {
-		calls = append(calls, b.enqueue(context.Background(), []fsm.Report{started(fmt.Sprint("busy", i))}))
-	}
-	waitFor(t, "every slot busy", 10*time.Second, func() bool { return f.sendCount() == maxReportSends })
+	calls = append(calls, fillSends(t, f, b)...)
 	for i := range maxReportItems + 10 {
 		calls = append(calls, b.enqueue(context.Background(), []fsm.Report{started(fmt.Sprint("t", i))}))
 	}
@@ -254,10 +260,7 @@ func TestReportBatcherFailureReachesEveryCallerInTheSend(t *testing.T) {
 	}
 	b := newReportBatcher(f.propose, nil)
 	var first []*reportCall
-	for i := range maxReportSends {
-		first = append(first, b.enqueue(context.Background(), []fsm.Report{started(fmt.Sprint("busy", i))}))
-	}
-	waitFor(t, "every slot busy", 10*time.Second, func() bool { return f.sendCount() == maxReportSends })
+	first = append(first, fillSends(t, f, b)...)
 	var merged []*reportCall
 	for _, id := range []string{"a", "b", "c"} {
 		merged = append(merged, b.enqueue(context.Background(), []fsm.Report{started(id)}))
@@ -309,10 +312,7 @@ func TestReportBatcherDropsACallWhoseCallerGaveUpBeforeItsSend(t *testing.T) {
 	f := newFakeLeader(maxReportSends)
 	b := newReportBatcher(f.propose, nil)
 	var calls []*reportCall
-	for i := range maxReportSends {
-		calls = append(calls, b.enqueue(context.Background(), []fsm.Report{started(fmt.Sprint("busy", i))}))
-	}
-	waitFor(t, "every slot busy", 10*time.Second, func() bool { return f.sendCount() == maxReportSends })
+	calls = append(calls, fillSends(t, f, b)...)
 	ctx, giveUp := context.WithCancel(context.Background())
 	gone := b.enqueue(ctx, []fsm.Report{started("gone")})
 	kept := b.enqueue(context.Background(), []fsm.Report{started("kept")})
@@ -335,10 +335,7 @@ func TestReportBatcherDropsACallWhoseCallerGaveUpBeforeItsSend(t *testing.T) {
 func TestReportBatcherSendEndsOnlyWhenEveryCallerInItGaveUp(t *testing.T) {
 	f := newFakeLeader(maxReportSends + 1)
 	b := newReportBatcher(f.propose, nil)
-	for i := range maxReportSends {
-		b.enqueue(context.Background(), []fsm.Report{started(fmt.Sprint("busy", i))})
-	}
-	waitFor(t, "every slot busy", 10*time.Second, func() bool { return f.sendCount() == maxReportSends })
+	fillSends(t, f, b)
 	ctxA, giveUpA := context.WithCancel(context.Background())
 	ctxB, giveUpB := context.WithCancel(context.Background())
 	a := b.enqueue(ctxA, []fsm.Report{started("a")})
