@@ -375,12 +375,18 @@ func (f *FSM) loadLocked() map[string]int {
 }
 
 // Active returns copies of the tasks a node holds (assigned or running), oldest first.
+//
+// The copies hold no History: what runs a task needs none of it, and an executor asks on every
+// change of the state (copying histories was most of its allocations under load).
 func (f *FSM) Active(node string) []Task {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	var out []Task
-	for _, t := range f.activeOn(node) {
-		out = append(out, t.clone())
+	active := f.activeOn(node)
+	out := make([]Task, 0, len(active))
+	for _, t := range active {
+		c := *t
+		c.History = nil
+		out = append(out, c)
 	}
 	return out
 }
