@@ -101,9 +101,23 @@ func Start(cfg Config) (*Node, error) {
 			cfg.Advertise = "127.0.0.1"
 		}
 	}
+	var devDir string
+	if cfg.Dev {
+		// Made before anything takes cfg.DataDir (raft's stores among them): a dev node keeps
+		// everything in it, never in the working directory.
+		dir, err := os.MkdirTemp("", "taskworker-dev-")
+		if err != nil {
+			return nil, fmt.Errorf("temporary data dir: %w", err)
+		}
+		cfg.DataDir, devDir = dir, dir
+	}
 	n := &Node{
 		cfg: cfg, log: cfg.Logger, bootID: newBootID(), startedAt: time.Now(), fsm: fsm.New(),
 		up: make(chan struct{}),
+	}
+	if devDir != "" {
+		// The first closer added runs last, after the stores in the directory are closed.
+		n.closers = append(n.closers, func() error { return os.RemoveAll(devDir) })
 	}
 	n.metrics = telemetry.New(telemetry.Source{FSM: n.fsm, Capacity: cfg.Capacity, Caps: endpoint.AdmissionCaps,
 		Raft: func() *raft.Raft { return n.rn.Raft() },
@@ -170,15 +184,6 @@ func newBootID() string {
 
 func (n *Node) start() error {
 	cfg := &n.cfg
-	if cfg.Dev {
-		dir, err := os.MkdirTemp("", "taskworker-dev-")
-		if err != nil {
-			return fmt.Errorf("temporary data dir: %w", err)
-		}
-		cfg.DataDir = dir
-		// The first closer added runs last, after the stores in the directory are closed.
-		n.closers = append(n.closers, func() error { return os.RemoveAll(dir) })
-	}
 	var logDir string
 	if cfg.DataDir != "" {
 		if err := raftnode.PrepareDataDir(cfg.DataDir, n.log); err != nil {
