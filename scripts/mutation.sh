@@ -55,9 +55,9 @@ apply_mutation() {
       $'\t\tf.noteFinish(KindInterrupted, t, name, prev == Running, now)\n\t\tif t.CancelRequested {\n\t\t\tf.interrupt(t, now)\n\t\t}\n'
     pkg=./fsm want=TestRegister ;;
   fsm-halt-touches-state)
-    replace fsm/fsm.go \
-      $'\t\t\tf.halt = newHaltError(l.Index, err)\n' \
-      $'\t\t\tf.halt = newHaltError(l.Index, err)\n\t\t\tfor _, n := range f.nodes {\n\t\t\t\tn.Capacity++\n\t\t\t}\n'
+    replace fsm/batch.go \
+      $'\t\t\tf.halt = newHaltError(l.Index, badErr)\n' \
+      $'\t\t\tf.halt = newHaltError(l.Index, badErr)\n\t\t\tfor _, n := range f.nodes {\n\t\t\t\tn.Capacity++\n\t\t\t}\n'
     pkg=./fsm want=FuzzApply ;;
   fsm-snapshot-live-tasks)
     replace fsm/snapshot.go 's := &snapshot{index: f.index, tasks: f.tasks.all.Clone(),' 's := &snapshot{index: f.index, tasks: f.tasks.all,'
