@@ -43,7 +43,7 @@ func (f Forwarding) Call(ctx context.Context, addr, path string, header http.Hea
 	}
 	req.Header = header
 	req.ContentLength = int64(len(body))
-	resp, err := f.c.forwardClient.Do(req)
+	resp, err := f.c.streamClient.Do(req)
 	if err != nil {
 		f.c.leaderHint.Store("")
 		return nil, err

@@ -116,12 +116,11 @@ type Channel struct {
 	log *slog.Logger // the node's
 	srv *http.Server
 
-	client       *http.Client // calls with a deadline
-	streamClient *http.Client // log follows, which last as long as a task
-	// forwardClient carries the API's writes to the leader, which may hold one as long as a
-	// submit's ?wait.
-	forwardClient *http.Client
-	leaderHint    atomic.Value // string: the leader a not-leader reply named
+	client *http.Client // calls with a deadline
+	// streamClient has no deadline: log follows last as long as a task, and the leader may hold
+	// a forwarded write as long as a submit's ?wait.
+	streamClient *http.Client
+	leaderHint   atomic.Value // string: the leader a not-leader reply named
 
 	batch *batcher
 	// lastPlaced is the node placeAtSubmit last assigned to (a string): its round-robin tie-break.
@@ -143,11 +142,10 @@ func New(cfg Config) *Channel {
 	// Every call to a peer shares one transport, and so one multiplexed HTTP/2 connection per
 	// peer (TLS with ALPN "h2", or h2c with prior knowledge when --insecure): no handshake and no
 	// connection per call, and a busy follower holds one connection of the peer's gossip port, not
-	// dozens. The clients differ only in their deadline.
+	// dozens. The two clients differ only in their deadline.
 	tr := c.transport()
 	c.client = &http.Client{Timeout: requestTimeout, Transport: tr}
 	c.streamClient = &http.Client{Transport: tr}
-	c.forwardClient = &http.Client{Transport: tr}
 	c.srv = c.newServer()
 	return c
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -176,7 +175,6 @@ func (b *bench) costRow(mode, load string, n int) (costRow, error) {
 		return row, err
 	}
 	row.cpu = sum / time.Duration(max(1, n-row.refused))
-	slices.Sort(row.lat)
 	return row, nil
 }
 
