@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/internal/httpapi"
 )
@@ -211,7 +213,7 @@ func decodeHeader(d *decoder, maxValues uint64, what string) http.Header {
 		if d.err != nil {
 			return nil
 		}
-		if !validHeaderName(k) || !validHeaderValue(v) {
+		if !httpguts.ValidHeaderFieldName(string(k)) || !httpguts.ValidHeaderFieldValue(string(v)) {
 			d.fail("%s: invalid header %q", what, api.Truncate(string(k)))
 			return nil
 		}
@@ -220,25 +222,6 @@ func decodeHeader(d *decoder, maxValues uint64, what string) http.Header {
 	}
 	return h
 }
-
-// validHeaderName reports a header name of token characters (RFC 9110), as net/http accepts.
-func validHeaderName(k []byte) bool {
-	if len(k) == 0 {
-		return false
-	}
-	for _, c := range k {
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// validHeaderValue reports a header value without the bytes that would end or split a header.
-func validHeaderValue(v []byte) bool { return bytes.IndexAny(v, "\r\n\x00") < 0 }
 
 // appendReply encodes the reply to the batch's i-th request.
 func appendReply(b []byte, i int, rep *reply) []byte {
@@ -307,7 +290,7 @@ func readReply(br *bufio.Reader) (*reply, error) {
 		if err != nil {
 			return nil, err
 		}
-		if !validHeaderName(k) || !validHeaderValue(v) {
+		if !httpguts.ValidHeaderFieldName(string(k)) || !httpguts.ValidHeaderFieldValue(string(v)) {
 			return nil, fmt.Errorf("%w: invalid header %q", errBatch, api.Truncate(string(k)))
 		}
 		key := http.CanonicalHeaderKey(string(k))
