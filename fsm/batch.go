@@ -17,9 +17,8 @@ var _ raft.BatchingFSM = (*FSM)(nil)
 // last entry applied. The observer gets each entry's transitions after the lock is released, in
 // log order, one call per entry, as with Apply.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
-	out := make([]any, len(logs))
 	if len(logs) == 0 {
-		return out
+		return []any{}
 	}
 	cmds := make([]*Command, len(logs))
 	bad, badErr := len(logs), error(nil)
@@ -35,7 +34,14 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		}
 		cmds[i] = c
 	}
+	return f.applyDecoded(logs, cmds, bad, badErr)
+}
 
+// applyDecoded applies logs whose commands are decoded in cmds, up to the entry bad, which did
+// not decode (badErr) and halts the FSM; bad is len(logs) when every entry decoded. It is
+// ApplyBatch after decoding, and ApplyCommand's way in.
+func (f *FSM) applyDecoded(logs []*raft.Log, cmds []*Command, bad int, badErr error) []any {
+	out := make([]any, len(logs))
 	// marks[i] is where entry i's transitions end in f.transitions, for the observer.
 	var marks []int
 	f.mu.Lock()

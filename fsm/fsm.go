@@ -72,17 +72,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 // ApplyCommand applies a decoded command at a log index. Tests and benchmarks call it directly;
 // it wakes watchers and calls the observer as Apply does.
 func (f *FSM) ApplyCommand(index uint64, c *Command) *Result {
-	f.mu.Lock()
-	r := f.applyLocked(index, c)
-	if f.halt == nil {
-		f.bump(index)
-	}
-	obs, ts := f.observer, f.transitions
-	f.transitions = nil
-	f.mu.Unlock()
-	if obs != nil && len(ts) > 0 {
-		obs(index, ts)
-	}
+	r, _ := f.applyDecoded([]*raft.Log{{Index: index, Type: raft.LogCommand}}, []*Command{c}, 1, nil)[0].(*Result)
 	return r
 }
 
