@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +13,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakehost import FakeHost
 
 from taskworker import Worker
+
+
+def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls pred until it holds; fails after timeout (generous: CI machines are slow)."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        tick.wait(0.005)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Running
+from conftest import Running, eventually
 from fakehost import FakeHost
 
 import taskworker as tw
@@ -158,7 +158,7 @@ def test_cancel_reaches_sync_and_async_handlers(host: FakeHost, start: Callable[
         with pytest.raises(tw.TaskFailed) as info:
             c.wait(t.id, timeout=10)
         assert info.value.task.state == "cancelled"
-    assert w.running == 0
+    eventually(lambda: w.running == 0)
 
 
 def test_async_handlers_run_concurrently_on_the_loop(host: FakeHost, start: Callable[..., Running]) -> None:
@@ -206,7 +206,7 @@ def test_losing_the_session_registers_again_and_drops_the_attempt(
     assert w.registrations == 2
     release.set()
     assert finished.wait(10)
-    host.wait_for(lambda: w.running == 0)
+    eventually(lambda: w.running == 0)
     assert seen_cancel == [True]
     # The old attempt's outcome was never sent: the session it belonged to had ended.
     outcomes = [e for call in host.event_calls for e in call if e["kind"] != "log"]
@@ -232,7 +232,7 @@ def test_a_stale_attempt_is_dropped(host: FakeHost, start: Callable[..., Running
         for s in host.sessions.values():
             s.running.clear()
     go.set()
-    host.wait_for(lambda: w.running == 0)
+    eventually(lambda: w.running == 0)
     assert host.tasks[t.id]["state"] == "running"  # the stale report changed nothing
 
 
