@@ -86,6 +86,9 @@ def test_builtin_tasks_through_the_client(node: str) -> None:
     assert c.exec("calc-square", 12, on_log=lambda ln: lines.append(ln.line)) == 144
     assert "Calculating square of 12" in lines
     assert t.id in {x.id for x in c.list(type="echo")}
+    got = c.submit_batch([{"type": "echo", "input": 1}, {"type": "no-such-type"}])
+    assert isinstance(got[0], tw.Task) and c.wait(got[0].id, timeout=30).result == 1
+    assert isinstance(got[1], tw.UnknownTaskType)
 
 
 def test_errors_of_a_real_node(node: str) -> None:
