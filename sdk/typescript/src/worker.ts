@@ -168,7 +168,7 @@ class Session {
   draining = false;
   /** The host answered draining: no more assignments will come. */
   hostDraining = false;
-  /** Aborts the poll in flight (to notice a finished drain at once). */
+  /** Aborts the poll in flight when the session ends. */
   pollCtl = new AbortController();
   /** Resolves when the session ends, with why. */
   readonly end: Promise<"left" | "lost" | "fatal">;
@@ -231,6 +231,8 @@ export class Worker {
   private draining = false;
   private drainDeadline = 0;
   private leaving = false;
+  /** A second signal: the process exits once the worker has left, and run() never resolves. */
+  private exiting = false;
   private readonly stopCtl = new AbortController();
   private fatal: Error | undefined;
 
@@ -314,6 +316,7 @@ export class Worker {
       clearTimeout(this.flushTimer);
       clearInterval(this.sweepTimer);
     }
+    if (this.exiting) await new Promise<never>(() => {});
     if (this.fatal) throw this.fatal;
   }
 
@@ -357,6 +360,7 @@ export class Worker {
         return;
       }
       this.logger("warn", `${sig} again: leaving at once`);
+      this.exiting = true;
       const code = 128 + (sig === "SIGINT" ? 2 : 15);
       const bound = setTimeout(() => process.exit(code), 2000);
       void this.close().finally(() => {
@@ -433,6 +437,7 @@ export class Worker {
     if (this.draining) this.startDrain(s);
     let lastOk = Date.now();
     let pause = 20;
+    // lastOk is also when the poll below was sent: a poll goes out right after the last answer.
     while (!s.ended) {
       if (s.draining && this.drainDone(s)) {
         await this.leave(s, s.running.size === 0 ? "drained" : "drain timed out");
@@ -446,12 +451,15 @@ export class Worker {
       try {
         const res = await this.conn.once(s.base, "POST", s.path + "/poll", { body: { wait: formatDuration(s.pollWaitMs) }, signal: sig.signal });
         const reply = (await readJSON(res, "POST poll")) as PollReply | null;
+        const took = Date.now() - lastOk;
         lastOk = Date.now();
         pause = 20;
-        if (!s.ended) this.handlePoll(s, reply ?? {});
+        const r = reply ?? {};
+        if (!s.ended) this.handlePoll(s, r);
+        // A host that answers empty polls at once (while draining, say) is not polled in a tight loop.
+        if (took < 10 && !r.assignments?.length && !r.cancel?.length) await sleep(Math.min(50, s.leaseMs / 10));
       } catch (e) {
         if (s.ended) return;
-        if (ctl.signal.aborted) continue; // woken to check the drain
         if (e instanceof NotFoundError) {
           this.lose(s, "the host no longer knows this session (lease lost, or the host restarted)");
           return;
@@ -494,7 +502,7 @@ export class Worker {
       .catch((e: unknown) => {
         if (!s.ended) this.logger("warn", `drain: ${(e as Error).message}`);
       });
-    s.pollCtl.abort();
+    if (s.running.size === 0) void this.leave(s, "drained");
   }
 
   private drainDone(s: Session): boolean {
@@ -654,8 +662,11 @@ export class Worker {
     at.finished = true;
     const ev: WorkerEvent = { task_id: at.a.task_id, attempt: at.a.attempt, ...o };
     this.enqueue(ev, true, () => {
-      at.session.running.delete(at.key);
-      if (at.session.draining && at.session.running.size === 0) at.session.pollCtl.abort();
+      const s = at.session;
+      s.running.delete(at.key);
+      // A drain ends with the last outcome; the poll in flight is left alone, as it may carry
+      // assignments, which leaving hands back.
+      if (s.draining && s.running.size === 0) void this.leave(s, "drained");
     });
   }
 
