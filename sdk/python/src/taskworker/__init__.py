@@ -4,6 +4,7 @@ Client submits tasks and waits for them; Worker runs task types written in Pytho
 TASKWORKER_ADDR, TASKWORKER_TOKEN and TASKWORKER_CA_FILE for what is not passed.
 """
 
+from ._config import ConfigError
 from ._version import __version__
 from .aio import AsyncClient
 from .client import Client
@@ -27,7 +28,6 @@ from .errors import (
     UnknownTaskType,
     WaitTimeout,
 )
-from ._config import ConfigError
 from .types import LogLine, Task, TaskError
 from .worker import Context, Worker
 

@@ -202,7 +202,7 @@ class EventSender:
             return
 
     def _answer(self, batch: list[Event], results: list[dict[str, Any]]) -> None:
-        for ev, res in zip(batch, results):
+        for ev, res in zip(batch, results, strict=True):
             self._on_result(ev, res)
 
     def _is_closed(self) -> bool:

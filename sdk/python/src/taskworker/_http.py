@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-from ._version import __version__
 from ._config import Address, Settings
+from ._version import __version__
 from .errors import ConnectionFailed, error_from_response
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "DELETE", "PUT"})
@@ -126,10 +126,11 @@ class Transport:
         timeout: float | None = None,
         addr: Address | None = None,
     ) -> Response:
-        """Sends a request (body: JSON-able, or bytes already encoded) and returns its 2xx answer; raises an APIError for another status
-        and ConnectionFailed when no address could be reached. addr pins the request to one
-        address (a worker's calls go to its host); otherwise a connection error moves on to
-        the next address as described in the module doc."""
+        """Sends a request (body: JSON-able, or bytes already encoded) and returns its 2xx answer;
+        raises an APIError for another status and ConnectionFailed when no address could be
+        reached. addr pins the request to one address (a worker's calls go to its host);
+        otherwise a connection error moves on to the next address as described in the module
+        doc."""
         resp, conn, target = self._open(method, path, body, query, timeout, addr)
         try:
             data = resp.read()

@@ -162,5 +162,5 @@ class FinalError(Exception):
         self.error_type = error_type
 
 
-class Cancelled(Exception):  # noqa: N818 (it is an outcome, not a failure)
+class Cancelled(Exception):
     """Raised in a handler (see Context.raise_if_cancelled) to end the attempt as cancelled."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import json
 import logging
@@ -270,7 +271,9 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 handlers.append((sig, signal.signal(sig, self._on_signal)))
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.capacity, thread_name_prefix="taskworker-task")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self.capacity, thread_name_prefix="taskworker-task"
+        )
         loop_thread: threading.Thread | None = None
         if any(t.is_async for t in self._types.values()):
             self._loop = asyncio.new_event_loop()
@@ -314,10 +317,9 @@ class Worker:
         # A second signal: hand the tasks back now, so they run elsewhere at once, and exit.
         s = self._session
         if s is not None:
-            try:
+            # Exiting anyway: if this fails, the host takes the tasks back when the lease runs out.
+            with contextlib.suppress(Exception):
                 self._t.request("DELETE", s.path(), addr=s.addr, timeout=2.0)
-            except Exception:
-                pass  # exiting anyway: the host takes the tasks back when the lease runs out
         os._exit(128 + signum)
 
     def _drain(self) -> None:
@@ -334,7 +336,9 @@ class Worker:
             while self._running and self._fatal is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    log.warning("taskworker: %d tasks still running after the drain timeout", len(self._running))
+                    log.warning(
+                        "taskworker: %d tasks still running after the drain timeout", len(self._running)
+                    )
                     break
                 self._lock.wait(left)
             s = self._session
@@ -515,7 +519,9 @@ class Worker:
             self._running[ctx.key] = ctx
         spec = self._types.get(ctx.type)
         if spec is None:
-            self._finish(ctx, _failed("UnknownTaskType", f"this worker has no handler for {ctx.type!r}", True))
+            self._finish(
+                ctx, _failed("UnknownTaskType", f"this worker has no handler for {ctx.type!r}", True)
+            )
             return
         if spec.is_async:
             assert self._loop is not None
@@ -533,7 +539,7 @@ class Worker:
             return
         try:
             result = spec.fn(ctx, input)
-        except BaseException as err:  # noqa: BLE001 (every failure is the task's outcome)
+        except BaseException as err:
             self._finish(ctx, _outcome_of(ctx, err))
             if not isinstance(err, Exception):
                 raise
@@ -601,7 +607,9 @@ class Worker:
                 self._lock.notify_all()
                 return
         # The host refused the event itself (say, a result over its size cap).
-        log.warning("taskworker: task %s attempt %d: %s event refused: %s", ev.key[0], ev.key[1], ev.kind, code)
+        log.warning(
+            "taskworker: task %s attempt %d: %s event refused: %s", ev.key[0], ev.key[1], ev.kind, code
+        )
         if ev.kind == "succeeded":
             msg = str(res.get("error") or code)
             self._enqueue(ctx, _failed(code or "ResultRefused", msg, code == "result_too_large"))
