@@ -136,6 +136,11 @@ func New(cfg Config) *Node {
 // same run: 3.1 / 4.2 / 8.9 %).
 const commitTimeout = time.Second
 
+// logCacheEntries is how many of the newest log entries are kept in memory for raft's reads:
+// enough for the entries in flight, few enough that large entries (batches of up to a few MB)
+// cannot hold much memory.
+const logCacheEntries = 64
+
 // Open opens raft's stores, checks every log entry, and loads the node's raft server ID. Close
 // closes what it opened, also after an error.
 func (r *Node) Open() error {
@@ -177,7 +182,12 @@ func (r *Node) Open() error {
 		if err != nil {
 			return fmt.Errorf("open snapshot store: %w", err)
 		}
-		r.logs = checked
+		// Recent entries are read from memory: raft reads each entry back once per follower
+		// (replication) and once to apply it on a follower, and raft-wal reads with a system
+		// call where bbolt read its memory map.
+		if r.logs, err = raft.NewLogCache(logCacheEntries, checked); err != nil {
+			return err
+		}
 		r.stable = store.NewStableStore(meta, meta.path, r.storage, cfg.OnFatal)
 		r.snaps = store.NewSnapshotStore(fss, raftDir, r.storage, r.onCorrupt)
 	}

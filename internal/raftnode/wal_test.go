@@ -501,3 +501,145 @@ func TestDamagedWALMetaIsCorruptNotAPanic(t *testing.T) {
 		}
 	}
 }
+
+// A follower cut off while the leader compacts its log past the follower's last entry catches up
+// through a snapshot, then takes appends again. raft-wal takes no gap between entries, so raft
+// must empty the follower's log after the snapshot (it does only for a store that says it is
+// monotonic, through every wrapper), or every later append fails. The follower keeps more
+// trailing entries than the others, so that raft's other way, compacting only what the
+// snapshot covers minus those, would leave a gap. Segments are small, so that compaction
+// removes whole segments: raft-wal still reads entries compacted away inside a segment it
+// keeps, and raft would send those instead of the snapshot.
+func TestFollowerBehindACompactedLogCatchesUpThroughASnapshotOnTheWAL(t *testing.T) {
+	old := walSegmentSize
+	walSegmentSize = 1024
+	t.Cleanup(func() { walSegmentSize = old })
+	type member struct {
+		id    raft.ServerID
+		trans *raft.InmemTransport
+		fsm   *listFSM
+		raft  *raft.Raft
+	}
+	var ms []*member
+	for _, id := range []raft.ServerID{"a", "b", "c"} {
+		dir := filepath.Join(t.TempDir(), "raft")
+		meta, wl, err := openWAL(filepath.Join(dir, walDirName), hclog.NewNullLogger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = wl.Close(); _ = meta.closeDB() })
+		h := store.NewHealth()
+		logs, err := raft.NewLogCache(logCacheEntries, store.NewLogStore(wl, "wal", h, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hclog.NewNullLogger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, trans := raft.NewInmemTransport(raft.ServerAddress(id))
+		c := raft.DefaultConfig()
+		c.LocalID = id
+		c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = 100*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond
+		c.CommitTimeout = 5 * time.Millisecond
+		c.SnapshotThreshold, c.SnapshotInterval, c.TrailingLogs = 1<<40, time.Hour, 1000
+		c.Logger = hclog.NewNullLogger()
+		m := &member{id: id, trans: trans, fsm: &listFSM{}}
+		if id == "a" {
+			cfg := raft.Configuration{Servers: []raft.Server{
+				{ID: "a", Address: "a", Suffrage: raft.Voter}, {ID: "b", Address: "b", Suffrage: raft.Voter}, {ID: "c", Address: "c", Suffrage: raft.Voter}}}
+			if err := raft.BootstrapCluster(c, logs, store.NewStableStore(meta, "meta", h, nil), snaps, trans, cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !logs.IsMonotonic() {
+			t.Fatal("the log store, as raft sees it, does not say it takes no gaps")
+		}
+		if m.raft, err = raft.NewRaft(c, m.fsm, logs, store.NewStableStore(meta, "meta", h, nil), snaps, trans); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = m.raft.Shutdown().Error() })
+		ms = append(ms, m)
+	}
+	for _, a := range ms {
+		for _, b := range ms {
+			if a != b {
+				a.trans.Connect(raft.ServerAddress(b.id), b.trans)
+			}
+		}
+	}
+	leader := func() *member {
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			for _, m := range ms {
+				if m.raft.State() == raft.Leader {
+					return m
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatal("no leader")
+		return nil
+	}
+	l := leader()
+	cmds := applyAll(t, l.raft, "first", 10)
+	var behind *member
+	for _, m := range ms {
+		if m != l {
+			behind = m
+		}
+	}
+	waitApplied := func(m *member, n int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for len(m.fsm.list()) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s applied %d of %d commands", m.id, len(m.fsm.list()), n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitApplied(behind, len(cmds))
+	// Cut it off; the other two go on, snapshot and compact past it.
+	behind.trans.DisconnectAll()
+	for _, m := range ms {
+		if m != behind {
+			m.trans.Disconnect(raft.ServerAddress(behind.id))
+			rc := m.raft.ReloadableConfig()
+			rc.TrailingLogs = 5
+			if err := m.raft.ReloadConfig(rc); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	l = leader()
+	if l == behind {
+		t.Fatal("the cut-off member leads")
+	}
+	cmds = append(cmds, applyAll(t, l.raft, "second", 40)...)
+	for _, m := range ms { // both: either may lead once the third is back
+		if m != behind {
+			waitApplied(m, len(cmds))
+			if err := m.raft.Snapshot().Error(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cmds = append(cmds, applyAll(t, l.raft, "third", 10)...)
+	for _, a := range ms {
+		for _, b := range ms {
+			if a != b {
+				a.trans.Connect(raft.ServerAddress(b.id), b.trans)
+			}
+		}
+	}
+	waitApplied(behind, len(cmds))
+	cmds = append(cmds, applyAll(t, leader().raft, "fourth", 10)...)
+	waitApplied(behind, len(cmds))
+	if st := behind.raft.Stats(); st["last_snapshot_index"] == "0" {
+		t.Fatalf("%s caught up without a snapshot (%v): the test proves nothing", behind.id, st)
+	}
+	if got := behind.fsm.list(); !reflect.DeepEqual(got, cmds) {
+		t.Fatalf("%s applied\n%v\nwant\n%v", behind.id, got, cmds)
+	}
+}
