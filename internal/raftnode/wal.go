@@ -244,7 +244,14 @@ type walLog struct {
 
 	mu sync.RWMutex
 	w  *wal.WAL
+	// After a failed reopen, appends fail with its error until retryAt, rather than read the
+	// tail segment again on each of raft's retries while the disk is still full.
+	retryAt time.Time
+	failed  error
 }
+
+// reopenBackoff is how long after a failed reopen the next append tries again.
+const reopenBackoff = 250 * time.Millisecond
 
 // openWALLog opens (or creates) the WAL in dir on meta.
 func openWALLog(dir string, meta *walMeta, log hclog.Logger) (*walLog, error) {
@@ -314,8 +321,12 @@ func (l *walLog) reopen(stuck *wal.WAL) error {
 	if l.w != stuck {
 		return nil
 	}
+	if time.Now().Before(l.retryAt) {
+		return l.failed
+	}
 	w, err := l.open()
 	if err != nil {
+		l.retryAt, l.failed = time.Now().Add(reopenBackoff), err
 		return err
 	}
 	l.log.Warn("reopened the write-ahead log after a failed segment rotation")

@@ -418,7 +418,15 @@ func TestFailedSegmentRotationRecoversWhenTheDiskDoes(t *testing.T) {
 	}
 	checkEntries(t, wl, next-1) // reads go on meanwhile
 	setFull(nil)
-	if next, err = appendUntil(wl, next, 20); err != nil {
+	// The next append retries at most reopenBackoff after the last failed one.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, err = appendUntil(wl, next, 1); err != nil; _, err = appendUntil(wl, next, 1) {
+		if time.Now().After(deadline) {
+			t.Fatalf("append once the disk takes writes again: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if next, err = appendUntil(wl, next+1, 20); err != nil {
 		t.Fatalf("append once the disk takes writes again: %v", err)
 	}
 	checkEntries(t, wl, next-1)
