@@ -16,7 +16,7 @@ import (
 )
 
 // stoppedFollowerWithMarker runs a 3-node cluster, has it store an echo of marker on every
-// replica, and kills a follower; the caller damages its raft.db and restarts it.
+// replica, and kills a follower; the caller damages its raft log and restarts it.
 func stoppedFollowerWithMarker(t *testing.T, marker string) (*procCluster, *proc) {
 	t.Helper()
 	pc := startProcCluster(t, 3, "--insecure")
@@ -35,24 +35,24 @@ func stoppedFollowerWithMarker(t *testing.T, marker string) (*procCluster, *proc
 	if victim == nil {
 		t.Fatal("no follower")
 	}
-	// Its FSM holds the task, so its raft.db holds the entries.
+	// Its FSM holds the task, so its raft log holds the entries.
 	waitTasks(t, "succeeded", 30*time.Second, []string{task.ID}, victim)
 	pc.kill(victim)
 	return pc, victim
 }
 
-// exitsWithCorruptError restarts p and checks it exits non-zero, with the corruption named in
-// its log and no Go panic.
-func exitsWithCorruptError(t *testing.T, pc *procCluster, p *proc, wants ...string) {
+// exitsWithCorruptError restarts p and checks it exits non-zero, with the corruption and the
+// damaged file named in its log and no Go panic.
+func exitsWithCorruptError(t *testing.T, pc *procCluster, p *proc, file string, wants ...string) {
 	t.Helper()
 	before := len(p.Log())
 	pc.restart(p)
 	err := p.Wait(60 * time.Second)
 	if err == nil || errors.Is(err, localcluster.ErrTimeout) {
-		t.Fatalf("%s on a damaged raft.db: %v, want it to exit non-zero", p.Name, err)
+		t.Fatalf("%s on a damaged raft log: %v, want it to exit non-zero", p.Name, err)
 	}
 	out := p.Log()[before:]
-	for _, want := range append([]string{"corrupt raft data", filepath.Join(p.DataDir, "raft", "raft.db"), "wipe its data dir"}, wants...) {
+	for _, want := range append([]string{"corrupt raft data", file, "wipe its data dir"}, wants...) {
 		if !strings.Contains(out, want) {
 			t.Errorf("log of the failed start does not say %q:\n%s", want, out)
 		}
@@ -69,40 +69,46 @@ func exitsWithCorruptError(t *testing.T, pc *procCluster, p *proc, wants ...stri
 func TestProcessOnCorruptRaftLogEntryExitsNamingIt(t *testing.T) {
 	const marker = "integrity-marker-5b1f"
 	pc, victim := stoppedFollowerWithMarker(t, marker)
-	db := filepath.Join(victim.DataDir, "raft", "raft.db")
-	b, err := os.ReadFile(db)
-	if err != nil {
-		t.Fatal(err)
+	walDir := filepath.Join(victim.DataDir, "raft", "wal")
+	segments, err := filepath.Glob(filepath.Join(walDir, "*.wal"))
+	if err != nil || len(segments) == 0 {
+		t.Fatalf("no segment files in %s: %v", walDir, err)
 	}
-	// Change one byte of every copy of the marker (bbolt may hold stale copies in freed pages).
+	// Change one byte of every copy of the marker.
 	flipped := 0
-	for at := 0; ; {
-		i := bytes.Index(b[at:], []byte(marker))
-		if i < 0 {
-			break
+	for _, seg := range segments {
+		b, err := os.ReadFile(seg)
+		if err != nil {
+			t.Fatal(err)
 		}
-		b[at+i+len(marker)-1] ^= 0x01
-		at += i + len(marker)
-		flipped++
+		for at := 0; ; {
+			i := bytes.Index(b[at:], []byte(marker))
+			if i < 0 {
+				break
+			}
+			b[at+i+len(marker)-1] ^= 0x01
+			at += i + len(marker)
+			flipped++
+		}
+		if err := os.WriteFile(seg, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if flipped == 0 {
-		t.Fatalf("marker not found in %s", db)
+		t.Fatalf("marker not found in %v", segments)
 	}
-	if err := os.WriteFile(db, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	exitsWithCorruptError(t, pc, victim, "at index ", "checksum mismatch")
+	exitsWithCorruptError(t, pc, victim, walDir, "at index ", "checksum mismatch")
 }
 
-func TestProcessOnTruncatedOrGarbageRaftDBExitsWithoutPanic(t *testing.T) {
+func TestProcessOnTruncatedOrGarbageRaftLogExitsWithoutPanic(t *testing.T) {
 	pc, victim := stoppedFollowerWithMarker(t, "truncate-me")
-	db := filepath.Join(victim.DataDir, "raft", "raft.db")
-	if err := os.Truncate(db, 1000); err != nil {
+	meta := filepath.Join(victim.DataDir, "raft", "wal", "wal-meta.db")
+	if err := os.Truncate(meta, 1000); err != nil {
 		t.Fatal(err)
 	}
-	exitsWithCorruptError(t, pc, victim, "bbolt cannot open it")
-	if err := os.WriteFile(db, bytes.Repeat([]byte("not a bolt db "), 3000), 0o600); err != nil {
+	exitsWithCorruptError(t, pc, victim, meta, "bbolt cannot open it")
+	if err := os.WriteFile(meta, bytes.Repeat([]byte("not a bolt db "), 3000), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	exitsWithCorruptError(t, pc, victim, "bbolt cannot open it")
+	exitsWithCorruptError(t, pc, victim, meta, "bbolt cannot open it")
 }

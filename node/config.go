@@ -81,7 +81,7 @@ type Config struct {
 	ApplyTimeout time.Duration
 	// RaftSnapshotThreshold and RaftSnapshotInterval: raft snapshots the FSM when this many log
 	// entries were written since the last snapshot, checked at this interval (raft's defaults,
-	// 8192 and 2m, when zero). Lower values keep raft.db smaller and restarts shorter.
+	// 8192 and 2m, when zero). Lower values keep raft's log smaller and restarts shorter.
 	RaftSnapshotThreshold uint64
 	RaftSnapshotInterval  time.Duration
 

@@ -33,7 +33,7 @@ func TestDevNodeKeepsItsStateInItsTemporaryDir(t *testing.T) {
 		if !strings.HasPrefix(filepath.Base(dir), "taskworker-dev-") {
 			t.Fatalf("round %d: data dir %q, want a temporary taskworker-dev-* dir", round, dir)
 		}
-		if _, err := os.Stat(filepath.Join(dir, "raft", "raft.db")); err != nil {
+		if _, err := os.Stat(filepath.Join(dir, "raft", "wal", "wal-meta.db")); err != nil {
 			t.Errorf("round %d: raft's store is not in the dev dir: %v", round, err)
 		}
 		if left, _ := os.ReadDir(wd); len(left) != 0 {

@@ -122,16 +122,17 @@ func TestNodeWhoseDataDirIsRemovedIsUnhealthyAndLosesItsTasks(t *testing.T) {
 	}
 	waitMoved(t, tc, victim, mine)
 	t.Logf("data dir removed -> its %d tasks running elsewhere: %s", len(mine), time.Since(removedAt).Round(time.Millisecond))
-	// Recreating the directory does not fool the watchdog: raft.db is not the file raft writes.
-	if err := os.MkdirAll(victim.cfg.DataDir+"/raft", 0o700); err != nil {
+	// Recreating the directories does not fool the watchdog: raft/wal is not the dir raft writes.
+	walDir := victim.cfg.DataDir + "/raft/wal"
+	if err := os.MkdirAll(walDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(victim.cfg.DataDir+"/raft/raft.db", nil, 0o600); err != nil {
+	if err := os.WriteFile(walDir+"/wal-meta.db", nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	victim.rn.CheckStorage()
-	if h := waitHealth(t, victim, 503, "still 503"); !strings.Contains(h.Reason, "raft.db") {
-		t.Errorf("health after the dir was recreated = %+v, want it to name raft.db", h)
+	if h := waitHealth(t, victim, 503, "still 503"); !strings.Contains(h.Reason, walDir+" was replaced") {
+		t.Errorf("health after the dirs were recreated = %+v, want it to name %s replaced", h, walDir)
 	}
 	for _, n := range tc.live() {
 		g.open(n.Name())

@@ -1,9 +1,10 @@
 // Package raftnode is one node's raft replica and the plumbing under it. It owns: the data dir's
-// preparation (its modes), raft's configuration, the log, stable and snapshot stores (opened
-// through internal/store, checked before raft replays them), raft's transport (mutual TLS through
-// internal/raftls, heartbeats to non-voters thinned: quiet.go), the commit notices the leader
-// sends its followers (notice.go), the collector relaxed while a snapshot is restored
-// (restore.go), the node's raft server ID and its mapping to node names (identity.go), and the
+// preparation (its modes), raft's configuration, the log, stable and snapshot stores (the log
+// and stable keys in hashicorp/raft-wal: wal.go; moved there from an earlier release's raft.db:
+// migrate.go; wrapped by internal/store and checked before raft replays them), raft's transport
+// (mutual TLS through internal/raftls, heartbeats to non-voters thinned: quiet.go), the commit
+// notices the leader sends its followers (notice.go), the collector relaxed while a snapshot is
+// restored (restore.go), the node's raft server ID and its mapping to node names (identity.go), and the
 // storage watchdog with the health of every write to the stores (storage.go).
 //
 // It may not touch the FSM's contents, gossip, HTTP or trust: it reads gossip's members and sets
@@ -27,7 +28,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	"go.etcd.io/bbolt"
 
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/limits"
@@ -100,10 +100,10 @@ type Node struct {
 	resumed bool
 
 	// Storage (storage.go): the outcome of every write to raft's stores and of the watchdog's
-	// probe; raftDB and raftDBFile identify the raft.db raft writes, to notice it removed.
+	// probe; walDir and walDirInfo identify the dir of raft's log, to notice it removed.
 	storage    *store.Health
-	raftDB     string
-	raftDBFile os.FileInfo
+	walDir     string
+	walDirInfo os.FileInfo
 	diskFree   atomic.Int64 // bytes free on the data dir's file system, -1 when unknown
 	// corrupt is the first corruption met (CorruptError) while raft starts; running says
 	// start is over, so a corruption met from then on stops the node at once (OnFatal).
@@ -136,6 +136,11 @@ func New(cfg Config) *Node {
 // same run: 3.1 / 4.2 / 8.9 %).
 const commitTimeout = time.Second
 
+// logCacheEntries is how many of the newest log entries are kept in memory for raft's reads:
+// enough for the entries in flight, few enough that large entries (batches of up to a few MB)
+// cannot hold much memory.
+const logCacheEntries = 64
+
 // Open opens raft's stores, checks every log entry, and loads the node's raft server ID. Close
 // closes what it opened, also after an error.
 func (r *Node) Open() error {
@@ -150,18 +155,25 @@ func (r *Node) Open() error {
 		if err := os.MkdirAll(raftDir, 0o700); err != nil {
 			return fmt.Errorf("create raft dir: %w", err)
 		}
-		r.raftDB = filepath.Join(raftDir, "raft.db")
-		bolt, err := store.OpenBolt(r.raftDB,
-			&bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType})
+		moved, err := migrateBolt(raftDir, cfg.HCLogger("wal"), migrateAll)
+		if err != nil {
+			return err
+		}
+		if moved > 0 {
+			cfg.Log.Info("moved raft's log from raft.db to the write-ahead log; raft.db is kept as raft.db.migrated",
+				"entries", moved, "dir", raftDir)
+		}
+		r.walDir = filepath.Join(raftDir, walDirName)
+		meta, wl, err := openWAL(r.walDir, cfg.HCLogger("wal"))
 		if err != nil {
 			if errors.Is(err, store.ErrCorrupt) {
 				return err
 			}
-			return fmt.Errorf("open raft store (is another node using %s?): %w", cfg.DataDir, err)
+			return fmt.Errorf("open raft's log (is another node using %s?): %w", cfg.DataDir, err)
 		}
-		r.closers = append(r.closers, bolt.Close)
-		r.raftDBFile, _ = os.Stat(r.raftDB)
-		checked := store.NewLogStore(bolt, r.raftDB, r.storage, r.onCorrupt)
+		r.closers = append(r.closers, meta.closeDB, wl.Close)
+		r.walDirInfo, _ = os.Stat(r.walDir)
+		checked := store.NewLogStore(wl, r.walDir, r.storage, r.onCorrupt)
 		// Every entry is read once before raft replays any: raft panics on a bad read later.
 		if err := checked.Verify(); err != nil {
 			return err
@@ -170,8 +182,13 @@ func (r *Node) Open() error {
 		if err != nil {
 			return fmt.Errorf("open snapshot store: %w", err)
 		}
-		r.logs = checked
-		r.stable = store.NewStableStore(bolt, r.raftDB, r.storage, cfg.OnFatal)
+		// Recent entries are read from memory: raft reads each entry back once per follower
+		// (replication) and once to apply it on a follower, and raft-wal reads with a system
+		// call where bbolt read its memory map.
+		if r.logs, err = raft.NewLogCache(logCacheEntries, checked); err != nil {
+			return err
+		}
+		r.stable = store.NewStableStore(meta, meta.path, r.storage, cfg.OnFatal)
 		r.snaps = store.NewSnapshotStore(fss, raftDir, r.storage, r.onCorrupt)
 	}
 

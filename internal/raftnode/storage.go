@@ -16,12 +16,12 @@ import (
 	"github.com/taskworker/taskworker/membership"
 )
 
-// opRaftDB is the storage watchdog's check that raft.db is still the file raft writes.
-const opRaftDB = "raft.db check"
+// opWALDir is the storage watchdog's check that the log's dir is still the one raft writes.
+const opWALDir = "raft log dir check"
 
 // WatchStorage is the storage watchdog; it runs until ctx ends. Every StorageProbeInterval (and
 // whenever a write to raft's stores changes the verdict) it probes the data dir (write, sync,
-// remove a small file), checks that raft.db is still the file raft opened, reads the free space,
+// remove a small file), checks that the dir of raft's log is still the one raft opened, reads the free space,
 // and then publishes the verdict: the gossip flag the leader reads (Meta.StorageFault), and
 // StorageChanged; health, the executor and the submit path read StorageFault. A node that cannot
 // persist is treated by the cluster like a dead one, and recovers by itself once writes succeed
@@ -62,15 +62,15 @@ func (r *Node) WatchStorage(ctx context.Context) {
 func (r *Node) CheckStorage() {
 	dir := r.cfg.DataDir
 	_ = r.storage.Probe(dir)
-	if r.raftDBFile != nil {
-		fi, err := os.Stat(r.raftDB)
+	if r.walDirInfo != nil {
+		fi, err := os.Stat(r.walDir)
 		switch {
 		case err != nil:
-			err = fmt.Errorf("%s is gone under the running node (its writes reach no file; restart it on a sound data dir): %w", r.raftDB, err)
-		case !os.SameFile(fi, r.raftDBFile):
-			err = fmt.Errorf("%s was replaced under the running node (its writes reach the old file; restart it)", r.raftDB)
+			err = fmt.Errorf("%s is gone under the running node (its writes reach no file; restart it on a sound data dir): %w", r.walDir, err)
+		case !os.SameFile(fi, r.walDirInfo):
+			err = fmt.Errorf("%s was replaced under the running node (its writes reach the old files; restart it)", r.walDir)
 		}
-		r.storage.Record(opRaftDB, err)
+		r.storage.Record(opWALDir, err)
 	}
 	if dir == "" {
 		return

@@ -94,7 +94,14 @@ func NewLogStore(inner raft.LogStore, file string, h *Health, onCorrupt func(*Co
 	return &LogStore{inner: inner, file: file, health: h, onCorrupt: onCorrupt}
 }
 
-var _ raft.LogStore = (*LogStore)(nil)
+var _ raft.MonotonicLogStore = (*LogStore)(nil)
+
+// IsMonotonic is the inner store's (raft.MonotonicLogStore): true when it takes no gap between
+// entries, so that raft empties it after installing a snapshot instead of leaving one.
+func (s *LogStore) IsMonotonic() bool {
+	m, ok := s.inner.(raft.MonotonicLogStore)
+	return ok && m.IsMonotonic()
+}
 
 // FirstIndex is the inner store's.
 func (s *LogStore) FirstIndex() (uint64, error) { return s.inner.FirstIndex() }

@@ -1,5 +1,5 @@
-// Package store wraps raft's stores (the raft-boltdb log and stable store, the file snapshot
-// store) so that a node knows when its disk fails it and when what it reads back is not what it
+// Package store wraps raft's stores (the log and stable store, the file snapshot store) so that
+// a node knows when its disk fails it and when what it reads back is not what it
 // wrote. It owns: the checksum frame of every raft log entry, the corruption error (CorruptError)
 // that stops a node, the record of the last storage error and success (Health) that node health
 // reads, the probe of the data dir, a test hook that makes writes fail, and the atomic replacement
@@ -23,9 +23,9 @@ import (
 var ErrCorrupt = errors.New("corrupt raft data")
 
 // CorruptError is stored raft data that does not read back as written: a log entry whose checksum
-// does not match, a snapshot whose CRC does not, a raft.db bbolt cannot open. The node cannot go
-// on from it (raft would panic, or serve a state other replicas never had), so it stops with this
-// one error, which says how to recover.
+// does not match, a snapshot whose CRC does not, a log store that cannot be opened. The node
+// cannot go on from it (raft would panic, or serve a state other replicas never had), so it stops
+// with this one error, which says how to recover.
 type CorruptError struct {
 	File  string // the damaged file
 	Index uint64 // the raft index of the damaged entry or snapshot; 0 when not known (the whole file)
