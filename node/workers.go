@@ -5,8 +5,8 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/internal/httpapi"
-	"github.com/taskworker/taskworker/internal/workerhost"
 	"github.com/taskworker/taskworker/internal/worker"
+	"github.com/taskworker/taskworker/internal/workerhost"
 	"github.com/taskworker/taskworker/tasks"
 )
 
