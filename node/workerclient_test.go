@@ -129,10 +129,8 @@ func upperHandler(a api.WorkerAssignment) []api.WorkerEvent {
 // through h (nil events: the handler holds the attempt and reports nothing).
 func (w *protoWorker) serve(h assignHandler) {
 	w.stop, w.stopped = make(chan struct{}), make(chan struct{})
-	var runs sync.WaitGroup
 	go func() {
 		defer close(w.stopped)
-		defer runs.Wait()
 		for {
 			select {
 			case <-w.stop:
@@ -151,9 +149,7 @@ func (w *protoWorker) serve(h assignHandler) {
 				w.mu.Lock()
 				w.handled[a.TaskID]++
 				w.mu.Unlock()
-				runs.Add(1)
 				go func() {
-					defer runs.Done()
 					evs := h(a)
 					select {
 					case <-w.stop:
@@ -169,8 +165,8 @@ func (w *protoWorker) serve(h assignHandler) {
 	}()
 }
 
-// kill stops the worker without another call; it returns when its loop has ended, and when its
-// last poll returned.
+// kill stops the worker without another call (runs still held stay silent); it returns when its
+// poll loop has ended, with the time its last poll returned.
 func (w *protoWorker) kill() time.Time {
 	close(w.stop)
 	<-w.stopped

@@ -140,3 +140,151 @@ func TestPendingTaskSaysWhy(t *testing.T) {
 		return next.PendingReason == `every node and worker that offers "py-upper" is busy`
 	})
 }
+
+// A worker that stops polling while it runs a long task loses its lease: the task runs again on
+// another worker and succeeds there; the first worker's late outcome changes nothing.
+func TestLostWorkerTasksRunElsewhere(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{inmem: true})
+	l := tc.leader()
+	nodes := tc.live()
+	release := make(chan struct{})
+	defer close(release)
+	a := mustRegisterProtoWorker(t, nodes[1], "", "wa", 1, "py-long")
+	a.serve(holdHandler(release))
+	task := submit(t, l, "py-long", "x", "")
+	workerTaskOn(t, l, task.ID, "wa")
+	waitFor(t, "assignment delivered", 10*time.Second, func() bool { return a.got(task.ID) == 1 })
+	b := mustRegisterProtoWorker(t, nodes[2], "", "wb", 1, "py-long")
+	b.serve(upperHandler)
+	defer b.kill()
+
+	lastSign := a.kill() // killed mid-task: no more polls, no outcome
+	var moved time.Duration
+	waitFor(t, "task on the second worker", 10*time.Second, func() bool {
+		var tk api.Task
+		httpCall(t, l, "GET", "/v1/tasks/"+task.ID, nil, &tk)
+		if tk.Node == "wb" && moved == 0 {
+			moved = time.Since(lastSign)
+		}
+		return tk.State == "succeeded"
+	})
+	t.Logf("a killed worker's task was placed on another worker %s after its last poll returned (lease 1s)", moved.Round(time.Millisecond))
+
+	// The lost worker's late outcome lands nowhere: its session is gone.
+	r, code, e := a.events(api.WorkerEvent{TaskID: task.ID, Attempt: 1, Kind: api.WorkerEventSucceeded, Result: json.RawMessage(`"late"`)})
+	if code != http.StatusNotFound || e.Code != api.CodeUnknownWorker {
+		t.Errorf("late outcome: %d %+v %+v, want 404 unknown_worker", code, e, r)
+	}
+	tk := waitTaskEnded(t, l, task.ID)
+	var got string
+	_ = json.Unmarshal(tk.Result, &got)
+	if tk.Node != "wb" || got != "X" || tk.Attempt != 2 || tk.Failures != 0 {
+		t.Fatalf("task %s on %s attempt %d failures %d result %s", tk.State, tk.Node, tk.Attempt, tk.Failures, tk.Result)
+	}
+	var events []string
+	for _, h := range tk.History {
+		events = append(events, fmt.Sprintf("%d:%s:%s", h.Attempt, h.Node, h.Event))
+	}
+	want := "1:wa:assigned 1:wa:started 1:wa:interrupted 2:wb:assigned 2:wb:started 2:wb:succeeded"
+	if strings.Join(events, " ") != want {
+		t.Errorf("history %v, want %s", events, want)
+	}
+	var ws []api.WorkerInfo
+	httpCall(t, l, "GET", "/v1/workers", nil, &ws)
+	if len(ws) != 2 || ws[0].Name != "wa" || ws[0].State != "down" {
+		t.Errorf("workers %+v", ws)
+	}
+	// A stale outcome through a live session is refused as stale.
+	r, code, _ = b.events(api.WorkerEvent{TaskID: task.ID, Attempt: 1, Kind: api.WorkerEventSucceeded, Result: json.RawMessage(`"late"`)})
+	if code != http.StatusOK || len(r.Results) != 1 || r.Results[0].Code != api.CodeStaleAttempt {
+		t.Errorf("stale outcome: %d %+v", code, r)
+	}
+}
+
+// Drain stops new assignments to a worker; DELETE hands back what it runs (interrupted, not a
+// failure), and the task runs again on another worker.
+func TestWorkerDrainThenDelete(t *testing.T) {
+	tc := startCluster(t, 1, clusterOpts{inmem: true})
+	n := tc.leader()
+	release := make(chan struct{})
+	defer close(release)
+	a := mustRegisterProtoWorker(t, n, "", "wa", 2, "py-long")
+	a.serve(holdHandler(release))
+	first := submit(t, n, "py-long", "x", "")
+	workerTaskOn(t, n, first.ID, "wa")
+	if code, e := a.drain(); code != http.StatusOK {
+		t.Fatalf("drain: %d %+v", code, e)
+	}
+	second := submit(t, n, "py-long", "y", "")
+	waitFor(t, "pending reason of the second task", 10*time.Second, func() bool {
+		httpCall(t, n, "GET", "/v1/tasks/"+second.ID, nil, &second)
+		return second.State == "pending" && second.PendingReason != ""
+	})
+	if a.got(second.ID) != 0 {
+		t.Fatal("a draining worker got a new assignment")
+	}
+	waitFor(t, "polls say draining", 5*time.Second, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.draining
+	})
+
+	b := mustRegisterProtoWorker(t, n, "", "wb", 2, "py-long")
+	b.serve(upperHandler)
+	defer b.kill()
+	if tk := waitTaskEnded(t, n, second.ID); tk.State != "succeeded" || tk.Node != "wb" {
+		t.Fatalf("second task %s on %s", tk.State, tk.Node)
+	}
+	if code, e := a.leave(); code != http.StatusOK {
+		t.Fatalf("delete: %d %+v", code, e)
+	}
+	tk := waitTaskEnded(t, n, first.ID)
+	if tk.State != "succeeded" || tk.Node != "wb" || tk.Failures != 0 || tk.Attempt != 2 {
+		t.Fatalf("handed-back task %s on %s, attempt %d, failures %d", tk.State, tk.Node, tk.Attempt, tk.Failures)
+	}
+	if h := tk.History[2]; h.Event != "interrupted" || h.Node != "wa" {
+		t.Errorf("history %+v", tk.History)
+	}
+	if _, code, e := a.poll(""); code != http.StatusNotFound || e.Code != api.CodeUnknownWorker {
+		t.Errorf("poll after delete: %d %+v", code, e)
+	}
+	var ws []api.WorkerInfo
+	httpCall(t, n, "GET", "/v1/workers", nil, &ws)
+	if len(ws) != 2 || ws[0].State != "left" {
+		t.Errorf("workers %+v", ws)
+	}
+}
+
+// A host node that crashes takes its workers down with it: their tasks run elsewhere.
+func TestHostCrashTakesItsWorkersDown(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{inmem: true})
+	l := tc.leader()
+	var hosts []*Node
+	for _, n := range tc.live() {
+		if n != l {
+			hosts = append(hosts, n)
+		}
+	}
+	release := make(chan struct{})
+	defer close(release)
+	a := mustRegisterProtoWorker(t, hosts[0], "", "wa", 1, "py-long")
+	a.serve(holdHandler(release))
+	task := submit(t, l, "py-long", "x", "")
+	workerTaskOn(t, l, task.ID, "wa")
+	b := mustRegisterProtoWorker(t, hosts[1], "", "wb", 1, "py-long")
+	b.serve(upperHandler)
+	defer b.kill()
+
+	if err := hosts[0].Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	tk := waitTaskEnded(t, l, task.ID)
+	if tk.State != "succeeded" || tk.Node != "wb" || tk.Failures != 0 {
+		t.Fatalf("task %s on %s failures %d", tk.State, tk.Node, tk.Failures)
+	}
+	w, ok := l.FSM().Worker("wa")
+	if !ok || w.Status == "up" {
+		t.Fatalf("worker of the crashed host: %+v", w)
+	}
+	a.kill()
+}
