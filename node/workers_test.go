@@ -288,3 +288,110 @@ func TestHostCrashTakesItsWorkersDown(t *testing.T) {
 	}
 	a.kill()
 }
+
+// workerToken makes a token whose policy grants submit, read and logs on py-*, and work on the
+// given pattern ("" for none).
+func workerToken(t *testing.T, n *Node, mgmt, name, work string) api.ACLToken {
+	t.Helper()
+	rules := `[{"task_type": "py-*", "capabilities": ["submit", "read", "logs"]}]`
+	if work != "" {
+		rules = fmt.Sprintf(`[{"task_type": "py-*", "capabilities": ["submit", "read", "logs"]}, {"task_type": %q, "capabilities": ["work"]}]`, work)
+	}
+	code, b := aclCall(t, n, "PUT", "/v1/acl/policy/"+name, mgmt, `{"rules": `+rules+`}`)
+	if code != http.StatusOK {
+		t.Fatalf("policy %s: %d %s", name, code, b)
+	}
+	code, b = aclCall(t, n, "POST", "/v1/acl/tokens", mgmt, fmt.Sprintf(`{"policies": [%q]}`, name))
+	var tok api.ACLToken
+	mustJSON(t, b, &tok)
+	if code != http.StatusCreated {
+		t.Fatalf("token %s: %d %s", name, code, b)
+	}
+	return tok
+}
+
+// With ACLs a worker needs work on every type it registers, and keeps needing it: a token
+// revoked after registration ends the session at its next call, and its task runs elsewhere. A
+// guessed or another identity's session ID finds nothing.
+func TestWorkerAccessIsCheckedOnEveryCall(t *testing.T) {
+	tc := aclCluster(t)
+	l, f := tc.leader(), tc.follower()
+	mgmt := bootstrapACL(t, l).SecretID
+	worker := workerToken(t, l, mgmt, "workers", "py-*")
+	other := workerToken(t, l, mgmt, "other-workers", "py-*")
+	noWork := workerToken(t, l, mgmt, "users", "")
+	narrow := workerToken(t, l, mgmt, "narrow", "py-upper")
+	at := l.FSM().Index()
+	waitFor(t, "tokens on the follower", 10*time.Second, func() bool { return f.FSM().Index() >= at })
+
+	for _, c := range []struct {
+		what  string
+		token string
+		types []string
+	}{{"no token", "", []string{"py-upper"}}, {"no work", noWork.SecretID, []string{"py-upper"}},
+		{"work on one type of two", narrow.SecretID, []string{"py-upper", "py-other"}}} {
+		_, code, e := registerProtoWorker(t, f, c.token, "bad", 1, c.types...)
+		if c.token == "" && code != http.StatusUnauthorized || c.token != "" && (code != http.StatusForbidden || e.Code != api.CodeForbidden) {
+			t.Errorf("register with %s: %d %+v", c.what, code, e)
+		}
+	}
+	if _, ok := l.FSM().Worker("bad"); ok {
+		t.Fatal("a refused registration left a worker record")
+	}
+
+	a := mustRegisterProtoWorker(t, f, worker.SecretID, "wa", 1, "py-long")
+	release := make(chan struct{})
+	defer close(release)
+	a.serve(holdHandler(release))
+	var task api.Task
+	code, b := aclCall(t, l, "POST", "/v1/tasks", mgmt, `{"type": "py-long", "input": "x"}`)
+	mustJSON(t, b, &task)
+	if code != http.StatusCreated {
+		t.Fatalf("submit: %d %s", code, b)
+	}
+	waitFor(t, "task on wa", 10*time.Second, func() bool { return a.got(task.ID) == 1 })
+
+	// A guessed session ID, and the real one under another identity, find nothing and change
+	// nothing.
+	guess := &protoWorker{t: t, base: a.base, token: worker.SecretID, sess: api.WorkerSession{ID: strings.Repeat("0", 32)}}
+	if _, code, e := guess.poll(""); code != http.StatusNotFound || e.Code != api.CodeUnknownWorker {
+		t.Errorf("guessed session: %d %+v", code, e)
+	}
+	thief := &protoWorker{t: t, base: a.base, token: other.SecretID, sess: a.sess}
+	if _, code, e := thief.events(api.WorkerEvent{TaskID: task.ID, Attempt: 1, Kind: api.WorkerEventSucceeded, Result: json.RawMessage(`"stolen"`)}); code != http.StatusNotFound || e.Code != api.CodeUnknownWorker {
+		t.Errorf("another identity's call: %d %+v", code, e)
+	}
+	if code, _ := thief.leave(); code != http.StatusNotFound {
+		t.Errorf("another identity's delete: %d", code)
+	}
+
+	b2 := mustRegisterProtoWorker(t, l, other.SecretID, "wb", 1, "py-long")
+	b2.serve(upperHandler)
+	defer b2.kill()
+
+	// Revoke the worker's token: its next poll is refused, its session ends, its task moves.
+	if code, body := aclCall(t, l, "DELETE", "/v1/acl/token/"+worker.AccessorID, mgmt, ""); code != http.StatusNoContent {
+		t.Fatalf("revoke: %d %s", code, body)
+	}
+	waitFor(t, "the revoked worker's session refused", 10*time.Second, func() bool {
+		select {
+		case <-a.stopped: // its poll loop ends on the first refusal
+			return true
+		default:
+			return false
+		}
+	})
+	var tk api.Task
+	waitFor(t, "the task done elsewhere", 30*time.Second, func() bool {
+		_, b := aclCall(t, l, "GET", "/v1/tasks/"+task.ID+"?wait=5s", mgmt, "")
+		mustJSON(t, b, &tk)
+		return api.IsTerminal(tk.State)
+	})
+	if tk.State != "succeeded" || tk.Node != "wb" || tk.Failures != 0 {
+		t.Fatalf("task %s on %s failures %d", tk.State, tk.Node, tk.Failures)
+	}
+	revoked := &protoWorker{t: t, base: a.base, token: mgmt, sess: a.sess}
+	if _, code, _ := revoked.poll(""); code != http.StatusNotFound {
+		t.Errorf("the ended session answers %d to another token", code)
+	}
+}
