@@ -2,10 +2,13 @@ package node
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -394,4 +397,124 @@ func TestWorkerAccessIsCheckedOnEveryCall(t *testing.T) {
 	if _, code, _ := revoked.poll(""); code != http.StatusNotFound {
 		t.Errorf("the ended session answers %d to another token", code)
 	}
+}
+
+// Bad registrations and oversized or malformed calls are refused with 400 and change nothing.
+func TestWorkerBadInputIsRefused(t *testing.T) {
+	tc := startCluster(t, 1, clusterOpts{inmem: true})
+	n := tc.leader()
+	base := "http://" + n.HTTPAddr()
+	types := []api.WorkerType{{Type: "py-upper"}}
+	many := make([]api.WorkerType, api.MaxWorkerTypes+1)
+	for i := range many {
+		many[i] = api.WorkerType{Type: fmt.Sprintf("t%d", i)}
+	}
+	labels := map[string]string{}
+	for i := range api.MaxWorkerLabels + 1 {
+		labels[fmt.Sprint(i)] = "v"
+	}
+	for _, c := range []struct {
+		what string
+		req  api.WorkerRegistration
+	}{
+		{"no name", api.WorkerRegistration{Capacity: 1, Types: types}},
+		{"a name with a slash", api.WorkerRegistration{Name: "a/b", Capacity: 1, Types: types}},
+		{"a name too long", api.WorkerRegistration{Name: strings.Repeat("a", 65), Capacity: 1, Types: types}},
+		{"capacity 0", api.WorkerRegistration{Name: "w", Capacity: 0, Types: types}},
+		{"capacity over the cap", api.WorkerRegistration{Name: "w", Capacity: api.MaxWorkerCapacity + 1, Types: types}},
+		{"no types", api.WorkerRegistration{Name: "w", Capacity: 1}},
+		{"too many types", api.WorkerRegistration{Name: "w", Capacity: 1, Types: many}},
+		{"a type twice", api.WorkerRegistration{Name: "w", Capacity: 1, Types: []api.WorkerType{{Type: "a"}, {Type: "a", Version: "2"}}}},
+		{"a bad version", api.WorkerRegistration{Name: "w", Capacity: 1, Types: []api.WorkerType{{Type: "a", Version: "1 2"}}}},
+		{"an empty type", api.WorkerRegistration{Name: "w", Capacity: 1, Types: []api.WorkerType{{Type: ""}}}},
+		{"a lease too short", api.WorkerRegistration{Name: "w", Capacity: 1, Types: types, Lease: "100ms"}},
+		{"a lease that is no duration", api.WorkerRegistration{Name: "w", Capacity: 1, Types: types, Lease: "soon"}},
+		{"too many labels", api.WorkerRegistration{Name: "w", Capacity: 1, Types: types, Labels: labels}},
+		{"a label too long", api.WorkerRegistration{Name: "w", Capacity: 1, Types: types, Labels: map[string]string{"k": strings.Repeat("v", 129)}}},
+		{"example input over its cap", api.WorkerRegistration{Name: "w", Capacity: 1,
+			Types: []api.WorkerType{{Type: "a", ExampleInput: json.RawMessage(`"` + strings.Repeat("a", 17<<10) + `"`)}}}},
+	} {
+		code, e := workerCall(t, base, "", "POST", api.PathWorkers, c.req, nil)
+		if code != http.StatusBadRequest {
+			t.Errorf("%s: %d %+v, want 400", c.what, code, e)
+		}
+	}
+	if code, e := workerCall(t, base, "", "POST", api.PathWorkers, map[string]any{"name": "w", "capacity": 1, "types": types, "extra": 1}, nil); code != http.StatusBadRequest {
+		t.Errorf("an unknown field: %d %+v", code, e)
+	}
+	if ws := n.FSM().Workers(); len(ws) != 0 {
+		t.Fatalf("refused registrations left records: %+v", ws)
+	}
+
+	w := mustRegisterProtoWorker(t, n, "", "w", 1, "py-upper")
+	if _, _, e := registerProtoWorker(t, n, "", "w", 1, "py-upper"); e.Code != api.CodeWorkerExists {
+		t.Errorf("a second worker of the name: %+v", e)
+	}
+	if _, _, e := registerProtoWorker(t, n, "", n.Name(), 1, "py-upper"); e.Code != api.CodeWorkerExists {
+		t.Errorf("a worker named as a node: %+v", e)
+	}
+	evs := make([]api.WorkerEvent, api.MaxWorkerEvents+1)
+	for i := range evs {
+		evs[i] = api.WorkerEvent{TaskID: "x", Attempt: 1, Kind: api.WorkerEventLog, Line: "l"}
+	}
+	if _, code, e := w.events(evs...); code != http.StatusBadRequest {
+		t.Errorf("%d events: %d %+v", len(evs), code, e)
+	}
+	huge := api.WorkerEvent{TaskID: "x", Attempt: 1, Kind: api.WorkerEventLog, Line: strings.Repeat("a", 2<<20)}
+	if _, code, e := w.events(huge); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("a body over the cap: %d %+v", code, e)
+	}
+	if _, code, e := w.poll("forever"); code != http.StatusBadRequest {
+		t.Errorf("a bad wait: %d %+v", code, e)
+	}
+	r, code, _ := w.events(api.WorkerEvent{TaskID: "x", Attempt: 1, Kind: "exploded"}, api.WorkerEvent{TaskID: "x", Attempt: 1, Kind: api.WorkerEventSucceeded})
+	if code != http.StatusOK || len(r.Results) != 2 || r.Results[0].Code != api.CodeInvalidEvent || r.Results[1].Code != api.CodeStaleAttempt {
+		t.Errorf("an unknown kind, an outcome of no attempt: %d %+v", code, r)
+	}
+	if ws := n.FSM().Workers(); len(ws) != 1 || ws[0].Status != "up" {
+		t.Errorf("workers after bad calls: %+v", ws)
+	}
+}
+
+// A session ID is a secret: no log line of the host carries it, whatever the calls.
+func TestWorkerSessionIDsStayOutOfLogs(t *testing.T) {
+	var logs lockedBuffer
+	tc := startCluster(t, 1, clusterOpts{inmem: true, tweak: func(_ int, c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}})
+	n := tc.leader()
+	w := mustRegisterProtoWorker(t, n, "", "w", 1, "py-upper")
+	w.poll("10ms")
+	w.events(api.WorkerEvent{TaskID: "x", Attempt: 1, Kind: api.WorkerEventSucceeded})
+	workerCall(t, w.base, "", "POST", api.PathWorkers+"/"+w.sess.ID+"/nope", struct{}{}, nil)
+	workerCall(t, w.base, "", "GET", api.PathWorkers+"/"+w.sess.ID+"/poll", nil, nil)
+	// Then it loses its lease: the host logs that, by name.
+	waitFor(t, "the lease lost", 10*time.Second, func() bool {
+		wk, _ := n.FSM().Worker("w")
+		return wk.Status == "down"
+	})
+	w.poll("")
+	if !strings.Contains(logs.String(), "worker lost its lease") {
+		t.Fatal("the host logged nothing of the lost lease: the check below would prove nothing")
+	}
+	if strings.Contains(logs.String(), w.sess.ID) {
+		t.Fatal("a session ID is in the node's log")
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
