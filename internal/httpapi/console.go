@@ -88,7 +88,7 @@ func (s *server) capabilities(ctx context.Context, id *acl.Identity) (map[string
 			continue
 		}
 		allowed := []string{}
-		for _, c := range []acl.Capability{acl.CapSubmit, acl.CapRead, acl.CapCancel, acl.CapLogs, acl.CapWork} {
+		for _, c := range []acl.Capability{acl.CapSubmit, acl.CapRead, acl.CapCancel, acl.CapLogs} {
 			if id.Allow(c, t.Type) == nil {
 				allowed = append(allowed, string(c))
 			}
