@@ -518,3 +518,53 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// A worker's checkpoint reaches the next attempt, its error type becomes the task's, a final
+// error ends the task at once; a worker that lost its lease registers again under its name.
+func TestWorkerCheckpointsErrorsAndRegistersAgain(t *testing.T) {
+	tc := startCluster(t, 1, clusterOpts{inmem: true})
+	n := tc.leader()
+	w := mustRegisterProtoWorker(t, n, "", "w", 2, "py-steps")
+	var secondCheckpoint json.RawMessage
+	w.serve(func(a api.WorkerAssignment) []api.WorkerEvent {
+		if a.Attempt == 1 {
+			return []api.WorkerEvent{
+				{TaskID: a.TaskID, Attempt: a.Attempt, Kind: api.WorkerEventCheckpoint, Checkpoint: json.RawMessage(`{"done":1}`)},
+				{TaskID: a.TaskID, Attempt: a.Attempt, Kind: api.WorkerEventFailed, Error: &api.TaskError{Type: "ValueError", Message: "bad"}},
+			}
+		}
+		w.mu.Lock()
+		secondCheckpoint = a.Checkpoint
+		w.mu.Unlock()
+		return []api.WorkerEvent{{TaskID: a.TaskID, Attempt: a.Attempt, Kind: api.WorkerEventFailed,
+			Error: &api.TaskError{Type: "FatalThing", Message: "no retry fixes this", Final: true}}}
+	})
+	var task api.Task
+	if code := httpCall(t, n, "POST", "/v1/tasks", map[string]any{"type": "py-steps", "input": 1, "max_attempts": 5}, &task); code != http.StatusCreated {
+		t.Fatalf("submit: %d", code)
+	}
+	tk := waitTaskEnded(t, n, task.ID)
+	if tk.State != "failed" || tk.Attempt != 2 || tk.Error == nil || tk.Error.Type != "FatalThing" || !tk.Error.Final ||
+		tk.Error.Message != "no retry fixes this" {
+		t.Fatalf("task %s attempt %d error %+v", tk.State, tk.Attempt, tk.Error)
+	}
+	if tk.History[2].Event != "failed" || tk.History[2].Error != "bad" {
+		t.Errorf("first failure in the history: %+v", tk.History[2])
+	}
+	w.mu.Lock()
+	cp := string(secondCheckpoint)
+	w.mu.Unlock()
+	if cp != `{"done":1}` {
+		t.Errorf("second attempt's checkpoint %s", cp)
+	}
+	// Lost, then back under the same name at once.
+	w.kill()
+	waitFor(t, "the lease lost", 10*time.Second, func() bool {
+		wk, _ := n.FSM().Worker("w")
+		return wk.Status == "down"
+	})
+	again := mustRegisterProtoWorker(t, n, "", "w", 1, "py-steps")
+	if again.sess.ID == w.sess.ID {
+		t.Fatal("a new session has the old ID")
+	}
+}

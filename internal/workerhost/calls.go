@@ -80,6 +80,16 @@ func (h *Host) Register(ctx context.Context, caller Caller, req api.WorkerRegist
 		h.drop(s)
 		return api.WorkerSession{}, api.Errorf(api.CodeShuttingDown, "this node is leaving: register with another")
 	}
+	if old, ok := h.cfg.FSM.Worker(req.Name); ok && old.Status == fsm.NodeUp && old.Host == h.cfg.Node {
+		// An earlier session of this name here ended (its lease lost) and its down may not be
+		// in yet: no session of the name lives here, so that record is stale. Take it down first,
+		// fenced by its own session, so the worker can register again at once.
+		stale := &session{name: old.Name, bootID: old.BootID}
+		if err := h.proposeDown(stale, false, "worker "+old.Name+" registered again"); err != nil {
+			h.drop(s)
+			return api.WorkerSession{}, apiError(err)
+		}
+	}
 	rec := &fsm.Node{Name: req.Name, BootID: bootID, Host: h.cfg.Node, HTTPAddr: h.cfg.HTTPAddr, Capacity: req.Capacity, Labels: req.Labels}
 	for _, t := range req.Types {
 		rec.Types = append(rec.Types, fsm.TypeInfo{Type: t.Type, Version: t.Version, Description: t.Description, ExampleInput: t.ExampleInput})
