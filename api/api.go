@@ -81,6 +81,10 @@ type Task struct {
 	RunAt    *time.Time `json:"run_at,omitempty"`
 	Priority int        `json:"priority,omitempty"`
 	Queue    string     `json:"queue,omitempty"`
+	// PendingReason says why a pending task waits when nothing can take it now (no node or
+	// worker offers its type and version, its queue is paused, a limit is reached, every target
+	// is busy, a retry backoff); absent otherwise. It is computed when the record is read.
+	PendingReason string `json:"pending_reason,omitempty"`
 }
 
 // TaskError is why an attempt or a task failed.
@@ -137,6 +141,8 @@ type Cluster struct {
 	Leader string         `json:"leader"`
 	Nodes  []NodeInfo     `json:"nodes"`
 	Tasks  map[string]int `json:"tasks"` // count by state
+	// Workers are the cluster's workers (worker.go), as GET /v1/workers lists them.
+	Workers []WorkerInfo `json:"workers"`
 }
 
 // Gossip states of a node in NodeInfo.State.

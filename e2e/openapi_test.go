@@ -198,6 +198,27 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	s.do(call{method: "GET", path: "/v1/types", status: 200})
 	s.do(call{method: "GET", path: "/v1/stats/throughput", status: 200})
 	s.do(call{method: "GET", path: "/v1/cluster?index=1&wait=10ms", status: 200})
+
+	// The worker protocol: a session's life, and its refusals.
+	var sess struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(s.do(call{method: "POST", path: "/v1/workers", status: 201,
+		body: `{"name": "spec-worker", "capacity": 2, "lease": "5s", "labels": {"zone": "a"}, "types": [{"type": "py-spec", "description": "d", "example_input": "hi"}]}`}), &sess); err != nil {
+		t.Fatal(err)
+	}
+	s.do(call{method: "POST", path: "/v1/workers", status: 400, code: "invalid_worker", specRejects: true, body: `{"name": "bad name", "capacity": 1, "types": [{"type": "x"}]}`})
+	s.do(call{method: "POST", path: "/v1/workers", status: 409, code: "worker_exists", body: `{"name": "spec-worker", "capacity": 1, "types": [{"type": "x"}]}`})
+	s.do(call{method: "GET", path: "/v1/workers", status: 200})
+	s.do(call{method: "POST", path: "/v1/workers/" + sess.ID + "/poll", body: `{"wait": "10ms"}`, status: 200})
+	s.do(call{method: "POST", path: "/v1/workers/" + sess.ID + "/events", status: 200,
+		body: `{"events": [{"task_id": "nope", "attempt": 1, "kind": "failed", "error": {"type": "ValueError", "message": "bad", "final": false}}]}`})
+	s.do(call{method: "POST", path: "/v1/workers/" + sess.ID + "/drain", status: 200})
+	s.do(call{method: "DELETE", path: "/v1/workers/" + sess.ID, status: 200})
+	s.do(call{method: "POST", path: "/v1/workers/" + sess.ID + "/poll", body: `{}`, status: 404, code: "unknown_worker"})
+	s.do(call{method: "POST", path: "/v1/workers/" + sess.ID + "/events", body: `{"events": []}`, status: 404, code: "unknown_worker"})
+	s.do(call{method: "POST", path: "/v1/workers/" + sess.ID + "/drain", status: 404, code: "unknown_worker"})
+	s.do(call{method: "DELETE", path: "/v1/workers/" + sess.ID, status: 404, code: "unknown_worker"})
 	s.do(call{method: "GET", path: "/v1/tasks?index=1&wait=10ms", status: 200})
 
 	var task struct {

@@ -193,7 +193,8 @@ func (f *FSM) lowestProtocol() (int, string) {
 	defer f.mu.RUnlock()
 	lowest, who := Protocol, ""
 	for _, name := range sortedKeys(f.nodes) {
-		if n := f.nodes[name]; n.Status == NodeUp && (who == "" || n.Protocol < lowest) {
+		// Workers speak no command protocol: their hosts apply the log for them.
+		if n := f.nodes[name]; n.Status == NodeUp && !n.IsWorker() && (who == "" || n.Protocol < lowest) {
 			lowest, who = n.Protocol, name
 		}
 	}

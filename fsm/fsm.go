@@ -408,9 +408,11 @@ func (f *FSM) register(index uint64, now time.Time, n *Node) error {
 	if old, ok := f.nodes[n.Name]; ok && old.BootID != n.BootID {
 		// The node restarted: whatever it held under its old incarnation is gone.
 		f.takeBack(index, now, n.Name, "node "+n.Name+" restarted")
+		f.hostGone(index, now, n.Name)
 	}
 	c := n.clone()
 	c.Status = NodeUp
+	c.Host, c.Labels = "", nil // a node is never a worker (workers.go)
 	c.RegisteredAt = now
 	c.ModifyIndex = index
 	f.nodes[n.Name] = &c
@@ -419,7 +421,7 @@ func (f *FSM) register(index uint64, now time.Time, n *Node) error {
 
 func (f *FSM) nodeDown(index uint64, now time.Time, name string, left bool, reason string) error {
 	n, ok := f.nodes[name]
-	if !ok {
+	if !ok || n.IsWorker() {
 		return ErrUnknownNode
 	}
 	n.Status = NodeDown
@@ -431,6 +433,7 @@ func (f *FSM) nodeDown(index uint64, now time.Time, name string, left bool, reas
 		reason = "node " + name + " " + string(n.Status)
 	}
 	f.takeBack(index, now, name, reason)
+	f.hostGone(index, now, name)
 	return nil
 }
 
@@ -478,7 +481,7 @@ func (f *FSM) save(old, next *Task) {
 
 func (f *FSM) drain(index uint64, name string, draining bool) error {
 	n, ok := f.nodes[name]
-	if !ok {
+	if !ok || n.IsWorker() {
 		return ErrUnknownNode
 	}
 	n.Draining = draining

@@ -337,24 +337,46 @@ func (f *FSM) Counts() map[State]int {
 	return c
 }
 
-// Node returns a copy of one node.
+// Node returns a copy of one node; workers (Worker) are not nodes.
 func (f *FSM) Node(name string) (Node, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	n, ok := f.nodes[name]
-	if !ok {
+	if !ok || n.IsWorker() {
 		return Node{}, false
 	}
 	return n.clone(), true
 }
 
-// Nodes returns every registered node, sorted by name.
-func (f *FSM) Nodes() []Node {
+// Nodes returns every registered node, sorted by name: the cluster's members, never its workers
+// (Workers).
+func (f *FSM) Nodes() []Node { return f.records(func(n *Node) bool { return !n.IsWorker() }) }
+
+// Worker returns a copy of one worker's record.
+func (f *FSM) Worker(name string) (Node, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n, ok := f.nodes[name]
+	if !ok || !n.IsWorker() {
+		return Node{}, false
+	}
+	return n.clone(), true
+}
+
+// Workers returns every worker's record, up or not, sorted by name.
+func (f *FSM) Workers() []Node { return f.records((*Node).IsWorker) }
+
+// Targets returns the records placement may place on, nodes and workers, sorted by name.
+func (f *FSM) Targets() []Node { return f.records(func(*Node) bool { return true }) }
+
+func (f *FSM) records(keep func(*Node) bool) []Node {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	out := make([]Node, 0, len(f.nodes))
 	for _, name := range sortedKeys(f.nodes) {
-		out = append(out, f.nodes[name].clone())
+		if n := f.nodes[name]; keep(n) {
+			out = append(out, n.clone())
+		}
 	}
 	return out
 }
@@ -399,7 +421,7 @@ type View struct {
 	// the best tasks of the heads of its queues' priority bands, as many as the free slots that
 	// serve it (and the limits) allow, plus retries whose deadline passed.
 	Pending []Task
-	Nodes   []Node // sorted by name
+	Nodes   []Node // nodes and workers (Node.IsWorker), sorted by name
 	Load    map[string]int
 	// NextRetry is the earliest retry deadline after the view's time (zero: none).
 	NextRetry time.Time
@@ -465,7 +487,7 @@ func (f *FSM) PlacementView(alive map[string]bool, now time.Time) View {
 	totalFree := 0
 	for i := range v.Nodes {
 		n := &v.Nodes[i]
-		if n.Status == NodeUp && !n.Draining && alive[n.Name] && v.Load[n.Name] < n.Capacity {
+		if n.Status == NodeUp && !n.Draining && n.Alive(alive) && v.Load[n.Name] < n.Capacity {
 			free = append(free, n)
 			totalFree += n.Capacity - v.Load[n.Name]
 		}

@@ -37,6 +37,7 @@ package fsm
 
 import (
 	"encoding/json"
+	"maps"
 	"time"
 )
 
@@ -220,6 +221,22 @@ type Node struct {
 	Status       NodeStatus `msgpack:"status"`
 	RegisteredAt time.Time  `msgpack:"registered_at"`
 	ModifyIndex  uint64     `msgpack:"modify_index"`
+	// Host is, for a worker (workers.go), the name of the node that hosts it; "" for a node.
+	Host string `msgpack:"host,omitempty"`
+	// Labels are a worker's labels; nodes have none.
+	Labels map[string]string `msgpack:"labels,omitempty"`
+}
+
+// IsWorker reports whether the record is a worker's, hosted by a node, rather than a node's.
+func (n *Node) IsWorker() bool { return n.Host != "" }
+
+// Alive reports whether the record's process can run tasks by gossip's word: a node when alive
+// names it, a worker when alive names its host (the host holds the worker's lease).
+func (n *Node) Alive(alive map[string]bool) bool {
+	if n.Host != "" {
+		return alive[n.Host]
+	}
+	return alive[n.Name]
 }
 
 // Offers reports whether the node offers typ at version (any version when version is "").
@@ -235,5 +252,8 @@ func (n *Node) Offers(typ, version string) bool {
 func (n *Node) clone() Node {
 	c := *n
 	c.Types = append([]TypeInfo(nil), n.Types...)
+	if n.Labels != nil {
+		c.Labels = maps.Clone(n.Labels)
+	}
 	return c
 }

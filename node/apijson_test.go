@@ -130,6 +130,72 @@ func checkFields(t *testing.T, path string, typ reflect.Type, objs []any) {
 	}
 }
 
+// workerCoverage plays a worker through the protocol's routes, a cancel included, and leaves a
+// task pending with a reason and the worker up, for the cluster and task replies read after it.
+func workerCoverage(t *testing.T, n *Node, cov coverage) {
+	t.Helper()
+	call := func(what, method, path, body string, want int, into any) {
+		t.Helper()
+		code, b := getRaw(t, n, method, path, body)
+		if code != want {
+			t.Fatalf("%s: %d %s", what, code, b)
+		}
+		decodeExact(t, what, b, into)
+		cov.add(t, reflect.TypeOf(into).Elem(), b)
+	}
+	var sess api.WorkerSession
+	call("POST /v1/workers", "POST", api.PathWorkers, `{"name":"cov","capacity":2,"lease":"5s","labels":{"zone":"a"},
+		"types":[{"type":"py-cov","version":"1","description":"covers","example_input":"hi"}]}`, http.StatusCreated, &sess)
+	base := api.PathWorkers + "/" + sess.ID
+	task := submitRawTo(t, n, `{"type":"py-cov","input":"x"}`)
+	var poll api.WorkerPoll
+	call("POST /v1/workers/{id}/poll", "POST", base+"/poll", `{"wait":"2s"}`, http.StatusOK, &poll)
+	if len(poll.Assignments) != 1 {
+		t.Fatalf("poll: %+v", poll)
+	}
+	if code, b := getRaw(t, n, "POST", "/v1/tasks/"+task.ID+"/cancel", ""); code != http.StatusAccepted {
+		t.Fatalf("cancel: %d %s", code, b)
+	}
+	call("POST /v1/workers/{id}/poll (cancel)", "POST", base+"/poll", `{}`, http.StatusOK, &poll)
+	if len(poll.Cancel) != 1 {
+		t.Fatalf("poll after a cancel: %+v", poll)
+	}
+	ev := fmt.Sprintf(`{"events":[{"task_id":%q,"attempt":1,"kind":"log","stream":"log","level":"info","line":"stopping"},
+		{"task_id":%q,"attempt":1,"kind":"cancelled"},{"task_id":"nope","attempt":1,"kind":"succeeded","result":1}]}`, task.ID, task.ID)
+	var res api.WorkerEventResults
+	call("POST /v1/workers/{id}/events", "POST", base+"/events", ev, http.StatusOK, &res)
+	if len(res.Results) != 3 || !res.Results[0].OK || !res.Results[1].OK || res.Results[2].Code != api.CodeStaleAttempt {
+		t.Fatalf("events: %+v", res)
+	}
+	call("POST /v1/workers/{id}/drain", "POST", base+"/drain", "", http.StatusOK, new(api.WorkerDrained))
+	call("DELETE /v1/workers/{id}", "DELETE", base, "", http.StatusOK, new(api.WorkerLeft))
+	// A worker left up, and a task of a version nobody offers, pending with its reason.
+	call("POST /v1/workers", "POST", api.PathWorkers, `{"name":"cov2","capacity":1,"labels":{"zone":"b"},
+		"types":[{"type":"py-cov","description":"covers","example_input":"hi"}]}`, http.StatusCreated, &sess)
+	pending := submitRawTo(t, n, `{"type":"py-cov","version":"7","input":"x"}`)
+	waitFor(t, "a pending reason", 10*time.Second, func() bool {
+		code, b := getRaw(t, n, "GET", "/v1/tasks/"+pending.ID, "")
+		var tk api.Task
+		decodeExact(t, "GET /v1/tasks/{id} (pending)", b, &tk)
+		if code == http.StatusOK && tk.PendingReason != "" {
+			cov.add(t, reflect.TypeOf(api.Task{}), b)
+			return true
+		}
+		return false
+	})
+}
+
+func submitRawTo(t *testing.T, n *Node, body string) api.Task {
+	t.Helper()
+	code, b := getRaw(t, n, "POST", "/v1/tasks", body)
+	if code != http.StatusCreated {
+		t.Fatalf("submit %s: %d %s", body, code, b)
+	}
+	var task api.Task
+	decodeExact(t, "POST /v1/tasks", b, &task)
+	return task
+}
+
 // parentRegistry adds "parent": it submits an echo child (so parent_id shows) and returns its ID.
 func parentRegistry(t *testing.T) func(int) *tasks.Registry {
 	return func(int) *tasks.Registry {
@@ -315,11 +381,14 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 		}
 	}
 
+	workerCoverage(t, n, cov)
+
 	for _, r := range []struct {
 		path string
 		into any
 	}{
 		{"/v1/cluster", new(api.Cluster)},
+		{api.PathWorkers, new([]api.WorkerInfo)},
 		{"/v1/types", new([]api.TypeInfo)},
 		{"/v1/health", new(api.Health)},
 		{api.PathThroughput, new(api.Throughput)},

@@ -39,6 +39,7 @@ import (
 	"github.com/taskworker/taskworker/internal/telemetry"
 	"github.com/taskworker/taskworker/internal/trust"
 	"github.com/taskworker/taskworker/internal/worker"
+	"github.com/taskworker/taskworker/internal/workerhost"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/scheduler"
 	"github.com/taskworker/taskworker/tasks"
@@ -57,7 +58,8 @@ type Node struct {
 	rn       *raftnode.Node // raft, its transport and stores, their health, raft server IDs
 	closers  []func() error
 	members  *membership.Membership
-	work     *worker.Worker // the executor and what feeds it, the leave, held clients' release
+	work     *worker.Worker   // the executor and what feeds it, the leave, held clients' release
+	workers  *workerhost.Host // the sessions of the workers registered here (docs/workers.md)
 	logs     *tasks.LogStore
 	http     *http.Server
 	httpAddr string
@@ -236,6 +238,7 @@ func (n *Node) start() error {
 		return err
 	}
 	n.work = newWorker(n)
+	n.workers = newWorkerHost(n)
 	n.ep = newEndpoints(n)
 	n.api = n.routes() // before the internode side serves forwarded writes with it
 	n.leader = n.newLeader()
@@ -245,6 +248,7 @@ func (n *Node) start() error {
 	n.goLoop(n.joinLoop)
 	n.goLoop(n.work.RegisterLoop)
 	n.goLoop(n.work.WorkLoop)
+	n.goLoop(n.workers.Run)
 	n.goLoop(n.leader.Run)
 	n.goEvery(scheduler.GCInterval(n.cfg.Retention), n.work.SweepLogs)
 	n.goLoop(n.internode.Run)
@@ -634,6 +638,9 @@ func (n *Node) Shutdown() error {
 	n.cancel()
 	if n.work != nil {
 		n.work.Executor().Close()
+	}
+	if n.workers != nil {
+		n.workers.Close()
 	}
 	var errs []error
 	if n.members != nil {

@@ -24,8 +24,8 @@ import (
 // (v.ActiveQueue, v.ActiveType plus what this pass placed). Scheduled tasks not yet due, tasks
 // whose retry backoff has not elapsed and tasks that fit nowhere stay where they are.
 //
-// A task goes to the least loaded (by running/capacity) node that is up, alive in gossip, not
-// draining, has a free slot and offers the task's type and version. Ties go round robin: to the
+// A task goes to the least loaded (by running/capacity) node or worker that is up, alive in
+// gossip (a worker: its host is, fsm.Node.Alive), not draining, has a free slot and offers the task's type and version. Ties go round robin: to the
 // first tied node, in name order, after last (the node the previous placement went to; "" starts
 // at the lowest name), so tasks submitted one after another spread over idle nodes instead of
 // all landing on the first.
@@ -39,7 +39,7 @@ func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.
 	var slots []*slot
 	for i := range v.Nodes {
 		n := &v.Nodes[i]
-		if n.Status == fsm.NodeUp && !n.Draining && alive[n.Name] && v.Load[n.Name] < n.Capacity {
+		if n.Status == fsm.NodeUp && !n.Draining && n.Alive(alive) && v.Load[n.Name] < n.Capacity {
 			slots = append(slots, &slot{node: n, load: v.Load[n.Name]})
 		}
 	}

@@ -367,3 +367,24 @@ func TestPlaceOrderAndLimits(t *testing.T) {
 		})
 	}
 }
+
+// A worker is placed on like a node, alive while its host is: gossip never names a worker.
+func TestPlaceOnWorkersAliveThroughTheirHost(t *testing.T) {
+	w := node("w1", 2, "py@1")
+	w.Host = "n1"
+	n2 := node("n2", 2)
+	v := fsm.View{Nodes: []fsm.Node{w, n2}, Pending: []fsm.Task{task("a", "py", "1"), task("b", "py", "1"), task("c", "py", "1")}}
+	got := Place(v, map[string]bool{"n1": true, "n2": true}, now0, "")
+	want := []fsm.Assign{assign("a", "w1"), assign("b", "w1")}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("host alive: %v, want %v", got, want)
+	}
+	if got := Place(v, map[string]bool{"n2": true, "w1": true}, now0, ""); len(got) != 0 {
+		t.Errorf("host not alive (a member named as the worker is): %v, want nothing", got)
+	}
+	w.Draining = true
+	v.Nodes[0] = w
+	if got := Place(v, map[string]bool{"n1": true, "n2": true}, now0, ""); len(got) != 0 {
+		t.Errorf("draining worker: %v", got)
+	}
+}

@@ -73,7 +73,7 @@ func ChooseVersion(typ, pinned string, nodes []fsm.Node, alive map[string]bool, 
 			if newer(ti.Version, newestAny) {
 				newestAny = ti.Version
 			}
-			if nd.Status == fsm.NodeUp && !nd.Draining && alive[nd.Name] && newer(ti.Version, newestAlive) {
+			if nd.Status == fsm.NodeUp && !nd.Draining && nd.Alive(alive) && newer(ti.Version, newestAlive) {
 				newestAlive = ti.Version
 			}
 		}

@@ -43,6 +43,7 @@ type Context struct {
 	maxCheckpoint int                         // 0: MaxCheckpointBytes
 	maxResult     int                         // 0: limits.DefaultMaxPayloadBytes
 	tooLarge      func(error)                 // fails the attempt; nil outside an executor
+	out           *runOutput                  // nil outside an executor
 
 	mu     sync.Mutex
 	last   json.RawMessage
@@ -97,6 +98,25 @@ func (c *Context) checkCheckpointSize(size int) error {
 		c.tooLarge(err)
 	}
 	return err
+}
+
+// WriteLine adds one line to the task's output as it is: stream is "stdout", "stderr" or
+// "log" (anything else is "log"), level is for "log" lines ("" for none). Lines that are too long
+// are cut at the output's line limit. Outside an executor it does nothing.
+func (c *Context) WriteLine(stream, level, line string) {
+	if c.out == nil {
+		return
+	}
+	switch stream {
+	case "stdout", "stderr":
+		level = ""
+	default:
+		stream = "log"
+	}
+	if len(line) > maxLineBytes {
+		line = line[:maxLineBytes]
+	}
+	c.out.emit(stream, level, line)
 }
 
 // close refuses checkpoints from now on; it waits for one in progress.

@@ -163,6 +163,10 @@ type ExecutorConfig struct {
 	// end, if shorter) before the fencing stops it, its outcome then refused like any stale
 	// attempt's.
 	StartWindow time.Duration
+
+	// OnFinish, when set, is called once a run is over: its last report was accepted, refused
+	// or given up, or it was revoked and reports nothing.
+	OnFinish func(RunRef)
 }
 
 // rememberFinished is how many finished runs Start recognises as already done.
@@ -459,6 +463,7 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 		maxCheckpoint: e.cfg.MaxCheckpointBytes,
 		maxResult:     e.cfg.MaxResultBytes,
 		tooLarge:      fail,
+		out:           out,
 		checkpoint: func(data json.RawMessage) error {
 			if err := throttle.Checkpoint(ctx, data); err != nil {
 				return fmt.Errorf("report checkpoint: %w", err)
@@ -503,7 +508,19 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 		// A deadline of the task's own, such as a command type's timeout.
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypeTimeout, Message: err.Error()}
 	}
-	return OutcomeFailed, nil, &TaskError{Type: ErrTypeTaskError, Message: err.Error(), Final: errors.Is(err, ErrFinal)}
+	typ := ErrTypeTaskError
+	var typed TypedError
+	if errors.As(err, &typed) && typed.TaskErrorType() != "" {
+		typ = typed.TaskErrorType()
+	}
+	return OutcomeFailed, nil, &TaskError{Type: typ, Message: err.Error(), Final: errors.Is(err, ErrFinal)}
+}
+
+// TypedError is an error a handler returns that names its own TaskError type (a worker's
+// error.type, say) in place of "task_error".
+type TypedError interface {
+	error
+	TaskErrorType() string
 }
 
 // flushCheckpoint reports the run's newest checkpoint still held back by its budget, before the
@@ -659,5 +676,8 @@ func (e *Executor) finish(r *run) {
 	if len(e.order) > rememberFinished {
 		delete(e.finished, e.order[0])
 		e.order = e.order[1:]
+	}
+	if e.cfg.OnFinish != nil {
+		e.cfg.OnFinish(r.ref) // under e.mu: it must only record
 	}
 }

@@ -25,8 +25,8 @@
 // name is required: letters, digits, '_', '-' and '.', starting with a letter or digit, at most
 // 64 bytes. Each rule's task_type is a pattern (see MatchPattern): '*' matches any run of
 // characters, everything else matches itself, so "*" is every type, "report-*" every type that
-// starts with "report-", and "echo" only echo. capabilities are submit, read, cancel and logs, or
-// "deny" alone. cluster lists the cluster rights: operator (leave, keyring, join token) and acl
+// starts with "report-", and "echo" only echo. capabilities are submit, read, cancel, logs and
+// work (register a worker that runs the type), or "deny" alone. cluster lists the cluster rights: operator (leave, keyring, join token) and acl
 // (manage tokens and policies). Unknown fields are errors.
 //
 // How rules combine: an identity's capabilities on a task type are the union of what every

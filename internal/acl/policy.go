@@ -20,6 +20,7 @@ const (
 	CapRead   Capability = "read"   // get them, see them in lists
 	CapCancel Capability = "cancel" // cancel them
 	CapLogs   Capability = "logs"   // read and follow their logs
+	CapWork   Capability = "work"   // run them: register a worker that offers the type (docs/workers.md)
 	CapDeny   Capability = "deny"   // none of the above, whatever other rules grant
 )
 
@@ -38,7 +39,7 @@ const (
 )
 
 // capBits gives each allowing capability one bit so a rule's grant is a small mask.
-var capBits = map[Capability]uint8{CapSubmit: 1, CapRead: 2, CapCancel: 4, CapLogs: 8}
+var capBits = map[Capability]uint8{CapSubmit: 1, CapRead: 2, CapCancel: 4, CapLogs: 8, CapWork: 16}
 
 var rightBits = map[ClusterRight]uint8{RightOperator: 1, RightACL: 2, RightMetrics: 4}
 
@@ -218,7 +219,7 @@ func (p Policy) Validate() error {
 			}
 			if _, ok := capBits[c]; !ok {
 				return &ParseError{Field: fmt.Sprintf("rules[%d].capabilities[%d]", i, j),
-					Reason: fmt.Sprintf("unknown capability %q (want submit, read, cancel, logs or deny)", short(string(c)))}
+					Reason: fmt.Sprintf("unknown capability %q (want submit, read, cancel, logs, work or deny)", short(string(c)))}
 			}
 		}
 		if deny && len(r.Capabilities) > 1 {

@@ -100,7 +100,7 @@ func (srv *Server) clusterInfo() api.Cluster {
 			ni.Lag = &lag
 		}
 	}
-	info := api.Cluster{Leader: leader, Tasks: map[string]int{}}
+	info := api.Cluster{Leader: leader, Tasks: map[string]int{}, Workers: srv.workerInfos()}
 	for s, c := range srv.cfg.FSM.Counts() {
 		info.Tasks[string(s)] = c
 	}
@@ -116,8 +116,8 @@ func (srv *Server) clusterInfo() api.Cluster {
 	return info
 }
 
-// typeInfos is GET /v1/types: every type and version an up, alive node offers, with the nodes
-// that offer it, plus the types pending tasks wait for.
+// typeInfos is GET /v1/types: every type and version an up, alive node or worker offers, with
+// the nodes and workers that offer it, plus the types pending tasks wait for.
 func (srv *Server) typeInfos() []api.TypeInfo {
 	alive := srv.cfg.Alive()
 	byKey := map[string]*api.TypeInfo{}
@@ -132,8 +132,8 @@ func (srv *Server) typeInfos() []api.TypeInfo {
 		}
 		return ti
 	}
-	for _, nd := range srv.cfg.FSM.Nodes() {
-		if nd.Status != fsm.NodeUp || !alive[nd.Name] {
+	for _, nd := range srv.cfg.FSM.Targets() {
+		if nd.Status != fsm.NodeUp || !nd.Alive(alive) {
 			continue
 		}
 		for _, d := range nd.Types {

@@ -32,7 +32,12 @@ func (e *TaskEndpoint) Logs(ctx context.Context, id string, follow bool, emit fu
 		return nil
 	}
 	var all []tasks.LogLine
+	read := map[string]bool{}
 	for _, name := range attemptNodes(&t) {
+		if name = srv.runsOn(name); read[name] { // workers of one host share its log
+			continue
+		}
+		read[name] = true
 		lines, err := srv.nodeLogs(ctx, name, id)
 		if err != nil {
 			srv.log.Warn("read task logs", "task", id, "from", name, "err", err)
@@ -130,6 +135,7 @@ func attemptNodes(t *fsm.Task) []string {
 
 // nodeLogs reads the lines one node holds for a task: this node directly, others over HTTP.
 func (srv *Server) nodeLogs(ctx context.Context, name, id string) ([]tasks.LogLine, error) {
+	name = srv.runsOn(name) // a worker's lines are on its host
 	if name == srv.cfg.Name {
 		return srv.cfg.Logs.Read(id)
 	}
@@ -140,6 +146,7 @@ func (srv *Server) nodeLogs(ctx context.Context, name, id string) ([]tasks.LogLi
 
 // followAttempt streams one attempt's lines from the node that runs it until that attempt is over.
 func (srv *Server) followAttempt(ctx context.Context, name, id string, attempt int, fn func(tasks.LogLine)) error {
+	name = srv.runsOn(name)
 	if name == srv.cfg.Name {
 		srv.followLocal(ctx, id, attempt, fn)
 		return nil
@@ -214,7 +221,7 @@ func (srv *Server) followLocal(ctx context.Context, id string, attempt int, fn f
 			continue
 		}
 		over := !ok || t.State.Terminal() || t.Attempt > attempt ||
-			(t.Attempt == attempt && !(t.State.Active() && t.Node == srv.cfg.Name))
+			(t.Attempt == attempt && !(t.State.Active() && srv.runsHere(t.Node)))
 		if over {
 			// Lines are written before the outcome is reported: what is queued now is all there is.
 			drainQueued(ch, emit)

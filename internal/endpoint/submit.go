@@ -134,7 +134,7 @@ type versionChoice struct {
 }
 
 func (srv *Server) membershipNow() membershipView {
-	return membershipView{nodes: srv.cfg.FSM.Nodes(), alive: srv.cfg.Alive(), chosen: map[versionKey]versionChoice{}}
+	return membershipView{nodes: srv.cfg.FSM.Targets(), alive: srv.cfg.Alive(), chosen: map[versionKey]versionChoice{}}
 }
 
 // chooseVersion is scheduler.ChooseVersion over the view, remembered for the view's life.
@@ -284,12 +284,12 @@ func parseRunAt(req api.SubmitRequest, now time.Time) (*time.Time, error) {
 	return nil, nil
 }
 
-// typeKnown reports whether some node ever offered the type, or this node runs it.
+// typeKnown reports whether some node or worker ever offered the type, or this node runs it.
 func (srv *Server) typeKnown(typ string) bool {
 	if _, err := srv.cfg.Registry.Lookup(typ); err == nil {
 		return true
 	}
-	for _, nd := range srv.cfg.FSM.Nodes() {
+	for _, nd := range srv.cfg.FSM.Targets() {
 		for _, ti := range nd.Types {
 			if ti.Type == typ {
 				return true

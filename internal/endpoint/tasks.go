@@ -84,7 +84,9 @@ func (e *TaskEndpoint) Task(_ context.Context, id string) (api.Task, error) {
 	if !ok {
 		return api.Task{}, taskNotFound(id)
 	}
-	return toAPITask(&t), nil
+	out := []api.Task{toAPITask(&t)}
+	e.srv.withPendingReasons(out)
+	return out[0], nil
 }
 
 func (e *TaskEndpoint) WaitTask(ctx context.Context, id string, until func(api.Task) bool) (api.Task, error) {
@@ -94,6 +96,11 @@ func (e *TaskEndpoint) WaitTask(ctx context.Context, id string, until func(api.T
 			return api.Task{}, taskNotFound(id)
 		}
 		at := toAPITask(&t)
+		if at.State == string(fsm.Pending) {
+			one := []api.Task{at}
+			e.srv.withPendingReasons(one)
+			at = one[0]
+		}
 		if until(at) {
 			return at, nil
 		}
@@ -116,7 +123,9 @@ func (e *TaskEndpoint) List(_ context.Context, q api.ListQuery, visible func(tas
 	} else if err != nil {
 		return api.TaskPage{}, err
 	}
-	return api.TaskPage{Tasks: toAPITasks(p.Tasks), Next: p.Next, Total: p.Total}, nil
+	out := toAPITasks(p.Tasks)
+	e.srv.withPendingReasons(out)
+	return api.TaskPage{Tasks: out, Next: p.Next, Total: p.Total}, nil
 }
 
 func (e *TaskEndpoint) Cancel(ctx context.Context, caller httpapi.Caller, id string) (api.Task, error) {

@@ -124,6 +124,9 @@ type Options struct {
 	Forward Forwarder
 	// Pprof, when set, is Go's profiler, served at /debug/pprof/ behind the operator routes' guard.
 	Pprof http.Handler
+	// Workers, when set, serves the worker protocol's sessions (workers.go); nil answers its
+	// routes not_found.
+	Workers WorkerSessions
 }
 
 type server struct {
@@ -202,6 +205,7 @@ func (s *server) register(mux *routeMux) {
 	mux.HandleFunc("POST "+api.PathKeyring, s.changeKeyring)
 	mux.HandleFunc("GET "+api.PathDigest, s.digest)
 	s.queueRoutes(mux)
+	s.workerRoutes(mux)
 }
 
 // NotFound answers a request for a route that does not exist.

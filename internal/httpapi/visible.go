@@ -117,6 +117,7 @@ func (s *server) visibleCluster(ctx context.Context, caller Caller, c api.Cluste
 	for i := range c.Nodes {
 		c.Nodes[i].Running = 0
 	}
+	c.Workers = visibleWorkers(caller, c.Workers)
 	return c
 }
 

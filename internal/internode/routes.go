@@ -39,6 +39,7 @@ var nodePaths = map[fsm.CommandType]string{
 	fsm.CmdRegister: "/v1/internode/register",
 	fsm.CmdDrain:    "/v1/internode/drain",
 	fsm.CmdSubmit:   "/v1/internode/child",
+	fsm.CmdWorker:   "/v1/internode/worker",
 }
 
 // CommandPath is the leader's route for a command of type t that a node sends about itself;
@@ -50,7 +51,8 @@ func (c *Channel) routes(mounted []Route) http.Handler {
 	for _, r := range mounted {
 		mux.Handle(r.Pattern, r.Handler)
 	}
-	mux.HandleFunc("POST "+nodePaths[fsm.CmdReport], c.nodeRoute(fsm.CmdReport, checkNodeIdentity))
+	mux.HandleFunc("POST "+nodePaths[fsm.CmdReport], c.nodeRoute(fsm.CmdReport, c.checkReports))
+	mux.HandleFunc("POST "+nodePaths[fsm.CmdWorker], c.nodeRoute(fsm.CmdWorker, c.checkWorker))
 	mux.HandleFunc("POST "+nodePaths[fsm.CmdRegister], c.nodeRoute(fsm.CmdRegister, c.checkRegister))
 	mux.HandleFunc("POST "+nodePaths[fsm.CmdDrain], c.nodeRoute(fsm.CmdDrain, checkNodeIdentity))
 	mux.HandleFunc("POST "+nodePaths[fsm.CmdSubmit], c.nodeRoute(fsm.CmdSubmit, c.checkChildren))
@@ -135,6 +137,41 @@ func checkNodeIdentity(c *fsm.Command, caller Caller) error {
 		if !caller.May(name) {
 			return api.Errorf(api.CodeForbidden, "node %q may not send a %s command for node %q", api.Truncate(caller.Name), c.Type(), api.Truncate(name))
 		}
+	}
+	return nil
+}
+
+// mayActFor reports whether the caller may send reports for name: it is that node, or the host
+// of the worker of that name (as this node's FSM knows it).
+func (c *Channel) mayActFor(caller Caller, name string) bool {
+	if caller.May(name) {
+		return true
+	}
+	w, ok := c.cfg.FSM.Worker(name)
+	return ok && caller.May(w.Host)
+}
+
+// checkReports lets a node report for itself and for the workers it hosts.
+func (c *Channel) checkReports(cmd *fsm.Command, caller Caller) error {
+	for _, r := range cmd.Body.(*fsm.ReportBatch).Items {
+		if !c.mayActFor(caller, r.Node) {
+			return api.Errorf(api.CodeForbidden, "node %q may not report for %q", api.Truncate(caller.Name), api.Truncate(r.Node))
+		}
+	}
+	return nil
+}
+
+// checkWorker lets a node register workers it hosts only, and take down or drain only those.
+func (c *Channel) checkWorker(cmd *fsm.Command, caller Caller) error {
+	b := cmd.Body.(*fsm.WorkerChange)
+	if b.Op == fsm.WorkerUp {
+		if b.Worker == nil || !caller.May(b.Worker.Host) {
+			return api.Errorf(api.CodeForbidden, "node %q may only register workers it hosts", api.Truncate(caller.Name))
+		}
+		return nil
+	}
+	if w, ok := c.cfg.FSM.Worker(b.Name); ok && !caller.May(w.Host) {
+		return api.Errorf(api.CodeForbidden, "node %q does not host worker %q", api.Truncate(caller.Name), api.Truncate(b.Name))
 	}
 	return nil
 }

@@ -240,13 +240,15 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 var (
-	descTasks    = prometheus.NewDesc("taskworker_tasks", "Tasks in the cluster by state.", []string{"state"}, nil)
-	descPending  = prometheus.NewDesc("taskworker_tasks_pending", "Pending tasks by type.", []string{"type"}, nil)
-	descNodes    = prometheus.NewDesc("taskworker_nodes", "Nodes known to the cluster by gossip state.", []string{"state"}, nil)
-	descLeader   = prometheus.NewDesc("taskworker_is_leader", "1 if this node is the raft leader.", nil, nil)
-	descRunning  = prometheus.NewDesc("taskworker_local_running", "Task attempts running on this node.", nil, nil)
-	descCapacity = prometheus.NewDesc("taskworker_local_capacity", "Task slots of this node.", nil, nil)
-	descIndex    = prometheus.NewDesc("taskworker_fsm_applied_index", "Last raft index applied to this node's FSM.", nil, nil)
+	descTasks         = prometheus.NewDesc("taskworker_tasks", "Tasks in the cluster by state.", []string{"state"}, nil)
+	descPending       = prometheus.NewDesc("taskworker_tasks_pending", "Pending tasks by type.", []string{"type"}, nil)
+	descNodes         = prometheus.NewDesc("taskworker_nodes", "Nodes known to the cluster by gossip state.", []string{"state"}, nil)
+	descLeader        = prometheus.NewDesc("taskworker_is_leader", "1 if this node is the raft leader.", nil, nil)
+	descRunning       = prometheus.NewDesc("taskworker_local_running", "Task attempts running on this node.", nil, nil)
+	descCapacity      = prometheus.NewDesc("taskworker_local_capacity", "Task slots of this node.", nil, nil)
+	descIndex         = prometheus.NewDesc("taskworker_fsm_applied_index", "Last raft index applied to this node's FSM.", nil, nil)
+	descWorkers       = prometheus.NewDesc("taskworker_workers", "Workers the cluster knows by state (up, down, left).", []string{"state"}, nil)
+	descWorkerRunning = prometheus.NewDesc("taskworker_worker_running", "Task attempts assigned to or running on each up worker.", []string{"worker"}, nil)
 
 	descRaftState   = prometheus.NewDesc("taskworker_raft_state", "1 for this node's raft state (Follower, Candidate, Leader, Shutdown), 0 for the others.", []string{"state"}, nil)
 	descRaftTerm    = prometheus.NewDesc("taskworker_raft_term", "This node's current raft term.", nil, nil)
@@ -275,7 +277,7 @@ var raftStates = []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, ra
 type stateCollector struct{ m *Metrics }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTasks, descPending, descNodes, descLeader, descRunning, descCapacity, descIndex,
+	for _, d := range []*prometheus.Desc{descTasks, descPending, descNodes, descWorkers, descWorkerRunning, descLeader, descRunning, descCapacity, descIndex,
 		descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLast, descDiskFree, descStorageOK,
 		descConnsOpen, descConnsAccepted, descConnsRefused} {
 		ch <- d
@@ -304,6 +306,17 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for s, v := range states {
 		gauge(descNodes, float64(v), s)
+	}
+	workers := map[fsm.NodeStatus]int{fsm.NodeUp: 0, fsm.NodeDown: 0, fsm.NodeLeft: 0}
+	load := src.FSM.Load()
+	for _, w := range src.FSM.Workers() {
+		workers[w.Status]++
+		if w.Status == fsm.NodeUp {
+			gauge(descWorkerRunning, float64(load[w.Name]), w.Name)
+		}
+	}
+	for s, v := range workers {
+		gauge(descWorkers, float64(v), string(s))
 	}
 	var r *raft.Raft
 	if src.Raft != nil {

@@ -1,6 +1,8 @@
 package telemetry
 
 import (
+	"time"
+
 	"encoding/json"
 	"os"
 	"regexp"
@@ -147,5 +149,38 @@ func TestStateSeriesComeFromTheSource(t *testing.T) {
 	}
 	if v, ok := gather(t, New(Source{FSM: fsm.New()}))["taskworker_local_running{}"]; ok {
 		t.Errorf("without an executor taskworker_local_running = %v, want it absent", v)
+	}
+}
+
+// Workers are counted by state from the FSM, and each up worker's running attempts shown.
+func TestWorkerSeriesComeFromTheFSM(t *testing.T) {
+	f := fsm.New()
+	apply := func(i uint64, body fsm.Payload) {
+		t.Helper()
+		if r := f.ApplyCommand(i, &fsm.Command{Now: time.Unix(int64(i), 0), Body: body}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	apply(1, &fsm.Register{Node: fsm.Node{Name: "n1", BootID: "b", Capacity: 1}})
+	up := func(name, session string) *fsm.WorkerChange {
+		return &fsm.WorkerChange{Op: fsm.WorkerUp, Worker: &fsm.Node{Name: name, BootID: session, Host: "n1", Capacity: 2,
+			Types: []fsm.TypeInfo{{Type: "py", Version: "1"}}}}
+	}
+	apply(2, up("w1", "s1"))
+	apply(3, up("w2", "s2"))
+	apply(4, &fsm.WorkerChange{Op: fsm.WorkerDown, Name: "w2", BootID: "s2"})
+	apply(5, &fsm.SubmitBatch{Items: []fsm.Submit{{ID: "a", Type: "py", Version: "1", MaxAttempts: 1}}})
+	apply(6, &fsm.AssignBatch{Items: []fsm.Assign{{TaskID: "a", Node: "w1", BootID: "s1"}}})
+	got := gather(t, New(Source{FSM: f}))
+	for k, want := range map[string]float64{
+		"taskworker_workers{up}": 1, "taskworker_workers{down}": 1, "taskworker_workers{left}": 0,
+		"taskworker_worker_running{w1}": 1,
+	} {
+		if v, ok := got[k]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", k, v, ok, want)
+		}
+	}
+	if _, ok := got["taskworker_worker_running{w2}"]; ok {
+		t.Error("a down worker has a running series")
 	}
 }

@@ -230,7 +230,7 @@ func (w *Worker) drainTasks(ctx context.Context, log *slog.Logger) {
 		if t.BootID != w.cfg.BootID {
 			continue
 		}
-		w.finishUnstarted(wctx, tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}, tasks.OutcomeInterrupted,
+		w.finishUnstarted(wctx, w.Reporter(), tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}, tasks.OutcomeInterrupted,
 			&tasks.TaskError{Type: "interrupted", Message: "node " + w.cfg.Name + " drained"})
 	}
 }

@@ -120,6 +120,17 @@ func sameRegistration(cur, want fsm.Node) bool {
 // WorkLoop runs what the FSM assigns to this incarnation and stops runs that were taken away
 // (reassigned, fenced) or cancelled.
 func (w *Worker) WorkLoop(ctx context.Context) {
+	w.workLoop(ctx, w.cfg.Name, w.cfg.BootID, w.exec, w.Reporter())
+}
+
+// WorkFor is WorkLoop for a worker this node hosts (internal/workerhost): it runs on exec what
+// the FSM assigns to the worker's name and session (bootID), reports through rep (ReporterFor),
+// and stops runs taken away or cancelled, until ctx ends.
+func (w *Worker) WorkFor(ctx context.Context, name, bootID string, exec *tasks.Executor, rep tasks.Reporter) {
+	w.workLoop(ctx, name, bootID, exec, rep)
+}
+
+func (w *Worker) workLoop(ctx context.Context, name, bootID string, exec *tasks.Executor, rep tasks.Reporter) {
 	cancelling := map[tasks.RunRef]bool{} // cancelled before they started: reported without running
 	for {
 		changed := w.cfg.FSM.Changed()
@@ -128,30 +139,30 @@ func (w *Worker) WorkLoop(ctx context.Context) {
 		faulty := w.cfg.StorageFault() != ""
 		mine := map[tasks.RunRef]bool{}
 		running := map[tasks.RunRef]bool{}
-		for _, ref := range w.exec.Running() {
+		for _, ref := range exec.Running() {
 			running[ref] = true
 		}
-		for _, t := range w.cfg.FSM.Active(w.cfg.Name) {
-			if t.BootID != w.cfg.BootID {
+		for _, t := range w.cfg.FSM.Active(name) {
+			if t.BootID != bootID {
 				continue
 			}
 			ref := tasks.RunRef{TaskID: t.ID, Attempt: t.Attempt}
 			mine[ref] = true
 			switch {
 			case t.CancelRequested && running[ref]:
-				w.exec.Stop(t.ID, t.Attempt, tasks.StopCancel)
+				exec.Stop(t.ID, t.Attempt, tasks.StopCancel)
 				continue
 			case t.CancelRequested:
 				if !cancelling[ref] {
 					cancelling[ref] = true
-					go w.finishUnstarted(ctx, ref, tasks.OutcomeCancelled, &tasks.TaskError{Type: tasks.ErrTypeCancelled, Message: "task cancelled"})
+					go w.finishUnstarted(ctx, rep, ref, tasks.OutcomeCancelled, &tasks.TaskError{Type: tasks.ErrTypeCancelled, Message: "task cancelled"})
 				}
 				continue
 			}
 			if faulty && !running[ref] {
 				continue
 			}
-			w.exec.Start(tasks.Assignment{
+			exec.Start(tasks.Assignment{
 				TaskID: t.ID, Type: t.Type, Version: t.Version, ExecutionID: t.ExecutionID,
 				Input: t.Input, Attempt: t.Attempt, Timeout: time.Duration(t.Timeout), Checkpoint: t.Checkpoint,
 			})
@@ -168,10 +179,10 @@ func (w *Worker) WorkLoop(ctx context.Context) {
 			// Runs whose outcome the FSM already holds are only wrapping up; any other run was
 			// taken away (reassigned after a false death verdict, or this node was declared dead).
 			if t, ok := w.cfg.FSM.Task(ref.TaskID); ok && !attemptEnded(&t, ref.Attempt) {
-				w.log.Warn("task taken away from this node; stopping its run", "task", ref.TaskID, "attempt", ref.Attempt,
+				w.log.Warn("task taken away; stopping its run", "runner", name, "task", ref.TaskID, "attempt", ref.Attempt,
 					"now", string(t.State)+" on "+t.Node)
 			}
-			w.exec.Stop(ref.TaskID, ref.Attempt, tasks.StopRevoke)
+			exec.Stop(ref.TaskID, ref.Attempt, tasks.StopRevoke)
 		}
 		select {
 		case <-ctx.Done():
@@ -184,9 +195,9 @@ func (w *Worker) WorkLoop(ctx context.Context) {
 
 // finishUnstarted reports the outcome of an assignment that never ran here (cancelled before it
 // started, or handed back by a drain), retrying until it lands, is fenced, or ctx ends.
-func (w *Worker) finishUnstarted(ctx context.Context, ref tasks.RunRef, outcome tasks.Outcome, terr *tasks.TaskError) {
+func (w *Worker) finishUnstarted(ctx context.Context, rep tasks.Reporter, ref tasks.RunRef, outcome tasks.Outcome, terr *tasks.TaskError) {
 	for {
-		err := reporter{w}.Finished(ctx, ref, outcome, nil, terr)
+		err := rep.Finished(ctx, ref, outcome, nil, terr)
 		if err == nil || errors.Is(err, tasks.ErrFenced) || ctx.Err() != nil {
 			return
 		}
@@ -210,12 +221,16 @@ func attemptEnded(t *fsm.Task, attempt int) bool {
 }
 
 // reporter sends executor reports to the leader, fenced by attempt and boot ID, through the
-// node's report batcher: one command carries many runs' reports.
-type reporter struct{ w *Worker }
+// node's report batcher: one command carries many runs' reports. name and bootID are this node's,
+// or those of a worker it hosts (ReporterFor).
+type reporter struct {
+	w            *Worker
+	name, bootID string
+}
 
 func (r reporter) send(ctx context.Context, reps ...fsm.Report) error {
 	for i := range reps {
-		reps[i].Node, reps[i].BootID = r.w.cfg.Name, r.w.cfg.BootID
+		reps[i].Node, reps[i].BootID = r.name, r.bootID
 	}
 	cctx, cancel := context.WithTimeout(ctx, proposeTimeout)
 	defer cancel()
@@ -256,7 +271,7 @@ func (r reporter) Finished(ctx context.Context, run tasks.RunRef, outcome tasks.
 func (r reporter) sendOutcome(ctx context.Context, run tasks.RunRef, reps ...fsm.Report) error {
 	err := r.send(ctx, reps...)
 	if last := &reps[len(reps)-1]; last.Error != nil && last.Error.Final && errors.Is(err, fsm.ErrProtocolTooOld) {
-		r.w.log.Warn("final error reported as an ordinary failure: a node of an older release is up", "task", run.TaskID)
+		r.w.log.Warn("final error reported as an ordinary failure: a node of an older release is up", "task", run.TaskID, "runner", r.name)
 		last.Error.Final = false
 		err = r.send(ctx, reps...)
 	}

@@ -128,7 +128,7 @@ func New(cfg Config) *Worker {
 	}
 	w.reports = newReportBatcher(cfg.ProposeNode, check)
 	ec := cfg.Executor
-	ec.Reporter, ec.StartWindow = reporter{w}, startWindow
+	ec.Reporter, ec.StartWindow = w.Reporter(), startWindow
 	w.exec = tasks.NewExecutor(ec)
 	return w
 }
@@ -153,7 +153,17 @@ func (w *Worker) Executor() *tasks.Executor { return w.exec }
 
 // Reporter is what the executor reports through: each report goes to the leader, fenced by
 // attempt and boot ID, merged with other runs' reports.
-func (w *Worker) Reporter() tasks.Reporter { return reporter{w} }
+func (w *Worker) Reporter() tasks.Reporter { return reporter{w, w.cfg.Name, w.cfg.BootID} }
+
+// ReporterFor is a Reporter on behalf of a worker this node hosts (internal/workerhost): its
+// reports name the worker and its session's boot ID, are fenced by them as this node's are by
+// its own, and go to the leader through this node's report batcher with this node's reports. It
+// implements tasks.StartFinisher.
+func (w *Worker) ReporterFor(name, bootID string) tasks.Reporter { return reporter{w, name, bootID} }
+
+// StartWindow is how long executors hold an attempt's Started report back (the node's and the
+// ones it runs for its workers).
+const StartWindow = startWindow
 
 // Done is closed when the node has shut down after a graceful leave or a Stop.
 func (w *Worker) Done() <-chan struct{} { return w.done }
