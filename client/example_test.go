@@ -39,3 +39,27 @@ func ExampleClient_Exec() {
 	// info: Calculating square of 3
 	// succeeded 9
 }
+
+// Workers lists the processes outside the agents that run task types, with their load.
+func ExampleClient_Workers() {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/workers", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `[{"name":"py1","node":"n2","state":"up","capacity":4,"running":1,
+			"labels":{"zone":"a"},"task_types":[{"type":"py-upper","version":"1"}],"registered_at":"2026-01-02T03:04:05Z"}]`)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	c := client.New(srv.URL)
+	workers, err := c.Workers(context.Background())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, w := range workers {
+		fmt.Printf("%s on %s: %s, %d/%d running, %s@%s\n", w.Name, w.Node, w.State, w.Running, w.Capacity,
+			w.TaskTypes[0].Type, w.TaskTypes[0].Version)
+	}
+	// Output:
+	// py1 on n2: up, 1/4 running, py-upper@1
+}

@@ -10,12 +10,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/taskworker/taskworker/api"
 )
 
 // The web console's tests drive a headless Chromium (Debian's chromium package) with chromedp
@@ -262,9 +265,18 @@ func TestConsolePagesRenderAndFollowASubmittedTask(t *testing.T) {
 		}
 	}
 
+	// A worker speaking the protocol, polling all along, on the node that serves the page.
+	startProtoWorker(t, via.HTTP, "", api.WorkerRegistration{Name: "ui-py", Capacity: 2, Labels: map[string]string{"zone": "a"},
+		Types: []api.WorkerType{{Type: "py-upper", Version: "1", Description: "upper-cases text"}}})
+
 	b.run("open the cluster page", chromedp.Navigate(base+"#/cluster"))
 	b.until("three node cards, all alive", `document.querySelectorAll('.card[data-state=alive]').length === 3`)
 	b.until("a leader named", `document.querySelector('#leader') && document.querySelector('#leader').textContent !== 'none'`)
+	b.until("the worker's row", `document.querySelector('#workers tr[data-worker="ui-py"][data-state=up]') !== null`)
+	cells := eval[[]string](b, `[...document.querySelectorAll('#workers tr[data-worker="ui-py"] td')].map((td) => td.textContent.trim())`)
+	if want := []string{"ui-py", via.Name, "up", "no", "0 / 2", "py-upper@1", "zone=a"}; !slices.Equal(cells, want) {
+		t.Errorf("the worker's row shows %q, want %q", cells, want)
+	}
 	b.screenshot("cluster")
 
 	b.run("open the tasks page", chromedp.Navigate(base+"#/tasks"))
@@ -313,6 +325,18 @@ func TestConsolePagesRenderAndFollowASubmittedTask(t *testing.T) {
 	}
 	b.until("the attempt on the timeline", `document.querySelectorAll('#attempts li.ev-succeeded').length === 1`)
 	b.screenshot("task")
+
+	// A version no node or worker offers: the task's page says why it waits.
+	var waiting uiTask
+	if code := apiCall(t, via.HTTP, "", "POST", "/v1/tasks", map[string]any{"type": "py-upper", "version": "2", "input": "x"}, &waiting); code != 201 {
+		t.Fatalf("submit py-upper version 2: %d", code)
+	}
+	b.run("open the waiting task", chromedp.Navigate(base+"#/task/"+waiting.ID))
+	b.until("its pending reason", `(() => { const p = document.querySelector('#pending-reason');
+		return p !== null && p.textContent === 'Waiting: no node or worker offers "py-upper" version "2"' })()`)
+	b.screenshot("task-pending")
+	apiCall(t, via.HTTP, "", "POST", "/v1/tasks/"+waiting.ID+"/cancel", nil, nil)
+	b.until("no reason once cancelled", `document.querySelector('.toolbar .badge').textContent === 'cancelled' && document.querySelector('#pending-reason') === null`)
 	b.noErrors("console pages")
 
 	// The phone layout renders too.

@@ -1,5 +1,5 @@
-// Package clicmd holds taskworker's client commands (exec, submit, task, status, leave, types,
-// join-token, keyring) and its offline tools (tls, keygen) for urfave/cli, built on package
+// Package clicmd holds taskworker's client commands (exec, submit, task, status, workers, leave,
+// types, join-token, keyring) and its offline tools (tls, keygen) for urfave/cli, built on package
 // client and internal/pki. main.go and custom binaries mount them beside the agent.
 package clicmd
 
@@ -43,6 +43,7 @@ func Commands() []*cli.Command {
 			},
 		},
 		statusCommand(),
+		workersCommand(),
 		leaveCommand(),
 		typesCommand(),
 		joinTokenCommand(),
@@ -334,7 +335,7 @@ func taskLogsCommand() *cli.Command {
 func statusCommand() *cli.Command {
 	return clientCommand(&cli.Command{
 		Name:  "status",
-		Usage: "show the cluster: leader, nodes and task counts",
+		Usage: "show the cluster: leader, nodes, workers and task counts",
 		Description: "Exit status: 0 when the cluster has a leader; 1 when it has none (or the node answers 503);\n" +
 			"2 when the node cannot be reached, refuses the credential or the request.",
 		Flags: []cli.Flag{jsonFlag()},
@@ -790,6 +791,12 @@ func printCluster(w io.Writer, cl *client.Cluster, now time.Time) error {
 		return err
 	}
 	fmt.Fprintln(w)
+	if len(cl.Workers) > 0 {
+		if err := printWorkers(w, cl.Workers); err != nil {
+			return err
+		}
+		fmt.Fprintln(w)
+	}
 	// The contract's states in life order, then any others the server reports.
 	states := []string{client.StatePending, client.StateAssigned, client.StateRunning,
 		client.StateSucceeded, client.StateFailed, client.StateCancelled}
@@ -841,6 +848,9 @@ func printTask(w io.Writer, t *client.Task) error {
 	row("ID", t.ID)
 	row("Type", fmt.Sprintf("%s (version %s)", t.Type, t.Version))
 	row("State", t.State)
+	if t.State == client.StatePending {
+		row("Pending reason", t.PendingReason)
+	}
 	row("Queue", t.Queue)
 	if t.Priority != 0 {
 		row("Priority", fmt.Sprint(t.Priority))

@@ -37,6 +37,8 @@ type fakeAPI struct {
 	}
 	authSeen string
 	batches  int // POST /v1/tasks/batch requests
+	// workers are GET /v1/workers and /v1/cluster's workers.
+	workers []client.Worker
 }
 
 func newFakeAPI(t *testing.T) (*fakeAPI, string) {
@@ -83,7 +85,7 @@ func newFakeAPI(t *testing.T) (*fakeAPI, string) {
 			return
 		}
 		lag := func(n uint64) *uint64 { return &n }
-		reply(w, 200, client.Cluster{Leader: f.leader, Tasks: map[string]int{"running": 2, "succeeded": 5}, Nodes: []client.NodeInfo{
+		reply(w, 200, client.Cluster{Leader: f.leader, Workers: f.workers, Tasks: map[string]int{"running": 2, "succeeded": 5}, Nodes: []client.NodeInfo{
 			{Name: "n2", GossipAddr: "h2:7946", RaftAddr: "h2:7947", HTTPAddr: "h2:7948", State: "alive", RaftRole: "voter", Capacity: 4, Running: 1, Draining: true,
 				Version: "v1.2.0", StartedAt: &f.started, CommitIndex: 118, AppliedIndex: 117, Lag: lag(3)},
 			{Name: "n1", GossipAddr: "h1:7946", RaftAddr: "h1:7947", HTTPAddr: "h1:7948", State: "alive", RaftRole: "leader", Capacity: 8, Running: 1,
@@ -91,6 +93,11 @@ func newFakeAPI(t *testing.T) (*fakeAPI, string) {
 			{Name: "n3", GossipAddr: "h3:7946", RaftAddr: "h3:7947", HTTPAddr: "h3:7948", State: "dead", RaftRole: "voter", Capacity: 2, Running: 0,
 				Version: "v1.1.0", StartedAt: &f.started},
 		}})
+	})
+	mux.HandleFunc("GET /v1/workers", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		reply(w, 200, append([]client.Worker{}, f.workers...))
 	})
 	mux.HandleFunc("GET /v1/types", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, 200, []client.TypeInfo{
@@ -162,6 +169,9 @@ func (f *fakeAPI) submit(w http.ResponseWriter, r *http.Request) {
 		}
 	case "json-out":
 		task.State, task.Result = client.StateSucceeded, json.RawMessage(`{"n":1}`)
+	case "py-upper": // no worker offers it
+		task.State, task.Attempt, task.Node = client.StatePending, 0, ""
+		task.PendingReason = `no node or worker offers "py-upper" version "1"`
 	default:
 		reply(w, 400, map[string]string{"error": "unknown task type " + req.Type, "code": "unknown_task_type"})
 		return

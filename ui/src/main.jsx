@@ -72,8 +72,8 @@ function ErrorBox({ error }) {
   return <p class="error" role="alert" data-code={error.code || ''}>{text}</p>;
 }
 
-function StateBadge({ state }) {
-  return <span class={'badge st-' + state}>{state}</span>;
+function StateBadge({ state, title }) {
+  return <span class={'badge st-' + state} title={title}>{state}</span>;
 }
 
 // ---- auth -------------------------------------------------------------------------------------
@@ -201,12 +201,52 @@ function Cluster() {
       <ErrorBox error={error} />
       <p class="summary">
         Leader: <strong id="leader">{data.leader || 'none'}</strong> · {count(data.nodes.length, 'node')} ·{' '}
+        {data.workers?.length > 0 && <>{count(data.workers.filter((w) => w.state === 'up').length, 'worker')} up ·{' '}</>}
         {Object.entries(counts).map(([s, n]) => <a href={'#/tasks?state=' + s} class="count">{s} {n}</a>)}
       </p>
       <div class="cards">
         {data.nodes.map((n) => <NodeCard n={n} tasks={byNode[n.name] || []} now={now} />)}
       </div>
+      {data.workers?.length > 0 && <Workers workers={data.workers} byWorker={byNode} />}
     </section>
+  );
+}
+
+// Workers lists the processes outside the agents that run task types (docs/workers.md), each
+// with the node it connects through. A worker that is down or has left shows no load: the count
+// is the last one recorded.
+function Workers({ workers, byWorker }) {
+  const sorted = [...workers].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return (
+    <>
+      <h2>Workers</h2>
+      <table class="tasks workers" id="workers">
+        <thead><tr><th scope="col">worker</th><th scope="col">node</th><th scope="col">state</th><th scope="col">draining</th><th scope="col">running / capacity</th><th scope="col">types</th><th scope="col">labels</th></tr></thead>
+        <tbody>
+          {sorted.map((w) => {
+            const tasks = byWorker[w.name] || [];
+            return (
+              <tr data-worker={w.name} data-state={w.state} class={w.state !== 'up' ? 'down' : ''}>
+                <td><strong>{w.name}</strong></td>
+                <td>{w.node}</td>
+                <td><span class={'badge ws-' + w.state}>{w.state}</span></td>
+                <td>{w.draining ? <span class="badge draining">draining</span> : 'no'}</td>
+                <td>
+                  {w.state === 'up' ? <>{w.running} / {w.capacity}</> : '—'}
+                  {tasks.length > 0 && (
+                    <ul class="running" aria-label={'tasks on ' + w.name}>
+                      {tasks.map((t) => <li><a href={'#/task/' + t.id} data-task={t.id}>{t.type} {short(t.id)}</a> <StateBadge state={t.state} /></li>)}
+                    </ul>
+                  )}
+                </td>
+                <td><span class="types">{(w.task_types || []).map((t) => <span class="chip" title={t.description || ''}>{t.type}@{t.version}</span>)}</span></td>
+                <td><span class="types">{Object.keys(w.labels || {}).sort().map((k) => <span class="chip label">{k}={w.labels[k]}</span>)}</span></td>
+              </tr>
+            );
+          })}
+        </tbody>
+      </table>
+    </>
   );
 }
 
@@ -355,7 +395,7 @@ function Tasks({ params }) {
                 <td>{cancellable.includes(t) && <input type="checkbox" aria-label={'select ' + t.id} checked={selected.has(t.id)} onChange={() => toggle(t.id)} />}</td>
                 <td><a href={'#/task/' + t.id}>{short(t.id)}</a></td>
                 <td>{t.type}</td>
-                <td><StateBadge state={t.state} /></td>
+                <td><StateBadge state={t.state} title={t.pending_reason} /></td>
                 <td><QueueCell t={t} /></td>
                 <td>{t.node}</td>
                 <td>{t.attempt}/{t.max_attempts}</td>
@@ -494,6 +534,7 @@ function Task({ id }) {
         <RetryButton t={t} auth={auth} busy={busy} act={act} />
         {auth.can('submit', t.type) && <button type="button" id="run-again" disabled={busy} onClick={again}>Run again</button>}
       </div>
+      {t.state === 'pending' && t.pending_reason && <p class="pending-reason" id="pending-reason" role="status">Waiting: {t.pending_reason}</p>}
       <ErrorBox error={error} />
       <ErrorBox error={actionError} />
       <div class="grid2">
