@@ -60,6 +60,8 @@ class FakeHost:
         self.peers: set[tuple[str, int]] = set()  # client addresses seen: one per connection
         # Path suffix -> answers to give instead of the real ones, first first.
         self.faults: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = {}
+        # Event kind -> result codes to answer the next events of that kind with (unapplied).
+        self.event_faults: dict[str, list[str]] = {}
         self._ids = itertools.count(1)
         host = self
 
@@ -99,6 +101,11 @@ class FakeHost:
             self.faults.setdefault(suffix, []).append(
                 (status, {"error": "injected", "code": code}, headers or {})
             )
+
+    def event_fault(self, kind: str, code: str) -> None:
+        """The next event of kind is refused with code, and not applied."""
+        with self.cond:
+            self.event_faults.setdefault(kind, []).append(code)
 
     def expire(self, name: str) -> None:
         """Takes the named worker's session away, as a lost lease does: its tasks go back."""
@@ -300,6 +307,10 @@ class FakeHost:
                     continue
                 t = self.tasks[key[0]]
                 kind = ev["kind"]
+                if self.event_faults.get(kind):
+                    code = self.event_faults[kind].pop(0)
+                    results.append({"ok": False, "code": code, "error": "injected"})
+                    continue
                 if kind == "log":
                     t["logs"].append(
                         {

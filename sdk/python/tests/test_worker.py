@@ -236,6 +236,46 @@ def test_a_stale_attempt_is_dropped(host: FakeHost, start: Callable[..., Running
     assert host.tasks[t.id]["state"] == "running"  # the stale report changed nothing
 
 
+def test_an_outcome_not_recorded_in_time_is_reported_again(
+    host: FakeHost, start: Callable[..., Running]
+) -> None:
+    w = make(host)
+
+    @w.task("x")
+    def x(ctx: tw.Context, _: Any) -> int:
+        return 7
+
+    start(w)
+    host.wait_for(lambda: len(host.live()) == 1)
+    host.event_fault("succeeded", "no_leader")
+    c = tw.Client(host.addr)
+    t = c.submit("x")
+    assert c.wait(t.id, timeout=10).result == 7
+    outcomes = [e["kind"] for call in host.event_calls for e in call if e["kind"] != "log"]
+    assert outcomes == ["succeeded", "succeeded"]
+    eventually(lambda: w.running == 0)
+
+
+def test_a_checkpoint_over_the_cap_stops_the_handler(host: FakeHost, start: Callable[..., Running]) -> None:
+    w = make(host)
+    stopped = threading.Event()
+
+    @w.task("x")
+    def x(ctx: tw.Context, _: Any) -> int:
+        ctx.checkpoint({"big": "x" * 100})
+        if ctx.wait_cancelled(10):
+            stopped.set()
+        return 1
+
+    start(w)
+    host.wait_for(lambda: len(host.live()) == 1)
+    host.event_fault("checkpoint", "checkpoint_too_large")
+    tw.Client(host.addr).submit("x")
+    # No cancel notice comes from this host: the refusal alone stops the handler.
+    assert stopped.wait(10)
+    eventually(lambda: w.running == 0)
+
+
 def test_drain_waits_for_running_tasks_then_leaves(host: FakeHost, start: Callable[..., Running]) -> None:
     w = make(host)
     started = threading.Event()

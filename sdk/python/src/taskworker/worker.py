@@ -606,6 +606,13 @@ class Worker:
                 del self._running[ev.key]
                 self._lock.notify_all()
                 return
+        if code == "no_leader":
+            # The cluster did not record the outcome in time: report it again, as it was.
+            self._sender.add(ev)
+            return
+        if code == "checkpoint_too_large":
+            # The host fails the attempt: stop the handler now (a cancel notice follows).
+            ctx._cancel()
         # The host refused the event itself (say, a result over its size cap).
         log.warning(
             "taskworker: task %s attempt %d: %s event refused: %s", ev.key[0], ev.key[1], ev.kind, code
