@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 from typing import Any
 
-from taskworker import Context, FinalError, Worker
+from taskworker import Context, FinalError, PermissionDenied, Unauthorized, Worker
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 log = logging.getLogger("py-worker")
@@ -36,7 +37,7 @@ def upper(ctx: Context, text: str) -> str:
 @w.task(
     "py-hash",
     version="1",
-    description="SHA-256 of a string, hashed `rounds` times, one step a `step_ms`; resumes from its checkpoint",
+    description="SHA-256 of a string, hashed `rounds` times, one every `step_ms`; resumes from checkpoints",
     example_input={"text": "hi", "rounds": 5, "step_ms": 200},
 )
 def hash_rounds(ctx: Context, spec: dict[str, Any]) -> dict[str, Any]:
@@ -55,5 +56,10 @@ def hash_rounds(ctx: Context, spec: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     started = time.monotonic()
-    w.run()
+    try:
+        w.run()
+    except (PermissionDenied, Unauthorized) as err:
+        # The SDK logged the refusal; say what the token needs and exit without a traceback.
+        log.error("the cluster refused this worker (%s): its token needs work on its task types", err.code)
+        sys.exit(1)
     log.info("worker %s stopped after %.1fs", w.name, time.monotonic() - started)
