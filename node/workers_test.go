@@ -568,3 +568,41 @@ func TestWorkerCheckpointsErrorsAndRegistersAgain(t *testing.T) {
 		t.Fatal("a new session has the old ID")
 	}
 }
+
+// An outcome the worker sends again (the first call's answer was lost, or said no_leader) gets
+// the first one's fate, whatever it says, and the task keeps the first outcome.
+func TestWorkerOutcomeSentAgainGetsTheFirstOnesFate(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{inmem: true})
+	l := tc.leader()
+	w := mustRegisterProtoWorker(t, l, "", "again", 1, "py-upper")
+	type answers struct{ first, again, other api.WorkerEventResults }
+	got := make(chan answers, 1)
+	w.serve(func(a api.WorkerAssignment) []api.WorkerEvent {
+		ok := api.WorkerEvent{TaskID: a.TaskID, Attempt: a.Attempt, Kind: api.WorkerEventSucceeded, Result: json.RawMessage(`"first"`)}
+		fail := api.WorkerEvent{TaskID: a.TaskID, Attempt: a.Attempt, Kind: api.WorkerEventFailed,
+			Error: &api.TaskError{Type: "Late", Message: "a different outcome"}}
+		var an answers
+		an.first, _, _ = w.events(ok)
+		an.again, _, _ = w.events(ok)
+		an.other, _, _ = w.events(fail)
+		got <- an
+		return nil
+	})
+	defer w.kill()
+	task := submit(t, l, "py-upper", "x", "10s")
+	var an answers
+	select {
+	case an = <-got:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker's events were not answered")
+	}
+	for name, r := range map[string]api.WorkerEventResults{"first": an.first, "again": an.again, "different": an.other} {
+		if len(r.Results) != 1 || !r.Results[0].OK {
+			t.Errorf("%s outcome answered %+v, want ok (the first outcome's fate)", name, r.Results)
+		}
+	}
+	task = waitTaskEnded(t, l, task.ID)
+	if task.State != "succeeded" || string(task.Result) != `"first"` || task.Attempt != 1 {
+		t.Fatalf("task %s, result %s, attempt %d: want the first outcome", task.State, task.Result, task.Attempt)
+	}
+}

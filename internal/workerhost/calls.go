@@ -344,7 +344,7 @@ func (h *Host) Events(ctx context.Context, caller Caller, id string, req api.Wor
 			s.mu.Lock()
 			err := w.rr.reportErr
 			s.mu.Unlock()
-			if err != nil {
+			if s.fate(w.rr.ref, err) != nil {
 				results[w.i] = stale(w.rr.ref)
 			} else {
 				results[w.i] = api.WorkerEventResult{OK: true}
@@ -354,6 +354,11 @@ func (h *Host) Events(ctx context.Context, caller Caller, id string, req api.Wor
 		}
 	}
 	return api.WorkerEventResults{Results: results}, nil
+}
+
+// outcomeKind reports whether an event kind ends its attempt.
+func outcomeKind(kind string) bool {
+	return kind == api.WorkerEventSucceeded || kind == api.WorkerEventFailed || kind == api.WorkerEventCancelled
 }
 
 func stale(ref tasks.RunRef) api.WorkerEventResult {
@@ -376,6 +381,23 @@ func (s *session) event(ev *api.WorkerEvent) (*remoteRun, api.WorkerEventResult)
 	case api.WorkerEventLog, api.WorkerEventCheckpoint, api.WorkerEventSucceeded, api.WorkerEventFailed, api.WorkerEventCancelled:
 	default:
 		return nil, invalidEvent("kind must be log, checkpoint, succeeded, failed or cancelled, got %q", api.Truncate(ev.Kind))
+	}
+	if outcomeKind(ev.Kind) {
+		// An outcome sent again (the first call's answer was no_leader, or was lost) gets the
+		// first one's fate, whatever it says: the first outcome is the attempt's.
+		s.mu.Lock()
+		if rr != nil && rr.settled {
+			s.mu.Unlock()
+			return rr, api.WorkerEventResult{}
+		}
+		if err, ok := s.fates[ref]; ok {
+			s.mu.Unlock()
+			if s.fate(ref, err) != nil {
+				return nil, stale(ref)
+			}
+			return nil, api.WorkerEventResult{OK: true}
+		}
+		s.mu.Unlock()
 	}
 	if !live {
 		return nil, stale(ref)
@@ -442,7 +464,11 @@ func (s *session) event(ev *api.WorkerEvent) (*remoteRun, api.WorkerEventResult)
 		}
 	}
 	s.mu.Lock()
-	if rr.settled || rr.returned {
+	if rr.settled {
+		s.mu.Unlock()
+		return rr, api.WorkerEventResult{} // a concurrent copy of this outcome: the same fate
+	}
+	if rr.returned {
 		s.mu.Unlock()
 		return nil, stale(ref)
 	}

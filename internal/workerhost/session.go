@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -35,6 +36,8 @@ type session struct {
 	cancels    []api.WorkerRun
 	wake       chan struct{} // closed when the outbox or draining changes
 	runs       map[tasks.RunRef]*remoteRun
+	fates      map[tasks.RunRef]error // recent runs' outcome reports, by attempt (nil: committed)
+	fateOrder  []tasks.RunRef         // fates' keys, oldest first, at most keptFates
 	draining   bool
 	isEnded    bool
 	done       chan struct{} // closed when the session ends
@@ -157,6 +160,42 @@ func (s *session) runOver(ref tasks.RunRef) {
 	delete(s.runs, ref)
 	rr.returned = true
 	s.settleLocked(rr, errNotRecorded)
+	if rr.settled {
+		// The worker may send the outcome again (its call timed out): it gets this fate.
+		if s.fates == nil {
+			s.fates = map[tasks.RunRef]error{}
+		}
+		if len(s.fateOrder) >= keptFates {
+			delete(s.fates, s.fateOrder[0])
+			s.fateOrder = s.fateOrder[1:]
+		}
+		s.fates[ref] = rr.reportErr
+		s.fateOrder = append(s.fateOrder, ref)
+	}
+}
+
+// keptFates is how many finished runs' report fates a session keeps for outcomes sent again.
+const keptFates = 4096
+
+// fate is what became of an attempt's outcome report, given what the executor said (err): a
+// report whose reply was cut off still landed when the FSM holds an outcome of that attempt from
+// this worker. The run is stopped as soon as the FSM applies its outcome, which can end its
+// report's wait before the reply arrives.
+func (s *session) fate(ref tasks.RunRef, err error) error {
+	if err == nil {
+		return nil
+	}
+	t, ok := s.h.cfg.FSM.Task(ref.TaskID)
+	if !ok {
+		return err
+	}
+	for _, h := range t.History {
+		if h.Attempt == ref.Attempt && h.Node == s.name &&
+			(h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled) {
+			return nil
+		}
+	}
+	return err
 }
 
 var errNotRecorded = errors.New("the attempt's outcome was not recorded: it is no longer this worker's")

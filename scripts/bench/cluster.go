@@ -274,6 +274,11 @@ const batchSize = 1000
 // leader, and returns the wall time and how many tasks the results accepted. errNoBatch when the
 // endpoint answers 404.
 func (b *bench) submitBatches(n, conc int) (time.Duration, int, error) {
+	return b.submitTypeBatches("echo", n, conc)
+}
+
+// submitTypeBatches is submitBatches for tasks of type typ, each with an echo task's input.
+func (b *bench) submitTypeBatches(typ string, n, conc int) (time.Duration, int, error) {
 	var next atomic.Int64
 	var accepted atomic.Int64
 	var errs submitErrors
@@ -293,7 +298,7 @@ func (b *bench) submitBatches(n, conc int) (time.Duration, int, error) {
 				k := min(batchSize, n-from)
 				reqs := make([]api.SubmitRequest, k)
 				for j := range reqs {
-					reqs[j] = api.SubmitRequest{Type: "echo", Input: echoInput(from + j)}
+					reqs[j] = api.SubmitRequest{Type: typ, Input: echoInput(from + j)}
 				}
 				ok, err := b.postBatch(url, reqs)
 				switch {
@@ -383,10 +388,15 @@ func (b *bench) fill(n int) error {
 // echoWait runs one echo task through api with POST /v1/tasks?wait and returns the time from
 // request to finished record, and the record.
 func echoWait(api *client.Client, i int) (time.Duration, *client.Task, error) {
+	return typeWait(api, "echo", i)
+}
+
+// typeWait is echoWait for a task of type typ, with an echo task's input.
+func typeWait(api *client.Client, typ string, i int) (time.Duration, *client.Task, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	start := time.Now()
-	t, err := api.SubmitWait(ctx, client.SubmitRequest{Type: "echo", Input: echoInput(i)}, 30*time.Second)
+	t, err := api.SubmitWait(ctx, client.SubmitRequest{Type: typ, Input: echoInput(i)}, 30*time.Second)
 	d := time.Since(start)
 	if err != nil {
 		return d, nil, err

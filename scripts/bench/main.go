@@ -73,7 +73,7 @@ var scales = map[string]scale{
 }
 
 // Figures -only can name.
-var figureNames = []string{"baseline", "submit", "batch", "complete", "cpu", "burst", "memory", "latency", "idle", "curve", "cost"}
+var figureNames = []string{"baseline", "submit", "batch", "complete", "cpu", "burst", "memory", "latency", "idle", "curve", "cost", "worker"}
 
 var (
 	flagQuick   = flag.Bool("quick", false, "tiny counts, seconds per figure: checks the tool end to end (CI)")
@@ -214,6 +214,12 @@ func run(root string) error {
 		r.costPending = s.costPending
 		if err := costFigure(bin, root, s, r); err != nil {
 			return err
+		}
+	}
+
+	if want["worker"] {
+		if err := workerFigure(bin, root, args, s, r); err != nil {
+			return fmt.Errorf("worker: %w", err)
 		}
 	}
 

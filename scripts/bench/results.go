@@ -31,6 +31,9 @@ var rowSpecs = []rowSpec{
 	{"latfollower", "echo submit → succeeded, idle, from a follower", "latency", "p50 ≤ 5 ms, p99 ≤ 10 ms"},
 	{"idlecpu", "idle leader CPU", "idle", "≤ 5 %, not growing with nodes"},
 	{"idlerss", "idle node RSS", "idle", "≤ 30 MB"},
+	{"workerrate", "echo tasks completed/s through a Python worker at capacity 64", "worker", "≥ 2,000/s"},
+	{"workerlat", "echo submit → succeeded through a Python worker vs built-in echo, idle, from the leader", "worker", "p50 ≤ 2 ms above the built-in"},
+	{"workerlatf", "the same, from a follower", "worker", "p50 ≤ 2 ms above the built-in"},
 }
 
 // curvePoint is one point of the cost curve.

@@ -129,6 +129,8 @@ export const maxEventsBytes = 900 << 10;
 export const maxLogLine = 64 << 10;
 /** How long log lines wait to travel together; outcomes and checkpoints go at once. */
 export const logBatchDelay = 10;
+/** How long an outcome the cluster has not recorded yet (`no_leader`) waits to be reported again. */
+export const reportAgainDelay = 1000;
 
 /** The attempt of a task running on this worker. */
 class Attempt {
@@ -760,10 +762,17 @@ export class Worker {
           continue;
         }
         this.queue.splice(0, n);
+        const again: Queued[] = [];
         for (let i = 0; i < batch.length; i++) {
           const q = batch[i];
           if (q === undefined) continue;
           const r = results[i] ?? { ok: false, code: "no_result", error: "the host sent no result for this event" };
+          if (!r.ok && r.code === "no_leader" && isOutcome(q.ev)) {
+            // Not recorded yet (the cluster has no leader): the attempt keeps its slot and its
+            // outcome is reported again.
+            again.push(q);
+            continue;
+          }
           if (!r.ok && r.code === "stale_attempt") {
             const at = s.running.get(attemptKey(q.ev.task_id, q.ev.attempt));
             if (at) this.drop(at, new AttemptLostError(r.error ?? "stale attempt"));
@@ -773,10 +782,24 @@ export class Worker {
           }
           q.done?.(r);
         }
+        if (again.length > 0) this.reportAgain(s, again);
       }
     } finally {
       this.sending = false;
     }
+  }
+
+  /** Queues outcomes again after reportAgainDelay, unless their session has ended by then. */
+  private reportAgain(s: Session, again: Queued[]): void {
+    this.logger("warn", `${again.length} outcome(s) not recorded yet (no leader): reporting again in ${reportAgainDelay} ms`);
+    setTimeout(() => {
+      if (s.ended || this.session !== s) {
+        for (const q of again) q.done?.(new AttemptLostError("the worker's session ended before its outcome was recorded"));
+        return;
+      }
+      this.queue.unshift(...again);
+      void this.flush();
+    }, reportAgainDelay);
   }
 
   private async post(s: Session, events: WorkerEvent[]): Promise<EventResult[]> {
@@ -784,6 +807,10 @@ export class Worker {
     const body = (await readJSON(res, "POST events")) as { results?: EventResult[] } | null;
     return body?.results ?? [];
   }
+}
+
+function isOutcome(ev: WorkerEvent): boolean {
+  return ev.kind === "succeeded" || ev.kind === "failed" || ev.kind === "cancelled";
 }
 
 /** The byte size of an event as JSON; it throws for a value JSON cannot carry. */

@@ -20,7 +20,7 @@ test("maps statuses to typed errors carrying the API's code and status", () => {
   const cases: [number, string, new (...a: never[]) => TaskworkerError][] = [
     [400, "invalid_input", InvalidInputError],
     [401, "unauthorized", PermissionDeniedError],
-    [403, "permission_denied", PermissionDeniedError],
+    [403, "forbidden", PermissionDeniedError],
     [404, "unknown_worker", NotFoundError],
     [409, "worker_exists", ConflictError],
     [413, "body_too_large", InvalidInputError],

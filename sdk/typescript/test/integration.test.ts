@@ -11,7 +11,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Client, FinalError, TaskFailedError, Worker } from "../src/index.js";
+import { Client, FinalError, TaskFailedError, TaskworkerError, Worker } from "../src/index.js";
 
 const require_ = process.env["TASKWORKER_REQUIRE_SDKS"] === "1";
 const repo = resolve(fileURLToPath(import.meta.url), "../../../../..");
@@ -102,6 +102,16 @@ test("a Node worker runs tasks for a real node, with live logs, failures, cancel
   w.task("ts-final", async () => {
     throw new FinalError("cannot be done");
   });
+  let bigCheckpoint: unknown;
+  w.task("ts-bigcp", async (ctx) => {
+    try {
+      await ctx.checkpoint({ blob: "x".repeat(100_000) }); // over the cluster's 64 KiB cap
+    } catch (e) {
+      bigCheckpoint = e;
+      throw e;
+    }
+    return "not reached";
+  });
   w.task("ts-wait", (ctx) => new Promise((_, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason))));
   const running = w.run();
   try {
@@ -121,6 +131,13 @@ test("a Node worker runs tasks for a real node, with live logs, failures, cancel
       assert.equal(e.task.error?.type, "FinalError");
       return true;
     });
+
+    await assert.rejects(c.exec("ts-bigcp", null, { maxAttempts: 1 }), (e: Error) => {
+      assert.ok(e instanceof TaskFailedError);
+      assert.equal(e.task.error?.type, "checkpoint_too_large");
+      return true;
+    });
+    assert.ok(bigCheckpoint instanceof TaskworkerError && bigCheckpoint.code === "checkpoint_too_large", `checkpoint rejected with ${String(bigCheckpoint)}`);
 
     const waiting = await c.submit("ts-wait", null);
     await waitFor(async () => (await c.get(waiting.id)).state === "running", "ts-wait to run");

@@ -218,6 +218,39 @@ test("a stale_attempt answer drops the attempt and frees its slot", async () => 
   }
 });
 
+test("an outcome answered no_leader keeps its slot and is reported again", async () => {
+  let refusals = 1;
+  fake.fault = (m, p, body) => {
+    const evs = (body as { events?: { kind: string }[] } | null)?.events;
+    if (m === "POST" && p.endsWith("/events") && refusals > 0 && evs?.some((e) => e.kind === "succeeded")) {
+      refusals--;
+      return { status: 200, body: { results: evs.map((e) => (e.kind === "succeeded" ? { ok: false, code: "no_leader", error: "not recorded yet" } : { ok: true })) } };
+    }
+    return undefined;
+  };
+  const w = worker("no-leader", { capacity: 1 });
+  const started: number[] = [];
+  w.task("nl", async (_ctx, n: number) => {
+    started.push(n);
+    return n;
+  });
+  const running = w.run();
+  try {
+    const t = fake.submit("nl", 1);
+    await fake.until(() => refusals === 0, "the outcome to be refused once");
+    const t2 = fake.submit("nl", 2);
+    await fake.until(() => state(t.id) === "succeeded", "the outcome reported again");
+    // Capacity 1: the second task could start only once the first outcome was recorded.
+    await fake.until(() => state(t2.id) === "succeeded", "the second task");
+    assert.deepEqual(started, [1, 2]);
+    const reports = fake.requests.filter((r) => r.path.endsWith("/events") && (r.body as { events: { kind: string; task_id: string }[] }).events.some((e) => e.kind === "succeeded" && e.task_id === t.id));
+    assert.equal(reports.length, 2);
+  } finally {
+    fake.fault = undefined;
+    await stopWorker(w, running);
+  }
+});
+
 test("drain waits for running tasks, then leaves", async () => {
   const w = worker("drainer");
   let started = false;
@@ -267,11 +300,11 @@ test("registration waits out a name conflict; a refused token stops the worker",
   fake.fault = undefined;
   await stopWorker(w, running);
 
-  fake.fault = (m, p) => (m === "POST" && p === "/v1/workers" ? { status: 403, body: { error: "no work on noop", code: "permission_denied" } } : undefined);
+  fake.fault = (m, p) => (m === "POST" && p === "/v1/workers" ? { status: 403, body: { error: "no work on noop", code: "forbidden" } } : undefined);
   try {
     const w2 = worker("refused");
     w2.task("noop", () => null);
-    await assert.rejects(w2.run(), (e: Error) => e instanceof PermissionDeniedError && e.code === "permission_denied");
+    await assert.rejects(w2.run(), (e: Error) => e instanceof PermissionDeniedError && e.code === "forbidden");
   } finally {
     fake.fault = undefined;
   }
@@ -282,7 +315,7 @@ test("a token revoked mid-session ends the worker", async () => {
   w.task("noop", () => null);
   const running = w.run();
   await fake.until(() => [...fake.sessions.values()].some((s) => s.name === "revoked" && !s.gone), "the worker to register");
-  fake.fault = (m, p) => (p.endsWith("/poll") ? { status: 403, body: { error: "token revoked", code: "permission_denied" } } : undefined);
+  fake.fault = (m, p) => (p.endsWith("/poll") ? { status: 403, body: { error: "token revoked", code: "forbidden" } } : undefined);
   try {
     await assert.rejects(running, PermissionDeniedError);
   } finally {
