@@ -64,8 +64,8 @@ apply_mutation() {
     pkg=./fsm want=TestPersistRunsBesideApply ;;
   scheduler-ignore-capacity)
     replace scheduler/place.go \
-      'if n.Status == fsm.NodeUp && !n.Draining && alive[n.Name] && v.Load[n.Name] < n.Capacity {' \
-      'if n.Status == fsm.NodeUp && !n.Draining && alive[n.Name] {'
+      'if n.Status == fsm.NodeUp && !n.Draining && n.Alive(alive) && v.Load[n.Name] < n.Capacity {' \
+      'if n.Status == fsm.NodeUp && !n.Draining && n.Alive(alive) {'
     replace scheduler/place.go \
       $'\t\tif s.load >= s.node.Capacity {\n\t\t\tslots = append(slots[:best], slots[best+1:]...)\n' \
       $'\t\tif false {\n\t\t\tslots = append(slots[:best], slots[best+1:]...)\n'
