@@ -3,9 +3,9 @@ package forward
 import (
 	"bytes"
 	"context"
-	"errors"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
