@@ -361,18 +361,11 @@ func (e *Executor) execute(r *run, a Assignment) {
 			outcome, result, terr = e.attempt(r, a, h, log, sendStarted)
 		}
 	} else {
-		ended := make(chan struct{})
-		go func() {
-			t := time.NewTimer(e.cfg.StartWindow)
-			defer t.Stop()
-			select {
-			case <-t.C:
-				sendStarted()
-			case <-ended:
-			}
-		}()
+		// A timer, not a goroutine waiting on one: a short task ends within the window and
+		// leaves nothing to wake.
+		window := time.AfterFunc(e.cfg.StartWindow, func() { sendStarted() })
 		outcome, result, terr = e.attempt(r, a, h, log, sendStarted)
-		close(ended)
+		window.Stop()
 		// Not sent yet: the attempt ended within the window, and its start goes with the outcome.
 		sent, ok := g.skip()
 		started = !sent || ok
@@ -440,11 +433,28 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 			return err
 		})
 	// The throttle sends waiting checkpoints until the attempt is over, even past a cancel or a
-	// timeout: a drained task's newest progress is what its next attempt resumes from.
-	throttleCtx, stopThrottle := context.WithCancel(r.reportCtx)
-	throttleDone := make(chan struct{})
-	go func() { defer close(throttleDone); throttle.Run(throttleCtx) }()
-	defer func() { stopThrottle(); <-throttleDone }()
+	// timeout: a drained task's newest progress is what its next attempt resumes from. Its
+	// goroutine starts with the first checkpoint: most tasks make none.
+	var (
+		throttleOnce sync.Once
+		stopThrottle context.CancelFunc
+		throttleDone chan struct{}
+	)
+	startThrottle := func() {
+		throttleOnce.Do(func() {
+			var throttleCtx context.Context
+			throttleCtx, stopThrottle = context.WithCancel(r.reportCtx)
+			throttleDone = make(chan struct{})
+			go func() { defer close(throttleDone); throttle.Run(throttleCtx) }()
+		})
+	}
+	defer func() {
+		throttleOnce.Do(func() {}) // none starts after this
+		if stopThrottle != nil {
+			stopThrottle()
+			<-throttleDone
+		}
+	}()
 
 	out := &runOutput{
 		store: e.cfg.Logs, taskID: a.TaskID, attempt: a.Attempt, node: e.cfg.NodeName,
@@ -465,6 +475,7 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 		tooLarge:      fail,
 		out:           out,
 		checkpoint: func(data json.RawMessage) error {
+			startThrottle()
 			if err := throttle.Checkpoint(ctx, data); err != nil {
 				return fmt.Errorf("report checkpoint: %w", err)
 			}

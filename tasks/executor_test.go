@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -356,5 +357,32 @@ func TestExecutorStartWindowFencedAtStartStopsTheRun(t *testing.T) {
 	waitIdle(t, e) // the block handler ends only when the fencing stops it
 	if got := strings.Join(rep.kinds(), " "); got != "started" {
 		t.Fatalf("reports = %s, want started only: a fenced attempt reports nothing more", got)
+	}
+}
+
+// A short run is one goroutine: the start window is a timer and the checkpoint throttle starts
+// with the first checkpoint, so a task that makes none wakes nothing else.
+func TestExecutorShortRunIsOneGoroutine(t *testing.T) {
+	reg := NewRegistry()
+	inside := make(chan int, 1)
+	if err := reg.Register(Func(def("count-goroutines", "", `null`), func(*Context, any) (any, error) {
+		inside <- runtime.NumGoroutine()
+		return 1, nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	rep := &startFinisher{}
+	e := NewExecutor(ExecutorConfig{Registry: reg, Reporter: rep, NodeName: "n1", ReportRetry: time.Millisecond,
+		StartWindow: time.Minute})
+	t.Cleanup(e.Close)
+	before := runtime.NumGoroutine()
+	e.Start(Assignment{TaskID: "t1", Type: "count-goroutines", Attempt: 1})
+	during := <-inside
+	waitIdle(t, e)
+	if during-before > 1 {
+		t.Fatalf("%d goroutines while the handler ran, %d before: want the run's own only", during, before)
+	}
+	if got := strings.Join(rep.kinds(), " "); got != "started+finished" {
+		t.Fatalf("reports = %s, want started+finished", got)
 	}
 }

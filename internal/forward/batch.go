@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -183,7 +184,7 @@ func decodeBatch(b []byte) ([]batchItem, error) {
 	items := make([]batchItem, 0, n)
 	for i := range n {
 		left := len(d.b)
-		h := decodeHeader(d, maxItemHeaders, fmt.Sprintf("request %d", i))
+		h := decodeHeader(d, maxItemHeaders, i)
 		body := d.bytes(maxItemBytes, "body")
 		if d.err == nil && left-len(d.b) > maxItemBytes+binary.MaxVarintLen64*(2*maxItemHeaders+2) {
 			d.fail("request %d: %d bytes, more than %d", i, left-len(d.b), maxItemBytes)
@@ -199,28 +200,65 @@ func decodeBatch(b []byte) ([]batchItem, error) {
 	return items, nil
 }
 
-// decodeHeader decodes header pairs. A name is canonical, as net/http makes it, so that a
-// forward header sent in another case is found (and dropped) as Serve finds it.
-func decodeHeader(d *decoder, maxValues uint64, what string) http.Header {
-	n := d.uvarint(maxValues, what+": header count")
+// decodeHeader decodes the header pairs of request item. A name is canonical, as net/http makes
+// it, so that a forward header sent in another case is found (and dropped) as Serve finds it.
+// Names and values share one string and the values one slice: a request's header costs a few
+// allocations, not several per pair.
+func decodeHeader(d *decoder, maxValues uint64, item uint64) http.Header {
+	n := d.uvarint(maxValues, "header count")
 	if d.err != nil {
+		d.err = fmt.Errorf("request %d: %w", item, d.err)
 		return nil
 	}
-	h := make(http.Header, min(n, 16))
+	// The pairs are checked and measured first, then copied out of the batch in one string.
+	start := d.b
 	for range n {
-		k := d.bytes(maxHeaderKey, what+": header name")
-		v := d.bytes(maxItemBytes, what+": header value")
+		k := d.bytes(maxHeaderKey, "header name")
+		v := d.bytes(maxItemBytes, "header value")
 		if d.err != nil {
+			d.err = fmt.Errorf("request %d: %w", item, d.err)
 			return nil
 		}
 		if !httpguts.ValidHeaderFieldName(string(k)) || !httpguts.ValidHeaderFieldValue(string(v)) {
-			d.fail("%s: invalid header %q", what, api.Truncate(string(k)))
+			d.fail("request %d: invalid header %q", item, api.Truncate(string(k)))
 			return nil
 		}
-		key := http.CanonicalHeaderKey(string(k))
-		h[key] = append(h[key], string(v))
+	}
+	return headerOf(string(start[:len(start)-len(d.b)]), n)
+}
+
+// headerOf builds the header of n pairs from their encoding pairs, already checked (lengths and
+// validity). Names and values are substrings of pairs.
+func headerOf(pairs string, n uint64) http.Header {
+	h := make(http.Header, min(n, 16))
+	values := make([]string, n)
+	for i := range n {
+		var k, v string
+		k, pairs = nextString(pairs)
+		v, pairs = nextString(pairs)
+		key := http.CanonicalHeaderKey(k)
+		values[i] = v
+		if old, ok := h[key]; ok {
+			h[key] = append(old[:len(old):len(old)], v)
+		} else {
+			h[key] = values[i : i+1 : i+1]
+		}
 	}
 	return h
+}
+
+// nextString splits a length-prefixed string off s, whose lengths were checked before.
+func nextString(s string) (string, string) {
+	var l uint64
+	var shift uint
+	i := 0
+	for ; s[i] >= 0x80; i++ {
+		l |= uint64(s[i]&0x7f) << shift
+		shift += 7
+	}
+	l |= uint64(s[i]) << shift
+	s = s[i+1:]
+	return s[:l], s[l:]
 }
 
 // appendReply encodes the reply to the batch's i-th request.
@@ -279,28 +317,68 @@ func readReply(br *bufio.Reader) (*reply, error) {
 	if n > maxReplyHeaders {
 		return nil, fmt.Errorf("%w: %d header values", errBatch, n)
 	}
-	rep := &reply{status: int(status), header: make(http.Header, n)}
+	// The pairs are read into one buffer, in their encoding, and checked; the header's names
+	// and values are then substrings of one string.
+	var pairs []byte
+	if n > 0 {
+		pairs = make([]byte, 0, 256) // a reply's usual headers fit
+	}
 	budget := int64(maxReplyHeader)
 	for range n {
-		k, err := readBytes(br, &budget)
-		if err != nil {
+		start := len(pairs)
+		if pairs, err = readPiece(br, pairs, &budget); err != nil {
 			return nil, err
 		}
-		v, err := readBytes(br, &budget)
-		if err != nil {
+		k := pairs[start:]
+		k = k[len(k)-int(pieceLen(k)):]
+		start = len(pairs)
+		if pairs, err = readPiece(br, pairs, &budget); err != nil {
 			return nil, err
 		}
+		v := pairs[start:]
+		v = v[len(v)-int(pieceLen(v)):]
 		if !httpguts.ValidHeaderFieldName(string(k)) || !httpguts.ValidHeaderFieldValue(string(v)) {
 			return nil, fmt.Errorf("%w: invalid header %q", errBatch, api.Truncate(string(k)))
 		}
-		key := http.CanonicalHeaderKey(string(k))
-		rep.header[key] = append(rep.header[key], string(v))
 	}
+	rep := &reply{status: int(status), header: headerOf(string(pairs), n)}
 	budget = maxReplyBody
 	if rep.body, err = readBytes(br, &budget); err != nil {
 		return nil, err
 	}
 	return rep, nil
+}
+
+// pieceLen is the length of the piece b holds: a uvarint length, then that many bytes.
+func pieceLen(b []byte) uint64 {
+	l, _ := binary.Uvarint(b)
+	return l
+}
+
+// readPiece reads a length and that many bytes, taken from budget, and appends both, encoded as
+// they came, to buf. The bytes are read as they arrive, never allocated from the stated length
+// alone.
+func readPiece(br *bufio.Reader, buf []byte, budget *int64) ([]byte, error) {
+	n, err := binary.ReadUvarint(br)
+	if err != nil {
+		return buf, err
+	}
+	if n > uint64(*budget) {
+		return buf, fmt.Errorf("%w: %d bytes, more than the %d left", errBatch, n, *budget)
+	}
+	*budget -= int64(n)
+	buf = binary.AppendUvarint(buf, n)
+	for n > 0 {
+		chunk := int(min(n, 4096))
+		buf = slices.Grow(buf, chunk)
+		m, err := io.ReadFull(br, buf[len(buf):len(buf)+chunk])
+		buf = buf[:len(buf)+m]
+		if err != nil {
+			return buf, noEOF(err)
+		}
+		n -= uint64(chunk)
+	}
+	return buf, nil
 }
 
 // readBytes reads a length and that many bytes, taken from budget.

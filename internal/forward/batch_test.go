@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -489,4 +490,71 @@ func FuzzForwardBatch(f *testing.F) {
 			seen[i] = true
 		})
 	})
+}
+
+// A forwarded request's header and a reply's cost a few allocations each, not several per pair:
+// the leader decodes one per forwarded write and the follower reads one reply per write.
+func TestBatchWireAllocations(t *testing.T) {
+	h := http.Header{"Content-Type": {"application/json"}, "User-Agent": {"Go-http-client/1.1"},
+		"Accept-Encoding": {"gzip"}, "Authorization": {"Bearer x"}, headerMethod: {"POST"},
+		headerURI: {"/v1/tasks?wait=30s"}, headerClient: {"127.0.0.1:4242"}, headerRequest: {"01J0000000000000000000000A"}}
+	b := encodeBatch([]*pending{pendingOf(h, `{"type":"echo","input":"x"}`)})
+	items, err := decodeBatch(b)
+	if err != nil || !reflect.DeepEqual(items[0].header, h) {
+		t.Fatalf("decoded %+v, %v", items, err)
+	}
+	// The batch's item slice, the header map and its table, one string, one slice of values.
+	if n := testing.AllocsPerRun(100, func() { _, _ = decodeBatch(b) }); n > 6 {
+		t.Errorf("decoding a forwarded request: %.0f allocations, want at most 6", n)
+	}
+	rep := &reply{status: 201, header: http.Header{"Content-Type": {"application/json"}, HeaderIndex: {"123456"},
+		HeaderServedBy: {"n1"}, "X-Request-Id": {"01J0000000000000000000000A"}}, body: []byte(`{"id":"01J0000000000000000000000A"}`)}
+	stream := appendReply([]byte{batchVersion}, 0, rep)
+	read := func() *reply {
+		var got *reply
+		if err := readReplies(bytes.NewReader(stream), 1, func(_ int, r *reply) { got = r }); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := read(); !reflect.DeepEqual(got.header, rep.header) || !bytes.Equal(got.body, rep.body) {
+		t.Fatalf("read %+v, want %+v", got, rep)
+	}
+	// Beside the stream's reader and bookkeeping: the reply, its header (map, pairs, one string,
+	// values) and its body.
+	if n := testing.AllocsPerRun(100, func() { read() }); n > 10 {
+		t.Errorf("reading a reply: %.0f allocations, want at most 10", n)
+	}
+}
+
+// Header names in any case are made canonical, and a name sent twice keeps both values in order.
+func TestBatchHeaderNamesCanonical(t *testing.T) {
+	b := []byte{batchVersion, 1, 3}
+	for _, s := range []string{"x-a", "1", "X-A", "2", "content-type", "text/plain"} {
+		b = appendBytes(b, s)
+	}
+	b = appendBytes(b, "")
+	items, err := decodeBatch(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := http.Header{"X-A": {"1", "2"}, "Content-Type": {"text/plain"}}
+	if !reflect.DeepEqual(items[0].header, want) {
+		t.Fatalf("header %v, want %v", items[0].header, want)
+	}
+}
+
+// A reply stream cut anywhere, or with a header name that is not one, is an error, never a reply.
+func TestTruncatedOrBadReplyIsRefused(t *testing.T) {
+	rep := &reply{status: 201, header: http.Header{"X-A": {"1", "2"}, HeaderIndex: {"7"}}, body: []byte("body")}
+	stream := appendReply([]byte{batchVersion}, 0, rep)
+	for i := 1; i < len(stream); i++ {
+		if err := readReplies(bytes.NewReader(stream[:i]), 1, func(int, *reply) { t.Fatalf("a reply from %d of %d bytes", i, len(stream)) }); err == nil {
+			t.Fatalf("%d of %d bytes: no error", i, len(stream))
+		}
+	}
+	bad := appendReply([]byte{batchVersion}, 0, &reply{status: 200, header: http.Header{"Bad Name": {"v"}}})
+	if err := readReplies(bytes.NewReader(bad), 1, func(int, *reply) { t.Fatal("a reply with a bad header name") }); !errors.Is(err, errBatch) {
+		t.Fatalf("bad header name: %v", err)
+	}
 }

@@ -3,7 +3,12 @@ package httpapi
 import (
 	"bytes"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/taskworker/taskworker/api"
@@ -60,4 +65,30 @@ func FuzzSubmitDecoder(f *testing.F) {
 			t.Fatalf("status %d: %s", rec.Code, rec.Body)
 		}
 	})
+}
+
+// FuzzQueryGet checks queryGet against url.ParseQuery: the same first value for any query and
+// key, escapes, semicolons and repeated keys included.
+func FuzzQueryGet(f *testing.F) {
+	for _, q := range []string{"", "wait=30s", "a=1&wait=2s&wait=3s", "w%61it=1s", "wait=1%", "wait=1%&wait=2s",
+		"wait=1s;x=2&wait=3s", "&&wait", "wait", "wait=a+b", "x=1&=2&wait=%20", strings.Repeat("&", 1200) + "wait=1s"} {
+		f.Add(q, "wait")
+	}
+	f.Fuzz(func(t *testing.T, raw, key string) {
+		v, _ := url.ParseQuery(raw)
+		if got, want := queryGet(raw, key), v.Get(key); got != want {
+			t.Fatalf("queryGet(%q, %q) = %q, url.ParseQuery's is %q", raw, key, got, want)
+		}
+	})
+}
+
+// Reading ?wait allocates nothing for a plain query.
+func TestWaitParamAllocatesNothing(t *testing.T) {
+	r := httptest.NewRequest(http.MethodPost, "/v1/tasks?wait=30s", nil)
+	if d, err := waitParam(r); err != nil || d != 30*time.Second {
+		t.Fatalf("waitParam: %v, %v", d, err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = waitParam(r) }); n != 0 {
+		t.Errorf("waitParam: %.0f allocations, want 0", n)
+	}
 }

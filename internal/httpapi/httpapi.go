@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -301,7 +302,7 @@ func decodeBodyMax(r *http.Request, w http.ResponseWriter, v any, maxBytes int64
 
 // waitParam parses ?wait=DURATION: 0 when absent, capped at MaxWait.
 func waitParam(r *http.Request) (time.Duration, error) {
-	s := r.URL.Query().Get("wait")
+	s := queryGet(r.URL.RawQuery, "wait")
 	if s == "" {
 		return 0, nil
 	}
@@ -310,6 +311,31 @@ func waitParam(r *http.Request) (time.Duration, error) {
 		return 0, api.Errorf(api.CodeInvalidWait, "wait must be a duration like 30s, got %q", api.Truncate(s))
 	}
 	return min(d, MaxWait), nil
+}
+
+// queryGet is url.ParseQuery(raw).Get(key) without building the map of every parameter: the
+// first value of key, "" when there is none. It skips what ParseQuery skips (a pair with a
+// semicolon or a bad escape) and leaves a query with very many parameters to ParseQuery itself.
+func queryGet(raw, key string) string {
+	if strings.Count(raw, "&") >= 1000 {
+		v, _ := url.ParseQuery(raw)
+		return v.Get(key)
+	}
+	for raw != "" {
+		var pair string
+		pair, raw, _ = strings.Cut(raw, "&")
+		if pair == "" || strings.Contains(pair, ";") {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		if k, err := url.QueryUnescape(k); err != nil || k != key {
+			continue
+		}
+		if v, err := url.QueryUnescape(v); err == nil {
+			return v
+		}
+	}
+	return ""
 }
 
 func (s *server) submit(w http.ResponseWriter, r *http.Request) {

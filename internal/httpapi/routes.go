@@ -71,12 +71,16 @@ func (s *server) forwardWrites(mux *routeMux, fwd Forwarder, next http.Handler) 
 		}
 		rec := &heldReply{header: http.Header{}}
 		fwd.ServeWrite(rec, r, next)
-		var t api.Task
-		if rec.header.Get(headerWaitThere) == "" || rec.status >= 300 || json.Unmarshal(rec.body, &t) != nil {
+		// Only the task's ID is needed of the leader's answer: the task itself is read here.
+		var created struct {
+			ID string `json:"id"`
+		}
+		if rec.header.Get(headerWaitThere) == "" || rec.status >= 300 || json.Unmarshal(rec.body, &created) != nil || created.ID == "" {
 			rec.writeTo(w)
 			return
 		}
-		if t, err = s.waitTask(r.Context(), t.ID, wait, func(t api.Task) bool { return api.IsTerminal(t.State) }); err != nil {
+		t, err := s.waitTask(r.Context(), created.ID, wait, func(t api.Task) bool { return api.IsTerminal(t.State) })
+		if err != nil {
 			WriteError(w, err)
 			return
 		}
