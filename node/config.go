@@ -92,6 +92,9 @@ type Config struct {
 	OutputMaxBytes int64
 	MaxResultBytes int     // a task's result cap (the attempt fails, result_too_large), default 256 KiB
 	CheckpointRate float64 // checkpoints per second one run may write, default 10
+	// MaxWorkerSessions caps the worker sessions this node hosts (503 too_many_workers past it),
+	// default workerhost.DefaultMaxSessions (1,024).
+	MaxWorkerSessions int
 
 	// API limits (internal/limits). MaxConnsPerClient 0 means 200, negative no cap; RateLimit is
 	// requests per second per client address, 0 or negative (the default) for none: as in Consul

@@ -25,6 +25,7 @@ func newWorkerHost(n *Node) *workerhost.Host {
 		ReporterFor: n.work.ReporterFor,
 		WorkFor:     n.work.WorkFor,
 		Draining:    n.work.Leaving,
+		MaxSessions: cfg.MaxWorkerSessions,
 	})
 }
 

@@ -606,3 +606,42 @@ func TestWorkerOutcomeSentAgainGetsTheFirstOnesFate(t *testing.T) {
 		t.Fatalf("task %s, result %s, attempt %d: want the first outcome", task.State, task.Result, task.Attempt)
 	}
 }
+
+// A client that registers worker after worker cannot make a node hold more sessions than its
+// cap: past it, registration answers 503 too_many_workers and registers nothing; a session that
+// ends makes room again.
+func TestWorkerSessionsPerNodeAreCapped(t *testing.T) {
+	tc := startCluster(t, 3, clusterOpts{inmem: true, tweak: func(_ int, c *Config) { c.MaxWorkerSessions = 2 }})
+	l := tc.leader()
+	base := "http://" + l.HTTPAddr()
+	register := func(name string) (api.WorkerSession, int, api.Error) {
+		var sess api.WorkerSession
+		req := api.WorkerRegistration{Name: name, Capacity: 1, Lease: "60s", Types: []api.WorkerType{{Type: "py-upper", Version: "1"}}}
+		code, e := workerCall(t, base, "", "POST", api.PathWorkers, req, &sess)
+		return sess, code, e
+	}
+	first, code, e := register("cap-1")
+	if code != http.StatusCreated {
+		t.Fatalf("first: %d %+v", code, e)
+	}
+	if _, code, e := register("cap-2"); code != http.StatusCreated {
+		t.Fatalf("second: %d %+v", code, e)
+	}
+	if _, code, e := register("cap-3"); code != http.StatusServiceUnavailable || e.Code != api.CodeTooManyWorkers {
+		t.Fatalf("third: %d %+v, want 503 %s", code, e, api.CodeTooManyWorkers)
+	}
+	var ws []api.WorkerInfo
+	httpCall(t, l, "GET", "/v1/workers", nil, &ws)
+	for _, w := range ws {
+		if w.Name == "cap-3" {
+			t.Fatalf("the refused worker is registered: %+v", w)
+		}
+	}
+	if code, e := workerCall(t, base, "", "DELETE", api.PathWorkers+"/"+first.ID, nil, nil); code != http.StatusOK {
+		t.Fatalf("leave: %d %+v", code, e)
+	}
+	waitFor(t, "room for another session", 10*time.Second, func() bool {
+		_, code, _ := register("cap-3")
+		return code == http.StatusCreated
+	})
+}
