@@ -38,6 +38,10 @@ const WorkflowProtocol = 7
 const (
 	// MaxWorkflowSteps is the most steps one workflow may have.
 	MaxWorkflowSteps = 10_000
+	// MaxStepInputBytes bounds the input a step's task gets from its parents' results: a fan-in
+	// of thousands of large results must not build one enormous record in Apply. A step whose
+	// input would be larger fails.
+	MaxStepInputBytes = 4 << 20
 	// MaxFinishedWorkflows is how many finished workflows the table keeps: past it the one
 	// finished longest ago goes (its tasks stay, under the tasks' own retention).
 	MaxFinishedWorkflows = 1000
@@ -156,7 +160,7 @@ func init() {
 			return nil
 		},
 		Install: func(f *FSM, s *[]Workflow) {
-			f.workflows = workflowTable{byID: map[string]*Workflow{}, byTask: map[string]stepRef{}}
+			f.workflows = workflowTable{byID: map[string]*Workflow{}, byTask: map[string]stepRef{}, graphs: map[string]*graph{}}
 			if s == nil {
 				return
 			}
@@ -180,6 +184,8 @@ func init() {
 type workflowTable struct {
 	byID   map[string]*Workflow
 	byTask map[string]stepRef
+	// graphs index each workflow's graph, by ID: derived from the records, rebuilt on restore.
+	graphs map[string]*graph
 	// finished are the task IDs of steps whose tasks finished in the entry being applied, for
 	// advanceWorkflows; scratch, never part of the replicated state.
 	finished []string
@@ -190,8 +196,38 @@ type stepRef struct {
 	step int
 }
 
+// graph indexes a workflow's steps, so that settling a step costs its number of children, and a
+// workflow's life the number of its edges, whatever its shape.
+type graph struct {
+	at       map[string]int // step index by name
+	children [][]int        // the steps that depend on each step
+	// waitingOn counts, per step, its dependencies that have not succeeded.
+	waitingOn []int
+}
+
+func newGraph(w *Workflow) *graph {
+	g := &graph{at: make(map[string]int, len(w.Steps)), children: make([][]int, len(w.Steps)), waitingOn: make([]int, len(w.Steps))}
+	for i := range w.Steps {
+		g.at[w.Steps[i].Name] = i
+	}
+	for i := range w.Steps {
+		for _, d := range w.Steps[i].DependsOn {
+			j, ok := g.at[d]
+			if !ok {
+				continue // CheckWorkflow refuses it first
+			}
+			g.children[j] = append(g.children[j], i)
+			if w.Steps[j].State != StepSucceeded {
+				g.waitingOn[i]++
+			}
+		}
+	}
+	return g
+}
+
 func (t *workflowTable) add(w *Workflow) {
 	t.byID[w.ID] = w
+	t.graphs[w.ID] = newGraph(w)
 	for i := range w.Steps {
 		if w.Steps[i].TaskID != "" {
 			t.byTask[w.Steps[i].TaskID] = stepRef{w, i}
@@ -201,6 +237,7 @@ func (t *workflowTable) add(w *Workflow) {
 
 func (t *workflowTable) drop(w *Workflow) {
 	delete(t.byID, w.ID)
+	delete(t.graphs, w.ID)
 	for i := range w.Steps {
 		if id := w.Steps[i].TaskID; id != "" {
 			delete(t.byTask, id)
@@ -431,11 +468,10 @@ func (f *FSM) advanceWorkflows(index uint64, now time.Time) {
 		switch t.State {
 		case Succeeded:
 			s.State, s.Result = StepSucceeded, t.Result
-			if w.State == WorkflowRunning {
-				for c := range w.Steps {
-					if w.Steps[c].State == StepWaiting && slices.Contains(w.Steps[c].DependsOn, s.Name) && f.ready(w, c) {
-						f.startStep(index, now, w, c)
-					}
+			g := f.workflows.graphs[w.ID]
+			for _, c := range g.children[i] {
+				if g.waitingOn[c]--; g.waitingOn[c] == 0 && w.State == WorkflowRunning && w.Steps[c].State == StepWaiting {
+					f.startStep(index, now, w, c)
 				}
 			}
 		case Failed:
@@ -464,20 +500,15 @@ func (f *FSM) stepFailed(index uint64, now time.Time, w *Workflow, i int, state 
 		return
 	}
 	// Continue: its descendants can never run; the others go on.
-	names := map[string]bool{w.Steps[i].Name: true}
-	for changed := true; changed; {
-		changed = false
-		for c := range w.Steps {
-			sc := &w.Steps[c]
-			if sc.State != StepWaiting {
-				continue
-			}
-			for _, d := range sc.DependsOn {
-				if names[d] {
-					sc.State, sc.Error = StepCancelled, "depends on "+reason
-					names[sc.Name], changed = true, true
-					break
-				}
+	g := f.workflows.graphs[w.ID]
+	queue := []int{i}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, c := range g.children[p] {
+			if sc := &w.Steps[c]; sc.State == StepWaiting {
+				sc.State, sc.Error = StepCancelled, "depends on "+reason
+				queue = append(queue, c)
 			}
 		}
 	}
@@ -531,20 +562,6 @@ func (f *FSM) pruneWorkflows() {
 	}
 }
 
-// ready reports whether every dependency of step c has succeeded.
-func (f *FSM) ready(w *Workflow, c int) bool {
-	for _, d := range w.Steps[c].DependsOn {
-		if j := w.stepIndex(d); j < 0 || w.Steps[j].State != StepSucceeded {
-			return false
-		}
-	}
-	return true
-}
-
-func (w *Workflow) stepIndex(name string) int {
-	return slices.IndexFunc(w.Steps, func(s WorkflowStep) bool { return s.Name == name })
-}
-
 // startStep creates step i's task, its input taken from its parents' results; a step whose input
 // cannot be made, or whose task the submit refuses, fails.
 func (f *FSM) startStep(index uint64, now time.Time, w *Workflow, i int) {
@@ -555,7 +572,7 @@ func (f *FSM) startStep(index uint64, now time.Time, w *Workflow, i int) {
 	sub.IdempotencyKey, sub.ParentID, sub.Schedule = "", "", ""
 	sub.SubmittedBy = w.SubmittedBy
 	if len(s.InputFrom) > 0 {
-		in, err := w.inputOf(s)
+		in, err := w.inputOf(s, f.workflows.graphs[w.ID].at)
 		if err != nil {
 			s.State, s.Error = StepFailed, err.Error()
 			f.stepFailed(index, now, w, i, WorkflowFailed)
@@ -583,14 +600,15 @@ func errString(err error, otherwise string) string {
 	return otherwise
 }
 
-// inputOf builds step s's input from its sources' results.
-func (w *Workflow) inputOf(s *WorkflowStep) (json.RawMessage, error) {
+// inputOf builds step s's input from its sources' results; at gives each step's index by name.
+func (w *Workflow) inputOf(s *WorkflowStep, at map[string]int) (json.RawMessage, error) {
 	values := make(map[string]json.RawMessage, len(s.InputFrom))
 	var one json.RawMessage
+	size := 2
 	for _, src := range s.InputFrom {
 		step, ptr := SplitSource(src)
-		j := w.stepIndex(step)
-		if j < 0 {
+		j, ok := at[step]
+		if !ok {
 			return nil, fmt.Errorf("input_from: no step %q", step)
 		}
 		v, err := Pointer(w.Steps[j].Result, ptr)
@@ -598,6 +616,9 @@ func (w *Workflow) inputOf(s *WorkflowStep) (json.RawMessage, error) {
 			return nil, fmt.Errorf("input_from %q: %v", src, err)
 		}
 		values[step], one = v, v
+		if size += len(v) + len(step) + 4; size > MaxStepInputBytes {
+			return nil, fmt.Errorf("input_from: the input would be over %d bytes", MaxStepInputBytes)
+		}
 	}
 	if !s.InputObject {
 		return one, nil
@@ -689,7 +710,7 @@ func (w *Workflow) FinalResult() json.RawMessage {
 		}
 	}
 	sinks.InputObject = len(sinks.InputFrom) > 1
-	out, err := w.inputOf(sinks)
+	out, err := w.inputOf(sinks, newGraph(w).at)
 	if err != nil {
 		return nil
 	}

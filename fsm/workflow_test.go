@@ -383,3 +383,34 @@ func TestPointer(t *testing.T) {
 		}
 	}
 }
+
+func TestWorkflowCommandsNeedProtocol7(t *testing.T) {
+	h := newHarness(t)
+	h.must(&Command{Body: &Register{Node: Node{Name: "old", BootID: "b", Protocol: WorkflowProtocol - 1}}})
+	for _, c := range []*Command{wfCmd("w", "", wfStep("a")), {Body: &WorkflowCancel{ID: "w"}}} {
+		if _, err := h.f.Emit(c); !errors.Is(err, ErrProtocolTooOld) {
+			t.Errorf("emit %s with a protocol %d node up: %v", c.Type(), WorkflowProtocol-1, err)
+		}
+	}
+	h.must(&Command{Body: &Register{Node: Node{Name: "old", BootID: "b2", Protocol: Protocol}}})
+	if _, err := h.f.Emit(wfCmd("w", "", wfStep("a"))); err != nil {
+		t.Errorf("emit with every node at protocol %d: %v", Protocol, err)
+	}
+}
+
+// A fan-in whose parents' results together pass MaxStepInputBytes fails its step instead of
+// building the input.
+func TestWorkflowFanInInputIsCapped(t *testing.T) {
+	h := wfHarness(t)
+	big := `"` + strings.Repeat("x", MaxStepInputBytes/2) + `"`
+	j := wfStep("j", "a", "b", "c")
+	j.InputFrom, j.InputObject = []string{"a", "b", "c"}, true
+	h.must(wfCmd("w", "", wfStep("a"), wfStep("b"), wfStep("c"), j))
+	for _, p := range []string{"a", "b", "c"} {
+		h.run(StepTaskID("w", p), big)
+	}
+	w := h.wf("w")
+	if w.State != WorkflowFailed || w.Steps[3].State != StepFailed || !strings.Contains(w.Steps[3].Error, "over") || h.exists(StepTaskID("w", "j")) {
+		t.Fatalf("workflow %s: %s (%q)", w.State, stepStates(w), w.Steps[3].Error)
+	}
+}

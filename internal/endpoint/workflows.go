@@ -58,9 +58,16 @@ func (srv *Server) prepareWorkflow(id string, req api.WorkflowRequest, submitted
 				return fsm.Workflow{}, api.Errorf(api.CodeInvalidWorkflow, "step %q: input_from \"*\" needs depends_on", api.Truncate(rs.Name))
 			}
 		}
+		if len(step.DependsOn)+len(sources) > api.MaxWorkflowSteps {
+			return fsm.Workflow{}, api.Errorf(api.CodeInvalidWorkflow, "step %q: more dependencies than a workflow has steps", api.Truncate(rs.Name))
+		}
+		deps := make(map[string]bool, len(step.DependsOn))
+		for _, d := range step.DependsOn {
+			deps[d] = true
+		}
 		for _, src := range sources {
-			parent, _ := fsm.SplitSource(src)
-			if !slices.Contains(step.DependsOn, parent) {
+			if parent, _ := fsm.SplitSource(src); !deps[parent] {
+				deps[parent] = true
 				step.DependsOn = append(step.DependsOn, parent)
 			}
 		}

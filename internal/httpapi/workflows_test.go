@@ -163,4 +163,14 @@ func TestWorkflowSubmitRefusesBadBodies(t *testing.T) {
 	if len(b.workflows) != 0 {
 		t.Fatalf("a bad body reached the backend")
 	}
+	// One step more than the cap, within the body cap: refused before the backend sees it.
+	steps := make([]string, api.MaxWorkflowSteps+1)
+	for i := range steps {
+		steps[i] = fmt.Sprintf(`{"name":"s%d","type":"echo"}`, i)
+	}
+	h = New(b, Options{})
+	rec := call(h, "POST", "/v1/workflows", "application/json", `{"steps":[`+strings.Join(steps, ",")+`]}`)
+	if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), string(api.CodeInvalidWorkflow)) || len(b.workflows) != 0 {
+		t.Fatalf("%d steps: %d %s", len(steps), rec.Code, rec.Body)
+	}
 }
