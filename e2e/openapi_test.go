@@ -292,6 +292,22 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	s.do(call{method: "DELETE", path: "/v1/schedules/sq", status: 204})
 	s.do(call{method: "PUT", path: "/v1/schedules/sq", body: `{"cron": "every day", "type": "calc-square", "input": 3}`, status: 400, code: "invalid_schedule"})
 	s.do(call{method: "GET", path: "/v1/schedules/sq", status: 404, code: "not_found"})
+	// Workflows.
+	var wf struct {
+		ID string `json:"id"`
+	}
+	body := s.do(call{method: "POST", path: "/v1/workflows", body: `{"name": "sq", "steps": [{"name": "a", "type": "calc-square", "input": 3},
+		{"name": "b", "type": "calc-square", "depends_on": ["a"], "input_from": "a"}, {"name": "s", "type": "sleep", "input": {"ms": 60000}}]}`, status: 201})
+	if err := json.Unmarshal(body, &wf); err != nil || wf.ID == "" {
+		t.Fatalf("workflow reply %s: %v", body, err)
+	}
+	s.do(call{method: "GET", path: "/v1/workflows", status: 200})
+	s.do(call{method: "GET", path: "/v1/workflows?limit=0", status: 400, code: "invalid_limit"})
+	s.do(call{method: "GET", path: "/v1/workflows/" + wf.ID, status: 200})
+	s.do(call{method: "GET", path: "/v1/workflows/nope", status: 404, code: "not_found"})
+	s.do(call{method: "POST", path: "/v1/workflows", body: `{"steps": [{"name": "a", "type": "echo", "depends_on": ["b"]}, {"name": "b", "type": "echo", "depends_on": ["a"]}]}`, status: 400, code: "invalid_workflow"})
+	s.do(call{method: "POST", path: "/v1/workflows/" + wf.ID + "/cancel", status: 202})
+	s.do(call{method: "POST", path: "/v1/workflows/" + wf.ID + "/cancel", status: 409, code: "already_finished"})
 	// Unique keys, retry and purge.
 	unique := `{"type": "echo", "input": 1, "unique_key": "u1", "unique_for": "1h"}`
 	s.do(call{method: "POST", path: "/v1/tasks", body: unique, status: 201})

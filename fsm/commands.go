@@ -21,7 +21,7 @@ const (
 	CmdCancel   CommandType = 7 // cancel tasks
 	CmdRemove   CommandType = 8 // drop finished tasks past retention
 	// 9, 10, 24: security.go; 11..15: acl.go; 16, 17: queue.go; 18..20: schedule.go.
-	// 21 was never assigned; 25: workers.go. Take new numbers after the highest.
+	// 21 was never assigned; 25: workers.go; 26, 27: workflow.go. Take new numbers after the highest.
 	CmdRetry CommandType = 22 // send failed or cancelled tasks back to pending (retry now)
 	CmdPurge CommandType = 23 // drop finished tasks matching a filter
 )
@@ -45,7 +45,9 @@ const (
 //
 // Protocol 6 adds workers (workers.go): CmdWorker, and Node's Host and Labels, which only worker
 // records set.
-const Protocol = 6
+//
+// Protocol 7 adds workflows (workflow.go): CmdWorkflowSubmit and CmdWorkflowCancel.
+const Protocol = 7
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
 // newer than their type's Since: the lowest protocol that decodes this payload as it is.

@@ -44,6 +44,8 @@ type FSM struct {
 	schedules map[string]*Schedule
 	// schedChanged is closed when a schedule changes or a scheduled task finishes.
 	schedChanged chan struct{}
+	// workflows is the workflows table (workflow.go).
+	workflows workflowTable
 }
 
 // New returns an empty FSM.
@@ -85,6 +87,9 @@ func (f *FSM) applyLocked(index uint64, c *Command) *Result {
 	r := &Result{Index: index}
 	if s := specOf(c.Body); s != nil {
 		r.Items, r.Err = s.apply(f, index, c.Now, c.Body)
+		// Steps of workflows whose tasks this entry finished settle in it, and start the steps
+		// they make ready.
+		f.advanceWorkflows(index, c.Now)
 	} else {
 		r.Err = fmt.Errorf("%w: payload %T is not in the command table", ErrBadCommand, c.Body)
 	}
@@ -473,8 +478,11 @@ func (f *FSM) save(old, next *Task) {
 	if next != nil {
 		f.tasks.insert(next)
 		f.watches.touch(next)
-		if next.Schedule != "" && next.State.Terminal() && (old == nil || !old.State.Terminal()) {
-			f.wakeSchedules() // a buffered tick may start now
+		if next.State.Terminal() && (old == nil || !old.State.Terminal()) {
+			if next.Schedule != "" {
+				f.wakeSchedules() // a buffered tick may start now
+			}
+			f.noteStepFinished(next.ID)
 		}
 	}
 }

@@ -20,7 +20,7 @@ var updateGolden = flag.Bool("update-golden", false, "rewrite fsm/testdata/golde
 // goldenFSM builds, by commands only, a state in which every table is non-empty: tasks (live
 // and finished, hence frozen), nodes (one draining), idempotency keys, a unique lock, a queue's
 // settings and a type limit, a schedule and a task it fired, ACL policies, tokens and the
-// bootstrap flag, and the join secret, management hash and gossip keyring.
+// bootstrap flag, the join secret, management hash and gossip keyring, and a workflow part run.
 func goldenFSM(t *testing.T) *FSM {
 	t.Helper()
 	h := newHarness(t)
@@ -68,6 +68,11 @@ func goldenFSM(t *testing.T) *FSM {
 	h.must(&Command{Body: &Management{Hash: HashSecret("manage")}})
 	h.must(&Command{Body: &KeyringOp{Op: KeyInstall, Key: "a2V5LW9uZQ=="}})
 	h.must(&Command{Body: &KeyringOp{Op: KeyInstall, Key: "a2V5LXR3bw=="}})
+
+	next := wfStep("next", "first")
+	next.InputFrom = []string{"first#/v"}
+	h.must(wfCmd("g-wf", OnFailureContinue, wfStep("first"), next, wfStep("other")))
+	h.run(StepTaskID("g-wf", "first"), `{"v":[1]}`)
 	return h.f
 }
 
@@ -130,7 +135,7 @@ func TestSnapshotAndDigestMatchTheGoldenFiles(t *testing.T) {
 	for name, empty := range map[string]bool{
 		"tasks": f.tasks.all.Len() == 0, "nodes": len(f.nodes) == 0, "idempotency": len(f.tasks.idem) == 0,
 		"unique": f.unique.len() == 0, "queues": f.queues.zero(), "schedules": len(f.schedules) == 0,
-		"acl": len(f.acl.State().Tokens) == 0, "security": f.security.zero(),
+		"acl": len(f.acl.State().Tokens) == 0, "security": f.security.zero(), "workflows": len(f.workflows.byID) == 0,
 	} {
 		if empty {
 			t.Errorf("golden state has no %s: the test would not cover its section", name)

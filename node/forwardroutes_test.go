@@ -70,6 +70,13 @@ func TestEveryForwardedWriteIsAuthorizedOnTheLeader(t *testing.T) {
 		t.Fatalf("token create: %d %s", code, b)
 	}
 
+	code, b = aclCall(t, f, "POST", "/v1/workflows", mgmt.SecretID, `{"steps": [{"name": "a", "type": "sleep", "input": {"ms": 60000}}]}`)
+	var wf api.Workflow
+	mustJSON(t, b, &wf)
+	if code != http.StatusCreated {
+		t.Fatalf("workflow submit: %d %s", code, b)
+	}
+
 	type call struct{ path, body string }
 	calls := map[string]call{
 		"POST /v1/tasks":                      {"/v1/tasks", `{"type": "sleep", "input": {"ms": 1}}`},
@@ -90,6 +97,8 @@ func TestEveryForwardedWriteIsAuthorizedOnTheLeader(t *testing.T) {
 		"POST /v1/operator/keyring":           {"/v1/operator/keyring", `{"op": "use", "key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}`},
 		"POST /v1/queues/{name}":              {"/v1/queues/bulk", `{"limit": 5}`},
 		"POST /v1/type-limits/{type}":         {"/v1/type-limits/sleep", `{"limit": 5}`},
+		"POST /v1/workflows":                  {"/v1/workflows", `{"steps": [{"name": "a", "type": "sleep", "input": {"ms": 1}}]}`},
+		"POST /v1/workflows/{id}/cancel":      {"/v1/workflows/" + wf.ID + "/cancel", ""},
 	}
 	// Open by design: anyone may try to bootstrap, once per cluster.
 	open := map[string]bool{"POST /v1/acl/bootstrap": true}

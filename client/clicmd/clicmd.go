@@ -52,6 +52,7 @@ func Commands() []*cli.Command {
 		keygenCommand(),
 		aclCommand(),
 		scheduleCommand(),
+		workflowCommand(),
 		queueCommand(),
 	}
 }

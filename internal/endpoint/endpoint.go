@@ -159,6 +159,7 @@ type API struct {
 	*ClusterEndpoint
 	*AgentEndpoint
 	*OperatorEndpoint
+	*WorkflowEndpoint
 	ACL *ACLEndpoint
 
 	srv *Server
@@ -178,7 +179,7 @@ func New(cfg Config) *API {
 	return &API{
 		TaskEndpoint: &TaskEndpoint{srv}, ScheduleEndpoint: &ScheduleEndpoint{srv}, QueueEndpoint: &QueueEndpoint{srv},
 		ClusterEndpoint: &ClusterEndpoint{srv}, AgentEndpoint: &AgentEndpoint{srv}, OperatorEndpoint: &OperatorEndpoint{srv},
-		ACL: &ACLEndpoint{srv}, srv: srv,
+		WorkflowEndpoint: &WorkflowEndpoint{srv}, ACL: &ACLEndpoint{srv}, srv: srv,
 	}
 }
 

@@ -206,7 +206,11 @@ func (srv *Server) prepareSubmitIn(req api.SubmitRequest, id string, mv membersh
 // the leader runs it on the child submits other nodes send (TaskEndpoint.CheckSubmit), so a node
 // (or anything that can reach the internode channel) cannot get a task into the log that the API
 // would refuse.
-func (srv *Server) checkSubmit(s *fsm.Submit) error {
+func (srv *Server) checkSubmit(s *fsm.Submit) error { return srv.checkSubmitInput(s, true) }
+
+// checkSubmitInput is checkSubmit, without the type's input check when checkInput is false: a
+// workflow step whose input is its parents' results (workflows.go) has none yet.
+func (srv *Server) checkSubmitInput(s *fsm.Submit, checkInput bool) error {
 	if s.ID == "" || s.Type == "" || s.ExecutionID == "" {
 		return api.Errorf(api.CodeInvalidRequest, "a submit needs an id, a type and an execution id")
 	}
@@ -224,7 +228,7 @@ func (srv *Server) checkSubmit(s *fsm.Submit) error {
 	if !json.Valid(s.Input) {
 		return api.Errorf(api.CodeInvalidInput, "input is not JSON")
 	}
-	if h, err := srv.cfg.Registry.Lookup(s.Type); err == nil && h.Definition().Version == s.Version {
+	if h, err := srv.cfg.Registry.Lookup(s.Type); err == nil && checkInput && h.Definition().Version == s.Version {
 		if err := h.Validate(s.Input); err != nil {
 			return api.Errorf(api.CodeInvalidInput, "invalid input for %s: %s", api.Truncate(s.Type), api.Truncate(err.Error()))
 		}

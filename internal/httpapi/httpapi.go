@@ -85,6 +85,7 @@ type Backend interface {
 	ScheduleBackend // schedules.go
 	RetryPurger     // retry now and purge (uniq.go)
 	QueueBackend    // queue.go
+	WorkflowBackend // workflows.go
 }
 
 // Defaults for Options.
@@ -207,6 +208,7 @@ func (s *server) register(mux *routeMux) {
 	mux.HandleFunc("GET "+api.PathDigest, s.digest)
 	s.queueRoutes(mux)
 	s.workerRoutes(mux)
+	s.workflowRoutes(mux)
 }
 
 // NotFound answers a request for a route that does not exist.

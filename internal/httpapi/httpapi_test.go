@@ -47,6 +47,7 @@ type fakeBackend struct {
 	keys         map[string]string     // idempotency key -> task ID, for SubmitBatch
 
 	fakeSchedules                   // schedules_test.go
+	fakeWorkflows                   // workflows_test.go
 	gotPurge      *api.PurgeRequest // the last Purge's request
 	queueCalls    []string          // queue_test.go: every queue or type limit change
 }
