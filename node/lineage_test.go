@@ -49,9 +49,11 @@ func TestExecutionJoinNeedsTheParentsAttemptOrAReader(t *testing.T) {
 	if code != http.StatusCreated {
 		t.Fatalf("victim submit: %d %s", code, b)
 	}
-	waitFor(t, "every node has the victim's task", 20*time.Second, func() bool {
+	// Running everywhere: its start report is in, so nothing about it changes the state while the
+	// leader's digest is compared below.
+	waitFor(t, "every node has the victim's task running", 20*time.Second, func() bool {
 		for _, n := range tc.nodes {
-			if tk, ok := n.FSM().Task(root.ID); !ok || !tk.State.Active() {
+			if tk, ok := n.FSM().Task(root.ID); !ok || tk.State != fsm.Running {
 				return false
 			}
 		}
