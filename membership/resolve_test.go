@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -53,7 +52,15 @@ func (r *testResolver) count() int {
 func TestJoinResolvesNameToEveryAddressEachRound(t *testing.T) {
 	c := newCluster(t, nil)
 	a := c.start("a")
-	down := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))) // a member that is down
+	// b is a member that went down: its address stays in DNS.
+	b, err := membership.New(c.config("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := b.GossipAddr()
+	if err := b.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
 
 	res := &testResolver{name: "taskworker-headless"}
 	res.set(&net.DNSError{Err: "server misbehaving", Name: res.name, IsTemporary: true})
