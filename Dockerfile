@@ -6,6 +6,8 @@
 # The default command starts a node with ACLs on (run `taskworker acl bootstrap` against it first).
 # Join one with: docker run ... taskworker agent --acl --join HOST:7946, and the join token in
 # TASKWORKER_JOIN_TOKEN or TASKWORKER_JOIN_TOKEN_FILE (never on the command line).
+# SIGTERM drains the node for up to --drain-timeout (30s), but `docker stop` kills after 10s:
+# stop with `docker stop -t 60` (docker run --stop-timeout 60, compose stop_grace_period: 60s).
 
 # The Go version of go.mod. Pin by digest too (golang:1.26.8@sha256:...) for a reproducible build.
 FROM golang:1.26.8 AS build
@@ -34,5 +36,6 @@ USER 65532:65532
 VOLUME /data
 # Gossip (TCP and UDP; also the join exchange and internode calls), raft, HTTP API.
 EXPOSE 7946/tcp 7946/udp 7947/tcp 7948/tcp
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/taskworker"]
 CMD ["agent", "--http-addr", "0.0.0.0:7948", "--acl"]

@@ -137,7 +137,7 @@ func TestDockerfileIsStaticScratchAndNonRoot(t *testing.T) {
 	if final[0].args != "scratch" {
 		t.Errorf("final stage FROM %s, want scratch", final[0].args)
 	}
-	var user, entrypoint, cmd string
+	var user, entrypoint, cmd, stop string
 	var exposed []string
 	for _, in := range final {
 		switch in.cmd {
@@ -149,6 +149,8 @@ func TestDockerfileIsStaticScratchAndNonRoot(t *testing.T) {
 			user = in.args
 		case "ENTRYPOINT":
 			entrypoint = in.args
+		case "STOPSIGNAL":
+			stop = in.args
 		case "CMD":
 			cmd = in.args
 		case "EXPOSE":
@@ -162,6 +164,9 @@ func TestDockerfileIsStaticScratchAndNonRoot(t *testing.T) {
 	g, gerr := strconv.Atoi(gid)
 	if !ok || uerr != nil || gerr != nil || u == 0 || g == 0 {
 		t.Errorf("final USER %q, want a numeric non-root uid:gid (a scratch image has no /etc/passwd, and a name cannot be checked for root)", user)
+	}
+	if stop != "SIGTERM" {
+		t.Errorf("STOPSIGNAL %q, want SIGTERM, which starts a graceful leave", stop)
 	}
 	if entrypoint != `["/taskworker"]` {
 		t.Errorf("ENTRYPOINT %s, want [\"/taskworker\"]", entrypoint)
