@@ -330,14 +330,14 @@ func (m *Membership) resolveSeeds(ctx context.Context, seeds []string) ([]string
 	var out []string
 	var errs []error
 	add := func(a string) {
-		if a != m.addr && !slices.Contains(out, a) {
+		if !slices.Contains(out, a) {
 			out = append(out, a)
 		}
 	}
 	for _, s := range seeds {
 		host, port, err := net.SplitHostPort(s)
 		if err != nil || strings.Contains(s, "/") || net.ParseIP(host) != nil {
-			add(s) // an IP, or a form memberlist parses itself ("name/host:port", no port)
+			add(s) // an IP (Join dropped this node's), or a form memberlist parses itself ("name/host:port", no port)
 			continue
 		}
 		lctx, cancel := context.WithTimeout(ctx, resolveTimeout)
@@ -351,12 +351,15 @@ func (m *Membership) resolveSeeds(ctx context.Context, seeds []string) ([]string
 			errs = append(errs, fmt.Errorf("resolve %s: no addresses", host))
 		}
 		for _, a := range answers {
-			if _, _, err := net.SplitHostPort(a); err == nil {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				if net.ParseIP(a) == nil {
+					errs = append(errs, fmt.Errorf("resolve %s: %q is not an address", host, a))
+					continue
+				}
+				a = net.JoinHostPort(a, port)
+			}
+			if a != m.addr {
 				add(a)
-			} else if net.ParseIP(a) != nil {
-				add(net.JoinHostPort(a, port))
-			} else {
-				errs = append(errs, fmt.Errorf("resolve %s: %q is not an address", host, a))
 			}
 		}
 	}
