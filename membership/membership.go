@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -105,6 +106,11 @@ type Config struct {
 	// nil gossips in plain text (--insecure).
 	Keyring *memberlist.Keyring
 
+	// Resolve looks up the host of a seed given by name; nil is the system resolver
+	// (net.DefaultResolver.LookupHost: every A and AAAA record). An answer is an IP, joined to
+	// the seed's port, or an "ip:port", used as it is. Tests replace it.
+	Resolve func(ctx context.Context, host string) ([]string, error)
+
 	Logger    *slog.Logger                  // nil = slog.Default()
 	Transport memberlist.NodeAwareTransport // nil = UDP/TCP on BindAddr:BindPort; memnet in tests
 }
@@ -140,6 +146,8 @@ type Membership struct {
 	// addr is this node's gossip host:port, read once at start: memberlist rewrites its local
 	// node record on every meta update, so reading it later races with UpdateMeta.
 	addr string
+
+	resolve func(ctx context.Context, host string) ([]string, error)
 
 	opMu sync.Mutex // serializes UpdateMeta, Leave and Shutdown; memberlist panics on Leave after Shutdown
 
@@ -222,6 +230,10 @@ func New(cfg Config) (*Membership, error) {
 	}
 	m.created.Store(m.list)
 	m.addr = m.list.LocalNode().Address()
+	m.resolve = cfg.Resolve
+	if m.resolve == nil {
+		m.resolve = net.DefaultResolver.LookupHost
+	}
 	m.wg.Add(2)
 	go m.pump()
 	go m.reconnect(cfg.ReconnectInterval)
@@ -255,8 +267,12 @@ func (c Config) withDefaults() Config {
 }
 
 // Join contacts addrs (host:port) until at least one answers or ctx is done, backing off from
-// 200ms to 2s between rounds. This node's own address is skipped, so every node can be given the
-// same seed list; with nothing left to contact, Join returns nil at once (the first node).
+// 200ms to 2s between rounds. A seed given by name is resolved again in every round and every
+// address it resolves to is tried, so one name can stand for all members (a Kubernetes headless
+// service, a DNS round robin) and a changed answer is seen on the next round. This node's own
+// address is skipped, so every node can be given the same seed list; with nothing left to
+// contact, Join returns nil at once (the first node). A name that resolves to nothing but this
+// node is a failed round, retried: the others may not be in DNS yet.
 func (m *Membership) Join(ctx context.Context, addrs []string) error {
 	self := m.GossipAddr()
 	addrs = slices.DeleteFunc(slices.Clone(addrs), func(a string) bool { return a == self })
@@ -265,14 +281,22 @@ func (m *Membership) Join(ctx context.Context, addrs []string) error {
 	}
 	backoff := 200 * time.Millisecond
 	for {
-		m.joining.Add(1)
-		n, err := m.list.Join(addrs)
-		m.joining.Add(-1)
+		var n int
+		seeds, err := m.resolveSeeds(ctx, addrs)
+		if len(seeds) > 0 {
+			var jerr error
+			m.joining.Add(1)
+			n, jerr = m.list.Join(seeds)
+			m.joining.Add(-1)
+			err = errors.Join(err, jerr)
+		} else if err == nil {
+			err = errors.New("the seeds resolve to no address but this node's")
+		}
 		if c := m.conflict.Load(); c != nil {
 			return *c
 		}
 		if n > 0 {
-			m.log.Debug("joined cluster", "contacted", n, "seeds", addrs)
+			m.log.Debug("joined cluster", "contacted", n, "seeds", addrs, "resolved", seeds)
 			return nil
 		}
 		if mm := encryptionMismatch(err); mm != "" {
@@ -293,6 +317,53 @@ func (m *Membership) Join(ctx context.Context, addrs []string) error {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
+}
+
+// resolveTimeout bounds one lookup, so a slow DNS server cannot hold a join round forever.
+const resolveTimeout = 5 * time.Second
+
+// resolveSeeds turns seeds into the addresses to contact this round: an IP seed as it is, a
+// named one as every address its name resolves to now. This node's address and repeats are
+// dropped. A name that does not resolve is an error in the result; the other seeds are still
+// returned, to be tried.
+func (m *Membership) resolveSeeds(ctx context.Context, seeds []string) ([]string, error) {
+	var out []string
+	var errs []error
+	add := func(a string) {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	for _, s := range seeds {
+		host, port, err := net.SplitHostPort(s)
+		if err != nil || strings.Contains(s, "/") || net.ParseIP(host) != nil {
+			add(s) // an IP (Join dropped this node's), or a form memberlist parses itself ("name/host:port", no port)
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+		answers, err := m.resolve(lctx, host)
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("resolve %s: %w", host, err))
+			continue
+		}
+		if len(answers) == 0 {
+			errs = append(errs, fmt.Errorf("resolve %s: no addresses", host))
+		}
+		for _, a := range answers {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				if net.ParseIP(a) == nil {
+					errs = append(errs, fmt.Errorf("resolve %s: %q is not an address", host, a))
+					continue
+				}
+				a = net.JoinHostPort(a, port)
+			}
+			if a != m.addr {
+				add(a)
+			}
+		}
+	}
+	return out, errors.Join(errs...)
 }
 
 // memberlist's words (net.go, v0.7.0) for a push/pull with a node that encrypts gossip

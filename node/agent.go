@@ -45,7 +45,7 @@ func AgentCommand(opts AgentOptions) *cli.Command {
 			&cli.StringFlag{Name: "raft-addr", EnvVars: []string{"TASKWORKER_RAFT_ADDR"}, Value: "0.0.0.0:7947", Usage: "raft transport bind host:port"},
 			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"TASKWORKER_HTTP_ADDR"}, Value: "127.0.0.1:7948", Usage: "HTTP API bind host:port"},
 			&cli.StringFlag{Name: "advertise", EnvVars: []string{"TASKWORKER_ADVERTISE"}, Usage: "host other nodes use to reach this one (default: first private IP, or the bind host)"},
-			&cli.StringSliceFlag{Name: "join", EnvVars: []string{"TASKWORKER_JOIN"}, Usage: "gossip host:port of an existing member; repeatable or comma separated"},
+			&cli.StringSliceFlag{Name: "join", EnvVars: []string{"TASKWORKER_JOIN"}, Usage: "gossip host:port of an existing member, or a DNS name:port that resolves to members (looked up again on each retry); repeatable or comma separated"},
 			&cli.IntFlag{Name: "capacity", EnvVars: []string{"TASKWORKER_CAPACITY"}, Value: DefaultCapacity(), DefaultText: fmt.Sprintf("number of CPUs, here %d", DefaultCapacity()), Usage: "tasks this node runs at once, at least 1"},
 			&cli.DurationFlag{Name: "drain-timeout", EnvVars: []string{"TASKWORKER_DRAIN_TIMEOUT"}, Value: DefaultDrainTimeout, Usage: "how long a graceful leave waits for running tasks (a duration with a unit, e.g. 30s)"},
 			&cli.IntFlag{Name: "voters", EnvVars: []string{"TASKWORKER_VOTERS"}, Value: DefaultVoters, Usage: "raft voters, at least 1 (odd is best: 4 tolerates no more failures than 3); other nodes replicate as non-voters"},

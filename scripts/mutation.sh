@@ -18,6 +18,7 @@ export PATH="/usr/local/go/bin:$PATH"
 # on a loaded machine, not a catch).
 mutations=(
   membership-join-self       # Join counts the node's own address as a seed it reached
+  membership-join-dns-self   # Join counts its own address, among those a seed name resolves to, as a seed
   limits-idle-timeout        # Apply forgets IdleTimeout: idle connections live as long as ReadTimeout
   fsm-fence-node-flipped     # a report is accepted only from a node that does not hold the task
   fsm-fence-stale-attempt    # a report of an earlier attempt is accepted
@@ -35,6 +36,9 @@ apply_mutation() {
       'addrs = slices.DeleteFunc(slices.Clone(addrs), func(a string) bool { return a == self })' \
       '_ = self'
     pkg=./membership want=TestJoinSkipsOwnAddress ;;
+  membership-join-dns-self)
+    replace membership/membership.go $'\t\t\tif a != m.addr {\n' $'\t\t\tif true {\n'
+    pkg=./membership want=TestJoinResolvesNameToEveryAddressEachRound ;;
   limits-idle-timeout)
     replace internal/limits/server.go $'\ts.IdleTimeout = t.IdleTimeout\n' ''
     pkg=./internal/limits want=TestIdleTimeoutClosesKeepAliveConnection ;;

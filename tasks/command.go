@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -291,9 +290,8 @@ func (r *commandRun) run(ctx context.Context, input json.RawMessage) (waitErr, e
 	cmd.Env = r.env()
 	cmd.Stdin = bytes.NewReader(input)
 	// Its own process group, so cancel and timeout reach everything it started.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	setProcAttr(cmd, r.h.runAs)
 	if ra := r.h.runAs; ra != nil {
-		cmd.SysProcAttr.Credential = ra.credential()
 		if cmd.Dir == "" {
 			cmd.Dir = r.dir.file(tmpDirName) // the agent's working directory may not be theirs to enter
 		}
@@ -321,7 +319,7 @@ func (r *commandRun) run(ctx context.Context, input json.RawMessage) (waitErr, e
 	if err != nil {
 		return nil, fmt.Errorf("%s: start %s: %w", spec.Name, r.h.path, err)
 	}
-	pgid := cmd.Process.Pid
+	proc := cmd.Process
 
 	var readers sync.WaitGroup
 	readers.Add(2)
@@ -333,18 +331,18 @@ func (r *commandRun) run(ctx context.Context, input json.RawMessage) (waitErr, e
 	select {
 	case waitErr = <-exited:
 	case <-ctx.Done():
-		syscall.Kill(-pgid, syscall.SIGTERM)
+		stopGroup(proc, false)
 		grace := time.NewTimer(spec.GracePeriod)
 		select {
 		case waitErr = <-exited:
 		case <-grace.C:
-			syscall.Kill(-pgid, syscall.SIGKILL)
+			stopGroup(proc, true)
 			waitErr = <-exited
 		}
 		grace.Stop()
 	}
 	// Leave nothing behind: background children still hold the pipes open.
-	syscall.Kill(-pgid, syscall.SIGKILL)
+	stopGroup(proc, true)
 
 	done := make(chan struct{})
 	go func() { readers.Wait(); close(done) }()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,11 +78,6 @@ type runAs struct {
 	groups   []uint32 // supplementary groups, the user's own
 }
 
-// Credential is what the child process gets; Groups replaces the agent's supplementary groups.
-func (ra *runAs) credential() *syscall.Credential {
-	return &syscall.Credential{Uid: ra.uid, Gid: ra.gid, Groups: ra.groups}
-}
-
 // agentIDs returns the agent's effective uid and gid; a variable so tests can play a non-root agent.
 var agentIDs = func() (uid, gid int) { return os.Geteuid(), os.Getegid() }
 
@@ -99,6 +95,9 @@ func lookupRunAs(userName, groupName string) (*runAs, error) {
 			return nil, fmt.Errorf("%w: group %q needs a user", ErrRunAs, groupName)
 		}
 		return nil, nil
+	}
+	if !canSwitchUser {
+		return nil, fmt.Errorf("%w: user %q: commands cannot run as another user on %s", ErrRunAs, userName, runtime.GOOS)
 	}
 	u, err := lookupUser(userName)
 	if err != nil {
@@ -202,19 +201,19 @@ func (ra *runAs) may(path string, want uint32) error {
 	if err != nil {
 		return err
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
+	uid, gid, ok := fileOwner(fi)
 	if !ok {
 		return nil
 	}
 	mode := uint32(fi.Mode().Perm())
 	switch {
-	case st.Uid == ra.uid:
+	case uid == ra.uid:
 		mode >>= 6
-	case st.Gid == ra.gid || slices.Contains(ra.groups, st.Gid):
+	case gid == ra.gid || slices.Contains(ra.groups, gid):
 		mode >>= 3
 	}
 	if mode&want != want {
-		return fmt.Errorf("user %q (uid %d) has no permission on %s (mode %04o, owner %d:%d)", ra.user, ra.uid, path, fi.Mode().Perm(), st.Uid, st.Gid)
+		return fmt.Errorf("user %q (uid %d) has no permission on %s (mode %04o, owner %d:%d)", ra.user, ra.uid, path, fi.Mode().Perm(), uid, gid)
 	}
 	return nil
 }
@@ -326,7 +325,7 @@ func (d *runDir) readResult(limit int) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file", resultFileName)
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && d.owner != nil && st.Uid != d.owner.uid {
+	if uid, _, ok := fileOwner(fi); ok && d.owner != nil && uid != d.owner.uid {
 		// A hard link to someone else's file: reading it would hand the task the agent's rights.
 		return nil, fmt.Errorf("%s is not owned by user %q", resultFileName, d.owner.user)
 	}

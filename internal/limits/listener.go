@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/taskworker/taskworker/api"
@@ -358,11 +357,7 @@ const (
 // of it (at least 256) kept for raft, gossip and files. It never returns less than 64, and when the
 // limit cannot be read it assumes the common 1024.
 func DefaultMaxConns() int {
-	var rl syscall.Rlimit
-	limit := uint64(1024)
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur > 0 {
-		limit = rl.Cur
-	}
+	limit := fileLimit()
 	return maxConnsFor(limit)
 }
 
@@ -411,11 +406,7 @@ const (
 // DefaultPeerMaxConns is the total cap of one node-to-node listener: 1024, or a sixteenth of the
 // RLIMIT_NOFILE soft limit when that is less (never below 32).
 func DefaultPeerMaxConns() int {
-	var rl syscall.Rlimit
-	limit := uint64(1024)
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur > 0 {
-		limit = rl.Cur
-	}
+	limit := fileLimit()
 	return peerMaxConnsFor(limit)
 }
 
