@@ -575,13 +575,16 @@ func TestWorkerOutcomeSentAgainGetsTheFirstOnesFate(t *testing.T) {
 	tc := startCluster(t, 3, clusterOpts{inmem: true})
 	l := tc.leader()
 	w := mustRegisterProtoWorker(t, l, "", "again", 1, "py-upper")
-	type answers struct{ first, again, other api.WorkerEventResults }
+	type answers struct {
+		timeout             string
+		first, again, other api.WorkerEventResults
+	}
 	got := make(chan answers, 1)
 	w.serve(func(a api.WorkerAssignment) []api.WorkerEvent {
+		an := answers{timeout: a.Timeout}
 		ok := api.WorkerEvent{TaskID: a.TaskID, Attempt: a.Attempt, Kind: api.WorkerEventSucceeded, Result: json.RawMessage(`"first"`)}
 		fail := api.WorkerEvent{TaskID: a.TaskID, Attempt: a.Attempt, Kind: api.WorkerEventFailed,
 			Error: &api.TaskError{Type: "Late", Message: "a different outcome"}}
-		var an answers
 		an.first, _, _ = w.events(ok)
 		an.again, _, _ = w.events(ok)
 		an.other, _, _ = w.events(fail)
@@ -595,6 +598,9 @@ func TestWorkerOutcomeSentAgainGetsTheFirstOnesFate(t *testing.T) {
 	case an = <-got:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the worker's events were not answered")
+	}
+	if an.timeout != "30s" {
+		t.Errorf("assignment timeout %q, want the task's default 30s", an.timeout)
 	}
 	for name, r := range map[string]api.WorkerEventResults{"first": an.first, "again": an.again, "different": an.other} {
 		if len(r.Results) != 1 || !r.Results[0].OK {

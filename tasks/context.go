@@ -34,9 +34,10 @@ type Context struct {
 	TaskID      string
 	ExecutionID string
 	Attempt     int
-	Logger      *slog.Logger // lines go into the task's log stream "log", with their level
-	Stdout      io.Writer    // line-split into stream "stdout"
-	Stderr      io.Writer    // line-split into stream "stderr"
+	Timeout     time.Duration // the attempt's timeout (the embedded context's deadline), 0: none
+	Logger      *slog.Logger  // lines go into the task's log stream "log", with their level
+	Stdout      io.Writer     // line-split into stream "stdout"
+	Stderr      io.Writer     // line-split into stream "stderr"
 
 	checkpoint    func(json.RawMessage) error // nil: checkpoints are only kept in memory
 	submit        Submitter                   // nil: child tasks are not supported here

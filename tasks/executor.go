@@ -465,6 +465,7 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 		TaskID:        a.TaskID,
 		ExecutionID:   a.ExecutionID,
 		Attempt:       a.Attempt,
+		Timeout:       a.Timeout,
 		Logger:        slog.New(&logHandler{out: out}),
 		Stdout:        streamWriter{out: out, stream: "stdout"},
 		Stderr:        streamWriter{out: out, stream: "stderr"},

@@ -244,14 +244,10 @@ func (rh *remoteHandler) Run(tc *tasks.Context, input json.RawMessage) (json.Raw
 	if ok, err := tc.LastCheckpoint(&cp); !ok || err != nil {
 		cp = nil
 	}
-	timeout := ""
-	if t, ok := s.h.cfg.FSM.Task(tc.TaskID); ok {
-		timeout = durationText(time.Duration(t.Timeout))
-	}
 	rr := &remoteRun{ref: ref, tc: tc, outcome: make(chan outcome, 1), reported: make(chan struct{})}
 	s.addRun(rr, api.WorkerAssignment{
 		TaskID: tc.TaskID, Attempt: tc.Attempt, Type: rh.def.Name, Version: rh.def.Version,
-		Input: rawOrNull(input), Checkpoint: rawOrNull(cp), Timeout: timeout, ExecutionID: tc.ExecutionID,
+		Input: rawOrNull(input), Checkpoint: rawOrNull(cp), Timeout: durationText(tc.Timeout), ExecutionID: tc.ExecutionID,
 	})
 	defer func() {
 		s.mu.Lock()
