@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +10,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/taskworker/taskworker/client"
+	"github.com/taskworker/taskworker/internal/localcluster"
 )
 
 // workerFigure measures a Python worker (sdk/python) at capacity 64 against 3 nodes at
@@ -140,43 +141,22 @@ func workerFigure(bin, root string, args []string, s scale, r *results) error {
 	return nil
 }
 
-// waitWorker polls GET /v1/workers until the worker name is up.
+// waitWorker polls the cluster's workers until the worker name is up.
 func (b *bench) waitWorker(name string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
+	var err error
+	up := func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.c.Nodes[b.leader].HTTP+"/v1/workers", nil)
-		if err != nil {
-			cancel()
-			return err
+		defer cancel()
+		var ws []client.Worker
+		if ws, err = b.apis[b.leader].Workers(ctx); err != nil {
+			return false
 		}
-		var ws []struct {
-			Name  string `json:"name"`
-			State string `json:"state"`
-		}
-		resp, err := b.hc.Do(req)
-		if err == nil {
-			if resp.StatusCode == http.StatusOK {
-				err = json.NewDecoder(resp.Body).Decode(&ws)
-			} else {
-				err = fmt.Errorf("GET /v1/workers: %s", resp.Status)
-			}
-			resp.Body.Close()
-		}
-		cancel()
-		if err == nil && slices.ContainsFunc(ws, func(w struct {
-			Name  string `json:"name"`
-			State string `json:"state"`
-		}) bool {
-			return w.Name == name && w.State == "up"
-		}) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("worker %s not up after %s (last: %v)", name, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return slices.ContainsFunc(ws, func(w client.Worker) bool { return w.Name == name && w.State == client.WorkerUp })
 	}
+	if localcluster.Until(timeout, 100*time.Millisecond, up) != nil {
+		return fmt.Errorf("worker %s not up after %s (last error: %v)", name, timeout, err)
+	}
+	return nil
 }
 
 // repoDir is the module's root directory: the Python SDK and its bench worker live there.
