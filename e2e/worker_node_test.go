@@ -85,11 +85,8 @@ func buildNodeSDK(dir string) error {
 
 // nodeWorker is a Node.js worker process running testdata/node_worker.mjs.
 type nodeWorker struct {
-	name   string
-	cmd    *exec.Cmd
-	out    lockedBuffer  // stdout and stderr
-	exited chan struct{} // closed when the process has exited
-	err    error         // cmd.Wait's answer, once exited is closed
+	*workerProc
+	out lockedBuffer // stdout and stderr
 }
 
 // startNodeWorker starts a worker named name offering types (type=kind pairs, see the script)
@@ -111,45 +108,14 @@ func startNodeWorker(t *testing.T, node, sdk, name, token, types string, hosts .
 			env = append(env, kv)
 		}
 	}
-	w := &nodeWorker{name: name, cmd: exec.Command(node, script), exited: make(chan struct{})}
-	w.cmd.Env = append(env, "TASKWORKER_ADDR="+strings.Join(addrs, ","), "TASKWORKER_TOKEN="+token,
+	w := &nodeWorker{}
+	cmd := exec.Command(node, script)
+	cmd.Env = append(env, "TASKWORKER_ADDR="+strings.Join(addrs, ","), "TASKWORKER_TOKEN="+token,
 		"TW_SDK="+sdk, "WORKER_NAME="+name, "WORKER_TYPES="+types)
-	w.cmd.Stdout, w.cmd.Stderr = &w.out, &w.out
-	w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := w.cmd.Start(); err != nil {
-		t.Fatalf("start worker %s: %v", name, err)
-	}
-	go func() {
-		w.err = w.cmd.Wait()
-		close(w.exited)
-	}()
-	t.Cleanup(func() {
-		if w.running() {
-			_ = w.cmd.Process.Signal(syscall.SIGCONT) // a stopped process dies of SIGKILL too, but resume it anyway
-			_ = w.cmd.Process.Kill()
-			<-w.exited
-		}
-		if t.Failed() {
-			t.Logf("--- output of worker %s ---\n%s", name, w.out.String())
-		}
-	})
+	cmd.Stdout, cmd.Stderr = &w.out, &w.out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	w.workerProc = startWorkerProc(t, name, cmd, nil, w.out.String)
 	return w
-}
-
-func (w *nodeWorker) running() bool {
-	select {
-	case <-w.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-func (w *nodeWorker) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	if err := w.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal %s to worker %s: %v", sig, w.name, err)
-	}
 }
 
 // wait waits up to timeout for the process to exit; ok is false if it has not.

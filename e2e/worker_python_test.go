@@ -70,11 +70,8 @@ func (l *pyLines) all() []string {
 
 // pyWorker is one Python worker process.
 type pyWorker struct {
-	name           string
-	cmd            *exec.Cmd
+	*workerProc
 	stdout, stderr pyLines
-	exited         chan struct{}
-	exitErr        error
 }
 
 // startPyWorker runs script with python as the worker name, against addr with token. The
@@ -85,59 +82,28 @@ func startPyWorker(t *testing.T, python, script, name, addr, token string) *pyWo
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &pyWorker{name: name, exited: make(chan struct{})}
-	w.cmd = exec.Command(python, script)
-	w.cmd.Env = append(os.Environ(), "PYTHONPATH="+src, "PYTHONUNBUFFERED=1", "WORKER_NAME="+name,
+	w := &pyWorker{}
+	cmd := exec.Command(python, script)
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+src, "PYTHONUNBUFFERED=1", "WORKER_NAME="+name,
 		"TASKWORKER_ADDR=http://"+addr, "TASKWORKER_TOKEN="+token, "TASKWORKER_CA_FILE=")
-	w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	outR, err := w.cmd.StdoutPipe()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	outR, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	errR, err := w.cmd.StderrPipe()
+	errR, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
-	}
-	if err := w.cmd.Start(); err != nil {
-		t.Fatalf("start worker %s: %v", name, err)
 	}
 	var readers sync.WaitGroup
 	readers.Add(2)
+	output := func() string {
+		return "stdout:\n" + strings.Join(w.stdout.all(), "\n") + "\nstderr:\n" + strings.Join(w.stderr.all(), "\n")
+	}
+	w.workerProc = startWorkerProc(t, name, cmd, readers.Wait, output)
 	go w.stdout.read(outR, readers.Done)
 	go w.stderr.read(errR, readers.Done)
-	go func() {
-		readers.Wait() // Wait closes the pipes: read them to the end first
-		w.exitErr = w.cmd.Wait()
-		close(w.exited)
-	}()
-	t.Cleanup(func() {
-		if w.running() {
-			_ = w.cmd.Process.Signal(syscall.SIGCONT)
-			_ = w.cmd.Process.Kill()
-		}
-		<-w.exited
-		if t.Failed() {
-			t.Logf("--- worker %s stdout ---\n%s\n--- stderr ---\n%s", name,
-				strings.Join(w.stdout.all(), "\n"), strings.Join(w.stderr.all(), "\n"))
-		}
-	})
 	return w
-}
-
-func (w *pyWorker) running() bool {
-	select {
-	case <-w.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-func (w *pyWorker) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	if err := w.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("%s to worker %s: %v", sig, w.name, err)
-	}
 }
 
 // wait waits for the process to exit and returns its exit code.
