@@ -155,13 +155,21 @@ func (f *FSM) pruneWorkers() {
 			gone = append(gone, n)
 		}
 	}
-	if len(gone) <= MaxGoneWorkers {
-		return
-	}
-	slices.SortFunc(gone, func(a, b *Node) int {
-		return cmp.Or(cmp.Compare(a.ModifyIndex, b.ModifyIndex), cmp.Compare(a.Name, b.Name))
-	})
-	for _, n := range gone[:len(gone)-MaxGoneWorkers] {
+	for _, n := range oldest(gone, MaxGoneWorkers, func(n *Node) (uint64, string) { return n.ModifyIndex, n.Name }) {
 		delete(f.nodes, n.Name)
 	}
+}
+
+// oldest returns the items of all beyond the keep newest, by modify index then key: the ones a
+// capped table drops. It sorts all.
+func oldest[T any](all []T, keep int, order func(T) (index uint64, key string)) []T {
+	if len(all) <= keep {
+		return nil
+	}
+	slices.SortFunc(all, func(a, b T) int {
+		ia, ka := order(a)
+		ib, kb := order(b)
+		return cmp.Or(cmp.Compare(ia, ib), cmp.Compare(ka, kb))
+	})
+	return all[:len(all)-keep]
 }

@@ -551,13 +551,7 @@ func (f *FSM) pruneWorkflows() {
 			done = append(done, w)
 		}
 	}
-	if len(done) <= MaxFinishedWorkflows {
-		return
-	}
-	slices.SortFunc(done, func(a, b *Workflow) int {
-		return cmp.Or(cmp.Compare(a.ModifyIndex, b.ModifyIndex), cmp.Compare(a.ID, b.ID))
-	})
-	for _, w := range done[:len(done)-MaxFinishedWorkflows] {
+	for _, w := range oldest(done, MaxFinishedWorkflows, func(w *Workflow) (uint64, string) { return w.ModifyIndex, w.ID }) {
 		f.workflows.drop(w)
 	}
 }
