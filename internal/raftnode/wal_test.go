@@ -19,6 +19,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
 
+	"github.com/taskworker/taskworker/internal/localcluster"
 	"github.com/taskworker/taskworker/internal/store"
 )
 
@@ -419,12 +420,11 @@ func TestFailedSegmentRotationRecoversWhenTheDiskDoes(t *testing.T) {
 	checkEntries(t, wl, next-1) // reads go on meanwhile
 	setFull(nil)
 	// The next append retries at most reopenBackoff after the last failed one.
-	deadline := time.Now().Add(10 * time.Second)
-	for _, err = appendUntil(wl, next, 1); err != nil; _, err = appendUntil(wl, next, 1) {
-		if time.Now().After(deadline) {
-			t.Fatalf("append once the disk takes writes again: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if localcluster.Until(10*time.Second, 20*time.Millisecond, func() bool {
+		_, err = appendUntil(wl, next, 1)
+		return err == nil
+	}) != nil {
+		t.Fatalf("append once the disk takes writes again: %v", err)
 	}
 	if next, err = appendUntil(wl, next+1, 20); err != nil {
 		t.Fatalf("append once the disk takes writes again: %v", err)
@@ -577,17 +577,18 @@ func TestFollowerBehindACompactedLogCatchesUpThroughASnapshotOnTheWAL(t *testing
 		}
 	}
 	leader := func() *member {
-		deadline := time.Now().Add(30 * time.Second)
-		for time.Now().Before(deadline) {
+		var l *member
+		if localcluster.Until(30*time.Second, 10*time.Millisecond, func() bool {
 			for _, m := range ms {
 				if m.raft.State() == raft.Leader {
-					return m
+					l = m
 				}
 			}
-			time.Sleep(10 * time.Millisecond)
+			return l != nil
+		}) != nil {
+			t.Fatal("no leader")
 		}
-		t.Fatal("no leader")
-		return nil
+		return l
 	}
 	l := leader()
 	cmds := applyAll(t, l.raft, "first", 10)
@@ -599,12 +600,8 @@ func TestFollowerBehindACompactedLogCatchesUpThroughASnapshotOnTheWAL(t *testing
 	}
 	waitApplied := func(m *member, n int) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for len(m.fsm.list()) < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s applied %d of %d commands", m.id, len(m.fsm.list()), n)
-			}
-			time.Sleep(10 * time.Millisecond)
+		if localcluster.Until(30*time.Second, 10*time.Millisecond, func() bool { return len(m.fsm.list()) >= n }) != nil {
+			t.Fatalf("%s applied %d of %d commands", m.id, len(m.fsm.list()), n)
 		}
 	}
 	waitApplied(behind, len(cmds))
