@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +15,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/taskworker/taskworker/client"
 	"github.com/taskworker/taskworker/internal/localcluster"
+	"github.com/taskworker/taskworker/internal/store"
 )
 
 // Ports every node uses in network-namespace mode, where each node has an address of its own.
@@ -446,6 +450,61 @@ func (e *env) waitHealthy(ctx context.Context, timeout time.Duration) error {
 		return fmt.Errorf("cluster not healthy after %s: %s", timeout, last)
 	}
 	return nil
+}
+
+// wholeDeadline is how long after a fault the cluster may take to be whole again before the next.
+const wholeDeadline = time.Minute
+
+// waitWhole waits until the cluster is healthy (waitHealthy) and every node's /v1/health is 200:
+// none of them has a storage fault left.
+func (e *env) waitWhole(ctx context.Context, timeout time.Duration) error {
+	start := time.Now()
+	if err := e.waitHealthy(ctx, timeout); err != nil {
+		return err
+	}
+	var last error
+	err := localcluster.Until(max(timeout-time.Since(start), time.Second), 200*time.Millisecond, func() bool {
+		for _, m := range e.members {
+			if last = healthOK(m); last != nil {
+				last = fmt.Errorf("%s: %w", m.Name, last)
+				return ctx.Err() != nil
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("cluster not whole after %s: %v", timeout, last)
+	}
+	return nil
+}
+
+// diskReport says, for each node's data dir, the free space on its file system and the files of
+// 1 MiB or more in it: what filled a disk, when a node ran out.
+func (e *env) diskReport() string {
+	var parts []string
+	for _, m := range e.members {
+		free, err := store.DiskFree(m.DataDir)
+		s := fmt.Sprintf("%s free %s", m.Name, humanize.IBytes(free))
+		if err != nil {
+			s = fmt.Sprintf("%s free ? (%v)", m.Name, err)
+		}
+		var big []string
+		_ = filepath.WalkDir(m.DataDir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return nil
+			}
+			if fi, err := d.Info(); err == nil && fi.Size() >= 1<<20 {
+				rel, _ := filepath.Rel(m.DataDir, path)
+				big = append(big, fmt.Sprintf("%s %s", rel, humanize.IBytes(uint64(fi.Size()))))
+			}
+			return nil
+		})
+		if len(big) > 0 {
+			s += " [" + strings.Join(head(big, 12), ", ") + fmt.Sprintf("; %d files of 1 MiB or more]", len(big))
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // logTail returns the end of every node's log, for a run that went wrong.

@@ -440,7 +440,7 @@ func (in *injector) checkGone(ctx context.Context, kind string, m *member) {
 		return ok && len(on) == 0
 	})
 	if err != nil && !asked {
-		in.v.add("%s on %s: no leader to ask for %s while the node was gone", kind, m.Name, goneDeadline)
+		in.v.add("%s on %s: no leader to ask for %s while the node was gone (disks: %s)", kind, m.Name, goneDeadline, in.e.diskReport())
 	} else if err != nil && !lastOK && len(last) == 0 {
 		in.v.add("%s on %s: no leader to ask at the end of %s while the node was gone (last asked: nothing left on it)", kind, m.Name, goneDeadline)
 	} else if err != nil {

@@ -300,6 +300,13 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 		if kind == "" {
 			break
 		}
+		// One fault at a time: the next starts on a whole cluster (every node alive, serving and
+		// a voter again), so that a single fault never meets the remains of the last one and
+		// turns into a double without anyone saying so. A cluster that does not become whole
+		// is a violation of its own.
+		if err := e.waitWhole(ctx, wholeDeadline); err != nil && ctx.Err() == nil {
+			v.add("before %s: %v; disks: %s", kind, err, e.diskReport())
+		}
 		fr := in.inject(ctx, kind)
 		tries[kind]++
 		if fr.Took {
