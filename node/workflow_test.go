@@ -356,3 +356,63 @@ func TestWorkflowThousandStepsRunOnceAcrossTwoLeaderKills(t *testing.T) {
 		t.Errorf("the workflow's result has %d entries (%v)", len(result), err)
 	}
 }
+
+// on_failure with real tasks: a step that fails for good (a) never lets its dependant (b) run.
+// With cancel the step running beside it (c, a long sleep) is cancelled and its dependant (d)
+// never created; with continue c finishes and d runs once, on c's result. Both workflows end
+// failed.
+func TestWorkflowOnFailureCancelAndContinue(t *testing.T) {
+	longTest(t)
+	tc := startCluster(t, 3, clusterOpts{inmem: true})
+	n := tc.follower()
+	shape := func(policy string, sleepMS int) string {
+		return fmt.Sprintf(`{"on_failure": %q, "steps": [
+			{"name": "a", "type": "fail", "input": "boom", "max_attempts": 1},
+			{"name": "b", "type": "echo", "input_from": "a"},
+			{"name": "c", "type": "sleep", "input": {"ms": %d}, "timeout": "5m"},
+			{"name": "d", "type": "echo", "input_from": "c"}]}`, policy, sleepMS)
+	}
+	exists := func(id string) bool {
+		_, ok := tc.leader().FSM().Task(id)
+		return ok
+	}
+	states := func(w api.Workflow) map[string]string {
+		out := map[string]string{}
+		for _, s := range w.Steps {
+			out[s.Name] = s.State
+		}
+		return out
+	}
+
+	cancel := submitWorkflow(t, n, shape("cancel", 120_000))
+	waitState(t, tc, cancel.ID+".c", 30*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running || t.State.Terminal() })
+	w := waitWorkflow(t, n, cancel.ID, 60*time.Second)
+	if got := states(w); w.State != api.WorkflowFailed || got["a"] != "failed" || got["b"] != "cancelled" || got["c"] != "cancelled" || got["d"] != "cancelled" {
+		t.Fatalf("on_failure cancel: workflow %s, steps %v (%s)", w.State, got, w.Error)
+	}
+	if exists(cancel.ID+".b") || exists(cancel.ID+".d") {
+		t.Errorf("on_failure cancel: a step after a failed or cancelled one has a task")
+	}
+	if c := tc.task(cancel.ID + ".c"); c.State != fsm.Cancelled || c.Attempt != 1 {
+		t.Errorf("on_failure cancel: c's task %s at attempt %d, want cancelled in its first", c.State, c.Attempt)
+	}
+
+	cont := submitWorkflow(t, n, shape("continue", 300))
+	w = waitWorkflow(t, n, cont.ID, 60*time.Second)
+	if got := states(w); w.State != api.WorkflowFailed || got["a"] != "failed" || got["b"] != "cancelled" || got["c"] != "succeeded" || got["d"] != "succeeded" {
+		t.Fatalf("on_failure continue: workflow %s, steps %v (%s)", w.State, got, w.Error)
+	}
+	if exists(cont.ID + ".b") {
+		t.Errorf("on_failure continue: b, after the failed a, has a task")
+	}
+	c, d := tc.task(cont.ID+".c"), tc.task(cont.ID+".d")
+	started := 0
+	for _, h := range d.History {
+		if h.Event == fsm.EventStarted {
+			started++
+		}
+	}
+	if d.Attempt != 1 || started != 1 || string(d.Result) != string(c.Result) || string(d.Input) != string(c.Result) {
+		t.Errorf("on_failure continue: d ran %d times (attempt %d), input %s result %s, c's result %s", started, d.Attempt, d.Input, d.Result, c.Result)
+	}
+}
