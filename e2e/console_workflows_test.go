@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -124,5 +125,28 @@ func TestConsoleWorkflowsPageDrawsTheGraphAndCancels(t *testing.T) {
 	poll(t, "the slow step's task cancelled", uiTimeout, func() bool {
 		return apiCall(t, via.HTTP, "", "GET", "/v1/tasks/"+held.ID+".slow", nil, &slow) == 200 && slow.State == "cancelled"
 	})
+
+	// A 1,000-step workflow (fan-out 100, fan-in) is drawn whole: a box per step, an edge per
+	// dependency, a column per depth (root, 9 sleeps, the branches' last echoes, join: 12).
+	req, _ := bigWorkflow(60_000)
+	big, err := via.client().SubmitWorkflow(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edges = nil
+	deps := 0
+	for _, s := range req.Steps {
+		deps += len(s.DependsOn) + len(s.InputFrom.Sources)
+	}
+	b.run("open the big workflow", chromedp.Navigate(base+"#/workflow/"+big.ID))
+	b.until("1,000 boxes and every edge", fmt.Sprintf(`document.querySelectorAll('#dag .dag-step').length === 1000 && document.querySelectorAll('#dag .dag-edge').length === %d`, deps))
+	columns := eval[int](b, `new Set([...document.querySelectorAll('#dag .dag-step rect')].map((r) => r.getAttribute('x'))).size`)
+	if columns != 12 {
+		t.Errorf("the 1,000-step graph has %d columns, want 12", columns)
+	}
+	b.screenshot("workflow-big")
+	if _, err := via.client().CancelWorkflow(context.Background(), big.ID); err != nil {
+		t.Error(err)
+	}
 	b.noErrors("workflows pages")
 }

@@ -4,33 +4,45 @@
 // it; with the final result and a Cancel button. Kept in its own file so the pages other
 // features add merge cleanly into main.jsx. The layout is plain SVG computed here: no graph
 // library.
-import { useState, useEffect, useMemo } from 'preact/hooks';
+import { useState, useEffect, useMemo, useRef } from 'preact/hooks';
 import { get, post } from './api.js';
 
 const fmt = (s) => (s ? new Date(s).toLocaleString() : '—');
 const PAGE = 50;
 
-// usePoll reads path now and every `every` ms (a workflow record has no blocking query), until
-// the component goes or path changes; a failed read keeps the last data and shows the error.
+// usePoll reads path now and again after every(data) ms (a workflow record has no blocking
+// query), until the component goes or path changes; a failed read keeps the last data and shows
+// the error. set replaces the data (with an action's answer, say) until the next read.
 function usePoll(path, every) {
   const [state, setState] = useState({ data: null, error: null });
+  const interval = useRef(every);
+  interval.current = every;
   useEffect(() => {
     const ac = new AbortController();
     let timer = null;
+    let last = null;
     setState({ data: null, error: null });
     const read = () => get(path, { signal: ac.signal })
-      .then(({ data }) => setState({ data, error: null }))
+      .then(({ data }) => { last = data; setState({ data, error: null }); })
       .catch((error) => { if (!ac.signal.aborted) setState((s) => ({ ...s, error })); })
-      .finally(() => { if (!ac.signal.aborted) timer = setTimeout(read, every); });
+      .finally(() => { if (!ac.signal.aborted) timer = setTimeout(read, interval.current(last)); });
     read();
     return () => { ac.abort(); clearTimeout(timer); };
-  }, [path, every]);
-  return state;
+  }, [path]);
+  return { ...state, set: (data) => setState({ data, error: null }) };
 }
+
+// pace is how often a workflow is read again: every second while a step may change, every 5 s
+// when it is large (its record is then megabytes), every 10 s once it and every step finished.
+const pace = (w) => {
+  if (!w) return 1000;
+  if (w.state !== 'running' && w.steps_done === w.steps_total) return 10000;
+  return w.steps_total > 1000 ? 5000 : 1000;
+};
 
 export function Workflows({ params, ErrorBox, StateBadge }) {
   const after = params.get('after') || '';
-  const { data, error } = usePoll('/v1/workflows?limit=' + PAGE + (after ? '&after=' + encodeURIComponent(after) : ''), 2000);
+  const { data, error } = usePoll('/v1/workflows?limit=' + PAGE + (after ? '&after=' + encodeURIComponent(after) : ''), () => 2000);
   const list = data?.workflows;
   return (
     <section>
@@ -174,7 +186,7 @@ function Graph({ steps }) {
 }
 
 export function Workflow({ id, auth, ErrorBox, StateBadge }) {
-  const { data: w, error } = usePoll('/v1/workflows/' + encodeURIComponent(id), 1000);
+  const { data: w, error, set } = usePoll('/v1/workflows/' + encodeURIComponent(id), pace);
   const [actionError, setActionError] = useState(null);
   const [busy, setBusy] = useState(false);
   const [listed, setListed] = useState(false); // the table's rows exist only while it is open
@@ -184,7 +196,7 @@ export function Workflow({ id, auth, ErrorBox, StateBadge }) {
   const cancel = async () => {
     setBusy(true);
     setActionError(null);
-    try { await post('/v1/workflows/' + encodeURIComponent(w.id) + '/cancel'); } catch (e) { setActionError(e); }
+    try { set((await post('/v1/workflows/' + encodeURIComponent(w.id) + '/cancel')).data); } catch (e) { setActionError(e); }
     setBusy(false);
   };
   const counts = {};
