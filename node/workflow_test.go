@@ -281,7 +281,8 @@ func TestWorkflowThousandStepsRunOnceAcrossTwoLeaderKills(t *testing.T) {
 	for _, at := range []int{150, 500} {
 		waitFor(t, fmt.Sprintf("%d steps done", at), 120*time.Second, func() bool { return done() >= at })
 		log.pause()
-		victim := tc.leader()
+		var victim *Node
+		waitFor(t, "a leader", 60*time.Second, func() bool { victim = tc.leader(); return victim != nil })
 		if n := done(); n >= 1000 {
 			t.Fatalf("the workflow finished before the leader could be killed at %d steps", at)
 		}
