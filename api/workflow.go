@@ -134,6 +134,10 @@ type Workflow struct {
 	FinishedAt  *time.Time      `json:"finished_at,omitempty"`
 	// Types are the task types of its steps, sorted.
 	Types []string `json:"types"`
+	// StepsTotal counts its steps, StepsDone those finished (succeeded, failed or cancelled,
+	// including the steps that will never run); a list gives both too.
+	StepsTotal int `json:"steps_total"`
+	StepsDone  int `json:"steps_done"`
 }
 
 // WorkflowStep is one step of a Workflow record.

@@ -203,12 +203,18 @@ type graph struct {
 	children [][]int        // the steps that depend on each step
 	// waitingOn counts, per step, its dependencies that have not succeeded.
 	waitingOn []int
+	// done counts the steps in a final state, so that telling whether the workflow has finished
+	// costs nothing per settled step.
+	done int
 }
 
 func newGraph(w *Workflow) *graph {
 	g := &graph{at: make(map[string]int, len(w.Steps)), children: make([][]int, len(w.Steps)), waitingOn: make([]int, len(w.Steps))}
 	for i := range w.Steps {
 		g.at[w.Steps[i].Name] = i
+		if w.Steps[i].State.Done() {
+			g.done++
+		}
 	}
 	for i := range w.Steps {
 		for _, d := range w.Steps[i].DependsOn {
@@ -223,6 +229,15 @@ func newGraph(w *Workflow) *graph {
 		}
 	}
 	return g
+}
+
+// settle gives step s the state state, counting it done when it reaches a final state; every
+// change of a step's state after the workflow is added goes through it.
+func (g *graph) settle(s *WorkflowStep, state StepState) {
+	if state.Done() && !s.State.Done() {
+		g.done++
+	}
+	s.State = state
 }
 
 func (t *workflowTable) add(w *Workflow) {
@@ -429,11 +444,13 @@ func (f *FSM) applyWorkflowCancel(index uint64, now time.Time, p *WorkflowCancel
 func (f *FSM) stopWorkflow(index uint64, now time.Time, w *Workflow, state WorkflowState, reason string) {
 	w.State, w.Error = state, reason
 	w.ModifyIndex = index
+	g := f.workflows.graphs[w.ID]
 	for i := range w.Steps {
 		s := &w.Steps[i]
 		switch s.State {
 		case StepWaiting:
-			s.State, s.Error = StepCancelled, reason
+			g.settle(s, StepCancelled)
+			s.Error = reason
 		case StepRunning:
 			f.cancel(index, now, s.TaskID)
 		}
@@ -465,23 +482,25 @@ func (f *FSM) advanceWorkflows(index uint64, now time.Time) {
 			continue // settled before (a task retried by hand and finished again)
 		}
 		w.ModifyIndex = index
+		g := f.workflows.graphs[w.ID]
 		switch t.State {
 		case Succeeded:
-			s.State, s.Result = StepSucceeded, t.Result
-			g := f.workflows.graphs[w.ID]
+			g.settle(s, StepSucceeded)
+			s.Result = t.Result
 			for _, c := range g.children[i] {
 				if g.waitingOn[c]--; g.waitingOn[c] == 0 && w.State == WorkflowRunning && w.Steps[c].State == StepWaiting {
 					f.startStep(index, now, w, c)
 				}
 			}
 		case Failed:
-			s.State = StepFailed
+			g.settle(s, StepFailed)
 			if t.Error != nil {
 				s.Error = t.Error.Message
 			}
 			f.stepFailed(index, now, w, i, WorkflowFailed)
 		default:
-			s.State, s.Error = StepCancelled, "task cancelled"
+			g.settle(s, StepCancelled)
+			s.Error = "task cancelled"
 			f.stepFailed(index, now, w, i, WorkflowCancelled)
 		}
 		f.settleWorkflow(index, now, w)
@@ -507,7 +526,8 @@ func (f *FSM) stepFailed(index uint64, now time.Time, w *Workflow, i int, state 
 		queue = queue[1:]
 		for _, c := range g.children[p] {
 			if sc := &w.Steps[c]; sc.State == StepWaiting {
-				sc.State, sc.Error = StepCancelled, "depends on "+reason
+				g.settle(sc, StepCancelled)
+				sc.Error = "depends on " + reason
 				queue = append(queue, c)
 			}
 		}
@@ -517,13 +537,8 @@ func (f *FSM) stepFailed(index uint64, now time.Time, w *Workflow, i int, state 
 // settleWorkflow gives w its final state once every step is done (a workflow already stopped
 // keeps the state it stopped with), and prunes the oldest finished workflows past the cap.
 func (f *FSM) settleWorkflow(index uint64, now time.Time, w *Workflow) {
-	if w.FinishedAt != nil {
+	if w.FinishedAt != nil || f.workflows.graphs[w.ID].done < len(w.Steps) {
 		return
-	}
-	for i := range w.Steps {
-		if !w.Steps[i].State.Done() {
-			return
-		}
 	}
 	if w.State == WorkflowRunning {
 		w.State = WorkflowSucceeded
@@ -560,15 +575,17 @@ func (f *FSM) pruneWorkflows() {
 // cannot be made, or whose task the submit refuses, fails.
 func (f *FSM) startStep(index uint64, now time.Time, w *Workflow, i int) {
 	s := &w.Steps[i]
+	g := f.workflows.graphs[w.ID]
 	sub := s.Task
 	sub.ID = StepTaskID(w.ID, s.Name)
 	sub.ExecutionID = sub.ID
 	sub.IdempotencyKey, sub.ParentID, sub.Schedule = "", "", ""
 	sub.SubmittedBy = w.SubmittedBy
 	if len(s.InputFrom) > 0 {
-		in, err := w.inputOf(s, f.workflows.graphs[w.ID].at)
+		in, err := w.inputOf(s, g.at)
 		if err != nil {
-			s.State, s.Error = StepFailed, err.Error()
+			g.settle(s, StepFailed)
+			s.Error = err.Error()
 			f.stepFailed(index, now, w, i, WorkflowFailed)
 			return
 		}
@@ -579,11 +596,13 @@ func (f *FSM) startStep(index uint64, now time.Time, w *Workflow, i int) {
 	}
 	res := f.submit(index, now, &sub, nil)
 	if res.Err != nil || res.Existing {
-		s.State, s.Error = StepFailed, "submit: "+errString(res.Err, "idempotency key taken")
+		g.settle(s, StepFailed)
+		s.Error = "submit: " + errString(res.Err, "idempotency key taken")
 		f.stepFailed(index, now, w, i, WorkflowFailed)
 		return
 	}
-	s.State, s.TaskID = StepRunning, sub.ID
+	g.settle(s, StepRunning)
+	s.TaskID = sub.ID
 	f.workflows.byTask[sub.ID] = stepRef{w, i}
 }
 

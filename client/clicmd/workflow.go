@@ -105,6 +105,7 @@ func workflowGet(c *cli.Context, cl *client.Client, args []string) error {
 	}
 	out := c.App.Writer
 	fmt.Fprintf(out, "ID:          %s\nName:        %s\nState:       %s\nOn failure:  %s\n", w.ID, orDash(w.Name), w.State, w.OnFailure)
+	fmt.Fprintf(out, "Steps:       %d of %d done\n", w.StepsDone, w.StepsTotal)
 	if w.Error != "" {
 		fmt.Fprintf(out, "Error:       %s\n", w.Error)
 	}
@@ -135,9 +136,9 @@ func workflowList(c *cli.Context, cl *client.Client, _ []string) error {
 	if c.Bool("json") {
 		return printJSON(c, p)
 	}
-	tw := table(c.App.Writer, "ID", "NAME", "STATE", "CREATED")
+	tw := table(c.App.Writer, "ID", "NAME", "STATE", "STEPS DONE", "CREATED")
 	for _, w := range p.Workflows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", w.ID, orDash(w.Name), w.State, formatTime(w.CreatedAt))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\n", w.ID, orDash(w.Name), w.State, w.StepsDone, w.StepsTotal, formatTime(w.CreatedAt))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

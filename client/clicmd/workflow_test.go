@@ -20,6 +20,7 @@ func workflowNode(t *testing.T) (*sync.Mutex, *[]api.WorkflowRequest, string) {
 	var mu sync.Mutex
 	var all []api.WorkflowRequest
 	wf := api.Workflow{ID: "W1", Name: "thumbs", State: api.WorkflowSucceeded, OnFailure: api.OnFailureCancel, Result: json.RawMessage("81"),
+		StepsTotal: 2, StepsDone: 2,
 		Steps: []api.WorkflowStep{
 			{Name: "a", Type: "calc-square", State: "succeeded", TaskID: "W1.a", Result: json.RawMessage("9")},
 			{Name: "b", Type: "calc-square", State: "failed", TaskID: "W1.b", DependsOn: []string{"a"}, Error: "boom"},
@@ -82,9 +83,11 @@ func TestWorkflowCommands(t *testing.T) {
 		{name: "submit not a workflow", stdin: `{"stepz": []}`, args: []string{"workflow", "submit", "--addr", addr, "-f", "-"}, code: 2, stderrIn: "not a workflow"},
 		{name: "submit missing file", args: []string{"workflow", "submit", "--addr", addr, "-f", file + ".nope"}, code: 2},
 		{name: "get", args: []string{"workflow", "get", "--addr", addr, "W1"}, stdoutIn: "W1.a"},
+		{name: "get shows progress", args: []string{"workflow", "get", "--addr", addr, "W1"}, stdoutIn: "Steps:       2 of 2 done\n"},
 		{name: "get shows errors", args: []string{"workflow", "get", "--addr", addr, "W1"}, stdoutIn: "error: boom"},
 		{name: "get unknown", args: []string{"workflow", "get", "--addr", addr, "W2"}, code: 1, stderrIn: "not found"},
 		{name: "list", args: []string{"workflow", "list", "--addr", addr, "--limit", "5"}, stdoutIn: "thumbs", stderrIn: "next: 5"},
+		{name: "list shows progress", args: []string{"workflow", "list", "--addr", addr, "--limit", "5"}, stdoutIn: "2/2"},
 		{name: "cancel finished", args: []string{"workflow", "cancel", "--addr", addr, "W1"}, code: 1, stderrIn: "already_finished"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

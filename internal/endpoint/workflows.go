@@ -162,8 +162,12 @@ func (e *WorkflowEndpoint) CancelWorkflow(ctx context.Context, caller httpapi.Ca
 // state) when steps is set.
 func (srv *Server) toAPIWorkflow(w *fsm.Workflow, steps bool) api.Workflow {
 	out := api.Workflow{ID: w.ID, Name: w.Name, OnFailure: string(w.OnFailure), State: string(w.State),
-		Result: w.FinalResult(), Error: w.Error, SubmittedBy: w.SubmittedBy, CreatedAt: w.CreatedAt, FinishedAt: w.FinishedAt}
+		Result: w.FinalResult(), Error: w.Error, SubmittedBy: w.SubmittedBy, CreatedAt: w.CreatedAt, FinishedAt: w.FinishedAt,
+		StepsTotal: len(w.Steps)}
 	for i := range w.Steps {
+		if w.Steps[i].State.Done() {
+			out.StepsDone++
+		}
 		if !slices.Contains(out.Types, w.Steps[i].Task.Type) {
 			out.Types = append(out.Types, w.Steps[i].Task.Type)
 		}

@@ -9,6 +9,7 @@ import './style.css';
 import { RetryButton, FinalNote, PurgePanel } from './uniq.jsx';
 import { get, post, follow, watch, getToken, setToken, setUnauthorizedHandler, H_NEXT, H_TOTAL, ApiError } from './api.js';
 import { Schedules } from './schedules.jsx';
+import { Workflows, Workflow } from './workflows.jsx';
 
 const Auth = createContext(null);
 
@@ -134,7 +135,7 @@ function Login({ auth }) {
 
 // ---- layout -----------------------------------------------------------------------------------
 
-const PAGES = [['cluster', 'Cluster'], ['tasks', 'Tasks'], ['queues', 'Queues'], ['submit', 'Submit'], ['schedules', 'Schedules'], ['throughput', 'Throughput']];
+const PAGES = [['cluster', 'Cluster'], ['tasks', 'Tasks'], ['queues', 'Queues'], ['submit', 'Submit'], ['schedules', 'Schedules'], ['workflows', 'Workflows'], ['throughput', 'Throughput']];
 
 function Nav({ page, auth }) {
   const signOut = () => { setToken(''); auth.reload(); };
@@ -837,6 +838,8 @@ function App() {
     case 'submit': page = <Submit params={route.params} />; break;
     case 'throughput': page = <Throughput />; break;
     case 'schedules': page = <Schedules auth={auth} ErrorBox={ErrorBox} />; break;
+    case 'workflows': page = <Workflows params={route.params} ErrorBox={ErrorBox} StateBadge={StateBadge} />; break;
+    case 'workflow': page = <Workflow id={route.arg} key={route.arg} auth={auth} ErrorBox={ErrorBox} StateBadge={StateBadge} />; break;
     case 'queues': page = <Queues />; break;
     default: page = <Cluster />;
   }
