@@ -419,7 +419,9 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 	for tv := range groups {
 		tvs = append(tvs, tv)
 	}
-	slices.SortFunc(tvs, func(a, b TypeVersion) int { return cmp.Or(cmp.Compare(a.Type, b.Type), cmp.Compare(a.Version, b.Version)) })
+	slices.SortFunc(tvs, func(a, b TypeVersion) int {
+		return cmp.Or(cmp.Compare(a.Type, b.Type), cmp.Compare(a.Version, b.Version))
+	})
 	var cands []*Task
 	for _, tv := range tvs {
 		cands = groups[tv].take(cands, queueRoom)
