@@ -309,3 +309,15 @@ func (it *fairIter) next() *Task {
 	}
 	return t
 }
+
+// KeyObserver receives, after each applied entry and with the FSM's lock held, how many tasks of
+// each concurrency key are assigned or running: a map it may only read, and not keep. It must
+// return at once and not call the FSM. Tests check every replica's limits with it, entry by entry.
+type KeyObserver func(index uint64, active map[string]int)
+
+// SetKeyObserver installs o (nil removes it).
+func (f *FSM) SetKeyObserver(o KeyObserver) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.keyObserver = o
+}

@@ -39,6 +39,7 @@ type FSM struct {
 	// never part of the replicated state.
 	observer    Observer
 	transitions []Transition
+	keyObserver KeyObserver // concurrency.go
 	lastStamp   *time.Time // stamp's
 	// schedules is the periodic schedules table (schedule.go), by name.
 	schedules map[string]*Schedule

@@ -120,3 +120,71 @@ func BenchmarkQueuesAndPriorities(b *testing.B) {
 		})
 	}
 }
+
+// keyedFSM is backlogFSM with a concurrency key of limit 1 on every task, task i of key i%keys
+// (keys >= 20): the 20 running tasks hold keys 0..19 full, so a pass skips their backlogs and
+// fills the 4 free slots with tasks of other keys, taking turns.
+func keyedFSM(b *testing.B, pending, keys int) (*fsm.FSM, map[string]bool) {
+	b.Helper()
+	f := fsm.New()
+	idx := uint64(0)
+	apply := func(body fsm.Payload) {
+		idx++
+		r := f.ApplyCommand(idx, &fsm.Command{Now: now0, Body: body})
+		if r.Err != nil {
+			b.Fatal(r.Err)
+		}
+		for _, it := range r.Items {
+			if it.Err != nil {
+				b.Fatal(it.Err)
+			}
+		}
+	}
+	alive := map[string]bool{}
+	for _, name := range []string{"n1", "n2", "n3"} {
+		apply(&fsm.Register{Node: fsm.Node{Name: name, BootID: "boot-" + name, Capacity: 8, Types: []fsm.TypeInfo{{Type: "echo", Version: "1"}}}})
+		alive[name] = true
+	}
+	total := pending + 20
+	for done := 0; done < total; done += 1000 {
+		var subs []fsm.Submit
+		for i := done; i < min(done+1000, total); i++ {
+			subs = append(subs, fsm.Submit{ID: fmt.Sprintf("01JBENCH%018d", i), Type: "echo", Input: json.RawMessage(`"hello"`), MaxAttempts: 3,
+				ConcurrencyKey: fmt.Sprintf("tenant-%d", i%keys), ConcurrencyLimit: 1})
+		}
+		apply(&fsm.SubmitBatch{Items: subs})
+	}
+	var as []fsm.Assign
+	for i := range 20 {
+		n := []string{"n1", "n2", "n3"}[i%3]
+		as = append(as, fsm.Assign{TaskID: fmt.Sprintf("01JBENCH%018d", i), Node: n, BootID: "boot-" + n})
+	}
+	apply(&fsm.AssignBatch{Items: as})
+	return f, alive
+}
+
+// BenchmarkConcurrencyKeys is one placement pass over 100,000 keyed tasks (limit 1 per key, 20
+// keys full) spread over 20 keys (every key full: nothing to place), 1,000 keys and 100,000 keys
+// (one task each). The cost must stay of the order of the unkeyed pass
+// (BenchmarkQueuesAndPriorities), whatever the backlog and the number of keys.
+func BenchmarkConcurrencyKeys(b *testing.B) {
+	for _, keys := range []int{20, 1000, 100_000} {
+		b.Run(fmt.Sprintf("keys=%d", keys), func(b *testing.B) {
+			f, alive := keyedFSM(b, 100_000, keys)
+			now := now0.Add(time.Minute)
+			want := 4
+			if keys == 20 {
+				want = 0 // every key holds its limit: the whole backlog waits
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				v := f.PlacementView(alive, now)
+				as := Place(v, alive, now, "")
+				_ = NextWake(v, now)
+				if len(as) != want {
+					b.Fatalf("placed %d, want %d", len(as), want)
+				}
+			}
+		})
+	}
+}
