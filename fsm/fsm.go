@@ -40,7 +40,7 @@ type FSM struct {
 	observer    Observer
 	transitions []Transition
 	keyObserver KeyObserver // concurrency.go
-	lastStamp   *time.Time // stamp's
+	lastStamp   *time.Time  // stamp's
 	// schedules is the periodic schedules table (schedule.go), by name.
 	schedules map[string]*Schedule
 	// schedChanged is closed when a schedule changes or a scheduled task finishes.
