@@ -38,7 +38,7 @@ type QueueList struct {
 type QueueUpdate struct {
 	Limit  *int  `json:"limit,omitempty"`
 	Paused *bool `json:"paused,omitempty"`
-	// ConcurrencyKey is a key template, "tenant-{/tenant}": each {/json/pointer} is replaced by
+	// ConcurrencyKey is a key template, "tenant-{/tenant}": each {/json/pointer} (at most 8) is replaced by
 	// that part of a task's input (a string as it is, null or nothing as "", anything else as
 	// its JSON), and a task of the queue submitted without a key of its own gets the key, with
 	// ConcurrencyLimit. The two come together; "" (with a limit of 0) removes the template.

@@ -34,11 +34,14 @@ const (
 	MaxConcurrencyKey = 128
 	// MaxKeyTemplate bounds a queue's key template in bytes.
 	MaxKeyTemplate = 256
+	// MaxKeyPlaceholders bounds a template's placeholders: each reads the task's input again in
+	// Apply, so a template cannot make one submit cost many passes over a large input.
+	MaxKeyPlaceholders = 8
 )
 
 // ParseKeyTemplate checks a key template: text with placeholders {/json/pointer}, each replaced
 // by the part of the task's input the pointer (RFC 6901) names. Braces only open and close
-// placeholders; a placeholder holds a pointer, which starts with '/'.
+// placeholders; a placeholder holds a pointer, which starts with '/'; at most MaxKeyPlaceholders.
 func ParseKeyTemplate(tmpl string) error {
 	_, err := keyTemplateParts(tmpl)
 	return err
@@ -66,6 +69,9 @@ func keyTemplateParts(tmpl string) ([]string, error) {
 		ptr := rest[open+1 : open+end]
 		if !strings.HasPrefix(ptr, "/") || strings.ContainsRune(ptr, '{') {
 			return nil, fmt.Errorf("key template %q: a placeholder holds a JSON pointer such as {/tenant}, got {%s}", tmpl, ptr)
+		}
+		if len(parts)/2 >= MaxKeyPlaceholders {
+			return nil, fmt.Errorf("key template %q: at most %d placeholders", tmpl, MaxKeyPlaceholders)
 		}
 		parts = append(parts, rest[:open], ptr)
 		rest = rest[open+end+1:]

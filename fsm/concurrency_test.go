@@ -249,12 +249,13 @@ func TestQueueKeyTemplateMakesTheKeyFromTheInput(t *testing.T) {
 }
 
 func TestKeyTemplatesAndKeysAreValidated(t *testing.T) {
-	for _, tmpl := range []string{"a}", "{", "{tenant}", "{}", "x{/a{/b}}", strings.Repeat("x", MaxKeyTemplate+1)} {
+	for _, tmpl := range []string{"a}", "{", "{tenant}", "{}", "x{/a{/b}}", strings.Repeat("x", MaxKeyTemplate+1),
+		strings.Repeat("{/a}", MaxKeyPlaceholders+1)} {
 		if err := ParseKeyTemplate(tmpl); err == nil {
 			t.Errorf("template %q accepted", tmpl)
 		}
 	}
-	for _, tmpl := range []string{"", "fixed", "{/a}", "t-{/a/0}-{/b~1c}"} {
+	for _, tmpl := range []string{"", "fixed", "{/a}", "t-{/a/0}-{/b~1c}", strings.Repeat("{/a}", MaxKeyPlaceholders)} {
 		if err := ParseKeyTemplate(tmpl); err != nil {
 			t.Errorf("template %q: %v", tmpl, err)
 		}

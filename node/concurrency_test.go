@@ -229,14 +229,15 @@ func TestBadConcurrencyInputIsRefused(t *testing.T) {
 		}
 	}
 	for name, u := range map[string]api.QueueUpdate{
-		"template without limit":  {ConcurrencyKey: ptrTo("{/t}")},
-		"limit without template":  {ConcurrencyLimit: ptrTo(2)},
-		"template that no parser": {ConcurrencyKey: ptrTo("{t}"), ConcurrencyLimit: ptrTo(2)},
-		"unclosed placeholder":    {ConcurrencyKey: ptrTo("x-{/t"), ConcurrencyLimit: ptrTo(2)},
-		"template too long":       {ConcurrencyKey: ptrTo(strings.Repeat("x", api.MaxKeyTemplate+1)), ConcurrencyLimit: ptrTo(2)},
-		"limit zero":              {ConcurrencyKey: ptrTo("{/t}"), ConcurrencyLimit: ptrTo(0)},
-		"limit too high":          {ConcurrencyKey: ptrTo("{/t}"), ConcurrencyLimit: ptrTo(api.MaxConcurrencyLimit + 1)},
-		"removal with a limit":    {ConcurrencyKey: ptrTo(""), ConcurrencyLimit: ptrTo(3)},
+		"template without limit":    {ConcurrencyKey: ptrTo("{/t}")},
+		"limit without template":    {ConcurrencyLimit: ptrTo(2)},
+		"placeholder not a pointer": {ConcurrencyKey: ptrTo("{t}"), ConcurrencyLimit: ptrTo(2)},
+		"unclosed placeholder":      {ConcurrencyKey: ptrTo("x-{/t"), ConcurrencyLimit: ptrTo(2)},
+		"template too long":         {ConcurrencyKey: ptrTo(strings.Repeat("x", api.MaxKeyTemplate+1)), ConcurrencyLimit: ptrTo(2)},
+		"too many placeholders":     {ConcurrencyKey: ptrTo(strings.Repeat("{/t}", 9)), ConcurrencyLimit: ptrTo(2)},
+		"limit zero":                {ConcurrencyKey: ptrTo("{/t}"), ConcurrencyLimit: ptrTo(0)},
+		"limit too high":            {ConcurrencyKey: ptrTo("{/t}"), ConcurrencyLimit: ptrTo(api.MaxConcurrencyLimit + 1)},
+		"removal with a limit":      {ConcurrencyKey: ptrTo(""), ConcurrencyLimit: ptrTo(3)},
 	} {
 		var e api.Error
 		if code := httpCall(t, n, "POST", "/v1/queues/tenants", u, &e); code != http.StatusBadRequest || e.Code != api.CodeInvalidConcurrency {
