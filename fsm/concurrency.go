@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 
@@ -146,11 +147,13 @@ func (f *FSM) ConcurrencyActive(key string) int {
 	return f.tasks.activeKey[key]
 }
 
-// fairBand holds the keyed pending tasks of one priority band of one QueueKey: each key's tasks in
-// placement order, and each key's first task (heads), in the same order.
+// fairBand holds the keyed pending tasks of one priority band of one QueueKey: all of them by
+// key and then in placement order (tasks), and each key's first task (heads), in placement order.
+// One tree for every key rather than a tree per key: a band of 100,000 keys of a task each costs
+// one entry per task, not a tree per key.
 type fairBand struct {
 	heads *btree.BTreeG[*Task]
-	keys  map[string]*btree.BTreeG[*Task]
+	tasks *btree.BTreeG[*Task]
 }
 
 // byFair orders keyed tasks of a band: place in the rotation, then ready first, then created first.
@@ -159,6 +162,14 @@ func byFair(a, b *Task) bool {
 		return a.FairSeq < b.FairSeq
 	}
 	return byReady(a, b)
+}
+
+// byKeyFair orders a band's keyed tasks by key, then as byFair.
+func byKeyFair(a, b *Task) bool {
+	if a.ConcurrencyKey != b.ConcurrencyKey {
+		return a.ConcurrencyKey < b.ConcurrencyKey
+	}
+	return byFair(a, b)
 }
 
 // inFair reports whether t is held in a fair band: keyed, pending, and not waiting out a retry.
@@ -173,6 +184,46 @@ func (s *store) fairBandOf(t *Task) *fairBand {
 	return s.fair[fairKey(t)][t.Priority]
 }
 
+// firstOf is the first task of key in fb, nil when it has none.
+func (fb *fairBand) firstOf(key string) *Task {
+	var first *Task
+	fb.tasks.AscendGreaterOrEqual(&Task{ConcurrencyKey: key}, func(t *Task) bool {
+		if t.ConcurrencyKey == key {
+			first = t
+		}
+		return false
+	})
+	return first
+}
+
+// lastOf is the last task of key in fb, nil when it has none.
+func (fb *fairBand) lastOf(key string) *Task {
+	var last *Task
+	fb.tasks.DescendLessOrEqual(&Task{ConcurrencyKey: key, FairSeq: math.MaxUint64}, func(t *Task) bool {
+		if t.ConcurrencyKey == key {
+			last = t
+		}
+		return false
+	})
+	return last
+}
+
+// nextOf is the task after t of t's key in fb that is not cancel-requested, nil at the key's end.
+func (fb *fairBand) nextOf(t *Task) *Task {
+	var next *Task
+	fb.tasks.AscendGreaterOrEqual(t, func(o *Task) bool {
+		if o.ConcurrencyKey != t.ConcurrencyKey {
+			return false
+		}
+		if o == t || o.CancelRequested {
+			return true
+		}
+		next = o
+		return false
+	})
+	return next
+}
+
 // fairSeq is the place in its band's rotation of a keyed task that becomes pending: after its key's
 // last pending task and at the band's head at the earliest. f.mu is held; t is not stored.
 func (s *store) fairSeq(t *Task) uint64 {
@@ -184,10 +235,8 @@ func (s *store) fairSeq(t *Task) uint64 {
 	if h, ok := fb.heads.Min(); ok {
 		seq = h.FairSeq
 	}
-	if kt := fb.keys[t.ConcurrencyKey]; kt != nil {
-		if last, ok := kt.Max(); ok {
-			seq = max(seq, last.FairSeq+1)
-		}
+	if last := fb.lastOf(t.ConcurrencyKey); last != nil {
+		seq = max(seq, last.FairSeq+1)
 	}
 	return seq
 }
@@ -201,21 +250,17 @@ func (s *store) insertFair(t *Task) {
 	}
 	fb := m[t.Priority]
 	if fb == nil {
-		fb = &fairBand{heads: btree.NewWithFreeListG(btreeDegree, byFair, freeNodes), keys: map[string]*btree.BTreeG[*Task]{}}
+		fb = &fairBand{heads: btree.NewWithFreeListG(btreeDegree, byFair, freeNodes),
+			tasks: btree.NewWithFreeListG(btreeDegree, byKeyFair, freeNodes)}
 		m[t.Priority] = fb
 	}
-	kt := fb.keys[t.ConcurrencyKey]
-	if kt == nil {
-		kt = btree.NewWithFreeListG(btreeDegree, byFair, freeNodes)
-		fb.keys[t.ConcurrencyKey] = kt
-	}
-	old, had := kt.Min()
-	kt.ReplaceOrInsert(t)
-	if h, _ := kt.Min(); !had || h != old {
-		if had {
+	old := fb.firstOf(t.ConcurrencyKey)
+	fb.tasks.ReplaceOrInsert(t)
+	if old == nil || byFair(t, old) { // t is its key's new head
+		if old != nil {
 			fb.heads.Delete(old)
 		}
-		fb.heads.ReplaceOrInsert(h)
+		fb.heads.ReplaceOrInsert(t)
 	}
 }
 
@@ -225,22 +270,15 @@ func (s *store) deleteFair(t *Task) {
 	if fb == nil {
 		return
 	}
-	kt := fb.keys[t.ConcurrencyKey]
-	if kt == nil {
-		return
-	}
-	old, _ := kt.Min()
-	kt.Delete(t)
-	if old == t {
+	head := fb.firstOf(t.ConcurrencyKey) == t
+	fb.tasks.Delete(t)
+	if head {
 		fb.heads.Delete(t)
-		if h, ok := kt.Min(); ok {
+		if h := fb.firstOf(t.ConcurrencyKey); h != nil {
 			fb.heads.ReplaceOrInsert(h)
 		}
 	}
-	if kt.Len() == 0 {
-		delete(fb.keys, t.ConcurrencyKey)
-	}
-	if len(fb.keys) == 0 {
+	if fb.tasks.Len() == 0 {
 		delete(s.fair[k], t.Priority)
 		if len(s.fair[k]) == 0 {
 			delete(s.fair, k)
@@ -287,7 +325,7 @@ func (it *fairIter) next() *Task {
 		}
 		it.cursor = h
 		if h.CancelRequested {
-			h = nextInBand(it.fb.keys[h.ConcurrencyKey], h)
+			h = it.fb.nextOf(h)
 		}
 		if h != nil && it.hasRoom(h) {
 			it.peek = h
@@ -310,7 +348,7 @@ func (it *fairIter) next() *Task {
 	default:
 		return nil
 	}
-	if n := nextInBand(it.fb.keys[t.ConcurrencyKey], t); n != nil {
+	if n := it.fb.nextOf(t); n != nil {
 		it.started = append(it.started, n)
 	}
 	return t

@@ -458,9 +458,7 @@ func (f *FSM) SchedulerView() View {
 	}
 	for _, m := range f.tasks.fair {
 		for _, fb := range m {
-			for _, kt := range fb.keys {
-				kt.Ascend(func(t *Task) bool { all = append(all, t); return true })
-			}
+			fb.tasks.Ascend(func(t *Task) bool { all = append(all, t); return true })
 		}
 	}
 	f.tasks.retry.Ascend(func(t *Task) bool { all = append(all, t); return true })
