@@ -21,7 +21,10 @@ import (
 // gets a place in the rotation (Task.FairSeq) when it becomes pending: one after its key's last
 // pending task, and never before the band's head, so a key new to the band joins the rotation
 // where it is now instead of going behind a long backlog of another key, or ahead of all of it.
-// Placement reads the band in (FairSeq, ready time) order, so keys alternate.
+// Placement reads the band in (FairSeq, ready time) order, so keys alternate. Ageing ranks the band
+// against the others (by the effective priority of its next task), not the tasks inside it. Tasks
+// without a key keep their FIFO band (store.queue), merged with the keyed one by effective priority
+// and ready time, as bands are.
 
 // ConcurrencyProtocol is the protocol from which submits carry a concurrency key and queues a key
 // template (Submit.ConcurrencyKey, QueueSet.ConcurrencyKey).

@@ -57,7 +57,8 @@ type store struct {
 	// unplaceable type at the front blocks nothing else, and the backlog behind is never read.
 	queue map[QueueKey]bands
 	// fair holds the pending tasks with a concurrency key (and no retry deadline) instead of
-	// queue: per QueueKey and priority, a tree per key and the keys' heads (concurrency.go).
+	// queue: per QueueKey and priority, all of them by key and the keys' first tasks by turn
+	// (concurrency.go).
 	fair map[QueueKey]map[int]*fairBand
 	// activeKey counts the assigned and running tasks per concurrency key.
 	activeKey map[string]int
