@@ -203,7 +203,10 @@ func TestProcessPriorityTenGoesBeforeABacklogPendingFor150s(t *testing.T) {
 	backlog := make([]fsm.Submit, 500)
 	for i := range backlog {
 		id := ulidgen.Make().String()
-		backlog[i] = fsm.Submit{ID: id, Type: "sleep", Version: "1", Input: json.RawMessage(`{"ms": 300}`), MaxAttempts: 1,
+		// 5 s each: the two the node places at its start hold both slots while the priority-10
+		// task is submitted, so no placement pass is in flight then, and the next free slot is
+		// the one it must take.
+		backlog[i] = fsm.Submit{ID: id, Type: "sleep", Version: "1", Input: json.RawMessage(`{"ms": 5000}`), MaxAttempts: 1,
 			Timeout: fsm.Duration(time.Minute), ExecutionID: id}
 	}
 	entry, err := fsm.Encode(&fsm.Command{Now: created, Body: &fsm.SubmitBatch{Items: backlog}})
@@ -220,7 +223,7 @@ func TestProcessPriorityTenGoesBeforeABacklogPendingFor150s(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := waitTasks(t, client.StateSucceeded, 30*time.Second, []string{urgent.ID}, p)[urgent.ID]
+	got := waitTasks(t, client.StateSucceeded, 60*time.Second, []string{urgent.ID}, p)[urgent.ID]
 	at := assignedAt(got)
 	ids := make([]string, len(backlog))
 	for i, s := range backlog {
@@ -239,7 +242,7 @@ func TestProcessPriorityTenGoesBeforeABacklogPendingFor150s(t *testing.T) {
 		switch {
 		case a.IsZero():
 			pending++
-		case a.After(got.CreatedAt) && !a.After(at):
+		case a.After(got.CreatedAt) && a.Before(at): // the same instant: the same assignment entry
 			jumped++
 		case !a.After(got.CreatedAt):
 			before++
@@ -247,6 +250,9 @@ func TestProcessPriorityTenGoesBeforeABacklogPendingFor150s(t *testing.T) {
 	}
 	if jumped > 0 {
 		t.Errorf("%d backlog tasks were placed after the priority-10 task was submitted and before it was placed", jumped)
+	}
+	if at.Sub(got.CreatedAt) > 30*time.Second {
+		t.Errorf("the priority-10 task waited %v: it did not take the next free slot", at.Sub(got.CreatedAt))
 	}
 	if pending < 400 {
 		t.Errorf("only %d backlog tasks still pending: the backlog did not wait behind it", pending)
