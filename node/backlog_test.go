@@ -64,7 +64,6 @@ func TestPriorityTenGoesBeforeABacklogPendingFor150s(t *testing.T) {
 	for _, s := range backlog {
 		tk, _ := n.FSM().Task(s.ID)
 		if a := assignedAt(tk); a.After(got.CreatedAt) && a.Before(at) { // the same instant: the same entry
-
 			jumped++
 		}
 	}
