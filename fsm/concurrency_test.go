@@ -3,7 +3,6 @@ package fsm
 import (
 	"errors"
 	"fmt"
-	"io"
 	"reflect"
 	"slices"
 	"strings"
@@ -317,18 +316,7 @@ func TestKeyedStateSurvivesASnapshot(t *testing.T) {
 	h.must(submitCmd(subs...))
 	now := t0.Add(time.Minute)
 	h.place(now)
-	snap, err := h.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sink digestSink
-	if err := snap.Persist(&sink); err != nil {
-		t.Fatal(err)
-	}
-	g := New()
-	if err := g.Restore(io.NopCloser(&sink.Buffer)); err != nil {
-		t.Fatal(err)
-	}
+	g := restoredCopy(t, h.f)
 	fi, fs := h.f.Digest()
 	gi, gs := g.Digest()
 	if fi != gi || fs != gs {

@@ -57,12 +57,32 @@ func BenchmarkSchedulerPassFullCopy(b *testing.B) {
 // queue i%queues with priority (i/queues)%prios - prios/2, so every queue has every band.
 func queuedFSM(b *testing.B, pending, queues, prios int) (*fsm.FSM, map[string]bool) {
 	b.Helper()
+	return shapedFSM(b, pending, func(i int, s *fsm.Submit) {
+		if queues > 1 {
+			s.Queue = fmt.Sprintf("q%d", i%queues)
+		}
+		if prios > 1 {
+			s.Priority = (i/queues)%prios - prios/2
+		}
+	})
+}
+
+// shapedFSM holds pending+20 echo tasks, task i shaped by shape, and three nodes of capacity 8
+// running the first 20, so a pass has 4 free slots to fill.
+func shapedFSM(b *testing.B, pending int, shape func(i int, s *fsm.Submit)) (*fsm.FSM, map[string]bool) {
+	b.Helper()
 	f := fsm.New()
 	idx := uint64(0)
 	apply := func(body fsm.Payload) {
 		idx++
-		if r := f.ApplyCommand(idx, &fsm.Command{Now: now0, Body: body}); r.Err != nil {
+		r := f.ApplyCommand(idx, &fsm.Command{Now: now0, Body: body})
+		if r.Err != nil {
 			b.Fatal(r.Err)
+		}
+		for _, it := range r.Items {
+			if it.Err != nil {
+				b.Fatal(it.Err)
+			}
 		}
 	}
 	alive := map[string]bool{}
@@ -75,12 +95,7 @@ func queuedFSM(b *testing.B, pending, queues, prios int) (*fsm.FSM, map[string]b
 		var subs []fsm.Submit
 		for i := done; i < min(done+1000, total); i++ {
 			s := fsm.Submit{ID: fmt.Sprintf("01JBENCH%018d", i), Type: "echo", Input: json.RawMessage(`"hello"`), MaxAttempts: 3}
-			if queues > 1 {
-				s.Queue = fmt.Sprintf("q%d", i%queues)
-			}
-			if prios > 1 {
-				s.Priority = (i/queues)%prios - prios/2
-			}
+			shape(i, &s)
 			subs = append(subs, s)
 		}
 		apply(&fsm.SubmitBatch{Items: subs})
@@ -126,41 +141,9 @@ func BenchmarkQueuesAndPriorities(b *testing.B) {
 // fills the 4 free slots with tasks of other keys, taking turns.
 func keyedFSM(b *testing.B, pending, keys int) (*fsm.FSM, map[string]bool) {
 	b.Helper()
-	f := fsm.New()
-	idx := uint64(0)
-	apply := func(body fsm.Payload) {
-		idx++
-		r := f.ApplyCommand(idx, &fsm.Command{Now: now0, Body: body})
-		if r.Err != nil {
-			b.Fatal(r.Err)
-		}
-		for _, it := range r.Items {
-			if it.Err != nil {
-				b.Fatal(it.Err)
-			}
-		}
-	}
-	alive := map[string]bool{}
-	for _, name := range []string{"n1", "n2", "n3"} {
-		apply(&fsm.Register{Node: fsm.Node{Name: name, BootID: "boot-" + name, Capacity: 8, Types: []fsm.TypeInfo{{Type: "echo", Version: "1"}}}})
-		alive[name] = true
-	}
-	total := pending + 20
-	for done := 0; done < total; done += 1000 {
-		var subs []fsm.Submit
-		for i := done; i < min(done+1000, total); i++ {
-			subs = append(subs, fsm.Submit{ID: fmt.Sprintf("01JBENCH%018d", i), Type: "echo", Input: json.RawMessage(`"hello"`), MaxAttempts: 3,
-				ConcurrencyKey: fmt.Sprintf("tenant-%d", i%keys), ConcurrencyLimit: 1})
-		}
-		apply(&fsm.SubmitBatch{Items: subs})
-	}
-	var as []fsm.Assign
-	for i := range 20 {
-		n := []string{"n1", "n2", "n3"}[i%3]
-		as = append(as, fsm.Assign{TaskID: fmt.Sprintf("01JBENCH%018d", i), Node: n, BootID: "boot-" + n})
-	}
-	apply(&fsm.AssignBatch{Items: as})
-	return f, alive
+	return shapedFSM(b, pending, func(i int, s *fsm.Submit) {
+		s.ConcurrencyKey, s.ConcurrencyLimit = fmt.Sprintf("tenant-%d", i%keys), 1
+	})
 }
 
 // BenchmarkConcurrencyKeys is one placement pass over 100,000 keyed tasks (limit 1 per key, 20
