@@ -81,6 +81,10 @@ type Task struct {
 	RunAt    *time.Time `json:"run_at,omitempty"`
 	Priority int        `json:"priority,omitempty"`
 	Queue    string     `json:"queue,omitempty"`
+	// ConcurrencyKey and ConcurrencyLimit: at most that many tasks with the key are assigned or
+	// running at once (api/concurrency.go); from the submit, or the queue's key template.
+	ConcurrencyKey   string `json:"concurrency_key,omitempty"`
+	ConcurrencyLimit int    `json:"concurrency_limit,omitempty"`
 	// PendingReason says why a pending task waits when nothing can take it now (no node or
 	// worker offers its type and version, its queue is paused, a limit is reached, every target
 	// is busy, a retry backoff); absent otherwise. It is computed when the record is read.
@@ -134,6 +138,11 @@ type SubmitRequest struct {
 	Priority int `json:"priority,omitempty"`
 	// Queue names the task's queue (QueueName rules; "default" when empty).
 	Queue string `json:"queue,omitempty"`
+	// ConcurrencyKey, with ConcurrencyLimit (1..MaxConcurrencyLimit), holds the task to at most
+	// that many tasks with the key assigned or running at once, cluster-wide; both or neither.
+	// Without them the queue's key template, if any, makes the key.
+	ConcurrencyKey   string `json:"concurrency_key,omitempty"`
+	ConcurrencyLimit int    `json:"concurrency_limit,omitempty"`
 }
 
 // Cluster is GET /v1/cluster: the cluster at a glance.

@@ -24,6 +24,9 @@ type Queue struct {
 	Scheduled int  `json:"scheduled"`
 	Pending   int  `json:"pending"`
 	Running   int  `json:"running"` // assigned or running
+	// ConcurrencyKey is the queue's key template (see QueueUpdate), with ConcurrencyLimit.
+	ConcurrencyKey   string `json:"concurrency_key,omitempty"`
+	ConcurrencyLimit int    `json:"concurrency_limit,omitempty"`
 }
 
 // QueueList is GET /v1/queues.
@@ -35,6 +38,12 @@ type QueueList struct {
 type QueueUpdate struct {
 	Limit  *int  `json:"limit,omitempty"`
 	Paused *bool `json:"paused,omitempty"`
+	// ConcurrencyKey is a key template, "tenant-{/tenant}": each {/json/pointer} (at most 8) is replaced by
+	// that part of a task's input (a string as it is, null or nothing as "", anything else as
+	// its JSON), and a task of the queue submitted without a key of its own gets the key, with
+	// ConcurrencyLimit. The two come together; "" (with a limit of 0) removes the template.
+	ConcurrencyKey   *string `json:"concurrency_key,omitempty"`
+	ConcurrencyLimit *int    `json:"concurrency_limit,omitempty"`
 }
 
 // TypeLimit is a task type's cluster-wide limit on tasks assigned or running at once.

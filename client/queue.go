@@ -35,6 +35,14 @@ func (c *Client) UpdateQueue(ctx context.Context, name string, u QueueUpdate) (*
 	return q, nil
 }
 
+// SetQueueConcurrency gives a queue a key template ("tenant-{/tenant}") and its limit: a task of
+// the queue submitted without a concurrency key gets the key the template makes from its input,
+// and at most limit tasks of one key run at once. An empty template removes it. It needs
+// operator rights.
+func (c *Client) SetQueueConcurrency(ctx context.Context, name, template string, limit int) (*Queue, error) {
+	return c.UpdateQueue(ctx, name, QueueUpdate{ConcurrencyKey: &template, ConcurrencyLimit: &limit})
+}
+
 // TypeLimits lists the task types that have a limit.
 func (c *Client) TypeLimits(ctx context.Context) ([]TypeLimit, error) {
 	var l api.TypeLimitList

@@ -70,6 +70,9 @@ func (f *FSM) applyDecoded(logs []*raft.Log, cmds []*Command, bad int, badErr er
 		if f.halt == nil {
 			applied, bumped = max(applied, l.Index), true
 		}
+		if f.keyObserver != nil {
+			f.keyObserver(l.Index, f.tasks.activeKey)
+		}
 	}
 	if marks != nil {
 		marks[len(logs)-1] = len(f.transitions)

@@ -47,7 +47,10 @@ const (
 // records set.
 //
 // Protocol 7 adds workflows (workflow.go): CmdWorkflowSubmit and CmdWorkflowCancel.
-const Protocol = 7
+//
+// Protocol 8 adds concurrency keys (concurrency.go): Submit's concurrency key and limit, and a
+// queue's key template (QueueSet).
+const Protocol = ConcurrencyProtocol
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
 // newer than their type's Since: the lowest protocol that decodes this payload as it is.
@@ -391,12 +394,19 @@ type Submit struct {
 	Priority int `msgpack:"priority,omitempty"`
 	// Queue names the task's queue; "" is the default queue.
 	Queue string `msgpack:"queue,omitempty"`
+	// ConcurrencyKey, with ConcurrencyLimit (1..MaxConcurrencyLimit), holds the task to at most
+	// that many tasks with the key assigned or running at once. Protocol 8.
+	ConcurrencyKey   string `msgpack:"concurrency_key,omitempty"`
+	ConcurrencyLimit int    `msgpack:"concurrency_limit,omitempty"`
 }
 
-// needsProtocol is the lowest protocol that decodes s: 2 once it sets any field protocol 1 does
-// not know (each such field is checked here), else 0 (the type's Since and Emit's legacy rules
+// needsProtocol is the lowest protocol that decodes s: 8 with a concurrency key, 2 once it sets
+// any other field protocol 1 does not know (each such field is checked here), else 0 (the type's Since and Emit's legacy rules
 // decide the rest).
 func (s *Submit) needsProtocol() int {
+	if s.ConcurrencyKey != "" || s.ConcurrencyLimit != 0 {
+		return ConcurrencyProtocol
+	}
 	if s.Schedule != "" || s.UniqueKey != "" || s.UniqueFor != 0 || s.RunAt != nil || s.Priority != 0 || s.Queue != "" {
 		return 2
 	}

@@ -88,8 +88,9 @@ func TestDigestIsCanonicalAndSeesEveryChange(t *testing.T) {
 }
 
 // A replica restored from another's snapshot is the same replica.
-func TestDigestSurvivesSnapshotRoundTrip(t *testing.T) {
-	f := digestState(t, 10, digestTasks(), digestNodes())
+// restoredCopy is a new FSM restored from a snapshot of f.
+func restoredCopy(t *testing.T, f *FSM) *FSM {
+	t.Helper()
 	snap, err := f.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -102,6 +103,12 @@ func TestDigestSurvivesSnapshotRoundTrip(t *testing.T) {
 	if err := g.Restore(io.NopCloser(&sink.Buffer)); err != nil {
 		t.Fatal(err)
 	}
+	return g
+}
+
+func TestDigestSurvivesSnapshotRoundTrip(t *testing.T) {
+	f := digestState(t, 10, digestTasks(), digestNodes())
+	g := restoredCopy(t, f)
 	fi, fs := f.Digest()
 	gi, gs := g.Digest()
 	if fi != gi || fs != gs {

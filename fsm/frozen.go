@@ -59,6 +59,7 @@ const (
 	fHistory
 	fUniqueUntil
 	fRunAt
+	fConcurrency // a concurrency key: key, limit and place in the rotation follow the history
 )
 
 // Presence flags of a frozen history entry.
@@ -91,6 +92,7 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 	set(fHistory, t.History != nil)
 	set(fUniqueUntil, t.UniqueUntil != nil)
 	set(fRunAt, t.RunAt != nil)
+	set(fConcurrency, t.ConcurrencyKey != "" || t.ConcurrencyLimit != 0 || t.FairSeq != 0)
 	b = binary.AppendUvarint(b, flags)
 	for _, s := range []string{t.Type, t.Version, string(t.State), t.Node, t.BootID, t.Queue, t.SubmittedBy, t.Schedule} {
 		b = binary.AppendUvarint(b, uint64(nm.put(s)))
@@ -148,6 +150,11 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 				b = binary.AppendUvarint(b, uint64(nm.put(h.By)))
 			}
 		}
+	}
+	if flags&fConcurrency != 0 {
+		b = putStr(b, t.ConcurrencyKey)
+		b = binary.AppendVarint(b, int64(t.ConcurrencyLimit))
+		b = binary.AppendUvarint(b, t.FairSeq)
 	}
 	return b
 }
@@ -400,6 +407,9 @@ func thawInto(t *Task, s string, list []string) error {
 				h.By = r.name(list)
 			}
 		}
+	}
+	if has(fConcurrency) {
+		t.ConcurrencyKey, t.ConcurrencyLimit, t.FairSeq = r.str(), int(r.varint()), r.uvarint()
 	}
 	if r.err != nil || r.s != "" {
 		return errFrozen

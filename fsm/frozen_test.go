@@ -69,6 +69,9 @@ func randomTask(r *rand.Rand, i int) *Task {
 		SubmittedBy: str("", "alice"), Schedule: str("", "nightly"), UniqueKey: str("", "u"),
 		UniqueUntil: ptm(), RunAt: ptm(), Priority: r.IntN(2001) - 1000, Queue: str("", "emails"),
 	}
+	if r.IntN(2) == 0 {
+		t.ConcurrencyKey, t.ConcurrencyLimit, t.FairSeq = str("", "tenant-7", "ü"), r.IntN(MaxConcurrencyLimit+1), r.Uint64N(1<<40)
+	}
 	if r.IntN(3) > 0 {
 		t.Error = &TaskError{Type: str("", "timeout", "handler"), Message: str("", "boom", strings.Repeat("é", 200)), Final: r.IntN(2) == 0}
 	}

@@ -39,7 +39,8 @@ type FSM struct {
 	// never part of the replicated state.
 	observer    Observer
 	transitions []Transition
-	lastStamp   *time.Time // stamp's
+	keyObserver KeyObserver // concurrency.go
+	lastStamp   *time.Time  // stamp's
 	// schedules is the periodic schedules table (schedule.go), by name.
 	schedules map[string]*Schedule
 	// schedChanged is closed when a schedule changes or a scheduled task finishes.
@@ -218,7 +219,11 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit, a *Admission) ItemR
 	if err := f.admit(a, s.SubmittedBy); err != nil {
 		return ItemResult{ID: s.ID, Err: err}
 	}
+	if s.ConcurrencyKey != "" && (s.ConcurrencyLimit < 1 || s.ConcurrencyLimit > MaxConcurrencyLimit || len(s.ConcurrencyKey) > MaxConcurrencyKey) {
+		return ItemResult{ID: s.ID, Err: fmt.Errorf("%w: a concurrency key has at most %d bytes and a limit between 1 and %d", ErrBadCommand, MaxConcurrencyKey, MaxConcurrencyLimit)}
+	}
 	t := newTask(index, now, s)
+	f.keyOf(t)
 	if s.UniqueKey != "" {
 		until := now.Add(time.Duration(s.UniqueFor))
 		t.UniqueKey, t.UniqueUntil = s.UniqueKey, &until
@@ -242,6 +247,9 @@ func newTask(index uint64, now time.Time, s *Submit) *Task {
 		IdempotencyKey: s.IdempotencyKey, ExecutionID: s.ExecutionID, ParentID: s.ParentID,
 		SubmittedBy: s.SubmittedBy, Schedule: s.Schedule, CreatedAt: now, CreateIndex: index, ModifyIndex: index,
 		RunAt: s.RunAt, Priority: s.Priority, Queue: s.Queue,
+	}
+	if s.ConcurrencyKey != "" {
+		t.ConcurrencyKey, t.ConcurrencyLimit = s.ConcurrencyKey, s.ConcurrencyLimit
 	}
 	if t.Queue == DefaultQueue {
 		t.Queue = "" // one spelling of the default queue, the one records without queues have
@@ -476,6 +484,11 @@ func (f *FSM) save(old, next *Task) {
 		f.watches.touch(old)
 	}
 	if next != nil {
+		if inFair(next) && (old == nil || !inFair(old)) && next.FairSeq == 0 {
+			// A keyed task that becomes pending takes its turn in its band's rotation; one
+			// that had a turn (taken back from a node, retried) keeps it, and goes first.
+			next.FairSeq = f.tasks.fairSeq(next)
+		}
 		f.tasks.insert(next)
 		f.watches.touch(next)
 		if next.State.Terminal() && (old == nil || !old.State.Terminal()) {

@@ -1113,7 +1113,7 @@ func TestCappedAssignHoldsNodeCapacity(t *testing.T) {
 
 func TestSubmitCandidatesAreThePendingTasksASubmitCreates(t *testing.T) {
 	later := t0.Add(time.Minute)
-	got := SubmitCandidates([]Submit{
+	got := New().SubmitCandidates([]Submit{
 		{ID: "a", Type: "echo", Version: "1", Priority: 5, Queue: DefaultQueue},
 		{ID: "b", Type: "echo", RunAt: &later},
 		{ID: "c", Type: "echo", RunAt: &t0, Queue: "q"},

@@ -436,6 +436,8 @@ type View struct {
 	TypeLimits  map[string]int
 	ActiveQueue map[string]int
 	ActiveType  map[string]int
+	// ActiveKey counts assigned and running tasks by concurrency key (keys with none are absent).
+	ActiveKey map[string]int
 }
 
 // maxRetryScan bounds how many due retries one view reads beyond the free slots: due retries of a
@@ -452,6 +454,11 @@ func (f *FSM) SchedulerView() View {
 	for _, b := range f.tasks.queue {
 		for _, tr := range b {
 			tr.Ascend(func(t *Task) bool { all = append(all, t); return true })
+		}
+	}
+	for _, m := range f.tasks.fair {
+		for _, fb := range m {
+			fb.tasks.Ascend(func(t *Task) bool { all = append(all, t); return true })
 		}
 	}
 	f.tasks.retry.Ascend(func(t *Task) bool { all = append(all, t); return true })
@@ -482,7 +489,7 @@ func (f *FSM) PlacementView(alive map[string]bool, now time.Time) View {
 		c := f.queues.clone()
 		v.Queues, v.TypeLimits = c.Queues, c.TypeLimits
 	}
-	v.ActiveQueue, v.ActiveType = maps.Clone(s.activeQueue), maps.Clone(s.activeType)
+	v.ActiveQueue, v.ActiveType, v.ActiveKey = maps.Clone(s.activeQueue), maps.Clone(s.activeType), maps.Clone(s.activeKey)
 	var free []*Node
 	totalFree := 0
 	for i := range v.Nodes {
@@ -581,12 +588,16 @@ func decodeCursor(c string) (*entry, error) {
 // SubmitCandidates returns the tasks subs will create pending at now (not delayed), as Place reads
 // candidates: the leader places them right behind their submit (internal/internode's
 // placeAtSubmit). A submit the FSM then refuses (a duplicate, a unique key held) creates no task,
-// and its assignment fails with ErrNotFound.
-func SubmitCandidates(subs []Submit, now time.Time) []Task {
+// and its assignment fails with ErrNotFound. Their concurrency keys are those their queues'
+// templates make now.
+func (f *FSM) SubmitCandidates(subs []Submit, now time.Time) []Task {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
 	var out []Task
 	for i := range subs {
 		if s := &subs[i]; s.ID != "" && s.Type != "" {
 			if t := newTask(0, now, s); t.State == Pending {
+				f.keyOf(t)
 				out = append(out, *t)
 			}
 		}

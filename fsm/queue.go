@@ -104,13 +104,30 @@ func PlacementCompare(a, b *Task, now time.Time) int {
 type QueueConfig struct {
 	Limit  int  `msgpack:"limit,omitempty"` // most tasks assigned or running at once; 0 = no limit
 	Paused bool `msgpack:"paused,omitempty"`
+	// ConcurrencyKey is a key template (ParseKeyTemplate): a task of the queue submitted without
+	// a key of its own gets the key it makes from the task's input, with ConcurrencyLimit.
+	// Both are set or neither.
+	ConcurrencyKey   string `msgpack:"concurrency_key,omitempty"`
+	ConcurrencyLimit int    `msgpack:"concurrency_limit,omitempty"`
 }
 
-// QueueSet changes a queue's limit, its paused flag, or both (a nil field is left as it is).
+// QueueSet changes a queue's limit, its paused flag, its key template, or several (a nil field
+// is left as it is). An empty ConcurrencyKey removes the template (and its limit).
 type QueueSet struct {
 	Name   string `msgpack:"name"` // "" or DefaultQueue: the default queue
 	Limit  *int   `msgpack:"limit,omitempty"`
 	Paused *bool  `msgpack:"paused,omitempty"`
+	// ConcurrencyKey and ConcurrencyLimit set the key template; they come together. Protocol 8.
+	ConcurrencyKey   *string `msgpack:"concurrency_key,omitempty"`
+	ConcurrencyLimit *int    `msgpack:"concurrency_limit,omitempty"`
+}
+
+// NeedsProtocol implements NeedsProtocol: ConcurrencyProtocol with a key template.
+func (p *QueueSet) NeedsProtocol() int {
+	if p.ConcurrencyKey != nil || p.ConcurrencyLimit != nil {
+		return ConcurrencyProtocol
+	}
+	return 0
 }
 
 // TypeLimitSet sets a task type's cluster-wide limit on assigned and running tasks; 0 removes it.
@@ -181,11 +198,12 @@ func (q *queueTables) clone() queueTables {
 	return c
 }
 
-// admits reports whether t's queue and type let one more task start: the queue is not paused and
-// neither limit is reached by the tasks assigned or running now.
+// admits reports whether t's queue, type and concurrency key let one more task start: the queue
+// is not paused and no limit is reached by the tasks assigned or running now.
 func (q *queueTables) admits(t *Task, s *store) bool {
 	c := q.Queues[t.Queue]
-	return !c.Paused && room(c.Limit, s.activeQueue[t.Queue]) > 0 && room(q.TypeLimits[t.Type], s.activeType[t.Type]) > 0
+	return !c.Paused && room(c.Limit, s.activeQueue[t.Queue]) > 0 && room(q.TypeLimits[t.Type], s.activeType[t.Type]) > 0 &&
+		s.keyRoom(t, 0) > 0
 }
 
 func queueKey(name string) string {
@@ -199,6 +217,17 @@ func (f *FSM) applyQueueSet(index uint64, _ time.Time, p *QueueSet) ([]ItemResul
 	if p.Limit != nil && *p.Limit < 0 {
 		return nil, fmt.Errorf("%w: queue limit %d is negative", ErrBadCommand, *p.Limit)
 	}
+	if (p.ConcurrencyKey == nil) != (p.ConcurrencyLimit == nil) {
+		return nil, fmt.Errorf("%w: a key template and its limit come together", ErrBadCommand)
+	}
+	if p.ConcurrencyKey != nil && *p.ConcurrencyKey != "" {
+		if err := ParseKeyTemplate(*p.ConcurrencyKey); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+		}
+		if l := *p.ConcurrencyLimit; l < 1 || l > MaxConcurrencyLimit {
+			return nil, fmt.Errorf("%w: a concurrency limit is between 1 and %d, got %d", ErrBadCommand, MaxConcurrencyLimit, l)
+		}
+	}
 	name := queueKey(p.Name)
 	c := f.queues.Queues[name]
 	if p.Limit != nil {
@@ -206,6 +235,12 @@ func (f *FSM) applyQueueSet(index uint64, _ time.Time, p *QueueSet) ([]ItemResul
 	}
 	if p.Paused != nil {
 		c.Paused = *p.Paused
+	}
+	if p.ConcurrencyKey != nil {
+		c.ConcurrencyKey, c.ConcurrencyLimit = *p.ConcurrencyKey, *p.ConcurrencyLimit
+		if c.ConcurrencyKey == "" {
+			c.ConcurrencyLimit = 0
+		}
 	}
 	if f.queues.Queues == nil {
 		f.queues.Queues = map[string]QueueConfig{}
@@ -336,11 +371,16 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 		return room(c.Limit, s.activeQueue[q])
 	}
 	typeRoom := func(typ string) int { return room(f.queues.TypeLimits[typ], s.activeType[typ]) }
+	// takenKey counts the candidates of each concurrency key over every group: a key's limit is
+	// cluster-wide, whatever the queue and type.
+	takenKey := map[string]int{}
+	hasRoom := func(t *Task) bool { return s.keyRoom(t, takenKey[t.ConcurrencyKey]) > 0 }
 	groups := map[TypeVersion]*candGroup{}
 	groupOf := func(tv TypeVersion) *candGroup {
 		g, ok := groups[tv]
 		if !ok {
-			g = &candGroup{k: min(slots(tv), typeRoom(tv.Type)), now: now, taken: map[string]int{}}
+			g = &candGroup{k: min(slots(tv), typeRoom(tv.Type)), now: now, taken: map[string]int{},
+				takenKey: takenKey, hasRoom: hasRoom}
 			groups[tv] = g
 		}
 		return g
@@ -349,6 +389,18 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 		g := groupOf(TypeVersion{qk.Type, qk.Version})
 		if g.k > 0 && queueRoom(qk.Queue) > 0 {
 			g.heads = bandHeads(b, now, g.heads)
+		}
+	}
+	for qk, m := range s.fair {
+		g := groupOf(TypeVersion{qk.Type, qk.Version})
+		if g.k <= 0 || queueRoom(qk.Queue) <= 0 {
+			continue
+		}
+		for _, fb := range m {
+			it := &fairIter{fb: fb, hasRoom: hasRoom}
+			if t := it.next(); t != nil {
+				g.heads = append(g.heads, head{t: t, eff: EffectivePriority(t, now), fi: it})
+			}
 		}
 	}
 	scanned := 0
@@ -362,9 +414,17 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 		}
 		return true
 	})
+	// The groups take in (type, version) order: they share the keys' room.
+	tvs := make([]TypeVersion, 0, len(groups))
+	for tv := range groups {
+		tvs = append(tvs, tv)
+	}
+	slices.SortFunc(tvs, func(a, b TypeVersion) int {
+		return cmp.Or(cmp.Compare(a.Type, b.Type), cmp.Compare(a.Version, b.Version))
+	})
 	var cands []*Task
-	for _, g := range groups {
-		cands = g.take(cands, queueRoom)
+	for _, tv := range tvs {
+		cands = groups[tv].take(cands, queueRoom)
 	}
 	// Placement order, then (CreateIndex, ID): the groups come from map walks, and the view
 	// must not depend on their order.
@@ -376,12 +436,21 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 	}
 }
 
-// head is the best remaining task of one band (tr set) or a due retry (tr nil), with its
-// effective priority computed once.
+// head is the best remaining task of one band (tr set), of a fair band (fi set) or a due retry
+// (neither), with its effective priority computed once.
 type head struct {
 	t   *Task
 	eff int64
 	tr  *btree.BTreeG[*Task]
+	fi  *fairIter
+}
+
+// next is the task after h's in its band, nil at the band's end (or for a retry).
+func (h *head) next() *Task {
+	if h.fi != nil {
+		return h.fi.next()
+	}
+	return nextInBand(h.tr, h.t)
 }
 
 // better reports whether h goes before o in placement order.
@@ -405,6 +474,10 @@ type candGroup struct {
 	now   time.Time
 	heads []head
 	taken map[string]int
+	// takenKey counts the candidates per concurrency key (shared by every group), hasRoom
+	// reports whether a task's key lets one more start.
+	takenKey map[string]int
+	hasRoom  func(*Task) bool
 }
 
 // take appends the group's best k tasks to out, each queue giving no more than its room.
@@ -422,11 +495,22 @@ func (g *candGroup) take(out []*Task, queueRoom func(string) int) []*Task {
 			g.heads = slices.DeleteFunc(g.heads, func(o head) bool { return o.t.Queue == q })
 			continue
 		}
+		if h.t.ConcurrencyKey != "" && !g.hasRoom(h.t) { // its key is full: the band's next
+			if next := h.next(); next != nil {
+				g.heads[best] = head{t: next, eff: EffectivePriority(next, g.now), tr: h.tr, fi: h.fi}
+			} else {
+				g.heads = slices.Delete(g.heads, best, best+1)
+			}
+			continue
+		}
 		out = append(out, h.t)
 		g.taken[q]++
+		if h.t.ConcurrencyKey != "" {
+			g.takenKey[h.t.ConcurrencyKey]++
+		}
 		n++
-		if next := nextInBand(h.tr, h.t); next != nil {
-			g.heads[best] = head{t: next, eff: EffectivePriority(next, g.now), tr: h.tr}
+		if next := h.next(); next != nil {
+			g.heads[best] = head{t: next, eff: EffectivePriority(next, g.now), tr: h.tr, fi: h.fi}
 		} else {
 			g.heads = slices.Delete(g.heads, best, best+1)
 		}

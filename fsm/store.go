@@ -56,6 +56,12 @@ type store struct {
 	// scheduler reads the heads of the bands a free node can serve (Min of each tree), so an
 	// unplaceable type at the front blocks nothing else, and the backlog behind is never read.
 	queue map[QueueKey]bands
+	// fair holds the pending tasks with a concurrency key (and no retry deadline) instead of
+	// queue: per QueueKey and priority, all of them by key and the keys' first tasks by turn
+	// (concurrency.go).
+	fair map[QueueKey]map[int]*fairBand
+	// activeKey counts the assigned and running tasks per concurrency key.
+	activeKey map[string]int
 	// due holds the scheduled (delayed) tasks by (RunAt, CreateIndex, ID).
 	due *btree.BTreeG[*Task]
 	// activeQueue and activeType count the assigned and running tasks per queue name ("" for
@@ -233,6 +239,8 @@ func newStore() *store {
 		byNode:    map[string]*btree.BTreeG[*entry]{},
 		byExec:    map[string]*btree.BTreeG[*entry]{},
 		queue:     map[QueueKey]bands{},
+		fair:      map[QueueKey]map[int]*fairBand{},
+		activeKey: map[string]int{},
 		due:       btree.NewG(btreeDegree, byRunAt),
 		retry:     btree.NewG(btreeDegree, byNotBefore),
 		finished:  btree.NewG(btreeDegree, byFinish),
@@ -319,6 +327,8 @@ func (s *store) insert(t *Task) {
 	switch {
 	case t.State == Pending && t.NotBefore != nil:
 		s.retry.ReplaceOrInsert(t)
+	case inFair(t):
+		s.insertFair(t)
 	case t.State == Pending:
 		k := QueueKey{t.Queue, t.Type, t.Version}
 		b := s.queue[k]
@@ -337,6 +347,9 @@ func (s *store) insert(t *Task) {
 	case t.State.Active():
 		s.activeQueue[t.Queue]++
 		s.activeType[t.Type]++
+		if t.ConcurrencyKey != "" {
+			s.activeKey[t.ConcurrencyKey]++
+		}
 		m := s.active[t.Node]
 		if m == nil {
 			m = map[string]*Task{}
@@ -385,6 +398,8 @@ func (s *store) delete(t *Task) {
 	switch {
 	case t.State == Pending && t.NotBefore != nil:
 		s.retry.Delete(t)
+	case inFair(t):
+		s.deleteFair(t)
 	case t.State == Pending:
 		k := QueueKey{t.Queue, t.Type, t.Version}
 		if b := s.queue[k]; b != nil {
@@ -398,6 +413,9 @@ func (s *store) delete(t *Task) {
 	case t.State.Active():
 		decr(s.activeQueue, t.Queue)
 		decr(s.activeType, t.Type)
+		if t.ConcurrencyKey != "" {
+			decr(s.activeKey, t.ConcurrencyKey)
+		}
 		if m := s.active[t.Node]; m != nil {
 			delete(m, t.ID)
 			if len(m) == 0 {

@@ -157,6 +157,13 @@ type Task struct {
 	// Queue is the queue the task belongs to; "" is the default queue (DefaultQueue), kept empty
 	// so records and digests of tasks that name no queue are what they were before queues.
 	Queue string `msgpack:"queue,omitempty"`
+	// ConcurrencyKey and ConcurrencyLimit: at most ConcurrencyLimit tasks with the key are
+	// assigned or running at once (concurrency.go); from the submit or the queue's template.
+	ConcurrencyKey   string `msgpack:"concurrency_key,omitempty"`
+	ConcurrencyLimit int    `msgpack:"concurrency_limit,omitempty"`
+	// FairSeq is a keyed task's place in its priority band's rotation of keys (store.fairSeq),
+	// set when it becomes pending; 0 without a key.
+	FairSeq uint64 `msgpack:"fair_seq,omitempty"`
 }
 
 // DefaultQueue is the name of the queue of tasks that name none.

@@ -57,12 +57,32 @@ func BenchmarkSchedulerPassFullCopy(b *testing.B) {
 // queue i%queues with priority (i/queues)%prios - prios/2, so every queue has every band.
 func queuedFSM(b *testing.B, pending, queues, prios int) (*fsm.FSM, map[string]bool) {
 	b.Helper()
+	return shapedFSM(b, pending, func(i int, s *fsm.Submit) {
+		if queues > 1 {
+			s.Queue = fmt.Sprintf("q%d", i%queues)
+		}
+		if prios > 1 {
+			s.Priority = (i/queues)%prios - prios/2
+		}
+	})
+}
+
+// shapedFSM holds pending+20 echo tasks, task i shaped by shape, and three nodes of capacity 8
+// running the first 20, so a pass has 4 free slots to fill.
+func shapedFSM(b *testing.B, pending int, shape func(i int, s *fsm.Submit)) (*fsm.FSM, map[string]bool) {
+	b.Helper()
 	f := fsm.New()
 	idx := uint64(0)
 	apply := func(body fsm.Payload) {
 		idx++
-		if r := f.ApplyCommand(idx, &fsm.Command{Now: now0, Body: body}); r.Err != nil {
+		r := f.ApplyCommand(idx, &fsm.Command{Now: now0, Body: body})
+		if r.Err != nil {
 			b.Fatal(r.Err)
+		}
+		for _, it := range r.Items {
+			if it.Err != nil {
+				b.Fatal(it.Err)
+			}
 		}
 	}
 	alive := map[string]bool{}
@@ -75,12 +95,7 @@ func queuedFSM(b *testing.B, pending, queues, prios int) (*fsm.FSM, map[string]b
 		var subs []fsm.Submit
 		for i := done; i < min(done+1000, total); i++ {
 			s := fsm.Submit{ID: fmt.Sprintf("01JBENCH%018d", i), Type: "echo", Input: json.RawMessage(`"hello"`), MaxAttempts: 3}
-			if queues > 1 {
-				s.Queue = fmt.Sprintf("q%d", i%queues)
-			}
-			if prios > 1 {
-				s.Priority = (i/queues)%prios - prios/2
-			}
+			shape(i, &s)
 			subs = append(subs, s)
 		}
 		apply(&fsm.SubmitBatch{Items: subs})
@@ -117,6 +132,42 @@ func BenchmarkQueuesAndPriorities(b *testing.B) {
 				placed += len(as)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(placed), "ns/placed")
+		})
+	}
+}
+
+// keyedFSM is backlogFSM with a concurrency key of limit 1 on every task, task i of key i%keys
+// (keys >= 20): the 20 running tasks hold keys 0..19 full, so a pass skips their backlogs and
+// fills the 4 free slots with tasks of other keys, taking turns.
+func keyedFSM(b *testing.B, pending, keys int) (*fsm.FSM, map[string]bool) {
+	b.Helper()
+	return shapedFSM(b, pending, func(i int, s *fsm.Submit) {
+		s.ConcurrencyKey, s.ConcurrencyLimit = fmt.Sprintf("tenant-%d", i%keys), 1
+	})
+}
+
+// BenchmarkConcurrencyKeys is one placement pass over 100,000 keyed tasks (limit 1 per key, 20
+// keys full) spread over 20 keys (every key full: nothing to place), 1,000 keys and 100,000 keys
+// (one task each). The cost must stay of the order of the unkeyed pass
+// (BenchmarkQueuesAndPriorities), whatever the backlog and the number of keys.
+func BenchmarkConcurrencyKeys(b *testing.B) {
+	for _, keys := range []int{20, 1000, 100_000} {
+		b.Run(fmt.Sprintf("keys=%d", keys), func(b *testing.B) {
+			f, alive := keyedFSM(b, 100_000, keys)
+			now := now0.Add(time.Minute)
+			want := 4
+			if keys == 20 {
+				want = 0 // every key holds its limit: the whole backlog waits
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				v := f.PlacementView(alive, now)
+				as := Place(v, alive, now, "")
+				_ = NextWake(v, now)
+				if len(as) != want {
+					b.Fatalf("placed %d, want %d", len(as), want)
+				}
+			}
 		})
 	}
 }

@@ -20,8 +20,8 @@ import (
 // Order: higher effective priority first (fsm.EffectivePriority: the priority plus one per
 // fsm.AgeingStep, 10 s, the task has been ready, up to fsm.MaxAgeing), then higher priority, then
 // ready first, then created first: FIFO within a priority. Limits: a task of a paused queue stays
-// pending, and so does one whose queue or type already has its limit of tasks assigned or running
-// (v.ActiveQueue, v.ActiveType plus what this pass placed). Scheduled tasks not yet due, tasks
+// pending, and so does one whose queue, type or concurrency key already has its limit of tasks
+// assigned or running (v.ActiveQueue, v.ActiveType, v.ActiveKey plus what this pass placed). Scheduled tasks not yet due, tasks
 // whose retry backoff has not elapsed and tasks that fit nowhere stay where they are.
 //
 // A task goes to the least loaded (by running/capacity) node or worker that is up, alive in
@@ -51,7 +51,7 @@ func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.
 		order[i] = &v.Pending[i]
 	}
 	slices.SortStableFunc(order, func(a, b *fsm.Task) int { return fsm.PlacementCompare(a, b, now) })
-	placedQueue, placedType := map[string]int{}, map[string]int{}
+	placedQueue, placedType, placedKey := map[string]int{}, map[string]int{}, map[string]int{}
 	var out []fsm.Assign
 	for _, t := range order {
 		if len(slots) == 0 {
@@ -63,7 +63,8 @@ func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.
 		}
 		q := v.Queues[t.Queue]
 		if q.Paused || full(q.Limit, v.ActiveQueue[t.Queue]+placedQueue[t.Queue]) ||
-			full(v.TypeLimits[t.Type], v.ActiveType[t.Type]+placedType[t.Type]) {
+			full(v.TypeLimits[t.Type], v.ActiveType[t.Type]+placedType[t.Type]) ||
+			t.ConcurrencyKey != "" && full(t.ConcurrencyLimit, v.ActiveKey[t.ConcurrencyKey]+placedKey[t.ConcurrencyKey]) {
 			continue
 		}
 		best := -1
@@ -82,6 +83,9 @@ func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.
 		out = append(out, fsm.Assign{TaskID: t.ID, Node: s.node.Name, BootID: s.node.BootID})
 		placedQueue[t.Queue]++
 		placedType[t.Type]++
+		if t.ConcurrencyKey != "" {
+			placedKey[t.ConcurrencyKey]++
+		}
 		s.load++
 		last = s.node.Name
 		if s.load >= s.node.Capacity {

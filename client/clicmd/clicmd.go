@@ -856,6 +856,9 @@ func printTask(w io.Writer, t *client.Task) error {
 	if t.Priority != 0 {
 		row("Priority", fmt.Sprint(t.Priority))
 	}
+	if t.ConcurrencyKey != "" {
+		row("Concurrency", fmt.Sprintf("key %s, at most %d running", t.ConcurrencyKey, t.ConcurrencyLimit))
+	}
 	if t.RunAt != nil {
 		row("Run at", formatTime(*t.RunAt))
 	}

@@ -3,6 +3,7 @@ package clicmd
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -39,6 +40,15 @@ func queueCommand() *cli.Command {
 				func(args []string) (client.QueueUpdate, error) {
 					n, err := parseLimit(args[1])
 					return client.QueueUpdate{Limit: &n}, err
+				}),
+			queueUpdateCommand("set-concurrency", `give the queue's tasks a concurrency key made from their input by TEMPLATE ("tenant-{/tenant}"), at most N running per key ("" 0: none)`,
+				"NAME TEMPLATE N",
+				func(args []string) (client.QueueUpdate, error) {
+					n, err := strconv.Atoi(args[2])
+					if err != nil || n < 0 || n > api.MaxConcurrencyLimit {
+						return client.QueueUpdate{}, fmt.Errorf("N must be a whole number from 1 to %d (0 with an empty TEMPLATE), got %q", api.MaxConcurrencyLimit, args[2])
+					}
+					return client.QueueUpdate{ConcurrencyKey: &args[1], ConcurrencyLimit: &n}, nil
 				}),
 			clientCommand(&cli.Command{
 				Name:        "set-type-limit",
@@ -79,10 +89,7 @@ func limitText(n int) string {
 }
 
 func queueUpdateCommand(name, usage, args string, update func([]string) (client.QueueUpdate, error)) *cli.Command {
-	n := 1
-	if args != "NAME" {
-		n = 2
-	}
+	n := len(strings.Fields(args))
 	return clientCommand(&cli.Command{
 		Name:        name,
 		Usage:       usage,
@@ -110,8 +117,12 @@ func printQueueLine(c *cli.Context, q *client.Queue) {
 	if q.Paused {
 		state = "paused"
 	}
-	fmt.Fprintf(c.App.Writer, "queue %s: %s, limit %s, %d scheduled, %d pending, %d running\n",
-		q.Name, state, limitText(q.Limit), q.Scheduled, q.Pending, q.Running)
+	key := ""
+	if q.ConcurrencyKey != "" {
+		key = fmt.Sprintf(", concurrency key %s at most %d", q.ConcurrencyKey, q.ConcurrencyLimit)
+	}
+	fmt.Fprintf(c.App.Writer, "queue %s: %s, limit %s%s, %d scheduled, %d pending, %d running\n",
+		q.Name, state, limitText(q.Limit), key, q.Scheduled, q.Pending, q.Running)
 }
 
 func queueList(c *cli.Context, cl *client.Client, _ []string) error {
@@ -155,6 +166,8 @@ func scheduleFlags() []cli.Flag {
 		&cli.TimestampFlag{Name: "run-at", Layout: time.RFC3339, Usage: "run the task at this RFC 3339 time (not with --delay)"},
 		&cli.IntFlag{Name: "priority", Usage: fmt.Sprintf("higher runs first, %d to %d; a waiting task gains 1 per 10 s", -api.MaxPriority, api.MaxPriority)},
 		&cli.StringFlag{Name: "queue", Usage: `the task's queue (default "default")`},
+		&cli.StringFlag{Name: "concurrency-key", Usage: "at most --concurrency-limit tasks with this key run at once, cluster-wide"},
+		&cli.IntFlag{Name: "concurrency-limit", Usage: fmt.Sprintf("the most tasks with --concurrency-key running at once, 1 to %d", api.MaxConcurrencyLimit)},
 	}
 }
 
@@ -171,5 +184,6 @@ func applySchedule(c *cli.Context, req *client.SubmitRequest) error {
 	}
 	req.Priority = c.Int("priority")
 	req.Queue = c.String("queue")
-	return nil
+	req.ConcurrencyKey, req.ConcurrencyLimit = c.String("concurrency-key"), c.Int("concurrency-limit")
+	return api.CheckConcurrency(req.ConcurrencyKey, req.ConcurrencyLimit)
 }

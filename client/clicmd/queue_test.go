@@ -41,6 +41,9 @@ func queueNode(t *testing.T) (*[]string, string) {
 			if u.Paused != nil {
 				q.Paused = *u.Paused
 			}
+			if u.ConcurrencyKey != nil {
+				q.ConcurrencyKey, q.ConcurrencyLimit = *u.ConcurrencyKey, *u.ConcurrencyLimit
+			}
 			reply(w, 200, q)
 		case strings.HasPrefix(r.URL.Path, api.PathTypeLimits+"/"):
 			var u api.TypeLimitUpdate
@@ -83,6 +86,14 @@ func TestQueueCommands(t *testing.T) {
 			request: `POST /v1/queues/mail {"paused":true}`},
 		{name: "submit with schedule flags", args: []string{"submit", "--addr", addr, "--delay", "2s", "--priority", "5", "--queue", "mail", "echo", `"hi"`},
 			stdoutIn: "01JTASK", request: `POST /v1/tasks {"type":"echo","input":"hi","delay":"2s","priority":5,"queue":"mail"}`},
+		{name: "set-concurrency", args: []string{"queue", "set-concurrency", "--addr", addr, "mail", "tenant-{/t}", "4"},
+			stdoutIn: "concurrency key tenant-{/t} at most 4", request: `POST /v1/queues/mail {"concurrency_key":"tenant-{/t}","concurrency_limit":4}`},
+		{name: "set-concurrency removes", args: []string{"queue", "set-concurrency", "--addr", addr, "mail", "", "0"},
+			stdoutIn: "queue mail: running, limit none, 0", request: `POST /v1/queues/mail {"concurrency_key":"","concurrency_limit":0}`},
+		{name: "set-concurrency bad limit", args: []string{"queue", "set-concurrency", "--addr", addr, "mail", "{/t}", "x"}, code: 2},
+		{name: "submit with a concurrency key", args: []string{"submit", "--addr", addr, "--concurrency-key", "k", "--concurrency-limit", "2", "echo"},
+			stdoutIn: "01JTASK", request: `POST /v1/tasks {"type":"echo","input":null,"concurrency_key":"k","concurrency_limit":2}`},
+		{name: "concurrency key without limit", args: []string{"submit", "--addr", addr, "--concurrency-key", "k", "echo"}, code: 2},
 		{name: "delay and run-at", args: []string{"submit", "--addr", addr, "--delay", "2s", "--run-at", "2030-01-01T00:00:00Z", "echo"}, code: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

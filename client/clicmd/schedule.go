@@ -105,6 +105,9 @@ func scheduleCreateCommand() *cli.Command {
 		if c.String("idempotency-key") != "" {
 			return usageError(c, "a schedule's tasks have their own idempotency keys: drop --idempotency-key")
 		}
+		if c.IsSet("concurrency-key") || c.IsSet("concurrency-limit") {
+			return usageError(c, "a schedule's tasks take no concurrency key of their own: drop --concurrency-key and --concurrency-limit")
+		}
 		sub, err := submitRequest(c, args)
 		if err != nil {
 			return usageError(c, "%v", err)

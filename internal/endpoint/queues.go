@@ -13,7 +13,8 @@ import (
 type QueueEndpoint struct{ srv *Server }
 
 func toAPIQueue(q fsm.QueueStatus) api.Queue {
-	return api.Queue{Name: q.Name, Limit: q.Limit, Paused: q.Paused, Scheduled: q.Scheduled, Pending: q.Pending, Running: q.Active}
+	return api.Queue{Name: q.Name, Limit: q.Limit, Paused: q.Paused, Scheduled: q.Scheduled, Pending: q.Pending, Running: q.Active,
+		ConcurrencyKey: q.ConcurrencyKey, ConcurrencyLimit: q.ConcurrencyLimit}
 }
 
 func (e *QueueEndpoint) Queues(context.Context) (api.QueueList, error) {
@@ -26,7 +27,11 @@ func (e *QueueEndpoint) Queues(context.Context) (api.QueueList, error) {
 }
 
 func (e *QueueEndpoint) UpdateQueue(ctx context.Context, caller httpapi.Caller, name string, u api.QueueUpdate) (api.Queue, error) {
-	c := &fsm.Command{Body: &fsm.QueueSet{Name: name, Limit: u.Limit, Paused: u.Paused}}
+	if u.ConcurrencyKey != nil && *u.ConcurrencyKey == "" && u.ConcurrencyLimit == nil {
+		u.ConcurrencyLimit = new(int) // removing the template needs no limit
+	}
+	c := &fsm.Command{Body: &fsm.QueueSet{Name: name, Limit: u.Limit, Paused: u.Paused,
+		ConcurrencyKey: u.ConcurrencyKey, ConcurrencyLimit: u.ConcurrencyLimit}}
 	if err := checkQueueCommand(c); err != nil {
 		return api.Queue{}, err
 	}
@@ -74,6 +79,31 @@ func (srv *Server) applyAndWait(ctx context.Context, c *fsm.Command) error {
 	return srv.apiError(srv.waitIndex(ctx, res.Index))
 }
 
+// checkKeyTemplate validates a queue's key template and limit: both or neither, a template that
+// parses with a limit in 1..MaxConcurrencyLimit, or "" with 0 (or none) to remove it.
+func checkKeyTemplate(tmpl *string, limit *int) error {
+	switch {
+	case tmpl == nil && limit == nil:
+		return nil
+	case tmpl == nil:
+		return api.Errorf(api.CodeInvalidConcurrency, "concurrency_limit needs a concurrency_key template")
+	case *tmpl == "":
+		if limit != nil && *limit != 0 {
+			return api.Errorf(api.CodeInvalidConcurrency, "an empty concurrency_key removes the template: its limit must be 0")
+		}
+		return nil
+	case limit == nil:
+		return api.Errorf(api.CodeInvalidConcurrency, "a concurrency_key template needs a concurrency_limit")
+	}
+	if err := fsm.ParseKeyTemplate(*tmpl); err != nil {
+		return api.Errorf(api.CodeInvalidConcurrency, "%v", err)
+	}
+	if *limit < 1 || *limit > api.MaxConcurrencyLimit {
+		return api.Errorf(api.CodeInvalidConcurrency, "concurrency_limit must be between 1 and %d, got %d", api.MaxConcurrencyLimit, *limit)
+	}
+	return nil
+}
+
 // checkQueueCommand validates a queue or type limit change (nil for other commands).
 func checkQueueCommand(c *fsm.Command) error {
 	switch b := c.Body.(type) {
@@ -84,8 +114,11 @@ func checkQueueCommand(c *fsm.Command) error {
 			}
 		}
 		if b.Limit != nil {
-			return api.CheckLimit(*b.Limit)
+			if err := api.CheckLimit(*b.Limit); err != nil {
+				return err
+			}
 		}
+		return checkKeyTemplate(b.ConcurrencyKey, b.ConcurrencyLimit)
 	case *fsm.TypeLimitSet:
 		if b.Type == "" || len(b.Type) > 256 {
 			return api.Errorf(api.CodeInvalidRequest, "a type limit needs a type of at most 256 bytes")

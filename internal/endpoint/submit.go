@@ -198,6 +198,7 @@ func (srv *Server) prepareSubmitIn(req api.SubmitRequest, id string, mv membersh
 		Timeout: fsm.Duration(timeout), IdempotencyKey: req.IdempotencyKey, ExecutionID: exec, ParentID: req.ParentID,
 		UniqueKey: req.UniqueKey, UniqueFor: fsm.Duration(uniqueFor),
 		RunAt: runAt, Priority: req.Priority, Queue: queue,
+		ConcurrencyKey: req.ConcurrencyKey, ConcurrencyLimit: req.ConcurrencyLimit,
 	}
 	return sub, srv.checkSubmit(&sub)
 }
@@ -256,7 +257,10 @@ func (srv *Server) checkSubmitInput(s *fsm.Submit, checkInput bool) error {
 			return err
 		}
 	}
-	return nil
+	if len(s.ConcurrencyKey) > api.MaxConcurrencyKey {
+		return srv.refuse(capKeyLength, api.CheckConcurrency(s.ConcurrencyKey, s.ConcurrencyLimit))
+	}
+	return api.CheckConcurrency(s.ConcurrencyKey, s.ConcurrencyLimit)
 }
 
 // maxDelay bounds how far ahead a task may be delayed.

@@ -115,6 +115,9 @@ func (srv *Server) pendingReason(pv *pendingView, t *api.Task) string {
 	if l, ok := pv.limits[t.Type]; ok && l.Limit > 0 && l.Active >= l.Limit {
 		return fmt.Sprintf("type %q has its limit of %d tasks running", t.Type, l.Limit)
 	}
+	if t.ConcurrencyKey != "" && srv.cfg.FSM.ConcurrencyActive(t.ConcurrencyKey) >= t.ConcurrencyLimit {
+		return fmt.Sprintf("concurrency key %q has its limit of %d tasks running", t.ConcurrencyKey, t.ConcurrencyLimit)
+	}
 	offered, free := false, false
 	for i := range pv.targets {
 		n := &pv.targets[i]

@@ -61,8 +61,8 @@ func (s *server) updateQueue(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
-	if u.Limit == nil && u.Paused == nil {
-		WriteError(w, api.Errorf(api.CodeInvalidRequest, "give limit, paused or both"))
+	if u.Limit == nil && u.Paused == nil && u.ConcurrencyKey == nil && u.ConcurrencyLimit == nil {
+		WriteError(w, api.Errorf(api.CodeInvalidRequest, "give limit, paused, concurrency_key with concurrency_limit, or several"))
 		return
 	}
 	if u.Limit != nil {

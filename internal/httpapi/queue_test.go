@@ -48,6 +48,7 @@ func TestQueueRoutes(t *testing.T) {
 		{"GET", "/v1/queues", "", 200, "", ""},
 		{"POST", "/v1/queues/mail", `{"limit": 3}`, 200, "", "queue mail limit=3 paused=false"},
 		{"POST", "/v1/queues/mail", `{"paused": true}`, 200, "", "queue mail limit=0 paused=true"},
+		{"POST", "/v1/queues/mail", `{"concurrency_key": "t-{/t}", "concurrency_limit": 2}`, 200, "", "queue mail limit=0 paused=false"},
 		{"POST", "/v1/queues/mail", `{}`, 400, api.CodeInvalidRequest, ""},
 		{"POST", "/v1/queues/mail", `{"limit": -1}`, 400, api.CodeInvalidQueue, ""},
 		{"POST", "/v1/queues/-bad", `{"limit": 1}`, 400, api.CodeInvalidQueue, ""},
@@ -88,15 +89,17 @@ func TestQueueRoutesNeedOperatorToChange(t *testing.T) {
 		{"POST", "/v1/queues/mail", `{"paused": true}`},
 		{"GET", "/v1/type-limits", ""},
 		{"POST", "/v1/type-limits/echo", `{"limit": 1}`},
+		// A key template decides which tasks wait for which: the operator's, as limits are.
+		{"POST", "/v1/queues/mail", `{"concurrency_key": "t-{/t}", "concurrency_limit": 2}`},
 	}
 	tests := []struct {
 		token string
 		want  []int
 	}{
-		{"none", []int{401, 401, 401, 401}},
-		{"reports", []int{200, 403, 200, 403}},
-		{"ops", []int{200, 200, 200, 200}},
-		{"management", []int{200, 200, 200, 200}},
+		{"none", []int{401, 401, 401, 401, 401}},
+		{"reports", []int{200, 403, 200, 403, 403}},
+		{"ops", []int{200, 200, 200, 200, 200}},
+		{"management", []int{200, 200, 200, 200, 200}},
 	}
 	for _, tt := range tests {
 		for i, rt := range routes {

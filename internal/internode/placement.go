@@ -29,7 +29,7 @@ func (c *Channel) placeAtSubmit(cmd *fsm.Command, timeout time.Duration) {
 	if len(v.Pending) > 0 || len(v.Due) > 0 {
 		return // tasks wait that free slots serve: the new ones queue behind them
 	}
-	if v.Pending = fsm.SubmitCandidates(sb.Items, cmd.Now); len(v.Pending) == 0 {
+	if v.Pending = c.cfg.FSM.SubmitCandidates(sb.Items, cmd.Now); len(v.Pending) == 0 {
 		return
 	}
 	last, _ := c.lastPlaced.Load().(string)
