@@ -59,6 +59,8 @@ const (
 	fHistory
 	fUniqueUntil
 	fRunAt
+	fRate     // rate limit and key, after the history
+	fDebounce // debounce key and window, after those
 )
 
 // Presence flags of a frozen history entry.
@@ -91,6 +93,8 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 	set(fHistory, t.History != nil)
 	set(fUniqueUntil, t.UniqueUntil != nil)
 	set(fRunAt, t.RunAt != nil)
+	set(fRate, t.RateLimit != "" || t.RateKey != "")
+	set(fDebounce, t.DebounceKey != "" || t.Debounce != 0)
 	b = binary.AppendUvarint(b, flags)
 	for _, s := range []string{t.Type, t.Version, string(t.State), t.Node, t.BootID, t.Queue, t.SubmittedBy, t.Schedule} {
 		b = binary.AppendUvarint(b, uint64(nm.put(s)))
@@ -148,6 +152,14 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 				b = binary.AppendUvarint(b, uint64(nm.put(h.By)))
 			}
 		}
+	}
+	if flags&fRate != 0 {
+		b = binary.AppendUvarint(b, uint64(nm.put(t.RateLimit)))
+		b = putStr(b, t.RateKey)
+	}
+	if flags&fDebounce != 0 {
+		b = putStr(b, t.DebounceKey)
+		b = binary.AppendVarint(b, int64(t.Debounce))
 	}
 	return b
 }
@@ -400,6 +412,12 @@ func thawInto(t *Task, s string, list []string) error {
 				h.By = r.name(list)
 			}
 		}
+	}
+	if has(fRate) {
+		t.RateLimit, t.RateKey = r.name(list), r.str()
+	}
+	if has(fDebounce) {
+		t.DebounceKey, t.Debounce = r.str(), Duration(r.varint())
 	}
 	if r.err != nil || r.s != "" {
 		return errFrozen

@@ -436,6 +436,11 @@ type View struct {
 	TypeLimits  map[string]int
 	ActiveQueue map[string]int
 	ActiveType  map[string]int
+	// RateTokens holds the tokens at the view's time of the rate buckets the candidates draw
+	// from (and of those found empty); Place takes no more from a bucket. NextRate is when the
+	// first bucket found empty has a token again (zero: none).
+	RateTokens map[RateBucket]int64
+	NextRate   time.Time
 }
 
 // maxRetryScan bounds how many due retries one view reads beyond the free slots: due retries of a
@@ -585,7 +590,8 @@ func decodeCursor(c string) (*entry, error) {
 func SubmitCandidates(subs []Submit, now time.Time) []Task {
 	var out []Task
 	for i := range subs {
-		if s := &subs[i]; s.ID != "" && s.Type != "" {
+		// A task under a rate limit waits for the scheduler loop, which reads the bucket.
+		if s := &subs[i]; s.ID != "" && s.Type != "" && s.RateLimit == "" {
 			if t := newTask(0, now, s); t.State == Pending {
 				out = append(out, *t)
 			}

@@ -157,6 +157,13 @@ type Task struct {
 	// Queue is the queue the task belongs to; "" is the default queue (DefaultQueue), kept empty
 	// so records and digests of tasks that name no queue are what they were before queues.
 	Queue string `msgpack:"queue,omitempty"`
+	// RateLimit and RateKey name the bucket the task starts under (Submit.RateLimit).
+	RateLimit string `msgpack:"rate_limit,omitempty"`
+	RateKey   string `msgpack:"rate_key,omitempty"`
+	// DebounceKey and Debounce are the task's debounce (Submit.DebounceKey): until it is assigned,
+	// a submit of its type with the key replaces its input and moves its RunAt.
+	DebounceKey string   `msgpack:"debounce_key,omitempty"`
+	Debounce    Duration `msgpack:"debounce,omitempty"`
 }
 
 // DefaultQueue is the name of the queue of tasks that name none.
