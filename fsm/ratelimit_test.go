@@ -266,7 +266,11 @@ func TestDebounceRefusesBadWindows(t *testing.T) {
 		debounced("c", "k", "1", MaxDebounce+time.Second),
 		debounced("d", "", "1", time.Second),
 		func() Submit { s := debounced("e", "k", "1", time.Second); s.RunAt = &at; return s }(),
-		func() Submit { s := debounced("f", "k", "1", time.Second); s.UniqueKey, s.UniqueFor = "u", Duration(time.Minute); return s }(),
+		func() Submit {
+			s := debounced("f", "k", "1", time.Second)
+			s.UniqueKey, s.UniqueFor = "u", Duration(time.Minute)
+			return s
+		}(),
 	} {
 		if it := h.item(submitCmd(s)); !errors.Is(it.Err, ErrBadCommand) || h.exists(s.ID) {
 			t.Errorf("submit %s: %v", s.ID, it.Err)
