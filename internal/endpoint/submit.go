@@ -185,6 +185,10 @@ func (srv *Server) prepareSubmitIn(req api.SubmitRequest, id string, mv membersh
 	if err != nil {
 		return fsm.Submit{}, err
 	}
+	debounce, err := parseDebounce(req)
+	if err != nil {
+		return fsm.Submit{}, err
+	}
 	queue := req.Queue
 	if queue == api.DefaultQueue {
 		queue = "" // the one spelling of the default queue in records
@@ -198,6 +202,7 @@ func (srv *Server) prepareSubmitIn(req api.SubmitRequest, id string, mv membersh
 		Timeout: fsm.Duration(timeout), IdempotencyKey: req.IdempotencyKey, ExecutionID: exec, ParentID: req.ParentID,
 		UniqueKey: req.UniqueKey, UniqueFor: fsm.Duration(uniqueFor),
 		RunAt: runAt, Priority: req.Priority, Queue: queue,
+		RateLimit: req.RateLimit, RateKey: req.RateLimitKey, DebounceKey: req.DebounceKey, Debounce: fsm.Duration(debounce),
 	}
 	return sub, srv.checkSubmit(&sub)
 }
@@ -256,7 +261,10 @@ func (srv *Server) checkSubmitInput(s *fsm.Submit, checkInput bool) error {
 			return err
 		}
 	}
-	return nil
+	if err := srv.checkRateLimit(s); err != nil {
+		return err
+	}
+	return checkDebounce(s)
 }
 
 // maxDelay bounds how far ahead a task may be delayed.

@@ -115,6 +115,16 @@ func (srv *Server) pendingReason(pv *pendingView, t *api.Task) string {
 	if l, ok := pv.limits[t.Type]; ok && l.Limit > 0 && l.Active >= l.Limit {
 		return fmt.Sprintf("type %q has its limit of %d tasks running", t.Type, l.Limit)
 	}
+	if t.RateLimit != "" {
+		n, next, ok := srv.cfg.FSM.RateTokens(fsm.RateBucket{Limit: t.RateLimit, Key: t.RateLimitKey}, pv.now)
+		if ok && n < 1 {
+			bucket := fmt.Sprintf("rate limit %q", t.RateLimit)
+			if t.RateLimitKey != "" {
+				bucket += fmt.Sprintf(" (key %q)", t.RateLimitKey)
+			}
+			return bucket + " has no token until " + next.UTC().Format(time.RFC3339Nano)
+		}
+	}
 	offered, free := false, false
 	for i := range pv.targets {
 		n := &pv.targets[i]
