@@ -54,6 +54,7 @@ func Commands() []*cli.Command {
 		scheduleCommand(),
 		workflowCommand(),
 		queueCommand(),
+		rateLimitCommand(),
 	}
 }
 
@@ -645,7 +646,7 @@ func submitFlags() []cli.Flag {
 		&cli.StringFlag{Name: "idempotency-key", Usage: "submit at most once per key; a repeat returns the first task"},
 		&cli.IntFlag{Name: "max-attempts", Usage: "how many failed executions before the task fails (0: the server's default)"},
 		&cli.DurationFlag{Name: "timeout", Usage: "limit on one execution (0: the server's default)"},
-	}, append(uniqueFlags(), scheduleFlags()...)...)
+	}, append(append(uniqueFlags(), scheduleFlags()...), flowFlags()...)...)
 }
 
 func jsonFlag() cli.Flag {
@@ -668,6 +669,7 @@ func submitRequest(c *cli.Context, args []string) (client.SubmitRequest, error) 
 		req.Timeout = d.String()
 	}
 	applyUnique(c, &req)
+	applyFlow(c, &req)
 	return req, applySchedule(c, &req)
 }
 
