@@ -16,9 +16,11 @@ import (
 // Only the input and the window are taken from a later submit; the first submit's other fields
 // (priority, queue, attempts, timeout, rate limit) stay.
 
-// debounceKey names a debounce: a task type and a key.
+// debounceKey names a debounce: a task type, the submitter (Submit.SubmittedBy, "" without ACLs)
+// and a key. With ACLs on, one principal's submits never replace another's input, nor learn the
+// ID of another's task, whatever key they name.
 type debounceKey struct {
-	typ, key string
+	typ, by, key string
 }
 
 // debounceOpen reports whether t still takes a later submit's input: a debounced task that was
@@ -36,7 +38,7 @@ func (f *FSM) debounce(index uint64, now time.Time, s *Submit) (ItemResult, bool
 	if s.RunAt != nil || s.UniqueKey != "" {
 		return ItemResult{ID: s.ID, Err: fmt.Errorf("%w: a debounced submit has no run_at and no unique key", ErrBadCommand)}, true
 	}
-	id, ok := f.tasks.debounce[debounceKey{s.Type, s.DebounceKey}]
+	id, ok := f.tasks.debounce[debounceKey{s.Type, s.SubmittedBy, s.DebounceKey}]
 	if !ok {
 		return ItemResult{}, false
 	}

@@ -233,6 +233,15 @@ func TestDebounceReplacesInputAndRestartsTheWindow(t *testing.T) {
 	if it := h.item(c); !errors.Is(it.Err, ErrDuplicateID) {
 		t.Errorf("second copy of the first submit: %+v", it)
 	}
+	// Another submitter's key is apart.
+	theirs := debounced("p", "k", "1", time.Second)
+	theirs.SubmittedBy = "someone-else"
+	if it := h.item(submitCmd(theirs)); it.Err != nil || it.Existing || it.ID != "p" {
+		t.Errorf("another submitter with the key: %+v", it)
+	}
+	if string(h.task("a").Input) != "9" {
+		t.Errorf("another submitter replaced the input: %s", h.task("a").Input)
+	}
 	// A key of another type is apart.
 	other := debounced("o", "k", "1", time.Second)
 	other.Type = "other"

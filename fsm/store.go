@@ -72,7 +72,7 @@ type store struct {
 	active map[string]map[string]*Task
 	idem   map[string]string
 	// debounce holds the debounced tasks that still take a later submit's input (debounceOpen),
-	// by type and key (debounce.go).
+	// by type, submitter and key (debounce.go).
 	debounce map[debounceKey]string
 	// counts is how many tasks are in each (state, type): totals and metrics without a scan.
 	counts map[stateType]int
@@ -357,7 +357,7 @@ func (s *store) insert(t *Task) {
 		s.idem[t.IdempotencyKey] = t.ID
 	}
 	if debounceOpen(t) {
-		s.debounce[debounceKey{t.Type, t.DebounceKey}] = t.ID
+		s.debounce[debounceKey{t.Type, t.SubmittedBy, t.DebounceKey}] = t.ID
 	}
 	s.counts[stateType{t.State, t.Type}]++
 	if t.State == Pending {
@@ -420,7 +420,7 @@ func (s *store) delete(t *Task) {
 	if t.IdempotencyKey != "" && s.idem[t.IdempotencyKey] == t.ID {
 		delete(s.idem, t.IdempotencyKey)
 	}
-	if k := (debounceKey{t.Type, t.DebounceKey}); t.DebounceKey != "" && s.debounce[k] == t.ID {
+	if k := (debounceKey{t.Type, t.SubmittedBy, t.DebounceKey}); t.DebounceKey != "" && s.debounce[k] == t.ID {
 		delete(s.debounce, k)
 	}
 	k := stateType{t.State, t.Type}

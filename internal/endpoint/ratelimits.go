@@ -62,12 +62,15 @@ func (e *RateLimitEndpoint) DeleteRateLimit(ctx context.Context, _ httpapi.Calle
 	if err := api.CheckRateLimitName(name); err != nil {
 		return err
 	}
+	if !e.srv.cfg.FSM.HasRateLimit(name) { // this runs on the leader: nothing to propose
+		return rateLimitNotFound(name)
+	}
 	res, err := e.srv.propose(ctx, &fsm.Command{Body: &fsm.RateLimitDelete{Name: name}})
+	if errors.Is(err, fsm.ErrUnknownRateLimit) || res != nil && errors.Is(res.Err, fsm.ErrUnknownRateLimit) {
+		return rateLimitNotFound(name) // deleted by another request meanwhile
+	}
 	if err != nil {
 		return e.srv.apiError(err)
-	}
-	if errors.Is(res.Err, fsm.ErrUnknownRateLimit) {
-		return rateLimitNotFound(name)
 	}
 	if res.Err != nil {
 		return api.Errorf(api.CodeInvalidRateLimit, "%v", res.Err)
