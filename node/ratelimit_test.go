@@ -81,7 +81,9 @@ func TestRateLimitPacesStartsOnEveryReplica(t *testing.T) {
 		if code := httpCall(t, f, "GET", "/v1/tasks?state=pending&limit=5", nil, &l); code != http.StatusOK {
 			return false
 		}
-		return slices.ContainsFunc(l, func(tk api.Task) bool { return strings.Contains(tk.PendingReason, `rate limit "ten" has no token until`) })
+		return slices.ContainsFunc(l, func(tk api.Task) bool {
+			return strings.Contains(tk.PendingReason, `rate limit "ten" has no token until`)
+		})
 	})
 	for _, id := range ids {
 		if got := waitState(t, tc, id, 60*time.Second, func(t fsm.Task) bool { return t.State.Terminal() }); got.State != fsm.Succeeded {
