@@ -78,9 +78,13 @@ func execCommand() *cli.Command {
 		task, err := api.ExecWith(c.Context, req, client.ExecHooks{
 			// The ID comes first, so the task can be found again whatever happens to this command.
 			OnSubmit: func(t *client.Task, created bool) {
-				if created {
+				switch {
+				case created:
 					fmt.Fprintf(c.App.ErrWriter, "task %s submitted\n", t.ID)
-				} else {
+				case req.DebounceKey != "":
+					fmt.Fprintf(c.App.ErrWriter, "debounced: task %s takes this input, and runs once the key was quiet for %s\n",
+						t.ID, t.Debounce)
+				default:
 					fmt.Fprintf(c.App.ErrWriter, "idempotency key seen before: task %s from %s (%s)\n",
 						t.ID, formatTime(t.CreatedAt), t.State)
 				}
