@@ -1,5 +1,5 @@
 // Package fsm owns taskworker's replicated state: tasks, nodes, idempotency keys, ACLs, security,
-// schedules, unique locks and queue settings, the msgpack commands that change them, and raft's
+// schedules, unique locks, queue settings and rate limits, the msgpack commands that change them, and raft's
 // FSM (Apply, Snapshot, Restore) with watch notifications.
 //
 // It knows nothing of networking or clocks: every timestamp, ID and backoff deadline arrives inside

@@ -269,3 +269,69 @@ func TestRateLimitAndDebounceWaitForEveryNodeToUpgrade(t *testing.T) {
 		t.Errorf("a plain submit with the old node up: %s", task.State)
 	}
 }
+
+// With ACLs: setting or deleting a rate limit needs the operator right, and a revoked operator
+// token is refused (401) without a change; a debounce key never merges two principals' submits,
+// so one cannot replace another's input nor learn its task's ID.
+func TestRateLimitAndDebounceUnderACLs(t *testing.T) {
+	tc := aclCluster(t)
+	f := tc.follower()
+	mgmt := bootstrapACL(t, f)
+	team := teamToken(t, f, mgmt.SecretID)
+	if code, b := aclCall(t, f, "PUT", "/v1/acl/policy/ops", mgmt.SecretID, `{"cluster": ["operator"]}`); code != http.StatusOK {
+		t.Fatalf("ops policy: %d %s", code, b)
+	}
+	code, b := aclCall(t, f, "POST", "/v1/acl/tokens", mgmt.SecretID, `{"policies": ["ops"]}`)
+	var ops api.ACLToken
+	mustJSON(t, b, &ops)
+	if code != http.StatusCreated {
+		t.Fatalf("ops token: %d %s", code, b)
+	}
+	if code, b := aclCall(t, f, "POST", "/v1/rate-limits/api", ops.SecretID, `{"rate": "5/s"}`); code != http.StatusOK {
+		t.Fatalf("set with the operator right: %d %s", code, b)
+	}
+	code, b = aclCall(t, f, "POST", "/v1/rate-limits/api", team.SecretID, `{"rate": "1000/s", "burst": 1000}`)
+	wantAPIError(t, "set without the operator right", code, b, 403, api.CodeForbidden, "operator")
+	code, b = aclCall(t, f, "DELETE", "/v1/rate-limits/api", team.SecretID, "")
+	wantAPIError(t, "delete without the operator right", code, b, 403, api.CodeForbidden, "operator")
+	if code, b := aclCall(t, f, "DELETE", "/v1/acl/token/"+ops.AccessorID, mgmt.SecretID, ""); code != http.StatusNoContent {
+		t.Fatalf("revoke: %d %s", code, b)
+	}
+	// The revocation is applied on every node before the revoked token is tried.
+	idx := tc.leader().FSM().Index()
+	waitFor(t, "every node applied the revocation", 20*time.Second, func() bool {
+		for _, n := range tc.nodes {
+			if n.FSM().Index() < idx {
+				return false
+			}
+		}
+		return true
+	})
+	code, b = aclCall(t, f, "DELETE", "/v1/rate-limits/api", ops.SecretID, "")
+	wantAPIError(t, "delete with a revoked token", code, b, 401, api.CodeUnauthorized, "")
+	var rl api.RateLimit
+	code, b = aclCall(t, f, "GET", "/v1/rate-limits/api", team.SecretID, "")
+	mustJSON(t, b, &rl)
+	if code != http.StatusOK || rl.Rate != "5/s" || rl.Burst != 1 {
+		t.Fatalf("the limit after the refusals: %d %s", code, b)
+	}
+	// Two principals, one debounce key: two tasks, each with its own input.
+	submitAs := func(secret, input string) (int, api.Task) {
+		code, b := aclCall(t, f, "POST", "/v1/tasks", secret, `{"type": "echo", "input": `+input+`, "debounce_key": "k", "debounce": "1h"}`)
+		var task api.Task
+		mustJSON(t, b, &task)
+		return code, task
+	}
+	code1, mine := submitAs(mgmt.SecretID, `"mine"`)
+	code2, theirs := submitAs(team.SecretID, `"theirs"`)
+	code3, again := submitAs(team.SecretID, `"theirs again"`)
+	if code1 != http.StatusCreated || code2 != http.StatusCreated || theirs.ID == mine.ID {
+		t.Fatalf("two principals with one key: %d %s, %d %s; want two new tasks", code1, mine.ID, code2, theirs.ID)
+	}
+	if code3 != http.StatusOK || again.ID != theirs.ID {
+		t.Fatalf("the same principal again: %d %s, want 200 with %s", code3, again.ID, theirs.ID)
+	}
+	if got, _ := tc.leader().FSM().Task(mine.ID); string(got.Input) != `"mine"` {
+		t.Errorf("the first principal's input became %s", got.Input)
+	}
+}
