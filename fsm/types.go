@@ -1,6 +1,6 @@
 // Package fsm owns taskworker's replicated state: tasks, nodes, idempotency keys, ACLs, security,
-// schedules, unique locks, queue settings and rate limits, the msgpack commands that change them, and raft's
-// FSM (Apply, Snapshot, Restore) with watch notifications.
+// schedules, unique locks, queue settings and rate limits, the msgpack commands that change them,
+// and raft's FSM (Apply, Snapshot, Restore) with watch notifications.
 //
 // It knows nothing of networking or clocks: every timestamp, ID and backoff deadline arrives inside
 // a command, chosen by the leader before Apply, so every replica computes the same state.
