@@ -236,8 +236,14 @@ func (r *rateTable) tokens(b RateBucket, now time.Time) (n int64, next time.Time
 		return 0, time.Time{}, false
 	}
 	st := r.buckets[b]
+	if st == nil {
+		return l.Burst, time.Time{}, true
+	}
+	if now.IsZero() { // no time to count at (a replica that applied nothing since it started)
+		return 0, time.Unix(0, st.TAT), true
+	}
 	ns := now.UnixNano()
-	if st == nil || st.TAT <= ns {
+	if st.TAT <= ns {
 		return l.Burst, time.Time{}, true
 	}
 	t := int64(l.Interval())
@@ -282,8 +288,9 @@ func (r *rateTable) admits(t *Task, now time.Time) bool {
 // RateLimitStatus is a rate limit and its bucket's tokens at AsOf.
 type RateLimitStatus struct {
 	RateLimit
-	// Tokens is what the bucket asked for holds at AsOf; Keys is how many keyed buckets of the
-	// limit are not full.
+	// Tokens is what the bucket asked for holds at AsOf (zero while this replica has applied
+	// nothing since it started: then a bucket in the table counts as empty); Keys is how many
+	// keyed buckets of the limit are not full.
 	Tokens int64
 	Keys   int
 	AsOf   time.Time

@@ -129,6 +129,10 @@ func TestAssignHoldsTheRateLimitByCommandTime(t *testing.T) {
 	if gi, gs := dst.Digest(); gi != wi || gs != ws {
 		t.Errorf("digest after restore %d %s, want %d %s", gi, gs, wi, ws)
 	}
+	// The restored replica has applied no entry yet: it has no time to count tokens at.
+	if st, ok := dst.RateLimit("api", ""); !ok || st.Tokens != 0 || !st.AsOf.IsZero() || st.Burst != 3 {
+		t.Errorf("status on a replica that applied nothing since its restore: %+v", st)
+	}
 	if err := assignAt(base.Add(200*time.Millisecond), "e"); err != nil {
 		t.Fatalf("assign 200 ms later: %v", err)
 	}
