@@ -85,6 +85,12 @@ type Task struct {
 	// running at once (api/concurrency.go); from the submit, or the queue's key template.
 	ConcurrencyKey   string `json:"concurrency_key,omitempty"`
 	ConcurrencyLimit int    `json:"concurrency_limit,omitempty"`
+	// RateLimit and RateLimitKey name the rate limit bucket the task starts under; DebounceKey and
+	// Debounce are its debounce (SubmitRequest).
+	RateLimit    string `json:"rate_limit,omitempty"`
+	RateLimitKey string `json:"rate_limit_key,omitempty"`
+	DebounceKey  string `json:"debounce_key,omitempty"`
+	Debounce     string `json:"debounce,omitempty"`
 	// PendingReason says why a pending task waits when nothing can take it now (no node or
 	// worker offers its type and version, its queue is paused, a limit is reached, every target
 	// is busy, a retry backoff); absent otherwise. It is computed when the record is read.
@@ -143,6 +149,16 @@ type SubmitRequest struct {
 	// Without them the queue's key template, if any, makes the key.
 	ConcurrencyKey   string `json:"concurrency_key,omitempty"`
 	ConcurrencyLimit int    `json:"concurrency_limit,omitempty"`
+	// RateLimit names a rate limit (POST /v1/rate-limits/{name}) the task starts under; with
+	// RateLimitKey, under that key's own bucket of the limit (one per tenant, say).
+	RateLimit    string `json:"rate_limit,omitempty"`
+	RateLimitKey string `json:"rate_limit_key,omitempty"`
+	// DebounceKey with Debounce (Go duration text, at most 24h) debounces the submit: while a
+	// task of the type with the key waits to start, the submit replaces that task's input and
+	// restarts its window, and answers 200 with that task; the task runs once the key was quiet
+	// for the window. Not with run_at, delay or unique_key.
+	DebounceKey string `json:"debounce_key,omitempty"`
+	Debounce    string `json:"debounce,omitempty"`
 }
 
 // Cluster is GET /v1/cluster: the cluster at a glance.

@@ -281,6 +281,21 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	s.do(call{method: "POST", path: "/v1/tasks/" + later.ID + "/cancel", status: 202})
 	s.do(call{method: "POST", path: "/v1/tasks/" + done.ID + "/cancel", status: 409, code: "already_finished"})
 
+	// Rate limits and debounce.
+	s.do(call{method: "POST", path: "/v1/rate-limits/api", body: `{"rate": "100/s", "burst": 200}`, status: 200})
+	s.do(call{method: "POST", path: "/v1/rate-limits/api", body: `{"rate": "abc", "burst": 1}`, status: 400, code: "invalid_rate_limit", specRejects: true})
+	s.do(call{method: "POST", path: "/v1/rate-limits/api", body: `{"rate": "10/s", "burst": 0}`, status: 400, code: "invalid_rate_limit", specRejects: true})
+	s.do(call{method: "GET", path: "/v1/rate-limits", status: 200})
+	s.do(call{method: "GET", path: "/v1/rate-limits/api?key=t1", status: 200})
+	s.do(call{method: "GET", path: "/v1/rate-limits/nope", status: 404, code: "not_found"})
+	s.do(call{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "rate_limit": "api", "rate_limit_key": "t1"}`, status: 201})
+	s.do(call{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "rate_limit": "nope"}`, status: 400, code: "unknown_rate_limit"})
+	s.do(call{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "input": 1, "debounce_key": "d", "debounce": "1h"}`, status: 201})
+	s.do(call{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "input": 2, "debounce_key": "d", "debounce": "1h"}`, status: 200})
+	s.do(call{method: "POST", path: "/v1/tasks", body: `{"type": "echo", "debounce_key": "d", "debounce": "-1s"}`, status: 400, code: "invalid_debounce"})
+	s.do(call{method: "DELETE", path: "/v1/rate-limits/api", status: 204})
+	s.do(call{method: "DELETE", path: "/v1/rate-limits/api", status: 404, code: "not_found"})
+
 	// Schedules.
 	s.do(call{method: "PUT", path: "/v1/schedules/sq", body: `{"cron": "@every 1h", "type": "calc-square", "input": 3, "overlap": "buffer_one"}`, status: 201})
 	s.do(call{method: "PUT", path: "/v1/schedules/sq", body: `{"cron": "0 9 * * *", "time_zone": "Europe/Paris", "type": "calc-square", "input": 3}`, status: 200})

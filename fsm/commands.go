@@ -21,7 +21,8 @@ const (
 	CmdCancel   CommandType = 7 // cancel tasks
 	CmdRemove   CommandType = 8 // drop finished tasks past retention
 	// 9, 10, 24: security.go; 11..15: acl.go; 16, 17: queue.go; 18..20: schedule.go.
-	// 21 was never assigned; 25: workers.go; 26, 27: workflow.go. Take new numbers after the highest.
+	// 21 was never assigned; 25: workers.go; 26, 27: workflow.go; 29..31: ratelimit.go. Take new
+	// numbers after the highest.
 	CmdRetry CommandType = 22 // send failed or cancelled tasks back to pending (retry now)
 	CmdPurge CommandType = 23 // drop finished tasks matching a filter
 )
@@ -50,7 +51,11 @@ const (
 //
 // Protocol 8 adds concurrency keys (concurrency.go): Submit's concurrency key and limit, and a
 // queue's key template (QueueSet).
-const Protocol = ConcurrencyProtocol
+//
+// Protocol 9 adds rate limits (ratelimit.go): CmdRateLimitSet and CmdRateLimitDelete, and
+// Submit's RateLimit and RateKey; and debounced submits (debounce.go): Submit's DebounceKey and
+// Debounce.
+const Protocol = RateLimitProtocol
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
 // newer than their type's Since: the lowest protocol that decodes this payload as it is.
@@ -398,12 +403,28 @@ type Submit struct {
 	// that many tasks with the key assigned or running at once. Protocol 8.
 	ConcurrencyKey   string `msgpack:"concurrency_key,omitempty"`
 	ConcurrencyLimit int    `msgpack:"concurrency_limit,omitempty"`
+
+	// Fields from RateLimitProtocol on.
+
+	// RateLimit names the rate limit (ratelimit.go) the task starts under, RateKey its bucket in
+	// that limit ("" the limit's own).
+	RateLimit string `msgpack:"rate_limit,omitempty"`
+	RateKey   string `msgpack:"rate_key,omitempty"`
+	// DebounceKey, with Debounce (> 0, at most MaxDebounce), debounces the submit: while a task of
+	// its type with the key has not started yet, the submit gives that task its input and moves its
+	// start to Debounce after the command's time, instead of adding a task (debounce.go).
+	DebounceKey string   `msgpack:"debounce_key,omitempty"`
+	Debounce    Duration `msgpack:"debounce,omitempty"`
 }
 
-// needsProtocol is the lowest protocol that decodes s: 8 with a concurrency key, 2 once it sets
-// any other field protocol 1 does not know (each such field is checked here), else 0 (the type's Since and Emit's legacy rules
-// decide the rest).
+// needsProtocol is the lowest protocol that decodes s: RateLimitProtocol with a rate limit or a
+// debounce, ConcurrencyProtocol with a concurrency key, 2 once it sets any other field protocol 1
+// does not know (each such field is checked here), else 0 (the type's Since and Emit's legacy
+// rules decide the rest).
 func (s *Submit) needsProtocol() int {
+	if s.RateLimit != "" || s.RateKey != "" || s.DebounceKey != "" || s.Debounce != 0 {
+		return RateLimitProtocol
+	}
 	if s.ConcurrencyKey != "" || s.ConcurrencyLimit != 0 {
 		return ConcurrencyProtocol
 	}

@@ -180,7 +180,10 @@ func inFair(t *Task) bool {
 	return t.State == Pending && t.NotBefore == nil && t.ConcurrencyKey != ""
 }
 
-func fairKey(t *Task) QueueKey { return QueueKey{t.Queue, t.Type, t.Version} }
+// fairKey names the fair bands t is held in: its queue, type, version and rate bucket.
+func fairKey(t *Task) QueueKey {
+	return QueueKey{t.Queue, t.Type, t.Version, RateBucket{t.RateLimit, t.RateKey}}
+}
 
 // fairBandOf is t's band, nil when none holds any task.
 func (s *store) fairBandOf(t *Task) *fairBand {

@@ -60,6 +60,8 @@ const (
 	fUniqueUntil
 	fRunAt
 	fConcurrency // a concurrency key: key, limit and place in the rotation follow the history
+	fRate        // rate limit and key, after the history
+	fDebounce    // debounce key and window, after those
 )
 
 // Presence flags of a frozen history entry.
@@ -93,6 +95,8 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 	set(fUniqueUntil, t.UniqueUntil != nil)
 	set(fRunAt, t.RunAt != nil)
 	set(fConcurrency, t.ConcurrencyKey != "" || t.ConcurrencyLimit != 0 || t.FairSeq != 0)
+	set(fRate, t.RateLimit != "" || t.RateKey != "")
+	set(fDebounce, t.DebounceKey != "" || t.Debounce != 0)
 	b = binary.AppendUvarint(b, flags)
 	for _, s := range []string{t.Type, t.Version, string(t.State), t.Node, t.BootID, t.Queue, t.SubmittedBy, t.Schedule} {
 		b = binary.AppendUvarint(b, uint64(nm.put(s)))
@@ -155,6 +159,14 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 		b = putStr(b, t.ConcurrencyKey)
 		b = binary.AppendVarint(b, int64(t.ConcurrencyLimit))
 		b = binary.AppendUvarint(b, t.FairSeq)
+	}
+	if flags&fRate != 0 {
+		b = binary.AppendUvarint(b, uint64(nm.put(t.RateLimit)))
+		b = putStr(b, t.RateKey)
+	}
+	if flags&fDebounce != 0 {
+		b = putStr(b, t.DebounceKey)
+		b = binary.AppendVarint(b, int64(t.Debounce))
 	}
 	return b
 }
@@ -410,6 +422,12 @@ func thawInto(t *Task, s string, list []string) error {
 	}
 	if has(fConcurrency) {
 		t.ConcurrencyKey, t.ConcurrencyLimit, t.FairSeq = r.str(), int(r.varint()), r.uvarint()
+	}
+	if has(fRate) {
+		t.RateLimit, t.RateKey = r.name(list), r.str()
+	}
+	if has(fDebounce) {
+		t.DebounceKey, t.Debounce = r.str(), Duration(r.varint())
 	}
 	if r.err != nil || r.s != "" {
 		return errFrozen

@@ -47,6 +47,11 @@ type FSM struct {
 	schedChanged chan struct{}
 	// workflows is the workflows table (workflow.go).
 	workflows workflowTable
+	// rates is the rate limits table (ratelimit.go).
+	rates rateTable
+	// lastNow is the latest command time applied: what rate limits' tokens are shown at. It is
+	// not replicated state (a restored replica has none until its next entry).
+	lastNow time.Time
 }
 
 // New returns an empty FSM.
@@ -86,6 +91,9 @@ func (f *FSM) applyLocked(index uint64, c *Command) *Result {
 		return &Result{Index: index, Err: f.halt}
 	}
 	r := &Result{Index: index}
+	if c.Now.After(f.lastNow) {
+		f.lastNow = c.Now
+	}
 	if s := specOf(c.Body); s != nil {
 		r.Items, r.Err = s.apply(f, index, c.Now, c.Body)
 		// Steps of workflows whose tasks this entry finished settle in it, and start the steps
@@ -119,6 +127,7 @@ func (f *FSM) applySubmit(index uint64, now time.Time, p *SubmitBatch) ([]ItemRe
 }
 
 func (f *FSM) applyAssign(index uint64, now time.Time, p *AssignBatch) ([]ItemResult, error) {
+	f.rates.expire(now)
 	for _, id := range p.Due {
 		f.promote(index, now, id)
 	}
@@ -216,6 +225,18 @@ func (f *FSM) submit(index uint64, now time.Time, s *Submit, a *Admission) ItemR
 	if r, ok := f.checkUnique(s, now); !ok {
 		return r
 	}
+	if s.RateLimit != "" {
+		if _, ok := f.rates.limits[s.RateLimit]; !ok {
+			return ItemResult{ID: s.ID, Err: fmt.Errorf("%w %q", ErrUnknownRateLimit, s.RateLimit)}
+		}
+	} else if s.RateKey != "" {
+		return ItemResult{ID: s.ID, Err: fmt.Errorf("%w: a rate key needs a rate limit", ErrBadCommand)}
+	}
+	if s.DebounceKey != "" || s.Debounce != 0 {
+		if r, done := f.debounce(index, now, s); done {
+			return r
+		}
+	}
 	if err := f.admit(a, s.SubmittedBy); err != nil {
 		return ItemResult{ID: s.ID, Err: err}
 	}
@@ -247,6 +268,11 @@ func newTask(index uint64, now time.Time, s *Submit) *Task {
 		IdempotencyKey: s.IdempotencyKey, ExecutionID: s.ExecutionID, ParentID: s.ParentID,
 		SubmittedBy: s.SubmittedBy, Schedule: s.Schedule, CreatedAt: now, CreateIndex: index, ModifyIndex: index,
 		RunAt: s.RunAt, Priority: s.Priority, Queue: s.Queue,
+		RateLimit: s.RateLimit, RateKey: s.RateKey, DebounceKey: s.DebounceKey, Debounce: s.Debounce,
+	}
+	if s.DebounceKey != "" {
+		runAt := now.Add(time.Duration(s.Debounce))
+		t.RunAt = &runAt
 	}
 	if s.ConcurrencyKey != "" {
 		t.ConcurrencyKey, t.ConcurrencyLimit = s.ConcurrencyKey, s.ConcurrencyLimit
@@ -288,10 +314,18 @@ func (f *FSM) assign(index uint64, now time.Time, a Assign) ItemResult {
 	if !f.queues.admits(old, f.tasks) { // Place checks too; this holds whatever a leader proposed
 		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
 	}
+	// The task's rate limit, by the command's time: a placement from a view older than the
+	// bucket's latest tokens taken cannot start more than it allows.
+	if !f.rates.admits(old, now) {
+		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
+	}
 	// A capped assignment may come from a view older than the task's latest attempt (placement at
 	// submit ran it, and it failed, meanwhile): the retry's backoff holds it too.
 	if a.Capped && (len(f.tasks.active[a.Node]) >= n.Capacity || old.NotBefore != nil && now.Before(*old.NotBefore)) {
 		return ItemResult{ID: a.TaskID, Err: ErrNotPlaceable}
+	}
+	if b, named := rateBucketOf(old); named {
+		f.rates.take(b, now)
 	}
 	t := old.cow()
 	defer f.save(old, t)

@@ -36,7 +36,7 @@ func FuzzApply(f *testing.F) {
 			f.Add(b)
 		}
 	}
-	// ACL commands have no legacy form: current encoding only.
+	// ACL, rate limit and debounce commands have no legacy form: current encoding only.
 	tok := acl.Token{AccessorID: "00000000-0000-4000-8000-000000000000", SecretHash: strings.Repeat("ab", 32), Policies: []string{"p"}}
 	for _, body := range []Payload{
 		&ACLBootstrap{Token: acl.Token{AccessorID: tok.AccessorID, SecretHash: tok.SecretHash, Management: true}},
@@ -44,6 +44,10 @@ func FuzzApply(f *testing.F) {
 		&ACLPolicyDelete{Name: "p"},
 		&ACLTokenCreate{Token: tok, TTL: Duration(time.Hour)},
 		&ACLTokenDelete{AccessorID: tok.AccessorID},
+		&RateLimitSet{Name: "api", Count: 10, Period: Duration(time.Second), Burst: 2},
+		&RateLimitDelete{Name: "api"},
+		&SubmitBatch{Items: []Submit{{ID: "rl", Type: "echo", RateLimit: "api", RateKey: "t1"},
+			{ID: "db", Type: "echo", DebounceKey: "k", Debounce: Duration(time.Second)}}},
 	} {
 		b, err := Encode(&Command{Now: now, Body: body})
 		if err != nil {

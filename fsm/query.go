@@ -438,6 +438,11 @@ type View struct {
 	ActiveType  map[string]int
 	// ActiveKey counts assigned and running tasks by concurrency key (keys with none are absent).
 	ActiveKey map[string]int
+	// RateTokens holds the tokens at the view's time of the rate buckets the candidates draw
+	// from (and of those found empty); Place takes no more from a bucket. NextRate is when the
+	// first bucket found empty has a token again (zero: none).
+	RateTokens map[RateBucket]int64
+	NextRate   time.Time
 }
 
 // maxRetryScan bounds how many due retries one view reads beyond the free slots: due retries of a
@@ -595,7 +600,8 @@ func (f *FSM) SubmitCandidates(subs []Submit, now time.Time) []Task {
 	defer f.mu.RUnlock()
 	var out []Task
 	for i := range subs {
-		if s := &subs[i]; s.ID != "" && s.Type != "" {
+		// A task under a rate limit waits for the scheduler loop, which reads the bucket.
+		if s := &subs[i]; s.ID != "" && s.Type != "" && s.RateLimit == "" {
 			if t := newTask(0, now, s); t.State == Pending {
 				f.keyOf(t)
 				out = append(out, *t)

@@ -357,10 +357,13 @@ func room(limit, active int) int {
 
 // placementCandidates fills v.Pending with what a pass can place: per (type, version) that free
 // nodes serve, the best k tasks by placement order (k = the free slots serving it, capped by the
-// type's limit, and each queue's share by its own), merged from the heads of every priority band
-// of every queue's tree and the due retries. As a task's effective priority only falls along its
-// band, a band's head is its best: the merge reads one head per band and one step per task it
-// takes, O((bands + k) × log n) records however long the backlog. f.mu is held.
+// type's limit, each queue's share by its own, and each rate bucket's by its tokens), merged from
+// the heads of every priority band of every queue's tree and the due retries. As a task's
+// effective priority only falls along its band, a band's head is its best: the merge reads one
+// head per band and one step per task it takes, O((bands + k) × log n) records however long the
+// backlog. The bands of a rate bucket without tokens are not read at all; v.RateTokens holds the
+// tokens of the buckets read, and v.NextRate when the first empty one has a token again. f.mu is
+// held.
 func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion) int, totalFree int) {
 	s := f.tasks
 	queueRoom := func(q string) int {
@@ -370,6 +373,7 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 		}
 		return room(c.Limit, s.activeQueue[q])
 	}
+	rates := &rateRoom{f: f, now: now, v: v, taken: map[RateBucket]int64{}}
 	typeRoom := func(typ string) int { return room(f.queues.TypeLimits[typ], s.activeType[typ]) }
 	// takenKey counts the candidates of each concurrency key over every group: a key's limit is
 	// cluster-wide, whatever the queue and type.
@@ -387,13 +391,13 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 	}
 	for qk, b := range s.queue {
 		g := groupOf(TypeVersion{qk.Type, qk.Version})
-		if g.k > 0 && queueRoom(qk.Queue) > 0 {
+		if g.k > 0 && queueRoom(qk.Queue) > 0 && rates.left(qk.Rate) > 0 {
 			g.heads = bandHeads(b, now, g.heads)
 		}
 	}
 	for qk, m := range s.fair {
 		g := groupOf(TypeVersion{qk.Type, qk.Version})
-		if g.k <= 0 || queueRoom(qk.Queue) <= 0 {
+		if g.k <= 0 || queueRoom(qk.Queue) <= 0 || rates.left(qk.Rate) <= 0 {
 			continue
 		}
 		for _, fb := range m {
@@ -409,7 +413,8 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 			return false
 		}
 		scanned++
-		if g := groupOf(TypeVersion{t.Type, t.Version}); g.k > 0 && !t.CancelRequested && queueRoom(t.Queue) > 0 {
+		if g := groupOf(TypeVersion{t.Type, t.Version}); g.k > 0 && !t.CancelRequested && queueRoom(t.Queue) > 0 &&
+			rates.left(RateBucket{t.RateLimit, t.RateKey}) > 0 {
 			g.heads = append(g.heads, head{t: t, eff: EffectivePriority(t, now)})
 		}
 		return true
@@ -424,7 +429,7 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 	})
 	var cands []*Task
 	for _, tv := range tvs {
-		cands = groups[tv].take(cands, queueRoom)
+		cands = groups[tv].take(cands, queueRoom, rates)
 	}
 	// Placement order, then (CreateIndex, ID): the groups come from map walks, and the view
 	// must not depend on their order.
@@ -434,6 +439,40 @@ func (f *FSM) placementCandidates(v *View, now time.Time, slots func(TypeVersion
 		v.Pending[i] = *t
 		v.Pending[i].History = nil // placement needs none of it
 	}
+}
+
+// rateRoom is what the rate buckets let one placement pass take: each bucket's tokens at now
+// (read once, and noted in the view), less what the pass took so far.
+type rateRoom struct {
+	f     *FSM
+	now   time.Time
+	v     *View
+	taken map[RateBucket]int64
+}
+
+// left is how many more tasks bucket b lets the pass take: MaxInt64 for no bucket (or one whose
+// limit is gone).
+func (r *rateRoom) left(b RateBucket) int64 {
+	if b.Limit == "" {
+		return math.MaxInt64
+	}
+	n, ok := r.v.RateTokens[b]
+	if !ok {
+		var next time.Time
+		var exists bool
+		n, next, exists = r.f.rates.tokens(b, r.now)
+		if !exists {
+			return math.MaxInt64
+		}
+		if r.v.RateTokens == nil {
+			r.v.RateTokens = map[RateBucket]int64{}
+		}
+		r.v.RateTokens[b] = n
+		if n == 0 && (r.v.NextRate.IsZero() || next.Before(r.v.NextRate)) {
+			r.v.NextRate = next
+		}
+	}
+	return n - r.taken[b]
 }
 
 // head is the best remaining task of one band (tr set), of a fair band (fi set) or a due retry
@@ -480,8 +519,9 @@ type candGroup struct {
 	hasRoom  func(*Task) bool
 }
 
-// take appends the group's best k tasks to out, each queue giving no more than its room.
-func (g *candGroup) take(out []*Task, queueRoom func(string) int) []*Task {
+// take appends the group's best k tasks to out, each queue giving no more than its room and each
+// rate bucket no more than its tokens.
+func (g *candGroup) take(out []*Task, queueRoom func(string) int, rates *rateRoom) []*Task {
 	for n := 0; n < g.k && len(g.heads) > 0; {
 		best := 0
 		for i := 1; i < len(g.heads); i++ {
@@ -493,6 +533,11 @@ func (g *candGroup) take(out []*Task, queueRoom func(string) int) []*Task {
 		q := h.t.Queue
 		if g.taken[q] >= queueRoom(q) { // this queue is full: none of its bands count any more
 			g.heads = slices.DeleteFunc(g.heads, func(o head) bool { return o.t.Queue == q })
+			continue
+		}
+		rb := RateBucket{h.t.RateLimit, h.t.RateKey}
+		if rates.left(rb) <= 0 { // this bucket is empty: none of its bands count any more
+			g.heads = slices.DeleteFunc(g.heads, func(o head) bool { return RateBucket{o.t.RateLimit, o.t.RateKey} == rb })
 			continue
 		}
 		if h.t.ConcurrencyKey != "" && !g.hasRoom(h.t) { // its key is full: the band's next
@@ -507,6 +552,9 @@ func (g *candGroup) take(out []*Task, queueRoom func(string) int) []*Task {
 		g.taken[q]++
 		if h.t.ConcurrencyKey != "" {
 			g.takenKey[h.t.ConcurrencyKey]++
+		}
+		if rb.Limit != "" {
+			rates.taken[rb]++
 		}
 		n++
 		if next := h.next(); next != nil {

@@ -77,6 +77,9 @@ type store struct {
 	// active holds assigned and running tasks per node.
 	active map[string]map[string]*Task
 	idem   map[string]string
+	// debounce holds the debounced tasks that still take a later submit's input (debounceOpen),
+	// by type, submitter and key (debounce.go).
+	debounce map[debounceKey]string
 	// counts is how many tasks are in each (state, type): totals and metrics without a scan.
 	counts map[stateType]int
 	// pendingTV is how many tasks are pending per (type, version) asked for.
@@ -158,11 +161,14 @@ type TypeVersion struct {
 // bands are the pending tasks of one QueueKey, a tree per priority.
 type bands map[int]*btree.BTreeG[*Task]
 
-// QueueKey names one pending tree: tasks of one queue ("" = default), type and version.
+// QueueKey names one pending tree: tasks of one queue ("" = default), type and version, and rate
+// bucket (ratelimit.go; empty for tasks that name no limit), so that placement passes over a
+// bucket without tokens without reading its tasks.
 type QueueKey struct {
 	Queue   string
 	Type    string
 	Version string
+	Rate    RateBucket
 }
 
 type stateType struct {
@@ -246,6 +252,7 @@ func newStore() *store {
 		finished:  btree.NewG(btreeDegree, byFinish),
 		active:    map[string]map[string]*Task{},
 		idem:      map[string]string{},
+		debounce:  map[debounceKey]string{},
 		counts:    map[stateType]int{},
 		pendingTV: map[TypeVersion]int{},
 		strs:      map[string]string{},
@@ -330,7 +337,7 @@ func (s *store) insert(t *Task) {
 	case inFair(t):
 		s.insertFair(t)
 	case t.State == Pending:
-		k := QueueKey{t.Queue, t.Type, t.Version}
+		k := QueueKey{t.Queue, t.Type, t.Version, RateBucket{t.RateLimit, t.RateKey}}
 		b := s.queue[k]
 		if b == nil {
 			b = bands{}
@@ -361,6 +368,9 @@ func (s *store) insert(t *Task) {
 	}
 	if t.IdempotencyKey != "" {
 		s.idem[t.IdempotencyKey] = t.ID
+	}
+	if debounceOpen(t) {
+		s.debounce[debounceKey{t.Type, t.SubmittedBy, t.DebounceKey}] = t.ID
 	}
 	s.counts[stateType{t.State, t.Type}]++
 	if t.State == Pending {
@@ -401,7 +411,7 @@ func (s *store) delete(t *Task) {
 	case inFair(t):
 		s.deleteFair(t)
 	case t.State == Pending:
-		k := QueueKey{t.Queue, t.Type, t.Version}
+		k := QueueKey{t.Queue, t.Type, t.Version, RateBucket{t.RateLimit, t.RateKey}}
 		if b := s.queue[k]; b != nil {
 			drop(b, t.Priority, t)
 			if len(b) == 0 {
@@ -427,6 +437,9 @@ func (s *store) delete(t *Task) {
 	}
 	if t.IdempotencyKey != "" && s.idem[t.IdempotencyKey] == t.ID {
 		delete(s.idem, t.IdempotencyKey)
+	}
+	if k := (debounceKey{t.Type, t.SubmittedBy, t.DebounceKey}); t.DebounceKey != "" && s.debounce[k] == t.ID {
+		delete(s.debounce, k)
 	}
 	k := stateType{t.State, t.Type}
 	if s.counts[k]--; s.counts[k] <= 0 {
@@ -506,7 +519,7 @@ func drop[K comparable, T any](m map[K]*btree.BTreeG[T], k K, t T) (emptied *btr
 // names instead). It changes no value.
 func (s *store) compact(t *Task) {
 	t.Type, t.Version, t.Node, t.BootID = s.intern(t.Type), s.intern(t.Version), s.intern(t.Node), s.intern(t.BootID)
-	t.Queue = s.intern(t.Queue)
+	t.Queue, t.RateLimit = s.intern(t.Queue), s.intern(t.RateLimit)
 	t.State = State(s.intern(string(t.State)))
 	if t.ExecutionID == t.ID {
 		t.ExecutionID = t.ID

@@ -1,6 +1,6 @@
 // Package fsm owns taskworker's replicated state: tasks, nodes, idempotency keys, ACLs, security,
-// schedules, unique locks and queue settings, the msgpack commands that change them, and raft's
-// FSM (Apply, Snapshot, Restore) with watch notifications.
+// schedules, unique locks, queue settings and rate limits, the msgpack commands that change them,
+// and raft's FSM (Apply, Snapshot, Restore) with watch notifications.
 //
 // It knows nothing of networking or clocks: every timestamp, ID and backoff deadline arrives inside
 // a command, chosen by the leader before Apply, so every replica computes the same state.
@@ -164,6 +164,13 @@ type Task struct {
 	// FairSeq is a keyed task's place in its priority band's rotation of keys (store.fairSeq),
 	// set when it becomes pending; 0 without a key.
 	FairSeq uint64 `msgpack:"fair_seq,omitempty"`
+	// RateLimit and RateKey name the bucket the task starts under (Submit.RateLimit).
+	RateLimit string `msgpack:"rate_limit,omitempty"`
+	RateKey   string `msgpack:"rate_key,omitempty"`
+	// DebounceKey and Debounce are the task's debounce (Submit.DebounceKey): until it is assigned,
+	// a submit of its type with the key replaces its input and moves its RunAt.
+	DebounceKey string   `msgpack:"debounce_key,omitempty"`
+	Debounce    Duration `msgpack:"debounce,omitempty"`
 }
 
 // DefaultQueue is the name of the queue of tasks that name none.

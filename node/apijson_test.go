@@ -364,6 +364,25 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 		cov.add(t, reflect.TypeOf(r.into).Elem(), b)
 	}
 
+	// A rate limit's routes, and a task under it that is debounced (rate_limit, rate_limit_key,
+	// debounce_key, debounce).
+	code, b = getRaw(t, n, "POST", api.PathRateLimits+"/rl", `{"rate":"50/s","burst":5}`)
+	if code != http.StatusOK {
+		t.Fatalf("set rate limit: %d %s", code, b)
+	}
+	decodeExact(t, "POST /v1/rate-limits/{name}", b, new(api.RateLimit))
+	cov.add(t, reflect.TypeOf(api.RateLimit{}), b)
+	code, b = getRaw(t, n, "GET", api.PathRateLimits+"/rl?key=t1", "")
+	if code != http.StatusOK {
+		t.Fatalf("get rate limit: %d %s", code, b)
+	}
+	decodeExact(t, "GET /v1/rate-limits/{name}", b, new(api.RateLimit))
+	limited := submitRaw(`{"type":"print","input":"paced","rate_limit":"rl","rate_limit_key":"t1","debounce_key":"d1","debounce":"200ms"}`)
+	if limited.RateLimit != "rl" || limited.RateLimitKey != "t1" || limited.DebounceKey != "d1" || limited.Debounce != "200ms" {
+		t.Fatalf("rate-limited, debounced submit: %+v", limited)
+	}
+	followTask(limited.ID)
+
 	// Logs: the print task of a fresh submit writes a stdout line, the count task log lines.
 	printed := submitRaw(`{"type":"print","input":"hello"}`)
 	followTask(printed.ID)
@@ -394,6 +413,7 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 		{api.PathThroughput, new(api.Throughput)},
 		{api.PathQueues, new(api.QueueList)},
 		{api.PathTypeLimits, new(api.TypeLimitList)},
+		{api.PathRateLimits, new(api.RateLimitList)},
 	} {
 		code, b := getRaw(t, n, "GET", r.path, "")
 		if code != http.StatusOK {

@@ -100,6 +100,8 @@ func TestEveryForwardedWriteIsAuthorizedOnTheLeader(t *testing.T) {
 		"POST /v1/type-limits/{type}":         {"/v1/type-limits/sleep", `{"limit": 5}`},
 		"POST /v1/workflows":                  {"/v1/workflows", `{"steps": [{"name": "a", "type": "sleep", "input": {"ms": 1}}]}`},
 		"POST /v1/workflows/{id}/cancel":      {"/v1/workflows/" + wf.ID + "/cancel", ""},
+		"POST /v1/rate-limits/{name}":         {"/v1/rate-limits/slow", `{"rate": "1/s", "burst": 2}`},
+		"DELETE /v1/rate-limits/{name}":       {"/v1/rate-limits/slow", ""},
 	}
 	// Open by design: anyone may try to bootstrap, once per cluster.
 	open := map[string]bool{"POST /v1/acl/bootstrap": true}

@@ -171,3 +171,60 @@ func BenchmarkConcurrencyKeys(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRateLimitedBacklog is one placement pass while a backlog of tasks waits for an empty
+// rate bucket (1/h, its one token taken) beside 100 tasks under no limit: the pass places 3 of
+// those in the free slots and reads none of the backlog, so its cost stays flat as it grows.
+func BenchmarkRateLimitedBacklog(b *testing.B) {
+	for _, pending := range []int{0, 10_000, 100_000} {
+		b.Run(fmt.Sprintf("limited=%d", pending), func(b *testing.B) {
+			f := fsm.New()
+			idx := uint64(0)
+			apply := func(body fsm.Payload) {
+				idx++
+				r := f.ApplyCommand(idx, &fsm.Command{Now: now0, Body: body})
+				if r.Err != nil {
+					b.Fatal(r.Err)
+				}
+				for _, it := range r.Items {
+					if it.Err != nil {
+						b.Fatal(it.Err)
+					}
+				}
+			}
+			alive := map[string]bool{}
+			for _, name := range []string{"n1", "n2", "n3"} {
+				apply(&fsm.Register{Node: fsm.Node{Name: name, BootID: "boot-" + name, Capacity: 8, Types: []fsm.TypeInfo{{Type: "echo", Version: "1"}}}})
+				alive[name] = true
+			}
+			apply(&fsm.RateLimitSet{Name: "slow", Count: 1, Period: fsm.Duration(time.Hour), Burst: 1})
+			total := pending + 21 + 100
+			for done := 0; done < total; done += 1000 {
+				var subs []fsm.Submit
+				for i := done; i < min(done+1000, total); i++ {
+					s := fsm.Submit{ID: fmt.Sprintf("01JBENCH%018d", i), Type: "echo", Input: json.RawMessage(`"hello"`), MaxAttempts: 3}
+					if i == 20 || i >= 121 {
+						s.RateLimit = "slow"
+					}
+					subs = append(subs, s)
+				}
+				apply(&fsm.SubmitBatch{Items: subs})
+			}
+			var as []fsm.Assign
+			for i := range 21 { // 20 under no limit and the bucket's one token: 3 slots stay free
+				n := []string{"n1", "n2", "n3"}[i%3]
+				as = append(as, fsm.Assign{TaskID: fmt.Sprintf("01JBENCH%018d", i), Node: n, BootID: "boot-" + n})
+			}
+			apply(&fsm.AssignBatch{Items: as})
+			now := now0.Add(time.Second)
+			b.ReportAllocs()
+			for b.Loop() {
+				v := f.PlacementView(alive, now)
+				as := Place(v, alive, now, "")
+				if len(as) != 3 || NextWake(v, now).IsZero() != (pending == 0) {
+					b.Fatalf("placed %d (want the 3 free slots), next wake %v", len(as), NextWake(v, now))
+				}
+			}
+		})
+	}
+}

@@ -21,8 +21,10 @@ import (
 // fsm.AgeingStep, 10 s, the task has been ready, up to fsm.MaxAgeing), then higher priority, then
 // ready first, then created first: FIFO within a priority. Limits: a task of a paused queue stays
 // pending, and so does one whose queue, type or concurrency key already has its limit of tasks
-// assigned or running (v.ActiveQueue, v.ActiveType, v.ActiveKey plus what this pass placed). Scheduled tasks not yet due, tasks
-// whose retry backoff has not elapsed and tasks that fit nowhere stay where they are.
+// assigned or running (v.ActiveQueue, v.ActiveType, v.ActiveKey plus what this pass placed), and
+// one whose rate bucket has no token left (v.RateTokens less what this pass placed). Scheduled
+// tasks not yet due, tasks whose retry backoff has not elapsed and tasks that fit nowhere stay
+// where they are.
 //
 // A task goes to the least loaded (by running/capacity) node or worker that is up, alive in
 // gossip (a worker: its host is, fsm.Node.Alive), not draining, has a free slot and offers the task's type and version. Ties go round robin: to the
@@ -51,7 +53,7 @@ func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.
 		order[i] = &v.Pending[i]
 	}
 	slices.SortStableFunc(order, func(a, b *fsm.Task) int { return fsm.PlacementCompare(a, b, now) })
-	placedQueue, placedType, placedKey := map[string]int{}, map[string]int{}, map[string]int{}
+	placedQueue, placedType, placedKey, placedRate := map[string]int{}, map[string]int{}, map[string]int{}, map[fsm.RateBucket]int64{}
 	var out []fsm.Assign
 	for _, t := range order {
 		if len(slots) == 0 {
@@ -65,6 +67,10 @@ func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.
 		if q.Paused || full(q.Limit, v.ActiveQueue[t.Queue]+placedQueue[t.Queue]) ||
 			full(v.TypeLimits[t.Type], v.ActiveType[t.Type]+placedType[t.Type]) ||
 			t.ConcurrencyKey != "" && full(t.ConcurrencyLimit, v.ActiveKey[t.ConcurrencyKey]+placedKey[t.ConcurrencyKey]) {
+			continue
+		}
+		rb := fsm.RateBucket{Limit: t.RateLimit, Key: t.RateKey}
+		if tokens, ok := v.RateTokens[rb]; ok && placedRate[rb] >= tokens {
 			continue
 		}
 		best := -1
@@ -85,6 +91,9 @@ func Place(v fsm.View, alive map[string]bool, now time.Time, last string) []fsm.
 		placedType[t.Type]++
 		if t.ConcurrencyKey != "" {
 			placedKey[t.ConcurrencyKey]++
+		}
+		if t.RateLimit != "" {
+			placedRate[rb]++
 		}
 		s.load++
 		last = s.node.Name
@@ -112,15 +121,18 @@ func better(la int, a *fsm.Node, lb int, b *fsm.Node, last string) bool {
 	return a.Name < b.Name
 }
 
-// NextWake returns the earliest retry deadline or delayed task's due time after now, or zero: the
-// view's NextRetry and NextDue (read from the FSM's retry and run_at indexes) or a candidate's.
+// NextWake returns the earliest retry deadline, delayed task's due time or empty rate bucket's
+// next token after now, or zero: the view's NextRetry, NextDue (read from the FSM's retry and
+// run_at indexes) and NextRate, or a candidate's.
 func NextWake(v fsm.View, now time.Time) time.Time {
 	var next time.Time
 	if v.NextRetry.After(now) {
 		next = v.NextRetry
 	}
-	if v.NextDue.After(now) && (next.IsZero() || v.NextDue.Before(next)) {
-		next = v.NextDue
+	for _, at := range []time.Time{v.NextDue, v.NextRate} {
+		if at.After(now) && (next.IsZero() || at.Before(next)) {
+			next = at
+		}
 	}
 	for i := range v.Pending {
 		nb := v.Pending[i].NotBefore

@@ -388,3 +388,34 @@ func TestPlaceOnWorkersAliveThroughTheirHost(t *testing.T) {
 		t.Errorf("draining worker: %v", got)
 	}
 }
+
+// Place takes no more tasks from a rate bucket than the view says it holds, and none from a
+// bucket the view says is empty; buckets are apart by key, and a task without a limit is free.
+func TestPlaceTakesNoMoreThanABucketHolds(t *testing.T) {
+	nodes := []fsm.Node{node("n1", 10)}
+	pending := tasks("a", "b", "c", "k1", "k2", "free")
+	for i := range pending {
+		switch pending[i].ID {
+		case "a", "b", "c":
+			pending[i].RateLimit = "api"
+		case "k1", "k2":
+			pending[i].RateLimit, pending[i].RateKey = "api", "tenant"
+		}
+	}
+	v := fsm.View{Pending: pending, Nodes: nodes, Load: map[string]int{},
+		RateTokens: map[fsm.RateBucket]int64{{Limit: "api"}: 2, {Limit: "api", Key: "tenant"}: 0}}
+	var got []string
+	for _, a := range Place(v, allAlive(nodes), now0, "") {
+		got = append(got, a.TaskID)
+	}
+	if want := []string{"a", "b", "free"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("placed %v, want %v", got, want)
+	}
+}
+
+func TestNextWakeIncludesTheNextRateToken(t *testing.T) {
+	v := fsm.View{NextRate: now0.Add(300 * time.Millisecond), NextDue: now0.Add(time.Second)}
+	if got := NextWake(v, now0); !got.Equal(now0.Add(300 * time.Millisecond)) {
+		t.Errorf("next wake %v", got)
+	}
+}

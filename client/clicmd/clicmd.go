@@ -54,6 +54,7 @@ func Commands() []*cli.Command {
 		scheduleCommand(),
 		workflowCommand(),
 		queueCommand(),
+		rateLimitCommand(),
 	}
 }
 
@@ -77,9 +78,13 @@ func execCommand() *cli.Command {
 		task, err := api.ExecWith(c.Context, req, client.ExecHooks{
 			// The ID comes first, so the task can be found again whatever happens to this command.
 			OnSubmit: func(t *client.Task, created bool) {
-				if created {
+				switch {
+				case created:
 					fmt.Fprintf(c.App.ErrWriter, "task %s submitted\n", t.ID)
-				} else {
+				case req.DebounceKey != "":
+					fmt.Fprintf(c.App.ErrWriter, "debounced: task %s takes this input, and runs once the key was quiet for %s\n",
+						t.ID, t.Debounce)
+				default:
 					fmt.Fprintf(c.App.ErrWriter, "idempotency key seen before: task %s from %s (%s)\n",
 						t.ID, formatTime(t.CreatedAt), t.State)
 				}
@@ -645,7 +650,7 @@ func submitFlags() []cli.Flag {
 		&cli.StringFlag{Name: "idempotency-key", Usage: "submit at most once per key; a repeat returns the first task"},
 		&cli.IntFlag{Name: "max-attempts", Usage: "how many failed executions before the task fails (0: the server's default)"},
 		&cli.DurationFlag{Name: "timeout", Usage: "limit on one execution (0: the server's default)"},
-	}, append(uniqueFlags(), scheduleFlags()...)...)
+	}, append(append(uniqueFlags(), scheduleFlags()...), flowFlags()...)...)
 }
 
 func jsonFlag() cli.Flag {
@@ -668,6 +673,7 @@ func submitRequest(c *cli.Context, args []string) (client.SubmitRequest, error) 
 		req.Timeout = d.String()
 	}
 	applyUnique(c, &req)
+	applyFlow(c, &req)
 	return req, applySchedule(c, &req)
 }
 

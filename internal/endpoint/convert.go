@@ -30,6 +30,7 @@ func toAPITask(t *fsm.Task) api.Task {
 		UniqueKey: t.UniqueKey, UniqueUntil: t.UniqueUntil,
 		RunAt: t.RunAt, Priority: t.Priority, Queue: t.QueueName(),
 		ConcurrencyKey: t.ConcurrencyKey, ConcurrencyLimit: t.ConcurrencyLimit,
+		RateLimit: t.RateLimit, RateLimitKey: t.RateKey, DebounceKey: t.DebounceKey, Debounce: durationText(t.Debounce),
 	}
 	if t.Error != nil {
 		out.Error = &api.TaskError{Type: t.Error.Type, Message: t.Error.Message, Final: t.Error.Final}

@@ -1,7 +1,7 @@
 // Package endpoint is the public API's backend: what each route does once internal/httpapi has
 // decoded it and checked the caller's rights. It is cut as Consul's agent/consul/*_endpoint.go
 // are: one endpoint per resource (TaskEndpoint: tasks, their output, retry and purge;
-// ScheduleEndpoint; QueueEndpoint: queues and type limits; ClusterEndpoint: the cluster view and
+// ScheduleEndpoint; QueueEndpoint: queues and type limits; RateLimitEndpoint; ClusterEndpoint: the cluster view and
 // task types; AgentEndpoint: this node's health, leave, index and metrics; OperatorEndpoint: the
 // join token, gossip keyring and digest; ACLEndpoint), each holding a pointer to one shared Server.
 // Together (API) they implement httpapi.Backend, and ACLEndpoint implements httpapi.ACL.
@@ -156,6 +156,7 @@ type API struct {
 	*TaskEndpoint
 	*ScheduleEndpoint
 	*QueueEndpoint
+	*RateLimitEndpoint
 	*ClusterEndpoint
 	*AgentEndpoint
 	*OperatorEndpoint
@@ -178,7 +179,8 @@ func New(cfg Config) *API {
 	srv := &Server{cfg: cfg, log: cfg.Logger}
 	return &API{
 		TaskEndpoint: &TaskEndpoint{srv}, ScheduleEndpoint: &ScheduleEndpoint{srv}, QueueEndpoint: &QueueEndpoint{srv},
-		ClusterEndpoint: &ClusterEndpoint{srv}, AgentEndpoint: &AgentEndpoint{srv}, OperatorEndpoint: &OperatorEndpoint{srv},
+		RateLimitEndpoint: &RateLimitEndpoint{srv},
+		ClusterEndpoint:   &ClusterEndpoint{srv}, AgentEndpoint: &AgentEndpoint{srv}, OperatorEndpoint: &OperatorEndpoint{srv},
 		WorkflowEndpoint: &WorkflowEndpoint{srv}, ACL: &ACLEndpoint{srv}, srv: srv,
 	}
 }

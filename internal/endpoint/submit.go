@@ -185,6 +185,10 @@ func (srv *Server) prepareSubmitIn(req api.SubmitRequest, id string, mv membersh
 	if err != nil {
 		return fsm.Submit{}, err
 	}
+	debounce, err := parseDebounce(req)
+	if err != nil {
+		return fsm.Submit{}, err
+	}
 	queue := req.Queue
 	if queue == api.DefaultQueue {
 		queue = "" // the one spelling of the default queue in records
@@ -199,6 +203,7 @@ func (srv *Server) prepareSubmitIn(req api.SubmitRequest, id string, mv membersh
 		UniqueKey: req.UniqueKey, UniqueFor: fsm.Duration(uniqueFor),
 		RunAt: runAt, Priority: req.Priority, Queue: queue,
 		ConcurrencyKey: req.ConcurrencyKey, ConcurrencyLimit: req.ConcurrencyLimit,
+		RateLimit: req.RateLimit, RateKey: req.RateLimitKey, DebounceKey: req.DebounceKey, Debounce: fsm.Duration(debounce),
 	}
 	return sub, srv.checkSubmit(&sub)
 }
@@ -260,7 +265,13 @@ func (srv *Server) checkSubmitInput(s *fsm.Submit, checkInput bool) error {
 	if len(s.ConcurrencyKey) > api.MaxConcurrencyKey {
 		return srv.refuse(capKeyLength, api.CheckConcurrency(s.ConcurrencyKey, s.ConcurrencyLimit))
 	}
-	return api.CheckConcurrency(s.ConcurrencyKey, s.ConcurrencyLimit)
+	if err := api.CheckConcurrency(s.ConcurrencyKey, s.ConcurrencyLimit); err != nil {
+		return err
+	}
+	if err := srv.checkRateLimit(s); err != nil {
+		return err
+	}
+	return checkDebounce(s)
 }
 
 // maxDelay bounds how far ahead a task may be delayed.

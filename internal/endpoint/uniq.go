@@ -54,6 +54,9 @@ func submitItemError(sub fsm.Submit, item fsm.ItemResult) error {
 		e.ExistingTask = item.ID
 		return e
 	}
+	if errors.Is(item.Err, fsm.ErrUnknownRateLimit) {
+		return api.Errorf(api.CodeUnknownRateLimit, "rate limit %q does not exist (POST %s/{name} makes one)", api.Truncate(sub.RateLimit), api.PathRateLimits)
+	}
 	if errors.Is(item.Err, fsm.ErrQueueFull) {
 		e := api.Errorf(api.CodeQueueFull, "the cluster is full: it holds its cap of tasks waiting to run (--max-pending); nothing was stored, retry later")
 		e.RetryAfter = retryAfterQueueFull

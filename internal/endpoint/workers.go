@@ -118,6 +118,16 @@ func (srv *Server) pendingReason(pv *pendingView, t *api.Task) string {
 	if t.ConcurrencyKey != "" && srv.cfg.FSM.ConcurrencyActive(t.ConcurrencyKey) >= t.ConcurrencyLimit {
 		return fmt.Sprintf("concurrency key %q has its limit of %d tasks running", t.ConcurrencyKey, t.ConcurrencyLimit)
 	}
+	if t.RateLimit != "" {
+		n, next, ok := srv.cfg.FSM.RateTokens(fsm.RateBucket{Limit: t.RateLimit, Key: t.RateLimitKey}, pv.now)
+		if ok && n < 1 {
+			bucket := fmt.Sprintf("rate limit %q", t.RateLimit)
+			if t.RateLimitKey != "" {
+				bucket += fmt.Sprintf(" (key %q)", t.RateLimitKey)
+			}
+			return bucket + " has no token until " + next.UTC().Format(time.RFC3339Nano)
+		}
+	}
 	offered, free := false, false
 	for i := range pv.targets {
 		n := &pv.targets[i]

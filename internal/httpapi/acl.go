@@ -163,6 +163,9 @@ func (s *server) requireACL(next http.Handler) http.Handler {
 		if right == "" {
 			right = queueRight(r.Method, path)
 		}
+		if right == "" {
+			right = rateLimitRight(r.Method, path)
+		}
 		if right != "" {
 			if err := id.Cluster(right); err != nil {
 				WriteError(w, aclError(err))

@@ -82,10 +82,11 @@ type Backend interface {
 	// Digest returns this node's FSM digest at the index it has applied.
 	Digest(ctx context.Context) (api.Digest, error)
 
-	ScheduleBackend // schedules.go
-	RetryPurger     // retry now and purge (uniq.go)
-	QueueBackend    // queue.go
-	WorkflowBackend // workflows.go
+	ScheduleBackend  // schedules.go
+	RetryPurger      // retry now and purge (uniq.go)
+	QueueBackend     // queue.go
+	WorkflowBackend  // workflows.go
+	RateLimitBackend // ratelimits.go
 }
 
 // Defaults for Options.
@@ -209,6 +210,7 @@ func (s *server) register(mux *routeMux) {
 	s.queueRoutes(mux)
 	s.workerRoutes(mux)
 	s.workflowRoutes(mux)
+	s.rateLimitRoutes(mux)
 }
 
 // NotFound answers a request for a route that does not exist.

@@ -50,6 +50,7 @@ type fakeBackend struct {
 	fakeWorkflows                   // workflows_test.go
 	gotPurge      *api.PurgeRequest // the last Purge's request
 	queueCalls    []string          // queue_test.go: every queue or type limit change
+	rateCalls     []string          // ratelimits_test.go: every rate limit call but the list
 }
 
 func newFake() *fakeBackend {
