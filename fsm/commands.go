@@ -47,7 +47,9 @@ const (
 // records set.
 //
 // Protocol 7 adds workflows (workflow.go): CmdWorkflowSubmit and CmdWorkflowCancel.
-const Protocol = 7
+//
+// Protocol 11 adds trace contexts (trace.go): Submit.Trace and Task.Trace.
+const Protocol = 11
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
 // newer than their type's Since: the lowest protocol that decodes this payload as it is.
@@ -391,6 +393,9 @@ type Submit struct {
 	Priority int `msgpack:"priority,omitempty"`
 	// Queue names the task's queue; "" is the default queue.
 	Queue string `msgpack:"queue,omitempty"`
+
+	// Trace is the trace the task's spans join (TraceProtocol); nil: none.
+	Trace *TraceContext `msgpack:"trace,omitempty"`
 }
 
 // needsProtocol is the lowest protocol that decodes s: 2 once it sets any field protocol 1 does
@@ -400,7 +405,7 @@ func (s *Submit) needsProtocol() int {
 	if s.Schedule != "" || s.UniqueKey != "" || s.UniqueFor != 0 || s.RunAt != nil || s.Priority != 0 || s.Queue != "" {
 		return 2
 	}
-	return 0
+	return s.traceNeedsProtocol()
 }
 
 // NeedsProtocol implements NeedsProtocol: the highest of its items', AdmissionProtocol with caps.

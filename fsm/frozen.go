@@ -59,6 +59,7 @@ const (
 	fHistory
 	fUniqueUntil
 	fRunAt
+	fTrace
 )
 
 // Presence flags of a frozen history entry.
@@ -91,6 +92,7 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 	set(fHistory, t.History != nil)
 	set(fUniqueUntil, t.UniqueUntil != nil)
 	set(fRunAt, t.RunAt != nil)
+	set(fTrace, t.Trace != nil)
 	b = binary.AppendUvarint(b, flags)
 	for _, s := range []string{t.Type, t.Version, string(t.State), t.Node, t.BootID, t.Queue, t.SubmittedBy, t.Schedule} {
 		b = binary.AppendUvarint(b, uint64(nm.put(s)))
@@ -148,6 +150,11 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 				b = binary.AppendUvarint(b, uint64(nm.put(h.By)))
 			}
 		}
+	}
+	if t.Trace != nil {
+		b = append(b, t.Trace.TraceID[:]...)
+		b = append(b, t.Trace.SpanID[:]...)
+		b = append(b, t.Trace.Flags)
 	}
 	return b
 }
@@ -400,6 +407,20 @@ func thawInto(t *Task, s string, list []string) error {
 				h.By = r.name(list)
 			}
 		}
+	}
+	if has(fTrace) {
+		if len(r.s) < traceLen {
+			return errFrozen
+		}
+		tc := old.Trace
+		if tc == nil {
+			tc = new(TraceContext)
+		}
+		copy(tc.TraceID[:], r.s)
+		copy(tc.SpanID[:], r.s[16:])
+		tc.Flags = r.s[24]
+		r.s = r.s[traceLen:]
+		t.Trace = tc
 	}
 	if r.err != nil || r.s != "" {
 		return errFrozen

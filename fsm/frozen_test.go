@@ -69,6 +69,15 @@ func randomTask(r *rand.Rand, i int) *Task {
 		SubmittedBy: str("", "alice"), Schedule: str("", "nightly"), UniqueKey: str("", "u"),
 		UniqueUntil: ptm(), RunAt: ptm(), Priority: r.IntN(2001) - 1000, Queue: str("", "emails"),
 	}
+	if r.IntN(2) == 0 {
+		t.Trace = &TraceContext{Flags: byte(r.IntN(2))}
+		for i := range t.Trace.TraceID {
+			t.Trace.TraceID[i] = byte(r.IntN(256))
+		}
+		for i := range t.Trace.SpanID {
+			t.Trace.SpanID[i] = byte(r.IntN(256))
+		}
+	}
 	if r.IntN(3) > 0 {
 		t.Error = &TaskError{Type: str("", "timeout", "handler"), Message: str("", "boom", strings.Repeat("é", 200)), Final: r.IntN(2) == 0}
 	}

@@ -241,7 +241,7 @@ func newTask(index uint64, now time.Time, s *Submit) *Task {
 		State: Pending, MaxAttempts: maxAttempts, Timeout: s.Timeout,
 		IdempotencyKey: s.IdempotencyKey, ExecutionID: s.ExecutionID, ParentID: s.ParentID,
 		SubmittedBy: s.SubmittedBy, Schedule: s.Schedule, CreatedAt: now, CreateIndex: index, ModifyIndex: index,
-		RunAt: s.RunAt, Priority: s.Priority, Queue: s.Queue,
+		RunAt: s.RunAt, Priority: s.Priority, Queue: s.Queue, Trace: s.Trace,
 	}
 	if t.Queue == DefaultQueue {
 		t.Queue = "" // one spelling of the default queue, the one records without queues have

@@ -157,6 +157,8 @@ type Task struct {
 	// Queue is the queue the task belongs to; "" is the default queue (DefaultQueue), kept empty
 	// so records and digests of tasks that name no queue are what they were before queues.
 	Queue string `msgpack:"queue,omitempty"`
+	// Trace is the trace context the task's spans continue (Submit.Trace); nil: none.
+	Trace *TraceContext `msgpack:"trace,omitempty"`
 }
 
 // DefaultQueue is the name of the queue of tasks that name none.
