@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -67,6 +68,11 @@ func Enabled(getenv func(string) string) bool {
 // default), batching from OTEL_BSP_*, and a resource with service.name "taskworker" (or
 // OTEL_SERVICE_NAME), service.version, service.instance.id and taskworker.node (the node's name),
 // and OTEL_RESOURCE_ATTRIBUTES. OTEL_EXPORTER_OTLP_PROTOCOL, when set, must be http/protobuf.
+//
+// getenv supplies what decides on and where to: the variables of Enabled, the endpoint,
+// OTEL_SERVICE_NAME and OTEL_BSP_SCHEDULE_DELAY, so that nodes in one process can differ; the
+// SDK reads the others (headers, sampler, queue sizes, resource attributes) from the process's
+// environment itself.
 func New(ctx context.Context, getenv func(string) string, node, version string) (*Provider, error) {
 	if !Enabled(getenv) {
 		return nil, nil
@@ -76,24 +82,45 @@ func New(ctx context.Context, getenv func(string) string, node, version string) 
 			return nil, fmt.Errorf("%s=%q: taskworker exports traces over OTLP/HTTP only (http/protobuf)", k, p)
 		}
 	}
-	exp, err := otlptracehttp.New(ctx)
+	// The endpoint is read from getenv (the exporter would read only the process's environment);
+	// the other OTEL_EXPORTER_OTLP_* settings from the process's, by the exporter itself.
+	endpoint := strings.TrimSpace(getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+	if endpoint == "" {
+		endpoint = strings.TrimRight(strings.TrimSpace(getenv("OTEL_EXPORTER_OTLP_ENDPOINT")), "/") + "/v1/traces"
+	}
+	if u, err := url.Parse(endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("OTLP traces endpoint %q: want an http:// or https:// URL", endpoint)
+	}
+	exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(endpoint))
 	if err != nil {
 		return nil, fmt.Errorf("otlp trace exporter: %w", err)
 	}
+	service := strings.TrimSpace(getenv("OTEL_SERVICE_NAME"))
+	if service == "" {
+		service = "taskworker"
+	}
 	res, err := resource.New(ctx,
 		resource.WithAttributes(
-			attribute.String("service.name", "taskworker"),
 			attribute.String("service.version", version),
 			attribute.String("service.instance.id", node),
 			AttrNode.String(node),
 		),
-		resource.WithFromEnv(), // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win
+		resource.WithFromEnv(), // OTEL_RESOURCE_ATTRIBUTES, from the process's environment
+		resource.WithAttributes(attribute.String("service.name", service)),
 		resource.WithTelemetrySDK(),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("trace resource: %w", err)
 	}
-	return &Provider{tp: sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))}, nil
+	var batch []sdktrace.BatchSpanProcessorOption
+	if v := strings.TrimSpace(getenv("OTEL_BSP_SCHEDULE_DELAY")); v != "" {
+		ms, err := strconv.Atoi(v)
+		if err != nil || ms <= 0 {
+			return nil, fmt.Errorf("OTEL_BSP_SCHEDULE_DELAY=%q: want milliseconds", v)
+		}
+		batch = append(batch, sdktrace.WithBatchTimeout(time.Duration(ms)*time.Millisecond))
+	}
+	return &Provider{tp: sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp, batch...), sdktrace.WithResource(res))}, nil
 }
 
 // Tracer is the node's tracer, nil when tracing is off: callers skip their spans then, so
@@ -246,4 +273,25 @@ func PhaseSpan(tr trace.Tracer, s Stored, name string, start, end time.Time, att
 	_, span := tr.Start(s.Context(context.Background()), name,
 		trace.WithTimestamp(start), trace.WithAttributes(attrs...), trace.WithSpanKind(trace.SpanKindInternal))
 	span.End(trace.WithTimestamp(end))
+}
+
+// TraceIDPlaceholder is what a trace link template (--trace-url-template) has in place of the
+// trace ID.
+const TraceIDPlaceholder = "{trace_id}"
+
+// CheckURLTemplate validates a trace link template: an absolute http or https URL with a host
+// and TraceIDPlaceholder in it. Anything else (javascript:, data:, a relative path) could turn
+// the console's link into something other than a link to a trace viewer.
+func CheckURLTemplate(tmpl string) error {
+	if !strings.Contains(tmpl, TraceIDPlaceholder) {
+		return fmt.Errorf("trace URL template %q: it must contain %s", tmpl, TraceIDPlaceholder)
+	}
+	u, err := url.Parse(strings.ReplaceAll(tmpl, TraceIDPlaceholder, "0af7651916cd43dd8448eb211c80319c"))
+	if err != nil {
+		return fmt.Errorf("trace URL template %q: %v", tmpl, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+		return fmt.Errorf("trace URL template %q: want an http:// or https:// URL with a host and no user info", tmpl)
+	}
+	return nil
 }
