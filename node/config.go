@@ -246,7 +246,7 @@ func (c *Config) Validate() error {
 	}
 	if c.TraceURLTemplate != "" {
 		if err := tracing.CheckURLTemplate(c.TraceURLTemplate); err != nil {
-			bad("%v", err)
+			bad("--trace-url-template: %v", err)
 		}
 	}
 	if c.Name == "" {

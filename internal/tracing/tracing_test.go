@@ -111,3 +111,65 @@ func TestEnabledNeedsAnEndpointAndNoOptOut(t *testing.T) {
 		t.Error("New accepted the grpc protocol it cannot speak")
 	}
 }
+
+// A link template is an http or https URL with a host and {trace_id}: anything that could make
+// the console's link run script, load data or point nowhere is refused.
+func TestCheckURLTemplateAcceptsOnlyHTTPLinksWithTheTraceID(t *testing.T) {
+	for _, ok := range []string{
+		"http://jaeger:16686/trace/{trace_id}",
+		"https://tempo.example.com/explore?traceId={trace_id}&x=1",
+		"HTTPS://grafana.example.com/d/x?var-trace={trace_id}",
+	} {
+		if err := CheckURLTemplate(ok); err != nil {
+			t.Errorf("CheckURLTemplate(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{
+		"",
+		"http://jaeger:16686/trace/",         // no placeholder
+		"javascript:alert(1)//{trace_id}",    // script
+		"data:text/html,<script>{trace_id}",  // data
+		"/trace/{trace_id}",                  // relative
+		"//evil.example/{trace_id}",          // scheme-relative
+		"http:///{trace_id}",                 // no host
+		"http://user:pass@jaeger/{trace_id}", // credentials in the link
+		"ftp://jaeger/{trace_id}",            // another scheme
+		"http://jae ger/{trace_id}",          // not a URL
+		" javascript:alert(1)//{trace_id}",
+	} {
+		if err := CheckURLTemplate(bad); err == nil {
+			t.Errorf("CheckURLTemplate(%q) accepted", bad)
+		}
+	}
+}
+
+// An oversized or malformed tracestate is dropped and the traceparent kept; it never reaches a
+// task.
+func TestExtractDropsAnOversizedTracestate(t *testing.T) {
+	h := http.Header{}
+	h.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	h.Set("tracestate", "a="+strings.Repeat("x", maxTracestate))
+	sc := Extract(h)
+	if !sc.IsValid() || sc.TraceState().Len() != 0 {
+		t.Errorf("oversized tracestate: valid %v, state %d bytes", sc.IsValid(), len(sc.TraceState().String()))
+	}
+}
+
+func FuzzParseTraceparent(f *testing.F) {
+	f.Add("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	f.Add("00-00000000000000000000000000000000-0000000000000000-00")
+	f.Add("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	f.Fuzz(func(t *testing.T, h string) {
+		sc, ok := ParseTraceparent(h)
+		if !ok {
+			if sc.IsValid() {
+				t.Fatalf("%q: refused but valid", h)
+			}
+			return
+		}
+		// What it accepts is exactly what it writes back.
+		if got := Traceparent(sc); got[:53] != h[:53] || !sc.IsValid() {
+			t.Fatalf("%q: accepted, written back as %q", h, got)
+		}
+	})
+}
