@@ -3,22 +3,17 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/internal/tracing/otlpreceiver"
 )
 
 const (
@@ -26,55 +21,6 @@ const (
 	e2eTraceparent = "00-" + e2eTrace + "-00f067aa0ba902b7-01"
 	e2eTraceLink   = "http://127.0.0.1:16686/trace/{trace_id}"
 )
-
-// exportedSpan is what the receiver keeps of a span: its name, trace, exporting node and
-// attributes.
-type exportedSpan struct {
-	name, trace, node string
-	attrs             map[string]string
-}
-
-// newSpanReceiver is an OTLP/HTTP receiver on 127.0.0.1 that decodes the protobuf exports.
-func newSpanReceiver(t *testing.T) (url string, spans func() []exportedSpan) {
-	var mu sync.Mutex
-	var got []exportedSpan
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(io.LimitReader(r.Body, 16<<20))
-		var msg coltracepb.ExportTraceServiceRequest
-		if r.URL.Path != "/v1/traces" || proto.Unmarshal(body, &msg) != nil {
-			http.Error(w, "bad export", http.StatusBadRequest)
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		for _, rs := range msg.GetResourceSpans() {
-			node := ""
-			for _, kv := range rs.GetResource().GetAttributes() {
-				if kv.GetKey() == "taskworker.node" {
-					node = kv.GetValue().GetStringValue()
-				}
-			}
-			for _, ss := range rs.GetScopeSpans() {
-				for _, s := range ss.GetSpans() {
-					a := map[string]string{}
-					for _, kv := range s.GetAttributes() {
-						a[kv.GetKey()] = kv.GetValue().GetStringValue()
-					}
-					got = append(got, exportedSpan{name: s.GetName(), trace: hex.EncodeToString(s.GetTraceId()), node: node, attrs: a})
-				}
-			}
-		}
-		out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
-		w.Header().Set("Content-Type", "application/x-protobuf")
-		_, _ = w.Write(out)
-	}))
-	t.Cleanup(srv.Close)
-	return srv.URL, func() []exportedSpan {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]exportedSpan(nil), got...)
-	}
-}
 
 func submitTraced(t *testing.T, addr, body string) api.Task {
 	t.Helper()
@@ -97,8 +43,9 @@ func submitTraced(t *testing.T, addr, body string) api.Task {
 // with a traceparent to every node's OTLP endpoint; the record and GET /v1/cluster carry the
 // trace ID and the link template.
 func TestAgentsExportATasksSpansOverOTLP(t *testing.T) {
-	url, spans := newSpanReceiver(t)
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+	recv := otlpreceiver.New()
+	defer recv.Close()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", recv.URL)
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
 	t.Setenv("OTEL_SERVICE_NAME", "tw-e2e")
 	pc := startProcCluster(t, 2, "--trace-url-template", e2eTraceLink)
@@ -115,18 +62,18 @@ func TestAgentsExportATasksSpansOverOTLP(t *testing.T) {
 	var outcomes []string
 	poll(t, "both attempts' spans exported", 60*time.Second, func() bool {
 		outcomes = outcomes[:0]
-		for _, s := range spans() {
-			if s.name == "task.attempt" && s.attrs["taskworker.task.id"] == task.ID {
-				outcomes = append(outcomes, s.attrs["taskworker.outcome"])
+		for _, s := range recv.Spans() {
+			if a := s.Attrs(); s.GetName() == "task.attempt" && a["taskworker.task.id"] == task.ID {
+				outcomes = append(outcomes, a["taskworker.outcome"])
 			}
 		}
 		return len(outcomes) == 2
 	})
 	names := map[string]bool{}
-	for _, s := range spans() {
-		names[s.name] = true
-		if s.trace != e2eTrace || s.node == "" {
-			t.Errorf("span %s from node %q in trace %s, want %s", s.name, s.node, s.trace, e2eTrace)
+	for _, s := range recv.Spans() {
+		names[s.GetName()] = true
+		if s.Trace() != e2eTrace || s.Resource["taskworker.node"] == "" || s.Resource["service.name"] != "tw-e2e" {
+			t.Errorf("span %s from %v in trace %s, want %s from a node of service tw-e2e", s.GetName(), s.Resource, s.Trace(), e2eTrace)
 		}
 	}
 	for _, want := range []string{"POST /v1/tasks", "raft.apply", "task.placement", "task.attempt"} {

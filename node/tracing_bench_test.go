@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/tracing/otlpreceiver"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -23,9 +24,9 @@ func BenchmarkSubmitPathTracing(b *testing.B) {
 	b.Run("off", func(b *testing.B) { benchSubmitPath(b, nil, "") })
 	b.Run("off-traceparent", func(b *testing.B) { benchSubmitPath(b, nil, traceparent) })
 	b.Run("on", func(b *testing.B) {
-		recv := newOTLPReceiver(&testing.T{})
-		defer recv.srv.Close()
-		benchSubmitPath(b, recv.env(nil), traceparent)
+		recv := otlpreceiver.New()
+		defer recv.Close()
+		benchSubmitPath(b, otelEnv(recv, nil), traceparent)
 	})
 }
 

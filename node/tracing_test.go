@@ -1,122 +1,37 @@
 package node
 
 import (
-	"bytes"
-	"compress/gzip"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/tracing/otlpreceiver"
 	"github.com/taskworker/taskworker/tasks"
 )
 
-// otlpReceiver is an OTLP/HTTP trace receiver on 127.0.0.1: it decodes each protobuf
-// ExportTraceServiceRequest the nodes' exporters post and keeps their spans.
-type otlpReceiver struct {
-	srv *httptest.Server
-
-	mu      sync.Mutex
-	spans   []gotSpan
-	bad     []string // requests it could not decode
-	exports int
-}
-
-// gotSpan is one exported span with the resource it came from.
-type gotSpan struct {
-	*tracepb.Span
-	resource map[string]string
-}
-
-func newOTLPReceiver(t *testing.T) *otlpReceiver {
-	r := &otlpReceiver{}
-	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
-	t.Cleanup(r.srv.Close)
+// newOTLPReceiver is an OTLP/HTTP receiver on 127.0.0.1 that keeps the spans nodes export.
+func newOTLPReceiver(t *testing.T) *otlpreceiver.Receiver {
+	r := otlpreceiver.New()
+	t.Cleanup(r.Close)
 	return r
 }
 
-func (r *otlpReceiver) serve(w http.ResponseWriter, req *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(req.Body, 16<<20))
-	if err == nil && req.Header.Get("Content-Encoding") == "gzip" {
-		var zr *gzip.Reader
-		if zr, err = gzip.NewReader(bytes.NewReader(body)); err == nil {
-			body, err = io.ReadAll(zr)
-		}
-	}
-	var msg coltracepb.ExportTraceServiceRequest
-	if err == nil {
-		err = proto.Unmarshal(body, &msg)
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err != nil || req.URL.Path != "/v1/traces" || req.Header.Get("Content-Type") != "application/x-protobuf" {
-		r.bad = append(r.bad, fmt.Sprintf("%s %s %s: %v", req.Method, req.URL.Path, req.Header.Get("Content-Type"), err))
-		http.Error(w, "bad export", http.StatusBadRequest)
-		return
-	}
-	r.exports++
-	for _, rs := range msg.GetResourceSpans() {
-		res := attrMap(rs.GetResource().GetAttributes())
-		for _, ss := range rs.GetScopeSpans() {
-			for _, sp := range ss.GetSpans() {
-				r.spans = append(r.spans, gotSpan{Span: sp, resource: res})
-			}
-		}
-	}
-	w.Header().Set("Content-Type", "application/x-protobuf")
-	out, _ := proto.Marshal(&coltracepb.ExportTraceServiceResponse{})
-	_, _ = w.Write(out)
-}
-
-func (r *otlpReceiver) snapshot() ([]gotSpan, []string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]gotSpan(nil), r.spans...), append([]string(nil), r.bad...)
-}
-
-// env is the OTEL_* environment that points a node's exporter at the receiver.
-func (r *otlpReceiver) env(extra map[string]string) func(string) string {
+// otelEnv is the OTEL_* environment that points a node's exporter at r, with extra.
+func otelEnv(r *otlpreceiver.Receiver, extra map[string]string) func(string) string {
 	return func(k string) string {
 		if k == "OTEL_EXPORTER_OTLP_ENDPOINT" {
-			return r.srv.URL
+			return r.URL
 		}
 		return extra[k]
 	}
 }
-
-func attrMap(kvs []*commonpb.KeyValue) map[string]string {
-	m := map[string]string{}
-	for _, kv := range kvs {
-		v := kv.GetValue()
-		switch v.GetValue().(type) {
-		case *commonpb.AnyValue_IntValue:
-			m[kv.GetKey()] = fmt.Sprint(v.GetIntValue())
-		case *commonpb.AnyValue_BoolValue:
-			m[kv.GetKey()] = fmt.Sprint(v.GetBoolValue())
-		default:
-			m[kv.GetKey()] = v.GetStringValue()
-		}
-	}
-	return m
-}
-
-func (s gotSpan) attrs() map[string]string { return attrMap(s.GetAttributes()) }
-func (s gotSpan) id() string               { return hex.EncodeToString(s.GetSpanId()) }
-func (s gotSpan) parent() string           { return hex.EncodeToString(s.GetParentSpanId()) }
-func (s gotSpan) trace() string            { return hex.EncodeToString(s.GetTraceId()) }
 
 const (
 	clientTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -163,7 +78,7 @@ func TestTracesFollowATaskThatRetriedThroughAFollower(t *testing.T) {
 	longTest(t) // a retry's backoff
 	recv := newOTLPReceiver(t)
 	tc := startCluster(t, 3, clusterOpts{inmem: true, registry: tracedRegistry(t), tweak: func(i int, c *Config) {
-		c.Getenv = recv.env(map[string]string{"OTEL_SERVICE_NAME": "tw-test", "OTEL_BSP_SCHEDULE_DELAY": "100"})
+		c.Getenv = otelEnv(recv, map[string]string{"OTEL_SERVICE_NAME": "tw-test", "OTEL_BSP_SCHEDULE_DELAY": "100"})
 	}})
 	tc.waitHealthy(3)
 	leader, follower := tc.leader(), tc.follower()
@@ -194,9 +109,9 @@ func TestTracesFollowATaskThatRetriedThroughAFollower(t *testing.T) {
 	}
 
 	// Spans arrive in batches (every OTEL_BSP_SCHEDULE_DELAY).
-	var spans []gotSpan
-	byName := func(name string) []gotSpan {
-		var out []gotSpan
+	var spans []otlpreceiver.Span
+	byName := func(name string) []otlpreceiver.Span {
+		var out []otlpreceiver.Span
 		for _, s := range spans {
 			if s.GetName() == name {
 				out = append(out, s)
@@ -205,10 +120,10 @@ func TestTracesFollowATaskThatRetriedThroughAFollower(t *testing.T) {
 		return out
 	}
 	waitFor(t, "the task's spans exported", 60*time.Second, func() bool {
-		spans, _ = recv.snapshot()
+		spans = recv.Spans()
 		attempts, placements := 0, 0
 		for _, s := range spans {
-			if s.attrs()["taskworker.task.id"] == task.ID {
+			if s.Attrs()["taskworker.task.id"] == task.ID {
 				switch s.GetName() {
 				case "task.attempt":
 					attempts++
@@ -220,27 +135,27 @@ func TestTracesFollowATaskThatRetriedThroughAFollower(t *testing.T) {
 		return attempts == 2 && placements == 2 && len(byName("POST /v1/tasks")) >= 2 && len(byName("user.work")) == 1 &&
 			len(byName("task.attempt")) >= 3 // the child's too
 	})
-	if _, bad := recv.snapshot(); len(bad) > 0 {
+	if bad := recv.Bad(); len(bad) > 0 {
 		t.Errorf("exports the receiver could not decode: %v", bad)
 	}
 
 	for _, s := range spans {
-		if s.trace() != clientTrace {
-			t.Errorf("span %q on %s is in trace %s, want %s", s.GetName(), s.resource["taskworker.node"], s.trace(), clientTrace)
+		if s.Trace() != clientTrace {
+			t.Errorf("span %q on %s is in trace %s, want %s", s.GetName(), s.Resource["taskworker.node"], s.Trace(), clientTrace)
 		}
-		if s.resource["service.name"] != "tw-test" || s.resource["taskworker.node"] == "" || s.resource["service.instance.id"] != s.resource["taskworker.node"] {
-			t.Errorf("span %q resource = %v: want service.name from OTEL_SERVICE_NAME and the node's name", s.GetName(), s.resource)
+		if s.Resource["service.name"] != "tw-test" || s.Resource["taskworker.node"] == "" || s.Resource["service.instance.id"] != s.Resource["taskworker.node"] {
+			t.Errorf("span %q resource = %v: want service.name from OTEL_SERVICE_NAME and the node's name", s.GetName(), s.Resource)
 		}
-		for k, v := range s.attrs() {
+		for k, v := range s.Attrs() {
 			if strings.Contains(v, secretInput) {
 				t.Errorf("span %q attribute %s holds the task's input: %q", s.GetName(), k, v)
 			}
 		}
 	}
 
-	var followerSpan, leaderSpan gotSpan
+	var followerSpan, leaderSpan otlpreceiver.Span
 	for _, s := range byName("POST /v1/tasks") {
-		switch s.resource["taskworker.node"] {
+		switch s.Resource["taskworker.node"] {
 		case follower.Name():
 			followerSpan = s
 		case leader.Name():
@@ -250,17 +165,17 @@ func TestTracesFollowATaskThatRetriedThroughAFollower(t *testing.T) {
 	if followerSpan.Span == nil || leaderSpan.Span == nil {
 		t.Fatalf("server spans: follower %v, leader %v; want one on each", followerSpan.Span != nil, leaderSpan.Span != nil)
 	}
-	if followerSpan.parent() != clientSpan || followerSpan.GetKind() != tracepb.Span_SPAN_KIND_SERVER {
-		t.Errorf("follower's submit span: parent %s kind %v, want the caller's span %s, server", followerSpan.parent(), followerSpan.GetKind(), clientSpan)
+	if followerSpan.Parent() != clientSpan || followerSpan.GetKind() != tracepb.Span_SPAN_KIND_SERVER {
+		t.Errorf("follower's submit span: parent %s kind %v, want the caller's span %s, server", followerSpan.Parent(), followerSpan.GetKind(), clientSpan)
 	}
-	if leaderSpan.parent() != followerSpan.id() {
-		t.Errorf("leader's submit span's parent = %s, want the follower's span %s: the forward lost the context", leaderSpan.parent(), followerSpan.id())
+	if leaderSpan.Parent() != followerSpan.ID() {
+		t.Errorf("leader's submit span's parent = %s, want the follower's span %s: the forward lost the context", leaderSpan.Parent(), followerSpan.ID())
 	}
-	submitSpan := leaderSpan.id()
+	submitSpan := leaderSpan.ID()
 
 	commits := 0
 	for _, s := range byName("raft.apply") {
-		if s.parent() == submitSpan && s.attrs()["taskworker.command"] == "submit" {
+		if s.Parent() == submitSpan && s.Attrs()["taskworker.command"] == "submit" {
 			commits++
 		}
 	}
@@ -270,13 +185,13 @@ func TestTracesFollowATaskThatRetriedThroughAFollower(t *testing.T) {
 
 	placements := 0
 	for _, s := range byName("task.placement") {
-		if s.attrs()["taskworker.task.id"] != task.ID {
+		if s.Attrs()["taskworker.task.id"] != task.ID {
 			continue
 		}
 		placements++
-		if s.parent() != submitSpan || s.resource["taskworker.node"] != leader.Name() || s.attrs()["taskworker.node"] == "" {
-			t.Errorf("placement span: parent %s on %s, attrs %v; want a child of %s on the leader %s naming its target", s.parent(),
-				s.resource["taskworker.node"], s.attrs(), submitSpan, leader.Name())
+		if s.Parent() != submitSpan || s.Resource["taskworker.node"] != leader.Name() || s.Attrs()["taskworker.node"] == "" {
+			t.Errorf("placement span: parent %s on %s, attrs %v; want a child of %s on the leader %s naming its target", s.Parent(),
+				s.Resource["taskworker.node"], s.Attrs(), submitSpan, leader.Name())
 		}
 	}
 	if placements != 2 {
@@ -284,18 +199,18 @@ func TestTracesFollowATaskThatRetriedThroughAFollower(t *testing.T) {
 	}
 
 	outcome := map[string]string{}
-	var second gotSpan
+	var second otlpreceiver.Span
 	for _, s := range byName("task.attempt") {
-		a := s.attrs()
+		a := s.Attrs()
 		if a["taskworker.task.id"] != task.ID {
 			continue
 		}
 		outcome[a["taskworker.attempt"]] = a["taskworker.outcome"]
-		if s.parent() != submitSpan {
-			t.Errorf("attempt %s span's parent = %s, want the leader's submit span %s", a["taskworker.attempt"], s.parent(), submitSpan)
+		if s.Parent() != submitSpan {
+			t.Errorf("attempt %s span's parent = %s, want the leader's submit span %s", a["taskworker.attempt"], s.Parent(), submitSpan)
 		}
-		if a["taskworker.node"] == "" || a["taskworker.node"] != s.resource["taskworker.node"] {
-			t.Errorf("attempt %s span names node %q, exported by %q", a["taskworker.attempt"], a["taskworker.node"], s.resource["taskworker.node"])
+		if a["taskworker.node"] == "" || a["taskworker.node"] != s.Resource["taskworker.node"] {
+			t.Errorf("attempt %s span names node %q, exported by %q", a["taskworker.attempt"], a["taskworker.node"], s.Resource["taskworker.node"])
 		}
 		if s.GetEndTimeUnixNano() <= s.GetStartTimeUnixNano() {
 			t.Errorf("attempt %s span has no duration", a["taskworker.attempt"])
@@ -307,12 +222,12 @@ func TestTracesFollowATaskThatRetriedThroughAFollower(t *testing.T) {
 	if outcome["1"] != "failed" || outcome["2"] != "succeeded" {
 		t.Errorf("attempt outcomes = %v, want 1 failed, 2 succeeded", outcome)
 	}
-	if u := byName("user.work"); second.Span == nil || u[0].parent() != second.id() {
+	if u := byName("user.work"); second.Span == nil || u[0].Parent() != second.ID() {
 		t.Errorf("the task's own span is not a child of its second attempt's span")
 	}
 	for _, s := range byName("task.attempt") {
-		if s.attrs()["taskworker.task.id"] == childID && (second.Span == nil || s.parent() != second.id()) {
-			t.Errorf("the child task's attempt span's parent = %s, want its parent's attempt span", s.parent())
+		if s.Attrs()["taskworker.task.id"] == childID && (second.Span == nil || s.Parent() != second.ID()) {
+			t.Errorf("the child task's attempt span's parent = %s, want its parent's attempt span", s.Parent())
 		}
 	}
 }
@@ -401,7 +316,7 @@ func TestTracingOffExportsNothingAndKeepsOnlyTheCallersTraceID(t *testing.T) {
 	if err := n.Shutdown(); err != nil { // a provider would flush its spans here
 		t.Fatal(err)
 	}
-	spans, bad := recv.snapshot()
+	spans, bad := recv.Spans(), recv.Bad()
 	if len(spans) > 0 || len(bad) > 0 {
 		t.Errorf("tracing off, yet the receiver got %d spans and %d bad exports", len(spans), len(bad))
 	}
