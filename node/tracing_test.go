@@ -354,3 +354,32 @@ func TestTraceContextIsLeftOutWhileAnOldProtocolNodeIsUp(t *testing.T) {
 	}
 	tc.verifyReplicas()
 }
+
+// A worker's assignment carries the attempt's trace context, so its own spans can continue it.
+func TestWorkerAssignmentCarriesTheTraceparent(t *testing.T) {
+	tc := startCluster(t, 1, clusterOpts{inmem: true})
+	n := tc.nodes[0]
+	w := mustRegisterProtoWorker(t, n, "", "py1", 1, "py-upper")
+	got := make(chan string, 2)
+	w.serve(func(a api.WorkerAssignment) []api.WorkerEvent {
+		got <- a.Traceparent
+		return upperHandler(a)
+	})
+	defer w.kill()
+	req, _ := http.NewRequest("POST", "http://"+n.HTTPAddr()+"/v1/tasks?wait=10s", strings.NewReader(`{"type": "py-upper", "input": "hi"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Traceparent", traceparent)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// Tracing is off: the attempt has no span of its own, and the worker gets the task's context.
+	if tp := <-got; tp != traceparent {
+		t.Errorf("assignment traceparent = %q, want %q", tp, traceparent)
+	}
+	submit(t, n, "py-upper", "untraced", "10s")
+	if tp := <-got; tp != "" {
+		t.Errorf("an untraced task's assignment has traceparent %q", tp)
+	}
+}
