@@ -95,6 +95,9 @@ type Task struct {
 	// worker offers its type and version, its queue is paused, a limit is reached, every target
 	// is busy, a retry backoff); absent otherwise. It is computed when the record is read.
 	PendingReason string `json:"pending_reason,omitempty"`
+	// TraceID is the W3C trace (32 hex digits) the task's spans belong to: the submit's
+	// traceparent, or the trace the node started for it with tracing on; absent for none.
+	TraceID string `json:"trace_id,omitempty"`
 }
 
 // TaskError is why an attempt or a task failed.
@@ -168,6 +171,9 @@ type Cluster struct {
 	Tasks  map[string]int `json:"tasks"` // count by state
 	// Workers are the cluster's workers (worker.go), as GET /v1/workers lists them.
 	Workers []WorkerInfo `json:"workers"`
+	// TraceURLTemplate is the answering node's link from a task to its trace
+	// (--trace-url-template: an http or https URL with {trace_id} in it); absent for none.
+	TraceURLTemplate string `json:"trace_url_template,omitempty"`
 }
 
 // Gossip states of a node in NodeInfo.State.

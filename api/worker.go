@@ -92,6 +92,9 @@ type WorkerAssignment struct {
 	Checkpoint  json.RawMessage `json:"checkpoint"`
 	Timeout     string          `json:"timeout"`
 	ExecutionID string          `json:"execution_id"`
+	// Traceparent is the W3C trace context of the attempt (its span with tracing on, else the
+	// task's trace context), absent for an untraced task: the worker's own spans may continue it.
+	Traceparent string `json:"traceparent,omitempty"`
 }
 
 // WorkerRun names one attempt.

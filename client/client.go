@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/taskworker/taskworker/api"
 )
 
@@ -136,6 +138,9 @@ func (c *Client) Err() error { return c.err }
 
 // Submit submits a task. created is false when the idempotency key was seen
 // before and the existing record is returned.
+//
+// A ctx that carries an OpenTelemetry span sends its W3C trace context (traceparent): the task's
+// spans join the caller's trace, and Task.TraceID names it.
 func (c *Client) Submit(ctx context.Context, req SubmitRequest) (task *Task, created bool, err error) {
 	task = new(Task)
 	status, err := c.do(ctx, http.MethodPost, "/v1/tasks", nil, req, task)
@@ -536,6 +541,7 @@ func (c *Client) send(ctx context.Context, method, path string, q url.Values, bo
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
+	setTraceparent(ctx, req.Header)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, err // a *url.Error, which names the method and URL
@@ -565,4 +571,17 @@ func wrapDecode(what string, err error) error {
 		return fmt.Errorf("%s: decode answer: %w", what, err)
 	}
 	return nil
+}
+
+// setTraceparent sets the W3C trace context of the span ctx carries, if any, on a request: a
+// submit continues the caller's trace. Only the API package of OpenTelemetry is needed for it.
+func setTraceparent(ctx context.Context, h http.Header) {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() {
+		return
+	}
+	h.Set("Traceparent", "00-"+sc.TraceID().String()+"-"+sc.SpanID().String()+"-"+sc.TraceFlags().String())
+	if ts := sc.TraceState().String(); ts != "" {
+		h.Set("Tracestate", ts)
+	}
 }

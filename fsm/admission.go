@@ -94,8 +94,10 @@ type AdmissionEnv struct {
 }
 
 // prepareSubmit stamps the batch's caps from the leader's settings, replacing whatever a
-// follower sent: the caps are the leader's to choose.
+// follower sent: the caps are the leader's to choose. It drops the items' trace contexts while a
+// node older than TraceProtocol is up.
 func prepareSubmit(f *FSM, _ time.Time, p *SubmitBatch, env PrepareEnv) {
+	f.dropTraces(p.Items)
 	by := make([]string, len(p.Items))
 	for i := range p.Items {
 		by[i] = p.Items[i].SubmittedBy

@@ -55,7 +55,9 @@ const (
 // Protocol 9 adds rate limits (ratelimit.go): CmdRateLimitSet and CmdRateLimitDelete, and
 // Submit's RateLimit and RateKey; and debounced submits (debounce.go): Submit's DebounceKey and
 // Debounce.
-const Protocol = RateLimitProtocol
+//
+// Protocol 11 adds trace contexts (trace.go): Submit.Trace and Task.Trace.
+const Protocol = TraceProtocol
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
 // newer than their type's Since: the lowest protocol that decodes this payload as it is.
@@ -415,23 +417,27 @@ type Submit struct {
 	// start to Debounce after the command's time, instead of adding a task (debounce.go).
 	DebounceKey string   `msgpack:"debounce_key,omitempty"`
 	Debounce    Duration `msgpack:"debounce,omitempty"`
+
+	// Trace is the trace the task's spans join (TraceProtocol); nil: none.
+	Trace *TraceContext `msgpack:"trace,omitempty"`
 }
 
-// needsProtocol is the lowest protocol that decodes s: RateLimitProtocol with a rate limit or a
-// debounce, ConcurrencyProtocol with a concurrency key, 2 once it sets any other field protocol 1
-// does not know (each such field is checked here), else 0 (the type's Since and Emit's legacy
-// rules decide the rest).
+// needsProtocol is the lowest protocol that decodes s: the newest protocol among the fields it
+// sets (TraceProtocol with a trace context, RateLimitProtocol with a rate limit or a debounce,
+// ConcurrencyProtocol with a concurrency key, 2 for the fields protocol 1 does not know; each such
+// field is checked here), else 0 (the type's Since and Emit's legacy rules decide the rest).
 func (s *Submit) needsProtocol() int {
+	need := s.traceNeedsProtocol()
 	if s.RateLimit != "" || s.RateKey != "" || s.DebounceKey != "" || s.Debounce != 0 {
-		return RateLimitProtocol
+		need = max(need, RateLimitProtocol)
 	}
 	if s.ConcurrencyKey != "" || s.ConcurrencyLimit != 0 {
-		return ConcurrencyProtocol
+		need = max(need, ConcurrencyProtocol)
 	}
 	if s.Schedule != "" || s.UniqueKey != "" || s.UniqueFor != 0 || s.RunAt != nil || s.Priority != 0 || s.Queue != "" {
-		return 2
+		need = max(need, 2)
 	}
-	return 0
+	return need
 }
 
 // NeedsProtocol implements NeedsProtocol: the highest of its items', AdmissionProtocol with caps.

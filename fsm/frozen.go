@@ -62,6 +62,7 @@ const (
 	fConcurrency // a concurrency key: key, limit and place in the rotation follow the history
 	fRate        // rate limit and key, after the history
 	fDebounce    // debounce key and window, after those
+	fTrace
 )
 
 // Presence flags of a frozen history entry.
@@ -97,6 +98,7 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 	set(fConcurrency, t.ConcurrencyKey != "" || t.ConcurrencyLimit != 0 || t.FairSeq != 0)
 	set(fRate, t.RateLimit != "" || t.RateKey != "")
 	set(fDebounce, t.DebounceKey != "" || t.Debounce != 0)
+	set(fTrace, t.Trace != nil)
 	b = binary.AppendUvarint(b, flags)
 	for _, s := range []string{t.Type, t.Version, string(t.State), t.Node, t.BootID, t.Queue, t.SubmittedBy, t.Schedule} {
 		b = binary.AppendUvarint(b, uint64(nm.put(s)))
@@ -167,6 +169,11 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 	if flags&fDebounce != 0 {
 		b = putStr(b, t.DebounceKey)
 		b = binary.AppendVarint(b, int64(t.Debounce))
+	}
+	if t.Trace != nil {
+		b = append(b, t.Trace.TraceID[:]...)
+		b = append(b, t.Trace.SpanID[:]...)
+		b = append(b, t.Trace.Flags)
 	}
 	return b
 }
@@ -428,6 +435,20 @@ func thawInto(t *Task, s string, list []string) error {
 	}
 	if has(fDebounce) {
 		t.DebounceKey, t.Debounce = r.str(), Duration(r.varint())
+	}
+	if has(fTrace) {
+		if len(r.s) < traceLen {
+			return errFrozen
+		}
+		tc := old.Trace
+		if tc == nil {
+			tc = new(TraceContext)
+		}
+		copy(tc.TraceID[:], r.s)
+		copy(tc.SpanID[:], r.s[16:])
+		tc.Flags = r.s[24]
+		r.s = r.s[traceLen:]
+		t.Trace = tc
 	}
 	if r.err != nil || r.s != "" {
 		return errFrozen

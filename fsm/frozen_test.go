@@ -71,6 +71,13 @@ func randomTask(r *rand.Rand, i int) *Task {
 	}
 	if r.IntN(2) == 0 {
 		t.ConcurrencyKey, t.ConcurrencyLimit, t.FairSeq = str("", "tenant-7", "ü"), r.IntN(MaxConcurrencyLimit+1), r.Uint64N(1<<40)
+		t.Trace = &TraceContext{Flags: byte(r.IntN(2))}
+		for i := range t.Trace.TraceID {
+			t.Trace.TraceID[i] = byte(r.IntN(256))
+		}
+		for i := range t.Trace.SpanID {
+			t.Trace.SpanID[i] = byte(r.IntN(256))
+		}
 	}
 	if r.IntN(3) > 0 {
 		t.Error = &TaskError{Type: str("", "timeout", "handler"), Message: str("", "boom", strings.Repeat("é", 200)), Final: r.IntN(2) == 0}

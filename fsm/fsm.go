@@ -267,7 +267,7 @@ func newTask(index uint64, now time.Time, s *Submit) *Task {
 		State: Pending, MaxAttempts: maxAttempts, Timeout: s.Timeout,
 		IdempotencyKey: s.IdempotencyKey, ExecutionID: s.ExecutionID, ParentID: s.ParentID,
 		SubmittedBy: s.SubmittedBy, Schedule: s.Schedule, CreatedAt: now, CreateIndex: index, ModifyIndex: index,
-		RunAt: s.RunAt, Priority: s.Priority, Queue: s.Queue,
+		RunAt: s.RunAt, Priority: s.Priority, Queue: s.Queue, Trace: s.Trace,
 		RateLimit: s.RateLimit, RateKey: s.RateKey, DebounceKey: s.DebounceKey, Debounce: s.Debounce,
 	}
 	if s.DebounceKey != "" {

@@ -171,6 +171,8 @@ type Task struct {
 	// a submit of its type with the key replaces its input and moves its RunAt.
 	DebounceKey string   `msgpack:"debounce_key,omitempty"`
 	Debounce    Duration `msgpack:"debounce,omitempty"`
+	// Trace is the trace context the task's spans continue (Submit.Trace); nil: none.
+	Trace *TraceContext `msgpack:"trace,omitempty"`
 }
 
 // DefaultQueue is the name of the queue of tasks that name none.

@@ -123,6 +123,33 @@ type WorkflowSubmit struct {
 	Workflow Workflow `msgpack:"workflow"`
 }
 
+// NeedsProtocol implements NeedsProtocol: TraceProtocol when a step's task carries a trace
+// context.
+func (p *WorkflowSubmit) NeedsProtocol() int {
+	for i := range p.Workflow.Steps {
+		if p.Workflow.Steps[i].Task.Trace != nil {
+			return TraceProtocol
+		}
+	}
+	return 0
+}
+
+// prepareWorkflowSubmit drops the steps' trace contexts while a node older than TraceProtocol is
+// up: the workflow is accepted without them.
+func prepareWorkflowSubmit(f *FSM, _ time.Time, p *WorkflowSubmit, _ PrepareEnv) {
+	steps := p.Workflow.Steps
+	for i := range steps {
+		if steps[i].Task.Trace != nil {
+			if lowest, _ := f.lowestProtocol(); lowest < TraceProtocol {
+				for j := range steps {
+					steps[j].Task.Trace = nil
+				}
+			}
+			return
+		}
+	}
+}
+
 // WorkflowCancel cancels every step of a workflow that has not finished.
 type WorkflowCancel struct {
 	ID string `msgpack:"id"`
@@ -136,7 +163,7 @@ var (
 )
 
 func init() {
-	register(Spec[WorkflowSubmit]{Type: CmdWorkflowSubmit, Name: "workflow_submit", Since: WorkflowProtocol, Apply: (*FSM).applyWorkflowSubmit})
+	register(Spec[WorkflowSubmit]{Type: CmdWorkflowSubmit, Name: "workflow_submit", Since: WorkflowProtocol, Apply: (*FSM).applyWorkflowSubmit, Prepare: prepareWorkflowSubmit})
 	register(Spec[WorkflowCancel]{Type: CmdWorkflowCancel, Name: "workflow_cancel", Since: WorkflowProtocol, Apply: (*FSM).applyWorkflowCancel})
 
 	registerTable(Table[[]Workflow]{

@@ -18,6 +18,7 @@ import (
 	"github.com/taskworker/taskworker/internal/endpoint"
 	"github.com/taskworker/taskworker/internal/limits"
 	"github.com/taskworker/taskworker/internal/pki"
+	"github.com/taskworker/taskworker/internal/tracing"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -128,6 +129,17 @@ type Config struct {
 	// (Done, Err) as on a name conflict.
 	OnFatal func(error)
 
+	// Getenv is the environment tracing reads (OTEL_*, internal/tracing): nil is the process's.
+	// Tests give each in-process node its own.
+	Getenv func(string) string
+	// TraceURLTemplate is the console's link from a task to its trace (--trace-url-template):
+	// an http or https URL with {trace_id} in it; "" shows no link.
+	TraceURLTemplate string
+
+	// Protocol is the command protocol the node registers; 0 is this build's (fsm.Protocol).
+	// Tests set an older one to stand for a node of an older release in a mixed cluster.
+	Protocol int
+
 	// Dev is a throwaway single node (--dev): Start gives it a temporary data dir, removed at
 	// shutdown, and runs it insecure on loopback; DataDir and Join must be empty.
 	Dev bool
@@ -231,6 +243,11 @@ func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, a ...any) {
 		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, a...)...))
+	}
+	if c.TraceURLTemplate != "" {
+		if err := tracing.CheckURLTemplate(c.TraceURLTemplate); err != nil {
+			bad("--trace-url-template: %v", err)
+		}
 	}
 	if c.Name == "" {
 		bad("--name is required")

@@ -17,7 +17,7 @@ func newEndpoints(n *Node) *endpoint.API {
 	cfg := &n.cfg
 	return endpoint.New(endpoint.Config{
 		Name: cfg.Name, StartedAt: n.startedAt, DataDir: cfg.DataDir, ACL: cfg.ACL, JWT: cfg.JWT,
-		MaxInputBytes: cfg.MaxInputBytes, Quota: cfg.Quota, Logger: n.log,
+		MaxInputBytes: cfg.MaxInputBytes, Quota: cfg.Quota, Logger: n.log, TraceURLTemplate: cfg.TraceURLTemplate,
 		FSM: n.fsm, Registry: cfg.Registry, Logs: n.logs, Raft: n.rn.Raft(), RaftID: n.rn.ID(),
 		Gossip: n.members, Trust: n.trust, Metrics: n.metrics, KeyID: trust.KeyID,
 

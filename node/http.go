@@ -17,7 +17,8 @@ import (
 // on the internode listener (internode.go).
 func (n *Node) routes() http.Handler {
 	opts := httpapi.Options{Token: n.cfg.Token, MaxBodyBytes: n.cfg.MaxBodyBytes, Logger: n.log.With("component", "http"),
-		Observe: n.metrics.ObserveHTTP, UI: ui.Handler(), Forward: n.fwd, Workers: workerSessions{n.workers}}
+		Observe: n.metrics.ObserveHTTP, UI: ui.Handler(), Forward: n.fwd, Workers: workerSessions{n.workers},
+		Tracer: n.tracer}
 	if n.cfg.ACL {
 		opts.ACL = n.ep.ACL
 	}

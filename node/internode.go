@@ -30,7 +30,7 @@ func newInternode(n *Node) *internode.Channel {
 	refusals := telemetry.NewPerAddrLimiter(refusalWarnEvery)
 	return internode.New(internode.Config{
 		Name: n.cfg.Name, Raft: n.rn.Raft(), FSM: n.fsm, Trust: n.trust, Logger: n.log, Done: n.ctx.Done(),
-		ApplyTimeout: n.cfg.ApplyTimeout, Metrics: n.metrics,
+		ApplyTimeout: n.cfg.ApplyTimeout, Metrics: n.metrics, Tracer: n.tracer,
 		Leader: n.Leader,
 		Members: func() []membership.Member {
 			if n.members == nil {

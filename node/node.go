@@ -24,6 +24,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/endpoint"
@@ -37,6 +38,7 @@ import (
 	"github.com/taskworker/taskworker/internal/raftnode"
 	"github.com/taskworker/taskworker/internal/store"
 	"github.com/taskworker/taskworker/internal/telemetry"
+	"github.com/taskworker/taskworker/internal/tracing"
 	"github.com/taskworker/taskworker/internal/trust"
 	"github.com/taskworker/taskworker/internal/worker"
 	"github.com/taskworker/taskworker/internal/workerhost"
@@ -55,6 +57,7 @@ type Node struct {
 	startedAt time.Time
 
 	fsm      *fsm.FSM
+	tracer   trace.Tracer   // nil: tracing off (internal/tracing)
 	rn       *raftnode.Node // raft, its transport and stores, their health, raft server IDs
 	closers  []func() error
 	members  *membership.Membership
@@ -120,6 +123,24 @@ func Start(cfg Config) (*Node, error) {
 	if devDir != "" {
 		// The first closer added runs last, after the stores in the directory are closed.
 		n.closers = append(n.closers, func() error { return os.RemoveAll(devDir) })
+	}
+	getenv := cfg.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	traces, err := tracing.New(context.Background(), getenv, cfg.Name, cfg.Version)
+	if err != nil {
+		n.closeAll()
+		return nil, fmt.Errorf("%w: tracing: %w", ErrInvalidConfig, err)
+	}
+	if n.tracer = traces.Tracer(); n.tracer != nil {
+		n.log.Info("tracing on: spans are exported over OTLP/HTTP")
+		// Late among the closers: the spans of the shutdown itself go too, within a bound.
+		n.closers = append(n.closers, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return traces.Shutdown(ctx)
+		})
 	}
 	n.metrics = telemetry.New(telemetry.Source{FSM: n.fsm, Capacity: cfg.Capacity, Caps: endpoint.AdmissionCaps,
 		Raft: func() *raft.Raft { return n.rn.Raft() },

@@ -18,7 +18,7 @@ func newWorker(n *Node) *worker.Worker {
 	cfg := &n.cfg
 	return worker.New(worker.Config{
 		Name: cfg.Name, BootID: n.bootID, StartedAt: n.startedAt, HTTPAddr: n.httpAddr,
-		RaftAddr: string(n.rn.LocalAddr()), Capacity: cfg.Capacity, Version: cfg.Version,
+		RaftAddr: string(n.rn.LocalAddr()), Capacity: cfg.Capacity, Version: cfg.Version, Protocol: cfg.Protocol,
 		RaftHeartbeat: cfg.RaftHeartbeat, RaftElection: cfg.RaftElection,
 		DeadServerGrace: cfg.DeadServerGrace, DrainTimeout: cfg.DrainTimeout,
 		FSM: n.fsm, Raft: n.rn.Raft(), Gossip: n.members, Logger: n.log,
@@ -28,6 +28,7 @@ func newWorker(n *Node) *worker.Worker {
 				return n.ep.SubmitChild(ctx, parent, exec, c) // built right after the worker
 			},
 			MaxResultBytes: cfg.MaxResultBytes, CheckpointsPerSecond: cfg.CheckpointRate,
+			Tracer: n.tracer,
 		},
 		ProposeNode:    n.internode.ProposeNode,
 		StorageFault:   n.rn.StorageFault,

@@ -19,7 +19,7 @@ func newWorkerHost(n *Node) *workerhost.Host {
 		Node: cfg.Name, HTTPAddr: n.httpAddr, FSM: n.fsm, Logger: n.log,
 		Executor: tasks.ExecutorConfig{
 			Logs: n.logs, MaxResultBytes: cfg.MaxResultBytes, CheckpointsPerSecond: cfg.CheckpointRate,
-			StartWindow: worker.StartWindow,
+			StartWindow: worker.StartWindow, Tracer: n.tracer,
 		},
 		Propose:     n.internode.ProposeNode,
 		ReporterFor: n.work.ReporterFor,

@@ -30,6 +30,8 @@ const PayloadCheckpoint limits.Payload = "checkpoint"
 // Context is what a running task sees. The embedded context.Context is
 // cancelled on user cancel, timeout, drain handback, fencing, or a checkpoint over the cap.
 type Context struct {
+	// The embedded context carries the attempt's span (Span): spans the task starts from it join
+	// the task's trace.
 	context.Context
 	TaskID      string
 	ExecutionID string

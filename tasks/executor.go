@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/taskworker/taskworker/internal/limits"
 )
 
@@ -52,6 +54,9 @@ type Assignment struct {
 	Attempt     int
 	Timeout     time.Duration   // 0 = none
 	Checkpoint  json.RawMessage // last checkpoint, may be nil
+	// Trace is the task's trace context (the span that submitted it), invalid for none: the
+	// attempt's span is its child, and the task's Context carries it.
+	Trace trace.SpanContext
 }
 
 // RunRef names one attempt of a task.
@@ -167,6 +172,11 @@ type ExecutorConfig struct {
 	// OnFinish, when set, is called once a run is over: its last report was accepted, refused
 	// or given up, or it was revoked and reports nothing.
 	OnFinish func(RunRef)
+
+	// Tracer, when set, records each attempt of a traced task (Assignment.Trace) as a span:
+	// node, attempt, start, end, outcome and error type, never input, output or error text. Nil
+	// is tracing off; the task's Context still carries its trace context then.
+	Tracer trace.Tracer
 }
 
 // rememberFinished is how many finished runs Start recognises as already done.
@@ -192,6 +202,8 @@ type run struct {
 	stopReports context.CancelFunc
 	runCtx      context.Context
 	reportCtx   context.Context
+	// span is the attempt's span, nil when the task is not traced or tracing is off.
+	span trace.Span
 
 	// Guarded by Executor.mu.
 	stopped bool
@@ -324,6 +336,17 @@ func (e *Executor) execute(r *run, a Assignment) {
 	defer e.wg.Done()
 	log := e.cfg.Logger.With("task", a.TaskID, "attempt", a.Attempt, "type", a.Type)
 	defer e.finish(r)
+	// How the attempt ended, for its span: a revoked run reports nothing and says so.
+	spanOutcome, spanErr := "revoked", (*TaskError)(nil)
+	if a.Trace.IsValid() {
+		log = log.With("trace_id", a.Trace.TraceID().String())
+		if e.cfg.Tracer != nil {
+			_, r.span = e.cfg.Tracer.Start(trace.ContextWithRemoteSpanContext(context.Background(), a.Trace), "task.attempt",
+				trace.WithAttributes(attrTaskID.String(a.TaskID), attrTaskType.String(a.Type),
+					attrAttempt.Int(a.Attempt), attrNode.String(e.cfg.NodeName)))
+			defer func() { endSpan(r.span, spanOutcome, spanErr) }()
+		}
+	}
 
 	h, err := e.cfg.Registry.Lookup(a.Type)
 	if err == nil && a.Version != "" && h.Definition().Version != a.Version {
@@ -331,6 +354,7 @@ func (e *Executor) execute(r *run, a Assignment) {
 	}
 	if err != nil {
 		terr := &TaskError{Type: ErrTypeUnknownType, Message: err.Error()}
+		spanOutcome, spanErr = OutcomeFailed.String(), terr
 		e.report(r.reportCtx, r, log, "finished", func(ctx context.Context) error {
 			return e.cfg.Reporter.Finished(ctx, r.ref, OutcomeFailed, nil, terr)
 		})
@@ -374,6 +398,7 @@ func (e *Executor) execute(r *run, a Assignment) {
 			stopped := r.stopped
 			e.mu.Unlock()
 			if !stopped {
+				spanOutcome, spanErr = outcome.String(), terr
 				if e.report(r.reportCtx, r, log, "started and finished", func(ctx context.Context) error {
 					return e.startedAndFinished(ctx, r.ref, outcome, result, terr)
 				}) {
@@ -400,6 +425,7 @@ func (e *Executor) execute(r *run, a Assignment) {
 			outcome, result, terr = OutcomeInterrupted, nil, nil
 		}
 	}
+	spanOutcome, spanErr = outcome.String(), terr
 	if e.report(r.reportCtx, r, log, "finished", func(ctx context.Context) error {
 		return e.cfg.Reporter.Finished(ctx, r.ref, outcome, result, terr)
 	}) {
@@ -415,6 +441,13 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, a.Timeout)
 		defer cancel()
+	}
+	// The task's code sees its attempt's span (or, with tracing off, its trace context), so
+	// spans of its own join the task's trace.
+	if r.span != nil {
+		ctx = trace.ContextWithSpan(ctx, r.span)
+	} else if a.Trace.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, a.Trace)
 	}
 	// A checkpoint over the cap ends the attempt: its cause tells the classification below why.
 	ctx, fail := context.WithCancelCause(ctx)

@@ -873,6 +873,7 @@ func printTask(w io.Writer, t *client.Task) error {
 	row("Timeout", t.Timeout)
 	row("Idempotency key", t.IdempotencyKey)
 	row("Execution", t.ExecutionID)
+	row("Trace", t.TraceID)
 	row("Parent", t.ParentID)
 	row("Submitted by", t.SubmittedBy)
 	row("Created", formatTime(t.CreatedAt))

@@ -100,7 +100,7 @@ func (srv *Server) clusterInfo() api.Cluster {
 			ni.Lag = &lag
 		}
 	}
-	info := api.Cluster{Leader: leader, Tasks: map[string]int{}, Workers: srv.workerInfos()}
+	info := api.Cluster{Leader: leader, Tasks: map[string]int{}, Workers: srv.workerInfos(), TraceURLTemplate: srv.cfg.TraceURLTemplate}
 	for s, c := range srv.cfg.FSM.Counts() {
 		info.Tasks[string(s)] = c
 	}

@@ -28,7 +28,7 @@ func toAPITask(t *fsm.Task) api.Task {
 		Checkpoint: t.Checkpoint, CreateIndex: t.CreateIndex, ModifyIndex: t.ModifyIndex,
 		History:   make([]api.HistoryEntry, 0, len(t.History)),
 		UniqueKey: t.UniqueKey, UniqueUntil: t.UniqueUntil,
-		RunAt: t.RunAt, Priority: t.Priority, Queue: t.QueueName(),
+		RunAt: t.RunAt, Priority: t.Priority, Queue: t.QueueName(), TraceID: traceIDOf(t.Trace),
 		ConcurrencyKey: t.ConcurrencyKey, ConcurrencyLimit: t.ConcurrencyLimit,
 		RateLimit: t.RateLimit, RateLimitKey: t.RateKey, DebounceKey: t.DebounceKey, Debounce: durationText(t.Debounce),
 	}

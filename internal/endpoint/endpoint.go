@@ -94,8 +94,11 @@ type Config struct {
 	ACL           bool      // access control by ACLs is on
 	JWT           *acl.JWTMethod
 	MaxInputBytes int // the largest task input accepted
-	Quota         QuotaConfig
-	Logger        *slog.Logger
+	// TraceURLTemplate is the console's link to a task's trace, validated by the node
+	// (tracing.CheckURLTemplate); "" for none.
+	TraceURLTemplate string
+	Quota            QuotaConfig
+	Logger           *slog.Logger
 
 	FSM      *fsm.FSM
 	Registry *tasks.Registry // the task types this node runs

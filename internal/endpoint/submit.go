@@ -36,6 +36,7 @@ func (srv *Server) submitTask(ctx context.Context, req api.SubmitRequest, submit
 		return fsm.ItemResult{}, err
 	}
 	sub.SubmittedBy = submittedBy
+	sub.Trace = traceOf(ctx)
 	if err := srv.checkLineage(&sub, identityOf(ctx)); err != nil {
 		return fsm.ItemResult{}, err
 	}
@@ -61,6 +62,7 @@ func (srv *Server) submitBatch(ctx context.Context, reqs []api.SubmitRequest, su
 	subs := make([]fsm.Submit, 0, len(reqs))
 	at := make([]int, 0, len(reqs)) // subs[j] answers reqs[at[j]]
 	mv := srv.membershipNow()
+	tc := traceOf(ctx) // one request, one trace: every task of the batch joins it
 	for i, req := range reqs {
 		sub, err := srv.prepareSubmitIn(req, srv.cfg.NewID(ctx, i), mv)
 		if err != nil {
@@ -68,6 +70,7 @@ func (srv *Server) submitBatch(ctx context.Context, reqs []api.SubmitRequest, su
 			continue
 		}
 		sub.SubmittedBy = submittedBy
+		sub.Trace = tc
 		if err := srv.checkLineage(&sub, identityOf(ctx)); err != nil {
 			results[i] = httpapi.ErrorResult(err)
 			continue

@@ -23,6 +23,11 @@ func (e *WorkflowEndpoint) SubmitWorkflow(ctx context.Context, caller httpapi.Ca
 	if err != nil {
 		return api.Workflow{}, false, err
 	}
+	if tc := traceOf(ctx); tc != nil { // every step's task joins the submit's trace
+		for i := range w.Steps {
+			w.Steps[i].Task.Trace = tc
+		}
+	}
 	res, err := srv.propose(ctx, &fsm.Command{Body: &fsm.WorkflowSubmit{Workflow: w}})
 	if err == nil {
 		err = res.Err

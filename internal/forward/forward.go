@@ -30,9 +30,11 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/internal/httpapi"
+	"github.com/taskworker/taskworker/internal/tracing"
 )
 
 // Path is the leader's internode route for forwarded requests.
@@ -319,6 +321,11 @@ func (f *Forwarder) send(ctx context.Context, r *http.Request, id ulid.ULID, bod
 		if !hopByHop(k) && !strings.HasPrefix(k, headerPrefix) {
 			h[k] = v
 		}
+	}
+	// The request's trace (internal/httpapi's span on this node, or the caller's own) goes with
+	// it, so the leader's spans join the same trace.
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		tracing.Inject(h, sc)
 	}
 	h.Set(headerMethod, r.Method)
 	h.Set(headerURI, r.URL.RequestURI())

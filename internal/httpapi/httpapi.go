@@ -22,6 +22,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/internal/acl"
 )
@@ -130,6 +132,9 @@ type Options struct {
 	// Workers, when set, serves the worker protocol's sessions (workers.go); nil answers its
 	// routes not_found.
 	Workers WorkerSessions
+	// Tracer, when set, records a server span for each submit (trace.go); nil is tracing off,
+	// and a submit's valid traceparent is still recorded with its tasks.
+	Tracer trace.Tracer
 }
 
 type server struct {
@@ -181,7 +186,7 @@ func New(b Backend, opts Options) http.Handler {
 	if opts.Observe != nil {
 		h = observe(mux.ServeMux, h, opts.Observe)
 	}
-	return h
+	return traceSubmits(opts.Tracer, h)
 }
 
 // register adds the API's routes to mux: every route of the contract is here or in the

@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/pki"
@@ -108,6 +109,9 @@ type Config struct {
 	// AllowWarning reports whether a refused call of the kind and address in key is logged now,
 	// and how many were not since the last one logged.
 	AllowWarning func(key string) (ok bool, suppressed int)
+	// Tracer, when set, records the commit of a traced submit and the placement of traced tasks
+	// as spans; nil is tracing off.
+	Tracer trace.Tracer
 }
 
 // Channel is this node's end of the node-to-node channel, and its way to raft.

@@ -1,9 +1,13 @@
 package internode
 
 import (
+	"context"
+	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/tracing"
 	"github.com/taskworker/taskworker/scheduler"
 )
 
@@ -53,5 +57,52 @@ func (c *Channel) placeAtSubmit(cmd *fsm.Command, timeout time.Duration) {
 			return
 		}
 		c.cfg.Announce()
+		c.placed(as, cmd.Now)
 	}()
+}
+
+// placed records the assignments of as that the FSM applied (at now): a placement span for each
+// traced task, a child of its trace context, from the moment it became ready for this attempt to
+// its assignment, and a debug line with its trace ID. It reads the FSM only when one of the two
+// is wanted.
+func (c *Channel) placed(as []fsm.Assign, now time.Time) {
+	tr := c.cfg.Tracer
+	debug := c.log.Enabled(context.Background(), slog.LevelDebug)
+	if tr == nil && !debug {
+		return
+	}
+	for _, a := range as {
+		t, ok := c.cfg.FSM.Task(a.TaskID)
+		if !ok {
+			continue
+		}
+		// This assignment's history entry (the FSM stamps it with the command's time): none for a
+		// capped assignment the FSM did not apply. The task may have started, or ended, since.
+		i := slices.IndexFunc(t.History, func(h fsm.HistoryEntry) bool {
+			return h.Event == fsm.EventAssigned && h.Node == a.Node && h.At.Equal(now)
+		})
+		if i < 0 {
+			continue
+		}
+		at := t.History[i]
+		var stored tracing.Stored
+		if t.Trace != nil {
+			stored = tracing.Stored(*t.Trace)
+		}
+		if debug {
+			c.log.Debug("task placed", "task", t.ID, "type", t.Type, "attempt", at.Attempt, "on", a.Node, "trace_id", stored.Hex())
+		}
+		// It waited since the event before its assignment (a failed attempt's end, so a retry's
+		// backoff included; an interruption), or since it became due.
+		start := t.ReadyAt()
+		if i > 0 && t.History[i-1].At.After(start) {
+			start = t.History[i-1].At
+		}
+		if start.After(at.At) {
+			start = at.At
+		}
+		tracing.PhaseSpan(tr, stored, "task.placement", start, at.At,
+			tracing.AttrTaskID.String(t.ID), tracing.AttrTaskType.String(t.Type),
+			tracing.AttrNode.String(a.Node), tracing.AttrAttempt.Int(at.Attempt))
+	}
 }

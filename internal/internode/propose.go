@@ -11,10 +11,14 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/internal/forward"
+	"github.com/taskworker/taskworker/internal/tracing"
 	"github.com/taskworker/taskworker/scheduler"
 )
 
@@ -138,8 +142,30 @@ func (c *Channel) leaderChanges() <-chan struct{} {
 // Apply applies a command on this node, which leads. The leader's clock stamps it and the
 // command's Prepare hook decides what must be decided once (retry backoff), so Apply stays
 // deterministic.
-func (c *Channel) Apply(ctx context.Context, cmd *fsm.Command) (*fsm.Result, error) {
+func (c *Channel) Apply(ctx context.Context, cmd *fsm.Command) (res *fsm.Result, err error) {
+	if tr := c.cfg.Tracer; tr != nil && trace.SpanContextFromContext(ctx).IsValid() {
+		// The commit of a traced request (a submit): its span covers the wait for raft.
+		var span trace.Span
+		ctx, span = tr.Start(ctx, "raft.apply", trace.WithAttributes(
+			tracing.AttrCommand.String(cmd.Type().String()), tracing.AttrNode.String(c.cfg.Name)))
+		defer func() {
+			if err == nil && res != nil {
+				span.SetAttributes(attribute.Int64("taskworker.raft.index", int64(res.Index)))
+			}
+			if err != nil {
+				span.SetStatus(codes.Error, err.Error())
+			}
+			span.End()
+		}()
+	}
 	c.cfg.FSM.Prepare(cmd, time.Now().UTC(), fsm.PrepareEnv{Backoff: retryBackoff, Admission: c.cfg.Admission()})
+	if ab, ok := cmd.Body.(*fsm.AssignBatch); ok && len(ab.Items) > 0 {
+		defer func() {
+			if err == nil {
+				c.placed(ab.Items, cmd.Now)
+			}
+		}()
+	}
 	if cmd.Batchable() {
 		// Refused alone, before it is merged: its fields must not fail the other callers' items.
 		if err := c.cfg.FSM.CheckContentProtocol(cmd); err != nil {

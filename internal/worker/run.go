@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/tracing"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -104,6 +106,9 @@ func (w *Worker) nodeRecord() fsm.Node {
 		HTTPAddr: w.cfg.HTTPAddr, BootID: w.cfg.BootID, Capacity: w.cfg.Capacity, Version: w.cfg.Version,
 		Protocol: fsm.Protocol,
 	}
+	if w.cfg.Protocol != 0 {
+		rec.Protocol = w.cfg.Protocol
+	}
 	for _, d := range w.cfg.Executor.Registry.Definitions() {
 		rec.Types = append(rec.Types, fsm.TypeInfo{Type: d.Name, Version: d.Version, Description: d.Description, ExampleInput: d.ExampleInput})
 	}
@@ -165,6 +170,7 @@ func (w *Worker) workLoop(ctx context.Context, name, bootID string, exec *tasks.
 			exec.Start(tasks.Assignment{
 				TaskID: t.ID, Type: t.Type, Version: t.Version, ExecutionID: t.ExecutionID,
 				Input: t.Input, Attempt: t.Attempt, Timeout: time.Duration(t.Timeout), Checkpoint: t.Checkpoint,
+				Trace: traceOf(t.Trace),
 			})
 		}
 		for ref := range cancelling {
@@ -191,6 +197,14 @@ func (w *Worker) workLoop(ctx context.Context, name, bootID string, exec *tasks.
 		case <-storageChanged:
 		}
 	}
+}
+
+// traceOf is the span context a task record's trace context names, invalid for none.
+func traceOf(tc *fsm.TraceContext) trace.SpanContext {
+	if tc == nil {
+		return trace.SpanContext{}
+	}
+	return tracing.Stored(*tc).SpanContext()
 }
 
 // finishUnstarted reports the outcome of an assignment that never ran here (cancelled before it

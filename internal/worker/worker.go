@@ -53,6 +53,9 @@ type Config struct {
 	RaftAddr  string    // raft's advertised address, registered in the FSM
 	Capacity  int
 	Version   string
+	// Protocol is the command protocol the node registers (fsm.Node.Protocol); 0 is this
+	// build's, fsm.Protocol.
+	Protocol int
 
 	RaftHeartbeat   time.Duration
 	RaftElection    time.Duration

@@ -8,8 +8,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/tracing"
 	"github.com/taskworker/taskworker/tasks"
 )
 
@@ -248,6 +251,7 @@ func (rh *remoteHandler) Run(tc *tasks.Context, input json.RawMessage) (json.Raw
 	s.addRun(rr, api.WorkerAssignment{
 		TaskID: tc.TaskID, Attempt: tc.Attempt, Type: rh.def.Name, Version: rh.def.Version,
 		Input: rawOrNull(input), Checkpoint: rawOrNull(cp), Timeout: durationText(tc.Timeout), ExecutionID: tc.ExecutionID,
+		Traceparent: tracing.Traceparent(trace.SpanContextFromContext(tc)),
 	})
 	defer func() {
 		s.mu.Lock()

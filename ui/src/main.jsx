@@ -7,6 +7,7 @@ import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
 import './style.css';
 import { RetryButton, FinalNote, PurgePanel } from './uniq.jsx';
+import { TraceField } from './trace.jsx';
 import { get, post, follow, watch, getToken, setToken, setUnauthorizedHandler, H_NEXT, H_TOTAL, ApiError } from './api.js';
 import { Schedules } from './schedules.jsx';
 import { Workflows, Workflow } from './workflows.jsx';
@@ -551,6 +552,7 @@ function Task({ id }) {
           {t.submitted_by && <><dt>submitted by</dt><dd>{t.submitted_by}</dd></>}
           {t.idempotency_key && <><dt>idempotency key</dt><dd>{t.idempotency_key}</dd></>}
           <dt>execution</dt><dd><a href={'#/tasks?execution=' + t.execution_id}>{short(t.execution_id)}</a></dd>
+          <TraceField t={t} />
           {t.parent_id && <><dt>parent</dt><dd><a href={'#/task/' + t.parent_id}>{short(t.parent_id)}</a></dd></>}
         </dl>
         <div>
