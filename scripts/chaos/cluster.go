@@ -42,7 +42,11 @@ type member struct {
 	stopped bool // SIGSTOPped: no probe or submit is sent to it
 
 	launched atomic.Bool // it has a process (running or exited) to kill
+	old      atomic.Bool // it runs the previous release (an upgrade run), which lacks ?consistent
 }
+
+// consistentReads reports whether the node serves GET ?consistent.
+func (m *member) consistentReads() bool { return !m.old.Load() }
 
 func (m *member) take() bool {
 	m.mu.Lock()

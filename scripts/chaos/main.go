@@ -74,6 +74,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/anishathalye/porcupine"
+
 	"github.com/taskworker/taskworker/client"
 	"github.com/taskworker/taskworker/internal/agentcred"
 	"github.com/taskworker/taskworker/internal/localcluster"
@@ -171,6 +173,7 @@ type report struct {
 	GaveUp     int
 	Retries    int64
 	Replicas   string // how replicas were compared, and the verdict
+	Linear     linVerdict
 	Violations []string
 }
 
@@ -278,7 +281,7 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	}
 
 	runID := fmt.Sprintf("%x", rand.Uint32())
-	var l ledger
+	l := ledger{hist: newHistory()}
 	v := &violations{}
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	waitLoad := runLoad(loadCtx, e, &l, runID)
@@ -359,6 +362,12 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	verdict, bad := compareAll(ctx, e)
 	rep.Replicas = verdict
 	rep.Violations = append(rep.Violations, bad...)
+
+	// A visualization must outlive the run's directory, which is removed without -keep.
+	rep.Linear = checkLinear(l.hist.operations(), filepath.Join(os.TempDir(), "taskworker-chaos-"+runID))
+	if rep.Linear.Violation != "" {
+		rep.Violations = append(rep.Violations, rep.Linear.Violation)
+	}
 
 	printReport(out, rep)
 	if len(rep.Violations) > 0 {
@@ -593,12 +602,17 @@ func printReport(w io.Writer, r *report) {
 		{"stale (result or final record not of the final attempt)", t.Stale},
 		{"duplicates (a second task for one idempotency key)", t.Dupes},
 		{"re-run after an interruption", t.Reruns}, {"re-run without one", t.Unjust},
+		{"cancelled (by the load's cancels)", t.Cancelled},
 		{"executions started", t.Attempts}, {"submits given up (never acknowledged)", r.GaveUp},
 		{"submit requests retried", r.Retries},
 	} {
 		fmt.Fprintf(w, "| %s | %v |\n", kv.k, kv.v)
 	}
 	fmt.Fprintf(w, "\nReplicas: %s.\n", r.Replicas)
+	lv := r.Linear
+	fmt.Fprintf(w, "\nLinearizability (porcupine): %d operations on %d tasks (%d unanswered, taken as pending): %s, checked in %s.\n",
+		lv.Ops, lv.Keys, lv.Pending, map[porcupine.CheckResult]string{porcupine.Ok: "linearizable", porcupine.Illegal: "NOT linearizable",
+			porcupine.Unknown: "undecided within " + linCheckTimeout.String()}[lv.Result], lv.Took.Round(time.Millisecond))
 	var notes []string
 	for _, f := range r.Faults {
 		notes = append(notes, f.Notes...)
