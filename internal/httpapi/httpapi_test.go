@@ -37,8 +37,8 @@ type fakeBackend struct {
 	leakList  bool // List ignores visible, as a buggy backend would
 	leaves    int
 	gotKeyOp  api.KeyringRequest
-	barriers  int   // Barrier calls
-	notLeader bool  // Barrier answers no_leader
+	barriers  int  // Barrier calls
+	notLeader bool // Barrier answers no_leader
 
 	index        uint64                // bumped by every put, as an FSM's applied index
 	waitingIndex chan uint64           // receives after each time WaitIndex starts waiting, when not nil
