@@ -330,9 +330,19 @@ func (h *history) operations() []porcupine.Operation {
 // linCheckTimeout bounds the check; a history it cannot decide in time is reported, not failed.
 const linCheckTimeout = 2 * time.Minute
 
+// kinds says how many operations of each kind the check saw.
+func (v linVerdict) kinds() string {
+	var parts []string
+	for _, k := range []opKind{opSubmit, opGet, opCancel, opWait} {
+		parts = append(parts, fmt.Sprintf("%d %ss", v.ByKind[k], k))
+	}
+	return strings.Join(parts, ", ")
+}
+
 // linVerdict is the outcome of a linearizability check.
 type linVerdict struct {
 	Ops       int
+	ByKind    map[opKind]int
 	Keys      int
 	Pending   int
 	Result    porcupine.CheckResult
@@ -344,10 +354,11 @@ type linVerdict struct {
 // checkLinear checks ops against the model; a history that is not linearizable is written as
 // porcupine's visualization (an HTML file) into dir and named in the violation.
 func checkLinear(ops []porcupine.Operation, dir string) linVerdict {
-	v := linVerdict{Ops: len(ops)}
+	v := linVerdict{Ops: len(ops), ByKind: map[opKind]int{}}
 	keys := map[string]bool{}
 	for _, op := range ops {
 		keys[op.Input.(linInput).Key] = true
+		v.ByKind[op.Input.(linInput).Kind]++
 		if op.Output.(linOutput).Unknown {
 			v.Pending++
 		}

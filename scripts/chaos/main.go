@@ -58,6 +58,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -101,6 +102,9 @@ type config struct {
 	Strict    bool          // a fault kind this machine cannot inject is an error, not left out
 	Keep      bool
 	Verbose   bool
+	// UpgradeFrom, when set, is the previous release's binary: the run starts the cluster on it
+	// and, instead of injecting faults, replaces each node by Bin under the load (upgrade.go).
+	UpgradeFrom string
 }
 
 func main() {
@@ -124,6 +128,7 @@ func main() {
 	flag.BoolVar(&cfg.Loopback, "loopback", false, "run on 127.0.0.1 without namespaces or tmpfs even as root (no network or disk faults)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the temporary directory (node logs and data)")
 	flag.BoolVar(&cfg.Verbose, "v", false, "log every fault as it starts")
+	flag.StringVar(&cfg.UpgradeFrom, "upgrade-from", "", "an upgrade run: start the cluster on this binary (the previous release) and replace each node by -bin under load instead of injecting faults (scripts/upgrade-test)")
 	flag.Parse()
 	cfg.Faults = splitList(faults)
 
@@ -172,7 +177,8 @@ type report struct {
 	Tasks      taskStats
 	GaveUp     int
 	Retries    int64
-	Replicas   string // how replicas were compared, and the verdict
+	Replicas   string        // how replicas were compared, and the verdict
+	Upgrade    []upgradeStep // an upgrade run's replacements
 	Linear     linVerdict
 	Violations []string
 }
@@ -194,6 +200,9 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	}
 	if cfg.Voters < 3 || cfg.Nodes < cfg.Voters {
 		return nil, fmt.Errorf("-voters %d, -nodes %d: want at least 3 voters and as many nodes", cfg.Voters, cfg.Nodes)
+	}
+	if cfg.UpgradeFrom != "" {
+		cfg.Faults = nil
 	}
 	for _, k := range cfg.Faults {
 		if !slices.Contains(allKinds, k) {
@@ -221,6 +230,14 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	}
 	if bin, err := filepath.Abs(e.bin); err == nil {
 		e.bin = bin
+	}
+	if cfg.UpgradeFrom != "" {
+		if e.oldBin, err = filepath.Abs(cfg.UpgradeFrom); err != nil {
+			return nil, err
+		}
+		if fi, err := os.Stat(e.oldBin); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return nil, fmt.Errorf("-upgrade-from %s: not an executable file (%v)", cfg.UpgradeFrom, err)
+		}
 	}
 
 	rep := &report{}
@@ -258,10 +275,13 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 		}
 		logf("left out %v: %s", rep.Skipped, rep.SkippedWhy)
 	}
-	if len(kinds) == 0 {
+	if len(kinds) == 0 && e.oldBin == "" {
 		return nil, errors.New("no fault kind left to inject")
 	}
-	rep.Mode = fmt.Sprintf("%d nodes, %d voters, %s, %s", cfg.Nodes, cfg.Voters,
+	if e.oldBin != "" {
+		rep.Mode = "upgrade from " + filepath.Base(e.oldBin) + ", "
+	}
+	rep.Mode += fmt.Sprintf("%d nodes, %d voters, %s, %s", cfg.Nodes, cfg.Voters,
 		map[bool]string{true: "insecure", false: "secure"}[cfg.Insecure],
 		map[bool]string{true: "network namespaces + tmpfs data dirs", false: "127.0.0.1"}[e.netns && e.tmpfs])
 
@@ -291,9 +311,14 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 		}
 	}}
 	start := time.Now()
-	logf("load on; faults for %s, one every %s, then until each kind has taken effect: %s", cfg.Duration, cfg.Interval, strings.Join(kinds, ", "))
+	if e.oldBin != "" {
+		logf("load on; replacing each node running %s by %s", e.oldBin, e.bin)
+		rep.Upgrade = e.upgrade(ctx, v, logf)
+	} else {
+		logf("load on; faults for %s, one every %s, then until each kind has taken effect: %s", cfg.Duration, cfg.Interval, strings.Join(kinds, ", "))
+	}
 	took, tries := map[string]int{}, map[string]int{}
-	for i := 0; ctx.Err() == nil; i++ {
+	for i := 0; ctx.Err() == nil && e.oldBin == ""; i++ {
 		next := time.Now().Add(cfg.Interval)
 		// Every kind in turn, in a shuffled order each round, so that a short run sees each.
 		if i%len(kinds) == 0 {
@@ -608,10 +633,17 @@ func printReport(w io.Writer, r *report) {
 	} {
 		fmt.Fprintf(w, "| %s | %v |\n", kv.k, kv.v)
 	}
+	if len(r.Upgrade) > 0 {
+		fmt.Fprintln(w, "\n| upgraded | was leader | old binary's snapshot | restored by the new binary | healthy after |")
+		fmt.Fprintln(w, "|---|---|---|---|---|")
+		for _, u := range r.Upgrade {
+			fmt.Fprintf(w, "| %s | %v | %s | %s | %d ms |\n", u.Node, u.Leader, cmp.Or(u.Snapshot, "-"), cmp.Or(u.Restored, "-"), u.Healthy.Milliseconds())
+		}
+	}
 	fmt.Fprintf(w, "\nReplicas: %s.\n", r.Replicas)
 	lv := r.Linear
-	fmt.Fprintf(w, "\nLinearizability (porcupine): %d operations on %d tasks (%d unanswered, taken as pending): %s, checked in %s.\n",
-		lv.Ops, lv.Keys, lv.Pending, map[porcupine.CheckResult]string{porcupine.Ok: "linearizable", porcupine.Illegal: "NOT linearizable",
+	fmt.Fprintf(w, "\nLinearizability (porcupine): %d operations (%s) on %d tasks, %d unanswered (taken as pending): %s, checked in %s.\n",
+		lv.Ops, lv.kinds(), lv.Keys, lv.Pending, map[porcupine.CheckResult]string{porcupine.Ok: "linearizable", porcupine.Illegal: "NOT linearizable",
 			porcupine.Unknown: "undecided within " + linCheckTimeout.String()}[lv.Result], lv.Took.Round(time.Millisecond))
 	var notes []string
 	for _, f := range r.Faults {
