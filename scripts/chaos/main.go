@@ -584,7 +584,17 @@ func compareAll(ctx context.Context, e *env) (verdict string, bad []string) {
 
 // printReport prints the run's table in Markdown.
 func printReport(w io.Writer, r *report) {
-	fmt.Fprintf(w, "\n### Chaos: %s; faults for %s\n\n", r.Mode, r.Elapsed.Round(time.Second))
+	if len(r.Upgrade) > 0 {
+		fmt.Fprintf(w, "\n### Chaos: %s; nodes replaced under load for %s\n\n", r.Mode, r.Elapsed.Round(time.Second))
+	} else {
+		fmt.Fprintf(w, "\n### Chaos: %s; faults for %s\n\n", r.Mode, r.Elapsed.Round(time.Second))
+		printFaults(w, r)
+	}
+	printTasks(w, r)
+}
+
+// printFaults prints the table of faults and recovery times.
+func printFaults(w io.Writer, r *report) {
 	fmt.Fprintln(w, "| fault | injected | recovery p50 | p99 | max |")
 	fmt.Fprintln(w, "|---|---|---|---|---|")
 	byKind := map[string][]time.Duration{}
@@ -614,6 +624,11 @@ func printReport(w io.Writer, r *report) {
 		total += count[k]
 	}
 	row("**all**", total, all)
+}
+
+// printTasks prints what became of the tasks, the upgrade's steps, the replicas' and the
+// linearizability verdicts, and the violations.
+func printTasks(w io.Writer, r *report) {
 	t := r.Tasks
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| tasks | |")
