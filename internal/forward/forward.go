@@ -10,8 +10,9 @@
 //
 // It owns the retries across leader changes and a follower's wait for its own FSM to hold the
 // write before it answers (read your writes). It never looks inside a request or a reply beyond
-// the error code of a 503, and it may not touch raft, the FSM or the ACLs: what it needs of the
-// node comes through Cluster.
+// the error code of a 503 and, for a forwarded GET, the consistent parameter that makes it a
+// consistent read, and it may not touch raft, the FSM or the ACLs: what it needs of the node
+// comes through Cluster.
 package forward
 
 import (

@@ -113,6 +113,11 @@ func TestLinearizabilityModel(t *testing.T) {
 			submitOp(0, 0, 1, "k", "A"),
 			readOp(opGet, 1, 4, 5, "k", "A", cancelled),
 		}, false},
+		{"a task read as running after a cancel found it finished", []porcupine.Operation{
+			submitOp(0, 0, 1, "k", "A"),
+			cancelOp(0, 2, 3, "k", "A", finished),
+			readOp(opGet, 1, 4, 5, "k", "A", running),
+		}, false},
 		{"a cancel answered not found after the submit", []porcupine.Operation{
 			submitOp(0, 0, 1, "k", "A"),
 			cancelOp(0, 2, 3, "k", "A", linOutput{Code: "not_found"}),
