@@ -3,6 +3,7 @@ package node
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -83,8 +84,19 @@ func TestConsistentReadOnALaggingFollower(t *testing.T) {
 	}
 	// The consistent read: the leader's answer.
 	var got api.Task
-	if code := get(lagging, "/v1/tasks/"+task.ID+"?consistent", "s3cret", &got); code != http.StatusOK || got.ID != task.ID || got.Type != "echo" {
-		t.Fatalf("a consistent read on the lagging follower: %d %+v", code, got)
+	req, _ = http.NewRequest("GET", "http://"+lagging.HTTPAddr()+"/v1/tasks/"+task.ID+"?consistent", nil)
+	req.Header.Set("Authorization", "Bearer s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != http.StatusOK || got.ID != task.ID || got.Type != "echo" {
+		t.Fatalf("a consistent read on the lagging follower: %d %+v %v", resp.StatusCode, got, err)
+	}
+	// The index header is the record's, for a blocking query that follows, as on any read.
+	if h := resp.Header.Get(api.HeaderIndex); h != strconv.FormatUint(got.ModifyIndex, 10) {
+		t.Fatalf("index header %q, the record's modify_index %d", h, got.ModifyIndex)
 	}
 	var page []api.Task
 	if code := get(lagging, "/v1/tasks?consistent=true&type=echo", "s3cret", &page); code != http.StatusOK || len(page) == 0 || page[0].ID != task.ID {

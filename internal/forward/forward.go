@@ -409,6 +409,10 @@ func (f *Forwarder) Serve(api_ http.Handler) http.Handler {
 			return
 		}
 		w.Header().Set(HeaderServedBy, f.c.Name())
+		if req.Method == http.MethodGet { // a consistent read: the follower does not wait for an index
+			api_.ServeHTTP(w, req)
+			return
+		}
 		api_.ServeHTTP(&indexWriter{ResponseWriter: w, index: f.c.Index}, req)
 	})
 }

@@ -48,6 +48,11 @@ func TestConsistentReads(t *testing.T) {
 		t.Fatalf("forwarded reads %q, writes %q, %d barriers on the follower", fwd.reads, fwd.writes, f.barriers)
 	}
 	wantError(t, call(follower, "GET", "/v1/tasks/a?consistent=maybe", "", ""), 400, api.CodeInvalidRequest)
+	wantError(t, call(follower, "GET", "/v1/tasks/a?consistent&wait=5s&index=5", "", ""), 400, api.CodeInvalidRequest)
+	wantError(t, call(follower, "GET", "/v1/tasks?consistent=true&wait=5s", "", ""), 400, api.CodeInvalidRequest)
+	if len(fwd.reads) != 3 {
+		t.Fatalf("a refused consistent read was forwarded: %q", fwd.reads)
+	}
 
 	// The leader (no forwarder, or a request forwarded to it): a barrier, then its own state.
 	leader := New(f, Options{})

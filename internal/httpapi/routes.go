@@ -102,7 +102,9 @@ func (s *server) forwardWrites(mux *routeMux, fwd Forwarder, next http.Handler) 
 var consistentRoutes = map[string]bool{"GET /v1/tasks/{id}": true, "GET /v1/tasks": true}
 
 // Consistent reads the consistent parameter of a read: present and empty, true or 1 ask for a
-// consistent read; false or 0, or no parameter, for this node's replica as it is.
+// consistent read; false or 0, or no parameter, for this node's replica as it is. A consistent
+// read does not block: with wait it is refused (a blocking query is answered by the replica of
+// the node asked, which holds it).
 func Consistent(q url.Values) (bool, error) {
 	vs, ok := q["consistent"]
 	if !ok {
@@ -110,6 +112,9 @@ func Consistent(q url.Values) (bool, error) {
 	}
 	switch strings.ToLower(vs[0]) {
 	case "", "true", "1":
+		if q.Get("wait") != "" {
+			return false, api.Errorf(api.CodeInvalidRequest, "consistent and wait do not combine: a consistent read answers at once")
+		}
 		return true, nil
 	case "false", "0":
 		return false, nil
