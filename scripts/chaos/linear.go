@@ -386,12 +386,17 @@ func checkLinear(ops []porcupine.Operation, dir string) linVerdict {
 	return v
 }
 
-// illegalKeys names up to three partitions (idempotency keys) that are not linearizable alone.
+// illegalKeys names up to three partitions (idempotency keys) that are not linearizable alone,
+// and lists the operations of the first, in call order, with times in ms from the run's start.
 func illegalKeys(model porcupine.Model, ops []porcupine.Operation) string {
 	var bad []string
+	var first []porcupine.Operation
 	for _, part := range model.Partition(ops) {
 		if !porcupine.CheckOperations(model, part) {
 			bad = append(bad, part[0].Input.(linInput).Key)
+			if first == nil {
+				first = part
+			}
 			if len(bad) == 3 {
 				break
 			}
@@ -400,7 +405,21 @@ func illegalKeys(model porcupine.Model, ops []porcupine.Operation) string {
 	if len(bad) == 0 {
 		return ""
 	}
-	return " (keys " + strings.Join(bad, ", ") + ")"
+	sort.SliceStable(first, func(i, j int) bool { return first[i].Call < first[j].Call })
+	var b strings.Builder
+	fmt.Fprintf(&b, " (keys %s; %s:", strings.Join(bad, ", "), bad[0])
+	for i, op := range first {
+		if i == 12 {
+			fmt.Fprintf(&b, " ... %d more", len(first)-i)
+			break
+		}
+		ret := fmt.Sprintf("%d", op.Return/1e6)
+		if op.Output.(linOutput).Unknown {
+			ret = "never"
+		}
+		fmt.Fprintf(&b, " [%d-%s ms] %s;", op.Call/1e6, ret, model.DescribeOperation(op.Input, op.Output))
+	}
+	return strings.TrimSuffix(b.String(), ";") + ")"
 }
 
 // errCode is the contract's error code of err, "" for none.

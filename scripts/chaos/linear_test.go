@@ -138,7 +138,7 @@ func TestLinearizabilityModel(t *testing.T) {
 				}
 				return
 			}
-			if v.Result != porcupine.Illegal || !strings.Contains(v.Violation, "not linearizable (keys k)") {
+			if v.Result != porcupine.Illegal || !strings.Contains(v.Violation, "not linearizable (keys k; k: [0-") {
 				t.Fatalf("a history that is not linearizable passed: %s %q", v.Result, v.Violation)
 			}
 			b, err := os.ReadFile(filepath.Join(dir, "linearizability.html"))

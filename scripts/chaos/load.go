@@ -192,7 +192,11 @@ func readOne(e *env, l *ledger, c int, a ack) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	op := l.hist.invoke(c, linInput{Kind: opGet, Key: a.Key, ID: a.ID, Node: m.Name})
-	t, err := m.API.GetConsistent(ctx, a.ID)
+	get := m.API.GetConsistent
+	if e.cfg.PlainGets {
+		get = m.API.Get
+	}
+	t, err := get(ctx, a.ID)
 	switch {
 	case err == nil:
 		op.done(linOutput{Found: true, State: t.State, CancelR: t.CancelRequested})

@@ -105,6 +105,9 @@ type config struct {
 	// UpgradeFrom, when set, is the previous release's binary: the run starts the cluster on it
 	// and, instead of injecting faults, replaces each node by Bin under the load (upgrade.go).
 	UpgradeFrom string
+	// PlainGets records plain GETs (this node's replica) instead of ?consistent ones: the
+	// linearizability check then finds the stale reads of a lagging or cut-off node.
+	PlainGets bool
 }
 
 func main() {
@@ -128,6 +131,7 @@ func main() {
 	flag.BoolVar(&cfg.Loopback, "loopback", false, "run on 127.0.0.1 without namespaces or tmpfs even as root (no network or disk faults)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the temporary directory (node logs and data)")
 	flag.BoolVar(&cfg.Verbose, "v", false, "log every fault as it starts")
+	flag.BoolVar(&cfg.PlainGets, "plain-gets", false, "record plain GETs instead of GET ?consistent (reads through a lagging node are then stale, and the linearizability check says so)")
 	flag.StringVar(&cfg.UpgradeFrom, "upgrade-from", "", "an upgrade run: start the cluster on this binary (the previous release) and replace each node by -bin under load instead of injecting faults (scripts/upgrade-test)")
 	flag.Parse()
 	cfg.Faults = splitList(faults)
