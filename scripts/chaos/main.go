@@ -349,7 +349,8 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	logf("faults over after %s; %d acknowledged; settling", rep.Elapsed.Round(time.Second), len(l.snapshot()))
+	logf("%s over after %s; %d acknowledged; settling", map[bool]string{true: "upgrade", false: "faults"}[e.oldBin != ""],
+		rep.Elapsed.Round(time.Second), len(l.snapshot()))
 
 	// Settle: every node running and answering, one leader, every acknowledged task terminal.
 	for _, m := range e.members {
