@@ -192,6 +192,17 @@ func (c *Client) Get(ctx context.Context, id string) (*Task, error) {
 	return c.Wait(ctx, id, 0, 0)
 }
 
+// GetConsistent reads a task as the leader holds it (?consistent): the answer reflects every
+// write the cluster acknowledged before the call, whichever node is asked. It costs a round
+// trip to the leader and a raft round there; Get reads this node's replica, which may lag.
+func (c *Client) GetConsistent(ctx context.Context, id string) (*Task, error) {
+	task := new(Task)
+	if _, err := c.do(ctx, http.MethodGet, taskPath(id), url.Values{"consistent": {"true"}}, nil, task); err != nil {
+		return nil, err
+	}
+	return task, nil
+}
+
 // Wait is a blocking query: it returns the task once its modify index exceeds
 // index, or as it is when wait elapses. A zero wait does not block.
 func (c *Client) Wait(ctx context.Context, id string, index uint64, wait time.Duration) (*Task, error) {
@@ -332,6 +343,17 @@ func (c *Client) ListAll(ctx context.Context, opts ListOptions) iter.Seq2[Task, 
 func (c *Client) Cancel(ctx context.Context, id string) error {
 	_, err := c.do(ctx, http.MethodPost, taskPath(id)+"/cancel", nil, nil, nil)
 	return err
+}
+
+// CancelTask is Cancel returning the task's record as the node answered it, once the cancel has
+// applied there: cancelled (it was not running yet), or still running with CancelRequested set
+// until its executor stops it.
+func (c *Client) CancelTask(ctx context.Context, id string) (*Task, error) {
+	task := new(Task)
+	if _, err := c.do(ctx, http.MethodPost, taskPath(id)+"/cancel", nil, nil, task); err != nil {
+		return nil, err
+	}
+	return task, nil
 }
 
 // Logs calls fn with each line of a task's output as it arrives. With follow

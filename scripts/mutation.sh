@@ -27,6 +27,8 @@ mutations=(
   fsm-snapshot-live-tasks    # a snapshot shares the live task index: Persist writes later state
   scheduler-ignore-capacity  # placement fills a node past its capacity
   api-submit-unauthorized    # the submit route forgets to check the caller's submit capability
+  api-consistent-read-local  # a follower answers ?consistent from its own replica instead of the leader
+  chaos-model-stale-terminal # the linearizability model lets a terminal task be read back as running
 )
 
 apply_mutation() {
@@ -80,6 +82,16 @@ apply_mutation() {
       $'\t\tif err := authorize(r, acl.CapSubmit, req.Type); err != nil {\n\t\t\tWriteError(w, err)\n\t\t\treturn\n\t\t}\n\t}\n\tctx, cancel' \
       $'\t}\n\tctx, cancel'
     pkg=./node run=TestEveryForwardedWriteIsAuthorizedOnTheLeader want=TestEveryForwardedWriteIsAuthorizedOnTheLeader ;;
+  api-consistent-read-local)
+    replace internal/httpapi/routes.go \
+      $'\t\t\t\tfwd.ServeRead(w, r, next)\n' \
+      $'\t\t\t\tnext.ServeHTTP(w, r)\n'
+    pkg=./node run=TestConsistentReadOnALaggingFollower want=TestConsistentReadOnALaggingFollower ;;
+  chaos-model-stale-terminal)
+    replace scripts/chaos/linear.go \
+      $'\treturn s, s.Phase == phLive && s.CancelReq == out.CancelR\n' \
+      $'\treturn s, s.Phase != phAbsent && s.CancelReq == out.CancelR\n'
+    pkg=./scripts/chaos run=TestLinearizabilityModel want=TestLinearizabilityModel ;;
   *)
     echo "mutation: no mutation named $1 (scripts/mutation.sh -l lists them)" >&2
     return 1 ;;

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -226,16 +227,25 @@ func taskGetCommand() *cli.Command {
 		Name:      "get",
 		Usage:     "show a task",
 		ArgsUsage: "ID",
-		Flags:     []cli.Flag{jsonFlag()},
+		Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "consistent",
+			Usage: "read it as the leader holds it (a linearizable read); without, the node asked answers from its replica, which may lag"}},
 	}, 1, 1, func(c *cli.Context, api *client.Client, args []string) error {
 		if c.Bool("json") {
-			raw, err := api.Raw(c.Context, client.TaskPath(args[0]), nil)
+			var q url.Values
+			if c.Bool("consistent") {
+				q = url.Values{"consistent": {"true"}}
+			}
+			raw, err := api.Raw(c.Context, client.TaskPath(args[0]), q)
 			if err != nil {
 				return taskError(err)
 			}
 			return printJSON(c, raw)
 		}
-		task, err := api.Get(c.Context, args[0])
+		get := api.Get
+		if c.Bool("consistent") {
+			get = api.GetConsistent
+		}
+		task, err := get(c.Context, args[0])
 		if err != nil {
 			return taskError(err)
 		}

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/taskworker/taskworker/api"
 )
 
@@ -62,6 +64,34 @@ func (e *AgentEndpoint) WaitIndex(ctx context.Context, after uint64) uint64 {
 		case <-e.srv.cfg.Released: // the node is leaving: answer now, as a wait that elapsed would
 			return f.Index()
 		}
+	}
+}
+
+// Barrier has raft commit a barrier entry and apply every entry before it. It commits only while
+// this node leads with a quorum behind it, so a read after it sees every write acknowledged
+// before the call (a write is acknowledged once applied, by this leader or an earlier one whose
+// entries precede the barrier in the log). A barrier that fails or outlasts ctx means no leader
+// could confirm the read: no_leader, which the forwarder retries on the next leader.
+func (e *AgentEndpoint) Barrier(ctx context.Context) error {
+	r := e.srv.cfg.Raft
+	if r.State() != raft.Leader {
+		return api.Errorf(api.CodeNoLeader, "node %s is not the leader: a consistent read is answered by the leader", e.srv.cfg.Name)
+	}
+	timeout := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(dl), time.Millisecond)
+	}
+	f := r.Barrier(timeout)
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return api.Errorf(api.CodeNoLeader, "no cluster leader could confirm a consistent read: %v", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return api.Errorf(api.CodeNoLeader, "no cluster leader could confirm a consistent read in time: %v", ctx.Err())
 	}
 }
 

@@ -13,9 +13,10 @@
 // shows. A child task a running task submits (TaskEndpoint.SubmitChild) goes through the same
 // validation.
 //
-// It reads this node's FSM, raft's indexes and configuration, and gossip's members, and it
-// proposes commands only through Config.Propose (on the leader: the API's writes reach the
-// leader's handlers through internal/forward) and Config.ProposeNode (a child task). It may not
+// It reads this node's FSM, raft's indexes and configuration, and gossip's members; it commits
+// raft barriers (no command) for consistent reads; and it proposes commands only through
+// Config.Propose (on the leader: the API's writes reach the leader's handlers through
+// internal/forward) and Config.ProposeNode (a child task). It may not
 // change raft's configuration, forward anything, call other nodes but through Config.GetFrom, run
 // tasks, or touch trust material beyond the calls in Trust; what it needs of the node comes in
 // through Config, and it imports no other part of the node (nor node itself).

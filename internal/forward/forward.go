@@ -1,4 +1,5 @@
-// Package forward runs the public API's writes where they can be applied: on the raft leader.
+// Package forward runs the public API's writes where they can be applied, and its consistent
+// reads where they can be answered: on the raft leader.
 //
 // A node that is not the leader sends the whole request (method, path and query, headers with the
 // caller's credential, body) over the authenticated internode channel; forwards made while others
@@ -9,8 +10,9 @@
 //
 // It owns the retries across leader changes and a follower's wait for its own FSM to hold the
 // write before it answers (read your writes). It never looks inside a request or a reply beyond
-// the error code of a 503, and it may not touch raft, the FSM or the ACLs: what it needs of the
-// node comes through Cluster.
+// the error code of a 503 and, for a forwarded GET, the consistent parameter that makes it a
+// consistent read, and it may not touch raft, the FSM or the ACLs: what it needs of the node
+// comes through Cluster.
 package forward
 
 import (
@@ -25,6 +27,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -176,6 +179,27 @@ func (f *Forwarder) ServeWrite(w http.ResponseWriter, r *http.Request, here http
 		httpapi.WriteError(w, err)
 		return
 	}
+	f.serve(w, r, here, true)
+}
+
+// ServeRead runs the read r on the leader, as ServeWrite runs a write, for a consistent read
+// (?consistent): the leader's handler confirms it still leads before it reads its own state, and
+// its answer is given as it is, without waiting for this node's replica to catch up. A read holds
+// no body; a storage fault here does not stop it.
+func (f *Forwarder) ServeRead(w http.ResponseWriter, r *http.Request, here http.Handler) {
+	if Forwarded(r) {
+		here.ServeHTTP(w, r)
+		return
+	}
+	r2 := *r
+	r2.Body = http.NoBody
+	f.serve(w, &r2, here, false)
+}
+
+// serve runs r with here when this node leads, else on the leader, retrying answers that say no
+// leader could run it; a write (catchUp) then waits for this node to hold what the leader had
+// applied.
+func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, here http.Handler, catchUp bool) {
 	var body []byte
 	if r.Body != nil && r.Body != http.NoBody {
 		b, err := io.ReadAll(io.LimitReader(r.Body, f.maxBody+1))
@@ -207,6 +231,9 @@ func (f *Forwarder) ServeWrite(w http.ResponseWriter, r *http.Request, here http
 			if err == nil {
 				last = rep
 				if !retryForward(rep) {
+					if !catchUp {
+						break
+					}
 					if err := f.waitIndex(ctx, rep); err != nil {
 						last = errorReply(err)
 					}
@@ -389,19 +416,38 @@ func (f *Forwarder) Serve(api_ http.Handler) http.Handler {
 			return
 		}
 		w.Header().Set(HeaderServedBy, f.c.Name())
+		if req.Method == http.MethodGet { // a consistent read: the follower does not wait for an index
+			api_.ServeHTTP(w, req)
+			return
+		}
 		api_.ServeHTTP(&indexWriter{ResponseWriter: w, index: f.c.Index}, req)
 	})
+}
+
+// ConsistentRead reports whether the request URI asks for a consistent read: a consistent
+// parameter that is not false (httpapi.Consistent reads it the same way).
+func ConsistentRead(uri string) bool {
+	u, err := url.ParseRequestURI(uri)
+	if err != nil {
+		return false
+	}
+	on, err := httpapi.Consistent(u.Query())
+	return err == nil && on
 }
 
 // unwrap rebuilds the caller's request from a forward.
 func unwrap(r *http.Request) (*http.Request, error) {
 	method := r.Header.Get(headerMethod)
+	uri := r.Header.Get(headerURI)
 	switch method {
 	case http.MethodPost, http.MethodPut, http.MethodDelete:
+	case http.MethodGet:
+		if !ConsistentRead(uri) {
+			return nil, fmt.Errorf("GET %q is not a consistent read", api.Truncate(uri))
+		}
 	default:
 		return nil, fmt.Errorf("method %q is not a write", api.Truncate(method))
 	}
-	uri := r.Header.Get(headerURI)
 	if !strings.HasPrefix(uri, "/v1/") {
 		return nil, fmt.Errorf("path %q is not the API's", api.Truncate(uri))
 	}

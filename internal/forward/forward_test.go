@@ -187,3 +187,39 @@ func TestServeRefusesWhatIsNotAForwardedWrite(t *testing.T) {
 		}
 	}
 }
+
+// Serve runs a forwarded GET only as a consistent read (?consistent not false), on the leader.
+func TestServeRunsForwardedConsistentReads(t *testing.T) {
+	c := &twin{name: "n"}
+	c.leader.Store(true)
+	f := New(c, Options{})
+	var ran []string
+	h := f.Serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ran = append(ran, r.Method+" "+r.URL.RequestURI())
+		if !Forwarded(r) {
+			t.Error("a forwarded read is not marked forwarded")
+		}
+	}))
+	call := func(uri string) int {
+		req := httptest.NewRequest(http.MethodPost, Path, nil)
+		req.Header.Set(headerMethod, http.MethodGet)
+		req.Header.Set(headerURI, uri)
+		req.Header.Set(headerRequest, ulid.Make().String())
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	for _, uri := range []string{"/v1/tasks/a?consistent", "/v1/tasks?consistent=true&state=running"} {
+		if code := call(uri); code != 200 {
+			t.Fatalf("%s: %d", uri, code)
+		}
+	}
+	for _, uri := range []string{"/v1/tasks/a", "/v1/tasks/a?consistent=false", "/v1/tasks/a?consistent=x", "/debug/pprof/?consistent"} {
+		if code := call(uri); code != 400 {
+			t.Fatalf("%s: %d, want 400", uri, code)
+		}
+	}
+	if len(ran) != 2 || ran[0] != "GET /v1/tasks/a?consistent" {
+		t.Fatalf("ran %q", ran)
+	}
+}

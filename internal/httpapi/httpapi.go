@@ -83,6 +83,10 @@ type Backend interface {
 	ChangeKeyring(ctx context.Context, caller Caller, req api.KeyringRequest) (api.Keyring, error)
 	// Digest returns this node's FSM digest at the index it has applied.
 	Digest(ctx context.Context) (api.Digest, error)
+	// Barrier returns once this node, as the leader, has committed an entry of its term and
+	// applied every entry before it (a raft barrier), so that what it reads next holds every
+	// write acknowledged before the call; a no_leader *api.Error when it does not lead.
+	Barrier(ctx context.Context) error
 
 	ScheduleBackend  // schedules.go
 	RetryPurger      // retry now and purge (uniq.go)
@@ -471,6 +475,10 @@ func (s *server) get(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if err := s.consistent(r); err != nil {
+		WriteError(w, err)
+		return
+	}
 	// The type decides who may read the task, and it never changes: check it before waiting.
 	t, err := s.taskFor(r, id, acl.CapRead)
 	if err != nil {
@@ -495,6 +503,10 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 	}
 	index, wait, err := blockingParams(r)
 	if err != nil {
+		WriteError(w, err)
+		return
+	}
+	if err := s.consistent(r); err != nil {
 		WriteError(w, err)
 		return
 	}

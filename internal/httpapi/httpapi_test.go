@@ -37,6 +37,8 @@ type fakeBackend struct {
 	leakList  bool // List ignores visible, as a buggy backend would
 	leaves    int
 	gotKeyOp  api.KeyringRequest
+	barriers  int  // Barrier calls
+	notLeader bool // Barrier answers no_leader
 
 	index        uint64                // bumped by every put, as an FSM's applied index
 	waitingIndex chan uint64           // receives after each time WaitIndex starts waiting, when not nil
@@ -240,6 +242,16 @@ func (f *fakeBackend) ChangeKeyring(_ context.Context, caller Caller, req api.Ke
 	f.gotKeyOp, f.gotCaller = req, caller
 	f.mu.Unlock()
 	return api.Keyring{Primary: "k", Keys: []string{"k", req.Key}}, f.err
+}
+
+func (f *fakeBackend) Barrier(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.barriers++
+	if f.notLeader {
+		return api.Errorf(api.CodeNoLeader, "not the leader")
+	}
+	return nil
 }
 
 func (f *fakeBackend) Digest(context.Context) (api.Digest, error) {

@@ -1,8 +1,10 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/taskworker/taskworker/api"
@@ -12,6 +14,9 @@ import (
 // it is the leader, else on the leader, which serves it with this same handler.
 type Forwarder interface {
 	ServeWrite(w http.ResponseWriter, r *http.Request, here http.Handler)
+	// ServeRead runs a consistent read with here on the leader, wherever it is, and gives its
+	// answer as it is.
+	ServeRead(w http.ResponseWriter, r *http.Request, here http.Handler)
 	// Forwarded reports whether r came from another node, which answers its caller.
 	Forwarded(r *http.Request) bool
 }
@@ -61,6 +66,10 @@ func (s *server) forwardWrites(mux *routeMux, fwd Forwarder, next http.Handler) 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, pattern := mux.Handler(r)
 		if !mux.writes[pattern] {
+			if on, err := Consistent(r.URL.Query()); consistentRoutes[pattern] && on && err == nil && !fwd.Forwarded(r) {
+				fwd.ServeRead(w, r, next)
+				return
+			}
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -86,6 +95,45 @@ func (s *server) forwardWrites(mux *routeMux, fwd Forwarder, next http.Handler) 
 		}
 		WriteJSON(w, rec.status, t)
 	})
+}
+
+// consistentRoutes are the reads that take ?consistent: the leader answers them once a raft
+// barrier has shown it still leads and holds every acknowledged write (Backend.Barrier).
+var consistentRoutes = map[string]bool{"GET /v1/tasks/{id}": true, "GET /v1/tasks": true}
+
+// Consistent reads the consistent parameter of a read: present and empty, true or 1 ask for a
+// consistent read; false or 0, or no parameter, for this node's replica as it is. A consistent
+// read does not block: with wait it is refused (a blocking query is answered by the replica of
+// the node asked, which holds it).
+func Consistent(q url.Values) (bool, error) {
+	vs, ok := q["consistent"]
+	if !ok {
+		return false, nil
+	}
+	switch strings.ToLower(vs[0]) {
+	case "", "true", "1":
+		if q.Get("wait") != "" {
+			return false, api.Errorf(api.CodeInvalidRequest, "consistent and wait do not combine: a consistent read answers at once")
+		}
+		return true, nil
+	case "false", "0":
+		return false, nil
+	}
+	return false, api.Errorf(api.CodeInvalidRequest, "consistent must be true or false, got %q", api.Truncate(vs[0]))
+}
+
+// consistent makes a read that asks for it (?consistent) consistent: on the leader (a follower
+// has forwarded it there, forwardWrites), a raft barrier shows that this node still leads and
+// that its state holds every write acknowledged before the read began. no_leader when it does
+// not lead (the forwarder then retries on the leader), invalid_request for a bad parameter.
+func (s *server) consistent(r *http.Request) error {
+	on, err := Consistent(r.URL.Query())
+	if err != nil || !on {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.opts.WriteTimeout)
+	defer cancel()
+	return s.b.Barrier(ctx)
 }
 
 // heldReply is a reply held before it is given.

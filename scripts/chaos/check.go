@@ -74,7 +74,9 @@ func checkTasks(acks []ack, tasks []client.Task, keyPrefix string) (taskStats, [
 			violate("task %s (%s %s) failed: %s (these tasks cannot fail by themselves)", t.ID, a.Type, a.Input, msg)
 		case client.StateCancelled:
 			st.Cancelled++
-			violate("task %s cancelled: nobody cancelled it", t.ID)
+			if !a.Cancel {
+				violate("task %s cancelled: nobody cancelled it", t.ID)
+			}
 		default:
 			st.Stuck++
 			violate("task %s (acknowledged %s) still %s on %q at the end", t.ID, a.At.Format("15:04:05.000"), t.State, t.Node)
@@ -150,6 +152,11 @@ func checkHistory(t client.Task) historyVerdict {
 		}
 	}
 	if t.State == client.StateFailed && len(t.History) > 0 && t.History[len(t.History)-1].Event == api.EventFailed {
+		terminal++
+	}
+	// A run interrupted after a cancel was asked for ends the task cancelled, with no event of
+	// its own.
+	if t.State == client.StateCancelled && len(t.History) > 0 && t.History[len(t.History)-1].Event == api.EventInterrupted && t.CancelRequested {
 		terminal++
 	}
 	if terminal != 1 {

@@ -46,7 +46,11 @@ type member struct {
 	stopped bool // SIGSTOPped: no probe or submit is sent to it
 
 	launched atomic.Bool // it has a process (running or exited) to kill
+	old      atomic.Bool // it runs the previous release (an upgrade run), which lacks ?consistent
 }
+
+// consistentReads reports whether the node serves GET ?consistent.
+func (m *member) consistentReads() bool { return !m.old.Load() }
 
 func (m *member) take() bool {
 	m.mu.Lock()
@@ -82,6 +86,7 @@ type env struct {
 	cfg     config
 	root    string
 	bin     string
+	oldBin  string // an upgrade run's previous release: every node starts on it
 	prefix  string // unique per run: names of namespaces, links
 	subnet  string // "10.213.K" in namespace mode
 	netns   bool
@@ -276,6 +281,7 @@ func (e *env) start() error {
 	}
 	for i := 1; i <= e.cfg.Nodes; i++ {
 		m := &member{idx: i, ip: "127.0.0.1", Node: &localcluster.Node{Name: fmt.Sprintf("n%d", i)}}
+		m.old.Store(e.oldBin != "")
 		m.DataDir = filepath.Join(e.root, m.Name)
 		m.LogPath = filepath.Join(e.root, m.Name+".log")
 		if err := os.MkdirAll(m.DataDir, 0o700); err != nil { // the agent refuses a data dir others can reach
@@ -349,8 +355,14 @@ func (e *env) launch(m *member, join []string) error {
 		envv = []string{"TASKWORKER_JOIN_TOKEN=" + e.token}
 	}
 	bin := e.bin
+	if m.old.Load() {
+		bin = e.oldBin
+	}
+	if e.oldBin != "" {
+		args = append(args, upgradeArgs...)
+	}
 	if e.netns {
-		args = append([]string{"netns", "exec", m.ns, e.bin}, args...)
+		args = append([]string{"netns", "exec", m.ns, bin}, args...)
 		bin = "ip"
 	}
 	m.setStopped(false)

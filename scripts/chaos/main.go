@@ -58,6 +58,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -73,6 +74,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/anishathalye/porcupine"
 
 	"github.com/taskworker/taskworker/client"
 	"github.com/taskworker/taskworker/internal/agentcred"
@@ -99,6 +102,12 @@ type config struct {
 	Strict    bool          // a fault kind this machine cannot inject is an error, not left out
 	Keep      bool
 	Verbose   bool
+	// UpgradeFrom, when set, is the previous release's binary: the run starts the cluster on it
+	// and, instead of injecting faults, replaces each node by Bin under the load (upgrade.go).
+	UpgradeFrom string
+	// PlainGets records plain GETs (this node's replica) instead of ?consistent ones: the
+	// linearizability check then finds the stale reads of a lagging or cut-off node.
+	PlainGets bool
 }
 
 func main() {
@@ -122,6 +131,8 @@ func main() {
 	flag.BoolVar(&cfg.Loopback, "loopback", false, "run on 127.0.0.1 without namespaces or tmpfs even as root (no network or disk faults)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the temporary directory (node logs and data)")
 	flag.BoolVar(&cfg.Verbose, "v", false, "log every fault as it starts")
+	flag.BoolVar(&cfg.PlainGets, "plain-gets", false, "record plain GETs instead of GET ?consistent (reads through a lagging node are then stale, and the linearizability check says so)")
+	flag.StringVar(&cfg.UpgradeFrom, "upgrade-from", "", "an upgrade run: start the cluster on this binary (the previous release) and replace each node by -bin under load instead of injecting faults (scripts/upgrade-test)")
 	flag.Parse()
 	cfg.Faults = splitList(faults)
 
@@ -170,7 +181,9 @@ type report struct {
 	Tasks      taskStats
 	GaveUp     int
 	Retries    int64
-	Replicas   string // how replicas were compared, and the verdict
+	Replicas   string        // how replicas were compared, and the verdict
+	Upgrade    []upgradeStep // an upgrade run's replacements
+	Linear     linVerdict
 	Violations []string
 }
 
@@ -191,6 +204,9 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	}
 	if cfg.Voters < 3 || cfg.Nodes < cfg.Voters {
 		return nil, fmt.Errorf("-voters %d, -nodes %d: want at least 3 voters and as many nodes", cfg.Voters, cfg.Nodes)
+	}
+	if cfg.UpgradeFrom != "" {
+		cfg.Faults = nil
 	}
 	for _, k := range cfg.Faults {
 		if !slices.Contains(allKinds, k) {
@@ -218,6 +234,14 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	}
 	if bin, err := filepath.Abs(e.bin); err == nil {
 		e.bin = bin
+	}
+	if cfg.UpgradeFrom != "" {
+		if e.oldBin, err = filepath.Abs(cfg.UpgradeFrom); err != nil {
+			return nil, err
+		}
+		if fi, err := os.Stat(e.oldBin); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return nil, fmt.Errorf("-upgrade-from %s: not an executable file (%v)", cfg.UpgradeFrom, err)
+		}
 	}
 
 	rep := &report{}
@@ -255,10 +279,13 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 		}
 		logf("left out %v: %s", rep.Skipped, rep.SkippedWhy)
 	}
-	if len(kinds) == 0 {
+	if len(kinds) == 0 && e.oldBin == "" {
 		return nil, errors.New("no fault kind left to inject")
 	}
-	rep.Mode = fmt.Sprintf("%d nodes, %d voters, %s, %s", cfg.Nodes, cfg.Voters,
+	if e.oldBin != "" {
+		rep.Mode = "upgrade from " + filepath.Base(e.oldBin) + ", "
+	}
+	rep.Mode += fmt.Sprintf("%d nodes, %d voters, %s, %s", cfg.Nodes, cfg.Voters,
 		map[bool]string{true: "insecure", false: "secure"}[cfg.Insecure],
 		map[bool]string{true: "network namespaces + tmpfs data dirs", false: "127.0.0.1"}[e.netns && e.tmpfs])
 
@@ -278,7 +305,7 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	}
 
 	runID := fmt.Sprintf("%x", rand.Uint32())
-	var l ledger
+	l := ledger{hist: newHistory()}
 	v := &violations{}
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	waitLoad := runLoad(loadCtx, e, &l, runID)
@@ -288,9 +315,14 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 		}
 	}}
 	start := time.Now()
-	logf("load on; faults for %s, one every %s, then until each kind has taken effect: %s", cfg.Duration, cfg.Interval, strings.Join(kinds, ", "))
+	if e.oldBin != "" {
+		logf("load on; replacing each node running %s by %s", e.oldBin, e.bin)
+		rep.Upgrade = e.upgrade(ctx, v, logf)
+	} else {
+		logf("load on; faults for %s, one every %s, then until each kind has taken effect: %s", cfg.Duration, cfg.Interval, strings.Join(kinds, ", "))
+	}
 	took, tries := map[string]int{}, map[string]int{}
-	for i := 0; ctx.Err() == nil; i++ {
+	for i := 0; ctx.Err() == nil && e.oldBin == ""; i++ {
 		next := time.Now().Add(cfg.Interval)
 		// Every kind in turn, in a shuffled order each round, so that a short run sees each.
 		if i%len(kinds) == 0 {
@@ -324,7 +356,8 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	logf("faults over after %s; %d acknowledged; settling", rep.Elapsed.Round(time.Second), len(l.snapshot()))
+	logf("%s over after %s; %d acknowledged; settling", map[bool]string{true: "upgrade", false: "faults"}[e.oldBin != ""],
+		rep.Elapsed.Round(time.Second), len(l.snapshot()))
 
 	// Settle: every node running and answering, one leader, every acknowledged task terminal.
 	for _, m := range e.members {
@@ -366,6 +399,12 @@ func run(ctx context.Context, cfg config, out, logw io.Writer) (*report, error) 
 	verdict, bad := compareAll(ctx, e)
 	rep.Replicas = verdict
 	rep.Violations = append(rep.Violations, bad...)
+
+	// A visualization must outlive the run's directory, which is removed without -keep.
+	rep.Linear = checkLinear(l.hist.operations(), filepath.Join(os.TempDir(), "taskworker-chaos-"+runID))
+	if rep.Linear.Violation != "" {
+		rep.Violations = append(rep.Violations, rep.Linear.Violation)
+	}
 
 	printReport(out, rep)
 	if len(rep.Violations) > 0 {
@@ -557,7 +596,17 @@ func compareAll(ctx context.Context, e *env) (verdict string, bad []string) {
 
 // printReport prints the run's table in Markdown.
 func printReport(w io.Writer, r *report) {
-	fmt.Fprintf(w, "\n### Chaos: %s; faults for %s\n\n", r.Mode, r.Elapsed.Round(time.Second))
+	if len(r.Upgrade) > 0 {
+		fmt.Fprintf(w, "\n### Chaos: %s; nodes replaced under load for %s\n\n", r.Mode, r.Elapsed.Round(time.Second))
+	} else {
+		fmt.Fprintf(w, "\n### Chaos: %s; faults for %s\n\n", r.Mode, r.Elapsed.Round(time.Second))
+		printFaults(w, r)
+	}
+	printTasks(w, r)
+}
+
+// printFaults prints the table of faults and recovery times.
+func printFaults(w io.Writer, r *report) {
 	fmt.Fprintln(w, "| fault | injected | recovery p50 | p99 | max |")
 	fmt.Fprintln(w, "|---|---|---|---|---|")
 	byKind := map[string][]time.Duration{}
@@ -587,6 +636,11 @@ func printReport(w io.Writer, r *report) {
 		total += count[k]
 	}
 	row("**all**", total, all)
+}
+
+// printTasks prints what became of the tasks, the upgrade's steps, the replicas' and the
+// linearizability verdicts, and the violations.
+func printTasks(w io.Writer, r *report) {
 	t := r.Tasks
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| tasks | |")
@@ -600,12 +654,24 @@ func printReport(w io.Writer, r *report) {
 		{"stale (result or final record not of the final attempt)", t.Stale},
 		{"duplicates (a second task for one idempotency key)", t.Dupes},
 		{"re-run after an interruption", t.Reruns}, {"re-run without one", t.Unjust},
+		{"cancelled (by the load's cancels)", t.Cancelled},
 		{"executions started", t.Attempts}, {"submits given up (never acknowledged)", r.GaveUp},
 		{"submit requests retried", r.Retries},
 	} {
 		fmt.Fprintf(w, "| %s | %v |\n", kv.k, kv.v)
 	}
+	if len(r.Upgrade) > 0 {
+		fmt.Fprintln(w, "\n| upgraded | was leader | old binary's snapshot | restored by the new binary | healthy after |")
+		fmt.Fprintln(w, "|---|---|---|---|---|")
+		for _, u := range r.Upgrade {
+			fmt.Fprintf(w, "| %s | %v | %s | %s | %d ms |\n", u.Node, u.Leader, cmp.Or(u.Snapshot, "-"), cmp.Or(u.Restored, "-"), u.Healthy.Milliseconds())
+		}
+	}
 	fmt.Fprintf(w, "\nReplicas: %s.\n", r.Replicas)
+	lv := r.Linear
+	fmt.Fprintf(w, "\nLinearizability (porcupine): %d operations (%s) on %d tasks, %d unanswered (taken as pending): %s, checked in %s.\n",
+		lv.Ops, lv.kinds(), lv.Keys, lv.Pending, map[porcupine.CheckResult]string{porcupine.Ok: "linearizable", porcupine.Illegal: "NOT linearizable",
+			porcupine.Unknown: "undecided within " + linCheckTimeout.String()}[lv.Result], lv.Took.Round(time.Millisecond))
 	var notes []string
 	for _, f := range r.Faults {
 		notes = append(notes, f.Notes...)
