@@ -47,7 +47,10 @@ const (
 // records set.
 //
 // Protocol 7 adds workflows (workflow.go): CmdWorkflowSubmit and CmdWorkflowCancel.
-const Protocol = 7
+//
+// Protocol 10 adds waiting for child tasks (wait.go): the report kind ReportWait, the task state
+// Waiting and Task's WaitFor and WaitLeft.
+const Protocol = 10
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
 // newer than their type's Since: the lowest protocol that decodes this payload as it is.
@@ -415,14 +418,19 @@ func (b *SubmitBatch) NeedsProtocol() int {
 	return need
 }
 
-// NeedsProtocol implements NeedsProtocol: a final error (TaskError.Final) needs protocol 2.
+// NeedsProtocol implements NeedsProtocol: a wait (ReportWait) needs WaitProtocol, a final error
+// (TaskError.Final) protocol 2.
 func (b *ReportBatch) NeedsProtocol() int {
+	need := 0
 	for i := range b.Items {
+		if b.Items[i].Kind == ReportWait || b.Items[i].WaitFor != nil {
+			return WaitProtocol
+		}
 		if e := b.Items[i].Error; e != nil && e.Final {
-			return 2
+			need = 2
 		}
 	}
-	return 0
+	return need
 }
 
 // Assign places a pending task on a node incarnation.
@@ -449,6 +457,9 @@ const (
 	ReportFailed      ReportKind = 4
 	ReportCancelled   ReportKind = 5
 	ReportInterrupted ReportKind = 6 // handed back on drain: runs again, not a failure
+	// ReportWait ends the attempt to wait for child tasks (Report.WaitFor): the task is Waiting,
+	// without a slot, until they have all finished (wait.go). Protocol 10.
+	ReportWait ReportKind = 7
 )
 
 // Report is one executor report, fenced by (Node, BootID, Attempt).
@@ -463,6 +474,8 @@ type Report struct {
 	Checkpoint json.RawMessage `msgpack:"checkpoint,omitempty"`
 	// NotBefore is when a failed attempt may be retried; the leader computes the backoff.
 	NotBefore *time.Time `msgpack:"not_before,omitempty"`
+	// WaitFor are the child tasks a ReportWait waits for. Protocol 10.
+	WaitFor []string `msgpack:"wait_for,omitempty"`
 }
 
 // prepareReport stamps each failed report with its retry deadline: the backoff depends on the

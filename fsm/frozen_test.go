@@ -69,6 +69,15 @@ func randomTask(r *rand.Rand, i int) *Task {
 		SubmittedBy: str("", "alice"), Schedule: str("", "nightly"), UniqueKey: str("", "u"),
 		UniqueUntil: ptm(), RunAt: ptm(), Priority: r.IntN(2001) - 1000, Queue: str("", "emails"),
 	}
+	switch r.IntN(4) {
+	case 0: // no wait
+	case 1:
+		t.WaitFor = []string{}
+	case 2:
+		t.WaitLeft = r.IntN(3)
+	default:
+		t.WaitFor, t.WaitLeft = []string{"01JCHILD1", "01JCHILD2"}, r.IntN(3)
+	}
 	if r.IntN(3) > 0 {
 		t.Error = &TaskError{Type: str("", "timeout", "handler"), Message: str("", "boom", strings.Repeat("é", 200)), Final: r.IntN(2) == 0}
 	}

@@ -46,6 +46,9 @@ type FSM struct {
 	schedChanged chan struct{}
 	// workflows is the workflows table (workflow.go).
 	workflows workflowTable
+	// applying is the index and time of the entry being applied, for changes that follow from
+	// others wherever those are saved (childChanged); scratch, never part of the replicated state.
+	applying applying
 }
 
 // New returns an empty FSM.
@@ -85,6 +88,7 @@ func (f *FSM) applyLocked(index uint64, c *Command) *Result {
 		return &Result{Index: index, Err: f.halt}
 	}
 	r := &Result{Index: index}
+	f.applying = applying{index: index, now: c.Now}
 	if s := specOf(c.Body); s != nil {
 		r.Items, r.Err = s.apply(f, index, c.Now, c.Body)
 		// Steps of workflows whose tasks this entry finished settle in it, and start the steps
@@ -309,6 +313,9 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 	if r.Kind == ReportStarted && old.State == Running {
 		return ItemResult{ID: old.ID}
 	}
+	if r.Kind == ReportWait {
+		return f.wait(index, now, old, r)
+	}
 	t := old.cow()
 	defer f.save(old, t)
 	entry := HistoryEntry{Attempt: t.Attempt, Node: t.Node, At: now}
@@ -484,6 +491,9 @@ func (f *FSM) save(old, next *Task) {
 			}
 			f.noteStepFinished(next.ID)
 		}
+		if next.ParentID != "" && next.State.Terminal() != (old != nil && old.State.Terminal()) {
+			f.childChanged(next)
+		}
 	}
 }
 
@@ -504,6 +514,10 @@ func (f *FSM) cancel(index uint64, now time.Time, id string) ItemResult {
 	}
 	if old.State.Terminal() {
 		return ItemResult{ID: id, Err: ErrFinished}
+	}
+	if old.State == Waiting {
+		f.cancelWaiting(index, now, old)
+		return ItemResult{ID: id}
 	}
 	t := old.cow()
 	defer f.save(old, t)
