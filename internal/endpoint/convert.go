@@ -29,6 +29,7 @@ func toAPITask(t *fsm.Task) api.Task {
 		History:   make([]api.HistoryEntry, 0, len(t.History)),
 		UniqueKey: t.UniqueKey, UniqueUntil: t.UniqueUntil,
 		RunAt: t.RunAt, Priority: t.Priority, Queue: t.QueueName(),
+		WaitFor: t.WaitFor, WaitLeft: t.WaitLeft,
 	}
 	if t.Error != nil {
 		out.Error = &api.TaskError{Type: t.Error.Type, Message: t.Error.Message, Final: t.Error.Final}
