@@ -364,3 +364,74 @@ func TestAWaitWhileAnOlderNodeIsUpFailsTheAttempt(t *testing.T) {
 		t.Fatalf("parent %s error %+v history %+v", got.State, got.Error, got.History)
 	}
 }
+
+// A worker waits through the protocol: it submits children into its task's execution over the
+// API, reports wait_children, and its next assignment of the task is resumed with the children's
+// outcomes.
+func TestAWorkerWaitsForChildrenThroughTheProtocol(t *testing.T) {
+	tc := startCluster(t, 1, clusterOpts{inmem: true})
+	n := tc.nodes[0]
+	call := func(what, method, path, body string, want int, into any) {
+		t.Helper()
+		code, b := getRaw(t, n, method, path, body)
+		if code != want {
+			t.Fatalf("%s: %d %s", what, code, b)
+		}
+		if into != nil {
+			decodeExact(t, what, b, into)
+		}
+	}
+	var sess api.WorkerSession
+	call("register", "POST", api.PathWorkers, `{"name":"w1","capacity":1,"lease":"10s","types":[{"type":"py-parent","version":"1"}]}`, http.StatusCreated, &sess)
+	base := api.PathWorkers + "/" + sess.ID
+	parent := submitRawTo(t, n, `{"type":"py-parent","input":2,"max_attempts":1}`)
+	poll := func() api.WorkerAssignment {
+		t.Helper()
+		var p api.WorkerPoll
+		waitFor(t, "an assignment", 30*time.Second, func() bool {
+			call("poll", "POST", base+"/poll", `{"wait":"2s"}`, http.StatusOK, &p)
+			return len(p.Assignments) == 1
+		})
+		return p.Assignments[0]
+	}
+	first := poll()
+	if first.TaskID != parent.ID || first.Resumed || first.Children != nil {
+		t.Fatalf("first assignment %+v", first)
+	}
+	var ids []string
+	for i := 3; i <= 4; i++ {
+		child := submitRawTo(t, n, fmt.Sprintf(`{"type":"calc-square","input":%d,"parent_id":%q,"execution_id":%q}`, i, parent.ID, parent.ID))
+		ids = append(ids, child.ID)
+	}
+	var res api.WorkerEventResults
+	call("events", "POST", base+"/events", fmt.Sprintf(`{"events":[
+		{"task_id":%q,"attempt":1,"kind":"wait_children"},
+		{"task_id":%q,"attempt":1,"kind":"checkpoint","checkpoint":{"submitted":2}},
+		{"task_id":%q,"attempt":1,"kind":"wait_children","children":[%q,%q]}]}`, parent.ID, parent.ID, parent.ID, ids[0], ids[1]), http.StatusOK, &res)
+	if len(res.Results) != 3 || res.Results[0].Code != api.CodeInvalidEvent || !res.Results[1].OK || !res.Results[2].OK {
+		t.Fatalf("events: %+v", res)
+	}
+	if p := tc.task(parent.ID); !slices.Contains([]fsm.State{fsm.Waiting, fsm.Pending, fsm.Assigned}, p.State) || countEvents(p, fsm.EventWaiting) != 1 {
+		t.Fatalf("after the wait the parent is %s, history %+v", p.State, p.History)
+	}
+	second := poll()
+	if second.TaskID != parent.ID || second.Attempt != 2 || !second.Resumed || string(second.Checkpoint) != `{"submitted":2}` || len(second.Children) != 2 {
+		t.Fatalf("resumed assignment %+v", second)
+	}
+	for i, c := range second.Children {
+		if c.ID != slices.Sorted(slices.Values(ids))[i] || c.State != api.StateSucceeded || c.Error != nil {
+			t.Fatalf("child %d as the worker sees it: %+v", i, c)
+		}
+	}
+	byID := map[string]string{second.Children[0].ID: string(second.Children[0].Result), second.Children[1].ID: string(second.Children[1].Result)}
+	if byID[ids[0]] != "9" || byID[ids[1]] != "16" {
+		t.Fatalf("children's results %v", byID)
+	}
+	call("events", "POST", base+"/events", fmt.Sprintf(`{"events":[{"task_id":%q,"attempt":2,"kind":"succeeded","result":25}]}`, parent.ID), http.StatusOK, &res)
+	if len(res.Results) != 1 || !res.Results[0].OK {
+		t.Fatalf("outcome: %+v", res)
+	}
+	if p := tc.task(parent.ID); p.State != fsm.Succeeded || p.Failures != 0 {
+		t.Fatalf("parent %s failures %d", p.State, p.Failures)
+	}
+}

@@ -111,6 +111,23 @@ func (c *Context) WaitChildren(ids ...string) (map[string]ChildResult, error) {
 	return out, nil
 }
 
+// WaitFor ends the attempt to wait for ids, finished or not, and returns the error wrapping
+// ErrWaiting the handler returns: for a handler that relays the wait of another process (a
+// worker's, internal/workerhost), which decides itself whether to wait. Children that have all
+// finished resume the task at once.
+func (c *Context) WaitFor(ids []string) error {
+	if !c.canWait {
+		return ErrNoWait
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.wait = slices.Compact(slices.Sorted(slices.Values(ids)))
+	if c.wait == nil {
+		c.wait = []string{} // the cluster refuses an empty wait, and says why
+	}
+	return fmt.Errorf("%w: %d of them", ErrWaiting, len(c.wait))
+}
+
 // waitFor is the children the run asked to wait for, nil when none.
 func (c *Context) waitFor() []string {
 	c.mu.Lock()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -248,6 +250,7 @@ func (rh *remoteHandler) Run(tc *tasks.Context, input json.RawMessage) (json.Raw
 	s.addRun(rr, api.WorkerAssignment{
 		TaskID: tc.TaskID, Attempt: tc.Attempt, Type: rh.def.Name, Version: rh.def.Version,
 		Input: rawOrNull(input), Checkpoint: rawOrNull(cp), Timeout: durationText(tc.Timeout), ExecutionID: tc.ExecutionID,
+		Resumed: tc.Resumed(), Children: childResults(tc),
 	})
 	defer func() {
 		s.mu.Lock()
@@ -276,6 +279,24 @@ func (rh *remoteHandler) Run(tc *tasks.Context, input json.RawMessage) (json.Raw
 	case <-s.done:
 	}
 	return nil, tc.Err()
+}
+
+// childResults are the children of the wait a resumed attempt follows, sorted by ID.
+func childResults(tc *tasks.Context) []api.ChildResult {
+	m := tc.ChildResults()
+	if len(m) == 0 {
+		return nil
+	}
+	out := make([]api.ChildResult, 0, len(m))
+	for _, id := range slices.Sorted(maps.Keys(m)) {
+		r := m[id]
+		c := api.ChildResult{ID: r.ID, State: r.State, Result: r.Result}
+		if r.Error != nil {
+			c.Error = &api.TaskError{Type: r.Error.Type, Message: r.Error.Message, Final: r.Error.Final}
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // workerError is a failure the worker reported: its type becomes the task error's.
