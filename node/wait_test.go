@@ -435,3 +435,50 @@ func TestAWorkerWaitsForChildrenThroughTheProtocol(t *testing.T) {
 		t.Fatalf("parent %s failures %d", p.State, p.Failures)
 	}
 }
+
+// A worker cannot wait for tasks that are not its task's children, to read their results: the
+// cluster fails its task (invalid_wait) and hands it nothing; an oversized wait is refused as an
+// invalid event.
+func TestAWorkerCannotWaitForAnotherTasksChildren(t *testing.T) {
+	tc := startCluster(t, 1, clusterOpts{inmem: true})
+	n := tc.nodes[0]
+	other := submitRawTo(t, n, `{"type":"echo","input":"another principal's secret"}`)
+	waitState(t, tc, other.ID, 30*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
+	code, b := getRaw(t, n, "POST", api.PathWorkers, `{"name":"w1","capacity":1,"lease":"10s","types":[{"type":"py-parent","version":"1"}]}`)
+	var sess api.WorkerSession
+	if code != http.StatusCreated {
+		t.Fatalf("register: %d %s", code, b)
+	}
+	decodeExact(t, "register", b, &sess)
+	base := api.PathWorkers + "/" + sess.ID
+	parent := submitRawTo(t, n, `{"type":"py-parent","max_attempts":3}`)
+	var p api.WorkerPoll
+	waitFor(t, "an assignment", 30*time.Second, func() bool {
+		_, b := getRaw(t, n, "POST", base+"/poll", `{"wait":"2s"}`)
+		decodeExact(t, "poll", b, &p)
+		return len(p.Assignments) == 1
+	})
+	many := make([]string, fsm.MaxWaitChildren+1)
+	for i := range many {
+		many[i] = "x" // short: the count is what is refused, within the events call's body cap
+	}
+	tooMany, _ := json.Marshal(many)
+	body := fmt.Sprintf(`{"events":[{"task_id":%q,"attempt":1,"kind":"wait_children","children":%s},
+		{"task_id":%q,"attempt":1,"kind":"wait_children","children":[%q]}]}`, parent.ID, tooMany, parent.ID, other.ID)
+	code, b = getRaw(t, n, "POST", base+"/events", body)
+	var res api.WorkerEventResults
+	if code != http.StatusOK {
+		t.Fatalf("events: %d %s", code, b)
+	}
+	decodeExact(t, "events", b, &res)
+	if len(res.Results) != 2 || res.Results[0].Code != api.CodeInvalidEvent || !res.Results[1].OK {
+		t.Fatalf("events: %+v", res)
+	}
+	got := waitState(t, tc, parent.ID, 30*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
+	if got.State != fsm.Failed || got.Error == nil || got.Error.Type != fsm.ErrTypeInvalidWait || got.WaitFor != nil || got.Attempt != 1 {
+		t.Fatalf("parent %s attempt %d error %+v wait_for %v", got.State, got.Attempt, got.Error, got.WaitFor)
+	}
+	if o := tc.task(other.ID); o.State != fsm.Succeeded || o.ParentID != "" || string(o.Result) != `"another principal's secret"` {
+		t.Fatalf("the other task changed: %+v", o)
+	}
+}
