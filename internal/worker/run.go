@@ -308,7 +308,9 @@ func (r reporter) sendOutcome(ctx context.Context, run tasks.RunRef, reps ...fsm
 		// instead (retried while attempts are left, by when the upgrade may be over), rather than
 		// reporting in vain until the node is gone.
 		r.w.log.Warn("wait for child tasks reported as a failure: a node of an older release is up", "task", run.TaskID, "runner", r.name)
-		*last = fsm.Report{TaskID: last.TaskID, Attempt: last.Attempt, Kind: fsm.ReportFailed,
+		// A copy: the batcher may still read the reports it was given.
+		reps = slices.Clone(reps)
+		reps[len(reps)-1] = fsm.Report{TaskID: last.TaskID, Attempt: last.Attempt, Kind: fsm.ReportFailed,
 			Error: &fsm.TaskError{Type: ErrTypeWaitUnsupported, Message: fmt.Sprintf("waiting for child tasks needs every node at protocol %d or newer: %v", fsm.WaitProtocol, err)}}
 		err = r.send(ctx, reps...)
 	}
