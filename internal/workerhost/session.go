@@ -180,8 +180,8 @@ func (s *session) runOver(ref tasks.RunRef) {
 const keptFates = 4096
 
 // fate is what became of an attempt's outcome report, given what the executor said (err): a
-// report whose reply was cut off still landed when the FSM holds an outcome of that attempt from
-// this worker. The run is stopped as soon as the FSM applies its outcome, which can end its
+// report whose reply was cut off still landed when the FSM holds an outcome (or a wait) of that
+// attempt from this worker. The run is stopped as soon as the FSM applies its outcome, which can end its
 // report's wait before the reply arrives.
 func (s *session) fate(ref tasks.RunRef, err error) error {
 	if err == nil {
@@ -193,7 +193,7 @@ func (s *session) fate(ref tasks.RunRef, err error) error {
 	}
 	for _, h := range t.History {
 		if h.Attempt == ref.Attempt && h.Node == s.name &&
-			(h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled) {
+			(h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled || h.Event == fsm.EventWaiting) {
 			return nil
 		}
 	}
