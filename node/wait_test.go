@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/tasks"
@@ -280,21 +278,7 @@ func TestAWaitingParentSurvivesTheNodesThatRanIt(t *testing.T) {
 		return ctx.Err()
 	}
 	tc := startCluster(t, 4, clusterOpts{capacity: 3, inmem: true, registry: w.registry(t), tweak: func(_ int, c *Config) { c.Voters = 3 }})
-	voters := func() (alive, total int) {
-		l := tc.leader()
-		if l == nil {
-			return 0, 0
-		}
-		for _, s := range raftServers(t, l) {
-			if s.Suffrage == raft.Voter {
-				total++
-				if n := tc.find(string(s.ID)); n != nil && !n.stopped() {
-					alive++
-				}
-			}
-		}
-		return alive, total
-	}
+	voters := tc.voters
 	waitFor(t, "3 voters", 30*time.Second, func() bool { a, n := voters(); return a == 3 && n == 3 })
 
 	parent := submitParent(t, tc.nodes[0], squares("held", 10))
