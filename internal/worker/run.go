@@ -159,11 +159,8 @@ func (w *Worker) workLoop(ctx context.Context, name, bootID string, exec *tasks.
 				}
 				continue
 			}
-			if faulty && !running[ref] {
-				continue
-			}
-			if running[ref] {
-				continue
+			if faulty || running[ref] {
+				continue // started already, or this node takes no new task
 			}
 			exec.Start(tasks.Assignment{
 				TaskID: t.ID, Type: t.Type, Version: t.Version, ExecutionID: t.ExecutionID,

@@ -181,8 +181,8 @@ const keptFates = 4096
 
 // fate is what became of an attempt's outcome report, given what the executor said (err): a
 // report whose reply was cut off still landed when the FSM holds an outcome (or a wait) of that
-// attempt from this worker. The run is stopped as soon as the FSM applies its outcome, which can end its
-// report's wait before the reply arrives.
+// attempt from this worker. The run is stopped as soon as the FSM applies its outcome, which can
+// end its report's wait before the reply arrives.
 func (s *session) fate(ref tasks.RunRef, err error) error {
 	if err == nil {
 		return nil
