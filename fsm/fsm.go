@@ -46,9 +46,10 @@ type FSM struct {
 	schedChanged chan struct{}
 	// workflows is the workflows table (workflow.go).
 	workflows workflowTable
-	// applying is the index and time of the entry being applied, for changes that follow from
-	// others wherever those are saved (childChanged); scratch, never part of the replicated state.
-	applying applying
+	// waitDeltas are, per waiting parent, how many of the children it waits for the entry being
+	// applied finished (or sent back to run); advanceWaits applies them. Scratch, never part of
+	// the replicated state.
+	waitDeltas map[string]int
 }
 
 // New returns an empty FSM.
@@ -88,12 +89,13 @@ func (f *FSM) applyLocked(index uint64, c *Command) *Result {
 		return &Result{Index: index, Err: f.halt}
 	}
 	r := &Result{Index: index}
-	f.applying = applying{index: index, now: c.Now}
 	if s := specOf(c.Body); s != nil {
 		r.Items, r.Err = s.apply(f, index, c.Now, c.Body)
 		// Steps of workflows whose tasks this entry finished settle in it, and start the steps
 		// they make ready.
 		f.advanceWorkflows(index, c.Now)
+		// Parents whose children this entry finished count them, once per entry.
+		f.advanceWaits(index, c.Now)
 	} else {
 		r.Err = fmt.Errorf("%w: payload %T is not in the command table", ErrBadCommand, c.Body)
 	}

@@ -37,12 +37,6 @@ const ErrTypeInvalidWait = "invalid_wait"
 // KindWaiting is the transition of an attempt that ended to wait for child tasks.
 const KindWaiting = "waiting"
 
-// applying is the entry being applied (applyLocked).
-type applying struct {
-	index uint64
-	now   time.Time
-}
-
 // wait applies a wait report for old, the stored record, already fenced. f.mu is held.
 func (f *FSM) wait(index uint64, now time.Time, old *Task, r *Report) ItemResult {
 	t := old.cow()
@@ -133,29 +127,49 @@ func (f *FSM) cancelWaiting(index uint64, now time.Time, old *Task) {
 	}
 }
 
-// childChanged follows a child task that finished, or was sent back to run by a retry, into the
-// wait of its parent, if the parent waits for it: the last child to finish makes the parent
-// Pending again. save calls it, in whatever entry the child changed. f.mu is held.
+// childChanged notes a child task that finished, or was sent back to run by a retry, for its
+// parent's wait, if the parent waits for it now. save calls it, in whatever entry the child
+// changed; advanceWaits counts the notes at the end of the entry, once per parent. A parent that
+// starts to wait later in the entry counts the child's state itself. f.mu is held.
 func (f *FSM) childChanged(child *Task) {
-	old, ok := f.tasks.get(child.ParentID)
-	if !ok || old.State != Waiting {
+	p, ok := f.tasks.get(child.ParentID)
+	if !ok || p.State != Waiting {
 		return
 	}
-	if _, found := slices.BinarySearch(old.WaitFor, child.ID); !found {
+	if _, found := slices.BinarySearch(p.WaitFor, child.ID); !found {
 		return
 	}
-	index, now := f.applying.index, f.applying.now
-	t := old.cow()
+	if f.waitDeltas == nil {
+		f.waitDeltas = map[string]int{}
+	}
 	if child.State.Terminal() {
-		t.WaitLeft--
+		f.waitDeltas[p.ID]--
 	} else {
-		t.WaitLeft++
+		f.waitDeltas[p.ID]++
 	}
-	if t.WaitLeft <= 0 {
-		t.WaitLeft = 0
-		t.State = Pending
-		t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Event: EventResumed, At: now})
+}
+
+// advanceWaits applies the entry's notes (childChanged) to the parents still waiting: the one
+// whose last child finished is Pending again. f.mu is held.
+func (f *FSM) advanceWaits(index uint64, now time.Time) {
+	if len(f.waitDeltas) == 0 {
+		return
 	}
-	t.ModifyIndex = index
-	f.save(old, t)
+	for _, id := range sortedKeys(f.waitDeltas) {
+		delta := f.waitDeltas[id]
+		old, ok := f.tasks.get(id)
+		if !ok || old.State != Waiting || delta == 0 {
+			continue
+		}
+		t := old.cow()
+		t.WaitLeft += delta
+		if t.WaitLeft <= 0 {
+			t.WaitLeft = 0
+			t.State = Pending
+			t.History = append(t.History, HistoryEntry{Attempt: t.Attempt, Event: EventResumed, At: now})
+		}
+		t.ModifyIndex = index
+		f.save(old, t)
+	}
+	clear(f.waitDeltas)
 }

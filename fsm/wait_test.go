@@ -286,3 +286,65 @@ func TestAWaitReportNeedsProtocol10(t *testing.T) {
 		t.Fatalf("emit with every node at protocol %d: %v", Protocol, err)
 	}
 }
+
+// BenchmarkWaitForTenThousandChildren times what the FSM does for a parent that waits for
+// MaxWaitChildren children: the wait report (every child looked up), then every child's outcome
+// (each counted into the parent's wait), in report batches of 100, until the last resumes it;
+// "no wait" is the same children's outcomes with the parent running, for comparison. The submits
+// and assignments are outside the timing.
+func BenchmarkWaitForTenThousandChildren(b *testing.B) {
+	for _, wait := range []bool{true, false} {
+		name := "wait"
+		if !wait {
+			name = "no wait"
+		}
+		b.Run(name, func(b *testing.B) { benchWait(b, wait) })
+	}
+}
+
+func benchWait(b *testing.B, wait bool) {
+	const n = MaxWaitChildren
+	for b.Loop() {
+		b.StopTimer()
+		f, idx := New(), uint64(0)
+		apply := func(c *Command) {
+			idx++
+			if r := f.ApplyCommand(idx, c); r.Err != nil {
+				b.Fatal(r.Err)
+			}
+		}
+		reg := registerCmd("n1", "b1", n+1)
+		reg.Body.(*Register).Node.Protocol = Protocol
+		apply(reg)
+		apply(submitCmd(sub("p", "echo")))
+		apply(assignCmd("p", "n1", "b1"))
+		ids := make([]string, n)
+		subs := make([]Submit, n)
+		assigns := make([]Assign, n)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("c%05d", i)
+			subs[i] = Submit{ID: ids[i], Type: "echo", MaxAttempts: 1, ParentID: "p", ExecutionID: "p"}
+			assigns[i] = Assign{TaskID: ids[i], Node: "n1", BootID: "b1"}
+		}
+		apply(submitCmd(subs...))
+		apply(&Command{Body: &AssignBatch{Items: assigns}})
+		b.StartTimer()
+		if wait {
+			apply(reportCmd(waitRep("p", 1, ids...)))
+		}
+		for i := 0; i < n; i += 100 {
+			reps := make([]Report, 0, 100)
+			for _, id := range ids[i : i+100] {
+				r := rep(id, 1, "n1", "b1", ReportSucceeded)
+				r.Result = json.RawMessage(`1`)
+				reps = append(reps, r)
+			}
+			apply(reportCmd(reps...))
+		}
+		b.StopTimer()
+		if p, _ := f.Task("p"); wait && p.State != Pending || !wait && p.State != Assigned {
+			b.Fatalf("parent %s after its children", p.State)
+		}
+		b.StartTimer()
+	}
+}
