@@ -19,13 +19,16 @@ const (
 	StatePending   = "pending"
 	StateAssigned  = "assigned"
 	StateRunning   = "running"
+	// StateWaiting is a task waiting for its child tasks (ctx.WaitChildren): it holds no slot,
+	// and is pending again once they have all finished.
+	StateWaiting   = "waiting"
 	StateSucceeded = "succeeded"
 	StateFailed    = "failed"
 	StateCancelled = "cancelled"
 )
 
 // States lists every task state, in lifecycle order.
-var States = []string{StateScheduled, StatePending, StateAssigned, StateRunning, StateSucceeded, StateFailed, StateCancelled}
+var States = []string{StateScheduled, StatePending, StateAssigned, StateRunning, StateWaiting, StateSucceeded, StateFailed, StateCancelled}
 
 // IsTerminal reports whether a task in state will not change any more.
 func IsTerminal(state string) bool {
@@ -40,6 +43,11 @@ const (
 	EventFailed      = "failed"
 	EventSucceeded   = "succeeded"
 	EventCancelled   = "cancelled"
+	// EventRetried: sent back to pending by a retry request. EventWaiting: the attempt ended to
+	// wait for child tasks; EventResumed: the last of them finished, and the task is pending.
+	EventRetried = "retried"
+	EventWaiting = "waiting"
+	EventResumed = "resumed"
 )
 
 // Task is the task record (GET /v1/tasks/{id}, and every list item).
@@ -98,6 +106,11 @@ type Task struct {
 	// TraceID is the W3C trace (32 hex digits) the task's spans belong to: the submit's
 	// traceparent, or the trace the node started for it with tracing on; absent for none.
 	TraceID string `json:"trace_id,omitempty"`
+	// WaitFor are the child tasks the task's latest wait named (kept once it resumed: its next
+	// attempt reads their results), and WaitLeft how many of them have not finished while it is
+	// waiting.
+	WaitFor  []string `json:"wait_for,omitempty"`
+	WaitLeft int      `json:"wait_left,omitempty"`
 }
 
 // TaskError is why an attempt or a task failed.

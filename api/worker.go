@@ -95,6 +95,19 @@ type WorkerAssignment struct {
 	// Traceparent is the W3C trace context of the attempt (its span with tracing on, else the
 	// task's trace context), absent for an untraced task: the worker's own spans may continue it.
 	Traceparent string `json:"traceparent,omitempty"`
+	// Resumed is set on an attempt that follows a wait_children event, and Children are then
+	// the children that wait named, with how each ended.
+	Resumed  bool          `json:"resumed,omitempty"`
+	Children []ChildResult `json:"children,omitempty"`
+}
+
+// ChildResult is how a child task a resumed attempt waited for ended: State is succeeded, failed
+// or cancelled ("" when the child was removed before its parent resumed).
+type ChildResult struct {
+	ID     string          `json:"id"`
+	State  string          `json:"state"`
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  *TaskError      `json:"error,omitempty"`
 }
 
 // WorkerRun names one attempt.
@@ -117,6 +130,9 @@ const (
 	WorkerEventSucceeded  = "succeeded"
 	WorkerEventFailed     = "failed"
 	WorkerEventCancelled  = "cancelled"
+	// WorkerEventWaitChildren ends the attempt to wait for the child tasks in Children: the task
+	// runs again (Resumed) once they have all finished.
+	WorkerEventWaitChildren = "wait_children"
 )
 
 // WorkerEvent is one event a worker reports about an attempt.
@@ -130,6 +146,8 @@ type WorkerEvent struct {
 	Checkpoint json.RawMessage `json:"checkpoint,omitempty"`
 	Result     json.RawMessage `json:"result,omitempty"`
 	Error      *TaskError      `json:"error,omitempty"`
+	// Children are the child tasks a wait_children event waits for.
+	Children []string `json:"children,omitempty"`
 }
 
 // WorkerEvents is the body of POST /v1/workers/{id}/events.

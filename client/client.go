@@ -29,6 +29,7 @@ const (
 	StatePending   = api.StatePending
 	StateAssigned  = api.StateAssigned
 	StateRunning   = api.StateRunning
+	StateWaiting   = api.StateWaiting // waiting for its child tasks, without a slot
 	StateSucceeded = api.StateSucceeded
 	StateFailed    = api.StateFailed
 	StateCancelled = api.StateCancelled

@@ -56,6 +56,9 @@ const (
 // Submit's RateLimit and RateKey; and debounced submits (debounce.go): Submit's DebounceKey and
 // Debounce.
 //
+// Protocol 10 adds waiting for child tasks (wait.go): the report kind ReportWait, the task state
+// Waiting and Task's WaitFor and WaitLeft.
+//
 // Protocol 11 adds trace contexts (trace.go): Submit.Trace and Task.Trace.
 const Protocol = TraceProtocol
 
@@ -452,14 +455,19 @@ func (b *SubmitBatch) NeedsProtocol() int {
 	return need
 }
 
-// NeedsProtocol implements NeedsProtocol: a final error (TaskError.Final) needs protocol 2.
+// NeedsProtocol implements NeedsProtocol: a wait (ReportWait) needs WaitProtocol, a final error
+// (TaskError.Final) protocol 2.
 func (b *ReportBatch) NeedsProtocol() int {
+	need := 0
 	for i := range b.Items {
+		if b.Items[i].Kind == ReportWait || b.Items[i].WaitFor != nil {
+			return WaitProtocol
+		}
 		if e := b.Items[i].Error; e != nil && e.Final {
-			return 2
+			need = 2
 		}
 	}
-	return 0
+	return need
 }
 
 // Assign places a pending task on a node incarnation.
@@ -486,6 +494,9 @@ const (
 	ReportFailed      ReportKind = 4
 	ReportCancelled   ReportKind = 5
 	ReportInterrupted ReportKind = 6 // handed back on drain: runs again, not a failure
+	// ReportWait ends the attempt to wait for child tasks (Report.WaitFor): the task is Waiting,
+	// without a slot, until they have all finished (wait.go). Protocol 10.
+	ReportWait ReportKind = 7
 )
 
 // Report is one executor report, fenced by (Node, BootID, Attempt).
@@ -500,6 +511,8 @@ type Report struct {
 	Checkpoint json.RawMessage `msgpack:"checkpoint,omitempty"`
 	// NotBefore is when a failed attempt may be retried; the leader computes the backoff.
 	NotBefore *time.Time `msgpack:"not_before,omitempty"`
+	// WaitFor are the child tasks a ReportWait waits for. Protocol 10.
+	WaitFor []string `msgpack:"wait_for,omitempty"`
 }
 
 // prepareReport stamps each failed report with its retry deadline: the backoff depends on the

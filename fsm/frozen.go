@@ -63,6 +63,7 @@ const (
 	fRate        // rate limit and key, after the history
 	fDebounce    // debounce key and window, after those
 	fTrace
+	fWait
 )
 
 // Presence flags of a frozen history entry.
@@ -99,6 +100,7 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 	set(fRate, t.RateLimit != "" || t.RateKey != "")
 	set(fDebounce, t.DebounceKey != "" || t.Debounce != 0)
 	set(fTrace, t.Trace != nil)
+	set(fWait, t.WaitFor != nil || t.WaitLeft != 0)
 	b = binary.AppendUvarint(b, flags)
 	for _, s := range []string{t.Type, t.Version, string(t.State), t.Node, t.BootID, t.Queue, t.SubmittedBy, t.Schedule} {
 		b = binary.AppendUvarint(b, uint64(nm.put(s)))
@@ -130,6 +132,17 @@ func appendFrozen(b []byte, t *Task, nm *names) []byte {
 	b = putStr(b, t.IdempotencyKey)
 	b = putStr(b, t.ParentID)
 	b = putStr(b, t.UniqueKey)
+	if t.WaitFor != nil || t.WaitLeft != 0 {
+		b = binary.AppendVarint(b, int64(t.WaitLeft))
+		if t.WaitFor == nil {
+			b = binary.AppendUvarint(b, 0)
+		} else {
+			b = binary.AppendUvarint(b, uint64(len(t.WaitFor))+1)
+			for _, id := range t.WaitFor {
+				b = putStr(b, id)
+			}
+		}
+	}
 	if t.History != nil {
 		b = binary.AppendUvarint(b, uint64(len(t.History)))
 		for i := range t.History {
@@ -401,6 +414,18 @@ func thawInto(t *Task, s string, list []string) error {
 	}
 	t.IdempotencyKey, t.ParentID, t.UniqueKey = r.str(), r.str(), r.str()
 	t.CancelRequested = has(fCancel)
+	if has(fWait) {
+		t.WaitLeft = int(r.varint())
+		if n := r.uvarint(); n > 0 {
+			if n-1 > uint64(len(r.s)) { // every ID takes a byte
+				return errFrozen
+			}
+			t.WaitFor = make([]string, n-1)
+			for i := range t.WaitFor {
+				t.WaitFor[i] = r.str()
+			}
+		}
+	}
 	if has(fHistory) {
 		n := r.uvarint()
 		if n > uint64(len(r.s)) { // every entry takes bytes

@@ -79,6 +79,15 @@ func randomTask(r *rand.Rand, i int) *Task {
 			t.Trace.SpanID[i] = byte(r.IntN(256))
 		}
 	}
+	switch r.IntN(4) {
+	case 0: // no wait
+	case 1:
+		t.WaitFor = []string{}
+	case 2:
+		t.WaitLeft = r.IntN(3)
+	default:
+		t.WaitFor, t.WaitLeft = []string{"01JCHILD1", "01JCHILD2"}, r.IntN(3)
+	}
 	if r.IntN(3) > 0 {
 		t.Error = &TaskError{Type: str("", "timeout", "handler"), Message: str("", "boom", strings.Repeat("é", 200)), Final: r.IntN(2) == 0}
 	}

@@ -52,6 +52,10 @@ type FSM struct {
 	// lastNow is the latest command time applied: what rate limits' tokens are shown at. It is
 	// not replicated state (a restored replica has none until its next entry).
 	lastNow time.Time
+	// waitDeltas are, per waiting parent, how many of the children it waits for the entry being
+	// applied finished (or sent back to run); advanceWaits applies them. Scratch, never part of
+	// the replicated state.
+	waitDeltas map[string]int
 }
 
 // New returns an empty FSM.
@@ -99,6 +103,8 @@ func (f *FSM) applyLocked(index uint64, c *Command) *Result {
 		// Steps of workflows whose tasks this entry finished settle in it, and start the steps
 		// they make ready.
 		f.advanceWorkflows(index, c.Now)
+		// Parents whose children this entry finished count them, once per entry.
+		f.advanceWaits(index, c.Now)
 	} else {
 		r.Err = fmt.Errorf("%w: payload %T is not in the command table", ErrBadCommand, c.Body)
 	}
@@ -351,6 +357,9 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 	if r.Kind == ReportStarted && old.State == Running {
 		return ItemResult{ID: old.ID}
 	}
+	if r.Kind == ReportWait {
+		return f.wait(index, now, old, r)
+	}
 	t := old.cow()
 	defer f.save(old, t)
 	entry := HistoryEntry{Attempt: t.Attempt, Node: t.Node, At: now}
@@ -531,6 +540,9 @@ func (f *FSM) save(old, next *Task) {
 			}
 			f.noteStepFinished(next.ID)
 		}
+		if next.ParentID != "" && next.State.Terminal() != (old != nil && old.State.Terminal()) {
+			f.childChanged(next)
+		}
 	}
 }
 
@@ -551,6 +563,10 @@ func (f *FSM) cancel(index uint64, now time.Time, id string) ItemResult {
 	}
 	if old.State.Terminal() {
 		return ItemResult{ID: id, Err: ErrFinished}
+	}
+	if old.State == Waiting {
+		f.cancelWaiting(index, now, old)
+		return ItemResult{ID: id}
 	}
 	t := old.cow()
 	defer f.save(old, t)

@@ -980,7 +980,7 @@ func TestListPagesThroughEverything(t *testing.T) {
 
 func TestCountsIncludesEveryState(t *testing.T) {
 	h := queryFSM(t)
-	want := map[State]int{Scheduled: 0, Pending: 2, Assigned: 1, Running: 1, Succeeded: 1, Failed: 0, Cancelled: 0}
+	want := map[State]int{Scheduled: 0, Pending: 2, Assigned: 1, Running: 1, Waiting: 0, Succeeded: 1, Failed: 0, Cancelled: 0}
 	if got := h.f.Counts(); !reflect.DeepEqual(got, want) {
 		t.Errorf("counts = %v, want %v", got, want)
 	}

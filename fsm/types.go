@@ -51,13 +51,16 @@ const (
 	Pending   State = "pending"
 	Assigned  State = "assigned"
 	Running   State = "running"
+	// Waiting is a task whose last attempt ended to wait for child tasks (wait.go): it holds no
+	// slot, and goes back to Pending once every child it waits for has finished.
+	Waiting   State = "waiting"
 	Succeeded State = "succeeded"
 	Failed    State = "failed"
 	Cancelled State = "cancelled"
 )
 
 // States lists every state, in lifecycle order.
-var States = []State{Scheduled, Pending, Assigned, Running, Succeeded, Failed, Cancelled}
+var States = []State{Scheduled, Pending, Assigned, Running, Waiting, Succeeded, Failed, Cancelled}
 
 // Terminal reports whether a task in state s will never change again.
 func (s State) Terminal() bool { return s == Succeeded || s == Failed || s == Cancelled }
@@ -86,6 +89,10 @@ const (
 	// EventRetried: a failed or cancelled task was sent back to pending by a retry request
 	// (HistoryEntry.By says who asked); its next attempt follows.
 	EventRetried = "retried"
+	// EventWaiting: the attempt ended to wait for child tasks; EventResumed: the last of them
+	// finished and the task is pending again (wait.go).
+	EventWaiting = "waiting"
+	EventResumed = "resumed"
 )
 
 // Duration is a task timeout. It has no JSON form of its own: the API writes it as Go duration
@@ -173,6 +180,11 @@ type Task struct {
 	Debounce    Duration `msgpack:"debounce,omitempty"`
 	// Trace is the trace context the task's spans continue (Submit.Trace); nil: none.
 	Trace *TraceContext `msgpack:"trace,omitempty"`
+	// WaitFor are the child tasks the task's latest wait named, sorted (wait.go); kept after it
+	// resumed, so that its next attempt reads their results. WaitLeft counts those not finished
+	// while it is Waiting. Protocol 10.
+	WaitFor  []string `msgpack:"wait_for,omitempty"`
+	WaitLeft int      `msgpack:"wait_left,omitempty"`
 }
 
 // DefaultQueue is the name of the queue of tasks that name none.
@@ -200,6 +212,9 @@ func (t *Task) ReadyAt() time.Time {
 func (t *Task) clone() Task {
 	c := *t
 	c.History = append([]HistoryEntry(nil), t.History...)
+	if t.WaitFor != nil {
+		c.WaitFor = append([]string{}, t.WaitFor...)
+	}
 	return c
 }
 

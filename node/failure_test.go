@@ -260,21 +260,7 @@ func raftIDs(n *Node) []raft.ServerID {
 func TestFiveNodesSurviveTwoCrashesInARow(t *testing.T) {
 	longTest(t)
 	tc := startCluster(t, 5, clusterOpts{inmem: true})
-	voters := func() (alive, total int) {
-		l := tc.leader()
-		if l == nil {
-			return 0, 0
-		}
-		for _, s := range raftServers(t, l) {
-			if s.Suffrage == raft.Voter {
-				total++
-				if n := tc.find(string(s.ID)); n != nil && !n.stopped() {
-					alive++
-				}
-			}
-		}
-		return alive, total
-	}
+	voters := tc.voters
 	waitFor(t, "3 voters", 30*time.Second, func() bool { a, n := voters(); return a == 3 && n == 3 })
 	for round := 0; round < 2; round++ {
 		var victim *Node
@@ -293,6 +279,23 @@ func TestFiveNodesSurviveTwoCrashesInARow(t *testing.T) {
 	if task.State != api.StateSucceeded || string(task.Result) != "81" {
 		t.Fatalf("after two crashes: %s %s", task.State, task.Result)
 	}
+}
+
+// voters counts the raft voters the leader's configuration holds, and those of them still running.
+func (tc *testCluster) voters() (alive, total int) {
+	l := tc.leader()
+	if l == nil {
+		return 0, 0
+	}
+	for _, s := range raftServers(tc.t, l) {
+		if s.Suffrage == raft.Voter {
+			total++
+			if n := tc.find(string(s.ID)); n != nil && !n.stopped() {
+				alive++
+			}
+		}
+	}
+	return alive, total
 }
 
 func (tc *testCluster) find(name string) *Node {

@@ -48,9 +48,15 @@ type Context struct {
 	tooLarge      func(error)                 // fails the attempt; nil outside an executor
 	out           *runOutput                  // nil outside an executor
 
-	mu     sync.Mutex
-	last   json.RawMessage
-	closed bool // the handler returned: later checkpoints are refused
+	canWait  bool                   // inside an executor: WaitChildren can end the attempt
+	resumed  bool                   // the attempt follows a wait
+	children map[string]ChildResult // the children of the wait it follows, by ID
+
+	mu        sync.Mutex
+	last      json.RawMessage
+	closed    bool     // the handler returned: later checkpoints are refused
+	submitted []string // children this run submitted, in order
+	wait      []string // the children WaitChildren asked to wait for, sorted; nil: none
 }
 
 // errRunOver is returned by Checkpoint once the attempt's handler has returned, to a goroutine the
@@ -151,7 +157,13 @@ func (c *Context) Submit(child ChildTask) (string, error) {
 	if c.submit == nil {
 		return "", ErrNoSubmitter
 	}
-	return c.submit(c, RunRef{TaskID: c.TaskID, Attempt: c.Attempt}, c.ExecutionID, child)
+	id, err := c.submit(c, RunRef{TaskID: c.TaskID, Attempt: c.Attempt}, c.ExecutionID, child)
+	if err == nil {
+		c.mu.Lock()
+		c.submitted = append(c.submitted, id)
+		c.mu.Unlock()
+	}
+	return id, err
 }
 
 // LastCheckpoint decodes the last checkpoint (from an earlier attempt or this

@@ -57,6 +57,10 @@ type Assignment struct {
 	// Trace is the task's trace context (the span that submitted it), invalid for none: the
 	// attempt's span is its child, and the task's Context carries it.
 	Trace trace.SpanContext
+	// Resumed is set on an attempt that follows a wait for child tasks (Context.WaitChildren),
+	// and Children are then the children that wait named, with their outcomes.
+	Resumed  bool
+	Children []ChildResult
 }
 
 // RunRef names one attempt of a task.
@@ -74,6 +78,9 @@ const (
 	OutcomeFailed
 	OutcomeCancelled
 	OutcomeInterrupted
+	// OutcomeWaiting ends the attempt to wait for child tasks (Context.WaitChildren): the result
+	// passed to Reporter.Finished is the JSON array of their IDs.
+	OutcomeWaiting
 )
 
 func (o Outcome) String() string {
@@ -86,6 +93,8 @@ func (o Outcome) String() string {
 		return "cancelled"
 	case OutcomeInterrupted:
 		return "interrupted"
+	case OutcomeWaiting:
+		return "waiting"
 	}
 	return fmt.Sprintf("Outcome(%d)", int(o))
 }
@@ -508,6 +517,9 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 		maxResult:     e.cfg.MaxResultBytes,
 		tooLarge:      fail,
 		out:           out,
+		canWait:       true,
+		resumed:       a.Resumed,
+		children:      childMap(a.Children),
 		checkpoint: func(data json.RawMessage) error {
 			startThrottle()
 			if err := throttle.Checkpoint(ctx, data); err != nil {
@@ -540,6 +552,9 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypeResultTooLarge, Message: serr.Error()}
 	case errors.As(err, &serr) && serr.What == PayloadCheckpoint:
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypeCheckpointTooLarge, Message: serr.Error()}
+	case err != nil && errors.Is(err, ErrWaiting) && tc.waitFor() != nil:
+		ids, _ := json.Marshal(tc.waitFor())
+		return OutcomeWaiting, ids, nil
 	case err == nil && !json.Valid(result):
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypeTaskError, Message: "task returned invalid JSON as its result"}
 	case err == nil:

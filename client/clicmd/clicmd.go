@@ -261,7 +261,7 @@ func taskListCommand() *cli.Command {
 		Name:  "list",
 		Usage: "list tasks, newest first",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "state", Usage: "only tasks in this state"},
+			&cli.StringFlag{Name: "state", Usage: "only tasks in this state: scheduled, pending, assigned, running, waiting (for child tasks), succeeded, failed or cancelled"},
 			&cli.StringFlag{Name: "type", Usage: "only tasks of this type"},
 			&cli.StringFlag{Name: "node", Usage: "only tasks on this node"},
 			&cli.StringFlag{Name: "execution", Usage: "only tasks of this execution"},
@@ -885,6 +885,13 @@ func printTask(w io.Writer, t *client.Task) error {
 	row("Execution", t.ExecutionID)
 	row("Trace", t.TraceID)
 	row("Parent", t.ParentID)
+	if len(t.WaitFor) > 0 {
+		waiting := fmt.Sprintf("%d child tasks", len(t.WaitFor))
+		if t.State == client.StateWaiting {
+			waiting += fmt.Sprintf(", %d not finished", t.WaitLeft)
+		}
+		row("Waits for", waiting)
+	}
 	row("Submitted by", t.SubmittedBy)
 	row("Created", formatTime(t.CreatedAt))
 	if t.StartedAt != nil {

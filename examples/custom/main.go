@@ -1,6 +1,7 @@
 // Command custom is a taskworker binary with its own task types: everything taskworker does, plus
-// "word-count" (a typed Go task) and "fan-out" (a task that submits child tasks into its
-// execution). Build it, then run it exactly like taskworker:
+// "word-count" (a typed Go task), "fan-out" (a task that submits child tasks into its execution)
+// and "sum-squares" (a task that submits children, waits for them without holding a slot, and
+// adds up their results). Build it, then run it exactly like taskworker:
 //
 //	go build -o custom ./examples/custom
 //	./custom agent --dev
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -67,12 +69,73 @@ func fanOut(ctx *tasks.Context, in FanOutInput) ([]string, error) {
 	return ids, nil
 }
 
+// SumSquaresInput asks for the sum of the squares of 1..N, each computed by a slow-square child
+// that takes MS milliseconds.
+type SumSquaresInput struct {
+	N  int `json:"n"`
+	MS int `json:"ms"`
+}
+
+// SumSquaresResult is sum-squares' result: the sum, and the children that did not succeed.
+type SumSquaresResult struct {
+	Sum    int      `json:"sum"`
+	Failed []string `json:"failed"`
+}
+
+func sumSquares(ctx *tasks.Context, in SumSquaresInput) (SumSquaresResult, error) {
+	var ids []string
+	for i := 1; i <= in.N; i++ {
+		// The key gives a resumed (or retried) run the same children: it names them again.
+		id, err := ctx.Submit(tasks.ChildTask{Type: "slow-square", Input: SlowSquareInput{N: i, MS: in.MS},
+			IdempotencyKey: fmt.Sprintf("%s/%d", ctx.TaskID, i)})
+		if err != nil {
+			return SumSquaresResult{}, err
+		}
+		ids = append(ids, id)
+	}
+	// Ends this attempt while the children run (the slot is free meanwhile); the task runs again
+	// once they have all finished, and this call then returns their outcomes.
+	results, err := ctx.WaitChildren(ids...)
+	if err != nil {
+		return SumSquaresResult{}, err
+	}
+	res := SumSquaresResult{Failed: []string{}}
+	for _, id := range ids {
+		var sq int
+		if err := results[id].Decode(&sq); err != nil {
+			res.Failed = append(res.Failed, id) // a failed child is the parent's to judge
+			continue
+		}
+		res.Sum += sq
+	}
+	return res, nil
+}
+
+// SlowSquareInput is slow-square's input: the number, and how long to take.
+type SlowSquareInput struct {
+	N  int `json:"n"`
+	MS int `json:"ms"`
+}
+
+func slowSquare(ctx *tasks.Context, in SlowSquareInput) (int, error) {
+	select {
+	case <-time.After(time.Duration(in.MS) * time.Millisecond):
+		return in.N * in.N, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
 func register(reg *tasks.Registry) error {
 	for _, h := range []tasks.Handler{
 		tasks.Func(tasks.Definition{Name: "word-count", Version: "1", Description: "Counts the words of a text.",
 			ExampleInput: []byte(`{"text":"to be or not to be"}`)}, wordCount),
 		tasks.Func(tasks.Definition{Name: "fan-out", Version: "1", Description: "Submits calc-square children of 1..n into its execution.",
 			ExampleInput: []byte(`{"n":3}`)}, fanOut),
+		tasks.Func(tasks.Definition{Name: "sum-squares", Version: "1", Description: "Sums the squares of 1..n, each from a slow-square child it waits for.",
+			ExampleInput: []byte(`{"n":3,"ms":100}`)}, sumSquares),
+		tasks.Func(tasks.Definition{Name: "slow-square", Version: "1", Description: "Squares n after ms milliseconds.",
+			ExampleInput: []byte(`{"n":3,"ms":100}`)}, slowSquare),
 	} {
 		if err := reg.Register(h); err != nil {
 			return err
@@ -84,7 +147,7 @@ func register(reg *tasks.Registry) error {
 func main() {
 	app := &cli.App{
 		Name:  "custom",
-		Usage: "taskworker with word-count and fan-out",
+		Usage: "taskworker with word-count, fan-out and sum-squares",
 		Commands: append([]*cli.Command{node.AgentCommand(node.AgentOptions{Version: "custom-1", Register: register})},
 			clicmd.Commands()...),
 		Version: "custom-1",

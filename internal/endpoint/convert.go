@@ -31,6 +31,7 @@ func toAPITask(t *fsm.Task) api.Task {
 		RunAt: t.RunAt, Priority: t.Priority, Queue: t.QueueName(), TraceID: traceIDOf(t.Trace),
 		ConcurrencyKey: t.ConcurrencyKey, ConcurrencyLimit: t.ConcurrencyLimit,
 		RateLimit: t.RateLimit, RateLimitKey: t.RateKey, DebounceKey: t.DebounceKey, Debounce: durationText(t.Debounce),
+		WaitFor: t.WaitFor, WaitLeft: t.WaitLeft,
 	}
 	if t.Error != nil {
 		out.Error = &api.TaskError{Type: t.Error.Type, Message: t.Error.Message, Final: t.Error.Final}

@@ -152,6 +152,7 @@ func New(src Source) *Metrics {
 		fsm.KindRetried:     "Failed attempts that were requeued for another attempt, by type.",
 		fsm.KindInterrupted: "Attempts interrupted by their node dying, restarting or leaving, by type.",
 		fsm.KindCancelled:   "Tasks cancelled, by type.",
+		fsm.KindWaiting:     "Attempts that ended to wait for their child tasks, by type.",
 	}
 	for kind, h := range help {
 		m.transitions[kind] = prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -164,13 +164,14 @@ func (w *Worker) workLoop(ctx context.Context, name, bootID string, exec *tasks.
 				}
 				continue
 			}
-			if faulty && !running[ref] {
-				continue
+			if faulty || running[ref] {
+				continue // started already, or this node takes no new task
 			}
 			exec.Start(tasks.Assignment{
 				TaskID: t.ID, Type: t.Type, Version: t.Version, ExecutionID: t.ExecutionID,
 				Input: t.Input, Attempt: t.Attempt, Timeout: time.Duration(t.Timeout), Checkpoint: t.Checkpoint,
-				Trace: traceOf(t.Trace),
+				Trace:   traceOf(t.Trace),
+				Resumed: len(t.WaitFor) > 0, Children: w.childResults(t.WaitFor),
 			})
 		}
 		for ref := range cancelling {
@@ -207,6 +208,29 @@ func traceOf(tc *fsm.TraceContext) trace.SpanContext {
 	return tracing.Stored(*tc).SpanContext()
 }
 
+// childResults reads the outcomes of the children a task waited for from this node's FSM, which
+// holds them: the entry that resumed the task made the last of them finish, and the assignment
+// being run came after it.
+func (w *Worker) childResults(ids []string) []tasks.ChildResult {
+	if len(ids) == 0 {
+		return nil
+	}
+	out := make([]tasks.ChildResult, 0, len(ids))
+	for _, id := range ids {
+		c, ok := w.cfg.FSM.Task(id)
+		if !ok {
+			out = append(out, tasks.ChildResult{ID: id, Error: &tasks.TaskError{Type: "not_found", Message: "the child task was removed before its parent resumed"}})
+			continue
+		}
+		r := tasks.ChildResult{ID: id, State: string(c.State), Result: c.Result}
+		if c.Error != nil && c.State != fsm.Succeeded {
+			r.Error = &tasks.TaskError{Type: c.Error.Type, Message: c.Error.Message, Final: c.Error.Final}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
 // finishUnstarted reports the outcome of an assignment that never ran here (cancelled before it
 // started, or handed back by a drain), retrying until it lands, is fenced, or ctx ends.
 func (w *Worker) finishUnstarted(ctx context.Context, rep tasks.Reporter, ref tasks.RunRef, outcome tasks.Outcome, terr *tasks.TaskError) {
@@ -224,11 +248,17 @@ func (w *Worker) finishUnstarted(ctx context.Context, rep tasks.Reporter, ref ta
 	}
 }
 
-// attemptEnded reports whether the FSM holds an outcome (succeeded, failed, cancelled) for the attempt.
+// ErrTypeWaitUnsupported is the error type of an attempt whose wait for child tasks could not be
+// recorded because a node of a release before WaitProtocol is up.
+const ErrTypeWaitUnsupported = "wait_unsupported"
+
+// attemptEnded reports whether the FSM holds an outcome (succeeded, failed, cancelled, or a wait
+// for child tasks) for the attempt.
 func attemptEnded(t *fsm.Task, attempt int) bool {
 	for i := len(t.History) - 1; i >= 0; i-- {
 		if h := t.History[i]; h.Attempt == attempt && h.Event != fsm.EventRetried {
-			return h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled
+			return h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled ||
+				h.Event == fsm.EventWaiting || h.Event == fsm.EventResumed
 		}
 	}
 	return false
@@ -284,6 +314,17 @@ func (r reporter) Finished(ctx context.Context, run tasks.RunRef, outcome tasks.
 // failure is sent again as an ordinary one (retried while attempts are left).
 func (r reporter) sendOutcome(ctx context.Context, run tasks.RunRef, reps ...fsm.Report) error {
 	err := r.send(ctx, reps...)
+	if last := &reps[len(reps)-1]; last.Kind == fsm.ReportWait && errors.Is(err, fsm.ErrProtocolTooOld) {
+		// Nothing can record the wait while a node of an older release is up: the attempt fails
+		// instead (retried while attempts are left, by when the upgrade may be over), rather than
+		// reporting in vain until the node is gone.
+		r.w.log.Warn("wait for child tasks reported as a failure: a node of an older release is up", "task", run.TaskID, "runner", r.name)
+		// A copy: the batcher may still read the reports it was given.
+		reps = slices.Clone(reps)
+		reps[len(reps)-1] = fsm.Report{TaskID: last.TaskID, Attempt: last.Attempt, Kind: fsm.ReportFailed,
+			Error: &fsm.TaskError{Type: ErrTypeWaitUnsupported, Message: fmt.Sprintf("waiting for child tasks needs every node at protocol %d or newer: %v", fsm.WaitProtocol, err)}}
+		err = r.send(ctx, reps...)
+	}
 	if last := &reps[len(reps)-1]; last.Error != nil && last.Error.Final && errors.Is(err, fsm.ErrProtocolTooOld) {
 		r.w.log.Warn("final error reported as an ordinary failure: a node of an older release is up", "task", run.TaskID, "runner", r.name)
 		last.Error.Final = false
@@ -312,6 +353,13 @@ func outcomeReport(run tasks.RunRef, outcome tasks.Outcome, result json.RawMessa
 		rep.Kind = fsm.ReportFailed
 	case tasks.OutcomeCancelled:
 		rep.Kind = fsm.ReportCancelled
+	case tasks.OutcomeWaiting:
+		rep.Kind, rep.Result = fsm.ReportWait, nil
+		ids, err := tasks.WaitList(result)
+		if err != nil || ids == nil {
+			ids = []string{} // the FSM refuses an empty wait: the task fails, saying why
+		}
+		rep.WaitFor = ids
 	default:
 		rep.Kind = fsm.ReportInterrupted
 	}

@@ -430,3 +430,40 @@ func TestSweepLogsDeletesTheOutputOfForgottenTasks(t *testing.T) {
 		t.Fatalf("task logs after the sweep: %v, want only the task the FSM still holds", ids)
 	}
 }
+
+func TestAWaitIsReportedWithItsChildren(t *testing.T) {
+	p := &proposals{}
+	w := testWorker(fsm.New(), p, nil)
+	run := tasks.RunRef{TaskID: "t", Attempt: 1}
+	if err := w.Reporter().Finished(context.Background(), run, tasks.OutcomeWaiting, json.RawMessage(`["c1","c2"]`), nil); err != nil {
+		t.Fatal(err)
+	}
+	reps := p.reports()
+	if len(reps) != 1 || reps[0].Kind != fsm.ReportWait || !slices.Equal(reps[0].WaitFor, []string{"c1", "c2"}) || reps[0].Result != nil {
+		t.Fatalf("reports %+v, want one wait for c1 and c2", reps)
+	}
+}
+
+func TestAWaitIsSentAgainAsAFailureWhileAnOlderNodeIsUp(t *testing.T) {
+	p := &proposals{}
+	p.answer = func(c *fsm.Command, n int) (*fsm.Result, error) {
+		if n == 1 {
+			return nil, fsm.ErrProtocolTooOld
+		}
+		return &fsm.Result{Items: make([]fsm.ItemResult, len(c.Body.(*fsm.ReportBatch).Items))}, nil
+	}
+	w := testWorker(fsm.New(), p, nil)
+	run := tasks.RunRef{TaskID: "t", Attempt: 1}
+	sf := w.Reporter().(tasks.StartFinisher)
+	if err := sf.StartedAndFinished(context.Background(), run, tasks.OutcomeWaiting, json.RawMessage(`["c1"]`), nil); err != nil {
+		t.Fatal(err)
+	}
+	reps := p.reports()
+	if len(reps) != 4 || reps[1].Kind != fsm.ReportWait {
+		t.Fatalf("reports %+v, want started and a wait, then both again", reps)
+	}
+	if reps[2].Kind != fsm.ReportStarted || reps[3].Kind != fsm.ReportFailed || reps[3].WaitFor != nil ||
+		reps[3].Error == nil || reps[3].Error.Type != ErrTypeWaitUnsupported || reps[3].Error.Final {
+		t.Fatalf("second try %+v, want started and an ordinary failure of type %s", reps[2:], ErrTypeWaitUnsupported)
+	}
+}

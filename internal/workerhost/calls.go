@@ -358,7 +358,8 @@ func (h *Host) Events(ctx context.Context, caller Caller, id string, req api.Wor
 
 // outcomeKind reports whether an event kind ends its attempt.
 func outcomeKind(kind string) bool {
-	return kind == api.WorkerEventSucceeded || kind == api.WorkerEventFailed || kind == api.WorkerEventCancelled
+	return kind == api.WorkerEventSucceeded || kind == api.WorkerEventFailed || kind == api.WorkerEventCancelled ||
+		kind == api.WorkerEventWaitChildren
 }
 
 func stale(ref tasks.RunRef) api.WorkerEventResult {
@@ -379,8 +380,12 @@ func (s *session) event(ev *api.WorkerEvent) (*remoteRun, api.WorkerEventResult)
 	s.mu.Unlock()
 	switch ev.Kind {
 	case api.WorkerEventLog, api.WorkerEventCheckpoint, api.WorkerEventSucceeded, api.WorkerEventFailed, api.WorkerEventCancelled:
+	case api.WorkerEventWaitChildren:
+		if len(ev.Children) == 0 || len(ev.Children) > fsm.MaxWaitChildren {
+			return nil, invalidEvent("wait_children needs 1 to %d children, got %d", fsm.MaxWaitChildren, len(ev.Children))
+		}
 	default:
-		return nil, invalidEvent("kind must be log, checkpoint, succeeded, failed or cancelled, got %q", api.Truncate(ev.Kind))
+		return nil, invalidEvent("kind must be log, checkpoint, succeeded, failed, cancelled or wait_children, got %q", api.Truncate(ev.Kind))
 	}
 	if outcomeKind(ev.Kind) {
 		// An outcome sent again (the first call's answer was no_leader, or was lost) gets the
@@ -456,6 +461,10 @@ func (s *session) event(ev *api.WorkerEvent) (*remoteRun, api.WorkerEventResult)
 			err = tasks.Final(err)
 		}
 		o.err = err
+	case api.WorkerEventWaitChildren:
+		// Whether the children are its own, the cluster decides: a wait for other tasks fails
+		// the task (invalid_wait).
+		o.err = rr.tc.WaitFor(ev.Children)
 	case api.WorkerEventCancelled:
 		if rr.tc.Err() != nil {
 			o.err = rr.tc.Err()

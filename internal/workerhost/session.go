@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -181,9 +183,9 @@ func (s *session) runOver(ref tasks.RunRef) {
 const keptFates = 4096
 
 // fate is what became of an attempt's outcome report, given what the executor said (err): a
-// report whose reply was cut off still landed when the FSM holds an outcome of that attempt from
-// this worker. The run is stopped as soon as the FSM applies its outcome, which can end its
-// report's wait before the reply arrives.
+// report whose reply was cut off still landed when the FSM holds an outcome (or a wait) of that
+// attempt from this worker. The run is stopped as soon as the FSM applies its outcome, which can
+// end its report's wait before the reply arrives.
 func (s *session) fate(ref tasks.RunRef, err error) error {
 	if err == nil {
 		return nil
@@ -194,7 +196,7 @@ func (s *session) fate(ref tasks.RunRef, err error) error {
 	}
 	for _, h := range t.History {
 		if h.Attempt == ref.Attempt && h.Node == s.name &&
-			(h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled) {
+			(h.Event == fsm.EventSucceeded || h.Event == fsm.EventFailed || h.Event == fsm.EventCancelled || h.Event == fsm.EventWaiting) {
 			return nil
 		}
 	}
@@ -252,6 +254,7 @@ func (rh *remoteHandler) Run(tc *tasks.Context, input json.RawMessage) (json.Raw
 		TaskID: tc.TaskID, Attempt: tc.Attempt, Type: rh.def.Name, Version: rh.def.Version,
 		Input: rawOrNull(input), Checkpoint: rawOrNull(cp), Timeout: durationText(tc.Timeout), ExecutionID: tc.ExecutionID,
 		Traceparent: tracing.Traceparent(trace.SpanContextFromContext(tc)),
+		Resumed:     tc.Resumed(), Children: childResults(tc),
 	})
 	defer func() {
 		s.mu.Lock()
@@ -280,6 +283,24 @@ func (rh *remoteHandler) Run(tc *tasks.Context, input json.RawMessage) (json.Raw
 	case <-s.done:
 	}
 	return nil, tc.Err()
+}
+
+// childResults are the children of the wait a resumed attempt follows, sorted by ID.
+func childResults(tc *tasks.Context) []api.ChildResult {
+	m := tc.ChildResults()
+	if len(m) == 0 {
+		return nil
+	}
+	out := make([]api.ChildResult, 0, len(m))
+	for _, id := range slices.Sorted(maps.Keys(m)) {
+		r := m[id]
+		c := api.ChildResult{ID: r.ID, State: r.State, Result: r.Result}
+		if r.Error != nil {
+			c.Error = &api.TaskError{Type: r.Error.Type, Message: r.Error.Message, Final: r.Error.Final}
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // workerError is a failure the worker reported: its type becomes the task error's.

@@ -53,6 +53,7 @@ class FakeHost:
         self.sessions: dict[str, FakeSession] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
         self.order: list[str] = []
+        self.idem: dict[str, str] = {}  # idempotency key -> task ID
         self.index = 0
         self.event_calls: list[list[dict[str, Any]]] = []
         self.registrations: list[dict[str, Any]] = []
@@ -170,6 +171,11 @@ class FakeHost:
                         "checkpoint": t.get("checkpoint"),
                         "timeout": t.get("timeout", ""),
                         "execution_id": tid,
+                        **(
+                            {"resumed": True, "children": t["resume_children"]}
+                            if "resume_children" in t
+                            else {}
+                        ),
                     }
                 )
                 self._bump(t)
@@ -323,6 +329,10 @@ class FakeHost:
                     )
                 elif kind == "checkpoint":
                     t["checkpoint"] = ev["checkpoint"]
+                elif kind == "wait_children":
+                    s.running.discard(key)
+                    t["history"].append({"attempt": key[1], "event": "waiting"})
+                    t["state"], t["wait_for"] = "waiting", ev["children"]
                 else:
                     s.running.discard(key)
                     t["history"].append({"attempt": key[1], "event": kind})
@@ -339,8 +349,23 @@ class FakeHost:
                 results.append({"ok": True})
         return 200, {"results": results}
 
+    def resume(self, tid: str, children: list[dict[str, Any]]) -> None:
+        """Makes a waiting task pending again, its next assignment resumed with children (the
+        server does this when the last child finishes)."""
+        with self.cond:
+            t = self.tasks[tid]
+            assert t["state"] == "waiting", t["state"]
+            t["state"], t["resume_children"] = "pending", children
+            t["history"].append({"attempt": t["attempt"], "event": "resumed"})
+            self._bump(t)
+            self._place()
+            self.cond.notify_all()
+
     def _submit(self, body: dict[str, Any]) -> tuple[int, Any]:
         with self.cond:
+            key = body.get("idempotency_key")
+            if key and key in self.idem:
+                return 200, self._record(self.tasks[self.idem[key]])
             offered = any(x["type"] == body["type"] for s in self.sessions.values() for x in s.types)
             if not offered and body["type"] != "nowhere":
                 return 400, {"error": f"unknown type {body['type']}", "code": "unknown_task_type"}
@@ -362,13 +387,15 @@ class FakeHost:
                 "submitted": body,
             }
             self.tasks[tid] = t
+            if key:
+                self.idem[key] = tid
             self.order.append(tid)
             self._bump(t)
             self._place()
             return 201, self._record(t)
 
     def _record(self, t: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in t.items() if k not in ("logs", "submitted")}
+        return {k: v for k, v in t.items() if k not in ("logs", "submitted", "resume_children")}
 
     def _get(self, tid: str, q: dict[str, str]) -> tuple[int, Any]:
         with self.cond:

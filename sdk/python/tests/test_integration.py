@@ -124,6 +124,26 @@ def workers_route(node: str) -> str:
     return node
 
 
+def _run_until_up(w: tw.Worker, addr: str) -> tuple[threading.Thread, list[BaseException]]:
+    """Runs w on a thread until the node lists it up; returns the thread and run()'s errors."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            w.run()
+        except BaseException as e:
+            errors.append(e)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    c = tw.Client(addr)
+    deadline = time.monotonic() + 30
+    while not any(x.get("name") == w.name and x.get("state") == "up" for x in c.workers()):
+        assert time.monotonic() < deadline and not errors, errors
+        time.sleep(0.05)
+    return th, errors
+
+
 def test_a_python_worker_runs_tasks_with_live_logs(workers_route: str) -> None:
     w = tw.Worker(name="py-it-1", capacity=4, addr=workers_route)
     release = threading.Event()
@@ -139,21 +159,8 @@ def test_a_python_worker_runs_tasks_with_live_logs(workers_route: str) -> None:
     def final(ctx: tw.Context, _: Any) -> None:
         raise tw.FinalError("never")
 
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            w.run()
-        except BaseException as e:
-            errors.append(e)
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
+    th, errors = _run_until_up(w, workers_route)
     c = tw.Client(workers_route)
-    deadline = time.monotonic() + 30
-    while not any(x.get("name") == "py-it-1" and x.get("state") == "up" for x in c.workers()):
-        assert time.monotonic() < deadline and not errors, errors
-        time.sleep(0.05)
     seen: list[str] = []
 
     def on_log(line: tw.LogLine) -> None:
@@ -169,3 +176,26 @@ def test_a_python_worker_runs_tasks_with_live_logs(workers_route: str) -> None:
     th.join(30)
     assert not th.is_alive() and errors == []
     assert any(x.get("name") == "py-it-1" and x.get("state") == "left" for x in c.workers())
+
+
+def test_a_python_worker_waits_for_its_children(workers_route: str) -> None:
+    w = tw.Worker(name="py-it-2", capacity=1, addr=workers_route)
+
+    @w.task("py-sum-squares")
+    def sum_squares(ctx: tw.Context, n: int) -> int:
+        for i in range(1, n + 1):
+            ctx.submit("calc-square", i, idempotency_key=f"{ctx.task_id}/{i}", max_attempts=1)
+        results = ctx.wait_children()
+        return sum(r.result for r in results.values())
+
+    th, errors = _run_until_up(w, workers_route)
+    c = tw.Client(workers_route)
+    t = c.submit("py-sum-squares", 4, max_attempts=1)
+    done = c.wait(t.id, timeout=60)
+    assert done.result == 1 + 4 + 9 + 16
+    events = [h.get("event") for h in done.history]
+    assert "waiting" in events and "resumed" in events and events.count("succeeded") == 1
+    assert len(done.raw.get("wait_for") or []) == 4
+    w.stop()
+    th.join(30)
+    assert not th.is_alive() and errors == []

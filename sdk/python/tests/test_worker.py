@@ -432,3 +432,85 @@ def test_worker_defaults_and_validation() -> None:
 
     with pytest.raises(ValueError, match="twice"):
         w.task("a")(a)
+
+
+def test_wait_children_ends_the_attempt_and_the_resumed_one_gets_the_outcomes(
+    host: FakeHost, start: Callable[..., Running]
+) -> None:
+    w = make(host)
+    resumed: list[bool] = []
+
+    @w.task("py-sum")
+    def total(ctx: tw.Context, n: int) -> dict[str, Any]:
+        for i in range(n):
+            ctx.submit("nowhere", i, idempotency_key=f"{ctx.task_id}/{i}")
+        ctx.checkpoint({"submitted": n})
+        try:
+            res = ctx.wait_children()
+        except Exception:  # a WaitingForChildren is no Exception: it ends the attempt
+            raise AssertionError("wait_children raised an Exception") from None
+        resumed.append(ctx.resumed)
+        return {
+            "sum": sum(r.result for r in res.values() if r.succeeded),
+            "failed": [i for i, r in res.items() if not r.succeeded],
+        }
+
+    start(w)
+    host.wait_for(lambda: len(host.live()) == 1)
+    c = tw.Client(host.addr)
+    t = c.submit("py-sum", 2)
+    host.wait_for(lambda: host.tasks[t.id]["state"] == "waiting")
+    kids = host.tasks[t.id]["wait_for"]
+    assert len(kids) == 2 and kids == sorted(kids)
+    for k in kids:
+        sub = host.tasks[k]["submitted"]
+        assert sub["parent_id"] == t.id and sub["execution_id"] == t.id
+        assert sub["idempotency_key"].startswith(t.id + "/")
+    assert host.tasks[t.id]["checkpoint"] == {"submitted": 2}
+    eventually(lambda: w.running == 0)  # the slot is free while it waits
+    host.resume(
+        t.id,
+        [
+            {"id": kids[0], "state": "succeeded", "result": 9},
+            {"id": kids[1], "state": "failed", "error": {"type": "task_error", "message": "boom"}},
+        ],
+    )
+    done = c.wait(t.id, timeout=10)
+    assert done.result == {"sum": 9, "failed": [kids[1]]}
+    assert resumed == [True]
+    assert len([x for x in host.tasks.values() if x["type"] == "nowhere"]) == 2  # no second children
+
+
+def test_wait_children_without_children_returns_at_once(
+    host: FakeHost, start: Callable[..., Running]
+) -> None:
+    w = make(host)
+
+    @w.task("py-none")
+    def none(ctx: tw.Context, _: Any) -> int:
+        assert not ctx.resumed and ctx.child_results == {}
+        return len(ctx.wait_children())
+
+    start(w)
+    host.wait_for(lambda: len(host.live()) == 1)
+    c = tw.Client(host.addr)
+    assert c.wait(c.submit("py-none", None).id, timeout=10).result == 0
+
+
+def test_an_async_handler_waits_for_children(host: FakeHost, start: Callable[..., Running]) -> None:
+    w = make(host)
+
+    @w.task("py-async")
+    async def run(ctx: tw.Context, _: Any) -> Any:
+        child = ctx.submit("nowhere", 1, idempotency_key=ctx.task_id + "/0")
+        await asyncio.sleep(0)
+        return ctx.wait_children([child])[child].result
+
+    start(w)
+    host.wait_for(lambda: len(host.live()) == 1)
+    c = tw.Client(host.addr)
+    t = c.submit("py-async", None)
+    host.wait_for(lambda: host.tasks[t.id]["state"] == "waiting")
+    kid = host.tasks[t.id]["wait_for"][0]
+    host.resume(t.id, [{"id": kid, "state": "succeeded", "result": "one"}])
+    assert c.wait(t.id, timeout=10).result == "one"

@@ -76,6 +76,18 @@ export class FinalError extends Error {
 }
 
 /**
+ * Thrown by TaskContext.waitChildren while the children have not all finished: it ends the
+ * attempt without failing it (let it propagate out of the handler), and the task runs again once
+ * they have, with their outcomes.
+ */
+export class WaitingForChildren extends Error {
+  constructor(readonly children: string[]) {
+    super(`waiting for ${children.length} child tasks`);
+    this.name = new.target.name;
+  }
+}
+
+/**
  * Rejects a checkpoint whose attempt is no longer this worker's: the cluster moved the task on
  * (the worker was presumed lost, or the task was cancelled or timed out). The attempt's signal is
  * aborted too; whatever the handler returns is dropped.

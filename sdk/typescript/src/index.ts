@@ -4,7 +4,7 @@
  * when not passed.
  */
 export { Client, type SubmitOptions, type ExecOptions, type ListOptions, type TaskPage, type SignalOptions } from "./client.js";
-export { Worker, type WorkerOptions, type TaskOptions, type TaskContext, type Handler } from "./worker.js";
+export { Worker, type WorkerOptions, type TaskOptions, type TaskContext, type Handler, type ChildOptions } from "./worker.js";
 export {
   TaskworkerError,
   NotFoundError,
@@ -18,6 +18,7 @@ export {
   TaskFailedError,
   FinalError,
   AttemptLostError,
+  WaitingForChildren,
 } from "./errors.js";
 export { type ConnectionOptions } from "./config.js";
-export { isTerminal, type Task, type TaskState, type TaskErrorInfo, type HistoryEntry, type LogLine, type TaskTypeInfo, type WorkerInfo, type JSONValue } from "./types.js";
+export { isTerminal, type ChildResult, type Task, type TaskState, type TaskErrorInfo, type HistoryEntry, type LogLine, type TaskTypeInfo, type WorkerInfo, type JSONValue } from "./types.js";

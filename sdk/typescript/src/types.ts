@@ -4,9 +4,20 @@
 export type JSONValue = null | boolean | number | string | JSONValue[] | { [key: string]: JSONValue };
 
 /** A task's state; the last three are final. */
-export type TaskState = "scheduled" | "pending" | "assigned" | "running" | "succeeded" | "failed" | "cancelled";
+export type TaskState = "scheduled" | "pending" | "assigned" | "running" | "waiting" | "succeeded" | "failed" | "cancelled";
 
 /** Why a task failed. */
+/**
+ * How a child task a resumed attempt waited for ended: state is succeeded, failed or cancelled
+ * ("" when it was removed before its parent resumed); result when it succeeded, error otherwise.
+ */
+export interface ChildResult {
+  id: string;
+  state: string;
+  result?: unknown;
+  error?: TaskErrorInfo;
+}
+
 export interface TaskErrorInfo {
   type: string;
   message: string;

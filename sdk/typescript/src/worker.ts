@@ -12,7 +12,9 @@ import {
   RateLimitedError,
   TaskworkerError,
   UnavailableError,
+  WaitingForChildren,
 } from "./errors.js";
+import type { ChildResult } from "./types.js";
 import { anySignal, Conn, formatDuration, parseDuration, readJSON, sleep } from "./http.js";
 
 /** What a handler gets besides its input. */
@@ -45,6 +47,36 @@ export interface TaskContext {
    * attempt is no longer this worker's.
    */
   checkpoint(value: unknown): Promise<void>;
+  /** True on an attempt that follows a wait for child tasks (waitChildren). */
+  readonly resumed: boolean;
+  /** On a resumed attempt, the children its wait named, by ID, with how each ended. */
+  readonly childResults: Readonly<Record<string, ChildResult>>;
+  /**
+   * Submits a child task into this task's execution (its parent_id is this task) and resolves
+   * with its ID. Give it an idempotencyKey derived from taskId (`${ctx.taskId}/${i}`): a resumed
+   * or retried run then gets the same child instead of a second one. With --acl the worker's
+   * token needs submit on the child's type and read on this one's.
+   */
+  submit(type: string, input?: unknown, opts?: ChildOptions): Promise<string>;
+  /**
+   * Waits, durably, for child tasks of this task: ids, or without them every child this run
+   * submitted and every child of the wait it follows. When they have all finished (on a resumed
+   * attempt) it returns their outcomes by ID, failures included: the handler decides. Otherwise
+   * it throws WaitingForChildren, which ends the attempt without failing it (let it propagate):
+   * the slot is free while they run, and the task runs again, on any worker or node offering
+   * its type, once the last has finished, with resumed, childResults and its last checkpoint. A
+   * wait uses up none of max_attempts; cancelling the task cancels the children it waits for.
+   */
+  waitChildren(ids?: string[]): Record<string, ChildResult>;
+}
+
+/** Options of a child task (TaskContext.submit). */
+export interface ChildOptions {
+  idempotencyKey?: string;
+  version?: string;
+  maxAttempts?: number;
+  /** Go duration text, "30s". */
+  timeout?: string;
 }
 
 /** A task handler. It may be async; its resolved value (JSON) is the task's result. */
@@ -87,6 +119,8 @@ interface Assignment {
   checkpoint: unknown;
   timeout: string;
   execution_id?: string;
+  resumed?: boolean;
+  children?: ChildResult[] | null;
 }
 
 interface PollReply {
@@ -107,13 +141,14 @@ interface RegisterReply {
 export interface WorkerEvent {
   task_id: string;
   attempt: number;
-  kind: "log" | "checkpoint" | "succeeded" | "failed" | "cancelled";
+  kind: "log" | "checkpoint" | "succeeded" | "failed" | "cancelled" | "wait_children";
   stream?: "stdout" | "stderr" | "log";
   level?: string;
   line?: string;
   checkpoint?: unknown;
   result?: unknown;
   error?: { type: string; message: string; final: boolean };
+  children?: string[];
 }
 
 interface EventResult {
@@ -598,7 +633,31 @@ export class Worker {
       }
     };
     let last: unknown = a.checkpoint ?? null;
+    const children: Record<string, ChildResult> = {};
+    for (const c of a.children ?? []) children[c.id] = c;
+    const submitted: string[] = [];
+    const finishedChild = (c: ChildResult | undefined) =>
+      c !== undefined && (c.state === "succeeded" || c.state === "failed" || c.state === "cancelled" || c.state === "");
     return {
+      resumed: a.resumed === true,
+      childResults: children,
+      submit: async (type, input = null, opts = {}) => {
+        const body: Record<string, unknown> = { type, input: input === undefined ? null : input, parent_id: a.task_id, execution_id: a.execution_id || a.task_id };
+        if (opts.idempotencyKey) body["idempotency_key"] = opts.idempotencyKey;
+        if (opts.version) body["version"] = opts.version;
+        if (opts.maxAttempts !== undefined) body["max_attempts"] = opts.maxAttempts;
+        if (opts.timeout) body["timeout"] = opts.timeout;
+        const t = await this.conn.json<{ id: string }>("POST", "/v1/tasks", { body, idempotent: (opts.idempotencyKey ?? "") !== "" });
+        submitted.push(t.id);
+        return t.id;
+      },
+      waitChildren: (ids) => {
+        const want = [...new Set(ids ?? [...submitted, ...Object.keys(children)])].sort();
+        if (!want.every((id) => finishedChild(children[id]))) throw new WaitingForChildren(want);
+        const out: Record<string, ChildResult> = {};
+        for (const id of want) out[id] = children[id] as ChildResult;
+        return out;
+      },
       taskId: a.task_id,
       attempt: a.attempt,
       type: a.type,
@@ -656,11 +715,15 @@ export class Worker {
       this.finish(at, { kind: "succeeded", result });
       return;
     }
+    if (out.err instanceof WaitingForChildren && !at.ctl.signal.aborted) {
+      this.finish(at, { kind: "wait_children", children: out.err.children });
+      return;
+    }
     this.finish(at, { kind: "failed", error: describeError(out.err, at) });
   }
 
   /** Queues an attempt's outcome; the attempt stays counted until the cluster has it. */
-  private finish(at: Attempt, o: Pick<WorkerEvent, "kind" | "result" | "error">): void {
+  private finish(at: Attempt, o: Pick<WorkerEvent, "kind" | "result" | "error" | "children">): void {
     at.finished = true;
     const ev: WorkerEvent = { task_id: at.a.task_id, attempt: at.a.attempt, ...o };
     this.enqueue(ev, true, () => {
@@ -810,7 +873,7 @@ export class Worker {
 }
 
 function isOutcome(ev: WorkerEvent): boolean {
-  return ev.kind === "succeeded" || ev.kind === "failed" || ev.kind === "cancelled";
+  return ev.kind === "succeeded" || ev.kind === "failed" || ev.kind === "cancelled" || ev.kind === "wait_children";
 }
 
 /** The byte size of an event as JSON; it throws for a value JSON cannot carry. */

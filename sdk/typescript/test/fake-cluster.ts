@@ -27,6 +27,10 @@ export interface FakeTask {
   checkpoint: unknown;
   pending_reason?: string;
   worker?: string; // session id running it
+  parent_id?: string;
+  execution_id?: string;
+  wait_for?: string[];
+  resume_children?: unknown[]; // the children its next assignment resumes with
 }
 
 interface Session {
@@ -165,6 +169,7 @@ export class FakeCluster {
         checkpoint: t.checkpoint,
         timeout: t.timeout,
         execution_id: "e" + t.id,
+        ...(t.resume_children ? { resumed: true, children: t.resume_children } : {}),
       });
       this.touch(t);
       s.wake?.();
@@ -181,6 +186,17 @@ export class FakeCluster {
       this.touch(t);
     }
     s.running.clear();
+  }
+
+  /** Makes a waiting task pending again, its next assignment resumed with children (the server does this when the last child finishes). */
+  resume(id: string, children: unknown[]): void {
+    const t = this.tasks.get(id);
+    if (!t || t.state !== "waiting") throw new Error(`task ${id} is not waiting`);
+    t.state = "pending";
+    t.resume_children = children;
+    t.history.push({ attempt: t.attempt, node: "", event: "resumed", at: new Date().toISOString() });
+    this.touch(t);
+    this.place();
   }
 
   /** Takes a session down as a lost lease does: its tasks go back to pending and are placed again. */
@@ -255,6 +271,13 @@ export class FakeCluster {
       case "cancelled":
         end("cancelled");
         break;
+      case "wait_children":
+        t.state = "waiting";
+        t.worker = undefined;
+        t.wait_for = ev["children"] as string[];
+        s.running.delete(t.id);
+        t.history.push({ attempt: t.attempt, node: s.name, event: "waiting", at: now });
+        break;
       default:
         return { ok: false, code: "invalid_event", error: "unknown kind" };
     }
@@ -296,6 +319,8 @@ export class FakeCluster {
         timeout: (b["timeout"] as string) || "",
         idempotency_key: key,
       });
+      if (typeof b["parent_id"] === "string") t.parent_id = b["parent_id"];
+      if (typeof b["execution_id"] === "string") t.execution_id = b["execution_id"];
       return send(res, 201, t);
     }
     if (parts[0] === "v1" && parts[1] === "tasks" && parts.length >= 3) {

@@ -156,6 +156,31 @@ test("a Node worker runs tasks for a real node, with live logs, failures, cancel
   await waitFor(async () => (await c.workers()).some((x) => x.name === "ts-it-worker" && x.state === "left"), "the worker to show as left");
 });
 
+test("a Node worker waits for its children on a real node", async (t) => {
+  if (skip) return t.skip(skip);
+  const w = new Worker({ name: "ts-it-waiter", capacity: 1, addr, handleSignals: false, logger: () => {}, env: {} });
+  w.task("ts-sum-squares", async (ctx, n: number) => {
+    for (let i = 1; i <= n; i++) await ctx.submit("calc-square", i, { idempotencyKey: `${ctx.taskId}/${i}`, maxAttempts: 1 });
+    const results = ctx.waitChildren();
+    return Object.values(results).reduce((a, r) => a + Number(r.result), 0);
+  });
+  const running = w.run();
+  try {
+    const c = new Client({ addr, env: {} });
+    await waitFor(async () => (await c.workers()).some((x) => x.name === "ts-it-waiter" && x.state === "up"), "the worker to show as up");
+    const task = await c.submit("ts-sum-squares", 4, { maxAttempts: 1 });
+    const done = await c.wait(task.id, { signal: AbortSignal.timeout(60000) });
+    assert.equal(done.state, "succeeded");
+    assert.equal(done.result, 1 + 4 + 9 + 16);
+    const events = done.history.map((h) => h.event);
+    assert.ok(events.includes("waiting") && events.includes("resumed"), `history ${events.join(",")}`);
+    assert.equal(events.filter((e) => e === "succeeded").length, 1);
+  } finally {
+    w.drain();
+    await running;
+  }
+});
+
 async function waitFor(cond: () => Promise<boolean>, what: string, ms = 15000): Promise<void> {
   const end = Date.now() + ms;
   while (!(await cond())) {

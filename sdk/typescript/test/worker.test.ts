@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { FakeCluster } from "./fake-cluster.js";
-import { AttemptLostError, FinalError, PermissionDeniedError, Worker, type WorkerOptions } from "../src/index.js";
+import { AttemptLostError, FinalError, PermissionDeniedError, WaitingForChildren, Worker, type WorkerOptions } from "../src/index.js";
 
 let fake: FakeCluster;
 let url: string;
@@ -397,4 +397,58 @@ test("a second SIGTERM leaves at once and hands the task back", async () => {
   assert.doesNotMatch(out, /run resolved/);
   assert.equal(state(t.id), "pending", "handed back");
   fake.cancel(t.id);
+});
+
+test("waitChildren ends the attempt, and the resumed one gets the children's outcomes", async () => {
+  const resumed: boolean[] = [];
+  const w = worker("waiter", { capacity: 1 });
+  w.task("ts-sum", async (ctx, n: number) => {
+    for (let i = 0; i < n; i++) await ctx.submit("nowhere", i, { idempotencyKey: `${ctx.taskId}/${i}` });
+    await ctx.checkpoint({ submitted: n });
+    let res;
+    try {
+      res = ctx.waitChildren();
+    } catch (e) {
+      assert.ok(e instanceof WaitingForChildren);
+      throw e;
+    }
+    resumed.push(ctx.resumed);
+    const ok = Object.values(res).filter((r) => r.state === "succeeded");
+    return { sum: ok.reduce((a, r) => a + Number(r.result), 0), failed: Object.keys(res).filter((id) => res[id]?.state !== "succeeded") };
+  });
+  const running = w.run();
+  const parent = fake.submit("ts-sum", 2);
+  await fake.until(() => state(parent.id) === "waiting", "the parent to wait");
+  const kids = fake.tasks.get(parent.id)?.wait_for ?? [];
+  assert.equal(kids.length, 2);
+  assert.deepEqual(kids, [...kids].sort());
+  for (const k of kids) {
+    const c = fake.tasks.get(k);
+    assert.equal(c?.parent_id, parent.id);
+    assert.equal(c?.execution_id, "e" + parent.id);
+  }
+  assert.deepEqual(fake.tasks.get(parent.id)?.checkpoint, { submitted: 2 });
+  fake.resume(parent.id, [
+    { id: kids[0], state: "succeeded", result: 9 },
+    { id: kids[1], state: "failed", error: { type: "task_error", message: "boom" } },
+  ]);
+  await fake.until(() => state(parent.id) === "succeeded", "the parent to succeed");
+  assert.deepEqual(fake.tasks.get(parent.id)?.result, { sum: 9, failed: [kids[1]] });
+  assert.deepEqual(resumed, [true]);
+  assert.equal([...fake.tasks.values()].filter((t) => t.parent_id === parent.id).length, 2, "no second children");
+  await stopWorker(w, running);
+});
+
+test("waitChildren without children returns at once", async () => {
+  const w = worker("no-children");
+  w.task("ts-none", (ctx) => {
+    assert.equal(ctx.resumed, false);
+    assert.deepEqual(ctx.childResults, {});
+    return Object.keys(ctx.waitChildren()).length;
+  });
+  const running = w.run();
+  const t = fake.submit("ts-none", null);
+  await fake.until(() => state(t.id) === "succeeded", "ts-none to succeed");
+  assert.equal(fake.tasks.get(t.id)?.result, 0);
+  await stopWorker(w, running);
 });

@@ -26,9 +26,10 @@ from .errors import (
     Unauthorized,
     Unavailable,
     UnknownTaskType,
+    WaitingForChildren,
     WaitTimeout,
 )
-from .types import LogLine, Task, TaskError
+from .types import ChildResult, LogLine, Task, TaskError
 from .worker import Context, Worker
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "AsyncClient",
     "BadRequest",
     "Cancelled",
+    "ChildResult",
     "Client",
     "ConfigError",
     "Conflict",
@@ -57,6 +59,7 @@ __all__ = [
     "Unavailable",
     "UnknownTaskType",
     "WaitTimeout",
+    "WaitingForChildren",
     "Worker",
     "__version__",
 ]

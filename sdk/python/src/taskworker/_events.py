@@ -36,7 +36,7 @@ class Event:
 
     @property
     def outcome(self) -> bool:
-        return self.kind in ("succeeded", "failed", "cancelled")
+        return self.kind in ("succeeded", "failed", "cancelled", "wait_children")
 
 
 class EventSender:

@@ -164,3 +164,13 @@ class FinalError(Exception):
 
 class Cancelled(Exception):
     """Raised in a handler (see Context.raise_if_cancelled) to end the attempt as cancelled."""
+
+
+class WaitingForChildren(BaseException):
+    """Raised by Context.wait_children while the children have not all finished: it ends the
+    attempt (let it propagate), and the task runs again once they have, with their outcomes.
+    A BaseException, like asyncio.CancelledError, so that `except Exception` does not swallow it."""
+
+    def __init__(self, children: list[str]) -> None:
+        super().__init__(f"waiting for {len(children)} child tasks")
+        self.children = children

@@ -99,3 +99,34 @@ class LogLine:
             node=str(doc.get("node") or ""),
             ts=str(doc.get("ts") or ""),
         )
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """How a child task a resumed attempt waited for ended: state is succeeded, failed or
+    cancelled ("" when it was removed before its parent resumed); result when it succeeded,
+    error otherwise."""
+
+    id: str
+    state: str
+    result: Any = None
+    error: TaskError | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "succeeded"
+
+    @property
+    def finished(self) -> bool:
+        """The child will not change any more (it ended, or it is gone)."""
+        return self.state in TERMINAL_STATES or self.state == ""
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ChildResult:
+        err = doc.get("error")
+        return cls(
+            id=str(doc.get("id", "")),
+            state=str(doc.get("state", "")),
+            result=doc.get("result"),
+            error=TaskError.from_json(err) if isinstance(err, Mapping) else None,
+        )

@@ -43,7 +43,9 @@ from .errors import (
     ServerError,
     Unauthorized,
     Unavailable,
+    WaitingForChildren,
 )
+from .types import ChildResult
 
 log = logging.getLogger("taskworker")
 
@@ -98,6 +100,8 @@ class Context:
         checkpoint: Any,
         timeout: float | None,
         execution_id: str,
+        resumed: bool = False,
+        children: Sequence[ChildResult] = (),
     ) -> None:
         self._worker = worker
         self._session = session
@@ -112,6 +116,11 @@ class Context:
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         """time.monotonic() by which the host ends the attempt, or None without a timeout."""
+        self.resumed = resumed
+        """True on an attempt that follows a wait for child tasks (wait_children)."""
+        self.child_results: dict[str, ChildResult] = {c.id: c for c in children}
+        """On a resumed attempt, the children its wait named, by ID, with how each ended."""
+        self._submitted: list[str] = []
         self._cancelled = threading.Event()
         self._dropped = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -162,6 +171,54 @@ class Context:
         worker is lost, starts with it in last_checkpoint."""
         self._emit({"kind": "checkpoint", "checkpoint": obj})
         self.last_checkpoint = obj
+
+    def submit(
+        self,
+        type: str,
+        input: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        version: str | None = None,
+        max_attempts: int | None = None,
+        timeout: str | None = None,
+    ) -> str:
+        """Submits a child task into this task's execution (its parent_id is this task) and
+        returns its ID. Give it an idempotency_key derived from task_id (f"{ctx.task_id}/{i}"):
+        a resumed or retried run then gets the same child instead of a second one. Blocking; with
+        --acl the worker's token needs submit on the child's type and read on this one's."""
+        body: dict[str, Any] = {
+            "type": type,
+            "input": input,
+            "parent_id": self.task_id,
+            "execution_id": self.execution_id or self.task_id,
+        }
+        for k, v in (
+            ("idempotency_key", idempotency_key),
+            ("version", version),
+            ("max_attempts", max_attempts),
+            ("timeout", timeout),
+        ):
+            if v is not None:
+                body[k] = v
+        doc = self._worker._t.request("POST", "/v1/tasks", body).json()
+        child = str(doc["id"])
+        self._submitted.append(child)
+        return child
+
+    def wait_children(self, ids: Sequence[str] | None = None) -> dict[str, ChildResult]:
+        """Waits, durably, for child tasks of this task: ids, or without them every child this
+        run submitted and every child of the wait it follows. When they have all finished (on a
+        resumed attempt) it returns their outcomes by ID, failures included: the handler
+        decides. Otherwise it raises WaitingForChildren, which ends the attempt without failing
+        it (let it propagate): the worker's slot is free while they run, and the task runs
+        again, here or on any worker or node offering its type, once the last has finished, with
+        resumed set, child_results and its last checkpoint. A wait uses up none of max_attempts;
+        cancelling the task cancels the children it waits for."""
+        want = list(ids) if ids is not None else self._submitted + list(self.child_results)
+        want = sorted(set(want))
+        if all(i in self.child_results and self.child_results[i].finished for i in want):
+            return {i: self.child_results[i] for i in want}
+        raise WaitingForChildren(want)
 
     def _emit(self, doc: dict[str, Any]) -> None:
         if not self._dropped:
@@ -512,6 +569,8 @@ class Worker:
             checkpoint=a.get("checkpoint"),
             timeout=parse_duration(timeout) if timeout else None,
             execution_id=str(a.get("execution_id") or ""),
+            resumed=bool(a.get("resumed")),
+            children=[ChildResult.from_json(c) for c in a.get("children") or [] if isinstance(c, Mapping)],
         )
         with self._lock:
             if s is not self._session:
@@ -541,7 +600,7 @@ class Worker:
             result = spec.fn(ctx, input)
         except BaseException as err:
             self._finish(ctx, _outcome_of(ctx, err))
-            if not isinstance(err, Exception):
+            if not isinstance(err, (Exception, WaitingForChildren)):
                 raise
             return
         self._finish(ctx, _succeeded(ctx, result))
@@ -647,6 +706,8 @@ def _succeeded(ctx: Context, result: Any) -> dict[str, Any]:
 
 
 def _outcome_of(ctx: Context, err: BaseException) -> dict[str, Any]:
+    if isinstance(err, WaitingForChildren) and not ctx.cancelled:
+        return {"kind": "wait_children", "children": err.children}
     if isinstance(err, FinalError):
         return _failed(err.error_type or type(err).__name__, str(err), True)
     if isinstance(err, (Cancelled, asyncio.CancelledError)) or ctx.cancelled:
