@@ -196,6 +196,8 @@ type run struct {
 	// Guarded by Executor.mu.
 	stopped bool
 	reason  StopReason
+	// returned: the handler is done (or never ran); the run only reports what it came to.
+	returned bool
 }
 
 // NewExecutor returns an executor with no runs.
@@ -260,6 +262,25 @@ func (e *Executor) Stop(taskID string, attempt int, reason StopReason) {
 	if r, ok := e.runs[RunRef{TaskID: taskID, Attempt: attempt}]; ok {
 		e.stopLocked(r, reason)
 	}
+}
+
+// Settled is Stop(StopRevoke) for a run whose attempt's outcome the cluster already holds: a run
+// whose handler has returned is reporting that outcome, or has, and is left to end on its own
+// (revoking it would only cancel its contexts and the report call waiting on them); a run whose
+// handler still runs is revoked, its outcome known without it.
+func (e *Executor) Settled(taskID string, attempt int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if r, ok := e.runs[RunRef{TaskID: taskID, Attempt: attempt}]; ok && !r.returned {
+		e.stopLocked(r, StopRevoke)
+	}
+}
+
+// handlerReturned marks r's handler done (Settled).
+func (e *Executor) handlerReturned(r *run) {
+	e.mu.Lock()
+	r.returned = true
+	e.mu.Unlock()
 }
 
 // StopAll stops every run with the same reason.
@@ -331,6 +352,7 @@ func (e *Executor) execute(r *run, a Assignment) {
 	}
 	if err != nil {
 		terr := &TaskError{Type: ErrTypeUnknownType, Message: err.Error()}
+		e.handlerReturned(r)
 		e.report(r.reportCtx, r, log, "finished", func(ctx context.Context) error {
 			return e.cfg.Reporter.Finished(ctx, r.ref, OutcomeFailed, nil, terr)
 		})
@@ -360,11 +382,13 @@ func (e *Executor) execute(r *run, a Assignment) {
 		if started = sendStarted(); started {
 			outcome, result, terr = e.attempt(r, a, h, log, sendStarted)
 		}
+		e.handlerReturned(r)
 	} else {
 		// A timer, not a goroutine waiting on one: a short task ends within the window and
 		// leaves nothing to wake.
 		window := time.AfterFunc(e.cfg.StartWindow, func() { sendStarted() })
 		outcome, result, terr = e.attempt(r, a, h, log, sendStarted)
+		e.handlerReturned(r)
 		window.Stop()
 		// Not sent yet: the attempt ended within the window, and its start goes with the outcome.
 		sent, ok := g.skip()
