@@ -441,7 +441,9 @@ func TestAttemptLogReadsAsWith(t *testing.T) {
 		}
 		return a
 	}}
-	base := func(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, opts)).With("component", "executor") }
+	base := func(w io.Writer) *slog.Logger {
+		return slog.New(slog.NewTextHandler(w, opts)).With("component", "executor")
+	}
 	lazy := slog.New(&attemptHandler{Handler: base(&got).Handler(), task: "t1", attempt: 2, typ: "echo"})
 	with := base(&want).With("task", "t1", "attempt", 2, "type", "echo")
 	for _, l := range []*slog.Logger{lazy, with} {
