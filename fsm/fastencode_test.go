@@ -3,9 +3,11 @@ package fsm
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -309,20 +311,23 @@ func TestEncodeAllocationsPerTask(t *testing.T) {
 }
 
 func BenchmarkEncodeSubmit(b *testing.B) {
-	c := &Command{Now: time.Unix(1_700_000_000, 123), Body: &SubmitBatch{Items: []Submit{{
+	item := Submit{
 		ID: "01JTASK0000000000000000001", Type: "echo", Input: []byte(`{"n":1}`), MaxAttempts: 3,
 		Timeout: Duration(time.Minute), ExecutionID: "01JEXEC0000000000000000001",
-	}}}}
-	b.Run("fast", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			_, _ = Encode(c)
-		}
-	})
-	b.Run("msgpack", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			_ = msgpackEntry(b, c)
-		}
-	})
+	}
+	for _, n := range []int{1, 1000} {
+		c := &Command{Now: time.Unix(1_700_000_000, 123), Body: &SubmitBatch{Items: slices.Repeat([]Submit{item}, n)}}
+		b.Run(fmt.Sprintf("items=%d/fast", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_, _ = Encode(c)
+			}
+		})
+		b.Run(fmt.Sprintf("items=%d/msgpack", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = msgpackEntry(b, c)
+			}
+		})
+	}
 }
