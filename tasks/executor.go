@@ -514,7 +514,7 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 		}
 		return OutcomeSucceeded, result, nil
 	}
-	return e.failed(r, a, ctx, err, log)
+	return e.failed(ctx, r, a, err, log)
 }
 
 // sizeCause is the cause of ctx's end when it is a *limits.SizeError (a checkpoint over the cap),
@@ -532,7 +532,7 @@ func sizeCause(ctx context.Context) error {
 }
 
 // failed classifies an attempt that ended with err.
-func (e *Executor) failed(r *run, a Assignment, ctx context.Context, err error, log *slog.Logger) (Outcome, json.RawMessage, *TaskError) {
+func (e *Executor) failed(ctx context.Context, r *run, a Assignment, err error, log *slog.Logger) (Outcome, json.RawMessage, *TaskError) {
 	var (
 		perr *panicError
 		serr *limits.SizeError
