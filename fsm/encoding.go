@@ -38,22 +38,63 @@ func decodeEnvelope[P any](d decoder) (time.Time, Payload, error) {
 }
 
 // Encode serialises a command in the current encoding. The leader uses (*FSM).Emit, which picks
-// the encoding every replica can read.
+// the encoding every replica can read. The hot payloads go through their hand-written encoders
+// (fastencode.go), the others through msgpack's; the bytes are the same either way.
 func Encode(c *Command) ([]byte, error) {
 	s := specOf(c.Body)
 	if s == nil {
 		return nil, fmt.Errorf("encode command: %w: payload %T is not in the command table", ErrBadCommand, c.Body)
 	}
-	var buf bytes.Buffer
-	buf.WriteByte(byte(s.typ))
-	env := struct {
-		Now  time.Time `msgpack:"now"`
-		Body Payload   `msgpack:"body"`
-	}{c.Now, c.Body}
-	if err := msgpack.NewEncoder(&buf).Encode(&env); err != nil {
+	ee := entryEncoders.Get().(*entryEncoder)
+	defer ee.put()
+	ee.buf.WriteByte(byte(s.typ))
+	if err := ee.encode(c); err != nil {
 		return nil, fmt.Errorf("encode %s command: %w", s.name, err)
 	}
-	return buf.Bytes(), nil
+	return bytes.Clone(ee.buf.Bytes()), nil
+}
+
+// encode writes c's envelope, {now, body}, as msgpack writes the struct that declares them.
+func (ee *entryEncoder) encode(c *Command) error {
+	e := ee.e
+	if err := e.EncodeMapLen(2); err != nil {
+		return err
+	}
+	if err := e.EncodeString("now"); err != nil {
+		return err
+	}
+	if err := e.EncodeTime(c.Now); err != nil {
+		return err
+	}
+	if err := e.EncodeString("body"); err != nil {
+		return err
+	}
+	if ok, err := encodeFast(e, c.Body); ok {
+		return err
+	}
+	return e.Encode(c.Body)
+}
+
+// entryEncoder is a msgpack encoder on a buffer, reused across entries; Encode hands out a copy
+// of the buffer, so an entry costs one allocation of its own size.
+type entryEncoder struct {
+	buf bytes.Buffer
+	e   *msgpack.Encoder
+}
+
+var entryEncoders = sync.Pool{New: func() any {
+	ee := new(entryEncoder)
+	ee.e = msgpack.NewEncoder(&ee.buf)
+	return ee
+}}
+
+// put returns ee to the pool, empty; one that grew past maxPooledEntry is dropped.
+func (ee *entryEncoder) put() {
+	if ee.buf.Cap() > maxPooledEntry {
+		return
+	}
+	ee.buf.Reset()
+	entryEncoders.Put(ee)
 }
 
 // unknownTypeError is ErrUnknownCommand with the type that was met.

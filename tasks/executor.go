@@ -217,6 +217,8 @@ type run struct {
 	// Guarded by Executor.mu.
 	stopped bool
 	reason  StopReason
+	// returned: the handler is done (or never ran); the run only reports what it came to.
+	returned bool
 }
 
 // NewExecutor returns an executor with no runs.
@@ -283,6 +285,25 @@ func (e *Executor) Stop(taskID string, attempt int, reason StopReason) {
 	}
 }
 
+// Settled is Stop(StopRevoke) for a run whose attempt's outcome the cluster already holds: a run
+// whose handler has returned is reporting that outcome, or has, and is left to end on its own
+// (revoking it would only cancel its contexts and the report call waiting on them); a run whose
+// handler still runs is revoked, its outcome known without it.
+func (e *Executor) Settled(taskID string, attempt int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if r, ok := e.runs[RunRef{TaskID: taskID, Attempt: attempt}]; ok && !r.returned {
+		e.stopLocked(r, StopRevoke)
+	}
+}
+
+// handlerReturned marks r's handler done (Settled).
+func (e *Executor) handlerReturned(r *run) {
+	e.mu.Lock()
+	r.returned = true
+	e.mu.Unlock()
+}
+
 // StopAll stops every run with the same reason.
 func (e *Executor) StopAll(reason StopReason) {
 	e.mu.Lock()
@@ -343,7 +364,7 @@ func (e *Executor) Close() {
 
 func (e *Executor) execute(r *run, a Assignment) {
 	defer e.wg.Done()
-	log := e.cfg.Logger.With("task", a.TaskID, "attempt", a.Attempt, "type", a.Type)
+	log := slog.New(&attemptHandler{Handler: e.cfg.Logger.Handler(), task: a.TaskID, attempt: a.Attempt, typ: a.Type})
 	defer e.finish(r)
 	// How the attempt ended, for its span: a revoked run reports nothing and says so.
 	spanOutcome, spanErr := "revoked", (*TaskError)(nil)
@@ -364,6 +385,7 @@ func (e *Executor) execute(r *run, a Assignment) {
 	if err != nil {
 		terr := &TaskError{Type: ErrTypeUnknownType, Message: err.Error()}
 		spanOutcome, spanErr = OutcomeFailed.String(), terr
+		e.handlerReturned(r)
 		e.report(r.reportCtx, r, log, "finished", func(ctx context.Context) error {
 			return e.cfg.Reporter.Finished(ctx, r.ref, OutcomeFailed, nil, terr)
 		})
@@ -393,11 +415,13 @@ func (e *Executor) execute(r *run, a Assignment) {
 		if started = sendStarted(); started {
 			outcome, result, terr = e.attempt(r, a, h, log, sendStarted)
 		}
+		e.handlerReturned(r)
 	} else {
 		// A timer, not a goroutine waiting on one: a short task ends within the window and
 		// leaves nothing to wake.
 		window := time.AfterFunc(e.cfg.StartWindow, func() { sendStarted() })
 		outcome, result, terr = e.attempt(r, a, h, log, sendStarted)
+		e.handlerReturned(r)
 		window.Stop()
 		// Not sent yet: the attempt ended within the window, and its start goes with the outcome.
 		sent, ok := g.skip()
@@ -462,41 +486,24 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 	ctx, fail := context.WithCancelCause(ctx)
 	defer fail(nil)
 
-	throttle := limits.NewThrottle(
-		limits.NewCoalescer(e.cfg.CheckpointsPerSecond, e.cfg.CheckpointBurst, nil),
-		func(ctx context.Context, data []byte) error {
-			if !sendStarted() {
-				return fmt.Errorf("checkpoint of %s attempt %d: its start was not recorded", r.ref.TaskID, r.ref.Attempt)
-			}
-			err := e.cfg.Reporter.Checkpoint(ctx, r.ref, data)
-			if errors.Is(err, ErrFenced) {
-				e.fence(r, log)
-			}
-			return err
-		})
 	// The throttle sends waiting checkpoints until the attempt is over, even past a cancel or a
-	// timeout: a drained task's newest progress is what its next attempt resumes from. Its
-	// goroutine starts with the first checkpoint: most tasks make none.
-	var (
-		throttleOnce sync.Once
-		stopThrottle context.CancelFunc
-		throttleDone chan struct{}
-	)
-	startThrottle := func() {
-		throttleOnce.Do(func() {
-			var throttleCtx context.Context
-			throttleCtx, stopThrottle = context.WithCancel(r.reportCtx)
-			throttleDone = make(chan struct{})
-			go func() { defer close(throttleDone); throttle.Run(throttleCtx) }()
-		})
-	}
-	defer func() {
-		throttleOnce.Do(func() {}) // none starts after this
-		if stopThrottle != nil {
-			stopThrottle()
-			<-throttleDone
-		}
-	}()
+	// timeout: a drained task's newest progress is what its next attempt resumes from. It and its
+	// goroutine are made with the first checkpoint: most tasks make none.
+	lt := &lazyThrottle{make: func() *limits.Throttle {
+		return limits.NewThrottle(
+			limits.NewCoalescer(e.cfg.CheckpointsPerSecond, e.cfg.CheckpointBurst, nil),
+			func(ctx context.Context, data []byte) error {
+				if !sendStarted() {
+					return fmt.Errorf("checkpoint of %s attempt %d: its start was not recorded", r.ref.TaskID, r.ref.Attempt)
+				}
+				err := e.cfg.Reporter.Checkpoint(ctx, r.ref, data)
+				if errors.Is(err, ErrFenced) {
+					e.fence(r, log)
+				}
+				return err
+			})
+	}}
+	defer lt.stop()
 
 	out := &runOutput{
 		store: e.cfg.Logs, taskID: a.TaskID, attempt: a.Attempt, node: e.cfg.NodeName,
@@ -521,8 +528,11 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 		resumed:       a.Resumed,
 		children:      childMap(a.Children),
 		checkpoint: func(data json.RawMessage) error {
-			startThrottle()
-			if err := throttle.Checkpoint(ctx, data); err != nil {
+			t := lt.start(r.reportCtx)
+			if t == nil {
+				return errRunOver
+			}
+			if err := t.Checkpoint(ctx, data); err != nil {
 				return fmt.Errorf("report checkpoint: %w", err)
 			}
 			return nil
@@ -535,30 +545,52 @@ func (e *Executor) attempt(r *run, a Assignment, h Handler, log *slog.Logger, se
 	fail(nil)
 	tc.close()
 	out.flush()
-	e.flushCheckpoint(r, throttle, log)
+	e.flushCheckpoint(r, lt.made(), log)
 
+	if err == nil && len(result) > e.cfg.MaxResultBytes {
+		err = limits.CheckSize(limits.PayloadResult, len(result), e.cfg.MaxResultBytes)
+	}
+	if cause := sizeCause(ctx); cause != nil {
+		err = cause // whatever the task made of it, the checkpoint over the cap failed the attempt
+	}
+	if err == nil {
+		if !json.Valid(result) {
+			return OutcomeFailed, nil, &TaskError{Type: ErrTypeTaskError, Message: "task returned invalid JSON as its result"}
+		}
+		return OutcomeSucceeded, result, nil
+	}
+	if errors.Is(err, ErrWaiting) && tc.waitFor() != nil {
+		ids, _ := json.Marshal(tc.waitFor())
+		return OutcomeWaiting, ids, nil
+	}
+	return e.failed(ctx, r, a, err, log)
+}
+
+// sizeCause is the cause of ctx's end when it is a *limits.SizeError (a checkpoint over the cap),
+// nil otherwise. Apart so that an attempt that ended plainly allocates no error target.
+func sizeCause(ctx context.Context) error {
+	cause := context.Cause(ctx)
+	if cause == nil || cause == context.Canceled || cause == context.DeadlineExceeded {
+		return nil
+	}
+	var serr *limits.SizeError
+	if errors.As(cause, &serr) {
+		return cause
+	}
+	return nil
+}
+
+// failed classifies an attempt that ended with err.
+func (e *Executor) failed(ctx context.Context, r *run, a Assignment, err error, log *slog.Logger) (Outcome, json.RawMessage, *TaskError) {
 	var (
 		perr *panicError
 		serr *limits.SizeError
 	)
-	if err == nil && len(result) > e.cfg.MaxResultBytes {
-		err = limits.CheckSize(limits.PayloadResult, len(result), e.cfg.MaxResultBytes)
-	}
-	if cause := context.Cause(ctx); errors.As(cause, &serr) {
-		err = cause // whatever the task made of it, the checkpoint over the cap failed the attempt
-	}
 	switch {
 	case errors.As(err, &serr) && serr.What == limits.PayloadResult:
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypeResultTooLarge, Message: serr.Error()}
 	case errors.As(err, &serr) && serr.What == PayloadCheckpoint:
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypeCheckpointTooLarge, Message: serr.Error()}
-	case err != nil && errors.Is(err, ErrWaiting) && tc.waitFor() != nil:
-		ids, _ := json.Marshal(tc.waitFor())
-		return OutcomeWaiting, ids, nil
-	case err == nil && !json.Valid(result):
-		return OutcomeFailed, nil, &TaskError{Type: ErrTypeTaskError, Message: "task returned invalid JSON as its result"}
-	case err == nil:
-		return OutcomeSucceeded, result, nil
 	case errors.As(err, &perr):
 		log.Error("task panicked", "panic", perr.value)
 		return OutcomeFailed, nil, &TaskError{Type: ErrTypePanic, Message: fmt.Sprint(perr.value)}
@@ -587,6 +619,9 @@ type TypedError interface {
 // outcome, so a later attempt resumes from the newest progress. Once only: a checkpoint is
 // superseded by the outcome anyway.
 func (e *Executor) flushCheckpoint(r *run, throttle *limits.Throttle, log *slog.Logger) {
+	if throttle == nil {
+		return // no checkpoint was made
+	}
 	e.mu.Lock()
 	revoked := r.stopped && r.reason == StopRevoke
 	e.mu.Unlock()
@@ -595,6 +630,75 @@ func (e *Executor) flushCheckpoint(r *run, throttle *limits.Throttle, log *slog.
 	}
 	if err := throttle.Flush(r.reportCtx); err != nil && !errors.Is(err, ErrFenced) && r.reportCtx.Err() == nil {
 		log.Warn("last checkpoint not recorded", "err", err)
+	}
+}
+
+// attemptHandler is an attempt's log handler: the records it writes carry the attempt's task,
+// attempt and type first, as Logger.With would put them, but they are added when a record is
+// written rather than formatted for every attempt, most of which log nothing.
+type attemptHandler struct {
+	slog.Handler
+	task    string
+	attempt int
+	typ     string
+}
+
+func (h *attemptHandler) attrs() []slog.Attr {
+	return []slog.Attr{slog.String("task", h.task), slog.Int("attempt", h.attempt), slog.String("type", h.typ)}
+}
+
+func (h *attemptHandler) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	out.AddAttrs(h.attrs()...)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(a)
+		return true
+	})
+	return h.Handler.Handle(ctx, out)
+}
+
+func (h *attemptHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return h.Handler.WithAttrs(append(h.attrs(), as...))
+}
+
+func (h *attemptHandler) WithGroup(name string) slog.Handler {
+	return h.Handler.WithAttrs(h.attrs()).WithGroup(name)
+}
+
+// lazyThrottle is an attempt's checkpoint throttle, made with its first checkpoint, and the
+// goroutine that sends what it holds back.
+type lazyThrottle struct {
+	make func() *limits.Throttle
+	once sync.Once
+	t    *limits.Throttle
+	halt context.CancelFunc
+	done chan struct{}
+}
+
+// start makes the throttle and starts its goroutine under ctx, once; nil once made() or stop()
+// was called without a checkpoint before.
+func (l *lazyThrottle) start(ctx context.Context) *limits.Throttle {
+	l.once.Do(func() {
+		l.t = l.make()
+		var tctx context.Context
+		tctx, l.halt = context.WithCancel(ctx)
+		l.done = make(chan struct{})
+		go func() { defer close(l.done); l.t.Run(tctx) }()
+	})
+	return l.t
+}
+
+// made is the throttle if a checkpoint made it, nil otherwise; none is made after it.
+func (l *lazyThrottle) made() *limits.Throttle {
+	l.once.Do(func() {})
+	return l.t
+}
+
+// stop ends the throttle's goroutine, if it was started, and waits for it.
+func (l *lazyThrottle) stop() {
+	if l.made() != nil {
+		l.halt()
+		<-l.done
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"runtime"
 	"slices"
 	"strings"
@@ -384,5 +386,73 @@ func TestExecutorShortRunIsOneGoroutine(t *testing.T) {
 	}
 	if got := strings.Join(rep.kinds(), " "); got != "started+finished" {
 		t.Fatalf("reports = %s, want started+finished", got)
+	}
+}
+
+// nopFinisher accepts every report and keeps nothing.
+type nopFinisher struct{ fakeReporter }
+
+func (*nopFinisher) StartedAndFinished(context.Context, RunRef, Outcome, json.RawMessage, *TaskError) error {
+	return nil
+}
+
+// The allocation budget of a short attempt through the executor, from Start to its run's end
+// (its goroutine, contexts, task context and logger, the start window's timer, the report): a
+// new allocation on this path shows here. A run that makes no checkpoint makes no throttle, and
+// one that ends plainly allocates no error targets.
+func TestExecutorShortRunAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts vary under the race detector")
+	}
+	const budget = 46
+	reg := NewRegistry()
+	if err := reg.Register(Func(def("one", "", `null`), func(*Context, any) (any, error) { return 1, nil })); err != nil {
+		t.Fatal(err)
+	}
+	// A node's logger: text, at Info.
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil)).With("component", "executor")
+	e := NewExecutor(ExecutorConfig{Registry: reg, Reporter: &nopFinisher{}, NodeName: "n1", Logger: logger,
+		StartWindow: time.Minute})
+	t.Cleanup(e.Close)
+	const runs = 200
+	ids := make([]string, runs+1)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("t%d", i)
+	}
+	next := 0
+	n := testing.AllocsPerRun(runs, func() {
+		e.Start(Assignment{TaskID: ids[next], Type: "one", Attempt: 1})
+		next++
+		waitIdle(t, e)
+	})
+	if n > budget {
+		t.Errorf("a short attempt: %.1f allocations, budget %d", n, budget)
+	}
+	t.Logf("a short attempt: %.1f allocations (budget %d)", n, budget)
+}
+
+// An attempt's log lines read as Logger.With would write them: the attempt's task, attempt and
+// type first, then the record's own attributes, groups included.
+func TestAttemptLogReadsAsWith(t *testing.T) {
+	var got, want strings.Builder
+	opts := &slog.HandlerOptions{ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey && len(groups) == 0 {
+			return slog.Attr{}
+		}
+		return a
+	}}
+	base := func(w io.Writer) *slog.Logger {
+		return slog.New(slog.NewTextHandler(w, opts)).With("component", "executor")
+	}
+	lazy := slog.New(&attemptHandler{Handler: base(&got).Handler(), task: "t1", attempt: 2, typ: "echo"})
+	with := base(&want).With("task", "t1", "attempt", 2, "type", "echo")
+	for _, l := range []*slog.Logger{lazy, with} {
+		l.Warn("report failed, retrying", "report", "finished", "err", "boom")
+		l.With("k", "v").Info("with attrs", "n", 1)
+		l.WithGroup("g").Info("in a group", "n", 1)
+		l.Debug("not written")
+	}
+	if got.String() != want.String() {
+		t.Fatalf("attempt log:\n%s\nLogger.With:\n%s", got.String(), want.String())
 	}
 }

@@ -152,6 +152,8 @@ type Config struct {
 type Server struct {
 	cfg Config
 	log *slog.Logger
+	// admission is AdmissionEnv's answer, made once: the settings do not change while the node runs.
+	admission *fsm.AdmissionEnv
 }
 
 // API is the public API's backend: the endpoints together implement httpapi.Backend, and ACL
@@ -181,6 +183,10 @@ func New(cfg Config) *API {
 		cfg.Logger = slog.Default()
 	}
 	srv := &Server{cfg: cfg, log: cfg.Logger}
+	srv.admission = &fsm.AdmissionEnv{
+		MaxPending:       capOf(cfg.Quota.MaxPending),
+		PrincipalPending: func(p string) int { return srv.quotaFor(p).Pending },
+	}
 	return &API{
 		TaskEndpoint: &TaskEndpoint{srv}, ScheduleEndpoint: &ScheduleEndpoint{srv}, QueueEndpoint: &QueueEndpoint{srv},
 		RateLimitEndpoint: &RateLimitEndpoint{srv},

@@ -122,14 +122,9 @@ func (srv *Server) quotaFor(principal string) Quota {
 	return q
 }
 
-// AdmissionEnv is what the leader stamps into every submit it proposes (fsm.PrepareEnv).
-func (a *API) AdmissionEnv() *fsm.AdmissionEnv {
-	srv := a.srv
-	return &fsm.AdmissionEnv{
-		MaxPending:       capOf(srv.cfg.Quota.MaxPending),
-		PrincipalPending: func(p string) int { return srv.quotaFor(p).Pending },
-	}
-}
+// AdmissionEnv is what the leader stamps into every submit it proposes (fsm.PrepareEnv); the
+// same for every call, not to be changed.
+func (a *API) AdmissionEnv() *fsm.AdmissionEnv { return a.srv.admission }
 
 // RetainedCap is the scheduler loop's view of the retained caps: how many finished tasks of
 // principal are kept (0: no cap).

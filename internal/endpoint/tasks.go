@@ -89,26 +89,33 @@ func (e *TaskEndpoint) Task(_ context.Context, id string) (api.Task, error) {
 	return out[0], nil
 }
 
+// withPendingReason is at with its pending reason set when it is pending.
+func (e *TaskEndpoint) withPendingReason(at api.Task) api.Task {
+	if at.State != string(fsm.Pending) {
+		return at
+	}
+	one := []api.Task{at}
+	e.srv.withPendingReasons(one)
+	return one[0]
+}
+
 func (e *TaskEndpoint) WaitTask(ctx context.Context, id string, until func(api.Task) bool) (api.Task, error) {
 	for {
 		t, ok, changed := e.srv.cfg.FSM.TaskWatch(id)
 		if !ok {
 			return api.Task{}, taskNotFound(id)
 		}
+		// until reads the record without its pending reason, which is computed (from every
+		// node's record and the load) only for the answer.
 		at := toAPITask(&t)
-		if at.State == string(fsm.Pending) {
-			one := []api.Task{at}
-			e.srv.withPendingReasons(one)
-			at = one[0]
-		}
 		if until(at) {
-			return at, nil
+			return e.withPendingReason(at), nil
 		}
 		select {
 		case <-ctx.Done():
-			return at, nil
+			return e.withPendingReason(at), nil
 		case <-e.srv.cfg.Released: // the node is leaving: answer now, as a wait that elapsed would
-			return at, nil
+			return e.withPendingReason(at), nil
 		case <-changed:
 		}
 	}

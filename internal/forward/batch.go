@@ -416,7 +416,6 @@ func noEOF(err error) error {
 // ready together go out in one write. A batch that does not decode is refused whole, with 400,
 // before any of its requests runs.
 func (f *Forwarder) ServeBatch(api_ http.Handler) http.Handler {
-	one := f.Serve(api_)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !f.c.IsLeader() {
 			w.Header().Set(HeaderLeader, f.c.Leader())
@@ -441,7 +440,9 @@ func (f *Forwarder) ServeBatch(api_ http.Handler) http.Handler {
 		for i, it := range items {
 			go func() {
 				rep := newReply()
-				one.ServeHTTP(rep, itemRequest(r, it))
+				body := new(itemBody)
+				body.Reset(it.body)
+				f.serveForward(api_, rep, r, it.header, body, int64(len(it.body)))
 				results <- done{i, rep}
 			}()
 		}
@@ -475,27 +476,10 @@ func (f *Forwarder) ServeBatch(api_ http.Handler) http.Handler {
 	})
 }
 
-// itemRequest is the batch's request it as Serve receives a single forward: on the batch's
-// connection, from its caller, with its headers and body.
-func itemRequest(r *http.Request, it batchItem) *http.Request {
-	u := *r.URL
-	u.Path, u.RawPath, u.RawQuery = Path, "", ""
-	req := &http.Request{
-		Method:        http.MethodPost,
-		URL:           &u,
-		Proto:         r.Proto,
-		ProtoMajor:    r.ProtoMajor,
-		ProtoMinor:    r.ProtoMinor,
-		Header:        it.header,
-		Body:          io.NopCloser(bytes.NewReader(it.body)),
-		ContentLength: int64(len(it.body)),
-		Host:          r.Host,
-		RemoteAddr:    r.RemoteAddr,
-		RequestURI:    Path,
-		TLS:           r.TLS,
-	}
-	return req.WithContext(r.Context())
-}
+// itemBody is a batch item's body as a request body.
+type itemBody struct{ bytes.Reader }
+
+func (*itemBody) Close() error { return nil }
 
 // pending is a forward queued on the follower for the next batch.
 type pending struct {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -557,4 +558,47 @@ func TestTruncatedOrBadReplyIsRefused(t *testing.T) {
 	if err := readReplies(bytes.NewReader(bad), 1, func(int, *reply) { t.Fatal("a reply with a bad header name") }); !errors.Is(err, errBatch) {
 		t.Fatalf("bad header name: %v", err)
 	}
+}
+
+// The leader rebuilds a batched forward into the caller's request once: the request, its URL,
+// its context carrying the request ID and the forwarded mark, the header taken over as decoded.
+func TestUnwrapBuildsTheRequestOnce(t *testing.T) {
+	conn := httptest.NewRequest(http.MethodPost, BatchPath, nil)
+	conn.RemoteAddr, conn.Host = "127.0.0.1:7001", "n1:7001"
+	own := map[string][]string{headerMethod: {"POST"}, headerURI: {"/v1/tasks?wait=30s"},
+		headerClient: {"127.0.0.1:4242"}, headerRequest: {"01J0000000000000000000000A"}}
+	h := http.Header{"Content-Type": {"application/json"}, "Authorization": {"Bearer x"}}
+	maps.Copy(h, own)
+	body := &itemBody{}
+	payload := []byte(`{"type":"echo","input":"x"}`)
+	body.Reset(payload)
+	req, err := unwrap(conn, h, body, int64(len(payload)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := RequestID(req.Context())
+	if req.Method != http.MethodPost || req.URL.String() != "/v1/tasks?wait=30s" || req.RemoteAddr != "127.0.0.1:4242" ||
+		req.Host != "n1:7001" || req.ContentLength != int64(len(payload)) || !Forwarded(req) ||
+		!ok || id.String() != "01J0000000000000000000000A" {
+		t.Fatalf("rebuilt %s %s from %s host %s, length %d, forwarded %v, ID %v %v",
+			req.Method, req.URL, req.RemoteAddr, req.Host, req.ContentLength, Forwarded(req), id, ok)
+	}
+	if want := (http.Header{"Content-Type": {"application/json"}, "Authorization": {"Bearer x"}}); !reflect.DeepEqual(req.Header, want) {
+		t.Fatalf("header %v, want %v", req.Header, want)
+	}
+	if b, _ := io.ReadAll(req.Body); !bytes.Equal(b, payload) {
+		t.Fatalf("body %q", b)
+	}
+	if _, ok := RequestID(conn.Context()); ok || Forwarded(conn) {
+		t.Fatal("the batch's own request carries the item's marks")
+	}
+	n := testing.AllocsPerRun(100, func() {
+		maps.Copy(h, own)
+		_, _ = unwrap(conn, h, body, int64(len(payload)))
+	})
+	// The request, its URL and its context.
+	if n > 4 {
+		t.Errorf("rebuilding a forwarded request: %.0f allocations, want at most 4", n)
+	}
+	t.Logf("%.0f allocations", n)
 }

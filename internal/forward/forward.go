@@ -135,8 +135,13 @@ type requestKey struct{}
 
 // RequestID returns the write's request ID: a ULID chosen by the node that received it.
 func RequestID(ctx context.Context) (ulid.ULID, bool) {
-	id, ok := ctx.Value(requestKey{}).(ulid.ULID)
-	return id, ok
+	switch id := ctx.Value(requestKey{}).(type) {
+	case ulid.ULID:
+		return id, true
+	case *ulid.ULID: // servedContext's
+		return *id, true
+	}
+	return ulid.ULID{}, false
 }
 
 // WithRequestID returns ctx carrying id as its write's request ID.
@@ -405,23 +410,29 @@ func hopByHop(k string) bool {
 // as if its caller had sent it here, and adds the index its FSM has applied to the reply.
 func (f *Forwarder) Serve(api_ http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !f.c.IsLeader() {
-			w.Header().Set(HeaderLeader, f.c.Leader())
-			httpapi.WriteError(w, api.Errorf(api.CodeNotLeader, "this node is not the leader"))
-			return
-		}
-		req, err := unwrap(r)
-		if err != nil {
-			httpapi.WriteError(w, api.Errorf(api.CodeInvalidRequest, "forwarded request: %v", err))
-			return
-		}
-		w.Header().Set(HeaderServedBy, f.c.Name())
-		if req.Method == http.MethodGet { // a consistent read: the follower does not wait for an index
-			api_.ServeHTTP(w, req)
-			return
-		}
-		api_.ServeHTTP(&indexWriter{ResponseWriter: w, index: f.c.Index}, req)
+		f.serveForward(api_, w, r, r.Header, r.Body, r.ContentLength)
 	})
+}
+
+// serveForward serves one forwarded write or consistent read, its header and body, that came on
+// conn (a single forward's own request, or a batch's).
+func (f *Forwarder) serveForward(api_ http.Handler, w http.ResponseWriter, conn *http.Request, header http.Header, body io.ReadCloser, n int64) {
+	if !f.c.IsLeader() {
+		w.Header().Set(HeaderLeader, f.c.Leader())
+		httpapi.WriteError(w, api.Errorf(api.CodeNotLeader, "this node is not the leader"))
+		return
+	}
+	req, err := unwrap(conn, header, body, n)
+	if err != nil {
+		httpapi.WriteError(w, api.Errorf(api.CodeInvalidRequest, "forwarded request: %v", err))
+		return
+	}
+	w.Header().Set(HeaderServedBy, f.c.Name())
+	if req.Method == http.MethodGet { // a consistent read: the follower does not wait for an index
+		api_.ServeHTTP(w, req)
+		return
+	}
+	api_.ServeHTTP(&indexWriter{ResponseWriter: w, index: f.c.Index}, req)
 }
 
 // ConsistentRead reports whether the request URI asks for a consistent read: a consistent
@@ -435,10 +446,12 @@ func ConsistentRead(uri string) bool {
 	return err == nil && on
 }
 
-// unwrap rebuilds the caller's request from a forward.
-func unwrap(r *http.Request) (*http.Request, error) {
-	method := r.Header.Get(headerMethod)
-	uri := r.Header.Get(headerURI)
+// unwrap rebuilds the caller's request from a forward's header and body, which came on conn:
+// one request, built once. The forward's own headers are taken out of header, which the
+// rebuilt request then owns.
+func unwrap(conn *http.Request, header http.Header, body io.ReadCloser, n int64) (*http.Request, error) {
+	method := header.Get(headerMethod)
+	uri := header.Get(headerURI)
 	switch method {
 	case http.MethodPost, http.MethodPut, http.MethodDelete:
 	case http.MethodGet:
@@ -451,30 +464,47 @@ func unwrap(r *http.Request) (*http.Request, error) {
 	if !strings.HasPrefix(uri, "/v1/") {
 		return nil, fmt.Errorf("path %q is not the API's", api.Truncate(uri))
 	}
-	id, err := ulid.ParseStrict(r.Header.Get(headerRequest))
+	id, err := ulid.ParseStrict(header.Get(headerRequest))
 	if err != nil {
 		return nil, fmt.Errorf("request ID: %v", err)
 	}
-	ctx := context.WithValue(WithRequestID(r.Context(), id), servedKey{}, true)
-	req, err := http.NewRequestWithContext(ctx, method, uri, r.Body)
+	remote := conn.RemoteAddr
+	if client := header.Get(headerClient); client != "" {
+		if _, _, err := net.SplitHostPort(client); err == nil {
+			remote = client
+		}
+	}
+	req, err := http.NewRequestWithContext(&servedContext{Context: conn.Context(), id: id}, method, uri, body)
 	if err != nil {
 		return nil, err
 	}
-	req.Header = make(http.Header, len(r.Header))
-	for k, v := range r.Header {
-		if !strings.HasPrefix(k, headerPrefix) {
-			req.Header[k] = v
+	for k := range header {
+		if strings.HasPrefix(k, headerPrefix) {
+			delete(header, k)
 		}
 	}
-	req.ContentLength = r.ContentLength
-	req.Host = r.Host
-	req.RemoteAddr = r.RemoteAddr
-	if client := r.Header.Get(headerClient); client != "" {
-		if _, _, err := net.SplitHostPort(client); err == nil {
-			req.RemoteAddr = client
-		}
-	}
+	req.Header = header
+	req.ContentLength = n
+	req.Host = conn.Host
+	req.RemoteAddr = remote
 	return req, nil
+}
+
+// servedContext is a forwarded write's context: its request ID (RequestID) and the mark that a
+// follower forwarded it (Forwarded), one value where context.WithValue would take three.
+type servedContext struct {
+	context.Context
+	id ulid.ULID
+}
+
+func (c *servedContext) Value(key any) any {
+	switch key.(type) {
+	case requestKey:
+		return &c.id
+	case servedKey:
+		return true
+	}
+	return c.Context.Value(key)
 }
 
 // indexWriter adds the index the FSM has applied to a reply's headers as it is written: the

@@ -42,6 +42,7 @@ type Backend interface {
 	// Task returns a task's record, or a not_found *api.Error.
 	Task(ctx context.Context, id string) (api.Task, error)
 	// WaitTask blocks until until(record) holds or ctx ends, then returns the record as it is; not_found when unknown.
+	// until reads the record without its pending_reason (the record returned has it).
 	WaitTask(ctx context.Context, id string, until func(api.Task) bool) (api.Task, error)
 	// List returns the tasks q selects of the types visible accepts, newest first (a page holds
 	// up to q.Limit visible tasks).

@@ -183,9 +183,16 @@ func (w *Worker) workLoop(ctx context.Context, name, bootID string, exec *tasks.
 			if mine[ref] {
 				continue
 			}
-			// Runs whose outcome the FSM already holds are only wrapping up; any other run was
-			// taken away (reassigned after a false death verdict, or this node was declared dead).
-			if t, ok := w.cfg.FSM.Task(ref.TaskID); ok && !attemptEnded(&t, ref.Attempt) {
+			// Runs whose outcome the FSM already holds are only wrapping up: their report is
+			// applied and its call is returning, so they are left to end (Settled); any other run
+			// was taken away (reassigned after a false death verdict, or this node was declared
+			// dead).
+			t, ok := w.cfg.FSM.Task(ref.TaskID)
+			if ok && attemptEnded(&t, ref.Attempt) {
+				exec.Settled(ref.TaskID, ref.Attempt)
+				continue
+			}
+			if ok {
 				w.log.Warn("task taken away; stopping its run", "runner", name, "task", ref.TaskID, "attempt", ref.Attempt,
 					"now", string(t.State)+" on "+t.Node)
 			}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/taskworker/taskworker/api"
@@ -465,5 +467,108 @@ func TestAWaitIsSentAgainAsAFailureWhileAnOlderNodeIsUp(t *testing.T) {
 	if reps[2].Kind != fsm.ReportStarted || reps[3].Kind != fsm.ReportFailed || reps[3].WaitFor != nil ||
 		reps[3].Error == nil || reps[3].Error.Type != ErrTypeWaitUnsupported || reps[3].Error.Final {
 		t.Fatalf("second try %+v, want started and an ordinary failure of type %s", reps[2:], ErrTypeWaitUnsupported)
+	}
+}
+
+// A run whose outcome the FSM has applied is left to end: the work loop, woken by the apply while
+// the run's report call is still returning, neither revokes the run nor so cancels that call.
+func TestWorkLoopLeavesARunWhoseOutcomeIsAppliedToEnd(t *testing.T) {
+	ran := make(chan string, 3)
+	reg := tasks.NewRegistry()
+	if err := reg.Register(tasks.Func(tasks.Definition{Name: "echo", Version: "1"}, func(ctx *tasks.Context, in any) (any, error) {
+		ran <- ctx.TaskID
+		return in, nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	task := func(id string, state fsm.State) fsm.Task {
+		tk := fsm.Task{ID: id, Type: "echo", Version: "1", Input: json.RawMessage(`"hi"`), State: state, MaxAttempts: 3}
+		if state == fsm.Assigned {
+			tk.Node, tk.BootID, tk.Attempt = "me", "b1", 1
+			tk.History = []fsm.HistoryEntry{{Attempt: 1, Node: "me", Event: fsm.EventAssigned}}
+		}
+		return tk
+	}
+	f := fsmWith(t, []fsm.Task{task("run", fsm.Assigned), task("next", fsm.Pending), task("next2", fsm.Pending)},
+		[]fsm.Node{{Name: "me", BootID: "b1", Capacity: 8, Status: fsm.NodeUp}})
+	var (
+		mu    sync.Mutex
+		index uint64 = 1
+	)
+	apply := func(c *fsm.Command) *fsm.Result {
+		t.Helper()
+		c.Now = time.Now()
+		b, err := fsm.Encode(c)
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		index++
+		res, _ := f.Apply(&raft.Log{Index: index, Type: raft.LogCommand, Data: b}).(*fsm.Result)
+		return res
+	}
+	waitRan := func(id string) {
+		t.Helper()
+		select {
+		case got := <-ran:
+			if got != id {
+				t.Errorf("ran %s, want %s", got, id)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s did not run", id)
+		}
+	}
+	type check struct {
+		cancelled error
+		running   bool
+	}
+	checked := make(chan check, 1)
+	var w *Worker
+	propose := func(proposeCtx context.Context, c *fsm.Command) (*fsm.Result, error) {
+		b, ok := c.Body.(*fsm.ReportBatch)
+		if !ok {
+			return nil, fmt.Errorf("unexpected %T", c.Body)
+		}
+		res := apply(c)
+		if res == nil || res.Err != nil {
+			return nil, fmt.Errorf("apply: %+v", res)
+		}
+		if !slices.ContainsFunc(b.Items, func(r fsm.Report) bool { return r.TaskID == "run" && r.Kind == fsm.ReportSucceeded }) {
+			return res, nil
+		}
+		// The outcome is applied and the call has not returned: let the work loop pass over the
+		// change twice (each pass starts one more task) before answering.
+		apply(&fsm.Command{Body: &fsm.AssignBatch{Items: []fsm.Assign{{TaskID: "next", Node: "me", BootID: "b1"}}}})
+		waitRan("next")
+		apply(&fsm.Command{Body: &fsm.AssignBatch{Items: []fsm.Assign{{TaskID: "next2", Node: "me", BootID: "b1"}}}})
+		waitRan("next2")
+		checked <- check{cancelled: proposeCtx.Err(), running: slices.Contains(w.Executor().Running(), tasks.RunRef{TaskID: "run", Attempt: 1})}
+		return res, nil
+	}
+	w = New(Config{
+		Name: "me", BootID: "b1", FSM: f, Logger: quiet(),
+		Executor:       tasks.ExecutorConfig{Registry: reg, NodeName: "me", Logger: quiet()},
+		ProposeNode:    propose,
+		StorageFault:   func() string { return "" },
+		StorageChanged: func() <-chan struct{} { return make(chan struct{}) },
+	})
+	defer w.Executor().Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.WorkLoop(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+	waitRan("run")
+	select {
+	case c := <-checked:
+		if c.cancelled != nil || !c.running {
+			t.Errorf("while its applied outcome's report was returning, the run was revoked: report call's context %v, run still running %v", c.cancelled, c.running)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the outcome was never reported")
 	}
 }
