@@ -67,9 +67,9 @@ func queuedFSM(b *testing.B, pending, queues, prios int) (*fsm.FSM, map[string]b
 	})
 }
 
-// shapedFSM holds pending+20 echo tasks, task i shaped by shape, and three nodes of capacity 8
-// running the first 20, so a pass has 4 free slots to fill.
-func shapedFSM(b *testing.B, pending int, shape func(i int, s *fsm.Submit)) (*fsm.FSM, map[string]bool) {
+// threeNodeFSM is an FSM with three up nodes of capacity 8 offering echo version 1, how to
+// apply a command to it at now0 (failing the benchmark on any error), and the nodes as alive.
+func threeNodeFSM(b *testing.B) (*fsm.FSM, func(fsm.Payload), map[string]bool) {
 	b.Helper()
 	f := fsm.New()
 	idx := uint64(0)
@@ -90,6 +90,14 @@ func shapedFSM(b *testing.B, pending int, shape func(i int, s *fsm.Submit)) (*fs
 		apply(&fsm.Register{Node: fsm.Node{Name: name, BootID: "boot-" + name, Capacity: 8, Types: []fsm.TypeInfo{{Type: "echo", Version: "1"}}}})
 		alive[name] = true
 	}
+	return f, apply, alive
+}
+
+// shapedFSM holds pending+20 echo tasks, task i shaped by shape, and three nodes of capacity 8
+// running the first 20, so a pass has 4 free slots to fill.
+func shapedFSM(b *testing.B, pending int, shape func(i int, s *fsm.Submit)) (*fsm.FSM, map[string]bool) {
+	b.Helper()
+	f, apply, alive := threeNodeFSM(b)
 	total := pending + 20
 	for done := 0; done < total; done += 1000 {
 		var subs []fsm.Submit
@@ -178,25 +186,7 @@ func BenchmarkConcurrencyKeys(b *testing.B) {
 func BenchmarkRateLimitedBacklog(b *testing.B) {
 	for _, pending := range []int{0, 10_000, 100_000} {
 		b.Run(fmt.Sprintf("limited=%d", pending), func(b *testing.B) {
-			f := fsm.New()
-			idx := uint64(0)
-			apply := func(body fsm.Payload) {
-				idx++
-				r := f.ApplyCommand(idx, &fsm.Command{Now: now0, Body: body})
-				if r.Err != nil {
-					b.Fatal(r.Err)
-				}
-				for _, it := range r.Items {
-					if it.Err != nil {
-						b.Fatal(it.Err)
-					}
-				}
-			}
-			alive := map[string]bool{}
-			for _, name := range []string{"n1", "n2", "n3"} {
-				apply(&fsm.Register{Node: fsm.Node{Name: name, BootID: "boot-" + name, Capacity: 8, Types: []fsm.TypeInfo{{Type: "echo", Version: "1"}}}})
-				alive[name] = true
-			}
+			f, apply, alive := threeNodeFSM(b)
 			apply(&fsm.RateLimitSet{Name: "slow", Count: 1, Period: fsm.Duration(time.Hour), Burst: 1})
 			total := pending + 21 + 100
 			for done := 0; done < total; done += 1000 {
