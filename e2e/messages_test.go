@@ -169,7 +169,7 @@ func TestSecondACLBootstrapSaysItIsDone(t *testing.T) {
 func TestTaskListBogusStateListsTheValidOnes(t *testing.T) {
 	pc := startProcCluster(t, 1)
 	_, stderr, code := runBin(t, pc.c.Bin, "task", "list", "--addr", "http://"+pc.procs[0].HTTP, "--state", "bogus")
-	want := `unknown state "bogus"; valid states: [scheduled pending assigned running succeeded failed cancelled] (400 invalid_state)`
+	want := `unknown state "bogus"; valid states: [scheduled pending assigned running waiting succeeded failed cancelled] (400 invalid_state)`
 	if code != 2 || !strings.Contains(stderr, want) {
 		t.Errorf("task list --state bogus: exit %d, stderr %q; want 2 and %q", code, stderr, want)
 	}

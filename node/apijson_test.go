@@ -84,9 +84,12 @@ func (c coverage) check(t *testing.T) {
 // elsewhere lists the fields a single node's replies cannot show here, and the test that sees them
 // filled in from a real cluster.
 var elsewhere = map[string]string{
-	"Cluster.Nodes.DrainDeadline":     "only while a node drains: testNoPlacementWhileDraining (drain_test.go)",
-	"WorkerPoll.Assignments.Resumed":  "only on an attempt after a wait: TestAWorkerWaitsForChildrenThroughTheProtocol (wait_test.go)",
-	"WorkerPoll.Assignments.Children": "only on an attempt after a wait: TestAWorkerWaitsForChildrenThroughTheProtocol (wait_test.go)",
+	"Cluster.Nodes.DrainDeadline":        "only while a node drains: testNoPlacementWhileDraining (drain_test.go)",
+	"WorkerPoll.Assignments.Resumed":     "only on an attempt after a wait: TestAWorkerWaitsForChildrenThroughTheProtocol (wait_test.go)",
+	"WorkerPoll.Assignments.Children":    "only on an attempt after a wait: TestAWorkerWaitsForChildrenThroughTheProtocol (wait_test.go)",
+	"Task.TraceID":                       "only for a submit with a traceparent header: TestTracesFollowATaskThatRetriedThroughAFollower (tracing_test.go)",
+	"WorkerPoll.Assignments.Traceparent": "only for a traced task: TestWorkerAssignmentCarriesTheTraceparent (tracing_test.go)",
+	"Cluster.TraceURLTemplate":           "only with --trace-url-template: TestAgentsExportATasksSpansOverOTLP (e2e/tracing_test.go)",
 }
 
 func checkFields(t *testing.T, path string, typ reflect.Type, objs []any) {
@@ -373,7 +376,7 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 		path, body string
 		into       any
 	}{
-		{"/v1/queues/mail", `{"limit":3,"paused":false}`, new(api.Queue)},
+		{"/v1/queues/mail", `{"limit":3,"paused":false,"concurrency_key":"tenant-{/tenant}","concurrency_limit":2}`, new(api.Queue)},
 		{"/v1/type-limits/print", `{"limit":2}`, new(api.TypeLimit)},
 	} {
 		code, b := getRaw(t, n, "POST", r.path, r.body)
@@ -402,6 +405,13 @@ func TestEveryRouteMatchesItsAPIType(t *testing.T) {
 		t.Fatalf("rate-limited, debounced submit: %+v", limited)
 	}
 	followTask(limited.ID)
+
+	// A task under a concurrency key (concurrency_key, concurrency_limit).
+	keyed := submitRaw(`{"type":"print","input":"keyed","concurrency_key":"k1","concurrency_limit":2}`)
+	if keyed.ConcurrencyKey != "k1" || keyed.ConcurrencyLimit != 2 {
+		t.Fatalf("keyed submit: %+v", keyed)
+	}
+	followTask(keyed.ID)
 
 	// Logs: the print task of a fresh submit writes a stdout line, the count task log lines.
 	printed := submitRaw(`{"type":"print","input":"hello"}`)

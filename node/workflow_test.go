@@ -388,6 +388,13 @@ func TestWorkflowOnFailureCancelAndContinue(t *testing.T) {
 	cancel := submitWorkflow(t, n, shape("cancel", 120_000))
 	waitState(t, tc, cancel.ID+".c", 30*time.Second, func(t fsm.Task) bool { return t.State == fsm.Running || t.State.Terminal() })
 	w := waitWorkflow(t, n, cancel.ID, 60*time.Second)
+	// The workflow is failed from the entry that failed a; c's task is cancelled then, and its
+	// run reports the cancel after that: wait for the step to settle.
+	waitFor(t, "step c settled", 60*time.Second, func() bool {
+		httpCall(t, n, "GET", "/v1/workflows/"+cancel.ID, nil, &w)
+		s := states(w)["c"]
+		return s != "running" && s != "assigned" && s != "pending"
+	})
 	if got := states(w); w.State != api.WorkflowFailed || got["a"] != "failed" || got["b"] != "cancelled" || got["c"] != "cancelled" || got["d"] != "cancelled" {
 		t.Fatalf("on_failure cancel: workflow %s, steps %v (%s)", w.State, got, w.Error)
 	}
