@@ -88,7 +88,7 @@ func TestProcessConcurrencyKeyLimitAcrossNodeKill(t *testing.T) {
 	}
 	seen := 0
 	watch := func(p *proc) bool {
-		recs, ok := p.tasks(ids)
+		recs, ok := p.tasksAtOnce(ids)
 		if !ok {
 			return false
 		}

@@ -250,6 +250,27 @@ func (p *proc) tasks(ids []string) (map[string]taskRec, bool) {
 	return out, true
 }
 
+// tasksAtOnce reads the records of ids from p in one list request, so that all of them are as of
+// one applied index (tasks reads them one by one, each as of its own); ok is false on any error or
+// when one of ids is missing from the list.
+func (p *proc) tasksAtOnce(ids []string) (map[string]taskRec, bool) {
+	var list []taskRec
+	if p.getJSON("/v1/tasks?limit=1000", &list) != nil {
+		return nil, false
+	}
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	out := make(map[string]taskRec, len(ids))
+	for _, r := range list {
+		if want[r.ID] {
+			out[r.ID] = r
+		}
+	}
+	return out, len(out) == len(ids)
+}
+
 // hasHistory reports whether r's history holds event on node (on any node when node is "").
 func hasHistory(r taskRec, event, node string) bool {
 	return slices.ContainsFunc(r.History, func(h client.HistoryEntry) bool {
