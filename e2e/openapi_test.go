@@ -279,6 +279,8 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	s.do(call{method: "POST", path: "/v1/type-limits/echo", body: `{"limit": 2}`, status: 200})
 	s.do(call{method: "GET", path: "/v1/type-limits", status: 200})
 	s.do(call{method: "POST", path: "/v1/tasks/" + later.ID + "/cancel", status: 202})
+	// Cancel is idempotent: the cancelled task answers a second cancel as the first.
+	s.do(call{method: "POST", path: "/v1/tasks/" + later.ID + "/cancel", status: 202})
 	s.do(call{method: "POST", path: "/v1/tasks/" + done.ID + "/cancel", status: 409, code: "already_finished"})
 
 	// Rate limits and debounce.

@@ -148,6 +148,12 @@ func (e *TaskEndpoint) Cancel(ctx context.Context, caller httpapi.Caller, id str
 	case errors.Is(err, fsm.ErrNotFound):
 		return api.Task{}, taskNotFound(id)
 	case errors.Is(err, fsm.ErrFinished):
+		// Cancel is idempotent: a task already cancelled answers as a cancel that took effect,
+		// so a cancel tried again after its first try applied (a forward whose reply a leader
+		// change lost, a client's retry) is not told that the task it cancelled had finished.
+		if t, ok := srv.cfg.FSM.Task(id); ok && t.State == fsm.Cancelled {
+			return toAPITask(&t), nil
+		}
 		return api.Task{}, api.Errorf(api.CodeAlreadyFinished, "task %s has already finished", api.Truncate(id))
 	case err != nil:
 		return api.Task{}, err
