@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/taskworker/taskworker/api"
+	"github.com/taskworker/taskworker/fsm"
 )
 
 // With free slots and nothing waiting, the leader proposes a task's assignment right behind its
@@ -21,6 +23,9 @@ func TestIdleClusterPlacesTasksWithTheirSubmit(t *testing.T) {
 		if h := task.History[0]; h.Event != "assigned" || !h.At.Equal(task.CreatedAt) {
 			t.Errorf("task %d: first event %s at %v, created %v: not placed with its submit", i, h.Event, h.At, task.CreatedAt)
 		}
+		// The next submit must find the cluster idle as the leader sees it: a follower answers
+		// ?wait once its own replica holds the outcome, which the leader's FSM may apply later.
+		waitState(t, tc, task.ID, 10*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
 	}
 	if got := scrape(t, tc.leader())["taskworker_placed_at_submit_total"]; got < 6 {
 		t.Errorf("placed at submit: %v, want 6", got)
