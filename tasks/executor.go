@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/taskworker/taskworker/internal/limits"
+	"github.com/taskworker/taskworker/internal/tracing"
 )
 
 // ErrFenced is wrapped by a Reporter error when the FSM rejected the report
@@ -372,8 +373,8 @@ func (e *Executor) execute(r *run, a Assignment) {
 		log = log.With("trace_id", a.Trace.TraceID().String())
 		if e.cfg.Tracer != nil {
 			_, r.span = e.cfg.Tracer.Start(trace.ContextWithRemoteSpanContext(context.Background(), a.Trace), "task.attempt",
-				trace.WithAttributes(attrTaskID.String(a.TaskID), attrTaskType.String(a.Type),
-					attrAttempt.Int(a.Attempt), attrNode.String(e.cfg.NodeName)))
+				trace.WithAttributes(tracing.AttrTaskID.String(a.TaskID), tracing.AttrTaskType.String(a.Type),
+					tracing.AttrAttempt.Int(a.Attempt), tracing.AttrNode.String(e.cfg.NodeName)))
 			defer func() { endSpan(r.span, spanOutcome, spanErr) }()
 		}
 	}

@@ -1,27 +1,18 @@
 package tasks
 
 import (
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
-)
 
-// Attribute keys of the attempt span (internal/tracing names the same keys for the others).
-const (
-	attrTaskID   = attribute.Key("taskworker.task.id")
-	attrTaskType = attribute.Key("taskworker.task.type")
-	attrNode     = attribute.Key("taskworker.node")
-	attrAttempt  = attribute.Key("taskworker.attempt")
-	attrOutcome  = attribute.Key("taskworker.outcome")
-	attrError    = attribute.Key("taskworker.error.type")
+	"github.com/taskworker/taskworker/internal/tracing"
 )
 
 // endSpan ends an attempt's span with its outcome and, for an error, the error's type: never its
 // message, which may hold what the task was given.
 func endSpan(span trace.Span, outcome string, terr *TaskError) {
-	span.SetAttributes(attrOutcome.String(outcome))
+	span.SetAttributes(tracing.AttrOutcome.String(outcome))
 	if terr != nil {
-		span.SetAttributes(attrError.String(terr.Type))
+		span.SetAttributes(tracing.AttrError.String(terr.Type))
 		if outcome == OutcomeFailed.String() {
 			span.SetStatus(codes.Error, terr.Type)
 		}
