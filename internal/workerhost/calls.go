@@ -103,12 +103,9 @@ func (h *Host) Register(ctx context.Context, caller Caller, req api.WorkerRegist
 	if err != nil {
 		h.drop(s)
 		if !errors.Is(err, fsm.ErrWorkerExists) && !errors.Is(err, fsm.ErrUnknownNode) {
-			// It may have been applied (a reply lost): take the record down again.
-			h.wg.Add(1)
-			go func() {
-				defer h.wg.Done()
-				_ = h.proposeDown(s, true, "worker "+s.name+" registration failed")
-			}()
+			// It may have been applied (a reply lost): take the record down again, unless the
+			// host is closed (its node is going down).
+			h.goTracked(func() { _ = h.proposeDown(s, true, "worker "+s.name+" registration failed") })
 		}
 		return api.WorkerSession{}, apiError(err)
 	}
