@@ -2,9 +2,11 @@ package workerhost
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -130,4 +132,87 @@ func closeDuringCheck(t *testing.T, down bool) {
 			return
 		}
 	}
+}
+
+// holdUp blocks a worker's up until release is closed, as a proposal on its way to the leader may.
+func holdUp(release <-chan struct{}) { <-release }
+
+// A registration whose worker's up is still on its way when the node shuts the host down: Close
+// ends the session, so the registration must not then open it (start its work loop, answer with
+// its ID); it is refused as shutting_down.
+func TestRegistrationOverlappingCloseIsRefused(t *testing.T) {
+	f := fsm.New()
+	a := &fsmApplier{f: f}
+	if _, err := a.apply(&fsm.Command{Body: &fsm.Register{Node: fsm.Node{Name: "n1", BootID: "b1", Capacity: 1, Protocol: fsm.Protocol}}}); err != nil {
+		t.Fatalf("register the host node: %v", err)
+	}
+	release := make(chan struct{})
+	propose := func(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
+		if wc, ok := c.Body.(*fsm.WorkerChange); ok && wc.Op == fsm.WorkerUp {
+			holdUp(release)
+		}
+		return a.apply(c)
+	}
+	w := worker.New(worker.Config{
+		Name: "n1", BootID: "b1", FSM: f, Logger: quiet(),
+		Executor:       tasks.ExecutorConfig{Registry: tasks.NewRegistry(), NodeName: "n1", Logger: quiet()},
+		ProposeNode:    propose,
+		StorageFault:   func() string { return "" },
+		StorageChanged: func() <-chan struct{} { return make(chan struct{}) },
+	})
+	defer w.Executor().Close()
+	h := New(Config{
+		Node: "n1", FSM: f, Logger: quiet(), Executor: tasks.ExecutorConfig{Logger: quiet()},
+		Propose: propose, ReporterFor: w.ReporterFor, WorkFor: w.WorkFor,
+	})
+	type reply struct {
+		sess api.WorkerSession
+		err  error
+	}
+	registered := make(chan reply, 1)
+	go func() {
+		sess, err := h.Register(context.Background(), anyone{}, api.WorkerRegistration{
+			Name: "py1", Capacity: 1, Lease: "30s", Types: []api.WorkerType{{Type: "py-upper", Version: "1"}},
+		})
+		registered <- reply{sess, err}
+	}()
+	stackShows(t, "proposing the worker's up", "workerhost.holdUp")
+	h.Close() // the node's shutdown
+	close(release)
+	var r reply
+	select {
+	case r = <-registered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the registration did not return")
+	}
+	var ae *api.Error
+	if !errors.As(r.err, &ae) || ae.Code != api.CodeShuttingDown {
+		t.Fatalf("registration that overlapped Close: session %+v, error %v; want %s", r.sess, r.err, api.CodeShuttingDown)
+	}
+	if h.Sessions() != 0 {
+		t.Fatalf("the closed host holds %d sessions", h.Sessions())
+	}
+}
+
+// stackShows polls every goroutine's stack until one holds all of frames. runtime.Stack orders
+// nothing between goroutines for the race detector, so the goroutines watched this way stay
+// unordered with the test's.
+func stackShows(t *testing.T, what string, frames ...string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		n := runtime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			all := true
+			for _, f := range frames {
+				all = all && strings.Contains(g, f)
+			}
+			if all {
+				return
+			}
+		}
+		runtime.Gosched()
+	}
+	t.Fatalf("no goroutine %s within 20s", what)
 }
