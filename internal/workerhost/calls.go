@@ -103,23 +103,28 @@ func (h *Host) Register(ctx context.Context, caller Caller, req api.WorkerRegist
 	if err != nil {
 		h.drop(s)
 		if !errors.Is(err, fsm.ErrWorkerExists) && !errors.Is(err, fsm.ErrUnknownNode) {
-			// It may have been applied (a reply lost): take the record down again.
-			h.wg.Add(1)
-			go func() {
-				defer h.wg.Done()
-				_ = h.proposeDown(s, true, "worker "+s.name+" registration failed")
-			}()
+			// It may have been applied (a reply lost): take the record down again, unless the
+			// host is closed (its node is going down).
+			h.goTracked(func() { _ = h.proposeDown(s, true, "worker "+s.name+" registration failed") })
 		}
 		return api.WorkerSession{}, apiError(err)
 	}
 	loopCtx, stop := context.WithCancel(h.ctx)
-	s.loopStop, s.loopDone = stop, make(chan struct{})
+	loopDone := make(chan struct{})
 	s.mu.Lock()
+	if s.isEnded {
+		// Close ended the session while its up was on its way: the node is going down, and its
+		// workers with it.
+		s.mu.Unlock()
+		stop()
+		return api.WorkerSession{}, api.Errorf(api.CodeShuttingDown, "this node is shutting down: register with another")
+	}
+	s.loopStop, s.loopDone = stop, loopDone
 	s.isReg = true
 	s.deadline = time.Now().Add(lease)
 	s.mu.Unlock()
 	go func() {
-		defer close(s.loopDone)
+		defer close(loopDone)
 		h.cfg.WorkFor(loopCtx, s.name, s.bootID, s.exec, rep)
 	}()
 	h.log.Info("worker registered", "worker", s.name, "capacity", req.Capacity, "types", len(req.Types), "lease", lease)

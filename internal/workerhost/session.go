@@ -29,14 +29,14 @@ type session struct {
 	lease     time.Duration
 	exec      *tasks.Executor
 
-	ending   atomic.Bool // set before its executor stops: runs return at once
-	loopStop context.CancelFunc
-	loopDone chan struct{}
+	ending atomic.Bool // set before its executor stops: runs return at once
 
 	mu         sync.Mutex
-	isReg      bool      // its up was applied here
-	deadline   time.Time // the lease ends then while no poll is in flight
-	polls      int       // polls in flight
+	loopStop   context.CancelFunc // stops its work loop; nil until the session is open
+	loopDone   chan struct{}      // closed when its work loop has returned
+	isReg      bool               // its up was applied here
+	deadline   time.Time          // the lease ends then while no poll is in flight
+	polls      int                // polls in flight
 	outbox     []api.WorkerAssignment
 	cancels    []api.WorkerRun
 	wake       chan struct{} // closed when the outbox or draining changes
@@ -119,9 +119,12 @@ func (s *session) markEnded() bool {
 
 // stopLoop stops the work loop and waits for it.
 func (s *session) stopLoop() {
-	if s.loopStop != nil {
-		s.loopStop()
-		<-s.loopDone
+	s.mu.Lock()
+	stop, done := s.loopStop, s.loopDone
+	s.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
 	}
 }
 

@@ -88,6 +88,8 @@ type Host struct {
 	sessions map[string]*session // by secret ID
 	byName   map[string]*session
 	closed   bool
+	// waiting: Close waits for the host's goroutines (wg); none starts from then on (goTracked).
+	waiting bool
 }
 
 // New returns a Host; Run watches its sessions' leases and records until Close.
@@ -154,11 +156,7 @@ func (h *Host) check(now time.Time) {
 			continue
 		}
 		if hostDraining && s.setDraining() {
-			h.wg.Add(1)
-			go func() {
-				defer h.wg.Done()
-				h.proposeDrain(s)
-			}()
+			h.goTracked(func() { h.proposeDrain(s) }) // none once Close waits: the node is down
 		}
 	}
 }
@@ -177,7 +175,28 @@ func (h *Host) Close() {
 		h.end(s, endGone)
 	}
 	h.stop()
+	h.mu.Lock()
+	h.waiting = true
+	h.mu.Unlock()
 	h.wg.Wait()
+}
+
+// goTracked runs f in a goroutine that Close waits for, unless Close already waits, and reports
+// whether it did. The goroutine is counted under h.mu, which Close takes before it waits: each
+// count is ordered before that wait (sync.WaitGroup's rule for an Add from zero), so Close never
+// returns while a goroutine of the host is still to start, and the host starts nothing after.
+func (h *Host) goTracked(f func()) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.waiting {
+		return false
+	}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // Sessions returns how many sessions this node holds.
@@ -256,14 +275,16 @@ func (h *Host) end(s *session, how endHow) {
 	}
 	s.stopLoop()
 	s.exec.StopAll(tasks.StopRevoke) // nothing more of it is reported
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
+	if !h.goTracked(func() {
 		s.exec.Close()
 		if how == endLost && s.registered() {
 			_ = h.proposeDown(s, false, "worker "+s.name+" lost its lease")
 		}
-	}()
+	}) {
+		// Close is over its sessions and the node goes down with its workers: the runs stop
+		// here, and nothing is proposed.
+		s.exec.Close()
+	}
 }
 
 // proposeDown proposes s's worker down, retrying across leader changes for a while; a refusal
