@@ -200,3 +200,28 @@ func TestOldNodeUpPlacesBehindTheSubmit(t *testing.T) {
 		t.Errorf("assignment %+v at %v: want capped, at the submit's time %v (placed at submit)", a, c.Now, rec.CreatedAt)
 	}
 }
+
+// A real node registered at protocol fsm.PlaceProtocol-1 applies the log beside a current one:
+// its submits and their placements reach it as two entries, the tasks placed at submit run on
+// either node, and the replicas agree (verifyReplicas at cleanup).
+func TestANodeOfTheLastProtocolReadsSubmitAndPlacementApart(t *testing.T) {
+	tc := startCluster(t, 2, clusterOpts{inmem: true, capacity: 2, tweak: func(i int, c *Config) {
+		if i == 1 {
+			c.Protocol = fsm.PlaceProtocol - 1
+		}
+	}})
+	waitFor(t, "the old node registered", 30*time.Second, func() bool {
+		d, ok := tc.nodes[0].FSM().Node("n2")
+		return ok && d.Status == fsm.NodeUp && d.Protocol == fsm.PlaceProtocol-1
+	})
+	for i, n := range tc.nodes {
+		task := submit(t, n, "echo", i, "20s")
+		if task.State != api.StateSucceeded {
+			t.Fatalf("task %d through %s: %s", i, n.Name(), task.State)
+		}
+		rec := waitState(t, tc, task.ID, 10*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
+		if _, placed, _ := logAbout(t, tc.leader(), rec.CreateIndex, task.ID); len(placed) != 0 {
+			t.Fatalf("task %d: placed in its submit's entry %v with a protocol %d node up", i, placed, fsm.PlaceProtocol-1)
+		}
+	}
+}
