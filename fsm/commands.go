@@ -60,7 +60,10 @@ const (
 // Waiting and Task's WaitFor and WaitLeft.
 //
 // Protocol 11 adds trace contexts (trace.go): Submit.Trace and Task.Trace.
-const Protocol = TraceProtocol
+//
+// Protocol 12 adds SubmitBatch.Place (place.go): the assignments of a submit's own tasks, applied
+// in the submit's entry, so that a task the leader places at its submit costs one entry.
+const Protocol = PlaceProtocol
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
 // newer than their type's Since: the lowest protocol that decodes this payload as it is.
@@ -257,6 +260,10 @@ type SubmitBatch struct {
 	// Admission is what the items are admitted under, stamped by the leader (prepareSubmit).
 	// Protocol 5.
 	Admission *Admission `msgpack:"admission,omitempty"`
+	// Place assigns tasks the items create, after the items are applied, as capped assignments
+	// (applyPlace): the leader's placement at submit (internal/internode's placeAtSubmit), made
+	// after the batch's items were merged. PlaceProtocol.
+	Place []Assign `msgpack:"place,omitempty"`
 }
 
 // AssignBatch places pending tasks on node incarnations.
@@ -353,7 +360,8 @@ const MaxPurgeBatch = 1000
 // Len implements Batch.
 func (b *SubmitBatch) Len() int { return len(b.Items) }
 
-// Append implements Batch.
+// Append implements Batch. It takes other's items and caps, not its Place: the leader places a
+// merged batch's tasks after merging it.
 func (b *SubmitBatch) Append(o Payload) {
 	ob := o.(*SubmitBatch)
 	b.Items = append(b.Items, ob.Items...)
@@ -443,8 +451,12 @@ func (s *Submit) needsProtocol() int {
 	return need
 }
 
-// NeedsProtocol implements NeedsProtocol: the highest of its items', AdmissionProtocol with caps.
+// NeedsProtocol implements NeedsProtocol: the highest of its items', AdmissionProtocol with caps,
+// PlaceProtocol with assignments.
 func (b *SubmitBatch) NeedsProtocol() int {
+	if len(b.Place) > 0 {
+		return PlaceProtocol
+	}
 	need := 0
 	if b.Admission != nil {
 		need = AdmissionProtocol

@@ -232,6 +232,11 @@ var (
 	fastSubmitBatch = newFastStruct(
 		fastField[SubmitBatch]{name: "items", put: func(e encoder, b *SubmitBatch) error { return fastSubmit.encodeSlice(e, b.Items) }},
 		anyField("admission", true, func(b *SubmitBatch) *Admission { return b.Admission }),
+		fastField[SubmitBatch]{
+			name:  "place",
+			empty: func(b *SubmitBatch) bool { return len(b.Place) == 0 },
+			put:   func(e encoder, b *SubmitBatch) error { return fastAssign.encodeSlice(e, b.Place) },
+		},
 	)
 
 	fastAssign = newFastStruct(

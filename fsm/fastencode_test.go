@@ -284,8 +284,9 @@ func FuzzFastEncodeMatchesMsgpack(f *testing.F) {
 	})
 }
 
-// The allocation budget of encoding one task's entries: its submit, its assignment and its
-// report each encode with one allocation, the entry itself.
+// The allocation budget of encoding one task's entries: its submit (with its assignment, or
+// without and the assignment on its own) and its report each encode with one allocation, the
+// entry itself.
 func TestEncodeAllocationsPerTask(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts vary under the race detector")
@@ -298,6 +299,14 @@ func TestEncodeAllocationsPerTask(t *testing.T) {
 			Timeout: Duration(time.Minute), ExecutionID: "01JEXEC0000000000000000001", SubmittedBy: "anonymous",
 		}}}},
 		{Now: now, Body: &AssignBatch{Items: []Assign{{TaskID: "01JTASK0000000000000000001", Node: "node-1", BootID: "01JBOOT0000000000000000001", Capped: true}}}},
+		// A submit placed at submit: its assignment rides in its entry.
+		{Now: now, Body: &SubmitBatch{
+			Items: []Submit{{
+				ID: "01JTASK0000000000000000001", Type: "echo", Input: []byte(`{"n":1}`), MaxAttempts: 3,
+				Timeout: Duration(time.Minute), ExecutionID: "01JEXEC0000000000000000001", SubmittedBy: "anonymous",
+			}},
+			Place: []Assign{{TaskID: "01JTASK0000000000000000001", Node: "node-1", BootID: "01JBOOT0000000000000000001"}},
+		}},
 		{Now: now, Body: &ReportBatch{Items: []Report{{
 			TaskID: "01JTASK0000000000000000001", Attempt: 1, Node: "node-1", BootID: "01JBOOT0000000000000000001",
 			Kind: ReportSucceeded, Result: []byte(`{"n":1}`),

@@ -129,6 +129,9 @@ func (f *FSM) applySubmit(index uint64, now time.Time, p *SubmitBatch) ([]ItemRe
 	for i := range p.Items {
 		items = append(items, f.submit(index, now, &p.Items[i], p.Admission))
 	}
+	if len(p.Place) > 0 {
+		f.applyPlace(index, now, p, items)
+	}
 	return items, nil
 }
 

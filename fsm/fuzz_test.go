@@ -48,6 +48,10 @@ func FuzzApply(f *testing.F) {
 		&RateLimitDelete{Name: "api"},
 		&SubmitBatch{Items: []Submit{{ID: "rl", Type: "echo", RateLimit: "api", RateKey: "t1"},
 			{ID: "db", Type: "echo", DebounceKey: "k", Debounce: Duration(time.Second)}}},
+		// Placed at submit: its own task, one that exists, one on no node, one twice.
+		&SubmitBatch{Items: []Submit{{ID: "x", Type: "echo"}, {ID: "p", Type: "echo"}}, Place: []Assign{
+			{TaskID: "x", Node: "n1", BootID: "b1"}, {TaskID: "p", Node: "n1", BootID: "b1"},
+			{TaskID: "x", Node: "nope", BootID: "b1"}, {TaskID: "x", Node: "n1", BootID: "b1", Capped: true}}},
 	} {
 		b, err := Encode(&Command{Now: now, Body: body})
 		if err != nil {

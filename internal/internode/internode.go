@@ -66,7 +66,7 @@ type Trust interface {
 type Metrics interface {
 	// ObserveApply is given how long a raft apply took.
 	ObserveApply(d time.Duration)
-	// PlacedAtSubmit counts assignments proposed right behind their submit.
+	// PlacedAtSubmit counts assignments proposed with their submit.
 	PlacedAtSubmit(n int)
 	// ForwardAbandoned counts forwards given up because raft named another leader meanwhile.
 	ForwardAbandoned()

@@ -11,40 +11,47 @@ import (
 	"github.com/taskworker/taskworker/scheduler"
 )
 
-// placeAtSubmit proposes the assignments of a submit's tasks right behind the submit itself,
-// before it commits, when nothing waits that they could overtake: raft writes and replicates
-// both entries together (it groups the applies it finds queued), so a task reaches its executor
-// one serial commit sooner than when the scheduler loop places it after the submit applied. The
-// loop still places whatever this does not: a backlog (the new tasks queue behind it), a delayed
-// task, a cluster with a node older than protocol 3. The scheduler loop can place other tasks on
-// the same slots meanwhile (and this, the ones the loop just filled), so both cap their
-// assignments (fsm.Assign.Capped): the FSM applies one only while its node has a free slot and
-// leaves the task pending otherwise; the loop's own copy of an assignment this made meets a task
-// no longer pending and changes nothing.
+// placeAtSubmit places a submit's tasks at their submit, before it commits, when nothing waits
+// that they could overtake, so that a task reaches its executor one serial commit sooner than
+// when the scheduler loop places it after the submit applied. It returns the capped assignments
+// (fsm.Assign.Capped) it made, none when it places nothing. The loop still places whatever this
+// does not: a backlog (the new tasks queue behind it), a delayed task, a task under a rate
+// limit, a cluster with a node older than protocol 3. The scheduler loop can place other tasks
+// on the same slots meanwhile (and this, the ones the loop just filled), so both cap their
+// assignments: the FSM applies one only while its node has a free slot and leaves the task
+// pending otherwise; the loop's own copy of an assignment this made meets a task no longer
+// pending and changes nothing.
 //
-// The leader calls it from raftApply with the submit's entry queued; it never waits.
-func (c *Channel) placeAtSubmit(cmd *fsm.Command, timeout time.Duration) {
+// The leader calls it from raftStart before it encodes the submit: the assignments ride in the
+// submit's entry (fsm.SubmitBatch.Place) once every up node speaks fsm.PlaceProtocol, and in an
+// entry of their own right behind it before (placeBehind). It never waits.
+func (c *Channel) placeAtSubmit(cmd *fsm.Command) []fsm.Assign {
 	sb, ok := cmd.Body.(*fsm.SubmitBatch)
 	if !ok || cmd.Now.IsZero() {
-		return
+		return nil
 	}
 	alive := c.cfg.Alive()
 	v := c.cfg.FSM.PlacementView(alive, cmd.Now)
 	if len(v.Pending) > 0 || len(v.Due) > 0 {
-		return // tasks wait that free slots serve: the new ones queue behind them
+		return nil // tasks wait that free slots serve: the new ones queue behind them
 	}
 	if v.Pending = c.cfg.FSM.SubmitCandidates(sb.Items, cmd.Now); len(v.Pending) == 0 {
-		return
+		return nil
 	}
 	last, _ := c.lastPlaced.Load().(string)
 	as := scheduler.Place(v, alive, cmd.Now, last)
-	if len(as) == 0 {
-		return
-	}
 	for i := range as {
 		as[i].Capped = true
 	}
-	b, err := c.cfg.FSM.Emit(&fsm.Command{Now: cmd.Now, Body: &fsm.AssignBatch{Items: as}})
+	return as
+}
+
+// placeBehind proposes as, the assignments placeAtSubmit made for the submit raft was just
+// handed (at now), in an AssignBatch right behind it: raft writes and replicates both entries
+// together (it groups the applies it finds queued). It is how a node older than
+// fsm.PlaceProtocol reads them.
+func (c *Channel) placeBehind(as []fsm.Assign, now time.Time, timeout time.Duration) {
+	b, err := c.cfg.FSM.Emit(&fsm.Command{Now: now, Body: &fsm.AssignBatch{Items: as}})
 	if err != nil {
 		return // a node older than protocol 3 is up: the scheduler loop places them
 	}
@@ -57,7 +64,7 @@ func (c *Channel) placeAtSubmit(cmd *fsm.Command, timeout time.Duration) {
 			return
 		}
 		c.cfg.Announce()
-		c.placed(as, cmd.Now)
+		c.placed(as, now)
 	}()
 }
 

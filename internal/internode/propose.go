@@ -199,19 +199,39 @@ type applying struct {
 	cmd   *fsm.Command
 	f     raft.ApplyFuture
 	start time.Time
+	// placed are the assignments its entry carries (a submit's Place), for placed once it applied.
+	placed []fsm.Assign
 }
 
-// raftStart encodes cmd and hands it to raft (and, for a submit, its assignments right behind
-// it) without waiting: raft writes and replicates entries handed to it together as one batch, in
-// the order they were handed.
+// raftStart encodes cmd and hands it to raft without waiting: raft writes and replicates entries
+// handed to it together as one batch, in the order they were handed. A submit carries the
+// assignments of its tasks placeAtSubmit makes (fsm.SubmitBatch.Place) while every up node
+// speaks fsm.PlaceProtocol; with an older node up they follow it in an entry of their own.
 func (c *Channel) raftStart(cmd *fsm.Command, timeout time.Duration) (applying, error) {
+	as := c.placeAtSubmit(cmd)
+	sb, _ := cmd.Body.(*fsm.SubmitBatch)
+	if sb != nil {
+		sb.Place = as // the leader's placements only, whatever the command carried
+	}
 	b, err := c.cfg.FSM.Emit(cmd)
+	if err != nil && len(as) > 0 && errors.Is(err, fsm.ErrProtocolTooOld) {
+		sb.Place = nil // a node older than PlaceProtocol is up (or the items need more than it speaks)
+		b, err = c.cfg.FSM.Emit(cmd)
+	}
 	if err != nil {
 		return applying{}, err
 	}
 	a := applying{cmd: cmd, start: time.Now()}
 	a.f = c.cfg.Raft.Apply(b, timeout)
-	c.placeAtSubmit(cmd, timeout) // queued right behind it, before it commits
+	switch {
+	case len(as) == 0:
+	case len(sb.Place) > 0:
+		a.placed = as
+		c.lastPlaced.Store(as[len(as)-1].Node)
+		c.cfg.Metrics.PlacedAtSubmit(len(as))
+	default:
+		c.placeBehind(as, cmd.Now, timeout) // queued right behind it, before it commits
+	}
 	return a, nil
 }
 
@@ -225,6 +245,9 @@ func (c *Channel) raftFinish(a applying) (*fsm.Result, error) {
 	res, _ := a.f.Response().(*fsm.Result)
 	if res == nil {
 		return nil, fmt.Errorf("apply %s: no result", a.cmd.Type())
+	}
+	if len(a.placed) > 0 {
+		c.placed(a.placed, a.cmd.Now)
 	}
 	return res, res.Err
 }

@@ -206,7 +206,11 @@ func checkRegistration(members []membership.Member, rec fsm.Node, memberID func(
 // checkChildren accepts a submit from a node only as children of tasks running on that node,
 // valid as the API's submits are (Config.CheckChild).
 func (c *Channel) checkChildren(cmd *fsm.Command, caller Caller) error {
-	items := cmd.Body.(*fsm.SubmitBatch).Items
+	sb := cmd.Body.(*fsm.SubmitBatch)
+	if len(sb.Place) > 0 {
+		return api.Errorf(api.CodeInvalidRequest, "a node's submit carries no assignments: the leader places tasks")
+	}
+	items := sb.Items
 	if len(items) == 0 {
 		return api.Errorf(api.CodeInvalidRequest, "no children")
 	}

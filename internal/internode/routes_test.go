@@ -1,12 +1,14 @@
 package internode
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
 
+	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
 	"github.com/taskworker/taskworker/membership"
 )
@@ -93,5 +95,22 @@ func TestReportRouteTakesABatchOfTheCallersOwnReports(t *testing.T) {
 	mixed := &fsm.Command{Body: &fsm.ReportBatch{Items: append(items, fsm.Report{TaskID: "d", Attempt: 1, Node: "n2", Kind: fsm.ReportStarted})}}
 	if err := checkNodeIdentity(mixed, Caller{Name: "n1"}); err == nil {
 		t.Fatal("a batch with a report for another node was taken")
+	}
+}
+
+// A node's child submit may not carry assignments: only the leader places tasks, and a peer
+// that sends some (to put tasks on a node of its choice) is refused before anything is applied.
+func TestChildSubmitWithAssignmentsIsRefused(t *testing.T) {
+	cmd := &fsm.Command{Body: &fsm.SubmitBatch{
+		Items: []fsm.Submit{{ID: "c", Type: "echo", ParentID: "p"}},
+		Place: []fsm.Assign{{TaskID: "c", Node: "n1", BootID: "b1"}},
+	}}
+	err := (&Channel{}).checkChildren(cmd, Caller{anyNode: true})
+	if err == nil || !strings.Contains(err.Error(), "no assignments") {
+		t.Fatalf("a child submit with assignments: %v, want refused", err)
+	}
+	var e *api.Error
+	if !errors.As(err, &e) || e.Code != api.CodeInvalidRequest {
+		t.Errorf("refusal %v, want code %s", err, api.CodeInvalidRequest)
 	}
 }

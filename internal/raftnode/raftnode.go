@@ -350,6 +350,16 @@ func (r *Node) Running() {
 // Raft is the running raft, nil before Start has started it.
 func (r *Node) Raft() *raft.Raft { return r.raft }
 
+// Entry reads the log entry at index from this node's log store (an error once a snapshot has
+// compacted it away).
+func (r *Node) Entry(index uint64) (*raft.Log, error) {
+	var l raft.Log
+	if err := r.logs.GetLog(index, &l); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
 // IsLeader reports whether this node is the raft leader.
 func (r *Node) IsLeader() bool { return r.raft.State() == raft.Leader }
 

@@ -44,8 +44,9 @@ type Metrics struct {
 	// forwardsAbandoned counts forwards given up because raft stopped naming their leader, each
 	// then retried against the new one.
 	forwardsAbandoned prometheus.Counter
-	// placedAtSubmit counts assignments the leader proposed right behind their submit; the FSM
-	// may still leave some of them pending.
+	// placedAtSubmit counts assignments the leader proposed with their submit (in its entry, or
+	// right behind it with a node older than fsm.PlaceProtocol up); the FSM may still leave some
+	// of them pending.
 	placedAtSubmit prometheus.Counter
 	// descriptorShortages counts storage checks that failed for want of file descriptors, which
 	// the storage watchdog (raftnode.WatchStorage) does not call a storage fault.
