@@ -390,19 +390,33 @@ func (s *store) insert(t *Task) {
 }
 
 // delete removes a record from every index; t must be the stored record (as get returns it).
-func (s *store) delete(t *Task) {
+func (s *store) delete(t *Task) { s.remove(t, nil) }
+
+// remove removes the stored record t from every index, but for the ID map and the entry trees
+// where next, the record insert stores in its place right after (nil: none), keeps t's key:
+// there insert's ReplaceOrInsert puts next's entry in t's place, one descent of the tree instead
+// of a delete and an insert. Only a live record's entry stays for insert to replace: a frozen
+// one's memory is released here, and insert's descent compares with the entries it passes.
+func (s *store) remove(t, next *Task) {
 	e := s.byID[t.ID]
 	if e == nil {
 		return
 	}
-	delete(s.byID, t.ID)
-	s.all.Delete(e)
-	dropEntry(s, s.byType, t.Type, e)
-	dropEntry(s, s.byStateTy, stateType{t.State, t.Type}, e)
-	if t.Node != "" {
+	keep := next != nil && e.t != nil && next.ID == t.ID && next.CreateIndex == t.CreateIndex
+	if !keep {
+		delete(s.byID, t.ID)
+		s.all.Delete(e)
+	}
+	if !keep || next.Type != t.Type {
+		dropEntry(s, s.byType, t.Type, e)
+	}
+	if !keep || next.State != t.State || next.Type != t.Type {
+		dropEntry(s, s.byStateTy, stateType{t.State, t.Type}, e)
+	}
+	if t.Node != "" && (!keep || next.Node != t.Node) {
 		dropEntry(s, s.byNode, t.Node, e)
 	}
-	if t.ExecutionID != t.ID {
+	if t.ExecutionID != t.ID && (!keep || next.ExecutionID != t.ExecutionID) {
 		dropEntry(s, s.byExec, t.ExecutionID, e)
 	}
 	switch {
@@ -475,7 +489,7 @@ func decr[K comparable](m map[K]int, k K) {
 
 // replace stores next in place of old (the same task after a change).
 func (s *store) replace(old, next *Task) {
-	s.delete(old)
+	s.remove(old, next)
 	s.insert(next)
 }
 

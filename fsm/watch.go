@@ -51,20 +51,48 @@ func (w *watches) fire(k watchKey) {
 	}
 }
 
-// touch wakes whoever watches t or a list t is in.
-func (w *watches) touch(t *Task) {
+// touch wakes whoever watches old or next (either may be nil: a new or a removed task), or a
+// list either is in: what a change from old to next wakes.
+func (w *watches) touch(old, next *Task) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.ch) == 0 {
 		return
 	}
-	w.fire(watchKey{watchTask, t.ID})
+	for _, t := range [2]*Task{old, next} {
+		if t != nil {
+			w.fireKeys(watchKeysOf(t))
+		}
+	}
+}
+
+// touchKeys wakes whoever watches a record with keys k, or a list it is in.
+func (w *watches) touchKeys(k watchKeys) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.ch) == 0 {
+		return
+	}
+	w.fireKeys(k)
+}
+
+// watchKeys are what a record is watched by: its ID and the lists it is in.
+type watchKeys struct {
+	id, state, typ, exec, node string
+}
+
+func watchKeysOf(t *Task) watchKeys {
+	return watchKeys{id: t.ID, state: string(t.State), typ: t.Type, exec: t.ExecutionID, node: t.Node}
+}
+
+func (w *watches) fireKeys(k watchKeys) {
+	w.fire(watchKey{watchTask, k.id})
 	w.fire(watchKey{watchAll, ""})
-	w.fire(watchKey{watchState, string(t.State)})
-	w.fire(watchKey{watchType, t.Type})
-	w.fire(watchKey{watchExec, t.ExecutionID})
-	if t.Node != "" {
-		w.fire(watchKey{watchNode, t.Node})
+	w.fire(watchKey{watchState, k.state})
+	w.fire(watchKey{watchType, k.typ})
+	w.fire(watchKey{watchExec, k.exec})
+	if k.node != "" {
+		w.fire(watchKey{watchNode, k.node})
 	}
 }
 
