@@ -579,8 +579,9 @@ func (f *FSM) activeOn(node string) []*Task {
 // watchers of both. f.mu is held.
 func (f *FSM) save(old, next *Task) {
 	f.watches.touch(old, next)
-	if old != nil {
-		f.tasks.remove(old, next)
+	var prev *Task // the live record next replaces
+	if old != nil && f.tasks.remove(old, next) {
+		prev = old
 	}
 	if next != nil {
 		if inFair(next) && (old == nil || !inFair(old)) && next.FairSeq == 0 {
@@ -588,7 +589,7 @@ func (f *FSM) save(old, next *Task) {
 			// that had a turn (taken back from a node, retried) keeps it, and goes first.
 			next.FairSeq = f.tasks.fairSeq(next)
 		}
-		f.tasks.insert(next)
+		f.tasks.insertAfter(next, prev)
 		if next.State.Terminal() && (old == nil || !old.State.Terminal()) {
 			if next.Schedule != "" {
 				f.wakeSchedules() // a buffered tick may start now
