@@ -398,12 +398,12 @@ func (s *store) insertAfter(t, prev *Task) {
 // delete removes a record from every index; t must be the stored record (as get returns it).
 func (s *store) delete(t *Task) { s.remove(t, nil) }
 
-// remove removes the stored record t from every index, and reports whether it was live (not
-// frozen), but for the ID map and the entry trees
-// where next, the record insert stores in its place right after (nil: none), keeps t's key:
-// there insert's ReplaceOrInsert puts next's entry in t's place, one descent of the tree instead
-// of a delete and an insert. Only a live record's entry stays for insert to replace: a frozen
-// one's memory is released here, and insert's descent compares with the entries it passes.
+// remove removes the stored record t from every index but the ID map and the entry trees where
+// next, the record insert stores in its place right after (nil: none), keeps t's key: there
+// insert's ReplaceOrInsert puts next's entry in t's place, one descent of the tree instead of a
+// delete and an insert. Only a live record's entry stays for insert to replace: a frozen one's
+// memory is released here, and insert's descent compares with the entries it passes. It reports
+// whether t is the live record stored (then compacted: insertAfter may take it as prev).
 func (s *store) remove(t, next *Task) (live bool) {
 	e := s.byID[t.ID]
 	if e == nil {
@@ -486,7 +486,7 @@ func (s *store) remove(t, next *Task) (live bool) {
 	if e.t == nil { // nothing in the store refers to the frozen record now
 		s.arena.release(e.cold)
 	}
-	return e.t != nil
+	return e.t == t
 }
 
 func decr[K comparable](m map[K]int, k K) {
