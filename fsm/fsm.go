@@ -397,7 +397,7 @@ func (f *FSM) reportPair(index uint64, now time.Time, started, ended *Report) (I
 	mid := watchKeysOf(t)
 	t, second := f.reportTo(index, now, t, t, ended)
 	f.save(old, t)
-	f.watches.touchKeys(mid)
+	f.watches.touchVia(watchKeysOf(old), mid, watchKeysOf(t))
 	return first, second
 }
 

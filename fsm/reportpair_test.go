@@ -1,8 +1,10 @@
 package fsm
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -314,5 +316,49 @@ func BenchmarkReportPair(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*lifeBatch), "ns/task")
 		})
+	}
+}
+
+// Watches of one kind on different keys wake each for its own key, before and after a restore
+// woke every watch at once: what watches count per kind to skip unwatched kinds stays true.
+func TestWatchesOfOneKindWakeIndependently(t *testing.T) {
+	h := assigned(t)
+	h.must(registerCmd("n2", "b2", 4))
+	h.must(submitCmd(sub("b", "echo")))
+	h.must(assignCmd("b", "n2", "b2"))
+	watch := func(q Filter) <-chan struct{} {
+		t.Helper()
+		q.Watch = true
+		p, err := h.f.ListPage(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Watch
+	}
+	id := "a"
+	for round := range 2 {
+		tk := h.task(id)
+		running, succeeded, node := watch(Filter{State: Running}), watch(Filter{State: Succeeded}), watch(Filter{Node: "n1"})
+		other := watch(Filter{Node: "n2"})
+		h.must(reportCmd(rep(id, tk.Attempt, tk.Node, tk.BootID, ReportStarted)))
+		if !closed(running) || !closed(node) || closed(succeeded) || closed(other) {
+			t.Fatalf("round %d, after the start: running %v node %v succeeded %v other node %v", round,
+				closed(running), closed(node), closed(succeeded), closed(other))
+		}
+		h.must(reportCmd(rep(id, tk.Attempt, tk.Node, tk.BootID, ReportSucceeded)))
+		if !closed(succeeded) || closed(other) {
+			t.Fatalf("round %d, after the end: succeeded %v other node %v", round, closed(succeeded), closed(other))
+		}
+		if round == 0 {
+			if err := h.f.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, h.f)))); err != nil {
+				t.Fatal(err)
+			}
+			if !closed(other) {
+				t.Fatal("a restore did not wake every watch")
+			}
+			id = "c"
+			h.must(submitCmd(sub(id, "echo")))
+			h.must(assignCmd(id, "n1", "b1"))
+		}
 	}
 }
