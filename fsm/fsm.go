@@ -56,6 +56,9 @@ type FSM struct {
 	// applied finished (or sent back to run); advanceWaits applies them. Scratch, never part of
 	// the replicated state.
 	waitDeltas map[string]int
+	// reportsAlone makes applyReport apply every report item alone, never a start and its end
+	// together (reportPair): the reference tests compare the pairing with. Set only by tests.
+	reportsAlone bool
 }
 
 // New returns an empty FSM.
@@ -149,7 +152,13 @@ func (f *FSM) applyAssign(index uint64, now time.Time, p *AssignBatch) ([]ItemRe
 
 func (f *FSM) applyReport(index uint64, now time.Time, p *ReportBatch) ([]ItemResult, error) {
 	items := make([]ItemResult, 0, len(p.Items))
-	for i := range p.Items {
+	for i := 0; i < len(p.Items); i++ {
+		if i+1 < len(p.Items) && !f.reportsAlone && startAndEnd(&p.Items[i], &p.Items[i+1]) {
+			started, ended := f.reportPair(index, now, &p.Items[i], &p.Items[i+1])
+			items = append(items, started, ended)
+			i++
+			continue
+		}
 		items = append(items, f.report(index, now, &p.Items[i]))
 	}
 	return items, nil
@@ -354,17 +363,64 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 	if !ok {
 		return ItemResult{ID: r.TaskID, Err: ErrNotFound}
 	}
-	if !old.State.Active() || old.Node != r.Node || old.BootID != r.BootID || old.Attempt != r.Attempt {
-		return ItemResult{ID: r.TaskID, Err: ErrStale}
+	t, res := f.reportTo(index, now, old, nil, r)
+	if t != nil {
+		f.save(old, t)
 	}
-	if r.Kind == ReportStarted && old.State == Running {
-		return ItemResult{ID: old.ID}
+	return res
+}
+
+// startAndEnd reports whether a and b are an attempt's start and its end reported together
+// (an executor's StartedAndFinished): a started report, then an outcome of the same task.
+func startAndEnd(a, b *Report) bool {
+	if a.Kind != ReportStarted || b.TaskID != a.TaskID {
+		return false
 	}
-	if r.Kind == ReportWait {
-		return f.wait(index, now, old, r)
+	switch b.Kind {
+	case ReportSucceeded, ReportFailed, ReportCancelled, ReportInterrupted:
+		return true
 	}
-	t := old.cow()
-	defer f.save(old, t)
+	return false
+}
+
+// reportPair applies started and then ended (startAndEnd) to one copy of the task's record
+// and saves it once: the record, history, transitions, results and indexes are those report
+// leaves applying each in turn, which stores the running record in between only for the second
+// report to copy it again. Watchers of the running record's lists are woken as that store would.
+func (f *FSM) reportPair(index uint64, now time.Time, started, ended *Report) (ItemResult, ItemResult) {
+	old, ok := f.tasks.get(started.TaskID)
+	if !ok {
+		return ItemResult{ID: started.TaskID, Err: ErrNotFound}, ItemResult{ID: ended.TaskID, Err: ErrNotFound}
+	}
+	t, first := f.reportTo(index, now, old, nil, started)
+	if t == nil {
+		// The start changed nothing (stale, or already running): the end applies alone.
+		return first, f.report(index, now, ended)
+	}
+	mid := watchKeysOf(t)
+	t, second := f.reportTo(index, now, t, t, ended)
+	f.save(old, t)
+	f.watches.touchVia(watchKeysOf(old), mid, watchKeysOf(t))
+	return first, second
+}
+
+// reportTo applies r to the task whose current record is cur. t is the copy this entry is
+// already changing (then cur itself), or nil when cur is the stored record: a copy (cow) is
+// made once r changes anything. It returns the changed copy for the caller to save (nil when
+// nothing changed, or r saved it itself) and the item's result. f.mu is held.
+func (f *FSM) reportTo(index uint64, now time.Time, cur, t *Task, r *Report) (*Task, ItemResult) {
+	if !cur.State.Active() || cur.Node != r.Node || cur.BootID != r.BootID || cur.Attempt != r.Attempt {
+		return t, ItemResult{ID: r.TaskID, Err: ErrStale}
+	}
+	if r.Kind == ReportStarted && cur.State == Running {
+		return t, ItemResult{ID: cur.ID}
+	}
+	if r.Kind == ReportWait && t == nil {
+		return nil, f.wait(index, now, cur, r)
+	}
+	if t == nil {
+		t = cur.cow()
+	}
 	entry := HistoryEntry{Attempt: t.Attempt, Node: t.Node, At: now}
 	wasRunning, node := t.State == Running, t.Node
 	switch r.Kind {
@@ -376,7 +432,7 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 	case ReportCheckpoint:
 		t.Checkpoint = r.Checkpoint
 		t.ModifyIndex = index
-		return ItemResult{ID: t.ID}
+		return t, ItemResult{ID: t.ID}
 	case ReportSucceeded:
 		t.State = Succeeded
 		t.Result = r.Result
@@ -419,11 +475,11 @@ func (f *FSM) report(index uint64, now time.Time, r *Report) ItemResult {
 			f.note(Transition{Kind: KindCancelled, TaskID: t.ID, Type: t.Type, Node: node})
 		}
 	default:
-		return ItemResult{ID: t.ID, Err: fmt.Errorf("%w: kind %d", ErrInvalidReport, r.Kind)}
+		return t, ItemResult{ID: t.ID, Err: fmt.Errorf("%w: kind %d", ErrInvalidReport, r.Kind)}
 	}
 	t.History = append(t.History, entry)
 	t.ModifyIndex = index
-	return ItemResult{ID: t.ID}
+	return t, ItemResult{ID: t.ID}
 }
 
 // interrupt takes an active task back: pending again, or cancelled if a cancel was asked for.
@@ -525,9 +581,10 @@ func (f *FSM) activeOn(node string) []*Task {
 // save stores next in place of old (either may be nil: a new or a removed task) and wakes the
 // watchers of both. f.mu is held.
 func (f *FSM) save(old, next *Task) {
-	if old != nil {
-		f.tasks.delete(old)
-		f.watches.touch(old)
+	f.watches.touch(old, next)
+	var prev *Task // the live record next replaces
+	if old != nil && f.tasks.remove(old, next) {
+		prev = old
 	}
 	if next != nil {
 		if inFair(next) && (old == nil || !inFair(old)) && next.FairSeq == 0 {
@@ -535,8 +592,7 @@ func (f *FSM) save(old, next *Task) {
 			// that had a turn (taken back from a node, retried) keeps it, and goes first.
 			next.FairSeq = f.tasks.fairSeq(next)
 		}
-		f.tasks.insert(next)
-		f.watches.touch(next)
+		f.tasks.insertAfter(next, prev)
 		if next.State.Terminal() && (old == nil || !old.State.Terminal()) {
 			if next.Schedule != "" {
 				f.wakeSchedules() // a buffered tick may start now

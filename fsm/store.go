@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/google/btree"
 )
@@ -311,7 +312,12 @@ func (s *store) copyOf(e *entry) Task {
 
 // insert adds a record to every index it belongs in. The record must not change afterwards; a
 // finished task's is frozen, and the caller's copy no longer referenced.
-func (s *store) insert(t *Task) {
+func (s *store) insert(t *Task) { s.insertAfter(t, nil) }
+
+// insertAfter is insert of t in place of prev, the live record remove took out for it (nil:
+// none, or a frozen one), whose strings are interned already: t's strings that share their
+// memory are not looked up again.
+func (s *store) insertAfter(t, prev *Task) {
 	e := newEntry(t)
 	id := t.ID
 	if t.State.Terminal() {
@@ -319,7 +325,7 @@ func (s *store) insert(t *Task) {
 		e.t, e.cold = nil, s.arena.put(s.buf)
 		id = idOf(e.cold) // the map's key shares the frozen record's memory
 	} else {
-		s.compact(t)
+		s.compact(t, prev)
 	}
 	s.byID[id] = e
 	s.all.ReplaceOrInsert(e)
@@ -390,19 +396,34 @@ func (s *store) insert(t *Task) {
 }
 
 // delete removes a record from every index; t must be the stored record (as get returns it).
-func (s *store) delete(t *Task) {
+func (s *store) delete(t *Task) { s.remove(t, nil) }
+
+// remove removes the stored record t from every index but the ID map and the entry trees where
+// next, the record insert stores in its place right after (nil: none), keeps t's key: there
+// insert's ReplaceOrInsert puts next's entry in t's place, one descent of the tree instead of a
+// delete and an insert. Only a live record's entry stays for insert to replace: a frozen one's
+// memory is released here, and insert's descent compares with the entries it passes. It reports
+// whether t is the live record stored (then compacted: insertAfter may take it as prev).
+func (s *store) remove(t, next *Task) (live bool) {
 	e := s.byID[t.ID]
 	if e == nil {
-		return
+		return false
 	}
-	delete(s.byID, t.ID)
-	s.all.Delete(e)
-	dropEntry(s, s.byType, t.Type, e)
-	dropEntry(s, s.byStateTy, stateType{t.State, t.Type}, e)
-	if t.Node != "" {
+	keep := next != nil && e.t != nil && next.ID == t.ID && next.CreateIndex == t.CreateIndex
+	if !keep {
+		delete(s.byID, t.ID)
+		s.all.Delete(e)
+	}
+	if !keep || next.Type != t.Type {
+		dropEntry(s, s.byType, t.Type, e)
+	}
+	if !keep || next.State != t.State || next.Type != t.Type {
+		dropEntry(s, s.byStateTy, stateType{t.State, t.Type}, e)
+	}
+	if t.Node != "" && (!keep || next.Node != t.Node) {
 		dropEntry(s, s.byNode, t.Node, e)
 	}
-	if t.ExecutionID != t.ID {
+	if t.ExecutionID != t.ID && (!keep || next.ExecutionID != t.ExecutionID) {
 		dropEntry(s, s.byExec, t.ExecutionID, e)
 	}
 	switch {
@@ -465,6 +486,7 @@ func (s *store) delete(t *Task) {
 	if e.t == nil { // nothing in the store refers to the frozen record now
 		s.arena.release(e.cold)
 	}
+	return e.t == t
 }
 
 func decr[K comparable](m map[K]int, k K) {
@@ -475,7 +497,10 @@ func decr[K comparable](m map[K]int, k K) {
 
 // replace stores next in place of old (the same task after a change).
 func (s *store) replace(old, next *Task) {
-	s.delete(old)
+	if s.remove(old, next) {
+		s.insertAfter(next, old)
+		return
+	}
 	s.insert(next)
 }
 
@@ -516,18 +541,41 @@ func drop[K comparable, T any](m map[K]*btree.BTreeG[T], k K, t T) (emptied *btr
 }
 
 // compact shares the memory of strings that many live records repeat (frozen ones number them in
-// names instead). It changes no value.
-func (s *store) compact(t *Task) {
-	t.Type, t.Version, t.Node, t.BootID = s.intern(t.Type), s.intern(t.Version), s.intern(t.Node), s.intern(t.BootID)
-	t.Queue, t.RateLimit = s.intern(t.Queue), s.intern(t.RateLimit)
-	t.State = State(s.intern(string(t.State)))
+// names instead). It changes no value. prev, when not nil, is a compacted record: t's strings
+// that share its memory are interned already, as are the history entries t shares with it (a
+// copy, cow, appends to the same array).
+func (s *store) compact(t, prev *Task) {
+	p := prev
+	if p == nil {
+		p = &noTask
+	}
+	t.Type, t.Version = s.internOver(t.Type, p.Type), s.internOver(t.Version, p.Version)
+	t.Node, t.BootID = s.internOver(t.Node, p.Node), s.internOver(t.BootID, p.BootID)
+	t.Queue, t.RateLimit = s.internOver(t.Queue, p.Queue), s.internOver(t.RateLimit, p.RateLimit)
+	t.State = State(s.internOver(string(t.State), string(p.State)))
 	if t.ExecutionID == t.ID {
 		t.ExecutionID = t.ID
 	}
-	for i := range t.History {
+	from := 0
+	if prev != nil && len(prev.History) > 0 && len(t.History) >= len(prev.History) && &t.History[0] == &prev.History[0] {
+		from = len(prev.History)
+	}
+	for i := from; i < len(t.History); i++ {
 		h := &t.History[i]
 		h.Node, h.Event = s.intern(h.Node), s.intern(h.Event)
 	}
+}
+
+// noTask is compact's prev when there is none. Never written.
+var noTask Task
+
+// internOver is intern of v, where prev is an interned string: v is returned as it is when it is
+// prev itself (the same memory).
+func (s *store) internOver(v, prev string) string {
+	if len(v) == len(prev) && unsafe.StringData(v) == unsafe.StringData(prev) {
+		return v
+	}
+	return s.intern(v)
 }
 
 func (s *store) intern(v string) string {

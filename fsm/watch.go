@@ -9,6 +9,9 @@ import "sync"
 type watches struct {
 	mu sync.Mutex
 	ch map[watchKey]chan struct{}
+	// n counts ch's channels per kind: a change costs no lookup for a kind nobody watches (under
+	// load, mostly single tasks are watched, by waiting submitters).
+	n [watchKinds]int
 }
 
 type watchKind uint8
@@ -20,6 +23,7 @@ const (
 	watchType
 	watchNode
 	watchExec
+	watchKinds // how many kinds there are
 )
 
 type watchKey struct {
@@ -40,31 +44,106 @@ func (w *watches) get(k watchKey) <-chan struct{} {
 	if !ok {
 		c = make(chan struct{})
 		w.ch[k] = c
+		w.n[k.kind]++
 	}
 	return c
 }
 
 func (w *watches) fire(k watchKey) {
+	if w.n[k.kind] == 0 {
+		return
+	}
 	if c, ok := w.ch[k]; ok {
 		close(c)
 		delete(w.ch, k)
+		w.n[k.kind]--
 	}
 }
 
-// touch wakes whoever watches t or a list t is in.
-func (w *watches) touch(t *Task) {
+// touch wakes whoever watches old or next (either may be nil: a new or a removed task), or a
+// list either is in: what a change from old to next wakes. A key the two share is looked up
+// once (a fired channel is gone until the next read, which waits for f.mu).
+func (w *watches) touch(old, next *Task) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.ch) == 0 {
 		return
 	}
-	w.fire(watchKey{watchTask, t.ID})
+	switch {
+	case old == nil:
+		w.fireKeys(watchKeysOf(next))
+	case next == nil:
+		w.fireKeys(watchKeysOf(old))
+	default:
+		w.fireKeys(watchKeysOf(old))
+		w.fireChanged(watchKeysOf(old), watchKeysOf(next))
+	}
+}
+
+// touchVia wakes whoever watches a list that mid, a record the task passed through between old
+// and next (touch woke theirs), is in: mid's keys that are neither old's nor next's.
+func (w *watches) touchVia(old, mid, next watchKeys) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.ch) == 0 {
+		return
+	}
+	if mid.id != old.id || mid.id != next.id {
+		w.fireKeys(mid)
+		return
+	}
+	if mid.state != old.state && mid.state != next.state {
+		w.fire(watchKey{watchState, mid.state})
+	}
+	if mid.typ != old.typ && mid.typ != next.typ {
+		w.fire(watchKey{watchType, mid.typ})
+	}
+	if mid.exec != old.exec && mid.exec != next.exec {
+		w.fire(watchKey{watchExec, mid.exec})
+	}
+	if mid.node != old.node && mid.node != next.node && mid.node != "" {
+		w.fire(watchKey{watchNode, mid.node})
+	}
+}
+
+// watchKeys are what a record is watched by: its ID and the lists it is in.
+type watchKeys struct {
+	id, state, typ, exec, node string
+}
+
+func watchKeysOf(t *Task) watchKeys {
+	return watchKeys{id: t.ID, state: string(t.State), typ: t.Type, exec: t.ExecutionID, node: t.Node}
+}
+
+// fireChanged fires the keys of next that differ from those of prev, fired already: the task
+// is the same, so only its state, node, type and execution may differ.
+func (w *watches) fireChanged(prev, next watchKeys) {
+	if next.id != prev.id {
+		w.fireKeys(next)
+		return
+	}
+	if next.state != prev.state {
+		w.fire(watchKey{watchState, next.state})
+	}
+	if next.typ != prev.typ {
+		w.fire(watchKey{watchType, next.typ})
+	}
+	if next.exec != prev.exec {
+		w.fire(watchKey{watchExec, next.exec})
+	}
+	if next.node != prev.node && next.node != "" {
+		w.fire(watchKey{watchNode, next.node})
+	}
+}
+
+func (w *watches) fireKeys(k watchKeys) {
+	w.fire(watchKey{watchTask, k.id})
 	w.fire(watchKey{watchAll, ""})
-	w.fire(watchKey{watchState, string(t.State)})
-	w.fire(watchKey{watchType, t.Type})
-	w.fire(watchKey{watchExec, t.ExecutionID})
-	if t.Node != "" {
-		w.fire(watchKey{watchNode, t.Node})
+	w.fire(watchKey{watchState, k.state})
+	w.fire(watchKey{watchType, k.typ})
+	w.fire(watchKey{watchExec, k.exec})
+	if k.node != "" {
+		w.fire(watchKey{watchNode, k.node})
 	}
 }
 
@@ -76,4 +155,5 @@ func (w *watches) touchAll() {
 		close(c)
 		delete(w.ch, k)
 	}
+	w.n = [watchKinds]int{}
 }
