@@ -46,13 +46,13 @@ apply_mutation() {
     pkg=./internal/limits want=TestIdleTimeoutClosesKeepAliveConnection ;;
   fsm-fence-node-flipped)
     replace fsm/fsm.go \
-      'if !old.State.Active() || old.Node != r.Node || old.BootID != r.BootID || old.Attempt != r.Attempt {' \
-      'if !old.State.Active() || old.Node == r.Node || old.BootID != r.BootID || old.Attempt != r.Attempt {'
+      'if !cur.State.Active() || cur.Node != r.Node || cur.BootID != r.BootID || cur.Attempt != r.Attempt {' \
+      'if !cur.State.Active() || cur.Node == r.Node || cur.BootID != r.BootID || cur.Attempt != r.Attempt {'
     pkg=./fsm want=TestReportFencingRejectsStaleReports ;;
   fsm-fence-stale-attempt)
     replace fsm/fsm.go \
-      'if !old.State.Active() || old.Node != r.Node || old.BootID != r.BootID || old.Attempt != r.Attempt {' \
-      'if !old.State.Active() || old.Node != r.Node || old.BootID != r.BootID || old.Attempt < r.Attempt {'
+      'if !cur.State.Active() || cur.Node != r.Node || cur.BootID != r.BootID || cur.Attempt != r.Attempt {' \
+      'if !cur.State.Active() || cur.Node != r.Node || cur.BootID != r.BootID || cur.Attempt < r.Attempt {'
     pkg=./fsm want=TestReportFencingRejectsStaleReports ;;
   fsm-no-requeue-on-death)
     # Only takeBack (a node down or gone) skips it; a reported interruption still requeues.
