@@ -139,11 +139,13 @@ func TestPersistRunsBesideApply(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Persist wrote nothing in 10 s")
 	}
-	// Persist is now inside its first write. Apply must not wait for it.
+	// Persist is now inside its first write. Apply must not wait for it. The applies change the
+	// newest tasks, which Persist has not reached yet: a snapshot that read the live records
+	// would write them changed.
 	applied := make(chan error, 1)
 	go func() { // no t.Fatal off the test's goroutine: the first error is handed back
 		for i := range 200 {
-			id := fmt.Sprintf("t%04d", i)
+			id := fmt.Sprintf("t%04d", tasks-1-i)
 			for _, c := range []*Command{assignCmd(id, "n1", "b1"), reportCmd(rep(id, 1, "n1", "b1", ReportSucceeded))} {
 				if r := h.apply(c); r.Err != nil || r.Items[0].Err != nil {
 					applied <- fmt.Errorf("apply %s to %s: %v %v", c.Type(), id, r.Err, r.Items)
