@@ -76,34 +76,19 @@ func (w *watches) touch(old, next *Task) {
 		w.fireKeys(watchKeysOf(old))
 	default:
 		w.fireKeys(watchKeysOf(old))
-		w.fireChanged(watchKeysOf(old), watchKeysOf(next))
+		w.fireOthers(watchKeysOf(next), watchKeysOf(old))
 	}
 }
 
 // touchVia wakes whoever watches a list that mid, a record the task passed through between old
-// and next (touch woke theirs), is in: mid's keys that are neither old's nor next's.
+// and next (touch woke theirs), is in.
 func (w *watches) touchVia(old, mid, next watchKeys) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.ch) == 0 {
 		return
 	}
-	if mid.id != old.id || mid.id != next.id {
-		w.fireKeys(mid)
-		return
-	}
-	if mid.state != old.state && mid.state != next.state {
-		w.fire(watchKey{watchState, mid.state})
-	}
-	if mid.typ != old.typ && mid.typ != next.typ {
-		w.fire(watchKey{watchType, mid.typ})
-	}
-	if mid.exec != old.exec && mid.exec != next.exec {
-		w.fire(watchKey{watchExec, mid.exec})
-	}
-	if mid.node != old.node && mid.node != next.node && mid.node != "" {
-		w.fire(watchKey{watchNode, mid.node})
-	}
+	w.fireOthers(mid, old, next)
 }
 
 // watchKeys are what a record is watched by: its ID and the lists it is in.
@@ -115,24 +100,30 @@ func watchKeysOf(t *Task) watchKeys {
 	return watchKeys{id: t.ID, state: string(t.State), typ: t.Type, exec: t.ExecutionID, node: t.Node}
 }
 
-// fireChanged fires the keys of next that differ from those of prev, fired already: the task
-// is the same, so only its state, node, type and execution may differ.
-func (w *watches) fireChanged(prev, next watchKeys) {
-	if next.id != prev.id {
-		w.fireKeys(next)
-		return
+// fireOthers fires k's keys but those a record of fired shares, fired already. All of k's keys
+// when one of fired is another task; otherwise it is the same task, so only its state, type,
+// execution and node may differ.
+func (w *watches) fireOthers(k watchKeys, fired ...watchKeys) {
+	state, typ, exec, node := true, true, true, k.node != ""
+	for _, f := range fired {
+		if f.id != k.id {
+			w.fireKeys(k)
+			return
+		}
+		state, typ = state && f.state != k.state, typ && f.typ != k.typ
+		exec, node = exec && f.exec != k.exec, node && f.node != k.node
 	}
-	if next.state != prev.state {
-		w.fire(watchKey{watchState, next.state})
+	if state {
+		w.fire(watchKey{watchState, k.state})
 	}
-	if next.typ != prev.typ {
-		w.fire(watchKey{watchType, next.typ})
+	if typ {
+		w.fire(watchKey{watchType, k.typ})
 	}
-	if next.exec != prev.exec {
-		w.fire(watchKey{watchExec, next.exec})
+	if exec {
+		w.fire(watchKey{watchExec, k.exec})
 	}
-	if next.node != prev.node && next.node != "" {
-		w.fire(watchKey{watchNode, next.node})
+	if node {
+		w.fire(watchKey{watchNode, k.node})
 	}
 }
 
