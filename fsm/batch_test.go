@@ -298,6 +298,19 @@ func TestApplyBatchOfNothing(t *testing.T) {
 	}
 }
 
+// randomAssigns places the due and pending tasks of v, each but one in skipOneIn of them, on a
+// node of nodes picked at random (at its boot bootOf), capped or not at random.
+func randomAssigns(rng *rand.Rand, v View, skipOneIn int, nodes []string, bootOf func(string) string) *AssignBatch {
+	b := &AssignBatch{Due: v.Due}
+	for _, p := range v.Pending {
+		if rng.IntN(skipOneIn) > 0 {
+			node := nodes[rng.IntN(len(nodes))]
+			b.Items = append(b.Items, Assign{TaskID: p.ID, Node: node, BootID: bootOf(node), Capped: rng.IntN(2) == 0})
+		}
+	}
+	return b
+}
+
 // randomCommands generates n commands over a few tasks and nodes, each chosen knowing the state
 // the ones before it leave (ref applies them), so that most apply and the rest fail in every way a
 // command can: stale reports, unknown tasks, duplicate IDs, full queues, bad kinds.
@@ -347,15 +360,7 @@ func randomCommands(t *testing.T, rng *rand.Rand, n int) []*Command {
 			}
 			body = b
 		case k < 9:
-			view := ref.SchedulerView()
-			b := &AssignBatch{Due: view.Due}
-			for _, p := range view.Pending {
-				if rng.IntN(3) > 0 {
-					node := pick(nodes)
-					b.Items = append(b.Items, Assign{TaskID: p.ID, Node: node, BootID: bootOf(node), Capped: rng.IntN(2) == 0})
-				}
-			}
-			body = b
+			body = randomAssigns(rng, ref.SchedulerView(), 3, nodes, bootOf)
 		case k < 14:
 			b := &ReportBatch{}
 			for _, tk := range ref.List(Filter{}) {

@@ -59,15 +59,7 @@ func pairCommands(t *testing.T, rng *rand.Rand, n int) []*Command {
 			}
 			body = &SubmitBatch{Items: items}
 		case k < 9:
-			view := ref.SchedulerView()
-			b := &AssignBatch{Due: view.Due}
-			for _, p := range view.Pending {
-				if rng.IntN(4) > 0 {
-					node := pick(nodes)
-					b.Items = append(b.Items, Assign{TaskID: p.ID, Node: node, BootID: bootOf(node), Capped: rng.IntN(2) == 0})
-				}
-			}
-			body = b
+			body = randomAssigns(rng, ref.SchedulerView(), 4, nodes, bootOf)
 		case k < 17:
 			b := &ReportBatch{Items: carried}
 			carried = nil
