@@ -52,6 +52,36 @@ func (a *fsmApplier) apply(c *fsm.Command) (*fsm.Result, error) {
 	return res, res.Err
 }
 
+// newHost is a worker host on node n1 (registered in a real FSM that a applies to in order) with
+// a real work loop (w). Every proposal goes through hook first, which may return a function
+// to call once it is applied; draining is the host's Draining (nil: never).
+func newHost(t *testing.T, hook func(*fsm.Command) func(), draining func() bool) (*fsm.FSM, *fsmApplier, *worker.Worker, *Host) {
+	t.Helper()
+	f := fsm.New()
+	a := &fsmApplier{f: f}
+	if _, err := a.apply(&fsm.Command{Body: &fsm.Register{Node: fsm.Node{Name: "n1", BootID: "b1", Capacity: 1, Protocol: fsm.Protocol}}}); err != nil {
+		t.Fatalf("register the host node: %v", err)
+	}
+	propose := func(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
+		if after := hook(c); after != nil {
+			defer after()
+		}
+		return a.apply(c)
+	}
+	w := worker.New(worker.Config{
+		Name: "n1", BootID: "b1", FSM: f, Logger: quiet(),
+		Executor:       tasks.ExecutorConfig{Registry: tasks.NewRegistry(), NodeName: "n1", Logger: quiet()},
+		ProposeNode:    propose,
+		StorageFault:   func() string { return "" },
+		StorageChanged: func() <-chan struct{} { return make(chan struct{}) },
+	})
+	h := New(Config{
+		Node: "n1", FSM: f, Logger: quiet(), Executor: tasks.ExecutorConfig{Logger: quiet()},
+		Propose: propose, ReporterFor: w.ReporterFor, WorkFor: w.WorkFor, Draining: draining,
+	})
+	return f, a, w, h
+}
+
 // The lease check acts on a session while the node shuts the host down: it tells the session of
 // a leaving node to drain, or ends the session of a worker the cluster took down. Each round runs
 // the check (the node's Run loop) and Close (its shutdown) at once, in goroutines that share
@@ -67,31 +97,15 @@ func TestCloseIsOrderedAfterTheGoroutinesTheLeaseCheckStarts(t *testing.T) {
 func closeDuringCheck(t *testing.T, down bool) {
 	const rounds = 200
 	for i := range rounds {
-		f := fsm.New()
-		a := &fsmApplier{f: f}
-		if _, err := a.apply(&fsm.Command{Body: &fsm.Register{Node: fsm.Node{Name: "n1", BootID: "b1", Capacity: 1, Protocol: fsm.Protocol}}}); err != nil {
-			t.Fatalf("register the host node: %v", err)
-		}
 		var started, over atomic.Int32
-		propose := func(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
+		var leaving atomic.Bool
+		f, a, w, h := newHost(t, func(c *fsm.Command) func() {
 			if wc, ok := c.Body.(*fsm.WorkerChange); ok && wc.Op == fsm.WorkerDrain {
 				started.Add(1)
-				defer over.Add(1)
+				return func() { over.Add(1) }
 			}
-			return a.apply(c)
-		}
-		w := worker.New(worker.Config{
-			Name: "n1", BootID: "b1", FSM: f, Logger: quiet(),
-			Executor:       tasks.ExecutorConfig{Registry: tasks.NewRegistry(), NodeName: "n1", Logger: quiet()},
-			ProposeNode:    propose,
-			StorageFault:   func() string { return "" },
-			StorageChanged: func() <-chan struct{} { return make(chan struct{}) },
-		})
-		var leaving atomic.Bool
-		h := New(Config{
-			Node: "n1", FSM: f, Logger: quiet(), Executor: tasks.ExecutorConfig{Logger: quiet()},
-			Propose: propose, ReporterFor: w.ReporterFor, WorkFor: w.WorkFor, Draining: leaving.Load,
-		})
+			return nil
+		}, leaving.Load)
 		if _, err := h.Register(context.Background(), anyone{}, api.WorkerRegistration{
 			Name: "py1", Capacity: 1, Lease: "30s", Types: []api.WorkerType{{Type: "py-upper", Version: "1"}},
 		}); err != nil {
@@ -141,30 +155,14 @@ func holdUp(release <-chan struct{}) { <-release }
 // ends the session, so the registration must not then open it (start its work loop, answer with
 // its ID); it is refused as shutting_down.
 func TestRegistrationOverlappingCloseIsRefused(t *testing.T) {
-	f := fsm.New()
-	a := &fsmApplier{f: f}
-	if _, err := a.apply(&fsm.Command{Body: &fsm.Register{Node: fsm.Node{Name: "n1", BootID: "b1", Capacity: 1, Protocol: fsm.Protocol}}}); err != nil {
-		t.Fatalf("register the host node: %v", err)
-	}
 	release := make(chan struct{})
-	propose := func(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
+	_, _, w, h := newHost(t, func(c *fsm.Command) func() {
 		if wc, ok := c.Body.(*fsm.WorkerChange); ok && wc.Op == fsm.WorkerUp {
 			holdUp(release)
 		}
-		return a.apply(c)
-	}
-	w := worker.New(worker.Config{
-		Name: "n1", BootID: "b1", FSM: f, Logger: quiet(),
-		Executor:       tasks.ExecutorConfig{Registry: tasks.NewRegistry(), NodeName: "n1", Logger: quiet()},
-		ProposeNode:    propose,
-		StorageFault:   func() string { return "" },
-		StorageChanged: func() <-chan struct{} { return make(chan struct{}) },
-	})
+		return nil
+	}, nil)
 	defer w.Executor().Close()
-	h := New(Config{
-		Node: "n1", FSM: f, Logger: quiet(), Executor: tasks.ExecutorConfig{Logger: quiet()},
-		Propose: propose, ReporterFor: w.ReporterFor, WorkFor: w.WorkFor,
-	})
 	type reply struct {
 		sess api.WorkerSession
 		err  error

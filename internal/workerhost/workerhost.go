@@ -191,11 +191,7 @@ func (h *Host) goTracked(f func()) bool {
 	if h.waiting {
 		return false
 	}
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		f()
-	}()
+	h.wg.Go(f)
 	return true
 }
 
