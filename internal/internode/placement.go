@@ -46,6 +46,13 @@ func (c *Channel) placeAtSubmit(cmd *fsm.Command) []fsm.Assign {
 	return as
 }
 
+// proposedAtSubmit notes as, assignments placeAtSubmit made, proposed: the next placement at
+// submit goes on from the last node they name, and the metric counts them.
+func (c *Channel) proposedAtSubmit(as []fsm.Assign) {
+	c.lastPlaced.Store(as[len(as)-1].Node)
+	c.cfg.Metrics.PlacedAtSubmit(len(as))
+}
+
 // placeBehind proposes as, the assignments placeAtSubmit made for the submit raft was just
 // handed (at now), in an AssignBatch right behind it: raft writes and replicates both entries
 // together (it groups the applies it finds queued). It is how a node older than
@@ -55,9 +62,8 @@ func (c *Channel) placeBehind(as []fsm.Assign, now time.Time, timeout time.Durat
 	if err != nil {
 		return // a node older than protocol 3 is up: the scheduler loop places them
 	}
-	c.lastPlaced.Store(as[len(as)-1].Node)
 	f := c.cfg.Raft.Apply(b, timeout)
-	c.cfg.Metrics.PlacedAtSubmit(len(as))
+	c.proposedAtSubmit(as)
 	go func() {
 		if err := f.Error(); err != nil {
 			c.log.Debug("assignments at submit", "count", len(as), "err", err)

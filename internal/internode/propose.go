@@ -227,8 +227,7 @@ func (c *Channel) raftStart(cmd *fsm.Command, timeout time.Duration) (applying, 
 	case len(as) == 0:
 	case len(sb.Place) > 0:
 		a.placed = as
-		c.lastPlaced.Store(as[len(as)-1].Node)
-		c.cfg.Metrics.PlacedAtSubmit(len(as))
+		c.proposedAtSubmit(as)
 	default:
 		c.placeBehind(as, cmd.Now, timeout) // queued right behind it, before it commits
 	}
