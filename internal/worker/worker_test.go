@@ -525,6 +525,9 @@ func TestWorkLoopLeavesARunWhoseOutcomeIsAppliedToEnd(t *testing.T) {
 		running   bool
 	}
 	checked := make(chan check, 1)
+	// ran has two readers, the test body (for "run") and propose (for "next" and "next2"): the
+	// run can end and be reported before the body has read its name, so propose waits for that.
+	runSeen := make(chan struct{})
 	var w *Worker
 	propose := func(proposeCtx context.Context, c *fsm.Command) (*fsm.Result, error) {
 		b, ok := c.Body.(*fsm.ReportBatch)
@@ -540,6 +543,11 @@ func TestWorkLoopLeavesARunWhoseOutcomeIsAppliedToEnd(t *testing.T) {
 		}
 		// The outcome is applied and the call has not returned: let the work loop pass over the
 		// change twice (each pass starts one more task) before answering.
+		select {
+		case <-runSeen:
+		case <-time.After(10 * time.Second):
+			t.Error("the test never saw the run start")
+		}
 		apply(&fsm.Command{Body: &fsm.AssignBatch{Items: []fsm.Assign{{TaskID: "next", Node: "me", BootID: "b1"}}}})
 		waitRan("next")
 		apply(&fsm.Command{Body: &fsm.AssignBatch{Items: []fsm.Assign{{TaskID: "next2", Node: "me", BootID: "b1"}}}})
@@ -563,6 +571,7 @@ func TestWorkLoopLeavesARunWhoseOutcomeIsAppliedToEnd(t *testing.T) {
 	}()
 	defer func() { cancel(); <-done }()
 	waitRan("run")
+	close(runSeen)
 	select {
 	case c := <-checked:
 		if c.cancelled != nil || !c.running {
