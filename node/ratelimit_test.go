@@ -203,17 +203,21 @@ func TestRateLimitRoutesAndRefusals(t *testing.T) {
 // window, with the last input; every submit answered with that task's ID. Once it started, the
 // key makes a new task.
 func TestDebounceRunsOnceWithTheLastInput(t *testing.T) {
+	// The window must outlast the slowest of the submits, or the task starts between two of them:
+	// one submit through a follower can take most of a second on a loaded machine.
+	const window = 3 * time.Second
 	tc := startCluster(t, 3, clusterOpts{twin: true})
 	f := tc.follower()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var id string
-	var lastAt time.Time
+	var lastSent time.Time // before the last submit left: the leader stamps it later
 	for i := range 10 {
 		if i > 0 {
 			<-tick.C
 		}
-		code, b, _ := apiCall(t, tc.nodes[i%3], "POST", "/v1/tasks", "", fmt.Sprintf(`{"type": "echo", "input": {"n": %d}, "debounce_key": "save", "debounce": "1s"}`, i))
+		lastSent = time.Now()
+		code, b, _ := apiCall(t, tc.nodes[i%3], "POST", "/v1/tasks", "", fmt.Sprintf(`{"type": "echo", "input": {"n": %d}, "debounce_key": "save", "debounce": %q}`, i, window))
 		var task api.Task
 		mustJSON(t, b, &task)
 		want := http.StatusOK
@@ -223,14 +227,13 @@ func TestDebounceRunsOnceWithTheLastInput(t *testing.T) {
 		if code != want || task.ID != id || task.State != api.StateScheduled || task.DebounceKey != "save" {
 			t.Fatalf("submit %d: %d %s; want %d with task %s", i, code, b, want, id)
 		}
-		lastAt = time.Now()
 	}
 	got := waitState(t, tc, id, 30*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
 	if got.State != fsm.Succeeded || string(got.Result) != `{"n":9}` {
 		t.Fatalf("task ended %s with %s, want succeeded with the last input", got.State, got.Result)
 	}
-	if at := assignedAt(got); at.Before(*got.RunAt) || got.RunAt.Before(lastAt.Add(time.Second-500*time.Millisecond)) {
-		t.Errorf("assigned at %v, run_at %v: not a window after the last submit (%v)", at, got.RunAt, lastAt)
+	if at := assignedAt(got); at.Before(*got.RunAt) || got.RunAt.Before(lastSent.Add(window)) {
+		t.Errorf("assigned at %v, run_at %v: not a window after the last submit (sent %v)", at, got.RunAt, lastSent)
 	}
 	n := 0
 	for _, tk := range tc.leader().FSM().List(fsm.Filter{Type: "echo"}) {
