@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/taskworker/taskworker/internal/localcluster"
 )
 
 // lockedBuffer collects a process's output while the test reads it.
@@ -37,12 +39,17 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// freePortBase finds a high base B whose ports B+10i+{0,1,2} (i < nodes) are free on 127.0.0.1
-// for TCP, and B+10i for UDP too (gossip), as scripts/cluster.sh lays them out.
+// freePortBase finds a base B whose ports B+10i+{0,1,2} (i < nodes) are free on 127.0.0.1 for
+// TCP, and B+10i for UDP too (gossip), as scripts/cluster.sh lays them out. They lie below the
+// kernel's ephemeral range, as localcluster.FreePorts's do: a port in it can be taken as the
+// local port of any dial on the machine (this test's HTTP clients, another package's nodes)
+// between this check and the moment a node binds it, seconds later for the nodes a document
+// starts.
 func freePortBase(t *testing.T, nodes int) int {
 	t.Helper()
+	lo, top := 10000, localcluster.EphemeralLow()-10*nodes // the last base whose ports stay below
 	for range 200 {
-		base := 30000 + 10*rand.IntN(2500)
+		base := lo + 10*rand.IntN((top-lo)/10)
 		if portsFree(base, nodes) {
 			return base
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/taskworker/taskworker/internal/localcluster"
 	"github.com/taskworker/taskworker/membership"
 	"github.com/taskworker/taskworker/membership/memnet"
 )
@@ -349,14 +350,16 @@ func BenchmarkCrashDetection(b *testing.B) {
 	}
 }
 
+// freePort is a loopback port free for TCP and UDP, for a node to bind later. It comes from
+// localcluster.FreePorts, below the kernel's ephemeral range: a port picked with :0 and released
+// goes back to the kernel, which may hand it to the next :0 bind (another node of the test).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := localcluster.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }
 
 func TestPingAnswersForLiveMembersOnly(t *testing.T) {

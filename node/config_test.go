@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -187,16 +186,11 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// deadAddr is a loopback host:port nobody listens on.
+// deadAddr is a loopback host:port nobody listens on (freeAddr: not one the node's own :0
+// listeners can be given).
 func deadAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	return freeAddr(t)
 }
 
 // TestJoiningADeadSeedWarnsAndStopsAtOnce: the failed joins are WARN lines saying when the next

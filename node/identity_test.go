@@ -3,7 +3,6 @@ package node
 import (
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/taskworker/taskworker/api"
 	"github.com/taskworker/taskworker/fsm"
+	"github.com/taskworker/taskworker/internal/localcluster"
 	"github.com/taskworker/taskworker/internal/raftnode"
 	"github.com/taskworker/taskworker/membership"
 )
@@ -165,15 +165,17 @@ func bootstrapNamedServer(t *testing.T, dir, name, addr string) {
 	}
 }
 
-// freeAddr is a 127.0.0.1 address with a port nothing listens on at the moment.
+// freeAddr is a 127.0.0.1 address with a port nothing listens on at the moment, for a node to
+// bind later. It comes from localcluster.FreePorts, below the kernel's ephemeral range: a port
+// picked with :0 and released goes back to the kernel, which hands it to the next :0 listener
+// (a node this test starts) or dial as readily as any other.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := localcluster.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return fmt.Sprintf("127.0.0.1:%d", ports[0])
 }
 
 func TestMetaWithARaftIDFitsTheGossipBudget(t *testing.T) {

@@ -3,7 +3,6 @@ package node
 import (
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -31,12 +30,8 @@ func get(t *testing.T, url, token string) (int, string) {
 
 func TestPprofIsOffUnlessAskedFor(t *testing.T) {
 	longTest(t)
-	free, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ownAddr := free.Addr().String()
-	free.Close()
+	// Bound only in the last case, after three nodes have bound their own listeners with :0.
+	ownAddr := freeAddr(t)
 
 	tests := []struct {
 		name  string

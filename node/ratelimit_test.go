@@ -116,6 +116,19 @@ func TestRateLimitPacesStartsOnEveryReplica(t *testing.T) {
 	t.Logf("100 starts over %s", first[len(first)-1].Sub(first[0]))
 }
 
+// rateState is what a refused rate limit change or debounced submit could change: the rate
+// limits and the tasks. Not the whole digest, which holds the applied index: an entry of the
+// cluster's own (a node's register after a membership flap under load, a new leader's no-op)
+// moves it without any request.
+func rateState(f *fsm.FSM) string {
+	var b strings.Builder
+	for _, r := range f.RateLimits() {
+		fmt.Fprintf(&b, "%+v keys=%d;", r.RateLimit, r.Keys)
+	}
+	fmt.Fprintf(&b, "%v", f.Counts())
+	return b.String()
+}
+
 // The rate limit routes through a follower, and what they refuse: bad rates, bursts and names, a
 // submit naming an unknown limit or a key without a limit. A refused request changes nothing.
 func TestRateLimitRoutesAndRefusals(t *testing.T) {
@@ -126,18 +139,7 @@ func TestRateLimitRoutesAndRefusals(t *testing.T) {
 		rl.Name != "api" || rl.Rate != "2/m" || rl.Burst != 1 || rl.Tokens != 1 {
 		t.Fatalf("set: %d %+v", code, rl)
 	}
-	// What a refused request could change: the rate limits and the tasks. Not the whole digest,
-	// which holds the applied index: an entry of the cluster's own (a node's register after a
-	// membership flap under load, a new leader's no-op) moves it without any request.
-	state := func() string {
-		l := tc.leader().FSM()
-		var b strings.Builder
-		for _, r := range l.RateLimits() {
-			fmt.Fprintf(&b, "%+v keys=%d;", r.RateLimit, r.Keys)
-		}
-		fmt.Fprintf(&b, "%v", l.Counts())
-		return b.String()
-	}
+	state := func() string { return rateState(tc.leader().FSM()) }
 	before := state()
 	for _, tc := range []struct {
 		method, path, body string
@@ -201,17 +203,21 @@ func TestRateLimitRoutesAndRefusals(t *testing.T) {
 // window, with the last input; every submit answered with that task's ID. Once it started, the
 // key makes a new task.
 func TestDebounceRunsOnceWithTheLastInput(t *testing.T) {
+	// The window must outlast the slowest of the submits, or the task starts between two of them:
+	// one submit through a follower can take most of a second on a loaded machine.
+	const window = 3 * time.Second
 	tc := startCluster(t, 3, clusterOpts{twin: true})
 	f := tc.follower()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var id string
-	var lastAt time.Time
+	var lastSent time.Time // before the last submit left: the leader stamps it later
 	for i := range 10 {
 		if i > 0 {
 			<-tick.C
 		}
-		code, b, _ := apiCall(t, tc.nodes[i%3], "POST", "/v1/tasks", "", fmt.Sprintf(`{"type": "echo", "input": {"n": %d}, "debounce_key": "save", "debounce": "1s"}`, i))
+		lastSent = time.Now()
+		code, b, _ := apiCall(t, tc.nodes[i%3], "POST", "/v1/tasks", "", fmt.Sprintf(`{"type": "echo", "input": {"n": %d}, "debounce_key": "save", "debounce": %q}`, i, window))
 		var task api.Task
 		mustJSON(t, b, &task)
 		want := http.StatusOK
@@ -221,14 +227,13 @@ func TestDebounceRunsOnceWithTheLastInput(t *testing.T) {
 		if code != want || task.ID != id || task.State != api.StateScheduled || task.DebounceKey != "save" {
 			t.Fatalf("submit %d: %d %s; want %d with task %s", i, code, b, want, id)
 		}
-		lastAt = time.Now()
 	}
 	got := waitState(t, tc, id, 30*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
 	if got.State != fsm.Succeeded || string(got.Result) != `{"n":9}` {
 		t.Fatalf("task ended %s with %s, want succeeded with the last input", got.State, got.Result)
 	}
-	if at := assignedAt(got); at.Before(*got.RunAt) || got.RunAt.Before(lastAt.Add(time.Second-500*time.Millisecond)) {
-		t.Errorf("assigned at %v, run_at %v: not a window after the last submit (%v)", at, got.RunAt, lastAt)
+	if at := assignedAt(got); at.Before(*got.RunAt) || got.RunAt.Before(lastSent.Add(window)) {
+		t.Errorf("assigned at %v, run_at %v: not a window after the last submit (sent %v)", at, got.RunAt, lastSent)
 	}
 	n := 0
 	for _, tk := range tc.leader().FSM().List(fsm.Filter{Type: "echo"}) {
@@ -259,7 +264,7 @@ func TestRateLimitAndDebounceWaitForEveryNodeToUpgrade(t *testing.T) {
 	if _, err := l.internode.Propose(ctx, &fsm.Command{Body: &fsm.Register{Node: old}}); err != nil {
 		t.Fatal(err)
 	}
-	_, before := l.FSM().Digest()
+	before := rateState(l.FSM())
 	for _, c := range []struct{ method, path, body string }{
 		{"POST", "/v1/rate-limits/api", `{"rate": "1/s"}`},
 		{"POST", "/v1/tasks", `{"type": "echo", "debounce_key": "k", "debounce": "1s"}`},
@@ -271,8 +276,8 @@ func TestRateLimitAndDebounceWaitForEveryNodeToUpgrade(t *testing.T) {
 			t.Errorf("%s %s with a protocol %d node up: %d %s, want 409 upgrade_required", c.method, c.path, fsm.RateLimitProtocol-1, code, b)
 		}
 	}
-	if _, after := l.FSM().Digest(); after != before {
-		t.Error("a refused request changed the state")
+	if after := rateState(l.FSM()); after != before {
+		t.Errorf("a refused request changed the state: %s, then %s", before, after)
 	}
 	if rec, ok := l.FSM().Node("old"); !ok || rec.Status != fsm.NodeUp {
 		t.Fatalf("the old node went down during the test, which then proves nothing: %+v", rec)

@@ -298,30 +298,38 @@ func (f *startFinisher) StartedAndFinished(_ context.Context, run RunRef, outcom
 }
 
 func TestExecutorStartWindow(t *testing.T) {
+	// A short attempt must end within its window, which a 20 ms one does not promise on a busy
+	// machine (the run's goroutine can wait that long for a CPU): the short attempts get a window
+	// they always end in, the long one a short window that must pass while it runs.
+	const (
+		short = 20 * time.Millisecond
+		long  = time.Minute
+	)
 	tests := []struct {
 		name      string
 		rep       interface{ kinds() []string }
 		a         Assignment
+		window    time.Duration
 		stop      bool // cancel the run once it reports started
 		wantKinds string
 	}{
 		{"a short attempt reports start and outcome in one call", &startFinisher{},
-			Assignment{Type: "echo", Input: json.RawMessage(`1`)}, false, "started+finished"},
+			Assignment{Type: "echo", Input: json.RawMessage(`1`)}, long, false, "started+finished"},
 		{"a reporter without StartedAndFinished gets both in order", &fakeReporter{},
-			Assignment{Type: "echo", Input: json.RawMessage(`1`)}, false, "started finished"},
+			Assignment{Type: "echo", Input: json.RawMessage(`1`)}, long, false, "started finished"},
 		{"a failing short attempt too", &startFinisher{},
-			Assignment{Type: "boom"}, false, "started+finished"},
+			Assignment{Type: "boom"}, long, false, "started+finished"},
 		{"a long attempt reports started while it runs", &startFinisher{},
-			Assignment{Type: "block"}, true, "started finished"},
+			Assignment{Type: "block"}, short, true, "started finished"},
 		{"a checkpoint is preceded by started", &startFinisher{},
-			Assignment{Type: "count", Input: json.RawMessage(`{"to": 2}`)}, false, "started checkpoint checkpoint finished"},
+			Assignment{Type: "count", Input: json.RawMessage(`{"to": 2}`)}, short, false, "started checkpoint checkpoint finished"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			entered := make(chan struct{}, 1)
 			e := NewExecutor(ExecutorConfig{
 				Registry: testRegistry(t, entered), Reporter: tt.rep.(Reporter), NodeName: "n1",
-				ReportRetry: time.Millisecond, StartWindow: 20 * time.Millisecond,
+				ReportRetry: time.Millisecond, StartWindow: tt.window,
 			})
 			t.Cleanup(e.Close)
 			tt.a.TaskID, tt.a.Attempt = "t1", 1

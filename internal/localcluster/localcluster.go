@@ -193,7 +193,7 @@ func FreePorts(k int) ([]int, error) {
 			l.Close()
 		}
 	}()
-	lo, hi := 10000, ephemeralLow()-1
+	lo, hi := 10000, EphemeralLow()-1
 	var out []int
 	for tries := 0; len(out) < k; tries++ {
 		if tries > 200*k {
@@ -221,8 +221,9 @@ func FreePorts(k int) ([]int, error) {
 	return out, nil
 }
 
-// ephemeralLow is the first port of the kernel's ephemeral range (32768 when it cannot be read).
-func ephemeralLow() int {
+// EphemeralLow is the first port of the kernel's ephemeral range (32768 when it cannot be read):
+// a port to bind later is picked below it (FreePorts).
+func EphemeralLow() int {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
 		return 32768
