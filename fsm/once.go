@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -56,9 +57,21 @@ func (o *onceTable) entries() []OnceEntry {
 	return out
 }
 
+// nanos is t in nanoseconds since the Unix epoch, clamped to int64's range (a command time
+// outside it is a damaged entry's, which every replica clamps alike).
+func nanos(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
 // expire drops the IDs at the front of the apply order whose expiry is at or before now.
 func (o *onceTable) expire(now time.Time) {
-	ns := now.UnixNano()
+	ns := nanos(now)
 	for o.head < len(o.queue) && o.queue[o.head].Expires <= ns {
 		e := &o.queue[o.head]
 		if o.ids[string(e.ID)] == e.Expires {
@@ -78,12 +91,17 @@ func (o *onceTable) expire(now time.Time) {
 // applied reports whether id applied and has not expired at now.
 func (o *onceTable) applied(id []byte, now time.Time) bool {
 	exp, ok := o.ids[string(id)]
-	return ok && exp > now.UnixNano()
+	return ok && exp > nanos(now)
 }
 
 // add records id, applied at now.
 func (o *onceTable) add(id []byte, now time.Time) {
-	exp := now.Add(OnceTTL).UnixNano()
+	exp := nanos(now)
+	if exp <= math.MaxInt64-int64(OnceTTL) {
+		exp += int64(OnceTTL)
+	} else {
+		exp = math.MaxInt64
+	}
 	o.ids[string(id)] = exp
 	o.queue = append(o.queue, OnceEntry{ID: append([]byte(nil), id...), Expires: exp})
 }
