@@ -130,3 +130,38 @@ func TestRetryOnTheNewLeaderAnswersAsTheWriteThatTookEffect(t *testing.T) {
 		}
 	}
 }
+
+// While a node of protocol 12 (before fsm.OnceProtocol) is up, the leader writes an API write's
+// command without its request ID, which that node's build would halt on: the write still
+// succeeds, only without the guard against a retry; the table stays empty on every replica.
+func TestAWriteWithANodeBeforeOnceProtocolGoesWithoutItsRequestID(t *testing.T) {
+	tc := startCluster(t, 2, clusterOpts{inmem: true, tweak: func(i int, c *Config) {
+		if i == 1 {
+			c.Protocol = fsm.OnceProtocol - 1
+		}
+	}})
+	waitFor(t, "the old node registered", 30*time.Second, func() bool {
+		d, ok := tc.nodes[0].FSM().Node("n2")
+		return ok && d.Status == fsm.NodeUp && d.Protocol == fsm.OnceProtocol-1
+	})
+	l := leaderOf(t, tc)
+	var from *Node
+	for _, n := range tc.nodes {
+		if n != l {
+			from = n
+		}
+	}
+	putSchedule(t, from, "hourly", api.ScheduleRequest{Cron: "@hourly", Type: "echo", Input: json.RawMessage(`{}`)})
+	id := ulid.Make()
+	if code, b := forwardTry(t, from, l, "DELETE", "/v1/schedules/hourly", "", "", id.String()); code != http.StatusNoContent {
+		t.Fatalf("delete with a protocol %d node up: %d %s", fsm.OnceProtocol-1, code, b)
+	}
+	if _, ok := l.FSM().Schedule("hourly"); ok {
+		t.Fatal("the schedule is still there")
+	}
+	for _, n := range tc.nodes {
+		if n.FSM().RequestApplied(id[:]) {
+			t.Fatalf("%s recorded the request ID written with a protocol %d node up", n.Name(), fsm.OnceProtocol-1)
+		}
+	}
+}
