@@ -73,8 +73,13 @@ func TestRetriedForwardAnswersAsTheWriteThatTookEffect(t *testing.T) {
 		t.Fatalf("retried workflow cancel answered %+v (%v)", cancelled, err)
 	}
 	// And a cancel of the cancelled workflow by another request (a client's own retry) is a
-	// cancel that took effect too, as a task's is, without changing it.
-	before, _ := l.FSM().Workflow(w.ID)
+	// cancel that took effect too, as a task's is, without changing it. (Its running step
+	// settles once its task ends cancelled, which changes the workflow: wait for that first.)
+	var before fsm.Workflow
+	waitFor(t, "the cancelled workflow's step settled", 20*time.Second, func() bool {
+		before, _ = l.FSM().Workflow(w.ID)
+		return len(before.Steps) == 1 && before.Steps[0].State.Done()
+	})
 	var other api.Workflow
 	if code := httpCall(t, f, "POST", "/v1/workflows/"+w.ID+"/cancel", nil, &other); code != http.StatusAccepted || other.State != string(fsm.WorkflowCancelled) {
 		t.Fatalf("another cancel of the cancelled workflow: %d %+v", code, other)
