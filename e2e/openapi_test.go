@@ -324,7 +324,21 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 	s.do(call{method: "GET", path: "/v1/workflows/nope", status: 404, code: "not_found"})
 	s.do(call{method: "POST", path: "/v1/workflows", body: `{"steps": [{"name": "a", "type": "echo", "depends_on": ["b"]}, {"name": "b", "type": "echo", "depends_on": ["a"]}]}`, status: 400, code: "invalid_workflow"})
 	s.do(call{method: "POST", path: "/v1/workflows/" + wf.ID + "/cancel", status: 202})
-	s.do(call{method: "POST", path: "/v1/workflows/" + wf.ID + "/cancel", status: 409, code: "already_finished"})
+	// Cancel is idempotent, as a task's: the cancelled workflow answers a second cancel as the
+	// first; one that finished otherwise answers 409 already_finished.
+	s.do(call{method: "POST", path: "/v1/workflows/" + wf.ID + "/cancel", status: 202})
+	var quick struct {
+		ID    string `json:"id"`
+		State string `json:"state"`
+	}
+	decode(s.do(call{method: "POST", path: "/v1/workflows", body: `{"steps": [{"name": "a", "type": "calc-square", "input": 2}]}`, status: 201}), &quick)
+	for deadline := time.Now().Add(20 * time.Second); quick.State != "succeeded"; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("workflow %s still %s", quick.ID, quick.State)
+		}
+		decode(s.do(call{method: "GET", path: "/v1/workflows/" + quick.ID, status: 200}), &quick)
+	}
+	s.do(call{method: "POST", path: "/v1/workflows/" + quick.ID + "/cancel", status: 409, code: "already_finished"})
 	// Unique keys, retry and purge.
 	unique := `{"type": "echo", "input": 1, "unique_key": "u1", "unique_for": "1h"}`
 	s.do(call{method: "POST", path: "/v1/tasks", body: unique, status: 201})

@@ -406,7 +406,7 @@ func BenchmarkDecodeFormat(b *testing.B) {
 					}
 				}
 				d := msgpack.NewDecoder(bytes.NewReader(data))
-				if _, _, err := commands[c.Type()].decode(d); err != nil {
+				if _, err := commands[c.Type()].decode(d); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -63,7 +63,11 @@ const (
 //
 // Protocol 12 adds SubmitBatch.Place (place.go): the assignments of a submit's own tasks, applied
 // in the submit's entry, so that a task the leader places at its submit costs one entry.
-const Protocol = PlaceProtocol
+//
+// Protocol 13 adds the envelope's request ID (Command.RequestID) and the table of applied
+// request IDs (once.go), so that an API write retried after its first try applied is applied
+// once.
+const Protocol = OnceProtocol
 
 // NeedsProtocol is implemented by payloads whose content, not only their type, needs a protocol
 // newer than their type's Since: the lowest protocol that decodes this payload as it is.
@@ -95,6 +99,11 @@ func init() {
 type Command struct {
 	Now  time.Time
 	Body Payload
+	// RequestID, when set (RequestIDLen bytes), is the request ID of the API write that proposed
+	// the command (internal/forward's RequestID): a command whose ID the FSM applied before, as
+	// a forward retried after its reply was lost, is not applied again (once.go). OnceProtocol;
+	// Emit leaves it out while an older node is up. Only non-batchable commands carry it.
+	RequestID []byte
 }
 
 // Payload is the body of a command: a pointer to a payload type registered in the command table.
@@ -197,7 +206,7 @@ type spec struct {
 	newPayload func() Payload
 	apply      func(f *FSM, index uint64, now time.Time, p Payload) ([]ItemResult, error)
 	prepare    func(f *FSM, now time.Time, p Payload, env PrepareEnv)
-	decode     func(d decoder) (time.Time, Payload, error)
+	decode     func(d decoder) (*Command, error)
 }
 
 var (
@@ -553,6 +562,9 @@ type Result struct {
 	// Items holds, per submit/assign/report/cancel/remove item in order, the task ID it concerns.
 	Items []ItemResult
 	Err   error
+	// Repeat marks a command whose request ID had applied already (once.go): its body was not
+	// applied again, Items is empty and Err nil; the write took effect at its first try.
+	Repeat bool
 }
 
 // ItemResult is the outcome of one item of a batch command.

@@ -20,21 +20,27 @@ import (
 
 type decoder = *msgpack.Decoder
 
-// envelope is the msgpack part of an entry, typed per command when decoding.
+// envelope is the msgpack part of an entry, typed per command when decoding. ID, the request ID
+// of an API write (Command.RequestID, once.go), is OnceProtocol's and omitted when empty, so an
+// entry without it is byte for byte what earlier releases wrote (and read).
 type envelope[P any] struct {
 	Now  time.Time `msgpack:"now"`
 	Body *P        `msgpack:"body"`
+	ID   []byte    `msgpack:"id,omitempty"`
 }
 
-func decodeEnvelope[P any](d decoder) (time.Time, Payload, error) {
+func decodeEnvelope[P any](d decoder) (*Command, error) {
 	e := envelope[P]{Body: new(P)}
 	if err := d.Decode(&e); err != nil {
-		return time.Time{}, nil, err
+		return nil, err
 	}
 	if e.Body == nil { // a nil body decodes to the zero payload
 		e.Body = new(P)
 	}
-	return e.Now, e.Body, nil
+	if e.ID != nil && len(e.ID) != RequestIDLen {
+		return nil, fmt.Errorf("request ID of %d bytes, not %d", len(e.ID), RequestIDLen)
+	}
+	return &Command{Now: e.Now, Body: e.Body, RequestID: e.ID}, nil
 }
 
 // Encode serialises a command in the current encoding. The leader uses (*FSM).Emit, which picks
@@ -54,10 +60,18 @@ func Encode(c *Command) ([]byte, error) {
 	return bytes.Clone(ee.buf.Bytes()), nil
 }
 
-// encode writes c's envelope, {now, body}, as msgpack writes the struct that declares them.
+// encode writes c's envelope, {now, body} and id when c has a request ID, as msgpack writes the
+// struct that declares them (envelope).
 func (ee *entryEncoder) encode(c *Command) error {
 	e := ee.e
-	if err := e.EncodeMapLen(2); err != nil {
+	if c.RequestID != nil && len(c.RequestID) != RequestIDLen {
+		return fmt.Errorf("%w: request ID of %d bytes, not %d", ErrBadCommand, len(c.RequestID), RequestIDLen)
+	}
+	n := 2
+	if len(c.RequestID) > 0 {
+		n = 3
+	}
+	if err := e.EncodeMapLen(n); err != nil {
 		return err
 	}
 	if err := e.EncodeString("now"); err != nil {
@@ -69,10 +83,21 @@ func (ee *entryEncoder) encode(c *Command) error {
 	if err := e.EncodeString("body"); err != nil {
 		return err
 	}
-	if ok, err := encodeFast(e, c.Body); ok {
+	if ok, err := encodeFast(e, c.Body); !ok {
+		err = e.Encode(c.Body)
+		if err != nil {
+			return err
+		}
+	} else if err != nil {
 		return err
 	}
-	return e.Encode(c.Body)
+	if n == 3 {
+		if err := e.EncodeString("id"); err != nil {
+			return err
+		}
+		return e.EncodeBytes(c.RequestID)
+	}
+	return nil
 }
 
 // entryEncoder is a msgpack encoder on a buffer, reused across entries; Encode hands out a copy
@@ -135,7 +160,7 @@ func Decode(b []byte) (c *Command, err error) {
 	ed.r.Reset(b[1:])
 	ed.d.Reset(&ed.r)
 	ed.d.DisallowUnknownFields(true)
-	now, body, err := s.decode(&ed.d)
+	c, err = s.decode(&ed.d)
 	trailing := ed.r.Len()
 	ed.put(len(b)) // not after a panic (recovered above): the decoder's state is then unknown
 	if err != nil {
@@ -144,7 +169,7 @@ func Decode(b []byte) (c *Command, err error) {
 	if trailing > 0 {
 		return nil, fmt.Errorf("decode %s command: %w: %d trailing bytes", s.name, ErrBadCommand, trailing)
 	}
-	return &Command{Now: now, Body: body}, nil
+	return c, nil
 }
 
 // entryDecoder is a msgpack decoder on a reader of one entry, reused across entries: a decoder
@@ -185,6 +210,13 @@ func (f *FSM) Emit(c *Command) ([]byte, error) {
 	lowest, who := f.lowestProtocol()
 	if err := checkProtocol(s, c, lowest, who); err != nil {
 		return nil, err
+	}
+	if c.RequestID != nil && lowest < OnceProtocol {
+		// A node older than OnceProtocol halts on the envelope's id: the write goes without it,
+		// so it works as it did before, without the table's guard against a retry (once.go).
+		c2 := *c
+		c2.RequestID = nil
+		c = &c2
 	}
 	if lowest < firstTypedProtocol {
 		if b, ok := c.Body.(*SubmitBatch); ok && slices.ContainsFunc(b.Items, func(s Submit) bool { return s.SubmittedBy != "" }) {

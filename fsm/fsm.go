@@ -49,6 +49,8 @@ type FSM struct {
 	workflows workflowTable
 	// rates is the rate limits table (ratelimit.go).
 	rates rateTable
+	// once is the table of applied request IDs (once.go).
+	once onceTable
 	// lastNow is the latest command time applied: what rate limits' tokens are shown at. It is
 	// not replicated state (a restored replica has none until its next entry).
 	lastNow time.Time
@@ -101,8 +103,19 @@ func (f *FSM) applyLocked(index uint64, c *Command) *Result {
 	if c.Now.After(f.lastNow) {
 		f.lastNow = c.Now
 	}
+	if len(c.RequestID) > 0 {
+		f.once.expire(c.Now)
+		if f.once.applied(c.RequestID, c.Now) {
+			// The write's first try applied: this is its retry, which must not act again.
+			r.Repeat = true
+			return r
+		}
+	}
 	if s := specOf(c.Body); s != nil {
 		r.Items, r.Err = s.apply(f, index, c.Now, c.Body)
+		if len(c.RequestID) > 0 && appliedCleanly(r) {
+			f.once.add(c.RequestID, c.Now)
+		}
 		// Steps of workflows whose tasks this entry finished settle in it, and start the steps
 		// they make ready.
 		f.advanceWorkflows(index, c.Now)
@@ -112,6 +125,20 @@ func (f *FSM) applyLocked(index uint64, c *Command) *Result {
 		r.Err = fmt.Errorf("%w: payload %T is not in the command table", ErrBadCommand, c.Body)
 	}
 	return r
+}
+
+// appliedCleanly reports whether r is a command that applied without error, nor any item's: only
+// those record their request ID (a failed apply retried fails again, and answers so).
+func appliedCleanly(r *Result) bool {
+	if r.Err != nil {
+		return false
+	}
+	for i := range r.Items {
+		if r.Items[i].Err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // Halted returns why the FSM stopped applying the log, or nil while it applies.

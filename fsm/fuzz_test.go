@@ -59,6 +59,14 @@ func FuzzApply(f *testing.F) {
 		}
 		f.Add(b)
 	}
+	// Commands carrying a request ID (OnceProtocol): applied again, they are repeats.
+	for _, body := range []Payload{&Cancel{IDs: []string{"r"}}, &RateLimitSet{Name: "api", Count: 1, Period: Duration(time.Second), Burst: 1}} {
+		b, err := Encode(&Command{Now: now, RequestID: []byte("0123456789abcdef"), Body: body})
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 	// And inputs no build decodes, which must halt the FSM without touching its state.
 	f.Add([]byte{})
 	f.Add([]byte{0xff, 0xff, 0xff})
@@ -78,6 +86,17 @@ func FuzzApply(f *testing.F) {
 		// Untouched is the whole state, not only the index: the digest covers every record.
 		if _, sum := m.Digest(); m.Halted() != nil && sum != sumBefore {
 			t.Fatalf("halted (%v), yet the state changed: digest %s -> %s", m.Halted(), sumBefore, sum)
+		}
+		// An entry with a request ID that applied cleanly is a repeat the second time.
+		if c, err := Decode(data); err == nil && len(c.RequestID) > 0 && appliedCleanly(r) {
+			_, sum := m.Digest()
+			again, _ := m.Apply(&raft.Log{Type: raft.LogCommand, Index: 5, Data: data}).(*Result)
+			if !again.Repeat || again.Err != nil {
+				t.Fatalf("the same entry again: repeat %v, err %v", again.Repeat, again.Err)
+			}
+			if _, after := m.Digest(); after == sum {
+				t.Fatal("a repeat left the digest as it was: it holds the applied index")
+			}
 		}
 	})
 }

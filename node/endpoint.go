@@ -21,7 +21,7 @@ func newEndpoints(n *Node) *endpoint.API {
 		FSM: n.fsm, Registry: cfg.Registry, Logs: n.logs, Raft: n.rn.Raft(), RaftID: n.rn.ID(),
 		Gossip: n.members, Trust: n.trust, Metrics: n.metrics, KeyID: trust.KeyID,
 
-		Propose: n.internode.Propose, ProposeNode: n.internode.ProposeNode, NewID: forward.ID, WaitIndex: n.internode.WaitIndex,
+		Propose: n.internode.Propose, ProposeNode: n.internode.ProposeNode, NewID: forward.ID, RequestID: requestID, WaitIndex: n.internode.WaitIndex,
 		Retryable: internode.Retryable, ShuttingDown: ErrShuttingDown,
 
 		Leader:       n.Leader,
@@ -48,4 +48,14 @@ func newEndpoints(n *Node) *endpoint.API {
 			return client.Do(req)
 		},
 	})
+}
+
+// requestID is the request ID of the API write in ctx (internal/forward's), for the commands
+// it proposes (endpoint.Config.RequestID).
+func requestID(ctx context.Context) ([]byte, bool) {
+	id, ok := forward.RequestID(ctx)
+	if !ok {
+		return nil, false
+	}
+	return id[:], true
 }

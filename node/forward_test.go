@@ -17,13 +17,20 @@ import (
 // skipped every check of its own would: the leader must authorize and validate it itself.
 func forwardAs(t *testing.T, from, leader *Node, method, path, secret, body string) (int, []byte) {
 	t.Helper()
+	return forwardTry(t, from, leader, method, path, secret, body, ulid.Make().String())
+}
+
+// forwardTry is forwardAs with the request ID id: a follower's forward and, sent again with the
+// same ID, its retry after the first try's reply was lost.
+func forwardTry(t *testing.T, from, leader *Node, method, path, secret, body, id string) (int, []byte) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	h := http.Header{}
 	h.Set("X-Taskworker-Forward-Method", method)
 	h.Set("X-Taskworker-Forward-Uri", path)
 	h.Set("X-Taskworker-Forward-Client", "127.0.0.1:1")
-	h.Set("X-Taskworker-Forward-Request", ulid.Make().String())
+	h.Set("X-Taskworker-Forward-Request", id)
 	if body != "" {
 		h.Set("Content-Type", "application/json")
 	}

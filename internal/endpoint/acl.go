@@ -65,7 +65,10 @@ type bootstrapper struct {
 }
 
 func (p bootstrapper) ApplyBootstrap(tok acl.Token) error {
-	return p.e.proposeACL(p.ctx, httpapi.Caller{}, &fsm.ACLBootstrap{Token: tok})
+	// The token is made anew on every try, and its secret is shown only in this try's reply: a
+	// repeat could show no secret (withoutRequestID). A bootstrap retried after its first try
+	// applied answers acl_bootstrapped, as before.
+	return p.e.proposeACL(withoutRequestID(p.ctx), httpapi.Caller{}, &fsm.ACLBootstrap{Token: tok})
 }
 
 func (e *ACLEndpoint) Bootstrap(ctx context.Context) (api.ACLToken, error) {
@@ -114,6 +117,9 @@ func (e *ACLEndpoint) Policies(context.Context) ([]api.ACLPolicy, error) {
 
 func (e *ACLEndpoint) DeletePolicy(ctx context.Context, caller httpapi.Caller, name string) error {
 	if _, ok := e.srv.cfg.FSM.ACL().Policy(name); !ok {
+		if e.srv.repeated(ctx) { // the retry of a delete whose first try applied
+			return nil
+		}
 		return api.Errorf(api.CodeNotFound, "policy %q not found", api.Truncate(name))
 	}
 	return e.proposeACL(ctx, caller, &fsm.ACLPolicyDelete{Name: name})
@@ -149,7 +155,10 @@ func (e *ACLEndpoint) CreateToken(ctx context.Context, caller httpapi.Caller, re
 	if err := tok.Validate(); err != nil {
 		return api.ACLToken{}, api.Errorf(api.CodeInvalidTokenRequest, "%v", err)
 	}
-	if err := e.proposeACL(ctx, caller, &fsm.ACLTokenCreate{Token: tok, TTL: fsm.Duration(ttl)}); err != nil {
+	// The token and its secret are made anew on every try, and the secret is shown only in this
+	// try's reply: a repeat could show none (withoutRequestID). A create retried after its first
+	// try applied makes a second token, whose secret the caller gets.
+	if err := e.proposeACL(withoutRequestID(ctx), caller, &fsm.ACLTokenCreate{Token: tok, TTL: fsm.Duration(ttl)}); err != nil {
 		return api.ACLToken{}, err
 	}
 	return e.withSecret(tok.AccessorID, secret)
@@ -166,6 +175,9 @@ func (e *ACLEndpoint) Tokens(context.Context) ([]api.ACLToken, error) {
 
 func (e *ACLEndpoint) DeleteToken(ctx context.Context, caller httpapi.Caller, accessorID string) error {
 	if _, ok := e.srv.cfg.FSM.ACL().Token(accessorID); !ok {
+		if e.srv.repeated(ctx) { // the retry of a delete whose first try applied
+			return nil
+		}
 		return api.Errorf(api.CodeNotFound, "token %q not found", api.Truncate(accessorID))
 	}
 	return e.proposeACL(ctx, caller, &fsm.ACLTokenDelete{AccessorID: accessorID})

@@ -120,6 +120,10 @@ type Config struct {
 	// NewID is the ID of the i-th new object of the write in ctx: derived from the request, so
 	// that a retried request finds what its first try made (internal/forward's ID).
 	NewID func(ctx context.Context, i int) string
+	// RequestID is the request ID of the write in ctx (internal/forward's RequestID, 16 bytes),
+	// false outside one; nil: none. propose sets it on the commands the write proposes, so that
+	// the FSM applies a retried write once (fsm/once.go).
+	RequestID func(ctx context.Context) ([]byte, bool)
 	// WaitIndex blocks until this node's FSM has applied index, or ctx ends.
 	WaitIndex func(ctx context.Context, index uint64) error
 	Retryable func(err error) bool
@@ -172,9 +176,14 @@ type API struct {
 	srv *Server
 }
 
+// Repeated reports whether the write in ctx has applied already (httpapi.Repeater): it is the
+// retry of a write whose first try committed.
+func (a *API) Repeated(ctx context.Context) bool { return a.srv.repeated(ctx) }
+
 var (
-	_ httpapi.Backend = (*API)(nil)
-	_ httpapi.ACL     = (*ACLEndpoint)(nil)
+	_ httpapi.Repeater = (*API)(nil)
+	_ httpapi.Backend  = (*API)(nil)
+	_ httpapi.ACL      = (*ACLEndpoint)(nil)
 )
 
 // New returns the endpoints over cfg.
@@ -212,8 +221,47 @@ func (srv *Server) apiError(err error) error {
 	return err
 }
 
+// propose has the leader apply c, a command of the API write in ctx. A command the batcher does
+// not merge carries the write's request ID (Config.RequestID): when a forward is retried after its
+// first try applied, the FSM does not apply it again but answers fsm.Result.Repeat, which the
+// endpoints answer as the write that took effect (fsm/once.go). A write that proposes more than
+// one command, or whose command is made anew on every try (a secret it shows), proposes under
+// withoutRequestID.
 func (srv *Server) propose(ctx context.Context, c *fsm.Command) (*fsm.Result, error) {
+	if c.RequestID == nil && !c.Batchable() && ctx.Value(noRequestIDKey{}) == nil {
+		if id, ok := srv.requestID(ctx); ok {
+			c.RequestID = id
+		}
+	}
 	return srv.cfg.Propose(ctx, c)
+}
+
+func (srv *Server) requestID(ctx context.Context) ([]byte, bool) {
+	if srv.cfg.RequestID == nil {
+		return nil, false
+	}
+	return srv.cfg.RequestID(ctx)
+}
+
+// repeated reports whether the write in ctx has applied already: its first try committed, and
+// this is its retry (a forward whose reply was lost). A handler asks before it refuses the write
+// for the state its first try left, as a delete that finds nothing to delete.
+func (srv *Server) repeated(ctx context.Context) bool {
+	if ctx.Value(noRequestIDKey{}) != nil {
+		return false
+	}
+	id, ok := srv.requestID(ctx)
+	return ok && srv.cfg.FSM.RequestApplied(id)
+}
+
+type noRequestIDKey struct{}
+
+// withoutRequestID is ctx whose proposals carry no request ID: a write that proposes several
+// commands (a purge, in batches) or one made anew on every try (a token whose secret only this
+// try's reply shows), which the FSM's table of applied request IDs would wrongly take for
+// repeats.
+func withoutRequestID(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noRequestIDKey{}, true)
 }
 
 func (srv *Server) waitIndex(ctx context.Context, index uint64) error {

@@ -51,7 +51,10 @@ func (e *OperatorEndpoint) RotateJoinToken(ctx context.Context, caller httpapi.C
 	if err != nil {
 		return api.JoinToken{}, err
 	}
-	res, err := srv.propose(ctx, &fsm.Command{Body: &fsm.JoinSecret{Secret: fsm.HashSecret(tok.Secret)}})
+	// The token is made anew on every try, and this node keeps the one it proposed (SetJoinToken):
+	// a repeat would keep one the FSM never held (withoutRequestID). A rotation retried after its
+	// first try applied rotates again, and the reply shows the token in force.
+	res, err := srv.propose(withoutRequestID(ctx), &fsm.Command{Body: &fsm.JoinSecret{Secret: fsm.HashSecret(tok.Secret)}})
 	if err != nil {
 		return api.JoinToken{}, srv.apiError(err)
 	}

@@ -63,6 +63,9 @@ func (e *RateLimitEndpoint) DeleteRateLimit(ctx context.Context, _ httpapi.Calle
 		return err
 	}
 	if !e.srv.cfg.FSM.HasRateLimit(name) { // this runs on the leader: nothing to propose
+		if e.srv.repeated(ctx) { // the retry of a delete whose first try applied
+			return nil
+		}
 		return rateLimitNotFound(name)
 	}
 	res, err := e.srv.propose(ctx, &fsm.Command{Body: &fsm.RateLimitDelete{Name: name}})

@@ -179,7 +179,10 @@ func (e *ScheduleEndpoint) TriggerSchedule(ctx context.Context, caller httpapi.C
 	if err != nil {
 		return api.Task{}, e.srv.scheduleError(name, err)
 	}
-	item := res.Items[0]
+	item := fsm.ItemResult{ID: fire.TaskID} // a repeat: the first try fired it (fsm.Result.Repeat)
+	if !res.Repeat {
+		item = res.Items[0]
+	}
 	if errors.Is(item.Err, fsm.ErrDuplicateID) {
 		item = fsm.ItemResult{ID: fire.TaskID} // a retried request whose first try fired it
 	} else if item.Err != nil {

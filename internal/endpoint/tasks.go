@@ -144,7 +144,7 @@ func (e *TaskEndpoint) Cancel(ctx context.Context, caller httpapi.Caller, id str
 	if err != nil {
 		return api.Task{}, srv.apiError(err)
 	}
-	switch err := res.Items[0].Err; {
+	switch err := itemErr(res); {
 	case errors.Is(err, fsm.ErrNotFound):
 		return api.Task{}, taskNotFound(id)
 	case errors.Is(err, fsm.ErrFinished):
@@ -196,3 +196,12 @@ func (e *TaskEndpoint) CheckSubmit(sub *fsm.Submit) error { return e.srv.checkSu
 // CheckChild accepts a submit made without an API caller only as a child of a running task
 // (lineage.go).
 func (e *TaskEndpoint) CheckChild(sub *fsm.Submit) error { return e.srv.checkChild(sub) }
+
+// itemErr is the error of a one-item command's item; nil for a repeat (fsm.Result.Repeat), whose
+// first try applied without error and whose result holds no items.
+func itemErr(res *fsm.Result) error {
+	if res.Repeat || len(res.Items) == 0 {
+		return nil
+	}
+	return res.Items[0].Err
+}

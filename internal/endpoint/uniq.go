@@ -83,7 +83,7 @@ func (e *TaskEndpoint) Retry(ctx context.Context, caller httpapi.Caller, id stri
 	if err != nil {
 		return api.Task{}, srv.apiError(err)
 	}
-	switch err := res.Items[0].Err; {
+	switch err := itemErr(res); {
 	case errors.Is(err, fsm.ErrNotFound):
 		return api.Task{}, taskNotFound(id)
 	case errors.Is(err, fsm.ErrNotRetryable):
@@ -111,6 +111,10 @@ func (e *TaskEndpoint) Purge(ctx context.Context, caller httpapi.Caller, req api
 		p.States = []fsm.State{fsm.State(req.State)}
 	}
 	var reply api.PurgeReply
+	// A purge proposes one entry per batch, each of which must apply: none carries the request
+	// ID. A purge retried after its first try applied purges what still matches (nothing, or what
+	// finished meanwhile) and counts that.
+	ctx = withoutRequestID(ctx)
 	for req.Limit == 0 || reply.Purged < req.Limit {
 		p.Limit = fsm.MaxPurgeBatch
 		if req.Limit > 0 {

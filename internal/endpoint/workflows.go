@@ -39,7 +39,9 @@ func (e *WorkflowEndpoint) SubmitWorkflow(ctx context.Context, caller httpapi.Ca
 		return api.Workflow{}, false, err
 	}
 	out, err := e.Workflow(ctx, w.ID)
-	return out, len(res.Items) == 1 && !res.Items[0].Existing, err
+	// A repeat (fsm.Result.Repeat) is the retry of a submit whose first try created it: its ID
+	// is the request's (NewID), which no other submit takes.
+	return out, res.Repeat || len(res.Items) == 1 && !res.Items[0].Existing, err
 }
 
 // prepareWorkflow validates req into the workflow's record with the ID id: each step's task as a
@@ -154,7 +156,16 @@ func (e *WorkflowEndpoint) CancelWorkflow(ctx context.Context, caller httpapi.Ca
 	}
 	res, err := srv.propose(ctx, &fsm.Command{Body: &fsm.WorkflowCancel{ID: id, By: caller.Principal()}})
 	if err == nil {
-		err = res.Err
+		err = res.Err // nil for a repeat (fsm.Result.Repeat): the first try cancelled it
+	}
+	if errors.Is(err, fsm.ErrFinished) {
+		// Cancel is idempotent, as a task's (TaskEndpoint.Cancel): a workflow already cancelled
+		// answers as a cancel that took effect, so a cancel tried again after its first try
+		// applied (where the FSM no longer holds its request ID, or a client's own retry) is not
+		// told that the workflow it cancelled had finished.
+		if w, ok := srv.cfg.FSM.Workflow(id); ok && w.State == fsm.WorkflowCancelled {
+			return srv.toAPIWorkflow(&w, true), nil
+		}
 	}
 	if err != nil {
 		return api.Workflow{}, srv.workflowError(id, err)

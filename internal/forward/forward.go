@@ -337,8 +337,9 @@ func WhileLeader(ctx context.Context, changed <-chan struct{}, changes func() <-
 //
 // Retrying is safe because a write is idempotent when the first try did commit: its new objects
 // take their IDs from the request ID, so a second try meets the first one's objects (a duplicate
-// task ID is success to a submit, a keyed submit finds its key), and the other writes set state
-// or act on what exists.
+// task ID is success to a submit, a keyed submit finds its key), and the other writes' commands
+// carry the request ID, which the FSM applies once (fsm/once.go): a second try answers as the
+// write that took effect, not for the state the first left (a delete's not_found).
 func (f *Forwarder) send(ctx context.Context, r *http.Request, id ulid.ULID, body []byte) (*reply, error) {
 	changed := f.c.LeaderChanges() // before the leader is read: a change after that closes it
 	target := f.c.Leader()

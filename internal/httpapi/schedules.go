@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"net/http"
 
 	"github.com/taskworker/taskworker/api"
@@ -110,6 +111,12 @@ func (s *server) putSchedule(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) deleteSchedule(w http.ResponseWriter, r *http.Request) {
 	sc, err := s.scheduleFor(r, acl.CapSubmit)
+	if errors.Is(err, &api.Error{Code: api.CodeNotFound}) && s.repeated(r) {
+		// The retry of a delete whose first try applied (a forward whose reply was lost): it
+		// answers as the delete that took effect.
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	if err != nil {
 		WriteError(w, err)
 		return
@@ -154,4 +161,17 @@ func (s *server) triggerSchedule(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	WriteJSON(w, http.StatusCreated, t)
+}
+
+// Repeater is implemented by a backend that knows whether the write in ctx has applied already:
+// its first try committed and this is its retry (a forward whose reply was lost), so a route
+// that looks up what the write acts on answers the write's success instead of not_found.
+type Repeater interface {
+	Repeated(ctx context.Context) bool
+}
+
+// repeated reports whether the backend takes r for the retry of a write that applied.
+func (s *server) repeated(r *http.Request) bool {
+	rp, ok := s.b.(Repeater)
+	return ok && rp.Repeated(r.Context())
 }

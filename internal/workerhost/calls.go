@@ -520,6 +520,11 @@ func (h *Host) Drain(ctx context.Context, caller Caller, id string) (api.WorkerD
 func (h *Host) Delete(ctx context.Context, caller Caller, id string) (api.WorkerLeft, error) {
 	s, err := h.lookup(id, caller)
 	if err != nil {
+		if h.leftLately(id, caller, time.Now()) {
+			// The DELETE tried again after its first try ended the session (its reply was
+			// lost): it answers as the one that took effect, not unknown_worker.
+			return api.WorkerLeft{Left: true}, nil
+		}
 		return api.WorkerLeft{}, err
 	}
 	s.ending.Store(true)
@@ -533,6 +538,7 @@ func (h *Host) Delete(ctx context.Context, caller Caller, id string) (api.Worker
 	if err := h.proposeDown(s, true, "worker "+s.name+" left"); err != nil {
 		return api.WorkerLeft{}, apiError(err)
 	}
+	h.noteLeft(s, time.Now())
 	h.log.Info("worker left", "worker", s.name)
 	return api.WorkerLeft{Left: true}, nil
 }

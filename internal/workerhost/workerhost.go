@@ -87,7 +87,10 @@ type Host struct {
 	mu       sync.Mutex
 	sessions map[string]*session // by secret ID
 	byName   map[string]*session
-	closed   bool
+	// left are the sessions a DELETE ended lately, by secret ID: the DELETE tried again after its
+	// reply was lost answers as the one that took effect (Delete).
+	left   map[string]leftSession
+	closed bool
 	// waiting: Close waits for the host's goroutines (wg); none starts from then on (goTracked).
 	waiting bool
 }
@@ -105,7 +108,44 @@ func New(cfg Config) *Host {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	return &Host{cfg: cfg, log: cfg.Logger.With("component", "workerhost"), ctx: ctx, stop: stop,
-		sessions: map[string]*session{}, byName: map[string]*session{}}
+		sessions: map[string]*session{}, byName: map[string]*session{}, left: map[string]leftSession{}}
+}
+
+// leftKeep is how long a session a DELETE ended is remembered: a client retries a DELETE whose
+// reply was lost within seconds.
+const leftKeep = 2 * time.Minute
+
+// leftSession is a session a DELETE ended: whose it was, and when.
+type leftSession struct {
+	principal string
+	at        time.Time
+}
+
+// noteLeft remembers s, which a DELETE ended at now, forgetting those older than leftKeep; at
+// most MaxSessions are kept.
+func (h *Host) noteLeft(s *session, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for id, l := range h.left {
+		if now.Sub(l.at) > leftKeep || len(h.left) >= h.cfg.MaxSessions {
+			delete(h.left, id)
+		}
+	}
+	h.left[s.id] = leftSession{principal: s.principal, at: now}
+}
+
+// leftLately reports whether a DELETE by caller ended the session id within leftKeep of now.
+func (h *Host) leftLately(id string, caller Caller, now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var found *leftSession
+	for sid, l := range h.left {
+		if subtle.ConstantTimeCompare([]byte(sid), []byte(id)) == 1 {
+			found = &l
+		}
+	}
+	return found != nil && now.Sub(found.at) <= leftKeep &&
+		subtle.ConstantTimeCompare([]byte(found.principal), []byte(caller.Principal())) == 1
 }
 
 // Run ends sessions whose lease ran out and those the FSM no longer holds up, and tells
