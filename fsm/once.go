@@ -32,6 +32,15 @@ const RequestIDLen = 16
 // retried (httpapi.DefaultWriteTimeout, 15 seconds).
 const OnceTTL = 10 * time.Minute
 
+// OnceMax is the most request IDs the table keeps: past it, the oldest are dropped as the newest
+// come in, in apply order, alike on every replica. Only writes that act on one object carry an
+// ID (a cancel, a delete, a retry; never a submit), and raft applies at most a few thousand such
+// entries a second on one core, so the newest OnceMax cover far more than the seconds a forward
+// is retried, while a client that cancels a million tasks one by one costs the table ~25 MB
+// (about 120 bytes an ID), not the ~120 MB that ten minutes of them would. Every replica must
+// drop the same IDs: a change to it needs a protocol of its own.
+const OnceMax = 200_000
+
 // OnceEntry is one applied request ID and when it expires (UnixNano of its command's time plus
 // OnceTTL).
 type OnceEntry struct {
@@ -73,13 +82,23 @@ func nanos(t time.Time) int64 {
 func (o *onceTable) expire(now time.Time) {
 	ns := nanos(now)
 	for o.head < len(o.queue) && o.queue[o.head].Expires <= ns {
-		e := &o.queue[o.head]
-		if o.ids[string(e.ID)] == e.Expires {
-			delete(o.ids, string(e.ID))
-		}
-		*e = OnceEntry{}
-		o.head++
+		o.dropFront()
 	}
+	o.compact()
+}
+
+// dropFront drops the oldest ID in apply order.
+func (o *onceTable) dropFront() {
+	e := &o.queue[o.head]
+	if o.ids[string(e.ID)] == e.Expires {
+		delete(o.ids, string(e.ID))
+	}
+	*e = OnceEntry{}
+	o.head++
+}
+
+// compact releases the queue's dropped front.
+func (o *onceTable) compact() {
 	if o.head == len(o.queue) {
 		o.queue, o.head = o.queue[:0], 0
 	} else if o.head > 1024 && o.head > len(o.queue)/2 {
@@ -104,6 +123,10 @@ func (o *onceTable) add(id []byte, now time.Time) {
 	}
 	o.ids[string(id)] = exp
 	o.queue = append(o.queue, OnceEntry{ID: append([]byte(nil), id...), Expires: exp})
+	if o.len() > OnceMax {
+		o.dropFront()
+		o.compact()
+	}
 }
 
 func init() {

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"slices"
@@ -289,5 +290,36 @@ func TestEmitLeavesTheRequestIDOutForAnOlderNode(t *testing.T) {
 	}
 	if d, err = Decode(b); err != nil || !bytes.Equal(d.RequestID, reqID(1)) {
 		t.Fatalf("emitted with every node at protocol %d: ID %x, err %v", Protocol, d.RequestID, err)
+	}
+}
+
+// Past OnceMax IDs the oldest in apply order are dropped, whatever their expiry, so the table's
+// memory is bounded however fast writes come; the newest stay repeats.
+func TestRequestIDTableKeepsTheNewestOnceMax(t *testing.T) {
+	o := newOnceTable()
+	id := func(i int) []byte {
+		b := make([]byte, RequestIDLen)
+		binary.BigEndian.PutUint64(b[8:], uint64(i))
+		return b
+	}
+	for i := range OnceMax + 10 {
+		o.expire(t0)
+		o.add(id(i), t0)
+	}
+	if o.len() != OnceMax || len(o.ids) != OnceMax {
+		t.Fatalf("table holds %d IDs (%d in the map), want %d", o.len(), len(o.ids), OnceMax)
+	}
+	for i := range 10 {
+		if o.applied(id(i), t0) {
+			t.Fatalf("ID %d, among the 10 oldest, is still held", i)
+		}
+	}
+	for _, i := range []int{10, OnceMax / 2, OnceMax + 9} {
+		if !o.applied(id(i), t0) {
+			t.Fatalf("ID %d, among the newest %d, is not held", i, OnceMax)
+		}
+	}
+	if got := o.entries(); !bytes.Equal(got[0].ID, id(10)) || !bytes.Equal(got[len(got)-1].ID, id(OnceMax+9)) {
+		t.Fatalf("entries run %x..%x, want IDs 10..%d in apply order", got[0].ID, got[len(got)-1].ID, OnceMax+9)
 	}
 }
