@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/json"
+	"math"
 	"testing"
 
 	"github.com/taskworker/taskworker/fsm"
@@ -32,4 +33,21 @@ func aclState(t testing.TB, f *fsm.FSM) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// writeState is what any write of the API could change: the tasks and workflows, the ACL, the
+// schedules, the queues and type limits, the rate limits (their settings and keyed buckets, not
+// their tokens as of the last entry applied), the unique locks and the cluster's secrets.
+func writeState(t testing.TB, f *fsm.FSM) string {
+	t.Helper()
+	workflows, _ := f.WorkflowPage("", math.MaxInt, nil)
+	var rates []any
+	for _, r := range f.RateLimits() {
+		rates = append(rates, r.RateLimit, r.Keys)
+	}
+	b, err := json.Marshal([]any{workflows, f.Schedules(), f.Queues(), f.TypeLimits(), rates, f.UniqueLocks(), f.Security()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return taskState(t, f) + aclState(t, f) + string(b)
 }
