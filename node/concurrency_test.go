@@ -167,10 +167,7 @@ func TestConcurrencyKeysAreRefusedWhileAnOlderNodeIsUp(t *testing.T) {
 	l := tc.leader()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	old := fsm.Node{Name: "old", BootID: "b-old", HTTPAddr: "127.0.0.1:1", Protocol: fsm.ConcurrencyProtocol - 1}
-	if _, err := l.internode.Propose(ctx, &fsm.Command{Body: &fsm.Register{Node: old}}); err != nil {
-		t.Fatal(err)
-	}
+	stopOld := upOldNode(t, l, fsm.ConcurrencyProtocol-1)
 	before := l.FSM().Counts()
 	for _, n := range tc.nodes {
 		var e api.Error
@@ -201,6 +198,7 @@ func TestConcurrencyKeysAreRefusedWhileAnOlderNodeIsUp(t *testing.T) {
 	if task := submit(t, tc.follower(), "echo", 1, "20s"); task.State != api.StateSucceeded {
 		t.Fatalf("plain submit with an older node up: %s", task.State)
 	}
+	stopOld()
 	if _, err := l.internode.Propose(ctx, &fsm.Command{Body: &fsm.Down{Name: "old", Left: true}}); err != nil {
 		t.Fatal(err)
 	}

@@ -78,7 +78,9 @@ func TestExecutionJoinNeedsTheParentsAttemptOrAReader(t *testing.T) {
 	}
 
 	// Straight to the leader, as a follower that skipped its check would forward it.
-	_, before := l.FSM().Digest()
+	// What a join could change: the tasks (a child, its parent's record). Not the whole digest,
+	// which holds the applied index and the node records (taskState).
+	before := taskState(t, l.FSM())
 	body := fmt.Sprintf(`{"type": "calc-square", "input": 2, "parent_id": %q, "execution_id": %q}`, root.ID, root.ID)
 	code, b = forwardAs(t, f, l, "POST", "/v1/tasks", attacker.SecretID, body)
 	wantAPIError(t, "forwarded join with the attacker's credential", code, b, 403, api.CodeForbidden, "parent_id and execution_id")
@@ -89,8 +91,8 @@ func TestExecutionJoinNeedsTheParentsAttemptOrAReader(t *testing.T) {
 	if _, err := f.internode.Send(t.Context(), f.internode.Addr(l.Name()), &fsm.Command{Body: &fsm.SubmitBatch{Items: []fsm.Submit{child}}}); !errors.As(err, &ae) || ae.Code != api.CodeForbidden {
 		t.Fatalf("forwarded child into another execution: %v", err)
 	}
-	if _, after := l.FSM().Digest(); after != before {
-		t.Fatal("a refused join changed the leader's state")
+	if after := taskState(t, l.FSM()); after != before {
+		t.Fatalf("a refused join changed the leader's tasks: %s, then %s", before, after)
 	}
 
 	// The victim's execution shows only the victim's task.

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -169,12 +168,7 @@ func TestASubmitAndItsPlacementAreOneEntry(t *testing.T) {
 func TestOldNodeUpPlacesBehindTheSubmit(t *testing.T) {
 	tc := startCluster(t, 2, clusterOpts{twin: true, capacity: 2})
 	l := tc.leader()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	old := fsm.Node{Name: "old", BootID: "b-old", HTTPAddr: "127.0.0.1:1", Protocol: fsm.PlaceProtocol - 1}
-	if _, err := l.internode.Propose(ctx, &fsm.Command{Body: &fsm.Register{Node: old}}); err != nil {
-		t.Fatal(err)
-	}
+	upOldNode(t, l, fsm.PlaceProtocol-1)
 	task := submit(t, tc.follower(), "echo", 1, "20s")
 	if task.State != api.StateSucceeded {
 		t.Fatalf("task = %s, want succeeded", task.State)

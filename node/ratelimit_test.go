@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"slices"
@@ -258,12 +257,7 @@ func TestDebounceRunsOnceWithTheLastInput(t *testing.T) {
 func TestRateLimitAndDebounceWaitForEveryNodeToUpgrade(t *testing.T) {
 	tc := startCluster(t, 2, clusterOpts{twin: true})
 	l, f := tc.leader(), tc.follower()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	old := fsm.Node{Name: "old", BootID: "b-old", HTTPAddr: "127.0.0.1:1", Protocol: fsm.RateLimitProtocol - 1}
-	if _, err := l.internode.Propose(ctx, &fsm.Command{Body: &fsm.Register{Node: old}}); err != nil {
-		t.Fatal(err)
-	}
+	upOldNode(t, l, fsm.RateLimitProtocol-1)
 	before := rateState(l.FSM())
 	for _, c := range []struct{ method, path, body string }{
 		{"POST", "/v1/rate-limits/api", `{"rate": "1/s"}`},

@@ -320,28 +320,7 @@ func TestAWaitWhileAnOlderNodeIsUpFailsTheAttempt(t *testing.T) {
 	w := newWaiter()
 	tc := startCluster(t, 1, clusterOpts{inmem: true, registry: w.registry(t)})
 	l := tc.leader()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	register := func() error {
-		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-		defer rcancel()
-		old := fsm.Node{Name: "old", BootID: "b-old", HTTPAddr: "127.0.0.1:1", Protocol: fsm.WaitProtocol - 1}
-		_, err := l.internode.Propose(rctx, &fsm.Command{Body: &fsm.Register{Node: old}})
-		return err
-	}
-	if err := register(); err != nil {
-		t.Fatal(err)
-	}
-	// Registered again and again: the leader takes a node gossip never saw down after a grace.
-	go func() {
-		for ctx.Err() == nil {
-			_ = register()
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
-	}()
+	upOldNode(t, l, fsm.WaitProtocol-1)
 	parent := submitParent(t, l, squares("calc-square", 2))
 	got := waitState(t, tc, parent.ID, 60*time.Second, func(t fsm.Task) bool { return t.State.Terminal() })
 	if got.State != fsm.Failed || got.Error == nil || got.Error.Type != "wait_unsupported" || countEvents(got, fsm.EventWaiting) != 0 || got.WaitFor != nil {
