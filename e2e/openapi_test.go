@@ -335,12 +335,10 @@ func TestOpenAPIDocumentMatchesRealResponses(t *testing.T) {
 		State string `json:"state"`
 	}
 	decode(s.do(call{method: "POST", path: "/v1/workflows", body: `{"steps": [{"name": "a", "type": "calc-square", "input": 2}]}`, status: 201}), &quick)
-	for deadline := time.Now().Add(20 * time.Second); quick.State != "succeeded"; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("workflow %s still %s", quick.ID, quick.State)
-		}
+	poll(t, "workflow "+quick.ID+" succeeded", 20*time.Second, func() bool {
 		decode(s.do(call{method: "GET", path: "/v1/workflows/" + quick.ID, status: 200}), &quick)
-	}
+		return quick.State == "succeeded"
+	})
 	s.do(call{method: "POST", path: "/v1/workflows/" + quick.ID + "/cancel", status: 409, code: "already_finished"})
 	// Unique keys, retry and purge.
 	unique := `{"type": "echo", "input": 1, "unique_key": "u1", "unique_for": "1h"}`
