@@ -137,15 +137,23 @@ func (h *Host) noteLeft(s *session, now time.Time) {
 // leftLately reports whether a DELETE by caller ended the session id within leftKeep of now.
 func (h *Host) leftLately(id string, caller Caller, now time.Time) bool {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	var found *leftSession
-	for sid, l := range h.left {
+	l, ok := bySecretID(h.left, id)
+	h.mu.Unlock()
+	return ok && now.Sub(l.at) <= leftKeep &&
+		subtle.ConstantTimeCompare([]byte(l.principal), []byte(caller.Principal())) == 1
+}
+
+// bySecretID returns m's value for the secret session ID id. It compares id with every key in
+// constant time, so how long a guess takes tells nothing of the IDs held.
+func bySecretID[V any](m map[string]V, id string) (V, bool) {
+	var found V
+	ok := false
+	for sid, v := range m {
 		if subtle.ConstantTimeCompare([]byte(sid), []byte(id)) == 1 {
-			found = &l
+			found, ok = v, true
 		}
 	}
-	return found != nil && now.Sub(found.at) <= leftKeep &&
-		subtle.ConstantTimeCompare([]byte(found.principal), []byte(caller.Principal())) == 1
+	return found, ok
 }
 
 // Run ends sessions whose lease ran out and those the FSM no longer holds up, and tells
@@ -256,12 +264,7 @@ func newSecret() (string, error) {
 // lost work ends the session (403); an unknown ID is 404 and changes nothing.
 func (h *Host) lookup(id string, caller Caller) (*session, error) {
 	h.mu.Lock()
-	var found *session
-	for sid, s := range h.sessions {
-		if subtle.ConstantTimeCompare([]byte(sid), []byte(id)) == 1 {
-			found = s
-		}
-	}
+	found, _ := bySecretID(h.sessions, id)
 	h.mu.Unlock()
 	if found == nil || found.ended() {
 		return nil, errUnknownWorker()
