@@ -169,15 +169,15 @@ func init() {
 	})
 }
 
-// RequestApplied reports whether a command with the request ID id has applied (and its ID is
-// still kept): an API handler on the leader asks before it refuses a write that its own first
-// try may have made moot (a delete of what is gone).
+// RequestApplied reports whether a command with the request ID id has applied and, as of the
+// newest command applied, not expired: what applying the command again would answer (a repeat).
+// An API handler on the leader asks before it refuses a write that its own first try may have
+// made moot (a delete of what is gone).
 func (f *FSM) RequestApplied(id []byte) bool {
 	if len(id) != RequestIDLen {
 		return false
 	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	_, ok := f.once.ids[string(id)]
-	return ok
+	return f.once.applied(id, f.lastNow)
 }

@@ -91,6 +91,11 @@ func TestRequestIDsExpireByCommandTime(t *testing.T) {
 	if h.f.once.len() != 2 {
 		t.Fatalf("a command without an ID pruned the table: %d left", h.f.once.len())
 	}
+	// Held but expired as of the newest command: applying it again would not be a repeat, and
+	// RequestApplied says the same.
+	if h.f.RequestApplied(reqID(2)) {
+		t.Fatal("RequestApplied holds an ID expired as of the newest command")
+	}
 	h.must(&Command{Now: t0.Add(time.Hour), RequestID: reqID(3), Body: &RateLimitDelete{Name: "other"}})
 	if got := h.f.once.entries(); len(got) != 1 || !bytes.Equal(got[0].ID, reqID(3)) {
 		t.Fatalf("table an hour later: %v; want only request 3", got)
