@@ -34,11 +34,13 @@ const OnceTTL = 10 * time.Minute
 
 // OnceMax is the most request IDs the table keeps: past it, the oldest are dropped as the newest
 // come in, in apply order, alike on every replica. Only writes that act on one object carry an
-// ID (a cancel, a delete, a retry; never a submit), and raft applies at most a few thousand such
-// entries a second on one core, so the newest OnceMax cover far more than the seconds a forward
-// is retried, while a client that cancels a million tasks one by one costs the table ~25 MB
-// (about 120 bytes an ID), not the ~120 MB that ten minutes of them would. Every replica must
-// drop the same IDs: a change to it needs a protocol of its own.
+// ID (a cancel, a delete, a retry; never a submit), each in an entry of its own, and bare raft
+// applies ~6,000 separate entries a second on this project's 2-core bench machine
+// (BENCHMARKS.md's baseline): the newest OnceMax cover ~30 s of them at that rate, twice the
+// 15 s a forward is retried. An ID costs 103 bytes of heap (20.6 MB for OnceMax, measured by
+// adding OnceMax IDs to a table between two collections), so a client that cancels a million
+// tasks one by one costs the table ~21 MB, not the ~100 MB that ten minutes of them would.
+// Every replica must drop the same IDs: a change to it needs a protocol of its own.
 const OnceMax = 200_000
 
 // OnceEntry is one applied request ID and when it expires (UnixNano of its command's time plus
