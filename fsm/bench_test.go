@@ -290,8 +290,10 @@ func checkLife(tb testing.TB, rs []any) {
 // "watched-12" the same with the tasks watched.
 func BenchmarkTaskLife(b *testing.B) {
 	// entries applies the lives of n tasks an iteration from their encoded entries; observed
-	// with an observer installed, as a node has one.
-	entries := func(b *testing.B, n int, observed bool) {
+	// with an observer installed, as a node has one. watched applies the submit entry outside the
+	// timing and then watches every task, as a submitter waiting for its result does (?wait), and
+	// the task list, as a console does: only the assignment and report entries are timed.
+	entries := func(b *testing.B, n int, observed, watched bool) {
 		f := lifeFSM(b)
 		if observed {
 			f.SetObserver(func(uint64, []Transition) {})
@@ -302,40 +304,26 @@ func BenchmarkTaskLife(b *testing.B) {
 			b.StopTimer()
 			logs := lifeLogs(b, i*n, n, idx, lifeT0.Add(time.Duration(i)*time.Second))
 			idx += uint64(len(logs))
+			if watched {
+				checkLife(b, f.ApplyBatch(logs[:1]))
+				logs = logs[1:]
+				for j := range n {
+					if _, ok, _ := f.TaskWatch(benchID(i*n + j)); !ok {
+						b.Fatal("no task")
+					}
+				}
+				if _, err := f.ListPage(Filter{Limit: 1, Watch: true}); err != nil {
+					b.Fatal(err)
+				}
+			}
 			b.StartTimer()
 			checkLife(b, f.ApplyBatch(logs))
 		}
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/task")
 	}
-	b.Run("entries-12", func(b *testing.B) { entries(b, 12, true) })
-	// watched-12 is the assignment and report entries of entries-12 with every task watched
-	// from its submit on, as by a submitter waiting for its result (?wait), and a watch of the
-	// task list as a console keeps: the submit entry, and the watches, are outside the timing.
-	b.Run("watched-12", func(b *testing.B) {
-		const n = 12
-		f := lifeFSM(b)
-		f.SetObserver(func(uint64, []Transition) {})
-		idx := uint64(4)
-		b.ReportAllocs()
-		for i := 0; i < b.N; i++ {
-			b.StopTimer()
-			logs := lifeLogs(b, i*n, n, idx, lifeT0.Add(time.Duration(i)*time.Second))
-			idx += uint64(len(logs))
-			checkLife(b, f.ApplyBatch(logs[:1]))
-			for j := range n {
-				if _, ok, _ := f.TaskWatch(benchID(i*n + j)); !ok {
-					b.Fatal("no task")
-				}
-			}
-			if _, err := f.ListPage(Filter{Limit: 1, Watch: true}); err != nil {
-				b.Fatal(err)
-			}
-			b.StartTimer()
-			checkLife(b, f.ApplyBatch(logs[1:]))
-		}
-		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/task")
-	})
-	b.Run("entries", func(b *testing.B) { entries(b, lifeBatch, false) })
+	b.Run("entries-12", func(b *testing.B) { entries(b, 12, true, false) })
+	b.Run("watched-12", func(b *testing.B) { entries(b, 12, true, true) })
+	b.Run("entries", func(b *testing.B) { entries(b, lifeBatch, false, false) })
 	b.Run("decoded", func(b *testing.B) {
 		f := lifeFSM(b)
 		idx := uint64(4)
