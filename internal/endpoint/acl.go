@@ -117,10 +117,7 @@ func (e *ACLEndpoint) Policies(context.Context) ([]api.ACLPolicy, error) {
 
 func (e *ACLEndpoint) DeletePolicy(ctx context.Context, caller httpapi.Caller, name string) error {
 	if _, ok := e.srv.cfg.FSM.ACL().Policy(name); !ok {
-		if e.srv.repeated(ctx) { // the retry of a delete whose first try applied
-			return nil
-		}
-		return api.Errorf(api.CodeNotFound, "policy %q not found", api.Truncate(name))
+		return e.srv.goneUnlessRepeated(ctx, api.Errorf(api.CodeNotFound, "policy %q not found", api.Truncate(name)))
 	}
 	return e.proposeACL(ctx, caller, &fsm.ACLPolicyDelete{Name: name})
 }
@@ -175,10 +172,7 @@ func (e *ACLEndpoint) Tokens(context.Context) ([]api.ACLToken, error) {
 
 func (e *ACLEndpoint) DeleteToken(ctx context.Context, caller httpapi.Caller, accessorID string) error {
 	if _, ok := e.srv.cfg.FSM.ACL().Token(accessorID); !ok {
-		if e.srv.repeated(ctx) { // the retry of a delete whose first try applied
-			return nil
-		}
-		return api.Errorf(api.CodeNotFound, "token %q not found", api.Truncate(accessorID))
+		return e.srv.goneUnlessRepeated(ctx, api.Errorf(api.CodeNotFound, "token %q not found", api.Truncate(accessorID)))
 	}
 	return e.proposeACL(ctx, caller, &fsm.ACLTokenDelete{AccessorID: accessorID})
 }

@@ -254,6 +254,15 @@ func (srv *Server) repeated(ctx context.Context) bool {
 	return ok && srv.cfg.FSM.RequestApplied(id)
 }
 
+// goneUnlessRepeated is what a delete that found nothing to delete answers: notFound, unless it
+// is the retry of a delete whose first try applied (repeated), which answers as that delete did.
+func (srv *Server) goneUnlessRepeated(ctx context.Context, notFound error) error {
+	if srv.repeated(ctx) {
+		return nil
+	}
+	return notFound
+}
+
 type noRequestIDKey struct{}
 
 // withoutRequestID is ctx whose proposals carry no request ID: a write that proposes several

@@ -63,10 +63,7 @@ func (e *RateLimitEndpoint) DeleteRateLimit(ctx context.Context, _ httpapi.Calle
 		return err
 	}
 	if !e.srv.cfg.FSM.HasRateLimit(name) { // this runs on the leader: nothing to propose
-		if e.srv.repeated(ctx) { // the retry of a delete whose first try applied
-			return nil
-		}
-		return rateLimitNotFound(name)
+		return e.srv.goneUnlessRepeated(ctx, rateLimitNotFound(name))
 	}
 	res, err := e.srv.propose(ctx, &fsm.Command{Body: &fsm.RateLimitDelete{Name: name}})
 	if errors.Is(err, fsm.ErrUnknownRateLimit) || res != nil && errors.Is(res.Err, fsm.ErrUnknownRateLimit) {
